@@ -1,0 +1,122 @@
+"""Teacher -> hybrid student conversion (paper §2 initialisation)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from gendistill.convert.layer_spec import parse_attention_layers
+from gendistill.errors import GendistillError
+from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
+from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE
+from gendistill.models.hybrid.families import get_family
+
+# Teacher attention parameters a KDA mixer takes over; everything else of a replaced attention (Qwen3's q_norm and
+# k_norm) has no counterpart in KDA and is dropped.
+COPIED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_NOT_TEACHER_CONFIG = ("model_type", "transformers_version", "architectures", "auto_map", "layer_types")
+
+
+def student_config_from_teacher(teacher_config, attention_layers, **kda_options: Any) -> HybridConfig:
+    """Build a :class:`HybridConfig` from a teacher config: its fields plus ``layer_types`` and KDA options."""
+    family = get_family(teacher_config.model_type)
+    n = teacher_config.num_hidden_layers
+    keep = set(parse_attention_layers(attention_layers, n))
+    teacher_types = getattr(teacher_config, "layer_types", None) or ["full_attention"] * n
+    layer_types = [teacher_types[i] if i in keep else LINEAR_TYPE for i in range(n)]
+    fields = {k: v for k, v in teacher_config.to_dict().items() if k not in _NOT_TEACHER_CONFIG}
+    unknown = sorted(k for k in kda_options if not hasattr(HybridConfig, k) and not k.startswith("kda_"))
+    if unknown:
+        raise GendistillError(f"unknown KDA option(s) {unknown}")
+    return HybridConfig(base_model_type=family.model_type, layer_types=layer_types,
+                        architectures=["HybridForCausalLM"], **fields, **kda_options)
+
+
+@torch.no_grad()
+def convert_teacher(teacher: PreTrainedModel, attention_layers: str | list[int], **kda_options: Any) -> HybridForCausalLM:
+    """Make a hybrid student from ``teacher``: layers in ``attention_layers`` keep the teacher's attention, the rest get
+    a KDA mixer whose q/k/v/o projections are the teacher's (k/v repeated per query head when
+    ``kda_kv_mode="expand"``) and whose other parameters get the identity / Mamba-style initialisation.
+    Embeddings, MLPs, norms, kept attention layers and lm_head are the teacher's. The student has the teacher's dtype
+    and device and is returned in eval mode."""
+    config = student_config_from_teacher(teacher.config, attention_layers, **kda_options)
+    config._attn_implementation = teacher.config._attn_implementation
+    dtype = next(teacher.parameters()).dtype
+    device = next(teacher.parameters()).device
+    student = HybridForCausalLM(config).to(device=device, dtype=dtype)
+    for layer in student.model.layers:  # keep the recurrence parameters fp32, as the kernels want them
+        if layer.layer_type == LINEAR_TYPE:
+            layer.linear_attn.A_log.data = layer.linear_attn.A_log.data.float()
+            layer.linear_attn.dt_bias.data = layer.linear_attn.dt_bias.data.float()
+
+    teacher_sd = teacher.state_dict()
+    student_sd = student.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for name, tensor in teacher_sd.items():
+        parts = name.split(".")
+        if name in student_sd:
+            loaded[name] = tensor
+        elif "self_attn" in parts:
+            layer_idx = int(parts[parts.index("layers") + 1])
+            proj = parts[parts.index("self_attn") + 1]
+            if config.layer_types[layer_idx] == LINEAR_TYPE and proj in COPIED_PROJECTIONS:
+                target = name.replace(".self_attn.", ".linear_attn.")
+                loaded[target] = _fit_projection(tensor, student_sd[target], proj, config)
+    missing = student.load_state_dict(loaded, strict=False).missing_keys
+    # Everything the teacher did not provide must be a KDA-only parameter (initialised by reset_kda_parameters).
+    unexpected_missing = [k for k in missing if ".linear_attn." not in k and k != "lm_head.weight"]
+    if unexpected_missing:
+        raise GendistillError(f"conversion left student weights without a teacher source: {unexpected_missing[:5]}")
+    if config.tie_word_embeddings:
+        student.tie_weights()
+    elif "lm_head.weight" in missing:
+        raise GendistillError("the teacher has no lm_head.weight and does not tie embeddings")
+    return student.eval()
+
+
+def _fit_projection(weight: torch.Tensor, target: torch.Tensor, proj: str, config: HybridConfig) -> torch.Tensor:
+    """Teacher k/v projection -> KDA k/v projection; in ``expand`` mode each kv head is repeated for its query heads."""
+    if weight.shape == target.shape:
+        return weight
+    if proj in ("k_proj", "v_proj") and config.kda_kv_mode == "expand":
+        teacher_kv = weight.shape[0] // config.kda_head_dim
+        rep = config.kda_num_kv_heads // teacher_kv
+        rest = weight.shape[1:]
+        return weight.view(teacher_kv, config.kda_head_dim, *rest).repeat_interleave(rep, 0).reshape(target.shape)
+    raise GendistillError(f"cannot fit teacher {proj} of shape {tuple(weight.shape)} into {tuple(target.shape)}")
+
+
+def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Save model (safetensors), config and tokenizer (with its chat template) into ``out_dir`` atomically: written to
+    a temporary sibling folder first and renamed into place, so a crash never leaves a half-written student."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        student.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,95 @@
+"""Parse ``--attention-layers``: which teacher layers keep softmax attention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gendistill.errors import LayerSpecError
+
+
+def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
+    """Return the sorted 0-based indices of the layers that keep attention.
+
+    Accepted forms:
+        ``"0,2,6,11"``   explicit indices (negative counts from the end);
+        ``"every:4"``    every 4th layer, ending on the last one (layers 3, 7, 11, ... as in Qwen3-Next);
+        ``"ratio:0.25"`` or ``"0.25"``  that fraction of the layers, evenly spaced, ending on the last one;
+        ``"none"``       no attention (all KDA);  ``"all"``  every layer (a student identical to the teacher);
+        ``"path/to/layers.json"``  a JSON list of indices or an object with ``"attention_layers"`` (layer selection).
+    """
+    if isinstance(spec, (list, tuple)):
+        return _check([int(i) for i in spec], num_layers, str(spec))
+    text = spec.strip()
+    if not text:
+        raise LayerSpecError("empty --attention-layers; give indices like '0,2,6', 'every:4', 'ratio:0.25' or 'none'")
+    if text.endswith(".json") or Path(text).is_file():
+        return _from_json(Path(text), num_layers)
+    low = text.lower()
+    if low == "none":
+        return []
+    if low == "all":
+        return list(range(num_layers))
+    if low.startswith("every:"):
+        n = _number(text[6:], int, text)
+        if n < 1:
+            raise LayerSpecError(f"'{text}': the interval must be >= 1")
+        return [i for i in range(num_layers) if (i + 1) % n == 0]
+    if low.startswith("ratio:") or _is_float(text):
+        r = _number(text[6:] if low.startswith("ratio:") else text, float, text)
+        if not 0.0 <= r <= 1.0:
+            raise LayerSpecError(f"'{text}': the ratio must be between 0 and 1")
+        n = round(r * num_layers)
+        return sorted({int((k + 1) * num_layers / n) - 1 for k in range(n)}) if n else []
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise LayerSpecError(
+            f"cannot parse --attention-layers '{text}': use indices like '0,2,6', 'every:4', 'ratio:0.25', 'none', "
+            "'all' or a JSON file"
+        ) from None
+    return _check(indices, num_layers, text)
+
+
+def _check(indices: list[int], num_layers: int, where: str) -> list[int]:
+    resolved = []
+    for i in indices:
+        j = i + num_layers if i < 0 else i
+        if not 0 <= j < num_layers:
+            raise LayerSpecError(f"attention layer {i} in '{where}' is out of range: the teacher has {num_layers} layers (0..{num_layers - 1})")
+        resolved.append(j)
+    dupes = sorted({i for i in resolved if resolved.count(i) > 1})
+    if dupes:
+        raise LayerSpecError(f"attention layers {dupes} appear more than once in '{where}'")
+    return sorted(resolved)
+
+
+def _from_json(path: Path, num_layers: int) -> list[int]:
+    if not path.is_file():
+        raise LayerSpecError(f"layer file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LayerSpecError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):
+        if "attention_layers" not in data:
+            raise LayerSpecError(f"{path}: expected a list of layer indices or an object with 'attention_layers'")
+        data = data["attention_layers"]
+    if not isinstance(data, list) or not all(isinstance(i, int) for i in data):
+        raise LayerSpecError(f"{path}: 'attention_layers' must be a list of integers")
+    return _check(data, num_layers, str(path))
+
+
+def _number(text: str, kind, where: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise LayerSpecError(f"cannot parse '{where}': '{text}' is not a {kind.__name__}") from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "." in text

@@ -1,0 +1,117 @@
+"""``HybridConfig``: a teacher's configuration plus the per-layer mixer choice and the KDA hyper-parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import CONFIG_MAPPING, PreTrainedConfig
+
+from gendistill.models.hybrid.families import get_family
+
+ATTENTION_TYPES = ("full_attention", "sliding_attention")
+LINEAR_TYPE = "linear_attention"
+_HYBRID_FIELDS = {
+    "base_model_type", "layer_types", "linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim",
+    "kda_kv_mode", "kda_conv_size", "kda_conv_bias", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank",
+    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps",
+}
+
+
+class HybridConfig(PreTrainedConfig):
+    """Configuration of a hybrid softmax-attention / linear-attention (KDA) model.
+
+    It carries every field of the teacher's configuration (``base_model_type`` names the teacher family, e.g.
+    ``"qwen3"``), so attention, MLP, norms and rotary embeddings are the teacher family's own transformers modules, and
+    the model can be rebuilt offline from ``config.json`` alone. On top of that:
+
+    Args:
+        base_model_type: teacher ``model_type``: ``"qwen3"``, ``"llama"`` or ``"qwen2"``.
+        layer_types: one entry per layer: ``"full_attention"`` (or ``"sliding_attention"``) for a kept teacher
+            attention layer, ``"linear_attention"`` for a layer whose mixer is replaced.
+        linear_attention_type: which registered mixer replaces attention (``"kda"``).
+        kda_num_heads / kda_head_dim: KDA heads and head size (default: the teacher's query heads and head_dim).
+        kda_num_kv_heads: k/v heads of the KDA projections. ``kda_kv_mode="repeat"`` keeps the teacher's GQA k/v heads
+            and repeats them to the query heads at run time (the paper); ``"expand"`` gives every query head its own
+            k/v weights (initialised from the repeated teacher weights), i.e. fla's MHA layout.
+        kda_conv_size / kda_conv_bias / kda_conv_activation: short depthwise convs on q, k, v (4, True, None).
+        kda_gate_activation: output-gate activation, ``"silu"`` (identity at init) or ``"sigmoid"`` (fla's default).
+        kda_decay_rank / kda_gate_rank: inner rank of the low-rank decay (``f_proj``) and output-gate (``g_proj``)
+            projections (default: the head dim).
+        kda_qkv_bias / kda_o_bias: biases of the KDA projections (default: as in the teacher's attention).
+        kda_norm_eps: epsilon of the gated output RMSNorm (default: the teacher's ``rms_norm_eps``).
+    """
+
+    model_type = "hybrid_kda"
+
+    base_model_type: str = "qwen3"
+    layer_types: list[str] | None = None
+    linear_attention_type: str = "kda"
+    kda_num_heads: int | None = None
+    kda_num_kv_heads: int | None = None
+    kda_head_dim: int | None = None
+    kda_kv_mode: str = "repeat"
+    kda_conv_size: int = 4
+    kda_conv_bias: bool = True
+    kda_conv_activation: str | None = None
+    kda_gate_activation: str = "silu"
+    kda_decay_rank: int | None = None
+    kda_gate_rank: int | None = None
+    kda_qkv_bias: bool | None = None
+    kda_o_bias: bool | None = None
+    kda_norm_eps: float | None = None
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        family = get_family(self.base_model_type)
+        # Fill every teacher field the caller did not give with the family's defaults, so the family's modules find
+        # all the attributes they read.
+        base_cls = CONFIG_MAPPING[family.model_type]
+        base_kwargs = {k: v for k, v in kwargs.items() if k not in ("model_type", "transformers_version")}
+        base = base_cls(**{k: v for k, v in base_kwargs.items() if k != "layer_types"})
+        defaults = {k: v for k, v in base.to_dict().items() if k not in _HYBRID_FIELDS
+                    and k not in ("model_type", "transformers_version", "architectures")}
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
+        super().__post_init__(**kwargs)
+
+        n = self.num_hidden_layers
+        if self.layer_types is None:
+            self.layer_types = ["full_attention"] * n
+        if len(self.layer_types) != n:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {n} layers")
+        unknown = sorted(set(self.layer_types) - {*ATTENTION_TYPES, LINEAR_TYPE})
+        if unknown:
+            raise ValueError(f"unknown layer types {unknown}; use {ATTENTION_TYPES + (LINEAR_TYPE,)}")
+        head_dim = getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
+        self.kda_num_heads = self.kda_num_heads or self.num_attention_heads
+        self.kda_head_dim = self.kda_head_dim or head_dim
+        if self.kda_kv_mode not in ("repeat", "expand"):
+            raise ValueError(f"kda_kv_mode must be 'repeat' or 'expand', got {self.kda_kv_mode!r}")
+        if self.kda_num_kv_heads is None:
+            kv = getattr(self, "num_key_value_heads", None) or self.num_attention_heads
+            self.kda_num_kv_heads = kv if self.kda_kv_mode == "repeat" else self.kda_num_heads
+        self.kda_decay_rank = self.kda_decay_rank or self.kda_head_dim
+        self.kda_gate_rank = self.kda_gate_rank or self.kda_head_dim
+        qkv_bias, o_bias = family.attention_biases(self)
+        self.kda_qkv_bias = qkv_bias if self.kda_qkv_bias is None else self.kda_qkv_bias
+        self.kda_o_bias = o_bias if self.kda_o_bias is None else self.kda_o_bias
+        self.kda_norm_eps = self.kda_norm_eps or self.rms_norm_eps
+
+    # --------------------------------------------------------------------------------------------------- helpers
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t != LINEAR_TYPE]
+
+    @property
+    def linear_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == LINEAR_TYPE]
+
+    def layer_spec(self) -> str:
+        """Compact description, e.g. ``attention:0,2,6;kda:1,3,4,5``."""
+        return (f"attention:{','.join(map(str, self.attention_layers))};"
+                f"{self.linear_attention_type}:{','.join(map(str, self.linear_layers))}")
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        # Save every field: the defaults of a HybridConfig depend on base_model_type, so a diff against one default
+        # instance would silently drop teacher fields on reload.
+        return self.to_dict()

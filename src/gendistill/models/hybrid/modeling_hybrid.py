@@ -1,0 +1,231 @@
+"""Hybrid softmax-attention / KDA causal language model.
+
+Each block keeps the teacher layout: pre-RMSNorm -> mixer -> residual -> pre-RMSNorm -> SwiGLU MLP -> residual.
+Attention layers, MLPs, norms and rotary embeddings are the teacher family's own transformers modules (so parameter
+names match the teacher's); replaced layers hold a registered linear mixer under ``linear_attn``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from gendistill.layers.kda import KimiDeltaAttention
+from gendistill.layers.registry import get_linear_mixer
+from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, HybridConfig
+from gendistill.models.hybrid.families import get_family
+
+
+def packed_cu_seqlens(position_ids: torch.LongTensor) -> torch.LongTensor | None:
+    """Document boundaries of packed sequences, read from ``position_ids`` ``[B, T]`` that restart at each document.
+
+    Returns ``cu_seqlens`` ``[N + 1]`` over the flattened ``B * T`` tokens (every batch row also starts a document), or
+    None when no row restarts inside itself.
+    """
+    B, T = position_ids.shape
+    starts = torch.zeros(B, T, dtype=torch.bool, device=position_ids.device)
+    starts[:, 0] = True
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if not starts[:, 1:].any():
+        return None
+    idx = torch.nonzero(starts.reshape(-1), as_tuple=False).flatten()
+    return torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32 if position_ids.is_cuda else torch.long)
+
+
+class HybridDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: HybridConfig, layer_idx: int):
+        super().__init__()
+        Attention, MLP, RMSNorm, _ = get_family(config.base_model_type).classes()
+        self.layer_idx = layer_idx
+        self.layer_type = config.layer_types[layer_idx]
+        if self.layer_type == LINEAR_TYPE:
+            self.linear_attn = get_linear_mixer(config.linear_attention_type)(config, layer_idx)
+        else:
+            self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    @property
+    def mixer(self) -> nn.Module:
+        return self.linear_attn if self.layer_type == LINEAR_TYPE else self.self_attn
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        if self.layer_type == LINEAR_TYPE:
+            if cu_seqlens is not None:  # packed documents: run the mixer over the flattened batch
+                B, T, D = hidden_states.shape
+                out = self.linear_attn(hidden_states.reshape(1, B * T, D), cu_seqlens=cu_seqlens).reshape(B, T, D)
+            else:
+                out = self.linear_attn(hidden_states, attention_mask=attention_mask, cache=cache)
+        else:
+            out, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+        hidden_states = residual + out
+        residual = hidden_states
+        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states
+
+
+class HybridPreTrainedModel(PreTrainedModel):
+    config: HybridConfig
+    config_class = HybridConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HybridDecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _is_stateful = True
+    _keep_in_fp32_modules = ["A_log", "dt_bias"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, KimiDeltaAttention):
+            module.reset_kda_parameters(self.config.initializer_range)
+
+
+class HybridModel(HybridPreTrainedModel):
+    def __init__(self, config: HybridConfig):
+        super().__init__(config)
+        _, _, RMSNorm, Rotary = get_family(config.base_model_type).classes()
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([HybridDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Rotary(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Args as in transformers' decoder models. ``position_ids`` that restart inside a row mark packed documents:
+        attention does not cross them (transformers' packed-sequence masks) and KDA state and convs restart."""
+        cache = cache if cache is not None else past_key_values
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        if position_ids is None:
+            past_seen = cache.get_seq_length() if cache is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
+
+        cu_seqlens = None
+        if cache is None and attention_mask is None and position_ids.shape[-1] > 1:
+            cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
+
+        if not isinstance(mask_mapping := attention_mask, dict):
+            mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               cache=cache, position_ids=position_ids)
+            mask_mapping = {
+                "full_attention": create_causal_mask(**mask_kwargs),
+                LINEAR_TYPE: create_recurrent_attention_mask(**mask_kwargs),
+            }
+            if "sliding_attention" in self.config.layer_types:
+                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = [hidden_states] if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=mask_mapping[layer.layer_type],
+                position_embeddings=position_embeddings,
+                cache=cache,
+                cu_seqlens=cu_seqlens,
+                position_ids=position_ids,
+                **kwargs,
+            )
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden[-1] = hidden_states
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None,
+                                       hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+
+
+class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HybridConfig):
+        super().__init__(config)
+        self.model = HybridModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
+                             use_cache=use_cache, output_hidden_states=output_hidden_states, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states)
+
+    # ------------------------------------------------------------------------------------------------- inspection
+    def cache_bytes(self, seq_len: int, batch: int = 1, dtype: torch.dtype | None = None) -> dict[str, int]:
+        """Generation-cache bytes at ``seq_len`` tokens for ``batch`` sequences, by layer type.
+
+        Attention layers: K and V ``[batch, kv_heads, seq_len, head_dim]`` in ``dtype`` (default: the model's);
+        linear layers: the fp32 recurrent state plus the conv window, independent of ``seq_len``.
+        Returns ``{"full_attention": ..., "linear_attention": ..., "total": ...}``.
+        """
+        dtype = dtype or self.dtype
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        per_attn = 2 * batch * cfg.num_key_value_heads * seq_len * head_dim * itemsize
+        attn = per_attn * len(cfg.attention_layers)
+        linear = 0
+        for i in cfg.linear_layers:
+            linear += sum(self.model.layers[i].linear_attn.state_bytes(batch, dtype).values())
+        return {"full_attention": attn, "linear_attention": linear, "total": attn + linear}
