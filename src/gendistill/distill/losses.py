@@ -1,0 +1,230 @@
+"""Distillation losses: a registry of small per-token functions plus a masked reduction.
+
+Logit losses take ``(student_logits [N, V], teacher_logits [N, V], labels [N], cfg)`` in fp32 and return a per-token
+loss ``[N]``; hidden-state losses take ``(student [N, D], teacher [N, D])``. :func:`chunked_logit_loss` applies a logit
+loss to hidden states through the vocabulary projection ``chunk_size`` tokens at a time: the full ``[N, V]`` fp32
+logits of a batch are never materialised (only one chunk's, in the forward and the gradient), which is what lets a
+151,936-token vocabulary at 4096 tokens x batch 4 fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gendistill.distill.config import LossConfig
+
+LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
+HiddenLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOGIT_LOSSES: dict[str, LogitLoss] = {}
+HIDDEN_LOSSES: dict[str, HiddenLoss] = {}
+
+
+def register_logit_loss(name: str) -> Callable[[LogitLoss], LogitLoss]:
+    def deco(fn: LogitLoss) -> LogitLoss:
+        LOGIT_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+def register_hidden_loss(name: str) -> Callable[[HiddenLoss], HiddenLoss]:
+    def deco(fn: HiddenLoss) -> HiddenLoss:
+        HIDDEN_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------------------------------------------ logit losses
+@register_logit_loss("forward_kl")
+def forward_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """KL(p_teacher || p_student) at temperature T, scaled by T^2 (Hinton)."""
+    T = cfg.temperature
+    ls = F.log_softmax(s / T, dim=-1)
+    lt = F.log_softmax(t / T, dim=-1)
+    return (lt.exp() * (lt - ls)).sum(-1) * (T * T)
+
+
+@register_logit_loss("reverse_kl")
+def reverse_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """KL(p_student || p_teacher) at temperature T, scaled by T^2."""
+    T = cfg.temperature
+    ls = F.log_softmax(s / T, dim=-1)
+    lt = F.log_softmax(t / T, dim=-1)
+    return (ls.exp() * (ls - lt)).sum(-1) * (T * T)
+
+
+@register_logit_loss("jsd")
+def jsd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Generalised Jensen-Shannon: beta*KL(p_t||m) + (1-beta)*KL(p_s||m), m = beta*p_t + (1-beta)*p_s."""
+    T, b = cfg.temperature, cfg.jsd_beta
+    ls = F.log_softmax(s / T, dim=-1)
+    lt = F.log_softmax(t / T, dim=-1)
+    lm = torch.logsumexp(torch.stack([lt + math.log(b), ls + math.log(1 - b)]), dim=0)
+    return (b * (lt.exp() * (lt - lm)).sum(-1) + (1 - b) * (ls.exp() * (ls - lm)).sum(-1)) * (T * T)
+
+
+@register_logit_loss("topk_kl")
+def topk_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Forward KL restricted to the teacher's top-k tokens: the teacher distribution renormalised over its top k,
+    against the student's full-vocabulary log-probabilities at those tokens."""
+    T = cfg.temperature
+    k = min(cfg.top_k, t.shape[-1])
+    tv, ti = t.topk(k, dim=-1)
+    lt = F.log_softmax(tv / T, dim=-1)
+    ls = F.log_softmax(s / T, dim=-1).gather(-1, ti)
+    return (lt.exp() * (lt - ls)).sum(-1) * (T * T)
+
+
+def cross_entropy(s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(s, labels.clamp_min(0), reduction="none") * (labels >= 0)
+
+
+def logit_loss_fn(cfg: LossConfig) -> LogitLoss:
+    """The configured logit loss plus ``ce_weight`` x cross-entropy on the next token."""
+    if cfg.kind not in LOGIT_LOSSES:
+        raise KeyError(f"unknown logit loss {cfg.kind!r} (registered: {', '.join(LOGIT_LOSSES)})")
+    base = LOGIT_LOSSES[cfg.kind]
+    if cfg.ce_weight == 0:
+        return base
+
+    def with_ce(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, c: LossConfig) -> torch.Tensor:
+        return base(s, t, labels, c) + c.ce_weight * cross_entropy(s, labels)
+
+    return with_ce
+
+
+# ----------------------------------------------------------------------------------------------------- hidden losses
+@register_hidden_loss("mse")
+def mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per token (averaged over the hidden dimension)."""
+    return (s.float() - t.float()).pow(2).mean(-1)
+
+
+@register_hidden_loss("l2")
+def l2(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """L2 distance per token divided by sqrt(D) (the RADLADS / hybrid-distillation stage-1 loss)."""
+    d = s.shape[-1]
+    return (s.float() - t.float()).norm(dim=-1) / math.sqrt(d)
+
+
+@register_hidden_loss("cosine")
+def cosine(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 1 - F.cosine_similarity(s.float(), t.float(), dim=-1, eps=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------- reduction
+def masked_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (per_token * mask.to(per_token.dtype)).sum()
+
+
+def masked_mean(per_token: torch.Tensor, mask: torch.Tensor, denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the loss over masked-in tokens divided by ``denom`` (default: their count). Passing the token count of
+    the whole global batch makes accumulation and data parallelism give the same gradient as one big batch."""
+    total = masked_sum(per_token, mask)
+    if denom is None:
+        denom = mask.sum().clamp_min(1)
+    return total / denom
+
+
+# ---------------------------------------------------------------------------------------------------- chunked logits
+def _project(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    out = h.to(dtype) @ w.to(dtype).t()
+    if b is not None:
+        out = out + b.to(dtype)
+    return out.float()
+
+
+class _ChunkedLogitLoss(torch.autograd.Function):
+    """sum_i loss(h_s[i] @ W_s^T, h_t[i] @ W_t^T), computed chunk by chunk; the gradients w.r.t. ``h_s`` (and
+    ``W_s`` when it trains) are computed in the forward pass per chunk and only they are kept."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        h_s: torch.Tensor,
+        w_s: torch.Tensor,
+        h_t: torch.Tensor,
+        w_t: torch.Tensor,
+        labels: torch.Tensor,
+        b_s: torch.Tensor | None,
+        b_t: torch.Tensor | None,
+        fn: LogitLoss,
+        cfg: LossConfig,
+        chunk: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        need_h = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        grad_h = torch.zeros_like(h_s, dtype=torch.float32) if need_h else None
+        grad_w = torch.zeros_like(w_s, dtype=torch.float32) if need_w else None
+        n = h_s.shape[0]
+        dev_type = h_s.device.type
+        with torch.autocast(device_type=dev_type, enabled=False):
+            for i in range(0, n, chunk):
+                hs = h_s[i : i + chunk].detach().requires_grad_(need_h)
+                ws = w_s.detach().requires_grad_(need_w)
+                with torch.no_grad():
+                    tl = _project(h_t[i : i + chunk], w_t, b_t, dtype)
+                with torch.enable_grad():
+                    sl = _project(hs, ws, b_s, dtype)
+                    loss = fn(sl, tl, labels[i : i + chunk], cfg).sum()
+                inputs = [x for x, need in ((hs, need_h), (ws, need_w)) if need]
+                if inputs:
+                    grads = torch.autograd.grad(loss, inputs)
+                    k = 0
+                    if need_h:
+                        grad_h[i : i + chunk] = grads[k]  # type: ignore[index]
+                        k += 1
+                    if need_w:
+                        grad_w += grads[k].float()  # type: ignore[operator]
+                total += loss.detach()
+                del sl, tl, loss
+        ctx.save_for_backward(
+            grad_h if grad_h is not None else torch.empty(0),
+            grad_w if grad_w is not None else torch.empty(0),
+        )
+        ctx.need = (need_h, need_w)
+        ctx.dtypes = (h_s.dtype, w_s.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        need_h, need_w = ctx.need
+        gh = (grad_h * g).to(ctx.dtypes[0]) if need_h else None
+        gw = (grad_w * g).to(ctx.dtypes[1]) if need_w else None
+        return gh, gw, None, None, None, None, None, None, None, None, None
+
+
+def chunked_logit_loss(
+    h_s: torch.Tensor,
+    w_s: torch.Tensor,
+    h_t: torch.Tensor,
+    w_t: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: LossConfig,
+    *,
+    b_s: torch.Tensor | None = None,
+    b_t: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Sum over the ``N`` rows of the configured logit loss between ``h_s @ w_s^T`` and ``h_t @ w_t^T``.
+
+    ``h_s``/``h_t``: the final (normed) hidden states of student and teacher at the masked-in positions only,
+    ``[N, D]``; ``labels`` ``[N]`` next-token ids (for the optional CE term). ``compute_dtype`` is the dtype of the
+    projection matmul (bf16 under autocast); the loss itself is always fp32.
+    """
+    fn = logit_loss_fn(cfg)
+    return _ChunkedLogitLoss.apply(h_s, w_s, h_t, w_t, labels, b_s, b_t, fn, cfg, cfg.chunk_size, compute_dtype)
+
+
+def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Reference (unchunked) per-token loss on full logits; used in tests and the naive benchmark baseline."""
+    return logit_loss_fn(cfg)(s_logits.float(), t_logits.float(), labels, cfg)

@@ -1,0 +1,105 @@
+"""Run logging: metrics JSONL (always), TensorBoard (when installed), and a progress display with loss, tokens/s
+and ETA (a rich bar on a terminal, periodic plain lines otherwise). Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                except Exception:  # noqa: BLE001 - tensorboard is optional
+                    self.tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            stage, step = record.get("stage", ""), int(record.get("step", 0))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self.tb.add_scalar(f"{stage}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def _fmt_eta(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(s)
+    h, r = divmod(s, 3600)
+    m, sec = divmod(r, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+class Progress:
+    """``update(step, loss, tok_s)`` after each optimizer step."""
+
+    def __init__(self, stage: str, total: int, start: int, enabled: bool, mode: str = "auto", every: int = 1):
+        self.stage, self.total, self.start, self.every = stage, total, start, every
+        self.enabled = enabled and mode != "none"
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if self.enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeRemainingColumn
+
+            self.bar = RP(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[tps]} tok/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.task = self.bar.add_task(stage, total=total, completed=start, loss="-", tps="-")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, tok_s: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tok_s:,.0f}")
+            return
+        if step % self.every == 0 or step == self.total:
+            done = step - self.start
+            el = time.perf_counter() - self.t0
+            eta = el / done * (self.total - step) if done else float("nan")
+            print(
+                f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  {tok_s:,.0f} tok/s  ETA {_fmt_eta(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

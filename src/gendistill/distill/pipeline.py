@@ -1,0 +1,224 @@
+"""Run a whole recipe: load the teacher, check every stage's data, build (or load) the student, run the stages in
+order, save the student after each one, and pick up where a stopped run left off.
+
+Run folder layout::
+
+    <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
+    <output_dir>/progress.json          completed stages
+    <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
+    <output_dir>/tensorboard/           when tensorboard is installed
+    <output_dir>/checkpoints/<stage>/step-XXXXXXXX/   resumable checkpoints (the newest N)
+    <output_dir>/<stage>/               the student after that stage (save_pretrained + tokenizer), loadable with
+                                        AutoModelForCausalLM.from_pretrained
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gendistill.distill.config import Recipe, StageConfig, dump_recipe
+from gendistill.distill.data import PackedStream
+from gendistill.distill.distributed import World, barrier, init_world
+from gendistill.distill.freezing import apply_trainable
+from gendistill.distill.metrics import MetricsLogger
+from gendistill.distill.trainer import StageResult, run_stage
+from gendistill.errors import ConfigError, GendistillError
+
+
+def _progress(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "progress.json"
+    return json.loads(p.read_text()) if p.exists() else {"completed": []}
+
+
+def _write_progress(run_dir: Path, prog: dict[str, Any]) -> None:
+    tmp = run_dir / ".progress.json.tmp"
+    tmp.write_text(json.dumps(prog, indent=1))
+    tmp.replace(run_dir / "progress.json")
+
+
+def _teacher_dtype(recipe: Recipe, world: World) -> torch.dtype:
+    name = recipe.teacher.dtype
+    if name == "auto":
+        return torch.bfloat16 if world.device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def load_student_folder(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    import gendistill  # noqa: F401  (registers the hybrid with the Auto classes)
+
+    p = Path(path)
+    if not (p / "config.json").exists():
+        raise ConfigError(f"student.path: {p} is not a model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+    if hasattr(model, "upcast_recurrence_parameters"):
+        model.upcast_recurrence_parameters()
+    return model.to(device)
+
+
+def build_student(recipe: Recipe, teacher: nn.Module, device: torch.device) -> nn.Module:
+    sc = recipe.student
+    if sc.path is not None:
+        return load_student_folder(sc.path, device)
+    from gendistill.convert import convert_teacher
+
+    torch.manual_seed(recipe.run.seed)
+    student = convert_teacher(teacher, sc.attention_layers, **sc.kda_options)  # type: ignore[arg-type]
+    student = student.to(device=device, dtype=torch.float32)
+    if hasattr(student, "upcast_recurrence_parameters"):
+        student.upcast_recurrence_parameters()
+    return student
+
+
+def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
+    """Every stage's sources opened and every record checked, before any model is built or trained."""
+    out = {}
+    for stage in recipe.stages:
+        ps = PackedStream(recipe.stage_data(stage), tokenizer, stage.seq_len, stage.masking)
+        out[stage.name] = ps.validate()
+    return out
+
+
+def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[dict[str, Any]]:
+    plan = []
+    for i, st in enumerate(recipe.stages):
+        sel = apply_trainable(student, st.trainable, f"stages[{i}].trainable")  # type: ignore[arg-type]
+        params = {id(p): p for p in student.parameters()}
+        names = dict(student.named_parameters())
+        n_train = sum(names[n].numel() for n in sel.trainable if n in names)
+        del params
+        plan.append(
+            {
+                "stage": st.name,
+                "steps": st.total_steps(),
+                "tokens": st.total_steps() * st.batch_size * st.seq_len,
+                "seq_len": st.seq_len,
+                "batch_size": st.batch_size,
+                "micro_batch_size": st.micro_batch_size,
+                "grad_accumulation": st.grad_accum_for(world_size),
+                "loss": st.loss.kind if st.loss else None,
+                "masking": st.masking,
+                "trainable_params": n_train,
+                "trainable_tensors": len(sel.trainable),
+                "frozen_tensors": len(sel.frozen),
+            }
+        )
+    return plan
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    teacher: nn.Module | None = None,
+    tokenizer: Any = None,
+    student: nn.Module | None = None,
+    stop_after: int | None = None,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """Run the recipe. ``teacher``/``tokenizer``/``student`` may be passed in (tests, notebooks) instead of being
+    loaded from the recipe. ``stop_after`` stops after that many optimizer steps (to test ``resume``)."""
+    world = world or init_world(recipe.run.device)
+    run_dir = Path(recipe.run.output_dir)
+    prog = _progress(run_dir)
+    started = (run_dir / "recipe.yaml").exists()
+    if started and not resume and not overwrite and not dry_run:
+        raise ConfigError(f"run.output_dir: {run_dir} already holds a run; pass --resume to continue or --overwrite")
+    if overwrite and not resume and not dry_run and world.is_main and run_dir.exists():
+        shutil.rmtree(run_dir)
+        prog = {"completed": []}
+    barrier(world)
+
+    if teacher is None or tokenizer is None:
+        from gendistill.teachers import load_teacher
+
+        teacher, tokenizer = load_teacher(recipe.teacher.spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+    teacher = teacher.to(world.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
+
+    completed: list[str] = list(prog.get("completed", [])) if resume else []
+    if student is None:
+        if completed:
+            student = load_student_folder(run_dir / completed[-1], world.device)
+        else:
+            student = build_student(recipe, teacher, world.device)
+    student = student.to(world.device)
+
+    if dry_run:
+        plan = describe_plan(recipe, student, world.world_size)
+        return {"plan": plan, "data": data_counts}
+
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = dump_recipe(recipe)
+        old = run_dir / "recipe.yaml"
+        if old.exists() and old.read_text() != text:
+            old.replace(run_dir / f"recipe.{int(time.time())}.yaml")
+        (run_dir / "recipe.yaml").write_text(text)
+        _write_progress(run_dir, {"completed": completed})
+    barrier(world)
+
+    logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard)
+    results: dict[str, StageResult] = {}
+    torch.manual_seed(recipe.run.seed + world.rank)
+    try:
+        for i, stage in enumerate(recipe.stages):
+            if stage.name in completed:
+                continue
+            res = run_stage(
+                stage=stage,
+                stage_index=i,
+                data=recipe.stage_data(stage),
+                student=student,
+                teacher=teacher,
+                tokenizer=tokenizer,
+                run=recipe.run,
+                run_dir=run_dir,
+                world=world,
+                resume=resume,
+                logger=logger,
+                stop_after=stop_after,
+                validated=True,
+            )
+            results[stage.name] = res
+            if res.steps < stage.total_steps():  # stopped early (stop_after)
+                break
+            _save_stage_student(student, tokenizer, run_dir / stage.name, world)
+            completed.append(stage.name)
+            if world.is_main:
+                _write_progress(run_dir, {"completed": completed})
+            barrier(world)
+    finally:
+        logger.close()
+    return {"results": results, "student": student, "completed": completed, "run_dir": run_dir}
+
+
+def _save_stage_student(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
+    if world.is_main:
+        from gendistill.convert.convert import save_student
+
+        was = student.training
+        student.eval()
+        try:
+            save_student(student, tokenizer, out, overwrite=True)
+        except GendistillError:
+            raise
+        finally:
+            student.train(was)
+    barrier(world)
+
+
+__all__ = ["run_recipe", "build_student", "load_student_folder", "validate_data", "describe_plan", "StageConfig"]

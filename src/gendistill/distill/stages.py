@@ -1,0 +1,227 @@
+"""The four GenDistill stages as ``nn.Module`` objects whose ``forward(batch, denom)`` returns the loss of a
+micro-batch already divided by ``denom`` (the masked-in token count of the whole global batch), so gradient
+accumulation and data parallelism give exactly the gradient of one big batch.
+
+Each module holds the student as a sub-module (what DDP/FSDP wrap) and the teacher as a plain attribute (never
+wrapped, never trained, run under ``torch.no_grad``).
+
+* Stage 1 — one teacher pass with forward hooks on the attention of every replaced layer captures its input (after
+  ``input_layernorm``) and output; each KDA mixer ``linear_attn`` gets the captured input and is trained to reproduce
+  the captured output. No student forward beyond the mixers; the teacher pass stops after the last needed layer.
+* Stage 2 — hooks on the teacher's decoder layers capture each block's input and output; each student KDA block
+  (``input_layernorm -> linear_attn -> residual -> post_attention_layernorm -> mlp -> residual``) is fed the teacher's
+  input and matched to the teacher's output.
+* Stage 3a / 3b — full forward of both models to the final normed hidden state; the logit loss (forward KL, ...) is
+  computed through the two vocabulary projections in chunks over the masked-in tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from gendistill.distill.config import LossConfig, StageConfig
+from gendistill.distill.losses import HIDDEN_LOSSES, chunked_logit_loss, masked_sum
+from gendistill.errors import ConfigError
+from gendistill.models.hybrid.modeling_hybrid import packed_cu_seqlens
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end the teacher's forward once every needed layer has run."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ConfigError(f"{type(model).__name__}: no .model.layers; not a supported decoder model")
+    return layers
+
+
+def kda_layer_indices(student: nn.Module) -> list[int]:
+    return [i for i, layer in enumerate(decoder_layers(student)) if hasattr(layer, "linear_attn")]
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return args[0]
+
+
+def run_mixer(mixer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Run a KDA mixer on ``x [B, T, D]`` of packed documents exactly as the student's own forward does: when a row
+    restarts its positions, the batch is flattened to one row and the document boundaries (every position restart
+    and every row start) go in as ``cu_seqlens``, so the state and the short convolutions restart at each document."""
+    B, T, D = x.shape
+    cu = packed_cu_seqlens(position_ids)
+    if cu is None:
+        return _first(mixer(x, attention_mask=None))
+    return _first(mixer(x.reshape(1, B * T, D), attention_mask=None, cu_seqlens=cu)).reshape(B, T, -1)
+
+
+class _TeacherCapture:
+    """Forward hooks on teacher modules ``{layer_index: module}``, recording (input hidden state, output)."""
+
+    def __init__(self, modules: dict[int, nn.Module]):
+        self.modules = modules
+        self.last = max(modules) if modules else -1
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> "_TeacherCapture":
+        self.store = {}
+        for i, m in self.modules.items():
+            self.handles.append(m.register_forward_hook(self._hook(i), with_kwargs=True))
+        return self
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            self.store[i] = (_hidden_arg(args, kwargs).detach(), _first(output).detach())
+            if i == self.last:
+                raise _StopForward
+
+        return hook
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def teacher_forward_until(teacher: nn.Module, batch: dict[str, torch.Tensor], capture: _TeacherCapture) -> None:
+    base = getattr(teacher, "model", teacher)
+    with torch.no_grad(), capture:
+        try:
+            base(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        except _StopForward:
+            pass
+
+
+class StageModule(nn.Module):
+    """Base: ``forward(batch, denom) -> loss``; ``count(batch)`` is the number of tokens the loss averages over."""
+
+    mask_key = "token_mask"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
+        super().__init__()
+        self.student = student
+        object.__setattr__(self, "teacher", teacher)  # not a sub-module: never wrapped, moved or trained
+        self.stage = stage
+        self.loss_cfg: LossConfig = stage.loss  # type: ignore[assignment]
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch[self.mask_key].sum())
+
+
+class Stage1Module(StageModule):
+    def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
+        super().__init__(student, teacher, stage)
+        self.layers = _pick_layers(student, stage)
+        t_layers = decoder_layers(teacher)
+        self.capture = _TeacherCapture({i: t_layers[i].self_attn for i in self.layers})
+        self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
+
+    def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
+        teacher_forward_until(self.teacher, batch, self.capture)
+        s_layers = decoder_layers(self.student)
+        mask = batch[self.mask_key]
+        total = 0.0
+        for i in self.layers:
+            x, y = self.capture.store[i]
+            out = run_mixer(s_layers[i].linear_attn, x.to(_param_dtype(s_layers[i].linear_attn)), batch["position_ids"])
+            total = total + masked_sum(self.fn(out, y), mask)
+        self.capture.store = {}
+        return total / (denom * len(self.layers))
+
+
+class Stage2Module(StageModule):
+    def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
+        super().__init__(student, teacher, stage)
+        self.layers = _pick_layers(student, stage)
+        t_layers = decoder_layers(teacher)
+        self.capture = _TeacherCapture({i: t_layers[i] for i in self.layers})
+        self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
+
+    def block(self, i: int, h: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        layer = decoder_layers(self.student)[i]
+        h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
+        teacher_forward_until(self.teacher, batch, self.capture)
+        mask = batch[self.mask_key]
+        total = 0.0
+        for i in self.layers:
+            x, y = self.capture.store[i]
+            out = self.block(i, x.to(_param_dtype(decoder_layers(self.student)[i])), batch["position_ids"])
+            total = total + masked_sum(self.fn(out, y), mask)
+        self.capture.store = {}
+        return total / (denom * len(self.layers))
+
+
+class Stage3Module(StageModule):
+    """End-to-end logit distillation (3a on text, 3b on chat with completion-only masking)."""
+
+    mask_key = "loss_mask"
+
+    def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
+        ids, pos = batch["input_ids"], batch["position_ids"]
+        sel = batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)
+        t_base = getattr(self.teacher, "model", self.teacher)
+        with torch.no_grad():
+            h_t = t_base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+            h_t = h_t.reshape(-1, h_t.shape[-1]).index_select(0, sel)
+        s_base = self.student.model
+        h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
+        labels = batch["labels"].reshape(-1).index_select(0, sel)
+        s_head, t_head = self.student.lm_head, self.teacher.lm_head
+        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else torch.float32
+        loss = chunked_logit_loss(
+            h_s,
+            s_head.weight,
+            h_t,
+            t_head.weight,
+            labels,
+            self.loss_cfg,
+            b_s=getattr(s_head, "bias", None),
+            b_t=getattr(t_head, "bias", None),
+            compute_dtype=dtype,
+        )
+        return loss / denom
+
+
+def _param_dtype(m: nn.Module) -> torch.dtype:
+    for p in m.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _pick_layers(student: nn.Module, stage: StageConfig) -> list[int]:
+    kda = kda_layer_indices(student)
+    if not kda:
+        raise ConfigError(f"{stage.name}: the student has no KDA (linear_attn) layers to align")
+    if stage.layers is None:
+        return kda
+    bad = [i for i in stage.layers if i not in kda]
+    if bad:
+        raise ConfigError(f"{stage.name}.layers: {bad} are not KDA layers of the student (KDA layers: {kda})")
+    return sorted(stage.layers)
+
+
+STAGE_MODULES: dict[str, type[StageModule]] = {
+    "stage1": Stage1Module,
+    "stage2": Stage2Module,
+    "stage3a": Stage3Module,
+    "stage3b": Stage3Module,
+}
+
+
+def build_stage_module(student: nn.Module, teacher: nn.Module, stage: StageConfig) -> StageModule:
+    return STAGE_MODULES[stage.name](student, teacher, stage)

@@ -1,0 +1,284 @@
+"""The training loop of one stage: AdamW (no weight decay on A_log/dt_bias/norms/biases), warmup-stable-decay or
+cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient checkpointing, DDP (or FSDP2) across
+ranks, atomic checkpoints, exact resume, NaN/inf stop, held-out evaluation, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gendistill.distill.checkpoint import (
+    commit_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    tmp_dir_for,
+    write_rank_files,
+)
+from gendistill.distill.config import DataConfig, RunConfig, StageConfig
+from gendistill.distill.data import BatchStream, PackedStream, StreamState, collate
+from gendistill.distill.distributed import World, all_reduce_sum, barrier
+from gendistill.distill.freezing import Selection, apply_trainable, param_groups
+from gendistill.distill.metrics import MetricsLogger, Progress
+from gendistill.distill.schedules import set_lr
+from gendistill.distill.stages import StageModule, build_stage_module
+from gendistill.errors import GendistillError
+
+
+class TrainingDivergedError(GendistillError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint of the bad step."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    tokens: int
+    losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    selection: Selection | None = None
+    resumed_from: int | None = None
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(world: World, run: RunConfig):
+    use_bf16 = run.precision == "bf16" or (run.precision == "auto" and world.device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=world.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _enable_gradient_checkpointing(student: nn.Module, name: str) -> None:
+    fn = getattr(student, "gradient_checkpointing_enable", None)
+    if fn is None:
+        raise GendistillError(f"{name}: gradient_checkpointing is on but {type(student).__name__} does not support it")
+    fn(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig) -> nn.Module:
+    if not world.distributed:
+        return module
+    if run.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in module.student.model.layers:
+            fully_shard(layer)
+        fully_shard(module)
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(
+        module,
+        device_ids=[world.device.index] if world.device.type == "cuda" else None,
+        broadcast_buffers=False,
+        # stages 1-2 may leave trainable parameters of unselected layers without gradients
+        find_unused_parameters=stage.name in ("stage1", "stage2"),
+    )
+
+
+def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, run: RunConfig) -> float | None:
+    """Mean loss over the held-out sequences (every rank computes it, no collectives)."""
+    if not seqs:
+        return None
+    was = module.training
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(seqs), stage.micro_batch_size):
+            b = _to(collate(seqs[i : i + stage.micro_batch_size], stage.masking), world.device)
+            n = module.count(b)
+            if n == 0:
+                continue
+            with _autocast(world, run):
+                total += float(module(b, 1.0))
+            count += n
+    module.train(was)
+    return total / count if count else None
+
+
+def run_stage(
+    *,
+    stage: StageConfig,
+    stage_index: int,
+    data: DataConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer: Any,
+    run: RunConfig,
+    run_dir: Path,
+    world: World,
+    resume: bool,
+    logger: MetricsLogger,
+    stop_after: int | None = None,
+    validated: bool = False,
+) -> StageResult:
+    """Train ``student`` in place for one stage. ``stop_after`` ends the loop after that many optimizer steps of this
+    invocation (testing resume: a run that is cut off)."""
+    where = f"stages[{stage_index}]"
+    total_steps = stage.total_steps()
+    accum = stage.grad_accum_for(world.world_size)
+    student.train()
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    selection = apply_trainable(student, stage.trainable, f"{where}.trainable")  # type: ignore[arg-type]
+    if stage.gradient_checkpointing:
+        _enable_gradient_checkpointing(student, where)
+    module = build_stage_module(student, teacher, stage)
+    stage_dir = run_dir / "checkpoints" / stage.name
+
+    # data: validated before anything trains
+    packed = PackedStream(data, tokenizer, stage.seq_len, stage.masking)
+    if not validated:
+        packed.validate()
+    eval_seqs = packed.heldout_sequences(stage.eval_sequences)
+
+    opt_cfg = stage.optim
+    fused = opt_cfg.fused if opt_cfg.fused is not None else world.device.type == "cuda"
+    wrapped = _wrap(module, world, run, stage)
+    optimizer = torch.optim.AdamW(
+        param_groups(student, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps, fused=fused
+    )
+
+    step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
+    ck = latest_checkpoint(stage_dir) if resume else None
+    if ck is not None:
+        st = load_checkpoint(ck, student, optimizer, rank=world.rank)
+        step, tokens = int(st["step"]), int(st["tokens"])
+        stream_state = StreamState.from_dict(st["stream"])
+        resumed_from = step
+    result = StageResult(stage.name, step, tokens, selection=selection, resumed_from=resumed_from)
+    if step >= total_steps:
+        return result
+
+    batches = BatchStream(packed, stage.batch_size, stage.micro_batch_size, world.rank, world.world_size, stream_state)
+    progress = Progress(stage.name, total_steps, step, world.is_main, run.progress, stage.log_every)
+    if resumed_from is not None:
+        progress.message(f"[{stage.name}] resumed from {ck} at step {step}")
+    ckpt_every = stage.checkpoint_every or run.checkpoint_every
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    last_ckpt: Path | None = ck
+    t_last = time.perf_counter()
+    n_this = 0
+    try:
+        while step < total_steps:
+            lr = set_lr(optimizer, step, total_steps, opt_cfg)
+            micro, new_state = batches.next_step()
+            assert len(micro) == accum, (len(micro), accum)
+            denom_t = torch.tensor([float(sum(module.count(b) for b in micro))], device=world.device)
+            denom = float(all_reduce_sum(denom_t, world).item())
+            loss_sum = torch.zeros((), device=world.device)
+            if denom > 0:
+                for j, mb in enumerate(micro):
+                    mb = _to(mb, world.device)
+                    sync = contextlib.nullcontext()
+                    if world.distributed and hasattr(wrapped, "no_sync") and j < len(micro) - 1:
+                        sync = wrapped.no_sync()
+                    with sync:
+                        with _autocast(world, run):
+                            loss = wrapped(mb, denom)
+                        # DDP averages gradients over ranks; each rank's loss is its share of the global sum
+                        (loss * world.world_size if world.distributed else loss).backward()
+                    loss_sum += loss.detach().float()
+            loss_val = float(all_reduce_sum(loss_sum, world).item())
+            if not math.isfinite(loss_val):
+                where_ck = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise TrainingDivergedError(
+                    f"{stage.name} step {step + 1}: loss is {loss_val}; stopped before the optimizer step "
+                    f"({where_ck}; lower the learning rate and rerun with --resume)"
+                )
+            gnorm = None
+            if opt_cfg.clip_grad_norm is not None:
+                gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, opt_cfg.clip_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n_this += 1
+            step_tokens = stage.batch_size * stage.seq_len
+            tokens += step_tokens
+            now = time.perf_counter()
+            tok_s = step_tokens / max(now - t_last, 1e-9)
+            t_last = now
+            result.losses.append(loss_val)
+            progress.update(step, loss_val, tok_s)
+            if step % stage.log_every == 0 or step == total_steps:
+                rec = {
+                    "stage": stage.name,
+                    "step": step,
+                    "tokens": tokens,
+                    "loss": loss_val,
+                    "lr": lr,
+                    "tokens_per_s": tok_s,
+                    "loss_tokens": int(denom),
+                }
+                if gnorm is not None:
+                    rec["grad_norm"] = gnorm
+                logger.log(rec)
+            if stage.eval_every and (step % stage.eval_every == 0 or step == total_steps):
+                ev = evaluate(module, eval_seqs, stage, world, run)
+                if ev is not None:
+                    result.eval_losses.append((step, ev))
+                    logger.log({"stage": stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
+                    progress.message(f"[{stage.name}] step {step}: held-out loss {ev:.4f}")
+            batches.state = new_state
+            stop_now = stop_after is not None and n_this >= stop_after
+            if step % ckpt_every == 0 or step == total_steps or stop_now:
+                last_ckpt = save_checkpoint(
+                    stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps
+                )
+            if stop_now:
+                break
+    finally:
+        progress.close()
+    result.steps, result.tokens = step, tokens
+    return result
+
+
+def save_checkpoint(
+    stage_dir: Path,
+    step: int,
+    tokens: int,
+    stream: StreamState,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    run: RunConfig,
+    world: World,
+    stage_name: str,
+    total_steps: int,
+) -> Path:
+    tmp = tmp_dir_for(stage_dir, step)
+    if world.is_main:
+        tmp.mkdir(parents=True, exist_ok=True)
+    barrier(world)
+    write_rank_files(tmp, world.rank)
+    model_state = optim_state = None
+    if run.distributed == "fsdp" and world.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optim_state = get_state_dict(student, optimizer, options=opts)
+    barrier(world)
+    final = stage_dir / f"step-{step:08d}"
+    if world.is_main:
+        state = {
+            "stage": stage_name,
+            "step": step,
+            "tokens": tokens,
+            "total_steps": total_steps,
+            "stream": stream.to_dict(),
+            "world_size": world.world_size,
+        }
+        final = commit_checkpoint(
+            stage_dir, step, student, optimizer, state, run.keep_checkpoints, model_state, optim_state
+        )
+    barrier(world)
+    return final
