@@ -1,0 +1,109 @@
+"""``gendistill bench``: inference efficiency of the hybrid student against its teacher (see docs/bench.md)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import typer
+
+from gendistill.bench.settings import MEASUREMENTS, BenchSettings
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = []
+        for part in text.split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            mult = 1024 if part.endswith("k") else 1
+            vals.append(int(part.rstrip("k")) * mult)
+        return tuple(vals)
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
+
+
+def bench(
+    config: str = typer.Option("qwen3-0.6b", help="Named shape with random weights: qwen3-0.6b | tiny."),
+    teacher: str = typer.Option(None, help="Teacher folder (HF causal LM); overrides --config."),
+    student: str = typer.Option(None, help="Student folder (saved HybridForCausalLM); default: convert the teacher."),
+    attention_layers: str = typer.Option(None, help="Attention layers of the converted student (default 0,2,6,11,13,18,21)."),
+    contexts: str = typer.Option(None, help="Contexts for cache/TTFT/decode, e.g. 1k,4k,16k,32k,64k,128k."),
+    throughput_contexts: str = typer.Option(None, help="Contexts of the batch sweep (default 4k,16k,32k,64k)."),
+    dtype: str = typer.Option("auto", help="auto | bf16 | fp16 | fp32 (auto: bf16 on cuda, fp32 on cpu)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu."),
+    out: str = typer.Option("runs/bench", help="Output folder (JSON + PNG plots)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny shape on CPU in seconds (what the tests run)."),
+    skip: str = typer.Option("", help=f"Comma-separated measurements to skip: {','.join(MEASUREMENTS)}."),
+    max_batch: int = typer.Option(None, help="Upper bound of the throughput batch sweep."),
+    repeats: int = typer.Option(None, help="Timed repeats per measurement (median reported)."),
+    warmup: int = typer.Option(None, help="Warm-up runs at each shape before timing."),
+    decode_tokens: int = typer.Option(None, help="Tokens per timed decode repeat (batch 1)."),
+    throughput_tokens: int = typer.Option(None, help="Decode steps timed at the batch the sweep found."),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="CUDA-graph the batch-1 decode step."),
+    validate_graph: bool = typer.Option(True, "--validate-graph/--no-validate-graph",
+                                        help="Check graph decode == eager once per model."),
+    time_limit: float = typer.Option(0.0, help="Seconds after which remaining measurements are skipped (0: none)."),
+    model_name: str = typer.Option(None, help="Label for file names (default: config or teacher folder name)."),
+) -> None:
+    """Cache memory, time-to-first-token, decode speed and peak throughput of teacher vs student, in one run."""
+    from gendistill.bench.runner import run_benchmark
+
+    settings = settings_from_options(
+        config=config, teacher=teacher, student=student, attention_layers=attention_layers, contexts=contexts,
+        throughput_contexts=throughput_contexts, dtype=dtype, device=device, out=out, tiny=tiny, skip=skip,
+        max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
+        throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
+        time_limit=time_limit, model_name=model_name,
+    )
+    run_benchmark(settings)
+
+
+def settings_from_options(**o) -> BenchSettings:
+    skip = tuple(x.strip() for x in (o.get("skip") or "").split(",") if x.strip())
+    bad = [x for x in skip if x not in MEASUREMENTS]
+    if bad:
+        raise typer.BadParameter(f"--skip: unknown {bad}; known: {list(MEASUREMENTS)}")
+    overrides = {
+        k: v
+        for k, v in dict(
+            teacher=o.get("teacher"),
+            student=o.get("student"),
+            attention_layers=_ints(o.get("attention_layers"), "--attention-layers"),
+            contexts=_ints(o.get("contexts"), "--contexts"),
+            throughput_contexts=_ints(o.get("throughput_contexts"), "--throughput-contexts"),
+            max_batch=o.get("max_batch"),
+            repeats=o.get("repeats"),
+            warmup=o.get("warmup"),
+            decode_tokens=o.get("decode_tokens"),
+            throughput_tokens=o.get("throughput_tokens"),
+            model_name=o.get("model_name"),
+        ).items()
+        if v is not None
+    }
+    if o.get("dtype", "auto") != "auto":
+        overrides["dtype"] = o["dtype"]
+    if o.get("device", "auto") != "auto":
+        overrides["device"] = o["device"]
+    common = dict(
+        out=o.get("out", "runs/bench"),
+        skip=skip,
+        cuda_graph=o.get("cuda_graph", True),
+        validate_graph=o.get("validate_graph", True),
+        time_limit_s=o.get("time_limit", 0.0) or 0.0,
+        command=" ".join(["gendistill", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "",
+    )
+    if o.get("tiny") or o.get("config") == "tiny":
+        return BenchSettings.tiny(**{**common, **overrides})
+    if o.get("teacher"):
+        overrides["config"] = None
+    else:
+        overrides["config"] = o.get("config", "qwen3-0.6b")
+    return BenchSettings(**{**common, **overrides})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,160 @@
+"""Presentation of benchmark results: a rich table (printed last) and PNG plots in the style of the paper's
+Figure 2 (memory, TTFT, decode speed vs context) and Figure 5 (theoretical cache vs length; peak throughput bars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    if n >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def _fmt(v, spec=".1f", suffix="") -> str:
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _ctx(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _err_cell(e: dict, what: str, text: str) -> str:
+    err = (e.get("errors") or {}).get(what)
+    if err and text == "-":
+        return "OOM" if err.startswith("oom") else ("skip" if err.startswith("skipped") else "ERR")
+    return text
+
+
+def print_table(results: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=200)
+    tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
+                + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
+    for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x",
+                "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
+        tbl.add_column(col, justify="right")
+    for c in results["contexts"]:
+        t, s, r = c["teacher"], c["student"], c.get("ratios", {})
+        ct = (t.get("cache_bytes_measured") or t.get("cache_bytes_theoretical") or {}).get("total")
+        cs = (s.get("cache_bytes_measured") or s.get("cache_bytes_theoretical") or {}).get("total")
+
+        def thr(e):
+            v = e.get("throughput_tok_s")
+            return _err_cell(e, "throughput", "-" if v is None else f"{v:.0f} ({e.get('throughput_batch')})")
+
+        tbl.add_row(
+            _ctx(c["context"]), _fmt_bytes(ct), _fmt_bytes(cs), _fmt(r.get("cache_theoretical_student_over_teacher"), ".3f"),
+            _err_cell(t, "ttft", _fmt(t.get("ttft_ms"), ".1f")), _err_cell(s, "ttft", _fmt(s.get("ttft_ms"), ".1f")),
+            _fmt(r.get("ttft_speedup"), ".2f", "x"),
+            _err_cell(t, "decode", _fmt(t.get("decode_tok_s"), ".1f")),
+            _err_cell(s, "decode", _fmt(s.get("decode_tok_s"), ".1f")), _fmt(r.get("decode_speedup"), ".2f", "x"),
+            thr(t), thr(s), _fmt(r.get("throughput_ratio"), ".2f", "x"),
+        )
+    console.print(tbl)
+    targets = (results.get("summary") or {}).get("targets") or []
+    if targets:
+        tt = Table(title="issue 5 targets (student vs teacher)")
+        for col in ("metric", "where", "target", "value", "met"):
+            tt.add_column(col)
+        for x in targets:
+            met = {True: "yes", False: "NO", None: "n/a"}[x["met"]]
+            tt.add_row(x["metric"], x["where"], x["target"], _fmt(x["value"], ".3f"), met)
+        console.print(tt)
+    if results.get("json_path"):
+        console.print(f"JSON: {results['json_path']}")
+
+
+def make_plots(results: dict, out_dir: str | Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = {"teacher": "#555555", "student": "#d62728"}
+    labels = {"teacher": "Transformer (teacher)", "student": "Hybrid-KDA (student)"}
+    ctxs = results["contexts"]
+    stem = f"{results['model']}_{results['card']}".replace(" ", "-").replace("/", "-")
+    paths = []
+
+    # Figure 2: memory, TTFT, decode vs context (batch 1).
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("cache memory (GiB)", lambda e: (e.get("cache_bytes_measured") or {}).get("total"), GiB, "(a) memory"),
+        ("TTFT (ms)", lambda e: e.get("ttft_ms"), 1, "(b) time to first token"),
+        ("decode (tokens/s)", lambda e: e.get("decode_tok_s"), 1, "(c) decode speed"),
+    ]
+    for ax, (ylabel, get, scale, title) in zip(axes, panels):
+        for role in ("teacher", "student"):
+            pts = [(c["context"], get(c[role])) for c in ctxs if get(c[role]) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, [y / scale for y in ys], "o-", color=colors[role], label=labels[role])
+        if title.startswith("(a)"):
+            for role in ("teacher", "student"):
+                pts = [(c["context"], (c[role].get("cache_bytes_theoretical") or {}).get("total")) for c in ctxs]
+                pts = [p for p in pts if p[1] is not None]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, [y / scale for y in ys], ":", color=colors[role], alpha=0.6)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['model']} on {results['card']}, batch 1, {results['dtype']}")
+    fig.tight_layout()
+    p = out_dir / f"fig2_{stem}.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(str(p))
+
+    # Figure 5: (a) theoretical cache vs length, (b) peak throughput bars.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    curve = results.get("theoretical_cache_curve") or {}
+    for role in ("teacher", "student"):
+        if curve.get(role):
+            axes[0].plot(curve["lengths"], [y / GiB for y in curve[role]], "-", color=colors[role], label=labels[role])
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("sequence length (tokens)")
+    axes[0].set_ylabel("cache (GiB, batch 1)")
+    axes[0].set_title("(a) theoretical cache memory")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    tp = [c for c in ctxs if any(c[r].get("throughput_tok_s") for r in ("teacher", "student"))]
+    if tp:
+        x = list(range(len(tp)))
+        w = 0.38
+        for k, role in enumerate(("teacher", "student")):
+            ys = [c[role].get("throughput_tok_s") or 0 for c in tp]
+            bars = axes[1].bar([i + (k - 0.5) * w for i in x], ys, w, color=colors[role], label=labels[role])
+            for bar, c in zip(bars, tp):
+                bsz = c[role].get("throughput_batch")
+                if bsz:
+                    axes[1].annotate(f"B={bsz}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                     ha="center", va="bottom", fontsize=7)
+        axes[1].set_xticks(x, [_ctx(c["context"]) for c in tp])
+    axes[1].set_xlabel("context length")
+    axes[1].set_ylabel("peak decode throughput (tokens/s)")
+    axes[1].set_title("(b) peak throughput (max batch before OOM)")
+    axes[1].grid(alpha=0.3, axis="y")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    p = out_dir / f"fig5_{stem}.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(str(p))
+    return paths

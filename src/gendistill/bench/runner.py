@@ -1,0 +1,473 @@
+"""Orchestration: every measurement for teacher and student, in one process, on one device; results as a dict that
+is written to JSON after every step (a run killed half way still leaves its numbers)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gendistill.bench import cache as cachemod
+from gendistill.bench import engine
+from gendistill.bench.models import build_models, count_params, layer_type_counts
+from gendistill.bench.settings import BenchSettings
+from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
+from gendistill.bench.timing import measure, time_once_ms
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ROLES = ("teacher", "student")
+SCHEMA_VERSION = 1
+
+
+class _Log:
+    def __init__(self, sink: Callable[[str], None] | None):
+        self.t0 = time.perf_counter()
+        self.sink = sink
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, msg: str) -> None:
+        line = f"[bench {self.elapsed():7.1f}s] {msg}"
+        if self.sink is None:
+            print(line, flush=True)
+        else:
+            self.sink(line)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def card_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{platform.machine()}"
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def versions() -> dict:
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for key, dist in (("fla", "flash-linear-attention"), ("fla_core", "fla-core"), ("triton", "triton")):
+        try:  # metadata only: importing fla costs ~10 s on a busy CPU
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def _err(exc: BaseException) -> str:
+    kind = "oom" if is_oom(exc) else type(exc).__name__
+    return f"{kind}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
+def _mem_allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+class Runner:
+    def __init__(self, settings: BenchSettings, log_sink: Callable[[str], None] | None = None):
+        self.s = settings
+        self.log = _Log(log_sink)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.use_graph = settings.cuda_graph and self.device.type == "cuda"
+        self.graph_ok: dict[str, bool] = {}
+        self.results: dict[str, Any] = {}
+        self.out_dir = Path(settings.out)
+        self.json_path: Path | None = None
+
+    # ----------------------------------------------------------------------------------------------- bookkeeping
+    def out_of_time(self) -> bool:
+        return bool(self.s.time_limit_s) and self.log.elapsed() > self.s.time_limit_s
+
+    def save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.results["elapsed_s"] = round(self.log.elapsed(), 2)
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.results, indent=2, default=_json_default))
+        tmp.replace(self.json_path)
+
+    def _guard(self, entry: dict, what: str, fn: Callable[[], None]) -> None:
+        """Run one measurement; OOM and other failures are recorded in ``entry['errors']`` and the run goes on."""
+        if self.out_of_time():
+            entry.setdefault("errors", {})[what] = "skipped: time limit"
+            self.log(f"  {what}: skipped (time limit {self.s.time_limit_s}s)")
+            return
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            entry.setdefault("errors", {})[what] = _err(exc)
+            self.log(f"  {what}: FAILED {_err(exc)}")
+            if not is_oom(exc):
+                entry.setdefault("tracebacks", {})[what] = traceback.format_exc(limit=8)
+            del exc
+            free_memory()
+
+    # ----------------------------------------------------------------------------------------------- main
+    def run(self) -> dict:
+        s = self.s
+        torch.manual_seed(s.seed)
+        self.log(f"device={self.device} dtype={self.dtype} graph={self.use_graph}")
+        pair = build_models(s, self.device, self.dtype)
+        self.models = {"teacher": pair.teacher, "student": pair.student}
+        card = card_name(self.device)
+        self.results = {
+            "schema_version": SCHEMA_VERSION,
+            "model": pair.name,
+            "card": card,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "versions": versions(),
+            "command": s.command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": s.to_dict(),
+            "student_is_standin": pair.student_is_standin,
+            "note": pair.note,
+            "models": {
+                r: {
+                    "class": type(m).__name__,
+                    "params": count_params(m),
+                    "layer_types": layer_type_counts(m),
+                    "attn_implementation": getattr(m.config, "_attn_implementation", None),
+                }
+                for r, m in self.models.items()
+            },
+            "cuda_graph": {"enabled": self.use_graph},
+            "theoretical_cache_curve": self.cache_curve(),
+            "contexts": [],
+        }
+        self.json_path = self.out_dir / f"bench_{slug(pair.name)}_{slug(card)}.json"
+        self.log(f"models built: teacher {self.results['models']['teacher']}, student {self.results['models']['student']}")
+        self.save()
+
+        by_ctx: dict[int, dict] = {}
+        all_ctx = sorted(set(s.contexts) | (set(s.throughput_contexts) if s.wants("throughput") else set()))
+        for L in all_ctx:
+            entry = {"context": L, "teacher": {}, "student": {}}
+            by_ctx[L] = entry
+            self.results["contexts"].append(entry)
+        for L in sorted(s.contexts):
+            for role in ROLES:
+                self.log(f"context {L}: {role}")
+                self.measure_context(role, L, by_ctx[L][role])
+                by_ctx[L]["ratios"] = ratios(by_ctx[L])
+                self.save()
+        if s.wants("throughput"):
+            for L in sorted(s.throughput_contexts):
+                for role in ROLES:
+                    self.log(f"throughput sweep at {L}: {role}")
+                    e = by_ctx[L][role]
+                    if "cache_bytes_theoretical" not in e:
+                        self.cache_entry(role, L, e)
+                    self._guard(e, "throughput", lambda: self.throughput(role, L, e))
+                    by_ctx[L]["ratios"] = ratios(by_ctx[L])
+                    self.save()
+        self.results["summary"] = summary(self.results)
+        self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.save()
+        self.log(f"wrote {self.json_path}")
+        return self.results
+
+    # ----------------------------------------------------------------------------------------------- cache arithmetic
+    def cache_curve(self) -> dict:
+        top = max([*self.s.contexts, *self.s.throughput_contexts, 131072 if self.s.config != "tiny" else 0])
+        lengths, n = [], 16 if self.s.config == "tiny" else 512
+        while n <= top:
+            lengths.append(n)
+            n *= 2
+        out: dict[str, Any] = {"lengths": lengths}
+        for role, m in self.models.items():
+            out[role] = [cachemod.theoretical_cache_bytes(m.config, L, 1, self.dtype)["total"] for L in lengths]
+        return out
+
+    def cache_entry(self, role: str, L: int, e: dict) -> None:
+        m = self.models[role]
+        e["cache_bytes_theoretical"] = cachemod.theoretical_cache_bytes(m.config, L, 1, self.dtype)
+        try:
+            api = cachemod.model_api_cache_bytes(m, L, 1)
+        except Exception as exc:  # noqa: BLE001
+            api = None
+            e.setdefault("errors", {})["cache_bytes_model_api"] = _err(exc)
+        if api is not None:
+            e["cache_bytes_model_api"] = api
+            e["cache_theory_matches_model_api"] = api.get("total") == e["cache_bytes_theoretical"]["total"]
+
+    # ----------------------------------------------------------------------------------------------- per context
+    def measure_context(self, role: str, L: int, e: dict) -> None:
+        s, m = self.s, self.models[role]
+        self.cache_entry(role, L, e)
+        if not (s.wants("ttft") or s.wants("decode") or s.wants("cache")):
+            return
+        ids = engine.random_prompt(m.config.vocab_size, L, 1, self.device, s.seed + L)
+        holder: dict[str, Any] = {}
+
+        def clear() -> None:
+            holder.clear()  # the previous run's cache goes by refcount; gc.collect() costs ~0.5 s per call
+            _reset_peak(self.device)
+
+        def run_prefill() -> None:
+            holder["cache"], holder["next"] = engine.prefill(m, ids)
+
+        base = _mem_allocated(self.device)
+
+        def ttft() -> None:
+            t = measure(run_prefill, self.device, warmup=s.warmup, repeats=s.repeats, budget_s=s.measure_budget_s,
+                        setup=clear)
+            e["ttft_ms"] = t.median_ms
+            e["ttft_ms_all"] = t.all_ms
+            e["ttft_warmup_ms"] = t.warmup_ms
+            self.log(f"  ttft {t.median_ms:.2f} ms (runs {[round(x, 2) for x in t.all_ms]})")
+
+        if s.wants("ttft"):
+            self._guard(e, "ttft", ttft)
+        if "cache" not in holder and (s.wants("decode") or s.wants("cache")):
+            self._guard(e, "prefill", lambda: (clear(), run_prefill()))
+        if "cache" in holder:
+            e["peak_mem_bytes_prefill"] = _peak(self.device) - base if self.device.type == "cuda" else None
+            e["cache_bytes_measured"] = cachemod.measured_cache_bytes(holder["cache"], m.config)
+            th, me = e["cache_bytes_theoretical"], e["cache_bytes_measured"]
+            e["kv_theory_matches_measured"] = th[cachemod.FULL] == me.get(cachemod.FULL, 0)
+            if s.wants("decode"):
+                self._guard(e, "decode", lambda: self.decode(role, L, e, holder))
+        holder.clear()
+        del ids
+        free_memory()
+
+    def decode(self, role: str, L: int, e: dict, holder: dict) -> None:
+        s, m = self.s, self.models[role]
+        graph_tokens = 3 if self.use_graph else 0
+        validate_tokens = 4 if (self.use_graph and s.validate_graph and role not in self.graph_ok) else 0
+        max_len = L + 1 + s.decode_warmup_tokens + graph_tokens + validate_tokens + s.decode_tokens * s.repeats + 8
+        with torch.inference_mode():
+            static = engine.to_static_cache(holder.pop("cache"), m.config, max_len)
+            if self.device.type == "cuda":
+                gc.collect()
+            state = engine.make_state(static, holder.pop("next"), L, max_len)
+            step = engine.make_step(m, state)
+            mode = "eager"
+            if self.use_graph and self.graph_ok.get(role, True):
+                try:
+                    if validate_tokens:
+                        v = engine.validate_graph(m, state, steps=validate_tokens)
+                        graph = v.pop("graph")
+                        ok = v["argmax_match"] and v["max_abs_diff"] <= 0.05 * max(1.0, v["logit_scale"])
+                        v["accepted"] = ok
+                        self.results["cuda_graph"].setdefault("validation", {})[role] = {"context": L, **v}
+                        self.graph_ok[role] = ok
+                        self.log(f"  cuda graph vs eager: {v}")
+                        if not ok:
+                            graph = None
+                    else:
+                        graph = engine.GraphStep(step)
+                    if graph is not None:
+                        step, mode = graph, "cuda_graph"
+                except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, recorded
+                    if is_oom(exc):
+                        raise
+                    self.graph_ok[role] = False
+                    self.results["cuda_graph"].setdefault("capture_errors", {})[role] = _err(exc)
+                    self.log(f"  cuda graph capture failed, eager instead: {_err(exc)}")
+                    torch.cuda.synchronize()
+            for _ in range(s.decode_warmup_tokens):
+                step()
+            n = s.decode_tokens
+
+            def run() -> None:
+                for _ in range(n):
+                    step()
+
+            t = measure(run, self.device, warmup=0, repeats=s.repeats, budget_s=None)
+        e["decode_mode"] = mode
+        e["decode_tokens"] = n
+        e["decode_ms_per_token"] = t.median_ms / n
+        e["decode_tok_s"] = n / (t.median_ms / 1e3)
+        e["decode_ms_all"] = t.all_ms
+        self.log(f"  decode {e['decode_tok_s']:.1f} tok/s ({mode}, {e['decode_ms_per_token']:.3f} ms/token)")
+        del state, step, static
+        free_memory()
+
+    # ----------------------------------------------------------------------------------------------- throughput
+    def throughput(self, role: str, L: int, e: dict) -> None:
+        s, m = self.s, self.models[role]
+        G = s.throughput_tokens
+        max_len = L + 2 + 2 + 2 * G + 8
+        with torch.inference_mode():
+            tmpl_ids = engine.random_prompt(m.config.vocab_size, 16, 1, self.device, s.seed)
+            template, first = engine.prefill(m, tmpl_ids)
+
+        def build(b: int) -> engine.DecodeState:
+            cache = engine.to_static_cache(template, m.config, max_len, batch=b, context=L, copy_kv=False)
+            return engine.make_state(cache, first.expand(b, 1), L, max_len)
+
+        def attempt(b: int) -> dict:
+            with torch.inference_mode():
+                state = build(b)
+                step = engine.make_step(m, state)
+                step()
+                step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                peak = _peak(self.device)
+                del state, step
+            return {"peak_mem_bytes": peak}
+
+        def timed(b: int) -> dict:
+            with torch.inference_mode():
+                state = build(b)
+                step = engine.make_step(m, state)
+                step()
+                step()
+
+                def run() -> None:
+                    for _ in range(G):
+                        step()
+
+                t = measure(run, self.device, warmup=0, repeats=2 if self.device.type == "cuda" else 1)
+                peak = _peak(self.device)
+                del state, step
+            return {"ms": t.median_ms, "peak_mem_bytes": peak}
+
+        free_memory()
+        res = find_max_batch(attempt, s.max_batch, rel_tol=s.sweep_rel_tol, log=self.log)
+        e["throughput_trials"] = res.trials
+        e["throughput_oom_batch"] = res.first_failure
+        e["throughput_capped"] = res.capped
+        b = res.best_batch
+        tries = 0
+        while b >= 1 and tries < 4:
+            try:
+                free_memory()
+                r = timed(b)
+                break
+            except BaseException as exc:  # noqa: BLE001
+                if not is_oom(exc):
+                    raise
+                del exc
+                free_memory()
+                b, tries = int(b * 0.85), tries + 1
+        else:
+            e["throughput_batch"] = 0
+            e["throughput_tok_s"] = None
+            return
+        e["throughput_batch"] = b
+        e["throughput_tokens"] = G
+        e["throughput_ms"] = r["ms"]
+        e["throughput_tok_s"] = b * G / (r["ms"] / 1e3)
+        e["throughput_peak_mem_bytes"] = r["peak_mem_bytes"] or None
+        self.log(f"  peak throughput {e['throughput_tok_s']:.1f} tok/s at batch {b}"
+                 f" (first OOM at {res.first_failure}{', capped at --max-batch' if res.capped else ''})")
+        del template, first
+        free_memory()
+
+
+# ----------------------------------------------------------------------------------------------- derived numbers
+def _div(a, b):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def ratios(entry: dict) -> dict:
+    t, s = entry["teacher"], entry["student"]
+    th = lambda d: (d.get("cache_bytes_theoretical") or {}).get("total")  # noqa: E731
+    me = lambda d: (d.get("cache_bytes_measured") or {}).get("total")  # noqa: E731
+    return {
+        "cache_theoretical_student_over_teacher": _div(th(s), th(t)),
+        "cache_measured_student_over_teacher": _div(me(s), me(t)),
+        "ttft_speedup": _div(t.get("ttft_ms"), s.get("ttft_ms")),  # teacher / student time: > 1 = student faster
+        "decode_speedup": _div(s.get("decode_tok_s"), t.get("decode_tok_s")),
+        "throughput_ratio": _div(s.get("throughput_tok_s"), t.get("throughput_tok_s")),
+        "throughput_batch_ratio": _div(s.get("throughput_batch"), t.get("throughput_batch")),
+    }
+
+
+# Targets of issue 5 (ratios student vs teacher, one run, one card).
+TARGETS = [
+    ("cache_theoretical_student_over_teacher", 131072, "<=", 0.255),
+    ("ttft_speedup", 131072, ">=", 3.0),
+    ("ttft_speedup", 4096, ">=", 1.0),
+    ("decode_speedup", 8192, ">=", 1.0),  # "from 8K on": every measured context >= 8K
+    ("decode_speedup", 131072, ">=", 2.5),
+    ("throughput_ratio", 32768, ">=", 2.5),
+]
+
+
+def summary(results: dict) -> dict:
+    by = {c["context"]: c.get("ratios", {}) for c in results["contexts"]}
+    out = []
+    for key, ctx, op, thr in TARGETS:
+        if key == "decode_speedup" and ctx == 8192:
+            vals = [(L, r.get(key)) for L, r in by.items() if L >= 8192 and r.get(key) is not None]
+            val = min((v for _, v in vals), default=None)
+            where = "min over contexts >= 8K"
+        else:
+            val = by.get(ctx, {}).get(key)
+            where = f"at {ctx}"
+        ok = None if val is None else (val <= thr if op == "<=" else val >= thr)
+        out.append({"metric": key, "where": where, "target": f"{op} {thr}", "value": val, "met": ok})
+    return {"targets": out}
+
+
+def _json_default(o):
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, (torch.dtype, torch.device, Path)):
+        return str(o)
+    if isinstance(o, set):
+        return sorted(o)
+    return str(o)
+
+
+def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
+                  table: bool = True) -> dict:
+    runner = Runner(settings, log_sink)
+    results = runner.run()
+    if plots:
+        from gendistill.bench.report import make_plots
+
+        try:
+            results["plots"] = make_plots(results, runner.out_dir)
+            runner.save()
+        except Exception as exc:  # noqa: BLE001 - plots are a convenience; the JSON is the record
+            runner.log(f"plots failed: {_err(exc)}")
+    if table:
+        from gendistill.bench.report import print_table
+
+        print_table(results)
+    results["json_path"] = str(runner.json_path)
+    return results
