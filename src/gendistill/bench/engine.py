@@ -17,6 +17,7 @@ import torch
 from gendistill.bench.cache import FULL, layer_types
 
 _NO_LOGITS_TO_KEEP: set[int] = set()
+_RECURRENT_TYPES = ("linear_attention", "kda", "conv", "mamba")
 
 
 def forward(model: Any, input_ids: torch.Tensor, cache: Any, position_ids=None, attention_mask=None):
@@ -172,13 +173,15 @@ def make_step(model: Any, state: DecodeState, explicit_mask: bool = True) -> Cal
     """The decode step: forward one token per row, greedy next token written back into ``state.ids``, positions
     advanced. With ``explicit_mask`` the attention mask is computed from ``state.pos`` by tensor ops only (no host
     sync), which is what makes the step graph-capturable; it is used in eager mode too so both paths are one code."""
-    types = set(layer_types(model.config))
+    # One entry per raw layer type of the config (the models index the mapping by it); recurrent layers get None
+    # (no padding in the benchmark), attention layers the causal mask over the static KV buffer.
+    types = set(getattr(model.config, "layer_types", None) or ()) | {FULL}
 
     def step() -> None:
         mask = None
         if explicit_mask:
             m = (state.arange[None, :] <= state.pos[:, :1])[:, None, None, :]  # [B, 1, 1, max_len]
-            mask = {t: (m if t != "linear_attention" else None) for t in types | {FULL}}
+            mask = {t: (None if t in _RECURRENT_TYPES else m) for t in types}
         out = forward(model, state.ids, state.cache, position_ids=state.pos, attention_mask=mask)
         logits = out.logits[:, -1]
         state.ids.copy_(logits.argmax(-1, keepdim=True))

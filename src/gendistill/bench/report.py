@@ -114,7 +114,8 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"{results['model']} on {results['card']}, batch 1, {results['dtype']}")
     fig.tight_layout()
     p = out_dir / f"fig2_{stem}.png"
@@ -133,7 +134,8 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
     axes[0].set_ylabel("cache (GiB, batch 1)")
     axes[0].set_title("(a) theoretical cache memory")
     axes[0].grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     tp = [c for c in ctxs if any(c[r].get("throughput_tok_s") for r in ("teacher", "student"))]
     if tp:
         x = list(range(len(tp)))
@@ -151,7 +153,8 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
     axes[1].set_ylabel("peak decode throughput (tokens/s)")
     axes[1].set_title("(b) peak throughput (max batch before OOM)")
     axes[1].grid(alpha=0.3, axis="y")
-    axes[1].legend(fontsize=8)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8)
     fig.tight_layout()
     p = out_dir / f"fig5_{stem}.png"
     fig.savefig(p, dpi=120)

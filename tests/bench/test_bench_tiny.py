@@ -1,0 +1,93 @@
+"""End to end: the tiny benchmark on CPU writes a JSON with every field and sane values, plus the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gendistill.bench.runner import run_benchmark
+from gendistill.bench.settings import BenchSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = run_benchmark(BenchSettings.tiny(out=str(out), command="pytest tiny"), log_sink=lambda s: None, table=False)
+    return res, json.loads(Path(res["json_path"]).read_text())
+
+
+def test_json_has_every_field(tiny_results):
+    res, data = tiny_results
+    assert Path(res["json_path"]).name == "bench_tiny_cpu-" + Path(res["json_path"]).name.split("cpu-")[1]
+    for key in ("schema_version", "model", "card", "device", "dtype", "versions", "command", "settings", "models",
+                "theoretical_cache_curve", "contexts", "summary", "cuda_graph"):
+        assert key in data, key
+    assert data["command"] == "pytest tiny" and data["card"].startswith("cpu")
+    assert {"torch", "transformers", "fla"} <= set(data["versions"])
+    assert not data["student_is_standin"]
+    assert data["models"]["student"]["layer_types"] == {"full_attention": 2, "linear_attention": 6}
+    ctxs = {c["context"]: c for c in data["contexts"]}
+    assert sorted(ctxs) == [32, 128]
+    for L, c in ctxs.items():
+        for role in ("teacher", "student"):
+            e = c[role]
+            assert not e.get("errors"), (L, role, e.get("errors"), e.get("tracebacks"))
+            assert e["ttft_ms"] > 0 and len(e["ttft_ms_all"]) >= 1
+            assert e["decode_tok_s"] > 0 and e["decode_mode"] == "eager"
+            assert e["kv_theory_matches_measured"], (e["cache_bytes_theoretical"], e["cache_bytes_measured"])
+            assert e["throughput_tok_s"] > 0 and e["throughput_batch"] == 4 and e["throughput_capped"]
+        assert c["student"]["cache_theory_matches_model_api"]
+        assert c["student"]["cache_bytes_model_api"] == c["student"]["cache_bytes_measured"]
+        r = c["ratios"]
+        for k in ("cache_theoretical_student_over_teacher", "cache_measured_student_over_teacher", "ttft_speedup",
+                  "decode_speedup", "throughput_ratio"):
+            assert r[k] is not None and r[k] > 0, k
+    # O(1) state: the student's cache grows only with its 2 attention layers, the teacher's with all 8
+    t = [ctxs[L]["teacher"]["cache_bytes_measured"]["total"] for L in (32, 128)]
+    s = [ctxs[L]["student"]["cache_bytes_measured"]["total"] for L in (32, 128)]
+    assert t[1] == 4 * t[0]
+    assert s[1] - s[0] == (t[1] - t[0]) // 4
+    assert s[1] < t[1]
+    curve = data["theoretical_cache_curve"]
+    assert curve["student"][-1] < curve["teacher"][-1] and len(curve["lengths"]) == len(curve["teacher"])
+
+
+def test_plots_written(tiny_results):
+    res, _ = tiny_results
+    assert len(res["plots"]) == 2
+    for p in res["plots"]:
+        assert Path(p).stat().st_size > 10_000 and Path(p).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_renders(tiny_results, capsys):
+    from rich.console import Console
+
+    from gendistill.bench.report import print_table
+
+    res, data = tiny_results
+    print_table(data, console=Console(width=220, file=None))
+    out = capsys.readouterr().out
+    assert "gendistill bench" in out and "issue 5 targets" in out
+
+
+def test_cli_cache_only(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from gendistill.bench.cli import register, settings_from_options
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # keep `bench` a sub-command even when it is the only one
+    register(app)
+    r = CliRunner().invoke(app, ["bench", "--tiny", "--skip", "ttft,decode,throughput", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(next(tmp_path.glob("bench_*.json")).read_text())
+    assert data["contexts"][0]["teacher"]["cache_bytes_measured"]["total"] > 0
+    assert "ttft_ms" not in data["contexts"][0]["teacher"]
+    s = settings_from_options(contexts="1k,4K,128k", skip="throughput", config="qwen3-0.6b")
+    assert s.contexts == (1024, 4096, 131072) and s.skip == ("throughput",) and s.config == "qwen3-0.6b"
+    with pytest.raises(typer.BadParameter):
+        settings_from_options(skip="nonsense")
