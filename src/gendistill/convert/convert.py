@@ -50,10 +50,7 @@ def convert_teacher(teacher: PreTrainedModel, attention_layers: str | list[int],
     dtype = next(teacher.parameters()).dtype
     device = next(teacher.parameters()).device
     student = HybridForCausalLM(config).to(device=device, dtype=dtype)
-    for layer in student.model.layers:  # keep the recurrence parameters fp32, as the kernels want them
-        if layer.layer_type == LINEAR_TYPE:
-            layer.linear_attn.A_log.data = layer.linear_attn.A_log.data.float()
-            layer.linear_attn.dt_bias.data = layer.linear_attn.dt_bias.data.float()
+    student.upcast_recurrence_parameters()
 
     teacher_sd = teacher.state_dict()
     student_sd = student.state_dict()

@@ -93,6 +93,14 @@ class HybridPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     _keep_in_fp32_modules = ["A_log", "dt_bias"]
 
+    def upcast_recurrence_parameters(self) -> None:
+        """Keep ``A_log`` and ``dt_bias`` in float32 whatever dtype the rest of the model is cast to (the decay gate is
+        computed in float32; bf16 would round the per-channel decay rates)."""
+        for module in self.modules():
+            if isinstance(module, KimiDeltaAttention):
+                module.A_log.data = module.A_log.data.float()
+                module.dt_bias.data = module.dt_bias.data.float()
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, KimiDeltaAttention):
@@ -130,7 +138,15 @@ class HybridModel(HybridPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        # Packed documents (position_ids restarting inside a row, no padding mask) are a training/scoring layout:
+        # they never get an implicit generation cache, and cannot continue one.
+        cu_seqlens = None
+        if position_ids is not None and attention_mask is None and position_ids.shape[-1] > 1:
+            cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
+            if cu_seqlens is not None and cache is not None:
+                raise ValueError("packed documents (restarting position_ids) cannot be combined with a cache")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training and cu_seqlens is None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if not use_cache:
@@ -138,10 +154,6 @@ class HybridModel(HybridPreTrainedModel):
         if position_ids is None:
             past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
-
-        cu_seqlens = None
-        if cache is None and attention_mask is None and position_ids.shape[-1] > 1:
-            cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
 
         if not isinstance(mask_mapping := attention_mask, dict):
             mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,

@@ -1,0 +1,118 @@
+"""``gendistill convert`` and ``gendistill chat``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from gendistill.cli_utils import console, default_device, parse_dtype, user_errors
+from gendistill.errors import GendistillError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_command)
+    app.command("chat")(chat_command)
+
+
+@user_errors
+def convert_command(
+    teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", "-t",
+                                help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),
+    attention_layers: str = typer.Option(..., "--attention-layers", "-a",
+                                         help="Layers that keep softmax attention: '0,2,6,11', 'every:4' (3,7,11,...), "
+                                              "'ratio:0.25', 'none', 'all', or a JSON file from layer selection."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer)."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
+                                                "'expand' them into per-head weights (fla's MHA layout)."),
+    gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),
+    conv_activation: str = typer.Option("none", help="Short-conv activation: 'none' (paper) or 'silu' (fla default)."),
+    dtype: str = typer.Option("float32", help="dtype to load, convert and save in (float32, bfloat16)."),
+    device: str = typer.Option("cpu", help="Device for the conversion (cpu is enough: it only copies weights)."),
+    seed: int = typer.Option(0, help="Seed of the random KDA initialisation (A_log, dt_bias, gate projections)."),
+) -> None:
+    """Convert a teacher into a hybrid student: chosen layers keep attention, the rest become KDA mixers initialised
+    from the teacher's projections. Prints a summary table; writes SUMMARY.json beside the model."""
+    from gendistill.convert import convert_teacher, save_student
+    from gendistill.convert.summary import human_bytes, summarize
+    from gendistill.teachers import load_teacher
+
+    if out.exists() and not overwrite:
+        raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    conv_act = None if conv_activation.lower() == "none" else conv_activation
+    start = time.perf_counter()
+    console.print(f"[bold]Loading teacher[/] {teacher}")
+    model, tokenizer = load_teacher(teacher, dtype=parse_dtype(dtype), device=device)
+    with console.status("Converting"):
+        torch.manual_seed(seed)
+        student = convert_teacher(model, attention_layers, kda_kv_mode=kv_mode, kda_gate_activation=gate_activation,
+                                  kda_conv_activation=conv_act)
+    with console.status(f"Saving to {out}"):
+        save_student(student, tokenizer, out, overwrite=overwrite)
+    summary = summarize(teacher, model, student)
+    (out / "SUMMARY.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+
+    table = Table(title=f"{teacher} -> hybrid student ({summary.family})", show_lines=False)
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    n = summary.num_layers
+    table.add_row("layers (attention / KDA)", f"{n} / 0", f"{len(summary.attention_layers)} / {len(summary.kda_layers)}")
+    table.add_row("attention layers", "all", ",".join(map(str, summary.attention_layers)) or "none")
+    table.add_row("parameters", f"{summary.teacher_params:,}", f"{summary.student_params:,} "
+                  f"({100 * (summary.student_params / summary.teacher_params - 1):+.1f}%)")
+    table.add_row("KV cache per token (bf16)", human_bytes(summary.teacher_cache_bytes_per_token),
+                  human_bytes(summary.student_cache_bytes_per_token))
+    table.add_row("fixed KDA state per sequence", "-", human_bytes(summary.student_fixed_state_bytes))
+    ratio = summary.student_cache_bytes_128k / summary.teacher_cache_bytes_128k
+    table.add_row("cache at 128K tokens", human_bytes(summary.teacher_cache_bytes_128k),
+                  f"{human_bytes(summary.student_cache_bytes_128k)} ({100 * ratio:.1f}%)")
+    console.print(table)
+    console.print(f"Saved student to [bold]{out}[/] in {time.perf_counter() - start:.1f} s. Load it with "
+                  "`import gendistill; AutoModelForCausalLM.from_pretrained(...)`.")
+
+
+@user_errors
+def chat_command(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
+    teacher: str = typer.Option(None, "--teacher", "-t", help="Teacher spec (short name, .gguf, folder or hub id)."),
+    student: list[str] = typer.Option([], "--student", "-s", help="Student folder(s); repeat the option for several."),
+    system: str = typer.Option(None, help="Optional system message."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
+    sample: bool = typer.Option(False, help="Sample (temperature 0.7, top-p 0.8, top-k 20) instead of greedy."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    dtype: str = typer.Option("float32", help="Model dtype."),
+    device: str = typer.Option(None, help="Device (default: cuda if available, else cpu)."),
+) -> None:
+    """Answer one chat-templated prompt with the teacher and each student, side by side."""
+    from gendistill.models.loading import load_model
+
+    specs = ([teacher] if teacher else []) + list(student)
+    if not specs:
+        raise GendistillError("give at least one --teacher or --student")
+    device = device or default_device()
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    for spec in specs:
+        model, tokenizer = load_model(spec, dtype=parse_dtype(dtype), device=device)
+        if not getattr(tokenizer, "chat_template", None):
+            raise GendistillError(f"the tokenizer of {spec} has no chat template")
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True).to(device)
+        torch.manual_seed(seed)
+        kwargs = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20) if sample else dict(do_sample=False)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                                    or tokenizer.eos_token_id, **kwargs)
+        seconds = time.perf_counter() - start
+        new = output[0, ids["input_ids"].shape[1]:]
+        text = tokenizer.decode(new, skip_special_tokens=True).strip()
+        kind = "student" if spec in student else "teacher"
+        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {spec}",
+                            subtitle=f"{len(new)} tokens, {len(new) / seconds:.1f} tok/s on {device}"))

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random teachers of each supported family, and where ../shared/data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256, max_position_embeddings=512)
+
+
+def make_teacher(family: str, seed: int = 0, **overrides):
+    """A tiny random teacher (fp32, eval mode) of ``family`` in {"qwen3", "llama", "qwen2"}."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
+
+    classes = {"qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=16)),
+               "llama": (LlamaConfig, LlamaForCausalLM, dict(tie_word_embeddings=True)),
+               "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict())}
+    config_cls, model_cls, extra = classes[family]
+    torch.manual_seed(seed)
+    config = config_cls(**{**TINY, **extra, **overrides})
+    config._attn_implementation = "sdpa"
+    model = model_cls(config).eval()
+    if not config.tie_word_embeddings:
+        with torch.no_grad():  # random weights give near-uniform logits; sharpen them so greedy choices are stable
+            model.lm_head.weight.mul_(4.0)
+    return model
+
+
+@pytest.fixture(params=["qwen3", "llama", "qwen2"])
+def family(request) -> str:
+    return request.param
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("GENDISTILL_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    return next((p for p in candidates if p.is_dir()), None)

@@ -1,0 +1,155 @@
+"""Teacher -> student conversion: what is copied, what is identity, what is random; layer specifications."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from gendistill.convert import convert_teacher, parse_attention_layers
+from gendistill.errors import LayerSpecError, UnsupportedModelError
+from gendistill.ops.conv import causal_conv1d
+from tests.conftest import make_teacher
+
+
+def test_copied_and_kept_parameters_equal_the_teacher(family):
+    teacher = make_teacher(family)
+    student = convert_teacher(teacher, "1,3")
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    for name, tensor in t_sd.items():
+        if name in s_sd:  # embeddings, MLPs, norms, kept attention, lm_head
+            assert torch.equal(s_sd[name], tensor), name
+    for i in (0, 2):  # replaced layers: q/k/v/o (and their biases) copied into the KDA mixer
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            for kind in ("weight", "bias"):
+                key = f"model.layers.{i}.self_attn.{proj}.{kind}"
+                if key in t_sd:
+                    assert torch.equal(s_sd[key.replace("self_attn", "linear_attn")], t_sd[key]), key
+    assert student.config.attention_layers == [1, 3] and student.config.linear_layers == [0, 2]
+
+
+def test_kda_initialisation_facts():
+    teacher = make_teacher("qwen3")
+    student = convert_teacher(teacher, "none")
+    for layer in student.model.layers:
+        kda = layer.linear_attn
+        # identity convolutions: the conv output equals its input
+        x = torch.randn(2, kda.q_dim, 9)
+        w = kda.q_conv1d.weight.squeeze(1)
+        assert torch.equal(causal_conv1d(x, w, kda.q_conv1d.bias), x)
+        # identity output gate: silu(g_proj(x)) == 1 for any x, and the norm weight is 1
+        h = torch.randn(3, 64)
+        assert torch.allclose(torch.nn.functional.silu(kda.g_proj(h)), torch.ones(3, kda.num_heads * kda.head_dim), atol=1e-5)
+        assert torch.equal(kda.o_norm.weight, torch.ones_like(kda.o_norm.weight))
+        # Mamba-style decay: A = exp(A_log) in [1, 16]; dt = softplus(dt_bias) in [1e-3, 1e-1]; both float32
+        A = kda.A_log.exp()
+        dt = torch.nn.functional.softplus(kda.dt_bias)
+        assert ((A >= 1 - 1e-5) & (A <= 16 + 1e-4)).all()
+        assert ((dt >= 1e-3 * (1 - 1e-4)) & (dt <= 1e-1 * (1 + 1e-4))).all()
+        assert kda.A_log.dtype == torch.float32 and kda.dt_bias.dtype == torch.float32
+        # small random gate projections
+        for lin in (kda.f_proj[0], kda.f_proj[1], kda.b_proj, kda.g_proj[0]):
+            assert 0.005 < lin.weight.std().item() < 0.05
+
+
+def test_expand_mode_repeats_teacher_kv_heads_and_computes_the_same_function():
+    teacher = make_teacher("llama")
+    repeat = convert_teacher(teacher, "0")
+    expand = convert_teacher(teacher, "0", kda_kv_mode="expand")
+    k_teacher = teacher.model.layers[1].self_attn.k_proj.weight  # [2 kv heads * 16, 64]
+    k_expand = expand.model.layers[1].linear_attn.k_proj.weight  # [4 heads * 16, 64]
+    assert k_expand.shape == (64, 64)
+    assert torch.equal(k_expand.view(4, 16, 64)[1], k_teacher.view(2, 16, 64)[0])
+    assert torch.equal(k_expand.view(4, 16, 64)[2], k_teacher.view(2, 16, 64)[1])
+    # with every other KDA parameter shared, the two layouts compute the same function
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            src, dst = repeat.model.layers[i].linear_attn, expand.model.layers[i].linear_attn
+            for name, p in dst.named_parameters():
+                q = src.get_parameter(name)
+                if p.shape == q.shape:
+                    p.copy_(q)
+                else:  # convs of k/v: repeat per head like the projections
+                    p.copy_(q.view(2, 16, *q.shape[1:]).repeat_interleave(2, 0).reshape(p.shape))
+    x = torch.randint(0, 256, (2, 13))
+    with torch.no_grad():
+        assert (repeat(x).logits - expand(x).logits).abs().max().item() < 1e-5
+
+
+def test_sigmoid_gate_and_silu_conv_options():
+    student = convert_teacher(make_teacher("qwen2"), "0", kda_gate_activation="sigmoid", kda_conv_activation="silu")
+    kda = student.model.layers[1].linear_attn
+    assert kda.o_norm.activation == "sigmoid" and kda.conv_activation == "silu"
+    gate = torch.sigmoid(kda.g_proj(torch.randn(2, 64)))
+    assert torch.allclose(gate, torch.full_like(gate, 0.99), atol=1e-4)
+    with torch.no_grad():
+        assert torch.isfinite(student(torch.randint(0, 256, (1, 8))).logits).all()
+
+
+def test_unsupported_teacher_is_refused_with_the_supported_list():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported.*qwen3.*llama.*qwen2"):
+        convert_teacher(gpt2, "0")
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("0,2,6", [0, 2, 6]),
+    ("6, 2,0", [0, 2, 6]),
+    ("-1", [27]),
+    ("every:4", [3, 7, 11, 15, 19, 23, 27]),
+    ("ratio:0.25", [3, 7, 11, 15, 19, 23, 27]),
+    ("0.25", [3, 7, 11, 15, 19, 23, 27]),
+    ("none", []),
+    ("all", list(range(28))),
+    ([21, 0], [0, 21]),
+])
+def test_layer_specs(spec, expected):
+    assert parse_attention_layers(spec, 28) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("0,28", r"attention layer 28 .* out of range: the teacher has 28 layers \(0\.\.27\)"),
+    ("1,1,3", r"\[1\] appear more than once"),
+    ("0,two", r"cannot parse --attention-layers '0,two'"),
+    ("every:0", r"interval must be >= 1"),
+    ("ratio:1.5", r"ratio must be between 0 and 1"),
+    ("", r"empty --attention-layers"),
+    ("missing.json", r"missing.json does not exist"),
+])
+def test_bad_layer_specs(spec, message):
+    with pytest.raises(LayerSpecError, match=message):
+        parse_attention_layers(spec, 28)
+
+
+def test_layer_spec_from_selection_json(tmp_path):
+    f = tmp_path / "layers.json"
+    f.write_text(json.dumps({"method": "beam_add", "attention_layers": [21, 0, 13]}))
+    assert parse_attention_layers(str(f), 28) == [0, 13, 21]
+    f.write_text("[0, 40]")
+    with pytest.raises(LayerSpecError, match="out of range"):
+        parse_attention_layers(str(f), 28)
+    f.write_text("{not json")
+    with pytest.raises(LayerSpecError, match="not valid JSON"):
+        parse_attention_layers(str(f), 28)
+
+
+def test_paper_layout_on_a_qwen3_0_6b_shaped_config_has_the_paper_cache_arithmetic():
+    """Qwen3-0.6B shape (config only, no weights): 112 KiB/token KV for the teacher, 28 KiB for 7 kept layers."""
+    from transformers import Qwen3Config
+
+    from gendistill.convert import student_config_from_teacher
+    from gendistill.convert.summary import kv_bytes_per_token
+
+    teacher_cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                              num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+    cfg = student_config_from_teacher(teacher_cfg, "0,2,6,11,13,18,21")
+    assert cfg.layer_spec().startswith("attention:0,2,6,11,13,18,21;kda:1,3,4,5")
+    assert kv_bytes_per_token(teacher_cfg, 28) == 112 * 1024
+    assert kv_bytes_per_token(cfg, len(cfg.attention_layers)) == 28 * 1024
+    # fixed fp32 KDA state: 21 layers x 16 heads x 128 x 128 x 4 bytes = 21 MiB (paper: "about 21 MiB")
+    assert 21 * 16 * 128 * 128 * 4 == 21 * 1024 * 1024
+    assert math.isclose(cfg.kda_num_heads * cfg.kda_head_dim, 2048)

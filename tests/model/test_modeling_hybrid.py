@@ -1,0 +1,187 @@
+"""The hybrid model as transformers sees it: equivalence of fast and slow paths, generation, save/load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import gendistill  # noqa: F401  (registers the Auto classes)
+from gendistill.convert import convert_teacher, save_student
+from tests.conftest import make_teacher
+
+MIXED = "0,2"  # layers 0 and 2 keep attention, 1 and 3 are KDA
+
+
+def student_of(family: str, spec: str = MIXED, seed: int = 0, **kw):
+    teacher = make_teacher(family, seed=seed)
+    torch.manual_seed(seed + 1)
+    student = convert_teacher(teacher, spec, **kw)
+    with torch.no_grad():  # move the KDA parameters off their identity initialisation so they matter in the checks
+        for layer in student.model.layers:
+            if layer.layer_type == "linear_attention":
+                for name, p in layer.linear_attn.named_parameters():
+                    if name.endswith("conv1d.weight") or name.startswith("g_proj.1"):
+                        p.add_(0.3 * torch.randn_like(p))
+    return teacher, student
+
+
+def test_all_attention_student_reproduces_teacher(family):
+    teacher = make_teacher(family)
+    student = convert_teacher(teacher, "all")
+    x = torch.randint(0, 256, (2, 21))
+    with torch.no_grad():
+        assert (student(x).logits - teacher(x).logits).abs().max().item() <= 1e-5
+
+
+def test_cached_decode_equals_full_recompute(family):
+    _, student = student_of(family)
+    x = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        full = student(x).logits
+        out = student(x[:, :29], use_cache=True)  # chunked prefill (29 is not a multiple of the chunk)
+        logits, cache = [out.logits], out.cache
+        for t in range(29, 40):  # then token by token through the recurrent path
+            out = student(x[:, t:t + 1], cache=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.cache
+    # fp32: chunked and recurrent forms round differently; logits are O(1) so 1e-4 absolute is ~1e-5 relative
+    assert (torch.cat(logits, 1) - full).abs().max().item() < 1e-4
+
+
+def test_multi_token_continuation_from_cache(family):
+    _, student = student_of(family)
+    x = torch.randint(0, 256, (1, 50))
+    with torch.no_grad():
+        full = student(x).logits
+        out = student(x[:, :20], use_cache=True)
+        out2 = student(x[:, 20:50], cache=out.cache, use_cache=True)  # 30 new tokens: recurrent kernel with state
+        out3 = student(x[:, :20], use_cache=True)
+        out4 = student(x[:, 20:25], cache=out3.cache, use_cache=True)
+    assert (out2.logits - full[:, 20:]).abs().max().item() < 1e-4
+    assert (out4.logits - full[:, 20:25]).abs().max().item() < 1e-4
+
+
+def test_left_padded_batch_equals_each_sequence_alone(family):
+    _, student = student_of(family)
+    lengths = [9, 14, 5]
+    seqs = [torch.randint(1, 256, (n,)) for n in lengths]
+    T = max(lengths)
+    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = s
+        mask[i, T - len(s):] = 1
+    with torch.no_grad():
+        batched = student.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                                   pad_token_id=0)
+        for i, s in enumerate(seqs):
+            alone = student.generate(input_ids=s[None], max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert torch.equal(batched[i, T:], alone[0, len(s):]), f"row {i} differs"
+            logits_alone = student(s[None]).logits[0, -1]
+            logits_batched = student(ids, attention_mask=mask).logits[i, -1]
+            assert (logits_alone - logits_batched).abs().max().item() < 1e-4
+
+
+def test_packed_documents_are_isolated(family):
+    _, student = student_of(family)
+    docs = [torch.randint(0, 256, (n,)) for n in (11, 7, 13)]
+    ids = torch.cat(docs)[None]
+    position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    with torch.no_grad():
+        packed = student(ids, position_ids=position_ids).logits[0]
+        start = 0
+        for d in docs:
+            alone = student(d[None]).logits[0]
+            assert (packed[start:start + len(d)] - alone).abs().max().item() < 1e-4
+            start += len(d)
+
+
+def test_generate_sampling_is_seeded_and_greedy_is_deterministic(family):
+    _, student = student_of(family)
+    x = torch.randint(0, 256, (2, 6))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        runs.append(student.generate(x, max_new_tokens=8, do_sample=True, top_k=20, temperature=0.7))
+    assert torch.equal(runs[0], runs[1])
+    g1 = student.generate(x, max_new_tokens=8, do_sample=False)
+    g2 = student.generate(x, max_new_tokens=8, do_sample=False)
+    assert torch.equal(g1, g2) and g1.shape == (2, 14)
+
+
+def test_beam_search_runs_with_the_hybrid_cache():
+    _, student = student_of("qwen3")
+    out = student.generate(torch.randint(0, 256, (1, 6)), max_new_tokens=5, num_beams=3, do_sample=False)
+    assert out.shape[1] == 11
+
+
+def test_save_load_roundtrip_and_fresh_process(tmp_path, family):
+    _, student = student_of(family)
+    out = save_student(student, None, tmp_path / "student")
+    assert (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "hybrid_kda" and config["base_model_type"] == family
+    x = torch.randint(0, 256, (1, 12))
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, student(x).logits)
+        expected = student(x).logits[0, -1].tolist()
+    code = (
+        "import json, sys, torch, gendistill\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()\n"
+        f"x = torch.tensor({x.tolist()})\n"
+        "with torch.no_grad(): print(json.dumps(m(x).logits[0, -1].tolist()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-6
+
+
+def test_cache_bytes_matches_the_measured_cache(family):
+    _, student = student_of(family)
+    x = torch.randint(0, 256, (3, 17))
+    with torch.no_grad():
+        cache = student(x, use_cache=True).cache
+    measured = {"full_attention": 0, "linear_attention": 0}
+    for layer, kind in zip(cache.layers, student.config.layer_types):
+        if kind == "linear_attention":
+            measured[kind] += sum(t.numel() * t.element_size() for t in (*layer.conv_states.values(), *layer.recurrent_states.values())
+                                  if t is not None)
+        else:
+            measured[kind] += layer.keys.numel() * layer.keys.element_size() * 2
+    predicted = student.cache_bytes(17, batch=3, dtype=torch.float32)
+    assert predicted["full_attention"] == measured["full_attention"]
+    assert predicted["linear_attention"] == measured["linear_attention"]
+    assert predicted["total"] == sum(measured.values())
+
+
+def test_training_backward_with_gradient_checkpointing():
+    _, student = student_of("llama")
+    student.train()
+    student.activation_checkpointing_enable()
+    x = torch.randint(0, 256, (2, 24))
+    loss = student(x, labels=x, use_cache=False).loss
+    loss.backward()
+    kda = student.model.layers[1].linear_attn
+    for name in ("A_log", "dt_bias", "f_proj.0.weight", "b_proj.weight", "q_conv1d.weight", "g_proj.0.weight"):
+        grad = kda.get_parameter(name).grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_bfloat16_forward_keeps_recurrence_parameters_in_float32():
+    _, student = student_of("qwen3")
+    student = student.to(torch.bfloat16)
+    student.upcast_recurrence_parameters()
+    kda = student.model.layers[1].linear_attn
+    assert kda.A_log.dtype == torch.float32 and kda.dt_bias.dtype == torch.float32
+    x = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        logits = student(x).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
