@@ -103,6 +103,8 @@ class _HFRecords(Sequence):
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> tuple[str, Any]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         j = self.start + i
         return f"{self.name}[{j}]", self.ds[j]
 

@@ -166,6 +166,12 @@ def run_stage(
         progress.message(f"[{stage.name}] resumed from {ck} at step {step}")
     ckpt_every = stage.checkpoint_every or run.checkpoint_every
     trainable = [p for p in student.parameters() if p.requires_grad]
+    if stage.eval_every and step == 0:
+        ev0 = evaluate(module, eval_seqs, stage, world, run)
+        if ev0 is not None:
+            result.eval_losses.append((0, ev0))
+            logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
+            progress.message(f"[{stage.name}] held-out loss before training {ev0:.4f}")
     last_ckpt: Path | None = ck
     t_last = time.perf_counter()
     n_this = 0

@@ -1,0 +1,309 @@
+"""Data: readers and their errors, chat templating with the assistant mask, packing, deterministic shuffling,
+held-out slice, resumable stream, rank sharding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gendistill.distill.config import DataConfig, SourceConfig
+from gendistill.distill.data import (
+    BatchStream,
+    Encoded,
+    Encoder,
+    PackedStream,
+    SourceReader,
+    StreamState,
+    collate,
+    pack_documents,
+)
+from gendistill.errors import DataError
+
+from _distill_helpers import chat_records, text_records, write_jsonl
+
+
+def _data(*sources: SourceConfig, **kw) -> DataConfig:
+    return DataConfig(sources=list(sources), heldout_documents=kw.pop("heldout_documents", 0), **kw)
+
+
+def _validate(path, fmt, tok, masking="all_tokens", **kw):
+    ps = PackedStream(_data(SourceConfig(path=str(path), format=fmt, **kw)), tok, 32, masking)
+    return ps.validate()
+
+
+# ------------------------------------------------------------------------------------------------------ bad data
+def test_malformed_json_line_names_file_and_line(tmp_path, tok):
+    p = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a b"}, {"text": "c d"}, '{"text": "broken', {"text": "x"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed JSON"):
+        _validate(p, "text", tok)
+
+
+def test_malformed_line_in_gz_file(tmp_path, tok):
+    p = write_jsonl(tmp_path / "bad.jsonl.gz", [{"text": "a"}, "not json"], gz=True)
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:2: malformed JSON"):
+        _validate(p, "text", tok)
+
+
+def test_empty_file(tmp_path, tok):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no documents"):
+        _validate(p, "text", tok)
+
+
+def test_missing_file(tmp_path, tok):
+    with pytest.raises(DataError, match="not found"):
+        _validate(tmp_path / "nope.jsonl", "text", tok)
+
+
+def test_missing_field(tmp_path, tok):
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "a b"}, {"body": "no text here"}])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing field 'text'"):
+        _validate(p, "text", tok)
+
+
+def test_missing_prompt_response_field(tmp_path, tok):
+    p = write_jsonl(tmp_path / "pr.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "only a prompt"}])
+    with pytest.raises(DataError, match=r"pr\.jsonl:2: missing field 'response'"):
+        _validate(p, "prompt_response", tok)
+
+
+def test_conversation_without_assistant_turn(tmp_path, tok):
+    recs = chat_records(3) + [{"messages": [{"role": "user", "content": "hello?"}]}]
+    p = write_jsonl(tmp_path / "c.jsonl", recs)
+    with pytest.raises(DataError, match=r"c\.jsonl:4: conversation has no assistant turn"):
+        _validate(p, "chat", tok, masking="completion_only")
+
+
+def test_malformed_messages(tmp_path, tok):
+    p = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user"}]}])
+    with pytest.raises(DataError, match=r"c\.jsonl:1: messages\[0\]"):
+        _validate(p, "chat", tok)
+
+
+def test_tokenizer_without_chat_template(chat_file, tok_no_template):
+    with pytest.raises(DataError, match="needs a chat template"):
+        _validate(chat_file, "chat", tok_no_template)
+
+
+def test_completion_only_on_plain_text_is_rejected(text_file, tok):
+    with pytest.raises(DataError, match="completion_only needs chat"):
+        _validate(text_file, "text", tok, masking="completion_only")
+
+
+def test_hub_dataset_offline_fails_with_one_line(tok):
+    with pytest.raises(DataError) as e:
+        _validate("some-org/some-dataset-that-is-not-here", "text", tok, hub=True)
+    assert "cannot load hub dataset" in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------------ readers
+def test_parquet_txt_and_saved_dataset_folder(tmp_path, tok):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = text_records(5)
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "d.parquet")
+    (tmp_path / "txt").mkdir()
+    for i, r in enumerate(recs[:3]):
+        (tmp_path / "txt" / f"{i}.txt").write_text(r["text"])
+    datasets.Dataset.from_list(recs).save_to_disk(str(tmp_path / "saved"))
+    assert _validate(tmp_path / "d.parquet", "text", tok) == {str(tmp_path / "d.parquet"): 5}
+    assert _validate(tmp_path / "txt", "text", tok) == {str(tmp_path / "txt"): 3}
+    assert _validate(tmp_path / "saved", "text", tok) == {str(tmp_path / "saved"): 5}
+    # a saved dataset is read like a file: the same documents, in the same order
+    a = SourceReader(SourceConfig(path=str(tmp_path / "saved"), format="text"), 0, _data(SourceConfig(path="x", format="text")))
+    assert [r["text"] for _, r in a.records_for_validation()] == [r["text"] for r in recs]
+
+
+def test_shared_data_files_read_as_they_are(tok):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if not root.exists():
+        pytest.skip("../shared/data absent")
+    for name, fmt in (("sft_mix.jsonl.gz", "chat"), ("t0_train_55k.jsonl.gz", "prompt_response"),
+                      ("pretrain_wikipedia_en_00.jsonl.gz", "text")):
+        counts = _validate(root / name, fmt, tok, limit=20)
+        assert list(counts.values()) == [20]
+
+
+# ------------------------------------------------------------------------------------------------- chat masking
+def _decode_masked(tok, enc: Encoded, value: int) -> str:
+    return tok.decode([i for i, m in zip(enc.input_ids, enc.target_mask) if m == value])
+
+
+def test_completion_only_mask_covers_exactly_the_assistant_turns(tok):
+    src = SourceConfig(path="mem", format="chat")
+    enc = Encoder(tok, src, "completion_only", _data(src))
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "the cat sat"},
+        {"role": "assistant", "content": "on a mat"},
+        {"role": "user", "content": "and the dog"},
+        {"role": "assistant", "content": "ran to park"},
+    ]
+    e = enc.encode({"messages": msgs}, "mem:1")
+    assert _decode_masked(tok, e, 1) == "on a mat<|im_end|>ran to park<|im_end|>"
+    rendered = tok.apply_chat_template(msgs, tokenize=False)
+    assert tok.decode(e.input_ids) == rendered  # pieces tokenized separately still spell the rendered chat
+    assert "the cat sat" in _decode_masked(tok, e, 0) and "be brief" in _decode_masked(tok, e, 0)
+    full = Encoder(tok, src, "all_tokens", _data(src)).encode({"messages": msgs}, "mem:1")
+    assert full.input_ids == e.input_ids and all(full.target_mask)
+
+
+def test_assistant_reply_repeating_the_prompt_is_found_in_its_own_turn(tok):
+    src = SourceConfig(path="mem", format="chat")
+    enc = Encoder(tok, src, "completion_only", _data(src))
+    msgs = [{"role": "user", "content": "red blue"}, {"role": "assistant", "content": "red blue"}]
+    e = enc.encode({"messages": msgs}, "m")
+    ids_masked = [i for i, m in zip(e.input_ids, e.target_mask) if m]
+    # the masked tokens are the *last* "red blue" (+ end of turn), not the user's
+    n = len(ids_masked)
+    assert e.target_mask[-n - 1 :] == [1] * n + [0] or e.target_mask[-n:] == [1] * n
+    assert tok.decode(ids_masked) == "red blue<|im_end|>"
+
+
+def test_qwen3_style_template_with_think_block(tok):
+    """A template that inserts an empty think block before the last assistant turn and strips content."""
+    qwen_like = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+        "{% if loop.last %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ m.content | trim }}{{ '<|im_end|>\n' }}"
+        "{% else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    )
+    t = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    t.chat_template = qwen_like
+    src = SourceConfig(path="mem", format="chat")
+    enc = Encoder(t, src, "completion_only", _data(src))
+    msgs = [
+        {"role": "user", "content": "one two"},
+        {"role": "assistant", "content": "  three four "},
+        {"role": "user", "content": "five"},
+        {"role": "assistant", "content": "six"},
+    ]
+    e = enc.encode({"messages": msgs}, "m")
+    assert _decode_masked(t, e, 1) == "three four<|im_end|>six<|im_end|>"
+    assert "<think>" in _decode_masked(t, e, 0)
+
+
+def test_prompt_response_masks(tok):
+    src = SourceConfig(path="mem", format="prompt_response", chat_template=False)
+    enc = Encoder(tok, src, "completion_only", _data(src))
+    e = enc.encode({"prompt": "the cat", "response": " sat on a mat"}, "m")
+    assert _decode_masked(tok, e, 1) == " sat on a mat<|im_end|>"
+    src2 = SourceConfig(path="mem", format="prompt_response")
+    e2 = Encoder(tok, src2, "completion_only", _data(src2)).encode({"prompt": "the cat", "response": "sat"}, "m")
+    assert _decode_masked(tok, e2, 1) == "sat<|im_end|>"
+
+
+# ------------------------------------------------------------------------------------------------------ packing
+def _docs(lengths):
+    out, base = [], 0
+    for d, n in enumerate(lengths):
+        out.append((d, Encoded(list(range(base, base + n)), [1] * n)))
+        base += 1000
+    return out
+
+
+def test_packing_restarts_positions_and_splits_documents():
+    seqs = list(pack_documents(iter(_docs([5, 7, 3, 9])), 8, pad_id=-1))
+    assert [s.position_ids for s, _ in seqs] == [
+        [0, 1, 2, 3, 4, 0, 1, 2],
+        [0, 1, 2, 3, 0, 1, 2, 0],
+        [0, 1, 2, 3, 4, 5, 6, 7],
+    ]
+    assert seqs[0][0].input_ids == [0, 1, 2, 3, 4, 1000, 1001, 1002]
+    assert seqs[1][0].input_ids == [1003, 1004, 1005, 1006, 2000, 2001, 2002, 3000]
+    assert [st for _, st in seqs] == [StreamState(1, 3), StreamState(3, 1), StreamState(4, 0)]
+
+
+def test_packing_without_splitting_pads():
+    seqs = list(pack_documents(iter(_docs([5, 7, 3])), 8, pad_id=-1, split_documents=False))
+    s0 = seqs[0][0]
+    assert s0.input_ids == [0, 1, 2, 3, 4, -1, -1, -1] and s0.valid == [1] * 5 + [0] * 3
+    assert s0.position_ids == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert seqs[1][0].input_ids[:7] == list(range(1000, 1007))
+
+
+def test_resume_from_any_state_gives_the_same_sequences():
+    docs = _docs([5, 7, 3, 9, 4, 11, 2, 6])
+    straight = list(pack_documents(iter(docs), 8, pad_id=-1))
+    for k in range(len(straight) - 1):
+        st = straight[k][1]
+        again = list(pack_documents(iter(docs[st.draw :]), 8, pad_id=-1, start_offset=st.offset))
+        assert [s.input_ids for s, _ in again] == [s.input_ids for s, _ in straight[k + 1 :]]
+
+
+def test_collate_shifts_the_loss_mask_within_documents():
+    seqs = [s for s, _ in pack_documents(iter(_docs([3, 5])), 8, pad_id=0)]
+    seqs[0].target_mask = [1, 1, 0, 1, 1, 1, 1, 1]
+    b = collate(seqs, "all_tokens")
+    # position t is trained when token t+1 is a target of the same document: t=0 (->1), not t=1 (->2 masked),
+    # not t=2 (next token starts doc 2), then t=3..6
+    assert b["loss_mask"][0].tolist() == [True, False, False, True, True, True, True, False]
+    assert b["labels"][0, 0].item() == 1 and b["labels"][0, 2].item() == -100
+
+
+# ------------------------------------------------------------------------------------------------- the stream
+def test_shuffle_is_deterministic_and_seeded(text_file, tok):
+    def first_docs(seed):
+        ps = PackedStream(_data(SourceConfig(path=str(text_file), format="text"), seed=seed), tok, 32, "all_tokens")
+        return [s.input_ids for _, (s, _) in zip(range(5), ps.sequences())]
+
+    assert first_docs(0) == first_docs(0)
+    assert first_docs(0) != first_docs(1)
+
+
+def test_heldout_documents_never_appear_in_training(text_file, tok):
+    data = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=5)
+    reader = SourceReader(data.sources[0], 0, data)
+    held = {r["text"] for _, r in reader.heldout()}
+    seen = [rec["text"] for _, (_, rec) in zip(range(200), reader.iter_from(0))]
+    assert len(held) == 5 and not held & set(seen)
+    assert len(set(seen)) == 55  # every training document, across epochs
+
+
+def test_streaming_source_matches_and_resumes(text_file, tok):
+    cfg = dict(path=str(text_file), format="text")
+    ps = PackedStream(_data(SourceConfig(**cfg, streaming=True), shuffle_buffer=8), tok, 32, "all_tokens")
+    seqs = list(zip(range(12), ps.sequences()))
+    state = seqs[5][1][1]
+    again = [s.input_ids for _, (s, _) in zip(range(6), ps.sequences(state))]
+    assert again == [s.input_ids for _, (s, _) in seqs[6:12]]
+
+
+def test_mixture_resume_and_weights(text_file, chat_file, tok):
+    data = _data(
+        SourceConfig(path=str(text_file), format="text", weight=3),
+        SourceConfig(path=str(chat_file), format="chat", weight=1),
+    )
+    ps = PackedStream(data, tok, 48, "all_tokens")
+    seqs = [x for _, x in zip(range(10), ps.sequences())]
+    again = [s.input_ids for _, (s, _) in zip(range(5), ps.sequences(seqs[4][1]))]
+    assert again == [s.input_ids for s, _ in seqs[5:10]]
+    picks = [int(ps.docs._choices(0)[i]) for i in range(4000)]
+    assert 0.7 < picks.count(0) / len(picks) < 0.8
+
+
+def test_rank_shards_partition_the_global_batch(text_file, tok):
+    data = _data(SourceConfig(path=str(text_file), format="text"))
+    one = BatchStream(PackedStream(data, tok, 16, "all_tokens"), 4, 2, 0, 1)
+    r0 = BatchStream(PackedStream(data, tok, 16, "all_tokens"), 4, 2, 0, 2)
+    r1 = BatchStream(PackedStream(data, tok, 16, "all_tokens"), 4, 2, 1, 2)
+    for _ in range(3):
+        m, s = one.next_step()
+        a, sa = r0.next_step()
+        b, sb = r1.next_step()
+        assert s == sa == sb
+        full = torch.cat([x["input_ids"] for x in m])
+        assert torch.equal(full, torch.cat([a[0]["input_ids"], b[0]["input_ids"]]))
+
+
+def test_validate_reports_counts(text_file, chat_file, tok):
+    data = _data(SourceConfig(path=str(text_file), format="text"), SourceConfig(path=str(chat_file), format="chat"))
+    counts = PackedStream(data, tok, 32, "all_tokens").validate()
+    assert counts == {str(text_file): 60, str(chat_file): 60}
+    assert json.dumps(counts)

@@ -1,0 +1,180 @@
+"""Each loss against a direct, loop-free textbook formula; the chunked vocabulary projection against the full one
+(values and gradients); the masked reduction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gendistill.distill.config import LossConfig
+from gendistill.distill.losses import (
+    HIDDEN_LOSSES,
+    LOGIT_LOSSES,
+    chunked_logit_loss,
+    full_logit_loss,
+    masked_mean,
+)
+
+
+def _probs(logits: torch.Tensor, T: float) -> torch.Tensor:
+    e = torch.exp((logits - logits.max(-1, keepdim=True).values) / T).double()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return (p * (p.log() - q.log())).sum(-1)
+
+
+@pytest.fixture()
+def logits():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(7, 50, generator=g) * 2
+    t = torch.randn(7, 50, generator=g) * 3
+    labels = torch.randint(0, 50, (7,), generator=g)
+    return s, t, labels
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_forward_kl(logits, T):
+    s, t, y = logits
+    got = LOGIT_LOSSES["forward_kl"](s, t, y, LossConfig(kind="forward_kl", temperature=T))
+    ref = _kl(_probs(t, T), _probs(s, T)) * T * T
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    assert (got >= 0).all()
+
+
+@pytest.mark.parametrize("T", [1.0, 0.5])
+def test_reverse_kl(logits, T):
+    s, t, y = logits
+    got = LOGIT_LOSSES["reverse_kl"](s, t, y, LossConfig(kind="reverse_kl", temperature=T))
+    ref = _kl(_probs(s, T), _probs(t, T)) * T * T
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.1])
+def test_jsd(logits, beta):
+    s, t, y = logits
+    got = LOGIT_LOSSES["jsd"](s, t, y, LossConfig(kind="jsd", jsd_beta=beta))
+    p, q = _probs(t, 1.0), _probs(s, 1.0)
+    m = beta * p + (1 - beta) * q
+    ref = beta * _kl(p, m) + (1 - beta) * _kl(q, m)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    # the symmetric JSD is bounded by log 2
+    if beta == 0.5:
+        assert (got <= math.log(2) + 1e-6).all()
+
+
+def test_topk_kl(logits):
+    s, t, y = logits
+    k = 5
+    got = LOGIT_LOSSES["topk_kl"](s, t, y, LossConfig(kind="topk_kl", top_k=k))
+    ref = []
+    for i in range(s.shape[0]):
+        idx = t[i].topk(k).indices
+        p = _probs(t[i, idx][None], 1.0)[0]
+        logq = torch.log(_probs(s[i][None], 1.0)[0, idx])
+        ref.append((p * (p.log() - logq)).sum())
+    torch.testing.assert_close(got.double(), torch.stack(ref), rtol=1e-5, atol=1e-6)
+    # with k = V it is the full forward KL
+    full = LOGIT_LOSSES["topk_kl"](s, t, y, LossConfig(kind="topk_kl", top_k=50))
+    torch.testing.assert_close(full, LOGIT_LOSSES["forward_kl"](s, t, y, LossConfig()), rtol=1e-5, atol=1e-6)
+
+
+def test_ce_weight_adds_cross_entropy(logits):
+    s, t, y = logits
+    cfg = LossConfig(kind="forward_kl", ce_weight=0.3)
+    got = full_logit_loss(s, t, y, cfg)
+    ce = -torch.log(_probs(s, 1.0)[torch.arange(7), y])
+    ref = _kl(_probs(t, 1.0), _probs(s, 1.0)) + 0.3 * ce
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_identical_distributions_give_zero(logits):
+    s, _, y = logits
+    for kind in ("forward_kl", "reverse_kl", "jsd", "topk_kl"):
+        got = LOGIT_LOSSES[kind](s, s.clone(), y, LossConfig(kind=kind))
+        assert got.abs().max() < 1e-5, kind
+
+
+def test_hidden_losses():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 6, 16, generator=g), torch.randn(4, 6, 16, generator=g)
+    torch.testing.assert_close(HIDDEN_LOSSES["mse"](a, b), ((a - b) ** 2).sum(-1) / 16)
+    torch.testing.assert_close(HIDDEN_LOSSES["l2"](a, b), torch.sqrt(((a - b) ** 2).sum(-1)) / 4.0)
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    torch.testing.assert_close(HIDDEN_LOSSES["cosine"](a, b), 1 - cos, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_mean_counts_only_masked_tokens():
+    per = torch.tensor([[1.0, 2.0, 100.0], [3.0, 50.0, 4.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    assert masked_mean(per, mask).item() == pytest.approx((1 + 2 + 3 + 4) / 4)
+    assert masked_mean(per, mask, denom=10).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "topk_kl"])
+@pytest.mark.parametrize("train_head", [False, True])
+def test_chunked_matches_full_values_and_gradients(kind, train_head):
+    g = torch.Generator().manual_seed(2)
+    N, D, V = 37, 12, 90
+    h_s = torch.randn(N, D, generator=g, dtype=torch.float64).requires_grad_(True)
+    w_s = (torch.randn(V, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_(train_head)
+    h_t = torch.randn(N, D, generator=g, dtype=torch.float64)
+    w_t = torch.randn(V, D, generator=g, dtype=torch.float64) * 0.5
+    labels = torch.randint(0, V, (N,), generator=g)
+    cfg = LossConfig(kind=kind, temperature=1.5, ce_weight=0.1, top_k=7, chunk_size=8)
+
+    got = chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, compute_dtype=torch.float64)
+    (got * 0.7).backward()
+    g_h = h_s.grad.clone()
+    g_w = w_s.grad.clone() if train_head else None
+
+    h2 = h_s.detach().clone().requires_grad_(True)
+    w2 = w_s.detach().clone().requires_grad_(train_head)
+    ref = full_logit_loss(h2 @ w2.t(), h_t @ w_t.t(), labels, cfg).sum()
+    (ref * 0.7).backward()
+    torch.testing.assert_close(got.double(), ref.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_h, h2.grad, rtol=1e-4, atol=1e-6)
+    if train_head:
+        torch.testing.assert_close(g_w, w2.grad, rtol=1e-4, atol=1e-6)
+    else:
+        assert w_s.grad is None
+
+
+def test_chunk_size_does_not_change_the_result():
+    g = torch.Generator().manual_seed(3)
+    h_s, h_t = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g)
+    w = torch.randn(30, 8, generator=g)
+    y = torch.zeros(50, dtype=torch.long)
+    vals = [
+        chunked_logit_loss(h_s, w, h_t, w * 0.5, y, LossConfig(chunk_size=c)).item() for c in (1, 7, 50, 1000)
+    ]
+    assert max(vals) - min(vals) < 1e-4 * abs(vals[0])
+
+
+def test_chunked_peak_memory_is_one_chunk_of_logits():
+    """The largest tensor the chunked loss allocates is one chunk of logits, never [N, V]: track allocations with
+    a TorchDispatchMode over the forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        biggest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, torch.Tensor):
+                    Largest.biggest = max(Largest.biggest, o.numel())
+            return out
+
+    N, D, V, C = 512, 16, 2000, 64
+    h_s = torch.randn(N, D, requires_grad=True)
+    w = torch.randn(V, D)
+    y = torch.zeros(N, dtype=torch.long)
+    with Largest():
+        loss = chunked_logit_loss(h_s, w, torch.randn(N, D), w, y, LossConfig(chunk_size=C))
+        loss.backward()
+    assert Largest.biggest <= C * V, Largest.biggest
+    assert Largest.biggest < N * V // 4
