@@ -67,13 +67,15 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
         if not settings.teacher:
             raise ConfigError("--student needs --teacher (the benchmark compares the two)")
         teacher = AutoModelForCausalLM.from_pretrained(settings.teacher, dtype=dtype, attn_implementation=impl)
+        teacher = teacher.to(device)
         if settings.student:
             from gendistill.models.hybrid import HybridForCausalLM
 
             student = HybridForCausalLM.from_pretrained(settings.student, dtype=dtype)
             standin, note = False, ""
         else:
-            student, standin, note = _convert(teacher, settings.attention_layers)
+            with torch.device(device):
+                student, standin, note = _convert(teacher, settings.attention_layers)
         name = settings.model_name or str(settings.teacher).rstrip("/").split("/")[-1]
     else:
         from transformers import Qwen3ForCausalLM
@@ -83,10 +85,15 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
         with torch.device(device):
             teacher = Qwen3ForCausalLM(cfg)
         teacher = teacher.to(dtype)
-        student, standin, note = _convert(teacher, settings.attention_layers)
+        with torch.device(device):  # the student is built where the teacher lives (no 0.6B init on CPU)
+            student, standin, note = _convert(teacher, settings.attention_layers)
         name = settings.model_name or settings.config
     teacher = teacher.to(device=device, dtype=dtype).eval()
-    student = student.to(device=device, dtype=dtype).eval()
+    # Only move the student: a dtype cast would round its fp32 A_log / dt_bias through `dtype`.
+    student = student.to(device=device).eval()
+    emb_dtype = student.get_input_embeddings().weight.dtype
+    if emb_dtype != dtype:
+        raise ConfigError(f"student dtype {emb_dtype} != requested {dtype}")
     _set_attn(teacher, impl)
     _set_attn(student, impl)
     _keep_fp32_params(student)

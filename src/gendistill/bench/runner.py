@@ -19,7 +19,7 @@ from gendistill.bench import engine
 from gendistill.bench.models import build_models, count_params, layer_type_counts
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
-from gendistill.bench.timing import measure, time_once_ms
+from gendistill.bench.timing import measure, sync
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ROLES = ("teacher", "student")
@@ -104,7 +104,6 @@ class Runner:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.use_graph = settings.cuda_graph and self.device.type == "cuda"
-        self.graph_ok: dict[str, bool] = {}
         self.results: dict[str, Any] = {}
         self.out_dir = Path(settings.out)
         self.json_path: Path | None = None
@@ -175,6 +174,9 @@ class Runner:
         self.log(f"models built: teacher {self.results['models']['teacher']}, student {self.results['models']['student']}")
         self.save()
 
+        if self.use_graph and s.wants("decode"):
+            self.graph_precheck()
+            self.save()
         by_ctx: dict[int, dict] = {}
         all_ctx = sorted(set(s.contexts) | (set(s.throughput_contexts) if s.wants("throughput") else set()))
         for L in all_ctx:
@@ -268,57 +270,83 @@ class Runner:
         del ids
         free_memory()
 
+    def graph_precheck(self) -> None:
+        """Before any timing: capture each model's decode step in a CUDA graph at a short context and check it decodes
+        what eager decodes (teacher-forced, same cache state). Graphs are used only if both models pass, so decode
+        ratios always compare like with like."""
+        info = self.results["cuda_graph"]
+        L, steps = 128, 4
+        for role in ROLES:
+            m = self.models[role]
+            entry: dict = {"context": L}
+            try:
+                with torch.inference_mode():
+                    cache, first = engine.prefill(m, engine.random_prompt(m.config.vocab_size, L, 1, self.device))
+                    max_len = L + 2 * steps + 8
+                    state = engine.make_state(engine.to_static_cache(cache, m.config, max_len), first, L, max_len)
+                    del cache
+                if self.s.validate_graph:
+                    v = engine.validate_graph(m, state, steps=steps)
+                    v.pop("graph")
+                    ok = v["argmax_match"] and v["max_abs_diff"] <= 0.05 * max(1.0, v["logit_scale"])
+                    entry.update(v)
+                else:
+                    engine.GraphStep(engine.make_step(m, state))
+                    ok = True
+                entry["accepted"] = ok
+            except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, recorded
+                entry.update(accepted=False, error=_err(exc), traceback=traceback.format_exc(limit=8))
+                sync(self.device)
+            info.setdefault("validation", {})[role] = entry
+            self.log(f"cuda graph check {role}: {({k: v for k, v in entry.items() if k != 'traceback'})}")
+            free_memory()
+        self.use_graph = all(info["validation"][r]["accepted"] for r in ROLES)
+        info["used"] = self.use_graph
+
     def decode(self, role: str, L: int, e: dict, holder: dict) -> None:
+        """Batch-1 decode after a prefill of L tokens, on a static cache: eager always, and through a CUDA graph when
+        enabled and validated. ``decode_tok_s`` is the graph number when both models have one, else eager."""
         s, m = self.s, self.models[role]
-        graph_tokens = 3 if self.use_graph else 0
-        validate_tokens = 4 if (self.use_graph and s.validate_graph and role not in self.graph_ok) else 0
-        max_len = L + 1 + s.decode_warmup_tokens + graph_tokens + validate_tokens + s.decode_tokens * s.repeats + 8
+        n, warm = s.decode_tokens, s.decode_warmup_tokens
+        per_mode = warm + n * s.repeats
+        max_len = L + 1 + 2 * per_mode + 2 + 16  # eager run + graph warm-up (2) + graph run, with margin
         with torch.inference_mode():
             static = engine.to_static_cache(holder.pop("cache"), m.config, max_len)
             if self.device.type == "cuda":
                 gc.collect()
             state = engine.make_state(static, holder.pop("next"), L, max_len)
-            step = engine.make_step(m, state)
-            mode = "eager"
-            if self.use_graph and self.graph_ok.get(role, True):
-                try:
-                    if validate_tokens:
-                        v = engine.validate_graph(m, state, steps=validate_tokens)
-                        graph = v.pop("graph")
-                        ok = v["argmax_match"] and v["max_abs_diff"] <= 0.05 * max(1.0, v["logit_scale"])
-                        v["accepted"] = ok
-                        self.results["cuda_graph"].setdefault("validation", {})[role] = {"context": L, **v}
-                        self.graph_ok[role] = ok
-                        self.log(f"  cuda graph vs eager: {v}")
-                        if not ok:
-                            graph = None
-                    else:
-                        graph = engine.GraphStep(step)
-                    if graph is not None:
-                        step, mode = graph, "cuda_graph"
-                except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, recorded
-                    if is_oom(exc):
-                        raise
-                    self.graph_ok[role] = False
-                    self.results["cuda_graph"].setdefault("capture_errors", {})[role] = _err(exc)
-                    self.log(f"  cuda graph capture failed, eager instead: {_err(exc)}")
-                    torch.cuda.synchronize()
-            for _ in range(s.decode_warmup_tokens):
-                step()
-            n = s.decode_tokens
-
-            def run() -> None:
-                for _ in range(n):
+            eager = engine.make_step(m, state)
+            modes = [("eager", eager)]
+            if self.use_graph:
+                modes.append(("cuda_graph", None))
+            for mode, step in modes:
+                if step is None:
+                    try:
+                        step = engine.GraphStep(eager)
+                    except Exception as exc:  # noqa: BLE001
+                        e.setdefault("errors", {})["decode_cuda_graph"] = _err(exc)
+                        self.log(f"  cuda graph capture failed at {L}: {_err(exc)}")
+                        sync(self.device)
+                        break
+                for _ in range(warm):
                     step()
 
-            t = measure(run, self.device, warmup=0, repeats=s.repeats, budget_s=None)
-        e["decode_mode"] = mode
+                def run() -> None:
+                    for _ in range(n):
+                        step()
+
+                t = measure(run, self.device, warmup=0, repeats=s.repeats, budget_s=None)
+                key = "decode_tok_s_graph" if mode == "cuda_graph" else "decode_tok_s_eager"
+                e[key] = n / (t.median_ms / 1e3)
+                e[key.replace("tok_s", "ms_all")] = t.all_ms
+                self.log(f"  decode {mode}: {e[key]:.1f} tok/s ({t.median_ms / n:.3f} ms/token)")
+                del step
         e["decode_tokens"] = n
-        e["decode_ms_per_token"] = t.median_ms / n
-        e["decode_tok_s"] = n / (t.median_ms / 1e3)
-        e["decode_ms_all"] = t.all_ms
-        self.log(f"  decode {e['decode_tok_s']:.1f} tok/s ({mode}, {e['decode_ms_per_token']:.3f} ms/token)")
-        del state, step, static
+        mode = "cuda_graph" if "decode_tok_s_graph" in e else "eager"
+        e["decode_mode"] = mode
+        e["decode_tok_s"] = e["decode_tok_s_graph" if mode == "cuda_graph" else "decode_tok_s_eager"]
+        e["decode_ms_per_token"] = 1e3 / e["decode_tok_s"]
+        del state, eager, static, modes
         free_memory()
 
     # ----------------------------------------------------------------------------------------------- throughput
@@ -341,7 +369,7 @@ class Runner:
                 step()
                 step()
                 if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                    sync(self.device)
                 peak = _peak(self.device)
                 del state, step
             return {"peak_mem_bytes": peak}
@@ -410,7 +438,12 @@ def ratios(entry: dict) -> dict:
         "cache_theoretical_student_over_teacher": _div(th(s), th(t)),
         "cache_measured_student_over_teacher": _div(me(s), me(t)),
         "ttft_speedup": _div(t.get("ttft_ms"), s.get("ttft_ms")),  # teacher / student time: > 1 = student faster
-        "decode_speedup": _div(s.get("decode_tok_s"), t.get("decode_tok_s")),
+        # like with like: graph vs graph when both have it, else eager vs eager
+        "decode_speedup": (_div(s.get("decode_tok_s_graph"), t.get("decode_tok_s_graph"))
+                           if s.get("decode_tok_s_graph") and t.get("decode_tok_s_graph")
+                           else _div(s.get("decode_tok_s_eager"), t.get("decode_tok_s_eager"))),
+        "decode_speedup_eager": _div(s.get("decode_tok_s_eager"), t.get("decode_tok_s_eager")),
+        "decode_speedup_graph": _div(s.get("decode_tok_s_graph"), t.get("decode_tok_s_graph")),
         "throughput_ratio": _div(s.get("throughput_tok_s"), t.get("throughput_tok_s")),
         "throughput_batch_ratio": _div(s.get("throughput_batch"), t.get("throughput_batch")),
     }
