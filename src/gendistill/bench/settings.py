@@ -33,13 +33,13 @@ class BenchSettings:
     warmup: int = 1  # warm-up runs at each shape (Triton autotuning, cuBLAS heuristics) before timing
     repeats: int = 3  # timed repeats (median reported); reduced when one run exceeds `measure_budget_s`
     measure_budget_s: float = 6.0  # soft wall-clock budget for the timed repeats of one measurement
-    decode_tokens: int = 64  # tokens per timed decode repeat (batch 1)
+    decode_tokens: int = 32  # tokens per timed decode repeat (batch 1)
     decode_warmup_tokens: int = 8
     cuda_graph: bool = True  # capture the batch-1 decode step in a CUDA graph (CUDA only; eager on CPU)
     validate_graph: bool = True  # check graph decode == eager decode once per model before trusting it
     # throughput sweep
     max_batch: int = 1024
-    throughput_tokens: int = 32  # decode steps timed at the batch found
+    throughput_tokens: int = 16  # decode steps timed (x2 repeats) at the batch found
     sweep_rel_tol: float = 0.125  # stop bisecting when the bracket is within this fraction of the batch
     # bookkeeping
     out: str = "runs/bench"
