@@ -80,6 +80,9 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    kfmt = FuncFormatter(lambda x, _: _ctx(int(x)) if x >= 1 else "")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +113,7 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
                     xs, ys = zip(*pts)
                     ax.plot(xs, [y / scale for y in ys], ":", color=colors[role], alpha=0.6)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(kfmt)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -130,6 +134,7 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
         if curve.get(role):
             axes[0].plot(curve["lengths"], [y / GiB for y in curve[role]], "-", color=colors[role], label=labels[role])
     axes[0].set_xscale("log", base=2)
+    axes[0].xaxis.set_major_formatter(kfmt)
     axes[0].set_xlabel("sequence length (tokens)")
     axes[0].set_ylabel("cache (GiB, batch 1)")
     axes[0].set_title("(a) theoretical cache memory")
