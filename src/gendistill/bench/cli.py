@@ -46,6 +46,8 @@ def bench(
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="CUDA-graph the batch-1 decode step."),
     validate_graph: bool = typer.Option(True, "--validate-graph/--no-validate-graph",
                                         help="Check graph decode == eager once per model."),
+    profile_contexts: str = typer.Option(None, help="Profile one prefill + decode steps per model at these contexts "
+                                         "(torch.profiler; time split by attention/KDA/MLP/lm_head), e.g. 4k,128k."),
     time_limit: float = typer.Option(0.0, help="Seconds after which remaining measurements are skipped (0: none)."),
     model_name: str = typer.Option(None, help="Label for file names (default: config or teacher folder name)."),
 ) -> None:
@@ -57,7 +59,7 @@ def bench(
         throughput_contexts=throughput_contexts, dtype=dtype, device=device, out=out, tiny=tiny, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
-        time_limit=time_limit, model_name=model_name,
+        time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts,
     )
     run_benchmark(settings)
 
@@ -81,6 +83,7 @@ def settings_from_options(**o) -> BenchSettings:
             decode_tokens=o.get("decode_tokens"),
             throughput_tokens=o.get("throughput_tokens"),
             model_name=o.get("model_name"),
+            profile_contexts=_ints(o.get("profile_contexts"), "--profile-contexts"),
         ).items()
         if v is not None
     }

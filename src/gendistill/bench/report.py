@@ -71,6 +71,22 @@ def print_table(results: dict, console=None) -> None:
             met = {True: "yes", False: "NO", None: "n/a"}[x["met"]]
             tt.add_row(x["metric"], x["where"], x["target"], _fmt(x["value"], ".3f"), met)
         console.print(tt)
+    prof = results.get("profile") or {}
+    if prof:
+        parts = ("attention", "kda", "mlp", "lm_head")
+        pt = Table(title="where the time goes (ms; prefill per call, decode per token; "
+                         "CUDA kernel time on GPU, CPU time on CPU)")
+        for col in ("context", "model", "phase", *parts, "sum"):
+            pt.add_column(col, justify="right")
+        for L, by_role in sorted(prof.items(), key=lambda kv: int(kv[0])):
+            for role, r in by_role.items():
+                for phase in ("prefill", "decode"):
+                    d = r.get(f"{phase}_ms_by_part")
+                    if d is None:
+                        continue
+                    pt.add_row(_ctx(int(L)), role, phase, *[_fmt(d.get(p), ".3f") for p in parts],
+                               _fmt(sum(d.values()), ".3f"))
+        console.print(pt)
     if results.get("json_path"):
         console.print(f"JSON: {results['json_path']}")
 

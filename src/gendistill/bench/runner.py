@@ -199,6 +199,13 @@ class Runner:
                     self._guard(e, "throughput", lambda: self.throughput(role, L, e))
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
+        for L in sorted(s.profile_contexts):
+            for role in ROLES:
+                self.log(f"profile at {L}: {role}")
+                prof = self.results.setdefault("profile", {}).setdefault(str(L), {})
+                prof[role] = {}
+                self._guard(prof[role], "profile", lambda: prof[role].update(self.profile(role, L)))
+                self.save()
         self.results["summary"] = summary(self.results)
         self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.save()
@@ -349,6 +356,16 @@ class Runner:
         e["decode_ms_per_token"] = 1e3 / e["decode_tok_s"]
         del state, eager, static, modes
         free_memory()
+
+    def profile(self, role: str, L: int) -> dict:
+        from gendistill.bench.profile import profile_model
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        res = profile_model(self.models[role], role, L, self.device, self.out_dir, self.s.profile_decode_steps)
+        self.log(f"  prefill ms by part: {res['prefill_ms_by_part']}")
+        self.log(f"  decode ms/token by part: {res['decode_ms_by_part']}")
+        free_memory()
+        return res
 
     # ----------------------------------------------------------------------------------------------- throughput
     def throughput(self, role: str, L: int, e: dict) -> None:

@@ -41,6 +41,9 @@ class BenchSettings:
     max_batch: int = 1024
     throughput_tokens: int = 16  # decode steps timed (x2 repeats) at the batch found
     sweep_rel_tol: float = 0.125  # stop bisecting when the bracket is within this fraction of the batch
+    # profiling (torch.profiler, time split by attention / KDA / MLP / lm_head) at these contexts; () = off
+    profile_contexts: tuple[int, ...] = ()
+    profile_decode_steps: int = 8
     # bookkeeping
     out: str = "runs/bench"
     time_limit_s: float = 0.0  # 0 = none; else measurements that would start after this are skipped (outputs kept)
@@ -58,6 +61,7 @@ class BenchSettings:
         d["throughput_contexts"] = list(self.throughput_contexts)
         d["attention_layers"] = list(self.attention_layers)
         d["skip"] = list(self.skip)
+        d["profile_contexts"] = list(self.profile_contexts)
         return d
 
     @classmethod
