@@ -91,3 +91,24 @@ def test_cli_cache_only(tmp_path):
     assert s.contexts == (1024, 4096, 131072) and s.skip == ("throughput",) and s.config == "qwen3-0.6b"
     with pytest.raises(typer.BadParameter):
         settings_from_options(skip="nonsense")
+
+
+def test_comparison_against_itself(tiny_results, capsys):
+    from rich.console import Console
+
+    from gendistill.bench.report import print_comparison
+
+    _, data = tiny_results
+    print_comparison(data, data, console=Console(width=220))
+    out = capsys.readouterr().out
+    assert "1.000x" in out and "DIFFERENT CARD" not in out
+
+
+def test_roles_option():
+    import typer
+
+    from gendistill.bench.cli import settings_from_options
+
+    assert settings_from_options(roles="student", tiny=True).roles == ("student",)
+    with pytest.raises(typer.BadParameter):
+        settings_from_options(roles="teacher,nobody")

@@ -48,6 +48,8 @@ def bench(
                                         help="Check graph decode == eager once per model."),
     profile_contexts: str = typer.Option(None, help="Profile one prefill + decode steps per model at these contexts "
                                          "(torch.profiler; time split by attention/KDA/MLP/lm_head), e.g. 4k,128k."),
+    roles: str = typer.Option("teacher,student", help="Models to measure (one of them while iterating; ratios need both)."),
+    compare: str = typer.Option(None, help="A previous bench JSON to print this run against."),
     time_limit: float = typer.Option(0.0, help="Seconds after which remaining measurements are skipped (0: none)."),
     model_name: str = typer.Option(None, help="Label for file names (default: config or teacher folder name)."),
 ) -> None:
@@ -59,7 +61,8 @@ def bench(
         throughput_contexts=throughput_contexts, dtype=dtype, device=device, out=out, tiny=tiny, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
-        time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts,
+        time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts, roles=roles,
+        compare=compare,
     )
     run_benchmark(settings)
 
@@ -87,6 +90,12 @@ def settings_from_options(**o) -> BenchSettings:
         ).items()
         if v is not None
     }
+    roles = tuple(r.strip() for r in (o.get("roles") or "teacher,student").split(",") if r.strip())
+    if not roles or any(r not in ("teacher", "student") for r in roles):
+        raise typer.BadParameter(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
+    overrides["roles"] = roles
+    if o.get("compare"):
+        overrides["compare"] = o["compare"]
     if o.get("dtype", "auto") != "auto":
         overrides["dtype"] = o["dtype"]
     if o.get("device", "auto") != "auto":

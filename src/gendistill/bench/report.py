@@ -182,3 +182,30 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
     plt.close(fig)
     paths.append(str(p))
     return paths
+
+
+def print_comparison(results: dict, baseline: dict, console=None) -> None:
+    """This run against a previous bench JSON (e.g. the committed docs/results/bench_<model>_<card>.json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=200)
+    same_card = results.get("card") == baseline.get("card")
+    tbl = Table(title=f"vs baseline {baseline.get('started', '?')} on {baseline.get('card')}"
+                + ("" if same_card else "  [DIFFERENT CARD: not comparable]"))
+    for col in ("context", "model", "metric", "baseline", "now", "now/baseline"):
+        tbl.add_column(col, justify="right")
+    base = {c["context"]: c for c in baseline.get("contexts", [])}
+    metrics = (("ttft_ms", ".2f"), ("decode_tok_s", ".1f"), ("throughput_tok_s", ".0f"), ("throughput_batch", "d"))
+    for c in results["contexts"]:
+        b = base.get(c["context"])
+        if b is None:
+            continue
+        for role in ("teacher", "student"):
+            for key, spec in metrics:
+                now, then = c.get(role, {}).get(key), b.get(role, {}).get(key)
+                if now is None or then is None:
+                    continue
+                tbl.add_row(_ctx(c["context"]), role, key, format(then, spec), format(now, spec),
+                            _fmt(now / then if then else None, ".3f", "x"))
+    console.print(tbl)

@@ -104,6 +104,7 @@ class Runner:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.use_graph = settings.cuda_graph and self.device.type == "cuda"
+        self.roles = tuple(r for r in ROLES if r in settings.roles)
         self.results: dict[str, Any] = {}
         self.out_dir = Path(settings.out)
         self.json_path: Path | None = None
@@ -184,14 +185,14 @@ class Runner:
             by_ctx[L] = entry
             self.results["contexts"].append(entry)
         for L in sorted(s.contexts):
-            for role in ROLES:
+            for role in self.roles:
                 self.log(f"context {L}: {role}")
                 self.measure_context(role, L, by_ctx[L][role])
                 by_ctx[L]["ratios"] = ratios(by_ctx[L])
                 self.save()
         if s.wants("throughput"):
             for L in sorted(s.throughput_contexts):
-                for role in ROLES:
+                for role in self.roles:
                     self.log(f"throughput sweep at {L}: {role}")
                     e = by_ctx[L][role]
                     if "cache_bytes_theoretical" not in e:
@@ -200,7 +201,7 @@ class Runner:
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
         for L in sorted(s.profile_contexts):
-            for role in ROLES:
+            for role in self.roles:
                 self.log(f"profile at {L}: {role}")
                 prof = self.results.setdefault("profile", {}).setdefault(str(L), {})
                 prof[role] = {}
@@ -283,7 +284,7 @@ class Runner:
         ratios always compare like with like."""
         info = self.results["cuda_graph"]
         L, steps = 128, 4
-        for role in ROLES:
+        for role in self.roles:
             m = self.models[role]
             entry: dict = {"context": L}
             try:
@@ -308,7 +309,7 @@ class Runner:
             info.setdefault("validation", {})[role] = entry
             self.log(f"cuda graph check {role}: {({k: v for k, v in entry.items() if k != 'traceback'})}")
             free_memory()
-        self.use_graph = all(info["validation"][r]["accepted"] for r in ROLES)
+        self.use_graph = all(info["validation"][r]["accepted"] for r in self.roles)
         info["used"] = self.use_graph
 
     def decode(self, role: str, L: int, e: dict, holder: dict) -> None:
@@ -523,8 +524,13 @@ def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | Non
         except Exception as exc:  # noqa: BLE001 - plots are a convenience; the JSON is the record
             runner.log(f"plots failed: {_err(exc)}")
     if table:
-        from gendistill.bench.report import print_table
+        from gendistill.bench.report import print_comparison, print_table
 
+        if settings.compare:
+            try:
+                print_comparison(results, json.loads(Path(settings.compare).read_text()))
+            except Exception as exc:  # noqa: BLE001
+                runner.log(f"comparison with {settings.compare} failed: {_err(exc)}")
         print_table(results)
     results["json_path"] = str(runner.json_path)
     return results

@@ -29,6 +29,8 @@ class BenchSettings:
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"  # same backend for teacher and student's attention layers
     skip: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ("teacher", "student")  # measure only one of them while iterating (ratios need both)
+    compare: str | None = None  # a previous bench JSON: print this run's numbers against it
     # timing
     warmup: int = 1  # warm-up runs at each shape (Triton autotuning, cuBLAS heuristics) before timing
     repeats: int = 3  # timed repeats (median reported); reduced when one run exceeds `measure_budget_s`
@@ -61,6 +63,7 @@ class BenchSettings:
         d["throughput_contexts"] = list(self.throughput_contexts)
         d["attention_layers"] = list(self.attention_layers)
         d["skip"] = list(self.skip)
+        d["roles"] = list(self.roles)
         d["profile_contexts"] = list(self.profile_contexts)
         return d
 

@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import torch
 
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "OutOfResources")
+_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def is_oom(exc: BaseException) -> bool:
     """True for torch's OutOfMemoryError and the allocation failures that surface as plain RuntimeErrors
-    (cuBLAS/cuDNN workspace allocations, Triton's ``out of memory``)."""
+    (cuBLAS/cuDNN workspace allocations). Triton's OutOfResources (shared memory) is a kernel-config failure, not OOM."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     if isinstance(exc, (RuntimeError, MemoryError)):
