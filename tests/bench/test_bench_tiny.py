@@ -112,3 +112,28 @@ def test_roles_option():
     assert settings_from_options(roles="student", tiny=True).roles == ("student",)
     with pytest.raises(typer.BadParameter):
         settings_from_options(roles="teacher,nobody")
+
+
+def test_time_limit_skips_but_still_writes(tmp_path):
+    res = run_benchmark(BenchSettings.tiny(out=str(tmp_path), time_limit_s=1e-9, contexts=(32,), throughput_contexts=(32,)),
+                        log_sink=lambda s: None, plots=False, table=False)
+    e = res["contexts"][0]["teacher"]
+    assert e["errors"]["ttft"] == "skipped: time limit" and e["errors"]["throughput"] == "skipped: time limit"
+    assert e["cache_bytes_theoretical"]["total"] > 0
+    assert json.loads(Path(res["json_path"]).read_text())["finished"]
+
+
+def test_teacher_folder(tmp_path):
+    from transformers import Qwen3ForCausalLM
+
+    from gendistill.bench.models import qwen3_config
+
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(qwen3_config("tiny")).save_pretrained(tmp_path / "teacher")
+    s = BenchSettings.tiny(config=None, teacher=str(tmp_path / "teacher"), out=str(tmp_path / "out"), contexts=(16,),
+                           skip=("throughput",))
+    res = run_benchmark(s, log_sink=lambda s: None, plots=False, table=False)
+    assert res["model"] == "teacher" and not res["student_is_standin"]
+    c = res["contexts"][0]
+    assert c["student"]["ttft_ms"] > 0 and res["models"]["student"]["layer_types"]["linear_attention"] == 6
+    assert not c["teacher"].get("errors") and not c["student"].get("errors")
