@@ -202,9 +202,14 @@ def run_stage(
                     f"{stage.name} step {step + 1}: loss is {loss_val}; stopped before the optimizer step "
                     f"({where_ck}; lower the learning rate and rerun with --resume)"
                 )
-            gnorm = None
-            if opt_cfg.clip_grad_norm is not None:
-                gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, opt_cfg.clip_grad_norm))
+            max_norm = opt_cfg.clip_grad_norm if opt_cfg.clip_grad_norm is not None else float("inf")
+            gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            if not math.isfinite(gnorm):
+                where_ck = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise TrainingDivergedError(
+                    f"{stage.name} step {step + 1}: gradient norm is {gnorm} (loss {loss_val}); stopped before the "
+                    f"optimizer step ({where_ck}; lower the learning rate and rerun with --resume)"
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -226,8 +231,7 @@ def run_stage(
                     "tokens_per_s": tok_s,
                     "loss_tokens": int(denom),
                 }
-                if gnorm is not None:
-                    rec["grad_norm"] = gnorm
+                rec["grad_norm"] = gnorm
                 logger.log(rec)
             if stage.eval_every and (step % stage.eval_every == 0 or step == total_steps):
                 ev = evaluate(module, eval_seqs, stage, world, run)

@@ -1,0 +1,200 @@
+"""The trainer on a tiny random Llama teacher and the hybrid student converted from it: every stage's held-out loss
+falls, freezing, resume, NaN stop, checkpoint pruning, stage outputs loadable, run-folder files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _distill_helpers import chat_records, text_records, write_jsonl
+
+from gendistill.distill.checkpoint import latest_checkpoint, list_checkpoints
+from gendistill.distill.config import parse_recipe
+from gendistill.distill.pipeline import run_recipe
+from gendistill.distill.trainer import TrainingDivergedError
+from gendistill.errors import ConfigError
+
+STAGE_DEFAULTS = {
+    "stage1": {"optim": {"lr": 1e-2, "schedule": "constant"}},
+    "stage2": {"optim": {"lr": 3e-3, "schedule": "constant"}},
+    "stage3a": {"optim": {"lr": 1e-3, "schedule": "wsd", "warmup_ratio": 0.1, "decay_ratio": 0.2}},
+    "stage3b": {
+        "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 1},
+        "masking": "completion_only",
+    },
+}
+
+
+def make_recipe(tmp_path: Path, stages: list[str], steps: int = 8, **stage_over):
+    text = write_jsonl(tmp_path / "data" / "text.jsonl", text_records(80))
+    chat = write_jsonl(tmp_path / "data" / "chat.jsonl", chat_records(80))
+    st = []
+    for name in stages:
+        s = {
+            "name": name,
+            "steps": steps,
+            "seq_len": 32,
+            "batch_size": 4,
+            "micro_batch_size": 2,
+            "eval_every": steps,
+            "eval_sequences": 4,
+            **STAGE_DEFAULTS[name],
+        }
+        if name == "stage3b":
+            s["data"] = {"sources": [{"path": str(chat), "format": "chat"}], "heldout_documents": 8}
+        s.update(stage_over.get(name, {}))
+        st.append(s)
+    return parse_recipe(
+        {
+            "teacher": {"spec": "unused-teacher-is-passed-in"},
+            "student": {"attention_layers": [0, 2]},
+            "data": {"sources": [{"path": str(text), "format": "text"}], "heldout_documents": 8},
+            "stages": st,
+            "run": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 2, "keep_checkpoints": 2, "progress": "none"},
+        }
+    )
+
+
+def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
+    # one step each of stages 1-2 (which align this tiny student almost perfectly) leaves stage 3 something to do
+    one = {"steps": 1, "eval_every": 1}
+    recipe = make_recipe(tmp_path, ["stage1", "stage2", "stage3a", "stage3b"], steps=8, stage1=one, stage2=one)
+    out = run_recipe(recipe, teacher=teacher, tokenizer=tok)
+    res = out["results"]
+    assert list(res) == ["stage1", "stage2", "stage3a", "stage3b"]
+    for name, r in res.items():
+        (s0, before), (s1, after) = r.eval_losses[0], r.eval_losses[-1]
+        assert s0 == 0 and s1 == r.steps
+        assert after < before, f"{name}: held-out loss {before} -> {after}"
+    run = tmp_path / "run"
+    # the resolved recipe, progress, metrics
+    assert "stage3b" in (run / "recipe.yaml").read_text()
+    assert json.loads((run / "progress.json").read_text())["completed"] == list(res)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in recs} == set(res)
+    assert all(r["loss"] == r["loss"] for r in recs if "loss" in r)
+    # each stage's student is a loadable model folder that reproduces the in-memory student
+    from transformers import AutoModelForCausalLM
+
+    import gendistill  # noqa: F401
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(run / "stage3b")).eval()
+    student = out["student"].eval()
+    ids = torch.tensor([tok("the cat sat on a mat")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, student(ids).logits, rtol=1e-4, atol=1e-4)
+    for name in res:
+        assert (run / name / "config.json").exists() and (run / name / "tokenizer_config.json").exists()
+
+
+def test_stage1_trains_only_the_kda_mixers(tmp_path, teacher, tok):
+    recipe = make_recipe(tmp_path, ["stage1"], steps=3)
+    from gendistill.distill.pipeline import build_student
+
+    student = build_student(recipe, teacher, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    run_recipe(recipe, teacher=teacher, tokenizer=tok, student=student)
+    changed = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".linear_attn." in n for n in changed)
+    assert any("A_log" in n for n in changed) and any("q_proj" in n for n in changed)
+
+
+def test_frozen_parameters_are_bit_identical_and_have_no_optimizer_state(tmp_path, teacher, tok):
+    recipe = make_recipe(
+        tmp_path, ["stage3a"], steps=3, stage3a={"trainable": {"groups": ["mlp"], "exclude": [r"layers\.0\."]}}
+    )
+    from gendistill.distill.pipeline import build_student
+
+    student = build_student(recipe, teacher, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    run_recipe(recipe, teacher=teacher, tokenizer=tok, student=student)
+    trained = {n for n, _ in student.named_parameters() if ".mlp." in n and not n.startswith("model.layers.0.")}
+    for n, p in student.named_parameters():
+        if n in trained:
+            assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), f"{n} changed although frozen"
+    ck = latest_checkpoint(tmp_path / "run" / "checkpoints" / "stage3a")
+    opt = torch.load(ck / "optimizer.pt", weights_only=False)
+    assert len(opt["state"]) == len(trained)
+    n_in_groups = sum(len(g["params"]) for g in opt["param_groups"])
+    assert n_in_groups == len(trained)
+
+
+def test_resume_continues_exactly(tmp_path, teacher, tok):
+    straight = make_recipe(tmp_path / "a", ["stage3a"], steps=6)
+    out = run_recipe(straight, teacher=teacher, tokenizer=tok)
+    ref = {n: p.detach().clone() for n, p in out["student"].named_parameters()}
+    ref_losses = out["results"]["stage3a"].losses
+
+    cut = make_recipe(tmp_path / "b", ["stage3a"], steps=6)
+    first = run_recipe(cut, teacher=teacher, tokenizer=tok, stop_after=4)
+    assert first["results"]["stage3a"].steps == 4 and first["completed"] == []
+    with pytest.raises(ConfigError, match="--resume"):
+        run_recipe(cut, teacher=teacher, tokenizer=tok)
+    second = run_recipe(cut, teacher=teacher, tokenizer=tok, resume=True)
+    r = second["results"]["stage3a"]
+    assert r.resumed_from == 4 and r.steps == 6
+    for n, p in second["student"].named_parameters():
+        torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)
+    assert first["results"]["stage3a"].losses + r.losses == pytest.approx(ref_losses, rel=1e-5)
+
+
+def test_resume_after_a_completed_stage_loads_its_student(tmp_path, teacher, tok):
+    recipe = make_recipe(tmp_path, ["stage1", "stage3a"], steps=2)
+    a = run_recipe(recipe, teacher=teacher, tokenizer=tok, stop_after=10)  # stage1 completes, stage3a completes
+    assert a["completed"] == ["stage1", "stage3a"]
+    b = run_recipe(recipe, teacher=teacher, tokenizer=tok, resume=True)
+    assert b["results"] == {}  # nothing left to do
+    for (n, p), (_, q) in zip(a["student"].named_parameters(), b["student"].named_parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, teacher, tok):
+    recipe = make_recipe(
+        tmp_path, ["stage3a"], steps=6,
+        stage3a={"optim": {"lr": 1e20, "schedule": "constant", "clip_grad_norm": None}, "checkpoint_every": 1},
+    )
+    with pytest.raises(TrainingDivergedError, match=r"(loss|gradient norm) is (nan|inf).*last good checkpoint: .*step-0000000") as e:
+        run_recipe(recipe, teacher=teacher, tokenizer=tok)
+    cks = list_checkpoints(tmp_path / "run" / "checkpoints" / "stage3a")
+    assert cks, "the good steps before the divergence were checkpointed"
+    bad_step = int(str(e.value).split(" step ")[1].split(":")[0])
+    assert cks[-1][0] == bad_step - 1
+    st = json.loads((cks[-1][1] / "state.json").read_text())
+    assert st["step"] == bad_step - 1
+
+
+def test_checkpoints_are_pruned_and_temporary_folders_ignored(tmp_path, teacher, tok):
+    recipe = make_recipe(tmp_path, ["stage3a"], steps=5, stage3a={"checkpoint_every": 1})
+    stage_dir = tmp_path / "run" / "checkpoints" / "stage3a"
+    (stage_dir / ".tmp-step-00000099").mkdir(parents=True)  # a crashed write
+    run_recipe(recipe, teacher=teacher, tokenizer=tok)
+    assert [s for s, _ in list_checkpoints(stage_dir)] == [4, 5]
+    assert latest_checkpoint(stage_dir).name == "step-00000005"
+    files = {p.name for p in latest_checkpoint(stage_dir).iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "state.json", "rng-0.pt"} <= files
+
+
+def test_bad_data_fails_before_training(tmp_path, teacher, tok):
+    recipe = make_recipe(tmp_path, ["stage3a", "stage3b"], steps=2)
+    bad = write_jsonl(tmp_path / "bad.jsonl", chat_records(11) + [{"messages": [{"role": "user", "content": "?"}]}])
+    recipe.stages[1].data.sources[0].path = str(bad)
+    with pytest.raises(Exception, match=r"bad\.jsonl:12: conversation has no assistant turn"):
+        run_recipe(recipe, teacher=teacher, tokenizer=tok)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stage3a did not start
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, teacher, tok):
+    """batch 4 as 2 micro-batches of 2 == batch 4 in one micro-batch (the loss is normalised by the global count)."""
+    outs = []
+    for mb in (2, 4, 1):
+        r = make_recipe(tmp_path / f"mb{mb}", ["stage3a"], steps=2, stage3a={"micro_batch_size": mb})
+        outs.append(run_recipe(r, teacher=teacher, tokenizer=tok))
+    ref = dict(outs[1]["student"].named_parameters())
+    for o in (outs[0], outs[2]):
+        assert o["results"]["stage3a"].losses == pytest.approx(outs[1]["results"]["stage3a"].losses, rel=1e-5)
+        for n, p in o["student"].named_parameters():
+            torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)
