@@ -1,0 +1,113 @@
+"""``gendistill eval``: score teacher and students on benchmarks by log-likelihood AND by generation (docs/eval.md)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import typer
+
+from gendistill.errors import GendistillError
+
+
+def eval_command(
+    model: list[str] = typer.Option(None, "--model", "-m",
+                                    help="Model: short name, .gguf, HF/student folder or hub id. Repeat; the first "
+                                         "is the teacher."),
+    tasks: str = typer.Option("arc_easy", help="Comma-separated: built-in names (arc_easy, arc_challenge, mmlu, "
+                                               "hellaswag, piqa, winogrande, boolq, gsm8k, triviaqa, or 'all'), "
+                                               ".jsonl files, or .yaml task definitions."),
+    protocol: str = typer.Option("loglik,generate", help="loglik, generate, or both (comma-separated)."),
+    limit: int = typer.Option(None, help="Examples per task (deterministic subsample by --seed)."),
+    seed: int = typer.Option(0, help="Seed of the subsample and of sampling."),
+    smoke: bool = typer.Option(False, "--smoke", help=f"Quick plumbing check: at most 4 examples per task and 16 "
+                                                      f"new tokens."),
+    out: str = typer.Option("runs/eval", help="Output folder: results.json/.md/.png and examples/*.jsonl."),
+    batch_size: int = typer.Option(8, help="Generation batch size (left-padded, length-sorted)."),
+    token_budget: int = typer.Option(2048, help="Log-likelihood batch size in tokens."),
+    loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
+                                              help="Wrap log-likelihood contexts in the chat template "
+                                                   "(lm-eval --apply_chat_template)."),
+    samples: int = typer.Option(0, help="0: greedy decoding. N>0: sampling with N seeds, accuracy averaged."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature (with --samples)."),
+    top_p: float = typer.Option(0.8, help="Sampling top-p (with --samples)."),
+    top_k: int = typer.Option(20, help="Sampling top-k (with --samples)."),
+    max_new_tokens: int = typer.Option(None, help="Override every task's max new tokens."),
+    data_source: str = typer.Option("local", help="local (shared/data or GENDISTILL_DATA_DIR) or hf (hub datasets)."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    fidelity_chat: int = typer.Option(0, help="Held-out chat conversations for teacher-forced top-1 agreement and "
+                                              "KL (0: off; needs 2+ models)."),
+    fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: tail of "
+                                                 "shared/data/sft_mix)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default). On a shared CPU, 1 avoids "
+                                        "OpenMP oversubscription."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
+                                                          "(runs over disjoint tasks) into one report in --out."),
+) -> None:
+    """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the perplexity gap."""
+    from gendistill.eval.runner import EvalConfig, run_eval
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    if merge:
+        try:
+            results = _merge(merge, out)
+        except GendistillError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        for k, v in results["paths"].items():
+            typer.echo(f"{k}: {v}")
+        return
+    protocols = [p.strip() for p in protocol.split(",") if p.strip()]
+    cfg = EvalConfig(
+        models=list(model or []), tasks=tasks, protocols=protocols, limit=limit, seed=seed, smoke=smoke, out=out,
+        batch_size=batch_size, token_budget=token_budget, loglik_chat_template=loglik_chat_template,
+        samples=samples, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+        data_source=data_source, dtype=dtype, device=device, fidelity_chat=fidelity_chat,
+        fidelity_data=fidelity_data, show_progress=not no_progress,
+        command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    )
+    try:
+        results = run_eval(cfg)
+    except GendistillError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from gendistill.eval.report import markdown
+
+    typer.echo(markdown(results))
+    for k, v in results["paths"].items():
+        typer.echo(f"{k}: {v}")
+
+
+def _merge(files: list[str], out: str) -> dict:
+    import json
+    from pathlib import Path
+
+    from gendistill.errors import DataError
+    from gendistill.eval.report import merge_results, write_report
+
+    parts = []
+    for f in files:
+        p = Path(f)
+        if p.is_dir():
+            p = p / "results.json"
+        if not p.is_file():
+            raise DataError(f"{p}: results file not found")
+        try:
+            parts.append(json.loads(p.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(parts[-1], dict) or "rows" not in parts[-1] or "meta" not in parts[-1]:
+            raise DataError(f"{p}: not a gendistill eval results file (no 'rows'/'meta')")
+    results = merge_results(parts)
+    results["paths"] = write_report(results, out)
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

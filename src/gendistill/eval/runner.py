@@ -1,0 +1,372 @@
+"""``gendistill eval``: every model × task × protocol, per-example records, the report.
+
+Order of work, so that bad input fails before anything expensive or anything is written:
+
+1. parse tasks (unknown name → the list of known ones), protocols, and check every model spec resolves (a missing
+   folder fails here);
+2. read and validate every task's data, subsample deterministically by ``(limit, seed)``;
+3. for each model (the first is the teacher): load, run log-likelihood and/or generation on every task, write the
+   per-example JSONL of each (task, protocol) atomically;
+4. fidelity (when there are students): greedy agreement from the generations already made; teacher-forced top-1
+   agreement and KL on held-out chat data if requested;
+5. the report: ``results.json``, ``results.md``, ``results.png`` — each written atomically.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gendistill.errors import ConfigError, GendistillError
+from gendistill.eval import report as R
+from gendistill.eval._io import atomic_write_jsonl
+from gendistill.eval.fidelity import greedy_agreement, load_chat_heldout, teacher_forced
+from gendistill.eval.generate import generate
+from gendistill.eval.loglik import mc_metrics, score_requests
+from gendistill.eval.prompts import apply_chat, chat_loglik_pair
+from gendistill.eval.tasks import MULTIPLE_CHOICE, Example, Task, parse_tasks, select
+
+PROTOCOLS = ("loglik", "generate")
+SMOKE_LIMIT = 4
+SMOKE_MAX_NEW_TOKENS = 16
+
+# The metric that represents a task under log-likelihood (the one usually reported for it).
+LOGLIK_METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm"}
+
+
+@dataclass
+class EvalConfig:
+    models: list[str]
+    tasks: str = "arc_easy"
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    limit: int | None = None
+    seed: int = 0
+    smoke: bool = False
+    out: str = "runs/eval"
+    batch_size: int = 8
+    token_budget: int = 2048
+    loglik_chat_template: bool = False
+    samples: int = 0  # 0 = greedy; N > 0 = N sampling seeds
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    max_new_tokens: int | None = None  # override every task's
+    data_source: str = "local"
+    dtype: str = "float32"
+    device: str = "cpu"
+    fidelity_chat: int = 0  # number of held-out chat conversations for teacher-forced fidelity (0 = off)
+    fidelity_data: str | None = None
+    show_progress: bool = True
+    command: str = ""
+
+
+def model_label(spec: str) -> str:
+    p = Path(spec)
+    if p.suffix == ".gguf":
+        return p.stem
+    return p.name if (p.exists() or "/" in spec and not re.match(r"^[\w.-]+/[\w.-]+$", spec)) else spec
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail fast on a model that cannot exist (missing folder / file) without loading anything."""
+    p = Path(spec).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").is_file() and not list(p.glob("*.gguf")):
+            raise GendistillError(f"model folder {p} has no config.json")
+        return
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    if looks_like_path:
+        raise GendistillError(f"model folder or file {p} does not exist")
+    try:
+        from gendistill.teachers import resolve_teacher  # noqa: PLC0415
+    except ImportError:
+        return
+    resolve_teacher(spec)
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Any causal LM: a teacher spec (short name, .gguf, teacher folder, hub id) through
+    :func:`gendistill.teachers.load_teacher`, or a student folder saved by the converter (``import gendistill``
+    registers the hybrid with the Auto classes)."""
+    check_model_spec(spec)
+    p = Path(spec).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GendistillError(f"model folder {p}: cannot read config.json ({exc})") from None
+        from gendistill.teachers import SUPPORTED_FAMILIES  # noqa: PLC0415
+
+        if cfg.get("model_type") not in SUPPORTED_FAMILIES:
+            import gendistill  # noqa: F401, PLC0415  (registers the hybrid Auto classes)
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+            try:
+                tok = AutoTokenizer.from_pretrained(p)
+                model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
+            except Exception as exc:  # noqa: BLE001
+                raise GendistillError(f"cannot load model folder {p}: {str(exc).splitlines()[0][:300]}") from None
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            return model.to(device).eval(), tok
+    from gendistill.teachers import load_teacher  # noqa: PLC0415
+
+    model, tok = load_teacher(spec, dtype=dtype, device=device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+# ------------------------------------------------------------------------------------------------ one task, one model
+
+
+def _chance(examples: list[Example]) -> float:
+    ns = [len(e.choices) for e in examples if e.choices]
+    return sum(1 / n for n in ns) / len(ns) if ns else 0.0
+
+
+def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: list[Example], cfg: EvalConfig,
+               label: str) -> tuple[dict | None, list[dict]]:
+    per_ex_reqs = []
+    for ex in examples:
+        reqs = task.loglik_requests(ex, task.fewshot_for(ex, all_examples))
+        if reqs is None:
+            return None, []
+        if cfg.loglik_chat_template:
+            reqs = [chat_loglik_pair(tok, c, k, task.system) for c, k in reqs]
+        per_ex_reqs.append(reqs)
+    flat = [r for reqs in per_ex_reqs for r in reqs]
+    t0 = time.perf_counter()
+    res = score_requests(model, tok, flat, token_budget=cfg.token_budget, desc=f"{label} {task.name} loglik",
+                         show_progress=cfg.show_progress)
+    secs = time.perf_counter() - t0
+    records, k = [], 0
+    for ex, reqs in zip(examples, per_ex_reqs):
+        out = res[k : k + len(reqs)]
+        k += len(reqs)
+        rec: dict[str, Any] = {"id": ex.id, "task": task.name, "model": label, "protocol": "loglik"}
+        if task.kind == MULTIPLE_CHOICE:
+            m = mc_metrics([o.logprob for o in out], [c for _, c in reqs], ex.answer_idx)
+            rec.update(gold=ex.answer_idx, **m)
+        else:
+            rec.update(gold=ex.answer, logprob=out[0].logprob, n_tokens=out[0].n_tokens, acc=float(out[0].is_greedy))
+        records.append(rec)
+    metric = LOGLIK_METRIC.get(task.name, "acc") if task.kind == MULTIPLE_CHOICE else "greedy_match"
+    key = "acc_norm" if metric == "acc_norm" else "acc"
+    acc, se = R.mean_stderr([r[key] for r in records])
+    row = {"task": task.name, "model": label, "protocol": "loglik", "metric": metric, "acc": acc, "stderr": se,
+           "n": len(records), "chance": _chance(examples), "seconds": round(secs, 2),
+           "chat_template": cfg.loglik_chat_template}
+    if task.kind == MULTIPLE_CHOICE:
+        row["acc_raw"], row["acc_raw_stderr"] = R.mean_stderr([r["acc"] for r in records])
+        row["acc_norm"], row["acc_norm_stderr"] = R.mean_stderr([r["acc_norm"] for r in records])
+        row["positions"] = R.position_distribution([r[("pred_norm" if key == "acc_norm" else "pred")] for r in records],
+                                                   [len(e.choices) for e in examples])
+    else:
+        row["mean_logprob"] = sum(r["logprob"] for r in records) / len(records)
+    return row, records
+
+
+def run_generate(model, tok, task: Task, examples: list[Example], all_examples: list[Example], cfg: EvalConfig,
+                 label: str) -> tuple[dict, list[dict], list[list[int]]]:
+    prompts = [apply_chat(tok, task.gen_messages(ex, task.fewshot_for(ex, all_examples))) for ex in examples]
+    max_new = cfg.max_new_tokens or task.max_new_tokens
+    if cfg.smoke:
+        max_new = min(max_new, SMOKE_MAX_NEW_TOKENS)
+    seeds = list(range(cfg.seed, cfg.seed + cfg.samples)) if cfg.samples > 0 else [None]
+    records, per_ex_scores, greedy_ids = [], [[] for _ in examples], []
+    stats_all = []
+    for s in seeds:
+        outs, stats = generate(
+            model, tok, prompts, max_new_tokens=max_new, batch_size=cfg.batch_size, do_sample=s is not None,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=s or 0,
+            add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{label} {task.name} generate",
+            show_progress=cfg.show_progress,
+        )
+        stats_all.append(stats.as_dict())
+        for i, (ex, o) in enumerate(zip(examples, outs)):
+            sc = task.score_generation(ex, o.text)
+            per_ex_scores[i].append(sc)
+            rec = {"id": ex.id, "task": task.name, "model": label, "protocol": "generate", "seed": s,
+                   "gold": ex.answer_idx if task.kind == MULTIPLE_CHOICE else ex.answer, "pred": sc.pred,
+                   "correct": sc.correct, "valid": sc.valid, "method": sc.method, "generation": o.text,
+                   "new_tokens": o.new_tokens, "hit_limit": o.hit_limit, "prompt_tokens": o.prompt_tokens, **sc.extra}
+            if i < 3 and s in (None, cfg.seed):
+                rec["prompt"] = prompts[i]
+            records.append(rec)
+            if s is None:
+                greedy_ids.append(o.token_ids)
+    scores = [sum(sc.correct for sc in scs) / len(scs) for scs in per_ex_scores]
+    acc, se = R.mean_stderr(scores)
+    flat = [sc for scs in per_ex_scores for sc in scs]
+    row: dict[str, Any] = {
+        "task": task.name, "model": label, "protocol": "generate",
+        "metric": "exact_match" if task.kind != MULTIPLE_CHOICE else "acc", "acc": acc, "stderr": se,
+        "n": len(examples), "chance": _chance(examples), "invalid_rate": sum(not sc.valid for sc in flat) / len(flat),
+        "hit_limit_rate": sum(r["hit_limit"] for r in records) / len(records), "max_new_tokens": max_new,
+        "decoding": "greedy" if cfg.samples <= 0 else
+        f"sampling T={cfg.temperature} top_p={cfg.top_p} top_k={cfg.top_k} seeds={seeds}",
+        "throughput": _merge_stats(stats_all),
+        "extraction_methods": dict(sorted(_count(sc.method for sc in flat).items())),
+    }
+    if task.kind == MULTIPLE_CHOICE:
+        row["positions"] = R.position_distribution([sc.pred for sc in flat], [len(e.choices) for e in examples])
+        row["gold_positions"] = R.position_distribution([e.answer_idx for e in examples],
+                                                        [len(e.choices) for e in examples])
+    if any("contains" in sc.extra for sc in flat):
+        row["contains_rate"] = sum(bool(sc.extra.get("contains")) for sc in flat) / len(flat)
+    return row, records, greedy_ids
+
+
+def _count(it) -> dict:
+    out: dict = {}
+    for x in it:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def _merge_stats(stats: list[dict]) -> dict:
+    if len(stats) == 1:
+        return stats[0]
+    secs = sum(s["seconds"] for s in stats)
+    new = sum(s["new_tokens"] for s in stats)
+    return {"runs": len(stats), "seconds": round(secs, 3), "new_tokens": new,
+            "new_tokens_per_s": round(new / secs, 2) if secs > 0 else 0.0, "batch_size": stats[0]["batch_size"]}
+
+
+# ------------------------------------------------------------------------------------------------ the whole run
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "model"
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    if not cfg.models:
+        raise ConfigError("give at least one --model (the first is the teacher)")
+    bad = [p for p in cfg.protocols if p not in PROTOCOLS]
+    if bad or not cfg.protocols:
+        raise ConfigError(f"unknown protocol '{bad[0] if bad else ''}'; known: {', '.join(PROTOCOLS)}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise ConfigError(f"--limit must be a positive integer, got {cfg.limit}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.data_source not in ("local", "hf"):
+        raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
+    if dtype is None:
+        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got '{cfg.dtype}'")
+    tasks = parse_tasks(cfg.tasks)
+    for spec in cfg.models:
+        check_model_spec(spec)
+    labels, seen = [], set()
+    for spec in cfg.models:
+        lab = model_label(spec)
+        while lab in seen:
+            lab += "'"
+        seen.add(lab)
+        labels.append(lab)
+    limit = cfg.limit
+    if cfg.smoke:
+        limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
+
+    # Data first: every file is read and validated before a model is loaded.
+    data: dict[str, tuple[list[Example], list[Example]]] = {}
+    for t in tasks:
+        all_ex = t.load(cfg.data_source)
+        t.fewshot_pool()
+        data[t.name] = (select(all_ex, limit, cfg.seed), all_ex)
+
+    out = Path(cfg.out)
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    greedy: dict[tuple[str, str], list[list[int]]] = {}
+    example_files: list[str] = []
+    t_start = time.time()
+    for spec, label in zip(cfg.models, labels):
+        model, tok = load_model(spec, dtype=dtype, device=cfg.device)
+        for t in tasks:
+            sel, all_ex = data[t.name]
+            if "loglik" in cfg.protocols:
+                row, recs = run_loglik(model, tok, t, sel, all_ex, cfg, label)
+                if row is None:
+                    if label == labels[0]:
+                        skipped.append({"task": t.name, "protocol": "loglik",
+                                        "reason": "no options to rank; scored by generation only"})
+                else:
+                    rows.append(row)
+                    p = out / "examples" / f"{_safe(label)}__{t.name}__loglik.jsonl"
+                    atomic_write_jsonl(p, recs)
+                    example_files.append(str(p))
+            if "generate" in cfg.protocols:
+                row, recs, ids = run_generate(model, tok, t, sel, all_ex, cfg, label)
+                rows.append(row)
+                if ids:
+                    greedy[(label, t.name)] = ids
+                p = out / "examples" / f"{_safe(label)}__{t.name}__generate.jsonl"
+                atomic_write_jsonl(p, recs)
+                example_files.append(str(p))
+        del model
+        gc.collect()
+
+    fidelity: list[dict] = []
+    teacher = labels[0]
+    for label in labels[1:]:
+        for t in tasks:
+            if (teacher, t.name) in greedy and (label, t.name) in greedy:
+                fidelity.append({"student": label, "task": t.name,
+                                 **greedy_agreement(greedy[(teacher, t.name)], greedy[(label, t.name)])})
+    if cfg.fidelity_chat > 0 and len(cfg.models) > 1:
+        convs = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed)
+        tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=cfg.device)
+        for spec, label in zip(cfg.models[1:], labels[1:]):
+            smodel, _ = load_model(spec, dtype=dtype, device=cfg.device)
+            fidelity.append({"student": label, "task": "chat held-out",
+                             **teacher_forced(tmodel, smodel, ttok, convs, show_progress=cfg.show_progress)})
+            del smodel
+            gc.collect()
+        del tmodel
+
+    results = {
+        "meta": {
+            "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "models": labels, "model_specs": cfg.models, "teacher": teacher,
+            "tasks": [t.name for t in tasks], "task_docs": {t.name: t.doc for t in tasks},
+            "protocols": cfg.protocols, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
+            "data_source": cfg.data_source, "dtype": cfg.dtype, "device": _device_name(cfg.device),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "wall_seconds": round(time.time() - t_start, 1),
+            "command": cfg.command or " ".join(shlex.quote(a) for a in sys.argv),
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("command",)},
+        },
+        "rows": rows,
+        "comparisons": R.comparisons(rows, teacher) if len(labels) > 1 else [],
+        "fidelity": fidelity,
+        "skipped": skipped,
+        "example_files": example_files,
+    }
+    results["paths"] = R.write_report(results, out)
+    return results
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    proc = platform.processor() or platform.machine()
+    try:
+        import os
+
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = None
+    return f"CPU {proc} ({n} cores, {torch.get_num_threads()} torch threads)"

@@ -1,0 +1,81 @@
+"""Fixtures for the evaluation tests: a tiny byte-level tokenizer with a chat template, and *model factories* — every
+test that must hold for any causal LM we evaluate (batched == one-at-a-time generation, log-likelihood == brute force)
+is parametrised over :data:`MODEL_FACTORIES`, so the hybrid student is checked by the same tests as a plain Llama."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures_teachers import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from intra-op threads; on a shared 2-core box spinning OpenMP threads are 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+def _sharpen(model):
+    # Random weights give near-uniform logits; scale the output layer so argmax decisions are far from ties and
+    # a batched-vs-unbatched comparison tests padding, not float round-off.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model
+
+
+def llama_factory(tok, seed: int = 0):
+    return _sharpen(tiny_model("llama", len(tok), seed=seed, tie_word_embeddings=False))
+
+
+def hybrid_factory(tok, seed: int = 0):
+    """The hybrid student converted from the tiny Llama teacher: layer 0 keeps attention, layer 1 is KDA."""
+    try:
+        from gendistill.convert.convert import convert_teacher
+    except ImportError as exc:  # the converter is developed in parallel
+        pytest.skip(f"hybrid converter not importable: {exc}")
+    teacher = tiny_model("llama", len(tok), seed=seed, tie_word_embeddings=False)
+    student = convert_teacher(teacher, [0])
+    return _sharpen(student)
+
+
+MODEL_FACTORIES = {"llama": llama_factory, "hybrid": hybrid_factory}
+
+
+@pytest.fixture(params=sorted(MODEL_FACTORIES))
+def model_factory(request):
+    return MODEL_FACTORIES[request.param]
+
+
+def write_jsonl(path: Path, rows: list[dict], gz: bool = False) -> Path:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+MC_ROWS = [
+    {"id": f"q{i}", "question": f"Which word number {i}?", "choices": ["Paris", "Rome", "Berlin", "capital"],
+     "answer_idx": i % 4}
+    for i in range(6)
+]
+QA_ROWS = [
+    {"id": "a1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["paris", "Paris city"]},
+    {"id": "a2", "question": "What is the capital of Italy?", "answer": "Rome"},
+    {"id": "a3", "question": "How many? 123 or 456", "answer": "456"},
+]
