@@ -32,6 +32,11 @@ import torch
 import torch.nn.functional as F
 
 
+def empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def log(msg: str) -> None:
     print(f"[kda_kernels] {msg}", flush=True)
 
@@ -45,22 +50,56 @@ def parse_lengths(text: str) -> list[int]:
     return out
 
 
-def cuda_time_ms(fn, warmup: int, repeats: int, budget_s: float) -> dict:
-    for _ in range(warmup):  # autotuning and first-call compilation stay out of the numbers
+def time_ms(fn, warmup: int, repeats: int, budget_s: float, device: torch.device) -> dict:
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (autotuning and first-call compilation stay
+    out of the numbers); CUDA events on GPU, perf_counter on CPU (plumbing check only)."""
+    for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     times = []
     t_end = time.perf_counter() + budget_s
-    for i in range(repeats):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-        if time.perf_counter() > t_end and i >= 0:
+    for _ in range(repeats):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() > t_end:
             break
     return {"median_ms": statistics.median(times), "all_ms": times}
+
+
+def cpu_standins():
+    """fla's KDA kernels are Triton/GPU only; on CPU (``--device cpu``, used by the tests to keep this script from
+    rotting) both are replaced by fla's fp32 ``naive_recurrent_kda`` behind the same signatures. CPU numbers mean
+    nothing."""
+    from fla.ops.kda.gate import naive_kda_gate
+    from fla.ops.kda.naive import naive_recurrent_kda
+
+    def op(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=None, output_final_state=False,
+           use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+           state_v_first=False, **kwargs):
+        if use_qk_l2norm_in_kernel:
+            q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+        if use_gate_in_kernel:
+            g = naive_kda_gate(g.float(), A_log, dt_bias)
+        if use_beta_sigmoid_in_kernel:
+            beta = torch.sigmoid(beta.float())
+        h0 = initial_state.transpose(-1, -2) if (state_v_first and initial_state is not None) else initial_state
+        o, s = naive_recurrent_kda(q.float(), k.float(), v.float(), g.float(), beta.float(), scale=scale,
+                                   initial_state=h0, output_final_state=output_final_state)
+        if state_v_first and s is not None:
+            s = s.transpose(-1, -2)
+        return o.to(v.dtype), s
+
+    return op, op
 
 
 def make_inputs(B, T, H, K, dtype, device, seed=0):
@@ -86,8 +125,7 @@ def activate(x):
     return q, k, g, beta
 
 
-def numerics(device, dtype, T=512, B=2, H=4, K=64) -> dict:
-    from fla.ops.kda import chunk_kda, fused_recurrent_kda
+def numerics(device, dtype, chunk_kda, fused_recurrent_kda, T=512, B=2, H=4, K=64) -> dict:
     from fla.ops.kda.naive import naive_recurrent_kda
 
     x = make_inputs(B, T, H, K, dtype, device, seed=1)
@@ -139,31 +177,37 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=3.0, help="soft time budget per (op, T)")
     ap.add_argument("--recurrent-max-len", type=int, default=131072, help="longest T for fused_recurrent prefill")
     ap.add_argument("--decode-batches", default="1,64")
+    ap.add_argument("--numerics-len", type=int, default=512)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: plumbing check with naive stand-ins")
     ap.add_argument("--out", default="runs/kda_kernels")
     args = ap.parse_args(argv)
 
-    if not torch.cuda.is_available():
-        log("needs a CUDA GPU (fla's KDA kernels are Triton); nothing to do on CPU")
-        return 2
-    from fla.ops.kda import chunk_kda, fused_recurrent_kda
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            log("needs a CUDA GPU (fla's KDA kernels are Triton); --device cpu only checks the plumbing")
+            return 2
+        from fla.ops.kda import chunk_kda, fused_recurrent_kda
+    else:
+        chunk_kda, fused_recurrent_kda = cpu_standins()
 
     try:
         from gendistill.ops.kda import kda_gate, l2norm
     except Exception:  # noqa: BLE001 - the script also runs outside the package
         kda_gate = l2norm = None
 
-    device = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     B, H, K, Hkv = args.batch, args.heads, args.dim, args.kv_heads
-    card = torch.cuda.get_device_name(device)
-    import fla
-    import triton
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    from importlib.metadata import version
+
     import transformers
 
     res = {
         "card": card,
-        "versions": {"torch": torch.__version__, "fla": getattr(fla, "__version__", "?"), "triton": triton.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "fla": version("flash-linear-attention"), "fla_core": version("fla-core"),
+                     "triton": version("triton"), "transformers": transformers.__version__,
+                     "python": platform.python_version(), "cuda": torch.version.cuda},
         "command": " ".join(["python", *sys.argv]),
         "shape": {"B": B, "H": H, "K": K, "V": K, "kv_heads_sdpa": Hkv, "dtype": args.dtype},
         "prefill": [],
@@ -178,7 +222,7 @@ def main(argv=None) -> int:
 
     log("numerics vs fla naive_recurrent_kda (fp32)")
     try:
-        res["numerics"] = numerics(device, dtype)
+        res["numerics"] = numerics(device, dtype, chunk_kda, fused_recurrent_kda, T=args.numerics_len)
     except Exception as exc:  # noqa: BLE001
         res["numerics"] = {"error": f"{type(exc).__name__}: {exc}"}
     log(json.dumps(res["numerics"]))
@@ -208,21 +252,22 @@ def main(argv=None) -> int:
             ops["sdpa_causal"] = lambda: F.scaled_dot_product_attention(qa, ka, va, is_causal=True, enable_gqa=True)
             for name, fn in ops.items():
                 try:
-                    t = cuda_time_ms(fn, args.warmup, args.repeats, args.budget_s)
+                    t = time_ms(fn, args.warmup, args.repeats, args.budget_s, device)
                     row[name] = t["median_ms"]
                     row[name + "_all"] = t["all_ms"]
                 except Exception as exc:  # noqa: BLE001 - OOM or kernel failure: record and go on
                     row[name] = None
                     row[name + "_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    torch.cuda.empty_cache()
+                    empty_cache()
             del x, q, k, g, beta, v, qa, ka, va, ops
-            torch.cuda.empty_cache()
+            empty_cache()
         except torch.OutOfMemoryError as exc:
             row["error"] = f"oom: {str(exc)[:200]}"
-            torch.cuda.empty_cache()
+            empty_cache()
         if row.get("chunk_kda[pre]") and row.get("sdpa_causal"):
             row["attn_over_chunk_pre"] = row["sdpa_causal"] / row["chunk_kda[pre]"]
-        log(f"prefill T={T}: " + ", ".join(f"{k}={v:.3f}ms" for k, v in row.items()
+        log(f"prefill T={T}: " + ", ".join(f"{k}={v:.3f}" + ("x" if k.startswith("attn_over") else "ms")
+                                            for k, v in row.items()
                                             if isinstance(v, float) and not k.endswith("_all") and k != "T"))
         res["prefill"].append(row)
         save()
@@ -233,32 +278,34 @@ def main(argv=None) -> int:
                 x = make_inputs(Bd, 1, H, K, dtype, device)
                 q1, k1, g1, b1 = activate(x)
                 h = torch.zeros(Bd, H, K, K, device=device, dtype=torch.float32)
-                t = cuda_time_ms(lambda: fused_recurrent_kda(q1, k1, x["v"], g1, b1, initial_state=h,
-                                                             output_final_state=True), args.warmup, 20, 1.0)
+                t = time_ms(lambda: fused_recurrent_kda(q1, k1, x["v"], g1, b1, initial_state=h,
+                                                        output_final_state=True), args.warmup, 20, 1.0, device)
                 drow["recurrent_step"] = t["median_ms"]
                 qd = torch.randn(Bd, Hkv, H // Hkv, K, device=device, dtype=dtype)  # packed GQA query
                 kd = torch.randn(Bd, Hkv, T, K, device=device, dtype=dtype)
                 vd = torch.randn(Bd, Hkv, T, K, device=device, dtype=dtype)
                 mask = torch.ones(Bd, 1, 1, T, device=device, dtype=torch.bool)
-                t = cuda_time_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), args.warmup, 20, 1.0)
+                t = time_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), args.warmup, 20, 1.0,
+                            device)
                 drow["sdpa_decode"] = t["median_ms"]
                 del x, q1, k1, g1, b1, h, qd, kd, vd, mask
             except torch.OutOfMemoryError as exc:
                 drow["error"] = f"oom: {str(exc)[:200]}"
-            torch.cuda.empty_cache()
+            empty_cache()
             log(f"decode T={T} B={Bd}: {drow}")
             res["decode"].append(drow)
             save()
 
     save()
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     tbl = Table(title=f"KDA kernels on {card} (B={B}, H={H}, K=V={K}, {args.dtype}); ms, median")
     cols = ["chunk_kda[pre]", "chunk_kda[fused]", "prep[torch]", "fused_recurrent", "sdpa_causal", "attn_over_chunk_pre"]
     tbl.add_column("T", justify="right")
     for c in cols:
-        tbl.add_column(c, justify="right")
+        tbl.add_column(escape(c), justify="right")
     for row in res["prefill"]:
         tbl.add_row(str(row["T"]), *["-" if row.get(c) is None else f"{row[c]:.3f}" for c in cols])
     dt = Table(title="decode step (ms): one token, state / KV of length T")
@@ -272,7 +319,7 @@ def main(argv=None) -> int:
         nt.add_column(c)
     for name, v in (res.get("numerics") or {}).items():
         if isinstance(v, dict):
-            nt.add_row(name, f"{v['max_abs_o']:.2e}", f"{v['rel_o']:.2e}", f"{v['max_abs_state']:.2e}")
+            nt.add_row(escape(name), f"{v['max_abs_o']:.2e}", f"{v['rel_o']:.2e}", f"{v['max_abs_state']:.2e}")
     con = Console(width=200)
     con.print(nt)
     con.print(dt)
