@@ -1,0 +1,128 @@
+"""The typed recipe: shipped recipes parse; unknown keys and bad values are rejected with the key's path; stage
+defaults; batch arithmetic; overrides; LR schedules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gendistill.distill.config import OptimConfig, dump_recipe, load_recipe, parse_recipe
+from gendistill.distill.schedules import lr_factor
+from gendistill.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base() -> dict:
+    return {
+        "teacher": {"spec": "smollm2-135m-instruct"},
+        "student": {"attention_layers": "every:4"},
+        "data": {"sources": [{"path": "x.jsonl", "format": "text"}]},
+        "stages": [
+            {"name": "stage1", "steps": 5, "seq_len": 64, "batch_size": 4, "optim": {"lr": 1e-3}},
+            {"name": "stage3a", "tokens": 10_000, "seq_len": 100, "batch_size": 8, "micro_batch_size": 2,
+             "optim": {"lr": 2.5e-5, "weight_decay": 0.1}},
+        ],
+        "run": {"output_dir": "runs/x"},
+    }
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu.yaml", "smollm2-135m.yaml", "qwen3-0.6b-paper.yaml"])
+def test_shipped_recipes_parse(name):
+    r = load_recipe(ROOT / "recipes" / name)
+    assert r.stages and yaml.safe_load(dump_recipe(r))["stages"][0]["name"] == r.stages[0].name
+
+
+def test_paper_recipe_hyperparameters():
+    r = load_recipe(ROOT / "recipes" / "qwen3-0.6b-paper.yaml")
+    s3a = next(s for s in r.stages if s.name == "stage3a")
+    assert s3a.optim.lr == 2.5e-5 and s3a.optim.warmup_ratio == 0.1 and s3a.optim.weight_decay == 0.1
+    assert s3a.batch_size == 64 and s3a.optim.schedule == "wsd"
+    assert s3a.optim.decay_ratio == 0.1 and s3a.optim.min_lr_ratio == 0.02
+    assert s3a.loss.kind == "forward_kl" and s3a.loss.ce_weight == 0
+    assert set(s3a.trainable.groups) == {"kda", "mlp", "norms"}
+    s3b = next(s for s in r.stages if s.name == "stage3b")
+    assert s3b.seq_len == 4096 and s3b.masking == "completion_only"
+    assert "attention" not in s3b.trainable.groups
+    assert r.student.attention_layers == [0, 2, 6, 11, 13, 18, 21]
+    # the recipe is world-size independent: the accumulation adapts
+    assert s3a.grad_accum_for(1) * s3a.micro_batch_size == 64
+    assert s3a.grad_accum_for(8) * s3a.micro_batch_size * 8 == 64
+
+
+def test_defaults_per_stage():
+    r = parse_recipe(base())
+    s1, s3 = r.stages
+    assert s1.loss.kind == "mse" and s1.trainable.groups == ["kda"]
+    assert s3.loss.kind == "forward_kl" and s3.trainable.groups == ["kda", "mlp", "norms"]
+    assert s3.total_steps() == 13  # ceil(10000 / (100 * 8))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["stages"][1]["optim"].update(lrr=1), r"stages\[1\]\.optim\.lrr: unknown key"),
+        (lambda d: d["stages"][0]["optim"].update(lr=-1), r"stages\[0\]\.optim\.lr: Input should be greater than 0"),
+        (lambda d: d["stages"][0].update(masking="some"), r"stages\[0\]\.masking: Input should be"),
+        (lambda d: d["stages"][0].update(tokens=5), r"stages\[0\]: give exactly one of 'tokens' or 'steps'"),
+        (lambda d: d["stages"][0].update(loss={"kind": "forward_kl"}), r"stages\[0\]: loss\.kind 'forward_kl' is a logit"),
+        (lambda d: d["stages"][1].update(loss={"kind": "mse"}), r"stages\[1\]: loss\.kind 'mse' is a hidden-state"),
+        (lambda d: d["stages"].reverse(), r"stages: must run in the order"),
+        (lambda d: d["data"]["sources"][0].update(format="csv"), r"data\.sources\[0\]\.format"),
+        (lambda d: d["stages"][1].update(trainable={"groups": ["mlps"]}), r"stages\[1\]\.trainable\.groups\[0\]"),
+        (lambda d: d["stages"][1].update(trainable={"include": ["(unclosed"]}), r"stages\[1\]\.trainable\.include: .*not a valid regex"),
+        (lambda d: d.update(extra=1), r"extra: unknown key"),
+        (lambda d: d["student"].update(path="x"), r"student: .*exactly one of 'path'"),
+    ],
+)
+def test_bad_recipes_name_the_key(mutate, message):
+    d = base()
+    mutate(d)
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(d)
+
+
+def test_batch_arithmetic():
+    s = parse_recipe(base()).stages[1]
+    assert s.grad_accum_for(1) == 4 and s.grad_accum_for(2) == 2 and s.grad_accum_for(4) == 1
+    with pytest.raises(ConfigError, match="not a multiple"):
+        s.grad_accum_for(3)
+    s.grad_accumulation = 3
+    with pytest.raises(ConfigError, match="disagrees"):
+        s.grad_accum_for(1)
+
+
+def test_load_with_overrides_and_relative_paths(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jsonl").write_text('{"text": "a"}\n')
+    d = base()
+    d["data"]["sources"][0]["path"] = "data/x.jsonl"
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(d))
+    r = load_recipe(p, ["stages[0].steps=7", "run.output_dir=/tmp/out", "stages[1].optim.lr=0.5"])
+    assert r.stages[0].steps == 7 and r.run.output_dir == "/tmp/out" and r.stages[1].optim.lr == 0.5
+    assert r.data.sources[0].path == str(tmp_path / "data" / "x.jsonl")
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("teacher: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_wsd_schedule_shape():
+    cfg = OptimConfig(lr=1.0, schedule="wsd", warmup_ratio=0.1, decay_ratio=0.1, min_lr_ratio=0.02)
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(x == 1.0 for x in f[10:90])
+    assert f[89] == 1.0 and f[90] < 1.0 and f[99] == pytest.approx(0.02)
+    assert all(a >= b for a, b in zip(f[90:], f[91:]))
+
+
+def test_cosine_schedule_shape():
+    cfg = OptimConfig(lr=1.0, schedule="cosine", warmup_steps=5, min_lr_ratio=0.1)
+    f = [lr_factor(s, 50, cfg) for s in range(50)]
+    assert f[4] == pytest.approx(1.0) and f[5] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[5:], f[6:]))
