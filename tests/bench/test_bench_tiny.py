@@ -137,3 +137,12 @@ def test_teacher_folder(tmp_path):
     c = res["contexts"][0]
     assert c["student"]["ttft_ms"] > 0 and res["models"]["student"]["layer_types"]["linear_attention"] == 6
     assert not c["teacher"].get("errors") and not c["student"].get("errors")
+
+
+def test_dynamic_decode_cache(tmp_path):
+    res = run_benchmark(BenchSettings.tiny(out=str(tmp_path), contexts=(32,), skip=("throughput",),
+                                           decode_cache="dynamic"), log_sink=lambda s: None, plots=False, table=False)
+    for role in ("teacher", "student"):
+        e = res["contexts"][0][role]
+        assert not e.get("errors"), e.get("tracebacks")
+        assert e["decode_cache"] == "dynamic" and e["decode_tok_s"] > 0

@@ -43,6 +43,8 @@ def bench(
     warmup: int = typer.Option(None, help="Warm-up runs at each shape before timing."),
     decode_tokens: int = typer.Option(None, help="Tokens per timed decode repeat (batch 1)."),
     throughput_tokens: int = typer.Option(None, help="Decode steps timed at the batch the sweep found."),
+    decode_cache: str = typer.Option("static", help="static (preallocated KV; graphs possible) | dynamic (HF default "
+                                      "DynamicCache, grows by torch.cat; eager only)."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="CUDA-graph the batch-1 decode step."),
     validate_graph: bool = typer.Option(True, "--validate-graph/--no-validate-graph",
                                         help="Check graph decode == eager once per model."),
@@ -62,7 +64,7 @@ def bench(
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
         time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts, roles=roles,
-        compare=compare,
+        compare=compare, decode_cache=decode_cache,
     )
     run_benchmark(settings)
 
@@ -94,6 +96,9 @@ def settings_from_options(**o) -> BenchSettings:
     if not roles or any(r not in ("teacher", "student") for r in roles):
         raise typer.BadParameter(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
     overrides["roles"] = roles
+    if o.get("decode_cache", "static") not in ("static", "dynamic"):
+        raise typer.BadParameter(f"--decode-cache: static or dynamic, got {o.get('decode_cache')!r}")
+    overrides["decode_cache"] = o.get("decode_cache", "static")
     if o.get("compare"):
         overrides["compare"] = o["compare"]
     if o.get("dtype", "auto") != "auto":

@@ -175,7 +175,7 @@ class Runner:
         self.log(f"models built: teacher {self.results['models']['teacher']}, student {self.results['models']['student']}")
         self.save()
 
-        if self.use_graph and s.wants("decode"):
+        if self.use_graph and s.wants("decode") and s.decode_cache == "static":
             self.graph_precheck()
             self.save()
         by_ctx: dict[int, dict] = {}
@@ -319,14 +319,20 @@ class Runner:
         n, warm = s.decode_tokens, s.decode_warmup_tokens
         per_mode = warm + n * s.repeats
         max_len = L + 1 + 2 * per_mode + 2 + 16  # eager run + graph warm-up (2) + graph run, with margin
+        dynamic = s.decode_cache == "dynamic"
         with torch.inference_mode():
-            static = engine.to_static_cache(holder.pop("cache"), m.config, max_len)
-            if self.device.type == "cuda":
-                gc.collect()
-            state = engine.make_state(static, holder.pop("next"), L, max_len)
-            eager = engine.make_step(m, state)
+            if dynamic:  # HF's default: DynamicCache growing by torch.cat, masks built by the model; eager only
+                static = holder.pop("cache")
+                state = engine.make_state(static, holder.pop("next"), L, 1)
+                eager = engine.make_step(m, state, explicit_mask=False)
+            else:
+                static = engine.to_static_cache(holder.pop("cache"), m.config, max_len)
+                if self.device.type == "cuda":
+                    gc.collect()
+                state = engine.make_state(static, holder.pop("next"), L, max_len)
+                eager = engine.make_step(m, state)
             modes = [("eager", eager)]
-            if self.use_graph:
+            if self.use_graph and not dynamic:
                 modes.append(("cuda_graph", None))
             for mode, step in modes:
                 if step is None:
@@ -351,6 +357,7 @@ class Runner:
                 self.log(f"  decode {mode}: {e[key]:.1f} tok/s ({t.median_ms / n:.3f} ms/token)")
                 del step
         e["decode_tokens"] = n
+        e["decode_cache"] = s.decode_cache
         mode = "cuda_graph" if "decode_tok_s_graph" in e else "eager"
         e["decode_mode"] = mode
         e["decode_tok_s"] = e["decode_tok_s_graph" if mode == "cuda_graph" else "decode_tok_s_eager"]

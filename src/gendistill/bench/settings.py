@@ -37,6 +37,7 @@ class BenchSettings:
     measure_budget_s: float = 6.0  # soft wall-clock budget for the timed repeats of one measurement
     decode_tokens: int = 32  # tokens per timed decode repeat (batch 1)
     decode_warmup_tokens: int = 8
+    decode_cache: str = "static"  # static (preallocated KV, graph-capturable) | dynamic (HF default, torch.cat growth)
     cuda_graph: bool = True  # capture the batch-1 decode step in a CUDA graph (CUDA only; eager on CPU)
     validate_graph: bool = True  # check graph decode == eager decode once per model before trusting it
     # throughput sweep
