@@ -1,0 +1,137 @@
+"""``gendistill eval`` end to end on tiny models (teacher + students), and its behaviour on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from gendistill.cli import app
+from tests.eval.conftest import MC_ROWS, QA_ROWS, write_jsonl
+from tests.fixtures_teachers import make_tiny_folder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalcli")
+    teacher = root / "teacher"
+    make_tiny_folder(teacher, "llama", seed=0)
+    twin = root / "twin"
+    shutil.copytree(teacher, twin)  # a "student" identical to the teacher
+    other = root / "other"
+    make_tiny_folder(other, "llama", seed=1)
+    mc = write_jsonl(root / "quiz.jsonl", MC_ROWS)
+    qa = write_jsonl(root / "qa.jsonl", QA_ROWS)
+    chat = write_jsonl(root / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                      {"role": "assistant", "content": "The capital of France is Paris."}]}
+        for _ in range(4)
+    ])
+    return root, teacher, twin, other, mc, qa, chat
+
+
+def _run(args):
+    return runner.invoke(app, ["eval", *args, "--no-progress", "--threads", "1"])
+
+
+def test_end_to_end_teacher_and_students(setup, tmp_path):
+    root, teacher, twin, other, mc, qa, chat = setup
+    out = tmp_path / "out"
+    r = _run(["-m", str(teacher), "-m", str(twin), "-m", str(other), "--tasks", f"{mc},{qa}",
+              "--max-new-tokens", "6", "--batch-size", "2", "--fidelity-chat", "2", "--fidelity-data", str(chat),
+              "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["models"] == ["teacher", "twin", "other"]
+    assert {(x["task"], x["model"], x["protocol"]) for x in res["rows"]} == {
+        (t, m, p) for t in ("quiz", "qa") for m in ("teacher", "twin", "other") for p in ("loglik", "generate")}
+    quiz_t = next(x for x in res["rows"] if x["task"] == "quiz" and x["model"] == "teacher" and x["protocol"] == "loglik")
+    assert quiz_t["n"] == 6 and quiz_t["chance"] == 0.25 and 0 <= quiz_t["acc"] <= 1
+    gen = next(x for x in res["rows"] if x["task"] == "quiz" and x["model"] == "teacher" and x["protocol"] == "generate")
+    assert 0 <= gen["invalid_rate"] <= 1 and gen["throughput"]["new_tokens"] > 0
+    assert sum(gen["gold_positions"].values()) == pytest.approx(1.0)
+    # the twin is the teacher: identical accuracy, retention 1, perplexity gap 0, perfect fidelity
+    for c in res["comparisons"]:
+        if c["student"] == "twin":
+            assert c["delta_loglik"] == 0 and c["delta_generate"] == 0 and c["perplexity_gap"] == 0
+    fid = {(f["student"], f["task"]): f for f in res["fidelity"]}
+    assert fid[("twin", "quiz")]["exact_match"] == 1.0
+    assert fid[("twin", "chat held-out")]["top1_agreement"] == 1.0
+    assert fid[("twin", "chat held-out")]["kl_teacher_student"] == pytest.approx(0.0, abs=1e-6)
+    assert fid[("other", "chat held-out")]["kl_teacher_student"] > 0.01
+    assert fid[("other", "chat held-out")]["n_tokens"] > 0
+    # per-example records, one file per model/task/protocol
+    lines = (out / "examples" / "teacher__quiz__generate.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert len(lines) == 6 and {"generation", "pred", "valid", "correct", "gold"} <= set(rec)
+    assert (out / "results.md").read_text().count("| quiz |") >= 6
+    assert (out / "results.png").is_file()
+
+
+def test_limit_and_seed_subsample(setup, tmp_path):
+    root, teacher, *_ , mc, qa, chat = setup
+    outs = []
+    for seed in (0, 0, 3):
+        out = tmp_path / f"o{len(outs)}"
+        r = _run(["-m", str(teacher), "--tasks", str(mc), "--protocol", "loglik", "--limit", "3", "--seed", str(seed),
+                  "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        outs.append([json.loads(x)["id"] for x in (out / "examples" / "teacher__quiz__loglik.jsonl").read_text().splitlines()])
+    assert len(outs[0]) == 3 and outs[0] == outs[1] != outs[2]
+
+
+def test_smoke_and_sampling(setup, tmp_path):
+    root, teacher, *_ , mc, qa, chat = setup
+    out = tmp_path / "s"
+    r = _run(["-m", str(teacher), "--tasks", str(qa), "--protocol", "generate", "--smoke", "--samples", "2",
+              "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    row = res["rows"][0]
+    assert res["meta"]["smoke"] and row["max_new_tokens"] <= 16 and row["n"] == 3
+    recs = [json.loads(x) for x in (out / "examples" / "teacher__qa__generate.jsonl").read_text().splitlines()]
+    assert sorted({r["seed"] for r in recs}) == [0, 1] and len(recs) == 6
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["-m", "{root}/no_such_model", "--tasks", "{mc}"], "does not exist"),
+        (["-m", "{teacher}", "--tasks", "arc_easy,nonsense"], "unknown task 'nonsense'; known tasks: arc_challenge"),
+        (["-m", "{teacher}", "--tasks", "{bad}"], "bad.jsonl:2: field 'answer_idx' = 7 is out of range for 4 choices"),
+        (["-m", "{teacher}", "--tasks", "{missing}"], "missing.jsonl:1: missing field 'choices'"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--protocol", "vibes"], "unknown protocol 'vibes'"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--limit", "0"], "--limit must be a positive integer"),
+        (["--tasks", "{mc}"], "give at least one --model"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(setup, tmp_path, args, needle):
+    root, teacher, twin, other, mc, qa, chat = setup
+    bad = write_jsonl(tmp_path / "bad.jsonl", [MC_ROWS[0], {**MC_ROWS[1], "answer_idx": 7}])
+    missing = write_jsonl(tmp_path / "missing.jsonl", [{"question": "q", "answer_idx": 0, "choices2": []}])
+    fmt = dict(root=root, teacher=teacher, mc=mc, bad=bad, missing=f"mc:{missing}")
+    out = tmp_path / "out"
+    r = _run([a.format(**fmt) for a in args] + ["--out", str(out)])
+    assert r.exit_code == 2, r.output
+    err = r.stderr if hasattr(r, "stderr") else r.output
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not out.exists()
+
+
+def test_merge_cli(setup, tmp_path):
+    root, teacher, twin, other, mc, qa, chat = setup
+    for name, task in (("a", mc), ("b", qa)):
+        r = _run(["-m", str(teacher), "--tasks", str(task), "--protocol", "loglik", "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    r = _run(["--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b" / "results.json"), "--out",
+              str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert [x["task"] for x in res["rows"]] == ["quiz", "qa"]
+    r = _run(["--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")])
+    assert r.exit_code == 2 and "results file not found" in r.output
