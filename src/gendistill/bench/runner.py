@@ -521,7 +521,14 @@ def _json_default(o):
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
                   table: bool = True) -> dict:
     runner = Runner(settings, log_sink)
-    results = runner.run()
+    threads = torch.get_num_threads()
+    if settings.config == "tiny" and runner.device.type == "cpu":
+        # tiny shapes gain nothing from intra-op threads; on a shared CPU, spinning OpenMP threads make them ~10x slower
+        torch.set_num_threads(1)
+    try:
+        results = runner.run()
+    finally:
+        torch.set_num_threads(threads)
     if plots:
         from gendistill.bench.report import make_plots
 
