@@ -111,7 +111,7 @@ def settings_from_options(**o) -> BenchSettings:
         cuda_graph=o.get("cuda_graph", True),
         validate_graph=o.get("validate_graph", True),
         time_limit_s=o.get("time_limit", 0.0) or 0.0,
-        command=" ".join(["gendistill", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "",
+        command=_command_line(),
     )
     if o.get("tiny") or o.get("config") == "tiny":
         return BenchSettings.tiny(**{**common, **overrides})
@@ -120,6 +120,14 @@ def settings_from_options(**o) -> BenchSettings:
     else:
         overrides["config"] = o.get("config", "qwen3-0.6b")
     return BenchSettings(**{**common, **overrides})
+
+
+def _command_line() -> str:
+    if not sys.argv:
+        return ""
+    prog = sys.argv[0]
+    head = ["gendistill"] if prog.endswith("gendistill") or prog.endswith("cli.py") else ["python", prog]
+    return " ".join([*head, *map(shlex.quote, sys.argv[1:])])
 
 
 def register(app: typer.Typer) -> None:
