@@ -126,17 +126,19 @@ class Runner:
             entry.setdefault("errors", {})[what] = "skipped: time limit"
             self.log(f"  {what}: skipped (time limit {self.s.time_limit_s}s)")
             return
+        failed = False
         try:
             fn()
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            failed = True
             entry.setdefault("errors", {})[what] = _err(exc)
             self.log(f"  {what}: FAILED {_err(exc)}")
             if not is_oom(exc):
                 entry.setdefault("tracebacks", {})[what] = traceback.format_exc(limit=8)
-            del exc
-            free_memory()
+        if failed:
+            free_memory()  # outside the except block, once the traceback's frames (and their tensors) are released
 
     # ----------------------------------------------------------------------------------------------- main
     def run(self) -> dict:
@@ -424,16 +426,14 @@ class Runner:
         b = res.best_batch
         tries = 0
         while b >= 1 and tries < 4:
+            free_memory()
             try:
-                free_memory()
                 r = timed(b)
                 break
             except BaseException as exc:  # noqa: BLE001
                 if not is_oom(exc):
                     raise
-                del exc
-                free_memory()
-                b, tries = int(b * 0.85), tries + 1
+            b, tries = int(b * 0.85), tries + 1
         else:
             e["throughput_batch"] = 0
             e["throughput_tok_s"] = None

@@ -66,12 +66,15 @@ def find_max_batch(
     trials: list[tuple[int, bool]] = []
 
     def _try(b: int) -> tuple[bool, Any]:
+        failed = False
         try:
             value = attempt(b)
         except BaseException as exc:  # noqa: BLE001 - filtered by `oom`
             if not oom(exc):
                 raise
-            del exc
+            failed = True
+        if failed:
+            # outside the except block: the traceback (and the frames holding the failed attempt's tensors) is gone
             cleanup()
             trials.append((b, False))
             if log:
