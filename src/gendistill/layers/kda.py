@@ -17,7 +17,7 @@ from torch import nn
 
 from gendistill.layers.norm import GatedRMSNorm
 from gendistill.ops.conv import causal_conv1d
-from gendistill.ops.kda import kda_chunk, kda_gate, kda_recurrent, l2norm, use_fla
+from gendistill.ops.kda import kda_from_projections
 from gendistill.ops.kda.gate import inverse_softplus, silu_inverse_of_one
 
 # Up to this many new tokens with a cached state, the step-by-step kernel is used (fla's own rule for decode).
@@ -127,26 +127,18 @@ class KimiDeltaAttention(nn.Module):
         qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T, cu_seqlens=cu_seqlens)
         q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
 
-        q = l2norm(q.reshape(B, T, H, K).float()).to(x.dtype)
-        k = l2norm(k.reshape(B, T, Hkv, K).float()).to(x.dtype)
+        q = q.reshape(B, T, H, K)
+        k = k.reshape(B, T, Hkv, K)
         v = v.reshape(B, T, Hkv, K)
         if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention
             k = k.repeat_interleave(H // Hkv, dim=2)
             v = v.repeat_interleave(H // Hkv, dim=2)
-        g = kda_gate(self.f_proj(x).view(B, T, H, K), self.A_log, self.dt_bias)  # float32
-        beta = torch.sigmoid(self.b_proj(x).float())
-        if attention_mask is not None:
-            m = attention_mask[:, -T:].to(g.dtype)
-            g, beta = g * m[..., None, None], beta * m[..., None]
-
-        if recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training:
-            kernel = kda_recurrent
-        else:
-            kernel = kda_chunk
-        if use_fla(q):
-            beta = beta.to(q.dtype)
-        o, final_state = kernel(q, k, v, g, beta, initial_state=recurrent_state,
-                                output_final_state=cache is not None, cu_seqlens=cu_seqlens)
+        recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
+        o, final_state = kda_from_projections(
+            q, k, v, self.f_proj(x).view(B, T, H, K), self.b_proj(x), self.A_log, self.dt_bias,
+            recurrent=recurrent, initial_state=recurrent_state, output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens, pad_mask=None if attention_mask is None else attention_mask[:, -T:],
+        )
         if cache is not None:
             cache.update_recurrent_state(final_state.float(), self.layer_idx)
 
