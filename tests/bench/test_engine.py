@@ -80,11 +80,12 @@ def test_cuda_graph_decode_matches_eager(models, role):
 def test_profile_splits_time_by_block_part(models, tmp_path):
     from gendistill.bench.profile import profile_model
 
-    t = profile_model(models["teacher"], "teacher", 16, torch.device("cpu"), tmp_path, decode_steps=2)
-    s = profile_model(models["student"], "student", 16, torch.device("cpu"), tmp_path, decode_steps=2)
+    t = profile_model(models["teacher"], "teacher", 16, torch.device("cpu"), tmp_path / "p.txt", decode_steps=2)
+    s = profile_model(models["student"], "student", 16, torch.device("cpu"), tmp_path / "p.txt", decode_steps=2)
     assert {"attention", "mlp", "lm_head"} <= set(t["prefill_ms_by_part"]) and "kda" not in t["prefill_ms_by_part"]
     assert {"attention", "kda", "mlp", "lm_head"} <= set(s["decode_ms_by_part"])
     assert all(v > 0 for v in s["prefill_ms_by_part"].values())
-    assert (tmp_path / "profile_student_decode_16.txt").read_text().strip()
+    text = (tmp_path / "p.txt").read_text()
+    assert "student decode (2 steps), context 16" in text and "teacher prefill, context 16" in text
     # hooks are removed afterwards
     assert not models["student"].lm_head._forward_pre_hooks

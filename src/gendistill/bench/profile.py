@@ -1,8 +1,9 @@
 """Where the time goes: torch.profiler over one prefill and a few decode steps per model, with the time split by
 block part (attention mixer, KDA mixer, MLP, lm_head) through ``record_function`` labels put on by module hooks.
 
-Writes ``profile_<role>_<phase>_<L>.txt`` (top kernels/ops) into the output folder and returns a summary dict:
-per label, the summed device time (CUDA) or CPU time (CPU) in ms."""
+Appends the top kernels/ops of each profile to one text file (``profiles.txt`` in the output folder: the device tool
+brings back at most 8 files) and returns a summary dict: per label, the summed device time (CUDA) or CPU time (CPU)
+in ms."""
 
 from __future__ import annotations
 
@@ -74,8 +75,14 @@ def _table(prof, use_cuda: bool) -> str:
         return prof.key_averages().table(sort_by="cuda_time_total" if use_cuda else "cpu_time_total", row_limit=40)
 
 
+def _append(path: Path, title: str, table: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"\n{'=' * 40} {title} {'=' * 40}\n{table}\n")
+
+
 @torch.inference_mode()
-def profile_model(model: Any, role: str, L: int, device: torch.device, out_dir: Path, decode_steps: int = 8) -> dict:
+def profile_model(model: Any, role: str, L: int, device: torch.device, table_path: Path, decode_steps: int = 8) -> dict:
     use_cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if use_cuda else [])
     ids = engine.random_prompt(model.config.vocab_size, L, 1, device, seed=123)
@@ -89,9 +96,7 @@ def profile_model(model: Any, role: str, L: int, device: torch.device, out_dir: 
             if use_cuda:
                 torch.cuda.synchronize(device)
         res["prefill_ms_by_part"] = _label_times(prof, use_cuda)
-        p = out_dir / f"profile_{role}_prefill_{L}.txt"
-        p.write_text(_table(prof, use_cuda))
-        res["prefill_table"] = str(p)
+        _append(table_path, f"{role} prefill, context {L}", _table(prof, use_cuda))
 
         max_len = L + 2 * decode_steps + 8
         state = engine.make_state(engine.to_static_cache(cache, model.config, max_len), first, L, max_len)
@@ -105,8 +110,7 @@ def profile_model(model: Any, role: str, L: int, device: torch.device, out_dir: 
             if use_cuda:
                 torch.cuda.synchronize(device)
         res["decode_ms_by_part"] = {k: round(v / decode_steps, 4) for k, v in _label_times(prof, use_cuda).items()}
-        p = out_dir / f"profile_{role}_decode_{L}.txt"
-        p.write_text(_table(prof, use_cuda))
-        res["decode_table"] = str(p)
+        _append(table_path, f"{role} decode ({decode_steps} steps), context {L}", _table(prof, use_cuda))
     res["clock"] = "device (CUDA kernel time)" if use_cuda else "cpu"
+    res["tables"] = str(table_path)
     return res

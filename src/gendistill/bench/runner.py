@@ -202,6 +202,8 @@ class Runner:
                     self._guard(e, "throughput", lambda: self.throughput(role, L, e))
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
+        if s.profile_contexts:
+            (self.out_dir / "profiles.txt").unlink(missing_ok=True)
         for L in sorted(s.profile_contexts):
             for role in self.roles:
                 self.log(f"profile at {L}: {role}")
@@ -371,7 +373,8 @@ class Runner:
         from gendistill.bench.profile import profile_model
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        res = profile_model(self.models[role], role, L, self.device, self.out_dir, self.s.profile_decode_steps)
+        res = profile_model(self.models[role], role, L, self.device, self.out_dir / "profiles.txt",
+                            self.s.profile_decode_steps)
         self.log(f"  prefill ms by part: {res['prefill_ms_by_part']}")
         self.log(f"  decode ms/token by part: {res['decode_ms_by_part']}")
         free_memory()
