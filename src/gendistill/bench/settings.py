@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 # The paper's / issue's grid.
-DEFAULT_CONTEXTS = (1024, 4096, 16384, 32768, 65536, 131072)
+DEFAULT_CONTEXTS = (1024, 4096, 8192, 16384, 32768, 65536, 131072)  # 8K: the decode target starts there
 DEFAULT_THROUGHPUT_CONTEXTS = (4096, 16384, 32768, 65536)
 PAPER_ATTENTION_LAYERS = (0, 2, 6, 11, 13, 18, 21)
 
