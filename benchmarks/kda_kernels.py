@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gendistill's ops for the prep[torch] row
+
 
 def empty_cache() -> None:
     if torch.cuda.is_available():
