@@ -146,3 +146,22 @@ def test_dynamic_decode_cache(tmp_path):
         e = res["contexts"][0][role]
         assert not e.get("errors"), e.get("tracebacks")
         assert e["decode_cache"] == "dynamic" and e["decode_tok_s"] > 0
+
+
+def test_oom_in_a_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from gendistill.bench import engine
+
+    real = engine.prefill
+
+    def prefill(model, ids):
+        if ids.shape[1] > 64 and model.__class__.__name__.startswith("Qwen3"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 14.00 GiB")
+        return real(model, ids)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    res = run_benchmark(BenchSettings.tiny(out=str(tmp_path), contexts=(32, 128), skip=("throughput",)),
+                        log_sink=lambda s: None, plots=True, table=False)
+    big = res["contexts"][1]
+    assert big["teacher"]["errors"]["ttft"].startswith("oom") and "ttft_ms" not in big["teacher"]
+    assert big["student"]["ttft_ms"] > 0 and big["ratios"]["ttft_speedup"] is None
+    assert res["contexts"][0]["ratios"]["ttft_speedup"] > 0 and len(res["plots"]) == 2
