@@ -114,5 +114,5 @@ def chat_command(
         new = output[0, ids["input_ids"].shape[1]:]
         text = tokenizer.decode(new, skip_special_tokens=True).strip()
         kind = "student" if spec in student else "teacher"
-        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {spec}",
+        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {Path(spec).name or spec}",
                             subtitle=f"{len(new)} tokens, {len(new) / seconds:.1f} tok/s on {device}"))

