@@ -89,3 +89,19 @@ def test_merge():
     c = {"meta": {"models": ["T"], "tasks": ["x"]}, "rows": []}
     with pytest.raises(DataError, match="evaluated models"):
         R.merge_results([a, c])
+
+
+def test_fidelity_helpers(tok):
+    from gendistill.eval.fidelity import _assistant_mask, first_divergence, greedy_agreement
+
+    assert first_divergence([1, 2, 3], [1, 2, 4]) == 2
+    assert first_divergence([1, 2], [1, 2, 5]) == 2
+    assert first_divergence([7], [7]) == 1
+    g = greedy_agreement([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6]])
+    assert g["exact_match"] == 0.5 and g["mean_first_divergence"] == 2.0
+    msgs = [{"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris is the capital."}]
+    ids, mask = _assistant_mask(tok, msgs, 512)
+    assert len(ids) == len(mask)
+    masked = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert masked.startswith("Paris is the capital.") and "assistant" not in masked and "France" not in masked

@@ -79,12 +79,18 @@ def _assistant_mask(tokenizer, messages: list[dict[str, str]], max_tokens: int) 
     prev = ""
     for k in range(len(messages)):
         text = apply_chat(tokenizer, messages[: k + 1], add_generation_prompt=False)
-        if not text.startswith(prev):  # template not prefix-stable: fall back to masking by whole-text diff
+        if not text.startswith(prev):  # template not prefix-stable: restart (earlier tokens stay as they were)
             prev = ""
-        piece = text[len(prev) :]
-        toks = list(tokenizer(piece, add_special_tokens=False)["input_ids"])
-        ids.extend(toks)
-        mask.extend([messages[k]["role"] == "assistant"] * len(toks))
+        pieces = [(text[len(prev) :], messages[k]["role"] == "assistant")]
+        if messages[k]["role"] == "assistant":
+            # the assistant header ("<|im_start|>assistant\n") is template, not content: leave it out of the mask
+            head = apply_chat(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
+            if head.startswith(prev) and text.startswith(head):
+                pieces = [(head[len(prev) :], False), (text[len(head) :], True)]
+        for piece, is_assistant in pieces:
+            toks = list(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else []
+            ids.extend(toks)
+            mask.extend([is_assistant] * len(toks))
         prev = text
     return ids[:max_tokens], mask[:max_tokens]
 
