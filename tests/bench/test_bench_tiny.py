@@ -138,6 +138,18 @@ def test_teacher_folder(tmp_path):
     assert c["student"]["ttft_ms"] > 0 and res["models"]["student"]["layer_types"]["linear_attention"] == 6
     assert not c["teacher"].get("errors") and not c["student"].get("errors")
 
+    # a saved student folder too
+    from gendistill.convert import convert_teacher
+    from gendistill.convert.convert import save_student
+
+    teacher = Qwen3ForCausalLM.from_pretrained(tmp_path / "teacher")
+    save_student(convert_teacher(teacher, attention_layers=[0, 4]), None, tmp_path / "student")
+    s2 = BenchSettings.tiny(config=None, teacher=str(tmp_path / "teacher"), student=str(tmp_path / "student"),
+                            out=str(tmp_path / "out2"), contexts=(16,), skip=("throughput",))
+    res2 = run_benchmark(s2, log_sink=lambda s: None, plots=False, table=False)
+    c2 = res2["contexts"][0]
+    assert not c2["student"].get("errors") and c2["student"]["cache_theory_matches_model_api"]
+
 
 def test_dynamic_decode_cache(tmp_path):
     res = run_benchmark(BenchSettings.tiny(out=str(tmp_path), contexts=(32,), skip=("throughput",),
