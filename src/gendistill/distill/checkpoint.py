@@ -77,19 +77,12 @@ def commit_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
-    model_state: dict[str, torch.Tensor] | None = None,
-    optim_state: dict[str, Any] | None = None,
 ) -> Path:
     """Rank 0: write model/optimizer/state into the temporary folder, rename it into place, prune old ones."""
     tmp = tmp_dir_for(stage_dir, step)
     tmp.mkdir(parents=True, exist_ok=True)
-    if model_state is not None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-    else:
-        save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optim_state if optim_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     with open(tmp / "state.json", "w") as f:
         json.dump(state, f, indent=1)
         f.flush()

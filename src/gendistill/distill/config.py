@@ -208,7 +208,9 @@ class RunConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     keep_checkpoints: int = Field(default=2, ge=1)
     checkpoint_every: int = Field(default=500, gt=0)
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    distributed: Literal["ddp"] = Field(
+        default="ddp", description="data parallelism across ranks (DDP; the teacher is replicated on every rank)"
+    )
     tensorboard: bool = True
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 

@@ -2,7 +2,7 @@
 micro-batch already divided by ``denom`` (the masked-in token count of the whole global batch), so gradient
 accumulation and data parallelism give exactly the gradient of one big batch.
 
-Each module holds the student as a sub-module (what DDP/FSDP wrap) and the teacher as a plain attribute (never
+Each module holds the student as a sub-module (what DDP wraps) and the teacher as a plain attribute (never
 wrapped, never trained, run under ``torch.no_grad``).
 
 * Stage 1 — one teacher pass with forward hooks on the attention of every replaced layer captures its input (after

@@ -1,6 +1,5 @@
 """The training loop of one stage: AdamW (no weight decay on A_log/dt_bias/norms/biases), warmup-stable-decay or
-cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient checkpointing, DDP (or FSDP2) across
-ranks, atomic checkpoints, exact resume, NaN/inf stop, held-out evaluation, metrics."""
+cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient checkpointing, DDP across ranks, atomic checkpoints, exact resume, NaN/inf stop, held-out evaluation, metrics."""
 
 from __future__ import annotations
 
@@ -66,13 +65,6 @@ def _enable_gradient_checkpointing(student: nn.Module, name: str) -> None:
 
 def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig) -> nn.Module:
     if not world.distributed:
-        return module
-    if run.distributed == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in module.student.model.layers:
-            fully_shard(layer)
-        fully_shard(module)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -270,12 +262,6 @@ def save_checkpoint(
         tmp.mkdir(parents=True, exist_ok=True)
     barrier(world)
     write_rank_files(tmp, world.rank)
-    model_state = optim_state = None
-    if run.distributed == "fsdp" and world.distributed:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state, optim_state = get_state_dict(student, optimizer, options=opts)
     barrier(world)
     final = stage_dir / f"step-{step:08d}"
     if world.is_main:
@@ -287,8 +273,6 @@ def save_checkpoint(
             "stream": stream.to_dict(),
             "world_size": world.world_size,
         }
-        final = commit_checkpoint(
-            stage_dir, step, student, optimizer, state, run.keep_checkpoints, model_state, optim_state
-        )
+        final = commit_checkpoint(stage_dir, step, student, optimizer, state, run.keep_checkpoints)
     barrier(world)
     return final
