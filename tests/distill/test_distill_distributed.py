@@ -46,7 +46,7 @@ def _worker(rank: int, world_size: int, port: int, recipe, result_path: str) -> 
 
 @pytest.mark.timeout(300)
 def test_two_processes_match_one(tmp_path, tok, teacher):
-    from test_trainer import make_recipe
+    from test_distill_trainer import make_recipe
 
     from gendistill.distill.pipeline import run_recipe
 
