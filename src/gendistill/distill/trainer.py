@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,15 @@ def run_stage(
     last_ckpt: Path | None = ck
     t_last = time.perf_counter()
     n_this = 0
+    # the next step's batches are read, tokenized and packed on a background thread while this step computes
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gendistill-data")
+    pending = pool.submit(batches.next_step)
     try:
         while step < total_steps:
             lr = set_lr(optimizer, step, total_steps, opt_cfg)
-            micro, new_state = batches.next_step()
+            micro, new_state = pending.result()
+            if step + 1 < total_steps:
+                pending = pool.submit(batches.next_step)
             assert len(micro) == accum, (len(micro), accum)
             denom_t = torch.tensor([float(sum(module.count(b) for b in micro))], device=world.device)
             denom = float(all_reduce_sum(denom_t, world).item())
@@ -231,7 +237,6 @@ def run_stage(
                     result.eval_losses.append((step, ev))
                     logger.log({"stage": stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
                     progress.message(f"[{stage.name}] step {step}: held-out loss {ev:.4f}")
-            batches.state = new_state
             stop_now = stop_after is not None and n_this >= stop_after
             if step % ckpt_every == 0 or step == total_steps or stop_now:
                 last_ckpt = save_checkpoint(
@@ -240,6 +245,7 @@ def run_stage(
             if stop_now:
                 break
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
     result.steps, result.tokens = step, tokens
     return result
