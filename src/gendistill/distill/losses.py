@@ -134,7 +134,7 @@ def masked_mean(per_token: torch.Tensor, mask: torch.Tensor, denom: float | torc
 
 # ---------------------------------------------------------------------------------------------------- chunked logits
 def _project(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    out = h.to(dtype) @ w.to(dtype).t()
+    out = h.to(dtype) @ (w if w.dtype == dtype else w.to(dtype)).t()
     if b is not None:
         out = out + b.to(dtype)
     return out.float()
@@ -167,13 +167,16 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         n = h_s.shape[0]
         dev_type = h_s.device.type
         with torch.autocast(device_type=dev_type, enabled=False):
+            # cast the projection weights to the compute dtype once, not once per chunk
+            wt_c = w_t.detach().to(dtype)
+            ws = w_s.detach().requires_grad_(need_w)
+            ws_c = None if need_w else ws.to(dtype)
             for i in range(0, n, chunk):
                 hs = h_s[i : i + chunk].detach().requires_grad_(need_h)
-                ws = w_s.detach().requires_grad_(need_w)
                 with torch.no_grad():
-                    tl = _project(h_t[i : i + chunk], w_t, b_t, dtype)
+                    tl = _project(h_t[i : i + chunk], wt_c, b_t, dtype)
                 with torch.enable_grad():
-                    sl = _project(hs, ws, b_s, dtype)
+                    sl = _project(hs, ws if need_w else ws_c, b_s, dtype)
                     loss = fn(sl, tl, labels[i : i + chunk], cfg).sum()
                 inputs = [x for x, need in ((hs, need_h), (ws, need_w)) if need]
                 if inputs:

@@ -91,10 +91,8 @@ def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[d
     plan = []
     for i, st in enumerate(recipe.stages):
         sel = apply_trainable(student, st.trainable, f"stages[{i}].trainable")  # type: ignore[arg-type]
-        params = {id(p): p for p in student.parameters()}
         names = dict(student.named_parameters())
         n_train = sum(names[n].numel() for n in sel.trainable if n in names)
-        del params
         plan.append(
             {
                 "stage": st.name,
