@@ -70,6 +70,8 @@ def test_end_to_end_teacher_and_students(setup, tmp_path):
     assert len(lines) == 6 and {"generation", "pred", "valid", "correct", "gold"} <= set(rec)
     assert (out / "results.md").read_text().count("| quiz |") >= 6
     assert (out / "results.png").is_file()
+    assert not (out / "results.partial.json").exists()  # removed once the run completes
+    assert res["meta"]["complete"] is True
 
 
 def test_limit_and_seed_subsample(setup, tmp_path):

@@ -316,6 +316,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                 p = out / "examples" / f"{_safe(label)}__{t.name}__generate.jsonl"
                 atomic_write_jsonl(p, recs)
                 example_files.append(str(p))
+            # A partial report after every task, so a long run that dies keeps what it finished.
+            _write_partial(out, cfg, labels, tasks, rows, skipped, example_files, t_start)
         del model
         gc.collect()
 
@@ -355,8 +357,24 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "skipped": skipped,
         "example_files": example_files,
     }
+    results["meta"]["complete"] = True
     results["paths"] = R.write_report(results, out)
+    partial = out / "results.partial.json"
+    if partial.exists():
+        partial.unlink()
     return results
+
+
+def _write_partial(out: Path, cfg: EvalConfig, labels: list[str], tasks: list[Task], rows: list[dict],
+                   skipped: list[dict], example_files: list[str], t_start: float) -> None:
+    from gendistill.eval._io import atomic_write_json  # noqa: PLC0415
+
+    atomic_write_json(out / "results.partial.json", {
+        "meta": {"models": labels, "teacher": labels[0], "tasks": [t.name for t in tasks], "limit": cfg.limit,
+                 "seed": cfg.seed, "complete": False, "wall_seconds": round(time.time() - t_start, 1),
+                 "command": cfg.command},
+        "rows": rows, "skipped": skipped, "example_files": example_files,
+    })
 
 
 def _device_name(device: str) -> str:
