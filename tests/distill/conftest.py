@@ -9,8 +9,6 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _distill_helpers import _train_tokenizer, chat_records, text_records, tiny_llama, write_jsonl  # noqa: E402

@@ -93,7 +93,13 @@ def test_completion_only_on_plain_text_is_rejected(text_file, tok):
         _validate(text_file, "text", tok, masking="completion_only")
 
 
-def test_hub_dataset_offline_fails_with_one_line(tok):
+def test_hub_dataset_offline_fails_with_one_line(tok, monkeypatch):
+    """The real load_dataset path, offline (as on this machine; forced so the test does not wait on the network)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError) as e:
         _validate("some-org/some-dataset-that-is-not-here", "text", tok, hub=True)
     assert "cannot load hub dataset" in str(e.value) and "\n" not in str(e.value)
