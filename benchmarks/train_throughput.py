@@ -108,7 +108,7 @@ def main() -> None:
     from gendistill.distill.config import LossConfig, StageConfig
     from gendistill.distill.freezing import apply_trainable, param_groups
     from gendistill.distill.losses import full_logit_loss
-    from gendistill.distill.stages import Stage3Module
+    from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     tiny = args.tiny
@@ -137,6 +137,8 @@ def main() -> None:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     module = Stage3Module(student, teacher, stage)
+    if dev.type == "cuda":  # as the trainer does under bf16 autocast: one dtype into the KDA kernels
+        cast_mixer_inputs(student, torch.bfloat16)
     opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
 
     g = torch.Generator().manual_seed(0)

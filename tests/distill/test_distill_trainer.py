@@ -198,3 +198,23 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, teacher, tok):
         assert o["results"]["stage3a"].losses == pytest.approx(outs[1]["results"]["stage3a"].losses, rel=1e-5)
         for n, p in o["student"].named_parameters():
             torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_bf16_autocast_feeds_the_kda_mixers_one_dtype(tmp_path, teacher, tok):
+    """precision bf16 (autocast, fp32 master weights): the KDA mixers get bf16 inputs (so fla's kernels see one dtype),
+    training works, and the cast hooks are gone afterwards."""
+    from gendistill.distill.pipeline import build_student
+
+    recipe = make_recipe(tmp_path, ["stage1", "stage3a"], steps=2)
+    recipe.run.precision = "bf16"
+    student = build_student(recipe, teacher, torch.device("cpu"))
+    seen = []
+    mixers = [layer.linear_attn for layer in student.model.layers if hasattr(layer, "linear_attn")]
+    handles = [m.register_forward_hook(lambda m, a, o: seen.append(a[0].dtype)) for m in mixers]
+    out = run_recipe(recipe, teacher=teacher, tokenizer=tok, student=student)
+    for h in handles:
+        h.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(r.losses)).all() for r in out["results"].values())
+    assert all(len(m._forward_pre_hooks) == 0 for m in mixers)
+    assert all(p.dtype == torch.float32 for p in student.parameters())

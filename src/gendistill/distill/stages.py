@@ -197,6 +197,25 @@ class Stage3Module(StageModule):
         return loss / denom
 
 
+def cast_mixer_inputs(student: nn.Module, dtype: torch.dtype) -> list[Any]:
+    """Under bf16 autocast with fp32 master weights the residual stream (and so each KDA mixer's input) is fp32, and
+    the mixer would hand fla's kernels fp32 q/k next to bf16 v. A forward pre-hook casts every ``linear_attn`` input
+    to ``dtype`` (what autocast does to matmul inputs anyway) so the kernels see one dtype. Returns the hook handles
+    (``.remove()`` them when done)."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict):
+        if args:
+            return (args[0].to(dtype), *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"].to(dtype)
+        return args, kwargs
+
+    return [
+        layer.linear_attn.register_forward_pre_hook(hook, with_kwargs=True)
+        for layer in decoder_layers(student)
+        if hasattr(layer, "linear_attn")
+    ]
+
+
 def _param_dtype(m: nn.Module) -> torch.dtype:
     for p in m.parameters():
         return p.dtype

@@ -27,7 +27,7 @@ from gendistill.distill.distributed import World, all_reduce_sum, barrier
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import set_lr
-from gendistill.distill.stages import StageModule, build_stage_module
+from gendistill.distill.stages import StageModule, build_stage_module, cast_mixer_inputs
 from gendistill.errors import GendistillError
 
 
@@ -50,9 +50,12 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _use_bf16(world: World, run: RunConfig) -> bool:
+    return run.precision == "bf16" or (run.precision == "auto" and world.device.type == "cuda")
+
+
 def _autocast(world: World, run: RunConfig):
-    use_bf16 = run.precision == "bf16" or (run.precision == "auto" and world.device.type == "cuda")
-    if use_bf16:
+    if _use_bf16(world, run):
         return torch.autocast(device_type=world.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -159,19 +162,20 @@ def run_stage(
         progress.message(f"[{stage.name}] resumed from {ck} at step {step}")
     ckpt_every = stage.checkpoint_every or run.checkpoint_every
     trainable = [p for p in student.parameters() if p.requires_grad]
-    if stage.eval_every and step == 0:
-        ev0 = evaluate(module, eval_seqs, stage, world, run)
-        if ev0 is not None:
-            result.eval_losses.append((0, ev0))
-            logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
-            progress.message(f"[{stage.name}] held-out loss before training {ev0:.4f}")
     last_ckpt: Path | None = ck
-    t_last = time.perf_counter()
     n_this = 0
     # the next step's batches are read, tokenized and packed on a background thread while this step computes
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gendistill-data")
     pending = pool.submit(batches.next_step)
+    hooks = cast_mixer_inputs(student, torch.bfloat16) if _use_bf16(world, run) else []
     try:
+        if stage.eval_every and step == 0:
+            ev0 = evaluate(module, eval_seqs, stage, world, run)
+            if ev0 is not None:
+                result.eval_losses.append((0, ev0))
+                logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
+                progress.message(f"[{stage.name}] held-out loss before training {ev0:.4f}")
+        t_last = time.perf_counter()
         while step < total_steps:
             lr = set_lr(optimizer, step, total_steps, opt_cfg)
             micro, new_state = pending.result()
@@ -247,6 +251,8 @@ def run_stage(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
+        for h in hooks:
+            h.remove()
     result.steps, result.tokens = step, tokens
     return result
 
