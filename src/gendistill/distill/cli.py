@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,8 @@ def register(app: typer.Typer) -> None:
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+            return
         if dry_run:
             console.print_json(json.dumps(out))
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +73,15 @@ def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(
-        module,
-        device_ids=[world.device.index] if world.device.type == "cuda" else None,
-        broadcast_buffers=False,
-        # stages 1-2 may leave trainable parameters of unselected layers without gradients
-        find_unused_parameters=stage.name in ("stage1", "stage2"),
-    )
+    with warnings.catch_warnings():  # torch >= 2.13 renames broadcast_buffers; keep the spelling older torch knows
+        warnings.simplefilter("ignore", FutureWarning)
+        return DDP(
+            module,
+            device_ids=[world.device.index] if world.device.type == "cuda" else None,
+            broadcast_buffers=False,
+            # stages 1-2 may leave trainable parameters of unselected layers without gradients
+            find_unused_parameters=stage.name in ("stage1", "stage2"),
+        )
 
 
 def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, run: RunConfig) -> float | None:
