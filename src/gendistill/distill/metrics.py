@@ -96,7 +96,7 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.console.print(text)
+            self.bar.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=sys.stderr, flush=True)
 
