@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -666,10 +665,6 @@ class BatchStream:
         return micro, state
 
 
-def token_count(batch: dict[str, torch.Tensor], key: str) -> int:
-    return int(batch[key].sum())
-
-
 __all__ = [
     "BatchStream",
     "DocumentStream",
@@ -683,5 +678,3 @@ __all__ = [
     "iter_file",
     "pack_documents",
 ]
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
