@@ -134,7 +134,9 @@ def main() -> None:
                         gradient_checkpointing=not args.no_grad_ckpt)
     apply_trainable(student, stage.trainable)
     if stage.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from gendistill.distill.trainer import _enable_gradient_checkpointing
+
+        _enable_gradient_checkpointing(student, "benchmark")
     student.train()
     module = Stage3Module(student, teacher, stage)
     if dev.type == "cuda":  # as the trainer does under bf16 autocast: one dtype into the KDA kernels

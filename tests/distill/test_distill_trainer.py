@@ -218,3 +218,16 @@ def test_bf16_autocast_feeds_the_kda_mixers_one_dtype(tmp_path, teacher, tok):
     assert all(torch.isfinite(torch.tensor(r.losses)).all() for r in out["results"].values())
     assert all(len(m._forward_pre_hooks) == 0 for m in mixers)
     assert all(p.dtype == torch.float32 for p in student.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, teacher, tok):
+    outs = []
+    for gc in (False, True):
+        r = make_recipe(tmp_path / f"gc{gc}", ["stage3a"], steps=2, stage3a={"gradient_checkpointing": gc})
+        outs.append(run_recipe(r, teacher=teacher, tokenizer=tok))
+    assert all(layer.gradient_checkpointing for layer in outs[1]["student"].model.layers)
+    assert not any(layer.gradient_checkpointing for layer in outs[0]["student"].model.layers)
+    assert outs[0]["results"]["stage3a"].losses == pytest.approx(outs[1]["results"]["stage3a"].losses, rel=1e-5)
+    ref = dict(outs[0]["student"].named_parameters())
+    for n, p in outs[1]["student"].named_parameters():
+        torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)

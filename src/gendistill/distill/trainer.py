@@ -62,10 +62,13 @@ def _autocast(world: World, run: RunConfig):
 
 
 def _enable_gradient_checkpointing(student: nn.Module, name: str) -> None:
-    fn = getattr(student, "gradient_checkpointing_enable", None)
-    if fn is None:
+    kwargs = {"use_reentrant": False}
+    if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(student, "gradient_checkpointing_enable"):
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
         raise GendistillError(f"{name}: gradient_checkpointing is on but {type(student).__name__} does not support it")
-    fn(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig) -> nn.Module:
