@@ -126,3 +126,25 @@ def test_cosine_schedule_shape():
     assert f[4] == pytest.approx(1.0) and f[5] == pytest.approx(1.0)
     assert f[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(f[5:], f[6:]))
+
+
+def test_teacher_attn_implementation_is_applied(tmp_path):
+    from _distill_helpers import _train_tokenizer, text_records, tiny_llama, write_jsonl
+
+    from gendistill.distill.pipeline import run_recipe
+
+    tok = _train_tokenizer()
+    teacher = tiny_llama(len(tok))
+    d = base()
+    d["data"]["sources"][0]["path"] = str(write_jsonl(tmp_path / "t.jsonl", text_records(12)))
+    d["data"]["heldout_documents"] = 2
+    d["student"]["attention_layers"] = [0, 2]
+    d["stages"] = d["stages"][:1]
+    d["run"]["output_dir"] = str(tmp_path / "run")
+    d["teacher"]["attn_implementation"] = "eager"
+    out = run_recipe(parse_recipe(d), teacher=teacher, tokenizer=tok, dry_run=True)
+    assert teacher.config._attn_implementation == "eager"
+    assert out["plan"][0]["stage"] == "stage1"
+    d["teacher"]["attn_implementation"] = "no-such-kernel"
+    with pytest.raises(ConfigError, match="teacher.attn_implementation"):
+        run_recipe(parse_recipe(d), teacher=tiny_llama(len(tok)), tokenizer=tok, dry_run=True)

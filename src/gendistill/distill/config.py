@@ -34,7 +34,9 @@ class TeacherConfig(_Strict):
 
     spec: str
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attn_implementation: str | None = Field(default=None, description="transformers attn_implementation, e.g. sdpa")
+    attn_implementation: str | None = Field(
+        default=None, description="transformers attention kernel for the teacher and the converted student (sdpa, eager, ...)"
+    )
 
 
 class StudentConfig(_Strict):
@@ -44,7 +46,6 @@ class StudentConfig(_Strict):
     path: str | None = None
     attention_layers: list[int] | str | None = None
     kda_options: dict[str, Any] = Field(default_factory=dict)
-    dtype: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
     def _one_source(self) -> "StudentConfig":

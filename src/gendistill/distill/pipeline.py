@@ -141,6 +141,12 @@ def run_recipe(
         from gendistill.teachers import load_teacher
 
         teacher, tokenizer = load_teacher(recipe.teacher.spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+    if recipe.teacher.attn_implementation:
+        try:
+            teacher.set_attn_implementation(recipe.teacher.attn_implementation)
+        except (ValueError, ImportError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"teacher.attn_implementation: {first}") from None
     teacher = teacher.to(world.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
