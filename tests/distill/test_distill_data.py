@@ -345,3 +345,21 @@ def test_completion_mask_with_the_real_smollm2_template():
     p_ids = t(prompt, add_special_tokens=False)["input_ids"]
     assert e.input_ids[: len(p_ids)] == p_ids and e.target_mask[: len(p_ids)] == [0] * len(p_ids)
     assert e.target_mask[len(p_ids)] == 1
+
+
+def test_skip_empty_counts_and_skips_records_with_nothing_to_distill(tmp_path, tok):
+    recs = [{"prompt": f"the cat {i}", "response": "sat on a mat"} for i in range(6)]
+    recs[3]["response"] = "  "
+    p = write_jsonl(tmp_path / "t0.jsonl", recs)
+    with pytest.raises(DataError, match=r"t0\.jsonl:4: empty 'response'"):
+        _validate(p, "prompt_response", tok)
+    src = SourceConfig(path=str(p), format="prompt_response", chat_template=False)
+    ps = PackedStream(_data(src, skip_empty=True, shuffle=False), tok, 256, "completion_only")
+    assert ps.validate() == {str(p): 5} and ps.skipped == {str(p): 1}
+    seen = {tok.decode(s.input_ids) for _, (s, _) in zip(range(12), ps.sequences())}
+    assert not any("the cat 3" in x for x in seen) and any("the cat 2" in x for x in seen)
+    # malformed records are still errors
+    write_jsonl(tmp_path / "t1.jsonl", [{"prompt": "x"}])
+    src1 = SourceConfig(path=str(tmp_path / "t1.jsonl"), format="prompt_response")
+    with pytest.raises(DataError, match="missing field 'response'"):
+        PackedStream(_data(src1, skip_empty=True), tok, 8, "completion_only").validate()

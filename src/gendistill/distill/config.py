@@ -90,6 +90,11 @@ class DataConfig(_Strict):
     heldout_documents: int = Field(default=64, ge=0, description="first N documents of each source, kept for eval")
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     add_eos: bool = Field(default=True, description="text/prompt_response without template: append EOS")
+    skip_empty: bool = Field(
+        default=False,
+        description="skip (and count) records with nothing to distill (no assistant turn, empty response or text) "
+        "instead of stopping; malformed records are errors either way",
+    )
 
 
 class LossConfig(_Strict):

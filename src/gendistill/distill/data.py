@@ -32,6 +32,11 @@ FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".txt",
 _MIX_BLOCK = 4096
 
 
+class NothingToDistillError(DataError):
+    """A well-formed record with nothing to train on (no assistant turn, empty response or text). Skipped instead of
+    raised when the data's ``skip_empty`` is on."""
+
+
 # ------------------------------------------------------------------------------------------------------------ reading
 def _open_text(path: Path) -> io.TextIOBase:
     if path.name.endswith(".gz"):
@@ -333,7 +338,7 @@ def check_messages(messages: Any, origin: str) -> list[dict[str, str]]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError(f"{origin}: messages[{i}] must be an object with string 'role' and 'content'")
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise DataError(f"{origin}: conversation has no assistant turn (nothing to distill)")
+        raise NothingToDistillError(f"{origin}: conversation has no assistant turn (nothing to distill)")
     return messages
 
 
@@ -375,6 +380,8 @@ class Encoder:
         f = self.src.format
         if f == "text":
             text = _get_field(rec, self.src.text_field, origin)
+            if not text.strip():
+                raise NothingToDistillError(f"{origin}: empty {self.src.text_field!r} (nothing to distill)")
             ids = list(self.tok(text, add_special_tokens=True)["input_ids"])
             if self.data.add_eos and self.eos is not None and (not ids or ids[-1] != self.eos):
                 ids.append(self.eos)
@@ -383,7 +390,7 @@ class Encoder:
             prompt = _get_field(rec, self.src.prompt_field, origin)
             response = _get_field(rec, self.src.response_field, origin)
             if not response.strip():
-                raise DataError(f"{origin}: empty {self.src.response_field!r} (nothing to distill)")
+                raise NothingToDistillError(f"{origin}: empty {self.src.response_field!r} (nothing to distill)")
             if self.src.chat_template:
                 return self._encode_chat(
                     [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], origin
@@ -571,26 +578,47 @@ class PackedStream:
     def validate(self) -> dict[str, int]:
         """Open every source and check every record (streaming sources: the first few hundred) before training:
         empty files, malformed lines, missing fields, conversations without an assistant turn, missing chat template.
-        Encodes the first records of each source too. Returns documents per source."""
-        counts = {}
+        Encodes the first records of each source too. Returns usable documents per source; with ``skip_empty`` the
+        records with nothing to distill are counted in ``self.skipped`` instead of raising."""
+        counts: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
         for reader, enc in zip(self.readers, self.encoders):
-            n = 0
+            n = skipped = 0
             fmt = reader.cfg.format
             for origin, rec in reader.records_for_validation():
-                if fmt == "text":
-                    _get_field(rec, reader.cfg.text_field, origin)
-                elif fmt == "prompt_response":
-                    _get_field(rec, reader.cfg.prompt_field, origin)
-                    r = _get_field(rec, reader.cfg.response_field, origin)
-                    if not r.strip():
-                        raise DataError(f"{origin}: empty {reader.cfg.response_field!r} (nothing to distill)")
-                else:
-                    check_messages(_get_field(rec, reader.cfg.messages_field, origin, list), origin)
-                if n < 8:
-                    enc.encode(rec, origin)
+                try:
+                    if fmt == "text":
+                        if not _get_field(rec, reader.cfg.text_field, origin).strip():
+                            raise NothingToDistillError(f"{origin}: empty {reader.cfg.text_field!r} (nothing to distill)")
+                    elif fmt == "prompt_response":
+                        _get_field(rec, reader.cfg.prompt_field, origin)
+                        if not _get_field(rec, reader.cfg.response_field, origin).strip():
+                            raise NothingToDistillError(
+                                f"{origin}: empty {reader.cfg.response_field!r} (nothing to distill)"
+                            )
+                    else:
+                        check_messages(_get_field(rec, reader.cfg.messages_field, origin, list), origin)
+                    if n < 8:
+                        enc.encode(rec, origin)
+                except NothingToDistillError:
+                    if not self.data.skip_empty:
+                        raise
+                    skipped += 1
+                    continue
                 n += 1
+            if n == 0:
+                raise DataError(f"{reader.cfg.path}: no usable documents ({skipped} with nothing to distill)")
             counts[reader.cfg.path] = n
+            self.skipped[reader.cfg.path] = skipped
         return counts
+
+    def _encode(self, k: int, rec: Any, origin: str) -> Encoded | None:
+        try:
+            return self.encoders[k].encode(rec, origin)
+        except NothingToDistillError:
+            if self.data.skip_empty:
+                return None
+            raise
 
     def _iter_with_source(self, draw: int) -> Iterator[tuple[int, str, Encoded]]:
         # the source index is recovered from the mixture choice so each document gets its source's encoder
@@ -598,7 +626,9 @@ class PackedStream:
         it = stream.iter_from(draw)
         for d, origin, rec in it:
             k = 0 if len(stream.readers) == 1 else int(stream._choices(d // _MIX_BLOCK)[d % _MIX_BLOCK])
-            yield d, origin, self.encoders[k].encode(rec, origin)
+            enc = self._encode(k, rec, origin)
+            if enc is not None:  # a skipped record still uses up its draw, so resume positions stay exact
+                yield d, origin, enc
 
     def sequences(self, start: StreamState = StreamState()) -> Iterator[tuple[PackedSequence, StreamState]]:
         docs = ((d, enc) for d, _, enc in self._iter_with_source(start.draw))
@@ -616,10 +646,12 @@ class PackedStream:
             return []
         docs: list[tuple[int, Encoded]] = []
         d = 0
-        for reader, enc in zip(self.readers, self.encoders):
+        for k, reader in enumerate(self.readers):
             for origin, rec in reader.heldout():
-                docs.append((d, enc.encode(rec, origin)))
-                d += 1
+                enc = self._encode(k, rec, origin)
+                if enc is not None:
+                    docs.append((d, enc))
+                    d += 1
         out = []
         for seq, _ in pack_documents(
             iter(docs), self.seq_len, pad_id=self.pad_id, split_documents=True, min_document_tokens=2

@@ -84,6 +84,9 @@ def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
     for stage in recipe.stages:
         ps = PackedStream(recipe.stage_data(stage), tokenizer, stage.seq_len, stage.masking)
         out[stage.name] = ps.validate()
+        for path, n in ps.skipped.items():
+            if n:
+                out[stage.name][f"{path} (skipped, nothing to distill)"] = n
     return out
 
 
