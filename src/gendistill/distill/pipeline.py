@@ -14,6 +14,7 @@ Run folder layout::
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -201,6 +202,8 @@ def run_recipe(
                 validated=True,
             )
             results[stage.name] = res
+            if world.distributed:  # drop this stage's DDP wrapper (and its gradient hooks) before the next one
+                gc.collect()
             if res.steps < stage.total_steps():  # stopped early (stop_after)
                 break
             _save_stage_student(student, tokenizer, run_dir / stage.name, world)

@@ -71,6 +71,13 @@ def _enable_gradient_checkpointing(student: nn.Module, name: str) -> None:
         raise GendistillError(f"{name}: gradient_checkpointing is on but {type(student).__name__} does not support it")
 
 
+def _disable_gradient_checkpointing(student: nn.Module) -> None:
+    for name in ("activation_checkpointing_disable", "gradient_checkpointing_disable"):
+        if hasattr(student, name):
+            getattr(student, name)()
+            return
+
+
 def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig) -> nn.Module:
     if not world.distributed:
         return module
@@ -259,6 +266,8 @@ def run_stage(
         progress.close()
         for h in hooks:
             h.remove()
+        if stage.gradient_checkpointing:  # the next stage decides for itself
+            _disable_gradient_checkpointing(student)
     result.steps, result.tokens = step, tokens
     return result
 
