@@ -71,10 +71,14 @@ class EvalConfig:
 
 
 def model_label(spec: str) -> str:
-    p = Path(spec)
+    """A short name for tables and file names: the file stem of a .gguf, the folder name of a local model, else the
+    spec itself (a teacher short name or a hub id)."""
+    p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         return p.stem
-    return p.name if (p.exists() or "/" in spec and not re.match(r"^[\w.-]+/[\w.-]+$", spec)) else spec
+    if p.exists():
+        return p.resolve().name
+    return spec
 
 
 def check_model_spec(spec: str) -> None:

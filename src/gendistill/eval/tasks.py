@@ -268,10 +268,6 @@ class Task:
         return msgs
 
     # --------------------------------------------------------------- scoring
-    @property
-    def chance(self) -> float | None:
-        return None  # set per run from the examples (1 / number of options); None for open answers
-
     def score_generation(self, ex: Example, text: str) -> GenScore:
         if self.kind == MULTIPLE_CHOICE:
             allow_text = self.extraction in ("text", "letter_or_text")
