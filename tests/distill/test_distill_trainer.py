@@ -72,6 +72,8 @@ def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
     # the resolved recipe, progress, metrics
     assert "stage3b" in (run / "recipe.yaml").read_text()
     assert json.loads((run / "progress.json").read_text())["completed"] == list(res)
+    data = json.loads((run / "data.json").read_text())
+    assert data["stage3b"] == {str(tmp_path / "data" / "chat.jsonl"): 80}
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in recs} == set(res)
     assert all(r["loss"] == r["loss"] for r in recs if "loss" in r)

@@ -176,6 +176,7 @@ def run_recipe(
         if old.exists() and old.read_text() != text:
             old.replace(run_dir / f"recipe.{int(time.time())}.yaml")
         (run_dir / "recipe.yaml").write_text(text)
+        (run_dir / "data.json").write_text(json.dumps(data_counts, indent=1))  # documents per source and stage
         _write_progress(run_dir, {"completed": completed})
     barrier(world)
 
