@@ -27,7 +27,7 @@ STAGE_DEFAULTS = {
 }
 
 
-def make_recipe(tmp_path: Path, stages: list[str], steps: int = 8, **stage_over):
+def make_recipe(tmp_path: Path, stages: list[str], steps: int = 8, keep_finished: bool = True, **stage_over):
     text = write_jsonl(tmp_path / "data" / "text.jsonl", text_records(80))
     chat = write_jsonl(tmp_path / "data" / "chat.jsonl", chat_records(80))
     st = []
@@ -52,7 +52,10 @@ def make_recipe(tmp_path: Path, stages: list[str], steps: int = 8, **stage_over)
             "student": {"attention_layers": [0, 2]},
             "data": {"sources": [{"path": str(text), "format": "text"}], "heldout_documents": 8},
             "stages": st,
-            "run": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 2, "keep_checkpoints": 2, "progress": "none"},
+            "run": {
+                "output_dir": str(tmp_path / "run"), "checkpoint_every": 2, "keep_checkpoints": 2, "progress": "none",
+                "keep_finished_checkpoints": keep_finished,
+            },
         }
     )
 
@@ -60,7 +63,9 @@ def make_recipe(tmp_path: Path, stages: list[str], steps: int = 8, **stage_over)
 def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
     # one step each of stages 1-2 (which align this tiny student almost perfectly) leaves stage 3 something to do
     one = {"steps": 1, "eval_every": 1}
-    recipe = make_recipe(tmp_path, ["stage1", "stage2", "stage3a", "stage3b"], steps=8, stage1=one, stage2=one)
+    recipe = make_recipe(
+        tmp_path, ["stage1", "stage2", "stage3a", "stage3b"], steps=8, keep_finished=False, stage1=one, stage2=one
+    )
     out = run_recipe(recipe, teacher=teacher, tokenizer=tok)
     res = out["results"]
     assert list(res) == ["stage1", "stage2", "stage3a", "stage3b"]
@@ -72,6 +77,7 @@ def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
     # the resolved recipe, progress, metrics
     assert "stage3b" in (run / "recipe.yaml").read_text()
     assert json.loads((run / "progress.json").read_text())["completed"] == list(res)
+    assert not (run / "checkpoints" / "stage3a").exists()  # a finished stage's checkpoints are dropped
     data = json.loads((run / "data.json").read_text())
     assert data["stage3b"] == {str(tmp_path / "data" / "chat.jsonl"): 80}
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -213,6 +213,9 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     keep_checkpoints: int = Field(default=2, ge=1)
+    keep_finished_checkpoints: bool = Field(
+        default=False, description="keep a stage's checkpoints after it completes (its student folder is saved anyway)"
+    )
     checkpoint_every: int = Field(default=500, gt=0)
     distributed: Literal["ddp"] = Field(
         default="ddp", description="data parallelism across ranks (DDP; the teacher is replicated on every rank)"

@@ -211,6 +211,8 @@ def run_recipe(
             completed.append(stage.name)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed})
+                if not recipe.run.keep_finished_checkpoints:  # the saved student folder supersedes them
+                    shutil.rmtree(run_dir / "checkpoints" / stage.name, ignore_errors=True)
             barrier(world)
     finally:
         logger.close()
