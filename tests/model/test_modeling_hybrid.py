@@ -124,6 +124,8 @@ def test_save_load_roundtrip_and_fresh_process(tmp_path, family):
     _, student = student_of(family)
     out = save_student(student, None, tmp_path / "student")
     assert (out / "model.safetensors").is_file()
+    assert out.stat().st_mode & 0o055 == (tmp_path.stat().st_mode & 0o055)  # same group/other access as its parent
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]  # no temporary left behind
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hybrid_kda" and config["base_model_type"] == family
     x = torch.randint(0, 256, (1, 12))

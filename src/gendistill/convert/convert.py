@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,8 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
     if out.exists() and not overwrite:
         raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # unlike mkdtemp (mode 0700) this honours the umask, so the saved model is readable like any folder
     try:
         student.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
