@@ -48,3 +48,35 @@ def test_loads_a_model_folder(tmp_path):
         disable_tqdm=True,
     )
     assert isinstance(out[0], str)
+
+
+def test_lm_eval_task_run_agrees_with_gendistill_eval(model_factory, tok, tmp_path):
+    """A whole lm-eval multiple-choice task (local JSON, lm-eval's own prompt/metric code) on our model equals our
+    ``run_loglik`` on the same file, for acc and acc_norm."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from gendistill.eval.runner import EvalConfig, run_loglik
+    from gendistill.eval.tasks import get_task
+    from tests.eval.conftest import write_jsonl
+
+    rows = [{"question": f"What is the capital of country {i}?", "choices": ["Paris", "Rome", "Berlin is it", "123"],
+             "answer_idx": i % 4} for i in range(8)]
+    data = write_jsonl(tmp_path / "quiz.jsonl", rows)
+    (tmp_path / "quiz_mc.yaml").write_text(
+        "task: quiz_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer_idx\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    model = model_factory(tok)
+    lm = make_lm(model, tok, batch_size=4)
+    res = simple_evaluate(model=lm, tasks=["quiz_mc"], task_manager=TaskManager(include_path=str(tmp_path)))
+    theirs = res["results"]["quiz_mc"]
+
+    task = get_task(str(data))
+    exs = task.load()
+    row, _ = run_loglik(model, tok, task, exs, exs, EvalConfig(models=["x"], show_progress=False), "x")
+    assert row["acc_raw"] == pytest.approx(theirs["acc,none"])
+    assert row["acc_norm"] == pytest.approx(theirs["acc_norm,none"])
