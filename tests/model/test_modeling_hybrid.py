@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -124,7 +125,9 @@ def test_save_load_roundtrip_and_fresh_process(tmp_path, family):
     _, student = student_of(family)
     out = save_student(student, None, tmp_path / "student")
     assert (out / "model.safetensors").is_file()
-    assert out.stat().st_mode & 0o055 == (tmp_path.stat().st_mode & 0o055)  # same group/other access as its parent
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0700
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]  # no temporary left behind
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "hybrid_kda" and config["base_model_type"] == family
