@@ -125,7 +125,7 @@ def markdown(results: dict[str, Any]) -> str:
         for f in fid:
             lines.append(
                 f"| {f['student']} | {f.get('task', 'chat held-out')} | {_pct(f.get('exact_match'))} | "
-                f"{f.get('mean_first_divergence', '–') if f.get('mean_first_divergence') is None else round(f['mean_first_divergence'], 1)} | "
+                f"{'–' if f.get('mean_first_divergence') is None else round(f['mean_first_divergence'], 1)} | "
                 f"{_pct(f.get('top1_agreement'))} | "
                 f"{'–' if f.get('kl_teacher_student') is None else round(f['kl_teacher_student'], 4)} |"
             )
