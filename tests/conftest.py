@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -37,9 +34,3 @@ def make_teacher(family: str, seed: int = 0, **overrides):
 def family(request) -> str:
     return request.param
 
-
-def shared_data_dir() -> Path | None:
-    env = os.environ.get("GENDISTILL_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    return next((p for p in candidates if p.is_dir()), None)

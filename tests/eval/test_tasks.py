@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gendistill.errors import ConfigError, DataError
-from gendistill.eval._io import data_dir
+from gendistill.io import data_dir
 from gendistill.eval.tasks import (
     MULTIPLE_CHOICE,
     SHORT_ANSWER,
@@ -98,7 +98,7 @@ def test_bad_mc_record_names_file_line_and_field(tmp_path, row, needle):
 def test_bad_json_line(tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_text('{"question": "q", "choices": ["a","b"], "answer_idx": 0}\n{"question": \n')
-    with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl:2: malformed JSON line"):
         get_task("mc:" + str(f)).load()
 
 

@@ -20,6 +20,7 @@ from gendistill.bench.models import build_models, count_params, layer_type_count
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
 from gendistill.bench.timing import measure, sync
+from gendistill.io import atomic_write_json
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ROLES = ("teacher", "student")
@@ -116,9 +117,7 @@ class Runner:
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.results["elapsed_s"] = round(self.log.elapsed(), 2)
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.results, indent=2, default=_json_default))
-        tmp.replace(self.json_path)
+        atomic_write_json(self.json_path, self.results)
 
     def _guard(self, entry: dict, what: str, fn: Callable[[], None]) -> None:
         """Run one measurement; OOM and other failures are recorded in ``entry['errors']`` and the run goes on."""

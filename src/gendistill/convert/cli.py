@@ -53,10 +53,10 @@ def convert_command(
         torch.manual_seed(seed)
         student = convert_teacher(model, attention_layers, kda_kv_mode=kv_mode, kda_gate_activation=gate_activation,
                                   kda_conv_activation=conv_act)
-    with console.status(f"Saving to {out}"):
-        save_student(student, tokenizer, out, overwrite=overwrite)
     summary = summarize(teacher, model, student)
-    (out / "SUMMARY.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    with console.status(f"Saving to {out}"):
+        save_student(student, tokenizer, out, overwrite=overwrite,
+                     extra_files={"SUMMARY.json": json.dumps(summary.to_dict(), indent=2) + "\n"})
 
     table = Table(title=f"{teacher} -> hybrid student ({summary.family})", show_lines=False)
     table.add_column("")

@@ -89,9 +89,11 @@ def _fit_projection(weight: torch.Tensor, target: torch.Tensor, proj: str, confi
     raise GendistillError(f"cannot fit teacher {proj} of shape {tuple(weight.shape)} into {tuple(target.shape)}")
 
 
-def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overwrite: bool = False) -> Path:
+def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overwrite: bool = False,
+                 extra_files: dict[str, str] | None = None) -> Path:
     """Save model (safetensors), config and tokenizer (with its chat template) into ``out_dir`` atomically: written to
-    a temporary sibling folder first and renamed into place, so a crash never leaves a half-written student."""
+    a temporary sibling folder first and renamed into place, so a crash never leaves a half-written student.
+    ``extra_files`` (name -> text) are written into the folder before the rename."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
@@ -102,6 +104,8 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
         student.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -14,8 +14,6 @@ document of the mixture, at token ``offset``. Restoring it re-reads (but does no
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import torch
 
 from gendistill.distill.config import DataConfig, SourceConfig
 from gendistill.errors import DataError
+from gendistill.io import iter_jsonl, open_text
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".txt", ".txt.gz")
 _MIX_BLOCK = 4096
@@ -38,28 +37,15 @@ class NothingToDistillError(DataError):
 
 
 # ------------------------------------------------------------------------------------------------------------ reading
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
-    return open(path, encoding="utf-8")
-
-
 def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(origin, record)`` for one local file; ``origin`` is ``file:line`` (or ``file[row]``)."""
     name = path.name
     try:
         if name.endswith((".jsonl", ".jsonl.gz")):
-            with _open_text(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})") from None
-                    yield f"{path}:{lineno}", rec
+            for lineno, rec in iter_jsonl(path):
+                yield f"{path}:{lineno}", rec
         elif name.endswith((".json", ".json.gz")):
-            with _open_text(path) as f:
+            with open_text(path) as f:
                 try:
                     data = json.load(f)
                 except json.JSONDecodeError as e:
@@ -78,7 +64,7 @@ def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
                     yield f"{path}[{row}]", rec
                     row += 1
         elif name.endswith((".txt", ".txt.gz")):
-            with _open_text(path) as f:
+            with open_text(path) as f:
                 text = f.read()
             if text.strip():
                 yield str(path), {"text": text}

@@ -29,6 +29,7 @@ from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, barrier, init_world
 from gendistill.distill.freezing import apply_trainable
 from gendistill.distill.metrics import MetricsLogger
+from gendistill.io import atomic_write_json
 from gendistill.distill.trainer import StageResult, run_stage
 from gendistill.errors import ConfigError, GendistillError
 
@@ -39,9 +40,7 @@ def _progress(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_progress(run_dir: Path, prog: dict[str, Any]) -> None:
-    tmp = run_dir / ".progress.json.tmp"
-    tmp.write_text(json.dumps(prog, indent=1))
-    tmp.replace(run_dir / "progress.json")
+    atomic_write_json(run_dir / "progress.json", prog)
 
 
 def _teacher_dtype(recipe: Recipe, world: World) -> torch.dtype:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gendistill.errors import DataError, GendistillError
-from gendistill.eval._io import data_dir, iter_jsonl
+from gendistill.io import data_dir, iter_jsonl
 from gendistill.eval.progress import progress
 from gendistill.eval.prompts import apply_chat
 

@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from gendistill.eval._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gendistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from gendistill.eval.extract import LETTERS
 
 

@@ -29,7 +29,7 @@ import torch
 
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import report as R
-from gendistill.eval._io import atomic_write_jsonl
+from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.generate import generate
 from gendistill.eval.loglik import mc_metrics, score_requests
@@ -371,7 +371,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 def _write_partial(out: Path, cfg: EvalConfig, labels: list[str], tasks: list[Task], rows: list[dict],
                    skipped: list[dict], example_files: list[str], t_start: float) -> None:
-    from gendistill.eval._io import atomic_write_json  # noqa: PLC0415
+    from gendistill.io import atomic_write_json  # noqa: PLC0415
 
     atomic_write_json(out / "results.partial.json", {
         "meta": {"models": labels, "teacher": labels[0], "tasks": [t.name for t in tasks], "limit": cfg.limit,

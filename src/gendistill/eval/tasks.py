@@ -26,7 +26,7 @@ import yaml
 
 from gendistill.errors import ConfigError, DataError
 from gendistill.eval import extract as X
-from gendistill.eval._io import data_dir, iter_jsonl
+from gendistill.io import data_dir, iter_jsonl
 from gendistill.eval.prompts import format_options, letters_for, render
 
 MULTIPLE_CHOICE = "multiple_choice"

@@ -1,5 +1,5 @@
-"""Small file helpers shared by the evaluation modules: locating ``shared/data``, reading (gzip) JSONL with errors
-that name the file and line, and atomic writes (temp file + ``os.replace``) so that an interrupted run never leaves a
+"""File helpers shared by every sub-package: locating ``shared/data``, reading (gzip) JSONL with errors that name
+the file and line, and atomic writes (temp file + ``os.replace``) so that an interrupted run never leaves a
 half-written result behind."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def data_dir() -> Path | None:
     if env:
         return Path(env)
     here = Path(__file__).resolve()
-    # src/gendistill/eval/_io.py -> repo root is parents[3]
-    for root in (here.parents[3], Path.cwd()):
+    # src/gendistill/io.py -> repo root is parents[2]
+    for root in (here.parents[2], Path.cwd()):
         cand = root.parent / "shared" / "data"
         if cand.is_dir():
             return cand
@@ -51,7 +51,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield lineno, obj
