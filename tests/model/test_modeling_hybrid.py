@@ -190,3 +190,32 @@ def test_bfloat16_forward_keeps_recurrence_parameters_in_float32():
     with torch.no_grad():
         logits = student(x).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_all_kda_student_decodes_and_generates():
+    """``--attention-layers none``: the cache holds only linear-attention layers (no sequence length to read)."""
+    _, student = student_of("qwen3", spec="none")
+    x = torch.randint(1, 256, (2, 12))
+    with torch.no_grad():
+        full = student(x).logits
+        out = student(x[:, :7], use_cache=True)
+        steps, cache = [out.logits], out.cache
+        for t in range(7, 12):
+            out = student(x[:, t:t + 1], cache=cache, use_cache=True)
+            steps.append(out.logits)
+            cache = out.cache
+        assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-4
+        mask = torch.ones_like(x)
+        mask[0, :4] = 0
+        batched = student.generate(x, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        alone = student.generate(x[:1, 4:], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(batched[0, 12:], alone[0, 8:])
+
+
+def test_student_inherits_the_teacher_generation_config():
+    teacher = make_teacher("qwen2")
+    teacher.generation_config.eos_token_id = [5, 7]
+    teacher.generation_config.temperature = 0.6
+    student = convert_teacher(teacher, "0")
+    assert student.generation_config.eos_token_id == [5, 7]
+    assert student.generation_config.temperature == 0.6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import uuid
@@ -70,6 +71,8 @@ def convert_teacher(teacher: PreTrainedModel, attention_layers: str | list[int],
     unexpected_missing = [k for k in missing if ".linear_attn." not in k and k != "lm_head.weight"]
     if unexpected_missing:
         raise GendistillError(f"conversion left student weights without a teacher source: {unexpected_missing[:5]}")
+    # generate() should behave like the teacher's: same stop tokens and default sampling settings
+    student.generation_config = copy.deepcopy(teacher.generation_config)
     if config.tie_word_embeddings:
         student.tie_weights()
     elif "lm_head.weight" in missing:

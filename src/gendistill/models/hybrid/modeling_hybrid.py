@@ -151,19 +151,18 @@ class HybridModel(HybridPreTrainedModel):
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
+        has_attention = bool(self.config.attention_layers)
         if position_ids is None:
-            past_seen = cache.get_seq_length() if cache is not None else 0
+            # a cache of linear layers only (an all-KDA student) has no sequence length; KDA uses no positions
+            past_seen = cache.get_seq_length() if cache is not None and has_attention else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
         if not isinstance(mask_mapping := attention_mask, dict):
             mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                cache=cache, position_ids=position_ids)
-            mask_mapping = {
-                "full_attention": create_causal_mask(**mask_kwargs),
-                LINEAR_TYPE: create_recurrent_attention_mask(**mask_kwargs),
-            }
-            if "sliding_attention" in self.config.layer_types:
-                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask,
+                        LINEAR_TYPE: create_recurrent_attention_mask}
+            mask_mapping = {kind: builders[kind](**mask_kwargs) for kind in set(self.config.layer_types)}
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)

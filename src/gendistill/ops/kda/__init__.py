@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -24,7 +25,12 @@ def fla_available() -> bool:
         return False
     try:
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the installation
+    except Exception as e:  # pragma: no cover - depends on the installation
+        if os.environ.get("GENDISTILL_KDA_BACKEND") != "torch":
+            warnings.warn(f"CUDA is available but fla's KDA kernels cannot be imported ({type(e).__name__}: {e}); "
+                          "falling back to the pure-PyTorch KDA, which is much slower and uses far more memory. "
+                          "Install flash-linear-attention>=0.6 (or set GENDISTILL_KDA_BACKEND=torch to silence this).",
+                          stacklevel=2)
         return False
     return True
 
