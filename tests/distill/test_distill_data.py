@@ -363,3 +363,15 @@ def test_skip_empty_counts_and_skips_records_with_nothing_to_distill(tmp_path, t
     src1 = SourceConfig(path=str(tmp_path / "t1.jsonl"), format="prompt_response")
     with pytest.raises(DataError, match="missing field 'response'"):
         PackedStream(_data(src1, skip_empty=True), tok, 8, "completion_only").validate()
+
+
+@pytest.mark.parametrize("reply", ["a", "s", "t", "<"])
+def test_short_reply_is_not_found_inside_the_template_markup(tok, reply):
+    """A one-character reply also occurs inside '<|im_start|>assistant': the mask must cover the real reply."""
+    src = SourceConfig(path="mem", format="chat")
+    enc = Encoder(tok, src, "completion_only", _data(src))
+    msgs = [{"role": "user", "content": "Is it true?"}, {"role": "assistant", "content": reply},
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": reply}]
+    e = enc.encode({"messages": msgs}, "m")
+    assert _decode_masked(tok, e, 1) == f"{reply}<|im_end|>{reply}<|im_end|>"
+    assert tok.decode(e.input_ids) == tok.apply_chat_template(msgs, tokenize=False)

@@ -410,6 +410,14 @@ class Encoder:
                     if k >= 0:
                         cursor = k + len(c)
                 continue
+            # The reply starts after the rendered prompt up to this turn: search from there, so a short reply cannot be
+            # "found" inside the template's own markup (e.g. an "a" inside "<|im_start|>assistant").
+            try:
+                prefix = self._render(messages[:i], add_generation_prompt=True) if i else ""
+            except Exception:  # noqa: BLE001 - some templates refuse partial conversations; keep the running cursor
+                prefix = ""
+            if prefix and text.startswith(prefix):
+                cursor = max(cursor, len(prefix))
             content = m["content"]
             k = text.find(content, cursor) if content else -1
             if k < 0:
