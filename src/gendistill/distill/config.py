@@ -141,7 +141,7 @@ class TrainableConfig(_Strict):
 
 _DEFAULT_TRAINABLE: dict[str, list[str]] = {
     "stage1": ["kda"],
-    "stage2": ["kda", "mlp", "norms"],
+    "stage2": ["kda"],  # paper Fig. 1: MLPs and norms train only from Stage 3 on
     "stage3a": ["kda", "mlp", "norms"],
     "stage3b": ["kda", "mlp", "norms"],
 }
@@ -159,7 +159,8 @@ class StageConfig(_Strict):
     grad_accumulation: int | Literal["auto"] = "auto"
     optim: OptimConfig
     loss: LossConfig | None = None
-    masking: Literal["completion_only", "all_tokens"] = "all_tokens"
+    masking: Literal["completion_only", "all_tokens"] | None = Field(
+        default=None, description="default: completion_only for stage3b (instruction KD), all_tokens otherwise")
     trainable: TrainableConfig | None = None
     gradient_checkpointing: bool = False
     eval_every: int | None = Field(default=None, gt=0, description="steps between held-out evaluations")
@@ -181,6 +182,8 @@ class StageConfig(_Strict):
             raise ValueError(f"loss.kind {self.loss.kind!r} is a hidden-state loss; {self.name} needs a logit loss")
         if self.trainable is None:
             self.trainable = TrainableConfig(groups=list(_DEFAULT_TRAINABLE[self.name]))  # type: ignore[arg-type]
+        if self.masking is None:
+            self.masking = "completion_only" if self.name == "stage3b" else "all_tokens"
         if self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size is larger than batch_size")
         return self

@@ -167,6 +167,8 @@ def run_stage(
         resumed_from = step
     result = StageResult(stage.name, step, tokens, selection=selection, resumed_from=resumed_from)
     if step >= total_steps:
+        if stage.gradient_checkpointing:  # nothing to train: leave the student as the next stage expects it
+            _disable_gradient_checkpointing(student)
         return result
 
     batches = BatchStream(packed, stage.batch_size, stage.micro_batch_size, world.rank, world.world_size, stream_state)
