@@ -40,3 +40,11 @@ def test_decode_with_cached_prefix_equals_full():
     for t in range(4, 12):  # the cache keeps the last W inputs; the new token is appended to them
         step = causal_conv1d(x[..., t - 4: t + 1], w, b, out_len=1)
         assert torch.allclose(step[..., 0], full[..., t], atol=1e-12)
+
+
+def test_packed_documents_with_silu_and_empty_and_short_documents():
+    x, w, b = torch.randn(1, 3, 15, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    cu = torch.tensor([0, 1, 1, 3, 15])  # documents of 1, 0, 2 and 12 tokens
+    y = causal_conv1d(x, w, b, activation="silu", cu_seqlens=cu)
+    for a, e in [(0, 1), (1, 3), (3, 15)]:
+        assert torch.allclose(y[..., a:e], torch.nn.functional.silu(loop_conv(x[..., a:e], w, b)), atol=1e-12)

@@ -28,16 +28,26 @@ def causal_conv1d(
         ``[B, D, out_len]``.
     """
     D, W = weight.shape
+    weight = weight.to(x.dtype)
     if cu_seqlens is not None:
-        bounds = cu_seqlens.tolist()
-        y = torch.cat(
-            [causal_conv1d(x[..., s:e], weight, bias, activation) for s, e in zip(bounds[:-1], bounds[1:])], dim=-1
-        )
+        # One pass per tap, each tap masked where it would reach before the token's document start: no host sync and
+        # no per-document launches, whatever the number of documents.
+        L = x.shape[-1]
+        idx = torch.arange(L, device=x.device)
+        cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+        pos_in_doc = idx - cu[torch.searchsorted(cu[1:], idx, right=True)]
+        y = torch.zeros_like(x)
+        for j in range(W):
+            back = W - 1 - j
+            shifted = F.pad(x, (back, 0))[..., :L] if back else x
+            y = y + weight[:, j, None] * shifted * (pos_in_doc >= back).to(x.dtype)
+        if bias is not None:
+            y = y + bias.to(x.dtype)[:, None]
     else:
-        y = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
+        y = F.conv1d(x, weight.unsqueeze(1), None if bias is None else bias.to(x.dtype),
                      padding=W - 1, groups=D)[..., : x.shape[-1]]
-        if activation == "silu":
-            y = F.silu(y)
-        elif activation is not None:
-            raise ValueError(f"unsupported conv activation {activation!r} (use None or 'silu')")
+    if activation == "silu":
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"unsupported conv activation {activation!r} (use None or 'silu')")
     return y if out_len is None else y[..., -out_len:]
