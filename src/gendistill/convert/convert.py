@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ from transformers import PreTrainedModel
 
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.errors import GendistillError
+from gendistill.io import publish_dir
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
 from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE
 from gendistill.models.hybrid.families import get_family
@@ -109,14 +109,7 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from gendistill.io import publish_dir
+
 _STEP_RE = re.compile(r"^step-(\d{8})$")
 
 
@@ -87,10 +89,7 @@ def commit_checkpoint(
         json.dump(state, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    final = stage_dir / f"step-{step:08d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = publish_dir(tmp, stage_dir / f"step-{step:08d}")
     for _, old in list_checkpoints(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

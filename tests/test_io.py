@@ -1,0 +1,42 @@
+"""Shared file helpers: JSONL errors name file and line; folders and files are published atomically."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from gendistill.errors import DataError
+from gendistill.io import atomic_write_json, iter_jsonl, publish_dir
+
+
+def test_iter_jsonl_reads_gzip_and_names_the_bad_line(tmp_path):
+    p = tmp_path / "d.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"a": 1}\n\n{"a": 2}\n{"a": \n')
+    with pytest.raises(DataError, match=r"d\.jsonl\.gz:4: malformed JSON line"):
+        list(iter_jsonl(p))
+    p.write_bytes(gzip.compress(b'{"a": 1}\n[1, 2]\n'))
+    with pytest.raises(DataError, match=r":2: expected a JSON object, got list"):
+        list(iter_jsonl(p))
+    with pytest.raises(DataError, match="file not found"):
+        list(iter_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_publish_dir_replaces_an_existing_folder_without_leftovers(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    tmp = tmp_path / ".model.tmp"
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    publish_dir(tmp, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_write_json_leaves_no_temporary(tmp_path):
+    atomic_write_json(tmp_path / "r.json", {"x": 1})
+    atomic_write_json(tmp_path / "r.json", {"x": 2})
+    assert (tmp_path / "r.json").read_text().strip().endswith("}")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
