@@ -14,7 +14,7 @@ from gendistill.distill.checkpoint import latest_checkpoint, list_checkpoints
 from gendistill.distill.config import parse_recipe
 from gendistill.distill.pipeline import run_recipe
 from gendistill.distill.trainer import TrainingDivergedError
-from gendistill.errors import ConfigError
+from gendistill.errors import ConfigError, GendistillError
 
 STAGE_DEFAULTS = {
     "stage1": {"optim": {"lr": 1e-2, "schedule": "constant"}},
@@ -287,3 +287,11 @@ def test_gradient_checkpointing_is_per_stage(tmp_path, teacher, tok, monkeypatch
     out = run_recipe(recipe, teacher=teacher, tokenizer=tok)
     assert all(seen["stage3a"]) and not any(seen["stage3b"])
     assert not any(layer.gradient_checkpointing for layer in out["student"].model.layers)
+
+
+def test_resume_with_changed_stage_settings_is_refused(tmp_path, teacher, tok):
+    cut = make_recipe(tmp_path, ["stage3a"], steps=6)
+    run_recipe(cut, teacher=teacher, tokenizer=tok, stop_after=2)
+    changed = make_recipe(tmp_path, ["stage3a"], steps=6, stage3a={"seq_len": 48})
+    with pytest.raises(GendistillError, match="changed since checkpoint"):
+        run_recipe(changed, teacher=teacher, tokenizer=tok, resume=True)

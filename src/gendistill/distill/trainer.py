@@ -4,6 +4,8 @@ cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient chec
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -159,9 +161,15 @@ def run_stage(
     )
 
     step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
+    fingerprint = stage_fingerprint(stage, data)
     ck = latest_checkpoint(stage_dir) if resume else None
     if ck is not None:
         st = load_checkpoint(ck, student, optimizer, rank=world.rank)
+        if st.get("fingerprint", fingerprint) != fingerprint:
+            raise GendistillError(
+                f"{where} ({stage.name}): the recipe's stage or data settings changed since checkpoint {ck}; its data "
+                "position would no longer match. Resume with the recipe the run started with, or pass --overwrite."
+            )
         step, tokens = int(st["step"]), int(st["tokens"])
         stream_state = StreamState.from_dict(st["stream"])
         resumed_from = step
@@ -259,7 +267,8 @@ def run_stage(
             stop_now = stop_after is not None and n_this >= stop_after
             if step % ckpt_every == 0 or step == total_steps or stop_now:
                 last_ckpt = save_checkpoint(
-                    stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps
+                    stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps,
+                    fingerprint,
                 )
             if stop_now:
                 break
@@ -274,6 +283,13 @@ def run_stage(
     return result
 
 
+def stage_fingerprint(stage: StageConfig, data: DataConfig) -> str:
+    """Hash of everything that fixes a stage's step count and data stream (stage settings and data sources): a
+    checkpoint's stream position is only meaningful under the same values."""
+    payload = json.dumps([stage.model_dump(mode="json"), data.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def save_checkpoint(
     stage_dir: Path,
     step: int,
@@ -285,6 +301,7 @@ def save_checkpoint(
     world: World,
     stage_name: str,
     total_steps: int,
+    fingerprint: str = "",
 ) -> Path:
     tmp = tmp_dir_for(stage_dir, step)
     if world.is_main:
@@ -301,6 +318,7 @@ def save_checkpoint(
             "total_steps": total_steps,
             "stream": stream.to_dict(),
             "world_size": world.world_size,
+            "fingerprint": fingerprint,
         }
         final = commit_checkpoint(stage_dir, step, student, optimizer, state, run.keep_checkpoints)
     barrier(world)
