@@ -14,14 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from _distill_helpers import _train_tokenizer, chat_records, text_records, tiny_llama, write_jsonl  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared, oversubscribed 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="session")
 def tok():
