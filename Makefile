@@ -24,6 +24,8 @@ demo: $(STAMP)
 	$(VENV)/bin/gendistill convert --teacher smollm2-135m-instruct --attention-layers every:4 --out runs/smollm2-135m-hybrid --overwrite
 	$(VENV)/bin/gendistill chat --teacher smollm2-135m-instruct --student runs/smollm2-135m-hybrid \
 		--prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 32
+	@echo "The student above is fresh from conversion: its 23 KDA layers are untrained, so its text is noise until"
+	@echo "GenDistill has run (gendistill distill recipes/smollm2-135m.yaml on a GPU; recipes/tiny-cpu.yaml smoke-tests it)."
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --timeout 900
