@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 import typer
@@ -43,7 +42,3 @@ def parse_dtype(name: str) -> torch.dtype:
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    sys.exit(2)

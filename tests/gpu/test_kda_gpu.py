@@ -8,8 +8,6 @@ Tolerances (relative L2 error against a float64 reference):
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
