@@ -168,6 +168,18 @@ class StageConfig(_Strict):
     checkpoint_every: int | None = Field(default=None, gt=0)
     log_every: int = Field(default=1, gt=0)
     layers: list[int] | None = Field(default=None, description="stages 1-2: restrict to these KDA layers")
+    snapshots: list[float] = Field(
+        default_factory=list,
+        description="fractions of the stage (0 < f < 1) at which the student is also saved, as <stage>-<pct>pct/ "
+                    "(budget curves: evaluate the same run after 25 %, 50 %, ... of its tokens)")
+
+    @field_validator("snapshots")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"each snapshot is a fraction strictly between 0 and 1, got {bad[0]}")
+        return sorted(set(v))
 
     @model_validator(mode="after")
     def _fill(self) -> "StageConfig":

@@ -30,8 +30,8 @@ from gendistill.distill.distributed import World, barrier, init_world
 from gendistill.distill.freezing import apply_trainable
 from gendistill.distill.metrics import MetricsLogger
 from gendistill.io import atomic_write_json
-from gendistill.distill.trainer import StageResult, run_stage
-from gendistill.errors import ConfigError, GendistillError
+from gendistill.distill.trainer import StageResult, run_stage, save_student_folder
+from gendistill.errors import ConfigError
 
 
 def _progress(run_dir: Path) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def run_recipe(
                 gc.collect()
             if res.steps < stage.total_steps():  # stopped early (stop_after)
                 break
-            _save_stage_student(student, tokenizer, run_dir / stage.name, world)
+            save_student_folder(student, tokenizer, run_dir / stage.name, world)
             completed.append(stage.name)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed})
@@ -216,21 +216,6 @@ def run_recipe(
     finally:
         logger.close()
     return {"results": results, "student": student, "completed": completed, "run_dir": run_dir}
-
-
-def _save_stage_student(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
-    if world.is_main:
-        from gendistill.convert.convert import save_student
-
-        was = student.training
-        student.eval()
-        try:
-            save_student(student, tokenizer, out, overwrite=True)
-        except GendistillError:
-            raise
-        finally:
-            student.train(was)
-    barrier(world)
 
 
 __all__ = ["run_recipe", "build_student", "load_student_folder", "validate_data", "describe_plan", "StageConfig"]

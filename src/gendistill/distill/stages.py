@@ -118,6 +118,10 @@ class StageModule(nn.Module):
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch[self.mask_key].sum())
 
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Work on the CPU batch before it goes to the device (the trainer calls it on its data thread)."""
+        return batch
+
 
 class Stage1Module(StageModule):
     def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
@@ -170,9 +174,16 @@ class Stage3Module(StageModule):
 
     mask_key = "loss_mask"
 
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adds ``loss_index`` ``[N]``: the flat positions of the masked-in tokens, found on the CPU (a ``nonzero`` on
+        the device would stall the step until the GPU catches up)."""
+        return {**batch, "loss_index": batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)}
+
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
         ids, pos = batch["input_ids"], batch["position_ids"]
-        sel = batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)
+        sel = batch.get("loss_index")
+        if sel is None:
+            sel = batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)
         t_base = getattr(self.teacher, "model", self.teacher)
         with torch.no_grad():
             h_t = t_base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state

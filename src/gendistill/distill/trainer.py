@@ -53,6 +53,63 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def prefetch_step(batches: BatchStream, module: StageModule, device: torch.device):
+    """The next optimizer step's micro-batches, read, packed and prepared on the CPU (loss positions computed there,
+    so the step needs no host sync for them), in pinned memory on CUDA so the copies to the GPU are asynchronous.
+    Runs on the data thread."""
+    micro, state = batches.next_step()
+    micro = [module.prepare(mb) for mb in micro]
+    if device.type == "cuda":
+        micro = [{k: v.pin_memory() for k, v in mb.items()} for mb in micro]
+    return micro, state
+
+
+def train_step(
+    wrapped: nn.Module,
+    module: StageModule,
+    micro: list[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    trainable: list[nn.Parameter],
+    world: World,
+    run: RunConfig,
+    clip_grad_norm: float | None,
+) -> tuple[float, float, float, bool]:
+    """One optimizer step over its micro-batches (CPU dicts from :func:`prefetch_step`): forward and backward of each
+    (gradients accumulate; each micro-batch's loss is already divided by the global masked-in token count, so the sum
+    is the mean over the global batch), all-reduced loss, gradient clipping, and the optimizer step if the loss and
+    the gradient norm are finite. One host sync per step. Returns ``(loss, grad_norm, loss_tokens, stepped)``; when
+    ``stepped`` is False the optimizer did not run and the gradients are left for the caller to report.
+
+    This is the trainer's step; ``benchmarks/train_throughput.py`` times exactly this function."""
+    local = float(sum(module.count(b) for b in micro))
+    if world.distributed:
+        denom = float(all_reduce_sum(torch.tensor([local], device=world.device), world).item())
+    else:
+        denom = local
+    loss_sum = torch.zeros((), device=world.device)
+    if denom > 0:
+        for j, mb in enumerate(micro):
+            mb = _to(mb, world.device)
+            sync = contextlib.nullcontext()
+            if world.distributed and hasattr(wrapped, "no_sync") and j < len(micro) - 1:
+                sync = wrapped.no_sync()
+            with sync:
+                with _autocast(world, run):
+                    loss = wrapped(mb, denom)
+                # DDP averages gradients over ranks; each rank's loss is its share of the global sum
+                (loss * world.world_size if world.distributed else loss).backward()
+            loss_sum += loss.detach().float()
+    loss_t = all_reduce_sum(loss_sum, world)
+    max_norm = clip_grad_norm if clip_grad_norm is not None else float("inf")
+    gnorm_t = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else torch.zeros((), device=world.device)
+    loss_val, gnorm = torch.stack([loss_t.reshape(()).float(), gnorm_t.float().to(loss_t.device)]).tolist()
+    if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+        return loss_val, gnorm, denom, False
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_val, gnorm, denom, True
+
+
 def _use_bf16(world: World, run: RunConfig) -> bool:
     return run.precision == "bf16" or (run.precision == "auto" and world.device.type == "cuda")
 
@@ -105,8 +162,9 @@ def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(seqs), stage.micro_batch_size):
-            b = _to(collate(seqs[i : i + stage.micro_batch_size], stage.masking), world.device)
+            b = module.prepare(collate(seqs[i : i + stage.micro_batch_size], stage.masking))
             n = module.count(b)
+            b = _to(b, world.device)
             if n == 0:
                 continue
             with _autocast(world, run):
@@ -184,12 +242,13 @@ def run_stage(
     if resumed_from is not None:
         progress.message(f"[{stage.name}] resumed from {ck} at step {step}")
     ckpt_every = stage.checkpoint_every or run.checkpoint_every
+    snapshots = {max(1, round(f * total_steps)): f for f in stage.snapshots}
     trainable = [p for p in student.parameters() if p.requires_grad]
     last_ckpt: Path | None = ck
     n_this = 0
     # the next step's batches are read, tokenized and packed on a background thread while this step computes
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gendistill-data")
-    pending = pool.submit(batches.next_step)
+    pending = pool.submit(prefetch_step, batches, module, world.device)
     hooks = cast_mixer_inputs(student, torch.bfloat16) if _use_bf16(world, run) else []
     try:
         if stage.eval_every and step == 0:
@@ -203,40 +262,18 @@ def run_stage(
             lr = set_lr(optimizer, step, total_steps, opt_cfg)
             micro, new_state = pending.result()
             if step + 1 < total_steps:
-                pending = pool.submit(batches.next_step)
+                pending = pool.submit(prefetch_step, batches, module, world.device)
             assert len(micro) == accum, (len(micro), accum)
-            denom_t = torch.tensor([float(sum(module.count(b) for b in micro))], device=world.device)
-            denom = float(all_reduce_sum(denom_t, world).item())
-            loss_sum = torch.zeros((), device=world.device)
-            if denom > 0:
-                for j, mb in enumerate(micro):
-                    mb = _to(mb, world.device)
-                    sync = contextlib.nullcontext()
-                    if world.distributed and hasattr(wrapped, "no_sync") and j < len(micro) - 1:
-                        sync = wrapped.no_sync()
-                    with sync:
-                        with _autocast(world, run):
-                            loss = wrapped(mb, denom)
-                        # DDP averages gradients over ranks; each rank's loss is its share of the global sum
-                        (loss * world.world_size if world.distributed else loss).backward()
-                    loss_sum += loss.detach().float()
-            loss_val = float(all_reduce_sum(loss_sum, world).item())
-            if not math.isfinite(loss_val):
+            loss_val, gnorm, denom, stepped = train_step(
+                wrapped, module, micro, optimizer, trainable, world, run, opt_cfg.clip_grad_norm)
+            if not stepped:
                 where_ck = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                what = (f"loss is {loss_val}" if not math.isfinite(loss_val)
+                        else f"gradient norm is {gnorm} (loss {loss_val})")
                 raise TrainingDivergedError(
-                    f"{stage.name} step {step + 1}: loss is {loss_val}; stopped before the optimizer step "
+                    f"{stage.name} step {step + 1}: {what}; stopped before the optimizer step "
                     f"({where_ck}; lower the learning rate and rerun with --resume)"
                 )
-            max_norm = opt_cfg.clip_grad_norm if opt_cfg.clip_grad_norm is not None else float("inf")
-            gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-            if not math.isfinite(gnorm):
-                where_ck = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise TrainingDivergedError(
-                    f"{stage.name} step {step + 1}: gradient norm is {gnorm} (loss {loss_val}); stopped before the "
-                    f"optimizer step ({where_ck}; lower the learning rate and rerun with --resume)"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             n_this += 1
             step_tokens = stage.batch_size * stage.seq_len
@@ -270,6 +307,8 @@ def run_stage(
                     stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps,
                     fingerprint,
                 )
+            if step in snapshots:
+                save_student_folder(student, tokenizer, run_dir / snapshot_name(stage.name, snapshots[step]), world)
             if stop_now:
                 break
     finally:
@@ -281,6 +320,25 @@ def run_stage(
             _disable_gradient_checkpointing(student)
     result.steps, result.tokens = step, tokens
     return result
+
+
+def snapshot_name(stage_name: str, fraction: float) -> str:
+    """Folder name of a stage's student saved part-way: ``stage3a-25pct``."""
+    return f"{stage_name}-{round(100 * fraction)}pct"
+
+
+def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
+    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank."""
+    if world.is_main:
+        from gendistill.convert.convert import save_student  # noqa: PLC0415
+
+        was = student.training
+        student.eval()
+        try:
+            save_student(student, tokenizer, out, overwrite=True)
+        finally:
+            student.train(was)
+    barrier(world)
 
 
 def stage_fingerprint(stage: StageConfig, data: DataConfig) -> str:

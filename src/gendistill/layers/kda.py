@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gendistill.layers.norm import GatedRMSNorm
-from gendistill.ops.conv import causal_conv1d
+from gendistill.ops.conv import causal_conv1d, causal_conv1d_btd
 from gendistill.ops.kda import kda_from_projections
 from gendistill.ops.kda.gate import inverse_softplus, silu_inverse_of_one
 
@@ -117,14 +117,17 @@ class KimiDeltaAttention(nn.Module):
         if attention_mask is not None:
             m = attention_mask[:, -T:, None].to(q.dtype)
             q, k, v = q * m, k * m, v * m
-        qkv = torch.cat([q, k, v], dim=-1).transpose(1, 2)  # [B, Dq + Dk + Dv, T]
-        weight = torch.cat([c.weight.squeeze(1) for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
-        bias = (torch.cat([c.bias for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
-                if self.q_conv1d.bias is not None else None)
-        if cache is not None:
+        if cache is None:  # training / log-likelihood: one token-major conv per projection (fla's kernel on CUDA)
+            q, k, v = (causal_conv1d_btd(t, c.weight.squeeze(1), c.bias, self.conv_activation, cu_seqlens=cu_seqlens)
+                       for t, c in ((q, self.q_conv1d), (k, self.k_conv1d), (v, self.v_conv1d)))
+        else:  # generation: the cache keeps the last W - 1 inputs of all three convs channels-first
+            qkv = torch.cat([q, k, v], dim=-1).transpose(1, 2)  # [B, Dq + Dk + Dv, T]
+            weight = torch.cat([c.weight.squeeze(1) for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
+            bias = (torch.cat([c.bias for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
+                    if self.q_conv1d.bias is not None else None)
             qkv = cache.update_conv_state(qkv, self.layer_idx, conv_kernel_size=self.conv_size)
-        qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T, cu_seqlens=cu_seqlens)
-        q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
+            qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T)
+            q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
 
         q = q.reshape(B, T, H, K)
         k = k.reshape(B, T, Hkv, K)

@@ -9,6 +9,12 @@ from torch import nn
 GATE_ACTIVATIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
 
 
+def _fla_kernels(x: torch.Tensor) -> bool:
+    from gendistill.ops.kda import use_fla  # noqa: PLC0415
+
+    return use_fla(x)
+
+
 class GatedRMSNorm(nn.Module):
     """Per-head RMSNorm of the mixer output times an activated gate: ``rmsnorm(x) * weight * act(gate)``.
 
@@ -24,6 +30,15 @@ class GatedRMSNorm(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and _fla_kernels(x):
+            from fla.modules.norm.fused_norm_gate import rms_norm_gated  # noqa: PLC0415
+
+            # one Triton pass, fp32 inside, the same formula (tests/gpu checks it against the PyTorch form below)
+            return rms_norm_gated(x, gate.to(x.dtype), self.weight, None, activation=self.activation, eps=self.eps)
+        return self.reference(x, gate)
+
+    def reference(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The PyTorch form (any device): ``x``, ``gate`` ``[..., V]`` -> ``[..., V]`` in ``x.dtype``."""
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)

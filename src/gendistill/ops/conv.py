@@ -1,4 +1,5 @@
-"""Short causal depthwise convolution (the q/k/v convs of KDA) in PyTorch."""
+"""Short causal depthwise convolution (the q/k/v convs of KDA): our PyTorch form (channels-first, any device) and a
+token-major entry point that uses fla's Triton ``causal_conv1d`` on CUDA (one fused pass, packed documents included)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,33 @@ def causal_conv1d(
     elif activation is not None:
         raise ValueError(f"unsupported conv activation {activation!r} (use None or 'silu')")
     return y if out_len is None else y[..., -out_len:]
+
+
+def causal_conv1d_btd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    cu_seqlens: torch.LongTensor | None = None,
+) -> torch.Tensor:
+    """:func:`causal_conv1d` on token-major input, without a cache (training, log-likelihood, prefill).
+
+    Args:
+        x: ``[B, T, D]``.  weight: ``[D, W]``.  bias: ``[D]`` or None.  activation: None or ``"silu"``.
+        cu_seqlens: ``[N + 1]`` packed-document boundaries along T (B = 1).
+
+    Returns:
+        ``[B, T, D]``. On CUDA with fla this is fla's Triton kernel (same function: ``tests/gpu`` checks it against
+        the PyTorch form); elsewhere the PyTorch form through two transposes.
+    """
+    from gendistill.ops.kda import use_fla  # noqa: PLC0415  (ops.kda imports this module's sibling)
+
+    if use_fla(x):
+        from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d  # noqa: PLC0415
+
+        w = weight.to(x.dtype)
+        b = None if bias is None else bias.to(x.dtype)
+        y, _ = fla_causal_conv1d(x, w, b, activation=activation, backend="triton",
+                                 cu_seqlens=None if cu_seqlens is None else cu_seqlens.to(torch.int32))
+        return y
+    return causal_conv1d(x.transpose(1, 2), weight, bias, activation, cu_seqlens=cu_seqlens).transpose(1, 2)

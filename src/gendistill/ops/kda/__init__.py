@@ -23,6 +23,9 @@ def fla_available() -> bool:
     """True when fla's KDA kernels can run here (fla importable and CUDA present)."""
     if not torch.cuda.is_available():
         return False
+    from gendistill.ops.fla_configs import activate  # noqa: PLC0415
+
+    activate()  # shipped kernel configurations for this GPU: no minutes of autotuning on a fresh machine
     try:
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the installation
