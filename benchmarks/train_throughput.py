@@ -1,54 +1,74 @@
-"""Stage 3a training throughput: tokens/s, MFU and peak memory of one GenDistill optimizer step (teacher forward +
-student forward/backward + AdamW) on a Qwen3-0.6B-shaped teacher and its Hybrid-KDA student (random weights).
+"""GenDistill training throughput: tokens/s, MFU and peak memory of the trainer's own optimizer step
+(:func:`gendistill.distill.trainer.train_step`: teacher forward + student forward/backward + clipping + fused AdamW)
+on a teacher and its Hybrid-KDA student with random weights, for stage 1, stage 2 and stage 3a, over a sweep of
+micro-batch sizes, with the time from process start to the first finished optimizer step.
 
-    python benchmarks/train_throughput.py                      # on one GPU: batch 4 x 4096, writes
-                                                               #   docs/results/train_throughput_<card>.json
-    python benchmarks/train_throughput.py --loss full          # the naive baseline: full-vocabulary fp32 KL
-    python benchmarks/train_throughput.py --tiny               # CPU smoke test (< 1 min), tiny shapes
+    python benchmarks/train_throughput.py                       # Qwen3-0.6B shape, stage 3a, batch 16 x 4096
+    python benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 --micro-batches 16,32
+    python benchmarks/train_throughput.py --stages stage1,stage2,stage3a --micro-batches 4,8,16
+    python benchmarks/train_throughput.py --profile runs/profile   # per-op CUDA time of one step (torch.profiler)
+    python benchmarks/train_throughput.py --dump-fla-configs DIR   # write fla's autotuned kernel configurations
+    python benchmarks/train_throughput.py --tiny                # CPU smoke test (< 1 min), tiny shapes
 
-The step is the trainer's own code path (:class:`gendistill.distill.stages.Stage3Module`, the chunked KL, fused
-AdamW over the stage 3a trainable groups: KDA mixers + MLPs + norms; embeddings, lm_head and attention frozen).
+Writes ``docs/results/train_throughput_<config>_<card>.json`` (``--out`` to change): one row per (stage, micro-batch,
+checkpointing) and ``first_step_s``, the seconds from process start to the end of the first optimizer step (on a
+fresh machine this includes fla's Triton compilation; gendistill ships tuned kernel configurations for the H200,
+``gendistill/ops/fla_config_files``, so no autotuning happens: run with ``TRITON_CACHE_DIR=$(mktemp -d)`` to measure
+a fresh machine).
 
-FLOPs counted per step (``T`` tokens, weight matmuls as 2 FLOPs per multiply-add):
+FLOPs counted per stage-3a step (``T`` tokens, weight matmuls as 2 FLOPs per multiply-add):
 * teacher forward: ``2 * N_teacher_matmul * T`` + causal attention ``2 * T_seq * T * H * d_head`` per layer (QK and PV,
   halved by causality) + the lm_head on the masked-in tokens;
 * student forward + backward: trainable weight matmuls ``6 * N * T``; frozen ones that still pass gradients
   (attention, lm_head) ``4 * N * T``; attention layers ``3x`` their forward attention FLOPs; the KDA recurrence
   (chunked form, ``~ 2 * T * H * (C*K + C*V + 2*K*V)`` forward, ``3x`` for forward + backward).
-MFU = counted FLOPs / (step time x peak dense bf16 FLOP/s of the card).
+Recomputation under gradient checkpointing is not counted. MFU = counted FLOPs / (step time x peak dense bf16 FLOP/s
+of the card). Stages 1 and 2 are reported in tokens/s only.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
-import torch
+T_START = time.perf_counter()  # before torch is imported: "first step" latency counts the imports too
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
+CONFIGS = ("qwen3-0.6b", "smollm2-135m")
 
 
-def qwen3_config(tiny: bool):
-    from transformers import Qwen3Config
+def model_config(name: str, tiny: bool):
+    """A random-weight teacher config of the shape of ``name`` (``tiny``: 4 layers, small widths)."""
+    from transformers import LlamaConfig, Qwen3Config
 
     if tiny:
         return Qwen3Config(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=16, vocab_size=2048, tie_word_embeddings=True,
                            max_position_embeddings=4096)
-    return Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                       max_position_embeddings=40960)
+    if name == "qwen3-0.6b":
+        return Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                           num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                           max_position_embeddings=40960)
+    # SmolLM2-135M-Instruct (the embedded teacher's shape)
+    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                       rope_theta=100000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)
 
 
+def attention_layers(name: str, tiny: bool):
+    return [0, 2] if tiny else (PAPER_LAYERS if name == "qwen3-0.6b" else "every:4")
 def card_name(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
@@ -88,60 +108,63 @@ def count_flops(teacher, student, cfg, batch: int, seq: int, chunk: int = 64) ->
     return {"teacher_forward": teacher_f, "student_forward_backward": student_f, "total": teacher_f + student_f}
 
 
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--config", choices=CONFIGS, default="qwen3-0.6b", help="teacher shape (random weights)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (smoke test)")
-    ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 4; tiny 2)")
+    ap.add_argument("--stages", default="stage3a", help="comma-separated: stage1, stage2, stage3a")
+    ap.add_argument("--batch", type=int, default=None, help="sequences per optimizer step (default 16; tiny 2)")
+    ap.add_argument("--micro-batches", default=None, help="comma-separated micro-batch sizes to sweep (default: "
+                                                          "the batch, i.e. no accumulation; tiny 1,2)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 4096; tiny 128)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
-    ap.add_argument("--loss", choices=["chunked", "full"], default="chunked",
-                    help="chunked KL (ours) or the naive full-vocabulary fp32 KL")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per row (default 6; tiny 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first per row (default 2; tiny 1)")
+    ap.add_argument("--grad-ckpt", choices=["off", "on", "both"], default="off", help="gradient checkpointing")
     ap.add_argument("--chunk-size", type=int, default=4096, help="tokens per chunk of the vocabulary projection")
-    ap.add_argument("--no-grad-ckpt", action="store_true", help="turn gradient checkpointing off")
     ap.add_argument("--docs-per-seq", type=int, default=1, help="pack this many documents per sequence")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: from the card)")
-    ap.add_argument("--out", type=str, default=None, help="JSON path (default docs/results/train_throughput_<card>.json)")
+    ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
+    ap.add_argument("--dump-fla-configs", default=None, help="folder: write fla's autotuned kernel configurations")
+    ap.add_argument("--out", type=str, default=None, help="JSON path (default docs/results/"
+                                                          "train_throughput_<config>_<card>.json)")
     args = ap.parse_args()
 
     from gendistill.convert import convert_teacher
-    from gendistill.distill.config import LossConfig, StageConfig
+    from gendistill.distill.config import LossConfig, RunConfig, StageConfig
+    from gendistill.distill.distributed import World
     from gendistill.distill.freezing import apply_trainable, param_groups
-    from gendistill.distill.losses import full_logit_loss
-    from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
+    from gendistill.distill.stages import build_stage_module, cast_mixer_inputs
+    from gendistill.distill.trainer import (_disable_gradient_checkpointing, _enable_gradient_checkpointing,
+                                            prefetch_step, train_step)
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     tiny = args.tiny
-    B = args.batch or (2 if tiny else 4)
+    B = args.batch or (2 if tiny else 16)
     S = args.seq or (128 if tiny else 4096)
-    steps = args.steps or (3 if tiny else 10)
-    warm = args.warmup if args.warmup is not None else (1 if tiny else 3)
-    cfg = qwen3_config(tiny)
+    micro_sizes = [int(x) for x in (args.micro_batches or ("1,2" if tiny else str(B))).split(",")]
+    steps = args.steps or (2 if tiny else 6)
+    warm = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    stages = [x.strip() for x in args.stages.split(",") if x.strip()]
+    ckpts = {"off": [False], "on": [True], "both": [False, True]}[args.grad_ckpt]
+    cfg = model_config(args.config, tiny)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    print(f"building Qwen3{'-tiny' if tiny else '-0.6B'}-shaped teacher + hybrid student on {dev} ...", flush=True)
-    teacher = Qwen3ForCausalLM(cfg).to(dev)
-    layers = [0, 2] if tiny else PAPER_LAYERS
+    print(f"building {args.config}{'-tiny' if tiny else ''}-shaped teacher + hybrid student on {dev} ...", flush=True)
+    teacher = AutoModelForCausalLM.from_config(cfg).to(dev)
+    layers = attention_layers(args.config, tiny)
     student = convert_teacher(teacher, layers).to(device=dev, dtype=torch.float32)
     student.upcast_recurrence_parameters()
     if dev.type == "cuda":
         teacher = teacher.to(torch.bfloat16)
     teacher.eval().requires_grad_(False)
-    stage = StageConfig(name="stage3a", steps=1, seq_len=S, batch_size=B, micro_batch_size=B,
-                        optim={"lr": 2.5e-5, "weight_decay": 0.1}, loss=LossConfig(chunk_size=args.chunk_size),
-                        gradient_checkpointing=not args.no_grad_ckpt)
-    apply_trainable(student, stage.trainable)
-    if stage.gradient_checkpointing:
-        from gendistill.distill.trainer import _enable_gradient_checkpointing
-
-        _enable_gradient_checkpointing(student, "benchmark")
     student.train()
-    module = Stage3Module(student, teacher, stage)
-    if dev.type == "cuda":  # as the trainer does under bf16 autocast: one dtype into the KDA kernels
-        cast_mixer_inputs(student, torch.bfloat16)
-    opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
+    world = World(rank=0, world_size=1, local_rank=0, device=dev)
+    run = RunConfig(output_dir="unused", precision="auto", progress="none", tensorboard=False)
+    hooks = cast_mixer_inputs(student, torch.bfloat16) if dev.type == "cuda" else []
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
@@ -149,90 +172,130 @@ def main() -> None:
     pos = torch.cat([torch.arange(L)] * args.docs_per_seq + [torch.arange(S - L * args.docs_per_seq)])[None].expand(B, -1)
     mask = torch.ones(B, S, dtype=torch.bool)
     mask[:, -1] = False
-    batch = {"input_ids": ids, "position_ids": pos.contiguous(), "loss_mask": mask,
-             "labels": torch.where(mask, torch.roll(ids, -1, 1), -100), "token_mask": mask}
-    batch = {k: v.to(dev) for k, v in batch.items()}
-    denom = float(mask.sum())
+    full = {"input_ids": ids, "position_ids": pos.contiguous(), "loss_mask": mask,
+            "labels": torch.where(mask, torch.roll(ids, -1, 1), -100), "token_mask": mask}
 
-    def full_loss_step():
-        with torch.no_grad():
-            t_logits = teacher(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        s_logits = student(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        sel = batch["loss_mask"].reshape(-1)
-        per = full_logit_loss(s_logits.reshape(-1, cfg.vocab_size)[sel].float(),
-                              t_logits.reshape(-1, cfg.vocab_size)[sel].float(), batch["labels"].reshape(-1)[sel],
-                              stage.loss)
-        return per.sum() / denom
+    class FixedBatches:  # the trainer's data interface, always the same global batch
+        def __init__(self, micro: int):
+            self.micro = micro
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def step():
-        with amp:
-            loss = module(batch, denom) if args.loss == "chunked" else full_loss_step()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        def next_step(self):
+            return [{k: v[i : i + self.micro] for k, v in full.items()} for i in range(0, B, self.micro)], None
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     result: dict = {
-        "benchmark": "train_throughput", "stage": "stage3a", "card": card_name(dev),
+        "benchmark": "train_throughput", "config": args.config, "card": card_name(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "tiny": tiny, "batch": B, "seq_len": S, "tokens_per_step": B * S, "loss_impl": args.loss,
-        "chunk_size": args.chunk_size if args.loss == "chunked" else None,
-        "gradient_checkpointing": stage.gradient_checkpointing, "docs_per_seq": args.docs_per_seq,
-        "attention_layers": layers, "vocab_size": cfg.vocab_size,
+        "tiny": tiny, "batch": B, "seq_len": S, "tokens_per_step": B * S, "chunk_size": args.chunk_size,
+        "docs_per_seq": args.docs_per_seq, "attention_layers": layers, "vocab_size": cfg.vocab_size,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in student.parameters()),
-        "trainable_params": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "torch": torch.__version__, "kda_backend": "fla" if dev.type == "cuda" else "torch",
+        "fla_config_dir": os.environ.get("FLA_CONFIG_DIR"), "fla_cache_mode": os.environ.get("FLA_CACHE_MODE"),
+        "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"), "command": " ".join(sys.argv), "runs": [],
     }
-    try:
-        for _ in range(warm):
-            step()
-        sync()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        t0 = time.perf_counter()
-        losses = [step() for _ in range(steps)]
-        sync()
-        dt = (time.perf_counter() - t0) / steps
-        tok_s = B * S / dt
-        fl = count_flops(teacher, student, cfg, B, S)
-        peak = peak_flops(dev, args.peak_tflops)
-        result.update({
-            "status": "ok", "step_time_s": dt, "tokens_per_s": tok_s, "loss_last": losses[-1],
-            "flops_per_step": fl, "achieved_tflops": fl["total"] / dt / 1e12,
-            "peak_tflops": peak / 1e12 if peak else None, "mfu": (fl["total"] / dt / peak) if peak else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
-        })
-    except torch.OutOfMemoryError as e:
-        result.update({"status": "oom", "error": str(e).splitlines()[0],
-                       "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30})
-    # what the chunking saves: fp32 logits of the whole batch, per tensor (student, teacher, their softmaxes, grad)
-    V = cfg.vocab_size
-    result["full_fp32_logits_gib_per_tensor"] = B * S * V * 4 / 2**30
-    result["chunk_fp32_logits_gib_per_tensor"] = min(args.chunk_size, B * S) * V * 4 / 2**30
+    peak = peak_flops(dev, args.peak_tflops)
+    first_step_s = None
+    for stage_name in stages:
+        for ckpt in ckpts:
+            for mb in micro_sizes:
+                stage = StageConfig(name=stage_name, steps=1, seq_len=S, batch_size=B, micro_batch_size=mb,
+                                    optim={"lr": 2.5e-5, "weight_decay": 0.1},
+                                    loss=LossConfig(chunk_size=args.chunk_size) if stage_name.startswith("stage3") else None,
+                                    gradient_checkpointing=ckpt)
+                apply_trainable(student, stage.trainable)
+                if ckpt:
+                    _enable_gradient_checkpointing(student, "benchmark")
+                module = build_stage_module(student, teacher, stage)
+                trainable = [p for p in student.parameters() if p.requires_grad]
+                opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
+                batches = FixedBatches(mb)
+                row = {"stage": stage_name, "micro_batch": mb, "grad_accumulation": B // mb, "gradient_checkpointing": ckpt,
+                       "trainable_params": sum(p.numel() for p in trainable)}
 
+                def step():
+                    micro, _ = prefetch_step(batches, module, dev)
+                    loss, _gn, _d, ok = train_step(module, module, micro, opt, trainable, world, run, 1.0)
+                    assert ok, f"non-finite loss {loss}"
+                    return loss
+
+                try:
+                    if dev.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    for i in range(warm):
+                        step()
+                        if first_step_s is None:
+                            sync()
+                            first_step_s = time.perf_counter() - T_START
+                            print(f"first optimizer step done {first_step_s:.1f} s after process start", flush=True)
+                    sync()
+                    t0 = time.perf_counter()
+                    losses = [step() for _ in range(steps)]
+                    sync()
+                    dt = (time.perf_counter() - t0) / steps
+                    row.update({"status": "ok", "step_time_s": dt, "tokens_per_s": B * S / dt, "loss_last": losses[-1],
+                                "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None})
+                    if stage_name.startswith("stage3"):
+                        fl = count_flops(teacher, student, cfg, B, S)
+                        row.update({"flops_per_step": fl, "achieved_tflops": fl["total"] / dt / 1e12,
+                                    "mfu": (fl["total"] / dt / peak) if peak else None})
+                    if args.profile:
+                        row["profile"] = profile_step(step, Path(args.profile), f"{args.config}_{stage_name}_mb{mb}"
+                                                      f"{'_ckpt' if ckpt else ''}", dev)
+                except torch.OutOfMemoryError as e:
+                    row.update({"status": "oom", "error": str(e).splitlines()[0],
+                                "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30})
+                opt.zero_grad(set_to_none=True)
+                del opt
+                if ckpt:
+                    _disable_gradient_checkpointing(student)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                result["runs"].append(row)
+                mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
+                if row["status"] == "ok":
+                    print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['tokens_per_s']:>11,.0f} tok/s  "
+                          f"MFU {mfu:>6s}  step {row['step_time_s']:.3f} s  peak {row['peak_memory_gib'] or 0:.1f} GiB",
+                          flush=True)
+                else:
+                    print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: out of memory", flush=True)
+    for h in hooks:
+        h.remove()
+    result["first_step_s"] = first_step_s
+    if args.dump_fla_configs and dev.type == "cuda":
+        from gendistill.ops.fla_configs import dump_autotuned
+
+        counts = dump_autotuned(args.dump_fla_configs)
+        result["fla_configs_dumped"] = counts
+        print(f"wrote {len(counts)} fla kernel configuration files to {args.dump_fla_configs}")
     out = Path(args.out) if args.out else ROOT / "docs" / "results" / (
-        f"train_throughput_{result['card']}{'_tiny' if tiny else ''}{'_fullkl' if args.loss == 'full' else ''}.json")
+        f"train_throughput_{args.config}_{result['card']}{'_tiny' if tiny else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    if result["status"] == "ok":
-        mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a (no peak for this device)"
-        mem = f"{result['peak_memory_gib']:.1f} GiB" if result["peak_memory_gib"] is not None else "n/a"
-        print(f"stage3a {B}x{S} on {result['device_name']}: {tok_s:,.0f} tokens/s, MFU {mfu}, peak memory {mem}, "
-              f"step {dt:.3f}s ({args.loss} KL)")
-    else:
-        print(f"stage3a {B}x{S} on {result['device_name']}: out of memory ({args.loss} KL) at "
-              f"{result['peak_memory_gib']:.1f} GiB")
-    print(f"full-batch fp32 logits would be {result['full_fp32_logits_gib_per_tensor']:.2f} GiB per tensor; "
-          f"one chunk is {result['chunk_fp32_logits_gib_per_tensor']:.2f} GiB")
     print(f"wrote {out}")
+
+
+def profile_step(step, folder: Path, name: str, dev: torch.device) -> dict:
+    """One step under torch.profiler: writes ``<name>.txt`` (ops by self CUDA time) and returns the top 15 ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"  # table sort key
+    folder.mkdir(parents=True, exist_ok=True)
+    avgs = prof.key_averages()
+    (folder / f"{name}.txt").write_text(avgs.table(sort_by=key, row_limit=60))
+    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(avgs, key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
+    total = sum(getattr(e, attr, 0) for e in avgs) or 1
+    return {"total_ms": total / 1e3, "top": [{"op": e.key, "ms": getattr(e, attr, 0) / 1e3,
+                                             "share": getattr(e, attr, 0) / total} for e in rows]}
 
 
 if __name__ == "__main__":

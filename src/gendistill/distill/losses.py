@@ -137,7 +137,7 @@ def _project(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: to
     out = h.to(dtype) @ (w if w.dtype == dtype else w.to(dtype)).t()
     if b is not None:
         out = out + b.to(dtype)
-    return out.float()
+    return out.to(torch.promote_types(dtype, torch.float32))  # the loss in float32 (float64 for float64)
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -161,9 +161,10 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     ) -> torch.Tensor:
         need_h = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1]
-        total = torch.zeros((), dtype=torch.float32, device=h_s.device)
-        grad_h = torch.zeros_like(h_s, dtype=torch.float32) if need_h else None
-        grad_w = torch.zeros_like(w_s, dtype=torch.float32) if need_w else None
+        acc = torch.promote_types(h_s.dtype, torch.float32)  # float32 accumulators (float64 for float64 inputs)
+        total = torch.zeros((), dtype=acc, device=h_s.device)
+        grad_h = torch.zeros_like(h_s, dtype=acc) if need_h else None
+        grad_w = torch.zeros_like(w_s, dtype=acc) if need_w else None
         n = h_s.shape[0]
         dev_type = h_s.device.type
         with torch.autocast(device_type=dev_type, enabled=False):
@@ -186,7 +187,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                         grad_h[i : i + chunk] = grads[k]  # type: ignore[index]
                         k += 1
                     if need_w:
-                        grad_w += grads[k].float()  # type: ignore[operator]
+                        grad_w += grads[k].to(acc)  # type: ignore[operator]
                 total += loss.detach()
                 del sl, tl, loss
         ctx.save_for_backward(
@@ -230,4 +231,5 @@ def chunked_logit_loss(
 
 def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """Reference (unchunked) per-token loss on full logits; used in tests and the naive benchmark baseline."""
-    return logit_loss_fn(cfg)(s_logits.float(), t_logits.float(), labels, cfg)
+    dt = torch.promote_types(s_logits.dtype, torch.float32)
+    return logit_loss_fn(cfg)(s_logits.to(dt), t_logits.to(dt), labels, cfg)

@@ -193,7 +193,7 @@ class Stage3Module(StageModule):
         h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
         labels = batch["labels"].reshape(-1).index_select(0, sel)
         s_head, t_head = self.student.lm_head, self.teacher.lm_head
-        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else torch.float32
+        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else h_s.dtype
         loss = chunked_logit_loss(
             h_s,
             s_head.weight,

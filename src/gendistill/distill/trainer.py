@@ -86,7 +86,7 @@ def train_step(
         denom = float(all_reduce_sum(torch.tensor([local], device=world.device), world).item())
     else:
         denom = local
-    loss_sum = torch.zeros((), device=world.device)
+    loss_sum = torch.zeros((), device=world.device, dtype=torch.float64)  # summed exactly, reported as a float
     if denom > 0:
         for j, mb in enumerate(micro):
             mb = _to(mb, world.device)
@@ -98,11 +98,11 @@ def train_step(
                     loss = wrapped(mb, denom)
                 # DDP averages gradients over ranks; each rank's loss is its share of the global sum
                 (loss * world.world_size if world.distributed else loss).backward()
-            loss_sum += loss.detach().float()
+            loss_sum += loss.detach()
     loss_t = all_reduce_sum(loss_sum, world)
     max_norm = clip_grad_norm if clip_grad_norm is not None else float("inf")
     gnorm_t = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else torch.zeros((), device=world.device)
-    loss_val, gnorm = torch.stack([loss_t.reshape(()).float(), gnorm_t.float().to(loss_t.device)]).tolist()
+    loss_val, gnorm = torch.stack([loss_t.reshape(()), gnorm_t.to(loss_t)]).tolist()
     if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
         return loss_val, gnorm, denom, False
     optimizer.step()
