@@ -89,6 +89,14 @@ def test_merge():
     c = {"meta": {"models": ["T"], "tasks": ["x"]}, "rows": []}
     with pytest.raises(DataError, match="evaluated models"):
         R.merge_results([a, c])
+    # students scored later on the same tasks: compared against part 1's teacher
+    later = [dict(r, model="S2") for r in ROWS if r["model"] == "S"]
+    d = {"meta": {"models": ["S2"], "tasks": ["arc", "gsm"], "command": "d", "wall_seconds": 1}, "rows": later}
+    m = R.merge_results([a, b, d])
+    assert m["meta"]["models"] == ["T", "S", "S2"]
+    assert {c["student"] for c in m["comparisons"]} == {"S", "S2"}
+    assert [c for c in m["comparisons"] if c["student"] == "S2"] == [
+        dict(c, student="S2") for c in m["comparisons"] if c["student"] == "S"]
 
 
 def test_fidelity_helpers(tok):

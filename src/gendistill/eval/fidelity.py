@@ -6,6 +6,9 @@
 * :func:`teacher_forced` — on held-out chat data, both models read the same token sequence; on the assistant tokens
   we measure top-1 agreement (the student's argmax equals the teacher's) and the mean per-token
   KL(teacher ‖ student) in nats. Both need the same tokenizer (students converted from the teacher share it).
+* :func:`teacher_forced_batches` — the same two figures on batches the distillation pipeline built (its held-out
+  slice, packed, with the trainer's own loss mask), so "held out" means what the trainer held out.
+* :func:`answer_agreement` — how often the student's extracted answer equals the teacher's.
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ def greedy_agreement(teacher: list[list[int]], student: list[list[int]]) -> dict
         "agree_first_32": sum(d >= 32 or e for d, e in zip(div, exact)) / len(div),
         "mean_teacher_tokens": sum(len(t) for t in teacher) / len(teacher),
     }
+
+
+def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
+    """How often the student's extracted answer (letter index, number, alias match ...) equals the teacher's, over
+    the same questions in the same order. ``None`` (no valid answer) counts as an answer: two invalid replies agree.
+    For a weak teacher that collapses to one option this, not accuracy, shows whether the student copies it."""
+    if len(teacher) != len(student):
+        raise ValueError("teacher and student must answer the same questions")
+    if not teacher:
+        return {}
+    same = [a == b for a, b in zip(teacher, student)]
+    both_valid = [(a == b) for a, b in zip(teacher, student) if a is not None and b is not None]
+    return {"answer_agreement": sum(same) / len(same),
+            "answer_agreement_valid": (sum(both_valid) / len(both_valid)) if both_valid else None}
 
 
 def load_chat_heldout(path: str | Path | None, n: int, seed: int = 0) -> list[list[dict[str, str]]]:
@@ -132,3 +149,34 @@ def teacher_forced(
         "top1_agreement": agree / n_tok,
         "kl_teacher_student": kl_sum / n_tok,
     }
+
+
+@torch.no_grad()
+def teacher_forced_batches(teacher, student, batches: list[dict[str, torch.Tensor]], *, mask_key: str = "loss_mask",
+                           show_progress: bool = True) -> dict[str, Any]:
+    """Top-1 agreement and mean KL(teacher ‖ student) (nats per token) over the masked-in positions of ``batches``:
+    dicts of ``input_ids``, ``position_ids`` ``[B, T]`` and ``mask_key`` ``[B, T]`` (True where the next token is
+    trained on), as :func:`gendistill.distill.data.collate` makes them. Position ids that restart mark packed
+    documents for both models, as in training."""
+    dev_t = next(teacher.parameters()).device
+    dev_s = next(student.parameters()).device
+    agree = kl_sum = 0.0
+    n_tok = 0
+    bar = progress(total=len(batches), desc="fidelity (held-out)", enabled=show_progress)
+    for b in batches:
+        m = b[mask_key].bool()
+        bar.update(1)
+        if not m.any():
+            continue
+        lt = teacher(input_ids=b["input_ids"].to(dev_t), position_ids=b["position_ids"].to(dev_t)).logits
+        lt = lt[m.to(dev_t)].float().log_softmax(-1)
+        ls = student(input_ids=b["input_ids"].to(dev_s), position_ids=b["position_ids"].to(dev_s)).logits
+        ls = ls[m.to(dev_s)].float().log_softmax(-1).to(lt.device)
+        agree += float((lt.argmax(-1) == ls.argmax(-1)).sum())
+        kl_sum += float((lt.exp() * (lt - ls)).sum())
+        n_tok += int(m.sum())
+    bar.close()
+    if n_tok == 0:
+        return {"n_sequences": sum(len(b["input_ids"]) for b in batches), "n_tokens": 0}
+    return {"n_sequences": sum(len(b["input_ids"]) for b in batches), "n_tokens": n_tok,
+            "top1_agreement": agree / n_tok, "kl_teacher_student": kl_sum / n_tok}

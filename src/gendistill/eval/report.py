@@ -181,18 +181,25 @@ def plot_png(results: dict[str, Any]) -> bytes | None:
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine runs over disjoint task sets (e.g. shards run in parallel) into one result: the same models in the same
-    order are required; rows, skipped tasks, fidelity and example files are concatenated; comparisons recomputed."""
+    """Combine runs into one result: runs over disjoint task sets of the same models (shards run in parallel), or runs
+    of further models that no earlier part evaluated (students scored later on the same tasks; the first part's first
+    model stays the teacher). Rows, skipped tasks, fidelity and example files are concatenated; comparisons
+    recomputed against the teacher."""
     from gendistill.errors import DataError
 
     if not parts:
         raise DataError("nothing to merge")
-    models = parts[0]["meta"]["models"]
+    first = parts[0]["meta"]["models"]
+    models = list(first)
     seen: set[tuple[str, str, str]] = set()
     rows, skipped, fidelity, files, tasks, docs, commands, wall = [], [], [], [], [], {}, [], 0.0
     for i, p in enumerate(parts):
-        if p["meta"]["models"] != models:
-            raise DataError(f"merge: part {i + 1} evaluated models {p['meta']['models']}, part 1 {models}")
+        pm = p["meta"]["models"]
+        if pm != first:
+            if set(pm) & set(models):
+                raise DataError(f"merge: part {i + 1} evaluated models {pm}, part 1 {first} (a part must evaluate "
+                                "the same models as part 1, or only models no earlier part evaluated)")
+            models += pm
         for r in p["rows"]:
             key = (r["task"], r["model"], r["protocol"])
             if key in seen:
@@ -207,7 +214,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         commands.append(p["meta"].get("command", ""))
         wall += float(p["meta"].get("wall_seconds", 0.0))
     meta = dict(parts[0]["meta"])
-    meta.update(tasks=tasks, task_docs=docs, command=" && ".join(commands), wall_seconds=round(wall, 1),
+    meta.update(models=models, tasks=tasks, task_docs=docs, command=" && ".join(commands), wall_seconds=round(wall, 1),
                 merged_from=len(parts))
     return {"meta": meta, "rows": rows, "comparisons": comparisons(rows, models[0]) if len(models) > 1 else [],
             "fidelity": fidelity, "skipped": skipped, "example_files": files}

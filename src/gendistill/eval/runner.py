@@ -30,7 +30,7 @@ import torch
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import report as R
 from gendistill.io import atomic_write_jsonl
-from gendistill.eval.fidelity import greedy_agreement, load_chat_heldout, teacher_forced
+from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.generate import generate
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import apply_chat, chat_loglik_pair
@@ -295,6 +295,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     rows: list[dict] = []
     skipped: list[dict] = []
     greedy: dict[tuple[str, str], list[list[int]]] = {}
+    answers: dict[tuple[str, str], list[Any]] = {}  # greedy extracted answers, per (model, task), in example order
     example_files: list[str] = []
     t_start = time.time()
     for spec, label in zip(cfg.models, labels):
@@ -317,6 +318,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                 rows.append(row)
                 if ids:
                     greedy[(label, t.name)] = ids
+                    answers[(label, t.name)] = [r["pred"] for r in recs if r["seed"] is None]
                 p = out / "examples" / f"{_safe(label)}__{t.name}__generate.jsonl"
                 atomic_write_jsonl(p, recs)
                 example_files.append(str(p))
@@ -331,7 +333,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for t in tasks:
             if (teacher, t.name) in greedy and (label, t.name) in greedy:
                 fidelity.append({"student": label, "task": t.name,
-                                 **greedy_agreement(greedy[(teacher, t.name)], greedy[(label, t.name)])})
+                                 **greedy_agreement(greedy[(teacher, t.name)], greedy[(label, t.name)]),
+                                 **answer_agreement(answers[(teacher, t.name)], answers[(label, t.name)])})
     if cfg.fidelity_chat > 0 and len(cfg.models) > 1:
         convs = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed)
         tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=cfg.device)

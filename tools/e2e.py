@@ -1,0 +1,480 @@
+"""The whole GenDistill job in one go: distill a recipe through its four stages and evaluate the teacher, the
+undistilled student, the stage-3a student and the final student side by side under both protocols, with fidelity on
+the pipeline's own held-out data and a budget curve over stage 3a.
+
+    python tools/e2e.py recipes/smollm2-135m-lease.yaml --out runs/e2e                 # GPU: all 9 tasks, 500 each
+    python tools/e2e.py RECIPE --out DIR --tasks arc_easy,gsm8k --limit 100 --set stages[2].tokens=2e6
+    python tools/e2e.py RECIPE --out DIR --extra-tasks my_quiz.jsonl                    # your task files too
+
+Phases (each timed in ``summary.json``):
+  1. convert  the undistilled student (the pipeline's own conversion, same seed) -> DIR/undistilled
+  2. distill  ``gendistill distill`` on the resolved recipe (stage 3a also saved at --snapshots fractions)
+     while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student;
+  3. eval     the distilled students (after 3a and after 3b) on the same examples; the 3a snapshots on a smaller
+     generation set (the budget curve);
+  4. fidelity teacher-forced top-1 agreement and KL on the held-out sequences of stage 3a (text) and stage 3b (chat,
+     completion-only: the trainer's mask), for every student;
+  5. summary  DIR/summary.json, DIR/summary.md, DIR/budget_curve.png, and the merged evaluation in DIR/eval/all.
+
+Each evaluation and the distillation run as their own ``python -m gendistill`` processes (logs in DIR/logs); the
+summary is rewritten after every phase, so a job cut off keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_TASKS = "arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,mmlu,gsm8k,triviaqa"
+TARGETS = {"top1_agreement": 0.90, "kl_teacher_student": 0.15, "generation_retention": 0.90, "answer_agreement": 0.80}
+
+
+class Job:
+    """A ``python -m gendistill ...`` subprocess with its log file and wall time."""
+
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]):
+        self.name, self.args = name, args
+        self.log = logs / f"{name}.log"
+        self.t0 = time.time()
+        self.fh = open(self.log, "w")  # noqa: SIM115 (closed in wait)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gendistill", *args], stdout=self.fh,
+                                     stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def wait(self) -> float:
+        rc = self.proc.wait()
+        self.fh.close()
+        secs = time.time() - self.t0
+        if rc != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise SystemExit(f"e2e: {self.name} failed (exit {rc}); log {self.log}:\n" + "\n".join(tail))
+        return secs
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", help="the distillation recipe (YAML)")
+    ap.add_argument("--out", required=True, help="job folder (must not exist, or hold an earlier e2e job to redo)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="recipe override, as for gendistill distill --set (repeatable)")
+    ap.add_argument("--tasks", default=BUILTIN_TASKS, help="evaluation tasks (built-in names or task files)")
+    ap.add_argument("--extra-tasks", action="append", default=[], help="more task files, evaluated the same way")
+    ap.add_argument("--limit", type=int, default=500, help="examples per task (all where the set is smaller)")
+    ap.add_argument("--snapshots", default="0.25,0.5", help="stage-3a fractions saved for the budget curve")
+    ap.add_argument("--snapshot-tasks", default="arc_easy,hellaswag,boolq,triviaqa",
+                    help="tasks of the budget curve's answer agreement (among --tasks; same examples)")
+    ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences per stage for fidelity")
+    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: 192 on CUDA, 8 on CPU)")
+    ap.add_argument("--token-budget", type=int, default=None, help="log-likelihood tokens per batch (default: 65536 "
+                                                                   "on CUDA, 2048 on CPU)")
+    ap.add_argument("--smoke", action="store_true", help="plumbing check: 4 examples per task, 16 new tokens")
+    ap.add_argument("--no-parallel", action="store_true", help="run the first evaluation after the distillation")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    from gendistill.distill.config import dump_recipe, load_recipe
+    from gendistill.errors import GendistillError
+
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists():
+        raise SystemExit(f"e2e: --out {out} exists and is not an e2e job folder; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    cuda = device.startswith("cuda")
+    batch = args.batch_size or (192 if cuda else 8)
+    budget = args.token_budget or (65536 if cuda else 2048)
+    fractions = [float(x) for x in args.snapshots.split(",") if x.strip()]
+
+    try:
+        recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={out / 'run'}"])
+    except GendistillError as e:
+        raise SystemExit(f"e2e: {e}") from None
+    names = [s.name for s in recipe.stages]
+    if "stage3a" not in names:
+        raise SystemExit("e2e: the recipe has no stage3a (the budget curve and the 3a student need it)")
+    i3a = names.index("stage3a")
+    recipe.stages[i3a].snapshots = fractions
+    final_stage = names[-1]
+    resolved = out / "recipe.yaml"
+    _write(resolved, dump_recipe(recipe))
+
+    summary: dict[str, Any] = {
+        "recipe": str(Path(args.recipe).resolve()), "overrides": args.overrides, "device": device,
+        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "limit": args.limit,
+        "smoke": args.smoke, "phases": {}, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "budgets": [{"stage": s.name, "steps": s.total_steps(), "tokens": s.total_steps() * s.batch_size * s.seq_len,
+                     "seq_len": s.seq_len, "batch_size": s.batch_size} for s in recipe.stages],
+        "targets": TARGETS,
+    }
+
+    def save() -> None:
+        _write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+
+    def phase(name: str, secs: float) -> None:
+        summary["phases"][name] = round(secs, 1)
+        save()
+        print(f"[e2e] {name}: {secs:.0f} s", flush=True)
+
+    save()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    dtype = "bfloat16" if cuda else "float32"
+    tasks = ",".join([args.tasks, *args.extra_tasks])
+    eval_common = ["--tasks", tasks, "--limit", str(args.limit), "--protocol", "loglik,generate", "--device", device,
+                   "--dtype", dtype, "--batch-size", str(batch), "--token-budget", str(budget), "--no-progress"]
+    if args.smoke:
+        eval_common.append("--smoke")
+    teacher_spec = recipe.teacher.spec
+
+    # 1. the undistilled student, built exactly as the pipeline builds it (same seed, same conversion)
+    t0 = time.time()
+    undistilled = out / "undistilled"
+    from gendistill.convert.convert import save_student
+    from gendistill.distill.pipeline import _teacher_dtype, build_student
+    from gendistill.distill.distributed import World
+    from gendistill.teachers import load_teacher
+
+    world = World(device=torch.device(device))
+    teacher, tok = load_teacher(teacher_spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+    student = build_student(recipe, teacher, world.device)
+    save_student(student.eval(), tok, undistilled, overwrite=True)
+    del student
+    phase("convert", time.time() - t0)
+
+    # 2. distillation, with the first evaluation beside it
+    t0 = time.time()
+    distill = Job("distill", ["distill", str(resolved), "--overwrite"], logs, env)
+    base_eval = None
+    if not args.no_parallel:
+        base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
+                                      "--out", str(out / "eval" / "base")], logs, env)
+    phase("distill", distill.wait())
+    if base_eval is None:
+        base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
+                                      "--out", str(out / "eval" / "base")], logs, env)
+    run_dir = out / "run"
+    summary["distill_metrics"] = _stage_metrics(run_dir / "metrics.jsonl")
+    save()
+
+    # 3. the distilled students, and the budget curve's snapshots (generation only)
+    t1 = time.time()
+    from gendistill.distill.trainer import snapshot_name
+
+    students = {"stage3a": run_dir / "stage3a", final_stage: run_dir / final_stage}
+    snaps = {f: run_dir / snapshot_name("stage3a", f) for f in fractions}
+    # the teacher's answers come from the base evaluation (same examples: same tasks, limit and seed)
+    dist_eval = Job("eval_distilled", ["eval", *[a for p in dict.fromkeys(students.values()) for a in ("-m", str(p))],
+                                       *eval_common, "--out", str(out / "eval" / "distilled")], logs, env)
+    snap_eval = None
+    if snaps:
+        snap_tasks = _task_specs(tasks, args.snapshot_tasks)
+        snap_eval = Job("eval_snapshots", ["eval", *[a for p in snaps.values() for a in ("-m", str(p))],
+                                           "--tasks", snap_tasks, "--limit", str(args.limit),
+                                           "--protocol", "generate", "--device", device, "--dtype", dtype,
+                                           "--batch-size", str(batch), "--no-progress",
+                                           "--out", str(out / "eval" / "snapshots")] + (["--smoke"] if args.smoke else []),
+                        logs, env)
+
+    # 4. fidelity on the pipeline's held-out slices while the evaluations run
+    t2 = time.time()
+    fid = _heldout_fidelity(recipe, teacher, tok, {"undistilled": undistilled, **{snapshot_name("stage3a", f): p
+                                                   for f, p in snaps.items()}, **students},
+                            args.fidelity_sequences, world.device)
+    summary["heldout_fidelity"] = fid
+    phase("fidelity", time.time() - t2)
+    del teacher
+    base_secs = base_eval.wait()
+    summary["phases"]["eval_base"] = round(base_secs, 1)
+    dist_eval.wait()
+    if snap_eval is not None:
+        snap_eval.wait()
+    phase("eval_distilled", time.time() - t1)
+
+    # 5. the summary
+    t3 = time.time()
+    merged = out / "eval" / "all"
+    Job("eval_merge", ["eval", "--merge", str(out / "eval" / "base"), "--merge", str(out / "eval" / "distilled"),
+                       "--out", str(merged)], logs, env).wait()
+    summary["evaluation"] = _evaluation_summary(out / "eval")
+    summary["budget_curve"] = _budget_curve(out / "eval", fid, fractions, summary.get("distill_metrics", {}))
+    summary["targets_met"] = _targets(summary, final_stage)
+    phase("summary", time.time() - t3)
+    summary["complete"] = True
+    save()
+    _write(out / "summary.md", render_markdown(summary))
+    _plot_budget(summary["budget_curve"], out / "budget_curve.png")
+    print(f"[e2e] done: {out / 'summary.md'}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------- phases
+def _task_specs(tasks: str, names: str) -> str:
+    """The entries of the ``tasks`` list (built-in names or task files) whose task name is in ``names``."""
+    from gendistill.eval.tasks import parse_tasks
+
+    specs = [t for t in tasks.split(",") if t.strip()]
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    picked = [spec for spec in specs if {t.name for t in parse_tasks(spec)} & wanted]
+    if not picked:
+        raise SystemExit(f"e2e: --snapshot-tasks {names}: none of them is among --tasks")
+    return ",".join(picked)
+
+
+def _stage_metrics(path: Path) -> dict[str, Any]:
+    """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s."""
+    per: dict[str, Any] = {}
+    if not path.exists():
+        return per
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        st = per.setdefault(rec["stage"], {"eval": [], "loss": [], "tokens_per_s": []})
+        if "eval_loss" in rec:
+            st["eval"].append([rec["step"], rec["eval_loss"]])
+        if "loss" in rec:
+            st["loss"].append(rec["loss"])
+            st["tokens_per_s"].append(rec.get("tokens_per_s", 0.0))
+            st["steps"], st["tokens"] = rec["step"], rec["tokens"]
+    for st in per.values():
+        tps = sorted(st.pop("tokens_per_s"))
+        losses = st.pop("loss")
+        st["median_tokens_per_s"] = tps[len(tps) // 2] if tps else None
+        st["first_loss"], st["last_loss"] = (losses[0], losses[-1]) if losses else (None, None)
+    return per
+
+
+def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: int, device) -> dict[str, Any]:
+    """Teacher-forced top-1 agreement and KL of each student on the held-out sequences of stage 3a and of the last
+    stage (the pipeline's held-out documents, packed as in training, the trainer's loss mask)."""
+    import gc
+
+    import torch
+
+    from gendistill.distill.data import PackedStream, collate
+    from gendistill.distill.pipeline import load_student_folder
+    from gendistill.eval.fidelity import teacher_forced_batches
+
+    by_stage: dict[str, list] = {}
+    for stage in recipe.stages:
+        if stage.name not in ("stage3a", "stage3b"):
+            continue
+        ps = PackedStream(recipe.stage_data(stage), tok, stage.seq_len, stage.masking)
+        seqs = ps.heldout_sequences(n_seq)
+        mb = max(1, min(stage.micro_batch_size, 8))
+        by_stage[stage.name] = [collate(seqs[i : i + mb], stage.masking) for i in range(0, len(seqs), mb)]
+    res: dict[str, Any] = {}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for name, path in students.items():
+        if not (path / "config.json").exists():
+            continue
+        model = load_student_folder(path, device).to(dtype).eval()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            res[name] = {stage: teacher_forced_batches(teacher, model, batches, show_progress=False)
+                         for stage, batches in by_stage.items()}
+        del model
+        gc.collect()
+    return res
+
+
+def _examples(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(model, task): {example id: record}}`` of the greedy generation records under ``folder/examples``."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in sorted((folder / "examples").glob("*__generate.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("seed") is None:
+                out.setdefault((r["model"], r["task"]), {})[r["id"]] = r
+    return out
+
+
+def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
+    """Per task and model: accuracy under both protocols; per student: retention (student / teacher) under each
+    protocol, the perplexity gap (log-likelihood retention minus generation retention) and answer agreement with the
+    teacher (the student's extracted answer equals the teacher's) on the same questions."""
+    base = json.loads((eval_dir / "base" / "results.json").read_text())
+    dist = json.loads((eval_dir / "distilled" / "results.json").read_text())
+    teacher = base["meta"]["teacher"]
+    rows = base["rows"] + dist["rows"]
+    ex = {**_examples(eval_dir / "base"), **_examples(eval_dir / "distilled")}
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        table.setdefault(r["task"], {}).setdefault(r["model"], {})[r["protocol"]] = r["acc"]
+        if r["protocol"] == "generate" and "contains_rate" in r:
+            table[r["task"]][r["model"]]["generate_alias_anywhere"] = r["contains_rate"]
+    models = [teacher] + [m for m in dict.fromkeys(r["model"] for r in rows) if m != teacher]
+    students: dict[str, Any] = {}
+    for m in models[1:]:
+        per_task = {}
+        for task, accs in table.items():
+            t, s = accs.get(teacher, {}), accs.get(m, {})
+            entry: dict[str, Any] = {}
+            for proto in ("loglik", "generate"):
+                if proto in t and proto in s:
+                    entry[f"retention_{proto}"] = s[proto] / t[proto] if t[proto] > 0 else None
+            if t.get("generate_alias_anywhere") and "generate_alias_anywhere" in s:
+                entry["retention_generate_alias"] = s["generate_alias_anywhere"] / t["generate_alias_anywhere"]
+            if entry.get("retention_loglik") is not None and entry.get("retention_generate") is not None:
+                entry["perplexity_gap"] = entry["retention_loglik"] - entry["retention_generate"]
+            te, se = ex.get((teacher, task), {}), ex.get((m, task), {})
+            ids = [i for i in te if i in se]
+            if ids:
+                entry["answer_agreement"] = sum(te[i]["pred"] == se[i]["pred"] for i in ids) / len(ids)
+                entry["text_agreement"] = sum(te[i]["generation"] == se[i]["generation"] for i in ids) / len(ids)
+                entry["n"] = len(ids)
+            per_task[task] = entry
+        students[m] = per_task
+    return {"teacher": teacher, "models": models, "accuracy": table, "students": students,
+            "collapse": {r["model"] + " / " + r["task"]: r["positions"] for r in rows
+                         if r["protocol"] == "generate" and "positions" in r}}
+
+
+def _budget_curve(eval_dir: Path, fid: dict[str, Any], fractions: list[float], metrics: dict[str, Any]) -> list[dict]:
+    """Held-out KL (stage-3a text) and generation answer agreement with the teacher (the snapshot tasks) at each
+    stage-3a fraction (1.0 = the 3a student). Model labels are the student folder names."""
+    from gendistill.distill.trainer import snapshot_name
+
+    snap_dir = eval_dir / "snapshots"
+    ex = {**_examples(eval_dir / "base"), **_examples(eval_dir / "distilled")}
+    if (snap_dir / "examples").exists():
+        ex.update(_examples(snap_dir))
+    teacher = json.loads((eval_dir / "base" / "results.json").read_text())["meta"]["teacher"]
+    snap_tasks = {t for (m, t) in _examples(snap_dir)} if (snap_dir / "examples").exists() else set()
+    curve = []
+    tokens_3a = metrics.get("stage3a", {}).get("tokens")
+    for f in [*fractions, 1.0]:
+        key = snapshot_name("stage3a", f) if f < 1 else "stage3a"
+        agree = []
+        for (m, task), recs in ex.items():
+            if m != key or task not in snap_tasks:
+                continue
+            te = ex.get((teacher, task), {})
+            ids = [i for i in recs if i in te]
+            agree += [recs[i]["pred"] == te[i]["pred"] for i in ids]
+        point = {"fraction": f, "tokens": round(f * tokens_3a) if tokens_3a else None, "student": key,
+                 "answer_agreement": sum(agree) / len(agree) if agree else None, "n_answers": len(agree)}
+        for stage, v in fid.get(key, {}).items():
+            point[f"heldout_kl_{stage}"] = v.get("kl_teacher_student")
+            point[f"heldout_top1_{stage}"] = v.get("top1_agreement")
+        curve.append(point)
+    return curve
+
+
+def _targets(summary: dict[str, Any], final: str) -> dict[str, Any]:
+    fid = summary.get("heldout_fidelity", {}).get(final, {})
+    chat = fid.get("stage3b") or fid.get("stage3a") or {}
+    ev = summary.get("evaluation", {}).get("students", {}).get(final, {})
+    # GSM8K by exact match of the final number; TriviaQA by alias match (an accepted alias anywhere in the reply)
+    gen_ret = {t: ev[t].get("retention_generate_alias" if t == "triviaqa" else "retention_generate")
+               for t in ("gsm8k", "triviaqa") if t in ev}
+    mc = {t: v.get("answer_agreement") for t, v in ev.items() if t not in ("gsm8k", "triviaqa")}
+    return {
+        "top1_agreement": chat.get("top1_agreement"),
+        "top1_agreement_met": (chat.get("top1_agreement") or 0) >= TARGETS["top1_agreement"],
+        "kl_teacher_student": chat.get("kl_teacher_student"),
+        "kl_met": chat.get("kl_teacher_student") is not None and chat["kl_teacher_student"] <= TARGETS["kl_teacher_student"],
+        "generation_retention": gen_ret,
+        "generation_retention_met": bool(gen_ret) and all(v is not None and v >= TARGETS["generation_retention"]
+                                                          for v in gen_ret.values()),
+        "mc_answer_agreement": mc,
+        "mc_answer_agreement_met": bool(mc) and all(v is not None and v >= TARGETS["answer_agreement"]
+                                                    for v in mc.values()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- rendering
+def _f(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    ev = s["evaluation"]
+    teacher = ev["teacher"]
+    models = ev["models"]
+    lines = [f"# GenDistill end to end — {s['device_name']}", "",
+             f"Recipe `{s['recipe']}`, overrides {s['overrides'] or 'none'}; {s['limit']} examples per task"
+             f"{' (smoke)' if s['smoke'] else ''}.", "", "## Budgets and phase times", "",
+             "| stage | steps | tokens | seq | batch |", "|---|---:|---:|---:|---:|"]
+    for b in s["budgets"]:
+        lines.append(f"| {b['stage']} | {b['steps']} | {b['tokens']:,} | {b['seq_len']} | {b['batch_size']} |")
+    lines += ["", "| phase | seconds |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in s["phases"].items()]
+    lines += ["", "## Accuracy (%) — log-likelihood / generation", "",
+              "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for task, accs in ev["accuracy"].items():
+        cells = [f"{_f(accs.get(m, {}).get('loglik'), True)} / {_f(accs.get(m, {}).get('generate'), True)}"
+                 for m in models]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Against the teacher ({teacher})", "",
+              "| student | task | retention loglik | retention generate | perplexity gap | answer agreement |",
+              "|---|---|---:|---:|---:|---:|"]
+    for m, per in ev["students"].items():
+        for task, e in per.items():
+            lines.append(f"| {m} | {task} | {_f(e.get('retention_loglik'))} | {_f(e.get('retention_generate'))} | "
+                         f"{_f(e.get('perplexity_gap'))} | {_f(e.get('answer_agreement'), True)} |")
+    lines += ["", "## Teacher-forced fidelity on the pipeline's held-out sequences", "",
+              "| student | data | top-1 agreement (%) | KL (nats/token) | tokens |", "|---|---|---:|---:|---:|"]
+    for m, per in s["heldout_fidelity"].items():
+        for stage, v in per.items():
+            lines.append(f"| {m} | {stage} | {_f(v.get('top1_agreement'), True)} | {_f(v.get('kl_teacher_student'))} "
+                         f"| {v.get('n_tokens')} |")
+    lines += ["", "## Budget curve (stage 3a)", "", "| fraction | tokens | held-out KL (3a) | answer agreement (%) |",
+              "|---:|---:|---:|---:|"]
+    for p in s["budget_curve"]:
+        lines.append(f"| {p['fraction']} | {p['tokens'] or '–'} | {_f(p.get('heldout_kl_stage3a'))} | "
+                     f"{_f(p.get('answer_agreement'), True)} |")
+    t = s["targets_met"]
+    lines += ["", "## Targets", "",
+              f"- top-1 agreement ≥ 90 %: {_f(t['top1_agreement'], True)} ({'met' if t['top1_agreement_met'] else 'not met'})",
+              f"- KL ≤ 0.15: {_f(t['kl_teacher_student'])} ({'met' if t['kl_met'] else 'not met'})",
+              f"- generation retention ≥ 90 % on GSM8K/TriviaQA: {t['generation_retention']} "
+              f"({'met' if t['generation_retention_met'] else 'not met'})",
+              f"- answer agreement ≥ 80 % on multiple choice: {'met' if t['mc_answer_agreement_met'] else 'not met'}",
+              ""]
+    return "\n".join(lines)
+
+
+def _plot_budget(curve: list[dict], path: Path) -> None:
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3.2))
+    xs = [p["fraction"] for p in curve]
+    ax1.plot(xs, [p.get("heldout_kl_stage3a") for p in curve], "o-", color="tab:blue", label="held-out KL (3a)")
+    ax1.set_xlabel("fraction of the stage-3a budget")
+    ax1.set_ylabel("KL(teacher ‖ student), nats/token", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(xs, [None if p.get("answer_agreement") is None else 100 * p["answer_agreement"] for p in curve], "s--",
+             color="tab:red", label="answer agreement")
+    ax2.set_ylabel("answer agreement with teacher (%)", color="tab:red")
+    ax1.set_title("Budget curve (as the paper's Fig. 3)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
