@@ -199,6 +199,8 @@ def main() -> None:
     }
     peak = peak_flops(dev, args.peak_tflops)
     first_step_s = None
+    out = Path(args.out) if args.out else ROOT / "docs" / "results" / (
+        f"train_throughput_{args.config}_{result['card']}{'_tiny' if tiny else ''}.json")
     for stage_name in stages:
         for ckpt in ckpts:
             for mb in micro_sizes:
@@ -255,6 +257,8 @@ def main() -> None:
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
                 result["runs"].append(row)
+                result["first_step_s"] = first_step_s
+                write_result(result, args, out)  # after every row: a run cut off keeps what it measured
                 mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
                 if row["status"] == "ok":
                     print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['tokens_per_s']:>11,.0f} tok/s  "
@@ -264,18 +268,20 @@ def main() -> None:
                     print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: out of memory", flush=True)
     for h in hooks:
         h.remove()
-    result["first_step_s"] = first_step_s
-    if args.dump_fla_configs and dev.type == "cuda":
+    write_result(result, args, out)
+    print(f"wrote {out}")
+
+
+def write_result(result: dict, args, out: Path) -> None:
+    """The JSON (atomically), and fla's autotuned kernel configurations when asked for."""
+    if args.dump_fla_configs and torch.cuda.is_available() and not args.tiny:
         from gendistill.ops.fla_configs import dump_autotuned
 
-        counts = dump_autotuned(args.dump_fla_configs)
-        result["fla_configs_dumped"] = counts
-        print(f"wrote {len(counts)} fla kernel configuration files to {args.dump_fla_configs}")
-    out = Path(args.out) if args.out else ROOT / "docs" / "results" / (
-        f"train_throughput_{args.config}_{result['card']}{'_tiny' if tiny else ''}.json")
+        result["fla_configs_dumped"] = dump_autotuned(args.dump_fla_configs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
 
 
 def profile_step(step, folder: Path, name: str, dev: torch.device) -> dict:

@@ -1,0 +1,117 @@
+"""Prepare what a one-GPU lease needs and cannot fetch, in two carry folders that each fit one device call
+(64 MiB per call, the working tree and the wheels included): the teacher GGUF in two pieces, the training text the
+lease recipe reads, and the evaluation examples it scores.
+
+    python tools/device_data.py                       # writes .device/carry1 and .device/carry2 (git-ignored)
+
+* carry1: ``teacher.gguf.part1``, ``data/``: the first ``--wiki-docs`` documents of ``pretrain_wikipedia_en_00``
+  (the lease recipe reads exactly those: ``limit:``) and ``sft_mix``.
+* carry2: ``teacher.gguf.part2``, ``data/``: for each built-in task exactly the ``--limit`` examples that
+  ``gendistill eval --limit N --seed 0`` selects from the full file (so the scores equal a run on the full data),
+  the few-shot pools, and the first ``--t0-rows`` rows of ``t0_train_55k``.
+* ``manifest.json`` in carry1: sizes and sha256 of the GGUF and of its pieces (``tools/device_e2e.sh`` checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+EVAL_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "mmlu", "gsm8k", "triviaqa")
+POOLS = ("mmlu_dev.jsonl.gz", "gsm8k_train.jsonl.gz")
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _head(src: Path, dst: Path, n: int) -> int:
+    rows = 0
+    with gzip.open(src, "rt", encoding="utf-8") as fi, gzip.open(dst, "wt", encoding="utf-8", compresslevel=9) as fo:
+        for line in fi:
+            if rows >= n:
+                break
+            fo.write(line)
+            rows += 1
+    return rows
+
+
+def _selected(task_name: str, data: Path, dst: Path, limit: int) -> int:
+    """Write the raw rows of the examples ``select(all, limit, seed=0)`` keeps, in file order."""
+    from gendistill.eval.tasks import parse_tasks, select
+
+    task = parse_tasks(task_name)[0]
+    keep = {e.id for e in select(task.load("local"), limit, 0)}
+    src = data / task.data_file
+    n = 0
+    with gzip.open(src, "rt", encoding="utf-8") as fi, gzip.open(dst / task.data_file, "wt", encoding="utf-8",
+                                                                  compresslevel=9) as fo:
+        for line in fi:
+            if json.loads(line).get("id") in keep:
+                fo.write(line)
+                n += 1
+    if n != len(keep):
+        raise SystemExit(f"{task_name}: matched {n} rows for {len(keep)} selected ids (ids not unique?)")
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / ".device"))
+    ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--wiki-docs", type=int, default=850)
+    ap.add_argument("--t0-rows", type=int, default=2500)
+    ap.add_argument("--split-mib", type=float, default=33.8, help="size of the first GGUF piece")
+    args = ap.parse_args()
+
+    from gendistill.io import data_dir
+    from gendistill.teachers import resolve_teacher
+
+    data = data_dir()
+    if data is None:
+        raise SystemExit("no ../shared/data here")
+    out = Path(args.out)
+    c1, c2 = out / "carry1", out / "carry2"
+    for c in (c1, c2):
+        if c.exists():
+            shutil.rmtree(c)
+        (c / "data").mkdir(parents=True)
+    src = resolve_teacher("smollm2-135m-instruct")
+    gguf = Path(src.location) / src.gguf_file
+    blob = gguf.read_bytes()
+    cut = int(args.split_mib * 2**20)
+    (c1 / "teacher.gguf.part1").write_bytes(blob[:cut])
+    (c2 / "teacher.gguf.part2").write_bytes(blob[cut:])
+    manifest = {"gguf_name": gguf.name, "gguf_bytes": len(blob), "gguf_sha256": hashlib.sha256(blob).hexdigest(),
+                "parts": [cut, len(blob) - cut], "wiki_docs": args.wiki_docs, "t0_rows": args.t0_rows,
+                "eval_limit": args.limit, "rows": {}}
+    manifest["rows"]["pretrain_wikipedia_en_00.jsonl.gz"] = _head(
+        data / "pretrain_wikipedia_en_00.jsonl.gz", c1 / "data" / "pretrain_wikipedia_en_00.jsonl.gz", args.wiki_docs)
+    shutil.copy(data / "sft_mix.jsonl.gz", c1 / "data")
+    for t in EVAL_TASKS:
+        manifest["rows"][t] = _selected(t, data, c2 / "data", args.limit)
+    for p in POOLS:
+        shutil.copy(data / p, c2 / "data")
+    manifest["rows"]["t0_train_55k.jsonl.gz"] = _head(data / "t0_train_55k.jsonl.gz",
+                                                      c2 / "data" / "t0_train_55k.jsonl.gz", args.t0_rows)
+    (c1 / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for c in (c1, c2):
+        size = sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
+        print(f"{c}: {size / 2**20:.1f} MiB")
+    print(json.dumps(manifest["rows"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One GPU lease, several device calls (the teacher GGUF and the data travel in two calls of <= 64 MiB each):
+#   call 1:  tools/device_e2e.sh setup && tools/device_e2e.sh bench          (carry .whl .device/carry1)
+#   call 2:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry2)
+#   call 3:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
+# Prepare the carry folders first, here: python tools/device_data.py. Files written on the machine stay there between
+# calls of one lease (until it is taken back); every call returns only what is under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+JOB=/tmp/gendistill-e2e
+DATA=$REPO/../shared/data            # where recipes (../../shared/data) and gendistill eval look
+mkdir -p "$JOB"
+export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT=${OUT:-$JOB/out}
+
+case "${1:-}" in
+setup)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU"; exit 3; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 4
+  mkdir -p "$DATA" "$JOB/teacher"
+  cp .device/carry1/data/* "$DATA"/ && cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  python3 -c "import torch, transformers, triton, fla; print('device:', torch.cuda.get_device_name(), '| torch', \
+torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__, '| fla', fla.__version__)"
+  ;;
+bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packed like the recipe), then the first
+        # step of a fresh Triton cache with the configurations just dumped
+  mkdir -p "$OUT/prof" "$JOB/fla_configs"
+  timeout 100 python3 -m pytest -q -x tests/gpu/test_fused_layers_gpu.py -p no:cacheprovider 2>&1 | tail -4
+  timeout 290 python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 \
+    --micro-batches 32,64 --stages stage3a,stage1,stage2 --docs-per-seq 4 --steps 4 --warmup 2 \
+    --dump-fla-configs "$JOB/fla_configs" --profile "$OUT/prof" --out "$OUT/train_throughput_smollm2-135m.json"
+  TRITON_CACHE_DIR=$(mktemp -d) FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy timeout 120 \
+    python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 --micro-batches 32 \
+    --stages stage1 --docs-per-seq 4 --steps 2 --warmup 1 --out "$OUT/first_step_smollm2-135m_shipped_configs.json"
+  tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs
+  tar -C "$OUT" -czf "$OUT/profiles.tgz" prof && rm -rf "$OUT/prof"
+  ;;
+start)  # assemble the teacher, then the whole job in the background (it outlives this call)
+  shift
+  RECIPE=${1:?recipe}; shift
+  cp .device/carry2/data/* "$DATA"/
+  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
+  python3 - "$JOB/teacher" <<'PY' || exit 5
+import hashlib, json, pathlib, sys
+d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
+blob = (d / "model.gguf").read_bytes()
+assert len(blob) == m["gguf_bytes"] and hashlib.sha256(blob).hexdigest() == m["gguf_sha256"], "GGUF pieces do not match"
+(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", d / m["gguf_name"], len(blob), "bytes, sha256 ok")
+PY
+  GGUF=$(ls "$JOB"/teacher/*.gguf)
+  [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy
+  rm -rf "$JOB/run"
+  setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" \
+    > "$JOB/e2e.log" 2>&1 < /dev/null &
+  echo "started e2e (pid $!)"
+  ;;
+watch)  # follow the job until it finishes or $2 seconds pass
+  LIMIT=${2:-540}; T0=$(date +%s)
+  while [ $(( $(date +%s) - T0 )) -lt "$LIMIT" ]; do
+    if grep -q "^\[e2e\] done" "$JOB/e2e.log" 2>/dev/null || ! pgrep -f tools/e2e.py >/dev/null; then break; fi
+    sleep 10
+  done
+  grep "^\[e2e\]\|Traceback\|Error" "$JOB/e2e.log" | tail -20
+  for f in "$JOB"/run/logs/distill.log; do [ -f "$f" ] && grep -E "held-out|step .*loss" "$f" | tail -4; done
+  pgrep -f tools/e2e.py >/dev/null && echo "e2e still running" || echo "e2e not running"
+  ;;
+collect)
+  mkdir -p "$OUT"
+  cp "$JOB/e2e.log" "$OUT/" 2>/dev/null
+  for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
+  tar -C "$JOB/run" -czf "$OUT/e2e_bundle.tgz" --exclude='run/stage*' --exclude='run/checkpoints' \
+    --exclude='undistilled' . 2>/dev/null
+  ls -la "$OUT"
+  ;;
+*) echo "usage: tools/device_e2e.sh setup|bench|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
+esac
