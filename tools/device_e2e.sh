@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, several device calls (the teacher GGUF and the data travel in two calls of <= 64 MiB each):
-#   call 1:  tools/device_e2e.sh setup && tools/device_e2e.sh bench          (carry .whl .device/carry1)
+#   call 1:  tools/device_e2e.sh setup && tools/device_e2e.sh warm           (carry .whl .device/carry1)
+#            (or: tools/device_e2e.sh bench — tests + throughput sweep + shipped-config first step, in the foreground)
 #   call 2:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry2)
 #   call 3:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
 # Prepare the carry folders first, here: python tools/device_data.py. Files written on the machine stay there between
@@ -38,6 +39,14 @@ bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packe
   tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs
   tar -C "$OUT" -czf "$OUT/profiles.tgz" prof && rm -rf "$OUT/prof"
   ;;
+warm)  # in the background (outlives the call): compile and autotune fla's kernels at the recipe's shapes, record the
+       # fresh-machine first step and the stage-3a/stage-1 throughput, dump the chosen configurations after each row
+  mkdir -p "$JOB/fla_configs"
+  setsid nohup python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 --micro-batches 32 \
+    --stages stage3a,stage1 --docs-per-seq 4 --steps 3 --warmup 1 --dump-fla-configs "$JOB/fla_configs" \
+    --out "$JOB/train_throughput_smollm2-135m.json" > "$JOB/warm.log" 2>&1 < /dev/null &
+  echo "warm-up started (pid $!)"
+  ;;
 start)  # assemble the teacher, then the whole job in the background (it outlives this call)
   shift
   RECIPE=${1:?recipe}; shift
@@ -69,7 +78,8 @@ watch)  # follow the job until it finishes or $2 seconds pass
   ;;
 collect)
   mkdir -p "$OUT"
-  cp "$JOB/e2e.log" "$OUT/" 2>/dev/null
+  cp "$JOB/e2e.log" "$JOB/warm.log" "$JOB/train_throughput_smollm2-135m.json" "$OUT/" 2>/dev/null
+  tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs 2>/dev/null
   for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
   tar -C "$JOB/run" -czf "$OUT/e2e_bundle.tgz" --exclude='run/stage*' --exclude='run/checkpoints' \
     --exclude='undistilled' . 2>/dev/null

@@ -10,8 +10,8 @@ Phases (each timed in ``summary.json``):
   1. convert  the undistilled student (the pipeline's own conversion, same seed) -> DIR/undistilled
   2. distill  ``gendistill distill`` on the resolved recipe (stage 3a also saved at --snapshots fractions)
      while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student;
-  3. eval     the distilled students (after 3a and after 3b) on the same examples; the 3a snapshots on a smaller
-     generation set (the budget curve);
+  3. eval     the distilled students (after 3a and after 3b, one process each) on the same examples; the 3a
+     snapshots on a few generation tasks (the budget curve);
   4. fidelity teacher-forced top-1 agreement and KL on the held-out sequences of stage 3a (text) and stage 3b (chat,
      completion-only: the trainer's mask), for every student;
   5. summary  DIR/summary.json, DIR/summary.md, DIR/budget_curve.png, and the merged evaluation in DIR/eval/all.
@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     students = {"stage3a": run_dir / "stage3a", final_stage: run_dir / final_stage}
     snaps = {f: run_dir / snapshot_name("stage3a", f) for f in fractions}
     # the teacher's answers come from the base evaluation (same examples: same tasks, limit and seed)
-    dist_eval = Job("eval_distilled", ["eval", *[a for p in dict.fromkeys(students.values()) for a in ("-m", str(p))],
-                                       *eval_common, "--out", str(out / "eval" / "distilled")], logs, env)
+    # one process per student, in parallel (each is launch-bound; together they fill the device better)
+    dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common,
+                                         "--out", str(out / "eval" / f"distilled_{p.name}")], logs, env)
+                  for p in dict.fromkeys(students.values())]
     snap_eval = None
     if snaps:
         snap_tasks = _task_specs(tasks, args.snapshot_tasks)
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del teacher
     base_secs = base_eval.wait()
     summary["phases"]["eval_base"] = round(base_secs, 1)
-    dist_eval.wait()
+    for job in dist_evals:
+        job.wait()
     if snap_eval is not None:
         snap_eval.wait()
     phase("eval_distilled", time.time() - t1)
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 5. the summary
     t3 = time.time()
     merged = out / "eval" / "all"
-    Job("eval_merge", ["eval", "--merge", str(out / "eval" / "base"), "--merge", str(out / "eval" / "distilled"),
+    Job("eval_merge", ["eval", *[a for d in _eval_parts(out / "eval") for a in ("--merge", str(d))],
                        "--out", str(merged)], logs, env).wait()
     summary["evaluation"] = _evaluation_summary(out / "eval")
     summary["budget_curve"] = _budget_curve(out / "eval", fid, fractions, summary.get("distill_metrics", {}))
@@ -295,6 +298,11 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
     return res
 
 
+def _eval_parts(eval_dir: Path) -> list[Path]:
+    """The evaluation folders of teacher + undistilled (first) and of each distilled student."""
+    return [eval_dir / "base", *sorted(d for d in eval_dir.glob("distilled_*") if (d / "results.json").exists())]
+
+
 def _examples(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(model, task): {example id: record}}`` of the greedy generation records under ``folder/examples``."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
@@ -310,11 +318,10 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
     """Per task and model: accuracy under both protocols; per student: retention (student / teacher) under each
     protocol, the perplexity gap (log-likelihood retention minus generation retention) and answer agreement with the
     teacher (the student's extracted answer equals the teacher's) on the same questions."""
-    base = json.loads((eval_dir / "base" / "results.json").read_text())
-    dist = json.loads((eval_dir / "distilled" / "results.json").read_text())
-    teacher = base["meta"]["teacher"]
-    rows = base["rows"] + dist["rows"]
-    ex = {**_examples(eval_dir / "base"), **_examples(eval_dir / "distilled")}
+    parts = [json.loads((d / "results.json").read_text()) for d in _eval_parts(eval_dir)]
+    teacher = parts[0]["meta"]["teacher"]
+    rows = [r for part in parts for r in part["rows"]]
+    ex = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d).items()}
     table: dict[str, dict[str, dict[str, float]]] = {}
     for r in rows:
         table.setdefault(r["task"], {}).setdefault(r["model"], {})[r["protocol"]] = r["acc"]
@@ -353,7 +360,7 @@ def _budget_curve(eval_dir: Path, fid: dict[str, Any], fractions: list[float], m
     from gendistill.distill.trainer import snapshot_name
 
     snap_dir = eval_dir / "snapshots"
-    ex = {**_examples(eval_dir / "base"), **_examples(eval_dir / "distilled")}
+    ex = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d).items()}
     if (snap_dir / "examples").exists():
         ex.update(_examples(snap_dir))
     teacher = json.loads((eval_dir / "base" / "results.json").read_text())["meta"]["teacher"]
