@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease, several device calls (the teacher GGUF and the data travel in two calls of <= 64 MiB each):
-#   call 1:  tools/device_e2e.sh setup && tools/device_e2e.sh warm           (carry .whl .device/carry1)
-#            (or: tools/device_e2e.sh bench — tests + throughput sweep + shipped-config first step, in the foreground)
+#   call 1:  tools/device_e2e.sh setup                                   (carry .whl .device/carry1)
+#            (optionally: tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
+#             never "warm" while the job runs: two trainings on one card ran out of memory)
 #   call 2:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry2)
 #   call 3:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
 # Prepare the carry folders first, here: python tools/device_data.py. Files written on the machine stay there between
