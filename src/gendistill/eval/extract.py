@@ -284,7 +284,8 @@ class Number:
 def extract_number(text: str) -> Number:
     """The final numeric answer, canonical (see :func:`normalize_number`). Rules, first that finds one wins:
 
-    1. the last ``\\boxed{}`` that holds a number (after its last "=" if it holds an equation);
+    1. the last ``\\boxed{}`` that holds a number: its first number after its last "=" (``\\boxed{x = 5}``,
+       ``\\boxed{12\\text{ cm}^2}``);
     2. the last explicit statement: "#### N", "The (final) answer is N", "Answer: N" (see ``_MARKER_RE``);
     3. the last number in the reply.
     """
@@ -293,8 +294,8 @@ def extract_number(text: str) -> Number:
     boxed = []
     for b in _boxed_contents(t):
         nums = _numbers(_plain(b.rsplit("=", 1)[-1]))
-        if nums:
-            boxed.append(nums[-1])
+        if nums:  # the first: "12 cm^2" is 12
+            boxed.append(nums[0])
     if boxed:
         return Number(boxed[-1], "boxed")
     t = _plain(t)
