@@ -43,6 +43,7 @@ NUMBERS = [
     ("It works 24/7, so 168 hours a week.", "168"),
     ("Answer: 007", "7"),
     ("The count is 1, 2, 3 and then 4.", "4"),
+    ("The sequence continues 1,2,3,5,8,13", "13"),
     ("**Answer:** 42", "42"),
     ("The answer is **15** apples.", "15"),
     ("Therefore, the answer is: 2,000 people.", "2000"),

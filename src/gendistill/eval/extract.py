@@ -176,7 +176,7 @@ def _match_option_text(text: str, choices: list[str]) -> int | None:
 # ("1,234,567"; "1,2,3" is three numbers), an optional decimal part, an optional exponent ("1e3", "2.5E-4") and an
 # optional denominator ("3/4"; "24/7/365" is not a fraction). Units, "$" and "%" around it are ignored.
 _NUM = (
-    r"(?:(?<![\w)\]])-)?(?<![\d.,/])"
+    r"(?:(?<![\w)\]])-)?(?<![\d./])"
     r"(?:(?:\d{1,3}(?:,\d{3})+(?![\d,]\d)|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:[eE][+-]?\d+(?![\w.]))?"
     r"(?:/\d+(?![\d/.]))?"
