@@ -80,28 +80,31 @@ def time_ms(fn, warmup: int, repeats: int, budget_s: float, device: torch.device
 
 def cpu_standins():
     """fla's KDA kernels are Triton/GPU only; on CPU (``--device cpu``, used by the tests to keep this script from
-    rotting) both are replaced by fla's fp32 ``naive_recurrent_kda`` behind the same signatures. CPU numbers mean
-    nothing."""
-    from fla.ops.kda.gate import naive_kda_gate
-    from fla.ops.kda.naive import naive_recurrent_kda
+    rotting) they are replaced by gendistill's pure-PyTorch chunked and recurrent KDA (fp32) behind fla's signatures,
+    so the numerics section still compares two independent implementations (ours against fla's
+    ``naive_recurrent_kda``). CPU timings mean nothing."""
+    from gendistill.ops.kda import kda_gate, l2norm, torch_chunk_kda, torch_recurrent_kda
 
-    def op(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=None, output_final_state=False,
-           use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
-           state_v_first=False, **kwargs):
-        if use_qk_l2norm_in_kernel:
-            q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
-        if use_gate_in_kernel:
-            g = naive_kda_gate(g.float(), A_log, dt_bias)
-        if use_beta_sigmoid_in_kernel:
-            beta = torch.sigmoid(beta.float())
-        h0 = initial_state.transpose(-1, -2) if (state_v_first and initial_state is not None) else initial_state
-        o, s = naive_recurrent_kda(q.float(), k.float(), v.float(), g.float(), beta.float(), scale=scale,
-                                   initial_state=h0, output_final_state=output_final_state)
-        if state_v_first and s is not None:
-            s = s.transpose(-1, -2)
-        return o.to(v.dtype), s
+    def standin(kernel):
+        def op(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=None, output_final_state=False,
+               use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+               state_v_first=False, **kwargs):
+            if use_qk_l2norm_in_kernel:
+                q, k = l2norm(q.float()), l2norm(k.float())
+            if use_gate_in_kernel:
+                g = kda_gate(g.float(), A_log, dt_bias)
+            if use_beta_sigmoid_in_kernel:
+                beta = torch.sigmoid(beta.float())
+            h0 = initial_state.transpose(-1, -2) if (state_v_first and initial_state is not None) else initial_state
+            o, s = kernel(q.float(), k.float(), v.float(), g.float(), beta.float(), scale=scale,
+                          initial_state=None if h0 is None else h0.float(), output_final_state=output_final_state)
+            if state_v_first and s is not None:
+                s = s.transpose(-1, -2)
+            return o.to(v.dtype), s
 
-    return op, op
+        return op
+
+    return standin(torch_chunk_kda), standin(torch_recurrent_kda)
 
 
 def make_inputs(B, T, H, K, dtype, device, seed=0):

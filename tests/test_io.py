@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -35,8 +36,24 @@ def test_publish_dir_replaces_an_existing_folder_without_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_atomic_write_json_leaves_no_temporary(tmp_path):
-    atomic_write_json(tmp_path / "r.json", {"x": 1})
+def test_atomic_write_json_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    obj = {"x": 1, "name": "café", "nested": [1.5, None, {"k": True}], "n": np.int64(7)}
+    atomic_write_json(tmp_path / "r.json", obj)
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == {**obj, "n": 7}
     atomic_write_json(tmp_path / "r.json", {"x": 2})
-    assert (tmp_path / "r.json").read_text().strip().endswith("}")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+    # a write that fails before the rename leaves the previous file whole and no temporary behind
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_json(tmp_path / "r.json", {"x": 3, "big": list(range(1000))})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

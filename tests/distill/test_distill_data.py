@@ -3,7 +3,6 @@ held-out slice, resumable stream, rank sharding."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -312,7 +311,7 @@ def test_validate_reports_counts(text_file, chat_file, tok):
     data = _data(SourceConfig(path=str(text_file), format="text"), SourceConfig(path=str(chat_file), format="chat"))
     counts = PackedStream(data, tok, 32, "all_tokens").validate()
     assert counts == {str(text_file): 60, str(chat_file): 60}
-    assert json.dumps(counts)
+    assert all(type(v) is int for v in counts.values())  # plain ints: the dry run prints them as JSON
 
 
 def test_completion_mask_with_the_real_smollm2_template():

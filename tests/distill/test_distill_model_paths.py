@@ -157,9 +157,11 @@ def test_every_family_stage_modules_run_and_isolate_documents(family):
     from gendistill.distill.data import PackedSequence, collate
     from gendistill.distill.stages import build_stage_module
 
+    from tests._trained_like import make_trained_like
+
     teacher = make_teacher(family)
     torch.manual_seed(0)
-    student = convert_teacher(teacher, [0, 2]).float().train()
+    student = make_trained_like(convert_teacher(teacher, [0, 2]).float()).train()
     g = torch.Generator().manual_seed(3)
     d1a, d1b, d2 = (torch.randint(3, 250, (n,), generator=g).tolist() for n in (7, 7, 9))
 

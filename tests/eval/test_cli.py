@@ -49,15 +49,36 @@ def test_end_to_end_teacher_and_students(setup, tmp_path):
     assert res["meta"]["models"] == ["teacher", "twin", "other"]
     assert {(x["task"], x["model"], x["protocol"]) for x in res["rows"]} == {
         (t, m, p) for t in ("quiz", "qa") for m in ("teacher", "twin", "other") for p in ("loglik", "generate")}
-    quiz_t = next(x for x in res["rows"] if x["task"] == "quiz" and x["model"] == "teacher" and x["protocol"] == "loglik")
-    assert quiz_t["n"] == 6 and quiz_t["chance"] == 0.25 and 0 <= quiz_t["acc"] <= 1
-    gen = next(x for x in res["rows"] if x["task"] == "quiz" and x["model"] == "teacher" and x["protocol"] == "generate")
-    assert 0 <= gen["invalid_rate"] <= 1 and gen["throughput"]["new_tokens"] > 0
+    def row(task, model, protocol):
+        return next(x for x in res["rows"] if (x["task"], x["model"], x["protocol"]) == (task, model, protocol))
+
+    def records(model, task, protocol):
+        path = out / "examples" / f"{model}__{task}__{protocol}.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    # every reported accuracy is the mean of the per-example records it summarises
+    for model in ("teacher", "twin", "other"):
+        for task in ("quiz", "qa"):
+            ll, recs = row(task, model, "loglik"), records(model, task, "loglik")
+            assert ll["n"] == len(recs) and ll["acc"] == pytest.approx(sum(r["acc"] for r in recs) / len(recs))
+            gen, grecs = row(task, model, "generate"), records(model, task, "generate")
+            assert gen["n"] == len(grecs)
+            assert gen["acc"] == pytest.approx(sum(r["correct"] for r in grecs) / len(grecs))
+            assert gen["invalid_rate"] == pytest.approx(sum(not r["valid"] for r in grecs) / len(grecs))
+            assert all(r["valid"] for r in grecs if r["correct"])
+    quiz_t = row("quiz", "teacher", "loglik")
+    assert quiz_t["n"] == 6 and quiz_t["chance"] == 0.25
+    gen = row("quiz", "teacher", "generate")
+    assert gen["throughput"]["new_tokens"] > 0
     assert sum(gen["gold_positions"].values()) == pytest.approx(1.0)
-    # the twin is the teacher: identical accuracy, retention 1, perplexity gap 0, perfect fidelity
-    for c in res["comparisons"]:
-        if c["student"] == "twin":
-            assert c["delta_loglik"] == 0 and c["delta_generate"] == 0 and c["perplexity_gap"] == 0
+    # the twin is the teacher: identical accuracy and generations, perplexity gap 0, perfect fidelity
+    twin = [c for c in res["comparisons"] if c["student"] == "twin"]
+    assert sorted(c["task"] for c in twin) == ["qa", "quiz"]
+    for c in twin:
+        assert c["delta_loglik"] == 0 and c["delta_generate"] == 0 and c["perplexity_gap"] == 0
+        assert [r["generation"] for r in records("twin", c["task"], "generate")] == \
+            [r["generation"] for r in records("teacher", c["task"], "generate")]
+    assert {c["task"] for c in res["comparisons"] if c["student"] == "other"} == {"qa", "quiz"}
     fid = {(f["student"], f["task"]): f for f in res["fidelity"]}
     assert fid[("twin", "quiz")]["exact_match"] == 1.0
     assert fid[("twin", "chat held-out")]["top1_agreement"] == 1.0

@@ -36,18 +36,28 @@ def test_lm_eval_loglik_matches_ours(model_factory, tok):
 
 
 def test_loads_a_model_folder(tmp_path):
+    """lm-eval's generate_until on a model folder loaded through our class is the model's own greedy continuation
+    of the same tokens (decoded as lm-eval decodes, cut at the stop string)."""
+    import torch
+    from lm_eval.api.instance import Instance
+
     from tests.fixtures_teachers import make_tiny_folder
 
-    make_tiny_folder(tmp_path / "m", "llama")
+    model, tok = make_tiny_folder(tmp_path / "m", "llama")
     cls = gendistill_lm_class()
     lm = cls(pretrained=str(tmp_path / "m"), device="cpu", batch_size=2)
+    contexts = ["Hello", "The capital of France is"]
     out = lm.generate_until(
-        [lm_eval.api.instance.Instance(request_type="generate_until", doc={},
-                                       arguments=("Hello", {"until": ["\n\n"], "max_gen_toks": 4, "do_sample": False}),
-                                       idx=0)],
+        [Instance(request_type="generate_until", doc={}, idx=0,
+                  arguments=(c, {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False})) for c in contexts],
         disable_tqdm=True,
     )
-    assert isinstance(out[0], str)
+    for context, got in zip(contexts, out):
+        ids = torch.tensor([lm.tok_encode(context)])
+        with torch.no_grad():
+            ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        expected = tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).split("\n\n")[0]
+        assert got == expected and expected.strip(), (context, got, expected)
 
 
 def test_lm_eval_task_run_agrees_with_gendistill_eval(model_factory, tok, tmp_path):

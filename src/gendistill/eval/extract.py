@@ -18,6 +18,8 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -42,13 +44,35 @@ def _valid(letter: str, n: int) -> int | None:
     return i if 0 <= i < n else None
 
 
-# "answer is B", "Answer: (B)", "correct option: **C**", "the best answer is D." — the letter must stand alone.
+# Explicit statements. The letter may be in parentheses or brackets; what follows it decides whether it stands alone
+# (see _stands_alone): "The answer is B", "Answer: (b)", "answer: b", "The correct option is C", "Option B is correct",
+# "I'd go with B.", "I would choose (D)", "My pick is A".
+_LETTER = r"\s*[:\-]?\s*(?P<open>[\(\[])?(?P<L>[A-Za-z])(?P<close>[\)\]])?"
 _ANSWER_IS = re.compile(
-    r"answer\s*(?:is|would\s+be|should\s+be|=)?\s*(?:option|choice|letter)?\s*[:\-]?\s*"
-    r"[\(\[]?([A-Z])[\)\]]?(?![A-Za-z0-9'])",
-    re.I,
-)
-_OPTION_IS = re.compile(r"(?:option|choice)\s*(?:is\s*)?[:\-]?\s*[\(\[]?([A-Z])[\)\]]?(?![A-Za-z0-9'])", re.I)
+    r"\banswer\b\s*(?:is|would\s+be|should\s+be|will\s+be|=)?\s*(?:option|choice|letter)?" + _LETTER, re.I)
+_PICK = re.compile(
+    r"(?:\b(?:i(?:'d|\s+would|'ll|\s+will)?|let's|we(?:'ll|\s+will)?)\s+(?:go\s+with|choose|pick|select|opt\s+for)"
+    r"|\bmy\s+(?:pick|choice)\s+is|\bit(?:'s|\s+is|\s+must\s+be)|\b(?:correct|right|best)\s+(?:option|choice)\s+is)"
+    r"\s*(?:option|choice|letter|answer)?" + _LETTER, re.I)
+_OPTION_IS = re.compile(
+    r"\b(?:option|choice)\s+(?P<open>[\(\[])?(?P<L>[A-Za-z])(?P<close>[\)\]])?"
+    r"(?=\s+is\s+(?:correct|right|the\s+(?:correct|right|best)\b))", re.I)
+# After an explicit marker a letter stands alone when it ends the sentence or is followed by a connective:
+# "answer: b." or "answer is A because …", but not "the answer is a seed" (an article) or "Answer: I think …".
+_ALONE_AFTER = re.compile(r"(?:\s*(?:$|[.,;:!?\n*])|\s+[-–—]|\s+(?:because|since|as|is|was|which|for|and)\b)", re.I)
+
+
+def _stands_alone(m: re.Match, text: str) -> bool:
+    letter, rest = m.group("L"), text[m.end():]
+    if m.group("open") and m.group("close"):
+        return True
+    if rest[:1].isalnum() or rest[:1] == "'":
+        return False
+    if letter.isupper() and letter not in "AI":  # "A" and "I" are also English words
+        return True
+    return bool(_ALONE_AFTER.match(rest))
+
+
 _BOXED_LETTER = re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-Z])\)?\s*\}?\s*\}")
 _PAREN = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)(?![A-Za-z0-9])")
 # A letter at the very start: "B", "B.", "B)", "(B)", "B:", "B -", "[B]"; "A man …" is not a letter answer.
@@ -81,13 +105,11 @@ def extract_choice(text: str, choices: list[str], *, allow_text: bool = True) ->
     if not clean:
         return Choice(None, "none")
 
-    for pat in (_ANSWER_IS, _OPTION_IS):
+    for pat in (_ANSWER_IS, _PICK, _OPTION_IS):  # the first explicit statement wins: explanations come after it
         for m in pat.finditer(clean):
-            letter = m.group(1)
-            if letter.isupper() or m.group(0)[-1] in ")]":
-                i = _valid(letter, n)
-                if i is not None:
-                    return Choice(i, "answer_is")
+            i = _valid(m.group("L"), n)
+            if i is not None and _stands_alone(m, clean):
+                return Choice(i, "answer_is")
     for m in _BOXED_LETTER.finditer(clean):
         i = _valid(m.group(1), n)
         if i is not None:
@@ -112,8 +134,18 @@ def extract_choice(text: str, choices: list[str], *, allow_text: bool = True) ->
     return Choice(None, "none")
 
 
+_TEXT_MARKER = re.compile(r"\banswer\s*(?:is|would\s+be|:)\s*:?|\bi(?:'d|\s+would)\s+(?:go\s+with|choose|pick)", re.I)
+
+
 def _match_option_text(text: str, choices: list[str]) -> int | None:
     norm_choices = [normalize_text(c) for c in choices]
+    # "Not a seed; the answer is pollen.": the span after the last explicit marker, up to its sentence end, decides
+    # when it is exactly one option.
+    for m in reversed(list(_TEXT_MARKER.finditer(text))):
+        span = normalize_text(re.split(r"[.;!?\n]|,\s", text[m.end():].strip(), maxsplit=1)[0])
+        hits = [i for i, c in enumerate(norm_choices) if c and span == c]
+        if len(hits) == 1:
+            return hits[0]
     # Strip a leading "Answer:" / "The answer is" so "Answer: Paris" equals the option "Paris".
     body = re.sub(r"^\s*(?:the\s+)?(?:final\s+|correct\s+|best\s+)?answer\s*(?:is|:)\s*", "", text, flags=re.I)
     first_line = body.strip().splitlines()[0] if body.strip() else ""
@@ -140,14 +172,41 @@ def _match_option_text(text: str, choices: list[str]) -> int | None:
 
 # ---------------------------------------------------------------------------------------------------- numbers
 
-_NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\s?\.\d+"
+# One number: an optional minus (not the hyphen of a range "10-12"), digits with optional thousands separators
+# ("1,234,567"; "1,2,3" is three numbers), an optional decimal part, an optional exponent ("1e3", "2.5E-4") and an
+# optional denominator ("3/4"; "24/7/365" is not a fraction). Units, "$" and "%" around it are ignored.
+_NUM = (
+    r"(?:(?<![\w)\]])-)?(?<![\d./])"
+    r"(?:(?:\d{1,3}(?:,\d{3})+(?![\d,]\d)|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:[eE][+-]?\d+(?![\w.]))?"
+    r"(?:/\d+(?![\d/.]))?"
+    r"(?![\d])"
+)
 _NUM_RE = re.compile(_NUM)
+
+_LATEX_SUBS = [
+    (re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}"), r"\1/\2"),  # \frac{1}{2} -> 1/2
+    (re.compile(r"\\[dt]?frac\s*(\d)(\d)"), r"\1/\2"),  # \frac12 -> 1/2
+    (re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}"), r" \1 "),  # units: \text{ cm}
+    (re.compile(r"\{,\}|\\!|\\,|\\;|\\:|~"), ""),  # LaTeX thousands separators and thin spaces: 1{,}234, 1\,234
+    (re.compile(r"\^\s*\{?\\circ\}?|\\circ|\\%|\\\$|\\left|\\right"), " "),
+    (re.compile(r"[\u2212\u2013](?=\d)"), "-"),  # unicode minus / en dash before a digit
+    (re.compile(r"(?<=\d)[\u202f\u2009](?=\d{3}\b)"), ""),  # narrow no-break / thin space as thousands separator
+]
+
+
+def _plain(text: str) -> str:
+    """LaTeX number notation to plain text: fractions to ``a/b``, ``\\text{}`` units unwrapped, thin spaces and
+    ``{,}`` separators dropped, ``\\%``/``^\\circ``/``\\$`` removed."""
+    for pat, rep in _LATEX_SUBS:
+        text = pat.sub(rep, text)
+    return text
 
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` (balanced braces) in order."""
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces) in order."""
     out = []
-    for m in re.finditer(r"\\boxed\s*\{", text):
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, i = 1, m.end()
         while i < len(text) and depth:
             if text[i] == "{":
@@ -160,26 +219,60 @@ def _boxed_contents(text: str) -> list[str]:
     return out
 
 
-def normalize_number(s: str) -> str | None:
-    """``"$1,234.50"`` → ``"1234.5"``, ``"18.00"`` → ``"18"``, ``"-3"`` → ``"-3"``; None when no number."""
-    m = _NUM_RE.search(s.replace("\\!", "").replace("{,}", ","))
-    if not m:
-        return None
-    tok = m.group(0).replace("$", "").replace(",", "").replace(" ", "")
+def _canonical(tok: str) -> str | None:
+    """One matched number token to its canonical string: ``"1,234.50"`` → ``"1234.5"``, ``"1e3"`` → ``"1000"``,
+    ``"6/8"`` → ``"3/4"``, ``"4/2"`` → ``"2"``, ``"-0"`` → ``"0"``."""
+    tok = tok.replace(",", "")
+    num, _, den = tok.partition("/")
     try:
-        val = float(tok)
-    except ValueError:
+        d = Decimal(num)
+        if den:
+            if int(den) == 0:
+                return None
+            f = Fraction(d) / int(den)
+            return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+    except (InvalidOperation, ValueError):
         return None
-    if val == int(val) and abs(val) < 1e15:
-        return str(int(val))
-    return repr(round(val, 6)).rstrip("0").rstrip(".")
+    if not d.is_finite():
+        return None
+    if d == 0:
+        return "0"
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
 
 
-_FINAL_PATTERNS = [
-    re.compile(r"####\s*(" + _NUM + ")"),
-    re.compile(r"answer\s*(?:is|:|=)\s*:?\s*(?:\\\(|\$\$?)?\s*(" + _NUM + ")", re.I),
-    re.compile(r"answer\s*(?:is|:)?[^.\n\d]{0,40}?(" + _NUM + ")", re.I),
-]
+def _numbers(text: str) -> list[str]:
+    return [c for c in (_canonical(m.group(0)) for m in _NUM_RE.finditer(text)) if c is not None]
+
+
+def normalize_number(s: str) -> str | None:
+    """The first number in ``s``, canonical: ``"$1,234.50"`` → ``"1234.5"``, ``"18.00"`` → ``"18"``, ``"-3"`` →
+    ``"-3"``, ``"\\frac{1}{2}"`` → ``"1/2"``, ``"1e3"`` → ``"1000"``, ``"45%"`` → ``"45"``; None when no number."""
+    nums = _numbers(_plain(s))
+    return nums[0] if nums else None
+
+
+# An explicit final-answer statement: "#### 18", "The answer is 18", "Final answer: $18", "answer = 18". What follows
+# the marker up to the end of its sentence is the answer; when that span is a calculation ("the answer is 3 + 4 = 7")
+# the number after its last "=" is taken.
+_MARKER_RE = re.compile(
+    r"####|\banswer\s*(?:is|was|will\s+be|would\s+be|should\s+be|[:=])\s*:?|\banswer\s*\n",
+    re.I,
+)
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n|;|,\s+(?:so|because|since|which)\b")
+
+
+def _marked_numbers(text: str) -> list[str]:
+    out = []
+    for m in _MARKER_RE.finditer(text):
+        rest = text[m.end():]
+        end = _SENTENCE_END.search(rest.lstrip())
+        span = rest.lstrip()[: end.start() if end else len(rest)]
+        nums = _numbers(span.rsplit("=", 1)[-1] if "=" in span else span)
+        if nums:
+            out.append(nums[-1] if "=" in span else nums[0])
+    return out
 
 
 @dataclass(frozen=True)
@@ -189,36 +282,50 @@ class Number:
 
 
 def extract_number(text: str) -> Number:
-    """The final numeric answer: last ``\\boxed{}``, else "The answer is N" / "#### N" (the last such statement),
-    else the last number in the reply."""
+    """The final numeric answer, canonical (see :func:`normalize_number`). Rules, first that finds one wins:
+
+    1. the last ``\\boxed{}`` that holds a number: its first number after its last "=" (``\\boxed{x = 5}``,
+       ``\\boxed{12\\text{ cm}^2}``);
+    2. the last explicit statement: "#### N", "The (final) answer is N", "Answer: N" (see ``_MARKER_RE``);
+    3. the last number in the reply.
+    """
     t = strip_reasoning(text)
     t = _MD_RE.sub("", t)
-    boxed = [normalize_number(b) for b in _boxed_contents(t)]
-    boxed = [b for b in boxed if b is not None]
+    boxed = []
+    for b in _boxed_contents(t):
+        nums = _numbers(_plain(b.rsplit("=", 1)[-1]))
+        if nums:  # the first: "12 cm^2" is 12
+            boxed.append(nums[0])
     if boxed:
         return Number(boxed[-1], "boxed")
-    for pat in _FINAL_PATTERNS:
-        hits = [normalize_number(m.group(1)) for m in pat.finditer(t)]
-        hits = [h for h in hits if h is not None]
-        if hits:
-            return Number(hits[-1], "answer_is")
-    nums = [normalize_number(m.group(0)) for m in _NUM_RE.finditer(t)]
-    nums = [x for x in nums if x is not None]
+    t = _plain(t)
+    marked = _marked_numbers(t)
+    if marked:
+        return Number(marked[-1], "answer_is")
+    nums = _numbers(t)
     if nums:
         return Number(nums[-1], "last_number")
     return Number(None, "none")
 
 
+def _as_fraction(s: str) -> Fraction | None:
+    c = normalize_number(s)
+    if c is None:
+        return None
+    try:
+        return Fraction(c)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def numbers_equal(a: str | None, b: str | None) -> bool:
+    """Equal as numbers: exactly, or within 1e-6 relative (so "0.333333" equals "1/3", "18.0" equals "18")."""
     if a is None or b is None:
         return False
-    na, nb = normalize_number(a), normalize_number(b)
-    if na is None or nb is None:
+    fa, fb = _as_fraction(a), _as_fraction(b)
+    if fa is None or fb is None:
         return False
-    try:
-        return abs(float(na) - float(nb)) <= 1e-6 * max(1.0, abs(float(nb)))
-    except ValueError:
-        return na == nb
+    return fa == fb or abs(fa - fb) <= Fraction(1, 10**6) * max(1, abs(fb))
 
 
 # ---------------------------------------------------------------------------------------------------- short answers

@@ -1,0 +1,226 @@
+"""Mutation check of the core tests: plant deliberate bugs one at a time in a scratch copy and see the tests fail.
+
+Each mutant is a text substitution in one file of ``src/`` that must match exactly once (so a mutant that no longer
+applies after a refactor is reported as stale, not silently skipped). For every mutant the script copies ``src/`` and
+``tests/`` into a fresh temporary folder, applies the substitution there (the working tree is never touched), runs the
+tests that are meant to catch it with a timeout, and records *caught* (the tests fail), *NOT CAUGHT* (they pass),
+*stale* (the pattern is not found exactly once) or *error* (pytest could not collect or the run timed out). The tests
+are first run once unmutated (the baseline) so a failure is known to come from the mutant.
+
+Run on demand, not in CI (about two minutes on two cores)::
+
+    python tools/mutants.py                      # all mutants; table on stdout, JSON in runs/mutants/
+    python tools/mutants.py --only pad_gate,rng  # a subset (names or name prefixes)
+    python tools/mutants.py --list
+
+Exit status: 0 when every mutant is caught, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODEL = "tests/model/test_modeling_hybrid.py"
+PATHS = "tests/distill/test_distill_model_paths.py"
+TRAINER = "tests/distill/test_distill_trainer.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest arguments (node ids, files, -k expressions)
+    bug: str  # what a user would see
+
+
+MUTANTS: list[Mutant] = [
+    # ---- the five bugs the audit of issue 18 found that the whole suite let through
+    Mutant("pad_gate", "src/gendistill/ops/kda/__init__.py",
+           "g, beta = g * m[..., None, None], beta * m[..., None]", "g, beta = g, beta",
+           (MODEL, "-k", "left_padded or all_kda"),
+           "padded positions update the KDA state: batched eval differs from one sequence at a time"),
+    Mutant("conv_doc_reset", "src/gendistill/ops/conv.py",
+           "y = y + weight[:, j, None] * shifted * (pos_in_doc >= back).to(x.dtype)",
+           "y = y + weight[:, j, None] * shifted",
+           (PATHS,),
+           "the short conv reads the previous packed document: training documents leak into each other"),
+    Mutant("rng_not_restored", "src/gendistill/distill/checkpoint.py",
+           "set_rng_state(torch.load(rng, weights_only=False))", "None",
+           (TRAINER, "-k", "resume_continues"),
+           "--resume draws other dropout masks than the uninterrupted run"),
+    Mutant("completion_only_ignored", "src/gendistill/distill/trainer.py",
+           "packed = PackedStream(data, tokenizer, stage.seq_len, stage.masking)",
+           'packed = PackedStream(data, tokenizer, stage.seq_len, "all_tokens")',
+           (TRAINER, "-k", "completion_only"),
+           "stage 3b distils the user prompts too"),
+    Mutant("mask_shifted_by_one", "src/gendistill/distill/data.py",
+           "loss_mask[:, :-1] = target[:, 1:] & valid[:, 1:]", "loss_mask[:, :-1] = target[:, :-1] & valid[:, 1:]",
+           (TRAINER, "-k", "completion_only"),
+           "the loss covers the token before each assistant token instead of the assistant tokens"),
+    Mutant("long_continuation_ignores_cache", "src/gendistill/layers/kda.py",
+           "recurrent=recurrent, initial_state=recurrent_state,",
+           "recurrent=recurrent, initial_state=recurrent_state if recurrent else None,",
+           (MODEL, "-k", "multi_token_continuation"),
+           "a prompt of more than 64 tokens after a cached prefix (multi-turn chat) forgets the prefix"),
+    # ---- five more in the core paths
+    Mutant("chunked_kl_grad_scale", "src/gendistill/distill/losses.py",
+           "gh = (grad_h * g).to(ctx.dtypes[0]) if need_h else None",
+           "gh = grad_h.to(ctx.dtypes[0]) if need_h else None",
+           ("tests/distill/test_distill_losses.py",),
+           "the chunked KL ignores the upstream gradient (1/denominator, loss weights): wrong gradient scale"),
+    Mutant("gqa_repeat_order", "src/gendistill/layers/kda.py",
+           "k = k.repeat_interleave(H // Hkv, dim=2)", "k = k.repeat(1, 1, H // Hkv, 1)",
+           ("tests/model/test_convert.py", "-k", "expand_mode"),
+           "query heads read another group's key head than in the teacher's attention"),
+    Mutant("decay_gate_sign", "src/gendistill/ops/kda/gate.py",
+           "return -A_log.to(dtype).exp().view(H, 1) * F.softplus(x)",
+           "return -A_log.to(dtype).exp().view(H, 1) * F.softplus(-x)",
+           ("tests/model/test_kda_ops.py",),
+           "the decay gate uses softplus(-x): another forgetting rate than fla's KDA"),
+    Mutant("grad_accum_denominator", "src/gendistill/distill/trainer.py",
+           "loss = wrapped(mb, denom)", "loss = wrapped(mb, float(module.count(mb)))",
+           (TRAINER, "-k", "gradient_accumulation"),
+           "each micro-batch is averaged on its own: the result depends on micro_batch_size"),
+    Mutant("qkv_not_masked_before_conv", "src/gendistill/layers/kda.py",
+           "q, k, v = q * m, k * m, v * m", "pass",
+           (MODEL, "-k", "left_padded or all_kda"),
+           "padding tokens enter the conv window of the first real tokens in a left-padded batch"),
+    Mutant("recurrent_switch_moved", "src/gendistill/layers/kda.py",
+           "recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training",
+           "recurrent = recurrent_state is not None and T <= 8 and not self.training",
+           (MODEL, "-k", "cached_decode or multi_token_continuation"),
+           "the recurrent/chunk switch moved: must give the same outputs (an equivalence, expected to survive)"),
+]
+# The last entry is a control: moving the switch between two correct kernels must NOT be caught.
+CONTROLS = {"recurrent_switch_moved"}
+
+
+def apply(m: Mutant, root: Path) -> str | None:
+    """Apply ``m`` under ``root``; returns None, or why it does not apply."""
+    path = root / m.file
+    text = path.read_text()
+    n = text.count(m.old)
+    if n != 1:
+        return f"pattern found {n} times in {m.file} (expected exactly once)"
+    path.write_text(text.replace(m.old, m.new))
+    return None
+
+
+def scratch_copy() -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="gendistill-mutant-"))
+    for d in ("src", "tests", "benchmarks"):
+        shutil.copytree(ROOT / d, tmp / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    return tmp
+
+
+def run_tests(root: Path, args: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """(outcome, seconds, last lines) with outcome in passed / failed / error / timeout."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *args]
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - t0, ""
+    dt = time.perf_counter() - t0
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    tail = "\n".join(failed or lines[-2:])
+    outcome = {0: "passed", 1: "failed"}.get(res.returncode, "error")
+    return outcome, dt, tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated mutant names (or prefixes)")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per test run")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "mutants"), help="folder for mutants.json")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the selected tests")
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(150, shutil.get_terminal_size().columns))
+    chosen = MUTANTS
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        chosen = [m for m in MUTANTS if any(m.name.startswith(w) for w in wanted)]
+        if not chosen:
+            console.print(f"--only {args.only!r}: no such mutant (see --list)")
+            return 2
+    if args.list:
+        for m in chosen:
+            console.print(f"{m.name:34} {m.file}: {m.bug}")
+        return 0
+
+    results = []
+    if not args.no_baseline:
+        for tests in dict.fromkeys(m.tests for m in chosen):
+            root = scratch_copy()
+            try:
+                outcome, dt, tail = run_tests(root, tests, args.timeout)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            console.print(f"baseline {' '.join(tests)}: {outcome} ({dt:.0f} s)")
+            if outcome != "passed":
+                console.print(f"the unmutated tests do not pass; fix them first:\n{tail}")
+                return 1
+    for m in chosen:
+        root = scratch_copy()
+        try:
+            why = apply(m, root)
+            if why:
+                outcome, dt, tail = "stale", 0.0, why
+            else:
+                outcome, dt, tail = run_tests(root, m.tests, args.timeout)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        control = m.name in CONTROLS
+        if outcome == "stale":
+            status = "stale"
+        elif outcome in ("timeout", "error"):
+            status = outcome
+        elif control:
+            status = "survived (control)" if outcome == "passed" else "CAUGHT (control: false alarm)"
+        else:
+            status = "caught" if outcome == "failed" else "NOT CAUGHT"
+        ok = status in ("caught", "survived (control)")
+        results.append({**asdict(m), "tests": list(m.tests), "status": status, "ok": ok, "seconds": round(dt, 1),
+                        "tail": tail})
+        console.print(f"{m.name}: {status} ({dt:.0f} s)")
+
+    table = Table(title="mutants (each planted alone in a scratch copy)")
+    for col in ("mutant", "file", "tests", "status", "s", "first failing test"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        style = "green" if r["ok"] else "bold red"
+        table.add_row(r["name"], r["file"].removeprefix("src/gendistill/"), " ".join(r["tests"]).replace("tests/", ""),
+                      f"[{style}]{r['status']}[/{style}]", f"{r['seconds']:.0f}",
+                      r["tail"].splitlines()[0].split("::")[-1][:60] if r["tail"] else "")
+    console.print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutants.json").write_text(json.dumps({"mutants": results}, indent=1))
+    n_ok = sum(r["ok"] for r in results)
+    console.print(f"{n_ok}/{len(results)} as expected; JSON in {out / 'mutants.json'}")
+    return 0 if n_ok == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
