@@ -60,3 +60,14 @@ def test_parse_rope_scaling():
     for bad, match in (("ntk:4", "type must be one of"), ("yarn", "give the factor"), ("yarn:0.5", "must be > 1")):
         with pytest.raises(ConfigError, match=match):
             parse_rope_scaling(bad)
+
+
+def test_lm_eval_model_args_take_rope_scaling(tmp_path):
+    pytest.importorskip("lm_eval")
+    from gendistill.eval.harness import gendistill_lm_class
+    from tests.fixtures_teachers import make_tiny_folder
+
+    make_tiny_folder(tmp_path / "m", "llama", max_position_embeddings=64)
+    lm = gendistill_lm_class()(pretrained=str(tmp_path / "m"), device="cpu", batch_size=1, rope_scaling="yarn:4")
+    assert lm.model.config.rope_parameters["rope_type"] == "yarn"
+    assert lm.model.config.max_position_embeddings == 256 and lm.max_length == 256
