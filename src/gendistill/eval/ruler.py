@@ -260,8 +260,8 @@ class RulerTask(Task):
                 depth = depths[i % len(depths)]
                 rseed = f"{self.name}:{seed}:{length}:{i}"
 
-                def make(k: int) -> Example:
-                    s = self._sample(random.Random(rseed), k, depth if depth is not None else 0.0, hay, hash_seed(rseed))
+                def make(k: int, rseed=rseed, depth=depth, i=i, length=length) -> Example:
+                    s = self._sample(random.Random(rseed), k, depth or 0.0, hay, hash_seed(rseed))
                     return self._example(s, f"{self.name}/L{length}/{i}", length, depth)
 
                 units = _largest_fitting(lambda k: self._n_tokens(tok, make(k)), budget, self.name, length,
