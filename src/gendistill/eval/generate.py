@@ -96,6 +96,8 @@ def generate(
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:  # stop decoding early at a stop string (the text is also cut there below)
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
     if do_sample:
         torch.manual_seed(seed)
     bar = progress(total=len(prompts), desc=desc, enabled=show_progress)

@@ -59,7 +59,7 @@ def gendistill_lm_class():
         """``HFLM`` that loads ``pretrained`` through gendistill (students, teacher short names, GGUF files)."""
 
         def __init__(self, pretrained: Any = "smollm2-135m-instruct", tokenizer: Any = None, dtype: Any = "float32",
-                     device: str | None = "cpu", **kwargs: Any) -> None:
+                     device: str | None = "cpu", rope_scaling: str | None = None, **kwargs: Any) -> None:
             if isinstance(pretrained, str):
                 from gendistill.eval.runner import load_model  # noqa: PLC0415
 
@@ -67,6 +67,10 @@ def gendistill_lm_class():
                 model, tok = load_model(pretrained, dtype=_dtype(dtype), device=dev)
                 pretrained = model
                 tokenizer = tokenizer or tok
+            if rope_scaling:  # model_args rope_scaling=yarn:4, as `gendistill eval --rope-scaling`
+                from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling  # noqa: PLC0415
+
+                apply_rope_scaling(pretrained, parse_rope_scaling(rope_scaling))
             super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     register_model("gendistill")(GendistillLM)

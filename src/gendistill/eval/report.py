@@ -16,6 +16,8 @@ import math
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from gendistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from gendistill.eval.extract import LETTERS
 
@@ -39,6 +41,26 @@ def position_distribution(preds: list[int | None], n_choices: list[int]) -> dict
     width = max(n_choices) if n_choices else max(valid) + 1
     c = Counter(valid)
     return {LETTERS[i]: c.get(i, 0) / len(valid) for i in range(width)}
+
+
+def breakdown(scores: list[float], fields: list[dict[str, Any]], keys: tuple[str, ...], prefix: str = ""
+              ) -> dict[str, list[dict[str, Any]]]:
+    """Mean score per value of each key (``by_length``: ``[{"length": 1024, "acc": .., "n": ..}, ...]``) and, for two
+    keys, per pair of values (``by_length_depth``). Examples whose field is ``None`` (no depth) are left out."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    groupings = [(k,) for k in keys] + ([tuple(keys[:2])] if len(keys) >= 2 else [])
+    for ks in groupings:
+        groups: dict[tuple, list[float]] = {}
+        for s, f in zip(scores, fields):
+            vals = tuple(f.get(k) for k in ks)
+            if any(v is None for v in vals):
+                continue
+            groups.setdefault(vals, []).append(s)
+        if groups:
+            out[prefix + "by_" + "_".join(ks)] = [
+                {**dict(zip(ks, vals)), "acc": sum(v) / len(v), "n": len(v)} for vals, v in sorted(groups.items())
+            ]
+    return out
 
 
 def retention(teacher: float, student: float, chance: float) -> dict[str, float | None]:
@@ -129,6 +151,27 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_pct(f.get('top1_agreement'))} | "
                 f"{'–' if f.get('kl_teacher_student') is None else round(f['kl_teacher_student'], 4)} |"
             )
+    long_rows = [r for r in rows if r.get("by_length")]
+    if long_rows:
+        lengths = sorted({b["length"] for r in long_rows for b in r["by_length"]})
+        lines += ["", "## Long context: accuracy (%) by context length", "",
+                  "Generation: RULER's string_match_all (share of gold strings in the reply). Log-likelihood: greedy "
+                  "match of the gold answer, and its mean log-probability per token in brackets.", ""]
+        lines.append("| task | model | protocol | " + " | ".join(str(n) for n in lengths) + " |")
+        lines.append("|---|---|---|" + "---:|" * len(lengths))
+        for r in long_rows:
+            acc = {b["length"]: b["acc"] for b in r["by_length"]}
+            lp = {b["length"]: b["acc"] for b in r.get("logprob_per_token_by_length", [])}
+            cells = [f"{_pct(acc.get(n))}" + (f" ({lp[n]:.2f})" if n in lp else "") for n in lengths]
+            lines.append(f"| {r['task']} | {r['model']} | {r['protocol']} | " + " | ".join(cells) + " |")
+    code_rows = [r for r in rows if any(k.startswith("pass@") for k in r)]
+    if code_rows:
+        lines += ["", "## Code (executed)", "", "| task | model | decoding | pass@1 | pass@10 | pass@100 | status |",
+                  "|---|---|---|---:|---:|---:|---|"]
+        for r in code_rows:
+            st = ", ".join(f"{k} {v}" for k, v in sorted(r.get("exec_status", {}).items()))
+            lines.append(f"| {r['task']} | {r['model']} | {r.get('decoding', '')} | {_pct(r.get('pass@1'))} | "
+                         f"{_pct(r.get('pass@10'))} | {_pct(r.get('pass@100'))} | {st} |")
     skipped = results.get("skipped") or []
     if skipped:
         lines += ["", "Not applicable: " + "; ".join(f"{s['task']}/{s['protocol']} ({s['reason']})" for s in skipped)]
@@ -176,6 +219,89 @@ def plot_png(results: dict[str, Any]) -> bytes | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_long_context_png(results: dict[str, Any]) -> bytes | None:
+    """Long-context tasks: accuracy vs context length per task (one line per model; generation solid, log-likelihood
+    greedy match dashed), and per model a length × depth heat map of generation accuracy averaged over the tasks that
+    sweep depth — teacher beside students."""
+    rows = [r for r in results["rows"] if r.get("by_length")]
+    if not rows:
+        return None
+    try:
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - the plot is optional
+        return None
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ncols = min(4, len(tasks))
+    nrows_lines = -(-len(tasks) // ncols)
+    grids = {m: [r for r in rows if r["model"] == m and r["protocol"] == "generate" and r.get("by_length_depth")]
+             for m in models}
+    has_grid = any(grids.values())
+    nrows = nrows_lines + (1 if has_grid else 0)
+    width = max(ncols, len(models) if has_grid else 0)
+    fig, axes = plt.subplots(nrows, width, figsize=(3.6 * width + 1.5, 3.0 * nrows + 0.4), squeeze=False,
+                             layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, t in enumerate(tasks):
+        ax = axes[i // ncols][i % ncols]
+        for r in rows:
+            if r["task"] != t:
+                continue
+            pts = r["by_length"]
+            ax.plot([p["length"] for p in pts], [100 * p["acc"] for p in pts], marker="o",
+                    linestyle="-" if r["protocol"] == "generate" else "--",
+                    color=colors[models.index(r["model"]) % len(colors)], label=f"{r['model']} · {r['protocol']}")
+        ax.set_xscale("log", base=2)
+        ticks = sorted({p["length"] for r in rows for p in r["by_length"]})
+        ax.set_xticks(ticks, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(-3, 103)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("context length (tokens)", fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for j in range(len(tasks), nrows_lines * ncols):  # empty panels of the last line row
+        axes[j // ncols][j % ncols].axis("off")
+    for rr in range(nrows_lines):  # columns only the heat-map row uses
+        for j in range(ncols, width):
+            axes[rr][j].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    if has_grid:
+        lengths = sorted({p["length"] for rs in grids.values() for r in rs for p in r["by_length_depth"]})
+        depths = sorted({p["depth"] for rs in grids.values() for r in rs for p in r["by_length_depth"]})
+        for k in range(width):
+            ax = axes[nrows - 1][k]
+            if k >= len(models) or not grids[models[k]]:
+                ax.axis("off")
+                continue
+            mat = np.full((len(depths), len(lengths)), np.nan)
+            sums: dict[tuple, list[float]] = {}
+            for r in grids[models[k]]:
+                for p in r["by_length_depth"]:
+                    sums.setdefault((p["depth"], p["length"]), []).append(p["acc"])
+            for (d, n), v in sums.items():
+                mat[depths.index(d), lengths.index(n)] = 100 * sum(v) / len(v)
+            im = ax.imshow(mat, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="upper")
+            ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+            ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths], fontsize=7)
+            ax.set_xlabel("context length", fontsize=8)
+            ax.set_ylabel("needle depth", fontsize=8)
+            ax.set_title(f"{models[k]}: generation, mean over tasks", fontsize=8)
+        fig.colorbar(im, ax=axes[nrows - 1].tolist(), shrink=0.8, label="accuracy (%)")
+    fig.suptitle("long context: accuracy vs length (solid: generation, dashed: log-likelihood greedy match)",
+                 fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
 
@@ -231,4 +357,8 @@ def write_report(results: dict[str, Any], out_dir) -> dict[str, str]:
     if png is not None:
         paths["plot"] = str(out / "results.png")
         atomic_write_bytes(paths["plot"], png)
+    png = plot_long_context_png(results)
+    if png is not None:
+        paths["long_context_plot"] = str(out / "long_context.png")
+        atomic_write_bytes(paths["long_context_plot"], png)
     return paths

@@ -33,7 +33,9 @@ from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.generate import generate
 from gendistill.eval.loglik import mc_metrics, score_requests
-from gendistill.eval.prompts import apply_chat, chat_loglik_pair
+from gendistill.eval.prompts import chat_loglik_pair
+from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
+from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSpec
 from gendistill.eval.tasks import MULTIPLE_CHOICE, Example, Task, parse_tasks, select
 
 PROTOCOLS = ("loglik", "generate")
@@ -68,6 +70,11 @@ class EvalConfig:
     fidelity_data: str | None = None
     show_progress: bool = True
     command: str = ""
+    # long-context (RULER-style) tasks: token lengths, needle depths (fractions 0..1), haystack source
+    context_lengths: list[int] | None = None
+    depths: list[float] | None = None
+    haystack: str | None = None
+    rope_scaling: str | None = None  # e.g. "yarn:4", applied to every model's attention layers after loading
 
 
 def model_label(spec: str) -> str:
@@ -143,7 +150,11 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
                label: str) -> tuple[dict | None, list[dict]]:
     per_ex_reqs = []
     for ex in examples:
-        reqs = task.loglik_requests(ex, task.fewshot_for(ex, all_examples))
+        shots = task.fewshot_for(ex, all_examples)
+        if task.loglik_on_generation_prompt:  # the gold answer continues the exact prompt the model generates from
+            per_ex_reqs.append([(task.generation_prompt(tok, ex, shots), " " + str(ex.answer))])
+            continue
+        reqs = task.loglik_requests(ex, shots)
         if reqs is None:
             return None, []
         if cfg.loglik_chat_template:
@@ -158,12 +169,14 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
     for ex, reqs in zip(examples, per_ex_reqs):
         out = res[k : k + len(reqs)]
         k += len(reqs)
-        rec: dict[str, Any] = {"id": ex.id, "task": task.name, "model": label, "protocol": "loglik"}
+        rec: dict[str, Any] = {"id": ex.id, "task": task.name, "model": label, "protocol": "loglik",
+                               **_breakdown_fields(task, ex)}
         if task.kind == MULTIPLE_CHOICE:
             m = mc_metrics([o.logprob for o in out], [c for _, c in reqs], ex.answer_idx)
             rec.update(gold=ex.answer_idx, **m)
         else:
-            rec.update(gold=ex.answer, logprob=out[0].logprob, n_tokens=out[0].n_tokens, acc=float(out[0].is_greedy))
+            rec.update(gold=ex.answer, logprob=out[0].logprob, n_tokens=out[0].n_tokens, acc=float(out[0].is_greedy),
+                       logprob_per_token=out[0].logprob / max(1, out[0].n_tokens))
         records.append(rec)
     metric = LOGLIK_METRIC.get(task.name, "acc") if task.kind == MULTIPLE_CHOICE else "greedy_match"
     key = "acc_norm" if metric == "acc_norm" else "acc"
@@ -178,12 +191,18 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
                                                    [len(e.choices) for e in examples])
     else:
         row["mean_logprob"] = sum(r["logprob"] for r in records) / len(records)
+        row["mean_logprob_per_token"] = sum(r["logprob_per_token"] for r in records) / len(records)
+    if task.breakdown:
+        row.update(R.breakdown([r[key] for r in records], records, task.breakdown))
+        if task.kind != MULTIPLE_CHOICE:
+            row.update(R.breakdown([r["logprob_per_token"] for r in records], records, task.breakdown[:1],
+                                   prefix="logprob_per_token_"))
     return row, records
 
 
 def run_generate(model, tok, task: Task, examples: list[Example], all_examples: list[Example], cfg: EvalConfig,
                  label: str) -> tuple[dict, list[dict], list[list[int]]]:
-    prompts = [apply_chat(tok, task.gen_messages(ex, task.fewshot_for(ex, all_examples))) for ex in examples]
+    prompts = [task.generation_prompt(tok, ex, task.fewshot_for(ex, all_examples)) for ex in examples]
     max_new = cfg.max_new_tokens or task.max_new_tokens
     if cfg.smoke:
         max_new = min(max_new, SMOKE_MAX_NEW_TOKENS)
@@ -195,22 +214,23 @@ def run_generate(model, tok, task: Task, examples: list[Example], all_examples: 
             model, tok, prompts, max_new_tokens=max_new, batch_size=cfg.batch_size, do_sample=s is not None,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=s or 0,
             add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{label} {task.name} generate",
-            show_progress=cfg.show_progress,
+            show_progress=cfg.show_progress, stop=list(task.stop) or None,
         )
         stats_all.append(stats.as_dict())
-        for i, (ex, o) in enumerate(zip(examples, outs)):
-            sc = task.score_generation(ex, o.text)
+        seed_scores = task.score_generations(examples, [o.text for o in outs])
+        for i, (ex, o, sc) in enumerate(zip(examples, outs, seed_scores)):
             per_ex_scores[i].append(sc)
             rec = {"id": ex.id, "task": task.name, "model": label, "protocol": "generate", "seed": s,
                    "gold": ex.answer_idx if task.kind == MULTIPLE_CHOICE else ex.answer, "pred": sc.pred,
-                   "correct": sc.correct, "valid": sc.valid, "method": sc.method, "generation": o.text,
-                   "new_tokens": o.new_tokens, "hit_limit": o.hit_limit, "prompt_tokens": o.prompt_tokens, **sc.extra}
+                   "correct": sc.correct, "score": sc.value, "valid": sc.valid, "method": sc.method,
+                   "generation": o.text, "new_tokens": o.new_tokens, "hit_limit": o.hit_limit,
+                   "prompt_tokens": o.prompt_tokens, **_breakdown_fields(task, ex), **sc.extra}
             if i < 3 and s in (None, cfg.seed):
                 rec["prompt"] = prompts[i]
             records.append(rec)
             if s is None:
                 greedy_ids.append(o.token_ids)
-    scores = [sum(sc.correct for sc in scs) / len(scs) for scs in per_ex_scores]
+    scores = [sum(sc.value for sc in scs) / len(scs) for scs in per_ex_scores]
     acc, se = R.mean_stderr(scores)
     flat = [sc for scs in per_ex_scores for sc in scs]
     row: dict[str, Any] = {
@@ -229,7 +249,18 @@ def run_generate(model, tok, task: Task, examples: list[Example], all_examples: 
                                                         [len(e.choices) for e in examples])
     if any("contains" in sc.extra for sc in flat):
         row["contains_rate"] = sum(bool(sc.extra.get("contains")) for sc in flat) / len(flat)
+    if any(sc.score is not None for sc in flat):  # graded scores: also the share answered completely
+        row["all_correct_rate"] = sum(sc.correct for sc in flat) / len(flat)
+    for key in task.extra_rates:
+        row[f"{key}_rate"] = sum(float(sc.extra.get(key, 0.0)) for sc in flat) / len(flat)
+    if task.breakdown:
+        row.update(R.breakdown(scores, [_breakdown_fields(task, ex) for ex in examples], task.breakdown))
+    row.update(task.row_metrics(examples, per_ex_scores))
     return row, records, greedy_ids
+
+
+def _breakdown_fields(task: Task, ex: Example) -> dict[str, Any]:
+    return {k: ex.fields.get(k) for k in task.breakdown}
 
 
 def _count(it) -> dict:
@@ -271,6 +302,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if dtype is None:
         raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got '{cfg.dtype}'")
     tasks = parse_tasks(cfg.tasks)
+    rope = parse_rope_scaling(cfg.rope_scaling)
+    long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),
+                                depths=tuple(cfg.depths or DEFAULT_DEPTHS), haystack=cfg.haystack)
     for spec in cfg.models:
         check_model_spec(spec)
     labels, seen = [], set()
@@ -287,6 +321,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     # Data first: every file is read and validated before a model is loaded.
     data: dict[str, tuple[list[Example], list[Example]]] = {}
     for t in tasks:
+        if t.generated:  # built with the first model's tokenizer, below; its options are checked now
+            t.check(long_spec)
+            continue
         all_ex = t.load(cfg.data_source)
         t.fewshot_pool()
         data[t.name] = (select(all_ex, limit, cfg.seed), all_ex)
@@ -298,8 +335,18 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     answers: dict[tuple[str, str], list[Any]] = {}  # greedy extracted answers, per (model, task), in example order
     example_files: list[str] = []
     t_start = time.time()
+    rope_applied: dict[str, dict] = {}
     for spec, label in zip(cfg.models, labels):
         model, tok = load_model(spec, dtype=dtype, device=cfg.device)
+        if rope is not None:
+            rope_applied[label] = apply_rope_scaling(model, rope)
+        for t in tasks:
+            if t.name not in data:  # a generated task: the same examples for every model
+                max_new = cfg.max_new_tokens or t.max_new_tokens
+                if cfg.smoke:
+                    max_new = min(max_new, SMOKE_MAX_NEW_TOKENS)
+                built = t.build(tok, long_spec, limit, cfg.seed, max_new)
+                data[t.name] = (built, built)
         for t in tasks:
             sel, all_ex = data[t.name]
             if "loglik" in cfg.protocols:
@@ -354,6 +401,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "protocols": cfg.protocols, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
             "data_source": cfg.data_source, "dtype": cfg.dtype, "device": _device_name(cfg.device),
             "torch": torch.__version__, "python": platform.python_version(),
+            "rope_scaling": rope_applied or None,
+            **({"long_context": {"lengths": list(long_spec.lengths), "depths": list(long_spec.depths),
+                                 "haystack": long_spec.haystack}} if any(t.generated for t in tasks) else {}),
             "wall_seconds": round(time.time() - t_start, 1),
             "command": cfg.command or " ".join(shlex.quote(a) for a in sys.argv),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("command",)},

