@@ -144,7 +144,7 @@ class Session:
         run = self.run.model_copy(update={"output_dir": str(run_dir), "progress": progress})
         logger = MetricsLogger(run_dir, self.world.is_main, tensorboard=False)
         try:
-            res = run_stage(stage=stage, stage_index=0, data=self.cfg.data,  # type: ignore[arg-type] student=student, teacher=teacher,
+            res = run_stage(stage=stage, stage_index=0, data=self.cfg.data, student=student, teacher=teacher,  # type: ignore[arg-type]
                             tokenizer=tok, run=run, run_dir=run_dir, world=self.world, resume=True, logger=logger,
                             validated=True)
         finally:
