@@ -77,7 +77,8 @@ def make_mqar(tokenizer: Any, cfg: RecallConfig, seed: int) -> RecallSet:
 
 def make_needle(tokenizer: Any, cfg: RecallConfig, seed: int, haystack: list[int]) -> RecallSet:
     """``queries`` key/value token pairs inserted at random depths of ``cfg.context`` tokens of held-out text, then
-    the keys asked again at the end (in a shuffled order), each followed by its value."""
+    the keys asked again at the end (in a shuffled order), each followed by its value. Keys and values are tokens
+    that the text around them does not contain, so each key has one answer."""
     if len(haystack) < cfg.context:
         raise ConfigError(
             f"recall.context {cfg.context}: the held-out text has only {len(haystack)} tokens; lower recall.context"
@@ -89,7 +90,10 @@ def make_needle(tokenizer: Any, cfg: RecallConfig, seed: int, haystack: list[int
     for r in range(cfg.prompts):
         start = int(rng.integers(0, len(haystack) - cfg.context + 1))
         text = [int(t) for t in haystack[start : start + cfg.context]]
-        kv = rng.choice(pool, size=2 * cfg.queries, replace=False)
+        free = np.setdiff1d(pool, np.asarray(text))  # keys and values the text never shows: one answer per key
+        if len(free) < 2 * cfg.queries:
+            raise ConfigError(f"recall.queries {cfg.queries}: too few tokens absent from the held-out text")
+        kv = rng.choice(free, size=2 * cfg.queries, replace=False)
         keys, values = kv[: cfg.queries], kv[cfg.queries :]
         depths = sorted(rng.choice(cfg.context, size=cfg.queries, replace=False).tolist(), reverse=True)
         for d, k, v in zip(depths, keys, values):
