@@ -53,6 +53,8 @@ def select_layers_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
     progress: str = typer.Option("auto", help="auto (bar on a terminal) | bar | lines | none."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (candidate sets, steps, tokens) and stop; "
+                                                          "reads only the teacher's config."),
 ) -> None:
     """Choose which layers keep softmax attention and write OUT/layers.json (a ranked list and the chosen set), which
     `gendistill convert --attention-layers OUT/layers.json` and a recipe's student.attention_layers accept.
@@ -80,6 +82,17 @@ def select_layers_command(
         raise ConfigError(format_validation_error(e, "select-layers").replace("output_dir", "out")) from None
     if progress not in ("auto", "bar", "lines", "none"):
         raise ConfigError(f"--progress {progress!r}: use auto, bar, lines or none")
+    if dry_run:
+        import json
+
+        from gendistill.select.methods import plan
+        from gendistill.teachers import load_teacher_config
+
+        L = int(load_teacher_config(teacher).num_hidden_layers)
+        if budget > L:
+            raise ConfigError(f"--budget {budget}: the teacher has only {L} layers")
+        console.print_json(json.dumps(plan(cfg, L)))
+        return
     res = select_layers(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
     table = Table(title=f"{method}: {budget} of {res['num_layers']} layers keep attention")

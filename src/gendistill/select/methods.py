@@ -146,3 +146,32 @@ def greedy_learned(s: Session) -> Selection:
     return Selection(ranked=ranked, chosen=sorted(ranked[:K]),
                      scores={"alpha": {i: alphas[i] for i in range(L)}, "mixed_model": rec["mixed_model"],
                              "sparsity": cfg.sparsity})
+
+
+def plan(cfg: Any, num_layers: int) -> dict[str, Any]:
+    """What a method will do before it runs: candidate sets to score (beam-add: an upper bound, sets reached from two
+    beams are scored once), optimizer steps and training tokens (student and teacher see each of them)."""
+    from math import comb
+
+    L, K, B = num_layers, cfg.budget, cfg.beam_width
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    align = 2 * cfg.align_steps if cfg.method != "uniform" else 0
+    if cfg.method == "uniform":
+        cands, extra = 0, 0
+    elif cfg.method == "kl-guided":
+        cands, extra = L + 1, 0
+    elif cfg.method == "beam-add":
+        cands = sum(min(B, comb(L, size - 1)) * (L - size + 1) for size in range(1, K + 1))
+        extra = 0
+    else:  # greedy-learned: one model, no candidates
+        cands, extra = 0, cfg.mix_steps
+    steps = align + cands * cfg.candidate_steps + extra
+    return {
+        "method": cfg.method,
+        "num_layers": L,
+        "budget": K,
+        "candidate_sets": cands,
+        "optimizer_steps": steps,
+        "train_tokens": steps * tokens_per_step,
+        "scored_tokens_per_candidate": cfg.eval_sequences * cfg.seq_len,
+    }
