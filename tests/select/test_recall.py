@@ -90,3 +90,17 @@ def test_recall_settings_that_cannot_work_are_one_clear_error(tok):
         make_recall(tok, RecallConfig(pairs=4, queries=9), seed=0)
     with pytest.raises(ConfigError, match="recall.context 100: the held-out text has only 10 tokens"):
         make_recall(tok, RecallConfig(kind="needle", context=100), seed=0, haystack=list(range(10)))
+
+
+def test_a_session_builds_the_needle_task_from_held_out_text(make_cfg, tok):
+    from gendistill.select.session import Session, prepare_output
+    from tests.select._synthetic import synthetic_teacher
+
+    cfg = make_cfg("kl-guided", 1, recall=dict(kind="needle", prompts=2, queries=3, context=48))
+    teacher = synthetic_teacher(tok, num_layers=2)
+    session = Session(cfg, prepare_output(cfg, False, False), teacher=teacher, tokenizer=tok, progress="none")
+    rs, t_lp = session.recall_task()
+    _check_structure(rs, tok)
+    assert t_lp.shape == (6, len(tok))
+    text = {t for seq in session._eval_seqs for t, v in zip(seq.input_ids, seq.valid) if v}
+    assert set(rs.input_ids[0, 1:10].tolist()) <= text  # the haystack is the held-out text

@@ -28,7 +28,7 @@ from gendistill.distill.config import LossConfig, OptimConfig, RunConfig, StageC
 from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, init_world
 from gendistill.distill.metrics import MetricsLogger
-from gendistill.distill.stages import Stage3Module
+from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
 from gendistill.distill.trainer import evaluate, run_stage
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import atomic_write_json
@@ -108,9 +108,12 @@ class Session:
                 raise ConfigError("data: no held-out sequences (raise data.heldout_documents)")
         return self._teacher, self._tokenizer
 
+    @property
+    def bf16(self) -> bool:
+        return self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.world.device.type == "cuda")
+
     def autocast(self):
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.world.device.type == "cuda")
-        if bf16:
+        if self.bf16:
             return torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -118,7 +121,9 @@ class Session:
         """The generated recall set and the teacher's log-probabilities at its answer positions (computed once)."""
         if self._recall is None:
             teacher, tok = self.teacher()
-            hay = [t for s in self._eval_seqs or [] for t in s.input_ids] if self.cfg.recall.kind == "needle" else None
+            hay = None
+            if self.cfg.recall.kind == "needle":  # the held-out text, padding left out
+                hay = [t for seq in self._eval_seqs or [] for t, v in zip(seq.input_ids, seq.valid) if v]
             rs = make_recall(tok, self.cfg.recall, self.cfg.seed, hay)
             t_lp = answer_logprobs(teacher, rs, self.cfg.recall.batch_size, self.world.device, self.autocast)
             self._recall = (rs, t_lp)
@@ -205,9 +210,14 @@ class Session:
         """Held-out KL(teacher || student) per token (the trainer's own evaluation) and the recall scores."""
         teacher, _ = self.teacher()
         stage = self.stage("stage3a", 1, 1e-4)
-        kl = evaluate(Stage3Module(student, teacher, stage), self._eval_seqs or [], stage, self.world, self.run)
         rs, t_lp = self.recall_task()
-        s_lp = answer_logprobs(student, rs, self.cfg.recall.batch_size, self.world.device, self.autocast)
+        hooks = cast_mixer_inputs(student, torch.bfloat16) if self.bf16 else []  # as the trainer does under bf16
+        try:
+            kl = evaluate(Stage3Module(student, teacher, stage), self._eval_seqs or [], stage, self.world, self.run)
+            s_lp = answer_logprobs(student, rs, self.cfg.recall.batch_size, self.world.device, self.autocast)
+        finally:
+            for h in hooks:
+                h.remove()
         cost.eval_tokens += len(self._eval_seqs or []) * self.cfg.seq_len + rs.tokens
         return {"heldout_kl": float(kl), **recall_scores(s_lp, t_lp, rs.answers)}
 
