@@ -22,9 +22,12 @@ def _run(make_cfg, tok, method, important, budget=2, **kw):
 
 def test_uniform_is_evenly_spaced_and_model_blind(make_cfg, tok):
     res, _ = _run(make_cfg, tok, "uniform", important=(0, 1))
-    assert res["attention_layers"] == [2, 5]  # ratio 2/6, ending on the last layer
+    assert res["attention_layers"] == [2, 5]  # every:3
+    assert res["scores"]["rule"] == "every:3"
     assert res["ranked"][:2] == [2, 5] and sorted(res["ranked"]) == list(range(NUM_LAYERS))
     assert res["cost"]["train_tokens"] == 0 and res["cost"]["candidates_scored"] == 0
+    res, _ = _run(make_cfg, tok, "uniform", important=(0, 1), budget=4, out="u4")
+    assert res["attention_layers"] == [0, 2, 3, 5] and res["scores"]["rule"].startswith("ratio:")  # every:1 is 6
 
 
 def test_kl_guided_ranks_the_important_layers_first(make_cfg, tok):

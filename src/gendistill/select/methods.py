@@ -2,7 +2,7 @@
 :class:`Selection`: every layer ranked (most worth keeping as attention first), the chosen set of ``budget`` layers,
 and the scores the ranking came from.
 
-* ``uniform``        evenly spaced layers ending on the last one (``ratio:K/L``); looks at no model (the baseline).
+* ``uniform``        every n-th layer (``every:L//K``, or ``ratio:K/L`` when that is not K layers); looks at no model.
 * ``kl-guided``      from the all-KDA student aligned by stages 1-2, restore one layer at a time to attention, distill
                      briefly, rank by the held-out KL improvement over the all-KDA student distilled the same way
                      (arXiv 2512.20569).
@@ -48,10 +48,16 @@ def _fmt(x: float) -> str:
 
 @register_method("uniform")
 def uniform(s: Session) -> Selection:
+    """Every n-th layer ending on the last one (``every:n``, n = L // K, the usual baseline and the recipes' default)
+    when that gives exactly K layers; otherwise K evenly spaced layers (``ratio:K/L``)."""
     L, K = s.num_layers, s.cfg.budget
-    chosen = parse_attention_layers(f"ratio:{K / L!r}", L) if K else []
+    rule = f"every:{L // K}" if K else "none"
+    chosen = parse_attention_layers(rule, L)
+    if len(chosen) != K:
+        rule = f"ratio:{K / L!r}"
+        chosen = parse_attention_layers(rule, L)
     return Selection(ranked=chosen + [i for i in range(L) if i not in chosen], chosen=chosen,
-                     scores={"rule": f"ratio:{K}/{L}: evenly spaced, ending on the last layer"})
+                     scores={"rule": rule})
 
 
 @register_method("kl-guided")
