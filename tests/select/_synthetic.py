@@ -23,11 +23,12 @@ _WORDS = ("the cat sat on a mat and dog ran to park with ball red blue green one
           "quick slow fox jumps over lazy river stone tree house bird sings song morning evening light dark").split()
 
 
-def synthetic_teacher(tokenizer, recall_layers=RECALL_LAYERS, num_layers: int = NUM_LAYERS, seed: int = 0):
+def synthetic_teacher(tokenizer, recall_layers=RECALL_LAYERS, num_layers: int = NUM_LAYERS, seed: int = 0,
+                      hidden: int = 32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
