@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "gendistill.distill.cli",
     "gendistill.eval.cli",
     "gendistill.bench.cli",
+    "gendistill.select.cli",
 )
 
 for _name in _COMMAND_MODULES:

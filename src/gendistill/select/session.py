@@ -1,0 +1,302 @@
+"""One selection run's shared machinery: the teacher, the held-out data and recall task, the all-KDA student aligned
+by stages 1-2, candidate students (a set of layers restored to the teacher's attention) distilled briefly through the
+GenDistill trainer (``distill.trainer.run_stage``), their scores, the cache, the cost and the progress display.
+
+Run folder::
+
+    <out>/select.json       the resolved settings (and their fingerprint)
+    <out>/scores.json       every score computed so far (the cache; resumable)
+    <out>/layers.json       the result: {"attention_layers": [...], "ranked": [...], ...} (written last)
+    <out>/aligned/          the all-KDA student after stages 1-2 (loadable student folder)
+    <out>/runs/<phase>/     metrics.jsonl of each training phase; checkpoints only while it runs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gendistill.distill.config import LossConfig, OptimConfig, RunConfig, StageConfig, TrainableConfig
+from gendistill.distill.data import PackedStream
+from gendistill.distill.distributed import World, init_world
+from gendistill.distill.metrics import MetricsLogger
+from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
+from gendistill.distill.trainer import evaluate, run_stage
+from gendistill.errors import ConfigError, GendistillError
+from gendistill.io import atomic_write_json
+from gendistill.select.cache import Cost, ScoreCache, set_key, total_cost
+from gendistill.select.config import SelectConfig, fingerprint
+from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, recall_scores
+
+MARKER = "select.json"
+
+
+def prepare_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> Path:
+    """Create (or reopen) the run folder. An existing run is refused without ``resume``/``overwrite``; ``overwrite``
+    only ever deletes a folder that a previous ``select-layers`` wrote (it holds ``select.json``)."""
+    out = Path(cfg.output_dir)
+    fp = fingerprint(cfg)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ConfigError(f"--out {out}: exists and is not a select-layers folder; choose an empty or new folder")
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise ConfigError(f"--out {out}: already holds a selection run; pass --resume to continue or --overwrite")
+        else:
+            old = json.loads((out / MARKER).read_text()).get("fingerprint")
+            if old != fp:
+                raise ConfigError(
+                    f"--out {out}: --resume with different settings than the run there (see {out / MARKER}); "
+                    "use the same options or pass --overwrite"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MARKER, {"fingerprint": fp, "settings": cfg.model_dump(mode="json")})
+    return out
+
+
+class Session:
+    def __init__(self, cfg: SelectConfig, out: Path, teacher: nn.Module | None = None, tokenizer: Any = None,
+                 world: World | None = None, progress: str = "auto"):
+        self.cfg, self.out = cfg, out
+        self.world = world or init_world(cfg.device)
+        self.progress_mode = progress
+        self.cache = ScoreCache(out / "scores.json", fingerprint(cfg))
+        self.t0 = time.perf_counter()
+        self.used: dict[str, dict[str, Any]] = {}  # records this selection relies on (for the cost report)
+        self._teacher, self._tokenizer = teacher, tokenizer
+        self._aligned: dict[str, torch.Tensor] | None = None
+        self._eval_seqs: list | None = None
+        self._recall: tuple[RecallSet, torch.Tensor] | None = None
+        self.run = RunConfig(output_dir=str(out), seed=cfg.seed, device=cfg.device, precision=cfg.precision,
+                             keep_checkpoints=1, tensorboard=False, progress="none")
+
+    # ------------------------------------------------------------------------------------------------ teacher, data
+    @property
+    def num_layers(self) -> int:
+        if self._teacher is not None:
+            return int(self._teacher.config.num_hidden_layers)
+        from gendistill.teachers import load_teacher_config
+
+        return int(load_teacher_config(self.cfg.teacher).num_hidden_layers)
+
+    def teacher(self) -> tuple[nn.Module, Any]:
+        if self._teacher is None or self._tokenizer is None:
+            from gendistill.teachers import load_teacher
+
+            name = self.cfg.teacher_dtype
+            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
+                name, torch.bfloat16 if self.world.device.type == "cuda" else torch.float32)
+            self._teacher, self._tokenizer = load_teacher(self.cfg.teacher, dtype=dtype, device=self.world.device)
+        self._teacher = self._teacher.to(self.world.device).eval()
+        for p in self._teacher.parameters():
+            p.requires_grad_(False)
+        if self._eval_seqs is None:
+            assert self.cfg.data is not None  # SelectConfig requires data for every method that loads the teacher
+            packed = PackedStream(self.cfg.data, self._tokenizer, self.cfg.seq_len, "all_tokens")
+            packed.validate()  # bad data fails here, before anything trains
+            self._eval_seqs = packed.heldout_sequences(self.cfg.eval_sequences)
+            if not self._eval_seqs:
+                raise ConfigError("data: no held-out sequences (raise data.heldout_documents)")
+        return self._teacher, self._tokenizer
+
+    @property
+    def bf16(self) -> bool:
+        return self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.world.device.type == "cuda")
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def recall_task(self) -> tuple[RecallSet, torch.Tensor]:
+        """The generated recall set and the teacher's log-probabilities at its answer positions (computed once)."""
+        if self._recall is None:
+            teacher, tok = self.teacher()
+            hay = None
+            if self.cfg.recall.kind == "needle":  # the held-out text, padding left out
+                hay = [t for seq in self._eval_seqs or [] for t, v in zip(seq.input_ids, seq.valid) if v]
+            rs = make_recall(tok, self.cfg.recall, self.cfg.seed, hay)
+            t_lp = answer_logprobs(teacher, rs, self.cfg.recall.batch_size, self.world.device, self.autocast)
+            self._recall = (rs, t_lp)
+        return self._recall
+
+    # ------------------------------------------------------------------------------------------------- stages, runs
+    def stage(self, name: str, steps: int, lr: float, trainable: TrainableConfig | None = None,
+              weight_decay: float = 0.0) -> StageConfig:
+        cfg = self.cfg
+        kind = "mse" if name in ("stage1", "stage2") else "forward_kl"
+        return StageConfig(
+            name=name, steps=max(steps, 1), seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size, loss=LossConfig(kind=kind),
+            optim=OptimConfig(lr=lr, weight_decay=weight_decay, schedule="cosine", warmup_ratio=0.1, min_lr_ratio=0.1),
+            trainable=trainable, eval_every=None, eval_sequences=cfg.eval_sequences,
+        )
+
+    def train(self, student: nn.Module, stage: StageConfig, phase: str, progress: str = "none") -> int:
+        """Train ``student`` in place for ``stage`` with the GenDistill trainer, resumable from its own checkpoints
+        under ``<out>/runs/<phase>/``; the checkpoints are deleted once it completes. Returns the tokens trained."""
+        teacher, tok = self.teacher()
+        run_dir = self.out / "runs" / phase
+        run = self.run.model_copy(update={"output_dir": str(run_dir), "progress": progress})
+        logger = MetricsLogger(run_dir, self.world.is_main, tensorboard=False)
+        try:
+            res = run_stage(stage=stage, stage_index=0, data=self.cfg.data, student=student, teacher=teacher,  # type: ignore[arg-type]
+                            tokenizer=tok, run=run, run_dir=run_dir, world=self.world, resume=True, logger=logger,
+                            validated=True)
+        finally:
+            logger.close()
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        return res.tokens
+
+    def _fresh_student(self, attention_layers: list[int]) -> nn.Module:
+        from gendistill.convert import convert_teacher
+
+        teacher, _ = self.teacher()
+        torch.manual_seed(self.cfg.seed)
+        student = convert_teacher(teacher, sorted(attention_layers)).to(device=self.world.device, dtype=torch.float32)
+        student.upcast_recurrence_parameters()
+        return student
+
+    def aligned_state(self) -> dict[str, torch.Tensor]:
+        """State dict of the all-KDA student after ``align_steps`` of stage 1 and of stage 2 (saved once in
+        ``<out>/aligned``, reloaded on resume)."""
+        if self._aligned is not None:
+            return self._aligned
+        from gendistill.convert.convert import save_student
+        from gendistill.distill.pipeline import load_student_folder
+
+        folder = self.out / "aligned"
+        rec = self.cache.get("aligned")
+        if rec is not None and (folder / "config.json").exists():
+            student = load_student_folder(folder, self.world.device)
+        else:
+            cost = Cost()
+            with cost.timed():
+                student = self._fresh_student([])
+                if self.cfg.align_steps > 0:
+                    for name, lr in (("stage1", self.cfg.align_lr), ("stage2", self.cfg.align_lr / 3)):
+                        self.message(f"aligning the all-KDA student: {name}, {self.cfg.align_steps} steps")
+                        cost.train_tokens += self.train(student, self.stage(name, self.cfg.align_steps, lr),
+                                                        f"align-{name}", progress=self.progress_mode)
+                _, tok = self.teacher()
+                student.eval()
+                save_student(student, tok, folder, overwrite=True)
+            rec = {"cost": cost.as_dict()}
+            self.cache.put("aligned", rec)
+        self.used["aligned"] = rec
+        self._aligned = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return self._aligned
+
+    def candidate_student(self, attention_layers: list[int]) -> nn.Module:
+        """A student with ``attention_layers`` restored to the teacher's attention and every other layer's KDA mixer
+        (and anything else stages 1-2 trained) taken from the aligned all-KDA student."""
+        aligned = self.aligned_state()
+        student = self._fresh_student(attention_layers)
+        own = student.state_dict()
+        student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)
+        return student
+
+    # ------------------------------------------------------------------------------------------------------ scores
+    def score_model(self, student: nn.Module, cost: Cost) -> dict[str, float]:
+        """Held-out KL(teacher || student) per token (the trainer's own evaluation) and the recall scores."""
+        teacher, _ = self.teacher()
+        stage = self.stage("stage3a", 1, 1e-4)
+        rs, t_lp = self.recall_task()
+        hooks = cast_mixer_inputs(student, torch.bfloat16) if self.bf16 else []  # as the trainer does under bf16
+        try:
+            kl = evaluate(Stage3Module(student, teacher, stage), self._eval_seqs or [], stage, self.world, self.run)
+            s_lp = answer_logprobs(student, rs, self.cfg.recall.batch_size, self.world.device, self.autocast)
+        finally:
+            for h in hooks:
+                h.remove()
+        cost.eval_tokens += len(self._eval_seqs or []) * self.cfg.seq_len + rs.tokens
+        return {"heldout_kl": float(kl), **recall_scores(s_lp, t_lp, rs.answers)}
+
+    def score_set(self, attention_layers: list[int] | tuple[int, ...]) -> dict[str, Any]:
+        """Score of one attention-layer set: the candidate student distilled for ``candidate_steps`` (stage 3a),
+        then scored; cached under ``attn:<layers>``."""
+        key = set_key(attention_layers)
+        rec = self.cache.get(key)
+        if rec is None:
+            cost = Cost()
+            with cost.timed():
+                student = self.candidate_student(list(attention_layers))
+                if self.cfg.candidate_steps > 0:
+                    tr = TrainableConfig(groups=list(self.cfg.candidate_groups))  # type: ignore[arg-type]
+                    if not any(hasattr(layer, "linear_attn") for layer in student.model.layers):
+                        tr = TrainableConfig(groups=[g for g in self.cfg.candidate_groups if g in ("mlp", "norms")]
+                                             or ["mlp"])  # type: ignore[arg-type]
+                    stage = self.stage("stage3a", self.cfg.candidate_steps, self.cfg.candidate_lr, tr)
+                    cost.train_tokens += self.train(student, stage, "candidate-" + key.replace(":", "-").replace(",", "_"))
+                scores = self.score_model(student, cost)
+                del student
+            rec = {"attention_layers": sorted(attention_layers), **scores, "cost": cost.as_dict()}
+            self.cache.put(key, rec)
+        self.used[key] = rec
+        return rec
+
+    # ------------------------------------------------------------------------------------------------ reporting
+    def message(self, text: str) -> None:
+        if self.progress_mode != "none":
+            print(text, file=sys.stderr, flush=True)
+
+    def bar(self, description: str, total: int) -> "CandidateProgress":
+        return CandidateProgress(description, total, self.progress_mode)
+
+    def cost_report(self) -> dict[str, Any]:
+        device = self.world.device.type
+        scored = sum(1 for k in self.used if k.startswith("attn:"))
+        return total_cost(list(self.used.values()), device, self.world.world_size, time.perf_counter() - self.t0,
+                          scored, self.cache.hits)
+
+
+class CandidateProgress:
+    """A rich progress bar over candidates (``auto``: on a terminal; plain lines on stderr otherwise)."""
+
+    def __init__(self, description: str, total: int, mode: str):
+        self.description, self.total, self.done, self.mode = description, total, 0, mode
+        self.bar = None
+        if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task(description, total=total, info="")
+            self.bar.start()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
+
+    def advance(self, info: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, info=info)
+        elif self.mode != "none":
+            print(f"[{self.description}] {self.done}/{self.total} {info}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __enter__(self) -> "CandidateProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["Session", "prepare_output", "GendistillError"]

@@ -1,0 +1,110 @@
+"""The run folder: a stopped selection resumes from its score cache without re-scoring, settings are fingerprinted,
+nothing the user wrote is deleted; and ``gendistill select-layers`` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gendistill.cli import app
+from gendistill.errors import ConfigError
+from gendistill.select import select_layers
+from gendistill.select.session import Session, prepare_output
+from tests.select._synthetic import synthetic_teacher
+
+runner = CliRunner()
+
+
+class _Stopped(Exception):
+    """Stands for the run being killed."""
+
+
+def test_a_stopped_run_resumes_from_the_cache_and_matches_a_straight_run(make_cfg, tok, monkeypatch):
+    teacher = synthetic_teacher(tok, recall_layers=(2,), num_layers=4)
+    straight = select_layers(make_cfg("kl-guided", 1, out="straight"), teacher=teacher, tokenizer=tok, progress="none")
+
+    calls: list[str] = []
+    stop_at = [4]  # align-stage1, align-stage2, the all-KDA candidate, then the stop
+    real_train = Session.train
+
+    def train(self, student, stage, phase, progress="none"):
+        calls.append(phase)
+        if len(calls) == stop_at[0]:
+            raise _Stopped
+        return real_train(self, student, stage, phase, progress)
+
+    monkeypatch.setattr(Session, "train", train)
+    cfg = make_cfg("kl-guided", 1, out="stopped")
+    with pytest.raises(_Stopped):
+        select_layers(cfg, teacher=teacher, tokenizer=tok, progress="none")
+    assert not (Path(cfg.output_dir) / "layers.json").exists()
+    calls.clear()
+    stop_at[0] = -1
+    resumed = select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    # only the four single-layer candidates trained again: alignment and the all-KDA score came from the cache
+    assert calls == ["candidate-attn-0", "candidate-attn-1", "candidate-attn-2", "candidate-attn-3"]
+    assert resumed["attention_layers"] == straight["attention_layers"] == [2]
+    for i, rec in straight["scores"]["per_layer"].items():
+        assert resumed["scores"]["per_layer"][i]["heldout_kl"] == pytest.approx(rec["heldout_kl"], rel=1e-5)
+    assert resumed["cost"]["cached_records_reused"] == 2
+    assert resumed["cost"]["train_tokens"] == straight["cost"]["train_tokens"]  # the whole selection's cost
+    calls.clear()
+    again = select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert calls == [] and again["ranked"] == resumed["ranked"]
+
+
+def test_run_folder_rules(make_cfg, tmp_path):
+    cfg = make_cfg("uniform", 2)
+    prepare_output(cfg, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="already holds a selection run; pass --resume"):
+        prepare_output(cfg, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="--resume with different settings"):
+        prepare_output(make_cfg("uniform", 3), resume=True, overwrite=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="is not a select-layers folder"):
+        prepare_output(make_cfg("uniform", 2, out="mine"), resume=False, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_selects_from_a_teacher_folder_and_convert_takes_the_file(tok, text_path, tmp_path):
+    teacher = synthetic_teacher(tok, recall_layers=(2,), num_layers=4)
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "sel"
+    args = ["select-layers", "--teacher", str(folder), "--budget", "1", "--method", "beam-add", "--data",
+            str(text_path), "--heldout-documents", "8", "--out", str(out), "--seq-len", "32", "--batch-size", "2",
+            "--micro-batch-size", "2", "--eval-sequences", "4", "--align-steps", "0", "--candidate-steps", "0",
+            "--recall-prompts", "4", "--recall-pairs", "8", "--recall-queries", "4", "--device", "cpu",
+            "--progress", "none"]
+    res = runner.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "attention layers: 2" in res.output and "CPU-minutes" in res.output
+    layers = json.loads((out / "layers.json").read_text())
+    assert layers["attention_layers"] == [2] and layers["ranked"][0] == 2
+    assert runner.invoke(app, args, catch_exceptions=False).exit_code == 2  # an existing run needs --resume
+    student = tmp_path / "student"
+    res = runner.invoke(app, ["convert", "--teacher", str(folder), "--attention-layers", str(out / "layers.json"),
+                              "--out", str(student)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((student / "SUMMARY.json").read_text())["attention_layers"] == [2]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "kl-guided"], "method kl-guided trains and scores students: give the data to use (--data FILE)"),
+        (["--method", "best"], "method: Input should be 'uniform', 'kl-guided', 'greedy-learned' or 'beam-add'"),
+        (["--method", "uniform", "--beam-width", "0"], "beam_width: Input should be greater than 0"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    res = runner.invoke(app, ["select-layers", "--budget", "2", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2
+    assert message in res.output.replace("\n", " ") and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
