@@ -21,6 +21,7 @@ from typing import Any
 from gendistill.ablate.grid import Cell, Grid, stage_budget
 from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
 from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
+from gendistill.errors import ConfigError
 from gendistill.io import atomic_write_json, atomic_write_text
 
 EVAL_FILES = ("results.json", "results.md", "results.png")
@@ -187,7 +188,8 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
     from gendistill.eval.runner import EvalConfig, run_eval  # noqa: PLC0415
 
     ev = grid.config.eval
-    device = ev.device if ev.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    on_cuda = torch.cuda.is_available() and plan.cell.recipe.run.device != "cpu"
+    device = ev.device if ev.device != "auto" else ("cuda" if on_cuda else "cpu")
     dtype = ev.dtype if ev.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     cfg = EvalConfig(
         models=[plan.cell.recipe.teacher.spec, str(plan.final.student_dir)], tasks=ev.tasks,
@@ -314,12 +316,15 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
     """Run every cell (skipping finished work) and write the report. ``teacher``/``tokenizer`` may be passed in
     (tests, notebooks); ``stop_after`` stops the first node that trains after that many optimizer steps (to test
     resuming). Returns ``{"cells": [cell.json ...], "report": paths, "stopped": bool}``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("gendistill ablate runs its cells one after another in one process; launch it without "
+                          "torchrun (each cell can still be run on its own: gendistill distill cells/<cell>/recipe.yaml)")
     plans = plan_grid(grid)
     mode = progress or grid.base.run.progress
     bar = CellProgress(len(plans), mode)
     stage_progress = "none" if bar.mode == "none" else "lines"  # a stage's own bar would fight the cells' bar
     teachers = _Teachers((teacher, tokenizer) if teacher is not None else None)
-    infos, stopped = [], False
+    infos, stopped, paths = [], False, None
     try:
         for p in plans:
             prev = None
@@ -338,9 +343,10 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
                 bar.status(f"{p.cell.name}: evaluating")
                 evaluate(p, grid)
             infos.append(write_cell(p, grid))
-            write_grid_report(grid, plans)
+            paths = write_grid_report(grid, plans)  # after every cell: a stopped grid still has a report
             bar.advance()
     finally:
         bar.close()
-    paths = write_grid_report(grid, plans)
+    if paths is None or stopped:
+        paths = write_grid_report(grid, plans)
     return {"cells": infos, "report": paths, "stopped": stopped}
