@@ -111,3 +111,14 @@ def test_inline_base_and_cli_overrides(tmp_path):
                                  "axes": {"masking": ["all_tokens"]}}))
     g = load_grid(p, ["stages[stage3b].optim.lr=0.5", "run.seed=7"])
     assert _stage(g.cells[0].recipe, "stage3b").optim.lr == 0.5 and g.cells[0].recipe.run.seed == 7
+
+
+def test_cli_reports_a_bad_grid_in_one_line_and_writes_nothing(write_grid, tmp_path):
+    from typer.testing import CliRunner
+
+    from gendistill.cli import app
+
+    res = CliRunner().invoke(app, ["ablate", str(write_grid({"masking": ["half"]})), "--dry-run"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "error:" in res.output and "unknown variant 'half'" in res.output
+    assert not (tmp_path / "out").exists()
