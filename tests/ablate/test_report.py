@@ -119,7 +119,8 @@ def test_markdown_json_and_plot(tmp_path):
     md = markdown(rep)
     assert "## Axis `freeze`" in md and "**⚠ rank reversal** a vs b" in md and "significant under both" in md
     assert "| a | 68.0 ± 1.4 | 1 | 35.0 ± 1.4 | 2 | 97.1 | 58.3 | 23.0 |" in md
-    assert "| d | not evaluated |" in md and "| gsm | – (generation only) | a > b > c | 0 |" in md
+    assert "| d | not evaluated |" in md and "| gsm | – (generation only) | a = b = c | 0 |" in md
+    assert "| t1 | a > b > c | b > a > c | 1 |" in md
     png = plot_png(rep)
     assert png is not None and png[:4] == b"\x89PNG"
     paths = write_report(rep, tmp_path)

@@ -247,6 +247,14 @@ def human_tokens(n: float | None) -> str:
     return f"{n:.0f}"
 
 
+def _order(accs: dict[str, float] | None) -> str:
+    """``a > b = c``: variants best first, equal scores joined by ``=``."""
+    if not accs:
+        return ""
+    ks = sorted(accs, key=lambda k: -accs[k])
+    return ks[0] + "".join((" = " if accs[b] == accs[a] else " > ") + b for a, b in zip(ks, ks[1:]))
+
+
 def markdown(rep: dict[str, Any]) -> str:
     m = rep["meta"]
     ev = m.get("eval", {})
@@ -301,8 +309,8 @@ def markdown(rep: dict[str, Any]) -> str:
         if per:
             lines += ["", "| task | order under LL | order under generation | reversed pairs |", "|---|---|---|---:|"]
             for p in per:
-                lines.append(f"| {p['task']} | {' > '.join(p.get('order_loglik', [])) or '– (generation only)'} "
-                             f"| {' > '.join(p['order_generate'])} | {len(p.get('reversed_pairs', []))} |")
+                lines.append(f"| {p['task']} | {_order(p.get('loglik')) or '– (generation only)'} "
+                             f"| {_order(p.get('generate'))} | {len(p.get('reversed_pairs', []))} |")
     lines += ["", "## Cells", "", "| cell | tokens | held-out loss (last stage) | LL | gen | greedy match | stage nodes |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for c in rep["cells"]:
