@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "gendistill.convert.cli",
     "gendistill.distill.cli",
     "gendistill.eval.cli",
+    "gendistill.ablate.cli",
     "gendistill.bench.cli",
     "gendistill.select.cli",
 )

@@ -1,0 +1,391 @@
+"""The ablation report: per axis, how its variants rank under log-likelihood and under generation, where the two
+rankings disagree (rank reversals), and how much of the teacher each variant keeps.
+
+Definitions (every number is a share in [0, 1]; the Markdown shows points):
+
+* a cell's score under a protocol is its student's mean accuracy over the axis' **common tasks** — the tasks every
+  evaluated cell of that axis was scored on under *both* protocols (so the two rankings compare the same tasks;
+  generation-only tasks such as GSM8K appear in the per-task table). Its standard error is
+  ``sqrt(sum_t se_t^2) / T`` (tasks independent);
+* a variant's score is the mean over its cells (one cell in one-at-a-time mode; in product mode all cells with that
+  variant, i.e. the main effect averaged over the other axes), s.e. ``sqrt(sum_c se_c^2) / C``;
+* ranks are competition ranks (1 = best; equal scores share a rank);
+* a **rank reversal** is a pair (a, b) with ``(LL_a - LL_b) * (gen_a - gen_b) < 0``. It is marked *significant* when
+  both differences exceed 1.96 standard errors of the difference (``sqrt(se_a^2 + se_b^2)``; conservative, since
+  the cells are scored on the same examples);
+* retention = student / teacher score, above chance = (student − chance) / (teacher − chance);
+* perplexity gap = (teacher − student under generation) − (teacher − student under log-likelihood);
+* fidelity = greedy exact match with the teacher (mean over generation tasks), mean first divergence (tokens), and
+  when evaluated, teacher-forced top-1 agreement and KL on held-out chat.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from typing import Any
+
+from gendistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+Z95 = 1.96
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _se_of_mean(ses: list[float]) -> float:
+    return math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else float("nan")
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- one cell
+def cell_scores(results: dict[str, Any]) -> dict[str, Any]:
+    """From one ``gendistill eval`` result (teacher first, the cell's student second): ``{"student"|"teacher":
+    {task: {protocol: {acc, stderr, chance}}}, "fidelity": {...}}``."""
+    teacher, student = results["meta"]["models"][0], results["meta"]["models"][1]
+    out: dict[str, Any] = {"student": {}, "teacher": {}}
+    for r in results["rows"]:
+        who = "teacher" if r["model"] == teacher else "student" if r["model"] == student else None
+        if who is None:
+            continue
+        se = r.get("stderr")
+        out[who].setdefault(r["task"], {})[r["protocol"]] = {
+            "acc": r["acc"], "stderr": se if se is not None and se == se else 0.0, "chance": r.get("chance") or 0.0}
+    gen = [f for f in results.get("fidelity") or [] if f.get("student") == student and f.get("task") != "chat held-out"]
+    chat = [f for f in results.get("fidelity") or [] if f.get("student") == student and f.get("task") == "chat held-out"]
+    out["fidelity"] = {
+        "greedy_exact_match": _mean([f["exact_match"] for f in gen if "exact_match" in f]) if gen else None,
+        "mean_first_divergence": _mean([f["mean_first_divergence"] for f in gen if "mean_first_divergence" in f])
+        if gen else None,
+        "top1_agreement": chat[0].get("top1_agreement") if chat else None,
+        "kl_teacher_student": chat[0].get("kl_teacher_student") if chat else None,
+    }
+    return out
+
+
+def _protocol_mean(scores: dict[str, Any], who: str, tasks: list[str], proto: str) -> tuple[float, float, float]:
+    """(mean acc, its s.e., mean chance) over ``tasks`` under ``proto``."""
+    rows = [scores[who][t][proto] for t in tasks]
+    return _mean([r["acc"] for r in rows]), _se_of_mean([r["stderr"] for r in rows]), _mean([r["chance"] for r in rows])
+
+
+def common_tasks(scored: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(tasks scored under both protocols in every cell, tasks scored under generation in every cell), in the order
+    of the first cell."""
+    if not scored:
+        return [], []
+    order = list(scored[0]["student"])
+
+    def every(proto_set: tuple[str, ...]) -> list[str]:
+        return [t for t in order if all(all(p in s["student"].get(t, {}) and p in s["teacher"].get(t, {})
+                                            for p in proto_set) for s in scored)]
+
+    return every(("loglik", "generate")), every(("generate",))
+
+
+# ----------------------------------------------------------------------------------------------- rankings
+def competition_ranks(scores: dict[str, float]) -> dict[str, int]:
+    """1 = highest; equal scores share the better rank (1, 1, 3). NaN scores rank last."""
+    key = {k: (v if v == v else -math.inf) for k, v in scores.items()}
+    return {k: 1 + sum(1 for o in key.values() if o > v) for k, v in key.items()}
+
+
+def rank_reversals(stats: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Pairs of variants ordered one way by log-likelihood and the other way by generation (see module doc)."""
+    out = []
+    for a, b in itertools.combinations(stats, 2):
+        sa, sb = stats[a], stats[b]
+        d_ll, d_gen = sa["loglik"] - sb["loglik"], sa["generate"] - sb["generate"]
+        if not (d_ll * d_gen < 0):
+            continue
+        se_ll = math.hypot(sa.get("loglik_se", 0.0) or 0.0, sb.get("loglik_se", 0.0) or 0.0)
+        se_gen = math.hypot(sa.get("generate_se", 0.0) or 0.0, sb.get("generate_se", 0.0) or 0.0)
+        z_ll = abs(d_ll) / se_ll if se_ll > 0 else math.inf
+        z_gen = abs(d_gen) / se_gen if se_gen > 0 else math.inf
+        ll_best, gen_best = (a, b) if d_ll > 0 else (b, a), (a, b) if d_gen > 0 else (b, a)
+        out.append({"pair": [a, b], "loglik_prefers": ll_best[0], "generate_prefers": gen_best[0],
+                    "delta_loglik": abs(d_ll), "delta_generate": abs(d_gen), "z_loglik": z_ll, "z_generate": z_gen,
+                    "significant": z_ll > Z95 and z_gen > Z95})
+    return out
+
+
+def kendall_tau(x: dict[str, float], y: dict[str, float]) -> float | None:
+    """Kendall's tau-a between two scorings of the same keys (1 = same order, -1 = reversed)."""
+    keys = list(x)
+    pairs = list(itertools.combinations(keys, 2))
+    if not pairs:
+        return None
+    s = 0
+    for a, b in pairs:
+        p = (x[a] - x[b]) * (y[a] - y[b])
+        s += (p > 0) - (p < 0)
+    return s / len(pairs)
+
+
+# ----------------------------------------------------------------------------------------------- one axis
+def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rankings, reversals, retention, perplexity gap and fidelity of one axis' variants, from the cells that carry
+    it (``cells[i]["assignment"][axis]``) and have been evaluated (``cells[i]["scores"]``)."""
+    mine = [c for c in cells if axis in c["assignment"] and c.get("scores") is not None]
+    both, gen_tasks = common_tasks([c["scores"] for c in mine])
+    table: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        vc = [c for c in mine if c["assignment"][axis] == v]
+        if not vc:
+            table[v] = {"cells": 0}
+            continue
+        row: dict[str, Any] = {"cells": len(vc), "cell_names": [c["cell"] for c in vc]}
+        for proto in ("loglik", "generate"):
+            if not both:
+                continue
+            per = [_protocol_mean(c["scores"], "student", both, proto) for c in vc]
+            tper = [_protocol_mean(c["scores"], "teacher", both, proto) for c in vc]
+            s, t, ch = _mean([p[0] for p in per]), _mean([p[0] for p in tper]), _mean([p[2] for p in per])
+            row[proto], row[f"{proto}_se"] = s, _se_of_mean([p[1] for p in per])
+            row[f"teacher_{proto}"] = t
+            row[f"retention_{proto}"] = s / t if t > 0 else None
+            row[f"retention_above_chance_{proto}"] = (s - ch) / (t - ch) if t - ch > 1e-12 else None
+        if both:
+            row["perplexity_gap"] = (row["teacher_generate"] - row["generate"]) - (row["teacher_loglik"] - row["loglik"])
+        if gen_tasks:
+            row["generate_all_tasks"] = _mean([_protocol_mean(c["scores"], "student", gen_tasks, "generate")[0]
+                                               for c in vc])
+        for k in ("greedy_exact_match", "mean_first_divergence", "top1_agreement", "kl_teacher_student"):
+            vals = [c["scores"]["fidelity"][k] for c in vc if c["scores"]["fidelity"].get(k) is not None]
+            row[k] = _mean(vals) if vals else None
+        losses = [c["final_eval_loss"] for c in vc if c.get("final_eval_loss") is not None]
+        row["final_eval_loss"] = _mean(losses) if losses else None
+        row["tokens"] = _mean([sum(c["tokens"].values()) for c in vc])
+        table[v] = row
+    scored = {v: r for v, r in table.items() if "loglik" in r and "generate" in r}
+    out: dict[str, Any] = {"axis": axis, "variants": variants, "common_tasks": both, "generation_tasks": gen_tasks,
+                           "table": table, "reversals": [], "kendall_tau": None, "per_task": []}
+    if len(scored) >= 1:
+        ll = {v: r["loglik"] for v, r in scored.items()}
+        gen = {v: r["generate"] for v, r in scored.items()}
+        for proto, sc in (("loglik", ll), ("generate", gen)):
+            for v, rk in competition_ranks(sc).items():
+                table[v][f"rank_{proto}"] = rk
+        out["reversals"] = rank_reversals(scored)
+        out["kendall_tau"] = kendall_tau(ll, gen)
+    # per task: each protocol's order of the variants, and the reversed pairs on that task alone
+    for t in dict.fromkeys(both + gen_tasks):
+        entry: dict[str, Any] = {"task": t}
+        for proto in ("loglik", "generate"):
+            accs = {}
+            for v in variants:
+                vc = [c for c in mine if c["assignment"][axis] == v and proto in c["scores"]["student"].get(t, {})]
+                if vc:
+                    accs[v] = _mean([c["scores"]["student"][t][proto]["acc"] for c in vc])
+            if accs:
+                entry[proto] = accs
+                entry[f"order_{proto}"] = sorted(accs, key=lambda k: -accs[k])
+        if "loglik" in entry and "generate" in entry:
+            st = {v: {"loglik": entry["loglik"][v], "generate": entry["generate"][v]}
+                  for v in entry["loglik"] if v in entry["generate"]}
+            entry["reversed_pairs"] = [r["pair"] for r in rank_reversals(st)]
+        out["per_task"].append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the grid
+def _final_eval_loss(metrics: dict[str, Any]) -> float | None:
+    for stage in reversed(list(metrics)):
+        v = metrics[stage].get("eval_loss_last")
+        if v is not None:
+            return v
+    return None
+
+
+def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """``meta``: grid facts (``axes``: axis -> variant names in order, mode, teacher, eval settings ...). ``cells``:
+    one entry per cell with ``cell``, ``assignment``, ``metrics`` (per stage), ``tokens`` (per stage) and ``eval``
+    (a ``gendistill eval`` result or None while not evaluated)."""
+    enriched = []
+    for c in cells:
+        e = dict(c)
+        e["scores"] = cell_scores(c["eval"]) if c.get("eval") else None
+        e["final_eval_loss"] = _final_eval_loss(c.get("metrics") or {})
+        e.pop("eval", None)
+        enriched.append(e)
+    axes = [axis_report(a, list(vs), enriched) for a, vs in meta["axes"].items()]
+    teacher = None
+    for c in enriched:
+        if c["scores"] is not None:
+            teacher = c["scores"]["teacher"]
+            break
+    return _nan_to_none({"meta": meta, "teacher": teacher, "axes": axes, "cells": enriched,
+                         "evaluated": sum(c["scores"] is not None for c in enriched), "total": len(enriched)})
+
+
+# ----------------------------------------------------------------------------------------------- Markdown
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def human_tokens(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{suf}"
+    return f"{n:.0f}"
+
+
+def _order(accs: dict[str, float] | None) -> str:
+    """``a > b = c``: variants best first, equal scores joined by ``=``."""
+    if not accs:
+        return ""
+    ks = sorted(accs, key=lambda k: -accs[k])
+    return ks[0] + "".join((" = " if accs[b] == accs[a] else " > ") + b for a, b in zip(ks, ks[1:]))
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    m = rep["meta"]
+    ev = m.get("eval", {})
+    lines = [f"# Ablation report — {m.get('grid', '')}", "",
+             f"Mode: {m.get('mode')}. Teacher: `{m.get('teacher')}`. Cells evaluated: {rep['evaluated']} of "
+             f"{rep['total']}. Evaluation: tasks `{ev.get('tasks')}`, protocols {', '.join(ev.get('protocols', []))}, "
+             f"limit {ev.get('limit')} per task, seed {ev.get('seed')}, "
+             f"{'greedy' if not ev.get('samples') else str(ev.get('samples')) + ' sampling seeds'}. "
+             f"Tokens per stage (base): "
+             + ", ".join(f"{k} {human_tokens(v)}" for k, v in (m.get("base_tokens") or {}).items()) + ". "
+             f"Created {m.get('created', '')}.", "",
+             "Scores are mean accuracy (points) over the tasks scored under both protocols; ± one standard error. "
+             "Ranks: 1 = best. Retention = student / teacher; gap = perplexity gap (teacher − student under "
+             "generation, minus the same under log-likelihood). Definitions: `gendistill/ablate/report.py`."]
+    for ax in rep["axes"]:
+        lines += ["", f"## Axis `{ax['axis']}`", ""]
+        if not ax["common_tasks"]:
+            lines.append("No evaluated cell scored under both protocols yet.")
+            continue
+        lines.append(f"Common tasks: {', '.join(ax['common_tasks'])}.")
+        lines += ["", "| variant | LL | rank LL | gen | rank gen | retention LL | retention gen | gap | greedy match "
+                      "| top-1 agree | held-out loss | tokens |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for v in ax["variants"]:
+            r = ax["table"].get(v, {})
+            if "loglik" not in r:
+                lines.append(f"| {v} | not evaluated |||||||||||")
+                continue
+            lines.append(
+                f"| {v} | {_pct(r['loglik'])} ± {_pct(r.get('loglik_se'))} | {r.get('rank_loglik', '–')} "
+                f"| {_pct(r['generate'])} ± {_pct(r.get('generate_se'))} | {r.get('rank_generate', '–')} "
+                f"| {_pct(r.get('retention_loglik'))} | {_pct(r.get('retention_generate'))} "
+                f"| {_pct(r.get('perplexity_gap'))} | {_pct(r.get('greedy_exact_match'))} "
+                f"| {_pct(r.get('top1_agreement'))} | {_num(r.get('final_eval_loss'))} | {human_tokens(r.get('tokens'))} |")
+        t0 = next((ax["table"][v] for v in ax["variants"] if "teacher_loglik" in ax["table"].get(v, {})), None)
+        if t0:
+            lines.append(f"\nTeacher: LL {_pct(t0['teacher_loglik'])}, gen {_pct(t0['teacher_generate'])}. "
+                         f"Kendall τ between the two rankings: {_num(ax.get('kendall_tau'), 2)}.")
+        if ax["reversals"]:
+            lines.append("")
+            for r in ax["reversals"]:
+                lines.append(
+                    f"- **⚠ rank reversal** {r['pair'][0]} vs {r['pair'][1]}: log-likelihood prefers "
+                    f"**{r['loglik_prefers']}** (+{_pct(r['delta_loglik'])} pts, z {_num(r['z_loglik'], 1)}), "
+                    f"generation prefers **{r['generate_prefers']}** (+{_pct(r['delta_generate'])} pts, "
+                    f"z {_num(r['z_generate'], 1)}) — "
+                    + ("significant under both protocols" if r["significant"] else "within noise under at least one"
+                                                                                    " protocol"))
+        else:
+            lines.append("\nNo rank reversal between log-likelihood and generation on the mean.")
+        per = [p for p in ax["per_task"] if p.get("order_generate")]
+        if per:
+            lines += ["", "| task | order under LL | order under generation | reversed pairs |", "|---|---|---|---:|"]
+            for p in per:
+                lines.append(f"| {p['task']} | {_order(p.get('loglik')) or '– (generation only)'} "
+                             f"| {_order(p.get('generate'))} | {len(p.get('reversed_pairs', []))} |")
+    lines += ["", "## Cells", "", "| cell | tokens | held-out loss (last stage) | LL | gen | greedy match | stage nodes |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for c in rep["cells"]:
+        sc = c.get("scores")
+        ll = gen = "–"
+        if sc:
+            tasks = [t for t in sc["student"] if {"loglik", "generate"} <= set(sc["student"][t])]
+            if tasks:
+                ll = _pct(_mean([sc["student"][t]["loglik"]["acc"] for t in tasks]))
+                gen = _pct(_mean([sc["student"][t]["generate"]["acc"] for t in tasks]))
+        gm = _pct(sc["fidelity"].get("greedy_exact_match")) if sc else "–"
+        lines.append(f"| {c['cell']} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
+                     f"| {ll} | {gen} | {gm} | {' → '.join(c.get('nodes', []))} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- plot
+def plot_png(rep: dict[str, Any]) -> bytes | None:
+    """Per axis: (left) bars of each variant's score under LL (hatched) and generation, teacher dashed; (right) a
+    slope chart from LL score to generation score — two lines cross exactly when the pair's ranking reverses
+    (reversed pairs drawn in red)."""
+    axes = [a for a in rep["axes"] if any("loglik" in a["table"].get(v, {}) for v in a["variants"])]
+    if not axes:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - the plot is optional
+        return None
+    fig, grid = plt.subplots(len(axes), 2, figsize=(11, 3.6 * len(axes)), squeeze=False)
+    for (bar_ax, slope_ax), ax in zip(grid, axes):
+        vs = [v for v in ax["variants"] if "loglik" in ax["table"].get(v, {})]
+        tab = ax["table"]
+        xs = range(len(vs))
+        for k, (proto, hatch) in enumerate((("loglik", "//"), ("generate", None))):
+            bar_ax.bar([x + (k - 0.5) * 0.38 for x in xs], [100 * tab[v][proto] for v in vs], 0.38,
+                       yerr=[100 * (tab[v].get(f"{proto}_se") or 0) for v in vs], hatch=hatch, alpha=0.85,
+                       label="log-likelihood" if proto == "loglik" else "generation")
+            t = tab[vs[0]].get(f"teacher_{proto}")
+            if t is not None:
+                bar_ax.axhline(100 * t, color=f"C{k}", linestyle="--", linewidth=1)
+        bar_ax.set_xticks(list(xs))
+        bar_ax.set_xticklabels(vs, rotation=20, ha="right")
+        bar_ax.set_ylabel("accuracy (%)")
+        bar_ax.set_title(f"{ax['axis']}: score per variant (teacher dashed)", fontsize=10)
+        bar_ax.legend(fontsize=7)
+        reversed_vs = {v for r in ax["reversals"] for v in r["pair"]}
+        for v in vs:
+            col = "C3" if v in reversed_vs else "0.4"
+            slope_ax.plot([0, 1], [100 * tab[v]["loglik"], 100 * tab[v]["generate"]], marker="o", color=col)
+            slope_ax.annotate(v, (1, 100 * tab[v]["generate"]), xytext=(4, 0), textcoords="offset points",
+                              fontsize=8, va="center", color=col)
+        slope_ax.set_xticks([0, 1])
+        slope_ax.set_xticklabels(["log-likelihood", "generation"])
+        slope_ax.set_xlim(-0.1, 1.35)
+        slope_ax.set_ylabel("accuracy (%)")
+        slope_ax.set_title(f"{ax['axis']}: crossing lines = rank reversal ({len(ax['reversals'])})", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(rep: dict[str, Any], out_dir) -> dict[str, str]:
+    from pathlib import Path
+
+    out = Path(out_dir)
+    paths = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
+    atomic_write_json(paths["json"], rep)
+    atomic_write_text(paths["markdown"], markdown(rep))
+    png = plot_png(rep)
+    if png is not None:
+        paths["plot"] = str(out / "report.png")
+        atomic_write_bytes(paths["plot"], png)
+    return paths

@@ -1,0 +1,352 @@
+"""Run a grid: train each cell's chain of stage nodes (skipping the ones already trained by this or another cell,
+resuming a stopped one from its checkpoint), evaluate its student under both protocols with ``gendistill eval``
+against the teacher, write the cell folder, and rebuild the report after every cell.
+
+Cells run one after another in one process; rerunning the same command continues where it stopped and skips
+every finished node, evaluation and cell.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gendistill.ablate.grid import Cell, Grid, stage_budget
+from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
+from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
+from gendistill.errors import ConfigError
+from gendistill.io import atomic_write_json, atomic_write_text
+
+EVAL_FILES = ("results.json", "results.md", "results.png")
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    nodes: list[Node]
+    eval_dir: Path
+    dir: Path
+
+    @property
+    def final(self) -> Node:
+        return self.nodes[-1]
+
+
+def plan_grid(grid: Grid) -> list[CellPlan]:
+    root = grid.output_dir
+    plans = []
+    for c in grid.cells:
+        nodes = cell_nodes(c, root)
+        plans.append(CellPlan(cell=c, nodes=nodes, eval_dir=eval_dir(root, nodes[-1], c.recipe.teacher.spec,
+                                                                     grid.config.eval),
+                              dir=root / "cells" / c.name))
+    return plans
+
+
+def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
+    """What a run would do, without loading or writing anything: per cell its nodes (status, how many cells share
+    each) and its evaluation; identical cells (same final node and evaluation) are marked."""
+    users: dict[str, list[str]] = {}
+    for p in plans:
+        for n in p.nodes:
+            users.setdefault(n.id, []).append(p.cell.name)
+    first_with_eval: dict[Path, str] = {}
+    cells, nodes_seen, todo_nodes, done_nodes = [], set(), 0, 0
+    evals_todo = 0
+    for p in plans:
+        entry_nodes = []
+        for n in p.nodes:
+            st = n.status()
+            if n.id not in nodes_seen:
+                nodes_seen.add(n.id)
+                done_nodes += st == "done"
+                todo_nodes += st != "done"
+            entry_nodes.append({"stage": n.stage, "id": n.id, "status": st, "shared_by": len(users[n.id]),
+                                "dir": str(n.dir)})
+        same = first_with_eval.get(p.eval_dir)
+        ev = "done" if eval_done(p.eval_dir) else "todo"
+        if same is None:
+            first_with_eval[p.eval_dir] = p.cell.name
+            evals_todo += ev == "todo"
+        cells.append({"cell": p.cell.name, "assignment": p.cell.assignment, "nodes": entry_nodes, "eval": ev,
+                      "eval_dir": str(p.eval_dir), "same_as": same, "tokens": stage_budget(p.cell.recipe),
+                      "skipped": ev == "done" and all(n["status"] == "done" for n in entry_nodes)})
+    return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
+            "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo}
+
+
+# ------------------------------------------------------------------------------------------------------ progress
+class CellProgress:
+    """One bar across the grid's cells (rich, on a terminal) or one line per step of work (otherwise). While the bar
+    is shown, the stages print lines (rich keeps them above the bar)."""
+
+    def __init__(self, total: int, mode: str):
+        self.mode = "none" if mode == "none" else ("bar" if mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+                                                   else "lines")
+        self.total, self.bar, self.done = total, None, 0
+        if self.mode == "bar":
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,  # noqa: PLC0415
+                                       TimeElapsedColumn)
+
+            self.bar = Progress(TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.description}"), console=Console(stderr=True))
+            self.task = self.bar.add_task("", total=total)
+            self.bar.start()
+
+    def status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=text)
+        elif self.mode == "lines":
+            print(f"[ablate {self.done + 1}/{self.total}] {text}", file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def node_recipe(cell_recipe: Recipe, node: Node, parent: Node | None, progress: str) -> Recipe:
+    """The one-stage recipe of ``node``: that stage with its effective data, the student built from the teacher (first
+    node) or loaded from the parent node's student, the run folder the node's folder."""
+    d = cell_recipe.model_dump(mode="json")
+    st = d["stages"][node.index]
+    st["data"] = cell_recipe.stage_data(cell_recipe.stages[node.index]).model_dump(mode="json")
+    d["stages"], d["data"] = [st], None
+    if parent is not None:
+        d["student"] = {"path": str(parent.student_dir)}
+    d["run"]["output_dir"] = str(node.dir)
+    d["run"]["progress"] = progress
+    return parse_recipe(d, f"node {node.dir}")
+
+
+class _Teachers:
+    """Teachers for training, loaded once per (spec, dtype) and shared by every node."""
+
+    def __init__(self, given: tuple[Any, Any] | None):
+        self.given, self.cache = given, {}
+
+    def get(self, recipe: Recipe, world) -> tuple[Any, Any]:
+        if self.given is not None:
+            return self.given
+        from gendistill.distill.pipeline import _teacher_dtype  # noqa: PLC0415
+        from gendistill.teachers import load_teacher  # noqa: PLC0415
+
+        dtype = _teacher_dtype(recipe, world)
+        key = (recipe.teacher.spec, str(dtype))
+        if key not in self.cache:
+            self.cache[key] = load_teacher(recipe.teacher.spec, dtype=dtype, device=world.device)
+        return self.cache[key]
+
+
+def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers, progress: str,
+               stop_after: int | None) -> bool:
+    """Train (or resume) one node; True when its student is saved."""
+    from gendistill.distill.distributed import init_world  # noqa: PLC0415
+    from gendistill.distill.pipeline import run_recipe  # noqa: PLC0415
+
+    r = node_recipe(cell.recipe, node, parent, progress)
+    world = init_world(r.run.device)
+    teacher, tok = teachers.get(r, world)
+    node.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(node.dir / "node.json", {"id": node.id, "stage": node.stage, "parent": node.parent,
+                                               "first_cell": cell.name,
+                                               "student": str(node.student_dir)})
+    out = run_recipe(r, resume=True, teacher=teacher, tokenizer=tok, stop_after=stop_after, world=world)
+    del out
+    _free_memory()
+    return node.status() == "done"
+
+
+def _free_memory() -> None:
+    """Give the finished node's (or evaluation's) GPU memory back before the next one; on CPU reference counting has
+    already freed the models."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def evaluate(plan: CellPlan, grid: Grid) -> None:
+    """Teacher and the cell's student under the grid's evaluation settings, through ``gendistill eval``."""
+    import torch  # noqa: PLC0415
+
+    from gendistill.eval.runner import EvalConfig, run_eval  # noqa: PLC0415
+
+    ev = grid.config.eval
+    on_cuda = torch.cuda.is_available() and plan.cell.recipe.run.device != "cpu"
+    device = ev.device if ev.device != "auto" else ("cuda" if on_cuda else "cpu")
+    dtype = ev.dtype if ev.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    cfg = EvalConfig(
+        models=[plan.cell.recipe.teacher.spec, str(plan.final.student_dir)], tasks=ev.tasks,
+        protocols=list(ev.protocols), limit=ev.limit, seed=ev.seed, out=str(plan.eval_dir), batch_size=ev.batch_size,
+        token_budget=ev.token_budget, loglik_chat_template=ev.loglik_chat_template, samples=ev.samples,
+        temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
+        data_source=ev.data_source, dtype=dtype, device=device, fidelity_chat=ev.fidelity_chat,
+        fidelity_data=ev.fidelity_data, show_progress=False,
+        command=f"gendistill ablate {grid.source}  # cell {plan.cell.name}",
+    )
+    run_eval(cfg)
+    _free_memory()
+
+
+# ------------------------------------------------------------------------------------------------------ cell folder
+def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every node's metrics.jsonl records (each carries its stage) and a per-stage summary: steps, tokens, first and
+    last training loss, held-out loss before and after, median tokens/s."""
+    records: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for n in nodes:
+        p = n.dir / "metrics.jsonl"
+        recs = []
+        if p.is_file():
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    try:
+                        recs.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+        records += recs
+        train = [r for r in recs if "loss" in r]
+        evals = [r for r in recs if "eval_loss" in r]
+        tps = sorted(r["tokens_per_s"] for r in train if r.get("tokens_per_s"))
+        summary[n.stage] = {
+            "node": n.id, "steps": max((r.get("step", 0) for r in train), default=0),
+            "tokens": max((r.get("tokens", 0) for r in train), default=0),
+            "loss_first": train[0]["loss"] if train else None, "loss_last": train[-1]["loss"] if train else None,
+            "eval_loss_first": evals[0]["eval_loss"] if evals else None,
+            "eval_loss_last": evals[-1]["eval_loss"] if evals else None,
+            "tokens_per_s": tps[len(tps) // 2] if tps else None,
+        }
+    return records, summary
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _link_student(cell_dir: Path, target: Path) -> None:
+    link = cell_dir / "student"
+    if link.exists() and not link.is_symlink():
+        return  # not ours: never replaced
+    try:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(target, cell_dir), target_is_directory=True)
+    except OSError:  # file systems without symlinks: cell.json names the folder anyway
+        pass
+
+
+def write_cell(plan: CellPlan, grid: Grid) -> dict[str, Any]:
+    """The cell's folder: its full recipe (runnable on its own with ``gendistill distill``), cell.json, metrics and a
+    copy of its evaluation. Returns cell.json's content."""
+    d = plan.dir
+    d.mkdir(parents=True, exist_ok=True)
+    recipe = plan.cell.recipe.model_copy(deep=True)
+    recipe.run.output_dir = str(d / "distill")
+    atomic_write_text(d / "recipe.yaml", f"# cell {plan.cell.name} of {grid.source}: the base recipe with "
+                                         f"{plan.cell.overrides}\n" + dump_recipe(recipe))
+    records, summary = read_metrics(plan.nodes)
+    atomic_write_text(d / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(d / "metrics.json", summary)
+    done = eval_done(plan.eval_dir)
+    if done:
+        (d / "eval").mkdir(exist_ok=True)
+        for f in EVAL_FILES:
+            if (plan.eval_dir / f).is_file():
+                _copy_atomic(plan.eval_dir / f, d / "eval" / f)
+    if plan.final.status() == "done":
+        _link_student(d, plan.final.student_dir)
+    info = {"cell": plan.cell.name, "assignment": plan.cell.assignment, "overrides": plan.cell.overrides,
+            "tokens": stage_budget(plan.cell.recipe),
+            "nodes": [{"stage": n.stage, "id": n.id, "dir": str(n.dir), "status": n.status()} for n in plan.nodes],
+            "student": str(plan.final.student_dir), "eval_dir": str(plan.eval_dir),
+            "complete": done and plan.final.status() == "done"}
+    atomic_write_json(d / "cell.json", info)
+    return info
+
+
+def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
+    """What the report needs from every cell: its assignment, per-stage metrics, token budget and evaluation
+    (None until evaluated)."""
+    out = []
+    for p in plans:
+        results = None
+        if eval_done(p.eval_dir):
+            results = json.loads((p.eval_dir / "results.json").read_text())
+        _, summary = read_metrics(p.nodes)
+        out.append({"cell": p.cell.name, "assignment": p.cell.assignment, "metrics": summary,
+                    "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results})
+    return out
+
+
+def write_grid_report(grid: Grid, plans: list[CellPlan]) -> dict[str, str]:
+    from gendistill.ablate import report as R  # noqa: PLC0415
+
+    rep = R.build_report(grid_meta(grid), load_cell_results(plans))
+    return R.write_report(rep, grid.output_dir)
+
+
+def grid_meta(grid: Grid) -> dict[str, Any]:
+    return {"grid": grid.source, "mode": grid.config.mode, "teacher": grid.base.teacher.spec,
+            "axes": {a: list(v) for a, v in grid.variants.items()}, "eval": grid.config.eval.model_dump(mode="json"),
+            "base_tokens": stage_budget(grid.base), "output_dir": str(grid.output_dir),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+# ------------------------------------------------------------------------------------------------------ the grid
+def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_after: int | None = None,
+             progress: str | None = None) -> dict[str, Any]:
+    """Run every cell (skipping finished work) and write the report. ``teacher``/``tokenizer`` may be passed in
+    (tests, notebooks); ``stop_after`` stops the first node that trains after that many optimizer steps (to test
+    resuming). Returns ``{"cells": [cell.json ...], "report": paths, "stopped": bool}``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("gendistill ablate runs its cells one after another in one process; launch it without "
+                          "torchrun (each cell can still be run on its own: gendistill distill cells/<cell>/recipe.yaml)")
+    plans = plan_grid(grid)
+    mode = progress or grid.base.run.progress
+    bar = CellProgress(len(plans), mode)
+    stage_progress = "none" if bar.mode == "none" else "lines"  # a stage's own bar would fight the cells' bar
+    teachers = _Teachers((teacher, tokenizer) if teacher is not None else None)
+    infos, stopped, paths = [], False, None
+    try:
+        for p in plans:
+            prev = None
+            for n in p.nodes:
+                st = n.status()
+                if st != "done":
+                    bar.status(f"{p.cell.name}: {'resuming' if st == 'partial' else 'training'} {n.stage} ({n.id})")
+                    if not train_node(p.cell, n, prev, teachers, stage_progress, stop_after):
+                        stopped = True
+                        break
+                prev = n
+            if stopped:
+                infos.append(write_cell(p, grid))
+                break
+            if not eval_done(p.eval_dir):
+                bar.status(f"{p.cell.name}: evaluating")
+                evaluate(p, grid)
+            infos.append(write_cell(p, grid))
+            paths = write_grid_report(grid, plans)  # after every cell: a stopped grid still has a report
+            bar.advance()
+    finally:
+        bar.close()
+    if paths is None or stopped:
+        paths = write_grid_report(grid, plans)
+    return {"cells": infos, "report": paths, "stopped": stopped}

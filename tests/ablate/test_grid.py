@@ -1,0 +1,124 @@
+"""Grid files: validation with one-line errors, built-in axes -> recipe overrides, stage names in keys, the two
+expansion modes, conflicting axes, the equal-token-budget check."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import base_recipe
+
+from gendistill.ablate.grid import load_grid, parse_token_count
+from gendistill.errors import ConfigError
+
+
+def _stage(recipe, name):
+    return next(s for s in recipe.stages if s.name == name)
+
+
+def test_one_at_a_time_cells_change_one_axis_each(write_grid):
+    g = load_grid(write_grid({"masking": ["completion_only", "all_tokens"],
+                              "freeze": ["attention", "none", "attention+mlp"]}))
+    assert [c.name for c in g.cells] == ["masking=completion_only", "masking=all_tokens", "freeze=attention",
+                                         "freeze=none", "freeze=attention+mlp"]
+    by = {c.name: c.recipe for c in g.cells}
+    assert _stage(by["masking=all_tokens"], "stage3b").masking == "all_tokens"
+    assert _stage(by["masking=all_tokens"], "stage3b").trainable.groups == ["kda", "mlp", "norms"]  # base value kept
+    assert _stage(by["freeze=none"], "stage3b").trainable.groups == ["kda", "mlp", "norms", "attention"]
+    assert _stage(by["freeze=attention+mlp"], "stage3b").trainable.groups == ["kda", "norms"]
+    assert _stage(by["freeze=none"], "stage3b").masking == "completion_only"  # the default of stage3b
+    # only stage3b changes; stage3a is the base's in every cell
+    assert {_stage(r, "stage3a").model_dump_json() for r in by.values()} == {_stage(g.base, "stage3a").model_dump_json()}
+
+
+def test_product_mode_crosses_axes_and_refuses_axes_that_set_the_same_key(write_grid):
+    g = load_grid(write_grid({"masking": ["completion_only", "all_tokens"], "objective": ["forward_kl", "kl+ce"]},
+                             mode="product"))
+    assert len(g.cells) == 4
+    c = next(c for c in g.cells if c.assignment == {"masking": "all_tokens", "objective": "kl+ce"})
+    for st in ("stage3a", "stage3b"):  # objective's default stages: both logit stages
+        assert _stage(c.recipe, st).loss.kind == "forward_kl" and _stage(c.recipe, st).loss.ce_weight == 0.01
+    assert _stage(c.recipe, "stage3b").masking == "all_tokens"
+
+    clash = write_grid({"masking": ["all_tokens"], "mine": {"x": {"stages[stage3b]": {"name": "stage3b"}}}},
+                       mode="product")
+    with pytest.raises(ConfigError, match="axes masking and mine both set stages\\[2\\]"):
+        load_grid(clash)
+
+
+def test_named_variants_take_dotted_keys_with_stage_names(write_grid):
+    g = load_grid(write_grid({"lr_3b": {"low": {"stages[stage3b].optim.lr": 1e-5},
+                                        "high": {"stages[2].optim.lr": 3e-4}}}))
+    assert [_stage(c.recipe, "stage3b").optim.lr for c in g.cells] == [1e-5, 3e-4]
+    with pytest.raises(ConfigError, match="the base recipe has no stage 'stage2'"):
+        load_grid(write_grid({"lr": {"a": {"stages[stage2].optim.lr": 1e-5}}}))
+
+
+def test_token_and_dataset_axes(write_grid, tmp_path):
+    g = load_grid(write_grid({"tokens_3a": [128, "0.256K", 3.84e2]}))
+    assert [c.name for c in g.cells] == ["tokens_3a=128", "tokens_3a=256", "tokens_3a=384"]
+    assert [_stage(c.recipe, "stage3a").total_steps() for c in g.cells] == [2, 4, 6]  # seq 32 x batch 2 per step
+    assert parse_token_count("2.5B", "x") == 2_500_000_000 and parse_token_count(1_000_000, "x") == 1_000_000
+    with pytest.raises(ConfigError, match="not a positive whole number"):
+        parse_token_count("0.5", "x")
+
+    g = load_grid(write_grid({"dataset_3a": [{"name": "small", "heldout_documents": 2},
+                                             {"name": "other", "sources": [{"path": "b.jsonl", "format": "text"}]}]}))
+    small, other = (_stage(c.recipe, "stage3a").data for c in g.cells)
+    # setting one data key of a stage without its own data starts from the recipe-level data
+    assert small.heldout_documents == 2 and small.sources[0].path.endswith("text.jsonl")
+    assert small.model_dump()["sources"] == g.base.data.model_dump()["sources"] and small is not g.base.data
+    assert other.sources[0].path.endswith("b.jsonl") and other.heldout_documents == 4
+    assert _stage(g.cells[0].recipe, "stage1").data is None  # other stages untouched
+
+
+def test_mixer_axis_uses_the_registry(write_grid):
+    from gendistill.layers.registry import LINEAR_MIXERS
+
+    g = load_grid(write_grid({"mixer": sorted(LINEAR_MIXERS)}))
+    assert [c.recipe.student.kda_options["linear_attention_type"] for c in g.cells] == sorted(LINEAR_MIXERS)
+    with pytest.raises(ConfigError, match="unknown mixer 'nope'; registered: .*kda"):
+        load_grid(write_grid({"mixer": ["kda", "nope"]}))
+
+
+@pytest.mark.parametrize("axes, keys, message", [
+    ({"masking": ["half"]}, {}, "axes.masking.variants: unknown variant 'half'; known: completion_only, all_tokens"),
+    ({"lr": [1, 2]}, {}, "axes.lr.variants: a list of variants needs a built-in axis"),
+    ({"masking": {"stages": ["stage2"], "variants": ["all_tokens"]}}, {}, "the base recipe has no stage stage2"),
+    ({"masking": ["all_tokens"]}, {"mdoe": "product"}, "mdoe: unknown key"),
+    ({"freeze": ["none", "none"]}, {}, "a variant is listed twice"),
+    ({"bad": {"a b": {}}}, {}, "variant name 'a b' may only use"),
+    ({"obj": {"hidden": {"stages[stage3b].loss.kind": "mse"}}}, {},
+     "cell obj=hidden: stages[2]: loss.kind 'mse' is a hidden-state loss"),
+    ({"tokens_3b": [64]}, {"equal_budget": True, "axes2": 1}, "axes2: unknown key"),
+])
+def test_bad_grids_fail_with_one_line_naming_the_place(write_grid, axes, keys, message):
+    with pytest.raises(ConfigError) as e:
+        load_grid(write_grid(axes, **keys))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_equal_budget_is_checked_except_on_token_axes(write_grid):
+    grid = write_grid({"seq": {"long": {"stages[stage3b].seq_len": 96}}})
+    with pytest.raises(ConfigError, match="cell seq=long trains stage3b on 384 tokens, the base on 192"):
+        load_grid(grid)
+    assert len(load_grid(write_grid({"seq": {"long": {"stages[stage3b].seq_len": 96}}}, equal_budget=False)).cells) == 1
+    assert len(load_grid(write_grid({"tokens_3b": [64, 192]})).cells) == 2
+
+
+def test_inline_base_and_cli_overrides(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump({"base": base_recipe(), "output_dir": str(tmp_path / "o"),
+                                 "axes": {"masking": ["all_tokens"]}}))
+    g = load_grid(p, ["stages[stage3b].optim.lr=0.5", "run.seed=7"])
+    assert _stage(g.cells[0].recipe, "stage3b").optim.lr == 0.5 and g.cells[0].recipe.run.seed == 7
+
+
+def test_cli_reports_a_bad_grid_in_one_line_and_writes_nothing(write_grid, tmp_path):
+    from typer.testing import CliRunner
+
+    from gendistill.cli import app
+
+    res = CliRunner().invoke(app, ["ablate", str(write_grid({"masking": ["half"]})), "--dry-run"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "error:" in res.output and "unknown variant 'half'" in res.output
+    assert not (tmp_path / "out").exists()

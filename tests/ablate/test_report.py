@@ -1,0 +1,129 @@
+"""The ablation report's arithmetic on constructed evaluation results: per-variant means and standard errors over
+the common tasks, retention, perplexity gap, fidelity, competition ranks, rank reversals (and their significance),
+Kendall's tau, product-mode main effects, and the Markdown/plot outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gendistill.ablate.report import (build_report, competition_ranks, kendall_tau, markdown, plot_png,
+                                      rank_reversals, write_report)
+
+TEACHER = {("t1", "loglik"): 0.8, ("t1", "generate"): 0.7, ("t2", "loglik"): 0.6, ("t2", "generate"): 0.5,
+           ("gsm", "generate"): 0.3}
+
+
+def results(student: dict, se: float = 0.02, exact: float | None = None) -> dict:
+    rows = []
+    for who, accs in (("teach", TEACHER), ("stud", student)):
+        for (task, proto), acc in accs.items():
+            rows.append({"task": task, "model": who, "protocol": proto, "acc": acc, "stderr": se,
+                         "chance": 0.0 if task == "gsm" else 0.25, "n": 100})
+    fid = [] if exact is None else [{"student": "stud", "task": "t1", "exact_match": exact,
+                                     "mean_first_divergence": 10 * exact},
+                                    {"student": "stud", "task": "gsm", "exact_match": exact / 2,
+                                     "mean_first_divergence": 0.0}]
+    return {"meta": {"models": ["teach", "stud"], "complete": True}, "rows": rows, "fidelity": fid}
+
+
+def scores(ll1, gen1, ll2, gen2, gsm=0.1):
+    return {("t1", "loglik"): ll1, ("t1", "generate"): gen1, ("t2", "loglik"): ll2, ("t2", "generate"): gen2,
+            ("gsm", "generate"): gsm}
+
+
+def cell(name, assignment, res, eval_loss=1.0):
+    return {"cell": name, "assignment": assignment, "tokens": {"stage3b": 1000},
+            "metrics": {"stage3a": {"eval_loss_last": 9.0}, "stage3b": {"eval_loss_last": eval_loss}},
+            "nodes": ["n1", name], "eval": res}
+
+
+A = scores(0.78, 0.40, 0.58, 0.30)  # LL 0.68, gen 0.35
+B = scores(0.70, 0.60, 0.50, 0.40)  # LL 0.60, gen 0.50
+C = scores(0.62, 0.20, 0.52, 0.20)  # LL 0.57, gen 0.20
+
+
+def _freeze_report(se=0.02):
+    cells = [cell("freeze=a", {"freeze": "a"}, results(A, se, exact=0.5), 1.2),
+             cell("freeze=b", {"freeze": "b"}, results(B, se, exact=0.25), 1.1),
+             cell("freeze=c", {"freeze": "c"}, results(C, se)),
+             cell("freeze=d", {"freeze": "d"}, None)]  # not evaluated yet
+    return build_report({"axes": {"freeze": ["a", "b", "c", "d"]}, "mode": "one_at_a_time"}, cells)
+
+
+def test_axis_arithmetic_on_the_common_tasks():
+    rep = _freeze_report()
+    (ax,) = rep["axes"]
+    assert ax["common_tasks"] == ["t1", "t2"] and ax["generation_tasks"] == ["t1", "t2", "gsm"]
+    a = ax["table"]["a"]
+    assert a["loglik"] == pytest.approx(0.68) and a["generate"] == pytest.approx(0.35)
+    assert a["loglik_se"] == pytest.approx(math.sqrt(2 * 0.02**2) / 2)
+    assert a["teacher_loglik"] == pytest.approx(0.7) and a["teacher_generate"] == pytest.approx(0.6)
+    assert a["retention_loglik"] == pytest.approx(0.68 / 0.7) and a["retention_generate"] == pytest.approx(0.35 / 0.6)
+    assert a["retention_above_chance_loglik"] == pytest.approx((0.68 - 0.25) / (0.7 - 0.25))
+    assert a["perplexity_gap"] == pytest.approx((0.6 - 0.35) - (0.7 - 0.68))
+    assert a["generate_all_tasks"] == pytest.approx((0.40 + 0.30 + 0.1) / 3)  # GSM8K-like task: generation only
+    assert a["greedy_exact_match"] == pytest.approx(0.375) and a["mean_first_divergence"] == pytest.approx(2.5)
+    assert a["final_eval_loss"] == 1.2 and a["tokens"] == 1000  # the last stage's held-out loss
+    assert ax["table"]["c"]["greedy_exact_match"] is None and ax["table"]["d"] == {"cells": 0}
+    assert rep["evaluated"] == 3 and rep["total"] == 4
+
+
+def test_rankings_and_the_reversal_they_hide():
+    (ax,) = _freeze_report()["axes"]
+    t = ax["table"]
+    assert [t[v]["rank_loglik"] for v in "abc"] == [1, 2, 3] and [t[v]["rank_generate"] for v in "abc"] == [2, 1, 3]
+    (rev,) = ax["reversals"]
+    assert rev["pair"] == ["a", "b"] and rev["loglik_prefers"] == "a" and rev["generate_prefers"] == "b"
+    assert rev["delta_loglik"] == pytest.approx(0.08) and rev["delta_generate"] == pytest.approx(0.15)
+    assert rev["z_loglik"] == pytest.approx(4.0) and rev["z_generate"] == pytest.approx(7.5) and rev["significant"]
+    assert ax["kendall_tau"] == pytest.approx(1 / 3)
+    per = {p["task"]: p for p in ax["per_task"]}
+    assert per["t1"]["order_loglik"] == ["a", "b", "c"] and per["t1"]["order_generate"] == ["b", "a", "c"]
+    assert per["t1"]["reversed_pairs"] == [["a", "b"]]
+    assert per["t2"]["reversed_pairs"] == [["a", "b"], ["b", "c"]]  # on t2 alone c (52) beats b (50) under LL
+    assert "order_loglik" not in per["gsm"] and per["gsm"]["order_generate"] == ["a", "b", "c"]  # ties keep order
+
+
+def test_reversal_within_noise_is_flagged_but_not_significant():
+    (ax,) = _freeze_report(se=0.1)["axes"]
+    (rev,) = ax["reversals"]
+    assert not rev["significant"] and rev["z_loglik"] == pytest.approx(0.8)
+
+
+def test_ranks_ties_and_tau_edge_cases():
+    assert competition_ranks({"x": 0.5, "y": 0.5, "z": 0.4, "n": float("nan")}) == {"x": 1, "y": 1, "z": 3, "n": 4}
+    tie = {"x": {"loglik": 0.5, "generate": 0.6}, "y": {"loglik": 0.5, "generate": 0.2}}
+    assert rank_reversals(tie) == []  # a tie under one protocol is not a reversal
+    assert kendall_tau({"x": 1.0, "y": 2.0}, {"x": 2.0, "y": 1.0}) == -1.0 and kendall_tau({"x": 1.0}, {"x": 1.0}) is None
+
+
+def test_product_mode_ranks_main_effects():
+    cells = []
+    for m, base in (("c", 0.0), ("a", -0.1)):  # masking=a costs 10 points under both protocols
+        for f, (ll, gen) in (("x", (0.6, 0.5)), ("y", (0.5, 0.3))):
+            s = scores(ll + base, gen + base, ll + base, gen + base)
+            cells.append(cell(f"masking={m}__freeze={f}", {"masking": m, "freeze": f}, results(s)))
+    rep = build_report({"axes": {"masking": ["c", "a"], "freeze": ["x", "y"]}, "mode": "product"}, cells)
+    mask, freeze = rep["axes"]
+    assert mask["table"]["c"]["loglik"] == pytest.approx(0.55) and mask["table"]["a"]["loglik"] == pytest.approx(0.45)
+    assert mask["table"]["c"]["cells"] == 2 and mask["table"]["c"]["loglik_se"] == pytest.approx(
+        math.sqrt(2 * (math.sqrt(2 * 0.02**2) / 2) ** 2) / 2)
+    assert freeze["table"]["x"]["generate"] == pytest.approx(0.45) and freeze["table"]["y"]["generate"] == pytest.approx(0.25)
+    assert mask["reversals"] == [] and freeze["reversals"] == [] and mask["kendall_tau"] == 1.0
+
+
+def test_markdown_json_and_plot(tmp_path):
+    rep = _freeze_report()
+    md = markdown(rep)
+    assert "## Axis `freeze`" in md and "**⚠ rank reversal** a vs b" in md and "significant under both" in md
+    assert "| a | 68.0 ± 1.4 | 1 | 35.0 ± 1.4 | 2 | 97.1 | 58.3 | 23.0 |" in md
+    assert "| d | not evaluated |" in md and "| gsm | – (generation only) | a = b = c | 0 |" in md
+    assert "| t1 | a > b > c | b > a > c | 1 |" in md
+    png = plot_png(rep)
+    assert png is not None and png[:4] == b"\x89PNG"
+    paths = write_report(rep, tmp_path)
+    assert set(paths) == {"json", "markdown", "plot"} and (tmp_path / "report.md").read_text() == md
+    empty = build_report({"axes": {"freeze": ["a"]}}, [cell("freeze=a", {"freeze": "a"}, None)])
+    assert "No evaluated cell scored under both protocols yet." in markdown(empty) and plot_png(empty) is None

@@ -1,0 +1,132 @@
+"""Prefix sharing, resume and skip, with the trainer and the evaluator replaced by fakes that write what the real
+ones write (a run folder with progress.json and the student's config.json; a results.json): every distinct stage
+prefix is trained exactly once, a stopped stage is resumed, and a finished grid reruns nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gendistill.ablate.grid import load_grid
+from gendistill.ablate.runner import describe_plan, plan_grid, run_grid
+from gendistill.ablate.store import cell_nodes
+
+
+class FakeTrainer:
+    """Stands in for ``run_recipe``; ``stop_at`` = the index of a call that stops before finishing its stage."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.calls: list[dict] = []
+        self.stop_at = stop_at
+
+    def __call__(self, recipe, *, resume, teacher, tokenizer, stop_after, world):
+        (stage,) = recipe.stages
+        run = Path(recipe.run.output_dir)
+        self.calls.append({"stage": stage.name, "dir": run.name, "student": recipe.student.path, "resume": resume,
+                           "partial_before": (run / "recipe.yaml").exists()})
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.yaml").write_text("x")
+        if self.stop_at is not None and len(self.calls) - 1 == self.stop_at:
+            return {"completed": []}
+        (run / stage.name).mkdir(exist_ok=True)
+        (run / stage.name / "config.json").write_text("{}")
+        (run / "progress.json").write_text(json.dumps({"completed": [stage.name]}))
+        (run / "metrics.jsonl").write_text(json.dumps({"stage": stage.name, "step": 0, "eval_loss": 2.0}) + "\n"
+                                           + json.dumps({"stage": stage.name, "step": 2, "eval_loss": 1.5}) + "\n")
+        return {"completed": [stage.name]}
+
+
+class FakeEval:
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, cfg):
+        self.calls.append(cfg.models)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        t, s = "teacher", Path(cfg.models[1]).name
+        rows = [{"task": "quiz", "model": m, "protocol": p, "acc": a, "stderr": 0.05, "chance": 0.25, "n": 40}
+                for m, p, a in ((t, "loglik", 0.6), (t, "generate", 0.5), (s, "loglik", 0.55), (s, "generate", 0.3))]
+        res = {"meta": {"models": [t, s], "complete": True}, "rows": rows, "fidelity": []}
+        (out / "results.json").write_text(json.dumps(res))
+        return res
+
+
+@pytest.fixture()
+def fakes(monkeypatch):
+    import gendistill.distill.pipeline as pipeline
+    import gendistill.eval.runner as eval_runner
+
+    trainer, ev = FakeTrainer(), FakeEval()
+    monkeypatch.setattr(pipeline, "run_recipe", trainer)
+    monkeypatch.setattr(eval_runner, "run_eval", ev)
+    return trainer, ev
+
+
+AXES = {"masking": ["completion_only", "all_tokens"], "freeze": ["attention", "none"]}
+
+
+def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes):
+    trainer, ev = fakes
+    g = load_grid(write_grid(AXES))
+    plans = plan_grid(g)
+    chains = [[n.id for n in p.nodes] for p in plans]
+    assert len({c[0] for c in chains}) == 1 and len({c[1] for c in chains}) == 1  # stage1, stage3a shared by all
+    # masking=completion_only and freeze=attention are both the base recipe: one stage3b node, one evaluation
+    assert len({c[2] for c in chains}) == 3 and chains[0] == chains[2] and plans[0].eval_dir == plans[2].eval_dir
+
+    out = run_grid(g, teacher=object(), tokenizer=object(), progress="none")
+    assert [c["stage"] for c in trainer.calls] == ["stage1", "stage3a", "stage3b", "stage3b", "stage3b"]
+    # each node after the first trains from its parent node's student
+    s1, s3a = plans[0].nodes[0], plans[0].nodes[1]
+    assert trainer.calls[0]["student"] is None and trainer.calls[1]["student"] == str(s1.student_dir)
+    assert all(c["student"] == str(s3a.student_dir) for c in trainer.calls[2:])
+    assert len(ev.calls) == 3 and all(m[0] == "teacher" for m in ev.calls)
+    assert all(c["complete"] for c in out["cells"]) and not out["stopped"]
+    for p in plans:  # each cell: its recipe, metrics and evaluation in its own folder
+        assert {"recipe.yaml", "cell.json", "metrics.json", "metrics.jsonl"} <= {f.name for f in p.dir.iterdir()}
+        assert json.loads((p.dir / "eval" / "results.json").read_text())["meta"]["complete"]
+        assert (p.dir / "student").resolve() == p.final.student_dir.resolve()
+        assert json.loads((p.dir / "metrics.json").read_text())["stage3b"]["eval_loss_last"] == 1.5
+    rep = json.loads(Path(out["report"]["json"]).read_text())
+    assert rep["evaluated"] == 4 and [a["axis"] for a in rep["axes"]] == ["masking", "freeze"]
+
+    # rerun: nothing is trained or evaluated again; the dry run says every cell is finished
+    run_grid(load_grid(write_grid(AXES)), teacher=object(), tokenizer=object(), progress="none")
+    assert len(trainer.calls) == 5 and len(ev.calls) == 3
+    plan = describe_plan(plan_grid(load_grid(write_grid(AXES))))
+    assert all(c["skipped"] for c in plan["cells"]) and plan["nodes_to_train"] == 0 and plan["evals_to_run"] == 0
+
+
+def test_a_stopped_stage_resumes_and_later_cells_wait(write_grid, monkeypatch):
+    import gendistill.distill.pipeline as pipeline
+    import gendistill.eval.runner as eval_runner
+
+    trainer, ev = FakeTrainer(stop_at=1), FakeEval()  # stage3a of the first cell stops early
+    monkeypatch.setattr(pipeline, "run_recipe", trainer)
+    monkeypatch.setattr(eval_runner, "run_eval", ev)
+    grid = write_grid({"masking": ["completion_only", "all_tokens"]})
+    out = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
+    assert out["stopped"] and [c["stage"] for c in trainer.calls] == ["stage1", "stage3a"] and not ev.calls
+    plan = describe_plan(plan_grid(load_grid(grid)))
+    assert [n["status"] for n in plan["cells"][0]["nodes"]] == ["done", "partial", "todo"]
+
+    trainer.stop_at = None
+    out = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
+    assert not out["stopped"]
+    assert [c["stage"] for c in trainer.calls[2:]] == ["stage3a", "stage3b", "stage3b"]
+    assert trainer.calls[2]["partial_before"] and all(c["resume"] for c in trainer.calls)
+    assert len(ev.calls) == 2
+
+
+def test_node_ids_hash_what_fixes_the_student_and_nothing_else(write_grid):
+    g = load_grid(write_grid({"io": {"a": {}, "b": {"stages[stage1].log_every": 5, "stages[stage1].checkpoint_every": 9,
+                                                    "run.output_dir": "elsewhere", "run.progress": "bar"}},
+                              "lr1": {"x": {"stages[stage1].optim.lr": 5e-4}},
+                              "seed": {"s": {"run.seed": 3}}}))
+    ids = {c.name: [n.id for n in cell_nodes(c, Path("/r"))] for c in g.cells}
+    assert ids["io=a"] == ids["io=b"]  # I/O-only settings do not split a prefix
+    assert ids["lr1=x"][0] != ids["io=a"][0] and ids["lr1=x"][1] != ids["io=a"][1]  # a change propagates downstream
+    assert all(i != j for i, j in zip(ids["seed=s"], ids["io=a"]))
