@@ -43,7 +43,7 @@ class GatedDeltaNet(TeacherShapedMixer):
         g = gdn_gate(self.a_proj(x), self.A_log, self.dt_bias)
         beta = torch.sigmoid(self.b_proj(x).float())
         if pad_mask is not None:  # padded tokens: no decay, no write
-            m = pad_mask.to(g.dtype)
+            m = pad_mask.to(g.dtype)[..., None]
             g, beta = g * m, beta * m
         kernel = gdn_recurrent if recurrent else gdn_chunk
         return kernel(q, k, v, g, beta, initial_state=initial_state, output_final_state=output_final_state,

@@ -45,6 +45,6 @@ class Mamba2(TeacherShapedMixer):
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
         dt = mamba2_dt(self.dt_proj(x), self.dt_bias)
         if pad_mask is not None:  # dt = 0: no decay and no write at padded tokens
-            dt = dt * pad_mask.to(dt.dtype)
+            dt = dt * pad_mask.to(dt.dtype)[..., None]
         return mamba2_ssd(q, k, v, dt, self.A_log, self.D, recurrent=recurrent, initial_state=initial_state,
                           output_final_state=output_final_state, cu_seqlens=cu_seqlens)
