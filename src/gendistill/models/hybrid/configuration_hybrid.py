@@ -37,8 +37,8 @@ class HybridConfig(PreTrainedConfig):
             k/v weights (initialised from the repeated teacher weights), i.e. fla's MHA layout.
         kda_conv_size / kda_conv_bias / kda_conv_activation: short depthwise convs on q, k, v (4, True, None).
         kda_gate_activation: output-gate activation, ``"silu"`` (identity at init) or ``"sigmoid"`` (fla's default).
-        kda_decay_rank / kda_gate_rank: inner rank of the low-rank decay (``f_proj``) and output-gate (``g_proj``)
-            projections (default: the head dim).
+        kda_decay_rank / kda_gate_rank: inner rank of the low-rank decay (``f_proj``; GLA's ``gk_proj``) and
+            output-gate (``g_proj``) projections (default: the head dim).
         kda_qkv_bias / kda_o_bias: biases of the KDA projections (default: as in the teacher's attention).
         kda_norm_eps: epsilon of the gated output RMSNorm (default: the teacher's ``rms_norm_eps``).
         gla_gate_logit_normalizer: GLA only: the decay is ``logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
