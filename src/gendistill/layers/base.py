@@ -23,7 +23,7 @@ RECURRENT_MAX_TOKENS = 64
 
 
 class TeacherShapedMixer(nn.Module):
-    """Base of the non-KDA linear mixers (Gated DeltaNet, GLA, Mamba2).
+    """Base of the linear mixers (KDA, Gated DeltaNet, GLA, Mamba2).
 
     Config fields read (see :class:`gendistill.models.hybrid.HybridConfig`; named ``kda_*`` for compatibility, they
     apply to every mixer): ``hidden_size``, ``kda_num_heads`` (H), ``kda_num_kv_heads`` (H_kv, divides H),
