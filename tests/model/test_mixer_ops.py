@@ -103,8 +103,9 @@ def test_gla_chunk_matches_fla_naive_recurrent(T):
     assert rel(o, o_ref) < TOL_VS_FLA and rel(s, s_ref) < TOL_VS_FLA
 
 
-def test_gla_chunk_equals_recurrent_with_gradients():
-    inputs = [x.requires_grad_() for x in gla_inputs(2, 45, 2, 8, 8, seed=5)]
+@pytest.mark.parametrize("per_head", [False, True], ids=["gla", "per_head_decay"])
+def test_gla_chunk_equals_recurrent_with_gradients(per_head):
+    inputs = [x.requires_grad_() for x in gla_inputs(2, 45, 2, 8, 8, seed=5, per_head=per_head)]
     o_c, s_c = torch_chunk_gla(*inputs[:4], initial_state=inputs[4], output_final_state=True, chunk_size=16)
     o_r, s_r = torch_recurrent_gla(*inputs[:4], initial_state=inputs[4], output_final_state=True)
     assert rel(o_c, o_r) < TOL_F64 and rel(s_c, s_r) < TOL_F64
