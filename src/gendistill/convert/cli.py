@@ -29,6 +29,8 @@ def convert_command(
                                               "'ratio:0.25', 'none', 'all', or a JSON file from layer selection."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer)."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    mixer: str = typer.Option("kda", help="Linear mixer of the replaced layers: 'kda' (paper), 'gated_deltanet', 'gla' "
+                                           "or 'mamba2' (docs/mixers.md); all start from the teacher's q/k/v/o."),
     kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
                                                 "'expand' them into per-head weights (fla's MHA layout)."),
     gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),
@@ -41,18 +43,21 @@ def convert_command(
     from the teacher's projections. Prints a summary table; writes SUMMARY.json beside the model."""
     from gendistill.convert import convert_teacher, save_student
     from gendistill.convert.summary import human_bytes, summarize
+    from gendistill.layers.registry import LINEAR_MIXERS
     from gendistill.teachers import load_teacher
 
     if out.exists() and not overwrite:
         raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    if mixer not in LINEAR_MIXERS:
+        raise GendistillError(f"unknown --mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
     conv_act = None if conv_activation.lower() == "none" else conv_activation
     start = time.perf_counter()
     console.print(f"[bold]Loading teacher[/] {teacher}")
     model, tokenizer = load_teacher(teacher, dtype=parse_dtype(dtype), device=device)
     with console.status("Converting"):
         torch.manual_seed(seed)
-        student = convert_teacher(model, attention_layers, kda_kv_mode=kv_mode, kda_gate_activation=gate_activation,
-                                  kda_conv_activation=conv_act)
+        student = convert_teacher(model, attention_layers, linear_attention_type=mixer, kda_kv_mode=kv_mode,
+                                  kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
     summary = summarize(teacher, model, student)
     with console.status(f"Saving to {out}"):
         save_student(student, tokenizer, out, overwrite=overwrite,

@@ -67,7 +67,7 @@ def convert_teacher(teacher: PreTrainedModel, attention_layers: str | list[int],
                 target = name.replace(".self_attn.", ".linear_attn.")
                 loaded[target] = _fit_projection(tensor, student_sd[target], proj, config)
     missing = student.load_state_dict(loaded, strict=False).missing_keys
-    # Everything the teacher did not provide must be a KDA-only parameter (initialised by reset_kda_parameters).
+    # Everything the teacher did not provide must be a KDA-only parameter (initialised by the mixer's reset_mixer_parameters).
     unexpected_missing = [k for k in missing if ".linear_attn." not in k and k != "lm_head.weight"]
     if unexpected_missing:
         raise GendistillError(f"conversion left student weights without a teacher source: {unexpected_missing[:5]}")

@@ -5,154 +5,58 @@ Parameter names follow fla's ``KimiDeltaAttention`` (``q_proj``, ``k_proj``, ``v
 converter to fla's layout is a rename. Differences from fla's layer, all following the paper (§2): k/v may keep the
 teacher's GQA head count and be repeated to the query heads at run time (``kda_kv_mode="repeat"``), the short convs
 have a bias and no activation by default, and the output gate defaults to SiLU (identity at initialisation).
+The teacher-shaped projections, convs, padding, packing, cache and output norm are
+:class:`gendistill.layers.base.TeacherShapedMixer`'s, shared with the other mixers.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from gendistill.layers.norm import GatedRMSNorm
-from gendistill.ops.conv import causal_conv1d, causal_conv1d_btd
+from gendistill.layers.base import RECURRENT_MAX_TOKENS, TeacherShapedMixer
 from gendistill.ops.kda import kda_from_projections
-from gendistill.ops.kda.gate import inverse_softplus, silu_inverse_of_one
 
-# Up to this many new tokens with a cached state, the step-by-step kernel is used (fla's own rule for decode).
-RECURRENT_MAX_TOKENS = 64
+__all__ = ["KimiDeltaAttention", "RECURRENT_MAX_TOKENS"]
 
 
-class KimiDeltaAttention(nn.Module):
+class KimiDeltaAttention(TeacherShapedMixer):
     """KDA mixer for one layer.
 
-    Config fields read (see :class:`gendistill.models.hybrid.HybridConfig`): ``hidden_size``, ``kda_num_heads`` (H),
-    ``kda_num_kv_heads`` (H_kv, divides H), ``kda_head_dim`` (K = V), ``kda_conv_size`` (W), ``kda_conv_bias``,
-    ``kda_conv_activation``, ``kda_gate_activation``, ``kda_decay_rank``, ``kda_gate_rank``, ``kda_qkv_bias``,
-    ``kda_o_bias``, ``kda_norm_eps``.
+    Config fields read (see :class:`gendistill.models.hybrid.HybridConfig`): those of
+    :class:`~gendistill.layers.base.TeacherShapedMixer` plus ``kda_decay_rank``.
     """
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.hidden_size = D = config.hidden_size
-        self.num_heads = H = config.kda_num_heads
-        self.num_kv_heads = Hkv = config.kda_num_kv_heads
-        self.head_dim = K = config.kda_head_dim
-        if H % Hkv:
-            raise ValueError(f"kda_num_heads ({H}) must be a multiple of kda_num_kv_heads ({Hkv})")
-        self.conv_size = W = config.kda_conv_size
-        self.conv_activation = config.kda_conv_activation
-        self.q_dim, self.k_dim, self.v_dim = H * K, Hkv * K, Hkv * K
+    fp32_parameters = ("A_log", "dt_bias")
 
-        self.q_proj = nn.Linear(D, self.q_dim, bias=config.kda_qkv_bias)
-        self.k_proj = nn.Linear(D, self.k_dim, bias=config.kda_qkv_bias)
-        self.v_proj = nn.Linear(D, self.v_dim, bias=config.kda_qkv_bias)
-        self.q_conv1d = nn.Conv1d(self.q_dim, self.q_dim, W, groups=self.q_dim, padding=W - 1, bias=config.kda_conv_bias)
-        self.k_conv1d = nn.Conv1d(self.k_dim, self.k_dim, W, groups=self.k_dim, padding=W - 1, bias=config.kda_conv_bias)
-        self.v_conv1d = nn.Conv1d(self.v_dim, self.v_dim, W, groups=self.v_dim, padding=W - 1, bias=config.kda_conv_bias)
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        D, H, K = self.hidden_size, self.num_heads, self.head_dim
         self.f_proj = nn.Sequential(nn.Linear(D, config.kda_decay_rank, bias=False),
                                     nn.Linear(config.kda_decay_rank, H * K, bias=False))
         self.b_proj = nn.Linear(D, H, bias=False)
         self.A_log = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.dt_bias = nn.Parameter(torch.empty(H * K, dtype=torch.float32))
-        self.g_proj = nn.Sequential(nn.Linear(D, config.kda_gate_rank, bias=False),
-                                    nn.Linear(config.kda_gate_rank, H * K, bias=True))
-        self.o_norm = GatedRMSNorm(K, eps=config.kda_norm_eps, activation=config.kda_gate_activation)
-        self.o_proj = nn.Linear(H * K, D, bias=config.kda_o_bias)
-        self.reset_kda_parameters()
+        self.reset_mixer_parameters()
 
     # ------------------------------------------------------------------------------------------------ initialisation
-    @torch.no_grad()
     def reset_kda_parameters(self, initializer_range: float = 0.02) -> None:
-        """Initialise everything the teacher does not provide: identity convs (last tap 1), identity output gate
-        (second g_proj matrix 0, bias so the activation gives 1 for SiLU; sigmoid gets 0.99), norm weight 1,
-        Mamba-style ``A_log = log U(1, 16)`` and ``dt_bias = softplus^-1(dt)``, ``dt`` log-uniform in [1e-3, 1e-1],
-        and N(0, ``initializer_range``) for ``f_proj``, ``b_proj`` and the first ``g_proj`` matrix."""
-        for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d):
-            conv.weight.zero_()
-            conv.weight[..., -1] = 1.0
-            if conv.bias is not None:
-                conv.bias.zero_()
-        for lin in (self.f_proj[0], self.f_proj[1], self.b_proj, self.g_proj[0]):
+        """Everything the teacher does not provide; see :meth:`TeacherShapedMixer.reset_mixer_parameters`."""
+        self.reset_mixer_parameters(initializer_range)
+
+    @torch.no_grad()
+    def reset_decay_parameters(self, initializer_range: float) -> None:
+        """Mamba-style ``A_log = log U(1, 16)`` and ``dt_bias = softplus^-1(dt)``, ``dt`` log-uniform in
+        [1e-3, 1e-1], and N(0, ``initializer_range``) for ``f_proj`` and ``b_proj``."""
+        for lin in (self.f_proj[0], self.f_proj[1], self.b_proj):
             lin.weight.normal_(0.0, initializer_range)
-        self.g_proj[1].weight.zero_()
-        gate_bias = silu_inverse_of_one() if self.o_norm.activation == "silu" else math.log(99.0)
-        self.g_proj[1].bias.fill_(gate_bias)
-        self.o_norm.weight.fill_(1.0)
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1.0, 16.0).log())
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
-        self.dt_bias.copy_(inverse_softplus(dt))
-        for p in (self.A_log, self.dt_bias):
-            p._no_weight_decay = True
-        self.o_norm.weight._no_weight_decay = True
+        self.init_mamba_decay(self.A_log, self.dt_bias)
 
     # ------------------------------------------------------------------------------------------------------- forward
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache=None,
-        cu_seqlens: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Args:
-            hidden_states: ``[B, T, D]`` (the normalised layer input).
-            attention_mask: ``[B, T]`` 1 for tokens, 0 for padding (left padding in batched generation), or None.
-                Padded positions neither update the recurrent state nor enter the convolution.
-            cache: a transformers ``Cache`` whose layer ``layer_idx`` is a linear-attention layer, or None.
-            cu_seqlens: ``[N + 1]`` boundaries of packed documents (B = 1): state and conv restart at each start.
-
-        Returns:
-            ``[B, T, D]``.
-        """
-        B, T, _ = hidden_states.shape
-        H, Hkv, K = self.num_heads, self.num_kv_heads, self.head_dim
-        if cache is not None and cu_seqlens is not None:
-            raise ValueError("packed documents (cu_seqlens) cannot be combined with a generation cache")
-        recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
-
-        x = hidden_states
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if attention_mask is not None:
-            m = attention_mask[:, -T:, None].to(q.dtype)
-            q, k, v = q * m, k * m, v * m
-        if cache is None:  # training / log-likelihood: one token-major conv per projection (fla's kernel on CUDA)
-            q, k, v = (causal_conv1d_btd(t, c.weight.squeeze(1), c.bias, self.conv_activation, cu_seqlens=cu_seqlens)
-                       for t, c in ((q, self.q_conv1d), (k, self.k_conv1d), (v, self.v_conv1d)))
-        else:  # generation: the cache keeps the last W - 1 inputs of all three convs channels-first
-            qkv = torch.cat([q, k, v], dim=-1).transpose(1, 2)  # [B, Dq + Dk + Dv, T]
-            weight = torch.cat([c.weight.squeeze(1) for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
-            bias = (torch.cat([c.bias for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d)])
-                    if self.q_conv1d.bias is not None else None)
-            qkv = cache.update_conv_state(qkv, self.layer_idx, conv_kernel_size=self.conv_size)
-            qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T)
-            q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
-
-        q = q.reshape(B, T, H, K)
-        k = k.reshape(B, T, Hkv, K)
-        v = v.reshape(B, T, Hkv, K)
-        if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention
-            k = k.repeat_interleave(H // Hkv, dim=2)
-            v = v.repeat_interleave(H // Hkv, dim=2)
-        recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
-        o, final_state = kda_from_projections(
+    def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
+        B, T, H, K = q.shape
+        return kda_from_projections(
             q, k, v, self.f_proj(x).view(B, T, H, K), self.b_proj(x), self.A_log, self.dt_bias,
-            recurrent=recurrent, initial_state=recurrent_state, output_final_state=cache is not None,
-            cu_seqlens=cu_seqlens, pad_mask=None if attention_mask is None else attention_mask[:, -T:],
+            recurrent=recurrent, initial_state=initial_state, output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens, pad_mask=pad_mask,
         )
-        if cache is not None:
-            cache.update_recurrent_state(final_state.float(), self.layer_idx)
-
-        gate = self.g_proj(x).view(B, T, H, K)
-        o = self.o_norm(o.to(x.dtype), gate).reshape(B, T, H * K)
-        return self.o_proj(o)
-
-    # ---------------------------------------------------------------------------------------------- introspection
-    def state_bytes(self, batch: int = 1, conv_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
-        """Bytes this layer keeps per sequence batch during generation (independent of context length):
-        the fp32 recurrent state ``[B, H, K, V]`` and the conv window ``[B, Dq + Dk + Dv, W]``."""
-        itemsize = torch.empty((), dtype=conv_dtype).element_size()
-        recurrent = batch * self.num_heads * self.head_dim * self.head_dim * 4
-        conv = batch * (self.q_dim + self.k_dim + self.v_dim) * self.conv_size * itemsize
-        return {"recurrent": recurrent, "conv": conv}

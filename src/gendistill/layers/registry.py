@@ -1,17 +1,25 @@
 """Registry of linear-time token mixers that can replace a teacher attention layer.
 
-Adding a mixer (Gated DeltaNet, GLA, Mamba2, ...) is one module with a class taking ``(config, layer_idx)`` and a
-``forward(hidden_states, attention_mask=None, cache=None, cu_seqlens=None) -> hidden_states`` plus one line here.
+Adding a mixer is one module with a class taking ``(config, layer_idx)`` and a
+``forward(hidden_states, attention_mask=None, cache=None, cu_seqlens=None) -> hidden_states`` plus one line here;
+subclassing :class:`gendistill.layers.base.TeacherShapedMixer` gives the teacher-shaped projections, convs, padding,
+packing, cache and output norm, leaving only the recurrence (``mix``) and its parameters to write.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from gendistill.layers.gated_deltanet import GatedDeltaNet
+from gendistill.layers.gla import GatedLinearAttention
 from gendistill.layers.kda import KimiDeltaAttention
+from gendistill.layers.mamba2 import Mamba2
 
 LINEAR_MIXERS: dict[str, type[nn.Module]] = {
     "kda": KimiDeltaAttention,
+    "gated_deltanet": GatedDeltaNet,
+    "gla": GatedLinearAttention,
+    "mamba2": Mamba2,
 }
 
 

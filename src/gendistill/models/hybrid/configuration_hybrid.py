@@ -13,7 +13,7 @@ LINEAR_TYPE = "linear_attention"
 _HYBRID_FIELDS = {
     "base_model_type", "layer_types", "linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim",
     "kda_kv_mode", "kda_conv_size", "kda_conv_bias", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank",
-    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps",
+    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "gla_gate_logit_normalizer",
 }
 
 
@@ -28,17 +28,21 @@ class HybridConfig(PreTrainedConfig):
         base_model_type: teacher ``model_type``: ``"qwen3"``, ``"llama"`` or ``"qwen2"``.
         layer_types: one entry per layer: ``"full_attention"`` (or ``"sliding_attention"``) for a kept teacher
             attention layer, ``"linear_attention"`` for a layer whose mixer is replaced.
-        linear_attention_type: which registered mixer replaces attention (``"kda"``).
+        linear_attention_type: which registered mixer replaces attention: ``"kda"`` (default), ``"gated_deltanet"``,
+            ``"gla"`` or ``"mamba2"`` (see docs/mixers.md). The ``kda_*`` fields below shape every one of them (heads,
+            head size, convs, output gate, biases); the names stay ``kda_*`` so saved students keep loading.
         kda_num_heads / kda_head_dim: KDA heads and head size (default: the teacher's query heads and head_dim).
         kda_num_kv_heads: k/v heads of the KDA projections. ``kda_kv_mode="repeat"`` keeps the teacher's GQA k/v heads
             and repeats them to the query heads at run time (the paper); ``"expand"`` gives every query head its own
             k/v weights (initialised from the repeated teacher weights), i.e. fla's MHA layout.
         kda_conv_size / kda_conv_bias / kda_conv_activation: short depthwise convs on q, k, v (4, True, None).
         kda_gate_activation: output-gate activation, ``"silu"`` (identity at init) or ``"sigmoid"`` (fla's default).
-        kda_decay_rank / kda_gate_rank: inner rank of the low-rank decay (``f_proj``) and output-gate (``g_proj``)
-            projections (default: the head dim).
+        kda_decay_rank / kda_gate_rank: inner rank of the low-rank decay (``f_proj``; GLA's ``gk_proj``) and
+            output-gate (``g_proj``) projections (default: the head dim).
         kda_qkv_bias / kda_o_bias: biases of the KDA projections (default: as in the teacher's attention).
         kda_norm_eps: epsilon of the gated output RMSNorm (default: the teacher's ``rms_norm_eps``).
+        gla_gate_logit_normalizer: GLA only: the decay is ``logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
+            (fla's default 16).
     """
 
     model_type = "hybrid_kda"
@@ -59,6 +63,7 @@ class HybridConfig(PreTrainedConfig):
     kda_qkv_bias: bool | None = None
     kda_o_bias: bool | None = None
     kda_norm_eps: float | None = None
+    gla_gate_logit_normalizer: float = 16.0
     use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""Hybrid softmax-attention / KDA causal language model.
+"""Hybrid softmax-attention / linear-attention (KDA, Gated DeltaNet, GLA, Mamba2) causal language model.
 
 Each block keeps the teacher layout: pre-RMSNorm -> mixer -> residual -> pre-RMSNorm -> SwiGLU MLP -> residual.
 Attention layers, MLPs, norms and rotary embeddings are the teacher family's own transformers modules (so parameter
@@ -15,7 +15,7 @@ from transformers.masking_utils import create_causal_mask, create_recurrent_atte
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from gendistill.layers.kda import KimiDeltaAttention
+from gendistill.layers.base import TeacherShapedMixer
 from gendistill.layers.registry import get_linear_mixer
 from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, HybridConfig
 from gendistill.models.hybrid.families import get_family
@@ -94,17 +94,17 @@ class HybridPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules = ["A_log", "dt_bias"]
 
     def upcast_recurrence_parameters(self) -> None:
-        """Keep ``A_log`` and ``dt_bias`` in float32 whatever dtype the rest of the model is cast to (the decay gate is
-        computed in float32; bf16 would round the per-channel decay rates)."""
+        """Keep each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) in float32 whatever dtype the rest of the
+        model is cast to (the decay gate is computed in float32; bf16 would round the decay rates)."""
         for module in self.modules():
-            if isinstance(module, KimiDeltaAttention):
-                module.A_log.data = module.A_log.data.float()
-                module.dt_bias.data = module.dt_bias.data.float()
+            for name in getattr(module, "fp32_parameters", ()):
+                p = getattr(module, name)
+                p.data = p.data.float()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, KimiDeltaAttention):
-            module.reset_kda_parameters(self.config.initializer_range)
+        if isinstance(module, TeacherShapedMixer):
+            module.reset_mixer_parameters(self.config.initializer_range)
 
 
 class HybridModel(HybridPreTrainedModel):

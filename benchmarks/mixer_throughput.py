@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Cost of each registered linear mixer as one student layer (GPU; ``--device cpu`` only checks the plumbing).
+
+For every mixer in ``gendistill.layers.registry`` (kda, gated_deltanet, gla, mamba2), built at a teacher's attention
+shape (default: SmolLM2-135M, D=576, 9 query / 3 kv heads of 64), times at each sequence length T (batch B):
+  fwd        one forward of the layer (prefill / scoring), fla's chunked kernels on CUDA
+  fwd+bwd    forward + backward with respect to the input and all parameters (distillation step cost)
+and per decode step (one new token on top of a cached state): ``step``. Also reports each layer's parameter count and
+its fixed generation state (recurrent + conv bytes per sequence). The mixer axis of an ablation costs what these rows
+say, so run this before giving every mixer the same token budget.
+
+  python benchmarks/mixer_throughput.py --out runs/mixers            # ~1 min on an H100/H200
+Prints a table last and writes <out>/mixer_throughput_<card>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def time_ms(fn, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median of ``repeats`` calls after ``warmup`` untimed ones (autotuning stays out); CUDA events on GPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def build(mixer: str, args, device, dtype):
+    from transformers import LlamaConfig
+
+    from gendistill.layers.registry import get_linear_mixer
+    from gendistill.models.hybrid import HybridConfig
+
+    teacher = LlamaConfig(hidden_size=args.hidden, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                          head_dim=args.dim, num_hidden_layers=1, intermediate_size=4 * args.hidden)
+    fields = {k: v for k, v in teacher.to_dict().items() if k not in ("model_type", "transformers_version", "layer_types")}
+    config = HybridConfig(base_model_type="llama", layer_types=["linear_attention"], linear_attention_type=mixer,
+                          **fields)
+    torch.manual_seed(0)
+    layer = get_linear_mixer(mixer)(config, 0).to(device=device, dtype=dtype)
+    for name in getattr(layer, "fp32_parameters", ()):
+        p = layer.get_parameter(name)
+        p.data = p.data.float()
+    return config, layer
+
+
+def measure(mixer: str, args, device, dtype) -> dict:
+    from transformers.cache_utils import DynamicCache
+
+    config, layer = build(mixer, args, device, dtype)
+    row = {"mixer": mixer, "params": sum(p.numel() for p in layer.parameters()),
+           "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": []}
+    for T in args.lengths:
+        x = torch.randn(args.batch, T, args.hidden, device=device, dtype=dtype)
+        layer.eval()
+        with torch.no_grad():
+            fwd = time_ms(lambda: layer(x), args.warmup, args.repeats, device)
+        layer.train()
+        xg = x.clone().requires_grad_()
+
+        def step():
+            layer.zero_grad(set_to_none=True)
+            layer(xg).float().square().mean().backward()
+
+        row["prefill"].append({"T": T, "fwd_ms": fwd, "fwd_bwd_ms": time_ms(step, args.warmup, args.repeats, device),
+                               "fwd_tokens_per_s": args.batch * T / fwd * 1e3})
+    layer.eval()
+    cache = DynamicCache(config=config)
+    with torch.no_grad():
+        layer(torch.randn(args.batch, 16, args.hidden, device=device, dtype=dtype), cache=cache)
+        one = torch.randn(args.batch, 1, args.hidden, device=device, dtype=dtype)
+        row["step_ms"] = time_ms(lambda: layer(one, cache=cache), args.warmup, args.repeats, device)
+    return row
+
+
+def main(argv=None) -> int:
+    from gendistill.layers.registry import LINEAR_MIXERS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--mixers", default=",".join(LINEAR_MIXERS), help="comma-separated registry names")
+    p.add_argument("--lengths", default="2048,8192", help="sequence lengths, e.g. '2048,8192'")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--heads", type=int, default=9)
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path("runs/mixers"))
+    args = p.parse_args(argv)
+    args.lengths = [int(t) for t in args.lengths.split(",") if t.strip()]
+    mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
+    unknown = sorted(set(mixers) - set(LINEAR_MIXERS))
+    if unknown:
+        print(f"error: unknown --mixers {unknown}; registered: {', '.join(LINEAR_MIXERS)}", file=sys.stderr)
+        return 2
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    rows = []
+    for mixer in mixers:
+        print(f"[mixer_throughput] {mixer}", flush=True)
+        rows.append(measure(mixer, args, device, dtype))
+    res = {"card": card, "dtype": args.dtype, "batch": args.batch, "shape": dict(hidden=args.hidden, heads=args.heads,
+           kv_heads=args.kv_heads, head_dim=args.dim), "torch": torch.__version__, "mixers": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"mixer_throughput_{card.replace(' ', '-').replace('/', '-')}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    tbl = Table(title=f"Linear mixers on {card} (B={args.batch}, D={args.hidden}, H={args.heads}/{args.kv_heads}, "
+                      f"K={args.dim}, {args.dtype}); ms, median")
+    for col in ["mixer", "params", "state/seq"] + [f"{k} T={T}" for T in args.lengths for k in ("fwd", "fwd+bwd")] + ["step"]:
+        tbl.add_column(col, justify="left" if col == "mixer" else "right")
+    for r in rows:
+        cells = [f"{x[k]:.2f}" for x in r["prefill"] for k in ("fwd_ms", "fwd_bwd_ms")]
+        tbl.add_row(r["mixer"], f"{r['params']:,}", f"{r['state_bytes'] / 1024:.0f} KiB", *cells, f"{r['step_ms']:.3f}")
+    Console(width=200).print(tbl)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
