@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from _distill_helpers import chat_records, text_records, write_jsonl
 
@@ -125,8 +126,9 @@ def test_frozen_parameters_are_bit_identical_and_have_no_optimizer_state(tmp_pat
         else:
             assert torch.equal(p, before[n]), f"{n} changed although frozen"
     ck = latest_checkpoint(tmp_path / "run" / "checkpoints" / "stage3a")
-    opt = torch.load(ck / "optimizer.pt", weights_only=False)
-    assert len(opt["state"]) == len(trained)
+    opt = json.loads((ck / "optimizer.json").read_text())
+    tensors = safetensors.torch.load_file(str(ck / "optimizer.safetensors"))
+    assert len({k.split(".")[1] for k in tensors}) == len(trained)
     n_in_groups = sum(len(g["params"]) for g in opt["param_groups"])
     assert n_in_groups == len(trained)
 
@@ -183,7 +185,8 @@ def test_checkpoints_are_pruned_and_temporary_folders_ignored(tmp_path, teacher,
     assert [s for s, _ in list_checkpoints(stage_dir)] == [4, 5]
     assert latest_checkpoint(stage_dir).name == "step-00000005"
     files = {p.name for p in latest_checkpoint(stage_dir).iterdir()}
-    assert {"model.safetensors", "optimizer.pt", "state.json", "rng-0.pt"} <= files
+    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "state.json", "rng-0.safetensors",
+            "manifest.json"} == files
 
 
 def test_bad_data_fails_before_training(tmp_path, teacher, tok):
