@@ -43,16 +43,31 @@ def convert_command(
     from gendistill.convert.summary import human_bytes, summarize
     from gendistill.teachers import load_teacher
 
-    if out.exists() and not overwrite:
-        raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
+    from gendistill.models.hybrid.configuration_hybrid import check_kda_options
+    from gendistill.ownership import check_replaceable, check_writable
+
     conv_act = None if conv_activation.lower() == "none" else conv_activation
+    kda_options = dict(kda_kv_mode=kv_mode, kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
+    try:  # everything a user typed is checked before the teacher is loaded
+        check_kda_options(kda_options)
+    except ValueError as e:
+        flag = {"kda_kv_mode": "--kv-mode", "kda_gate_activation": "--gate-activation",
+                "kda_conv_activation": "--conv-activation"}
+        msg = str(e)
+        for key, name in flag.items():
+            msg = msg.replace(key, name)
+        raise GendistillError(msg) from None
+    if out.exists() and not overwrite:
+        raise GendistillError(f"--out: output folder {out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, "student", "--out")
+    check_writable(out, "--out")
     start = time.perf_counter()
     console.print(f"[bold]Loading teacher[/] {teacher}")
     model, tokenizer = load_teacher(teacher, dtype=parse_dtype(dtype), device=device)
     with console.status("Converting"):
         torch.manual_seed(seed)
-        student = convert_teacher(model, attention_layers, kda_kv_mode=kv_mode, kda_gate_activation=gate_activation,
-                                  kda_conv_activation=conv_act)
+        student = convert_teacher(model, attention_layers, **kda_options)
     summary = summarize(teacher, model, student)
     with console.status(f"Saving to {out}"):
         save_student(student, tokenizer, out, overwrite=overwrite,
