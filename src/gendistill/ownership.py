@@ -84,6 +84,8 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> None:
     if reason is not None:
         raise OutputError(f"{what}: refusing to overwrite {folder}: {reason}; choose a new folder")
     found = marker_kind(folder)
+    if found is None and not any(folder.iterdir()):
+        return  # an empty folder: nothing to lose
     if found is None:
         raise OutputError(
             f"{what}: refusing to overwrite {folder}: it was not written by gendistill (no {MARKER}); "

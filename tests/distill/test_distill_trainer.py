@@ -16,6 +16,7 @@ from gendistill.distill.config import parse_recipe
 from gendistill.distill.pipeline import run_recipe
 from gendistill.distill.trainer import TrainingDivergedError
 from gendistill.errors import ConfigError, GendistillError
+from gendistill.ownership import write_marker
 
 STAGE_DEFAULTS = {
     "stage1": {"optim": {"lr": 1e-2, "schedule": "constant"}},
@@ -180,7 +181,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, teacher, tok):
 def test_checkpoints_are_pruned_and_temporary_folders_ignored(tmp_path, teacher, tok):
     recipe = make_recipe(tmp_path, ["stage3a"], steps=5, stage3a={"checkpoint_every": 1})
     stage_dir = tmp_path / "run" / "checkpoints" / "stage3a"
-    (stage_dir / ".tmp-step-00000099").mkdir(parents=True)  # a crashed write
+    (stage_dir / ".tmp-step-00000099").mkdir(parents=True)  # a crashed write in a run folder of ours
+    write_marker(tmp_path / "run", "run")
     run_recipe(recipe, teacher=teacher, tokenizer=tok)
     assert [s for s, _ in list_checkpoints(stage_dir)] == [4, 5]
     assert latest_checkpoint(stage_dir).name == "step-00000005"

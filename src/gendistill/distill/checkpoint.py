@@ -355,3 +355,27 @@ def check_resume_fingerprint(saved: Any, current: dict[str, Any], where: str, ck
             "continue with the new ones, or resume with the recipe the run started with"
         )
     say(f"{where}: resuming from {ck} with changed optimisation settings ({diff}) (--allow-optim-change)")
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module, samples: int = 256) -> str:
+    """Identity of a model's weights, cheap enough for a 100B teacher: names, shapes and ``samples`` evenly spaced
+    values of every tensor (rounded to bfloat16, so the same weights loaded in fp32 or bf16 agree)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        flat = t.detach().reshape(-1)
+        if flat.numel() and flat.is_floating_point():
+            idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples), device=flat.device).long()
+            h.update(flat[idx].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_LAYOUT_KEYS = ("num_hidden_layers", "hidden_size", "layer_types", "linear_attention_type")
+
+
+def student_layout(config: Any) -> dict[str, Any]:
+    """The architecture fields of a student config (``HybridConfig`` or its ``config.json`` dict) that a
+    checkpoint's weights depend on: layer count and width, which layers are attention, every KDA option."""
+    d = config if isinstance(config, dict) else config.to_dict()
+    return {k: d.get(k) for k in sorted(d) if k in _LAYOUT_KEYS or k.startswith("kda_")}
