@@ -93,9 +93,13 @@ def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
 
 
 def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[dict[str, Any]]:
+    from gendistill.distill.stages import _pick_layers  # the stage module's own check of stages 1-2 `layers`
+
     plan = []
     for i, st in enumerate(recipe.stages):
         sel = apply_trainable(student, st.trainable, f"stages[{i}].trainable")  # type: ignore[arg-type]
+        if st.name in ("stage1", "stage2"):
+            _pick_layers(student, st)
         names = dict(student.named_parameters())
         n_train = sum(names[n].numel() for n in sel.trainable if n in names)
         plan.append(
