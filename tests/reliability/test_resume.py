@@ -119,3 +119,24 @@ def test_resume_with_another_teacher_or_layout_is_refused(tmp_path, teacher_dir,
     assert_one_line_error(res, "kda_gate_activation")
     assert cli("distill", recipe, "--resume").code == 0
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["completed"] == ["stage1", "stage3a"]
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_older_ones(tmp_path, monkeypatch, stopped_run):
+    import errno
+
+    import gendistill.distill.checkpoint as ck
+    from gendistill.ownership import OutputError
+
+    shutil.copytree(stopped_run, tmp_path / "run")
+    stage_dir = tmp_path / "run" / "checkpoints" / "stage3a"
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(OutputError, match=r"cannot write checkpoint .*step-00000005: No space left on device"):
+        ck.commit_checkpoint(stage_dir, 5, model, opt, {"step": 5}, keep=2)
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000002", "step-00000004"]
+    assert ck.verify_checkpoint(stage_dir / "step-00000004") is None
