@@ -128,9 +128,20 @@ def check_free_space(path: str | Path, need_bytes: int, what: str) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < need_bytes:
-        raise OutputError(
-            f"{what}: {path} needs about {need_bytes / 2**20:,.0f} MiB but only {free / 2**20:,.0f} MiB are free"
-        )
+        raise OutputError(f"{what}: {path} needs about {_size(need_bytes)} but only {_size(free)} are free")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"  # pragma: no cover
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes the tensors take on disk (an upper bound for tied weights, which are stored once)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def temp_sibling(final: str | Path, tag: str = "tmp") -> Path:
@@ -181,4 +192,4 @@ def file_mode() -> int:
 
 
 __all__ = ["MARKER", "OutputError", "write_marker", "marker_kind", "check_replaceable", "remove_owned",
-           "check_writable", "check_free_space", "temp_sibling", "clean_stale_temps", "file_mode"]
+           "check_writable", "check_free_space", "tensor_bytes", "temp_sibling", "clean_stale_temps", "file_mode"]

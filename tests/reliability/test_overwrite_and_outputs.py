@@ -142,3 +142,17 @@ def test_stale_temporaries_of_killed_writers_are_removed_but_live_ones_kept(tmp_
         (p / "model.safetensors").write_bytes(b"0" * 1024)
     assert clean_stale_temps(final) == [stale]
     assert live.exists() and not stale.exists()
+
+
+def test_a_full_disk_is_one_line_before_the_student_is_written(tmp_path, monkeypatch, teacher_dir):
+    import shutil as sh
+
+    from transformers import AutoModelForCausalLM
+
+    from gendistill.convert.convert import save_student
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    monkeypatch.setattr(sh, "disk_usage", lambda p: sh._ntuple_diskusage(10**9, 10**9 - 1024, 1024))
+    with pytest.raises(OutputError, match=r"--out: .*student needs about .* KiB but only 1.0 KiB are free"):
+        save_student(model, None, tmp_path / "student")
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,8 @@ from transformers import PreTrainedModel
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.errors import GendistillError
 from gendistill.io import publish_dir
-from gendistill.ownership import check_replaceable, clean_stale_temps, temp_sibling, write_marker
+from gendistill.ownership import (check_free_space, check_replaceable, clean_stale_temps, temp_sibling,
+                                  tensor_bytes, write_marker)
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
 from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, check_kda_options
 from gendistill.models.hybrid.families import get_family
@@ -109,6 +110,7 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
         check_replaceable(out, "student", what)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
+    check_free_space(out, tensor_bytes(student.state_dict().values()), what)
     tmp = temp_sibling(out)
     tmp.mkdir()  # unlike mkdtemp (mode 0700) this honours the umask, so the saved model is readable like any folder
     try:

@@ -38,7 +38,7 @@ from torch import nn
 
 from gendistill.errors import GendistillError
 from gendistill.io import publish_dir
-from gendistill.ownership import OutputError
+from gendistill.ownership import OutputError, check_free_space, tensor_bytes
 
 FORMAT = 2
 MANIFEST = "manifest.json"
@@ -267,14 +267,19 @@ def commit_checkpoint(
     tmp = tmp_dir_for(stage_dir, step)
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        save_model(model, str(tmp / "model.safetensors"))
         tensors, rest = optimizer_files(optimizer)
+        need = tensor_bytes(model.state_dict().values()) + tensor_bytes(tensors.values())
+        check_free_space(stage_dir, need, f"checkpoint {stage_dir / f'step-{step:08d}'}")
+        save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(rest, indent=1))
         with open(tmp / "state.json", "w") as f:
             json.dump({"format": FORMAT, **state}, f, indent=1)
         write_manifest(tmp)
         final = publish_dir(tmp, stage_dir / f"step-{step:08d}")
+    except OutputError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot write checkpoint {stage_dir / f'step-{step:08d}'}: {e.strerror or e}") from None
