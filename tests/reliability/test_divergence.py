@@ -60,3 +60,17 @@ def test_divergence_names_the_last_finite_checkpoint_and_lowering_the_lr_recover
     assert all(bool(torch.isfinite(t).all()) for t in final.values())
     steps = [e["step"] for e in events if e.get("stage") == "stage3a" and "loss" in e]
     assert steps == list(range(1, 7)) and all(math.isfinite(e["loss"]) for e in events if "loss" in e)
+
+
+def test_first_non_finite_names_parameters_and_optimizer_state():
+    from gendistill.distill.checkpoint import first_non_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    assert first_non_finite(model, opt) is None
+    opt.state[model[1].weight]["exp_avg_sq"][0, 0] = float("inf")
+    assert first_non_finite(model, opt) == "optimizer state exp_avg_sq of 1.weight"
+    model[0].bias.data[1] = float("nan")
+    assert first_non_finite(model, opt) == "0.bias"

@@ -28,7 +28,8 @@ def convert_command(
                                          help="Layers that keep softmax attention: '0,2,6,11', 'every:4' (3,7,11,...), "
                                               "'ratio:0.25', 'none', 'all', or a JSON file from layer selection."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer)."),
-    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds a student gendistill wrote (never a folder of "
+                                               "other files, the working folder or a git repository)."),
     kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
                                                 "'expand' them into per-head weights (fla's MHA layout)."),
     gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),

@@ -129,12 +129,14 @@ def first_non_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None =
                 for k, v in optimizer.state.get(p, {}).items():
                     if isinstance(v, torch.Tensor) and v.is_floating_point():
                         named.append((f"optimizer state {k} of {names.get(id(p), '?')}", v))
-    if not named:
-        return None
-    ok = torch.stack([torch.isfinite(t.detach()).all().to("cpu", non_blocking=True) for _, t in named])
-    if bool(ok.all()):
-        return None
-    return named[int((~ok).nonzero()[0])][0]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():  # one host sync per device
+        ok = torch.stack([torch.isfinite(named[i][1].detach()).all() for i in idx]).cpu()
+        if not bool(ok.all()):
+            return named[idx[int((~ok).nonzero()[0])]][0]
+    return None
 
 
 def recovery_hint(last_good: Path | None) -> str:
@@ -322,7 +324,7 @@ def load_checkpoint(
 
 # -------------------------------------------------------------------------------------------------- fingerprints
 # Stage keys that change neither the step count nor the data stream nor the model: free to change on resume.
-_BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every")
+_BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "snapshots")
 
 
 def _hash(obj: Any) -> str:
