@@ -3,8 +3,9 @@ order, save the student after each one, and pick up where a stopped run left off
 
 Run folder layout::
 
+    <output_dir>/.gendistill.json       marks the folder as a gendistill run (only such a folder is --overwrite'd)
     <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
-    <output_dir>/progress.json          completed stages
+    <output_dir>/progress.json          completed stages, teacher fingerprint and student layout (checked on resume)
     <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
     <output_dir>/tensorboard/           when tensorboard is installed
     <output_dir>/checkpoints/<stage>/step-XXXXXXXX/   resumable checkpoints (the newest N)
