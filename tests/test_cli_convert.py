@@ -83,8 +83,16 @@ def test_existing_output_is_kept_without_overwrite(tiny_teacher, tmp_path):
     result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out)])
     assert result.exit_code == 2 and "already exists" in result.output
     assert (out / "keep.txt").read_text() == "precious"
+    # --overwrite replaces only a folder gendistill wrote: a folder of user files is refused and kept
     result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out), "--overwrite")
-    assert result.exit_code == 0 and not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert result.exit_code == 2 and "not written by gendistill" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    student = tmp_path / "converted"
+    assert invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(student)).exit_code == 0
+    (student / "stale.txt").write_text("from before")
+    result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "1", "--out", str(student),
+                    "--overwrite")
+    assert result.exit_code == 0 and not (student / "stale.txt").exists() and (student / "config.json").is_file()
 
 
 def test_chat_answers_with_teacher_and_student(tiny_teacher, tmp_path):

@@ -57,3 +57,28 @@ def test_atomic_write_json_leaves_no_temporary(tmp_path, monkeypatch):
         atomic_write_json(tmp_path / "r.json", {"x": 3, "big": list(range(1000))})
     assert json.loads((tmp_path / "r.json").read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_exclusive_publish_refuses_a_target_that_appeared_meanwhile(tmp_path):
+    final = tmp_path / "model"
+    tmp = tmp_path / ".model.tmp"
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    final.mkdir()  # a concurrent run published first (even an empty folder counts)
+    with pytest.raises(FileExistsError):
+        publish_dir(tmp, final, replace=False)
+    assert list(final.iterdir()) == [] and (tmp / "new.txt").exists()
+    final.rmdir()
+    publish_dir(tmp, final, replace=False)
+    assert (final / "new.txt").read_text() == "new"
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

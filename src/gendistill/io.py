@@ -4,6 +4,9 @@ half-written result behind."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import gzip
 import json
 import os
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gendistill.errors import DataError
+from gendistill.ownership import file_mode, temp_sibling
 
 DATA_ENV = "GENDISTILL_DATA_DIR"
 
@@ -84,6 +88,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600; a result file is as readable as any other (umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -103,24 +108,57 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+def publish_dir(tmp: str | Path, final: str | Path, replace: bool = True) -> Path:
     """Make the fully written folder ``tmp`` appear as ``final`` atomically and durably: every file in ``tmp`` is
     fsynced, an existing ``final`` is renamed aside (never deleted before the new one is in place), and the parent
-    folder is fsynced after the rename. A crash at any point leaves either the old folder or the new one."""
+    folder is fsynced after the rename. A crash at any point leaves either the old folder or the new one.
+
+    With ``replace=False`` publishing is exclusive: if ``final`` exists (it may have appeared while ``tmp`` was being
+    written, e.g. by a second run into the same folder) :class:`FileExistsError` is raised and nothing is touched."""
     tmp, final = Path(tmp), Path(final)
     for p in sorted(tmp.rglob("*")):
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
+    if not replace:
+        _rename_noreplace(tmp, final)
+        _fsync_dir(final.parent)
+        return final
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = temp_sibling(final, "old")
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """``rename(src, dst)`` that fails with FileExistsError if ``dst`` exists (Linux ``renameat2(RENAME_NOREPLACE)``;
+    elsewhere a check right before the rename)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_noreplace = -100, 1
+        if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, os.strerror(err), str(dst))
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover
+        return None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from gendistill.bench.runner import run_benchmark
 from gendistill.bench.settings import BenchSettings
+from gendistill.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_cli_cache_only(tmp_path):
     assert "ttft_ms" not in data["contexts"][0]["teacher"]
     s = settings_from_options(contexts="1k,4K,128k", skip="throughput", config="qwen3-0.6b")
     assert s.contexts == (1024, 4096, 131072) and s.skip == ("throughput",) and s.config == "qwen3-0.6b"
-    with pytest.raises(typer.BadParameter):
+    with pytest.raises(ConfigError):
         settings_from_options(skip="nonsense")
 
 
@@ -110,7 +111,7 @@ def test_roles_option():
     from gendistill.bench.cli import settings_from_options
 
     assert settings_from_options(roles="student", tiny=True).roles == ("student",)
-    with pytest.raises(typer.BadParameter):
+    with pytest.raises(ConfigError):
         settings_from_options(roles="teacher,nobody")
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from _distill_helpers import chat_records, text_records, write_jsonl
 
@@ -15,6 +16,7 @@ from gendistill.distill.config import parse_recipe
 from gendistill.distill.pipeline import run_recipe
 from gendistill.distill.trainer import TrainingDivergedError
 from gendistill.errors import ConfigError, GendistillError
+from gendistill.ownership import write_marker
 
 STAGE_DEFAULTS = {
     "stage1": {"optim": {"lr": 1e-2, "schedule": "constant"}},
@@ -125,8 +127,9 @@ def test_frozen_parameters_are_bit_identical_and_have_no_optimizer_state(tmp_pat
         else:
             assert torch.equal(p, before[n]), f"{n} changed although frozen"
     ck = latest_checkpoint(tmp_path / "run" / "checkpoints" / "stage3a")
-    opt = torch.load(ck / "optimizer.pt", weights_only=False)
-    assert len(opt["state"]) == len(trained)
+    opt = json.loads((ck / "optimizer.json").read_text())
+    tensors = safetensors.torch.load_file(str(ck / "optimizer.safetensors"))
+    assert len({k.split(".")[1] for k in tensors}) == len(trained)
     n_in_groups = sum(len(g["params"]) for g in opt["param_groups"])
     assert n_in_groups == len(trained)
 
@@ -188,12 +191,14 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, teacher, tok):
 def test_checkpoints_are_pruned_and_temporary_folders_ignored(tmp_path, teacher, tok):
     recipe = make_recipe(tmp_path, ["stage3a"], steps=5, stage3a={"checkpoint_every": 1})
     stage_dir = tmp_path / "run" / "checkpoints" / "stage3a"
-    (stage_dir / ".tmp-step-00000099").mkdir(parents=True)  # a crashed write
+    (stage_dir / ".tmp-step-00000099").mkdir(parents=True)  # a crashed write in a run folder of ours
+    write_marker(tmp_path / "run", "run")
     run_recipe(recipe, teacher=teacher, tokenizer=tok)
     assert [s for s, _ in list_checkpoints(stage_dir)] == [4, 5]
     assert latest_checkpoint(stage_dir).name == "step-00000005"
     files = {p.name for p in latest_checkpoint(stage_dir).iterdir()}
-    assert {"model.safetensors", "optimizer.pt", "state.json", "rng-0.pt"} <= files
+    assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "state.json", "rng-0.safetensors",
+            "manifest.json"} == files
 
 
 def test_bad_data_fails_before_training(tmp_path, teacher, tok):

@@ -8,6 +8,8 @@ import sys
 import typer
 
 from gendistill.bench.settings import MEASUREMENTS, BenchSettings
+from gendistill.cli_utils import user_errors
+from gendistill.errors import ConfigError, GendistillError
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -23,9 +25,10 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
             vals.append(int(part.rstrip("k")) * mult)
         return tuple(vals)
     except ValueError:
-        raise typer.BadParameter(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
+        raise ConfigError(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
 
 
+@user_errors
 def bench(
     config: str = typer.Option("qwen3-0.6b", help="Named shape with random weights: qwen3-0.6b | tiny."),
     teacher: str = typer.Option(None, help="Teacher folder (HF causal LM); overrides --config."),
@@ -66,14 +69,59 @@ def bench(
         time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts, roles=roles,
         compare=compare, decode_cache=decode_cache,
     )
+    check_settings(settings)
     run_benchmark(settings)
+
+
+def check_settings(s: BenchSettings) -> None:
+    """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a missing
+    or unsupported model folder, an attention layer out of range, CUDA asked for but absent, an unwritable --out."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from gendistill.bench.models import qwen3_config
+    from gendistill.bench.runner import DTYPES
+    from gendistill.convert.layer_spec import parse_attention_layers
+    from gendistill.models.hybrid.families import get_family
+    from gendistill.ownership import check_writable
+
+    if s.device not in ("auto", "cpu") and not s.device.startswith("cuda"):
+        raise ConfigError(f"--device: expected auto, cuda, cuda:N or cpu, got {s.device!r}")
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {s.device}: CUDA is not available on this machine; use --device cpu (or --tiny)")
+    if s.dtype != "auto" and s.dtype not in DTYPES:
+        raise ConfigError(f"--dtype: expected auto, bf16, fp16 or fp32, got {s.dtype!r}")
+    for flag, folder in (("--teacher", s.teacher), ("--student", s.student)):
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise ConfigError(f"{flag}: {folder} is not a model folder (no config.json)")
+    if s.teacher:
+        cfg = json.loads((Path(s.teacher) / "config.json").read_text())
+        get_family(cfg.get("model_type", "?"))
+        layers = cfg.get("num_hidden_layers", 0)
+    else:
+        layers = qwen3_config(s.config or "?").num_hidden_layers
+    if s.student:
+        scfg = json.loads((Path(s.student) / "config.json").read_text())
+        if scfg.get("model_type") != "hybrid_kda":
+            raise ConfigError(f"--student: {s.student} is not a gendistill student (model_type "
+                              f"{scfg.get('model_type')!r}, expected 'hybrid_kda')")
+    elif s.attention_layers:
+        try:
+            parse_attention_layers(list(s.attention_layers), layers)
+        except ConfigError:
+            raise
+        except GendistillError as e:
+            raise ConfigError(f"--attention-layers: {e}") from None
+    check_writable(s.out, "--out")
 
 
 def settings_from_options(**o) -> BenchSettings:
     skip = tuple(x.strip() for x in (o.get("skip") or "").split(",") if x.strip())
     bad = [x for x in skip if x not in MEASUREMENTS]
     if bad:
-        raise typer.BadParameter(f"--skip: unknown {bad}; known: {list(MEASUREMENTS)}")
+        raise ConfigError(f"--skip: unknown {bad}; known: {list(MEASUREMENTS)}")
     overrides = {
         k: v
         for k, v in dict(
@@ -94,10 +142,10 @@ def settings_from_options(**o) -> BenchSettings:
     }
     roles = tuple(r.strip() for r in (o.get("roles") or "teacher,student").split(",") if r.strip())
     if not roles or any(r not in ("teacher", "student") for r in roles):
-        raise typer.BadParameter(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
+        raise ConfigError(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
     overrides["roles"] = roles
     if o.get("decode_cache", "static") not in ("static", "dynamic"):
-        raise typer.BadParameter(f"--decode-cache: static or dynamic, got {o.get('decode_cache')!r}")
+        raise ConfigError(f"--decode-cache: static or dynamic, got {o.get('decode_cache')!r}")
     overrides["decode_cache"] = o.get("decode_cache", "static")
     if o.get("compare"):
         overrides["compare"] = o["compare"]

@@ -28,7 +28,8 @@ def convert_command(
                                          help="Layers that keep softmax attention: '0,2,6,11', 'every:4' (3,7,11,...), "
                                               "'ratio:0.25', 'none', 'all', or a JSON file from layer selection."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer)."),
-    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds a student gendistill wrote (never a folder of "
+                                               "other files, the working folder or a git repository)."),
     mixer: str = typer.Option("kda", help="Linear mixer of the replaced layers: 'kda' (paper), 'gated_deltanet', 'gla' "
                                            "or 'mamba2' (docs/mixers.md); all start from the teacher's q/k/v/o."),
     kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
@@ -46,18 +47,33 @@ def convert_command(
     from gendistill.layers.registry import LINEAR_MIXERS
     from gendistill.teachers import load_teacher
 
-    if out.exists() and not overwrite:
-        raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
     if mixer not in LINEAR_MIXERS:
         raise GendistillError(f"unknown --mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
+    from gendistill.models.hybrid.configuration_hybrid import check_kda_options
+    from gendistill.ownership import check_replaceable, check_writable
+
     conv_act = None if conv_activation.lower() == "none" else conv_activation
+    kda_options = dict(kda_kv_mode=kv_mode, kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
+    try:  # everything a user typed is checked before the teacher is loaded
+        check_kda_options(kda_options)
+    except ValueError as e:
+        flag = {"kda_kv_mode": "--kv-mode", "kda_gate_activation": "--gate-activation",
+                "kda_conv_activation": "--conv-activation"}
+        msg = str(e)
+        for key, name in flag.items():
+            msg = msg.replace(key, name)
+        raise GendistillError(msg) from None
+    if out.exists() and not overwrite:
+        raise GendistillError(f"--out: output folder {out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, "student", "--out")
+    check_writable(out, "--out")
     start = time.perf_counter()
     console.print(f"[bold]Loading teacher[/] {teacher}")
     model, tokenizer = load_teacher(teacher, dtype=parse_dtype(dtype), device=device)
     with console.status("Converting"):
         torch.manual_seed(seed)
-        student = convert_teacher(model, attention_layers, linear_attention_type=mixer, kda_kv_mode=kv_mode,
-                                  kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
+        student = convert_teacher(model, attention_layers, linear_attention_type=mixer, **kda_options)
     summary = summarize(teacher, model, student)
     with console.status(f"Saving to {out}"):
         save_student(student, tokenizer, out, overwrite=overwrite,

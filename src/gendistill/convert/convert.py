@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,10 @@ from transformers import PreTrainedModel
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.errors import GendistillError
 from gendistill.io import publish_dir
+from gendistill.ownership import (check_free_space, check_replaceable, clean_stale_temps, temp_sibling,
+                                  tensor_bytes, write_marker)
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
-from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE
+from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, check_kda_options
 from gendistill.models.hybrid.families import get_family
 
 # Teacher attention parameters a KDA mixer takes over; everything else of a replaced attention (Qwen3's q_norm and
@@ -32,11 +33,12 @@ def student_config_from_teacher(teacher_config, attention_layers, **kda_options:
     teacher_types = getattr(teacher_config, "layer_types", None) or ["full_attention"] * n
     layer_types = [teacher_types[i] if i in keep else LINEAR_TYPE for i in range(n)]
     fields = {k: v for k, v in teacher_config.to_dict().items() if k not in _NOT_TEACHER_CONFIG}
-    unknown = sorted(k for k in kda_options if not hasattr(HybridConfig, k) and not k.startswith("kda_"))
-    if unknown:
-        raise GendistillError(f"unknown KDA option(s) {unknown}")
-    return HybridConfig(base_model_type=family.model_type, layer_types=layer_types,
-                        architectures=["HybridForCausalLM"], **fields, **kda_options)
+    try:
+        check_kda_options(kda_options)
+        return HybridConfig(base_model_type=family.model_type, layer_types=layer_types,
+                            architectures=["HybridForCausalLM"], **fields, **kda_options)
+    except ValueError as e:
+        raise GendistillError(str(e).splitlines()[0]) from None
 
 
 @torch.no_grad()
@@ -93,15 +95,23 @@ def _fit_projection(weight: torch.Tensor, target: torch.Tensor, proj: str, confi
 
 
 def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overwrite: bool = False,
-                 extra_files: dict[str, str] | None = None) -> Path:
+                 extra_files: dict[str, str] | None = None, what: str = "--out") -> Path:
     """Save model (safetensors), config and tokenizer (with its chat template) into ``out_dir`` atomically: written to
     a temporary sibling folder first and renamed into place, so a crash never leaves a half-written student.
-    ``extra_files`` (name -> text) are written into the folder before the rename."""
+    ``extra_files`` (name -> text) are written into the folder before the rename.
+
+    The folder is marked as ours (:mod:`gendistill.ownership`); ``overwrite`` replaces only such a folder. Without it
+    publishing is exclusive: if ``out_dir`` appeared while the student was being written (a second run into the same
+    folder), nothing is replaced and the error says so. Temporary folders of killed earlier saves are removed."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise GendistillError(f"output folder {out} already exists (pass --overwrite to replace it)")
+        raise GendistillError(f"{what}: output folder {out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, "student", what)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    clean_stale_temps(out)
+    check_free_space(out, tensor_bytes(student.state_dict().values()), what)
+    tmp = temp_sibling(out)
     tmp.mkdir()  # unlike mkdtemp (mode 0700) this honours the umask, so the saved model is readable like any folder
     try:
         student.save_pretrained(tmp, safe_serialization=True)
@@ -109,7 +119,17 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        publish_dir(tmp, out)
+        write_marker(tmp, "student")
+        if overwrite:
+            check_replaceable(out, "student", what)  # it may have appeared meanwhile
+        publish_dir(tmp, out, replace=overwrite)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GendistillError(f"{what}: {out} appeared while the student was being written (another run?); nothing "
+                              "was replaced; pass --overwrite to replace it") from None
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GendistillError(f"{what}: cannot write {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

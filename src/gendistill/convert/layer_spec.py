@@ -34,12 +34,18 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
         n = _number(text[6:], int, text)
         if n < 1:
             raise LayerSpecError(f"'{text}': the interval must be >= 1")
+        if n > num_layers:
+            raise LayerSpecError(f"'{text}': the teacher has only {num_layers} layers, so no layer would keep "
+                                 "attention; use 'none' for an all-KDA student")
         return [i for i in range(num_layers) if (i + 1) % n == 0]
     if low.startswith("ratio:") or _is_float(text):
         r = _number(text[6:] if low.startswith("ratio:") else text, float, text)
         if not 0.0 <= r <= 1.0:
             raise LayerSpecError(f"'{text}': the ratio must be between 0 and 1")
         n = round(r * num_layers)
+        if n == 0 and r > 0:
+            raise LayerSpecError(f"'{text}': {r} of {num_layers} layers rounds to no attention layer; use a ratio of "
+                                 f"at least {0.5 / num_layers:.3g}, or 'none' for an all-KDA student")
         return sorted({int((k + 1) * num_layers / n) - 1 for k in range(n)}) if n else []
     try:
         indices = [int(part) for part in text.split(",") if part.strip()]
@@ -48,6 +54,9 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
             f"cannot parse --attention-layers '{text}': use indices like '0,2,6', 'every:4', 'ratio:0.25', 'none', "
             "'all' or a JSON file"
         ) from None
+    if not indices:
+        raise LayerSpecError(f"--attention-layers '{text}' names no layer; give indices like '0,2,6', or 'none' for an "
+                             "all-KDA student")
     return _check(indices, num_layers, text)
 
 

@@ -18,7 +18,14 @@ def register(app: typer.Typer) -> None:
     def distill(
         recipe: Path = typer.Argument(..., help="the recipe YAML (see recipes/ and docs/distill.md)"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in run.output_dir where it stopped"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run in run.output_dir first"),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="delete the run in run.output_dir first (only a folder gendistill wrote)"
+        ),
+        allow_optim_change: bool = typer.Option(
+            False, "--allow-optim-change",
+            help="with --resume: continue although the optimisation settings (optim.lr, schedule, clipping, ...) "
+            "changed, e.g. a lower learning rate after a diverged run; the data position is kept, the change logged",
+        ),
         set_: Optional[list[str]] = typer.Option(
             None, "--set", help="override a recipe key, e.g. --set stages[0].steps=10 --set run.output_dir=runs/x"
         ),
@@ -36,10 +43,14 @@ def register(app: typer.Typer) -> None:
 
         from gendistill.distill.config import load_recipe
         from gendistill.distill.pipeline import run_recipe
+        from gendistill.errors import ConfigError
 
         r = load_recipe(recipe, set_ or [])
         try:
-            out = run_recipe(r, resume=resume, overwrite=overwrite, dry_run=dry_run, stop_after=stop_after)
+            if allow_optim_change and not resume:
+                raise ConfigError("--allow-optim-change only applies with --resume")
+            out = run_recipe(r, resume=resume, overwrite=overwrite, dry_run=dry_run, stop_after=stop_after,
+                             allow_optim_change=allow_optim_change)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

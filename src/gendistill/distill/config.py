@@ -24,7 +24,34 @@ PARAM_GROUPS: tuple[str, ...] = ("kda", "kda_new", "attention", "mlp", "norms", 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: ``lr: .inf`` or ``.nan`` is refused here, not discovered as a diverged run
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+_SIZE_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(value: Any) -> Any:
+    """A token or step count as a user writes it: ``100000000``, ``1e8`` (YAML reads it as a string), ``1.5e9``,
+    ``100M``, ``2.5B``, ``10k``, ``1_000``. Anything else is passed on for pydantic to reject."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip().replace("_", "").replace(",", "")
+    mult = 1
+    if text and text[-1].lower() in _SIZE_SUFFIX:
+        mult, text = _SIZE_SUFFIX[text[-1].lower()], text[:-1]
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    total = number * mult
+    if not math.isfinite(total) or not total.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(total)
 
 
 # ----------------------------------------------------------------------------------------------------------- models
@@ -46,6 +73,14 @@ class StudentConfig(_Strict):
     path: str | None = None
     attention_layers: list[int] | str | None = None
     kda_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kda_options")
+    @classmethod
+    def _kda_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from gendistill.models.hybrid.configuration_hybrid import check_kda_options
+
+        check_kda_options(v)
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> "StudentConfig":
@@ -180,6 +215,11 @@ class StageConfig(_Strict):
         if bad:
             raise ValueError(f"each snapshot is a fraction strictly between 0 and 1, got {bad[0]}")
         return sorted(set(v))
+
+    @field_validator("tokens", "steps", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return parse_count(v)
 
     @model_validator(mode="after")
     def _fill(self) -> "StageConfig":

@@ -37,6 +37,31 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
                     self.tb.add_scalar(f"{stage}/{k}", v, step)
 
+    def event(self, text: str) -> None:
+        """A note for the user (stderr) that is also kept in the metrics file as ``{"event": text}``."""
+        if not self.enabled:
+            return
+        print(f"note: {text}", file=sys.stderr, flush=True)
+        self.log({"event": text})
+
+    def rewind(self, stage: str, step: int) -> None:
+        """Drop ``stage``'s records after ``step`` (all of them for step 0): a resumed run trains and logs those steps
+        again, so the file holds each step once."""
+        if not self.enabled or not self.path.exists():
+            return
+        from gendistill.io import atomic_write_text
+
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut off by a kill
+                continue
+            if rec.get("stage") == stage and "step" in rec and (step == 0 or int(rec["step"]) > step):
+                continue
+            kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.flush()

@@ -3,8 +3,9 @@ order, save the student after each one, and pick up where a stopped run left off
 
 Run folder layout::
 
+    <output_dir>/.gendistill.json       marks the folder as a gendistill run (only such a folder is --overwrite'd)
     <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
-    <output_dir>/progress.json          completed stages
+    <output_dir>/progress.json          completed stages, teacher fingerprint and student layout (checked on resume)
     <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
     <output_dir>/tensorboard/           when tensorboard is installed
     <output_dir>/checkpoints/<stage>/step-XXXXXXXX/   resumable checkpoints (the newest N)
@@ -29,7 +30,9 @@ from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, barrier, init_world
 from gendistill.distill.freezing import apply_trainable
 from gendistill.distill.metrics import MetricsLogger
-from gendistill.io import atomic_write_json
+from gendistill.distill.checkpoint import student_layout, weights_fingerprint
+from gendistill.io import atomic_write_json, atomic_write_text
+from gendistill.ownership import MARKER, check_replaceable, check_writable, marker_kind, remove_owned, write_marker
 from gendistill.distill.trainer import StageResult, run_stage, save_student_folder
 from gendistill.errors import ConfigError
 
@@ -91,9 +94,13 @@ def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
 
 
 def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[dict[str, Any]]:
+    from gendistill.distill.stages import _pick_layers  # the stage module's own check of stages 1-2 `layers`
+
     plan = []
     for i, st in enumerate(recipe.stages):
         sel = apply_trainable(student, st.trainable, f"stages[{i}].trainable")  # type: ignore[arg-type]
+        if st.name in ("stage1", "stage2"):
+            _pick_layers(student, st)
         names = dict(student.named_parameters())
         n_train = sum(names[n].numel() for n in sel.trainable if n in names)
         plan.append(
@@ -115,6 +122,71 @@ def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[d
     return plan
 
 
+def _has_resumable_work(run_dir: Path) -> bool:
+    """A completed stage or a checkpoint: something a rerun without --resume or --overwrite would lose."""
+    if _progress(run_dir).get("completed"):
+        return True
+    ck = run_dir / "checkpoints"
+    return ck.is_dir() and any(s.name.startswith("step-") for d in ck.iterdir() if d.is_dir() for s in d.iterdir())
+
+
+def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry_run: bool) -> None:
+    """Everything about ``run.output_dir`` that can be refused is refused here, before anything is loaded or written
+    (one line each): a folder that is not ours, a run that would be lost, --overwrite of something we did not write,
+    a location that cannot be written."""
+    what = "run.output_dir"
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the run, --overwrite "
+                          "deletes it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{what}: {run_dir} is a file, not a folder")
+    ours = marker_kind(run_dir) == "run"
+    used = run_dir.is_dir() and any(run_dir.iterdir())
+    if overwrite:
+        check_replaceable(run_dir, "run", what)
+    elif used and not ours:
+        hint = "nothing to resume there; " if resume else ""
+        raise ConfigError(f"{what}: {run_dir} is not empty and is not a gendistill run folder (no {MARKER}); {hint}"
+                          "choose a new folder")
+    elif used and not resume and not dry_run and _has_resumable_work(run_dir):
+        raise ConfigError(f"{what}: {run_dir} already holds a run; pass --resume to continue or --overwrite")
+    if not dry_run:
+        check_writable(run_dir, what)
+
+
+def _fingerprints(recipe: Recipe, teacher: nn.Module, student: nn.Module | None) -> dict[str, Any]:
+    """Teacher identity and the student layout the recipe asks for, recorded in progress.json and checked on
+    --resume (a different teacher, or another layout whose weights would not fit the checkpoint, is refused)."""
+    if student is not None:
+        layout = student_layout(student.config)
+    elif recipe.student.path is not None:
+        cfg = Path(recipe.student.path) / "config.json"
+        if not cfg.is_file():
+            raise ConfigError(f"student.path: {recipe.student.path} is not a model folder (no config.json)")
+        layout = student_layout(json.loads(cfg.read_text()))
+    else:
+        from gendistill.convert.convert import student_config_from_teacher
+
+        sc = recipe.student
+        layout = student_layout(student_config_from_teacher(teacher.config, sc.attention_layers, **sc.kda_options))
+    return {"teacher": {"spec": recipe.teacher.spec, "weights": weights_fingerprint(teacher)}, "student_layout": layout}
+
+
+def _check_same_run(prog: dict[str, Any], fp: dict[str, Any], run_dir: Path) -> None:
+    old_t, old_l = prog.get("teacher"), prog.get("student_layout")
+    if old_t is not None and old_t.get("weights") != fp["teacher"]["weights"]:
+        raise ConfigError(
+            f"teacher: {fp['teacher']['spec']} is not the teacher the run in {run_dir} started with "
+            f"({old_t.get('spec')}; weights differ); resume with that teacher or pass --overwrite"
+        )
+    if old_l is not None and old_l != fp["student_layout"]:
+        diff = ", ".join(f"{k}: {old_l.get(k)!r} -> {fp['student_layout'].get(k)!r}"
+                         for k in sorted(set(old_l) | set(fp["student_layout"]))
+                         if old_l.get(k) != fp["student_layout"].get(k))
+        raise ConfigError(f"student: the layout differs from the run in {run_dir} ({diff}); resume with the "
+                          "recipe the run started with or pass --overwrite")
+
+
 def run_recipe(
     recipe: Recipe,
     *,
@@ -126,19 +198,19 @@ def run_recipe(
     student: nn.Module | None = None,
     stop_after: int | None = None,
     world: World | None = None,
+    allow_optim_change: bool = False,
 ) -> dict[str, Any]:
     """Run the recipe. ``teacher``/``tokenizer``/``student`` may be passed in (tests, notebooks) instead of being
-    loaded from the recipe. ``stop_after`` stops after that many optimizer steps (to test ``resume``)."""
+    loaded from the recipe. ``stop_after`` stops after that many optimizer steps (to test ``resume``).
+    ``allow_optim_change`` lets a resumed stage continue under changed optimisation settings (the documented
+    recovery from a diverged run: lower the learning rate, resume from the last good checkpoint).
+
+    Everything is checked before anything is written: the output folder, the teacher, every data source, the
+    student and every stage's plan; a run folder is created only once all of them passed."""
     world = world or init_world(recipe.run.device)
     run_dir = Path(recipe.run.output_dir)
-    prog = _progress(run_dir)
-    started = (run_dir / "recipe.yaml").exists()
-    if started and not resume and not overwrite and not dry_run:
-        raise ConfigError(f"run.output_dir: {run_dir} already holds a run; pass --resume to continue or --overwrite")
-    if overwrite and not resume and not dry_run and world.is_main and run_dir.exists():
-        shutil.rmtree(run_dir)
-        prog = {"completed": []}
-    barrier(world)
+    check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    prog = _progress(run_dir) if resume else {"completed": []}
 
     if teacher is None or tokenizer is None:
         from gendistill.teachers import load_teacher
@@ -155,28 +227,35 @@ def run_recipe(
         p.requires_grad_(False)
 
     data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
+    fingerprints = _fingerprints(recipe, teacher, student)
+    if resume:
+        _check_same_run(prog, fingerprints, run_dir)
 
-    completed: list[str] = list(prog.get("completed", [])) if resume else []
+    completed: list[str] = list(prog.get("completed", []))
     if student is None:
         if completed:
             student = load_student_folder(run_dir / completed[-1], world.device)
         else:
             student = build_student(recipe, teacher, world.device)
     student = student.to(world.device)
+    plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
 
     if dry_run:
-        plan = describe_plan(recipe, student, world.world_size)
         return {"plan": plan, "data": data_counts}
 
     if world.is_main:
+        replace = overwrite or (not resume and not _has_resumable_work(run_dir))
+        if replace and run_dir.is_dir() and any(run_dir.iterdir()):
+            remove_owned(run_dir, "run", "run.output_dir")  # ours (checked above), and nothing left to resume
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, "run")
         text = dump_recipe(recipe)
         old = run_dir / "recipe.yaml"
         if old.exists() and old.read_text() != text:
             old.replace(run_dir / f"recipe.{int(time.time())}.yaml")
-        (run_dir / "recipe.yaml").write_text(text)
-        (run_dir / "data.json").write_text(json.dumps(data_counts, indent=1))  # documents per source and stage
-        _write_progress(run_dir, {"completed": completed})
+        atomic_write_text(run_dir / "recipe.yaml", text)
+        atomic_write_json(run_dir / "data.json", data_counts)  # documents per source and stage
+        _write_progress(run_dir, {"completed": completed, **fingerprints})
     barrier(world)
 
     logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard)
@@ -200,6 +279,7 @@ def run_recipe(
                 logger=logger,
                 stop_after=stop_after,
                 validated=True,
+                allow_optim_change=allow_optim_change,
             )
             results[stage.name] = res
             if world.distributed:  # drop this stage's DDP wrapper (and its gradient hooks) before the next one
@@ -209,7 +289,7 @@ def run_recipe(
             save_student_folder(student, tokenizer, run_dir / stage.name, world)
             completed.append(stage.name)
             if world.is_main:
-                _write_progress(run_dir, {"completed": completed})
+                _write_progress(run_dir, {"completed": completed, **fingerprints})
                 if not recipe.run.keep_finished_checkpoints:  # the saved student folder supersedes them
                     shutil.rmtree(run_dir / "checkpoints" / stage.name, ignore_errors=True)
             barrier(world)

@@ -4,8 +4,6 @@ cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient chec
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import time
 import warnings
@@ -18,9 +16,14 @@ import torch
 from torch import nn
 
 from gendistill.distill.checkpoint import (
+    begin_checkpoint,
+    check_resume_fingerprint,
     commit_checkpoint,
-    latest_checkpoint,
+    find_resume_checkpoint,
+    first_non_finite,
     load_checkpoint,
+    recovery_hint,
+    stage_fingerprint,
     tmp_dir_for,
     write_rank_files,
 )
@@ -189,6 +192,7 @@ def run_stage(
     logger: MetricsLogger,
     stop_after: int | None = None,
     validated: bool = False,
+    allow_optim_change: bool = False,
 ) -> StageResult:
     """Train ``student`` in place for one stage. ``stop_after`` ends the loop after that many optimizer steps of this
     invocation (testing resume: a run that is cut off)."""
@@ -220,17 +224,16 @@ def run_stage(
 
     step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
     fingerprint = stage_fingerprint(stage, data)
-    ck = latest_checkpoint(stage_dir) if resume else None
+    ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
     if ck is not None:
         st = load_checkpoint(ck, student, optimizer, rank=world.rank)
-        if st.get("fingerprint", fingerprint) != fingerprint:
-            raise GendistillError(
-                f"{where} ({stage.name}): the recipe's stage or data settings changed since checkpoint {ck}; its data "
-                "position would no longer match. Resume with the recipe the run started with, or pass --overwrite."
-            )
+        check_resume_fingerprint(st.get("fingerprint"), fingerprint, f"{where} ({stage.name})", ck,
+                                 allow_optim_change, logger.event if world.is_main else lambda _: None)
         step, tokens = int(st["step"]), int(st["tokens"])
         stream_state = StreamState.from_dict(st["stream"])
         resumed_from = step
+    if resume:
+        logger.rewind(stage.name, step)  # the steps after the checkpoint are trained (and logged) again
     result = StageResult(stage.name, step, tokens, selection=selection, resumed_from=resumed_from)
     if step >= total_steps:
         if stage.gradient_checkpointing:  # nothing to train: leave the student as the next stage expects it
@@ -267,12 +270,11 @@ def run_stage(
             loss_val, gnorm, denom, stepped = train_step(
                 wrapped, module, micro, optimizer, trainable, world, run, opt_cfg.clip_grad_norm)
             if not stepped:
-                where_ck = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                 what = (f"loss is {loss_val}" if not math.isfinite(loss_val)
                         else f"gradient norm is {gnorm} (loss {loss_val})")
                 raise TrainingDivergedError(
                     f"{stage.name} step {step + 1}: {what}; stopped before the optimizer step "
-                    f"({where_ck}; lower the learning rate and rerun with --resume)"
+                    f"({recovery_hint(last_ckpt)})"
                 )
             step += 1
             n_this += 1
@@ -303,6 +305,12 @@ def run_stage(
                     progress.message(f"[{stage.name}] step {step}: held-out loss {ev:.4f}")
             stop_now = stop_after is not None and n_this >= stop_after
             if step % ckpt_every == 0 or step == total_steps or stop_now:
+                bad = first_non_finite(student, optimizer)  # never checkpoint a diverged model
+                if bad is not None:
+                    raise TrainingDivergedError(
+                        f"{stage.name} step {step}: {bad} is not finite after the optimizer step; no checkpoint "
+                        f"written ({recovery_hint(last_ckpt)})"
+                    )
                 last_ckpt = save_checkpoint(
                     stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps,
                     fingerprint,
@@ -335,17 +343,10 @@ def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: Wo
         was = student.training
         student.eval()
         try:
-            save_student(student, tokenizer, out, overwrite=True)
+            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})")
         finally:
             student.train(was)
     barrier(world)
-
-
-def stage_fingerprint(stage: StageConfig, data: DataConfig) -> str:
-    """Hash of everything that fixes a stage's step count and data stream (stage settings and data sources): a
-    checkpoint's stream position is only meaningful under the same values."""
-    payload = json.dumps([stage.model_dump(mode="json"), data.model_dump(mode="json")], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def save_checkpoint(
@@ -359,11 +360,11 @@ def save_checkpoint(
     world: World,
     stage_name: str,
     total_steps: int,
-    fingerprint: str = "",
+    fingerprint: dict[str, Any] | None = None,
 ) -> Path:
     tmp = tmp_dir_for(stage_dir, step)
     if world.is_main:
-        tmp.mkdir(parents=True, exist_ok=True)
+        begin_checkpoint(tmp)
     barrier(world)
     write_rank_files(tmp, world.rank)
     barrier(world)

@@ -81,6 +81,16 @@ def eval_command(
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
     from gendistill.eval.ruler import parse_depths, parse_lengths
 
+    try:  # checked before any model is loaded or task is run
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise GendistillError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        from gendistill.ownership import check_writable
+
+        check_writable(out, "--out")
+    except GendistillError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    previous = _previous_example_files(out)
     try:
         cfg = EvalConfig(
             models=list(model or []), tasks=tasks, protocols=protocols, limit=limit, seed=seed, smoke=smoke, out=out,
@@ -98,9 +108,39 @@ def eval_command(
         raise typer.Exit(2) from None
     from gendistill.eval.report import markdown
 
+    _remove_stale(previous, results.get("example_files", []))
     typer.echo(markdown(results))
     for k, v in results["paths"].items():
         typer.echo(f"{k}: {v}")
+
+
+def _previous_example_files(out: str) -> set[str]:
+    """Example files an earlier eval into ``out`` listed in its results (only files this project wrote)."""
+    import json
+    from pathlib import Path
+
+    found: set[str] = set()
+    examples = (Path(out) / "examples").resolve()
+    for name in ("results.json", "results.partial.json"):
+        try:
+            listed = json.loads((Path(out) / name).read_text(encoding="utf-8")).get("example_files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for f in listed if isinstance(listed, list) else []:
+            p = Path(str(f)).resolve()
+            if p.parent == examples and p.suffix == ".jsonl" and "__" in p.name:
+                found.add(str(p))
+    return found
+
+
+def _remove_stale(previous: set[str], current: list[str]) -> None:
+    """After a successful run: delete the example files of the earlier run that this run did not write again, so
+    ``--out`` holds only this run's examples (nothing is deleted when the run fails)."""
+    from pathlib import Path
+
+    keep = {str(Path(f).resolve()) for f in current}
+    for f in previous - keep:
+        Path(f).unlink(missing_ok=True)
 
 
 def _merge(files: list[str], out: str) -> dict:

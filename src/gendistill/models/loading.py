@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from gendistill.errors import GendistillError
 from gendistill.models.hybrid import HybridConfig
@@ -31,8 +32,10 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(device)
             tokenizer = AutoTokenizer.from_pretrained(spec)
-        except OSError as e:
-            raise GendistillError(f"cannot load student folder {spec}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            # a damaged or hand-edited folder (bad config value, truncated weights, wrong shapes): one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GendistillError(f"cannot load student folder {spec}: {first}") from None
         model.upcast_recurrence_parameters()
         return model.eval(), tokenizer
     from gendistill.teachers import load_teacher

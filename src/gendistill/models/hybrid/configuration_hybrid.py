@@ -16,6 +16,38 @@ _HYBRID_FIELDS = {
     "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "gla_gate_logit_normalizer",
 }
 
+# The values each categorical KDA option accepts (``None`` is written ``none`` on the command line).
+KDA_OPTION_CHOICES: dict[str, tuple[str | None, ...]] = {
+    "kda_kv_mode": ("repeat", "expand"),
+    "kda_gate_activation": ("silu", "sigmoid"),
+    "kda_conv_activation": (None, "silu"),
+}
+_KDA_POSITIVE_INTS = ("kda_num_heads", "kda_num_kv_heads", "kda_head_dim", "kda_conv_size", "kda_decay_rank",
+                      "kda_gate_rank")
+_KDA_BOOLS = ("kda_conv_bias", "kda_qkv_bias", "kda_o_bias")
+
+
+def check_kda_options(options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first unknown KDA option or bad value (so that a bad value is refused when it
+    is given, never saved into a student that then fails on every forward)."""
+    known = {"linear_attention_type", *KDA_OPTION_CHOICES, *_KDA_POSITIVE_INTS, *_KDA_BOOLS, "kda_norm_eps"}
+    for key, value in options.items():
+        if key not in known:
+            raise ValueError(f"unknown KDA option {key!r}; known: {', '.join(sorted(known))}")
+        if key in KDA_OPTION_CHOICES and value not in KDA_OPTION_CHOICES[key]:
+            choices = ", ".join("none" if c is None else repr(c) for c in KDA_OPTION_CHOICES[key])
+            raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+        if key in _KDA_POSITIVE_INTS and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if key in _KDA_BOOLS and value is not None and not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        if key == "kda_norm_eps" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+            raise ValueError(f"kda_norm_eps must be a number in (0, 1), got {value!r}")
+        if key == "linear_attention_type" and value != "kda":
+            raise ValueError(f"linear_attention_type must be 'kda', got {value!r}")
+
 
 class HybridConfig(PreTrainedConfig):
     """Configuration of a hybrid softmax-attention / linear-attention (KDA) model.
@@ -90,8 +122,7 @@ class HybridConfig(PreTrainedConfig):
         head_dim = getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
         self.kda_num_heads = self.kda_num_heads or self.num_attention_heads
         self.kda_head_dim = self.kda_head_dim or head_dim
-        if self.kda_kv_mode not in ("repeat", "expand"):
-            raise ValueError(f"kda_kv_mode must be 'repeat' or 'expand', got {self.kda_kv_mode!r}")
+        check_kda_options({k: getattr(self, k) for k in KDA_OPTION_CHOICES})
         if self.kda_num_kv_heads is None:
             kv = getattr(self, "num_key_value_heads", None) or self.num_attention_heads
             self.kda_num_kv_heads = kv if self.kda_kv_mode == "repeat" else self.kda_num_heads

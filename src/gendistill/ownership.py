@@ -1,0 +1,195 @@
+"""What gendistill may replace or delete, and where it may write.
+
+Every folder the project creates as a whole (a distillation run folder, a saved student) holds a marker file,
+:data:`MARKER` (a small JSON object naming what wrote it). ``--overwrite`` replaces a folder only when it carries that
+marker, and never the working folder, one of its parents, the home folder, the file-system root or a git
+repository, whatever it holds. Anything else is refused with one line (:class:`OutputError`), before any model is
+loaded, so that nothing a user types can delete files the project did not write.
+
+:func:`check_writable` probes an output location once, up front, so that a read-only or missing location is one
+line before the expensive work instead of a traceback after it. :func:`clean_stale_temps` removes the hidden
+temporary siblings (``.<name>.tmp-<pid>-...``) that a killed writer left behind, but only those of dead processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from gendistill.errors import GendistillError
+
+MARKER = ".gendistill.json"
+KINDS = ("run", "student")
+
+
+class OutputError(GendistillError):
+    """An output location cannot be written, or may not be replaced."""
+
+
+def write_marker(folder: str | Path, kind: str) -> Path:
+    """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``)."""
+    assert kind in KINDS, kind
+    from gendistill import __version__
+
+    path = Path(folder) / MARKER
+    path.write_text(json.dumps({"written_by": "gendistill", "kind": kind, "version": __version__,
+                                "created": round(time.time(), 3)}) + "\n")
+    return path
+
+
+def marker_kind(folder: str | Path) -> str | None:
+    """The kind recorded in ``folder``'s marker, or None when the folder carries no (valid) marker."""
+    path = Path(folder) / MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "gendistill" or data.get("kind") not in KINDS:
+        return None
+    return data["kind"]
+
+
+def _protected_reason(folder: Path) -> str | None:
+    """Why ``folder`` may never be replaced whatever it holds, or None."""
+    real = folder.resolve()
+    cwd = Path.cwd().resolve()
+    if real == cwd:
+        return "it is the current working folder"
+    if real in cwd.parents:
+        return "it contains the current working folder"
+    home = Path.home().resolve()
+    if real == home or real in home.parents:
+        return "it is the home folder or one of its parents"
+    if real == Path(real.anchor):
+        return "it is the file-system root"
+    if (real / ".git").exists():
+        return "it is a git repository"
+    return None
+
+
+def check_replaceable(folder: str | Path, kind: str, what: str) -> None:
+    """Raise :class:`OutputError` unless the existing ``folder`` may be deleted by ``--overwrite``: it carries our
+    marker of ``kind`` and is not a protected location. ``what`` names the option (``run.output_dir``, ``--out``)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise OutputError(f"{what}: {folder} is not a folder; --overwrite only replaces folders gendistill wrote")
+    reason = _protected_reason(folder)
+    if reason is not None:
+        raise OutputError(f"{what}: refusing to overwrite {folder}: {reason}; choose a new folder")
+    found = marker_kind(folder)
+    if found is None and not any(folder.iterdir()):
+        return  # an empty folder: nothing to lose
+    if found is None:
+        raise OutputError(
+            f"{what}: refusing to overwrite {folder}: it was not written by gendistill (no {MARKER}); "
+            "delete it yourself or choose a new folder"
+        )
+    if found != kind:
+        raise OutputError(f"{what}: refusing to overwrite {folder}: it holds a gendistill {found}, not a {kind}")
+
+
+def remove_owned(folder: str | Path, kind: str, what: str) -> None:
+    """Delete ``folder`` after :func:`check_replaceable` allowed it."""
+    check_replaceable(folder, kind, what)
+    if Path(folder).exists():
+        shutil.rmtree(folder)
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Raise :class:`OutputError` unless ``path`` (a folder, existing or not) can be created and written: the nearest
+    existing ancestor must be a folder in which a file can be created. The probe file is removed again."""
+    path = Path(path)
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise OutputError(f"{what}: cannot write {path}: {probe_dir} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gendistill-write-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot write {path}: {e.strerror or e} ({probe_dir})") from None
+
+
+def check_free_space(path: str | Path, need_bytes: int, what: str) -> None:
+    """Raise :class:`OutputError` when the file system holding ``path`` has less than ``need_bytes`` free."""
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise OutputError(f"{what}: {path} needs about {_size(need_bytes)} but only {_size(free)} are free")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"  # pragma: no cover
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes the tensors take on disk (an upper bound for tied weights, which are stored once)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def temp_sibling(final: str | Path, tag: str = "tmp") -> Path:
+    """A hidden sibling name for a folder being written: ``.<name>.<tag>-<pid>-<random>``."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(final: str | Path) -> list[Path]:
+    """Remove hidden temporary siblings of ``final`` (``.<name>.tmp-<pid>-...``, ``.<name>.old-<pid>...``) whose
+    writing process is gone; returns what was removed. Siblings of live processes (a concurrent writer) stay."""
+    final = Path(final)
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    pat = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)(-.*)?$")
+    removed = []
+    for p in parent.iterdir():
+        m = pat.match(p.name)
+        if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (``0o644`` under umask 022)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
+
+
+__all__ = ["MARKER", "OutputError", "write_marker", "marker_kind", "check_replaceable", "remove_owned",
+           "check_writable", "check_free_space", "tensor_bytes", "temp_sibling", "clean_stale_temps", "file_mode"]
