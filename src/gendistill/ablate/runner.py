@@ -23,6 +23,7 @@ from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
 from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
 from gendistill.errors import ConfigError
 from gendistill.io import atomic_write_json, atomic_write_text
+from gendistill.ownership import marker_kind, write_marker
 
 EVAL_FILES = ("results.json", "results.md", "results.png")
 
@@ -161,6 +162,8 @@ def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers,
     world = init_world(r.run.device)
     teacher, tok = teachers.get(r, world)
     node.dir.mkdir(parents=True, exist_ok=True)
+    if marker_kind(node.dir) is None:  # the node folder is the stage's run folder: gendistill's own, marked as such
+        write_marker(node.dir, "run")
     atomic_write_json(node.dir / "node.json", {"id": node.id, "stage": node.stage, "parent": node.parent,
                                                "first_cell": cell.name,
                                                "student": str(node.student_dir)})

@@ -30,7 +30,8 @@ _KDA_BOOLS = ("kda_conv_bias", "kda_qkv_bias", "kda_o_bias")
 def check_kda_options(options: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first unknown KDA option or bad value (so that a bad value is refused when it
     is given, never saved into a student that then fails on every forward)."""
-    known = {"linear_attention_type", *KDA_OPTION_CHOICES, *_KDA_POSITIVE_INTS, *_KDA_BOOLS, "kda_norm_eps"}
+    known = {"linear_attention_type", *KDA_OPTION_CHOICES, *_KDA_POSITIVE_INTS, *_KDA_BOOLS, "kda_norm_eps",
+             "gla_gate_logit_normalizer"}
     for key, value in options.items():
         if key not in known:
             raise ValueError(f"unknown KDA option {key!r}; known: {', '.join(sorted(known))}")
@@ -45,8 +46,15 @@ def check_kda_options(options: dict[str, Any]) -> None:
         if key == "kda_norm_eps" and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
             raise ValueError(f"kda_norm_eps must be a number in (0, 1), got {value!r}")
-        if key == "linear_attention_type" and value != "kda":
-            raise ValueError(f"linear_attention_type must be 'kda', got {value!r}")
+        if key == "gla_gate_logit_normalizer" and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"gla_gate_logit_normalizer must be a positive number, got {value!r}")
+        if key == "linear_attention_type":
+            from gendistill.layers.registry import LINEAR_MIXERS  # noqa: PLC0415  (the registry imports the layers)
+
+            if value not in LINEAR_MIXERS:
+                raise ValueError(f"linear_attention_type must be one of {', '.join(sorted(LINEAR_MIXERS))}, "
+                                 f"got {value!r}")
 
 
 class HybridConfig(PreTrainedConfig):
