@@ -38,6 +38,7 @@ from gendistill.distill.config import (
     _set_dotted,
     format_validation_error,
     parse_recipe,
+    read_yaml,
     resolve_paths,
 )
 from gendistill.errors import ConfigError
@@ -308,17 +309,6 @@ def _builtin_variants(axis: str, spec: AxisConfig, raw_base: dict[str, Any], pre
     return out
 
 
-def _read_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    if data is None:
-        raise ConfigError(f"{path}: the {what} is empty")
-    return data
-
 
 def _parse_cell(raw: dict[str, Any], base_dir: Path, source: str) -> Recipe:
     return resolve_paths(parse_recipe(raw, source), base_dir)
@@ -333,7 +323,7 @@ def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid
     """Read and validate a grid file, expand it into cells and validate every cell's recipe. ``base_overrides`` are
     ``key=value`` strings (value parsed as YAML) applied to the base recipe, after the grid's own ``set``."""
     path = Path(path)
-    data = _read_yaml(path, "grid")
+    data = read_yaml(path, "grid")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a grid is a YAML mapping, got {type(data).__name__}")
     try:
@@ -343,7 +333,7 @@ def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid
 
     if isinstance(cfg.base, str):
         base_path = (path.parent / cfg.base) if not Path(cfg.base).is_absolute() else Path(cfg.base)
-        raw_base = _read_yaml(base_path, "base recipe")
+        raw_base = read_yaml(base_path, "base recipe")
         if not isinstance(raw_base, dict):
             raise ConfigError(f"{base_path}: a recipe is a YAML mapping, got {type(raw_base).__name__}")
         base_dir, base_source = base_path.parent, str(base_path)

@@ -360,19 +360,25 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
                 cur = cur.setdefault(k, {})
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML), e.g.
-    ``run.output_dir=runs/x`` or ``stages[0].steps=10``. Relative data/student paths are resolved against the
-    recipe's folder."""
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path``; a missing, malformed or empty file is one ``ConfigError`` line naming it."""
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     if data is None:
-        raise ConfigError(f"{path}: the recipe is empty")
+        raise ConfigError(f"{path}: the {what} is empty")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML), e.g.
+    ``run.output_dir=runs/x`` or ``stages[0].steps=10``. Relative data/student paths are resolved against the
+    recipe's folder."""
+    path = Path(path)
+    data = read_yaml(path, "recipe")
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r}: expected key=value")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gendistill.ops.kda.recurrent import _over_sequences
+from gendistill.ops.varlen import over_sequences
 
 DEFAULT_CPU_CHUNK = 32
 
@@ -47,8 +47,8 @@ def chunk_kda(
         inputs are float64.
     """
     if cu_seqlens is not None:
-        fn = lambda *a, **kw: _chunk_dense(*a, chunk_size=chunk_size, **kw)  # noqa: E731
-        return _over_sequences(fn, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+        return over_sequences(_chunk_dense, (q, k, v, g, beta), cu_seqlens, initial_state, output_final_state,
+                              scale=scale, chunk_size=chunk_size)
     return _chunk_dense(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, chunk_size=chunk_size)
 

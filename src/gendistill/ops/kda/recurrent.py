@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from gendistill.ops.varlen import over_sequences
+
 
 def recurrent_kda(
     q: torch.Tensor,
@@ -35,7 +37,8 @@ def recurrent_kda(
         ``(o [B, T, H, V] in v.dtype, final_state [N, H, K, V] float32/float64 or None)``.
     """
     if cu_seqlens is not None:
-        return _over_sequences(recurrent_kda, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+        return over_sequences(recurrent_kda, (q, k, v, g, beta), cu_seqlens, initial_state, output_final_state,
+                              scale=scale)
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = v.dtype
@@ -52,19 +55,3 @@ def recurrent_kda(
     return o.to(out_dtype), (S if output_final_state else None)
 
 
-def _over_sequences(fn, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
-    """Run ``fn`` on each packed sequence of a ``B = 1`` batch and stitch the outputs back together."""
-    if q.shape[0] != 1:
-        raise ValueError(f"packed sequences (cu_seqlens) need batch size 1, got {q.shape[0]}")
-    bounds = cu_seqlens.tolist()
-    outs, states = [], []
-    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        h0 = None if initial_state is None else initial_state[n : n + 1]
-        o_n, s_n = fn(
-            q[:, start:end], k[:, start:end], v[:, start:end], g[:, start:end], beta[:, start:end],
-            scale=scale, initial_state=h0, output_final_state=output_final_state,
-        )
-        outs.append(o_n)
-        states.append(s_n)
-    o = torch.cat(outs, dim=1)
-    return o, (torch.cat(states, dim=0) if output_final_state else None)
