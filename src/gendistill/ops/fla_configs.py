@@ -42,7 +42,7 @@ def activate() -> Path | None:
         return None
     if "FLA_CONFIG_DIR" in os.environ or "FLA_CACHE_MODE" in os.environ:
         return None
-    if any(m == "fla.ops.utils.cache" for m in sys.modules):  # too late: fla read its settings at import
+    if "fla.ops.utils.cache" in sys.modules:  # too late: fla read its settings at import
         return None
     import torch  # noqa: PLC0415
 
