@@ -40,7 +40,7 @@ def test_fla_conv_matches_torch_conv(dtype, packed):
     w = torch.randn(D, W, device="cuda", generator=g).requires_grad_()
     b = torch.randn(D, device="cuda", generator=g).requires_grad_()
     cu = torch.tensor([0, 5, 260, 261, 700], device="cuda", dtype=torch.int32) if packed else None
-    y = causal_conv1d_btd(x, w, b, None, cu_seqlens=cu)
+    y, _ = causal_conv1d_btd(x, w, b, None, cu_seqlens=cu)
     dy = torch.randn_like(y)
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), dy)
     xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
@@ -72,3 +72,23 @@ def test_fla_gated_norm_matches_reference(dtype, activation):
     assert y.dtype == dtype
     for got, want in zip((y, *grads), (yr, *rgrads)):
         assert rel(got, want) < TOL[dtype], rel(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fla_conv_with_states_in_pieces_matches_torch_conv(dtype):
+    """Cached prefill: fla's conv continued from the previous piece's final state (pieces shorter than W included,
+    batch 2 so a wrong batch stride in the state would show) equals the whole sequence through the PyTorch form."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    B, T, D, W = 2, 301, 384, 4
+    x = torch.randn(B, T, D, device="cuda", generator=g).to(dtype)
+    w, b = torch.randn(D, W, device="cuda", generator=g), torch.randn(D, device="cuda", generator=g)
+    ref = causal_conv1d(x.double().transpose(1, 2), w.double(), b.double()).transpose(1, 2)
+    # a state that is a column slice of a wider [B, 3D, W] cache tensor, as the mixer passes it
+    wide = torch.zeros(B, 3 * D, W, device="cuda", dtype=dtype)
+    state, outs, start = wide[:, D:2 * D], [], 0
+    for n in (3, 200, 1, 97):
+        y, state = causal_conv1d_btd(x[:, start:start + n], w, b, None, initial_state=state, output_final_state=True)
+        outs.append(y)
+        start += n
+    assert rel(torch.cat(outs, 1), ref) < TOL[dtype], rel(torch.cat(outs, 1), ref)
+    assert torch.equal(state, x[:, -W:].transpose(1, 2))

@@ -135,6 +135,26 @@ def test_cached_decode_on_cuda_equals_full_recompute():
     assert rel(torch.cat(steps, 1), full) < TOL[torch.float32]
 
 
+def test_chunked_prefill_on_cuda_equals_full_recompute():
+    """Prefill in three pieces of more than RECURRENT_MAX_TOKENS tokens (fla's conv and chunk kernels continued from
+    the cache's conv and recurrent states), then decode steps, vs one uncached forward; batch 2, fp32."""
+    student = _student(torch.float32, layers=8, spec="0,5")
+    x = torch.randint(0, 4096, (2, 420), device="cuda")
+    with torch.no_grad():
+        full = student(x, use_cache=False).logits
+        out = student(x[:, :130], use_cache=True)
+        logits, cache = [out.logits], out.cache
+        for a, e in ((130, 300), (300, 401)):
+            out = student(x[:, a:e], cache=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.cache
+        for t in range(401, 420):
+            out = student(x[:, t:t + 1], cache=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.cache
+    assert rel(torch.cat(logits, 1), full) < TOL[torch.float32], rel(torch.cat(logits, 1), full)
+
+
 def test_generate_on_cuda_left_padded_batch_equals_single():
     student = _student(torch.float32, layers=8, spec="0,5")
     seqs = [torch.randint(1, 4096, (n,), device="cuda") for n in (37, 90, 5)]

@@ -48,3 +48,37 @@ def test_packed_documents_with_silu_and_empty_and_short_documents():
     y = causal_conv1d(x, w, b, activation="silu", cu_seqlens=cu)
     for a, e in [(0, 1), (1, 3), (3, 15)]:
         assert torch.allclose(y[..., a:e], torch.nn.functional.silu(loop_conv(x[..., a:e], w, b)), atol=1e-12)
+
+
+def test_token_major_conv_continues_from_its_state_in_pieces():
+    """Prefill in pieces (any split, pieces shorter than W included): each piece continued from the previous piece's
+    final state gives the full sequence's output, and the final state is the last W inputs."""
+    from gendistill.ops.conv import causal_conv1d_btd
+
+    x, w, b = torch.randn(2, 17, 5, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    full = loop_conv(x.transpose(1, 2), w, b).transpose(1, 2)
+    for cuts in ([17], [2, 15], [1, 1, 1, 14], [9, 3, 5]):
+        state, outs, start = None, [], 0
+        for n in cuts:
+            y, state = causal_conv1d_btd(x[:, start:start + n], w, b, initial_state=state, output_final_state=True)
+            outs.append(y)
+            start += n
+        assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-12), cuts
+        assert torch.equal(state, x[:, -4:].transpose(1, 2))
+
+
+def test_token_major_conv_state_of_a_short_prompt_is_zero_filled_and_shape_is_checked():
+    import pytest
+
+    from gendistill.ops.conv import causal_conv1d_btd
+
+    x, w = torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    _, state = causal_conv1d_btd(x, w, output_final_state=True)
+    assert torch.equal(state[..., :2], torch.zeros(1, 3, 2, dtype=torch.float64))
+    assert torch.equal(state[..., 2:], x.transpose(1, 2))
+    y, none = causal_conv1d_btd(x, w)
+    assert none is None and y.shape == x.shape
+    with pytest.raises(ValueError, match=r"\[B, D, W\]"):
+        causal_conv1d_btd(x, w, initial_state=torch.zeros(1, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="packed documents"):
+        causal_conv1d_btd(x, w, cu_seqlens=torch.tensor([0, 1, 2]), output_final_state=True)

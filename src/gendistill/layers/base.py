@@ -141,17 +141,30 @@ class TeacherShapedMixer(nn.Module):
         if pad_mask is not None:
             m = pad_mask[..., None].to(q.dtype)
             q, k, v = q * m, k * m, v * m
+        # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
+        # scoring, prefill, chunked prefill) the chunked one.
+        recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
-        if cache is None:  # training / log-likelihood: one token-major conv per projection (fla's kernel on CUDA)
-            q, k, v = (causal_conv1d_btd(t, c.weight.squeeze(1), c.bias, self.conv_activation, cu_seqlens=cu_seqlens)
-                       for t, c in zip((q, k, v), convs))
-        else:  # generation: the cache keeps the last W - 1 inputs of all three convs channels-first
+        if cache is not None and (recurrent or cache.is_recording_past(self.layer_idx)):
+            # decode: the cache's rolling window of the last W inputs of all three convs, channels-first
             qkv = torch.cat([q, k, v], dim=-1).transpose(1, 2)  # [B, Dq + Dk + Dv, T]
             weight = torch.cat([c.weight.squeeze(1) for c in convs])
             bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
             qkv = cache.update_conv_state(qkv, self.layer_idx, conv_kernel_size=self.conv_size)
             qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T)
             q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
+        else:
+            # token-major, one pass per projection (fla's Triton kernel on CUDA); with a cache, continue from its conv
+            # state [B, Dq + Dk + Dv, W] and store the last W inputs back (no [B, D, T] copy of the prompt)
+            prev = cache.get_conv_state(self.layer_idx) if cache is not None else None
+            states = (prev.split([self.q_dim, self.k_dim, self.v_dim], dim=1) if prev is not None
+                      else (None, None, None))
+            outs = [causal_conv1d_btd(t, c.weight.squeeze(1), c.bias, self.conv_activation, cu_seqlens=cu_seqlens,
+                                      initial_state=s, output_final_state=cache is not None)
+                    for t, c, s in zip((q, k, v), convs, states)]
+            (q, sq), (k, sk), (v, sv) = outs
+            if cache is not None:
+                cache.update_conv_state(torch.cat([sq, sk, sv], dim=1), self.layer_idx, conv_kernel_size=self.conv_size)
 
         q = q.reshape(B, T, H, K)
         k = k.reshape(B, T, Hkv, K)
@@ -159,7 +172,6 @@ class TeacherShapedMixer(nn.Module):
         if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention
             k = k.repeat_interleave(H // Hkv, dim=2)
             v = v.repeat_interleave(H // Hkv, dim=2)
-        recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
         o, final_state = self.mix(q, k, v, x, recurrent=recurrent, initial_state=recurrent_state,
                                   output_final_state=cache is not None, cu_seqlens=cu_seqlens, pad_mask=pad_mask)
         if cache is not None:

@@ -60,25 +60,44 @@ def causal_conv1d_btd(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     cu_seqlens: torch.LongTensor | None = None,
-) -> torch.Tensor:
-    """:func:`causal_conv1d` on token-major input, without a cache (training, log-likelihood, prefill).
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`causal_conv1d` on token-major input: training, log-likelihood and (cached) prefill.
 
     Args:
         x: ``[B, T, D]``.  weight: ``[D, W]``.  bias: ``[D]`` or None.  activation: None or ``"silu"``.
-        cu_seqlens: ``[N + 1]`` packed-document boundaries along T (B = 1).
+        cu_seqlens: ``[N + 1]`` packed-document boundaries along T (B = 1); not combined with states.
+        initial_state: ``[B, D, W]`` the last W inputs before ``x`` (column ``W - 1`` the most recent: the layout of
+            transformers' linear-attention cache and of fla), or None for zeros.
+        output_final_state: also return the last W inputs (``[B, D, W]``, zero-filled on the left when the
+            initial state and ``x`` together hold fewer), the conv state to continue from.
 
     Returns:
-        ``[B, T, D]``. On CUDA with fla this is fla's Triton kernel (same function: ``tests/gpu`` checks it against
-        the PyTorch form); elsewhere the PyTorch form through two transposes.
+        ``(y [B, T, D], final_state or None)``. On CUDA with fla this is fla's Triton kernel (same function:
+        ``tests/gpu`` checks it against the PyTorch form); elsewhere the PyTorch form through two transposes.
     """
     from gendistill.ops.kda import use_fla  # noqa: PLC0415  (ops.kda imports this module's sibling)
 
+    W = weight.shape[-1]
+    if cu_seqlens is not None and (initial_state is not None or output_final_state):
+        raise ValueError("causal_conv1d_btd: conv states cannot be combined with packed documents (cu_seqlens)")
+    if initial_state is not None:
+        if initial_state.shape != (x.shape[0], x.shape[-1], W):
+            raise ValueError(f"causal_conv1d_btd: initial_state shape {tuple(initial_state.shape)} != "
+                             f"{(x.shape[0], x.shape[-1], W)} ([B, D, W])")
+        initial_state = initial_state.to(x.dtype).contiguous()
     if use_fla(x):
         from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d  # noqa: PLC0415
 
         w = weight.to(x.dtype)
         b = None if bias is None else bias.to(x.dtype)
-        y, _ = fla_causal_conv1d(x, w, b, activation=activation, backend="triton",
+        return fla_causal_conv1d(x, w, b, activation=activation, backend="triton", initial_state=initial_state,
+                                 output_final_state=output_final_state,
                                  cu_seqlens=None if cu_seqlens is None else cu_seqlens.to(torch.int32))
-        return y
-    return causal_conv1d(x.transpose(1, 2), weight, bias, activation, cu_seqlens=cu_seqlens).transpose(1, 2)
+    xc = x.transpose(1, 2)  # [B, D, T]
+    history = initial_state if initial_state is not None else xc.new_zeros(xc.shape[0], xc.shape[1], W)
+    full = xc if initial_state is None else torch.cat([history, xc], dim=-1)
+    y = causal_conv1d(full, weight, bias, activation, out_len=x.shape[1], cu_seqlens=cu_seqlens).transpose(1, 2)
+    final = torch.cat([history, xc[..., -W:]], dim=-1)[..., -W:].contiguous() if output_final_state else None
+    return y, final
