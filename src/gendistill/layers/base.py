@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gendistill.layers.norm import GatedRMSNorm
@@ -93,6 +94,22 @@ class TeacherShapedMixer(nn.Module):
         A_log._no_weight_decay = dt_bias._no_weight_decay = True
 
     # ------------------------------------------------------------------------------------------------------- forward
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v projections in one matrix product: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]`` (the three
+        teacher-shaped weights concatenated per call: one GEMM launch instead of three, same function)."""
+        ws = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
+        b = None
+        if self.q_proj.bias is not None:
+            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        return F.linear(x, torch.cat(ws), b)
+
+    def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""
+        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        weight = torch.cat([c.weight.squeeze(1) for c in convs])
+        bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
+        return weight, bias
+
     def mix(
         self,
         q: torch.Tensor,
@@ -137,34 +154,26 @@ class TeacherShapedMixer(nn.Module):
         pad_mask = None if attention_mask is None else attention_mask[:, -T:]
 
         x = hidden_states
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv = self.project_qkv(x)  # [B, T, Dq + Dk + Dv]
         if pad_mask is not None:
-            m = pad_mask[..., None].to(q.dtype)
-            q, k, v = q * m, k * m, v * m
+            qkv = qkv * pad_mask[..., None].to(qkv.dtype)
         # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
         # scoring, prefill, chunked prefill) the chunked one.
         recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
-        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        weight, bias = self.conv_weights()
         if cache is not None and (recurrent or cache.is_recording_past(self.layer_idx)):
-            # decode: the cache's rolling window of the last W inputs of all three convs, channels-first
-            qkv = torch.cat([q, k, v], dim=-1).transpose(1, 2)  # [B, Dq + Dk + Dv, T]
-            weight = torch.cat([c.weight.squeeze(1) for c in convs])
-            bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
-            qkv = cache.update_conv_state(qkv, self.layer_idx, conv_kernel_size=self.conv_size)
-            qkv = causal_conv1d(qkv, weight, bias, self.conv_activation, out_len=T)
-            q, k, v = qkv.transpose(1, 2).split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
+            # decode: the cache's rolling window of the last W inputs, channels-first [B, Dq + Dk + Dv, W + T]
+            window = cache.update_conv_state(qkv.transpose(1, 2), self.layer_idx, conv_kernel_size=self.conv_size)
+            qkv = causal_conv1d(window, weight, bias, self.conv_activation, out_len=T).transpose(1, 2)
         else:
-            # token-major, one pass per projection (fla's Triton kernel on CUDA); with a cache, continue from its conv
-            # state [B, Dq + Dk + Dv, W] and store the last W inputs back (no [B, D, T] copy of the prompt)
+            # token-major, one pass (fla's Triton kernel on CUDA); with a cache, continue from its conv state
+            # [B, Dq + Dk + Dv, W] and store the last W inputs back (no channels-first copy of the prompt)
             prev = cache.get_conv_state(self.layer_idx) if cache is not None else None
-            states = (prev.split([self.q_dim, self.k_dim, self.v_dim], dim=1) if prev is not None
-                      else (None, None, None))
-            outs = [causal_conv1d_btd(t, c.weight.squeeze(1), c.bias, self.conv_activation, cu_seqlens=cu_seqlens,
-                                      initial_state=s, output_final_state=cache is not None)
-                    for t, c, s in zip((q, k, v), convs, states)]
-            (q, sq), (k, sk), (v, sv) = outs
+            qkv, conv_state = causal_conv1d_btd(qkv, weight, bias, self.conv_activation, cu_seqlens=cu_seqlens,
+                                                initial_state=prev, output_final_state=cache is not None)
             if cache is not None:
-                cache.update_conv_state(torch.cat([sq, sk, sv], dim=1), self.layer_idx, conv_kernel_size=self.conv_size)
+                cache.update_conv_state(conv_state, self.layer_idx, conv_kernel_size=self.conv_size)
+        q, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
 
         q = q.reshape(B, T, H, K)
         k = k.reshape(B, T, Hkv, K)
