@@ -71,7 +71,7 @@ def test_table_renders(tiny_results, capsys):
     res, data = tiny_results
     print_table(data, console=Console(width=220, file=None))
     out = capsys.readouterr().out
-    assert "gendistill bench" in out and "issue 5 targets" in out
+    assert "gendistill bench" in out and "targets (student vs teacher)" in out and "graphed x" in out
 
 
 def test_cli_cache_only(tmp_path):

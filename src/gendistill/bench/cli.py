@@ -51,6 +51,9 @@ def bench(
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="CUDA-graph the batch-1 decode step."),
     validate_graph: bool = typer.Option(True, "--validate-graph/--no-validate-graph",
                                         help="Check graph decode == eager once per model."),
+    prefill_graph: bool = typer.Option(True, "--prefill-graph/--no-prefill-graph",
+                                       help="Also time each prefill captured in a CUDA graph, both models (validated "
+                                       "against eager first; CUDA only): TTFT without launch overhead."),
     profile_contexts: str = typer.Option(None, help="Profile one prefill + decode steps per model at these contexts "
                                          "(torch.profiler; time split by attention/KDA/MLP/lm_head), e.g. 4k,128k."),
     roles: str = typer.Option("teacher,student", help="Models to measure (one of them while iterating; ratios need both)."),
@@ -66,7 +69,8 @@ def bench(
         throughput_contexts=throughput_contexts, dtype=dtype, device=device, out=out, tiny=tiny, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
-        time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts, roles=roles,
+        prefill_graph=prefill_graph, time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts,
+        roles=roles,
         compare=compare, decode_cache=decode_cache,
     )
     check_settings(settings)
@@ -158,6 +162,7 @@ def settings_from_options(**o) -> BenchSettings:
         skip=skip,
         cuda_graph=o.get("cuda_graph", True),
         validate_graph=o.get("validate_graph", True),
+        prefill_graph=o.get("prefill_graph", True),
         time_limit_s=o.get("time_limit", 0.0) or 0.0,
         command=_command_line(),
     )

@@ -41,8 +41,8 @@ def print_table(results: dict, console=None) -> None:
     console = console or Console(width=200)
     tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
                 + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
-    for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x",
-                "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
+    for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x", "graphed TTFT T/S ms",
+                "graphed x", "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
         tbl.add_column(col, justify="right")
     for c in results["contexts"]:
         t, s, r = c["teacher"], c["student"], c.get("ratios", {})
@@ -57,6 +57,9 @@ def print_table(results: dict, console=None) -> None:
             _ctx(c["context"]), _fmt_bytes(ct), _fmt_bytes(cs), _fmt(r.get("cache_theoretical_student_over_teacher"), ".3f"),
             _err_cell(t, "ttft", _fmt(t.get("ttft_ms"), ".1f")), _err_cell(s, "ttft", _fmt(s.get("ttft_ms"), ".1f")),
             _fmt(r.get("ttft_speedup"), ".2f", "x"),
+            f"{_err_cell(t, 'ttft_graph', _fmt(t.get('ttft_graph_ms'), '.1f'))} / "
+            f"{_err_cell(s, 'ttft_graph', _fmt(s.get('ttft_graph_ms'), '.1f'))}",
+            _fmt(r.get("ttft_graph_speedup"), ".2f", "x"),
             _err_cell(t, "decode", _fmt(t.get("decode_tok_s"), ".1f")),
             _err_cell(s, "decode", _fmt(s.get("decode_tok_s"), ".1f")), _fmt(r.get("decode_speedup"), ".2f", "x"),
             thr(t), thr(s), _fmt(r.get("throughput_ratio"), ".2f", "x"),
@@ -64,7 +67,7 @@ def print_table(results: dict, console=None) -> None:
     console.print(tbl)
     targets = (results.get("summary") or {}).get("targets") or []
     if targets:
-        tt = Table(title="issue 5 targets (student vs teacher)")
+        tt = Table(title="targets (student vs teacher)")
         for col in ("metric", "where", "target", "value", "met"):
             tt.add_column(col)
         for x in targets:

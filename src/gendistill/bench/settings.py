@@ -40,6 +40,7 @@ class BenchSettings:
     decode_cache: str = "static"  # static (preallocated KV, graph-capturable) | dynamic (HF default, torch.cat growth)
     cuda_graph: bool = True  # capture the batch-1 decode step in a CUDA graph (CUDA only; eager on CPU)
     validate_graph: bool = True  # check graph decode == eager decode once per model before trusting it
+    prefill_graph: bool = True  # also time each prefill captured in a CUDA graph (CUDA only; validated first)
     # throughput sweep
     max_batch: int = 1024
     throughput_tokens: int = 16  # decode steps timed (x2 repeats) at the batch found
