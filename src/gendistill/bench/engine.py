@@ -65,7 +65,7 @@ class GraphedPrefill:
 
     ``ids``: ``[B, T]`` prompt (copied into a static buffer)."""
 
-    def __init__(self, model: Any, ids: torch.Tensor, warmup: int = 2):
+    def __init__(self, model: Any, ids: torch.Tensor, warmup: int = 1):
         self.ids = ids.clone()
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())

@@ -280,7 +280,7 @@ class Runner:
 
         if s.wants("ttft"):
             self._guard(e, "ttft", ttft)
-            if s.prefill_graph and self.device.type == "cuda":
+            if s.prefill_graph and self.device.type == "cuda" and L <= s.prefill_graph_max_context:
                 self._guard(e, "ttft_graph", ttft_graph)
                 free_memory()
         if "cache" not in holder and (s.wants("decode") or s.wants("cache")):

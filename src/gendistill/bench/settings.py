@@ -41,6 +41,9 @@ class BenchSettings:
     cuda_graph: bool = True  # capture the batch-1 decode step in a CUDA graph (CUDA only; eager on CPU)
     validate_graph: bool = True  # check graph decode == eager decode once per model before trusting it
     prefill_graph: bool = True  # also time each prefill captured in a CUDA graph (CUDA only; validated first)
+    # ... up to this context: beyond it launch overhead is a rounding error of the prefill (and a capture costs
+    # several prefills of time and a graph pool of activations)
+    prefill_graph_max_context: int = 32768
     # throughput sweep
     max_batch: int = 1024
     throughput_tokens: int = 16  # decode steps timed (x2 repeats) at the batch found
