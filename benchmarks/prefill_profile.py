@@ -158,7 +158,13 @@ def profile_layer(student, L: int, device: torch.device) -> dict:
             return chunk_kda(qh, kh, vh, f, b, A_log=mixer.A_log, dt_bias=mixer.dt_bias, output_final_state=True,
                              use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True)
 
+        def kernel_safe_gate():  # fla's faster path for gates clamped to [-5, 0): a different function, for scale
+            return chunk_kda(qh, kh, vh, f, b, A_log=mixer.A_log, dt_bias=mixer.dt_bias, output_final_state=True,
+                             use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+                             safe_gate=True, lower_bound=-5.0)
+
         parts["chunk_kda_kernel"] = kernel
+        parts["chunk_kda_kernel_safe_gate_lb-5"] = kernel_safe_gate
     res["parts_ms"] = {name: measure(fn, device, warmup=2, repeats=5, budget_s=4).median_ms for name, fn in parts.items()}
     kern = res["parts_ms"].get("chunk_kda_kernel")
     res["layer_over_kernel"] = res["layer_cached_prefill_ms"] / kern if kern else None
@@ -284,7 +290,8 @@ def main(argv=None) -> int:
     for L, row in res["layer"].items():
         kern = row["parts_ms"].get("chunk_kda_kernel", float("nan"))
         ratio = row["layer_over_kernel"] or float("nan")
-        parts = {k: round(v, 2) for k, v in row["parts_ms"].items() if k != "chunk_kda_kernel"}
+        parts = {k.replace("chunk_kda_kernel_", ""): round(v, 2) for k, v in row["parts_ms"].items()
+                 if k != "chunk_kda_kernel"}
         print(f"{L:>8} {row['layer_cached_prefill_ms']:>9.2f} {kern:>10.2f} {ratio:>13.2f}  {parts}")
     save()
     print(f"\nwrote {json_path}")
