@@ -133,11 +133,12 @@ def profile_layer(student, L: int, device: torch.device) -> dict:
     t = measure(lambda: mixer(x), device, warmup=2, repeats=5, budget_s=5)
     res["layer_no_cache_ms"] = t.median_ms
 
-    q, k, v = mixer.q_proj(x), mixer.k_proj(x), mixer.v_proj(x)
+    qkv = mixer.project_qkv(x)
+    q, k, v = qkv.split([mixer.q_dim, mixer.k_dim, mixer.v_dim], dim=-1)
+    cw, cb = mixer.conv_weights()
     parts = {
-        "qkv_proj": lambda: (mixer.q_proj(x), mixer.k_proj(x), mixer.v_proj(x)),
-        "convs_with_state": lambda: [causal_conv1d_btd(t_, c.weight.squeeze(1), c.bias, None, output_final_state=True)
-                                     for t_, c in zip((q, k, v), (mixer.q_conv1d, mixer.k_conv1d, mixer.v_conv1d))],
+        "qkv_proj": lambda: mixer.project_qkv(x),
+        "conv_with_state": lambda: causal_conv1d_btd(qkv, cw, cb, None, output_final_state=True),
         "gqa_repeat": lambda: (k.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2),
                                v.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2)),
         "f_b_proj": lambda: (mixer.f_proj(x), mixer.b_proj(x)),
