@@ -30,10 +30,10 @@ bench)
   timeout 330 python3 benchmarks/bench_inference.py --config qwen3-0.6b --device cuda --dtype bf16 \
      --out "$OUT/bench" --time-limit 300 2>&1 | grep -v Warning | tail -40
   stamp bench done
-  timeout 90 python3 benchmarks/prefill_profile.py --label "${2:-current}" --skip model,peer \
-     --layer-contexts 1k,4k,32k,128k --out "$OUT" 2>&1 | grep -v Warning | tail -7
+  timeout 100 python3 benchmarks/prefill_profile.py --label "${2:-current}" --skip model \
+     --layer-contexts 1k,4k,32k,128k --out "$OUT" 2>&1 | grep -v Warning | tail -11
   stamp layer profile done
-  timeout 130 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_fused_layers_gpu.py tests/gpu/test_kda_gpu.py \
+  timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_fused_layers_gpu.py tests/gpu/test_kda_gpu.py \
      -k "not gradients and not model_on_fla" 2>&1 | tail -5
   stamp tests done
   ;;
