@@ -16,6 +16,7 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    sharded: bool = False  # run.distributed: fsdp (the student and teacher are FSDP2-sharded, checkpoints are DCP)
 
     @property
     def is_main(self) -> bool:
@@ -26,8 +27,10 @@ class World:
         return self.world_size > 1
 
 
-def init_world(device: str = "auto") -> World:
-    """Initialise the process group from the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK) if present."""
+def init_world(device: str = "auto", distributed: str = "ddp") -> World:
+    """Initialise the process group from the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK) if present.
+    ``distributed="fsdp"`` shards with FSDP2, which needs a process group even for one process: without torchrun a
+    one-rank group is created."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         from gendistill.errors import ConfigError
@@ -43,7 +46,11 @@ def init_world(device: str = "auto") -> World:
         dev = torch.device("cpu")
     if ws > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if want_cuda else "gloo", device_id=dev if want_cuda else None)
-    return World(rank=rank, world_size=ws, local_rank=local, device=dev)
+    if distributed == "fsdp":
+        from gendistill.distill.fsdp import init_single_process_group
+
+        init_single_process_group(dev)  # a no-op when torchrun's group exists
+    return World(rank=rank, world_size=ws, local_rank=local, device=dev, sharded=distributed == "fsdp")
 
 
 def all_reduce_sum(x: torch.Tensor, world: World) -> torch.Tensor:

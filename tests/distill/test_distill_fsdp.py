@@ -1,0 +1,125 @@
+"""FSDP2 on CPU: two gloo processes with ``run.distributed: fsdp`` (student and teacher sharded per decoder block,
+DCP checkpoints) train on the same global batches as one plain process, and resume from a sharded checkpoint on 2
+processes and on 1.
+
+Tolerance: the runs are fp32 on CPU and see the same data; they differ only in the order of floating-point sums
+(each rank's share of the loss and of every gradient is reduced across ranks, and the gradient norm is summed over
+shards), so losses agree to a relative 1e-5 and parameters to rtol 1e-5 / atol 1e-6, as in the DDP test (measured:
+~1e-7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fsdp(recipe, out: str | None = None):
+    over = {"run": recipe.run.model_copy(update={"distributed": "fsdp", **({"output_dir": out} if out else {})})}
+    return recipe.model_copy(update=over)
+
+
+def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, result_path: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0"
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from _distill_helpers import _train_tokenizer, tiny_llama
+
+    from gendistill.distill.distributed import barrier, init_world
+    from gendistill.distill.pipeline import run_recipe
+
+    world = init_world("cpu", "fsdp")
+    assert dist.is_initialized() and world.world_size == 2 and world.sharded
+    tok = _train_tokenizer()
+    out = run_recipe(full, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world)
+    shard = out["student"].model.layers[1].mlp.up_proj.weight
+    assert shard.to_local().shape[0] == shard.shape[0] // 2  # really sharded
+    first = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, stop_after=2)
+    if rank == 0:
+        shutil.copytree(cut.run.output_dir, cut_copy)  # the stopped run, for the resume on one process
+    barrier(world)
+    second = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, resume=True)
+    if rank == 0:
+        res = {
+            "losses": out["results"]["stage1"].losses + out["results"]["stage3a"].losses,
+            "cut": first["results"]["stage3a"].losses,
+            "resumed": second["results"]["stage3a"].losses,
+            "resumed_from": second["results"]["stage3a"].resumed_from,
+        }
+        with open(result_path, "w") as f:
+            json.dump(res, f)
+    dist.destroy_process_group()
+
+
+def _no_pickle_from_disk(*a, **k):
+    raise AssertionError("a checkpoint was read with pickle / torch.load")
+
+
+@pytest.mark.timeout(300)
+def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, monkeypatch):
+    from _distill_helpers import tiny_llama
+    from safetensors.torch import load_file
+    from test_distill_trainer import make_recipe
+
+    import torch.distributed as dist
+
+    from gendistill.distill.pipeline import run_recipe
+
+    # one plain process: the reference curves
+    ref = run_recipe(make_recipe(tmp_path / "one", ["stage1", "stage3a"], steps=3), teacher=tiny_llama(len(tok)),
+                     tokenizer=tok)
+    ref_losses = ref["results"]["stage1"].losses + ref["results"]["stage3a"].losses
+    straight = run_recipe(make_recipe(tmp_path / "straight", ["stage3a"], steps=4), teacher=tiny_llama(len(tok)),
+                          tokenizer=tok)["results"]["stage3a"].losses
+
+    full = _fsdp(make_recipe(tmp_path / "two", ["stage1", "stage3a"], steps=3))
+    cut = _fsdp(make_recipe(tmp_path / "cut", ["stage3a"], steps=4))
+    cut_copy = str(tmp_path / "cut-copy")
+    result = tmp_path / "rank0.json"
+    mp.spawn(_worker, args=(2, _free_port(), full, cut, cut_copy, str(result)), nprocs=2, join=True)
+    got = json.loads(result.read_text())
+
+    # 2 FSDP2 processes == 1 plain process, step by step
+    assert got["losses"] == pytest.approx(ref_losses, rel=1e-5)
+    # the final student is a normal unsharded model folder equal to the one-process student
+    saved = load_file(str(tmp_path / "two" / "run" / "stage3a" / "model.safetensors"))
+    for n, p in ref["student"].state_dict().items():
+        if n in saved:
+            torch.testing.assert_close(saved[n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
+    assert {n for n, _ in ref["student"].named_parameters()} - set(saved) <= {"lm_head.weight"}  # tied to embed
+
+    # the sharded checkpoint: safetensors shards of both ranks + JSON, no pickle file
+    ck = tmp_path / "cut-copy" / "checkpoints" / "stage3a" / "step-00000002"
+    names = sorted(p.name for p in ck.iterdir())
+    assert sum(n.startswith("shard-") and n.endswith(".safetensors") for n in names) == 2, names
+    assert not [n for n in names if n.endswith((".pt", ".bin", ".distcp", ".metadata", ".pkl"))], names
+
+    # resume on 2 processes from a checkpoint written by 2
+    assert got["resumed_from"] == 2
+    assert got["cut"] + got["resumed"] == pytest.approx(straight, rel=1e-5)
+
+    # resume on 1 process (FSDP2 over a one-rank group) from the checkpoint written by 2; nothing read with pickle
+    one = _fsdp(cut, out=cut_copy)
+    monkeypatch.setattr(pickle, "load", _no_pickle_from_disk)
+    monkeypatch.setattr(torch, "load", _no_pickle_from_disk)
+    try:
+        resumed = run_recipe(one, teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True)["results"]["stage3a"]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert resumed.resumed_from == 2
+    assert got["cut"] + resumed.losses == pytest.approx(straight, rel=1e-5)
