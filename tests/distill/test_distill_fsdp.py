@@ -86,12 +86,16 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     straight = run_recipe(make_recipe(tmp_path / "straight", ["stage3a"], steps=4), teacher=tiny_llama(len(tok)),
                           tokenizer=tok)["results"]["stage3a"].losses
 
-    full = _fsdp(make_recipe(tmp_path / "two", ["stage1", "stage3a"], steps=3))
+    # gradient checkpointing under sharding: the recomputation re-gathers each block (same math as without it)
+    full = _fsdp(make_recipe(tmp_path / "two", ["stage1", "stage3a"], steps=3,
+                             stage3a={"gradient_checkpointing": True}))
     cut = _fsdp(make_recipe(tmp_path / "cut", ["stage3a"], steps=4))
     cut_copy = str(tmp_path / "cut-copy")
     result = tmp_path / "rank0.json"
     mp.spawn(_worker, args=(2, _free_port(), full, cut, cut_copy, str(result)), nprocs=2, join=True)
     got = json.loads(result.read_text())
+    print("max relative loss difference, 2 FSDP2 ranks vs 1 plain process:",
+          max(abs(a - b) / abs(b) for a, b in zip(got["losses"], ref_losses)))
 
     # 2 FSDP2 processes == 1 plain process, step by step
     assert got["losses"] == pytest.approx(ref_losses, rel=1e-5)
