@@ -127,3 +127,34 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
             dist.destroy_process_group()
     assert resumed.resumed_from == 2
     assert got["cut"] + resumed.losses == pytest.approx(straight, rel=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_an_error_on_every_rank_is_reported_once_under_torchrun(tmp_path):
+    """Two ranks under torchrun hit the same bad recipe value: one ``error:`` line, exit status != 0."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "teacher": {"spec": "smollm2-135m-instruct"},
+        "student": {"attention_layers": "every:4"},
+        "data": {"sources": [{"path": str(tmp_path / "d.txt"), "format": "text"}]},
+        "stages": [{"name": "stage3a", "steps": 1, "seq_len": 16, "batch_size": 2, "micro_batch_size": 1,
+                    "optim": {"lr": 1e-3}}],
+        "run": {"output_dir": str(blocker), "distributed": "fsdp", "device": "cpu"},
+    }))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "gendistill", "distill", str(recipe)],
+        capture_output=True, text=True, env=env, timeout=110,
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert out.count("error:") == 1, out
+    assert f"run.output_dir: {blocker} is a file" in out

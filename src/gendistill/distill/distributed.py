@@ -72,6 +72,25 @@ def broadcast_object(obj, world: World):
     return box[0]
 
 
+RANK_ERROR_GRACE_S = 5.0
+
+
+def error_prefix(grace_s: float = RANK_ERROR_GRACE_S) -> str:
+    """Called by a rank about to print a user error and exit. Rank 0 (or a single process) prints at once. Every
+    check of the run is made on every rank with the same inputs (recipe, data, all-reduced loss, DCP's gathered
+    write errors), so the same error usually stops all ranks: another rank first waits ``grace_s`` seconds, in which
+    the launcher (torchrun / accelerate launch, which stop every worker ~0.1 s after the first one exits) ends it
+    after rank 0 has reported. An error only that rank saw (rank 0 is then blocked in a collective) is printed after
+    the wait, prefixed ``[rank N]``; the launcher then stops the others. One message either way."""
+    import time
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or rank == 0:
+        return ""
+    time.sleep(grace_s)
+    return f"[rank {rank}] "
+
+
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
