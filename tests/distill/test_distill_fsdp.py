@@ -158,3 +158,48 @@ def test_an_error_on_every_rank_is_reported_once_under_torchrun(tmp_path):
     assert p.returncode != 0
     assert out.count("error:") == 1, out
     assert f"run.output_dir: {blocker} is a file" in out
+
+
+@pytest.mark.timeout(120)
+def test_accelerate_launch_two_processes_fsdp(tmp_path, tok):
+    """The documented accelerate config launches 2 processes that train with FSDP2 through the CLI; rank 0 alone
+    logs, and the student after the stage is a normal model folder that loads with transformers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from _distill_helpers import text_records, tiny_llama, write_jsonl
+    from transformers import AutoModelForCausalLM
+
+    import gendistill  # noqa: F401
+
+    teacher_dir = tmp_path / "teacher"
+    tiny_llama(len(tok)).save_pretrained(teacher_dir)
+    tok.save_pretrained(teacher_dir)
+    data = write_jsonl(tmp_path / "text.jsonl", text_records(40))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "teacher": {"spec": str(teacher_dir)},
+        "student": {"attention_layers": [0, 2]},
+        "data": {"sources": [{"path": str(data), "format": "text"}], "heldout_documents": 4},
+        "stages": [{"name": "stage3a", "steps": 2, "seq_len": 32, "batch_size": 4, "micro_batch_size": 2,
+                    "eval_every": 100, "optim": {"lr": 1e-3}}],
+        "run": {"output_dir": str(tmp_path / "run"), "distributed": "fsdp", "device": "cpu", "progress": "lines",
+                "tensorboard": False},
+    }))
+    config = Path(__file__).resolve().parents[2] / "launch" / "accelerate.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+         "--main_process_port", str(_free_port()), "-m", "gendistill", "distill", str(recipe)],
+        capture_output=True, text=True, env=env, timeout=110,
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert out.count("stage3a: 2 steps") == 1, out  # the summary, from rank 0 only
+    assert out.count("[stage3a] step 2/2") <= 1, out  # progress lines from rank 0 only
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one writer
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stage3a")
+    assert not any(hasattr(p, "to_local") for p in student.parameters())
