@@ -45,9 +45,17 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
     world = init_world("cpu", "fsdp")
     assert dist.is_initialized() and world.world_size == 2 and world.sharded
     tok = _train_tokenizer()
-    out = run_recipe(full, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world)
-    shard = out["student"].model.layers[1].mlp.up_proj.weight
+    teacher = tiny_llama(len(tok))
+    out = run_recipe(full, teacher=teacher, tokenizer=tok, world=world)
+    student = out["student"]
+    shard = student.model.layers[1].mlp.up_proj.weight
     assert shard.to_local().shape[0] == shard.shape[0] // 2  # really sharded
+    # the planner's sharded terms are what this rank holds
+    from gendistill.distill.memory import GIB, plan_models
+
+    plan = plan_models(full.stages[1:], teacher, student, 2, 80 * GIB, ("fsdp",), teacher_bytes_per_param=4)[0]
+    held = {"student": sum(p.to_local().numel() * 4 for p in student.parameters()),
+            "teacher": sum((p.to_local() if hasattr(p, "to_local") else p).numel() * 4 for p in teacher.parameters())}
     first = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, stop_after=2)
     if rank == 0:
         shutil.copytree(cut.run.output_dir, cut_copy)  # the stopped run, for the resume on one process
@@ -59,6 +67,7 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
             "cut": first["results"]["stage3a"].losses,
             "resumed": second["results"]["stage3a"].losses,
             "resumed_from": second["results"]["stage3a"].resumed_from,
+            "held": held, "planned": {"student": plan.params, "teacher": plan.teacher},
         }
         with open(result_path, "w") as f:
             json.dump(res, f)
@@ -99,6 +108,9 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
 
     # 2 FSDP2 processes == 1 plain process, step by step
     assert got["losses"] == pytest.approx(ref_losses, rel=1e-5)
+    # what a rank holds is what the memory planner says (to FSDP2's padding of odd first dimensions)
+    for what in ("student", "teacher"):
+        assert got["held"][what] == pytest.approx(got["planned"][what], rel=0.01), what
     # the final student is a normal unsharded model folder equal to the one-process student
     saved = load_file(str(tmp_path / "two" / "run" / "stage3a" / "model.safetensors"))
     for n, p in ref["student"].state_dict().items():

@@ -102,14 +102,14 @@ def _print_plan(recipe, gpus: int | None, gpu_memory: str | None) -> None:
     else:
         raise ConfigError("--gpu-memory: no CUDA device here to read it from; give the card's memory, e.g. 80GB")
     rows = plan_recipe(recipe, n, card)
-    table = Table(title=f"per-GPU memory (GiB), {n} GPU(s) of {card / GIB:.0f} GiB; * = run.distributed of the recipe")
-    for col in ("stage", "mode", "params", "grads", "optimizer", "teacher", "gathered", "activations", "total",
-                "fits"):
-        table.add_column(col, justify="left" if col in ("stage", "mode", "fits") else "right", no_wrap=True)
+    cols = ("params", "grads", "optim", "teacher", "gathered", "activ", "total")
+    lines = [f"per-GPU memory in GiB, {n} GPU(s) of {card / GIB:.0f} GiB (* = the recipe's run.distributed)",
+             f"{'stage':<8}{'mode':<6}" + "".join(f"{c:>9}" for c in cols) + "  fits"]
     for p in rows:
         mark = "*" if p.mode == recipe.run.distributed else ""
-        table.add_row(p.stage, p.mode + mark, *(f"{b / GIB:.1f}" for b in (p.params, p.grads, p.optimizer,
-                      p.teacher, p.gathered, p.activations, p.total)), "yes" if p.fits else "NO")
-    console.print(table)
+        nums = (p.params, p.grads, p.optimizer, p.teacher, p.gathered, p.activations, p.total)
+        lines.append(f"{p.stage:<8}{p.mode + mark:<6}" + "".join(f"{b / GIB:>9.2f}" for b in nums)
+                     + ("  yes" if p.fits else "  NO"))
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     console.print("fits: total x 1.1 + 1 GiB <= card; parameters, gradients, optimizer state and teacher are exact, "
                   "activations an estimate (docs/distill.md)")
