@@ -123,6 +123,7 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     names = sorted(p.name for p in ck.iterdir())
     assert sum(n.startswith("shard-") and n.endswith(".safetensors") for n in names) == 2, names
     assert not [n for n in names if n.endswith((".pt", ".bin", ".distcp", ".metadata", ".pkl"))], names
+    assert not [n for n in names if (ck / n).read_bytes()[:1] == b"\x80"], names  # no pickle protocol header
 
     # resume on 2 processes from a checkpoint written by 2
     assert got["resumed_from"] == 2
@@ -131,6 +132,7 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     # resume on 1 process (FSDP2 over a one-rank group) from the checkpoint written by 2; nothing read with pickle
     one = _fsdp(cut, out=cut_copy)
     monkeypatch.setattr(pickle, "load", _no_pickle_from_disk)
+    monkeypatch.setattr(pickle, "loads", _no_pickle_from_disk)
     monkeypatch.setattr(torch, "load", _no_pickle_from_disk)
     try:
         resumed = run_recipe(one, teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True)["results"]["stage3a"]
