@@ -56,7 +56,15 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
     plan = plan_models(full.stages[1:], teacher, student, 2, 80 * GIB, ("fsdp",), teacher_bytes_per_param=4)[0]
     held = {"student": sum(p.to_local().numel() * 4 for p in student.parameters()),
             "teacher": sum((p.to_local() if hasattr(p, "to_local") else p).numel() * 4 for p in teacher.parameters())}
-    first = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, stop_after=2)
+    # a NaN in one rank's shard is found by every rank (no rank checkpoints while another stops)
+    from gendistill.distill.trainer import _first_non_finite
+
+    assert _first_non_finite(student, None, world) is None
+    if rank == 1:
+        with torch.no_grad():
+            student.model.layers[3].mlp.down_proj.weight.to_local()[0, 0] = float("nan")
+    nan_found = _first_non_finite(student, None, world)
+    first = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, stop_after=3)
     if rank == 0:
         shutil.copytree(cut.run.output_dir, cut_copy)  # the stopped run, for the resume on one process
     barrier(world)
@@ -67,7 +75,7 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
             "cut": first["results"]["stage3a"].losses,
             "resumed": second["results"]["stage3a"].losses,
             "resumed_from": second["results"]["stage3a"].resumed_from,
-            "held": held, "planned": {"student": plan.params, "teacher": plan.teacher},
+            "held": held, "planned": {"student": plan.params, "teacher": plan.teacher}, "nan_found": nan_found,
         }
         with open(result_path, "w") as f:
             json.dump(res, f)
@@ -79,7 +87,7 @@ def _no_pickle_from_disk(*a, **k):
 
 
 @pytest.mark.timeout(300)
-def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, monkeypatch):
+def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, monkeypatch, capsys):
     from _distill_helpers import tiny_llama
     from safetensors.torch import load_file
     from test_distill_trainer import make_recipe
@@ -111,6 +119,7 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     # what a rank holds is what the memory planner says (to FSDP2's padding of odd first dimensions)
     for what in ("student", "teacher"):
         assert got["held"][what] == pytest.approx(got["planned"][what], rel=0.01), what
+    assert got["nan_found"] == "model.layers.3.mlp.down_proj.weight"
     # the final student is a normal unsharded model folder equal to the one-process student
     saved = load_file(str(tmp_path / "two" / "run" / "stage3a" / "model.safetensors"))
     for n, p in ref["student"].state_dict().items():
@@ -126,10 +135,14 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     assert not [n for n in names if (ck / n).read_bytes()[:1] == b"\x80"], names  # no pickle protocol header
 
     # resume on 2 processes from a checkpoint written by 2
-    assert got["resumed_from"] == 2
+    assert got["resumed_from"] == 3
     assert got["cut"] + got["resumed"] == pytest.approx(straight, rel=1e-5)
 
-    # resume on 1 process (FSDP2 over a one-rank group) from the checkpoint written by 2; nothing read with pickle
+    # resume on 1 process (FSDP2 over a one-rank group) from a checkpoint written by 2; nothing read with pickle. The
+    # newest checkpoint (step 3) has a truncated shard: it is skipped with a warning, step 2 is loaded
+    newest = tmp_path / "cut-copy" / "checkpoints" / "stage3a" / "step-00000003"
+    shard = sorted(newest.glob("shard-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
     one = _fsdp(cut, out=cut_copy)
     monkeypatch.setattr(pickle, "load", _no_pickle_from_disk)
     monkeypatch.setattr(pickle, "loads", _no_pickle_from_disk)
@@ -140,7 +153,8 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
         if dist.is_initialized():
             dist.destroy_process_group()
     assert resumed.resumed_from == 2
-    assert got["cut"] + resumed.losses == pytest.approx(straight, rel=1e-5)
+    assert "is damaged" in capsys.readouterr().err
+    assert got["cut"][:2] + resumed.losses == pytest.approx(straight, rel=1e-5)
 
 
 @pytest.mark.timeout(120)

@@ -249,9 +249,10 @@ def run_stage(
 
     step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
     fingerprint = stage_fingerprint(stage, data)
-    ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
-    if world.sharded:  # every rank must load the same checkpoint
-        ck = broadcast_object(ck, world)
+    if world.sharded:  # every rank must load the same checkpoint: rank 0 picks it (verifying every rank's shards)
+        ck = broadcast_object(find_resume_checkpoint(stage_dir) if resume and world.is_main else None, world)
+    else:
+        ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
     if ck is not None:
         st = load_checkpoint(ck, student, optimizer, rank=world.rank, sharded=world.sharded)
         check_resume_fingerprint(st.get("fingerprint"), fingerprint, f"{where} ({stage.name})", ck,
