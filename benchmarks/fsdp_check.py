@@ -126,7 +126,13 @@ def main() -> None:
     runs = {}
     for mode in ("ddp", "fsdp"):  # ddp on one process = the plain trainer, no wrapper
         recipe = make_recipe(teacher, data, work, mode, args)
-        runs[mode] = run_one(recipe, device)
+        try:
+            runs[mode] = run_one(recipe, device)
+        except Exception as e:  # keep what was measured: the JSON and the table still come out
+            import traceback
+
+            traceback.print_exc()
+            runs[mode] = {"losses": [], "seconds": None, "peak_gib": None, "error": f"{type(e).__name__}: {e}"}
         card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 80 * GIB
         plan = next(p for p in plan_recipe(recipe, 1, card) if p.mode == mode)
         runs[mode]["planned_gib"] = plan.total / GIB
@@ -137,10 +143,11 @@ def main() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     a, b = runs["ddp"]["losses"], runs["fsdp"]["losses"]
-    rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)]
+    rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)] or [float("inf")]
     ok = len(a) == len(b) == args.steps and max(rel) <= args.rtol
     result.update(runs=runs, max_rel_loss_diff=max(rel), passed=ok,
-                  checkpoint=sorted(p.name for p in (work / "fsdp" / "checkpoints" / "stage3a").glob("step-*/*")))
+                  checkpoint=sorted(p.name for p in (work / "fsdp" / "checkpoints" / "stage3a").glob("step-*/*")),
+                  student_folder_files=sorted(p.name for p in (work / "fsdp" / "stage3a").glob("*")))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 
@@ -150,7 +157,8 @@ def main() -> None:
     print(f"\n{'run':<6}  {'peak GiB':>9}  {'planned GiB':>11}  {'seconds':>8}")
     for mode, r in runs.items():
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {r['seconds']:>8.1f}")
+        secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {secs:>8}" + (f"  {r['error']}" if "error" in r else ""))
     print(f"\nmax relative loss difference {max(rel):.2e} (tolerance {args.rtol:g}): {'PASS' if ok else 'FAIL'}"
           f"; JSON: {args.out}")
     sys.exit(0 if ok else 1)
