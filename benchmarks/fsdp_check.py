@@ -158,7 +158,8 @@ def main() -> None:
     for mode, r in runs.items():
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
-        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {secs:>8}" + (f"  {r['error']}" if "error" in r else ""))
+        err = f"  {r['error']}" if "error" in r else ""
+        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {secs:>8}{err}")
     print(f"\nmax relative loss difference {max(rel):.2e} (tolerance {args.rtol:g}): {'PASS' if ok else 'FAIL'}"
           f"; JSON: {args.out}")
     sys.exit(0 if ok else 1)

@@ -231,3 +231,23 @@ def test_accelerate_launch_two_processes_fsdp(tmp_path, tok):
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one writer
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stage3a")
     assert not any(hasattr(p, "to_local") for p in student.parameters())
+
+
+def test_a_checkpoint_of_the_other_mode_is_refused_with_one_line(tmp_path, tok):
+    """A run stopped under ddp is not resumed under fsdp (and the other way round): one line naming both modes."""
+    from _distill_helpers import tiny_llama
+    from test_distill_trainer import make_recipe
+
+    import torch.distributed as dist
+
+    from gendistill.distill.checkpoint import CheckpointError
+    from gendistill.distill.pipeline import run_recipe
+
+    cut = make_recipe(tmp_path, ["stage3a"], steps=4)
+    run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, stop_after=2)
+    try:
+        with pytest.raises(CheckpointError, match="written by a run.distributed: ddp run; this run uses fsdp"):
+            run_recipe(_fsdp(cut), teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
