@@ -207,7 +207,10 @@ def run_recipe(
     recovery from a diverged run: lower the learning rate, resume from the last good checkpoint).
 
     Everything is checked before anything is written: the output folder, the teacher, every data source, the
-    student and every stage's plan; a run folder is created only once all of them passed."""
+    student and every stage's plan; a run folder is created only once all of them passed.
+
+    Under ``run.distributed: fsdp`` teacher and student (also when passed in) are sharded in place, and the returned
+    ``student`` is the sharded one: read the unsharded student from the folder saved after each stage."""
     world = world or init_world(recipe.run.device, recipe.run.distributed)
     if world.sharded != (recipe.run.distributed == "fsdp"):  # a world passed in: the recipe decides
         world = dataclasses.replace(world, sharded=recipe.run.distributed == "fsdp")
