@@ -53,7 +53,10 @@ class ShardedRoot(nn.Module):
 
 
 def _block_call(self: nn.Module, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
-    return fn(self, *args)
+    out = fn(self, *args)
+    # FSDP2 hooks its pre-backward on this output and warns that an in-place op on a view would skip it; stage 1's
+    # mixer output is a reshape (a view) of the flattened packed batch: hand FSDP2 a tensor of its own
+    return out.clone() if out._is_view() else out
 
 
 def block_call(layer: nn.Module, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
