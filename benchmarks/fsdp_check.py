@@ -136,8 +136,9 @@ def main() -> None:
         card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 80 * GIB
         plan = next(p for p in plan_recipe(recipe, 1, card) if p.mode == mode)
         runs[mode]["planned_gib"] = plan.total / GIB
-        runs[mode]["plan"] = {k: v / GIB if isinstance(v, int) and k not in ("gpus",) else v
-                              for k, v in plan.as_dict().items()}
+        runs[mode]["plan_gib"] = {k: v / GIB for k, v in plan.as_dict().items()
+                                  if k not in ("stage", "mode", "gpus", "fits")}
+        runs[mode]["plan_fits"] = plan.fits
         if runs[mode]["peak_gib"] is not None:
             runs[mode]["measured_over_planned"] = runs[mode]["peak_gib"] / runs[mode]["planned_gib"]
     if dist.is_initialized():
