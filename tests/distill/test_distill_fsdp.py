@@ -251,3 +251,37 @@ def test_a_checkpoint_of_the_other_mode_is_refused_with_one_line(tmp_path, tok):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_sharded_checkpoint_that_does_not_fit_is_one_line(tmp_path, tok):
+    """A sharded checkpoint whose files match their manifest but lack a tensor the student needs (here: written by
+    hand without one) is refused with one CheckpointError line naming the checkpoint, not DCP's per-rank traceback."""
+    from _distill_helpers import tiny_llama
+    from safetensors.torch import load_file, save_file
+    from test_distill_trainer import make_recipe
+
+    import torch.distributed as dist
+
+    from gendistill.distill.checkpoint import CheckpointError, write_manifest
+    from gendistill.distill.pipeline import run_recipe
+
+    cut = _fsdp(make_recipe(tmp_path, ["stage3a"], steps=4))
+    try:
+        run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, stop_after=2)
+        ck = tmp_path / "run" / "checkpoints" / "stage3a" / "step-00000002"
+        (shard,) = ck.glob("shard-*.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(shard), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(shard))
+        tensors.pop("model.model.norm.weight")
+        save_file(tensors, str(shard), metadata=meta)
+        write_manifest(ck)
+        with pytest.raises(CheckpointError) as e:
+            run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True)
+        msg = str(e.value)
+        assert "step-00000002: cannot load the sharded checkpoint" in msg and "\n" not in msg, msg
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -38,6 +38,20 @@ from gendistill.ownership import OutputError
 _MODEL, _OPTIM = "model.", "optim."
 
 
+def _first_line(e: BaseException) -> str:
+    """One line for an error of any rank: DCP gathers every rank's exception into one ``CheckpointException`` (a
+    ``BaseException`` whose text is every rank's traceback) raised on all ranks."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(e, CheckpointException) and e.failures:
+        rank, (exc, _) = sorted(e.failures.items())[0]
+        return f"rank {rank}: {_first_line(exc)}"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -100,16 +114,15 @@ def save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     tensors, rest = flatten(*_state_dicts(model, optimizer), tied_aliases(model))
     try:
         dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
         if is_main:
             (tmp / "optimizer.json").write_text(json.dumps(rest, indent=1))
-    except OSError as e:
-        raise OutputError(f"cannot write checkpoint {tmp}: {e.strerror or e}") from None
-    except Exception as e:  # DCP gathers every rank's write error into one CheckpointException on all ranks
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OutputError(f"cannot write checkpoint {tmp}: {first}") from None
+    except (OSError, CheckpointException) as e:  # a write error of any rank, on every rank
+        raise OutputError(f"cannot write checkpoint {tmp}: {_first_line(e)}") from None
 
 
 def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -118,6 +131,7 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     built with (as :func:`checkpoint.load_checkpoint` does)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     try:
@@ -138,10 +152,6 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
         set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd)
         for group, hyper in zip(optimizer.param_groups, fresh):
             group.update(hyper)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load the sharded checkpoint into this student/optimizer ({first})") \
-            from None
-    except Exception as e:  # DCP's CheckpointException (a missing key, a damaged shard) on every rank
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load the sharded checkpoint ({first})") from None
+    except (OSError, ValueError, KeyError, RuntimeError, CheckpointException) as e:  # a missing key, a bad shard
+        raise CheckpointError(f"{path}: cannot load the sharded checkpoint into this student/optimizer "
+                              f"({_first_line(e)})") from None
