@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gendistill.distill.checkpoint import CheckpointError
-from gendistill.ownership import OutputError
+from gendistill.ownership import OutputError, check_free_space, tensor_bytes
 
 _MODEL, _OPTIM = "model.", "optim."
 
@@ -117,6 +117,9 @@ def save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     from torch.distributed.checkpoint.api import CheckpointException
 
     tensors, rest = flatten(*_state_dicts(model, optimizer), tied_aliases(model))
+    # every rank checks the whole checkpoint's size (DTensor numel is global) against the shared folder's free space,
+    # so all ranks agree before any of them writes
+    check_free_space(tmp, tensor_bytes(tensors.values()), f"checkpoint {tmp.parent / tmp.name.removeprefix('.tmp-')}")
     try:
         dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
         if is_main:
