@@ -36,6 +36,10 @@ def init_world(device: str = "auto", distributed: str = "ddp") -> World:
         from gendistill.errors import ConfigError
 
         raise ConfigError("run.device: cuda requested but no CUDA device is available")
+    if distributed == "fsdp":
+        from gendistill.distill.fsdp import check_support
+
+        check_support()
     ws = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

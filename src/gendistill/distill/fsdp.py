@@ -162,6 +162,25 @@ def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float) -> torch.Ten
     return full(norm)
 
 
+def check_support() -> None:
+    """One line instead of an ImportError deep in a run when this torch lacks what ``run.distributed: fsdp`` uses:
+    FSDP2 with ``register_fsdp_forward_method`` and DCP's safetensors writer with ``save_distributed``."""
+    import inspect
+
+    from gendistill.errors import ConfigError
+
+    try:
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method  # noqa: F401
+
+        ok = "save_distributed" in inspect.signature(HuggingFaceStorageWriter).parameters
+    except ImportError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"run.distributed: fsdp needs FSDP2 and DCP's safetensors checkpoints (tested with torch "
+                          f"2.13); this torch {torch.__version__} lacks them: use ddp or a newer torch")
+
+
 def init_single_process_group(device: torch.device) -> None:
     """A one-rank process group (FSDP2 needs one) when the run was not launched by torchrun."""
     if dist.is_initialized():

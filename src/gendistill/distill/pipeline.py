@@ -215,8 +215,9 @@ def run_recipe(
     if world.sharded != (recipe.run.distributed == "fsdp"):  # a world passed in: the recipe decides
         world = dataclasses.replace(world, sharded=recipe.run.distributed == "fsdp")
         if world.sharded:
-            from gendistill.distill.fsdp import init_single_process_group
+            from gendistill.distill.fsdp import check_support, init_single_process_group
 
+            check_support()
             init_single_process_group(world.device)
     run_dir = Path(recipe.run.output_dir)
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
