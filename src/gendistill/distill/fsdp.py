@@ -156,12 +156,6 @@ def unsharded_copy(model: nn.Module) -> nn.Module | None:
     return plain
 
 
-def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` over (possibly sharded) parameters; returns the total norm as a plain 0-d tensor."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return full(norm)
-
-
 def check_support() -> None:
     """One line instead of an ImportError deep in a run when this torch lacks what ``run.distributed: fsdp`` uses:
     FSDP2 with ``register_fsdp_forward_method`` and DCP's safetensors writer with ``save_distributed``."""
