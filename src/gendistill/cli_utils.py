@@ -19,14 +19,17 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def user_errors(fn):
     """Decorate a command: a :class:`GendistillError` prints ``error: <one line>`` on stderr and exits with status 2
-    (no traceback); any other exception is a bug and keeps its traceback."""
+    (no traceback); any other exception is a bug and keeps its traceback. Under a launcher with several ranks the
+    error is printed once (see :func:`gendistill.distill.distributed.error_prefix`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except GendistillError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from gendistill.distill.distributed import error_prefix
+
+            err_console.print(f"[bold red]error:[/] {error_prefix()}{e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

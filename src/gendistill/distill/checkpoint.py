@@ -15,6 +15,9 @@ mid-write never leaves a half checkpoint under a valid name. On resume every can
 manifest, newest first; a damaged or incomplete one is skipped with a one-line warning naming the damaged file, and
 the newest intact one is loaded. A checkpoint whose parameters or optimizer state are not finite is never written.
 The newest ``keep`` are kept.
+
+Under ``run.distributed: fsdp`` the model and optimizer files are replaced by every rank's DCP shards (safetensors,
+see :mod:`gendistill.distill.sharded_checkpoint`); everything else here is the same.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ def first_non_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None =
                 for k, v in optimizer.state.get(p, {}).items():
                     if isinstance(v, torch.Tensor) and v.is_floating_point():
                         named.append((f"optimizer state {k} of {names.get(id(p), '?')}", v))
+    named = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named]  # FSDP2: this rank's shard
     by_device: dict[torch.device, list[int]] = {}
     for i, (_, t) in enumerate(named):
         by_device.setdefault(t.device, []).append(i)
@@ -259,22 +263,24 @@ def write_rank_files(tmp: Path, rank: int) -> None:
 def commit_checkpoint(
     stage_dir: Path,
     step: int,
-    model: nn.Module,
+    model: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
     """Rank 0: write model/optimizer/state and, last, the manifest into the temporary folder, rename it into place,
-    prune old ones. A write error (disk full, read-only) removes the temporary folder and is one line."""
+    prune old ones. A write error (disk full, read-only) removes the temporary folder and is one line. ``model``
+    None: the ranks already wrote model and optimizer as DCP shards (a sharded checkpoint)."""
     tmp = tmp_dir_for(stage_dir, step)
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        tensors, rest = optimizer_files(optimizer)
-        need = tensor_bytes(model.state_dict().values()) + tensor_bytes(tensors.values())
-        check_free_space(stage_dir, need, f"checkpoint {stage_dir / f'step-{step:08d}'}")
-        save_model(model, str(tmp / "model.safetensors"))
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(rest, indent=1))
+        if model is not None:
+            tensors, rest = optimizer_files(optimizer)
+            need = tensor_bytes(model.state_dict().values()) + tensor_bytes(tensors.values())
+            check_free_space(stage_dir, need, f"checkpoint {stage_dir / f'step-{step:08d}'}")
+            save_model(model, str(tmp / "model.safetensors"))
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(rest, indent=1))
         with open(tmp / "state.json", "w") as f:
             json.dump({"format": FORMAT, **state}, f, indent=1)
         write_manifest(tmp)
@@ -296,11 +302,27 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0, load_weights: bool = True
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0, load_weights: bool = True,
+    sharded: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`commit_checkpoint` (safetensors + JSON only). The optimizer keeps the
     hyper-parameters it was built with (the recipe's; the schedule sets the learning rate every step), so a resume
-    with deliberately changed optimisation settings uses the new ones."""
+    with deliberately changed optimisation settings uses the new ones. ``sharded``: an FSDP2 run (every rank calls
+    this; the checkpoint must be a sharded one, written by any number of ranks)."""
+    written_sharded = bool(read_state(path).get("sharded", False)) if (path / "state.json").is_file() else False
+    if written_sharded != sharded:
+        was, now = ("fsdp", "ddp") if written_sharded else ("ddp", "fsdp")
+        raise CheckpointError(f"{path}: written by a run.distributed: {was} run; this run uses {now} (resume with "
+                              f"run.distributed: {was}, or pass --overwrite)")
+    if sharded:
+        from gendistill.distill.sharded_checkpoint import load_sharded
+
+        if load_weights:
+            load_sharded(path, model, optimizer)
+        rng = path / f"rng-{rank}.safetensors"
+        if rng.exists():
+            set_rng_state(*_read_safetensors(rng))
+        return read_state(path)
     try:
         if load_weights:
             missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)

@@ -35,6 +35,16 @@ def register(app: typer.Typer) -> None:
         stop_after: Optional[int] = typer.Option(
             None, "--stop-after", help="stop after this many optimizer steps (a checkpoint is written); for testing"
         ),
+        plan: bool = typer.Option(
+            False, "--plan", help="print the per-GPU memory of every stage under DDP and FSDP2 and whether it fits "
+            "(reads the teacher's config only; trains nothing)",
+        ),
+        gpus: Optional[int] = typer.Option(
+            None, "--gpus", min=1, help="with --plan: number of GPUs (default: WORLD_SIZE, else the visible GPUs)"
+        ),
+        gpu_memory: Optional[str] = typer.Option(
+            None, "--gpu-memory", help="with --plan: memory of one GPU, e.g. 80GB (default: this machine's GPU)"
+        ),
     ) -> None:
         """Distill a hybrid student from its teacher: stage 1 (KDA mixer alignment), stage 2 (block alignment),
         stage 3a (KL on text), stage 3b (chat KD, completion-only). Multi-GPU: torchrun --nproc-per-node N
@@ -46,6 +56,11 @@ def register(app: typer.Typer) -> None:
         from gendistill.errors import ConfigError
 
         r = load_recipe(recipe, set_ or [])
+        if plan:
+            _print_plan(r, gpus, gpu_memory)
+            return
+        if gpus is not None or gpu_memory is not None:
+            raise ConfigError("--gpus and --gpu-memory only apply with --plan")
         try:
             if allow_optim_change and not resume:
                 raise ConfigError("--allow-optim-change only applies with --resume")
@@ -66,3 +81,35 @@ def register(app: typer.Typer) -> None:
             console.print(f"{name}: {res.steps} steps, {res.tokens:,} tokens, loss {first} -> {last}{ev}")
         for name in out["completed"]:
             console.print(f"student after {name}: {Path(out['run_dir']) / name}")
+
+
+def _print_plan(recipe, gpus: int | None, gpu_memory: str | None) -> None:
+    """``--plan``: one row per stage and mode (the recipe's mode marked)."""
+    import torch
+    from rich.table import Table
+
+    from gendistill.distill.memory import GIB, parse_bytes, plan_recipe
+    from gendistill.errors import ConfigError
+
+    n = gpus or int(os.environ.get("WORLD_SIZE", "0")) or torch.cuda.device_count() or 1
+    if gpu_memory is not None:
+        try:
+            card = parse_bytes(gpu_memory)
+        except ValueError as e:
+            raise ConfigError(f"--gpu-memory: {e}") from None
+    elif torch.cuda.is_available():
+        card = torch.cuda.get_device_properties(0).total_memory
+    else:
+        raise ConfigError("--gpu-memory: no CUDA device here to read it from; give the card's memory, e.g. 80GB")
+    rows = plan_recipe(recipe, n, card)
+    cols = ("params", "grads", "optim", "teacher", "gathered", "activ", "total")
+    lines = [f"per-GPU memory in GiB, {n} GPU(s) of {card / GIB:.0f} GiB (* = the recipe's run.distributed)",
+             f"{'stage':<8}{'mode':<6}" + "".join(f"{c:>9}" for c in cols) + "  fits"]
+    for p in rows:
+        mark = "*" if p.mode == recipe.run.distributed else ""
+        nums = (p.params, p.grads, p.optimizer, p.teacher, p.gathered, p.activations, p.total)
+        lines.append(f"{p.stage:<8}{p.mode + mark:<6}" + "".join(f"{b / GIB:>9.2f}" for b in nums)
+                     + ("  yes" if p.fits else "  NO"))
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    console.print("fits: total x 1.1 + 1 GiB <= card; parameters, gradients, optimizer state and teacher are exact, "
+                  "activations an estimate (docs/distill.md)")

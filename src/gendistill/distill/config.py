@@ -272,8 +272,10 @@ class RunConfig(_Strict):
         default=False, description="keep a stage's checkpoints after it completes (its student folder is saved anyway)"
     )
     checkpoint_every: int = Field(default=500, gt=0)
-    distributed: Literal["ddp"] = Field(
-        default="ddp", description="data parallelism across ranks (DDP; the teacher is replicated on every rank)"
+    distributed: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: the student replicated and wrapped in DDP, the teacher replicated on every rank; fsdp: "
+        "student and teacher sharded with FSDP2 per decoder block, sharded (DCP) checkpoints (docs/distill.md)",
     )
     tensorboard: bool = True
     progress: Literal["auto", "bar", "lines", "none"] = "auto"

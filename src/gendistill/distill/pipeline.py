@@ -15,6 +15,7 @@ Run folder layout::
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -206,8 +207,18 @@ def run_recipe(
     recovery from a diverged run: lower the learning rate, resume from the last good checkpoint).
 
     Everything is checked before anything is written: the output folder, the teacher, every data source, the
-    student and every stage's plan; a run folder is created only once all of them passed."""
-    world = world or init_world(recipe.run.device)
+    student and every stage's plan; a run folder is created only once all of them passed.
+
+    Under ``run.distributed: fsdp`` teacher and student (also when passed in) are sharded in place, and the returned
+    ``student`` is the sharded one: read the unsharded student from the folder saved after each stage."""
+    world = world or init_world(recipe.run.device, recipe.run.distributed)
+    if world.sharded != (recipe.run.distributed == "fsdp"):  # a world passed in: the recipe decides
+        world = dataclasses.replace(world, sharded=recipe.run.distributed == "fsdp")
+        if world.sharded:
+            from gendistill.distill.fsdp import check_support, init_single_process_group
+
+            check_support()
+            init_single_process_group(world.device)
     run_dir = Path(recipe.run.output_dir)
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
     prog = _progress(run_dir) if resume else {"completed": []}
@@ -242,6 +253,13 @@ def run_recipe(
 
     if dry_run:
         return {"plan": plan, "data": data_counts}
+
+    root = None
+    if world.sharded:  # FSDP2, in place: one unit per decoder block (fingerprints above saw the whole teacher)
+        from gendistill.distill.fsdp import shard_student, shard_teacher
+
+        shard_teacher(teacher, world.device)
+        root = shard_student(student, world.device)
 
     if world.is_main:
         replace = overwrite or (not resume and not _has_resumable_work(run_dir))
@@ -280,6 +298,7 @@ def run_recipe(
                 stop_after=stop_after,
                 validated=True,
                 allow_optim_change=allow_optim_change,
+                sharded_root=root,
             )
             results[stage.name] = res
             if world.distributed:  # drop this stage's DDP wrapper (and its gradient hooks) before the next one

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from gendistill.distill.config import LossConfig, StageConfig
+from gendistill.distill.fsdp import block_call, is_sharded, reshard_all
 from gendistill.distill.losses import HIDDEN_LOSSES, chunked_logit_loss, masked_sum
 from gendistill.errors import ConfigError
 from gendistill.models.hybrid.modeling_hybrid import packed_cu_seqlens
@@ -100,7 +101,20 @@ def teacher_forward_until(teacher: nn.Module, batch: dict[str, torch.Tensor], ca
         try:
             base(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
         except _StopForward:
-            pass
+            if is_sharded(teacher):  # the block that stopped the forward never reached its post-forward reshard
+                reshard_all(teacher)
+
+
+def _mixer_of(layer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Stage 1's student computation on one block: its KDA mixer alone on the teacher's captured input."""
+    return run_mixer(layer.linear_attn, x.to(_param_dtype(layer.linear_attn)), position_ids)
+
+
+def _kda_block(layer: nn.Module, h: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Stage 2's student computation on one KDA block fed the teacher's block input ``h [B, T, D]``."""
+    h = h.to(_param_dtype(layer))
+    h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
 class StageModule(nn.Module):
@@ -138,7 +152,7 @@ class Stage1Module(StageModule):
         total = 0.0
         for i in self.layers:
             x, y = self.capture.store[i]
-            out = run_mixer(s_layers[i].linear_attn, x.to(_param_dtype(s_layers[i].linear_attn)), batch["position_ids"])
+            out = block_call(s_layers[i], _mixer_of, x, batch["position_ids"])
             total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))
@@ -153,9 +167,7 @@ class Stage2Module(StageModule):
         self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
 
     def block(self, i: int, h: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        layer = decoder_layers(self.student)[i]
-        h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        return block_call(decoder_layers(self.student)[i], _kda_block, h, position_ids)
 
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
         teacher_forward_until(self.teacher, batch, self.capture)
@@ -163,7 +175,7 @@ class Stage2Module(StageModule):
         total = 0.0
         for i in self.layers:
             x, y = self.capture.store[i]
-            out = self.block(i, x.to(_param_dtype(decoder_layers(self.student)[i])), batch["position_ids"])
+            out = self.block(i, x, batch["position_ids"])
             total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))

@@ -1,5 +1,7 @@
 """The training loop of one stage: AdamW (no weight decay on A_log/dt_bias/norms/biases), warmup-stable-decay or
-cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient checkpointing, DDP across ranks, atomic checkpoints, exact resume, NaN/inf stop, held-out evaluation, metrics."""
+cosine LR, gradient accumulation, clipping, bf16 autocast on CUDA, gradient checkpointing, DDP or FSDP2 across ranks
+(``run.distributed``), atomic checkpoints (sharded DCP ones under FSDP2), exact resume, NaN/inf stop, held-out
+evaluation, metrics."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from gendistill.distill.checkpoint import (
 )
 from gendistill.distill.config import DataConfig, RunConfig, StageConfig
 from gendistill.distill.data import BatchStream, PackedStream, StreamState, collate
-from gendistill.distill.distributed import World, all_reduce_sum, barrier
+from gendistill.distill.distributed import World, all_reduce_sum, barrier, broadcast_object
+from gendistill.distill.fsdp import full, unsharded_copy
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import set_lr
@@ -104,7 +107,8 @@ def train_step(
             loss_sum += loss.detach()
     loss_t = all_reduce_sum(loss_sum, world)
     max_norm = clip_grad_norm if clip_grad_norm is not None else float("inf")
-    gnorm_t = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else torch.zeros((), device=world.device)
+    gnorm_t = full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else torch.zeros(
+        (), device=world.device)
     loss_val, gnorm = torch.stack([loss_t.reshape(()), gnorm_t.to(loss_t)]).tolist()
     if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
         return loss_val, gnorm, denom, False
@@ -140,7 +144,22 @@ def _disable_gradient_checkpointing(student: nn.Module) -> None:
             return
 
 
-def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig) -> nn.Module:
+class ShardedStage:
+    """``call(batch, denom)`` runs the stage module's loss inside the FSDP2 root's forward (see
+    :mod:`gendistill.distill.fsdp`): what DDP's wrapper is to the DDP path."""
+
+    def __init__(self, root: nn.Module, module: StageModule):
+        self.root, self.module = root, module
+
+    def __call__(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
+        return self.root(self.module, batch, denom)
+
+
+def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig, root: nn.Module | None = None):
+    if world.sharded:
+        if root is None:
+            raise ValueError("run.distributed: fsdp needs the sharded root (gendistill.distill.fsdp.shard_student)")
+        return ShardedStage(root, module)
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -156,8 +175,11 @@ def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig)
         )
 
 
-def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, run: RunConfig) -> float | None:
-    """Mean loss over the held-out sequences (every rank computes it, no collectives)."""
+def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, run: RunConfig,
+             call=None) -> float | None:
+    """Mean loss over the held-out sequences (every rank computes it; no collectives beyond FSDP2's all-gathers,
+    ``call`` being the :class:`ShardedStage` of a sharded run)."""
+    call = call or module
     if not seqs:
         return None
     was = module.training
@@ -171,7 +193,7 @@ def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, 
             if n == 0:
                 continue
             with _autocast(world, run):
-                total += float(module(b, 1.0))
+                total += float(call(b, 1.0))
             count += n
     module.train(was)
     return total / count if count else None
@@ -193,9 +215,11 @@ def run_stage(
     stop_after: int | None = None,
     validated: bool = False,
     allow_optim_change: bool = False,
+    sharded_root: nn.Module | None = None,
 ) -> StageResult:
     """Train ``student`` in place for one stage. ``stop_after`` ends the loop after that many optimizer steps of this
-    invocation (testing resume: a run that is cut off)."""
+    invocation (testing resume: a run that is cut off). Under ``run.distributed: fsdp`` the student and teacher
+    are already sharded and ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root."""
     where = f"stages[{stage_index}]"
     total_steps = stage.total_steps()
     accum = stage.grad_accum_for(world.world_size)
@@ -217,16 +241,20 @@ def run_stage(
 
     opt_cfg = stage.optim
     fused = opt_cfg.fused if opt_cfg.fused is not None else world.device.type == "cuda"
-    wrapped = _wrap(module, world, run, stage)
+    wrapped = _wrap(module, world, run, stage, sharded_root)
+    call = wrapped if world.sharded else module  # what computes a loss (evaluation included)
     optimizer = torch.optim.AdamW(
         param_groups(student, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps, fused=fused
     )
 
     step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
     fingerprint = stage_fingerprint(stage, data)
-    ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
+    if world.sharded:  # every rank must load the same checkpoint: rank 0 picks it (verifying every rank's shards)
+        ck = broadcast_object(find_resume_checkpoint(stage_dir) if resume and world.is_main else None, world)
+    else:
+        ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
     if ck is not None:
-        st = load_checkpoint(ck, student, optimizer, rank=world.rank)
+        st = load_checkpoint(ck, student, optimizer, rank=world.rank, sharded=world.sharded)
         check_resume_fingerprint(st.get("fingerprint"), fingerprint, f"{where} ({stage.name})", ck,
                                  allow_optim_change, logger.event if world.is_main else lambda _: None)
         step, tokens = int(st["step"]), int(st["tokens"])
@@ -255,7 +283,7 @@ def run_stage(
     hooks = cast_mixer_inputs(student, torch.bfloat16) if _use_bf16(world, run) else []
     try:
         if stage.eval_every and step == 0:
-            ev0 = evaluate(module, eval_seqs, stage, world, run)
+            ev0 = evaluate(module, eval_seqs, stage, world, run, call)
             if ev0 is not None:
                 result.eval_losses.append((0, ev0))
                 logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
@@ -298,14 +326,14 @@ def run_stage(
                 rec["grad_norm"] = gnorm
                 logger.log(rec)
             if stage.eval_every and (step % stage.eval_every == 0 or step == total_steps):
-                ev = evaluate(module, eval_seqs, stage, world, run)
+                ev = evaluate(module, eval_seqs, stage, world, run, call)
                 if ev is not None:
                     result.eval_losses.append((step, ev))
                     logger.log({"stage": stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
                     progress.message(f"[{stage.name}] step {step}: held-out loss {ev:.4f}")
             stop_now = stop_after is not None and n_this >= stop_after
             if step % ckpt_every == 0 or step == total_steps or stop_now:
-                bad = first_non_finite(student, optimizer)  # never checkpoint a diverged model
+                bad = _first_non_finite(student, optimizer, world)  # never checkpoint a diverged model
                 if bad is not None:
                     raise TrainingDivergedError(
                         f"{stage.name} step {step}: {bad} is not finite after the optimizer step; no checkpoint "
@@ -335,8 +363,24 @@ def snapshot_name(stage_name: str, fraction: float) -> str:
     return f"{stage_name}-{round(100 * fraction)}pct"
 
 
+def _first_non_finite(student: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> str | None:
+    """:func:`first_non_finite` over this rank's shards, agreed by all ranks under FSDP2 (a NaN in one rank's shard
+    stops every rank, naming the lowest rank's first bad tensor)."""
+    bad = first_non_finite(student, optimizer)
+    if not world.sharded or not world.distributed:
+        return bad
+    import torch.distributed as dist  # noqa: PLC0415
+
+    found: list[str | None] = [None] * world.world_size
+    dist.all_gather_object(found, bad)
+    return next((b for b in found if b is not None), None)
+
+
 def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
-    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank."""
+    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank.
+    A sharded student is gathered first (every rank takes part) and saved as a normal, unsharded model folder."""
+    if world.sharded:
+        student = unsharded_copy(student)
     if world.is_main:
         from gendistill.convert.convert import save_student  # noqa: PLC0415
 
@@ -367,6 +411,10 @@ def save_checkpoint(
         begin_checkpoint(tmp)
     barrier(world)
     write_rank_files(tmp, world.rank)
+    if world.sharded:
+        from gendistill.distill.sharded_checkpoint import save_sharded  # noqa: PLC0415
+
+        save_sharded(tmp, student, optimizer, world.is_main)
     barrier(world)
     final = stage_dir / f"step-{step:08d}"
     if world.is_main:
@@ -377,8 +425,10 @@ def save_checkpoint(
             "total_steps": total_steps,
             "stream": stream.to_dict(),
             "world_size": world.world_size,
+            "sharded": world.sharded,
             "fingerprint": fingerprint,
         }
-        final = commit_checkpoint(stage_dir, step, student, optimizer, state, run.keep_checkpoints)
+        final = commit_checkpoint(stage_dir, step, None if world.sharded else student, optimizer, state,
+                                  run.keep_checkpoints)
     barrier(world)
     return final
