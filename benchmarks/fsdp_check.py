@@ -48,8 +48,15 @@ def write_data(folder: Path, docs: int = 400, seed: int = 0) -> Path:
     return path
 
 
-def tiny_teacher(folder: Path) -> str:
-    """A random 4-layer Llama with SmolLM2's tokenizer-free shape, saved as an HF folder (CPU smoke run)."""
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                    rope_theta=100000.0, rms_norm_eps=1e-5)  # SmolLM2-135M-Instruct's published config
+
+
+def tiny_teacher(folder: Path, shape: str = "tiny") -> str:
+    """A random Llama saved as an HF folder with a small BPE tokenizer trained on the word list: 4 tiny layers (CPU
+    smoke run, ``shape="tiny"``) or SmolLM2-135M's exact shape (``shape="smollm2-135m"``: the same cost and memory as
+    the real teacher, for a machine that cannot receive its 98 MB GGUF)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -59,9 +66,12 @@ def tiny_teacher(folder: Path) -> str:
         vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True)
+    if shape == "smollm2-135m":
+        cfg = LlamaConfig(**SMOLLM2_135M, tie_word_embeddings=True)
+    else:
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                          tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(folder / "teacher")
     tok.save_pretrained(folder / "teacher")
     return str(folder / "teacher")
@@ -110,6 +120,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: a random 4-layer teacher")
+    ap.add_argument("--random-smollm2", action="store_true",
+                    help="a random teacher of SmolLM2-135M's exact shape instead of the embedded GGUF")
     args = ap.parse_args()
 
     import torch.distributed as dist
@@ -118,7 +130,8 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     work = Path(tempfile.mkdtemp(prefix="fsdp_check-"))
-    teacher = tiny_teacher(work) if args.tiny else args.teacher
+    teacher = (tiny_teacher(work) if args.tiny else tiny_teacher(work, "smollm2-135m") if args.random_smollm2
+               else args.teacher)
     data = write_data(work)
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "teacher": teacher, "steps": args.steps, "seq_len": args.seq,
