@@ -150,12 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     undistilled = out / "undistilled"
     from gendistill.convert.convert import save_student
-    from gendistill.distill.pipeline import _teacher_dtype, build_student
+    from gendistill.distill.pipeline import build_student, teacher_dtype
     from gendistill.distill.distributed import World
-    from gendistill.teachers import load_teacher
+    from gendistill.models.loading import load_model
 
     world = World(device=torch.device(device))
-    teacher, tok = load_teacher(teacher_spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+    teacher, tok = load_model(teacher_spec, dtype=teacher_dtype(recipe, world), device=world.device)
     student = build_student(recipe, teacher, world.device)
     save_student(student.eval(), tok, undistilled, overwrite=True)
     del student
@@ -273,7 +273,7 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
     import torch
 
     from gendistill.distill.data import PackedStream, collate
-    from gendistill.distill.pipeline import load_student_folder
+    from gendistill.distill.pipeline import load_student
     from gendistill.eval.fidelity import teacher_forced_batches
 
     by_stage: dict[str, list] = {}
@@ -289,7 +289,7 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
     for name, path in students.items():
         if not (path / "config.json").exists():
             continue
-        model = load_student_folder(path, device).to(dtype).eval()
+        model = load_student(path, device).to(dtype).eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             res[name] = {stage: teacher_forced_batches(teacher, model, batches, show_progress=False)
                          for stage, batches in by_stage.items()}

@@ -498,13 +498,9 @@ def _drop_gguf_quantizer(model: PreTrainedModel, source: TeacherSource) -> None:
 
 
 def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise GendistillError(f"bad device '{device}': {_one_line(exc)}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GendistillError(f"device '{device}' requested but CUDA is not available on this machine")
-    return dev
+    from gendistill.devices import resolve_device  # noqa: PLC0415
+
+    return resolve_device(device, "device")
 
 
 def load_teacher(

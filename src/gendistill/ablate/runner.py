@@ -142,13 +142,13 @@ class _Teachers:
     def get(self, recipe: Recipe, world) -> tuple[Any, Any]:
         if self.given is not None:
             return self.given
-        from gendistill.distill.pipeline import _teacher_dtype  # noqa: PLC0415
-        from gendistill.teachers import load_teacher  # noqa: PLC0415
+        from gendistill.distill.pipeline import teacher_dtype  # noqa: PLC0415
+        from gendistill.models.loading import load_model  # noqa: PLC0415
 
-        dtype = _teacher_dtype(recipe, world)
+        dtype = teacher_dtype(recipe, world)
         key = (recipe.teacher.spec, str(dtype))
         if key not in self.cache:
-            self.cache[key] = load_teacher(recipe.teacher.spec, dtype=dtype, device=world.device)
+            self.cache[key] = load_model(recipe.teacher.spec, dtype=dtype, device=world.device)
         return self.cache[key]
 
 

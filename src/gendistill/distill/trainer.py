@@ -335,15 +335,16 @@ def snapshot_name(stage_name: str, fraction: float) -> str:
     return f"{stage_name}-{round(100 * fraction)}pct"
 
 
-def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
-    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank."""
+def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World, card: str | None = None) -> None:
+    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank, with
+    its model card (``card``: README.md text; by default the card of a converted student)."""
     if world.is_main:
         from gendistill.convert.convert import save_student  # noqa: PLC0415
 
         was = student.training
         student.eval()
         try:
-            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})")
+            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})", card=card)
         finally:
             student.train(was)
     barrier(world)

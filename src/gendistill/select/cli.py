@@ -7,14 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gendistill.cli_utils import console, user_errors
+from gendistill.cli_utils import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("select-layers")(select_layers_command)
 
 
-@user_errors
 def select_layers_command(
     teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", "-t",
                                 help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),

@@ -172,12 +172,12 @@ class Session:
         if self._aligned is not None:
             return self._aligned
         from gendistill.convert.convert import save_student
-        from gendistill.distill.pipeline import load_student_folder
+        from gendistill.distill.pipeline import load_student
 
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
         if rec is not None and (folder / "config.json").exists():
-            student = load_student_folder(folder, self.world.device)
+            student = load_student(folder, self.world.device)
         else:
             cost = Cost()
             with cost.timed():
