@@ -275,7 +275,10 @@ class RunConfig(_Strict):
     distributed: Literal["ddp"] = Field(
         default="ddp", description="data parallelism across ranks (DDP; the teacher is replicated on every rank)"
     )
-    tensorboard: bool = True
+    tensorboard: bool = Field(default=True, description="log to <output_dir>/tensorboard (pip install "
+                                                            "'gendistill[tensorboard]')")
+    wandb: bool = Field(default=False, description="log to Weights & Biases (pip install 'gendistill[wandb]'; "
+                                                   "project: $WANDB_PROJECT, else gendistill)")
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
 

@@ -7,7 +7,7 @@ Run folder layout::
     <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
     <output_dir>/progress.json          completed stages, teacher fingerprint and student layout (checked on resume)
     <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
-    <output_dir>/tensorboard/           when tensorboard is installed
+    <output_dir>/tensorboard/           run.tensorboard (default; the tensorboard extra)
     <output_dir>/checkpoints/<stage>/step-XXXXXXXX/   resumable checkpoints (the newest N)
     <output_dir>/<stage>/               the student after that stage (save_pretrained + tokenizer), loadable with
                                         AutoModelForCausalLM.from_pretrained
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from gendistill.distill.config import Recipe, StageConfig, dump_recipe
 from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, barrier, init_world
 from gendistill.distill.freezing import apply_trainable
-from gendistill.distill.metrics import MetricsLogger
+from gendistill.distill.metrics import MetricsLogger, check_wandb
 from gendistill.distill.result import DistillResult
 from gendistill.distill.checkpoint import student_layout, weights_fingerprint
 from gendistill.io import atomic_write_json, atomic_write_text
@@ -234,6 +235,7 @@ def run_recipe(
     world = world or init_world(recipe.run.device)
     run_dir = Path(recipe.run.output_dir)
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    check_wandb(recipe.run.wandb)
     prog = _progress(run_dir) if resume else {"completed": []}
 
     if teacher is None or tokenizer is None:
@@ -281,7 +283,9 @@ def run_recipe(
         _write_progress(run_dir, {"completed": completed, **fingerprints})
     barrier(world)
 
-    logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard)
+    logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard, recipe.run.wandb,
+                           wandb_init={"project": os.environ.get("WANDB_PROJECT", "gendistill"), "name": run_dir.name,
+                                       "config": recipe.model_dump(mode="json"), "resume": "allow"})
     results: dict[str, StageResult] = {}
     torch.manual_seed(recipe.run.seed + world.rank)
     try:

@@ -18,7 +18,7 @@ def select_layers_command(
     teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", "-t",
                                 help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),
     budget: int = typer.Option(..., "--budget", "-k", help="How many layers keep softmax attention."),
-    method: str = typer.Option(..., "--method", "-m",
+    method: str = typer.Option(..., "--method",
                                help="uniform | kl-guided | greedy-learned | beam-add (docs/select.md explains each and its cost)."),
     data: list[str] = typer.Option([], "--data", "-d",
                                    help="Training/held-out text: a .jsonl(.gz)/.json/.parquet/.txt file or folder "
