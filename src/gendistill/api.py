@@ -284,7 +284,7 @@ def bench(teacher: str | None = None, student: str | None = None, *, config: str
     ``attention_layers="0,2"``, ``skip="throughput"``, ``repeats=3``, ...).
 
     >>> res = gendistill.bench(tiny=True, out="runs/bench-tiny")  # doctest: +SKIP
-    >>> res.ratios(128)["cache_bytes"]                              # doctest: +SKIP
+    >>> res.ratios(128)["cache_measured_student_over_teacher"]      # doctest: +SKIP
     """
     from gendistill.bench.runner import run_benchmark  # noqa: PLC0415
     from gendistill.bench.settings import check_settings, settings_from_options  # noqa: PLC0415
@@ -311,23 +311,23 @@ _LOCAL_ONLY = (".gendistill.json",)
 
 def push_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload hybrid student (gendistill)") -> str:
-    """Upload a saved student folder (weights, config, tokenizer, model card) to the hub as it is, through
-    ``huggingface_hub`` (the library transformers' own ``push_to_hub`` uses); returns the commit URL. The folder's
-    ``README.md`` is the model card (transformers' ``model.push_to_hub`` would replace it with a generic one)."""
-    from huggingface_hub import HfApi  # noqa: PLC0415
+    """Upload a saved student folder (weights, config, tokenizer, ``README.md`` model card) to the hub as it is, in
+    one commit through ``huggingface_hub`` (the library transformers' own ``push_to_hub`` uses); returns the commit
+    URL. gendistill's local ownership marker stays behind. (``model.push_to_hub`` from transformers works too, but
+    replaces the card with a generic one.)"""
+    from huggingface_hub import CommitOperationAdd, HfApi  # noqa: PLC0415
 
     from gendistill.models.loading import is_student_folder  # noqa: PLC0415
 
     folder = Path(folder)
     if not is_student_folder(folder):
         raise GendistillError(f"{folder} is not a saved gendistill student (no hybrid config.json)")
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in _LOCAL_ONLY]
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message=commit_message,
-                             ignore_patterns=list(_LOCAL_ONLY))
+    ops = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+    info = api.create_commit(repo_id=repo, operations=ops, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
-
-
 
 
 def callable_module(module_name: str, fn: Any) -> None:

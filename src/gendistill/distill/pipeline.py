@@ -236,6 +236,7 @@ def run_recipe(
     run_dir = Path(recipe.run.output_dir)
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
     check_wandb(recipe.run.wandb)
+    check_data_found(recipe)  # a data file in no known place fails before the teacher is loaded
     prog = _progress(run_dir) if resume else {"completed": []}
 
     if teacher is None or tokenizer is None:
@@ -250,7 +251,6 @@ def run_recipe(
     for p in teacher.parameters():
         p.requires_grad_(False)
 
-    check_data_found(recipe)
     data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
     fingerprints = _fingerprints(recipe, teacher, student)
     if resume:
