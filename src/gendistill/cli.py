@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from gendistill.cli_utils import console, user_errors
+from gendistill.cli_utils import user_errors
 
 app = typer.Typer(
     name="gendistill",
@@ -57,7 +57,7 @@ def recipes_command(
         rows = shipped_recipes()
         width = max(len(r.name) for r in rows)
         for r in rows:
-            console.print(f"{r.name:<{width}}  {r.description}", highlight=False, markup=False)
+            typer.echo(f"{r.name:<{width}}  {r.description}")
         return
     typer.echo(shipped_recipe(name).path.read_text(encoding="utf-8"), nl=False)
 

@@ -33,7 +33,7 @@ def convert_command(
                                                               "(never a folder of other files, the working folder or a "
                                                               "git repository)."),
     mixer: str = typer.Option("kda", help="Linear mixer of the replaced layers: 'kda' (paper), 'gated_deltanet', 'gla' "
-                                           "or 'mamba2' (docs/mixers.md); all start from the teacher's q/k/v/o."),
+                                           "or 'mamba2'; all start from the teacher's q/k/v/o."),
     kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
                                                 "'expand' them into per-head weights (fla's MHA layout)."),
     gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),
@@ -86,16 +86,17 @@ def chat_command(
     device: str = typer.Option("auto", help=f"Device: {DEVICE_HELP}."),
 ) -> None:
     """Answer one chat-templated prompt with the teacher and each student, side by side."""
-    from gendistill.devices import resolve_device
+    from gendistill.devices import resolve_device, resolve_dtype
     from gendistill.models.loading import load_model, model_label
 
     specs = ([teacher] if teacher else []) + list(student)
     if not specs:
         raise GendistillError("give at least one --teacher or --student")
     dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for spec in specs:
-        model, tokenizer = load_model(spec, dtype=dtype, device=dev)
+        model, tokenizer = load_model(spec, dtype=dt, device=dev)
         if not getattr(tokenizer, "chat_template", None):
             raise GendistillError(f"the tokenizer of {spec} has no chat template")
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",

@@ -124,9 +124,9 @@ def load_model(spec: str | Path | ModelRef, *, dtype: str | torch.dtype = "auto"
     ``device`` (``auto``: cuda if available). The tokenizer always has a padding token (its EOS if it had none)."""
     from gendistill.devices import resolve_device, resolve_dtype  # noqa: PLC0415
 
-    ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
     if ref.kind == "student":
         return _load_student(ref.location, dt, dev)
     if ref.kind == "hub":

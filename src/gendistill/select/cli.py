@@ -19,7 +19,8 @@ def select_layers_command(
                                 help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),
     budget: int = typer.Option(..., "--budget", "-k", help="How many layers keep softmax attention."),
     method: str = typer.Option(..., "--method",
-                               help="uniform | kl-guided | greedy-learned | beam-add (docs/select.md explains each and its cost)."),
+                               help="uniform | kl-guided | greedy-learned | beam-add (the select documentation explains each and "
+                                    "its cost)."),
     data: list[str] = typer.Option([], "--data", "-d",
                                    help="Training/held-out text: a .jsonl(.gz)/.json/.parquet/.txt file or folder "
                                         "(repeat for a mixture). Not needed by 'uniform'."),
