@@ -62,7 +62,7 @@ def test_convert_saves_a_shareable_student(teacher_dir, tmp_path):
     card = (res.out / "README.md").read_text()
     for fragment in ("library_name: transformers", "tiny-llama", "`attention:0,2;kda:1,3`", "| kda_gate_activation "
                      "| sigmoid |", "import gendistill", "AutoModelForCausalLM.from_pretrained", "Not evaluated yet",
-                     "not distilled yet"):
+                     "no distillation recorded"):
         assert fragment in card, fragment
     model, _ = gendistill.load(res.out)  # and it loads back as the same model
     ids = torch.tensor([[3, 7, 11, 19]])

@@ -74,7 +74,8 @@ def test_a_hub_id_is_loaded_through_transformers_up_to_the_network_boundary(monk
     monkeypatch.setattr(PretrainedConfig, "get_config_dict",
                         classmethod(lambda cls, name, **kw: ({"model_type": "hybrid_kda"}, kw)))
     calls = []
-    monkeypatch.setattr(loading, "_load_student", lambda loc, dtype, dev, kw=None: calls.append((loc, dtype, dev)))
+    monkeypatch.setattr(loading, "_load_student", lambda loc, dtype, dev, kw=None, with_tokenizer=True:
+                        calls.append((loc, dtype, dev)))
     load_model("someone/pushed-student")
     assert calls == [("someone/pushed-student", torch.float32, torch.device("cpu"))]
 

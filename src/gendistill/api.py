@@ -87,7 +87,7 @@ def convert(teacher: str = DEFAULT_TEACHER, attention_layers: str | list[int] = 
     from gendistill.ownership import check_replaceable, check_writable  # noqa: PLC0415
 
     if mixer not in LINEAR_MIXERS:
-        raise GendistillError(f"--mixer: unknown mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
+        raise GendistillError(f"unknown --mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
     conv_act = None if conv_activation is None or str(conv_activation).lower() == "none" else conv_activation
     kda_options = dict(kda_kv_mode=kv_mode, kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
     try:  # everything a user typed is checked before the teacher is loaded

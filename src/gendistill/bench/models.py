@@ -67,9 +67,9 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
 
         if not settings.teacher:
             raise ConfigError("--student needs --teacher (the benchmark compares the two)")
-        teacher, _ = load_model(settings.teacher, dtype=dtype, device=device)
+        teacher, _ = load_model(settings.teacher, dtype=dtype, device=device, tokenizer=False)
         if settings.student:
-            student, _ = load_model(settings.student, dtype=dtype, device=device)
+            student, _ = load_model(settings.student, dtype=dtype, device=device, tokenizer=False)
             standin, note = False, ""
         else:
             with torch.device(device):

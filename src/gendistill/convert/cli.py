@@ -48,7 +48,6 @@ def convert_command(
     from gendistill.convert.summary import human_bytes
 
     start = time.perf_counter()
-    console.print(f"[bold]Loading teacher[/] {teacher}")
     res = convert(teacher, attention_layers, out, mixer=mixer, kv_mode=kv_mode, gate_activation=gate_activation,
                   conv_activation=conv_activation, dtype=dtype, device=device, seed=seed, overwrite=overwrite)
     summary = res.summary

@@ -85,7 +85,7 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
     attn, lin = config.attention_layers, config.linear_layers
     mixer = config.linear_attention_type
     out = [_front_matter(teacher), "# Hybrid student made with gendistill", ""]
-    state = "distilled with GenDistill" if stages else "converted, not distilled yet (its KDA layers are untrained)"
+    state = "distilled with GenDistill" if stages else "with no distillation recorded"
     out.append(f"A hybrid of **{teacher or 'an unnamed teacher'}** ({config.base_model_type} family): {len(attn)} of "
                f"{n} layers keep the teacher's softmax attention, the other {len(lin)} use **{mixer}** "
                f"(Kimi Delta Attention when `kda`), {state}.")
@@ -105,7 +105,8 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
         out.append("")
         out.append(f"Total: {sum(s.tokens for s in stages):,} tokens.")
     else:
-        out.append("None yet: `gendistill distill RECIPE` with `student.path` set to this folder.")
+        out.append("None recorded. Fresh from `gendistill convert`, the linear-attention layers are untrained (their "
+                   "text is noise); distill with `gendistill distill RECIPE` (`student.path`: this folder).")
     out += ["", "## Evaluation", "", evaluation_section(evaluation), "", "## Use", "", "```python",
             "import gendistill  # registers the hybrid with transformers' Auto classes",
             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -83,7 +83,8 @@ def resolve_model(spec: str | Path) -> ModelRef:
     return ModelRef(str(text), kind, source.path)  # type: ignore[arg-type]
 
 
-def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_kwargs: dict[str, Any] | None = None):
+def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_kwargs: dict[str, Any] | None = None,
+                  with_tokenizer: bool = True):
     from safetensors import SafetensorError  # noqa: PLC0415
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
@@ -92,13 +93,14 @@ def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_k
     kw = hub_kwargs or {}
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(location, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(location, **kw) if with_tokenizer else None
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as e:
         # a damaged or hand-edited folder (bad config value, truncated weights, wrong shapes): one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GendistillError(f"cannot load student folder {location}: {first[:300]}") from None
     model.upcast_recurrence_parameters()  # A_log / dt_bias stay float32 whatever the dtype
-    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+    if tokenizer is not None and getattr(tokenizer, "pad_token", None) is None and \
+            getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
@@ -118,27 +120,30 @@ def _hub_is_student(ref: ModelRef) -> tuple[bool, dict[str, Any]]:
     return config_dict.get("model_type") == "hybrid_kda", kw
 
 
-def load_model(spec: str | Path | ModelRef, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto"):
+def load_model(spec: str | Path | ModelRef, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+               tokenizer: bool = True):
     """Return ``(model, tokenizer)`` in eval mode for any model reference (see the module docstring), with the
     parameters in ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU; KDA's A_log / dt_bias stay float32) on
-    ``device`` (``auto``: cuda if available). The tokenizer always has a padding token (its EOS if it had none)."""
+    ``device`` (``auto``: cuda if available). The tokenizer always has a padding token (its EOS if it had none);
+    ``tokenizer=False`` returns ``None`` instead (a folder without tokenizer files loads then too)."""
     from gendistill.devices import resolve_device, resolve_dtype  # noqa: PLC0415
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
     if ref.kind == "student":
-        return _load_student(ref.location, dt, dev)
+        return _load_student(ref.location, dt, dev, with_tokenizer=tokenizer)
     if ref.kind == "hub":
         is_student, kw = _hub_is_student(ref)
         if is_student:
-            return _load_student(ref.location, dt, dev, kw)
+            return _load_student(ref.location, dt, dev, kw, with_tokenizer=tokenizer)
     from gendistill.teachers import load_teacher  # noqa: PLC0415
 
-    model, tokenizer = load_teacher(ref.spec if ref.kind == "embedded" else ref.location, dtype=dt, device=dev)
-    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    model, tok = load_teacher(ref.spec if ref.kind == "embedded" else ref.location, dtype=dt, device=dev,
+                              tokenizer=tokenizer)
+    if tok is not None and getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
 
 
 def model_label(spec: str | Path) -> str:
