@@ -180,3 +180,25 @@ def test_push_to_hub_uploads_the_folder_as_saved(teacher_dir, tmp_path, monkeypa
     assert ".gendistill.json" not in sent["files"] and "library_name: transformers" in sent["card"]
     with pytest.raises(GendistillError, match="not a saved gendistill student"):
         gendistill.push_to_hub(teacher_dir, "me/x")
+
+
+def test_bench_command_takes_a_gguf_teacher_and_bfloat16(tmp_path):
+    """The two bench failures of the issue, through the command: `--tiny --dtype bfloat16` (a KeyError before) and
+    a GGUF file as --teacher (refused before: bench took folders only)."""
+    from typer.testing import CliRunner
+
+    from gendistill.cli import app
+    from tests.fixtures_teachers import tiny_model, tiny_tokenizer, write_tiny_gguf
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "--tiny", "--dtype", "bfloat16", "--skip", "ttft,decode,throughput", "-o",
+                            str(tmp_path / "tiny")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(next((tmp_path / "tiny").glob("bench_*.json")).read_text())["settings"]["dtype"] == "bfloat16"
+    tok = tiny_tokenizer()
+    gguf = write_tiny_gguf(tmp_path / "teacher.gguf", tiny_model("llama", len(tok)), tok)
+    r = runner.invoke(app, ["bench", "-t", str(gguf), "--attention-layers", "0", "--contexts", "16",
+                            "--skip", "ttft,decode,throughput", "--repeats", "1", "-o", str(tmp_path / "gguf")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(next((tmp_path / "gguf").glob("bench_*.json")).read_text())
+    assert data["model"] == "teacher" and data["models"]["student"]["layer_types"]["linear_attention"] == 1

