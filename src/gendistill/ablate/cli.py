@@ -3,7 +3,6 @@ rank under log-likelihood and under generation (docs/ablate.md)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import typer

@@ -24,8 +24,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import torch
-
 _REGISTERED = False
 
 

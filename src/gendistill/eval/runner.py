@@ -15,7 +15,6 @@ Order of work, so that bad input fails before anything expensive or anything is 
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import re
 import shlex
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gendistill.errors import ConfigError, GendistillError
+from gendistill.errors import ConfigError
 from gendistill.eval import report as R
 from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
