@@ -53,7 +53,8 @@ def test_the_api_functions_are_the_callable_sub_packages():
 
 
 def test_convert_saves_a_shareable_student(teacher_dir, tmp_path):
-    res = gendistill.convert(str(teacher_dir), "0,2", tmp_path / "student", gate_activation="sigmoid")
+    res = gendistill.convert(str(teacher_dir), "0,2", tmp_path / "student", gate_activation="sigmoid",
+                             device="cpu")
     assert isinstance(res, gendistill.ConvertResult) and res.out == tmp_path / "student"
     assert res.layer_spec == "attention:0,2;kda:1,3" and res.summary.attention_layers == [0, 2]
     cfg = json.loads((res.out / "config.json").read_text())
@@ -64,7 +65,7 @@ def test_convert_saves_a_shareable_student(teacher_dir, tmp_path):
                      "| sigmoid |", "import gendistill", "AutoModelForCausalLM.from_pretrained", "Not evaluated yet",
                      "no distillation recorded"):
         assert fragment in card, fragment
-    model, _ = gendistill.load(res.out)  # and it loads back as the same model
+    model, _ = gendistill.load(res.out, device="cpu")  # and it loads back as the same model
     ids = torch.tensor([[3, 7, 11, 19]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, res.student(ids).logits, rtol=0, atol=0)
@@ -77,9 +78,9 @@ def test_layer_spec_round_trip(teacher_dir):
     from gendistill.errors import LayerSpecError
 
     for spec in ("0,2", "every:2", "none", "all", "ratio:0.5"):
-        cfg = gendistill.convert(str(teacher_dir), spec).student.config
+        cfg = gendistill.convert(str(teacher_dir), spec, device="cpu").student.config
         assert parse_attention_layers(cfg.layer_spec(), 4) == cfg.attention_layers
-        again = gendistill.convert(str(teacher_dir), cfg.layer_spec()).student.config
+        again = gendistill.convert(str(teacher_dir), cfg.layer_spec(), device="cpu").student.config
         assert again.layer_types == cfg.layer_types
     for bad in ("attention:0,1;kda:1,2,3", "attention:0;kda:1,2", "attention:0,x;kda:1,2,3", "attention:0"):
         with pytest.raises(LayerSpecError):
@@ -96,7 +97,7 @@ def _recipe(teacher: Path, data: Path, out: Path) -> dict:
             {"name": "stage3b", "steps": 2, "seq_len": 32, "batch_size": 2, "optim": {"lr": 1e-4},
              "data": {"sources": [{"path": "chat.jsonl", "format": "chat"}], "heldout_documents": 2}},
         ],
-        "run": {"output_dir": str(out), "progress": "none", "tensorboard": False},
+        "run": {"output_dir": str(out), "device": "cpu", "progress": "none", "tensorboard": False},
     }
 
 
@@ -130,10 +131,10 @@ def test_distill_returns_one_shape_and_cards_its_stages(teacher_dir, tmp_path, m
 
 
 def test_evaluate_returns_rows_and_updates_the_card(teacher_dir, tmp_path):
-    student = gendistill.convert(str(teacher_dir), "0,2", tmp_path / "student").out
+    student = gendistill.convert(str(teacher_dir), "0,2", tmp_path / "student", device="cpu").out
     quiz = write_rows(tmp_path / "quiz.jsonl", MC_ROWS)
     res = gendistill.evaluate([str(teacher_dir), str(student)], str(quiz), out=tmp_path / "eval", limit=2,
-                              update_card=True, show_progress=False, max_new_tokens=4)
+                              update_card=True, show_progress=False, max_new_tokens=4, device="cpu")
     assert isinstance(res, gendistill.EvalResult) and res.models == ["tiny-llama", "student"]
     assert {(r["model"], r["protocol"]) for r in res.rows} == {(m, p) for m in res.models
                                                               for p in ("loglik", "generate")}
@@ -150,7 +151,7 @@ def test_bench_takes_a_dtype_by_any_name_and_a_model_reference(teacher_dir, tmp_
     assert json.loads(res.json_path.read_text())["settings"]["dtype"] == "bfloat16"
     key = "cache_measured_student_over_teacher"  # the fixed KDA state weighs less as the context grows
     assert res.ratios(128)[key] < res.ratios(32)[key]
-    res = gendistill.bench(str(teacher_dir), out=tmp_path / "c", attention_layers="0,2", contexts="32",
+    res = gendistill.bench(str(teacher_dir), out=tmp_path / "c", device="cpu", attention_layers="0,2", contexts="32",
                            skip="ttft,decode,throughput", plots=False, table=False, repeats=1)
     assert res.data["models"]["student"]["layer_types"] == {"full_attention": 2, "linear_attention": 2}
 
@@ -160,7 +161,7 @@ def test_push_to_hub_uploads_the_folder_as_saved(teacher_dir, tmp_path, monkeypa
     model card, and not gendistill's local ownership marker."""
     from huggingface_hub import HfApi
 
-    student = gendistill.convert(str(teacher_dir), "0", tmp_path / "student").out
+    student = gendistill.convert(str(teacher_dir), "0", tmp_path / "student", device="cpu").out
     sent = {}
 
     class Repo:
@@ -197,7 +198,7 @@ def test_bench_command_takes_a_gguf_teacher_and_bfloat16(tmp_path):
     assert json.loads(next((tmp_path / "tiny").glob("bench_*.json")).read_text())["settings"]["dtype"] == "bfloat16"
     tok = tiny_tokenizer()
     gguf = write_tiny_gguf(tmp_path / "teacher.gguf", tiny_model("llama", len(tok)), tok)
-    r = runner.invoke(app, ["bench", "-t", str(gguf), "--attention-layers", "0", "--contexts", "16",
+    r = runner.invoke(app, ["bench", "-t", str(gguf), "--device", "cpu", "--attention-layers", "0", "--contexts", "16",
                             "--skip", "ttft,decode,throughput", "--repeats", "1", "-o", str(tmp_path / "gguf")])
     assert r.exit_code == 0, r.output
     data = json.loads(next((tmp_path / "gguf").glob("bench_*.json")).read_text())

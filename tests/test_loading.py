@@ -43,12 +43,12 @@ def test_every_local_kind_resolves_and_loads_the_same_weights(refs):
                               (root / "student", "student", "student")):
         ref = resolve_model(str(spec))
         assert (ref.kind, ref.label, model_label(str(spec))) == (kind, label, label)
-        model, tok = load_model(str(spec), dtype="auto", device="auto")
+        model, tok = load_model(str(spec), dtype="auto", device="cpu")
         assert tok.pad_token is not None and not model.training
         assert next(model.parameters()).dtype == torch.float32  # auto on CPU
         if kind != "student":  # the GGUF is the float32 folder written again: the same model
             torch.testing.assert_close(_logits(model), expected, rtol=1e-5, atol=1e-5)
-    student, _ = load_model(str(root / "student"), dtype="bfloat16")
+    student, _ = load_model(str(root / "student"), dtype="bfloat16", device="cpu")
     assert student.model.embed_tokens.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for n, p in student.named_parameters() if n.endswith(("A_log", "dt_bias")))
 
@@ -76,7 +76,7 @@ def test_a_hub_id_is_loaded_through_transformers_up_to_the_network_boundary(monk
     calls = []
     monkeypatch.setattr(loading, "_load_student", lambda loc, dtype, dev, kw=None, with_tokenizer=True:
                         calls.append((loc, dtype, dev)))
-    load_model("someone/pushed-student")
+    load_model("someone/pushed-student", device="cpu")
     assert calls == [("someone/pushed-student", torch.float32, torch.device("cpu"))]
 
 
@@ -97,7 +97,7 @@ def test_a_damaged_student_folder_is_one_line(refs, tmp_path):
     cfg["kda_gate_activation"] = "relu"
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GendistillError, match="cannot load student folder"):
-        load_model(str(bad))
+        load_model(str(bad), device="cpu")
 
 
 def test_one_dtype_table_and_auto():
