@@ -203,3 +203,33 @@ def test_bench_command_takes_a_gguf_teacher_and_bfloat16(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(next((tmp_path / "gguf").glob("bench_*.json")).read_text())
     assert data["model"] == "teacher" and data["models"]["student"]["layer_types"]["linear_attention"] == 1
+
+
+def test_transformers_own_push_to_hub_sends_a_config_without_machine_paths(teacher_dir, tmp_path, monkeypatch):
+    """The student is a transformers model: its own push_to_hub (save_pretrained into a temporary folder, one hub
+    commit) works, and the config.json it sends names the teacher, not a path on this machine. Mocked at the network
+    boundary (repo creation, the remote model card lookup, the commit)."""
+    import transformers.utils.hub as hf_hub_utils
+    from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+    saved = gendistill.convert(str(teacher_dir), "0", tmp_path / "student", device="cpu").out
+    student, _ = gendistill.load(saved, device="cpu")  # loaded from a folder: transformers records where from
+    assert student.config.name_or_path == str(saved)
+    sent = {}
+
+    class Repo:
+        repo_id = "me/tiny-hybrid"
+
+    def create_commit(self, repo_id, operations, **kw):
+        sent.update({op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations})
+        return "https://hub/me/tiny-hybrid/commit/1"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: Repo())
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(hf_hub_utils, "create_and_tag_model_card",
+                        lambda repo_id, tags=None, token=None: ModelCard.from_template(ModelCardData(tags=tags)))
+    student.push_to_hub("me/tiny-hybrid")
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= set(sent)
+    cfg = json.loads(sent["config.json"])
+    assert cfg["model_type"] == "hybrid_kda" and cfg["teacher"] == "tiny-llama"
+    assert not [s for s in _strings(cfg) if s.startswith("/") or str(tmp_path) in s or str(teacher_dir) in s]
