@@ -59,3 +59,4 @@ def test_wandb_gets_every_numeric_metric(tmp_path, monkeypatch):
     assert calls[0] == ("init", {"dir": str(tmp_path), "project": "p", "name": "run"})
     assert calls[1] == ("log", {"stage3a/loss": 0.5, "stage3a/lr": 1e-4, "stage3a/step": 4})
     assert calls[2] == ("finish",)
+
