@@ -83,12 +83,11 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
     teacher = getattr(config, "teacher", None)
     n = len(config.layer_types)
     attn, lin = config.attention_layers, config.linear_layers
-    mixer = config.linear_attention_type
+    mixer = {"kda": "Kimi Delta Attention (KDA)"}.get(config.linear_attention_type, config.linear_attention_type)
     out = [_front_matter(teacher), "# Hybrid student made with gendistill", ""]
     state = "distilled with GenDistill" if stages else "with no distillation recorded"
     out.append(f"A hybrid of **{teacher or 'an unnamed teacher'}** ({config.base_model_type} family): {len(attn)} of "
-               f"{n} layers keep the teacher's softmax attention, the other {len(lin)} use **{mixer}** "
-               f"(Kimi Delta Attention when `kda`), {state}.")
+               f"{n} layers keep the teacher's softmax attention, the other {len(lin)} use **{mixer}**, {state}.")
     out += ["", "## Layer layout", "", f"`{config.layer_spec()}`", "",
             "(`gendistill convert --attention-layers` reads this string back.)", "", "## Linear-attention options", "",
             "| option | value |", "|---|---|"]
