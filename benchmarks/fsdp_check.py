@@ -103,7 +103,7 @@ def run_one(recipe, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     out = run_recipe(recipe)
-    res = out["results"]["stage3a"]
+    res = out.results["stage3a"]
     row = {"losses": res.losses, "seconds": time.perf_counter() - t0,
            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     del out, res

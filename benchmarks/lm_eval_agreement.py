@@ -37,7 +37,7 @@ def main() -> None:
 
     from gendistill.eval.harness import make_lm
     from gendistill.eval.loglik import mc_metrics, score_requests
-    from gendistill.eval.runner import load_model
+    from gendistill.models.loading import load_model
     from gendistill.eval.tasks import get_task, select
 
     task = get_task("arc_easy")

@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 JOB=/tmp/gendistill-e2e
-DATA=$REPO/../shared/data            # where recipes (../../shared/data) and gendistill eval look
+DATA=$REPO/../shared/data            # the data folder: where recipes and gendistill eval look (io.data_dir)
 mkdir -p "$JOB"
 export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
        NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

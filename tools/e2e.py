@@ -2,7 +2,7 @@
 undistilled student, the stage-3a student and the final student side by side under both protocols, with fidelity on
 the pipeline's own held-out data and a budget curve over stage 3a.
 
-    python tools/e2e.py recipes/smollm2-135m-lease.yaml --out runs/e2e                 # GPU: all 9 tasks, 500 each
+    python tools/e2e.py smollm2-135m-lease --out runs/e2e                 # GPU: all 9 tasks, 500 each
     python tools/e2e.py RECIPE --out DIR --tasks arc_easy,gsm8k --limit 100 --set stages[2].tokens=2e6
     python tools/e2e.py RECIPE --out DIR --extra-tasks my_quiz.jsonl                    # your task files too
 
@@ -66,7 +66,7 @@ def _write(path: Path, text: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", help="the distillation recipe (YAML)")
+    ap.add_argument("recipe", help="the distillation recipe: a YAML file or a shipped recipe's name")
     ap.add_argument("--out", required=True, help="job folder (must not exist, or hold an earlier e2e job to redo)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="recipe override, as for gendistill distill --set (repeatable)")
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from gendistill.distill.config import dump_recipe, load_recipe
+    from gendistill.distill.shipped import recipe_file
     from gendistill.errors import GendistillError
 
     out = Path(args.out).resolve()
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _write(resolved, dump_recipe(recipe))
 
     summary: dict[str, Any] = {
-        "recipe": str(Path(args.recipe).resolve()), "overrides": args.overrides, "device": device,
+        "recipe": str(recipe_file(args.recipe).resolve()), "overrides": args.overrides, "device": device,
         "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "limit": args.limit,
         "smoke": args.smoke, "phases": {}, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "budgets": [{"stage": s.name, "steps": s.total_steps(), "tokens": s.total_steps() * s.batch_size * s.seq_len,
@@ -150,12 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     undistilled = out / "undistilled"
     from gendistill.convert.convert import save_student
-    from gendistill.distill.pipeline import _teacher_dtype, build_student
+    from gendistill.distill.pipeline import build_student, teacher_dtype
     from gendistill.distill.distributed import World
-    from gendistill.teachers import load_teacher
+    from gendistill.models.loading import load_model
 
     world = World(device=torch.device(device))
-    teacher, tok = load_teacher(teacher_spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+    teacher, tok = load_model(teacher_spec, dtype=teacher_dtype(recipe, world), device=world.device)
     student = build_student(recipe, teacher, world.device)
     save_student(student.eval(), tok, undistilled, overwrite=True)
     del student
@@ -273,7 +274,7 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
     import torch
 
     from gendistill.distill.data import PackedStream, collate
-    from gendistill.distill.pipeline import load_student_folder
+    from gendistill.distill.pipeline import load_student
     from gendistill.eval.fidelity import teacher_forced_batches
 
     by_stage: dict[str, list] = {}
@@ -289,7 +290,7 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
     for name, path in students.items():
         if not (path / "config.json").exists():
             continue
-        model = load_student_folder(path, device).to(dtype).eval()
+        model = load_student(path, device).to(dtype).eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             res[name] = {stage: teacher_forced_batches(teacher, model, batches, show_progress=False)
                          for stage, batches in by_stage.items()}

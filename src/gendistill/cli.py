@@ -1,12 +1,22 @@
-"""The ``gendistill`` command line. Each sub-package contributes its commands through a ``register(app)`` function
-in its own ``cli`` module, so this file only assembles them."""
+"""The ``gendistill`` command line (also ``python -m gendistill``). Each sub-package contributes its commands through a
+``register(app)`` function in its own ``cli`` module; this file assembles them, adds ``--version`` and ``recipes``,
+and gives every command the one error handler (:func:`gendistill.cli_utils.user_errors`).
+
+Flag convention, the same in every command (``tests/test_cli_consistency.py`` checks it): ``--model``/``-m`` a model
+to evaluate; ``--teacher``/``-t`` and ``--student``/``-s`` where both roles exist; ``--out``/``-o`` the output folder;
+``--device`` and ``--dtype`` default ``auto``; ``--set`` a recipe override; ``--overwrite``, ``--resume``,
+``--dry-run``, ``--seed``.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import Optional
 
 import typer
+
+from gendistill.cli_utils import user_errors
 
 app = typer.Typer(
     name="gendistill",
@@ -18,6 +28,41 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gendistill import __version__  # noqa: PLC0415
+
+        typer.echo(f"gendistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Turn a pretrained Transformer into a faster hybrid and distill it with GenDistill."""
+
+
+def recipes_command(
+    name: Optional[str] = typer.Argument(None, help="A shipped recipe's name: print it (omit to list them all)."),
+) -> None:
+    """List the recipes that ship with gendistill (name and first comment line), or print one. Any of them runs as
+    ``gendistill distill NAME``; copy one to change it (``gendistill recipes NAME > my.yaml``)."""
+    from gendistill.distill.shipped import shipped_recipe, shipped_recipes  # noqa: PLC0415
+
+    if name is None:
+        rows = shipped_recipes()
+        width = max(len(r.name) for r in rows)
+        for r in rows:
+            typer.echo(f"{r.name:<{width}}  {r.description}")
+        return
+    typer.echo(shipped_recipe(name).path.read_text(encoding="utf-8"), nl=False)
+
+
+app.command("recipes")(recipes_command)
 
 # Sub-command providers, in the order their commands appear in --help.
 _COMMAND_MODULES = (
@@ -32,6 +77,11 @@ _COMMAND_MODULES = (
 for _name in _COMMAND_MODULES:
     if importlib.util.find_spec(_name.rsplit(".", 1)[0]) is not None and importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name).register(app)
+
+# One error handler for every command: a GendistillError is one line on stderr and exit status 2.
+for _command in app.registered_commands:
+    if _command.callback is not None and not getattr(_command.callback, "__gendistill_errors__", False):
+        _command.callback = user_errors(_command.callback)
 
 
 def main() -> None:

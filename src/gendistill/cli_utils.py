@@ -1,10 +1,10 @@
-"""Helpers shared by every sub-command: one-line user errors, the console, dtype names."""
+"""Helpers shared by every sub-command: the one user-error handler and the consoles. (Device and dtype names:
+:mod:`gendistill.devices`.)"""
 
 from __future__ import annotations
 
 import functools
 
-import torch
 import typer
 from rich.console import Console
 
@@ -12,9 +12,6 @@ from gendistill.errors import GendistillError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 
 
 def user_errors(fn):
@@ -32,16 +29,5 @@ def user_errors(fn):
             err_console.print(f"[bold red]error:[/] {error_prefix()}{e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
+    wrapper.__gendistill_errors__ = True  # type: ignore[attr-defined]
     return wrapper
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise GendistillError(f"unknown dtype {name!r}; use one of {', '.join(sorted(DTYPES))}") from None
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-

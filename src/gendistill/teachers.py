@@ -498,13 +498,9 @@ def _drop_gguf_quantizer(model: PreTrainedModel, source: TeacherSource) -> None:
 
 
 def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise GendistillError(f"bad device '{device}': {_one_line(exc)}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GendistillError(f"device '{device}' requested but CUDA is not available on this machine")
-    return dev
+    from gendistill.devices import resolve_device  # noqa: PLC0415
+
+    return resolve_device(device, "device")
 
 
 def load_teacher(
@@ -512,13 +508,15 @@ def load_teacher(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load a teacher and its tokenizer (with the chat template it ships).
 
     The model comes back in eval mode, with parameters in ``dtype`` on ``device``. The family is checked from the
     config (for GGUF files, from the header) and the tokenizer is loaded before any weights are read or
     de-quantised, so a bad input fails fast. GGUF de-quantisation shows transformers' tqdm progress bar on stderr.
-    If the tokenizer has no padding token, its EOS token is used as one.
+    If the tokenizer has no padding token, its EOS token is used as one. ``tokenizer=False`` skips the tokenizer
+    (``None`` is returned in its place): for measurements that never see text, e.g. ``gendistill bench``.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise GendistillError(f"teacher dtype must be a floating torch.dtype, got {dtype!r}")
@@ -528,7 +526,7 @@ def load_teacher(
     hub_kwargs = _hub_kwargs(source)  # one reachability check for config, tokenizer and weights
     config = _load_config(source, header, hub_kwargs)
     family = check_supported_config(config)
-    tokenizer = _load_tokenizer(source, hub_kwargs)
+    tok = _load_tokenizer(source, hub_kwargs) if tokenizer else None
 
     from transformers import AutoModelForCausalLM
 
@@ -567,4 +565,4 @@ def load_teacher(
             p.data = p.data.to(dtype)
     model = model.to(dev)
     model.eval()
-    return model, tokenizer
+    return model, tok

@@ -31,12 +31,12 @@ def base() -> dict:
 
 @pytest.mark.parametrize("name", ["tiny-cpu.yaml", "smollm2-135m.yaml", "qwen3-0.6b-paper.yaml"])
 def test_shipped_recipes_parse(name):
-    r = load_recipe(ROOT / "recipes" / name)
+    r = load_recipe(name.removesuffix(".yaml"))  # shipped with the package: by name
     assert r.stages and yaml.safe_load(dump_recipe(r))["stages"][0]["name"] == r.stages[0].name
 
 
 def test_paper_recipe_hyperparameters():
-    r = load_recipe(ROOT / "recipes" / "qwen3-0.6b-paper.yaml")
+    r = load_recipe("qwen3-0.6b-paper")
     s3a = next(s for s in r.stages if s.name == "stage3a")
     assert s3a.optim.lr == 2.5e-5 and s3a.optim.warmup_ratio == 0.1 and s3a.optim.weight_decay == 0.1
     assert s3a.batch_size == 64 and s3a.optim.schedule == "wsd"
@@ -144,7 +144,7 @@ def test_teacher_attn_implementation_is_applied(tmp_path):
     d["teacher"]["attn_implementation"] = "eager"
     out = run_recipe(parse_recipe(d), teacher=teacher, tokenizer=tok, dry_run=True)
     assert teacher.config._attn_implementation == "eager"
-    assert out["plan"][0]["stage"] == "stage1"
+    assert out.plan[0]["stage"] == "stage1"
     d["teacher"]["attn_implementation"] = "no-such-kernel"
     with pytest.raises(ConfigError, match="teacher.attn_implementation"):
         run_recipe(parse_recipe(d), teacher=tiny_llama(len(tok)), tokenizer=tok, dry_run=True)

@@ -36,8 +36,8 @@ def _worker(rank: int, world_size: int, port: int, recipe, result_path: str) -> 
     if rank == 0:
         torch.save(
             {
-                "losses": out["results"]["stage1"].losses + out["results"]["stage3a"].losses,
-                "params": {n: p.detach().clone() for n, p in out["student"].named_parameters()},
+                "losses": out.results["stage1"].losses + out.results["stage3a"].losses,
+                "params": {n: p.detach().clone() for n, p in out.student.named_parameters()},
             },
             result_path,
         )
@@ -59,9 +59,9 @@ def test_two_processes_match_one(tmp_path, tok, teacher):
     result = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, _free_port(), two, str(result)), nprocs=2, join=True)
     got = torch.load(result, weights_only=True)  # floats and tensors only: no pickle of arbitrary objects
-    ref_losses = ref["results"]["stage1"].losses + ref["results"]["stage3a"].losses
+    ref_losses = ref.results["stage1"].losses + ref.results["stage3a"].losses
     assert got["losses"] == pytest.approx(ref_losses, rel=1e-5)
-    for n, p in ref["student"].named_parameters():
+    for n, p in ref.student.named_parameters():
         torch.testing.assert_close(got["params"][n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
     # rank 0 alone wrote the run folder
     assert (tmp_path / "two" / "run" / "stage3a" / "config.json").exists()

@@ -71,10 +71,10 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
     second = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, resume=True)
     if rank == 0:
         res = {
-            "losses": out["results"]["stage1"].losses + out["results"]["stage3a"].losses,
-            "cut": first["results"]["stage3a"].losses,
-            "resumed": second["results"]["stage3a"].losses,
-            "resumed_from": second["results"]["stage3a"].resumed_from,
+            "losses": out.results["stage1"].losses + out.results["stage3a"].losses,
+            "cut": first.results["stage3a"].losses,
+            "resumed": second.results["stage3a"].losses,
+            "resumed_from": second.results["stage3a"].resumed_from,
             "held": held, "planned": {"student": plan.params, "teacher": plan.teacher}, "nan_found": nan_found,
         }
         with open(result_path, "w") as f:
@@ -99,9 +99,9 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     # one plain process: the reference curves
     ref = run_recipe(make_recipe(tmp_path / "one", ["stage1", "stage3a"], steps=3), teacher=tiny_llama(len(tok)),
                      tokenizer=tok)
-    ref_losses = ref["results"]["stage1"].losses + ref["results"]["stage3a"].losses
+    ref_losses = ref.results["stage1"].losses + ref.results["stage3a"].losses
     straight = run_recipe(make_recipe(tmp_path / "straight", ["stage3a"], steps=4), teacher=tiny_llama(len(tok)),
-                          tokenizer=tok)["results"]["stage3a"].losses
+                          tokenizer=tok).results["stage3a"].losses
 
     # gradient checkpointing under sharding: the recomputation re-gathers each block (same math as without it)
     full = _fsdp(make_recipe(tmp_path / "two", ["stage1", "stage3a"], steps=3,
@@ -148,7 +148,7 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     monkeypatch.setattr(pickle, "loads", _no_pickle_from_disk)
     monkeypatch.setattr(torch, "load", _no_pickle_from_disk)
     try:
-        resumed = run_recipe(one, teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True)["results"]["stage3a"]
+        resumed = run_recipe(one, teacher=tiny_llama(len(tok)), tokenizer=tok, resume=True).results["stage3a"]
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

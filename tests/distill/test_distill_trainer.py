@@ -69,7 +69,7 @@ def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
         tmp_path, ["stage1", "stage2", "stage3a", "stage3b"], steps=8, keep_finished=False, stage1=one, stage2=one
     )
     out = run_recipe(recipe, teacher=teacher, tokenizer=tok)
-    res = out["results"]
+    res = out.results
     assert list(res) == ["stage1", "stage2", "stage3a", "stage3b"]
     for name, r in res.items():
         (s0, before), (s1, after) = r.eval_losses[0], r.eval_losses[-1]
@@ -91,7 +91,7 @@ def test_all_four_stages_run_and_each_stage_loss_falls(tmp_path, teacher, tok):
     import gendistill  # noqa: F401
 
     loaded = AutoModelForCausalLM.from_pretrained(str(run / "stage3b")).eval()
-    student = out["student"].eval()
+    student = out.student.eval()
     ids = torch.tensor([tok("the cat sat on a mat")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, student(ids).logits, rtol=1e-4, atol=1e-4)
@@ -145,31 +145,31 @@ def test_resume_continues_exactly(tmp_path, tok):
     teacher.config.attention_dropout = 0.1  # inherited by the converted student's attention layers
     straight = make_recipe(tmp_path / "a", ["stage3a"], steps=6)
     out = run_recipe(straight, teacher=teacher, tokenizer=tok)
-    ref = {n: p.detach().clone() for n, p in out["student"].named_parameters()}
-    ref_losses = out["results"]["stage3a"].losses
-    assert out["student"].model.layers[0].self_attn.attention_dropout == 0.1
+    ref = {n: p.detach().clone() for n, p in out.student.named_parameters()}
+    ref_losses = out.results["stage3a"].losses
+    assert out.student.model.layers[0].self_attn.attention_dropout == 0.1
 
     cut = make_recipe(tmp_path / "b", ["stage3a"], steps=6)
     first = run_recipe(cut, teacher=teacher, tokenizer=tok, stop_after=4)
-    assert first["results"]["stage3a"].steps == 4 and first["completed"] == []
+    assert first.results["stage3a"].steps == 4 and first.completed == []
     with pytest.raises(ConfigError, match="--resume"):
         run_recipe(cut, teacher=teacher, tokenizer=tok)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     second = run_recipe(cut, teacher=teacher, tokenizer=tok, resume=True)
-    r = second["results"]["stage3a"]
+    r = second.results["stage3a"]
     assert r.resumed_from == 4 and r.steps == 6
-    for n, p in second["student"].named_parameters():
+    for n, p in second.student.named_parameters():
         assert torch.equal(p, ref[n]), (n, (p - ref[n]).abs().max().item())
-    assert first["results"]["stage3a"].losses + r.losses == ref_losses
+    assert first.results["stage3a"].losses + r.losses == ref_losses
 
 
 def test_resume_after_a_completed_stage_loads_its_student(tmp_path, teacher, tok):
     recipe = make_recipe(tmp_path, ["stage1", "stage3a"], steps=2)
     a = run_recipe(recipe, teacher=teacher, tokenizer=tok, stop_after=10)  # stage1 completes, stage3a completes
-    assert a["completed"] == ["stage1", "stage3a"]
+    assert a.completed == ["stage1", "stage3a"]
     b = run_recipe(recipe, teacher=teacher, tokenizer=tok, resume=True)
-    assert b["results"] == {}  # nothing left to do
-    for (n, p), (_, q) in zip(a["student"].named_parameters(), b["student"].named_parameters()):
+    assert b.results == {}  # nothing left to do
+    for (n, p), (_, q) in zip(a.student.named_parameters(), b.student.named_parameters()):
         torch.testing.assert_close(p, q, msg=n)
 
 
@@ -216,10 +216,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, teacher, tok):
     for mb in (2, 4, 1):
         r = make_recipe(tmp_path / f"mb{mb}", ["stage3a"], steps=2, stage3a={"micro_batch_size": mb})
         outs.append(run_recipe(r, teacher=teacher, tokenizer=tok))
-    ref = dict(outs[1]["student"].named_parameters())
+    ref = dict(outs[1].student.named_parameters())
     for o in (outs[0], outs[2]):
-        assert o["results"]["stage3a"].losses == pytest.approx(outs[1]["results"]["stage3a"].losses, rel=1e-5)
-        for n, p in o["student"].named_parameters():
+        assert o.results["stage3a"].losses == pytest.approx(outs[1].results["stage3a"].losses, rel=1e-5)
+        for n, p in o.student.named_parameters():
             torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
@@ -238,7 +238,7 @@ def test_bf16_autocast_feeds_the_kda_mixers_one_dtype(tmp_path, teacher, tok):
     for h in handles:
         h.remove()
     assert seen and set(seen) == {torch.bfloat16}
-    assert all(torch.isfinite(torch.tensor(r.losses)).all() for r in out["results"].values())
+    assert all(torch.isfinite(torch.tensor(r.losses)).all() for r in out.results.values())
     assert all(len(m._forward_pre_hooks) == 0 for m in mixers)
     assert all(p.dtype == torch.float32 for p in student.parameters())
 
@@ -248,9 +248,9 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, teacher, tok):
     for gc in (False, True):
         r = make_recipe(tmp_path / f"gc{gc}", ["stage3a"], steps=2, stage3a={"gradient_checkpointing": gc})
         outs.append(run_recipe(r, teacher=teacher, tokenizer=tok))
-    assert outs[0]["results"]["stage3a"].losses == pytest.approx(outs[1]["results"]["stage3a"].losses, rel=1e-5)
-    ref = dict(outs[0]["student"].named_parameters())
-    for n, p in outs[1]["student"].named_parameters():
+    assert outs[0].results["stage3a"].losses == pytest.approx(outs[1].results["stage3a"].losses, rel=1e-5)
+    ref = dict(outs[0].student.named_parameters())
+    for n, p in outs[1].student.named_parameters():
         torch.testing.assert_close(p, ref[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
@@ -301,7 +301,7 @@ def test_gradient_checkpointing_is_per_stage(tmp_path, teacher, tok, monkeypatch
     monkeypatch.setattr(tr, "build_stage_module", spy)
     out = run_recipe(recipe, teacher=teacher, tokenizer=tok)
     assert all(seen["stage3a"]) and not any(seen["stage3b"])
-    assert not any(layer.gradient_checkpointing for layer in out["student"].model.layers)
+    assert not any(layer.gradient_checkpointing for layer in out.student.model.layers)
 
 
 def test_resume_with_changed_stage_settings_is_refused(tmp_path, teacher, tok):
@@ -325,7 +325,7 @@ def test_completion_only_training_loss_averages_exactly_the_assistant_tokens(tmp
     recipe = make_recipe(tmp_path, ["stage3b"], steps=1, stage3b={"eval_every": 1, "batch_size": 4})
     stage = recipe.stages[0]
     assert stage.masking == "completion_only"
-    logged = run_recipe(recipe, teacher=teacher, tokenizer=tok)["results"]["stage3b"].losses[0]
+    logged = run_recipe(recipe, teacher=teacher, tokenizer=tok).results["stage3b"].losses[0]
 
     torch.manual_seed(recipe.run.seed)  # the student as the pipeline builds it, before its one step
     student = convert_teacher(teacher, recipe.student.attention_layers).float().eval()

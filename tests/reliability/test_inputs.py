@@ -15,7 +15,7 @@ from tests.reliability.conftest import assert_one_line_error, cli, write_recipe
 
 @pytest.mark.parametrize("args,fragment", [
     (["--config", "qwen9-huge"], "--config: unknown shape"),
-    (["--teacher", "/no/such/folder"], "--teacher: /no/such/folder is not a model folder"),
+    (["--teacher", "/no/such/folder"], "--teacher: teacher file or folder /no/such/folder does not exist"),
     (["--tiny", "--attention-layers", "0,99"], "--attention-layers: attention layer 99"),
     (["--tiny", "--device", "cuda"], "CUDA is not available"),
     (["--tiny", "--skip", "everything"], "--skip: unknown"),
@@ -33,7 +33,8 @@ def test_bench_mistakes_are_one_line(tmp_path, args, fragment):
 def test_bench_refuses_an_unsupported_family(tmp_path):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "num_hidden_layers": 2}))
-    assert_one_line_error(cli("bench", "--teacher", tmp_path / "gpt2", "--out", tmp_path / "b"), "'gpt2' is not supported")
+    assert_one_line_error(cli("bench", "--teacher", tmp_path / "gpt2", "--out", tmp_path / "b"),
+                          "--teacher:", "architecture 'gpt2'", "is not supported")
 
 
 @pytest.mark.parametrize("flag,value", [("--conv-activation", "tanh"), ("--gate-activation", "relu"),

@@ -3,12 +3,11 @@ rank under log-likelihood and under generation (docs/ablate.md)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from gendistill.cli_utils import console, user_errors
+from gendistill.cli_utils import console
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
@@ -35,10 +34,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("ablate")
-    @user_errors
     def ablate(
-        grid: Path = typer.Argument(..., help="the grid YAML: a base recipe plus named variants per axis "
-                                             "(see recipes/ablate-smollm2.yaml and docs/ablate.md)"),
+        grid: str = typer.Argument(..., help="the grid YAML, or the name of a shipped grid (gendistill recipes): a "
+                                            "base recipe plus named variants per axis, e.g. ablate-smollm2"),
         set_: Optional[list[str]] = typer.Option(
             None, "--set", help="override a key of the base recipe for every cell, e.g. "
                                 "--set stages\\[stage3b].tokens=2000000 (a stage by name or index)"),

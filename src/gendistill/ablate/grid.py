@@ -321,8 +321,11 @@ def stage_budget(recipe: Recipe) -> dict[str, int]:
 
 def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid:
     """Read and validate a grid file, expand it into cells and validate every cell's recipe. ``base_overrides`` are
-    ``key=value`` strings (value parsed as YAML) applied to the base recipe, after the grid's own ``set``."""
-    path = Path(path)
+    ``key=value`` strings (value parsed as YAML) applied to the base recipe, after the grid's own ``set``. ``path``
+    may also name a grid shipped with the package (``ablate-smollm2``)."""
+    from gendistill.distill.shipped import recipe_file  # noqa: PLC0415
+
+    path = Path(path) if Path(path).exists() else recipe_file(path)
     data = read_yaml(path, "grid")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a grid is a YAML mapping, got {type(data).__name__}")

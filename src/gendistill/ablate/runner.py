@@ -142,13 +142,13 @@ class _Teachers:
     def get(self, recipe: Recipe, world) -> tuple[Any, Any]:
         if self.given is not None:
             return self.given
-        from gendistill.distill.pipeline import _teacher_dtype  # noqa: PLC0415
-        from gendistill.teachers import load_teacher  # noqa: PLC0415
+        from gendistill.distill.pipeline import teacher_dtype  # noqa: PLC0415
+        from gendistill.models.loading import load_model  # noqa: PLC0415
 
-        dtype = _teacher_dtype(recipe, world)
+        dtype = teacher_dtype(recipe, world)
         key = (recipe.teacher.spec, str(dtype))
         if key not in self.cache:
-            self.cache[key] = load_teacher(recipe.teacher.spec, dtype=dtype, device=world.device)
+            self.cache[key] = load_model(recipe.teacher.spec, dtype=dtype, device=world.device)
         return self.cache[key]
 
 
@@ -191,15 +191,14 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
     from gendistill.eval.runner import EvalConfig, run_eval  # noqa: PLC0415
 
     ev = grid.config.eval
-    on_cuda = torch.cuda.is_available() and plan.cell.recipe.run.device != "cpu"
-    device = ev.device if ev.device != "auto" else ("cuda" if on_cuda else "cpu")
-    dtype = ev.dtype if ev.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    # auto follows the cell's training device; the eval runner resolves it (gendistill.devices)
+    device = "cpu" if ev.device == "auto" and plan.cell.recipe.run.device == "cpu" else ev.device
     cfg = EvalConfig(
         models=[plan.cell.recipe.teacher.spec, str(plan.final.student_dir)], tasks=ev.tasks,
         protocols=list(ev.protocols), limit=ev.limit, seed=ev.seed, out=str(plan.eval_dir), batch_size=ev.batch_size,
         token_budget=ev.token_budget, loglik_chat_template=ev.loglik_chat_template, samples=ev.samples,
         temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
-        data_source=ev.data_source, dtype=dtype, device=device, fidelity_chat=ev.fidelity_chat,
+        data_source=ev.data_source, dtype=ev.dtype, device=device, fidelity_chat=ev.fidelity_chat,
         fidelity_data=ev.fidelity_data, show_progress=False,
         command=f"gendistill ablate {grid.source}  # cell {plan.cell.name}",
     )

@@ -8,3 +8,8 @@ from __future__ import annotations
 from gendistill.bench.settings import BenchSettings
 
 __all__ = ["BenchSettings"]
+
+from gendistill.api import callable_module as _callable_module
+from gendistill.api import bench as _bench
+
+_callable_module(__name__, _bench)  # gendistill.bench(...) is gendistill.api.bench(...)

@@ -1,4 +1,5 @@
-"""Building the teacher and student for the benchmark: a named shape with random weights, or folders."""
+"""Building the teacher and student for the benchmark: a named shape with random weights, or any model reference
+(through :func:`gendistill.models.loading.load_model`)."""
 
 from __future__ import annotations
 
@@ -62,21 +63,20 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
     torch.manual_seed(settings.seed)
     impl = settings.attn_implementation
     if settings.teacher or settings.student:
-        from transformers import AutoModelForCausalLM
+        from gendistill.models.loading import load_model
 
         if not settings.teacher:
             raise ConfigError("--student needs --teacher (the benchmark compares the two)")
-        teacher = AutoModelForCausalLM.from_pretrained(settings.teacher, dtype=dtype, attn_implementation=impl)
-        teacher = teacher.to(device)
+        teacher, _ = load_model(settings.teacher, dtype=dtype, device=device, tokenizer=False)
         if settings.student:
-            from gendistill.models.hybrid import HybridForCausalLM
-
-            student = HybridForCausalLM.from_pretrained(settings.student, dtype=dtype)
+            student, _ = load_model(settings.student, dtype=dtype, device=device, tokenizer=False)
             standin, note = False, ""
         else:
             with torch.device(device):
                 student, standin, note = _convert(teacher, settings.attention_layers)
-        name = settings.model_name or str(settings.teacher).rstrip("/").split("/")[-1]
+        from gendistill.models.loading import model_label
+
+        name = settings.model_name or model_label(settings.teacher)
     else:
         from transformers import Qwen3ForCausalLM
 

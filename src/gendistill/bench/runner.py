@@ -20,9 +20,9 @@ from gendistill.bench.models import build_models, count_params, layer_type_count
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
 from gendistill.bench.timing import measure, sync
+from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ROLES = ("teacher", "student")
 SCHEMA_VERSION = 1
 
@@ -41,18 +41,6 @@ class _Log:
             print(line, flush=True)
         else:
             self.sink(line)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
 
 
 def card_name(device: torch.device) -> str:

@@ -1,8 +1,12 @@
-"""Benchmark settings (one dataclass, filled by the CLI or by tests)."""
+"""Benchmark settings (one dataclass, filled by :func:`gendistill.bench` and the ``bench`` command) and their checks."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
+
+from gendistill.errors import ConfigError, GendistillError
 
 # The paper's / issue's grid.
 DEFAULT_CONTEXTS = (1024, 4096, 8192, 16384, 32768, 65536, 131072)  # 8K: the decode target starts there
@@ -92,3 +96,120 @@ class BenchSettings:
         )
         base.update(overrides)
         return cls(**base)
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = []
+        for part in text.split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            mult = 1024 if part.endswith("k") else 1
+            vals.append(int(part.rstrip("k")) * mult)
+        return tuple(vals)
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
+
+
+def check_settings(s: BenchSettings) -> None:
+    """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
+    reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
+    but absent, an unknown dtype, an unwritable --out."""
+    from gendistill.bench.models import qwen3_config
+    from gendistill.convert.layer_spec import parse_attention_layers
+    from gendistill.devices import resolve_device, resolve_dtype
+    from gendistill.models.loading import resolve_model
+    from gendistill.ownership import check_writable
+    from gendistill.teachers import load_teacher_config
+
+    device = resolve_device(s.device)
+    resolve_dtype(s.dtype, device)
+    layers = None
+    for flag, spec in (("--teacher", s.teacher), ("--student", s.student)):
+        if spec is None:
+            continue
+        try:
+            ref = resolve_model(spec)
+            if flag == "--student" and ref.kind not in ("student", "hub"):
+                raise ConfigError(f"{spec} is not a gendistill student (a folder saved by convert or distill)")
+            if flag == "--teacher" and ref.kind == "student":
+                raise ConfigError(f"{spec} is a gendistill student; pass it as --student with its --teacher")
+            if flag == "--teacher" and ref.kind != "hub":
+                layers = load_teacher_config(spec).num_hidden_layers
+        except GendistillError as e:
+            raise ConfigError(f"{flag}: {e}") from None
+    if not s.teacher:
+        layers = qwen3_config(s.config or "?").num_hidden_layers
+    if not s.student and s.attention_layers and layers is not None:
+        try:
+            parse_attention_layers(list(s.attention_layers), layers)
+        except GendistillError as e:
+            raise ConfigError(f"--attention-layers: {e}") from None
+    check_writable(s.out, "--out")
+
+
+def settings_from_options(**o) -> BenchSettings:
+    skip = tuple(x.strip() for x in (o.get("skip") or "").split(",") if x.strip())
+    bad = [x for x in skip if x not in MEASUREMENTS]
+    if bad:
+        raise ConfigError(f"--skip: unknown {bad}; known: {list(MEASUREMENTS)}")
+    overrides = {
+        k: v
+        for k, v in dict(
+            teacher=o.get("teacher"),
+            student=o.get("student"),
+            attention_layers=_ints(o.get("attention_layers"), "--attention-layers"),
+            contexts=_ints(o.get("contexts"), "--contexts"),
+            throughput_contexts=_ints(o.get("throughput_contexts"), "--throughput-contexts"),
+            max_batch=o.get("max_batch"),
+            repeats=o.get("repeats"),
+            warmup=o.get("warmup"),
+            decode_tokens=o.get("decode_tokens"),
+            throughput_tokens=o.get("throughput_tokens"),
+            model_name=o.get("model_name"),
+            profile_contexts=_ints(o.get("profile_contexts"), "--profile-contexts"),
+        ).items()
+        if v is not None
+    }
+    roles = tuple(r.strip() for r in (o.get("roles") or "teacher,student").split(",") if r.strip())
+    if not roles or any(r not in ("teacher", "student") for r in roles):
+        raise ConfigError(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
+    overrides["roles"] = roles
+    if o.get("decode_cache", "static") not in ("static", "dynamic"):
+        raise ConfigError(f"--decode-cache: static or dynamic, got {o.get('decode_cache')!r}")
+    overrides["decode_cache"] = o.get("decode_cache", "static")
+    if o.get("compare"):
+        overrides["compare"] = o["compare"]
+    if o.get("dtype", "auto") != "auto":
+        overrides["dtype"] = o["dtype"]
+    if o.get("device", "auto") != "auto":
+        overrides["device"] = o["device"]
+    common = dict(
+        out=o.get("out", "runs/bench"),
+        skip=skip,
+        cuda_graph=o.get("cuda_graph", True),
+        validate_graph=o.get("validate_graph", True),
+        prefill_graph=o.get("prefill_graph", True),
+        time_limit_s=o.get("time_limit", 0.0) or 0.0,
+        command=_command_line(),
+    )
+    if o.get("tiny") or o.get("config") == "tiny":
+        return BenchSettings.tiny(**{**common, **overrides})
+    if o.get("teacher"):
+        overrides["config"] = None
+    else:
+        overrides["config"] = o.get("config", "qwen3-0.6b")
+    return BenchSettings(**{**common, **overrides})
+
+
+def _command_line() -> str:
+    if not sys.argv:
+        return ""
+    prog = sys.argv[0]
+    head = ["gendistill"] if prog.endswith("gendistill") or prog.endswith("cli.py") else ["python", prog]
+    return " ".join([*head, *map(shlex.quote, sys.argv[1:])])
+
+

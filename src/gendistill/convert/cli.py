@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from gendistill.cli_utils import console, default_device, parse_dtype, user_errors
+from gendistill.cli_utils import console
+from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 from gendistill.errors import GendistillError
 
 
@@ -20,64 +20,37 @@ def register(app: typer.Typer) -> None:
     app.command("chat")(chat_command)
 
 
-@user_errors
 def convert_command(
     teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", "-t",
                                 help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),
     attention_layers: str = typer.Option(..., "--attention-layers", "-a",
                                          help="Layers that keep softmax attention: '0,2,6,11', 'every:4' (3,7,11,...), "
-                                              "'ratio:0.25', 'none', 'all', or a JSON file from layer selection."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer)."),
-    overwrite: bool = typer.Option(False, help="Replace --out if it holds a student gendistill wrote (never a folder of "
-                                               "other files, the working folder or a git repository)."),
+                                              "'ratio:0.25', 'none', 'all', a JSON file from layer selection, or a "
+                                              "student's layer spec 'attention:0,2;kda:1,3'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer "
+                                                      "+ README.md model card)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds a student gendistill wrote "
+                                                              "(never a folder of other files, the working folder or a "
+                                                              "git repository)."),
     mixer: str = typer.Option("kda", help="Linear mixer of the replaced layers: 'kda' (paper), 'gated_deltanet', 'gla' "
-                                           "or 'mamba2' (docs/mixers.md); all start from the teacher's q/k/v/o."),
+                                           "or 'mamba2'; all start from the teacher's q/k/v/o."),
     kv_mode: str = typer.Option("repeat", help="KDA k/v heads: 'repeat' the teacher's GQA heads at run time (paper) or "
                                                 "'expand' them into per-head weights (fla's MHA layout)."),
     gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),
     conv_activation: str = typer.Option("none", help="Short-conv activation: 'none' (paper) or 'silu' (fla default)."),
-    dtype: str = typer.Option("float32", help="dtype to load, convert and save in (float32, bfloat16)."),
-    device: str = typer.Option("cpu", help="Device for the conversion (cpu is enough: it only copies weights)."),
+    dtype: str = typer.Option("auto", help=f"dtype to load, convert and save in: {DTYPE_HELP}."),
+    device: str = typer.Option("auto", help=f"Device for the conversion: {DEVICE_HELP}."),
     seed: int = typer.Option(0, help="Seed of the random KDA initialisation (A_log, dt_bias, gate projections)."),
 ) -> None:
     """Convert a teacher into a hybrid student: chosen layers keep attention, the rest become KDA mixers initialised
-    from the teacher's projections. Prints a summary table; writes SUMMARY.json beside the model."""
-    from gendistill.convert import convert_teacher, save_student
-    from gendistill.convert.summary import human_bytes, summarize
-    from gendistill.layers.registry import LINEAR_MIXERS
-    from gendistill.teachers import load_teacher
+    from the teacher's projections. Prints a summary table; writes SUMMARY.json and a model card beside the model."""
+    from gendistill.api import convert
+    from gendistill.convert.summary import human_bytes
 
-    if mixer not in LINEAR_MIXERS:
-        raise GendistillError(f"unknown --mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
-    from gendistill.models.hybrid.configuration_hybrid import check_kda_options
-    from gendistill.ownership import check_replaceable, check_writable
-
-    conv_act = None if conv_activation.lower() == "none" else conv_activation
-    kda_options = dict(kda_kv_mode=kv_mode, kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
-    try:  # everything a user typed is checked before the teacher is loaded
-        check_kda_options(kda_options)
-    except ValueError as e:
-        flag = {"kda_kv_mode": "--kv-mode", "kda_gate_activation": "--gate-activation",
-                "kda_conv_activation": "--conv-activation"}
-        msg = str(e)
-        for key, name in flag.items():
-            msg = msg.replace(key, name)
-        raise GendistillError(msg) from None
-    if out.exists() and not overwrite:
-        raise GendistillError(f"--out: output folder {out} already exists (pass --overwrite to replace it)")
-    if overwrite:
-        check_replaceable(out, "student", "--out")
-    check_writable(out, "--out")
     start = time.perf_counter()
-    console.print(f"[bold]Loading teacher[/] {teacher}")
-    model, tokenizer = load_teacher(teacher, dtype=parse_dtype(dtype), device=device)
-    with console.status("Converting"):
-        torch.manual_seed(seed)
-        student = convert_teacher(model, attention_layers, linear_attention_type=mixer, **kda_options)
-    summary = summarize(teacher, model, student)
-    with console.status(f"Saving to {out}"):
-        save_student(student, tokenizer, out, overwrite=overwrite,
-                     extra_files={"SUMMARY.json": json.dumps(summary.to_dict(), indent=2) + "\n"})
+    res = convert(teacher, attention_layers, out, mixer=mixer, kv_mode=kv_mode, gate_activation=gate_activation,
+                  conv_activation=conv_activation, dtype=dtype, device=device, seed=seed, overwrite=overwrite)
+    summary = res.summary
 
     table = Table(title=f"{teacher} -> hybrid student ({summary.family})", show_lines=False)
     table.add_column("")
@@ -99,32 +72,34 @@ def convert_command(
                   "`import gendistill; AutoModelForCausalLM.from_pretrained(...)`.")
 
 
-@user_errors
 def chat_command(
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
-    teacher: str = typer.Option(None, "--teacher", "-t", help="Teacher spec (short name, .gguf, folder or hub id)."),
-    student: list[str] = typer.Option([], "--student", "-s", help="Student folder(s); repeat the option for several."),
+    teacher: str = typer.Option(None, "--teacher", "-t", help="Teacher: short name, .gguf, folder or hub id."),
+    student: list[str] = typer.Option([], "--student", "-s", help="Student folder(s) or hub id(s); repeat the option "
+                                                                   "for several."),
     system: str = typer.Option(None, help="Optional system message."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
     sample: bool = typer.Option(False, help="Sample (temperature 0.7, top-p 0.8, top-k 20) instead of greedy."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    dtype: str = typer.Option("float32", help="Model dtype."),
-    device: str = typer.Option(None, help="Device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option("auto", help=f"Model dtype: {DTYPE_HELP}."),
+    device: str = typer.Option("auto", help=f"Device: {DEVICE_HELP}."),
 ) -> None:
     """Answer one chat-templated prompt with the teacher and each student, side by side."""
-    from gendistill.models.loading import load_model
+    from gendistill.devices import resolve_device, resolve_dtype
+    from gendistill.models.loading import load_model, model_label
 
     specs = ([teacher] if teacher else []) + list(student)
     if not specs:
         raise GendistillError("give at least one --teacher or --student")
-    device = device or default_device()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for spec in specs:
-        model, tokenizer = load_model(spec, dtype=parse_dtype(dtype), device=device)
+        model, tokenizer = load_model(spec, dtype=dt, device=dev)
         if not getattr(tokenizer, "chat_template", None):
             raise GendistillError(f"the tokenizer of {spec} has no chat template")
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True).to(device)
+                                            return_dict=True).to(dev)
         torch.manual_seed(seed)
         kwargs = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20) if sample else dict(do_sample=False)
         start = time.perf_counter()
@@ -135,5 +110,5 @@ def chat_command(
         new = output[0, ids["input_ids"].shape[1]:]
         text = tokenizer.decode(new, skip_special_tokens=True).strip()
         kind = "student" if spec in student else "teacher"
-        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {Path(spec).name or spec}",
-                            subtitle=f"{len(new)} tokens, {len(new) / seconds:.1f} tok/s on {device}"))
+        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {model_label(spec)}",
+                            subtitle=f"{len(new)} tokens, {len(new) / seconds:.1f} tok/s on {dev}"))

@@ -22,7 +22,7 @@ from gendistill.models.hybrid.families import get_family
 # Teacher attention parameters a KDA mixer takes over; everything else of a replaced attention (Qwen3's q_norm and
 # k_norm) has no counterpart in KDA and is dropped.
 COPIED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-_NOT_TEACHER_CONFIG = ("model_type", "transformers_version", "architectures", "auto_map", "layer_types")
+_NOT_TEACHER_CONFIG = ("model_type", "transformers_version", "architectures", "auto_map", "layer_types", "_name_or_path")
 
 
 def student_config_from_teacher(teacher_config, attention_layers, **kda_options: Any) -> HybridConfig:
@@ -95,10 +95,11 @@ def _fit_projection(weight: torch.Tensor, target: torch.Tensor, proj: str, confi
 
 
 def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overwrite: bool = False,
-                 extra_files: dict[str, str] | None = None, what: str = "--out") -> Path:
+                 extra_files: dict[str, str] | None = None, what: str = "--out", card: str | None = None) -> Path:
     """Save model (safetensors), config and tokenizer (with its chat template) into ``out_dir`` atomically: written to
     a temporary sibling folder first and renamed into place, so a crash never leaves a half-written student.
-    ``extra_files`` (name -> text) are written into the folder before the rename.
+    ``extra_files`` (name -> text) are written into the folder before the rename. ``card`` is the model card
+    (``README.md``); by default :func:`gendistill.models.card.model_card` of the student's config.
 
     The folder is marked as ours (:mod:`gendistill.ownership`); ``overwrite`` replaces only such a folder. Without it
     publishing is exclusive: if ``out_dir`` appeared while the student was being written (a second run into the same
@@ -117,6 +118,12 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
         student.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if card is None and isinstance(student.config, HybridConfig):
+            from gendistill.models.card import model_card  # noqa: PLC0415
+
+            card = model_card(student.config)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         write_marker(tmp, "student")

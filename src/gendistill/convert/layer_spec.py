@@ -16,7 +16,8 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
         ``"every:4"``    every 4th layer, ending on the last one (layers 3, 7, 11, ... as in Qwen3-Next);
         ``"ratio:0.25"`` or ``"0.25"``  that fraction of the layers, evenly spaced, ending on the last one;
         ``"none"``       no attention (all KDA);  ``"all"``  every layer (a student identical to the teacher);
-        ``"path/to/layers.json"``  a JSON list of indices or an object with ``"attention_layers"`` (layer selection).
+        ``"path/to/layers.json"``  a JSON list of indices or an object with ``"attention_layers"`` (layer selection);
+        ``"attention:0,2,6;kda:1,3,4,5"``  what :meth:`HybridConfig.layer_spec` writes (every layer listed once).
     """
     if isinstance(spec, (list, tuple)):
         return _check([int(i) for i in spec], num_layers, str(spec))
@@ -26,6 +27,8 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
     if text.endswith(".json") or Path(text).is_file():
         return _from_json(Path(text), num_layers)
     low = text.lower()
+    if low.startswith("attention:"):
+        return _from_layout(text, num_layers)
     if low == "none":
         return []
     if low == "all":
@@ -71,6 +74,26 @@ def _check(indices: list[int], num_layers: int, where: str) -> list[int]:
     if dupes:
         raise LayerSpecError(f"attention layers {dupes} appear more than once in '{where}'")
     return sorted(resolved)
+
+
+def _from_layout(text: str, num_layers: int) -> list[int]:
+    """``attention:0,2,6;kda:1,3,4,5`` (the form :meth:`HybridConfig.layer_spec` writes): the attention layers, after
+    checking that the two lists together name every layer exactly once."""
+    parts = [p.strip() for p in text.split(";")]
+    if len(parts) != 2 or any(":" not in p for p in parts):
+        raise LayerSpecError(f"cannot parse '{text}': expected 'attention:0,2,6;kda:1,3,4,5'")
+    lists = []
+    for part in parts:
+        items = part.split(":", 1)[1]
+        try:
+            lists.append([int(i) for i in items.split(",") if i.strip()])
+        except ValueError:
+            raise LayerSpecError(f"cannot parse '{text}': '{part}' is not a list of layer indices") from None
+    attention = _check(lists[0], num_layers, text)
+    linear = _check(lists[1], num_layers, text)
+    if sorted(attention + linear) != list(range(num_layers)):
+        raise LayerSpecError(f"'{text}' does not list each of the teacher's {num_layers} layers exactly once")
+    return attention
 
 
 def _from_json(path: Path, num_layers: int) -> list[int]:

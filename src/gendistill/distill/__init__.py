@@ -5,3 +5,8 @@ RECIPE.yaml`` (see :mod:`gendistill.distill.cli`) and :func:`gendistill.distill.
 from gendistill.distill.config import Recipe, load_recipe, parse_recipe
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe"]
+
+from gendistill.api import callable_module as _callable_module
+from gendistill.api import distill as _distill
+
+_callable_module(__name__, _distill)  # gendistill.distill(...) is gendistill.api.distill(...)

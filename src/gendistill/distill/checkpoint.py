@@ -395,7 +395,10 @@ def weights_fingerprint(model: nn.Module, samples: int = 256) -> str:
         h.update(f"{name}:{tuple(t.shape)};".encode())
         flat = t.detach().reshape(-1)
         if flat.numel() and flat.is_floating_point():
+            # float32 positions, as every recorded fingerprint used; past 2**24 elements the last one can round up
+            # to numel (SmolLM2's 28,311,552-element embedding did): clamp it back onto the last element
             idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples), device=flat.device).long()
+            idx.clamp_(max=flat.numel() - 1)
             h.update(flat[idx].to(torch.bfloat16).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 

@@ -1,22 +1,22 @@
-"""``gendistill distill RECIPE.yaml``: run a distillation recipe (one process, or one per GPU under ``torchrun``)."""
+"""``gendistill distill RECIPE``: run a distillation recipe (one process, or one per GPU under ``torchrun``); a thin
+wrapper over :func:`gendistill.distill`."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from gendistill.cli_utils import console, user_errors
+from gendistill.cli_utils import console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("distill")
-    @user_errors
     def distill(
-        recipe: Path = typer.Argument(..., help="the recipe YAML (see recipes/ and docs/distill.md)"),
+        recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (list them with "
+                                               "`gendistill recipes`; e.g. tiny-cpu)"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in run.output_dir where it stopped"),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="delete the run in run.output_dir first (only a folder gendistill wrote)"
@@ -48,39 +48,38 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Distill a hybrid student from its teacher: stage 1 (KDA mixer alignment), stage 2 (block alignment),
         stage 3a (KL on text), stage 3b (chat KD, completion-only). Multi-GPU: torchrun --nproc-per-node N
-        -m gendistill.cli distill RECIPE."""
+        -m gendistill distill RECIPE."""
         import torch.distributed as dist
 
-        from gendistill.distill.config import load_recipe
-        from gendistill.distill.pipeline import run_recipe
-        from gendistill.errors import ConfigError
+        from gendistill.api import distill as run
 
-        r = load_recipe(recipe, set_ or [])
         if plan:
-            _print_plan(r, gpus, gpu_memory)
+            from gendistill.distill.config import load_recipe
+
+            _print_plan(load_recipe(recipe, set_ or []), gpus, gpu_memory)
             return
         if gpus is not None or gpu_memory is not None:
+            from gendistill.errors import ConfigError
+
             raise ConfigError("--gpus and --gpu-memory only apply with --plan")
         try:
-            if allow_optim_change and not resume:
-                raise ConfigError("--allow-optim-change only applies with --resume")
-            out = run_recipe(r, resume=resume, overwrite=overwrite, dry_run=dry_run, stop_after=stop_after,
-                             allow_optim_change=allow_optim_change)
+            out = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite, dry_run=dry_run,
+                      stop_after=stop_after, allow_optim_change=allow_optim_change)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
             return
         if dry_run:
-            console.print_json(json.dumps(out))
+            console.print_json(json.dumps({"plan": out.plan, "data": out.data}))
             return
-        for name, res in out["results"].items():
+        for name, res in out.results.items():
             first = f"{res.losses[0]:.4f}" if res.losses else "-"
             last = f"{res.losses[-1]:.4f}" if res.losses else "-"
             ev = f", held-out {res.eval_losses[-1][1]:.4f}" if res.eval_losses else ""
             console.print(f"{name}: {res.steps} steps, {res.tokens:,} tokens, loss {first} -> {last}{ev}")
-        for name in out["completed"]:
-            console.print(f"student after {name}: {Path(out['run_dir']) / name}")
+        for name, folder in out.student_dirs.items():
+            console.print(f"student after {name}: {folder}")
 
 
 def _print_plan(recipe, gpus: int | None, gpu_memory: str | None) -> None:

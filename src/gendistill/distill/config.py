@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gendistill.errors import ConfigError
 
@@ -277,7 +277,10 @@ class RunConfig(_Strict):
         description="ddp: the student replicated and wrapped in DDP, the teacher replicated on every rank; fsdp: "
         "student and teacher sharded with FSDP2 per decoder block, sharded (DCP) checkpoints (docs/distill.md)",
     )
-    tensorboard: bool = True
+    tensorboard: bool = Field(default=True, description="log to <output_dir>/tensorboard (pip install "
+                                                            "'gendistill[tensorboard]')")
+    wandb: bool = Field(default=False, description="log to Weights & Biases (pip install 'gendistill[wandb]'; "
+                                                   "project: $WANDB_PROJECT, else gendistill)")
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
 
@@ -287,6 +290,12 @@ class Recipe(_Strict):
     data: DataConfig | None = None
     stages: list[StageConfig] = Field(min_length=1)
     run: RunConfig
+    #: where the recipe came from, as a user would name it (a shipped recipe's name or the file's name); model cards
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
@@ -376,10 +385,13 @@ def read_yaml(path: Path, what: str) -> Any:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe; ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML), e.g.
-    ``run.output_dir=runs/x`` or ``stages[0].steps=10``. Relative data/student paths are resolved against the
-    recipe's folder."""
-    path = Path(path)
+    """Read a YAML recipe: a file, or the name of a recipe shipped with the package (``tiny-cpu``; see
+    :mod:`gendistill.distill.shipped`). ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML), e.g.
+    ``run.output_dir=runs/x`` or ``stages[0].steps=10``. Relative paths are resolved by :func:`resolve_paths`."""
+    from gendistill.distill.shipped import recipe_file  # noqa: PLC0415
+
+    given = str(path)
+    path = recipe_file(path)
     data = read_yaml(path, "recipe")
     for ov in overrides or []:
         if "=" not in ov:
@@ -387,6 +399,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         k, v = ov.split("=", 1)
         _set_dotted(data, k.strip(), yaml.safe_load(v))
     recipe = parse_recipe(data, str(path))
+    recipe._source = Path(given).name
     return resolve_paths(recipe, path.parent)
 
 
@@ -397,15 +410,29 @@ def _resolve(p: str, base: Path) -> str:
     return str(cand) if cand.exists() or p.startswith(".") else p
 
 
+def _resolve_data(p: str, base: Path) -> str:
+    """A relative data file: beside the recipe if it is there, else in the data folder (``$GENDISTILL_DATA_DIR``,
+    else ``../shared/data`` beside the working folder: :func:`gendistill.io.data_dir`), else left as written."""
+    if p.startswith("hf://") or Path(p).is_absolute() or (base / p).exists():
+        return _resolve(p, base)
+    from gendistill.io import data_dir  # noqa: PLC0415
+
+    root = data_dir()
+    if root is not None and (root / p).exists():
+        return str((root / p).resolve())
+    return _resolve(p, base)
+
+
 def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    """Make local paths in the recipe relative to ``base`` (the recipe's folder) absolute where they exist there."""
+    """Make local paths in the recipe absolute: data files beside the recipe (``base``) or in the data folder
+    (:func:`_resolve_data`), ``student.path`` and a teacher file or folder relative to ``base``."""
     datas = [recipe.data] + [s.data for s in recipe.stages]
     for d in datas:
         if d is None:
             continue
         for s in d.sources:
             if not s.hub:
-                s.path = _resolve(s.path, base)
+                s.path = _resolve_data(s.path, base)
     if recipe.student.path is not None:
         recipe.student.path = _resolve(recipe.student.path, base)
     t = recipe.teacher.spec

@@ -245,7 +245,7 @@ def qwen3_table(stage: Any, cards_gib: tuple[int, ...] = (80, 141), gpu_counts: 
 
 def main() -> None:
     """``python -m gendistill.distill.memory``: print the Qwen3 table of docs/distill.md (stage 3a of
-    recipes/qwen3-0.6b-paper.yaml: 4 x 4096 tokens per micro-batch, gradient checkpointing, KL chunks of 2048)."""
+    the shipped qwen3-0.6b-paper recipe: 4 x 4096 tokens per micro-batch, gradient checkpointing, KL chunks of 2048)."""
     from pathlib import Path
 
     from gendistill.distill.config import load_recipe

@@ -1,8 +1,11 @@
-"""Run logging: metrics JSONL (always), TensorBoard (when installed), and a progress display with loss, tokens/s
-and ETA (a rich bar on a terminal, periodic plain lines otherwise). Only rank 0 logs."""
+"""Run logging: metrics JSONL (always), TensorBoard (``run.tensorboard``, on by default; the ``tensorboard`` package
+comes with ``pip install 'gendistill[tensorboard]'``), Weights & Biases (``run.wandb``, off by default; ``pip install
+'gendistill[wandb]'``), and a progress display with loss, tokens/s and ETA (a rich bar on a terminal, periodic plain
+lines otherwise). Only rank 0 logs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -10,20 +13,43 @@ from pathlib import Path
 from typing import Any
 
 
+TENSORBOARD_MISSING = ("TensorBoard logging is off: the tensorboard package is not installed (pip install "
+                       "'gendistill[tensorboard]'); run.tensorboard: false silences this note")
+
+
+def check_wandb(wanted: bool) -> None:
+    """``run.wandb: true`` without the wandb package is refused before anything is loaded (one line)."""
+    if wanted and importlib.util.find_spec("wandb") is None:
+        from gendistill.errors import ConfigError  # noqa: PLC0415
+
+        raise ConfigError("run.wandb: the wandb package is not installed (pip install 'gendistill[wandb]')")
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+    """Every record goes to ``metrics.jsonl``; numeric fields also to TensorBoard (``<stage>/<name>`` at the record's
+    step) and Weights & Biases when enabled. ``wandb_init``: keyword arguments of ``wandb.init`` (project, name,
+    config, ...)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True, wandb: bool = False,
+                 wandb_init: dict[str, Any] | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        self.wandb = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
-
+                except ImportError:  # tensorboard is an extra: say so once, keep the JSONL
+                    print(f"note: {TENSORBOARD_MISSING}", file=sys.stderr, flush=True)
+                else:
                     self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-                except Exception:  # noqa: BLE001 - tensorboard is optional
-                    self.tb = None
+            if wandb:
+                check_wandb(True)
+                import wandb as _wandb  # noqa: PLC0415
+
+                self.wandb = _wandb.init(dir=str(run_dir), **(wandb_init or {}))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -36,6 +62,12 @@ class MetricsLogger:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
                     self.tb.add_scalar(f"{stage}/{k}", v, step)
+        if self.wandb is not None:
+            stage = record.get("stage", "")
+            scalars = {f"{stage}/{k}": v for k, v in record.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")}
+            if scalars:
+                self.wandb.log({**scalars, f"{stage}/step": int(record.get("step", 0))})
 
     def event(self, text: str) -> None:
         """A note for the user (stderr) that is also kept in the metrics file as ``{"event": text}``."""
@@ -66,6 +98,9 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
 
 def _fmt_eta(s: float) -> str:

@@ -7,7 +7,7 @@ Run folder layout::
     <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
     <output_dir>/progress.json          completed stages, teacher fingerprint and student layout (checked on resume)
     <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
-    <output_dir>/tensorboard/           when tensorboard is installed
+    <output_dir>/tensorboard/           run.tensorboard (default; the tensorboard extra)
     <output_dir>/checkpoints/<stage>/step-XXXXXXXX/   resumable checkpoints (the newest N)
     <output_dir>/<stage>/               the student after that stage (save_pretrained + tokenizer), loadable with
                                         AutoModelForCausalLM.from_pretrained
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -30,12 +31,16 @@ from gendistill.distill.config import Recipe, StageConfig, dump_recipe
 from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, barrier, init_world
 from gendistill.distill.freezing import apply_trainable
-from gendistill.distill.metrics import MetricsLogger
+from gendistill.distill.metrics import MetricsLogger, check_wandb
+from gendistill.distill.result import DistillResult
 from gendistill.distill.checkpoint import student_layout, weights_fingerprint
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.ownership import MARKER, check_replaceable, check_writable, marker_kind, remove_owned, write_marker
 from gendistill.distill.trainer import StageResult, run_stage, save_student_folder
+from gendistill.devices import resolve_dtype
 from gendistill.errors import ConfigError
+from gendistill.models.card import StageRecord, model_card, public_model_name
+from gendistill.models.loading import is_student_folder, load_model
 
 
 def _progress(run_dir: Path) -> dict[str, Any]:
@@ -47,39 +52,59 @@ def _write_progress(run_dir: Path, prog: dict[str, Any]) -> None:
     atomic_write_json(run_dir / "progress.json", prog)
 
 
-def _teacher_dtype(recipe: Recipe, world: World) -> torch.dtype:
-    name = recipe.teacher.dtype
-    if name == "auto":
-        return torch.bfloat16 if world.device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+def teacher_dtype(recipe: Recipe, world: World) -> torch.dtype:
+    """``teacher.dtype`` resolved on the run's device (``auto``: bfloat16 on CUDA, float32 on CPU)."""
+    return resolve_dtype(recipe.teacher.dtype, world.device, "teacher.dtype")
 
 
-def load_student_folder(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    import gendistill  # noqa: F401  (registers the hybrid with the Auto classes)
-
-    p = Path(path)
-    if not (p / "config.json").exists():
-        raise ConfigError(f"student.path: {p} is not a model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
-    if hasattr(model, "upcast_recurrence_parameters"):
-        model.upcast_recurrence_parameters()
-    return model.to(device)
+def load_student(path: str | Path, device: torch.device) -> nn.Module:
+    """A saved student, in float32 for training, through the one model loader."""
+    if not is_student_folder(path):
+        raise ConfigError(f"student.path: {path} is not a gendistill student folder (no hybrid config.json)")
+    return load_model(path, dtype=torch.float32, device=device)[0]
 
 
 def build_student(recipe: Recipe, teacher: nn.Module, device: torch.device) -> nn.Module:
     sc = recipe.student
     if sc.path is not None:
-        return load_student_folder(sc.path, device)
+        return load_student(sc.path, device)
     from gendistill.convert import convert_teacher
 
     torch.manual_seed(recipe.run.seed)
     student = convert_teacher(teacher, sc.attention_layers, **sc.kda_options)  # type: ignore[arg-type]
+    student.config.teacher = public_model_name(recipe.teacher.spec)
     student = student.to(device=device, dtype=torch.float32)
     if hasattr(student, "upcast_recurrence_parameters"):
         student.upcast_recurrence_parameters()
     return student
+
+
+def student_card(recipe: Recipe, student: nn.Module, completed: list[str]) -> str:
+    """The model card of the student after the ``completed`` stages of ``recipe``."""
+    records = []
+    for st in recipe.stages:
+        if st.name in completed:
+            steps = st.total_steps()
+            records.append(StageRecord(
+                name=st.name, steps=steps, tokens=steps * st.batch_size * st.seq_len, seq_len=st.seq_len,
+                batch_size=st.batch_size, loss=st.loss.kind if st.loss else None, masking=st.masking,
+                trainable=list(st.trainable.groups) if st.trainable else []))
+    return model_card(student.config, recipe=recipe.source, stages=records)
+
+
+def check_data_found(recipe: Recipe) -> None:
+    """A local data file the recipe names relatively but that is neither beside the recipe nor in the data folder
+    (``$GENDISTILL_DATA_DIR``, else ``../shared/data``) is one line naming it and both places."""
+    from gendistill.io import DATA_ENV, data_dir  # noqa: PLC0415
+
+    for where, d in [("data", recipe.data)] + [(f"stages[{i}].data", s.data) for i, s in enumerate(recipe.stages)]:
+        for j, src in enumerate(d.sources if d is not None else []):
+            if src.hub or src.path.startswith("hf://") or Path(src.path).is_absolute() or Path(src.path).exists():
+                continue
+            root = data_dir()
+            folder = f"the data folder {root}" if root else f"a data folder (set {DATA_ENV} or place shared/data " \
+                                                            "beside the working folder)"
+            raise ConfigError(f"{where}.sources[{j}].path: {src.path} is neither beside the recipe nor in {folder}")
 
 
 def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
@@ -200,8 +225,8 @@ def run_recipe(
     stop_after: int | None = None,
     world: World | None = None,
     allow_optim_change: bool = False,
-) -> dict[str, Any]:
-    """Run the recipe. ``teacher``/``tokenizer``/``student`` may be passed in (tests, notebooks) instead of being
+) -> DistillResult:
+    """Run the recipe and return a :class:`DistillResult` (the same shape for a dry run). ``teacher``/``tokenizer``/``student`` may be passed in (tests, notebooks) instead of being
     loaded from the recipe. ``stop_after`` stops after that many optimizer steps (to test ``resume``).
     ``allow_optim_change`` lets a resumed stage continue under changed optimisation settings (the documented
     recovery from a diverged run: lower the learning rate, resume from the last good checkpoint).
@@ -221,12 +246,12 @@ def run_recipe(
             init_single_process_group(world.device)
     run_dir = Path(recipe.run.output_dir)
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    check_wandb(recipe.run.wandb)
+    check_data_found(recipe)  # a data file in no known place fails before the teacher is loaded
     prog = _progress(run_dir) if resume else {"completed": []}
 
     if teacher is None or tokenizer is None:
-        from gendistill.teachers import load_teacher
-
-        teacher, tokenizer = load_teacher(recipe.teacher.spec, dtype=_teacher_dtype(recipe, world), device=world.device)
+        teacher, tokenizer = load_model(recipe.teacher.spec, dtype=teacher_dtype(recipe, world), device=world.device)
     if recipe.teacher.attn_implementation:
         try:
             teacher.set_attn_implementation(recipe.teacher.attn_implementation)
@@ -245,14 +270,14 @@ def run_recipe(
     completed: list[str] = list(prog.get("completed", []))
     if student is None:
         if completed:
-            student = load_student_folder(run_dir / completed[-1], world.device)
+            student = load_student(run_dir / completed[-1], world.device)
         else:
             student = build_student(recipe, teacher, world.device)
     student = student.to(world.device)
     plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
 
     if dry_run:
-        return {"plan": plan, "data": data_counts}
+        return DistillResult(run_dir=run_dir, completed=completed, plan=plan, data=data_counts, dry_run=True)
 
     root = None
     if world.sharded:  # FSDP2, in place: one unit per decoder block (fingerprints above saw the whole teacher)
@@ -276,7 +301,9 @@ def run_recipe(
         _write_progress(run_dir, {"completed": completed, **fingerprints})
     barrier(world)
 
-    logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard)
+    logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard, recipe.run.wandb,
+                           wandb_init={"project": os.environ.get("WANDB_PROJECT", "gendistill"), "name": run_dir.name,
+                                       "config": recipe.model_dump(mode="json"), "resume": "allow"})
     results: dict[str, StageResult] = {}
     torch.manual_seed(recipe.run.seed + world.rank)
     try:
@@ -305,7 +332,8 @@ def run_recipe(
                 gc.collect()
             if res.steps < stage.total_steps():  # stopped early (stop_after)
                 break
-            save_student_folder(student, tokenizer, run_dir / stage.name, world)
+            save_student_folder(student, tokenizer, run_dir / stage.name, world,
+                                card=student_card(recipe, student, [*completed, stage.name]))
             completed.append(stage.name)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed, **fingerprints})
@@ -314,7 +342,8 @@ def run_recipe(
             barrier(world)
     finally:
         logger.close()
-    return {"results": results, "student": student, "completed": completed, "run_dir": run_dir}
+    return DistillResult(run_dir=run_dir, completed=completed, results=results, plan=plan, data=data_counts,
+                         student=student)
 
 
-__all__ = ["run_recipe", "build_student", "load_student_folder", "validate_data", "describe_plan", "StageConfig"]
+__all__ = ["run_recipe", "build_student", "load_student", "teacher_dtype", "validate_data", "describe_plan", "StageConfig"]

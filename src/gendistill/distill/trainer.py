@@ -376,9 +376,10 @@ def _first_non_finite(student: nn.Module, optimizer: torch.optim.Optimizer, worl
     return next((b for b in found if b is not None), None)
 
 
-def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World) -> None:
-    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank.
-    A sharded student is gathered first (every rank takes part) and saved as a normal, unsharded model folder."""
+def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World, card: str | None = None) -> None:
+    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank, with
+    its model card (``card``: README.md text; by default the card of a converted student). A sharded student is
+    gathered first (every rank takes part) and saved as a normal, unsharded model folder."""
     if world.sharded:
         student = unsharded_copy(student)
     if world.is_main:
@@ -387,7 +388,7 @@ def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: Wo
         was = student.training
         student.eval()
         try:
-            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})")
+            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})", card=card)
         finally:
             student.train(was)
     barrier(world)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from gendistill.errors import GendistillError
+from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 
 
 def eval_command(
@@ -26,7 +26,8 @@ def eval_command(
     seed: int = typer.Option(0, help="Seed of the subsample and of sampling."),
     smoke: bool = typer.Option(False, "--smoke", help=f"Quick plumbing check: at most 4 examples per task and 16 "
                                                       f"new tokens."),
-    out: str = typer.Option("runs/eval", help="Output folder: results.json/.md/.png and examples/*.jsonl."),
+    out: str = typer.Option("runs/eval", "--out", "-o", help="Output folder: results.json/.md/.png and "
+                                                             "examples/*.jsonl."),
     batch_size: int = typer.Option(8, help="Generation batch size (left-padded, length-sorted)."),
     token_budget: int = typer.Option(2048, help="Log-likelihood batch size in tokens."),
     loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
@@ -38,8 +39,8 @@ def eval_command(
     top_k: int = typer.Option(20, help="Sampling top-k (with --samples)."),
     max_new_tokens: int = typer.Option(None, help="Override every task's max new tokens."),
     data_source: str = typer.Option("local", help="local (shared/data or GENDISTILL_DATA_DIR) or hf (hub datasets)."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", help=f"{DTYPE_HELP}."),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP}."),
     fidelity_chat: int = typer.Option(0, help="Held-out chat conversations for teacher-forced top-1 agreement and "
                                               "KL (0: off; needs 2+ models)."),
     fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: tail of "
@@ -58,59 +59,40 @@ def eval_command(
                                      help="Context extension at evaluation time, on every model's attention layers "
                                           "(KDA layers have no positions): yarn:F, linear:F or dynamic:F, e.g. "
                                           "yarn:4 (transformers' rope_parameters)."),
+    update_card: bool = typer.Option(False, "--update-card", help="Write each evaluated student's results into its "
+                                                                  "model card (README.md; folders gendistill wrote)."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:
-    """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the perplexity gap."""
-    from gendistill.eval.runner import EvalConfig, run_eval
-
+    """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the perplexity gap.
+    A thin wrapper over :func:`gendistill.evaluate`."""
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
 
     if merge:
-        try:
-            results = _merge(merge, out)
-        except GendistillError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        results = _merge(merge, out)
         for k, v in results["paths"].items():
             typer.echo(f"{k}: {v}")
         return
-    protocols = [p.strip() for p in protocol.split(",") if p.strip()]
+    from gendistill.api import evaluate
     from gendistill.eval.ruler import parse_depths, parse_lengths
 
-    try:  # checked before any model is loaded or task is run
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise GendistillError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        from gendistill.ownership import check_writable
-
-        check_writable(out, "--out")
-    except GendistillError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     previous = _previous_example_files(out)
-    try:
-        cfg = EvalConfig(
-            models=list(model or []), tasks=tasks, protocols=protocols, limit=limit, seed=seed, smoke=smoke, out=out,
-            batch_size=batch_size, token_budget=token_budget, loglik_chat_template=loglik_chat_template,
-            samples=samples, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-            data_source=data_source, dtype=dtype, device=device, fidelity_chat=fidelity_chat,
-            fidelity_data=fidelity_data, show_progress=not no_progress,
-            context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
-            depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
-            command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        )
-        results = run_eval(cfg)
-    except GendistillError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    from gendistill.eval.report import markdown
-
-    _remove_stale(previous, results.get("example_files", []))
-    typer.echo(markdown(results))
-    for k, v in results["paths"].items():
+    res = evaluate(
+        list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
+        update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, token_budget=token_budget,
+        loglik_chat_template=loglik_chat_template, samples=samples, temperature=temperature, top_p=top_p,
+        top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source, fidelity_chat=fidelity_chat,
+        fidelity_data=fidelity_data, show_progress=not no_progress,
+        context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
+        depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
+        command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    )
+    _remove_stale(previous, res.raw.get("example_files", []))
+    typer.echo(res.markdown())
+    for k, v in res.paths.items():
         typer.echo(f"{k}: {v}")
 
 

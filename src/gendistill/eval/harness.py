@@ -24,8 +24,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import torch
-
 _REGISTERED = False
 
 
@@ -40,13 +38,6 @@ def _import_lm_eval():
     return HFLM, register_model
 
 
-def _dtype(x: Any) -> torch.dtype:
-    if isinstance(x, torch.dtype):
-        return x
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16, "auto": torch.float32, None: torch.float32}[x]
-
-
 def gendistill_lm_class():
     """The ``HFLM`` subclass registered as ``gendistill`` (created lazily so importing this module is cheap)."""
     global _REGISTERED, _CLASS
@@ -58,13 +49,14 @@ def gendistill_lm_class():
     class GendistillLM(HFLM):
         """``HFLM`` that loads ``pretrained`` through gendistill (students, teacher short names, GGUF files)."""
 
-        def __init__(self, pretrained: Any = "smollm2-135m-instruct", tokenizer: Any = None, dtype: Any = "float32",
-                     device: str | None = "cpu", rope_scaling: str | None = None, **kwargs: Any) -> None:
+        def __init__(self, pretrained: Any = "smollm2-135m-instruct", tokenizer: Any = None, dtype: Any = "auto",
+                     device: str | None = "auto", rope_scaling: str | None = None, **kwargs: Any) -> None:
             if isinstance(pretrained, str):
-                from gendistill.eval.runner import load_model  # noqa: PLC0415
+                from gendistill.devices import resolve_device  # noqa: PLC0415
+                from gendistill.models.loading import load_model  # noqa: PLC0415
 
-                dev = device if device and device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-                model, tok = load_model(pretrained, dtype=_dtype(dtype), device=dev)
+                dev = resolve_device(device)
+                model, tok = load_model(pretrained, dtype=dtype or "auto", device=dev)
                 pretrained = model
                 tokenizer = tokenizer or tok
             if rope_scaling:  # model_args rope_scaling=yarn:4, as `gendistill eval --rope-scaling`

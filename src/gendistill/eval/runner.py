@@ -15,7 +15,6 @@ Order of work, so that bad input fails before anything expensive or anything is 
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import re
 import shlex
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gendistill.errors import ConfigError, GendistillError
+from gendistill.errors import ConfigError
 from gendistill.eval import report as R
 from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
@@ -37,6 +36,7 @@ from gendistill.eval.prompts import chat_loglik_pair
 from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
 from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSpec
 from gendistill.eval.tasks import MULTIPLE_CHOICE, Example, Task, parse_tasks, select
+from gendistill.models.loading import load_model, model_label, resolve_model
 
 PROTOCOLS = ("loglik", "generate")
 SMOKE_LIMIT = 4
@@ -64,8 +64,8 @@ class EvalConfig:
     top_k: int = 20
     max_new_tokens: int | None = None  # override every task's
     data_source: str = "local"
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "auto"  # see gendistill.devices: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"
     fidelity_chat: int = 0  # number of held-out chat conversations for teacher-forced fidelity (0 = off)
     fidelity_data: str | None = None
     show_progress: bool = True
@@ -75,67 +75,6 @@ class EvalConfig:
     depths: list[float] | None = None
     haystack: str | None = None
     rope_scaling: str | None = None  # e.g. "yarn:4", applied to every model's attention layers after loading
-
-
-def model_label(spec: str) -> str:
-    """A short name for tables and file names: the file stem of a .gguf, the folder name of a local model, else the
-    spec itself (a teacher short name or a hub id)."""
-    p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
-        return p.stem
-    if p.exists():
-        return p.resolve().name
-    return spec
-
-
-def check_model_spec(spec: str) -> None:
-    """Fail fast on a model that cannot exist (missing folder / file) without loading anything."""
-    p = Path(spec).expanduser()
-    if p.exists():
-        if p.is_dir() and not (p / "config.json").is_file() and not list(p.glob("*.gguf")):
-            raise GendistillError(f"model folder {p} has no config.json")
-        return
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
-    if looks_like_path:
-        raise GendistillError(f"model folder or file {p} does not exist")
-    try:
-        from gendistill.teachers import resolve_teacher  # noqa: PLC0415
-    except ImportError:
-        return
-    resolve_teacher(spec)
-
-
-def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Any causal LM: a teacher spec (short name, .gguf, teacher folder, hub id) through
-    :func:`gendistill.teachers.load_teacher`, or a student folder saved by the converter (``import gendistill``
-    registers the hybrid with the Auto classes)."""
-    check_model_spec(spec)
-    p = Path(spec).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise GendistillError(f"model folder {p}: cannot read config.json ({exc})") from None
-        from gendistill.teachers import SUPPORTED_FAMILIES  # noqa: PLC0415
-
-        if cfg.get("model_type") not in SUPPORTED_FAMILIES:
-            import gendistill  # noqa: F401, PLC0415  (registers the hybrid Auto classes)
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
-
-            try:
-                tok = AutoTokenizer.from_pretrained(p)
-                model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
-            except Exception as exc:  # noqa: BLE001
-                raise GendistillError(f"cannot load model folder {p}: {str(exc).splitlines()[0][:300]}") from None
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            return model.to(device).eval(), tok
-    from gendistill.teachers import load_teacher  # noqa: PLC0415
-
-    model, tok = load_teacher(spec, dtype=dtype, device=device)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
 
 
 # ------------------------------------------------------------------------------------------------ one task, one model
@@ -298,15 +237,16 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.data_source not in ("local", "hf"):
         raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
-    if dtype is None:
-        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got '{cfg.dtype}'")
+    from gendistill.devices import dtype_name, resolve_device, resolve_dtype  # noqa: PLC0415
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     tasks = parse_tasks(cfg.tasks)
     rope = parse_rope_scaling(cfg.rope_scaling)
     long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),
                                 depths=tuple(cfg.depths or DEFAULT_DEPTHS), haystack=cfg.haystack)
     for spec in cfg.models:
-        check_model_spec(spec)
+        resolve_model(spec)  # a reference that cannot exist fails here, before any data is read
     labels, seen = [], set()
     for spec in cfg.models:
         lab = model_label(spec)
@@ -337,7 +277,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     t_start = time.time()
     rope_applied: dict[str, dict] = {}
     for spec, label in zip(cfg.models, labels):
-        model, tok = load_model(spec, dtype=dtype, device=cfg.device)
+        model, tok = load_model(spec, dtype=dtype, device=device)
         if rope is not None:
             rope_applied[label] = apply_rope_scaling(model, rope)
         for t in tasks:
@@ -384,9 +324,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                                  **answer_agreement(answers[(teacher, t.name)], answers[(label, t.name)])})
     if cfg.fidelity_chat > 0 and len(cfg.models) > 1:
         convs = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed)
-        tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=cfg.device)
+        tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=device)
         for spec, label in zip(cfg.models[1:], labels[1:]):
-            smodel, _ = load_model(spec, dtype=dtype, device=cfg.device)
+            smodel, _ = load_model(spec, dtype=dtype, device=device)
             fidelity.append({"student": label, "task": "chat held-out",
                              **teacher_forced(tmodel, smodel, ttok, convs, show_progress=cfg.show_progress)})
             del smodel
@@ -399,7 +339,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "models": labels, "model_specs": cfg.models, "teacher": teacher,
             "tasks": [t.name for t in tasks], "task_docs": {t.name: t.doc for t in tasks},
             "protocols": cfg.protocols, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
-            "data_source": cfg.data_source, "dtype": cfg.dtype, "device": _device_name(cfg.device),
+            "data_source": cfg.data_source, "dtype": dtype_name(dtype), "device": _device_name(device),
             "torch": torch.__version__, "python": platform.python_version(),
             "rope_scaling": rope_applied or None,
             **({"long_context": {"lengths": list(long_spec.lengths), "depths": list(long_spec.depths),
@@ -434,9 +374,9 @@ def _write_partial(out: Path, cfg: EvalConfig, labels: list[str], tasks: list[Ta
     })
 
 
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     proc = platform.processor() or platform.machine()
     try:
         import os

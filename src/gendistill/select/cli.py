@@ -7,20 +7,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gendistill.cli_utils import console, user_errors
+from gendistill.cli_utils import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("select-layers")(select_layers_command)
 
 
-@user_errors
 def select_layers_command(
     teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", "-t",
                                 help="Teacher: a short name (smollm2-135m-instruct), a .gguf file, a local HF folder or a hub id."),
     budget: int = typer.Option(..., "--budget", "-k", help="How many layers keep softmax attention."),
-    method: str = typer.Option(..., "--method", "-m",
-                               help="uniform | kl-guided | greedy-learned | beam-add (docs/select.md explains each and its cost)."),
+    method: str = typer.Option(..., "--method",
+                               help="uniform | kl-guided | greedy-learned | beam-add (the select documentation explains each and "
+                                    "its cost)."),
     data: list[str] = typer.Option([], "--data", "-d",
                                    help="Training/held-out text: a .jsonl(.gz)/.json/.parquet/.txt file or folder "
                                         "(repeat for a mixture). Not needed by 'uniform'."),

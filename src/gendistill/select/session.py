@@ -90,12 +90,10 @@ class Session:
 
     def teacher(self) -> tuple[nn.Module, Any]:
         if self._teacher is None or self._tokenizer is None:
-            from gendistill.teachers import load_teacher
+            from gendistill.models.loading import load_model
 
-            name = self.cfg.teacher_dtype
-            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
-                name, torch.bfloat16 if self.world.device.type == "cuda" else torch.float32)
-            self._teacher, self._tokenizer = load_teacher(self.cfg.teacher, dtype=dtype, device=self.world.device)
+            self._teacher, self._tokenizer = load_model(self.cfg.teacher, dtype=self.cfg.teacher_dtype,
+                                                        device=self.world.device)
         self._teacher = self._teacher.to(self.world.device).eval()
         for p in self._teacher.parameters():
             p.requires_grad_(False)
@@ -172,12 +170,12 @@ class Session:
         if self._aligned is not None:
             return self._aligned
         from gendistill.convert.convert import save_student
-        from gendistill.distill.pipeline import load_student_folder
+        from gendistill.distill.pipeline import load_student
 
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
         if rec is not None and (folder / "config.json").exists():
-            student = load_student_folder(folder, self.world.device)
+            student = load_student(folder, self.world.device)
         else:
             cost = Cost()
             with cost.timed():

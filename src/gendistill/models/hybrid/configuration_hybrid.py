@@ -13,7 +13,7 @@ LINEAR_TYPE = "linear_attention"
 _HYBRID_FIELDS = {
     "base_model_type", "layer_types", "linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim",
     "kda_kv_mode", "kda_conv_size", "kda_conv_bias", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank",
-    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "gla_gate_logit_normalizer",
+    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "gla_gate_logit_normalizer", "teacher",
 }
 
 # The values each categorical KDA option accepts (``None`` is written ``none`` on the command line).
@@ -83,6 +83,8 @@ class HybridConfig(PreTrainedConfig):
         kda_norm_eps: epsilon of the gated output RMSNorm (default: the teacher's ``rms_norm_eps``).
         gla_gate_logit_normalizer: GLA only: the decay is ``logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
             (fla's default 16).
+        teacher: the teacher the student was converted from, as the user named it (a short name or hub id; a local
+            file or folder by its name only, so that a shared ``config.json`` holds no machine path).
     """
 
     model_type = "hybrid_kda"
@@ -104,6 +106,7 @@ class HybridConfig(PreTrainedConfig):
     kda_o_bias: bool | None = None
     kda_norm_eps: float | None = None
     gla_gate_logit_normalizer: float = 16.0
+    teacher: str | None = None
     use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -151,11 +154,15 @@ class HybridConfig(PreTrainedConfig):
         return [i for i, t in enumerate(self.layer_types) if t == LINEAR_TYPE]
 
     def layer_spec(self) -> str:
-        """Compact description, e.g. ``attention:0,2,6;kda:1,3,4,5``."""
+        """Compact description, e.g. ``attention:0,2,6;kda:1,3,4,5``; :func:`gendistill.convert.layer_spec.
+        parse_attention_layers` reads it back (the attention layers)."""
         return (f"attention:{','.join(map(str, self.attention_layers))};"
                 f"{self.linear_attention_type}:{','.join(map(str, self.linear_layers))}")
 
     def to_diff_dict(self) -> dict[str, Any]:
         # Save every field: the defaults of a HybridConfig depend on base_model_type, so a diff against one default
-        # instance would silently drop teacher fields on reload.
-        return self.to_dict()
+        # instance would silently drop teacher fields on reload. ``_name_or_path`` (where the model was last loaded
+        # from: a machine path) is not saved: a shared config.json carries no local paths.
+        d = self.to_dict()
+        d.pop("_name_or_path", None)
+        return d
