@@ -47,7 +47,7 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
     tok = _train_tokenizer()
     teacher = tiny_llama(len(tok))
     out = run_recipe(full, teacher=teacher, tokenizer=tok, world=world)
-    student = out["student"]
+    student = out.student
     shard = student.model.layers[1].mlp.up_proj.weight
     assert shard.to_local().shape[0] == shard.shape[0] // 2  # really sharded
     # the planner's sharded terms are what this rank holds
@@ -122,10 +122,10 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     assert got["nan_found"] == "model.layers.3.mlp.down_proj.weight"
     # the final student is a normal unsharded model folder equal to the one-process student
     saved = load_file(str(tmp_path / "two" / "run" / "stage3a" / "model.safetensors"))
-    for n, p in ref["student"].state_dict().items():
+    for n, p in ref.student.state_dict().items():
         if n in saved:
             torch.testing.assert_close(saved[n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
-    assert {n for n, _ in ref["student"].named_parameters()} - set(saved) <= {"lm_head.weight"}  # tied to embed
+    assert {n for n, _ in ref.student.named_parameters()} - set(saved) <= {"lm_head.weight"}  # tied to embed
 
     # the sharded checkpoint: safetensors shards of both ranks + JSON, no pickle file
     ck = tmp_path / "cut-copy" / "checkpoints" / "stage3a" / "step-00000002"

@@ -56,7 +56,7 @@ def test_fsdp_needs_less_per_gpu_than_ddp_and_shrinks_with_gpus():
     from gendistill.distill.memory import GIB, meta_models, plan_models, qwen3_config
     from gendistill.convert.convert import student_config_from_teacher
 
-    stage = load_recipe(ROOT / "recipes" / "qwen3-0.6b-paper.yaml", []).stages[2]
+    stage = load_recipe("qwen3-0.6b-paper", []).stages[2]
     cfg = qwen3_config("Qwen3-8B")
     teacher, student = meta_models(cfg, student_config_from_teacher(cfg, "every:4"))
     one = plan_models([stage], teacher, student, 1, 80 * GIB, ("ddp",))[0]
@@ -70,7 +70,7 @@ def test_docs_hold_the_generated_qwen3_table():
     from gendistill.distill.config import load_recipe
     from gendistill.distill.memory import qwen3_table
 
-    stage = load_recipe(ROOT / "recipes" / "qwen3-0.6b-paper.yaml", []).stages[2]
+    stage = load_recipe("qwen3-0.6b-paper", []).stages[2]
     table = qwen3_table(stage)
     assert table in (ROOT / "docs" / "distill.md").read_text(), (
         "docs/distill.md: regenerate the planner table with python -m gendistill.distill.memory\n" + table)

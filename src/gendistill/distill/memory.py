@@ -246,12 +246,9 @@ def qwen3_table(stage: Any, cards_gib: tuple[int, ...] = (80, 141), gpu_counts: 
 def main() -> None:
     """``python -m gendistill.distill.memory``: print the Qwen3 table of docs/distill.md (stage 3a of
     the shipped qwen3-0.6b-paper recipe: 4 x 4096 tokens per micro-batch, gradient checkpointing, KL chunks of 2048)."""
-    from pathlib import Path
-
     from gendistill.distill.config import load_recipe
 
-    recipe = Path(__file__).resolve().parents[3] / "recipes" / "qwen3-0.6b-paper.yaml"
-    print(qwen3_table(load_recipe(recipe, []).stages[2]))
+    print(qwen3_table(load_recipe("qwen3-0.6b-paper", []).stages[2]))
 
 
 if __name__ == "__main__":
