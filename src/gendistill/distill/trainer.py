@@ -165,7 +165,7 @@ def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(seqs), stage.micro_batch_size):
-            b = module.prepare(collate(seqs[i : i + stage.micro_batch_size], stage.masking))
+            b = module.prepare(collate(seqs[i : i + stage.micro_batch_size]))
             n = module.count(b)
             b = _to(b, world.device)
             if n == 0:
