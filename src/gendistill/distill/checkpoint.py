@@ -374,6 +374,7 @@ def weights_fingerprint(model: nn.Module, samples: int = 256) -> str:
         flat = t.detach().reshape(-1)
         if flat.numel() and flat.is_floating_point():
             idx = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples), device=flat.device).long()
+            idx.clamp_(max=flat.numel() - 1)  # float32 linspace can round the last index up to numel (49152 x 576)
             h.update(flat[idx].to(torch.bfloat16).float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
