@@ -1,6 +1,6 @@
 # gendistill — two commands on a fresh machine:
 #   make demo   install everything, convert the embedded SmolLM2 teacher into a hybrid student, distill it briefly,
-#               evaluate teacher / undistilled / distilled side by side (CPU: ~N min on 2 cores; DEMO_ARGS="--full"
+#               evaluate teacher / undistilled / distilled side by side (CPU: see README, The demo; DEMO_ARGS="--full"
 #               or a CUDA machine: the real SmolLM2 recipe)
 #   make test   install everything, run the test suite
 # Override TORCH to pick another PyTorch build (e.g. TORCH="torch==2.11.0" on a CUDA machine).

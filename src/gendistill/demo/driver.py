@@ -26,7 +26,9 @@ from gendistill.errors import ConfigError
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
 CPU_RECIPE = Path(str(resources.files("gendistill") / "recipes" / "demo-cpu.yaml"))
 CPU_MAX_NEW_TOKENS = 24  # the CPU demo's generation cap: enough for a letter or a short answer
-TASKS = f"mc:{DEMO_DIR / 'tasks' / 'demo_quiz.jsonl'},qa:{DEMO_DIR / 'tasks' / 'demo_qa.jsonl'}"
+# multiple choice: scored by log-likelihood AND by generation on the same questions (a short-answer task's exact match
+# marks the teacher's full-sentence answers wrong, which hides the point instead of showing it)
+TASKS = f"mc:{DEMO_DIR / 'tasks' / 'demo_quiz.jsonl'}"
 
 
 def full_recipe() -> Path:
@@ -222,7 +224,7 @@ def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, result
             lines.append(f"* {c['student']} on {c['task']}: {100 * c['perplexity_gap']:+.1f}")
     lines += ["", "Held-out ppl: the models' own next-token perplexity on the held-out documents of the last stage's "
                   f"data ({'assistant tokens only' if last.masking == 'completion_only' else 'all tokens'}). "
-                  "Task accuracies are on the demo's own small task set (a few dozen questions written for it), "
+                  "Task accuracies are on the demo's own small task set (32 questions written for it), "
                   "so a difference of a few points is noise"
                   + (f"; generation capped at {max_new_tokens} new tokens." if max_new_tokens else ".")
                   + f" Full report: {out / 'eval' / 'results.md'}.", ""]
