@@ -1,5 +1,7 @@
 # gendistill — two commands on a fresh machine:
-#   make demo   install everything, convert the embedded SmolLM2 teacher into a hybrid student, chat with both
+#   make demo   install everything, convert the embedded SmolLM2 teacher into a hybrid student, distill it briefly,
+#               evaluate teacher / undistilled / distilled side by side (CPU: see README, The demo; DEMO_ARGS="--full"
+#               or a CUDA machine: the real SmolLM2 recipe)
 #   make test   install everything, run the test suite
 # Override TORCH to pick another PyTorch build (e.g. TORCH="torch==2.11.0" on a CUDA machine).
 PYTHON ?= python3
@@ -21,11 +23,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gendistill convert --teacher smollm2-135m-instruct --attention-layers every:4 --out runs/smollm2-135m-hybrid --overwrite
-	$(VENV)/bin/gendistill chat --teacher smollm2-135m-instruct --student runs/smollm2-135m-hybrid \
-		--prompt "What is the capital of France? Answer in one sentence." --max-new-tokens 32
-	@echo "The student above is fresh from conversion: its 23 KDA layers are untrained, so its text is noise until"
-	@echo "GenDistill has run (gendistill distill recipes/smollm2-135m.yaml on a GPU; recipes/tiny-cpu.yaml smoke-tests it)."
+	$(VENV)/bin/gendistill demo --out runs/demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --timeout 900

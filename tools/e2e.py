@@ -284,7 +284,7 @@ def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: in
         ps = PackedStream(recipe.stage_data(stage), tok, stage.seq_len, stage.masking)
         seqs = ps.heldout_sequences(n_seq)
         mb = max(1, min(stage.micro_batch_size, 8))
-        by_stage[stage.name] = [collate(seqs[i : i + mb], stage.masking) for i in range(0, len(seqs), mb)]
+        by_stage[stage.name] = [collate(seqs[i : i + mb]) for i in range(0, len(seqs), mb)]
     res: dict[str, Any] = {}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for name, path in students.items():

@@ -66,7 +66,7 @@ MUTANTS: list[Mutant] = [
            'packed = PackedStream(data, tokenizer, stage.seq_len, "all_tokens")',
            (TRAINER, "-k", "completion_only"),
            "stage 3b distils the user prompts too"),
-    Mutant("mask_shifted_by_one", "src/gendistill/distill/data.py",
+    Mutant("mask_shifted_by_one", "src/gendistill/distill/data/packing.py",
            "loss_mask[:, :-1] = target[:, 1:] & valid[:, 1:]", "loss_mask[:, :-1] = target[:, :-1] & valid[:, 1:]",
            (TRAINER, "-k", "completion_only"),
            "the loss covers the token before each assistant token instead of the assistant tokens"),

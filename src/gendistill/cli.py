@@ -72,6 +72,7 @@ _COMMAND_MODULES = (
     "gendistill.ablate.cli",
     "gendistill.bench.cli",
     "gendistill.select.cli",
+    "gendistill.demo.cli",
 )
 
 for _name in _COMMAND_MODULES:

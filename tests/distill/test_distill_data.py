@@ -245,7 +245,7 @@ def test_resume_from_any_state_gives_the_same_sequences():
 def test_collate_shifts_the_loss_mask_within_documents():
     seqs = [s for s, _ in pack_documents(iter(_docs([3, 5])), 8, pad_id=0)]
     seqs[0].target_mask = [1, 1, 0, 1, 1, 1, 1, 1]
-    b = collate(seqs, "all_tokens")
+    b = collate(seqs)
     # position t is trained when token t+1 is a target of the same document: t=0 (->1), not t=1 (->2 masked),
     # not t=2 (next token starts doc 2), then t=3..6
     assert b["loss_mask"][0].tolist() == [True, False, False, True, True, True, True, False]

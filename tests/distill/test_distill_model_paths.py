@@ -168,7 +168,7 @@ def test_every_family_stage_modules_run_and_isolate_documents(family):
     def batch(d1):
         ids = d1 + d2
         pos = list(range(len(d1))) + list(range(len(d2)))
-        return collate([PackedSequence(ids, pos, [1] * len(ids), [1] * len(ids))], "all_tokens")
+        return collate([PackedSequence(ids, pos, [1] * len(ids), [1] * len(ids))])
 
     for name in ("stage1", "stage2", "stage3a"):
         st = StageConfig(name=name, steps=1, seq_len=16, batch_size=1, optim={"lr": 1e-3})

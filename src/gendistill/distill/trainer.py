@@ -35,7 +35,7 @@ from gendistill.distill.distributed import World, all_reduce_sum, barrier, broad
 from gendistill.distill.fsdp import full, unsharded_copy
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.metrics import MetricsLogger, Progress
-from gendistill.distill.schedules import set_lr
+from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stages import StageModule, build_stage_module, cast_mixer_inputs
 from gendistill.errors import GendistillError
 
@@ -187,7 +187,7 @@ def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(seqs), stage.micro_batch_size):
-            b = module.prepare(collate(seqs[i : i + stage.micro_batch_size], stage.masking))
+            b = module.prepare(collate(seqs[i : i + stage.micro_batch_size]))
             n = module.count(b)
             b = _to(b, world.device)
             if n == 0:
@@ -288,9 +288,10 @@ def run_stage(
                 result.eval_losses.append((0, ev0))
                 logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
                 progress.message(f"[{stage.name}] held-out loss before training {ev0:.4f}")
+        schedule = lr_schedule(opt_cfg, total_steps)
         t_last = time.perf_counter()
         while step < total_steps:
-            lr = set_lr(optimizer, step, total_steps, opt_cfg)
+            lr = set_lr(optimizer, opt_cfg.lr * schedule(step))
             micro, new_state = pending.result()
             if step + 1 < total_steps:
                 pending = pool.submit(prefetch_step, batches, module, world.device)

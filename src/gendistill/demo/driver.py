@@ -1,0 +1,231 @@
+"""The demo pipeline: convert -> distill briefly -> evaluate teacher / undistilled / distilled -> one labelled table.
+
+Layout of ``out`` (default ``runs/demo``)::
+
+    undistilled/     the student straight from conversion (saved like ``gendistill convert`` saves it)
+    run/             the distillation run folder (``gendistill distill``'s layout; run/<last stage>/ is the student)
+    eval/            ``gendistill eval``'s results.json / results.md / examples/ for the three models
+    demo.json        every figure below, with what it is
+    demo.md          the printed table
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gendistill.errors import ConfigError
+
+DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
+CPU_RECIPE = Path(str(resources.files("gendistill") / "recipes" / "demo-cpu.yaml"))
+CPU_MAX_NEW_TOKENS = 24  # the CPU demo's generation cap: enough for a letter or a short answer
+# multiple choice: scored by log-likelihood AND by generation on the same questions (a short-answer task's exact match
+# marks the teacher's full-sentence answers wrong, which hides the point instead of showing it)
+TASKS = f"mc:{DEMO_DIR / 'tasks' / 'demo_quiz.jsonl'}"
+
+
+def full_recipe() -> Path:
+    """The real SmolLM2 recipe: shipped in the package once recipes are (``gendistill/recipes``), else the
+    repository's ``recipes/`` folder."""
+    for cand in (Path(str(resources.files("gendistill") / "recipes" / "smollm2-135m.yaml")),
+                 Path(__file__).resolve().parents[3] / "recipes" / "smollm2-135m.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError("--full: recipes/smollm2-135m.yaml not found (run from a repository checkout)")
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured. ``perplexity`` and ``accuracy`` are keyed by model role (teacher / undistilled /
+    distilled); ``accuracy[role][task][protocol]`` is a fraction; ``tokens`` are the tokens distilled per stage."""
+
+    out: Path
+    recipe: str
+    device: str
+    label: str
+    tokens: dict[str, int]
+    seconds: dict[str, float]
+    perplexity: dict[str, float]
+    accuracy: dict[str, dict[str, dict[str, float]]]
+    perplexity_gap: dict[str, float]
+    table: str
+    eval_results: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@torch.no_grad()
+def heldout_perplexity(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """exp(mean next-token cross-entropy) over the ``loss_mask`` positions of ``batches`` ([B, T] tensors from
+    :func:`gendistill.distill.data.collate`, packed documents marked by restarting position ids)."""
+    dev = next(model.parameters()).device
+    nll, n = 0.0, 0
+    for b in batches:
+        logits = model(input_ids=b["input_ids"].to(dev), position_ids=b["position_ids"].to(dev)).logits.float()
+        m = b["loss_mask"].to(dev)
+        lp = logits.log_softmax(-1)[m]
+        nll -= float(lp.gather(-1, b["labels"].to(dev)[m][:, None]).sum())
+        n += int(m.sum())
+    return math.exp(nll / n) if n else float("nan")
+
+
+def _fmt_ppl(x: float) -> str:
+    return "–" if not math.isfinite(x) else (f"{x:.1f}" if x < 1e4 else f"{x:.2e}")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    full: bool | None = None,
+    recipe: str | Path | None = None,
+    overrides: list[str] | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    heldout_sequences: int = 8,
+    show_progress: bool = True,
+) -> DemoResult:
+    """Run the demo into ``out`` and return its figures (also printed by the command, and written to
+    ``out/demo.json`` / ``out/demo.md``). ``full`` (default: when CUDA is present) runs the real SmolLM2 recipe
+    instead of the CPU demo recipe; ``recipe`` names any other; ``overrides`` are ``gendistill distill --set``
+    strings; ``limit`` caps examples per task; ``max_new_tokens`` caps generation (CPU demo default: 24)."""
+    from gendistill.convert.convert import save_student
+    from gendistill.distill.config import load_recipe
+    from gendistill.distill.data import PackedStream, collate
+    from gendistill.distill.distributed import World
+    from gendistill.distill.pipeline import _teacher_dtype, build_student, run_recipe
+    from gendistill.eval.runner import EvalConfig, model_label, run_eval
+    from gendistill.io import atomic_write_json, atomic_write_text
+    from gendistill.ownership import OutputError, check_writable
+    from gendistill.teachers import load_teacher
+
+    cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not cuda:
+        raise ConfigError("--device cuda: no CUDA device is visible")
+    full = (device == "cuda") if full is None else full
+    if max_new_tokens is None and not full:
+        max_new_tokens = CPU_MAX_NEW_TOKENS
+    recipe_path = Path(recipe) if recipe is not None else (full_recipe() if full else CPU_RECIPE)
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "demo.json").is_file():
+        raise OutputError(f"--out: {out} exists and is not a demo folder (no demo.json); choose a new folder")
+    check_writable(out, "--out")
+    r = load_recipe(recipe_path, [*(overrides or []), f"run.output_dir={out / 'run'}", f"run.device={device}"])
+    if not show_progress:
+        r.run.progress = "none"
+    world = World(device=torch.device(device))
+    seconds: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})  # marks the folder as ours
+
+    # 1. teacher and the undistilled student (built exactly as the distillation builds it: same conversion and seed)
+    t0 = time.perf_counter()
+    teacher, tok = load_teacher(r.teacher.spec, dtype=_teacher_dtype(r, world), device=world.device)
+    teacher.eval()
+    student = build_student(r, teacher, world.device).eval()
+    undistilled = save_student(student, tok, out / "undistilled", overwrite=True, what="--out")
+    seconds["convert"] = time.perf_counter() - t0
+
+    last = r.stages[-1]
+    held = PackedStream(r.stage_data(last), tok, last.seq_len, last.masking).heldout_sequences(heldout_sequences)
+    batches = [collate(held[i : i + 2]) for i in range(0, len(held), 2)]
+    ppl = {"teacher": heldout_perplexity(teacher, batches), "undistilled": heldout_perplexity(student, batches)}
+    del student
+
+    # 2. distillation (the whole recipe, every stage)
+    t0 = time.perf_counter()
+    res = run_recipe(r, overwrite=True, teacher=teacher, tokenizer=tok)
+    seconds["distill"] = time.perf_counter() - t0
+    distilled = Path(res["run_dir"]) / res["completed"][-1]
+    tokens = {name: int(sr.tokens) for name, sr in res["results"].items()}
+    ppl["distilled"] = heldout_perplexity(res["student"].eval(), batches)
+    del res, teacher
+
+    # 3. both protocols on the shipped task set, the three models on the same examples
+    t0 = time.perf_counter()
+    specs = {"teacher": r.teacher.spec, "undistilled": str(undistilled), "distilled": str(distilled)}
+    cfg = EvalConfig(
+        models=list(specs.values()), tasks=TASKS, protocols=["loglik", "generate"], limit=limit,
+        out=str(out / "eval"), device=device, dtype="bfloat16" if device == "cuda" else "float32",
+        max_new_tokens=max_new_tokens, batch_size=64 if device == "cuda" else 8, show_progress=show_progress,
+        command="gendistill demo",
+    )
+    results = run_eval(cfg)
+    seconds["eval"] = time.perf_counter() - t0
+
+    labels = {role: model_label(spec) for role, spec in specs.items()}
+    accuracy: dict[str, dict[str, dict[str, float]]] = {role: {} for role in specs}
+    for row in results["rows"]:
+        for role, lab in labels.items():
+            if row["model"] == lab:
+                accuracy[role].setdefault(row["task"], {})[row["protocol"]] = row["acc"]
+    gaps = {f"{c['student']}/{c['task']}": c["perplexity_gap"] for c in results.get("comparisons", [])
+            if c.get("perplexity_gap") is not None}
+    n_tok = sum(tokens.values())
+    label = (f"briefly distilled on {n_tok:,} tokens on {device.upper()} in {seconds['distill']:.0f} s — a plumbing "
+             "demonstration, not a quality result" if not full else
+             f"distilled with {recipe_path.name} on {n_tok:,} tokens ({device})")
+    table = _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, len(held),
+                   max_new_tokens, out)
+    result = DemoResult(out, str(recipe_path), device, label, tokens, seconds, ppl, accuracy, gaps, table, results)
+    atomic_write_text(out / "demo.md", table)
+    atomic_write_json(out / "demo.json", {
+        "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens, "seconds": seconds,
+        "heldout_perplexity": ppl, "heldout_sequences": len(held), "accuracy": accuracy, "perplexity_gap": gaps,
+        "models": specs, "eval": str(out / "eval" / "results.json"),
+    })
+    return result
+
+
+def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,
+           max_new_tokens, out) -> str:
+    tasks = list(dict.fromkeys(row["task"] for row in results["rows"]))
+    n = {(row["task"], row["protocol"]): row["n"] for row in results["rows"]}
+    last = r.stages[-1]
+    what = {"teacher": f"{r.teacher.spec} (the teacher)",
+            "undistilled": "student fresh from conversion (KDA layers untrained)",
+            "distilled": f"student after {', '.join(tokens)} ({sum(tokens.values()):,} tokens)"}
+    head = ["model", "what it is", f"held-out ppl ({last.name} data, {n_held} seq.)"]
+    for t in tasks:
+        for proto, short in (("loglik", "LL"), ("generate", "gen")):
+            if (t, proto) in n:
+                head.append(f"{t} {short} % (n={n[(t, proto)]})")
+    lines = [f"# gendistill demo — {label}", "",
+             f"Recipe `{recipe_path.name}` on {device}; stages: "
+             + ", ".join(f"{k} {v:,} tokens" for k, v in tokens.items())
+             + f". Wall time: convert {seconds['convert']:.0f} s, distill {seconds['distill']:.0f} s, "
+               f"eval {seconds['eval']:.0f} s.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role in ("teacher", "undistilled", "distilled"):
+        cells = [labels[role], what[role], _fmt_ppl(ppl[role])]
+        for t in tasks:
+            for proto in ("loglik", "generate"):
+                if (t, proto) in n:
+                    cells.append(_pct(accuracy[role].get(t, {}).get(proto)))
+        lines.append("| " + " | ".join(cells) + " |")
+    comps = [c for c in results.get("comparisons", []) if c.get("perplexity_gap") is not None]
+    if comps:
+        lines += ["", "Perplexity gap (points) = (teacher − student under generation) − (teacher − student under "
+                      "log-likelihood): how much of the student's loss log-likelihood scoring hides.", ""]
+        for c in comps:
+            lines.append(f"* {c['student']} on {c['task']}: {100 * c['perplexity_gap']:+.1f}")
+    lines += ["", "Held-out ppl: the models' own next-token perplexity on the held-out documents of the last stage's "
+                  f"data ({'assistant tokens only' if last.masking == 'completion_only' else 'all tokens'}). "
+                  "Task accuracies are on the demo's own small task set (32 questions written for it), "
+                  "so a difference of a few points is noise"
+                  + (f"; generation capped at {max_new_tokens} new tokens." if max_new_tokens else ".")
+                  + f" Full report: {out / 'eval' / 'results.md'}.", ""]
+    return "\n".join(lines)

