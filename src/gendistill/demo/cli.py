@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/demo"), "--out", help="output folder (undistilled/, run/, eval/, demo.md)"),
         full: Optional[bool] = typer.Option(
             None, "--full/--cpu-demo",
-            help="--full: the real SmolLM2 recipe (recipes/smollm2-135m.yaml, needs ../shared/data); --cpu-demo: "
+            help="--full: the real SmolLM2 recipe (the shipped smollm2-135m, needs the data folder); --cpu-demo: "
             "the short CPU recipe on the shipped sample. Default: --full when CUDA is present",
         ),
         recipe: Optional[Path] = typer.Option(None, "--recipe", help="any other recipe instead"),

@@ -11,7 +11,6 @@ Layout of ``out`` (default ``runs/demo``)::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import Any
 
 import torch
 
-from gendistill.errors import ConfigError
 
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
 CPU_RECIPE = Path(str(resources.files("gendistill") / "recipes" / "demo-cpu.yaml"))
@@ -32,13 +30,10 @@ TASKS = f"mc:{DEMO_DIR / 'tasks' / 'demo_quiz.jsonl'}"
 
 
 def full_recipe() -> Path:
-    """The real SmolLM2 recipe: shipped in the package once recipes are (``gendistill/recipes``), else the
-    repository's ``recipes/`` folder."""
-    for cand in (Path(str(resources.files("gendistill") / "recipes" / "smollm2-135m.yaml")),
-                 Path(__file__).resolve().parents[3] / "recipes" / "smollm2-135m.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError("--full: recipes/smollm2-135m.yaml not found (run from a repository checkout)")
+    """The real SmolLM2 recipe, shipped with the package (``gendistill recipes smollm2-135m``)."""
+    from gendistill.distill.shipped import shipped_recipe  # noqa: PLC0415
+
+    return shipped_recipe("smollm2-135m").path
 
 
 @dataclass
@@ -102,19 +97,14 @@ def run_demo(
     from gendistill.distill.config import load_recipe
     from gendistill.distill.data import PackedStream, collate
     from gendistill.distill.distributed import World
-    from gendistill.distill.pipeline import _teacher_dtype, build_student, run_recipe
+    from gendistill.devices import resolve_device
+    from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
     from gendistill.eval.runner import EvalConfig, model_label, run_eval
     from gendistill.io import atomic_write_json, atomic_write_text
     from gendistill.ownership import OutputError, check_writable
-    from gendistill.teachers import load_teacher
+    from gendistill.models.loading import load_model
 
-    cuda = torch.cuda.is_available()
-    if device == "auto":
-        device = "cuda" if cuda else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {device!r} is not one of auto, cpu, cuda")
-    if device == "cuda" and not cuda:
-        raise ConfigError("--device cuda: no CUDA device is visible")
+    device = resolve_device(device).type
     full = (device == "cuda") if full is None else full
     if max_new_tokens is None and not full:
         max_new_tokens = CPU_MAX_NEW_TOKENS
@@ -133,7 +123,7 @@ def run_demo(
 
     # 1. teacher and the undistilled student (built exactly as the distillation builds it: same conversion and seed)
     t0 = time.perf_counter()
-    teacher, tok = load_teacher(r.teacher.spec, dtype=_teacher_dtype(r, world), device=world.device)
+    teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
     teacher.eval()
     student = build_student(r, teacher, world.device).eval()
     undistilled = save_student(student, tok, out / "undistilled", overwrite=True, what="--out")

@@ -85,7 +85,6 @@ def register(app: typer.Typer) -> None:
 def _print_plan(recipe, gpus: int | None, gpu_memory: str | None) -> None:
     """``--plan``: one row per stage and mode (the recipe's mode marked)."""
     import torch
-    from rich.table import Table
 
     from gendistill.distill.memory import GIB, parse_bytes, plan_recipe
     from gendistill.errors import ConfigError
