@@ -139,9 +139,9 @@ def run_demo(
     t0 = time.perf_counter()
     res = run_recipe(r, overwrite=True, teacher=teacher, tokenizer=tok)
     seconds["distill"] = time.perf_counter() - t0
-    distilled = Path(res["run_dir"]) / res["completed"][-1]
-    tokens = {name: int(sr.tokens) for name, sr in res["results"].items()}
-    ppl["distilled"] = heldout_perplexity(res["student"].eval(), batches)
+    distilled = res.student_dirs[res.completed[-1]]
+    tokens = {name: int(sr.tokens) for name, sr in res.results.items()}
+    ppl["distilled"] = heldout_perplexity(res.student.eval(), batches)
     del res, teacher
 
     # 3. both protocols on the shipped task set, the three models on the same examples
