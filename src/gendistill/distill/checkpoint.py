@@ -112,13 +112,18 @@ def optimizer_state_from_files(tensors: dict[str, torch.Tensor], rest: dict[str,
         state.setdefault(int(idx), {})[name] = v
     for idx, st in rest.get("other_state", {}).items():
         state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": param_groups_from_json(rest)}
+
+
+def param_groups_from_json(rest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The optimizer's param groups as saved in JSON, with ``betas`` back to a tuple."""
     groups = []
     for g in rest["param_groups"]:
         g = dict(g)
         if isinstance(g.get("betas"), list):
             g["betas"] = tuple(g["betas"])
         groups.append(g)
-    return {"state": state, "param_groups": groups}
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------------- finiteness

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gendistill.distill.checkpoint import CheckpointError
+from gendistill.distill.checkpoint import CheckpointError, param_groups_from_json
 from gendistill.ownership import OutputError, check_free_space, tensor_bytes
 
 _MODEL, _OPTIM = "model.", "optim."
@@ -99,13 +99,7 @@ def unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], names: lis
                 state.setdefault(fqn, {})[k[len(prefix):]] = v
     for fqn, st in rest.get("other_state", {}).items():
         state.setdefault(fqn, {}).update(st)
-    groups = []
-    for g in rest["param_groups"]:
-        g = dict(g)
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    return model_sd, {"state": state, "param_groups": groups}
+    return model_sd, {"state": state, "param_groups": param_groups_from_json(rest)}
 
 
 def save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, is_main: bool) -> None:
