@@ -95,13 +95,14 @@ class TeacherShapedMixer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------- forward
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """q, k and v projections in one matrix product: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]`` (the three
-        teacher-shaped weights concatenated per call: one GEMM launch instead of three, same function)."""
-        ws = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]
-        b = None
-        if self.q_proj.bias is not None:
-            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        return F.linear(x, torch.cat(ws), b)
+        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. Whichever is smaller is
+        concatenated: the three teacher-shaped weights (one GEMM instead of three: prompts and training batches) or
+        the three outputs (decode steps, where copying the weights every token would cost more than the GEMMs)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if x.shape[:-1].numel() < self.hidden_size:
+            return torch.cat([p(x) for p in projs], dim=-1)
+        b = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
+        return F.linear(x, torch.cat([p.weight for p in projs]), b)
 
     def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""

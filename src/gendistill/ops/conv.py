@@ -96,8 +96,9 @@ def causal_conv1d_btd(
                                  output_final_state=output_final_state,
                                  cu_seqlens=None if cu_seqlens is None else cu_seqlens.to(torch.int32))
     xc = x.transpose(1, 2)  # [B, D, T]
-    history = initial_state if initial_state is not None else xc.new_zeros(xc.shape[0], xc.shape[1], W)
-    full = xc if initial_state is None else torch.cat([history, xc], dim=-1)
+    full = xc if initial_state is None else torch.cat([initial_state, xc], dim=-1)
     y = causal_conv1d(full, weight, bias, activation, out_len=x.shape[1], cu_seqlens=cu_seqlens).transpose(1, 2)
-    final = torch.cat([history, xc[..., -W:]], dim=-1)[..., -W:].contiguous() if output_final_state else None
-    return y, final
+    if not output_final_state:
+        return y, None
+    tail = full[..., -W:]
+    return y, F.pad(tail, (W - tail.shape[-1], 0)).contiguous()  # zeros before the first input
