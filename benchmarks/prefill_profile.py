@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.bench import engine  # noqa: E402
-from gendistill.bench.profile import LABEL_PREFIX, labelled  # noqa: E402
+from gendistill.bench.profile import append_table, label_times, labelled, op_table  # noqa: E402
 from gendistill.bench.timing import measure  # noqa: E402
 
 
@@ -106,13 +106,8 @@ def profile_model(model, L: int, device: torch.device, table_path: Path, title: 
     res["kernel_sum_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
     res["busy_ms"] = busy_ms(kernels)
     res["host_gap_ms"] = max(0.0, t.median_ms - res["busy_ms"])
-    res["by_part_ms"] = {}
-    for evt in prof.key_averages():
-        if evt.key.startswith(LABEL_PREFIX):
-            res["by_part_ms"][evt.key[len(LABEL_PREFIX):]] = round(evt.device_time_total / 1e3, 3)
-    with open(table_path, "a") as f:
-        f.write(f"\n{'=' * 30} {title} {'=' * 30}\n")
-        f.write(prof.key_averages().table(sort_by="device_time_total", row_limit=45))
+    res["by_part_ms"] = label_times(prof, use_cuda=True)
+    append_table(table_path, title, op_table(prof, use_cuda=True))
     return res
 
 

@@ -56,7 +56,7 @@ def labelled(model: Any):
             h.remove()
 
 
-def _label_times(prof, use_cuda: bool) -> dict[str, float]:
+def label_times(prof, use_cuda: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     for evt in prof.key_averages():
         if evt.key.startswith(LABEL_PREFIX):
@@ -67,7 +67,7 @@ def _label_times(prof, use_cuda: bool) -> dict[str, float]:
     return out
 
 
-def _table(prof, use_cuda: bool) -> str:
+def op_table(prof, use_cuda: bool) -> str:
     key = "device_time_total" if use_cuda else "cpu_time_total"
     try:
         return prof.key_averages().table(sort_by=key, row_limit=40)
@@ -75,7 +75,7 @@ def _table(prof, use_cuda: bool) -> str:
         return prof.key_averages().table(sort_by="cuda_time_total" if use_cuda else "cpu_time_total", row_limit=40)
 
 
-def _append(path: Path, title: str, table: str) -> None:
+def append_table(path: Path, title: str, table: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(f"\n{'=' * 40} {title} {'=' * 40}\n{table}\n")
@@ -95,8 +95,8 @@ def profile_model(model: Any, role: str, L: int, device: torch.device, table_pat
             cache, first = engine.prefill(model, ids)
             if use_cuda:
                 torch.cuda.synchronize(device)
-        res["prefill_ms_by_part"] = _label_times(prof, use_cuda)
-        _append(table_path, f"{role} prefill, context {L}", _table(prof, use_cuda))
+        res["prefill_ms_by_part"] = label_times(prof, use_cuda)
+        append_table(table_path, f"{role} prefill, context {L}", op_table(prof, use_cuda))
 
         max_len = L + 2 * decode_steps + 8
         state = engine.make_state(engine.to_static_cache(cache, model.config, max_len), first, L, max_len)
@@ -109,8 +109,8 @@ def profile_model(model: Any, role: str, L: int, device: torch.device, table_pat
                 step()
             if use_cuda:
                 torch.cuda.synchronize(device)
-        res["decode_ms_by_part"] = {k: round(v / decode_steps, 4) for k, v in _label_times(prof, use_cuda).items()}
-        _append(table_path, f"{role} decode ({decode_steps} steps), context {L}", _table(prof, use_cuda))
+        res["decode_ms_by_part"] = {k: round(v / decode_steps, 4) for k, v in label_times(prof, use_cuda).items()}
+        append_table(table_path, f"{role} decode ({decode_steps} steps), context {L}", op_table(prof, use_cuda))
     res["clock"] = "device (CUDA kernel time)" if use_cuda else "cpu"
     res["tables"] = str(table_path)
     return res
