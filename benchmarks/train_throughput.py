@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=4096, help="tokens per chunk of the vocabulary projection")
     ap.add_argument("--docs-per-seq", type=int, default=1, help="pack this many documents per sequence")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: from the card)")
+    ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
+                                                          "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
     ap.add_argument("--dump-fla-configs", default=None, help="folder: write fla's autotuned kernel configurations")
     ap.add_argument("--out", type=str, default=None, help="JSON path (default docs/results/"
@@ -218,9 +220,9 @@ def main() -> None:
                 row = {"stage": stage_name, "micro_batch": mb, "grad_accumulation": B // mb, "gradient_checkpointing": ckpt,
                        "trainable_params": sum(p.numel() for p in trainable)}
 
-                def step():
+                def step(marks=None):
                     micro, _ = prefetch_step(batches, module, dev)
-                    loss, _gn, _d, ok = train_step(module, module, micro, opt, trainable, world, run, 1.0)
+                    loss, _gn, _d, ok = train_step(module, module, micro, opt, trainable, world, run, 1.0, marks)
                     assert ok, f"non-finite loss {loss}"
                     return loss
 
@@ -244,6 +246,10 @@ def main() -> None:
                         fl = count_flops(teacher, student, cfg, B, S)
                         row.update({"flops_per_step": fl, "achieved_tflops": fl["total"] / dt / 1e12,
                                     "mfu": (fl["total"] / dt / peak) if peak else None})
+                    if args.phases and dev.type == "cuda":
+                        row["phases_ms"] = phase_split(step, teacher, student)
+                        print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_ms"].items()),
+                              flush=True)
                     if args.profile:
                         row["profile"] = profile_step(step, Path(args.profile), f"{args.config}_{stage_name}_mb{mb}"
                                                       f"{'_ckpt' if ckpt else ''}", dev)
@@ -282,6 +288,44 @@ def write_result(result: dict, args, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(out)
+
+
+def phase_split(step, teacher, student) -> dict[str, float]:
+    """Device time of one optimizer step split into its phases (ms, summed over micro-batches): CUDA events at the
+    trainer's marks (:func:`train_step`'s ``marks``) and at the start and end of the teacher's and the student's
+    forward (module hooks). A phase's time is the device time between its start mark and its end mark, idle gaps
+    included; the phases add up to the step."""
+    events: list[tuple[str, torch.cuda.Event]] = []
+
+    def mark(name: str) -> None:
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        events.append((name, e))
+
+    handles = []
+    for model, who in ((teacher, "teacher"), (student, "student")):
+        base = getattr(model, "model", model)
+        handles.append(base.register_forward_pre_hook(lambda *a, w=who: mark(f"{w}_start")))
+        handles.append(base.register_forward_hook(lambda *a, w=who: mark(f"{w}_forward")))
+    torch.cuda.synchronize()
+    mark("start")
+    try:
+        step(mark)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.cuda.synchronize()
+    names = {"input": "input (host to device)", "teacher_start": "stage glue", "student_start": "stage glue",
+             "teacher_forward": "teacher forward", "student_forward": "student forward",
+             "backward": "backward", "clip_grad": "clip grad norm", "optimizer": "optimizer"}
+    split: dict[str, float] = {}
+    for (prev_name, prev), (name, ev) in zip(events, events[1:]):
+        label = names.get(name, name)
+        if name == "forward":  # the rest of the stage module's forward: the loss (stage 3: after the student)
+            label = "logit loss" if prev_name == "student_forward" else "forward (teacher, student, loss)"
+        split[label] = split.get(label, 0.0) + prev.elapsed_time(ev)
+    split["total"] = events[0][1].elapsed_time(events[-1][1])
+    return split
 
 
 def profile_step(step, folder: Path, name: str, dev: torch.device) -> dict:

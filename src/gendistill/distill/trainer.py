@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -79,6 +79,7 @@ def train_step(
     world: World,
     run: RunConfig,
     clip_grad_norm: float | None,
+    marks: Callable[[str], None] | None = None,
 ) -> tuple[float, float, float, bool]:
     """One optimizer step over its micro-batches (CPU dicts from :func:`prefetch_step`): forward and backward of each
     (gradients accumulate; each micro-batch's loss is already divided by the global masked-in token count, so the sum
@@ -86,7 +87,12 @@ def train_step(
     the gradient norm are finite. One host sync per step. Returns ``(loss, grad_norm, loss_tokens, stepped)``; when
     ``stepped`` is False the optimizer did not run and the gradients are left for the caller to report.
 
+    ``marks(name)``, when given, is called at the end of each phase (``input``, ``forward``, ``backward`` per
+    micro-batch; ``clip_grad``, ``optimizer``): ``benchmarks/train_throughput.py --phases`` records a CUDA event there
+    to split the step's device time.
+
     This is the trainer's step; ``benchmarks/train_throughput.py`` times exactly this function."""
+    mark = marks or _no_mark
     local = float(sum(module.count(b) for b in micro))
     if world.distributed:
         denom = float(all_reduce_sum(torch.tensor([local], device=world.device), world).item())
@@ -96,25 +102,34 @@ def train_step(
     if denom > 0:
         for j, mb in enumerate(micro):
             mb = _to(mb, world.device)
+            mark("input")
             sync = contextlib.nullcontext()
             if world.distributed and hasattr(wrapped, "no_sync") and j < len(micro) - 1:
                 sync = wrapped.no_sync()
             with sync:
                 with _autocast(world, run):
                     loss = wrapped(mb, denom)
+                mark("forward")
                 # DDP averages gradients over ranks; each rank's loss is its share of the global sum
                 (loss * world.world_size if world.distributed else loss).backward()
+                mark("backward")
             loss_sum += loss.detach()
     loss_t = all_reduce_sum(loss_sum, world)
     max_norm = clip_grad_norm if clip_grad_norm is not None else float("inf")
     gnorm_t = full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else torch.zeros(
         (), device=world.device)
+    mark("clip_grad")
     loss_val, gnorm = torch.stack([loss_t.reshape(()), gnorm_t.to(loss_t)]).tolist()
     if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
         return loss_val, gnorm, denom, False
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    mark("optimizer")
     return loss_val, gnorm, denom, True
+
+
+def _no_mark(name: str) -> None:
+    return None
 
 
 def _use_bf16(world: World, run: RunConfig) -> bool:
