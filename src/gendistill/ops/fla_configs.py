@@ -9,11 +9,15 @@ first, then any key of the same structure, else Triton's autotuning as before). 
   user set ``FLA_CONFIG_DIR`` or ``FLA_CACHE_MODE`` already, or ``GENDISTILL_FLA_CONFIGS=0``. It must run before fla is
   imported (fla reads the variables at import); :func:`gendistill.ops.kda.fla_available` calls it.
 * :func:`dump_autotuned` writes the configurations fla's autotuners chose in this process, in fla's file format
-  (``python benchmarks/train_throughput.py --dump-fla-configs DIR`` on a new kind of GPU, then copy DIR here).
+  (``python benchmarks/train_throughput.py --dump-fla-configs DIR`` on a new kind of GPU, then copy DIR here);
+  :func:`parse_autotune_log` recovers the same from the log of any run made with ``TRITON_PRINT_AUTOTUNING=1``
+  (``python tools/fla_configs_from_log.py LOG DIR``).
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import re
@@ -67,6 +71,8 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _autotuners() -> list[Any]:
+    """Every Triton autotuner in fla's loaded modules, also those wrapped by ``triton.heuristics`` (most KDA kernels
+    are ``Heuristics(fn=Autotuner(...))``: the autotuner is found by following ``.fn``)."""
     from triton.runtime.autotuner import Autotuner  # noqa: PLC0415
 
     seen: dict[int, Any] = {}
@@ -74,36 +80,78 @@ def _autotuners() -> list[Any]:
         if not name.startswith("fla.") or mod is None:
             continue
         for obj in list(vars(mod).values()):
-            if isinstance(obj, Autotuner) and id(obj) not in seen:
-                seen[id(obj)] = obj
+            for _ in range(8):  # a short chain of decorators at most
+                if isinstance(obj, Autotuner):
+                    seen.setdefault(id(obj), obj)
+                obj = getattr(obj, "fn", None)
+                if obj is None:
+                    break
     return list(seen.values())
+
+
+def _kernel_name(tuner: Any) -> str:
+    fn = tuner.fn
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "kernel")
+
+
+def _key_hash(key: tuple) -> str:
+    """fla's hash of an autotune key (``AutotuneKey.key_hash``): md5 of the key as compact, sorted JSON."""
+    return hashlib.md5(json.dumps(list(key), separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir: str | Path,
+                       triton_version: str) -> dict[str, int]:
+    """Write ``<kernel>.json`` in fla's format for ``entries`` ``(kernel name, autotune key, config dict)``, merging
+    with files already in ``out_dir``; each file's ``default_config`` is its most common configuration. Returns
+    ``{kernel: number of keys}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_kernel: dict[str, list[tuple[tuple, dict[str, Any]]]] = {}
+    for name, key, cfg in entries:
+        by_kernel.setdefault(name, []).append((key, cfg))
+    counts: dict[str, int] = {}
+    for name, items in sorted(by_kernel.items()):
+        path = out / f"{name}.json"
+        doc = json.loads(path.read_text()) if path.exists() else {"kernel_name": name, "autotune_entries": {}}
+        doc["triton_version"] = triton_version
+        table = doc.setdefault("autotune_entries", {})
+        for key, cfg in items:
+            table[_key_hash(key)] = {"autotune_key": list(key), "config": cfg}
+        common = Counter(json.dumps(e["config"], sort_keys=True) for e in table.values()).most_common(1)
+        doc["default_config"] = json.loads(common[0][0])
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+        counts[name] = len(table)
+    return counts
 
 
 def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
     """Write ``<kernel>.json`` for every fla kernel autotuned in this process into ``out_dir``, merging with files
     already there. Returns ``{kernel: number of keys}``."""
     import triton  # noqa: PLC0415
-    from fla.ops.utils.cache import AutotuneKey  # noqa: PLC0415
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for tuner in _autotuners():
-        if not tuner.cache:
-            continue
-        fn = tuner.fn
-        name = getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "kernel")
-        path = out / f"{name}.json"
-        doc = json.loads(path.read_text()) if path.exists() else {"kernel_name": name, "autotune_entries": {}}
-        doc["triton_version"] = triton.__version__
-        entries = doc.setdefault("autotune_entries", {})
-        for key, cfg in tuner.cache.items():
-            entries[AutotuneKey.key_hash(key)] = {"autotune_key": AutotuneKey.normalize_autotune_key(list(key)),
-                                                  "config": _config_dict(cfg)}
-        common = Counter(json.dumps(e["config"], sort_keys=True) for e in entries.values()).most_common(1)
-        doc["default_config"] = json.loads(common[0][0])
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
-        counts[name] = len(entries)
-    return counts
+    entries = [(_kernel_name(t), tuple(key), _config_dict(cfg)) for t in _autotuners() for key, cfg in t.cache.items()]
+    return write_config_files(entries, out_dir, triton.__version__)
+
+
+_LOG_RECORD = re.compile(
+    r"Triton autotuning for function (?P<name>\w+),\s*with key as (?P<key>\(.*?\)),\s*finished after [\d.]+s,\s*"
+    r"best config selected: (?P<cfg>[^;]*);", re.S)
+
+
+def parse_autotune_log(text: str) -> list[tuple[str, tuple, dict[str, Any]]]:
+    """The choices Triton printed while autotuning (``TRITON_PRINT_AUTOTUNING=1``), as ``(kernel, key, config)``
+    entries for :func:`write_config_files` — the same configurations an in-process :func:`dump_autotuned` writes,
+    recovered from any run's log."""
+    entries = []
+    for m in _LOG_RECORD.finditer(text):
+        key = ast.literal_eval(m["key"])
+        fields = dict(part.split(": ", 1) for part in (p.strip() for p in m["cfg"].split(",")) if part)
+        values = {k: ast.literal_eval(v) for k, v in fields.items()}
+        meta = {k: values.pop(k) for k in ("num_warps", "num_ctas", "num_stages", "maxnreg") if k in values}
+        entries.append((m["name"], tuple(key), {"kwargs": values, "num_warps": meta.get("num_warps", 4),
+                                                "num_stages": meta.get("num_stages", 3),
+                                                "num_ctas": meta.get("num_ctas", 1),
+                                                "maxnreg": meta.get("maxnreg")}))
+    return entries

@@ -1,0 +1,94 @@
+"""fla kernel configurations shipped with gendistill (no minutes of autotuning on a fresh GPU): the files we write are
+read back by fla's own lookup, kernels wrapped in ``triton.heuristics`` are found, and the shipped H200 set covers the
+kernels of a training step."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+triton = pytest.importorskip("triton")
+cache = pytest.importorskip("fla.ops.utils.cache")
+
+from gendistill.ops import fla_configs  # noqa: E402
+
+LOG = """\
+Autotuning kernel chunk_kda_bwd_kernel_dAv with config num_warps: 2, num_ctas: 1, num_stages: 2, maxnreg: None
+Triton autotuning for function chunk_kda_bwd_kernel_dAv,
+with key as (9, 9, 64, 64, 64, 64, 64, 'torch.bfloat16', 'torch.bfloat16', 'torch.float32', 'torch.int32', 'torch.int32'),
+finished after 5.25s,
+best config selected: num_warps: 4, num_ctas: 1, num_stages: 3, maxnreg: None;
+first optimizer step done 258.6 s after process start
+Triton autotuning for function chunk_kda_bwd_kernel_wy_dqkg_fused,
+with key as (64, 9, False, 64, 64, 'torch.bfloat16', 'torch.float32', 'torch.int32'),
+finished after 88.64s,
+best config selected: BK: 64, BV: 64, num_warps: 4, num_ctas: 1, num_stages: 4, maxnreg: None;
+"""
+
+# the KDA training step's autotuned kernels (forward and backward of chunk_kda with in-kernel gate, fla's conv and
+# gated norm): the shipped H200 set must cover every one of them, or a fresh H200 autotunes for minutes
+STEP_KERNELS = {
+    "causal_conv1d_fwd_kernel", "causal_conv1d_bwd_kernel", "kda_gate_chunk_cumsum_vector_kernel",
+    "chunk_kda_fwd_kernel_intra_token_parallel", "chunk_kda_fwd_kernel_inter_solve_fused",
+    "recompute_w_u_fwd_kda_kernel", "chunk_gated_delta_rule_fwd_kernel_h_blockdim64", "chunk_gla_fwd_kernel_o",
+    "layer_norm_gated_fwd_kernel", "layer_norm_gated_bwd_kernel", "chunk_kda_bwd_kernel_dAv",
+    "chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64", "chunk_kda_bwd_kernel_wy_dqkg_fused",
+    "chunk_kda_bwd_kernel_intra", "chunk_local_cumsum_vector_kernel", "kda_gate_bwd_kernel",
+    "l2norm_fwd_kernel", "l2norm_bwd_kernel",
+}
+
+
+def _lookup(folder, kernel, key, fuzzy=False):
+    f = cache.KernelConfigFile.from_file(folder / f"{kernel}.json")
+    assert f is not None, f"fla cannot read {kernel}.json"
+    k = cache.AutotuneKey(autotune_key=tuple(key))
+    entry = f.lookup_fuzzy(k) if fuzzy else f.lookup_exact(k)
+    return None if entry is None else entry["config"]
+
+
+def test_log_records_become_files_fla_reads(tmp_path):
+    entries = fla_configs.parse_autotune_log(LOG)
+    assert [e[0] for e in entries] == ["chunk_kda_bwd_kernel_dAv", "chunk_kda_bwd_kernel_wy_dqkg_fused"]
+    counts = fla_configs.write_config_files(entries, tmp_path, "3.6.0")
+    assert counts == {"chunk_kda_bwd_kernel_dAv": 1, "chunk_kda_bwd_kernel_wy_dqkg_fused": 1}
+    key = (64, 9, False, 64, 64, "torch.bfloat16", "torch.float32", "torch.int32")
+    cfg = _lookup(tmp_path, "chunk_kda_bwd_kernel_wy_dqkg_fused", key)
+    assert cfg == {"kwargs": {"BK": 64, "BV": 64}, "num_warps": 4, "num_stages": 4, "num_ctas": 1, "maxnreg": None}
+    # fuzzy: another length / head count of the same structure finds it; another dtype does not
+    assert _lookup(tmp_path, "chunk_kda_bwd_kernel_wy_dqkg_fused", (64, 16, False, 128, 128, *key[5:]), True) == cfg
+    assert _lookup(tmp_path, "chunk_kda_bwd_kernel_wy_dqkg_fused",
+                   (64, 9, False, 64, 64, "torch.float32", "torch.float32", "torch.int32"), True) is None
+    # a second write merges keys instead of replacing the file
+    fla_configs.write_config_files([("chunk_kda_bwd_kernel_dAv", (1, 2, "torch.float32"), cfg)], tmp_path, "3.6.0")
+    doc = json.loads((tmp_path / "chunk_kda_bwd_kernel_dAv.json").read_text())
+    assert len(doc["autotune_entries"]) == 2 and doc["triton_version"] == "3.6.0"
+
+
+def test_dump_finds_autotuners_wrapped_in_heuristics(tmp_path, monkeypatch):
+    def kernel(x, N, BK: triton.language.constexpr):  # never launched
+        pass
+
+    tuned = triton.autotune(configs=[triton.Config({"BK": 32}, num_warps=2), triton.Config({"BK": 64}, num_warps=4)],
+                            key=["N"])(triton.jit(kernel))
+    wrapped = triton.heuristics({"X": lambda args: 1})(tuned)
+    tuned.cache[(128, "torch.bfloat16")] = tuned.configs[1]  # what a run's autotuning leaves behind
+    module = types.ModuleType("fla._gendistill_test_kernels")
+    module.wrapped_kernel = wrapped
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    counts = fla_configs.dump_autotuned(tmp_path)
+    assert counts.get("kernel") == 1
+    assert _lookup(tmp_path, "kernel", (128, "torch.bfloat16"))["kwargs"] == {"BK": 64}
+
+
+def test_shipped_h200_configs_cover_the_training_step():
+    folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
+    shipped = {p.stem for p in folder.glob("*.json")}
+    assert STEP_KERNELS <= shipped, f"missing: {sorted(STEP_KERNELS - shipped)}"
+    for name in shipped:
+        f = cache.KernelConfigFile.from_file(folder / f"{name}.json")
+        assert f is not None and f.autotune_entries, name
+        for entry in f.autotune_entries.values():  # every entry is reachable under its own key
+            assert _lookup(folder, name, entry["autotune_key"]) == entry["config"]
