@@ -89,7 +89,8 @@ def make_recipe(teacher: str, data: Path, out: Path, mode: str, args):
             "micro_batch_size": args.micro, "eval_every": 10_000, "eval_sequences": 2,
             "optim": {"lr": 1e-4, "schedule": "constant"}, "loss": {"kind": "forward_kl", "chunk_size": 1024},
         }],
-        "run": {"output_dir": str(out / mode), "distributed": mode, "checkpoint_every": args.steps,
+        # compile off in both runs: the FSDP2 path runs eager blocks, so the plain one must too for equal arithmetic
+        "run": {"output_dir": str(out / mode), "distributed": mode, "checkpoint_every": args.steps, "compile": "off",
                 "progress": "lines", "tensorboard": False, "keep_finished_checkpoints": True},
     })
 

@@ -33,6 +33,7 @@ import time
 T_START = time.perf_counter()  # before torch is imported: "first step" latency counts the imports too
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -125,6 +126,9 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=4096, help="tokens per chunk of the vocabulary projection")
     ap.add_argument("--docs-per-seq", type=int, default=1, help="pack this many documents per sequence")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: from the card)")
+    ap.add_argument("--variants", default="optimized", help="comma-separated: optimized (the trainer's defaults: "
+                    "packed FlashAttention, compiled blocks, fused loss, where they apply) and/or baseline (SDPA with "
+                    "the packed mask, eager blocks, chunked loss), each a row of the same run")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
@@ -138,8 +142,11 @@ def main() -> None:
     from gendistill.distill.distributed import World
     from gendistill.distill.freezing import apply_trainable, param_groups
     from gendistill.distill.stages import build_stage_module, cast_mixer_inputs
+    from gendistill.distill.compile import compiled_blocks
     from gendistill.distill.trainer import (_disable_gradient_checkpointing, _enable_gradient_checkpointing,
-                                            prefetch_step, train_step)
+                                            prefetch_step, train_step, use_compiled_blocks,
+                                            use_packed_flash_attention)
+    from gendistill.models.packed_attention import packed_flash_attention
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     tiny = args.tiny
@@ -203,75 +210,93 @@ def main() -> None:
     first_step_s = None
     out = Path(args.out) if args.out else ROOT / "docs" / "results" / (
         f"train_throughput_{args.config}_{result['card']}{'_tiny' if tiny else ''}.json")
-    for stage_name in stages:
-        for ckpt in ckpts:
-            for mb in micro_sizes:
-                stage = StageConfig(name=stage_name, steps=1, seq_len=S, batch_size=B, micro_batch_size=mb,
-                                    optim={"lr": 2.5e-5, "weight_decay": 0.1},
-                                    loss=LossConfig(chunk_size=args.chunk_size) if stage_name.startswith("stage3") else None,
-                                    gradient_checkpointing=ckpt)
-                apply_trainable(student, stage.trainable)
-                if ckpt:
-                    _enable_gradient_checkpointing(student, "benchmark")
-                module = build_stage_module(student, teacher, stage)
-                trainable = [p for p in student.parameters() if p.requires_grad]
-                opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
-                batches = FixedBatches(mb)
-                row = {"stage": stage_name, "micro_batch": mb, "grad_accumulation": B // mb, "gradient_checkpointing": ckpt,
-                       "trainable_params": sum(p.numel() for p in trainable)}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rows = [(st, ck, mb, va) for st in stages for ck in ckpts for mb in micro_sizes for va in variants]
+    for stage_name, ckpt, mb, variant in rows:
+        fast = variant == "optimized"
+        stage = StageConfig(name=stage_name, steps=1, seq_len=S, batch_size=B, micro_batch_size=mb,
+                            optim={"lr": 2.5e-5, "weight_decay": 0.1},
+                            loss=LossConfig(chunk_size=args.chunk_size,
+                                            implementation="auto" if fast else "chunked")
+                            if stage_name.startswith("stage3") else None,
+                            gradient_checkpointing=ckpt)
+        apply_trainable(student, stage.trainable)
+        if ckpt:
+            _enable_gradient_checkpointing(student, "benchmark")
+        module = build_stage_module(student, teacher, stage)
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
+        batches = FixedBatches(mb)
+        row = {"stage": stage_name, "variant": variant, "micro_batch": mb, "grad_accumulation": B // mb,
+               "gradient_checkpointing": ckpt, "trainable_params": sum(p.numel() for p in trainable)}
+        # what run_stage does around its loop (the baseline: SDPA with the packed mask, eager blocks, the
+        # chunked loss)
+        context = contextlib.ExitStack()
+        row["packed_flash_attention"] = context.enter_context(packed_flash_attention(
+            student, teacher, enabled=fast and use_packed_flash_attention(world, run)))
+        row["compiled_modules"] = context.enter_context(compiled_blocks(
+            student, teacher, enabled=fast and use_compiled_blocks(world, run)))
+        if stage.loss is not None and dev.type == "cuda":
+            row["loss_implementation"] = stage.loss.implementation
 
-                def step(marks=None):
-                    micro, _ = prefetch_step(batches, module, dev)
-                    loss, _gn, _d, ok = train_step(module, module, micro, opt, trainable, world, run, 1.0, marks)
-                    assert ok, f"non-finite loss {loss}"
-                    return loss
+        def step(marks=None):
+            micro, _ = prefetch_step(batches, module, dev)
+            loss, _gn, _d, ok = train_step(module, module, micro, opt, trainable, world, run, 1.0, marks)
+            assert ok, f"non-finite loss {loss}"
+            return loss
 
-                try:
-                    if dev.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(dev)
-                    for i in range(warm):
-                        step()
-                        if first_step_s is None:
-                            sync()
-                            first_step_s = time.perf_counter() - T_START
-                            print(f"first optimizer step done {first_step_s:.1f} s after process start", flush=True)
+        try:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            for i in range(warm):
+                step()
+                if first_step_s is None:
                     sync()
-                    t0 = time.perf_counter()
-                    losses = [step() for _ in range(steps)]
-                    sync()
-                    dt = (time.perf_counter() - t0) / steps
-                    row.update({"status": "ok", "step_time_s": dt, "tokens_per_s": B * S / dt, "loss_last": losses[-1],
-                                "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None})
-                    if stage_name.startswith("stage3"):
-                        fl = count_flops(teacher, student, cfg, B, S)
-                        row.update({"flops_per_step": fl, "achieved_tflops": fl["total"] / dt / 1e12,
-                                    "mfu": (fl["total"] / dt / peak) if peak else None})
-                    if args.phases and dev.type == "cuda":
-                        row["phases_ms"] = phase_split(step, teacher, student)
-                        print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_ms"].items()),
-                              flush=True)
-                    if args.profile:
-                        row["profile"] = profile_step(step, Path(args.profile), f"{args.config}_{stage_name}_mb{mb}"
-                                                      f"{'_ckpt' if ckpt else ''}", dev)
-                except torch.OutOfMemoryError as e:
-                    row.update({"status": "oom", "error": str(e).splitlines()[0],
-                                "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30})
-                opt.zero_grad(set_to_none=True)
-                del opt
-                if ckpt:
-                    _disable_gradient_checkpointing(student)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                result["runs"].append(row)
-                result["first_step_s"] = first_step_s
-                write_result(result, args, out)  # after every row: a run cut off keeps what it measured
-                mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
-                if row["status"] == "ok":
-                    print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['tokens_per_s']:>11,.0f} tok/s  "
-                          f"MFU {mfu:>6s}  step {row['step_time_s']:.3f} s  peak {row['peak_memory_gib'] or 0:.1f} GiB",
-                          flush=True)
-                else:
-                    print(f"{stage_name:8s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: out of memory", flush=True)
+                    first_step_s = time.perf_counter() - T_START
+                    print(f"first optimizer step done {first_step_s:.1f} s after process start", flush=True)
+            sync()
+            t0 = time.perf_counter()
+            losses = [step() for _ in range(steps)]
+            sync()
+            dt = (time.perf_counter() - t0) / steps
+            row.update({"status": "ok", "step_time_s": dt, "tokens_per_s": B * S / dt, "loss_last": losses[-1],
+                        "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None})
+            if stage_name.startswith("stage3"):
+                fl = count_flops(teacher, student, cfg, B, S)
+                row.update({"flops_per_step": fl, "achieved_tflops": fl["total"] / dt / 1e12,
+                            "mfu": (fl["total"] / dt / peak) if peak else None})
+            if args.phases and dev.type == "cuda":
+                row["phases_ms"] = phase_split(step, teacher, student)
+                print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_ms"].items()),
+                      flush=True)
+            if args.profile:
+                row["profile"] = profile_step(step, Path(args.profile), f"{args.config}_{stage_name}_{variant}_mb{mb}"
+                                              f"{'_ckpt' if ckpt else ''}", dev)
+        except torch.OutOfMemoryError as e:
+            row.update({"status": "oom", "error": str(e).splitlines()[0],
+                        "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30})
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+            row.update({"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]})
+            print(f"{stage_name} {variant} mb {mb}: error {type(e).__name__}: {e}"[:2000], flush=True)
+        finally:
+            context.close()
+        opt.zero_grad(set_to_none=True)
+        del opt
+        if ckpt:
+            _disable_gradient_checkpointing(student)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        result["runs"].append(row)
+        result["first_step_s"] = first_step_s
+        write_result(result, args, out)  # after every row: a run cut off keeps what it measured
+        mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
+        if row["status"] == "ok":
+            print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: "
+                  f"{row['tokens_per_s']:>11,.0f} tok/s  MFU {mfu:>6s}  step {row['step_time_s']:.3f} s  "
+                  f"peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
+        else:
+            print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['status']}",
+                  flush=True)
     for h in hooks:
         h.remove()
     write_result(result, args, out)

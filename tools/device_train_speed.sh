@@ -4,7 +4,9 @@
 #   call 1:  bash tools/device_train_speed.sh start PLAN    # set-up, start the driver for PLAN, wait up to WAIT s
 #   call 2+: bash tools/device_train_speed.sh watch         # wait up to WAIT s more, copy the results
 # PLANs: profile (the baseline step profiled and split into phases, fla's kernel configurations dumped, the first step
-# of a fresh Triton cache with those configurations, the parts benchmark).
+# of a fresh Triton cache with those configurations, the parts benchmark); after (on a fresh machine: the first step
+# with the shipped configurations, optimized vs baseline rows of the SmolLM2 pair with phases and profiles, the GPU
+# tests of the fast paths, the Qwen3-0.6B shape, the FSDP2 check).
 set -u
 MODE=${1:-watch}
 PLAN=${2:-profile}
@@ -25,14 +27,28 @@ driver_profile() {
   echo "parts rc=$?" >> "$RES/steps.txt"
 }
 
+driver_after() {
+  # first, on the fresh machine: the first step with the shipped configurations (TRITON_PRINT_AUTOTUNING logs any
+  # kernel they miss), then optimized vs baseline rows of the same run
+  TRITON_PRINT_AUTOTUNING=1 timeout 360 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1,stage2 \
+    --variants optimized,baseline --steps 3 --warmup 1 --phases --profile "$RES/prof" \
+    --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_after.json" > "$RES/tt_after.log" 2>&1
+  echo "tt_after rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_after.log")" >> "$RES/steps.txt"
+  timeout 240 python3 -m pytest -q -x tests/gpu/test_distill_gpu.py > "$RES/pytest_gpu.log" 2>&1
+  echo "pytest_gpu rc=$?" >> "$RES/steps.txt"
+  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py --config qwen3-0.6b --seq 4096 \
+    --batch 16 --micro-batches 4 --stages stage3a,stage1 --variants optimized,baseline --steps 2 --warmup 1 --phases \
+    --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
+  echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
+  timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 4 --seq 512 --batch 8 --micro 4 \
+    --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
+  echo "fsdp_check rc=$?" >> "$RES/steps.txt"
+}
+
 collect() {
   mkdir -p "$OUT"
-  cp "$RES"/*.json "$RES"/*.log "$RES"/*.txt "$OUT"/ 2>/dev/null
-  [ -d "$RES/prof" ] && tar czf "$OUT/prof.tgz" -C "$RES" prof
-  [ -d "$RES/fla_configs" ] && tar czf "$OUT/fla_configs.tgz" -C "$RES" fla_configs
-  # at most 8 files come back: everything small goes into one archive
-  (cd "$OUT" && tar czf results.tgz --exclude results.tgz --exclude prof.tgz --exclude fla_configs.tgz . \
-     && find . -maxdepth 1 -type f ! -name '*.tgz' -delete)
+  # at most 8 files come back: everything goes into one archive, built outside $OUT
+  tar czf /tmp/gendistill_results.tgz -C "$RES" --exclude triton_fresh . && mv /tmp/gendistill_results.tgz "$OUT/"
   ls -la "$OUT"
 }
 
@@ -54,5 +70,5 @@ t0=$(date +%s)
 while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do sleep 5; done
 [ -e "$RES/DONE" ] && echo "driver finished" || echo "driver still running"
 cat "$RES/steps.txt" 2>/dev/null
-tail -n 25 "$RES"/tt_base.log "$RES"/tt_fresh_configs.log "$RES"/parts.log 2>/dev/null | cut -c1-400
+for f in "$RES"/*.log; do echo "== $f"; grep -v -i -E 'warn|autotuning kernel|^with key|^finished after|^best config' "$f" | tail -n 14 | cut -c1-300; done
 collect

@@ -14,8 +14,11 @@ from gendistill.distill.losses import (
     LOGIT_LOSSES,
     chunked_logit_loss,
     full_logit_loss,
+    fused_forward_kl_applies,
+    logit_loss,
     masked_mean,
 )
+from gendistill.errors import ConfigError
 
 
 def _probs(logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -178,3 +181,36 @@ def test_chunked_peak_memory_is_one_chunk_of_logits():
         loss.backward()
     assert Largest.biggest <= C * V, Largest.biggest
     assert Largest.biggest < N * V // 4
+
+
+# ------------------------------------------------------------------------------------ the stages' loss: fused or not
+def _proj_inputs(N=37, D=16, V=90, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(N, D, generator=g), torch.randn(V, D, generator=g) * 0.3, torch.randn(N, D, generator=g),
+            torch.randn(V, D, generator=g) * 0.3, torch.randint(0, V, (N,), generator=g))
+
+
+def test_logit_loss_off_cuda_is_the_chunked_reference():
+    """'auto' off CUDA (and 'chunked' anywhere) computes exactly the chunked loss; the fused kernel needs CUDA."""
+    h_s, w_s, h_t, w_t, y = _proj_inputs()
+    for impl in ("auto", "chunked"):
+        cfg = LossConfig(chunk_size=8, implementation=impl)
+        assert torch.equal(logit_loss(h_s, w_s, h_t, w_t, y, cfg), chunked_logit_loss(h_s, w_s, h_t, w_t, y, cfg))
+
+
+@pytest.mark.parametrize("cfg, why", [
+    (LossConfig(implementation="fused"), "not on CUDA"),
+    (LossConfig(kind="reverse_kl", implementation="fused"), "reverse_kl"),
+    (LossConfig(ce_weight=0.5, implementation="fused"), "ce_weight"),
+])
+def test_fused_logit_loss_where_it_does_not_apply_is_one_clear_error(cfg, why):
+    h_s, w_s, h_t, w_t, y = _proj_inputs()
+    with pytest.raises(ConfigError, match=f"loss.implementation: fused does not apply: .*{why}"):
+        logit_loss(h_s, w_s, h_t, w_t, y, cfg)
+
+
+def test_fused_forward_kl_applies_only_to_what_the_kernel_computes():
+    h = torch.zeros(2, 3)
+    assert fused_forward_kl_applies(LossConfig(), h, None, None) == "not on CUDA (fla's Triton kernel)"
+    assert "bias" in fused_forward_kl_applies(LossConfig(), h, torch.zeros(3), None)
+    assert "jsd" in fused_forward_kl_applies(LossConfig(kind="jsd"), h, None, None)

@@ -4,7 +4,9 @@ Logit losses take ``(student_logits [N, V], teacher_logits [N, V], labels [N], c
 loss ``[N]``; hidden-state losses take ``(student [N, D], teacher [N, D])``. :func:`chunked_logit_loss` applies a logit
 loss to hidden states through the vocabulary projection ``chunk_size`` tokens at a time: the full ``[N, V]`` fp32
 logits of a batch are never materialised (only one chunk's, in the forward and the gradient), which is what lets a
-151,936-token vocabulary at 4096 tokens x batch 4 fit.
+151,936-token vocabulary at 4096 tokens x batch 4 fit. :func:`logit_loss` is what the stages call: the forward KL on
+CUDA goes through fla's fused linear-KL kernel (:func:`fused_forward_kl`; logits, softmaxes and their gradient in one
+Triton pass per row), everything else through the chunked reference.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gendistill.distill.config import LossConfig
+from gendistill.errors import ConfigError
 
 LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
 HiddenLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -227,6 +230,66 @@ def chunked_logit_loss(
     """
     fn = logit_loss_fn(cfg)
     return _ChunkedLogitLoss.apply(h_s, w_s, h_t, w_t, labels, b_s, b_t, fn, cfg, cfg.chunk_size, compute_dtype)
+
+
+def fused_forward_kl_applies(cfg: LossConfig, h_s: torch.Tensor, b_s: torch.Tensor | None,
+                             b_t: torch.Tensor | None) -> str | None:
+    """None when :func:`fused_forward_kl` computes ``cfg``'s loss for these inputs, else the reason it does not."""
+    if cfg.kind != "forward_kl":
+        return f"loss kind {cfg.kind!r} (the fused kernel computes forward_kl)"
+    if cfg.ce_weight:
+        return "ce_weight > 0"
+    if b_s is not None or b_t is not None:
+        return "a vocabulary projection with a bias"
+    if not h_s.is_cuda:
+        return "not on CUDA (fla's Triton kernel)"
+    return None
+
+
+def fused_forward_kl(
+    h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, temperature: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Sum over the ``N`` rows of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)) * T^2 through fla's fused
+    linear-KL kernel (``fla.modules.fused_kl_div``): the projections in ``dtype`` chunk by chunk, the KL and its
+    gradient w.r.t. the student logits in one Triton pass per row, the gradients w.r.t. ``h_s`` (and ``w_s`` when it
+    trains) computed in the forward. The same function as :func:`chunked_logit_loss` with ``forward_kl`` (the
+    temperature enters as a scale of both weights); ``tests/gpu/test_distill_gpu.py`` checks the two against each
+    other."""
+    from fla.modules.fused_kl_div import fused_kl_div_loss  # noqa: PLC0415  (Triton kernels: imported where used)
+
+    n = h_s.shape[0]
+    if n == 0:
+        return h_s.sum() * 0.0
+    ws, wt = w_s.to(dtype), w_t.detach().to(dtype)
+    if temperature != 1.0:
+        ws, wt = ws / temperature, wt / temperature
+    with torch.autocast(device_type=h_s.device.type, enabled=False):
+        mean = fused_kl_div_loss(h_s.to(dtype), h_t.detach().to(dtype), ws, wt, reduction="batchmean")
+    return mean * (n * temperature * temperature)
+
+
+def logit_loss(
+    h_s: torch.Tensor,
+    w_s: torch.Tensor,
+    h_t: torch.Tensor,
+    w_t: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: LossConfig,
+    *,
+    b_s: torch.Tensor | None = None,
+    b_t: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The stages' logit loss: :func:`chunked_logit_loss`'s arguments and result, computed by
+    :func:`fused_forward_kl` when ``cfg.implementation`` allows it and it applies, else by the chunked reference.
+    ``implementation: fused`` where the fused kernel does not apply is a :class:`ConfigError` naming why."""
+    why_not = None if cfg.implementation == "chunked" else fused_forward_kl_applies(cfg, h_s, b_s, b_t)
+    if cfg.implementation == "fused" and why_not is not None:
+        raise ConfigError(f"loss.implementation: fused does not apply: {why_not}; use 'auto' or 'chunked'")
+    if cfg.implementation != "chunked" and why_not is None:
+        return fused_forward_kl(h_s, w_s, h_t, w_t, cfg.temperature, compute_dtype)
+    return chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, b_s=b_s, b_t=b_t, compute_dtype=compute_dtype)
 
 
 def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

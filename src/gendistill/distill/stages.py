@@ -12,7 +12,8 @@ wrapped, never trained, run under ``torch.no_grad``).
   (``input_layernorm -> linear_attn -> residual -> post_attention_layernorm -> mlp -> residual``) is fed the teacher's
   input and matched to the teacher's output.
 * Stage 3a / 3b — full forward of both models to the final normed hidden state; the logit loss (forward KL, ...) is
-  computed through the two vocabulary projections in chunks over the masked-in tokens only.
+  computed through the two vocabulary projections over the masked-in tokens only (fla's fused linear-KL kernel on
+  CUDA, else in chunks: :func:`gendistill.distill.losses.logit_loss`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torch import nn
 
 from gendistill.distill.config import LossConfig, StageConfig
 from gendistill.distill.fsdp import block_call, is_sharded, reshard_all
-from gendistill.distill.losses import HIDDEN_LOSSES, chunked_logit_loss, masked_sum
+from gendistill.distill.losses import HIDDEN_LOSSES, logit_loss, masked_sum
 from gendistill.errors import ConfigError
-from gendistill.models.hybrid.modeling_hybrid import packed_cu_seqlens
+from gendistill.models.hybrid.modeling_hybrid import document_boundaries
+from gendistill.models.packed_attention import PACKED_KEYS, packed_attention_kwargs
 
 
 class _StopForward(Exception):
@@ -55,12 +57,15 @@ def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0]
 
 
-def run_mixer(mixer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def run_mixer(mixer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor,
+              cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """Run a KDA mixer on ``x [B, T, D]`` of packed documents exactly as the student's own forward does: when a row
     restarts its positions, the batch is flattened to one row and the document boundaries (every position restart
-    and every row start) go in as ``cu_seqlens``, so the state and the short convolutions restart at each document."""
+    and every row start) go in as ``cu_seqlens``, so the state and the short convolutions restart at each document.
+    ``cu_seqlens`` ``[N + 1]``: those boundaries when the caller has them already (computed from ``position_ids``
+    otherwise)."""
     B, T, D = x.shape
-    cu = packed_cu_seqlens(position_ids)
+    cu = document_boundaries(position_ids, cu_seqlens)
     if cu is None:
         return _first(mixer(x, attention_mask=None))
     return _first(mixer(x.reshape(1, B * T, D), attention_mask=None, cu_seqlens=cu)).reshape(B, T, -1)
@@ -95,25 +100,35 @@ class _TeacherCapture:
         self.handles = []
 
 
-def teacher_forward_until(teacher: nn.Module, batch: dict[str, torch.Tensor], capture: _TeacherCapture) -> None:
+def packed_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The documents' boundaries of a prepared batch (:meth:`StageModule.prepare`) as the keyword arguments every
+    model forward takes (transformers' flash-attention names; the hybrid's KDA layers read them too); empty for a
+    batch that was not prepared (the models then find the boundaries in ``position_ids`` themselves)."""
+    return {k: batch[k] for k in PACKED_KEYS if k in batch}
+
+
+def teacher_forward_until(teacher: nn.Module, batch: dict[str, Any], capture: _TeacherCapture) -> None:
     base = getattr(teacher, "model", teacher)
     with torch.no_grad(), capture:
         try:
-            base(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            base(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                 **packed_kwargs(batch))
         except _StopForward:
             if is_sharded(teacher):  # the block that stopped the forward never reached its post-forward reshard
                 reshard_all(teacher)
 
 
-def _mixer_of(layer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def _mixer_of(layer: nn.Module, x: torch.Tensor, position_ids: torch.Tensor,
+              cu: torch.Tensor | None = None) -> torch.Tensor:
     """Stage 1's student computation on one block: its KDA mixer alone on the teacher's captured input."""
-    return run_mixer(layer.linear_attn, x.to(_param_dtype(layer.linear_attn)), position_ids)
+    return run_mixer(layer.linear_attn, x.to(_param_dtype(layer.linear_attn)), position_ids, cu)
 
 
-def _kda_block(layer: nn.Module, h: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def _kda_block(layer: nn.Module, h: torch.Tensor, position_ids: torch.Tensor,
+               cu: torch.Tensor | None = None) -> torch.Tensor:
     """Stage 2's student computation on one KDA block fed the teacher's block input ``h [B, T, D]``."""
     h = h.to(_param_dtype(layer))
-    h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids)
+    h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids, cu)
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
@@ -132,9 +147,11 @@ class StageModule(nn.Module):
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch[self.mask_key].sum())
 
-    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Work on the CPU batch before it goes to the device (the trainer calls it on its data thread)."""
-        return batch
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Work on the CPU batch before it goes to the device (the trainer calls it on its data thread): the
+        documents' boundaries (:func:`gendistill.models.packed_attention.packed_attention_kwargs`), so that no forward
+        has to find them on the device (a host sync each)."""
+        return {**batch, **packed_attention_kwargs(batch["position_ids"])}
 
 
 class Stage1Module(StageModule):
@@ -152,7 +169,7 @@ class Stage1Module(StageModule):
         total = 0.0
         for i in self.layers:
             x, y = self.capture.store[i]
-            out = block_call(s_layers[i], _mixer_of, x, batch["position_ids"])
+            out = block_call(s_layers[i], _mixer_of, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
             total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))
@@ -166,8 +183,9 @@ class Stage2Module(StageModule):
         self.capture = _TeacherCapture({i: t_layers[i] for i in self.layers})
         self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
 
-    def block(self, i: int, h: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return block_call(decoder_layers(self.student)[i], _kda_block, h, position_ids)
+    def block(self, i: int, h: torch.Tensor, position_ids: torch.Tensor,
+              cu: torch.Tensor | None = None) -> torch.Tensor:
+        return block_call(decoder_layers(self.student)[i], _kda_block, h, position_ids, cu)
 
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
         teacher_forward_until(self.teacher, batch, self.capture)
@@ -175,7 +193,7 @@ class Stage2Module(StageModule):
         total = 0.0
         for i in self.layers:
             x, y = self.capture.store[i]
-            out = self.block(i, x, batch["position_ids"])
+            out = self.block(i, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
             total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))
@@ -186,27 +204,28 @@ class Stage3Module(StageModule):
 
     mask_key = "loss_mask"
 
-    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Adds ``loss_index`` ``[N]``: the flat positions of the masked-in tokens, found on the CPU (a ``nonzero`` on
         the device would stall the step until the GPU catches up)."""
-        return {**batch, "loss_index": batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)}
+        return {**super().prepare(batch), "loss_index": batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)}
 
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
         ids, pos = batch["input_ids"], batch["position_ids"]
         sel = batch.get("loss_index")
         if sel is None:
             sel = batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)
+        packed = packed_kwargs(batch)
         t_base = getattr(self.teacher, "model", self.teacher)
         with torch.no_grad():
-            h_t = t_base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+            h_t = t_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
             h_t = h_t.reshape(-1, h_t.shape[-1]).index_select(0, sel)
         s_base = self.student.model
-        h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
         h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
         labels = batch["labels"].reshape(-1).index_select(0, sel)
         s_head, t_head = self.student.lm_head, self.teacher.lm_head
         dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else h_s.dtype
-        loss = chunked_logit_loss(
+        loss = logit_loss(
             h_s,
             s_head.weight,
             h_t,

@@ -29,6 +29,7 @@ from gendistill.distill.checkpoint import (
     tmp_dir_for,
     write_rank_files,
 )
+from gendistill.distill.compile import compiled_blocks
 from gendistill.distill.config import DataConfig, RunConfig, StageConfig
 from gendistill.distill.data import BatchStream, PackedStream, StreamState, collate
 from gendistill.distill.distributed import World, all_reduce_sum, barrier, broadcast_object
@@ -38,6 +39,8 @@ from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stages import StageModule, build_stage_module, cast_mixer_inputs
 from gendistill.errors import GendistillError
+from gendistill.models.packed_attention import available as packed_attention_available
+from gendistill.models.packed_attention import packed_flash_attention
 
 
 class TrainingDivergedError(GendistillError):
@@ -55,8 +58,9 @@ class StageResult:
     resumed_from: int | None = None
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device``; other values (a prepared batch's longest document length) as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def prefetch_step(batches: BatchStream, module: StageModule, device: torch.device):
@@ -66,7 +70,7 @@ def prefetch_step(batches: BatchStream, module: StageModule, device: torch.devic
     micro, state = batches.next_step()
     micro = [module.prepare(mb) for mb in micro]
     if device.type == "cuda":
-        micro = [{k: v.pin_memory() for k, v in mb.items()} for mb in micro]
+        micro = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in mb.items()} for mb in micro]
     return micro, state
 
 
@@ -134,6 +138,19 @@ def _no_mark(name: str) -> None:
 
 def _use_bf16(world: World, run: RunConfig) -> bool:
     return run.precision == "bf16" or (run.precision == "auto" and world.device.type == "cuda")
+
+
+def use_packed_flash_attention(world: World, run: RunConfig) -> bool:
+    """Attention layers of teacher and student run FlashAttention over the packed documents (instead of SDPA with
+    a block-diagonal mask) when training in bf16 on a GPU whose PyTorch has ``varlen_attn``."""
+    return _use_bf16(world, run) and packed_attention_available(world.device)
+
+
+def use_compiled_blocks(world: World, run: RunConfig) -> bool:
+    """``run.compile``: auto compiles the blocks' norms and MLPs on a GPU, except under FSDP2."""
+    if run.compile == "auto":
+        return world.device.type == "cuda" and not world.sharded
+    return run.compile == "on"
 
 
 def _autocast(world: World, run: RunConfig):
@@ -296,6 +313,9 @@ def run_stage(
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gendistill-data")
     pending = pool.submit(prefetch_step, batches, module, world.device)
     hooks = cast_mixer_inputs(student, torch.bfloat16) if _use_bf16(world, run) else []
+    context = contextlib.ExitStack()
+    context.enter_context(packed_flash_attention(student, teacher, enabled=use_packed_flash_attention(world, run)))
+    context.enter_context(compiled_blocks(student, teacher, enabled=use_compiled_blocks(world, run)))
     try:
         if stage.eval_every and step == 0:
             ev0 = evaluate(module, eval_seqs, stage, world, run, call)
@@ -368,6 +388,7 @@ def run_stage(
         progress.close()
         for h in hooks:
             h.remove()
+        context.close()
         if stage.gradient_checkpointing:  # the next stage decides for itself
             _disable_gradient_checkpointing(student)
     result.steps, result.tokens = step, tokens

@@ -37,6 +37,15 @@ def packed_cu_seqlens(position_ids: torch.LongTensor) -> torch.LongTensor | None
     return torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32 if position_ids.is_cuda else torch.long)
 
 
+def document_boundaries(position_ids: torch.LongTensor, given: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The ``cu_seqlens`` the KDA layers run with for ``position_ids`` ``[B, T]``: ``given`` (boundaries the caller
+    computed, e.g. transformers' ``cu_seq_lens_q``, which always include every row start) when it marks more
+    documents than rows, else :func:`packed_cu_seqlens`. None means no row restarts: the layers run row by row."""
+    if given is not None:
+        return given if given.numel() - 1 > position_ids.shape[0] else None
+    return packed_cu_seqlens(position_ids)
+
+
 class HybridDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: HybridConfig, layer_idx: int):
         super().__init__()
@@ -140,11 +149,15 @@ class HybridModel(HybridPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         # Packed documents (position_ids restarting inside a row, no padding mask) are a training/scoring layout:
         # they never get an implicit generation cache, and cannot continue one.
+        # The boundaries come with the call when the caller has them (transformers' flash-attention keyword
+        # ``cu_seq_lens_q``, [N + 1] over the flattened B * T tokens: the trainer computes them on the host), else
+        # they are read off position_ids here.
         cu_seqlens = None
         if position_ids is not None and attention_mask is None and position_ids.shape[-1] > 1:
-            cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
-            if cu_seqlens is not None and cache is not None:
-                raise ValueError("packed documents (restarting position_ids) cannot be combined with a cache")
+            cu_seqlens = document_boundaries(position_ids.expand(inputs_embeds.shape[0], -1),
+                                             kwargs.get("cu_seq_lens_q"))
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("packed documents (restarting position_ids) cannot be combined with a cache")
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training and cu_seqlens is None
         if use_cache and cache is None:

@@ -1,0 +1,53 @@
+"""``torch.compile`` of the elementwise-heavy parts of every decoder block during training: the two RMSNorms and the
+SwiGLU MLP of teacher and student (the norm's six kernels and the MLP's activation and product each become one fused
+kernel, forward and backward). The mixers (fla's Triton kernels, FlashAttention) stay as they are.
+
+Each module class's ``forward`` is compiled once and shared by every instance (its parameters are graph inputs), so
+a 30-layer pair compiles a handful of graphs — seconds on a GPU machine — not one per layer.
+:func:`compiled_blocks` installs the compiled ``forward`` on the instances for the duration of a ``with`` block and
+removes it after, so the models the trainer returns are plain modules. ``tests/distill/test_distill_compile.py``
+checks a compiled step against the eager one; ``benchmarks/train_parts.py`` times the part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+#: the block parts compiled, by attribute name on a decoder layer
+PARTS = ("input_layernorm", "post_attention_layernorm", "mlp")
+
+
+@functools.cache
+def _compiled_forward(cls: type) -> object:
+    return torch.compile(cls.forward)
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "model", model)
+    return getattr(base, "layers", nn.ModuleList())
+
+
+@contextlib.contextmanager
+def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled.
+    Yields how many modules were switched (0 when ``enabled`` is False)."""
+    switched: list[nn.Module] = []
+    try:
+        if enabled:
+            for model in models:
+                base = getattr(model, "model", model)
+                parts = [getattr(layer, name) for layer in _layers(model) for name in PARTS if hasattr(layer, name)]
+                if isinstance(getattr(base, "norm", None), nn.Module):
+                    parts.append(base.norm)
+                for m in parts:
+                    m.forward = _compiled_forward(type(m)).__get__(m)  # an instance attribute, removed on exit
+                    switched.append(m)
+        yield len(switched)
+    finally:
+        for m in switched:
+            del m.forward

@@ -1,0 +1,63 @@
+"""The trainer's compiled blocks (``torch.compile`` of every decoder layer's norms and MLP, teacher and student) give
+the step the eager blocks give, share one compiled graph per module class, and leave plain modules behind."""
+
+from __future__ import annotations
+
+import torch
+
+from gendistill.distill.compile import PARTS, compiled_blocks
+from gendistill.distill.config import LossConfig, RunConfig, StageConfig
+from gendistill.distill.distributed import World
+from gendistill.distill.freezing import apply_trainable
+from gendistill.distill.stages import build_stage_module
+from gendistill.distill.trainer import train_step
+
+
+def _step(student, teacher, batch):
+    stage = StageConfig(name="stage3a", steps=1, seq_len=16, batch_size=2, micro_batch_size=2, optim={"lr": 1.0},
+                        loss=LossConfig(chunk_size=7))
+    apply_trainable(student, stage.trainable)
+    module = build_stage_module(student, teacher, stage)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=1.0)
+    run = RunConfig(output_dir="unused", precision="fp32", tensorboard=False, progress="none")
+    loss, gnorm, _, ok = train_step(module, module, [module.prepare(batch)], opt, trainable, World(), run, None)
+    assert ok
+    return loss, gnorm, [p.detach().clone() for p in trainable]
+
+
+def test_compiled_step_equals_eager_step(teacher, student):
+    """fp32 on CPU: inductor fuses the RMSNorm reduction and the SwiGLU product but computes the same function;
+    its reduction order differs from eager's, so values agree to float32 rounding (1e-5 relative), not bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, teacher.config.vocab_size, (2, 16), generator=g)
+    pos = torch.tensor([list(range(9)) + list(range(7)), list(range(16))])  # packed documents in row 0
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[:, -1] = False
+    batch = {"input_ids": ids, "position_ids": pos, "loss_mask": mask, "token_mask": mask,
+             "labels": torch.where(mask, torch.roll(ids, -1, 1), -100)}
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    eager = _step(student, teacher, batch)
+    student.load_state_dict(start)
+    torch._dynamo.reset()
+    with compiled_blocks(student, teacher) as n:
+        assert n == 2 * (3 * teacher.config.num_hidden_layers + 1)
+        compiled = _step(student, teacher, batch)
+        frames = torch._dynamo.utils.counters["frames"]["ok"]
+    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
+    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # one graph per module class and grad mode (RMSNorm, MLP; teacher without, student with grad): not one per layer
+    assert 0 < frames <= 8, frames
+
+
+def test_compiled_blocks_are_removed_after_the_block(teacher):
+    layer = teacher.model.layers[0]
+    plain = {name: getattr(layer, name).forward for name in PARTS}
+    with compiled_blocks(teacher):
+        assert all("forward" in vars(getattr(layer, name)) for name in PARTS)
+    assert all("forward" not in vars(getattr(layer, name)) for name in PARTS)
+    assert {name: getattr(layer, name).forward for name in PARTS} == plain
+    with compiled_blocks(teacher, enabled=False) as n:
+        assert n == 0 and "forward" not in vars(layer.mlp)
