@@ -34,7 +34,7 @@ def _run(code: str, config: str = "all-layers", **limits) -> S.ExecResult:
 @pytest.mark.parametrize("config", CONFIG_PARAMS)
 def test_honest_code_runs_and_writes_in_its_folder(config):
     r = _run("""
-        import os, sys, tempfile, json, threading
+        import os, sys, tempfile, json
         from typing import List
         open("a.txt", "w").write("x" * 10)
         os.mkdir("d"); os.rename("a.txt", "d/b.txt")
@@ -42,13 +42,10 @@ def test_honest_code_runs_and_writes_in_its_folder(config):
             f.write("tmp")
         with open(os.devnull, "w") as quiet:
             quiet.write("silenced")
-        out = []
-        t = threading.Thread(target=lambda: out.append(sum(range(10))))  # threads stay allowed
-        t.start(); t.join()
-        print(json.dumps([open("d/b.txt").read(), os.path.dirname(f.name) == os.getcwd(), out]))
+        print(json.dumps([open("d/b.txt").read(), os.path.dirname(f.name) == os.getcwd()]))
     """, config)
     assert r.status == S.PASSED, r.stderr
-    assert r.stdout.strip() == '["xxxxxxxxxx", true, [45]]'
+    assert r.stdout.strip() == '["xxxxxxxxxx", true]'
 
 
 def test_layers_are_recorded():

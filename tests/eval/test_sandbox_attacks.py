@@ -223,24 +223,29 @@ def test_a_setsid_child_does_not_outlive_the_run(parent):
     assert _processes_with(marker) == []
 
 
-def test_new_processes_are_refused_by_seccomp():
-    r = _run("""
-        import os, time
+@pytest.mark.parametrize("what", ["process", "thread"])
+def test_new_processes_and_threads_are_refused_by_seccomp(what):
+    """A fork or thread bomb gets nowhere: RLIMIT_NPROC does not bind root, the seccomp filter binds everyone."""
+    start = ("os.fork() == 0 and (time.sleep(30), os._exit(0))" if what == "process" else
+             "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()")
+    code = f"""
+        import os, threading, time
         n = 0
         for _ in range(200):
             try:
-                if os.fork() == 0:
-                    time.sleep(30)
-                    os._exit(0)
+                {start}
                 n += 1
-            except OSError as e:
-                print(type(e).__name__, e.errno)
+            except (OSError, RuntimeError) as e:
+                print(type(e).__name__, e)
                 break
-        print("forked", n)
-    """, inner_layers=("seccomp",))
-    if not CAPS["seccomp_no_processes"]:
+        print("started", n)
+    """
+    if not CAPS["seccomp_no_processes_or_threads"]:
         pytest.skip("no seccomp filter for this architecture")
-    assert r.status == S.PASSED and "forked 0" in r.stdout and "PermissionError 1" in r.stdout, r
+    r = _run(code, inner_layers=("seccomp",))
+    assert r.status == S.PASSED and "started 0" in r.stdout, r
+    r = _run(code.replace("200", "3"), inner_layers=())  # the same code starts them where the filter is off
+    assert r.status == S.PASSED and "started 3" in r.stdout, r
 
 
 def test_fork_bomb_ends_at_once():

@@ -20,8 +20,7 @@ to check that each other layer holds alone):
 1. resource limits (always): address space, CPU seconds, file size, no core files, open files, processes;
 2. ``landlock`` (Linux >= 5.13): no file-system writes outside the scratch folder (and ``/dev/null``); ABI >= 4: no TCP bind/connect;
    ABI >= 5: no ioctl on devices; ABI >= 6: no signals to, and no abstract UNIX sockets of, processes outside;
-3. ``seccomp`` (x86_64, aarch64): no new processes (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``,
-   ``clone3``); threads stay allowed;
+3. ``seccomp`` (x86_64, aarch64): no new processes or threads (``fork``, ``vfork``, ``clone``, ``clone3``);
 4. ``audit_hook``: a ``sys.addaudithook`` that refuses the same things with a readable ``PermissionError``. It is a
    diagnostic, not a barrier: code in the same interpreter can disarm it.
 """
@@ -103,37 +102,23 @@ _ARCHES = {"x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3
 
 
 def seccomp_filter(machine):
-    """The classic-BPF program that refuses new processes on ``machine``, as bytes (None: architecture unknown).
-
-    clone3 answers ENOSYS (its flags sit in memory a filter cannot read; the C library then falls back to clone),
-    clone is allowed only with CLONE_THREAD, fork/vfork and every system call of another ABI (x32, i386) answer EPERM.
-    """
+    """The classic-BPF program that refuses new processes and threads on ``machine``, as bytes (None: architecture
+    unknown): fork, vfork, clone, clone3 and every system call of another ABI (x32, i386) answer EPERM. Threads are
+    refused too: RLIMIT_NPROC does not bind root, and a thread takes a PID like a process."""
     import struct
 
     if machine not in _ARCHES:
         return None
     arch, nr = _ARCHES[machine]
-    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
-    ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-    prog = [("ld", LD, 4), ("jeq", JEQ, arch, None, "deny"), ("ld", LD, 0)]
-    if machine == "x86_64":
-        prog.append(("jge", JGE, 0x40000000, "deny", None))  # x32 system calls
-    prog.append(("jeq", JEQ, nr["clone3"], "enosys", None))
-    for name in ("fork", "vfork"):
-        if name in nr:
-            prog.append(("jeq", JEQ, nr[name], "deny", None))
-    prog += [("jeq", JEQ, nr["clone"], None, "allow"), ("ld", LD, 16),  # args[0] (flags), low 32 bits
-             ("jset", JSET, 0x00010000, "allow", "deny"),  # CLONE_THREAD
-             ("allow", RET, ALLOW), ("deny", RET, EPERM), ("enosys", RET, ENOSYS)]
-    labels = {ins[0]: i for i, ins in enumerate(prog) if ins[1] == RET}
-    out = b""
-    for i, ins in enumerate(prog):
-        if ins[1] in (JEQ, JGE, JSET):
-            jt, jf = (0 if t is None else labels[t] - i - 1 for t in ins[3:5])
-            out += struct.pack("=HBBI", ins[1], jt, jf, ins[2])
-        else:
-            out += struct.pack("=HBBI", ins[1], 0, 0, ins[2])
-    return out
+    LD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
+    ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+    checks = [(JGE, 0x40000000)] if machine == "x86_64" else []  # x32 system calls
+    checks += [(JEQ, n) for n in nr.values()]
+    prog = [(LD, 0, 0, 4), (JEQ, 0, len(checks) + 2, arch), (LD, 0, 0, 0)]  # arch, else deny; then the number
+    for i, (op, k) in enumerate(checks):
+        prog.append((op, len(checks) - i, 0, k))  # match: jump to deny
+    prog += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
 
 def no_new_processes():
@@ -208,7 +193,7 @@ def confine(cfg, role):
     """Apply the layers for ``role``; returns what is in force (also in ``$GENDISTILL_SANDBOX_LAYERS``)."""
     scratch, layers = os.path.realpath(cfg["scratch"]), cfg["layers"]
     set_limits(cfg, role)
-    applied = {"rlimits": True, "landlock_abi": 0, "seccomp_no_processes": False, "audit_hook": False}
+    applied = {"rlimits": True, "landlock_abi": 0, "seccomp_no_processes_or_threads": False, "audit_hook": False}
     if "landlock" in layers:
         try:
             applied["landlock_abi"] = landlock(scratch)
@@ -217,7 +202,7 @@ def confine(cfg, role):
     if role != "checker":
         if "seccomp" in layers:
             try:
-                applied["seccomp_no_processes"] = no_new_processes()
+                applied["seccomp_no_processes_or_threads"] = no_new_processes()
             except Exception:
                 pass
         forget_ctypes()
