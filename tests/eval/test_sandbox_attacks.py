@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -294,7 +295,8 @@ def test_one_file_beyond_the_size_limit_fails():
 
 def _checked(definitions: str, **limits) -> S.ExecResult:
     prog = S.CheckedProgram(definitions=textwrap.dedent(definitions), helpers="def add(a, b):\n    'doc'\n",
-                            test="def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+                            test="def check(candidate):\n    assert candidate(2, 3) == 5\n"
+                                 "    assert candidate(-1, 1) == 0\n",
                             entry_point="add")
     return S.run_check(prog, S.Limits(**{"timeout_s": 10, **limits}))
 
@@ -415,3 +417,16 @@ def test_the_candidate_cannot_read_its_tests():
                             test=f"def check(c):\n    assert 'SECRET-' + c() == {secret!r}, c()\n")
     r = S.run_check(prog, S.Limits(timeout_s=10))
     assert r.status == S.FAILED and "nothing found" in r.detail, (r.detail, r.stderr[-500:])
+
+
+def test_ctrl_c_stops_a_batch_at_once():
+    """KeyboardInterrupt in the evaluator kills the running programs and drops the queued ones."""
+    marker = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10 ** 6:06d}"
+    code = f"import os\nos.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+    timer = threading.Timer(1.0, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        S.run_many([code] * 8, S.Limits(timeout_s=60, inner_layers=("landlock", "seccomp")), workers=2)
+    assert time.monotonic() - t0 < 5
+    assert _processes_with(marker) == []

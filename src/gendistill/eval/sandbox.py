@@ -311,8 +311,16 @@ def _in_parallel(fn, items: list, workers: int | None, unsafe: bool) -> list[Exe
         return []
     isolation(unsafe)  # refuse before starting anything
     workers = workers or max(1, min(16, len(os.sched_getaffinity(0))))
-    with _kill_sandboxes_on_sigterm(), ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items))
+    with _kill_sandboxes_on_sigterm():
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            return list(pool.map(fn, items))
+        except BaseException:  # Ctrl-C, or SIGTERM with a handler that raises: stop now, not after the queue
+            pool.shutdown(wait=False, cancel_futures=True)
+            _kill_live()
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def _execute(iso: Isolation, role: str, files: dict[str, str], limits: Limits, secret: str | None = None

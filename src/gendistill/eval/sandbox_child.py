@@ -18,7 +18,8 @@ Confinement layers, applied in this order (``layers`` in the config selects the 
 to check that each other layer holds alone):
 
 1. resource limits (always): address space, CPU seconds, file size, no core files, open files, processes;
-2. ``landlock`` (Linux >= 5.13): no file-system writes outside the scratch folder (and ``/dev/null``); ABI >= 4: no TCP bind/connect;
+2. ``landlock`` (Linux >= 5.13): no file-system writes outside the scratch folder (``/dev/null`` excepted);
+   ABI >= 4: no TCP bind/connect;
    ABI >= 5: no ioctl on devices; ABI >= 6: no signals to, and no abstract UNIX sockets of, processes outside;
 3. ``seccomp`` (x86_64, aarch64): no new processes or threads (``fork``, ``vfork``, ``clone``, ``clone3``);
 4. ``audit_hook``: a ``sys.addaudithook`` that refuses the same things with a readable ``PermissionError``. It is a
@@ -218,7 +219,8 @@ def confine(cfg, role):
 
 def encode(x, depth=0):
     """A return value or argument as JSON-able data, tagged so that tuples, sets, dicts with any keys, bytes, and
-    complex numbers come back as themselves (and floats exactly, inf and nan included). Only plain data crosses: anything else raises TypeError."""
+    complex numbers come back as themselves (and floats exactly, inf and nan included). Only plain data crosses:
+    anything else raises TypeError."""
     if depth > 100:
         raise TypeError("value nested too deeply")
     d = depth + 1
