@@ -65,7 +65,7 @@ def eval_command(
         False, "--unsafe-allow-unsandboxed-code",
         help="humaneval: execute model-written code even where the bubblewrap sandbox (bwrap) is missing or cannot "
              "create namespaces, with weaker layers such code can escape (it can reach host UNIX sockets such as "
-             "docker.sock). Without it, such a run is refused. See docs/eval.md, Sandbox."),
+             "docker.sock). Without it, such a run is refused."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:

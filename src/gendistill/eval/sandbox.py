@@ -1,6 +1,6 @@
 """Run untrusted, model-written Python where it cannot reach the host (threat model: docs/eval.md, "Sandbox").
 
-**The boundary is bubblewrap** (``bwrap``, a maintained setuid-free sandbox tool): each program runs in its own
+**The boundary is bubblewrap** (``bwrap``, the maintained sandbox tool Flatpak builds on): each program runs in its own
 user, mount, PID, network, IPC, UTS and cgroup namespaces, without capabilities, and sees a file system of only the
 operating system's ``/usr`` and the Python installation (both read-only), a minimal ``/dev``, its own files
 (read-only, ``/sandbox``) and a size-limited tmpfs scratch folder (``/scratch``, its working directory, ``HOME`` and
@@ -8,7 +8,7 @@ operating system's ``/usr`` and the Python installation (both read-only), a mini
 evaluator dies: ``--die-with-parent``), the kernel kills every process of its PID namespace.
 
 Inside, further layers (:mod:`gendistill.eval.sandbox_child`): resource limits, Landlock, a seccomp filter that
-forbids new processes, and an audit hook that gives readable refusals (a diagnostic, not a barrier). Where bubblewrap
+forbids new processes and threads, and an audit hook that gives readable refusals (a diagnostic, not a barrier). Where bubblewrap
 is missing or cannot create namespaces, execution is **refused** (:class:`SandboxUnavailable`, one line saying what to
 install) unless the caller passes ``unsafe_allow_unsandboxed=True`` (``--unsafe-allow-unsandboxed-code``): then only
 the inner layers and, where possible, ``unshare`` namespaces stand between the code and the host — a warning says so
@@ -107,11 +107,11 @@ class Isolation:
     version: str = ""
     reason: str = ""  # why there is none
     options: tuple[str, ...] = ()  # optional bubblewrap features present: --size, --disable-userns
-    unshare: tuple[str, ...] = ()  # without bubblewrap (unsafe mode): the namespaces unshare(1) can still give
+    launcher: tuple[str, ...] = ()  # without bubblewrap (unsafe mode): setpriv/unshare prefix, what the system allows
 
     @property
     def user_namespace(self) -> bool:
-        return self.bwrap is not None or "--user" in self.unshare or "-rn" in self.unshare
+        return self.bwrap is not None or "--user" in self.launcher or "-rn" in self.launcher
 
 
 def isolation(unsafe_allow_unsandboxed: bool = False) -> Isolation:
@@ -123,7 +123,7 @@ def isolation(unsafe_allow_unsandboxed: bool = False) -> Isolation:
             raise SandboxUnavailable(
                 f"executing model-written code needs the bubblewrap sandbox, which is not usable here ({iso.reason}): "
                 f"{INSTALL_HINT}, or pass {UNSAFE_FLAG} to run it with weaker layers that such code can escape")
-        iso = Isolation(None, reason=iso.reason, unshare=_unshare_prefix())
+        iso = Isolation(None, reason=iso.reason, launcher=_unsafe_launcher())
         _warn_unsandboxed(iso.reason)
     return iso
 
@@ -216,7 +216,7 @@ def _probe_bwrap(name: str) -> Isolation:
 
 
 @functools.cache
-def _unshare_prefix() -> tuple[str, ...]:
+def _unsafe_launcher() -> tuple[str, ...]:
     """Unsafe mode: the strongest ``unshare`` this system allows (user+network+PID namespaces, else user+network),
     under ``setpriv --pdeathsig KILL`` where available (so that it dies with the evaluator)."""
     prefix: tuple[str, ...] = ()
@@ -260,8 +260,8 @@ def _capabilities(bwrap_name: str, unsafe: bool) -> dict:
                  "nested_user_namespaces": "--disable-userns" not in iso.options}
     else:
         outer = {"isolation": "none", "reason": iso.reason,
-                 "namespaces": ["user", "network"] + (["pid"] if "--pid" in iso.unshare else []) if iso.user_namespace
-                 else [], "launcher": " ".join(os.path.basename(a) for a in iso.unshare) or None}
+                 "namespaces": ["user", "network"] + (["pid"] if "--pid" in iso.launcher else []) if iso.user_namespace
+                 else [], "launcher": " ".join(os.path.basename(a) for a in iso.launcher) or None}
     return {**outer, **inner, "unsafe_allow_unsandboxed": unsafe}
 
 
@@ -336,7 +336,6 @@ def _execute(iso: Isolation, role: str, files: dict[str, str], limits: Limits, s
         for name, text in files.items():
             Path(job, name).write_text(text, encoding="utf-8")
         shutil.copyfile(CHILD, Path(job, "child.py"))
-        os.chmod(job, 0o755)
         if role == "checker":
             fds["verdict"], passed["verdict_fd"] = os.pipe()
         if secret is not None:
@@ -355,7 +354,7 @@ def _execute(iso: Isolation, role: str, files: dict[str, str], limits: Limits, s
         if iso.bwrap:
             cmd = bwrap_command(iso.bwrap, iso.options, job, limits.scratch_mb << 20, argv, passed["info_fd"])
         else:
-            cmd = [*iso.unshare, *argv]
+            cmd = [*iso.launcher, *argv]
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
         t0 = time.monotonic()
         try:
