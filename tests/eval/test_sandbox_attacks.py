@@ -363,7 +363,10 @@ def test_ending_the_evaluator_ends_its_sandboxes(mode, sig, tmp_path):
         S.run_many([code, code], S.Limits(timeout_s=120, inner_layers=("landlock", "seccomp")), workers=2,
                    unsafe_allow_unsandboxed={mode == "unsafe"})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmp)})
     try:
         deadline = time.monotonic() + 30
         while len(_processes_with(marker, proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -380,6 +383,8 @@ def test_ending_the_evaluator_ends_its_sandboxes(mode, sig, tmp_path):
         time.sleep(0.05)
     assert _processes_with(marker) == []
     assert proc.returncode == -sig
+    if sig == signal.SIGTERM:
+        assert list(tmp.iterdir()) == []  # its folders removed too (a SIGKILLed evaluator cannot do that)
 
 
 def test_the_candidate_cannot_read_its_tests():

@@ -365,7 +365,7 @@ def _execute(iso: Isolation, role: str, files: dict[str, str], limits: Limits, s
             for fd in passed.values():
                 os.close(fd)
         fds["stdout"], fds["stderr"] = proc.stdout.fileno(), proc.stderr.fileno()
-        run = _Run(proc)
+        run = _Run(proc, [d for d in (job, host_scratch) if d])
         _LIVE[proc.pid] = run
         try:
             out, timed_out, flooded = _collect(run, fds, t0 + limits.timeout_s, limits)
@@ -457,11 +457,11 @@ def _exited(proc: subprocess.Popen) -> bool:
 
 
 class _Run:
-    """A started sandbox: bubblewrap's process (the leader of its own process group) and what bubblewrap reported
-    on --info-fd (the host pid of the namespace's init)."""
+    """A started sandbox: bubblewrap's process (the leader of its own process group), what bubblewrap reported
+    on --info-fd (the host pid of the namespace's init), and the host folders the run uses."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.info = proc, bytearray()
+    def __init__(self, proc: subprocess.Popen, folders: list[str]) -> None:
+        self.proc, self.info, self.folders = proc, bytearray(), folders
 
     def kill(self) -> None:
         """SIGKILL to bubblewrap's namespace init (the kernel then kills every process of the PID namespace) and to
@@ -507,9 +507,11 @@ class _Run:
 _LIVE: dict[int, _Run] = {}  # running sandboxes, by bubblewrap's pid
 
 
-def _kill_live() -> None:
+def _kill_live(remove_folders: bool = False) -> None:
     for run in list(_LIVE.values()):
         run.kill()
+        for d in run.folders if remove_folders else ():
+            shutil.rmtree(d, ignore_errors=True)  # the process is about to end: its finally blocks will not run
 
 
 @contextlib.contextmanager
@@ -522,7 +524,7 @@ def _kill_sandboxes_on_sigterm():
     previous = signal.getsignal(signal.SIGTERM)
 
     def handler(signum, frame):
-        _kill_live()
+        _kill_live(remove_folders=previous == signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         if callable(previous):
             previous(signum, frame)
