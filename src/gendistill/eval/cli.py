@@ -61,6 +61,11 @@ def eval_command(
                                           "yarn:4 (transformers' rope_parameters)."),
     update_card: bool = typer.Option(False, "--update-card", help="Write each evaluated student's results into its "
                                                                   "model card (README.md; folders gendistill wrote)."),
+    unsafe_allow_unsandboxed_code: bool = typer.Option(
+        False, "--unsafe-allow-unsandboxed-code",
+        help="humaneval: execute model-written code even where the bubblewrap sandbox (bwrap) is missing or cannot "
+             "create namespaces, with weaker layers such code can escape (it can reach host UNIX sockets such as "
+             "docker.sock). Without it, such a run is refused."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:
@@ -88,6 +93,7 @@ def eval_command(
         fidelity_data=fidelity_data, show_progress=not no_progress,
         context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
         depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
+        unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code,
         command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     )
     _remove_stale(previous, res.raw.get("example_files", []))

@@ -3,8 +3,10 @@
 
 Generation: the chat template, one user turn asking to complete the function, and the reply pre-filled with
 ````` ```python ````` and the problem's own prompt (signature + docstring), so the model writes the body; generation
-stops at the closing ````` ``` `````. The program run is ``prompt + completion + test + check(entry_point)``, executed
-by :mod:`gendistill.eval.sandbox` (own process, time and memory limits, no network, writes only in a scratch folder).
+stops at the closing ````` ``` `````. Scoring is a checked run of :mod:`gendistill.eval.sandbox` (bubblewrap; refused
+where it is missing unless ``--unsafe-allow-unsandboxed-code``): ``prompt + completion`` runs in a candidate process,
+the problem's ``test`` runs in a separate checker process that calls ``check(entry_point)`` through a pipe, and only
+the checker, after ``check`` returned, can say ``passed`` (a completion that exits early or prints anything fails).
 
 Metrics: ``pass@1`` with greedy decoding (``acc``); with ``--samples n`` (sampling) the unbiased estimator
 ``pass@k = E[1 − C(n−c, k) / C(n, k)]`` over problems (``c`` of ``n`` samples pass) for every ``k`` in 1, 10, 100 that
@@ -80,14 +82,25 @@ def completion_of(text: str) -> str:
     return text.split("```", 1)[0]
 
 
-def program(ex: Example, completion: str) -> str:
+def checked_program(ex: Example, completion: str) -> S.CheckedProgram:
+    """The model's code (the prompt and its completion) for the candidate process; the prompt again (its helper
+    functions, e.g. ``encode_cyclic``) and the tests for the checker."""
     f = ex.fields
-    return f"{f['prompt']}{completion}\n\n{f['test']}\n\ncheck({f['entry_point']})\n"
+    return S.CheckedProgram(definitions=f"{f['prompt']}{completion}\n", helpers=f["prompt"], test=f["test"],
+                            entry_point=f["entry_point"])
 
 
 @dataclass
 class HumanEvalTask(Task):
     limits: S.Limits = S.Limits()
+    unsafe_allow_unsandboxed: bool = False  # --unsafe-allow-unsandboxed-code: run without bubblewrap (warned)
+
+    def require_sandbox(self) -> None:
+        """Refuse now (one line: what to install) when completions could not be executed confined."""
+        try:
+            S.isolation(self.unsafe_allow_unsandboxed)
+        except S.SandboxUnavailable as exc:
+            raise S.SandboxUnavailable(f"task {self.name}: {exc}") from None
 
     def load(self, source: str = "local") -> list[Example]:
         if source == "hf":
@@ -102,10 +115,13 @@ class HumanEvalTask(Task):
         return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\n" + ex.fields["prompt"]
 
     def score_generations(self, examples: list[Example], texts: list[str]) -> list[GenScore]:
+        self.require_sandbox()
         completions = [completion_of(t) for t in texts]
-        results = S.run_many([program(ex, c) for ex, c in zip(examples, completions)], self.limits)
+        results = S.run_checks([checked_program(ex, c) for ex, c in zip(examples, completions)], self.limits,
+                               unsafe_allow_unsandboxed=self.unsafe_allow_unsandboxed)
         return [GenScore(r.status, r.status == S.PASSED, bool(c.strip()), r.status,
-                         extra={"stderr_tail": r.stderr[-300:], "exec_seconds": r.seconds})
+                         extra={"exec_detail": r.detail[:300], "stderr_tail": r.stderr[-300:],
+                                "exec_seconds": r.seconds})
                 for c, r in zip(completions, results)]
 
     def score_generation(self, ex: Example, text: str) -> GenScore:
@@ -115,8 +131,10 @@ class HumanEvalTask(Task):
         n = min(len(s) for s in scores)
         out: dict[str, Any] = {"samples_per_problem": n,
                                "exec_status": dict(Counter(sc.method for s in scores for sc in s)),
-                               "sandbox": S.capabilities(),
-                               "limits": {"timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb}}
+                               "sandbox": S.capabilities(self.unsafe_allow_unsandboxed),
+                               "limits": {"timeout_s": self.limits.timeout_s, "memory_mb": self.limits.memory_mb,
+                                          "scratch_mb": self.limits.scratch_mb,
+                                          "max_output_bytes": self.limits.max_output_bytes}}
         for k in PASS_AT:
             if k <= n:
                 out[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(sc.correct for sc in s[:n]), k) for s in scores]))

@@ -31,6 +31,7 @@ from gendistill.eval import report as R
 from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.generate import generate
+from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
 from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
@@ -75,6 +76,9 @@ class EvalConfig:
     depths: list[float] | None = None
     haystack: str | None = None
     rope_scaling: str | None = None  # e.g. "yarn:4", applied to every model's attention layers after loading
+    # Run model-written code (humaneval) even where the bubblewrap sandbox is missing, with weaker layers it can
+    # escape (docs/eval.md, "Sandbox"). Off: such a run is refused before any model is loaded.
+    unsafe_allow_unsandboxed_code: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ one task, one model
@@ -242,6 +246,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tasks = parse_tasks(cfg.tasks)
+    for t in tasks:
+        if isinstance(t, HumanEvalTask):  # it executes model-written code: refused now where it cannot be confined
+            t.unsafe_allow_unsandboxed = cfg.unsafe_allow_unsandboxed_code
+            t.require_sandbox()
     rope = parse_rope_scaling(cfg.rope_scaling)
     long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),
                                 depths=tuple(cfg.depths or DEFAULT_DEPTHS), haystack=cfg.haystack)
