@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gendistill.bench.timing import measure  # noqa: E402
+from gendistill.io import portable_command  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -291,7 +292,7 @@ def main() -> None:
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     res = {"benchmark": "train_parts", "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
            "torch": torch.__version__, "batch": args.batch, "seq": args.seq, "docs": args.docs,
-           "command": " ".join(sys.argv)}
+           "command": portable_command(sys.argv)}
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
         t0 = time.perf_counter()
         try:

@@ -143,6 +143,7 @@ def main() -> None:
     from gendistill.distill.freezing import apply_trainable, param_groups
     from gendistill.distill.stages import build_stage_module, cast_mixer_inputs
     from gendistill.distill.compile import compiled_blocks
+    from gendistill.io import portable_command
     from gendistill.distill.trainer import (_disable_gradient_checkpointing, _enable_gradient_checkpointing,
                                             prefetch_step, train_step, use_compiled_blocks,
                                             use_packed_flash_attention)
@@ -203,8 +204,8 @@ def main() -> None:
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in student.parameters()),
         "torch": torch.__version__, "kda_backend": "fla" if dev.type == "cuda" else "torch",
-        "fla_config_dir": os.environ.get("FLA_CONFIG_DIR"), "fla_cache_mode": os.environ.get("FLA_CACHE_MODE"),
-        "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"), "command": " ".join(sys.argv), "runs": [],
+        "triton_cache": "set" if os.environ.get("TRITON_CACHE_DIR") else "default",
+        "command": portable_command(sys.argv), "runs": [],
     }
     peak = peak_flops(dev, args.peak_tflops)
     first_step_s = None
@@ -236,7 +237,7 @@ def main() -> None:
             student, teacher, enabled=fast and use_packed_flash_attention(world, run)))
         row["compiled_modules"] = context.enter_context(compiled_blocks(
             student, teacher, enabled=fast and use_compiled_blocks(world, run)))
-        if stage.loss is not None and dev.type == "cuda":
+        if stage_name.startswith("stage3") and dev.type == "cuda":
             row["loss_implementation"] = stage.loss.implementation
 
         def step(marks=None):
@@ -305,6 +306,8 @@ def main() -> None:
 
 def write_result(result: dict, args, out: Path) -> None:
     """The JSON (atomically), and fla's autotuned kernel configurations when asked for."""
+    cfg_dir = os.environ.get("FLA_CONFIG_DIR")  # the shipped configurations once fla is in use (ops.fla_configs)
+    result["fla_configs"] = {"dir": Path(cfg_dir).name if cfg_dir else None, "mode": os.environ.get("FLA_CACHE_MODE")}
     if args.dump_fla_configs and torch.cuda.is_available() and not args.tiny:
         from gendistill.ops.fla_configs import dump_autotuned
 

@@ -82,3 +82,12 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_portable_command_drops_machine_paths():
+    from gendistill.io import portable_command
+
+    cmd = portable_command(["benchmarks/x.py", "--out", "/tmp/run 7/tt.json", "--profile=/tmp/p", "--seq", "2048",
+                            "relative/dir"])
+    assert cmd == "benchmarks/x.py --out tt.json --profile=p --seq 2048 relative/dir"
+    assert "/tmp" not in cmd

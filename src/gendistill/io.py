@@ -10,6 +10,7 @@ import functools
 import gzip
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -96,6 +97,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def portable_command(argv: list[str]) -> str:
+    """A command line as recorded in a committed result: shell-quoted, every absolute path cut to its last part
+    (``/tmp/run7/out.json`` -> ``out.json``: where a file lay on the machine that ran it means nothing to a reader,
+    and committed JSON carries no machine paths)."""
+
+    def part(a: str) -> str:
+        key, eq, value = a.partition("=") if a.startswith("--") else ("", "", a)
+        if os.path.isabs(value):
+            value = Path(value).name or value
+        return shlex.quote(key + eq + value)
+
+    return " ".join(part(a) for a in argv)
 
 
 def _json_default(o: Any) -> Any:
