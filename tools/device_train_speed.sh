@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lease script for training speed (docs/distill.md, "Training speed"): set-up, a driver in the background, and watch
-# calls that copy what it has written to $OUT. Device tool, carry [".whl"] (tools/device_env.sh lists the wheels).
+# calls that copy what it has written to $OUT. Device tool, carry [".whl"] (bash tools/device_wheels.sh fills it).
 #   call 1:  bash tools/device_train_speed.sh start PLAN    # set-up, start the driver for PLAN, wait up to WAIT s
 #   call 2+: bash tools/device_train_speed.sh watch         # wait up to WAIT s more, copy the results
 # PLANs: profile (the baseline step profiled and split into phases, fla's kernel configurations dumped, the first step
@@ -34,10 +34,12 @@ driver_after() {
     --variants optimized,baseline --steps 3 --warmup 1 --phases --profile "$RES/prof" \
     --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_after.json" > "$RES/tt_after.log" 2>&1
   echo "tt_after rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_after.log")" >> "$RES/steps.txt"
-  timeout 240 python3 -m pytest -q -x tests/gpu/test_distill_gpu.py > "$RES/pytest_gpu.log" 2>&1
+  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 -m pytest -v -x --durations=0 tests/gpu/test_distill_gpu.py \
+    > "$RES/pytest_gpu.log" 2>&1
   echo "pytest_gpu rc=$?" >> "$RES/steps.txt"
   TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py --config qwen3-0.6b --seq 4096 \
-    --batch 16 --micro-batches 4 --stages stage3a,stage1 --variants optimized,baseline --steps 2 --warmup 1 --phases \
+    --batch 16 --micro-batches 4 --docs-per-seq 4 --stages stage3a,stage1 --variants optimized,baseline --steps 2 \
+    --warmup 1 --phases \
     --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
   echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
   timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 4 --seq 512 --batch 8 --micro 4 \
