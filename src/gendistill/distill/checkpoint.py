@@ -41,7 +41,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from gendistill.errors import GendistillError
-from gendistill.io import publish_dir
+from gendistill.io import publish_dir, write_error_text, write_errors
 from gendistill.ownership import OutputError, check_free_space, tensor_bytes
 
 FORMAT = 2
@@ -358,8 +358,11 @@ def write_rank_files(tmp: Path, rank: int) -> None:
     tensors, meta = rng_state()
     try:
         save_file(tensors, str(tmp / f"rng-{rank}.safetensors"), metadata=meta)
-    except OSError as e:
-        raise OutputError(f"cannot write checkpoint {tmp}: {e.strerror or e}") from None
+    except write_errors() as e:  # disk full, quota, read-only: safetensors raises its own type for these
+        if rank == 0:  # nothing half-written stays behind (the other ranks' writes fail with it)
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write checkpoint {tmp.with_name(tmp.name.removeprefix('.tmp-'))}: "
+                          f"{write_error_text(e)}; the older checkpoints are kept") from None
 
 
 def commit_checkpoint(
@@ -390,9 +393,10 @@ def commit_checkpoint(
     except OutputError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except OSError as e:
+    except write_errors() as e:  # OSError, or safetensors' SafetensorError wrapping one (a disk that filled up)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write checkpoint {stage_dir / f'step-{step:08d}'}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write checkpoint {stage_dir / f'step-{step:08d}'}: {write_error_text(e)}; "
+                          "the older checkpoints are kept") from None
     for _, old in list_checkpoints(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -486,6 +490,28 @@ def check_resume_fingerprint(saved: Any, current: dict[str, Any], where: str, ck
             "continue with the new ones, or resume with the recipe the run started with"
         )
     say(f"{where}: resuming from {ck} with changed optimisation settings ({diff}) (--allow-optim-change)")
+
+
+def check_resume_compatible(stage_dir: Path, fingerprint: dict[str, Any], where: str, allow_optim_change: bool,
+                            sharded: bool) -> None:
+    """Refuse (one line), before anything of the run is written, a resume whose newest checkpoint of this stage
+    cannot be continued: stage or data settings changed, optimisation settings changed without
+    ``--allow-optim-change``, a DDP checkpoint under FSDP or the reverse. Reads only the state.json of the newest
+    checkpoint whose files have the sizes its manifest records; the trainer verifies (hashes) and loads it later."""
+    for _, path in reversed(_step_dirs(stage_dir)):
+        if verify_checkpoint(path, hashes=False) is not None:
+            continue  # damaged: the trainer falls back past it with a warning
+        try:
+            state = read_state(path)
+        except (OSError, ValueError):
+            continue
+        if bool(state.get("sharded", False)) != sharded:
+            was, now = ("fsdp", "ddp") if state.get("sharded") else ("ddp", "fsdp")
+            raise CheckpointError(f"{path}: written by a run.distributed: {was} run; this run uses {now} (resume "
+                                  f"with run.distributed: {was}, or pass --overwrite)")
+        check_resume_fingerprint(state.get("fingerprint"), fingerprint, where, path, allow_optim_change,
+                                 lambda _: None)
+        return
 
 
 @torch.no_grad()
