@@ -10,6 +10,7 @@ import functools
 import gzip
 import json
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -111,6 +112,45 @@ def portable_command(argv: list[str]) -> str:
         return shlex.quote(key + eq + value)
 
     return " ".join(part(a) for a in argv)
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a failing write raises (disk full, quota, file too large, read-only): ``OSError`` and
+    safetensors' ``SafetensorError``, which wraps the same OS error in its own type."""
+    from safetensors import SafetensorError  # noqa: PLC0415
+
+    return (OSError, SafetensorError)
+
+
+_OS_ERROR_RE = re.compile(r"(?:I/O error: |IoError\()?(?P<text>[^()]*?)\s*\(os error (?P<code>\d+)\)")
+
+
+def write_error_text(exc: BaseException) -> str:
+    """A short description of a failed write (``No space left on device``), whatever raised it."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = _OS_ERROR_RE.search(text)
+    if m:
+        return os.strerror(int(m.group("code")))
+    return text[:200]
+
+
+#: a full disk, a quota, a size limit, a read-only file system: errors of the place being written, not bugs
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def storage_error_line(exc: BaseException) -> str | None:
+    """One line for a write that failed because the storage refused it (full, over quota or read-only), from an
+    ``OSError`` or a safetensors error wrapping one; None for anything else (a bug keeps its traceback)."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and not isinstance(exc, OSError):
+        m = _OS_ERROR_RE.search(str(exc))
+        code = int(m.group("code")) if m and type(exc).__name__ == "SafetensorError" else None
+    if code not in STORAGE_ERRNOS:
+        return None
+    where = f" {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+    return f"cannot write{where}: {os.strerror(code)}"
 
 
 def _json_default(o: Any) -> Any:

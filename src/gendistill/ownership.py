@@ -13,6 +13,7 @@ temporary siblings (``.<name>.tmp-<pid>-...``) that a killed writer left behind,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from pathlib import Path
 from gendistill.errors import GendistillError
 
 MARKER = ".gendistill.json"
+#: the lock file of a folder being written (:mod:`gendistill.runlock`)
+LOCK = ".gendistill.lock"
 KINDS = ("run", "student")
 
 
@@ -32,26 +35,73 @@ class OutputError(GendistillError):
 
 
 def write_marker(folder: str | Path, kind: str) -> Path:
-    """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``)."""
+    """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``). Written atomically (a
+    temporary file renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
     assert kind in KINDS, kind
     from gendistill import __version__
 
     path = Path(folder) / MARKER
-    path.write_text(json.dumps({"written_by": "gendistill", "kind": kind, "version": __version__,
-                                "created": round(time.time(), 3)}) + "\n")
+    text = json.dumps({"written_by": "gendistill", "kind": kind, "version": __version__,
+                       "created": round(time.time(), 3)}) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
+def is_bookkeeping(name: str) -> bool:
+    """Files that say nothing about a folder's content: the lock file (:mod:`gendistill.runlock`) and the
+    temporaries of an interrupted marker write. A folder holding only these counts as empty."""
+    return name == LOCK or (name.startswith(f"{MARKER}.") and name.endswith(".tmp"))
+
+
+def _content(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if not is_bookkeeping(p.name)]
+
+
+def _inferred_kind(folder: Path) -> str | None:
+    """The kind of a folder whose marker is damaged (empty or cut off: written by a gendistill before markers were
+    written atomically and killed meanwhile), judged from what gendistill keeps in it."""
+    names = {p.name for p in _content(folder)} - {MARKER}
+    if "progress.json" in names or "recipe.yaml" in names or not names:
+        return "run" if "config.json" not in names else None
+    if "config.json" in names and any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+                                      for n in names):
+        return "student"
+    return None
+
+
 def marker_kind(folder: str | Path) -> str | None:
-    """The kind recorded in ``folder``'s marker, or None when the folder carries no (valid) marker."""
+    """The kind recorded in ``folder``'s marker, or None when the folder carries no (valid) marker. A marker that
+    exists but is damaged (0 bytes or cut off, as a kill during a non-atomic write left it) counts as ours when
+    the folder's content says which kind it is (a run: ``progress.json``/``recipe.yaml``; a student:
+    ``config.json`` and safetensors weights); the next run rewrites it."""
     path = Path(folder) / MARKER
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except OSError:
         return None
-    if not isinstance(data, dict) or data.get("written_by") != "gendistill" or data.get("kind") not in KINDS:
-        return None
-    return data["kind"]
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("written_by") == "gendistill" and data.get("kind") in KINDS:
+        return data["kind"]
+    if data is not None:
+        return None  # valid JSON, but not our marker
+    stripped = raw.strip()
+    if stripped and not stripped.startswith(b"{"):
+        return None  # not a cut-off JSON object: someone else's file of that name
+    return _inferred_kind(Path(folder))
 
 
 def _protected_reason(folder: Path) -> str | None:
@@ -84,8 +134,8 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> None:
     if reason is not None:
         raise OutputError(f"{what}: refusing to overwrite {folder}: {reason}; choose a new folder")
     found = marker_kind(folder)
-    if found is None and not any(folder.iterdir()):
-        return  # an empty folder: nothing to lose
+    if found is None and not _content(folder):
+        return  # an empty folder (or one holding only a lock file): nothing to lose
     if found is None:
         raise OutputError(
             f"{what}: refusing to overwrite {folder}: it was not written by gendistill (no {MARKER}); "
@@ -100,6 +150,26 @@ def remove_owned(folder: str | Path, kind: str, what: str) -> None:
     check_replaceable(folder, kind, what)
     if Path(folder).exists():
         shutil.rmtree(folder)
+
+
+def clear_owned(folder: str | Path, kind: str, what: str) -> None:
+    """Empty ``folder`` after :func:`check_replaceable` allowed it, keeping the folder itself, its lock file (held by
+    the caller: removing it would let a second process lock a new one) and its marker (rewritten by the caller)."""
+    check_replaceable(folder, kind, what)
+    folder = Path(folder)
+    for p in _content(folder):
+        if p.name == MARKER:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def is_empty(folder: str | Path) -> bool:
+    """True for a missing folder or one holding only bookkeeping files (a lock file)."""
+    folder = Path(folder)
+    return not folder.is_dir() or not _content(folder)
 
 
 def check_writable(path: str | Path, what: str) -> None:
@@ -191,5 +261,6 @@ def file_mode() -> int:
     return 0o666 & ~old
 
 
-__all__ = ["MARKER", "OutputError", "write_marker", "marker_kind", "check_replaceable", "remove_owned",
+__all__ = ["MARKER", "LOCK", "OutputError", "write_marker", "marker_kind", "is_bookkeeping", "is_empty",
+           "check_replaceable", "remove_owned", "clear_owned",
            "check_writable", "check_free_space", "tensor_bytes", "temp_sibling", "clean_stale_temps", "file_mode"]

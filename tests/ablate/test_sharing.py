@@ -55,6 +55,15 @@ class FakeEval:
 
 
 @pytest.fixture()
+def quiz(tmp_path) -> dict:
+    """The grids' evaluation: a task file (run_grid checks that the tasks exist before training; the fake
+    evaluator never reads it)."""
+    path = tmp_path / "quiz.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer_idx": 1}) + "\n")
+    return {"tasks": str(path)}
+
+
+@pytest.fixture()
 def fakes(monkeypatch):
     import gendistill.distill.pipeline as pipeline
     import gendistill.eval.runner as eval_runner
@@ -68,9 +77,9 @@ def fakes(monkeypatch):
 AXES = {"masking": ["completion_only", "all_tokens"], "freeze": ["attention", "none"]}
 
 
-def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes):
+def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes, quiz):
     trainer, ev = fakes
-    g = load_grid(write_grid(AXES))
+    g = load_grid(write_grid(AXES, eval=quiz))
     plans = plan_grid(g)
     chains = [[n.id for n in p.nodes] for p in plans]
     assert len({c[0] for c in chains}) == 1 and len({c[1] for c in chains}) == 1  # stage1, stage3a shared by all
@@ -94,20 +103,20 @@ def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes):
     assert rep["evaluated"] == 4 and [a["axis"] for a in rep["axes"]] == ["masking", "freeze"]
 
     # rerun: nothing is trained or evaluated again; the dry run says every cell is finished
-    run_grid(load_grid(write_grid(AXES)), teacher=object(), tokenizer=object(), progress="none")
+    run_grid(load_grid(write_grid(AXES, eval=quiz)), teacher=object(), tokenizer=object(), progress="none")
     assert len(trainer.calls) == 5 and len(ev.calls) == 3
-    plan = describe_plan(plan_grid(load_grid(write_grid(AXES))))
+    plan = describe_plan(plan_grid(load_grid(write_grid(AXES, eval=quiz))))
     assert all(c["skipped"] for c in plan["cells"]) and plan["nodes_to_train"] == 0 and plan["evals_to_run"] == 0
 
 
-def test_a_stopped_stage_resumes_and_later_cells_wait(write_grid, monkeypatch):
+def test_a_stopped_stage_resumes_and_later_cells_wait(write_grid, monkeypatch, quiz):
     import gendistill.distill.pipeline as pipeline
     import gendistill.eval.runner as eval_runner
 
     trainer, ev = FakeTrainer(stop_at=1), FakeEval()  # stage3a of the first cell stops early
     monkeypatch.setattr(pipeline, "run_recipe", trainer)
     monkeypatch.setattr(eval_runner, "run_eval", ev)
-    grid = write_grid({"masking": ["completion_only", "all_tokens"]})
+    grid = write_grid({"masking": ["completion_only", "all_tokens"]}, eval=quiz)
     out = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
     assert out["stopped"] and [c["stage"] for c in trainer.calls] == ["stage1", "stage3a"] and not ev.calls
     plan = describe_plan(plan_grid(load_grid(grid)))

@@ -1,5 +1,8 @@
-"""Item 3 of issue 11: a diverged run never writes a checkpoint with non-finite state, names the truly last good
-one, and the documented recovery (lower the learning rate, --resume --allow-optim-change) works."""
+"""Item 3 of issue 11 and "last good checkpoint" of issue 31: a diverged run never writes a checkpoint with non-finite
+state; the checkpoint it names is one whose weights gave a sane loss (finite weights of 1e30 do not count: the
+loss of the step after a checkpoint is computed with exactly its weights); newer checkpoints already diverging are
+renamed aside so that --resume skips them; and the documented recovery (lower the learning rate, --resume
+--allow-optim-change) works."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def test_a_non_finite_or_non_positive_learning_rate_is_refused_at_validation(tmp
 def test_divergence_names_the_last_finite_checkpoint_and_lowering_the_lr_recovers(
         tmp_path, monkeypatch, teacher_dir, data_dir):
     recipe = write_recipe(tmp_path / "r.yaml", teacher_dir, data_dir, tmp_path / "run",
-                          **{"stages.1.checkpoint_every": 1, "stages.1.optim": {"lr": 1.0, "schedule": "constant"}})
+                          **{"stages.1.checkpoint_every": 1, "stages.1.optim": {"lr": 1e-3, "schedule": "constant"}})
     orig, calls = torch.optim.AdamW.step, []
 
     def overflowing_step(self, *a, **k):  # the 5th step (stage3a step 3) overflows one weight, loss still finite
@@ -49,17 +52,104 @@ def test_divergence_names_the_last_finite_checkpoint_and_lowering_the_lr_recover
     monkeypatch.setattr(torch.optim.AdamW, "step", orig)
 
     # the recovery the message gives: a lower learning rate, --resume; the changed setting must be allowed explicitly
-    res = cli("distill", recipe, "--resume", "--set", "stages[1].optim.lr=1e-3")
-    assert_one_line_error(res, "optimisation settings changed", "optim.lr: 1.0 -> 0.001", "--allow-optim-change")
-    res = cli("distill", recipe, "--resume", "--allow-optim-change", "--set", "stages[1].optim.lr=1e-3")
+    res = cli("distill", recipe, "--resume", "--set", "stages[1].optim.lr=1e-4")
+    assert_one_line_error(res, "optimisation settings changed", "optim.lr: 0.001 -> 0.0001", "--allow-optim-change")
+    res = cli("distill", recipe, "--resume", "--allow-optim-change", "--set", "stages[1].optim.lr=1e-4")
     assert res.code == 0, res.stderr
-    assert "optim.lr: 1.0 -> 0.001" in res.stderr
+    assert "optim.lr: 0.001 -> 0.0001" in res.stderr
     events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("--allow-optim-change" in e.get("event", "") for e in events)  # the override is in the run's log
     final = load_file(str(tmp_path / "run" / "stage3a" / "model.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in final.values())
     steps = [e["step"] for e in events if e.get("stage") == "stage3a" and "loss" in e]
     assert steps == list(range(1, 7)) and all(math.isfinite(e["loss"]) for e in events if "loss" in e)
+
+
+def _poisoning_step(at: int, value: float):
+    """AdamW.step that, at its ``at``-th call, sets one trained weight to ``value`` after the update (the loss of
+    that step was finite)."""
+    orig, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **k):
+        out = orig(self, *a, **k)
+        calls.append(1)
+        if len(calls) == at:
+            p = next(p for g in self.param_groups for p in g["params"] if self.state.get(p))
+            p.data.view(-1)[0] = value
+        return out
+
+    return step
+
+
+def _spiking_step(at: int, factor: float):
+    """AdamW.step whose ``at``-th call uses ``factor`` times the learning rate: the update leaves enormous but finite
+    weights, as a loss spike under a too-high learning rate does."""
+    orig, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **k):
+        calls.append(1)
+        if len(calls) != at:
+            return orig(self, *a, **k)
+        lrs = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] *= factor
+        try:
+            return orig(self, *a, **k)
+        finally:
+            for g, lr in zip(self.param_groups, lrs):
+                g["lr"] = lr
+
+    return step
+
+
+def test_a_finite_but_diverged_checkpoint_is_not_named_and_the_advice_avoids_the_same_nan(
+        tmp_path, monkeypatch, teacher_dir, data_dir):
+    """A learning-rate spike at stage3a step 3 leaves weights of about 1e20: finite, so checkpoint 3 is written;
+    step 4's loss, computed with exactly those weights, is not finite. Resuming from checkpoint 3 -- whatever the
+    learning rate -- would repeat that loss: it is renamed aside and checkpoint 2 is named."""
+    recipe = write_recipe(tmp_path / "r.yaml", teacher_dir, data_dir, tmp_path / "run",
+                          **{"stages.1.checkpoint_every": 1, "stages.1.optim": {"lr": 1e-3, "schedule": "constant"}})
+    monkeypatch.setattr(torch.optim.AdamW, "step", _spiking_step(5, 1e23))  # 5th step = stage3a step 3
+    stage_dir = tmp_path / "run" / "checkpoints" / "stage3a"
+    line = assert_one_line_error(cli("distill", recipe), "stage3a step 4", "stopped before the optimizer",
+                                 "diverged-step", "step-00000003 (its weights gave a non-finite loss or gradient at "
+                                 "step 4)", f"last good checkpoint: {stage_dir / 'step-00000002'}",
+                                 "--allow-optim-change")
+    assert "last good checkpoint: " + str(stage_dir / "step-00000003") not in line
+    assert [s for s, _ in list_checkpoints(stage_dir)] == [2]  # keep_checkpoints: 2 pruned step 1 at step 3
+    spiked = load_file(str(stage_dir / "diverged-step-00000003" / "model.safetensors"))  # kept, not deleted
+    assert all(bool(torch.isfinite(t).all()) for t in spiked.values())  # finite: the old advice named it
+    assert max(float(t.abs().max()) for t in spiked.values()) > 1e15
+    monkeypatch.undo()
+
+    res = cli("distill", recipe, "--resume", "--allow-optim-change", "--set", "stages[1].optim.lr=1e-4")
+    assert res.code == 0, res.stderr
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(f"resuming from {stage_dir / 'step-00000002'}" in e.get("event", "") for e in events)
+    steps = [e["step"] for e in events if e.get("stage") == "stage3a" and "loss" in e]
+    assert steps == list(range(1, 7)) and all(math.isfinite(e["loss"]) for e in events if "loss" in e)
+    final = load_file(str(tmp_path / "run" / "stage3a" / "model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) and float(t.abs().max()) < 1e6 for t in final.values())
+
+
+def test_when_every_kept_checkpoint_is_diverging_the_advice_restarts_the_stage(
+        tmp_path, monkeypatch, teacher_dir, data_dir):
+    """A learning rate of 1.0 wrecks the model at stage3a's first step (loss 0.02 -> 12): checkpoints 1 and 2 are
+    finite but their weights' losses are far above where the stage started, so none is named; --resume with a lower
+    learning rate starts the stage over from stage1's student."""
+    recipe = write_recipe(tmp_path / "r.yaml", teacher_dir, data_dir, tmp_path / "run",
+                          **{"stages.1.checkpoint_every": 1, "stages.1.optim": {"lr": 1.0, "schedule": "constant"}})
+    monkeypatch.setattr(torch.optim.AdamW, "step", _poisoning_step(5, float("inf")))
+    line = assert_one_line_error(cli("distill", recipe), "stage3a step 3", "no kept checkpoint of stage3a comes before "
+                                 "the divergence", "the stage started at", "--resume (the stage starts over")
+    assert "last good checkpoint" not in line
+    assert list_checkpoints(tmp_path / "run" / "checkpoints" / "stage3a") == []
+    monkeypatch.undo()
+    res = cli("distill", recipe, "--resume", "--set", "stages[1].optim.lr=1e-3")
+    assert res.code == 0, res.stderr
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("stage") == "stage3a" and "loss" in e] == list(range(1, 7))
+    assert all(e["loss"] < 1 for e in events if e.get("stage") == "stage3a" and "loss" in e)
 
 
 def test_first_non_finite_names_parameters_and_optimizer_state():

@@ -52,14 +52,17 @@ def register(app: typer.Typer) -> None:
         with the teacher under log-likelihood and generation; the report ranks each axis' variants under both
         and flags rank reversals."""
         from gendistill.ablate.grid import load_grid  # noqa: PLC0415
-        from gendistill.ablate.runner import describe_plan, plan_grid, run_grid, write_grid_report  # noqa: PLC0415
+        from gendistill.ablate.runner import (  # noqa: PLC0415
+            check_eval, describe_plan, lock_grid, plan_grid, run_grid, write_grid_report)
 
         g = load_grid(grid, set_ or [])
         if dry_run:
+            check_eval(g)  # what the run would check before training: the dry run says it too
             _print_plan(describe_plan(plan_grid(g)))
             return
         if report_only:
-            paths = write_grid_report(g, plan_grid(g))
+            with lock_grid(g):
+                paths = write_grid_report(g, plan_grid(g))
         else:
             out = run_grid(g)
             paths = out["report"]

@@ -206,6 +206,43 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
     _free_memory()
 
 
+def check_eval(grid: Grid) -> None:
+    """The grid's evaluation, checked before anything trains (and by ``--dry-run``): the task names (built-in,
+    groups, task files), the local data file of every task, the fidelity chat data, the device. A grid whose
+    evaluation cannot run would otherwise fail only after the first cell's stages had all trained."""
+    from gendistill.devices import resolve_device  # noqa: PLC0415
+    from gendistill.errors import DataError, GendistillError  # noqa: PLC0415
+    from gendistill.eval.runner import EvalConfig, check_numbers  # noqa: PLC0415
+    from gendistill.eval.tasks import parse_tasks  # noqa: PLC0415
+    from gendistill.io import data_dir  # noqa: PLC0415
+
+    ev = grid.config.eval
+    where = f"{grid.source}: eval"
+    try:
+        check_numbers(EvalConfig(models=[], batch_size=ev.batch_size, token_budget=ev.token_budget, samples=ev.samples,
+                                 temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
+                                 max_new_tokens=ev.max_new_tokens, fidelity_chat=ev.fidelity_chat))
+    except GendistillError as e:  # "--batch-size: ..." is the grid's eval.batch_size
+        flag, _, rest = str(e).partition(": ")
+        raise ConfigError(f"{where}.{flag.removeprefix('--').replace('-', '_')}: {rest}") from None
+    try:
+        tasks = parse_tasks(ev.tasks)
+    except GendistillError as e:
+        raise ConfigError(f"{where}.tasks: {e}") from None
+    try:
+        if ev.data_source == "local":
+            for t in tasks:
+                if not t.generated and t.data_file and not t.resolve(t.data_file).is_file():
+                    raise DataError(f"task {t.name}: data file {t.resolve(t.data_file)} not found")
+        if ev.fidelity_chat > 0:
+            chat = Path(ev.fidelity_data) if ev.fidelity_data else (data_dir() or Path("?")) / "sft_mix.jsonl.gz"
+            if not chat.is_file():
+                raise DataError(f"fidelity_data: {chat} not found")
+        resolve_device(ev.device)
+    except GendistillError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 # ------------------------------------------------------------------------------------------------------ cell folder
 def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every node's metrics.jsonl records (each carries its stage) and a per-stage summary: steps, tokens, first and
@@ -317,10 +354,27 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
              progress: str | None = None) -> dict[str, Any]:
     """Run every cell (skipping finished work) and write the report. ``teacher``/``tokenizer`` may be passed in
     (tests, notebooks); ``stop_after`` stops the first node that trains after that many optimizer steps (to test
-    resuming). Returns ``{"cells": [cell.json ...], "report": paths, "stopped": bool}``."""
+    resuming). Returns ``{"cells": [cell.json ...], "report": paths, "stopped": bool}``. The evaluation is checked
+    first (:func:`check_eval`), and the grid folder is locked while the grid runs (:func:`lock_grid`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("gendistill ablate runs its cells one after another in one process; launch it without "
                           "torchrun (each cell can still be run on its own: gendistill distill cells/<cell>/recipe.yaml)")
+    check_eval(grid)  # an evaluation that cannot run fails now, not after the first cell has trained
+    with lock_grid(grid):
+        return _run_cells(grid, teacher=teacher, tokenizer=tokenizer, stop_after=stop_after, progress=progress)
+
+
+def lock_grid(grid: Grid):
+    """The grid folder's lock (:mod:`gendistill.runlock`), held while the grid runs or its report is rebuilt: a
+    second ``gendistill ablate`` of the same grid stops with one line instead of training the same nodes and
+    writing the same cells at the same time."""
+    from gendistill.runlock import acquire  # noqa: PLC0415
+
+    return acquire(grid.output_dir, f"{grid.source}: output_dir")
+
+
+def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | None,
+               progress: str | None) -> dict[str, Any]:
     plans = plan_grid(grid)
     mode = progress or grid.base.run.progress
     bar = CellProgress(len(plans), mode)

@@ -114,6 +114,29 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
 
 
+def check_numbers(s: BenchSettings) -> None:
+    """Every size and count within its range (:mod:`gendistill.limits`): a context of -5 or 1e9, a batch bound of
+    0, a negative repeat count is one line, not a traceback or an allocation that never ends."""
+    from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
+
+    for flag, values in (("--contexts", s.contexts), ("--throughput-contexts", s.throughput_contexts),
+                         ("--profile-contexts", s.profile_contexts)):
+        for v in values:
+            check_range(v, 1, MAX_CONTEXT, flag)
+    if not s.contexts and any(s.wants(m) for m in ("cache", "ttft", "decode")):
+        raise ConfigError("--contexts: no context length given")
+    check_range(s.max_batch, 1, MAX_BATCH, "--max-batch")
+    check_range(s.repeats, 1, MAX_REPEATS, "--repeats")
+    check_range(s.warmup, 0, MAX_REPEATS, "--warmup")
+    check_range(s.decode_tokens, 1, MAX_NEW_TOKENS, "--decode-tokens")
+    check_range(s.throughput_tokens, 1, MAX_NEW_TOKENS, "--throughput-tokens")
+    if not s.time_limit_s >= 0 or s.time_limit_s == float("inf"):
+        raise ConfigError(f"--time-limit: {s.time_limit_s} is not a number of seconds >= 0 (0: no limit)")
+    for i in s.attention_layers:
+        if i < 0:
+            raise ConfigError(f"--attention-layers: {i} is not a layer index")
+
+
 def check_settings(s: BenchSettings) -> None:
     """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
     reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
@@ -125,6 +148,7 @@ def check_settings(s: BenchSettings) -> None:
     from gendistill.ownership import check_writable
     from gendistill.teachers import load_teacher_config
 
+    check_numbers(s)
     device = resolve_device(s.device)
     resolve_dtype(s.dtype, device)
     layers = None

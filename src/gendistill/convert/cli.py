@@ -91,6 +91,9 @@ def chat_command(
     specs = ([teacher] if teacher else []) + list(student)
     if not specs:
         raise GendistillError("give at least one --teacher or --student")
+    from gendistill.limits import MAX_NEW_TOKENS, check_range
+
+    check_range(max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -98,8 +101,12 @@ def chat_command(
         model, tokenizer = load_model(spec, dtype=dt, device=dev)
         if not getattr(tokenizer, "chat_template", None):
             raise GendistillError(f"the tokenizer of {spec} has no chat template")
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True).to(dev)
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True).to(dev)
+        except Exception as e:  # noqa: BLE001 - the template is the model's code (raise_exception, a bad role, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GendistillError(f"the chat template of {spec} failed on this prompt: {first[:300]}") from None
         torch.manual_seed(seed)
         kwargs = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20) if sample else dict(do_sample=False)
         start = time.perf_counter()

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.errors import GendistillError
-from gendistill.io import publish_dir
+from gendistill.io import publish_dir, write_error_text, write_errors
 from gendistill.ownership import (check_free_space, check_replaceable, clean_stale_temps, temp_sibling,
                                   tensor_bytes, write_marker)
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
@@ -134,9 +134,9 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
         shutil.rmtree(tmp, ignore_errors=True)
         raise GendistillError(f"{what}: {out} appeared while the student was being written (another run?); nothing "
                               "was replaced; pass --overwrite to replace it") from None
-    except OSError as e:
+    except write_errors() as e:  # OSError, or safetensors' SafetensorError wrapping one (a disk that filled up)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GendistillError(f"{what}: cannot write {out}: {e.strerror or e}") from None
+        raise GendistillError(f"{what}: cannot write {out}: {write_error_text(e)}; {out} is left as it was") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

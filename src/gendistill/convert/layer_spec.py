@@ -100,9 +100,11 @@ def _from_json(path: Path, num_layers: int) -> list[int]:
     if not path.is_file():
         raise LayerSpecError(f"layer file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LayerSpecError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise LayerSpecError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     if isinstance(data, dict):
         if "attention_layers" not in data:
             raise LayerSpecError(f"{path}: expected a list of layer indices or an object with 'attention_layers'")

@@ -17,8 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gendistill.errors import ConfigError
+from gendistill.limits import MAX_SEQ_LEN, MAX_SHUFFLE_BUFFER, MAX_STEP_TOKENS
 
 StageName = Literal["stage1", "stage2", "stage3a", "stage3b"]
+
 STAGE_ORDER: tuple[str, ...] = ("stage1", "stage2", "stage3a", "stage3b")
 PARAM_GROUPS: tuple[str, ...] = ("kda", "kda_new", "attention", "mlp", "norms", "embeddings", "lm_head")
 
@@ -115,7 +117,7 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     seed: int = 0
     shuffle: bool = True
-    shuffle_buffer: int = Field(default=10_000, gt=0, description="streaming sources only")
+    shuffle_buffer: int = Field(default=10_000, gt=0, le=MAX_SHUFFLE_BUFFER, description="streaming sources only")
     split_documents: bool = Field(
         default=True,
         description="fill each packed sequence to the brim, continuing a long document in the next sequence; "
@@ -194,7 +196,7 @@ class StageConfig(_Strict):
     data: DataConfig | None = Field(default=None, description="overrides the recipe-level data for this stage")
     tokens: int | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, gt=0)
-    seq_len: int = Field(gt=1)
+    seq_len: int = Field(gt=1, le=MAX_SEQ_LEN)
     batch_size: int = Field(gt=0, description="global sequences per optimizer step")
     micro_batch_size: int = Field(default=1, gt=0, description="sequences per device per forward")
     grad_accumulation: int | Literal["auto"] = "auto"
@@ -244,6 +246,10 @@ class StageConfig(_Strict):
             self.masking = "completion_only" if self.name == "stage3b" else "all_tokens"
         if self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size is larger than batch_size")
+        for key, n in (("batch_size", self.batch_size), ("eval_sequences", self.eval_sequences)):
+            if n * self.seq_len > MAX_STEP_TOKENS:
+                raise ValueError(f"{key} x seq_len = {n:,} x {self.seq_len:,} = {n * self.seq_len:,} tokens; at most "
+                                 f"{MAX_STEP_TOKENS:,} fit in one step's host memory")
         return self
 
     def grad_accum_for(self, world_size: int) -> int:
@@ -327,6 +333,18 @@ class Recipe(_Strict):
         return d
 
 
+def check_teacher_positions(recipe: "Recipe", teacher_config: Any) -> None:
+    """Every stage's ``seq_len`` within the teacher's ``max_position_embeddings``: beyond it the teacher's targets
+    are not what it was trained to produce (and some position encodings fail outright). One line naming the stage."""
+    limit = getattr(teacher_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return
+    for i, st in enumerate(recipe.stages):
+        if st.seq_len > limit:
+            raise ConfigError(f"stages[{i}].seq_len: {st.seq_len:,} tokens is longer than the teacher's context "
+                              f"({limit:,} positions, max_position_embeddings); use at most {limit:,}")
+
+
 # ----------------------------------------------------------------------------------------------------------- loading
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -387,7 +405,12 @@ def read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
+                          f"{what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     if data is None:

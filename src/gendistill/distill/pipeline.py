@@ -4,6 +4,7 @@ order, save the student after each one, and pick up where a stopped run left off
 Run folder layout::
 
     <output_dir>/.gendistill.json       marks the folder as a gendistill run (only such a folder is --overwrite'd)
+    <output_dir>/.gendistill.lock       locked (flock) by the run writing the folder; a second run is refused
     <output_dir>/recipe.yaml            the resolved recipe (every default filled in)
     <output_dir>/progress.json          completed stages, teacher fingerprint and student layout (checked on resume)
     <output_dir>/metrics.jsonl          one JSON object per logged step / evaluation
@@ -27,18 +28,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from gendistill.distill.config import Recipe, StageConfig, dump_recipe
+from gendistill.distill.config import Recipe, StageConfig, check_teacher_positions, dump_recipe
 from gendistill.distill.data import PackedStream
-from gendistill.distill.distributed import World, barrier, init_world
+from gendistill.distill.distributed import World, barrier, broadcast_object, init_world
 from gendistill.distill.freezing import apply_trainable
 from gendistill.distill.metrics import MetricsLogger, check_wandb
 from gendistill.distill.result import DistillResult
-from gendistill.distill.checkpoint import student_layout, weights_fingerprint
+from gendistill.distill.checkpoint import (check_resume_compatible, stage_fingerprint, student_layout,
+                                           weights_fingerprint)
 from gendistill.io import atomic_write_json, atomic_write_text
-from gendistill.ownership import MARKER, check_replaceable, check_writable, marker_kind, remove_owned, write_marker
+from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
+                                  write_marker)
+from gendistill.runlock import FolderLock, acquire, check_not_busy
 from gendistill.distill.trainer import StageResult, run_stage, save_student_folder
 from gendistill.devices import resolve_dtype
-from gendistill.errors import ConfigError
+from gendistill.errors import ConfigError, GendistillError
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
 
@@ -167,7 +171,7 @@ def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry_run: b
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{what}: {run_dir} is a file, not a folder")
     ours = marker_kind(run_dir) == "run"
-    used = run_dir.is_dir() and any(run_dir.iterdir())
+    used = not is_empty(run_dir)  # a folder holding only a lock file is empty
     if overwrite:
         check_replaceable(run_dir, "run", what)
     elif used and not ours:
@@ -213,6 +217,50 @@ def _check_same_run(prog: dict[str, Any], fp: dict[str, Any], run_dir: Path) -> 
                           "recipe the run started with or pass --overwrite")
 
 
+def check_resume_checkpoints(recipe: Recipe, run_dir: Path, completed: list[str], allow_optim_change: bool,
+                             sharded: bool) -> None:
+    """Every stage still to run that has a checkpoint must be able to continue from it (same stage and data
+    settings, optimisation settings unchanged or allowed, same DDP/FSDP mode): checked before anything is written,
+    so a refused resume leaves the run folder as it was."""
+    for i, stage in enumerate(recipe.stages):
+        if stage.name in completed:
+            continue
+        fingerprint = stage_fingerprint(stage, recipe.stage_data(stage))
+        check_resume_compatible(run_dir / "checkpoints" / stage.name, fingerprint, f"stages[{i}] ({stage.name})",
+                                allow_optim_change, sharded)
+
+
+def lock_run_folder(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, overwrite: bool,
+                    progress: dict[str, Any], allow_optim_change: bool) -> FolderLock | None:
+    """Rank 0 takes the run folder's lock (:mod:`gendistill.runlock`), held until the run ends, and checks again
+    under it what another process may have changed while this one was loading: the folder (:func:`check_output_dir`),
+    the progress a resume continues from, the checkpoints it will load. Every rank learns the outcome, so under a
+    launcher all ranks stop with the same one line. Nothing is written when a check fails."""
+    lock, error = None, None
+    if world.is_main:
+        try:
+            lock = acquire(run_dir, "run.output_dir")
+            check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=False)
+            if resume and _progress(run_dir) != progress:
+                raise ConfigError(f"run.output_dir: {run_dir} changed while this run was starting (another process "
+                                  "wrote it); run the command again")
+            if resume:
+                check_resume_checkpoints(recipe, run_dir, list(progress.get("completed", [])), allow_optim_change,
+                                         world.sharded)
+        except GendistillError as e:
+            if lock is not None:
+                lock.release(remove_created=True)
+                lock = None
+            error = e
+    if world.distributed:
+        message = broadcast_object(None if error is None else str(error), world)
+        if error is None and message is not None:
+            error = ConfigError(message)
+    if error is not None:
+        raise error
+    return lock
+
+
 def run_recipe(
     recipe: Recipe,
     *,
@@ -245,6 +293,8 @@ def run_recipe(
             check_support()
             init_single_process_group(world.device)
     run_dir = Path(recipe.run.output_dir)
+    if not dry_run:
+        check_not_busy(run_dir, "run.output_dir")  # another run writing it: one line, before anything is loaded
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
     check_wandb(recipe.run.wandb)
     check_data_found(recipe)  # a data file in no known place fails before the teacher is loaded
@@ -261,11 +311,14 @@ def run_recipe(
     teacher = teacher.to(world.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    check_teacher_positions(recipe, teacher.config)  # before any data is read or packed at that length
 
     data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
     fingerprints = _fingerprints(recipe, teacher, student)
     if resume:
         _check_same_run(prog, fingerprints, run_dir)
+        # a checkpoint this resume could not continue from: refused now, with nothing written (again under the lock)
+        check_resume_checkpoints(recipe, run_dir, list(prog.get("completed", [])), allow_optim_change, world.sharded)
 
     completed: list[str] = list(prog.get("completed", []))
     if student is None:
@@ -286,11 +339,27 @@ def run_recipe(
         shard_teacher(teacher, world.device)
         root = shard_student(student, world.device)
 
+    lock = lock_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, progress=prog,
+                           allow_optim_change=allow_optim_change)
+    try:
+        return _write_and_train(recipe, run_dir, world, resume=resume, overwrite=overwrite, teacher=teacher,
+                                tokenizer=tokenizer, student=student, completed=completed, fingerprints=fingerprints,
+                                data_counts=data_counts, plan=plan, root=root, stop_after=stop_after,
+                                allow_optim_change=allow_optim_change)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_and_train(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, overwrite: bool, teacher: nn.Module,
+                     tokenizer: Any, student: nn.Module, completed: list[str], fingerprints: dict[str, Any],
+                     data_counts: dict[str, Any], plan: list[dict[str, Any]], root: nn.Module | None,
+                     stop_after: int | None, allow_optim_change: bool) -> DistillResult:
+    """The part of :func:`run_recipe` that writes, run while rank 0 holds the run folder's lock."""
     if world.is_main:
         replace = overwrite or (not resume and not _has_resumable_work(run_dir))
-        if replace and run_dir.is_dir() and any(run_dir.iterdir()):
-            remove_owned(run_dir, "run", "run.output_dir")  # ours (checked above), and nothing left to resume
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if replace and not is_empty(run_dir):
+            clear_owned(run_dir, "run", "run.output_dir")  # ours (checked under the lock), nothing left to resume
         write_marker(run_dir, "run")
         text = dump_recipe(recipe)
         old = run_dir / "recipe.yaml"

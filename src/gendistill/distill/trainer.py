@@ -338,7 +338,7 @@ def run_stage(
                         else f"gradient norm is {gnorm} (loss {loss_val})")
                 raise TrainingDivergedError(
                     f"{stage.name} step {step + 1}: {what}; stopped before the optimizer step "
-                    f"({recovery_hint(last_ckpt)})"
+                    f"({recovery_hint(last_ckpt, diverged_at=step + 1)})"
                 )
             step += 1
             n_this += 1

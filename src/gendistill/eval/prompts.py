@@ -5,9 +5,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from gendistill.errors import GendistillError
 from gendistill.eval.extract import LETTERS
 
 PLAIN_CHAT_FALLBACK = "plain"
+
+
+class ChatTemplateError(GendistillError):
+    """A tokenizer's chat template raised while rendering a conversation (its own ``raise_exception``, a role it does
+    not accept, a Jinja error): one line naming the tokenizer, not a traceback."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _name(tokenizer) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or "the tokenizer")
 
 
 def format_options(choices: list[str]) -> str:
@@ -30,9 +45,12 @@ def apply_chat(tokenizer, messages: list[dict[str, str]], *, add_generation_prom
     """The chat-templated prompt as text (non-thinking mode for Qwen3-style templates). Tokenizers without a chat
     template get a plain ``User:/Assistant:`` transcript so tiny test models still work."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
-        )
+        try:
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
+            )
+        except Exception as e:  # noqa: BLE001 - a template is the model's code: raise_exception(), a bad role, ...
+            raise ChatTemplateError(f"the chat template of {_name(tokenizer)} failed: {_first_line(e)}") from None
     parts = []
     for m in messages:
         role = {"system": "System", "user": "User", "assistant": "Assistant"}.get(m["role"], m["role"].title())

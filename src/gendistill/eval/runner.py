@@ -229,6 +229,25 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "model"
 
 
+def check_numbers(cfg: EvalConfig) -> None:
+    """Every size and count a user types within its range (:mod:`gendistill.limits`), before anything is read."""
+    from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, MAX_STEP_TOKENS, check_range
+
+    check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
+    check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
+    check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
+    check_range(cfg.top_k, 1, 1 << 24, "--top-k")
+    check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")
+    if cfg.max_new_tokens is not None:
+        check_range(cfg.max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
+    for n in cfg.context_lengths or ():
+        check_range(n, 1, MAX_CONTEXT, "--context-lengths")
+    if not (0 < cfg.temperature < float("inf")):
+        raise ConfigError(f"--temperature: {cfg.temperature} must be a positive number")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"--top-p: {cfg.top_p} must be in (0, 1]")
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if not cfg.models:
         raise ConfigError("give at least one --model (the first is the teacher)")
@@ -239,6 +258,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"--limit must be a positive integer, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    check_numbers(cfg)
     if cfg.data_source not in ("local", "hf"):
         raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
     from gendistill.devices import dtype_name, resolve_device, resolve_dtype  # noqa: PLC0415

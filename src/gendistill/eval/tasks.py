@@ -82,6 +82,9 @@ def mc_example(obj: dict, where: str, fmap: dict[str, str] | None = None, idx_de
     choices = _req(obj, f["choices"], where, (list,), "a list of strings")
     if len(choices) < 2:
         raise DataError(f"{where}: field '{f['choices']}' needs at least 2 options, got {len(choices)}")
+    if len(choices) > len(X.LETTERS):  # options are labelled A-Z in prompts and answers
+        raise DataError(f"{where}: field '{f['choices']}' has {len(choices)} options; at most {len(X.LETTERS)} (A-Z) "
+                        "can be labelled")
     for i, c in enumerate(choices):
         if not isinstance(c, str):
             raise DataError(f"{where}: field '{f['choices']}' option {i} must be a string, got {type(c).__name__}")
@@ -556,6 +559,8 @@ def task_from_yaml(path: str | Path) -> Task:
         raise ConfigError(f"{path}: task definition not found")
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f":{mark.line + 1}" if mark is not None else ""

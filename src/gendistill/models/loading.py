@@ -15,7 +15,9 @@ through :mod:`gendistill.devices` (``auto`` by default). Every user error is one
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,10 +79,105 @@ def resolve_model(spec: str | Path) -> ModelRef:
     if isinstance(text, str):
         path = Path(text).expanduser()
         if path.is_dir() and _student_config(path) is not None:
+            check_student_weights(path)  # weights that do not fit the config: one line, before anything loads
             return ModelRef(text, "student", str(path.resolve()))
     source = resolve_teacher(text)  # raises the one-line errors for everything that is not a reference
     kind = {"embedded": "embedded", "gguf": "gguf", "folder": "folder", "hub": "hub"}[source.kind]
     return ModelRef(str(text), kind, source.path)  # type: ignore[arg-type]
+
+
+#: weight files transformers would unpickle; gendistill never loads them
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+def _check_weight_files(location: str) -> None:
+    """A local student folder must hold safetensors weights: ``pytorch_model.bin`` is a pickle, which gendistill
+    never loads (it can run code); one line says how to convert it."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return  # a hub id: transformers is told to load safetensors only
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return
+    found = next((n for n in PICKLE_WEIGHTS if (folder / n).is_file()), None)
+    if found is not None:
+        raise GendistillError(
+            f"student folder {location}: its weights are {found}, a pickle file, which gendistill does not load; "
+            "save them as safetensors (model.save_pretrained(folder, safe_serialization=True) where the model was "
+            "made) or use a folder written by gendistill convert/distill")
+    raise GendistillError(f"student folder {location}: no model.safetensors (the weights are missing)")
+
+
+def _stored_keys(folder: Path) -> set[str] | None:
+    """The tensor names in a student folder's safetensors weights (one file or an index), read from the headers."""
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            return set(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        return None  # damaged: the loader's own error says how
+
+
+def check_student_weights(folder: str | Path) -> None:
+    """Before any model is loaded: the weights of a local student folder hold exactly the tensors its config.json
+    describes (compared by name from the safetensors headers against the model built on the meta device, so no
+    memory is used). A config whose ``layer_types`` or KDA options were edited, or copied from another student, is
+    one line instead of a model with randomly initialised mixers. Loading checks the same again
+    (:func:`_check_loading_info`), also for hub students."""
+    folder = Path(folder)
+    _check_weight_files(str(folder))
+    stored = _stored_keys(folder)
+    if stored is None:
+        return
+    try:
+        import gendistill  # noqa: F401, PLC0415  (registers the hybrid with the Auto classes)
+        from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        expected = set(model.state_dict())
+        tied = set((getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else ())
+    except Exception:  # noqa: BLE001 - a config the loader will reject with its own line; nothing to compare
+        return
+    _check_loading_info(str(folder), {"missing_keys": expected - stored - tied, "unexpected_keys": stored - expected})
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """transformers logs a table of missing/unexpected weights as a warning; a student's are refused with one line
+    instead (:func:`_check_loading_info`), so the table is not shown."""
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    log = logging.getLogger("transformers.modeling_utils")  # a filter, not a level: transformers reads the level
+    log.addFilter(not_the_report)
+    try:
+        yield
+    finally:
+        log.removeFilter(not_the_report)
+
+
+def _check_loading_info(location: str, info: dict[str, Any]) -> None:
+    """Every tensor of a gendistill student must come from its weights file and every stored tensor must be used:
+    transformers only warns and initialises the missing ones at random (a ``config.json`` whose ``layer_types`` do
+    not match the weights would load with random mixers and evaluate, chat and distill as if nothing were wrong)."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", mismatched)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{more})")
+    raise GendistillError(
+        f"student folder {location}: its weights do not match its config.json: {'; '.join(parts)}; was config.json "
+        "(layer_types, the KDA options) edited, or copied from another student?")
 
 
 def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_kwargs: dict[str, Any] | None = None,
@@ -90,9 +187,13 @@ def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_k
 
     import gendistill  # noqa: F401, PLC0415  (registers the hybrid with the Auto classes)
 
+    _check_weight_files(location)
     kw = hub_kwargs or {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kw)
+        with _quiet_load_report():
+            model, info = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, use_safetensors=True,
+                                                               output_loading_info=True, **kw)
+        _check_loading_info(location, info)
         tokenizer = AutoTokenizer.from_pretrained(location, **kw) if with_tokenizer else None
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as e:
         # a damaged or hand-edited folder (bad config value, truncated weights, wrong shapes): one line
@@ -154,4 +255,5 @@ def model_label(spec: str | Path) -> str:
         return str(spec)
 
 
-__all__ = ["ModelRef", "ModelKind", "resolve_model", "load_model", "is_student_folder", "model_label"]
+__all__ = ["ModelRef", "ModelKind", "resolve_model", "load_model", "is_student_folder", "model_label",
+           "check_student_weights"]

@@ -86,11 +86,10 @@ def select_layers_command(
         import json
 
         from gendistill.select.methods import plan
+        from gendistill.select.runner import check_against_teacher
         from gendistill.teachers import load_teacher_config
 
-        L = int(load_teacher_config(teacher).num_hidden_layers)
-        if budget > L:
-            raise ConfigError(f"--budget {budget}: the teacher has only {L} layers")
+        L = check_against_teacher(cfg, load_teacher_config(teacher))
         console.print_json(json.dumps(plan(cfg, L)))
         return
     res = select_layers(cfg, resume=resume, overwrite=overwrite, progress=progress)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gendistill.distill.config import DataConfig
+from gendistill.limits import MAX_SEQ_LEN, MAX_STEP_TOKENS
 
 METHOD_NAMES: tuple[str, ...] = ("uniform", "kl-guided", "greedy-learned", "beam-add")
 Method = Literal["uniform", "kl-guided", "greedy-learned", "beam-add"]
@@ -33,10 +34,10 @@ class RecallConfig(_Strict):
     the teacher's recall the student keeps) and as the student's and teacher's accuracy on the true values."""
 
     kind: Literal["mqar", "needle"] = "mqar"
-    prompts: int = Field(default=32, gt=0, description="recall sequences")
+    prompts: int = Field(default=32, gt=0, le=1 << 16, description="recall sequences")
     pairs: int = Field(default=32, gt=0, description="mqar: key/value pairs per sequence")
     queries: int = Field(default=8, gt=0, description="keys asked per sequence")
-    context: int = Field(default=512, gt=8, description="needle: tokens of held-out text per sequence")
+    context: int = Field(default=512, gt=8, le=MAX_SEQ_LEN, description="needle: tokens of held-out text per sequence")
     weight: float = Field(default=1.0, ge=0, description="beam-add score = held-out KL + weight x recall KL")
     batch_size: int = Field(default=8, gt=0)
 
@@ -48,7 +49,7 @@ class SelectConfig(_Strict):
     data: DataConfig | None = Field(default=None, description="text to train and score on (every method but uniform)")
     output_dir: str
 
-    seq_len: int = Field(default=512, gt=1)
+    seq_len: int = Field(default=512, gt=1, le=MAX_SEQ_LEN)
     batch_size: int = Field(default=8, gt=0, description="sequences per optimizer step (all training phases)")
     micro_batch_size: int = Field(default=4, gt=0)
     eval_sequences: int = Field(default=16, gt=0, description="held-out sequences of the KL score")
@@ -76,6 +77,9 @@ class SelectConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SelectConfig":
+        for key, n in (("batch_size", self.batch_size), ("eval_sequences", self.eval_sequences)):
+            if n * self.seq_len > MAX_STEP_TOKENS:
+                raise ValueError(f"{key} x seq_len = {n * self.seq_len:,} tokens; at most {MAX_STEP_TOKENS:,}")
         if self.micro_batch_size > self.batch_size or self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         if self.data is None and self.method != "uniform":

@@ -32,6 +32,7 @@ from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
 from gendistill.distill.trainer import evaluate, run_stage
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import atomic_write_json
+from gendistill.ownership import is_bookkeeping, is_empty
 from gendistill.select.cache import Cost, ScoreCache, set_key, total_cost
 from gendistill.select.config import SelectConfig, fingerprint
 from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, recall_scores
@@ -39,27 +40,42 @@ from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, re
 MARKER = "select.json"
 
 
+def check_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> None:
+    """Everything about ``--out`` that can be refused, without writing: a folder that is not a select-layers run, an
+    existing run without ``--resume``/``--overwrite``, a resume with other settings."""
+    out = Path(cfg.output_dir)
+    if is_empty(out):
+        return
+    if not (out / MARKER).exists():
+        raise ConfigError(f"--out {out}: exists and is not a select-layers folder; choose an empty or new folder")
+    if overwrite:
+        return
+    if not resume:
+        raise ConfigError(f"--out {out}: already holds a selection run; pass --resume to continue or --overwrite")
+    try:
+        old = json.loads((out / MARKER).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    if old != fingerprint(cfg):
+        raise ConfigError(
+            f"--out {out}: --resume with different settings than the run there (see {out / MARKER}); "
+            "use the same options or pass --overwrite"
+        )
+
+
 def prepare_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> Path:
     """Create (or reopen) the run folder. An existing run is refused without ``resume``/``overwrite``; ``overwrite``
-    only ever deletes a folder that a previous ``select-layers`` wrote (it holds ``select.json``)."""
+    only ever deletes a folder that a previous ``select-layers`` wrote (it holds ``select.json``), and keeps its lock
+    file (:func:`gendistill.select.runner.select_layers` holds the lock while this runs)."""
     out = Path(cfg.output_dir)
-    fp = fingerprint(cfg)
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise ConfigError(f"--out {out}: exists and is not a select-layers folder; choose an empty or new folder")
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise ConfigError(f"--out {out}: already holds a selection run; pass --resume to continue or --overwrite")
-        else:
-            old = json.loads((out / MARKER).read_text()).get("fingerprint")
-            if old != fp:
-                raise ConfigError(
-                    f"--out {out}: --resume with different settings than the run there (see {out / MARKER}); "
-                    "use the same options or pass --overwrite"
-                )
+    check_output(cfg, resume, overwrite)
+    if overwrite and not is_empty(out):
+        for p in out.iterdir():
+            if is_bookkeeping(p.name):
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / MARKER, {"fingerprint": fp, "settings": cfg.model_dump(mode="json")})
+    atomic_write_json(out / MARKER, {"fingerprint": fingerprint(cfg), "settings": cfg.model_dump(mode="json")})
     return out
 
 
@@ -297,4 +313,4 @@ class CandidateProgress:
         self.close()
 
 
-__all__ = ["Session", "prepare_output", "GendistillError"]
+__all__ = ["Session", "check_output", "prepare_output", "GendistillError"]

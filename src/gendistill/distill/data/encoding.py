@@ -11,6 +11,34 @@ from gendistill.distill.config import DataConfig, SourceConfig
 from gendistill.errors import DataError
 
 
+#: text longer than this many characters is tokenised in pieces of at most this size (a tokenizer's working memory
+#: grows with its input: one 50 MB document tokenised at once took 10 GB). Shorter text is tokenised in one call.
+TOKENIZE_PIECE_CHARS = 1 << 18
+
+
+def split_for_tokenizer(text: str, limit: int | None = None) -> list[str]:
+    """``text`` in consecutive pieces of at most ``limit`` characters (default :data:`TOKENIZE_PIECE_CHARS`; one
+    piece when it is not longer). Each cut is placed before a single space between two non-space characters, in the
+    last half of the window, where the pre-tokenizers of byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM)
+    and of SentencePiece's metaspace split anyway, so the tokens are those of one call; a window without such a
+    space (a long run without spaces) is cut at ``limit``, and the tokens at that cut may differ from one call's."""
+    limit = limit or TOKENIZE_PIECE_CHARS
+    if len(text) <= limit:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        lo, cut = start + limit // 2, start + limit
+        p = text.rfind(" ", lo, cut)
+        while p > lo and (text[p - 1].isspace() or text[p + 1].isspace()):
+            p = text.rfind(" ", lo, p)
+        if p > lo:
+            cut = p
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
 class NothingToDistillError(DataError):
     """A well-formed record with nothing to train on (no assistant turn, empty response or text). Skipped instead of
     raised when the data's ``skip_empty`` is on."""
@@ -80,7 +108,28 @@ class Encoder:
         return text[text.index(sentinel) + len(sentinel) :].rstrip()
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        """Tokens of ``text`` without special tokens, in bounded pieces (:func:`split_for_tokenizer`)."""
+        ids: list[int] = []
+        for piece in split_for_tokenizer(text):
+            ids += self.tok(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _ids_with_specials(self, text: str) -> list[int]:
+        """Tokens of ``text`` with the tokenizer's special tokens (a BOS), as one call would give them; a text longer
+        than a piece is tokenised in pieces and wrapped in the special tokens the tokenizer adds around any text."""
+        if len(text) <= TOKENIZE_PIECE_CHARS:
+            return list(self.tok(text, add_special_tokens=True)["input_ids"])
+        prefix, suffix = self._special_wrapping()
+        return prefix + self._ids(text) + suffix
+
+    def _special_wrapping(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text (``([bos], [])`` for Llama)."""
+        plain = list(self.tok("a", add_special_tokens=False)["input_ids"])
+        full = list(self.tok("a", add_special_tokens=True)["input_ids"])
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
+        return [], []  # pragma: no cover - a post-processor that changes the text's own tokens
 
     def fields(self, rec: Any, origin: str) -> str | tuple[str, str] | list[dict[str, str]]:
         """Check ``rec`` for this source's format without tokenizing: the text, ``(prompt, response)`` or the
@@ -106,7 +155,7 @@ class Encoder:
         f = self.src.format
         if f == "text":
             assert isinstance(got, str)
-            ids = list(self.tok(got, add_special_tokens=True)["input_ids"])
+            ids = self._ids_with_specials(got)
             if self.data.add_eos and self.eos is not None and (not ids or ids[-1] != self.eos):
                 ids.append(self.eos)
             return Encoded(ids, [1] * len(ids))
@@ -117,7 +166,7 @@ class Encoder:
                 return self._encode_chat(
                     [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], origin
                 )
-            p = list(self.tok(prompt, add_special_tokens=True)["input_ids"])
+            p = self._ids_with_specials(prompt)
             r = self._ids(response)
             if self.data.add_eos and self.eos is not None:
                 r.append(self.eos)
