@@ -23,15 +23,16 @@ import importlib
 from typing import Any
 
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM, HybridModel  # noqa: F401  (registers Auto classes)
+from gendistill.version import __version__
 
-__version__ = "0.1.0"
-
-# name -> module that defines it; gendistill.convert / .distill / .bench are the sub-packages, callable as the API
-# functions of the same names (gendistill.api.callable_module)
+# name -> module that defines it, imported on first use (PEP 562). gendistill.convert / .distill / .bench are the
+# sub-packages, callable as the API functions of the same names (gendistill.callable_package); gendistill.api gathers
+# every API function.
 _LAZY = {
     "convert": "gendistill.convert", "distill": "gendistill.distill", "bench": "gendistill.bench",
-    "evaluate": "gendistill.api", "load": "gendistill.api", "push_to_hub": "gendistill.api",
-    "ConvertResult": "gendistill.api", "EvalResult": "gendistill.api", "BenchResult": "gendistill.api",
+    "api": "gendistill.api", "evaluate": "gendistill.eval.api", "load": "gendistill.models.api",
+    "push_to_hub": "gendistill.models.api", "ConvertResult": "gendistill.convert.api",
+    "EvalResult": "gendistill.eval.api", "BenchResult": "gendistill.bench.api",
     "DistillResult": "gendistill.distill.result",
 }
 
@@ -49,4 +50,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["HybridConfig", "HybridForCausalLM", "HybridModel", "__version__", *_LAZY]
+__all__ = ["HybridConfig", "HybridForCausalLM", "HybridModel", "__version__", *(n for n in _LAZY if n != "api")]

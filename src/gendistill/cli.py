@@ -10,13 +10,21 @@ to evaluate; ``--teacher``/``-t`` and ``--student``/``-s`` where both roles exis
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Optional
 
 import typer
 
+from gendistill.ablate import cli as ablate_cli
+from gendistill.bench import cli as bench_cli
+from gendistill.chat import cli as chat_cli
 from gendistill.cli_utils import user_errors
+from gendistill.convert import cli as convert_cli
+from gendistill.demo import cli as demo_cli
+from gendistill.distill import cli as distill_cli
+from gendistill.distill.shipped import shipped_recipe, shipped_recipes
+from gendistill.eval import cli as eval_cli
+from gendistill.select import cli as select_cli
+from gendistill.version import __version__
 
 app = typer.Typer(
     name="gendistill",
@@ -32,8 +40,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from gendistill import __version__  # noqa: PLC0415
-
         typer.echo(f"gendistill {__version__}")
         raise typer.Exit()
 
@@ -51,8 +57,6 @@ def recipes_command(
 ) -> None:
     """List the recipes that ship with gendistill (name and first comment line), or print one. Any of them runs as
     ``gendistill distill NAME``; copy one to change it (``gendistill recipes NAME > my.yaml``)."""
-    from gendistill.distill.shipped import shipped_recipe, shipped_recipes  # noqa: PLC0415
-
     if name is None:
         rows = shipped_recipes()
         width = max(len(r.name) for r in rows)
@@ -65,19 +69,8 @@ def recipes_command(
 app.command("recipes")(recipes_command)
 
 # Sub-command providers, in the order their commands appear in --help.
-_COMMAND_MODULES = (
-    "gendistill.convert.cli",
-    "gendistill.distill.cli",
-    "gendistill.eval.cli",
-    "gendistill.ablate.cli",
-    "gendistill.bench.cli",
-    "gendistill.select.cli",
-    "gendistill.demo.cli",
-)
-
-for _name in _COMMAND_MODULES:
-    if importlib.util.find_spec(_name.rsplit(".", 1)[0]) is not None and importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name).register(app)
+for _commands in (convert_cli, chat_cli, distill_cli, eval_cli, ablate_cli, bench_cli, select_cli, demo_cli):
+    _commands.register(app)
 
 # One error handler for every command: a GendistillError is one line on stderr and exit status 2.
 for _command in app.registered_commands:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from gendistill.errors import GendistillError
+from gendistill.version import __version__
 
 MARKER = ".gendistill.json"
 #: the lock file of a folder being written (:mod:`gendistill.runlock`)
@@ -38,8 +39,6 @@ def write_marker(folder: str | Path, kind: str) -> Path:
     """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``). Written atomically (a
     temporary file renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
     assert kind in KINDS, kind
-    from gendistill import __version__
-
     path = Path(folder) / MARKER
     text = json.dumps({"written_by": "gendistill", "kind": kind, "version": __version__,
                        "created": round(time.time(), 3)}) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gendistill.bench.api import bench as run
 from gendistill.bench.settings import MEASUREMENTS, check_settings, settings_from_options  # noqa: F401  (importable here)
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 
@@ -14,7 +15,9 @@ def bench(
                                                              "file, HF folder or hub id; overrides --config."),
     student: str = typer.Option(None, "--student", "-s", help="Saved student folder or hub id; default: convert "
                                                              "the teacher at --attention-layers."),
-    attention_layers: str = typer.Option(None, help="Attention layers of the converted student (default 0,2,6,11,13,18,21)."),
+    attention_layers: str = typer.Option(None, help="Attention layers of the converted student, in any form `convert "
+                                         "--attention-layers` takes: 0,2,6, every:4, ratio:0.25, ... (default "
+                                         "0,2,6,11,13,18,21)."),
     contexts: str = typer.Option(None, help="Contexts for cache/TTFT/decode, e.g. 1k,4k,16k,32k,64k,128k."),
     throughput_contexts: str = typer.Option(None, help="Contexts of the batch sweep (default 4k,16k,32k,64k)."),
     dtype: str = typer.Option("auto", help=f"{DTYPE_HELP}."),
@@ -44,8 +47,6 @@ def bench(
 ) -> None:
     """Cache memory, time-to-first-token, decode speed and peak throughput of teacher vs student, in one run. A thin
     wrapper over :func:`gendistill.bench`."""
-    from gendistill.api import bench as run
-
     run(teacher, student, config=config, tiny=tiny, device=device, dtype=dtype, out=out,
         attention_layers=attention_layers, contexts=contexts, throughput_contexts=throughput_contexts, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,

@@ -1,23 +1,21 @@
-"""``gendistill convert`` and ``gendistill chat``."""
+"""``gendistill convert``: a teacher into a hybrid student, with a summary table."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
 import typer
-from rich.panel import Panel
 from rich.table import Table
 
 from gendistill.cli_utils import console
+from gendistill.convert.api import convert
+from gendistill.convert.summary import human_bytes
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
-from gendistill.errors import GendistillError
 
 
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert_command)
-    app.command("chat")(chat_command)
 
 
 def convert_command(
@@ -44,9 +42,6 @@ def convert_command(
 ) -> None:
     """Convert a teacher into a hybrid student: chosen layers keep attention, the rest become KDA mixers initialised
     from the teacher's projections. Prints a summary table; writes SUMMARY.json and a model card beside the model."""
-    from gendistill.api import convert
-    from gendistill.convert.summary import human_bytes
-
     start = time.perf_counter()
     res = convert(teacher, attention_layers, out, mixer=mixer, kv_mode=kv_mode, gate_activation=gate_activation,
                   conv_activation=conv_activation, dtype=dtype, device=device, seed=seed, overwrite=overwrite)
@@ -70,52 +65,3 @@ def convert_command(
     console.print(table)
     console.print(f"Saved student to [bold]{out}[/] in {time.perf_counter() - start:.1f} s. Load it with "
                   "`import gendistill; AutoModelForCausalLM.from_pretrained(...)`.")
-
-
-def chat_command(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
-    teacher: str = typer.Option(None, "--teacher", "-t", help="Teacher: short name, .gguf, folder or hub id."),
-    student: list[str] = typer.Option([], "--student", "-s", help="Student folder(s) or hub id(s); repeat the option "
-                                                                   "for several."),
-    system: str = typer.Option(None, help="Optional system message."),
-    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
-    sample: bool = typer.Option(False, help="Sample (temperature 0.7, top-p 0.8, top-k 20) instead of greedy."),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    dtype: str = typer.Option("auto", help=f"Model dtype: {DTYPE_HELP}."),
-    device: str = typer.Option("auto", help=f"Device: {DEVICE_HELP}."),
-) -> None:
-    """Answer one chat-templated prompt with the teacher and each student, side by side."""
-    from gendistill.devices import resolve_device, resolve_dtype
-    from gendistill.models.loading import load_model, model_label
-
-    specs = ([teacher] if teacher else []) + list(student)
-    if not specs:
-        raise GendistillError("give at least one --teacher or --student")
-    from gendistill.limits import MAX_NEW_TOKENS, check_range
-
-    check_range(max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    for spec in specs:
-        model, tokenizer = load_model(spec, dtype=dt, device=dev)
-        if not getattr(tokenizer, "chat_template", None):
-            raise GendistillError(f"the tokenizer of {spec} has no chat template")
-        try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True).to(dev)
-        except Exception as e:  # noqa: BLE001 - the template is the model's code (raise_exception, a bad role, ...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GendistillError(f"the chat template of {spec} failed on this prompt: {first[:300]}") from None
-        torch.manual_seed(seed)
-        kwargs = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20) if sample else dict(do_sample=False)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
-                                    or tokenizer.eos_token_id, **kwargs)
-        seconds = time.perf_counter() - start
-        new = output[0, ids["input_ids"].shape[1]:]
-        text = tokenizer.decode(new, skip_special_tokens=True).strip()
-        kind = "student" if spec in student else "teacher"
-        console.print(Panel(text or "[dim](empty)[/]", title=f"{kind}: {model_label(spec)}",
-                            subtitle=f"{len(new)} tokens, {len(new) / seconds:.1f} tok/s on {dev}"))

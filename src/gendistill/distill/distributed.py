@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gendistill.distill.fsdp import check_support, init_single_process_group
+from gendistill.errors import ConfigError
+
 
 @dataclass
 class World:
@@ -33,12 +36,8 @@ def init_world(device: str = "auto", distributed: str = "ddp") -> World:
     one-rank group is created."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
-        from gendistill.errors import ConfigError
-
         raise ConfigError("run.device: cuda requested but no CUDA device is available")
     if distributed == "fsdp":
-        from gendistill.distill.fsdp import check_support
-
         check_support()
     ws = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -51,8 +50,6 @@ def init_world(device: str = "auto", distributed: str = "ddp") -> World:
     if ws > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if want_cuda else "gloo", device_id=dev if want_cuda else None)
     if distributed == "fsdp":
-        from gendistill.distill.fsdp import init_single_process_group
-
         init_single_process_group(dev)  # a no-op when torchrun's group exists
     return World(rank=rank, world_size=ws, local_rank=local, device=dev, sharded=distributed == "fsdp")
 
@@ -74,25 +71,6 @@ def broadcast_object(obj, world: World):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-RANK_ERROR_GRACE_S = 5.0
-
-
-def error_prefix(grace_s: float = RANK_ERROR_GRACE_S) -> str:
-    """Called by a rank about to print a user error and exit. Rank 0 (or a single process) prints at once. Every
-    check of the run is made on every rank with the same inputs (recipe, data, all-reduced loss, DCP's gathered
-    write errors), so the same error usually stops all ranks: another rank first waits ``grace_s`` seconds, in which
-    the launcher (torchrun / accelerate launch, which stop every worker ~0.1 s after the first one exits) ends it
-    after rank 0 has reported. An error only that rank saw (rank 0 is then blocked in a collective) is printed after
-    the wait, prefixed ``[rank N]``; the launcher then stops the others. One message either way."""
-    import time
-
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or rank == 0:
-        return ""
-    time.sleep(grace_s)
-    return f"[rank {rank}] "
 
 
 def shutdown(world: World) -> None:
