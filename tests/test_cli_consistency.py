@@ -87,7 +87,7 @@ def test_version_and_python_dash_m():
 
 
 def test_recipes_lists_and_prints_the_shipped_recipes():
-    from gendistill.distill.config import load_recipe
+    from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.shipped import shipped_recipes
 
     runner = CliRunner()

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    from gendistill.distill.config import dump_recipe, load_recipe
+    from gendistill.distill.config import dump_recipe
+    from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.shipped import recipe_file
     from gendistill.errors import GendistillError
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. the distilled students, and the budget curve's snapshots (generation only)
     t1 = time.time()
-    from gendistill.distill.trainer import snapshot_name
+    from gendistill.distill.stage_files import snapshot_name
 
     students = {"stage3a": run_dir / "stage3a", final_stage: run_dir / final_stage}
     snaps = {f: run_dir / snapshot_name("stage3a", f) for f in fractions}
@@ -358,7 +359,7 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
 def _budget_curve(eval_dir: Path, fid: dict[str, Any], fractions: list[float], metrics: dict[str, Any]) -> list[dict]:
     """Held-out KL (stage-3a text) and generation answer agreement with the teacher (the snapshot tasks) at each
     stage-3a fraction (1.0 = the 3a student). Model labels are the student folder names."""
-    from gendistill.distill.trainer import snapshot_name
+    from gendistill.distill.stage_files import snapshot_name
 
     snap_dir = eval_dir / "snapshots"
     ex = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d).items()}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gendistill.distill.config import OptimConfig, dump_recipe, load_recipe, parse_recipe
+from gendistill.distill.config import OptimConfig, dump_recipe, parse_recipe
+from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.schedules import lr_factor
 from gendistill.errors import ConfigError
 

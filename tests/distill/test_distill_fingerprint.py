@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gendistill.distill.checkpoint import weights_fingerprint
+from gendistill.distill.fingerprints import weights_fingerprint
 
 
 def test_fingerprint_of_smollm2_sized_embedding_samples_the_last_value():

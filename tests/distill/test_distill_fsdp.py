@@ -57,13 +57,13 @@ def _worker(rank: int, world_size: int, port: int, full, cut, cut_copy: str, res
     held = {"student": sum(p.to_local().numel() * 4 for p in student.parameters()),
             "teacher": sum((p.to_local() if hasattr(p, "to_local") else p).numel() * 4 for p in teacher.parameters())}
     # a NaN in one rank's shard is found by every rank (no rank checkpoints while another stops)
-    from gendistill.distill.trainer import _first_non_finite
+    from gendistill.distill.stage_files import agreed_non_finite
 
-    assert _first_non_finite(student, None, world) is None
+    assert agreed_non_finite(student, None, world) is None
     if rank == 1:
         with torch.no_grad():
             student.model.layers[3].mlp.down_proj.weight.to_local()[0, 0] = float("nan")
-    nan_found = _first_non_finite(student, None, world)
+    nan_found = agreed_non_finite(student, None, world)
     first = run_recipe(cut, teacher=tiny_llama(len(tok)), tokenizer=tok, world=world, stop_after=3)
     if rank == 0:
         shutil.copytree(cut.run.output_dir, cut_copy)  # the stopped run, for the resume on one process

@@ -52,7 +52,7 @@ def test_cli_plan_prints_both_modes_and_refuses_a_missing_card_size(tmp_path, te
 
 
 def test_fsdp_needs_less_per_gpu_than_ddp_and_shrinks_with_gpus():
-    from gendistill.distill.config import load_recipe
+    from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.memory import GIB, meta_models, plan_models, qwen3_config
     from gendistill.convert.convert import student_config_from_teacher
 
@@ -67,7 +67,7 @@ def test_fsdp_needs_less_per_gpu_than_ddp_and_shrinks_with_gpus():
 
 
 def test_docs_hold_the_generated_qwen3_table():
-    from gendistill.distill.config import load_recipe
+    from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.memory import qwen3_table
 
     stage = load_recipe("qwen3-0.6b-paper", []).stages[2]

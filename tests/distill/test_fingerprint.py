@@ -10,7 +10,7 @@ def test_the_teacher_fingerprint_takes_tensors_past_two_to_the_24_elements():
     import torch
     from torch import nn
 
-    from gendistill.distill.checkpoint import weights_fingerprint
+    from gendistill.distill.fingerprints import weights_fingerprint
 
     big = nn.Module()
     big.w = nn.Parameter(torch.zeros(16_777_220), requires_grad=False)  # 2**24 + 4: the last position rounds up

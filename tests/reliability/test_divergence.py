@@ -153,7 +153,7 @@ def test_when_every_kept_checkpoint_is_diverging_the_advice_restarts_the_stage(
 
 
 def test_first_non_finite_names_parameters_and_optimizer_state():
-    from gendistill.distill.checkpoint import first_non_finite
+    from gendistill.distill.divergence import first_non_finite
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     opt = torch.optim.AdamW(model.parameters())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gendistill.distill.config import load_recipe
+from gendistill.distill.recipe_files import load_recipe
 from tests.reliability.conftest import assert_one_line_error, cli, write_recipe
 
 

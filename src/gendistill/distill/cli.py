@@ -7,9 +7,23 @@ import json
 import os
 from typing import Optional
 
+import torch
+import torch.distributed as dist
 import typer
 
 from gendistill.cli_utils import console
+from gendistill.distill import recipe_help
+from gendistill.distill.api import distill as run
+from gendistill.distill.config import Recipe
+from gendistill.distill.memory import GIB, parse_bytes, plan_recipe
+from gendistill.distill.recipe_files import load_recipe
+from gendistill.errors import ConfigError
+
+
+def _help_recipe(value: bool) -> None:
+    if value:
+        typer.echo(recipe_help.text(), nl=False)
+        raise typer.Exit()
 
 
 def register(app: typer.Typer) -> None:
@@ -45,22 +59,18 @@ def register(app: typer.Typer) -> None:
         gpu_memory: Optional[str] = typer.Option(
             None, "--gpu-memory", help="with --plan: memory of one GPU, e.g. 80GB (default: this machine's GPU)"
         ),
+        help_recipe: bool = typer.Option(
+            False, "--help-recipe", callback=_help_recipe, is_eager=True,
+            help="print every key a recipe can hold (type, default, what it does) and exit",
+        ),
     ) -> None:
         """Distill a hybrid student from its teacher: stage 1 (KDA mixer alignment), stage 2 (block alignment),
         stage 3a (KL on text), stage 3b (chat KD, completion-only). Multi-GPU: torchrun --nproc-per-node N
         -m gendistill distill RECIPE."""
-        import torch.distributed as dist
-
-        from gendistill.api import distill as run
-
         if plan:
-            from gendistill.distill.config import load_recipe
-
             _print_plan(load_recipe(recipe, set_ or []), gpus, gpu_memory)
             return
         if gpus is not None or gpu_memory is not None:
-            from gendistill.errors import ConfigError
-
             raise ConfigError("--gpus and --gpu-memory only apply with --plan")
         try:
             out = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite, dry_run=dry_run,
@@ -82,13 +92,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"student after {name}: {folder}")
 
 
-def _print_plan(recipe, gpus: int | None, gpu_memory: str | None) -> None:
+def _print_plan(recipe: Recipe, gpus: int | None, gpu_memory: str | None) -> None:
     """``--plan``: one row per stage and mode (the recipe's mode marked)."""
-    import torch
-
-    from gendistill.distill.memory import GIB, parse_bytes, plan_recipe
-    from gendistill.errors import ConfigError
-
     n = gpus or int(os.environ.get("WORLD_SIZE", "0")) or torch.cuda.device_count() or 1
     if gpu_memory is not None:
         try:

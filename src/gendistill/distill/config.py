@@ -2,27 +2,30 @@
 
 A recipe is one YAML file validated by the pydantic models below (``extra="forbid"`` everywhere), so an unknown key
 or a bad value is rejected before anything is loaded, with the key's dotted path in the message
-(``stages[1].optim.lr: Input should be greater than 0``). :func:`load_recipe` is the single entry point; the resolved
-recipe (every default filled in) is written to the run folder by the trainer.
+(``stages[1].optim.lr: Input should be greater than 0``). :func:`gendistill.distill.recipe_files.load_recipe` (a file
+or a shipped recipe's name, with overrides) is the single entry point; the resolved recipe (every default filled in)
+is written to the run folder by the trainer. Every field's description is what ``gendistill distill --help-recipe``
+prints (:mod:`gendistill.distill.recipe_help`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from gendistill.distill.losses import HIDDEN_LOSSES, LOGIT_LOSSES
+from gendistill.distill.stage_facts import (PARAM_GROUPS, STAGE_ORDER, STAGES, Masking, ParamGroup, StageName,
+                                            micro_batches_per_step)
 from gendistill.errors import ConfigError
 from gendistill.limits import MAX_SEQ_LEN, MAX_SHUFFLE_BUFFER, MAX_STEP_TOKENS
+from gendistill.models.hybrid.configuration_hybrid import check_kda_options
 
-StageName = Literal["stage1", "stage2", "stage3a", "stage3b"]
-
-STAGE_ORDER: tuple[str, ...] = ("stage1", "stage2", "stage3a", "stage3b")
-PARAM_GROUPS: tuple[str, ...] = ("kda", "kda_new", "attention", "mlp", "norms", "embeddings", "lm_head")
+#: every loss a stage can use: the registered logit losses (stages 3a/3b), then the hidden-state ones (stages 1-2)
+LossKind = Literal[tuple(LOGIT_LOSSES) + tuple(HIDDEN_LOSSES)]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -57,12 +60,15 @@ def parse_count(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------- models
+# Every field has a description: ``gendistill distill --help-recipe`` and docs/recipe.md are written from them.
 class TeacherConfig(_Strict):
     """The teacher: a spec understood by ``gendistill.teachers.load_teacher`` (``smollm2-135m-instruct``, a GGUF
     file, a local folder or a hub id)."""
 
-    spec: str
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    spec: str = Field(description="the teacher: an embedded short name (smollm2-135m-instruct), a .gguf file, a "
+                                  "Hugging Face folder or a hub id (org/name)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="dtype the teacher runs in (auto: bfloat16 on CUDA, float32 on CPU)")
     attn_implementation: str | None = Field(
         default=None, description="transformers attention kernel for the teacher and the converted student (sdpa, eager, ...)"
     )
@@ -72,15 +78,20 @@ class StudentConfig(_Strict):
     """The student: either converted from the teacher (``attention_layers`` + KDA options) or loaded from an existing
     student folder (``path``)."""
 
-    path: str | None = None
-    attention_layers: list[int] | str | None = None
-    kda_options: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = Field(default=None, description="an existing student folder to continue from (instead of "
+                                                       "attention_layers)")
+    attention_layers: list[int] | str | None = Field(
+        default=None, description="convert the teacher, keeping softmax attention in these layers: a list of "
+                                  "indices or what `gendistill convert --attention-layers` takes (every:4, "
+                                  "ratio:0.25, none, a layers.json from select-layers)")
+    kda_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the replaced layers, e.g. kda_kv_mode: repeat|expand, "
+                                          "kda_gate_activation: silu|sigmoid, kda_conv_activation: null|silu "
+                                          "(docs/mixers.md)")
 
     @field_validator("kda_options")
     @classmethod
     def _kda_options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from gendistill.models.hybrid.configuration_hybrid import check_kda_options
-
         check_kda_options(v)
         return v
 
@@ -96,16 +107,20 @@ class SourceConfig(_Strict):
     ``.txt``, ``.txt.gz``), a local folder saved with ``datasets`` or holding such files, or a hub id (``hub: true``
     or ``hf://org/name``)."""
 
-    path: str
-    format: Literal["text", "chat", "prompt_response"]
-    weight: float = Field(default=1.0, gt=0)
-    hub: bool = False
-    split: str = "train"
+    path: str = Field(description="a local file (.jsonl, .jsonl.gz, .json, .parquet, .txt, .txt.gz), a folder of "
+                                  "them or saved with datasets, or a hub dataset (hf://org/name, or hub: true)")
+    format: Literal["text", "chat", "prompt_response"] = Field(
+        description="text: plain documents; chat: a list of messages (role, content) per record; prompt_response: "
+                    "a prompt and its response per record")
+    weight: float = Field(default=1.0, gt=0, description="relative share of this source's documents in the mix")
+    hub: bool = Field(default=False, description="path is a hub dataset id")
+    split: str = Field(default="train", description="hub dataset split")
     subset: str | None = Field(default=None, description="hub dataset configuration name")
-    text_field: str = "text"
-    messages_field: str = "messages"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
+    text_field: str = Field(default="text", description="text: the record field holding the document")
+    messages_field: str = Field(default="messages", description="chat: the record field holding the messages")
+    prompt_field: str = Field(default="prompt", description="prompt_response: the record field holding the prompt")
+    response_field: str = Field(default="response",
+                                description="prompt_response: the record field holding the response")
     limit: int | None = Field(default=None, gt=0, description="read at most this many documents")
     streaming: bool = Field(default=False, description="read lazily (corpora larger than RAM) with a shuffle buffer")
     chat_template: bool = Field(
@@ -114,18 +129,23 @@ class SourceConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    sources: list[SourceConfig] = Field(min_length=1)
-    seed: int = 0
-    shuffle: bool = True
+    """The training text of a stage (or of every stage, at the recipe's top level)."""
+
+    sources: list[SourceConfig] = Field(min_length=1, description="the sources, mixed by weight")
+    seed: int = Field(default=0, description="seed of the mix and of the shuffle")
+    shuffle: bool = Field(default=True, description="shuffle the documents (a buffer for streaming sources)")
     shuffle_buffer: int = Field(default=10_000, gt=0, le=MAX_SHUFFLE_BUFFER, description="streaming sources only")
     split_documents: bool = Field(
         default=True,
         description="fill each packed sequence to the brim, continuing a long document in the next sequence; "
         "false starts a document that does not fit in a fresh sequence (the rest is padding)",
     )
-    min_document_tokens: int = Field(default=2, ge=1)
+    min_document_tokens: int = Field(default=2, ge=1, description="documents shorter than this many tokens are "
+                                                                  "skipped")
     heldout_documents: int = Field(default=64, ge=0, description="first N documents of each source, kept for eval")
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of the tokenizer's apply_chat_template (e.g. "
+                                          "enable_thinking: false)")
     add_eos: bool = Field(default=True, description="text/prompt_response without template: append EOS")
     skip_empty: bool = Field(
         default=False,
@@ -135,11 +155,17 @@ class DataConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    kind: Literal["forward_kl", "reverse_kl", "jsd", "topk_kl", "mse", "l2", "cosine"] = "forward_kl"
-    temperature: float = Field(default=1.0, gt=0)
-    ce_weight: float = Field(default=0.0, ge=0)
-    top_k: int = Field(default=64, gt=0)
-    jsd_beta: float = Field(default=0.5, gt=0, lt=1)
+    """A stage's loss (default: the stage's own, see :mod:`gendistill.distill.stage_facts`)."""
+
+    kind: LossKind = Field(default="forward_kl",
+                           description="logit losses (stages 3a/3b): " + ", ".join(LOGIT_LOSSES)
+                           + "; hidden-state losses (stages 1-2): " + ", ".join(HIDDEN_LOSSES))
+    temperature: float = Field(default=1.0, gt=0, description="logit losses: softmax temperature (the loss is "
+                                                              "scaled by its square)")
+    ce_weight: float = Field(default=0.0, ge=0, description="logit losses: weight of an added next-token "
+                                                           "cross-entropy on the data")
+    top_k: int = Field(default=64, gt=0, description="topk_kl: the teacher's top k tokens the KL is restricted to")
+    jsd_beta: float = Field(default=0.5, gt=0, lt=1, description="jsd: weight of the teacher in the mixture")
     chunk_size: int = Field(default=1024, gt=0, description="tokens per chunk of the vocabulary projection")
     implementation: Literal["auto", "fused", "chunked"] = Field(
         default="auto",
@@ -150,24 +176,31 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(default=1e-8, gt=0)
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
-    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
-    warmup_steps: int | None = Field(default=None, ge=0)
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = Field(gt=0, description="peak learning rate")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay (never on A_log, dt_bias, norms, "
+                                                               "biases)")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
+    schedule: Literal["wsd", "cosine", "constant"] = Field(
+        default="wsd", description="wsd: warmup, stable, decay; cosine: warmup then cosine decay; constant: warmup "
+                                   "then constant")
+    warmup_ratio: float = Field(default=0.0, ge=0, le=1, description="fraction of steps spent warming up")
+    warmup_steps: int | None = Field(default=None, ge=0, description="warm-up steps (instead of warmup_ratio)")
     decay_ratio: float = Field(default=0.1, ge=0, le=1, description="wsd: fraction of steps spent decaying")
-    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
-    clip_grad_norm: float | None = Field(default=1.0, gt=0)
+    decay_shape: Literal["linear", "cosine", "sqrt"] = Field(default="linear", description="wsd: shape of the decay")
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1, description="learning rate at the end, as a fraction of lr")
+    clip_grad_norm: float | None = Field(default=1.0, gt=0, description="clip the gradient norm to this (null: no "
+                                                                        "clipping)")
     fused: bool | None = Field(default=None, description="fused AdamW (default: on CUDA)")
 
 
 class TrainableConfig(_Strict):
-    groups: list[Literal["kda", "kda_new", "attention", "mlp", "norms", "embeddings", "lm_head"]] = Field(
-        default_factory=list
-    )
+    """Which parameters train: the named groups plus ``include``, minus ``exclude`` (regexes over parameter names)."""
+
+    groups: list[ParamGroup] = Field(default_factory=list, description="parameter groups: " + ", ".join(PARAM_GROUPS)
+                                     + " (see gendistill.distill.freezing)")
     include: list[str] = Field(default_factory=list, description="regexes over parameter names, added")
     exclude: list[str] = Field(default_factory=list, description="regexes over parameter names, removed last")
 
@@ -182,34 +215,35 @@ class TrainableConfig(_Strict):
         return v
 
 
-_DEFAULT_TRAINABLE: dict[str, list[str]] = {
-    "stage1": ["kda"],
-    "stage2": ["kda"],  # paper Fig. 1: MLPs and norms train only from Stage 3 on
-    "stage3a": ["kda", "mlp", "norms"],
-    "stage3b": ["kda", "mlp", "norms"],
-}
-_DEFAULT_LOSS: dict[str, str] = {"stage1": "mse", "stage2": "mse", "stage3a": "forward_kl", "stage3b": "forward_kl"}
-
-
 class StageConfig(_Strict):
-    name: StageName
+    """One stage of the pipeline; what it trains, its loss and masking default to the stage's own
+    (:mod:`gendistill.distill.stage_facts`)."""
+
+    name: StageName = Field(description="stage1 (mixer alignment), stage2 (block alignment), stage3a (KD on text) "
+                                        "or stage3b (chat KD)")
     data: DataConfig | None = Field(default=None, description="overrides the recipe-level data for this stage")
-    tokens: int | None = Field(default=None, gt=0)
-    steps: int | None = Field(default=None, gt=0)
-    seq_len: int = Field(gt=1, le=MAX_SEQ_LEN)
+    tokens: int | None = Field(default=None, gt=0, description="length of the stage in tokens (1e8, 100M, 2.5B; or "
+                                                               "steps)")
+    steps: int | None = Field(default=None, gt=0, description="length of the stage in optimizer steps (or tokens)")
+    seq_len: int = Field(gt=1, le=MAX_SEQ_LEN, description="tokens per packed sequence")
     batch_size: int = Field(gt=0, description="global sequences per optimizer step")
     micro_batch_size: int = Field(default=1, gt=0, description="sequences per device per forward")
-    grad_accumulation: int | Literal["auto"] = "auto"
-    optim: OptimConfig
-    loss: LossConfig | None = None
-    masking: Literal["completion_only", "all_tokens"] | None = Field(
+    grad_accumulation: int | Literal["auto"] = Field(
+        default="auto", description="micro-batches per rank and step; auto: batch_size / (micro_batch_size x "
+                                    "ranks), a number must equal it")
+    optim: OptimConfig = Field(description="optimizer and learning-rate schedule")
+    loss: LossConfig | None = Field(default=None, description="default: mse for stages 1-2, forward_kl for 3a/3b")
+    masking: Masking | None = Field(
         default=None, description="default: completion_only for stage3b (instruction KD), all_tokens otherwise")
-    trainable: TrainableConfig | None = None
-    gradient_checkpointing: bool = False
+    trainable: TrainableConfig | None = Field(default=None, description="default: kda for stages 1-2; kda, mlp, "
+                                                                        "norms for 3a/3b")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward (less "
+                                                                    "memory, about a third more compute)")
     eval_every: int | None = Field(default=None, gt=0, description="steps between held-out evaluations")
-    eval_sequences: int = Field(default=16, ge=0)
-    checkpoint_every: int | None = Field(default=None, gt=0)
-    log_every: int = Field(default=1, gt=0)
+    eval_sequences: int = Field(default=16, ge=0, description="held-out sequences of each evaluation")
+    checkpoint_every: int | None = Field(default=None, gt=0, description="steps between checkpoints (default: "
+                                                                         "run.checkpoint_every)")
+    log_every: int = Field(default=1, gt=0, description="steps between logged metrics")
     layers: list[int] | None = Field(default=None, description="stages 1-2: restrict to these KDA layers")
     snapshots: list[float] = Field(
         default_factory=list,
@@ -233,19 +267,20 @@ class StageConfig(_Strict):
     def _fill(self) -> "StageConfig":
         if (self.tokens is None) == (self.steps is None):
             raise ValueError("give exactly one of 'tokens' or 'steps'")
+        facts = STAGES[self.name]
         if self.loss is None:
-            self.loss = LossConfig(kind=_DEFAULT_LOSS[self.name])  # type: ignore[arg-type]
-        local = self.name in ("stage1", "stage2")
-        if local and self.loss.kind not in ("mse", "l2", "cosine"):
-            raise ValueError(f"loss.kind {self.loss.kind!r} is a logit loss; {self.name} needs mse, l2 or cosine")
-        if not local and self.loss.kind in ("mse", "l2", "cosine"):
+            self.loss = LossConfig(kind=facts.loss)
+        hidden = self.loss.kind in HIDDEN_LOSSES
+        if facts.hidden_state and not hidden:
+            raise ValueError(f"loss.kind {self.loss.kind!r} is a logit loss; {self.name} needs "
+                             f"{_one_of(HIDDEN_LOSSES)}")
+        if not facts.hidden_state and hidden:
             raise ValueError(f"loss.kind {self.loss.kind!r} is a hidden-state loss; {self.name} needs a logit loss")
         if self.trainable is None:
-            self.trainable = TrainableConfig(groups=list(_DEFAULT_TRAINABLE[self.name]))  # type: ignore[arg-type]
+            self.trainable = TrainableConfig(groups=list(facts.trainable))
         if self.masking is None:
-            self.masking = "completion_only" if self.name == "stage3b" else "all_tokens"
-        if self.micro_batch_size > self.batch_size:
-            raise ValueError("micro_batch_size is larger than batch_size")
+            self.masking = facts.masking
+        micro_batches_per_step(self.batch_size, self.micro_batch_size)  # ValueError: the batch rule
         for key, n in (("batch_size", self.batch_size), ("eval_sequences", self.eval_sequences)):
             if n * self.seq_len > MAX_STEP_TOKENS:
                 raise ValueError(f"{key} x seq_len = {n:,} x {self.seq_len:,} = {n * self.seq_len:,} tokens; at most "
@@ -253,13 +288,12 @@ class StageConfig(_Strict):
         return self
 
     def grad_accum_for(self, world_size: int) -> int:
-        per_step = self.micro_batch_size * world_size
-        if self.batch_size % per_step:
-            raise ConfigError(
-                f"stage {self.name}: batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                f"{self.micro_batch_size} x world size {world_size}"
-            )
-        accum = self.batch_size // per_step
+        """Micro-batches per rank and optimizer step under ``world_size`` ranks (the batch rule of
+        :func:`gendistill.distill.stage_facts.micro_batches_per_step`; ``grad_accumulation`` must agree)."""
+        try:
+            accum = micro_batches_per_step(self.batch_size, self.micro_batch_size, world_size)
+        except ValueError as e:
+            raise ConfigError(f"stage {self.name}: {e}") from None
         if self.grad_accumulation != "auto" and self.grad_accumulation != accum:
             raise ConfigError(
                 f"stage {self.name}: grad_accumulation {self.grad_accumulation} disagrees with batch_size "
@@ -274,16 +308,25 @@ class StageConfig(_Strict):
         return max(1, math.ceil(self.tokens / (self.seq_len * self.batch_size)))
 
 
+def _one_of(names) -> str:
+    """``mse, l2 or cosine``."""
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 class RunConfig(_Strict):
-    output_dir: str
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    keep_checkpoints: int = Field(default=2, ge=1)
+    """Where the run goes and how it runs."""
+
+    output_dir: str = Field(description="the run folder: checkpoints, metrics, the student after each stage")
+    seed: int = Field(default=0, description="seed of the student's initialisation and of training")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when there is a GPU")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="bf16: autocast with fp32 master weights; auto: bf16 on CUDA, fp32 on CPU")
+    keep_checkpoints: int = Field(default=2, ge=1, description="checkpoints kept per stage (the newest)")
     keep_finished_checkpoints: bool = Field(
         default=False, description="keep a stage's checkpoints after it completes (its student folder is saved anyway)"
     )
-    checkpoint_every: int = Field(default=500, gt=0)
+    checkpoint_every: int = Field(default=500, gt=0, description="steps between checkpoints (a stage may override)")
     distributed: Literal["ddp", "fsdp"] = Field(
         default="ddp",
         description="ddp: the student replicated and wrapped in DDP, the teacher replicated on every rank; fsdp: "
@@ -293,7 +336,8 @@ class RunConfig(_Strict):
                                                             "'gendistill[tensorboard]')")
     wandb: bool = Field(default=False, description="log to Weights & Biases (pip install 'gendistill[wandb]'; "
                                                    "project: $WANDB_PROJECT, else gendistill)")
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    progress: Literal["auto", "bar", "lines", "none"] = Field(
+        default="auto", description="progress display: a bar (a terminal), lines (logs), none; auto picks")
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="torch.compile the norms and MLPs of every decoder block while training (auto: on a GPU, "
@@ -302,11 +346,14 @@ class RunConfig(_Strict):
 
 
 class Recipe(_Strict):
-    teacher: TeacherConfig
-    student: StudentConfig
-    data: DataConfig | None = None
-    stages: list[StageConfig] = Field(min_length=1)
-    run: RunConfig
+    """A distillation recipe: the teacher, the student, the data, the stages in order, the run."""
+
+    teacher: TeacherConfig = Field(description="the model distilled from")
+    student: StudentConfig = Field(description="the hybrid model trained")
+    data: DataConfig | None = Field(default=None, description="training text of every stage without its own")
+    stages: list[StageConfig] = Field(min_length=1, description="the stages to run, in the order stage1, stage2, "
+                                                                "stage3a, stage3b (any subset)")
+    run: RunConfig = Field(description="output folder, devices, checkpoints, logging")
     #: where the recipe came from, as a user would name it (a shipped recipe's name or the file's name); model cards
     _source: str | None = PrivateAttr(default=None)
 
@@ -321,7 +368,7 @@ class Recipe(_Strict):
             raise ValueError(f"stages: a stage is listed twice ({names})")
         order = [STAGE_ORDER.index(n) for n in names]
         if order != sorted(order):
-            raise ValueError(f"stages: must run in the order stage1, stage2, stage3a, stage3b (got {names})")
+            raise ValueError(f"stages: must run in the order {', '.join(STAGE_ORDER)} (got {names})")
         for i, s in enumerate(self.stages):
             if s.data is None and self.data is None:
                 raise ValueError(f"stages[{i}] ({s.name}) has no data and the recipe has no top-level data")
@@ -376,103 +423,6 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    cur: Any = data
-    keys = re.findall(r"[^.\[\]]+|\[\d+\]", dotted)
-    for i, k in enumerate(keys):
-        last = i == len(keys) - 1
-        if k.startswith("["):
-            idx = int(k[1:-1])
-            if not isinstance(cur, list) or idx >= len(cur):
-                raise ConfigError(f"override {dotted}: no list element {idx}")
-            if last:
-                cur[idx] = value
-            else:
-                cur = cur[idx]
-        else:
-            if not isinstance(cur, dict):
-                raise ConfigError(f"override {dotted}: {k!r} is not inside a mapping")
-            if last:
-                cur[k] = value
-            else:
-                cur = cur.setdefault(k, {})
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """The YAML document in ``path``; a missing, malformed or empty file is one ``ConfigError`` line naming it."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
-                          f"{what} as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    if data is None:
-        raise ConfigError(f"{path}: the {what} is empty")
-    return data
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe: a file, or the name of a recipe shipped with the package (``tiny-cpu``; see
-    :mod:`gendistill.distill.shipped`). ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML), e.g.
-    ``run.output_dir=runs/x`` or ``stages[0].steps=10``. Relative paths are resolved by :func:`resolve_paths`."""
-    from gendistill.distill.shipped import recipe_file  # noqa: PLC0415
-
-    given = str(path)
-    path = recipe_file(path)
-    data = read_yaml(path, "recipe")
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key=value")
-        k, v = ov.split("=", 1)
-        _set_dotted(data, k.strip(), yaml.safe_load(v))
-    recipe = parse_recipe(data, str(path))
-    recipe._source = Path(given).name
-    return resolve_paths(recipe, path.parent)
-
-
-def _resolve(p: str, base: Path) -> str:
-    if p.startswith("hf://") or Path(p).is_absolute():
-        return p
-    cand = (base / p).resolve()
-    return str(cand) if cand.exists() or p.startswith(".") else p
-
-
-def _resolve_data(p: str, base: Path) -> str:
-    """A relative data file: beside the recipe if it is there, else in the data folder (``$GENDISTILL_DATA_DIR``,
-    else ``../shared/data`` beside the working folder: :func:`gendistill.io.data_dir`), else left as written."""
-    if p.startswith("hf://") or Path(p).is_absolute() or (base / p).exists():
-        return _resolve(p, base)
-    from gendistill.io import data_dir  # noqa: PLC0415
-
-    root = data_dir()
-    if root is not None and (root / p).exists():
-        return str((root / p).resolve())
-    return _resolve(p, base)
-
-
-def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    """Make local paths in the recipe absolute: data files beside the recipe (``base``) or in the data folder
-    (:func:`_resolve_data`), ``student.path`` and a teacher file or folder relative to ``base``."""
-    datas = [recipe.data] + [s.data for s in recipe.stages]
-    for d in datas:
-        if d is None:
-            continue
-        for s in d.sources:
-            if not s.hub:
-                s.path = _resolve_data(s.path, base)
-    if recipe.student.path is not None:
-        recipe.student.path = _resolve(recipe.student.path, base)
-    t = recipe.teacher.spec
-    if ("/" in t or t.endswith(".gguf")) and (base / t).exists():
-        recipe.teacher.spec = str((base / t).resolve())
-    return recipe
 
 
 def dump_recipe(recipe: Recipe) -> str:

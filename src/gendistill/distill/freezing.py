@@ -13,7 +13,8 @@ either name):
 ``lm_head``    ``lm_head``
 ============  ===========================================================================================
 
-Selection = union of the groups and ``include`` regexes, minus ``exclude`` regexes (``re.search``).
+Selection = union of the groups and ``include`` regexes, minus ``exclude`` regexes (``re.search``). The groups' patterns:
+:data:`gendistill.distill.stage_facts.GROUP_PATTERNS`.
 """
 
 from __future__ import annotations
@@ -25,18 +26,8 @@ import torch
 from torch import nn
 
 from gendistill.distill.config import TrainableConfig
+from gendistill.distill.stage_facts import GROUP_PATTERNS
 from gendistill.errors import ConfigError
-
-GROUP_PATTERNS: dict[str, str] = {
-    "kda": r"(^|\.)linear_attn\.",
-    "kda_new": r"(^|\.)linear_attn\.(?!(q_proj|k_proj|v_proj|o_proj)\.)",
-    "attention": r"(^|\.)self_attn\.",
-    "mlp": r"(^|\.)mlp\.",
-    "norms": r"^(?!.*(self_attn|linear_attn)\.).*(^|\.)([a-z_]*layernorm|[a-z_]*_norm|norm)\.(weight|bias)$",
-    "embeddings": r"(^|\.)embed_tokens\.",
-    "lm_head": r"(^|\.)lm_head\.",
-}
-
 
 @dataclass
 class Selection:
@@ -91,6 +82,7 @@ def no_weight_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: with ``weight_decay``, and without (:func:`no_weight_decay`)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

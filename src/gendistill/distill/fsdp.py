@@ -25,6 +25,7 @@ are ordinary full tensors; outside they are ``DTensor`` shards (``Shard(0)`` ove
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -33,9 +34,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gendistill.errors import ConfigError
+
 
 def _fsdp():
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    """FSDP2's API, imported where a sharded run uses it (a torch without it fails in :func:`check_support`)."""
+    from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy, fully_shard,  # noqa: PLC0415
+                                        register_fsdp_forward_method)  # (FSDP2 runs only)
 
     return FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
@@ -124,7 +129,8 @@ def full(t: torch.Tensor) -> torch.Tensor:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded state dict of a (possibly sharded) model on the CPU (a collective: every rank calls it; with
     ``cpu_offload`` DCP hands the gathered tensors to rank 0 only, the other ranks get ``{}``)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,  # noqa: PLC0415
+                                                         get_model_state_dict)  # (FSDP2 runs only)
 
     if not is_sharded(model):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -159,13 +165,9 @@ def unsharded_copy(model: nn.Module) -> nn.Module | None:
 def check_support() -> None:
     """One line instead of an ImportError deep in a run when this torch lacks what ``run.distributed: fsdp`` uses:
     FSDP2 with ``register_fsdp_forward_method`` and DCP's safetensors writer with ``save_distributed``."""
-    import inspect
-
-    from gendistill.errors import ConfigError
-
     try:
-        from torch.distributed.checkpoint import HuggingFaceStorageWriter
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method  # noqa: F401
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter  # noqa: PLC0415  (what is checked here)
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method  # noqa: F401, PLC0415  (same)
 
         ok = "save_distributed" in inspect.signature(HuggingFaceStorageWriter).parameters
     except ImportError:

@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from gendistill.distill.config import LossConfig
 from gendistill.errors import ConfigError
 
-LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
+
+class LossSettings(Protocol):
+    """The loss settings the functions here read: a recipe stage's ``loss``
+    (:class:`gendistill.distill.config.LossConfig`, whose ``kind`` is one of the names registered here)."""
+
+    kind: str
+    temperature: float
+    ce_weight: float
+    top_k: int
+    jsd_beta: float
+    chunk_size: int
+    implementation: str
+
+
+LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossSettings], torch.Tensor]
 HiddenLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LOGIT_LOSSES: dict[str, LogitLoss] = {}
@@ -45,7 +59,7 @@ def register_hidden_loss(name: str) -> Callable[[HiddenLoss], HiddenLoss]:
 
 # ------------------------------------------------------------------------------------------------------ logit losses
 @register_logit_loss("forward_kl")
-def forward_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def forward_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
     """KL(p_teacher || p_student) at temperature T, scaled by T^2 (Hinton)."""
     T = cfg.temperature
     ls = F.log_softmax(s / T, dim=-1)
@@ -54,7 +68,7 @@ def forward_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: Loss
 
 
 @register_logit_loss("reverse_kl")
-def reverse_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def reverse_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
     """KL(p_student || p_teacher) at temperature T, scaled by T^2."""
     T = cfg.temperature
     ls = F.log_softmax(s / T, dim=-1)
@@ -63,7 +77,7 @@ def reverse_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: Loss
 
 
 @register_logit_loss("jsd")
-def jsd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def jsd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
     """Generalised Jensen-Shannon: beta*KL(p_t||m) + (1-beta)*KL(p_s||m), m = beta*p_t + (1-beta)*p_s."""
     T, b = cfg.temperature, cfg.jsd_beta
     ls = F.log_softmax(s / T, dim=-1)
@@ -73,7 +87,7 @@ def jsd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig)
 
 
 @register_logit_loss("topk_kl")
-def topk_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def topk_kl(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
     """Forward KL restricted to the teacher's top-k tokens: the teacher distribution renormalised over its top k,
     against the student's full-vocabulary log-probabilities at those tokens."""
     T = cfg.temperature
@@ -88,7 +102,7 @@ def cross_entropy(s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(s, labels.clamp_min(0), reduction="none") * (labels >= 0)
 
 
-def logit_loss_fn(cfg: LossConfig) -> LogitLoss:
+def logit_loss_fn(cfg: LossSettings) -> LogitLoss:
     """The configured logit loss plus ``ce_weight`` x cross-entropy on the next token."""
     if cfg.kind not in LOGIT_LOSSES:
         raise KeyError(f"unknown logit loss {cfg.kind!r} (registered: {', '.join(LOGIT_LOSSES)})")
@@ -96,7 +110,7 @@ def logit_loss_fn(cfg: LossConfig) -> LogitLoss:
     if cfg.ce_weight == 0:
         return base
 
-    def with_ce(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, c: LossConfig) -> torch.Tensor:
+    def with_ce(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, c: LossSettings) -> torch.Tensor:
         return base(s, t, labels, c) + c.ce_weight * cross_entropy(s, labels)
 
     return with_ce
@@ -158,7 +172,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         b_s: torch.Tensor | None,
         b_t: torch.Tensor | None,
         fn: LogitLoss,
-        cfg: LossConfig,
+        cfg: LossSettings,
         chunk: int,
         dtype: torch.dtype,
     ) -> torch.Tensor:
@@ -216,7 +230,7 @@ def chunked_logit_loss(
     h_t: torch.Tensor,
     w_t: torch.Tensor,
     labels: torch.Tensor,
-    cfg: LossConfig,
+    cfg: LossSettings,
     *,
     b_s: torch.Tensor | None = None,
     b_t: torch.Tensor | None = None,
@@ -232,7 +246,7 @@ def chunked_logit_loss(
     return _ChunkedLogitLoss.apply(h_s, w_s, h_t, w_t, labels, b_s, b_t, fn, cfg, cfg.chunk_size, compute_dtype)
 
 
-def fused_forward_kl_applies(cfg: LossConfig, h_s: torch.Tensor, b_s: torch.Tensor | None,
+def fused_forward_kl_applies(cfg: LossSettings, h_s: torch.Tensor, b_s: torch.Tensor | None,
                              b_t: torch.Tensor | None) -> str | None:
     """None when :func:`fused_forward_kl` computes ``cfg``'s loss for these inputs, else the reason it does not."""
     if cfg.kind != "forward_kl":
@@ -256,7 +270,7 @@ def fused_forward_kl(
     trains) computed in the forward. The same function as :func:`chunked_logit_loss` with ``forward_kl`` (the
     temperature enters as a scale of both weights); ``tests/gpu/test_distill_gpu.py`` checks the two against each
     other."""
-    from fla.modules.fused_kl_div import fused_kl_div_loss  # noqa: PLC0415  (Triton kernels: imported where used)
+    from fla.modules.fused_kl_div import fused_kl_div_loss  # noqa: PLC0415  (Triton kernels, CUDA only)
 
     n = h_s.shape[0]
     if n == 0:
@@ -275,7 +289,7 @@ def logit_loss(
     h_t: torch.Tensor,
     w_t: torch.Tensor,
     labels: torch.Tensor,
-    cfg: LossConfig,
+    cfg: LossSettings,
     *,
     b_s: torch.Tensor | None = None,
     b_t: torch.Tensor | None = None,
@@ -292,7 +306,7 @@ def logit_loss(
     return chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, b_s=b_s, b_t=b_t, compute_dtype=compute_dtype)
 
 
-def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
     """Reference (unchunked) per-token loss on full logits; used in tests and the naive benchmark baseline."""
     dt = torch.promote_types(s_logits.dtype, torch.float32)
     return logit_loss_fn(cfg)(s_logits.to(dt), t_logits.to(dt), labels, cfg)

@@ -32,6 +32,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from gendistill.convert.convert import student_config_from_teacher
+from gendistill.distill.freezing import apply_trainable
+from gendistill.distill.recipe_files import load_recipe
+from gendistill.distill.stage_facts import STAGES
+from gendistill.models.hybrid.configuration_hybrid import HybridConfig
+from gendistill.models.hybrid.modeling_hybrid import HybridForCausalLM
+from gendistill.teachers import load_teacher_config
 
 GIB = 1024**3
 CONTEXT_BYTES = GIB
@@ -97,11 +106,11 @@ def activation_bytes(s: ModelShapes, stage: Any, tokens: int) -> int:
     h, i, kv = s.hidden, s.intermediate, s.kv_dim
     attn = 2 * (10 * h + 4 * kv + 6 * i) + 12 * h
     lin = 2 * (20 * h + 6 * i) + 12 * h + 4 * s.linear_heads * s.linear_head_dim**2 // 64
-    name = stage.name
-    if name == "stage1":
+    aligns = STAGES[stage.name].aligns
+    if aligns == "mixer":
         per = s.layers_linear * (2 * (20 * h) + 4 * s.linear_heads * s.linear_head_dim**2 // 64 + 2 * 4 * h)
         return per * tokens
-    if name == "stage2":
+    if aligns == "block":
         return s.layers_linear * (lin + 2 * 4 * h) * tokens
     if stage.gradient_checkpointing:
         body = (s.layers_attention + s.layers_linear) * 4 * h + max(attn, lin)
@@ -151,11 +160,6 @@ def plan_stage(stage: Any, student: ModelShapes, teacher: ModelShapes, trainable
 
 def meta_models(teacher_config: Any, student_config: Any) -> tuple[nn.Module, nn.Module]:
     """Teacher and student on the meta device (exact parameter shapes, no memory)."""
-    from transformers import AutoModelForCausalLM
-
-    import gendistill  # noqa: F401  (registers the hybrid)
-    from gendistill.models.hybrid.modeling_hybrid import HybridForCausalLM
-
     with torch.device("meta"):
         teacher = AutoModelForCausalLM.from_config(teacher_config)
         student = HybridForCausalLM(student_config)
@@ -166,8 +170,7 @@ def meta_models(teacher_config: Any, student_config: Any) -> tuple[nn.Module, nn
 
 def plan_models(stages: list[Any], teacher: nn.Module, student: nn.Module, gpus: int, gpu_bytes: int,
                 modes: tuple[str, ...] = ("ddp", "fsdp"), teacher_bytes_per_param: int = 2) -> list[StagePlan]:
-    from gendistill.distill.freezing import apply_trainable
-
+    """Every stage's plan under each of ``modes`` for these (meta-device) models."""
     t_shapes, s_shapes = shapes_of(teacher), shapes_of(student)
     in_blocks = {id(p) for b in getattr(student, "model", student).layers for p in b.parameters()}
     out = []
@@ -183,13 +186,8 @@ def plan_models(stages: list[Any], teacher: nn.Module, student: nn.Module, gpus:
 
 def plan_recipe(recipe: Any, gpus: int, gpu_bytes: int) -> list[StagePlan]:
     """The plan of every stage of ``recipe`` (teacher config read, no weights), for both modes."""
-    from gendistill.convert.convert import student_config_from_teacher
-    from gendistill.teachers import load_teacher_config
-
     tcfg = load_teacher_config(recipe.teacher.spec)
     if recipe.student.path is not None:
-        from gendistill.models.hybrid.configuration_hybrid import HybridConfig
-
         scfg = HybridConfig.from_pretrained(recipe.student.path)
     else:
         scfg = student_config_from_teacher(tcfg, recipe.student.attention_layers, **recipe.student.kda_options)
@@ -213,17 +211,13 @@ _QWEN3_COMMON = dict(vocab_size=151936, max_position_embeddings=40960, rms_norm_
                      attention_bias=False, hidden_act="silu")
 
 
-def qwen3_config(name: str):
-    from transformers import Qwen3Config
-
+def qwen3_config(name: str) -> Qwen3Config:
     return Qwen3Config(**_QWEN3_COMMON, **QWEN3[name])
 
 
 def qwen3_table(stage: Any, cards_gib: tuple[int, ...] = (80, 141), gpu_counts: tuple[int, ...] = (1, 2, 8)) -> str:
     """The markdown table of docs/distill.md: per-GPU memory of ``stage`` for the Qwen3 family as a hybrid keeping
     1 layer in 4 as attention (``every:4``): DDP on 1 GPU, FSDP2 on more."""
-    from gendistill.convert.convert import student_config_from_teacher
-
     rows = ["| teacher | mode | GPUs | params | grads | optimizer | teacher | gathered | activations | total | "
             + " | ".join(f"fits {c} GB" for c in cards_gib) + " |",
             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(cards_gib)]
@@ -246,8 +240,6 @@ def qwen3_table(stage: Any, cards_gib: tuple[int, ...] = (80, 141), gpu_counts: 
 def main() -> None:
     """``python -m gendistill.distill.memory``: print the Qwen3 table of docs/distill.md (stage 3a of
     the shipped qwen3-0.6b-paper recipe: 4 x 4096 tokens per micro-batch, gradient checkpointing, KL chunks of 2048)."""
-    from gendistill.distill.config import load_recipe
-
     print(qwen3_table(load_recipe("qwen3-0.6b-paper", []).stages[2]))
 
 

@@ -12,6 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+from gendistill.errors import ConfigError
+from gendistill.io import atomic_write_text
 
 TENSORBOARD_MISSING = ("TensorBoard logging is off: the tensorboard package is not installed (pip install "
                        "'gendistill[tensorboard]'); run.tensorboard: false silences this note")
@@ -20,8 +25,6 @@ TENSORBOARD_MISSING = ("TensorBoard logging is off: the tensorboard package is n
 def check_wandb(wanted: bool) -> None:
     """``run.wandb: true`` without the wandb package is refused before anything is loaded (one line)."""
     if wanted and importlib.util.find_spec("wandb") is None:
-        from gendistill.errors import ConfigError  # noqa: PLC0415
-
         raise ConfigError("run.wandb: the wandb package is not installed (pip install 'gendistill[wandb]')")
 
 
@@ -40,14 +43,14 @@ class MetricsLogger:
             run_dir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 try:
-                    from torch.utils.tensorboard import SummaryWriter
+                    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional extra)
                 except ImportError:  # tensorboard is an extra: say so once, keep the JSONL
                     print(f"note: {TENSORBOARD_MISSING}", file=sys.stderr, flush=True)
                 else:
                     self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             if wandb:
                 check_wandb(True)
-                import wandb as _wandb  # noqa: PLC0415
+                import wandb as _wandb  # noqa: PLC0415  (optional extra)
 
                 self.wandb = _wandb.init(dir=str(run_dir), **(wandb_init or {}))
 
@@ -81,8 +84,6 @@ class MetricsLogger:
         again, so the file holds each step once."""
         if not self.enabled or not self.path.exists():
             return
-        from gendistill.io import atomic_write_text
-
         kept = []
         for line in self.path.read_text().splitlines():
             try:
@@ -121,9 +122,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.bar = None
         if self.enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeRemainingColumn
-
-            self.bar = RP(
+            self.bar = RichProgress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),

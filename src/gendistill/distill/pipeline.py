@@ -28,23 +28,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from gendistill.convert.convert import convert_teacher, student_config_from_teacher
+from gendistill.devices import resolve_dtype
 from gendistill.distill.config import Recipe, StageConfig, check_teacher_positions, dump_recipe
 from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, barrier, broadcast_object, init_world
+from gendistill.distill.fingerprints import (check_resume_compatible, stage_fingerprint, student_layout,
+                                             weights_fingerprint)
 from gendistill.distill.freezing import apply_trainable
+from gendistill.distill.fsdp import check_support, init_single_process_group, shard_student, shard_teacher
 from gendistill.distill.metrics import MetricsLogger, check_wandb
 from gendistill.distill.result import DistillResult
-from gendistill.distill.checkpoint import (check_resume_compatible, stage_fingerprint, student_layout,
-                                           weights_fingerprint)
-from gendistill.io import atomic_write_json, atomic_write_text
+from gendistill.distill.stage_facts import STAGES
+from gendistill.distill.stage_files import save_student_folder
+from gendistill.distill.stages import pick_layers
+from gendistill.distill.trainer import StageResult, run_stage
+from gendistill.errors import ConfigError, GendistillError
+from gendistill.io import DATA_ENV, atomic_write_json, atomic_write_text, data_dir
+from gendistill.models.card import StageRecord, model_card, public_model_name
+from gendistill.models.loading import is_student_folder, load_model
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
                                   write_marker)
 from gendistill.runlock import FolderLock, acquire, check_not_busy
-from gendistill.distill.trainer import StageResult, run_stage, save_student_folder
-from gendistill.devices import resolve_dtype
-from gendistill.errors import ConfigError, GendistillError
-from gendistill.models.card import StageRecord, model_card, public_model_name
-from gendistill.models.loading import is_student_folder, load_model
 
 
 def _progress(run_dir: Path) -> dict[str, Any]:
@@ -72,8 +77,6 @@ def build_student(recipe: Recipe, teacher: nn.Module, device: torch.device) -> n
     sc = recipe.student
     if sc.path is not None:
         return load_student(sc.path, device)
-    from gendistill.convert import convert_teacher
-
     torch.manual_seed(recipe.run.seed)
     student = convert_teacher(teacher, sc.attention_layers, **sc.kda_options)  # type: ignore[arg-type]
     student.config.teacher = public_model_name(recipe.teacher.spec)
@@ -99,8 +102,6 @@ def student_card(recipe: Recipe, student: nn.Module, completed: list[str]) -> st
 def check_data_found(recipe: Recipe) -> None:
     """A local data file the recipe names relatively but that is neither beside the recipe nor in the data folder
     (``$GENDISTILL_DATA_DIR``, else ``../shared/data``) is one line naming it and both places."""
-    from gendistill.io import DATA_ENV, data_dir  # noqa: PLC0415
-
     for where, d in [("data", recipe.data)] + [(f"stages[{i}].data", s.data) for i, s in enumerate(recipe.stages)]:
         for j, src in enumerate(d.sources if d is not None else []):
             if src.hub or src.path.startswith("hf://") or Path(src.path).is_absolute() or Path(src.path).exists():
@@ -124,13 +125,13 @@ def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
 
 
 def describe_plan(recipe: Recipe, student: nn.Module, world_size: int) -> list[dict[str, Any]]:
-    from gendistill.distill.stages import _pick_layers  # the stage module's own check of stages 1-2 `layers`
-
+    """Per stage: steps, tokens, batch shape, loss, masking and what trains, checked the way the trainer will
+    (the trainable selection, stages 1-2's ``layers``, the batch rule for this world size)."""
     plan = []
     for i, st in enumerate(recipe.stages):
         sel = apply_trainable(student, st.trainable, f"stages[{i}].trainable")  # type: ignore[arg-type]
-        if st.name in ("stage1", "stage2"):
-            _pick_layers(student, st)
+        if STAGES[st.name].hidden_state:
+            pick_layers(student, st)  # the stage module's own check of stages 1-2 `layers`
         names = dict(student.named_parameters())
         n_train = sum(names[n].numel() for n in sel.trainable if n in names)
         plan.append(
@@ -195,8 +196,6 @@ def _fingerprints(recipe: Recipe, teacher: nn.Module, student: nn.Module | None)
             raise ConfigError(f"student.path: {recipe.student.path} is not a model folder (no config.json)")
         layout = student_layout(json.loads(cfg.read_text()))
     else:
-        from gendistill.convert.convert import student_config_from_teacher
-
         sc = recipe.student
         layout = student_layout(student_config_from_teacher(teacher.config, sc.attention_layers, **sc.kda_options))
     return {"teacher": {"spec": recipe.teacher.spec, "weights": weights_fingerprint(teacher)}, "student_layout": layout}
@@ -274,32 +273,83 @@ def run_recipe(
     world: World | None = None,
     allow_optim_change: bool = False,
 ) -> DistillResult:
-    """Run the recipe and return a :class:`DistillResult` (the same shape for a dry run). ``teacher``/``tokenizer``/``student`` may be passed in (tests, notebooks) instead of being
-    loaded from the recipe. ``stop_after`` stops after that many optimizer steps (to test ``resume``).
-    ``allow_optim_change`` lets a resumed stage continue under changed optimisation settings (the documented
-    recovery from a diverged run: lower the learning rate, resume from the last good checkpoint).
+    """Run the recipe and return a :class:`DistillResult` (the same shape for a dry run). ``teacher``/``tokenizer``/
+    ``student`` may be passed in (tests, notebooks) instead of being loaded from the recipe. ``stop_after`` stops
+    after that many optimizer steps (to test ``resume``). ``allow_optim_change`` lets a resumed stage continue under
+    changed optimisation settings (the documented recovery from a diverged run: lower the learning rate, resume from
+    the last good checkpoint).
 
     Everything is checked before anything is written: the output folder, the teacher, every data source, the
-    student and every stage's plan; a run folder is created only once all of them passed.
+    student and every stage's plan; a run folder is created only once all of them passed. The steps:
+    :func:`check_before_loading`, :func:`prepare_teacher`, :func:`validate_data`, the resume checks,
+    :func:`prepare_student`, :func:`describe_plan`; then, holding the run folder's lock, :func:`start_run_folder`
+    and :func:`train_stages`.
 
     Under ``run.distributed: fsdp`` teacher and student (also when passed in) are sharded in place, and the returned
     ``student`` is the sharded one: read the unsharded student from the folder saved after each stage."""
+    world = _world_for(recipe, world)
+    run_dir = Path(recipe.run.output_dir)
+    prog = check_before_loading(recipe, run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    teacher, tokenizer = prepare_teacher(recipe, world, teacher, tokenizer)
+    data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
+    fingerprints = _fingerprints(recipe, teacher, student)
+    if resume:
+        _check_same_run(prog, fingerprints, run_dir)
+        # a checkpoint this resume could not continue from: refused now, with nothing written (again under the lock)
+        check_resume_checkpoints(recipe, run_dir, list(prog.get("completed", [])), allow_optim_change, world.sharded)
+    completed: list[str] = list(prog.get("completed", []))
+    student = prepare_student(recipe, run_dir, completed, teacher, student, world)
+    plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
+
+    if dry_run:
+        return DistillResult(run_dir=run_dir, completed=completed, plan=plan, data=data_counts, dry_run=True)
+
+    root = None
+    if world.sharded:  # FSDP2, in place: one unit per decoder block (fingerprints above saw the whole teacher)
+        shard_teacher(teacher, world.device)
+        root = shard_student(student, world.device)
+
+    lock = lock_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, progress=prog,
+                           allow_optim_change=allow_optim_change)
+    try:
+        start_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, completed=completed,
+                         fingerprints=fingerprints, data_counts=data_counts)
+        results = train_stages(recipe, run_dir, world, resume=resume, teacher=teacher, tokenizer=tokenizer,
+                               student=student, completed=completed, fingerprints=fingerprints, root=root,
+                               stop_after=stop_after, allow_optim_change=allow_optim_change)
+        return DistillResult(run_dir=run_dir, completed=completed, results=results, plan=plan, data=data_counts,
+                             student=student)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _world_for(recipe: Recipe, world: World | None) -> World:
+    """The process group of the run (the recipe's ``run.distributed`` decides sharding, also of a world passed in)."""
     world = world or init_world(recipe.run.device, recipe.run.distributed)
     if world.sharded != (recipe.run.distributed == "fsdp"):  # a world passed in: the recipe decides
         world = dataclasses.replace(world, sharded=recipe.run.distributed == "fsdp")
         if world.sharded:
-            from gendistill.distill.fsdp import check_support, init_single_process_group
-
             check_support()
             init_single_process_group(world.device)
-    run_dir = Path(recipe.run.output_dir)
+    return world
+
+
+def check_before_loading(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool,
+                         dry_run: bool) -> dict[str, Any]:
+    """What can be refused before any model is loaded: a run folder another run is writing, one that may not be
+    written or replaced, a missing wandb, a data file in no known place. Returns the progress a resume continues."""
     if not dry_run:
         check_not_busy(run_dir, "run.output_dir")  # another run writing it: one line, before anything is loaded
     check_output_dir(run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
     check_wandb(recipe.run.wandb)
     check_data_found(recipe)  # a data file in no known place fails before the teacher is loaded
-    prog = _progress(run_dir) if resume else {"completed": []}
+    return _progress(run_dir) if resume else {"completed": []}
 
+
+def prepare_teacher(recipe: Recipe, world: World, teacher: nn.Module | None, tokenizer: Any) -> tuple[nn.Module, Any]:
+    """The teacher (loaded unless passed in with its tokenizer) on the run's device, frozen, in eval mode, with the
+    recipe's attention kernel, and every stage's ``seq_len`` checked against its context."""
     if teacher is None or tokenizer is None:
         teacher, tokenizer = load_model(recipe.teacher.spec, dtype=teacher_dtype(recipe, world), device=world.device)
     if recipe.teacher.attn_implementation:
@@ -312,50 +362,25 @@ def run_recipe(
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_teacher_positions(recipe, teacher.config)  # before any data is read or packed at that length
+    return teacher, tokenizer
 
-    data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
-    fingerprints = _fingerprints(recipe, teacher, student)
-    if resume:
-        _check_same_run(prog, fingerprints, run_dir)
-        # a checkpoint this resume could not continue from: refused now, with nothing written (again under the lock)
-        check_resume_checkpoints(recipe, run_dir, list(prog.get("completed", [])), allow_optim_change, world.sharded)
 
-    completed: list[str] = list(prog.get("completed", []))
+def prepare_student(recipe: Recipe, run_dir: Path, completed: list[str], teacher: nn.Module,
+                    student: nn.Module | None, world: World) -> nn.Module:
+    """The student to train on: the one passed in, else the one saved after the last completed stage, else
+    :func:`build_student` (converted from the teacher or loaded from ``student.path``)."""
     if student is None:
         if completed:
             student = load_student(run_dir / completed[-1], world.device)
         else:
             student = build_student(recipe, teacher, world.device)
-    student = student.to(world.device)
-    plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
-
-    if dry_run:
-        return DistillResult(run_dir=run_dir, completed=completed, plan=plan, data=data_counts, dry_run=True)
-
-    root = None
-    if world.sharded:  # FSDP2, in place: one unit per decoder block (fingerprints above saw the whole teacher)
-        from gendistill.distill.fsdp import shard_student, shard_teacher
-
-        shard_teacher(teacher, world.device)
-        root = shard_student(student, world.device)
-
-    lock = lock_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, progress=prog,
-                           allow_optim_change=allow_optim_change)
-    try:
-        return _write_and_train(recipe, run_dir, world, resume=resume, overwrite=overwrite, teacher=teacher,
-                                tokenizer=tokenizer, student=student, completed=completed, fingerprints=fingerprints,
-                                data_counts=data_counts, plan=plan, root=root, stop_after=stop_after,
-                                allow_optim_change=allow_optim_change)
-    finally:
-        if lock is not None:
-            lock.release()
+    return student.to(world.device)
 
 
-def _write_and_train(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, overwrite: bool, teacher: nn.Module,
-                     tokenizer: Any, student: nn.Module, completed: list[str], fingerprints: dict[str, Any],
-                     data_counts: dict[str, Any], plan: list[dict[str, Any]], root: nn.Module | None,
-                     stop_after: int | None, allow_optim_change: bool) -> DistillResult:
-    """The part of :func:`run_recipe` that writes, run while rank 0 holds the run folder's lock."""
+def start_run_folder(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, overwrite: bool,
+                     completed: list[str], fingerprints: dict[str, Any], data_counts: dict[str, Any]) -> None:
+    """Rank 0, under the run folder's lock: clear what a fresh run replaces, mark the folder, write the resolved
+    recipe (an earlier, different one kept beside it), the data counts and the progress."""
     if world.is_main:
         replace = overwrite or (not resume and not _has_resumable_work(run_dir))
         if replace and not is_empty(run_dir):
@@ -370,6 +395,12 @@ def _write_and_train(recipe: Recipe, run_dir: Path, world: World, *, resume: boo
         _write_progress(run_dir, {"completed": completed, **fingerprints})
     barrier(world)
 
+
+def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, teacher: nn.Module, tokenizer: Any,
+                 student: nn.Module, completed: list[str], fingerprints: dict[str, Any], root: nn.Module | None,
+                 stop_after: int | None, allow_optim_change: bool) -> dict[str, StageResult]:
+    """Run every stage not yet completed, in order; after each one save the student (with its model card), record
+    it in ``completed`` and progress.json, and drop its checkpoints (unless kept)."""
     logger = MetricsLogger(run_dir, world.is_main, recipe.run.tensorboard, recipe.run.wandb,
                            wandb_init={"project": os.environ.get("WANDB_PROJECT", "gendistill"), "name": run_dir.name,
                                        "config": recipe.model_dump(mode="json"), "resume": "allow"})
@@ -411,8 +442,7 @@ def _write_and_train(recipe: Recipe, run_dir: Path, world: World, *, resume: boo
             barrier(world)
     finally:
         logger.close()
-    return DistillResult(run_dir=run_dir, completed=completed, results=results, plan=plan, data=data_counts,
-                         student=student)
+    return results
 
 
 __all__ = ["run_recipe", "build_student", "load_student", "teacher_dtype", "validate_data", "describe_plan", "StageConfig"]

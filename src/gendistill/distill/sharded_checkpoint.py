@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gendistill.distill.checkpoint import CheckpointError, param_groups_from_json
+from gendistill.distill.checkpoint import CheckpointError, read_state, restore_rng, written_state
+from gendistill.distill.checkpoint_state import param_groups_from_json
 from gendistill.ownership import OutputError, check_free_space, tensor_bytes
 
 _MODEL, _OPTIM = "model.", "optim."
@@ -41,7 +42,7 @@ _MODEL, _OPTIM = "model.", "optim."
 def _first_line(e: BaseException) -> str:
     """One line for an error of any rank: DCP gathers every rank's exception into one ``CheckpointException`` (a
     ``BaseException`` whose text is every rank's traceback) raised on all ranks."""
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415  (sharded runs only)
 
     if isinstance(e, CheckpointException) and e.failures:
         rank, (exc, _) = sorted(e.failures.items())[0]
@@ -53,7 +54,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict  # noqa: PLC0415  (sharded runs only)
 
     return get_state_dict(model, optimizer)  # sharded (DTensor) model and optimizer state, keyed by parameter name
 
@@ -105,10 +106,9 @@ def unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], names: lis
 def save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, is_main: bool) -> None:
     """Every rank: write this rank's shards of model and optimizer into ``tmp`` (a collective); rank 0 also writes
     ``optimizer.json``. The caller publishes the folder (manifest, rename) after a barrier."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    from torch.distributed.checkpoint.api import CheckpointException
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415  (sharded runs only; checked by fsdp.check_support)
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter  # noqa: PLC0415  (sharded runs only)
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415  (sharded runs only)
 
     tensors, rest = flatten(*_state_dicts(model, optimizer), tied_aliases(model))
     # every rank checks the whole checkpoint's size (DTensor numel is global) against the shared folder's free space,
@@ -125,16 +125,15 @@ def save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     """Every rank: load a sharded checkpoint into the sharded ``model`` (and ``optimizer``), whatever the number of
     ranks that wrote it (a collective). Safetensors and JSON only. The optimizer keeps the hyper-parameters it was
-    built with (as :func:`checkpoint.load_checkpoint` does)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    built with (as :func:`gendistill.distill.checkpoint.load_checkpoint` does)."""
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415  (sharded runs only; checked by fsdp.check_support)
+    from torch.distributed.checkpoint import HuggingFaceStorageReader  # noqa: PLC0415  (sharded runs only)
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415  (sharded runs only)
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, set_model_state_dict,  # noqa: PLC0415
+                                                         set_state_dict)  # (sharded runs only)
 
     try:
         if optimizer is None:
-            from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
             tensors, mine = flatten(get_model_state_dict(model), {}, tied_aliases(model))
             dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)))
             set_model_state_dict(model, unflatten(tensors, {"param_groups": [], **mine}, [])[0])
@@ -152,3 +151,15 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     except (OSError, ValueError, KeyError, RuntimeError, CheckpointException) as e:  # a missing key, a bad shard
         raise CheckpointError(f"{path}: cannot load the sharded checkpoint into this student/optimizer "
                               f"({_first_line(e)})") from None
+
+
+def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0,
+                            load_weights: bool = True) -> dict[str, Any]:
+    """Every rank: what :func:`gendistill.distill.checkpoint.load_checkpoint` is to a plain checkpoint, for a sharded
+    one (written by any number of ranks): its shards of the weights and optimizer state, this rank's generators,
+    and its state."""
+    written_state(path, sharded=True)
+    if load_weights:
+        load_sharded(path, model, optimizer)
+    restore_rng(path, rank)
+    return read_state(path)

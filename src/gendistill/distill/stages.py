@@ -26,6 +26,7 @@ from torch import nn
 from gendistill.distill.config import LossConfig, StageConfig
 from gendistill.distill.fsdp import block_call, is_sharded, reshard_all
 from gendistill.distill.losses import HIDDEN_LOSSES, logit_loss, masked_sum
+from gendistill.distill.stage_facts import STAGES
 from gendistill.errors import ConfigError
 from gendistill.models.hybrid.modeling_hybrid import document_boundaries
 from gendistill.models.packed_attention import PACKED_KEYS, packed_attention_kwargs
@@ -157,7 +158,7 @@ class StageModule(nn.Module):
 class Stage1Module(StageModule):
     def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
         super().__init__(student, teacher, stage)
-        self.layers = _pick_layers(student, stage)
+        self.layers = pick_layers(student, stage)
         t_layers = decoder_layers(teacher)
         self.capture = _TeacherCapture({i: t_layers[i].self_attn for i in self.layers})
         self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
@@ -178,7 +179,7 @@ class Stage1Module(StageModule):
 class Stage2Module(StageModule):
     def __init__(self, student: nn.Module, teacher: nn.Module, stage: StageConfig):
         super().__init__(student, teacher, stage)
-        self.layers = _pick_layers(student, stage)
+        self.layers = pick_layers(student, stage)
         t_layers = decoder_layers(teacher)
         self.capture = _TeacherCapture({i: t_layers[i] for i in self.layers})
         self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
@@ -264,7 +265,8 @@ def _param_dtype(m: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _pick_layers(student: nn.Module, stage: StageConfig) -> list[int]:
+def pick_layers(student: nn.Module, stage: StageConfig) -> list[int]:
+    """The KDA layers a stage 1 or 2 aligns: every one, or the recipe's ``layers`` (checked to be KDA layers)."""
     kda = kda_layer_indices(student)
     if not kda:
         raise ConfigError(f"{stage.name}: the student has no KDA (linear_attn) layers to align")
@@ -276,13 +278,13 @@ def _pick_layers(student: nn.Module, stage: StageConfig) -> list[int]:
     return sorted(stage.layers)
 
 
+#: the module of each kind of alignment (:data:`gendistill.distill.stage_facts.STAGES` says which stage aligns what)
 STAGE_MODULES: dict[str, type[StageModule]] = {
-    "stage1": Stage1Module,
-    "stage2": Stage2Module,
-    "stage3a": Stage3Module,
-    "stage3b": Stage3Module,
+    "mixer": Stage1Module,
+    "block": Stage2Module,
+    "logits": Stage3Module,
 }
 
 
 def build_stage_module(student: nn.Module, teacher: nn.Module, stage: StageConfig) -> StageModule:
-    return STAGE_MODULES[stage.name](student, teacher, stage)
+    return STAGE_MODULES[STAGES[stage.name].aligns](student, teacher, stage)

@@ -9,34 +9,29 @@ import contextlib
 import math
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gendistill.distill.checkpoint import (
-    begin_checkpoint,
-    check_resume_fingerprint,
-    commit_checkpoint,
-    find_resume_checkpoint,
-    first_non_finite,
-    load_checkpoint,
-    recovery_hint,
-    stage_fingerprint,
-    tmp_dir_for,
-    write_rank_files,
-)
+from gendistill.distill.checkpoint import find_resume_checkpoint
 from gendistill.distill.compile import compiled_blocks
 from gendistill.distill.config import DataConfig, RunConfig, StageConfig
-from gendistill.distill.data import BatchStream, PackedStream, StreamState, collate
-from gendistill.distill.distributed import World, all_reduce_sum, barrier, broadcast_object
-from gendistill.distill.fsdp import full, unsharded_copy
+from gendistill.distill.data import BatchStream, PackedSequence, PackedStream, StreamState, collate
+from gendistill.distill.distributed import World, all_reduce_sum, broadcast_object
+from gendistill.distill.divergence import recovery_hint
+from gendistill.distill.fingerprints import check_resume_fingerprint, stage_fingerprint
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
+from gendistill.distill.fsdp import full
 from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import lr_schedule, set_lr
+from gendistill.distill.stage_facts import STAGES
+from gendistill.distill.stage_files import (agreed_non_finite, load_resume_checkpoint, save_checkpoint,
+                                            save_student_folder, snapshot_name)
 from gendistill.distill.stages import StageModule, build_stage_module, cast_mixer_inputs
 from gendistill.errors import GendistillError
 from gendistill.models.packed_attention import available as packed_attention_available
@@ -194,8 +189,6 @@ def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig,
         return ShardedStage(root, module)
     if not world.distributed:
         return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     with warnings.catch_warnings():  # torch >= 2.13 renames broadcast_buffers; keep the spelling older torch knows
         warnings.simplefilter("ignore", FutureWarning)
         return DDP(
@@ -203,7 +196,7 @@ def _wrap(module: StageModule, world: World, run: RunConfig, stage: StageConfig,
             device_ids=[world.device.index] if world.device.type == "cuda" else None,
             broadcast_buffers=False,
             # stages 1-2 may leave trainable parameters of unselected layers without gradients
-            find_unused_parameters=stage.name in ("stage1", "stage2"),
+            find_unused_parameters=STAGES[stage.name].hidden_state,
         )
 
 
@@ -231,6 +224,90 @@ def evaluate(module: StageModule, seqs: list, stage: StageConfig, world: World, 
     return total / count if count else None
 
 
+@dataclass
+class StageSetup:
+    """What :func:`prepare_stage` builds for one stage: the loss module and what runs it, the optimizer, the data."""
+
+    stage: StageConfig
+    where: str  # "stages[2]": names the stage in messages
+    total_steps: int
+    accum: int  # micro-batches per rank and step
+    selection: Selection
+    module: StageModule
+    wrapped: Any  # what a training step calls: the module, its DDP wrapper or the FSDP2 root's ShardedStage
+    call: Any  # what computes a held-out loss
+    optimizer: torch.optim.Optimizer
+    packed: PackedStream
+    eval_seqs: list[PackedSequence]
+    stage_dir: Path
+    fingerprint: dict[str, Any]
+
+
+@dataclass
+class ResumePoint:
+    """Where a stage starts: step 0, or the checkpoint a resumed run continues from."""
+
+    step: int = 0
+    tokens: int = 0
+    stream: StreamState = field(default_factory=StreamState)
+    checkpoint: Path | None = None
+
+
+def prepare_stage(stage: StageConfig, stage_index: int, data: DataConfig, student: nn.Module, teacher: nn.Module,
+                  tokenizer: Any, run: RunConfig, run_dir: Path, world: World, validated: bool,
+                  sharded_root: nn.Module | None) -> StageSetup:
+    """Freeze the teacher, select what trains, build the stage's loss module, its data (checked here unless the
+    pipeline did already) and its optimizer."""
+    where = f"stages[{stage_index}]"
+    total_steps = stage.total_steps()
+    accum = stage.grad_accum_for(world.world_size)
+    student.train()
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    selection = apply_trainable(student, stage.trainable, f"{where}.trainable")  # type: ignore[arg-type]
+    if stage.gradient_checkpointing:
+        _enable_gradient_checkpointing(student, where)
+    module = build_stage_module(student, teacher, stage)
+
+    # data: validated before anything trains
+    packed = PackedStream(data, tokenizer, stage.seq_len, stage.masking)
+    if not validated:
+        packed.validate()
+    eval_seqs = packed.heldout_sequences(stage.eval_sequences)
+
+    opt_cfg = stage.optim
+    fused = opt_cfg.fused if opt_cfg.fused is not None else world.device.type == "cuda"
+    wrapped = _wrap(module, world, run, stage, sharded_root)
+    optimizer = torch.optim.AdamW(
+        param_groups(student, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps, fused=fused
+    )
+    return StageSetup(stage=stage, where=where, total_steps=total_steps, accum=accum, selection=selection,
+                      module=module, wrapped=wrapped, call=wrapped if world.sharded else module, optimizer=optimizer,
+                      packed=packed, eval_seqs=eval_seqs, stage_dir=run_dir / "checkpoints" / stage.name,
+                      fingerprint=stage_fingerprint(stage, data))
+
+
+def resume_stage(setup: StageSetup, student: nn.Module, world: World, resume: bool, logger: MetricsLogger,
+                 allow_optim_change: bool) -> ResumePoint:
+    """With ``resume``: load the newest intact checkpoint of the stage (every rank the same one), refusing one whose
+    settings changed; the steps logged after it are logged again."""
+    stage = setup.stage
+    if world.sharded:  # every rank must load the same checkpoint: rank 0 picks it (verifying every rank's shards)
+        ck = broadcast_object(find_resume_checkpoint(setup.stage_dir) if resume and world.is_main else None, world)
+    else:
+        ck = find_resume_checkpoint(setup.stage_dir, clean=world.is_main) if resume else None
+    point = ResumePoint()
+    if ck is not None:
+        st = load_resume_checkpoint(ck, student, setup.optimizer, world)
+        check_resume_fingerprint(st.get("fingerprint"), setup.fingerprint, f"{setup.where} ({stage.name})", ck,
+                                 allow_optim_change, logger.event if world.is_main else lambda _: None)
+        point = ResumePoint(int(st["step"]), int(st["tokens"]), StreamState.from_dict(st["stream"]), ck)
+    if resume:
+        logger.rewind(stage.name, point.step)  # the steps after the checkpoint are trained (and logged) again
+    return point
+
+
 def run_stage(
     *,
     stage: StageConfig,
@@ -249,136 +326,113 @@ def run_stage(
     allow_optim_change: bool = False,
     sharded_root: nn.Module | None = None,
 ) -> StageResult:
-    """Train ``student`` in place for one stage. ``stop_after`` ends the loop after that many optimizer steps of this
-    invocation (testing resume: a run that is cut off). Under ``run.distributed: fsdp`` the student and teacher
-    are already sharded and ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root."""
-    where = f"stages[{stage_index}]"
-    total_steps = stage.total_steps()
-    accum = stage.grad_accum_for(world.world_size)
-    student.train()
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    selection = apply_trainable(student, stage.trainable, f"{where}.trainable")  # type: ignore[arg-type]
-    if stage.gradient_checkpointing:
-        _enable_gradient_checkpointing(student, where)
-    module = build_stage_module(student, teacher, stage)
-    stage_dir = run_dir / "checkpoints" / stage.name
-
-    # data: validated before anything trains
-    packed = PackedStream(data, tokenizer, stage.seq_len, stage.masking)
-    if not validated:
-        packed.validate()
-    eval_seqs = packed.heldout_sequences(stage.eval_sequences)
-
-    opt_cfg = stage.optim
-    fused = opt_cfg.fused if opt_cfg.fused is not None else world.device.type == "cuda"
-    wrapped = _wrap(module, world, run, stage, sharded_root)
-    call = wrapped if world.sharded else module  # what computes a loss (evaluation included)
-    optimizer = torch.optim.AdamW(
-        param_groups(student, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps, fused=fused
-    )
-
-    step, tokens, stream_state, resumed_from = 0, 0, StreamState(), None
-    fingerprint = stage_fingerprint(stage, data)
-    if world.sharded:  # every rank must load the same checkpoint: rank 0 picks it (verifying every rank's shards)
-        ck = broadcast_object(find_resume_checkpoint(stage_dir) if resume and world.is_main else None, world)
-    else:
-        ck = find_resume_checkpoint(stage_dir, clean=world.is_main) if resume else None
-    if ck is not None:
-        st = load_checkpoint(ck, student, optimizer, rank=world.rank, sharded=world.sharded)
-        check_resume_fingerprint(st.get("fingerprint"), fingerprint, f"{where} ({stage.name})", ck,
-                                 allow_optim_change, logger.event if world.is_main else lambda _: None)
-        step, tokens = int(st["step"]), int(st["tokens"])
-        stream_state = StreamState.from_dict(st["stream"])
-        resumed_from = step
-    if resume:
-        logger.rewind(stage.name, step)  # the steps after the checkpoint are trained (and logged) again
-    result = StageResult(stage.name, step, tokens, selection=selection, resumed_from=resumed_from)
-    if step >= total_steps:
+    """Train ``student`` in place for one stage: :func:`prepare_stage`, :func:`resume_stage`, then
+    :func:`train_loop`. ``stop_after`` ends the loop after that many optimizer steps of this invocation (testing
+    resume: a run that is cut off). Under ``run.distributed: fsdp`` the student and teacher are already sharded and
+    ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root."""
+    setup = prepare_stage(stage, stage_index, data, student, teacher, tokenizer, run, run_dir, world, validated,
+                          sharded_root)
+    start = resume_stage(setup, student, world, resume, logger, allow_optim_change)
+    result = StageResult(stage.name, start.step, start.tokens, selection=setup.selection,
+                         resumed_from=start.step if start.checkpoint is not None else None)
+    if start.step >= setup.total_steps:
         if stage.gradient_checkpointing:  # nothing to train: leave the student as the next stage expects it
             _disable_gradient_checkpointing(student)
         return result
+    return train_loop(setup, start, result, student, teacher, tokenizer, run, run_dir, world, logger, stop_after)
 
-    batches = BatchStream(packed, stage.batch_size, stage.micro_batch_size, world.rank, world.world_size, stream_state)
+
+class _StepLog:
+    """The bookkeeping after each optimizer step: progress, metrics, held-out evaluations."""
+
+    def __init__(self, setup: StageSetup, result: StageResult, run: RunConfig, world: World, logger: MetricsLogger,
+                 progress: Progress):
+        self.setup, self.result, self.run, self.world = setup, result, run, world
+        self.logger, self.progress = logger, progress
+        self.t_last = time.perf_counter()
+
+    def evaluate(self, step: int, tokens: int) -> None:
+        """The held-out loss at ``step`` (recorded, logged, shown)."""
+        s = self.setup
+        ev = evaluate(s.module, s.eval_seqs, s.stage, self.world, self.run, s.call)
+        if ev is None:
+            return
+        self.result.eval_losses.append((step, ev))
+        self.logger.log({"stage": s.stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
+        self.progress.message(f"[{s.stage.name}] held-out loss before training {ev:.4f}" if step == 0 else
+                              f"[{s.stage.name}] step {step}: held-out loss {ev:.4f}")
+
+    def step(self, step: int, tokens: int, step_tokens: int, loss_val: float, gnorm: float, lr: float,
+             denom: float) -> None:
+        stage = self.setup.stage
+        now = time.perf_counter()
+        tok_s = step_tokens / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        self.result.losses.append(loss_val)
+        self.progress.update(step, loss_val, tok_s)
+        last = step == self.setup.total_steps
+        if step % stage.log_every == 0 or last:
+            self.logger.log({"stage": stage.name, "step": step, "tokens": tokens, "loss": loss_val, "lr": lr,
+                             "tokens_per_s": tok_s, "loss_tokens": int(denom), "grad_norm": gnorm})
+        if stage.eval_every and (step % stage.eval_every == 0 or last):
+            self.evaluate(step, tokens)
+
+
+def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, student: nn.Module, teacher: nn.Module,
+               tokenizer: Any, run: RunConfig, run_dir: Path, world: World, logger: MetricsLogger,
+               stop_after: int | None) -> StageResult:
+    """The optimizer steps from ``start`` to the end of the stage (or ``stop_after`` of them): the next step's
+    batches read on a background thread, held-out evaluations, checkpoints (never of a diverged model) and the
+    part-way student snapshots."""
+    stage, total_steps, optimizer = setup.stage, setup.total_steps, setup.optimizer
+    step, tokens, last_ckpt = start.step, start.tokens, start.checkpoint
+    batches = BatchStream(setup.packed, stage.batch_size, stage.micro_batch_size, world.rank, world.world_size,
+                          start.stream)
     progress = Progress(stage.name, total_steps, step, world.is_main, run.progress, stage.log_every)
-    if resumed_from is not None:
-        progress.message(f"[{stage.name}] resumed from {ck} at step {step}")
+    if start.checkpoint is not None:
+        progress.message(f"[{stage.name}] resumed from {start.checkpoint} at step {step}")
     ckpt_every = stage.checkpoint_every or run.checkpoint_every
     snapshots = {max(1, round(f * total_steps)): f for f in stage.snapshots}
     trainable = [p for p in student.parameters() if p.requires_grad]
-    last_ckpt: Path | None = ck
+    log = _StepLog(setup, result, run, world, logger, progress)
     n_this = 0
     # the next step's batches are read, tokenized and packed on a background thread while this step computes
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gendistill-data")
-    pending = pool.submit(prefetch_step, batches, module, world.device)
+    pending: Future = pool.submit(prefetch_step, batches, setup.module, world.device)
     hooks = cast_mixer_inputs(student, torch.bfloat16) if _use_bf16(world, run) else []
     context = contextlib.ExitStack()
     context.enter_context(packed_flash_attention(student, teacher, enabled=use_packed_flash_attention(world, run)))
     context.enter_context(compiled_blocks(student, teacher, enabled=use_compiled_blocks(world, run)))
     try:
         if stage.eval_every and step == 0:
-            ev0 = evaluate(module, eval_seqs, stage, world, run, call)
-            if ev0 is not None:
-                result.eval_losses.append((0, ev0))
-                logger.log({"stage": stage.name, "step": 0, "tokens": 0, "eval_loss": ev0})
-                progress.message(f"[{stage.name}] held-out loss before training {ev0:.4f}")
-        schedule = lr_schedule(opt_cfg, total_steps)
-        t_last = time.perf_counter()
+            log.evaluate(0, 0)
+        schedule = lr_schedule(stage.optim, total_steps)
+        log.t_last = time.perf_counter()
         while step < total_steps:
-            lr = set_lr(optimizer, opt_cfg.lr * schedule(step))
+            lr = set_lr(optimizer, stage.optim.lr * schedule(step))
             micro, new_state = pending.result()
             if step + 1 < total_steps:
-                pending = pool.submit(prefetch_step, batches, module, world.device)
-            assert len(micro) == accum, (len(micro), accum)
+                pending = pool.submit(prefetch_step, batches, setup.module, world.device)
+            assert len(micro) == setup.accum, (len(micro), setup.accum)
             loss_val, gnorm, denom, stepped = train_step(
-                wrapped, module, micro, optimizer, trainable, world, run, opt_cfg.clip_grad_norm)
+                setup.wrapped, setup.module, micro, optimizer, trainable, world, run, stage.optim.clip_grad_norm)
             if not stepped:
-                what = (f"loss is {loss_val}" if not math.isfinite(loss_val)
-                        else f"gradient norm is {gnorm} (loss {loss_val})")
-                raise TrainingDivergedError(
-                    f"{stage.name} step {step + 1}: {what}; stopped before the optimizer step "
-                    f"({recovery_hint(last_ckpt, diverged_at=step + 1)})"
-                )
+                raise _diverged(stage, step + 1, loss_val, gnorm, last_ckpt)
             step += 1
             n_this += 1
             step_tokens = stage.batch_size * stage.seq_len
             tokens += step_tokens
-            now = time.perf_counter()
-            tok_s = step_tokens / max(now - t_last, 1e-9)
-            t_last = now
-            result.losses.append(loss_val)
-            progress.update(step, loss_val, tok_s)
-            if step % stage.log_every == 0 or step == total_steps:
-                rec = {
-                    "stage": stage.name,
-                    "step": step,
-                    "tokens": tokens,
-                    "loss": loss_val,
-                    "lr": lr,
-                    "tokens_per_s": tok_s,
-                    "loss_tokens": int(denom),
-                }
-                rec["grad_norm"] = gnorm
-                logger.log(rec)
-            if stage.eval_every and (step % stage.eval_every == 0 or step == total_steps):
-                ev = evaluate(module, eval_seqs, stage, world, run, call)
-                if ev is not None:
-                    result.eval_losses.append((step, ev))
-                    logger.log({"stage": stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
-                    progress.message(f"[{stage.name}] step {step}: held-out loss {ev:.4f}")
+            log.step(step, tokens, step_tokens, loss_val, gnorm, lr, denom)
             stop_now = stop_after is not None and n_this >= stop_after
             if step % ckpt_every == 0 or step == total_steps or stop_now:
-                bad = _first_non_finite(student, optimizer, world)  # never checkpoint a diverged model
+                bad = agreed_non_finite(student, optimizer, world)  # never checkpoint a diverged model
                 if bad is not None:
                     raise TrainingDivergedError(
                         f"{stage.name} step {step}: {bad} is not finite after the optimizer step; no checkpoint "
                         f"written ({recovery_hint(last_ckpt)})"
                     )
-                last_ckpt = save_checkpoint(
-                    stage_dir, step, tokens, new_state, student, optimizer, run, world, stage.name, total_steps,
-                    fingerprint,
-                )
+                last_ckpt = save_checkpoint(setup.stage_dir, step, tokens, new_state, student, optimizer, run, world,
+                                            stage.name, total_steps, setup.fingerprint)
             if step in snapshots:
                 save_student_folder(student, tokenizer, run_dir / snapshot_name(stage.name, snapshots[step]), world)
             if stop_now:
@@ -395,78 +449,13 @@ def run_stage(
     return result
 
 
-def snapshot_name(stage_name: str, fraction: float) -> str:
-    """Folder name of a stage's student saved part-way: ``stage3a-25pct``."""
-    return f"{stage_name}-{round(100 * fraction)}pct"
+def _diverged(stage: StageConfig, step: int, loss_val: float, gnorm: float,
+              last_ckpt: Path | None) -> TrainingDivergedError:
+    """The error of a step whose loss or gradient norm is not finite (the optimizer did not run)."""
+    what = f"loss is {loss_val}" if not math.isfinite(loss_val) else f"gradient norm is {gnorm} (loss {loss_val})"
+    return TrainingDivergedError(f"{stage.name} step {step}: {what}; stopped before the optimizer step "
+                                 f"({recovery_hint(last_ckpt, diverged_at=step)})")
 
 
-def _first_non_finite(student: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> str | None:
-    """:func:`first_non_finite` over this rank's shards, agreed by all ranks under FSDP2 (a NaN in one rank's shard
-    stops every rank, naming the lowest rank's first bad tensor)."""
-    bad = first_non_finite(student, optimizer)
-    if not world.sharded or not world.distributed:
-        return bad
-    import torch.distributed as dist  # noqa: PLC0415
-
-    found: list[str | None] = [None] * world.world_size
-    dist.all_gather_object(found, bad)
-    return next((b for b in found if b is not None), None)
-
-
-def save_student_folder(student: nn.Module, tokenizer: Any, out: Path, world: World, card: str | None = None) -> None:
-    """Save the student (eval mode, atomically, replacing an earlier save of the same folder) on the main rank, with
-    its model card (``card``: README.md text; by default the card of a converted student). A sharded student is
-    gathered first (every rank takes part) and saved as a normal, unsharded model folder."""
-    if world.sharded:
-        student = unsharded_copy(student)
-    if world.is_main:
-        from gendistill.convert.convert import save_student  # noqa: PLC0415
-
-        was = student.training
-        student.eval()
-        try:
-            save_student(student, tokenizer, out, overwrite=True, what=f"run.output_dir ({out.name})", card=card)
-        finally:
-            student.train(was)
-    barrier(world)
-
-
-def save_checkpoint(
-    stage_dir: Path,
-    step: int,
-    tokens: int,
-    stream: StreamState,
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    run: RunConfig,
-    world: World,
-    stage_name: str,
-    total_steps: int,
-    fingerprint: dict[str, Any] | None = None,
-) -> Path:
-    tmp = tmp_dir_for(stage_dir, step)
-    if world.is_main:
-        begin_checkpoint(tmp)
-    barrier(world)
-    write_rank_files(tmp, world.rank)
-    if world.sharded:
-        from gendistill.distill.sharded_checkpoint import save_sharded  # noqa: PLC0415
-
-        save_sharded(tmp, student, optimizer, world.is_main)
-    barrier(world)
-    final = stage_dir / f"step-{step:08d}"
-    if world.is_main:
-        state = {
-            "stage": stage_name,
-            "step": step,
-            "tokens": tokens,
-            "total_steps": total_steps,
-            "stream": stream.to_dict(),
-            "world_size": world.world_size,
-            "sharded": world.sharded,
-            "fingerprint": fingerprint,
-        }
-        final = commit_checkpoint(stage_dir, step, None if world.sharded else student, optimizer, state,
-                                  run.keep_checkpoints)
-    barrier(world)
-    return final
+__all__ = ["ResumePoint", "StageResult", "StageSetup", "TrainingDivergedError", "evaluate", "prepare_stage",
+           "resume_stage", "run_stage", "train_loop", "train_step"]

@@ -43,7 +43,7 @@ def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
             for i, rec in enumerate(data):
                 yield f"{path}[{i}]", rec
         elif name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # noqa: PLC0415  (parquet sources only)
 
             pf = pq.ParquetFile(path)
             row = 0
@@ -161,7 +161,7 @@ class Source:
     def _dataset(self) -> Any:
         """A saved (``load_from_disk``) or hub (``load_dataset``, streamed when the source says so) dataset."""
         cfg = self.cfg
-        import datasets
+        import datasets  # noqa: PLC0415  (heavy: saved and hub datasets only)
 
         p = Path(cfg.path)
         if not cfg.hub and p.is_dir() and is_saved_dataset(p):
@@ -208,8 +208,8 @@ class Source:
         return RecordTable(self._cache_files(files), self.cfg.path, cached_files=True)
 
     def _cache_files(self, files: list[Path]) -> Any:
-        import datasets
-        from datasets.exceptions import DatasetGenerationError
+        import datasets  # noqa: PLC0415  (heavy: imported where a source is cached through it)
+        from datasets.exceptions import DatasetGenerationError  # noqa: PLC0415  (same)
 
         keys = []
         for f in files:
