@@ -38,7 +38,8 @@ def main() -> None:
     from gendistill.eval.harness import make_lm
     from gendistill.eval.loglik import mc_metrics, score_requests
     from gendistill.models.loading import load_model
-    from gendistill.eval.tasks import get_task, select
+    from gendistill.eval.task import select
+    from gendistill.eval.tasks import get_task
 
     task = get_task("arc_easy")
     examples = select(task.load(), args.limit, args.seed)

@@ -21,7 +21,8 @@ needs_teacher = pytest.mark.skipif(
 
 
 def test_shipped_sample_and_tasks_are_small_valid_and_licensed():
-    from gendistill.distill.config import SourceConfig, load_recipe
+    from gendistill.distill.config import SourceConfig
+    from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.data import Source
     from gendistill.eval.tasks import parse_tasks
 

@@ -50,7 +50,8 @@ def _head(src: Path, dst: Path, n: int) -> int:
 
 def _selected(task_name: str, data: Path, dst: Path, limit: int) -> int:
     """Write the raw rows of the examples ``select(all, limit, seed=0)`` keeps, in file order."""
-    from gendistill.eval.tasks import parse_tasks, select
+    from gendistill.eval.task import select
+    from gendistill.eval.tasks import parse_tasks
 
     task = parse_tasks(task_name)[0]
     keep = {e.id for e in select(task.load("local"), limit, 0)}

@@ -102,7 +102,7 @@ def test_ruler_scoring_on_constructed_replies():
     assert string_match_all("none of them", refs) == 0.0 and string_match_part("none", refs) == 0.0
     assert string_match_all(" ABCDE-f", ["abcde-F"]) == 1.0  # case-insensitive, like RULER
     t = get_task("ruler_niah_multivalue")
-    from gendistill.eval.tasks import Example
+    from gendistill.eval.task import Example
 
     ex = Example(id="x", question="q", answer=", ".join(refs), fields={"answers": refs})
     sc = t.score_generation(ex, " 1234567, 7654321 and 9999999.")

@@ -7,6 +7,7 @@ the refusal without bubblewrap in test_sandbox_refusal.py."""
 from __future__ import annotations
 
 import socket
+import tempfile
 import textwrap
 
 import pytest
@@ -124,7 +125,7 @@ def test_runaway_memory_is_stopped():
 
 
 def test_failures_are_reported_and_nothing_is_left_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(S.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     r = _run("assert 1 == 2")
     assert r.status == S.FAILED and "AssertionError" in r.stderr
     assert list(tmp_path.iterdir()) == []  # the program's folder is gone

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 
 import pytest
 
@@ -82,7 +83,7 @@ def test_unsafe_flag_runs_with_the_remaining_layers_and_says_so(no_bwrap, capfd)
 
 
 def test_unsafe_scratch_folders_are_removed(no_bwrap, monkeypatch):
-    monkeypatch.setattr(S.tempfile, "tempdir", str(no_bwrap))
+    monkeypatch.setattr(tempfile, "tempdir", str(no_bwrap))
     before = set(os.listdir(no_bwrap))
     S.run_python("open('x', 'w').write('y')", unsafe_allow_unsandboxed=True)
     assert set(os.listdir(no_bwrap)) == before

@@ -6,15 +6,9 @@ import pytest
 
 from gendistill.errors import ConfigError, DataError
 from gendistill.io import data_dir
-from gendistill.eval.tasks import (
-    MULTIPLE_CHOICE,
-    SHORT_ANSWER,
-    get_task,
-    known_tasks,
-    parse_tasks,
-    select,
-    task_from_yaml,
-)
+from gendistill.eval.task import MULTIPLE_CHOICE, SHORT_ANSWER, select
+from gendistill.eval.task_files import task_from_yaml
+from gendistill.eval.tasks import get_task, known_tasks, parse_tasks
 from tests.eval.conftest import MC_ROWS, QA_ROWS, write_jsonl
 
 BUILTINS = ["arc_challenge", "arc_easy", "boolq", "gsm8k", "hellaswag", "mmlu", "piqa", "triviaqa", "winogrande"]
@@ -62,7 +56,7 @@ def test_generic_short_answer_jsonl_gz(tmp_path):
 
 def test_deterministic_subsample():
     items = list(range(100))
-    from gendistill.eval.tasks import Example
+    from gendistill.eval.task import Example
 
     exs = [Example(id=str(i), question=str(i)) for i in items]
     a, b, c = select(exs, 10, 0), select(exs, 10, 0), select(exs, 10, 1)
@@ -233,11 +227,12 @@ def test_builtin_formats_on_shared_data():
 
 
 def test_hf_converters_map_hub_rows_to_our_schema():
-    from gendistill.eval import tasks as T
+    from gendistill.eval import benchmarks as T
+    from gendistill.eval.task import mc_example
 
     arc = T._hf_arc({"id": "x", "question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]},
                      "answerKey": "C"}, 0)
-    assert arc["answer_idx"] == 2 and T.mc_example(arc, "hf")
+    assert arc["answer_idx"] == 2 and mc_example(arc, "hf")
     wg = T._hf_winogrande({"sentence": "Tom beat Bob so _ won.", "option1": "Tom", "option2": "Bob", "answer": "1"}, 0)
     assert wg["context_options"] == ["Tom beat Bob so Tom", "Tom beat Bob so Bob"] and wg["continuation"] == "won."
     assert T._hf_boolq({"question": "is it", "passage": "p", "answer": True}, 0)["answer_idx"] == 1

@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
+from rich.table import Table
 
+from gendistill.ablate.grid import load_grid
+from gendistill.ablate.report import human_tokens
+from gendistill.ablate.runner import check_eval, describe_plan, lock_grid, plan_grid, run_grid, write_grid_report
 from gendistill.cli_utils import console
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
-    from rich.table import Table  # noqa: PLC0415
-
-    from gendistill.ablate.report import human_tokens  # noqa: PLC0415
-
     stages = list(dict.fromkeys(n["stage"] for c in plan["cells"] for n in c["nodes"]))
     t = Table(title="ablation grid: stage runs as id · status (×N: shared by N cells)")
     for col in ("#", "cell", *stages, "eval", "tokens"):
@@ -51,10 +51,6 @@ def register(app: typer.Typer) -> None:
         are skipped, a stopped stage resumes, so rerunning the command continues the grid. Each cell is evaluated
         with the teacher under log-likelihood and generation; the report ranks each axis' variants under both
         and flags rank reversals."""
-        from gendistill.ablate.grid import load_grid  # noqa: PLC0415
-        from gendistill.ablate.runner import (  # noqa: PLC0415
-            check_eval, describe_plan, lock_grid, plan_grid, run_grid, write_grid_report)
-
         g = load_grid(grid, set_ or [])
         if dry_run:
             check_eval(g)  # what the run would check before training: the dry run says it too

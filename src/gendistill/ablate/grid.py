@@ -32,16 +32,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gendistill.distill.config import (
-    STAGE_ORDER,
-    Recipe,
-    _set_dotted,
-    format_validation_error,
-    parse_recipe,
-    read_yaml,
-    resolve_paths,
-)
+from gendistill.distill.config import Recipe, format_validation_error, parse_recipe
+from gendistill.distill.recipe_files import read_yaml, resolve_paths, set_dotted
+from gendistill.distill.shipped import recipe_file
+from gendistill.distill.stage_facts import MASKINGS, STAGE_ORDER, StageName
 from gendistill.errors import ConfigError
+from gendistill.layers.registry import LINEAR_MIXERS
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 MAX_CELLS = 512  # a product grid beyond this is almost certainly a typo
@@ -65,7 +61,7 @@ _OBJECTIVES = {  # stage-relative loss overrides; kl+ce uses the paper's CE weig
     "topk_kl": {"loss.kind": "topk_kl", "loss.ce_weight": 0.0},
     "kl+ce": {"loss.kind": "forward_kl", "loss.ce_weight": 0.01},
 }
-_MASKINGS = {m: {"masking": m} for m in ("completion_only", "all_tokens")}
+_MASKINGS = {m: {"masking": m} for m in MASKINGS}
 
 #: built-in axes whose variants are names: axis -> (default stages, variant -> overrides relative to a stage)
 NAMED_AXES: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
@@ -112,7 +108,7 @@ class AxisConfig(_Strict):
     """One axis: ``variants`` is a list (built-in axes: preset names, token counts, datasets, mixer names) or a
     mapping ``name -> {dotted.key: value}``; ``stages`` says which stages a built-in axis changes."""
 
-    stages: list[Literal["stage1", "stage2", "stage3a", "stage3b"]] | None = None
+    stages: list[StageName] | None = None
     variants: list[Any] | dict[str, dict[str, Any]] = Field(min_length=1)
 
 
@@ -229,7 +225,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str) 
                     and isinstance(out.get("data"), dict):
                 stages[i]["data"] = copy.deepcopy(out["data"])
         try:
-            _set_dotted(out, key, copy.deepcopy(value))
+            set_dotted(out, key, copy.deepcopy(value))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return out
@@ -277,8 +273,6 @@ def _builtin_variants(axis: str, spec: AxisConfig, raw_base: dict[str, Any], pre
             out[v] = _stage_relative(stages, presets[v])
         return out
     if axis == "mixer":
-        from gendistill.layers.registry import LINEAR_MIXERS  # noqa: PLC0415  (whatever the registry holds today)
-
         student = raw_base.get("student") or {}
         if student.get("path") is not None:
             raise ConfigError(f"{where}: the base recipe loads an existing student (student.path); the mixer axis "
@@ -323,8 +317,6 @@ def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid
     """Read and validate a grid file, expand it into cells and validate every cell's recipe. ``base_overrides`` are
     ``key=value`` strings (value parsed as YAML) applied to the base recipe, after the grid's own ``set``. ``path``
     may also name a grid shipped with the package (``ablate-smollm2``)."""
-    from gendistill.distill.shipped import recipe_file  # noqa: PLC0415
-
     path = Path(path) if Path(path).exists() else recipe_file(path)
     data = read_yaml(path, "grid")
     if not isinstance(data, dict):

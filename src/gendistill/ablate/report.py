@@ -21,12 +21,15 @@ Definitions (every number is a share in [0, 1]; the Markdown shows points):
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
+from pathlib import Path
 from typing import Any
 
-from gendistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gendistill.eval.report import perplexity_gap, retention
+from gendistill.reporting import figure_png, pyplot, write_report_files
+from gendistill.reporting import num as _num
+from gendistill.reporting import pct as _pct
 
 Z95 = 1.96
 
@@ -154,10 +157,11 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
             s, t, ch = _mean([p[0] for p in per]), _mean([p[0] for p in tper]), _mean([p[2] for p in per])
             row[proto], row[f"{proto}_se"] = s, _se_of_mean([p[1] for p in per])
             row[f"teacher_{proto}"] = t
-            row[f"retention_{proto}"] = s / t if t > 0 else None
-            row[f"retention_above_chance_{proto}"] = (s - ch) / (t - ch) if t - ch > 1e-12 else None
+            kept = retention(t, s, ch)  # the definitions of gendistill eval's report
+            row[f"retention_{proto}"], row[f"retention_above_chance_{proto}"] = kept["raw"], kept["above_chance"]
         if both:
-            row["perplexity_gap"] = (row["teacher_generate"] - row["generate"]) - (row["teacher_loglik"] - row["loglik"])
+            row["perplexity_gap"] = perplexity_gap(row["teacher_generate"], row["generate"], row["teacher_loglik"],
+                                                   row["loglik"])
         if gen_tasks:
             row["generate_all_tasks"] = _mean([_protocol_mean(c["scores"], "student", gen_tasks, "generate")[0]
                                                for c in vc])
@@ -230,14 +234,6 @@ def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------- Markdown
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def human_tokens(n: float | None) -> str:
     if n is None:
         return "–"
@@ -335,12 +331,8 @@ def plot_png(rep: dict[str, Any]) -> bytes | None:
     axes = [a for a in rep["axes"] if any("loglik" in a["table"].get(v, {}) for v in a["variants"])]
     if not axes:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - the plot is optional
+    plt = pyplot()
+    if plt is None:
         return None
     fig, grid = plt.subplots(len(axes), 2, figsize=(11, 3.6 * len(axes)), squeeze=False)
     for (bar_ax, slope_ax), ax in zip(grid, axes):
@@ -371,21 +363,10 @@ def plot_png(rep: dict[str, Any]) -> bytes | None:
         slope_ax.set_ylabel("accuracy (%)")
         slope_ax.set_title(f"{ax['axis']}: crossing lines = rank reversal ({len(ax['reversals'])})", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
-def write_report(rep: dict[str, Any], out_dir) -> dict[str, str]:
-    from pathlib import Path
-
-    out = Path(out_dir)
-    paths = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
-    atomic_write_json(paths["json"], rep)
-    atomic_write_text(paths["markdown"], markdown(rep))
-    png = plot_png(rep)
-    if png is not None:
-        paths["plot"] = str(out / "report.png")
-        atomic_write_bytes(paths["plot"], png)
-    return paths
+def write_report(rep: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """``report.json``, ``report.md`` and ``report.png``."""
+    return write_report_files(out_dir, "report", rep, lambda: markdown(rep),
+                              {"plot": ("report.png", lambda: plot_png(rep))})

@@ -18,12 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gendistill.ablate import report as R
 from gendistill.ablate.grid import Cell, Grid, stage_budget
 from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
+from gendistill.devices import resolve_device
+from gendistill.distill import pipeline  # called as pipeline.run_recipe: the tests stand in a fake trainer there
 from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
-from gendistill.errors import ConfigError
-from gendistill.io import atomic_write_json, atomic_write_text
+from gendistill.distill.distributed import init_world
+from gendistill.errors import ConfigError, DataError, GendistillError
+from gendistill.eval import runner as eval_runner  # called as eval_runner.run_eval (the tests stand in a fake)
+from gendistill.eval.tasks import parse_tasks
+from gendistill.io import atomic_write_json, atomic_write_text, data_dir
+from gendistill.models.loading import load_model
 from gendistill.ownership import marker_kind, write_marker
+from gendistill.runlock import acquire
 
 EVAL_FILES = ("results.json", "results.md", "results.png")
 
@@ -93,10 +105,6 @@ class CellProgress:
                                                    else "lines")
         self.total, self.bar, self.done = total, None, 0
         if self.mode == "bar":
-            from rich.console import Console  # noqa: PLC0415
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,  # noqa: PLC0415
-                                       TimeElapsedColumn)
-
             self.bar = Progress(TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                 TextColumn("{task.description}"), console=Console(stderr=True))
             self.task = self.bar.add_task("", total=total)
@@ -142,10 +150,7 @@ class _Teachers:
     def get(self, recipe: Recipe, world) -> tuple[Any, Any]:
         if self.given is not None:
             return self.given
-        from gendistill.distill.pipeline import teacher_dtype  # noqa: PLC0415
-        from gendistill.models.loading import load_model  # noqa: PLC0415
-
-        dtype = teacher_dtype(recipe, world)
+        dtype = pipeline.teacher_dtype(recipe, world)
         key = (recipe.teacher.spec, str(dtype))
         if key not in self.cache:
             self.cache[key] = load_model(recipe.teacher.spec, dtype=dtype, device=world.device)
@@ -155,9 +160,6 @@ class _Teachers:
 def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers, progress: str,
                stop_after: int | None) -> bool:
     """Train (or resume) one node; True when its student is saved."""
-    from gendistill.distill.distributed import init_world  # noqa: PLC0415
-    from gendistill.distill.pipeline import run_recipe  # noqa: PLC0415
-
     r = node_recipe(cell.recipe, node, parent, progress)
     world = init_world(r.run.device)
     teacher, tok = teachers.get(r, world)
@@ -167,7 +169,7 @@ def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers,
     atomic_write_json(node.dir / "node.json", {"id": node.id, "stage": node.stage, "parent": node.parent,
                                                "first_cell": cell.name,
                                                "student": str(node.student_dir)})
-    out = run_recipe(r, resume=True, teacher=teacher, tokenizer=tok, stop_after=stop_after, world=world)
+    out = pipeline.run_recipe(r, resume=True, teacher=teacher, tokenizer=tok, stop_after=stop_after, world=world)
     del out
     _free_memory()
     return node.status() == "done"
@@ -176,8 +178,6 @@ def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers,
 def _free_memory() -> None:
     """Give the finished node's (or evaluation's) GPU memory back before the next one; on CPU reference counting has
     already freed the models."""
-    import torch  # noqa: PLC0415
-
     if torch.cuda.is_available():
         gc.collect()
         torch.cuda.empty_cache()
@@ -186,14 +186,10 @@ def _free_memory() -> None:
 # ------------------------------------------------------------------------------------------------------ evaluation
 def evaluate(plan: CellPlan, grid: Grid) -> None:
     """Teacher and the cell's student under the grid's evaluation settings, through ``gendistill eval``."""
-    import torch  # noqa: PLC0415
-
-    from gendistill.eval.runner import EvalConfig, run_eval  # noqa: PLC0415
-
     ev = grid.config.eval
     # auto follows the cell's training device; the eval runner resolves it (gendistill.devices)
     device = "cpu" if ev.device == "auto" and plan.cell.recipe.run.device == "cpu" else ev.device
-    cfg = EvalConfig(
+    cfg = eval_runner.EvalConfig(
         models=[plan.cell.recipe.teacher.spec, str(plan.final.student_dir)], tasks=ev.tasks,
         protocols=list(ev.protocols), limit=ev.limit, seed=ev.seed, out=str(plan.eval_dir), batch_size=ev.batch_size,
         token_budget=ev.token_budget, loglik_chat_template=ev.loglik_chat_template, samples=ev.samples,
@@ -202,7 +198,7 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
         fidelity_data=ev.fidelity_data, show_progress=False,
         command=f"gendistill ablate {grid.source}  # cell {plan.cell.name}",
     )
-    run_eval(cfg)
+    eval_runner.run_eval(cfg)
     _free_memory()
 
 
@@ -210,16 +206,10 @@ def check_eval(grid: Grid) -> None:
     """The grid's evaluation, checked before anything trains (and by ``--dry-run``): the task names (built-in,
     groups, task files), the local data file of every task, the fidelity chat data, the device. A grid whose
     evaluation cannot run would otherwise fail only after the first cell's stages had all trained."""
-    from gendistill.devices import resolve_device  # noqa: PLC0415
-    from gendistill.errors import DataError, GendistillError  # noqa: PLC0415
-    from gendistill.eval.runner import EvalConfig, check_numbers  # noqa: PLC0415
-    from gendistill.eval.tasks import parse_tasks  # noqa: PLC0415
-    from gendistill.io import data_dir  # noqa: PLC0415
-
     ev = grid.config.eval
     where = f"{grid.source}: eval"
     try:
-        check_numbers(EvalConfig(models=[], batch_size=ev.batch_size, token_budget=ev.token_budget, samples=ev.samples,
+        eval_runner.check_numbers(eval_runner.EvalConfig(models=[], batch_size=ev.batch_size, token_budget=ev.token_budget, samples=ev.samples,
                                  temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
                                  max_new_tokens=ev.max_new_tokens, fidelity_chat=ev.fidelity_chat))
     except GendistillError as e:  # "--batch-size: ..." is the grid's eval.batch_size
@@ -336,8 +326,6 @@ def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
 
 
 def write_grid_report(grid: Grid, plans: list[CellPlan]) -> dict[str, str]:
-    from gendistill.ablate import report as R  # noqa: PLC0415
-
     rep = R.build_report(grid_meta(grid), load_cell_results(plans))
     return R.write_report(rep, grid.output_dir)
 
@@ -368,8 +356,6 @@ def lock_grid(grid: Grid):
     """The grid folder's lock (:mod:`gendistill.runlock`), held while the grid runs or its report is rebuilt: a
     second ``gendistill ablate`` of the same grid stops with one line instead of training the same nodes and
     writing the same cells at the same time."""
-    from gendistill.runlock import acquire  # noqa: PLC0415
-
     return acquire(grid.output_dir, f"{grid.source}: output_dir")
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from gendistill.cli_utils import console, user_errors
+from gendistill.demo.driver import run_demo
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +31,6 @@ def register(app: typer.Typer) -> None:
         """Show what GenDistill is for, on this machine: convert the embedded SmolLM2-135M-Instruct teacher, distill
         the hybrid student briefly on the sample the package ships, evaluate teacher, undistilled and distilled
         student by log-likelihood AND by generation, and print them side by side with the held-out perplexity."""
-        from gendistill.demo.driver import run_demo
-
         res = run_demo(out, full=full, recipe=recipe, overrides=list(set_ or []), device=device, limit=limit,
                        max_new_tokens=max_new_tokens, show_progress=not no_progress)
         console.print(res.table, markup=False, highlight=False)

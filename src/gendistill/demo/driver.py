@@ -20,6 +20,19 @@ from typing import Any
 
 import torch
 
+from gendistill.convert.convert import save_student
+from gendistill.devices import resolve_device
+from gendistill.distill.config import Recipe
+from gendistill.distill.data import PackedStream, collate
+from gendistill.distill.distributed import World
+from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
+from gendistill.distill.recipe_files import load_recipe
+from gendistill.distill.shipped import shipped_recipe
+from gendistill.eval.runner import EvalConfig, run_eval
+from gendistill.io import atomic_write_json, atomic_write_text
+from gendistill.models.loading import load_model, model_label
+from gendistill.ownership import OutputError, check_writable
+from gendistill.reporting import pct as _pct
 
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
 CPU_RECIPE = Path(str(resources.files("gendistill") / "recipes" / "demo-cpu.yaml"))
@@ -31,8 +44,6 @@ TASKS = f"mc:{DEMO_DIR / 'tasks' / 'demo_quiz.jsonl'}"
 
 def full_recipe() -> Path:
     """The real SmolLM2 recipe, shipped with the package (``gendistill recipes smollm2-135m``)."""
-    from gendistill.distill.shipped import shipped_recipe  # noqa: PLC0415
-
     return shipped_recipe("smollm2-135m").path
 
 
@@ -73,10 +84,6 @@ def _fmt_ppl(x: float) -> str:
     return "–" if not math.isfinite(x) else (f"{x:.1f}" if x < 1e4 else f"{x:.2e}")
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
 def run_demo(
     out: str | Path = "runs/demo",
     *,
@@ -92,18 +99,8 @@ def run_demo(
     """Run the demo into ``out`` and return its figures (also printed by the command, and written to
     ``out/demo.json`` / ``out/demo.md``). ``full`` (default: when CUDA is present) runs the real SmolLM2 recipe
     instead of the CPU demo recipe; ``recipe`` names any other; ``overrides`` are ``gendistill distill --set``
-    strings; ``limit`` caps examples per task; ``max_new_tokens`` caps generation (CPU demo default: 24)."""
-    from gendistill.convert.convert import save_student
-    from gendistill.distill.config import load_recipe
-    from gendistill.distill.data import PackedStream, collate
-    from gendistill.distill.distributed import World
-    from gendistill.devices import resolve_device
-    from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
-    from gendistill.eval.runner import EvalConfig, model_label, run_eval
-    from gendistill.io import atomic_write_json, atomic_write_text
-    from gendistill.ownership import OutputError, check_writable
-    from gendistill.models.loading import load_model
-
+    strings; ``limit`` caps examples per task; ``max_new_tokens`` caps generation (CPU demo default: 24). The steps:
+    :func:`convert_step`, :func:`distill_step`, :func:`eval_step`, then the table."""
     device = resolve_device(device).type
     full = (device == "cuda") if full is None else full
     if max_new_tokens is None and not full:
@@ -121,40 +118,11 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})  # marks the folder as ours
 
-    # 1. teacher and the undistilled student (built exactly as the distillation builds it: same conversion and seed)
-    t0 = time.perf_counter()
-    teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
-    teacher.eval()
-    student = build_student(r, teacher, world.device).eval()
-    undistilled = save_student(student, tok, out / "undistilled", overwrite=True, what="--out")
-    seconds["convert"] = time.perf_counter() - t0
-
-    last = r.stages[-1]
-    held = PackedStream(r.stage_data(last), tok, last.seq_len, last.masking).heldout_sequences(heldout_sequences)
-    batches = [collate(held[i : i + 2]) for i in range(0, len(held), 2)]
-    ppl = {"teacher": heldout_perplexity(teacher, batches), "undistilled": heldout_perplexity(student, batches)}
-    del student
-
-    # 2. distillation (the whole recipe, every stage)
-    t0 = time.perf_counter()
-    res = run_recipe(r, overwrite=True, teacher=teacher, tokenizer=tok)
-    seconds["distill"] = time.perf_counter() - t0
-    distilled = res.student_dirs[res.completed[-1]]
-    tokens = {name: int(sr.tokens) for name, sr in res.results.items()}
-    ppl["distilled"] = heldout_perplexity(res.student.eval(), batches)
-    del res, teacher
-
-    # 3. both protocols on the shipped task set, the three models on the same examples
-    t0 = time.perf_counter()
+    teacher, tok, undistilled, batches, ppl = convert_step(r, world, out, heldout_sequences, seconds)
+    distilled, tokens = distill_step(r, teacher, tok, batches, ppl, seconds)
+    del teacher
     specs = {"teacher": r.teacher.spec, "undistilled": str(undistilled), "distilled": str(distilled)}
-    cfg = EvalConfig(
-        models=list(specs.values()), tasks=TASKS, protocols=["loglik", "generate"], limit=limit,
-        out=str(out / "eval"), device=device, dtype="bfloat16" if device == "cuda" else "float32",
-        max_new_tokens=max_new_tokens, batch_size=64 if device == "cuda" else 8, show_progress=show_progress,
-        command="gendistill demo",
-    )
-    results = run_eval(cfg)
-    seconds["eval"] = time.perf_counter() - t0
+    results = eval_step(specs, out, device, limit, max_new_tokens, show_progress, seconds)
 
     labels = {role: model_label(spec) for role, spec in specs.items()}
     accuracy: dict[str, dict[str, dict[str, float]]] = {role: {} for role in specs}
@@ -168,16 +136,63 @@ def run_demo(
     label = (f"briefly distilled on {n_tok:,} tokens on {device.upper()} in {seconds['distill']:.0f} s — a plumbing "
              "demonstration, not a quality result" if not full else
              f"distilled with {recipe_path.name} on {n_tok:,} tokens ({device})")
-    table = _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, len(held),
+    n_held = sum(len(b["input_ids"]) for b in batches)
+    table = _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,
                    max_new_tokens, out)
     result = DemoResult(out, str(recipe_path), device, label, tokens, seconds, ppl, accuracy, gaps, table, results)
     atomic_write_text(out / "demo.md", table)
     atomic_write_json(out / "demo.json", {
-        "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens, "seconds": seconds,
-        "heldout_perplexity": ppl, "heldout_sequences": len(held), "accuracy": accuracy, "perplexity_gap": gaps,
-        "models": specs, "eval": str(out / "eval" / "results.json"),
+        "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens,
+        "seconds": seconds, "heldout_perplexity": ppl, "heldout_sequences": n_held, "accuracy": accuracy,
+        "perplexity_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
     })
     return result
+
+
+def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, seconds: dict[str, float]):
+    """1. The teacher and the undistilled student (built exactly as the distillation builds it: same conversion and
+    seed, saved to ``out/undistilled``), and both models' held-out perplexity on the last stage's data. Returns
+    ``(teacher, tokenizer, undistilled folder, held-out batches, perplexities)``."""
+    t0 = time.perf_counter()
+    teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
+    teacher.eval()
+    student = build_student(r, teacher, world.device).eval()
+    undistilled = save_student(student, tok, out / "undistilled", overwrite=True, what="--out")
+    seconds["convert"] = time.perf_counter() - t0
+
+    last = r.stages[-1]
+    held = PackedStream(r.stage_data(last), tok, last.seq_len, last.masking).heldout_sequences(heldout_sequences)
+    batches = [collate(held[i : i + 2]) for i in range(0, len(held), 2)]
+    ppl = {"teacher": heldout_perplexity(teacher, batches), "undistilled": heldout_perplexity(student, batches)}
+    return teacher, tok, undistilled, batches, ppl
+
+
+def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, batches: list[dict[str, torch.Tensor]],
+                 ppl: dict[str, float], seconds: dict[str, float]) -> tuple[Path, dict[str, int]]:
+    """2. The whole recipe, every stage; the distilled student's held-out perplexity. Returns its folder and the
+    tokens distilled per stage."""
+    t0 = time.perf_counter()
+    res = run_recipe(r, overwrite=True, teacher=teacher, tokenizer=tok)
+    seconds["distill"] = time.perf_counter() - t0
+    distilled = res.student_dirs[res.completed[-1]]
+    tokens = {name: int(sr.tokens) for name, sr in res.results.items()}
+    ppl["distilled"] = heldout_perplexity(res.student.eval(), batches)
+    return distilled, tokens
+
+
+def eval_step(specs: dict[str, str], out: Path, device: str, limit: int | None, max_new_tokens: int | None,
+              show_progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """3. Both protocols on the shipped task set, the three models on the same examples (``out/eval``)."""
+    t0 = time.perf_counter()
+    cfg = EvalConfig(
+        models=list(specs.values()), tasks=TASKS, protocols=["loglik", "generate"], limit=limit,
+        out=str(out / "eval"), device=device, dtype="bfloat16" if device == "cuda" else "float32",
+        max_new_tokens=max_new_tokens, batch_size=64 if device == "cuda" else 8, show_progress=show_progress,
+        command="gendistill demo",
+    )
+    results = run_eval(cfg)
+    seconds["eval"] = time.perf_counter() - t0
+    return results
 
 
 def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+from pathlib import Path
 
+import torch
 import typer
 
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
+from gendistill.errors import DataError
+from gendistill.eval.api import evaluate
+from gendistill.eval.report import merge_results, write_report
+from gendistill.eval.ruler import parse_depths, parse_lengths
 
 
 def eval_command(
@@ -72,8 +79,6 @@ def eval_command(
     """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the perplexity gap.
     A thin wrapper over :func:`gendistill.evaluate`."""
     if threads > 0:
-        import torch
-
         torch.set_num_threads(threads)
 
     if merge:
@@ -81,9 +86,6 @@ def eval_command(
         for k, v in results["paths"].items():
             typer.echo(f"{k}: {v}")
         return
-    from gendistill.api import evaluate
-    from gendistill.eval.ruler import parse_depths, parse_lengths
-
     previous = _previous_example_files(out)
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
@@ -104,9 +106,6 @@ def eval_command(
 
 def _previous_example_files(out: str) -> set[str]:
     """Example files an earlier eval into ``out`` listed in its results (only files this project wrote)."""
-    import json
-    from pathlib import Path
-
     found: set[str] = set()
     examples = (Path(out) / "examples").resolve()
     for name in ("results.json", "results.partial.json"):
@@ -124,20 +123,13 @@ def _previous_example_files(out: str) -> set[str]:
 def _remove_stale(previous: set[str], current: list[str]) -> None:
     """After a successful run: delete the example files of the earlier run that this run did not write again, so
     ``--out`` holds only this run's examples (nothing is deleted when the run fails)."""
-    from pathlib import Path
-
     keep = {str(Path(f).resolve()) for f in current}
     for f in previous - keep:
         Path(f).unlink(missing_ok=True)
 
 
 def _merge(files: list[str], out: str) -> dict:
-    import json
-    from pathlib import Path
-
-    from gendistill.errors import DataError
-    from gendistill.eval.report import merge_results, write_report
-
+    """``--merge``: the results files combined into one report in ``out``."""
     parts = []
     for f in files:
         p = Path(f)

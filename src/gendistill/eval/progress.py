@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tqdm.auto import tqdm
+
 
 class _Null:
     def update(self, n: int = 1) -> None:
@@ -20,6 +22,4 @@ class _Null:
 def progress(total: int, desc: str, enabled: bool = True):
     if not enabled or os.environ.get("GENDISTILL_NO_PROGRESS"):
         return _Null()
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=2.0)

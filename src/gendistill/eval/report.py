@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gendistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gendistill.errors import DataError
 from gendistill.eval.extract import LETTERS
+from gendistill.reporting import figure_png, pyplot, write_report_files
+from gendistill.reporting import pct as _pct
 
 
 def mean_stderr(scores: list[float]) -> tuple[float, float]:
@@ -99,12 +102,6 @@ def comparisons(rows: list[dict[str, Any]], teacher: str) -> list[dict[str, Any]
     return out
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{100 * x:.{digits}f}"
-
-
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     lines = [f"# gendistill eval — {results['meta'].get('created', '')}", ""]
@@ -180,14 +177,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot_png(results: dict[str, Any]) -> bytes | None:
     """Grouped bars: accuracy per task, one bar per (model, protocol), chance as a tick. Returns PNG bytes."""
-    try:
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - the plot is optional
+    plt = pyplot()
+    if plt is None:
         return None
     rows = results["rows"]
     if not rows:
@@ -217,10 +208,7 @@ def plot_png(results: dict[str, Any]) -> bytes | None:
     ax.set_title("log-likelihood (hatched) vs generation; dotted = chance")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def plot_long_context_png(results: dict[str, Any]) -> bytes | None:
@@ -230,14 +218,8 @@ def plot_long_context_png(results: dict[str, Any]) -> bytes | None:
     rows = [r for r in results["rows"] if r.get("by_length")]
     if not rows:
         return None
-    try:
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - the plot is optional
+    plt = pyplot()
+    if plt is None:
         return None
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -300,10 +282,7 @@ def plot_long_context_png(results: dict[str, Any]) -> bytes | None:
         fig.colorbar(im, ax=axes[nrows - 1].tolist(), shrink=0.8, label="accuracy (%)")
     fig.suptitle("long context: accuracy vs length (solid: generation, dashed: log-likelihood greedy match)",
                  fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -311,8 +290,6 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     of further models that no earlier part evaluated (students scored later on the same tasks; the first part's first
     model stays the teacher). Rows, skipped tasks, fidelity and example files are concatenated; comparisons
     recomputed against the teacher."""
-    from gendistill.errors import DataError
-
     if not parts:
         raise DataError("nothing to merge")
     first = parts[0]["meta"]["models"]
@@ -346,19 +323,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "fidelity": fidelity, "skipped": skipped, "example_files": files}
 
 
-def write_report(results: dict[str, Any], out_dir) -> dict[str, str]:
-    from pathlib import Path
-
-    out = Path(out_dir)
-    paths = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
-    atomic_write_json(paths["json"], results)
-    atomic_write_text(paths["markdown"], markdown(results))
-    png = plot_png(results)
-    if png is not None:
-        paths["plot"] = str(out / "results.png")
-        atomic_write_bytes(paths["plot"], png)
-    png = plot_long_context_png(results)
-    if png is not None:
-        paths["long_context_plot"] = str(out / "long_context.png")
-        atomic_write_bytes(paths["long_context_plot"], png)
-    return paths
+def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """``results.json``, ``results.md``, ``results.png`` and, with long-context tasks, ``long_context.png``."""
+    return write_report_files(out_dir, "results", results, lambda: markdown(results),
+                              {"plot": ("results.png", lambda: plot_png(results)),
+                               "long_context_plot": ("long_context.png", lambda: plot_long_context_png(results))})

@@ -34,7 +34,7 @@ from typing import Any
 from gendistill.errors import ConfigError
 from gendistill.eval import haystack as H
 from gendistill.eval.prompts import apply_chat
-from gendistill.eval.tasks import SHORT_ANSWER, Example, GenScore, Task
+from gendistill.eval.task import SHORT_ANSWER, Example, GenScore, Task
 
 DEFAULT_LENGTHS = (4096,)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -15,6 +15,7 @@ Order of work, so that bad input fails before anything expensive or anything is 
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import re
 import shlex
@@ -26,9 +27,9 @@ from typing import Any
 
 import torch
 
+from gendistill.devices import dtype_name, resolve_device, resolve_dtype
 from gendistill.errors import ConfigError
 from gendistill.eval import report as R
-from gendistill.io import atomic_write_jsonl
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.generate import generate
 from gendistill.eval.humaneval import HumanEvalTask
@@ -36,7 +37,10 @@ from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
 from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
 from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSpec
-from gendistill.eval.tasks import MULTIPLE_CHOICE, Example, Task, parse_tasks, select
+from gendistill.eval.task import MULTIPLE_CHOICE, Example, Task, select
+from gendistill.eval.tasks import parse_tasks
+from gendistill.io import atomic_write_json, atomic_write_jsonl
+from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, MAX_STEP_TOKENS, check_range
 from gendistill.models.loading import load_model, model_label, resolve_model
 
 PROTOCOLS = ("loglik", "generate")
@@ -231,8 +235,6 @@ def _safe(s: str) -> str:
 
 def check_numbers(cfg: EvalConfig) -> None:
     """Every size and count a user types within its range (:mod:`gendistill.limits`), before anything is read."""
-    from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, MAX_STEP_TOKENS, check_range
-
     check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
     check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
@@ -248,7 +250,8 @@ def check_numbers(cfg: EvalConfig) -> None:
         raise ConfigError(f"--top-p: {cfg.top_p} must be in (0, 1]")
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def check_config(cfg: EvalConfig) -> None:
+    """The settings themselves: at least one model, known protocols, sizes in range, a known data source."""
     if not cfg.models:
         raise ConfigError("give at least one --model (the first is the teacher)")
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
@@ -261,32 +264,37 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     check_numbers(cfg)
     if cfg.data_source not in ("local", "hf"):
         raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
-    from gendistill.devices import dtype_name, resolve_device, resolve_dtype  # noqa: PLC0415
 
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+
+def prepare_tasks(cfg: EvalConfig) -> list[Task]:
+    """The tasks asked for; a task that executes model-written code is refused now where it cannot be confined."""
     tasks = parse_tasks(cfg.tasks)
     for t in tasks:
         if isinstance(t, HumanEvalTask):  # it executes model-written code: refused now where it cannot be confined
             t.unsafe_allow_unsandboxed = cfg.unsafe_allow_unsandboxed_code
             t.require_sandbox()
-    rope = parse_rope_scaling(cfg.rope_scaling)
-    long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),
-                                depths=tuple(cfg.depths or DEFAULT_DEPTHS), haystack=cfg.haystack)
-    for spec in cfg.models:
-        resolve_model(spec)  # a reference that cannot exist fails here, before any data is read
+    return tasks
+
+
+def model_labels(specs: list[str]) -> list[str]:
+    """A distinct label per model (a repeated one gets ``'``), after checking every reference can exist (a missing
+    folder fails here, before any data is read)."""
+    for spec in specs:
+        resolve_model(spec)
     labels, seen = [], set()
-    for spec in cfg.models:
+    for spec in specs:
         lab = model_label(spec)
         while lab in seen:
             lab += "'"
         seen.add(lab)
         labels.append(lab)
-    limit = cfg.limit
-    if cfg.smoke:
-        limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
+    return labels
 
-    # Data first: every file is read and validated before a model is loaded.
+
+def read_task_data(tasks: list[Task], cfg: EvalConfig, long_spec: LongContextSpec,
+                   limit: int | None) -> dict[str, tuple[list[Example], list[Example]]]:
+    """Every task's (selected, all) examples, read and validated before a model is loaded; a generated task is
+    built later with the first model's tokenizer (only its options are checked here)."""
     data: dict[str, tuple[list[Example], list[Example]]] = {}
     for t in tasks:
         if t.generated:  # built with the first model's tokenizer, below; its options are checked now
@@ -295,61 +303,82 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         all_ex = t.load(cfg.data_source)
         t.fewshot_pool()
         data[t.name] = (select(all_ex, limit, cfg.seed), all_ex)
+    return data
 
-    out = Path(cfg.out)
-    rows: list[dict] = []
-    skipped: list[dict] = []
-    greedy: dict[tuple[str, str], list[list[int]]] = {}
-    answers: dict[tuple[str, str], list[Any]] = {}  # greedy extracted answers, per (model, task), in example order
-    example_files: list[str] = []
-    t_start = time.time()
-    rope_applied: dict[str, dict] = {}
-    for spec, label in zip(cfg.models, labels):
-        model, tok = load_model(spec, dtype=dtype, device=device)
-        if rope is not None:
-            rope_applied[label] = apply_rope_scaling(model, rope)
-        for t in tasks:
-            if t.name not in data:  # a generated task: the same examples for every model
-                max_new = cfg.max_new_tokens or t.max_new_tokens
-                if cfg.smoke:
-                    max_new = min(max_new, SMOKE_MAX_NEW_TOKENS)
-                built = t.build(tok, long_spec, limit, cfg.seed, max_new)
-                data[t.name] = (built, built)
-        for t in tasks:
-            sel, all_ex = data[t.name]
-            if "loglik" in cfg.protocols:
-                row, recs = run_loglik(model, tok, t, sel, all_ex, cfg, label)
-                if row is None:
-                    if label == labels[0]:
-                        skipped.append({"task": t.name, "protocol": "loglik",
+
+@dataclass
+class EvalRun:
+    """What one ``gendistill eval`` collects while it runs."""
+
+    cfg: EvalConfig
+    labels: list[str]
+    tasks: list[Task]
+    out: Path
+    t_start: float = field(default_factory=time.time)
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    greedy: dict[tuple[str, str], list[list[int]]] = field(default_factory=dict)
+    answers: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # greedy extracted answers per (model, task)
+    example_files: list[str] = field(default_factory=list)
+    rope_applied: dict[str, dict] = field(default_factory=dict)
+
+    def write_examples(self, label: str, task: Task, protocol: str, records: list[dict]) -> None:
+        p = self.out / "examples" / f"{_safe(label)}__{task.name}__{protocol}.jsonl"
+        atomic_write_jsonl(p, records)
+        self.example_files.append(str(p))
+
+
+def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[list[Example], list[Example]]],
+                   device: torch.device, dtype: torch.dtype, rope: dict | None, long_spec: LongContextSpec,
+                   limit: int | None) -> None:
+    """One model on every task under every protocol: rows and per-example files, a partial report after each task."""
+    cfg = run.cfg
+    model, tok = load_model(spec, dtype=dtype, device=device)
+    if rope is not None:
+        run.rope_applied[label] = apply_rope_scaling(model, rope)
+    for t in run.tasks:
+        if t.name not in data:  # a generated task: the same examples for every model
+            max_new = cfg.max_new_tokens or t.max_new_tokens
+            if cfg.smoke:
+                max_new = min(max_new, SMOKE_MAX_NEW_TOKENS)
+            built = t.build(tok, long_spec, limit, cfg.seed, max_new)
+            data[t.name] = (built, built)
+    for t in run.tasks:
+        sel, all_ex = data[t.name]
+        if "loglik" in cfg.protocols:
+            row, recs = run_loglik(model, tok, t, sel, all_ex, cfg, label)
+            if row is None:
+                if label == run.labels[0]:
+                    run.skipped.append({"task": t.name, "protocol": "loglik",
                                         "reason": "no options to rank; scored by generation only"})
-                else:
-                    rows.append(row)
-                    p = out / "examples" / f"{_safe(label)}__{t.name}__loglik.jsonl"
-                    atomic_write_jsonl(p, recs)
-                    example_files.append(str(p))
-            if "generate" in cfg.protocols:
-                row, recs, ids = run_generate(model, tok, t, sel, all_ex, cfg, label)
-                rows.append(row)
-                if ids:
-                    greedy[(label, t.name)] = ids
-                    answers[(label, t.name)] = [r["pred"] for r in recs if r["seed"] is None]
-                p = out / "examples" / f"{_safe(label)}__{t.name}__generate.jsonl"
-                atomic_write_jsonl(p, recs)
-                example_files.append(str(p))
-            # A partial report after every task, so a long run that dies keeps what it finished.
-            _write_partial(out, cfg, labels, tasks, rows, skipped, example_files, t_start)
-        del model
-        gc.collect()
+            else:
+                run.rows.append(row)
+                run.write_examples(label, t, "loglik", recs)
+        if "generate" in cfg.protocols:
+            row, recs, ids = run_generate(model, tok, t, sel, all_ex, cfg, label)
+            run.rows.append(row)
+            if ids:
+                run.greedy[(label, t.name)] = ids
+                run.answers[(label, t.name)] = [r["pred"] for r in recs if r["seed"] is None]
+            run.write_examples(label, t, "generate", recs)
+        # A partial report after every task, so a long run that dies keeps what it finished.
+        _write_partial(run.out, cfg, run.labels, run.tasks, run.rows, run.skipped, run.example_files, run.t_start)
+    del model
+    gc.collect()
 
+
+def fidelity_rows(run: EvalRun, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Each student's agreement with the teacher: greedy agreement from the generations already made and, with
+    ``--fidelity-chat``, teacher-forced top-1 agreement and KL on held-out chat."""
+    cfg, labels = run.cfg, run.labels
     fidelity: list[dict] = []
     teacher = labels[0]
     for label in labels[1:]:
-        for t in tasks:
-            if (teacher, t.name) in greedy and (label, t.name) in greedy:
+        for t in run.tasks:
+            if (teacher, t.name) in run.greedy and (label, t.name) in run.greedy:
                 fidelity.append({"student": label, "task": t.name,
-                                 **greedy_agreement(greedy[(teacher, t.name)], greedy[(label, t.name)]),
-                                 **answer_agreement(answers[(teacher, t.name)], answers[(label, t.name)])})
+                                 **greedy_agreement(run.greedy[(teacher, t.name)], run.greedy[(label, t.name)]),
+                                 **answer_agreement(run.answers[(teacher, t.name)], run.answers[(label, t.name)])})
     if cfg.fidelity_chat > 0 and len(cfg.models) > 1:
         convs = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed)
         tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=device)
@@ -360,8 +389,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             del smodel
             gc.collect()
         del tmodel
+    return fidelity
 
-    results = {
+
+def results_of(run: EvalRun, fidelity: list[dict], limit: int | None, long_spec: LongContextSpec,
+               device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The results mapping (``results.json``): settings and versions, rows, comparisons, fidelity."""
+    cfg, labels, tasks = run.cfg, run.labels, run.tasks
+    teacher = labels[0]
+    return {
         "meta": {
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "models": labels, "model_specs": cfg.models, "teacher": teacher,
@@ -369,22 +405,44 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "protocols": cfg.protocols, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
             "data_source": cfg.data_source, "dtype": dtype_name(dtype), "device": _device_name(device),
             "torch": torch.__version__, "python": platform.python_version(),
-            "rope_scaling": rope_applied or None,
+            "rope_scaling": run.rope_applied or None,
             **({"long_context": {"lengths": list(long_spec.lengths), "depths": list(long_spec.depths),
                                  "haystack": long_spec.haystack}} if any(t.generated for t in tasks) else {}),
-            "wall_seconds": round(time.time() - t_start, 1),
+            "wall_seconds": round(time.time() - run.t_start, 1),
             "command": cfg.command or " ".join(shlex.quote(a) for a in sys.argv),
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("command",)},
         },
-        "rows": rows,
-        "comparisons": R.comparisons(rows, teacher) if len(labels) > 1 else [],
+        "rows": run.rows,
+        "comparisons": R.comparisons(run.rows, teacher) if len(labels) > 1 else [],
         "fidelity": fidelity,
-        "skipped": skipped,
-        "example_files": example_files,
+        "skipped": run.skipped,
+        "example_files": run.example_files,
     }
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate every model on every task (see the module docstring for the order of work) and write the report;
+    returns the results mapping with the report's ``paths``."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    tasks = prepare_tasks(cfg)
+    rope = parse_rope_scaling(cfg.rope_scaling)
+    long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),
+                                depths=tuple(cfg.depths or DEFAULT_DEPTHS), haystack=cfg.haystack)
+    labels = model_labels(cfg.models)
+    limit = cfg.limit
+    if cfg.smoke:
+        limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
+    data = read_task_data(tasks, cfg, long_spec, limit)  # every file read and validated before a model is loaded
+
+    run = EvalRun(cfg, labels, tasks, Path(cfg.out))
+    for spec, label in zip(cfg.models, labels):
+        evaluate_model(run, spec, label, data, device, dtype, rope, long_spec, limit)
+    results = results_of(run, fidelity_rows(run, device, dtype), limit, long_spec, device, dtype)
     results["meta"]["complete"] = True
-    results["paths"] = R.write_report(results, out)
-    partial = out / "results.partial.json"
+    results["paths"] = R.write_report(results, run.out)
+    partial = run.out / "results.partial.json"
     if partial.exists():
         partial.unlink()
     return results
@@ -392,8 +450,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 def _write_partial(out: Path, cfg: EvalConfig, labels: list[str], tasks: list[Task], rows: list[dict],
                    skipped: list[dict], example_files: list[str], t_start: float) -> None:
-    from gendistill.io import atomic_write_json  # noqa: PLC0415
-
     atomic_write_json(out / "results.partial.json", {
         "meta": {"models": labels, "teacher": labels[0], "tasks": [t.name for t in tasks], "limit": cfg.limit,
                  "seed": cfg.seed, "complete": False, "wall_seconds": round(time.time() - t_start, 1),
@@ -407,8 +463,6 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     proc = platform.processor() or platform.machine()
     try:
-        import os
-
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = None
