@@ -14,6 +14,7 @@ import torch
 from tests.fixtures_teachers import FAMILIES, make_tiny_folder, tiny_model, write_foreign_gguf, write_tiny_gguf
 from gendistill import teachers
 from gendistill.errors import GendistillError, UnsupportedModelError
+from gendistill.gguf_header import read_gguf_header
 from gendistill.teachers import (
     EMBEDDED_TEACHERS,
     SUPPORTED_FAMILIES,
@@ -359,7 +360,7 @@ def test_header_reader_agrees_with_the_gguf_library(tmp_path):
 
     model, tok = make_tiny_folder(tmp_path / "src", "qwen3")
     path = write_tiny_gguf(tmp_path / "t.gguf", model, tok)
-    header = teachers._read_gguf_header(str(path))
+    header = read_gguf_header(str(path))
     reader = gguf.GGUFReader(str(path))
     assert list(header.tensor_names) == [t.name for t in reader.tensors]
     assert set(header.fields) == {k for k in reader.fields if not k.startswith("GGUF.")}

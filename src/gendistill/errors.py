@@ -23,3 +23,13 @@ class DataError(GendistillError):
 
 class ConfigError(GendistillError):
     """A recipe or task definition has an unknown key or a bad value."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (or its type name), shortened to ``limit`` characters: what
+    a one-line error says about a library's multi-line one."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from gendistill.errors import DataError
 from gendistill.ownership import file_mode, temp_sibling
 
@@ -117,8 +119,6 @@ def portable_command(argv: list[str]) -> str:
 def write_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a failing write raises (disk full, quota, file too large, read-only): ``OSError`` and
     safetensors' ``SafetensorError``, which wraps the same OS error in its own type."""
-    from safetensors import SafetensorError  # noqa: PLC0415
-
     return (OSError, SafetensorError)
 
 

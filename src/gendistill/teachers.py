@@ -23,19 +23,20 @@ import logging
 import os
 import re
 import socket
-import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PretrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
-from gendistill.errors import GendistillError, UnsupportedModelError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from gendistill.devices import resolve_device
+from gendistill.errors import GendistillError, UnsupportedModelError, first_line
+from gendistill.gguf_header import GGUFHeader, read_gguf_header
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -79,15 +80,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-
 
 def _supported_list() -> str:
     return ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FAMILIES.items())
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message (or its type name), shortened to ``limit`` characters."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,120 +187,16 @@ def resolve_teacher(spec: str) -> TeacherSource:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# GGUF header: read the metadata without de-quantising (and without parsing the whole file)
+# GGUF files: the header (gendistill.gguf_header) checked before anything is de-quantised
 # --------------------------------------------------------------------------------------------------------------------
 
-_GGUF_MAGIC = b"GGUF"
-# value type id -> struct format for the fixed-size GGUF value types (gguf.GGUFValueType)
-_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
 
-
-@dataclass(frozen=True)
-class _GGUFHeader:
-    path: str
-    version: int
-    fields: dict[str, Any]  # scalar and string values; arrays as ("array", item_type, length)
-    tensor_names: tuple[str, ...] = field(default=())
-
-    @property
-    def architecture(self) -> str | None:
-        arch = self.fields.get("general.architecture")
-        return arch if isinstance(arch, str) else None
-
-
-class _Truncated(Exception):
-    pass
-
-
-def _read_gguf_header(path: str) -> _GGUFHeader:
-    """Parse a GGUF file's key/value metadata and tensor names (not the tensor data).
-
-    Arrays (the tokenizer's vocabulary and merges) are skipped over, which keeps this at a few milliseconds even for
-    a 150k-token vocabulary. Raises :class:`GendistillError` for a file that is not a (little-endian, v2/v3) GGUF.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-
-        def read(n: int) -> bytes:
-            b = f.read(n)
-            if len(b) != n:
-                raise _Truncated
-            return b
-
-        def unpack(fmt: str) -> Any:
-            return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
-
-        def read_str() -> str:
-            n = unpack("<Q")
-            if n > size:
-                raise _Truncated
-            return read(n).decode("utf-8", errors="replace")
-
-        def skip_value(vtype: int) -> None:
-            if vtype in _GGUF_SCALAR:
-                f.seek(struct.calcsize(_GGUF_SCALAR[vtype]), os.SEEK_CUR)
-            elif vtype == _GGUF_STRING:
-                n = unpack("<Q")
-                if n > size:
-                    raise _Truncated
-                f.seek(n, os.SEEK_CUR)
-            elif vtype == _GGUF_ARRAY:
-                itype, count = unpack("<I"), unpack("<Q")
-                if itype in _GGUF_SCALAR:
-                    f.seek(struct.calcsize(_GGUF_SCALAR[itype]) * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip_value(itype)
-            else:
-                raise ValueError(f"unknown GGUF value type {vtype}")
-
-        try:
-            magic = read(4)
-            if magic != _GGUF_MAGIC:
-                raise GendistillError(f"teacher file {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-            version = unpack("<I")
-            if version not in (2, 3):
-                raise GendistillError(
-                    f"teacher file {path} is GGUF version {version}; only little-endian GGUF v2/v3 can be loaded"
-                )
-            n_tensors, n_kv = unpack("<Q"), unpack("<Q")
-            fields: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = read_str()
-                vtype = unpack("<I")
-                if vtype in _GGUF_SCALAR:
-                    fields[key] = unpack(_GGUF_SCALAR[vtype])
-                elif vtype == _GGUF_STRING:
-                    fields[key] = read_str()
-                elif vtype == _GGUF_ARRAY:
-                    start = f.tell()
-                    itype, count = unpack("<I"), unpack("<Q")
-                    f.seek(start)
-                    skip_value(_GGUF_ARRAY)
-                    fields[key] = ("array", itype, count)
-                else:
-                    raise ValueError(f"unknown GGUF value type {vtype} for key {key}")
-            names = []
-            for _ in range(n_tensors):
-                names.append(read_str())
-                n_dims = unpack("<I")
-                f.seek(8 * n_dims + 4 + 8, os.SEEK_CUR)  # dims (u64 each), ggml type (u32), offset (u64)
-            if f.tell() > size:
-                raise _Truncated
-        except _Truncated:
-            raise GendistillError(f"teacher file {path} is a truncated or corrupt GGUF file") from None
-        except (ValueError, struct.error) as exc:
-            raise GendistillError(f"teacher file {path} is a corrupt GGUF file: {_one_line(exc)}") from None
-    return _GGUFHeader(path=path, version=version, fields=fields, tensor_names=tuple(names))
-
-
-def _check_gguf(source: TeacherSource) -> _GGUFHeader:
+def _check_gguf(source: TeacherSource) -> GGUFHeader:
     """Fail fast (before any de-quantisation) on a GGUF whose architecture we cannot convert."""
     path = source.path
     if not os.path.isfile(path):
         raise GendistillError(f"teacher GGUF file {path} does not exist")
-    header = _read_gguf_header(path)
+    header = read_gguf_header(path)
     arch = header.architecture
     if arch is None:
         raise UnsupportedModelError(
@@ -330,7 +218,7 @@ def _check_gguf(source: TeacherSource) -> _GGUFHeader:
     return header
 
 
-def _patch_gguf_config(config: PretrainedConfig, header: _GGUFHeader) -> PretrainedConfig:
+def _patch_gguf_config(config: PretrainedConfig, header: GGUFHeader) -> PretrainedConfig:
     """Fill in what transformers' GGUF config mapping leaves out for our families."""
     arch = header.architecture
     # transformers maps no head_dim for qwen3 GGUFs, so Qwen3Config's default (128) would be used whatever the file
@@ -347,17 +235,13 @@ def _patch_gguf_config(config: PretrainedConfig, header: _GGUFHeader) -> Pretrai
 
 
 def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _hub_host_resolves(timeout: float = 5.0) -> bool:
     """Whether the hub's host name resolves (bounded by ``timeout``). A machine without network fails here at once,
     instead of in transformers' five retries (~25 s)."""
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
@@ -368,7 +252,7 @@ def _hub_host_resolves(timeout: float = 5.0) -> bool:
         pool.shutdown(wait=False)
 
 
-def _hub_kwargs(source: TeacherSource) -> dict[str, Any]:
+def hub_access_kwargs(source: TeacherSource) -> dict[str, Any]:
     """``local_files_only=True`` when the hub cannot be reached, so a cached copy still loads, quickly."""
     if source.kind != "hub":
         return {}
@@ -383,7 +267,7 @@ def _hub_error(source: TeacherSource, exc: BaseException, what: str) -> Gendisti
     elif not _hub_host_resolves():
         why = "the hub cannot be reached (no network) and it is not in the local Hugging Face cache"
     else:
-        why = _one_line(exc, 200)
+        why = first_line(exc, 200)
     return GendistillError(
         f"cannot load the {what} of hub teacher '{source.location}': {why}; "
         "download it elsewhere and pass the local folder, or pass a .gguf file"
@@ -413,27 +297,25 @@ def check_supported_config(config: Any) -> str:
 
 
 def _load_config(
-    source: TeacherSource, header: _GGUFHeader | None = None, hub_kwargs: dict[str, Any] | None = None
+    source: TeacherSource, header: GGUFHeader | None = None, hub_kwargs: dict[str, Any] | None = None
 ) -> PretrainedConfig:
-    from transformers import AutoConfig
-
     if source.is_gguf:
         header = header or _check_gguf(source)
         try:
             config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
         except Exception as exc:  # noqa: BLE001  (transformers raises ValueError/KeyError/OSError here)
-            raise GendistillError(f"cannot read the config of teacher GGUF file {source.path}: {_one_line(exc)}") from exc
+            raise GendistillError(f"cannot read the config of teacher GGUF file {source.path}: {first_line(exc)}") from exc
         config = _patch_gguf_config(config, header)
     elif source.kind == "folder":
         try:
             config = AutoConfig.from_pretrained(source.location)
         except Exception as exc:  # noqa: BLE001
             raise GendistillError(
-                f"cannot read {os.path.join(source.location, 'config.json')}: {_one_line(exc)}"
+                f"cannot read {os.path.join(source.location, 'config.json')}: {first_line(exc)}"
             ) from exc
     elif source.kind == "hub":
         try:
-            kw = _hub_kwargs(source) if hub_kwargs is None else hub_kwargs
+            kw = hub_access_kwargs(source) if hub_kwargs is None else hub_kwargs
             config = AutoConfig.from_pretrained(source.location, **kw)
         except Exception as exc:  # noqa: BLE001
             raise _hub_error(source, exc, "config") from exc
@@ -454,8 +336,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 
 
 def _load_tokenizer(source: TeacherSource, hub_kwargs: dict[str, Any] | None = None) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
     if source.kind == "folder" and not any(os.path.isfile(os.path.join(source.location, f)) for f in _TOKENIZER_FILES):
         raise GendistillError(
             f"teacher folder {source.location} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
@@ -465,12 +345,12 @@ def _load_tokenizer(source: TeacherSource, hub_kwargs: dict[str, Any] | None = N
         if source.is_gguf:
             tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
         else:
-            kw = _hub_kwargs(source) if hub_kwargs is None else hub_kwargs
+            kw = hub_access_kwargs(source) if hub_kwargs is None else hub_kwargs
             tokenizer = AutoTokenizer.from_pretrained(source.location, **kw)
     except Exception as exc:  # noqa: BLE001  (tokenizer loading raises anything from OSError to TypeError)
         if source.kind == "hub":
             raise _hub_error(source, exc, "tokenizer") from exc
-        raise GendistillError(f"cannot load the tokenizer of teacher {source.path}: {_one_line(exc)}") from exc
+        raise GendistillError(f"cannot load the tokenizer of teacher {source.path}: {first_line(exc)}") from exc
     if tokenizer is None or isinstance(tokenizer, bool):
         raise GendistillError(f"cannot load the tokenizer of teacher {source.path}: no tokenizer files found")
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
@@ -498,8 +378,6 @@ def _drop_gguf_quantizer(model: PreTrainedModel, source: TeacherSource) -> None:
 
 
 def _check_device(device: str | torch.device) -> torch.device:
-    from gendistill.devices import resolve_device  # noqa: PLC0415
-
     return resolve_device(device, "device")
 
 
@@ -523,18 +401,13 @@ def load_teacher(
     dev = _check_device(device)
     source = resolve_teacher(spec)
     header = _check_gguf(source) if source.is_gguf else None
-    hub_kwargs = _hub_kwargs(source)  # one reachability check for config, tokenizer and weights
+    hub_kwargs = hub_access_kwargs(source)  # one reachability check for config, tokenizer and weights
     config = _load_config(source, header, hub_kwargs)
     family = check_supported_config(config)
     tok = _load_tokenizer(source, hub_kwargs) if tokenizer else None
-
-    from transformers import AutoModelForCausalLM
-
     if source.is_gguf:
         n = len(header.tensor_names) if header else 0
         logger.info("de-quantising %d tensors of %s teacher %s", n, SUPPORTED_FAMILIES[family], source.path)
-        from transformers import GgufConfig
-
         # dequantize=True: always plain dense weights (transformers can keep some GGUF archs packed in blocks,
         # which a conversion cannot copy from)
         kwargs: dict[str, Any] = {"gguf_file": source.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
@@ -547,7 +420,7 @@ def load_teacher(
     except Exception as exc:  # noqa: BLE001
         if source.kind == "hub":
             raise _hub_error(source, exc, "weights") from exc
-        raise GendistillError(f"cannot load the weights of teacher {source.path}: {_one_line(exc)}") from exc
+        raise GendistillError(f"cannot load the weights of teacher {source.path}: {first_line(exc)}") from exc
     # transformers only warns about tensors absent from the checkpoint and initialises them at random: for a teacher
     # that would silently distill from noise.
     missing = sorted(info.get("missing_keys") or ()) + sorted(info.get("mismatched_keys") or ())

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu,
 
 from gendistill.layers.norm import GatedRMSNorm  # noqa: E402
 from gendistill.ops.conv import causal_conv1d, causal_conv1d_btd  # noqa: E402
-from gendistill.ops.kda import fla_available  # noqa: E402
+from gendistill.ops.backend import fla_available  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 

@@ -14,7 +14,8 @@ import torch
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)")]
 
-from gendistill.ops.kda import fla_available, kda_gate, l2norm  # noqa: E402
+from gendistill.ops.backend import fla_available  # noqa: E402
+from gendistill.ops.kda import kda_gate, l2norm  # noqa: E402
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk  # noqa: E402
 
 TOL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.gpu,
 
 from gendistill.ops.gated_delta_rule import gdn_gate, torch_chunk_gdn  # noqa: E402
 from gendistill.ops.gla import torch_chunk_gla  # noqa: E402
-from gendistill.ops.kda import fla_available, l2norm  # noqa: E402
+from gendistill.ops.backend import fla_available  # noqa: E402
+from gendistill.ops.kda import l2norm  # noqa: E402
 
 TOL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
 MIXERS = ["gated_deltanet", "gla", "mamba2"]

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.errors import GendistillError
 from gendistill.io import publish_dir, write_error_text, write_errors
+from gendistill.models.card import model_card
 from gendistill.ownership import (check_free_space, check_replaceable, clean_stale_temps, temp_sibling,
                                   tensor_bytes, write_marker)
 from gendistill.models.hybrid import HybridConfig, HybridForCausalLM
@@ -119,8 +120,6 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if card is None and isinstance(student.config, HybridConfig):
-            from gendistill.models.card import model_card  # noqa: PLC0415
-
             card = model_card(student.config)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")

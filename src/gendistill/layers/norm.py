@@ -6,13 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gendistill.ops.backend import use_fla
+
 GATE_ACTIVATIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
-
-
-def _fla_kernels(x: torch.Tensor) -> bool:
-    from gendistill.ops.kda import use_fla  # noqa: PLC0415
-
-    return use_fla(x)
 
 
 class GatedRMSNorm(nn.Module):
@@ -30,8 +26,8 @@ class GatedRMSNorm(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and _fla_kernels(x):
-            from fla.modules.norm.fused_norm_gate import rms_norm_gated  # noqa: PLC0415
+        if x.is_cuda and use_fla(x):
+            from fla.modules.norm.fused_norm_gate import rms_norm_gated  # noqa: PLC0415  (GPU kernel: CUDA only)
 
             # one Triton pass, fp32 inside, the same formula (tests/gpu checks it against the PyTorch form below)
             return rms_norm_gated(x, gate.to(x.dtype), self.weight, None, activation=self.activation, eps=self.eps)

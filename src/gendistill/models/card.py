@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCardData
+
 EVAL_BEGIN, EVAL_END = "<!-- gendistill:evaluation -->", "<!-- /gendistill:evaluation -->"
 
 #: embedded short names -> the hub model they are a quantised copy of (the card's ``base_model``)
@@ -47,8 +49,6 @@ class StageRecord:
 
 
 def _front_matter(teacher: str | None) -> str:
-    from huggingface_hub import ModelCardData  # noqa: PLC0415
-
     base = _EMBEDDED_HUB_IDS.get((teacher or "").lower()) or (teacher if teacher and _HUB_ID.match(teacher) else None)
     data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", base_model=base,
                          tags=["gendistill", "hybrid", "kimi-delta-attention", "linear-attention", "distillation"])

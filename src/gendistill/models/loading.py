@@ -23,8 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import GendistillError
+from gendistill.models.hybrid import HybridConfig  # (importing it registers the hybrid with the Auto classes)
+from gendistill.teachers import TeacherSource, hub_access_kwargs, load_teacher, resolve_teacher
 
 ModelKind = Literal["embedded", "gguf", "folder", "student", "hub"]
 
@@ -57,8 +62,6 @@ def _student_config(folder: Path) -> dict[str, Any] | None:
         data = json.loads(cfg.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GendistillError(f"model folder {folder}: cannot read config.json ({e})") from None
-    from gendistill.models.hybrid import HybridConfig  # noqa: PLC0415
-
     return data if isinstance(data, dict) and data.get("model_type") == HybridConfig.model_type else None
 
 
@@ -73,8 +76,6 @@ def is_student_folder(spec: str | Path) -> bool:
 def resolve_model(spec: str | Path) -> ModelRef:
     """Decide what ``spec`` names without loading anything (touches the file system only); a reference that cannot
     exist (a missing file or folder, a folder without ``config.json``, a malformed name) fails here in one line."""
-    from gendistill.teachers import resolve_teacher  # noqa: PLC0415
-
     text = str(spec).strip() if isinstance(spec, (str, Path)) else spec
     if isinstance(text, str):
         path = Path(text).expanduser()
@@ -109,8 +110,6 @@ def _check_weight_files(location: str) -> None:
 
 def _stored_keys(folder: Path) -> set[str] | None:
     """The tensor names in a student folder's safetensors weights (one file or an index), read from the headers."""
-    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
-
     index = folder / "model.safetensors.index.json"
     try:
         if index.is_file():
@@ -133,9 +132,6 @@ def check_student_weights(folder: str | Path) -> None:
     if stored is None:
         return
     try:
-        import gendistill  # noqa: F401, PLC0415  (registers the hybrid with the Auto classes)
-        from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
-
         config = AutoConfig.from_pretrained(folder)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -182,11 +178,6 @@ def _check_loading_info(location: str, info: dict[str, Any]) -> None:
 
 def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_kwargs: dict[str, Any] | None = None,
                   with_tokenizer: bool = True):
-    from safetensors import SafetensorError  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
-
-    import gendistill  # noqa: F401, PLC0415  (registers the hybrid with the Auto classes)
-
     _check_weight_files(location)
     kw = hub_kwargs or {}
     try:
@@ -209,12 +200,8 @@ def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_k
 def _hub_is_student(ref: ModelRef) -> tuple[bool, dict[str, Any]]:
     """Whether a hub id names a pushed hybrid student (its config says ``hybrid_kda``), and the hub keyword arguments
     (``local_files_only`` without network). Network or cache errors are left to the teacher loader's messages."""
-    from gendistill.teachers import TeacherSource, _hub_kwargs  # noqa: PLC0415
-
-    kw = _hub_kwargs(TeacherSource("hub", ref.location))
+    kw = hub_access_kwargs(TeacherSource("hub", ref.location))
     try:
-        from transformers import PretrainedConfig  # noqa: PLC0415
-
         config_dict, _ = PretrainedConfig.get_config_dict(ref.location, **kw)
     except Exception:  # noqa: BLE001  (offline, missing, private: load_teacher says which, in one line)
         return False, kw
@@ -227,8 +214,6 @@ def load_model(spec: str | Path | ModelRef, *, dtype: str | torch.dtype = "auto"
     parameters in ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU; KDA's A_log / dt_bias stay float32) on
     ``device`` (``auto``: cuda if available). The tokenizer always has a padding token (its EOS if it had none);
     ``tokenizer=False`` returns ``None`` instead (a folder without tokenizer files loads then too)."""
-    from gendistill.devices import resolve_device, resolve_dtype  # noqa: PLC0415
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
@@ -238,8 +223,6 @@ def load_model(spec: str | Path | ModelRef, *, dtype: str | torch.dtype = "auto"
         is_student, kw = _hub_is_student(ref)
         if is_student:
             return _load_student(ref.location, dt, dev, kw, with_tokenizer=tokenizer)
-    from gendistill.teachers import load_teacher  # noqa: PLC0415
-
     model, tok = load_teacher(ref.spec if ref.kind == "embedded" else ref.location, dtype=dt, device=dev,
                               tokenizer=tokenizer)
     if tok is not None and getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gendistill.ops.backend import use_fla
+
 
 def causal_conv1d(
     x: torch.Tensor,
@@ -77,8 +79,6 @@ def causal_conv1d_btd(
         ``(y [B, T, D], final_state or None)``. On CUDA with fla this is fla's Triton kernel (same function:
         ``tests/gpu`` checks it against the PyTorch form); elsewhere the PyTorch form through two transposes.
     """
-    from gendistill.ops.kda import use_fla  # noqa: PLC0415  (ops.kda imports this module's sibling)
-
     W = weight.shape[-1]
     if cu_seqlens is not None and (initial_state is not None or output_final_state):
         raise ValueError("causal_conv1d_btd: conv states cannot be combined with packed documents (cu_seqlens)")
@@ -88,7 +88,7 @@ def causal_conv1d_btd(
                              f"{(x.shape[0], x.shape[-1], W)} ([B, D, W])")
         initial_state = initial_state.to(x.dtype).contiguous()
     if use_fla(x):
-        from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d  # noqa: PLC0415
+        from fla.modules.causal_conv1d import causal_conv1d as fla_causal_conv1d  # noqa: PLC0415  (CUDA only)
 
         w = weight.to(x.dtype)
         b = None if bias is None else bias.to(x.dtype)

@@ -7,7 +7,7 @@ first, then any key of the same structure, else Triton's autotuning as before). 
 
 * :func:`activate` points fla at the configurations shipped for this GPU (``ops/fla_configs/<GPU name>/``) unless the
   user set ``FLA_CONFIG_DIR`` or ``FLA_CACHE_MODE`` already, or ``GENDISTILL_FLA_CONFIGS=0``. It must run before fla is
-  imported (fla reads the variables at import); :func:`gendistill.ops.kda.fla_available` calls it.
+  imported (fla reads the variables at import); :func:`gendistill.ops.backend.fla_available` calls it.
 * :func:`dump_autotuned` writes the configurations fla's autotuners chose in this process, in fla's file format
   (``python benchmarks/train_throughput.py --dump-fla-configs DIR`` on a new kind of GPU, then copy DIR here);
   :func:`parse_autotune_log` recovers the same from the log of any run made with ``TRITON_PRINT_AUTOTUNING=1``
@@ -25,6 +25,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import torch
 
 SHIPPED = Path(__file__).with_name("fla_config_files")
 
@@ -48,8 +50,6 @@ def activate() -> Path | None:
         return None
     if "fla.ops.utils.cache" in sys.modules:  # too late: fla read its settings at import
         return None
-    import torch  # noqa: PLC0415
-
     if not torch.cuda.is_available():
         return None
     d = shipped_dir(torch.cuda.get_device_name(0))
@@ -73,7 +73,7 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 def _autotuners() -> list[Any]:
     """Every Triton autotuner in fla's loaded modules, also those wrapped by ``triton.heuristics`` (most KDA kernels
     are ``Heuristics(fn=Autotuner(...))``: the autotuner is found by following ``.fn``)."""
-    from triton.runtime.autotuner import Autotuner  # noqa: PLC0415
+    from triton.runtime.autotuner import Autotuner  # noqa: PLC0415  (GPU only)
 
     seen: dict[int, Any] = {}
     for name, mod in list(sys.modules.items()):
@@ -129,7 +129,7 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
 def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
     """Write ``<kernel>.json`` for every fla kernel autotuned in this process into ``out_dir``, merging with files
     already there. Returns ``{kernel: number of keys}``."""
-    import triton  # noqa: PLC0415
+    import triton  # noqa: PLC0415  (GPU only)
 
     entries = [(_kernel_name(t), tuple(key), _config_dict(cfg)) for t in _autotuners() for key, cfg in t.cache.items()]
     return write_config_files(entries, out_dir, triton.__version__)

@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PreTrainedConfig
 
+from gendistill.layers.registry import LINEAR_MIXERS
 from gendistill.models.hybrid.families import get_family
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
@@ -50,8 +51,6 @@ def check_kda_options(options: dict[str, Any]) -> None:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise ValueError(f"gla_gate_logit_normalizer must be a positive number, got {value!r}")
         if key == "linear_attention_type":
-            from gendistill.layers.registry import LINEAR_MIXERS  # noqa: PLC0415  (the registry imports the layers)
-
             if value not in LINEAR_MIXERS:
                 raise ValueError(f"linear_attention_type must be one of {', '.join(sorted(LINEAR_MIXERS))}, "
                                  f"got {value!r}")

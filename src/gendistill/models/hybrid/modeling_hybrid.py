@@ -14,6 +14,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from gendistill.layers.base import TeacherShapedMixer
 from gendistill.layers.registry import get_linear_mixer
@@ -82,7 +83,8 @@ class HybridDecoderLayer(GradientCheckpointingLayer):
             else:
                 out = self.linear_attn(hidden_states, attention_mask=attention_mask, cache=cache)
         else:
-            out, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+            out, _ = self.self_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
+                                    attention_mask=attention_mask, cache=cache, **kwargs)
         hidden_states = residual + out
         residual = hidden_states
         hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -128,6 +130,7 @@ class HybridModel(HybridPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' own rename, as its models
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -136,13 +139,12 @@ class HybridModel(HybridPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        past_key_values: Cache | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Args as in transformers' decoder models. ``position_ids`` that restart inside a row mark packed documents:
+        """Args as in transformers' decoder models (``past_key_values``, the older name of ``cache``, still works, with
+        transformers' deprecation warning). ``position_ids`` that restart inside a row mark packed documents:
         attention does not cross them (transformers' packed-sequence masks) and KDA state and convs restart."""
-        cache = cache if cache is not None else past_key_values
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -209,6 +211,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers' own rename, as its models
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -219,12 +222,11 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        past_key_values: Cache | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
+                             cache=cache, inputs_embeds=inputs_embeds,
                              use_cache=use_cache, output_hidden_states=output_hidden_states, **kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

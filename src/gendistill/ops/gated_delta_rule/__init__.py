@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from gendistill.ops.kda import use_fla
+from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda
 from gendistill.ops.kda.gate import kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda
@@ -52,7 +52,7 @@ def gdn_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     """Prefill / training: fla ``chunk_gated_delta_rule`` on CUDA, :func:`torch_chunk_gdn` elsewhere.
     ``use_qk_l2norm_in_kernel``: q, k are raw and get L2-normalised here (inside fla's kernel on CUDA)."""
     if use_fla(q):
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return chunk_gated_delta_rule(q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
                                       output_final_state=output_final_state, cu_seqlens=cu_seqlens,
@@ -66,7 +66,7 @@ def gdn_recurrent(q, k, v, g, beta, scale=None, initial_state=None, output_final
                   use_qk_l2norm_in_kernel: bool = False):
     """Decode (a few tokens): fla ``fused_recurrent_gated_delta_rule`` on CUDA, :func:`torch_recurrent_gdn` elsewhere."""
     if use_fla(q):
-        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return fused_recurrent_gated_delta_rule(q, k, v, g.float(), beta=beta.to(q.dtype), scale=scale,
                                                 initial_state=initial_state, output_final_state=output_final_state,

@@ -15,7 +15,7 @@ import torch
 
 from gendistill.ops.gla.chunk import chunk_gla as torch_chunk_gla
 from gendistill.ops.gla.recurrent import recurrent_gla as torch_recurrent_gla
-from gendistill.ops.kda import use_fla
+from gendistill.ops.backend import use_fla
 
 __all__ = ["gla_chunk", "gla_recurrent", "torch_chunk_gla", "torch_recurrent_gla"]
 
@@ -25,10 +25,10 @@ def gla_chunk(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     if use_fla(q):
         kw = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         if g.dim() == 3:
-            from fla.ops.simple_gla import chunk_simple_gla
+            from fla.ops.simple_gla import chunk_simple_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
             return chunk_simple_gla(q, k, v, g=g.float(), **kw)
-        from fla.ops.gla import chunk_gla
+        from fla.ops.gla import chunk_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return chunk_gla(q, k, v, g.float(), **kw)
     return torch_chunk_gla(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
@@ -40,10 +40,10 @@ def gla_recurrent(q, k, v, g, scale=None, initial_state=None, output_final_state
     if use_fla(q):
         kw = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         if g.dim() == 3:
-            from fla.ops.simple_gla import fused_recurrent_simple_gla
+            from fla.ops.simple_gla import fused_recurrent_simple_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
             return fused_recurrent_simple_gla(q, k, v, g=g.float(), **kw)
-        from fla.ops.gla import fused_recurrent_gla
+        from fla.ops.gla import fused_recurrent_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return fused_recurrent_gla(q, k, v, gk=g.float(), **kw)
     return torch_recurrent_gla(q, k, v, g, scale=scale, initial_state=initial_state,

@@ -5,52 +5,20 @@ state ``[N, H, K, V]`` float32."""
 
 from __future__ import annotations
 
-import functools
-import os
-import warnings
-
 import torch
 
+from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk_kda
 from gendistill.ops.kda.gate import kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda as torch_recurrent_kda
 
-__all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "l2norm", "fla_available", "use_fla"]
-
-
-@functools.cache
-def fla_available() -> bool:
-    """True when fla's KDA kernels can run here (fla importable and CUDA present)."""
-    if not torch.cuda.is_available():
-        return False
-    from gendistill.ops.fla_configs import activate  # noqa: PLC0415
-
-    activate()  # shipped kernel configurations for this GPU: no minutes of autotuning on a fresh machine
-    try:
-        from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: F401
-    except Exception as e:  # pragma: no cover - depends on the installation
-        if os.environ.get("GENDISTILL_KDA_BACKEND") != "torch":
-            warnings.warn(f"CUDA is available but fla's KDA kernels cannot be imported ({type(e).__name__}: {e}); "
-                          "falling back to the pure-PyTorch KDA, which is much slower and uses far more memory. "
-                          "Install flash-linear-attention>=0.6 (or set GENDISTILL_KDA_BACKEND=torch to silence this).",
-                          stacklevel=2)
-        return False
-    return True
-
-
-def use_fla(x: torch.Tensor) -> bool:
-    backend = os.environ.get("GENDISTILL_KDA_BACKEND", "auto")
-    if backend == "torch":
-        return False
-    if backend == "fla" and not (x.is_cuda and fla_available()):
-        raise RuntimeError("GENDISTILL_KDA_BACKEND=fla needs CUDA tensors and flash-linear-attention installed")
-    return x.is_cuda and fla_available()
+__all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "l2norm"]
 
 
 def kda_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """Prefill / training path: fla ``chunk_kda`` on CUDA, :func:`torch_chunk_kda` elsewhere."""
     if use_fla(q):
-        from fla.ops.kda import chunk_kda
+        from fla.ops.kda import chunk_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return chunk_kda(q, k, v, g.float(), beta, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
@@ -61,7 +29,7 @@ def kda_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
 def kda_recurrent(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """Decode path (a few tokens): fla ``fused_recurrent_kda`` on CUDA, :func:`torch_recurrent_kda` elsewhere."""
     if use_fla(q):
-        from fla.ops.kda import fused_recurrent_kda
+        from fla.ops.kda import fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         return fused_recurrent_kda(q, k, v, g.float(), beta, scale=scale, initial_state=initial_state,
                                    output_final_state=output_final_state, cu_seqlens=cu_seqlens)
@@ -98,7 +66,7 @@ def kda_from_projections(
     :func:`kda_chunk` / :func:`kda_recurrent`.
     """
     if pad_mask is None and use_fla(q):
-        from fla.ops.kda import chunk_kda, fused_recurrent_kda
+        from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
         kernel = fused_recurrent_kda if recurrent else chunk_kda
         return kernel(q, k, v, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state,
