@@ -23,15 +23,15 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gendistill's ops for the prep[torch] row
+
+from gendistill.bench.timing import measure  # noqa: E402  (the project's timer: CUDA events on GPU)
 
 
 def empty_cache() -> None:
@@ -50,32 +50,6 @@ def parse_lengths(text: str) -> list[int]:
         if p:
             out.append(int(p.rstrip("k")) * (1024 if p.endswith("k") else 1))
     return out
-
-
-def time_ms(fn, warmup: int, repeats: int, budget_s: float, device: torch.device) -> dict:
-    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (autotuning and first-call compilation stay
-    out of the numbers); CUDA events on GPU, perf_counter on CPU (plumbing check only)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    t_end = time.perf_counter() + budget_s
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() > t_end:
-            break
-    return {"median_ms": statistics.median(times), "all_ms": times}
 
 
 def cpu_standins():
@@ -257,9 +231,10 @@ def main(argv=None) -> int:
             ops["sdpa_causal"] = lambda: F.scaled_dot_product_attention(qa, ka, va, is_causal=True, enable_gqa=True)
             for name, fn in ops.items():
                 try:
-                    t = time_ms(fn, args.warmup, args.repeats, args.budget_s, device)
-                    row[name] = t["median_ms"]
-                    row[name + "_all"] = t["all_ms"]
+                    # warm-up runs first (autotuning, first-call compilation), timed repeats cut to fit the budget
+                    t = measure(fn, device, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
+                    row[name] = t.median_ms
+                    row[name + "_all"] = t.all_ms
                 except Exception as exc:  # noqa: BLE001 - OOM or kernel failure: record and go on
                     row[name] = None
                     row[name + "_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -283,16 +258,17 @@ def main(argv=None) -> int:
                 x = make_inputs(Bd, 1, H, K, dtype, device)
                 q1, k1, g1, b1 = activate(x)
                 h = torch.zeros(Bd, H, K, K, device=device, dtype=torch.float32)
-                t = time_ms(lambda: fused_recurrent_kda(q1, k1, x["v"], g1, b1, initial_state=h,
-                                                        output_final_state=True), args.warmup, 20, 1.0, device)
-                drow["recurrent_step"] = t["median_ms"]
+                t = measure(lambda: fused_recurrent_kda(q1, k1, x["v"], g1, b1, initial_state=h,
+                                                        output_final_state=True), device, warmup=args.warmup,
+                            repeats=20, budget_s=1.0)
+                drow["recurrent_step"] = t.median_ms
                 qd = torch.randn(Bd, Hkv, H // Hkv, K, device=device, dtype=dtype)  # packed GQA query
                 kd = torch.randn(Bd, Hkv, T, K, device=device, dtype=dtype)
                 vd = torch.randn(Bd, Hkv, T, K, device=device, dtype=dtype)
                 mask = torch.ones(Bd, 1, 1, T, device=device, dtype=torch.bool)
-                t = time_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), args.warmup, 20, 1.0,
-                            device)
-                drow["sdpa_decode"] = t["median_ms"]
+                t = measure(lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), device,
+                            warmup=args.warmup, repeats=20, budget_s=1.0)
+                drow["sdpa_decode"] = t.median_ms
                 del x, q1, k1, g1, b1, h, qd, kd, vd, mask
             except torch.OutOfMemoryError as exc:
                 drow["error"] = f"oom: {str(exc)[:200]}"

@@ -18,34 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gendistill.bench.timing import measure as timed  # noqa: E402  (the project's timer: CUDA events on GPU)
+
 
 def time_ms(fn, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median of ``repeats`` calls after ``warmup`` untimed ones (autotuning stays out); CUDA events on GPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median of ``repeats`` calls after ``warmup`` ones (autotuning stays out): :func:`gendistill.bench.timing.measure`
+    (CUDA events on GPU)."""
+    return timed(fn, device, warmup=warmup, repeats=repeats).median_ms
 
 
 def build(mixer: str, args, device, dtype):

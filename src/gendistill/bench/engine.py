@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, StaticLayer
 
 from gendistill.bench.cache import FULL, layer_types
 
@@ -38,8 +40,6 @@ def forward(model: Any, input_ids: torch.Tensor, cache: Any, position_ids=None, 
 
 
 def new_dynamic_cache(model: Any):
-    from transformers import DynamicCache
-
     return DynamicCache(config=model.config)
 
 
@@ -142,8 +142,6 @@ def to_static_cache(
     ``batch``: replicate row 0 to this many rows. ``context``: pretend this many tokens are cached (the throughput sweep
     builds a batch-B cache of length L from a short template prefill; attention cost does not depend on the values).
     ``copy_kv=False`` leaves the KV zeros (template use)."""
-    from transformers.cache_utils import Cache, StaticLayer
-
     types = layer_types(config)
     layers = []
     for i, src in enumerate(cache.layers):

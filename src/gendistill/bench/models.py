@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from gendistill.bench.cache import layer_types
+from gendistill.convert.convert import convert_teacher
 from gendistill.errors import ConfigError
+from gendistill.models.loading import load_model, model_label
 
 
-def qwen3_config(name: str, attn_implementation: str = "sdpa"):
-    from transformers import Qwen3Config
-
+def qwen3_config(name: str, attn_implementation: str = "sdpa") -> Qwen3Config:
     if name == "qwen3-0.6b":
         cfg = Qwen3Config(
             hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
@@ -39,7 +39,7 @@ class ModelPair:
     teacher: Any
     student: Any
     name: str
-    student_is_standin: bool  # True while the hybrid student cannot be built (then student = a copy of the teacher)
+    student_is_standin: bool  # recorded in the results; always False since the hybrid student exists
     note: str = ""
 
 
@@ -50,21 +50,17 @@ def _set_attn(model: Any, impl: str) -> None:
         model.config._attn_implementation = impl
 
 
-def _convert(teacher: Any, attention_layers: tuple[int, ...]) -> tuple[Any, bool, str]:
-    try:
-        from gendistill.convert import convert_teacher  # lands with the Hybrid-KDA model issue
-    except ImportError as exc:
-        warnings.warn(f"gendistill.convert.convert_teacher unavailable ({exc}); student = copy of teacher (stand-in)")
-        return copy.deepcopy(teacher), True, f"stand-in student: {exc}"
-    return convert_teacher(teacher, attention_layers=list(attention_layers)), False, ""
+def _convert(teacher: Any, attention_layers: tuple[int, ...] | str) -> tuple[Any, bool, str]:
+    """The teacher converted at ``attention_layers`` (indices, or a spec such as ``every:4`` where the settings could
+    not resolve it without the teacher); no stand-in, no note."""
+    spec = attention_layers if isinstance(attention_layers, str) else list(attention_layers)
+    return convert_teacher(teacher, attention_layers=spec), False, ""
 
 
 def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPair:
     torch.manual_seed(settings.seed)
     impl = settings.attn_implementation
     if settings.teacher or settings.student:
-        from gendistill.models.loading import load_model
-
         if not settings.teacher:
             raise ConfigError("--student needs --teacher (the benchmark compares the two)")
         teacher, _ = load_model(settings.teacher, dtype=dtype, device=device, tokenizer=False)
@@ -74,12 +70,8 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
         else:
             with torch.device(device):
                 student, standin, note = _convert(teacher, settings.attention_layers)
-        from gendistill.models.loading import model_label
-
         name = settings.model_name or model_label(settings.teacher)
     else:
-        from transformers import Qwen3ForCausalLM
-
         cfg = qwen3_config(settings.config, impl)
         # Random init directly on the device: initialising 0.6B parameters on CPU takes longer than the benchmark.
         with torch.device(device):
@@ -119,8 +111,6 @@ def count_params(model: Any) -> int:
 
 
 def layer_type_counts(model: Any) -> dict[str, int]:
-    from gendistill.bench.cache import layer_types
-
     out: dict[str, int] = {}
     for t in layer_types(model.config):
         out[t] = out.get(t, 0) + 1

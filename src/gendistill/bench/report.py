@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 GiB = 1024**3
 MiB = 1024**2
 
@@ -35,9 +38,6 @@ def _err_cell(e: dict, what: str, text: str) -> str:
 
 
 def print_table(results: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console(width=200)
     tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
                 + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
@@ -95,11 +95,11 @@ def print_table(results: dict, console=None) -> None:
 
 
 def make_plots(results: dict, out_dir: str | Path) -> list[str]:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (heavy: plots only)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (heavy: plots only)
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415  (heavy: plots only)
 
     kfmt = FuncFormatter(lambda x, _: _ctx(int(x)) if x >= 1 else "")
 
@@ -189,9 +189,6 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
 
 def print_comparison(results: dict, baseline: dict, console=None) -> None:
     """This run against a previous bench JSON (e.g. the committed docs/results/bench_<model>_<card>.json)."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console(width=200)
     same_card = results.get("card") == baseline.get("card")
     tbl = Table(title=f"vs baseline {baseline.get('started', '?')} on {baseline.get('card')}"

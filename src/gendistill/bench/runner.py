@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import platform
 import time
 import traceback
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import transformers
 
 from gendistill.bench import cache as cachemod
 from gendistill.bench import engine
 from gendistill.bench.models import build_models, count_params, layer_type_counts
+from gendistill.bench.profile import profile_model
+from gendistill.bench.ratios import ratios, summary
+from gendistill.bench.report import make_plots, print_comparison, print_table
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
 from gendistill.bench.timing import measure, sync
@@ -54,11 +58,7 @@ def slug(text: str) -> str:
 
 
 def versions() -> dict:
-    import transformers
-
     out = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-    from importlib.metadata import PackageNotFoundError, version
-
     for key, dist in (("fla", "flash-linear-attention"), ("fla_core", "fla-core"), ("triton", "triton")):
         try:  # metadata only: importing fla costs ~10 s on a busy CPU
             out[key] = version(dist)
@@ -372,8 +372,6 @@ class Runner:
         free_memory()
 
     def profile(self, role: str, L: int) -> dict:
-        from gendistill.bench.profile import profile_model
-
         self.out_dir.mkdir(parents=True, exist_ok=True)
         res = profile_model(self.models[role], role, L, self.device, self.out_dir / "profiles.txt",
                             self.s.profile_decode_steps)
@@ -454,77 +452,6 @@ class Runner:
         free_memory()
 
 
-# ----------------------------------------------------------------------------------------------- derived numbers
-def _div(a, b):
-    if a is None or b is None or not b:
-        return None
-    return a / b
-
-
-def ratios(entry: dict) -> dict:
-    t, s = entry["teacher"], entry["student"]
-    th = lambda d: (d.get("cache_bytes_theoretical") or {}).get("total")  # noqa: E731
-    me = lambda d: (d.get("cache_bytes_measured") or {}).get("total")  # noqa: E731
-    return {
-        "cache_theoretical_student_over_teacher": _div(th(s), th(t)),
-        "cache_measured_student_over_teacher": _div(me(s), me(t)),
-        "ttft_speedup": _div(t.get("ttft_ms"), s.get("ttft_ms")),  # teacher / student time: > 1 = student faster
-        "ttft_graph_speedup": _div(t.get("ttft_graph_ms"), s.get("ttft_graph_ms")),  # both prefills CUDA-graphed
-        # like with like: graph vs graph when both have it, else eager vs eager
-        "decode_speedup": (_div(s.get("decode_tok_s_graph"), t.get("decode_tok_s_graph"))
-                           if s.get("decode_tok_s_graph") and t.get("decode_tok_s_graph")
-                           else _div(s.get("decode_tok_s_eager"), t.get("decode_tok_s_eager"))),
-        "decode_speedup_eager": _div(s.get("decode_tok_s_eager"), t.get("decode_tok_s_eager")),
-        "decode_speedup_graph": _div(s.get("decode_tok_s_graph"), t.get("decode_tok_s_graph")),
-        "throughput_ratio": _div(s.get("throughput_tok_s"), t.get("throughput_tok_s")),
-        "throughput_batch_ratio": _div(s.get("throughput_batch"), t.get("throughput_batch")),
-    }
-
-
-# Targets (ratios student vs teacher, one run, one card): issue 5, with the TTFT grid of issue 10 (eager prefill, and
-# both prefills CUDA-graphed, which takes launch and Python overhead out of both).
-TARGETS = [
-    ("cache_theoretical_student_over_teacher", 131072, "<=", 0.255),
-    *[(key, ctx, ">=", thr) for key in ("ttft_speedup", "ttft_graph_speedup")
-      for ctx, thr in ((1024, 1.0), (4096, 1.0), (32768, 1.5), (131072, 3.0))],
-    ("decode_speedup", 8192, ">=", 1.0),  # "from 8K on": every measured context >= 8K
-    ("decode_speedup", 131072, ">=", 2.5),
-    ("throughput_ratio", 32768, ">=", 2.5),
-]
-
-
-def summary(results: dict) -> dict:
-    by = {c["context"]: c.get("ratios", {}) for c in results["contexts"]}
-    out = []
-    for key, ctx, op, thr in TARGETS:
-        if key == "decode_speedup" and ctx == 8192:
-            vals = [(L, r.get(key)) for L, r in by.items() if L >= 8192 and r.get(key) is not None]
-            val = min((v for _, v in vals), default=None)
-            where = "min over contexts >= 8K"
-        else:
-            val = by.get(ctx, {}).get(key)
-            where = f"at {ctx}"
-        if val is None and key == "cache_theoretical_student_over_teacher":  # pure arithmetic: from the curve
-            curve = results.get("theoretical_cache_curve") or {}
-            if ctx in curve.get("lengths", []):
-                i = curve["lengths"].index(ctx)
-                val = _div(curve["student"][i], curve["teacher"][i])
-                where += " (config arithmetic)"
-        ok = None if val is None else (val <= thr if op == "<=" else val >= thr)
-        out.append({"metric": key, "where": where, "target": f"{op} {thr}", "value": val, "met": ok})
-    return {"targets": out}
-
-
-def _json_default(o):
-    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
-        return None
-    if isinstance(o, (torch.dtype, torch.device, Path)):
-        return str(o)
-    if isinstance(o, set):
-        return sorted(o)
-    return str(o)
-
-
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
                   table: bool = True) -> dict:
     runner = Runner(settings, log_sink)
@@ -537,16 +464,12 @@ def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | Non
     finally:
         torch.set_num_threads(threads)
     if plots:
-        from gendistill.bench.report import make_plots
-
         try:
             results["plots"] = make_plots(results, runner.out_dir)
             runner.save()
         except Exception as exc:  # noqa: BLE001 - plots are a convenience; the JSON is the record
             runner.log(f"plots failed: {_err(exc)}")
     if table:
-        from gendistill.bench.report import print_comparison, print_table
-
         if settings.compare:
             try:
                 print_comparison(results, json.loads(Path(settings.compare).read_text()))

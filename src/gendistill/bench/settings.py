@@ -6,7 +6,14 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 
+from gendistill.bench.models import qwen3_config
+from gendistill.convert.layer_spec import parse_attention_layers
+from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import ConfigError, GendistillError
+from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
+from gendistill.models.loading import resolve_model
+from gendistill.ownership import check_writable
+from gendistill.teachers import load_teacher_config
 
 # The paper's / issue's grid.
 DEFAULT_CONTEXTS = (1024, 4096, 8192, 16384, 32768, 65536, 131072)  # 8K: the decode target starts there
@@ -26,7 +33,9 @@ class BenchSettings:
     config: str | None = "qwen3-0.6b"  # named shape with random weights ("qwen3-0.6b" | "tiny"), or None with paths
     teacher: str | None = None  # folder of an HF causal LM
     student: str | None = None  # folder of a saved HybridForCausalLM
-    attention_layers: tuple[int, ...] = PAPER_ATTENTION_LAYERS
+    # the converted student's attention layers: indices, or any form `gendistill convert --attention-layers` takes
+    # ("every:4", "ratio:0.25", ...), resolved to indices by check_settings once the teacher's layer count is known
+    attention_layers: tuple[int, ...] | str = PAPER_ATTENTION_LAYERS
     contexts: tuple[int, ...] = DEFAULT_CONTEXTS
     throughput_contexts: tuple[int, ...] = DEFAULT_THROUGHPUT_CONTEXTS
     device: str = "auto"  # auto | cuda | cpu
@@ -70,7 +79,8 @@ class BenchSettings:
         d = asdict(self)
         d["contexts"] = list(self.contexts)
         d["throughput_contexts"] = list(self.throughput_contexts)
-        d["attention_layers"] = list(self.attention_layers)
+        d["attention_layers"] = (self.attention_layers if isinstance(self.attention_layers, str)
+                                 else list(self.attention_layers))
         d["skip"] = list(self.skip)
         d["roles"] = list(self.roles)
         d["profile_contexts"] = list(self.profile_contexts)
@@ -117,8 +127,6 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 def check_numbers(s: BenchSettings) -> None:
     """Every size and count within its range (:mod:`gendistill.limits`): a context of -5 or 1e9, a batch bound of
     0, a negative repeat count is one line, not a traceback or an allocation that never ends."""
-    from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
-
     for flag, values in (("--contexts", s.contexts), ("--throughput-contexts", s.throughput_contexts),
                          ("--profile-contexts", s.profile_contexts)):
         for v in values:
@@ -132,22 +140,14 @@ def check_numbers(s: BenchSettings) -> None:
     check_range(s.throughput_tokens, 1, MAX_NEW_TOKENS, "--throughput-tokens")
     if not s.time_limit_s >= 0 or s.time_limit_s == float("inf"):
         raise ConfigError(f"--time-limit: {s.time_limit_s} is not a number of seconds >= 0 (0: no limit)")
-    for i in s.attention_layers:
-        if i < 0:
-            raise ConfigError(f"--attention-layers: {i} is not a layer index")
 
 
 def check_settings(s: BenchSettings) -> None:
     """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
     reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
-    but absent, an unknown dtype, an unwritable --out."""
-    from gendistill.bench.models import qwen3_config
-    from gendistill.convert.layer_spec import parse_attention_layers
-    from gendistill.devices import resolve_device, resolve_dtype
-    from gendistill.models.loading import resolve_model
-    from gendistill.ownership import check_writable
-    from gendistill.teachers import load_teacher_config
-
+    but absent, an unknown dtype, an unwritable --out. The student's ``attention_layers`` are resolved to indices
+    here (the grammar of :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's layer count
+    is known without loading it (a hub teacher's are resolved by the conversion)."""
     check_numbers(s)
     device = resolve_device(s.device)
     resolve_dtype(s.dtype, device)
@@ -167,9 +167,10 @@ def check_settings(s: BenchSettings) -> None:
             raise ConfigError(f"{flag}: {e}") from None
     if not s.teacher:
         layers = qwen3_config(s.config or "?").num_hidden_layers
-    if not s.student and s.attention_layers and layers is not None:
+    if not s.student and layers is not None:
+        spec = s.attention_layers if isinstance(s.attention_layers, str) else list(s.attention_layers)
         try:
-            parse_attention_layers(list(s.attention_layers), layers)
+            s.attention_layers = tuple(parse_attention_layers(spec, layers))
         except GendistillError as e:
             raise ConfigError(f"--attention-layers: {e}") from None
     check_writable(s.out, "--out")
@@ -185,7 +186,7 @@ def settings_from_options(**o) -> BenchSettings:
         for k, v in dict(
             teacher=o.get("teacher"),
             student=o.get("student"),
-            attention_layers=_ints(o.get("attention_layers"), "--attention-layers"),
+            attention_layers=o.get("attention_layers"),  # any --attention-layers form, resolved by check_settings
             contexts=_ints(o.get("contexts"), "--contexts"),
             throughput_contexts=_ints(o.get("throughput_contexts"), "--throughput-contexts"),
             max_batch=o.get("max_batch"),
