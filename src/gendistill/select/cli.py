@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from gendistill.cli_utils import console
+from gendistill.distill.config import format_validation_error
+from gendistill.errors import ConfigError
+from gendistill.select.config import SelectConfig
+from gendistill.select.methods import plan
+from gendistill.select.runner import check_against_teacher, select_layers
+from gendistill.teachers import load_teacher_config
 
 
 def register(app: typer.Typer) -> None:
@@ -60,12 +68,6 @@ def select_layers_command(
     `gendistill convert --attention-layers OUT/layers.json` and a recipe's student.attention_layers accept.
     Scores are cached in OUT/scores.json: rerun with --resume after a stop. The cost (CPU/GPU-minutes, tokens) of
     the method is reported at the end and in layers.json."""
-    from pydantic import ValidationError
-
-    from gendistill.distill.config import format_validation_error
-    from gendistill.errors import ConfigError
-    from gendistill.select import SelectConfig, select_layers
-
     try:
         src = [{"path": p, "format": data_format, "text_field": text_field} for p in data]
         cfg = SelectConfig.model_validate(dict(
@@ -83,12 +85,6 @@ def select_layers_command(
     if progress not in ("auto", "bar", "lines", "none"):
         raise ConfigError(f"--progress {progress!r}: use auto, bar, lines or none")
     if dry_run:
-        import json
-
-        from gendistill.select.methods import plan
-        from gendistill.select.runner import check_against_teacher
-        from gendistill.teachers import load_teacher_config
-
         L = check_against_teacher(cfg, load_teacher_config(teacher))
         console.print_json(json.dumps(plan(cfg, L)))
         return

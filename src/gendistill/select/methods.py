@@ -16,11 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import comb
 from typing import Any
+
+import torch
 
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.distill.config import TrainableConfig
 from gendistill.errors import ConfigError
+from gendistill.select.cache import Cost
+from gendistill.select.mixing import add_sparsity_pressure, build_mixed_model, gate_values
 from gendistill.select.session import Session
 
 
@@ -115,15 +120,9 @@ def beam_add(s: Session) -> Selection:
 
 @register_method("greedy-learned")
 def greedy_learned(s: Session) -> Selection:
-    import torch
-
-    from gendistill.select.mixing import add_sparsity_pressure, build_mixed_model, gate_values
-
     L, K, cfg = s.num_layers, s.cfg.budget, s.cfg
     rec = s.cache.get("greedy-learned")
     if rec is None:
-        from gendistill.select.cache import Cost
-
         cost = Cost()
         with cost.timed():
             teacher, _ = s.teacher()
@@ -157,8 +156,6 @@ def greedy_learned(s: Session) -> Selection:
 def plan(cfg: Any, num_layers: int) -> dict[str, Any]:
     """What a method will do before it runs: candidate sets to score (beam-add: an upper bound, sets reached from two
     beams are scored once), optimizer steps and training tokens (student and teacher see each of them)."""
-    from math import comb
-
     L, K, B = num_layers, cfg.budget, cfg.beam_width
     tokens_per_step = cfg.batch_size * cfg.seq_len
     align = 2 * cfg.align_steps if cfg.method != "uniform" else 0

@@ -14,6 +14,7 @@ from gendistill.runlock import acquire, check_not_busy
 from gendistill.select.config import SelectConfig, fingerprint
 from gendistill.select.methods import METHODS
 from gendistill.select.session import Session, check_output, prepare_output
+from gendistill.teachers import load_teacher_config
 
 
 def check_against_teacher(cfg: SelectConfig, teacher_config: Any) -> int:
@@ -46,8 +47,6 @@ def select_layers(cfg: SelectConfig, *, resume: bool = False, overwrite: bool = 
     if teacher is not None:
         teacher_config = teacher.config
     else:
-        from gendistill.teachers import load_teacher_config  # noqa: PLC0415
-
         teacher_config = load_teacher_config(cfg.teacher)
     L = check_against_teacher(cfg, teacher_config)
     check_output(cfg, resume, overwrite)

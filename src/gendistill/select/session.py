@@ -22,20 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from gendistill.convert.convert import convert_teacher, save_student
 from gendistill.distill.config import LossConfig, OptimConfig, RunConfig, StageConfig, TrainableConfig
 from gendistill.distill.data import PackedStream
 from gendistill.distill.distributed import World, init_world
 from gendistill.distill.metrics import MetricsLogger
+from gendistill.distill.pipeline import load_student
+from gendistill.distill.stage_facts import STAGES
 from gendistill.distill.stages import Stage3Module, cast_mixer_inputs
 from gendistill.distill.trainer import evaluate, run_stage
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import atomic_write_json
+from gendistill.models.loading import load_model
 from gendistill.ownership import is_bookkeeping, is_empty
 from gendistill.select.cache import Cost, ScoreCache, set_key, total_cost
 from gendistill.select.config import SelectConfig, fingerprint
 from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, recall_scores
+from gendistill.teachers import load_teacher_config
 
 MARKER = "select.json"
 
@@ -100,14 +107,10 @@ class Session:
     def num_layers(self) -> int:
         if self._teacher is not None:
             return int(self._teacher.config.num_hidden_layers)
-        from gendistill.teachers import load_teacher_config
-
         return int(load_teacher_config(self.cfg.teacher).num_hidden_layers)
 
     def teacher(self) -> tuple[nn.Module, Any]:
         if self._teacher is None or self._tokenizer is None:
-            from gendistill.models.loading import load_model
-
             self._teacher, self._tokenizer = load_model(self.cfg.teacher, dtype=self.cfg.teacher_dtype,
                                                         device=self.world.device)
         self._teacher = self._teacher.to(self.world.device).eval()
@@ -147,10 +150,9 @@ class Session:
     def stage(self, name: str, steps: int, lr: float, trainable: TrainableConfig | None = None,
               weight_decay: float = 0.0) -> StageConfig:
         cfg = self.cfg
-        kind = "mse" if name in ("stage1", "stage2") else "forward_kl"
         return StageConfig(
             name=name, steps=max(steps, 1), seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-            micro_batch_size=cfg.micro_batch_size, loss=LossConfig(kind=kind),
+            micro_batch_size=cfg.micro_batch_size, loss=LossConfig(kind=STAGES[name].loss),
             optim=OptimConfig(lr=lr, weight_decay=weight_decay, schedule="cosine", warmup_ratio=0.1, min_lr_ratio=0.1),
             trainable=trainable, eval_every=None, eval_sequences=cfg.eval_sequences,
         )
@@ -172,8 +174,6 @@ class Session:
         return res.tokens
 
     def _fresh_student(self, attention_layers: list[int]) -> nn.Module:
-        from gendistill.convert import convert_teacher
-
         teacher, _ = self.teacher()
         torch.manual_seed(self.cfg.seed)
         student = convert_teacher(teacher, sorted(attention_layers)).to(device=self.world.device, dtype=torch.float32)
@@ -185,9 +185,6 @@ class Session:
         ``<out>/aligned``, reloaded on resume)."""
         if self._aligned is not None:
             return self._aligned
-        from gendistill.convert.convert import save_student
-        from gendistill.distill.pipeline import load_student
-
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
         if rec is not None and (folder / "config.json").exists():
@@ -280,10 +277,6 @@ class CandidateProgress:
         self.description, self.total, self.done, self.mode = description, total, 0, mode
         self.bar = None
         if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
-
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), console=Console(stderr=True))
