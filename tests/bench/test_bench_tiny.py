@@ -178,3 +178,25 @@ def test_oom_in_a_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
     assert big["teacher"]["errors"]["ttft"].startswith("oom") and "ttft_ms" not in big["teacher"]
     assert big["student"]["ttft_ms"] > 0 and big["ratios"]["ttft_speedup"] is None
     assert res["contexts"][0]["ratios"]["ttft_speedup"] > 0 and len(res["plots"]) == 2
+
+
+def test_attention_layers_take_the_convert_grammar(tmp_path):
+    """``bench --attention-layers`` reads every form ``convert --attention-layers`` reads: ``every:4`` on the tiny
+    shape's 8 layers keeps layers 3 and 7 (it was refused before: bench had a grammar of its own)."""
+    from typer.testing import CliRunner
+
+    from gendistill.bench.settings import check_settings, settings_from_options
+    from gendistill.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--tiny", "--attention-layers", "every:4", "--skip", "ttft,decode,throughput",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(next((tmp_path / "b").glob("bench_*.json")).read_text())
+    assert data["settings"]["attention_layers"] == [3, 7]
+    assert data["models"]["student"]["layer_types"] == {"full_attention": 2, "linear_attention": 6}
+    for spec, want in (("ratio:0.25", (3, 7)), ("0,-1", (0, 7)), ("none", ()), ("attention:1;kda:0,2,3,4,5,6,7", (1,))):
+        s = settings_from_options(tiny=True, attention_layers=spec, out=str(tmp_path / "c"))
+        check_settings(s)
+        assert s.attention_layers == want, spec
+    with pytest.raises(ConfigError, match="--attention-layers: 'every:9': the teacher has only 8 layers"):
+        check_settings(settings_from_options(tiny=True, attention_layers="every:9", out=str(tmp_path / "c")))

@@ -61,6 +61,19 @@ def test_defaults_per_stage():
     assert s3.total_steps() == 13  # ceil(10000 / (100 * 8))
 
 
+def test_defaults_of_every_stage_as_documented():
+    """What a stage gets when the recipe does not say (docs/distill.md, paper Fig. 1): stages 1-2 align hidden states
+    (mse) training the KDA mixers on every token; stages 3a-3b distil the logits (forward KL) training KDA, MLPs and
+    norms, stage 3b on the assistant tokens only."""
+    d = base()
+    d["stages"] = [{"name": n, "steps": 1, "seq_len": 16, "batch_size": 2, "optim": {"lr": 1e-3}}
+                   for n in ("stage1", "stage2", "stage3a", "stage3b")]
+    got = [(s.name, s.loss.kind, s.masking, s.trainable.groups) for s in parse_recipe(d).stages]
+    assert got == [("stage1", "mse", "all_tokens", ["kda"]), ("stage2", "mse", "all_tokens", ["kda"]),
+                   ("stage3a", "forward_kl", "all_tokens", ["kda", "mlp", "norms"]),
+                   ("stage3b", "forward_kl", "completion_only", ["kda", "mlp", "norms"])]
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [

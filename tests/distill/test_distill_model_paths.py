@@ -185,3 +185,28 @@ def test_every_family_stage_modules_run_and_isolate_documents(family):
         b = student.model(**{k: batch(d1b)[k] for k in ("input_ids", "position_ids")}, use_cache=False).last_hidden_state
     torch.testing.assert_close(a[0, 7:], b[0, 7:], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(a[0, :7], b[0, :7])
+
+
+def test_stage1_aligns_the_mixers_and_stage2_the_blocks(student, teacher):
+    """The stage table's ``aligns``, seen from the loss: stage 1 compares each KDA mixer's output (a KDA layer's MLP
+    does not enter it), stage 2 each KDA block's output (the MLP does)."""
+    from gendistill.distill.data import PackedSequence, collate
+    from gendistill.distill.stages import build_stage_module
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 300, (20,), generator=g).tolist()
+    batch = collate([PackedSequence(ids, list(range(20)), [1] * 20, [1] * 20)])
+    mlp = student.model.layers[kda_layer_indices(student)[0]].mlp.down_proj.weight
+    losses = {}
+    for name in ("stage1", "stage2"):
+        st = StageConfig(name=name, steps=1, seq_len=20, batch_size=1, optim={"lr": 1e-3})
+        mod = build_stage_module(student, teacher, st)
+        with torch.no_grad():
+            before = float(mod(batch, 1.0))
+            saved = mlp.clone()
+            mlp.mul_(1.5)
+            after = float(mod(batch, 1.0))
+            mlp.copy_(saved)
+        losses[name] = (before, after)
+    assert losses["stage1"][0] == losses["stage1"][1]
+    assert losses["stage2"][0] != losses["stage2"][1]

@@ -146,3 +146,21 @@ def test_eval_unsafe_flag_runs_without_bubblewrap_and_records_it(tmp_path, monke
     he = next(x for x in res["rows"] if x["task"] == "humaneval")
     assert he["sandbox"]["isolation"] == "none" and he["sandbox"]["unsafe_allow_unsandboxed"] is True
     assert res["meta"]["config"]["unsafe_allow_unsandboxed_code"] is True
+
+
+@pytest.mark.parametrize("lines,fragment", [
+    (['{"task_id": "a", "prompt": "p", "entry_point": "f", "test": "t"}', "{not json"], ":2: malformed JSON line"),
+    (['["a list"]'], ":1: expected a JSON object"),
+    (['{"task_id": "a", "prompt": "p", "entry_point": "f"}'], ":1: missing string field 'test'"),
+    ([""], "no problems"),
+])
+def test_problems_file_errors_name_the_file_and_line(tmp_path, lines, fragment):
+    """The problems are read through gendistill.io.iter_jsonl (plain or gzip): a bad line is one DataError naming the
+    file and the line."""
+    from gendistill.errors import DataError
+
+    path = tmp_path / "problems.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=fragment) as e:
+        HE.read_problems(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

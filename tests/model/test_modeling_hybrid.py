@@ -243,3 +243,21 @@ def test_student_inherits_the_teacher_generation_config():
     student = convert_teacher(teacher, "0")
     assert student.generation_config.eos_token_id == [5, 7]
     assert student.generation_config.temperature == 0.6
+
+
+def test_past_key_values_is_the_old_name_of_cache():
+    """transformers renamed ``past_key_values`` to ``cache``; the hybrid still takes the old name through
+    transformers' own deprecation helper, as transformers' models do: the same result, with a FutureWarning."""
+    import pytest
+
+    _, student = student_of("llama")
+    x = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        new = student(x[:, 8:], cache=student(x[:, :8], use_cache=True).cache, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            old = student(x[:, 8:], past_key_values=student(x[:, :8], use_cache=True).cache, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            base = student.model(x[:, 8:], past_key_values=student(x[:, :8], use_cache=True).cache)
+    assert torch.equal(new.logits, old.logits) and old.cache is not None
+    assert torch.equal(base.last_hidden_state, student.model(x[:, 8:], cache=student(x[:, :8], use_cache=True).cache)
+                       .last_hidden_state)

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gendistill.distill.config import Recipe, format_validation_error, parse_recipe
+from gendistill.distill.losses import LOGIT_LOSSES
 from gendistill.distill.recipe_files import read_yaml, resolve_paths, set_dotted
 from gendistill.distill.shipped import recipe_file
 from gendistill.distill.stage_facts import MASKINGS, STAGE_ORDER, StageName
@@ -54,11 +55,8 @@ _FREEZE_GROUPS = {  # trainable groups per freezing variant (embeddings and lm_h
     "attention+mlp": ["kda", "norms"],
     "mlp": ["kda", "norms", "attention"],
 }
-_OBJECTIVES = {  # stage-relative loss overrides; kl+ce uses the paper's CE weight 0.01 (which it found harmful)
-    "forward_kl": {"loss.kind": "forward_kl", "loss.ce_weight": 0.0},
-    "reverse_kl": {"loss.kind": "reverse_kl", "loss.ce_weight": 0.0},
-    "jsd": {"loss.kind": "jsd", "loss.ce_weight": 0.0},
-    "topk_kl": {"loss.kind": "topk_kl", "loss.ce_weight": 0.0},
+_OBJECTIVES = {  # stage-relative loss overrides: every registered logit loss, and kl+ce with the paper's CE weight
+    **{kind: {"loss.kind": kind, "loss.ce_weight": 0.0} for kind in LOGIT_LOSSES},  # 0.01 (which it found harmful)
     "kl+ce": {"loss.kind": "forward_kl", "loss.ce_weight": 0.01},
 }
 _MASKINGS = {m: {"masking": m} for m in MASKINGS}

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gendistill.distill.config import DataConfig
+from gendistill.distill.stage_facts import micro_batches_per_step
 from gendistill.limits import MAX_SEQ_LEN, MAX_STEP_TOKENS
 
 METHOD_NAMES: tuple[str, ...] = ("uniform", "kl-guided", "greedy-learned", "beam-add")
@@ -80,8 +81,7 @@ class SelectConfig(_Strict):
         for key, n in (("batch_size", self.batch_size), ("eval_sequences", self.eval_sequences)):
             if n * self.seq_len > MAX_STEP_TOKENS:
                 raise ValueError(f"{key} x seq_len = {n * self.seq_len:,} tokens; at most {MAX_STEP_TOKENS:,}")
-        if self.micro_batch_size > self.batch_size or self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
+        micro_batches_per_step(self.batch_size, self.micro_batch_size)  # ValueError: the batch rule
         if self.data is None and self.method != "uniform":
             raise ValueError(f"method {self.method} trains and scores students: give the data to use (--data FILE)")
         return self

@@ -13,6 +13,7 @@ from gendistill.distill.config import DataConfig, SourceConfig
 from gendistill.distill.data.encoding import Encoded, Encoder, NothingToDistillError
 from gendistill.distill.data.packing import PackedSequence, StreamState, collate, pack_documents
 from gendistill.distill.data.sources import RecordTable, Source
+from gendistill.distill.stage_facts import micro_batches_per_step
 from gendistill.errors import DataError
 
 _MIX_BLOCK = 4096
@@ -255,8 +256,7 @@ class BatchStream:
         world_size: int = 1,
         start: StreamState = StreamState(),
     ):
-        if batch_size % (micro_batch_size * world_size):
-            raise ValueError("batch_size must be a multiple of micro_batch_size * world_size")
+        micro_batches_per_step(batch_size, micro_batch_size, world_size)  # ValueError: the batch rule
         self.packed, self.B, self.mb, self.rank, self.W = packed, batch_size, micro_batch_size, rank, world_size
         self.state = start
         self._it = packed.sequences(start)
