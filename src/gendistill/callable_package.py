@@ -9,8 +9,8 @@ sub-package's modules as attributes. So the sub-package itself is made callable:
 :class:`types.ModuleType` whose ``__call__`` is the function (assigning a module's ``__class__`` to such a subclass is
 the documented way to customise a module, see the language reference, "Customizing module attribute access").
 
-Each package does this in its own ``__init__`` with the function of its own ``api`` module (``gendistill/convert/api.py``
-...), so no package imports a higher tier to become callable.
+Each package does this in its own ``__init__`` with the function of its own ``api`` module
+(``gendistill/convert/api.py`` ...), so no package imports a higher tier to become callable.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ either name):
 ``lm_head``    ``lm_head``
 ============  ===========================================================================================
 
-Selection = union of the groups and ``include`` regexes, minus ``exclude`` regexes (``re.search``). The groups' patterns:
-:data:`gendistill.distill.stage_facts.GROUP_PATTERNS`.
+Selection = union of the groups and ``include`` regexes, minus ``exclude`` regexes (``re.search``). The groups'
+patterns: :data:`gendistill.distill.stage_facts.GROUP_PATTERNS`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def no_weight_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups of the trainable parameters: with ``weight_decay``, and without (:func:`no_weight_decay`)."""
+    """AdamW parameter groups of the trainable parameters: with ``weight_decay``, and without it
+    (:func:`no_weight_decay`)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

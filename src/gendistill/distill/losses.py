@@ -306,7 +306,8 @@ def logit_loss(
     return chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, b_s=b_s, b_t=b_t, compute_dtype=compute_dtype)
 
 
-def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: LossSettings) -> torch.Tensor:
+def full_logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor,
+                    cfg: LossSettings) -> torch.Tensor:
     """Reference (unchunked) per-token loss on full logits; used in tests and the naive benchmark baseline."""
     dt = torch.promote_types(s_logits.dtype, torch.float32)
     return logit_loss_fn(cfg)(s_logits.to(dt), t_logits.to(dt), labels, cfg)

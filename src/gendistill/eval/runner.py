@@ -318,7 +318,7 @@ class EvalRun:
     rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     greedy: dict[tuple[str, str], list[list[int]]] = field(default_factory=dict)
-    answers: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # greedy extracted answers per (model, task)
+    answers: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # greedy extracted answers, (model, task)
     example_files: list[str] = field(default_factory=list)
     rope_applied: dict[str, dict] = field(default_factory=dict)
 

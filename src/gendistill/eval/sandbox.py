@@ -27,7 +27,8 @@ The host side reads every output pipe with a deadline and a byte cap (the first 
 the last of stderr are kept; beyond ``kill_output_bytes`` in all the run is killed).
 
 This module decides whether and how code runs and what its outcome is; bubblewrap and the launchers are
-:mod:`gendistill.eval.sandbox_isolation`, starting a run and collecting its output :mod:`gendistill.eval.sandbox_process`.
+:mod:`gendistill.eval.sandbox_isolation`, starting a run and collecting its output
+:mod:`gendistill.eval.sandbox_process`.
 """
 
 from __future__ import annotations

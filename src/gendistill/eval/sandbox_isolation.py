@@ -91,7 +91,8 @@ def bwrap_command(bwrap: str, options: tuple[str, ...], files_dir: str, scratch_
 
 @functools.cache
 def probe_bwrap(name: str) -> Isolation:
-    """Bubblewrap under ``name`` (looked up on PATH) if it can create its sandbox here, with the optional features it has."""
+    """Bubblewrap under ``name`` (looked up on PATH) if it can create its sandbox here, with the optional features it
+    has."""
     path = shutil.which(name)
     if path is None:
         return Isolation(None, reason=f"{name} not found" + (" on PATH" if os.sep not in name else ""))
