@@ -104,6 +104,36 @@ def test_run_mixer_isolates_documents(student):
     torch.testing.assert_close(o1[:, 8:], o3, rtol=1e-5, atol=1e-6)
 
 
+def test_boundaries_passed_by_the_caller_isolate_documents(student):
+    """The trainer computes the documents' boundaries on its data thread and passes them to every forward
+    (``cu_seq_lens_q``, packed_attention_kwargs); the student's KDA layers and stage 1's mixer call must restart at
+    them exactly as when they find the boundaries in position_ids themselves."""
+    from gendistill.models.packed_attention import packed_attention_kwargs
+
+    student.eval()
+    g = torch.Generator().manual_seed(5)
+    d1a, d1b = torch.randint(3, 250, (2, 9), generator=g)
+    d2 = torch.randint(3, 250, (7,), generator=g)
+    pos = torch.tensor([list(range(9)) + list(range(7)), list(range(16))])
+    kw = packed_attention_kwargs(pos)
+    second_row = torch.randint(3, 250, (1, 16), generator=g)
+
+    def hidden(d1, **kwargs):
+        ids = torch.cat([torch.cat([d1, d2])[None], second_row])
+        with torch.no_grad():
+            return student.model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
+
+    a, b = hidden(d1a, **kw), hidden(d1b, **kw)
+    torch.testing.assert_close(a[0, 9:], b[0, 9:], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a[0, :9], b[0, :9])
+    torch.testing.assert_close(a, hidden(d1a), rtol=1e-5, atol=1e-6)  # = the boundaries found in position_ids
+    mixer = student.model.layers[1].linear_attn
+    x = torch.randn(2, 16, mixer.hidden_size, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(run_mixer(mixer, x, pos, kw["cu_seq_lens_q"]), run_mixer(mixer, x, pos),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_parameter_groups_on_the_hybrid(student):
     import re
 
