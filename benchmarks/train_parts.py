@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from gendistill.bench.timing import measure  # noqa: E402
 from gendistill.io import portable_command  # noqa: E402
+from gendistill.models.hybrid.modeling_hybrid import document_cu_seqlens  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,13 +48,6 @@ def doc_positions(B: int, T: int, docs: int, device) -> torch.Tensor:
     L = T // docs
     pos = torch.cat([torch.arange(L)] * docs + [torch.arange(T - L * docs)])
     return pos[None].expand(B, -1).contiguous().to(device)
-
-
-def cu_from_positions(pos: torch.Tensor) -> torch.Tensor:
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    idx = starts.reshape(-1).nonzero().flatten()
-    return torch.cat([idx, idx.new_tensor([pos.numel()])]).to(torch.int32)
 
 
 def part_attention(args, dev, dt, res):
@@ -91,7 +85,7 @@ def part_attention(args, dev, dt, res):
 
         sig = inspect.signature(varlen_attn).parameters
         out["varlen_signature"] = list(sig)
-        cu = cu_from_positions(pos)
+        cu = document_cu_seqlens(pos)
         maxlen = int((cu[1:] - cu[:-1]).max())
         kw = {"is_causal": True} if "is_causal" in sig else {"window_size": (-1, 0)}
         gqa = "enable_gqa" in sig
@@ -235,7 +229,7 @@ def part_kda(args, dev, dt, res):
     mixer = student.model.layers[1].linear_attn
     B, T = args.batch, args.seq
     pos = doc_positions(B, T, args.docs, dev)
-    cu = cu_from_positions(pos)
+    cu = document_cu_seqlens(pos)
     x = torch.randn(1, B * T, args.hidden, device=dev, dtype=dt)
     out = {}
 

@@ -27,6 +27,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from gendistill.models.hybrid.modeling_hybrid import document_cu_seqlens
+
 IMPLEMENTATION = "gendistill_packed_flash"
 #: the keyword arguments :func:`packed_attention_kwargs` returns
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -51,11 +53,7 @@ def packed_attention_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tenso
     """transformers' flash-attention keyword arguments for packed rows, from ``position_ids`` ``[B, T]`` that restart
     at each document: ``cu_seq_lens_q/k`` ``[N + 1]`` (int32; every row also starts a document) and the longest
     document ``max_length_q/k``. Computed on the host (the trainer's data thread), so the forward needs no sync."""
-    pos = position_ids
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    idx = starts.reshape(-1).nonzero().flatten()
-    cu = torch.cat([idx, idx.new_tensor([pos.numel()])]).to(torch.int32)
+    cu = document_cu_seqlens(position_ids)
     longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 

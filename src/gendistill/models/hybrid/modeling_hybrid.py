@@ -22,20 +22,25 @@ from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, HybridCon
 from gendistill.models.hybrid.families import get_family
 
 
+def document_cu_seqlens(position_ids: torch.LongTensor) -> torch.Tensor:
+    """Document boundaries of rows whose ``position_ids`` ``[B, T]`` restart at each document: ``cu_seqlens``
+    ``[N + 1]`` int32 over the flattened ``B * T`` tokens, every row start included (so ``N >= B``)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    idx = starts.reshape(-1).nonzero().flatten()
+    return torch.cat([idx, idx.new_tensor([position_ids.numel()])]).to(torch.int32)
+
+
 def packed_cu_seqlens(position_ids: torch.LongTensor) -> torch.LongTensor | None:
     """Document boundaries of packed sequences, read from ``position_ids`` ``[B, T]`` that restart at each document.
 
     Returns ``cu_seqlens`` ``[N + 1]`` over the flattened ``B * T`` tokens (every batch row also starts a document), or
     None when no row restarts inside itself.
     """
-    B, T = position_ids.shape
-    starts = torch.zeros(B, T, dtype=torch.bool, device=position_ids.device)
-    starts[:, 0] = True
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    if not starts[:, 1:].any():
+    cu = document_cu_seqlens(position_ids)
+    if cu.numel() - 1 == position_ids.shape[0]:  # one document a row: nothing is packed
         return None
-    idx = torch.nonzero(starts.reshape(-1), as_tuple=False).flatten()
-    return torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32 if position_ids.is_cuda else torch.long)
+    return cu if position_ids.is_cuda else cu.long()
 
 
 def document_boundaries(position_ids: torch.LongTensor, given: torch.Tensor | None = None) -> torch.Tensor | None:
