@@ -2,7 +2,8 @@
 teacher ``smollm2-135m-instruct``, student ``every:4``) run twice in one process, (a) the plain trainer
 (``run.distributed: ddp`` on one process = no wrapper) and (b) FSDP2 over a one-rank process group
 (``run.distributed: fsdp``: student and teacher sharded per decoder block, DCP checkpoint written), then compared
-step by step, with each run's peak CUDA memory next to the memory planner's figure for it.
+step by step, with each run's peak CUDA memory next to the memory planner's figure for it and each run's tokens/s
+(the trainer's own figure, median over the steps after the first).
 
     python benchmarks/fsdp_check.py --out docs/results/fsdp_check_h200.json     # one GPU, < 6 min on a fresh H200
     python benchmarks/fsdp_check.py --tiny --out /tmp/fsdp_check.json           # CPU smoke run (~1 min)
@@ -95,6 +96,15 @@ def make_recipe(teacher: str, data: Path, out: Path, mode: str, args):
     })
 
 
+def steady_tokens_per_s(recipe) -> float | None:
+    """The median of the trainer's own tokens/s over the steps after the first (whose figure holds the kernels'
+    compilation), read from the run folder's ``metrics.jsonl``."""
+    path = Path(recipe.run.output_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rates = sorted(r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r.get("step", 0) > 1)
+    return rates[len(rates) // 2] if rates else None
+
+
 def run_one(recipe, device: torch.device) -> dict:
     from gendistill.distill.pipeline import run_recipe
 
@@ -105,7 +115,7 @@ def run_one(recipe, device: torch.device) -> dict:
     t0 = time.perf_counter()
     out = run_recipe(recipe)
     res = out.results["stage3a"]
-    row = {"losses": res.losses, "seconds": time.perf_counter() - t0,
+    row = {"losses": res.losses, "seconds": time.perf_counter() - t0, "tokens_per_s": steady_tokens_per_s(recipe),
            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     del out, res
     return row
@@ -135,7 +145,9 @@ def main() -> None:
                else args.teacher)
     data = write_data(work)
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "teacher": teacher, "steps": args.steps, "seq_len": args.seq,
+                    "torch": torch.__version__,
+                    "teacher": "random tiny" if args.tiny else "random smollm2-135m shape" if args.random_smollm2
+                    else args.teacher, "steps": args.steps, "seq_len": args.seq,
                     "batch_size": args.batch, "micro_batch_size": args.micro, "rtol": args.rtol}
     runs = {}
     for mode in ("ddp", "fsdp"):  # ddp on one process = the plain trainer, no wrapper
@@ -160,6 +172,8 @@ def main() -> None:
     a, b = runs["ddp"]["losses"], runs["fsdp"]["losses"]
     rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)] or [float("inf")]
     ok = len(a) == len(b) == args.steps and max(rel) <= args.rtol
+    speeds = runs["ddp"].get("tokens_per_s"), runs["fsdp"].get("tokens_per_s")
+    result["fsdp_over_plain_tokens_per_s"] = speeds[1] / speeds[0] if all(speeds) else None
     result.update(runs=runs, max_rel_loss_diff=max(rel), passed=ok,
                   checkpoint=sorted(p.name for p in (work / "fsdp" / "checkpoints" / "stage3a").glob("step-*/*")),
                   student_folder_files=sorted(p.name for p in (work / "fsdp" / "stage3a").glob("*")))
@@ -169,12 +183,15 @@ def main() -> None:
     print(f"\n{'step':>4}  {'plain loss':>12}  {'fsdp2 loss':>12}  {'rel diff':>9}")
     for i, (x, y, r) in enumerate(zip(a, b, rel), 1):
         print(f"{i:>4}  {x:>12.6f}  {y:>12.6f}  {r:>9.2e}")
-    print(f"\n{'run':<6}  {'peak GiB':>9}  {'planned GiB':>11}  {'seconds':>8}")
+    print(f"\n{'run':<6}  {'peak GiB':>9}  {'planned GiB':>11}  {'seconds':>8}  {'tokens/s':>9}")
     for mode, r in runs.items():
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        rate = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
         err = f"  {r['error']}" if "error" in r else ""
-        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {secs:>8}{err}")
+        print(f"{mode:<6}  {peak:>9}  {r['planned_gib']:>11.2f}  {secs:>8}  {rate:>9}{err}")
+    if result["fsdp_over_plain_tokens_per_s"] is not None:
+        print(f"FSDP2 / plain tokens/s (median of steps 2..{args.steps}): {result['fsdp_over_plain_tokens_per_s']:.3f}")
     print(f"\nmax relative loss difference {max(rel):.2e} (tolerance {args.rtol:g}): {'PASS' if ok else 'FAIL'}"
           f"; JSON: {args.out}")
     sys.exit(0 if ok else 1)
