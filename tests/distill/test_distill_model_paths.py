@@ -240,3 +240,20 @@ def test_stage1_aligns_the_mixers_and_stage2_the_blocks(student, teacher):
         losses[name] = (before, after)
     assert losses["stage1"][0] == losses["stage1"][1]
     assert losses["stage2"][0] != losses["stage2"][1]
+
+
+def test_packed_flash_attention_leaves_a_model_with_attention_dropout_on_sdpa(teacher, student):
+    """varlen FlashAttention has no dropout: a student whose attention layers use dropout keeps SDPA (which finds the
+    documents in ``position_ids``) while the teacher switches; both are restored after the block. On the GPU the
+    switched student raised at its first forward (``tests/gpu``: the resume test with dropout 0.1)."""
+    from gendistill.models.packed_attention import IMPLEMENTATION, packed_flash_attention
+
+    student.config.attention_dropout = 0.1
+    before = teacher.config._attn_implementation, student.config._attn_implementation
+    with packed_flash_attention(teacher, student) as on:
+        assert on
+        assert teacher.config._attn_implementation == IMPLEMENTATION
+        assert student.config._attn_implementation == before[1]
+    assert (teacher.config._attn_implementation, student.config._attn_implementation) == before
+    with packed_flash_attention(student) as on:
+        assert not on and student.config._attn_implementation == before[1]
