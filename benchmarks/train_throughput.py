@@ -14,7 +14,9 @@ Writes ``docs/results/train_throughput_<config>_<card>.json`` (``--out`` to chan
 checkpointing) and ``first_step_s``, the seconds from process start to the end of the first optimizer step (on a
 fresh machine this includes fla's Triton compilation; gendistill ships tuned kernel configurations for the H200,
 ``gendistill/ops/fla_config_files``, so no autotuning happens: run with ``TRITON_CACHE_DIR=$(mktemp -d)`` to measure
-a fresh machine).
+a fresh machine). The JSON also says where those seconds went: ``models_ready_s`` (imports, the two models
+built on the device) and ``first_step_phases_ms``, the first step's phases by the wall clock (the device synchronised
+at each mark: compilation happens on the host, in the phase that first runs a kernel).
 
 FLOPs counted per stage-3a step (``T`` tokens, weight matmuls as 2 FLOPs per multiply-add):
 * teacher forward: ``2 * N_teacher_matmul * T`` + causal attention ``2 * T_seq * T * H * d_head`` per layer (QK and PV,
@@ -250,11 +252,19 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             for i in range(warm):
-                step()
+                if first_step_s is None:  # where the first step's seconds go
+                    result["models_ready_s"] = time.perf_counter() - T_START
+                    result["first_step_phases_ms"] = phase_split(step, teacher, student, host_clock=True)
+                else:
+                    step()
                 if first_step_s is None:
                     sync()
                     first_step_s = time.perf_counter() - T_START
                     print(f"first optimizer step done {first_step_s:.1f} s after process start", flush=True)
+                    if "first_step_phases_ms" in result:
+                        print(f"  models ready at {result['models_ready_s']:.1f} s; the first step (wall clock, "
+                              "ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["first_step_phases_ms"].items()),
+                              flush=True)
             sync()
             t0 = time.perf_counter()
             losses = [step() for _ in range(steps)]
@@ -318,31 +328,43 @@ def write_result(result: dict, args, out: Path) -> None:
     tmp.replace(out)
 
 
-def phase_split(step, teacher, student) -> dict[str, float]:
+def phase_split(step, teacher, student, host_clock: bool = False) -> dict[str, float]:
     """Device time of one optimizer step split into its phases (ms, summed over micro-batches): CUDA events at the
     trainer's marks (:func:`train_step`'s ``marks``) and at the start and end of the teacher's and the student's
     forward (module hooks). A phase's time is the device time between its start mark and its end mark, idle gaps
-    included; the phases add up to the step."""
-    events: list[tuple[str, torch.cuda.Event]] = []
+    included; the phases add up to the step. ``host_clock``: wall-clock time instead, the device synchronised at
+    every mark — for the first step, whose time is compilation on the host (Inductor, Triton, fla's autotuning)."""
+    events: list[tuple[str, object]] = []
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     def mark(name: str) -> None:
+        if host_clock:
+            sync()
+            events.append((name, time.perf_counter()))
+            return
         e = torch.cuda.Event(enable_timing=True)
         e.record()
         events.append((name, e))
+
+    def elapsed_ms(a, b) -> float:
+        return 1000 * (b - a) if host_clock else a.elapsed_time(b)
 
     handles = []
     for model, who in ((teacher, "teacher"), (student, "student")):
         base = getattr(model, "model", model)
         handles.append(base.register_forward_pre_hook(lambda *a, w=who: mark(f"{w}_start")))
         handles.append(base.register_forward_hook(lambda *a, w=who: mark(f"{w}_forward")))
-    torch.cuda.synchronize()
+    sync()
     mark("start")
     try:
         step(mark)
     finally:
         for h in handles:
             h.remove()
-    torch.cuda.synchronize()
+    sync()
     names = {"input": "input (host to device)", "teacher_start": "stage glue", "student_start": "stage glue",
              "teacher_forward": "teacher forward", "student_forward": "student forward",
              "backward": "backward", "clip_grad": "clip grad norm", "optimizer": "optimizer"}
@@ -351,8 +373,8 @@ def phase_split(step, teacher, student) -> dict[str, float]:
         label = names.get(name, name)
         if name == "forward":  # the rest of the stage module's forward: the loss (stage 3: after the student)
             label = "logit loss" if prev_name == "student_forward" else "forward (teacher, student, loss)"
-        split[label] = split.get(label, 0.0) + prev.elapsed_time(ev)
-    split["total"] = events[0][1].elapsed_time(events[-1][1])
+        split[label] = split.get(label, 0.0) + elapsed_ms(prev, ev)
+    split["total"] = elapsed_ms(events[0][1], events[-1][1])
     return split
 
 

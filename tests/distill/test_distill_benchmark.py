@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from gendistill.convert import convert_teacher
@@ -38,6 +39,12 @@ def test_train_throughput_tiny(tmp_path):
     s3 = r["runs"][1]
     assert s3["tokens_per_s"] > 0 and s3["flops_per_step"]["total"] > s3["flops_per_step"]["teacher_forward"] > 0
     assert r["batch"] == 2 and r["seq_len"] == 128 and r["first_step_s"] > 0
+    # where the first step's seconds went: the models, then the step's phases by the wall clock, within the total
+    first = r["first_step_phases_ms"]
+    assert 0 < r["models_ready_s"] < r["first_step_s"]
+    assert {"backward", "optimizer", "total"} <= set(first) and first["backward"] > 0
+    assert sum(v for k, v in first.items() if k != "total") == pytest.approx(first["total"], rel=1e-6)
+    assert r["models_ready_s"] + first["total"] / 1000 <= r["first_step_s"] + 1e-3
     assert "tok/s" in res.stdout
 
 
