@@ -7,7 +7,9 @@
 # of a fresh Triton cache with those configurations, the parts benchmark); after (on a fresh machine: the first step
 # with the shipped configurations, optimized vs baseline rows of the SmolLM2 pair with phases and profiles, the GPU
 # tests of the fast paths, the Qwen3-0.6B shape, the FSDP2 check); finish (what 'after' could not finish: today's code
-# on a fresh machine, the Qwen3-0.6B shape packed, the FSDP2 check, the GPU suite as it is and with fresh caches).
+# on a fresh machine, the Qwen3-0.6B shape packed, the FSDP2 check, the GPU suite as it is and with fresh caches);
+# gpu_tests (the GPU suite with its autotuning printed, its configurations recovered, then the suite on empty caches
+# with them: about 15 minutes, one start call and one watch call).
 set -u
 MODE=${1:-watch}
 PLAN=${2:-profile}
@@ -81,6 +83,25 @@ driver_finish() {
   TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
     FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 -m pytest -v -p no:cacheprovider \
     --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
+  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
+    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+}
+
+driver_gpu_tests() {
+  # every kernel configuration the GPU suite needs, then the suite's time on empty caches with them: pytest -s (the
+  # autotuning records are printed by the kernels, which pytest would otherwise capture), one test at most 120 s
+  t=$(date +%s)
+  TRITON_PRINT_AUTOTUNING=1 timeout 520 python3 -m pytest -v -s -p no:cacheprovider --timeout 120 --durations=0 \
+    tests/gpu > "$RES/pytest_gpu_tune.log" 2>&1
+  echo "pytest_gpu_tune rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
+    "$RES/pytest_gpu_tune.log")" >> "$RES/steps.txt"
+  cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
+  python3 tools/fla_configs_from_log.py --triton-version 3.6.0 "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
+    >> "$RES/steps.txt" 2>&1
+  t=$(date +%s)
+  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
+    FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 400 python3 -m pytest -v -s -p no:cacheprovider \
+    --timeout 120 --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
   echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
 }
