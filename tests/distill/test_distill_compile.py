@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gendistill.distill.compile import PARTS, compiled_blocks
+from gendistill.distill.compile import PARTS, block_part, compiled_blocks
 from gendistill.distill.config import LossConfig, RunConfig, StageConfig
 from gendistill.distill.distributed import World
 from gendistill.distill.freezing import apply_trainable
@@ -52,12 +52,45 @@ def test_compiled_step_equals_eager_step(teacher, student):
     assert 0 < frames <= 8, frames
 
 
+def test_compiled_step_equals_eager_step_with_per_head_qk_norms():
+    """Qwen3's attention normalises every query and key head (``q_norm``/``k_norm`` on ``[B, T, H, d_head]``): those
+    norms are compiled too, in the teacher's attention layers and in the student's kept ones, and the step is the
+    eager step's to float32 rounding."""
+    from gendistill.convert import convert_teacher
+    from tests.conftest import make_teacher
+
+    teacher = make_teacher("qwen3")
+    student = convert_teacher(teacher, [0, 2]).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, teacher.config.vocab_size, (2, 16), generator=g)
+    pos = torch.tensor([list(range(10)) + list(range(6)), list(range(16))])
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[:, -1] = False
+    batch = {"input_ids": ids, "position_ids": pos, "loss_mask": mask, "token_mask": mask,
+             "labels": torch.where(mask, torch.roll(ids, -1, 1), -100)}
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    eager = _step(student, teacher, batch)
+    student.load_state_dict(start)
+    torch._dynamo.reset()
+    L = teacher.config.num_hidden_layers
+    with compiled_blocks(student, teacher) as n:
+        # norms and MLP of every layer and the final norm, both models; q/k norms: all teacher layers, 2 student ones
+        assert n == 2 * (3 * L + 1) + 2 * (L + 2)
+        assert "forward" in vars(student.model.layers[2].self_attn.q_norm)
+        compiled = _step(student, teacher, batch)
+    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_compiled_blocks_are_removed_after_the_block(teacher):
     layer = teacher.model.layers[0]
-    plain = {name: getattr(layer, name).forward for name in PARTS}
+    parts = {path: block_part(layer, path) for path in PARTS if block_part(layer, path) is not None}
+    assert set(parts) == {"input_layernorm", "post_attention_layernorm", "mlp"}  # Llama: no per-head q/k norms
+    plain = {path: m.forward for path, m in parts.items()}
     with compiled_blocks(teacher):
-        assert all("forward" in vars(getattr(layer, name)) for name in PARTS)
-    assert all("forward" not in vars(getattr(layer, name)) for name in PARTS)
-    assert {name: getattr(layer, name).forward for name in PARTS} == plain
+        assert all("forward" in vars(m) for m in parts.values())
+    assert all("forward" not in vars(m) for m in parts.values())
+    assert {path: m.forward for path, m in parts.items()} == plain
     with compiled_blocks(teacher, enabled=False) as n:
         assert n == 0 and "forward" not in vars(layer.mlp)

@@ -1,6 +1,8 @@
 """``torch.compile`` of the elementwise-heavy parts of every decoder block during training: the two RMSNorms and the
-SwiGLU MLP of teacher and student (the norm's six kernels and the MLP's activation and product each become one fused
-kernel, forward and backward). The mixers (fla's Triton kernels, FlashAttention) stay as they are.
+SwiGLU MLP of teacher and student, and the per-head query/key RMSNorms of attention layers that have them (Qwen3's
+``q_norm``/``k_norm``, run on ``[B, T, H, d_head]``: in eager mode six kernels over every query and key of every
+attention layer). The norm's kernels and the MLP's activation and product each become one fused kernel, forward and
+backward. The mixers (fla's Triton kernels, FlashAttention) stay as they are.
 
 Each module class's ``forward`` is compiled once and shared by every instance (its parameters are graph inputs), so
 a 30-layer pair compiles a handful of graphs — seconds on a GPU machine — not one per layer.
@@ -18,13 +20,22 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-#: the block parts compiled, by attribute name on a decoder layer
-PARTS = ("input_layernorm", "post_attention_layernorm", "mlp")
+#: the block parts compiled, by attribute path on a decoder layer (a path a layer lacks is skipped: Llama's attention
+#: has no q_norm, a KDA layer no self_attn)
+PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn.q_norm", "self_attn.k_norm")
 
 
 @functools.cache
 def _compiled_forward(cls: type) -> object:
     return torch.compile(cls.forward)
+
+
+def block_part(layer: nn.Module, path: str) -> nn.Module | None:
+    """The sub-module at the dotted ``path`` of ``layer`` (one of :data:`PARTS`), or None where the layer has none."""
+    m: object = layer
+    for name in path.split("."):
+        m = getattr(m, name, None)
+    return m if isinstance(m, nn.Module) else None
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
@@ -41,7 +52,7 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
         if enabled:
             for model in models:
                 base = getattr(model, "model", model)
-                parts = [getattr(layer, name) for layer in _layers(model) for name in PARTS if hasattr(layer, name)]
+                parts = [m for layer in _layers(model) for path in PARTS if (m := block_part(layer, path)) is not None]
                 if isinstance(getattr(base, "norm", None), nn.Module):
                     parts.append(base.norm)
                 for m in parts:
