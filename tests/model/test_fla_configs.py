@@ -92,3 +92,26 @@ def test_shipped_h200_configs_cover_the_training_step():
         assert f is not None and f.autotune_entries, name
         for entry in f.autotune_entries.values():  # every entry is reachable under its own key
             assert _lookup(folder, name, entry["autotune_key"]) == entry["config"]
+
+
+def test_plain_autotuners_take_the_shipped_configurations(monkeypatch):
+    """The gated RMSNorm's kernels use Triton's plain autotuner, which never reads fla's files: the shipped keys are
+    put into its cache (a fresh H200 spent 3-5 s benchmarking each), fla's cache-aware kernels are left to fla."""
+    norm = pytest.importorskip("fla.modules.norm.fused_norm_gate")
+    folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
+    tuner = norm.layer_norm_gated_fwd_kernel
+    while not isinstance(tuner, triton.runtime.autotuner.Autotuner):  # under triton.heuristics
+        tuner = tuner.fn
+    shipped = json.loads((folder / "layer_norm_gated_fwd_kernel.json").read_text())["autotune_entries"]
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setenv("GENDISTILL_FLA_CONFIGS", "0")
+    assert fla_configs.seed_plain_autotuners(folder) == 0 and tuner.cache == {}
+    monkeypatch.delenv("GENDISTILL_FLA_CONFIGS")
+    cached = [t for t in fla_configs._autotuners() if isinstance(t, cache.CachedAutotuner)]
+    before = [dict(t.cache) for t in cached]
+    assert fla_configs.seed_plain_autotuners(folder) >= len(shipped)
+    for entry in shipped.values():
+        config = tuner.cache[tuple(entry["autotune_key"])]
+        assert (config.num_warps, config.num_stages, config.kwargs) == (
+            entry["config"]["num_warps"], entry["config"]["num_stages"], entry["config"]["kwargs"])
+    assert [dict(t.cache) for t in cached] == before

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from gendistill.ops.fla_configs import activate
+from gendistill.ops.fla_configs import activate, seed_plain_autotuners
 
 
 @functools.cache
@@ -19,7 +19,8 @@ def fla_available() -> bool:
         return False
     activate()  # shipped kernel configurations for this GPU: no minutes of autotuning on a fresh machine
     try:
-        from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: F401, PLC0415  (GPU kernels: is fla usable?)
+        from fla.modules.norm import fused_norm_gate  # noqa: F401, PLC0415  (GPU kernels: is fla usable?)
+        from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: F401, PLC0415  (same)
     except Exception as e:  # pragma: no cover - depends on the installation
         if os.environ.get("GENDISTILL_KDA_BACKEND") != "torch":
             warnings.warn(f"CUDA is available but fla's KDA kernels cannot be imported ({type(e).__name__}: {e}); "
@@ -27,6 +28,7 @@ def fla_available() -> bool:
                           "Install flash-linear-attention>=0.6 (or set GENDISTILL_KDA_BACKEND=torch to silence this).",
                           stacklevel=2)
         return False
+    seed_plain_autotuners()  # the gated norm's kernels (Triton's plain autotuner) take the shipped configurations too
     return True
 
 

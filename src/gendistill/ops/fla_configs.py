@@ -155,3 +155,33 @@ def parse_autotune_log(text: str) -> list[tuple[str, tuple, dict[str, Any]]]:
                                                 "num_ctas": meta.get("num_ctas", 1),
                                                 "maxnreg": meta.get("maxnreg")}))
     return entries
+
+
+def seed_plain_autotuners(folder: str | Path | None = None) -> int:
+    """Hand the configurations in ``folder`` (default: ``$FLA_CONFIG_DIR``, which :func:`activate` sets) to the fla
+    kernels that use Triton's plain autotuner, which does not read fla's files (the gated RMSNorm's kernels): each
+    shipped key goes into that autotuner's in-process cache, so a launch with that key is not benchmarked (3-5 s
+    a kernel on a fresh H200). Kernels of fla's own cache-aware autotuner read the files themselves and are left
+    alone; a key not shipped is autotuned as before. Call after fla's kernel modules are imported. Returns the number
+    of keys handed over (0 with ``GENDISTILL_FLA_CONFIGS=0`` or no folder)."""
+    if os.environ.get("GENDISTILL_FLA_CONFIGS", "1") == "0":
+        return 0
+    folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
+    if not folder:
+        return 0
+    import triton  # noqa: PLC0415  (GPU only)
+    from fla.ops.utils.cache import CachedAutotuner  # noqa: PLC0415  (same)
+
+    seeded = 0
+    for tuner in _autotuners():
+        path = Path(folder) / f"{_kernel_name(tuner)}.json"
+        if isinstance(tuner, CachedAutotuner) or not path.is_file():
+            continue
+        for entry in json.loads(path.read_text()).get("autotune_entries", {}).values():
+            cfg = entry["config"]
+            config = triton.Config(dict(cfg.get("kwargs", {})), num_warps=cfg.get("num_warps", 4),
+                                   num_stages=cfg.get("num_stages", 3), num_ctas=cfg.get("num_ctas", 1),
+                                   maxnreg=cfg.get("maxnreg"))
+            tuner.cache.setdefault(tuple(entry["autotune_key"]), config)
+            seeded += 1
+    return seeded
