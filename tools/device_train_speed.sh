@@ -71,17 +71,17 @@ driver_finish() {
     --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
   echo "fsdp_check rc=$?" >> "$RES/steps.txt"
   t=$(date +%s)
-  TRITON_PRINT_AUTOTUNING=1 timeout 420 python3 -m pytest -v -p no:cacheprovider --durations=0 tests/gpu \
+  TRITON_PRINT_AUTOTUNING=1 timeout 420 python3 -m pytest -v -s -p no:cacheprovider --durations=0 tests/gpu \
     > "$RES/pytest_gpu.log" 2>&1
   echo "pytest_gpu rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu.log")" >> "$RES/steps.txt"
   cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
   for log in tt_smol tt_qwen3 pytest_gpu; do
-    python3 tools/fla_configs_from_log.py --triton-version 3.6.0 "$RES/$log.log" "$RES/fla_tests" >> "$RES/steps.txt" 2>&1
+    python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/$log.log" "$RES/fla_tests" >> "$RES/steps.txt" 2>&1
   done
   t=$(date +%s)
   TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
-    FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 -m pytest -v -p no:cacheprovider \
+    FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 -m pytest -v -s -p no:cacheprovider \
     --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
   echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
@@ -96,7 +96,7 @@ driver_gpu_tests() {
   echo "pytest_gpu_tune rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu_tune.log")" >> "$RES/steps.txt"
   cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
-  python3 tools/fla_configs_from_log.py --triton-version 3.6.0 "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
+  python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
     >> "$RES/steps.txt" 2>&1
   t=$(date +%s)
   TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
@@ -122,6 +122,7 @@ case "$MODE" in
     setsid nohup bash tools/device_train_speed.sh driver "$PLAN" > "$RES/driver.log" 2>&1 < /dev/null &
     ;;
   driver)
+    TRITON_VERSION=$(python3 -c "import triton; print(triton.__version__)")  # written into recovered config files
     "driver_$PLAN"
     touch "$RES/DONE"
     exit 0

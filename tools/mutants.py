@@ -152,11 +152,16 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_compile.py", "-k", "removed"),
            "the trainer leaves torch.compile'd norms and MLPs on the student it returns"),
     Mutant("dropout_on_varlen_attention", "src/gendistill/models/packed_attention.py",
-           'switched = [m for m in models if enabled and not getattr(m.config, "attention_dropout", 0.0)]',
+           'switched = [m for m in models if enabled and not (m.training and getattr(m.config, "attention_dropout", '
+           '0.0))]',
            "switched = [m for m in models if enabled]",
            (PATHS, "-k", "attention_dropout"),
            "a student whose attention uses dropout is switched to varlen FlashAttention, which has none: it raises "
            "at its first training forward on a GPU"),
+    Mutant("compile_recompile_limit_default", "src/gendistill/distill/compile.py",
+           "RECOMPILE_LIMIT = 64", "RECOMPILE_LIMIT = 1",
+           ("tests/distill/test_distill_compile.py", "-k", "qk_norms"),
+           "Dynamo's default limit of 8 compiled versions: Qwen3's RMSNorm class runs eagerly after a stage change"),
     Mutant("recurrent_switch_moved", "src/gendistill/layers/base.py",
            "recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training",
            "recurrent = recurrent_state is not None and T <= 8 and not self.training",

@@ -12,6 +12,7 @@ from gendistill.distill.freezing import GROUP_PATTERNS, apply_trainable, no_weig
 from gendistill.distill.losses import full_logit_loss
 from gendistill.distill.stages import Stage2Module, kda_layer_indices, run_mixer
 from gendistill.errors import ConfigError
+from gendistill.models.packed_attention import IMPLEMENTATION, packed_flash_attention
 
 
 def _packed(doc1: list[int], doc2: list[int]):
@@ -243,12 +244,13 @@ def test_stage1_aligns_the_mixers_and_stage2_the_blocks(student, teacher):
 
 
 def test_packed_flash_attention_leaves_a_model_with_attention_dropout_on_sdpa(teacher, student):
-    """varlen FlashAttention has no dropout: a student whose attention layers use dropout keeps SDPA (which finds the
-    documents in ``position_ids``) while the teacher switches; both are restored after the block. On the GPU the
-    switched student raised at its first forward (``tests/gpu``: the resume test with dropout 0.1)."""
-    from gendistill.models.packed_attention import IMPLEMENTATION, packed_flash_attention
-
-    student.config.attention_dropout = 0.1
+    """varlen FlashAttention has no dropout: a student training with attention dropout keeps SDPA (which finds the
+    documents in ``position_ids``) while the teacher, in eval mode (no dropout applied), switches even with the same
+    config; both are restored after the block. On the GPU the switched student raised at its first training forward
+    (``tests/gpu``: the resume test with dropout 0.1)."""
+    teacher.config.attention_dropout = student.config.attention_dropout = 0.1
+    student.train()
+    teacher.eval()
     before = teacher.config._attn_implementation, student.config._attn_implementation
     with packed_flash_attention(teacher, student) as on:
         assert on
@@ -257,3 +259,6 @@ def test_packed_flash_attention_leaves_a_model_with_attention_dropout_on_sdpa(te
     assert (teacher.config._attn_implementation, student.config._attn_implementation) == before
     with packed_flash_attention(student) as on:
         assert not on and student.config._attn_implementation == before[1]
+    student.config.attention_dropout = 0.0
+    with packed_flash_attention(student) as on:
+        assert on and student.config._attn_implementation == IMPLEMENTATION

@@ -171,9 +171,11 @@ def test_fast_training_step_equals_reference_step(stage_name):
 def test_resume_with_compiled_blocks_continues_the_straight_run(tmp_path):
     """``run.compile: on`` on CUDA (the default there): a run cut after 4 of 6 steps and resumed ends where the
     straight run ends. The student's attention layers use dropout 0.1, drawn from the CUDA generator, so a resume that
-    did not restore the CUDA RNG state would draw other masks. Same kernels, same inputs, same order: the two runs
-    agree to the last bit but for fla's backward, whose atomic adds may sum in another order — bounded by 1e-5
-    relative on every parameter after six steps of lr 1e-3 (a different dropout mask moves parameters by ~1e-3)."""
+    did not restore the CUDA RNG state would draw other masks, and the warm-up + cosine schedule would show a resume
+    that restarted it. The teacher (eval mode) runs packed FlashAttention, the student SDPA. Same kernels, same
+    inputs, same order: the two runs agree to the last bit but for fla's backward, whose atomic adds may sum in
+    another order — bounded by 1e-5 relative on every parameter after six steps of lr 1e-3 (a different dropout mask
+    moves parameters by ~1e-3, over 1e-2 relative)."""
     from tests.distill._distill_helpers import _train_tokenizer, text_records, tiny_llama, write_jsonl
 
     from gendistill.distill.config import parse_recipe
@@ -189,7 +191,8 @@ def test_resume_with_compiled_blocks_continues_the_straight_run(tmp_path):
             "teacher": {"spec": "unused"}, "student": {"attention_layers": [0, 2]},
             "data": {"sources": [{"path": str(text), "format": "text"}], "heldout_documents": 8},
             "stages": [{"name": "stage3a", "steps": 6, "seq_len": 64, "batch_size": 4, "micro_batch_size": 2,
-                        "eval_every": 6, "eval_sequences": 4, "optim": {"lr": 1e-3, "schedule": "constant"}}],
+                        "eval_every": 6, "eval_sequences": 4,
+                        "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 2}}],
             "run": {"output_dir": str(tmp_path / folder), "checkpoint_every": 2, "progress": "none",
                     "tensorboard": False, "device": "cuda", "compile": "on"}})
 

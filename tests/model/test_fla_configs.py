@@ -9,6 +9,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 cache = pytest.importorskip("fla.ops.utils.cache")
@@ -94,24 +95,49 @@ def test_shipped_h200_configs_cover_the_training_step():
             assert _lookup(folder, name, entry["autotune_key"]) == entry["config"]
 
 
+def _plain_tuner(kernel):
+    while not isinstance(kernel, triton.runtime.autotuner.Autotuner):  # under triton.heuristics
+        kernel = kernel.fn
+    return kernel
+
+
 def test_plain_autotuners_take_the_shipped_configurations(monkeypatch):
-    """The gated RMSNorm's kernels use Triton's plain autotuner, which never reads fla's files: the shipped keys are
-    put into its cache (a fresh H200 spent 3-5 s benchmarking each), fla's cache-aware kernels are left to fla."""
+    """The gated RMSNorm's kernels use Triton's plain autotuner, which never reads fla's files: each shipped key goes
+    into its cache as one of its own candidates, and a launch with that key is not benchmarked (a fresh H200 spent
+    3-5 s on each). Kernels of other modules are left alone, even those sharing a shipped kernel's name."""
     norm = pytest.importorskip("fla.modules.norm.fused_norm_gate")
     folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
-    tuner = norm.layer_norm_gated_fwd_kernel
-    while not isinstance(tuner, triton.runtime.autotuner.Autotuner):  # under triton.heuristics
-        tuner = tuner.fn
-    shipped = json.loads((folder / "layer_norm_gated_fwd_kernel.json").read_text())["autotune_entries"]
-    monkeypatch.setattr(tuner, "cache", {})
+    tuners = {name: _plain_tuner(getattr(norm, name)) for name in ("layer_norm_gated_fwd_kernel",
+                                                                   "layer_norm_gated_bwd_kernel")}
+    for t in tuners.values():
+        monkeypatch.setattr(t, "cache", {})
+    others = [t for t in fla_configs._autotuners() if t not in tuners.values()]
+    before = [dict(t.cache) for t in others]
     monkeypatch.setenv("GENDISTILL_FLA_CONFIGS", "0")
-    assert fla_configs.seed_plain_autotuners(folder) == 0 and tuner.cache == {}
+    assert fla_configs.seed_plain_autotuners(folder) == 0
     monkeypatch.delenv("GENDISTILL_FLA_CONFIGS")
-    cached = [t for t in fla_configs._autotuners() if isinstance(t, cache.CachedAutotuner)]
-    before = [dict(t.cache) for t in cached]
-    assert fla_configs.seed_plain_autotuners(folder) >= len(shipped)
-    for entry in shipped.values():
-        config = tuner.cache[tuple(entry["autotune_key"])]
-        assert (config.num_warps, config.num_stages, config.kwargs) == (
-            entry["config"]["num_warps"], entry["config"]["num_stages"], entry["config"]["kwargs"])
-    assert [dict(t.cache) for t in cached] == before
+    shipped = {name: json.loads((folder / f"{name}.json").read_text())["autotune_entries"] for name in tuners}
+    assert fla_configs.seed_plain_autotuners(folder) == sum(len(e) for e in shipped.values())
+    for name, entries in shipped.items():
+        for entry in entries.values():
+            config = tuners[name].cache[tuple(entry["autotune_key"])]
+            assert config in tuners[name].configs  # the autotuner's own candidate
+            assert (config.num_warps, config.num_stages, config.kwargs) == (
+                entry["config"]["num_warps"], entry["config"]["num_stages"], entry["config"]["kwargs"])
+    assert [dict(t.cache) for t in others] == before
+
+    # a launch with a shipped key runs the shipped configuration without benchmarking (meta tensors: no device)
+    tuner = tuners["layer_norm_gated_fwd_kernel"]
+    launched = []
+    monkeypatch.setattr(tuner, "fn", types.SimpleNamespace(run=lambda *a, **kw: launched.append(kw)))
+    monkeypatch.setattr(tuner, "_bench", lambda *a, **kw: pytest.fail("benchmarked a shipped key"))
+    key, entry = next((tuple(e["autotune_key"]), e) for e in shipped["layer_norm_gated_fwd_kernel"].values()
+                      if e["autotune_key"][0] == 128)
+    T, D, NB = 4 * 65536 - 5, key[0], key[1]
+    meta = lambda *shape, dt=torch.bfloat16: torch.empty(*shape, device="meta", dtype=dt)  # noqa: E731
+    norm.layer_norm_gated_fwd_kernel.run(
+        grid=lambda m: (1,), warmup=False, x=meta(T, D), g=meta(T, D), y=meta(T, D), w=meta(D, dt=torch.float32),
+        b=None, residual=None, residual_out=None, mean=None, rstd=meta(T, dt=torch.float32), eps=1e-6, T=T, D=D,
+        BD=D, NB=NB, ACTIVATION="swish", IS_RMS_NORM=True)
+    assert tuner.best_config is tuner.cache[key]
+    assert launched and launched[0]["num_warps"] == entry["config"]["num_warps"]

@@ -5,7 +5,11 @@ attention layer). The norm's kernels and the MLP's activation and product each b
 backward. The mixers (fla's Triton kernels, FlashAttention) stay as they are.
 
 Each module class's ``forward`` is compiled once and shared by every instance (its parameters are graph inputs), so
-a 30-layer pair compiles a handful of graphs — seconds on a GPU machine — not one per layer.
+a 30-layer pair compiles a handful of graphs — seconds on a GPU machine — not one per layer. One class serves in
+several variants (the block norms on ``[B, T, D]`` and Qwen3's per-head q/k norms on ``[B, T, H, d_head]``; teacher
+without and student with gradients; held-out evaluation; a stage that trains other parameters), more than Dynamo's
+default of 8 compiled versions per function, after which it would run the rest eagerly: inside the block the limit
+is :data:`RECOMPILE_LIMIT`.
 :func:`compiled_blocks` installs the compiled ``forward`` on the instances for the duration of a ``with`` block and
 removes it after, so the models the trainer returns are plain modules. ``tests/distill/test_distill_compile.py``
 checks a compiled step against the eager one; ``benchmarks/train_parts.py`` times the part.
@@ -23,6 +27,10 @@ from torch import nn
 #: the block parts compiled, by attribute path on a decoder layer (a path a layer lacks is skipped: Llama's attention
 #: has no q_norm, a KDA layer no self_attn)
 PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn.q_norm", "self_attn.k_norm")
+
+
+#: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
+RECOMPILE_LIMIT = 64
 
 
 @functools.cache
@@ -48,8 +56,11 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled.
     Yields how many modules were switched (0 when ``enabled`` is False)."""
     switched: list[nn.Module] = []
+    limit = contextlib.ExitStack()
     try:
         if enabled:
+            current = torch._dynamo.config.recompile_limit
+            limit.enter_context(torch._dynamo.config.patch(recompile_limit=max(current, RECOMPILE_LIMIT)))
             for model in models:
                 base = getattr(model, "model", model)
                 parts = [m for layer in _layers(model) for path in PARTS if (m := block_part(layer, path)) is not None]
@@ -62,3 +73,4 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
     finally:
         for m in switched:
             del m.forward
+        limit.close()

@@ -104,12 +104,13 @@ def _register() -> None:
 @contextlib.contextmanager
 def packed_flash_attention(*models: nn.Module, enabled: bool = True) -> Iterator[bool]:
     """Inside the block, ``models``' softmax-attention layers use packed FlashAttention (their configs'
-    ``_attn_implementation`` is switched and restored after). A model whose attention uses dropout
-    (``config.attention_dropout > 0``) keeps its own implementation: ``varlen_attn`` has no dropout, and SDPA finds
-    the same document boundaries in the restarting ``position_ids``. Yields whether any model was switched: callers
+    ``_attn_implementation`` is switched and restored after). A model in training mode whose attention uses
+    dropout (``config.attention_dropout > 0``) keeps its own implementation: ``varlen_attn`` has no dropout, and SDPA
+    finds the same document boundaries in the restarting ``position_ids`` (a model in eval mode, such as the teacher,
+    applies no dropout and is switched). Yields whether any model was switched: callers
     pass :func:`packed_attention_kwargs` to every forward either way (SDPA ignores them). A no-op (yielding False)
     when ``enabled`` is False."""
-    switched = [m for m in models if enabled and not getattr(m.config, "attention_dropout", 0.0)]
+    switched = [m for m in models if enabled and not (m.training and getattr(m.config, "attention_dropout", 0.0))]
     if not switched:
         yield False
         return

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -157,31 +158,55 @@ def parse_autotune_log(text: str) -> list[tuple[str, tuple, dict[str, Any]]]:
     return entries
 
 
+#: fla modules whose kernels use Triton's plain autotuner (which does not read fla's files) and whose configurations
+#: gendistill ships: only these are seeded by :func:`seed_plain_autotuners` (kernel names are not unique across fla:
+#: ``recompute_w_u_fwd_kernel`` alone exists in four modules)
+PLAIN_AUTOTUNED_MODULES = ("fla.modules.norm.fused_norm_gate",)
+
+
+def _matching_config(tuner: Any, cfg: dict[str, Any]) -> Any | None:
+    """The tuner's own candidate equal to the shipped ``cfg`` (kwargs, warps, stages, CTAs, registers), or None."""
+    for c in tuner.configs:
+        if (dict(c.kwargs), c.num_warps, c.num_stages, getattr(c, "num_ctas", 1), getattr(c, "maxnreg", None)) == (
+                dict(cfg.get("kwargs", {})), cfg.get("num_warps", 4), cfg.get("num_stages", 3),
+                cfg.get("num_ctas", 1), cfg.get("maxnreg")):
+            return c
+    return None
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The ``autotune_entries`` of one configuration file; a file that does not parse is skipped with a warning (as
+    fla's own loader does)."""
+    try:
+        return list(json.loads(path.read_text()).get("autotune_entries", {}).values())
+    except (OSError, ValueError, AttributeError) as e:
+        warnings.warn(f"{path}: not a kernel configuration file ({type(e).__name__}: {e}); skipped", stacklevel=3)
+        return []
+
+
 def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     """Hand the configurations in ``folder`` (default: ``$FLA_CONFIG_DIR``, which :func:`activate` sets) to the fla
-    kernels that use Triton's plain autotuner, which does not read fla's files (the gated RMSNorm's kernels): each
-    shipped key goes into that autotuner's in-process cache, so a launch with that key is not benchmarked (3-5 s
-    a kernel on a fresh H200). Kernels of fla's own cache-aware autotuner read the files themselves and are left
-    alone; a key not shipped is autotuned as before. Call after fla's kernel modules are imported. Returns the number
-    of keys handed over (0 with ``GENDISTILL_FLA_CONFIGS=0`` or no folder)."""
-    if os.environ.get("GENDISTILL_FLA_CONFIGS", "1") == "0":
+    kernels of :data:`PLAIN_AUTOTUNED_MODULES` (the gated RMSNorm's), whose plain Triton autotuner does not read fla's
+    files: each shipped key goes into that autotuner's in-process cache as the autotuner's own candidate
+    configuration, so a launch with exactly that key is not benchmarked (3-5 s a kernel on a fresh H200). A key not
+    shipped (another number of rows: the key holds ``NB``) is autotuned as before; so is a kernel with a pruning hook
+    or a shipped configuration that is not one of its candidates. Call after fla's kernel modules are imported.
+    Returns the number of keys handed over (0 with ``GENDISTILL_FLA_CONFIGS=0``, ``FLA_CACHE_MODE=disabled`` or no
+    folder)."""
+    if os.environ.get("GENDISTILL_FLA_CONFIGS", "1") == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
         return 0
     folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
     if not folder:
         return 0
-    import triton  # noqa: PLC0415  (GPU only)
-    from fla.ops.utils.cache import CachedAutotuner  # noqa: PLC0415  (same)
-
     seeded = 0
     for tuner in _autotuners():
+        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
         path = Path(folder) / f"{_kernel_name(tuner)}.json"
-        if isinstance(tuner, CachedAutotuner) or not path.is_file():
+        if module not in PLAIN_AUTOTUNED_MODULES or getattr(tuner, "early_config_prune", None) or not path.is_file():
             continue
-        for entry in json.loads(path.read_text()).get("autotune_entries", {}).values():
-            cfg = entry["config"]
-            config = triton.Config(dict(cfg.get("kwargs", {})), num_warps=cfg.get("num_warps", 4),
-                                   num_stages=cfg.get("num_stages", 3), num_ctas=cfg.get("num_ctas", 1),
-                                   maxnreg=cfg.get("maxnreg"))
-            tuner.cache.setdefault(tuple(entry["autotune_key"]), config)
-            seeded += 1
+        for entry in _entries(path):
+            config = _matching_config(tuner, entry.get("config", {}))
+            if config is not None:
+                tuner.cache.setdefault(tuple(entry["autotune_key"]), config)
+                seeded += 1
     return seeded
