@@ -84,6 +84,29 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_published_folders_honour_the_umask(tmp_path, umask, mode):
+    """A folder published by :func:`publish_dir` (students, checkpoints) holds files of the umask's mode even when
+    their writer made them 0600, as safetensors' ``save_file`` (and so ``save_pretrained``) does."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        tmp = tmp_path / ".out.tmp"
+        (tmp / "sub").mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+        (tmp / "sub" / "private.json").write_text("{}")
+        os.chmod(tmp / "sub" / "private.json", 0o600)
+        publish_dir(tmp, tmp_path / "out")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "sub/private.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == mode, name
+
+
 def test_portable_command_drops_machine_paths():
     from gendistill.io import portable_command
 

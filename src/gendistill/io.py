@@ -165,15 +165,20 @@ def _json_default(o: Any) -> Any:
 
 def publish_dir(tmp: str | Path, final: str | Path, replace: bool = True) -> Path:
     """Make the fully written folder ``tmp`` appear as ``final`` atomically and durably: every file in ``tmp`` is
-    fsynced, an existing ``final`` is renamed aside (never deleted before the new one is in place), and the parent
-    folder is fsynced after the rename. A crash at any point leaves either the old folder or the new one.
+    given the umask's mode (:func:`gendistill.ownership.file_mode`; safetensors, and so ``save_pretrained``, creates
+    its files 0600 whatever the umask) and fsynced, an existing ``final`` is renamed aside (never deleted before the
+    new one is in place), and the parent folder is fsynced after the rename. A crash at any point leaves either the
+    old folder or the new one. The folders published this way (students, checkpoints) hold data files only.
 
     With ``replace=False`` publishing is exclusive: if ``final`` exists (it may have appeared while ``tmp`` was being
     written, e.g. by a second run into the same folder) :class:`FileExistsError` is raised and nothing is touched."""
     tmp, final = Path(tmp), Path(final)
+    mode = file_mode()
     for p in sorted(tmp.rglob("*")):
         if p.is_file():
             with open(p, "rb") as fh:
+                if not p.is_symlink():
+                    os.fchmod(fh.fileno(), mode)
                 os.fsync(fh.fileno())
     if not replace:
         _rename_noreplace(tmp, final)

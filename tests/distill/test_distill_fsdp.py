@@ -133,6 +133,11 @@ def test_fsdp_two_processes_match_one_and_resume_on_two_and_one(tmp_path, tok, m
     assert sum(n.startswith("shard-") and n.endswith(".safetensors") for n in names) == 2, names
     assert not [n for n in names if n.endswith((".pt", ".bin", ".distcp", ".metadata", ".pkl"))], names
     assert not [n for n in names if (ck / n).read_bytes()[:1] == b"\x80"], names  # no pickle protocol header
+    # every rank's files with the umask's mode, like any result file (safetensors creates its files 0600)
+    from gendistill.ownership import file_mode
+
+    modes = {n: (ck / n).stat().st_mode & 0o777 for n in names}
+    assert {n: oct(m) for n, m in modes.items() if m != file_mode()} == {}
 
     # resume on 2 processes from a checkpoint written by 2
     assert got["resumed_from"] == 3

@@ -6,6 +6,7 @@ with the same line; a killed holder frees the folder; select-layers and ablate l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -179,3 +180,91 @@ def test_select_layers_and_ablate_lock_their_folders(tmp_path, monkeypatch):
         for flags in ([], ["--report-only"]):
             assert_one_line_error(cli("ablate", grid, *flags), "output_dir", "is in use by gendistill process")
     assert [p.name for p in (tmp_path / "grid").iterdir()] == [LOCK]
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """``folder``'s lock (:func:`acquire`) held by a forked child until the block ends; yields the child's pid. Fails
+    when the child cannot take it (a run that should have released the folder still holds it)."""
+    took_r, took_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 3
+        try:
+            os.close(took_r)
+            os.close(go_w)
+            acquire(folder, "another run")
+            os.write(took_w, b"x")
+            os.read(go_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(took_w)
+    os.close(go_r)
+    try:
+        ready, _, _ = select.select([took_r], [], [], 60)
+        assert ready and os.read(took_r, 1) == b"x", f"another process could not lock {folder}"
+        yield pid
+    finally:
+        os.close(took_r)
+        os.write(go_w, b"x")
+        os.close(go_w)
+        os.waitpid(pid, 0)
+
+
+def _busy(folder: Path) -> bool:
+    try:
+        check_not_busy(folder, "probe")
+    except FolderBusyError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_eval_and_bench_hold_their_folder_and_refuse_a_busy_one(tmp_path, monkeypatch, teacher_dir, command):
+    """A run holds ``--out`` while it writes and frees it when it ends; a run into a folder another process holds is
+    one line naming that process, and changes nothing in the folder; once the holder is gone the run works."""
+    out = tmp_path / "out"
+    if command == "eval":
+        quiz = tmp_path / "quiz.jsonl"
+        quiz.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer_idx": 1}\n')
+        args = ["eval", "-m", teacher_dir, "--tasks", quiz, "--protocol", "loglik", "--no-progress", "--threads", "1"]
+        import gendistill.eval.report as writer
+
+        where = "write_report"
+    else:
+        args = ["bench", "--tiny", "--skip", "ttft,decode,throughput"]
+        from gendistill.bench.runner import Runner as writer
+
+        where = "save"
+    seen, real = [], getattr(writer, where)
+
+    def write_and_look(*a, **k):
+        seen.append(_busy(out))  # another process's view while this run writes
+        return real(*a, **k)
+
+    monkeypatch.setattr(writer, where, write_and_look)
+    assert cli(*args, "--out", out).code == 0
+    assert seen and all(seen), seen
+    with held_by_another_process(out) as pid:  # the finished run let go of the folder
+        before = tree(out)
+        assert_one_line_error(cli(*args, "--out", out), "--out", str(out), f"is in use by gendistill process {pid}")
+        assert tree(out) == before
+    assert cli(*args, "--out", out).code == 0
+
+
+def test_eval_refuses_a_busy_folder_before_anything_is_written(tmp_path, teacher_dir):
+    """Into a new folder another process has just taken, and ``--merge`` into a held folder: one line, the folder
+    holds nothing but the other process's lock file."""
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer_idx": 1}\n')
+    assert cli("eval", "-m", teacher_dir, "--tasks", quiz, "--protocol", "loglik", "--no-progress", "--out",
+               tmp_path / "a").code == 0
+    for out, args in ((tmp_path / "new", ["-m", teacher_dir, "--tasks", quiz, "--no-progress"]),
+                      (tmp_path / "merged", ["--merge", tmp_path / "a"])):
+        with held_by_another_process(out) as pid:
+            assert_one_line_error(cli("eval", *args, "--out", out), "--out", f"is in use by gendistill process {pid}")
+            assert [p.name for p in out.iterdir()] == [LOCK]
+    assert cli("eval", "--merge", tmp_path / "a", "--out", tmp_path / "merged").code == 0
+    assert (tmp_path / "merged" / "results.json").is_file()

@@ -96,7 +96,7 @@ def test_eval_refuses_zero_new_tokens_and_an_unwritable_out(tmp_path):
 
 
 def test_eval_removes_the_stale_examples_of_an_earlier_run_only(tmp_path):
-    from gendistill.eval.cli import _previous_example_files, _remove_stale
+    from gendistill.eval.api import _previous_example_files, _remove_stale
 
     ex = tmp_path / "examples"
     ex.mkdir()
@@ -106,3 +106,21 @@ def test_eval_removes_the_stale_examples_of_an_earlier_run_only(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"example_files": [str(old), str(again), "/etc/passwd"]}))
     _remove_stale(_previous_example_files(str(tmp_path)), [str(again)])
     assert not old.exists() and again.exists() and mine.exists() and Path("/etc/passwd").exists()
+
+
+def test_a_rerun_of_evaluate_into_the_same_folder_keeps_only_its_own_examples(tmp_path, teacher_dir):
+    """The stale-example removal runs inside :func:`gendistill.evaluate`, under the folder's lock, for the command
+    and the library alike: a rerun with another task removes the first run's example files, and only those."""
+    from gendistill.eval.api import evaluate
+
+    tasks = []
+    for name in ("quiz", "trivia"):
+        tasks.append(tmp_path / f"{name}.jsonl")
+        tasks[-1].write_text('{"question": "2+2?", "choices": ["3", "4"], "answer_idx": 1}\n')
+    out = tmp_path / "out"
+    first = evaluate(str(teacher_dir), str(tasks[0]), out=out, protocols="loglik", show_progress=False)
+    (out / "examples" / "mine.jsonl").write_text("{}\n")
+    second = evaluate(str(teacher_dir), str(tasks[1]), out=out, protocols="loglik", show_progress=False)
+    names = sorted(p.name for p in (out / "examples").iterdir())
+    assert names == ["mine.jsonl", *(Path(f).name for f in second.raw["example_files"])], names
+    assert not any(Path(f).exists() for f in first.raw["example_files"])

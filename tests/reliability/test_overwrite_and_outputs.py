@@ -5,6 +5,7 @@ temporary folders of killed writers are cleaned."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -156,3 +157,29 @@ def test_a_full_disk_is_one_line_before_the_student_is_written(tmp_path, monkeyp
     with pytest.raises(OutputError, match=r"--out: .*student needs about .* KiB but only 1.0 KiB are free"):
         save_student(model, None, tmp_path / "student")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_file_of_a_run_and_of_a_converted_student_has_the_umask_s_mode(tmp_path, teacher_dir, data_dir):
+    """Section 6 for whole folders: under umask 002 (not the usual 022, so a fixed 0644 fails too) every file of a
+    finished run -- the kept checkpoints of both stages (weights, optimizer, RNG state, JSON), each stage's student,
+    metrics, progress, marker, lock file -- is 0664 and every folder at least 0775; the same for a converted
+    student. safetensors writes 0600 files whatever the umask, so every .safetensors was 0600 before."""
+    recipe = write_recipe(tmp_path / "r.yaml", teacher_dir, data_dir, tmp_path / "run",
+                          **{"run.keep_finished_checkpoints": True})
+    old = os.umask(0o002)
+    try:
+        assert cli("distill", recipe).code == 0
+        assert cli("convert", "--teacher", teacher_dir, "-a", "0", "--out", tmp_path / "student").code == 0
+    finally:
+        os.umask(old)
+    wrong, names = [], set()
+    for root in (tmp_path / "run", tmp_path / "student"):
+        for p in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(p.lstat().st_mode)
+            names.add(p.name)
+            if (mode & 0o775 != 0o775) if p.is_dir() else (mode != 0o664):
+                wrong.append(f"{oct(mode)} {p.relative_to(tmp_path)}")
+    assert not wrong, wrong
+    assert {"model.safetensors", "optimizer.safetensors", "rng-0.safetensors", "manifest.json", "metrics.jsonl",
+            ".gendistill.lock", MARKER} <= names
+    assert len(list((tmp_path / "run" / "checkpoints").rglob("step-*"))) == 3  # stage1's and stage3a's newest 2

@@ -26,6 +26,7 @@ from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
 from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
+from gendistill.runlock import acquire
 
 ROLES = ("teacher", "student")
 SCHEMA_VERSION = 1
@@ -454,6 +455,20 @@ class Runner:
 
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
                   table: bool = True) -> dict:
+    """Every measurement, then plots and table, with ``settings.out`` locked for the run (:mod:`gendistill.runlock`):
+    a folder another gendistill process is writing is one line; a failure before any write leaves no new folder."""
+    lock = acquire(settings.out, "--out")
+    finished = False
+    try:
+        results = _measure_and_report(settings, log_sink, plots, table)
+        finished = True
+    finally:
+        lock.release(remove_created=not finished)
+    return results
+
+
+def _measure_and_report(settings: BenchSettings, log_sink: Callable[[str], None] | None, plots: bool,
+                        table: bool) -> dict:
     runner = Runner(settings, log_sink)
     threads = torch.get_num_threads()
     if settings.config == "tiny" and runner.device.type == "cpu":

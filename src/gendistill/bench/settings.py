@@ -13,6 +13,7 @@ from gendistill.errors import ConfigError, GendistillError
 from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
 from gendistill.models.loading import resolve_model
 from gendistill.ownership import check_writable
+from gendistill.runlock import check_not_busy
 from gendistill.teachers import load_teacher_config
 
 # The paper's / issue's grid.
@@ -145,9 +146,10 @@ def check_numbers(s: BenchSettings) -> None:
 def check_settings(s: BenchSettings) -> None:
     """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
     reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
-    but absent, an unknown dtype, an unwritable --out. The student's ``attention_layers`` are resolved to indices
-    here (the grammar of :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's layer count
-    is known without loading it (a hub teacher's are resolved by the conversion)."""
+    but absent, an unknown dtype, an unwritable --out or one another gendistill process is writing
+    (:mod:`gendistill.runlock`). The student's ``attention_layers`` are resolved to indices here (the grammar of
+    :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's layer count is known without
+    loading it (a hub teacher's are resolved by the conversion)."""
     check_numbers(s)
     device = resolve_device(s.device)
     resolve_dtype(s.dtype, device)
@@ -174,6 +176,7 @@ def check_settings(s: BenchSettings) -> None:
         except GendistillError as e:
             raise ConfigError(f"--attention-layers: {e}") from None
     check_writable(s.out, "--out")
+    check_not_busy(s.out, "--out")  # another gendistill process writing the folder
 
 
 def settings_from_options(**o) -> BenchSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from gendistill.io import atomic_write_text
 from gendistill.models.card import update_evaluation
 from gendistill.models.loading import resolve_model
 from gendistill.ownership import check_writable, marker_kind
+from gendistill.runlock import acquire
 
 
 @dataclass
@@ -63,7 +65,10 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
              dtype: str = "auto", update_card: bool = False, **options: Any) -> EvalResult:
     """Evaluate ``models`` (model references; the first is the teacher) on ``tasks`` (built-in names, ``all``,
     ``ruler``, ``.jsonl`` or ``.yaml`` task files) under both protocols: log-likelihood ranking and generation with
-    answer extraction. Writes the report to ``out``. ``options`` are the other fields of
+    answer extraction. Writes the report to ``out``, holding the folder's lock (:mod:`gendistill.runlock`) for the
+    whole run: an evaluation into a folder another gendistill process is writing stops at once with one line. After
+    a successful run, the example files an earlier run into ``out`` listed and this one did not rewrite are removed,
+    so the folder holds this run's examples only. ``options`` are the other fields of
     :class:`gendistill.eval.runner.EvalConfig` (``seed``, ``smoke``, ``batch_size``, ``samples``,
     ``max_new_tokens``, ``fidelity_chat``, ...). ``update_card`` writes each evaluated student's rows into its
     model card (only in folders gendistill wrote). Tasks that execute model-written code (``humaneval``) are refused
@@ -81,10 +86,42 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
     options.setdefault("command", " ".join(shlex.quote(a) for a in sys.argv))
     cfg = EvalConfig(models=[str(m) for m in models], tasks=tasks, protocols=[p for p in protocols if p],
                      limit=limit, out=str(out), device=device, dtype=dtype, **options)
-    result = EvalResult.from_results(run_eval(cfg))
-    if update_card:
-        update_cards(models, result)
+    lock = acquire(out, "--out")  # another eval writing the folder: one line, before any model is loaded
+    finished = False
+    try:
+        previous = _previous_example_files(out)
+        result = EvalResult.from_results(run_eval(cfg))
+        _remove_stale(previous, result.raw.get("example_files", []))
+        if update_card:
+            update_cards(models, result)
+        finished = True
+    finally:
+        lock.release(remove_created=not finished)  # a refused run leaves no folder it created behind
     return result
+
+
+def _previous_example_files(out: str | Path) -> set[str]:
+    """Example files an earlier eval into ``out`` listed in its results (only files this project wrote)."""
+    found: set[str] = set()
+    examples = (Path(out) / "examples").resolve()
+    for name in ("results.json", "results.partial.json"):
+        try:
+            listed = json.loads((Path(out) / name).read_text(encoding="utf-8")).get("example_files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for f in listed if isinstance(listed, list) else []:
+            p = Path(str(f)).resolve()
+            if p.parent == examples and p.suffix == ".jsonl" and "__" in p.name:
+                found.add(str(p))
+    return found
+
+
+def _remove_stale(previous: set[str], current: list[str]) -> None:
+    """After a successful run: delete the example files of the earlier run that this run did not write again, so
+    ``--out`` holds only this run's examples (nothing is deleted when the run fails)."""
+    keep = {str(Path(f).resolve()) for f in current}
+    for f in previous - keep:
+        Path(f).unlink(missing_ok=True)
 
 
 def update_cards(models: list[str], result: EvalResult) -> None:

@@ -15,6 +15,7 @@ from gendistill.errors import DataError
 from gendistill.eval.api import evaluate
 from gendistill.eval.report import merge_results, write_report
 from gendistill.eval.ruler import parse_depths, parse_lengths
+from gendistill.runlock import acquire
 
 
 def eval_command(
@@ -86,7 +87,6 @@ def eval_command(
         for k, v in results["paths"].items():
             typer.echo(f"{k}: {v}")
         return
-    previous = _previous_example_files(out)
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
         update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, token_budget=token_budget,
@@ -98,38 +98,14 @@ def eval_command(
         unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code,
         command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     )
-    _remove_stale(previous, res.raw.get("example_files", []))
     typer.echo(res.markdown())
     for k, v in res.paths.items():
         typer.echo(f"{k}: {v}")
 
 
-def _previous_example_files(out: str) -> set[str]:
-    """Example files an earlier eval into ``out`` listed in its results (only files this project wrote)."""
-    found: set[str] = set()
-    examples = (Path(out) / "examples").resolve()
-    for name in ("results.json", "results.partial.json"):
-        try:
-            listed = json.loads((Path(out) / name).read_text(encoding="utf-8")).get("example_files", [])
-        except (OSError, ValueError, AttributeError):
-            continue
-        for f in listed if isinstance(listed, list) else []:
-            p = Path(str(f)).resolve()
-            if p.parent == examples and p.suffix == ".jsonl" and "__" in p.name:
-                found.add(str(p))
-    return found
-
-
-def _remove_stale(previous: set[str], current: list[str]) -> None:
-    """After a successful run: delete the example files of the earlier run that this run did not write again, so
-    ``--out`` holds only this run's examples (nothing is deleted when the run fails)."""
-    keep = {str(Path(f).resolve()) for f in current}
-    for f in previous - keep:
-        Path(f).unlink(missing_ok=True)
-
-
 def _merge(files: list[str], out: str) -> dict:
-    """``--merge``: the results files combined into one report in ``out``."""
+    """``--merge``: the results files combined into one report in ``out``, written under the folder's lock
+    (:mod:`gendistill.runlock`) once every file has been read."""
     parts = []
     for f in files:
         p = Path(f)
@@ -144,7 +120,8 @@ def _merge(files: list[str], out: str) -> dict:
         if not isinstance(parts[-1], dict) or "rows" not in parts[-1] or "meta" not in parts[-1]:
             raise DataError(f"{p}: not a gendistill eval results file (no 'rows'/'meta')")
     results = merge_results(parts)
-    results["paths"] = write_report(results, out)
+    with acquire(out, "--out"):
+        results["paths"] = write_report(results, out)
     return results
 
 
