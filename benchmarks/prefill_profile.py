@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gendistill.bench import engine  # noqa: E402
 from gendistill.bench.profile import append_table, label_times, labelled, op_table  # noqa: E402
 from gendistill.bench.timing import measure  # noqa: E402
+from gendistill.io import portable_command  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     teacher, student = build(args.tiny, device, dtype)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     res = {"label": args.label, "card": card, "dtype": str(dtype), "torch": torch.__version__,
-           "command": " ".join(sys.argv), "model": {}, "layer": {}, "peer": {}}
+           "command": portable_command(sys.argv), "model": {}, "layer": {}, "peer": {}}
     json_path = out / f"prefill_profile_{args.label}.json"
 
     def save():

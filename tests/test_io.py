@@ -114,3 +114,15 @@ def test_portable_command_drops_machine_paths():
                             "relative/dir"])
     assert cmd == "benchmarks/x.py --out tt.json --profile=p --seq 2048 relative/dir"
     assert "/tmp" not in cmd
+
+
+def test_portable_paths_cut_machine_paths_and_leave_other_slashes():
+    from gendistill.io import portable_paths
+
+    value = {"out": "/root/out/bench", "plots": ["/tmp/r/fig2.png", "fig5.png"], "n": 3,
+             "command": "e2e.py recipes/a.yaml --out /tmp/e2e/run --set teacher.spec=/tmp/t/S.gguf",
+             "text": "149.7K tok/s, 3/4 of https://docs.pytorch.org/docs/main/x.html, ~/.cache/x and ./rel/p"}
+    assert portable_paths(value) == {
+        "out": "bench", "plots": ["fig2.png", "fig5.png"], "n": 3,
+        "command": "e2e.py recipes/a.yaml --out run --set teacher.spec=S.gguf",
+        "text": value["text"]}

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from gendistill.distill.recipe_files import load_recipe
     from gendistill.distill.shipped import recipe_file
     from gendistill.errors import GendistillError
+    from gendistill.io import portable_paths
 
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists():
@@ -121,9 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _write(resolved, dump_recipe(recipe))
 
     summary: dict[str, Any] = {
-        "recipe": str(recipe_file(args.recipe).resolve()), "overrides": args.overrides, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "limit": args.limit,
-        "smoke": args.smoke, "phases": {}, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        # committed as docs/results/e2e_*.json: no machine paths (gendistill.io.portable_paths)
+        "recipe": recipe_file(args.recipe).name, "overrides": portable_paths(args.overrides),
+        "device": device, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "limit": args.limit,
+        "smoke": args.smoke, "phases": {},
+        "command": portable_paths(" ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])),
         "budgets": [{"stage": s.name, "steps": s.total_steps(), "tokens": s.total_steps() * s.batch_size * s.seq_len,
                      "seq_len": s.seq_len, "batch_size": s.batch_size} for s in recipe.stages],
         "targets": TARGETS,

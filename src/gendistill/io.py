@@ -116,6 +116,24 @@ def portable_command(argv: list[str]) -> str:
     return " ".join(part(a) for a in argv)
 
 
+#: an absolute path inside a string: two or more ``/name`` parts not preceded by a word character, ``:`` or ``/``
+#: (so ``tok/s``, ``3/4`` and the path part of ``https://host/a/b`` are not paths)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])(?:/[\w.+-]+){2,}/?")
+
+
+def portable_paths(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every absolute path inside its strings cut to its
+    last part, the rule of :func:`portable_command`: for a result copied into ``docs/results`` from the machine that
+    produced it (``python tools/portable_results.py FILE``)."""
+    if isinstance(value, dict):
+        return {portable_paths(k): portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v) for v in value]
+    if isinstance(value, str):
+        return ABSOLUTE_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name, value)
+    return value
+
+
 def write_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a failing write raises (disk full, quota, file too large, read-only): ``OSError`` and
     safetensors' ``SafetensorError``, which wraps the same OS error in its own type."""
