@@ -117,7 +117,7 @@ def test_portable_command_drops_machine_paths():
 
 
 def test_portable_paths_cut_machine_paths_and_leave_other_slashes():
-    from gendistill.io import portable_paths
+    from gendistill.io import absolute_paths, portable_paths
 
     value = {"out": "/root/out/bench", "plots": ["/tmp/r/fig2.png", "fig5.png"], "n": 3,
              "command": "e2e.py recipes/a.yaml --out /tmp/e2e/run --set teacher.spec=/tmp/t/S.gguf",
@@ -126,3 +126,5 @@ def test_portable_paths_cut_machine_paths_and_leave_other_slashes():
         "out": "bench", "plots": ["fig2.png", "fig5.png"], "n": 3,
         "command": "e2e.py recipes/a.yaml --out run --set teacher.spec=S.gguf",
         "text": value["text"]}
+    assert absolute_paths(value) == {"/root/out/bench", "/tmp/r/fig2.png", "/tmp/e2e/run", "/tmp/t/S.gguf"}
+    assert absolute_paths(portable_paths(value)) == set()

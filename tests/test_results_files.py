@@ -8,24 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gendistill.io import ABSOLUTE_PATH
+from gendistill.io import absolute_paths
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
-def _strings(value):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield k
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-    elif isinstance(value, str):
-        yield value
-
-
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_a_committed_result_carries_no_machine_path(path):
-    found = sorted({m.group(0) for s in _strings(json.loads(path.read_text())) for m in ABSOLUTE_PATH.finditer(s)})
+    found = sorted(absolute_paths(json.loads(path.read_text())))
     assert not found, f"{path.name}: machine paths {found[:5]} (python tools/portable_results.py {path})"

@@ -16,16 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gendistill.io import ABSOLUTE_PATH, atomic_write_text, portable_paths  # noqa: E402
-
-
-def absolute_paths(value: object) -> set[str]:
-    """Every absolute path inside the strings of a JSON-like ``value``."""
-    if isinstance(value, dict):
-        return set().union(set(), *(absolute_paths(k) | absolute_paths(v) for k, v in value.items()))
-    if isinstance(value, list):
-        return set().union(set(), *(absolute_paths(v) for v in value))
-    return {m.group(0) for m in ABSOLUTE_PATH.finditer(value)} if isinstance(value, str) else set()
+from gendistill.io import absolute_paths, atomic_write_text, portable_paths  # noqa: E402
 
 
 def main() -> None:

@@ -134,6 +134,15 @@ def portable_paths(value: Any) -> Any:
     return value
 
 
+def absolute_paths(value: Any) -> set[str]:
+    """Every absolute path inside the strings of a JSON-like ``value`` (what :func:`portable_paths` would cut)."""
+    if isinstance(value, dict):
+        return set().union(*(absolute_paths(k) | absolute_paths(v) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(absolute_paths(v) for v in value))
+    return {m.group(0) for m in ABSOLUTE_PATH.finditer(value)} if isinstance(value, str) else set()
+
+
 def write_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a failing write raises (disk full, quota, file too large, read-only): ``OSError`` and
     safetensors' ``SafetensorError``, which wraps the same OS error in its own type."""
