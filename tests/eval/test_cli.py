@@ -95,6 +95,22 @@ def test_end_to_end_teacher_and_students(setup, tmp_path):
     assert res["meta"]["complete"] is True
 
 
+def test_fast_and_reference_engines_give_the_same_records(setup, tmp_path):
+    """The whole command on both generation engines: every per-example generation record is the same (the
+    throughput figures aside), for the teacher and a student."""
+    root, teacher, twin, other, mc, qa, chat = setup
+    recs = {}
+    for engine in ("fast", "reference"):
+        out = tmp_path / engine
+        r = _run(["-m", str(teacher), "-m", str(other), "--tasks", f"{mc},{qa}", "--protocol", "generate",
+                  "--max-new-tokens", "8", "--engine", engine, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        res = json.loads((out / "results.json").read_text())
+        assert {row["throughput"]["batch_size"] for row in res["rows"]} == ({16} if engine == "fast" else {8})
+        recs[engine] = {p.name: p.read_text() for p in sorted((out / "examples").iterdir())}
+    assert len(recs["fast"]) == 4 and recs["fast"] == recs["reference"]
+
+
 def test_limit_and_seed_subsample(setup, tmp_path):
     root, teacher, *_ , mc, qa, chat = setup
     outs = []
@@ -130,6 +146,8 @@ def test_smoke_and_sampling(setup, tmp_path):
         (["-m", "{teacher}", "--tasks", "{mc}", "--protocol", "vibes"], "unknown protocol 'vibes'"),
         (["-m", "{teacher}", "--tasks", "{mc}", "--limit", "0"], "--limit must be a positive integer"),
         (["--tasks", "{mc}"], "give at least one --model"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--engine", "turbo"], "unknown generation engine 'turbo'"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--engine", "fast", "--samples", "2"], "decodes greedily"),
     ],
 )
 def test_bad_input_one_line_nothing_written(setup, tmp_path, args, needle):

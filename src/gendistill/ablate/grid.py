@@ -119,7 +119,8 @@ class GridEvalConfig(_Strict):
                                                            min_length=1)
     limit: int | None = Field(default=100, gt=0)
     seed: int = 0
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int | None = Field(default=None, gt=0, description="generation rows per batch; None: from free "
+                                                                   "GPU memory (gendistill.eval.generate)")
     token_budget: int = Field(default=2048, gt=0)
     loglik_chat_template: bool = False
     samples: int = Field(default=0, ge=0)

@@ -12,18 +12,12 @@ from typing import Any
 
 import torch
 
-FULL = "full_attention"
-LINEAR = "linear_attention"
+from gendistill.models.decoding import FULL, LINEAR, layer_types
+
+__all__ = ["FULL", "LINEAR", "DTYPE_BYTES", "layer_types", "kv_bytes_per_token_per_layer", "kda_state_dims",
+           "theoretical_cache_bytes", "measured_cache_bytes", "model_api_cache_bytes"]
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
-
-
-def layer_types(config: Any) -> list[str]:
-    n = config.num_hidden_layers
-    types = getattr(config, "layer_types", None)
-    if not types:
-        return [FULL] * n
-    return [LINEAR if t in (LINEAR, "kda", "linear") else FULL if "attention" in t else t for t in types]
 
 
 def _first(config: Any, names: tuple[str, ...], default: Any = None) -> Any:

@@ -1,4 +1,5 @@
-"""Prefill / decode machinery shared by the TTFT, decode and throughput measurements.
+"""Prefill / decode machinery of the TTFT, decode and throughput measurements. The static cache, the decode step and
+its CUDA graph live in :mod:`gendistill.models.decoding` (the evaluator's generation engine runs the same code).
 
 Decode runs on a *static* cache (attention KV preallocated to its final length, KDA states fixed-size), for both
 models: HF's DynamicCache grows by ``torch.cat`` each step, which re-copies the whole KV and would bill the teacher for
@@ -8,39 +9,24 @@ in a ``torch.cuda.CUDAGraph`` (``GraphStep``) — the graph path is validated ag
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import Cache, StaticLayer
 
-from gendistill.bench.cache import FULL, layer_types
+from gendistill.models.decoding import (  # the decode machinery the benchmark shares with the evaluator
+    DecodeState,
+    GraphStep,
+    cache_tensors,
+    forward,
+    make_state,
+    make_step,
+    new_dynamic_cache,
+    to_static_cache,
+)
 
-_NO_LOGITS_TO_KEEP: set[int] = set()
-_RECURRENT_TYPES = ("linear_attention", "kda", "conv", "mamba")
-
-
-def forward(model: Any, input_ids: torch.Tensor, cache: Any, position_ids=None, attention_mask=None):
-    """One forward that keeps only the last position's logits (128K x 152K logits would not fit)."""
-    kwargs: dict[str, Any] = dict(input_ids=input_ids, cache=cache, use_cache=True)
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    if id(model) not in _NO_LOGITS_TO_KEEP:
-        try:
-            return model(**kwargs, logits_to_keep=1)
-        except TypeError as exc:
-            if "logits_to_keep" not in str(exc):
-                raise
-            _NO_LOGITS_TO_KEEP.add(id(model))
-    return model(**kwargs)
-
-
-def new_dynamic_cache(model: Any):
-    return DynamicCache(config=model.config)
+__all__ = ["DecodeState", "GraphStep", "GraphedPrefill", "cache_tensors", "forward", "make_state", "make_step",
+           "new_dynamic_cache", "prefill", "random_prompt", "to_static_cache", "validate_graph",
+           "validate_graphed_prefill"]
 
 
 def random_prompt(vocab_size: int, length: int, batch: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -103,162 +89,6 @@ def validate_graphed_prefill(model: Any, graphed: GraphedPrefill) -> dict:
     return {"next_token_match": bool(torch.equal(nxt, g_next)), "cache_layout_match": same_layout,
             "cache_max_abs_diff": diff, "cache_rel_diff": rel,
             "accepted": bool(torch.equal(nxt, g_next)) and same_layout and rel <= 1e-2}
-
-
-# ---------------------------------------------------------------------------------------------------- static caches
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj) if obj.dim() > 0 else obj.clone()
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_map_tensors(v, fn) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
-def _copy_state_layer(layer: Any, batch: int | None) -> Any:
-    """A copy of a non-attention cache layer (KDA recurrent/conv states) with its tensors cloned and, when ``batch``
-    is given, row 0 repeated to ``batch`` rows."""
-    new = copy.copy(layer)
-
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        if batch is None:
-            return t.clone()
-        return t[:1].repeat(batch, *([1] * (t.dim() - 1))).contiguous()
-
-    for k, v in vars(layer).items():
-        if isinstance(v, (torch.Tensor, dict, list, tuple)):
-            setattr(new, k, _map_tensors(v, fn))
-    return new
-
-
-def to_static_cache(
-    cache: Any, config: Any, max_len: int, batch: int | None = None, context: int | None = None, copy_kv: bool = True
-):
-    """Static copy of a prefilled dynamic cache, with room for ``max_len`` tokens in every attention layer.
-
-    ``batch``: replicate row 0 to this many rows. ``context``: pretend this many tokens are cached (the throughput sweep
-    builds a batch-B cache of length L from a short template prefill; attention cost does not depend on the values).
-    ``copy_kv=False`` leaves the KV zeros (template use)."""
-    types = layer_types(config)
-    layers = []
-    for i, src in enumerate(cache.layers):
-        if types[i] == FULL and getattr(src, "keys", None) is not None:
-            k, v = src.keys, src.values
-            rows = batch or k.shape[0]
-            dst = StaticLayer(max_cache_len=max_len)
-            dst.lazy_initialization(k[:1].expand(rows, *k.shape[1:]), v[:1].expand(rows, *v.shape[1:]))
-            n = k.shape[-2]
-            if copy_kv:
-                dst.keys[:, :, :n].copy_(k[:1].expand(rows, *k.shape[1:]) if batch else k)
-                dst.values[:, :, :n].copy_(v[:1].expand(rows, *v.shape[1:]) if batch else v)
-            dst.cumulative_length.fill_(context if context is not None else n)
-            layers.append(dst)
-        else:
-            layers.append(_copy_state_layer(src, batch))
-    return Cache(layers=layers)
-
-
-def cache_tensors(cache: Any) -> list[torch.Tensor]:
-    """Every tensor (scalars included) held by the cache's layers — for snapshot / restore."""
-    out, seen = [], set()
-
-    def walk(o, depth=0):
-        if depth > 4:
-            return
-        if isinstance(o, torch.Tensor):
-            if id(o) not in seen:
-                seen.add(id(o))
-                out.append(o)
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v, depth + 1)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v, depth + 1)
-
-    for layer in cache.layers:
-        walk(vars(layer))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- decode step
-@dataclass
-class DecodeState:
-    """Static buffers of a decode loop: everything the step reads or writes lives here (graph-capturable)."""
-
-    cache: Any
-    ids: torch.Tensor  # [B, 1] next input token
-    pos: torch.Tensor  # [B, 1] its position
-    arange: torch.Tensor  # [max_len]
-    last_logits: torch.Tensor | None = None  # [B, V] of the last step
-
-    def snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(t, t.clone()) for t in [*cache_tensors(self.cache), self.ids, self.pos]]
-
-    @staticmethod
-    def restore(snap: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for t, saved in snap:
-            t.copy_(saved)
-
-
-def make_state(cache: Any, first_token: torch.Tensor, position: int, max_len: int) -> DecodeState:
-    device = first_token.device
-    b = first_token.shape[0]
-    return DecodeState(
-        cache=cache,
-        ids=first_token.reshape(b, 1).clone(),
-        pos=torch.full((b, 1), position, dtype=torch.long, device=device),
-        arange=torch.arange(max_len, device=device),
-    )
-
-
-def make_step(model: Any, state: DecodeState, explicit_mask: bool = True) -> Callable[[], None]:
-    """The decode step: forward one token per row, greedy next token written back into ``state.ids``, positions
-    advanced. With ``explicit_mask`` the attention mask is computed from ``state.pos`` by tensor ops only (no host
-    sync), which is what makes the step graph-capturable; it is used in eager mode too so both paths are one code."""
-    # One entry per raw layer type of the config (the models index the mapping by it); recurrent layers get None
-    # (no padding in the benchmark), attention layers the causal mask over the static KV buffer.
-    types = set(getattr(model.config, "layer_types", None) or ()) | {FULL}
-
-    def step() -> None:
-        mask = None
-        if explicit_mask:
-            m = (state.arange[None, :] <= state.pos[:, :1])[:, None, None, :]  # [B, 1, 1, max_len]
-            mask = {t: (None if t in _RECURRENT_TYPES else m) for t in types}
-        out = forward(model, state.ids, state.cache, position_ids=state.pos, attention_mask=mask)
-        logits = out.logits[:, -1]
-        state.ids.copy_(logits.argmax(-1, keepdim=True))
-        state.pos.add_(1)
-        if state.last_logits is None:
-            state.last_logits = logits.detach().clone()
-        else:
-            state.last_logits.copy_(logits)
-
-    return step
-
-
-class GraphStep:
-    """``step`` captured once in a CUDA graph; calling the object replays it. Capture follows the PyTorch recipe:
-    warm-up on a side stream (lazy allocations, autotuning, cuBLAS workspaces), then capture."""
-
-    def __init__(self, step: Callable[[], None], warmup: int = 2):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(warmup):
-                step()
-        torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            step()
-        torch.cuda.synchronize()
-
-    def __call__(self) -> None:
-        self.graph.replay()
 
 
 @torch.inference_mode()

@@ -36,7 +36,12 @@ def eval_command(
                                                       f"new tokens."),
     out: str = typer.Option("runs/eval", "--out", "-o", help="Output folder: results.json/.md/.png and "
                                                              "examples/*.jsonl."),
-    batch_size: int = typer.Option(8, help="Generation batch size (left-padded, length-sorted)."),
+    batch_size: int = typer.Option(None, help="Generation rows per batch (left-padded, length-sorted); default: as "
+                                              "many as half the free GPU memory holds (at most 512), 16 on CPU, 8 "
+                                              "with --engine reference."),
+    engine: str = typer.Option("auto", help="Generation engine. fast: static cache, per-row stopping, CUDA-graph "
+                                            "decode (greedy only); reference: transformers' generate (the check, "
+                                            "and sampling); auto: fast for greedy, reference with --samples."),
     token_budget: int = typer.Option(2048, help="Log-likelihood batch size in tokens."),
     loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
                                               help="Wrap log-likelihood contexts in the chat template "
@@ -89,7 +94,8 @@ def eval_command(
         return
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
-        update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, token_budget=token_budget,
+        update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, engine=engine,
+        token_budget=token_budget,
         loglik_chat_template=loglik_chat_template, samples=samples, temperature=temperature, top_p=top_p,
         top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source, fidelity_chat=fidelity_chat,
         fidelity_data=fidelity_data, show_progress=not no_progress,

@@ -1,7 +1,18 @@
 """Batched generation: prompts sorted by length (longest first), grouped into batches, **left-padded** with an attention
-mask and decoded by ``model.generate`` (greedy by default, or seeded sampling). The hybrid student's cache handles the
-left padding in its recurrent and convolution states, so batched and one-at-a-time greedy results must be identical —
-``tests/eval/test_generate.py`` checks exactly that for every model factory it is given.
+mask. Two engines:
+
+* ``fast`` (greedy): one prefill per batch into a dynamic cache, copied into a static one
+  (:mod:`gendistill.models.decoding`: attention KV preallocated, KDA states as they are), then one decode step a token
+  over static buffers — eager on CPU, a replayed CUDA graph on CUDA. Rows stop on their own: every ``check_every``
+  steps the new tokens come to the host once, a row that produced an end-of-turn token or a stop string is finished,
+  the batch ends when all rows have, and when half the rows have finished the others are copied into a smaller
+  batch (a new graph), so a finished row stops costing decode work. Batch size from free GPU memory.
+* ``reference``: ``model.generate`` (transformers' loop, dynamic cache), which also serves seeded sampling. It is the
+  check: ``tests/eval/test_fast_generate.py`` requires identical tokens from both on tiny models (teacher and
+  hybrid, left padding, stop strings, compaction), and the GPU test does the same on the card.
+
+The hybrid student's cache handles the left padding in its recurrent and convolution states, so batched and
+one-at-a-time greedy results must be identical — ``tests/eval/test_generate.py`` checks exactly that.
 
 Returns the texts in input order plus throughput numbers (new tokens per second, prompt tokens per second).
 """
@@ -13,7 +24,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gendistill.errors import ConfigError
 from gendistill.eval.progress import progress
+from gendistill.models.decoding import (
+    GraphStep,
+    decode_bytes_per_row,
+    forward,
+    make_state,
+    make_step,
+    new_dynamic_cache,
+    to_static_cache,
+)
+
+ENGINES = ("auto", "fast", "reference")
+CPU_BATCH = 16  # the automatic batch size off the GPU
+MAX_AUTO_BATCH = 512  # the automatic batch size's ceiling on a GPU
+MEMORY_SHARE = 0.5  # of the free GPU memory, for one batch's caches and prefill activations
 
 
 @dataclass
@@ -63,14 +89,63 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-@torch.no_grad()
+def _finish(toks: list[int], eos: list[int], stop: list[str] | None, tokenizer, prompt_tokens: int) -> GenOutput:
+    """A row's output from its generated tokens: cut at the first end-of-turn token, decoded, cut at the first stop
+    string (the reference and fast engines share this)."""
+    cut = next((k for k, t in enumerate(toks) if t in eos), None)
+    hit_limit = cut is None
+    toks = toks if cut is None else toks[:cut]
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    if stop:
+        for s in stop:
+            j = text.find(s)
+            if j >= 0:
+                text, hit_limit = text[:j], False
+    return GenOutput(text=text, token_ids=toks, prompt_tokens=prompt_tokens, new_tokens=len(toks), hit_limit=hit_limit)
+
+
+def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids``, ``mask`` ``[B, W]``: the rows right-aligned (left padding), mask 1 on real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[b, width - len(r) :] = 1
+    return ids, mask
+
+
+def resolve_engine(engine: str, do_sample: bool) -> str:
+    """``auto`` is ``fast`` for greedy decoding and ``reference`` for sampling (the fast engine is greedy only)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown generation engine '{engine}'; known: {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "reference" if do_sample else "fast"
+    if engine == "fast" and do_sample:
+        raise ConfigError("the fast generation engine decodes greedily; sampling runs on --engine reference (or auto)")
+    return engine
+
+
+def auto_batch_size(model, prompt_len: int, max_new_tokens: int, device: torch.device) -> int:
+    """Rows per batch: on CUDA as many as :data:`MEMORY_SHARE` of the free memory holds (each row's caches, dynamic
+    and static, and its prefill activations: :func:`gendistill.models.decoding.decode_bytes_per_row`), at most
+    :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)
+    return max(1, min(MAX_AUTO_BATCH, int(MEMORY_SHARE * free // max(1, per_row))))
+
+
+@torch.inference_mode()
 def generate(
     model,
     tokenizer,
     prompts: list[str],
     *,
     max_new_tokens: int = 64,
-    batch_size: int = 8,
+    batch_size: int | None = None,
+    engine: str = "auto",
     do_sample: bool = False,
     temperature: float = 0.7,
     top_p: float = 0.8,
@@ -80,55 +155,150 @@ def generate(
     add_special_tokens: bool = False,
     desc: str = "generate",
     show_progress: bool = True,
+    cuda_graphs: bool | None = None,
+    check_every: int | None = None,
 ) -> tuple[list[GenOutput], GenStats]:
-    """Generate a reply for each (already chat-templated) prompt; outputs in input order."""
-    if batch_size < 1:
+    """Generate a reply for each (already chat-templated) prompt; outputs in input order.
+
+    ``batch_size``: rows per batch (None: :func:`auto_batch_size` for the fast engine, 8 for the reference).
+    ``engine``: ``auto`` | ``fast`` | ``reference`` (:func:`resolve_engine`). ``cuda_graphs``: replay the fast decode
+    step as a CUDA graph (default: on CUDA). ``check_every``: fast-engine decode steps between reads of the new tokens
+    (stopping and compaction are decided there; default 8 on CUDA, 4 elsewhere)."""
+    if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    engine = resolve_engine(engine, do_sample)
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     enc = [list(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
     outs: list[GenOutput | None] = [None] * len(prompts)
-    stats = GenStats(n_prompts=len(prompts), batch_size=batch_size)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None, use_cache=True)
-    if do_sample:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if stop:  # stop decoding early at a stop string (the text is also cut there below)
-        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-    if do_sample:
-        torch.manual_seed(seed)
+    if batch_size is None:
+        longest = max((len(e) for e in enc), default=1)
+        batch_size = auto_batch_size(model, longest, max_new_tokens, device) if engine == "fast" else 8
+    stats = GenStats(n_prompts=len(prompts), batch_size=batch_size, extra={"engine": engine})
     bar = progress(total=len(prompts), desc=desc, enabled=show_progress)
     t0 = time.perf_counter()
+    if engine == "fast":
+        graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        decoder = _FastDecoder(model, tokenizer, eos, stop, pad, device, graphs,
+                               check_every or (8 if device.type == "cuda" else 4))
+        stats.extra.update(cuda_graphs=graphs, compactions=0, graph_captures=0, decode_steps=0)
+    else:
+        decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
+            do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        new = decoder([enc[i] for i in idx], max_new_tokens)
         for b, i in enumerate(idx):
-            ids[b, width - len(enc[i]) :] = torch.tensor(enc[i], dtype=torch.long)
-            mask[b, width - len(enc[i]) :] = 1
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
-        new = seqs[:, width:].tolist()
-        for b, i in enumerate(idx):
-            toks = new[b]
-            cut = next((k for k, t in enumerate(toks) if t in eos), None)
-            hit_limit = cut is None
-            toks = toks if cut is None else toks[:cut]
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            if stop:
-                for s in stop:
-                    j = text.find(s)
-                    if j >= 0:
-                        text, hit_limit = text[:j], False
-            outs[i] = GenOutput(text=text, token_ids=toks, prompt_tokens=len(enc[i]), new_tokens=len(toks),
-                                hit_limit=hit_limit)
+            outs[i] = _finish(new[b], eos, stop, tokenizer, len(enc[i]))
             stats.prompt_tokens += len(enc[i])
-            stats.new_tokens += len(toks)
+            stats.new_tokens += outs[i].new_tokens
         stats.batches += 1
         bar.update(len(idx))
+    if engine == "fast":
+        stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
+                           decode_steps=decoder.steps)
     stats.seconds = time.perf_counter() - t0
     bar.close()
     return outs, stats  # type: ignore[return-value]
+
+
+class _ReferenceDecoder:
+    """One batch through ``model.generate``: the new tokens of each row (padding after its end included)."""
+
+    def __init__(self, model, tokenizer, eos, stop, pad, device, sampling: dict):
+        self.model, self.device = model, device
+        kw = dict(pad_token_id=pad, eos_token_id=eos or None, use_cache=True)
+        if sampling["do_sample"]:
+            kw.update(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                      top_k=sampling["top_k"])
+            torch.manual_seed(sampling["seed"])
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stop:  # stop decoding early at a stop string (the text is also cut there)
+            kw.update(stop_strings=list(stop), tokenizer=tokenizer)
+        self.kwargs = kw
+
+    def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        ids, mask = _left_padded(rows, self.kwargs["pad_token_id"])
+        seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                   max_new_tokens=max_new_tokens, **self.kwargs)
+        return seqs[:, ids.shape[1] :].tolist()
+
+
+class _FastDecoder:
+    """One batch, greedy, on a static cache: prefill, then decode steps until every row has finished or
+    ``max_new_tokens`` tokens; finished rows are dropped when half the batch has finished."""
+
+    MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy (and a new graph)
+    MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
+
+    def __init__(self, model, tokenizer, eos, stop, pad, device, graphs: bool, check_every: int):
+        self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
+        self.eos = set(eos)
+        self.graphs, self.check_every = graphs, max(1, check_every)
+        self.compactions = self.captures = self.steps = 0
+
+    def finished(self, toks: list[int]) -> bool:
+        if any(t in self.eos for t in toks):
+            return True
+        if self.stop:
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            return any(s in text for s in self.stop)
+        return False
+
+    def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        ids, mask = _left_padded(rows, self.pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        width = ids.shape[1]
+        real = mask.sum(-1)  # [B] prompt tokens per row
+        cache = new_dynamic_cache(self.model)
+        out = forward(self.model, ids, cache, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), attention_mask=mask)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+        cache = getattr(out, "cache", None) or cache
+        gen: list[list[int]] = [[] for _ in rows]
+        if max_new_tokens <= 1:
+            for b, t in enumerate(first[:, 0].tolist()):
+                gen[b].append(t)
+            return gen
+        max_len = width + max_new_tokens
+        state = make_state(to_static_cache(cache, self.model.config, max_len), first, real, max_len,
+                           start=width - real)
+        del cache, out
+        live = list(range(len(rows)))  # batch row of each state row
+        done = [False] * len(rows)
+        pending = [first]  # [B', 1] tokens not yet read back
+        made, runner = 1, None
+        while True:
+            if made >= max_new_tokens or len(pending) >= self.check_every:
+                toks = torch.cat(pending, 1).tolist()
+                pending = []
+                for r, b in enumerate(live):
+                    if not done[b]:
+                        gen[b].extend(toks[r])
+                        done[b] = self.finished(gen[b])
+                active = [r for r, b in enumerate(live) if not done[b]]
+                if made >= max_new_tokens or not active:
+                    return gen
+                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:
+                    state = state.select_rows(torch.tensor(active, device=self.device))
+                    live = [live[r] for r in active]
+                    runner = None
+                    self.compactions += 1
+            if runner is None:
+                step = make_step(self.model, state)
+                left = max_new_tokens - made
+                if self.graphs and left >= self.MIN_GRAPH_STEPS:
+                    warm = min(2, left - 1)
+                    keep = lambda s=state: pending.append(s.ids.clone())  # noqa: E731  (the warm-up steps are real)
+                    runner = GraphStep(step, warmup=warm, after_warmup_step=keep)
+                    made += warm
+                    self.steps += warm
+                    self.captures += 1
+                    continue
+                runner = step
+            runner()
+            pending.append(state.ids.clone())
+            made += 1
+            self.steps += 1

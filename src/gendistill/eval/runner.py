@@ -31,7 +31,7 @@ from gendistill.devices import dtype_name, resolve_device, resolve_dtype
 from gendistill.errors import ConfigError
 from gendistill.eval import report as R
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
-from gendistill.eval.generate import generate
+from gendistill.eval.generate import generate, resolve_engine
 from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
@@ -60,7 +60,8 @@ class EvalConfig:
     seed: int = 0
     smoke: bool = False
     out: str = "runs/eval"
-    batch_size: int = 8
+    batch_size: int | None = None  # generation rows per batch; None: from free GPU memory (8 on the reference engine)
+    engine: str = "auto"  # generation engine: auto | fast | reference (gendistill.eval.generate)
     token_budget: int = 2048
     loglik_chat_template: bool = False
     samples: int = 0  # 0 = greedy; N > 0 = N sampling seeds
@@ -158,7 +159,8 @@ def run_generate(model, tok, task: Task, examples: list[Example], all_examples: 
     stats_all = []
     for s in seeds:
         outs, stats = generate(
-            model, tok, prompts, max_new_tokens=max_new, batch_size=cfg.batch_size, do_sample=s is not None,
+            model, tok, prompts, max_new_tokens=max_new, batch_size=cfg.batch_size, engine=cfg.engine,
+            do_sample=s is not None,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=s or 0,
             add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{label} {task.name} generate",
             show_progress=cfg.show_progress, stop=list(task.stop) or None,
@@ -235,7 +237,8 @@ def _safe(s: str) -> str:
 
 def check_numbers(cfg: EvalConfig) -> None:
     """Every size and count a user types within its range (:mod:`gendistill.limits`), before anything is read."""
-    check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
+    if cfg.batch_size is not None:
+        check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
     check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
     check_range(cfg.top_k, 1, 1 << 24, "--top-k")
@@ -259,8 +262,9 @@ def check_config(cfg: EvalConfig) -> None:
         raise ConfigError(f"unknown protocol '{bad[0] if bad else ''}'; known: {', '.join(PROTOCOLS)}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise ConfigError(f"--limit must be a positive integer, got {cfg.limit}")
-    if cfg.batch_size < 1:
+    if cfg.batch_size is not None and cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    resolve_engine(cfg.engine, cfg.samples > 0)  # an unknown engine, or sampling on the greedy-only one, fails now
     check_numbers(cfg)
     if cfg.data_source not in ("local", "hf"):
         raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")

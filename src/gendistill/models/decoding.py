@@ -1,0 +1,323 @@
+"""Greedy decoding on a *static* cache, shared by the evaluator's generation engine (:mod:`gendistill.eval.generate`)
+and the efficiency benchmark (:mod:`gendistill.bench.engine`).
+
+A prefilled ``DynamicCache`` is copied into a static one (:func:`to_static_cache`: attention KV preallocated to its
+final length, recurrent/conv states kept as they are), and every decode step is one function over static buffers
+(:class:`DecodeState`: next token ids, positions, first real column, an ``arange``) with the attention mask computed
+from those buffers by tensor ops only. No step reads a value back to the host, so the same function runs eagerly or
+is captured once in a ``torch.cuda.CUDAGraph`` and replayed (:class:`GraphStep`).
+
+Left padding: row ``b`` of a batch whose prompts were left-padded to ``W`` columns has its first real token at column
+``start[b]``. The step writes column ``W + t`` for every row at step ``t`` (transformers' ``StaticLayer`` keeps one
+write position for the batch) while row ``b``'s rotary position is its own token count ``pos[b]``; so the column of a
+row is ``pos[b] + start[b]`` and the row attends to columns ``start[b] .. pos[b] + start[b]``. Recurrent layers (KDA
+and the other linear mixers) kept padding out of their state during the prefill and need no mask afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, StaticLayer
+
+FULL = "full_attention"
+LINEAR = "linear_attention"
+RECURRENT_TYPES = ("linear_attention", "kda", "conv", "mamba")
+
+_NO_LOGITS_TO_KEEP: set[int] = set()
+
+
+def layer_types(config: Any) -> list[str]:
+    """Each layer's kind, normalised to :data:`FULL`, :data:`LINEAR` or the config's own name for other kinds."""
+    n = config.num_hidden_layers
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return [FULL] * n
+    return [LINEAR if t in (LINEAR, "kda", "linear") else FULL if "attention" in t else t for t in types]
+
+
+def forward(model: Any, input_ids: torch.Tensor, cache: Any, position_ids=None, attention_mask=None):
+    """One forward that keeps only the last position's logits ``[B, 1, V]`` (a long prompt's full logits would not
+    fit); models without ``logits_to_keep`` return all of them."""
+    kwargs: dict[str, Any] = dict(input_ids=input_ids, cache=cache, use_cache=True)
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if id(model) not in _NO_LOGITS_TO_KEEP:
+        try:
+            return model(**kwargs, logits_to_keep=1)
+        except TypeError as exc:
+            if "logits_to_keep" not in str(exc):
+                raise
+            _NO_LOGITS_TO_KEEP.add(id(model))
+    return model(**kwargs)
+
+
+def new_dynamic_cache(model: Any):
+    return DynamicCache(config=model.config)
+
+
+# ---------------------------------------------------------------------------------------------------- static caches
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj) if obj.dim() > 0 else obj.clone()
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def _map_state_layer(layer: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """A shallow copy of a non-attention cache layer (recurrent/conv states) with ``fn`` applied to its tensors."""
+    new = copy.copy(layer)
+    for k, v in vars(layer).items():
+        if isinstance(v, (torch.Tensor, dict, list, tuple)):
+            setattr(new, k, _map_tensors(v, fn))
+    return new
+
+
+def _copy_state_layer(layer: Any, batch: int | None) -> Any:
+    """A copy of a non-attention cache layer with its tensors cloned and, when ``batch`` is given, row 0 repeated to
+    ``batch`` rows."""
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        if batch is None:
+            return t.clone()
+        return t[:1].repeat(batch, *([1] * (t.dim() - 1))).contiguous()
+
+    return _map_state_layer(layer, fn)
+
+
+def to_static_cache(
+    cache: Any, config: Any, max_len: int, batch: int | None = None, context: int | None = None, copy_kv: bool = True
+):
+    """Static copy of a prefilled dynamic cache, with room for ``max_len`` tokens in every attention layer.
+
+    ``batch``: replicate row 0 to this many rows. ``context``: pretend this many tokens are cached (the throughput sweep
+    builds a batch-B cache of length L from a short template prefill; attention cost does not depend on the values).
+    ``copy_kv=False`` leaves the KV zeros (template use)."""
+    types = layer_types(config)
+    layers = []
+    for i, src in enumerate(cache.layers):
+        if types[i] == FULL and getattr(src, "keys", None) is not None:
+            k, v = src.keys, src.values
+            rows = batch or k.shape[0]
+            dst = StaticLayer(max_cache_len=max_len)
+            dst.lazy_initialization(k[:1].expand(rows, *k.shape[1:]), v[:1].expand(rows, *v.shape[1:]))
+            n = k.shape[-2]
+            if copy_kv:
+                dst.keys[:, :, :n].copy_(k[:1].expand(rows, *k.shape[1:]) if batch else k)
+                dst.values[:, :, :n].copy_(v[:1].expand(rows, *v.shape[1:]) if batch else v)
+            dst.cumulative_length.fill_(context if context is not None else n)
+            layers.append(dst)
+        else:
+            layers.append(_copy_state_layer(src, batch))
+    return Cache(layers=layers)
+
+
+def select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """The static cache restricted to batch rows ``rows`` (``[B']`` indices, in that order): every layer's tensors whose
+    first dimension is the batch are indexed, scalars (write positions) are copied. Used to drop finished rows."""
+    layers = []
+    for src in cache.layers:
+        batch = _batch_of(src)
+        fn = (lambda t, b=batch: t.index_select(0, rows) if t.shape[0] == b else t.clone())
+        if isinstance(src, StaticLayer):
+            dst = copy.copy(src)
+            dst.keys, dst.values = src.keys.index_select(0, rows), src.values.index_select(0, rows)
+            dst.cumulative_length = src.cumulative_length.clone()
+            dst.batch_size = int(rows.numel())
+            layers.append(dst)
+        else:
+            layers.append(_map_state_layer(src, fn))
+    return Cache(layers=layers)
+
+
+def _batch_of(layer: Any) -> int | None:
+    keys = getattr(layer, "keys", None)
+    if isinstance(keys, torch.Tensor) and keys.dim() > 0:
+        return keys.shape[0]
+    for t in cache_tensors_of(layer):
+        if t.dim() > 1:
+            return t.shape[0]
+    return None
+
+
+def cache_tensors_of(layer: Any) -> list[torch.Tensor]:
+    """Every tensor (scalars included) one cache layer holds."""
+    out: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def walk(o, depth=0):
+        if depth > 4:
+            return
+        if isinstance(o, torch.Tensor):
+            if id(o) not in seen:
+                seen.add(id(o))
+                out.append(o)
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v, depth + 1)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v, depth + 1)
+
+    walk(vars(layer))
+    return out
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Every tensor (scalars included) held by the cache's layers — for snapshot / restore."""
+    return [t for layer in cache.layers for t in cache_tensors_of(layer)]
+
+
+# ---------------------------------------------------------------------------------------------------- decode step
+@dataclass
+class DecodeState:
+    """Static buffers of a decode loop: everything the step reads or writes lives here (graph-capturable).
+
+    ``ids`` ``[B, 1]``: the next input token; ``pos`` ``[B, 1]``: its rotary position; ``arange`` ``[max_len]``;
+    ``start`` ``[B, 1]``: each row's first real cache column (left padding; None = no padding);
+    ``last_logits`` ``[B, V]``: the last step's logits."""
+
+    cache: Any
+    ids: torch.Tensor
+    pos: torch.Tensor
+    arange: torch.Tensor
+    start: torch.Tensor | None = None
+    last_logits: torch.Tensor | None = None
+
+    def snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(t, t.clone()) for t in [*cache_tensors(self.cache), self.ids, self.pos]]
+
+    @staticmethod
+    def restore(snap: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for t, saved in snap:
+            t.copy_(saved)
+
+    def select_rows(self, rows: torch.Tensor) -> "DecodeState":
+        """A new state holding only batch rows ``rows`` ``[B']`` (its own buffers; a captured graph of this state
+        does not apply to the new one)."""
+        return DecodeState(
+            cache=select_cache_rows(self.cache, rows), ids=self.ids.index_select(0, rows).clone(),
+            pos=self.pos.index_select(0, rows).clone(), arange=self.arange,
+            start=None if self.start is None else self.start.index_select(0, rows).clone(),
+        )
+
+
+def make_state(cache: Any, first_token: torch.Tensor, position: int | torch.Tensor, max_len: int,
+               start: torch.Tensor | None = None) -> DecodeState:
+    """The state after a prefill: ``first_token`` ``[B, 1]``; ``position``: its rotary position, one int for the batch
+    or ``[B]`` per row (left padding); ``start`` ``[B]``: each row's first real column (None = no padding)."""
+    device = first_token.device
+    b = first_token.shape[0]
+    if isinstance(position, torch.Tensor):
+        pos = position.reshape(b, 1).to(device=device, dtype=torch.long).clone()
+    else:
+        pos = torch.full((b, 1), position, dtype=torch.long, device=device)
+    return DecodeState(
+        cache=cache,
+        ids=first_token.reshape(b, 1).clone(),
+        pos=pos,
+        arange=torch.arange(max_len, device=device),
+        start=None if start is None else start.reshape(b, 1).to(device=device, dtype=torch.long).clone(),
+    )
+
+
+def _mask_value(valid: torch.Tensor, model: Any) -> torch.Tensor:
+    """``valid`` ``[B, 1, 1, L]`` as the mask the model's attention takes: boolean for SDPA, additive for eager."""
+    if getattr(model.config, "_attn_implementation", None) == "eager":
+        dtype = next(model.parameters()).dtype
+        zero = torch.zeros((), dtype=dtype, device=valid.device)
+        return torch.where(valid, zero, torch.finfo(dtype).min)
+    return valid
+
+
+def make_step(model: Any, state: DecodeState, explicit_mask: bool = True) -> Callable[[], None]:
+    """The decode step: forward one token per row, greedy next token written back into ``state.ids``, positions
+    advanced. With ``explicit_mask`` the attention mask is computed from ``state.pos`` (and ``state.start``) by tensor
+    ops only (no host sync), which is what makes the step graph-capturable; it is used in eager mode too so both paths
+    are one code."""
+    # Models whose config lists layer types index a mask mapping by type (recurrent layers get None: their state holds
+    # no padding); the others (e.g. Llama) take the 4-D mask itself.
+    types = set(getattr(model.config, "layer_types", None) or ())
+
+    def step() -> None:
+        mask = None
+        if explicit_mask:
+            col = state.pos if state.start is None else state.pos + state.start  # [B, 1] the column written now
+            valid = state.arange[None, :] <= col[:, :1]
+            if state.start is not None:
+                valid = valid & (state.arange[None, :] >= state.start[:, :1])
+            m = _mask_value(valid[:, None, None, :], model)  # [B, 1, 1, max_len]
+            mask = {t: (None if t in RECURRENT_TYPES else m) for t in types | {FULL}} if types else m
+        out = forward(model, state.ids, state.cache, position_ids=state.pos, attention_mask=mask)
+        logits = out.logits[:, -1]
+        state.ids.copy_(logits.argmax(-1, keepdim=True))
+        state.pos.add_(1)
+        if state.last_logits is None:
+            state.last_logits = logits.detach().clone()
+        else:
+            state.last_logits.copy_(logits)
+
+    return step
+
+
+class GraphStep:
+    """``step`` captured once in a CUDA graph; calling the object replays it. Capture follows the PyTorch recipe:
+    warm-up on a side stream (lazy allocations, autotuning, cuBLAS workspaces), then capture. The warm-up steps are
+    real steps (they advance the state); ``after_warmup_step`` is called after each (e.g. to keep its token). The
+    capture itself only records."""
+
+    def __init__(self, step: Callable[[], None], warmup: int = 2,
+                 after_warmup_step: Callable[[], None] | None = None):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(warmup):
+                step()
+                if after_warmup_step is not None:
+                    after_warmup_step()
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step()
+        torch.cuda.synchronize()
+
+    def __call__(self) -> None:
+        self.graph.replay()
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> int:
+    """Bytes one batch row needs to prefill ``prompt_len`` tokens and decode ``max_new_tokens`` on a static cache:
+
+    * attention layers: K and V ``[kv_heads, L, head_dim]`` twice (the prefill's dynamic cache and its static copy
+      of ``L = prompt_len + max_new_tokens`` columns exist together for a moment);
+    * recurrent layers: the model's own account (``cache_bytes``), twice for the same reason;
+    * prefill activations: about a dozen ``[prompt_len, max(hidden, intermediate)]`` tensors alive at once, and the
+      fp32 logits of the last position.
+
+    An estimate meant for choosing a batch size with room to spare, not an exact figure."""
+    cfg = model.config
+    itemsize = next(model.parameters()).element_size()
+    length = prompt_len + max_new_tokens
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    n_attention = sum(t == FULL for t in layer_types(cfg))
+    kv = 2 * n_attention * 2 * kv_heads * head_dim * length * itemsize
+    recurrent = 0
+    if hasattr(model, "cache_bytes"):
+        recurrent = 2 * int(model.cache_bytes(1, batch=1).get("linear_attention", 0))
+    width = max(cfg.hidden_size, getattr(cfg, "intermediate_size", 0) or 0)
+    activations = 12 * prompt_len * width * itemsize + 4 * cfg.vocab_size
+    return kv + recurrent + activations

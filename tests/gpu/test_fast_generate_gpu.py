@@ -1,0 +1,38 @@
+"""GPU check (skipped without CUDA): the fast generation engine with real CUDA-graph capture and replay gives the
+reference engine's tokens for the tiny Llama teacher and its hybrid student (fla's KDA decode kernels), with left
+padding, rows that finish at different steps and compaction; fp32, so tokens must be identical (the CPU tests'
+argument: same prefill, masked extra columns weigh exactly 0, sharpened logits keep argmax far from ties)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)")]
+
+
+@pytest.mark.parametrize("role", ["llama", "hybrid"])
+def test_graphed_fast_engine_equals_reference(role, monkeypatch):
+    from gendistill.eval import generate as G
+    from tests.eval.conftest import MODEL_FACTORIES
+    from tests.eval.test_fast_generate import _eos_finishing_most_rows, _prompts
+    from tests.fixtures_teachers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+
+    torch.manual_seed(0)
+    model = MODEL_FACTORIES[role](tok).to("cuda")
+    prompts = _prompts(tok)
+    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="reference",
+                        show_progress=False)
+    fast, stats = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="fast",
+                             check_every=2, show_progress=False)
+    assert stats.extra["cuda_graphs"] and stats.extra["graph_captures"] >= 1
+    assert stats.extra["compactions"] >= 1
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    auto, auto_stats = G.generate(model, tok, prompts, max_new_tokens=24, engine="fast", show_progress=False)
+    assert auto_stats.batch_size >= len(prompts)  # from free memory: the whole list in one batch
+    assert [o.token_ids for o in auto] == [o.token_ids for o in ref]
