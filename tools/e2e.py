@@ -10,9 +10,11 @@ Phases (each timed in ``summary.json`` by when its own work started and ended, i
 run in parallel where said, so their seconds overlap and do not add up to the wall time, ``wall_seconds``):
   1. convert  the undistilled student (the pipeline's own conversion, same seed) -> DIR/undistilled
   2. distill  ``gendistill distill`` on the resolved recipe (stage 3a also saved at --snapshots fractions)
-     while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student;
-  3. eval     the distilled students (after 3a and after 3b, one process each) on the same examples; the 3a
-     snapshots on a few generation tasks (the budget curve);
+     while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student
+     (phase eval_base: from its launch to its exit, sharing the device with the distillation);
+  3. eval     the distilled students (after 3a and after 3b, one process each: eval_stage3a, eval_<last stage>) on
+     the same examples; the 3a snapshots on a few generation tasks (eval_snapshots, the budget curve);
+     eval_distilled spans them, from the first launch to the last exit;
   4. fidelity teacher-forced top-1 agreement and KL on the held-out sequences of stage 3a (text) and stage 3b (chat,
      completion-only: the trainer's mask), for every student;
   5. summary  DIR/summary.json, DIR/summary.md, DIR/budget_curve.png, and the merged evaluation in DIR/eval/all.
