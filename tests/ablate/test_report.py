@@ -1,5 +1,5 @@
 """The ablation report's arithmetic on constructed evaluation results: per-variant means and standard errors over
-the common tasks, retention, perplexity gap, fidelity, competition ranks, rank reversals (and their significance),
+the common tasks, retention, protocol gap, fidelity, competition ranks, rank reversals (and their significance),
 Kendall's tau, product-mode main effects, and the Markdown/plot outputs."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_axis_arithmetic_on_the_common_tasks():
     assert a["teacher_loglik"] == pytest.approx(0.7) and a["teacher_generate"] == pytest.approx(0.6)
     assert a["retention_loglik"] == pytest.approx(0.68 / 0.7) and a["retention_generate"] == pytest.approx(0.35 / 0.6)
     assert a["retention_above_chance_loglik"] == pytest.approx((0.68 - 0.25) / (0.7 - 0.25))
-    assert a["perplexity_gap"] == pytest.approx((0.6 - 0.35) - (0.7 - 0.68))
+    assert a["protocol_gap"] == pytest.approx(0.68 / 0.7 - 0.35 / 0.6)  # retention LL − retention gen
     assert a["generate_all_tasks"] == pytest.approx((0.40 + 0.30 + 0.1) / 3)  # GSM8K-like task: generation only
     assert a["greedy_exact_match"] == pytest.approx(0.375) and a["mean_first_divergence"] == pytest.approx(2.5)
     assert a["final_eval_loss"] == 1.2 and a["tokens"] == 1000  # the last stage's held-out loss
@@ -118,7 +118,7 @@ def test_markdown_json_and_plot(tmp_path):
     rep = _freeze_report()
     md = markdown(rep)
     assert "## Axis `freeze`" in md and "**⚠ rank reversal** a vs b" in md and "significant under both" in md
-    assert "| a | 68.0 ± 1.4 | 1 | 35.0 ± 1.4 | 2 | 97.1 | 58.3 | 23.0 |" in md
+    assert "| a | 68.0 ± 1.4 | 1 | 35.0 ± 1.4 | 2 | 97.1 | 58.3 | +38.8 |" in md
     assert "| d | not evaluated |" in md and "| gsm | – (generation only) | a = b = c | 0 |" in md
     assert "| t1 | a > b > c | b > a > c | 1 |" in md
     png = plot_png(rep)

@@ -107,9 +107,11 @@ def test_eval_end_to_end_long_context_and_code(tmp_path, problems):
     assert he["n"] == 2 and "pass@1" in he and sum(he["exec_status"].values()) == 2
     assert he["sandbox"]["isolation"] == "bubblewrap" and he["sandbox"]["unsafe_allow_unsandboxed"] is False
     assert ("humaneval", "teacher", "loglik") not in rows
-    # the twin is the teacher: same examples, same scores, no perplexity gap
+    # the twin is the teacher: same examples, same scores, no protocol gap
     comps = {(c["task"], c["student"]): c for c in res["comparisons"]}
-    assert comps[("ruler_niah_single_2", "teacher'")]["perplexity_gap"] == 0
+    t_rows = [rows[("ruler_niah_single_2", "teacher", p)] for p in ("loglik", "generate")]
+    above = all(r["acc"] > (r.get("chance") or 0.0) for r in t_rows)  # else no skill to keep: gap undefined
+    assert comps[("ruler_niah_single_2", "teacher'")]["protocol_gap"] == (0 if above else None)
     recs = [json.loads(x) for x in (out / "examples" / "teacher__ruler_vt__generate.jsonl").read_text().splitlines()]
     assert {"length", "depth", "score", "match_part"} <= set(recs[0])
     assert (out / "long_context.png").is_file() and "## Long context" in (out / "results.md").read_text()

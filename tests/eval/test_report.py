@@ -1,4 +1,4 @@
-"""Report arithmetic: standard errors, chance, retention, the perplexity gap, position distributions, merging."""
+"""Report arithmetic: standard errors, chance, retention, the protocol gap, position distributions, merging."""
 
 from __future__ import annotations
 
@@ -29,8 +29,28 @@ def test_retention_and_gap():
     assert r["above_chance"] == pytest.approx((0.45 - 0.25) / (0.60 - 0.25))
     assert R.retention(0.25, 0.3, 0.25)["above_chance"] is None  # teacher at chance: undefined
     assert R.retention(0.0, 0.0, 0.0)["raw"] is None
-    # the paper's example: within 0.2 pp under log-likelihood, 20.8 pp behind under generation → gap 20.6 pp
-    assert R.perplexity_gap(t_gen=0.700, s_gen=0.492, t_ll=0.600, s_ll=0.598) == pytest.approx(0.206)
+
+
+# issue 24's `make demo` run, on the 32-question 4-option quiz: teacher 23/32 LL, 10/32 gen; undistilled 6/32, 0/32
+ISSUE_24 = {"t_ll": 23 / 32, "t_gen": 10 / 32, "s_ll": 6 / 32, "s_gen": 0.0, "chance": 0.25}
+
+
+def test_protocol_gap_sign_and_edges():
+    # the student that fails under generation: log-likelihood keeps 26.1 % of the teacher, generation none → +26.1
+    # points, positive = generation reveals the loss (the old points formula said −21.9 here)
+    assert R.protocol_gap(**ISSUE_24) == pytest.approx((6 / 23) - 0.0)
+    assert R.protocol_gap(**ISSUE_24) > 0
+    # a student as good as its teacher keeps everything under both: no gap, whatever the teacher's own protocol gap
+    assert R.protocol_gap(t_gen=0.3125, s_gen=0.3125, t_ll=0.71875, s_ll=0.71875, chance=0.25) == 0
+    # the teacher at (or below) chance under either protocol has no skill to keep: undefined, not a ratio of noise
+    assert R.protocol_gap(t_gen=0.25, s_gen=0.0, t_ll=0.7, s_ll=0.5, chance=0.25) is None
+    assert R.protocol_gap(t_gen=0.5, s_gen=0.4, t_ll=0.24, s_ll=0.3, chance=0.25) is None
+    assert R.protocol_gap(t_gen=0.0, s_gen=0.0, t_ll=0.0, s_ll=0.0, chance=0.0) is None  # open answers, teacher at 0
+    # a student that keeps more under generation (0.45 / 0.5) than under log-likelihood (0.5 / 0.8): negative
+    assert R.protocol_gap(t_gen=0.5, s_gen=0.45, t_ll=0.8, s_ll=0.5, chance=0.25) == pytest.approx(0.625 - 0.9)
+    # open answers (chance 0): the same ratios
+    assert R.protocol_gap(t_gen=0.2, s_gen=0.05, t_ll=0.4, s_ll=0.3, chance=0.0) == pytest.approx(0.75 - 0.25)
+    assert [R.signed_points(x) for x in (0.2609, -0.275, 0.0, None)] == ["+26.1", "-27.5", "+0.0", "–"]
 
 
 def _row(task, model, proto, acc, chance=0.25, n=100):
@@ -49,11 +69,25 @@ def test_comparisons():
     comps = R.comparisons(ROWS, "T")
     arc = next(c for c in comps if c["task"] == "arc")
     assert arc["delta_loglik"] == pytest.approx(0.02) and arc["delta_generate"] == pytest.approx(0.20)
-    assert arc["perplexity_gap"] == pytest.approx(0.18)
+    assert arc["protocol_gap"] == pytest.approx(0.58 / 0.60 - 0.30 / 0.50)
     assert arc["retention_generate"]["raw"] == pytest.approx(0.6)
     assert arc["retention_generate"]["above_chance"] == pytest.approx(0.05 / 0.25)
     gsm = next(c for c in comps if c["task"] == "gsm")
-    assert "perplexity_gap" not in gsm and gsm["retention_generate"]["raw"] == pytest.approx(0.25)
+    assert "protocol_gap" not in gsm and gsm["retention_generate"]["raw"] == pytest.approx(0.25)
+
+
+def test_comparisons_gap_on_the_issue_example_and_teacher_at_chance():
+    rows = [_row("quiz", "T", "loglik", 23 / 32, n=32), _row("quiz", "T", "generate", 10 / 32, n=32),
+            _row("quiz", "U", "loglik", 6 / 32, n=32), _row("quiz", "U", "generate", 0.0, n=32),
+            _row("flat", "T", "loglik", 0.6), _row("flat", "T", "generate", 0.25),
+            _row("flat", "U", "loglik", 0.3), _row("flat", "U", "generate", 0.0)]
+    comps = {c["task"]: c for c in R.comparisons(rows, "T")}
+    assert comps["quiz"]["protocol_gap"] == pytest.approx(R.protocol_gap(**ISSUE_24))
+    assert comps["quiz"]["protocol_gap"] > 0
+    assert comps["flat"]["protocol_gap"] is None  # the teacher guesses under generation
+    md = R.markdown({"meta": {"models": ["T", "U"]}, "rows": rows, "comparisons": list(comps.values())})
+    assert "| quiz | U | 26.1 | -13.3 | 0.0 | -400.0 | 53.1 | 31.2 | +26.1 |" in md
+    assert "| flat | U |" in md and md.split("| flat | U |")[1].split("\n")[0].rstrip().endswith("| – |")
 
 
 def test_position_distribution_flags_collapse():
@@ -69,7 +103,8 @@ def test_markdown_json_plot(tmp_path):
            "skipped": [{"task": "gsm", "protocol": "loglik", "reason": "generation only"}]}
     md = R.markdown(res)
     assert "| arc | S | generate | acc | 30.0 |" in md
-    assert "| arc | S | 96.7 | 94.3 | 60.0 | 20.0 | 2.0 | 20.0 | 18.0 |" in md
+    assert "| arc | S | 96.7 | 94.3 | 60.0 | 20.0 | 2.0 | 20.0 | +36.7 |" in md
+    assert "positive = generation reveals a loss that log-likelihood hides" in md
     assert "gsm/loglik (generation only)" in md
     paths = R.write_report(res, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["acc"] == 0.60

@@ -14,7 +14,8 @@ Definitions (every number is a share in [0, 1]; the Markdown shows points):
   both differences exceed 1.96 standard errors of the difference (``sqrt(se_a^2 + se_b^2)``; conservative, since
   the cells are scored on the same examples);
 * retention = student / teacher score, above chance = (student − chance) / (teacher − chance);
-* perplexity gap = (teacher − student under generation) − (teacher − student under log-likelihood);
+* protocol gap = retention under log-likelihood − retention under generation (``gendistill.eval.report.protocol_gap``,
+  the definition every report uses; None where the teacher is at or below chance);
 * fidelity = greedy exact match with the teacher (mean over generation tasks), mean first divergence (tokens), and
   when evaluated, teacher-forced top-1 agreement and KL on held-out chat.
 """
@@ -26,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gendistill.eval.report import perplexity_gap, retention
+from gendistill.eval.report import protocol_gap, retention, signed_points
 from gendistill.reporting import figure_png, pyplot, write_report_files
 from gendistill.reporting import num as _num
 from gendistill.reporting import pct as _pct
@@ -138,7 +139,7 @@ def kendall_tau(x: dict[str, float], y: dict[str, float]) -> float | None:
 
 # ----------------------------------------------------------------------------------------------- one axis
 def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rankings, reversals, retention, perplexity gap and fidelity of one axis' variants, from the cells that carry
+    """Rankings, reversals, retention, protocol gap and fidelity of one axis' variants, from the cells that carry
     it (``cells[i]["assignment"][axis]``) and have been evaluated (``cells[i]["scores"]``)."""
     mine = [c for c in cells if axis in c["assignment"] and c.get("scores") is not None]
     both, gen_tasks = common_tasks([c["scores"] for c in mine])
@@ -159,9 +160,10 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
             row[f"teacher_{proto}"] = t
             kept = retention(t, s, ch)  # the definitions of gendistill eval's report
             row[f"retention_{proto}"], row[f"retention_above_chance_{proto}"] = kept["raw"], kept["above_chance"]
+            row["chance"] = ch  # the common tasks' mean chance: the same under both protocols
         if both:
-            row["perplexity_gap"] = perplexity_gap(row["teacher_generate"], row["generate"], row["teacher_loglik"],
-                                                   row["loglik"])
+            row["protocol_gap"] = protocol_gap(row["teacher_generate"], row["generate"], row["teacher_loglik"],
+                                               row["loglik"], row["chance"])
         if gen_tasks:
             row["generate_all_tasks"] = _mean([_protocol_mean(c["scores"], "student", gen_tasks, "generate")[0]
                                                for c in vc])
@@ -263,8 +265,9 @@ def markdown(rep: dict[str, Any]) -> str:
              + ", ".join(f"{k} {human_tokens(v)}" for k, v in (m.get("base_tokens") or {}).items()) + ". "
              f"Created {m.get('created', '')}.", "",
              "Scores are mean accuracy (points) over the tasks scored under both protocols; ± one standard error. "
-             "Ranks: 1 = best. Retention = student / teacher; gap = perplexity gap (teacher − student under "
-             "generation, minus the same under log-likelihood). Definitions: `gendistill/ablate/report.py`."]
+             "Ranks: 1 = best. Retention = student / teacher; gap = protocol gap (retention under log-likelihood "
+             "minus retention under generation; positive = generation reveals a loss that log-likelihood hides). "
+             "Definitions: `gendistill/ablate/report.py`."]
     for ax in rep["axes"]:
         lines += ["", f"## Axis `{ax['axis']}`", ""]
         if not ax["common_tasks"]:
@@ -283,7 +286,7 @@ def markdown(rep: dict[str, Any]) -> str:
                 f"| {v} | {_pct(r['loglik'])} ± {_pct(r.get('loglik_se'))} | {r.get('rank_loglik', '–')} "
                 f"| {_pct(r['generate'])} ± {_pct(r.get('generate_se'))} | {r.get('rank_generate', '–')} "
                 f"| {_pct(r.get('retention_loglik'))} | {_pct(r.get('retention_generate'))} "
-                f"| {_pct(r.get('perplexity_gap'))} | {_pct(r.get('greedy_exact_match'))} "
+                f"| {signed_points(r.get('protocol_gap'))} | {_pct(r.get('greedy_exact_match'))} "
                 f"| {_pct(r.get('top1_agreement'))} | {_num(r.get('final_eval_loss'))} | {human_tokens(r.get('tokens'))} |")
         t0 = next((ax["table"][v] for v in ax["variants"] if "teacher_loglik" in ax["table"].get(v, {})), None)
         if t0:

@@ -28,6 +28,7 @@ from gendistill.distill.distributed import World
 from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
 from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.shipped import shipped_recipe
+from gendistill.eval.report import signed_points
 from gendistill.eval.runner import EvalConfig, run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
@@ -50,7 +51,9 @@ def full_recipe() -> Path:
 @dataclass
 class DemoResult:
     """What the demo measured. ``perplexity`` and ``accuracy`` are keyed by model role (teacher / undistilled /
-    distilled); ``accuracy[role][task][protocol]`` is a fraction; ``tokens`` are the tokens distilled per stage."""
+    distilled); ``accuracy[role][task][protocol]`` is a fraction; ``tokens`` are the tokens distilled per stage;
+    ``protocol_gap["student/task"]`` is the evaluation's (:func:`gendistill.eval.report.protocol_gap`, a fraction;
+    None where the teacher is at or below chance)."""
 
     out: Path
     recipe: str
@@ -60,7 +63,7 @@ class DemoResult:
     seconds: dict[str, float]
     perplexity: dict[str, float]
     accuracy: dict[str, dict[str, dict[str, float]]]
-    perplexity_gap: dict[str, float]
+    protocol_gap: dict[str, float | None]
     table: str
     eval_results: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -130,8 +133,8 @@ def run_demo(
         for role, lab in labels.items():
             if row["model"] == lab:
                 accuracy[role].setdefault(row["task"], {})[row["protocol"]] = row["acc"]
-    gaps = {f"{c['student']}/{c['task']}": c["perplexity_gap"] for c in results.get("comparisons", [])
-            if c.get("perplexity_gap") is not None}
+    gaps = {f"{c['student']}/{c['task']}": c["protocol_gap"] for c in results.get("comparisons", [])
+            if "protocol_gap" in c}
     n_tok = sum(tokens.values())
     label = (f"briefly distilled on {n_tok:,} tokens on {device.upper()} in {seconds['distill']:.0f} s — a plumbing "
              "demonstration, not a quality result" if not full else
@@ -144,7 +147,7 @@ def run_demo(
     atomic_write_json(out / "demo.json", {
         "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens,
         "seconds": seconds, "heldout_perplexity": ppl, "heldout_sequences": n_held, "accuracy": accuracy,
-        "perplexity_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
+        "protocol_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
     })
     return result
 
@@ -195,6 +198,25 @@ def eval_step(specs: dict[str, str], out: Path, device: str, limit: int | None, 
     return results
 
 
+def gap_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """The demo's protocol-gap paragraph: what the sign means, then one line per (student, task) from the evaluation's
+    comparisons (:func:`gendistill.eval.report.comparisons`), each with the two retentions it is the difference of."""
+    comps = [c for c in comparisons if "protocol_gap" in c]
+    if not comps:
+        return []
+    lines = ["", "Protocol gap (points) = retention under log-likelihood − retention under generation (retention = "
+                 "student / teacher under the same protocol). Positive: generation reveals a loss that "
+                 "log-likelihood scoring hides; 0: both protocols show the same loss; negative: the student keeps "
+                 "more of the teacher under generation.", ""]
+    for c in comps:
+        gap = c["protocol_gap"]
+        rl, rg = (c[f"retention_{p}"]["raw"] for p in ("loglik", "generate"))
+        why = ("the teacher is at or below chance under a protocol: nothing to keep" if gap is None else
+               f"keeps {_pct(rl)} % of the teacher under log-likelihood, {_pct(rg)} % under generation")
+        lines.append(f"* {c['student']} on {c['task']}: {signed_points(gap)} ({why})")
+    return lines
+
+
 def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,
            max_new_tokens, out) -> str:
     tasks = list(dict.fromkeys(row["task"] for row in results["rows"]))
@@ -221,12 +243,7 @@ def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, result
                 if (t, proto) in n:
                     cells.append(_pct(accuracy[role].get(t, {}).get(proto)))
         lines.append("| " + " | ".join(cells) + " |")
-    comps = [c for c in results.get("comparisons", []) if c.get("perplexity_gap") is not None]
-    if comps:
-        lines += ["", "Perplexity gap (points) = (teacher − student under generation) − (teacher − student under "
-                      "log-likelihood): how much of the student's loss log-likelihood scoring hides.", ""]
-        for c in comps:
-            lines.append(f"* {c['student']} on {c['task']}: {100 * c['perplexity_gap']:+.1f}")
+    lines += gap_lines(results.get("comparisons", []))
     lines += ["", "Held-out ppl: the models' own next-token perplexity on the held-out documents of the last stage's "
                   f"data ({'assistant tokens only' if last.masking == 'completion_only' else 'all tokens'}). "
                   "Task accuracies are on the demo's own small task set (32 questions written for it), "

@@ -26,7 +26,7 @@ class EvalResult:
     Attributes:
         models: the models' labels, the first is the teacher.
         rows: one per (task, model, protocol): ``acc``, ``stderr``, ``n``, ``metric``, ``chance`` and more.
-        comparisons: per student, task and protocol: retention vs the teacher and the perplexity gap.
+        comparisons: per student, task and protocol: retention vs the teacher and the protocol gap.
         fidelity: greedy agreement (and teacher-forced top-1 / KL when asked) per student and task.
         paths: the report files written (``results.json``, ``results.md``, ``results.png``).
         meta: settings, versions, device, command, wall time.

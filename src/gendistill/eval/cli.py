@@ -82,7 +82,7 @@ def eval_command(
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:
-    """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the perplexity gap.
+    """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the protocol gap.
     A thin wrapper over :func:`gendistill.evaluate`."""
     if threads > 0:
         torch.set_num_threads(threads)

@@ -6,8 +6,9 @@ Definitions (``docs/eval.md`` explains them in prose):
   with several sampling seeds the per-example score is the mean over seeds and the s.e. is that of the mean;
 * chance: mean over examples of ``1 / number of options`` (0 for open answers);
 * retention (raw) = student / teacher; retention above chance = (student − chance) / (teacher − chance);
-* perplexity gap = (teacher − student under generation) − (teacher − student under log-likelihood), in points: how
-  much of the student's loss log-likelihood scoring hides (positive = generation reveals a larger gap).
+* protocol gap = raw retention under log-likelihood − raw retention under generation (:func:`protocol_gap`): positive
+  = generation reveals a loss that log-likelihood scoring hides; ``None`` where the teacher is at or below chance under
+  either protocol. ``docs/eval.md`` ("The protocol gap") says why this definition.
 """
 
 from __future__ import annotations
@@ -72,13 +73,28 @@ def retention(teacher: float, student: float, chance: float) -> dict[str, float 
     return {"raw": raw, "above_chance": above}
 
 
-def perplexity_gap(t_gen: float, s_gen: float, t_ll: float, s_ll: float) -> float:
-    """(teacher − student under generation) − (teacher − student under log-likelihood)."""
-    return (t_gen - s_gen) - (t_ll - s_ll)
+def protocol_gap(t_gen: float, s_gen: float, t_ll: float, s_ll: float, chance: float) -> float | None:
+    """How much more of the teacher the student seems to keep under log-likelihood than under generation: raw retention
+    under log-likelihood minus raw retention under generation, ``s_ll / t_ll − s_gen / t_gen`` (accuracies as
+    fractions; the result is a fraction, reports show it in points).
+
+    Positive: generation reveals a loss that log-likelihood hides; 0: both protocols keep the same share of the
+    teacher; negative: the student keeps more under generation. Each protocol's student is divided by the teacher under
+    that same protocol, so the teacher's own difference between the protocols cancels. ``None`` where the teacher is
+    at or below ``chance`` (the task's, 0 for open answers) under either protocol: it has no skill there to keep, and a
+    ratio would measure guessing."""
+    if t_gen - chance <= 1e-12 or t_ll - chance <= 1e-12:
+        return None
+    return retention(t_ll, s_ll, chance)["raw"] - retention(t_gen, s_gen, chance)["raw"]
+
+
+def signed_points(gap: float | None) -> str:
+    """A protocol gap (a fraction) as signed points (``0.261`` -> ``+26.1``); ``–`` where it is undefined."""
+    return "–" if gap is None else f"{100 * gap:+.1f}"
 
 
 def comparisons(rows: list[dict[str, Any]], teacher: str) -> list[dict[str, Any]]:
-    """Retention and perplexity gap for every (task, student) pair, from the metric rows."""
+    """Retention and protocol gap (:func:`protocol_gap`) for every (task, student) pair, from the metric rows."""
     by = {(r["task"], r["model"], r["protocol"]): r for r in rows}
     students = sorted({r["model"] for r in rows if r["model"] != teacher}, key=[r["model"] for r in rows].index)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
@@ -86,18 +102,18 @@ def comparisons(rows: list[dict[str, Any]], teacher: str) -> list[dict[str, Any]
     for task in tasks:
         for s in students:
             item: dict[str, Any] = {"task": task, "teacher": teacher, "student": s}
-            accs = {}
+            accs, chance = {}, 0.0
             for proto in ("loglik", "generate"):
                 t, st = by.get((task, teacher, proto)), by.get((task, s, proto))
                 if t is None or st is None:
                     continue
-                chance = t.get("chance") or 0.0
+                chance = max(chance, t.get("chance") or 0.0)  # the task's: the same under both protocols
                 accs[proto] = (t["acc"], st["acc"])
                 item[f"retention_{proto}"] = retention(t["acc"], st["acc"], chance)
                 item[f"delta_{proto}"] = t["acc"] - st["acc"]
             if len(accs) == 2:
-                item["perplexity_gap"] = perplexity_gap(accs["generate"][0], accs["generate"][1], accs["loglik"][0],
-                                                        accs["loglik"][1])
+                item["protocol_gap"] = protocol_gap(accs["generate"][0], accs["generate"][1], accs["loglik"][0],
+                                                    accs["loglik"][1], chance)
             out.append(item)
     return out
 
@@ -124,17 +140,21 @@ def markdown(results: dict[str, Any]) -> str:
         )
     comps = results.get("comparisons") or []
     if comps:
-        lines += ["", "## Retention and perplexity gap (points)", ""]
+        lines += ["", "## Retention and protocol gap (points)", "",
+                  "Retention = student / teacher under the same protocol; above chance = (student − chance) / (teacher "
+                  "− chance). Protocol gap = retention LL − retention gen: positive = generation reveals a loss that "
+                  "log-likelihood hides; – where the teacher is at or below chance under a protocol (docs/eval.md).",
+                  ""]
         lines.append("| task | student | retention LL | above-chance LL | retention gen | above-chance gen | "
-                     "Δ LL | Δ gen | perplexity gap |")
+                     "Δ LL | Δ gen | protocol gap |")
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for c in comps:
             rl, rg = c.get("retention_loglik") or {}, c.get("retention_generate") or {}
-            gap = c.get("perplexity_gap")
+            gap = c.get("protocol_gap")
             lines.append(
                 f"| {c['task']} | {c['student']} | {_pct(rl.get('raw'))} | {_pct(rl.get('above_chance'))} | "
                 f"{_pct(rg.get('raw'))} | {_pct(rg.get('above_chance'))} | {_pct(c.get('delta_loglik'))} | "
-                f"{_pct(c.get('delta_generate'))} | {_pct(gap) if gap is not None else '–'} |"
+                f"{_pct(c.get('delta_generate'))} | {signed_points(gap)} |"
             )
     fid = results.get("fidelity") or []
     if fid:
