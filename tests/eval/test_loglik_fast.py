@@ -7,8 +7,8 @@ which can change the float32 round-off of a logit by a few ulps (≈1e-7 relativ
 tokens that stays below 1e-6 relative (1.5e-7 measured), so 1e-5 relative leaves room while any indexing error (wrong
 position, wrong target, wrong request) moves a sum by O(1). bfloat16: the base model runs the same kernels on the same
 batches in both engines, so only the rounding of the logits to bf16 may differ (a different matmul shape can round a
-logit to the neighbouring bf16 value). The tiny models' logits stay below 8 in magnitude (checked), where one bf16 ulp is
-2^-5; a token's log-prob (target logit − logsumexp) then moves by at most two ulps, 2^-4 per token, which is the bf16
+logit to the neighbouring bf16 value). The tiny models' logits stay below 8 in magnitude (checked), where one bf16 ulp
+is 2^-5; a token's log-prob (target logit − logsumexp) then moves by at most two ulps, 2^-4 per token, which is the bf16
 allowance (on CPU the engines agree to 2e-7 relative). Greedy flags must agree in both dtypes: the sharpened test models
 (conftest) keep argmax margins far above bf16 rounding.
 """

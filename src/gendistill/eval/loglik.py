@@ -11,7 +11,7 @@ reaches a real position), sorted longest first and capped by a token budget.
 
 Two engines compute the same numbers (``score_requests(..., engine=...)``):
 
-* ``"reference"`` — the model's full ``[B, T, V]`` logits, then per request a log-softmax, a gather and two host syncs.
+* ``"reference"`` — the model's full ``[B, T, V]`` logits, then per request a log-softmax, a gather, two host syncs.
   Simple and obviously right; the check for the fast engine.
 * ``"fast"`` (default) — logits only where they are scored. The base model (``get_decoder()`` / ``.model``) gives
   hidden states ``[B, T, D]``; the positions that predict a continuation token are gathered into ``[P, D]`` (one row
@@ -133,8 +133,8 @@ def device_budget(model, device: torch.device) -> tuple[int, int, int] | None:
     """``(token_budget, max_batch, scored_budget)`` for the fast engine on CUDA, ``None`` elsewhere.
 
     Rule: plan for ``DEVICE_MEMORY_SHARE`` (half) of the free memory (``torch.cuda.mem_get_info``), split evenly
-    between the base model's activations — ``16 × hidden_size`` values per input token in the model's dtype, a generous
-    bound on one layer's live tensors (residual, attention projections, MLP up/gate) — and the scored logits —
+    between the base model's activations — ``16 × hidden_size`` values per input token in the model's dtype, a
+    generous bound on one layer's live tensors (residual, attention projections, MLP up/gate) — and the scored logits —
     ``vocab_size × (itemsize + 8)`` bytes per scored position (the logits, their float32 copy and the log-softmax).
     Rows are capped at ``MAX_DEVICE_BATCH``. Eager attention (scores ``[B, H, T, T]`` in memory) is not accounted
     for; the flash / memory-efficient kernels used without a mask need no ``T²`` memory.
@@ -271,7 +271,7 @@ def _split_head(model, probe_ids: torch.Tensor):
 
 def _score_fast(model, groups: Groups, batches, pad: int, device, bar) -> list[LLResult]:
     out: list[LLResult | None] = [None] * sum(len(v) for v in groups.values())
-    probe = torch.tensor([list(batches[-1][-1])[-16:]], dtype=torch.long, device=device)
+    probe = torch.tensor([list(batches[0][0][:16]) or [pad]], dtype=torch.long, device=device)  # [1, <=16]
     logits_at = ScoredLogits(model, probe)
     pending = None
     with torch.inference_mode():
