@@ -121,7 +121,8 @@ class GridEvalConfig(_Strict):
     seed: int = 0
     batch_size: int | None = Field(default=None, gt=0, description="generation rows per batch; None: from free "
                                                                    "GPU memory (gendistill.eval.generate)")
-    token_budget: int = Field(default=2048, gt=0)
+    token_budget: int | None = Field(default=None, gt=0, description="log-likelihood tokens per batch; None: from "
+                                                                     "free GPU memory (gendistill.eval.loglik)")
     loglik_chat_template: bool = False
     samples: int = Field(default=0, ge=0)
     temperature: float = Field(default=0.7, gt=0)

@@ -39,10 +39,13 @@ def eval_command(
     batch_size: int = typer.Option(None, help="Generation rows per batch (left-padded, length-sorted); default: as "
                                               "many as half the free GPU memory holds (at most 512), 16 on CPU, 8 "
                                               "with --engine reference."),
-    engine: str = typer.Option("auto", help="Generation engine. fast: static cache, per-row stopping, CUDA-graph "
-                                            "decode (greedy only); reference: transformers' generate (the check, "
-                                            "and sampling); auto: fast for greedy, reference with --samples."),
-    token_budget: int = typer.Option(2048, help="Log-likelihood batch size in tokens."),
+    engine: str = typer.Option("auto", help="fast: generation on a static cache with per-row stopping and "
+                                            "CUDA-graph decode (greedy only), log-likelihood scored only where it "
+                                            "counts; reference: transformers' generate and full-logit scoring (the "
+                                            "check, and sampling); auto: fast, but reference generation with "
+                                            "--samples."),
+    token_budget: int = typer.Option(None, help="Log-likelihood batch size in tokens; default: from free GPU "
+                                                "memory (2048 on CPU)."),
     loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
                                               help="Wrap log-likelihood contexts in the chat template "
                                                    "(lm-eval --apply_chat_template)."),

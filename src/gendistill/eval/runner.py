@@ -61,8 +61,8 @@ class EvalConfig:
     smoke: bool = False
     out: str = "runs/eval"
     batch_size: int | None = None  # generation rows per batch; None: from free GPU memory (8 on the reference engine)
-    engine: str = "auto"  # generation engine: auto | fast | reference (gendistill.eval.generate)
-    token_budget: int = 2048
+    engine: str = "auto"  # auto | fast | reference: both protocols' engines (eval.generate, eval.loglik)
+    token_budget: int | None = None  # log-likelihood tokens per batch; None: from free GPU memory (2048 on CPU)
     loglik_chat_template: bool = False
     samples: int = 0  # 0 = greedy; N > 0 = N sampling seeds
     temperature: float = 0.7
@@ -110,7 +110,8 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
         per_ex_reqs.append(reqs)
     flat = [r for reqs in per_ex_reqs for r in reqs]
     t0 = time.perf_counter()
-    res = score_requests(model, tok, flat, token_budget=cfg.token_budget, desc=f"{label} {task.name} loglik",
+    res = score_requests(model, tok, flat, token_budget=cfg.token_budget,
+                         engine="reference" if cfg.engine == "reference" else "fast", desc=f"{label} {task.name} loglik",
                          show_progress=cfg.show_progress)
     secs = time.perf_counter() - t0
     records, k = [], 0
@@ -239,7 +240,8 @@ def check_numbers(cfg: EvalConfig) -> None:
     """Every size and count a user types within its range (:mod:`gendistill.limits`), before anything is read."""
     if cfg.batch_size is not None:
         check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
-    check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
+    if cfg.token_budget is not None:
+        check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
     check_range(cfg.top_k, 1, 1 << 24, "--top-k")
     check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")
