@@ -218,6 +218,11 @@ def _eps(n: int, secs: float) -> float:
     return round(n / secs, 3) if secs > 0 else 0.0
 
 
+def fast_on(row: dict, n: int) -> dict:
+    """The fast path's timing on the first ``n`` examples of a row (all of them, or the subset run)."""
+    return row["paths"]["fast"] if row["paths"]["fast"]["examples"] == n else row["paths"][f"fast@{n}"]
+
+
 def _path_entry(n: int, secs: float, **extra) -> dict:
     return {"examples": n, "seconds": round(secs, 3), "examples_per_s": _eps(n, secs), **extra}
 
@@ -274,9 +279,9 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
         results[path] = out
         row["paths"][path] = _path_entry(n, out[3], **out[2])
         if "fast" in paths:
-            fast = row["paths"]["fast" if n == len(examples) else f"fast@{n}"]
-            row[f"speedup_vs_{path}"] = round(fast["examples_per_s"] / row["paths"][path]["examples_per_s"], 2) \
-                if row["paths"][path]["examples_per_s"] > 0 else None
+            fast, other = fast_on(row, n), row["paths"][path]
+            row[f"speedup_vs_{path.replace('-', '_')}"] = \
+                round(fast["examples_per_s"] / other["examples_per_s"], 2) if other["examples_per_s"] > 0 else None
     if "fast" in results:  # answers of the fast run against each other path's, on that path's examples
         f_data, f_pred = results["fast"][0], results["fast"][1]
         for path, key in (("reference", "identical_to_reference"), ("lm-eval", "agreement_with_lm_eval")):
@@ -300,11 +305,15 @@ def time_cli(specs: list[str], task_specs: list[str], args, out_dir: Path, when:
     env = dict(os.environ)  # this checkout's gendistill, as the script imports it
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), *[p for p in [env.get("PYTHONPATH")] if p]])
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "gendistill", *argv], capture_output=True, text=True,
-                          timeout=args.cli_timeout, env=env)
+    command = portable_paths(shlex.join(["gendistill", *argv]))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gendistill", *argv], capture_output=True, text=True,
+                              timeout=args.cli_timeout, env=env)
+    except subprocess.TimeoutExpired:
+        log(f"gendistill eval ({when}): stopped after --cli-timeout {args.cli_timeout} s")
+        return {"when": when, "seconds": None, "rc": None, "timed_out_after_s": args.cli_timeout, "command": command}
     secs = time.perf_counter() - t0
-    rec: dict[str, Any] = {"when": when, "seconds": round(secs, 2), "rc": proc.returncode,
-                           "command": portable_paths(shlex.join(["gendistill", *argv]))}
+    rec: dict[str, Any] = {"when": when, "seconds": round(secs, 2), "rc": proc.returncode, "command": command}
     res = out_dir / "results.json"
     if proc.returncode == 0 and res.is_file():
         meta = json.loads(res.read_text())["meta"]
@@ -341,7 +350,7 @@ def table(rows: list[dict], paths: list[str]) -> str:
                      f"{r.get('speedup_vs_reference') or 0:>6.2f} {same:>11}")
         if "lm-eval" in paths:
             lm = p.get("lm-eval", {})
-            line += f" {lm.get('examples', 0):>5} {lm.get('examples_per_s', 0):>9.2f} {r.get('speedup_vs_lm-eval') or 0:>9.2f}"
+            line += f" {lm.get('examples', 0):>5} {lm.get('examples_per_s', 0):>9.2f} {r.get('speedup_vs_lm_eval') or 0:>9.2f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -363,16 +372,13 @@ def totals(rows: list[dict]) -> dict:
                 t["texts_identical_to_reference"] = [sum(i["texts_identical"] for i in idn), sum(i["n"] for i in idn)]
             else:
                 t["max_abs_logprob_diff_vs_reference"] = max(i["max_abs_logprob_diff"] for i in idn)
-        sp = [r["speedup_vs_lm-eval"] for r in rs if r.get("speedup_vs_lm-eval")]
-        if sp:
-            t["speedup_vs_lm_eval_min"] = min(sp)
-            lm_ex = sum(r["paths"]["lm-eval"]["examples"] for r in rs if "lm-eval" in r["paths"])
-            lm_s = sum(r["paths"]["lm-eval"]["seconds"] for r in rs if "lm-eval" in r["paths"])
-            f_s = sum(r["paths"][k]["seconds"] for r in rs if "lm-eval" in r["paths"]
-                      for k in [f"fast@{r['paths']['lm-eval']['examples']}"
-                                if f"fast@{r['paths']['lm-eval']['examples']}" in r["paths"] else "fast"])
-            t["speedup_vs_lm_eval_overall"] = round(lm_s / f_s, 2) if f_s > 0 else None
-            t["lm_eval_examples"] = lm_ex
+        lm_rows = [r for r in rs if r.get("speedup_vs_lm_eval")]
+        if lm_rows:
+            t["speedup_vs_lm_eval_min"] = min(r["speedup_vs_lm_eval"] for r in lm_rows)
+            lm_s = sum(r["paths"]["lm-eval"]["seconds"] for r in lm_rows)
+            f_s = sum(fast_on(r, r["paths"]["lm-eval"]["examples"])["seconds"] for r in lm_rows)
+            t["speedup_vs_lm_eval_overall"] = round(lm_s / f_s, 2) if f_s > 0 else None  # same examples, summed
+            t["lm_eval_examples"] = sum(r["paths"]["lm-eval"]["examples"] for r in lm_rows)
         out[proto] = t
     return out
 
@@ -500,12 +506,15 @@ def _run(args, argv: list[str]) -> int:
                         continue
                     res["rows"].append(row)
                     log(json.dumps({k: row[k] for k in ("model", "task", "protocol", "paths")})[:600])
+                    if args.out:  # what is done survives a run stopped at its time limit
+                        atomic_write_json(Path(args.out), portable_paths({**res, "complete": False}))
             _LM_CACHE.clear()
             del model
         res["in_process_seconds"] = round(time.perf_counter() - t_all, 1)
         if args.cli in ("after", "both"):
             res["cli"].append(time_cli(specs, task_specs, args, tmp / "cli_warm", "after (warm caches)"))
         res["totals"] = totals(res["rows"])
+        res["complete"] = True
         res = portable_paths(res)
         if args.out:
             atomic_write_json(Path(args.out), res)
@@ -513,7 +522,8 @@ def _run(args, argv: list[str]) -> int:
         for proto, t in res["totals"].items():
             print(f"{proto}: {json.dumps(t)}")
         for c in res["cli"]:
-            print(f"gendistill eval ({c['when']}): {c['seconds']} s, rc {c['rc']}")
+            print(f"gendistill eval ({c['when']}): {c['seconds']} s, rc {c['rc']}"
+                  + (f" (stopped after {c['timed_out_after_s']} s)" if c.get("timed_out_after_s") else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the converted student and the command's output: ours
     return 0

@@ -100,7 +100,7 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
             assert ident["max_abs_logprob_diff"] > 0
         if not no_lm_eval:
             assert r["paths"]["lm-eval"]["examples"] == 2 and r["paths"]["lm-eval"]["batch_size"] == 64
-            assert r["speedup_vs_lm-eval"] > 0 and r["agreement_with_lm_eval"]["n"] == 2
+            assert r["speedup_vs_lm_eval"] > 0 and r["speedup_vs_reference"] > 0 and r["agreement_with_lm_eval"]["n"] == 2
     tot = data["totals"]
     gen_rows = [r for r in data["rows"] if r["protocol"] == "generate"]
     assert tot["generate"]["texts_identical_to_reference"] == [
