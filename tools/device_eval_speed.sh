@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Evaluation speed on one GPU (issue 24): benchmarks/eval_speed.py (fast path vs reference path vs lm-eval's HF backend
+# on the same examples, teacher + a student converted on the fly, the nine built-in tasks x 500, both protocols), then
+# the whole `gendistill eval` command timed. One lease, three back-to-back calls (the machine is given back 30 s after
+# a call ends; at most 10 minutes a call; what lies under /tmp stays between the calls of one lease):
+#
+# Here, first:   bash tools/device_wheels.sh                      (.whl: transformers, fla, gguf, pydantic, lm-eval, ...)
+#                python tools/device_data.py --split-mib 40        (.device/carry1, .device/carry2: the teacher GGUF in
+#                two pieces, the 500 selected examples of each task and the few-shot pools; a 40 MiB first piece keeps
+#                each call under 64 MiB: call 1 ~61 MiB with .whl, call 2 ~59 MiB)
+#   call 1:  bash tools/device_eval_speed.sh setup
+#            carry [".whl", ".device/carry1/teacher.gguf.part1", ".device/carry1/manifest.json"]       (~1 minute)
+#   call 2:  bash tools/device_eval_speed.sh start && bash tools/device_eval_speed.sh watch 530
+#            carry [".device/carry2"]
+#   call 3:  bash tools/device_eval_speed.sh watch 540; bash tools/device_eval_speed.sh collect          (carry [])
+# The job runs in the background (setsid nohup) from call 2 on, so it outlives a call; every step has a timeout, and
+# collect copies what exists (eval_speed.py rewrites its JSON after every row). At most 8 files come back: collect
+# puts the JSON, the summary and one tarball of everything under $OUT.
+# Settings (environment, start call): LIMIT (500), REF_LIMIT (50: the reference path is HF generate at batch 8, the
+# slow part), LM_LIMIT (100), LM_BS (64), CLI (after | both | off: `gendistill eval` timed after the in-process runs,
+# disk caches warm; 'both' also before them, cold), JOB_TIMEOUT (1080 s for the whole script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+JOB=/tmp/gendistill-eval-speed
+RES=$JOB/res
+OUT=${OUT:-$JOB/out}
+export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1 \
+       GENDISTILL_DATA_DIR=$JOB/data
+mkdir -p "$JOB" "$RES"
+step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
+
+case "${1:-}" in
+setup)  # preconditions first: a GPU, the carried files, the wheels installed and lm-eval's HFLM importable
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
+    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
+  cat "$RES/nvidia-smi.txt"
+  for f in .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json; do
+    [ -f "$f" ] || { echo "error: $f not carried (carry it; python tools/device_data.py --split-mib 40 makes it)"; exit 3; }
+  done
+  ls .whl/lm_eval-*.whl >/dev/null 2>&1 || { echo "error: .whl has no lm-eval wheel (bash tools/device_wheels.sh)"; exit 3; }
+  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
+  mkdir -p "$JOB/teacher" "$JOB/data"
+  cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  git rev-parse HEAD > "$RES/commit.txt" 2>/dev/null || echo "no git" > "$RES/commit.txt"
+  timeout 120 python3 - <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
+import inspect
+import torch, transformers, triton, fla
+from lm_eval.api.instance import Instance  # noqa: F401
+from lm_eval.models.huggingface import HFLM  # noqa: F401
+import lm_eval
+from gendistill.eval.generate import generate
+from gendistill.eval.loglik import score_requests
+print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+      f"transformers {transformers.__version__} | fla {fla.__version__} | lm_eval {lm_eval.__version__}")
+print("fast engine:", {f.__name__: "engine" in inspect.signature(f).parameters for f in (generate, score_requests)})
+PY
+  ;;
+start)  # the teacher assembled and checked, the data in place, then the whole job in the background
+  [ -f "$JOB/teacher/manifest.json" ] || { echo "error: run 'setup' first in this lease"; exit 3; }
+  [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
+  cp .device/carry2/data/* "$JOB/data/"
+  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
+  timeout 120 python3 - "$JOB/teacher" <<'PY' || exit 5
+import hashlib, json, pathlib, sys
+d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
+blob = (d / "model.gguf").read_bytes()
+assert len(blob) == m["gguf_bytes"] and hashlib.sha256(blob).hexdigest() == m["gguf_sha256"], "GGUF pieces do not match"
+(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", m["gguf_name"], len(blob), "bytes, sha256 ok")
+PY
+  rm -f "$RES/DONE"
+  setsid nohup bash tools/device_eval_speed.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
+  echo "started the eval-speed job (pid $!)"
+  ;;
+driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
+  GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
+  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-100} at batch ${LM_BS:-64}, cli ${CLI:-after})"
+  timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student convert \
+    --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-100}" \
+    --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-after}" --cli-timeout 400 \
+    --out "$RES/eval_speed.json" > "$RES/eval_speed.log" 2>&1
+  step "eval_speed rc=$?"
+  touch "$RES/DONE"
+  ;;
+watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
+  LIMIT_S=${2:-530}; T0=$(date +%s)
+  while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
+  [ -e "$RES/DONE" ] && echo "job finished" || echo "job still running"
+  cat "$RES/steps.txt" 2>/dev/null
+  grep -v -i -E "warn|pretrained|Passed an already|HF model type|it/s\]" "$RES/eval_speed.log" 2>/dev/null | tail -n 40 | cut -c1-400
+  mkdir -p "$OUT"
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" 2>/dev/null
+    grep -v -i -E "warn|pretrained|Passed an already|HF model type|it/s\]" "$RES/eval_speed.log" 2>/dev/null | tail -n 60
+  } > "$OUT/summary.txt"
+  ;;
+collect)  # the JSON, the summary, and one tarball of the results folder (logs included)
+  mkdir -p "$OUT"
+  cp "$RES/eval_speed.json" "$OUT/" 2>/dev/null
+  tar czf /tmp/gendistill_eval_speed.tgz -C "$RES" . && mv /tmp/gendistill_eval_speed.tgz "$OUT/eval_speed_results.tgz"
+  ls -la "$OUT"
+  ;;
+*) echo "usage: tools/device_eval_speed.sh setup|start|watch [SECONDS]|collect"; exit 2 ;;
+esac
