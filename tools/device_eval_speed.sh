@@ -57,6 +57,9 @@ print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | tri
       f"transformers {transformers.__version__} | fla {fla.__version__} | lm_eval {lm_eval.__version__}")
 print("fast engine:", {f.__name__: "engine" in inspect.signature(f).parameters for f in (generate, score_requests)})
 PY
+  # the fast engine's GPU check (real CUDA graphs, fp32 tiny teacher and hybrid): the benchmark means nothing without it
+  timeout 240 python3 -m pytest -q -x -p no:cacheprovider --timeout 200 tests/gpu/test_fast_generate_gpu.py 2>&1 \
+    | tail -n 15 | tee "$RES/gpu_test.txt"
   ;;
 start)  # the teacher assembled and checked, the data in place, then the whole job in the background
   [ -f "$JOB/teacher/manifest.json" ] || { echo "error: run 'setup' first in this lease"; exit 3; }

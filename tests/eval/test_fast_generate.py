@@ -164,3 +164,22 @@ def test_auto_batch_size_off_gpu_and_memory_estimate(model):
 
     short, long = decode_bytes_per_row(model, 10, 4), decode_bytes_per_row(model, 1000, 4)
     assert 0 < short < long  # grows with the prompt (KV and activations)
+
+
+class FailingCapture(EagerGraph):
+    """A capture that fails after its (real) warm-up steps, as ``torch.cuda.graph`` does for an uncapturable op."""
+
+    def __init__(self, step, warmup=2, after_warmup_step=None):
+        super().__init__(step, warmup, after_warmup_step)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_failed_capture_falls_back_to_eager(model, tok, monkeypatch):
+    prompts = _prompts(tok, 4)
+    monkeypatch.setattr(G, "GraphStep", FailingCapture)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=12, batch_size=4, engine="reference", show_progress=False)
+    with pytest.warns(UserWarning, match="decoding eagerly"):
+        fast, stats = G.generate(model, tok, prompts, max_new_tokens=12, batch_size=4, engine="fast",
+                                 cuda_graphs=True, show_progress=False)
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    assert stats.extra["graph_captures"] == 0

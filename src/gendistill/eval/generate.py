@@ -20,6 +20,7 @@ Returns the texts in input order plus throughput numbers (new tokens per second,
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -198,7 +199,7 @@ def generate(
         bar.update(len(idx))
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
-                           decode_steps=decoder.steps)
+                           decode_steps=decoder.steps, cuda_graphs=decoder.graphs)
     stats.seconds = time.perf_counter() - t0
     bar.close()
     return outs, stats  # type: ignore[return-value]
@@ -291,11 +292,19 @@ class _FastDecoder:
                 left = max_new_tokens - made
                 if self.graphs and left >= self.MIN_GRAPH_STEPS:
                     warm = min(2, left - 1)
+                    before = len(pending)
                     keep = lambda s=state: pending.append(s.ids.clone())  # noqa: E731  (the warm-up steps are real)
-                    runner = GraphStep(step, warmup=warm, after_warmup_step=keep)
+                    try:
+                        runner = GraphStep(step, warmup=warm, after_warmup_step=keep)
+                        self.captures += 1
+                    except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
+                        if len(pending) - before != warm:
+                            raise  # the warm-up itself failed: not a capture problem
+                        self.graphs, runner = False, step
+                        warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly",
+                                      stacklevel=2)
                     made += warm
                     self.steps += warm
-                    self.captures += 1
                     continue
                 runner = step
             runner()
