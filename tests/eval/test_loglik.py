@@ -74,3 +74,23 @@ def test_mc_metrics_acc_and_acc_norm():
     assert m["pred_norm"] == 1 and m["acc_norm"] == 1.0
     probs = [math.exp(x) for x in (-4.0, -6.0, -9.0)]
     assert m["p_gold"] == pytest.approx(probs[1] / sum(probs))
+
+
+def test_batched_encoding_equals_one_string_at_a_time(tok):
+    """encode_pairs tokenises every distinct string once in one batched call; the ids must be those of lm-eval's
+    one-pair-at-a-time rule (trailing context spaces move to the continuation; encode the whole, cut at the context;
+    an empty context is the prefix token; a continuation merged into the context is encoded alone)."""
+    from gendistill.eval.loglik import encode, encode_pairs, prefix_token
+
+    def one(ctx, cont):
+        if not ctx:
+            return [prefix_token(tok)], encode(tok, cont)
+        n = len(ctx) - len(ctx.rstrip())
+        if n:
+            ctx, cont = ctx[:-n], ctx[-n:] + cont
+        whole, c = encode(tok, ctx + cont), encode(tok, ctx)
+        return c, (whole[len(c):] or encode(tok, cont))
+
+    pairs = [("Question: 2+2?\nAnswer:", " 4"), ("Question: 2+2?\nAnswer:", " 5"), ("Answer: ", "Paris"),
+             ("", "alone"), ("Pari", "s"), ("x  ", " y"), ("Question: 2+2?\nAnswer:", " 4")]
+    assert encode_pairs(tok, pairs) == [one(c, k) for c, k in pairs]

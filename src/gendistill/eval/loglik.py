@@ -67,19 +67,33 @@ def prefix_token(tokenizer) -> int:
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's split: trailing context spaces move to the continuation; encode the whole, cut at the context."""
-    if not context:
-        return [prefix_token(tokenizer)], encode(tokenizer, continuation)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = encode(tokenizer, context + continuation)
-    ctx = encode(tokenizer, context)
-    cont = whole[len(ctx) :]
-    if not cont:
-        # The continuation merged into the context's last token: score it encoded on its own instead.
-        cont = encode(tokenizer, continuation)
-    return ctx, cont
+    return encode_pairs(tokenizer, [(context, continuation)])[0]
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` for many requests at once: every distinct context and every whole string is encoded once,
+    in one batched tokenizer call (a fast tokenizer encodes a list in parallel; the options of a question share
+    their context), which gives the same ids as encoding each string alone."""
+    split: list[tuple[str, str]] = []
+    for context, continuation in pairs:
+        n_spaces = len(context) - len(context.rstrip())
+        if context and n_spaces:
+            continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+        split.append((context, continuation))
+    texts = list(dict.fromkeys(t for c, k in split for t in ((c, c + k) if c else (k,))))
+    ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+    out = []
+    for context, continuation in split:
+        if not context:
+            out.append(([prefix_token(tokenizer)], list(ids[continuation])))
+            continue
+        ctx = list(ids[context])
+        cont = list(ids[context + continuation])[len(ctx) :]
+        if not cont:
+            # The continuation merged into the context's last token: score it encoded on its own instead.
+            cont = encode(tokenizer, continuation)
+        out.append((ctx, cont))
+    return out
 
 
 def model_max_length(model, default: int = 2048) -> int:
@@ -99,8 +113,7 @@ def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) 
     """Model input (``context + continuation[:-1]``, left-truncated to ``max_length``) -> ``[(request index,
     continuation ids)]``; requests with identical inputs share one entry."""
     groups: Groups = {}
-    for ri, (ctx, cont) in enumerate(requests):
-        ctx_ids, cont_ids = encode_pair(tokenizer, ctx, cont)
+    for ri, (ctx_ids, cont_ids) in enumerate(encode_pairs(tokenizer, requests)):
         if len(cont_ids) > max_length:
             cont_ids = cont_ids[-max_length:]
         full = (ctx_ids + cont_ids)[-(max_length + 1) :]
