@@ -75,9 +75,9 @@ def eval_command(
              "create namespaces, with weaker layers such code can escape (it can reach host UNIX sockets such as "
              "docker.sock). Without it, such a run is refused."),
     no_cache: bool = typer.Option(False, "--no-cache",
-                                  help="Score every model again: neither read nor write the result cache (results "
-                                       "stored by weight hash, task, examples and settings; docs/eval.md, Result "
-                                       "cache)."),
+                                  help="Score every model again: neither read nor write the result cache (each "
+                                       "result kept under the model's weight hash, the task's examples and every "
+                                       "setting that changes it)."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Folder of the result cache (default: $GENDISTILL_CACHE, "
                                                             "else ~/.cache/gendistill/eval)."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
