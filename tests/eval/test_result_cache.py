@@ -141,7 +141,8 @@ def _edit_question(path: Path, selected: bool, ids: list[str]) -> None:
     write_jsonl(path, rows)
 
 
-@pytest.mark.parametrize("change", ["weight", "seed", "limit", "max_new_tokens", "task_data", "chat_template"])
+@pytest.mark.parametrize("change", ["weight", "seed", "limit", "max_new_tokens", "task_data", "chat_template",
+                                    "rope_scaling"])
 def test_a_change_that_matters_misses(setup, tmp_path, change):
     root, teacher, other, mc, qa = setup
     model, quiz = tmp_path / "model", tmp_path / "quiz.jsonl"
@@ -163,7 +164,7 @@ def test_a_change_that_matters_misses(setup, tmp_path, change):
             cfg["chat_template"] = cfg["chat_template"].replace("<|im_start|>assistant", "<|im_start|>bot")
             (model / "tokenizer_config.json").write_text(json.dumps(cfg))
     else:
-        kw[change] = {"seed": 1, "limit": 4, "max_new_tokens": 3}[change]
+        kw[change] = {"seed": 1, "limit": 4, "max_new_tokens": 3, "rope_scaling": "linear:2"}[change]
     res = _eval([model], [quiz, qa], tmp_path / "b", tmp_path / "cache", **kw)
     everything = set(_rows(res))
     missed = everything - _cached(res)

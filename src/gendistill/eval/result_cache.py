@@ -140,15 +140,21 @@ def model_fingerprint(model: torch.nn.Module, tok: Any) -> str:
 
 
 def _example(ex: Example) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(ex).items() if k != "where"}  # where: "file:line", a path
+    return {f.name: getattr(ex, f.name) for f in dataclasses.fields(ex) if f.name != "where"}  # where: a file path
 
 
 def task_fingerprint(task: Task, selected: list[Example], all_examples: list[Example]) -> str:
     """The task part of the key: the task's class and settings (not the paths of its files) and, for every selected
-    example, its content and the content of the few-shot examples its prompt uses."""
+    example, its content and the content of the few-shot examples its prompt uses (each example hashed once)."""
     settings = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.name not in _UNKEYED_TASK_FIELDS}
-    examples = [{"example": _example(ex), "shots": [_example(s) for s in task.fewshot_for(ex, all_examples)]}
-                for ex in selected]
+    digests: dict[int, str] = {}  # id(example) -> its hash; the examples live as long as this call
+
+    def digest(ex: Example) -> str:
+        if id(ex) not in digests:
+            digests[id(ex)] = sha256_json(_example(ex))
+        return digests[id(ex)]
+
+    examples = [[digest(ex), [digest(s) for s in task.fewshot_for(ex, all_examples)]] for ex in selected]
     return sha256_json({"class": f"{type(task).__module__}.{type(task).__qualname__}", "settings": settings,
                         "examples": examples})
 
@@ -184,9 +190,10 @@ def device_fingerprint(device: torch.device, dtype: torch.dtype) -> dict[str, An
     return {"dtype": str(dtype), "device": device.type, "accelerator": name}
 
 
-def result_settings(cfg: Any, protocol: str, limit: int | None, rope: dict | None) -> dict[str, Any]:
+def result_settings(cfg: Any, protocol: str, limit: int | None, rope: Any) -> dict[str, Any]:
     """Every setting of ``cfg`` (a :class:`gendistill.eval.runner.EvalConfig`) that changes a ``protocol`` result
-    (see the module docstring for what is left out and why); ``limit`` is the effective one (``--smoke`` caps it)."""
+    (see the module docstring for what is left out and why); ``limit`` is the effective one (``--smoke`` caps it),
+    ``rope`` the parsed ``--rope-scaling`` (:class:`gendistill.eval.rope.RopeScaling` or None)."""
     out: dict[str, Any] = {"protocol": protocol, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
                            "rope_scaling": rope}
     if protocol == "loglik":
@@ -247,7 +254,6 @@ class ResultCache:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.env = {**evaluator_fingerprint(), **device_fingerprint(device, dtype)}
         self.writable = True
-        self.hits = 0
         self._task_keys: dict[str, str] = {}
 
     def path(self, key: str) -> Path:
@@ -259,8 +265,9 @@ class ResultCache:
         same for the whole run, so its fingerprint is computed once)."""
         if task.name not in self._task_keys:
             self._task_keys[task.name] = task_fingerprint(task, selected, all_examples)
-        return {**self.env, "model": model_key, "task_name": task.name, "task": self._task_keys[task.name],
-                **settings}
+        parts = {**self.env, "model": model_key, "task_name": task.name, "task": self._task_keys[task.name],
+                 **settings}
+        return json.loads(json.dumps(parts, default=_canonical))  # plain JSON (a rope setting is a dataclass)
 
     def get(self, key: str) -> CachedResult | None:
         p = self.path(key)
@@ -294,7 +301,6 @@ class ResultCache:
         key = sha256_json(parts)
         hit = self.get(key)
         if hit is not None:
-            self.hits += 1
             print(f"{label} {parts['task_name']} {parts['protocol']}: cached", file=sys.stderr, flush=True)
             res = hit.labelled(label)
             return res.row, res.records, res.greedy_ids
