@@ -176,6 +176,17 @@ def test_a_change_that_matters_misses(setup, tmp_path, change):
         assert missed == everything
 
 
+@pytest.mark.parametrize("samples", [0, 2])
+def test_the_batch_size_is_keyed_only_under_sampling(setup, tmp_path, samples):
+    """Greedy results do not depend on the batch size (batched == one at a time); sampled ones do (one random stream
+    across a batch), so under --samples another batch size misses."""
+    root, teacher, other, mc, qa = setup
+    _eval([teacher], [mc], tmp_path / "a", tmp_path / "cache", samples=samples, batch_size=2, token_budget=256)
+    res = _eval([teacher], [mc], tmp_path / "b", tmp_path / "cache", samples=samples, batch_size=3, token_budget=64)
+    want = set(_rows(res)) if samples == 0 else {k for k in _rows(res) if k[2] == "loglik"}
+    assert _cached(res) == want
+
+
 def test_task_data_edit_outside_the_selection_still_hits(setup, tmp_path):
     """The key hashes the examples scored (and their few-shot examples), not the whole file."""
     root, teacher, other, mc, qa = setup

@@ -19,9 +19,11 @@ with the same settings. ``--no-cache`` neither reads nor writes it; ``--cache-di
 * the *protocol* and every setting that changes its result (:func:`result_settings`): the limit, the seed, ``--smoke``,
   the rope scaling, the dtype and the device type (float round-off differs between them; on CUDA the GPU's name too),
   for log-likelihood ``--loglik-chat-template``, for generation ``--max-new-tokens`` and the sampling settings.
-  ``--batch-size`` and ``--token-budget`` are not in it: batched generation is the same as one prompt at a time and
-  log-likelihood in any token budget the same as one request at a time (tests/eval/test_generate.py,
-  test_loglik.py), they change only the speed and the float round-off of the last bits, like the thread count;
+  ``--batch-size`` (greedy) and ``--token-budget`` are not in it: batched greedy generation is the same as one
+  prompt at a time and log-likelihood in any token budget the same as one request at a time
+  (tests/eval/test_generate.py, test_loglik.py), they change only the speed and the float round-off of the last
+  bits, like the thread count. With ``--samples`` the batch size is in it: seeded sampling draws one random stream
+  across a batch, so another batch size samples other texts;
 * the *evaluator*: gendistill's version, :data:`EVALUATOR_VERSION`, a hash of gendistill's own source files (any edit
   to the code that loads, runs or scores a model misses, even one whose author forgot to bump the constant) and the
   versions of torch, transformers, tokenizers and flash-linear-attention.
@@ -211,6 +213,8 @@ def result_settings(cfg: Any, protocol: str, limit: int | None, rope: Any) -> di
     else:
         out.update(max_new_tokens=cfg.max_new_tokens, samples=cfg.samples, temperature=cfg.temperature,
                    top_p=cfg.top_p, top_k=cfg.top_k)
+        if cfg.samples > 0:  # seeded sampling draws one random stream across a batch: the batch size changes the text
+            out["batch_size"] = cfg.batch_size
     return out
 
 
