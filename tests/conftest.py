@@ -16,6 +16,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_eval_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures that evaluate write to a throw-away result cache, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENDISTILL_CACHE", str(tmp_path_factory.mktemp("session-eval-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _own_eval_cache(tmp_path_factory, monkeypatch):
+    """Every test its own, empty evaluation result cache (gendistill.eval.result_cache), never the user's: a result
+    cached by one test must not stand in for another's evaluation."""
+    monkeypatch.setenv("GENDISTILL_CACHE", str(tmp_path_factory.mktemp("eval-cache")))
+
+
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=256, max_position_embeddings=512)
 

@@ -82,6 +82,12 @@ def eval_command(
         help="humaneval: execute model-written code even where the bubblewrap sandbox (bwrap) is missing or cannot "
              "create namespaces, with weaker layers such code can escape (it can reach host UNIX sockets such as "
              "docker.sock). Without it, such a run is refused."),
+    no_cache: bool = typer.Option(False, "--no-cache",
+                                  help="Score every model again: neither read nor write the result cache (each "
+                                       "result kept under the model's weight hash, the task's examples and every "
+                                       "setting that changes it)."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Folder of the result cache (default: $GENDISTILL_CACHE, "
+                                                            "else ~/.cache/gendistill/eval)."),
     merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
                                                           "(runs over disjoint tasks) into one report in --out."),
 ) -> None:
@@ -104,7 +110,7 @@ def eval_command(
         fidelity_data=fidelity_data, show_progress=not no_progress,
         context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
         depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
-        unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code,
+        unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code, cache=not no_cache, cache_dir=cache_dir,
         command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     )
     typer.echo(res.markdown())

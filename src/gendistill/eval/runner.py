@@ -5,8 +5,9 @@ Order of work, so that bad input fails before anything expensive or anything is 
 1. parse tasks (unknown name → the list of known ones), protocols, and check every model spec resolves (a missing
    folder fails here);
 2. read and validate every task's data, subsample deterministically by ``(limit, seed)``;
-3. for each model (the first is the teacher): load, run log-likelihood and/or generation on every task, write the
-   per-example JSONL of each (task, protocol) atomically;
+3. for each model (the first is the teacher): load, run log-likelihood and/or generation on every task (or take the
+   result from the result cache, :mod:`gendistill.eval.result_cache`), write the per-example JSONL of each
+   (task, protocol) atomically;
 4. fidelity (when there are students): greedy agreement from the generations already made; teacher-forced top-1
    agreement and KL on held-out chat data if requested;
 5. the report: ``results.json``, ``results.md``, ``results.png`` — each written atomically.
@@ -35,6 +36,7 @@ from gendistill.eval.generate import generate, resolve_engine
 from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
+from gendistill.eval.result_cache import ResultCache, check_cache_dir, model_fingerprint, result_settings
 from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
 from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSpec
 from gendistill.eval.task import MULTIPLE_CHOICE, Example, Task, select
@@ -84,6 +86,9 @@ class EvalConfig:
     # Run model-written code (humaneval) even where the bubblewrap sandbox is missing, with weaker layers it can
     # escape (docs/eval.md, "Sandbox"). Off: such a run is refused before any model is loaded.
     unsafe_allow_unsandboxed_code: bool = False
+    # The result cache (gendistill.eval.result_cache): off = neither read nor written; None = the default folder.
+    cache: bool = True
+    cache_dir: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ one task, one model
@@ -268,6 +273,8 @@ def check_config(cfg: EvalConfig) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     resolve_engine(cfg.engine, cfg.samples > 0)  # an unknown engine, or sampling on the greedy-only one, fails now
     check_numbers(cfg)
+    if cfg.cache and cfg.cache_dir is not None:
+        check_cache_dir(cfg.cache_dir)
     if cfg.data_source not in ("local", "hf"):
         raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
 
@@ -327,6 +334,7 @@ class EvalRun:
     answers: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # greedy extracted answers, (model, task)
     example_files: list[str] = field(default_factory=list)
     rope_applied: dict[str, dict] = field(default_factory=dict)
+    cache: ResultCache | None = None  # None: --no-cache
 
     def write_examples(self, label: str, task: Task, protocol: str, records: list[dict]) -> None:
         p = self.out / "examples" / f"{_safe(label)}__{task.name}__{protocol}.jsonl"
@@ -340,6 +348,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
     """One model on every task under every protocol: rows and per-example files, a partial report after each task."""
     cfg = run.cfg
     model, tok = load_model(spec, dtype=dtype, device=device)
+    model_key = model_fingerprint(model, tok) if run.cache is not None else ""  # before rope scaling (keyed apart)
     if rope is not None:
         run.rope_applied[label] = apply_rope_scaling(model, rope)
     for t in run.tasks:
@@ -351,8 +360,15 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
             data[t.name] = (built, built)
     for t in run.tasks:
         sel, all_ex = data[t.name]
+
+        def scored(protocol: str, compute):  # the cached result of this model, task and protocol, else compute()
+            if run.cache is None:
+                return compute()
+            parts = run.cache.parts(model_key, t, sel, all_ex, result_settings(cfg, protocol, limit, rope))
+            return run.cache.through(parts, label, compute)
+
         if "loglik" in cfg.protocols:
-            row, recs = run_loglik(model, tok, t, sel, all_ex, cfg, label)
+            row, recs, _ = scored("loglik", lambda: (*run_loglik(model, tok, t, sel, all_ex, cfg, label), []))
             if row is None:
                 if label == run.labels[0]:
                     run.skipped.append({"task": t.name, "protocol": "loglik",
@@ -361,7 +377,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
                 run.rows.append(row)
                 run.write_examples(label, t, "loglik", recs)
         if "generate" in cfg.protocols:
-            row, recs, ids = run_generate(model, tok, t, sel, all_ex, cfg, label)
+            row, recs, ids = scored("generate", lambda: run_generate(model, tok, t, sel, all_ex, cfg, label))
             run.rows.append(row)
             if ids:
                 run.greedy[(label, t.name)] = ids
@@ -442,7 +458,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
     data = read_task_data(tasks, cfg, long_spec, limit)  # every file read and validated before a model is loaded
 
-    run = EvalRun(cfg, labels, tasks, Path(cfg.out))
+    cache = ResultCache(cfg.cache_dir, device, dtype) if cfg.cache else None
+    run = EvalRun(cfg, labels, tasks, Path(cfg.out), cache=cache)
     for spec, label in zip(cfg.models, labels):
         evaluate_model(run, spec, label, data, device, dtype, rope, long_spec, limit)
     results = results_of(run, fidelity_rows(run, device, dtype), limit, long_spec, device, dtype)
