@@ -177,14 +177,19 @@ def test_a_change_that_matters_misses(setup, tmp_path, change):
 
 
 @pytest.mark.parametrize("samples", [0, 2])
-def test_the_batch_size_is_keyed_only_under_sampling(setup, tmp_path, samples):
-    """Greedy results do not depend on the batch size (batched == one at a time); sampled ones do (one random stream
-    across a batch), so under --samples another batch size misses."""
+def test_the_batch_settings_and_the_engine_are_keyed(setup, tmp_path, samples):
+    """In bf16 on a GPU the batch composition changes the round-off (and a long greedy generation can take another
+    token), and seeded sampling draws one stream across a batch: another --batch-size misses generation only,
+    another --token-budget log-likelihood only, another --engine both."""
     root, teacher, other, mc, qa = setup
     _eval([teacher], [mc], tmp_path / "a", tmp_path / "cache", samples=samples, batch_size=2, token_budget=256)
-    res = _eval([teacher], [mc], tmp_path / "b", tmp_path / "cache", samples=samples, batch_size=3, token_budget=64)
-    want = set(_rows(res)) if samples == 0 else {k for k in _rows(res) if k[2] == "loglik"}
-    assert _cached(res) == want
+    res = _eval([teacher], [mc], tmp_path / "b", tmp_path / "cache", samples=samples, batch_size=3, token_budget=256)
+    assert _cached(res) == {k for k in _rows(res) if k[2] == "loglik"}
+    res = _eval([teacher], [mc], tmp_path / "c", tmp_path / "cache", samples=samples, batch_size=2, token_budget=64)
+    assert _cached(res) == {k for k in _rows(res) if k[2] == "generate"}
+    res = _eval([teacher], [mc], tmp_path / "d", tmp_path / "cache", samples=samples, batch_size=2, token_budget=256,
+                engine="reference")
+    assert _cached(res) == set()
 
 
 def test_task_data_edit_outside_the_selection_still_hits(setup, tmp_path):

@@ -18,12 +18,12 @@ with the same settings. ``--no-cache`` neither reads nor writes it; ``--cache-di
   its prompt uses (:func:`task_fingerprint`), so an edited task file misses and the same file moved does not;
 * the *protocol* and every setting that changes its result (:func:`result_settings`): the limit, the seed, ``--smoke``,
   the rope scaling, the dtype and the device type (float round-off differs between them; on CUDA the GPU's name too),
-  for log-likelihood ``--loglik-chat-template``, for generation ``--max-new-tokens`` and the sampling settings.
-  ``--batch-size`` (greedy) and ``--token-budget`` are not in it: batched greedy generation is the same as one
-  prompt at a time and log-likelihood in any token budget the same as one request at a time
-  (tests/eval/test_generate.py, test_loglik.py), they change only the speed and the float round-off of the last
-  bits, like the thread count. With ``--samples`` the batch size is in it: seeded sampling draws one random stream
-  across a batch, so another batch size samples other texts;
+  for log-likelihood ``--loglik-chat-template``, for generation ``--max-new-tokens`` and the sampling settings;
+  ``--engine`` and the batch settings as given (``--batch-size`` for generation, ``--token-budget`` for
+  log-likelihood; unset = sized from free memory): in fp32 batching changes nothing (tests/eval/test_generate.py,
+  test_loglik.py), but in bf16 on a GPU another batch composition rounds differently and a long greedy generation
+  can take another token (docs/results.md §9: 45 of 50 ARC-Easy answers equal between batch 8 and batch 64), and
+  seeded sampling draws one random stream across a batch;
 * the *evaluator*: gendistill's version, :data:`EVALUATOR_VERSION`, a hash of gendistill's own source files (any edit
   to the code that loads, runs or scores a model misses, even one whose author forgot to bump the constant) and the
   versions of torch, transformers, tokenizers and flash-linear-attention.
@@ -208,13 +208,13 @@ def result_settings(cfg: Any, protocol: str, limit: int | None, rope: Any) -> di
     ``rope`` the parsed ``--rope-scaling`` (:class:`gendistill.eval.rope.RopeScaling` or None)."""
     out: dict[str, Any] = {"protocol": protocol, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,
                            "rope_scaling": rope}
+    out["engine"] = cfg.engine
     if protocol == "loglik":
-        out["loglik_chat_template"] = cfg.loglik_chat_template
+        out.update(loglik_chat_template=cfg.loglik_chat_template, token_budget=cfg.token_budget)
     else:
+        # bf16 round-off depends on the batch, and seeded sampling draws one random stream across it
         out.update(max_new_tokens=cfg.max_new_tokens, samples=cfg.samples, temperature=cfg.temperature,
-                   top_p=cfg.top_p, top_k=cfg.top_k)
-        if cfg.samples > 0:  # seeded sampling draws one random stream across a batch: the batch size changes the text
-            out["batch_size"] = cfg.batch_size
+                   top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.batch_size)
     return out
 
 
