@@ -110,8 +110,8 @@ def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new:
     return [o.text for o in outs], {"batch_size": st.get("batch_size"), "new_tokens": st.get("new_tokens")}
 
 
-def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_budget: int, batch_size: int | None
-               ) -> tuple[list[tuple[float, bool]], dict]:
+def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_budget: int | None,
+               batch_size: int | None) -> tuple[list[tuple[float, bool]], dict]:
     """``(log p, is_greedy)`` of every ``(context, continuation)`` request through one path."""
     if path == "lm-eval":
         from lm_eval.api.instance import Instance  # noqa: PLC0415  (optional extra)
@@ -123,7 +123,7 @@ def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_bud
     if LL_ENGINES:
         kw["engine"] = path
     res = score_requests(model, tok, requests, **kw)
-    return [(r.logprob, r.is_greedy) for r in res], {"token_budget": token_budget}
+    return [(r.logprob, r.is_greedy) for r in res], {"token_budget": token_budget or "auto"}
 
 
 _LM_CACHE: dict[tuple[int, Any], Any] = {}
@@ -417,7 +417,9 @@ def parse_args(argv):
     ap.add_argument("--batch-size", type=int, default=None, help="fast path's generation batch (default: its own)")
     ap.add_argument("--reference-batch-size", type=int, default=8, help="reference generation batch (eval's default)")
     ap.add_argument("--lm-eval-batch-size", type=int, default=64, help="lm-eval HFLM batch size (fixed)")
-    ap.add_argument("--token-budget", type=int, default=2048, help="log-likelihood batch in tokens (eval's default)")
+    ap.add_argument("--token-budget", type=int, default=None,
+                    help="log-likelihood batch in tokens (default: as gendistill eval: sized from free GPU memory "
+                         "for the fast path, 2048 for the reference)")
     ap.add_argument("--warmup", type=int, default=8, help="examples through the fast path, untimed, before each task")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cli", choices=("off", "after", "both"), default="after",

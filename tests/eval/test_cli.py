@@ -111,6 +111,12 @@ def test_fast_and_reference_engines_give_the_same_records(setup, tmp_path):
         assert r.exit_code == 0, r.output
         res = json.loads((out / "results.json").read_text())
         assert {row["throughput"]["batch_size"] for row in res["rows"]} == ({16} if engine == "fast" else {8})
+        # where the time went: one line, from the phases the run timed, which fit in its wall time
+        secs = res["meta"]["seconds"]
+        assert {"data", "teacher load", "teacher generate", "other load", "other generate"} <= set(secs)
+        assert sum(secs.values()) <= res["meta"]["wall_seconds"] + 0.1
+        line = next(x for x in r.output.splitlines() if x.startswith("time: "))
+        assert "teacher: load" in line and "other: load" in line and "generate" in line
         recs[engine] = {p.name: p.read_text() for p in sorted((out / "examples").iterdir())}
     assert len(recs["fast"]) == 4 and recs["fast"] == recs["reference"]
 

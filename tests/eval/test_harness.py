@@ -66,7 +66,8 @@ def test_lm_eval_task_run_agrees_with_gendistill_eval(model_factory, tok, tmp_pa
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from gendistill.eval.runner import EvalConfig, run_loglik
+    from gendistill.eval.config import EvalConfig
+    from gendistill.eval.runner import run_loglik
     from gendistill.eval.tasks import get_task
     from tests.eval.conftest import write_jsonl
 

@@ -17,7 +17,8 @@ def test_ruler_eval_batched_on_cuda(tmp_path):
     from gendistill.convert.convert import convert_teacher
     from gendistill.eval.generate import generate
     from gendistill.eval.ruler import LongContextSpec
-    from gendistill.eval.runner import EvalConfig, load_model, run_eval
+    from gendistill.eval.config import EvalConfig
+    from gendistill.eval.runner import load_model, run_eval
     from gendistill.eval.tasks import get_task
     from tests.fixtures_teachers import make_tiny_folder
 

@@ -31,6 +31,7 @@ from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
 from gendistill.distill.distributed import init_world
 from gendistill.errors import ConfigError, DataError, GendistillError
 from gendistill.eval import runner as eval_runner  # called as eval_runner.run_eval (the tests stand in a fake)
+from gendistill.eval.config import EvalConfig, check_numbers
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.loading import load_model
@@ -189,7 +190,7 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
     ev = grid.config.eval
     # auto follows the cell's training device; the eval runner resolves it (gendistill.devices)
     device = "cpu" if ev.device == "auto" and plan.cell.recipe.run.device == "cpu" else ev.device
-    cfg = eval_runner.EvalConfig(
+    cfg = EvalConfig(
         models=[plan.cell.recipe.teacher.spec, str(plan.final.student_dir)], tasks=ev.tasks,
         protocols=list(ev.protocols), limit=ev.limit, seed=ev.seed, out=str(plan.eval_dir), batch_size=ev.batch_size,
         token_budget=ev.token_budget, loglik_chat_template=ev.loglik_chat_template, samples=ev.samples,
@@ -209,7 +210,7 @@ def check_eval(grid: Grid) -> None:
     ev = grid.config.eval
     where = f"{grid.source}: eval"
     try:
-        eval_runner.check_numbers(eval_runner.EvalConfig(
+        check_numbers(EvalConfig(
             models=[], batch_size=ev.batch_size, token_budget=ev.token_budget, samples=ev.samples,
             temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
             fidelity_chat=ev.fidelity_chat))

@@ -29,7 +29,8 @@ from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
 from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.shipped import shipped_recipe
 from gendistill.eval.report import signed_points
-from gendistill.eval.runner import EvalConfig, run_eval
+from gendistill.eval.config import EvalConfig
+from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
 from gendistill.ownership import OutputError, check_writable

@@ -11,7 +11,8 @@ from typing import Any
 
 from gendistill.errors import GendistillError
 from gendistill.eval.report import markdown
-from gendistill.eval.runner import EvalConfig, run_eval
+from gendistill.eval.config import EvalConfig
+from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_text
 from gendistill.models.card import update_evaluation
 from gendistill.models.loading import resolve_model
@@ -69,7 +70,7 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
     whole run: an evaluation into a folder another gendistill process is writing stops at once with one line. After
     a successful run, the example files an earlier run into ``out`` listed and this one did not rewrite are removed,
     so the folder holds this run's examples only. ``options`` are the other fields of
-    :class:`gendistill.eval.runner.EvalConfig` (``seed``, ``smoke``, ``batch_size``, ``samples``,
+    :class:`gendistill.eval.config.EvalConfig` (``seed``, ``smoke``, ``batch_size``, ``samples``,
     ``max_new_tokens``, ``fidelity_chat``, ...). ``update_card`` writes each evaluated student's rows into its
     model card (only in folders gendistill wrote). Tasks that execute model-written code (``humaneval``) are refused
     where the bubblewrap sandbox is missing unless ``unsafe_allow_unsandboxed_code=True`` (docs/eval.md, Sandbox).

@@ -15,6 +15,7 @@ from gendistill.errors import DataError
 from gendistill.eval.api import evaluate
 from gendistill.eval.report import merge_results, write_report
 from gendistill.eval.ruler import parse_depths, parse_lengths
+from gendistill.eval.runner import time_summary
 from gendistill.runlock import acquire
 
 
@@ -116,6 +117,7 @@ def eval_command(
     typer.echo(res.markdown())
     for k, v in res.paths.items():
         typer.echo(f"{k}: {v}")
+    typer.echo(time_summary(res.raw["meta"]), err=True)
 
 
 def _merge(files: list[str], out: str) -> dict:

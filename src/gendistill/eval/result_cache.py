@@ -203,7 +203,7 @@ def device_fingerprint(device: torch.device, dtype: torch.dtype) -> dict[str, An
 
 
 def result_settings(cfg: Any, protocol: str, limit: int | None, rope: Any) -> dict[str, Any]:
-    """Every setting of ``cfg`` (a :class:`gendistill.eval.runner.EvalConfig`) that changes a ``protocol`` result
+    """Every setting of ``cfg`` (a :class:`gendistill.eval.config.EvalConfig`) that changes a ``protocol`` result
     (see the module docstring for what is left out and why); ``limit`` is the effective one (``--smoke`` caps it),
     ``rope`` the parsed ``--rope-scaling`` (:class:`gendistill.eval.rope.RopeScaling` or None)."""
     out: dict[str, Any] = {"protocol": protocol, "limit": limit, "seed": cfg.seed, "smoke": cfg.smoke,

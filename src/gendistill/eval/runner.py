@@ -29,66 +29,23 @@ from typing import Any
 import torch
 
 from gendistill.devices import dtype_name, resolve_device, resolve_dtype
-from gendistill.errors import ConfigError
 from gendistill.eval import report as R
+from gendistill.eval.config import PROTOCOLS, SMOKE_LIMIT, SMOKE_MAX_NEW_TOKENS, EvalConfig, check_config
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
-from gendistill.eval.generate import generate, resolve_engine
+from gendistill.eval.generate import generate
 from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
-from gendistill.eval.result_cache import ResultCache, check_cache_dir, model_fingerprint, result_settings
+from gendistill.eval.result_cache import ResultCache, model_fingerprint, result_settings
 from gendistill.eval.rope import apply_rope_scaling, parse_rope_scaling
 from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSpec
 from gendistill.eval.task import MULTIPLE_CHOICE, Example, Task, select
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_jsonl
-from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, MAX_STEP_TOKENS, check_range
 from gendistill.models.loading import load_model, model_label, resolve_model
-
-PROTOCOLS = ("loglik", "generate")
-SMOKE_LIMIT = 4
-SMOKE_MAX_NEW_TOKENS = 16
 
 # The metric that represents a task under log-likelihood (the one usually reported for it).
 LOGLIK_METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm"}
-
-
-@dataclass
-class EvalConfig:
-    models: list[str]
-    tasks: str = "arc_easy"
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
-    limit: int | None = None
-    seed: int = 0
-    smoke: bool = False
-    out: str = "runs/eval"
-    batch_size: int | None = None  # generation rows per batch; None: from free GPU memory (8 on the reference engine)
-    engine: str = "auto"  # auto | fast | reference: both protocols' engines (eval.generate, eval.loglik)
-    token_budget: int | None = None  # log-likelihood tokens per batch; None: from free GPU memory (2048 on CPU)
-    loglik_chat_template: bool = False
-    samples: int = 0  # 0 = greedy; N > 0 = N sampling seeds
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    max_new_tokens: int | None = None  # override every task's
-    data_source: str = "local"
-    dtype: str = "auto"  # see gendistill.devices: bfloat16 on CUDA, float32 on CPU
-    device: str = "auto"
-    fidelity_chat: int = 0  # number of held-out chat conversations for teacher-forced fidelity (0 = off)
-    fidelity_data: str | None = None
-    show_progress: bool = True
-    command: str = ""
-    # long-context (RULER-style) tasks: token lengths, needle depths (fractions 0..1), haystack source
-    context_lengths: list[int] | None = None
-    depths: list[float] | None = None
-    haystack: str | None = None
-    rope_scaling: str | None = None  # e.g. "yarn:4", applied to every model's attention layers after loading
-    # Run model-written code (humaneval) even where the bubblewrap sandbox is missing, with weaker layers it can
-    # escape (docs/eval.md, "Sandbox"). Off: such a run is refused before any model is loaded.
-    unsafe_allow_unsandboxed_code: bool = False
-    # The result cache (gendistill.eval.result_cache): off = neither read nor written; None = the default folder.
-    cache: bool = True
-    cache_dir: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ one task, one model
@@ -241,44 +198,6 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "model"
 
 
-def check_numbers(cfg: EvalConfig) -> None:
-    """Every size and count a user types within its range (:mod:`gendistill.limits`), before anything is read."""
-    if cfg.batch_size is not None:
-        check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
-    if cfg.token_budget is not None:
-        check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
-    check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
-    check_range(cfg.top_k, 1, 1 << 24, "--top-k")
-    check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")
-    if cfg.max_new_tokens is not None:
-        check_range(cfg.max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
-    for n in cfg.context_lengths or ():
-        check_range(n, 1, MAX_CONTEXT, "--context-lengths")
-    if not (0 < cfg.temperature < float("inf")):
-        raise ConfigError(f"--temperature: {cfg.temperature} must be a positive number")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"--top-p: {cfg.top_p} must be in (0, 1]")
-
-
-def check_config(cfg: EvalConfig) -> None:
-    """The settings themselves: at least one model, known protocols, sizes in range, a known data source."""
-    if not cfg.models:
-        raise ConfigError("give at least one --model (the first is the teacher)")
-    bad = [p for p in cfg.protocols if p not in PROTOCOLS]
-    if bad or not cfg.protocols:
-        raise ConfigError(f"unknown protocol '{bad[0] if bad else ''}'; known: {', '.join(PROTOCOLS)}")
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise ConfigError(f"--limit must be a positive integer, got {cfg.limit}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    resolve_engine(cfg.engine, cfg.samples > 0)  # an unknown engine, or sampling on the greedy-only one, fails now
-    check_numbers(cfg)
-    if cfg.cache and cfg.cache_dir is not None:
-        check_cache_dir(cfg.cache_dir)
-    if cfg.data_source not in ("local", "hf"):
-        raise ConfigError(f"--data-source must be 'local' or 'hf', got '{cfg.data_source}'")
-
-
 def prepare_tasks(cfg: EvalConfig) -> list[Task]:
     """The tasks asked for; a task that executes model-written code is refused now where it cannot be confined."""
     tasks = parse_tasks(cfg.tasks)
@@ -335,6 +254,13 @@ class EvalRun:
     example_files: list[str] = field(default_factory=list)
     rope_applied: dict[str, dict] = field(default_factory=dict)
     cache: ResultCache | None = None  # None: --no-cache
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went: "<label> load", "data", ...
+
+    def spend(self, what: str, since: float) -> float:
+        """Add the seconds since ``since`` (a ``time.perf_counter()`` reading) to ``what``; returns the reading now."""
+        now = time.perf_counter()
+        self.seconds[what] = self.seconds.get(what, 0.0) + now - since
+        return now
 
     def write_examples(self, label: str, task: Task, protocol: str, records: list[dict]) -> None:
         p = self.out / "examples" / f"{_safe(label)}__{task.name}__{protocol}.jsonl"
@@ -347,8 +273,10 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
                    limit: int | None) -> None:
     """One model on every task under every protocol: rows and per-example files, a partial report after each task."""
     cfg = run.cfg
+    t0 = time.perf_counter()
     model, tok = load_model(spec, dtype=dtype, device=device)
     model_key = model_fingerprint(model, tok) if run.cache is not None else ""  # before rope scaling (keyed apart)
+    t0 = run.spend(f"{label} load", t0)
     if rope is not None:
         run.rope_applied[label] = apply_rope_scaling(model, rope)
     for t in run.tasks:
@@ -367,6 +295,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
             parts = run.cache.parts(model_key, t, sel, all_ex, result_settings(cfg, protocol, limit, rope))
             return run.cache.through(parts, label, compute)
 
+        t0 = time.perf_counter()
         if "loglik" in cfg.protocols:
             row, recs, _ = scored("loglik", lambda: (*run_loglik(model, tok, t, sel, all_ex, cfg, label), []))
             if row is None:
@@ -376,6 +305,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
             else:
                 run.rows.append(row)
                 run.write_examples(label, t, "loglik", recs)
+            t0 = run.spend(f"{label} loglik", t0)
         if "generate" in cfg.protocols:
             row, recs, ids = scored("generate", lambda: run_generate(model, tok, t, sel, all_ex, cfg, label))
             run.rows.append(row)
@@ -383,6 +313,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
                 run.greedy[(label, t.name)] = ids
                 run.answers[(label, t.name)] = [r["pred"] for r in recs if r["seed"] is None]
             run.write_examples(label, t, "generate", recs)
+            t0 = run.spend(f"{label} generate", t0)
         # A partial report after every task, so a long run that dies keeps what it finished.
         _write_partial(run.out, cfg, run.labels, run.tasks, run.rows, run.skipped, run.example_files, run.t_start)
     del model
@@ -456,19 +387,40 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     limit = cfg.limit
     if cfg.smoke:
         limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
+    t0 = time.perf_counter()
     data = read_task_data(tasks, cfg, long_spec, limit)  # every file read and validated before a model is loaded
 
     cache = ResultCache(cfg.cache_dir, device, dtype) if cfg.cache else None
     run = EvalRun(cfg, labels, tasks, Path(cfg.out), cache=cache)
+    t0 = run.spend("data", t0)
     for spec, label in zip(cfg.models, labels):
         evaluate_model(run, spec, label, data, device, dtype, rope, long_spec, limit)
-    results = results_of(run, fidelity_rows(run, device, dtype), limit, long_spec, device, dtype)
+    t0 = time.perf_counter()
+    fidelity = fidelity_rows(run, device, dtype)
+    run.spend("fidelity", t0)
+    results = results_of(run, fidelity, limit, long_spec, device, dtype)
     results["meta"]["complete"] = True
+    results["meta"]["seconds"] = {k: round(v, 2) for k, v in run.seconds.items()}
     results["paths"] = R.write_report(results, run.out)
     partial = run.out / "results.partial.json"
     if partial.exists():
         partial.unlink()
     return results
+
+
+def time_summary(meta: dict[str, Any]) -> str:
+    """One line saying where a run's time went, from ``meta["seconds"]`` and ``meta["wall_seconds"]``:
+    ``time: 123 s — data 2 s · teacher: load 4 s, loglik 17 s, generate 18 s · student: … · fidelity 0 s``."""
+    secs = meta.get("seconds") or {}
+    models: dict[str, list[str]] = {}
+    for key, v in secs.items():
+        label, _, what = key.rpartition(" ")
+        if label:  # "<model label> load|loglik|generate"
+            models.setdefault(label, []).append(f"{what} {v:.0f} s")
+    body = [f"data {secs['data']:.0f} s"] if "data" in secs else []
+    body += [f"{label}: {', '.join(items)}" for label, items in models.items()]
+    body += [f"fidelity {secs['fidelity']:.0f} s"] if "fidelity" in secs else []
+    return f"time: {meta.get('wall_seconds', 0):.0f} s — " + " · ".join(body)
 
 
 def _write_partial(out: Path, cfg: EvalConfig, labels: list[str], tasks: list[Task], rows: list[dict],
