@@ -204,7 +204,7 @@ def score_requests(
     batches = plan_batches(groups, token_budget or DEFAULT_TOKEN_BUDGET, max_batch or DEFAULT_MAX_BATCH,
                            scored_budget)
 
-    bar = progress(total=len(requests), desc=desc, enabled=show_progress)
+    bar = progress(total=len(requests), desc=desc, enabled=show_progress, unit="req")
     if engine == "reference":
         out = _score_reference(model, groups, batches, pad, device, bar)
     else:

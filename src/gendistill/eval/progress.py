@@ -19,7 +19,8 @@ class _Null:
         pass
 
 
-def progress(total: int, desc: str, enabled: bool = True):
+def progress(total: int, desc: str, enabled: bool = True, unit: str = "ex"):
+    """A bar over ``total`` items counted in ``unit`` (its rate reads e.g. ``412 ex/s``)."""
     if not enabled or os.environ.get("GENDISTILL_NO_PROGRESS"):
         return _Null()
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=2.0)
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=2.0, unit=unit)
