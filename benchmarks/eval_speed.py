@@ -301,7 +301,8 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
 def time_cli(specs: list[str], task_specs: list[str], args, out_dir: Path, when: str) -> dict:
     """Wall time of ``gendistill eval -m TEACHER -m STUDENT --tasks ... --limit N`` in a fresh process."""
     argv = ["eval", *[x for s in specs for x in ("-m", s)], "--tasks", ",".join(task_specs), "--limit", str(args.limit),
-            "--out", str(out_dir), "--no-progress", "--device", args.device, "--dtype", args.dtype]
+            "--out", str(out_dir), "--no-progress", "--no-cache", "--device", args.device, "--dtype", args.dtype]
+    # --no-cache: the timed command scores every example (a second run would otherwise read the first one's results)
     env = dict(os.environ)  # this checkout's gendistill, as the script imports it
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), *[p for p in [env.get("PYTHONPATH")] if p]])
     t0 = time.perf_counter()
@@ -318,6 +319,7 @@ def time_cli(specs: list[str], task_specs: list[str], args, out_dir: Path, when:
     if proc.returncode == 0 and res.is_file():
         meta = json.loads(res.read_text())["meta"]
         rec["eval_wall_seconds"] = meta.get("wall_seconds")  # the command's own figure (after imports)
+        rec["eval_seconds"] = meta.get("seconds")  # where its time went: data, each model's load / loglik / generate
         rows = json.loads(res.read_text())["rows"]
         rec["rows"] = len(rows)
         rec["examples"] = sum(r.get("n", 0) for r in rows)

@@ -17,8 +17,10 @@
 # collect copies what exists (eval_speed.py rewrites its JSON after every row). At most 8 files come back: collect
 # puts the JSON, the summary and one tarball of everything under $OUT.
 # Settings (environment, start call): LIMIT (500), REF_LIMIT (50: the reference path is HF generate at batch 8, the
-# slow part), LM_LIMIT (100), LM_BS (64), CLI (after | both | off: `gendistill eval` timed after the in-process runs,
-# disk caches warm; 'both' also before them, cold), JOB_TIMEOUT (1080 s for the whole script).
+# slow part), LM_LIMIT (50), LM_BS (64), CLI (both | after | off: `gendistill eval` timed before the in-process runs,
+# on a fresh machine's empty caches, and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the
+# whole script). The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
+# LM_LIMIT=50 and was cut there by JOB_TIMEOUT=1000: the command was then run by hand (141.9 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -79,10 +81,10 @@ PY
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
-  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-100} at batch ${LM_BS:-64}, cli ${CLI:-after})"
+  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both})"
   timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student convert \
-    --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-100}" \
-    --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-after}" --cli-timeout 400 \
+    --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50}" \
+    --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
     --out "$RES/eval_speed.json" > "$RES/eval_speed.log" 2>&1
   step "eval_speed rc=$?"
   touch "$RES/DONE"
