@@ -167,6 +167,22 @@ MUTANTS: list[Mutant] = [
            "recurrent = recurrent_state is not None and T <= 8 and not self.training",
            (MODEL, "-k", "cached_decode or multi_token_continuation"),
            "the recurrent/chunk switch moved: must give the same outputs (an equivalence, expected to survive)"),
+    # ---- the evaluator's fast paths (issue 24)
+    Mutant("decode_mask_ignores_padding", "src/gendistill/models/decoding.py",
+           "                valid = valid & (state.arange[None, :] >= state.start[:, :1])",
+           "                valid = valid",
+           ("tests/eval/test_fast_generate.py", "-k", "left_padded"),
+           "fast generation attends to the left padding of shorter prompts: batched answers change with the batch"),
+    Mutant("compaction_keeps_wrong_rows", "src/gendistill/eval/generate.py",
+           "                    live = [live[r] for r in active]",
+           "                    live = live[: len(active)]",
+           ("tests/eval/test_fast_generate.py", "-k", "compaction"),
+           "after finished rows are dropped, the survivors' tokens are written to other prompts' outputs"),
+    Mutant("fast_loglik_position_off_by_one", "src/gendistill/eval/loglik.py",
+           "                key = (b, n - len(cont_ids) + j)  # logits at position p predict token p + 1",
+           "                key = (b, n - len(cont_ids) + j - 1)",
+           ("tests/eval/test_loglik_fast.py",),
+           "the fast scorer reads each continuation token's log-probability one position early"),
 ]
 # The last entry is a control: moving the switch between two correct kernels must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
