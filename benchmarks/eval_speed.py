@@ -18,9 +18,6 @@ Identical answers: per example, the fast path's extracted answer (``task.score_g
 text against the reference path's; under log-likelihood the predicted option (``acc_norm``'s for the tasks reported
 by it) and the largest |log p| difference. The same counts against lm-eval are reported for information.
 
-Until the fast engine lands, ``generate`` / ``score_requests`` have no ``engine`` keyword: the script detects that
-with ``inspect.signature`` and runs the one engine there is for both paths (``settings.fast_engine`` says so).
-
   python benchmarks/eval_speed.py --student convert --out docs/results/eval_speed_smollm2-135m_h200.json
 Prints a table last; the JSON holds the card, versions, the command and no machine paths (``portable_paths``: a
 comma-separated list of task files keeps every file's name, which ``portable_command`` would cut to the last).
@@ -30,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import platform
@@ -69,19 +65,6 @@ def log(msg: str) -> None:
     print(f"[eval_speed] {msg}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ engines
-
-
-def _has_engine(fn) -> bool:
-    return "engine" in inspect.signature(fn).parameters
-
-
-# The fast engine is being built in parallel: until `engine=` exists, both gendistill paths run the one engine there
-# is (HF model.generate / the batched scorer), and the JSON says so.
-GEN_ENGINES = _has_engine(generate)
-LL_ENGINES = _has_engine(score_requests)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -99,13 +82,9 @@ def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new:
         reqs = [Instance(request_type="generate_until", doc={}, arguments=(p, dict(gen_kwargs)), idx=i)
                 for i, p in enumerate(prompts)]
         return [str(t) for t in lm.generate_until(reqs, disable_tqdm=True)], {"batch_size": batch_size}
-    kw: dict[str, Any] = dict(max_new_tokens=max_new, stop=stop, add_special_tokens=not getattr(tok, "chat_template", None),
-                              desc=f"{task.name} {path}", show_progress=False)
-    if batch_size is not None:
-        kw["batch_size"] = batch_size
-    if GEN_ENGINES:
-        kw["engine"] = path
-    outs, stats = generate(model, tok, prompts, **kw)
+    outs, stats = generate(model, tok, prompts, max_new_tokens=max_new, stop=stop, batch_size=batch_size, engine=path,
+                           add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{task.name} {path}",
+                           show_progress=False)
     st = stats.as_dict()
     return [o.text for o in outs], {"batch_size": st.get("batch_size"), "new_tokens": st.get("new_tokens")}
 
@@ -119,10 +98,7 @@ def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_bud
         lm = _lm_eval_model(model, tok, batch_size)
         inst = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(requests)]
         return [(float(lp), bool(g)) for lp, g in lm.loglikelihood(inst, disable_tqdm=True)], {"batch_size": batch_size}
-    kw: dict[str, Any] = dict(token_budget=token_budget, desc=path, show_progress=False)
-    if LL_ENGINES:
-        kw["engine"] = path
-    res = score_requests(model, tok, requests, **kw)
+    res = score_requests(model, tok, requests, token_budget=token_budget, engine=path, desc=path, show_progress=False)
     return [(r.logprob, r.is_greedy) for r in res], {"token_budget": token_budget or "auto"}
 
 
@@ -484,15 +460,14 @@ def _run(args, argv: list[str]) -> int:
         res: dict[str, Any] = {
             "card": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "device": device.type, "dtype": dtype_name(dtype), "versions": versions(),
+            "commit": os.environ.get("COMMIT"),  # the caller's: a device copy's git metadata may be stale
             "command": portable_paths(shlex.join(["benchmarks/eval_speed.py", *argv])),
             "settings": {"models": labels, "tasks": [t.name for t in tasks], "limit": args.limit,
                          "reference_limit": args.reference_limit, "lm_eval_limit": args.lm_eval_limit,
                          "paths": args.paths, "protocols": args.protocols, "fast_batch_size": args.batch_size,
                          "reference_batch_size": args.reference_batch_size,
                          "lm_eval_batch_size": args.lm_eval_batch_size, "token_budget": args.token_budget,
-                         "warmup": args.warmup, "seed": args.seed, "greedy": True,
-                         "fast_engine": {"generate": "fast" if GEN_ENGINES else "reference (no engine= yet)",
-                                         "loglik": "fast" if LL_ENGINES else "reference (no engine= yet)"}},
+                         "warmup": args.warmup, "seed": args.seed, "greedy": True},
             "rows": [], "skipped": [], "cli": [],
         }
         t_all = time.perf_counter()

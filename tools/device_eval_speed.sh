@@ -46,18 +46,17 @@ setup)  # preconditions first: a GPU, the carried files, the wheels installed an
     .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
   mkdir -p "$JOB/teacher" "$JOB/data"
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
-  git rev-parse HEAD > "$RES/commit.txt" 2>/dev/null || echo "no git" > "$RES/commit.txt"
+  # the device copy's git metadata can be stale (2026-12-04 it named an older commit): the caller says which tree ran
+  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
   timeout 120 python3 - <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
-import inspect
 import torch, transformers, triton, fla
 from lm_eval.api.instance import Instance  # noqa: F401
 from lm_eval.models.huggingface import HFLM  # noqa: F401
 import lm_eval
-from gendistill.eval.generate import generate
-from gendistill.eval.loglik import score_requests
+from gendistill.eval.generate import generate  # noqa: F401  (the checkout's evaluator imports)
+from gendistill.eval.loglik import score_requests  # noqa: F401
 print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
       f"transformers {transformers.__version__} | fla {fla.__version__} | lm_eval {lm_eval.__version__}")
-print("fast engine:", {f.__name__: "engine" in inspect.signature(f).parameters for f in (generate, score_requests)})
 PY
   # the fast engine's GPU check (real CUDA graphs, fp32 tiny teacher and hybrid): the benchmark means nothing without it
   timeout 240 python3 -m pytest -q -x -p no:cacheprovider --timeout 200 tests/gpu/test_fast_generate_gpu.py 2>&1 \
