@@ -16,16 +16,10 @@ from gendistill.errors import ConfigError
 from gendistill.eval import generate as G
 from gendistill.eval.prompts import apply_chat
 from tests.eval.conftest import MODEL_FACTORIES
+from tests.eval.test_generate import PROMPTS as GENERATE_PROMPTS
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Hello",
-    "The capital of Italy is Rome. What is the capital of Germany? Answer in one word, please, with numbers 123.",
-    "456",
-    "What is the capital of Germany? Berlin is",
-    "Count: 1 2 3 4 5 6 7 8 9",
-    "x",
-]
+# test_generate's prompts, and two more so that batches mix more lengths
+PROMPTS = [*GENERATE_PROMPTS, "Count: 1 2 3 4 5 6 7 8 9", "x"]
 
 
 def _prompts(tok, n=len(PROMPTS)):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gendistill.models.decoding import FULL, LINEAR, layer_types
+from gendistill.models.decoding import FULL, LINEAR, kv_bytes_per_token_per_layer, layer_types
 
 __all__ = ["FULL", "LINEAR", "DTYPE_BYTES", "layer_types", "kv_bytes_per_token_per_layer", "kda_state_dims",
            "theoretical_cache_bytes", "measured_cache_bytes", "model_api_cache_bytes"]
@@ -26,12 +26,6 @@ def _first(config: Any, names: tuple[str, ...], default: Any = None) -> Any:
         if v is not None:
             return v
     return default
-
-
-def kv_bytes_per_token_per_layer(config: Any, dtype: torch.dtype) -> int:
-    head_dim = _first(config, ("head_dim",)) or config.hidden_size // config.num_attention_heads
-    kv_heads = _first(config, ("num_key_value_heads",), config.num_attention_heads)
-    return 2 * kv_heads * head_dim * DTYPE_BYTES[dtype]
 
 
 def kda_state_dims(config: Any) -> dict[str, int]:

@@ -184,7 +184,6 @@ def generate(
         graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
         decoder = _FastDecoder(model, tokenizer, eos, stop, pad, device, graphs,
                                check_every or (8 if device.type == "cuda" else 4))
-        stats.extra.update(cuda_graphs=graphs, compactions=0, graph_captures=0, decode_steps=0)
     else:
         decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
@@ -288,7 +287,7 @@ class _FastDecoder:
                     runner = None
                     self.compactions += 1
             if runner is None:
-                step = make_step(self.model, state)
+                step = make_step(self.model, state, keep_logits=False)
                 left = max_new_tokens - made
                 if self.graphs and left >= self.MIN_GRAPH_STEPS:
                     warm = min(2, left - 1)

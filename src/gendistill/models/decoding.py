@@ -241,11 +241,13 @@ def _mask_value(valid: torch.Tensor, model: Any) -> torch.Tensor:
     return valid
 
 
-def make_step(model: Any, state: DecodeState, explicit_mask: bool = True) -> Callable[[], None]:
+def make_step(model: Any, state: DecodeState, explicit_mask: bool = True, keep_logits: bool = True
+              ) -> Callable[[], None]:
     """The decode step: forward one token per row, greedy next token written back into ``state.ids``, positions
     advanced. With ``explicit_mask`` the attention mask is computed from ``state.pos`` (and ``state.start``) by tensor
     ops only (no host sync), which is what makes the step graph-capturable; it is used in eager mode too so both paths
-    are one code."""
+    are one code. ``keep_logits``: copy each step's logits into ``state.last_logits`` (the benchmark's validation
+    reads them; generation needs only the tokens)."""
     # Models whose config lists layer types index a mask mapping by type (recurrent layers get None: their state holds
     # no padding); the others (e.g. Llama) take the 4-D mask itself.
     types = set(getattr(model.config, "layer_types", None) or ())
@@ -263,6 +265,8 @@ def make_step(model: Any, state: DecodeState, explicit_mask: bool = True) -> Cal
         logits = out.logits[:, -1]
         state.ids.copy_(logits.argmax(-1, keepdim=True))
         state.pos.add_(1)
+        if not keep_logits:
+            return
         if state.last_logits is None:
             state.last_logits = logits.detach().clone()
         else:
@@ -298,6 +302,13 @@ class GraphStep:
 
 
 # ---------------------------------------------------------------------------------------------------- memory
+def kv_bytes_per_token_per_layer(config: Any, dtype: torch.dtype) -> int:
+    """K and V of one token in one attention layer: ``2 × num_key_value_heads × head_dim`` values of ``dtype``."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
 def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> int:
     """Bytes one batch row needs to prefill ``prompt_len`` tokens and decode ``max_new_tokens`` on a static cache:
 
@@ -309,12 +320,10 @@ def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> in
 
     An estimate meant for choosing a batch size with room to spare, not an exact figure."""
     cfg = model.config
-    itemsize = next(model.parameters()).element_size()
-    length = prompt_len + max_new_tokens
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    itemsize = torch.empty((), dtype=dtype).element_size()
     n_attention = sum(t == FULL for t in layer_types(cfg))
-    kv = 2 * n_attention * 2 * kv_heads * head_dim * length * itemsize
+    kv = 2 * n_attention * kv_bytes_per_token_per_layer(cfg, dtype) * (prompt_len + max_new_tokens)
     recurrent = 0
     if hasattr(model, "cache_bytes"):
         recurrent = 2 * int(model.cache_bytes(1, batch=1).get("linear_attention", 0))
