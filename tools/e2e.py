@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--snapshots", default="0.25,0.5", help="stage-3a fractions saved for the budget curve")
     ap.add_argument("--snapshot-tasks", default="arc_easy,hellaswag,boolq,triviaqa",
                     help="tasks of the budget curve's answer agreement (among --tasks; same examples)")
-    ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences per stage for fidelity")
+    ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences of stages 3a/3b (the trainer's eval_sequences): the rows "
+                         "of the trainer's held-out evaluation and of the fidelity")
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: 192 on CUDA, 8 on CPU)")
     ap.add_argument("--token-budget", type=int, default=None, help="log-likelihood tokens per batch (default: 65536 "
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("e2e: the recipe has no stage3a (the budget curve and the 3a student need it)")
     i3a = names.index("stage3a")
     recipe.stages[i3a].snapshots = fractions
+    for st in recipe.stages:  # the trainer's held-out rows of the logit stages are the rows fidelity is computed on
+        if st.name in ("stage3a", "stage3b"):
+            st.eval_sequences = args.fidelity_sequences
     final_stage = names[-1]
     resolved = out / "recipe.yaml"
     _write(resolved, dump_recipe(recipe))
@@ -228,9 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 4. fidelity on the pipeline's held-out slices while the evaluations run
     t2 = time.monotonic()
-    fid = _heldout_fidelity(recipe, teacher, tok, {"undistilled": undistilled, **{snapshot_name("stage3a", f): p
-                                                   for f, p in snaps.items()}, **students},
-                            args.fidelity_sequences, world.device)
+    fid = _heldout_fidelity(run_dir, teacher, {"undistilled": undistilled, **{snapshot_name("stage3a", f): p
+                                                                              for f, p in snaps.items()}, **students},
+                            world.device)
     summary["heldout_fidelity"] = fid
     phase("fidelity", t2, time.monotonic())
     del teacher
@@ -281,6 +285,8 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
         st = per.setdefault(rec["stage"], {"eval": [], "loss": [], "tokens_per_s": []})
         if "eval_loss" in rec:
             st["eval"].append([rec["step"], rec["eval_loss"]])
+        if "eval_kl" in rec:  # the trainer's held-out fidelity (logit stages): [step, KL, top-1]
+            st.setdefault("eval_fidelity", []).append([rec["step"], rec["eval_kl"], rec["eval_top1"]])
         if "loss" in rec:
             st["loss"].append(rec["loss"])
             st["tokens_per_s"].append(rec.get("tokens_per_s", 0.0))
@@ -293,34 +299,27 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
     return per
 
 
-def _heldout_fidelity(recipe, teacher, tok, students: dict[str, Path], n_seq: int, device) -> dict[str, Any]:
-    """Teacher-forced top-1 agreement and KL of each student on the held-out sequences of stage 3a and of the last
-    stage (the pipeline's held-out documents, packed as in training, the trainer's loss mask)."""
+def _heldout_fidelity(run_dir: Path, teacher, students: dict[str, Path], device) -> dict[str, Any]:
+    """Teacher-forced top-1 agreement and KL of each student on the held-out rows the trainer scored in stage 3a and
+    in the last stage (``run/heldout/<stage>.safetensors``), by the function the trainer's held-out evaluation calls
+    (gendistill.eval.heldout.heldout_fidelity), the student loaded as users load it."""
     import gc
 
     import torch
 
-    from gendistill.distill.data import PackedStream, collate
-    from gendistill.distill.pipeline import load_student
-    from gendistill.eval.fidelity import teacher_forced_batches
+    from gendistill.distill.heldout import heldout_file
+    from gendistill.eval.heldout import heldout_fidelity, load_heldout_rows
+    from gendistill.models.loading import load_model
 
-    by_stage: dict[str, list] = {}
-    for stage in recipe.stages:
-        if stage.name not in ("stage3a", "stage3b"):
-            continue
-        ps = PackedStream(recipe.stage_data(stage), tok, stage.seq_len, stage.masking)
-        seqs = ps.heldout_sequences(n_seq)
-        mb = max(1, min(stage.micro_batch_size, 8))
-        by_stage[stage.name] = [collate(seqs[i : i + mb]) for i in range(0, len(seqs), mb)]
+    rows = {stage: load_heldout_rows(heldout_file(run_dir, stage))[0] for stage in ("stage3a", "stage3b")
+            if heldout_file(run_dir, stage).is_file()}
     res: dict[str, Any] = {}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for name, path in students.items():
         if not (path / "config.json").exists():
             continue
-        model = load_student(path, device).to(dtype).eval()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            res[name] = {stage: teacher_forced_batches(teacher, model, batches, show_progress=False)
-                         for stage, batches in by_stage.items()}
+        model, _ = load_model(str(path), dtype=dtype, device=device)
+        res[name] = {stage: heldout_fidelity(teacher, model.eval(), r) for stage, r in rows.items()}
         del model
         gc.collect()
     return res

@@ -183,6 +183,12 @@ MUTANTS: list[Mutant] = [
            "                key = (b, n - len(cont_ids) + j - 1)",
            ("tests/eval/test_loglik_fast.py",),
            "the fast scorer reads each continuation token's log-probability one position early"),
+    Mutant("fidelity_teacher_reads_across_documents", "src/gendistill/eval/heldout.py",
+           '    return base(input_ids=rows["input_ids"].to(dev), position_ids=rows["position_ids"].to(dev), use_cache=False,',
+           '    return base(input_ids=rows["input_ids"].to(dev), position_ids=rows["position_ids"].to(dev),',
+           ("tests/eval/test_heldout.py",),
+           "held-out fidelity lets transformers build a cache, which skips the packed-sequence mask: the teacher "
+           "attends across the documents of a packed row (the defect of every fidelity figure before issue 25)"),
 ]
 # The last entry is a control: moving the switch between two correct kernels must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

@@ -30,6 +30,7 @@ from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.shipped import shipped_recipe
 from gendistill.eval.report import signed_points
 from gendistill.eval.config import EvalConfig
+from gendistill.eval.heldout import heldout_fidelity
 from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
@@ -67,21 +68,12 @@ class DemoResult:
     protocol_gap: dict[str, float | None]
     table: str
     eval_results: dict[str, Any] = field(repr=False, default_factory=dict)
+    fidelity: dict[str, dict[str, Any]] = field(default_factory=dict)  # held-out top-1 / KL / NLL per student role
 
 
-@torch.no_grad()
-def heldout_perplexity(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    """exp(mean next-token cross-entropy) over the ``loss_mask`` positions of ``batches`` ([B, T] tensors from
-    :func:`gendistill.distill.data.collate`, packed documents marked by restarting position ids)."""
-    dev = next(model.parameters()).device
-    nll, n = 0.0, 0
-    for b in batches:
-        logits = model(input_ids=b["input_ids"].to(dev), position_ids=b["position_ids"].to(dev)).logits.float()
-        m = b["loss_mask"].to(dev)
-        lp = logits.log_softmax(-1)[m]
-        nll -= float(lp.gather(-1, b["labels"].to(dev)[m][:, None]).sum())
-        n += int(m.sum())
-    return math.exp(nll / n) if n else float("nan")
+def perplexity(nll: float | None) -> float:
+    """exp of a mean next-token NLL (nats per token) from :func:`heldout_fidelity`; NaN where there is none."""
+    return math.exp(nll) if nll is not None else float("nan")
 
 
 def _fmt_ppl(x: float) -> str:
@@ -122,8 +114,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})  # marks the folder as ours
 
-    teacher, tok, undistilled, batches, ppl = convert_step(r, world, out, heldout_sequences, seconds)
-    distilled, tokens = distill_step(r, teacher, tok, batches, ppl, seconds)
+    teacher, tok, undistilled, rows, fid = convert_step(r, world, out, heldout_sequences, seconds)
+    distilled, tokens = distill_step(r, teacher, tok, rows, fid, seconds)
+    ppl = {"teacher": perplexity(fid["undistilled"].get("teacher_nll")),
+           **{role: perplexity(f.get("student_nll")) for role, f in fid.items()}}
     del teacher
     specs = {"teacher": r.teacher.spec, "undistilled": str(undistilled), "distilled": str(distilled)}
     results = eval_step(specs, out, device, limit, max_new_tokens, show_progress, seconds)
@@ -140,14 +134,15 @@ def run_demo(
     label = (f"briefly distilled on {n_tok:,} tokens on {device.upper()} in {seconds['distill']:.0f} s — a plumbing "
              "demonstration, not a quality result" if not full else
              f"distilled with {recipe_path.name} on {n_tok:,} tokens ({device})")
-    n_held = sum(len(b["input_ids"]) for b in batches)
-    table = _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,
+    n_held = int(rows["input_ids"].shape[0])
+    table = _table(r, recipe_path, device, label, tokens, seconds, ppl, fid, accuracy, results, labels, n_held,
                    max_new_tokens, out)
-    result = DemoResult(out, str(recipe_path), device, label, tokens, seconds, ppl, accuracy, gaps, table, results)
+    result = DemoResult(out, str(recipe_path), device, label, tokens, seconds, ppl, accuracy, gaps, table, results,
+                        fidelity=fid)
     atomic_write_text(out / "demo.md", table)
     atomic_write_json(out / "demo.json", {
         "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens,
-        "seconds": seconds, "heldout_perplexity": ppl, "heldout_sequences": n_held, "accuracy": accuracy,
+        "seconds": seconds, "heldout_perplexity": ppl, "heldout_fidelity": fid, "heldout_sequences": n_held, "accuracy": accuracy,
         "protocol_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
     })
     return result
@@ -155,8 +150,9 @@ def run_demo(
 
 def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, seconds: dict[str, float]):
     """1. The teacher and the undistilled student (built exactly as the distillation builds it: same conversion and
-    seed, saved to ``out/undistilled``), and both models' held-out perplexity on the last stage's data. Returns
-    ``(teacher, tokenizer, undistilled folder, held-out batches, perplexities)``."""
+    seed, saved to ``out/undistilled``), and its held-out fidelity against the teacher on the last stage's held-out
+    rows (:func:`heldout_fidelity`: top-1, KL and both models' NLL, each document read on its own). Returns
+    ``(teacher, tokenizer, undistilled folder, held-out rows, {"undistilled": figures})``."""
     t0 = time.perf_counter()
     teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
     teacher.eval()
@@ -166,13 +162,12 @@ def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, sec
 
     last = r.stages[-1]
     held = PackedStream(r.stage_data(last), tok, last.seq_len, last.masking).heldout_sequences(heldout_sequences)
-    batches = [collate(held[i : i + 2]) for i in range(0, len(held), 2)]
-    ppl = {"teacher": heldout_perplexity(teacher, batches), "undistilled": heldout_perplexity(student, batches)}
-    return teacher, tok, undistilled, batches, ppl
+    rows = collate(held)
+    return teacher, tok, undistilled, rows, {"undistilled": heldout_fidelity(teacher, student, rows, batch_rows=2)}
 
 
-def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, batches: list[dict[str, torch.Tensor]],
-                 ppl: dict[str, float], seconds: dict[str, float]) -> tuple[Path, dict[str, int]]:
+def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, rows: dict[str, torch.Tensor],
+                 fid: dict[str, dict[str, Any]], seconds: dict[str, float]) -> tuple[Path, dict[str, int]]:
     """2. The whole recipe, every stage; the distilled student's held-out perplexity. Returns its folder and the
     tokens distilled per stage."""
     t0 = time.perf_counter()
@@ -180,7 +175,7 @@ def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, batches: list[di
     seconds["distill"] = time.perf_counter() - t0
     distilled = res.student_dirs[res.completed[-1]]
     tokens = {name: int(sr.tokens) for name, sr in res.results.items()}
-    ppl["distilled"] = heldout_perplexity(res.student.eval(), batches)
+    fid["distilled"] = heldout_fidelity(teacher, res.student.eval(), rows, batch_rows=2)
     return distilled, tokens
 
 
@@ -218,7 +213,7 @@ def gap_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, results, labels, n_held,
+def _table(r, recipe_path, device, label, tokens, seconds, ppl, fid, accuracy, results, labels, n_held,
            max_new_tokens, out) -> str:
     tasks = list(dict.fromkeys(row["task"] for row in results["rows"]))
     n = {(row["task"], row["protocol"]): row["n"] for row in results["rows"]}
@@ -226,7 +221,7 @@ def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, result
     what = {"teacher": f"{r.teacher.spec} (the teacher)",
             "undistilled": "student fresh from conversion (KDA layers untrained)",
             "distilled": f"student after {', '.join(tokens)} ({sum(tokens.values()):,} tokens)"}
-    head = ["model", "what it is", f"held-out ppl ({last.name} data, {n_held} seq.)"]
+    head = ["model", "what it is", f"held-out ppl ({last.name} data, {n_held} seq.)", "top-1 / KL vs teacher"]
     for t in tasks:
         for proto, short in (("loglik", "LL"), ("generate", "gen")):
             if (t, proto) in n:
@@ -238,7 +233,10 @@ def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, result
                f"eval {seconds['eval']:.0f} s.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role in ("teacher", "undistilled", "distilled"):
-        cells = [labels[role], what[role], _fmt_ppl(ppl[role])]
+        f = fid.get(role, {})
+        cells = [labels[role], what[role], _fmt_ppl(ppl[role]),
+                 f"{_pct(f.get('top1_agreement'))} / {f['kl_teacher_student']:.3f}" if "kl_teacher_student" in f
+                 else "–"]
         for t in tasks:
             for proto in ("loglik", "generate"):
                 if (t, proto) in n:
@@ -246,7 +244,9 @@ def _table(r, recipe_path, device, label, tokens, seconds, ppl, accuracy, result
         lines.append("| " + " | ".join(cells) + " |")
     lines += gap_lines(results.get("comparisons", []))
     lines += ["", "Held-out ppl: the models' own next-token perplexity on the held-out documents of the last stage's "
-                  f"data ({'assistant tokens only' if last.masking == 'completion_only' else 'all tokens'}). "
+                  f"data ({'assistant tokens only' if last.masking == 'completion_only' else 'all tokens'}); top-1 / "
+                  "KL: how often the student's next-token argmax is the teacher's, and KL(teacher ‖ student) in "
+                  "nats per token, on the same tokens (each document read on its own). "
                   "Task accuracies are on the demo's own small task set (32 questions written for it), "
                   "so a difference of a few points is noise"
                   + (f"; generation capped at {max_new_tokens} new tokens." if max_new_tokens else ".")

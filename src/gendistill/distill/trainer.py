@@ -27,6 +27,7 @@ from gendistill.distill.divergence import recovery_hint
 from gendistill.distill.fingerprints import check_resume_fingerprint, stage_fingerprint
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.fsdp import full
+from gendistill.distill.heldout import save_stage_rows, stage_fidelity, stage_heldout_rows
 from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stage_facts import STAGES
@@ -49,6 +50,7 @@ class StageResult:
     tokens: int
     losses: list[float] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_fidelity: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # logit stages: (step, figures)
     selection: Selection | None = None
     resumed_from: int | None = None
 
@@ -239,6 +241,7 @@ class StageSetup:
     optimizer: torch.optim.Optimizer
     packed: PackedStream
     eval_seqs: list[PackedSequence]
+    heldout_rows: dict[str, torch.Tensor] | None  # logit stages: the rows of the held-out fidelity
     stage_dir: Path
     fingerprint: dict[str, Any]
 
@@ -275,6 +278,9 @@ def prepare_stage(stage: StageConfig, stage_index: int, data: DataConfig, studen
     if not validated:
         packed.validate()
     eval_seqs = packed.heldout_sequences(stage.eval_sequences)
+    heldout_rows = stage_heldout_rows(stage, eval_seqs)
+    if heldout_rows is not None and world.is_main:
+        save_stage_rows(run_dir, stage, heldout_rows)
 
     opt_cfg = stage.optim
     fused = opt_cfg.fused if opt_cfg.fused is not None else world.device.type == "cuda"
@@ -284,7 +290,7 @@ def prepare_stage(stage: StageConfig, stage_index: int, data: DataConfig, studen
     )
     return StageSetup(stage=stage, where=where, total_steps=total_steps, accum=accum, selection=selection,
                       module=module, wrapped=wrapped, call=wrapped if world.sharded else module, optimizer=optimizer,
-                      packed=packed, eval_seqs=eval_seqs, stage_dir=run_dir / "checkpoints" / stage.name,
+                      packed=packed, eval_seqs=eval_seqs, heldout_rows=heldout_rows, stage_dir=run_dir / "checkpoints" / stage.name,
                       fingerprint=stage_fingerprint(stage, data))
 
 
@@ -358,9 +364,19 @@ class _StepLog:
         if ev is None:
             return
         self.result.eval_losses.append((step, ev))
-        self.logger.log({"stage": s.stage.name, "step": step, "tokens": tokens, "eval_loss": ev})
-        self.progress.message(f"[{s.stage.name}] held-out loss before training {ev:.4f}" if step == 0 else
-                              f"[{s.stage.name}] step {step}: held-out loss {ev:.4f}")
+        rec: dict[str, Any] = {"stage": s.stage.name, "step": step, "tokens": tokens, "eval_loss": ev}
+        text = f"held-out loss {ev:.4f}"
+        if s.heldout_rows is not None:
+            fid = stage_fidelity(s.module.student, s.module.teacher, s.heldout_rows, s.stage.micro_batch_size,
+                                 _autocast(self.world, self.run), s.call.root if self.world.sharded else None)
+            if fid.get("n_tokens"):
+                self.result.eval_fidelity.append((step, fid))
+                rec.update(eval_kl=fid["kl_teacher_student"], eval_top1=fid["top1_agreement"],
+                           eval_tokens=fid["n_tokens"])
+                text += f", KL {fid['kl_teacher_student']:.4f}, top-1 {100 * fid['top1_agreement']:.1f} %"
+        self.logger.log(rec)
+        self.progress.message(f"[{s.stage.name}] {text} before training" if step == 0 else
+                              f"[{s.stage.name}] step {step}: {text}")
 
     def step(self, step: int, tokens: int, step_tokens: int, loss_val: float, gnorm: float, lr: float,
              denom: float) -> None:

@@ -62,8 +62,9 @@ def eval_command(
                                               "KL (0: off; needs 2+ models)."),
     fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: tail of "
                                                  "shared/data/sft_mix)."),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default). On a shared CPU, 1 avoids "
-                                        "OpenMP oversubscription."),
+    fidelity_heldout: list[str] = typer.Option(None, help="Held-out rows a distillation wrote (RUN/heldout/"
+                                               "stage3a.safetensors; repeatable): top-1, KL on the trainer's rows."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 avoids oversubscription)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     context_lengths: str = typer.Option(None, "--context-lengths",
                                         help="ruler_* tasks: prompt lengths in tokens of the first model's tokenizer, "
@@ -89,8 +90,8 @@ def eval_command(
                                        "setting that changes it)."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Folder of the result cache (default: $GENDISTILL_CACHE, "
                                                             "else ~/.cache/gendistill/eval)."),
-    merge: list[str] = typer.Option(None, "--merge", help="Instead of evaluating: combine these results.json files "
-                                                          "(runs over disjoint tasks) into one report in --out."),
+    merge: list[str] = typer.Option(None, help="Instead of evaluating: combine these results.json files (runs over "
+                                               "disjoint tasks) into one report in --out."),
 ) -> None:
     """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the protocol gap.
     A thin wrapper over :func:`gendistill.evaluate`."""
@@ -105,10 +106,10 @@ def eval_command(
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
         update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, engine=engine,
-        token_budget=token_budget,
-        loglik_chat_template=loglik_chat_template, samples=samples, temperature=temperature, top_p=top_p,
-        top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source, fidelity_chat=fidelity_chat,
-        fidelity_data=fidelity_data, show_progress=not no_progress,
+        token_budget=token_budget, loglik_chat_template=loglik_chat_template, samples=samples,
+        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source,
+        fidelity_chat=fidelity_chat, fidelity_data=fidelity_data, fidelity_heldout=fidelity_heldout or None,
+        show_progress=not no_progress,
         context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
         depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
         unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code, cache=not no_cache, cache_dir=cache_dir,

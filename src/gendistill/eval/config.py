@@ -38,6 +38,8 @@ class EvalConfig:
     device: str = "auto"
     fidelity_chat: int = 0  # number of held-out chat conversations for teacher-forced fidelity (0 = off)
     fidelity_data: str | None = None
+    # held-out rows files (``<run>/heldout/<stage>.safetensors``, written by the trainer) for teacher-forced fidelity
+    fidelity_heldout: list[str] | None = None
     show_progress: bool = True
     command: str = ""
     # long-context (RULER-style) tasks: token lengths, needle depths (fractions 0..1), haystack source

@@ -3,11 +3,11 @@
 * :func:`greedy_agreement` — over the same prompts, how often the student's greedy reply is token-for-token the
   teacher's (exact match), and where they first diverge (mean first-divergence position, and the share of pairs that
   agree on at least the first 8/32 tokens).
-* :func:`teacher_forced` — on held-out chat data, both models read the same token sequence; on the assistant tokens
-  we measure top-1 agreement (the student's argmax equals the teacher's) and the mean per-token
-  KL(teacher ‖ student) in nats. Both need the same tokenizer (students converted from the teacher share it).
-* :func:`teacher_forced_batches` — the same two figures on batches the distillation pipeline built (its held-out
-  slice, packed, with the trainer's own loss mask), so "held out" means what the trainer held out.
+* :func:`heldout_fidelity` (in :mod:`gendistill.eval.heldout`) — teacher-forced top-1 agreement and KL on held-out
+  rows: the one function behind every such figure (the trainer's held-out evaluation, ``gendistill eval``, the demo,
+  ``tools/e2e.py``).
+* :func:`teacher_forced` — the same on held-out chat conversations (one row each, assistant tokens only). Both models
+  need the same tokenizer (students converted from the teacher share it).
 * :func:`answer_agreement` — how often the student's extracted answer equals the teacher's.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from gendistill.errors import DataError, GendistillError
 from gendistill.io import data_dir, iter_jsonl
-from gendistill.eval.progress import progress
+from gendistill.eval.heldout import heldout_fidelity
 from gendistill.eval.prompts import apply_chat
 
 
@@ -112,71 +112,36 @@ def _assistant_mask(tokenizer, messages: list[dict[str, str]], max_tokens: int) 
     return ids[:max_tokens], mask[:max_tokens]
 
 
-@torch.no_grad()
+def conversation_rows(tokenizer, conversations: list[list[dict[str, str]]], *,
+                      max_tokens: int = 512) -> dict[str, torch.Tensor]:
+    """One row per conversation, in the rows format :func:`heldout_fidelity` reads: ``input_ids``, ``position_ids``
+    (``0..T-1``, the padding at the end continuing them), ``loss_mask`` (True at ``t`` when token ``t + 1`` is
+    assistant content) and ``labels`` (the next token there, -100 elsewhere), all ``[N, T]`` with ``T`` the longest
+    templated conversation (at most ``max_tokens``). Padding sits after a row's last token, where causal attention and
+    the KDA state never look back at it."""
+    encoded = [_assistant_mask(tokenizer, msgs, max_tokens) for msgs in conversations]
+    T = max((len(ids) for ids, _ in encoded), default=0)
+    n = len(encoded)
+    input_ids = torch.zeros(n, max(T, 1), dtype=torch.long)
+    loss_mask = torch.zeros(n, max(T, 1), dtype=torch.bool)
+    for r, (ids, mask) in enumerate(encoded):
+        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        if len(ids) > 1:
+            loss_mask[r, : len(ids) - 1] = torch.tensor(mask[1:], dtype=torch.bool)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = torch.where(loss_mask[:, :-1], input_ids[:, 1:], -100)
+    position_ids = torch.arange(input_ids.shape[1]).expand(n, -1).contiguous()
+    return {"input_ids": input_ids, "position_ids": position_ids, "loss_mask": loss_mask, "labels": labels}
+
+
 def teacher_forced(
     teacher, student, tokenizer, conversations: list[list[dict[str, str]]], *, max_tokens: int = 512,
-    show_progress: bool = True,
+    batch_rows: int = 8, show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Top-1 agreement and mean KL(teacher ‖ student) per assistant token (nats)."""
-    vt = teacher.get_output_embeddings().weight.shape[0]
-    vs = student.get_output_embeddings().weight.shape[0]
-    if vt != vs:
-        raise GendistillError(f"teacher and student vocabularies differ ({vt} vs {vs}); teacher-forced fidelity "
-                              "needs a shared tokenizer")
-    agree = kl_sum = n_tok = 0.0
-    bar = progress(total=len(conversations), desc="fidelity", enabled=show_progress)
-    dev_t = next(teacher.parameters()).device
-    dev_s = next(student.parameters()).device
-    for msgs in conversations:
-        ids, mask = _assistant_mask(tokenizer, msgs, max_tokens)
-        bar.update(1)
-        if len(ids) < 2 or not any(mask[1:]):
-            continue
-        x = torch.tensor([ids])
-        lt = teacher(input_ids=x.to(dev_t)).logits[0, :-1].float().log_softmax(-1).cpu()
-        ls = student(input_ids=x.to(dev_s)).logits[0, :-1].float().log_softmax(-1).cpu()
-        m = torch.tensor(mask[1:])  # position i predicts token i+1
-        lt, ls = lt[m], ls[m]
-        agree += float((lt.argmax(-1) == ls.argmax(-1)).sum())
-        kl_sum += float((lt.exp() * (lt - ls)).sum())
-        n_tok += int(m.sum())
-    bar.close()
-    if n_tok == 0:
-        return {"n_conversations": len(conversations), "n_tokens": 0}
-    return {
-        "n_conversations": len(conversations),
-        "n_tokens": int(n_tok),
-        "top1_agreement": agree / n_tok,
-        "kl_teacher_student": kl_sum / n_tok,
-    }
-
-
-@torch.no_grad()
-def teacher_forced_batches(teacher, student, batches: list[dict[str, torch.Tensor]], *, mask_key: str = "loss_mask",
-                           show_progress: bool = True) -> dict[str, Any]:
-    """Top-1 agreement and mean KL(teacher ‖ student) (nats per token) over the masked-in positions of ``batches``:
-    dicts of ``input_ids``, ``position_ids`` ``[B, T]`` and ``mask_key`` ``[B, T]`` (True where the next token is
-    trained on), as :func:`gendistill.distill.data.collate` makes them. Position ids that restart mark packed
-    documents for both models, as in training."""
-    dev_t = next(teacher.parameters()).device
-    dev_s = next(student.parameters()).device
-    agree = kl_sum = 0.0
-    n_tok = 0
-    bar = progress(total=len(batches), desc="fidelity (held-out)", enabled=show_progress)
-    for b in batches:
-        m = b[mask_key].bool()
-        bar.update(1)
-        if not m.any():
-            continue
-        lt = teacher(input_ids=b["input_ids"].to(dev_t), position_ids=b["position_ids"].to(dev_t)).logits
-        lt = lt[m.to(dev_t)].float().log_softmax(-1)
-        ls = student(input_ids=b["input_ids"].to(dev_s), position_ids=b["position_ids"].to(dev_s)).logits
-        ls = ls[m.to(dev_s)].float().log_softmax(-1).to(lt.device)
-        agree += float((lt.argmax(-1) == ls.argmax(-1)).sum())
-        kl_sum += float((lt.exp() * (lt - ls)).sum())
-        n_tok += int(m.sum())
-    bar.close()
-    if n_tok == 0:
-        return {"n_sequences": sum(len(b["input_ids"]) for b in batches), "n_tokens": 0}
-    return {"n_sequences": sum(len(b["input_ids"]) for b in batches), "n_tokens": n_tok,
-            "top1_agreement": agree / n_tok, "kl_teacher_student": kl_sum / n_tok}
+    """Top-1 agreement and mean KL(teacher ‖ student) per assistant token (nats) on held-out conversations: their
+    :func:`conversation_rows` through :func:`heldout_fidelity`."""
+    rows = conversation_rows(tokenizer, conversations, max_tokens=max_tokens)
+    res = heldout_fidelity(teacher, student, rows, batch_rows=batch_rows, show_progress=show_progress,
+                           desc="fidelity (chat)")
+    res.pop("n_sequences", None)
+    return {"n_conversations": len(conversations), **res}

@@ -32,6 +32,7 @@ from gendistill.devices import dtype_name, resolve_device, resolve_dtype
 from gendistill.eval import report as R
 from gendistill.eval.config import PROTOCOLS, SMOKE_LIMIT, SMOKE_MAX_NEW_TOKENS, EvalConfig, check_config
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
+from gendistill.eval.heldout import heldout_fidelity, load_heldout_rows
 from gendistill.eval.generate import generate
 from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
@@ -320,9 +321,23 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
     gc.collect()
 
 
-def fidelity_rows(run: EvalRun, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    """Each student's agreement with the teacher: greedy agreement from the generations already made and, with
-    ``--fidelity-chat``, teacher-forced top-1 agreement and KL on held-out chat."""
+def read_fidelity_data(cfg: EvalConfig) -> dict[str, Any]:
+    """The held-out data of teacher-forced fidelity, read and checked before any model is loaded: ``chat`` (the
+    ``--fidelity-chat`` conversations) and ``rows`` (``[(name, rows)]`` of each ``--fidelity-heldout`` file)."""
+    if len(cfg.models) < 2:
+        return {"chat": None, "rows": []}
+    chat = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed) if cfg.fidelity_chat > 0 else None
+    rows = []
+    for path in cfg.fidelity_heldout or []:
+        r, meta = load_heldout_rows(path)
+        rows.append((f"held-out {meta.get('stage') or Path(path).stem}", r))
+    return {"chat": chat, "rows": rows}
+
+
+def fidelity_rows(run: EvalRun, device: torch.device, dtype: torch.dtype, held: dict[str, Any]) -> list[dict]:
+    """Each student's agreement with the teacher: greedy agreement from the generations already made and, on the
+    held-out data of :func:`read_fidelity_data`, teacher-forced top-1 agreement and KL
+    (:func:`gendistill.eval.heldout.heldout_fidelity`, the function the trainer's held-out evaluation calls)."""
     cfg, labels = run.cfg, run.labels
     fidelity: list[dict] = []
     teacher = labels[0]
@@ -332,13 +347,16 @@ def fidelity_rows(run: EvalRun, device: torch.device, dtype: torch.dtype) -> lis
                 fidelity.append({"student": label, "task": t.name,
                                  **greedy_agreement(run.greedy[(teacher, t.name)], run.greedy[(label, t.name)]),
                                  **answer_agreement(run.answers[(teacher, t.name)], run.answers[(label, t.name)])})
-    if cfg.fidelity_chat > 0 and len(cfg.models) > 1:
-        convs = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed)
+    if held["chat"] is not None or held["rows"]:
         tmodel, ttok = load_model(cfg.models[0], dtype=dtype, device=device)
         for spec, label in zip(cfg.models[1:], labels[1:]):
             smodel, _ = load_model(spec, dtype=dtype, device=device)
-            fidelity.append({"student": label, "task": "chat held-out",
-                             **teacher_forced(tmodel, smodel, ttok, convs, show_progress=cfg.show_progress)})
+            for name, rows in held["rows"]:
+                fidelity.append({"student": label, "task": name,
+                                 **heldout_fidelity(tmodel, smodel, rows, show_progress=cfg.show_progress)})
+            if held["chat"] is not None:
+                fidelity.append({"student": label, "task": "chat held-out", **teacher_forced(
+                    tmodel, smodel, ttok, held["chat"], show_progress=cfg.show_progress)})
             del smodel
             gc.collect()
         del tmodel
@@ -389,6 +407,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         limit = min(limit or SMOKE_LIMIT, SMOKE_LIMIT)
     t0 = time.perf_counter()
     data = read_task_data(tasks, cfg, long_spec, limit)  # every file read and validated before a model is loaded
+    held = read_fidelity_data(cfg)
 
     cache = ResultCache(cfg.cache_dir, device, dtype) if cfg.cache else None
     run = EvalRun(cfg, labels, tasks, Path(cfg.out), cache=cache)
@@ -396,7 +415,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     for spec, label in zip(cfg.models, labels):
         evaluate_model(run, spec, label, data, device, dtype, rope, long_spec, limit)
     t0 = time.perf_counter()
-    fidelity = fidelity_rows(run, device, dtype)
+    fidelity = fidelity_rows(run, device, dtype, held)
     run.spend("fidelity", t0)
     results = results_of(run, fidelity, limit, long_spec, device, dtype)
     results["meta"]["complete"] = True
