@@ -48,6 +48,10 @@ def test_trainer_and_evaluator_give_one_number(tmp_path, teacher, tok):
     res = heldout_fidelity(teacher, student, rows)
     assert res["kl_teacher_student"] == pytest.approx(logit[-1]["eval_kl"], rel=1e-5, abs=1e-7)
     assert res["top1_agreement"] == pytest.approx(logit[-1]["eval_top1"], abs=1e-9)
+    # the student's model card carries each logit stage's last held-out figures
+    card = (run_dir / "stage3b" / "README.md").read_text()
+    for r in (logit[2], logit[-1]):
+        assert f"| {r['eval_kl']:.4f} / {100 * r['eval_top1']:.1f} % |" in card
 
 
 def test_eval_command_scores_the_trainers_heldout_rows(tmp_path, teacher, tok):

@@ -86,8 +86,11 @@ def build_student(recipe: Recipe, teacher: nn.Module, device: torch.device) -> n
     return student
 
 
-def student_card(recipe: Recipe, student: nn.Module, completed: list[str]) -> str:
-    """The model card of the student after the ``completed`` stages of ``recipe``."""
+def student_card(recipe: Recipe, student: nn.Module, completed: list[str],
+                 fidelity: dict[str, dict[str, Any]] | None = None) -> str:
+    """The model card of the student after the ``completed`` stages of ``recipe``; ``fidelity``: the last held-out
+    figures (:func:`gendistill.eval.heldout.heldout_fidelity`) of the logit stages that ran in this invocation."""
+    fidelity = fidelity or {}
     records = []
     for st in recipe.stages:
         if st.name in completed:
@@ -95,7 +98,9 @@ def student_card(recipe: Recipe, student: nn.Module, completed: list[str]) -> st
             records.append(StageRecord(
                 name=st.name, steps=steps, tokens=steps * st.batch_size * st.seq_len, seq_len=st.seq_len,
                 batch_size=st.batch_size, loss=st.loss.kind if st.loss else None, masking=st.masking,
-                trainable=list(st.trainable.groups) if st.trainable else []))
+                trainable=list(st.trainable.groups) if st.trainable else [],
+                heldout_kl=fidelity.get(st.name, {}).get("kl_teacher_student"),
+                heldout_top1=fidelity.get(st.name, {}).get("top1_agreement")))
     return model_card(student.config, recipe=recipe.source, stages=records)
 
 
@@ -433,7 +438,9 @@ def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, t
             if res.steps < stage.total_steps():  # stopped early (stop_after)
                 break
             save_student_folder(student, tokenizer, run_dir / stage.name, world,
-                                card=student_card(recipe, student, [*completed, stage.name]))
+                                card=student_card(recipe, student, [*completed, stage.name],
+                                                  {n: r.eval_fidelity[-1][1] for n, r in results.items()
+                                                   if r.eval_fidelity}))
             completed.append(stage.name)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed, **fingerprints})

@@ -46,6 +46,8 @@ class StageRecord:
     loss: str | None = None
     masking: str | None = None
     trainable: list[str] = field(default_factory=list)
+    heldout_kl: float | None = None  # logit stages: KL(teacher ‖ student), nats/token, at the stage's end
+    heldout_top1: float | None = None  # and top-1 agreement (0-1), on the stage's held-out rows
 
 
 def _front_matter(teacher: str | None) -> str:
@@ -96,13 +98,17 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
     if stages:
         out.append(f"Recipe: `{recipe or 'given in Python'}`. Tokens are token slots trained on "
                    "(steps × batch size × sequence length).")
-        out += ["", "| stage | steps | tokens | seq_len | batch | loss | masking | trained |",
-                "|---|---:|---:|---:|---:|---|---|---|"]
+        out += ["", "| stage | steps | tokens | seq_len | batch | loss | masking | trained | held-out KL / top-1 |",
+                "|---|---:|---:|---:|---:|---|---|---|---:|"]
         for s in stages:
+            fid = (f"{s.heldout_kl:.4f} / {100 * s.heldout_top1:.1f} %" if s.heldout_kl is not None
+                   and s.heldout_top1 is not None else "")
             out.append(f"| {s.name} | {s.steps:,} | {s.tokens:,} | {s.seq_len} | {s.batch_size} | {s.loss or ''} | "
-                       f"{s.masking or ''} | {', '.join(s.trainable)} |")
+                       f"{s.masking or ''} | {', '.join(s.trainable)} | {fid} |")
         out.append("")
-        out.append(f"Total: {sum(s.tokens for s in stages):,} tokens.")
+        out.append(f"Total: {sum(s.tokens for s in stages):,} tokens. Held-out KL / top-1: KL(teacher ‖ student) in "
+                   "nats per token and top-1 agreement with the teacher on the stage's held-out rows at its end "
+                   "(the trainer's `eval_kl` / `eval_top1`; stages 3a/3b).")
     else:
         out.append("None recorded. Fresh from `gendistill convert`, the linear-attention layers are untrained (their "
                    "text is noise); distill with `gendistill distill RECIPE` (`student.path`: this folder).")
