@@ -29,7 +29,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     console.print(t)
     console.print(f"{len(plan['cells'])} cells; {plan['distinct_nodes']} distinct stage runs "
                   f"({plan['nodes_done']} done, {plan['nodes_to_train']} to train or resume); "
-                  f"{plan['distinct_evals']} distinct evaluations ({plan['evals_to_run']} to run)")
+                  f"{plan['distinct_evals']} distinct evaluations ({plan['evals_to_run']} to run); "
+                  f"{human_tokens(plan['tokens_distinct'])} training tokens in the distinct stage runs "
+                  f"({plan['tokens_distinct']:,}; {human_tokens(plan['tokens_to_train'])} to train)")
 
 
 def register(app: typer.Typer) -> None:

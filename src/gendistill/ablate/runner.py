@@ -66,22 +66,27 @@ def plan_grid(grid: Grid) -> list[CellPlan]:
 
 def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
     """What a run would do, without loading or writing anything: per cell its nodes (status, how many cells share
-    each) and its evaluation; identical cells (same final node and evaluation) are marked."""
+    each) and its evaluation; identical cells (same final node and evaluation) are marked. ``tokens_distinct``: the
+    training tokens of the distinct stage runs (each shared run counted once); ``tokens_to_train``: of those not
+    done (a partial run counted whole)."""
     users: dict[str, list[str]] = {}
     for p in plans:
         for n in p.nodes:
             users.setdefault(n.id, []).append(p.cell.name)
     first_with_eval: dict[Path, str] = {}
     cells, nodes_seen, todo_nodes, done_nodes = [], set(), 0, 0
-    evals_todo = 0
+    evals_todo = tokens_distinct = tokens_todo = 0
     for p in plans:
         entry_nodes = []
+        budget = stage_budget(p.cell.recipe)
         for n in p.nodes:
             st = n.status()
             if n.id not in nodes_seen:
                 nodes_seen.add(n.id)
                 done_nodes += st == "done"
                 todo_nodes += st != "done"
+                tokens_distinct += budget[n.stage]
+                tokens_todo += budget[n.stage] if st != "done" else 0
             entry_nodes.append({"stage": n.stage, "id": n.id, "status": st, "shared_by": len(users[n.id]),
                                 "dir": str(n.dir)})
         same = first_with_eval.get(p.eval_dir)
@@ -93,7 +98,8 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
                       "eval_dir": str(p.eval_dir), "same_as": same, "tokens": stage_budget(p.cell.recipe),
                       "skipped": ev == "done" and all(n["status"] == "done" for n in entry_nodes)})
     return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
-            "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo}
+            "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo,
+            "tokens_distinct": tokens_distinct, "tokens_to_train": tokens_todo}
 
 
 # ------------------------------------------------------------------------------------------------------ progress
