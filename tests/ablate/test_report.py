@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from gendistill.ablate.curve import plot_budget_curve
 from gendistill.ablate.report import (build_report, competition_ranks, kendall_tau, markdown, plot_png,
                                       rank_reversals, write_report)
 
@@ -127,3 +128,42 @@ def test_markdown_json_and_plot(tmp_path):
     assert set(paths) == {"json", "markdown", "plot"} and (tmp_path / "report.md").read_text() == md
     empty = build_report({"axes": {"freeze": ["a"]}}, [cell("freeze=a", {"freeze": "a"}, None)])
     assert "No evaluated cell scored under both protocols yet." in markdown(empty) and plot_png(empty) is None
+
+
+def _curve_cell(name, assignment, tokens_3a, kl, top1, chat_kl=None):
+    fid = {} if kl is None else {"eval_kl_last": kl, "eval_top1_last": top1}
+    chat = {} if chat_kl is None else {"eval_kl_last": chat_kl, "eval_top1_last": 0.5}
+    return {"cell": name, "assignment": assignment, "tokens": {"stage1": 10, "stage3a": tokens_3a, "stage3b": 5},
+            "metrics": {"stage1": {"eval_loss_last": 3.0},
+                        "stage3a": {"eval_loss_last": 2.0 * (kl or 1.0), **fid}, "stage3b": {"eval_loss_last": 1.0, **chat}},
+            "nodes": ["n1", name], "eval": results(A)}
+
+
+def test_budget_curve_points_table_and_plot(tmp_path):
+    cells = [_curve_cell("tokens_3a=4M", {"tokens_3a": "4M"}, 4_000_000, 0.40, 0.61, chat_kl=0.9),
+             _curve_cell("tokens_3a=8M", {"tokens_3a": "8M"}, 8_000_000, 0.30, 0.66),
+             _curve_cell("tokens_3a=16M", {"tokens_3a": "16M"}, 16_000_000, 0.25, 0.70),
+             _curve_cell("lr_3a=1e-3", {"lr_3a": "1e-3"}, 8_000_000, 0.28, 0.67)]
+    rep = build_report({"axes": {"tokens_3a": ["4M", "8M", "16M"], "lr_3a": ["1e-3"]}}, cells)
+    curve = rep["budget_curve"]
+    assert curve["curve_axes"] == ["tokens_3a"]  # lr_3a trains one budget: markers, not a curve
+    pts = {(p["axis"], p["variant"]): p for p in curve["points"]}
+    assert set(pts) == {("tokens_3a", "4M"), ("tokens_3a", "8M"), ("tokens_3a", "16M"), ("lr_3a", "1e-3")}
+    assert (pts[("tokens_3a", "16M")]["tokens_3a"], pts[("tokens_3a", "16M")]["kl_3a"],
+            pts[("tokens_3a", "16M")]["top1_3a"]) == (16_000_000, 0.25, 0.70)
+    assert pts[("tokens_3a", "4M")]["kl_3b"] == 0.9 and pts[("tokens_3a", "8M")]["kl_3b"] is None
+    md = markdown(rep)
+    assert "## Budget curve `tokens_3a` (budget_curve.png)" in md and "| 4M | 4M | 0.400 | 61.0 | 0.800 | 0.900 | 50.0 |" in md
+    assert "| tokens_3a=16M | 16M | 1.000 | 0.250 | 70.0 | – | – |" in md  # the cells table: 3a and chat fidelity
+    paths = write_report(rep, tmp_path)
+    assert (tmp_path / "budget_curve.png").read_bytes()[:4] == b"\x89PNG" and paths["budget_curve"].endswith(".png")
+
+
+def test_budget_curve_of_runs_without_eval_kl_draws_the_loss_and_nothing_without_metrics():
+    old = [_curve_cell("tokens_3a=4M", {"tokens_3a": "4M"}, 4_000_000, None, None),
+           _curve_cell("tokens_3a=8M", {"tokens_3a": "8M"}, 8_000_000, None, None)]
+    rep = build_report({"axes": {"tokens_3a": ["4M", "8M"]}}, old)
+    assert all(p["kl_3a"] is None and p["loss_3a"] == 2.0 for p in rep["budget_curve"]["points"])
+    assert plot_budget_curve(rep["budget_curve"]["points"])[:4] == b"\x89PNG"  # held-out loss instead
+    bare = [{**c, "metrics": {}} for c in old]
+    assert plot_budget_curve(build_report({"axes": {"tokens_3a": ["4M", "8M"]}}, bare)["budget_curve"]["points"]) is None

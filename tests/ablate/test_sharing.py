@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gendistill.ablate.grid import load_grid
-from gendistill.ablate.runner import describe_plan, plan_grid, run_grid
+from gendistill.ablate.runner import describe_plan, plan_grid, read_metrics, run_grid
 from gendistill.ablate.store import cell_nodes
 
 
@@ -33,8 +33,11 @@ class FakeTrainer:
         (run / stage.name).mkdir(exist_ok=True)
         (run / stage.name / "config.json").write_text("{}")
         (run / "progress.json").write_text(json.dumps({"completed": [stage.name]}))
+        # logit stages record held-out fidelity next to the loss (eval_kl, eval_top1, eval_tokens); stage 1 does not
+        fid = {"eval_kl": 0.25, "eval_top1": 0.75, "eval_tokens": 96} if stage.name.startswith("stage3") else {}
         (run / "metrics.jsonl").write_text(json.dumps({"stage": stage.name, "step": 0, "eval_loss": 2.0}) + "\n"
-                                           + json.dumps({"stage": stage.name, "step": 2, "eval_loss": 1.5}) + "\n")
+                                           + json.dumps({"stage": stage.name, "step": 2, "eval_loss": 1.5, **fid})
+                                           + "\n")
         return {"completed": [stage.name]}
 
 
@@ -98,9 +101,17 @@ def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes, quiz):
         assert {"recipe.yaml", "cell.json", "metrics.json", "metrics.jsonl"} <= {f.name for f in p.dir.iterdir()}
         assert json.loads((p.dir / "eval" / "results.json").read_text())["meta"]["complete"]
         assert (p.dir / "student").resolve() == p.final.student_dir.resolve()
-        assert json.loads((p.dir / "metrics.json").read_text())["stage3b"]["eval_loss_last"] == 1.5
+        summary = json.loads((p.dir / "metrics.json").read_text())
+        assert summary["stage3b"]["eval_loss_last"] == 1.5
+        assert (summary["stage3a"]["eval_kl_last"], summary["stage3a"]["eval_top1_last"]) == (0.25, 0.75)
+        assert summary["stage1"]["eval_kl_last"] is None and summary["stage1"]["eval_top1_last"] is None
     rep = json.loads(Path(out["report"]["json"]).read_text())
     assert rep["evaluated"] == 4 and [a["axis"] for a in rep["axes"]] == ["masking", "freeze"]
+    # every cell trains stage 3a on one budget: points for each, no budget-curve axis, the plot drawn
+    points = rep["budget_curve"]["points"]
+    assert len(points) == 4 and rep["budget_curve"]["curve_axes"] == []
+    assert all(p["kl_3a"] == 0.25 and p["top1_3b"] == 0.75 and p["tokens_3a"] == 2 * 2 * 32 for p in points)
+    assert Path(out["report"]["budget_curve"]).name == "budget_curve.png"
 
     # rerun: nothing is trained or evaluated again; the dry run says every cell is finished
     run_grid(load_grid(write_grid(AXES, eval=quiz)), teacher=object(), tokenizer=object(), progress="none")
@@ -139,3 +150,19 @@ def test_node_ids_hash_what_fixes_the_student_and_nothing_else(write_grid):
     assert ids["io=a"] == ids["io=b"]  # I/O-only settings do not split a prefix
     assert ids["lr1=x"][0] != ids["io=a"][0] and ids["lr1=x"][1] != ids["io=a"][1]  # a change propagates downstream
     assert all(i != j for i, j in zip(ids["seed=s"], ids["io=a"]))
+
+
+def test_metrics_of_a_run_without_fidelity_records_still_load(write_grid, tmp_path):
+    """Runs written before the trainer recorded eval_kl/eval_top1 load with None; a record that has them is read."""
+    g = load_grid(write_grid(AXES))
+    n1, n3a, n3b = plan_grid(g)[0].nodes
+    for n, extra in ((n1, {}), (n3a, {}), (n3b, {"eval_kl": 0.5, "eval_top1": 0.6, "eval_tokens": 40})):
+        n.dir.mkdir(parents=True)
+        (n.dir / "metrics.jsonl").write_text(
+            json.dumps({"stage": n.stage, "step": 1, "tokens": 64, "loss": 3.0}) + "\n"
+            + json.dumps({"stage": n.stage, "step": 1, "tokens": 64, "eval_loss": 2.5, **extra}) + "\n")
+    records, summary = read_metrics([n1, n3a, n3b])
+    assert len(records) == 6 and summary["stage3a"]["eval_loss_last"] == 2.5
+    assert summary["stage3a"]["eval_kl_last"] is None and summary["stage3a"]["eval_top1_last"] is None
+    assert (summary["stage3b"]["eval_kl_last"], summary["stage3b"]["eval_top1_last"],
+            summary["stage3b"]["eval_tokens_last"]) == (0.5, 0.6, 40)

@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gendistill.ablate.curve import CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, plot_budget_curve
 from gendistill.eval.report import protocol_gap, retention, signed_points
 from gendistill.reporting import figure_png, pyplot, write_report_files
 from gendistill.reporting import num as _num
@@ -231,8 +232,10 @@ def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str,
         if c["scores"] is not None:
             teacher = c["scores"]["teacher"]
             break
+    points = curve_points(meta, enriched)
     return _nan_to_none({"meta": meta, "teacher": teacher, "axes": axes, "cells": enriched,
-                         "evaluated": sum(c["scores"] is not None for c in enriched), "total": len(enriched)})
+                         "evaluated": sum(c["scores"] is not None for c in enriched), "total": len(enriched),
+                         "budget_curve": {"points": points, "curve_axes": curve_axes(points)}})
 
 
 # ----------------------------------------------------------------------------------------------- Markdown
@@ -310,8 +313,14 @@ def markdown(rep: dict[str, Any]) -> str:
             for p in per:
                 lines.append(f"| {p['task']} | {_order(p.get('loglik')) or '– (generation only)'} "
                              f"| {_order(p.get('generate'))} | {len(p.get('reversed_pairs', []))} |")
-    lines += ["", "## Cells", "", "| cell | tokens | held-out loss (last stage) | LL | gen | greedy match | stage nodes |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+    lines += _curve_markdown(rep.get("budget_curve") or {})
+    lines += ["", "## Cells", "",
+              "Held-out fidelity to the teacher, as the trainer's last held-out evaluation of the stage recorded it: "
+              "KL(teacher‖student) in nats per token and top-1 agreement (%), after stage 3a (its text) and after "
+              "stage 3b (held-out chat); – where not recorded.", "",
+              "| cell | tokens | held-out loss (last stage) | 3a KL | 3a top-1 | chat KL | chat top-1 | LL | gen "
+              "| greedy match | stage nodes |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in rep["cells"]:
         sc = c.get("scores")
         ll = gen = "–"
@@ -321,7 +330,11 @@ def markdown(rep: dict[str, Any]) -> str:
                 ll = _pct(_mean([sc["student"][t]["loglik"]["acc"] for t in tasks]))
                 gen = _pct(_mean([sc["student"][t]["generate"]["acc"] for t in tasks]))
         gm = _pct(sc["fidelity"].get("greedy_exact_match")) if sc else "–"
+        m = c.get("metrics") or {}
+        a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
         lines.append(f"| {c['cell']} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
+                     f"| {_num(a.get('eval_kl_last'))} | {_pct(a.get('eval_top1_last'))} "
+                     f"| {_num(b.get('eval_kl_last'))} | {_pct(b.get('eval_top1_last'))} "
                      f"| {ll} | {gen} | {gm} | {' → '.join(c.get('nodes', []))} |")
     return "\n".join(lines) + "\n"
 
@@ -369,7 +382,23 @@ def plot_png(rep: dict[str, Any]) -> bytes | None:
     return figure_png(fig, dpi=110)
 
 
+def _curve_markdown(curve: dict[str, Any]) -> list[str]:
+    """The budget curves (axes whose cells train stage 3a on several budgets), smallest budget first."""
+    out = []
+    for axis in curve.get("curve_axes", []):
+        pts = sorted((p for p in curve["points"] if p["axis"] == axis), key=lambda p: p["tokens_3a"])
+        out += ["", f"## Budget curve `{axis}` (budget_curve.png)", "",
+                "| variant | stage-3a tokens | 3a KL | 3a top-1 | 3a held-out loss | chat KL | chat top-1 |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {p['variant']} | {human_tokens(p['tokens_3a'])} | {_num(p['kl_3a'])} | {_pct(p['top1_3a'])} "
+                f"| {_num(p['loss_3a'])} | {_num(p['kl_3b'])} | {_pct(p['top1_3b'])} |" for p in pts]
+    return out
+
+
 def write_report(rep: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
-    """``report.json``, ``report.md`` and ``report.png``."""
+    """``report.json``, ``report.md``, ``report.png`` and ``budget_curve.png`` (where a cell has stage-3a
+    metrics)."""
+    points = (rep.get("budget_curve") or {}).get("points") or []
     return write_report_files(out_dir, "report", rep, lambda: markdown(rep),
-                              {"plot": ("report.png", lambda: plot_png(rep))})
+                              {"plot": ("report.png", lambda: plot_png(rep)),
+                               "budget_curve": ("budget_curve.png", lambda: plot_budget_curve(points))})

@@ -244,7 +244,9 @@ def check_eval(grid: Grid) -> None:
 # ------------------------------------------------------------------------------------------------------ cell folder
 def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every node's metrics.jsonl records (each carries its stage) and a per-stage summary: steps, tokens, first and
-    last training loss, held-out loss before and after, median tokens/s."""
+    last training loss, held-out loss before and after, median tokens/s, and the last held-out evaluation's fidelity
+    to the teacher where the trainer recorded it (logit stages: ``eval_kl`` = mean KL(teacher‖student) in nats per
+    loss-mask token, ``eval_top1`` = top-1 agreement in [0, 1], ``eval_tokens``; None in runs that predate them)."""
     records: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for n in nodes:
@@ -268,6 +270,7 @@ def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any
             "eval_loss_first": evals[0]["eval_loss"] if evals else None,
             "eval_loss_last": evals[-1]["eval_loss"] if evals else None,
             "tokens_per_s": tps[len(tps) // 2] if tps else None,
+            **{f"{k}_last": evals[-1].get(k) if evals else None for k in ("eval_kl", "eval_top1", "eval_tokens")},
         }
     return records, summary
 

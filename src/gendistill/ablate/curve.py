@@ -1,0 +1,99 @@
+"""The stage-3a budget curve of a grid: every cell's stage-3a token budget against its student's held-out fidelity to
+the teacher after stage 3a (KL(teacher‖student) in nats per token and top-1 agreement, as the trainer's last
+held-out evaluation of the stage recorded them), next to the same numbers after stage 3b on held-out chat.
+
+An axis whose cells train stage 3a on more than one budget (``tokens_3a``) is a **budget curve** and is drawn as a
+line; the cells of every other axis (a learning-rate sweep, a data-size pair) are drawn as separate markers at their
+own budget, so a variant that beats the curve stands out. Cells without stage-3a metrics are left out; a run whose
+trainer predates ``eval_kl`` is drawn with its held-out loss instead (the plot says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gendistill.reporting import figure_png, pyplot
+
+CURVE_STAGE = "stage3a"
+CHAT_STAGE = "stage3b"
+
+
+def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per (axis, cell carrying that axis) whose recipe has a stage 3a: ``axis``, ``variant``, ``cell``,
+    ``tokens_3a`` (the stage's budget: steps x batch x seq_len), ``kl_3a``, ``top1_3a``, ``loss_3a`` (held-out, last
+    evaluation of stage 3a), ``kl_3b``, ``top1_3b`` (the same after stage 3b); None where not recorded. ``cells`` are
+    the report's cell entries (``assignment``, ``tokens`` and ``metrics`` per stage)."""
+    points = []
+    for axis in meta.get("axes", {}):
+        for c in cells:
+            variant = c["assignment"].get(axis)
+            tokens = (c.get("tokens") or {}).get(CURVE_STAGE)
+            if variant is None or tokens is None:
+                continue
+            m = c.get("metrics") or {}
+            a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
+            points.append({"axis": axis, "variant": variant, "cell": c["cell"], "tokens_3a": tokens,
+                           "kl_3a": a.get("eval_kl_last"), "top1_3a": a.get("eval_top1_last"),
+                           "loss_3a": a.get("eval_loss_last"),
+                           "kl_3b": b.get("eval_kl_last"), "top1_3b": b.get("eval_top1_last")})
+    return points
+
+
+def curve_axes(points: list[dict[str, Any]]) -> list[str]:
+    """The axes whose cells train stage 3a on more than one budget, in order."""
+    budgets: dict[str, set[int]] = {}
+    for p in points:
+        budgets.setdefault(p["axis"], set()).add(p["tokens_3a"])
+    return [a for a, b in budgets.items() if len(b) > 1]
+
+
+def _y_key(points: list[dict[str, Any]]) -> str | None:
+    """``kl_3a`` where any point has it, else ``loss_3a`` (runs that predate eval_kl), else None."""
+    for key in ("kl_3a", "loss_3a"):
+        if any(p[key] is not None for p in points):
+            return key
+    return None
+
+
+def plot_budget_curve(points: list[dict[str, Any]]) -> bytes | None:
+    """Two panels, x = stage-3a tokens (log scale): held-out KL (or loss) after stage 3a, and top-1 agreement
+    (percent). Budget-curve axes are lines, other axes' cells single markers labelled ``axis=variant``. None when
+    no point has a value to draw or matplotlib is missing."""
+    y_key = _y_key(points)
+    if y_key is None:
+        return None
+    plt = pyplot()
+    if plt is None:
+        return None
+    lines = curve_axes(points)
+    panels = [(y_key, "held-out KL(teacher‖student), nats/token" if y_key == "kl_3a"
+               else "held-out loss (no eval_kl recorded)", 1.0), ("top1_3a", "held-out top-1 agreement (%)", 100.0)]
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    markers = "osD^v<>PX*"
+    for ax, (key, label, scale) in zip(axs[0], panels):
+        k = 0
+        for axis in dict.fromkeys(p["axis"] for p in points):
+            mine = sorted((p for p in points if p["axis"] == axis and p[key] is not None), key=lambda p: p["tokens_3a"])
+            if not mine:
+                continue
+            if axis in lines:
+                ax.plot([p["tokens_3a"] for p in mine], [scale * p[key] for p in mine], marker="o", color="C0",
+                        label=f"{axis} (budget curve)")
+                for p in mine:
+                    ax.annotate(p["variant"], (p["tokens_3a"], scale * p[key]), xytext=(4, 4),
+                                textcoords="offset points", fontsize=7)
+                continue
+            for p in mine:
+                k += 1
+                ax.scatter([p["tokens_3a"]], [scale * p[key]], marker=markers[k % len(markers)], s=40,
+                           color=f"C{k % 10}", label=f"{axis}={p['variant']}", zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("stage-3a tokens")
+        ax.set_ylabel(label)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    axs[0][0].set_title("after stage 3a: held-out fidelity to the teacher", fontsize=10)
+    axs[0][1].set_title("top-1 agreement (higher is better)", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig, dpi=110)
