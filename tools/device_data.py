@@ -10,6 +10,13 @@ lease recipe reads, and the evaluation examples it scores.
   ``gendistill eval --limit N --seed 0`` selects from the full file (so the scores equal a run on the full data),
   the few-shot pools, and the first ``--t0-rows`` rows of ``t0_train_55k``.
 * ``manifest.json`` in carry1: sizes and sha256 of the GGUF and of its pieces (``tools/device_e2e.sh`` checks it).
+
+``--layout sweep`` (tools/device_sweep.sh: the wheels travel in the first call, the data does not fit beside a GGUF
+piece) writes three folders instead: carry1 = ``teacher.gguf.part1`` + ``manifest.json``, carry2 =
+``teacher.gguf.part2``, carry3 = ``data/`` (all 2,923 documents of ``pretrain_wikipedia_en_00`` by default,
+``sft_mix``, the t0 rows, the ``--limit`` (default 200) selected examples of each task and the few-shot pools).
+
+    python tools/device_data.py --layout sweep --split-mib 40     # 3 folders, each fits one call
 """
 
 from __future__ import annotations
@@ -71,11 +78,16 @@ def _selected(task_name: str, data: Path, dst: Path, limit: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"))
-    ap.add_argument("--limit", type=int, default=500)
-    ap.add_argument("--wiki-docs", type=int, default=850)
+    ap.add_argument("--layout", choices=("e2e", "sweep"), default="e2e",
+                    help="e2e: two carry folders (tools/device_e2e.sh); sweep: three (tools/device_sweep.sh)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluation examples per task (500; sweep: 200)")
+    ap.add_argument("--wiki-docs", type=int, default=None, help="pretrain_wikipedia_en_00 documents (850; sweep: 2923)")
     ap.add_argument("--t0-rows", type=int, default=2500)
     ap.add_argument("--split-mib", type=float, default=33.8, help="size of the first GGUF piece")
     args = ap.parse_args()
+    sweep = args.layout == "sweep"
+    args.limit = args.limit or (200 if sweep else 500)
+    args.wiki_docs = args.wiki_docs or (2923 if sweep else 850)
 
     from gendistill.io import data_dir
     from gendistill.teachers import resolve_teacher
@@ -84,11 +96,15 @@ def main() -> None:
     if data is None:
         raise SystemExit("no ../shared/data here")
     out = Path(args.out)
-    c1, c2 = out / "carry1", out / "carry2"
-    for c in (c1, c2):
+    c1, c2, c3 = out / "carry1", out / "carry2", out / "carry3"
+    folders = (c1, c2, c3) if sweep else (c1, c2)
+    for c in (c1, c2, c3):
         if c.exists():
             shutil.rmtree(c)
+    for c in folders:
         (c / "data").mkdir(parents=True)
+    text_dir = (c3 if sweep else c1) / "data"  # the training text and sft_mix
+    eval_dir = (c3 if sweep else c2) / "data"  # the evaluation examples, pools and t0 rows
     src = resolve_teacher("smollm2-135m-instruct")
     gguf = Path(src.location) / src.gguf_file
     blob = gguf.read_bytes()
@@ -99,16 +115,20 @@ def main() -> None:
                 "parts": [cut, len(blob) - cut], "wiki_docs": args.wiki_docs, "t0_rows": args.t0_rows,
                 "eval_limit": args.limit, "rows": {}}
     manifest["rows"]["pretrain_wikipedia_en_00.jsonl.gz"] = _head(
-        data / "pretrain_wikipedia_en_00.jsonl.gz", c1 / "data" / "pretrain_wikipedia_en_00.jsonl.gz", args.wiki_docs)
-    shutil.copy(data / "sft_mix.jsonl.gz", c1 / "data")
+        data / "pretrain_wikipedia_en_00.jsonl.gz", text_dir / "pretrain_wikipedia_en_00.jsonl.gz", args.wiki_docs)
+    shutil.copy(data / "sft_mix.jsonl.gz", text_dir)
     for t in EVAL_TASKS:
-        manifest["rows"][t] = _selected(t, data, c2 / "data", args.limit)
+        manifest["rows"][t] = _selected(t, data, eval_dir, args.limit)
     for p in POOLS:
-        shutil.copy(data / p, c2 / "data")
+        shutil.copy(data / p, eval_dir)
     manifest["rows"]["t0_train_55k.jsonl.gz"] = _head(data / "t0_train_55k.jsonl.gz",
-                                                      c2 / "data" / "t0_train_55k.jsonl.gz", args.t0_rows)
+                                                      eval_dir / "t0_train_55k.jsonl.gz", args.t0_rows)
+    for c in folders:  # an empty data/ is not left behind (sweep: carry1 and carry2 hold the GGUF only)
+        if not any((c / "data").iterdir()):
+            (c / "data").rmdir()
+    manifest["layout"] = args.layout
     (c1 / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    for c in (c1, c2):
+    for c in folders:
         size = sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
         print(f"{c}: {size / 2**20:.1f} MiB")
     print(json.dumps(manifest["rows"]))

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The stage-3a recipe sweep and budget curve of issue 25 on one H200 lease: `gendistill ablate sweep-smollm2-lease`
+# (10 cells, 18 distinct stage runs, ~125M training tokens, 8 evaluations) in ONE background process.
+# The teacher GGUF (94 MiB), the wheels (18 MiB) and the data (26 MiB) travel in three calls of <= 64 MiB each.
+#
+# Here, first (in the checkout the calls send):
+#   bash tools/device_wheels.sh                                     (.whl, ~18 MiB)
+#   python tools/device_data.py --layout sweep --split-mib 40       (.device/carry1 40.0 MiB: GGUF piece 1 + manifest;
+#                                                                    carry2 53.8 MiB: piece 2; carry3 25.6 MiB: data)
+#   gendistill ablate sweep-smollm2-lease --dry-run                 (the cells; nothing is written)
+# Then, one lease (what lies under /tmp stays between the calls of one lease):
+#   call 1:  bash tools/device_sweep.sh setup                       carry [".whl", ".device/carry1"]     (~61 MiB)
+#   call 2:  bash tools/device_sweep.sh data                        carry [".device/carry2"]             (~57 MiB)
+#   call 3:  COMMIT=<sha> bash tools/device_sweep.sh start [--set ...] && bash tools/device_sweep.sh watch 480
+#                                                                   carry [".device/carry3"]             (~29 MiB)
+#   call 4:  bash tools/device_sweep.sh watch 540; bash tools/device_sweep.sh collect      carry []
+#   (call 5, if the job still runs: watch + collect again; collect copies what exists, the report is rebuilt after
+#    every cell)
+# Settings (environment of the start call): JOB_TIMEOUT (1200 s: the whole ablate command; then the report is
+# rebuilt from what finished), extra args after `start` go to `gendistill ablate` (e.g. --set 'stages[stage3b].tokens=1000000').
+# Every step has a timeout; the background job writes $RES/DONE (and its exit status) whatever happens.
+# fla's kernel configurations: none are set here. gendistill activates its shipped H200 configurations itself
+# (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
+# its bench step dumped configurations.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+JOB=${SWEEP_JOB:-/tmp/gendistill-sweep}  # (SWEEP_JOB: another folder, for a check off the device)
+RES=$JOB/res                          # logs, steps, summary: what collect returns
+DATA=$JOB/data                        # the data folder: recipes and gendistill eval read it (GENDISTILL_DATA_DIR)
+GRID=sweep-smollm2-lease
+RUN=$JOB/runs/$GRID                   # the grid's output_dir (relative in the grid: the job runs in $JOB)
+OUT=${OUT:-$JOB/out}
+export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1 \
+       GENDISTILL_DATA_DIR=$DATA
+mkdir -p "$JOB" "$RES" "$DATA"
+step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
+need() { [ -e "$1" ] || { echo "error: $1 missing ($2)"; exit 3; }; }
+gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
+
+case "${1:-}" in
+setup)  # preconditions first: a GPU, the carried files; then the wheels, the first GGUF piece, an import check
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
+    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
+  cat "$RES/nvidia-smi.txt"
+  need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --layout sweep makes it"
+  need .device/carry1/manifest.json "carry .device/carry1"
+  grep -q '"layout": "sweep"' .device/carry1/manifest.json \
+    || { echo "error: .device/carry1 is not the sweep layout (python tools/device_data.py --layout sweep)"; exit 3; }
+  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
+  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
+  mkdir -p "$JOB/teacher"
+  cp -f .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
+  timeout 180 python3 - <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
+import torch, transformers, triton, fla
+import gendistill.ablate.runner, gendistill.ablate.curve  # noqa: F401  (the checkout's grid runner and report)
+print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+      f"transformers {transformers.__version__} | fla {fla.__version__}")
+PY
+  step "setup done"
+  ;;
+data)  # the second GGUF piece: assemble the teacher and check it against the manifest
+  need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
+  need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
+  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
+  timeout 120 python3 - "$JOB/teacher" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
+import hashlib, json, pathlib, sys
+d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
+blob = (d / "model.gguf").read_bytes()
+if len(blob) != m["gguf_bytes"] or hashlib.sha256(blob).hexdigest() != m["gguf_sha256"]:
+    sys.exit("error: the GGUF pieces do not match the manifest (size or sha256)")
+(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", m["gguf_name"], len(blob), "bytes, sha256 ok")
+PY
+  rm -f "$JOB/teacher/teacher.gguf.part1"
+  step "teacher assembled: $(gguf)"
+  ;;
+start)  # the data in place, the grid checked (dry run), then the whole ablate command in the background
+  shift
+  [ -n "$(gguf)" ] || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease)"; exit 3; }
+  need .device/carry3/data/pretrain_wikipedia_en_00.jsonl.gz "carry .device/carry3"
+  cp -f .device/carry3/data/* "$DATA"/
+  timeout 60 python3 - "$DATA" "$JOB/teacher/manifest.json" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
+import gzip, json, pathlib, sys
+data, m = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())
+for name in ("pretrain_wikipedia_en_00.jsonl.gz", "t0_train_55k.jsonl.gz"):
+    with gzip.open(data / name, "rt") as f:
+        n = sum(1 for _ in f)
+    if n != m["rows"][name]:
+        sys.exit(f"error: {name}: {n} rows, the manifest says {m['rows'][name]}")
+print("data:", {name: m["rows"][name] for name in m["rows"]})
+PY
+  (cd "$JOB" && timeout 180 python3 -m gendistill ablate "$GRID" --set "teacher.spec=$(gguf)" "$@" --dry-run) \
+    > "$RES/dry_run.txt" 2>&1 || { cat "$RES/dry_run.txt"; echo "error: the dry run failed"; exit 6; }
+  tail -n 4 "$RES/dry_run.txt"
+  rm -f "$RES/DONE"
+  setsid nohup bash tools/device_sweep.sh driver "$@" > "$RES/driver.log" 2>&1 < /dev/null &
+  echo "started the sweep job (pid $!)"
+  ;;
+driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
+  shift
+  trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
+  step "ablate start (timeout ${JOB_TIMEOUT:-1200} s) $*"
+  (cd "$JOB" && timeout "${JOB_TIMEOUT:-1200}" python3 -m gendistill ablate "$GRID" --set "teacher.spec=$(gguf)" "$@") \
+    > "$RES/ablate.log" 2>&1
+  RC=$?
+  step "ablate rc=$RC"
+  if [ "$RC" != 0 ]; then  # cut or failed: the report from every finished stage run and evaluation
+    (cd "$JOB" && timeout 120 python3 -m gendistill ablate "$GRID" --set "teacher.spec=$(gguf)" "$@" --report-only) \
+      >> "$RES/ablate.log" 2>&1
+    step "report rebuilt rc=$?"
+  fi
+  ;;
+watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
+  LIMIT_S=${2:-480}; T0=$(date +%s)
+  while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
+  [ -e "$RES/DONE" ] && echo "job finished: $(cat "$RES/DONE")" || echo "job still running"
+  cat "$RES/steps.txt" 2>/dev/null
+  grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 25 | cut -c1-300
+  mkdir -p "$OUT"
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/dry_run.txt" 2>/dev/null
+    [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"
+    grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 80 | cut -c1-300
+    tail -n 20 "$RES/ablate.log" 2>/dev/null
+  } > "$OUT/summary.txt"
+  ;;
+collect)  # <= 8 files: the report (JSON, Markdown, two plots), the summary, the job log, one tarball of the rest
+  mkdir -p "$OUT"
+  for f in report.json report.md report.png budget_curve.png; do cp "$RUN/$f" "$OUT/" 2>/dev/null; done
+  cp "$RES/ablate.log" "$OUT/" 2>/dev/null
+  [ -e "$OUT/summary.txt" ] || bash tools/device_sweep.sh watch 0 > /dev/null
+  # every stage run's metrics, recipe and progress; every evaluation's results (examples too, unless too large);
+  # every cell's cell.json and metrics; the job's logs. No students, no checkpoints.
+  T=/tmp/gendistill_sweep_results.tgz
+  (cd "$JOB" && timeout 120 tar czf "$T" --exclude='*.safetensors' --exclude='checkpoints' --exclude='*/student' \
+     --exclude='stages/*/stage*/*' res runs 2>/dev/null)
+  if [ "$(stat -c %s "$T" 2>/dev/null || echo 0)" -gt $((15 * 2**20)) ]; then
+    (cd "$JOB" && timeout 120 tar czf "$T" --exclude='*.safetensors' --exclude='checkpoints' --exclude='*/student' \
+       --exclude='stages/*/stage*/*' --exclude='examples' res runs 2>/dev/null)
+  fi
+  mv "$T" "$OUT/sweep_results.tgz"
+  ls -la "$OUT"
+  ;;
+*) echo "usage: tools/device_sweep.sh setup|data|start [ablate args]|watch [SECONDS]|collect"; exit 2 ;;
+esac
