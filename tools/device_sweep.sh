@@ -17,7 +17,8 @@
 #   (call 5, if the job still runs: watch + collect again; collect copies what exists, the report is rebuilt after
 #    every cell)
 # Settings (environment of the start call): JOB_TIMEOUT (1200 s: the whole ablate command; then the report is
-# rebuilt from what finished), extra args after `start` go to `gendistill ablate` (e.g. --set 'stages[stage3b].tokens=1000000').
+# rebuilt from what finished); extra args after `start` go to `gendistill ablate`, e.g.
+#   --set 'stages[stage3b].tokens=1000000'   (every cell's stage 3b: the base recipe's key)
 # Every step has a timeout; the background job writes $RES/DONE (and its exit status) whatever happens.
 # fla's kernel configurations: none are set here. gendistill activates its shipped H200 configurations itself
 # (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
@@ -48,7 +49,8 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   need .device/carry1/manifest.json "carry .device/carry1"
   grep -q '"layout": "sweep"' .device/carry1/manifest.json \
     || { echo "error: .device/carry1 is not the sweep layout (python tools/device_data.py --layout sweep)"; exit 3; }
-  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
+  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 \
+    || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
   timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
   mkdir -p "$JOB/teacher"
@@ -79,7 +81,8 @@ PY
   ;;
 start)  # the data in place, the grid checked (dry run), then the whole ablate command in the background
   shift
-  [ -n "$(gguf)" ] || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease)"; exit 3; }
+  [ -n "$(gguf)" ] \
+    || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease)"; exit 3; }
   need .device/carry3/data/pretrain_wikipedia_en_00.jsonl.gz "carry .device/carry3"
   cp -f .device/carry3/data/* "$DATA"/
   timeout 60 python3 - "$DATA" "$JOB/teacher/manifest.json" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
