@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stage-3a recipe sweep and budget curve of issue 25 on one H200 lease: `gendistill ablate sweep-smollm2-lease`
-# (10 cells, 18 distinct stage runs, ~125M training tokens, 8 evaluations) in ONE background process.
+# (9 cells, 16 distinct stage runs, ~108M training tokens, 7 evaluations) in ONE background process.
 # The teacher GGUF (94 MiB), the wheels (18 MiB) and the data (26 MiB) travel in three calls of <= 64 MiB each.
 #
 # Here, first (in the checkout the calls send):
