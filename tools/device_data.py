@@ -1,22 +1,25 @@
-"""Prepare what a one-GPU lease needs and cannot fetch, in two carry folders that each fit one device call
-(64 MiB per call, the working tree and the wheels included): the teacher GGUF in two pieces, the training text the
-lease recipe reads, and the evaluation examples it scores.
+"""Prepare what a one-GPU lease needs and cannot fetch, in carry folders that each fit one device call (64 MiB per
+call, the working tree and the wheels included): the teacher GGUF in two pieces, the training text the lease recipes
+read, and the evaluation examples they score.
 
-    python tools/device_data.py                       # writes .device/carry1 and .device/carry2 (git-ignored)
+``--layout train`` (the default; tools/device_e2e.sh and tools/device_sweep.sh: the wheels travel in the first call
+and the training text does not fit beside a GGUF piece) writes three folders:
 
-* carry1: ``teacher.gguf.part1``, ``data/``: the first ``--wiki-docs`` documents of ``pretrain_wikipedia_en_00``
-  (the lease recipe reads exactly those: ``limit:``) and ``sft_mix``.
-* carry2: ``teacher.gguf.part2``, ``data/``: for each built-in task exactly the ``--limit`` examples that
-  ``gendistill eval --limit N --seed 0`` selects from the full file (so the scores equal a run on the full data),
-  the few-shot pools, and the first ``--t0-rows`` rows of ``t0_train_55k``.
-* ``manifest.json`` in carry1: sizes and sha256 of the GGUF and of its pieces (``tools/device_e2e.sh`` checks it).
+* carry1: ``teacher.gguf.part1`` and ``manifest.json`` (sizes and sha256 of the GGUF and its pieces, the rows of every
+  data file; the lease scripts check them);
+* carry2: ``teacher.gguf.part2``;
+* carry3: ``data/``: the first ``--wiki-docs`` documents of ``pretrain_wikipedia_en_00`` (default all 2,923: the
+  lease recipes read them), ``sft_mix``, the first ``--t0-rows`` rows of ``t0_train_55k``, and for each built-in task
+  exactly the ``--limit`` examples that ``gendistill eval --limit N --seed 0`` selects from the full file (so the
+  scores equal a run on the full data; the sweep grid evaluates 200, the end-to-end lease 500), and the few-shot pools.
 
-``--layout sweep`` (tools/device_sweep.sh: the wheels travel in the first call, the data does not fit beside a GGUF
-piece) writes three folders instead: carry1 = ``teacher.gguf.part1`` + ``manifest.json``, carry2 =
-``teacher.gguf.part2``, carry3 = ``data/`` (all 2,923 documents of ``pretrain_wikipedia_en_00`` by default,
-``sft_mix``, the t0 rows, the ``--limit`` (default 200) selected examples of each task and the few-shot pools).
+``--layout eval`` (tools/device_eval_speed.sh: no training) writes two: carry1 = ``teacher.gguf.part1`` +
+``manifest.json`` (+ ``data/`` with 850 wiki documents and ``sft_mix``), carry2 = ``teacher.gguf.part2`` + the
+selected examples, pools and t0 rows.
 
-    python tools/device_data.py --layout sweep --split-mib 40     # 3 folders, each fits one call
+    python tools/device_data.py --split-mib 40                     # train layout, 500 examples per task
+    python tools/device_data.py --split-mib 40 --limit 200         # the sweep's evaluation
+    python tools/device_data.py --layout eval --split-mib 40       # the evaluation-speed lease
 """
 
 from __future__ import annotations
@@ -78,15 +81,16 @@ def _selected(task_name: str, data: Path, dst: Path, limit: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"))
-    ap.add_argument("--layout", choices=("e2e", "sweep"), default="e2e",
-                    help="e2e: two carry folders (tools/device_e2e.sh); sweep: three (tools/device_sweep.sh)")
-    ap.add_argument("--limit", type=int, default=None, help="evaluation examples per task (500; sweep: 200)")
-    ap.add_argument("--wiki-docs", type=int, default=None, help="pretrain_wikipedia_en_00 documents (850; sweep: 2923)")
+    ap.add_argument("--layout", choices=("train", "eval"), default="train",
+                    help="train: three carry folders (tools/device_e2e.sh, tools/device_sweep.sh); eval: two "
+                         "(tools/device_eval_speed.sh)")
+    ap.add_argument("--limit", type=int, default=500, help="evaluation examples per task")
+    ap.add_argument("--wiki-docs", type=int, default=None, help="pretrain_wikipedia_en_00 documents (train: 2923, "
+                                                                "eval: 850)")
     ap.add_argument("--t0-rows", type=int, default=2500)
     ap.add_argument("--split-mib", type=float, default=33.8, help="size of the first GGUF piece")
     args = ap.parse_args()
-    sweep = args.layout == "sweep"
-    args.limit = args.limit or (200 if sweep else 500)
+    sweep = args.layout == "train"  # three folders
     args.wiki_docs = args.wiki_docs or (2923 if sweep else 850)
 
     from gendistill.io import data_dir
@@ -123,7 +127,7 @@ def main() -> None:
         shutil.copy(data / p, eval_dir)
     manifest["rows"]["t0_train_55k.jsonl.gz"] = _head(data / "t0_train_55k.jsonl.gz",
                                                       eval_dir / "t0_train_55k.jsonl.gz", args.t0_rows)
-    for c in folders:  # an empty data/ is not left behind (sweep: carry1 and carry2 hold the GGUF only)
+    for c in folders:  # an empty data/ is not left behind (train: carry1 and carry2 hold the GGUF only)
         if not any((c / "data").iterdir()):
             (c / "data").rmdir()
     manifest["layout"] = args.layout

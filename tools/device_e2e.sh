@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# One GPU lease, several device calls (the teacher GGUF and the data travel in two calls of <= 64 MiB each):
-#   call 1:  tools/device_e2e.sh setup                                   (carry .whl .device/carry1)
+# One GPU lease, several device calls (the wheels, the teacher GGUF's two pieces and the data travel in three calls of
+# <= 64 MiB each):
+#   call 1:  tools/device_e2e.sh setup                                   (carry .whl .device/carry1: GGUF piece 1)
 #            (optionally: tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
-#   call 2:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry2)
-#   call 3:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
-# Prepare the carry folders first, here: python tools/device_data.py. Files written on the machine stay there between
-# calls of one lease (until it is taken back); every call returns only what is under $OUT.
+#   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
+#   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
+#   call 4:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
+# Prepare the carry folders first, here: python tools/device_data.py --split-mib 40 (the train layout: 2,923 training
+# documents, 500 examples per task). Files written on the machine stay there between calls of one lease (until it is
+# taken back); every call returns only what is under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -22,8 +25,10 @@ setup)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU"; exit 3; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 4
+  grep -q '"layout": "train"' .device/carry1/manifest.json 2>/dev/null \
+    || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py --split-mib 40)"; exit 3; }
   mkdir -p "$DATA" "$JOB/teacher"
-  cp .device/carry1/data/* "$DATA"/ && cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
   python3 -c "import torch, transformers, triton, fla; print('device:', torch.cuda.get_device_name(), '| torch', \
 torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__, '| fla', fla.__version__)"
   ;;
@@ -48,10 +53,8 @@ warm)  # in the background (outlives the call): compile and autotune fla's kerne
     --out "$JOB/train_throughput_smollm2-135m.json" > "$JOB/warm.log" 2>&1 < /dev/null &
   echo "warm-up started (pid $!)"
   ;;
-start)  # assemble the teacher, then the whole job in the background (it outlives this call)
-  shift
-  RECIPE=${1:?recipe}; shift
-  cp .device/carry2/data/* "$DATA"/
+data)  # the second GGUF piece: assemble the teacher and check it against the manifest
+  [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
   cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
   python3 - "$JOB/teacher" <<'PY' || exit 5
 import hashlib, json, pathlib, sys
@@ -60,7 +63,15 @@ blob = (d / "model.gguf").read_bytes()
 assert len(blob) == m["gguf_bytes"] and hashlib.sha256(blob).hexdigest() == m["gguf_sha256"], "GGUF pieces do not match"
 (d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", d / m["gguf_name"], len(blob), "bytes, sha256 ok")
 PY
-  GGUF=$(ls "$JOB"/teacher/*.gguf)
+  rm -f "$JOB/teacher/teacher.gguf.part1"
+  ;;
+start)  # the data in place, then the whole job in the background (it outlives this call)
+  shift
+  RECIPE=${1:?recipe}; shift
+  GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
+  [ -n "$GGUF" ] || { echo "error: no teacher GGUF (run 'setup' and 'data' first in this lease)"; exit 3; }
+  [ -d .device/carry3/data ] || { echo "error: .device/carry3 not carried"; exit 3; }
+  cp .device/carry3/data/* "$DATA"/
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy
   rm -rf "$JOB/run"
   setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" \
@@ -86,5 +97,5 @@ collect)
     --exclude='undistilled' . 2>/dev/null
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_e2e.sh setup|bench|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
+*) echo "usage: tools/device_e2e.sh setup|bench|data|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
 esac

@@ -5,7 +5,7 @@
 # a call ends; at most 10 minutes a call; what lies under /tmp stays between the calls of one lease):
 #
 # Here, first:   bash tools/device_wheels.sh                      (.whl: transformers, fla, gguf, pydantic, lm-eval, ...)
-#                python tools/device_data.py --split-mib 40        (.device/carry1, .device/carry2: the teacher GGUF in
+#                python tools/device_data.py --layout eval --split-mib 40 (.device/carry1, .device/carry2: the teacher GGUF in
 #                two pieces, the 500 selected examples of each task and the few-shot pools; a 40 MiB first piece keeps
 #                each call under 64 MiB: call 1 ~61 MiB with .whl, call 2 ~59 MiB)
 #   call 1:  bash tools/device_eval_speed.sh setup
@@ -39,7 +39,7 @@ setup)  # preconditions first: a GPU, the carried files, the wheels installed an
     || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
   cat "$RES/nvidia-smi.txt"
   for f in .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json; do
-    [ -f "$f" ] || { echo "error: $f not carried (carry it; python tools/device_data.py --split-mib 40 makes it)"; exit 3; }
+    [ -f "$f" ] || { echo "error: $f not carried (carry it; python tools/device_data.py --layout eval --split-mib 40 makes it)"; exit 3; }
   done
   ls .whl/lm_eval-*.whl >/dev/null 2>&1 || { echo "error: .whl has no lm-eval wheel (bash tools/device_wheels.sh)"; exit 3; }
   timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

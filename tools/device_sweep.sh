@@ -5,7 +5,7 @@
 #
 # Here, first (in the checkout the calls send):
 #   bash tools/device_wheels.sh                                     (.whl, ~18 MiB)
-#   python tools/device_data.py --layout sweep --split-mib 40       (.device/carry1 40.0 MiB: GGUF piece 1 + manifest;
+#   python tools/device_data.py --split-mib 40 --limit 200        (.device/carry1 40.0 MiB: GGUF piece 1 + manifest;
 #                                                                    carry2 53.8 MiB: piece 2; carry3 25.6 MiB: data)
 #   gendistill ablate sweep-smollm2-lease --dry-run                 (the cells; nothing is written)
 # Then, one lease (what lies under /tmp stays between the calls of one lease):
@@ -45,10 +45,10 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
     || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
   cat "$RES/nvidia-smi.txt"
-  need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --layout sweep makes it"
+  need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --limit 200 makes it"
   need .device/carry1/manifest.json "carry .device/carry1"
-  grep -q '"layout": "sweep"' .device/carry1/manifest.json \
-    || { echo "error: .device/carry1 is not the sweep layout (python tools/device_data.py --layout sweep)"; exit 3; }
+  grep -q '"layout": "train"' .device/carry1/manifest.json \
+    || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py --limit 200)"; exit 3; }
   ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 \
     || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
   timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

@@ -23,9 +23,9 @@ def results(student: dict, se: float = 0.02, exact: float | None = None) -> dict
             rows.append({"task": task, "model": who, "protocol": proto, "acc": acc, "stderr": se,
                          "chance": 0.0 if task == "gsm" else 0.25, "n": 100})
     fid = [] if exact is None else [{"student": "stud", "task": "t1", "exact_match": exact,
-                                     "mean_first_divergence": 10 * exact},
+                                     "mean_first_divergence": 10 * exact, "answer_agreement": 0.9},
                                     {"student": "stud", "task": "gsm", "exact_match": exact / 2,
-                                     "mean_first_divergence": 0.0}]
+                                     "mean_first_divergence": 0.0, "answer_agreement": 0.5}]
     return {"meta": {"models": ["teach", "stud"], "complete": True}, "rows": rows, "fidelity": fid}
 
 
@@ -167,3 +167,35 @@ def test_budget_curve_of_runs_without_eval_kl_draws_the_loss_and_nothing_without
     assert plot_budget_curve(rep["budget_curve"]["points"])[:4] == b"\x89PNG"  # held-out loss instead
     bare = [{**c, "metrics": {}} for c in old]
     assert plot_budget_curve(build_report({"axes": {"tokens_3a": ["4M", "8M"]}}, bare)["budget_curve"]["points"]) is None
+
+
+def test_a_stage_cut_short_is_plotted_at_the_tokens_it_trained_and_named_in_the_cells_table():
+    """A timeout that stops a cell's stage 3a part-way leaves its last held-out figures at an earlier step: the curve
+    puts them at the tokens trained then (not at the planned budget) and the cells table says where it was cut."""
+    full = _curve_cell("data_3a=850docs", {"data_3a": "850docs"}, 16_000_000, 0.27, 0.74)
+    cut = _curve_cell("data_3a=2923docs", {"data_3a": "2923docs"}, 16_000_000, 0.29, 0.72)
+    full["metrics"]["stage3a"].update(eval_step_last=245, eval_at_tokens_last=16_000_000)
+    cut["metrics"]["stage3a"].update(eval_step_last=200, eval_at_tokens_last=13_107_200)
+    cut["metrics"].pop("stage3b")
+    rep = build_report({"axes": {"data_3a": ["850docs", "2923docs"]}}, [full, cut])
+    pts = {p["cell"]: p for p in rep["budget_curve"]["points"]}
+    assert not pts["data_3a=850docs"]["cut"] and pts["data_3a=850docs"]["tokens_3a"] == 16_000_000
+    assert pts["data_3a=2923docs"]["cut"] and pts["data_3a=2923docs"]["tokens_3a"] == 13_107_200
+    assert pts["data_3a=2923docs"]["planned_tokens_3a"] == 16_000_000
+    assert pts["data_3a=2923docs"]["variant"] == "2923docs (cut at 13.1M)"
+    assert rep["budget_curve"]["curve_axes"] == [], "one planned budget: markers, not a budget curve"
+    md = markdown(rep)
+    assert "| data_3a=2923docs (stage3a cut at step 200) |" in md and "| data_3a=850docs |" in md
+
+
+def test_answer_agreement_per_cell_and_task():
+    """The answer agreement of gendistill eval (the student's extracted answer equals the teacher's) is carried per
+    cell (mean over the generation tasks, and per task) and shown in the cells table."""
+    cells = [cell("freeze=a", {"freeze": "a"}, results(A, exact=0.5), 1.2),
+             cell("freeze=b", {"freeze": "b"}, results(B), 1.1)]
+    rep = build_report({"axes": {"freeze": ["a", "b"]}}, cells)
+    fa = rep["cells"][0]["scores"]["fidelity"]
+    assert fa["answer_agreement"] == pytest.approx(0.7) and fa["answer_agreement_by_task"] == {"t1": 0.9, "gsm": 0.5}
+    assert rep["cells"][1]["scores"]["fidelity"]["answer_agreement"] is None
+    rows = [line for line in markdown(rep).splitlines() if line.startswith("| freeze=")]
+    assert "| 70.0 | 37.5 |" in rows[0] and "| – | – |" in rows[1]  # answer agree, greedy match (0.5, 0.25)

@@ -36,7 +36,8 @@ class FakeTrainer:
         # logit stages record held-out fidelity next to the loss (eval_kl, eval_top1, eval_tokens); stage 1 does not
         fid = {"eval_kl": 0.25, "eval_top1": 0.75, "eval_tokens": 96} if stage.name.startswith("stage3") else {}
         (run / "metrics.jsonl").write_text(json.dumps({"stage": stage.name, "step": 0, "eval_loss": 2.0}) + "\n"
-                                           + json.dumps({"stage": stage.name, "step": 2, "eval_loss": 1.5, **fid})
+                                           + json.dumps({"stage": stage.name, "step": 2, "tokens": 4096,
+                                                         "eval_loss": 1.5, **fid})
                                            + "\n")
         return {"completed": [stage.name]}
 
@@ -105,6 +106,7 @@ def test_stage3b_axes_share_one_stage3a_student(write_grid, fakes, quiz):
         assert summary["stage3b"]["eval_loss_last"] == 1.5
         assert (summary["stage3a"]["eval_kl_last"], summary["stage3a"]["eval_top1_last"]) == (0.25, 0.75)
         assert summary["stage1"]["eval_kl_last"] is None and summary["stage1"]["eval_top1_last"] is None
+        assert (summary["stage3a"]["eval_step_last"], summary["stage3a"]["eval_at_tokens_last"]) == (2, 4096)
     rep = json.loads(Path(out["report"]["json"]).read_text())
     assert rep["evaluated"] == 4 and [a["axis"] for a in rep["axes"]] == ["masking", "freeze"]
     # every cell trains stage 3a on one budget: points for each, no budget-curve axis, the plot drawn

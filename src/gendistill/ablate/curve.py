@@ -20,7 +20,8 @@ CHAT_STAGE = "stage3b"
 
 def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per (axis, cell carrying that axis) whose recipe has a stage 3a: ``axis``, ``variant``, ``cell``,
-    ``tokens_3a`` (the stage's budget: steps x batch x seq_len), ``kl_3a``, ``top1_3a``, ``loss_3a`` (held-out, last
+    ``tokens_3a`` (the stage's budget: steps x batch x seq_len; for a stage cut short, ``cut`` is True and the tokens
+    it had trained at its last held-out evaluation, ``planned_tokens_3a`` the budget), ``kl_3a``, ``top1_3a``, ``loss_3a`` (held-out, last
     evaluation of stage 3a), ``kl_3b``, ``top1_3b`` (the same after stage 3b); None where not recorded. ``cells`` are
     the report's cell entries (``assignment``, ``tokens`` and ``metrics`` per stage)."""
     points = []
@@ -32,7 +33,11 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
                 continue
             m = c.get("metrics") or {}
             a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
-            points.append({"axis": axis, "variant": variant, "cell": c["cell"], "tokens_3a": tokens,
+            at = a.get("eval_at_tokens_last")
+            cut = at is not None and at < tokens  # stopped early: its figures belong to the tokens it trained
+            points.append({"axis": axis, "variant": f"{variant} (cut at {at / 1e6:.1f}M)" if cut else variant,
+                           "cell": c["cell"], "tokens_3a": at if cut else tokens, "planned_tokens_3a": tokens,
+                           "cut": cut,
                            "kl_3a": a.get("eval_kl_last"), "top1_3a": a.get("eval_top1_last"),
                            "loss_3a": a.get("eval_loss_last"),
                            "kl_3b": b.get("eval_kl_last"), "top1_3b": b.get("eval_top1_last")})
@@ -43,7 +48,7 @@ def curve_axes(points: list[dict[str, Any]]) -> list[str]:
     """The axes whose cells train stage 3a on more than one budget, in order."""
     budgets: dict[str, set[int]] = {}
     for p in points:
-        budgets.setdefault(p["axis"], set()).add(p["tokens_3a"])
+        budgets.setdefault(p["axis"], set()).add(p.get("planned_tokens_3a", p["tokens_3a"]))
     return [a for a, b in budgets.items() if len(b) > 1]
 
 

@@ -71,6 +71,12 @@ def cell_scores(results: dict[str, Any]) -> dict[str, Any]:
     chat = [f for f in results.get("fidelity") or [] if f.get("student") == student and f.get("task") == "chat held-out"]
     out["fidelity"] = {
         "greedy_exact_match": _mean([f["exact_match"] for f in gen if "exact_match" in f]) if gen else None,
+        # how often the student's extracted answer is the teacher's (gendistill eval's answer_agreement): with a weak
+        # teacher, the figure that shows whether the student copies it; mean over tasks and per task
+        "answer_agreement": _mean([f["answer_agreement"] for f in gen if f.get("answer_agreement") is not None])
+        if any(f.get("answer_agreement") is not None for f in gen) else None,
+        "answer_agreement_by_task": {f["task"]: f["answer_agreement"] for f in gen
+                                     if f.get("answer_agreement") is not None},
         "mean_first_divergence": _mean([f["mean_first_divergence"] for f in gen if "mean_first_divergence" in f])
         if gen else None,
         "top1_agreement": chat[0].get("top1_agreement") if chat else None,
@@ -168,7 +174,8 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
         if gen_tasks:
             row["generate_all_tasks"] = _mean([_protocol_mean(c["scores"], "student", gen_tasks, "generate")[0]
                                                for c in vc])
-        for k in ("greedy_exact_match", "mean_first_divergence", "top1_agreement", "kl_teacher_student"):
+        for k in ("greedy_exact_match", "answer_agreement", "mean_first_divergence", "top1_agreement",
+                  "kl_teacher_student"):
             vals = [c["scores"]["fidelity"][k] for c in vc if c["scores"]["fidelity"].get(k) is not None]
             row[k] = _mean(vals) if vals else None
         losses = [c["final_eval_loss"] for c in vc if c.get("final_eval_loss") is not None]
@@ -317,10 +324,11 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += ["", "## Cells", "",
               "Held-out fidelity to the teacher, as the trainer's last held-out evaluation of the stage recorded it: "
               "KL(teacher‖student) in nats per token and top-1 agreement (%), after stage 3a (its text) and after "
-              "stage 3b (held-out chat); – where not recorded.", "",
+              "stage 3b (held-out chat); – where not recorded. A stage cut short (a timeout) is named with the step "
+              "of its last held-out evaluation.", "",
               "| cell | tokens | held-out loss (last stage) | 3a KL | 3a top-1 | chat KL | chat top-1 | LL | gen "
-              "| greedy match | stage nodes |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| answer agree | greedy match | stage nodes |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in rep["cells"]:
         sc = c.get("scores")
         ll = gen = "–"
@@ -330,12 +338,16 @@ def markdown(rep: dict[str, Any]) -> str:
                 ll = _pct(_mean([sc["student"][t]["loglik"]["acc"] for t in tasks]))
                 gen = _pct(_mean([sc["student"][t]["generate"]["acc"] for t in tasks]))
         gm = _pct(sc["fidelity"].get("greedy_exact_match")) if sc else "–"
+        aa = _pct(sc["fidelity"].get("answer_agreement")) if sc else "–"
         m = c.get("metrics") or {}
         a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
-        lines.append(f"| {c['cell']} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
+        cut = [f"{st} cut at step {v['eval_step_last']}" for st, v in m.items() if v.get("eval_at_tokens_last")
+               is not None and v["eval_at_tokens_last"] < (c.get("tokens") or {}).get(st, 0)]
+        name = f"{c['cell']} ({'; '.join(cut)})" if cut else c["cell"]
+        lines.append(f"| {name} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
                      f"| {_num(a.get('eval_kl_last'))} | {_pct(a.get('eval_top1_last'))} "
                      f"| {_num(b.get('eval_kl_last'))} | {_pct(b.get('eval_top1_last'))} "
-                     f"| {ll} | {gen} | {gm} | {' → '.join(c.get('nodes', []))} |")
+                     f"| {ll} | {gen} | {aa} | {gm} | {' → '.join(c.get('nodes', []))} |")
     return "\n".join(lines) + "\n"
 
 

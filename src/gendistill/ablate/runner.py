@@ -271,6 +271,9 @@ def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any
             "eval_loss_last": evals[-1]["eval_loss"] if evals else None,
             "tokens_per_s": tps[len(tps) // 2] if tps else None,
             **{f"{k}_last": evals[-1].get(k) if evals else None for k in ("eval_kl", "eval_top1", "eval_tokens")},
+            # where the last held-out evaluation was taken: a stage cut short (a timeout) was last evaluated early
+            "eval_step_last": evals[-1].get("step") if evals else None,
+            "eval_at_tokens_last": evals[-1].get("tokens") if evals else None,
         }
     return records, summary
 
