@@ -115,6 +115,8 @@ def test_rows_without_scored_positions_or_labels(teacher):
     assert res["kl_teacher_student"] == pytest.approx(0.0, abs=1e-7) and "student_nll" not in res
     with pytest.raises(DataError, match="loss_mask"):
         heldout_fidelity(teacher, teacher, {k: v for k, v in rows.items() if k != "loss_mask"})
+    with pytest.raises(DataError, match="another tokenizer"):  # rows of another vocabulary: refused, not scored
+        heldout_fidelity(teacher, teacher, {**rows, "input_ids": rows["input_ids"] + V})
 
 
 def test_rows_file_round_trip_and_bad_files(tmp_path):

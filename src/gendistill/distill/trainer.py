@@ -290,8 +290,8 @@ def prepare_stage(stage: StageConfig, stage_index: int, data: DataConfig, studen
     )
     return StageSetup(stage=stage, where=where, total_steps=total_steps, accum=accum, selection=selection,
                       module=module, wrapped=wrapped, call=wrapped if world.sharded else module, optimizer=optimizer,
-                      packed=packed, eval_seqs=eval_seqs, heldout_rows=heldout_rows, stage_dir=run_dir / "checkpoints" / stage.name,
-                      fingerprint=stage_fingerprint(stage, data))
+                      packed=packed, eval_seqs=eval_seqs, heldout_rows=heldout_rows,
+                      stage_dir=run_dir / "checkpoints" / stage.name, fingerprint=stage_fingerprint(stage, data))
 
 
 def resume_stage(setup: StageSetup, student: nn.Module, world: World, resume: bool, logger: MetricsLogger,

@@ -83,6 +83,10 @@ def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: d
     if head_t.weight.shape[0] != head_s.weight.shape[0]:
         raise GendistillError(f"teacher and student vocabularies differ ({head_t.weight.shape[0]} vs "
                               f"{head_s.weight.shape[0]}); teacher-forced fidelity needs a shared tokenizer")
+    vocab = head_t.weight.shape[0]
+    if rows["input_ids"].numel() and not 0 <= int(rows["input_ids"].min()) <= int(rows["input_ids"].max()) < vocab:
+        raise DataError(f"held-out rows: token ids outside the models' vocabulary (0..{vocab - 1}); the rows were "
+                        "made with another tokenizer")
     n_rows = int(rows["input_ids"].shape[0])
     sums = None
     n_tok = 0
