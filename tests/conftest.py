@@ -18,9 +18,11 @@ def _one_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_eval_cache(tmp_path_factory):
-    """Module- and session-scoped fixtures that evaluate write to a throw-away result cache, not the user's."""
+    """Module- and session-scoped fixtures that evaluate write to a throw-away result cache, not the user's; GGUF
+    teachers are kept in a throw-away teacher cache shared by the session (its entries are keyed by content)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENDISTILL_CACHE", str(tmp_path_factory.mktemp("session-eval-cache")))
+        mp.setenv("GENDISTILL_TEACHER_CACHE", str(tmp_path_factory.mktemp("session-teacher-cache")))
         yield
 
 

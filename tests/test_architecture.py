@@ -33,6 +33,7 @@ LEVELS: tuple[tuple[str, ...], ...] = (
     ("errors", "version"),
     ("limits", "devices", "ownership", "callable_package"),
     ("io", "runlock", "gguf_header"),
+    ("teacher_cache",),
     ("teachers", "cli_utils", "reporting"),
     # the model stack
     ("ops",),

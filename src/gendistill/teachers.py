@@ -36,6 +36,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufC
 
 from gendistill.devices import resolve_device
 from gendistill.errors import GendistillError, UnsupportedModelError, first_line
+from gendistill import teacher_cache
 from gendistill.gguf_header import GGUFHeader, read_gguf_header
 
 __all__ = [
@@ -401,21 +402,71 @@ def load_teacher(
     dev = _check_device(device)
     source = resolve_teacher(spec)
     header = _check_gguf(source) if source.is_gguf else None
+    if source.is_gguf:  # its family is checked from the header; a cached teacher skips parsing the whole file
+        cached = _load_cached_gguf(source, dtype, dev, tokenizer)
+        if cached is not None:
+            check_supported_config(cached[0].config)
+            return cached
     hub_kwargs = hub_access_kwargs(source)  # one reachability check for config, tokenizer and weights
     config = _load_config(source, header, hub_kwargs)
     family = check_supported_config(config)
     tok = _load_tokenizer(source, hub_kwargs) if tokenizer else None
+    return _load_weights(source, config, family, header, hub_kwargs, tok, dtype, dev)
+
+
+def _load_cached_gguf(source: TeacherSource, dtype: torch.dtype, dev: torch.device,
+                      tokenizer: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None] | None:
+    """The teacher from its entry in :mod:`gendistill.teacher_cache` (None on a miss or with the cache off; a miss
+    is de-quantised by :func:`_load_weights`, which stores the entry)."""
+    gguf = Path(source.location) / str(source.gguf_file)
+    entry, _, _ = teacher_cache.lookup(gguf)
+    if entry is None:
+        return None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
+        tok = None
+        if tokenizer:
+            tok = (AutoTokenizer.from_pretrained(entry) if (entry / "tokenizer_config.json").is_file()
+                   else _load_tokenizer(source))
+    except Exception as exc:  # noqa: BLE001  (a damaged entry: de-quantise again and replace it)
+        logger.warning("teacher cache entry %s cannot be read (%s); de-quantising %s again", entry, first_line(exc),
+                       source.path)
+        return None
+    logger.info("teacher %s read from the teacher cache (%s)", source.path, entry)
+    return _finish(model, dtype, dev), tok
+
+
+def _finish(model: PreTrainedModel, dtype: torch.dtype, dev: torch.device) -> PreTrainedModel:
+    """Parameters cast to ``dtype`` (buffers such as RoPE's inv_freq stay in the precision transformers chose), on
+    ``dev``, in eval mode."""
+    wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
+    if wrong:
+        logger.info("casting teacher parameters from %s to %s", ", ".join(wrong), dtype)
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+    model = model.to(dev)
+    model.eval()
+    return model
+
+
+def _load_weights(source: TeacherSource, config: PretrainedConfig, family: str, header: GGUFHeader | None,
+                  hub_kwargs: dict[str, Any], tok: PreTrainedTokenizerBase | None, dtype: torch.dtype,
+                  dev: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """The weights from the source (a GGUF file de-quantised, and stored in the teacher cache when it is on)."""
+    entry = None
     if source.is_gguf:
         n = len(header.tensor_names) if header else 0
         logger.info("de-quantising %d tensors of %s teacher %s", n, SUPPORTED_FAMILIES[family], source.path)
         # dequantize=True: always plain dense weights (transformers can keep some GGUF archs packed in blocks,
         # which a conversion cannot copy from)
         kwargs: dict[str, Any] = {"gguf_file": source.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+        _, entry, parts = teacher_cache.lookup(Path(source.location) / str(source.gguf_file))
     else:
         kwargs = dict(hub_kwargs)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            source.location, config=config, dtype=dtype, output_loading_info=True, **kwargs
+        model, info = AutoModelForCausalLM.from_pretrained(  # float32 when the entry will be stored: the cache's form
+            source.location, config=config, dtype=torch.float32 if entry is not None else dtype,
+            output_loading_info=True, **kwargs
         )
     except Exception as exc:  # noqa: BLE001
         if source.kind == "hub":
@@ -431,11 +482,6 @@ def load_teacher(
         )
     if source.is_gguf:
         _drop_gguf_quantizer(model, source)
-    wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
-    if wrong:  # parameters only: buffers such as RoPE's inv_freq stay in the precision transformers chose
-        logger.info("casting teacher parameters from %s to %s", ", ".join(wrong), dtype)
-        for p in model.parameters():
-            p.data = p.data.to(dtype)
-    model = model.to(dev)
-    model.eval()
-    return model, tok
+        if entry is not None:
+            teacher_cache.store(entry, parts, model, tok, replace=entry.exists())
+    return _finish(model, dtype, dev), tok
