@@ -32,6 +32,13 @@ needs_smollm2 = pytest.mark.skipif(
 PROMPT = "The capital of France is Paris. Hello world!"
 
 
+@pytest.fixture(autouse=True)
+def _no_teacher_cache(monkeypatch):
+    """These tests check the loader's own paths (GGUF de-quantisation and its progress bar, errors, timings): a GGUF
+    another test already de-quantised must not come from the teacher cache (tests/test_teacher_cache.py checks it)."""
+    monkeypatch.setenv("GENDISTILL_TEACHER_CACHE", "off")
+
+
 def _one_line(exc_info) -> str:
     msg = str(exc_info.value)
     assert msg and "\n" not in msg, f"error message is not one line: {msg!r}"
