@@ -100,8 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--snapshots", default="0.25,0.5", help="stage-3a fractions saved for the budget curve")
     ap.add_argument("--snapshot-tasks", default="arc_easy,hellaswag,boolq,triviaqa",
                     help="tasks of the budget curve's answer agreement (among --tasks; same examples)")
-    ap.add_argument("--fidelity-sequences", type=int, default=64, help="held-out sequences of stages 3a/3b (the trainer's eval_sequences): the rows "
-                         "of the trainer's held-out evaluation and of the fidelity")
+    ap.add_argument("--fidelity-sequences", type=int, default=64,
+                    help="held-out sequences of stages 3a/3b (the trainer's eval_sequences): the rows of the "
+                         "trainer's held-out evaluation and of the fidelity")
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: 192 on CUDA, 8 on CPU)")
     ap.add_argument("--token-budget", type=int, default=None, help="log-likelihood tokens per batch (default: 65536 "

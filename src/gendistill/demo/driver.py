@@ -142,8 +142,8 @@ def run_demo(
     atomic_write_text(out / "demo.md", table)
     atomic_write_json(out / "demo.json", {
         "complete": True, "what": label, "recipe": str(recipe_path), "device": device, "tokens_per_stage": tokens,
-        "seconds": seconds, "heldout_perplexity": ppl, "heldout_fidelity": fid, "heldout_sequences": n_held, "accuracy": accuracy,
-        "protocol_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
+        "seconds": seconds, "heldout_perplexity": ppl, "heldout_fidelity": fid, "heldout_sequences": n_held,
+        "accuracy": accuracy, "protocol_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
     })
     return result
 
