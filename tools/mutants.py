@@ -186,7 +186,7 @@ MUTANTS: list[Mutant] = [
     Mutant("fidelity_teacher_reads_across_documents", "src/gendistill/eval/heldout.py",
            '    return base(input_ids=rows["input_ids"].to(dev), position_ids=rows["position_ids"].to(dev), use_cache=False,',
            '    return base(input_ids=rows["input_ids"].to(dev), position_ids=rows["position_ids"].to(dev),',
-           ("tests/eval/test_heldout.py",),
+           ("tests/eval/test_heldout.py", "tests/distill/test_distill_heldout.py"),
            "held-out fidelity lets transformers build a cache, which skips the packed-sequence mask: the teacher "
            "attends across the documents of a packed row (the defect of every fidelity figure before issue 25)"),
 ]
