@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from gendistill.distill.stage_files import snapshot_name
 
     students = {"stage3a": run_dir / "stage3a", final_stage: run_dir / final_stage}
+    # the snapshots the run saved (two fractions of a very short stage can fall on the same step: one folder)
     snaps = {f: run_dir / snapshot_name("stage3a", f) for f in fractions}
+    snaps = {f: d for f, d in snaps.items() if (d / "config.json").is_file()}
     # the teacher's answers come from the base evaluation (same examples: same tasks, limit and seed)
     # one process per student, in parallel (each is launch-bound; together they fill the device better)
     dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common,
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Job("eval_merge", ["eval", *[a for d in _eval_parts(out / "eval") for a in ("--merge", str(d))],
                        "--out", str(merged)], logs, env).wait()
     summary["evaluation"] = _evaluation_summary(out / "eval")
-    summary["budget_curve"] = _budget_curve(out / "eval", fid, fractions, summary.get("distill_metrics", {}))
+    summary["budget_curve"] = _budget_curve(out / "eval", fid, sorted(snaps), summary.get("distill_metrics", {}))
     summary["targets_met"] = _targets(summary, final_stage)
     phase("summary", t3, time.monotonic())
     summary["complete"] = True
