@@ -1,6 +1,7 @@
 """A de-quantised GGUF teacher kept on disk as a plain Hugging Face folder, so that every later load skips the
-de-quantisation: SmolLM2-135M-Instruct (Q4_1) takes 18 s to de-quantise on 2 CPU cores (23-28 s per load on the H200
-machine, where every evaluation process of a lease paid it again) and 0.2 s to read back as safetensors.
+de-quantisation: loading SmolLM2-135M-Instruct (Q4_1) took 14.8 s with an empty cache and 0.7 s from its entry on 2
+CPU cores (``load_teacher("smollm2-135m-instruct", dtype=torch.bfloat16)`` twice); on the H200 lease of
+docs/results.md section 10 every evaluation process paid 23-28 s for it.
 
 * **Key**: SHA-256 of the GGUF file's bytes, with transformers' and the ``gguf`` package's versions and
   :data:`FORMAT` (another de-quantiser may give other numbers). The file's name and folder are not part of it.

@@ -402,26 +402,25 @@ def load_teacher(
     dev = _check_device(device)
     source = resolve_teacher(spec)
     header = _check_gguf(source) if source.is_gguf else None
+    cache_to = None
     if source.is_gguf:  # its family is checked from the header; a cached teacher skips parsing the whole file
-        cached = _load_cached_gguf(source, dtype, dev, tokenizer)
+        entry, folder, parts = teacher_cache.lookup(Path(source.location) / str(source.gguf_file))
+        cached = _load_cached_gguf(source, entry, dtype, dev, tokenizer) if entry is not None else None
         if cached is not None:
             check_supported_config(cached[0].config)
             return cached
+        cache_to = (folder, parts) if folder is not None else None
     hub_kwargs = hub_access_kwargs(source)  # one reachability check for config, tokenizer and weights
     config = _load_config(source, header, hub_kwargs)
     family = check_supported_config(config)
     tok = _load_tokenizer(source, hub_kwargs) if tokenizer else None
-    return _load_weights(source, config, family, header, hub_kwargs, tok, dtype, dev)
+    return _load_weights(source, config, family, header, hub_kwargs, tok, dtype, dev, cache_to)
 
 
-def _load_cached_gguf(source: TeacherSource, dtype: torch.dtype, dev: torch.device,
+def _load_cached_gguf(source: TeacherSource, entry: Path, dtype: torch.dtype, dev: torch.device,
                       tokenizer: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None] | None:
-    """The teacher from its entry in :mod:`gendistill.teacher_cache` (None on a miss or with the cache off; a miss
-    is de-quantised by :func:`_load_weights`, which stores the entry)."""
-    gguf = Path(source.location) / str(source.gguf_file)
-    entry, _, _ = teacher_cache.lookup(gguf)
-    if entry is None:
-        return None
+    """The teacher from its ``entry`` in :mod:`gendistill.teacher_cache`; None when the entry cannot be read (it is
+    then de-quantised again by :func:`_load_weights`, which replaces the entry)."""
     try:
         model = AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
         tok = None
@@ -451,21 +450,21 @@ def _finish(model: PreTrainedModel, dtype: torch.dtype, dev: torch.device) -> Pr
 
 def _load_weights(source: TeacherSource, config: PretrainedConfig, family: str, header: GGUFHeader | None,
                   hub_kwargs: dict[str, Any], tok: PreTrainedTokenizerBase | None, dtype: torch.dtype,
-                  dev: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
-    """The weights from the source (a GGUF file de-quantised, and stored in the teacher cache when it is on)."""
-    entry = None
+                  dev: torch.device, cache_to: tuple[Path, dict[str, str]] | None = None,
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """The weights from the source (a GGUF file de-quantised; stored as the teacher-cache entry ``cache_to`` =
+    ``(folder, key parts)`` of :func:`gendistill.teacher_cache.lookup` when the cache is on)."""
     if source.is_gguf:
         n = len(header.tensor_names) if header else 0
         logger.info("de-quantising %d tensors of %s teacher %s", n, SUPPORTED_FAMILIES[family], source.path)
         # dequantize=True: always plain dense weights (transformers can keep some GGUF archs packed in blocks,
         # which a conversion cannot copy from)
         kwargs: dict[str, Any] = {"gguf_file": source.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
-        _, entry, parts = teacher_cache.lookup(Path(source.location) / str(source.gguf_file))
     else:
         kwargs = dict(hub_kwargs)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(  # float32 when the entry will be stored: the cache's form
-            source.location, config=config, dtype=torch.float32 if entry is not None else dtype,
+            source.location, config=config, dtype=torch.float32 if cache_to is not None else dtype,
             output_loading_info=True, **kwargs
         )
     except Exception as exc:  # noqa: BLE001
@@ -482,6 +481,7 @@ def _load_weights(source: TeacherSource, config: PretrainedConfig, family: str, 
         )
     if source.is_gguf:
         _drop_gguf_quantizer(model, source)
-        if entry is not None:
-            teacher_cache.store(entry, parts, model, tok, replace=entry.exists())
+        if cache_to is not None:
+            folder, parts = cache_to
+            teacher_cache.store(folder, parts, model, tok, replace=folder.exists())
     return _finish(model, dtype, dev), tok
