@@ -18,6 +18,13 @@ CURVE_STAGE = "stage3a"
 CHAT_STAGE = "stage3b"
 
 
+def trained_when_cut(stage_metrics: dict[str, Any], planned_tokens: int | None) -> int | None:
+    """The tokens a stage had trained at its last held-out evaluation when that was before its planned budget (a stage
+    cut short, e.g. by a timeout), else None. ``stage_metrics``: the stage's entry of a cell's ``metrics``."""
+    at = stage_metrics.get("eval_at_tokens_last")
+    return at if at is not None and planned_tokens is not None and at < planned_tokens else None
+
+
 def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per (axis, cell carrying that axis) whose recipe has a stage 3a: ``axis``, ``variant``, ``cell``,
     ``tokens_3a`` (the stage's budget: steps x batch x seq_len; for a stage cut short, ``cut`` is True and the tokens
@@ -33,8 +40,8 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
                 continue
             m = c.get("metrics") or {}
             a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
-            at = a.get("eval_at_tokens_last")
-            cut = at is not None and at < tokens  # stopped early: its figures belong to the tokens it trained
+            at = trained_when_cut(a, tokens)  # stopped early: its figures belong to the tokens it trained
+            cut = at is not None
             points.append({"axis": axis, "variant": f"{variant} (cut at {at / 1e6:.1f}M)" if cut else variant,
                            "cell": c["cell"], "tokens_3a": at if cut else tokens, "planned_tokens_3a": tokens,
                            "cut": cut,

@@ -27,7 +27,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gendistill.ablate.curve import CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, plot_budget_curve
+from gendistill.ablate.curve import (CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, plot_budget_curve,
+                                     trained_when_cut)
 from gendistill.eval.report import protocol_gap, retention, signed_points
 from gendistill.reporting import figure_png, pyplot, write_report_files
 from gendistill.reporting import num as _num
@@ -341,8 +342,8 @@ def markdown(rep: dict[str, Any]) -> str:
         aa = _pct(sc["fidelity"].get("answer_agreement")) if sc else "–"
         m = c.get("metrics") or {}
         a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
-        cut = [f"{st} cut at step {v['eval_step_last']}" for st, v in m.items() if v.get("eval_at_tokens_last")
-               is not None and v["eval_at_tokens_last"] < (c.get("tokens") or {}).get(st, 0)]
+        cut = [f"{st} cut at step {v['eval_step_last']}" for st, v in m.items()
+               if trained_when_cut(v, (c.get("tokens") or {}).get(st)) is not None]
         name = f"{c['cell']} ({'; '.join(cut)})" if cut else c["cell"]
         lines.append(f"| {name} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
                      f"| {_num(a.get('eval_kl_last'))} | {_pct(a.get('eval_top1_last'))} "
