@@ -158,6 +158,8 @@ def test_smoke_and_sampling(setup, tmp_path):
         (["--tasks", "{mc}"], "give at least one --model"),
         (["-m", "{teacher}", "--tasks", "{mc}", "--engine", "turbo"], "unknown generation engine 'turbo'"),
         (["-m", "{teacher}", "--tasks", "{mc}", "--engine", "fast", "--samples", "2"], "decodes greedily"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--fidelity-chat", "2"], "--fidelity-chat compares students with"),
+        (["-m", "{teacher}", "--tasks", "{mc}", "--fidelity-heldout", "{mc}"], "--fidelity-heldout compares students"),
     ],
 )
 def test_bad_input_one_line_nothing_written(setup, tmp_path, args, needle):

@@ -85,6 +85,10 @@ def check_config(cfg: EvalConfig) -> None:
         raise ConfigError(f"--limit must be a positive integer, got {cfg.limit}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if len(cfg.models) < 2 and (cfg.fidelity_chat > 0 or cfg.fidelity_heldout):
+        flag = "--fidelity-chat" if cfg.fidelity_chat > 0 else "--fidelity-heldout"
+        raise ConfigError(f"{flag} compares students with the teacher: give the teacher and at least one student "
+                          f"(two or more --model), got one")
     resolve_engine(cfg.engine, cfg.samples > 0)  # an unknown engine, or sampling on the greedy-only one, fails now
     check_numbers(cfg)
     if cfg.cache and cfg.cache_dir is not None:

@@ -323,9 +323,8 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
 
 def read_fidelity_data(cfg: EvalConfig) -> dict[str, Any]:
     """The held-out data of teacher-forced fidelity, read and checked before any model is loaded: ``chat`` (the
-    ``--fidelity-chat`` conversations) and ``rows`` (``[(name, rows)]`` of each ``--fidelity-heldout`` file)."""
-    if len(cfg.models) < 2:
-        return {"chat": None, "rows": []}
+    ``--fidelity-chat`` conversations) and ``rows`` (``[(name, rows)]`` of each ``--fidelity-heldout`` file).
+    :func:`gendistill.eval.config.check_config` has refused either with a single model."""
     chat = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed) if cfg.fidelity_chat > 0 else None
     rows = []
     for path in cfg.fidelity_heldout or []:
