@@ -55,15 +55,7 @@ warm)  # in the background (outlives the call): compile and autotune fla's kerne
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
   [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
-  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
-  python3 - "$JOB/teacher" <<'PY' || exit 5
-import hashlib, json, pathlib, sys
-d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
-blob = (d / "model.gguf").read_bytes()
-assert len(blob) == m["gguf_bytes"] and hashlib.sha256(blob).hexdigest() == m["gguf_sha256"], "GGUF pieces do not match"
-(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", d / m["gguf_name"], len(blob), "bytes, sha256 ok")
-PY
-  rm -f "$JOB/teacher/teacher.gguf.part1"
+  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
   ;;
 start)  # the data in place, then the whole job in the background (it outlives this call)
   shift

@@ -66,14 +66,7 @@ start)  # the teacher assembled and checked, the data in place, then the whole j
   [ -f "$JOB/teacher/manifest.json" ] || { echo "error: run 'setup' first in this lease"; exit 3; }
   [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
   cp .device/carry2/data/* "$JOB/data/"
-  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
-  timeout 120 python3 - "$JOB/teacher" <<'PY' || exit 5
-import hashlib, json, pathlib, sys
-d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
-blob = (d / "model.gguf").read_bytes()
-assert len(blob) == m["gguf_bytes"] and hashlib.sha256(blob).hexdigest() == m["gguf_sha256"], "GGUF pieces do not match"
-(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", m["gguf_name"], len(blob), "bytes, sha256 ok")
-PY
+  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
   rm -f "$RES/DONE"
   setsid nohup bash tools/device_eval_speed.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
   echo "started the eval-speed job (pid $!)"

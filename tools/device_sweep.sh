@@ -67,16 +67,7 @@ PY
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
   need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
   need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
-  cat "$JOB/teacher/teacher.gguf.part1" .device/carry2/teacher.gguf.part2 > "$JOB/teacher/model.gguf"
-  timeout 120 python3 - "$JOB/teacher" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
-import hashlib, json, pathlib, sys
-d = pathlib.Path(sys.argv[1]); m = json.loads((d / "manifest.json").read_text())
-blob = (d / "model.gguf").read_bytes()
-if len(blob) != m["gguf_bytes"] or hashlib.sha256(blob).hexdigest() != m["gguf_sha256"]:
-    sys.exit("error: the GGUF pieces do not match the manifest (size or sha256)")
-(d / "model.gguf").rename(d / m["gguf_name"]); print("teacher:", m["gguf_name"], len(blob), "bytes, sha256 ok")
-PY
-  rm -f "$JOB/teacher/teacher.gguf.part1"
+  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
   step "teacher assembled: $(gguf)"
   ;;
 start)  # the data in place, the grid checked (dry run), then the whole ablate command in the background
