@@ -111,3 +111,30 @@ def test_a_copy_of_the_teacher_scores_kl_0_in_the_trainer_and_the_evaluator(tmp_
     assert not missing.missing_keys
     res = heldout_fidelity(teacher, student, rows)
     assert res["top1_agreement"] == 1.0 and abs(res["kl_teacher_student"]) < 1e-6
+
+
+def test_one_pass_heldout_loss_is_the_stage_loss(tmp_path, teacher, tok):
+    """The trainer computes a logit stage's held-out loss in the fidelity pass (one forward of each model over the
+    held-out rows). For a loss that is not the KL (JSD at temperature 2 plus cross-entropy) that loss must still be
+    the stage's training loss: the stage module's own forward over the same rows, micro-batch by micro-batch, on the
+    saved student (fp32 on CPU: 1e-5 relative is float32 summation-order noise)."""
+    from gendistill.distill.stages import Stage3Module
+
+    loss = {"kind": "jsd", "temperature": 2.0, "ce_weight": 0.5}
+    recipe = make_recipe(tmp_path, ["stage3a"], steps=2, stage3a={"eval_every": 2, "loss": loss})
+    run_recipe(recipe, teacher=teacher, tokenizer=tok)
+    run_dir = tmp_path / "run"
+    last = [r for r in _records(run_dir) if "eval_loss" in r][-1]
+    assert last["step"] == 2 and last["eval_kl"] != pytest.approx(last["eval_loss"], rel=1e-3), "not the KL"
+    rows, _ = load_heldout_rows(heldout_file(run_dir, "stage3a"))
+    student, _ = load_model(str(run_dir / "stage3a"), dtype=torch.float32, device=torch.device("cpu"))
+    module = Stage3Module(student, teacher, recipe.stages[0]).eval()
+    total, count = 0.0, 0
+    mb = recipe.stages[0].micro_batch_size
+    with torch.no_grad():
+        for i in range(0, rows["input_ids"].shape[0], mb):
+            b = module.prepare({k: v[i : i + mb] for k, v in rows.items()})
+            total += float(module(b, 1.0))
+            count += module.count(b)
+    assert count == last["eval_tokens"]
+    assert last["eval_loss"] == pytest.approx(total / count, rel=1e-5)

@@ -41,15 +41,17 @@ def save_stage_rows(run_dir: Path, stage: StageConfig, rows: dict[str, torch.Ten
 
 def stage_fidelity(student: torch.nn.Module, teacher: torch.nn.Module, rows: dict[str, torch.Tensor],
                    batch_rows: int, autocast: contextlib.AbstractContextManager,
-                   root: Callable[..., Any] | None = None) -> dict[str, Any]:
+                   root: Callable[..., Any] | None = None,
+                   loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
     """:func:`heldout_fidelity` of ``student`` against ``teacher`` on ``rows`` in eval mode under ``autocast``; under
     FSDP2 inside the sharded root's forward (``root``: it gathers the root-owned parameters, see
-    :class:`gendistill.distill.fsdp.ShardedRoot`)."""
+    :class:`gendistill.distill.fsdp.ShardedRoot`). ``loss_fn``: the stage's loss from hidden states
+    (:meth:`gendistill.distill.stages.Stage3Module.hidden_loss`), whose held-out mean comes back as ``loss``."""
     was = student.training
     student.eval()
     try:
         with autocast:
-            fn = lambda: heldout_fidelity(teacher, student, rows, batch_rows=batch_rows)  # noqa: E731
+            fn = lambda: heldout_fidelity(teacher, student, rows, batch_rows=batch_rows, loss_fn=loss_fn)  # noqa: E731
             return root(fn) if root is not None else fn()
     finally:
         student.train(was)

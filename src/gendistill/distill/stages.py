@@ -224,9 +224,16 @@ class Stage3Module(StageModule):
         h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
         h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
         labels = batch["labels"].reshape(-1).index_select(0, sel)
+        return self.hidden_loss(h_s, h_t, labels) / denom
+
+    def hidden_loss(self, h_s: torch.Tensor, h_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The stage's logit loss summed over ``n`` scored positions, from the student's and the teacher's final
+        hidden states ``h_s``, ``h_t`` ``[n, D]`` and the labels ``[n]`` (the heads applied inside, in chunks or
+        fused): what a training step and the held-out evaluation compute."""
         s_head, t_head = self.student.lm_head, self.teacher.lm_head
-        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else h_s.dtype
-        loss = logit_loss(
+        dev = h_s.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h_s.dtype
+        return logit_loss(
             h_s,
             s_head.weight,
             h_t,
@@ -237,7 +244,6 @@ class Stage3Module(StageModule):
             b_t=getattr(t_head, "bias", None),
             compute_dtype=dtype,
         )
-        return loss / denom
 
 
 def cast_mixer_inputs(student: nn.Module, dtype: torch.dtype) -> list[Any]:

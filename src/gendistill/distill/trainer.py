@@ -358,22 +358,27 @@ class _StepLog:
         self.t_last = time.perf_counter()
 
     def evaluate(self, step: int, tokens: int) -> None:
-        """The held-out loss at ``step`` (recorded, logged, shown)."""
+        """The held-out loss at ``step`` (recorded, logged, shown); for the logit stages with the held-out fidelity,
+        both from one pass of teacher and student over the held-out rows (:func:`stage_fidelity` with the stage's
+        loss)."""
         s = self.setup
-        ev = evaluate(s.module, s.eval_seqs, s.stage, self.world, self.run, s.call)
+        fid: dict[str, Any] = {}
+        if s.heldout_rows is not None:
+            fid = stage_fidelity(s.module.student, s.module.teacher, s.heldout_rows, s.stage.micro_batch_size,
+                                 _autocast(self.world, self.run), s.call.root if self.world.sharded else None,
+                                 loss_fn=s.module.hidden_loss)
+            ev = fid.get("loss")
+        else:
+            ev = evaluate(s.module, s.eval_seqs, s.stage, self.world, self.run, s.call)
         if ev is None:
             return
         self.result.eval_losses.append((step, ev))
         rec: dict[str, Any] = {"stage": s.stage.name, "step": step, "tokens": tokens, "eval_loss": ev}
         text = f"held-out loss {ev:.4f}"
-        if s.heldout_rows is not None:
-            fid = stage_fidelity(s.module.student, s.module.teacher, s.heldout_rows, s.stage.micro_batch_size,
-                                 _autocast(self.world, self.run), s.call.root if self.world.sharded else None)
-            if fid.get("n_tokens"):
-                self.result.eval_fidelity.append((step, fid))
-                rec.update(eval_kl=fid["kl_teacher_student"], eval_top1=fid["top1_agreement"],
-                           eval_tokens=fid["n_tokens"])
-                text += f", KL {fid['kl_teacher_student']:.4f}, top-1 {100 * fid['top1_agreement']:.1f} %"
+        if fid.get("n_tokens"):
+            self.result.eval_fidelity.append((step, fid))
+            rec.update(eval_kl=fid["kl_teacher_student"], eval_top1=fid["top1_agreement"], eval_tokens=fid["n_tokens"])
+            text += f", KL {fid['kl_teacher_student']:.4f}, top-1 {100 * fid['top1_agreement']:.1f} %"
         self.logger.log(rec)
         self.progress.message(f"[{s.stage.name}] {text} before training" if step == 0 else
                               f"[{s.stage.name}] step {step}: {text}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -71,14 +71,22 @@ def fidelity_sums(lt: torch.Tensor, ls: torch.Tensor, labels: torch.Tensor | Non
 @torch.no_grad()
 def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: dict[str, torch.Tensor], *,
                      batch_rows: int = 8, chunk_tokens: int = 4096, show_progress: bool = False,
-                     desc: str = "fidelity (held-out)") -> dict[str, Any]:
+                     desc: str = "fidelity (held-out)",
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     ) -> dict[str, Any]:
     """Top-1 agreement (share of scored positions where the student's argmax equals the teacher's), mean
     KL(teacher ‖ student) and both models' mean next-token NLL (nats per scored token; NLL only with ``labels``) over
     the ``loss_mask`` positions of ``rows`` (``[N, T]``; see the module docstring), ``batch_rows`` rows per forward.
-    Runs under whatever autocast and eval/train mode the caller set (the trainer: bf16 autocast, eval mode)."""
+    Runs under whatever autocast and eval/train mode the caller set (the trainer: bf16 autocast, eval mode).
+
+    ``loss_fn(h_s, h_t, labels)`` (the trainer's stage loss: student and teacher final hidden states ``[n, D]`` at
+    the ``n`` scored positions of a batch, their labels ``[n]``; returns the loss summed over them) adds ``loss``,
+    its mean per scored token, from the same forwards: the trainer's held-out loss and fidelity in one pass."""
     for k in ROW_KEYS:
         if k not in rows:
             raise DataError(f"held-out rows: no '{k}' tensor")
+    if loss_fn is not None and "labels" not in rows:
+        raise DataError("held-out rows: a stage loss needs the 'labels' tensor")
     head_t, head_s = _head(teacher), _head(student)
     if head_t.weight.shape[0] != head_s.weight.shape[0]:
         raise GendistillError(f"teacher and student vocabularies differ ({head_t.weight.shape[0]} vs "
@@ -89,6 +97,7 @@ def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: d
                         "made with another tokenizer")
     n_rows = int(rows["input_ids"].shape[0])
     sums = None
+    loss_sum = 0.0
     n_tok = 0
     has_labels = "labels" in rows
     bar = progress(total=n_rows, desc=desc, enabled=show_progress)
@@ -104,6 +113,8 @@ def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: d
         h_t = h_t.reshape(-1, h_t.shape[-1]).index_select(0, sel.to(h_t.device))
         h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel.to(h_s.device))
         labels = b["labels"].reshape(-1)[sel] if has_labels else None
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(h_s, h_t.to(h_s.device), labels.to(h_s.device)))
         for j in range(0, sel.numel(), chunk_tokens):
             lt = head_t(h_t[j : j + chunk_tokens])
             ls = head_s(h_s[j : j + chunk_tokens]).to(lt.device)
@@ -116,6 +127,8 @@ def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: d
         return out
     agree, kl, t_nll, s_nll = (float(x) / n_tok for x in sums.cpu())
     out.update(top1_agreement=agree, kl_teacher_student=kl)
+    if loss_fn is not None:
+        out["loss"] = loss_sum / n_tok
     if has_labels:
         out.update(teacher_nll=t_nll, student_nll=s_nll)
     return out
