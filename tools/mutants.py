@@ -189,6 +189,12 @@ MUTANTS: list[Mutant] = [
            ("tests/eval/test_heldout.py", "tests/distill/test_distill_heldout.py"),
            "held-out fidelity lets transformers build a cache, which skips the packed-sequence mask: the teacher "
            "attends across the documents of a packed row (the defect of every fidelity figure before issue 25)"),
+    Mutant("heldout_loss_is_the_kl", "src/gendistill/distill/trainer.py",
+           '            ev = fid.get("loss")',
+           '            ev = fid.get("kl_teacher_student")',
+           ("tests/distill/test_distill_heldout.py",),
+           "the one-pass held-out evaluation reports the KL as the stage's held-out loss, which holds only for "
+           "forward KL at temperature 1"),
 ]
 # The last entry is a control: moving the switch between two correct kernels must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
