@@ -57,10 +57,20 @@ def _front_matter(teacher: str | None) -> str:
     return f"---\n{data.to_yaml()}\n---\n"
 
 
+def gate_description(lower_bound: float | None) -> str:
+    """How the model card and ``gendistill convert``'s summary name the KDA decay gate (``kda_gate_lower_bound``)."""
+    if lower_bound is None:
+        return "paper: -exp(A_log)*softplus(f+dt_bias)"
+    return f"bounded: {lower_bound:g}*sigmoid(exp(A_log)*(f+dt_bias)), in [{lower_bound:g}, 0] (fla safe_gate)"
+
+
 def _kda_rows(config: Any) -> list[tuple[str, Any]]:
     keys = ["linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim", "kda_kv_mode",
             "kda_conv_size", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank", "kda_gate_rank"]
-    return [(k, getattr(config, k, None)) for k in keys]
+    rows = [(k, getattr(config, k, None)) for k in keys]
+    if config.linear_attention_type == "kda":
+        rows.append(("kda_gate_lower_bound (decay gate)", gate_description(getattr(config, "kda_gate_lower_bound", None))))
+    return rows
 
 
 def evaluation_section(rows: list[dict[str, Any]] | None) -> str:
@@ -135,4 +145,4 @@ def update_evaluation(card_text: str, rows: list[dict[str, Any]]) -> str:
     return card_text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
 
 
-__all__ = ["StageRecord", "model_card", "update_evaluation", "evaluation_section", "public_model_name"]
+__all__ = ["StageRecord", "gate_description", "model_card", "update_evaluation", "evaluation_section", "public_model_name"]
