@@ -186,7 +186,9 @@ def test_bounded_gate_student_round_trips_its_setting(tmp_path):
     _, student = student_of("qwen3", kda_gate_lower_bound=-5.0)
     out = save_student(student, None, tmp_path / "student")
     assert json.loads((out / "config.json").read_text())["kda_gate_lower_bound"] == -5.0
-    assert "kda_gate_lower_bound (decay gate) | bounded: -5*sigmoid" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| kda_gate_lower_bound (decay gate) | bounded, lower bound -5 |" in card
+    assert "`-5 * sigmoid(exp(A_log) * (f + dt_bias))`" in card
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert [m.linear_attn.gate_lower_bound for m in loaded.model.layers if hasattr(m, "linear_attn")] == [-5.0, -5.0]
     x = torch.randint(0, 256, (2, 30))

@@ -58,10 +58,11 @@ def _front_matter(teacher: str | None) -> str:
 
 
 def gate_description(lower_bound: float | None) -> str:
-    """How the model card and ``gendistill convert``'s summary name the KDA decay gate (``kda_gate_lower_bound``)."""
+    """How the model card and ``gendistill convert``'s summary name the KDA decay gate (``kda_gate_lower_bound``):
+    the paper's ``-exp(A_log)*softplus(f+dt_bias)``, or fla's bounded ``lb*sigmoid(exp(A_log)*(f+dt_bias))``."""
     if lower_bound is None:
-        return "paper: -exp(A_log)*softplus(f+dt_bias)"
-    return f"bounded: {lower_bound:g}*sigmoid(exp(A_log)*(f+dt_bias)), in [{lower_bound:g}, 0] (fla safe_gate)"
+        return "paper gate"
+    return f"bounded, lower bound {lower_bound:g}"
 
 
 def _kda_rows(config: Any) -> list[tuple[str, Any]]:
@@ -104,6 +105,11 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
             "(`gendistill convert --attention-layers` reads this string back.)", "", "## Linear-attention options", "",
             "| option | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in _kda_rows(config)]
+    lb = getattr(config, "kda_gate_lower_bound", None)
+    if lb is not None and config.linear_attention_type == "kda":
+        out += ["", f"The KDA decay gate is fla's bounded gate `{lb:g} * sigmoid(exp(A_log) * (f + dt_bias))`, in "
+                f"[{lb:g}, 0], not the paper's `-exp(A_log) * softplus(f + dt_bias)`; on CUDA fla's "
+                f"`chunk_kda(..., safe_gate=True, lower_bound={lb:g})` computes it."]
     out += ["", "## Distillation", ""]
     if stages:
         out.append(f"Recipe: `{recipe or 'given in Python'}`. Tokens are token slots trained on "
