@@ -70,7 +70,8 @@ def _kda_rows(config: Any) -> list[tuple[str, Any]]:
             "kda_conv_size", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank", "kda_gate_rank"]
     rows = [(k, getattr(config, k, None)) for k in keys]
     if config.linear_attention_type == "kda":
-        rows.append(("kda_gate_lower_bound (decay gate)", gate_description(getattr(config, "kda_gate_lower_bound", None))))
+        lb = getattr(config, "kda_gate_lower_bound", None)
+        rows.append(("kda_gate_lower_bound (decay gate)", gate_description(lb)))
     return rows
 
 
@@ -151,4 +152,5 @@ def update_evaluation(card_text: str, rows: list[dict[str, Any]]) -> str:
     return card_text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
 
 
-__all__ = ["StageRecord", "gate_description", "model_card", "update_evaluation", "evaluation_section", "public_model_name"]
+__all__ = ["StageRecord", "gate_description", "model_card", "update_evaluation", "evaluation_section",
+           "public_model_name"]
