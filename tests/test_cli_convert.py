@@ -65,6 +65,35 @@ def test_bad_layer_spec_is_one_line_and_writes_nothing(tiny_teacher, tmp_path, a
     assert not out.exists() and not any(p.name.startswith(".student") for p in tmp_path.iterdir())
 
 
+def test_bounded_gate_option_writes_a_student_that_carries_it_and_runs(tiny_teacher, tmp_path):
+    out = tmp_path / "student"
+    result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "1", "--out", str(out),
+                    "--kda-gate-lower-bound", "-5")
+    assert result.exit_code == 0, result.output
+    assert "KDA decay gate" in result.output and "bounded, lower bound -5" in result.output
+    assert json.loads((out / "config.json").read_text())["kda_gate_lower_bound"] == -5.0
+    assert json.loads((out / "SUMMARY.json").read_text())["kda_gate_lower_bound"] == -5.0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.model.layers[0].linear_attn.gate_lower_bound == -5.0
+    with torch.no_grad():
+        out1 = model(torch.randint(0, 64, (1, 9)), use_cache=True)
+        step = model(torch.randint(0, 64, (1, 1)), cache=out1.cache, use_cache=True)
+    assert torch.isfinite(out1.logits).all() and torch.isfinite(step.logits).all()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-6"])
+def test_bounded_gate_outside_the_safe_range_is_one_line_and_writes_nothing(tiny_teacher, tmp_path, value):
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--attention-layers", "1",
+                                 "--out", str(out), f"--kda-gate-lower-bound={value}"])
+    assert result.exit_code != 0 and not out.exists()
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --kda-gate-lower-bound must be a number in fla's safe "
+                                                   "range [-5, 0)"), result.output
+
+
 def test_missing_teacher_and_unsupported_architectures(tmp_path):
     result = runner.invoke(app, ["convert", "--teacher", str(tmp_path / "nope"), "--attention-layers", "0",
                                  "--out", str(tmp_path / "o")])

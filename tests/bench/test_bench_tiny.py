@@ -94,6 +94,51 @@ def test_cli_cache_only(tmp_path):
         settings_from_options(skip="nonsense")
 
 
+def _bench_app():
+    import typer
+
+    from gendistill.bench.cli import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
+def test_bounded_gate_student_is_timed_against_the_exact_run(tiny_results, tmp_path):
+    """--kda-gate-lower-bound converts the student with fla's bounded gate: its config carries it, the JSON records it
+    under its own file name, and --compare prints its timings beside the exact student's run."""
+    from typer.testing import CliRunner
+
+    exact_json = tiny_results[0]["json_path"]
+    r = CliRunner().invoke(_bench_app(), ["bench", "--tiny", "--skip", "decode,throughput", "--out", str(tmp_path),
+                                          "--kda-gate-lower-bound", "-5", "--compare", exact_json])
+    assert r.exit_code == 0, r.output
+    path = next(tmp_path.glob("bench_*.json"))
+    assert path.name.startswith("bench_tiny-gate-5_")
+    data = json.loads(path.read_text())
+    assert data["settings"]["kda_gate_lower_bound"] == -5.0
+    assert data["models"]["student"]["kda_gate_lower_bound"] == -5.0
+    assert json.loads(Path(exact_json).read_text())["models"]["student"]["kda_gate_lower_bound"] is None
+    assert all(c["student"]["ttft_ms"] > 0 for c in data["contexts"])
+    assert "vs baseline" in r.output and "ttft_ms" in r.output
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(kda_gate_lower_bound=0.0), "--kda-gate-lower-bound must be a number in fla's safe range [-5, 0)"),
+    (dict(kda_gate_lower_bound=-7.5), "--kda-gate-lower-bound must be a number in fla's safe range [-5, 0)"),
+    (dict(kda_gate_lower_bound=-5.0, teacher="smollm2-135m-instruct", student="hub-org/some-student"),
+     "--kda-gate-lower-bound: applies to the student the benchmark converts"),
+])
+def test_bounded_gate_option_errors_are_one_line(tmp_path, options, message):
+    from gendistill.bench.api import bench
+
+    with pytest.raises(ConfigError) as e:
+        bench(tiny=True, out=str(tmp_path / "b"), **options)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert not (tmp_path / "b").exists()
+
+
 def test_comparison_against_itself(tiny_results, capsys):
     from rich.console import Console
 

@@ -4,6 +4,8 @@ hybrid model on CUDA against the same weights on the reference path.
 Tolerances (relative L2 error against a float64 reference):
   * fp32 inputs: fla's kernels use tf32 matrix products -> about 1e-3; we allow 5e-3.
   * bf16 inputs: bf16 operands (8-bit mantissa) -> a few 1e-3 to 1e-2; we allow 2e-2.
+The bounded decay gate (``kda_gate_lower_bound``; fla's ``safe_gate=True, lower_bound``) is held to the same bounds:
+it changes the gate function, not the precision of the products (its intra-chunk kernel uses tf32 Tensor Cores too).
 """
 
 from __future__ import annotations
@@ -75,7 +77,40 @@ def test_fla_fused_recurrent_matches_reference(dtype):
     assert rel(o, o_ref) < TOL[dtype] and rel(s, s_ref) < TOL[dtype]
 
 
-def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
+    """fla's chunk_kda with the gate fused in the kernel and safe_gate=True, lower_bound=-5 vs our PyTorch chunked
+    path in float64 on the bounded gate of the same raw inputs (gendistill.ops.kda.kda_gate): outputs, final state,
+    and (fp32) the gradients of q, k, v, beta, the raw gate input f, A_log and dt_bias. Not yet run on a GPU."""
+    from fla.ops.kda import chunk_kda
+
+    B, T, H, K = 2, 300, 4, 64
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
+    q, k, v = l2norm(r(B, T, H, K)).to(dtype), l2norm(r(B, T, H, K)).to(dtype), r(B, T, H, K).to(dtype)
+    f = (2.0 * r(B, T, H, K)).to(dtype)
+    beta = torch.rand(B, T, H, device="cuda", generator=gen).to(dtype)
+    A_log, dt_bias, h0 = 0.5 * r(H), r(H * K), r(B, H, K, K)
+    leaves = [x.requires_grad_() for x in (q, k, v, f, beta, A_log, dt_bias)]
+    o, s = chunk_kda(q, k, v, f, beta, A_log=A_log, dt_bias=dt_bias, initial_state=h0, output_final_state=True,
+                     use_gate_in_kernel=True, safe_gate=True, lower_bound=-5.0)
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    rq, rk, rv, rf, rb, rA, rdt = ref_leaves
+    g = kda_gate(rf, rA, rdt, lower_bound=-5.0)
+    assert g.dtype == torch.float64 and (g >= -5.0).all() and (g <= 0).all()
+    o_ref, s_ref = torch_chunk(rq, rk, rv, g, rb, initial_state=h0.double(), output_final_state=True)
+    assert rel(o, o_ref) < TOL[dtype], rel(o, o_ref)
+    assert rel(s, s_ref) < TOL[dtype], rel(s, s_ref)
+    if dtype != torch.float32:
+        return
+    w_o, w_s = torch.randn_like(o_ref), torch.randn_like(s_ref)
+    fast = torch.autograd.grad((o.double() * w_o).sum() + (s.double() * w_s).sum(), leaves)
+    ref = torch.autograd.grad((o_ref * w_o).sum() + (s_ref * w_s).sum(), ref_leaves)
+    for name, a, b in zip(["q", "k", "v", "f", "beta", "A_log", "dt_bias"], fast, ref):
+        assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
+
+
+def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512, gate_lower_bound=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from gendistill.convert import convert_teacher
@@ -85,7 +120,7 @@ def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=51
                       num_key_value_heads=4, head_dim=64, vocab_size=4096, tie_word_embeddings=True)
     cfg._attn_implementation = "sdpa"
     teacher = Qwen3ForCausalLM(cfg).eval()
-    student = convert_teacher(teacher, spec).cuda().to(dtype)
+    student = convert_teacher(teacher, spec, kda_gate_lower_bound=gate_lower_bound).cuda().to(dtype)
     student.upcast_recurrence_parameters()
     with torch.no_grad():  # leave the identity initialisation so every KDA parameter matters
         for p in student.parameters():
@@ -93,11 +128,13 @@ def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=51
     return student.eval()
 
 
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kda_mixer_on_fla_matches_the_reference_path(dtype, monkeypatch):
+def test_kda_mixer_on_fla_matches_the_reference_path(dtype, gate_lower_bound, monkeypatch):
     """One KDA mixer, same weights and dtype: fla kernels vs our PyTorch path (float32 math inside).
-    Measured on an H200: 6.7e-4 relative in fp32 (tf32 products)."""
-    student = _student(dtype)
+    Measured on an H200: 6.7e-4 relative in fp32 (tf32 products), paper gate; the bounded gate (fla's safe_gate
+    path) not yet run on a GPU."""
+    student = _student(dtype, gate_lower_bound=gate_lower_bound)
     mixer = student.model.layers[1].linear_attn
     h = torch.randn(2, 700, mixer.hidden_size, device="cuda", dtype=dtype)
     with torch.no_grad():
@@ -122,8 +159,11 @@ def test_model_on_fla_matches_the_reference_path(monkeypatch):
     assert agreement >= 0.97, agreement
 
 
-def test_cached_decode_on_cuda_equals_full_recompute():
-    student = _student(torch.float32, layers=8, spec="0,5")
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
+def test_cached_decode_on_cuda_equals_full_recompute(gate_lower_bound):
+    """Chunked prefill (fla's chunk_kda; safe_gate with a bounded gate) then decode steps (fused_recurrent_kda, its
+    lower_bound with a bounded gate) vs one forward."""
+    student = _student(torch.float32, layers=8, spec="0,5", gate_lower_bound=gate_lower_bound)
     x = torch.randint(0, 4096, (2, 200), device="cuda")
     with torch.no_grad():
         full = student(x).logits
@@ -174,10 +214,12 @@ def test_generate_on_cuda_left_padded_batch_equals_single():
     assert agree >= 2, agree
 
 
-def test_kda_mixer_gradients_on_fla_match_the_reference_path(monkeypatch):
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
+def test_kda_mixer_gradients_on_fla_match_the_reference_path(gate_lower_bound, monkeypatch):
     """Backward through fla's fused kernels (in-kernel L2-norm, gate and beta sigmoid) vs autograd through our PyTorch
-    path, real initialisation (A = exp(A_log) up to 16). Added after the 2026-11-28 H200 run: not yet run on a GPU."""
-    student = _student(torch.float32)
+    path, real initialisation (A = exp(A_log) up to 16; the bounded gate's init, A_log = 0). Added after the
+    2026-11-28 H200 run: not yet run on a GPU."""
+    student = _student(torch.float32, gate_lower_bound=gate_lower_bound)
     mixer = student.model.layers[1].linear_attn.train()
     h = torch.randn(2, 300, mixer.hidden_size, device="cuda")
     w = torch.randn(2, 300, mixer.hidden_size, device="cuda")

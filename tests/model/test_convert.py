@@ -158,3 +158,50 @@ def test_paper_layout_on_a_qwen3_0_6b_shaped_config_has_the_paper_cache_arithmet
     assert len(cfg.linear_layers) == 21
     assert len(cfg.linear_layers) * kda.state_bytes()["recurrent"] == 21 * 1024 * 1024
     assert math.isclose(cfg.kda_num_heads * cfg.kda_head_dim, 2048)
+
+
+def test_bounded_gate_student_starts_from_the_exact_students_decays():
+    """Same teacher, same seed: the bounded student's A_log is 0 and its gate at f = 0 equals the exact student's
+    initial decay channel for channel (|g0| <= 1.6 < 5); on real inputs (f small at init) the two gates stay close."""
+    from gendistill.ops.kda import kda_gate
+
+    teacher = make_teacher("qwen3")
+    torch.manual_seed(3)
+    exact = convert_teacher(teacher, "0")
+    torch.manual_seed(3)
+    bounded = convert_teacher(teacher, "0", kda_gate_lower_bound=-5.0)
+    assert bounded.config.kda_gate_lower_bound == -5.0 and exact.config.kda_gate_lower_bound is None
+    x = torch.randn(2, 11, 64)
+    for le, lb in zip(exact.model.layers[1:], bounded.model.layers[1:]):
+        e, b = le.linear_attn, lb.linear_attn
+        assert torch.equal(b.A_log, torch.zeros_like(b.A_log)) and b.A_log.dtype == b.dt_bias.dtype == torch.float32
+        H, K = e.num_heads, e.head_dim
+        zero = torch.zeros(1, 1, H, K)
+        assert torch.allclose(kda_gate(zero, b.A_log, b.dt_bias, lower_bound=-5.0), kda_gate(zero, e.A_log, e.dt_bias),
+                              rtol=1e-5, atol=1e-7)
+        with torch.no_grad():
+            f = e.f_proj(x).view(2, 11, H, K)
+            assert torch.equal(f, b.f_proj(x).view(2, 11, H, K))  # same draws for everything else
+            ge, gb = kda_gate(f, e.A_log, e.dt_bias), kda_gate(f, b.A_log, b.dt_bias, lower_bound=-5.0)
+        # different functions of f, equal at f = 0; at init |f| < 0.1 and they differ by <= 0.6 % (measured)
+        assert ((gb - ge).abs() / ge.abs()).max().item() < 0.02
+        assert (gb >= -5.0).all() and (gb < 0).all()
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, -5.5, float("nan"), True, "x"])
+def test_gate_lower_bound_outside_fla_safe_range_is_one_clear_error(value):
+    from gendistill.errors import GendistillError
+    from gendistill.models.hybrid import HybridConfig
+
+    with pytest.raises(ValueError, match=r"^kda_gate_lower_bound must be a number in fla's safe range \[-5, 0\)"):
+        HybridConfig(base_model_type="llama", num_hidden_layers=2, kda_gate_lower_bound=value)
+    with pytest.raises(GendistillError, match=r"^kda_gate_lower_bound must be .*got") as e:
+        convert_teacher(make_teacher("llama"), "0", kda_gate_lower_bound=value)
+    assert "\n" not in str(e.value)
+
+
+def test_gate_lower_bound_is_refused_for_other_mixers():
+    from gendistill.errors import GendistillError
+
+    with pytest.raises(GendistillError, match=r"^kda_gate_lower_bound bounds the KDA decay gate; the 'gla' mixer"):
+        convert_teacher(make_teacher("llama"), "0", linear_attention_type="gla", kda_gate_lower_bound=-5.0)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -16,6 +17,12 @@ from tests._trained_like import make_trained_like
 from tests.conftest import make_teacher
 
 MIXED = "0,2"  # layers 0 and 2 keep attention, 1 and 3 are KDA
+
+
+@pytest.fixture(params=[None, -5.0], ids=["paper_gate", "bounded_gate"])
+def gate_lower_bound(request):
+    """``kda_gate_lower_bound`` of the student: the paper's decay gate, or fla's bounded (safe_gate) one."""
+    return request.param
 
 
 def student_of(family: str, spec: str = MIXED, seed: int = 0, **kw):
@@ -34,8 +41,8 @@ def test_all_attention_student_reproduces_teacher(family):
         assert (student(x).logits - teacher(x).logits).abs().max().item() <= 1e-5
 
 
-def test_cached_decode_equals_full_recompute(family):
-    _, student = student_of(family)
+def test_cached_decode_equals_full_recompute(family, gate_lower_bound):
+    _, student = student_of(family, kda_gate_lower_bound=gate_lower_bound)
     x = torch.randint(0, 256, (2, 40))
     with torch.no_grad():
         full = student(x).logits
@@ -49,12 +56,12 @@ def test_cached_decode_equals_full_recompute(family):
     assert (torch.cat(logits, 1) - full).abs().max().item() < 1e-4
 
 
-def test_multi_token_continuation_from_cache(family):
+def test_multi_token_continuation_from_cache(family, gate_lower_bound):
     """Continuations of 30, 5 and 70 tokens from a cached prefix: up to RECURRENT_MAX_TOKENS (64) new tokens take the
     step-by-step kernel, more take the chunked one; both must start from the cached (non-zero) state and conv window."""
     from gendistill.layers.kda import RECURRENT_MAX_TOKENS
 
-    _, student = student_of(family)
+    _, student = student_of(family, kda_gate_lower_bound=gate_lower_bound)
     x = torch.randint(0, 256, (1, 95))
     assert 95 - 25 > RECURRENT_MAX_TOKENS
     with torch.no_grad():
@@ -71,8 +78,8 @@ def test_multi_token_continuation_from_cache(family):
                 assert (nxt - full[:, end:end + 1]).abs().max().item() < 1e-4
 
 
-def test_left_padded_batch_equals_each_sequence_alone(family):
-    _, student = student_of(family)
+def test_left_padded_batch_equals_each_sequence_alone(family, gate_lower_bound):
+    _, student = student_of(family, kda_gate_lower_bound=gate_lower_bound)
     lengths = [9, 14, 5]
     seqs = [torch.randint(1, 256, (n,)) for n in lengths]
     T = max(lengths)
@@ -92,8 +99,8 @@ def test_left_padded_batch_equals_each_sequence_alone(family):
             assert (logits_alone - logits_batched).abs().max().item() < 1e-4
 
 
-def test_packed_documents_are_isolated(family):
-    _, student = student_of(family)
+def test_packed_documents_are_isolated(family, gate_lower_bound):
+    _, student = student_of(family, kda_gate_lower_bound=gate_lower_bound)
     docs = [torch.randint(0, 256, (n,)) for n in (11, 7, 13)]
     ids = torch.cat(docs)[None]
     position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
@@ -171,6 +178,26 @@ def test_save_load_roundtrip_and_fresh_process(tmp_path, family):
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-6
+
+
+def test_bounded_gate_student_round_trips_its_setting(tmp_path):
+    """A bounded-gate student saved and loaded: config.json carries kda_gate_lower_bound, the loaded mixers use it,
+    the logits are identical; and the setting matters (the same weights with the paper's gate give other logits)."""
+    _, student = student_of("qwen3", kda_gate_lower_bound=-5.0)
+    out = save_student(student, None, tmp_path / "student")
+    assert json.loads((out / "config.json").read_text())["kda_gate_lower_bound"] == -5.0
+    card = (out / "README.md").read_text()
+    assert "| kda_gate_lower_bound (decay gate) | bounded, lower bound -5 |" in card
+    assert "`-5 * sigmoid(exp(A_log) * (f + dt_bias))`" in card
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert [m.linear_attn.gate_lower_bound for m in loaded.model.layers if hasattr(m, "linear_attn")] == [-5.0, -5.0]
+    x = torch.randint(0, 256, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, student(x).logits)
+        for layer in loaded.model.layers:
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.gate_lower_bound = None
+        assert (loaded(x).logits - student(x).logits).abs().max().item() > 1e-3
 
 
 def test_cache_bytes_matches_the_measured_cache(family):

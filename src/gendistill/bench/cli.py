@@ -18,6 +18,9 @@ def bench(
     attention_layers: str = typer.Option(None, help="Attention layers of the converted student, in any form `convert "
                                          "--attention-layers` takes: 0,2,6, every:4, ratio:0.25, ... (default "
                                          "0,2,6,11,13,18,21)."),
+    kda_gate_lower_bound: float = typer.Option(None, help="Convert the student with fla's bounded KDA decay gate "
+                                                "(a number in [-5, 0); see `gendistill convert --help`); default: the "
+                                                "paper's gate. Time it beside the exact student with --compare."),
     contexts: str = typer.Option(None, help="Contexts for cache/TTFT/decode, e.g. 1k,4k,16k,32k,64k,128k."),
     throughput_contexts: str = typer.Option(None, help="Contexts of the batch sweep (default 4k,16k,32k,64k)."),
     dtype: str = typer.Option("auto", help=f"{DTYPE_HELP}."),
@@ -48,7 +51,8 @@ def bench(
     """Cache memory, time-to-first-token, decode speed and peak throughput of teacher vs student, in one run. A thin
     wrapper over :func:`gendistill.bench`."""
     run(teacher, student, config=config, tiny=tiny, device=device, dtype=dtype, out=out,
-        attention_layers=attention_layers, contexts=contexts, throughput_contexts=throughput_contexts, skip=skip,
+        attention_layers=attention_layers, kda_gate_lower_bound=kda_gate_lower_bound, contexts=contexts,
+        throughput_contexts=throughput_contexts, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
         prefill_graph=prefill_graph, time_limit=time_limit, model_name=model_name, profile_contexts=profile_contexts, roles=roles,

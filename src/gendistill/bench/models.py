@@ -50,11 +50,23 @@ def _set_attn(model: Any, impl: str) -> None:
         model.config._attn_implementation = impl
 
 
-def _convert(teacher: Any, attention_layers: tuple[int, ...] | str) -> tuple[Any, bool, str]:
+def _convert(teacher: Any, attention_layers: tuple[int, ...] | str,
+             gate_lower_bound: float | None = None) -> tuple[Any, bool, str]:
     """The teacher converted at ``attention_layers`` (indices, or a spec such as ``every:4`` where the settings could
-    not resolve it without the teacher); no stand-in, no note."""
+    not resolve it without the teacher), with the paper's KDA decay gate or fla's bounded one (``gate_lower_bound``);
+    no stand-in, no note."""
     spec = attention_layers if isinstance(attention_layers, str) else list(attention_layers)
-    return convert_teacher(teacher, attention_layers=spec), False, ""
+    return convert_teacher(teacher, attention_layers=spec, kda_gate_lower_bound=gate_lower_bound), False, ""
+
+
+def model_name(settings) -> str:
+    """The run's label (file names): ``--model-name``, else the shape or teacher, with ``-gate<lb>`` for a converted
+    student with a bounded decay gate (so its JSON never overwrites the exact student's)."""
+    if settings.model_name:
+        return settings.model_name
+    name = model_label(settings.teacher) if settings.teacher else settings.config
+    lb = settings.kda_gate_lower_bound
+    return name if lb is None or settings.student else f"{name}-gate{lb:g}"
 
 
 def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPair:
@@ -69,8 +81,7 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
             standin, note = False, ""
         else:
             with torch.device(device):
-                student, standin, note = _convert(teacher, settings.attention_layers)
-        name = settings.model_name or model_label(settings.teacher)
+                student, standin, note = _convert(teacher, settings.attention_layers, settings.kda_gate_lower_bound)
     else:
         cfg = qwen3_config(settings.config, impl)
         # Random init directly on the device: initialising 0.6B parameters on CPU takes longer than the benchmark.
@@ -78,8 +89,7 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
             teacher = Qwen3ForCausalLM(cfg)
         teacher = teacher.to(dtype)
         with torch.device(device):  # the student is built where the teacher lives (no 0.6B init on CPU)
-            student, standin, note = _convert(teacher, settings.attention_layers)
-        name = settings.model_name or settings.config
+            student, standin, note = _convert(teacher, settings.attention_layers, settings.kda_gate_lower_bound)
     teacher = teacher.to(device=device, dtype=dtype).eval()
     # Only move the student: a dtype cast would round its fp32 A_log / dt_bias through `dtype`.
     student = student.to(device=device).eval()
@@ -89,7 +99,7 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
     _set_attn(teacher, impl)
     _set_attn(student, impl)
     _keep_fp32_params(student)
-    return ModelPair(teacher, student, name, standin, note)
+    return ModelPair(teacher, student, model_name(settings), standin, note)
 
 
 def _keep_fp32_params(model: Any) -> None:

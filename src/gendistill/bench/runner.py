@@ -154,6 +154,8 @@ class Runner:
                     "params": count_params(m),
                     "layer_types": layer_type_counts(m),
                     "attn_implementation": getattr(m.config, "_attn_implementation", None),
+                    **({"kda_gate_lower_bound": getattr(m.config, "kda_gate_lower_bound", None)}
+                       if r == "student" else {}),
                 }
                 for r, m in self.models.items()
             },

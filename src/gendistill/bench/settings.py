@@ -11,6 +11,7 @@ from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
+from gendistill.models.hybrid.configuration_hybrid import check_kda_options
 from gendistill.models.loading import resolve_model
 from gendistill.ownership import check_writable
 from gendistill.runlock import check_not_busy
@@ -37,6 +38,8 @@ class BenchSettings:
     # the converted student's attention layers: indices, or any form `gendistill convert --attention-layers` takes
     # ("every:4", "ratio:0.25", ...), resolved to indices by check_settings once the teacher's layer count is known
     attention_layers: tuple[int, ...] | str = PAPER_ATTENTION_LAYERS
+    # the converted student's KDA decay gate: None = the paper's, a number in [-5, 0) = fla's bounded (safe_gate) gate
+    kda_gate_lower_bound: float | None = None
     contexts: tuple[int, ...] = DEFAULT_CONTEXTS
     throughput_contexts: tuple[int, ...] = DEFAULT_THROUGHPUT_CONTEXTS
     device: str = "auto"  # auto | cuda | cpu
@@ -175,6 +178,14 @@ def check_settings(s: BenchSettings) -> None:
             s.attention_layers = tuple(parse_attention_layers(spec, layers))
         except GendistillError as e:
             raise ConfigError(f"--attention-layers: {e}") from None
+    if s.kda_gate_lower_bound is not None:
+        if s.student:
+            raise ConfigError("--kda-gate-lower-bound: applies to the student the benchmark converts; a saved --student "
+                              "has its own (config.json's kda_gate_lower_bound)")
+        try:
+            check_kda_options({"kda_gate_lower_bound": s.kda_gate_lower_bound})
+        except ValueError as e:
+            raise ConfigError(str(e).replace("kda_gate_lower_bound", "--kda-gate-lower-bound", 1)) from None
     check_writable(s.out, "--out")
     check_not_busy(s.out, "--out")  # another gendistill process writing the folder
 
@@ -190,6 +201,7 @@ def settings_from_options(**o) -> BenchSettings:
             teacher=o.get("teacher"),
             student=o.get("student"),
             attention_layers=o.get("attention_layers"),  # any --attention-layers form, resolved by check_settings
+            kda_gate_lower_bound=o.get("kda_gate_lower_bound"),
             contexts=_ints(o.get("contexts"), "--contexts"),
             throughput_contexts=_ints(o.get("throughput_contexts"), "--throughput-contexts"),
             max_batch=o.get("max_batch"),

@@ -46,17 +46,21 @@ class ConvertResult:
 
 
 _KDA_FLAGS = (("kda_kv_mode", "--kv-mode"), ("kda_gate_activation", "--gate-activation"),
-              ("kda_conv_activation", "--conv-activation"))
+              ("kda_conv_activation", "--conv-activation"), ("kda_gate_lower_bound", "--kda-gate-lower-bound"),
+              ("linear_attention_type", "--mixer"))
 
 
-def _kda_options(mixer: str, kv_mode: str, gate_activation: str, conv_activation: str | None) -> dict[str, Any]:
+def _kda_options(mixer: str, kv_mode: str, gate_activation: str, conv_activation: str | None,
+                 gate_lower_bound: float | None = None) -> dict[str, Any]:
     """The linear mixer and its options as the student config takes them, checked (under the command's flag names)."""
     if mixer not in LINEAR_MIXERS:
         raise GendistillError(f"unknown --mixer {mixer!r}; choose one of {', '.join(LINEAR_MIXERS)}")
     conv_act = None if conv_activation is None or str(conv_activation).lower() == "none" else conv_activation
     kda_options = dict(kda_kv_mode=kv_mode, kda_gate_activation=gate_activation, kda_conv_activation=conv_act)
+    if gate_lower_bound is not None:
+        kda_options["kda_gate_lower_bound"] = gate_lower_bound
     try:
-        check_kda_options(kda_options)
+        check_kda_options({**kda_options, "linear_attention_type": mixer})
     except ValueError as e:
         msg = str(e)
         for key, flag in _KDA_FLAGS:
@@ -75,12 +79,14 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def convert(teacher: str = DEFAULT_TEACHER, attention_layers: str | list[int] = "every:4", out: str | Path | None = None,
             *, mixer: str = "kda", kv_mode: str = "repeat", gate_activation: str = "silu",
-            conv_activation: str | None = None, dtype: str = "auto", device: str = "auto", seed: int = 0,
-            overwrite: bool = False) -> ConvertResult:
+            conv_activation: str | None = None, kda_gate_lower_bound: float | None = None, dtype: str = "auto",
+            device: str = "auto", seed: int = 0, overwrite: bool = False) -> ConvertResult:
     """Convert ``teacher`` (any model reference: short name, ``.gguf`` file, HF folder, hub id) into a hybrid student
     whose ``attention_layers`` keep softmax attention (``"0,2,6"``, ``"every:4"``, ``"ratio:0.25"``, ``"none"``,
     ``"all"``, a JSON file, or a :meth:`HybridConfig.layer_spec` string) and whose other layers become ``mixer``
     (``kda``, ``gated_deltanet``, ``gla``, ``mamba2``) initialised from the teacher's q/k/v/o projections.
+    ``kda_gate_lower_bound`` (a number in ``[-5, 0)``) gives the KDA layers fla's bounded decay gate instead of the
+    paper's (see :class:`~gendistill.models.hybrid.HybridConfig`; it needs its own distillation).
 
     With ``out`` the student is saved there atomically with its model card (``overwrite`` replaces only a folder
     gendistill wrote). Every argument is checked before the teacher is loaded.
@@ -89,7 +95,8 @@ def convert(teacher: str = DEFAULT_TEACHER, attention_layers: str | list[int] = 
     >>> res = gendistill.convert("smollm2-135m-instruct", "every:4", out="runs/student")  # doctest: +SKIP
     >>> res.summary.student_params, res.layer_spec                                         # doctest: +SKIP
     """
-    kda_options = _kda_options(mixer, kv_mode, gate_activation, conv_activation)  # checked before the teacher loads
+    # checked before the teacher loads
+    kda_options = _kda_options(mixer, kv_mode, gate_activation, conv_activation, kda_gate_lower_bound)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if out is not None:

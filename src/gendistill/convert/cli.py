@@ -12,6 +12,7 @@ from gendistill.cli_utils import console
 from gendistill.convert.api import convert
 from gendistill.convert.summary import human_bytes
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
+from gendistill.models.card import gate_description
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +37,10 @@ def convert_command(
                                                 "'expand' them into per-head weights (fla's MHA layout)."),
     gate_activation: str = typer.Option("silu", help="Output-gate activation: 'silu' (identity at init) or 'sigmoid'."),
     conv_activation: str = typer.Option("none", help="Short-conv activation: 'none' (paper) or 'silu' (fla default)."),
+    kda_gate_lower_bound: float = typer.Option(None, help="KDA decay gate: leave out for the paper's gate "
+                                                "-exp(A_log)*softplus(f+dt_bias); a number in [-5, 0) for fla's bounded "
+                                                "gate lb*sigmoid(exp(A_log)*(f+dt_bias)), computed by fla's faster "
+                                                "safe_gate kernel (a different function: distill with it)."),
     dtype: str = typer.Option("auto", help=f"dtype to load, convert and save in: {DTYPE_HELP}."),
     device: str = typer.Option("auto", help=f"Device for the conversion: {DEVICE_HELP}."),
     seed: int = typer.Option(0, help="Seed of the random KDA initialisation (A_log, dt_bias, gate projections)."),
@@ -44,7 +49,8 @@ def convert_command(
     from the teacher's projections. Prints a summary table; writes SUMMARY.json and a model card beside the model."""
     start = time.perf_counter()
     res = convert(teacher, attention_layers, out, mixer=mixer, kv_mode=kv_mode, gate_activation=gate_activation,
-                  conv_activation=conv_activation, dtype=dtype, device=device, seed=seed, overwrite=overwrite)
+                  conv_activation=conv_activation, kda_gate_lower_bound=kda_gate_lower_bound, dtype=dtype,
+                  device=device, seed=seed, overwrite=overwrite)
     summary = res.summary
 
     table = Table(title=f"{teacher} -> hybrid student ({summary.family})", show_lines=False)
@@ -54,6 +60,8 @@ def convert_command(
     n = summary.num_layers
     table.add_row("layers (attention / KDA)", f"{n} / 0", f"{len(summary.attention_layers)} / {len(summary.kda_layers)}")
     table.add_row("attention layers", "all", ",".join(map(str, summary.attention_layers)) or "none")
+    if res.student.config.linear_attention_type == "kda":
+        table.add_row("KDA decay gate", "-", gate_description(summary.kda_gate_lower_bound))
     table.add_row("parameters", f"{summary.teacher_params:,}", f"{summary.student_params:,} "
                   f"({100 * (summary.student_params / summary.teacher_params - 1):+.1f}%)")
     table.add_row("KV cache per token (bf16)", human_bytes(summary.teacher_cache_bytes_per_token),

@@ -23,6 +23,7 @@ class ConversionSummary:
     student_fixed_state_bytes: int
     teacher_cache_bytes_128k: int
     student_cache_bytes_128k: int
+    kda_gate_lower_bound: float | None = None  # None: the paper's decay gate; else fla's bounded gate's lower bound
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +48,9 @@ def summarize(teacher_name: str, teacher, student, cache_dtype: torch.dtype = to
         teacher_params=parameter_count(teacher), student_params=parameter_count(student),
         teacher_cache_bytes_per_token=t_tok, student_cache_bytes_per_token=s_tok, student_fixed_state_bytes=fixed,
         teacher_cache_bytes_128k=t_tok * n, student_cache_bytes_128k=s_tok * n + fixed,
+        kda_gate_lower_bound=getattr(cfg, "kda_gate_lower_bound", None),
     )
+
 
 
 def human_bytes(n: float) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gendistill.layers.base import RECURRENT_MAX_TOKENS, TeacherShapedMixer
-from gendistill.ops.kda import kda_from_projections
+from gendistill.ops.kda import bounded_gate_init, kda_from_projections
 
 __all__ = ["KimiDeltaAttention", "RECURRENT_MAX_TOKENS"]
 
@@ -24,7 +24,9 @@ class KimiDeltaAttention(TeacherShapedMixer):
     """KDA mixer for one layer.
 
     Config fields read (see :class:`gendistill.models.hybrid.HybridConfig`): those of
-    :class:`~gendistill.layers.base.TeacherShapedMixer` plus ``kda_decay_rank``.
+    :class:`~gendistill.layers.base.TeacherShapedMixer` plus ``kda_decay_rank`` and ``kda_gate_lower_bound``
+    (``None``: the paper's decay gate; a number in ``[-5, 0)``: fla's bounded gate, see
+    :func:`gendistill.ops.kda.kda_gate`).
     """
 
     fp32_parameters = ("A_log", "dt_bias")
@@ -35,6 +37,7 @@ class KimiDeltaAttention(TeacherShapedMixer):
         self.f_proj = nn.Sequential(nn.Linear(D, config.kda_decay_rank, bias=False),
                                     nn.Linear(config.kda_decay_rank, H * K, bias=False))
         self.b_proj = nn.Linear(D, H, bias=False)
+        self.gate_lower_bound = getattr(config, "kda_gate_lower_bound", None)
         self.A_log = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.dt_bias = nn.Parameter(torch.empty(H * K, dtype=torch.float32))
         self.reset_mixer_parameters()
@@ -47,10 +50,17 @@ class KimiDeltaAttention(TeacherShapedMixer):
     @torch.no_grad()
     def reset_decay_parameters(self, initializer_range: float) -> None:
         """Mamba-style ``A_log = log U(1, 16)`` and ``dt_bias = softplus^-1(dt)``, ``dt`` log-uniform in
-        [1e-3, 1e-1], and N(0, ``initializer_range``) for ``f_proj`` and ``b_proj``."""
+        [1e-3, 1e-1], and N(0, ``initializer_range``) for ``f_proj`` and ``b_proj``. With a bounded gate the same
+        draws are mapped by :func:`gendistill.ops.kda.bounded_gate_init` (``A_log = 0``, ``dt_bias`` such that the
+        bounded gate at ``f = 0`` equals the paper gate's initial decay), so a bounded student starts from the decays
+        the exact student of the same seed starts from."""
         for lin in (self.f_proj[0], self.f_proj[1], self.b_proj):
             lin.weight.normal_(0.0, initializer_range)
         self.init_mamba_decay(self.A_log, self.dt_bias)
+        if self.gate_lower_bound is not None:
+            A_log, dt_bias = bounded_gate_init(self.A_log, self.dt_bias, self.gate_lower_bound)
+            self.A_log.copy_(A_log)
+            self.dt_bias.copy_(dt_bias)
 
     # ------------------------------------------------------------------------------------------------------- forward
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
@@ -58,5 +68,5 @@ class KimiDeltaAttention(TeacherShapedMixer):
         return kda_from_projections(
             q, k, v, self.f_proj(x).view(B, T, H, K), self.b_proj(x), self.A_log, self.dt_bias,
             recurrent=recurrent, initial_state=initial_state, output_final_state=output_final_state,
-            cu_seqlens=cu_seqlens, pad_mask=pad_mask,
+            cu_seqlens=cu_seqlens, pad_mask=pad_mask, gate_lower_bound=self.gate_lower_bound,
         )

@@ -57,10 +57,22 @@ def _front_matter(teacher: str | None) -> str:
     return f"---\n{data.to_yaml()}\n---\n"
 
 
+def gate_description(lower_bound: float | None) -> str:
+    """How the model card and ``gendistill convert``'s summary name the KDA decay gate (``kda_gate_lower_bound``):
+    the paper's ``-exp(A_log)*softplus(f+dt_bias)``, or fla's bounded ``lb*sigmoid(exp(A_log)*(f+dt_bias))``."""
+    if lower_bound is None:
+        return "paper gate"
+    return f"bounded, lower bound {lower_bound:g}"
+
+
 def _kda_rows(config: Any) -> list[tuple[str, Any]]:
     keys = ["linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim", "kda_kv_mode",
             "kda_conv_size", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank", "kda_gate_rank"]
-    return [(k, getattr(config, k, None)) for k in keys]
+    rows = [(k, getattr(config, k, None)) for k in keys]
+    if config.linear_attention_type == "kda":
+        lb = getattr(config, "kda_gate_lower_bound", None)
+        rows.append(("kda_gate_lower_bound (decay gate)", gate_description(lb)))
+    return rows
 
 
 def evaluation_section(rows: list[dict[str, Any]] | None) -> str:
@@ -94,6 +106,11 @@ def model_card(config: Any, *, recipe: str | None = None, stages: list[StageReco
             "(`gendistill convert --attention-layers` reads this string back.)", "", "## Linear-attention options", "",
             "| option | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in _kda_rows(config)]
+    lb = getattr(config, "kda_gate_lower_bound", None)
+    if lb is not None and config.linear_attention_type == "kda":
+        out += ["", f"The KDA decay gate is fla's bounded gate `{lb:g} * sigmoid(exp(A_log) * (f + dt_bias))`, in "
+                f"[{lb:g}, 0], not the paper's `-exp(A_log) * softplus(f + dt_bias)`; on CUDA fla's "
+                f"`chunk_kda(..., safe_gate=True, lower_bound={lb:g})` computes it."]
     out += ["", "## Distillation", ""]
     if stages:
         out.append(f"Recipe: `{recipe or 'given in Python'}`. Tokens are token slots trained on "
@@ -135,4 +152,5 @@ def update_evaluation(card_text: str, rows: list[dict[str, Any]]) -> str:
     return card_text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
 
 
-__all__ = ["StageRecord", "model_card", "update_evaluation", "evaluation_section", "public_model_name"]
+__all__ = ["StageRecord", "gate_description", "model_card", "update_evaluation", "evaluation_section",
+           "public_model_name"]

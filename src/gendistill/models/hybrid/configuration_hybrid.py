@@ -7,6 +7,7 @@ from typing import Any
 from transformers import CONFIG_MAPPING, PreTrainedConfig
 
 from gendistill.layers.registry import LINEAR_MIXERS
+from gendistill.ops.kda.gate import GATE_LOWER_BOUND_MAX, GATE_LOWER_BOUND_MIN
 from gendistill.models.hybrid.families import get_family
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
@@ -14,7 +15,8 @@ LINEAR_TYPE = "linear_attention"
 _HYBRID_FIELDS = {
     "base_model_type", "layer_types", "linear_attention_type", "kda_num_heads", "kda_num_kv_heads", "kda_head_dim",
     "kda_kv_mode", "kda_conv_size", "kda_conv_bias", "kda_conv_activation", "kda_gate_activation", "kda_decay_rank",
-    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "gla_gate_logit_normalizer", "teacher",
+    "kda_gate_rank", "kda_qkv_bias", "kda_o_bias", "kda_norm_eps", "kda_gate_lower_bound", "gla_gate_logit_normalizer",
+    "teacher",
 }
 
 # The values each categorical KDA option accepts (``None`` is written ``none`` on the command line).
@@ -32,7 +34,7 @@ def check_kda_options(options: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first unknown KDA option or bad value (so that a bad value is refused when it
     is given, never saved into a student that then fails on every forward)."""
     known = {"linear_attention_type", *KDA_OPTION_CHOICES, *_KDA_POSITIVE_INTS, *_KDA_BOOLS, "kda_norm_eps",
-             "gla_gate_logit_normalizer"}
+             "kda_gate_lower_bound", "gla_gate_logit_normalizer"}
     for key, value in options.items():
         if key not in known:
             raise ValueError(f"unknown KDA option {key!r}; known: {', '.join(sorted(known))}")
@@ -47,6 +49,11 @@ def check_kda_options(options: dict[str, Any]) -> None:
         if key == "kda_norm_eps" and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
             raise ValueError(f"kda_norm_eps must be a number in (0, 1), got {value!r}")
+        if key == "kda_gate_lower_bound" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or not GATE_LOWER_BOUND_MIN <= value < GATE_LOWER_BOUND_MAX):
+            raise ValueError(f"kda_gate_lower_bound must be a number in fla's safe range [{GATE_LOWER_BOUND_MIN:g}, "
+                             f"{GATE_LOWER_BOUND_MAX:g}), or none for the paper's gate; got {value!r}")
         if key == "gla_gate_logit_normalizer" and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise ValueError(f"gla_gate_logit_normalizer must be a positive number, got {value!r}")
@@ -54,6 +61,9 @@ def check_kda_options(options: dict[str, Any]) -> None:
             if value not in LINEAR_MIXERS:
                 raise ValueError(f"linear_attention_type must be one of {', '.join(sorted(LINEAR_MIXERS))}, "
                                  f"got {value!r}")
+    mixer = options.get("linear_attention_type", "kda")
+    if options.get("kda_gate_lower_bound") is not None and mixer != "kda":
+        raise ValueError(f"kda_gate_lower_bound bounds the KDA decay gate; the {mixer!r} mixer has no such gate")
 
 
 class HybridConfig(PreTrainedConfig):
@@ -80,6 +90,10 @@ class HybridConfig(PreTrainedConfig):
             output-gate (``g_proj``) projections (default: the head dim).
         kda_qkv_bias / kda_o_bias: biases of the KDA projections (default: as in the teacher's attention).
         kda_norm_eps: epsilon of the gated output RMSNorm (default: the teacher's ``rms_norm_eps``).
+        kda_gate_lower_bound: KDA only. ``None`` (default): the paper's decay gate ``-exp(A_log) * softplus(f +
+            dt_bias)``. A number ``lb`` in fla's safe range ``[-5, 0)``: fla's bounded gate ``lb * sigmoid(exp(A_log) *
+            (f + dt_bias))``, which fla's ``chunk_kda(..., safe_gate=True, lower_bound=lb)`` computes exactly on its
+            faster path; a different function from the paper's gate (a student needs its own distillation with it).
         gla_gate_logit_normalizer: GLA only: the decay is ``logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
             (fla's default 16).
         teacher: the teacher the student was converted from, as the user named it (a short name or hub id; a local
@@ -104,6 +118,7 @@ class HybridConfig(PreTrainedConfig):
     kda_qkv_bias: bool | None = None
     kda_o_bias: bool | None = None
     kda_norm_eps: float | None = None
+    kda_gate_lower_bound: float | None = None
     gla_gate_logit_normalizer: float = 16.0
     teacher: str | None = None
     use_cache: bool = True
@@ -132,7 +147,10 @@ class HybridConfig(PreTrainedConfig):
         head_dim = getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
         self.kda_num_heads = self.kda_num_heads or self.num_attention_heads
         self.kda_head_dim = self.kda_head_dim or head_dim
-        check_kda_options({k: getattr(self, k) for k in KDA_OPTION_CHOICES})
+        check_kda_options({k: getattr(self, k) for k in (*KDA_OPTION_CHOICES, "linear_attention_type",
+                                                         "kda_gate_lower_bound")})
+        if self.kda_gate_lower_bound is not None:
+            self.kda_gate_lower_bound = float(self.kda_gate_lower_bound)
         if self.kda_num_kv_heads is None:
             kv = getattr(self, "num_key_value_heads", None) or self.num_attention_heads
             self.kda_num_kv_heads = kv if self.kda_kv_mode == "repeat" else self.kda_num_heads

@@ -9,10 +9,10 @@ import torch
 
 from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk_kda
-from gendistill.ops.kda.gate import kda_gate, l2norm
+from gendistill.ops.kda.gate import bounded_gate_init, kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda as torch_recurrent_kda
 
-__all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "l2norm"]
+__all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "bounded_gate_init", "l2norm"]
 
 
 def kda_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
@@ -51,30 +51,37 @@ def kda_from_projections(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
     pad_mask: torch.Tensor | None = None,
+    gate_lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA from raw (pre-activation) inputs, as the mixer produces them.
 
     Args:
         q, k: ``[B, T, H, K]`` before L2 normalisation.  v: ``[B, T, H, V]``.
-        f: ``[B, T, H, K]`` raw decay-gate input; the gate is ``-exp(A_log) * softplus(f + dt_bias)``.
+        f: ``[B, T, H, K]`` raw decay-gate input; the gate is :func:`kda_gate` of it: ``-exp(A_log) *
+            softplus(f + dt_bias)``, or ``lb * sigmoid(exp(A_log) * (f + dt_bias))`` with ``gate_lower_bound=lb``.
         b: ``[B, T, H]`` beta logits (beta = sigmoid(b)).  A_log: ``[H]``.  dt_bias: ``[H * K]``.
         recurrent: use the step-by-step kernel (decode) instead of the chunked one.
         pad_mask: ``[B, T]`` 1 for tokens, 0 for padding; padded tokens get beta = 0 and no decay.
+        gate_lower_bound: ``None`` (the paper's gate) or fla's bounded gate's lower bound in ``[-5, 0)``.
 
     On CUDA with fla and no padding, normalisation, gate and sigmoid are fused into fla's kernels (no ``[B, T, H, K]``
-    float32 gate is materialised); otherwise they are applied here and the activated inputs go to
+    float32 gate is materialised; a bounded gate takes ``chunk_kda``'s ``safe_gate=True`` path, and
+    ``fused_recurrent_kda`` its ``lower_bound``); otherwise they are applied here and the activated inputs go to
     :func:`kda_chunk` / :func:`kda_recurrent`.
     """
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
+        bounded = {} if gate_lower_bound is None else {"lower_bound": gate_lower_bound}
+        if not recurrent and bounded:
+            bounded["safe_gate"] = True  # fla's faster intra-chunk kernel; it computes the gate above exactly
         kernel = fused_recurrent_kda if recurrent else chunk_kda
         return kernel(q, k, v, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state,
                       output_final_state=output_final_state, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
-                      use_beta_sigmoid_in_kernel=True, cu_seqlens=cu_seqlens)
+                      use_beta_sigmoid_in_kernel=True, cu_seqlens=cu_seqlens, **bounded)
     q = l2norm(q.float()).to(q.dtype)
     k = l2norm(k.float()).to(k.dtype)
-    g = kda_gate(f, A_log, dt_bias)
+    g = kda_gate(f, A_log, dt_bias, lower_bound=gate_lower_bound)
     beta = torch.sigmoid(b.float())
     if pad_mask is not None:
         m = pad_mask.to(g.dtype)
