@@ -245,3 +245,18 @@ def test_attention_layers_take_the_convert_grammar(tmp_path):
         assert s.attention_layers == want, spec
     with pytest.raises(ConfigError, match="--attention-layers: 'every:9': the teacher has only 8 layers"):
         check_settings(settings_from_options(tiny=True, attention_layers="every:9", out=str(tmp_path / "c")))
+
+
+def test_segmented_prefill_run_is_recorded_and_named(tmp_path, monkeypatch):
+    """GENDISTILL_KDA_PREFILL_SEGMENT set: the JSON's student entry records the segment and the file is named for it
+    (the serial run's JSON is never overwritten); the timings come back as from any run."""
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "64")
+    r = CliRunner().invoke(_bench_app(), ["bench", "--tiny", "--skip", "decode,throughput", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    path = next(tmp_path.glob("bench_*.json"))
+    assert path.name.startswith("bench_tiny-seg64_")
+    data = json.loads(path.read_text())
+    assert data["models"]["student"]["kda_prefill_segment"] == 64
+    assert all(c["student"]["ttft_ms"] > 0 for c in data["contexts"])

@@ -110,6 +110,35 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
         assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
 
 
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segmented_prefill_on_fla_matches_the_reference(dtype, gate_lower_bound, monkeypatch):
+    """GENDISTILL_KDA_PREFILL_SEGMENT: a batch-1 inference prefill of 2048 tokens in four segments run side by side
+    on fla's kernels (the first pass with V + K = 128 value columns) against our float64 path of the whole sequence,
+    and against fla's serial call (same bounds: the segmented path adds one chained state product per segment). Not
+    yet run on a GPU."""
+    from gendistill.ops.kda import kda_from_projections
+
+    B, T, H, K = 1, 2048, 4, 64
+    gen = torch.Generator(device="cuda").manual_seed(13)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
+    q, k, v, f = (r(B, T, H, K).to(dtype) for _ in range(4))
+    b = r(B, T, H).to(dtype)
+    A_log, dt_bias, h0 = 0.5 * r(H), r(H * K), r(B, H, K, K)
+    args = (q, k, v, f, b, A_log, dt_bias)
+    kw = dict(recurrent=False, initial_state=h0, output_final_state=True, gate_lower_bound=gate_lower_bound)
+    with torch.no_grad():
+        o_serial, s_serial = kda_from_projections(*args, **kw)
+        monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "512")
+        o, s = kda_from_projections(*args, **kw)
+    g = kda_gate(f.double(), A_log.double(), dt_bias.double(), lower_bound=gate_lower_bound)
+    o_ref, s_ref = torch_chunk(l2norm(q.double()), l2norm(k.double()), v.double(), g, torch.sigmoid(b.double()),
+                               initial_state=h0.double(), output_final_state=True)
+    for got in ((o, s), (o_serial, s_serial)):
+        assert rel(got[0], o_ref) < TOL[dtype], rel(got[0], o_ref)
+        assert rel(got[1], s_ref) < TOL[dtype], rel(got[1], s_ref)
+
+
 def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512, gate_lower_bound=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -1,5 +1,6 @@
 """Which kernels the operators run: fla's Triton kernels on CUDA (when importable), gendistill's pure-PyTorch forms
-elsewhere, or as ``GENDISTILL_KDA_BACKEND`` (``auto``, ``torch``, ``fla``) says."""
+elsewhere, or as ``GENDISTILL_KDA_BACKEND`` (``auto``, ``torch``, ``fla``) says; and whether a long KDA prefill runs
+its segments side by side (``GENDISTILL_KDA_PREFILL_SEGMENT``)."""
 
 from __future__ import annotations
 
@@ -42,4 +43,17 @@ def use_fla(x: torch.Tensor) -> bool:
     return x.is_cuda and fla_available()
 
 
-__all__ = ["fla_available", "use_fla"]
+def prefill_segment_tokens() -> int | None:
+    """``GENDISTILL_KDA_PREFILL_SEGMENT``: tokens per segment of a segment-parallel KDA prefill
+    (:mod:`gendistill.ops.kda.segmented`; a multiple of 64, fla's chunk, keeps every chunk whole), or None (unset,
+    empty or 0: the serial kernel)."""
+    raw = os.environ.get("GENDISTILL_KDA_PREFILL_SEGMENT", "").strip()
+    if raw in ("", "0"):
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"GENDISTILL_KDA_PREFILL_SEGMENT={raw!r}: give a positive number of tokens (e.g. 8192), "
+                         "or 0 for the serial kernel")
+    return int(raw)
+
+
+__all__ = ["fla_available", "prefill_segment_tokens", "use_fla"]
