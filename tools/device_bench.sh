@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Issue 26 (efficiency) on one H200 lease, in one background job collected by short watch calls: the GPU tests of the
+# bounded decay gate and the segment-parallel prefill, then each variant's time to first token beside the teacher
+# (bounded gate; GENDISTILL_KDA_PREFILL_SEGMENT at each of $SEGMENTS), then one complete `gendistill bench` of the
+# committed code (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed and eager, decode, peak throughput)
+# with what time is left. Random weights: no teacher and no data travel, only the wheels.
+# Here, first: bash tools/device_wheels.sh   (.whl)
+#   call 1:  COMMIT=$(git rev-parse --short HEAD) bash tools/device_bench.sh start && bash tools/device_bench.sh watch 480
+#                                                                   carry [".whl"]
+#   call 2:  bash tools/device_bench.sh watch 560                  carry []
+#   call 3:  bash tools/device_bench.sh watch 400; bash tools/device_bench.sh collect          carry []
+# Settings (environment of the start call): JOB_TIMEOUT (1500 s, the whole job), SEGMENTS (8192,16384), BOUND (-5).
+# Every step has a timeout; the job writes $RES/DONE whatever happens; collect returns what exists.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+JOB=${BENCH_JOB:-/tmp/gendistill-bench}  # (BENCH_JOB: another folder, for a check off the device)
+RES=$JOB/res
+OUT=${OUT:-$JOB/out}
+export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
+mkdir -p "$JOB" "$RES"
+step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
+left() { echo $(( ${JOB_TIMEOUT:-1500} - ($(date +%s) - $(cat "$RES/t0")) )); }
+BENCH=(python3 -m gendistill bench --config qwen3-0.6b --device cuda --dtype bf16)
+
+case "${1:-}" in
+start)  # preconditions, the wheels, an import check; then the job in the background
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
+    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
+  cat "$RES/nvidia-smi.txt"
+  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 \
+    || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
+  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
+  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
+  timeout 120 python3 -c "import torch, triton, fla, gendistill.bench; print('device:', torch.cuda.get_device_name(), \
+'| torch', torch.__version__, '| triton', triton.__version__, '| fla', fla.__version__)" 2>&1 | tee -a "$RES/steps.txt" \
+    || exit 5
+  date +%s > "$RES/t0"
+  rm -f "$RES/DONE"
+  setsid nohup bash tools/device_bench.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
+  echo "started the bench job (pid $!)"
+  ;;
+driver)  # (background)
+  trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
+  step "GPU tests: bounded gate, segmented prefill"
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or segmented" \
+    > "$RES/gpu_tests.txt" 2>&1
+  step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
+  step "bounded gate ${BOUND:--5}: TTFT beside the teacher"
+  timeout 300 "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput --kda-gate-lower-bound "${BOUND:--5}" \
+    --time-limit 240 --out "$JOB/bench/bounded" > "$RES/bench_bounded.log" 2>&1
+  step "bounded rc=$?"
+  SEGS=${SEGMENTS:-8192,16384}
+  for N in ${SEGS//,/ }; do
+    [ "${N:-0}" -gt 0 ] || continue
+    step "segmented prefill ($N tokens a segment): TTFT beside the teacher"
+    GENDISTILL_KDA_PREFILL_SEGMENT=$N timeout 240 "${BENCH[@]}" --contexts 32k,128k --skip decode,throughput \
+      --time-limit 180 --out "$JOB/bench/seg$N" > "$RES/bench_seg$N.log" 2>&1
+    step "segmented $N rc=$?"
+  done
+  LIMIT=$(( $(left) - 90 ))
+  step "complete run, --time-limit $LIMIT s"
+  [ "$LIMIT" -gt 120 ] && timeout $(( LIMIT + 60 )) "${BENCH[@]}" --time-limit "$LIMIT" --out "$JOB/bench/complete" \
+    > "$RES/bench_complete.log" 2>&1
+  RC=$?
+  step "complete rc=$RC"
+  ;;
+watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
+  LIMIT_S=${2:-480}; T0=$(date +%s)
+  while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
+  [ -e "$RES/DONE" ] && echo "job finished: $(cat "$RES/DONE")" || echo "job still running"
+  cat "$RES/steps.txt" 2>/dev/null
+  for f in "$RES"/bench_*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v Warning "$f" | tail -n 12; }; done
+  mkdir -p "$OUT"
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/gpu_tests.txt" 2>/dev/null
+    [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"; } > "$OUT/summary.txt"
+  ;;
+collect)  # <= 8 files: the summary and one tarball of every bench folder (JSON, Markdown, plots) and log
+  mkdir -p "$OUT"
+  [ -e "$OUT/summary.txt" ] || bash tools/device_bench.sh watch 0 > /dev/null
+  (cd "$JOB" && timeout 120 tar czf "$OUT/bench_results.tgz" res bench 2>/dev/null)
+  ls -la "$OUT"
+  ;;
+*) echo "usage: tools/device_bench.sh start|watch [SECONDS]|collect"; exit 2 ;;
+esac
