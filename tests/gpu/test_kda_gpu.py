@@ -139,6 +139,33 @@ def test_segmented_prefill_on_fla_matches_the_reference(dtype, gate_lower_bound,
         assert rel(got[1], s_ref) < TOL[dtype], rel(got[1], s_ref)
 
 
+def test_segmented_prefill_setting_leaves_a_captured_prefill_serial(monkeypatch):
+    """With GENDISTILL_KDA_PREFILL_SEGMENT set, a prefill captured in a CUDA graph (the bench's graphed TTFT) takes the
+    serial kernel (the segmented path moves bounds between host and device) and replays the serial result."""
+    from gendistill.ops.kda import kda_from_projections
+
+    B, T, H, K = 1, 1024, 4, 64
+    gen = torch.Generator(device="cuda").manual_seed(17)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
+    q, k, v, f = (r(B, T, H, K).to(torch.bfloat16) for _ in range(4))
+    b = r(B, T, H).to(torch.bfloat16)
+    args = (q, k, v, f, b, 0.5 * r(H), r(H * K))
+    with torch.no_grad():
+        o_serial, _ = kda_from_projections(*args, recurrent=False)
+        monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "256")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (autotuning, lazy allocations)
+            kda_from_projections(*args, recurrent=False)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            o_graph, _ = kda_from_projections(*args, recurrent=False)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(o_graph, o_serial)
+
+
 def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512, gate_lower_bound=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -70,13 +70,15 @@ def kda_from_projections(
     ``fused_recurrent_kda`` its ``lower_bound``); otherwise they are applied here and the activated inputs go to
     :func:`kda_chunk` / :func:`kda_recurrent`.
 
-    Inference prefill of one long sequence (batch 1, no packing or padding, no autograd, at least two segments of
-    ``GENDISTILL_KDA_PREFILL_SEGMENT`` tokens when that is set) runs its segments side by side
+    Inference prefill of one long sequence (batch 1, no packing or padding, no autograd, not captured in a CUDA graph,
+    at least two segments of ``GENDISTILL_KDA_PREFILL_SEGMENT`` tokens when that is set) runs its segments side by side
     (:func:`gendistill.ops.kda.segmented.segmented_prefill`): the same outputs and state, computed differently.
     """
     seg = prefill_segment_tokens()
+    # not inside a CUDA-graph capture: the segments' bounds are copied from the host and fla reads packed bounds back
     segmented = (seg is not None and not recurrent and cu_seqlens is None and pad_mask is None and q.shape[0] == 1
-                 and q.shape[1] >= 2 * seg and not torch.is_grad_enabled())
+                 and q.shape[1] >= 2 * seg and not torch.is_grad_enabled()
+                 and not (q.is_cuda and torch.cuda.is_current_stream_capturing()))
     want_state = output_final_state or segmented  # the segmented prefill chains the segments' final states
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
