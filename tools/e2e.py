@@ -24,7 +24,9 @@ With ``--long-context``, ``--scaled-context`` or ``--code`` (issue 29) the teach
 also scored on the long-context tasks (by context length and needle depth, both protocols; beyond the teacher's trained
 length with rope scaling) and on HumanEval (completions run in the sandbox) beside the distillation, the final student
 after it (phases eval_<suite>_base / _final); each suite is merged in DIR/eval_extra/<suite>/all (results.md,
-long_context.png) and summarised under its name in summary.json (mean accuracy per model and length; pass@1).
+long_context.png) and summarised under its name in summary.json (mean accuracy per model and length; pass@1). A suite
+that fails (HumanEval where no sandbox can run) is reported with its log's last line; the job goes on. These
+evaluations share the device with the distillation, so its tokens/s in such a job are not a throughput figure.
 
 Each evaluation and the distillation run as their own ``python -m gendistill`` processes (logs in DIR/logs); the
 summary is rewritten after every phase, so a job cut off keeps what it finished.
@@ -73,12 +75,12 @@ class Job:
         self.end = time.monotonic()
         self.fh.close()
 
-    def wait(self) -> tuple[float, float]:
+    def wait(self, check: bool = True) -> tuple[float, float]:
         """Block until the process has exited; its ``(start, end)``. A failed process ends the job with its log's
-        tail."""
+        tail, unless ``check`` is off (the optional suites: their failure is reported, the job goes on)."""
         self._watcher.join()
         rc = self.proc.returncode
-        if rc != 0:
+        if rc != 0 and check:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
             raise SystemExit(f"e2e: {self.name} failed (exit {rc}); log {self.log}:\n" + "\n".join(tail))
         assert self.end is not None
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the distilled students' evaluations together: from the first one's launch to the last one's exit
     phase("eval_distilled", min(j.start for j in later), max(j.end for j in later))
     for job in [*base_suites, *final_suites]:
-        phase(job.name, *job.wait())
+        phase(job.name, *job.wait(check=False))
 
     # 5. the summary
     t3 = time.monotonic()
@@ -300,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts = [extra / name / who for who in ("base", "final") if (extra / name / who / "results.json").is_file()]
         if parts:
             Job(f"eval_merge_{name}", ["eval", *[a for d in parts for a in ("--merge", str(d))],
-                                        "--out", str(extra / name / "all")], logs, env).wait()
-        summary[name] = _suite_summary(extra / name / "all", logs, name)
+                                        "--out", str(extra / name / "all")], logs, env).wait(check=False)
+        summary[name] = _suite_summary(extra / name, logs, name)
     phase("summary", t3, time.monotonic())
     summary["complete"] = True
     save()
@@ -326,6 +328,8 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool) -> di
     # a fixed small batch: these run beside the distillation, whose memory peaks later than their start
     long = ["--tasks", args.long_context_tasks, "--limit", str(args.long_context_limit), "--protocol",
             "loglik,generate", "--batch-size", "16" if cuda else "2"]
+    if args.long_context_limit < 1:
+        raise ConfigError(f"--long-context-limit must be a positive integer, got {args.long_context_limit}")
     if args.depths:
         parse_depths(args.depths)
         long += ["--depths", args.depths]
@@ -348,19 +352,22 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool) -> di
     return suites
 
 
-def _suite_summary(merged: Path, logs: Path, name: str) -> dict[str, Any]:
-    """A suite's figures from its merged ``results.json``: per model and protocol the mean accuracy over the tasks at
-    each context length (long-context suites), per model HumanEval pass@1 (code), and each row as the report keeps
-    it; or, where the suite's evaluations failed, the last lines of their logs."""
-    res_file = merged / "results.json"
+def _suite_summary(folder: Path, logs: Path, name: str) -> dict[str, Any]:
+    """A suite's figures from its merged ``folder/all/results.json``: per model and protocol the mean accuracy over
+    the tasks at each context length (long-context suites), per model HumanEval pass@1 (code), and each row as the
+    report keeps it; ``error``: the last log line of each of its evaluations (``base``: teacher + undistilled,
+    ``final``: the final student) that wrote no results."""
+    errors = {}
+    for who in ("base", "final"):
+        if not (folder / who / "results.json").is_file():
+            log = logs / f"eval_{name}_{who}.log"
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.is_file() else []
+            errors[log.stem] = lines[-1] if lines else "(no log)"
+    res_file = folder / "all" / "results.json"
     if not res_file.is_file():
-        errors = {}
-        for log in sorted(logs.glob(f"eval_{name}_*.log")):
-            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
-            errors[log.stem] = lines[-1] if lines else "(empty log)"
         return {"error": errors}
     res = json.loads(res_file.read_text())
-    out: dict[str, Any] = {"models": res["meta"]["models"], "rows": res["rows"]}
+    out: dict[str, Any] = {"models": res["meta"]["models"], "rows": res["rows"], **({"error": errors} if errors else {})}
     if name == "code":
         out["pass@1"] = {r["model"]: r["acc"] for r in res["rows"] if r["task"] == "humaneval"}
         return out
@@ -645,8 +652,8 @@ def _suite_markdown(s: dict[str, Any]) -> list[str]:
         if suite is None:
             continue
         lines += ["", f"## {title} — mean accuracy (%) over the tasks, generation / log-likelihood greedy match", ""]
-        if "error" in suite:
-            lines += [f"- {k}: {v}" for k, v in suite["error"].items()]
+        lines += [f"- failed: {k}: {v}" for k, v in suite.get("error", {}).items()]
+        if "mean_by_length" not in suite:
             continue
         means = suite["mean_by_length"]
         lengths = sorted({int(n) for per in means.values() for d in per.values() for n in d})
@@ -658,8 +665,8 @@ def _suite_markdown(s: dict[str, Any]) -> list[str]:
     code = s.get("code")
     if code is not None:
         lines += ["", "## HumanEval (greedy pass@1, %)", ""]
-        lines += ([f"- {k}: {v}" for k, v in code["error"].items()] if "error" in code else
-                  [f"- {m}: {_f(v, True)}" for m, v in code["pass@1"].items()])
+        lines += [f"- failed: {k}: {v}" for k, v in code.get("error", {}).items()]
+        lines += [f"- {m}: {_f(v, True)}" for m, v in code.get("pass@1", {}).items()]
     return lines
 
 

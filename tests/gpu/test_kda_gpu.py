@@ -110,16 +110,17 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
         assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
 
 
+@pytest.mark.parametrize("K", [64, 128])  # SmolLM2's head dim; the Qwen3 shape the bench times (256 value columns)
 @pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_segmented_prefill_on_fla_matches_the_reference(dtype, gate_lower_bound, monkeypatch):
+def test_segmented_prefill_on_fla_matches_the_reference(dtype, gate_lower_bound, K, monkeypatch):
     """GENDISTILL_KDA_PREFILL_SEGMENT: a batch-1 inference prefill of 2048 tokens in four segments run side by side
-    on fla's kernels (the first pass with V + K = 128 value columns) against our float64 path of the whole sequence,
+    on fla's kernels (the first pass with V + K value columns) against our float64 path of the whole sequence,
     and against fla's serial call (same bounds: the segmented path adds one chained state product per segment). Not
     yet run on a GPU."""
     from gendistill.ops.kda import kda_from_projections
 
-    B, T, H, K = 1, 2048, 4, 64
+    B, T, H = 1, 2048, 4
     gen = torch.Generator(device="cuda").manual_seed(13)
     r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
     q, k, v, f = (r(B, T, H, K).to(dtype) for _ in range(4))

@@ -190,3 +190,13 @@ def test_kda_from_projections_applies_the_bounded_gate(recurrent):
     assert rel(o, o_ref) < TOL_VS_FLA and rel(s, s_ref) < TOL_VS_FLA
     o_paper, _ = kda_from_projections(q, k, v, f, b, A_log, dt_bias, recurrent=recurrent)
     assert rel(o_paper, o_ref) > 1e-2  # the option changes the function
+
+
+def test_bounded_init_keeps_the_parameters_device():
+    """Re-initialising parameters that already live on a device (here ``meta``, as transformers builds models) keeps
+    them there: the init's working tensors follow the parameters."""
+    from gendistill.ops.kda import bounded_gate_init
+
+    A_log, dt_bias = torch.zeros(3, device="meta"), torch.zeros(12, device="meta")
+    a, d = bounded_gate_init(A_log, dt_bias, -5.0)
+    assert a.device.type == d.device.type == "meta" and a.shape == (3,) and d.shape == (12,)

@@ -52,7 +52,6 @@ def summarize(teacher_name: str, teacher, student, cache_dtype: torch.dtype = to
     )
 
 
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

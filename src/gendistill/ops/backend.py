@@ -45,14 +45,14 @@ def use_fla(x: torch.Tensor) -> bool:
 
 def prefill_segment_tokens() -> int | None:
     """``GENDISTILL_KDA_PREFILL_SEGMENT``: tokens per segment of a segment-parallel KDA prefill
-    (:mod:`gendistill.ops.kda.segmented`; a multiple of 64, fla's chunk, keeps every chunk whole), or None (unset,
-    empty or 0: the serial kernel)."""
+    (:mod:`gendistill.ops.kda.segmented`; a multiple of 64, fla's chunk, so that every chunk stays whole), or None
+    (unset, empty or 0: the serial kernel)."""
     raw = os.environ.get("GENDISTILL_KDA_PREFILL_SEGMENT", "").strip()
     if raw in ("", "0"):
         return None
-    if not raw.isdigit():
-        raise ValueError(f"GENDISTILL_KDA_PREFILL_SEGMENT={raw!r}: give a positive number of tokens (e.g. 8192), "
-                         "or 0 for the serial kernel")
+    if not raw.isdigit() or int(raw) % 64:
+        raise ValueError(f"GENDISTILL_KDA_PREFILL_SEGMENT={raw!r}: give a positive number of tokens, a multiple of 64 "
+                         "(fla's chunk; e.g. 8192), or 0 for the serial kernel")
     return int(raw)
 
 

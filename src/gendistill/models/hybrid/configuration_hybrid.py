@@ -7,8 +7,8 @@ from typing import Any
 from transformers import CONFIG_MAPPING, PreTrainedConfig
 
 from gendistill.layers.registry import LINEAR_MIXERS
-from gendistill.ops.kda.gate import GATE_LOWER_BOUND_MAX, GATE_LOWER_BOUND_MIN
 from gendistill.models.hybrid.families import get_family
+from gendistill.ops.kda.gate import GATE_LOWER_BOUND_MAX, GATE_LOWER_BOUND_MIN
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
 LINEAR_TYPE = "linear_attention"

@@ -79,7 +79,6 @@ def kda_from_projections(
     segmented = (seg is not None and not recurrent and cu_seqlens is None and pad_mask is None and q.shape[0] == 1
                  and q.shape[1] >= 2 * seg and not torch.is_grad_enabled()
                  and not (q.is_cuda and torch.cuda.is_current_stream_capturing()))
-    want_state = output_final_state or segmented  # the segmented prefill chains the segments' final states
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
@@ -88,7 +87,7 @@ def kda_from_projections(
             bounded["safe_gate"] = True  # fla's faster intra-chunk kernel; it computes the gate above exactly
         kernel = fused_recurrent_kda if recurrent else chunk_kda
 
-        def run(vv, h0, cu):
+        def run(vv, h0, cu, want_state):
             return kernel(q, k, vv, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=h0, output_final_state=want_state,
                           use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
                           cu_seqlens=cu, **bounded)
@@ -104,9 +103,9 @@ def kda_from_projections(
             beta = beta.to(q.dtype)
         kernel = kda_recurrent if recurrent else kda_chunk
 
-        def run(vv, h0, cu):
+        def run(vv, h0, cu, want_state):
             return kernel(q, k, vv, g, beta, initial_state=h0, output_final_state=want_state, cu_seqlens=cu)
     if not segmented:
-        return run(v, initial_state, cu_seqlens)
+        return run(v, initial_state, cu_seqlens, output_final_state)
     o, state = segmented_prefill(run, v, q.shape[-1], segment_bounds(q.shape[1], seg, q.device), initial_state)
     return o, (state if output_final_state else None)

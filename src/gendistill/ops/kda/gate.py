@@ -60,7 +60,8 @@ def bounded_gate_init(A_log: torch.Tensor, dt_bias: torch.Tensor, lower_bound: f
         ``(A_log' [H] zeros, dt_bias' [H * K])`` in the dtypes of the inputs.
     """
     K = dt_bias.numel() // A_log.numel()
-    g0 = kda_gate(torch.zeros(1, 1, A_log.numel(), K, dtype=torch.float64), A_log, dt_bias).reshape(-1)
+    g0 = kda_gate(torch.zeros(1, 1, A_log.numel(), K, dtype=torch.float64, device=A_log.device), A_log,
+                  dt_bias).reshape(-1)
     s = (g0 / lower_bound).clamp(max=max_fraction)
     return torch.zeros_like(A_log), torch.logit(s).to(dt_bias.dtype)
 

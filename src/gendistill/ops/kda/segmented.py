@@ -12,7 +12,8 @@ Both come from one run of the kernel over every segment at once (segments as pac
 states then follow by ``S_i = P_{i-1} S_{i-1} + F_{i-1}`` (``N`` small matrix products), and a second run over every
 segment at once, each from its true start state, gives the outputs. Nothing is approximated: the outputs are the
 serial kernel's up to floating-point rounding, at about three times the serial arithmetic (the first run carries
-``V + K`` value columns) spread over ``N`` times the parallel work.
+``V + K`` value columns, and its intermediates take about ``(V + K) / V`` times the serial call's memory) spread over
+``N`` times the parallel work.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from collections.abc import Callable
 
 import torch
 
-#: ``run(v, initial_state, cu_seqlens) -> (o, final_state)``: a chunked KDA over packed sequences (batch 1) with
-#: everything but the values and the start states fixed; ``v`` ``[1, T, H, V']``, states ``[N, H, K, V']`` float32.
-KdaRun = Callable[[torch.Tensor, torch.Tensor, torch.LongTensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``run(v, initial_state, cu_seqlens, output_final_state) -> (o, final_state or None)``: a chunked KDA over packed
+#: sequences (batch 1) with everything but the values and the start states fixed; ``v`` ``[1, T, H, V']``, states
+#: ``[N, H, K, V']`` float32.
+KdaRun = Callable[[torch.Tensor, torch.Tensor, torch.LongTensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def segment_bounds(length: int, segment_tokens: int, device: torch.device | None = None) -> torch.LongTensor:
@@ -60,7 +62,7 @@ def segmented_prefill(
     sdt = torch.float64 if v.dtype == torch.float64 else torch.float32  # the kernels' state precision
     start0 = torch.zeros(N, H, K, V + K, dtype=sdt, device=dev)
     start0[..., V:] = torch.eye(K, dtype=sdt, device=dev)
-    _, ends = run(torch.cat([v, v.new_zeros(1, T, H, K)], dim=-1), start0, cu_seqlens)  # [N, H, K, V + K]
+    _, ends = run(torch.cat([v, v.new_zeros(1, T, H, K)], dim=-1), start0, cu_seqlens, True)  # [N, H, K, V + K]
     ends = ends.to(sdt)
     F, P = ends[..., :V], ends[..., V:]
     s = v.new_zeros(H, K, V, dtype=sdt) if initial_state is None else initial_state[0].to(sdt)
@@ -68,5 +70,5 @@ def segmented_prefill(
     for i in range(N):  # N small products: [H, K, K] @ [H, K, V]
         starts.append(s)
         s = P[i] @ s + F[i]
-    o, _ = run(v, torch.stack(starts), cu_seqlens)
+    o, _ = run(v, torch.stack(starts), cu_seqlens, False)
     return o, s.unsqueeze(0)
