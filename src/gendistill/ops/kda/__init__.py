@@ -88,9 +88,11 @@ def kda_from_projections(
         kernel = fused_recurrent_kda if recurrent else chunk_kda
 
         def run(vv, h0, cu, want_state):
+            # bounds given on the host (the segments') also go to fla as cu_seqlens_cpu: no read-back per call
+            host = {"cu_seqlens_cpu": cu} if cu is not None and cu.device.type == "cpu" else {}
             return kernel(q, k, vv, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=h0, output_final_state=want_state,
                           use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                          cu_seqlens=cu, **bounded)
+                          cu_seqlens=None if cu is None else cu.to(q.device), **host, **bounded)
     else:
         q = l2norm(q.float()).to(q.dtype)
         k = l2norm(k.float()).to(k.dtype)
@@ -107,5 +109,5 @@ def kda_from_projections(
             return kernel(q, k, vv, g, beta, initial_state=h0, output_final_state=want_state, cu_seqlens=cu)
     if not segmented:
         return run(v, initial_state, cu_seqlens, output_final_state)
-    o, state = segmented_prefill(run, v, q.shape[-1], segment_bounds(q.shape[1], seg, q.device), initial_state)
+    o, state = segmented_prefill(run, v, q.shape[-1], segment_bounds(q.shape[1], seg), initial_state)
     return o, (state if output_final_state else None)
