@@ -147,3 +147,21 @@ def test_the_shipped_sweep_grid_shares_its_base_and_keeps_the_heldout_documents(
         assert d3a.sources[0].limit == limit and d3a.heldout_documents == r.data.heldout_documents == 24
         assert [r.stage_data(s).sources[0].limit for s in r.stages[:2]] == [850, 850]
     assert g.base.teacher.spec == "/nowhere/teacher.gguf"
+
+
+def test_the_shipped_gate_grid_trains_each_gate_from_stage_1_on_equal_tokens():
+    """gate-smollm2-lease (issue 26): the paper's gate and fla's bounded one are different students from their
+    conversion on, so nothing is shared; both cells train the same tokens per stage and the bounded cell's student
+    carries its lower bound."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("gate-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    assert set(chains) == {"gate=paper", "gate=bounded-5"}
+    assert not set(chains["gate=paper"]) & set(chains["gate=bounded-5"]) and plan["distinct_nodes"] == 8
+    cells = {c.name: c.recipe for c in g.cells}
+    assert cells["gate=paper"].student.kda_options.get("kda_gate_lower_bound") is None
+    assert cells["gate=bounded-5"].student.kda_options["kda_gate_lower_bound"] == -5.0
+    assert [s.total_steps() for s in cells["gate=paper"].stages] == [s.total_steps() for s in
+                                                                     cells["gate=bounded-5"].stages]
