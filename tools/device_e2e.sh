@@ -2,7 +2,8 @@
 # One GPU lease, several device calls (the wheels, the teacher GGUF's two pieces and the data travel in three calls of
 # <= 64 MiB each):
 #   call 1:  tools/device_e2e.sh setup                                   (carry .whl .device/carry1: GGUF piece 1)
-#            (optionally: tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
+#            (optionally: tools/device_e2e.sh tests FILE... — GPU test files, bounded by TESTS_TIMEOUT (240 s);
+#             tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
 #   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
@@ -61,6 +62,11 @@ warm)  # in the background (outlives the call): compile and autotune fla's kerne
     --out "$JOB/train_throughput_smollm2-135m.json" > "$JOB/warm.log" 2>&1 < /dev/null &
   echo "warm-up started (pid $!)"
   ;;
+tests)  # GPU test files named after it, bounded (e.g. tests/gpu/test_eval_long_context_gpu.py for issue 29)
+  shift
+  mkdir -p "$OUT"
+  timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -n 15
+  ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
   [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
   timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
@@ -97,5 +103,5 @@ collect)
     --exclude='undistilled' . 2>/dev/null
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_e2e.sh setup|bench|data|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
+*) echo "usage: tools/device_e2e.sh setup|tests FILE...|bench|data|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
 esac
