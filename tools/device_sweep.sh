@@ -6,13 +6,13 @@
 # Here, first (in the checkout the calls send):
 #   bash tools/device_wheels.sh                                     (.whl, ~18 MiB)
 #   python tools/device_data.py --split-mib 40 --limit 200        (.device/carry1 40.0 MiB: GGUF piece 1 + manifest;
-#                                                                    carry2 53.8 MiB: piece 2; carry3 25.6 MiB: data)
+#                                                                    carry2 53.8 MiB: piece 2; carry3 ~44 MiB: data)
 #   gendistill ablate sweep-smollm2-lease --dry-run                 (the cells; nothing is written)
 # Then, one lease (what lies under /tmp stays between the calls of one lease):
 #   call 1:  bash tools/device_sweep.sh setup                       carry [".whl", ".device/carry1"]     (~61 MiB)
 #   call 2:  bash tools/device_sweep.sh data                        carry [".device/carry2"]             (~57 MiB)
 #   call 3:  COMMIT=<sha> bash tools/device_sweep.sh start [--set ...] && bash tools/device_sweep.sh watch 480
-#                                                                   carry [".device/carry3"]             (~29 MiB)
+#                                                                   carry [".device/carry3"]             (~48 MiB)
 #   call 4:  bash tools/device_sweep.sh watch 540; bash tools/device_sweep.sh collect      carry []
 #   (call 5, if the job still runs: watch + collect again; collect copies what exists, the report is rebuilt after
 #    every cell)
