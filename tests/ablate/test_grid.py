@@ -75,7 +75,10 @@ def test_mixer_axis_uses_the_registry(write_grid):
     from gendistill.layers.registry import LINEAR_MIXERS
 
     g = load_grid(write_grid({"mixer": sorted(LINEAR_MIXERS)}))
-    assert [c.recipe.student.kda_options["linear_attention_type"] for c in g.cells] == sorted(LINEAR_MIXERS)
+    assert [c.recipe.student.kda_options.get("linear_attention_type", "kda") for c in g.cells] == sorted(LINEAR_MIXERS)
+    # the base's own mixer (KDA) is the base recipe itself: nothing is set, so it shares the base's stage runs
+    assert [c for c in g.cells if "linear_attention_type" not in c.recipe.student.kda_options] == \
+        [c for c in g.cells if c.assignment["mixer"] == "kda"]
     with pytest.raises(ConfigError, match="unknown mixer 'nope'; registered: .*kda"):
         load_grid(write_grid({"mixer": ["kda", "nope"]}))
 
@@ -165,3 +168,22 @@ def test_the_shipped_gate_grid_trains_each_gate_from_stage_1_on_equal_tokens():
     assert cells["gate=bounded-5"].student.kda_options["kda_gate_lower_bound"] == -5.0
     assert [s.total_steps() for s in cells["gate=paper"].stages] == [s.total_steps() for s in
                                                                      cells["gate=bounded-5"].stages]
+
+
+def test_the_shipped_ablation_grid_covers_four_axes_and_shares_what_it_can():
+    """ablate-smollm2 (issue 28): masking and freezing differ only in stage 3b, each objective retrains 3a-3b, each
+    other mixer everything; the base cell of every axis is one recipe (one pipeline, one evaluation). What the lease
+    trains is counted here: 23 distinct stage runs, 9 evaluations, every cell the same tokens per stage."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("ablate-smollm2", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    base = chains["masking=completion_only"]
+    assert chains["freeze=attention"] == chains["objective=forward_kl"] == chains["mixer=kda"] == base
+    assert all(chains[c][:3] == base[:3] and chains[c][3] != base[3] for c in ("masking=all_tokens", "freeze=none"))
+    assert all(chains[c][:2] == base[:2] and chains[c][2] != base[2] for c in ("objective=reverse_kl", "objective=kl+ce"))
+    assert all(chains[f"mixer={m}"][0] != base[0] for m in ("gated_deltanet", "gla", "mamba2"))
+    assert plan["distinct_nodes"] == 23 and plan["distinct_evals"] == 9
+    steps = {tuple(s.total_steps() for s in c.recipe.stages) for c in g.cells}
+    assert len(steps) == 1, "equal budget: every cell trains the same steps per stage"

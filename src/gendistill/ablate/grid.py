@@ -277,10 +277,12 @@ def _builtin_variants(axis: str, spec: AxisConfig, raw_base: dict[str, Any], pre
         if student.get("path") is not None:
             raise ConfigError(f"{where}: the base recipe loads an existing student (student.path); the mixer axis "
                               f"needs a student converted from the teacher (student.attention_layers)")
+        base_mixer = (student.get("kda_options") or {}).get("linear_attention_type", "kda")
         for v in spec.variants:
             if v not in LINEAR_MIXERS:
                 raise ConfigError(f"{where}: unknown mixer {v!r}; registered: {', '.join(sorted(LINEAR_MIXERS))}")
-            out[v] = {"student.kda_options.linear_attention_type": v}
+            # the base's own mixer is the base recipe unchanged, so that cell shares the base's stage runs
+            out[v] = {} if v == base_mixer else {"student.kda_options.linear_attention_type": v}
         return out
     m = _STAGE_SUFFIX.match(axis)
     if m is None:
