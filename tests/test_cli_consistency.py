@@ -4,6 +4,7 @@ and the ``recipes`` command; ``distill`` takes a shipped recipe by name; ``--hel
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,20 @@ def test_help_points_at_nothing_a_wheel_install_lacks():
     for name in _commands():
         text = runner.invoke(app, [name, "--help"], terminal_width=200).output
         assert "recipes/" not in text and "docs/" not in text, name
+
+
+def test_help_shows_no_sphinx_markup_and_no_broken_lines():
+    """Docstrings are written for Sphinx (``:func:`x```, double backticks); ``--help`` shows them as plain text, and
+    the command list does not break a description where the source line ends."""
+    runner = CliRunner()
+    pages = {name: runner.invoke(app, [name, "--help"], terminal_width=200).output for name in _commands()}
+    pages["(top)"] = runner.invoke(app, ["--help"], terminal_width=200).output
+    for name, text in pages.items():
+        assert not re.search(r":(func|mod|class|meth|attr):`|``", text), (name, text)
+    helps = {cmd.name or cmd.callback.__name__: cmd.help for cmd in app.registered_commands}
+    assert "A thin wrapper over `gendistill.evaluate`." in helps["eval"]
+    assert "runs as `gendistill distill NAME`; copy one" in helps["recipes"]  # joined where the source line broke
+    assert all(h and "\n" not in h.strip() for h in helps.values()), helps
 
 
 def test_version_and_python_dash_m():
