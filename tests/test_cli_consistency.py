@@ -115,6 +115,7 @@ def test_recipes_lists_and_prints_the_shipped_recipes():
     for r in shipped:  # package data, each with a one-line description (its first comment line)
         assert r.path.parent == Path(gendistill.__file__).parent / "recipes"
         assert r.description and not r.description.startswith("#") and r.description in r.path.read_text()
+        assert r.description.endswith("."), r  # a whole sentence, not a line cut mid-phrase
     one = runner.invoke(app, ["recipes", "tiny-cpu"])
     assert one.exit_code == 0 and one.output == (Path(gendistill.__file__).parent / "recipes" / "tiny-cpu.yaml"
                                                  ).read_text()
