@@ -136,6 +136,27 @@ def test_distill_takes_a_shipped_name_and_names_a_missing_data_folder(tmp_path, 
     assert r.exit_code == 2 and "no shipped recipe named 'no-such-recipe'" in r.stderr
 
 
+def test_a_missing_data_folder_reads_the_same_in_distill_and_eval(tmp_path, monkeypatch):
+    """Where no data folder is found, distill and eval say the same thing about how to provide one."""
+    import gendistill.distill.pipeline as pipeline
+    import gendistill.eval.task as task
+    from gendistill.io import DATA_HINT
+
+    monkeypatch.delenv("GENDISTILL_DATA_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "data_dir", lambda: None)
+    monkeypatch.setattr(task, "data_dir", lambda: None)
+    monkeypatch.setattr("gendistill.distill.recipe_files.data_dir", lambda: None)
+    r = CliRunner().invoke(app, ["distill", "tiny-cpu", "--dry-run", "--set", f"run.output_dir={tmp_path / 'run'}"])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "error: data.sources[0].path: pretrain_wikipedia_en_00.jsonl.gz is neither beside the recipe nor in a data "
+        f"folder ({DATA_HINT})")
+    r = CliRunner().invoke(app, ["eval", "-m", "x/y", "--tasks", "arc_easy", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"error: task arc_easy: benchmark folder not found ({DATA_HINT}), needed for arc_easy_test.jsonl.gz")
+    assert "../shared/data" in DATA_HINT and "GENDISTILL_DATA_DIR" in DATA_HINT
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ev").exists()
+
+
 @pytest.mark.parametrize("args", [["bench", "--tiny", "--dtype", "int3"], ["eval", "-m", "x", "--device", "gpu"],
                                   ["chat", "-p", "hi", "-t", "x", "--dtype", "int3"]])
 def test_device_and_dtype_mistakes_read_the_same_in_every_command(args, tmp_path):
