@@ -272,7 +272,7 @@ def _hub_error(source: TeacherSource, exc: BaseException, what: str) -> Gendisti
     # An id such as runs/student is also a mistyped relative path: say that no such file or folder exists here too.
     return GendistillError(
         f"cannot load the {what} of '{source.location}': no file or folder of that name in {Path.cwd()}, and as a "
-        f"hub id: {why}; pass an existing model folder or .gguf file, or download it elsewhere and pass its folder"
+        f"hub id: {why}; download it elsewhere and pass the local folder, or pass a .gguf file"
     )
 
 
