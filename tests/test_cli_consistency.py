@@ -4,6 +4,7 @@ and the ``recipes`` command; ``distill`` takes a shipped recipe by name; ``--hel
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,20 @@ def test_help_points_at_nothing_a_wheel_install_lacks():
         assert "recipes/" not in text and "docs/" not in text, name
 
 
+def test_help_shows_no_sphinx_markup_and_no_broken_lines():
+    """Docstrings are written for Sphinx (``:func:`x```, double backticks); ``--help`` shows them as plain text, and
+    the command list does not break a description where the source line ends."""
+    runner = CliRunner()
+    pages = {name: runner.invoke(app, [name, "--help"], terminal_width=200).output for name in _commands()}
+    pages["(top)"] = runner.invoke(app, ["--help"], terminal_width=200).output
+    for name, text in pages.items():
+        assert not re.search(r":(func|mod|class|meth|attr):`|``", text), (name, text)
+    helps = {cmd.name or cmd.callback.__name__: cmd.help for cmd in app.registered_commands}
+    assert "A thin wrapper over `gendistill.evaluate`." in helps["eval"]
+    assert "runs as `gendistill distill NAME`; copy one" in helps["recipes"]  # joined where the source line broke
+    assert all(h and "\n" not in h.strip() for h in helps.values()), helps
+
+
 def test_version_and_python_dash_m():
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"gendistill {gendistill.__version__}"
@@ -100,6 +115,7 @@ def test_recipes_lists_and_prints_the_shipped_recipes():
     for r in shipped:  # package data, each with a one-line description (its first comment line)
         assert r.path.parent == Path(gendistill.__file__).parent / "recipes"
         assert r.description and not r.description.startswith("#") and r.description in r.path.read_text()
+        assert r.description.endswith("."), r  # a whole sentence, not a line cut mid-phrase
     one = runner.invoke(app, ["recipes", "tiny-cpu"])
     assert one.exit_code == 0 and one.output == (Path(gendistill.__file__).parent / "recipes" / "tiny-cpu.yaml"
                                                  ).read_text()
@@ -118,6 +134,27 @@ def test_distill_takes_a_shipped_name_and_names_a_missing_data_folder(tmp_path, 
                                 f"the recipe nor in the data folder {tmp_path / 'nothing-here'}")
     r = CliRunner().invoke(app, ["distill", "no-such-recipe"])
     assert r.exit_code == 2 and "no shipped recipe named 'no-such-recipe'" in r.stderr
+
+
+def test_a_missing_data_folder_reads_the_same_in_distill_and_eval(tmp_path, monkeypatch):
+    """Where no data folder is found, distill and eval say the same thing about how to provide one."""
+    import gendistill.distill.pipeline as pipeline
+    import gendistill.eval.task as task
+    from gendistill.io import DATA_HINT
+
+    monkeypatch.delenv("GENDISTILL_DATA_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "data_dir", lambda: None)
+    monkeypatch.setattr(task, "data_dir", lambda: None)
+    monkeypatch.setattr("gendistill.distill.recipe_files.data_dir", lambda: None)
+    r = CliRunner().invoke(app, ["distill", "tiny-cpu", "--dry-run", "--set", f"run.output_dir={tmp_path / 'run'}"])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "error: data.sources[0].path: pretrain_wikipedia_en_00.jsonl.gz is neither beside the recipe nor in a data "
+        f"folder ({DATA_HINT})")
+    r = CliRunner().invoke(app, ["eval", "-m", "x/y", "--tasks", "arc_easy", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"error: task arc_easy: benchmark folder not found ({DATA_HINT}), needed for arc_easy_test.jsonl.gz")
+    assert "../shared/data" in DATA_HINT and "GENDISTILL_DATA_DIR" in DATA_HINT
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ev").exists()
 
 
 @pytest.mark.parametrize("args", [["bench", "--tiny", "--dtype", "int3"], ["eval", "-m", "x", "--device", "gpu"],

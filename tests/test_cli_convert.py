@@ -110,14 +110,23 @@ def test_existing_output_is_kept_without_overwrite(tiny_teacher, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out)])
-    assert result.exit_code == 2 and "already exists" in result.output
+    # no hint at --overwrite, which would be refused for this folder: the line says why it is not ours to replace
+    assert result.exit_code == 2 and "not written by gendistill" in result.output and "pass --overwrite" not in \
+        result.output
     assert (out / "keep.txt").read_text() == "precious"
+    a_file = tmp_path / "notes.md"
+    a_file.write_text("mine")
+    result = runner.invoke(app, ["convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out",
+                                 str(a_file)])
+    assert result.exit_code == 2 and "is not a folder" in result.output and a_file.read_text() == "mine"
     # --overwrite replaces only a folder gendistill wrote: a folder of user files is refused and kept
     result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out), "--overwrite")
     assert result.exit_code == 2 and "not written by gendistill" in result.output
     assert (out / "keep.txt").read_text() == "precious"
     student = tmp_path / "converted"
     assert invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(student)).exit_code == 0
+    result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "1", "--out", str(student))
+    assert result.exit_code == 2 and "already exists (pass --overwrite to replace it)" in result.output
     (student / "stale.txt").write_text("from before")
     result = invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "1", "--out", str(student),
                     "--overwrite")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,8 +66,11 @@ def test_a_hub_id_is_loaded_through_transformers_up_to_the_network_boundary(monk
     ref = resolve_model("someone/some-model")
     assert (ref.kind, ref.location, ref.label) == ("hub", "someone/some-model", "someone/some-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(GendistillError, match="someone/some-model"):
+    with pytest.raises(GendistillError, match="someone/some-model") as offline:
         load_model("someone/some-model")
+    # A hub id is also what a mistyped relative folder looks like: the one line says both were tried.
+    assert f"no file or folder of that name in {Path.cwd()}, and as a hub id: HF_HUB_OFFLINE is set" in \
+        str(offline.value)
 
     import gendistill.models.loading as loading
     from transformers import PretrainedConfig

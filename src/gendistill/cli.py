@@ -10,6 +10,8 @@ to evaluate; ``--teacher``/``-t`` and ``--student``/``-s`` where both roles exis
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Optional
 
 import typer
@@ -72,10 +74,22 @@ app.command("recipes")(recipes_command)
 for _commands in (convert_cli, chat_cli, distill_cli, eval_cli, ablate_cli, bench_cli, select_cli, demo_cli):
     _commands.register(app)
 
-# One error handler for every command: a GendistillError is one line on stderr and exit status 2.
+
+def terminal_help(docstring: str) -> str:
+    """A command's docstring as ``--help`` shows it: Sphinx markup (``:func:`x```, double backticks) reads in a
+    terminal as noise, so a role becomes its plain target and a double-backtick literal a single-backtick one; the
+    lines of a paragraph are joined (the command list would otherwise break them where the source does)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", docstring).replace("``", "`")
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
+
+
+# One error handler for every command: a GendistillError is one line on stderr and exit status 2. Each command's
+# help is its docstring without Sphinx markup.
 for _command in app.registered_commands:
     if _command.callback is not None and not getattr(_command.callback, "__gendistill_errors__", False):
         _command.callback = user_errors(_command.callback)
+    if _command.callback is not None and _command.help is None and _command.callback.__doc__:
+        _command.help = terminal_help(inspect.getdoc(_command.callback))
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from gendistill.errors import DataError
 from gendistill.ownership import file_mode, temp_sibling
 
 DATA_ENV = "GENDISTILL_DATA_DIR"
+#: How to provide the data folder when :func:`data_dir` finds none: one wording in every error that needs it.
+DATA_HINT = f"set {DATA_ENV}, or place shared/data beside the working folder (../shared/data)"
 
 
 def data_dir() -> Path | None:

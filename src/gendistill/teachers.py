@@ -269,9 +269,10 @@ def _hub_error(source: TeacherSource, exc: BaseException, what: str) -> Gendisti
         why = "the hub cannot be reached (no network) and it is not in the local Hugging Face cache"
     else:
         why = first_line(exc, 200)
+    # An id such as runs/student is also a mistyped relative path: say that no such file or folder exists here too.
     return GendistillError(
-        f"cannot load the {what} of hub teacher '{source.location}': {why}; "
-        "download it elsewhere and pass the local folder, or pass a .gguf file"
+        f"cannot load the {what} of '{source.location}': no file or folder of that name in {Path.cwd()}, and as a "
+        f"hub id: {why}; download it elsewhere and pass the local folder, or pass a .gguf file"
     )
 
 

@@ -32,6 +32,7 @@ def test_exact_boundary(boundary):
     res = find_max_batch(fake.attempt, max_batch=1024, rel_tol=0.0, cleanup=fake.cleanup)
     assert res.best_batch == boundary
     assert res.first_failure == boundary + 1
+    assert res.bound_note() == f"first OOM at batch {boundary + 1}"
     assert res.best_value == {"batch": boundary}
     assert fake.cleanups == sum(1 for _, ok in res.trials if not ok)  # memory freed after every OOM
     assert len(fake.calls) <= 2 * (boundary.bit_length() + 1) + 1  # doubling + bisection, not a linear scan
@@ -49,6 +50,7 @@ def test_capped_without_oom_reaches_max_batch():
     res = find_max_batch(fake.attempt, max_batch=100, cleanup=fake.cleanup)
     assert res.best_batch == 100 and res.capped and res.first_failure is None
     assert fake.calls == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert res.bound_note() == "no OOM up to --max-batch"  # what the bench's log says, never 'first OOM at None'
 
 
 def test_batch_one_does_not_fit():

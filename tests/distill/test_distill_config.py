@@ -98,6 +98,27 @@ def test_bad_recipes_name_the_key(mutate, message):
         parse_recipe(d)
 
 
+def test_a_mistyped_key_is_one_problem_with_the_key_it_stands_for(tmp_path):
+    """A typo in a required key was two problems (the key missing, the typo unknown); it is now one, with the known
+    key suggested, also for optional keys (from the recipe's schema) and for a key set with --set."""
+    d = base()
+    d["stages"][0]["seq_lenn"] = d["stages"][0].pop("seq_len")
+    with pytest.raises(ConfigError) as err:
+        parse_recipe(d, "r.yaml")
+    assert str(err.value) == "r.yaml: stages[0].seq_lenn: unknown key (did you mean seq_len?)"
+    cases = {"stages[1].eval_evry": "eval_every", "run.outptu_dir": "output_dir", "stages[0].optim.lrr": "lr",
+             "data.sources[0].formatt": "format"}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base()))
+    for key, near in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_recipe(p, [f"{key}=1"])
+        assert str(err.value) == f"{p} with --set {key}=1: {key}: unknown key (did you mean {near}?)"
+    with pytest.raises(ConfigError) as err:  # nothing near: no guess
+        load_recipe(p, ["stages[0].zzz=1"])
+    assert str(err.value).endswith("stages[0].zzz: unknown key")
+
+
 def test_batch_arithmetic():
     s = parse_recipe(base()).stages[1]
     assert s.grad_accum_for(1) == 4 and s.grad_accum_for(2) == 2 and s.grad_accum_for(4) == 1

@@ -18,7 +18,7 @@ from tests.reliability.conftest import assert_one_line_error, cli, write_recipe
     (["--teacher", "/no/such/folder"], "--teacher: teacher file or folder /no/such/folder does not exist"),
     (["--tiny", "--attention-layers", "0,99"], "--attention-layers: attention layer 99"),
     (["--tiny", "--device", "cuda"], "CUDA is not available"),
-    (["--tiny", "--skip", "everything"], "--skip: unknown"),
+    (["--tiny", "--skip", "everything"], "--skip: unknown everything; known: cache, ttft, decode, throughput"),
 ])
 def test_bench_mistakes_are_one_line(tmp_path, args, fragment):
     import torch

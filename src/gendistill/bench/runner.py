@@ -451,7 +451,7 @@ class Runner:
         e["throughput_tok_s"] = b * G / (r["ms"] / 1e3)
         e["throughput_peak_mem_bytes"] = r["peak_mem_bytes"] or None
         self.log(f"  peak throughput {e['throughput_tok_s']:.1f} tok/s at batch {b}"
-                 f" (first OOM at {res.first_failure}{', capped at --max-batch' if res.capped else ''})")
+                 f" ({res.bound_note()})")
         del template, first
         free_memory()
 

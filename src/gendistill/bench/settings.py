@@ -194,7 +194,7 @@ def settings_from_options(**o) -> BenchSettings:
     skip = tuple(x.strip() for x in (o.get("skip") or "").split(",") if x.strip())
     bad = [x for x in skip if x not in MEASUREMENTS]
     if bad:
-        raise ConfigError(f"--skip: unknown {bad}; known: {list(MEASUREMENTS)}")
+        raise ConfigError(f"--skip: unknown {', '.join(bad)}; known: {', '.join(MEASUREMENTS)}")
     overrides = {
         k: v
         for k, v in dict(

@@ -46,6 +46,10 @@ class SweepResult:
         """True when the search stopped at max_batch without ever running out of memory."""
         return self.first_failure is None
 
+    def bound_note(self) -> str:
+        """What bounded the search, for a log line: ``first OOM at batch N`` or ``no OOM up to --max-batch``."""
+        return "no OOM up to --max-batch" if self.capped else f"first OOM at batch {self.first_failure}"
+
 
 def find_max_batch(
     attempt: Callable[[int], Any],

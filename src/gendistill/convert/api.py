@@ -70,10 +70,10 @@ def _kda_options(mixer: str, kv_mode: str, gate_activation: str, conv_activation
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists():  # a file, or a folder --overwrite may not replace, is named as such (the hint would not work)
+        check_replaceable(out, "student", "--out")
     if out.exists() and not overwrite:
         raise GendistillError(f"--out: output folder {out} already exists (pass --overwrite to replace it)")
-    if overwrite:
-        check_replaceable(out, "student", "--out")
     check_writable(out, "--out")
 
 

@@ -106,10 +106,10 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
     publishing is exclusive: if ``out_dir`` appeared while the student was being written (a second run into the same
     folder), nothing is replaced and the error says so. Temporary folders of killed earlier saves are removed."""
     out = Path(out_dir)
+    if out.exists():  # a file, or a folder --overwrite may not replace, is named as such (the hint would not work)
+        check_replaceable(out, "student", what)
     if out.exists() and not overwrite:
         raise GendistillError(f"{what}: output folder {out} already exists (pass --overwrite to replace it)")
-    if overwrite:
-        check_replaceable(out, "student", what)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
     check_free_space(out, tensor_bytes(student.state_dict().values()), what)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         set_: Optional[list[str]] = typer.Option(None, "--set", help="override a recipe key (as for distill)"),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
         limit: Optional[int] = typer.Option(None, "--limit", help="examples per task (default: all)"),
-        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override every task's"),
+        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override every task's max new tokens"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
         """Show what GenDistill is for, on this machine: convert the embedded SmolLM2-135M-Instruct teacher, distill

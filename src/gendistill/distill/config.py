@@ -10,6 +10,7 @@ prints (:mod:`gendistill.distill.recipe_help`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from typing import Any, Literal
@@ -406,14 +407,47 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "<recipe>"
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
+    """The keys a mapping at ``loc`` (a pydantic error location below ``model``) may hold; empty where unknown."""
+    models = [model]
+    for part in loc:
+        if isinstance(part, int) or not models:
+            continue
+        nested: list[type[BaseModel]] = []
+        for m in models:
+            field = m.model_fields.get(str(part))
+            todo = [field.annotation] if field is not None else []
+            while todo:
+                t = todo.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    nested.append(t)
+                else:
+                    todo.extend(getattr(t, "__args__", ()))
+        models = nested
+    return {name for m in models for name in m.model_fields}
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line for every problem pydantic found. An unknown key gets the nearest known one (from ``model``'s fields
+    at that place) as a suggestion; a required key that a near-miss unknown key stands in for is not listed twice."""
+    errors = err.errors()
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    merged: set[tuple[Any, ...]] = set()
     parts = []
-    for e in err.errors():
+    for e in errors:
+        loc = tuple(e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{_loc(e['loc'])}: {msg}")
-    return f"{source}: " + "; ".join(parts)
+            parent, key = loc[:-1], str(loc[-1])
+            required = [str(m[-1]) for m in missing if m[:-1] == parent]
+            known = _keys_at(model, parent) if model is not None else set()
+            near = difflib.get_close_matches(key, required or sorted(known), n=1, cutoff=0.75)
+            if near:
+                msg += f" (did you mean {near[0]}?)"
+                merged.add((*parent, near[0]))
+        parts.append((loc, f"{_loc(loc)}: {msg}"))
+    return f"{source}: " + "; ".join(text for loc, text in parts if loc not in merged)
 
 
 def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -422,7 +456,7 @@ def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, Recipe)) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -44,7 +44,7 @@ from gendistill.distill.stage_files import save_student_folder
 from gendistill.distill.stages import pick_layers
 from gendistill.distill.trainer import StageResult, run_stage
 from gendistill.errors import ConfigError, GendistillError
-from gendistill.io import DATA_ENV, atomic_write_json, atomic_write_text, data_dir
+from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
@@ -112,8 +112,7 @@ def check_data_found(recipe: Recipe) -> None:
             if src.hub or src.path.startswith("hf://") or Path(src.path).is_absolute() or Path(src.path).exists():
                 continue
             root = data_dir()
-            folder = f"the data folder {root}" if root else f"a data folder (set {DATA_ENV} or place shared/data " \
-                                                            "beside the working folder)"
+            folder = f"the data folder {root}" if root else f"a data folder ({DATA_HINT})"
             raise ConfigError(f"{where}.sources[{j}].path: {src.path} is neither beside the recipe nor in {folder}")
 
 

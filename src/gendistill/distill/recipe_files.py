@@ -68,7 +68,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise ConfigError(f"override {ov!r}: expected key=value")
         k, v = ov.split("=", 1)
         set_dotted(data, k.strip(), yaml.safe_load(v))
-    recipe = parse_recipe(data, str(path))
+    with_set = f" with --set {' '.join(overrides)}" if overrides else ""  # a key may be wrong in either
+    recipe = parse_recipe(data, f"{path}{with_set}")
     recipe._source = Path(given).name
     return resolve_paths(recipe, path.parent)
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from gendistill.errors import ConfigError, DataError
 from gendistill.eval import extract as X
 from gendistill.eval.prompts import apply_chat, format_options, letters_for, render
-from gendistill.io import data_dir, iter_jsonl
+from gendistill.io import DATA_HINT, data_dir, iter_jsonl
 
 MULTIPLE_CHOICE = "multiple_choice"
 SHORT_ANSWER = "short_answer"
@@ -162,8 +162,7 @@ class Task:
         d = data_dir()
         if d is None:
             raise DataError(
-                f"task {self.name}: benchmark folder not found (set GENDISTILL_DATA_DIR or place shared/data beside "
-                f"the repository), needed for {name}"
+                f"task {self.name}: benchmark folder not found ({DATA_HINT}), needed for {name}"
             )
         return d / p
 
