@@ -98,6 +98,11 @@ def test_missing_teacher_and_unsupported_architectures(tmp_path):
     result = runner.invoke(app, ["convert", "--teacher", str(tmp_path / "nope"), "--attention-layers", "0",
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    # the option and the path as the user typed them (a relative ./ path keeps its ./)
+    result = runner.invoke(app, ["convert", "--teacher", "./no/such/model", "--attention-layers", "0",
+                                 "--out", str(tmp_path / "o")])
+    err = result.stderr if hasattr(result, "stderr") else result.output
+    assert result.exit_code == 2 and err.strip() == "error: --teacher: teacher file or folder ./no/such/model does not exist"
     gguf_path = write_foreign_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
     result = runner.invoke(app, ["convert", "--teacher", str(gguf_path), "--attention-layers", "0",
                                  "--out", str(tmp_path / "o")])

@@ -180,7 +180,7 @@ def resolve_teacher(spec: str) -> TeacherSource:
     if not looks_like_path and _HUB_ID.match(spec) and "--" not in spec and ".." not in spec:
         return TeacherSource("hub", spec)
     if looks_like_path:
-        raise GendistillError(f"teacher file or folder {path} does not exist")
+        raise GendistillError(f"teacher file or folder {spec} does not exist")  # as typed: ./x stays ./x
     raise GendistillError(
         f"teacher '{spec}' is not an embedded teacher ({', '.join(EMBEDDED_TEACHERS)}), an existing .gguf file or "
         f"model folder, or a hub id of the form org/name"

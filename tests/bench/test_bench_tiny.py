@@ -23,6 +23,8 @@ def tiny_results(tmp_path_factory):
 def test_json_has_every_field(tiny_results):
     res, data = tiny_results
     assert Path(res["json_path"]).name == "bench_tiny_cpu-" + Path(res["json_path"]).name.split("cpu-")[1]
+    stem = Path(res["json_path"]).stem.removeprefix("bench_")  # the figures carry the JSON's name
+    assert sorted(Path(p).name for p in data["plots"]) == [f"fig2_{stem}.png", f"fig5_{stem}.png"]
     for key in ("schema_version", "model", "card", "device", "dtype", "versions", "command", "settings", "models",
                 "theoretical_cache_curve", "contexts", "summary", "cuda_graph"):
         assert key in data, key

@@ -12,6 +12,15 @@ GiB = 1024**3
 MiB = 1024**2
 
 
+
+def file_stem(model: str, card: str) -> str:
+    """``<model>_<card>`` in lower case, every character but letters, digits, '-' and '.' made a '-': the name of a
+    run's JSON (``bench_<stem>.json``) and of its figures (``fig2_<stem>.png``, ``fig5_<stem>.png``)."""
+    def slug(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+    return f"{slug(model)}_{slug(card)}"
+
 def _fmt_bytes(n) -> str:
     if n is None:
         return "-"
@@ -108,7 +117,7 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
     colors = {"teacher": "#555555", "student": "#d62728"}
     labels = {"teacher": "Transformer (teacher)", "student": "Hybrid-KDA (student)"}
     ctxs = results["contexts"]
-    stem = f"{results['model']}_{results['card']}".replace(" ", "-").replace("/", "-")
+    stem = file_stem(results["model"], results["card"])
     paths = []
 
     # Figure 2: memory, TTFT, decode vs context (batch 1).

@@ -20,7 +20,7 @@ from gendistill.bench import engine
 from gendistill.bench.models import build_models, count_params, layer_type_counts
 from gendistill.bench.profile import profile_model
 from gendistill.bench.ratios import ratios, summary
-from gendistill.bench.report import make_plots, print_comparison, print_table
+from gendistill.bench.report import file_stem, make_plots, print_comparison, print_table
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
 from gendistill.bench.timing import measure, sync
@@ -54,9 +54,6 @@ def card_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return f"cpu-{platform.machine()}"
 
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower()).strip("-").replace("--", "-")
 
 
 def versions() -> dict:
@@ -134,6 +131,9 @@ class Runner:
         s = self.s
         torch.manual_seed(s.seed)
         self.log(f"device={self.device} dtype={self.dtype} graph={self.use_graph}")
+        if self.device.type == "cpu" and s.config not in (None, "tiny") and not (s.teacher or s.student):
+            self.log(f"note: the {s.config} shape on a CPU takes seconds per prefill and minutes per context; "
+                     "--tiny measures a small shape in seconds (the paper's figures need a GPU: --device cuda)")
         pair = build_models(s, self.device, self.dtype)
         self.models = {"teacher": pair.teacher, "student": pair.student}
         card = card_name(self.device)
@@ -164,7 +164,7 @@ class Runner:
             "theoretical_cache_curve": self.cache_curve(),
             "contexts": [],
         }
-        self.json_path = self.out_dir / f"bench_{slug(pair.name)}_{slug(card)}.json"
+        self.json_path = self.out_dir / f"bench_{file_stem(pair.name, card)}.json"
         self.log(f"models built: teacher {self.results['models']['teacher']}, student {self.results['models']['student']}")
         self.save()
 

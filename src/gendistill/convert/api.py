@@ -102,7 +102,10 @@ def convert(teacher: str = DEFAULT_TEACHER, attention_layers: str | list[int] = 
     if out is not None:
         out = Path(out)
         _check_out(out, overwrite)
-    ref = resolve_model(teacher)
+    try:
+        ref = resolve_model(teacher)
+    except GendistillError as e:  # the option it came from, as bench and distill name it
+        raise GendistillError(f"--teacher: {e}") from None
     if ref.kind == "student":
         raise GendistillError(f"--teacher: {teacher} is already a hybrid student; convert its teacher instead")
     model, tokenizer = load_model(ref, dtype=dt, device=dev)
