@@ -59,10 +59,16 @@ def test_dry_run_stop_and_resume(tmp_path, teacher, tok):
     res = runner.invoke(app, ["distill", recipe, "--stop-after", "1"])
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "run" / "stage1").exists()
+    # the tens of seconds before the first step say what they are doing, in order, before the first step's line
+    notes = [x for x in res.stderr.splitlines() if x.startswith("[distill] ")]
+    assert [n.split(" ")[1] for n in notes] == ["loading", "reading", "building", "training"], notes
+    assert notes[-1] == f"[distill] training stage1, stage3b into {tmp_path / 'run'}"
+    assert res.stderr.index(notes[-1]) < res.stderr.index("[stage1] step 1/2")
     res = runner.invoke(app, ["distill", recipe])
     assert res.exit_code == 2 and "--resume" in res.output
     res = runner.invoke(app, ["distill", recipe, "--resume", "--set", "stages[1].steps=2"])
     assert res.exit_code == 0, res.output
+    assert "[distill] training stage1, stage3b into" in res.stderr  # --stop-after 1 stopped stage 1 after one step
     assert "stage1: 2 steps" in res.output and "stage3b: 2 steps" in res.output
     assert (tmp_path / "run" / "stage3b" / "config.json").exists()
     resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())

@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,13 @@ def check_data_found(recipe: Recipe) -> None:
             root = data_dir()
             folder = f"the data folder {root}" if root else f"a data folder ({DATA_HINT})"
             raise ConfigError(f"{where}.sources[{j}].path: {src.path} is neither beside the recipe nor in {folder}")
+
+
+def _note(recipe: Recipe, world: World, text: str) -> None:
+    """One ``[distill]`` line on stderr for the work before the first step (loading, data checks: tens of seconds with
+    nothing else to show), from the main rank, unless the recipe turns progress off."""
+    if world.is_main and recipe.run.progress != "none":
+        print(f"[distill] {text}", file=sys.stderr, flush=True)
 
 
 def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
@@ -294,7 +302,10 @@ def run_recipe(
     world = _world_for(recipe, world)
     run_dir = Path(recipe.run.output_dir)
     prog = check_before_loading(recipe, run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run)
+    if teacher is None or tokenizer is None:
+        _note(recipe, world, f"loading the teacher {recipe.teacher.spec}")
     teacher, tokenizer = prepare_teacher(recipe, world, teacher, tokenizer)
+    _note(recipe, world, f"reading and checking the data of {len(recipe.stages)} stage(s)")
     data_counts = validate_data(recipe, tokenizer)  # bad data fails here, before any training
     fingerprints = _fingerprints(recipe, teacher, student)
     if resume:
@@ -302,6 +313,8 @@ def run_recipe(
         # a checkpoint this resume could not continue from: refused now, with nothing written (again under the lock)
         check_resume_checkpoints(recipe, run_dir, list(prog.get("completed", [])), allow_optim_change, world.sharded)
     completed: list[str] = list(prog.get("completed", []))
+    if student is None:
+        _note(recipe, world, f"building the student (after {completed[-1]})" if completed else "building the student")
     student = prepare_student(recipe, run_dir, completed, teacher, student, world)
     plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
 
@@ -315,6 +328,8 @@ def run_recipe(
 
     lock = lock_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, progress=prog,
                            allow_optim_change=allow_optim_change)
+    _note(recipe, world, f"training {', '.join(s.name for s in recipe.stages if s.name not in completed)} into "
+                         f"{run_dir}")
     try:
         start_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, completed=completed,
                          fingerprints=fingerprints, data_counts=data_counts)
