@@ -77,6 +77,8 @@ start)  # the data in place, the grid checked (dry run), then the whole ablate c
     || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease)"; exit 3; }
   need .device/carry3/data/pretrain_wikipedia_en_00.jsonl.gz "carry .device/carry3"
   cp -f .device/carry3/data/* "$DATA"/
+  # layer-selection results for a grid that reads them (select-smollm2-lease: select/<method>/layers.json)
+  [ -d .device/select ] && cp -r .device/select "$JOB/" && step "selection results: $(ls .device/select | tr '\n' ' ')"
   timeout 60 python3 - "$DATA" "$JOB/teacher/manifest.json" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
 import gzip, json, pathlib, sys
 data, m = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())

@@ -187,3 +187,21 @@ def test_the_shipped_ablation_grid_covers_four_axes_and_shares_what_it_can():
     assert plan["distinct_nodes"] == 23 and plan["distinct_evals"] == 9
     steps = {tuple(s.total_steps() for s in c.recipe.stages) for c in g.cells}
     assert len(steps) == 1, "equal budget: every cell trains the same steps per stage"
+
+
+def test_the_shipped_selection_grid_distills_each_methods_choice_on_equal_tokens():
+    """select-smollm2-lease (issue 27): one cell per selection method, each student converted with that method's
+    chosen layers (uniform = every:4, the base recipe's own) and trained on the same tokens per stage; the
+    evaluation adds the recall tasks at 2K-8K. Planned without the selection files (they are made on the GPU)."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("select-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    assert [c["cell"] for c in plan["cells"]] == [f"layers={m}" for m in
+                                                   ("uniform", "kl-guided", "greedy-learned", "beam-add")]
+    cells = {c.name: c.recipe for c in g.cells}
+    assert cells["layers=uniform"].student.attention_layers == g.base.student.attention_layers == "every:4"
+    assert cells["layers=beam-add"].student.attention_layers == "select/beam-add/layers.json"
+    assert len({tuple(s.total_steps() for s in r.stages) for r in cells.values()}) == 1
+    assert plan["distinct_nodes"] == 16 and plan["distinct_evals"] == 4
+    assert g.config.eval.context_lengths == "2k,4k,8k" and "ruler_niah_single_2" in g.config.eval.tasks

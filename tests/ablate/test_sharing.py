@@ -168,3 +168,57 @@ def test_metrics_of_a_run_without_fidelity_records_still_load(write_grid, tmp_pa
     assert summary["stage3a"]["eval_kl_last"] is None and summary["stage3a"]["eval_top1_last"] is None
     assert (summary["stage3b"]["eval_kl_last"], summary["stage3b"]["eval_top1_last"],
             summary["stage3b"]["eval_tokens_last"]) == (0.5, 0.6, 40)
+
+
+def test_long_context_evaluation_settings_reach_the_evaluator(write_grid, monkeypatch, quiz):
+    """eval.context_lengths / eval.depths (the generated long-context tasks of a grid, e.g. layer selection's recall
+    at 2K-8K) reach gendistill eval as its --context-lengths / --depths; unset, they leave an evaluation's id as it
+    was before they existed (the committed sweep's evaluations keep their folders); a bad value fails before anything
+    trains."""
+    import gendistill.distill.pipeline as pipeline
+    import gendistill.eval.runner as eval_runner
+    from gendistill.ablate.runner import check_eval
+    from gendistill.ablate.store import _digest, eval_id
+    from gendistill.errors import ConfigError
+
+    seen = []
+
+    class Recording(FakeEval):
+        def __call__(self, cfg):
+            seen.append((cfg.context_lengths, cfg.depths))
+            return super().__call__(cfg)
+
+    monkeypatch.setattr(pipeline, "run_recipe", FakeTrainer())
+    monkeypatch.setattr(eval_runner, "run_eval", Recording())
+    g = load_grid(write_grid({"masking": ["completion_only"]},
+                             eval={**quiz, "context_lengths": "2k,8k", "depths": "0,50,100"}))
+    run_grid(g, teacher=object(), tokenizer=object(), progress="none")
+    assert seen == [([2048, 8192], [0.0, 0.5, 1.0])]
+
+    plain = load_grid(write_grid({"masking": ["completion_only"]}, eval=quiz))
+    final = plan_grid(plain)[0].final
+    ev = plain.config.eval
+    old = {k: v for k, v in ev.model_dump(mode="json").items() if k not in ("context_lengths", "depths")}
+    assert eval_id(final, "t", ev) == _digest([final.id, "t", old])
+    assert eval_id(final, "t", g.config.eval) != eval_id(final, "t", ev)
+    bad = load_grid(write_grid({"masking": ["completion_only"]}, eval={**quiz, "context_lengths": "2k,lots"}))
+    with pytest.raises(ConfigError, match=r"eval\.context_lengths: .*'lots' is not a token count"):
+        check_eval(bad)
+
+
+def test_a_missing_layer_file_stops_the_grid_before_anything_trains(write_grid, fakes, quiz, tmp_path):
+    """A layers axis whose variants read select-layers results (JSON files): the dry run plans without them (they
+    may be made on the GPU first); a run with one missing stops at once, naming the cell and the file."""
+    from gendistill.errors import ConfigError
+
+    trainer, ev = fakes
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({"attention_layers": [1]}))
+    axes = {"layers": {"mine": {"student.attention_layers": str(chosen)},
+                       "lost": {"student.attention_layers": "select/lost/layers.json"}}}
+    g = load_grid(write_grid(axes, eval=quiz))
+    assert len(describe_plan(plan_grid(g))["cells"]) == 2
+    with pytest.raises(ConfigError, match=r"cell layers=lost: student\.attention_layers: layer file "
+                                          r"select/lost/layers\.json does not exist"):
+        run_grid(g, teacher=object(), tokenizer=object(), progress="none")
+    assert trainer.calls == [] and ev.calls == []

@@ -134,6 +134,10 @@ class GridEvalConfig(_Strict):
     device: str = "auto"
     fidelity_chat: int = Field(default=0, ge=0)
     fidelity_data: str | None = None
+    # the generated long-context tasks (``ruler_*`` in ``tasks``): context lengths and needle depths, as gendistill
+    # eval's --context-lengths ("2k,4k,8k") and --depths ("0,50,100", percent); None: eval's defaults
+    context_lengths: str | None = None
+    depths: str | None = None
 
 
 class GridConfig(_Strict):

@@ -32,6 +32,7 @@ from gendistill.distill.distributed import init_world
 from gendistill.errors import ConfigError, DataError, GendistillError
 from gendistill.eval import runner as eval_runner  # called as eval_runner.run_eval (the tests stand in a fake)
 from gendistill.eval.config import EvalConfig, check_numbers
+from gendistill.eval.ruler import parse_depths, parse_lengths
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.loading import load_model
@@ -203,6 +204,8 @@ def evaluate(plan: CellPlan, grid: Grid) -> None:
         temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
         data_source=ev.data_source, dtype=ev.dtype, device=device, fidelity_chat=ev.fidelity_chat,
         fidelity_data=ev.fidelity_data, show_progress=False,
+        context_lengths=list(parse_lengths(ev.context_lengths)) if ev.context_lengths else None,
+        depths=list(parse_depths(ev.depths)) if ev.depths else None,
         command=f"gendistill ablate {grid.source}  # cell {plan.cell.name}",
     )
     eval_runner.run_eval(cfg)
@@ -227,6 +230,12 @@ def check_eval(grid: Grid) -> None:
         tasks = parse_tasks(ev.tasks)
     except GendistillError as e:
         raise ConfigError(f"{where}.tasks: {e}") from None
+    for key, parse in (("context_lengths", parse_lengths), ("depths", parse_depths)):
+        if getattr(ev, key) is not None:
+            try:
+                parse(getattr(ev, key))
+            except GendistillError as e:
+                raise ConfigError(f"{where}.{key}: {str(e).split(': ', 1)[-1]}") from None
     try:
         if ev.data_source == "local":
             for t in tasks:
@@ -362,8 +371,19 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
         raise ConfigError("gendistill ablate runs its cells one after another in one process; launch it without "
                           "torchrun (each cell can still be run on its own: gendistill distill cells/<cell>/recipe.yaml)")
     check_eval(grid)  # an evaluation that cannot run fails now, not after the first cell has trained
+    check_layer_files(grid)
     with lock_grid(grid):
         return _run_cells(grid, teacher=teacher, tokenizer=tokenizer, stop_after=stop_after, progress=progress)
+
+
+def check_layer_files(grid: Grid) -> None:
+    """Every cell whose student keeps the attention layers of a JSON file (a ``select-layers`` result): the file
+    exists, checked before anything trains (``--dry-run`` plans without it: the file may be made on the GPU first)."""
+    for c in grid.cells:
+        spec = c.recipe.student.attention_layers
+        if isinstance(spec, str) and spec.strip().endswith(".json") and not Path(spec.strip()).is_file():
+            raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: layer file {spec.strip()} "
+                              f"does not exist (relative paths are read from {Path.cwd()})")
 
 
 def lock_grid(grid: Grid):

@@ -89,7 +89,11 @@ def cell_nodes(cell: Cell, root: Path) -> list[Node]:
 
 
 def eval_id(final: Node, teacher_spec: str, ev: GridEvalConfig) -> str:
-    return _digest([final.id, teacher_spec, ev.model_dump(mode="json")])
+    settings = ev.model_dump(mode="json")
+    for key in ("context_lengths", "depths"):  # added later: unset, they leave earlier grids' evaluation ids as they were
+        if settings[key] is None:
+            del settings[key]
+    return _digest([final.id, teacher_spec, settings])
 
 
 def eval_dir(root: Path, final: Node, teacher_spec: str, ev: GridEvalConfig) -> Path:
