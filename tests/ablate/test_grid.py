@@ -205,3 +205,22 @@ def test_the_shipped_selection_grid_distills_each_methods_choice_on_equal_tokens
     assert len({tuple(s.total_steps() for s in r.stages) for r in cells.values()}) == 1
     assert plan["distinct_nodes"] == 16 and plan["distinct_evals"] == 4
     assert g.config.eval.context_lengths == "2k,4k,8k" and "ruler_niah_single_2" in g.config.eval.tasks
+
+
+def test_the_shipped_stage3b_sweep_shares_stages_1_to_3a_and_keeps_the_heldout_sources():
+    """sweep3b-smollm2-lease (issue 25's stage-3b sweep): one stage 1-3a pipeline, then a stage-3b run per distinct
+    cell (the base shared by its three axes); the data-mix variants change only t0's weight, so every cell keeps the
+    same two sources and so the same held-out chat rows (the first documents of each source, whatever the weights)."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("sweep3b-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    assert len({tuple(c[:3]) for c in chains.values()}) == 1
+    assert chains["lr_3b=5e-5"] == chains["tokens_3b=4M"] == chains["mix_3b=t0-0.5"]
+    assert plan["distinct_nodes"] == 3 + 7 and plan["distinct_evals"] == 7
+    cells = {c.name: c.recipe for c in g.cells}
+    sources = {n: [(s.path, s.format, s.limit) for s in r.stage_data(r.stages[3]).sources] for n, r in cells.items()}
+    assert len({tuple(v) for v in sources.values()}) == 1 and len(next(iter(sources.values()))) == 2
+    assert [cells[f"mix_3b=t0-{w}"].stage_data(cells[f"mix_3b=t0-{w}"].stages[3]).sources[1].weight
+            for w in ("0.25", "0.5", "1.0")] == [0.25, 0.5, 1.0]
