@@ -74,11 +74,13 @@ def kda_from_projections(
     at least two segments of ``GENDISTILL_KDA_PREFILL_SEGMENT`` tokens when that is set) runs its segments side by side
     (:func:`gendistill.ops.kda.segmented.segmented_prefill`): the same outputs and state, computed differently.
     """
-    seg = prefill_segment_tokens()
-    # not inside a CUDA-graph capture: the segments' bounds are copied from the host and fla reads packed bounds back
-    segmented = (seg is not None and not recurrent and cu_seqlens is None and pad_mask is None and q.shape[0] == 1
-                 and q.shape[1] >= 2 * seg and not torch.is_grad_enabled()
-                 and not (q.is_cuda and torch.cuda.is_current_stream_capturing()))
+    # the setting is read only for an inference prefill of one sequence, not in every training or decode step; never
+    # inside a CUDA-graph capture: the segments' bounds are copied from the host and fla reads packed bounds back
+    seg = None
+    if (not recurrent and cu_seqlens is None and pad_mask is None and q.shape[0] == 1 and not torch.is_grad_enabled()
+            and not (q.is_cuda and torch.cuda.is_current_stream_capturing())):
+        seg = prefill_segment_tokens()
+    segmented = seg is not None and q.shape[1] >= 2 * seg
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 

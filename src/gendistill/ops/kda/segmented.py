@@ -28,13 +28,13 @@ import torch
 KdaRun = Callable[[torch.Tensor, torch.Tensor, torch.LongTensor, bool], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def segment_bounds(length: int, segment_tokens: int, device: torch.device | None = None) -> torch.LongTensor:
-    """``cu_seqlens`` ``[N + 1]`` of ``length`` tokens cut into segments of ``segment_tokens`` (the last may be
-    shorter)."""
+def segment_bounds(length: int, segment_tokens: int) -> torch.LongTensor:
+    """``cu_seqlens`` ``[N + 1]`` (on the host) of ``length`` tokens cut into segments of ``segment_tokens`` (the last
+    may be shorter)."""
     if segment_tokens < 1:
         raise ValueError(f"segment_tokens must be >= 1, got {segment_tokens}")
     cuts = list(range(0, length, segment_tokens)) + [length]
-    return torch.tensor(cuts, dtype=torch.long, device=device)
+    return torch.tensor(cuts, dtype=torch.long)
 
 
 def segmented_prefill(
