@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gendistill.ablate import report as R
 from gendistill.ablate.grid import Cell, Grid, stage_budget
 from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
+from gendistill.convert.layer_spec import layer_file
 from gendistill.devices import resolve_device
 from gendistill.distill import pipeline  # called as pipeline.run_recipe: the tests stand in a fake trainer there
 from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
@@ -96,7 +97,7 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
             first_with_eval[p.eval_dir] = p.cell.name
             evals_todo += ev == "todo"
         cells.append({"cell": p.cell.name, "assignment": p.cell.assignment, "nodes": entry_nodes, "eval": ev,
-                      "eval_dir": str(p.eval_dir), "same_as": same, "tokens": stage_budget(p.cell.recipe),
+                      "eval_dir": str(p.eval_dir), "same_as": same, "tokens": budget,
                       "skipped": ev == "done" and all(n["status"] == "done" for n in entry_nodes)})
     return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
             "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo,
@@ -381,8 +382,9 @@ def check_layer_files(grid: Grid) -> None:
     exists, checked before anything trains (``--dry-run`` plans without it: the file may be made on the GPU first)."""
     for c in grid.cells:
         spec = c.recipe.student.attention_layers
-        if isinstance(spec, str) and spec.strip().endswith(".json") and not Path(spec.strip()).is_file():
-            raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: layer file {spec.strip()} "
+        path = layer_file(spec) if spec is not None else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: layer file {path} "
                               f"does not exist (relative paths are read from {Path.cwd()})")
 
 

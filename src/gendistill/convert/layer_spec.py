@@ -8,6 +8,14 @@ from pathlib import Path
 from gendistill.errors import LayerSpecError
 
 
+def layer_file(spec: str | list[int]) -> Path | None:
+    """The JSON file an ``--attention-layers`` spec names (it ends in ``.json`` or is an existing file), else None."""
+    if isinstance(spec, (list, tuple)):
+        return None
+    text = spec.strip()
+    return Path(text) if text and (text.endswith(".json") or Path(text).is_file()) else None
+
+
 def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
     """Return the sorted 0-based indices of the layers that keep attention.
 
@@ -24,8 +32,9 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
     text = spec.strip()
     if not text:
         raise LayerSpecError("empty --attention-layers; give indices like '0,2,6', 'every:4', 'ratio:0.25' or 'none'")
-    if text.endswith(".json") or Path(text).is_file():
-        return _from_json(Path(text), num_layers)
+    path = layer_file(text)
+    if path is not None:
+        return _from_json(path, num_layers)
     low = text.lower()
     if low.startswith("attention:"):
         return _from_layout(text, num_layers)
