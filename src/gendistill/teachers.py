@@ -34,9 +34,9 @@ from huggingface_hub import constants as hub_constants
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PretrainedConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
+from gendistill import teacher_cache
 from gendistill.devices import resolve_device
 from gendistill.errors import GendistillError, UnsupportedModelError, first_line
-from gendistill import teacher_cache
 from gendistill.gguf_header import GGUFHeader, read_gguf_header
 
 __all__ = [

@@ -12,7 +12,6 @@ GiB = 1024**3
 MiB = 1024**2
 
 
-
 def file_stem(model: str, card: str) -> str:
     """``<model>_<card>`` in lower case, every character but letters, digits, '-' and '.' made a '-': the name of a
     run's JSON (``bench_<stem>.json``) and of its figures (``fig2_<stem>.png``, ``fig5_<stem>.png``)."""
@@ -20,6 +19,7 @@ def file_stem(model: str, card: str) -> str:
         return "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower()).strip("-").replace("--", "-")
 
     return f"{slug(model)}_{slug(card)}"
+
 
 def _fmt_bytes(n) -> str:
     if n is None:

@@ -55,7 +55,6 @@ def card_name(device: torch.device) -> str:
     return f"cpu-{platform.machine()}"
 
 
-
 def versions() -> dict:
     out = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
     for key, dist in (("fla", "flash-linear-attention"), ("fla_core", "fla-core"), ("triton", "triton")):
