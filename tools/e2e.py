@@ -228,10 +228,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 2. distillation, with the first evaluation beside it
     distill = Job("distill", ["distill", str(resolved), "--overwrite"], logs, env)
-    base_eval = None
-    if not args.no_parallel:
-        base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
-                                      "--out", str(out / "eval" / "base")], logs, env)
     extra = out / "eval_extra"  # one folder per suite: base/ (teacher + undistilled), final/, all/ (merged)
 
     def suite_jobs(who: str, models: list[str]) -> list[Job]:
@@ -239,12 +235,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            "--out", str(extra / name / who)], logs, env)
                 for name, sargs in suites.items()]
 
-    base_suites = [] if args.no_parallel else suite_jobs("base", [teacher_spec, str(undistilled)])
+    def base_jobs() -> tuple[Job, list[Job]]:
+        """Teacher and undistilled student: the short tasks and every suite."""
+        return (Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
+                                  "--out", str(out / "eval" / "base")], logs, env),
+                suite_jobs("base", [teacher_spec, str(undistilled)]))
+
+    base_eval, base_suites = (None, []) if args.no_parallel else base_jobs()
     phase("distill", *distill.wait())
     if base_eval is None:
-        base_eval = Job("eval_base", ["eval", "-m", teacher_spec, "-m", str(undistilled), *eval_common,
-                                      "--out", str(out / "eval" / "base")], logs, env)
-        base_suites = suite_jobs("base", [teacher_spec, str(undistilled)])
+        base_eval, base_suites = base_jobs()
     run_dir = out / "run"
     summary["distill_metrics"] = _stage_metrics(run_dir / "metrics.jsonl")
     save()
