@@ -416,13 +416,13 @@ def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
         nested: list[type[BaseModel]] = []
         for m in models:
             field = m.model_fields.get(str(part))
-            todo = [field.annotation] if field is not None else []
-            while todo:
-                t = todo.pop()
+            pending = [field.annotation] if field is not None else []
+            while pending:
+                t = pending.pop()
                 if isinstance(t, type) and issubclass(t, BaseModel):
                     nested.append(t)
                 else:
-                    todo.extend(getattr(t, "__args__", ()))
+                    pending.extend(getattr(t, "__args__", ()))
         models = nested
     return {name for m in models for name in m.model_fields}
 
