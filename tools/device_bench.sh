@@ -12,13 +12,11 @@
 # Settings (environment of the start call): JOB_TIMEOUT (1500 s, the whole job), SEGMENTS (8192,16384), BOUND (-5).
 # Every step has a timeout; the job writes $RES/DONE whatever happens; collect returns what exists.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
+cd "$(dirname "$0")/.." || exit 2
 JOB=${BENCH_JOB:-/tmp/gendistill-bench}  # (BENCH_JOB: another folder, for a check off the device)
 RES=$JOB/res
 OUT=${OUT:-$JOB/out}
-export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
+. tools/device_lib.sh
 mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 left() { echo $(( ${JOB_TIMEOUT:-1500} - ($(date +%s) - $(cat "$RES/t0")) )); }
@@ -26,17 +24,10 @@ BENCH=(python3 -m gendistill bench --config qwen3-0.6b --device cuda --dtype bf1
 
 case "${1:-}" in
 start)  # preconditions, the wheels, an import check; then the job in the background
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
-    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
-  cat "$RES/nvidia-smi.txt"
-  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 \
-    || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
-  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
-  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
-  timeout 120 python3 -c "import torch, triton, fla, gendistill.bench; print('device:', torch.cuda.get_device_name(), \
-'| torch', torch.__version__, '| triton', triton.__version__, '| fla', fla.__version__)" 2>&1 | tee -a "$RES/steps.txt" \
-    || exit 5
+  lease_gpu "$RES" || exit 3
+  lease_wheels || exit $?
+  lease_commit "$RES"
+  lease_versions gendistill.bench.api 2>&1 | tee -a "$RES/steps.txt" || exit 5   # (pipefail: python's status)
   date +%s > "$RES/t0"
   rm -f "$RES/DONE"
   setsid nohup bash tools/device_bench.sh driver > "$RES/driver.log" 2>&1 < /dev/null &

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, several device calls (the wheels, the teacher GGUF's two pieces and the data travel in three calls of
 # <= 64 MiB each):
-#   call 1:  tools/device_e2e.sh setup                                   (carry .whl .device/carry1: GGUF piece 1)
+#   call 1:  COMMIT=<sha> tools/device_e2e.sh setup                      (carry .whl .device/carry1: GGUF piece 1)
 #            (optionally: tools/device_e2e.sh tests FILE... — GPU test files, bounded by TESTS_TIMEOUT (240 s);
 #             tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
@@ -16,27 +16,26 @@
 # documents, 500 examples per task). Files written on the machine stay there between calls of one lease (until it is
 # taken back); every call returns only what is under $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
 JOB=/tmp/gendistill-e2e
 DATA=$REPO/../shared/data            # the data folder: where recipes and gendistill eval look (io.data_dir)
 mkdir -p "$JOB"
-[ -x "$REPO/.whl/bwrap/bwrap" ] && export PATH=$REPO/.whl/bwrap:$PATH   # HumanEval's sandbox (tools/device_wheels.sh)
-export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
-       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+. tools/device_lib.sh                 # the environment; lease_gpu, lease_wheels, lease_versions
 OUT=${OUT:-$JOB/out}
 
 case "${1:-}" in
 setup)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU"; exit 3; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 4
+  lease_gpu "$JOB" || exit 3
+  lease_need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --split-mib 40 makes it" \
+    || exit 3
   grep -q '"layout": "train"' .device/carry1/manifest.json 2>/dev/null \
     || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py --split-mib 40)"; exit 3; }
+  lease_wheels || exit $?
+  lease_commit "$JOB"
   mkdir -p "$DATA" "$JOB/teacher"
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
-  python3 -c "import torch, transformers, triton, fla; print('device:', torch.cuda.get_device_name(), '| torch', \
-torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__, '| fla', fla.__version__)"
+  lease_versions gendistill.api || exit 5
   # where model-written code would run (HumanEval, e2e --code): bubblewrap, or why not
   timeout 60 python3 -c "from gendistill.eval.sandbox import capabilities; c = capabilities(); \
 print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', ''))"
@@ -80,8 +79,9 @@ start)  # the data in place, then the whole job in the background (it outlives t
   cp .device/carry3/data/* "$DATA"/
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy
   rm -rf "$JOB/run"
+  cat "$JOB/nvidia-smi.txt" "$JOB/commit.txt" > "$JOB/e2e.log" 2>/dev/null  # the card and the commit head the log
   setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" \
-    > "$JOB/e2e.log" 2>&1 < /dev/null &
+    >> "$JOB/e2e.log" 2>&1 < /dev/null &
   echo "started e2e (pid $!)"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass
@@ -91,7 +91,7 @@ watch)  # follow the job until it finishes or $2 seconds pass
     sleep 10
   done
   grep "^\[e2e\]\|Traceback\|Error" "$JOB/e2e.log" | tail -20
-  for f in "$JOB"/run/logs/distill.log; do [ -f "$f" ] && grep -E "held-out|step .*loss" "$f" | tail -4; done
+  [ -f "$JOB/run/logs/distill.log" ] && grep -E "held-out|step .*loss" "$JOB/run/logs/distill.log" | tail -4
   pgrep -f tools/e2e.py >/dev/null && echo "e2e still running" || echo "e2e not running"
   ;;
 collect)

@@ -22,42 +22,28 @@
 # whole script). The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
 # LM_LIMIT=50 and was cut there by JOB_TIMEOUT=1000: the command was then run by hand (141.9 s).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
+cd "$(dirname "$0")/.." || exit 2
 JOB=/tmp/gendistill-eval-speed
 RES=$JOB/res
 OUT=${OUT:-$JOB/out}
-export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
-       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1 \
-       GENDISTILL_DATA_DIR=$JOB/data
+. tools/device_lib.sh
+export GENDISTILL_DATA_DIR=$JOB/data
 mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 
 case "${1:-}" in
 setup)  # preconditions first: a GPU, the carried files, the wheels installed and lm-eval's HFLM importable
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
-    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
-  cat "$RES/nvidia-smi.txt"
+  lease_gpu "$RES" || exit 3
   for f in .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json; do
-    [ -f "$f" ] || { echo "error: $f not carried (carry it; python tools/device_data.py --layout eval --split-mib 40 makes it)"; exit 3; }
+    lease_need "$f" "carry it; python tools/device_data.py --layout eval --split-mib 40 makes it" || exit 3
   done
-  ls .whl/lm_eval-*.whl >/dev/null 2>&1 || { echo "error: .whl has no lm-eval wheel (bash tools/device_wheels.sh)"; exit 3; }
-  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
+  lease_wheels "lm_eval-*.whl" || exit $?
   mkdir -p "$JOB/teacher" "$JOB/data"
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
-  # the device copy's git metadata can be stale (2026-12-04 it named an older commit): the caller says which tree ran
-  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
-  timeout 120 python3 - <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
-import torch, transformers, triton, fla
-from lm_eval.api.instance import Instance  # noqa: F401
-from lm_eval.models.huggingface import HFLM  # noqa: F401
-import lm_eval
-from gendistill.eval.generate import generate  # noqa: F401  (the checkout's evaluator imports)
-from gendistill.eval.loglik import score_requests  # noqa: F401
-print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-      f"transformers {transformers.__version__} | fla {fla.__version__} | lm_eval {lm_eval.__version__}")
-PY
+  lease_commit "$RES"
+  # lm-eval's HF backend and the checkout's evaluator
+  lease_versions lm_eval.api.instance lm_eval.models.huggingface gendistill.eval.generate gendistill.eval.loglik 2>&1 \
+    | tee -a "$RES/steps.txt" || exit 5
   # the fast engine's GPU check (real CUDA graphs, fp32 tiny teacher and hybrid): the benchmark means nothing without it
   timeout 240 python3 -m pytest -q -x -p no:cacheprovider --timeout 200 tests/gpu/test_fast_generate_gpu.py 2>&1 \
     | tail -n 15 | tee "$RES/gpu_test.txt"

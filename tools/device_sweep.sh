@@ -24,8 +24,7 @@
 # (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
 # its bench step dumped configurations.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
+cd "$(dirname "$0")/.." || exit 2
 JOB=${SWEEP_JOB:-/tmp/gendistill-sweep}  # (SWEEP_JOB: another folder, for a check off the device)
 RES=$JOB/res                          # logs, steps, summary: what collect returns
 DATA=$JOB/data                        # the data folder: recipes and gendistill eval read it (GENDISTILL_DATA_DIR)
@@ -33,36 +32,26 @@ GRID=${GRID:-sweep-smollm2-lease}      # any shipped grid or grid file whose out
                                       # GRID=ablate-smollm2 (issue 28's ablations) in every call of the lease
 RUN=$JOB/runs/$GRID                   # the grid's output_dir (relative in the grid: the job runs in $JOB)
 OUT=${OUT:-$JOB/out}
-export PYTHONPATH=/tmp/site:$REPO/src:$REPO PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
-       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1 \
-       GENDISTILL_DATA_DIR=$DATA
+. tools/device_lib.sh
+export GENDISTILL_DATA_DIR=$DATA
 mkdir -p "$JOB" "$RES" "$DATA"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
-need() { [ -e "$1" ] || { echo "error: $1 missing ($2)"; exit 3; }; }
+need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
 
 case "${1:-}" in
 setup)  # preconditions first: a GPU, the carried files; then the wheels, the first GGUF piece, an import check
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/nvidia-smi.txt" 2>&1 \
-    || { echo "error: no GPU (nvidia-smi failed)"; exit 3; }
-  cat "$RES/nvidia-smi.txt"
+  lease_gpu "$RES" || exit 3
   need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --limit 200 makes it"
   need .device/carry1/manifest.json "carry .device/carry1"
   grep -q '"layout": "train"' .device/carry1/manifest.json \
     || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py --limit 200)"; exit 3; }
-  ls .whl/fla_core-*.whl .whl/transformers-*.whl >/dev/null 2>&1 \
-    || { echo "error: .whl not carried (bash tools/device_wheels.sh)"; exit 3; }
-  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || { echo "error: wheel install failed"; exit 4; }
+  lease_wheels || exit $?
   mkdir -p "$JOB/teacher"
   cp -f .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
-  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$RES/commit.txt"
-  timeout 180 python3 - <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
-import torch, transformers, triton, fla
-import gendistill.ablate.runner, gendistill.ablate.curve  # noqa: F401  (the checkout's grid runner and report)
-print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-      f"transformers {transformers.__version__} | fla {fla.__version__}")
-PY
+  lease_commit "$RES"
+  # the checkout's grid runner and report
+  lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
   step "setup done"
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest

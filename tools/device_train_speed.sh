@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lease script for training speed (docs/distill.md, "Training speed"): set-up, a driver in the background, and watch
 # calls that copy what it has written to $OUT. Device tool, carry [".whl"] (bash tools/device_wheels.sh fills it).
-#   call 1:  bash tools/device_train_speed.sh start PLAN    # set-up, start the driver for PLAN, wait up to WAIT s
+#   call 1:  COMMIT=<sha> bash tools/device_train_speed.sh start PLAN   # set-up, the driver for PLAN, wait up to WAIT s
 #   call 2+: bash tools/device_train_speed.sh watch         # wait up to WAIT s more, copy the results
 # PLANs: profile (the baseline step profiled and split into phases, fla's kernel configurations dumped, the first step
 # of a fresh Triton cache with those configurations, the parts benchmark); after (on a fresh machine: the first step
@@ -11,6 +11,8 @@
 # gpu_tests (the GPU suite with its autotuning printed, its configurations recovered, then the suite on empty caches
 # with them: about 15 minutes, one start call and one watch call).
 set -u
+cd "$(dirname "$0")/.." || exit 2
+. tools/device_lib.sh
 MODE=${1:-watch}
 PLAN=${2:-profile}
 WAIT=${WAIT:-540}
@@ -115,10 +117,11 @@ collect() {
 
 case "$MODE" in
   start)
-    . tools/device_env.sh || exit 4
     rm -rf "$RES"; mkdir -p "$RES"
-    nvidia-smi > "$RES/nvidia-smi.txt" 2>&1
-    git rev-parse HEAD > "$RES/commit.txt" 2>/dev/null || echo "no git" > "$RES/commit.txt"
+    lease_gpu "$RES" || exit 3
+    lease_wheels || exit $?
+    lease_versions gendistill.distill.trainer || exit 5
+    lease_commit "$RES"
     setsid nohup bash tools/device_train_speed.sh driver "$PLAN" > "$RES/driver.log" 2>&1 < /dev/null &
     ;;
   driver)

@@ -12,7 +12,7 @@
 # wheel is 9 MB, 8 of them lm_eval/tasks/*/ (task YAMLs): the copy in .whl/ is rebuilt without those folders (1 MB).
 #   bash tools/device_wheels.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

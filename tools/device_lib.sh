@@ -1,0 +1,55 @@
+# shellcheck shell=bash
+# What every lease script (tools/device_*.sh) does the same way; source it from the repository root:
+#   . tools/device_lib.sh
+# It only defines functions and exports the environment of a device run; each function prints one clear line and
+# returns non-zero when a precondition fails, and the script decides its exit status:
+#   lease_gpu RES          the GPU named (nvidia-smi into RES/nvidia-smi.txt), or "error: no GPU"
+#   lease_wheels [GLOB..]  .whl/ carried (fla, transformers and each GLOB present), installed into /tmp/site
+#   lease_need PATH HINT   PATH exists, or "error: PATH missing (HINT)"
+#   lease_commit RES       the commit the caller passed (COMMIT=...) into RES/commit.txt: the device copy's git metadata
+#                          is stale (on 2026-12-04 it named an older commit than the tree that ran)
+#   lease_versions [MOD..] import torch, triton, transformers, fla and each module MOD (the checkout's own modules the
+#                          run needs, so an import error shows at set-up, not minutes into the job); print the versions
+# The device image has torch 2.11 + CUDA 13 + triton 3.6; tools/device_wheels.sh fills .whl/ here with what it lacks.
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
+[ -x "$PWD/.whl/bwrap/bwrap" ] && export PATH=$PWD/.whl/bwrap:$PATH  # HumanEval's sandbox (tools/device_wheels.sh)
+
+lease_gpu() {
+  mkdir -p "$1"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$1/nvidia-smi.txt" 2>&1 \
+    || { echo "error: no GPU (nvidia-smi failed: $(head -c 200 "$1/nvidia-smi.txt"))"; return 3; }
+  cat "$1/nvidia-smi.txt"
+}
+
+lease_wheels() {
+  local glob
+  for glob in fla_core-*.whl transformers-*.whl "$@"; do
+    compgen -G ".whl/$glob" > /dev/null \
+      || { echo "error: .whl/$glob not carried (bash tools/device_wheels.sh here, then carry \".whl\")"; return 3; }
+  done
+  timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "error: installing the carried wheels failed"; return 4; }
+}
+
+lease_need() {
+  [ -e "$1" ] || { echo "error: $1 missing ($2)"; return 3; }
+}
+
+lease_commit() {
+  mkdir -p "$1"
+  echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$1/commit.txt"
+}
+
+lease_versions() {
+  timeout 180 python3 - "$@" <<'PY'
+import importlib
+import sys
+
+import fla, torch, transformers, triton
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+      f"transformers {transformers.__version__} | fla {fla.__version__}", flush=True)
+PY
+}
