@@ -85,8 +85,12 @@ def train_step(
     """One optimizer step over its micro-batches (CPU dicts from :func:`prefetch_step`): forward and backward of each
     (gradients accumulate; each micro-batch's loss is already divided by the global masked-in token count, so the sum
     is the mean over the global batch), all-reduced loss, gradient clipping, and the optimizer step if the loss and
-    the gradient norm are finite. One host sync per step. Returns ``(loss, grad_norm, loss_tokens, stepped)``; when
-    ``stepped`` is False the optimizer did not run and the gradients are left for the caller to report.
+    the gradient norm are finite. The trainer reads the device once per step (loss and gradient norm together); fla's
+    kernels add a few reads per micro-batch of packed documents (their chunk indices, computed from the boundaries
+    by the first KDA layer and cached by tensor identity for the others): a fixed few, which
+    ``tests/gpu/test_distill_gpu.py`` checks do not grow with the number of layers (not yet run on a GPU). Returns
+    ``(loss, grad_norm, loss_tokens, stepped)``; when ``stepped`` is False the optimizer did not run and the
+    gradients are left for the caller to report.
 
     ``marks(name)``, when given, is called at the end of each phase (``input``, ``forward``, ``backward`` per
     micro-batch; ``clip_grad``, ``optimizer``): ``benchmarks/train_throughput.py --phases`` records a CUDA event there
