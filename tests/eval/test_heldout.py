@@ -156,3 +156,33 @@ def test_chat_fidelity_scores_assistant_tokens_of_each_conversation_alone(teache
     assert math.isclose(one["kl_teacher_student"], ref["kl_teacher_student"], rel_tol=1e-4)
     assert res["n_conversations"] == 2 and res["n_tokens"] == int(rows["loss_mask"].sum())
     assert res["n_tokens"] > one["n_tokens"] > 0
+
+
+def test_logits_are_float32_whatever_the_models_dtype_and_the_callers_autocast(teacher):
+    """bf16 models under bf16 autocast (the trainer on CUDA; ``gendistill eval`` loads bf16 there): the hidden states
+    are the models' own, but the vocabulary projection and everything after it run in float32, as on CPU. Reference:
+    the same hidden states projected in float64. Tolerance 2e-6 relative: float32 logits of bf16 operands against
+    float64; the bf16 projection this replaced missed it by 1.5e-5 on these tiny models."""
+    from gendistill.eval.heldout import document_hidden, fidelity_sums
+    from gendistill.models.packed_attention import packed_attention_kwargs
+
+    student = convert_teacher(tiny_model("llama", V, seed=0, tie_word_embeddings=False), [0])
+    with torch.no_grad():
+        for p in student.model.layers[1].mlp.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    t16, s16 = copy.deepcopy(teacher).to(torch.bfloat16), copy.deepcopy(student).to(torch.bfloat16)
+    rows = packed_rows(DOCS, seed=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        res = heldout_fidelity(t16, s16, rows, batch_rows=len(DOCS))
+        packed = packed_attention_kwargs(rows["position_ids"])
+        sel = rows["loss_mask"].reshape(-1).nonzero().squeeze(-1)
+        h_t = document_hidden(t16, rows, packed).reshape(-1, 64)[sel]
+        h_s = document_hidden(s16, rows, packed).reshape(-1, 64)[sel]
+    lt = h_t.double() @ t16.lm_head.weight.double().T
+    ls = h_s.double() @ s16.lm_head.weight.double().T
+    agree, kl, t_nll, s_nll = (float(x) / len(sel) for x in fidelity_sums(lt.double(), ls.double(),
+                                                                          rows["labels"].reshape(-1)[sel]))
+    assert h_t.dtype == torch.bfloat16
+    for k, ref in (("kl_teacher_student", kl), ("teacher_nll", t_nll), ("student_nll", s_nll)):
+        assert math.isclose(res[k], ref, rel_tol=2e-6), (k, res[k], ref)
+    assert res["top1_agreement"] == agree

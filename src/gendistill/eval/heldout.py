@@ -11,7 +11,9 @@ Both models read every row **document by document**: ``use_cache=False`` (with a
 packed-sequence mask and a teacher would attend across the documents of a packed row while its positions restart)
 and the documents' boundaries passed as transformers' flash-attention keyword arguments
 (:func:`gendistill.models.packed_attention.packed_attention_kwargs`), exactly as the trainer's stage-3 forward does.
-Logits are ``lm_head`` of the final hidden state, computed only at the scored positions (in chunks), in float32.
+Logits are ``lm_head`` of the final hidden state, computed only at the scored positions (in chunks), in float32 whatever
+the models' dtype and the caller's autocast (:func:`float32_logits`): the models' hidden states are their own (bf16 on
+CUDA), the vocabulary projection and everything after it are float32, so a figure does not depend on the device.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
@@ -42,6 +45,14 @@ def _head(model: torch.nn.Module) -> torch.nn.Module:
         raise GendistillError(f"{type(model).__name__}: soft-capped or scaled logits are not supported by held-out "
                               "fidelity (its logits would not be lm_head of the hidden state)")
     return model.get_output_embeddings()
+
+
+def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)`` in float32: ``hidden`` ``[n, D]`` and the head's weight ``[V, D]`` (and bias) upcast, autocast
+    off, so a bf16 model or a bf16 autocast does not round the logits ``[n, V]``."""
+    bias = None if getattr(head, "bias", None) is None else head.bias.float()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear(hidden.float(), head.weight.float(), bias)
 
 
 def document_hidden(model: torch.nn.Module, rows: dict[str, torch.Tensor], packed: dict[str, Any]) -> torch.Tensor:
@@ -116,8 +127,8 @@ def heldout_fidelity(teacher: torch.nn.Module, student: torch.nn.Module, rows: d
         if loss_fn is not None:
             loss_sum += float(loss_fn(h_s, h_t.to(h_s.device), labels.to(h_s.device)))
         for j in range(0, sel.numel(), chunk_tokens):
-            lt = head_t(h_t[j : j + chunk_tokens])
-            ls = head_s(h_s[j : j + chunk_tokens]).to(lt.device)
+            lt = float32_logits(head_t, h_t[j : j + chunk_tokens])
+            ls = float32_logits(head_s, h_s[j : j + chunk_tokens]).to(lt.device)
             part = fidelity_sums(lt, ls, labels[j : j + chunk_tokens].to(lt.device) if labels is not None else None)
             sums = part if sums is None else sums + part.to(sums.device)
         n_tok += int(sel.numel())
