@@ -109,13 +109,29 @@ class HybridPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     _keep_in_fp32_modules = ["A_log", "dt_bias"]
 
+    def recurrence_parameters(self) -> dict[str, nn.Parameter]:
+        """Each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) by full parameter name."""
+        return {f"{prefix}.{name}" if prefix else name: getattr(module, name)
+                for prefix, module in self.named_modules() for name in getattr(module, "fp32_parameters", ())}
+
     def upcast_recurrence_parameters(self) -> None:
         """Keep each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) in float32 whatever dtype the rest of the
-        model is cast to (the decay gate is computed in float32; bf16 would round the decay rates)."""
-        for module in self.modules():
-            for name in getattr(module, "fp32_parameters", ()):
-                p = getattr(module, name)
-                p.data = p.data.float()
+        model is cast to (the decay gate is computed in float32; bf16 would round the decay rates). This restores the
+        dtype, not bits a cast to a lower precision lost: use :meth:`cast_keeping_recurrence_parameters` to cast."""
+        for p in self.recurrence_parameters().values():
+            p.data = p.data.float()
+
+    @torch.no_grad()
+    def cast_keeping_recurrence_parameters(self, dtype: torch.dtype,
+                                           device: torch.device | str | None = None) -> HybridPreTrainedModel:
+        """``self.to(device, dtype)``, except that each mixer's ``fp32_parameters`` keep their float32 values (a cast
+        to bf16 and back would round them). Returns ``self``."""
+        kept = {name: p.detach().to(device=device, dtype=torch.float32, copy=True)
+                for name, p in self.recurrence_parameters().items()}
+        self.to(device=device, dtype=dtype)
+        for name, value in kept.items():
+            self.get_parameter(name).data = value
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
