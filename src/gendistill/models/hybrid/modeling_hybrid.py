@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils.deprecation import deprecate_kwarg
 
 from gendistill.layers.base import TeacherShapedMixer
-from gendistill.layers.registry import get_linear_mixer
+from gendistill.layers.registry import fp32_parameter_names, get_linear_mixer
 from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, HybridConfig
 from gendistill.models.hybrid.families import get_family
 
@@ -107,7 +107,11 @@ class HybridPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _is_stateful = True
-    _keep_in_fp32_modules = ["A_log", "dt_bias"]
+    # from_pretrained loads every mixer's fp32_parameters in float32 whatever the requested dtype. transformers 5
+    # searches these patterns (regular expressions) in the parameter names, hence the "linear_attn." prefix (a bare "D"
+    # would match any name with a capital D); the "_strict" list applies to bfloat16 and float16 loads, the plain
+    # _keep_in_fp32_modules to float16 only.
+    _keep_in_fp32_modules_strict = [f"linear_attn.{name}" for name in fp32_parameter_names()]
 
     def recurrence_parameters(self) -> dict[str, nn.Parameter]:
         """Each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) by full parameter name."""
