@@ -262,3 +262,18 @@ def test_segmented_prefill_run_is_recorded_and_named(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     assert data["models"]["student"]["kda_prefill_segment"] == 64
     assert all(c["student"]["ttft_ms"] > 0 for c in data["contexts"])
+
+
+def test_bf16_benchmark_student_has_the_fp32_runs_float32_decay_parameters():
+    """The benchmark casts only the teacher; the student it converts in bf16 keeps its mixers' fp32 parameters in
+    float32, with the values the fp32 run's student has (same seed)."""
+    from gendistill.bench.models import build_models
+
+    students = {dtype: build_models(BenchSettings.tiny(), torch.device("cpu"), dtype).student
+                for dtype in (torch.float32, torch.bfloat16)}
+    exact, rounded = students[torch.float32], students[torch.bfloat16]
+    assert rounded.get_input_embeddings().weight.dtype == torch.bfloat16
+    kept = rounded.recurrence_parameters()
+    assert len(kept) == 2 * 6  # A_log and dt_bias of the tiny student's 6 KDA layers
+    for name, p in kept.items():
+        assert p.dtype == torch.float32 and torch.equal(p, exact.get_parameter(name)), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -10,6 +11,7 @@ import torch
 
 from gendistill.convert import convert_teacher, parse_attention_layers
 from gendistill.errors import LayerSpecError, UnsupportedModelError
+from gendistill.layers.registry import LINEAR_MIXERS
 from gendistill.ops.conv import causal_conv1d
 from tests.conftest import make_teacher
 
@@ -186,6 +188,28 @@ def test_bounded_gate_student_starts_from_the_exact_students_decays():
         # different functions of f, equal at f = 0; at init |f| < 0.1 and they differ by <= 0.6 % (measured)
         assert ((gb - ge).abs() / ge.abs()).max().item() < 0.02
         assert (gb >= -5.0).all() and (gb < 0).all()
+
+
+@pytest.mark.parametrize("options", [{"linear_attention_type": m} for m in LINEAR_MIXERS]
+                         + [{"kda_gate_lower_bound": -5.0}], ids=[*LINEAR_MIXERS, "kda-bounded"])
+def test_bf16_teacher_gives_the_fp32_teachers_student_with_float32_decay_parameters(options):
+    """Same teacher and seed in float32 and in bfloat16 (the default on CUDA): the mixers' fp32 parameters (A_log,
+    dt_bias, GLA's gk_bias, Mamba2's D) are bit-identical float32 in both students, and every other weight of the
+    bf16 student is the fp32 student's rounded to bf16 (nothing else about the student depends on the dtype)."""
+    teacher = make_teacher("qwen3")
+    students = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(5)
+        students[dtype] = convert_teacher(copy.deepcopy(teacher).to(dtype), "0,2", **options)
+    exact, rounded = students[torch.float32], students[torch.bfloat16]
+    kept = set(exact.recurrence_parameters())
+    assert kept and kept == set(rounded.recurrence_parameters())
+    assert {k.rsplit(".", 1)[1] for k in kept} == set(LINEAR_MIXERS[exact.config.linear_attention_type].fp32_parameters)
+    for name, p in rounded.state_dict().items():
+        if name in kept:
+            assert p.dtype == torch.float32 and torch.equal(p, exact.get_parameter(name)), name
+        else:
+            assert p.dtype == torch.bfloat16 and torch.equal(p, exact.state_dict()[name].to(torch.bfloat16)), name
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, -5.5, float("nan"), True, "x"])

@@ -193,6 +193,35 @@ def test_bfloat16_keeps_decay_parameters_in_float32(mixer):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("mixer", ["gla", "mamba2"])
+def test_from_pretrained_in_bf16_keeps_every_fp32_parameter_in_float32(mixer, tmp_path):
+    """GLA's gk_bias and Mamba2's D as well as A_log / dt_bias: loaded with ``dtype=bfloat16`` by transformers'
+    own from_pretrained, they stay float32 with the saved values while the rest of the model is bf16."""
+    _, student = student_of(mixer)  # dt_bias / gk_bias moved off their init, so they are not bf16-exact
+    out = save_student(student, None, tmp_path / "student")
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    assert loaded.get_input_embeddings().weight.dtype == torch.bfloat16
+    kept = loaded.recurrence_parameters()
+    names = set(LINEAR_MIXERS[mixer].fp32_parameters)
+    assert {k.rsplit(".", 1)[1] for k in kept} == names and len(kept) == 2 * len(names)
+    for name, p in kept.items():
+        assert p.dtype == torch.float32 and torch.equal(p, student.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(LINEAR_MIXERS))
+def test_transformers_dtype_plan_keeps_exactly_the_mixers_fp32_parameters(name, dtype):
+    """The parameters from_pretrained loads in float32 (its dtype plan, matched against the parameter names the way
+    transformers' loader matches it) are every mixer's ``fp32_parameters`` and nothing else."""
+    from transformers.core_model_loading import build_glob_alternation
+
+    student = convert_teacher(make_teacher("llama"), "0", linear_attention_type=name)
+    plan = student._get_dtype_plan(dtype)
+    assert set(plan.values()) == {torch.float32}
+    pattern, _, _ = build_glob_alternation(list(plan))
+    assert {k for k in student.state_dict() if pattern.search(k)} == set(student.recurrence_parameters())
+
+
 def test_convert_cli_builds_a_student_with_the_chosen_mixer(tmp_path):
     from typer.testing import CliRunner
 

@@ -95,23 +95,15 @@ def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPai
         with torch.device(device):  # the student is built where the teacher lives (no 0.6B init on CPU)
             student, standin, note = _convert(teacher, settings.attention_layers, settings.kda_gate_lower_bound)
     teacher = teacher.to(device=device, dtype=dtype).eval()
-    # Only move the student: a dtype cast would round its fp32 A_log / dt_bias through `dtype`.
+    # Only move the student: convert_teacher and load_model gave it `dtype`, with its mixers' fp32 parameters
+    # (A_log, dt_bias, ...) in float32; a dtype cast would round those through `dtype`.
     student = student.to(device=device).eval()
     emb_dtype = student.get_input_embeddings().weight.dtype
     if emb_dtype != dtype:
         raise ConfigError(f"student dtype {emb_dtype} != requested {dtype}")
     _set_attn(teacher, impl)
     _set_attn(student, impl)
-    _keep_fp32_params(student)
     return ModelPair(teacher, student, model_name(settings), standin, note)
-
-
-def _keep_fp32_params(model: Any) -> None:
-    """KDA's A_log / dt_bias are fp32 by design; ``.to(dtype)`` above must not have been their last word. The model
-    may declare them via ``_keep_in_fp32_modules``-style names; here: any parameter named A_log or dt_bias."""
-    for name, p in model.named_parameters():
-        if name.endswith(("A_log", "dt_bias")) and p.dtype != torch.float32:
-            p.data = p.data.float()
 
 
 def count_params(model: Any) -> int:

@@ -48,13 +48,15 @@ def convert_teacher(teacher: PreTrainedModel, attention_layers: str | list[int],
     a KDA mixer whose q/k/v/o projections are the teacher's (k/v repeated per query head when
     ``kda_kv_mode="expand"``) and whose other parameters get the identity / Mamba-style initialisation.
     Embeddings, MLPs, norms, kept attention layers and lm_head are the teacher's. The student has the teacher's dtype
-    and device and is returned in eval mode."""
+    and device, except the mixers' ``fp32_parameters`` (float32, with the same values whatever the teacher's dtype),
+    and is returned in eval mode."""
     config = student_config_from_teacher(teacher.config, attention_layers, **kda_options)
     config._attn_implementation = teacher.config._attn_implementation
     dtype = next(teacher.parameters()).dtype
     device = next(teacher.parameters()).device
-    student = HybridForCausalLM(config).to(device=device, dtype=dtype)
-    student.upcast_recurrence_parameters()
+    # the mixers' fp32 parameters (A_log, dt_bias, ...) keep their float32 initial values, so the same seed gives the
+    # same decays from a bf16 teacher (the default on CUDA) as from an fp32 one
+    student = HybridForCausalLM(config).cast_keeping_recurrence_parameters(dtype, device)
 
     teacher_sd = teacher.state_dict()
     student_sd = student.state_dict()

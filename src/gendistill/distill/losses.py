@@ -269,7 +269,8 @@ def fused_forward_kl(
     gradient w.r.t. the student logits in one Triton pass per row, the gradients w.r.t. ``h_s`` (and ``w_s`` when it
     trains) computed in the forward. The same function as :func:`chunked_logit_loss` with ``forward_kl`` (the
     temperature enters as a scale of both weights); ``tests/gpu/test_distill_gpu.py`` checks the two against each
-    other."""
+    other. A trained ``w_s`` gets its gradient summed in fp32 and rounded to ``dtype`` once (fla's ``dw.to(weight)``;
+    its matmuls need the weight in the hidden states' dtype); the chunked loss rounds each chunk's to ``dtype``."""
     from fla.modules.fused_kl_div import fused_kl_div_loss  # noqa: PLC0415  (Triton kernels, CUDA only)
 
     n = h_s.shape[0]

@@ -28,3 +28,9 @@ def get_linear_mixer(name: str) -> type[nn.Module]:
         return LINEAR_MIXERS[name]
     except KeyError:
         raise ValueError(f"unknown linear_attention_type {name!r}; registered: {', '.join(sorted(LINEAR_MIXERS))}") from None
+
+
+def fp32_parameter_names() -> tuple[str, ...]:
+    """Names (inside a mixer) of the parameters some registered mixer keeps in float32 whatever the model dtype: the
+    union of every mixer's ``fp32_parameters``, sorted."""
+    return tuple(sorted({name for mixer in LINEAR_MIXERS.values() for name in getattr(mixer, "fp32_parameters", ())}))

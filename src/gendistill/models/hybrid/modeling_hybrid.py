@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils.deprecation import deprecate_kwarg
 
 from gendistill.layers.base import TeacherShapedMixer
-from gendistill.layers.registry import get_linear_mixer
+from gendistill.layers.registry import fp32_parameter_names, get_linear_mixer
 from gendistill.models.hybrid.configuration_hybrid import LINEAR_TYPE, HybridConfig
 from gendistill.models.hybrid.families import get_family
 
@@ -107,15 +107,35 @@ class HybridPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _is_stateful = True
-    _keep_in_fp32_modules = ["A_log", "dt_bias"]
+    # from_pretrained loads every mixer's fp32_parameters in float32 whatever the requested dtype. transformers 5
+    # searches these patterns (regular expressions) in the parameter names, hence the "linear_attn." prefix (a bare "D"
+    # would match any name with a capital D); the "_strict" list applies to bfloat16 and float16 loads, the plain
+    # _keep_in_fp32_modules to float16 only.
+    _keep_in_fp32_modules_strict = [f"linear_attn.{name}" for name in fp32_parameter_names()]
+
+    def recurrence_parameters(self) -> dict[str, nn.Parameter]:
+        """Each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) by full parameter name."""
+        return {f"{prefix}.{name}" if prefix else name: getattr(module, name)
+                for prefix, module in self.named_modules() for name in getattr(module, "fp32_parameters", ())}
 
     def upcast_recurrence_parameters(self) -> None:
         """Keep each mixer's ``fp32_parameters`` (``A_log``, ``dt_bias``, ...) in float32 whatever dtype the rest of the
-        model is cast to (the decay gate is computed in float32; bf16 would round the decay rates)."""
-        for module in self.modules():
-            for name in getattr(module, "fp32_parameters", ()):
-                p = getattr(module, name)
-                p.data = p.data.float()
+        model is cast to (the decay gate is computed in float32; bf16 would round the decay rates). This restores the
+        dtype, not bits a cast to a lower precision lost: use :meth:`cast_keeping_recurrence_parameters` to cast."""
+        for p in self.recurrence_parameters().values():
+            p.data = p.data.float()
+
+    @torch.no_grad()
+    def cast_keeping_recurrence_parameters(self, dtype: torch.dtype,
+                                           device: torch.device | str | None = None) -> HybridPreTrainedModel:
+        """``self.to(device, dtype)``, except that each mixer's ``fp32_parameters`` keep their float32 values (a cast
+        to bf16 and back would round them). Returns ``self``."""
+        kept = {name: p.detach().to(device=device, dtype=torch.float32, copy=True)
+                for name, p in self.recurrence_parameters().items()}
+        self.to(device=device, dtype=dtype)
+        for name, value in kept.items():
+            self.get_parameter(name).data = value
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
