@@ -3,7 +3,8 @@
 #               evaluate teacher / undistilled / distilled side by side (CPU: see README, The demo; DEMO_ARGS="--full"
 #               or a CUDA machine: the real SmolLM2 recipe)
 #   make test   install everything, run the test suite
-# Override TORCH to pick another PyTorch build (e.g. TORCH="torch==2.11.0" on a CUDA machine).
+# TORCH is what pip installs from its configured index (PyPI on Linux x86_64: the CUDA build); override it to pick
+# another version, e.g. TORCH="torch==2.11.0". For the CPU-only build, see README, Two commands.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0

@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
 
 import gendistill
 from gendistill.cli import app
+from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,32 +38,61 @@ SYNONYMS = {"--output", "--output-dir", "--outdir", "--out-dir", "--model-path",
             "--models", "--override", "--gpu", "--cuda", "--torch-dtype"}
 
 
-def _commands() -> dict[str, click.Command]:
+#: the help text every ``--device`` / ``--dtype`` shows (a command may put a few words before it)
+SHARED_HELP = {"device": DEVICE_HELP, "dtype": DTYPE_HELP}
+
+
+def _commands() -> dict:
+    """Every command, by name (typer's click commands: typer vendors its own click, so they are not ``click``'s)."""
     group = typer.main.get_command(app)
     return dict(group.commands)
 
 
+def _options(cmd) -> list:
+    """The command's options (not its arguments). Duck-typed on ``param_type_name``, which typer's vendored click and
+    click itself both set, so no ``isinstance`` can silently match nothing."""
+    return [p for p in cmd.params if p.param_type_name == "option"]
+
+
 def test_every_command_names_shared_concepts_the_same_way():
     commands = _commands()
-    assert {"convert", "chat", "distill", "eval", "bench", "ablate", "select-layers", "recipes"} <= set(commands)
+    assert {"convert", "chat", "distill", "eval", "bench", "ablate", "select-layers", "recipes", "demo"} <= \
+        set(commands)
     shorts: dict[str, set[str]] = {}
+    seen: dict[str, int] = {}  # concept -> commands that have it
+    n_options = 0
     for name, cmd in commands.items():
-        for p in cmd.params:
-            if not isinstance(p, click.Option):
-                continue
+        for p in _options(cmd):
+            n_options += 1
             flags = [*p.opts, *p.secondary_opts]
             assert not SYNONYMS & set(flags), (name, flags)
             for f in p.opts:
                 if not f.startswith("--"):
                     shorts.setdefault(f, set()).add(p.opts[0])
             if p.name in SHARED:
+                seen[p.name] = seen.get(p.name, 0) + 1
                 want, default = SHARED[p.name]
                 assert sorted(p.opts) == sorted(want), (name, p.name, p.opts)
                 if default is not ... and not p.required:
                     assert p.default == default, (name, p.name, p.default)
+            if p.name in SHARED_HELP:
+                assert SHARED_HELP[p.name] in (p.help or ""), (name, p.name, p.help)
             for concept, (want, _) in SHARED.items():  # the concept's long flag is used for nothing else
                 assert want[0] not in p.opts or p.name == concept, (name, p.name, p.opts)
     assert all(len(longs) == 1 for longs in shorts.values()), shorts
+    # the loop really looked: every command's options, and every shared concept in some command
+    assert n_options > 100, n_options
+    assert set(seen) == set(SHARED), seen
+
+
+def test_the_option_filter_sees_typer_and_click_options_alike():
+    """``_options`` keeps the options of a typer command and of a plain click command, and drops arguments."""
+    import click
+
+    typer_cmd = _commands()["eval"]
+    assert {"model", "out", "device", "dtype"} <= {p.name for p in _options(typer_cmd)}
+    plain = click.Command("x", params=[click.Argument(["thing"]), click.Option(["--out", "-o"])])
+    assert [p.name for p in _options(plain)] == ["out"]
 
 
 def test_every_command_has_the_one_error_handler():

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from gendistill.cli import app
 from gendistill.demo.driver import CPU_RECIPE, DEMO_DIR, TASKS, gap_lines
+from gendistill.distill.recipe_files import load_recipe
 from gendistill.eval.report import comparisons
 
 needs_teacher = pytest.mark.skipif(
@@ -73,6 +74,45 @@ def test_demo_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--out", str(mine), "--device", "cpu"])
     assert res.exit_code == 2 and "not a demo folder" in res.output
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_runs_on_the_gpu_it_is_given_in_the_dtype_it_is_given(tmp_path, monkeypatch):
+    """--device cuda:1 reaches the run as cuda:1 (it used to lose its index and run on the current GPU); --dtype fp16
+    becomes the teacher's float16. No GPU needed: CUDA is faked as present with two devices, and the run is stopped
+    where it would take the device (init_world), before anything is written."""
+    import torch
+
+    import gendistill.demo.driver as driver
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    r = driver.demo_recipe(CPU_RECIPE, tmp_path / "d", torch.device("cuda", 1), "bfloat16", [])
+    assert (r.run.device, r.teacher.dtype, r.run.output_dir) == ("cuda:1", "bfloat16", str(tmp_path / "d" / "run"))
+    assert driver.demo_recipe(CPU_RECIPE, tmp_path / "d", torch.device("cpu"), "auto", []).teacher.dtype == \
+        load_recipe(CPU_RECIPE).teacher.dtype  # auto keeps the recipe's
+
+    class Stop(Exception):
+        pass
+
+    driver_recipe = driver.demo_recipe
+
+    def init_world(device):
+        raise Stop(device)
+
+    loaded = []
+    monkeypatch.setattr(driver, "init_world", init_world)
+    monkeypatch.setattr(driver, "demo_recipe", lambda *a: loaded.append(driver_recipe(*a)) or loaded[-1])
+    with pytest.raises(Stop) as stop:
+        driver.run_demo(tmp_path / "d", full=False, device="CUDA:1", dtype="fp16", show_progress=False)
+    assert stop.value.args == ("cuda:1",) and loaded[0].teacher.dtype == "float16"
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_follows_the_shared_flags(tmp_path):
+    """-o is --out, a bad --dtype is the one --dtype error, before anything is written."""
+    res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "d"), "--device", "cpu", "--dtype", "int3"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: --dtype: unknown dtype 'int3'"), res.output
+    assert not (tmp_path / "d").exists()
 
 
 @needs_teacher

@@ -2,10 +2,14 @@
 
 Every ``--device`` and ``--dtype`` (and the recipe's ``teacher.dtype`` / ``run.device``) goes through
 :func:`resolve_device` and :func:`resolve_dtype`, so ``auto`` means the same thing everywhere: the first CUDA device
-when there is one, else the CPU; bfloat16 on CUDA, float32 on the CPU.
+when there is one, else the CPU; bfloat16 on CUDA, float32 on the CPU. A config field that names a device or a dtype
+is checked, and stored in its canonical spelling, by the same rules (:func:`device_name`, :func:`dtype_choice`), so
+``bf16`` and ``cuda:1`` mean the same in a recipe as on the command line.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -22,22 +26,48 @@ DTYPE_HELP = "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | flo
 DEVICE_HELP = "auto (cuda if available, else cpu) | cpu | cuda | cuda:N"
 
 
+def _named(what: str | None, problem: str) -> GendistillError:
+    return GendistillError(f"{what}: {problem}" if what else problem)
+
+
+def device_name(name: str | None, what: str | None = "--device") -> str:
+    """The canonical spelling of a device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower case, no padding,
+    ``None`` -> ``auto``). Checks the spelling only, not that the device exists (a recipe is checked on any machine;
+    :func:`resolve_device` checks existence). Raises :class:`GendistillError` naming ``what`` (no prefix if None)."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    match = re.fullmatch(r"cuda:(\d+)", text)
+    if match is None:
+        raise _named(what, f"expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return f"cuda:{int(match.group(1))}"
+
+
+def dtype_choice(name: str | None, what: str | None = "--dtype") -> str:
+    """The canonical spelling of a dtype name: ``auto`` or the long name of a :data:`DTYPES` entry (``bf16`` ->
+    ``bfloat16``; ``None`` -> ``auto``). Raises :class:`GendistillError` naming ``what`` (no prefix if None)."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "auto":
+        return text
+    if text not in DTYPES:
+        raise _named(what, f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
+    return dtype_name(DTYPES[text])
+
+
 def resolve_device(name: str | torch.device | None = "auto", what: str = "--device") -> torch.device:
-    """``"auto"``/``None`` -> ``cuda`` if available else ``cpu``; otherwise the named device, checked to exist.
+    """``"auto"``/``None`` -> ``cuda`` if available else ``cpu``; otherwise the named device (:func:`device_name`, or
+    ``mps``), checked to exist.
 
     Raises :class:`GendistillError` (one line naming ``what``) for a malformed name or CUDA asked for but absent."""
     if isinstance(name, torch.device):
         dev = name
-    elif name is None or str(name).strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name is not None and str(name).strip().lower() == "mps":
+        dev = torch.device("mps")
     else:
-        text = str(name).strip().lower()
-        if text not in ("cpu", "cuda", "mps") and not text.startswith("cuda:"):
-            raise GendistillError(f"{what}: expected auto, cpu, cuda or cuda:N, got {name!r}")
-        try:
-            dev = torch.device(text)
-        except (RuntimeError, TypeError):
-            raise GendistillError(f"{what}: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+        text = device_name(name, what)
+        if text == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(text)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise GendistillError(f"{what} {name}: CUDA is not available on this machine; use --device cpu")
@@ -54,13 +84,11 @@ def resolve_dtype(name: str | torch.dtype | None = "auto", device: str | torch.d
         if not name.is_floating_point:
             raise GendistillError(f"{what}: expected a floating dtype, got {name}")
         return name
-    if name is None or str(name).strip().lower() == "auto":
+    choice = dtype_choice(name, what)
+    if choice == "auto":
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
-    try:
-        return DTYPES[str(name).strip().lower()]
-    except KeyError:
-        raise GendistillError(f"{what}: unknown dtype {name!r}; use auto, {', '.join(DTYPES)}") from None
+    return DTYPES[choice]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -68,4 +96,5 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "resolve_device", "resolve_dtype", "dtype_name"]
+__all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
+           "dtype_name"]

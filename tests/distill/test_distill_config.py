@@ -98,6 +98,65 @@ def test_bad_recipes_name_the_key(mutate, message):
         parse_recipe(d)
 
 
+@pytest.mark.parametrize("dtype, canonical", [("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32"),
+                                              (" bfloat16 ", "bfloat16"), ("auto", "auto")])
+@pytest.mark.parametrize("device, canonical_device", [("cuda:1", "cuda:1"), ("CUDA:01", "cuda:1"), ("cuda", "cuda"),
+                                                      ("cpu", "cpu"), ("auto", "auto")])
+def test_recipe_takes_every_device_and_dtype_a_command_line_takes(dtype, canonical, device, canonical_device):
+    """teacher.dtype and run.device follow the rules of every --dtype / --device (gendistill.devices), spelling only
+    (this machine has no GPU: cuda:1 is a valid recipe anywhere), and keep the canonical name, so the recipe written
+    back says bfloat16 / cuda:1 whatever was typed."""
+    d = base()
+    d["teacher"]["dtype"], d["run"]["device"] = dtype, device
+    r = parse_recipe(d)
+    assert (r.teacher.dtype, r.run.device) == (canonical, canonical_device)
+    again = yaml.safe_load(dump_recipe(r))
+    assert (again["teacher"]["dtype"], again["run"]["device"]) == (canonical, canonical_device)
+    assert parse_recipe(again) == r
+
+
+def test_recipe_overrides_of_device_and_dtype_are_checked_and_canonical(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base()))
+    r = load_recipe(p, ["teacher.dtype=BF16", "run.device=cuda:3"])
+    assert (r.teacher.dtype, r.run.device) == ("bfloat16", "cuda:3")
+    r.run.device = "CPU"  # assignment goes through the same check
+    assert r.run.device == "cpu"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("teacher.dtype", "int8", "teacher.dtype: unknown dtype 'int8'; use auto, float32, fp32, bfloat16, bf16"),
+    ("teacher.dtype", "bf", "teacher.dtype: unknown dtype 'bf'"),
+    ("run.device", "gpu", "run.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("run.device", "cuda:x", "run.device: expected auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+    ("run.device", "cuda:-1", "run.device: expected auto, cpu, cuda or cuda:N, got 'cuda:-1'"),
+    ("run.device", "mps", "run.device: expected auto, cpu, cuda or cuda:N, got 'mps'"),
+])
+def test_recipe_refuses_a_bad_device_or_dtype_in_one_line_naming_the_key(tmp_path, key, value, message):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p, [f"{key}={value}"])
+    text = str(e.value)
+    assert message in text and "\n" not in text and "Value error" not in text, text
+    assert text.count(f"{key}: ") == 1, text  # named once, not by pydantic and again by the message
+
+
+def test_a_cuda_index_is_one_process_s_gpu_not_a_torchrun_rank_s(monkeypatch):
+    """run.device cuda:N under torchrun is refused (each rank takes its LOCAL_RANK's GPU); without CUDA, cuda:N is
+    refused naming run.device. Neither needs a GPU: both are decided before any device is touched."""
+    from gendistill.distill.distributed import init_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^run.device: cuda:1 names one GPU, but under torchrun each of the 2 "):
+        init_world("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^run.device: cuda:1 requested but no CUDA device is available"):
+        init_world("cuda:1")
+    assert init_world("cpu").device.type == "cpu"
+
+
 def test_a_mistyped_key_is_one_problem_with_the_key_it_stands_for(tmp_path):
     """A typo in a required key was two problems (the key missing, the typo unknown); it is now one, with the known
     key suggested, also for optional keys (from the recipe's schema) and for a key set with --set."""

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from gendistill.convert.convert import save_student
-from gendistill.devices import resolve_device
+from gendistill.devices import dtype_choice, dtype_name, resolve_device
 from gendistill.distill.config import Recipe
 from gendistill.distill.data import PackedStream, collate
-from gendistill.distill.distributed import World
+from gendistill.distill.distributed import World, init_world
 from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
 from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.shipped import shipped_recipe
@@ -87,6 +87,7 @@ def run_demo(
     recipe: str | Path | None = None,
     overrides: list[str] | None = None,
     device: str = "auto",
+    dtype: str = "auto",
     limit: int | None = None,
     max_new_tokens: int | None = None,
     heldout_sequences: int = 8,
@@ -95,10 +96,14 @@ def run_demo(
     """Run the demo into ``out`` and return its figures (also printed by the command, and written to
     ``out/demo.json`` / ``out/demo.md``). ``full`` (default: when CUDA is present) runs the real SmolLM2 recipe
     instead of the CPU demo recipe; ``recipe`` names any other; ``overrides`` are ``gendistill distill --set``
-    strings; ``limit`` caps examples per task; ``max_new_tokens`` caps generation (CPU demo default: 24). The steps:
+    strings; ``device`` is any ``--device`` (a ``cuda:N`` is kept: the demo runs on that GPU); ``dtype`` (any
+    ``--dtype``) is the teacher's and the evaluation's, ``auto`` leaving the recipe's ``teacher.dtype``; ``limit``
+    caps examples per task; ``max_new_tokens`` caps generation (CPU demo default: 24). The steps:
     :func:`convert_step`, :func:`distill_step`, :func:`eval_step`, then the table."""
-    device = resolve_device(device).type
-    full = (device == "cuda") if full is None else full
+    dev = resolve_device(device)
+    dtype = dtype_choice(dtype)
+    device = str(dev)  # "cpu", "cuda" or "cuda:N": the index is kept
+    full = (dev.type == "cuda") if full is None else full
     if max_new_tokens is None and not full:
         max_new_tokens = CPU_MAX_NEW_TOKENS
     recipe_path = Path(recipe) if recipe is not None else (full_recipe() if full else CPU_RECIPE)
@@ -106,10 +111,10 @@ def run_demo(
     if out.is_dir() and any(out.iterdir()) and not (out / "demo.json").is_file():
         raise OutputError(f"--out: {out} exists and is not a demo folder (no demo.json); choose a new folder")
     check_writable(out, "--out")
-    r = load_recipe(recipe_path, [*(overrides or []), f"run.output_dir={out / 'run'}", f"run.device={device}"])
+    r = demo_recipe(recipe_path, out, dev, dtype, overrides or [])
     if not show_progress:
         r.run.progress = "none"
-    world = World(device=torch.device(device))
+    world = init_world(r.run.device)
     seconds: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})  # marks the folder as ours
@@ -120,7 +125,8 @@ def run_demo(
            **{role: perplexity(f.get("student_nll")) for role, f in fid.items()}}
     del teacher
     specs = {"teacher": r.teacher.spec, "undistilled": str(undistilled), "distilled": str(distilled)}
-    results = eval_step(specs, out, device, limit, max_new_tokens, show_progress, seconds)
+    results = eval_step(specs, out, device, dtype_name(teacher_dtype(r, world)), limit, max_new_tokens,
+                        show_progress, seconds)
 
     labels = {role: model_label(spec) for role, spec in specs.items()}
     accuracy: dict[str, dict[str, dict[str, float]]] = {role: {} for role in specs}
@@ -146,6 +152,16 @@ def run_demo(
         "accuracy": accuracy, "protocol_gap": gaps, "models": specs, "eval": str(out / "eval" / "results.json"),
     })
     return result
+
+
+def demo_recipe(recipe_path: Path, out: Path, device: torch.device, dtype: str, overrides: list[str]) -> Recipe:
+    """The recipe the demo runs: ``recipe_path`` with the user's ``overrides``, then the demo's own: the run folder
+    ``out/run``, ``run.device`` the whole ``device`` (with its index), and ``teacher.dtype`` unless ``dtype`` is
+    ``auto``."""
+    own = [f"run.output_dir={out / 'run'}", f"run.device={device}"]
+    if dtype != "auto":
+        own.append(f"teacher.dtype={dtype}")
+    return load_recipe(recipe_path, [*overrides, *own])
 
 
 def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, seconds: dict[str, float]):
@@ -179,14 +195,16 @@ def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, rows: dict[str, 
     return distilled, tokens
 
 
-def eval_step(specs: dict[str, str], out: Path, device: str, limit: int | None, max_new_tokens: int | None,
-              show_progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
-    """3. Both protocols on the shipped task set, the three models on the same examples (``out/eval``)."""
+def eval_step(specs: dict[str, str], out: Path, device: str, dtype: str, limit: int | None,
+              max_new_tokens: int | None, show_progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """3. Both protocols on the shipped task set, the three models on the same examples (``out/eval``), in the
+    teacher's dtype."""
     t0 = time.perf_counter()
+    on_gpu = device.startswith("cuda")
     cfg = EvalConfig(
         models=list(specs.values()), tasks=TASKS, protocols=["loglik", "generate"], limit=limit,
-        out=str(out / "eval"), device=device, dtype="bfloat16" if device == "cuda" else "float32",
-        max_new_tokens=max_new_tokens, batch_size=64 if device == "cuda" else 8, show_progress=show_progress,
+        out=str(out / "eval"), device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens, batch_size=64 if on_gpu else 8, show_progress=show_progress,
         command="gendistill demo",
     )
     results = run_eval(cfg)

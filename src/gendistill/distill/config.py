@@ -18,10 +18,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from gendistill.devices import DEVICE_HELP, DTYPE_HELP, device_name, dtype_choice
 from gendistill.distill.losses import HIDDEN_LOSSES, LOGIT_LOSSES
 from gendistill.distill.stage_facts import (PARAM_GROUPS, STAGE_ORDER, STAGES, Masking, ParamGroup, StageName,
                                             micro_batches_per_step)
-from gendistill.errors import ConfigError
+from gendistill.errors import ConfigError, GendistillError
 from gendistill.limits import MAX_SEQ_LEN, MAX_SHUFFLE_BUFFER, MAX_STEP_TOKENS
 from gendistill.models.hybrid.configuration_hybrid import check_kda_options
 
@@ -60,6 +61,18 @@ def parse_count(value: Any) -> Any:
     return int(total)
 
 
+def canonical(spelling, value: Any) -> Any:
+    """A device or dtype name in the canonical spelling ``spelling`` gives it (:func:`gendistill.devices.device_name`
+    / :func:`gendistill.devices.dtype_choice`: the rules of every ``--device`` / ``--dtype``); a ValueError (which
+    pydantic reports at the key) for a name those rules refuse. Anything not a string is left for pydantic."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return spelling(value, None)
+    except GendistillError as e:
+        raise ValueError(str(e)) from None
+
+
 # ----------------------------------------------------------------------------------------------------------- models
 # Every field has a description: ``gendistill distill --help-recipe`` and docs/recipe.md are written from them.
 class TeacherConfig(_Strict):
@@ -68,11 +81,15 @@ class TeacherConfig(_Strict):
 
     spec: str = Field(description="the teacher: an embedded short name (smollm2-135m-instruct), a .gguf file, a "
                                   "Hugging Face folder or a hub id (org/name)")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="auto", description="dtype the teacher runs in (auto: bfloat16 on CUDA, float32 on CPU)")
+    dtype: str = Field(default="auto", description=f"dtype the teacher runs in: {DTYPE_HELP}; kept as the long name")
     attn_implementation: str | None = Field(
         default=None, description="transformers attention kernel for the teacher and the converted student (sdpa, eager, ...)"
     )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any) -> Any:
+        return canonical(dtype_choice, v)
 
 
 class StudentConfig(_Strict):
@@ -321,7 +338,8 @@ class RunConfig(_Strict):
 
     output_dir: str = Field(description="the run folder: checkpoints, metrics, the student after each stage")
     seed: int = Field(default=0, description="seed of the student's initialisation and of training")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when there is a GPU")
+    device: str = Field(default="auto", description=f"{DEVICE_HELP}; under torchrun, cuda or auto (each rank "
+                                                    "takes its LOCAL_RANK's GPU)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="bf16: autocast with fp32 master weights; auto: bf16 on CUDA, fp32 on CPU")
     keep_checkpoints: int = Field(default=2, ge=1, description="checkpoints kept per stage (the newest)")
@@ -345,6 +363,11 @@ class RunConfig(_Strict):
         description="torch.compile the norms and MLPs of every decoder block while training (auto: on a GPU, "
         "without FSDP2; a few seconds of compilation at the first step)",
     )
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        return canonical(device_name, v)
 
 
 class Recipe(_Strict):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gendistill.devices import device_name, resolve_device
 from gendistill.distill.fsdp import check_support, init_single_process_group
 from gendistill.errors import ConfigError
 
@@ -33,18 +34,23 @@ class World:
 def init_world(device: str = "auto", distributed: str = "ddp") -> World:
     """Initialise the process group from the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK) if present.
     ``distributed="fsdp"`` shards with FSDP2, which needs a process group even for one process: without torchrun a
-    one-rank group is created."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise ConfigError("run.device: cuda requested but no CUDA device is available")
-    if distributed == "fsdp":
-        check_support()
+    one-rank group is created. ``device`` is ``run.device``: ``cuda:N`` runs one process on GPU N; under torchrun
+    every rank takes its LOCAL_RANK's GPU, so there only ``cuda`` or ``auto`` make sense."""
     ws = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    named = device_name(device, "run.device")
+    if named.startswith("cuda:") and ws > 1:
+        raise ConfigError(f"run.device: {named} names one GPU, but under torchrun each of the {ws} ranks takes its "
+                          "LOCAL_RANK's GPU; use cuda or auto")
+    want_cuda = named.startswith("cuda") or (named == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {named} requested but no CUDA device is available")
+    if distributed == "fsdp":
+        check_support()
     if want_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        dev = resolve_device(named, "run.device") if named.startswith("cuda:") else torch.device("cuda", local)
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if ws > 1 and not dist.is_initialized():

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from gendistill.cli_utils import console
+from gendistill.devices import DEVICE_HELP
 from gendistill.distill.config import format_validation_error
 from gendistill.errors import ConfigError
 from gendistill.select.config import SelectConfig
@@ -58,7 +59,7 @@ def select_layers_command(
     recall_context: int = typer.Option(512, help="needle: tokens of held-out text per sequence."),
     recall_weight: float = typer.Option(1.0, help="beam-add: score = held-out KL + weight x recall KL."),
     seed: int = typer.Option(0, help="Seed of the KDA initialisation, the data order and the recall task."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP}."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
     progress: str = typer.Option("auto", help="auto (bar on a terminal) | bar | lines | none."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (candidate sets, steps, tokens) and stop; "

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gendistill.distill.config import DataConfig
+from gendistill.devices import device_name, dtype_choice
+from gendistill.distill.config import DataConfig, canonical
 from gendistill.distill.stage_facts import micro_batches_per_step
 from gendistill.limits import MAX_SEQ_LEN, MAX_STEP_TOKENS
 
@@ -72,9 +73,19 @@ class SelectConfig(_Strict):
 
     recall: RecallConfig = Field(default_factory=RecallConfig)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # as every --device (gendistill.devices.device_name), kept in its canonical spelling
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    teacher_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    teacher_dtype: str = "auto"  # as every --dtype (gendistill.devices.dtype_choice), kept as the long name
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        return canonical(device_name, v)
+
+    @field_validator("teacher_dtype", mode="before")
+    @classmethod
+    def _teacher_dtype(cls, v: Any) -> Any:
+        return canonical(dtype_choice, v)
 
     @model_validator(mode="after")
     def _check(self) -> "SelectConfig":
