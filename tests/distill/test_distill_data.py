@@ -215,22 +215,22 @@ def _docs(lengths):
 
 def test_packing_restarts_positions_and_splits_documents():
     seqs = list(pack_documents(iter(_docs([5, 7, 3, 9])), 8, pad_id=-1))
-    assert [s.position_ids for s, _ in seqs] == [
+    assert [s.position_ids.tolist() for s, _ in seqs] == [
         [0, 1, 2, 3, 4, 0, 1, 2],
         [0, 1, 2, 3, 0, 1, 2, 0],
         [0, 1, 2, 3, 4, 5, 6, 7],
     ]
-    assert seqs[0][0].input_ids == [0, 1, 2, 3, 4, 1000, 1001, 1002]
-    assert seqs[1][0].input_ids == [1003, 1004, 1005, 1006, 2000, 2001, 2002, 3000]
+    assert seqs[0][0].input_ids.tolist() == [0, 1, 2, 3, 4, 1000, 1001, 1002]
+    assert seqs[1][0].input_ids.tolist() == [1003, 1004, 1005, 1006, 2000, 2001, 2002, 3000]
     assert [st for _, st in seqs] == [StreamState(1, 3), StreamState(3, 1), StreamState(4, 0)]
 
 
 def test_packing_without_splitting_pads():
     seqs = list(pack_documents(iter(_docs([5, 7, 3])), 8, pad_id=-1, split_documents=False))
     s0 = seqs[0][0]
-    assert s0.input_ids == [0, 1, 2, 3, 4, -1, -1, -1] and s0.valid == [1] * 5 + [0] * 3
-    assert s0.position_ids == [0, 1, 2, 3, 4, 0, 1, 2]
-    assert seqs[1][0].input_ids[:7] == list(range(1000, 1007))
+    assert s0.input_ids.tolist() == [0, 1, 2, 3, 4, -1, -1, -1] and s0.valid.tolist() == [True] * 5 + [False] * 3
+    assert s0.position_ids.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert seqs[1][0].input_ids[:7].tolist() == list(range(1000, 1007))
 
 
 def test_resume_from_any_state_gives_the_same_sequences():
@@ -239,7 +239,7 @@ def test_resume_from_any_state_gives_the_same_sequences():
     for k in range(len(straight) - 1):
         st = straight[k][1]
         again = list(pack_documents(iter(docs[st.draw :]), 8, pad_id=-1, start_offset=st.offset))
-        assert [s.input_ids for s, _ in again] == [s.input_ids for s, _ in straight[k + 1 :]]
+        assert [s.input_ids.tolist() for s, _ in again] == [s.input_ids.tolist() for s, _ in straight[k + 1 :]]
 
 
 def test_collate_shifts_the_loss_mask_within_documents():
@@ -256,10 +256,41 @@ def test_collate_shifts_the_loss_mask_within_documents():
 def test_shuffle_is_deterministic_and_seeded(text_file, tok):
     def first_docs(seed):
         ps = PackedStream(_data(SourceConfig(path=str(text_file), format="text"), seed=seed), tok, 32, "all_tokens")
-        return [s.input_ids for _, (s, _) in zip(range(5), ps.sequences())]
+        return [s.input_ids.tolist() for _, (s, _) in zip(range(5), ps.sequences())]
 
     assert first_docs(0) == first_docs(0)
     assert first_docs(0) != first_docs(1)
+
+
+def test_a_later_pass_reuses_the_encodings_and_yields_what_encoding_again_would(text_file, tok, monkeypatch):
+    """Three passes over 55 training documents: each document is tokenised once (the stream keeps its encoding), and
+    the packed sequences equal those of a stream that keeps nothing (every document tokenised on every pass); a
+    stream over its token budget keeps only what fits and still yields the same sequences."""
+    from gendistill.distill.data import encoding, streaming
+
+    calls = []
+    real = encoding.Encoder.encode
+    monkeypatch.setattr(encoding.Encoder, "encode", lambda self, rec, origin: calls.append(origin) or real(self, rec,
+                                                                                                        origin))
+    data = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=5)
+
+    def passes(n_seqs):
+        ps = PackedStream(data, tok, 32, "all_tokens")
+        out = [(s, st) for _, (s, st) in zip(range(n_seqs), ps.sequences())]
+        ps.draws = out[-1][1].draw
+        return ps, [(s.input_ids.tolist(), s.position_ids.tolist(), s.target_mask.tolist()) for s, _ in out]
+
+    ps, kept = passes(400)
+    assert ps.readers[0]._records is not None and ps.draws > 3 * 55  # a table source, read over three times
+    assert len(calls) == len(set(calls)) == 55  # every document tokenised exactly once over the passes
+    calls.clear()
+    monkeypatch.setattr(streaming, "ENCODE_CACHE_TOKENS", 0)
+    _, fresh = passes(400)
+    assert len(calls) > 55 * 2  # nothing kept: tokenised again on every pass
+    assert fresh == kept
+    monkeypatch.setattr(streaming, "ENCODE_CACHE_TOKENS", 300)
+    ps, partly = passes(400)
+    assert 0 < ps._encoded_tokens <= 300 and partly == kept
 
 
 def test_heldout_documents_never_appear_in_training(text_file, tok):
@@ -276,8 +307,8 @@ def test_streaming_source_matches_and_resumes(text_file, tok):
     ps = PackedStream(_data(SourceConfig(**cfg, streaming=True), shuffle_buffer=8), tok, 32, "all_tokens")
     seqs = list(zip(range(12), ps.sequences()))
     state = seqs[5][1][1]
-    again = [s.input_ids for _, (s, _) in zip(range(6), ps.sequences(state))]
-    assert again == [s.input_ids for _, (s, _) in seqs[6:12]]
+    again = [s.input_ids.tolist() for _, (s, _) in zip(range(6), ps.sequences(state))]
+    assert again == [s.input_ids.tolist() for _, (s, _) in seqs[6:12]]
 
 
 def test_mixture_resume_and_weights(text_file, chat_file, tok):
@@ -287,8 +318,8 @@ def test_mixture_resume_and_weights(text_file, chat_file, tok):
     )
     ps = PackedStream(data, tok, 48, "all_tokens")
     seqs = [x for _, x in zip(range(10), ps.sequences())]
-    again = [s.input_ids for _, (s, _) in zip(range(5), ps.sequences(seqs[4][1]))]
-    assert again == [s.input_ids for s, _ in seqs[5:10]]
+    again = [s.input_ids.tolist() for _, (s, _) in zip(range(5), ps.sequences(seqs[4][1]))]
+    assert again == [s.input_ids.tolist() for s, _ in seqs[5:10]]
     picks = [int(ps.docs._choices(0)[i]) for i in range(4000)]
     assert 0.7 < picks.count(0) / len(picks) < 0.8
 

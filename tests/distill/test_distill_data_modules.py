@@ -4,6 +4,7 @@ records in file order, and the target mask is decided by the encoder alone."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ def _data(*srcs: SourceConfig, **kw) -> DataConfig:
 
 
 def _first(ps: PackedStream, n: int = 6) -> list[list[int]]:
-    return [s.input_ids for _, (s, _) in zip(range(n), ps.sequences())]
+    return [s.input_ids.tolist() for _, (s, _) in zip(range(n), ps.sequences())]
 
 
 def test_a_local_corpus_is_parsed_once_across_stages(tmp_path, tok, monkeypatch):
@@ -83,8 +84,8 @@ def test_token_mask_is_the_encoder_target_mask(tok, masking):
     docs = [(d, enc.encode(r, f"m:{d}")) for d, r in enumerate(chat_records(6))]
     seqs = [s for s, _ in pack_documents(iter(docs), 48, pad_id=0)]
     b = collate(seqs)
-    valid = torch.tensor([s.valid for s in seqs], dtype=torch.bool)
-    target = torch.tensor([s.target_mask for s in seqs], dtype=torch.bool)
+    valid = torch.from_numpy(np.stack([s.valid for s in seqs]))
+    target = torch.from_numpy(np.stack([s.target_mask for s in seqs]))
     expected = valid & (target if masking == "completion_only" else torch.ones_like(target))
     assert torch.equal(b["token_mask"], expected)
     assert (masking == "completion_only") == bool((valid & ~target).any())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -336,8 +337,8 @@ def test_completion_only_training_loss_averages_exactly_the_assistant_tokens(tmp
     student = convert_teacher(teacher, recipe.student.attention_layers).float().eval()
     packed = PackedStream(recipe.stage_data(stage), tok, stage.seq_len, "completion_only")
     seqs = [s for s, _ in itertools.islice(packed.sequences(), stage.batch_size)]
-    ids = torch.tensor([s.input_ids for s in seqs])
-    pos = torch.tensor([s.position_ids for s in seqs])
+    ids = torch.from_numpy(np.stack([s.input_ids for s in seqs]))
+    pos = torch.from_numpy(np.stack([s.position_ids for s in seqs]))
     with torch.no_grad():
         s_logits = student(ids, position_ids=pos, use_cache=False).logits
         t_logits = teacher(ids, position_ids=pos, use_cache=False).logits

@@ -4,6 +4,7 @@ everything downstream (packing, ``collate``, the losses) only reads ``target_mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +47,11 @@ class NothingToDistillError(DataError):
 
 @dataclass
 class Encoded:
-    """One document: ``input_ids`` [T] and ``target_mask`` [T]."""
+    """One document: ``input_ids`` [T] and ``target_mask`` [T] (lists as the encoder makes them; int32 / bool numpy
+    arrays once a stream keeps them for a later pass)."""
 
-    input_ids: list[int]
-    target_mask: list[int]  # 1 where the token is a training target (predicted from the tokens before it)
+    input_ids: Sequence[int]
+    target_mask: Sequence[int]  # 1 where the token is a training target (predicted from the tokens before it)
 
 
 def get_field(rec: Any, field: str, origin: str, kind: type | tuple[type, ...] = str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gendistill.distill.data.encoding import Encoded
@@ -28,12 +29,15 @@ class StreamState:
 
 @dataclass
 class PackedSequence:
-    """One sequence of exactly ``seq_len`` tokens; every field is a list of length ``seq_len``."""
+    """One sequence of exactly ``seq_len`` tokens: ``input_ids`` and ``position_ids`` int64 ``[seq_len]``,
+    ``target_mask`` and ``valid`` (False on padding) bool ``[seq_len]`` — numpy arrays, so that stacking a batch
+    (:func:`collate`) is one copy, not a Python loop over tokens that would hold the GIL against the training
+    thread's kernel launches. (:func:`collate` also takes lists.)"""
 
-    input_ids: list[int]
-    position_ids: list[int]
-    target_mask: list[int]
-    valid: list[int]  # 0 on padding
+    input_ids: np.ndarray
+    position_ids: np.ndarray
+    target_mask: np.ndarray
+    valid: np.ndarray
 
 
 def pack_documents(
@@ -51,21 +55,21 @@ def pack_documents(
     attention layers see no other document and KDA layers reset their state there. Yields each sequence with the
     state at which the *next* sequence starts. ``start_offset`` skips that many tokens of the first document.
     """
-    ids: list[int] = []
-    pos: list[int] = []
-    tm: list[int] = []
-    valid: list[int] = []
+    arange = np.arange(seq_len, dtype=np.int64)
+
+    def empty() -> PackedSequence:
+        return PackedSequence(np.empty(seq_len, np.int64), np.empty(seq_len, np.int64), np.zeros(seq_len, bool),
+                              np.zeros(seq_len, bool))
+
+    cur, n = empty(), 0
 
     def emit() -> PackedSequence:
-        nonlocal ids, pos, tm, valid
-        if len(ids) < seq_len:
-            n = seq_len - len(ids)
-            ids += [pad_id] * n
-            pos += list(range(n))
-            tm += [0] * n
-            valid += [0] * n
-        seq = PackedSequence(ids, pos, tm, valid)
-        ids, pos, tm, valid = [], [], [], []
+        nonlocal cur, n
+        seq = cur
+        if n < seq_len:  # padding: its own "document" (positions from 0), no targets, not valid
+            seq.input_ids[n:] = pad_id
+            seq.position_ids[n:] = arange[: seq_len - n]
+        cur, n = empty(), 0
         return seq
 
     first = True
@@ -76,19 +80,24 @@ def pack_documents(
         if len(d_ids) < min_document_tokens:
             continue
         while i < len(d_ids):
-            space = seq_len - len(ids)
+            space = seq_len - n
             rem = len(d_ids) - i
-            if rem > space and not split_documents and ids and rem <= seq_len:
+            if rem > space and not split_documents and n and rem <= seq_len:
                 yield emit(), StreamState(draw, i)
                 continue
             take = min(rem, space)
-            ids += d_ids[i : i + take]
-            tm += d_tm[i : i + take]
-            pos += list(range(take))
-            valid += [1] * take
+            cur.input_ids[n : n + take] = d_ids[i : i + take]
+            cur.target_mask[n : n + take] = d_tm[i : i + take]
+            cur.position_ids[n : n + take] = arange[:take]
+            cur.valid[n : n + take] = True
+            n += take
             i += take
-            if len(ids) == seq_len:
+            if n == seq_len:
                 yield emit(), (StreamState(draw, i) if i < len(d_ids) else StreamState(draw + 1, 0))
+
+
+def _stack(rows: list, dtype) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(r, dtype=dtype) for r in rows]))
 
 
 def collate(seqs: list[PackedSequence]) -> dict[str, torch.Tensor]:
@@ -99,10 +108,10 @@ def collate(seqs: list[PackedSequence]) -> dict[str, torch.Tensor]:
     real tokens that are training targets -- with ``all_tokens`` masking every real token is one (the encoder
     decided which tokens are targets; nothing here looks at the masking mode again).
     """
-    input_ids = torch.tensor([s.input_ids for s in seqs], dtype=torch.long)
-    position_ids = torch.tensor([s.position_ids for s in seqs], dtype=torch.long)
-    target = torch.tensor([s.target_mask for s in seqs], dtype=torch.bool)
-    valid = torch.tensor([s.valid for s in seqs], dtype=torch.bool)
+    input_ids = _stack([s.input_ids for s in seqs], np.int64)
+    position_ids = _stack([s.position_ids for s in seqs], np.int64)
+    target = _stack([s.target_mask for s in seqs], np.bool_)
+    valid = _stack([s.valid for s in seqs], np.bool_)
     loss_mask = torch.zeros_like(target)
     loss_mask[:, :-1] = target[:, 1:] & valid[:, 1:] & (position_ids[:, 1:] != 0)
     labels = torch.full_like(input_ids, -100)

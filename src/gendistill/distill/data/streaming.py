@@ -17,6 +17,9 @@ from gendistill.distill.stage_facts import micro_batches_per_step
 from gendistill.errors import DataError
 
 _MIX_BLOCK = 4096
+#: a stage's stream keeps the encodings of the documents it read, up to this many tokens (about 5 bytes a token:
+#: 320 MB), so a later pass over the same documents does not tokenise them again
+ENCODE_CACHE_TOKENS = 1 << 26
 
 
 class SourceReader:
@@ -166,6 +169,8 @@ class PackedStream:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.skipped: dict[str, int] = {}
+        self._encoded: dict[tuple[int, str], Encoded | None] = {}  # (source, origin) -> encoding: see _encode
+        self._encoded_tokens = 0
 
     def validate(self) -> dict[str, int]:
         """Open every source and check every record (streaming sources: the first few hundred) before training:
@@ -195,12 +200,26 @@ class PackedStream:
         return counts
 
     def _encode(self, k: int, rec: Any, origin: str) -> Encoded | None:
+        """``rec`` (source ``k``, at ``origin``) encoded, or None for a record with nothing to distill under
+        ``skip_empty``. A record read again on a later pass is not tokenised again: its encoding is kept (ids as
+        int32, the mask as bool numpy arrays) while the kept documents hold at most :data:`ENCODE_CACHE_TOKENS`
+        tokens; encoding is deterministic, so the kept copy is what encoding again would give."""
+        key = (k, origin)
+        if key in self._encoded:
+            return self._encoded[key]
         try:
-            return self.encoders[k].encode(rec, origin)
+            enc: Encoded | None = self.encoders[k].encode(rec, origin)
         except NothingToDistillError:
-            if self.data.skip_empty:
-                return None
-            raise
+            if not self.data.skip_empty:
+                raise
+            enc = None
+        if enc is not None:
+            if self._encoded_tokens + len(enc.input_ids) > ENCODE_CACHE_TOKENS:
+                return enc
+            enc = Encoded(np.asarray(enc.input_ids, dtype=np.int32), np.asarray(enc.target_mask, dtype=np.bool_))
+            self._encoded_tokens += len(enc.input_ids)
+        self._encoded[key] = enc
+        return enc
 
     def _documents(self, draw: int) -> Iterator[tuple[int, Encoded]]:
         for d, k, origin, rec in self.docs.iter_from(draw):
