@@ -293,6 +293,24 @@ def test_a_later_pass_reuses_the_encodings_and_yields_what_encoding_again_would(
     assert 0 < ps._encoded_tokens <= 300 and partly == kept
 
 
+def test_heldout_rows_score_the_responses_whatever_the_stage_trains_on(chat_file, text_file, tok):
+    """A stage that trains on every token of its conversations (masking all_tokens) and one that trains on the
+    assistant turns only (completion_only) get the same held-out rows, scored on the assistant turns: the figures of
+    a masking ablation's cells count the same tokens. Text is scored on every token."""
+    chat = _data(SourceConfig(path=str(chat_file), format="chat"), heldout_documents=6)
+    rows = {m: collate(PackedStream(chat, tok, 64, m).heldout_sequences(4)) for m in ("all_tokens", "completion_only")}
+    for k in ("input_ids", "position_ids", "loss_mask", "labels", "token_mask"):
+        assert torch.equal(rows["all_tokens"][k], rows["completion_only"][k]), k
+    # scored: fewer tokens than every real one (the prompts are not), and training all_tokens scores more
+    train = collate([s for _, (s, _) in zip(range(4), PackedStream(chat, tok, 64, "all_tokens").sequences())])
+    assert rows["all_tokens"]["loss_mask"].sum() < (rows["all_tokens"]["position_ids"] != 0).sum()
+    assert train["loss_mask"].float().mean() > rows["all_tokens"]["loss_mask"].float().mean()
+    text = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=6)
+    t_rows = collate(PackedStream(text, tok, 64, "all_tokens").heldout_sequences(4))
+    inside = t_rows["position_ids"][:, 1:] != 0  # next token in the same document
+    assert torch.equal(t_rows["loss_mask"][:, :-1], inside)
+
+
 def test_heldout_documents_never_appear_in_training(text_file, tok):
     data = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=5)
     reader = SourceReader(data.sources[0], 0, data)

@@ -39,7 +39,7 @@ def test_trainer_and_evaluator_give_one_number(tmp_path, teacher, tok):
 
     # the rows file holds exactly the rows the trainer scored: its token count is the trainer's
     rows, meta = load_heldout_rows(heldout_file(run_dir, "stage3b"))
-    assert meta["stage"] == "stage3b" and meta["masking"] == "completion_only"
+    assert meta["stage"] == "stage3b" and meta["training_masking"] == "completion_only"
     assert int(rows["loss_mask"].sum()) == logit[-1]["eval_tokens"]
     assert not heldout_file(run_dir, "stage1").exists()
 

@@ -33,7 +33,8 @@ def stage_heldout_rows(stage: StageConfig, eval_seqs: list[PackedSequence]) -> d
 
 def save_stage_rows(run_dir: Path, stage: StageConfig, rows: dict[str, torch.Tensor]) -> Path:
     """Write ``rows`` to :func:`heldout_file` (the main rank calls it), with what they are in the header."""
-    meta = {"stage": stage.name, "seq_len": stage.seq_len, "masking": stage.masking,
+    meta = {"stage": stage.name, "seq_len": stage.seq_len, "training_masking": stage.masking,
+            "scored": "responses of chat / prompt-response documents, every token of text",
             "eval_sequences": stage.eval_sequences}
     keep = {k: rows[k] for k in ("input_ids", "position_ids", "loss_mask", "labels")}
     return save_heldout_rows(heldout_file(run_dir, stage.name), keep, meta)

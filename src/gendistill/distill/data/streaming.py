@@ -165,6 +165,10 @@ class PackedStream:
         self.data, self.tok, self.seq_len, self.masking = data, tokenizer, seq_len, masking
         self.readers = [SourceReader(s, i, data) for i, s in enumerate(data.sources)]
         self.encoders = [Encoder(tokenizer, s, masking, data) for s in data.sources]
+        # held-out rows score the same tokens whatever the stage trains on: the responses / assistant turns of chat
+        # and prompt-response sources, every token of text (so cells of a masking ablation compare like with like)
+        self.heldout_encoders = [Encoder(tokenizer, s, "all_tokens" if s.format == "text" else "completion_only", data)
+                                 for s in data.sources]
         self.docs = DocumentStream(self.readers, data.seed)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -239,17 +243,24 @@ class PackedStream:
         )
 
     def heldout_sequences(self, max_sequences: int) -> list[PackedSequence]:
-        """Up to ``max_sequences`` packed sequences of the sources' held-out heads (in source order)."""
+        """Up to ``max_sequences`` packed sequences of the sources' held-out heads (in source order). Their target
+        mask does not follow the stage's masking: chat and prompt-response documents are scored on their responses
+        (``completion_only``), text on every token, so that held-out figures of stages that train with different
+        maskings count the same tokens."""
         if max_sequences <= 0:
             return []
         docs: list[tuple[int, Encoded]] = []
         d = 0
-        for k, reader in enumerate(self.readers):
+        for enc_k, reader in zip(self.heldout_encoders, self.readers):
             for origin, rec in reader.heldout():
-                enc = self._encode(k, rec, origin)
-                if enc is not None:
-                    docs.append((d, enc))
-                    d += 1
+                try:
+                    enc = enc_k.encode(rec, origin)
+                except NothingToDistillError:
+                    if not self.data.skip_empty:
+                        raise
+                    continue
+                docs.append((d, enc))
+                d += 1
         out = []
         for seq, _ in pack_documents(
             iter(docs), self.seq_len, pad_id=self.pad_id, split_documents=True, min_document_tokens=2
