@@ -336,8 +336,8 @@ def write_cell(plan: CellPlan, grid: Grid) -> dict[str, Any]:
 
 
 def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
-    """What the report needs from every cell: its assignment, per-stage metrics, token budget and evaluation
-    (None until evaluated)."""
+    """What the report needs from every cell: its assignment, per-stage metrics, token budget, per-stage loss (the
+    recipe's ``loss``: the report names each held-out loss by its kind) and evaluation (None until evaluated)."""
     out = []
     for p in plans:
         results = None
@@ -345,7 +345,9 @@ def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
             results = json.loads((p.eval_dir / "results.json").read_text())
         _, summary = read_metrics(p.nodes)
         out.append({"cell": p.cell.name, "assignment": p.cell.assignment, "metrics": summary,
-                    "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results})
+                    "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results,
+                    "losses": {st.name: st.loss.model_dump(mode="json") if st.loss else None
+                               for st in p.cell.recipe.stages}})
     return out
 
 
