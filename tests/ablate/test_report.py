@@ -34,9 +34,13 @@ def scores(ll1, gen1, ll2, gen2, gsm=0.1):
             ("gsm", "generate"): gsm}
 
 
-def cell(name, assignment, res, eval_loss=1.0):
+def cell(name, assignment, res, eval_loss=1.0, kl=None, top1=None, loss=None):
+    """``eval_loss``: the last stage's held-out value of its own loss (``loss``: its recipe mapping); ``kl``/``top1``:
+    the forward KL and top-1 agreement the trainer recorded on the same rows."""
     return {"cell": name, "assignment": assignment, "tokens": {"stage3b": 1000},
-            "metrics": {"stage3a": {"eval_loss_last": 9.0}, "stage3b": {"eval_loss_last": eval_loss}},
+            "metrics": {"stage3a": {"eval_loss_last": 9.0, "eval_kl_last": 8.0, "eval_top1_last": 0.1},
+                        "stage3b": {"eval_loss_last": eval_loss, "eval_kl_last": kl, "eval_top1_last": top1}},
+            "losses": {"stage3a": {"kind": "forward_kl"}, "stage3b": loss or {"kind": "forward_kl"}},
             "nodes": ["n1", name], "eval": res}
 
 
@@ -66,7 +70,8 @@ def test_axis_arithmetic_on_the_common_tasks():
     assert a["protocol_gap"] == pytest.approx(0.68 / 0.7 - 0.35 / 0.6)  # retention LL − retention gen
     assert a["generate_all_tasks"] == pytest.approx((0.40 + 0.30 + 0.1) / 3)  # GSM8K-like task: generation only
     assert a["greedy_exact_match"] == pytest.approx(0.375) and a["mean_first_divergence"] == pytest.approx(2.5)
-    assert a["final_eval_loss"] == 1.2 and a["tokens"] == 1000  # the last stage's held-out loss
+    assert a["tokens"] == 1000 and "final_eval_loss" not in a  # each cell's own loss is not averaged across cells
+    assert a["heldout_kl"] is None and a["heldout_top1"] is None  # the last stage recorded none: not stage 3a's
     assert ax["table"]["c"]["greedy_exact_match"] is None and ax["table"]["d"] == {"cells": 0}
     assert rep["evaluated"] == 3 and rep["total"] == 4
 
@@ -153,8 +158,8 @@ def test_budget_curve_points_table_and_plot(tmp_path):
             pts[("tokens_3a", "16M")]["top1_3a"]) == (16_000_000, 0.25, 0.70)
     assert pts[("tokens_3a", "4M")]["kl_3b"] == 0.9 and pts[("tokens_3a", "8M")]["kl_3b"] is None
     md = markdown(rep)
-    assert "## Budget curve `tokens_3a` (budget_curve.png)" in md and "| 4M | 4M | 0.400 | 61.0 | 0.800 | 0.900 | 50.0 |" in md
-    assert "| tokens_3a=16M | 16M | 1.000 | 0.250 | 70.0 | – | – |" in md  # the cells table: 3a and chat fidelity
+    assert "## Budget curve `tokens_3a` (budget_curve.png)" in md and "| 4M | 4M | 0.400 | 61.0 | 0.900 | 50.0 | 0.800 |" in md
+    assert "| tokens_3a=16M | 16M | 0.250 | 70.0 | – | – |" in md  # the cells table: 3a and chat fidelity
     paths = write_report(rep, tmp_path)
     assert (tmp_path / "budget_curve.png").read_bytes()[:4] == b"\x89PNG" and paths["budget_curve"].endswith(".png")
 
@@ -199,3 +204,35 @@ def test_answer_agreement_per_cell_and_task():
     assert rep["cells"][1]["scores"]["fidelity"]["answer_agreement"] is None
     rows = [line for line in markdown(rep).splitlines() if line.startswith("| freeze=")]
     assert "| 70.0 | 37.5 |" in rows[0] and "| – | – |" in rows[1]  # answer agree, greedy match (0.5, 0.25)
+
+
+def test_objective_cells_compare_on_held_out_forward_kl_and_their_own_losses_are_labelled():
+    """The objective axis trains with different losses, so their held-out losses are different quantities: the axis
+    table shows the held-out forward KL and top-1 (the same measure in every cell) instead, and the cells table
+    names each cell's own loss with its kind."""
+    cells = [cell("objective=forward_kl", {"objective": "forward_kl"}, results(A), 0.52, kl=0.52, top1=0.71),
+             cell("objective=reverse_kl", {"objective": "reverse_kl"}, results(B), 0.31, kl=0.60, top1=0.68,
+                  loss={"kind": "reverse_kl", "ce_weight": 0.0, "temperature": 1.0}),
+             cell("objective=kl+ce", {"objective": "kl+ce"}, results(C), 0.55, kl=0.50, top1=0.72,
+                  loss={"kind": "forward_kl", "ce_weight": 0.01, "temperature": 1.0})]
+    rep = build_report({"axes": {"objective": ["forward_kl", "reverse_kl", "kl+ce"]}}, cells)
+    t = rep["axes"][0]["table"]
+    assert [(t[v]["heldout_kl"], t[v]["heldout_top1"]) for v in ("forward_kl", "reverse_kl", "kl+ce")] == [
+        (0.52, 0.71), (0.60, 0.68), (0.50, 0.72)]
+    assert all("final_eval_loss" not in t[v] for v in t)
+    by = {c["cell"]: c for c in rep["cells"]}
+    assert (by["objective=reverse_kl"]["final_eval_loss"], by["objective=reverse_kl"]["final_eval_loss_kind"],
+            by["objective=reverse_kl"]["final_eval_loss_stage"]) == (0.31, "reverse_kl", "stage3b")
+    md = markdown(rep)
+    axis_rows = [line for line in md.split("## Cells")[0].splitlines() if line.startswith("| reverse_kl |")]
+    assert len(axis_rows) == 1 and "| 0.600 | 68.0 |" in axis_rows[0] and "0.310" not in axis_rows[0]
+    assert "| 0.310 (reverse_kl) |" in md and "| 0.550 (forward_kl + 0.01·CE) |" in md
+
+
+def test_loss_labels():
+    from gendistill.ablate.report import loss_label
+
+    assert loss_label({"kind": "forward_kl", "ce_weight": 0.0, "temperature": 1.0}) == "forward_kl"
+    assert loss_label({"kind": "topk_kl", "top_k": 64, "temperature": 2.0}) == "topk_kl (k 64), T 2"
+    assert loss_label({"kind": "jsd", "jsd_beta": 0.5, "ce_weight": 0.1}) == "jsd (β 0.5) + 0.1·CE"
+    assert loss_label(None) is None and loss_label({}) is None

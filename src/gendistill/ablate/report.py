@@ -17,7 +17,12 @@ Definitions (every number is a share in [0, 1]; the Markdown shows points):
 * protocol gap = retention under log-likelihood − retention under generation (``gendistill.eval.report.protocol_gap``,
   the definition every report uses; None where the teacher is at or below chance);
 * fidelity = greedy exact match with the teacher (mean over generation tasks), mean first divergence (tokens), and
-  when evaluated, teacher-forced top-1 agreement and KL on held-out chat.
+  when evaluated, teacher-forced top-1 agreement and KL on held-out chat;
+* held-out KL and top-1 = what the trainer's last held-out evaluation of the cell's **last** stage recorded
+  (``eval_kl``: mean KL(teacher‖student) in nats per scored token, ``eval_top1``: top-1 agreement): the same measure
+  whatever the stage trained with, so cells of the objective axis compare on it. The stage's own held-out loss
+  (``eval_loss``: forward KL, reverse KL, JSD, KL + CE ... as the stage's ``loss`` says) is reported per cell with
+  its kind, never averaged or ranked across cells.
 """
 
 from __future__ import annotations
@@ -179,8 +184,9 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
                   "kl_teacher_student"):
             vals = [c["scores"]["fidelity"][k] for c in vc if c["scores"]["fidelity"].get(k) is not None]
             row[k] = _mean(vals) if vals else None
-        losses = [c["final_eval_loss"] for c in vc if c.get("final_eval_loss") is not None]
-        row["final_eval_loss"] = _mean(losses) if losses else None
+        for k in ("heldout_kl", "heldout_top1"):  # forward KL and top-1 whatever each cell's loss: comparable
+            vals = [c[k] for c in vc if c.get(k) is not None]
+            row[k] = _mean(vals) if vals else None
         row["tokens"] = _mean([sum(c["tokens"].values()) for c in vc])
         table[v] = row
     scored = {v: r for v, r in table.items() if "loglik" in r and "generate" in r}
@@ -215,23 +221,52 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
 
 
 # ----------------------------------------------------------------------------------------------- the grid
-def _final_eval_loss(metrics: dict[str, Any]) -> float | None:
+def loss_label(loss: dict[str, Any] | None) -> str | None:
+    """A stage's loss as the report names it (``forward_kl``, ``reverse_kl``, ``forward_kl + 0.01·CE``,
+    ``topk_kl (k 64)``, ``jsd (β 0.5)``, ``… T 2``), from its recipe ``loss`` mapping; None when not known."""
+    if not loss or not loss.get("kind"):
+        return None
+    kind = loss["kind"]
+    out = kind + (f" (k {loss.get('top_k')})" if kind == "topk_kl" else "") + (
+        f" (β {loss.get('jsd_beta'):g})" if kind == "jsd" and loss.get("jsd_beta") is not None else "")
+    if loss.get("ce_weight"):
+        out += f" + {loss['ce_weight']:g}·CE"
+    if loss.get("temperature") not in (None, 1.0):
+        out += f", T {loss['temperature']:g}"
+    return out
+
+
+def _final_eval_loss(metrics: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The last held-out loss recorded and the stage that recorded it (each stage's own loss kind)."""
     for stage in reversed(list(metrics)):
         v = metrics[stage].get("eval_loss_last")
         if v is not None:
-            return v
-    return None
+            return v, stage
+    return None, None
+
+
+def _heldout_fidelity(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The last stage's held-out KL(teacher‖student) and top-1 agreement as its trainer recorded them (None for a
+    hidden-state stage, a run that predates them, or a stage not trained yet)."""
+    last = list(metrics)[-1] if metrics else None
+    m = metrics.get(last) or {}
+    return {"heldout_stage": last, "heldout_kl": m.get("eval_kl_last"), "heldout_top1": m.get("eval_top1_last")}
 
 
 def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, Any]:
     """``meta``: grid facts (``axes``: axis -> variant names in order, mode, teacher, eval settings ...). ``cells``:
-    one entry per cell with ``cell``, ``assignment``, ``metrics`` (per stage), ``tokens`` (per stage) and ``eval``
-    (a ``gendistill eval`` result or None while not evaluated)."""
+    one entry per cell with ``cell``, ``assignment``, ``metrics`` (per stage), ``tokens`` (per stage), ``eval``
+    (a ``gendistill eval`` result or None while not evaluated) and optionally ``losses`` (per stage, its recipe
+    ``loss`` mapping)."""
     enriched = []
     for c in cells:
         e = dict(c)
         e["scores"] = cell_scores(c["eval"]) if c.get("eval") else None
-        e["final_eval_loss"] = _final_eval_loss(c.get("metrics") or {})
+        metrics = c.get("metrics") or {}
+        e["final_eval_loss"], stage = _final_eval_loss(metrics)  # the cell's own loss: labelled, never compared
+        e["final_eval_loss_stage"] = stage
+        e["final_eval_loss_kind"] = loss_label((c.get("losses") or {}).get(stage)) if stage else None
+        e.update(_heldout_fidelity(metrics))
         e.pop("eval", None)
         enriched.append(e)
     axes = [axis_report(a, list(vs), enriched) for a, vs in meta["axes"].items()]
@@ -241,6 +276,9 @@ def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str,
             teacher = c["scores"]["teacher"]
             break
     points = curve_points(meta, enriched)
+    kinds = {c["cell"]: loss_label((c.get("losses") or {}).get(CURVE_STAGE)) for c in enriched}
+    for p in points:
+        p["loss_kind_3a"] = kinds.get(p["cell"])
     return _nan_to_none({"meta": meta, "teacher": teacher, "axes": axes, "cells": enriched,
                          "evaluated": sum(c["scores"] is not None for c in enriched), "total": len(enriched),
                          "budget_curve": {"points": points, "curve_axes": curve_axes(points)}})
@@ -286,19 +324,20 @@ def markdown(rep: dict[str, Any]) -> str:
             continue
         lines.append(f"Common tasks: {', '.join(ax['common_tasks'])}.")
         lines += ["", "| variant | LL | rank LL | gen | rank gen | retention LL | retention gen | gap | greedy match "
-                      "| top-1 agree | held-out loss | tokens |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| top-1 agree | held-out KL | held-out top-1 | tokens |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for v in ax["variants"]:
             r = ax["table"].get(v, {})
             if "loglik" not in r:
-                lines.append(f"| {v} | not evaluated |||||||||||")
+                lines.append(f"| {v} | not evaluated ||||||||||||")
                 continue
             lines.append(
                 f"| {v} | {_pct(r['loglik'])} ± {_pct(r.get('loglik_se'))} | {r.get('rank_loglik', '–')} "
                 f"| {_pct(r['generate'])} ± {_pct(r.get('generate_se'))} | {r.get('rank_generate', '–')} "
                 f"| {_pct(r.get('retention_loglik'))} | {_pct(r.get('retention_generate'))} "
                 f"| {signed_points(r.get('protocol_gap'))} | {_pct(r.get('greedy_exact_match'))} "
-                f"| {_pct(r.get('top1_agreement'))} | {_num(r.get('final_eval_loss'))} | {human_tokens(r.get('tokens'))} |")
+                f"| {_pct(r.get('top1_agreement'))} | {_num(r.get('heldout_kl'))} | {_pct(r.get('heldout_top1'))} "
+                f"| {human_tokens(r.get('tokens'))} |")
         t0 = next((ax["table"][v] for v in ax["variants"] if "teacher_loglik" in ax["table"].get(v, {})), None)
         if t0:
             lines.append(f"\nTeacher: LL {_pct(t0['teacher_loglik'])}, gen {_pct(t0['teacher_generate'])}. "
@@ -325,10 +364,12 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += ["", "## Cells", "",
               "Held-out fidelity to the teacher, as the trainer's last held-out evaluation of the stage recorded it: "
               "KL(teacher‖student) in nats per token and top-1 agreement (%), after stage 3a (its text) and after "
-              "stage 3b (held-out chat); – where not recorded. A stage cut short (a timeout) is named with the step "
+              "stage 3b (held-out chat); – where not recorded. These compare across cells; **own loss** is the last "
+              "stage's held-out value of the loss it trained with (its kind in brackets), which does not compare "
+              "across cells that train with different losses. A stage cut short (a timeout) is named with the step "
               "of its last held-out evaluation.", "",
-              "| cell | tokens | held-out loss (last stage) | 3a KL | 3a top-1 | chat KL | chat top-1 | LL | gen "
-              "| answer agree | greedy match | stage nodes |",
+              "| cell | tokens | 3a KL | 3a top-1 | chat KL | chat top-1 | LL | gen "
+              "| answer agree | greedy match | own loss (last stage) | stage nodes |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in rep["cells"]:
         sc = c.get("scores")
@@ -345,10 +386,13 @@ def markdown(rep: dict[str, Any]) -> str:
         cut = [f"{st} cut at step {v['eval_step_last']}" for st, v in m.items()
                if trained_when_cut(v, (c.get("tokens") or {}).get(st)) is not None]
         name = f"{c['cell']} ({'; '.join(cut)})" if cut else c["cell"]
-        lines.append(f"| {name} | {human_tokens(sum(c['tokens'].values()))} | {_num(c.get('final_eval_loss'))} "
+        own = _num(c.get("final_eval_loss")) + (f" ({c['final_eval_loss_kind']})"
+                                                 if c.get("final_eval_loss") is not None
+                                                 and c.get("final_eval_loss_kind") else "")
+        lines.append(f"| {name} | {human_tokens(sum(c['tokens'].values()))} "
                      f"| {_num(a.get('eval_kl_last'))} | {_pct(a.get('eval_top1_last'))} "
                      f"| {_num(b.get('eval_kl_last'))} | {_pct(b.get('eval_top1_last'))} "
-                     f"| {ll} | {gen} | {aa} | {gm} | {' → '.join(c.get('nodes', []))} |")
+                     f"| {ll} | {gen} | {aa} | {gm} | {own} | {' → '.join(c.get('nodes', []))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -401,10 +445,12 @@ def _curve_markdown(curve: dict[str, Any]) -> list[str]:
     for axis in curve.get("curve_axes", []):
         pts = sorted((p for p in curve["points"] if p["axis"] == axis), key=lambda p: p["tokens_3a"])
         out += ["", f"## Budget curve `{axis}` (budget_curve.png)", "",
-                "| variant | stage-3a tokens | 3a KL | 3a top-1 | 3a held-out loss | chat KL | chat top-1 |",
+                "| variant | stage-3a tokens | 3a KL | 3a top-1 | chat KL | chat top-1 | 3a own loss |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         out += [f"| {p['variant']} | {human_tokens(p['tokens_3a'])} | {_num(p['kl_3a'])} | {_pct(p['top1_3a'])} "
-                f"| {_num(p['loss_3a'])} | {_num(p['kl_3b'])} | {_pct(p['top1_3b'])} |" for p in pts]
+                f"| {_num(p['kl_3b'])} | {_pct(p['top1_3b'])} | {_num(p['loss_3a'])}"
+                + (f" ({p['loss_kind_3a']})" if p.get("loss_kind_3a") and p["loss_3a"] is not None else "") + " |"
+                for p in pts]
     return out
 
 

@@ -25,12 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gendistill.ablate import report as R
 from gendistill.ablate.grid import Cell, Grid, stage_budget
 from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
-from gendistill.convert.layer_spec import layer_file
+from gendistill.convert.layer_spec import layer_file, read_layer_file
 from gendistill.devices import resolve_device
 from gendistill.distill import pipeline  # called as pipeline.run_recipe: the tests stand in a fake trainer there
 from gendistill.distill.config import Recipe, dump_recipe, parse_recipe
 from gendistill.distill.distributed import init_world
-from gendistill.errors import ConfigError, DataError, GendistillError
+from gendistill.errors import ConfigError, DataError, GendistillError, LayerSpecError
 from gendistill.eval import runner as eval_runner  # called as eval_runner.run_eval (the tests stand in a fake)
 from gendistill.eval.config import EvalConfig, check_numbers
 from gendistill.eval.ruler import parse_depths, parse_lengths
@@ -336,8 +336,8 @@ def write_cell(plan: CellPlan, grid: Grid) -> dict[str, Any]:
 
 
 def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
-    """What the report needs from every cell: its assignment, per-stage metrics, token budget and evaluation
-    (None until evaluated)."""
+    """What the report needs from every cell: its assignment, per-stage metrics, token budget, per-stage loss (the
+    recipe's ``loss``: the report names each held-out loss by its kind) and evaluation (None until evaluated)."""
     out = []
     for p in plans:
         results = None
@@ -345,7 +345,9 @@ def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
             results = json.loads((p.eval_dir / "results.json").read_text())
         _, summary = read_metrics(p.nodes)
         out.append({"cell": p.cell.name, "assignment": p.cell.assignment, "metrics": summary,
-                    "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results})
+                    "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results,
+                    "losses": {st.name: st.loss.model_dump(mode="json") if st.loss else None
+                               for st in p.cell.recipe.stages}})
     return out
 
 
@@ -379,13 +381,20 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
 
 def check_layer_files(grid: Grid) -> None:
     """Every cell whose student keeps the attention layers of a JSON file (a ``select-layers`` result): the file
-    exists, checked before anything trains (``--dry-run`` plans without it: the file may be made on the GPU first)."""
+    exists and lists layers, checked before anything trains (``--dry-run`` plans without it: the file may be made on
+    the GPU first). The node ids hash the layers it lists (:mod:`gendistill.ablate.store`)."""
     for c in grid.cells:
         spec = c.recipe.student.attention_layers
         path = layer_file(spec) if spec is not None else None
-        if path is not None and not path.is_file():
+        if path is None:
+            continue
+        if not path.is_file():
             raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: layer file {path} "
                               f"does not exist (relative paths are read from {Path.cwd()})")
+        try:
+            read_layer_file(path)
+        except LayerSpecError as e:
+            raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: {e}") from None
 
 
 def lock_grid(grid: Grid):

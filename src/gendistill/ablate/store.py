@@ -6,6 +6,11 @@ up to and including it (with its effective data). Cells whose recipes agree on a
 the same node ids for that prefix and train it once — all stage-3b variants reuse one stage-3a student. Settings
 that only change I/O (output folder, progress display, logging and checkpoint intervals) are not hashed.
 
+Inputs named by a path are hashed by what they hold, so that a changed file gives new nodes instead of reusing
+students trained on the old one: a layer file (``student.attention_layers: select/<method>/layers.json``) by the
+layers it lists, and every local data file a stage reads by its content (SHA-256; see :func:`file_digest`). A layer
+file that does not exist yet (``--dry-run`` before ``select-layers`` made it) and a hub dataset are hashed by name.
+
 Layout under the grid's ``output_dir``::
 
     stages/<stage>-<id>/           one node: a one-stage ``gendistill distill`` run folder (recipe.yaml,
@@ -24,19 +29,73 @@ from pathlib import Path
 from typing import Any
 
 from gendistill.ablate.grid import Cell, GridEvalConfig
-from gendistill.distill.config import Recipe
+from gendistill.convert.layer_spec import layer_file, read_layer_file
+from gendistill.distill.config import DataConfig, Recipe, SourceConfig, StudentConfig
+from gendistill.distill.data.sources import Source
+from gendistill.errors import ConfigError, DataError, LayerSpecError
 
 ID_LEN = 12
 _IO_ONLY_STAGE_KEYS = ("log_every", "checkpoint_every")
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> SHA-256: one read per file
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:ID_LEN]
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read once per process and file version (a changed size or modification time reads
+    it again). Content rather than (size, mtime): a data file copied to another machine without its times (the
+    device tools' ``cp``) keeps its nodes, and a rewrite of the same size is still seen; at about 1 GB/s it costs
+    a fraction of a second for the shipped data (86 MB in all) and about a second for a file of hundreds of MB."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as fh:
+            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _DIGESTS[key]
+
+
+def _student_key(student: StudentConfig) -> dict[str, Any]:
+    """The student's settings, a layer file replaced by the layers it lists (sorted, as the conversion keeps them),
+    so that two files listing the same layers share nodes and a rewritten file does not. A file not there yet keeps
+    its path (``--dry-run``; a run stops first: :func:`gendistill.ablate.runner.check_layer_files`)."""
+    d = student.model_dump(mode="json")
+    path = layer_file(student.attention_layers) if student.attention_layers is not None else None
+    if path is not None and path.is_file():
+        d["attention_layers"] = sorted(read_layer_file(path))
+    return d
+
+
 def _root_key(recipe: Recipe) -> dict[str, Any]:
-    return {"teacher": recipe.teacher.model_dump(mode="json"), "student": recipe.student.model_dump(mode="json"),
+    return {"teacher": recipe.teacher.model_dump(mode="json"), "student": _student_key(recipe.student),
             "seed": recipe.run.seed, "precision": recipe.run.precision}
+
+
+def _source_files(src: SourceConfig) -> list[Path] | None:
+    """The local files a source reads, sorted: the file, a folder's data files, or a saved dataset folder's files
+    (without ``datasets``' ``cache-*`` files); None for a hub dataset or a path that is not there (the stage's
+    trainer stops on it with its own error)."""
+    try:
+        files = Source(src).local_files()
+    except DataError:
+        return None
+    p = Path(src.path)
+    if files is None and not src.hub and not src.path.startswith("hf://") and p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("cache-"))
+    return files
+
+
+def _data_content(data: DataConfig) -> list[Any] | None:
+    """Per source, ``[[file relative to the source's path, SHA-256], ...]`` (None for a hub dataset); None when no
+    source is local, which leaves the stage key as it was before contents were hashed."""
+    out: list[Any] = []
+    for src in data.sources:
+        files = _source_files(src)
+        root = Path(src.path)
+        out.append(None if files is None else
+                   [[f.relative_to(root).as_posix() if f != root else "", file_digest(f)] for f in files])
+    return out if any(x is not None for x in out) else None
 
 
 def _stage_key(recipe: Recipe, i: int) -> dict[str, Any]:
@@ -44,7 +103,11 @@ def _stage_key(recipe: Recipe, i: int) -> dict[str, Any]:
     d = st.model_dump(mode="json")
     for k in _IO_ONLY_STAGE_KEYS:
         d.pop(k, None)
-    d["data"] = recipe.stage_data(st).model_dump(mode="json")
+    data = recipe.stage_data(st)
+    d["data"] = data.model_dump(mode="json")
+    content = _data_content(data)
+    if content is not None:
+        d["data_content"] = content
     return d
 
 
@@ -79,7 +142,10 @@ class Node:
 def cell_nodes(cell: Cell, root: Path) -> list[Node]:
     """The chain of nodes of a cell's recipe, first stage first."""
     nodes: list[Node] = []
-    parent_key = _digest(_root_key(cell.recipe))
+    try:
+        parent_key = _digest(_root_key(cell.recipe))
+    except LayerSpecError as e:
+        raise ConfigError(f"cell {cell.name}: student.attention_layers: {e}") from None
     parent: str | None = None
     for i, st in enumerate(cell.recipe.stages):
         nid = _digest([parent_key, _stage_key(cell.recipe, i)])

@@ -106,6 +106,12 @@ def _from_layout(text: str, num_layers: int) -> list[int]:
 
 
 def _from_json(path: Path, num_layers: int) -> list[int]:
+    return _check(read_layer_file(path), num_layers, str(path))
+
+
+def read_layer_file(path: Path) -> list[int]:
+    """The layer indices a JSON layer file names, as written (before they are checked against a teacher's layer
+    count): a list of integers, or an object whose ``attention_layers`` is one (what ``select-layers`` writes)."""
     if not path.is_file():
         raise LayerSpecError(f"layer file {path} does not exist")
     try:
@@ -120,7 +126,7 @@ def _from_json(path: Path, num_layers: int) -> list[int]:
         data = data["attention_layers"]
     if not isinstance(data, list) or not all(isinstance(i, int) for i in data):
         raise LayerSpecError(f"{path}: 'attention_layers' must be a list of integers")
-    return _check(data, num_layers, str(path))
+    return data
 
 
 def _number(text: str, kind, where: str):
