@@ -103,7 +103,8 @@ def _read_kwargs(fn) -> set[str]:
     """The keywords a function with ``**kwargs`` reads from them (``kwargs.get('x')``, ``kwargs.pop('x')``,
     ``kwargs['x']``, ``'x' in kwargs``): anything else passed there is silently dropped."""
     src = inspect.getsource(inspect.unwrap(fn))
-    pats = [r"kwargs\.(?:get|pop)\(\s*['\"](\w+)['\"]", r"kwargs\[\s*['\"](\w+)['\"]\s*\]", r"['\"](\w+)['\"]\s+in\s+kwargs"]
+    pats = [r"kwargs\.(?:get|pop)\(\s*['\"](\w+)['\"]", r"kwargs\[\s*['\"](\w+)['\"]\s*\]",
+            r"['\"](\w+)['\"]\s+in\s+kwargs"]
     return {m for p in pats for m in re.findall(p, src)}
 
 
