@@ -90,8 +90,9 @@ def kda_from_projections(
         kernel = fused_recurrent_kda if recurrent else chunk_kda
 
         def run(vv, h0, cu, want_state):
-            # bounds given on the host (the segments') also go to fla as cu_seqlens_cpu: no read-back per call
-            host = {"cu_seqlens_cpu": cu} if cu is not None and cu.device.type == "cpu" else {}
+            # bounds given on the host (the segments') also go to chunk_kda as cu_seqlens_cpu: no read-back per call
+            # (fused_recurrent_kda has no such argument: its **kwargs would swallow it unread)
+            host = {"cu_seqlens_cpu": cu} if not recurrent and cu is not None and cu.device.type == "cpu" else {}
             return kernel(q, k, vv, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=h0, output_final_state=want_state,
                           use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
                           cu_seqlens=None if cu is None else cu.to(q.device), **host, **bounded)
