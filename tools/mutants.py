@@ -206,6 +206,24 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_heldout.py",),
            "the one-pass held-out evaluation reports the KL as the stage's held-out loss, which holds only for "
            "forward KL at temperature 1"),
+    # ---- 2026-12-05: held-out figures, the data path
+    Mutant("heldout_logits_in_model_dtype", "src/gendistill/eval/heldout.py",
+           "        return F.linear(hidden.float(), head.weight.float(), bias)",
+           "        return head(hidden).float()",
+           ("tests/eval/test_heldout.py", "-k", "float32"),
+           "held-out top-1 / KL from bf16 logits on CUDA (bf16 models or the trainer's autocast): figures depend on the "
+           "device"),
+    Mutant("heldout_rows_follow_stage_masking", "src/gendistill/distill/data/streaming.py",
+           "for enc_k, reader in zip(self.heldout_encoders, self.readers):",
+           "for enc_k, reader in zip(self.encoders, self.readers):",
+           ("tests/distill/test_distill_data.py", "-k", "whatever_the_stage"),
+           "a masking ablation's all_tokens cell scores its held-out prompts too: its figures count other tokens"),
+    Mutant("encode_cache_unbounded", "src/gendistill/distill/data/streaming.py",
+           "            if self._encoded_tokens + len(enc.input_ids) > ENCODE_CACHE_TOKENS:",
+           "            if False:",
+           ("tests/distill/test_distill_data.py", "-k", "later_pass"),
+           "a stage's stream keeps every document's encoding whatever the corpus size (host memory grows without "
+           "bound on a large corpus)"),
 ]
 # The last entry is a control: moving the switch between two correct kernels must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
