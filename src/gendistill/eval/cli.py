@@ -61,9 +61,8 @@ def eval_command(
     device: str = typer.Option("auto", help=f"{DEVICE_HELP}."),
     fidelity_chat: int = typer.Option(0, help="Held-out chat conversations for teacher-forced top-1 agreement and "
                                               "KL: the first N of --fidelity-data (0: off; needs 2+ models)."),
-    fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: shared/data/"
-                                                 f"sft_mix, whose first {DEFAULT_CHAT_HELDOUT} every shipped recipe "
-                                                 "holds out; more is refused)."),
+    fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: sft_mix; "
+                                                 f"the shipped recipes hold out its first {DEFAULT_CHAT_HELDOUT})."),
     fidelity_heldout: list[str] = typer.Option(None, help="Held-out rows a distillation wrote (RUN/heldout/"
                                                "stage3a.safetensors; repeatable): top-1, KL on the trainer's rows."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 avoids oversubscription)."),

@@ -66,7 +66,7 @@ def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
             "answer_agreement_valid": (sum(both_valid) / len(both_valid)) if both_valid else None}
 
 
-#: The default ``--fidelity-chat`` data: ``sft_mix`` of the data folder, which the shipped recipes distill on in stage 3b.
+#: The default ``--fidelity-chat`` data: the data folder's ``sft_mix``, which shipped recipes distill on in stage 3b.
 DEFAULT_CHAT_FILE = "sft_mix.jsonl.gz"
 #: How many of its first conversations (file order) no shipped recipe trains on. The trainer holds out the first
 #: ``heldout_documents`` records of each source and trains on the rest (``distill.data.streaming.SourceReader``);
