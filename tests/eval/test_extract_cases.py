@@ -170,3 +170,34 @@ def test_extract_choice_cases(text, options, expected):
 
 def test_the_table_is_large_enough():
     assert len(NUMBERS) + len(CHOICES) >= 100
+
+
+# A closing bracket right after the letter makes it a label, for every letter: "A" and "I" (also English words) as
+# well as the rest (docs/eval.md, "Answer extraction rules"). 26 options, so every letter is in range.
+OPTIONS_26 = [f"option text number {k}" for k in range(26)]
+LABELLED = [(form.format(L=L, l=L.lower()), i) for i, L in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+            for form in ("The correct answer is {L}) Sunlight is the source of energy for most ecosystems.",
+                         "Answer: {L}) sunlight", "answer: {l}) sunlight", "The answer is {L}] sunlight")]
+
+
+@pytest.mark.parametrize("text,expected", LABELLED, ids=[f"label{i}" for i in range(len(LABELLED))])
+def test_letter_with_closing_bracket_is_a_label(text, expected):
+    got = extract_choice(text, OPTIONS_26)
+    assert (got.index, got.method) == (expected, "answer_is")
+
+
+# The word rule still holds where no bracket follows: "A" and "I" after a marker are words, not labels.
+WORDS = [
+    ("Answer: I think it is C", MMLU, 2),
+    ("Answer: A good choice is pollen.", ARC, 2),
+    ("The answer is A good choice, pollen.", ARC, 2),
+    ("The answer is a spore.", ARC, 1),
+    ("It is a spore (the answer).", ARC, 1),
+    ("I would choose a spore.", ARC, 1),
+    ("The answer is I believe pollen.", ARC, 2),
+]
+
+
+@pytest.mark.parametrize("text,options,expected", WORDS, ids=[f"word{i}" for i in range(len(WORDS))])
+def test_word_letters_without_bracket_stay_words(text, options, expected):
+    assert extract_choice(text, options).index == expected

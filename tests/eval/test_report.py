@@ -113,6 +113,14 @@ def test_markdown_json_plot(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_markdown_states_each_tasks_generation_budget():
+    rows = [{**r, "max_new_tokens": 64 if r["task"] == "arc" else 256} if r["protocol"] == "generate" else r
+            for r in ROWS]
+    md = R.markdown({"meta": {"models": ["T", "S"]}, "rows": rows})
+    assert "Max new tokens per generated reply: arc 64, gsm 256 (" in md
+    assert "Max new tokens" not in R.markdown({"meta": {"models": ["T"]}, "rows": ROWS[:1]})  # log-likelihood only
+
+
 def test_merge():
     a = {"meta": {"models": ["T", "S"], "tasks": ["arc"], "command": "a", "wall_seconds": 1}, "rows": ROWS[:4]}
     b = {"meta": {"models": ["T", "S"], "tasks": ["gsm"], "command": "b", "wall_seconds": 2}, "rows": ROWS[4:]}

@@ -223,7 +223,7 @@ def check_eval(grid: Grid) -> None:
         check_numbers(EvalConfig(
             models=[], batch_size=ev.batch_size, token_budget=ev.token_budget, samples=ev.samples,
             temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
-            fidelity_chat=ev.fidelity_chat))
+            fidelity_chat=ev.fidelity_chat, fidelity_data=ev.fidelity_data))
     except GendistillError as e:  # "--batch-size: ..." is the grid's eval.batch_size
         flag, _, rest = str(e).partition(": ")
         raise ConfigError(f"{where}.{flag.removeprefix('--').replace('-', '_')}: {rest}") from None

@@ -13,6 +13,7 @@ import typer
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 from gendistill.errors import DataError
 from gendistill.eval.api import evaluate
+from gendistill.eval.fidelity import DEFAULT_CHAT_HELDOUT
 from gendistill.eval.report import merge_results, write_report
 from gendistill.eval.ruler import parse_depths, parse_lengths
 from gendistill.eval.runner import time_summary
@@ -59,9 +60,9 @@ def eval_command(
     dtype: str = typer.Option("auto", help=f"{DTYPE_HELP}."),
     device: str = typer.Option("auto", help=f"{DEVICE_HELP}."),
     fidelity_chat: int = typer.Option(0, help="Held-out chat conversations for teacher-forced top-1 agreement and "
-                                              "KL (0: off; needs 2+ models)."),
-    fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: tail of "
-                                                 "shared/data/sft_mix)."),
+                                              "KL: the first N of --fidelity-data (0: off; needs 2+ models)."),
+    fidelity_data: str = typer.Option(None, help="JSONL with 'messages' for --fidelity-chat (default: sft_mix; "
+                                                 f"the shipped recipes hold out its first {DEFAULT_CHAT_HELDOUT})."),
     fidelity_heldout: list[str] = typer.Option(None, help="Held-out rows a distillation wrote (RUN/heldout/"
                                                "stage3a.safetensors; repeatable): top-1, KL on the trainer's rows."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 avoids oversubscription)."),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gendistill.errors import ConfigError
+from gendistill.eval.fidelity import check_chat_count
 from gendistill.eval.generate import resolve_engine
 from gendistill.eval.result_cache import check_cache_dir
 from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, MAX_STEP_TOKENS, check_range
@@ -37,7 +38,7 @@ class EvalConfig:
     dtype: str = "auto"  # see gendistill.devices: bfloat16 on CUDA, float32 on CPU
     device: str = "auto"
     fidelity_chat: int = 0  # number of held-out chat conversations for teacher-forced fidelity (0 = off)
-    fidelity_data: str | None = None
+    fidelity_data: str | None = None  # None: the head of shared/data/sft_mix (eval.fidelity.load_chat_heldout)
     # held-out rows files (``<run>/heldout/<stage>.safetensors``, written by the trainer) for teacher-forced fidelity
     fidelity_heldout: list[str] | None = None
     show_progress: bool = True
@@ -64,6 +65,7 @@ def check_numbers(cfg: EvalConfig) -> None:
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
     check_range(cfg.top_k, 1, 1 << 24, "--top-k")
     check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")
+    check_chat_count(cfg.fidelity_chat, cfg.fidelity_data)
     if cfg.max_new_tokens is not None:
         check_range(cfg.max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
     for n in cfg.context_lengths or ():

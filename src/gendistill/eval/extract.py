@@ -64,7 +64,7 @@ _ALONE_AFTER = re.compile(r"(?:\s*(?:$|[.,;:!?\n*])|\s+[-–—]|\s+(?:because|s
 
 def _stands_alone(m: re.Match, text: str) -> bool:
     letter, rest = m.group("L"), text[m.end():]
-    if m.group("open") and m.group("close"):
+    if m.group("close"):  # "A)", "(A)", "[A]": a closing bracket right after the letter makes it a label
         return True
     if rest[:1].isalnum() or rest[:1] == "'":
         return False

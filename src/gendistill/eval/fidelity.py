@@ -6,20 +6,20 @@
 * :func:`heldout_fidelity` (in :mod:`gendistill.eval.heldout`) — teacher-forced top-1 agreement and KL on held-out
   rows: the one function behind every such figure (the trainer's held-out evaluation, ``gendistill eval``, the demo,
   ``tools/e2e.py``).
-* :func:`teacher_forced` — the same on held-out chat conversations (one row each, assistant tokens only). Both models
-  need the same tokenizer (students converted from the teacher share it).
+* :func:`teacher_forced` — the same on held-out chat conversations (one row each, assistant tokens only;
+  :func:`load_chat_heldout` reads them: the first N of a file, as the trainer holds out). Both models need the same
+  tokenizer (students converted from the teacher share it).
 * :func:`answer_agreement` — how often the student's extracted answer equals the teacher's.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gendistill.errors import DataError, GendistillError
+from gendistill.errors import ConfigError, DataError, GendistillError
 from gendistill.io import data_dir, iter_jsonl
 from gendistill.eval.heldout import heldout_fidelity
 from gendistill.eval.prompts import apply_chat
@@ -66,16 +66,39 @@ def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
             "answer_agreement_valid": (sum(both_valid) / len(both_valid)) if both_valid else None}
 
 
-def load_chat_heldout(path: str | Path | None, n: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """``n`` conversations (``messages`` lists) from a JSONL file; by default the tail of ``shared/data/sft_mix`` —
-    the last 5 % of rows, which the distillation recipes hold out — sampled deterministically."""
+#: The default ``--fidelity-chat`` data: the data folder's ``sft_mix``, which shipped recipes distill on in stage 3b.
+DEFAULT_CHAT_FILE = "sft_mix.jsonl.gz"
+#: How many of its first conversations (file order) no shipped recipe trains on. The trainer holds out the first
+#: ``heldout_documents`` records of each source and trains on the rest (``distill.data.streaming.SourceReader``);
+#: among the shipped recipes that read sft_mix the smallest is tiny-cpu's 4 (smollm2-135m and smollm2-135m-lease, and
+#: the grids built on the lease recipe, hold out 64). tests/eval/test_fidelity_default.py keeps this in step with them.
+DEFAULT_CHAT_HELDOUT = 4
+
+
+def check_chat_count(n: int, path: str | Path | None) -> None:
+    """Refuse ``n`` default conversations when the recipes train on some of them (ConfigError, one line)."""
+    if path is None and n > DEFAULT_CHAT_HELDOUT:
+        raise ConfigError(
+            f"--fidelity-chat: {n:,} > {DEFAULT_CHAT_HELDOUT}: only the first {DEFAULT_CHAT_HELDOUT} conversations of "
+            f"{DEFAULT_CHAT_FILE} are held out by every shipped recipe (the rest are trained on); pass --fidelity-data "
+            f"FILE with unseen conversations, or score the trainer's held-out rows with --fidelity-heldout "
+            f"RUN/heldout/stage3b.safetensors")
+
+
+def load_chat_heldout(path: str | Path | None, n: int) -> list[list[dict[str, str]]]:
+    """The first ``n`` conversations (``messages`` lists, file order) of a JSONL file — the trainer's held-out rule.
+    By default the data folder's ``sft_mix``, of which at most :data:`DEFAULT_CHAT_HELDOUT` are held out by every
+    shipped recipe (more is refused: :func:`check_chat_count`). A file with fewer gives all it has."""
+    check_chat_count(n, path)
     if path is None:
         d = data_dir()
         if d is None:
             raise DataError("no held-out chat data: pass --fidelity-data or set GENDISTILL_DATA_DIR")
-        path = d / "sft_mix.jsonl.gz"
+        path = d / DEFAULT_CHAT_FILE
     rows = []
     for lineno, obj in iter_jsonl(path):
+        if len(rows) == n:
+            break
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
@@ -84,9 +107,7 @@ def load_chat_heldout(path: str | Path | None, n: int, seed: int = 0) -> list[li
         rows.append(msgs)
     if not rows:
         raise DataError(f"{path}: no conversations")
-    tail = rows[int(len(rows) * 0.95) :] or rows
-    rng = random.Random(seed)
-    return rng.sample(tail, min(n, len(tail)))
+    return rows
 
 
 def _assistant_mask(tokenizer, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], list[bool]]:

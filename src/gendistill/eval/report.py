@@ -138,6 +138,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['n']} | {_pct(r.get('chance'))} | {_pct(r.get('invalid_rate')) if r['protocol'] == 'generate' else '–'} "
             f"| {f'{top[0]} {_pct(top[1], 0)}%' if top else '–'} | {tps if tps is not None else '–'} |"
         )
+    budgets: dict[str, set[int]] = {}  # task -> max new tokens of its generation rows (one value unless merged)
+    for r in rows:
+        if r["protocol"] == "generate" and r.get("max_new_tokens") is not None:
+            budgets.setdefault(r["task"], set()).add(r["max_new_tokens"])
+    if budgets:
+        lines += ["", "Max new tokens per generated reply: " + ", ".join(
+            f"{t} {'/'.join(str(n) for n in sorted(ns))}" for t, ns in budgets.items()) + " (results.json rows: "
+            "`max_new_tokens`; `hit_limit_rate` is the share of replies cut there; docs/eval.md, \"Tasks\")."]
     comps = results.get("comparisons") or []
     if comps:
         lines += ["", "## Retention and protocol gap (points)", "",

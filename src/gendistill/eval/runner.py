@@ -325,7 +325,7 @@ def read_fidelity_data(cfg: EvalConfig) -> dict[str, Any]:
     """The held-out data of teacher-forced fidelity, read and checked before any model is loaded: ``chat`` (the
     ``--fidelity-chat`` conversations) and ``rows`` (``[(name, rows)]`` of each ``--fidelity-heldout`` file).
     :func:`gendistill.eval.config.check_config` has refused either with a single model."""
-    chat = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat, cfg.seed) if cfg.fidelity_chat > 0 else None
+    chat = load_chat_heldout(cfg.fidelity_data, cfg.fidelity_chat) if cfg.fidelity_chat > 0 else None
     rows = []
     for path in cfg.fidelity_heldout or []:
         r, meta = load_heldout_rows(path)
