@@ -52,19 +52,25 @@ def measure(
 ) -> Timing:
     """Run ``fn`` ``warmup`` times untimed (timed anyway for the record), then up to ``repeats`` timed runs;
     report the median. ``setup`` (untimed) runs before every call. If ``budget_s`` is given, the number of timed
-    repeats is cut so that they fit it (at least one)."""
+    runs is cut so that they fit it (at least one). The cut is estimated from the first *timed* run, never from a
+    warm-up: a warm-up may include one-off costs (Triton autotuning for a new shape took 11-17 s on an H200 against
+    ~0.1 s per prefill), and estimating from it left the student one timed run where the teacher had three."""
     warm = []
     for _ in range(warmup):
         if setup:
             setup()
         warm.append(time_once_ms(fn, device))
+    times: list[float] = []
     n = repeats
-    if budget_s is not None and warm:
-        est = max(warm[-1], 1e-3) / 1e3
-        n = max(1, min(repeats, int(budget_s // est)))
-    times = []
-    for _ in range(n):
+    while len(times) < n:
         if setup:
             setup()
         times.append(time_once_ms(fn, device))
+        if budget_s is not None and len(times) == 1:
+            n = runs_within_budget(times[0], repeats, budget_s)
     return Timing(statistics.median(times), times, warm)
+
+
+def runs_within_budget(run_ms: float, repeats: int, budget_s: float) -> int:
+    """How many timed runs of ``run_ms`` each fit ``budget_s`` seconds, between 1 and ``repeats``."""
+    return max(1, min(repeats, int(budget_s // (max(run_ms, 1e-3) / 1e3))))
