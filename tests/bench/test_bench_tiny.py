@@ -277,3 +277,31 @@ def test_bf16_benchmark_student_has_the_fp32_runs_float32_decay_parameters():
     assert len(kept) == 2 * 6  # A_log and dt_bias of the tiny student's 6 KDA layers
     for name, p in kept.items():
         assert p.dtype == torch.float32 and torch.equal(p, exact.get_parameter(name)), name
+
+
+def test_cpu_throughput_sweep_stays_within_the_available_ram(tmp_path, monkeypatch):
+    """On CPU a batch that does not fit is the OOM killer, not an exception: the sweep stops at the batch whose
+    caches fit half the available RAM (here pretended to be 400 kB: 1 teacher row of ~98 KiB, 3 student rows of
+    ~62 KiB at 32 tokens), and a context where not one row fits is skipped with the reason."""
+    from gendistill.bench import runner
+
+    monkeypatch.setattr(runner, "available_ram_bytes", lambda: 400_000)
+    settings = BenchSettings.tiny(out=str(tmp_path / "a"), contexts=(32,), throughput_contexts=(32,),
+                                  skip=("cache", "ttft", "decode"))
+    res = run_benchmark(settings, log_sink=lambda s: None, plots=False, table=False)
+    c = res["contexts"][0]
+    for role in ("teacher", "student"):
+        e = c[role]
+        assert not e.get("errors"), e.get("errors")
+        cap = e["throughput_ram_batch_cap"]
+        assert 1 <= cap < settings.max_batch
+        assert e["throughput_batch"] == cap and max(b for b, _ in e["throughput_trials"]) == cap
+    assert c["student"]["throughput_ram_batch_cap"] > c["teacher"]["throughput_ram_batch_cap"]
+    assert c["ratios"]["throughput_ratio"] > 0
+
+    monkeypatch.setattr(runner, "available_ram_bytes", lambda: 1000)
+    res = run_benchmark(BenchSettings.tiny(out=str(tmp_path / "b"), contexts=(32,), throughput_contexts=(32,),
+                                           skip=("cache", "ttft", "decode")),
+                        log_sink=lambda s: None, plots=False, table=False)
+    e = res["contexts"][0]["teacher"]
+    assert e["errors"]["throughput"].startswith("skipped: one sequence's cache") and "throughput_trials" not in e

@@ -22,7 +22,7 @@ from gendistill.bench.profile import profile_model
 from gendistill.bench.ratios import ratios, summary
 from gendistill.bench.report import file_stem, make_plots, print_comparison, print_table
 from gendistill.bench.settings import BenchSettings
-from gendistill.bench.sweep import find_max_batch, free_memory, is_oom
+from gendistill.bench.sweep import available_ram_bytes, find_max_batch, free_memory, is_oom, ram_batch_cap
 from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
@@ -425,7 +425,24 @@ class Runner:
             return {"ms": t.median_ms, "peak_mem_bytes": peak}
 
         free_memory()
-        res = find_max_batch(attempt, s.max_batch, rel_tol=s.sweep_rel_tol, log=self.log)
+        max_batch = s.max_batch
+        if self.device.type == "cpu":
+            # no OOM exception to catch on CPU: an overcommitted cache is zero-filled until the OOM killer ends us
+            row = cachemod.theoretical_cache_bytes(m.config, max_len, 1, self.dtype)["total"] + 4 * m.config.vocab_size
+            avail = available_ram_bytes()
+            cap = None if avail is None else ram_batch_cap(avail, row)
+            e["throughput_ram_batch_cap"] = cap
+            if cap is not None and cap < 1:
+                e.setdefault("errors", {})["throughput"] = (
+                    f"skipped: one sequence's cache ({row / 2**30:.2f} GiB at {L} tokens) is more than half the "
+                    f"available RAM ({avail / 2**30:.2f} GiB)")
+                self.log(f"  throughput: {e['errors']['throughput']}")
+                return
+            if cap is not None and cap < max_batch:
+                self.log(f"  batch capped at {cap} by the available RAM ({avail / 2**30:.1f} GiB, "
+                         f"{row / 2**20:.1f} MiB per sequence)")
+                max_batch = cap
+        res = find_max_batch(attempt, max_batch, rel_tol=s.sweep_rel_tol, log=self.log)
         e["throughput_trials"] = res.trials
         e["throughput_oom_batch"] = res.first_failure
         e["throughput_capped"] = res.capped
@@ -449,8 +466,8 @@ class Runner:
         e["throughput_ms"] = r["ms"]
         e["throughput_tok_s"] = b * G / (r["ms"] / 1e3)
         e["throughput_peak_mem_bytes"] = r["peak_mem_bytes"] or None
-        self.log(f"  peak throughput {e['throughput_tok_s']:.1f} tok/s at batch {b}"
-                 f" ({res.bound_note()})")
+        note = "no OOM up to the RAM cap" if res.capped and max_batch < s.max_batch else res.bound_note()
+        self.log(f"  peak throughput {e['throughput_tok_s']:.1f} tok/s at batch {b} ({note})")
         del template, first
         free_memory()
 

@@ -5,23 +5,74 @@ Kept free of model code so the logic can be tested with a fake allocator (``test
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+# Lower-case parts of the messages of allocation failures that torch raises as plain RuntimeErrors: CUDA's ("CUDA out
+# of memory" before torch.OutOfMemoryError existed), cuBLAS/cuDNN workspaces, and the CPU allocator's (c10's
+# alloc_cpu.cpp: "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes", "... not enough
+# memory: ..." on Windows; "C10 Out of Memory. Trying to allocate ...").
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "cublas_status_alloc_failed",
+                "cudnn_status_alloc_failed")
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's OutOfMemoryError and the allocation failures that surface as plain RuntimeErrors
-    (cuBLAS/cuDNN workspace allocations). Triton's OutOfResources (shared memory) is a kernel-config failure, not OOM."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    """True for torch's OutOfMemoryError, MemoryError, and the allocation failures that surface as plain RuntimeErrors
+    (cuBLAS/cuDNN workspace allocations, the CPU allocator). Triton's OutOfResources (shared memory) is a
+    kernel-config failure, not OOM."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    if isinstance(exc, (RuntimeError, MemoryError)):
-        msg = str(exc)
-        return isinstance(exc, MemoryError) or any(m in msg for m in _OOM_MARKERS)
+    if isinstance(exc, RuntimeError):
+        msg = str(exc).lower()
+        return any(m in msg for m in _OOM_MARKERS)
     return False
+
+
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def available_ram_bytes(meminfo: str | Path = "/proc/meminfo", cgroup: str | Path = "/sys/fs/cgroup") -> int | None:
+    """Bytes of RAM this process can still take without being killed: Linux's ``MemAvailable`` (free memory plus
+    what the kernel can reclaim), lowered to the memory cgroup's limit minus its usage when one is set (containers,
+    Slurm jobs; cgroup v2 ``memory.max``/``memory.current``, v1 ``memory/memory.limit_in_bytes``/``usage_in_bytes``).
+    Elsewhere the free pages ``os.sysconf`` reports; None when nothing is known."""
+    found: list[int] = []
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)  # kB
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            pass
+    root = Path(cgroup)
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < _NO_LIMIT:
+            found.append(max(0, int(limit) - usage))
+        break
+    return min(found) if found else None
+
+
+def ram_batch_cap(available_bytes: int, row_bytes: int, fraction: float = 0.5) -> int:
+    """Largest batch whose rows (``row_bytes`` each: one sequence's cache and logits) fit ``fraction`` of
+    ``available_bytes`` (0: not even one). The rest is headroom for activations and whatever else runs: on CPU a
+    batch that does not fit is not an exception but the kernel's OOM killer ending the process (Linux overcommits,
+    and the cache is zero-filled page by page)."""
+    return int(available_bytes * fraction) // max(1, int(row_bytes))
 
 
 def free_memory() -> None:
