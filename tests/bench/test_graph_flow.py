@@ -56,3 +56,51 @@ def test_capture_failure_falls_back_to_eager_for_both(tmp_path, monkeypatch):
     for role in ("teacher", "student"):
         assert c[role]["decode_mode"] == "eager" and "decode_tok_s_graph" not in c[role]
     assert c["ratios"]["decode_speedup"] == pytest.approx(c["ratios"]["decode_speedup_eager"])
+
+
+class FakeGraphedPrefill:
+    """Stands in for engine.GraphedPrefill: replays the prefill eagerly."""
+
+    def __init__(self, model, ids):
+        self.model, self.ids = model, ids
+
+    def __call__(self):
+        return engine.prefill(self.model, self.ids)
+
+
+def test_prefill_peak_is_read_before_the_graphed_prefill_resets_it(tmp_path, monkeypatch):
+    """`peak_mem_bytes_prefill` is the peak of the eager prefill whether or not a graphed prefill follows: CUDA's
+    free_memory() after the graphed prefill resets the peak counter, and reading it after that gave only the cache
+    still held (the JSONs up to 32K). The CUDA counters are replaced by a fake one: a prefill peaks at 5000 bytes and
+    holds 1000 (its cache); a reset leaves what is held."""
+    from gendistill.bench import runner as runner_mod
+
+    counter = {"peak": 0, "held": 0}
+    real_prefill = engine.prefill
+
+    def prefill(model, ids):
+        counter["held"] = 1000
+        counter["peak"] = max(counter["peak"], 5000)
+        return real_prefill(model, ids)
+
+    def reset(*_):
+        counter["peak"] = counter["held"]
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    monkeypatch.setattr(engine, "GraphedPrefill", FakeGraphedPrefill)
+    monkeypatch.setattr(engine, "validate_graphed_prefill", lambda m, g: {"accepted": True})
+    monkeypatch.setattr(runner_mod, "_peak", lambda device: counter["peak"])
+    monkeypatch.setattr(runner_mod, "_reset_peak", reset)
+    monkeypatch.setattr(runner_mod, "_mem_allocated", lambda device: 0)
+    monkeypatch.setattr(runner_mod, "free_memory", reset)  # as torch.cuda.reset_peak_memory_stats() does
+    for graphed in (True, False):
+        settings = BenchSettings.tiny(out=str(tmp_path / str(graphed)), skip=("throughput", "decode"), contexts=(32,),
+                                      repeats=2)
+        runner = Runner(settings, log_sink=lambda s: None)
+        runner.use_prefill_graph = graphed  # as on CUDA (or not)
+        res = runner.run()
+        for role in ("teacher", "student"):
+            e = res["contexts"][0][role]
+            assert not e.get("errors"), e.get("tracebacks")
+            assert ("ttft_graph_ms" in e) == graphed
+            assert e["peak_mem_bytes_prefill"] == 5000, (graphed, role)

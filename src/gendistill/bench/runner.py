@@ -75,8 +75,9 @@ def _mem_allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def _peak(device: torch.device) -> int:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+def _peak(device: torch.device) -> int | None:
+    """Peak bytes allocated since the last reset (CUDA); None where torch does not count (CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -91,6 +92,7 @@ class Runner:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.use_graph = settings.cuda_graph and self.device.type == "cuda"
+        self.use_prefill_graph = settings.prefill_graph and self.device.type == "cuda"
         self.roles = tuple(r for r in ROLES if r in settings.roles)
         self.results: dict[str, Any] = {}
         self.out_dir = Path(settings.out)
@@ -249,9 +251,16 @@ class Runner:
 
         base = _mem_allocated(self.device)
 
+        def record_prefill_peak() -> None:
+            """Peak allocated during the prefill just run (``clear()`` reset the counter before it) minus what was
+            allocated before: read at once, before a graphed prefill or ``free_memory()`` resets the counter."""
+            peak = _peak(self.device)
+            e["peak_mem_bytes_prefill"] = None if peak is None else peak - base
+
         def ttft() -> None:
             t = measure(run_prefill, self.device, warmup=s.warmup, repeats=s.repeats, budget_s=s.measure_budget_s,
                         setup=clear)
+            record_prefill_peak()
             e["ttft_ms"] = t.median_ms
             e["ttft_ms_all"] = t.all_ms
             e["ttft_warmup_ms"] = t.warmup_ms
@@ -271,13 +280,12 @@ class Runner:
 
         if s.wants("ttft"):
             self._guard(e, "ttft", ttft)
-            if s.prefill_graph and self.device.type == "cuda" and L <= s.prefill_graph_max_context:
+            if self.use_prefill_graph and L <= s.prefill_graph_max_context:
                 self._guard(e, "ttft_graph", ttft_graph)
                 free_memory()
         if "cache" not in holder and (s.wants("decode") or s.wants("cache")):
-            self._guard(e, "prefill", lambda: (clear(), run_prefill()))
+            self._guard(e, "prefill", lambda: (clear(), run_prefill(), record_prefill_peak()))
         if "cache" in holder:
-            e["peak_mem_bytes_prefill"] = _peak(self.device) - base if self.device.type == "cuda" else None
             e["cache_bytes_measured"] = cachemod.measured_cache_bytes(holder["cache"], m.config)
             th, me = e["cache_bytes_theoretical"], e["cache_bytes_measured"]
             e["kv_theory_matches_measured"] = th[cachemod.FULL] == me.get(cachemod.FULL, 0)
