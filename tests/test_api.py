@@ -156,6 +156,26 @@ def test_bench_takes_a_dtype_by_any_name_and_a_model_reference(teacher_dir, tmp_
     assert res.data["models"]["student"]["layer_types"] == {"full_attention": 2, "linear_attention": 2}
 
 
+def test_bench_refuses_unknown_keywords_and_takes_every_setting(tmp_path):
+    """A typo (`decode_token=99`) used to be dropped and the run went on with the default; settings without a command
+    option (`seed`, `attn_implementation`, ...) were dropped too."""
+    from gendistill.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        gendistill.bench(tiny=True, out=tmp_path / "typo", decode_token=99, warmups=2)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("unknown options decode_token (did you mean decode_tokens?), warmups (did you mean warmup?)")
+    assert "valid: " in msg and "decode_tokens" in msg.split("valid: ")[1] and "seed" in msg.split("valid: ")[1]
+    assert not (tmp_path / "typo").exists()  # refused before anything is written
+    res = gendistill.bench(tiny=True, out=tmp_path / "b", skip="cache,ttft,decode,throughput", plots=False,
+                           table=False, seed=7, attn_implementation="eager", measure_budget_s=0.5, time_limit=300)
+    settings = res.data["settings"]
+    assert (settings["seed"], settings["attn_implementation"], settings["measure_budget_s"],
+            settings["time_limit_s"]) == (7, "eager", 0.5, 300)
+    assert {m["attn_implementation"] for m in res.data["models"].values()} == {"eager"}  # what the models ran
+
+
 def test_push_to_hub_uploads_the_folder_as_saved(teacher_dir, tmp_path, monkeypatch):
     """Up to the network boundary: the commit huggingface_hub would send holds the weights, config, tokenizer and
     model card, and not gendistill's local ownership marker."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gendistill.bench.runner import run_benchmark
-from gendistill.bench.settings import BenchSettings
+from gendistill.bench.settings import BenchSettings, check_numbers, settings_from_options
 from gendistill.errors import ConfigError
 
 
@@ -305,3 +305,41 @@ def test_cpu_throughput_sweep_stays_within_the_available_ram(tmp_path, monkeypat
                         log_sink=lambda s: None, plots=False, table=False)
     e = res["contexts"][0]["teacher"]
     assert e["errors"]["throughput"].startswith("skipped: one sequence's cache") and "throughput_trials" not in e
+
+
+# a value other than the default for every option `gendistill.bench(**options)` takes, as a Python caller gives it,
+# and what the settings field then holds (None: the value itself)
+NON_DEFAULTS = {
+    "attention_layers": ("0,3", None), "attn_implementation": ("eager", None), "compare": ("prev.json", None),
+    "config": ("qwen3-0.6b", None), "contexts": ((64, 256), None), "cuda_graph": (False, None),
+    "decode_cache": ("dynamic", None), "decode_tokens": (5, None), "decode_warmup_tokens": (2, None),
+    "device": ("cpu", None), "dtype": ("bf16", None), "kda_gate_lower_bound": (-5.0, None), "max_batch": (8, None),
+    "measure_budget_s": (1.5, None), "model_name": ("mine", None), "out": ("runs/elsewhere", None),
+    "prefill_graph": (False, None), "prefill_graph_max_context": (4096, None), "profile_contexts": ("1k", (1024,)),
+    "profile_decode_steps": (3, None), "repeats": (5, None), "roles": (("student",), None),
+    "seed": (11, None), "skip": ("throughput", ("throughput",)), "student": (None, None), "sweep_rel_tol": (0.25, None),
+    "teacher": (None, None), "throughput_contexts": ("2k", (2048,)), "throughput_tokens": (4, None),
+    "time_limit_s": (60.0, None), "validate_graph": (False, None), "warmup": (2, None),
+}
+
+
+def test_every_setting_can_be_passed_and_nothing_else():
+    """Each BenchSettings field (but the run's bookkeeping) reaches the settings from a keyword; a new field without
+    a way in fails here."""
+    from gendistill.bench.settings import option_names
+
+    assert set(NON_DEFAULTS) | {"tiny", "time_limit"} == set(option_names())
+    given = {k: v for k, (v, _) in NON_DEFAULTS.items() if v is not None}
+    s = settings_from_options(**given)
+    for k, (v, held) in NON_DEFAULTS.items():
+        if v is not None:
+            assert getattr(s, k) == (v if held is None else held), k
+    assert settings_from_options(time_limit=30).time_limit_s == 30  # the command's name
+    with pytest.raises(ConfigError, match="give one of them"):
+        settings_from_options(time_limit=30, time_limit_s=60)
+    with pytest.raises(ConfigError, match=r"^unknown option max_batches \(did you mean max_batch\?\); valid: "):
+        settings_from_options(max_batches=4)
+    with pytest.raises(ConfigError, match="attn_implementation: unknown 'fast'"):
+        check_numbers(settings_from_options(attn_implementation="fast"))
+    with pytest.raises(ConfigError, match="measure_budget_s"):
+        check_numbers(settings_from_options(measure_budget_s=0))

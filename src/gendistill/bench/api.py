@@ -40,8 +40,12 @@ def bench(teacher: str | None = None, student: str | None = None, *, config: str
     student in one run. ``teacher``: any model reference (short name, ``.gguf``, folder, hub id); ``student``: a
     saved student (default: the teacher converted at ``attention_layers``). Without a teacher, ``config`` names a
     shape with random weights (``qwen3-0.6b`` or ``tiny``); ``tiny=True`` runs the tiny shape on CPU in seconds.
-    ``options``: the other ``gendistill bench`` options under their Python names (``contexts="1k,4k"``,
-    ``attention_layers="0,2"``, ``skip="throughput"``, ``repeats=3``, ...).
+    ``options``: the other ``gendistill bench`` options under their Python names (``contexts="1k,4k"`` or
+    ``(1024, 4096)``, ``attention_layers="0,2"``, ``skip="throughput"``, ``repeats=3``, ``time_limit=400``, ...) and
+    the :class:`~gendistill.bench.settings.BenchSettings` fields the command has no option for (``seed``,
+    ``attn_implementation``, ``measure_budget_s``, ``decode_warmup_tokens``, ``prefill_graph_max_context``,
+    ``sweep_rel_tol``, ``profile_decode_steps``). An unknown keyword raises :class:`gendistill.errors.ConfigError`
+    naming it and listing the valid ones, before anything is built or written.
 
     >>> res = gendistill.bench(tiny=True, out="runs/bench-tiny")  # doctest: +SKIP
     >>> res.ratios(128)["cache_measured_student_over_teacher"]      # doctest: +SKIP

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Sequence
+
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from gendistill.bench.models import qwen3_config
 from gendistill.convert.layer_spec import parse_attention_layers
@@ -112,9 +116,15 @@ class BenchSettings:
         return cls(**base)
 
 
-def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+def _ints(text: str | Sequence[int] | None, what: str) -> tuple[int, ...] | None:
+    """``"1k,4k"`` (the command's form) or a sequence of ints (the settings field's) as a tuple of ints."""
     if text is None:
         return None
+    if not isinstance(text, str):
+        try:
+            return tuple(int(v) for v in text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected integers or a string like '1k,4k', got {text!r}") from None
     try:
         vals = []
         for part in text.split(","):
@@ -126,6 +136,11 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         return tuple(vals)
     except ValueError:
         raise ConfigError(f"{what}: expected comma-separated integers (1024 or 1k), got {text!r}") from None
+
+
+def attention_implementations() -> tuple[str, ...]:
+    """The attention backends transformers knows (``attn_implementation``): ``eager`` and its registered ones."""
+    return ("eager", *(k for k in ALL_ATTENTION_FUNCTIONS.valid_keys() if k.isidentifier()))
 
 
 def check_numbers(s: BenchSettings) -> None:
@@ -142,6 +157,15 @@ def check_numbers(s: BenchSettings) -> None:
     check_range(s.warmup, 0, MAX_REPEATS, "--warmup")
     check_range(s.decode_tokens, 1, MAX_NEW_TOKENS, "--decode-tokens")
     check_range(s.throughput_tokens, 1, MAX_NEW_TOKENS, "--throughput-tokens")
+    check_range(s.decode_warmup_tokens, 0, MAX_NEW_TOKENS, "decode_warmup_tokens")
+    check_range(s.prefill_graph_max_context, 0, MAX_CONTEXT, "prefill_graph_max_context")
+    check_range(s.profile_decode_steps, 1, MAX_NEW_TOKENS, "profile_decode_steps")
+    check_range(s.sweep_rel_tol, 0.0, 1.0, "sweep_rel_tol")
+    if not 0 < s.measure_budget_s < float("inf"):
+        raise ConfigError(f"measure_budget_s: {s.measure_budget_s} is not a number of seconds > 0")
+    if s.attn_implementation not in attention_implementations():
+        raise ConfigError(f"attn_implementation: unknown {s.attn_implementation!r}; known: "
+                          f"{', '.join(attention_implementations())}")
     if not s.time_limit_s >= 0 or s.time_limit_s == float("inf"):
         raise ConfigError(f"--time-limit: {s.time_limit_s} is not a number of seconds >= 0 (0: no limit)")
 
@@ -190,8 +214,50 @@ def check_settings(s: BenchSettings) -> None:
     check_not_busy(s.out, "--out")  # another gendistill process writing the folder
 
 
+# BenchSettings fields the run fills in itself, not options
+_BOOKKEEPING = ("command", "extra")
+# option names that are not BenchSettings fields: the command's spellings
+_COMMAND_ONLY = ("tiny", "time_limit")
+
+
+def option_names() -> tuple[str, ...]:
+    """Every keyword :func:`settings_from_options` (and so ``gendistill.bench``) takes: each settings field but the
+    bookkeeping ones, plus ``tiny`` and ``time_limit`` (the command's name of ``time_limit_s``)."""
+    return tuple(sorted({f.name for f in fields(BenchSettings)} - set(_BOOKKEEPING) | set(_COMMAND_ONLY)))
+
+
+def check_option_names(options: dict) -> None:
+    """One :class:`ConfigError` naming every unknown keyword (with the nearest valid one) and listing the valid ones:
+    a typo such as ``decode_token=99`` must not run the benchmark with the default."""
+    valid = option_names()
+    unknown = sorted(k for k in options if k not in valid)
+    if not unknown:
+        return
+    named = []
+    for k in unknown:
+        near = difflib.get_close_matches(k, valid, n=1)
+        named.append(f"{k} (did you mean {near[0]}?)" if near else k)
+    raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(named)}; valid: {', '.join(valid)}")
+
+
+def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"a,b"`` (the command's form) or a sequence of names."""
+    parts = (value or "").split(",") if isinstance(value, str) or value is None else [str(v) for v in value]
+    return tuple(x.strip() for x in parts if x.strip())
+
+
+def _flag(value: bool | None) -> bool:
+    """An on/off option that is on by default (None: the default)."""
+    return True if value is None else bool(value)
+
+
 def settings_from_options(**o) -> BenchSettings:
-    skip = tuple(x.strip() for x in (o.get("skip") or "").split(",") if x.strip())
+    """:class:`BenchSettings` from the command's options or ``gendistill.bench``'s keywords (None: the default).
+    Unknown keywords are refused (:func:`check_option_names`)."""
+    check_option_names(o)
+    if o.get("time_limit") is not None and o.get("time_limit_s") is not None and o["time_limit"] != o["time_limit_s"]:
+        raise ConfigError(f"time_limit={o['time_limit']} and time_limit_s={o['time_limit_s']}: give one of them")
+    skip = _names(o.get("skip"))
     bad = [x for x in skip if x not in MEASUREMENTS]
     if bad:
         raise ConfigError(f"--skip: unknown {', '.join(bad)}; known: {', '.join(MEASUREMENTS)}")
@@ -211,29 +277,39 @@ def settings_from_options(**o) -> BenchSettings:
             throughput_tokens=o.get("throughput_tokens"),
             model_name=o.get("model_name"),
             profile_contexts=_ints(o.get("profile_contexts"), "--profile-contexts"),
+            # settings without a command option, open to Python callers
+            attn_implementation=o.get("attn_implementation"),
+            measure_budget_s=o.get("measure_budget_s"),
+            decode_warmup_tokens=o.get("decode_warmup_tokens"),
+            prefill_graph_max_context=o.get("prefill_graph_max_context"),
+            sweep_rel_tol=o.get("sweep_rel_tol"),
+            profile_decode_steps=o.get("profile_decode_steps"),
+            seed=o.get("seed"),
         ).items()
         if v is not None
     }
-    roles = tuple(r.strip() for r in (o.get("roles") or "teacher,student").split(",") if r.strip())
+    roles = _names(o.get("roles") or "teacher,student")
     if not roles or any(r not in ("teacher", "student") for r in roles):
         raise ConfigError(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
     overrides["roles"] = roles
-    if o.get("decode_cache", "static") not in ("static", "dynamic"):
-        raise ConfigError(f"--decode-cache: static or dynamic, got {o.get('decode_cache')!r}")
-    overrides["decode_cache"] = o.get("decode_cache", "static")
+    decode_cache = o.get("decode_cache") or "static"
+    if decode_cache not in ("static", "dynamic"):
+        raise ConfigError(f"--decode-cache: static or dynamic, got {decode_cache!r}")
+    overrides["decode_cache"] = decode_cache
     if o.get("compare"):
         overrides["compare"] = o["compare"]
-    if o.get("dtype", "auto") != "auto":
+    if o.get("dtype") not in (None, "auto"):
         overrides["dtype"] = o["dtype"]
-    if o.get("device", "auto") != "auto":
+    if o.get("device") not in (None, "auto"):
         overrides["device"] = o["device"]
+    time_limit = o.get("time_limit_s") if o.get("time_limit_s") is not None else o.get("time_limit")
     common = dict(
-        out=o.get("out", "runs/bench"),
+        out=o.get("out") or "runs/bench",
         skip=skip,
-        cuda_graph=o.get("cuda_graph", True),
-        validate_graph=o.get("validate_graph", True),
-        prefill_graph=o.get("prefill_graph", True),
-        time_limit_s=o.get("time_limit", 0.0) or 0.0,
+        cuda_graph=_flag(o.get("cuda_graph")),
+        validate_graph=_flag(o.get("validate_graph")),
+        prefill_graph=_flag(o.get("prefill_graph")),
+        time_limit_s=time_limit or 0.0,
         command=_command_line(),
     )
     if o.get("tiny") or o.get("config") == "tiny":
@@ -241,7 +317,7 @@ def settings_from_options(**o) -> BenchSettings:
     if o.get("teacher"):
         overrides["config"] = None
     else:
-        overrides["config"] = o.get("config", "qwen3-0.6b")
+        overrides["config"] = o.get("config") or "qwen3-0.6b"
     return BenchSettings(**{**common, **overrides})
 
 
