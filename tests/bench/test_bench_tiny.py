@@ -283,9 +283,9 @@ def test_cpu_throughput_sweep_stays_within_the_available_ram(tmp_path, monkeypat
     """On CPU a batch that does not fit is the OOM killer, not an exception: the sweep stops at the batch whose
     caches fit half the available RAM (here pretended to be 400 kB: 1 teacher row of ~98 KiB, 3 student rows of
     ~62 KiB at 32 tokens), and a context where not one row fits is skipped with the reason."""
-    from gendistill.bench import runner
+    from gendistill.bench import throughput
 
-    monkeypatch.setattr(runner, "available_ram_bytes", lambda: 400_000)
+    monkeypatch.setattr(throughput, "available_ram_bytes", lambda: 400_000)
     settings = BenchSettings.tiny(out=str(tmp_path / "a"), contexts=(32,), throughput_contexts=(32,),
                                   skip=("cache", "ttft", "decode"))
     res = run_benchmark(settings, log_sink=lambda s: None, plots=False, table=False)
@@ -299,7 +299,7 @@ def test_cpu_throughput_sweep_stays_within_the_available_ram(tmp_path, monkeypat
     assert c["student"]["throughput_ram_batch_cap"] > c["teacher"]["throughput_ram_batch_cap"]
     assert c["ratios"]["throughput_ratio"] > 0
 
-    monkeypatch.setattr(runner, "available_ram_bytes", lambda: 1000)
+    monkeypatch.setattr(throughput, "available_ram_bytes", lambda: 1000)
     res = run_benchmark(BenchSettings.tiny(out=str(tmp_path / "b"), contexts=(32,), throughput_contexts=(32,),
                                            skip=("cache", "ttft", "decode")),
                         log_sink=lambda s: None, plots=False, table=False)

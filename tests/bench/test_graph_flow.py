@@ -89,7 +89,7 @@ def test_prefill_peak_is_read_before_the_graphed_prefill_resets_it(tmp_path, mon
     monkeypatch.setattr(engine, "prefill", prefill)
     monkeypatch.setattr(engine, "GraphedPrefill", FakeGraphedPrefill)
     monkeypatch.setattr(engine, "validate_graphed_prefill", lambda m, g: {"accepted": True})
-    monkeypatch.setattr(runner_mod, "_peak", lambda device: counter["peak"])
+    monkeypatch.setattr(runner_mod, "peak_allocated", lambda device: counter["peak"])
     monkeypatch.setattr(runner_mod, "_reset_peak", reset)
     monkeypatch.setattr(runner_mod, "_mem_allocated", lambda device: 0)
     monkeypatch.setattr(runner_mod, "free_memory", reset)  # as torch.cuda.reset_peak_memory_stats() does

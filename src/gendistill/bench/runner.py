@@ -22,7 +22,8 @@ from gendistill.bench.profile import profile_model
 from gendistill.bench.ratios import ratios, summary
 from gendistill.bench.report import file_stem, make_plots, print_comparison, print_table
 from gendistill.bench.settings import BenchSettings
-from gendistill.bench.sweep import available_ram_bytes, find_max_batch, free_memory, is_oom, ram_batch_cap
+from gendistill.bench.sweep import free_memory, is_oom, peak_allocated
+from gendistill.bench.throughput import measure_throughput
 from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
@@ -73,11 +74,6 @@ def _err(exc: BaseException) -> str:
 
 def _mem_allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-
-
-def _peak(device: torch.device) -> int | None:
-    """Peak bytes allocated since the last reset (CUDA); None where torch does not count (CPU)."""
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -191,7 +187,8 @@ class Runner:
                     e = by_ctx[L][role]
                     if "cache_bytes_theoretical" not in e:
                         self.cache_entry(role, L, e)
-                    self._guard(e, "throughput", lambda: self.throughput(role, L, e))
+                    self._guard(e, "throughput", lambda: measure_throughput(self.models[role], L, e, s, self.device,
+                                                                             self.dtype, self.log))
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
         if s.profile_contexts:
@@ -254,7 +251,7 @@ class Runner:
         def record_prefill_peak() -> None:
             """Peak allocated during the prefill just run (``clear()`` reset the counter before it) minus what was
             allocated before: read at once, before a graphed prefill or ``free_memory()`` resets the counter."""
-            peak = _peak(self.device)
+            peak = peak_allocated(self.device)
             e["peak_mem_bytes_prefill"] = None if peak is None else peak - base
 
         def ttft() -> None:
@@ -390,94 +387,6 @@ class Runner:
         self.log(f"  decode ms/token by part: {res['decode_ms_by_part']}")
         free_memory()
         return res
-
-    # ----------------------------------------------------------------------------------------------- throughput
-    def throughput(self, role: str, L: int, e: dict) -> None:
-        s, m = self.s, self.models[role]
-        G = s.throughput_tokens
-        max_len = L + 2 + 2 + 2 * G + 8
-        with torch.inference_mode():
-            tmpl_ids = engine.random_prompt(m.config.vocab_size, 16, 1, self.device, s.seed)
-            template, first = engine.prefill(m, tmpl_ids)
-
-        def build(b: int) -> engine.DecodeState:
-            cache = engine.to_static_cache(template, m.config, max_len, batch=b, context=L, copy_kv=False)
-            return engine.make_state(cache, first.expand(b, 1), L, max_len)
-
-        def attempt(b: int) -> dict:
-            with torch.inference_mode():
-                state = build(b)
-                step = engine.make_step(m, state)
-                step()
-                step()
-                if self.device.type == "cuda":
-                    sync(self.device)
-                peak = _peak(self.device)
-                del state, step
-            return {"peak_mem_bytes": peak}
-
-        def timed(b: int) -> dict:
-            with torch.inference_mode():
-                state = build(b)
-                step = engine.make_step(m, state)
-                step()
-                step()
-
-                def run() -> None:
-                    for _ in range(G):
-                        step()
-
-                t = measure(run, self.device, warmup=0, repeats=2 if self.device.type == "cuda" else 1)
-                peak = _peak(self.device)
-                del state, step
-            return {"ms": t.median_ms, "peak_mem_bytes": peak}
-
-        free_memory()
-        max_batch = s.max_batch
-        if self.device.type == "cpu":
-            # no OOM exception to catch on CPU: an overcommitted cache is zero-filled until the OOM killer ends us
-            row = cachemod.theoretical_cache_bytes(m.config, max_len, 1, self.dtype)["total"] + 4 * m.config.vocab_size
-            avail = available_ram_bytes()
-            cap = None if avail is None else ram_batch_cap(avail, row)
-            e["throughput_ram_batch_cap"] = cap
-            if cap is not None and cap < 1:
-                e.setdefault("errors", {})["throughput"] = (
-                    f"skipped: one sequence's cache ({row / 2**30:.2f} GiB at {L} tokens) is more than half the "
-                    f"available RAM ({avail / 2**30:.2f} GiB)")
-                self.log(f"  throughput: {e['errors']['throughput']}")
-                return
-            if cap is not None and cap < max_batch:
-                self.log(f"  batch capped at {cap} by the available RAM ({avail / 2**30:.1f} GiB, "
-                         f"{row / 2**20:.1f} MiB per sequence)")
-                max_batch = cap
-        res = find_max_batch(attempt, max_batch, rel_tol=s.sweep_rel_tol, log=self.log)
-        e["throughput_trials"] = res.trials
-        e["throughput_oom_batch"] = res.first_failure
-        e["throughput_capped"] = res.capped
-        b = res.best_batch
-        tries = 0
-        while b >= 1 and tries < 4:
-            free_memory()
-            try:
-                r = timed(b)
-                break
-            except BaseException as exc:  # noqa: BLE001
-                if not is_oom(exc):
-                    raise
-            b, tries = int(b * 0.85), tries + 1
-        else:
-            e["throughput_batch"] = 0
-            e["throughput_tok_s"] = None
-            return
-        e["throughput_batch"] = b
-        e["throughput_tokens"] = G
-        e["throughput_ms"] = r["ms"]
-        e["throughput_tok_s"] = b * G / (r["ms"] / 1e3)
-        e["throughput_peak_mem_bytes"] = r["peak_mem_bytes"] or None
-        note = "no OOM up to the RAM cap" if res.capped and max_batch < s.max_batch else res.bound_note()
-        self.log(f"  peak throughput {e['throughput_tok_s']:.1f} tok/s at batch {b} ({note})")
-        del template, first
-        free_memory()
 
 
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,

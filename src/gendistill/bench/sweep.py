@@ -75,6 +75,12 @@ def ram_batch_cap(available_bytes: int, row_bytes: int, fraction: float = 0.5) -
     return int(available_bytes * fraction) // max(1, int(row_bytes))
 
 
+def peak_allocated(device: torch.device) -> int | None:
+    """Peak bytes allocated on ``device`` since the counter was last reset (CUDA); None where torch does not count
+    (CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 def free_memory() -> None:
     """Release everything a failed attempt left behind so the next attempt starts clean (CUDA only: on CPU the
     allocator returns memory itself and a full ``gc.collect()`` costs ~0.5 s)."""
