@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,10 +240,30 @@ def _hub_offline() -> bool:
     return bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _hub_host() -> str:
+    """The host the hub client talks to: ``HF_ENDPOINT``'s (as huggingface_hub read it) or huggingface.co."""
+    return urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+
+
+def _hub_via_proxy() -> bool:
+    """Whether requests to the hub go through a proxy: an https or all-scheme proxy is configured (``HTTPS_PROXY``,
+    ``ALL_PROXY``, either case, or the system settings ``urllib.request.getproxies`` reads, as the hub's HTTP client
+    does) and ``NO_PROXY`` does not exempt the hub's host. Behind a proxy a failing direct DNS lookup says nothing."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get("https") or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(_hub_host(), proxies)
+
+
+def _hub_unreachable() -> bool:
+    """Whether the hub surely cannot be reached: no proxy is in the way and its host name does not resolve."""
+    return not _hub_via_proxy() and not _hub_host_resolves()
+
+
 def _hub_host_resolves(timeout: float = 5.0) -> bool:
     """Whether the hub's host name resolves (bounded by ``timeout``). A machine without network fails here at once,
     instead of in transformers' five retries (~25 s)."""
-    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+    host = _hub_host()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
@@ -254,10 +275,11 @@ def _hub_host_resolves(timeout: float = 5.0) -> bool:
 
 
 def hub_access_kwargs(source: TeacherSource) -> dict[str, Any]:
-    """``local_files_only=True`` when the hub cannot be reached, so a cached copy still loads, quickly."""
+    """``local_files_only=True`` when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached (no proxy and its host
+    does not resolve), so a cached copy still loads, quickly."""
     if source.kind != "hub":
         return {}
-    if _hub_offline() or not _hub_host_resolves():
+    if _hub_offline() or _hub_unreachable():
         return {"local_files_only": True}
     return {}
 
@@ -265,7 +287,7 @@ def hub_access_kwargs(source: TeacherSource) -> dict[str, Any]:
 def _hub_error(source: TeacherSource, exc: BaseException, what: str) -> GendistillError:
     if _hub_offline():
         why = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-    elif not _hub_host_resolves():
+    elif _hub_unreachable():
         why = "the hub cannot be reached (no network) and it is not in the local Hugging Face cache"
     else:
         why = first_line(exc, 200)
