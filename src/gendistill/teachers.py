@@ -240,36 +240,21 @@ def _hub_offline() -> bool:
     return bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _hub_host() -> str:
-    """The host the hub client talks to: ``HF_ENDPOINT``'s (as huggingface_hub read it) or huggingface.co."""
-    return urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
-
-
-def _hub_via_proxy() -> bool:
-    """Whether requests to the hub go through a proxy: an https or all-scheme proxy is configured (``HTTPS_PROXY``,
-    ``ALL_PROXY``, either case, or the system settings ``urllib.request.getproxies`` reads, as the hub's HTTP client
-    does) and ``NO_PROXY`` does not exempt the hub's host. Behind a proxy a failing direct DNS lookup says nothing."""
+def _hub_unreachable(timeout: float = 5.0) -> bool:
+    """Whether the hub surely cannot be reached: no https/all proxy serves its host (``HTTPS_PROXY``, ``ALL_PROXY``,
+    either case, less ``NO_PROXY``: read as the hub's HTTP client reads them) and its host name (``HF_ENDPOINT``'s,
+    else huggingface.co) does not resolve within ``timeout``. A machine without network fails here at once, instead of
+    in transformers' five retries (~25 s); behind a proxy a failing direct DNS lookup says nothing."""
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     proxies = urllib.request.getproxies()
-    if not (proxies.get("https") or proxies.get("all")):
+    if (proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass_environment(host, proxies):
         return False
-    return not urllib.request.proxy_bypass_environment(_hub_host(), proxies)
-
-
-def _hub_unreachable() -> bool:
-    """Whether the hub surely cannot be reached: no proxy is in the way and its host name does not resolve."""
-    return not _hub_via_proxy() and not _hub_host_resolves()
-
-
-def _hub_host_resolves(timeout: float = 5.0) -> bool:
-    """Whether the hub's host name resolves (bounded by ``timeout``). A machine without network fails here at once,
-    instead of in transformers' five retries (~25 s)."""
-    host = _hub_host()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
-        return True
-    except Exception:  # noqa: BLE001  (DNS failure, timeout: all mean "no network")
         return False
+    except Exception:  # noqa: BLE001  (DNS failure, timeout: all mean "no network")
+        return True
     finally:
         pool.shutdown(wait=False)
 
