@@ -405,6 +405,10 @@ def test_not_a_gguf_truncated_gguf_and_gguf_without_tokenizer(tmp_path, no_dequa
 # ------------------------------------------------------------------------------------------------------------------ hub
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY",
+               "no_proxy")
+
+
 def _qwen3_cached() -> bool:
     from huggingface_hub import try_to_load_from_cache
 
@@ -430,19 +434,88 @@ def test_hub_id_offline_fails_with_one_clear_line(monkeypatch):
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(_qwen3_cached(), reason="Qwen/Qwen3-0.6B is in the local HF cache, so it would load")
-def test_hub_id_without_network_fails_fast_without_retries(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_hub_id_without_network_fails_fast_without_retries(monkeypatch, no_direct_dns):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(teachers, "_hub_host_resolves", lambda timeout=5.0: False)
     start = time.perf_counter()
     with pytest.raises(GendistillError) as err:
         load_teacher("Qwen/Qwen3-0.6B")
     assert time.perf_counter() - start < 10.0  # transformers' own retries take ~25 s
     msg = _one_line(err)
     assert "'Qwen/Qwen3-0.6B'" in msg and "no network" in msg
+
+
+@pytest.fixture
+def no_direct_dns(monkeypatch):
+    """A node whose direct DNS fails (as on HPC or corporate networks), with no proxy variables set and the hub online;
+    returns the list of host names looked up."""
+    import socket
+
+    import huggingface_hub.constants
+
+    for var in _PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    looked_up: list[str] = []
+
+    def fail(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(f"no direct DNS for {host} on this node")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    return looked_up
+
+
+HUB = teachers.TeacherSource("hub", "Qwen/Qwen3-0.6B")
+
+
+def test_hub_without_proxy_and_without_dns_is_used_offline(no_direct_dns):
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+    assert no_direct_dns == ["huggingface.co"]
+    assert "no network" in str(teachers._hub_error(HUB, OSError("connection refused"), "config"))
+
+
+@pytest.mark.parametrize("var", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+def test_hub_behind_a_proxy_is_not_forced_offline_by_failing_dns(no_direct_dns, monkeypatch, var):
+    monkeypatch.setenv(var, "http://proxy.corp.example:3128")
+    assert teachers.hub_access_kwargs(HUB) == {}
+    # a failed load then reports what the hub client said, not a made-up "no network"
+    msg = str(teachers._hub_error(HUB, OSError("407 Proxy Authentication Required"), "config"))
+    assert "407 Proxy Authentication Required" in msg and "no network" not in msg
+
+
+def test_an_http_only_proxy_does_not_count_for_the_hub(no_direct_dns, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp.example:3128")
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+
+
+@pytest.mark.parametrize("no_proxy", ["huggingface.co", "localhost,huggingface.co", "*"])
+def test_no_proxy_for_the_hub_host_brings_back_the_dns_check(no_direct_dns, monkeypatch, no_proxy):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+    monkeypatch.setenv("NO_PROXY", "localhost,example.org")  # other hosts exempted: the hub still goes via the proxy
+    assert teachers.hub_access_kwargs(HUB) == {}
+
+
+def test_hf_endpoint_host_is_the_one_looked_up(no_direct_dns, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hf-mirror.example.org:8443")
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+    assert no_direct_dns == ["hf-mirror.example.org"]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    monkeypatch.setenv("NO_PROXY", "hf-mirror.example.org")  # the mirror is exempted, huggingface.co would not be
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+
+
+def test_hf_hub_offline_wins_over_a_proxy(no_direct_dns, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert teachers.hub_access_kwargs(HUB) == {"local_files_only": True}
+    assert no_direct_dns == []
 
 
 # ------------------------------------------------------------------------------------------------- the real SmolLM2

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,25 +240,31 @@ def _hub_offline() -> bool:
     return bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _hub_host_resolves(timeout: float = 5.0) -> bool:
-    """Whether the hub's host name resolves (bounded by ``timeout``). A machine without network fails here at once,
-    instead of in transformers' five retries (~25 s)."""
+def _hub_unreachable(timeout: float = 5.0) -> bool:
+    """Whether the hub surely cannot be reached: no https/all proxy serves its host (``HTTPS_PROXY``, ``ALL_PROXY``,
+    either case, less ``NO_PROXY``: read as the hub's HTTP client reads them) and its host name (``HF_ENDPOINT``'s,
+    else huggingface.co) does not resolve within ``timeout``. A machine without network fails here at once, instead of
+    in transformers' five retries (~25 s); behind a proxy a failing direct DNS lookup says nothing."""
     host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+    proxies = urllib.request.getproxies()
+    if (proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass_environment(host, proxies):
+        return False
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
-        return True
-    except Exception:  # noqa: BLE001  (DNS failure, timeout: all mean "no network")
         return False
+    except Exception:  # noqa: BLE001  (DNS failure, timeout: all mean "no network")
+        return True
     finally:
         pool.shutdown(wait=False)
 
 
 def hub_access_kwargs(source: TeacherSource) -> dict[str, Any]:
-    """``local_files_only=True`` when the hub cannot be reached, so a cached copy still loads, quickly."""
+    """``local_files_only=True`` when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached (no proxy and its host
+    does not resolve), so a cached copy still loads, quickly."""
     if source.kind != "hub":
         return {}
-    if _hub_offline() or not _hub_host_resolves():
+    if _hub_offline() or _hub_unreachable():
         return {"local_files_only": True}
     return {}
 
@@ -265,7 +272,7 @@ def hub_access_kwargs(source: TeacherSource) -> dict[str, Any]:
 def _hub_error(source: TeacherSource, exc: BaseException, what: str) -> GendistillError:
     if _hub_offline():
         why = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-    elif not _hub_host_resolves():
+    elif _hub_unreachable():
         why = "the hub cannot be reached (no network) and it is not in the local Hugging Face cache"
     else:
         why = first_line(exc, 200)

@@ -27,6 +27,7 @@ from gendistill.bench.throughput import measure_throughput
 from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
+from gendistill.models.decoding import require_full_attention
 from gendistill.ops.backend import prefill_segment_tokens
 from gendistill.runlock import acquire
 
@@ -133,6 +134,8 @@ class Runner:
                      "--tiny measures a small shape in seconds (the paper's figures need a GPU: --device cuda)")
         pair = build_models(s, self.device, self.dtype)
         self.models = {"teacher": pair.teacher, "student": pair.student}
+        for role, m in self.models.items():  # static-cache decode and the cache arithmetic assume full attention
+            require_full_attention(m.config, f"the bench {role}")
         card = card_name(self.device)
         self.results = {
             "schema_version": SCHEMA_VERSION,

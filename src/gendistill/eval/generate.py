@@ -11,6 +11,9 @@ mask. Two engines:
   check: ``tests/eval/test_fast_generate.py`` requires identical tokens from both on tiny models (teacher and
   hybrid, left padding, stop strings, compaction), and the GPU test does the same on the card.
 
+``auto`` picks ``fast`` for greedy decoding, except for a model with sliding-window attention, which the static cache
+cannot hold: there it picks ``reference`` and warns once (:func:`resolve_engine`).
+
 The hybrid student's cache handles the left padding in its recurrent and convolution states, so batched and
 one-at-a-time greedy results must be identical — ``tests/eval/test_generate.py`` checks exactly that.
 
@@ -34,6 +37,7 @@ from gendistill.models.decoding import (
     make_state,
     make_step,
     new_dynamic_cache,
+    sliding_window_setting,
     to_static_cache,
 )
 
@@ -72,6 +76,7 @@ class GenStats:
             "seconds": round(self.seconds, 3), "batches": self.batches, "batch_size": self.batch_size,
             "new_tokens_per_s": round(self.tokens_per_s, 2),
             "sequences_per_s": round(self.n_prompts / self.seconds, 3) if self.seconds > 0 else 0.0,
+            "engine": self.extra.get("engine"),  # the one that ran (auto resolved)
         }
 
 
@@ -116,14 +121,25 @@ def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def resolve_engine(engine: str, do_sample: bool) -> str:
-    """``auto`` is ``fast`` for greedy decoding and ``reference`` for sampling (the fast engine is greedy only)."""
+def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
+    """``auto`` is ``fast`` for greedy decoding and ``reference`` for sampling (the fast engine is greedy only).
+
+    With the model's ``config``: a model with sliding-window attention (its static cache cannot hold a window:
+    :func:`gendistill.models.decoding.sliding_window_setting`) makes ``auto`` choose ``reference``, with one warning,
+    and an explicit ``fast`` a :class:`~gendistill.errors.ConfigError` (it would run another engine than asked)."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown generation engine '{engine}'; known: {', '.join(ENGINES)}")
-    if engine == "auto":
-        return "reference" if do_sample else "fast"
     if engine == "fast" and do_sample:
         raise ConfigError("the fast generation engine decodes greedily; sampling runs on --engine reference (or auto)")
+    window = sliding_window_setting(config) if config is not None and engine != "reference" and not do_sample else None
+    if engine == "auto":
+        if window is not None:
+            warnings.warn(f"this model uses sliding-window attention ({window}), which the fast generation engine "
+                          "does not support; generating with the reference engine (model.generate)", stacklevel=2)
+        return "reference" if do_sample or window is not None else "fast"
+    if window is not None:
+        raise ConfigError(f"the fast generation engine does not support sliding-window attention ({window}); "
+                          "use --engine reference (or auto)")
     return engine
 
 
@@ -167,7 +183,7 @@ def generate(
     (stopping and compaction are decided there; default 8 on CUDA, 4 elsewhere)."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    engine = resolve_engine(engine, do_sample)
+    engine = resolve_engine(engine, do_sample, model.config)
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)

@@ -12,6 +12,11 @@ Left padding: row ``b`` of a batch whose prompts were left-padded to ``W`` colum
 write position for the batch) while row ``b``'s rotary position is its own token count ``pos[b]``; so the column of a
 row is ``pos[b] + start[b]`` and the row attends to columns ``start[b] .. pos[b] + start[b]``. Recurrent layers (KDA
 and the other linear mixers) kept padding out of their state during the prefill and need no mask afterwards.
+
+Sliding-window attention is not supported: its dynamic cache keeps only the last ``window - 1`` keys, which a full
+static layer and the step's causal mask cannot represent. :func:`sliding_window_setting` detects such a model from its
+config (the layers transformers' ``DynamicCache`` makes windowed), :func:`require_full_attention` refuses it, and
+:func:`to_static_cache` refuses a windowed cache layer; the evaluator falls back to ``model.generate`` instead.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, StaticLayer
+
+from gendistill.errors import UnsupportedModelError
 
 FULL = "full_attention"
 LINEAR = "linear_attention"
@@ -38,6 +45,32 @@ def layer_types(config: Any) -> list[str]:
     if not types:
         return [FULL] * n
     return [LINEAR if t in (LINEAR, "kda", "linear") else FULL if "attention" in t else t for t in types]
+
+
+def sliding_window_setting(config: Any) -> str | None:
+    """``None`` when every attention layer's cache keeps all its keys; otherwise the config setting that makes some
+    layers keep only a window, e.g. ``"use_sliding_window=True, sliding_window=8: 2 of 2 layers"``. The windowed
+    layers are the ones transformers' ``DynamicCache`` makes windowed (``sliding_attention`` / ``chunked_attention``
+    layer types, or, for configs without ``layer_types`` such as Mistral's, a ``sliding_window`` that is not None);
+    Qwen2/Qwen3 configs have ``sliding_attention`` layers only with ``use_sliding_window=True``."""
+    windowed = DynamicCache(config=config).is_sliding
+    if not any(windowed):
+        return None
+    text = config.get_text_config(decoder=True)
+    names = ("use_sliding_window", "sliding_window", "max_window_layers", "attention_chunk_size")
+    parts = [f"{n}={getattr(text, n)}" for n in names if getattr(text, n, None) is not None]
+    return f"{', '.join(parts) or 'layer_types'}: {sum(windowed)} of {len(windowed)} layers"
+
+
+def require_full_attention(config: Any, who: str) -> None:
+    """Raise :class:`~gendistill.errors.UnsupportedModelError` naming the setting when the model has sliding-window
+    layers (:func:`sliding_window_setting`), which the static-cache decoder cannot run; ``who`` names the caller."""
+    setting = sliding_window_setting(config)
+    if setting is not None:
+        raise UnsupportedModelError(
+            f"{who} has sliding-window attention ({setting}), which static-cache decoding (every key kept) does not "
+            f"support; disable the sliding window in its config.json or use a model without one"
+        )
 
 
 def forward(model: Any, input_ids: torch.Tensor, cache: Any, position_ids=None, attention_mask=None):
@@ -107,6 +140,10 @@ def to_static_cache(
     types = layer_types(config)
     layers = []
     for i, src in enumerate(cache.layers):
+        if getattr(src, "is_sliding", False):  # only the last window-1 keys: a full static layer would misplace them
+            raise UnsupportedModelError(
+                f"to_static_cache: layer {i} keeps a sliding window ({type(src).__name__}); static-cache decoding "
+                f"supports full attention only ({sliding_window_setting(config) or 'sliding_window'})")
         if types[i] == FULL and getattr(src, "keys", None) is not None:
             k, v = src.keys, src.values
             rows = batch or k.shape[0]
