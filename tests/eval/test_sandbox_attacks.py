@@ -9,6 +9,7 @@ layer inside the process: the audit hook, seccomp and Landlock off), so that bub
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -247,6 +248,58 @@ def test_new_processes_and_threads_are_refused_by_seccomp(what):
     assert r.status == S.PASSED and "started 0" in r.stdout, r
     r = _run(code.replace("200", "3"), inner_layers=())  # the same code starts them where the filter is off
     assert r.status == S.PASSED and "started 3" in r.stdout, r
+
+
+# Each call made harmless (a pid that does not exist, bad flags) so that, where the filter lets it through, the kernel
+# answers with an errno other than EPERM; under the filter every one answers EPERM. x86_64 numbers.
+REACH_CALLS = {"ptrace": (101, 0x4206, 2 ** 22 - 1, 0, 0),  # PTRACE_SEIZE of a pid beyond pid_max: ESRCH
+               "process_vm_readv": (310, 1, 0, 0, 0, 0, 1),  # flags 1: EINVAL
+               "process_vm_writev": (311, 1, 0, 0, 0, 0, 1),
+               "kcmp": (312, 2 ** 22 - 1, 2 ** 22 - 1, 0, 0, 0),  # ESRCH
+               "pidfd_open": (434, 2 ** 22 - 1, 0),  # ESRCH
+               "pidfd_getfd": (438, -1, 0, 0),  # EBADF
+               "memfd_create": (319, "b'probe'", 0),  # a descriptor
+               "memfd_secret": (447, 0)}  # a descriptor, or ENOSYS where the kernel has none
+
+
+def _reach_probe(pid_1: bool) -> str:
+    """A program printing, as JSON, whether each of REACH_CALLS (and, if ``pid_1``, tracing pid 1) answered EPERM."""
+    return f"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(nr, *[eval(a) if isinstance(a, str) else ctypes.c_long(a) for a in args])
+    return "EPERM" if r < 0 and ctypes.get_errno() == errno.EPERM else "not EPERM"
+got = {{name: call(*spec) for name, spec in {REACH_CALLS!r}.items()}}
+if {pid_1}:
+    got["attach pid 1"] = call(101, 16, 1, 0, 0)  # PTRACE_ATTACH of bubblewrap's init
+    got["seize pid 1"] = call(101, 0x4206, 1, 0, 0)
+try:
+    os.memfd_create("hog")
+    got["os.memfd_create"] = "not EPERM"
+except PermissionError:
+    got["os.memfd_create"] = "EPERM"
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe uses x86_64 system call numbers")
+def test_other_processes_and_memory_files_are_out_of_reach_under_seccomp_alone():
+    """Finding 2 of review 27d: without Landlock's ptrace scoping, the candidate could trace bubblewrap's init (same
+    user, dumpable) and make it fork a process without filter or limits. Finding 4: memfd_create held about 0.9 GiB
+    outside RLIMIT_AS. With only the seccomp layer on, every such call answers EPERM; with no layer, none does (the
+    probe's calls are harmless there: no such pid, bad flags)."""
+    if not CAPS["seccomp_no_processes_or_threads"]:
+        pytest.skip("no seccomp filter for this architecture")
+    r = _run(_reach_probe(pid_1=True), inner_layers=("seccomp",))
+    assert r.status == S.PASSED, r
+    got = json.loads(r.stdout)
+    assert got == dict.fromkeys([*REACH_CALLS, "attach pid 1", "seize pid 1", "os.memfd_create"], "EPERM"), got
+    r = _run(_reach_probe(pid_1=False), inner_layers=())
+    assert r.status == S.PASSED, r
+    assert set(json.loads(r.stdout).values()) == {"not EPERM"}, r.stdout
 
 
 def test_fork_bomb_ends_at_once():

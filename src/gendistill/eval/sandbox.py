@@ -8,7 +8,7 @@ operating system's ``/usr`` and the Python installation (both read-only), a mini
 evaluator dies: ``--die-with-parent``), the kernel kills every process of its PID namespace.
 
 Inside, further layers (:mod:`gendistill.eval.sandbox_child`): resource limits, Landlock, a seccomp filter that
-forbids new processes and threads, and an audit hook that gives readable refusals (a diagnostic, not a barrier). Where bubblewrap
+forbids new processes and threads, tracing other processes and memory files, and an audit hook that gives readable refusals (a diagnostic, not a barrier). Where bubblewrap
 is missing or cannot create namespaces, execution is **refused** (:class:`SandboxUnavailable`, one line saying what to
 install) unless the caller passes ``unsafe_allow_unsandboxed=True`` (``--unsafe-allow-unsandboxed-code``): then only
 the inner layers and, where possible, ``unshare`` namespaces stand between the code and the host — a warning says so

@@ -21,7 +21,9 @@ to check that each other layer holds alone):
 2. ``landlock`` (Linux >= 5.13): no file-system writes outside the scratch folder (``/dev/null`` excepted);
    ABI >= 4: no TCP bind/connect;
    ABI >= 5: no ioctl on devices; ABI >= 6: no signals to, and no abstract UNIX sockets of, processes outside;
-3. ``seccomp`` (x86_64, aarch64): no new processes or threads (``fork``, ``vfork``, ``clone``, ``clone3``);
+3. ``seccomp`` (x86_64, aarch64): no new processes or threads (``fork``, ``vfork``, ``clone``, ``clone3``), no
+   tracing or reading of another process (``ptrace``, ``process_vm_*``, ``pidfd_*``, ``kcmp``), no memory files
+   (``memfd_create``, ``memfd_secret``): see :func:`seccomp_filter`;
 4. ``audit_hook``: a ``sys.addaudithook`` that refuses the same things with a readable ``PermissionError``. It is a
    diagnostic, not a barrier: code in the same interpreter can disarm it.
 """
@@ -97,15 +99,28 @@ def landlock(scratch):
         os.close(rs)
 
 
-# seccomp: (AUDIT_ARCH, syscall numbers) of the architectures the filter knows
-_ARCHES = {"x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}),
-           "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435})}
+# seccomp: (AUDIT_ARCH, numbers of the refused system calls) of the architectures the filter knows
+_ARCHES = {"x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435,
+                                   "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312,
+                                   "pidfd_open": 434, "pidfd_getfd": 438,
+                                   "memfd_create": 319, "memfd_secret": 447}),
+           "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435,
+                                    "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
+                                    "pidfd_open": 434, "pidfd_getfd": 438,
+                                    "memfd_create": 279, "memfd_secret": 447})}
 
 
 def seccomp_filter(machine):
-    """The classic-BPF program that refuses new processes and threads on ``machine``, as bytes (None: architecture
-    unknown): fork, vfork, clone, clone3 and every system call of another ABI (x32, i386) answer EPERM. Threads are
-    refused too: RLIMIT_NPROC does not bind root, and a thread takes a PID like a process."""
+    """The classic-BPF program for ``machine``, as bytes (None: architecture unknown). These system calls, and every
+    system call of another ABI (x32, i386), answer EPERM:
+
+    * fork, vfork, clone, clone3 — no new processes or threads (RLIMIT_NPROC does not bind root, and a thread takes a
+      PID like a process);
+    * ptrace, process_vm_readv/writev, kcmp, pidfd_open, pidfd_getfd — no reaching into another process of the
+      sandbox (same user): without Landlock's scoping, bubblewrap's init (pid 1, dumpable) could be traced and made
+      to fork a process with no filter and no limits, or to drop its die-with-parent signal;
+    * memfd_create, memfd_secret — no anonymous files: their memory lies outside RLIMIT_AS (about 0.9 GiB per
+      candidate through 64 descriptors of 16 MiB)."""
     import struct
 
     if machine not in _ARCHES:
