@@ -397,6 +397,35 @@ def test_checked_run_outcomes(body, status):
     assert r.status == status, (r.detail, r.stderr[-500:])
 
 
+FORGED_LABELS = {
+    "own MemoryError": "class MemoryError(Exception):\n    pass\ndef add(a, b):\n    raise MemoryError('fake')\n",
+    "rebound builtin": "import builtins\nclass Fake(Exception):\n    pass\nFake.__name__ = 'MemoryError'\n"
+                       "builtins.MemoryError = Fake\ndef add(a, b):\n    raise Fake('fake')\n",
+    "5 MB class name": "def add(a, b):\n    raise type('M' * 5_000_000, (Exception,), {})('x')\n",
+    "5 MB forged report": "import os\ndef add(a, b):\n    for fd in range(3, 64):\n        try:\n"
+                          "            os.write(fd, b'{\"raise\": \"' + b'M' * 5_000_000 + b'\"}\\n')\n"
+                          "        except OSError:\n            pass\n    return 0\n",
+}
+
+
+@pytest.mark.parametrize("how", sorted(FORGED_LABELS))
+def test_a_candidate_does_not_choose_its_failure_label(how):
+    """Review 27d finding 6: an exception class the program names ``MemoryError`` was counted as ``memory``, and its
+    name, of any length, came back (a 5 MB name ended as ``output_limit``). Only built-in classes, found by identity,
+    give a label; any other name the checker receives becomes ``CandidateError``."""
+    r = _checked(FORGED_LABELS[how])
+    assert r.status == S.FAILED, (r.status, r.detail[:300])
+    assert len(r.detail) < 1000 and len(r.stderr) < 20_000, (len(r.detail), len(r.stderr))
+    assert "MMMMMMMMMM" * 11 not in r.detail + r.stderr
+
+
+def test_a_builtin_exception_subclass_keeps_its_builtin_label():
+    """A program's own subclass of a built-in exception is reported as that built-in (the nearest one in its MRO)."""
+    r = _checked("class Tight(MemoryError):\n    pass\ndef add(a, b):\n    raise Tight('x')\n")
+    assert r.status == S.MEMORY, (r.status, r.detail)
+    assert "MemoryError" in r.detail and "Tight" not in r.detail, r.detail
+
+
 # ------------------------------------------------------------------------------------------- the evaluator dies
 
 

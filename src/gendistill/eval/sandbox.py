@@ -214,7 +214,11 @@ _ERROR_STATUS = {"MemoryError": MEMORY, "PermissionError": REFUSED, f"ProgramEnd
 
 
 def _check_status(res: ExecResult, verdict: dict | None, timed_out: bool) -> tuple[str, str]:
-    """The status of a checked run: ``passed`` only from the checker's verdict."""
+    """The status of a checked run: ``passed`` only from the checker's verdict. ``timeout`` comes from the evaluator's
+    clock or the candidate's end as the checker saw it (SIGXCPU, SIGKILL); ``memory`` and ``refused`` from the
+    built-in exception class the candidate reported (the checker keeps only built-in names, the candidate reports its
+    exception's nearest built-in class: a class it names ``MemoryError`` counts as ``failed``). A candidate that
+    writes its own report on its pipe can still choose between those two labels and ``failed``, never ``passed``."""
     if res.status == OUTPUT:
         return OUTPUT, "output limit exceeded"
     if isinstance(verdict, dict) and verdict.get("passed") is True:
@@ -225,7 +229,7 @@ def _check_status(res: ExecResult, verdict: dict | None, timed_out: bool) -> tup
         return (MEMORY if res.status == MEMORY else FAILED), "the checker ended without a verdict"
     error = str(verdict.get("error"))
     if error in ("CandidateError", "ProgramEnded") and verdict.get("candidate_error"):
-        error = str(verdict["candidate_error"])
+        error = str(verdict["candidate_error"])[:100]
     detail = f"{verdict.get('stage')}: {verdict.get('error')}: {verdict.get('message', '')}"
     return _ERROR_STATUS.get(error, FAILED), detail
 

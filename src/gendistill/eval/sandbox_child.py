@@ -297,8 +297,28 @@ def _receive(fh):
     return json.loads(line)
 
 
+def _builtin_exceptions():
+    import builtins
+
+    return {name: c for name, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, BaseException)}
+
+
+# The built-in exception classes by name (the checker's look-up) and by identity (the candidate's report), taken when
+# this script starts, before any model-written code could rebind a name in ``builtins``.
+BUILTIN_EXCEPTIONS = _builtin_exceptions()
+_BUILTIN_BY_ID = {id(c): name for name, c in BUILTIN_EXCEPTIONS.items()}
+
+
 def _exception(e):
-    return {"raise": type(e).__name__, "message": str(e)[:500]}
+    """The candidate's report of the exception ``e``: the nearest built-in exception class of its type, found by
+    identity, not by name (a class the program itself calls ``MemoryError`` is reported as its built-in base)."""
+    name = next((_BUILTIN_BY_ID[id(c)] for c in type.__getattribute__(type(e), "__mro__") if id(c) in _BUILTIN_BY_ID),
+                "BaseException")
+    try:
+        message = str(e)[:500]
+    except BaseException:  # noqa: BLE001 - a __str__ that raises
+        message = ""
+    return {"raise": name, "message": message}
 
 
 # ------------------------------------------------------------------------------------------------------ roles
@@ -361,13 +381,15 @@ class Candidate:
             self.last_raise = f"ProgramEnded:{rc}"
             raise ProgramEnded(f"the program ended before answering ({why})")
         if "raise" in msg:
-            self.last_raise = msg["raise"]
-            import builtins
-
-            cls = getattr(builtins, str(msg["raise"]), None)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            # The candidate writes this message itself and may forge it: keep only the name of a built-in exception
+            # class (anything else is CandidateError) and a bounded message.
+            name = msg["raise"] if isinstance(msg["raise"], str) and msg["raise"] in BUILTIN_EXCEPTIONS \
+                else "CandidateError"
+            self.last_raise = name
+            cls = BUILTIN_EXCEPTIONS.get(name)
+            if not (cls is not None and issubclass(cls, Exception)):
                 cls = CandidateError
-            raise cls(f"{msg['raise']}: {msg.get('message', '')}")
+            raise cls(f"{name}: {str(msg.get('message', ''))[:500]}")
         return msg
 
     def wait_ready(self):
