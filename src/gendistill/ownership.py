@@ -28,7 +28,7 @@ from gendistill.version import __version__
 MARKER = ".gendistill.json"
 #: the lock file of a folder being written (:mod:`gendistill.runlock`)
 LOCK = ".gendistill.lock"
-KINDS = ("run", "student")
+KINDS = ("run", "student", "select")
 
 
 class OutputError(GendistillError):
@@ -36,7 +36,8 @@ class OutputError(GendistillError):
 
 
 def write_marker(folder: str | Path, kind: str) -> Path:
-    """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``). Written atomically (a
+    """Mark ``folder`` as written by gendistill (``kind``: ``"run"``, ``"student"`` or ``"select"``, a
+    ``select-layers`` run). Written atomically (a
     temporary file renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
     assert kind in KINDS, kind
     path = Path(folder) / MARKER
