@@ -14,6 +14,7 @@ temporary siblings (``.<name>.tmp-<pid>-...``) that a killed writer left behind,
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from gendistill.version import __version__
 MARKER = ".gendistill.json"
 #: the lock file of a folder being written (:mod:`gendistill.runlock`)
 LOCK = ".gendistill.lock"
-KINDS = ("run", "student")
+KINDS = ("run", "student", "select", "report")
 
 
 class OutputError(GendistillError):
@@ -36,7 +37,8 @@ class OutputError(GendistillError):
 
 
 def write_marker(folder: str | Path, kind: str) -> Path:
-    """Mark ``folder`` as written by gendistill (``kind``: ``"run"`` or ``"student"``). Written atomically (a
+    """Mark ``folder`` as written by gendistill (``kind``: ``"run"``, ``"student"`` or ``"select"``, a
+    ``select-layers`` run; ``"report"``, a folder an ``eval``/``bench`` report was written into). Written atomically (a
     temporary file renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
     assert kind in KINDS, kind
     path = Path(folder) / MARKER
@@ -165,6 +167,38 @@ def clear_owned(folder: str | Path, kind: str, what: str) -> None:
             p.unlink()
 
 
+def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -> None:
+    """Raise :class:`OutputError` unless a command may write (or replace, or delete) its report files ``names`` in
+    ``folder``: never the working folder, one of its parents, the home folder, the file-system root or a git
+    repository; and a folder without gendistill's marker must not already hold a file matching one of ``names``
+    (shell patterns such as ``bench_*.json``: a file gendistill did not write). A missing folder, or one that carries
+    a gendistill marker, passes."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise OutputError(f"{what}: {folder} is a file, not a folder")
+    reason = _protected_reason(folder)
+    if reason is not None:
+        raise OutputError(f"{what}: refusing to write into {folder}: {reason}; choose a new folder")
+    if marker_kind(folder) is not None:
+        return
+    clash = sorted(p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, n) for n in names))
+    if clash:
+        raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: {folder} was not written by gendistill "
+                          f"(no {MARKER}); move the file or choose a new folder")
+
+
+def claim_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -> None:
+    """:func:`check_report_folder` (again: call it under the folder's lock), then create ``folder`` and mark it as a
+    report folder unless it already carries a gendistill marker."""
+    check_report_folder(folder, names, what)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if marker_kind(folder) is None:
+        write_marker(folder, "report")
+
+
 def is_empty(folder: str | Path) -> bool:
     """True for a missing folder or one holding only bookkeeping files (a lock file)."""
     folder = Path(folder)
@@ -261,5 +295,5 @@ def file_mode() -> int:
 
 
 __all__ = ["MARKER", "LOCK", "OutputError", "write_marker", "marker_kind", "is_bookkeeping", "is_empty",
-           "check_replaceable", "remove_owned", "clear_owned",
+           "check_replaceable", "remove_owned", "clear_owned", "check_report_folder", "claim_report_folder",
            "check_writable", "check_free_space", "tensor_bytes", "temp_sibling", "clean_stale_temps", "file_mode"]

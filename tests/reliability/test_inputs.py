@@ -97,6 +97,7 @@ def test_eval_refuses_zero_new_tokens_and_an_unwritable_out(tmp_path):
 
 def test_eval_removes_the_stale_examples_of_an_earlier_run_only(tmp_path):
     from gendistill.eval.api import _previous_example_files, _remove_stale
+    from gendistill.ownership import write_marker
 
     ex = tmp_path / "examples"
     ex.mkdir()
@@ -104,6 +105,8 @@ def test_eval_removes_the_stale_examples_of_an_earlier_run_only(tmp_path):
     for p in (old, again, mine):
         p.write_text("{}\n")
     (tmp_path / "results.json").write_text(json.dumps({"example_files": [str(old), str(again), "/etc/passwd"]}))
+    assert _previous_example_files(str(tmp_path)) == set()  # not marked by gendistill: nothing is removed there
+    write_marker(tmp_path, "report")  # as an earlier eval into this folder left it
     _remove_stale(_previous_example_files(str(tmp_path)), [str(again)])
     assert not old.exists() and again.exists() and mine.exists() and Path("/etc/passwd").exists()
 

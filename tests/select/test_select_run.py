@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from gendistill.cli import app
 from gendistill.errors import ConfigError
+from gendistill.ownership import MARKER, OutputError, marker_kind
 from gendistill.select import select_layers
 from gendistill.select.session import Session, prepare_output
 from tests.select._synthetic import synthetic_teacher
@@ -67,8 +68,56 @@ def test_run_folder_rules(make_cfg, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="is not a select-layers folder"):
+        prepare_output(make_cfg("uniform", 2, out="mine"), resume=False, overwrite=False)
+    with pytest.raises(OutputError, match="it was not written by gendistill"):
         prepare_output(make_cfg("uniform", 2, out="mine"), resume=False, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def _user_repo(folder: Path) -> Path:
+    """A user's git repository that happens to hold a file named select.json (the reviewer's probe)."""
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "select.json").write_text('{"mine": true}')
+    return folder
+
+
+@pytest.mark.parametrize("as_cwd", [True, False])
+def test_overwrite_never_clears_a_folder_select_layers_did_not_mark(make_cfg, tok, tmp_path, monkeypatch, as_cwd):
+    repo = _user_repo(tmp_path / "repo")
+    before = sorted(p.name for p in repo.iterdir())
+    if as_cwd:
+        monkeypatch.chdir(repo)
+    cfg = make_cfg("uniform", 1, output_dir="." if as_cwd else str(repo))
+    teacher = synthetic_teacher(tok, num_layers=4)
+    with pytest.raises(OutputError) as err:
+        select_layers(cfg, overwrite=True, teacher=teacher, tokenizer=tok, progress="none")
+    reason = "it is the current working folder" if as_cwd else "it is a git repository"
+    assert f"refusing to overwrite {cfg.output_dir}: {reason}" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in repo.iterdir()) == before
+    assert (repo / "notes.txt").read_text() == "keep me" and (repo / ".git" / "HEAD").exists()
+
+
+def test_overwrite_replaces_a_run_select_layers_wrote_and_resume_keeps_it(make_cfg, tok):
+    teacher = synthetic_teacher(tok, num_layers=4)
+    cfg = make_cfg("uniform", 1)
+    out = Path(cfg.output_dir)
+    select_layers(cfg, teacher=teacher, tokenizer=tok, progress="none")
+    assert marker_kind(out) == "select"
+    (out / "runs").mkdir()
+    (out / "runs" / "stale.txt").write_text("from the old run")
+    select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")  # resume keeps what is there
+    assert (out / "runs" / "stale.txt").exists()
+    res = select_layers(make_cfg("uniform", 2), overwrite=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert not (out / "runs").exists() and marker_kind(out) == "select"
+    assert json.loads((out / "layers.json").read_text())["attention_layers"] == res["attention_layers"]
+    # a run written before runs were marked (select.json only) is resumed, and marked then; never overwritten
+    (out / MARKER).unlink()
+    with pytest.raises(OutputError, match="it was not written by gendistill"):
+        select_layers(cfg, overwrite=True, teacher=teacher, tokenizer=tok, progress="none")
+    select_layers(make_cfg("uniform", 2), resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert marker_kind(out) == "select"
 
 
 def test_cli_selects_from_a_teacher_folder_and_convert_takes_the_file(tok, text_path, tmp_path):

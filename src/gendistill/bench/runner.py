@@ -29,6 +29,7 @@ from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
 from gendistill.models.decoding import require_full_attention
 from gendistill.ops.backend import prefill_segment_tokens
+from gendistill.ownership import check_report_folder, claim_report_folder
 from gendistill.runlock import acquire
 
 ROLES = ("teacher", "student")
@@ -392,13 +393,19 @@ class Runner:
         return res
 
 
+#: the files a benchmark writes (or, for the profiles, deletes) in ``--out``
+BENCH_FILES = ("bench_*.json", "fig2_*.png", "fig5_*.png", "profiles.txt")
+
+
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
                   table: bool = True) -> dict:
     """Every measurement, then plots and table, with ``settings.out`` locked for the run (:mod:`gendistill.runlock`):
     a folder another gendistill process is writing is one line; a failure before any write leaves no new folder."""
+    check_report_folder(settings.out, BENCH_FILES, "--out")
     lock = acquire(settings.out, "--out")
     finished = False
     try:
+        claim_report_folder(settings.out, BENCH_FILES, "--out")  # again under the lock; then the folder is ours
         results = _measure_and_report(settings, log_sink, plots, table)
         finished = True
     finally:

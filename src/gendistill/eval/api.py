@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from gendistill.errors import GendistillError
-from gendistill.eval.report import markdown
+from gendistill.eval.report import REPORT_FILES, markdown
 from gendistill.eval.config import EvalConfig
 from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_text
 from gendistill.models.card import update_evaluation
 from gendistill.models.loading import resolve_model
-from gendistill.ownership import check_writable, marker_kind
+from gendistill.ownership import check_report_folder, check_writable, claim_report_folder, marker_kind
 from gendistill.runlock import acquire
 
 
@@ -83,13 +83,15 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
     protocols = [p.strip() for p in protocols.split(",")] if isinstance(protocols, str) else list(protocols)
     if options.get("max_new_tokens") is not None and options["max_new_tokens"] < 1:
         raise GendistillError(f"--max-new-tokens must be at least 1, got {options['max_new_tokens']}")
-    check_writable(out, "--out")  # checked before any model is loaded or task is run
+    check_report_folder(out, REPORT_FILES, "--out")  # checked before any model is loaded or task is run
+    check_writable(out, "--out")
     options.setdefault("command", " ".join(shlex.quote(a) for a in sys.argv))
     cfg = EvalConfig(models=[str(m) for m in models], tasks=tasks, protocols=[p for p in protocols if p],
                      limit=limit, out=str(out), device=device, dtype=dtype, **options)
     lock = acquire(out, "--out")  # another eval writing the folder: one line, before any model is loaded
     finished = False
     try:
+        claim_report_folder(out, REPORT_FILES, "--out")  # again under the lock; then the folder is ours
         previous = _previous_example_files(out)
         result = EvalResult.from_results(run_eval(cfg))
         _remove_stale(previous, result.raw.get("example_files", []))
@@ -102,8 +104,11 @@ def evaluate(models: str | list[str], tasks: str | list[str] = "arc_easy", *, ou
 
 
 def _previous_example_files(out: str | Path) -> set[str]:
-    """Example files an earlier eval into ``out`` listed in its results (only files this project wrote)."""
+    """Example files an earlier eval into ``out`` listed in its results (only files this project wrote, and only in
+    a folder gendistill marked as its own)."""
     found: set[str] = set()
+    if marker_kind(out) is None:
+        return found
     examples = (Path(out) / "examples").resolve()
     for name in ("results.json", "results.partial.json"):
         try:

@@ -14,9 +14,10 @@ from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 from gendistill.errors import DataError
 from gendistill.eval.api import evaluate
 from gendistill.eval.fidelity import DEFAULT_CHAT_HELDOUT
-from gendistill.eval.report import merge_results, write_report
+from gendistill.eval.report import REPORT_FILES, merge_results, write_report
 from gendistill.eval.ruler import parse_depths, parse_lengths
 from gendistill.eval.runner import time_summary
+from gendistill.ownership import check_report_folder, claim_report_folder
 from gendistill.runlock import acquire
 
 
@@ -125,6 +126,7 @@ def eval_command(
 def _merge(files: list[str], out: str) -> dict:
     """``--merge``: the results files combined into one report in ``out``, written under the folder's lock
     (:mod:`gendistill.runlock`) once every file has been read."""
+    check_report_folder(out, REPORT_FILES, "--out")
     parts = []
     for f in files:
         p = Path(f)
@@ -140,6 +142,7 @@ def _merge(files: list[str], out: str) -> dict:
             raise DataError(f"{p}: not a gendistill eval results file (no 'rows'/'meta')")
     results = merge_results(parts)
     with acquire(out, "--out"):
+        claim_report_folder(out, REPORT_FILES, "--out")
         results["paths"] = write_report(results, out)
     return results
 

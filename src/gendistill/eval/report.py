@@ -351,6 +351,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "fidelity": fidelity, "skipped": skipped, "example_files": files}
 
 
+#: the files an eval report writes (and, for the partial report, deletes) in its folder
+REPORT_FILES = ("results.json", "results.md", "results.png", "long_context.png", "results.partial.json")
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md``, ``results.png`` and, with long-context tasks, ``long_context.png``."""
     return write_report_files(out_dir, "results", results, lambda: markdown(results),

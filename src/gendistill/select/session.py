@@ -38,7 +38,7 @@ from gendistill.distill.trainer import evaluate, run_stage
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import atomic_write_json
 from gendistill.models.loading import load_model
-from gendistill.ownership import is_bookkeeping, is_empty
+from gendistill.ownership import check_replaceable, clear_owned, is_empty, marker_kind, write_marker
 from gendistill.select.cache import Cost, ScoreCache, set_key, total_cost
 from gendistill.select.config import SelectConfig, fingerprint
 from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, recall_scores
@@ -47,23 +47,39 @@ from gendistill.teachers import load_teacher_config
 MARKER = "select.json"
 
 
+def _selection_record(out: Path) -> dict[str, Any] | None:
+    """``<out>/select.json`` when it is a select-layers settings record (``fingerprint`` and ``settings``)."""
+    try:
+        data = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("fingerprint"), str) and isinstance(data.get("settings"), dict):
+        return data
+    return None
+
+
 def check_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> None:
     """Everything about ``--out`` that can be refused, without writing: a folder that is not a select-layers run, an
-    existing run without ``--resume``/``--overwrite``, a resume with other settings."""
+    existing run without ``--resume``/``--overwrite``, a resume with other settings, ``--overwrite`` of a folder
+    gendistill did not mark as a select-layers run (:func:`gendistill.ownership.check_replaceable`: never the
+    working folder, home, ``/``, a git repository or a symlink, whatever it holds)."""
     out = Path(cfg.output_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the run, --overwrite "
+                          "deletes it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    if overwrite:
+        check_replaceable(out, "select", "--out")
+        return
     if is_empty(out):
         return
-    if not (out / MARKER).exists():
+    record = _selection_record(out)
+    if record is None or marker_kind(out) not in (None, "select"):
         raise ConfigError(f"--out {out}: exists and is not a select-layers folder; choose an empty or new folder")
-    if overwrite:
-        return
     if not resume:
         raise ConfigError(f"--out {out}: already holds a selection run; pass --resume to continue or --overwrite")
-    try:
-        old = json.loads((out / MARKER).read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        old = None
-    if old != fingerprint(cfg):
+    if record["fingerprint"] != fingerprint(cfg):
         raise ConfigError(
             f"--out {out}: --resume with different settings than the run there (see {out / MARKER}); "
             "use the same options or pass --overwrite"
@@ -71,17 +87,16 @@ def check_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> None:
 
 
 def prepare_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> Path:
-    """Create (or reopen) the run folder. An existing run is refused without ``resume``/``overwrite``; ``overwrite``
-    only ever deletes a folder that a previous ``select-layers`` wrote (it holds ``select.json``), and keeps its lock
-    file (:func:`gendistill.select.runner.select_layers` holds the lock while this runs)."""
+    """Create (or reopen) the run folder and mark it as a select-layers run (:data:`gendistill.ownership.MARKER`,
+    kind ``"select"``). An existing run is refused without ``resume``/``overwrite``; ``overwrite`` only ever empties
+    a folder that a previous ``select-layers`` marked as its own (:func:`gendistill.ownership.clear_owned`), and keeps
+    its lock file (:func:`gendistill.select.runner.select_layers` holds the lock while this runs)."""
     out = Path(cfg.output_dir)
     check_output(cfg, resume, overwrite)
     if overwrite and not is_empty(out):
-        for p in out.iterdir():
-            if is_bookkeeping(p.name):
-                continue
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        clear_owned(out, "select", "--out")
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "select")
     atomic_write_json(out / MARKER, {"fingerprint": fingerprint(cfg), "settings": cfg.model_dump(mode="json")})
     return out
 
