@@ -72,8 +72,16 @@ def test_demo_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     res = CliRunner().invoke(app, ["demo", "--out", str(mine), "--device", "cpu"])
-    assert res.exit_code == 2 and "not a demo folder" in res.output
+    assert res.exit_code == 2 and "was not written by gendistill" in res.output
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    # a demo.json of the user's own (not the demo's) is not taken for a demo folder; nor is a git repository
+    (mine / "demo.json").write_text("[1, 2]")
+    res = CliRunner().invoke(app, ["demo", "--out", str(mine), "--device", "cpu"])
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output and (mine / "demo.json").read_text() == "[1, 2]"
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["demo", "--out", str(repo), "--device", "cpu"])
+    assert res.exit_code == 2 and "git" in res.output and [p.name for p in repo.iterdir()] == [".git"]
 
 
 def test_demo_runs_on_the_gpu_it_is_given_in_the_dtype_it_is_given(tmp_path, monkeypatch):

@@ -8,12 +8,14 @@ every finished node, evaluation and cell.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from gendistill.eval.ruler import parse_depths, parse_lengths
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.loading import load_model
-from gendistill.ownership import marker_kind, write_marker
+from gendistill.ownership import check_report_folder, claim_report_folder, marker_kind, write_marker
 from gendistill.runlock import acquire
 
 EVAL_FILES = ("results.json", "results.md", "results.png")
@@ -397,11 +399,26 @@ def check_layer_files(grid: Grid) -> None:
             raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: {e}") from None
 
 
-def lock_grid(grid: Grid):
+#: what a grid writes at the top of its folder (:func:`gendistill.ablate.report.write_report`)
+REPORT_FILES = ("report.json", "report.md", "report.png", "budget_curve.png")
+
+
+@contextlib.contextmanager
+def lock_grid(grid: Grid) -> Iterator[None]:
     """The grid folder's lock (:mod:`gendistill.runlock`), held while the grid runs or its report is rebuilt: a
     second ``gendistill ablate`` of the same grid stops with one line instead of training the same nodes and
-    writing the same cells at the same time."""
-    return acquire(grid.output_dir, f"{grid.source}: output_dir")
+    writing the same cells at the same time. The folder must be one the grid may write its report into
+    (:func:`gendistill.ownership.check_report_folder`: not the working folder, home or a git repository, and no
+    report file gendistill did not write); it is marked as gendistill's under the lock. A grid folder written before
+    folders were marked (its stage runs are marked) counts as gendistill's."""
+    what = f"{grid.source}: output_dir"
+    root = grid.output_dir
+    if root.is_dir() and marker_kind(root) is None and any(marker_kind(d) == "run" for d in root.glob("stages/*")):
+        write_marker(root, "report")
+    check_report_folder(root, REPORT_FILES, what)
+    with acquire(root, what):
+        claim_report_folder(root, REPORT_FILES, what)
+        yield
 
 
 def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | None,

@@ -11,6 +11,7 @@ Layout of ``out`` (default ``runs/demo``)::
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from gendistill.eval.heldout import heldout_fidelity
 from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
-from gendistill.ownership import OutputError, check_writable
+from gendistill.ownership import (OutputError, check_report_folder, check_writable, claim_report_folder, is_empty,
+                                   marker_kind, write_marker)
 from gendistill.reporting import pct as _pct
 
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
@@ -80,6 +82,29 @@ def _fmt_ppl(x: float) -> str:
     return "–" if not math.isfinite(x) else (f"{x:.1f}" if x < 1e4 else f"{x:.2e}")
 
 
+#: what the demo writes at the top of its folder (the runs it makes are sub-folders, each checked by its own step)
+DEMO_FILES = ("demo.json", "demo.md")
+
+
+def claim_demo_folder(out: Path) -> None:
+    """Refuse an ``--out`` the demo may not write into: a protected location (the working folder, home, a git
+    repository: :func:`gendistill.ownership.check_report_folder`), or a non-empty folder gendistill did not write. A
+    demo folder written before folders were marked (it holds the demo's ``demo.json``) counts as gendistill's."""
+    check_writable(out, "--out")
+    if out.is_dir() and marker_kind(out) is None and _earlier_demo(out):
+        write_marker(out, "report")
+    check_report_folder(out, DEMO_FILES, "--out")
+    if out.is_dir() and marker_kind(out) is None and not is_empty(out):
+        raise OutputError(f"--out: {out} exists and was not written by gendistill; choose a new folder")
+
+
+def _earlier_demo(out: Path) -> bool:
+    try:
+        return "recipe" in json.loads((out / "demo.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     *,
@@ -108,16 +133,14 @@ def run_demo(
         max_new_tokens = CPU_MAX_NEW_TOKENS
     recipe_path = Path(recipe) if recipe is not None else (full_recipe() if full else CPU_RECIPE)
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "demo.json").is_file():
-        raise OutputError(f"--out: {out} exists and is not a demo folder (no demo.json); choose a new folder")
-    check_writable(out, "--out")
+    claim_demo_folder(out)
     r = demo_recipe(recipe_path, out, dev, dtype, overrides or [])
     if not show_progress:
         r.run.progress = "none"
     world = init_world(r.run.device)
     seconds: dict[str, float] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})  # marks the folder as ours
+    claim_report_folder(out, DEMO_FILES, "--out")  # marks the folder as gendistill's
+    atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})
 
     teacher, tok, undistilled, rows, fid = convert_step(r, world, out, heldout_sequences, seconds)
     distilled, tokens = distill_step(r, teacher, tok, rows, fid, seconds)
