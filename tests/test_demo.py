@@ -82,6 +82,9 @@ def test_demo_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):
     (repo / ".git").mkdir(parents=True)
     res = CliRunner().invoke(app, ["demo", "--out", str(repo), "--device", "cpu"])
     assert res.exit_code == 2 and "git" in res.output and [p.name for p in repo.iterdir()] == [".git"]
+    (repo / "demo.json").write_text('{"complete": true, "recipe": "demo-cpu.yaml"}')  # looks like an older demo
+    res = CliRunner().invoke(app, ["demo", "--out", str(repo), "--device", "cpu"])
+    assert res.exit_code == 2 and "git" in res.output and sorted(p.name for p in repo.iterdir()) == [".git", "demo.json"]
 
 
 def test_demo_runs_on_the_gpu_it_is_given_in_the_dtype_it_is_given(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gendistill.errors import GendistillError
@@ -167,12 +168,14 @@ def clear_owned(folder: str | Path, kind: str, what: str) -> None:
             p.unlink()
 
 
-def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -> None:
+def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
+                        earlier: Callable[[Path], bool] | None = None) -> None:
     """Raise :class:`OutputError` unless a command may write (or replace, or delete) its report files ``names`` in
     ``folder``: never the working folder, one of its parents, the home folder, the file-system root or a git
     repository; and a folder without gendistill's marker must not already hold a file matching one of ``names``
-    (shell patterns such as ``bench_*.json``: a file gendistill did not write). A missing folder, or one that carries
-    a gendistill marker, passes."""
+    (shell patterns such as ``bench_*.json``: a file gendistill did not write). A missing folder, one that carries a
+    gendistill marker, or one ``earlier(folder)`` recognises as the command's own from before folders were marked,
+    passes."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -181,7 +184,7 @@ def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -
     reason = _protected_reason(folder)
     if reason is not None:
         raise OutputError(f"{what}: refusing to write into {folder}: {reason}; choose a new folder")
-    if marker_kind(folder) is not None:
+    if marker_kind(folder) is not None or (earlier is not None and earlier(folder)):
         return
     clash = sorted(p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, n) for n in names))
     if clash:
@@ -189,10 +192,11 @@ def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -
                           f"(no {MARKER}); move the file or choose a new folder")
 
 
-def claim_report_folder(folder: str | Path, names: tuple[str, ...], what: str) -> None:
+def claim_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
+                        earlier: Callable[[Path], bool] | None = None) -> None:
     """:func:`check_report_folder` (again: call it under the folder's lock), then create ``folder`` and mark it as a
     report folder unless it already carries a gendistill marker."""
-    check_report_folder(folder, names, what)
+    check_report_folder(folder, names, what, earlier)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if marker_kind(folder) is None:

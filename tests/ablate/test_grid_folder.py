@@ -34,6 +34,13 @@ def test_a_users_report_file_or_a_git_repository_is_refused_and_left_as_it_was(w
         with lock_grid(_grid(write_grid, tmp_path, repo)):
             pass
     assert sorted(p.name for p in repo.iterdir()) == [".git"]
+    # a git repository that looks like an older grid folder is refused too, and is not marked on the way
+    (repo / "stages" / "stage1-abc").mkdir(parents=True)
+    write_marker(repo / "stages" / "stage1-abc", "run")
+    with pytest.raises(GendistillError, match="git"):
+        with lock_grid(_grid(write_grid, tmp_path, repo)):
+            pass
+    assert marker_kind(repo) is None and sorted(p.name for p in repo.iterdir()) == [".git", "stages"]
 
 
 def test_a_new_a_marked_and_an_older_grid_folder_are_written(write_grid, tmp_path):

@@ -412,13 +412,15 @@ def lock_grid(grid: Grid) -> Iterator[None]:
     report file gendistill did not write); it is marked as gendistill's under the lock. A grid folder written before
     folders were marked (its stage runs are marked) counts as gendistill's."""
     what = f"{grid.source}: output_dir"
-    root = grid.output_dir
-    if root.is_dir() and marker_kind(root) is None and any(marker_kind(d) == "run" for d in root.glob("stages/*")):
-        write_marker(root, "report")
-    check_report_folder(root, REPORT_FILES, what)
-    with acquire(root, what):
-        claim_report_folder(root, REPORT_FILES, what)
+    check_report_folder(grid.output_dir, REPORT_FILES, what, earlier=_earlier_grid)
+    with acquire(grid.output_dir, what):
+        claim_report_folder(grid.output_dir, REPORT_FILES, what, earlier=_earlier_grid)
         yield
+
+
+def _earlier_grid(root: Path) -> bool:
+    """A grid folder written before grid folders were marked: its stage runs are marked."""
+    return any(marker_kind(d) == "run" for d in root.glob("stages/*"))
 
 
 def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | None,

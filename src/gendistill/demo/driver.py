@@ -36,7 +36,7 @@ from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
 from gendistill.ownership import (OutputError, check_report_folder, check_writable, claim_report_folder, is_empty,
-                                   marker_kind, write_marker)
+                                   marker_kind)
 from gendistill.reporting import pct as _pct
 
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
@@ -91,14 +91,13 @@ def claim_demo_folder(out: Path) -> None:
     repository: :func:`gendistill.ownership.check_report_folder`), or a non-empty folder gendistill did not write. A
     demo folder written before folders were marked (it holds the demo's ``demo.json``) counts as gendistill's."""
     check_writable(out, "--out")
-    if out.is_dir() and marker_kind(out) is None and _earlier_demo(out):
-        write_marker(out, "report")
-    check_report_folder(out, DEMO_FILES, "--out")
-    if out.is_dir() and marker_kind(out) is None and not is_empty(out):
+    check_report_folder(out, DEMO_FILES, "--out", earlier=_earlier_demo)
+    if out.is_dir() and marker_kind(out) is None and not _earlier_demo(out) and not is_empty(out):
         raise OutputError(f"--out: {out} exists and was not written by gendistill; choose a new folder")
 
 
 def _earlier_demo(out: Path) -> bool:
+    """A demo folder written before folders were marked: it holds the demo's ``demo.json``."""
     try:
         return "recipe" in json.loads((out / "demo.json").read_text())
     except (OSError, ValueError, TypeError):
@@ -139,7 +138,7 @@ def run_demo(
         r.run.progress = "none"
     world = init_world(r.run.device)
     seconds: dict[str, float] = {}
-    claim_report_folder(out, DEMO_FILES, "--out")  # marks the folder as gendistill's
+    claim_report_folder(out, DEMO_FILES, "--out", earlier=_earlier_demo)  # marks the folder as gendistill's
     atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})
 
     teacher, tok, undistilled, rows, fid = convert_step(r, world, out, heldout_sequences, seconds)
