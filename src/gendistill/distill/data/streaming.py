@@ -211,12 +211,7 @@ class PackedStream:
         key = (k, origin)
         if key in self._encoded:
             return self._encoded[key]
-        try:
-            enc: Encoded | None = self.encoders[k].encode(rec, origin)
-        except NothingToDistillError:
-            if not self.data.skip_empty:
-                raise
-            enc = None
+        enc = self._encode_with(self.encoders[k], rec, origin)
         if enc is not None:
             if self._encoded_tokens + len(enc.input_ids) > ENCODE_CACHE_TOKENS:
                 return enc
@@ -224,6 +219,15 @@ class PackedStream:
             self._encoded_tokens += len(enc.input_ids)
         self._encoded[key] = enc
         return enc
+
+    def _encode_with(self, encoder: Encoder, rec: Any, origin: str) -> Encoded | None:
+        """``encoder.encode(rec, origin)``, or None for a record with nothing to distill under ``skip_empty``."""
+        try:
+            return encoder.encode(rec, origin)
+        except NothingToDistillError:
+            if not self.data.skip_empty:
+                raise
+            return None
 
     def _documents(self, draw: int) -> Iterator[tuple[int, Encoded]]:
         for d, k, origin, rec in self.docs.iter_from(draw):
@@ -253,14 +257,10 @@ class PackedStream:
         d = 0
         for enc_k, reader in zip(self.heldout_encoders, self.readers):
             for origin, rec in reader.heldout():
-                try:
-                    enc = enc_k.encode(rec, origin)
-                except NothingToDistillError:
-                    if not self.data.skip_empty:
-                        raise
-                    continue
-                docs.append((d, enc))
-                d += 1
+                enc = self._encode_with(enc_k, rec, origin)
+                if enc is not None:
+                    docs.append((d, enc))
+                    d += 1
         out = []
         for seq, _ in pack_documents(
             iter(docs), self.seq_len, pad_id=self.pad_id, split_documents=True, min_document_tokens=2
