@@ -251,6 +251,16 @@ def _flag(value: bool | None) -> bool:
     return True if value is None else bool(value)
 
 
+# options that become the settings field of the same name as they are given (None: the field's default); the
+# settings without a command option (attn_implementation ... seed) are open to Python callers
+_AS_GIVEN = ("teacher", "student", "attention_layers", "kda_gate_lower_bound", "max_batch", "repeats", "warmup",
+             "decode_tokens", "throughput_tokens", "model_name", "attn_implementation", "measure_budget_s",
+             "decode_warmup_tokens", "prefill_graph_max_context", "sweep_rel_tol", "profile_decode_steps", "seed")
+# options given as "1k,4k" or a sequence of ints, and the command flag their errors name
+_CONTEXT_LISTS = {"contexts": "--contexts", "throughput_contexts": "--throughput-contexts",
+                  "profile_contexts": "--profile-contexts"}
+
+
 def settings_from_options(**o) -> BenchSettings:
     """:class:`BenchSettings` from the command's options or ``gendistill.bench``'s keywords (None: the default).
     Unknown keywords are refused (:func:`check_option_names`)."""
@@ -261,33 +271,10 @@ def settings_from_options(**o) -> BenchSettings:
     bad = [x for x in skip if x not in MEASUREMENTS]
     if bad:
         raise ConfigError(f"--skip: unknown {', '.join(bad)}; known: {', '.join(MEASUREMENTS)}")
-    overrides = {
-        k: v
-        for k, v in dict(
-            teacher=o.get("teacher"),
-            student=o.get("student"),
-            attention_layers=o.get("attention_layers"),  # any --attention-layers form, resolved by check_settings
-            kda_gate_lower_bound=o.get("kda_gate_lower_bound"),
-            contexts=_ints(o.get("contexts"), "--contexts"),
-            throughput_contexts=_ints(o.get("throughput_contexts"), "--throughput-contexts"),
-            max_batch=o.get("max_batch"),
-            repeats=o.get("repeats"),
-            warmup=o.get("warmup"),
-            decode_tokens=o.get("decode_tokens"),
-            throughput_tokens=o.get("throughput_tokens"),
-            model_name=o.get("model_name"),
-            profile_contexts=_ints(o.get("profile_contexts"), "--profile-contexts"),
-            # settings without a command option, open to Python callers
-            attn_implementation=o.get("attn_implementation"),
-            measure_budget_s=o.get("measure_budget_s"),
-            decode_warmup_tokens=o.get("decode_warmup_tokens"),
-            prefill_graph_max_context=o.get("prefill_graph_max_context"),
-            sweep_rel_tol=o.get("sweep_rel_tol"),
-            profile_decode_steps=o.get("profile_decode_steps"),
-            seed=o.get("seed"),
-        ).items()
-        if v is not None
-    }
+    overrides = {k: o[k] for k in _AS_GIVEN if o.get(k) is not None}  # attention_layers: resolved by check_settings
+    for k, flag in _CONTEXT_LISTS.items():
+        if o.get(k) is not None:
+            overrides[k] = _ints(o[k], flag)
     roles = _names(o.get("roles") or "teacher,student")
     if not roles or any(r not in ("teacher", "student") for r in roles):
         raise ConfigError(f"--roles: expected teacher and/or student, got {o.get('roles')!r}")
