@@ -28,16 +28,19 @@ def measure_throughput(m: Any, L: int, e: dict, s: BenchSettings, device: torch.
         tmpl_ids = engine.random_prompt(m.config.vocab_size, 16, 1, device, s.seed)
         template, first = engine.prefill(m, tmpl_ids)
 
-    def build(b: int) -> engine.DecodeState:
+    def stepping(b: int):
+        """A batch of ``b`` rows on a static cache of ``L`` tokens and its decode step, run twice (allocations and
+        any graph capture done). Call under inference mode."""
         cache = engine.to_static_cache(template, m.config, max_len, batch=b, context=L, copy_kv=False)
-        return engine.make_state(cache, first.expand(b, 1), L, max_len)
+        state = engine.make_state(cache, first.expand(b, 1), L, max_len)
+        step = engine.make_step(m, state)
+        step()
+        step()
+        return state, step
 
     def attempt(b: int) -> dict:
         with torch.inference_mode():
-            state = build(b)
-            step = engine.make_step(m, state)
-            step()
-            step()
+            state, step = stepping(b)
             if device.type == "cuda":
                 sync(device)
             peak = peak_allocated(device)
@@ -46,10 +49,7 @@ def measure_throughput(m: Any, L: int, e: dict, s: BenchSettings, device: torch.
 
     def timed(b: int) -> dict:
         with torch.inference_mode():
-            state = build(b)
-            step = engine.make_step(m, state)
-            step()
-            step()
+            state, step = stepping(b)
 
             def run() -> None:
                 for _ in range(G):
