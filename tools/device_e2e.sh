@@ -99,6 +99,9 @@ collect)
   cp "$JOB/e2e.log" "$JOB/warm.log" "$JOB/train_throughput_smollm2-135m.json" "$OUT/" 2>/dev/null
   tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs 2>/dev/null
   for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
+  # the students' weights stay on the machine; their model cards (the figures a user reads first) come back
+  mkdir -p "$JOB/run/model_cards"
+  for d in "$JOB"/run/run/stage*; do [ -f "$d/README.md" ] && cp "$d/README.md" "$JOB/run/model_cards/$(basename "$d").md"; done
   tar -C "$JOB/run" -czf "$OUT/e2e_bundle.tgz" --exclude='run/stage*' --exclude='run/checkpoints' \
     --exclude='undistilled' . 2>/dev/null
   ls -la "$OUT"
