@@ -205,6 +205,22 @@ def test_load_with_overrides_and_relative_paths(tmp_path):
         load_recipe(tmp_path / "bad.yaml")
 
 
+def test_overrides_name_a_stage_by_its_name_as_ablate_grids_do(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base()))
+    names = [s.name for s in load_recipe(p).stages]
+    last = names[-1]
+    r = load_recipe(p, [f"stages[{last}].optim.lr=0.5", f"stages[{names[0]}].optim.lr=0.25"])
+    assert r.stages[-1].optim.lr == 0.5 and r.stages[0].optim.lr == 0.25
+    assert load_recipe(p, [f"stages[{len(names) - 1}].optim.lr=0.5"]).stages[-1].optim.lr == 0.5  # the same stage
+    with pytest.raises(ConfigError, match=r"no element named 'stage9' \(the list has: " + ", ".join(names)):
+        load_recipe(p, ["stages[stage9].optim.lr=9"])
+    with pytest.raises(ConfigError, match="no list element 7"):
+        load_recipe(p, ["stages[7].optim.lr=9"])
+    with pytest.raises(ConfigError, match=r"\[stage3a\] is not inside a list"):
+        load_recipe(p, ["run[stage3a]=1"])
+
+
 def test_wsd_schedule_shape():
     cfg = OptimConfig(lr=1.0, schedule="wsd", warmup_ratio=0.1, decay_ratio=0.1, min_lr_ratio=0.02)
     f = [lr_factor(s, 100, cfg) for s in range(100)]

@@ -16,15 +16,15 @@ from gendistill.io import data_dir
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``stages[1].optim.lr``-style ``dotted`` keys of a parsed YAML document to ``value``."""
+    """Set ``stages[1].optim.lr``-style ``dotted`` keys of a parsed YAML document to ``value``. A list element is
+    named by its index or, in a list of mappings with a ``name`` (the stages), by that name: ``stages[stage3a].tokens``
+    is ``stages[2].tokens`` in a recipe whose third stage is stage3a (the form ``gendistill ablate`` grids use)."""
     cur: Any = data
-    keys = re.findall(r"[^.\[\]]+|\[\d+\]", dotted)
+    keys = re.findall(r"[^.\[\]]+|\[[^\[\]]*\]", dotted)
     for i, k in enumerate(keys):
         last = i == len(keys) - 1
         if k.startswith("["):
-            idx = int(k[1:-1])
-            if not isinstance(cur, list) or idx >= len(cur):
-                raise ConfigError(f"override {dotted}: no list element {idx}")
+            idx = _list_index(cur, k[1:-1], dotted)
             if last:
                 cur[idx] = value
             else:
@@ -36,6 +36,21 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
                 cur[k] = value
             else:
                 cur = cur.setdefault(k, {})
+
+
+def _list_index(cur: Any, key: str, dotted: str) -> int:
+    """The index ``key`` (digits, or the ``name`` of an element) names in the list ``cur``."""
+    if not isinstance(cur, list):
+        raise ConfigError(f"override {dotted}: [{key}] is not inside a list")
+    if key.isdigit():
+        if int(key) >= len(cur):
+            raise ConfigError(f"override {dotted}: no list element {key} (the list has {len(cur)})")
+        return int(key)
+    names = [e.get("name") if isinstance(e, dict) else None for e in cur]
+    if key not in names:
+        have = ", ".join(str(n) for n in names if n is not None) or "no named elements"
+        raise ConfigError(f"override {dotted}: no element named {key!r} (the list has: {have})")
+    return names.index(key)
 
 
 def read_yaml(path: Path, what: str) -> Any:
