@@ -164,6 +164,19 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
     merged = json.loads((out / "eval" / "all" / "results.json").read_text())
     assert merged["meta"]["models"] == ["teacher", "undistilled", "stage3a", "stage3b"]
+    # the distilled students' model cards carry their evaluation beside the trainer's held-out figures
+    for stage in ("stage3a", "stage3b"):
+        card = (out / "run" / stage / "README.md").read_text()
+        assert "Not evaluated yet" not in card and "quiz" in card, stage
+    # answer agreement is the evaluator's function of the two models' extracted answers (invalid replies agree)
+    tex = [json.loads(line) for line in next((out / "eval" / "base" / "examples").glob("teacher__quiz__generate*"))
+           .read_text().splitlines()]
+    sex = [json.loads(line) for line in next((out / "eval" / "distilled_stage3b" / "examples")
+                                             .glob("stage3b__quiz__generate*")).read_text().splitlines()]
+    by_id = {r["id"]: r["pred"] for r in sex}
+    same = [r["pred"] == by_id[r["id"]] for r in tex]
+    assert ev["students"]["stage3b"]["quiz"]["answer_agreement"] == sum(same) / len(same)
+    assert "answer_agreement_valid" in ev["students"]["stage3b"]["quiz"]
 
 
 def test_a_failed_suite_part_is_reported_by_its_log(tmp_path):

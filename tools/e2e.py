@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     snaps = {f: d for f, d in snaps.items() if (d / "config.json").is_file()}
     # the teacher's answers come from the base evaluation (same examples: same tasks, limit and seed)
     # one process per student, in parallel (each is launch-bound; together they fill the device better)
-    dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common,
+    # --update-card: each student's model card carries its evaluation (held-out KL / top-1 are there already)
+    dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common, "--update-card",
                                          "--out", str(out / "eval" / f"distilled_{p.name}")], logs, env)
                   for p in dict.fromkeys(students.values())]
     final_suites = suite_jobs("final", [str(students[final_stage])]) if (students[final_stage] / "config.json").is_file() \
@@ -468,6 +469,7 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
     protocol and the protocol gap, both as ``gendistill eval``'s comparisons compute them
     (:func:`gendistill.eval.report.comparisons`), and answer agreement with the teacher (the student's extracted answer
     equals the teacher's) on the same questions."""
+    from gendistill.eval.fidelity import answer_agreement
     from gendistill.eval.report import comparisons, retention
 
     parts = [json.loads((d / "results.json").read_text()) for d in _eval_parts(eval_dir)]
@@ -499,7 +501,7 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
             te, se = ex.get((teacher, task), {}), ex.get((m, task), {})
             ids = [i for i in te if i in se]
             if ids:
-                entry["answer_agreement"] = sum(te[i]["pred"] == se[i]["pred"] for i in ids) / len(ids)
+                entry.update(answer_agreement([te[i]["pred"] for i in ids], [se[i]["pred"] for i in ids]))
                 entry["text_agreement"] = sum(te[i]["generation"] == se[i]["generation"] for i in ids) / len(ids)
                 entry["n"] = len(ids)
             per_task[task] = entry
