@@ -7,7 +7,11 @@
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
 #   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
-#   call 4:  tools/device_e2e.sh watch 560 && tools/device_e2e.sh collect
+#   call 4+: tools/device_e2e.sh watch 560   (again, back to back, until the job is done)
+# Every watch call ends by collecting what the job has written so far: a machine is given back 30 s after a call ends
+# and everything on it goes with it (2026-12-05: a 60M-token run three minutes from the end of stage 3a was lost when
+# the next call came late), so each call brings back the summary, logs and metrics as they then are. Measured
+# (docs/results.md section 6): everything but stage 3a takes about 345 s of the job; stage 3a runs at 115-120K tokens/s.
 # Issue 29 (long context and code) is the same lease with more evaluation, e.g. in call 3:
 #   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=... --tasks arc_easy,hellaswag --limit 200 \
 #     --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code
@@ -93,6 +97,7 @@ watch)  # follow the job until it finishes or $2 seconds pass
   grep "^\[e2e\]\|Traceback\|Error" "$JOB/e2e.log" | tail -20
   [ -f "$JOB/run/logs/distill.log" ] && grep -E "held-out|step .*loss" "$JOB/run/logs/distill.log" | tail -4
   pgrep -f tools/e2e.py >/dev/null && echo "e2e still running" || echo "e2e not running"
+  bash "$REPO/tools/device_e2e.sh" collect > /dev/null  # what the job has written so far comes back with this call
   ;;
 collect)
   mkdir -p "$OUT"
