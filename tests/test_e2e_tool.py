@@ -135,7 +135,8 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     curve = s["budget_curve"]
     assert [p["fraction"] for p in curve] == [0.25, 0.5, 1.0]
     assert [p["tokens"] for p in curve] == [round(f * s["distill_metrics"]["stage3a"]["tokens"]) for f in (0.25, .5, 1)]
-    assert all(p["heldout_kl_stage3a"] is not None and p["n_answers"] == 4 for p in curve)
+    assert all(p["heldout_kl_stage3a"] is not None and p["n_answers"] == 4 and p["answer_tasks"] == ["quiz"]
+               for p in curve)
     assert curve[-1]["heldout_kl_stage3a"] == fid["stage3a"]["stage3a"]["kl_teacher_student"]
     t = s["targets_met"]  # issue 25's targets, each with its value and whether it is met
     for k in ("text_top1", "text_kl", "chat_top1", "chat_kl", "answer_agreement", "generation_retention",
@@ -159,7 +160,7 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     assert set(code) == {"error"} and set(code["error"]) == {"eval_code_base", "eval_code_final"}
     assert all("bubblewrap sandbox" in v for v in code["error"].values())
     md = (out / "summary.md").read_text()
-    assert "Budget curve" in md and "stage3b" in md
+    assert "Budget curve" in md and "stage3b" in md and "on the snapshot tasks (quiz)" in md
     assert "## Long context" in md and "## HumanEval" in md and "failed: eval_code_final" in md
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
     merged = json.loads((out / "eval" / "all" / "results.json").read_text())

@@ -515,6 +515,7 @@ def _budget_curve(eval_dir: Path, fid: dict[str, Any], fractions: list[float], m
     """Held-out KL (stage-3a text) and generation answer agreement with the teacher (the snapshot tasks) at each
     stage-3a fraction (1.0 = the 3a student). Model labels are the student folder names."""
     from gendistill.distill.stage_files import snapshot_name
+    from gendistill.eval.fidelity import answer_agreement
 
     snap_dir = eval_dir / "snapshots"
     ex = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d).items()}
@@ -526,15 +527,17 @@ def _budget_curve(eval_dir: Path, fid: dict[str, Any], fractions: list[float], m
     tokens_3a = metrics.get("stage3a", {}).get("tokens")
     for f in [*fractions, 1.0]:
         key = snapshot_name("stage3a", f) if f < 1 else "stage3a"
-        agree = []
+        t_preds, s_preds = [], []
         for (m, task), recs in ex.items():
             if m != key or task not in snap_tasks:
                 continue
             te = ex.get((teacher, task), {})
             ids = [i for i in recs if i in te]
-            agree += [recs[i]["pred"] == te[i]["pred"] for i in ids]
+            t_preds += [te[i]["pred"] for i in ids]
+            s_preds += [recs[i]["pred"] for i in ids]
         point = {"fraction": f, "tokens": round(f * tokens_3a) if tokens_3a else None, "student": key,
-                 "answer_agreement": sum(agree) / len(agree) if agree else None, "n_answers": len(agree)}
+                 "answer_agreement": answer_agreement(t_preds, s_preds).get("answer_agreement"),
+                 "n_answers": len(s_preds), "answer_tasks": sorted(snap_tasks)}
         for stage, v in fid.get(key, {}).items():
             point[f"heldout_kl_{stage}"] = v.get("kl_teacher_student")
             point[f"heldout_top1_{stage}"] = v.get("top1_agreement")
@@ -626,8 +629,11 @@ def render_markdown(s: dict[str, Any]) -> str:
         for stage, v in per.items():
             lines.append(f"| {m} | {stage} | {_f(v.get('top1_agreement'), True)} | {_f(v.get('kl_teacher_student'))} "
                          f"| {v.get('n_tokens')} |")
-    lines += ["", "## Budget curve (stage 3a)", "", "| fraction | tokens | held-out KL (3a) | answer agreement (%) |",
-              "|---:|---:|---:|---:|"]
+    answer_tasks = next((p.get("answer_tasks") for p in s["budget_curve"] if p.get("answer_tasks")), None)
+    lines += ["", "## Budget curve (stage 3a)", "",
+              "Answer agreement under generation on the snapshot tasks"
+              + (f" ({', '.join(answer_tasks)})" if answer_tasks else "") + ", before stage 3b's chat training.", "",
+              "| fraction | tokens | held-out KL (3a) | answer agreement (%) |", "|---:|---:|---:|---:|"]
     for p in s["budget_curve"]:
         lines.append(f"| {p['fraction']} | {p['tokens'] or '–'} | {_f(p.get('heldout_kl_stage3a'))} | "
                      f"{_f(p.get('answer_agreement'), True)} |")
