@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -92,7 +93,8 @@ def make_recipe(teacher: str, data: Path, out: Path, mode: str, args):
         }],
         # compile off in both runs: the FSDP2 path runs eager blocks, so the plain one must too for equal arithmetic
         "run": {"output_dir": str(out / mode), "distributed": mode, "checkpoint_every": args.steps, "compile": "off",
-                "progress": "lines", "tensorboard": False, "keep_finished_checkpoints": True},
+                "progress": "lines", "tensorboard": False, "keep_finished_checkpoints": True,
+                "profile_step": args.profile_step},
     })
 
 
@@ -130,6 +132,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--rtol", type=float, default=1e-3)
+    ap.add_argument("--profile-step", type=int, default=None, metavar="N",
+                    help="profile optimizer step N of both runs (run.profile_step): each run's largest ops go into "
+                         "the JSON, the op tables next to it as <out stem>_<ddp|fsdp>_profile.txt")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: a random 4-layer teacher")
     ap.add_argument("--random-smollm2", action="store_true",
                     help="a random teacher of SmolLM2-135M's exact shape instead of the embedded GGUF")
@@ -165,6 +170,15 @@ def main() -> None:
         runs[mode]["plan_gib"] = {k: v / GIB for k, v in plan.as_dict().items()
                                   if k not in ("stage", "mode", "gpus", "fits")}
         runs[mode]["plan_fits"] = plan.fits
+        if args.profile_step:  # the trainer's table of the profiled step, and its largest ops
+            table = work / mode / "profile" / f"stage3a_step{args.profile_step}.txt"
+            if table.is_file():
+                out = Path(args.out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(table, out.with_name(f"{out.stem}_{mode}_profile.txt"))
+            recs = [json.loads(line) for line in (work / mode / "metrics.jsonl").read_text().splitlines()
+                    if '"profile"' in line] if (work / mode / "metrics.jsonl").is_file() else []
+            runs[mode]["profile"] = recs[-1]["profile"] if recs else None
         if runs[mode]["peak_gib"] is not None:
             runs[mode]["measured_over_planned"] = runs[mode]["peak_gib"] / runs[mode]["planned_gib"]
     if dist.is_initialized():

@@ -143,6 +143,7 @@ def main() -> None:
     from gendistill.distill.config import LossConfig, RunConfig, StageConfig
     from gendistill.distill.distributed import World
     from gendistill.distill.freezing import apply_trainable, param_groups
+    from gendistill.distill.profiling import profile_call
     from gendistill.distill.stages import build_stage_module, cast_mixer_inputs
     from gendistill.distill.compile import compiled_blocks
     from gendistill.io import portable_command
@@ -281,8 +282,8 @@ def main() -> None:
                 print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_ms"].items()),
                       flush=True)
             if args.profile:
-                row["profile"] = profile_step(step, Path(args.profile), f"{args.config}_{stage_name}_{variant}_mb{mb}"
-                                              f"{'_ckpt' if ckpt else ''}", dev)
+                _, row["profile"] = profile_call(step, Path(args.profile), f"{args.config}_{stage_name}_{variant}_mb{mb}"
+                                                 f"{'_ckpt' if ckpt else ''}", dev)
         except torch.OutOfMemoryError as e:
             row.update({"status": "oom", "error": str(e).splitlines()[0],
                         "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30})
@@ -376,26 +377,6 @@ def phase_split(step, teacher, student, host_clock: bool = False) -> dict[str, f
         split[label] = split.get(label, 0.0) + elapsed_ms(prev, ev)
     split["total"] = elapsed_ms(events[0][1], events[-1][1])
     return split
-
-
-def profile_step(step, folder: Path, name: str, dev: torch.device) -> dict:
-    """One step under torch.profiler: writes ``<name>.txt`` (ops by self CUDA time) and returns the top 15 ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"  # table sort key
-    folder.mkdir(parents=True, exist_ok=True)
-    avgs = prof.key_averages()
-    (folder / f"{name}.txt").write_text(avgs.table(sort_by=key, row_limit=60))
-    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    rows = sorted(avgs, key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
-    total = sum(getattr(e, attr, 0) for e in avgs) or 1
-    return {"total_ms": total / 1e3, "top": [{"op": e.key, "ms": getattr(e, attr, 0) / 1e3,
-                                             "share": getattr(e, attr, 0) / total} for e in rows]}
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ driver_after() {
     --warmup 1 --phases \
     --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
   echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
-  timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 \
+  timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 --profile-step 6 \
     --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
   echo "fsdp_check rc=$?" >> "$RES/steps.txt"
 }
@@ -69,7 +69,7 @@ driver_finish() {
       --variants optimized --steps 2 --warmup 1 --phases --out "$RES/tt_qwen3_tuned.json" > "$RES/tt_qwen3_tuned.log" 2>&1
     echo "tt_qwen3_tuned rc=$?" >> "$RES/steps.txt"
   fi
-  timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 \
+  timeout 240 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 --profile-step 6 \
     --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
   echo "fsdp_check rc=$?" >> "$RES/steps.txt"
   t=$(date +%s)

@@ -410,6 +410,8 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
             st["eval"].append([rec["step"], rec["eval_loss"]])
         if "eval_kl" in rec:  # the trainer's held-out fidelity (logit stages): [step, KL, top-1]
             st.setdefault("eval_fidelity", []).append([rec["step"], rec["eval_kl"], rec["eval_top1"]])
+        if "profile" in rec:  # run.profile_step: the profiled step's largest ops
+            st["profile"] = {"step": rec["step"], **rec["profile"]}
         if "loss" in rec:
             st["loss"].append(rec["loss"])
             st["tokens_per_s"].append(rec.get("tokens_per_s", 0.0))

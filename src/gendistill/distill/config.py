@@ -347,6 +347,11 @@ class RunConfig(_Strict):
         default=False, description="keep a stage's checkpoints after it completes (its student folder is saved anyway)"
     )
     checkpoint_every: int = Field(default=500, gt=0, description="steps between checkpoints (a stage may override)")
+    profile_step: int | None = Field(
+        default=None, ge=1,
+        description="profile this optimizer step of every stage with torch.profiler (ops by device time): "
+        "<output_dir>/profile/<stage>_step<N>.txt, and the largest ops in metrics.jsonl; the first steps include "
+        "compilation, so pick a later one (e.g. 20)")
     distributed: Literal["ddp", "fsdp"] = Field(
         default="ddp",
         description="ddp: the student replicated and wrapped in DDP, the teacher replicated on every rank; fsdp: "

@@ -28,6 +28,7 @@ from gendistill.distill.fingerprints import check_resume_fingerprint, stage_fing
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.fsdp import full
 from gendistill.distill.heldout import save_stage_rows, stage_fidelity, stage_heldout_rows
+from gendistill.distill.profiling import profile_call
 from gendistill.distill.metrics import MetricsLogger, Progress
 from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stage_facts import STAGES
@@ -439,8 +440,17 @@ def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, stude
             if step + 1 < total_steps:
                 pending = pool.submit(prefetch_step, batches, setup.module, world.device)
             assert len(micro) == setup.accum, (len(micro), setup.accum)
-            loss_val, gnorm, denom, stepped = train_step(
-                setup.wrapped, setup.module, micro, optimizer, trainable, world, run, stage.optim.clip_grad_norm)
+            def one_step(micro=micro):
+                return train_step(setup.wrapped, setup.module, micro, optimizer, trainable, world, run,
+                                  stage.optim.clip_grad_norm)
+
+            if run.profile_step == step + 1 and world.is_main:  # the other ranks run the same step unprofiled
+                (loss_val, gnorm, denom, stepped), prof = profile_call(
+                    one_step, run_dir / "profile", f"{stage.name}_step{step + 1}", world.device)
+                logger.log({"stage": stage.name, "step": step + 1, "profile": prof})
+                progress.message(f"[{stage.name}] step {step + 1} profiled: {run_dir / 'profile' / prof['table']}")
+            else:
+                loss_val, gnorm, denom, stepped = one_step()
             if not stepped:
                 raise _diverged(stage, step + 1, loss_val, gnorm, last_ckpt)
             step += 1

@@ -1,0 +1,46 @@
+"""``run.profile_step``: the trainer profiles that optimizer step of every stage with torch.profiler, writes the
+op table, records the largest ops in metrics.jsonl, and trains exactly as without it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_distill_trainer import make_recipe
+
+from gendistill.distill.config import parse_recipe
+from gendistill.distill.pipeline import run_recipe
+from gendistill.errors import ConfigError
+
+
+def _losses(run_dir):
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["stage"], r["step"], r["loss"]) for r in recs if "loss" in r], [r for r in recs if "profile" in r]
+
+
+def test_a_profiled_step_is_written_and_trains_as_an_unprofiled_one(tmp_path, teacher, tok):
+    plain = make_recipe(tmp_path / "plain", ["stage1", "stage3a"], steps=3)
+    profiled = make_recipe(tmp_path / "prof", ["stage1", "stage3a"], steps=3)
+    profiled.run.profile_step = 2
+    run_recipe(plain, teacher=teacher, tokenizer=tok)
+    run_recipe(profiled, teacher=teacher, tokenizer=tok)
+    base, none = _losses(tmp_path / "plain" / "run")
+    got, recs = _losses(tmp_path / "prof" / "run")
+    assert none == [] and [(s, k) for s, k, _ in got] == [(s, k) for s, k, _ in base]
+    for (_, _, a), (_, _, b) in zip(got, base):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7)  # the same arithmetic (CPU, fp32; the data stream is seeded)
+    assert [(r["stage"], r["step"]) for r in recs] == [("stage1", 2), ("stage3a", 2)]
+    for r in recs:
+        table = tmp_path / "prof" / "run" / "profile" / r["profile"]["table"]
+        assert table.name == f"{r['stage']}_step2.txt" and "aten::" in table.read_text()
+        top = r["profile"]["top"]
+        assert top and all(op["ms"] >= 0 and 0 <= op["share"] <= 1 for op in top)
+        assert [op["ms"] for op in top] == sorted((op["ms"] for op in top), reverse=True)
+
+
+def test_profile_step_must_be_a_positive_step(tmp_path):
+    raw = {"teacher": {"spec": "x"}, "data": {"sources": [{"path": "x.jsonl", "format": "text"}]},
+           "stages": [{"name": "stage1", "steps": 1, "seq_len": 8, "batch_size": 1}],
+           "run": {"output_dir": str(tmp_path), "profile_step": 0}}
+    with pytest.raises(ConfigError, match="profile_step"):
+        parse_recipe(raw, "r.yaml")
