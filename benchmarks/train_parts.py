@@ -13,6 +13,14 @@ Parts:
   (:func:`gendistill.distill.losses.chunked_logit_loss`) vs fla's fused linear KL (``fla.modules.fused_kl_div``).
 * ``mlp_norm``: RMSNorm + SwiGLU MLP + residual of one block, eager vs ``torch.compile`` (compile time reported).
 * ``kda``: one KDA mixer forward + backward (projections, convs, gates, output norm) vs fla's ``chunk_kda`` alone.
+* ``residual``: one student block's norms, projections and MLP (attention aside: the norm's output feeds three
+  projections, as in transformers' attention) forward + backward under bf16 autocast over fp32 weights, the norms and
+  MLP compiled as the trainer compiles them, in three variants: ``fp32_residual`` (the trainer today: the norms
+  return fp32 and autocast casts their output before every projection, a copy each), ``bf16_norm_output`` (the
+  norm's output cast to bf16 inside its compiled kernel: the matmuls see the same bf16 inputs, the casts are gone,
+  but the gradients of the norm's consumers are summed in bf16) and ``bf16_residual`` (the residual stream itself in
+  bf16 as well). Each is compared with the same block in float64 (output, input gradient, weight gradients), so a
+  change of the trainer's arithmetic is chosen by measured time and measured error.
 
 Writes one JSON (``--out``) with every timing (median of ``--repeats`` after ``--warmup``, CUDA events) and error.
 """
@@ -20,6 +28,7 @@ Writes one JSON (``--out``) with every timing (median of ``--repeats`` after ``-
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import sys
@@ -259,7 +268,72 @@ def part_kda(args, dev, dt, res):
     res["kda"] = out
 
 
-PARTS = {"attention": part_attention, "logit_loss": part_logit_loss, "mlp_norm": part_mlp_norm, "kda": part_kda}
+def part_residual(args, dev, dt, res):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, hidden_act="silu")
+    D, N = args.hidden, args.batch * args.seq
+    torch.manual_seed(0)
+    mods = torch.nn.ModuleDict({"norm1": LlamaRMSNorm(D, 1e-5), "norm2": LlamaRMSNorm(D, 1e-5), "mlp": LlamaMLP(cfg),
+                                "q": torch.nn.Linear(D, D, bias=False), "k": torch.nn.Linear(D, D, bias=False),
+                                "v": torch.nn.Linear(D, D, bias=False), "o": torch.nn.Linear(D, D, bias=False)})
+    with torch.no_grad():
+        for m in (mods["norm1"], mods["norm2"]):
+            m.weight.uniform_(0.5, 1.5)
+
+    def block(m, x, norm, mlp):
+        h = norm(m["norm1"], x)
+        x = x + m["o"](m["q"](h) * torch.sigmoid(m["k"](h)) + m["v"](h))  # three consumers of the norm's output
+        return x + mlp(m["mlp"], norm(m["norm2"], x))
+
+    def norm_fp32(mod, x):
+        return mod(x)
+
+    def norm_cast(mod, x):  # the norm's output in the autocast dtype, cast inside the compiled kernel
+        return mod(x).to(torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
+                         else x.dtype)
+
+    def mlp_call(mod, x):
+        return mod(x)
+
+    x0 = torch.randn(1, N, D, device=dev)
+    m64 = copy.deepcopy(mods).to(dev, torch.float64)  # the reference: the same block in float64, no autocast
+    x64 = x0.double().requires_grad_()
+    block(m64, x64, norm_fp32, mlp_call).pow(2).mean().backward()
+    y64 = block(m64, x0.double(), norm_fp32, mlp_call).detach()
+    g64 = {n: p.grad for n, p in m64.named_parameters()}
+    out = {}
+    for name, norm, residual_dt in (("fp32_residual", norm_fp32, torch.float32),
+                                    ("bf16_norm_output", norm_cast, torch.float32),
+                                    ("bf16_residual", norm_cast, dt)):
+        m = copy.deepcopy(mods).to(dev, torch.float32)
+        c_norm, c_mlp = torch.compile(norm), torch.compile(mlp_call)
+
+        def step(m=m, c_norm=c_norm, c_mlp=c_mlp, residual_dt=residual_dt):
+            m.zero_grad(set_to_none=True)
+            x = x0.to(residual_dt, copy=True).requires_grad_()
+            with torch.autocast(dev.type, dtype=dt, enabled=dev.type == "cuda"):
+                y = block(m, x, c_norm, c_mlp)
+            y.float().pow(2).mean().backward()
+            return y, x.grad
+
+        t0 = time.perf_counter()
+        step()
+        entry = {"compile_s": time.perf_counter() - t0}
+        entry["fwd_bwd_ms"] = measure(step, dev, args.warmup, args.repeats).median_ms
+        y, gx = step()
+        entry["rel_err_vs_fp64"] = {"out": rel(y, y64), "grad_x": rel(gx, x64.grad),
+                                    **{f"grad_{n}": rel(p.grad, g64[n]) for n, p in m.named_parameters()}}
+        out[name] = entry
+    base = out["fp32_residual"]["fwd_bwd_ms"]
+    for entry in out.values():
+        entry["speedup_vs_fp32_residual"] = base / entry["fwd_bwd_ms"]
+    res["residual"] = out
+
+
+PARTS = {"attention": part_attention, "logit_loss": part_logit_loss, "mlp_norm": part_mlp_norm, "kda": part_kda,
+         "residual": part_residual}
 
 
 def main() -> None:

@@ -48,6 +48,24 @@ def test_train_throughput_tiny(tmp_path):
     assert "tok/s" in res.stdout
 
 
+def test_train_parts_residual_variants_compute_one_block(tmp_path):
+    """The residual-stream candidates of benchmarks/train_parts.py are one block three ways: on CPU (no autocast, fp32)
+    they must agree with the float64 block as closely as fp32 allows; on a GPU the same fields carry bf16's error."""
+    out = tmp_path / "parts.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_parts.py"), "--tiny", "--parts", "residual",
+                          "--repeats", "1", "--warmup", "0", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())["residual"]
+    assert set(r) >= {"fp32_residual", "bf16_norm_output", "bf16_residual"}, r
+    for name in ("fp32_residual", "bf16_norm_output", "bf16_residual"):
+        err = r[name]["rel_err_vs_fp64"]
+        assert {"out", "grad_x", "grad_q.weight", "grad_norm1.weight", "grad_mlp.down_proj.weight"} <= set(err)
+        assert max(err.values()) < 1e-5, (name, err)
+        assert r[name]["fwd_bwd_ms"] > 0 and r[name]["speedup_vs_fp32_residual"] > 0
+
+
 def test_train_step_equals_naive_reference_step(teacher):
     """Two micro-batches with accumulation through the chunked KL (chunk smaller than a micro-batch) give the same
     update as one full-batch step on full-vocabulary logits. float64 and SGD(lr=1) make the update the gradient.
