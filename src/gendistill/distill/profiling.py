@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 T = TypeVar("T")
 
@@ -27,8 +28,6 @@ def profile_call(fn: Callable[[], T], folder: Path, name: str, device: torch.dev
     """Run ``fn()`` under ``torch.profiler`` (CPU, and CUDA on a CUDA ``device``, synchronised before the profile
     ends) and write ``folder/<name>.txt``. Returns ``(fn's result, summary)``, the summary being ``{"table": file
     name, "total_ms": the ops' total own time, "top": [{"op", "ms", "share"}, ...]}``."""
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415  (only when a step is profiled)
-
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
