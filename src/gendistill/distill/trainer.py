@@ -28,8 +28,8 @@ from gendistill.distill.fingerprints import check_resume_fingerprint, stage_fing
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.fsdp import full
 from gendistill.distill.heldout import save_stage_rows, stage_fidelity, stage_heldout_rows
-from gendistill.distill.profiling import profile_call
 from gendistill.distill.metrics import MetricsLogger, Progress
+from gendistill.distill.profiling import profile_call
 from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stage_facts import STAGES
 from gendistill.distill.stage_files import (agreed_non_finite, load_resume_checkpoint, save_checkpoint,
