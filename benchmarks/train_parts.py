@@ -300,8 +300,9 @@ def part_residual(args, dev, dt, res):
     x0 = torch.randn(1, N, D, device=dev)
     m64 = copy.deepcopy(mods).to(dev, torch.float64)  # the reference: the same block in float64, no autocast
     x64 = x0.double().requires_grad_()
-    block(m64, x64, norm_fp32, mlp_call).pow(2).mean().backward()
-    y64 = block(m64, x0.double(), norm_fp32, mlp_call).detach()
+    y64 = block(m64, x64, norm_fp32, mlp_call)
+    y64.pow(2).mean().backward()
+    y64 = y64.detach()
     g64 = {n: p.grad for n, p in m64.named_parameters()}
     out = {}
     for name, norm, residual_dt in (("fp32_residual", norm_fp32, torch.float32),

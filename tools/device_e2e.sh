@@ -28,6 +28,18 @@ mkdir -p "$JOB"
 . tools/device_lib.sh                 # the environment; lease_gpu, lease_wheels, lease_versions
 OUT=${OUT:-$JOB/out}
 
+collect() {  # what the job has written so far, into $OUT (what a call brings back)
+  mkdir -p "$OUT"
+  cp "$JOB/e2e.log" "$JOB/warm.log" "$JOB/train_throughput_smollm2-135m.json" "$OUT/" 2>/dev/null
+  tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs 2>/dev/null
+  for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
+  # the students' weights stay on the machine; their model cards (the figures a user reads first) come back
+  mkdir -p "$JOB/run/model_cards"
+  for d in "$JOB"/run/run/stage*; do [ -f "$d/README.md" ] && cp "$d/README.md" "$JOB/run/model_cards/$(basename "$d").md"; done
+  tar -C "$JOB/run" -czf "$OUT/e2e_bundle.tgz" --exclude='run/stage*' --exclude='run/checkpoints' \
+    --exclude='undistilled' . 2>/dev/null
+}
+
 case "${1:-}" in
 setup)
   lease_gpu "$JOB" || exit 3
@@ -97,18 +109,10 @@ watch)  # follow the job until it finishes or $2 seconds pass
   grep "^\[e2e\]\|Traceback\|Error" "$JOB/e2e.log" | tail -20
   [ -f "$JOB/run/logs/distill.log" ] && grep -E "held-out|step .*loss" "$JOB/run/logs/distill.log" | tail -4
   pgrep -f tools/e2e.py >/dev/null && echo "e2e still running" || echo "e2e not running"
-  bash "$REPO/tools/device_e2e.sh" collect > /dev/null  # what the job has written so far comes back with this call
+  collect  # what the job has written so far comes back with this call
   ;;
 collect)
-  mkdir -p "$OUT"
-  cp "$JOB/e2e.log" "$JOB/warm.log" "$JOB/train_throughput_smollm2-135m.json" "$OUT/" 2>/dev/null
-  tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs 2>/dev/null
-  for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
-  # the students' weights stay on the machine; their model cards (the figures a user reads first) come back
-  mkdir -p "$JOB/run/model_cards"
-  for d in "$JOB"/run/run/stage*; do [ -f "$d/README.md" ] && cp "$d/README.md" "$JOB/run/model_cards/$(basename "$d").md"; done
-  tar -C "$JOB/run" -czf "$OUT/e2e_bundle.tgz" --exclude='run/stage*' --exclude='run/checkpoints' \
-    --exclude='undistilled' . 2>/dev/null
+  collect
   ls -la "$OUT"
   ;;
 *) echo "usage: tools/device_e2e.sh setup|tests FILE...|bench|data|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
