@@ -178,6 +178,14 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     same = [r["pred"] == by_id[r["id"]] for r in tex]
     assert ev["students"]["stage3b"]["quiz"]["answer_agreement"] == sum(same) / len(same)
     assert "answer_agreement_valid" in ev["students"]["stage3b"]["quiz"]
+    # and between the two models' log-likelihood choices, with the agreement their choice shares give by chance
+    tll, sll = ({r["id"]: r["pred"] for line in next((out / "eval" / d / "examples").glob(f"{m}__quiz__loglik*"))
+                 .read_text().splitlines() for r in [json.loads(line)]}
+                for d, m in (("base", "teacher"), ("distilled_stage3b", "stage3b")))
+    quiz = ev["students"]["stage3b"]["quiz"]
+    assert quiz["loglik_answer_agreement"] == sum(tll[i] == sll[i] for i in tll) / len(tll)
+    assert 0.0 <= quiz["loglik_answer_agreement_chance"] <= 1.0 and "loglik_answer_kappa" in quiz
+    assert "choice agreement (loglik)" in (out / "summary.md").read_text()
 
 
 def test_a_failed_suite_part_is_reported_by_its_log(tmp_path):

@@ -399,13 +399,18 @@ def _task_specs(tasks: str, names: str) -> str:
 
 
 def _stage_metrics(path: Path) -> dict[str, Any]:
-    """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s."""
+    """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s, and its wall time:
+    ``seconds`` from the stage's first record to its last, ``first_step_seconds`` from the held-out loss before
+    training to the first optimizer step (compilation and autotuning on a fresh machine), when both are there."""
     per: dict[str, Any] = {}
     if not path.exists():
         return per
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        st = per.setdefault(rec["stage"], {"eval": [], "loss": [], "tokens_per_s": []})
+        st = per.setdefault(rec["stage"], {"eval": [], "loss": [], "tokens_per_s": [], "times": []})
+        st["times"].append(rec["time"])
+        if "loss" in rec and "first_step_at" not in st:
+            st["first_step_at"] = rec["time"]
         if "eval_loss" in rec:
             st["eval"].append([rec["step"], rec["eval_loss"]])
         if "eval_kl" in rec:  # the trainer's held-out fidelity (logit stages): [step, KL, top-1]
@@ -417,6 +422,10 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
             st["tokens_per_s"].append(rec.get("tokens_per_s", 0.0))
             st["steps"], st["tokens"] = rec["step"], rec["tokens"]
     for st in per.values():
+        times, first_step_at = st.pop("times"), st.pop("first_step_at", None)
+        st["seconds"] = round(times[-1] - times[0], 1)
+        if first_step_at is not None and first_step_at > times[0]:  # a record came before the first step
+            st["first_step_seconds"] = round(first_step_at - times[0], 1)
         tps = sorted(st.pop("tokens_per_s"))
         losses = st.pop("loss")
         st["median_tokens_per_s"] = tps[len(tps) // 2] if tps else None
@@ -455,10 +464,11 @@ def _eval_parts(eval_dir: Path) -> list[Path]:
     return [eval_dir / "base", *sorted(d for d in eval_dir.glob("distilled_*") if (d / "results.json").exists())]
 
 
-def _examples(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(model, task): {example id: record}}`` of the greedy generation records under ``folder/examples``."""
+def _examples(folder: Path, protocol: str = "generate") -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(model, task): {example id: record}}`` of the records under ``folder/examples`` of one protocol (generation:
+    the greedy ones)."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for f in sorted((folder / "examples").glob("*__generate.jsonl")):
+    for f in sorted((folder / "examples").glob(f"*__{protocol}.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             if r.get("seed") is None:
@@ -473,11 +483,13 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
     equals the teacher's) on the same questions."""
     from gendistill.eval.fidelity import answer_agreement
     from gendistill.eval.report import comparisons, retention
+    from gendistill.eval.runner import loglik_choice_key
 
     parts = [json.loads((d / "results.json").read_text()) for d in _eval_parts(eval_dir)]
     teacher = parts[0]["meta"]["teacher"]
     rows = [r for part in parts for r in part["rows"]]
     ex = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d).items()}
+    ll = {k: v for d in _eval_parts(eval_dir) for k, v in _examples(d, "loglik").items()}
     table: dict[str, dict[str, dict[str, float]]] = {}
     for r in rows:
         table.setdefault(r["task"], {}).setdefault(r["model"], {})[r["protocol"]] = r["acc"]
@@ -506,6 +518,14 @@ def _evaluation_summary(eval_dir: Path) -> dict[str, Any]:
                 entry.update(answer_agreement([te[i]["pred"] for i in ids], [se[i]["pred"] for i in ids]))
                 entry["text_agreement"] = sum(te[i]["generation"] == se[i]["generation"] for i in ids) / len(ids)
                 entry["n"] = len(ids)
+            # the same agreement between the two models' log-likelihood choices (no reply to extract: every
+            # question is answered, so a teacher above chance has a choice worth copying)
+            te, se = ll.get((teacher, task), {}), ll.get((m, task), {})
+            ids = [i for i in te if i in se and "pred" in te[i]]  # multiple choice (a free-text answer has none)
+            if ids:
+                key = loglik_choice_key(task)  # the choice the task's reported accuracy counts
+                agree = answer_agreement([te[i][key] for i in ids], [se[i][key] for i in ids])
+                entry.update({f"loglik_{k}": v for k, v in agree.items() if k != "answer_agreement_valid"})
             per_task[task] = entry
         students[m] = per_task
     return {"teacher": teacher, "models": models, "accuracy": table, "students": students,
@@ -618,13 +638,21 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines += ["", f"## Against the teacher ({teacher})", "",
               "Retention = student / teacher under the same protocol; protocol gap (points) = retention loglik − "
               "retention generate: positive = generation reveals a loss that log-likelihood hides; – where the "
-              "teacher is at or below chance under a protocol.", "",
-              "| student | task | retention loglik | retention generate | protocol gap | answer agreement |",
-              "|---|---|---:|---:|---:|---:|"]
+              "teacher is at or below chance under a protocol. Answer agreement (%): the student's extracted answer "
+              "is the teacher's; by chance: what the two models' answer shares alone give; kappa = (agreement − "
+              "chance) / (1 − chance), 0 when the student's answers say nothing of the teacher's beyond those shares. Choice agreement: the "
+              "same between the two models' log-likelihood choices.",
+              "",
+              "| student | task | retention loglik | retention generate | protocol gap | answer agreement | by chance "
+              "| kappa | choice agreement (loglik) | by chance | kappa |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m, per in ev["students"].items():
         for task, e in per.items():
             lines.append(f"| {m} | {task} | {_f(e.get('retention_loglik'))} | {_f(e.get('retention_generate'))} | "
-                         f"{signed_points(e.get('protocol_gap'))} | {_f(e.get('answer_agreement'), True)} |")
+                         f"{signed_points(e.get('protocol_gap'))} | {_f(e.get('answer_agreement'), True)} | "
+                         f"{_f(e.get('answer_agreement_chance'), True)} | {_f(e.get('answer_kappa'))} | "
+                         f"{_f(e.get('loglik_answer_agreement'), True)} | "
+                         f"{_f(e.get('loglik_answer_agreement_chance'), True)} | {_f(e.get('loglik_answer_kappa'))} |")
     lines += ["", "## Teacher-forced fidelity on the pipeline's held-out sequences", "",
               "| student | data | top-1 agreement (%) | KL (nats/token) | tokens |", "|---|---|---:|---:|---:|"]
     for m, per in s["heldout_fidelity"].items():

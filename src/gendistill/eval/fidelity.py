@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,36 @@ def greedy_agreement(teacher: list[list[int]], student: list[list[int]]) -> dict
 def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
     """How often the student's extracted answer (letter index, number, alias match ...) equals the teacher's, over
     the same questions in the same order. ``None`` (no valid answer) counts as an answer: two invalid replies agree.
-    For a weak teacher that collapses to one option this, not accuracy, shows whether the student copies it."""
+    For a weak teacher that collapses to one option this, not accuracy, shows whether the student copies it.
+
+    ``answer_agreement_chance`` is the agreement two models would reach answering independently with the same answer
+    shares (sum over answers of teacher share x student share): a teacher that answers A on 90 % of questions and a
+    student on 60 % agree on 54 % + by chance alone. ``answer_kappa`` is Cohen's kappa, (observed - chance) /
+    (1 - chance): 0 when the student's answers say nothing about the teacher's beyond those shares, 1 when they are the
+    teacher's; ``None`` when both always give the same one answer (chance is 1)."""
     if len(teacher) != len(student):
         raise ValueError("teacher and student must answer the same questions")
     if not teacher:
         return {}
+    n = len(teacher)
     same = [a == b for a, b in zip(teacher, student)]
     both_valid = [(a == b) for a, b in zip(teacher, student) if a is not None and b is not None]
-    return {"answer_agreement": sum(same) / len(same),
-            "answer_agreement_valid": (sum(both_valid) / len(both_valid)) if both_valid else None}
+    t_share, s_share = Counter(map(_answer_key, teacher)), Counter(map(_answer_key, student))
+    chance = sum(c * s_share[k] for k, c in t_share.items()) / (n * n)
+    observed = sum(same) / n
+    return {"answer_agreement": observed,
+            "answer_agreement_valid": (sum(both_valid) / len(both_valid)) if both_valid else None,
+            "answer_agreement_chance": chance,
+            "answer_kappa": (observed - chance) / (1.0 - chance) if chance < 1.0 else None}
+
+
+def _answer_key(answer: Any) -> Any:
+    """A hashable stand-in for an extracted answer (an alias list or other unhashable answer as its ``repr``)."""
+    try:
+        hash(answer)
+        return answer
+    except TypeError:
+        return repr(answer)
 
 
 #: The default ``--fidelity-chat`` data: the data folder's ``sft_mix``, which shipped recipes distill on in stage 3b.

@@ -167,12 +167,18 @@ def markdown(results: dict[str, Any]) -> str:
     fid = results.get("fidelity") or []
     if fid:
         lines += ["", "## Fidelity to the teacher", ""]
-        lines.append("| student | task | greedy exact match | mean first divergence (tokens) | top-1 agreement | KL (nats/token) |")
-        lines.append("|---|---|---:|---:|---:|---:|")
+        lines.append("Answer agreement: the student's extracted answer is the teacher's; by chance: what the two "
+                     "models' answer shares alone give (a teacher that answers A on 90 % of questions agrees with any "
+                     "student answering A on 60 % at least 54 % of the time).")
+        lines.append("")
+        lines.append("| student | task | greedy exact match | mean first divergence (tokens) | answer agreement | "
+                     "by chance | top-1 agreement | KL (nats/token) |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
         for f in fid:
             lines.append(
                 f"| {f['student']} | {f.get('task', 'chat held-out')} | {_pct(f.get('exact_match'))} | "
                 f"{'–' if f.get('mean_first_divergence') is None else round(f['mean_first_divergence'], 1)} | "
+                f"{_pct(f.get('answer_agreement'))} | {_pct(f.get('answer_agreement_chance'))} | "
                 f"{_pct(f.get('top1_agreement'))} | "
                 f"{'–' if f.get('kl_teacher_student') is None else round(f['kl_teacher_student'], 4)} |"
             )

@@ -49,6 +49,12 @@ from gendistill.models.loading import load_model, model_label, resolve_model
 LOGLIK_METRIC = {"arc_easy": "acc_norm", "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm"}
 
 
+def loglik_choice_key(task: str) -> str:
+    """The field of a multiple-choice log-likelihood record holding the option the model chose, as the task's
+    reported accuracy counts it: ``pred_norm`` where the metric is ``acc_norm``, else ``pred``."""
+    return "pred_norm" if LOGLIK_METRIC.get(task, "acc") == "acc_norm" else "pred"
+
+
 # ------------------------------------------------------------------------------------------------ one task, one model
 
 
@@ -99,7 +105,7 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
     if task.kind == MULTIPLE_CHOICE:
         row["acc_raw"], row["acc_raw_stderr"] = R.mean_stderr([r["acc"] for r in records])
         row["acc_norm"], row["acc_norm_stderr"] = R.mean_stderr([r["acc_norm"] for r in records])
-        row["positions"] = R.position_distribution([r[("pred_norm" if key == "acc_norm" else "pred")] for r in records],
+        row["positions"] = R.position_distribution([r[loglik_choice_key(task.name)] for r in records],
                                                    [len(e.choices) for e in examples])
     else:
         row["mean_logprob"] = sum(r["logprob"] for r in records) / len(records)
