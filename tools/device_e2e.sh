@@ -11,7 +11,10 @@
 # Every watch call ends by collecting what the job has written so far: a machine is given back 30 s after a call ends
 # and everything on it goes with it (2026-12-05: a 60M-token run three minutes from the end of stage 3a was lost when
 # the next call came late), so each call brings back the summary, logs and metrics as they then are. Measured
-# (docs/results.md section 6): everything but stage 3a takes about 345 s of the job; stage 3a runs at 115-120K tokens/s.
+# (docs/results.md section 6): everything but stage 3a takes about 345 s of the job on an H200 and 710 s on a fresh
+# H100 (fla autotunes for 195 s there: no shipped configurations; the run keeps them under run/run/fla_configs/, in
+# the bundle); stage 3a runs at 115-120K tokens/s. 90M stage-3a tokens (the recipe's default) filled a lease on an H100:
+# job 1,520 s, 1,663 device seconds. Then: python tools/lease_record.py BUNDLE --out docs/results/e2e_<recipe>_<card>.json
 # Issue 29 (long context and code) is the same lease with more evaluation, e.g. in call 3:
 #   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=... --tasks arc_easy,hellaswag --limit 200 \
 #     --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code

@@ -48,6 +48,7 @@ from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
+from gendistill.ops.fla_configs import dump_autotuned, gpu_dir_name, shipped_dir
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
                                   write_marker)
 from gendistill.runlock import FolderLock, acquire, check_not_busy
@@ -415,6 +416,28 @@ def start_run_folder(recipe: Recipe, run_dir: Path, world: World, *, resume: boo
     barrier(world)
 
 
+def keep_autotuned_configs(recipe: Recipe, run_dir: Path, world: World) -> Path | None:
+    """On a GPU gendistill ships no fla configurations for (``ops/fla_config_files``), write the launch
+    configurations fla's autotuning chose in this process to ``<run>/fla_configs/<GPU>/`` (merged after every stage;
+    the first time, one line says how to reuse them). Autotuning the KDA kernels took 195 s before the first step on
+    a fresh H100 where the H200's shipped files made it 16 s (docs/results.md section 6). Returns the folder written."""
+    if not world.is_main or world.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(world.device)
+    if shipped_dir(name) is not None:
+        return None
+    out = run_dir / "fla_configs" / gpu_dir_name(name)
+    first = not out.is_dir()
+    if not dump_autotuned(out):
+        return None
+    if first:
+        _note(recipe, world, f"fla tuned its kernels on this GPU ({name}; gendistill ships tuned configurations "
+                             f"only for other GPUs): saved to {out}. FLA_CONFIG_DIR={out} FLA_CACHE_MODE=fuzzy skips "
+                             f"the tuning in the next run here; a copy in gendistill/ops/fla_config_files/"
+                             f"{out.name}/ ships it")
+    return out
+
+
 def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, teacher: nn.Module, tokenizer: Any,
                  student: nn.Module, completed: list[str], fingerprints: dict[str, Any], root: nn.Module | None,
                  stop_after: int | None, allow_optim_change: bool) -> dict[str, StageResult]:
@@ -456,6 +479,7 @@ def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, t
                                                   {n: r.eval_fidelity[-1][1] for n, r in results.items()
                                                    if r.eval_fidelity}))
             completed.append(stage.name)
+            keep_autotuned_configs(recipe, run_dir, world)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed, **fingerprints})
                 if not recipe.run.keep_finished_checkpoints:  # the saved student folder supersedes them

@@ -104,7 +104,9 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
                        triton_version: str) -> dict[str, int]:
     """Write ``<kernel>.json`` in fla's format for ``entries`` ``(kernel name, autotune key, config dict)``, merging
     with files already in ``out_dir``; each file's ``default_config`` is its most common configuration. Returns
-    ``{kernel: number of keys}``."""
+    ``{kernel: number of keys}``; nothing is written (no folder made) without entries."""
+    if not entries:
+        return {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_kernel: dict[str, list[tuple[tuple, dict[str, Any]]]] = {}
