@@ -216,3 +216,22 @@ def test_bad_suite_settings_fail_before_the_distillation(tmp_path, capsys):
             E2E["main"](["tiny-cpu", "--out", str(tmp_path / "job"), "--device", "cpu", *extra])
         assert needle in str(e.value), e.value
         assert not (tmp_path / "job").exists(), "nothing written for bad input"
+
+
+def test_choice_agreement_counts_the_choice_the_task_accuracy_counts(tmp_path):
+    """ARC-style tasks are scored by acc_norm: the teacher's and the student's choice is their ``pred_norm``, not the
+    raw-sum ``pred`` (here the two disagree on every question, so the wrong field gives the opposite figure)."""
+    def part(folder: str, model: str, preds: list[tuple[int, int]]) -> None:
+        d = tmp_path / "eval" / folder
+        (d / "examples").mkdir(parents=True)
+        rows = [{"task": "arc_easy", "model": model, "protocol": "loglik", "acc": 0.5, "chance": 0.25}]
+        (d / "results.json").write_text(json.dumps({"meta": {"teacher": "T"}, "rows": rows}))
+        (d / "examples" / f"{model}__arc_easy__loglik.jsonl").write_text("".join(
+            json.dumps({"id": str(i), "task": "arc_easy", "model": model, "protocol": "loglik", "pred": p,
+                        "pred_norm": pn}) + "\n" for i, (p, pn) in enumerate(preds)))
+
+    part("base", "T", [(0, 1), (0, 2), (0, 3), (0, 1)])
+    part("distilled_stage3b", "S", [(1, 1), (2, 2), (3, 3), (2, 1)])  # raw choices never the teacher's; normed 4 of 4
+    e = E2E["_evaluation_summary"](tmp_path / "eval")["students"]["S"]["arc_easy"]
+    assert e["loglik_answer_agreement"] == 1.0
+    assert e["loglik_answer_agreement_chance"] == pytest.approx(0.5 * 0.5 + 0.25 * 0.25 + 0.25 * 0.25)

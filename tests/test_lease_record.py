@@ -28,11 +28,11 @@ def _records() -> list[dict]:
             {"time": t + 215.0, "stage": "stage3a", "step": 1, "tokens": 64, "loss": 2.0, "tokens_per_s": 50.0},
             {"time": t + 220.0, "stage": "stage3a", "step": 2, "tokens": 128, "loss": 1.0, "tokens_per_s": 60.0},
             {"time": t + 221.5, "stage": "stage3a", "step": 2, "tokens": 128, "eval_loss": 0.5, "eval_kl": 0.4,
-             "eval_top1": 0.7}]
+             "eval_top1": 0.7, "eval_tokens": 640}]
     return recs
 
 
-def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True) -> Path:
+def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True, extra: str | None = None) -> Path:
     bundle = tmp_path / "bundle"
     bundle.mkdir(parents=True)
     summary = {"recipe": "lease.yaml", "complete": complete, "command": "e2e.py lease --out /tmp/gendistill-e2e/run",
@@ -45,20 +45,25 @@ def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True) -> P
             info = tarfile.TarInfo("./run/metrics.jsonl")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        if extra:  # a member named by whoever made the archive
+            info = tarfile.TarInfo(extra)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
     return bundle
 
 
 def test_a_lease_bundle_becomes_the_committed_result(tmp_path):
     rec = TOOL["lease_record"](_bundle(tmp_path), ["call 1", "call 2"], "torch 2.11", 1663.0, "2026-12-05")
     lease = rec["lease"]
-    assert (lease["card"], lease["card_memory"], lease["commit"]) == ("NVIDIA H100 80GB HBM3", "81559 MiB", "45b5d80")
+    assert (lease["card"], lease["card_memory"], lease["driver"], lease["commit"]) == (
+        "NVIDIA H100 80GB HBM3", "81559 MiB", "580.159.04", "45b5d80")
     assert lease["calls"] == ["call 1", "call 2"] and lease["device_seconds_session"] == 1663.0
     s1, s3a = lease["stages"]["stage1"], lease["stages"]["stage3a"]
     # wall time from the stage's first record to its last; the first step's time from the held-out loss before it
     assert (s1["seconds"], s1["first_step_seconds"]) == (200.0, 190.0)
     assert (s3a["seconds"], s3a["first_step_seconds"]) == (11.5, 5.0)
     assert "trainer_heldout_at_end" not in s1  # an MSE stage has no held-out KL
-    assert s3a["trainer_heldout_at_end"] == {"step": 2, "eval_kl": 0.4, "eval_top1": 0.7}
+    assert s3a["trainer_heldout_at_end"] == {"step": 2, "eval_kl": 0.4, "eval_top1": 0.7, "eval_tokens": 640}
     assert rec["distill_metrics"]["stage3a"]["seconds"] == 11.5  # recomputed from the bundle, not the old summary
     assert absolute_paths(rec) == set() and "--out run" in rec["command"]
 
@@ -73,3 +78,10 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
         TOOL["lease_record"](_bundle(tmp_path / "a", complete=False), [], "", None, "2026-12-05")
     with pytest.raises(SystemExit, match="no run/metrics.jsonl inside"):
         TOOL["lease_record"](_bundle(tmp_path / "b", metrics=False), [], "", None, "2026-12-05")
+    # a member that would land outside the folder it is unpacked into is refused; an absolute name lands inside it
+    with pytest.raises(SystemExit, match="refused an unsafe member"):
+        TOOL["lease_record"](_bundle(tmp_path / "c", extra="../escaped.txt"), [], "", None, "2026-12-05")
+    assert not (tmp_path / "c" / "escaped.txt").exists()
+    outside = Path("/tmp") / f"lease-record-{tmp_path.name}.txt"
+    assert "lease" in TOOL["lease_record"](_bundle(tmp_path / "d", extra=str(outside)), [], "", None, "2026-12-05")
+    assert not outside.exists()

@@ -401,7 +401,8 @@ def _task_specs(tasks: str, names: str) -> str:
 def _stage_metrics(path: Path) -> dict[str, Any]:
     """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s, and its wall time:
     ``seconds`` from the stage's first record to its last, ``first_step_seconds`` from the held-out loss before
-    training to the first optimizer step (compilation and autotuning on a fresh machine), when both are there."""
+    training to the first optimizer step (compilation and autotuning on a fresh machine), when both are there. A
+    resumed run appends to the same file, so its ``seconds`` include the time between the two processes."""
     per: dict[str, Any] = {}
     if not path.exists():
         return per
@@ -415,6 +416,8 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
             st["eval"].append([rec["step"], rec["eval_loss"]])
         if "eval_kl" in rec:  # the trainer's held-out fidelity (logit stages): [step, KL, top-1]
             st.setdefault("eval_fidelity", []).append([rec["step"], rec["eval_kl"], rec["eval_top1"]])
+            if "eval_tokens" in rec:  # how many held-out tokens those figures average over
+                st["eval_tokens"] = rec["eval_tokens"]
         if "profile" in rec:  # run.profile_step: the profiled step's largest ops
             st["profile"] = {"step": rec["step"], **rec["profile"]}
         if "loss" in rec:
@@ -640,8 +643,8 @@ def render_markdown(s: dict[str, Any]) -> str:
               "retention generate: positive = generation reveals a loss that log-likelihood hides; – where the "
               "teacher is at or below chance under a protocol. Answer agreement (%): the student's extracted answer "
               "is the teacher's; by chance: what the two models' answer shares alone give; kappa = (agreement − "
-              "chance) / (1 − chance), 0 when the student's answers say nothing of the teacher's beyond those shares. Choice agreement: the "
-              "same between the two models' log-likelihood choices.",
+              "chance) / (1 − chance), 0 when the student's answers say nothing of the teacher's beyond those "
+              "shares. Choice agreement: the same between the two models' log-likelihood choices.",
               "",
               "| student | task | retention loglik | retention generate | protocol gap | answer agreement | by chance "
               "| kappa | choice agreement (loglik) | by chance | kappa |",

@@ -8,7 +8,8 @@ BUNDLE is the folder a ``watch``/``collect`` call returned: ``summary.json``, ``
 the card as nvidia-smi names it and the commit) and ``e2e_bundle.tgz`` (the run's ``run/metrics.jsonl`` inside). The
 output is the job's summary with three changes: ``distill_metrics`` and ``evaluation`` recomputed from the bundled
 metrics and evaluation records by tools/e2e.py's own functions (so a record written by an older e2e.py gains what the
-current one adds, such as each stage's seconds or the chance level of answer agreement), and a ``lease`` key: the card, commit, versions, the device calls, the session's device seconds, and per stage the
+current one adds, such as each stage's seconds or the chance level of answer agreement), and a ``lease`` key: the
+card, its memory and driver, the commit, versions, the device calls, the session's device seconds, and per stage the
 seconds, the first step's seconds, the median tokens/s and the trainer's own held-out KL / top-1 at its end. Every
 absolute path is cut to its last part (committed JSON carries no machine paths); the file is written atomically.
 """
@@ -37,9 +38,14 @@ def unpack_bundle(bundle: Path, dest: Path) -> Path:
     """``BUNDLE/e2e_bundle.tgz`` unpacked into ``dest`` (tarfile's ``data`` filter: no links out, no absolute
     names); refused without ``run/metrics.jsonl`` inside."""
     archive = bundle / "e2e_bundle.tgz"
+    if not hasattr(tarfile, "data_filter"):  # Python 3.10.12 / 3.11.4 and later
+        raise SystemExit("error: tools/lease_record.py needs a Python with tarfile's data filter (3.10.12, 3.11.4 or "
+                         "later)")
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(dest, filter="data")
+    except tarfile.FilterError as e:
+        raise SystemExit(f"error: {archive}: refused an unsafe member ({e}); nothing of it is used") from None
     except (OSError, tarfile.TarError) as e:
         raise SystemExit(f"error: {archive}: not a readable .tgz ({e})") from None
     if not (dest / METRICS_MEMBER).is_file():
@@ -55,6 +61,8 @@ def stage_record(metrics: dict[str, Any]) -> dict[str, Any]:
         if m.get("eval_fidelity"):
             step, kl, top1 = m["eval_fidelity"][-1]
             rec["trainer_heldout_at_end"] = {"step": step, "eval_kl": kl, "eval_top1": top1}
+            if m.get("eval_tokens"):
+                rec["trainer_heldout_at_end"]["eval_tokens"] = m["eval_tokens"]
         out[stage] = rec
     return out
 
@@ -74,10 +82,11 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         summary["distill_metrics"] = E2E["_stage_metrics"](job / METRICS_MEMBER)
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
-    card = head[0].split(",") if head else [""]
+    card = [part.strip() for part in head[0].split(",")] if head else [""]  # nvidia-smi: name, memory, driver
     summary["lease"] = {
-        "card": card[0].strip(),
-        "card_memory": card[1].strip() if len(card) > 1 else None,
+        "card": card[0],
+        "card_memory": card[1] if len(card) > 1 else None,
+        "driver": card[2] if len(card) > 2 else None,
         "commit": head[1].strip() if len(head) > 1 else None,
         "versions": versions,
         "date": day,

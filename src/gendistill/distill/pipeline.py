@@ -48,7 +48,7 @@ from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
-from gendistill.ops.fla_configs import dump_autotuned, gpu_dir_name, shipped_dir
+from gendistill.ops.fla_configs import keep_autotuned
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
                                   write_marker)
 from gendistill.runlock import FolderLock, acquire, check_not_busy
@@ -416,26 +416,16 @@ def start_run_folder(recipe: Recipe, run_dir: Path, world: World, *, resume: boo
     barrier(world)
 
 
-def keep_autotuned_configs(recipe: Recipe, run_dir: Path, world: World) -> Path | None:
-    """On a GPU gendistill ships no fla configurations for (``ops/fla_config_files``), write the launch
-    configurations fla's autotuning chose in this process to ``<run>/fla_configs/<GPU>/`` (merged after every stage;
-    the first time, one line says how to reuse them). Autotuning the KDA kernels took 195 s before the first step on
-    a fresh H100 where the H200's shipped files made it 16 s (docs/results.md section 6). Returns the folder written."""
-    if not world.is_main or world.device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(world.device)
-    if shipped_dir(name) is not None:
-        return None
-    out = run_dir / "fla_configs" / gpu_dir_name(name)
-    first = not out.is_dir()
-    if not dump_autotuned(out):
-        return None
-    if first:
-        _note(recipe, world, f"fla tuned its kernels on this GPU ({name}; gendistill ships tuned configurations "
-                             f"only for other GPUs): saved to {out}. FLA_CONFIG_DIR={out} FLA_CACHE_MODE=fuzzy skips "
-                             f"the tuning in the next run here; a copy in gendistill/ops/fla_config_files/"
-                             f"{out.name}/ ships it")
-    return out
+def keep_tuned_kernels(recipe: Recipe, run_dir: Path, world: World) -> None:
+    """After a stage, on the main rank: keep what fla's autotuning chose under ``<run>/fla_configs/<GPU>/`` on a GPU
+    gendistill ships no configurations for (:func:`gendistill.ops.fla_configs.keep_autotuned`); the first time, one
+    line says how to reuse them."""
+    kept = keep_autotuned(run_dir / "fla_configs", world.device) if world.is_main else None
+    if kept is not None and kept[1]:
+        out = kept[0]
+        _note(recipe, world, f"fla tuned its kernels on this GPU (no shipped configurations for it): saved to {out}. "
+                             f"FLA_CONFIG_DIR={out} FLA_CACHE_MODE=fuzzy skips the tuning in the next run here; a copy "
+                             f"in gendistill/ops/fla_config_files/{out.name}/ ships it")
 
 
 def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, teacher: nn.Module, tokenizer: Any,
@@ -479,9 +469,9 @@ def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, t
                                                   {n: r.eval_fidelity[-1][1] for n, r in results.items()
                                                    if r.eval_fidelity}))
             completed.append(stage.name)
-            keep_autotuned_configs(recipe, run_dir, world)
             if world.is_main:
                 _write_progress(run_dir, {"completed": completed, **fingerprints})
+                keep_tuned_kernels(recipe, run_dir, world)
                 if not recipe.run.keep_finished_checkpoints:  # the saved student folder supersedes them
                     shutil.rmtree(run_dir / "checkpoints" / stage.name, ignore_errors=True)
             barrier(world)

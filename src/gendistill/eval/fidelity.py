@@ -60,7 +60,8 @@ def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
 
     ``answer_agreement_chance`` is the agreement two models would reach answering independently with the same answer
     shares (sum over answers of teacher share x student share): a teacher that answers A on 90 % of questions and a
-    student on 60 % agree on 54 % + by chance alone. ``answer_kappa`` is Cohen's kappa, (observed - chance) /
+    student on 60 % agree on at least 54 % of questions by chance alone (0.9 x 0.6 on A, plus the other
+    answers). ``answer_kappa`` is Cohen's kappa, (observed - chance) /
     (1 - chance): 0 when the student's answers say nothing about the teacher's beyond those shares, 1 when they are the
     teacher's; ``None`` when both always give the same one answer (chance is 1)."""
     if len(teacher) != len(student):
@@ -80,12 +81,13 @@ def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
 
 
 def _answer_key(answer: Any) -> Any:
-    """A hashable stand-in for an extracted answer (an alias list or other unhashable answer as its ``repr``)."""
+    """A hashable stand-in for an extracted answer: itself, or an unhashable one (an alias list) as a tagged
+    ``repr`` that no hashable answer can equal."""
     try:
         hash(answer)
         return answer
     except TypeError:
-        return repr(answer)
+        return ("unhashable answer", repr(answer))
 
 
 #: The default ``--fidelity-chat`` data: the data folder's ``sft_mix``, which shipped recipes distill on in stage 3b.

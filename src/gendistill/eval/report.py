@@ -168,8 +168,8 @@ def markdown(results: dict[str, Any]) -> str:
     if fid:
         lines += ["", "## Fidelity to the teacher", ""]
         lines.append("Answer agreement: the student's extracted answer is the teacher's; by chance: what the two "
-                     "models' answer shares alone give (a teacher that answers A on 90 % of questions agrees with any "
-                     "student answering A on 60 % at least 54 % of the time).")
+                     "models' answer shares alone give (a teacher that answers A on 90 % of questions and a student "
+                     "answering A on 60 %, each at random, agree about 54 % of the time).")
         lines.append("")
         lines.append("| student | task | greedy exact match | mean first divergence (tokens) | answer agreement | "
                      "by chance | top-1 agreement | KL (nats/token) |")

@@ -138,6 +138,28 @@ def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
     return write_config_files(entries, out_dir, triton.__version__)
 
 
+def keep_autotuned(root: str | Path, device: torch.device) -> tuple[Path, bool] | None:
+    """Write what fla's autotuning chose in this process to ``root/<GPU>/`` (merged with what is there) when it is
+    worth keeping: a CUDA ``device`` gendistill ships no configurations for, no ``FLA_CONFIG_DIR`` set (by the user,
+    or by :func:`activate` for shipped files), fla loaded. Returns the folder and whether this call made it, else
+    None. On a fresh H100 the first training step came 195 s after the stage began (compiling and autotuning),
+    against 16 s on an H200 with the shipped files (docs/results.md section 6). Keeping them is a convenience: a
+    failure to write them is one warning, never the end of a run."""
+    if device.type != "cuda" or "FLA_CONFIG_DIR" in os.environ or "fla" not in sys.modules:
+        return None
+    name = torch.cuda.get_device_name(device)
+    if shipped_dir(name) is not None:
+        return None
+    out = Path(root) / gpu_dir_name(name)
+    first = not out.is_dir()
+    try:
+        counts = dump_autotuned(out)
+    except (ImportError, OSError) as e:
+        warnings.warn(f"could not keep fla's tuned kernel configurations in {out}: {e}", stacklevel=2)
+        return None
+    return (out, first) if counts else None
+
+
 _LOG_RECORD = re.compile(
     r"Triton autotuning for function (?P<name>\w+),\s*with key as (?P<key>\(.*?\)),\s*finished after [\d.]+s,\s*"
     r"best config selected: (?P<cfg>[^;]*);", re.S)
