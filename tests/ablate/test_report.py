@@ -23,9 +23,11 @@ def results(student: dict, se: float = 0.02, exact: float | None = None) -> dict
             rows.append({"task": task, "model": who, "protocol": proto, "acc": acc, "stderr": se,
                          "chance": 0.0 if task == "gsm" else 0.25, "n": 100})
     fid = [] if exact is None else [{"student": "stud", "task": "t1", "exact_match": exact,
-                                     "mean_first_divergence": 10 * exact, "answer_agreement": 0.9},
+                                     "mean_first_divergence": 10 * exact, "answer_agreement": 0.9,
+                                     "answer_agreement_chance": 0.8},
                                     {"student": "stud", "task": "gsm", "exact_match": exact / 2,
-                                     "mean_first_divergence": 0.0, "answer_agreement": 0.5}]
+                                     "mean_first_divergence": 0.0, "answer_agreement": 0.5,
+                                     "answer_agreement_chance": 0.2}]
     return {"meta": {"models": ["teach", "stud"], "complete": True}, "rows": rows, "fidelity": fid}
 
 
@@ -203,7 +205,9 @@ def test_answer_agreement_per_cell_and_task():
     assert fa["answer_agreement"] == pytest.approx(0.7) and fa["answer_agreement_by_task"] == {"t1": 0.9, "gsm": 0.5}
     assert rep["cells"][1]["scores"]["fidelity"]["answer_agreement"] is None
     rows = [line for line in markdown(rep).splitlines() if line.startswith("| freeze=")]
-    assert "| 70.0 | 37.5 |" in rows[0] and "| – | – |" in rows[1]  # answer agree, greedy match (0.5, 0.25)
+    assert fa["answer_agreement_chance"] == pytest.approx(0.5)  # (0.8 + 0.2) / 2, beside the agreement
+    # answer agree (by chance), greedy match (0.5, 0.25)
+    assert "| 70.0 (50.0) | 37.5 |" in rows[0] and "| – | – |" in rows[1]
 
 
 def test_objective_cells_compare_on_held_out_forward_kl_and_their_own_losses_are_labelled():

@@ -83,6 +83,11 @@ def cell_scores(results: dict[str, Any]) -> dict[str, Any]:
         if any(f.get("answer_agreement") is not None for f in gen) else None,
         "answer_agreement_by_task": {f["task"]: f["answer_agreement"] for f in gen
                                      if f.get("answer_agreement") is not None},
+        # what the two models' answer shares alone give (a teacher that answers one option almost always agrees
+        # with any student that mostly does too): the level to read answer_agreement against
+        "answer_agreement_chance": _mean([f["answer_agreement_chance"] for f in gen
+                                          if f.get("answer_agreement_chance") is not None])
+        if any(f.get("answer_agreement_chance") is not None for f in gen) else None,
         "mean_first_divergence": _mean([f["mean_first_divergence"] for f in gen if "mean_first_divergence" in f])
         if gen else None,
         "top1_agreement": chat[0].get("top1_agreement") if chat else None,
@@ -180,8 +185,8 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
         if gen_tasks:
             row["generate_all_tasks"] = _mean([_protocol_mean(c["scores"], "student", gen_tasks, "generate")[0]
                                                for c in vc])
-        for k in ("greedy_exact_match", "answer_agreement", "mean_first_divergence", "top1_agreement",
-                  "kl_teacher_student"):
+        for k in ("greedy_exact_match", "answer_agreement", "answer_agreement_chance", "mean_first_divergence",
+                  "top1_agreement", "kl_teacher_student"):
             vals = [c["scores"]["fidelity"][k] for c in vc if c["scores"]["fidelity"].get(k) is not None]
             row[k] = _mean(vals) if vals else None
         for k in ("heldout_kl", "heldout_top1"):  # forward KL and top-1 whatever each cell's loss: comparable
@@ -369,7 +374,7 @@ def markdown(rep: dict[str, Any]) -> str:
               "across cells that train with different losses. A stage cut short (a timeout) is named with the step "
               "of its last held-out evaluation.", "",
               "| cell | tokens | 3a KL | 3a top-1 | chat KL | chat top-1 | LL | gen "
-              "| answer agree | greedy match | own loss (last stage) | stage nodes |",
+              "| answer agree (by chance) | greedy match | own loss (last stage) | stage nodes |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in rep["cells"]:
         sc = c.get("scores")
@@ -381,6 +386,8 @@ def markdown(rep: dict[str, Any]) -> str:
                 gen = _pct(_mean([sc["student"][t]["generate"]["acc"] for t in tasks]))
         gm = _pct(sc["fidelity"].get("greedy_exact_match")) if sc else "–"
         aa = _pct(sc["fidelity"].get("answer_agreement")) if sc else "–"
+        if sc and sc["fidelity"].get("answer_agreement_chance") is not None:
+            aa += f" ({_pct(sc['fidelity']['answer_agreement_chance'])})"
         m = c.get("metrics") or {}
         a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
         cut = [f"{st} cut at step {v['eval_step_last']}" for st, v in m.items()
