@@ -29,7 +29,8 @@ JOB=${SWEEP_JOB:-/tmp/gendistill-sweep}  # (SWEEP_JOB: another folder, for a che
 RES=$JOB/res                          # logs, steps, summary: what collect returns
 DATA=$JOB/data                        # the data folder: recipes and gendistill eval read it (GENDISTILL_DATA_DIR)
 GRID=${GRID:-sweep-smollm2-lease}      # any shipped grid or grid file whose output_dir is runs/<GRID>, e.g.
-                                      # GRID=ablate-smollm2 (issue 28's ablations) in every call of the lease
+                                      # GRID=ablate-smollm2 (issue 28's ablations) or GRID=sched-smollm2-lease
+                                      # (issue 25's stage-3a schedule) in every call of the lease
 RUN=$JOB/runs/$GRID                   # the grid's output_dir (relative in the grid: the job runs in $JOB)
 OUT=${OUT:-$JOB/out}
 . tools/device_lib.sh

@@ -224,3 +224,24 @@ def test_the_shipped_stage3b_sweep_shares_stages_1_to_3a_and_keeps_the_heldout_s
     assert len({tuple(v) for v in sources.values()}) == 1 and len(next(iter(sources.values()))) == 2
     assert [cells[f"mix_3b=t0-{w}"].stage_data(cells[f"mix_3b=t0-{w}"].stages[3]).sources[1].weight
             for w in ("0.25", "0.5", "1.0")] == [0.25, 0.5, 1.0]
+
+
+def test_the_shipped_schedule_sweep_changes_only_stage_3a_schedule_at_equal_tokens():
+    """sched-smollm2-lease (issue 25): stages 1-2 shared by every cell; each cell's stage 3a differs from the base only
+    in its schedule (WSD decay ratio, or cosine), on the same tokens, so its held-out KL / top-1 compare the schedules."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("sched-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    assert len({tuple(c[:2]) for c in chains.values()}) == 1 and chains["decay_3a=0.1"] == chains["sched_3a=wsd"]
+    assert plan["distinct_nodes"] == 2 + 4 + 4 and plan["distinct_evals"] == 4
+    cells = {c.name: c.recipe.stages[2] for c in g.cells}
+    base = cells["decay_3a=0.1"]
+    assert {s.tokens for s in cells.values()} == {16_000_000}
+    assert [cells[f"decay_3a={r}"].optim.decay_ratio for r in ("0.1", "0.2", "0.3")] == [0.1, 0.2, 0.3]
+    assert cells["sched_3a=cosine"].optim.schedule == "cosine"
+    for name, s in cells.items():  # nothing else of stage 3a moves
+        assert s.model_dump(exclude={"optim"}) == base.model_dump(exclude={"optim"}), name
+        assert s.optim.model_dump(exclude={"decay_ratio", "schedule"}) == \
+            base.optim.model_dump(exclude={"decay_ratio", "schedule"}), name
