@@ -186,6 +186,10 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     assert quiz["loglik_answer_agreement"] == sum(tll[i] == sll[i] for i in tll) / len(tll)
     assert 0.0 <= quiz["loglik_answer_agreement_chance"] <= 1.0 and "loglik_answer_kappa" in quiz
     assert "choice agreement (loglik)" in (out / "summary.md").read_text()
+    # the targets carry each task's chance level beside its agreement, and the markdown shows both
+    chance = s["targets_met"]["mc_answer_agreement_chance"]
+    assert chance["quiz"] == ev["students"]["stage3b"]["quiz"]["answer_agreement_chance"]
+    assert "per task, answer agreement (by chance): " in (out / "summary.md").read_text()
 
 
 def test_a_failed_suite_part_is_reported_by_its_log(tmp_path):

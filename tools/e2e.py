@@ -591,7 +591,9 @@ def _targets(summary: dict[str, Any], final: str) -> dict[str, Any]:
         "loglik_retention": _mean([v.get("retention_loglik") for v in ev.values()]),
     }
     lower_is_better = {"text_kl", "chat_kl"}
-    out: dict[str, Any] = {"mc_answer_agreement": mc}
+    # beside each task's agreement, what the two models' answer shares give by chance (read the first against it)
+    out: dict[str, Any] = {"mc_answer_agreement": mc,
+                           "mc_answer_agreement_chance": {t: ev[t].get("answer_agreement_chance") for t in mc}}
     for k, v in values.items():
         out[k] = v
         out[f"{k}_met"] = v is not None and (v <= TARGETS[k] if k in lower_is_better else v >= TARGETS[k])
@@ -681,6 +683,10 @@ def render_markdown(s: dict[str, Any]) -> str:
                          ("generation_retention", "mean generation retention ≥ 0.95", False),
                          ("loglik_retention", "mean log-likelihood retention ≥ 0.95", False)):
         lines.append(f"- {what}: {_f(t.get(k), pct)} ({'met' if t.get(f'{k}_met') else 'not met'})")
+    chance = t.get("mc_answer_agreement_chance") or {}
+    if any(v is not None for v in chance.values()):
+        lines.append("- per task, answer agreement (by chance): " + ", ".join(
+            f"{task} {_f(a, True)} ({_f(chance.get(task), True)})" for task, a in t["mc_answer_agreement"].items()))
     lines.append("")
     return "\n".join(lines)
 

@@ -6,8 +6,8 @@
 
 BUNDLE is the folder a ``watch``/``collect`` call returned: ``summary.json``, ``e2e.log`` (its first two lines are
 the card as nvidia-smi names it and the commit) and ``e2e_bundle.tgz`` (the run's ``run/metrics.jsonl`` inside). The
-output is the job's summary with three changes: ``distill_metrics`` and ``evaluation`` recomputed from the bundled
-metrics and evaluation records by tools/e2e.py's own functions (so a record written by an older e2e.py gains what the
+output is the job's summary with three changes: ``distill_metrics``, ``evaluation`` and ``targets_met`` recomputed
+from the bundled metrics and evaluation records by tools/e2e.py's own functions (so a record written by an older e2e.py gains what the
 current one adds, such as each stage's seconds or the chance level of answer agreement), and a ``lease`` key: the
 card, its memory and driver, the commit, versions, the device calls, the session's device seconds, and per stage the
 seconds, the first step's seconds, the median tokens/s and the trainer's own held-out KL / top-1 at its end. Every
@@ -82,6 +82,7 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         summary["distill_metrics"] = E2E["_stage_metrics"](job / METRICS_MEMBER)
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
+            summary["targets_met"] = E2E["_targets"](summary, summary["budgets"][-1]["stage"])
     card = [part.strip() for part in head[0].split(",")] if head else [""]  # nvidia-smi: name, memory, driver
     summary["lease"] = {
         "card": card[0],
