@@ -46,6 +46,12 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _mean_present(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``row[key]`` over the rows that have a value there; None when none has."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return _mean(vals) if vals else None
+
+
 def _se_of_mean(ses: list[float]) -> float:
     return math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else float("nan")
 
@@ -79,15 +85,12 @@ def cell_scores(results: dict[str, Any]) -> dict[str, Any]:
         "greedy_exact_match": _mean([f["exact_match"] for f in gen if "exact_match" in f]) if gen else None,
         # how often the student's extracted answer is the teacher's (gendistill eval's answer_agreement): with a weak
         # teacher, the figure that shows whether the student copies it; mean over tasks and per task
-        "answer_agreement": _mean([f["answer_agreement"] for f in gen if f.get("answer_agreement") is not None])
-        if any(f.get("answer_agreement") is not None for f in gen) else None,
+        "answer_agreement": _mean_present(gen, "answer_agreement"),
         "answer_agreement_by_task": {f["task"]: f["answer_agreement"] for f in gen
                                      if f.get("answer_agreement") is not None},
         # what the two models' answer shares alone give (a teacher that answers one option almost always agrees
         # with any student that mostly does too): the level to read answer_agreement against
-        "answer_agreement_chance": _mean([f["answer_agreement_chance"] for f in gen
-                                          if f.get("answer_agreement_chance") is not None])
-        if any(f.get("answer_agreement_chance") is not None for f in gen) else None,
+        "answer_agreement_chance": _mean_present(gen, "answer_agreement_chance"),
         "mean_first_divergence": _mean([f["mean_first_divergence"] for f in gen if "mean_first_divergence" in f])
         if gen else None,
         "top1_agreement": chat[0].get("top1_agreement") if chat else None,
@@ -187,11 +190,9 @@ def axis_report(axis: str, variants: list[str], cells: list[dict[str, Any]]) -> 
                                                for c in vc])
         for k in ("greedy_exact_match", "answer_agreement", "answer_agreement_chance", "mean_first_divergence",
                   "top1_agreement", "kl_teacher_student"):
-            vals = [c["scores"]["fidelity"][k] for c in vc if c["scores"]["fidelity"].get(k) is not None]
-            row[k] = _mean(vals) if vals else None
+            row[k] = _mean_present([c["scores"]["fidelity"] for c in vc], k)
         for k in ("heldout_kl", "heldout_top1"):  # forward KL and top-1 whatever each cell's loss: comparable
-            vals = [c[k] for c in vc if c.get(k) is not None]
-            row[k] = _mean(vals) if vals else None
+            row[k] = _mean_present(vc, k)
         row["tokens"] = _mean([sum(c["tokens"].values()) for c in vc])
         table[v] = row
     scored = {v: r for v, r in table.items() if "loglik" in r and "generate" in r}
