@@ -74,6 +74,14 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
     TOOL["main"]()
     assert json.loads(out.read_text())["lease"]["calls"] == ["c"]
     assert "stage1 200.0 s" in capsys.readouterr().out
+    TOOL["main"]()  # an earlier result is rewritten
+    mine = tmp_path / "notes.json"  # a file that is not an end-to-end result is the user's: refused, untouched
+    for text in ('{"my": "notes"}', "not json", "[1, 2]", '"incomplete"'):
+        mine.write_text(text)
+        monkeypatch.setattr("sys.argv", ["lease_record.py", str(tmp_path / "bundle"), "--out", str(mine)])
+        with pytest.raises(SystemExit, match="is not an end-to-end result file; refusing to replace it"):
+            TOOL["main"]()
+        assert mine.read_text() == text
     with pytest.raises(SystemExit, match="did not finish"):
         TOOL["lease_record"](_bundle(tmp_path / "a", complete=False), [], "", None, "2026-12-05")
     with pytest.raises(SystemExit, match="no run/metrics.jsonl inside"):

@@ -100,6 +100,20 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
     return portable_paths(summary)
 
 
+def check_replaceable(out: Path) -> None:
+    """``out`` may be written: it does not exist, or it is an end-to-end result (a JSON object with ``complete``, as
+    tools/e2e.py writes and this tool rewrites). Any other file is the user's, and is refused, untouched."""
+    if not out.exists():
+        return
+    try:
+        data = json.loads(out.read_text()) if out.is_file() else None
+    except (OSError, ValueError):
+        data = None
+    ok = isinstance(data, dict) and "complete" in data
+    if not ok:
+        raise SystemExit(f"error: --out {out}: exists and is not an end-to-end result file; refusing to replace it")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path, help="the folder a device_e2e.sh watch/collect call brought back")
@@ -110,6 +124,7 @@ def main() -> None:
     ap.add_argument("--date", default=date.today().isoformat(), help="the lease's date (default: today)")
     ap.add_argument("--note", action="append", default=[], help="what a reader should know of the lease (repeatable)")
     args = ap.parse_args()
+    check_replaceable(args.out)
     record = lease_record(args.bundle, args.call, args.versions, args.device_seconds, args.date, args.note)
     atomic_write_json(args.out, record)
     stages = record["lease"]["stages"]
