@@ -48,7 +48,8 @@ from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_dir
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
-from gendistill.ops.fla_configs import keep_autotuned
+from gendistill.ops.backend import fla_available
+from gendistill.ops.fla_configs import describe_active, keep_autotuned
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
                                   write_marker)
 from gendistill.runlock import FolderLock, acquire, check_not_busy
@@ -331,6 +332,8 @@ def run_recipe(
                            allow_optim_change=allow_optim_change)
     _note(recipe, world, f"training {', '.join(s.name for s in recipe.stages if s.name not in completed)} into "
                          f"{run_dir}")
+    if world.device.type == "cuda" and fla_available():
+        _note(recipe, world, describe_active(torch.cuda.get_device_name(world.device)))
     try:
         start_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, completed=completed,
                          fingerprints=fingerprints, data_counts=data_counts)

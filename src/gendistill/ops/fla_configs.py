@@ -5,9 +5,11 @@ a fresh H200 takes minutes before the first training step (forward + backward). 
 configuration of each kernel from ``$FLA_CONFIG_DIR/<kernel>.json`` (``FLA_CACHE_MODE``: ``fuzzy`` = exact key
 first, then any key of the same structure, else Triton's autotuning as before). Then each kernel compiles once.
 
-* :func:`activate` points fla at the configurations shipped for this GPU (``ops/fla_configs/<GPU name>/``) unless the
-  user set ``FLA_CONFIG_DIR`` or ``FLA_CACHE_MODE`` already, or ``GENDISTILL_FLA_CONFIGS=0``. It must run before fla is
-  imported (fla reads the variables at import); :func:`gendistill.ops.backend.fla_available` calls it.
+* :func:`activate` points fla at the configurations shipped for this GPU (``ops/fla_config_files/<GPU name>/``) unless
+  the user set ``FLA_CONFIG_DIR`` or ``FLA_CACHE_MODE`` already, or ``GENDISTILL_FLA_CONFIGS=0``. It must run before
+  fla is imported (fla reads the variables at import); :func:`gendistill.ops.backend.fla_available` calls it. A GPU
+  with no folder of its own borrows the folder of a card of the same compute capability (:func:`choose_folder`;
+  ``GENDISTILL_FLA_CONFIGS=exact`` turns borrowing off).
 * :func:`dump_autotuned` writes the configurations fla's autotuners chose in this process, in fla's file format
   (``python benchmarks/train_throughput.py --dump-fla-configs DIR`` on a new kind of GPU, then copy DIR here);
   :func:`parse_autotune_log` recovers the same from the log of any run made with ``TRITON_PRINT_AUTOTUNING=1``
@@ -24,6 +26,7 @@ import re
 import sys
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,65 @@ def shipped_dir(device_name: str) -> Path | None:
     return d if d.is_dir() and any(d.glob("*.json")) else None
 
 
-def activate() -> Path | None:
-    """Set ``FLA_CONFIG_DIR`` / ``FLA_CACHE_MODE`` for this GPU's shipped configurations. Returns the folder used, or
-    None (no CUDA, nothing shipped for this GPU, the user chose otherwise, or fla was imported already)."""
-    if os.environ.get("GENDISTILL_FLA_CONFIGS", "1") == "0":
+#: the card each shipped folder was tuned on: ``folder -> (compute capability, number of SMs)``
+#: (``torch.cuda.get_device_properties``); a folder missing here is never borrowed by another card
+TUNED_ON: dict[str, tuple[tuple[int, int], int]] = {
+    "NVIDIA_H200": ((9, 0), 132),
+}
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The shipped folder fla reads its kernel configurations from, and the card it was tuned on when that is not this
+    GPU (``borrowed_from``; None for the GPU's own folder)."""
+
+    folder: Path
+    borrowed_from: str | None = None
+
+    def describe(self, device_name: str) -> str:
+        if self.borrowed_from is None:
+            return f"fla kernel configurations: shipped for {device_name} ({self.folder.name})"
+        return (f"fla kernel configurations: none shipped for {device_name}; using those tuned on "
+                f"{self.borrowed_from} (same compute capability; GENDISTILL_FLA_CONFIGS=exact autotunes instead)")
+
+
+def choose_folder(device_name: str, capability: tuple[int, int], sms: int, *, borrow: bool = True) -> ConfigChoice | None:
+    """The shipped configurations for a GPU: its own folder, else (``borrow``) the folder of a card with the same
+    compute capability — the same shared memory and registers per SM, so each configuration (a block size, a warp and
+    a stage count: one of the kernel's own autotuning candidates) launches there too, tuned for a sibling rather than
+    this card — preferring the closest number of SMs. H100 and H200 are both compute capability 9.0 with 132 SMs:
+    on a fresh H100 compiling and autotuning took 195 s before the first step, against 16 s on an H200 with its
+    files (docs/results.md section 6). None when nothing fits."""
+    own = shipped_dir(device_name)
+    if own is not None:
+        return ConfigChoice(own)
+    if not borrow:
+        return None
+    siblings = sorted((abs(n - sms), folder) for folder, (cap, n) in TUNED_ON.items()
+                      if tuple(cap) == tuple(capability) and (SHIPPED / folder).is_dir()
+                      and any((SHIPPED / folder).glob("*.json")))
+    if not siblings:
+        return None
+    folder = siblings[0][1]
+    return ConfigChoice(SHIPPED / folder, borrowed_from=folder.replace("_", " "))
+
+
+def _mode() -> str:
+    """``GENDISTILL_FLA_CONFIGS``: ``1`` (default: this GPU's folder, else a sibling's), ``exact`` (this GPU's folder
+    only) or ``0`` (none: fla autotunes)."""
+    raw = os.environ.get("GENDISTILL_FLA_CONFIGS", "1").strip().lower()
+    if raw not in ("0", "1", "exact"):
+        raise ValueError(f"GENDISTILL_FLA_CONFIGS={raw!r}: give 1 (shipped configurations, borrowed from a card of "
+                         "the same compute capability when none are shipped for this GPU), exact (this GPU's own "
+                         "only) or 0 (none: fla autotunes)")
+    return raw
+
+
+def activate() -> ConfigChoice | None:
+    """Set ``FLA_CONFIG_DIR`` / ``FLA_CACHE_MODE`` for this GPU's shipped configurations (:func:`choose_folder`).
+    Returns the choice, or None (no CUDA, nothing shipped that fits this GPU, the user chose otherwise, or fla was
+    imported already)."""
+    if _mode() == "0":
         return None
     if "FLA_CONFIG_DIR" in os.environ or "FLA_CACHE_MODE" in os.environ:
         return None
@@ -53,12 +111,29 @@ def activate() -> Path | None:
         return None
     if not torch.cuda.is_available():
         return None
-    d = shipped_dir(torch.cuda.get_device_name(0))
-    if d is None:
+    props = torch.cuda.get_device_properties(0)
+    choice = choose_folder(props.name, (props.major, props.minor), props.multi_processor_count,
+                           borrow=_mode() != "exact")
+    if choice is None:
         return None
-    os.environ["FLA_CONFIG_DIR"] = str(d)
+    os.environ["FLA_CONFIG_DIR"] = str(choice.folder)
     os.environ["FLA_CACHE_MODE"] = "fuzzy"
-    return d
+    _ACTIVE.append(choice)
+    return choice
+
+
+_ACTIVE: list[ConfigChoice] = []  # what activate() chose in this process (at most one entry)
+
+
+def describe_active(device_name: str) -> str:
+    """One line for a run's log: which shipped configurations fla reads in this process, or why fla autotunes."""
+    if _ACTIVE:
+        return _ACTIVE[-1].describe(device_name)
+    if "FLA_CONFIG_DIR" in os.environ:
+        return f"fla kernel configurations: FLA_CONFIG_DIR={os.environ['FLA_CONFIG_DIR']} (yours)"
+    return (f"fla kernel configurations: none shipped for {device_name} or a card of its compute capability (or "
+            "GENDISTILL_FLA_CONFIGS chose none): fla autotunes each kernel before its first use, minutes on a fresh "
+            "machine")
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
@@ -141,7 +216,7 @@ def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
 def keep_autotuned(root: str | Path, device: torch.device) -> tuple[Path, bool] | None:
     """Write what fla's autotuning chose in this process to ``root/<GPU>/`` (merged with what is there) when it is
     worth keeping: a CUDA ``device`` gendistill ships no configurations for, no ``FLA_CONFIG_DIR`` set (by the user,
-    or by :func:`activate` for shipped files), fla loaded. Returns the folder and whether this call made it, else
+    or by :func:`activate` for shipped or borrowed files), fla loaded. Returns the folder and whether this call made it, else
     None. On a fresh H100 the first training step came 195 s after the stage began (compiling and autotuning),
     against 16 s on an H200 with the shipped files (docs/results.md section 6). Keeping them is a convenience: a
     failure to write them is one warning, never the end of a run."""
