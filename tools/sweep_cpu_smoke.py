@@ -1,16 +1,21 @@
-"""The recipe sweep's grid (sweep-smollm2-lease) end to end on CPU, scaled down: the same axes, variants, sharing,
-data sources (the data folder: ../shared/data or $GENDISTILL_DATA_DIR), teacher (the GGUF given, or the embedded
-SmolLM2-135M-Instruct) and report, with every token budget divided so that the base stage 3a is 1 step of 2 x 64
-tokens (stage 3b: 2 x 128), and an evaluation of 2 examples of two tasks. What a lease would fail on for a reason a
-CPU can see (a grid that does not load, a variant that does not share, data that is missing, a report or plot that
-breaks) fails here.
+"""A lease grid (default sweep-smollm2-lease; any shipped grid with --grid) end to end on CPU, scaled down: the same
+axes, variants, sharing, data sources (the data folder: ../shared/data or $GENDISTILL_DATA_DIR), teacher (the GGUF
+given, or the embedded SmolLM2-135M-Instruct) and report, with every token budget divided so that the base stage 3a
+is 1 step of 2 x 64 tokens (stage 3b: 2 x 128; a tokens_<stage> axis keeps its variants distinct: 1, 2, 3 ... steps),
+and an evaluation of 2 examples of two tasks (plus one generated recall task at 1K tokens when the grid evaluates
+recall). A grid whose cells read select-layers results (select/<method>/layers.json) gets them made here: uniform by
+`gendistill select-layers --method uniform`, the other methods as shifted copies of it (placeholders: the layers
+change, so each cell trains its own student). What a lease would fail on for a reason a CPU can see (a grid that
+does not load, a variant that does not share, data that is missing, a report or plot that breaks) fails here.
 
-    python tools/sweep_cpu_smoke.py --out /tmp/sweep-smoke [--teacher PATH.gguf]
+    python tools/sweep_cpu_smoke.py --out /tmp/sweep-smoke [--grid NAME] [--teacher PATH.gguf]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +34,14 @@ def scaled(v: int) -> int:
     return max(SEQ * BATCH, round(v / SCALE))
 
 
-def smoke_grid(out: Path) -> dict:
+STAGE_SEQ = {"stage1": SEQ, "stage2": SEQ, "stage3a": SEQ, "stage3b": CHAT_SEQ}
+_TOKENS_AXIS = re.compile(r"^tokens_(1|2|3a|3b)$")
+
+
+def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
     from gendistill.distill.shipped import recipe_file
 
-    src = recipe_file("sweep-smollm2-lease")
+    src = recipe_file(name)
     grid = yaml.safe_load(src.read_text())
     grid["base"] = str(src.parent / grid["base"])
     grid["output_dir"] = str(out / "runs")
@@ -44,33 +53,85 @@ def smoke_grid(out: Path) -> dict:
                  f"stages[{stage}].eval_sequences": 2}
     sets |= {"run.device": "cpu", "data.heldout_documents": 4, "stages[stage3b].data.heldout_documents": 4}
     grid["set"] = sets
-    for axis in grid["axes"].values():
-        for ov in axis.values():
+    for axis_name, axis in grid["axes"].items():
+        variants = axis.get("variants", axis) if isinstance(axis, dict) else axis
+        m = _TOKENS_AXIS.match(axis_name)
+        if isinstance(variants, list) and m:  # distinct budgets: 1, 2, 3 ... steps of the stage
+            step = BATCH * STAGE_SEQ[f"stage{m.group(1)}"]
+            scaled_list = [step * (i + 1) for i in range(len(variants))]
+            if isinstance(axis, dict):
+                axis["variants"] = scaled_list
+            else:
+                grid["axes"][axis_name] = scaled_list
+            continue
+        if not isinstance(variants, dict):
+            continue  # named presets (objective, masking, freeze, mixer): nothing to scale
+        for ov in variants.values():
             for k in list(ov):
                 if k.endswith(".tokens"):
                     ov[k] = scaled(ov[k])
                 elif k.endswith(".eval_every"):
                     ov[k] = 1
-    grid["eval"] = {"tasks": "arc_easy,boolq", "protocols": ["loglik", "generate"], "limit": 2,
+    tasks = ["arc_easy", "boolq"]
+    recall = [t for t in str(grid.get("eval", {}).get("tasks", "")).split(",") if t.startswith("ruler_")]
+    grid["eval"] = {"tasks": ",".join(tasks + recall[:1]), "protocols": ["loglik", "generate"], "limit": 2,
                     "max_new_tokens": 8, "batch_size": 2, "token_budget": 1024, "device": "cpu"}
+    if recall:
+        grid["eval"]["context_lengths"] = "1k"
     return grid
+
+
+def layer_files(grid: dict) -> list[str]:
+    """The select-layers results (``student.attention_layers: <file>.json``) the grid's variants read."""
+    files = []
+    for axis in grid["axes"].values():
+        variants = axis.get("variants", axis) if isinstance(axis, dict) else axis
+        if isinstance(variants, dict):
+            files += [v for ov in variants.values() for k, v in ov.items()
+                      if k == "student.attention_layers" and str(v).endswith(".json")]
+    return files
+
+
+def make_layer_files(files: list[str], out: Path, teacher: str | None) -> None:
+    """``uniform`` for real (``select-layers --method uniform``: the file format the grid reads), then each other
+    method's file as a copy whose layers are shifted by one more (a placeholder set, a different student)."""
+    real = out / "select-uniform"
+    cmd = [sys.executable, "-m", "gendistill", "select-layers", "--method", "uniform", "--budget", "7", "--out",
+           str(real), "--overwrite", "--device", "cpu"] + (["--teacher", teacher] if teacher else [])
+    print("$", " ".join(cmd), flush=True)
+    if subprocess.call(cmd):
+        raise SystemExit("select-layers --method uniform failed")
+    doc = json.loads((real / "layers.json").read_text())
+    for shift, rel in enumerate(files, start=1):
+        n = len(doc["ranked"])  # every layer of the teacher, ranked
+        placeholder = dict(doc, attention_layers=sorted({(i + shift) % n for i in doc["attention_layers"]}),
+                           placeholder="sweep_cpu_smoke: uniform's layers shifted, not a selection")
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(placeholder, indent=1) + "\n")
+        print(f"layer file {rel}: {placeholder['attention_layers']}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--grid", default="sweep-smollm2-lease", help="a shipped grid (gendistill recipes lists them)")
     ap.add_argument("--teacher", default=None, help="teacher spec (default: the grid's, the embedded GGUF)")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "sweep-smoke.yaml"
-    path.write_text(yaml.safe_dump(smoke_grid(out), sort_keys=False))
+    grid = smoke_grid(out, args.grid)
+    path = out / f"{args.grid}-smoke.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    files = layer_files(grid)
+    if files:
+        make_layer_files(files, out, args.teacher)
     cmd = [sys.executable, "-m", "gendistill", "ablate", str(path)]
     if args.teacher:
         cmd += ["--set", f"teacher.spec={args.teacher}"]
     for extra in (["--dry-run"], []):
         print("$", " ".join(cmd + extra), flush=True)
-        rc = subprocess.call(cmd + extra)
+        rc = subprocess.call(cmd + extra, cwd=out)  # layer files are read relative to the working folder
         if rc:
             raise SystemExit(rc)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gendistill.eval.loglik import encode_pair, mc_metrics, score_requests
+from gendistill.eval.loglik import mc_metrics, score_requests
+from gendistill.eval.pair_encoding import encode_pair
 
 REQUESTS = [
     ("Question: What is the capital of France?\nAnswer:", " Paris"),
@@ -80,7 +81,7 @@ def test_batched_encoding_equals_one_string_at_a_time(tok):
     """encode_pairs tokenises every distinct string once in one batched call; the ids must be those of lm-eval's
     one-pair-at-a-time rule (trailing context spaces move to the continuation; encode the whole, cut at the context;
     an empty context is the prefix token; a continuation merged into the context is encoded alone)."""
-    from gendistill.eval.loglik import encode, encode_pairs, prefix_token
+    from gendistill.eval.pair_encoding import encode, encode_pairs, prefix_token
 
     def one(ctx, cont):
         if not ctx:

@@ -21,15 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gendistill.eval.loglik import (
-    ScoredLogits,
-    device_budget,
-    encode,
-    encode_pair,
-    group_requests,
-    plan_batches,
-    score_requests,
-)
+from gendistill.eval.loglik import ScoredLogits, device_budget, group_requests, plan_batches, score_requests
+from gendistill.eval.pair_encoding import encode, encode_pair
 from tests.eval.conftest import llama_factory
 
 WORDS = ["The", "capital", "of", "France", "is", "Paris", "Italy", "Rome", "Germany", "Berlin", "Hello", "world!",

@@ -1,9 +1,10 @@
 """Log-likelihood scoring, as lm-evaluation-harness does it.
 
 For each ``(context, continuation)`` request the context's trailing spaces move to the continuation, the whole string
-is tokenised once and split at the context's token count (so word-boundary tokens match lm-eval's ``_encode_pair``),
-the model runs on ``context + continuation[:-1]`` (left-truncated to the model's length), and the continuation's
-token log-probabilities are summed. ``is_greedy`` says whether every continuation token is the argmax.
+is tokenised and split at the context's token count (so word-boundary tokens match lm-eval's ``_encode_pair``; how
+the ids are found without encoding every whole string: :mod:`gendistill.eval.pair_encoding`), the model runs on
+``context + continuation[:-1]`` (left-truncated to the model's length), and the continuation's token log-probabilities
+are summed. ``is_greedy`` says whether every continuation token is the argmax.
 
 Requests whose model inputs are identical (e.g. MMLU's one-token letters " A" … " D" after the same prompt) share one
 forward pass. Batches are right-padded without an attention mask (the model is causal, so padding on the right never
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gendistill.eval.pair_encoding import encode_pairs, prefix_token
 from gendistill.eval.progress import progress
 
 ENGINES = ("fast", "reference")
@@ -51,49 +53,6 @@ class LLResult:
     logprob: float
     is_greedy: bool
     n_tokens: int
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def prefix_token(tokenizer) -> int:
-    """Token used as context for an empty context (lm-eval: BOS if any, else EOS)."""
-    for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        if t is not None:
-            return int(t)
-    return 0
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's split: trailing context spaces move to the continuation; encode the whole, cut at the context."""
-    return encode_pairs(tokenizer, [(context, continuation)])[0]
-
-
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """:func:`encode_pair` for many requests at once: every distinct context and every whole string is encoded once,
-    in one batched tokenizer call (a fast tokenizer encodes a list in parallel; the options of a question share
-    their context), which gives the same ids as encoding each string alone."""
-    split: list[tuple[str, str]] = []
-    for context, continuation in pairs:
-        n_spaces = len(context) - len(context.rstrip())
-        if context and n_spaces:
-            continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
-        split.append((context, continuation))
-    texts = list(dict.fromkeys(t for c, k in split for t in ((c, c + k) if c else (k,))))
-    ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
-    out = []
-    for context, continuation in split:
-        if not context:
-            out.append(([prefix_token(tokenizer)], list(ids[continuation])))
-            continue
-        ctx = list(ids[context])
-        cont = list(ids[context + continuation])[len(ctx) :]
-        if not cont:
-            # The continuation merged into the context's last token: score it encoded on its own instead.
-            cont = encode(tokenizer, continuation)
-        out.append((ctx, cont))
-    return out
 
 
 def model_max_length(model, default: int = 2048) -> int:
