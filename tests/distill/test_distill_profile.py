@@ -36,6 +36,20 @@ def test_a_profiled_step_is_written_and_trains_as_an_unprofiled_one(tmp_path, te
         top = r["profile"]["top"]
         assert top and all(op["ms"] >= 0 and 0 <= op["share"] <= 1 for op in top)
         assert [op["ms"] for op in top] == sorted((op["ms"] for op in top), reverse=True)
+        assert not any(op["op"].startswith("gendistill::") for op in top)  # phases are not ops
+        text = table.read_text()
+        assert "Phases of the step" in text and "Ops by own time and input shapes" in text
+
+        # the step's phases: every op that started inside a phase counts its own time there once, so the forward
+        # holds the teacher's and the student's forward and the loss, and no phase exceeds all ops together
+        ph = r["profile"]["phases_ms"]
+        inner = ["teacher_forward", "student_forward"] + (["logit_loss"] if r["stage"] == "stage3a" else [])
+        assert set(ph) == {"input", "forward", "backward", "clip_grad", "optimizer", *inner}, sorted(ph)
+        assert all(v > 0 for k, v in ph.items() if k != "input")
+        assert sum(ph[k] for k in inner) <= ph["forward"] * (1 + 1e-9)
+        assert sum(ph[k] for k in ("input", "forward", "backward", "clip_grad", "optimizer")) <= (
+            r["profile"]["total_ms"] * (1 + 1e-9))
+        assert ph["teacher_forward"] > 0 and ph["backward"] > ph["clip_grad"]
 
 
 def test_profile_step_must_be_a_positive_step(tmp_path):

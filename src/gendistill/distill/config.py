@@ -349,8 +349,9 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(default=500, gt=0, description="steps between checkpoints (a stage may override)")
     profile_step: int | None = Field(
         default=None, ge=1,
-        description="profile this optimizer step of every stage with torch.profiler (ops by device time): "
-        "<output_dir>/profile/<stage>_step<N>.txt, and the largest ops in metrics.jsonl; the first steps include "
+        description="profile this optimizer step of every stage with torch.profiler (the step's phases, ops by device "
+        "time, ops by input shapes): <output_dir>/profile/<stage>_step<N>.txt, and the phases and largest ops in "
+        "metrics.jsonl; the first steps include "
         "compilation, so pick a later one (e.g. 20)")
     distributed: Literal["ddp", "fsdp"] = Field(
         default="ddp",

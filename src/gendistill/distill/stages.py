@@ -26,6 +26,7 @@ from torch import nn
 from gendistill.distill.config import LossConfig, StageConfig
 from gendistill.distill.fsdp import block_call, is_sharded, reshard_all
 from gendistill.distill.losses import HIDDEN_LOSSES, logit_loss, masked_sum
+from gendistill.distill.profiling import phase
 from gendistill.distill.stage_facts import STAGES
 from gendistill.errors import ConfigError
 from gendistill.models.hybrid.modeling_hybrid import document_boundaries
@@ -164,14 +165,16 @@ class Stage1Module(StageModule):
         self.fn = HIDDEN_LOSSES[self.loss_cfg.kind]
 
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
-        teacher_forward_until(self.teacher, batch, self.capture)
+        with phase("teacher_forward"):
+            teacher_forward_until(self.teacher, batch, self.capture)
         s_layers = decoder_layers(self.student)
         mask = batch[self.mask_key]
         total = 0.0
-        for i in self.layers:
-            x, y = self.capture.store[i]
-            out = block_call(s_layers[i], _mixer_of, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
-            total = total + masked_sum(self.fn(out, y), mask)
+        with phase("student_forward"):
+            for i in self.layers:
+                x, y = self.capture.store[i]
+                out = block_call(s_layers[i], _mixer_of, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
+                total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))
 
@@ -189,13 +192,15 @@ class Stage2Module(StageModule):
         return block_call(decoder_layers(self.student)[i], _kda_block, h, position_ids, cu)
 
     def forward(self, batch: dict[str, torch.Tensor], denom: float) -> torch.Tensor:
-        teacher_forward_until(self.teacher, batch, self.capture)
+        with phase("teacher_forward"):
+            teacher_forward_until(self.teacher, batch, self.capture)
         mask = batch[self.mask_key]
         total = 0.0
-        for i in self.layers:
-            x, y = self.capture.store[i]
-            out = self.block(i, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
-            total = total + masked_sum(self.fn(out, y), mask)
+        with phase("student_forward"):
+            for i in self.layers:
+                x, y = self.capture.store[i]
+                out = self.block(i, x, batch["position_ids"], batch.get("cu_seq_lens_q"))
+                total = total + masked_sum(self.fn(out, y), mask)
         self.capture.store = {}
         return total / (denom * len(self.layers))
 
@@ -217,14 +222,16 @@ class Stage3Module(StageModule):
             sel = batch[self.mask_key].reshape(-1).nonzero().squeeze(-1)
         packed = packed_kwargs(batch)
         t_base = getattr(self.teacher, "model", self.teacher)
-        with torch.no_grad():
+        with torch.no_grad(), phase("teacher_forward"):
             h_t = t_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
             h_t = h_t.reshape(-1, h_t.shape[-1]).index_select(0, sel)
         s_base = self.student.model
-        h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
-        h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
+        with phase("student_forward"):
+            h_s = s_base(input_ids=ids, position_ids=pos, use_cache=False, **packed).last_hidden_state
+            h_s = h_s.reshape(-1, h_s.shape[-1]).index_select(0, sel)
         labels = batch["labels"].reshape(-1).index_select(0, sel)
-        return self.hidden_loss(h_s, h_t, labels) / denom
+        with phase("logit_loss"):
+            return self.hidden_loss(h_s, h_t, labels) / denom
 
     def hidden_loss(self, h_s: torch.Tensor, h_t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The stage's logit loss summed over ``n`` scored positions, from the student's and the teacher's final

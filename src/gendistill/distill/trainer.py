@@ -29,7 +29,7 @@ from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.fsdp import full
 from gendistill.distill.heldout import save_stage_rows, stage_fidelity, stage_heldout_rows
 from gendistill.distill.metrics import MetricsLogger, Progress
-from gendistill.distill.profiling import profile_call
+from gendistill.distill.profiling import phase, profile_call
 from gendistill.distill.schedules import lr_schedule, set_lr
 from gendistill.distill.stage_facts import STAGES
 from gendistill.distill.stage_files import (agreed_non_finite, load_resume_checkpoint, save_checkpoint,
@@ -107,29 +107,33 @@ def train_step(
     loss_sum = torch.zeros((), device=world.device, dtype=torch.float64)  # summed exactly, reported as a float
     if denom > 0:
         for j, mb in enumerate(micro):
-            mb = _to(mb, world.device)
+            with phase("input"):
+                mb = _to(mb, world.device)
             mark("input")
             sync = contextlib.nullcontext()
             if world.distributed and hasattr(wrapped, "no_sync") and j < len(micro) - 1:
                 sync = wrapped.no_sync()
             with sync:
-                with _autocast(world, run):
+                with _autocast(world, run), phase("forward"):
                     loss = wrapped(mb, denom)
                 mark("forward")
                 # DDP averages gradients over ranks; each rank's loss is its share of the global sum
-                (loss * world.world_size if world.distributed else loss).backward()
+                with phase("backward"):
+                    (loss * world.world_size if world.distributed else loss).backward()
                 mark("backward")
             loss_sum += loss.detach()
     loss_t = all_reduce_sum(loss_sum, world)
     max_norm = clip_grad_norm if clip_grad_norm is not None else float("inf")
-    gnorm_t = full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else torch.zeros(
-        (), device=world.device)
+    with phase("clip_grad"):
+        gnorm_t = full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else torch.zeros(
+            (), device=world.device)
     mark("clip_grad")
     loss_val, gnorm = torch.stack([loss_t.reshape(()), gnorm_t.to(loss_t)]).tolist()
     if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
         return loss_val, gnorm, denom, False
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    with phase("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     mark("optimizer")
     return loss_val, gnorm, denom, True
 
