@@ -105,6 +105,7 @@ def make_layer_files(files: list[str], out: Path, teacher: str | None) -> None:
     for shift, rel in enumerate(files, start=1):
         n = len(doc["ranked"])  # every layer of the teacher, ranked
         placeholder = dict(doc, attention_layers=sorted({(i + shift) % n for i in doc["attention_layers"]}),
+                           ranked=[(i + shift) % n for i in doc["ranked"]],
                            placeholder="sweep_cpu_smoke: uniform's layers shifted, not a selection")
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,9 @@ from gendistill.cli_utils import console
 from gendistill.devices import DEVICE_HELP
 from gendistill.distill.config import format_validation_error
 from gendistill.errors import ConfigError
+from gendistill.ownership import claim_report_folder
+from gendistill.runlock import acquire
+from gendistill.select.compare import REPORT_FILES, compare_selections, cost_text, write_comparison
 from gendistill.select.config import SelectConfig
 from gendistill.select.methods import plan
 from gendistill.select.runner import check_against_teacher, select_layers
@@ -21,6 +24,7 @@ from gendistill.teachers import load_teacher_config
 
 def register(app: typer.Typer) -> None:
     app.command("select-layers")(select_layers_command)
+    app.command("select-compare")(select_compare_command)
 
 
 def select_layers_command(
@@ -106,3 +110,31 @@ def select_layers_command(
                   f"tokens scored, {c['candidates_scored']} candidate sets ({c['cached_records_reused']} from the cache)")
     console.print(f"wrote {out / 'layers.json'}; next: gendistill convert --attention-layers {out / 'layers.json'} "
                   f"--teacher {teacher} --out STUDENT")
+
+
+def select_compare_command(
+    results: list[Path] = typer.Argument(..., help="Two or more select-layers results: layers.json files or the "
+                                                   "run folders holding them (one teacher)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for select_compare.json, .md and .png "
+                                                              "(left out: the table only)."),
+) -> None:
+    """Compare the layers several select-layers runs chose: each method's set and cost, the pairwise overlap
+    (shared layers and Jaccard index), the layers every method chose, and a plot of the chosen layers per method."""
+    cmp = compare_selections(list(results))
+    table = Table(title=f"{cmp['teacher']}: attention layers chosen of {cmp['num_layers']}")
+    for col in ("method", "budget", "attention layers", "cost"):
+        table.add_column(col, justify="right" if col == "budget" else "left")
+    for s in cmp["selections"]:
+        table.add_row(s["label"], str(s["budget"]), ",".join(map(str, s["attention_layers"])), cost_text(s["cost"]))
+    console.print(table)
+    ov = cmp["overlap"]
+    for i, a in enumerate(ov["labels"]):
+        for j in range(i + 1, len(ov["labels"])):
+            console.print(f"{a} & {ov['labels'][j]}: {ov['shared'][i][j]} shared (Jaccard {ov['jaccard'][i][j]:.2f})")
+    console.print(f"chosen by every method: {','.join(map(str, cmp['chosen_by_all'])) or 'none'}")
+    if out is not None:
+        with acquire(out, "--out"):
+            claim_report_folder(out, REPORT_FILES, "--out")
+            paths = write_comparison(cmp, out)
+        for key, path in paths.items():
+            console.print(f"{key}: {path}")
