@@ -467,7 +467,9 @@ def _run(args, argv: list[str]) -> int:
                          "paths": args.paths, "protocols": args.protocols, "fast_batch_size": args.batch_size,
                          "reference_batch_size": args.reference_batch_size,
                          "lm_eval_batch_size": args.lm_eval_batch_size, "token_budget": args.token_budget,
-                         "warmup": args.warmup, "seed": args.seed, "greedy": True},
+                         "warmup": args.warmup, "seed": args.seed, "greedy": True,
+                         # the tokenizers' threads (unset: their default, parallel; the lease scripts set false)
+                         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset")},
             "rows": [], "skipped": [], "cli": [],
         }
         t_all = time.perf_counter()

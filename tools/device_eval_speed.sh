@@ -60,7 +60,8 @@ start)  # the teacher assembled and checked, the data in place, then the whole j
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
   step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both})"
-  timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student convert \
+  # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false
+  env -u TOKENIZERS_PARALLELISM timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student convert \
     --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50}" \
     --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
     --out "$RES/eval_speed.json" > "$RES/eval_speed.log" 2>&1
