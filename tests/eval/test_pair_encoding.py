@@ -133,7 +133,9 @@ def test_ids_equal_lm_eval_one_request_at_a_time(name):
     assert (_tail_tokenizer(tok) is not None) == (name in TAIL)
     for seed in range(4):
         reqs = random_requests(seed)
-        assert encode_pairs(tok, reqs) == [lm_eval_ids(tok, c, k) for c, k in reqs], (name, seed)
+        ref = [lm_eval_ids(tok, c, k) for c, k in reqs]
+        assert encode_pairs(tok, reqs) == ref, (name, seed)
+        assert encode_pairs(tok, reqs, tail=False) == ref, (name, seed)  # the whole-string baseline
 
 
 @pytest.mark.parametrize("name", sorted(TAIL))

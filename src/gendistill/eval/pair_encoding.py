@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from functools import lru_cache
+from collections import Counter
 from typing import Any
 
 #: pre-tokenizer kinds whose splits depend on at most one character past a pre-token's end
@@ -58,23 +58,26 @@ def _pre_tokenizer_is_local(spec: dict[str, Any] | None) -> bool:
     return kind in _LOCAL_PRE_TOKENIZERS
 
 
-@lru_cache(maxsize=16)
-def _tail_settings(spec: str) -> tuple[bool, bool]:
+def _tail_settings(spec: dict[str, Any]) -> tuple[bool, bool]:
     """``(tail encoding allowed, NFC normalizer)`` for a fast tokenizer's JSON ``spec``."""
-    d = json.loads(spec)
-    norm = d.get("normalizer")
+    norm = spec.get("normalizer")
     nfc = norm is not None and norm.get("type") == "NFC"
-    ok = ((norm is None or nfc) and (d.get("model") or {}).get("type") == "BPE"
-          and _pre_tokenizer_is_local(d.get("pre_tokenizer")))
+    ok = ((norm is None or nfc) and (spec.get("model") or {}).get("type") == "BPE"
+          and _pre_tokenizer_is_local(spec.get("pre_tokenizer")))
     return ok, nfc
 
 
 def _tail_tokenizer(tokenizer) -> tuple[Any, bool] | None:
-    """``(backend pre-tokenizer, NFC)`` when the tail rule holds for ``tokenizer``'s structure, else None."""
+    """``(backend pre-tokenizer, NFC)`` when the tail rule holds for ``tokenizer``'s structure, else None (read from
+    the backend's normalizer, pre-tokenizer and model: a fraction of a millisecond, not the whole serialisation)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.pre_tokenizer is None:
         return None
-    ok, nfc = _tail_settings(backend.to_str())
+    norm = backend.normalizer
+    spec = {"normalizer": json.loads(norm.__getstate__()) if norm is not None else None,
+            "pre_tokenizer": json.loads(backend.pre_tokenizer.__getstate__()),
+            "model": {"type": type(backend.model).__name__}}
+    ok, nfc = _tail_settings(spec)
     return (backend.pre_tokenizer, nfc) if ok else None
 
 
@@ -93,27 +96,30 @@ def _tail_start(pre_tokenizer, context: str, nfc: bool, added: list[str]) -> int
     return p
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], *, tail: bool = True) -> list[tuple[list[int], list[int]]]:
     """:func:`encode_pair` for many requests at once, in a few batched tokenizer calls (a fast tokenizer encodes a list
     in parallel): every distinct context once, and for each request either its context's short tail with the
-    continuation (the module's tail rule, checked per context) or its whole string. The ids equal those of encoding
-    each request alone."""
+    continuation (the module's tail rule, checked per context) or its whole string (every request with
+    ``tail=False``: the rule as lm-eval states it, the baseline of ``benchmarks/loglik_encoding.py``). The ids equal
+    those of encoding each request alone."""
     split: list[tuple[str, str]] = []
     for context, continuation in pairs:
         n_spaces = len(context) - len(context.rstrip())
         if context and n_spaces:
             continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
         split.append((context, continuation))
-    contexts = list(dict.fromkeys(c for c, _ in split if c))
+    uses = Counter(c for c, _ in split if c)
+    contexts = list(uses)
     ctx_ids = dict(zip(contexts, _batch(tokenizer, contexts)))
 
     # context -> (tail start, the context's ids before it); (0, 0): its requests are encoded whole
     start = {c: (0, 0) for c in contexts}
-    tail = _tail_tokenizer(tokenizer)
-    if tail is not None:
-        pre, nfc = tail
+    rule = _tail_tokenizer(tokenizer) if tail else None
+    if rule is not None:
+        pre, nfc = rule
         added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
-        cut = [(c, p) for c in contexts if (p := _tail_start(pre, c, nfc, added))]
+        # a context of one request gains nothing: its whole string is encoded once either way
+        cut = [(c, p) for c in contexts if uses[c] > 1 and (p := _tail_start(pre, c, nfc, added))]
         for (c, p), ids in zip(cut, _batch(tokenizer, [c[p:] for c, p in cut])):
             head = len(ctx_ids[c]) - len(ids)
             if head > 0 and list(ctx_ids[c][head:]) == list(ids):  # else the context does not split there
