@@ -153,8 +153,67 @@ def test_a_few_shot_task_encodes_each_context_about_once(name):
     assert counted.chars < 1.2 * context_chars, (counted.chars, context_chars)
 
 
-def test_an_added_token_across_the_tail_start_is_never_cut():
-    tok = tiny_tokenizer()
+def _check(tok, ctx: str, conts: list[str]) -> None:
+    reqs = [(ctx, k) for k in conts] + [(ctx, " A")]  # two or more options: the tail rule applies to the context
+    assert encode_pairs(tok, reqs) == [lm_eval_ids(tok, c, k) for c, k in reqs], (ctx, conts)
+
+
+@pytest.mark.parametrize("name", sorted(TAIL))
+def test_a_contraction_the_option_completes(name):
+    """GPT-2-style regexes match ``'re``/``'ll`` whole: a context ending in ``'r`` is two pre-tokens (``'``, ``r``)
+    that the option's ``e`` joins — why the tail is two pre-tokens, not one."""
+    tok = TAIL[name]()
+    for ctx, cont in [("We'r", "e here"), ("Yes, we'r", "e done"), ("I'l", "l go"), ("they'v", "e been"),
+                      ("it'", "s fine"), ("I'", "m here")]:
+        _check(tok, ctx, [cont])
+
+
+@pytest.mark.parametrize("name", sorted(TAIL))
+def test_an_added_token_is_never_cut(name):
+    """Added tokens are matched before pre-tokenization: one inside the context across the tail's start, and one the
+    context begins (before the tail's start) and the option completes, must both keep the whole-string ids."""
+    tok = TAIL[name]()
     for ctx in ("question <|im_start|>user", "a b c d <|im_start|>", "x y<|im_end|>z", "<|im_start|><|im_start|>A"):
-        reqs = [(ctx, " A"), (ctx, "<|im_end|>"), (ctx, " user\n")]
+        _check(tok, ctx, ["<|im_end|>", " user\n"])
+    for special in SPECIAL_TOKENS:
+        for k in range(1, len(special)):
+            for lead in ("Hello ", "Question: what is it? ", "a b c d e f "):
+                _check(tok, lead + special[:k], [special[k:] + "user\nWhat is it?", special[k:] + " x"])
+
+
+def test_a_context_that_is_not_nfc_is_encoded_whole_under_an_nfc_tokenizer():
+    """The pre-token offsets are the raw string's; under NFC the real pipeline composes first, so a context that NFC
+    changes gets no tail (and its ids are still right)."""
+    from gendistill.eval.pair_encoding import _tail_start
+
+    tok = llama3_like()
+    pre, nfc = _tail_tokenizer(tok)
+    assert nfc
+    composed, decomposed = "the cafés are open", "the cafe\u0301s are open"
+    assert _tail_start(pre, composed, nfc, []) > 0 and _tail_start(pre, decomposed, nfc, []) == 0
+    _check(tok, decomposed, [" today", "\u0301 x"])
+
+
+def test_a_context_that_does_not_split_at_the_tail_start_is_encoded_whole(monkeypatch):
+    """The per-context check: when the ids of the context's tail alone are not the end of the context's ids (here a
+    tail start forced inside a word), the context's requests are encoded whole."""
+    from gendistill.eval import pair_encoding
+
+    tok = smollm2()
+    for ctx, conts in [("tiny capital Berlin", ["ed", " A"]), ("teachers world Berlin", ["y", " A"]),
+                       ("hello Germany teachers", ["s", " A"])]:
+        monkeypatch.setattr(pair_encoding, "_tail_start", lambda pre, c, nfc, added: len(c) - 2)  # inside a word
+        reqs = [(ctx, k) for k in conts]
         assert encode_pairs(tok, reqs) == [lm_eval_ids(tok, c, k) for c, k in reqs], ctx
+
+
+@pytest.mark.parametrize("pattern, ok", [(LLAMA3_SPLIT, True), ("abcd|.", False)])
+def test_only_known_split_regexes_take_the_tail_rule(pattern, ok):
+    """Another regex may decide a boundary from characters far past it (``abcd|.`` splits ``xabc`` as x|a|b|c but
+    ``xabcd`` as x|abcd): only Llama 3's and Qwen's are trusted."""
+    from tokenizers import Regex, pre_tokenizers
+
+    tok = _trained(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    assert (_tail_tokenizer(tok) is not None) == ok
+    _check(tok, "xabc", ["d", "d e"])

@@ -13,8 +13,10 @@ regex pre-tokenizer, no prefix space, no normalizer but NFC: GPT-2, Llama 3, Qwe
 context before the start ``p`` of its second-to-last pre-token cannot change when text is appended (each was ended by
 a character inside the context), so ``encode(context + continuation) == encode(context)[:n] + encode(context[p:] +
 continuation)`` where ``n`` is the number of the context's ids before ``p``. ``n`` is read off a check, not assumed:
-the context's ids must end with exactly the ids of ``context[p:]`` encoded alone, and no added token may straddle
-``p``; a context that fails (or any other tokenizer) is encoded whole as before. ``tests/eval/test_pair_encoding.py``
+the context's ids must end with exactly the ids of ``context[p:]`` encoded alone; no added token may straddle ``p``,
+whether inside the context or begun before ``p`` at its end and completed by a continuation; under an NFC
+normalizer the context must be NFC already (the pre-token offsets are the raw string's). A context that fails (or any
+other tokenizer, or a regex other than Llama 3's and Qwen's) is encoded whole, as is a context of one request. ``tests/eval/test_pair_encoding.py``
 checks the fast ids against whole-string encoding on thousands of random requests for several tokenizers.
 """
 
@@ -25,9 +27,17 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-#: pre-tokenizer kinds whose splits depend on at most one character past a pre-token's end
-_LOCAL_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Punctuation"}
-_TAIL_PRE_TOKENS = 2  # the tail starts at the context's second-to-last pre-token
+#: pre-tokenizer kinds whose splits are decided by a few characters around each boundary (a ``Split`` only with one of
+#: :data:`KNOWN_SPLIT_PATTERNS`: another regex may reach further)
+_LOCAL_PRE_TOKENIZERS = {"ByteLevel", "Digits", "Punctuation"}
+#: the regexes of Llama 3 (digits in threes) and Qwen2/Qwen3 (digits one by one), as transformers writes them
+KNOWN_SPLIT_PATTERNS = {
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+#: the tail starts at the context's second-to-last pre-token: a contraction (``'re``, ``'ll``) that the continuation
+#: completes is two pre-tokens of the context (``'`` and ``r``)
+_TAIL_PRE_TOKENS = 2
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -55,6 +65,9 @@ def _pre_tokenizer_is_local(spec: dict[str, Any] | None) -> bool:
         return all(_pre_tokenizer_is_local(p) for p in spec.get("pretokenizers", []))
     if kind == "ByteLevel":
         return not spec.get("add_prefix_space", False)
+    if kind == "Split":
+        return ((spec.get("pattern") or {}).get("Regex") in KNOWN_SPLIT_PATTERNS
+                and spec.get("behavior") == "Isolated" and not spec.get("invert", False))
     return kind in _LOCAL_PRE_TOKENIZERS
 
 
@@ -89,10 +102,13 @@ def _tail_start(pre_tokenizer, context: str, nfc: bool, added: list[str]) -> int
     if len(pieces) <= _TAIL_PRE_TOKENS:
         return 0
     p = pieces[-_TAIL_PRE_TOKENS][1][0]
+    n = len(context)
     for s in added:  # an added token is matched before pre-tokenization: never cut through one
         lo = context.find(s, max(0, p - len(s) + 1))
         if lo != -1 and lo < p:
-            return 0
+            return 0  # one in the context across p
+        if any(n - k < p and context.endswith(s[:k]) for k in range(1, len(s))):
+            return 0  # the context ends with the start of one (before p) that a continuation may complete
     return p
 
 
