@@ -239,3 +239,22 @@ def test_choice_agreement_counts_the_choice_the_task_accuracy_counts(tmp_path):
     e = E2E["_evaluation_summary"](tmp_path / "eval")["students"]["S"]["arc_easy"]
     assert e["loglik_answer_agreement"] == 1.0
     assert e["loglik_answer_agreement_chance"] == pytest.approx(0.5 * 0.5 + 0.25 * 0.25 + 0.25 * 0.25)
+
+
+def test_a_profiled_steps_shares_are_of_the_total_its_table_states(tmp_path):
+    """Summaries logged before the phases were added counted each kernel twice in their total (its host op and the
+    kernel itself); the stage metrics take the total from the table's own footer, so each share is the table's."""
+    run = tmp_path / "run"
+    (run / "profile").mkdir(parents=True)
+    (run / "profile" / "stage3a_step5.txt").write_text("...\nSelf CPU time total: 400.000ms\n"
+                                                        "Self CUDA time total: 500.000ms\n")
+    top = [{"op": "aten::mm", "ms": 100.0, "share": 0.1}, {"op": "nvjet_kernel", "ms": 50.0, "share": 0.05}]
+    recs = [{"stage": "stage3a", "step": 5, "time": 1.0, "loss": 1.0, "tokens": 10, "tokens_per_s": 5.0},
+            {"stage": "stage3a", "step": 5, "time": 1.5,
+             "profile": {"table": "stage3a_step5.txt", "total_ms": 1000.0, "top": top}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    prof = E2E["_stage_metrics"](run / "metrics.jsonl")["stage3a"]["profile"]
+    assert prof["total_ms"] == 500.0 and [op["share"] for op in prof["top"]] == [0.2, 0.1]
+    (run / "profile" / "stage3a_step5.txt").unlink()  # no table: the summary as logged
+    prof = E2E["_stage_metrics"](run / "metrics.jsonl")["stage3a"]["profile"]
+    assert prof["total_ms"] == 1000.0 and prof["top"] == top

@@ -398,6 +398,21 @@ def _task_specs(tasks: str, names: str) -> str:
     return ",".join(picked)
 
 
+def _profile_summary(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A profiled step's summary as the trainer logged it, its total (and so each op's share) as its table states
+    (:func:`gendistill.distill.profiling.table_device_total_ms`: runs before the phases were added logged a total
+    that counted each kernel twice)."""
+    from gendistill.distill.profiling import table_device_total_ms
+
+    prof = {"step": rec["step"], **rec["profile"]}
+    table = folder / str(prof.get("table", ""))
+    total = table_device_total_ms(table.read_text(encoding="utf-8")) if table.is_file() else None
+    if total:
+        prof["total_ms"] = total
+        prof["top"] = [{**op, "share": op["ms"] / total} for op in prof.get("top", [])]
+    return prof
+
+
 def _stage_metrics(path: Path) -> dict[str, Any]:
     """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s, and its wall time:
     ``seconds`` from the stage's first record to its last, ``first_step_seconds`` from the held-out loss before
@@ -419,7 +434,7 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
             if "eval_tokens" in rec:  # how many held-out tokens those figures average over
                 st["eval_tokens"] = rec["eval_tokens"]
         if "profile" in rec:  # run.profile_step: the profiled step's largest ops
-            st["profile"] = {"step": rec["step"], **rec["profile"]}
+            st["profile"] = _profile_summary(rec, path.parent / "profile")
         if "loss" in rec:
             st["loss"].append(rec["loss"])
             st["tokens_per_s"].append(rec.get("tokens_per_s", 0.0))

@@ -4,12 +4,15 @@ op table, records the largest ops in metrics.jsonl, and trains exactly as withou
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 from test_distill_trainer import make_recipe
 
 from gendistill.distill.config import parse_recipe
 from gendistill.distill.pipeline import run_recipe
+from gendistill.distill.profiling import device_total_us, phase_times, table_device_total_ms
 from gendistill.errors import ConfigError
 
 
@@ -58,3 +61,39 @@ def test_profile_step_must_be_a_positive_step(tmp_path):
            "run": {"output_dir": str(tmp_path), "profile_step": 0}}
     with pytest.raises(ConfigError, match="profile_step"):
         parse_recipe(raw, "r.yaml")
+
+
+def _event(name, start, end, device=DeviceType.CPU, cuda_us=0.0, cpu_us=0.0, annotation=False):
+    return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                           time_range=SimpleNamespace(start=start, end=end), self_device_time_total=cuda_us,
+                           self_cpu_time_total=cpu_us)
+
+
+def test_phase_times_count_each_kernel_once_on_a_cuda_timeline():
+    """On CUDA the profiler lists host ops (their own device time: the kernels they launched), the kernels again on
+    the device timeline, and each range again there: a phase sums its host ops only, on any thread, each once, and
+    the total is every kernel once."""
+    events = [
+        _event("gendistill::forward", 0, 100), _event("gendistill::forward", 5000, 5100, DeviceType.CUDA, annotation=True),
+        _event("gendistill::teacher_forward", 10, 40),
+        _event("aten::mm", 12, 20, cuda_us=300.0), _event("aten::add", 50, 60, cuda_us=100.0),
+        _event("gendistill::backward", 200, 400),
+        _event("aten::mm_backward", 250, 260, cuda_us=700.0),  # on autograd's thread, inside the range's window
+        _event("aten::copy_", 500, 510, cuda_us=50.0),  # outside every phase
+        _event("nvjet_kernel", 5010, 5040, DeviceType.CUDA, cuda_us=300.0),  # the kernels, on the device timeline
+        _event("elementwise_kernel", 5060, 5070, DeviceType.CUDA, cuda_us=100.0),
+        _event("bwd_kernel", 5200, 5300, DeviceType.CUDA, cuda_us=700.0),
+        _event("copy_kernel", 5400, 5410, DeviceType.CUDA, cuda_us=50.0),
+    ]
+    ph = phase_times(events, cuda=True)
+    assert ph == pytest.approx({"forward": 0.4, "teacher_forward": 0.3, "backward": 0.7})
+    assert device_total_us(events) == pytest.approx(1150.0)
+
+
+@pytest.mark.parametrize("footer, ms", [("Self CUDA time total: 491.304ms", 491.304),
+                                        ("Self CUDA time total: 1.250s", 1250.0),
+                                        ("Self CUDA time total: 950.000us", 0.95)])
+def test_the_device_total_a_table_states(footer, ms):
+    text = f"--- table ---\nSelf CPU time total: 1.000s\n{footer}\n\n--- by shapes ---\n{footer}\n"
+    assert table_device_total_ms(text) == pytest.approx(ms)
+    assert table_device_total_ms("--- table ---\nSelf CPU time total: 1.000s\n") is None  # a CPU table

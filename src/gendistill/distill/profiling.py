@@ -13,12 +13,14 @@ what the benchmark's JSON and the trainer's metrics record.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 T = TypeVar("T")
@@ -39,13 +41,30 @@ def phase(name: str) -> record_function:
     return record_function(PHASE_PREFIX + name)
 
 
+def _on_host(e: Any) -> bool:
+    """A host-side event (an op or a range opened on a CPU thread), not a kernel, a copy or a range's copy on the
+    device timeline."""
+    return e.device_type == DeviceType.CPU
+
+
+def device_total_us(events: list[Any]) -> float:
+    """All kernels' own device time (microseconds), each kernel once: torch's own "Self CUDA time total" (the device
+    timeline's events, without the ranges' copies on it)."""
+    return sum(e.self_device_time_total for e in events
+               if not _on_host(e) and not getattr(e, "is_user_annotation", False))
+
+
 def phase_times(events: list[Any], cuda: bool) -> dict[str, float]:
-    """Milliseconds per phase: the own device time (CUDA) or CPU time of every op that started inside one of the
-    phase's ranges, on any thread (nested ops each count their own time once). ``events``: ``prof.events()``."""
+    """Milliseconds per phase: the own device time (CUDA: each host op's ``self_device_time_total`` is the kernels it
+    launched) or CPU time of every host op that started inside one of the phase's ranges, on any thread (nested ops
+    each count their own time once). Only host events count, as ranges and as ops: on CUDA the profiler also lists
+    the kernels and each range's copy on the device timeline, which would count every kernel twice. ``events``:
+    ``prof.events()``."""
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    ranges = [(e.name[len(PHASE_PREFIX):], e.time_range.start, e.time_range.end) for e in events
+    host = [e for e in events if _on_host(e)]
+    ranges = [(e.name[len(PHASE_PREFIX):], e.time_range.start, e.time_range.end) for e in host
               if e.name.startswith(PHASE_PREFIX)]
-    ops = sorted(((e.time_range.start, getattr(e, attr, 0)) for e in events
+    ops = sorted(((e.time_range.start, getattr(e, attr, 0)) for e in host
                   if not e.name.startswith(PHASE_PREFIX)), key=lambda t: t[0])
     starts = [t for t, _ in ops]
     out: dict[str, float] = {}
@@ -55,10 +74,24 @@ def phase_times(events: list[Any], cuda: bool) -> dict[str, float]:
     return out
 
 
+_TABLE_TOTAL = re.compile(r"^Self CUDA time total:\s*([0-9.]+)\s*(us|ms|s)\s*$", re.M)
+
+
+def table_device_total_ms(text: str) -> float | None:
+    """The device total a written table states (torch's footer ``Self CUDA time total: 491.304ms``, every kernel
+    once), in milliseconds; None for a CPU table. The same number as ``total_ms`` of :func:`profile_call` since the
+    phases were added; summaries written before counted each kernel twice (its host op and the kernel itself), and
+    ``tools/e2e.py`` reads the total from the table instead."""
+    m = _TABLE_TOTAL.search(text)
+    return None if m is None else float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
 def profile_call(fn: Callable[[], T], folder: Path, name: str, device: torch.device) -> tuple[T, dict[str, Any]]:
     """Run ``fn()`` under ``torch.profiler`` (CPU, and CUDA on a CUDA ``device``, synchronised before the profile
     ends) and write ``folder/<name>.txt``. Returns ``(fn's result, summary)``, the summary being ``{"table": file
-    name, "total_ms": the ops' total own time, "top": [{"op", "ms", "share"}, ...]}``."""
+    name, "total_ms": the step's own time — on CUDA every kernel once (the table's "Self CUDA time total"), on CPU
+    every op —, "phases_ms": :func:`phase_times`, "top": [{"op", "ms", "share"}, ...]}`` (a share is the table's own
+    percentage of that total)."""
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts, record_shapes=True) as prof:
@@ -66,9 +99,12 @@ def profile_call(fn: Callable[[], T], folder: Path, name: str, device: torch.dev
         if cuda:
             torch.cuda.synchronize(device)
     avgs = prof.key_averages()
+    events = list(prof.events())
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    total = sum(getattr(e, attr, 0) for e in avgs if not e.key.startswith(PHASE_PREFIX)) or 1
-    phases = phase_times(list(prof.events()), cuda)
+    # the device: every kernel once (the table's "Self CUDA time total"); the host: every op, the phase ranges aside
+    total = (device_total_us(events) if cuda else
+             sum(e.self_cpu_time_total for e in events if not e.name.startswith(PHASE_PREFIX))) or 1
+    phases = phase_times(events, cuda)
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     unit = "device" if cuda else "CPU"
     lines = [f"Phases of the step: {unit} time of the ops started inside each (ms; nested phases overlap)", ""]
@@ -86,4 +122,4 @@ def profile_call(fn: Callable[[], T], folder: Path, name: str, device: torch.dev
                          for e in rows]}
 
 
-__all__ = ["phase", "phase_times", "profile_call"]
+__all__ = ["device_total_us", "phase", "phase_times", "profile_call", "table_device_total_ms"]
