@@ -61,7 +61,7 @@ def fresh_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     props = SimpleNamespace(name=H100[0], major=9, minor=0, multi_processor_count=132)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _=0: props)
-    monkeypatch.setattr(fla_configs, "_ACTIVE", [])
+    monkeypatch.setattr(fla_configs, "_DECISION", [])
     return monkeypatch
 
 
@@ -81,13 +81,26 @@ def test_exact_or_off_leaves_fla_to_autotune(fresh_gpu, mode):
     assert "fla autotunes" in fla_configs.describe_active(H100[0])
 
 
-def test_the_users_own_folder_wins(fresh_gpu, tmp_path):
+def test_the_users_own_settings_win(fresh_gpu, tmp_path):
     fresh_gpu.setenv("FLA_CONFIG_DIR", str(tmp_path))
     assert fla_configs.activate() is None
-    assert fla_configs.describe_active(H100[0]) == f"fla kernel configurations: FLA_CONFIG_DIR={tmp_path} (yours)"
+    assert fla_configs.describe_active(H100[0]) == (
+        f"fla kernel configurations: as the environment sets them (FLA_CONFIG_DIR={tmp_path})")
+    fresh_gpu.delenv("FLA_CONFIG_DIR")
+    fresh_gpu.setenv("FLA_CACHE_MODE", "strict")  # fla's own folder, the user's mode: not "none shipped"
+    assert fla_configs.activate() is None
+    assert "FLA_CACHE_MODE=strict" in fla_configs.describe_active(H100[0])
+
+
+def test_fla_imported_first_is_said_so(fresh_gpu):
+    fresh_gpu.setitem(sys.modules, "fla.ops.utils.cache", object())
+    assert fla_configs.activate() is None
+    assert "fla was imported before" in fla_configs.describe_active(H100[0])
 
 
 def test_a_bad_setting_is_one_clear_error(fresh_gpu):
+    from gendistill.errors import ConfigError
+
     fresh_gpu.setenv("GENDISTILL_FLA_CONFIGS", "yes")
-    with pytest.raises(ValueError, match=r"GENDISTILL_FLA_CONFIGS='yes'.*exact.*0"):
+    with pytest.raises(ConfigError, match=r"GENDISTILL_FLA_CONFIGS='yes'.*exact.*0"):
         fla_configs.activate()

@@ -328,12 +328,12 @@ def run_recipe(
         shard_teacher(teacher, world.device)
         root = shard_student(student, world.device)
 
+    if world.device.type == "cuda" and fla_available():  # before the lock: a bad GENDISTILL_FLA_CONFIGS is one line
+        _note(recipe, world, describe_active(torch.cuda.get_device_name(world.device)))
     lock = lock_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, progress=prog,
                            allow_optim_change=allow_optim_change)
     _note(recipe, world, f"training {', '.join(s.name for s in recipe.stages if s.name not in completed)} into "
                          f"{run_dir}")
-    if world.device.type == "cuda" and fla_available():
-        _note(recipe, world, describe_active(torch.cuda.get_device_name(world.device)))
     try:
         start_run_folder(recipe, run_dir, world, resume=resume, overwrite=overwrite, completed=completed,
                          fingerprints=fingerprints, data_counts=data_counts)

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from gendistill.errors import ConfigError
+
 SHIPPED = Path(__file__).with_name("fla_config_files")
 
 
@@ -71,9 +73,9 @@ def choose_folder(device_name: str, capability: tuple[int, int], sms: int, *, bo
     """The shipped configurations for a GPU: its own folder, else (``borrow``) the folder of a card with the same
     compute capability — the same shared memory and registers per SM, so each configuration (a block size, a warp and
     a stage count: one of the kernel's own autotuning candidates) launches there too, tuned for a sibling rather than
-    this card — preferring the closest number of SMs. H100 and H200 are both compute capability 9.0 with 132 SMs:
-    on a fresh H100 compiling and autotuning took 195 s before the first step, against 16 s on an H200 with its
-    files (docs/results.md section 6). None when nothing fits."""
+    this card — preferring the closest number of SMs. H100 and H200 are both compute capability 9.0 (132 SMs; the
+    H100 PCIe 114): on a fresh H100 compiling and autotuning took 195 s before the first step, against 16 s on an
+    H200 with its files (docs/results.md section 6). None when nothing fits."""
     own = shipped_dir(device_name)
     if own is not None:
         return ConfigChoice(own)
@@ -93,47 +95,55 @@ def _mode() -> str:
     only) or ``0`` (none: fla autotunes)."""
     raw = os.environ.get("GENDISTILL_FLA_CONFIGS", "1").strip().lower()
     if raw not in ("0", "1", "exact"):
-        raise ValueError(f"GENDISTILL_FLA_CONFIGS={raw!r}: give 1 (shipped configurations, borrowed from a card of "
-                         "the same compute capability when none are shipped for this GPU), exact (this GPU's own "
-                         "only) or 0 (none: fla autotunes)")
+        raise ConfigError(f"GENDISTILL_FLA_CONFIGS={raw!r}: give 1 (shipped configurations, borrowed from a card of "
+                          "the same compute capability when none are shipped for this GPU), exact (this GPU's own "
+                          "only) or 0 (none: fla autotunes)")
     return raw
+
+
+#: what :func:`activate` decided in this process: the folder chosen, or why none (at most one entry)
+_DECISION: list[ConfigChoice | str] = []
 
 
 def activate() -> ConfigChoice | None:
     """Set ``FLA_CONFIG_DIR`` / ``FLA_CACHE_MODE`` for this GPU's shipped configurations (:func:`choose_folder`).
     Returns the choice, or None (no CUDA, nothing shipped that fits this GPU, the user chose otherwise, or fla was
-    imported already)."""
-    if _mode() == "0":
+    imported already); :func:`describe_active` says which."""
+    mode = _mode()
+    if not torch.cuda.is_available():
+        return None
+    _DECISION.clear()
+    if mode == "0":
+        _DECISION.append("GENDISTILL_FLA_CONFIGS=0: none read; fla autotunes each kernel before its first use")
         return None
     if "FLA_CONFIG_DIR" in os.environ or "FLA_CACHE_MODE" in os.environ:
+        settings = ", ".join(f"{k}={os.environ[k]}" for k in ("FLA_CONFIG_DIR", "FLA_CACHE_MODE") if k in os.environ)
+        _DECISION.append(f"as the environment sets them ({settings})")
         return None
     if "fla.ops.utils.cache" in sys.modules:  # too late: fla read its settings at import
-        return None
-    if not torch.cuda.is_available():
+        _DECISION.append("none read: fla was imported before gendistill could point it at its shipped folder; fla "
+                         "autotunes each kernel before its first use")
         return None
     props = torch.cuda.get_device_properties(0)
     choice = choose_folder(props.name, (props.major, props.minor), props.multi_processor_count,
-                           borrow=_mode() != "exact")
+                           borrow=mode != "exact")
     if choice is None:
+        where = "" if mode == "exact" else " or a card of its compute capability"
+        _DECISION.append(f"none shipped for {props.name}{where}: fla autotunes each kernel before its first use, "
+                         "minutes on a fresh machine")
         return None
     os.environ["FLA_CONFIG_DIR"] = str(choice.folder)
     os.environ["FLA_CACHE_MODE"] = "fuzzy"
-    _ACTIVE.append(choice)
+    _DECISION.append(choice)
     return choice
 
 
-_ACTIVE: list[ConfigChoice] = []  # what activate() chose in this process (at most one entry)
-
-
 def describe_active(device_name: str) -> str:
-    """One line for a run's log: which shipped configurations fla reads in this process, or why fla autotunes."""
-    if _ACTIVE:
-        return _ACTIVE[-1].describe(device_name)
-    if "FLA_CONFIG_DIR" in os.environ:
-        return f"fla kernel configurations: FLA_CONFIG_DIR={os.environ['FLA_CONFIG_DIR']} (yours)"
-    return (f"fla kernel configurations: none shipped for {device_name} or a card of its compute capability (or "
-            "GENDISTILL_FLA_CONFIGS chose none): fla autotunes each kernel before its first use, minutes on a fresh "
-            "machine")
+    """One line for a run's log: which shipped configurations fla reads in this process, or why none."""
+    if not _DECISION:
+        return "fla kernel configurations: not chosen in this process (fla has not been loaded)"
+    d = _DECISION[-1]
+    return d.describe(device_name) if isinstance(d, ConfigChoice) else f"fla kernel configurations: {d}"
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:
