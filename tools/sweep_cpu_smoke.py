@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -43,6 +44,9 @@ def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
 
     src = recipe_file(name)
     grid = yaml.safe_load(src.read_text())
+    if not isinstance(grid, dict) or not {"base", "axes"} <= set(grid):
+        raise SystemExit(f"error: --grid {name}: not an ablation grid (no base and axes); "
+                         "`gendistill recipes` lists the grids (sweep-*, sched-*, gate-*, select-*, ablate-*)")
     grid["base"] = str(src.parent / grid["base"])
     grid["output_dir"] = str(out / "runs")
     sets = {k: (scaled(v) if k.endswith(".tokens") else 1 if k.endswith(".eval_every") else v)
@@ -103,6 +107,8 @@ def make_layer_files(files: list[str], out: Path, teacher: str | None) -> None:
         raise SystemExit("select-layers --method uniform failed")
     doc = json.loads((real / "layers.json").read_text())
     for shift, rel in enumerate(files, start=1):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise SystemExit(f"error: layer file {rel}: a smoke run writes its placeholders inside --out only")
         n = len(doc["ranked"])  # every layer of the teacher, ranked
         placeholder = dict(doc, attention_layers=sorted({(i + shift) % n for i in doc["attention_layers"]}),
                            ranked=[(i + shift) % n for i in doc["ranked"]],
@@ -121,6 +127,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.teacher and Path(args.teacher).exists():  # ablate runs in --out (layer files are read from there)
+        args.teacher = str(Path(args.teacher).resolve())
     grid = smoke_grid(out, args.grid)
     path = out / f"{args.grid}-smoke.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -130,9 +138,12 @@ def main() -> None:
     cmd = [sys.executable, "-m", "gendistill", "ablate", str(path)]
     if args.teacher:
         cmd += ["--set", f"teacher.spec={args.teacher}"]
+    env = dict(os.environ)
+    if env.get("GENDISTILL_DATA_DIR"):  # a relative data folder, as this working folder sees it
+        env["GENDISTILL_DATA_DIR"] = str(Path(env["GENDISTILL_DATA_DIR"]).resolve())
     for extra in (["--dry-run"], []):
         print("$", " ".join(cmd + extra), flush=True)
-        rc = subprocess.call(cmd + extra, cwd=out)  # layer files are read relative to the working folder
+        rc = subprocess.call(cmd + extra, cwd=out, env=env)  # layer files are read relative to the working folder
         if rc:
             raise SystemExit(rc)
 

@@ -92,6 +92,20 @@ def test_a_foreign_file_of_that_name_is_never_overwritten(runs, tmp_path):
     assert (mine / "select_compare.json").read_text() == "my notes"
 
 
+def test_a_teacher_given_as_a_path_is_shown_by_its_name(runs, tmp_path):
+    root, folders = runs
+    docs = []
+    for i, spec in enumerate([str(tmp_path / "models" / "teacher.gguf"), "../models/teacher.gguf"]):
+        d = json.loads((folders[i] / "layers.json").read_text()) | {"teacher": spec}
+        (tmp_path / f"r{i}.json").write_text(json.dumps(d))
+        docs.append(tmp_path / f"r{i}.json")
+    cmp = compare_selections(docs)
+    assert cmp["teacher"] == "teacher.gguf"
+    write_comparison(cmp, tmp_path / "cmp")
+    assert str(tmp_path) not in (tmp_path / "cmp" / "select_compare.json").read_text()
+    assert compare_selections(folders[:2])["teacher"] == "synthetic"  # a name or hub id as written
+
+
 def test_bad_inputs_are_one_clear_error(runs, tmp_path):
     root, folders = runs
     with pytest.raises(ConfigError, match="two or more"):
@@ -102,6 +116,11 @@ def test_bad_inputs_are_one_clear_error(runs, tmp_path):
     plain.write_text("[1, 4]")
     with pytest.raises(ConfigError, match="a plain list of layers has no method or ranking"):
         compare_selections([folders[0], plain])
+    for bad in ({"attention_layers": 3}, {"ranked": [True, 1]}, {"attention_layers": [99]}):
+        d = json.loads((folders[1] / "layers.json").read_text()) | bad
+        (tmp_path / "bad.json").write_text(json.dumps(d))
+        with pytest.raises(ConfigError, match="must be lists of layer indices"):
+            compare_selections([folders[0], tmp_path / "bad.json"])
     other = json.loads((folders[1] / "layers.json").read_text()) | {"teacher": "another", "num_layers": 12}
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ConfigError, match="compare one teacher's choices"):

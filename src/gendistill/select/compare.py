@@ -41,11 +41,24 @@ def read_selection(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{f}: not a select-layers result (missing {', '.join(missing)}); "
                           f"a plain list of layers has no method or ranking to compare")
     L = d["num_layers"]
-    layers = d["attention_layers"]
-    if not isinstance(L, int) or not all(isinstance(i, int) and 0 <= i < L for i in [*layers, *d["ranked"]]):
-        raise ConfigError(f"{f}: its layers are not indices below its num_layers ({L})")
-    d["_name"] = p.name if p.is_dir() else (p.parent.name or p.name)
+    index = lambda i: isinstance(i, int) and not isinstance(i, bool) and 0 <= i < L  # noqa: E731
+    if (not index(L - 1) or not isinstance(d["attention_layers"], list) or not isinstance(d["ranked"], list)
+            or not all(index(i) for i in [*d["attention_layers"], *d["ranked"]])):
+        raise ConfigError(f"{f}: attention_layers and ranked must be lists of layer indices below num_layers ({L})")
+    d["_name"] = f.resolve().parent.name
+    d["_teacher"] = teacher_name(d.get("teacher"))
     return d
+
+
+def teacher_name(spec: Any) -> str | None:
+    """The teacher as a result may show it: a short name or hub id as written, a file or folder by its own name (no
+    path: the comparison is committed as it is)."""
+    if spec is None:
+        return None
+    text = str(spec)
+    path = Path(text)
+    is_path = path.is_absolute() or text.startswith(("~", ".")) or text.endswith(".gguf") or path.exists()
+    return path.name if is_path else text  # a hub id (owner/name) never starts with / ~ or .
 
 
 def _labels(sels: list[dict[str, Any]]) -> list[str]:
@@ -63,9 +76,9 @@ def compare_selections(paths: list[str | Path]) -> dict[str, Any]:
     sels = [read_selection(p) for p in paths]
     first = sels[0]
     for p, s in zip(paths[1:], sels[1:]):
-        if s["num_layers"] != first["num_layers"] or s.get("teacher") != first.get("teacher"):
-            raise ConfigError(f"{p}: chosen for {s.get('teacher')} ({s['num_layers']} layers), but {paths[0]} for "
-                              f"{first.get('teacher')} ({first['num_layers']} layers): compare one teacher's choices")
+        if s["num_layers"] != first["num_layers"] or s["_teacher"] != first["_teacher"]:
+            raise ConfigError(f"{p}: chosen for {s['_teacher']} ({s['num_layers']} layers), but {paths[0]} for "
+                              f"{first['_teacher']} ({first['num_layers']} layers): compare one teacher's choices")
     labels = _labels(sels)
     chosen = [set(s["attention_layers"]) for s in sels]
     L = first["num_layers"]
@@ -73,7 +86,7 @@ def compare_selections(paths: list[str | Path]) -> dict[str, Any]:
     shared = [[len(a & b) for b in chosen] for a in chosen]
     jaccard = [[len(a & b) / len(a | b) if a | b else 1.0 for b in chosen] for a in chosen]
     return {
-        "teacher": first.get("teacher"),
+        "teacher": first["_teacher"],
         "num_layers": L,
         "selections": [{"label": lab, "method": s["method"], "budget": s["budget"],
                         "attention_layers": sorted(s["attention_layers"]), "ranked": list(s["ranked"]),
@@ -152,4 +165,5 @@ def write_comparison(cmp: dict[str, Any], out_dir: str | Path) -> dict[str, str]
     return write_report_files(out_dir, STEM, cmp, lambda: markdown(cmp), {"plot": (f"{STEM}.png", lambda: plot_png(cmp))})
 
 
-__all__ = ["REPORT_FILES", "compare_selections", "markdown", "plot_png", "read_selection", "write_comparison"]
+__all__ = ["REPORT_FILES", "compare_selections", "markdown", "plot_png", "read_selection", "teacher_name",
+           "write_comparison"]
