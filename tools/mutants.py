@@ -224,6 +224,25 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_data.py", "-k", "later_pass"),
            "a stage's stream keeps every document's encoding whatever the corpus size (host memory grows without "
            "bound on a large corpus)"),
+    # ---- log-likelihood request ids (eval/pair_encoding.py): each guard of the tail rule
+    Mutant("pair_tail_one_pre_token", "src/gendistill/eval/pair_encoding.py",
+           "_TAIL_PRE_TOKENS = 2", "_TAIL_PRE_TOKENS = 1",
+           ("tests/eval/test_pair_encoding.py",),
+           "an option that completes a contraction ('We'r' + 'e here') is scored on other token ids than lm-eval's"),
+    Mutant("pair_added_token_prefix", "src/gendistill/eval/pair_encoding.py",
+           "        if any(n - k < p and context.endswith(s[:k]) for k in range(1, len(s))):",
+           "        if False:",
+           ("tests/eval/test_pair_encoding.py",),
+           "a context ending in the start of a special token that the option completes is scored on other ids"),
+    Mutant("pair_no_context_check", "src/gendistill/eval/pair_encoding.py",
+           "            if head > 0 and list(ctx_ids[c][head:]) == list(ids):",
+           "            if head > 0:",
+           ("tests/eval/test_pair_encoding.py",),
+           "a context that does not split where the tail starts is cut there anyway: wrong continuation ids"),
+    Mutant("profile_phase_device_twice", "src/gendistill/distill/profiling.py",
+           "    host = [e for e in events if _on_host(e)]", "    host = list(events)",
+           ("tests/distill/test_distill_profile.py", "-k", "cuda_timeline"),
+           "a CUDA profile's phases count each kernel twice (its host op and the kernel on the device timeline)"),
 ]
 # The last entry is a control: moving the switch between two correct kernels must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
