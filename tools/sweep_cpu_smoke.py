@@ -51,6 +51,14 @@ def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
     grid["output_dir"] = str(out / "runs")
     sets = {k: (scaled(v) if k.endswith(".tokens") else 1 if k.endswith(".eval_every") else v)
             for k, v in grid["set"].items()}
+    base = yaml.safe_load(Path(grid["base"]).read_text())
+    for st in base.get("stages", []):  # a budget the grid leaves to its base recipe is divided too
+        key = f"stages[{st['name']}].tokens"
+        if key not in sets and st.get("tokens") is not None:
+            sets[key] = scaled(int(st["tokens"]))
+        elif key not in sets and st.get("steps") is not None:
+            sets[f"stages[{st['name']}].steps"] = 1
+        sets[f"stages[{st['name']}].eval_every"] = 1
     for stage in ("stage1", "stage2", "stage3a", "stage3b"):
         sets |= {f"stages[{stage}].seq_len": CHAT_SEQ if stage == "stage3b" else SEQ,
                  f"stages[{stage}].batch_size": BATCH, f"stages[{stage}].micro_batch_size": BATCH,
