@@ -60,10 +60,10 @@ def answer_agreement(teacher: list[Any], student: list[Any]) -> dict[str, Any]:
 
     ``answer_agreement_chance`` is the agreement two models would reach answering independently with the same answer
     shares (sum over answers of teacher share x student share): a teacher that answers A on 90 % of questions and a
-    student on 60 % agree on at least 54 % of questions by chance alone (0.9 x 0.6 on A, plus the other
-    answers). ``answer_kappa`` is Cohen's kappa, (observed - chance) /
-    (1 - chance): 0 when the student's answers say nothing about the teacher's beyond those shares, 1 when they are the
-    teacher's; ``None`` when both always give the same one answer (chance is 1)."""
+    student on 60 % agree on at least 54 % of questions by chance alone (0.9 x 0.6 on A, plus the other answers).
+    ``answer_kappa`` is Cohen's kappa, (observed - chance) / (1 - chance): 0 when the student's answers say nothing
+    about the teacher's beyond those shares, 1 when they are the teacher's; ``None`` when both always give the same
+    one answer (chance is 1)."""
     if len(teacher) != len(student):
         raise ValueError("teacher and student must answer the same questions")
     if not teacher:

@@ -188,7 +188,8 @@ def generate(
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     # one batched call (a fast tokenizer encodes a list on its threads), the same ids as one prompt at a time
-    enc = [list(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]] if prompts else []
+    enc = ([list(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+           if prompts else [])
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
     outs: list[GenOutput | None] = [None] * len(prompts)
     if batch_size is None:

@@ -6,9 +6,9 @@ word-boundary token goes to the continuation), an empty context becomes the pref
 continuation that merged into the context's last token is encoded alone.
 
 Encoding every whole string is most of the host's work for few-shot tasks: MMLU's four options repeat a ~700-token
-five-shot context, so 500 questions are 1.45M tokens to encode for 2,000 short continuations (3.5 s on one core of
-the development machine, for each model evaluated). :func:`encode_pairs` gets the same ids from the context's
-encoding and a short *tail*: for a tokenizer whose ids are a concatenation over its pre-tokens (byte-level BPE with a
+five-shot context, so 500 questions are 1.45M tokens to encode for 2,000 short continuations (2.77 s on one core of
+the development machine, for each model evaluated; 1.33 s with the tail rule: ``benchmarks/loglik_encoding.py``).
+:func:`encode_pairs` gets the same ids from the context's encoding and a short *tail*: for a tokenizer whose ids are a concatenation over its pre-tokens (byte-level BPE with a
 regex pre-tokenizer, no prefix space, no normalizer but NFC: GPT-2, Llama 3, Qwen, SmolLM), the pre-tokens of the
 context before the start ``p`` of its second-to-last pre-token cannot change when text is appended (each was ended by
 a character inside the context), so ``encode(context + continuation) == encode(context)[:n] + encode(context[p:] +
@@ -16,8 +16,9 @@ continuation)`` where ``n`` is the number of the context's ids before ``p``. ``n
 the context's ids must end with exactly the ids of ``context[p:]`` encoded alone; no added token may straddle ``p``,
 whether inside the context or begun before ``p`` at its end and completed by a continuation; under an NFC
 normalizer the context must be NFC already (the pre-token offsets are the raw string's). A context that fails (or any
-other tokenizer, or a regex other than Llama 3's and Qwen's) is encoded whole, as is a context of one request. ``tests/eval/test_pair_encoding.py``
-checks the fast ids against whole-string encoding on thousands of random requests for several tokenizers.
+other tokenizer, or a regex other than Llama 3's and Qwen's) is encoded whole, as is a context of one request.
+``tests/eval/test_pair_encoding.py`` checks the fast ids against whole-string encoding on thousands of random
+requests for several tokenizers.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], *, tail: bool = True) 
     contexts = list(uses)
     ctx_ids = dict(zip(contexts, _batch(tokenizer, contexts)))
 
-    # context -> (tail start, the context's ids before it); (0, 0): its requests are encoded whole
-    start = {c: (0, 0) for c in contexts}
+    # context -> (tail start, how many of the context's ids its tail holds); (0, all of them): encoded whole
+    start = {c: (0, len(ctx_ids[c])) for c in contexts}
     rule = _tail_tokenizer(tokenizer) if tail else None
     if rule is not None:
         pre, nfc = rule
@@ -139,7 +140,7 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], *, tail: bool = True) 
         for (c, p), ids in zip(cut, _batch(tokenizer, [c[p:] for c, p in cut])):
             head = len(ctx_ids[c]) - len(ids)
             if head > 0 and list(ctx_ids[c][head:]) == list(ids):  # else the context does not split there
-                start[c] = (p, head)
+                start[c] = (p, len(ids))
 
     # the texts still to encode: continuations alone (empty context), tails + continuations, whole strings
     texts = list(dict.fromkeys(c[start[c][0]:] + k if c else k for c, k in split))
@@ -150,8 +151,8 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], *, tail: bool = True) 
             out.append(([prefix_token(tokenizer)], list(ids[continuation])))
             continue
         ctx = list(ctx_ids[context])
-        p, head = start[context]
-        cont = list(ids[context[p:] + continuation])[len(ctx) - head :]
+        p, n_tail = start[context]
+        cont = list(ids[context[p:] + continuation])[n_tail:]
         if not cont:
             # The continuation merged into the context's last token: score it encoded on its own instead.
             cont = encode(tokenizer, continuation)

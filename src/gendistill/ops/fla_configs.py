@@ -69,7 +69,8 @@ class ConfigChoice:
                 f"{self.borrowed_from} (same compute capability; GENDISTILL_FLA_CONFIGS=exact autotunes instead)")
 
 
-def choose_folder(device_name: str, capability: tuple[int, int], sms: int, *, borrow: bool = True) -> ConfigChoice | None:
+def choose_folder(device_name: str, capability: tuple[int, int], sms: int, *,
+                  borrow: bool = True) -> ConfigChoice | None:
     """The shipped configurations for a GPU: its own folder, else (``borrow``) the folder of a card with the same
     compute capability — the same shared memory and registers per SM, so each configuration (a block size, a warp and
     a stage count: one of the kernel's own autotuning candidates) launches there too, tuned for a sibling rather than
@@ -82,8 +83,7 @@ def choose_folder(device_name: str, capability: tuple[int, int], sms: int, *, bo
     if not borrow:
         return None
     siblings = sorted((abs(n - sms), folder) for folder, (cap, n) in TUNED_ON.items()
-                      if tuple(cap) == tuple(capability) and (SHIPPED / folder).is_dir()
-                      and any((SHIPPED / folder).glob("*.json")))
+                      if tuple(cap) == tuple(capability) and shipped_dir(folder) is not None)
     if not siblings:
         return None
     folder = siblings[0][1]
@@ -226,8 +226,8 @@ def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
 def keep_autotuned(root: str | Path, device: torch.device) -> tuple[Path, bool] | None:
     """Write what fla's autotuning chose in this process to ``root/<GPU>/`` (merged with what is there) when it is
     worth keeping: a CUDA ``device`` gendistill ships no configurations for, no ``FLA_CONFIG_DIR`` set (by the user,
-    or by :func:`activate` for shipped or borrowed files), fla loaded. Returns the folder and whether this call made it, else
-    None. On a fresh H100 the first training step came 195 s after the stage began (compiling and autotuning),
+    or by :func:`activate` for shipped or borrowed files), fla loaded. Returns the folder and whether this call made
+    it, else None. On a fresh H100 the first training step came 195 s after the stage began (compiling and autotuning),
     against 16 s on an H200 with the shipped files (docs/results.md section 6). Keeping them is a convenience: a
     failure to write them is one warning, never the end of a run."""
     if device.type != "cuda" or "FLA_CONFIG_DIR" in os.environ or "fla" not in sys.modules:
@@ -302,7 +302,7 @@ def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     or a shipped configuration that is not one of its candidates. Call after fla's kernel modules are imported.
     Returns the number of keys handed over (0 with ``GENDISTILL_FLA_CONFIGS=0``, ``FLA_CACHE_MODE=disabled`` or no
     folder)."""
-    if os.environ.get("GENDISTILL_FLA_CONFIGS", "1") == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
+    if _mode() == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
         return 0
     folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
     if not folder:

@@ -74,6 +74,13 @@ class _Timer:
         self.cost.seconds += time.perf_counter() - self.t0
 
 
+def device_minutes(cost: dict[str, Any]) -> tuple[float | None, str]:
+    """``(minutes, "GPU" or "CPU")`` of a cost :func:`total_cost` wrote (its key names the device kind)."""
+    if "gpu_minutes" in cost:
+        return cost["gpu_minutes"], "GPU"
+    return cost.get("cpu_minutes"), "CPU"
+
+
 def total_cost(records: list[dict[str, Any]], device: str, devices: int, this_run_seconds: float,
                candidates: int, cached: int) -> dict[str, Any]:
     """The cost of a whole selection from the records it used (cached ones included)."""

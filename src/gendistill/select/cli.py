@@ -15,6 +15,7 @@ from gendistill.distill.config import format_validation_error
 from gendistill.errors import ConfigError
 from gendistill.ownership import claim_report_folder
 from gendistill.runlock import acquire
+from gendistill.select.cache import device_minutes
 from gendistill.select.compare import REPORT_FILES, compare_selections, cost_text, write_comparison
 from gendistill.select.config import SelectConfig
 from gendistill.select.methods import plan
@@ -103,8 +104,7 @@ def select_layers_command(
         table.add_row(str(r), str(layer), "yes" if layer in res["attention_layers"] else "")
     console.print(table)
     c = res["cost"]
-    minutes = c.get("gpu_minutes", c.get("cpu_minutes"))
-    unit = "GPU" if "gpu_minutes" in c else "CPU"
+    minutes, unit = device_minutes(c)
     console.print(f"attention layers: {','.join(map(str, res['attention_layers'])) or 'none'}")
     console.print(f"cost: {minutes} {unit}-minutes, {c['train_tokens']:,} tokens trained, {c['eval_tokens']:,} "
                   f"tokens scored, {c['candidates_scored']} candidate sets ({c['cached_records_reused']} from the cache)")

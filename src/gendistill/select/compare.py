@@ -20,6 +20,7 @@ from typing import Any
 
 from gendistill.errors import ConfigError
 from gendistill.reporting import figure_png, num, pyplot, write_report_files
+from gendistill.select.cache import device_minutes
 
 STEM = "select_compare"
 REPORT_FILES = (f"{STEM}.json", f"{STEM}.md", f"{STEM}.png")
@@ -102,8 +103,7 @@ def cost_text(cost: dict[str, Any]) -> str:
     """``12.5 GPU-min, 3.4M trained, 0.2M scored, 31 sets`` (what was recorded)."""
     if not cost:
         return "–"
-    minutes = cost.get("gpu_minutes", cost.get("cpu_minutes"))
-    unit = "GPU" if "gpu_minutes" in cost else "CPU"
+    minutes, unit = device_minutes(cost)
     parts = [f"{num(minutes, 1)} {unit}-min" if minutes is not None else None,
              f"{cost.get('train_tokens', 0) / 1e6:.2f}M trained", f"{cost.get('eval_tokens', 0) / 1e6:.2f}M scored",
              f"{cost.get('candidates_scored', 0)} sets"]
@@ -162,7 +162,8 @@ def plot_png(cmp: dict[str, Any]) -> bytes | None:
 
 def write_comparison(cmp: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """``select_compare.json``, ``select_compare.md`` and ``select_compare.png`` in ``out_dir``."""
-    return write_report_files(out_dir, STEM, cmp, lambda: markdown(cmp), {"plot": (f"{STEM}.png", lambda: plot_png(cmp))})
+    return write_report_files(out_dir, STEM, cmp, lambda: markdown(cmp),
+                              {"plot": (f"{STEM}.png", lambda: plot_png(cmp))})
 
 
 __all__ = ["REPORT_FILES", "compare_selections", "markdown", "plot_png", "read_selection", "teacher_name",
