@@ -35,7 +35,8 @@ from gendistill.teachers import _load_tokenizer, resolve_teacher  # noqa: E402
 
 
 def requests_of(task_name: str, limit: int, seed: int) -> list[tuple[str, str]]:
-    """The task's log-likelihood requests for its first ``limit`` selected examples, as ``gendistill eval`` builds them."""
+    """The task's log-likelihood requests for its ``limit`` selected examples with their few-shot examples, as
+    ``gendistill eval`` builds a multiple-choice task's by default (no chat template)."""
     task = get_task(task_name)
     pool = task.load("local")
     return [r for ex in select(pool, limit, seed) for r in (task.loglik_requests(ex, task.fewshot_for(ex, pool)) or [])]

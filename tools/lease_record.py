@@ -7,8 +7,9 @@
 BUNDLE is the folder a ``watch``/``collect`` call returned: ``summary.json``, ``e2e.log`` (its first two lines are
 the card as nvidia-smi names it and the commit) and ``e2e_bundle.tgz`` (the run's ``run/metrics.jsonl`` inside). The
 output is the job's summary with three changes: ``distill_metrics``, ``evaluation`` and ``targets_met`` recomputed
-from the bundled metrics and evaluation records by tools/e2e.py's own functions (so a record written by an older e2e.py gains what the
-current one adds, such as each stage's seconds or the chance level of answer agreement), and a ``lease`` key: the
+from the bundled metrics and evaluation records by tools/e2e.py's own functions (so a record written by an older
+e2e.py gains what the current one adds, such as each stage's seconds or the chance level of answer agreement), and a
+``lease`` key: the
 card, its memory and driver, the commit, versions, the device calls, the session's device seconds, and per stage the
 seconds, the first step's seconds, the median tokens/s and the trainer's own held-out KL / top-1 at its end. Every
 absolute path is cut to its last part (committed JSON carries no machine paths); the file is written atomically.

@@ -39,6 +39,12 @@ STAGE_SEQ = {"stage1": SEQ, "stage2": SEQ, "stage3a": SEQ, "stage3b": CHAT_SEQ}
 _TOKENS_AXIS = re.compile(r"^tokens_(1|2|3a|3b)$")
 
 
+def _variants(axis):
+    """An axis's variants: its ``variants`` entry (``{stages: ..., variants: ...}``), else the axis itself (a list of
+    built-in variants or a mapping of named ones)."""
+    return axis.get("variants", axis) if isinstance(axis, dict) else axis
+
+
 def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
     from gendistill.distill.shipped import recipe_file
 
@@ -49,8 +55,7 @@ def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
                          "`gendistill recipes` lists the grids (sweep-*, sched-*, gate-*, select-*, ablate-*)")
     grid["base"] = str(src.parent / grid["base"])
     grid["output_dir"] = str(out / "runs")
-    sets = {k: (scaled(v) if k.endswith(".tokens") else 1 if k.endswith(".eval_every") else v)
-            for k, v in grid["set"].items()}
+    sets = {k: (scaled(v) if k.endswith(".tokens") else v) for k, v in grid["set"].items()}
     base = yaml.safe_load(Path(grid["base"]).read_text())
     for st in base.get("stages", []):  # a budget the grid leaves to its base recipe is divided too
         key = f"stages[{st['name']}].tokens"
@@ -66,7 +71,7 @@ def smoke_grid(out: Path, name: str = "sweep-smollm2-lease") -> dict:
     sets |= {"run.device": "cpu", "data.heldout_documents": 4, "stages[stage3b].data.heldout_documents": 4}
     grid["set"] = sets
     for axis_name, axis in grid["axes"].items():
-        variants = axis.get("variants", axis) if isinstance(axis, dict) else axis
+        variants = _variants(axis)
         m = _TOKENS_AXIS.match(axis_name)
         if isinstance(variants, list) and m:  # distinct budgets: 1, 2, 3 ... steps of the stage
             step = BATCH * STAGE_SEQ[f"stage{m.group(1)}"]
@@ -97,7 +102,7 @@ def layer_files(grid: dict) -> list[str]:
     """The select-layers results (``student.attention_layers: <file>.json``) the grid's variants read."""
     files = []
     for axis in grid["axes"].values():
-        variants = axis.get("variants", axis) if isinstance(axis, dict) else axis
+        variants = _variants(axis)
         if isinstance(variants, dict):
             files += [v for ov in variants.values() for k, v in ov.items()
                       if k == "student.attention_layers" and str(v).endswith(".json")]
