@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
 CONFIGS = ("qwen3-0.6b", "smollm2-135m")
+VARIANTS = ("optimized", "baseline", "bf16-student")
 
 
 def model_config(name: str, tiny: bool):
@@ -130,7 +131,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: from the card)")
     ap.add_argument("--variants", default="optimized", help="comma-separated: optimized (the trainer's defaults: "
                     "packed FlashAttention, compiled blocks, fused loss, where they apply) and/or baseline (SDPA with "
-                    "the packed mask, eager blocks, chunked loss), each a row of the same run")
+                    "the packed mask, eager blocks, chunked loss), each a row of the same run; bf16-student: an "
+                    "experiment, not a training mode: optimized with the student's weights held in bf16 (the decay "
+                    "parameters kept fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 "
+                    "residual stream")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
@@ -138,6 +142,9 @@ def main() -> None:
     ap.add_argument("--out", type=str, default=None, help="JSON path (default docs/results/"
                                                           "train_throughput_<config>_<card>.json)")
     args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        raise SystemExit(f"--variants: unknown variant {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
 
     from gendistill.convert import convert_teacher
     from gendistill.distill.config import LossConfig, RunConfig, StageConfig
@@ -214,10 +221,11 @@ def main() -> None:
     first_step_s = None
     out = Path(args.out) if args.out else ROOT / "docs" / "results" / (
         f"train_throughput_{args.config}_{result['card']}{'_tiny' if tiny else ''}.json")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rows = [(st, ck, mb, va) for st in stages for ck in ckpts for mb in micro_sizes for va in variants]
     for stage_name, ckpt, mb, variant in rows:
-        fast = variant == "optimized"
+        fast = variant != "baseline"
+        student.to(torch.bfloat16 if variant == "bf16-student" and dev.type == "cuda" else torch.float32)
+        student.upcast_recurrence_parameters()
         stage = StageConfig(name=stage_name, steps=1, seq_len=S, batch_size=B, micro_batch_size=mb,
                             optim={"lr": 2.5e-5, "weight_decay": 0.1},
                             loss=LossConfig(chunk_size=args.chunk_size,

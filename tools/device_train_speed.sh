@@ -9,7 +9,9 @@
 # tests of the fast paths, the Qwen3-0.6B shape, the FSDP2 check); finish (what 'after' could not finish: today's code
 # on a fresh machine, the Qwen3-0.6B shape packed, the FSDP2 check, the GPU suite as it is and with fresh caches);
 # gpu_tests (the GPU suite with its autotuning printed, its configurations recovered, then the suite on empty caches
-# with them: about 15 minutes, one start call and one watch call).
+# with them: about 15 minutes, one start call and one watch call); shapes (on a fresh machine, about 6 minutes: the
+# SmolLM2 pair's stage 3a and stage 1 profiled with their ops by input shape, beside the bf16-student experiment; the
+# Qwen3-0.6B shape's stage 3a profiled the same way; the FSDP2 check with a profiled step of each trainer).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tools/device_lib.sh
@@ -87,6 +89,23 @@ driver_finish() {
     --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
   echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+}
+
+driver_shapes() {
+  # the first command of a fresh machine: the first step with the shipped configurations, then where each step's
+  # device time goes by op and by input shape (what every copy, add and cast moves), beside the speed ceiling of a
+  # bf16 residual stream (benchmarks/train_throughput.py --variants bf16-student)
+  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1 \
+    --variants optimized,bf16-student --steps 3 --warmup 1 --phases --profile "$RES/prof" \
+    --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
+  echo "tt_smol rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_smol.log")" >> "$RES/steps.txt"
+  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py --config qwen3-0.6b --seq 4096 \
+    --batch 16 --micro-batches 8 --docs-per-seq 4 --stages stage3a --variants optimized,bf16-student --steps 3 \
+    --warmup 1 --phases --profile "$RES/prof" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
+  echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
+  timeout 200 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 \
+    --profile-step 6 --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
+  echo "fsdp_check rc=$?" >> "$RES/steps.txt"
 }
 
 driver_gpu_tests() {
