@@ -93,19 +93,23 @@ driver_finish() {
 
 driver_shapes() {
   # the first command of a fresh machine: the first step with the shipped configurations, then where each step's
-  # device time goes by op and by input shape (what every copy, add and cast moves), beside the speed ceiling of a
-  # bf16 residual stream (benchmarks/train_throughput.py --variants bf16-student)
-  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1 \
-    --variants optimized,bf16-student --steps 3 --warmup 1 --phases --profile "$RES/prof" \
+  # device time goes by op and by input shape (what every copy, add and cast moves), beside the blocks compiled as
+  # before the feed-forward fusion and the speed ceiling of a bf16 residual stream (train_throughput.py --variants)
+  TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage2 \
+    --variants optimized,unfused,bf16-student --steps 3 --warmup 1 --phases --profile "$RES/prof" \
     --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_smol.log")" >> "$RES/steps.txt"
   TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py --config qwen3-0.6b --seq 4096 \
-    --batch 16 --micro-batches 8 --docs-per-seq 4 --stages stage3a --variants optimized,bf16-student --steps 3 \
+    --batch 16 --micro-batches 8 --docs-per-seq 4 --stages stage3a --variants optimized,unfused,bf16-student --steps 3 \
     --warmup 1 --phases --profile "$RES/prof" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
   echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
   timeout 200 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 \
     --profile-step 6 --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
   echo "fsdp_check rc=$?" >> "$RES/steps.txt"
+  # the trainer's fast paths against the reference step on this card (the compiled blocks among them)
+  timeout 240 python3 -m pytest -v -p no:cacheprovider --timeout 120 --durations=0 tests/gpu/test_distill_gpu.py \
+    > "$RES/pytest_distill_gpu.log" 2>&1
+  echo "pytest_distill_gpu rc=$?" >> "$RES/steps.txt"
 }
 
 driver_gpu_tests() {

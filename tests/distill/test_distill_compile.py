@@ -42,8 +42,12 @@ def test_compiled_step_equals_eager_step(teacher, student):
     eager = _step(student, teacher, batch)
     student.load_state_dict(start)
     torch._dynamo.reset()
+    L = teacher.config.num_hidden_layers
     with compiled_blocks(student, teacher) as n:
-        assert n == 2 * (3 * teacher.config.num_hidden_layers + 1)
+        # teacher: both norms and the MLP of each layer; student: the first norm and feed_forward (second norm, MLP
+        # and both residual adds in one graph); each model's final norm
+        assert n == (3 * L + 1) + (2 * L + 1)
+        assert all("feed_forward" in vars(layer) and "forward" not in vars(layer.mlp) for layer in student.model.layers)
         compiled = _step(student, teacher, batch)
         frames = torch._dynamo.utils.counters["frames"]["ok"]
     assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
@@ -83,7 +87,7 @@ def test_compiled_step_equals_eager_step_with_per_head_qk_norms():
     q_norm = student.model.layers[2].self_attn.q_norm
     with compiled_blocks(student, teacher) as n:
         # norms and MLP of every layer and the final norm, both models; q/k norms: all teacher layers, 2 student ones
-        assert n == 2 * (3 * L + 1) + 2 * (L + 2)
+        assert n == (3 * L + 1) + (2 * L + 1) + 2 * (L + 2)
         assert "forward" in vars(q_norm)
         compiled = _step(student, teacher, batch)
 
@@ -120,3 +124,15 @@ def test_compiled_blocks_are_removed_after_the_block(teacher):
     assert {path: m.forward for path, m in parts.items()} == plain
     with compiled_blocks(teacher, enabled=False) as n:
         assert n == 0 and "forward" not in vars(layer.mlp)
+
+
+def test_student_feed_forward_is_compiled_as_one_graph_and_removed_after(student):
+    """The hybrid's blocks compile ``feed_forward`` (second norm, MLP, both residual adds) instead of the norm and the
+    MLP apart, and the layer is a plain module again after the block."""
+    layer = student.model.layers[1]
+    plain = layer.feed_forward
+    with compiled_blocks(student):
+        assert "feed_forward" in vars(layer) and "forward" in vars(layer.input_layernorm)
+        assert "forward" not in vars(layer.mlp) and "forward" not in vars(layer.post_attention_layernorm)
+    assert "feed_forward" not in vars(layer) and "forward" not in vars(layer.input_layernorm)
+    assert layer.feed_forward == plain

@@ -1,5 +1,6 @@
 """``torch.compile`` of the elementwise-heavy parts of every decoder block during training: the two RMSNorms and the
-SwiGLU MLP of teacher and student, and the per-head query/key RMSNorms of attention layers that have them (Qwen3's
+SwiGLU MLP of teacher and student (in the student's blocks the second norm and the MLP with both residual adds, as one
+graph: :data:`FUSED`), and the per-head query/key RMSNorms of attention layers that have them (Qwen3's
 ``q_norm``/``k_norm``, run on ``[B, T, H, d_head]``: in eager mode six kernels over every query and key of every
 attention layer). The norm's kernels and the MLP's activation and product each become one fused kernel, forward and
 backward. The mixers (fla's Triton kernels, FlashAttention) stay as they are.
@@ -28,14 +29,19 @@ from torch import nn
 #: has no q_norm, a KDA layer no self_attn)
 PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn.q_norm", "self_attn.k_norm")
 
+#: a decoder layer method compiled as one graph in place of the parts it calls: the hybrid's ``feed_forward`` (both
+#: residual adds, the second norm and the MLP), so the adds fuse into the norm's and the MLP's kernels instead of
+#: running as eager kernels over the ``[B, T, D]`` residual stream (the teacher's transformers layers have none)
+FUSED = {"feed_forward": ("post_attention_layernorm", "mlp")}
+
 
 #: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
 RECOMPILE_LIMIT = 64
 
 
 @functools.cache
-def _compiled_forward(cls: type) -> object:
-    return torch.compile(cls.forward)
+def _compiled_method(cls: type, name: str = "forward") -> object:
+    return torch.compile(getattr(cls, name))
 
 
 def block_part(layer: nn.Module, path: str) -> nn.Module | None:
@@ -52,9 +58,11 @@ def _layers(model: nn.Module) -> nn.ModuleList:
 
 
 @contextlib.contextmanager
-def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
+def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True) -> Iterator[int]:
     """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled.
-    Yields how many modules were switched (0 when ``enabled`` is False)."""
+    ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method (the comparison
+    ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
+    ``enabled`` is False)."""
     switched: list[nn.Module] = []
     limit = contextlib.ExitStack()
     try:
@@ -63,14 +71,21 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True) -> Iterator[int]:
             limit.enter_context(torch._dynamo.config.patch(recompile_limit=max(current, RECOMPILE_LIMIT)))
             for model in models:
                 base = getattr(model, "model", model)
-                parts = [m for layer in _layers(model) for path in PARTS if (m := block_part(layer, path)) is not None]
+                parts: list[tuple[nn.Module, str]] = []
+                for layer in _layers(model):
+                    methods = [name for name in FUSED if fused and callable(getattr(type(layer), name, None))]
+                    inside = {path for name in methods for path in FUSED[name]}
+                    parts += [(layer, name) for name in methods]
+                    parts += [(m, "forward") for path in PARTS
+                              if path not in inside and (m := block_part(layer, path)) is not None]
                 if isinstance(getattr(base, "norm", None), nn.Module):
-                    parts.append(base.norm)
-                for m in parts:
-                    m.forward = _compiled_forward(type(m)).__get__(m)  # an instance attribute, removed on exit
-                    switched.append(m)
+                    parts.append((base.norm, "forward"))
+                for m, name in parts:
+                    # an instance attribute, removed on exit
+                    setattr(m, name, _compiled_method(type(m), name).__get__(m))
+                    switched.append((m, name))
         yield len(switched)
     finally:
-        for m in switched:
-            del m.forward
+        for m, name in switched:
+            delattr(m, name)
         limit.close()

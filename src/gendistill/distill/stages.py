@@ -130,8 +130,7 @@ def _kda_block(layer: nn.Module, h: torch.Tensor, position_ids: torch.Tensor,
                cu: torch.Tensor | None = None) -> torch.Tensor:
     """Stage 2's student computation on one KDA block fed the teacher's block input ``h [B, T, D]``."""
     h = h.to(_param_dtype(layer))
-    h = h + run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids, cu)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    return layer.feed_forward(h, run_mixer(layer.linear_attn, layer.input_layernorm(h), position_ids, cu))
 
 
 class StageModule(nn.Module):

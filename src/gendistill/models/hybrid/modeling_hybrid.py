@@ -90,10 +90,14 @@ class HybridDecoderLayer(GradientCheckpointingLayer):
         else:
             out, _ = self.self_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
                                     attention_mask=attention_mask, cache=cache, **kwargs)
-        hidden_states = residual + out
-        residual = hidden_states
-        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states
+        return self.feed_forward(residual, out)
+
+    def feed_forward(self, residual: torch.Tensor, mixer_out: torch.Tensor) -> torch.Tensor:
+        """The block after its mixer: ``h = residual + mixer_out``, then ``h + mlp(post_attention_layernorm(h))``; all
+        ``[B, T, D]``. One method, so that the trainer's compiled blocks (:mod:`gendistill.distill.compile`) fuse
+        both residual adds into the norm's and the MLP's kernels."""
+        h = residual + mixer_out
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class HybridPreTrainedModel(PreTrainedModel):
