@@ -11,7 +11,8 @@
 # gpu_tests (the GPU suite with its autotuning printed, its configurations recovered, then the suite on empty caches
 # with them: about 15 minutes, one start call and one watch call); shapes (on a fresh machine, the SmolLM2 pair's
 # stage 3a and stage 2 profiled with their ops by input shape, beside the blocks compiled apart (unfused) and the
-# bf16-student experiment; the Qwen3-0.6B shape's stage 3a profiled the same way; the GPU suite on empty caches; the
+# bf16-student experiment; the Qwen3-0.6B shape's stage 3a profiled the same way; train_parts --parts residual; the
+# GPU suite on empty caches; the
 # FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -107,6 +108,10 @@ driver_shapes() {
     --batch 16 --micro-batches $mb --docs-per-seq 4 --stages stage3a --variants optimized,unfused,bf16-student --steps 3 \
     --warmup 1 --phases --profile "$RES/prof" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
   echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
+  # a block with its residual stream three ways: time and error against float64 (the bf16 design's evidence)
+  timeout 150 python3 benchmarks/train_parts.py --parts residual --out "$RES/parts_residual.json" \
+    > "$RES/parts_residual.log" 2>&1
+  echo "parts_residual rc=$?" >> "$RES/steps.txt"
   # the GPU suite (the trainer's fast paths against the reference step among it) on empty Triton and Inductor
   # caches, as a fresh machine runs it (target: 3 minutes)
   t=$(date +%s)
