@@ -13,7 +13,8 @@
 # stage 3a and stage 2 profiled with their ops by input shape, beside the blocks compiled apart (unfused) and the
 # bf16-student experiment; the Qwen3-0.6B shape's stage 3a profiled the same way; train_parts --parts residual; the
 # GPU suite on empty caches; the
-# FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call).
+# FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call); fusion
+# (the SmolLM2 pair's stage 3a alone, fused, unfused and bf16-student: about 3 minutes after set-up).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tools/device_lib.sh
@@ -123,6 +124,13 @@ driver_shapes() {
   timeout 200 python3 benchmarks/fsdp_check.py --random-smollm2 --steps 8 --seq 2048 --batch 16 --micro 8 \
     --profile-step 6 --out "$RES/fsdp_check.json" > "$RES/fsdp_check.log" 2>&1
   echo "fsdp_check rc=$?" >> "$RES/steps.txt"
+}
+
+driver_fusion() {
+  # the smallest lease: the SmolLM2 pair's stage 3a, the blocks fused and apart and the bf16-student ceiling, phases
+  timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,unfused,bf16-student \
+    --steps 3 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
+  echo "tt_smol rc=$?" >> "$RES/steps.txt"
 }
 
 driver_gpu_tests() {
