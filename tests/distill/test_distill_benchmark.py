@@ -48,6 +48,19 @@ def test_train_throughput_tiny(tmp_path):
     assert "tok/s" in res.stdout
 
 
+def test_train_throughput_refuses_an_unknown_variant_before_building_models(tmp_path):
+    out = tmp_path / "tt.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--tiny", "--variants", "optimized,fused",
+         "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120,
+    )
+    assert res.returncode != 0 and not out.exists()
+    assert res.stderr.strip().splitlines()[-1] == ("--variants: unknown variant 'fused' (choose from optimized, "
+                                                   "baseline, unfused, bf16-student)")
+    assert "building" not in res.stdout
+
+
 def test_train_parts_residual_variants_compute_one_block(tmp_path):
     """The residual-stream candidates of benchmarks/train_parts.py are one block three ways: on CPU (no autocast, fp32)
     they must agree with the float64 block as closely as fp32 allows; on a GPU the same fields carry bf16's error."""
