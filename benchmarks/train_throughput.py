@@ -277,11 +277,15 @@ def main() -> None:
                               "ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["first_step_phases_ms"].items()),
                               flush=True)
             sync()
-            t0 = time.perf_counter()
-            losses = [step() for _ in range(steps)]
-            sync()
-            dt = (time.perf_counter() - t0) / steps
-            row.update({"status": "ok", "step_time_s": dt, "tokens_per_s": B * S / dt, "loss_last": losses[-1],
+            losses, times = [], []
+            for _ in range(steps):  # each step timed (the trainer reads the device once a step anyway)
+                t0 = time.perf_counter()
+                losses.append(step())
+                sync()
+                times.append(time.perf_counter() - t0)
+            dt = sum(times) / steps
+            row.update({"status": "ok", "step_time_s": dt, "step_times_s": times, "tokens_per_s": B * S / dt,
+                        "loss_last": losses[-1],
                         "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None})
             if stage_name.startswith("stage3"):
                 fl = count_flops(teacher, student, cfg, B, S)
@@ -314,7 +318,8 @@ def main() -> None:
         mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
         if row["status"] == "ok":
             print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: "
-                  f"{row['tokens_per_s']:>11,.0f} tok/s  MFU {mfu:>6s}  step {row['step_time_s']:.3f} s  "
+                  f"{row['tokens_per_s']:>11,.0f} tok/s  MFU {mfu:>6s}  step {row['step_time_s']:.3f} s "
+                  f"({min(row['step_times_s']):.3f}-{max(row['step_times_s']):.3f})  "
                   f"peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
         else:
             print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['status']}",

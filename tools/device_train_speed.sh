@@ -99,14 +99,14 @@ driver_shapes() {
   # device time goes by op and by input shape (what every copy, add and cast moves), beside the blocks compiled as
   # before the feed-forward fusion and the speed ceiling of a bf16 residual stream (train_throughput.py --variants)
   TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage2 \
-    --variants optimized,unfused,bf16-student --steps 3 --warmup 1 --phases --profile "$RES/prof" \
+    --variants optimized,unfused,bf16-student --steps 8 --warmup 1 --phases --profile "$RES/prof" \
     --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_smol.log")" >> "$RES/steps.txt"
   # micro-batches of 8 rows peak at 72 GiB on an H200: 4 on a card of less memory
   local mb=8
   [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -lt 100000 ] && mb=4
   TRITON_PRINT_AUTOTUNING=1 timeout 240 python3 benchmarks/train_throughput.py --config qwen3-0.6b --seq 4096 \
-    --batch 16 --micro-batches $mb --docs-per-seq 4 --stages stage3a --variants optimized,unfused,bf16-student --steps 3 \
+    --batch 16 --micro-batches $mb --docs-per-seq 4 --stages stage3a --variants optimized,unfused,bf16-student --steps 5 \
     --warmup 1 --phases --profile "$RES/prof" --out "$RES/tt_qwen3.json" > "$RES/tt_qwen3.log" 2>&1
   echo "tt_qwen3 rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_qwen3.log")" >> "$RES/steps.txt"
   # a block with its residual stream three ways: time and error against float64 (the bf16 design's evidence)
@@ -129,7 +129,7 @@ driver_shapes() {
 driver_fusion() {
   # the smallest lease: the SmolLM2 pair's stage 3a, the blocks fused and apart and the bf16-student ceiling, phases
   timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,unfused,bf16-student \
-    --steps 3 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
+    --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$?" >> "$RES/steps.txt"
 }
 

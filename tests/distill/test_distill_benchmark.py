@@ -38,6 +38,7 @@ def test_train_throughput_tiny(tmp_path):
                                                                                       ("stage3a", 2, "ok")]
     s3 = r["runs"][1]
     assert s3["tokens_per_s"] > 0 and s3["flops_per_step"]["total"] > s3["flops_per_step"]["teacher_forward"] > 0
+    assert len(s3["step_times_s"]) == 1 and s3["step_time_s"] == pytest.approx(s3["step_times_s"][0])
     assert r["batch"] == 2 and r["seq_len"] == 128 and r["first_step_s"] > 0
     # where the first step's seconds went: the models, then the step's phases by the wall clock, within the total
     first = r["first_step_phases_ms"]
