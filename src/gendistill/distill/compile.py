@@ -5,8 +5,9 @@ graph: :data:`FUSED`), and the per-head query/key RMSNorms of attention layers t
 attention layer). The norm's kernels and the MLP's activation and product each become one fused kernel, forward and
 backward. The mixers (fla's Triton kernels, FlashAttention) stay as they are.
 
-Each module class's ``forward`` is compiled once and shared by every instance (its parameters are graph inputs), so
-a 30-layer pair compiles a handful of graphs — seconds on a GPU machine — not one per layer. One class serves in
+Each module class's ``forward`` (and the hybrid layer's ``feed_forward``) is compiled once and shared by every
+instance (its parameters are graph inputs), so a 30-layer pair compiles a handful of graphs — seconds on a GPU
+machine — not one per layer. One class serves in
 several variants (the block norms on ``[B, T, D]`` and Qwen3's per-head q/k norms on ``[B, T, H, d_head]``; teacher
 without and student with gradients; held-out evaluation; a stage that trains other parameters), more than Dynamo's
 default of 8 compiled versions per function, after which it would run the rest eagerly: inside the block the limit
@@ -63,7 +64,7 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True
     ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method (the comparison
     ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
     ``enabled`` is False)."""
-    switched: list[nn.Module] = []
+    switched: list[tuple[nn.Module, str]] = []
     limit = contextlib.ExitStack()
     try:
         if enabled:
