@@ -131,12 +131,11 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: from the card)")
     ap.add_argument("--variants", default="optimized", help="comma-separated: optimized (the trainer's defaults: "
                     "packed FlashAttention, compiled blocks, fused loss, where they apply) and/or baseline (SDPA with "
-                    "the packed mask, eager blocks, chunked loss), each a row of the same run; unfused: optimized with the "
-                    "student's second norm and MLP compiled apart from its residual adds (as before the fusion); "
-                    "bf16-student: an "
-                    "experiment, not a training mode: optimized with the student's weights held in bf16 (the decay "
-                    "parameters kept fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 "
-                    "residual stream")
+                    "the packed mask, eager blocks, chunked loss), each a row of the same run; unfused: optimized "
+                    "with the student's second norm and MLP compiled apart from its residual adds (as before the "
+                    "fusion); bf16-student: an experiment, not a training mode: optimized with the student's weights "
+                    "held in bf16 on CUDA (the decay parameters kept fp32) and stepped without fp32 master copies, "
+                    "the speed ceiling of a bf16 residual stream")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")

@@ -41,7 +41,7 @@ RECOMPILE_LIMIT = 64
 
 
 @functools.cache
-def _compiled_method(cls: type, name: str = "forward") -> object:
+def _compiled_method(cls: type, name: str) -> object:
     return torch.compile(getattr(cls, name))
 
 
