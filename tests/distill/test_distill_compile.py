@@ -15,14 +15,14 @@ from gendistill.distill.trainer import train_step
 from tests.conftest import make_teacher
 
 
-def _step(student, teacher, batch):
+def _step(student, teacher, batch, precision="fp32"):
     stage = StageConfig(name="stage3a", steps=1, seq_len=16, batch_size=2, micro_batch_size=2, optim={"lr": 1.0},
                         loss=LossConfig(chunk_size=7))
     apply_trainable(student, stage.trainable)
     module = build_stage_module(student, teacher, stage)
     trainable = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=1.0)
-    run = RunConfig(output_dir="unused", precision="fp32", tensorboard=False, progress="none")
+    run = RunConfig(output_dir="unused", precision=precision, tensorboard=False, progress="none")
     loss, gnorm, _, ok = train_step(module, module, [module.prepare(batch)], opt, trainable, World(), run, None)
     assert ok
     return loss, gnorm, [p.detach().clone() for p in trainable]
@@ -56,6 +56,44 @@ def test_compiled_step_equals_eager_step(teacher, student):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # one graph per module class and grad mode (RMSNorm, MLP; teacher without, student with grad): not one per layer
     assert 0 < frames <= 8, frames
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def test_first_norm_returns_bf16_under_autocast_and_the_step_stays_as_accurate(teacher, student):
+    """Under bf16 autocast (the trainer's GPU precision; CPU autocast here) each block's compiled first norm returns
+    bf16, cast inside its kernel, instead of fp32 that every projection would cast again. The projections read the
+    same bf16 values; the backward sums their input gradients in bf16. Against the same step in fp32 (the reference),
+    the compiled step's parameter update is as accurate as the eager bf16 step's: within 1.5x its error plus 1e-3,
+    where the error of a bf16 step is itself a few 1e-2 (8 mantissa bits, rounded again in each layer)."""
+    batch = _batch(teacher.config.vocab_size, 4, [[9, 7], [16]])
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    p0 = [p.detach().clone() for p in student.parameters()]
+    seen: list[torch.dtype] = []
+    hook = student.model.layers[1].input_layernorm.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+
+    def update(precision):
+        student.load_state_dict(start)
+        params = _step(student, teacher, batch, precision)[2]
+        trainable = [p0[i] for i, p in enumerate(student.parameters()) if p.requires_grad]
+        return torch.cat([(a - b).flatten() for a, b in zip(params, trainable)])
+
+    reference = update("fp32")
+    eager = update("bf16")
+    assert seen[-1] == torch.float32  # eager: the norm returns the residual stream's dtype
+    torch._dynamo.reset()
+    with compiled_blocks(student, teacher):
+        compiled = update("bf16")
+    assert seen[-1] == torch.bfloat16
+    with compiled_blocks(student, teacher, cast=False):
+        update("bf16")
+    assert seen[-1] == torch.float32  # cast=False: the benchmark's comparison row
+    hook.remove()
+    err_eager, err_compiled = _rel(eager, reference), _rel(compiled, reference)
+    assert 0 < err_eager < 5e-2, err_eager
+    assert err_compiled <= 1.5 * err_eager + 1e-3, (err_compiled, err_eager)
 
 
 def _batch(vocab: int, seed: int, lens: list[list[int]]) -> dict[str, torch.Tensor]:

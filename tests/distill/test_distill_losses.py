@@ -214,3 +214,20 @@ def test_fused_forward_kl_applies_only_to_what_the_kernel_computes():
     assert fused_forward_kl_applies(LossConfig(), h, None, None) == "not on CUDA (fla's Triton kernel)"
     assert "bias" in fused_forward_kl_applies(LossConfig(), h, torch.zeros(3), None)
     assert "jsd" in fused_forward_kl_applies(LossConfig(kind="jsd"), h, None, None)
+
+
+def test_fused_forward_kl_asks_fla_available_before_fla_is_imported(monkeypatch):
+    """On CUDA the fused loss applies only where fla's kernels import, and asking is what points fla at gendistill's
+    shipped kernel configurations before its first import (``fla_available`` -> ``fla_configs.activate``): a process
+    whose first fla kernel was the loss's autotuned every KDA kernel from scratch (the GPU suite on an H100)."""
+    import types
+
+    import gendistill.distill.losses as losses
+
+    asked: list[bool] = []
+    on_cuda = types.SimpleNamespace(is_cuda=True)  # the check reads only where the hidden states live
+    for importable in (False, True):
+        monkeypatch.setattr(losses, "fla_available", lambda v=importable: asked.append(v) or v)
+        why = fused_forward_kl_applies(LossConfig(), on_cuda, None, None)
+        assert why == (None if importable else "fla's kernels are not importable here")
+    assert asked == [False, True]

@@ -3,7 +3,7 @@ SwiGLU MLP of teacher and student (in the student's blocks the second norm and t
 graph: :data:`FUSED`), and the per-head query/key RMSNorms of attention layers that have them (Qwen3's
 ``q_norm``/``k_norm``, run on ``[B, T, H, d_head]``: in eager mode six kernels over every query and key of every
 attention layer). The norm's kernels and the MLP's activation and product each become one fused kernel, forward and
-backward. The mixers (fla's Triton kernels, FlashAttention) stay as they are.
+backward, and each block's first norm returns the autocast dtype (:data:`CAST_TO_AUTOCAST`). The mixers (fla's Triton kernels, FlashAttention) stay as they are.
 
 Each module class's ``forward`` (and the hybrid layer's ``feed_forward``) is compiled once and shared by every
 instance (its parameters are graph inputs), so a 30-layer pair compiles a handful of graphs — seconds on a GPU
@@ -35,14 +35,35 @@ PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn.q_norm
 #: running as eager kernels over the ``[B, T, D]`` residual stream (the teacher's transformers layers have none)
 FUSED = {"feed_forward": ("post_attention_layernorm", "mlp")}
 
+#: parts whose compiled ``forward`` returns the autocast dtype (bf16) instead of the residual stream's (fp32): the
+#: block's first norm, whose output the mixer's projections read (three in an attention layer, four in a KDA layer).
+#: Each would cast the fp32 output to bf16 again, a copy of ``[B, T, D]`` apiece; cast inside the norm's kernel
+#: there is none, and the projections see the same bf16 values. What changes is the backward: the projections'
+#: input gradients are summed in bf16 before the norm's backward reads them (measured on one block: 1.13x the fp32
+#: block's speed, the input gradient's error against float64 2.65e-3 instead of 2.46e-3; docs/results.md section 8d)
+CAST_TO_AUTOCAST = ("input_layernorm",)
+
 
 #: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
 RECOMPILE_LIMIT = 64
 
 
+def _autocast_output(fn):
+    """``fn`` with its tensor output cast to the autocast dtype while autocast is on (unchanged outside it)."""
+
+    @functools.wraps(fn)
+    def cast(self, *args, **kwargs):
+        out = fn(self, *args, **kwargs)
+        device = out.device.type
+        return out.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else out
+
+    return cast
+
+
 @functools.cache
-def _compiled_method(cls: type, name: str) -> object:
-    return torch.compile(getattr(cls, name))
+def _compiled_method(cls: type, name: str, cast: bool = False) -> object:
+    fn = getattr(cls, name)
+    return torch.compile(_autocast_output(fn) if cast else fn)
 
 
 def block_part(layer: nn.Module, path: str) -> nn.Module | None:
@@ -59,9 +80,11 @@ def _layers(model: nn.Module) -> nn.ModuleList:
 
 
 @contextlib.contextmanager
-def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True) -> Iterator[int]:
-    """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled.
-    ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method (the comparison
+def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True,
+                    cast: bool = True) -> Iterator[int]:
+    """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled, the
+    parts in :data:`CAST_TO_AUTOCAST` returning the autocast dtype. ``fused=False`` compiles the parts apart even where
+    a layer has a :data:`FUSED` method, ``cast=False`` keeps every part's output dtype (the comparisons
     ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
     ``enabled`` is False)."""
     switched: list[tuple[nn.Module, str]] = []
@@ -72,18 +95,18 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True
             limit.enter_context(torch._dynamo.config.patch(recompile_limit=max(current, RECOMPILE_LIMIT)))
             for model in models:
                 base = getattr(model, "model", model)
-                parts: list[tuple[nn.Module, str]] = []
+                parts: list[tuple[nn.Module, str, bool]] = []
                 for layer in _layers(model):
                     methods = [name for name in FUSED if fused and callable(getattr(type(layer), name, None))]
                     inside = {path for name in methods for path in FUSED[name]}
-                    parts += [(layer, name) for name in methods]
-                    parts += [(m, "forward") for path in PARTS
+                    parts += [(layer, name, False) for name in methods]
+                    parts += [(m, "forward", cast and path in CAST_TO_AUTOCAST) for path in PARTS
                               if path not in inside and (m := block_part(layer, path)) is not None]
                 if isinstance(getattr(base, "norm", None), nn.Module):
-                    parts.append((base.norm, "forward"))
-                for m, name in parts:
+                    parts.append((base.norm, "forward", False))
+                for m, name, to_autocast in parts:
                     # an instance attribute, removed on exit
-                    setattr(m, name, _compiled_method(type(m), name).__get__(m))
+                    setattr(m, name, _compiled_method(type(m), name, to_autocast).__get__(m))
                     switched.append((m, name))
         yield len(switched)
     finally:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gendistill.errors import ConfigError
+from gendistill.ops.backend import fla_available
 
 
 class LossSettings(Protocol):
@@ -257,6 +258,8 @@ def fused_forward_kl_applies(cfg: LossSettings, h_s: torch.Tensor, b_s: torch.Te
         return "a vocabulary projection with a bias"
     if not h_s.is_cuda:
         return "not on CUDA (fla's Triton kernel)"
+    if not fla_available():  # also the first import of fla: the shipped kernel configurations must be set before it
+        return "fla's kernels are not importable here"
     return None
 
 
