@@ -14,7 +14,9 @@
 # bf16-student experiment; the Qwen3-0.6B shape's stage 3a profiled the same way; train_parts --parts residual; the
 # GPU suite on empty caches; the
 # FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call); fusion
-# (the SmolLM2 pair's stage 3a alone, fused, unfused and bf16-student: about 3 minutes after set-up).
+# (the SmolLM2 pair's stage 3a alone, fused, unfused and bf16-student: about 3 minutes after set-up); cast (stage 3a
+# with the first norm's output in bf16 (optimized), in fp32 (uncast) and unfused, then the GPU suite on empty caches:
+# about 8 minutes after set-up).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tools/device_lib.sh
@@ -131,6 +133,21 @@ driver_fusion() {
   timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,unfused,bf16-student \
     --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$?" >> "$RES/steps.txt"
+}
+
+driver_cast() {
+  # the first norm's bf16 output against the fp32 one (uncast) and §8's blocks (unfused), the whole step, 8 steps a
+  # row; then the GPU suite on empty caches now that the fused loss no longer imports fla before its configurations
+  # are set (target: 3 minutes), each failure printed as it happens (tests/gpu/conftest.py)
+  timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,uncast,unfused \
+    --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
+  echo "tt_smol rc=$?" >> "$RES/steps.txt"
+  t=$(date +%s)
+  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" TRITON_PRINT_AUTOTUNING=1 \
+    timeout 300 python3 -m pytest -v -s -p no:cacheprovider --timeout 120 --durations=0 tests/gpu \
+    > "$RES/pytest_gpu_fresh.log" 2>&1
+  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
+    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
 }
 
 driver_gpu_tests() {
