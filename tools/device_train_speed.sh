@@ -26,6 +26,19 @@ WAIT=${WAIT:-540}
 RES=/tmp/gendistill_speed
 SMOL="--config smollm2-135m --seq 2048 --batch 32 --micro-batches 32 --docs-per-seq 4"
 
+gpu_suite_fresh() {
+  # the GPU suite on empty Triton and Inductor caches, as a fresh machine runs it (target: 3 minutes); $1: its time
+  # limit in seconds. One test at most 120 s; -s shows the kernels' autotuning records, which pytest would capture;
+  # each failure is printed as it happens (tests/gpu/conftest.py), so a run cut by the limit still says why
+  local t
+  t=$(date +%s)
+  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" TRITON_PRINT_AUTOTUNING=1 \
+    timeout "$1" python3 -m pytest -v -s -p no:cacheprovider --timeout 120 --durations=0 tests/gpu \
+    > "$RES/pytest_gpu_fresh.log" 2>&1
+  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
+    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+}
+
 driver_profile() {
   python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1,stage2 --steps 3 --warmup 1 --phases \
     --profile "$RES/prof" --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_base.json" > "$RES/tt_base.log" 2>&1
@@ -88,12 +101,7 @@ driver_finish() {
   for log in tt_smol tt_qwen3 pytest_gpu; do
     python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/$log.log" "$RES/fla_tests" >> "$RES/steps.txt" 2>&1
   done
-  t=$(date +%s)
-  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
-    FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 -m pytest -v -s -p no:cacheprovider \
-    --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
-  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
-    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=fuzzy gpu_suite_fresh 300
 }
 
 driver_shapes() {
@@ -106,12 +114,7 @@ driver_shapes() {
   echo "tt_smol rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_smol.log")" >> "$RES/steps.txt"
   # second, because its checks are owed before any figure counts: the GPU suite (the trainer's fast paths against
   # the reference step among it) on empty Triton and Inductor caches, as a fresh machine runs it (target: 3 minutes)
-  t=$(date +%s)
-  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" TRITON_PRINT_AUTOTUNING=1 \
-    timeout 330 python3 -m pytest -v -s -p no:cacheprovider --timeout 120 --durations=0 tests/gpu \
-    > "$RES/pytest_gpu_fresh.log" 2>&1
-  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
-    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+  gpu_suite_fresh 330
   # micro-batches of 8 rows peak at 72 GiB on an H200: 4 on a card of less memory
   local mb=8
   [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -lt 100000 ] && mb=4
@@ -142,12 +145,7 @@ driver_cast() {
   timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,uncast,unfused \
     --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$?" >> "$RES/steps.txt"
-  t=$(date +%s)
-  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" TRITON_PRINT_AUTOTUNING=1 \
-    timeout 300 python3 -m pytest -v -s -p no:cacheprovider --timeout 120 --durations=0 tests/gpu \
-    > "$RES/pytest_gpu_fresh.log" 2>&1
-  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
-    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+  gpu_suite_fresh 300
 }
 
 driver_gpu_tests() {
@@ -161,12 +159,7 @@ driver_gpu_tests() {
   cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
   python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
     >> "$RES/steps.txt" 2>&1
-  t=$(date +%s)
-  TRITON_CACHE_DIR="$RES/triton_fresh" TORCHINDUCTOR_CACHE_DIR="$RES/inductor_fresh" FLA_CONFIG_DIR="$RES/fla_tests" \
-    FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 timeout 400 python3 -m pytest -v -s -p no:cacheprovider \
-    --timeout 120 --durations=0 tests/gpu > "$RES/pytest_gpu_fresh.log" 2>&1
-  echo "pytest_gpu_fresh rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
-    "$RES/pytest_gpu_fresh.log")" >> "$RES/steps.txt"
+  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=fuzzy gpu_suite_fresh 400
 }
 
 collect() {
