@@ -86,9 +86,11 @@ def packed_flash_attention_forward(
     Hkv = key.shape[1]
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
     q = query.transpose(1, 2).reshape(B * T, H, D).to(dtype)
-    if Hkv != H and "enable_gqa" not in params:  # older varlen_attn: repeat k/v to the query heads
-        key, value = (x.repeat_interleave(H // Hkv, dim=1) for x in (key, value))
-    k, v = (x.transpose(1, 2).reshape(B * T, x.shape[1], D).to(dtype) for x in (key, value))
+    # token-major [B * T, heads, D]; an older varlen_attn (no enable_gqa) gets each k/v head repeated for the query
+    # heads of its group (head h reads k/v head h // (H / H_kv), as transformers' repeat_kv), in the same one copy
+    rep = H // Hkv if Hkv != H and "enable_gqa" not in params else 1
+    k, v = (x.transpose(1, 2)[:, :, :, None].expand(B, T, Hkv, rep, D).reshape(B * T, Hkv * rep, D).to(dtype)
+            for x in (key, value))
     kw = {"enable_gqa": True} if k.shape[1] != H else {}
     kw.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
     out = fn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling, **kw)
