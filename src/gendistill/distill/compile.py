@@ -36,11 +36,13 @@ PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn.q_norm
 FUSED = {"feed_forward": ("post_attention_layernorm", "mlp")}
 
 #: parts whose compiled ``forward`` returns the autocast dtype (bf16) instead of the residual stream's (fp32): the
-#: block's first norm, whose output the mixer's projections read (three in an attention layer, four in a KDA layer).
-#: Each would cast the fp32 output to bf16 again, a copy of ``[B, T, D]`` apiece; cast inside the norm's kernel
-#: there is none, and the projections see the same bf16 values. What changes is the backward: the projections'
-#: input gradients are summed in bf16 before the norm's backward reads them (measured on one block: 1.13x the fp32
-#: block's speed, the input gradient's error against float64 2.65e-3 instead of 2.46e-3; docs/results.md section 8d)
+#: block's first norm, whose output the mixer reads. In an attention layer its three projections would each cast the
+#: fp32 output to bf16 again (a copy of ``[B, T, D]`` apiece); a KDA layer's input is cast once by the trainer's
+#: pre-hook (:func:`gendistill.distill.stages.cast_mixer_inputs`), a separate kernel that reads the fp32 output back.
+#: Cast inside the norm's kernel there are no such copies, and the projections see the same bf16 values. What changes
+#: is the attention layers' backward: their projections' input gradients are summed in bf16 (in a KDA layer they were
+#: already; measured on one attention-like block: 1.13x the fp32 block's speed, the input gradient's error against
+#: float64 2.65e-3 instead of 2.46e-3; docs/results.md section 8d)
 CAST_TO_AUTOCAST = ("input_layernorm",)
 
 
