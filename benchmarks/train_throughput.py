@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
 CONFIGS = ("qwen3-0.6b", "smollm2-135m")
-VARIANTS = ("optimized", "baseline", "uncast", "unfused", "bf16-student")
+VARIANTS = ("optimized", "baseline", "uncast", "unfused", "compiled-attention", "bf16-student")
 
 
 def model_config(name: str, tiny: bool):
@@ -134,9 +134,10 @@ def main() -> None:
                     "the packed mask, eager blocks, chunked loss), each a row of the same run; uncast: optimized "
                     "with each block's first norm returning fp32, not bf16 (as before that change); unfused: uncast "
                     "with the student's second norm and MLP compiled apart from its residual adds (as before the "
-                    "fusion); bf16-student: an experiment, not a training mode: optimized with the student's weights "
-                    "held in bf16 on CUDA (the decay parameters kept fp32) and stepped without fp32 master copies, "
-                    "the speed ceiling of a bf16 residual stream")
+                    "fusion); compiled-attention: optimized with each attention module compiled whole (projections, "
+                    "rotary embedding, layout copies: an experiment); bf16-student: an experiment, not a training "
+                    "mode: optimized with the student's weights held in bf16 on CUDA (the decay parameters kept "
+                    "fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
@@ -250,7 +251,7 @@ def main() -> None:
             student, teacher, enabled=fast and use_packed_flash_attention(world, run)))
         row["compiled_modules"] = context.enter_context(compiled_blocks(
             student, teacher, enabled=fast and use_compiled_blocks(world, run), fused=variant != "unfused",
-            cast=variant not in ("uncast", "unfused")))
+            cast=variant not in ("uncast", "unfused"), attention=variant == "compiled-attention"))
         if stage_name.startswith("stage3") and dev.type == "cuda":
             row["loss_implementation"] = stage.loss.implementation
 

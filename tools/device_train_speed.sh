@@ -15,8 +15,8 @@
 # GPU suite on empty caches; the
 # FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call); fusion
 # (the SmolLM2 pair's stage 3a alone, fused, unfused and bf16-student: about 3 minutes after set-up); cast (stage 3a
-# with the first norm's output in bf16 (optimized), in fp32 (uncast) and unfused, then the GPU suite on empty caches:
-# about 8 minutes after set-up).
+# with the first norm's output in bf16 (optimized), in fp32 (uncast), unfused, and with the attention compiled whole;
+# then the GPU suite on empty caches: about 9 minutes after set-up).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tools/device_lib.sh
@@ -139,11 +139,13 @@ driver_fusion() {
 }
 
 driver_cast() {
-  # the first norm's bf16 output against the fp32 one (uncast) and §8's blocks (unfused), the whole step, 8 steps a
-  # row; then the GPU suite on empty caches now that the fused loss no longer imports fla before its configurations
-  # are set (target: 3 minutes), each failure printed as it happens (tests/gpu/conftest.py)
-  timeout 200 python3 benchmarks/train_throughput.py $SMOL --stages stage3a --variants optimized,uncast,unfused \
-    --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" > "$RES/tt_smol.log" 2>&1
+  # the first norm's bf16 output against the fp32 one (uncast), §8's blocks (unfused) and the attention modules
+  # compiled whole (compiled-attention, whose whole-step check is in tests/gpu), 8 steps a row; then the GPU suite on
+  # empty caches, now that the fused loss no longer imports fla before its configurations are set (target: 3
+  # minutes), each failure printed as it happens (tests/gpu/conftest.py)
+  timeout 300 python3 benchmarks/train_throughput.py $SMOL --stages stage3a \
+    --variants optimized,uncast,unfused,compiled-attention --steps 8 --warmup 1 --phases --out "$RES/tt_smol.json" \
+    > "$RES/tt_smol.log" 2>&1
   echo "tt_smol rc=$?" >> "$RES/steps.txt"
   gpu_suite_fresh 300
 }

@@ -3,6 +3,7 @@ the step the eager blocks give, share one compiled graph per module class, and l
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gendistill.convert import convert_teacher
@@ -174,3 +175,32 @@ def test_student_feed_forward_is_compiled_as_one_graph_and_removed_after(student
         assert "forward" not in vars(layer.mlp) and "forward" not in vars(layer.post_attention_layernorm)
     assert "feed_forward" not in vars(layer) and "forward" not in vars(layer.input_layernorm)
     assert layer.feed_forward == plain
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_compiled_attention_step_equals_eager_step(family):
+    """``compiled_blocks(attention=True)`` (the benchmark's compiled-attention experiment) compiles each attention
+    module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather than compiled apart: the
+    step is the eager step's to float32 rounding, without a graph break, and the modules are plain after the block."""
+    teacher = make_teacher(family)
+    student = convert_teacher(teacher, [0, 2]).train()
+    batch = _batch(teacher.config.vocab_size, 5, [[10, 6], [16]])
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    eager = _step(student, teacher, batch)
+    student.load_state_dict(start)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    attn = student.model.layers[2].self_attn
+    L = teacher.config.num_hidden_layers
+    with compiled_blocks(student, teacher, attention=True) as n:
+        # teacher: both norms, the MLP and the attention of every layer; student: the first norm and feed_forward of
+        # every layer, the attention of its two kept layers; each model's final norm
+        assert n == (4 * L + 1) + (2 * L + 1) + 2
+        assert "forward" in vars(attn) and "forward" not in vars(getattr(attn, "q_norm", attn.o_proj))
+        compiled = _step(student, teacher, batch)
+    assert "forward" not in vars(attn)
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
+    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

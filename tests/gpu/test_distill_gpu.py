@@ -121,11 +121,14 @@ def test_packed_flash_attention_equals_sdpa_with_the_packed_mask():
     assert torch.equal(a[0, 200:], c[0, 200:]) and not torch.equal(a[0, :200], c[0, :200])
 
 
-@pytest.mark.parametrize("stage_name", ["stage3a", "stage2", "stage1"])
-def test_fast_training_step_equals_reference_step(stage_name):
+@pytest.mark.parametrize(("stage_name", "attention"),
+                         [("stage3a", False), ("stage2", False), ("stage1", False), ("stage3a", True)],
+                         ids=["stage3a", "stage2", "stage1", "stage3a-compiled-attention"])
+def test_fast_training_step_equals_reference_step(stage_name, attention):
     """One optimizer step with every fast path (packed FlashAttention, compiled blocks, fused KL) against the same
     step on the reference paths (SDPA with the packed mask, eager blocks, chunked KL), bf16 autocast as the trainer
-    runs it: loss and every gradient within bf16 tolerance (2e-2 relative)."""
+    runs it: loss and every gradient within bf16 tolerance (2e-2 relative). ``attention``: the attention modules
+    compiled whole as well, packed FlashAttention inside the graph (the benchmark's compiled-attention experiment)."""
     from gendistill.distill.compile import compiled_blocks
     from gendistill.distill.config import RunConfig, StageConfig
     from gendistill.distill.distributed import World
@@ -155,7 +158,8 @@ def test_fast_training_step_equals_reference_step(stage_name):
         trainable = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.SGD(trainable, lr=0.0)  # keeps the gradients readable: zero_grad(set_to_none) below
         opt.zero_grad = lambda set_to_none=True: None
-        with packed_flash_attention(student, teacher, enabled=fast), compiled_blocks(student, teacher, enabled=fast):
+        with packed_flash_attention(student, teacher, enabled=fast), \
+                compiled_blocks(student, teacher, enabled=fast, attention=attention):
             micro, _ = prefetch_step(OneBatch(), module, world.device)
             loss, gnorm, _, ok = train_step(module, module, micro, opt, trainable, world, run, None)
         assert ok

@@ -46,6 +46,13 @@ FUSED = {"feed_forward": ("post_attention_layernorm", "mlp")}
 CAST_TO_AUTOCAST = ("input_layernorm",)
 
 
+#: a decoder layer's attention module, compiled whole only where asked (``compiled_blocks(attention=True)``): its
+#: projections, the rotary embedding, the layout copies around the attention kernel and the per-head q/k norms in one
+#: graph. An experiment until a GPU run measures it (``benchmarks/train_throughput.py --variants compiled-attention``):
+#: the rotary embedding and the copies around the kernel were about 30 ms of eager kernels in a stage-3a step of the
+#: SmolLM2 pair (docs/results.md section 8d); what compiling them costs the first step is not yet known
+ATTENTION = "self_attn"
+
 #: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
 RECOMPILE_LIMIT = 64
 
@@ -83,11 +90,12 @@ def _layers(model: nn.Module) -> nn.ModuleList:
 
 @contextlib.contextmanager
 def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True,
-                    cast: bool = True) -> Iterator[int]:
+                    cast: bool = True, attention: bool = False) -> Iterator[int]:
     """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled, the
     parts in :data:`CAST_TO_AUTOCAST` returning the autocast dtype. ``fused=False`` compiles the parts apart even where
-    a layer has a :data:`FUSED` method, ``cast=False`` keeps every part's output dtype (the comparisons
-    ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
+    a layer has a :data:`FUSED` method, ``cast=False`` keeps every part's output dtype, ``attention=True`` compiles
+    each layer's :data:`ATTENTION` module whole (the comparisons ``benchmarks/train_throughput.py --variants``
+    makes). Yields how many modules and methods were switched (0 when
     ``enabled`` is False)."""
     switched: list[tuple[nn.Module, str]] = []
     limit = contextlib.ExitStack()
@@ -101,8 +109,12 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True
                 for layer in _layers(model):
                     methods = [name for name in FUSED if fused and callable(getattr(type(layer), name, None))]
                     inside = {path for name in methods for path in FUSED[name]}
+                    paths = PARTS
+                    if attention and block_part(layer, ATTENTION) is not None:
+                        paths = (*PARTS, ATTENTION)
+                        inside |= {path for path in PARTS if path.startswith(ATTENTION + ".")}
                     parts += [(layer, name, False) for name in methods]
-                    parts += [(m, "forward", cast and path in CAST_TO_AUTOCAST) for path in PARTS
+                    parts += [(m, "forward", cast and path in CAST_TO_AUTOCAST) for path in paths
                               if path not in inside and (m := block_part(layer, path)) is not None]
                 if isinstance(getattr(base, "norm", None), nn.Module):
                     parts.append((base.norm, "forward", False))
