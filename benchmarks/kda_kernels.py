@@ -32,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gendistill's ops for the prep[torch] row
 
 from gendistill.bench.timing import measure  # noqa: E402  (the project's timer: CUDA events on GPU)
+from gendistill.ops.backend import fla_available  # noqa: E402
 
 
 def empty_cache() -> None:
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             log("needs a CUDA GPU (fla's KDA kernels are Triton); --device cpu only checks the plumbing")
             return 2
+        fla_available()  # the shipped kernel configurations, set before fla's first import
         from fla.ops.kda import chunk_kda, fused_recurrent_kda
     else:
         chunk_kda, fused_recurrent_kda = cpu_standins()

@@ -36,6 +36,7 @@ from gendistill.bench import engine  # noqa: E402
 from gendistill.bench.profile import append_table, label_times, labelled, op_table  # noqa: E402
 from gendistill.bench.timing import measure  # noqa: E402
 from gendistill.io import portable_command  # noqa: E402
+from gendistill.ops.backend import fla_available  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
         return 2
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        fla_available()  # the shipped kernel configurations, set before fla's first import (the parts import it)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / f"prefill_kernels_{args.label}.txt"

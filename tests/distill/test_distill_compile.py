@@ -65,33 +65,45 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_first_norm_returns_bf16_under_autocast_and_the_step_stays_as_accurate(teacher, student):
     """Under bf16 autocast (the trainer's GPU precision; CPU autocast here) each block's compiled first norm returns
-    bf16, cast inside its kernel, instead of fp32 that every projection would cast again. The projections read the
-    same bf16 values; the backward sums their input gradients in bf16. Against the same step in fp32 (the reference),
-    the compiled step's parameter update is as accurate as the eager bf16 step's: within 1.5x its error plus 1e-3,
-    where the error of a bf16 step is itself a few 1e-2 (8 mantissa bits, rounded again in each layer)."""
+    bf16, cast inside its kernel: exactly the fp32 norm's output rounded once, which every projection would otherwise
+    round again apart. No other compiled part changes its dtype (the final norm, the teacher's second norm stay fp32).
+    So the forward, and the loss, are those of the same compiled step without the cast (``cast=False``); only the
+    backward differs, where an attention layer's projections now sum their input gradients in bf16. Against the
+    same step in fp32 (the reference) the update is as accurate as the eager bf16 step's: within 1.5x its error plus
+    1e-3, where the error of a bf16 step is itself a few 1e-2 (8 mantissa bits, rounded again in each layer)."""
     batch = _batch(teacher.config.vocab_size, 4, [[9, 7], [16]])
     start = {k: v.clone() for k, v in student.state_dict().items()}
     p0 = [p.detach().clone() for p in student.parameters()]
-    seen: list[torch.dtype] = []
-    hook = student.model.layers[1].input_layernorm.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    probes = {"first norm": student.model.layers[1].input_layernorm, "final norm": student.model.norm,
+              "teacher's first norm": teacher.model.layers[1].input_layernorm,
+              "teacher's second norm": teacher.model.layers[1].post_attention_layernorm}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.detach().clone()))
+             for name, m in probes.items()]
 
     def update(precision):
         student.load_state_dict(start)
-        params = _step(student, teacher, batch, precision)[2]
+        loss, _, params = _step(student, teacher, batch, precision)
         trainable = [p0[i] for i, p in enumerate(student.parameters()) if p.requires_grad]
-        return torch.cat([(a - b).flatten() for a, b in zip(params, trainable)])
+        return loss, torch.cat([(a - b).flatten() for a, b in zip(params, trainable)])
 
-    reference = update("fp32")
-    eager = update("bf16")
-    assert seen[-1] == torch.float32  # eager: the norm returns the residual stream's dtype
+    _, reference = update("fp32")
+    _, eager = update("bf16")
+    assert {name: out.dtype for name, out in seen.items()} == dict.fromkeys(probes, torch.float32)
     torch._dynamo.reset()
-    with compiled_blocks(student, teacher):
-        compiled = update("bf16")
-    assert seen[-1] == torch.bfloat16
     with compiled_blocks(student, teacher, cast=False):
-        update("bf16")
-    assert seen[-1] == torch.float32  # cast=False: the benchmark's comparison row
-    hook.remove()
+        loss_uncast, uncast = update("bf16")
+    fp32_norm = seen["first norm"]
+    with compiled_blocks(student, teacher):
+        loss_cast, compiled = update("bf16")
+    for h in hooks:
+        h.remove()
+    assert {name: out.dtype for name, out in seen.items()} == {
+        "first norm": torch.bfloat16, "final norm": torch.float32, "teacher's first norm": torch.bfloat16,
+        "teacher's second norm": torch.float32}
+    assert torch.equal(seen["first norm"], fp32_norm.to(torch.bfloat16))
+    assert loss_cast == loss_uncast
+    assert 0 < _rel(compiled, uncast) < 1e-2  # the bf16 sums of the attention layers' input gradients
     err_eager, err_compiled = _rel(eager, reference), _rel(compiled, reference)
     assert 0 < err_eager < 5e-2, err_eager
     assert err_compiled <= 1.5 * err_eager + 1e-3, (err_compiled, err_eager)

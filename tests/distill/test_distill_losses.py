@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
 
+import gendistill.distill.losses as losses
 from gendistill.distill.config import LossConfig
 from gendistill.distill.losses import (
     HIDDEN_LOSSES,
@@ -216,14 +220,10 @@ def test_fused_forward_kl_applies_only_to_what_the_kernel_computes():
     assert "jsd" in fused_forward_kl_applies(LossConfig(kind="jsd"), h, None, None)
 
 
-def test_fused_forward_kl_asks_fla_available_before_fla_is_imported(monkeypatch):
+def test_fused_forward_kl_asks_fla_available_first(monkeypatch):
     """On CUDA the fused loss applies only where fla's kernels import, and asking is what points fla at gendistill's
     shipped kernel configurations before its first import (``fla_available`` -> ``fla_configs.activate``): a process
     whose first fla kernel was the loss's autotuned every KDA kernel from scratch (the GPU suite on an H100)."""
-    import types
-
-    import gendistill.distill.losses as losses
-
     asked: list[bool] = []
     on_cuda = types.SimpleNamespace(is_cuda=True)  # the check reads only where the hidden states live
     for importable in (False, True):
@@ -231,3 +231,15 @@ def test_fused_forward_kl_asks_fla_available_before_fla_is_imported(monkeypatch)
         why = fused_forward_kl_applies(LossConfig(), on_cuda, None, None)
         assert why == (None if importable else "fla's kernels are not importable here")
     assert asked == [False, True]
+
+
+def test_importing_the_trainer_imports_no_fla():
+    """fla reads its kernel-configuration settings once, at its own import; gendistill sets them in
+    ``fla_available()``. So no module of the trainer may import fla when it is imported (fla comes in only behind
+    ``fla_available()`` / ``use_fla``), or a GPU run would autotune every kernel from scratch."""
+    code = ("import sys\nimport gendistill.distill.losses, gendistill.distill.stages, gendistill.distill.trainer\n"
+            "import gendistill.distill.pipeline, gendistill.distill.compile\n"
+            "print(sorted(m for m in sys.modules if m == 'fla' or m.startswith('fla.')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"

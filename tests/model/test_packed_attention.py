@@ -21,6 +21,7 @@ def per_document_attention(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, win
     """varlen_attn's contract on ``[N, H, D]`` tokens: causal attention inside each document of ``cu_q``."""
     assert window_size == (-1, 0) or is_causal
     assert enable_gqa or k.shape[1] == q.shape[1], "k/v must have the query's heads without enable_gqa"
+    assert not enable_gqa or k.shape[1] < q.shape[1], "enable_gqa is for k/v with fewer heads"
     out = torch.empty_like(q)
     for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
         out[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
@@ -48,7 +49,13 @@ def reference(q, k, v, lens, scale):
 @pytest.mark.parametrize("params", [OLD, OLD | {"enable_gqa"}], ids=["repeat k/v", "enable_gqa"])
 @pytest.mark.parametrize("kv_heads", [2, 6])
 def test_packed_attention_equals_attention_within_each_document(monkeypatch, params, kv_heads):
-    monkeypatch.setattr(packed_attention, "_varlen", lambda: (per_document_attention, params))
+    seen_kv_heads = []
+
+    def varlen_attn(q, k, *args, **kwargs):
+        seen_kv_heads.append(k.shape[1])
+        return per_document_attention(q, k, *args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "_VARLEN", (varlen_attn, params))
     lens = [[5, 7], [12], [1, 3, 8]]
     pos = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lens])
     g = torch.Generator().manual_seed(0)
@@ -57,3 +64,5 @@ def test_packed_attention_equals_attention_within_each_document(monkeypatch, par
     out, none = packed_flash_attention_forward(None, q, k, v, None, scaling=0.3, **packed_attention_kwargs(pos))
     assert none is None and out.shape == (3, 12, 6, 8)
     torch.testing.assert_close(out, reference(q, k, v, lens, 0.3), rtol=1e-12, atol=1e-12)
+    # k/v are repeated only for a varlen_attn without grouped-query support
+    assert seen_kv_heads == [kv_heads if "enable_gqa" in params else 6]

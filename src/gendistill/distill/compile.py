@@ -3,7 +3,8 @@ SwiGLU MLP of teacher and student (in the student's blocks the second norm and t
 graph: :data:`FUSED`), and the per-head query/key RMSNorms of attention layers that have them (Qwen3's
 ``q_norm``/``k_norm``, run on ``[B, T, H, d_head]``: in eager mode six kernels over every query and key of every
 attention layer). The norm's kernels and the MLP's activation and product each become one fused kernel, forward and
-backward, and each block's first norm returns the autocast dtype (:data:`CAST_TO_AUTOCAST`). The mixers (fla's Triton kernels, FlashAttention) stay as they are.
+backward, and each block's first norm returns the autocast dtype (:data:`CAST_TO_AUTOCAST`). The mixers (fla's
+Triton kernels, FlashAttention) stay as they are.
 
 Each module class's ``forward`` (and the hybrid layer's ``feed_forward``) is compiled once and shared by every
 instance (its parameters are graph inputs), so a 30-layer pair compiles a handful of graphs — seconds on a GPU

@@ -18,7 +18,6 @@ backward, and one whole training step against the SDPA step.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from collections.abc import Iterator
 
@@ -34,8 +33,7 @@ IMPLEMENTATION = "gendistill_packed_flash"
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-@functools.cache
-def _varlen():
+def _find_varlen():
     """``(varlen_attn, its parameter names)``, or None on a PyTorch without it."""
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: PLC0415  (PyTorch >= 2.10 only)
@@ -44,9 +42,14 @@ def _varlen():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+#: found once at import: the forward reads a plain value, which Dynamo guards on, instead of calling a cached
+#: function that imports and inspects (the forward runs inside compiled graphs: ``compiled_blocks(attention=True)``)
+_VARLEN = _find_varlen()
+
+
 def available(device: torch.device) -> bool:
     """True when packed FlashAttention can run on ``device`` (CUDA and a PyTorch with ``varlen_attn``)."""
-    return device.type == "cuda" and _varlen() is not None
+    return device.type == "cuda" and _VARLEN is not None
 
 
 def packed_attention_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
@@ -81,7 +84,7 @@ def packed_flash_attention_forward(
     if cu_seq_lens_q is None or max_length_q is None:
         raise ValueError(f"{IMPLEMENTATION}: the forward call needs the documents' boundaries "
                          "(gendistill.models.packed_attention.packed_attention_kwargs)")
-    fn, params = _varlen()
+    fn, params = _VARLEN
     B, H, T, D = query.shape
     Hkv = key.shape[1]
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
