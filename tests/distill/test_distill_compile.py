@@ -29,6 +29,28 @@ def _step(student, teacher, batch, precision="fp32"):
     return loss, gnorm, [p.detach().clone() for p in trainable]
 
 
+def assert_same_step(compiled, eager) -> None:
+    """Loss, gradient norm and updated parameters of two fp32 steps equal to float32 rounding (1e-5 relative)."""
+    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
+    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def eager_step_then_reset(family: str, seed: int):
+    """A teacher of ``family``, its student, a packed batch and the eager fp32 step on them; the student is put back
+    to its start and Dynamo's state cleared, ready for the compiled step."""
+    teacher = make_teacher(family)
+    student = convert_teacher(teacher, [0, 2]).train()
+    batch = _batch(teacher.config.vocab_size, seed, [[10, 6], [16]])
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    eager = _step(student, teacher, batch)
+    student.load_state_dict(start)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return teacher, student, batch, eager
+
+
 def test_compiled_step_equals_eager_step(teacher, student):
     """fp32 on CPU: inductor fuses the RMSNorm reduction and the SwiGLU product but computes the same function;
     its reduction order differs from eager's, so values agree to float32 rounding (1e-5 relative), not bit for bit."""
@@ -51,10 +73,7 @@ def test_compiled_step_equals_eager_step(teacher, student):
         assert all("feed_forward" in vars(layer) and "forward" not in vars(layer.mlp) for layer in student.model.layers)
         compiled = _step(student, teacher, batch)
         frames = torch._dynamo.utils.counters["frames"]["ok"]
-    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
-    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
-    for a, b in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_step(compiled, eager)
     # one graph per module class and grad mode (RMSNorm, MLP; teacher without, student with grad): not one per layer
     assert 0 < frames <= 8, frames
 
@@ -126,14 +145,7 @@ def test_compiled_step_equals_eager_step_with_per_head_qk_norms():
     eager step's to float32 rounding. The RMSNorm class then serves in more variants than Dynamo's default limit of 8
     compiled versions (two ranks, with and without gradients, evaluation, a stage training other parameters): none
     may fall back to eager."""
-    teacher = make_teacher("qwen3")
-    student = convert_teacher(teacher, [0, 2]).train()
-    batch = _batch(teacher.config.vocab_size, 1, [[10, 6], [16]])
-    start = {k: v.clone() for k, v in student.state_dict().items()}
-    eager = _step(student, teacher, batch)
-    student.load_state_dict(start)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
+    teacher, student, batch, eager = eager_step_then_reset("qwen3", 1)
     L = teacher.config.num_hidden_layers
     q_norm = student.model.layers[2].self_attn.q_norm
     with compiled_blocks(student, teacher) as n:
@@ -156,10 +168,7 @@ def test_compiled_step_equals_eager_step_with_per_head_qk_norms():
         evaluate([[40]] * 3)
         _step(student, teacher, batch)
     assert "forward" not in vars(q_norm)
-    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
-    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
-    for a, b in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_step(compiled, eager)
     assert not [k for k in torch._dynamo.utils.counters["unimplemented"] if "recompile" in k.lower()]
     assert torch._dynamo.config.recompile_limit == 8  # raised only inside the block
 
@@ -194,14 +203,7 @@ def test_compiled_attention_step_equals_eager_step(family):
     """``compiled_blocks(attention=True)`` (the benchmark's compiled-attention experiment) compiles each attention
     module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather than compiled apart: the
     step is the eager step's to float32 rounding, without a graph break, and the modules are plain after the block."""
-    teacher = make_teacher(family)
-    student = convert_teacher(teacher, [0, 2]).train()
-    batch = _batch(teacher.config.vocab_size, 5, [[10, 6], [16]])
-    start = {k: v.clone() for k, v in student.state_dict().items()}
-    eager = _step(student, teacher, batch)
-    student.load_state_dict(start)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
+    teacher, student, batch, eager = eager_step_then_reset(family, 5)
     attn = student.model.layers[2].self_attn
     L = teacher.config.num_hidden_layers
     with compiled_blocks(student, teacher, attention=True) as n:
@@ -212,7 +214,4 @@ def test_compiled_attention_step_equals_eager_step(family):
         compiled = _step(student, teacher, batch)
     assert "forward" not in vars(attn)
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
-    assert abs(compiled[0] - eager[0]) <= 1e-5 * abs(eager[0])
-    assert abs(compiled[1] - eager[1]) <= 1e-5 * abs(eager[1])
-    for a, b in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_step(compiled, eager)
