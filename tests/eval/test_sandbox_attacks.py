@@ -506,7 +506,16 @@ def test_the_candidate_cannot_read_its_tests():
     assert r.status == S.FAILED and "nothing found" in r.detail, (r.detail, r.stderr[-500:])
 
 
-def test_ctrl_c_stops_a_batch_at_once():
+@pytest.fixture()
+def terminal_ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as Ctrl-C in a terminal does, whatever this process inherited: a shell without
+    job control starts its background jobs with SIGINT ignored, and Python keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_batch_at_once(terminal_ctrl_c):
     """KeyboardInterrupt in the evaluator kills the running programs and drops the queued ones."""
     marker = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10 ** 6:06d}"
     code = f"import os\nos.execv('/bin/sleep', ['sleep', '{marker}'])\n"
