@@ -55,6 +55,7 @@ setup)
   mkdir -p "$DATA" "$JOB/teacher"
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
   lease_versions gendistill.api || exit 5
+  lease_step_check
   # where model-written code would run (HumanEval, e2e --code): bubblewrap, or why not
   timeout 60 python3 -c "from gendistill.eval.sandbox import capabilities; c = capabilities(); \
 print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', ''))"

@@ -41,6 +41,13 @@ lease_commit() {
   echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$1/commit.txt"
 }
 
+lease_step_check() {
+  # the trainer's fast paths against its reference step on this GPU (tests/gpu/test_distill_gpu.py: stages 3a, 2 and 1,
+  # and the compiled-attention experiment) before a lease trains on them: about a minute; one line, pass or fail
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distill_gpu.py -k equals_reference_step 2>&1 \
+    | tail -n 1 | sed 's/^/trainer step check (tests\/gpu, reference step): /'
+}
+
 lease_versions() {
   timeout 180 python3 - "$@" <<'PY'
 import importlib

@@ -53,6 +53,7 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_commit "$RES"
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
+  lease_step_check 2>&1 | tee -a "$RES/steps.txt"
   step "setup done"
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
