@@ -51,6 +51,9 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
 CONFIGS = ("qwen3-0.6b", "smollm2-135m")
 VARIANTS = ("optimized", "baseline", "uncast", "unfused", "compiled-attention", "bf16-student")
+#: how a variant compiles the blocks, as ``compiled_blocks`` keywords (the others: the trainer's defaults)
+BLOCKS = {"uncast": {"cast": False}, "unfused": {"fused": False, "cast": False},
+          "compiled-attention": {"attention": True}}
 
 
 def model_config(name: str, tiny: bool):
@@ -250,8 +253,7 @@ def main() -> None:
         row["packed_flash_attention"] = context.enter_context(packed_flash_attention(
             student, teacher, enabled=fast and use_packed_flash_attention(world, run)))
         row["compiled_modules"] = context.enter_context(compiled_blocks(
-            student, teacher, enabled=fast and use_compiled_blocks(world, run), fused=variant != "unfused",
-            cast=variant not in ("uncast", "unfused"), attention=variant == "compiled-attention"))
+            student, teacher, enabled=fast and use_compiled_blocks(world, run), **BLOCKS.get(variant, {})))
         if stage_name.startswith("stage3") and dev.type == "cuda":
             row["loss_implementation"] = stage.loss.implementation
 

@@ -262,7 +262,7 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_losses.py", "-k", "fla_available_first"),
            "the fused loss imports fla without asking fla_available(): fla starts before its shipped configurations"),
 ]
-# The last entry is a control: moving the switch between two correct kernels must NOT be caught.
+# A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
 
 

@@ -71,7 +71,7 @@ def _autocast_output(fn):
 
 
 @functools.cache
-def _compiled_method(cls: type, name: str, cast: bool = False) -> object:
+def _compiled_method(cls: type, name: str, cast: bool) -> object:
     fn = getattr(cls, name)
     return torch.compile(_autocast_output(fn) if cast else fn)
 
