@@ -70,8 +70,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new: int, batch_size: int | None
-                 ) -> tuple[list[str], dict]:
+def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new: int, batch_size: int | None,
+                 overhead_scale: float = 1.0) -> tuple[list[str], dict]:
     """Greedy generation of ``prompts`` through one path; the texts (input order) and what the path reports."""
     stop = list(task.stop) or None
     if path == "lm-eval":
@@ -84,13 +84,15 @@ def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new:
         return [str(t) for t in lm.generate_until(reqs, disable_tqdm=True)], {"batch_size": batch_size}
     outs, stats = generate(model, tok, prompts, max_new_tokens=max_new, stop=stop, batch_size=batch_size, engine=path,
                            add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{task.name} {path}",
-                           show_progress=False)
+                           show_progress=False, overhead_scale=overhead_scale)
     st = stats.as_dict()
-    return [o.text for o in outs], {"batch_size": st.get("batch_size"), "new_tokens": st.get("new_tokens")}
+    info = {"batch_size": st.get("batch_size"), "new_tokens": st.get("new_tokens"), "batches": st.get("batches")}
+    info.update({k: stats.extra[k] for k in ("graph_captures", "decode_steps", "checks") if k in stats.extra})
+    return [o.text for o in outs], info
 
 
 def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_budget: int | None,
-               batch_size: int | None) -> tuple[list[tuple[float, bool]], dict]:
+               batch_size: int | None, overhead_scale: float = 1.0) -> tuple[list[tuple[float, bool]], dict]:
     """``(log p, is_greedy)`` of every ``(context, continuation)`` request through one path."""
     if path == "lm-eval":
         from lm_eval.api.instance import Instance  # noqa: PLC0415  (optional extra)
@@ -98,7 +100,8 @@ def run_loglik(path: str, model, tok, requests: list[tuple[str, str]], token_bud
         lm = _lm_eval_model(model, tok, batch_size)
         inst = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(requests)]
         return [(float(lp), bool(g)) for lp, g in lm.loglikelihood(inst, disable_tqdm=True)], {"batch_size": batch_size}
-    res = score_requests(model, tok, requests, token_budget=token_budget, engine=path, desc=path, show_progress=False)
+    res = score_requests(model, tok, requests, token_budget=token_budget, engine=path, desc=path, show_progress=False,
+                         overhead_scale=overhead_scale)
     return [(r.logprob, r.is_greedy) for r in res], {"token_budget": token_budget or "auto"}
 
 
@@ -271,6 +274,82 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
     return row
 
 
+# ------------------------------------------------------------------------------------------------ batching
+
+
+def fast_run(model, tok, task: Task, proto: str, examples: list[Example], all_ex: list[Example], args,
+             device: torch.device, scale: float = 1.0) -> tuple[dict, float] | None:
+    """One timed run of the fast path on ``examples`` (what it reports, seconds); None for a task without that
+    protocol."""
+    if proto == "generate":
+        prompts = [task.generation_prompt(tok, ex, task.fewshot_for(ex, all_ex)) for ex in examples]
+        (_, info), secs = timed(device, run_generate, "fast", model, tok, task, prompts, task.max_new_tokens, None,
+                                scale)
+        return info, secs
+    per_ex = loglik_requests(task, tok, examples, all_ex)
+    if per_ex is None:
+        return None
+    flat = [r for reqs in per_ex for r in reqs]
+    (_, info), secs = timed(device, run_loglik, "fast", model, tok, flat, args.token_budget, None, scale)
+    return info, secs
+
+
+def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, device: torch.device) -> list[dict]:
+    """The fast path on all ``--limit`` examples of each sweep task, once per ``--overhead-sweep`` scale of the batch
+    planner's fixed-cost estimate (gendistill.eval.batching: 0 pads nothing, a large scale fills every batch); one
+    row per (task, protocol, scale)."""
+    rows = []
+    for task in tasks:
+        sel, all_ex = data[task.name]
+        for proto in args.protocols:
+            if fast_run(model, tok, task, proto, sel[: max(1, args.warmup)], all_ex, args, device) is None:
+                continue  # (that was the warm-up: compilation and autotuning are not throughput)
+            for scale in args.overhead_sweep:
+                info, secs = fast_run(model, tok, task, proto, sel, all_ex, args, device, scale)
+                rows.append({"model": label, "task": task.name, "protocol": proto, "overhead_scale": scale,
+                             **_path_entry(len(sel), secs, **info)})
+                log(f"sweep {task.name} {proto} scale {scale:g}: {secs:.2f} s {info}")
+    return rows
+
+
+def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.device, out_dir: Path) -> list[str]:
+    """torch.profiler over the fast path on the first ``--profile-examples`` examples of each sweep task and protocol:
+    per run a text file with the engine's own ranges (``generate/*``, ``loglik/*``) and the top operators by host and
+    by device time. Returns the files written."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_dev = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks:
+        sel, all_ex = data[task.name]
+        sel = sel[: args.profile_examples]
+        for proto in args.protocols:
+            if fast_run(model, tok, task, proto, sel, all_ex, args, device) is None:  # warm, or no such protocol
+                continue
+            _sync(device)
+            t0 = time.perf_counter()
+            with profile(activities=acts) as prof:
+                fast_run(model, tok, task, proto, sel, all_ex, args, device)
+            wall = time.perf_counter() - t0
+            ka = prof.key_averages()
+            text = [f"{task.name} {proto}: {len(sel)} examples, {wall:.3f} s wall under the profiler", "",
+                    "engine ranges (host time; device time of the kernels launched inside):"]
+            for e in sorted((e for e in ka if e.key.startswith(("generate/", "loglik/"))),
+                            key=lambda e: -e.cpu_time_total):
+                dev_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+                text.append(f"  {e.key:<28} calls {e.count:>6}  host {e.cpu_time_total / 1e3:>9.1f} ms  "
+                            f"device {dev_us / 1e3:>9.1f} ms")
+            text += ["", "top operators by host time:", ka.table(sort_by="cpu_time_total", row_limit=25),
+                     "", "top operators by device time:", ka.table(sort_by=sort_dev, row_limit=25)]
+            path = out_dir / f"profile_{task.name}_{proto}.txt"
+            path.write_text("\n".join(text) + "\n", encoding="utf-8")
+            written.append(path.name)
+            log(f"profile {task.name} {proto}: {wall:.3f} s -> {path.name}")
+    return written
+
+
 # ------------------------------------------------------------------------------------------------ the command
 
 
@@ -406,8 +485,23 @@ def parse_args(argv):
     ap.add_argument("--cli-timeout", type=int, default=1800)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--overhead-sweep", default="",
+                    help="comma-separated scales of the batch planner's fixed-cost estimate (e.g. 0,0.25,1,4,1e6): "
+                         "the first model's fast path on --sweep-tasks once per scale, before the other runs")
+    ap.add_argument("--sweep-tasks", default="mmlu,boolq,hellaswag,arc_easy",
+                    help="the tasks of --overhead-sweep and --profile (a subset of --tasks)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also write torch.profiler tables of the first model's fast path on --sweep-tasks to DIR")
+    ap.add_argument("--profile-examples", type=int, default=50, help="examples per profiled task")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
+    try:
+        args.overhead_sweep = [float(x) for x in args.overhead_sweep.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--overhead-sweep: not a list of numbers: {args.overhead_sweep!r}")
+    if any(x < 0 for x in args.overhead_sweep):
+        ap.error("--overhead-sweep: scales must be >= 0")
+    args.sweep_tasks = [t.strip() for t in args.sweep_tasks.split(",") if t.strip()]
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     bad = [p for p in args.paths if p not in PATHS] + [p for p in args.protocols if p not in PROTOCOLS]
@@ -470,13 +564,22 @@ def _run(args, argv: list[str]) -> int:
                          "warmup": args.warmup, "seed": args.seed, "greedy": True,
                          # the tokenizers' threads (unset: their default, parallel; the lease scripts set false)
                          "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset")},
-            "rows": [], "skipped": [], "cli": [],
+            "rows": [], "skipped": [], "cli": [], "overhead_sweep": [], "profiles": [],
         }
         t_all = time.perf_counter()
         if args.cli == "both":
             res["cli"].append(time_cli(specs, task_specs, args, tmp / "cli_cold", "before (cold)"))
-        for spec, label in zip(specs, labels):
+        for k, (spec, label) in enumerate(zip(specs, labels)):
             model, tok = load_model(spec, dtype=dtype, device=device)
+            sweep_tasks = [t for t in tasks if t.name in args.sweep_tasks]
+            if k == 0 and args.profile:
+                res["profiles"] = profile_fast(model, tok, sweep_tasks, data, args, device, Path(args.profile))
+            if k == 0 and args.overhead_sweep:
+                res["settings"]["overhead_sweep"] = args.overhead_sweep
+                for row in overhead_sweep(model, tok, label, sweep_tasks, data, args, device):
+                    res["overhead_sweep"].append(row)
+                    if args.out:
+                        atomic_write_json(Path(args.out), portable_paths({**res, "complete": False}))
             for t in tasks:
                 sel, all_ex = data[t.name]
                 for proto in args.protocols:

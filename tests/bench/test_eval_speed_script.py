@@ -123,3 +123,34 @@ def test_eval_speed_bad_task_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.jsonl" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_eval_speed_overhead_sweep_and_profile(tmp_path):
+    """--overhead-sweep times the first model's fast path once per planner scale (the free-batch end plans at least
+    as many batches as the costly end); --profile writes one table per task and protocol with the engines' ranges."""
+    mod = _load()
+    make_tiny_folder(tmp_path / "teacher", "llama")
+    mc_path, qa_path = _tasks(tmp_path)
+    out, prof = tmp_path / "speed.json", tmp_path / "prof"
+    rc = mod.main(["--model", str(tmp_path / "teacher"), "--student", "none", "--tasks", f"{mc_path},{qa_path}",
+                   "--limit", "5", "--warmup", "1", "--paths", "fast", "--device", "cpu", "--dtype", "float32",
+                   "--cli", "off", "--overhead-sweep", "0,1e9", "--sweep-tasks", "quiz_mc", "--profile", str(prof),
+                   "--profile-examples", "3", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    sweep = {(r["protocol"], r["overhead_scale"]): r for r in data["overhead_sweep"]}
+    assert set(sweep) == {(p, s) for p in ("loglik", "generate") for s in (0.0, 1e9)}
+    assert all(r["task"] == "quiz_mc" and r["model"] == "teacher" and r["examples"] == 5 for r in sweep.values())
+    assert sweep[("generate", 0.0)]["batches"] >= sweep[("generate", 1e9)]["batches"] == 1
+    assert sorted(data["profiles"]) == ["profile_quiz_mc_generate.txt", "profile_quiz_mc_loglik.txt"]
+    gen_text = (prof / "profile_quiz_mc_generate.txt").read_text()
+    assert "generate/prefill" in gen_text and "generate/check" in gen_text
+    assert "loglik/batch" in (prof / "profile_quiz_mc_loglik.txt").read_text()
+
+
+def test_eval_speed_bad_sweep(tmp_path, capsys):
+    mod = _load()
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--overhead-sweep", "0,fast", "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 2 and "--overhead-sweep" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gendistill.cli import app
+from gendistill.eval.generate import CPU_BATCH
 from tests.eval.conftest import MC_ROWS, QA_ROWS, write_jsonl
 from tests.fixtures_teachers import make_tiny_folder
 
@@ -110,7 +111,9 @@ def test_fast_and_reference_engines_give_the_same_records(setup, tmp_path):
                   "--max-new-tokens", "8", "--engine", engine, "--out", str(out)])
         assert r.exit_code == 0, r.output
         res = json.loads((out / "results.json").read_text())
-        assert {row["throughput"]["batch_size"] for row in res["rows"]} == ({16} if engine == "fast" else {8})
+        # the largest batch that ran: the fast engine plans within CPU_BATCH rows, the reference runs 8 at most
+        sizes = {row["throughput"]["batch_size"] for row in res["rows"]}
+        assert sizes and all(1 <= b <= (CPU_BATCH if engine == "fast" else 8) for b in sizes), sizes
         # where the time went: one line, from the phases the run timed, which fit in its wall time
         secs = res["meta"]["seconds"]
         assert {"data", "teacher load", "teacher generate", "other load", "other generate"} <= set(secs)

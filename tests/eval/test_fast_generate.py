@@ -135,6 +135,46 @@ def test_graph_bookkeeping(model, tok, monkeypatch):
     assert stats.extra["graph_captures"] == EagerGraph.made >= 2  # one per batch at least
 
 
+def test_short_answers_decode_eagerly_without_a_graph(model, tok, monkeypatch):
+    """Rows that all finish within the first reads (a letter and an end-of-turn token) never pay for a capture, and
+    lose no token; the reads come at 2, 4 and 8 tokens, then every ``check_every``."""
+    prompts = _prompts(tok)
+    free, _ = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=len(prompts), engine="reference",
+                         show_progress=False)
+    eos = sorted({o.token_ids[2] for o in free})  # every row ends by its third token
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    EagerGraph.made = 0
+    ref, fast, stats = _both(model, tok, prompts, max_new_tokens=20, batch_size=len(prompts), cuda_graphs=True)
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    assert all(not o.hit_limit and o.new_tokens <= 3 for o in fast)
+    assert stats.extra["graph_captures"] == EagerGraph.made == 0
+    assert stats.extra["checks"] <= 2 and stats.extra["decode_steps"] <= 3
+    decoder = G._FastDecoder(model, tok, eos, None, 0, torch.device("cpu"), graphs=True, check_every=8)
+    made, reads = 1, []
+    while made < 40:
+        made = decoder.next_check(made)
+        reads.append(made)
+    assert reads == [2, 4, 8, 16, 24, 32, 40]
+    decoder.check_every = 1
+    assert [decoder.next_check(m) for m in (1, 2, 5)] == [2, 3, 6]
+
+
+def test_planned_batches_change_no_token(model, tok):
+    """Without a batch size the fast engine plans its batches (gendistill.eval.batching): one batch when batches are
+    costly, one per prompt length when they are free; the tokens are the reference's either way."""
+    prompts = _prompts(tok)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=6, batch_size=3, engine="reference", show_progress=False)
+    widths = {len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    batches = {}
+    for scale in (0.0, 1e9):
+        fast, stats = G.generate(model, tok, prompts, max_new_tokens=6, engine="fast", overhead_scale=scale,
+                                 show_progress=False)
+        assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+        batches[scale] = stats.batches
+    assert batches == {0.0: len(widths), 1e9: 1}
+
+
 def test_one_new_token_and_empty_input(model, tok):
     prompts = _prompts(tok, 3)
     ref, fast, _ = _both(model, tok, prompts, max_new_tokens=1, batch_size=2)
@@ -171,9 +211,9 @@ class FailingCapture(EagerGraph):
 def test_failed_capture_falls_back_to_eager(model, tok, monkeypatch):
     prompts = _prompts(tok, 4)
     monkeypatch.setattr(G, "GraphStep", FailingCapture)
-    ref, _ = G.generate(model, tok, prompts, max_new_tokens=12, batch_size=4, engine="reference", show_progress=False)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=4, engine="reference", show_progress=False)
     with pytest.warns(UserWarning, match="decoding eagerly"):
-        fast, stats = G.generate(model, tok, prompts, max_new_tokens=12, batch_size=4, engine="fast",
+        fast, stats = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=4, engine="fast",
                                  cuda_graphs=True, show_progress=False)
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
     assert stats.extra["graph_captures"] == 0

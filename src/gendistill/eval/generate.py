@@ -1,10 +1,12 @@
-"""Batched generation: prompts sorted by length (longest first), grouped into batches, **left-padded** with an attention
-mask. Two engines:
+"""Batched generation: prompts sorted by length (longest first), grouped into batches (the fast engine cuts them where
+padding and per-batch costs cost least, :mod:`gendistill.eval.batching`), **left-padded** with an attention mask. Two
+engines:
 
 * ``fast`` (greedy): one prefill per batch into a dynamic cache, copied into a static one
   (:mod:`gendistill.models.decoding`: attention KV preallocated, KDA states as they are), then one decode step a token
-  over static buffers — eager on CPU, a replayed CUDA graph on CUDA. Rows stop on their own: every ``check_every``
-  steps the new tokens come to the host once, a row that produced an end-of-turn token or a stop string is finished,
+  over static buffers — eager at first, a replayed CUDA graph on CUDA for a batch still running after 8 tokens. Rows
+  stop on their own: at 2, 4 and 8 tokens, then every ``check_every`` steps, the new tokens come to the host once
+  (short answers end at the first reads), a row that produced an end-of-turn token or a stop string is finished,
   the batch ends when all rows have, and when half the rows have finished the others are copied into a smaller
   batch (a new graph), so a finished row stops costing decode work. Batch size from free GPU memory.
 * ``reference``: ``model.generate`` (transformers' loop, dynamic cache), which also serves seeded sampling. It is the
@@ -24,11 +26,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 
 from gendistill.errors import ConfigError
+from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
 from gendistill.models.decoding import (
     GraphStep,
@@ -143,15 +148,34 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
     return engine
 
 
-def auto_batch_size(model, prompt_len: int, max_new_tokens: int, device: torch.device) -> int:
-    """Rows per batch: on CUDA as many as :data:`MEMORY_SHARE` of the free memory holds (each row's caches, dynamic
-    and static, and its prefill activations: :func:`gendistill.models.decoding.decode_bytes_per_row`), at most
-    :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere."""
+def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
+    """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
+    of the free memory (read once) holds (each row's caches, dynamic and static, and its prefill activations:
+    :func:`gendistill.models.decoding.decode_bytes_per_row`), at most :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH`
+    elsewhere."""
     if device.type != "cuda":
-        return CPU_BATCH
+        return lambda prompt_len: CPU_BATCH
     free, _ = torch.cuda.mem_get_info(device)
-    per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)
-    return max(1, min(MAX_AUTO_BATCH, int(MEMORY_SHARE * free // max(1, per_row))))
+
+    def rows(prompt_len: int) -> int:
+        per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)
+        return max(1, min(MAX_AUTO_BATCH, int(MEMORY_SHARE * free // max(1, per_row))))
+
+    return rows
+
+
+def auto_batch_size(model, prompt_len: int, max_new_tokens: int, device: torch.device) -> int:
+    """Rows per batch for prompts of ``prompt_len`` tokens (:func:`auto_batch_rows`)."""
+    return auto_batch_rows(model, max_new_tokens, device)(prompt_len)
+
+
+def plan_batches(model, widths: list[int], max_new_tokens: int, device: torch.device,
+                 overhead_scale: float = 1.0) -> list[tuple[int, int]]:
+    """The fast engine's batches over prompts of ``widths`` tokens (sorted longest first): each within the rows
+    memory allows for its longest prompt, cut where padded prefill and per-batch costs (a prefill's and every decode
+    step's fixed cost) cost least (:func:`gendistill.eval.batching.generation_cost`)."""
+    return cut_sorted(widths, generation_cost(model, device, max_new_tokens, overhead_scale),
+                      max_rows=auto_batch_rows(model, max_new_tokens, device))
 
 
 @torch.inference_mode()
@@ -174,10 +198,12 @@ def generate(
     show_progress: bool = True,
     cuda_graphs: bool | None = None,
     check_every: int | None = None,
+    overhead_scale: float = 1.0,
 ) -> tuple[list[GenOutput], GenStats]:
     """Generate a reply for each (already chat-templated) prompt; outputs in input order.
 
-    ``batch_size``: rows per batch (None: :func:`auto_batch_size` for the fast engine, 8 for the reference).
+    ``batch_size``: rows per batch (None: the fast engine plans its batches, :func:`plan_batches`, with
+    ``overhead_scale`` scaling its estimate of a batch's fixed cost; the reference engine runs 8).
     ``engine``: ``auto`` | ``fast`` | ``reference`` (:func:`resolve_engine`). ``cuda_graphs``: replay the fast decode
     step as a CUDA graph (default: on CUDA). ``check_every``: fast-engine decode steps between reads of the new tokens
     (stopping and compaction are decided there; default 8 on CUDA, 4 elsewhere)."""
@@ -192,10 +218,13 @@ def generate(
            if prompts else [])
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
     outs: list[GenOutput | None] = [None] * len(prompts)
-    if batch_size is None:
-        longest = max((len(e) for e in enc), default=1)
-        batch_size = auto_batch_size(model, longest, max_new_tokens, device) if engine == "fast" else 8
-    stats = GenStats(n_prompts=len(prompts), batch_size=batch_size, extra={"engine": engine})
+    if batch_size is None and engine == "fast":
+        cuts = plan_batches(model, [len(enc[i]) for i in order], max_new_tokens, device, overhead_scale)
+    else:
+        step = batch_size or 8
+        cuts = [(i, min(i + step, len(order))) for i in range(0, len(order), step)]
+    stats = GenStats(n_prompts=len(prompts), batch_size=max((j - i for i, j in cuts), default=0),
+                     extra={"engine": engine})
     bar = progress(total=len(prompts), desc=desc, enabled=show_progress)
     t0 = time.perf_counter()
     if engine == "fast":
@@ -205,8 +234,8 @@ def generate(
     else:
         decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for i, j in cuts:
+        idx = order[i:j]
         new = decoder([enc[i] for i in idx], max_new_tokens)
         for b, i in enumerate(idx):
             outs[i] = _finish(new[b], eos, stop, tokenizer, len(enc[i]))
@@ -216,7 +245,7 @@ def generate(
         bar.update(len(idx))
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
-                           decode_steps=decoder.steps, cuda_graphs=decoder.graphs)
+                           decode_steps=decoder.steps, checks=decoder.checks, cuda_graphs=decoder.graphs)
     stats.seconds = time.perf_counter() - t0
     bar.close()
     return outs, stats  # type: ignore[return-value]
@@ -247,16 +276,22 @@ class _ReferenceDecoder:
 
 class _FastDecoder:
     """One batch, greedy, on a static cache: prefill, then decode steps until every row has finished or
-    ``max_new_tokens`` tokens; finished rows are dropped when half the batch has finished."""
+    ``max_new_tokens`` tokens; finished rows are dropped when half the batch has finished.
+
+    Short answers are the common case (a letter and an end-of-turn token), so a batch starts eagerly and reads its
+    tokens back at 2, 4 and 8 tokens (then every ``check_every``); only a batch still running after
+    :attr:`EAGER_TOKENS` tokens captures a CUDA graph, whose capture (two warm-up steps, the recording, the
+    instantiation) would cost more than the few steps a short answer needs."""
 
     MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy (and a new graph)
     MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
+    EAGER_TOKENS = 8  # a batch decodes eagerly until it has made this many tokens, then captures a graph
 
     def __init__(self, model, tokenizer, eos, stop, pad, device, graphs: bool, check_every: int):
         self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
         self.eos = set(eos)
         self.graphs, self.check_every = graphs, max(1, check_every)
-        self.compactions = self.captures = self.steps = 0
+        self.compactions = self.captures = self.steps = self.checks = 0
 
     def finished(self, toks: list[int]) -> bool:
         if any(t in self.eos for t in toks):
@@ -266,14 +301,21 @@ class _FastDecoder:
             return any(s in text for s in self.stop)
         return False
 
+    def next_check(self, made: int) -> int:
+        """The token count at which the new tokens are next read back: doubling from 2 (short answers finish at
+        the first reads), at most ``check_every`` tokens apart."""
+        return made + max(1, min(made, self.check_every))
+
     def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         ids, mask = _left_padded(rows, self.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
         real = mask.sum(-1)  # [B] prompt tokens per row
         cache = new_dynamic_cache(self.model)
-        out = forward(self.model, ids, cache, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), attention_mask=mask)
-        first = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+        with record_function("generate/prefill"):
+            out = forward(self.model, ids, cache, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                          attention_mask=mask)
+            first = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
         cache = getattr(out, "cache", None) or cache
         gen: list[list[int]] = [[] for _ in rows]
         if max_new_tokens <= 1:
@@ -281,50 +323,57 @@ class _FastDecoder:
                 gen[b].append(t)
             return gen
         max_len = width + max_new_tokens
-        state = make_state(to_static_cache(cache, self.model.config, max_len), first, real, max_len,
-                           start=width - real)
+        with record_function("generate/static_cache"):
+            state = make_state(to_static_cache(cache, self.model.config, max_len), first, real, max_len,
+                               start=width - real)
         del cache, out
         live = list(range(len(rows)))  # batch row of each state row
         done = [False] * len(rows)
         pending = [first]  # [B', 1] tokens not yet read back
-        made, runner = 1, None
+        made, check_at = 1, self.next_check(1)
+        step, graph = None, None  # the eager step of the current state, and its captured graph once there is one
         while True:
-            if made >= max_new_tokens or len(pending) >= self.check_every:
-                toks = torch.cat(pending, 1).tolist()
-                pending = []
-                for r, b in enumerate(live):
-                    if not done[b]:
-                        gen[b].extend(toks[r])
-                        done[b] = self.finished(gen[b])
-                active = [r for r, b in enumerate(live) if not done[b]]
+            if made >= max_new_tokens or made >= check_at:
+                with record_function("generate/check"):
+                    toks = torch.cat(pending, 1).tolist()
+                    pending = []
+                    self.checks += 1
+                    for r, b in enumerate(live):
+                        if not done[b]:
+                            gen[b].extend(toks[r])
+                            done[b] = self.finished(gen[b])
+                    active = [r for r, b in enumerate(live) if not done[b]]
                 if made >= max_new_tokens or not active:
                     return gen
+                check_at = self.next_check(made)
                 if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:
-                    state = state.select_rows(torch.tensor(active, device=self.device))
+                    with record_function("generate/compact"):
+                        state = state.select_rows(torch.tensor(active, device=self.device))
                     live = [live[r] for r in active]
-                    runner = None
+                    step, graph = None, None
                     self.compactions += 1
-            if runner is None:
+            if step is None:
                 step = make_step(self.model, state, keep_logits=False)
-                left = max_new_tokens - made
-                if self.graphs and left >= self.MIN_GRAPH_STEPS:
-                    warm = min(2, left - 1)
-                    before = len(pending)
-                    keep = lambda s=state: pending.append(s.ids.clone())  # noqa: E731  (the warm-up steps are real)
-                    try:
-                        runner = GraphStep(step, warmup=warm, after_warmup_step=keep)
-                        self.captures += 1
-                    except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
-                        if len(pending) - before != warm:
-                            raise  # the warm-up itself failed: not a capture problem
-                        self.graphs, runner = False, step
-                        warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly",
-                                      stacklevel=2)
-                    made += warm
-                    self.steps += warm
-                    continue
-                runner = step
-            runner()
-            pending.append(state.ids.clone())
+            left = max_new_tokens - made
+            if graph is None and self.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
+                warm = min(2, left - 1)
+                before = len(pending)
+                keep = lambda s=state: pending.append(s.ids.clone())  # noqa: E731  (the warm-up steps are real)
+                try:
+                    with record_function("generate/capture"):
+                        graph = GraphStep(step, warmup=warm, after_warmup_step=keep)
+                    self.captures += 1
+                except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
+                    if len(pending) - before != warm:
+                        raise  # the warm-up itself failed: not a capture problem
+                    self.graphs = False
+                    warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly",
+                                  stacklevel=2)
+                made += warm
+                self.steps += warm
+                continue
+            with record_function("generate/decode_step"):
+                (graph or step)()
+                pending.append(state.ids.clone())
             made += 1
             self.steps += 1

@@ -8,7 +8,8 @@ are summed. ``is_greedy`` says whether every continuation token is the argmax.
 
 Requests whose model inputs are identical (e.g. MMLU's one-token letters " A" … " D" after the same prompt) share one
 forward pass. Batches are right-padded without an attention mask (the model is causal, so padding on the right never
-reaches a real position), sorted longest first and capped by a token budget.
+reaches a real position), sorted longest first, capped by a token budget and cut where padding and each batch's fixed
+cost cost least (:mod:`gendistill.eval.batching`).
 
 Two engines compute the same numbers (``score_requests(..., engine=...)``):
 
@@ -37,7 +38,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
+from gendistill.eval.batching import BatchCost, batch_cost, cut_sorted
 from gendistill.eval.pair_encoding import encode_pairs, prefix_token
 from gendistill.eval.progress import progress
 
@@ -46,6 +49,7 @@ DEFAULT_TOKEN_BUDGET = 2048
 DEFAULT_MAX_BATCH = 32
 MAX_DEVICE_BATCH = 256  # rows per batch on CUDA, whatever the free memory
 DEVICE_MEMORY_SHARE = 0.5  # share of the free CUDA memory the fast engine plans for
+FEWEST_BATCHES = BatchCost(overhead=1e15)  # a batch's fixed cost dwarfs any padding: fill batches to the budgets
 
 
 @dataclass(frozen=True)
@@ -81,24 +85,17 @@ def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) 
     return groups
 
 
-def plan_batches(groups: Groups, token_budget: int, max_batch: int,
-                 scored_budget: int | None = None) -> list[list[tuple[int, ...]]]:
+def plan_batches(groups: Groups, token_budget: int, max_batch: int, scored_budget: int | None = None,
+                 cost: BatchCost | None = None) -> list[list[tuple[int, ...]]]:
     """Inputs longest first, cut into batches of at most ``max_batch`` rows and ``token_budget`` padded tokens
-    (rows × longest input); with ``scored_budget``, also at most that many scored positions (continuation tokens)."""
-    batches: list[list[tuple[int, ...]]] = []
-    cur: list[tuple[int, ...]] = []
-    scored = 0
-    for inp in sorted(groups, key=len, reverse=True):
-        n_scored = max((len(c) for _, c in groups[inp]), default=0)
-        if cur and ((len(cur) + 1) * len(cur[0]) > token_budget or len(cur) >= max_batch
-                    or (scored_budget is not None and scored + n_scored > scored_budget)):
-            batches.append(cur)
-            cur, scored = [], 0
-        cur.append(inp)
-        scored += n_scored
-    if cur:
-        batches.append(cur)
-    return batches
+    (rows × longest input); with ``scored_budget``, also at most that many scored positions (continuation tokens).
+    Where to cut: the least total ``cost`` (:func:`gendistill.eval.batching.cut_sorted`); without one, as few
+    batches as the budgets allow."""
+    order = sorted(groups, key=len, reverse=True)
+    scored = [max((len(c) for _, c in groups[inp]), default=0) for inp in order]
+    cuts = cut_sorted([len(inp) for inp in order], cost or FEWEST_BATCHES, max_rows=max_batch,
+                      max_tokens=token_budget, weights=scored, max_weight=scored_budget)
+    return [order[i:j] for i, j in cuts]
 
 
 def device_budget(model, device: torch.device) -> tuple[int, int, int] | None:
@@ -137,13 +134,16 @@ def score_requests(
     desc: str = "loglik",
     show_progress: bool = True,
     engine: str = "fast",
+    overhead_scale: float = 1.0,
 ) -> list[LLResult]:
     """Summed continuation log-probability, greedy flag and token count for every request (input order).
 
     ``engine``: ``"fast"`` (logits at scored positions only, one host transfer per batch) or ``"reference"`` (full
     logits, per-request loop); both give the same numbers up to float round-off. Batch size: an explicit
     ``token_budget`` (padded tokens per batch) / ``max_batch`` (rows) wins; left out, the fast engine on CUDA derives
-    them from the free memory (:func:`device_budget`), and otherwise they are 2048 tokens and 32 rows.
+    them from the free memory (:func:`device_budget`), and otherwise they are 2048 tokens and 32 rows. Within those
+    budgets the batches are cut where padding and per-batch fixed costs cost least (:mod:`gendistill.eval.batching`;
+    ``overhead_scale`` scales its estimate of a batch's fixed cost).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -152,7 +152,8 @@ def score_requests(
     max_length = max_length or model_max_length(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token(tokenizer)
-    groups = group_requests(tokenizer, requests, max_length)
+    with record_function("loglik/encode"):
+        groups = group_requests(tokenizer, requests, max_length)
 
     scored_budget = None
     auto = device_budget(model, device) if engine == "fast" else None
@@ -160,8 +161,9 @@ def score_requests(
         token_budget = token_budget or auto[0]
         max_batch = max_batch or auto[1]
         scored_budget = auto[2]
-    batches = plan_batches(groups, token_budget or DEFAULT_TOKEN_BUDGET, max_batch or DEFAULT_MAX_BATCH,
-                           scored_budget)
+    with record_function("loglik/plan"):
+        batches = plan_batches(groups, token_budget or DEFAULT_TOKEN_BUDGET, max_batch or DEFAULT_MAX_BATCH,
+                               scored_budget, batch_cost(model, device, overhead_scale))
 
     bar = progress(total=len(requests), desc=desc, enabled=show_progress, unit="req")
     if engine == "reference":
@@ -248,11 +250,14 @@ def _score_fast(model, groups: Groups, batches, pad: int, device, bar) -> list[L
     pending = None
     with torch.inference_mode():
         for batch in batches:
-            queued = _launch_batch(logits_at, groups, batch, pad, device)
+            with record_function("loglik/batch"):
+                queued = _launch_batch(logits_at, groups, batch, pad, device)
             if pending is not None:
-                _collect(pending, out, bar)
+                with record_function("loglik/collect"):
+                    _collect(pending, out, bar)
             pending = queued
-        _collect(pending, out, bar)
+        with record_function("loglik/collect"):
+            _collect(pending, out, bar)
     return out  # type: ignore[return-value]
 
 
