@@ -21,7 +21,8 @@
 # on a fresh machine's empty caches, and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the
 # whole script), SWEEP (scales of the batch planner's fixed-cost estimate, e.g. 0,0.25,1,4,1e6: the teacher's fast
 # path on the sweep tasks once per scale, first), PROFILE (non-empty: torch.profiler tables of the teacher's fast path
-# on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy). The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
+# on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy).
+# The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
 # LM_LIMIT=50 and was cut there by JOB_TIMEOUT=1000: the command was then run by hand (141.9 s).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2

@@ -95,6 +95,10 @@ def test_overhead_trades_batches_against_padding():
     assert none == [(k, k + 1) for k in range(len(widths))]  # free batches: no padding at all
     assert huge == [(0, len(widths))]  # costly batches: one, padded to the longest
     assert len(huge) < len(mid) < len(none) and padded(none) < padded(mid) < padded(huge)
+    # attention's cost grows with the width: wide rows are worth a batch of their own sooner
+    assert BatchCost(overhead=100.0, attention_width=100.0).per_row(100) == 200.0
+    assert cut_sorted([100, 60, 60], BatchCost(overhead=100.0), max_rows=8) == [(0, 3)]  # 400 < 420
+    assert cut_sorted([100, 60, 60], BatchCost(overhead=100.0, attention_width=100.0), max_rows=8) == [(0, 1), (1, 3)]
     # equal widths cost nothing to share a batch: ties go to fewer batches
     assert cut_sorted([7, 7, 7, 7], BatchCost(overhead=0.0), max_rows=4) == [(0, 4)]
 
