@@ -21,7 +21,8 @@
 # on a fresh machine's empty caches, and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the
 # whole script), SWEEP (scales of the batch planner's fixed-cost estimate, e.g. 0,0.25,1,4,1e6: the teacher's fast
 # path on the sweep tasks once per scale, first), PROFILE (non-empty: torch.profiler tables of the teacher's fast path
-# on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy).
+# on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy),
+# STUDENT (convert | none: the teacher alone).
 # The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
 # LM_LIMIT=50 and was cut there by JOB_TIMEOUT=1000: the command was then run by hand (141.9 s).
 set -uo pipefail
@@ -64,7 +65,7 @@ driver)  # (background) the benchmark, then nothing else: its JSON is rewritten 
   GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
   step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
   # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false
-  env -u TOKENIZERS_PARALLELISM timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student convert \
+  env -u TOKENIZERS_PARALLELISM timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student "${STUDENT:-convert}" \
     --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50}" \
     --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
     ${SWEEP:+--overhead-sweep "$SWEEP"} ${SWEEP_TASKS:+--sweep-tasks "$SWEEP_TASKS"} ${PROFILE:+--profile "$RES/profiles"} \
