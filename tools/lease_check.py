@@ -4,7 +4,8 @@
 least one test. A renamed option or a ``-k`` that selects nothing then fails here, before it costs device time.
 
 How the lines are found: backslash-continued lines are joined; ``NAME="..."`` and ``NAME=(...)`` assignments of the
-script are expanded (``$SMOL``, ``"${BENCH[@]}"``); ``${NAME:-default}`` becomes its default; any other expansion
+script are expanded (``$SMOL``, ``"${BENCH[@]}"``); ``${NAME:-default}`` becomes its default, ``${NAME:+word}`` its word (as if set, so that the options it adds are checked
+too); any other expansion
 (``$GGUF``, ``$(gguf)``, ``$OUT/x.json``) becomes the placeholder ``1``, and a line that passes the caller's own
 arguments on (``"$@"``) is checked without them (pytest lines of that kind are skipped: the files are the caller's).
 A command ends at the first unquoted ``;``, ``&``, ``|``, ``<``, ``>`` or parenthesis. Parsing only: no script body
@@ -88,6 +89,7 @@ def _expand(line: str, names: dict[str, str]) -> str:
     line = re.sub(r"\$\(\([^)]*\)\)", PLACEHOLDER, line)  # arithmetic
     line = re.sub(r"\$\([^()]*\)", PLACEHOLDER, line)  # command substitution
     line = re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m.group(1) or PLACEHOLDER, line)
+    line = re.sub(r"\$\{\w+:\+([^}]*)\}", lambda m: m.group(1), line)  # as if set: its options are checked too
     line = re.sub(r"\$\{[^}]*\}", lambda m: names.get(m.group(0)[2:-1], PLACEHOLDER), line)
     line = re.sub(r"\$(\w+)", lambda m: names.get(m.group(1), PLACEHOLDER), line)
     return re.sub(r"(?<=\s)\d(?=>)", "", line)  # "2>&1": the descriptor belongs to the redirection
