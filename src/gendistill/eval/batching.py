@@ -16,8 +16,9 @@ points finds the cheapest cut exactly — :func:`cut_sorted`, ``O(n × max rows)
 
 The fixed cost is given in FLOPs (:data:`OVERHEAD_FLOP`, by device type) and turned into tokens per model
 (:func:`batch_cost`), so a small model, whose tokens are cheap, gets fewer and fuller batches than a large one for the
-same fixed cost. ``benchmarks/eval_speed.py --overhead-sweep`` times the fast
-engines at several scales of these constants on one card (docs/results.md §9).
+same fixed cost. ``benchmarks/eval_speed.py --overhead-sweep`` times the fast engines at several scales of these
+constants on one card (docs/results.md §9b: on an H100, scales 1 to 1e6 could not be told apart; scale 0, no fixed
+cost, was 20–80× slower).
 """
 
 from __future__ import annotations
