@@ -294,11 +294,11 @@ def fast_run(model, tok, task: Task, proto: str, examples: list[Example], all_ex
     return info, secs
 
 
-def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, device: torch.device) -> list[dict]:
+def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, device: torch.device):
     """The fast path on all ``--limit`` examples of each sweep task, once per ``--overhead-sweep`` scale of the batch
-    planner's fixed-cost estimate (gendistill.eval.batching: 0 pads nothing, a large scale fills every batch); one
-    row per (task, protocol, scale)."""
-    rows = []
+    planner's fixed-cost estimate (gendistill.eval.batching: 0 pads nothing, a large scale fills every batch); yields
+    one row per (task, protocol, scale) as soon as it is timed (the caller saves each: a run stopped at its time limit
+    keeps what it measured)."""
     for task in tasks:
         sel, all_ex = data[task.name]
         for proto in args.protocols:
@@ -306,10 +306,9 @@ def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, 
                 continue  # (that was the warm-up: compilation and autotuning are not throughput)
             for scale in args.overhead_sweep:
                 info, secs = fast_run(model, tok, task, proto, sel, all_ex, args, device, scale)
-                rows.append({"model": label, "task": task.name, "protocol": proto, "overhead_scale": scale,
-                             **_path_entry(len(sel), secs, **info)})
                 log(f"sweep {task.name} {proto} scale {scale:g}: {secs:.2f} s {info}")
-    return rows
+                yield {"model": label, "task": task.name, "protocol": proto, "overhead_scale": scale,
+                       **_path_entry(len(sel), secs, **info)}
 
 
 def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.device, out_dir: Path) -> list[str]:
@@ -486,8 +485,9 @@ def parse_args(argv):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--overhead-sweep", default="",
-                    help="comma-separated scales of the batch planner's fixed-cost estimate (e.g. 0,0.25,1,4,1e6): "
-                         "the first model's fast path on --sweep-tasks once per scale, before the other runs")
+                    help="comma-separated scales of the batch planner's fixed-cost estimate (e.g. 1,3,10,1e6; 0, no "
+                         "fixed cost, plans a batch per input length and is slow): the first model's fast path on "
+                         "--sweep-tasks once per scale, before the other runs")
     ap.add_argument("--sweep-tasks", default="mmlu,boolq,hellaswag,arc_easy",
                     help="the tasks of --overhead-sweep and --profile (a subset of --tasks)")
     ap.add_argument("--profile", default=None, metavar="DIR",

@@ -154,3 +154,27 @@ def test_eval_speed_bad_sweep(tmp_path, capsys):
         mod.main(["--overhead-sweep", "0,fast", "--out", str(tmp_path / "x.json")])
     assert exc.value.code == 2 and "--overhead-sweep" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_stopped_sweep_keeps_its_rows(tmp_path, monkeypatch):
+    """Every sweep row is saved when it is timed: a run stopped mid-sweep (a lease's time limit) keeps them."""
+    mod = _load()
+    make_tiny_folder(tmp_path / "teacher", "llama")
+    mc_path, _ = _tasks(tmp_path)
+    real, calls = mod.fast_run, []
+
+    def stopping(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # the warm-up of the second protocol, after both loglik scales
+            raise RuntimeError("stopped")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, "fast_run", stopping)
+    out = tmp_path / "speed.json"
+    with pytest.raises(RuntimeError, match="stopped"):
+        mod.main(["--model", str(tmp_path / "teacher"), "--student", "none", "--tasks", str(mc_path), "--limit", "3",
+                  "--warmup", "1", "--paths", "fast", "--device", "cpu", "--dtype", "float32", "--cli", "off",
+                  "--overhead-sweep", "0,1e9", "--sweep-tasks", "quiz_mc", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["complete"] is False
+    assert [(r["protocol"], r["overhead_scale"]) for r in data["overhead_sweep"]] == [("loglik", 0.0), ("loglik", 1e9)]
