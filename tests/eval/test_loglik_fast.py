@@ -158,6 +158,27 @@ def test_models_without_an_exact_split_fall_back_to_the_full_model(tok, wrapper)
     assert_same(fast, ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("wrapper", [None, ScaledLogits])
+def test_the_split_is_checked_once_per_model(tok, wrapper, monkeypatch):
+    """The probe (two forward passes) runs on a model's first scoring only; later calls reuse its verdict, split or
+    not, and give the same numbers; another model object is checked again."""
+    import gendistill.eval.loglik as L
+
+    checks = []
+    real = L._split_head
+    monkeypatch.setattr(L, "_split_head", lambda m, p: checks.append(m) or real(m, p))
+    inner = llama_factory(tok, seed=6)
+    model = inner if wrapper is None else wrapper(inner).eval()
+    reqs = random_requests(tok, inner, seed=6, n=12)
+    first = score_requests(model, tok, reqs, show_progress=False)
+    again = score_requests(model, tok, reqs, show_progress=False)
+    assert checks == [model] and again == first
+    assert (ScoredLogits(model, torch.tensor([[5, 6]])).split is None) == (wrapper is not None)
+    other = llama_factory(tok, seed=7)
+    score_requests(other, tok, reqs[:2], show_progress=False)
+    assert checks == [model, other]
+
+
 def test_split_is_used_for_the_teacher_and_the_student(model_factory, tok):
     model = model_factory(tok)
     assert ScoredLogits(model, torch.tensor([[5, 6, 7, 8]])).split is not None

@@ -35,6 +35,7 @@ log-probability divided by the option's length in characters (lm-eval's ``acc_no
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -199,13 +200,21 @@ def _score_reference(model, groups: Groups, batches, pad: int, device, bar) -> l
     return out  # type: ignore[return-value]
 
 
+# The split check's verdict per model object: the check is two forward passes, as many as the whole scoring of a
+# 50-example task (one or two batches, docs/results.md §9b). It depends on the model's structure, not on its weights.
+_SPLIT_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class ScoredLogits:
     """Logits ``[P, V]`` at chosen ``(row, position)`` pairs of a batch: base model + ``lm_head`` on the gathered
-    hidden states when that split reproduces the model (checked once on a probe), else the full model, gathered."""
+    hidden states when that split reproduces the model (checked once per model object, on a probe), else the full
+    model, gathered."""
 
     def __init__(self, model, probe_ids: torch.Tensor):
         self.model = model
-        self.split = _split_head(model, probe_ids)
+        if model not in _SPLIT_CHECKED:
+            _SPLIT_CHECKED[model] = _split_head(model, probe_ids) is not None
+        self.split = _head_split_of(model) if _SPLIT_CHECKED[model] else None
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``ids`` ``[B, T]``; ``rows``, ``cols`` ``[P]`` -> logits ``[P, V]`` in the model's dtype."""
@@ -220,6 +229,21 @@ def _split_head(model, probe_ids: torch.Tensor):
     """``(base, lm_head)`` if ``lm_head(base(ids).last_hidden_state)`` equals ``model(ids).logits`` bitwise on
     ``probe_ids`` ``[1, T]`` (same kernels on the same inputs), else ``None`` (unknown structure, or logits changed
     after the head)."""
+    split = _head_split_of(model)
+    if split is None:
+        return None
+    base, head = split
+    try:
+        hidden = base(input_ids=probe_ids, use_cache=False).last_hidden_state
+        same = torch.equal(head(hidden), model(input_ids=probe_ids).logits)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+    return split if same else None
+
+
+def _head_split_of(model):
+    """``(base model, lm_head)`` found by structure (``get_decoder()`` / ``.model`` and a linear output head), or
+    ``None``; unchecked."""
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     if not isinstance(head, torch.nn.Linear):
@@ -235,12 +259,7 @@ def _split_head(model, probe_ids: torch.Tensor):
         base = getattr(model, "model", None)
     if not isinstance(base, torch.nn.Module) or base is model:
         return None
-    try:
-        hidden = base(input_ids=probe_ids, use_cache=False).last_hidden_state
-        same = torch.equal(head(hidden), model(input_ids=probe_ids).logits)
-    except (AttributeError, TypeError, RuntimeError):
-        return None
-    return (base, head) if same else None
+    return base, head
 
 
 def _score_fast(model, groups: Groups, batches, pad: int, device, bar) -> list[LLResult]:
