@@ -98,3 +98,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 __all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
            "dtype_name"]
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes new tensors on the CUDA ``device`` can use: the driver's free memory (``torch.cuda.mem_get_info``) plus
+    the blocks PyTorch's caching allocator holds reserved but unused (it hands those out again before asking the
+    driver; after a large batch they can be most of the card)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))

@@ -200,6 +200,22 @@ def test_auto_batch_size_off_gpu_and_memory_estimate(model):
     assert 0 < short < long  # grows with the prompt (KV and activations)
 
 
+def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatch):
+    """After a big batch PyTorch keeps its blocks cached (reserved, unused): the driver reports them as taken, but the
+    next batch gets them first, so the rows are planned on driver-free + cached-unused memory."""
+    from gendistill.models.decoding import decode_bytes_per_row
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 7 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
+    rows = G.auto_batch_rows(model, 16, torch.device("cuda"))
+    per_row = decode_bytes_per_row(model, 4000, 16)
+    assert rows(4000) == min(G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 8 * gib // per_row)) > 1
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 1 * gib)  # nothing cached
+    assert G.auto_batch_rows(model, 16, torch.device("cuda"))(4000) < rows(4000)
+
+
 class FailingCapture(EagerGraph):
     """A capture that fails after its (real) warm-up steps, as ``torch.cuda.graph`` does for an uncapturable op."""
 

@@ -205,6 +205,8 @@ def test_device_budget_follows_free_memory(tok, monkeypatch):
     budgets = []
     for free in (2 * 2**30, 80 * 2**30):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 140 * 2**30))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
         token_budget, max_batch, scored_budget = device_budget(model, torch.device("cuda"))
         assert max_batch == 256
         # activations and scored logits each planned within a quarter of the free memory

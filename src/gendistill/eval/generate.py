@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.profiler import record_function
 
+from gendistill.devices import free_memory
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
@@ -151,12 +152,12 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
 
 def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
     """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
-    of the free memory (read once) holds (each row's caches, dynamic and static, and its prefill activations:
+    of the free memory (:func:`gendistill.devices.free_memory`, read once) holds (each row's caches, dynamic and static, and its prefill activations:
     :func:`gendistill.models.decoding.decode_bytes_per_row`), at most :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH`
     elsewhere."""
     if device.type != "cuda":
         return lambda prompt_len: CPU_BATCH
-    free, _ = torch.cuda.mem_get_info(device)
+    free = free_memory(device)
 
     def rows(prompt_len: int) -> int:
         per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
+from gendistill.devices import free_memory
 from gendistill.eval.batching import BatchCost, batch_cost, cut_sorted
 from gendistill.eval.pair_encoding import encode_pairs, prefix_token
 from gendistill.eval.progress import progress
@@ -102,16 +103,17 @@ def plan_batches(groups: Groups, token_budget: int, max_batch: int, scored_budge
 def device_budget(model, device: torch.device) -> tuple[int, int, int] | None:
     """``(token_budget, max_batch, scored_budget)`` for the fast engine on CUDA, ``None`` elsewhere.
 
-    Rule: plan for ``DEVICE_MEMORY_SHARE`` (half) of the free memory (``torch.cuda.mem_get_info``), split evenly
-    between the base model's activations — ``16 × hidden_size`` values per input token in the model's dtype, a
-    generous bound on one layer's live tensors (residual, attention projections, MLP up/gate) — and the scored logits —
+    Rule: plan for ``DEVICE_MEMORY_SHARE`` (half) of the free memory (:func:`gendistill.devices.free_memory`: the
+    driver's free memory and PyTorch's cached, unused blocks), split evenly between the base model's activations —
+    ``16 × hidden_size`` values per input token in the model's dtype, a generous bound on one layer's live tensors
+    (residual, attention projections, MLP up/gate) — and the scored logits —
     ``vocab_size × (itemsize + 8)`` bytes per scored position (the logits, their float32 copy and the log-softmax).
     Rows are capped at ``MAX_DEVICE_BATCH``. Eager attention (scores ``[B, H, T, T]`` in memory) is not accounted
     for; the flash / memory-efficient kernels used without a mask need no ``T²`` memory.
     """
     if device.type != "cuda":
         return None
-    free, _ = torch.cuda.mem_get_info(device)
+    free = free_memory(device)
     cfg = model.config
     itemsize = next(model.parameters()).element_size()
     hidden = int(getattr(cfg, "hidden_size", 4096))
