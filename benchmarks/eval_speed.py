@@ -313,8 +313,8 @@ def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, 
 
 def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.device, out_dir: Path) -> list[str]:
     """torch.profiler over the fast path on the first ``--profile-examples`` examples of each sweep task and protocol:
-    per run a text file with the engine's own ranges (``generate/*``, ``loglik/*``) and the top operators by host and
-    by device time. Returns the files written."""
+    per run a text file with the engines' own ranges (``generate/*``, ``graph/*``, ``loglik/*``) and the top operators
+    by host and by device time. Returns the files written."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -335,7 +335,7 @@ def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.
             ka = prof.key_averages()
             text = [f"{task.name} {proto}: {len(sel)} examples, {wall:.3f} s wall under the profiler", "",
                     "engine ranges (host time; device time of the kernels launched inside):"]
-            for e in sorted((e for e in ka if e.key.startswith(("generate/", "loglik/"))),
+            for e in sorted((e for e in ka if e.key.startswith(("generate/", "graph/", "loglik/"))),
                             key=lambda e: -e.cpu_time_total):
                 dev_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
                 text.append(f"  {e.key:<28} calls {e.count:>6}  host {e.cpu_time_total / 1e3:>9.1f} ms  "

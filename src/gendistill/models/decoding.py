@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.profiler import record_function
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, StaticLayer
 
@@ -320,19 +321,22 @@ class GraphStep:
 
     def __init__(self, step: Callable[[], None], warmup: int = 2,
                  after_warmup_step: Callable[[], None] | None = None):
+        # the profiler's sub-ranges split a capture's cost (docs/results.md §9b: 110-160 ms of host time on an H100)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
+        with record_function("graph/warmup"), torch.cuda.stream(s):
             for _ in range(warmup):
                 step()
                 if after_warmup_step is not None:
                     after_warmup_step()
         torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
+        with record_function("graph/sync"):
+            torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with record_function("graph/record"), torch.cuda.graph(self.graph):  # (its entry empties the allocator cache)
             step()
-        torch.cuda.synchronize()
+        with record_function("graph/sync"):
+            torch.cuda.synchronize()
 
     def __call__(self) -> None:
         self.graph.replay()
