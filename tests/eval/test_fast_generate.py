@@ -175,6 +175,27 @@ def test_planned_batches_change_no_token(model, tok):
     assert batches == {0.0: len(widths), 1e9: 1}
 
 
+def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
+    """Once a batch replays a graph, a compaction costs a new capture: below MIN_COMPACT_ROWS_GRAPHED rows the finished
+    rows stay (one capture for the batch); above it they are dropped. The tokens are the reference's either way."""
+    prompts = _prompts(tok)
+    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="reference",
+                        show_progress=False)
+    stats = {}
+    for min_rows in (len(prompts) + 1, 2):
+        monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS_GRAPHED", min_rows)
+        monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", len(prompts) + 1)  # no compaction while eager
+        fast, stats[min_rows] = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts),
+                                           engine="fast", cuda_graphs=True, check_every=2, show_progress=False)
+        assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    small, large = stats[len(prompts) + 1].extra, stats[2].extra
+    assert small["compactions"] == 0 and small["graph_captures"] == 1
+    assert large["compactions"] >= 1 and large["graph_captures"] >= 1  # (a late compaction may finish eagerly)
+
+
 def test_one_new_token_and_empty_input(model, tok):
     prompts = _prompts(tok, 3)
     ref, fast, _ = _both(model, tok, prompts, max_new_tokens=1, batch_size=2)

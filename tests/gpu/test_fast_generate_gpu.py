@@ -26,6 +26,7 @@ def test_graphed_fast_engine_equals_reference(role, monkeypatch):
     prompts = _prompts(tok)
     eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS_GRAPHED", 2)  # compaction of a graphed batch, re-captured
     ref, _ = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="reference",
                         show_progress=False)
     fast, stats = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="fast",

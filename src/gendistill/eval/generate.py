@@ -285,7 +285,11 @@ class _FastDecoder:
     :attr:`EAGER_TOKENS` tokens captures a CUDA graph, whose capture (two warm-up steps, the recording, the
     instantiation) would cost more than the few steps a short answer needs."""
 
-    MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy (and a new graph)
+    MIN_COMPACT_ROWS = 4  # eager decoding: smaller batches are not worth a copy
+    # With CUDA graphs a compaction costs a new capture (110-160 ms on an H100) while a replayed step of a few dozen
+    # rows is bound by its launches, not its rows (1.2 ms of kernels a step for HellaSwag's 50 rows, docs/results.md
+    # §9b): below this many rows the finished ones stay in the batch.
+    MIN_COMPACT_ROWS_GRAPHED = 64
     MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
     EAGER_TOKENS = 8  # a batch decodes eagerly until it has made this many tokens, then captures a graph
 
@@ -348,7 +352,8 @@ class _FastDecoder:
                 if made >= max_new_tokens or not active:
                     return gen
                 check_at = self.next_check(made)
-                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:
+                min_rows = self.MIN_COMPACT_ROWS_GRAPHED if graph is not None else self.MIN_COMPACT_ROWS
+                if len(active) <= len(live) // 2 and len(live) >= min_rows:
                     with record_function("generate/compact"):
                         state = state.select_rows(torch.tensor(active, device=self.device))
                     live = [live[r] for r in active]
