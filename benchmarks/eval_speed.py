@@ -330,10 +330,12 @@ def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.
             _sync(device)
             t0 = time.perf_counter()
             with profile(activities=acts) as prof:
-                fast_run(model, tok, task, proto, sel, all_ex, args, device)
+                info, _ = fast_run(model, tok, task, proto, sel, all_ex, args, device)
             wall = time.perf_counter() - t0
             ka = prof.key_averages()
-            text = [f"{task.name} {proto}: {len(sel)} examples, {wall:.3f} s wall under the profiler", "",
+            # what the engine reports (batches, graph captures: a capture that failed under the profiler shows here)
+            text = [f"{task.name} {proto}: {len(sel)} examples, {wall:.3f} s wall under the profiler",
+                    f"engine: {json.dumps(info)}", "",
                     "engine ranges (host time; device time of the kernels launched inside):"]
             for e in sorted((e for e in ka if e.key.startswith(("generate/", "graph/", "loglik/"))),
                             key=lambda e: -e.cpu_time_total):
@@ -499,8 +501,8 @@ def parse_args(argv):
         args.overhead_sweep = [float(x) for x in args.overhead_sweep.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--overhead-sweep: not a list of numbers: {args.overhead_sweep!r}")
-    if any(x < 0 for x in args.overhead_sweep):
-        ap.error("--overhead-sweep: scales must be >= 0")
+    if not all(x >= 0 for x in args.overhead_sweep):  # (also refuses nan)
+        ap.error("--overhead-sweep: scales must be numbers >= 0")
     args.sweep_tasks = [t.strip() for t in args.sweep_tasks.split(",") if t.strip()]
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -534,6 +536,10 @@ def _run(args, argv: list[str]) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     tasks = parse_tasks(args.tasks)
+    sweep_tasks = [t for t in tasks if t.name in args.sweep_tasks]
+    missing = sorted(set(args.sweep_tasks) - {t.name for t in tasks})
+    if (args.overhead_sweep or args.profile) and missing:
+        raise GendistillError(f"--sweep-tasks: {', '.join(missing)} not among --tasks")
     task_specs = [t.strip() for t in args.tasks.split(",") if t.strip()]
     data = {}
     for t in tasks:  # every task read before a model is loaded
@@ -571,7 +577,6 @@ def _run(args, argv: list[str]) -> int:
             res["cli"].append(time_cli(specs, task_specs, args, tmp / "cli_cold", "before (cold)"))
         for k, (spec, label) in enumerate(zip(specs, labels)):
             model, tok = load_model(spec, dtype=dtype, device=device)
-            sweep_tasks = [t for t in tasks if t.name in args.sweep_tasks]
             if k == 0 and args.profile:
                 res["profiles"] = profile_fast(model, tok, sweep_tasks, data, args, device, Path(args.profile))
             if k == 0 and args.overhead_sweep:

@@ -102,7 +102,10 @@ __all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice",
 
 def free_memory(device: torch.device) -> int:
     """Bytes new tensors on the CUDA ``device`` can use: the driver's free memory (``torch.cuda.mem_get_info``) plus
-    the blocks PyTorch's caching allocator holds reserved but unused (it hands those out again before asking the
-    driver; after a large batch they can be most of the card)."""
+    the whole segments PyTorch's caching allocator holds reserved but unused (it hands those out again before asking
+    the driver; after a large batch they can be most of the card) — reserved minus allocated, less the unused
+    fragments of segments that still hold live tensors (``inactive_split_bytes``), which a large tensor cannot use."""
     free, _ = torch.cuda.mem_get_info(device)
-    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    fragments = torch.cuda.memory_stats(device).get("inactive_split_bytes.all.current", 0)
+    return int(free + max(0, cached - fragments))

@@ -178,3 +178,16 @@ def test_a_stopped_sweep_keeps_its_rows(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert data["complete"] is False
     assert [(r["protocol"], r["overhead_scale"]) for r in data["overhead_sweep"]] == [("loglik", 0.0), ("loglik", 1e9)]
+
+
+def test_eval_speed_sweep_tasks_must_be_evaluated(tmp_path, capsys):
+    mod = _load()
+    mc_path, _ = _tasks(tmp_path)
+    rc = mod.main(["--tasks", str(mc_path), "--overhead-sweep", "1", "--sweep-tasks", "quiz_mc,nope", "--paths",
+                   "fast", "--device", "cpu", "--cli", "off", "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --sweep-tasks: nope not among --tasks") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--overhead-sweep", "nan", "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 2 and ">= 0" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def _feasible(batch_widths, batch_weights, max_rows, max_tokens, max_weight):
     rows, width = len(batch_widths), max(batch_widths)
     if rows == 1:
         return True
-    return (rows <= max_rows and (max_tokens is None or rows * width <= max_tokens)
+    cap = max_rows(width) if callable(max_rows) else max_rows
+    return (rows <= cap and (max_tokens is None or rows * width <= max_tokens)
             and (max_weight is None or sum(batch_weights) <= max_weight))
 
 
@@ -56,8 +57,9 @@ def _case(rng):
     widths = sorted((rng.choice([1, 2, 3, 5, 8, 13, 40]) for _ in range(n)), reverse=True)
     weights = [rng.randint(1, 4) for _ in range(n)]
     cost = BatchCost(overhead=rng.choice([0.0, 1.0, 10.0, 60.0, 1e6]), attention_width=rng.choice([4.0, 50.0, 1e9]))
-    limits = dict(max_rows=rng.randint(1, 5), max_tokens=rng.choice([None, 20, 60]),
-                  max_weight=rng.choice([None, 5, 9]))
+    # rows: a number, or memory-like (fewer rows for wider inputs)
+    rows = rng.choice([rng.randint(1, 5), lambda width, k=rng.randint(10, 120): max(1, k // width)])
+    limits = dict(max_rows=rows, max_tokens=rng.choice([None, 20, 60]), max_weight=rng.choice([None, 5, 9]))
     return widths, weights, cost, limits
 
 
@@ -109,6 +111,13 @@ def test_budgets_bind_and_an_oversized_row_still_gets_a_batch():
     assert cuts == [(0, 1), (1, 3), (3, 6)]  # 500 > 220 alone; then rows*width <= 220, at most 3 rows
     with pytest.raises(ValueError, match="sorted"):
         cut_sorted([1, 2], BatchCost(overhead=1.0), max_rows=4)
+    # a row cap that grows with the width would let the search put too many rows in a batch: refused
+    with pytest.raises(ValueError, match="max_rows"):
+        cut_sorted([5, 3, 2, 1], BatchCost(overhead=1.0), max_rows={5: 4, 3: 1, 2: 1, 1: 4}.get)
+    with pytest.raises(ValueError, match="weights"):
+        cut_sorted([5, 3], BatchCost(overhead=1.0), max_rows=4, weights=[1, -1], max_weight=3)
+    with pytest.raises(ValueError, match="weights"):
+        cut_sorted([5, 3], BatchCost(overhead=1.0), max_rows=4, weights=[1])
     assert cut_sorted([], BatchCost(overhead=1.0), max_rows=4) == []
 
 

@@ -177,6 +177,14 @@ def test_the_split_is_checked_once_per_model(tok, wrapper, monkeypatch):
     other = llama_factory(tok, seed=7)
     score_requests(other, tok, reqs[:2], show_progress=False)
     assert checks == [model, other]
+    # what the verdict was made on changes: made again (train mode, i.e. dropout; a replaced output head)
+    model.train()
+    ScoredLogits(model, torch.tensor([[5, 6]]))
+    model.eval()
+    assert checks == [model, other, model]
+    model.lm_head = torch.nn.Linear(inner.config.hidden_size, inner.config.vocab_size, bias=False)
+    ScoredLogits(model, torch.tensor([[5, 6]]))
+    assert checks == [model, other, model, model]
 
 
 def test_split_is_used_for_the_teacher_and_the_student(model_factory, tok):
@@ -197,6 +205,16 @@ def test_batches_respect_their_budgets(tok):
             if len(b) > 1:
                 assert len(b) * len(b[0]) <= token_budget
                 assert scored_budget is None or sum(max(len(c) for _, c in groups[i]) for i in b) <= scored_budget
+        # without a cost model: as few batches as the budgets allow (what filling each batch greedily gives)
+        greedy, rows, scored = 0, [], 0
+        for inp in sorted(groups, key=len, reverse=True):
+            n = max(len(c) for _, c in groups[inp])
+            if rows and ((len(rows) + 1) * len(rows[0]) > token_budget or len(rows) >= max_batch
+                         or (scored_budget is not None and scored + n > scored_budget)):
+                greedy, rows, scored = greedy + 1, [], 0
+            rows.append(inp)
+            scored += n
+        assert len(batches) == greedy + 1
 
 
 def test_device_budget_follows_free_memory(tok, monkeypatch):
@@ -207,6 +225,7 @@ def test_device_budget_follows_free_memory(tok, monkeypatch):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 140 * 2**30))
         monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+        monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {})
         token_budget, max_batch, scored_budget = device_budget(model, torch.device("cuda"))
         assert max_batch == 256
         # activations and scored logits each planned within a quarter of the free memory

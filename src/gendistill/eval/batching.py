@@ -65,11 +65,11 @@ def linear_flops_per_token(model: torch.nn.Module) -> float:
         fn = getattr(model, get, None)
         mod = fn() if callable(fn) else None
         if isinstance(mod, torch.nn.Module):
-            skip.update(p.data_ptr() for p in mod.parameters())
+            skip.update(id(p) for p in mod.parameters())
     seen, n = set(skip), 0
     for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
+        if id(p) not in seen:  # (tied parameters are one object; meta tensors all have data_ptr 0)
+            seen.add(id(p))
             n += p.numel()
     return 2.0 * max(n, 1)
 
@@ -99,8 +99,9 @@ def batch_cost(model: torch.nn.Module, device: torch.device, overhead_scale: flo
 def generation_cost(model: torch.nn.Module, device: torch.device, max_new_tokens: int,
                     overhead_scale: float = 1.0) -> BatchCost:
     """A generation batch's cost model: the prefill's (:func:`batch_cost`) plus, as fixed cost, the fixed cost of up to
-    ``max_new_tokens`` decode steps (:data:`DECODE_STEP_FLOP` times ``overhead_scale``; the decode steps' own compute
-    grows with the rows, not with the batching, and is left out)."""
+    ``max_new_tokens`` decode steps (:data:`DECODE_STEP_FLOP` times ``overhead_scale``; short answers stop sooner).
+    The decode steps' own compute is left out: it grows with the rows whatever the batching, and with the padding only
+    through attention over the padded columns, which the prefill's term already charges."""
     prefill = batch_cost(model, device, overhead_scale)
     step = overhead_scale * DECODE_STEP_FLOP.get(device.type, DECODE_STEP_FLOP["cuda"])
     return BatchCost(overhead=prefill.overhead + max_new_tokens * step / linear_flops_per_token(model),
@@ -113,15 +114,25 @@ def cut_sorted(widths: Sequence[int], cost: BatchCost, *, max_rows: int | Callab
     """Batches ``[(start, end), ...]`` covering ``widths`` (sorted longest first) at the least total ``cost``.
 
     A batch ``[i, j)`` is padded to ``widths[i]`` and must hold at most ``max_rows`` rows (an int, or a function of the
-    batch's width), at most ``max_tokens`` padded tokens and at most ``max_weight`` summed ``weights``; a single row is
-    always allowed (an input longer than every budget still gets its batch)."""
+    batch's width that does not grow with the width, as memory-sized rows do not), at most ``max_tokens`` padded tokens
+    and at most ``max_weight`` summed ``weights`` (non-negative); a single row is always allowed (an input longer than
+    every budget still gets its batch)."""
     w = np.asarray(widths, dtype=np.float64)
     n = len(w)
     if n == 0:
         return []
     if np.any(w[1:] > w[:-1]):
         raise ValueError("widths must be sorted longest first")
-    rows_at = max_rows if callable(max_rows) else (lambda _width, m=max_rows: m)
+    # each start's row cap; the search below needs caps that never shrink as the start moves to narrower inputs
+    cap_of: dict[int, int] = {}
+    for x in widths:
+        if x not in cap_of:
+            cap_of[x] = max(1, int(max_rows(int(x)) if callable(max_rows) else max_rows))
+    caps = [cap_of[x] for x in widths]
+    if any(a > b for a, b in zip(caps, caps[1:])):
+        raise ValueError("max_rows must not grow with the width (narrower inputs must fit at least as many rows)")
+    if weights is not None and (len(weights) != n or min(weights, default=0) < 0):
+        raise ValueError("weights must be one non-negative number per width")
     wt = np.zeros(n + 1) if weights is None else np.concatenate([[0.0], np.cumsum(np.asarray(weights, float))])
     per_row = np.asarray(cost.per_row(w), dtype=np.float64)  # [n] the cost of one row padded to widths[i]
 
@@ -129,7 +140,7 @@ def cut_sorted(widths: Sequence[int], cost: BatchCost, *, max_rows: int | Callab
         rows = j - i
         if rows == 1:
             return True
-        if rows > max(1, int(rows_at(int(w[i])))):
+        if rows > caps[i]:
             return False
         if max_tokens is not None and rows * w[i] > max_tokens:
             return False
@@ -138,13 +149,15 @@ def cut_sorted(widths: Sequence[int], cost: BatchCost, *, max_rows: int | Callab
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
     back = np.zeros(n + 1, dtype=np.int64)
-    lo = 0  # the first feasible start for end j; feasibility only shrinks as j grows, so lo never moves back
+    # lo: the first feasible start for end j. Every later start is feasible too (fewer rows, a cap at least as large,
+    # no more tokens or weight), and a start infeasible for j stays so for j + 1, so lo never moves back.
+    lo = 0
     for j in range(1, n + 1):
         while not fits(lo, j):
             lo += 1
         starts = np.arange(lo, j)
         total = best[lo:j] + cost.overhead + (j - starts) * per_row[lo:j]
-        k = int(np.argmin(total))  # ties: the earliest start, i.e. the fewest batches
+        k = int(np.argmin(total))  # ties: the earliest start (the longest last batch)
         best[j], back[j] = total[k], lo + k
     cuts, j = [], n
     while j > 0:

@@ -152,9 +152,9 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
 
 def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
     """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
-    of the free memory (:func:`gendistill.devices.free_memory`, read once) holds (each row's caches, dynamic and static, and its prefill activations:
-    :func:`gendistill.models.decoding.decode_bytes_per_row`), at most :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH`
-    elsewhere."""
+    of the free memory (:func:`gendistill.devices.free_memory`, read once) holds (each row's caches, dynamic and
+    static, and its prefill activations: :func:`gendistill.models.decoding.decode_bytes_per_row`), at most
+    :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
     if device.type != "cuda":
         return lambda prompt_len: CPU_BATCH
     free = free_memory(device)
@@ -236,8 +236,8 @@ def generate(
     else:
         decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
-    for i, j in cuts:
-        idx = order[i:j]
+    for start, end in cuts:
+        idx = order[start:end]
         new = decoder([enc[i] for i in idx], max_new_tokens)
         for b, i in enumerate(idx):
             outs[i] = _finish(new[b], eos, stop, tokenizer, len(enc[i]))

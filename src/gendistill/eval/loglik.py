@@ -203,8 +203,15 @@ def _score_reference(model, groups: Groups, batches, pad: int, device, bar) -> l
 
 
 # The split check's verdict per model object: the check is two forward passes, as many as the whole scoring of a
-# 50-example task (one or two batches, docs/results.md §9b). It depends on the model's structure, not on its weights.
+# 50-example task (one or two batches, docs/results.md §9b). It depends on the model's structure, not on its weights:
+# it is kept with the identity of the base model and head it checked and the train/eval mode it ran in, and made
+# again when any of them changes (a replaced head, dropout switched on or off).
 _SPLIT_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _split_fingerprint(model) -> tuple:
+    split = _head_split_of(model)
+    return (None,) if split is None else (id(split[0]), id(split[1]), model.training)
 
 
 class ScoredLogits:
@@ -214,9 +221,10 @@ class ScoredLogits:
 
     def __init__(self, model, probe_ids: torch.Tensor):
         self.model = model
-        if model not in _SPLIT_CHECKED:
-            _SPLIT_CHECKED[model] = _split_head(model, probe_ids) is not None
-        self.split = _head_split_of(model) if _SPLIT_CHECKED[model] else None
+        key = _split_fingerprint(model)
+        if _SPLIT_CHECKED.get(model, (None, None))[0] != key:
+            _SPLIT_CHECKED[model] = (key, _split_head(model, probe_ids) is not None)
+        self.split = _head_split_of(model) if _SPLIT_CHECKED[model][1] else None
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``ids`` ``[B, T]``; ``rows``, ``cols`` ``[P]`` -> logits ``[P, V]`` in the model's dtype."""
