@@ -96,11 +96,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
-           "dtype_name"]
-
-
-def free_memory(device: torch.device) -> int:
+def available_cuda_bytes(device: torch.device) -> int:
     """Bytes new tensors on the CUDA ``device`` can use: the driver's free memory (``torch.cuda.mem_get_info``) plus
     the whole segments PyTorch's caching allocator holds reserved but unused (it hands those out again before asking
     the driver; after a large batch they can be most of the card) — reserved minus allocated, less the unused
@@ -109,3 +105,7 @@ def free_memory(device: torch.device) -> int:
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     fragments = torch.cuda.memory_stats(device).get("inactive_split_bytes.all.current", 0)
     return int(free + max(0, cached - fragments))
+
+
+__all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
+           "dtype_name", "available_cuda_bytes"]

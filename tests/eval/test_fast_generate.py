@@ -214,7 +214,7 @@ def test_engine_choice():
 
 
 def test_auto_batch_size_off_gpu_and_memory_estimate(model):
-    assert G.auto_batch_size(model, 100, 16, torch.device("cpu")) == G.CPU_BATCH
+    assert G.auto_batch_rows(model, 16, torch.device("cpu"))(100) == G.CPU_BATCH
     from gendistill.models.decoding import decode_bytes_per_row
 
     short, long = decode_bytes_per_row(model, 10, 4), decode_bytes_per_row(model, 1000, 4)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.profiler import record_function
 
-from gendistill.devices import free_memory
+from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
@@ -152,23 +152,18 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
 
 def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
     """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
-    of the free memory (:func:`gendistill.devices.free_memory`, read once) holds (each row's caches, dynamic and
+    of the free memory (:func:`gendistill.devices.available_cuda_bytes`, read once) holds (each row's caches, dynamic and
     static, and its prefill activations: :func:`gendistill.models.decoding.decode_bytes_per_row`), at most
     :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
     if device.type != "cuda":
         return lambda prompt_len: CPU_BATCH
-    free = free_memory(device)
+    free = available_cuda_bytes(device)
 
     def rows(prompt_len: int) -> int:
         per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)
         return max(1, min(MAX_AUTO_BATCH, int(MEMORY_SHARE * free // max(1, per_row))))
 
     return rows
-
-
-def auto_batch_size(model, prompt_len: int, max_new_tokens: int, device: torch.device) -> int:
-    """Rows per batch for prompts of ``prompt_len`` tokens (:func:`auto_batch_rows`)."""
-    return auto_batch_rows(model, max_new_tokens, device)(prompt_len)
 
 
 def plan_batches(model, widths: list[int], max_new_tokens: int, device: torch.device,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
-from gendistill.devices import free_memory
+from gendistill.devices import available_cuda_bytes
 from gendistill.eval.batching import BatchCost, batch_cost, cut_sorted
 from gendistill.eval.pair_encoding import encode_pairs, prefix_token
 from gendistill.eval.progress import progress
@@ -103,7 +103,7 @@ def plan_batches(groups: Groups, token_budget: int, max_batch: int, scored_budge
 def device_budget(model, device: torch.device) -> tuple[int, int, int] | None:
     """``(token_budget, max_batch, scored_budget)`` for the fast engine on CUDA, ``None`` elsewhere.
 
-    Rule: plan for ``DEVICE_MEMORY_SHARE`` (half) of the free memory (:func:`gendistill.devices.free_memory`: the
+    Rule: plan for ``DEVICE_MEMORY_SHARE`` (half) of the free memory (:func:`gendistill.devices.available_cuda_bytes`: the
     driver's free memory and PyTorch's cached, unused blocks), split evenly between the base model's activations —
     ``16 × hidden_size`` values per input token in the model's dtype, a generous bound on one layer's live tensors
     (residual, attention projections, MLP up/gate) — and the scored logits —
@@ -113,7 +113,7 @@ def device_budget(model, device: torch.device) -> tuple[int, int, int] | None:
     """
     if device.type != "cuda":
         return None
-    free = free_memory(device)
+    free = available_cuda_bytes(device)
     cfg = model.config
     itemsize = next(model.parameters()).element_size()
     hidden = int(getattr(cfg, "hidden_size", 4096))
@@ -209,11 +209,6 @@ def _score_reference(model, groups: Groups, batches, pad: int, device, bar) -> l
 _SPLIT_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _split_fingerprint(model) -> tuple:
-    split = _head_split_of(model)
-    return (None,) if split is None else (id(split[0]), id(split[1]), model.training)
-
-
 class ScoredLogits:
     """Logits ``[P, V]`` at chosen ``(row, position)`` pairs of a batch: base model + ``lm_head`` on the gathered
     hidden states when that split reproduces the model (checked once per model object, on a probe), else the full
@@ -221,10 +216,12 @@ class ScoredLogits:
 
     def __init__(self, model, probe_ids: torch.Tensor):
         self.model = model
-        key = _split_fingerprint(model)
-        if _SPLIT_CHECKED.get(model, (None, None))[0] != key:
-            _SPLIT_CHECKED[model] = (key, _split_head(model, probe_ids) is not None)
-        self.split = _head_split_of(model) if _SPLIT_CHECKED[model][1] else None
+        split = _head_split_of(model)
+        key = None if split is None else (id(split[0]), id(split[1]), model.training)
+        checked = _SPLIT_CHECKED.get(model)
+        if checked is None or checked[0] != key:
+            checked = _SPLIT_CHECKED[model] = (key, _split_head(model, probe_ids) is not None)
+        self.split = split if checked[1] else None
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``ids`` ``[B, T]``; ``rows``, ``cols`` ``[P]`` -> logits ``[P, V]`` in the model's dtype."""
