@@ -1,8 +1,8 @@
 """Where to cut a longest-first list of inputs into padded batches: the cut of least estimated cost.
 
 Both evaluation engines sort their inputs longest first and pad each batch to its first (longest) row. Cutting that
-list into as few batches as memory allows (the old rule) pads short rows to long ones: on MMLU's five-shot prompts
-(longest 3,022 tokens, mean 723) two batches of 256 rows computed 2.5 padded tokens per real one. Cutting it into
+list into as few batches as memory allows (the old rule) pads short rows to long ones: MMLU's five-shot prompts run
+from a few hundred tokens to thousands, so a few batches of 256 rows compute mostly padding. Cutting it into
 one-row batches wastes nothing but pays a batch's fixed cost (Python, kernel launches, a host transfer) per row. This
 module finds the cut between the two that minimises
 
