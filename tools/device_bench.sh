@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Issue 26 (efficiency) on one H200 lease, in one background job collected by short watch calls: the GPU tests of the
-# bounded decay gate and the segment-parallel prefill, then each variant's time to first token beside the teacher
-# (bounded gate; GENDISTILL_KDA_PREFILL_SEGMENT at each of $SEGMENTS), then one complete `gendistill bench` of the
-# committed code (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed and eager, decode, peak throughput)
-# with what time is left. Random weights: no teacher and no data travel, only the wheels.
+# Issue 26 (efficiency) on one lease, in one background job collected by short watch calls: the GPU tests of the
+# bounded decay gate and the segment-parallel prefill; then one complete `gendistill bench` of the committed code
+# (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed and eager, decode, peak throughput) under a fixed
+# --time-limit, first among the timings so that the experiments after it cannot starve it; then, with what time is
+# left, each variant's time to first token beside the teacher: GENDISTILL_KDA_PREFILL_SEGMENT at each of $SEGMENTS,
+# and the bounded gate. Random weights: no teacher and no data travel, only the wheels.
 # Here, first: bash tools/device_wheels.sh   (.whl)
 #   call 1:  COMMIT=$(git rev-parse --short HEAD) bash tools/device_bench.sh start && bash tools/device_bench.sh watch 480
 #                                                                   carry [".whl"]
 #   call 2:  bash tools/device_bench.sh watch 560                  carry []
 #   call 3:  bash tools/device_bench.sh watch 400; bash tools/device_bench.sh collect          carry []
-# Settings (environment of the start call): JOB_TIMEOUT (1500 s, the whole job), SEGMENTS (8192,16384), BOUND (-5).
-# Every step has a timeout; the job writes $RES/DONE whatever happens; collect returns what exists.
+# Settings (environment of the start call): JOB_TIMEOUT (1300 s, the whole job), COMPLETE_LIMIT (540 s, the complete
+# run's --time-limit), SEGMENTS (8192,16384), BOUND (-5).
+# Every step has a timeout; a variant starts only with enough of the job's time left; the job writes $RES/DONE
+# whatever happens; collect returns what exists.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 JOB=${BENCH_JOB:-/tmp/gendistill-bench}  # (BENCH_JOB: another folder, for a check off the device)
@@ -19,7 +22,7 @@ OUT=${OUT:-$JOB/out}
 . tools/device_lib.sh
 mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
-left() { echo $(( ${JOB_TIMEOUT:-1500} - ($(date +%s) - $(cat "$RES/t0")) )); }
+left() { echo $(( ${JOB_TIMEOUT:-1300} - ($(date +%s) - $(cat "$RES/t0")) )); }
 BENCH=(python3 -m gendistill bench --config qwen3-0.6b --device cuda --dtype bf16)
 
 case "${1:-}" in
@@ -36,30 +39,32 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
   step "GPU tests: bounded gate, segmented prefill"
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or segmented" \
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or segmented" \
     > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
-  step "bounded gate ${BOUND:--5}: TTFT beside the teacher"
-  timeout 300 "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput --kda-gate-lower-bound "${BOUND:--5}" \
-    --time-limit 240 --out "$JOB/bench/bounded" > "$RES/bench_bounded.log" 2>&1
-  step "bounded rc=$?"
+  LIMIT=${COMPLETE_LIMIT:-540}
+  step "complete run, --time-limit $LIMIT s"
+  timeout $(( LIMIT + 90 )) "${BENCH[@]}" --time-limit "$LIMIT" --out "$JOB/bench/complete" \
+    > "$RES/bench_complete.log" 2>&1
+  RC=$?
+  step "complete rc=$RC"
   SEGS=${SEGMENTS:-8192,16384}
   for N in ${SEGS//,/ }; do
     [ "${N:-0}" -gt 0 ] || continue
+    [ "$(left)" -gt 200 ] || { step "segmented $N skipped: $(left) s left"; continue; }
     step "segmented prefill ($N tokens a segment): TTFT beside the teacher"
-    GENDISTILL_KDA_PREFILL_SEGMENT=$N timeout 240 "${BENCH[@]}" --contexts 32k,128k --skip decode,throughput \
-      --time-limit 180 --out "$JOB/bench/seg$N" > "$RES/bench_seg$N.log" 2>&1
+    GENDISTILL_KDA_PREFILL_SEGMENT=$N timeout 200 "${BENCH[@]}" --contexts 32k,128k --skip decode,throughput \
+      --time-limit 150 --out "$JOB/bench/seg$N" > "$RES/bench_seg$N.log" 2>&1
     step "segmented $N rc=$?"
   done
-  LIMIT=$(( $(left) - 90 ))
-  step "complete run, --time-limit $LIMIT s"
-  if [ "$LIMIT" -gt 120 ]; then
-    timeout $(( LIMIT + 60 )) "${BENCH[@]}" --time-limit "$LIMIT" --out "$JOB/bench/complete" \
-      > "$RES/bench_complete.log" 2>&1
-    RC=$?
-    step "complete rc=$RC"
+  if [ "$(left)" -gt 200 ]; then
+    step "bounded gate ${BOUND:--5}: TTFT beside the teacher"
+    timeout $(( $(left) - 20 )) "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput \
+      --kda-gate-lower-bound "${BOUND:--5}" --time-limit $(( $(left) - 80 )) --out "$JOB/bench/bounded" \
+      > "$RES/bench_bounded.log" 2>&1
+    step "bounded rc=$?"
   else
-    RC=skipped; step "complete run skipped: $LIMIT s left"
+    step "bounded skipped: $(left) s left"
   fi
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
