@@ -194,12 +194,6 @@ MUTANTS: list[Mutant] = [
            ("tests/eval/test_heldout.py", "tests/distill/test_distill_heldout.py"),
            "held-out fidelity lets transformers build a cache, which skips the packed-sequence mask: the teacher "
            "attends across the documents of a packed row (the defect of every fidelity figure before issue 25)"),
-    Mutant("segmented_prefill_drops_the_carried_state", "src/gendistill/ops/kda/segmented.py",
-           "        s = P[i] @ s + F[i]",
-           "        s = F[i]",
-           ("tests/model/test_kda_segmented.py",),
-           "segment-parallel KDA prefill forgets what the earlier segments left in the state (each segment's start "
-           "state is the previous segment's own contribution only)"),
     Mutant("heldout_loss_is_the_kl", "src/gendistill/distill/trainer.py",
            '            ev = fid.get("loss")',
            '            ev = fid.get("kl_teacher_student")',

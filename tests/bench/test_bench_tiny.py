@@ -249,21 +249,6 @@ def test_attention_layers_take_the_convert_grammar(tmp_path):
         check_settings(settings_from_options(tiny=True, attention_layers="every:9", out=str(tmp_path / "c")))
 
 
-def test_segmented_prefill_run_is_recorded_and_named(tmp_path, monkeypatch):
-    """GENDISTILL_KDA_PREFILL_SEGMENT set: the JSON's student entry records the segment and the file is named for it
-    (the serial run's JSON is never overwritten); the timings come back as from any run."""
-    from typer.testing import CliRunner
-
-    monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "64")
-    r = CliRunner().invoke(_bench_app(), ["bench", "--tiny", "--skip", "decode,throughput", "--out", str(tmp_path)])
-    assert r.exit_code == 0, r.output
-    path = next(tmp_path.glob("bench_*.json"))
-    assert path.name.startswith("bench_tiny-seg64_")
-    data = json.loads(path.read_text())
-    assert data["models"]["student"]["kda_prefill_segment"] == 64
-    assert all(c["student"]["ttft_ms"] > 0 for c in data["contexts"])
-
-
 def test_bf16_benchmark_student_has_the_fp32_runs_float32_decay_parameters():
     """The benchmark casts only the teacher; the student it converts in bf16 keeps its mixers' fp32 parameters in
     float32, with the values the fp32 run's student has (same seed)."""
@@ -343,3 +328,18 @@ def test_every_setting_can_be_passed_and_nothing_else():
         check_numbers(settings_from_options(attn_implementation="fast"))
     with pytest.raises(ConfigError, match="measure_budget_s"):
         check_numbers(settings_from_options(measure_budget_s=0))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/opt/venv/bin/gendistill", "bench", "--tiny", "--out", "/tmp/run7/bench"], "gendistill bench --tiny --out bench"),
+    (["/work/src/gendistill/__main__.py", "bench", "--time-limit", "540"], "gendistill bench --time-limit 540"),
+    (["/work/benchmarks/bench_inference.py", "--out", "/x/y/z", "--model-name", "a b"],
+     "python bench_inference.py --out z --model-name 'a b'"),
+    (["/work/tools/__main__.py", "bench"], "python __main__.py bench"),  # another package's __main__ stays a script
+])
+def test_the_recorded_command_names_the_tool_and_no_machine_path(argv, expected):
+    """``python -m gendistill bench`` is recorded as ``gendistill bench`` (its argv[0] is the package's
+    ``__main__.py``; the lease's JSONs said ``python __main__.py bench``), and no absolute path reaches the JSON."""
+    from gendistill.bench.settings import _command_line
+
+    assert _command_line(argv) == expected

@@ -110,65 +110,6 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
         assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
 
 
-# each factor covered without the full product (every new kernel shape costs autotuning in a suite that must stay
-# under 3 minutes): K 64 is SmolLM2's head dim, K 128 the Qwen3 shape the bench times (256 value columns)
-@pytest.mark.parametrize("dtype, gate_lower_bound, K", [
-    (torch.float32, None, 64), (torch.bfloat16, -5.0, 64), (torch.bfloat16, None, 128), (torch.float32, -5.0, 128)],
-    ids=["fp32-paper-K64", "bf16-bounded-K64", "bf16-paper-K128", "fp32-bounded-K128"])
-def test_segmented_prefill_on_fla_matches_the_reference(dtype, gate_lower_bound, K, monkeypatch):
-    """GENDISTILL_KDA_PREFILL_SEGMENT: a batch-1 inference prefill of 2048 tokens in four segments run side by side
-    on fla's kernels (the first pass with V + K value columns) against our float64 path of the whole sequence,
-    and against fla's serial call (same bounds: the segmented path adds one chained state product per segment). Not
-    yet run on a GPU."""
-    from gendistill.ops.kda import kda_from_projections
-
-    B, T, H = 1, 2048, 4
-    gen = torch.Generator(device="cuda").manual_seed(13)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
-    q, k, v, f = (r(B, T, H, K).to(dtype) for _ in range(4))
-    b = r(B, T, H).to(dtype)
-    A_log, dt_bias, h0 = 0.5 * r(H), r(H * K), r(B, H, K, K)
-    args = (q, k, v, f, b, A_log, dt_bias)
-    kw = dict(recurrent=False, initial_state=h0, output_final_state=True, gate_lower_bound=gate_lower_bound)
-    with torch.no_grad():
-        o_serial, s_serial = kda_from_projections(*args, **kw)
-        monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "512")
-        o, s = kda_from_projections(*args, **kw)
-    g = kda_gate(f.double(), A_log.double(), dt_bias.double(), lower_bound=gate_lower_bound)
-    o_ref, s_ref = torch_chunk(l2norm(q.double()), l2norm(k.double()), v.double(), g, torch.sigmoid(b.double()),
-                               initial_state=h0.double(), output_final_state=True)
-    for got in ((o, s), (o_serial, s_serial)):
-        assert rel(got[0], o_ref) < TOL[dtype], rel(got[0], o_ref)
-        assert rel(got[1], s_ref) < TOL[dtype], rel(got[1], s_ref)
-
-
-def test_segmented_prefill_setting_leaves_a_captured_prefill_serial(monkeypatch):
-    """With GENDISTILL_KDA_PREFILL_SEGMENT set, a prefill captured in a CUDA graph (the bench's graphed TTFT) takes the
-    serial kernel (the segmented path moves bounds between host and device) and replays the serial result."""
-    from gendistill.ops.kda import kda_from_projections
-
-    B, T, H, K = 1, 1024, 4, 64
-    gen = torch.Generator(device="cuda").manual_seed(17)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
-    q, k, v, f = (r(B, T, H, K).to(torch.bfloat16) for _ in range(4))
-    b = r(B, T, H).to(torch.bfloat16)
-    args = (q, k, v, f, b, 0.5 * r(H), r(H * K))
-    with torch.no_grad():
-        o_serial, _ = kda_from_projections(*args, recurrent=False)
-        monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "256")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture (autotuning, lazy allocations)
-            kda_from_projections(*args, recurrent=False)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            o_graph, _ = kda_from_projections(*args, recurrent=False)
-        graph.replay()
-        torch.cuda.synchronize()
-    assert torch.equal(o_graph, o_serial)
-
-
 def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512, gate_lower_bound=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -539,32 +539,6 @@ def test_kda_padded_batch_takes_the_unfused_fla_call(monkeypatch):
     assert diff < TOL
 
 
-@pytest.mark.parametrize("lower_bound", [None, -5.0])
-def test_segmented_prefill_on_forced_fla_branch(monkeypatch, lower_bound):
-    """The segment-parallel prefill's two chunk_kda calls (values widened by K columns, one float32 start state per
-    segment, host bounds also as ``cu_seqlens_cpu``) give the serial PyTorch prefill's output and state."""
-    raw, h0 = kda_raw_inputs(1, 150, 2, 16, lower_bound, seed=7)
-
-    def serial():
-        monkeypatch.delenv("GENDISTILL_KDA_PREFILL_SEGMENT", raising=False)
-        with torch.no_grad():
-            return kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
-                                        gate_lower_bound=lower_bound)
-
-    expected = serial()
-    spy = FlaSpy(monkeypatch)
-    monkeypatch.setenv("GENDISTILL_KDA_PREFILL_SEGMENT", "64")
-    with torch.no_grad():
-        got = kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
-                                   gate_lower_bound=lower_bound)
-    calls = spy.calls["chunk_kda"]
-    assert len(calls) == 2, "segmented prefill: one run for the transfer maps, one for the outputs"
-    assert calls[0]["v"].shape[-1] == 32 and calls[0]["cu_seqlens"].tolist() == [0, 64, 128, 150]
-    assert all(c["cu_seqlens_cpu"] is not None for c in calls)
-    for e, g_ in zip(expected, got):
-        assert (e - g_).abs().max().item() < TOL
-
-
 @pytest.mark.parametrize("case", ["plain", "packed", "states", "short_with_states"])
 @pytest.mark.parametrize("W", [4, 3])
 def test_causal_conv_on_forced_fla_branch(monkeypatch, case, W):

@@ -13,7 +13,6 @@ from gendistill.bench.cache import layer_types
 from gendistill.convert.convert import convert_teacher
 from gendistill.errors import ConfigError
 from gendistill.models.loading import load_model, model_label
-from gendistill.ops.backend import prefill_segment_tokens
 
 
 def qwen3_config(name: str, attn_implementation: str = "sdpa") -> Qwen3Config:
@@ -62,15 +61,12 @@ def _convert(teacher: Any, attention_layers: tuple[int, ...] | str,
 
 def model_name(settings) -> str:
     """The run's label (file names): ``--model-name``, else the shape or teacher, with ``-gate<lb>`` for a converted
-    student with a bounded decay gate and ``-seg<N>`` for a segment-parallel KDA prefill
-    (``GENDISTILL_KDA_PREFILL_SEGMENT``), so neither JSON overwrites the exact, serial student's."""
+    student with a bounded decay gate, so its JSON never overwrites the exact student's."""
     if settings.model_name:
         return settings.model_name
     name = model_label(settings.teacher) if settings.teacher else settings.config
     lb = settings.kda_gate_lower_bound
-    name = name if lb is None or settings.student else f"{name}-gate{lb:g}"
-    seg = prefill_segment_tokens()
-    return name if seg is None else f"{name}-seg{seg}"
+    return name if lb is None or settings.student else f"{name}-gate{lb:g}"
 
 
 def build_models(settings, device: torch.device, dtype: torch.dtype) -> ModelPair:

@@ -133,6 +133,14 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, [y / scale for y in ys], "o-", color=colors[role], label=labels[role])
+        if title.startswith("(b)"):  # the graphed prefill (no launch overhead) dashed; log scale: 1K and 128K both read
+            for role in ("teacher", "student"):
+                pts = [(c["context"], c[role].get("ttft_graph_ms")) for c in ctxs if c[role].get("ttft_graph_ms")]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, "s--", color=colors[role], alpha=0.7, markersize=4,
+                            label=f"{labels[role]}, CUDA graph")
+            ax.set_yscale("log")
         if title.startswith("(a)"):
             for role in ("teacher", "student"):
                 pts = [(c["context"], (c[role].get("cache_bytes_theoretical") or {}).get("total")) for c in ctxs]

@@ -28,7 +28,6 @@ from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
 from gendistill.models.decoding import require_full_attention
-from gendistill.ops.backend import prefill_segment_tokens
 from gendistill.ownership import check_report_folder, claim_report_folder
 from gendistill.runlock import acquire
 
@@ -156,8 +155,8 @@ class Runner:
                     "params": count_params(m),
                     "layer_types": layer_type_counts(m),
                     "attn_implementation": getattr(m.config, "_attn_implementation", None),
-                    **({"kda_gate_lower_bound": getattr(m.config, "kda_gate_lower_bound", None),
-                        "kda_prefill_segment": prefill_segment_tokens()} if r == "student" else {}),
+                    **({"kda_gate_lower_bound": getattr(m.config, "kda_gate_lower_bound", None)}
+                       if r == "student" else {}),
                 }
                 for r, m in self.models.items()
             },

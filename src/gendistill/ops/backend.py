@@ -1,6 +1,5 @@
 """Which kernels the operators run: fla's Triton kernels on CUDA (when importable), gendistill's pure-PyTorch forms
-elsewhere, or as ``GENDISTILL_KDA_BACKEND`` (``auto``, ``torch``, ``fla``) says; and whether a long KDA prefill runs
-its segments side by side (``GENDISTILL_KDA_PREFILL_SEGMENT``)."""
+elsewhere, or as ``GENDISTILL_KDA_BACKEND`` (``auto``, ``torch``, ``fla``) says."""
 
 from __future__ import annotations
 
@@ -43,17 +42,4 @@ def use_fla(x: torch.Tensor) -> bool:
     return x.is_cuda and fla_available()
 
 
-def prefill_segment_tokens() -> int | None:
-    """``GENDISTILL_KDA_PREFILL_SEGMENT``: tokens per segment of a segment-parallel KDA prefill
-    (:mod:`gendistill.ops.kda.segmented`; a multiple of 64, fla's chunk, so that every chunk stays whole), or None
-    (unset, empty or 0: the serial kernel)."""
-    raw = os.environ.get("GENDISTILL_KDA_PREFILL_SEGMENT", "").strip()
-    if raw in ("", "0"):
-        return None
-    if not raw.isdigit() or int(raw) % 64:
-        raise ValueError(f"GENDISTILL_KDA_PREFILL_SEGMENT={raw!r}: give a positive number of tokens, a multiple of 64 "
-                         "(fla's chunk; e.g. 8192), or 0 for the serial kernel")
-    return int(raw)
-
-
-__all__ = ["fla_available", "prefill_segment_tokens", "use_fla"]
+__all__ = ["fla_available", "use_fla"]

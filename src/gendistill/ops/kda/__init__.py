@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from gendistill.ops.backend import prefill_segment_tokens, use_fla
+from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk_kda
 from gendistill.ops.kda.gate import bounded_gate_init, kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda as torch_recurrent_kda
-from gendistill.ops.kda.segmented import segment_bounds, segmented_prefill
 
 __all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "bounded_gate_init", "l2norm"]
 
@@ -69,18 +68,7 @@ def kda_from_projections(
     float32 gate is materialised; a bounded gate takes ``chunk_kda``'s ``safe_gate=True`` path, and
     ``fused_recurrent_kda`` its ``lower_bound``); otherwise they are applied here and the activated inputs go to
     :func:`kda_chunk` / :func:`kda_recurrent`.
-
-    Inference prefill of one long sequence (batch 1, no packing or padding, no autograd, not captured in a CUDA graph,
-    at least two segments of ``GENDISTILL_KDA_PREFILL_SEGMENT`` tokens when that is set) runs its segments side by side
-    (:func:`gendistill.ops.kda.segmented.segmented_prefill`): the same outputs and state, computed differently.
     """
-    # the setting is read only for an inference prefill of one sequence, not in every training or decode step; never
-    # inside a CUDA-graph capture: the segments' bounds are copied from the host and fla reads packed bounds back
-    seg = None
-    if (not recurrent and cu_seqlens is None and pad_mask is None and q.shape[0] == 1 and not torch.is_grad_enabled()
-            and not (q.is_cuda and torch.cuda.is_current_stream_capturing())):
-        seg = prefill_segment_tokens()
-    segmented = seg is not None and q.shape[1] >= 2 * seg
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
@@ -88,29 +76,18 @@ def kda_from_projections(
         if not recurrent and bounded:
             bounded["safe_gate"] = True  # fla's faster intra-chunk kernel; it computes the gate above exactly
         kernel = fused_recurrent_kda if recurrent else chunk_kda
-
-        def run(vv, h0, cu, want_state):
-            # bounds given on the host (the segments') also go to chunk_kda as cu_seqlens_cpu: no read-back per call
-            # (fused_recurrent_kda has no such argument: its **kwargs would swallow it unread)
-            host = {"cu_seqlens_cpu": cu} if not recurrent and cu is not None and cu.device.type == "cpu" else {}
-            return kernel(q, k, vv, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=h0, output_final_state=want_state,
-                          use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                          cu_seqlens=None if cu is None else cu.to(q.device), **host, **bounded)
-    else:
-        q = l2norm(q.float()).to(q.dtype)
-        k = l2norm(k.float()).to(k.dtype)
-        g = kda_gate(f, A_log, dt_bias, lower_bound=gate_lower_bound)
-        beta = torch.sigmoid(b.float())
-        if pad_mask is not None:
-            m = pad_mask.to(g.dtype)
-            g, beta = g * m[..., None, None], beta * m[..., None]
-        if use_fla(q):
-            beta = beta.to(q.dtype)
-        kernel = kda_recurrent if recurrent else kda_chunk
-
-        def run(vv, h0, cu, want_state):
-            return kernel(q, k, vv, g, beta, initial_state=h0, output_final_state=want_state, cu_seqlens=cu)
-    if not segmented:
-        return run(v, initial_state, cu_seqlens, output_final_state)
-    o, state = segmented_prefill(run, v, q.shape[-1], segment_bounds(q.shape[1], seg), initial_state)
-    return o, (state if output_final_state else None)
+        return kernel(q, k, v, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state,
+                      output_final_state=output_final_state, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+                      use_beta_sigmoid_in_kernel=True, cu_seqlens=cu_seqlens, **bounded)
+    q = l2norm(q.float()).to(q.dtype)
+    k = l2norm(k.float()).to(k.dtype)
+    g = kda_gate(f, A_log, dt_bias, lower_bound=gate_lower_bound)
+    beta = torch.sigmoid(b.float())
+    if pad_mask is not None:
+        m = pad_mask.to(g.dtype)
+        g, beta = g * m[..., None, None], beta * m[..., None]
+    if use_fla(q):
+        beta = beta.to(q.dtype)
+    kernel = kda_recurrent if recurrent else kda_chunk
+    return kernel(q, k, v, g, beta, initial_state=initial_state, output_final_state=output_final_state,
+                  cu_seqlens=cu_seqlens)
