@@ -67,7 +67,7 @@ bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packe
   timeout 290 python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 \
     --micro-batches 32,64 --stages stage3a,stage1,stage2 --docs-per-seq 4 --steps 4 --warmup 2 \
     --dump-fla-configs "$JOB/fla_configs" --profile "$OUT/prof" --out "$OUT/train_throughput_smollm2-135m.json"
-  TRITON_CACHE_DIR=$(mktemp -d) FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy timeout 120 \
+  TRITON_CACHE_DIR=$(mktemp -d) FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict timeout 120 \
     python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 --micro-batches 32 \
     --stages stage1 --docs-per-seq 4 --steps 2 --warmup 1 --out "$OUT/first_step_smollm2-135m_shipped_configs.json"
   tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs
@@ -97,7 +97,7 @@ start)  # the data in place, then the whole job in the background (it outlives t
   [ -n "$GGUF" ] || { echo "error: no teacher GGUF (run 'setup' and 'data' first in this lease)"; exit 3; }
   [ -d .device/carry3/data ] || { echo "error: .device/carry3 not carried"; exit 3; }
   cp .device/carry3/data/* "$DATA"/
-  [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=fuzzy
+  [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
   rm -rf "$JOB/run"
   cat "$JOB/nvidia-smi.txt" "$JOB/commit.txt" > "$JOB/e2e.log" 2>/dev/null  # the card and the commit head the log
   setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" \

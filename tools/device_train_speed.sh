@@ -44,7 +44,7 @@ driver_profile() {
     --profile "$RES/prof" --dump-fla-configs "$RES/fla_configs" --out "$RES/tt_base.json" > "$RES/tt_base.log" 2>&1
   echo "tt_base rc=$?" >> "$RES/steps.txt"
   # a fresh Triton cache with the configurations just dumped: the first step a new machine would see
-  TRITON_CACHE_DIR="$RES/triton_fresh" FLA_CONFIG_DIR="$RES/fla_configs" FLA_CACHE_MODE=fuzzy TRITON_PRINT_AUTOTUNING=1 \
+  TRITON_CACHE_DIR="$RES/triton_fresh" FLA_CONFIG_DIR="$RES/fla_configs" FLA_CACHE_MODE=strict TRITON_PRINT_AUTOTUNING=1 \
     timeout 300 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1,stage2 --steps 2 --warmup 1 \
     --out "$RES/tt_fresh_configs.json" > "$RES/tt_fresh_configs.log" 2>&1
   echo "tt_fresh_configs rc=$? autotuned=$(grep -c 'autotuning' "$RES/tt_fresh_configs.log")" >> "$RES/steps.txt"
@@ -101,7 +101,7 @@ driver_finish() {
   for log in tt_smol tt_qwen3 pytest_gpu; do
     python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/$log.log" "$RES/fla_tests" >> "$RES/steps.txt" 2>&1
   done
-  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=fuzzy gpu_suite_fresh 300
+  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=strict gpu_suite_fresh 300
 }
 
 driver_shapes() {
@@ -161,7 +161,7 @@ driver_gpu_tests() {
   cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
   python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
     >> "$RES/steps.txt" 2>&1
-  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=fuzzy gpu_suite_fresh 400
+  FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=strict gpu_suite_fresh 400
 }
 
 collect() {

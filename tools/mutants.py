@@ -194,6 +194,12 @@ MUTANTS: list[Mutant] = [
            ("tests/eval/test_heldout.py", "tests/distill/test_distill_heldout.py"),
            "held-out fidelity lets transformers build a cache, which skips the packed-sequence mask: the teacher "
            "attends across the documents of a packed row (the defect of every fidelity figure before issue 25)"),
+    Mutant("fla_configs_fuzzy", "src/gendistill/ops/fla_configs.py",
+           'CACHE_MODE = "strict"',
+           'CACHE_MODE = "fuzzy"',
+           ("tests/model/test_fla_configs.py", "tests/model/test_fla_config_choice.py"),
+           "fla reads the shipped kernel configurations in fuzzy mode: a configuration tuned for one head dimension "
+           "is handed to another, where it may not fit (OutOfResources on an H100, float32, head dimension 128)"),
     Mutant("heldout_loss_is_the_kl", "src/gendistill/distill/trainer.py",
            '            ev = fid.get("loss")',
            '            ev = fid.get("kl_teacher_student")',

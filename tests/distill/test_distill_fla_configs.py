@@ -48,7 +48,7 @@ def test_an_unshipped_gpu_keeps_its_tuned_configurations_and_says_so_once(tmp_pa
     doc = json.loads((out / "chunk_kda_bwd_kernel_intra.json").read_text())
     assert [e["config"] for e in doc["autotune_entries"].values()] == [CFG]
     err = capsys.readouterr().err
-    assert f"FLA_CONFIG_DIR={out} FLA_CACHE_MODE=fuzzy" in err and "fla_config_files/NVIDIA_H100_80GB_HBM3/" in err
+    assert f"FLA_CONFIG_DIR={out} FLA_CACHE_MODE=strict" in err and "fla_config_files/NVIDIA_H100_80GB_HBM3/" in err
     assert fla_configs.keep_autotuned(tmp_path / "fla_configs", CUDA) == (out, False)  # the next stage: merged
     pipeline.keep_tuned_kernels(RECIPE, tmp_path, World(device=CUDA))
     assert capsys.readouterr().err == ""  # said once

@@ -81,7 +81,7 @@ def test_fla_fused_recurrent_matches_reference(dtype):
 def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
     """fla's chunk_kda with the gate fused in the kernel and safe_gate=True, lower_bound=-5 vs our PyTorch chunked
     path in float64 on the bounded gate of the same raw inputs (gendistill.ops.kda.kda_gate): outputs, final state,
-    and (fp32) the gradients of q, k, v, beta, the raw gate input f, A_log and dt_bias. Not yet run on a GPU."""
+    and (fp32) the gradients of q, k, v, beta, the raw gate input f, A_log and dt_bias. Passed on an H100 (2026-12-05)."""
     from fla.ops.kda import chunk_kda
 
     B, T, H, K = 2, 300, 4, 64
@@ -110,6 +110,33 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
         assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
 
 
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper", "bounded"])
+def test_float32_prefill_at_head_dim_128_runs_with_the_shipped_configurations(gate_lower_bound):
+    """A Qwen3-shaped KDA prefill (head dim 128) in float32 through gendistill's entry point, with the fla kernel
+    configurations gendistill ships active (as in every run), against the float64 reference. On an H100 (2026-12-05)
+    the bounded case failed: ``OutOfResources`` (237,568 bytes of shared memory, 232,448 available) in fla's
+    ``chunk_gated_delta_rule_fwd_kernel_h_blockdim64``, whose shipped file has float32 entries only for head dim 64;
+    fla's ``FLA_CACHE_MODE=fuzzy`` matches any entry of the same key structure whatever its numbers, so the likely
+    cause is a head-dim-64 configuration applied at 128 (Triton's own autotuning skips configurations that do not
+    fit). gendistill now sets ``strict`` (exact keys only; tests/model/test_fla_configs.py): not yet run on a GPU."""
+    from gendistill.ops.kda import kda_from_projections
+
+    B, T, H, K = 1, 1024, 4, 128
+    gen = torch.Generator(device="cuda").manual_seed(19)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen, dtype=torch.float32)  # noqa: E731
+    q, k, v, f = (r(B, T, H, K) for _ in range(4))
+    b = r(B, T, H)
+    A_log, dt_bias, h0 = 0.5 * r(H), r(H * K), r(B, H, K, K)
+    with torch.no_grad():
+        o, s = kda_from_projections(q, k, v, f, b, A_log, dt_bias, recurrent=False, initial_state=h0,
+                                    output_final_state=True, gate_lower_bound=gate_lower_bound)
+    g = kda_gate(f.double(), A_log.double(), dt_bias.double(), lower_bound=gate_lower_bound)
+    o_ref, s_ref = torch_chunk(l2norm(q.double()), l2norm(k.double()), v.double(), g, torch.sigmoid(b.double()),
+                               initial_state=h0.double(), output_final_state=True)
+    assert rel(o, o_ref) < TOL[torch.float32], rel(o, o_ref)
+    assert rel(s, s_ref) < TOL[torch.float32], rel(s, s_ref)
+
+
 def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=512, gate_lower_bound=None):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -133,7 +160,7 @@ def _student(dtype=torch.float32, layers=28, spec="0,2,6,11,13,18,21", hidden=51
 def test_kda_mixer_on_fla_matches_the_reference_path(dtype, gate_lower_bound, monkeypatch):
     """One KDA mixer, same weights and dtype: fla kernels vs our PyTorch path (float32 math inside).
     Measured on an H200: 6.7e-4 relative in fp32 (tf32 products), paper gate; the bounded gate (fla's safe_gate
-    path) not yet run on a GPU."""
+    path) passed on an H100 (2026-12-05)."""
     student = _student(dtype, gate_lower_bound=gate_lower_bound)
     mixer = student.model.layers[1].linear_attn
     h = torch.randn(2, 700, mixer.hidden_size, device="cuda", dtype=dtype)
@@ -218,7 +245,7 @@ def test_generate_on_cuda_left_padded_batch_equals_single():
 def test_kda_mixer_gradients_on_fla_match_the_reference_path(gate_lower_bound, monkeypatch):
     """Backward through fla's fused kernels (in-kernel L2-norm, gate and beta sigmoid) vs autograd through our PyTorch
     path, real initialisation (A = exp(A_log) up to 16; the bounded gate's init, A_log = 0). Added after the
-    2026-11-28 H200 run: not yet run on a GPU."""
+    2026-11-28 H200 run; the bounded case was still running when an H100 call's time limit cut it (2026-12-05)."""
     student = _student(torch.float32, gate_lower_bound=gate_lower_bound)
     mixer = student.model.layers[1].linear_attn.train()
     h = torch.randn(2, 300, mixer.hidden_size, device="cuda")

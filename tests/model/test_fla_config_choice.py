@@ -69,7 +69,7 @@ def test_activate_points_fla_at_the_borrowed_folder(fresh_gpu):
     choice = fla_configs.activate()
     assert choice is not None and choice.borrowed_from == "NVIDIA H200"
     assert os.environ["FLA_CONFIG_DIR"] == str(fla_configs.SHIPPED / "NVIDIA_H200")
-    assert os.environ["FLA_CACHE_MODE"] == "fuzzy"
+    assert os.environ["FLA_CACHE_MODE"] == "strict"
     assert "using those tuned on NVIDIA H200" in fla_configs.describe_active(H100[0])
 
 

@@ -141,3 +141,28 @@ def test_plain_autotuners_take_the_shipped_configurations(monkeypatch):
         BD=D, NB=NB, ACTIVATION="swish", IS_RMS_NORM=True)
     assert tuner.best_config is tuner.cache[key]
     assert launched and launched[0]["num_warps"] == entry["config"]["num_warps"]
+
+
+def test_the_mode_gendistill_sets_never_hands_a_kernel_another_shapes_configuration(monkeypatch):
+    """Under the ``FLA_CACHE_MODE`` that ``activate`` sets, fla's own lookup returns a shipped configuration for
+    exactly its key and nothing for another head dimension (Triton then autotunes, skipping what does not fit). The
+    key below is the float32 head-dim-128 prefill that stopped with ``OutOfResources`` on an H100 under ``fuzzy``,
+    which handed it the head-dim-64 entry: checked here too, so the test fails if fla's modes change meaning."""
+    folder = fla_configs.SHIPPED / "NVIDIA_H200"
+    kernel = "chunk_gated_delta_rule_fwd_kernel_h_blockdim64"
+    entries = json.loads((folder / f"{kernel}.json").read_text())["autotune_entries"].values()
+    shipped = next(e for e in entries if e["autotune_key"][2] == 64 and e["autotune_key"][6] == "torch.float32"
+                   and len(e["autotune_key"]) == 14)
+    wider = list(shipped["autotune_key"])
+    wider[2] = wider[3] = 128  # K, V: the Qwen3 head dimension
+    assert not any(e["autotune_key"] == wider for e in entries), "an exact head-dim-128 float32 entry was shipped"
+    monkeypatch.setenv("FLA_CONFIG_DIR", str(folder))
+    cache.load_config_file.cache_clear()
+
+    def lookup(mode, key):
+        monkeypatch.setattr(cache, "FLA_CACHE_MODE", cache.FlaCacheMode(mode))
+        return cache.load_cached_config(kernel, cache.AutotuneKey(autotune_key=tuple(key)))
+
+    assert lookup(fla_configs.CACHE_MODE, shipped["autotune_key"]) == shipped["config"]
+    assert lookup(fla_configs.CACHE_MODE, wider) is None
+    assert lookup("fuzzy", wider) is not None  # what fuzzy did: a configuration tuned for another head dimension

@@ -49,7 +49,7 @@ from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
 from gendistill.ops.backend import fla_available
-from gendistill.ops.fla_configs import describe_active, keep_autotuned
+from gendistill.ops.fla_configs import CACHE_MODE, describe_active, keep_autotuned
 from gendistill.ownership import (MARKER, check_replaceable, check_writable, clear_owned, is_empty, marker_kind,
                                   write_marker)
 from gendistill.runlock import FolderLock, acquire, check_not_busy
@@ -427,8 +427,8 @@ def keep_tuned_kernels(recipe: Recipe, run_dir: Path, world: World) -> None:
     if kept is not None and kept[1]:
         out = kept[0]
         _note(recipe, world, f"fla tuned its kernels on this GPU (no shipped configurations for it): saved to {out}. "
-                             f"FLA_CONFIG_DIR={out} FLA_CACHE_MODE=fuzzy skips the tuning in the next run here; a copy "
-                             f"in gendistill/ops/fla_config_files/{out.name}/ ships it")
+                             f"FLA_CONFIG_DIR={out} FLA_CACHE_MODE={CACHE_MODE} skips the tuning in the next run "
+                             f"here; a copy in gendistill/ops/fla_config_files/{out.name}/ ships it")
 
 
 def train_stages(recipe: Recipe, run_dir: Path, world: World, *, resume: bool, teacher: nn.Module, tokenizer: Any,

@@ -2,8 +2,8 @@
 
 fla autotunes each of its KDA kernels on first use: every candidate configuration is compiled and timed, which on
 a fresh H200 takes minutes before the first training step (forward + backward). fla can instead read the chosen
-configuration of each kernel from ``$FLA_CONFIG_DIR/<kernel>.json`` (``FLA_CACHE_MODE``: ``fuzzy`` = exact key
-first, then any key of the same structure, else Triton's autotuning as before). Then each kernel compiles once.
+configuration of each kernel from ``$FLA_CONFIG_DIR/<kernel>.json``; :data:`CACHE_MODE` says which entries it takes.
+Then each kernel of a shipped shape compiles once.
 
 * :func:`activate` points fla at the configurations shipped for this GPU (``ops/fla_config_files/<GPU name>/``) unless
   the user set ``FLA_CONFIG_DIR`` or ``FLA_CACHE_MODE`` already, or ``GENDISTILL_FLA_CONFIGS=0``. It must run before
@@ -35,6 +35,14 @@ import torch
 from gendistill.errors import ConfigError
 
 SHIPPED = Path(__file__).with_name("fla_config_files")
+
+#: fla's ``FLA_CACHE_MODE`` for the shipped files: ``strict``, an entry only for exactly its key (the kernel's shape
+#: parameters, e.g. heads and head dimensions, and its tensors' dtypes; never the sequence length), else Triton's
+#: autotuning as without the files. Not ``fuzzy``, which takes any entry of the same key structure whatever its
+#: numbers: a configuration is one of the autotuner's candidates, but not every candidate fits every shape (the
+#: autotuner skips those that run out of shared memory), and on an H100 a float32 KDA prefill at head dimension 128
+#: stopped with ``OutOfResources`` under ``fuzzy`` (the file's float32 entries were tuned at head dimension 64).
+CACHE_MODE = "strict"
 
 
 def gpu_dir_name(device_name: str) -> str:
@@ -133,7 +141,7 @@ def activate() -> ConfigChoice | None:
                          "minutes on a fresh machine")
         return None
     os.environ["FLA_CONFIG_DIR"] = str(choice.folder)
-    os.environ["FLA_CACHE_MODE"] = "fuzzy"
+    os.environ["FLA_CACHE_MODE"] = CACHE_MODE
     _DECISION.append(choice)
     return choice
 
