@@ -10,6 +10,8 @@ it changes the gate function, not the precision of the products (its intra-chunk
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -113,12 +115,21 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
 @pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper", "bounded"])
 def test_float32_prefill_at_head_dim_128_runs_with_the_shipped_configurations(gate_lower_bound):
     """A Qwen3-shaped KDA prefill (head dim 128) in float32 through gendistill's entry point, with the fla kernel
-    configurations gendistill ships active (as in every run), against the float64 reference. On an H100 (2026-12-05)
-    the bounded case failed: ``OutOfResources`` (237,568 bytes of shared memory, 232,448 available) in fla's
-    ``chunk_gated_delta_rule_fwd_kernel_h_blockdim64``, whose shipped file has float32 entries only for head dim 64;
-    fla's ``FLA_CACHE_MODE=fuzzy`` matches any entry of the same key structure whatever its numbers, so the likely
-    cause is a head-dim-64 configuration applied at 128 (Triton's own autotuning skips configurations that do not
-    fit). gendistill now sets ``strict`` (exact keys only; tests/model/test_fla_configs.py): not yet run on a GPU."""
+    configurations gendistill ships active in gendistill's mode (as in every run), against the float64 reference. On
+    an H100 (2026-12-05), under the ``fuzzy`` mode of then, the same call with the bounded gate (the serial reference
+    of a since-removed test) stopped with ``OutOfResources`` (237,568 bytes of shared memory, 232,448 available) in
+    fla's ``chunk_gated_delta_rule_fwd_kernel_h_blockdim64``, whose shipped float32 entries were tuned at head dim 64;
+    ``fuzzy`` takes any entry of the same key structure whatever its numbers (Triton's own autotuning skips
+    configurations that do not fit). gendistill now sets ``strict`` (exact keys only; tests/model/test_fla_configs.py).
+    Not yet run on a GPU."""
+    from fla.ops.utils import cache as fla_cache
+
+    from gendistill.ops import fla_configs
+
+    if fla_cache.FLA_CACHE_MODE.value != fla_configs.CACHE_MODE or not os.environ.get("FLA_CONFIG_DIR"):
+        pytest.skip(f"fla reads its configurations in mode {fla_cache.FLA_CACHE_MODE.value!r} from "
+                    f"{os.environ.get('FLA_CONFIG_DIR')!r}, not gendistill's: fla was imported (or the environment "
+                    "set them) before gendistill could; run this file on its own")
     from gendistill.ops.kda import kda_from_projections
 
     B, T, H, K = 1, 1024, 4, 128

@@ -176,7 +176,7 @@ def _check_cu(a: dict, T: int, dev: torch.device, N_dim0=None) -> int | None:
     assert cu.dim() == 1 and cu.dtype in (torch.int32, torch.int64), f"cu_seqlens {cu.dtype} {tuple(cu.shape)}"
     assert cu.device == dev, f"cu_seqlens on {cu.device}, the inputs on {dev}"
     assert cu[0].item() == 0 and cu[-1].item() == T and bool((cu[1:] >= cu[:-1]).all()), f"cu_seqlens {cu.tolist()}"
-    host = a.get("cu_seqlens_cpu")
+    host = a.get("cu_seqlens_cpu")  # fla's precondition for any caller (no gendistill call passes it today)
     if host is not None:
         assert host.device.type == "cpu" and torch.equal(host.long(), cu.cpu().long()), "cu_seqlens_cpu != cu_seqlens"
     return cu.numel() - 1

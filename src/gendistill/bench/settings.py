@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -14,7 +15,6 @@ from gendistill.bench.models import qwen3_config
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import ConfigError, GendistillError
-from gendistill.io import portable_command
 from gendistill.limits import MAX_BATCH, MAX_CONTEXT, MAX_NEW_TOKENS, MAX_REPEATS, check_range
 from gendistill.models.hybrid.configuration_hybrid import check_kda_options
 from gendistill.models.loading import resolve_model
@@ -311,14 +311,14 @@ def settings_from_options(**o) -> BenchSettings:
 
 def _command_line(argv: list[str] | None = None) -> str:
     """The command that ran, as the JSON records it: ``gendistill ...`` for the console script and for ``python -m
-    gendistill`` (whose ``argv[0]`` is the package's ``__main__.py``), else ``python SCRIPT ...``; absolute paths cut
-    to their last part (:func:`gendistill.io.portable_command`)."""
+    gendistill`` (whose ``argv[0]`` is the package's ``__main__.py``), else ``python SCRIPT ...``; arguments as
+    given (``tools/portable_results.py`` cuts machine paths when a result is committed)."""
     argv = sys.argv if argv is None else argv
     if not argv:
         return ""
     prog = argv[0]
     as_package = Path(prog).name == "__main__.py" and Path(prog).parent.name == "gendistill"
-    head = "gendistill" if as_package or prog.endswith("gendistill") or prog.endswith("cli.py") else "python"
-    return " ".join([head, portable_command(argv[1:] if head == "gendistill" else argv)])
+    head = ["gendistill"] if as_package or prog.endswith("gendistill") or prog.endswith("cli.py") else ["python", prog]
+    return " ".join([*head, *map(shlex.quote, argv[1:])])
 
 

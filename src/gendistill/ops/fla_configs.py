@@ -37,7 +37,8 @@ from gendistill.errors import ConfigError
 SHIPPED = Path(__file__).with_name("fla_config_files")
 
 #: fla's ``FLA_CACHE_MODE`` for the shipped files: ``strict``, an entry only for exactly its key (the kernel's shape
-#: parameters, e.g. heads and head dimensions, and its tensors' dtypes; never the sequence length), else Triton's
+#: parameters, e.g. heads and head dimensions, and its tensors' dtypes; no sequence length in the chunked KDA
+#: kernels' keys, the number of 65,536-row blocks or the batch in the norms' and cumulative sums'), else Triton's
 #: autotuning as without the files. Not ``fuzzy``, which takes any entry of the same key structure whatever its
 #: numbers: a configuration is one of the autotuner's candidates, but not every candidate fits every shape (the
 #: autotuner skips those that run out of shared memory), and on an H100 a float32 KDA prefill at head dimension 128
