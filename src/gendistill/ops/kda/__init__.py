@@ -16,14 +16,32 @@ __all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "bo
 
 
 def kda_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """Prefill / training path: fla ``chunk_kda`` on CUDA, :func:`torch_chunk_kda` elsewhere."""
+    """Prefill / training path: fla ``chunk_kda`` on CUDA, :func:`torch_chunk_kda` elsewhere.
+
+    On fla, ``B > 1`` rows of ``T`` tokens without ``cu_seqlens`` (a padded batch: an evaluation's prefill) run as one
+    packed sequence of ``B * T`` tokens with a bound every ``T`` (:func:`_as_one_packed_row`): the same function, each
+    row from its own initial state. fla's cumulative-sum kernels put the batch into their autotuning key and compile it
+    in as a constant, so batches of many sizes would each compile (and, under gendistill's exact-key kernel
+    configurations, autotune) new variants; packed, every batch has the shape of one row."""
     if use_fla(q):
         from fla.ops.kda import chunk_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
+        B, T = q.shape[:2]
+        if cu_seqlens is None and B > 1 and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+            bounds = torch.arange(0, B * T + 1, T)  # on the host: fla reads it there, no read-back from the device
+            o, state = chunk_kda(*(_as_one_packed_row(x) for x in (q, k, v, g.float(), beta)), scale=scale,
+                                 initial_state=initial_state, output_final_state=output_final_state,
+                                 cu_seqlens=bounds.to(q.device), cu_seqlens_cpu=bounds)
+            return o.view(B, T, *o.shape[2:]), state
         return chunk_kda(q, k, v, g.float(), beta, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     return torch_chunk_kda(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+
+def _as_one_packed_row(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, ...]`` -> ``[1, B * T, ...]`` (a view when ``x`` is contiguous)."""
+    return x.reshape(1, x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def kda_recurrent(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
