@@ -201,8 +201,8 @@ MUTANTS: list[Mutant] = [
            "fla reads the shipped kernel configurations in fuzzy mode: a configuration tuned for one head dimension "
            "is handed to another, where it may not fit (OutOfResources on an H100, float32, head dimension 128)"),
     Mutant("packed_batch_one_sequence", "src/gendistill/ops/kda/__init__.py",
-           "            bounds = torch.arange(0, B * T + 1, T)",
-           "            bounds = torch.tensor([0, B * T])",
+           "        host = torch.arange(0, rows * length + 1, length, dtype=torch.int32)",
+           "        host = torch.tensor([0, rows * length], dtype=torch.int32)",
            ("tests/model/test_fla_call_sites.py", "-k", "packs_a_batch or padded_batch"),
            "a padded batch handed to fla as one packed row without its bounds: each row's state runs on into the "
            "next row"),

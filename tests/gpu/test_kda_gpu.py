@@ -112,6 +112,41 @@ def test_fla_bounded_gate_chunk_matches_reference_with_gradients(dtype):
         assert rel(a, b) < 2e-2, (name, rel(a, b))  # the bound of the existing mixer-gradient test
 
 
+@pytest.mark.parametrize("T", [128, 150])
+def test_kda_chunk_packed_batch_equals_fla_batched_call_with_gradients(T):
+    """kda_chunk hands a batch to fla as one packed row (int32 bounds every T tokens): against fla's batched call on
+    the same left-padded inputs (pads with g = 0, beta = 0, as the mixer sets them), outputs, final states and the
+    gradients of q, k, v, g, beta and the initial states; then a second call of the same shape makes no host sync
+    (the bounds are cached, fla's chunk indices too). Not yet run on a GPU."""
+    from fla.ops.kda import chunk_kda
+
+    from gendistill.ops.kda import kda_chunk
+
+    B, H, K = 3, 4, 64
+    q, k, v, g, beta, h0 = inputs(B, T, H, K, K, torch.float32, seed=23)
+    pad = torch.ones(B, T, device="cuda")
+    pad[0, :40], pad[2, :T - 3] = 0, 0
+    g, beta = g * pad[..., None, None], beta * pad[..., None]
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, g, beta, h0)]
+    o, s = kda_chunk(*leaves[:5], initial_state=leaves[5], output_final_state=True)
+    ref_leaves = [x.clone().requires_grad_() for x in (q, k, v, g, beta, h0)]
+    o_ref, s_ref = chunk_kda(*ref_leaves[:5], initial_state=ref_leaves[5], output_final_state=True)
+    assert rel(o, o_ref) < 1e-4 and rel(s, s_ref) < 1e-4, (rel(o, o_ref), rel(s, s_ref))
+    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
+    grads = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
+    grads_ref = torch.autograd.grad((o_ref * w_o).sum() + (s_ref * w_s).sum(), ref_leaves)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "h0"], grads, grads_ref):
+        assert rel(a, b) < 1e-3, (name, rel(a, b))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            for _ in range(2):  # two layers of one prefill
+                kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper", "bounded"])
 def test_float32_prefill_at_head_dim_128_runs_with_the_shipped_configurations(gate_lower_bound):
     """A Qwen3-shaped KDA prefill (head dim 128) in float32 through gendistill's entry point, with the fla kernel

@@ -176,7 +176,7 @@ def _check_cu(a: dict, T: int, dev: torch.device, N_dim0=None) -> int | None:
     assert cu.dim() == 1 and cu.dtype in (torch.int32, torch.int64), f"cu_seqlens {cu.dtype} {tuple(cu.shape)}"
     assert cu.device == dev, f"cu_seqlens on {cu.device}, the inputs on {dev}"
     assert cu[0].item() == 0 and cu[-1].item() == T and bool((cu[1:] >= cu[:-1]).all()), f"cu_seqlens {cu.tolist()}"
-    host = a.get("cu_seqlens_cpu")  # fla's precondition for any caller (no gendistill call passes it today)
+    host = a.get("cu_seqlens_cpu")  # kda_chunk passes it with a padded batch packed into one row
     if host is not None:
         assert host.device.type == "cpu" and torch.equal(host.long(), cu.cpu().long()), "cu_seqlens_cpu != cu_seqlens"
     return cu.numel() - 1
@@ -536,6 +536,34 @@ def test_kda_padded_batch_takes_the_unfused_fla_call(monkeypatch):
     diff, spy = compare_paths(monkeypatch, run)
     a = spy.calls["chunk_kda"][0]
     assert not (a["use_gate_in_kernel"] or a["use_qk_l2norm_in_kernel"] or a["use_beta_sigmoid_in_kernel"])
+    # the two rows go to fla as one packed row with a bound every 21 tokens (kda_chunk)
+    assert tuple(a["v"].shape[:2]) == (1, 42) and a["cu_seqlens"].tolist() == [0, 21, 42]
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("B, T, with_states", [(3, 150, True), (3, 150, False), (1, 70, True), (4, 5, False)])
+def test_kda_chunk_packs_a_batch_into_one_row_for_fla(monkeypatch, B, T, with_states):
+    """kda_chunk on fla: B rows without bounds run as one packed row with int32 bounds every T tokens, on the device
+    and on the host (fla's cumulative sums compile the batch in and key their configurations on it; training's
+    bounds are int32), each row from its own state. Same output and final states as the PyTorch path, with rows of
+    whole and partial chunks; without initial states a bound in the wrong place shows in the values."""
+    from gendistill.ops.kda import kda_chunk
+
+    g_ = torch.Generator().manual_seed(B * T)
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, 2, 16, generator=g_), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, 2, 16, generator=g_)
+    g = -0.1 * torch.rand(B, T, 2, 16, generator=g_)
+    beta = torch.rand(B, T, 2, generator=g_)
+    h0 = torch.randn(B, 2, 16, 16, generator=g_) if with_states else None
+
+    def run():
+        return kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+
+    diff, spy = compare_paths(monkeypatch, run)
+    a = spy.calls["chunk_kda"][0]
+    assert tuple(a["q"].shape[:2]) == (1, B * T)
+    assert a["cu_seqlens"].tolist() == list(range(0, B * T + 1, T)) and a["cu_seqlens"].dtype == torch.int32
+    assert a["cu_seqlens_cpu"].device.type == "cpu" and a["cu_seqlens_cpu"].tolist() == a["cu_seqlens"].tolist()
     assert diff < TOL
 
 
