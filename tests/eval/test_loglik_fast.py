@@ -165,8 +165,8 @@ def test_the_split_is_checked_once_per_model(tok, wrapper, monkeypatch):
     import gendistill.eval.loglik as L
 
     checks = []
-    real = L._split_head
-    monkeypatch.setattr(L, "_split_head", lambda m, p: checks.append(m) or real(m, p))
+    real = L._split_reproduces
+    monkeypatch.setattr(L, "_split_reproduces", lambda m, s, p: checks.append(m) or real(m, s, p))
     inner = llama_factory(tok, seed=6)
     model = inner if wrapper is None else wrapper(inner).eval()
     reqs = random_requests(tok, inner, seed=6, n=12)

@@ -220,7 +220,7 @@ class ScoredLogits:
         key = None if split is None else (id(split[0]), id(split[1]), model.training)
         checked = _SPLIT_CHECKED.get(model)
         if checked is None or checked[0] != key:
-            checked = _SPLIT_CHECKED[model] = (key, _split_head(model, probe_ids) is not None)
+            checked = _SPLIT_CHECKED[model] = (key, split is not None and _split_reproduces(model, split, probe_ids))
         self.split = split if checked[1] else None
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -232,20 +232,16 @@ class ScoredLogits:
         return head(hidden[rows, cols])  # [P, V]
 
 
-def _split_head(model, probe_ids: torch.Tensor):
-    """``(base, lm_head)`` if ``lm_head(base(ids).last_hidden_state)`` equals ``model(ids).logits`` bitwise on
-    ``probe_ids`` ``[1, T]`` (same kernels on the same inputs), else ``None`` (unknown structure, or logits changed
-    after the head)."""
-    split = _head_split_of(model)
-    if split is None:
-        return None
+def _split_reproduces(model, split, probe_ids: torch.Tensor) -> bool:
+    """Whether ``lm_head(base(ids).last_hidden_state)`` equals ``model(ids).logits`` bitwise on ``probe_ids``
+    ``[1, T]`` (same kernels on the same inputs) for ``split = (base, lm_head)`` of :func:`_head_split_of`; False when
+    the base cannot be called so or the model changes its logits after the head."""
     base, head = split
     try:
         hidden = base(input_ids=probe_ids, use_cache=False).last_hidden_state
-        same = torch.equal(head(hidden), model(input_ids=probe_ids).logits)
+        return torch.equal(head(hidden), model(input_ids=probe_ids).logits)
     except (AttributeError, TypeError, RuntimeError):
-        return None
-    return split if same else None
+        return False
 
 
 def _head_split_of(model):
