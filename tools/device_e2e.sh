@@ -43,14 +43,6 @@ collect() {  # what the job has written so far, into $OUT (what a call brings ba
     --exclude='undistilled' . 2>/dev/null
 }
 
-# $JOB/fla_configs, the folder the job's runs read (FLA_CACHE_MODE=strict: exact keys only), starts as a copy of the
-# shipped H200 folder (what gendistill reads on an H100 or H200 by itself), so the keys a benchmark dumps into it add to
-# the shipped ones instead of replacing them
-seed_fla_configs() {
-  mkdir -p "$JOB/fla_configs"
-  cp -n src/gendistill/ops/fla_config_files/NVIDIA_H200/*.json "$JOB/fla_configs/"
-}
-
 case "${1:-}" in
 setup)
   lease_gpu "$JOB" || exit 3
@@ -71,7 +63,7 @@ print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', 
 bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packed like the recipe), then the first
         # step of a fresh Triton cache with the configurations just dumped
   mkdir -p "$OUT/prof"
-  seed_fla_configs
+  lease_shipped_configs "$JOB/fla_configs"  # the folder the job's runs read
   timeout 100 python3 -m pytest -q -x tests/gpu/test_fused_layers_gpu.py -p no:cacheprovider 2>&1 | tail -4
   timeout 290 python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 \
     --micro-batches 32,64 --stages stage3a,stage1,stage2 --docs-per-seq 4 --steps 4 --warmup 2 \
@@ -84,7 +76,7 @@ bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packe
   ;;
 warm)  # in the background (outlives the call): compile and autotune fla's kernels at the recipe's shapes, record the
        # fresh-machine first step and the stage-3a/stage-1 throughput, dump the chosen configurations after each row
-  seed_fla_configs
+  lease_shipped_configs "$JOB/fla_configs"  # the folder the job's runs read
   setsid nohup python3 benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --batch 64 --micro-batches 32 \
     --stages stage3a,stage1 --docs-per-seq 4 --steps 3 --warmup 1 --dump-fla-configs "$JOB/fla_configs" \
     --out "$JOB/train_throughput_smollm2-135m.json" > "$JOB/warm.log" 2>&1 < /dev/null &

@@ -10,6 +10,9 @@
 #                          is stale (on 2026-12-04 it named an older commit than the tree that ran)
 #   lease_versions [MOD..] import torch, triton, transformers, fla and each module MOD (the checkout's own modules the
 #                          run needs, so an import error shows at set-up, not minutes into the job); print the versions
+#   lease_shipped_configs DIR  DIR (made if missing) gets the shipped H200 fla configurations (what gendistill reads on
+#                          an H100 or H200 by itself) beside what it holds, so keys dumped or recovered into it add to
+#                          the shipped ones: under FLA_CACHE_MODE=strict a folder of new keys alone autotunes the rest
 # The device image has torch 2.11 + CUDA 13 + triton 3.6; tools/device_wheels.sh fills .whl/ here with what it lacks.
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
        NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
@@ -39,6 +42,10 @@ lease_need() {
 lease_commit() {
   mkdir -p "$1"
   echo "${COMMIT:-unknown: pass COMMIT=\$(git rev-parse --short HEAD) from the calling machine}" > "$1/commit.txt"
+}
+
+lease_shipped_configs() {
+  mkdir -p "$1" && cp -n src/gendistill/ops/fla_config_files/NVIDIA_H200/*.json "$1"/
 }
 
 lease_step_check() {

@@ -97,7 +97,7 @@ driver_finish() {
     > "$RES/pytest_gpu.log" 2>&1
   echo "pytest_gpu rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu.log")" >> "$RES/steps.txt"
-  cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
+  lease_shipped_configs "$RES/fla_tests"
   for log in tt_smol tt_qwen3 pytest_gpu; do
     python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/$log.log" "$RES/fla_tests" >> "$RES/steps.txt" 2>&1
   done
@@ -158,7 +158,7 @@ driver_gpu_tests() {
     tests/gpu > "$RES/pytest_gpu_tune.log" 2>&1
   echo "pytest_gpu_tune rc=$? wall=$(( $(date +%s) - t ))s autotuned=$(grep -c 'Triton autotuning for function' \
     "$RES/pytest_gpu_tune.log")" >> "$RES/steps.txt"
-  cp -r src/gendistill/ops/fla_config_files/NVIDIA_H200 "$RES/fla_tests"
+  lease_shipped_configs "$RES/fla_tests"
   python3 tools/fla_configs_from_log.py --triton-version "$TRITON_VERSION" "$RES/pytest_gpu_tune.log" "$RES/fla_tests" \
     >> "$RES/steps.txt" 2>&1
   FLA_CONFIG_DIR="$RES/fla_tests" FLA_CACHE_MODE=strict gpu_suite_fresh 400
