@@ -20,6 +20,19 @@ def tiny_results(tmp_path_factory):
     return res, json.loads(Path(res["json_path"]).read_text())
 
 
+def test_the_json_records_the_commit_the_lease_scripts_name(tmp_path, monkeypatch):
+    """``COMMIT`` (set by tools/device_*.sh, whose device copy's git metadata may be stale) goes to the JSON's
+    ``commit``; without it the field is None."""
+    for commit in ("5c46f35", None):
+        if commit:
+            monkeypatch.setenv("COMMIT", commit)
+        else:
+            monkeypatch.delenv("COMMIT", raising=False)
+        s = BenchSettings.tiny(out=str(tmp_path / str(commit)), contexts=(32,), skip=("decode", "throughput"))
+        res = run_benchmark(s, log_sink=lambda line: None, table=False)
+        assert json.loads(Path(res["json_path"]).read_text())["commit"] == commit
+
+
 def test_json_has_every_field(tiny_results):
     res, data = tiny_results
     assert Path(res["json_path"]).name == "bench_tiny_cpu-" + Path(res["json_path"]).name.split("cpu-")[1]

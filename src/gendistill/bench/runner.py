@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import time
 import traceback
@@ -144,6 +145,7 @@ class Runner:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "versions": versions(),
+            "commit": os.environ.get("COMMIT"),  # the lease scripts' (a device copy's git metadata may be stale)
             "command": s.command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "settings": s.to_dict(),
