@@ -226,22 +226,32 @@ def test_the_shipped_stage3b_sweep_shares_stages_1_to_3a_and_keeps_the_heldout_s
             for w in ("0.25", "0.5", "1.0")] == [0.25, 0.5, 1.0]
 
 
-def test_the_shipped_schedule_sweep_changes_only_stage_3a_schedule_at_equal_tokens():
+def test_the_shipped_schedule_sweep_changes_only_stage_3a_schedule_or_batch_at_equal_tokens():
     """sched-smollm2-lease (issue 25): stages 1-2 shared by every cell; each cell's stage 3a differs from the base only
-    in its schedule (WSD decay ratio, or cosine), on the same tokens, so its held-out KL / top-1 compare the schedules."""
+    in its schedule (WSD decay ratio, or cosine) or its batch (16 x 2048 with its micro-batch and evaluation spacing),
+    on the same tokens, so its held-out KL / top-1 compare them; the batch cell runs last."""
+    from gendistill.ablate.grid import stage_budget
     from gendistill.ablate.runner import describe_plan, plan_grid
 
     g = load_grid("sched-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
     plan = describe_plan(plan_grid(g))
     chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
-    assert len({tuple(c[:2]) for c in chains.values()}) == 1 and chains["decay_3a=0.1"] == chains["sched_3a=wsd"]
-    assert plan["distinct_nodes"] == 2 + 4 + 4 and plan["distinct_evals"] == 4
+    assert len({tuple(c[:2]) for c in chains.values()}) == 1
+    assert chains["decay_3a=0.1"] == chains["sched_3a=wsd"] == chains["batch_3a=32"]
+    assert plan["distinct_nodes"] == 2 + 5 + 5 and plan["distinct_evals"] == 5
+    assert [c["cell"] for c in plan["cells"]][-1] == "batch_3a=16"
     cells = {c.name: c.recipe.stages[2] for c in g.cells}
     base = cells["decay_3a=0.1"]
-    assert {s.tokens for s in cells.values()} == {16_000_000}
+    assert {stage_budget(c.recipe)["stage3a"] for c in g.cells} == {245 * 32 * 2048}
     assert [cells[f"decay_3a={r}"].optim.decay_ratio for r in ("0.1", "0.2", "0.3")] == [0.1, 0.2, 0.3]
     assert cells["sched_3a=cosine"].optim.schedule == "cosine"
+    small = cells["batch_3a=16"]
+    assert (small.batch_size, small.micro_batch_size, small.total_steps()) == (16, 16, 490)
+    assert small.eval_every * small.batch_size == base.eval_every * base.batch_size  # the same tokens between evals
+    batch_keys = {"batch_size", "micro_batch_size", "eval_every"}
     for name, s in cells.items():  # nothing else of stage 3a moves
-        assert s.model_dump(exclude={"optim"}) == base.model_dump(exclude={"optim"}), name
+        assert s.model_dump(exclude={"optim"} | batch_keys) == base.model_dump(exclude={"optim"} | batch_keys), name
         assert s.optim.model_dump(exclude={"decay_ratio", "schedule"}) == \
             base.optim.model_dump(exclude={"decay_ratio", "schedule"}), name
+        if name != "batch_3a=16":
+            assert (s.batch_size, s.micro_batch_size, s.eval_every) == (32, 32, 25), name
