@@ -114,9 +114,9 @@ watch)  # follow the job until it finishes or $2 seconds pass; a summary under $
     tail -n 20 "$RES/ablate.log" 2>/dev/null
   } > "$OUT/summary.txt"
   ;;
-collect)  # <= 8 files: the report (JSON, Markdown, two plots), the summary, the job log, one tarball of the rest
+collect)  # 8 files: the report (JSON, Markdown, three plots), the summary, the job log, one tarball of the rest
   mkdir -p "$OUT"
-  for f in report.json report.md report.png budget_curve.png; do cp "$RUN/$f" "$OUT/" 2>/dev/null; done
+  for f in report.json report.md report.png budget_curve.png curves.png; do cp "$RUN/$f" "$OUT/" 2>/dev/null; done
   cp "$RES/ablate.log" "$OUT/" 2>/dev/null
   [ -e "$OUT/summary.txt" ] || bash tools/device_sweep.sh watch 0 > /dev/null
   # every stage run's metrics, recipe and progress; every evaluation's results (examples too, unless too large);

@@ -34,6 +34,7 @@ from typing import Any
 
 from gendistill.ablate.curve import (CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, plot_budget_curve,
                                      trained_when_cut)
+from gendistill.ablate.heldout_curves import curve_markdown, plot_heldout_curves
 from gendistill.eval.report import protocol_gap, retention, signed_points
 from gendistill.reporting import figure_png, pyplot, write_report_files
 from gendistill.reporting import num as _num
@@ -367,6 +368,7 @@ def markdown(rep: dict[str, Any]) -> str:
                 lines.append(f"| {p['task']} | {_order(p.get('loglik')) or '– (generation only)'} "
                              f"| {_order(p.get('generate'))} | {len(p.get('reversed_pairs', []))} |")
     lines += _curve_markdown(rep.get("budget_curve") or {})
+    lines += curve_markdown(rep)
     lines += ["", "## Cells", "",
               "Held-out fidelity to the teacher, as the trainer's last held-out evaluation of the stage recorded it: "
               "KL(teacher‖student) in nats per token and top-1 agreement (%), after stage 3a (its text) and after "
@@ -463,9 +465,10 @@ def _curve_markdown(curve: dict[str, Any]) -> list[str]:
 
 
 def write_report(rep: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
-    """``report.json``, ``report.md``, ``report.png`` and ``budget_curve.png`` (where a cell has stage-3a
-    metrics)."""
+    """``report.json``, ``report.md``, ``report.png``, and ``budget_curve.png`` and ``curves.png`` (the held-out
+    curves, :mod:`gendistill.ablate.heldout_curves`) where a cell has stage-3a metrics."""
     points = (rep.get("budget_curve") or {}).get("points") or []
     return write_report_files(out_dir, "report", rep, lambda: markdown(rep),
                               {"plot": ("report.png", lambda: plot_png(rep)),
-                               "budget_curve": ("budget_curve.png", lambda: plot_budget_curve(points))})
+                               "budget_curve": ("budget_curve.png", lambda: plot_budget_curve(points)),
+                               "curves": ("curves.png", lambda: plot_heldout_curves(rep))})

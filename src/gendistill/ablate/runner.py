@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gendistill.ablate import report as R
 from gendistill.ablate.grid import Cell, Grid, stage_budget
+from gendistill.ablate.heldout_curves import stage_curves
 from gendistill.ablate.store import Node, cell_nodes, eval_dir, eval_done
 from gendistill.convert.layer_spec import layer_file, read_layer_file
 from gendistill.devices import resolve_device
@@ -338,15 +339,17 @@ def write_cell(plan: CellPlan, grid: Grid) -> dict[str, Any]:
 
 
 def load_cell_results(plans: list[CellPlan]) -> list[dict[str, Any]]:
-    """What the report needs from every cell: its assignment, per-stage metrics, token budget, per-stage loss (the
-    recipe's ``loss``: the report names each held-out loss by its kind) and evaluation (None until evaluated)."""
+    """What the report needs from every cell: its assignment, per-stage metrics and held-out curves
+    (:func:`gendistill.ablate.heldout_curves.stage_curves`), token budget, per-stage loss (the recipe's ``loss``: the
+    report names each held-out loss by its kind) and evaluation (None until evaluated)."""
     out = []
     for p in plans:
         results = None
         if eval_done(p.eval_dir):
             results = json.loads((p.eval_dir / "results.json").read_text())
-        _, summary = read_metrics(p.nodes)
+        records, summary = read_metrics(p.nodes)
         out.append({"cell": p.cell.name, "assignment": p.cell.assignment, "metrics": summary,
+                    "curves": stage_curves(records),
                     "tokens": stage_budget(p.cell.recipe), "nodes": [n.id for n in p.nodes], "eval": results,
                     "losses": {st.name: st.loss.model_dump(mode="json") if st.loss else None
                                for st in p.cell.recipe.stages}})
@@ -400,7 +403,7 @@ def check_layer_files(grid: Grid) -> None:
 
 
 #: what a grid writes at the top of its folder (:func:`gendistill.ablate.report.write_report`)
-REPORT_FILES = ("report.json", "report.md", "report.png", "budget_curve.png")
+REPORT_FILES = ("report.json", "report.md", "report.png", "budget_curve.png", "curves.png")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,129 @@
+"""The held-out curves of a grid's cells: every held-out evaluation the trainer recorded during a stage, so variants
+compare at **equal tokens** and at **equal training time**, not only where each ended.
+
+A cell's end point (the report's cells table, the budget curve) hides two things a recipe decision needs: a cell cut
+short by a timeout ends at fewer tokens than the others, and two schedules can end equal after very different paths.
+Here each stage's evaluations are kept as points ``{step, tokens, seconds, eval_kl, eval_top1, eval_loss}``:
+
+* ``tokens``: the tokens the stage had trained at that evaluation (steps x batch x seq_len, as the trainer counts);
+* ``seconds``: wall time since the stage's first optimizer step ended (its record's time), so the first step's
+  compiling and autotuning are left out and the held-out evaluations in between are counted; 0 for the evaluation
+  before training. A stage resumed in another process counts the pause between the two;
+* ``eval_kl`` / ``eval_top1`` / ``eval_loss``: as the trainer recorded them (None where it did not).
+
+:func:`curve_markdown` tabulates stage 3a's curves per axis (one row per evaluation point, one column per variant);
+:func:`plot_heldout_curves` draws them (``curves.png``): KL against tokens and against seconds, one line per variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gendistill.ablate.curve import CURVE_STAGE
+from gendistill.reporting import figure_png, pyplot
+from gendistill.reporting import num as _num
+from gendistill.reporting import pct as _pct
+
+POINT_KEYS = ("eval_kl", "eval_top1", "eval_loss")
+
+
+def stage_curves(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per stage (in the records' order), its held-out evaluations as points, in step order. ``records``: the stage
+    runs' ``metrics.jsonl`` rows, each carrying ``stage``, ``step``, ``tokens`` and ``time``; training rows carry
+    ``loss``, evaluation rows ``eval_loss``. A stage without evaluations is left out."""
+    first_step_end: dict[str, float] = {}
+    for r in records:
+        if "loss" in r and r.get("step") == 1 and r.get("time") is not None:
+            first_step_end.setdefault(r["stage"], r["time"])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if "eval_loss" not in r or "stage" not in r:
+            continue
+        t0, t = first_step_end.get(r["stage"]), r.get("time")
+        seconds = None if t0 is None or t is None else round(max(0.0, t - t0), 1)
+        out.setdefault(r["stage"], []).append({"step": r.get("step"), "tokens": r.get("tokens"), "seconds": seconds,
+                                               **{k: r.get(k) for k in POINT_KEYS}})
+    for pts in out.values():
+        pts.sort(key=lambda p: p["step"] if p["step"] is not None else -1)
+    return out
+
+
+def axis_curves(rep: dict[str, Any], axis: str, stage: str = CURVE_STAGE) -> dict[str, list[dict[str, Any]]]:
+    """``variant -> points`` of ``stage`` for the cells of ``axis`` (in the axis' variant order; a variant whose cell
+    has no such curve is left out). ``rep``: a report (:func:`gendistill.ablate.report.build_report`) whose cells
+    carry ``curves``. In product mode a variant has several cells: the first is drawn."""
+    variants = next((a["variants"] for a in rep.get("axes", []) if a["axis"] == axis), [])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for v in variants:
+        for c in rep.get("cells", []):
+            pts = (c.get("curves") or {}).get(stage)
+            if c.get("assignment", {}).get(axis) == v and pts:
+                out[v] = pts
+                break
+    return out
+
+
+def _drawn_axes(rep: dict[str, Any], stage: str) -> list[tuple[str, dict[str, list[dict[str, Any]]]]]:
+    """The axes with a curve of at least two points in some variant, and their curves."""
+    out = []
+    for a in rep.get("axes", []):
+        curves = axis_curves(rep, a["axis"], stage)
+        if any(len(p) > 1 for p in curves.values()):
+            out.append((a["axis"], curves))
+    return out
+
+
+def curve_markdown(rep: dict[str, Any], stage: str = CURVE_STAGE) -> list[str]:
+    """Per axis, a table of ``stage``'s held-out KL / top-1 at every evaluation point (rows: tokens; columns: the
+    variants; – where a variant was not evaluated at those tokens, e.g. after a cut). Empty when no axis has a curve."""
+    out: list[str] = []
+    for axis, curves in _drawn_axes(rep, stage):
+        tokens = sorted({p["tokens"] for pts in curves.values() for p in pts if p["tokens"] is not None})
+        at = {v: {p["tokens"]: p for p in pts} for v, pts in curves.items()}
+        out += ["", f"## Held-out curve of {stage}, axis `{axis}` (curves.png)", "",
+                "KL(teacher‖student) in nats per token / top-1 agreement (%) at each held-out evaluation the trainer "
+                "recorded; seconds of training in brackets (from the end of the first optimizer step).", "",
+                "| tokens | " + " | ".join(curves) + " |", "|---:|" + "---:|" * len(curves)]
+        for n in tokens:
+            row = []
+            for v in curves:
+                p = at[v].get(n)
+                row.append("–" if p is None else
+                           f"{_num(p['eval_kl'])} / {_pct(p['eval_top1'])}"
+                           + (f" ({p['seconds']:.0f} s)" if p["seconds"] is not None else ""))
+            out.append(f"| {n / 1e6:.2f}M | " + " | ".join(row) + " |")
+    return out
+
+
+def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE) -> bytes | None:
+    """One row per axis with a curve: held-out KL (log scale) against the stage's tokens (left) and against its
+    training seconds (right), one line per variant. None when there is nothing to draw or matplotlib is missing."""
+    drawn = [(axis, {v: [p for p in pts if p["eval_kl"] is not None] for v, pts in curves.items()})
+             for axis, curves in _drawn_axes(rep, stage)]
+    drawn = [(axis, curves) for axis, curves in drawn if any(len(p) > 1 for p in curves.values())]
+    if not drawn:
+        return None
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, axs = plt.subplots(len(drawn), 2, figsize=(11, 3.8 * len(drawn)), squeeze=False)
+    for (left, right), (axis, curves) in zip(axs, drawn):
+        for k, (v, pts) in enumerate(curves.items()):
+            pts = [p for p in pts if p["step"]]  # the evaluation before training sits at 0 tokens: off a log plot
+            style = {"marker": "o", "markersize": 3, "color": f"C{k % 10}", "label": f"{axis}={v}"}
+            left.plot([p["tokens"] / 1e6 for p in pts], [p["eval_kl"] for p in pts], **style)
+            timed = [p for p in pts if p["seconds"] is not None]
+            right.plot([p["seconds"] for p in timed], [p["eval_kl"] for p in timed], **style)
+        for ax, xlabel in ((left, f"{stage} tokens (millions)"), (right, f"{stage} seconds after its first step")):
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("held-out KL(teacher‖student), nats/token")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        left.set_title(f"{axis}: at equal tokens", fontsize=10)
+        right.set_title(f"{axis}: at equal training time", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig, dpi=110)
+
+
+__all__ = ["POINT_KEYS", "axis_curves", "curve_markdown", "plot_heldout_curves", "stage_curves"]

@@ -1,0 +1,82 @@
+"""The held-out curves of a grid's cells (gendistill.ablate.heldout_curves): points from the trainer's metrics
+records (tokens, seconds after the first optimizer step, KL / top-1), the per-axis table at equal tokens (a cut
+variant blank where it stopped), the plot, and the report carrying them."""
+
+from __future__ import annotations
+
+from gendistill.ablate.heldout_curves import axis_curves, curve_markdown, plot_heldout_curves, stage_curves
+from gendistill.ablate.report import build_report, markdown, write_report
+
+
+def _records(stage, batch_tokens, evals, t_start=1000.0, step_s=2.0, first_step_s=30.0, every=2):
+    """A stage's metrics.jsonl rows as the trainer writes them: an evaluation before training (step 0), training rows
+    (the first step slow: compiling), an evaluation every ``every`` steps. ``evals``: (kl, top1) per evaluation."""
+    rows = [{"time": t_start, "stage": stage, "step": 0, "tokens": 0, "eval_loss": 3.0, "eval_kl": 3.0,
+             "eval_top1": 0.25, "eval_tokens": 100}]
+    t = t_start + first_step_s
+    step = 0
+    for kl, top1 in evals:
+        for _ in range(every):
+            step += 1
+            rows.append({"time": t, "stage": stage, "step": step, "tokens": step * batch_tokens, "loss": kl + 0.1,
+                         "tokens_per_s": batch_tokens / step_s})
+            t += step_s
+        rows.append({"time": t, "stage": stage, "step": step, "tokens": step * batch_tokens, "eval_loss": kl,
+                     "eval_kl": kl, "eval_top1": top1, "eval_tokens": 100})
+    return rows
+
+
+def test_points_count_tokens_and_seconds_after_the_first_step_per_stage():
+    recs = (_records("stage2", 10, [(0.9, None)], t_start=0.0)  # a hidden-state stage: no KL, a loss
+            + _records("stage3a", 100, [(0.5, 0.6), (0.3, 0.7)], t_start=500.0, first_step_s=40.0, step_s=3.0))
+    recs[-1], recs[-4] = recs[-4], recs[-1]  # out of order (two processes appending): sorted by step
+    curves = stage_curves(recs)
+    assert list(curves) == ["stage2", "stage3a"]
+    a = curves["stage3a"]
+    assert [p["step"] for p in a] == [0, 2, 4] and [p["tokens"] for p in a] == [0, 200, 400]
+    assert [p["eval_kl"] for p in a] == [3.0, 0.5, 0.3] and a[2]["eval_top1"] == 0.7
+    # step 1's record is written at 540 s: its 40 s (compiling) are not counted; each later step 3 s
+    assert [p["seconds"] for p in a] == [0.0, 6.0, 12.0]
+    assert curves["stage2"][1]["eval_kl"] == 0.9 and curves["stage2"][1]["eval_top1"] is None
+    # no training row of step 1 (e.g. a stage resumed past it): no seconds, the points kept
+    late = [r for r in _records("stage3a", 100, [(0.5, 0.6)]) if r.get("step") != 1]
+    assert [p["seconds"] for p in stage_curves(late)["stage3a"]] == [None, None]
+    assert stage_curves([r for r in late if "eval_loss" not in r]) == {}
+
+
+def _cell(name, axis, variant, curve_records):
+    return {"cell": name, "assignment": {axis: variant}, "tokens": {"stage3a": 400},
+            "metrics": {"stage3a": {"eval_loss_last": 0.3, "eval_kl_last": 0.3, "eval_top1_last": 0.7}},
+            "curves": stage_curves(curve_records), "nodes": ["n1", name], "eval": None}
+
+
+def _batch_report():
+    full = _records("stage3a", 1_000_000, [(0.5, 0.6), (0.4, 0.65), (0.3, 0.7)])
+    cut = _records("stage3a", 1_000_000, [(0.45, 0.62), (0.35, 0.68)], step_s=4.0)  # stopped after 4M tokens
+    return build_report({"axes": {"batch_3a": ["32", "16"], "lr_3a": ["1e-3"]}},
+                        [_cell("batch_3a=32", "batch_3a", "32", full), _cell("batch_3a=16", "batch_3a", "16", cut),
+                         _cell("lr_3a=1e-3", "lr_3a", "1e-3", _records("stage3a", 1_000_000, []))])
+
+
+def test_the_report_tabulates_each_axis_at_equal_tokens_and_draws_the_curves(tmp_path):
+    rep = _batch_report()
+    assert [p["tokens"] for p in rep["cells"][0]["curves"]["stage3a"]] == [0, 2_000_000, 4_000_000, 6_000_000]
+    assert list(axis_curves(rep, "batch_3a")) == ["32", "16"]
+    md = markdown(rep)
+    table = md[md.index("## Held-out curve of stage3a, axis `batch_3a` (curves.png)"):]
+    assert "| tokens | 32 | 16 |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "M |" in line]
+    assert rows == ["| 0.00M | 3.000 / 25.0 (0 s) | 3.000 / 25.0 (0 s) |",
+                    "| 2.00M | 0.500 / 60.0 (4 s) | 0.450 / 62.0 (8 s) |",
+                    "| 4.00M | 0.400 / 65.0 (8 s) | 0.350 / 68.0 (16 s) |",
+                    "| 6.00M | 0.300 / 70.0 (12 s) | – |"]  # the cut variant: blank where it had stopped
+    # lr_3a has only the evaluation before training: nothing to draw, no table
+    assert "axis `lr_3a`" not in md
+    paths = write_report(rep, tmp_path)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG" and paths["curves"].endswith("curves.png")
+
+
+def test_nothing_to_draw_without_curves():
+    rep = build_report({"axes": {"a": ["x"]}}, [{"cell": "a=x", "assignment": {"a": "x"}, "tokens": {},
+                                                 "metrics": {}, "nodes": [], "eval": None}])
+    assert curve_markdown(rep) == [] and plot_heldout_curves(rep) is None
