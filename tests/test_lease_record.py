@@ -79,7 +79,7 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
     for text in ('{"my": "notes"}', "not json", "[1, 2]", '"incomplete"'):
         mine.write_text(text)
         monkeypatch.setattr("sys.argv", ["lease_record.py", str(tmp_path / "bundle"), "--out", str(mine)])
-        with pytest.raises(SystemExit, match="is not an end-to-end result file; refusing to replace it"):
+        with pytest.raises(SystemExit, match="is not an end-to-end or grid result file; refusing to replace it"):
             TOOL["main"]()
         assert mine.read_text() == text
     with pytest.raises(SystemExit, match="did not finish"):
@@ -93,3 +93,95 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
     outside = Path("/tmp") / f"lease-record-{tmp_path.name}.txt"
     assert "lease" in TOOL["lease_record"](_bundle(tmp_path / "d", extra=str(outside)), [], "", None, "2026-12-05")
     assert not outside.exists()
+
+
+def _grid_bundle(tmp_path: Path, *, extra: str | None = None) -> Path:
+    """What ``device_sweep.sh collect`` returns: the device's report.json (two cells sharing a stage-3a run's
+    ancestors; the second cut by the job's timeout), summary.txt, and sweep_results.tgz with res/ and the stage runs."""
+    bundle = tmp_path / "collected"
+    bundle.mkdir(parents=True)
+    t = 5000.0
+    runs = {  # stage run folder -> records (the second stage-3a run starts later and stops early)
+        "stage1-aaa": [{"time": t, "stage": "stage1", "step": 0, "tokens": 0, "eval_loss": 9.0},
+                       {"time": t + 20, "stage": "stage1", "step": 1, "tokens": 64, "loss": 8.0, "tokens_per_s": 5.0},
+                       {"time": t + 22, "stage": "stage1", "step": 2, "tokens": 128, "loss": 7.0,
+                        "tokens_per_s": 50.0}],
+        "stage3a-bbb": [{"time": t + 30, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0,
+                         "eval_kl": 3.0, "eval_top1": 0.2},
+                        {"time": t + 35, "stage": "stage3a", "step": 1, "tokens": 100, "loss": 2.0,
+                         "tokens_per_s": 20.0},
+                        {"time": t + 37, "stage": "stage3a", "step": 2, "tokens": 200, "loss": 1.0,
+                         "tokens_per_s": 50.0},
+                        {"time": t + 38, "stage": "stage3a", "step": 2, "tokens": 200, "eval_loss": 0.5,
+                         "eval_kl": 0.5, "eval_top1": 0.6}],
+        "stage3a-ccc": [{"time": t + 60, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0,
+                         "eval_kl": 3.0, "eval_top1": 0.2},
+                        {"time": t + 61, "stage": "stage3a", "step": 1, "tokens": 50, "loss": 2.0,
+                         "tokens_per_s": 40.0},
+                        {"time": t + 62, "stage": "stage3a", "step": 2, "tokens": 100, "loss": 1.5,
+                         "tokens_per_s": 40.0},
+                        {"time": t + 63, "stage": "stage3a", "step": 2, "tokens": 100, "eval_loss": 0.7,
+                         "eval_kl": 0.7, "eval_top1": 0.5},
+                        {"time": t + 64, "stage": "stage3a", "step": 3, "tokens": 150, "loss": 1.4,
+                         "tokens_per_s": 40.0}, "{\"time\": 50"]}  # the job killed mid-line
+    cells = [{"cell": "batch=32", "assignment": {"batch": "32"}, "tokens": {"stage1": 128, "stage3a": 200},
+              "nodes": ["aaa", "bbb"], "metrics": {"stage3a": {"steps": 2, "eval_step_last": 2,
+                                                               "eval_at_tokens_last": 200}}},
+             {"cell": "batch=16", "assignment": {"batch": "16"}, "tokens": {"stage1": 128, "stage3a": 200},
+              "nodes": ["aaa", "ccc"], "metrics": {"stage3a": {"steps": 3, "eval_step_last": 2,
+                                                               "eval_at_tokens_last": 100}}}]
+    report = {"meta": {"grid": "/work/main/src/gendistill/recipes/g.yaml", "teacher": "/tmp/job/teacher/t.gguf"},
+              "axes": [{"axis": "batch", "variants": ["32", "16"]}], "cells": cells, "evaluated": 1, "total": 2}
+    (bundle / "report.json").write_text(json.dumps(report))
+    (bundle / "summary.txt").write_text("NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\nb6419b3\n")
+    steps = ("device: NVIDIA H100 80GB HBM3 | torch 2.11.0+cu130 | triton 3.6.0 | fla 0.6.0\n"
+             "18:51:10 ablate start (timeout 1180 s) \n19:10:50 ablate rc=124\n")
+    members = {"./res/steps.txt": steps, "./res/commit.txt": "b6419b3\n"}
+    for name, recs in runs.items():
+        members[f"./runs/g/stages/{name}/metrics.jsonl"] = "".join(
+            (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs)
+    if extra:
+        members[extra] = "x"
+    with tarfile.open(bundle / "sweep_results.tgz", "w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return bundle
+
+
+def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
+    rec = TOOL["grid_record"](_grid_bundle(tmp_path), ["setup", "watch"], 1732.0, "2026-12-05")
+    lease = rec["lease"]
+    assert (lease["card"], lease["commit"], lease["job_timeout_s"], lease["job_exit"]) == (
+        "NVIDIA H100 80GB HBM3", "b6419b3", 1180, 124)
+    assert lease["versions"] == "torch 2.11.0+cu130 | triton 3.6.0 | fla 0.6.0"
+    assert [n["node"] for n in lease["node_timeline"]] == ["stage1-aaa", "stage3a-bbb", "stage3a-ccc"]
+    assert lease["node_timeline"][1] == {"node": "stage3a-bbb", "steps": 2, "median_tokens_per_s": 50,
+                                         "start_s": 30.0, "end_s": 38.0}
+    assert lease["node_timeline"][2]["steps"] == 3 and lease["node_timeline"][2]["end_s"] == 64.0
+    assert lease["cut"] == ["batch=16: stage3a stopped after 3 steps; its last held-out evaluation at step 2 "
+                            "(100 of 200 tokens)"]
+    # each cell's curves come from its own stage runs: the shared stage 1 and its own stage 3a
+    small = rec["cells"][1]["curves"]
+    assert list(small) == ["stage1", "stage3a"]
+    assert [(p["tokens"], p["eval_kl"], p["seconds"]) for p in small["stage3a"]] == [(0, 3.0, 0.0), (100, 0.7, 2.0)]
+    assert [p["tokens"] for p in rec["cells"][0]["curves"]["stage3a"]] == [0, 200]
+    assert absolute_paths(rec) == set() and rec["meta"]["teacher"] == "t.gguf"
+
+
+def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_archive(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "docs" / "sched.json"
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_grid_bundle(tmp_path)), "--out", str(out),
+                                     "--call", "c", "--figures"])
+    TOOL["main"]()
+    assert json.loads(out.read_text())["lease"]["calls"] == ["c"]
+    assert "3 stage runs, 1 of 2 cells evaluated" in capsys.readouterr().out
+    assert (tmp_path / "docs" / "sched_curves.png").read_bytes()[:4] == b"\x89PNG"
+    TOOL["main"]()  # a grid result may be rewritten
+    bad = _grid_bundle(tmp_path / "bad", extra="../outside.txt")
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(bad), "--out", str(tmp_path / "b.json")])
+    with pytest.raises(SystemExit, match="unsafe member"):
+        TOOL["main"]()
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "bad" / "outside.txt").exists()

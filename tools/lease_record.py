@@ -1,8 +1,11 @@
-"""Turn what a device lease of ``tools/device_e2e.sh`` brought back into the committed result of ``docs/results``.
+"""Turn what a device lease of ``tools/device_e2e.sh`` or ``tools/device_sweep.sh`` brought back into the committed
+result of ``docs/results``.
 
     python tools/lease_record.py BUNDLE --out docs/results/e2e_smollm2-135m_h100.json \\
         --call "COMMIT=45b5d80 bash tools/device_e2e.sh setup  (carry .whl .device/carry1)" --call ... \\
         --versions "torch 2.11.0+cu130 | triton 3.6.0 | transformers 5.24.0 | fla 0.6.0" --device-seconds 1663
+    python tools/lease_record.py COLLECTED --out docs/results/sched_smollm2-135m_h100.json --call ... \\
+        --device-seconds 1732 --figures       (a grid: what device_sweep.sh collect returned)
 
 BUNDLE is the folder a ``watch``/``collect`` call returned: ``summary.json``, ``e2e.log`` (its first two lines are
 the card as nvidia-smi names it and the commit) and ``e2e_bundle.tgz`` (the run's ``run/metrics.jsonl`` inside). The
@@ -13,6 +16,14 @@ e2e.py gains what the current one adds, such as each stage's seconds or the chan
 card, its memory and driver, the commit, versions, the device calls, the session's device seconds, and per stage the
 seconds, the first step's seconds, the median tokens/s and the trainer's own held-out KL / top-1 at its end. Every
 absolute path is cut to its last part (committed JSON carries no machine paths); the file is written atomically.
+
+A grid lease (``device_sweep.sh collect``: ``report.json``, ``summary.txt`` and ``sweep_results.tgz`` with the job's
+``res/`` and every stage run's ``metrics.jsonl``) becomes the grid's report as the device wrote it, each cell given
+its held-out curves (:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report
+written by an older commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the
+device seconds, the job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s,
+start and end seconds from the first one's first record) and every stage a timeout cut short. ``--figures`` also
+writes ``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`).
 """
 
 from __future__ import annotations
@@ -29,16 +40,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gendistill.io import atomic_write_json, portable_paths  # noqa: E402
+from gendistill.ablate.curve import trained_when_cut  # noqa: E402
+from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
+from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
 
 E2E = runpy.run_path(str(Path(__file__).with_name("e2e.py")))
 METRICS_MEMBER = "run/metrics.jsonl"
 
 
-def unpack_bundle(bundle: Path, dest: Path) -> Path:
-    """``BUNDLE/e2e_bundle.tgz`` unpacked into ``dest`` (tarfile's ``data`` filter: no links out, no absolute
-    names); refused without ``run/metrics.jsonl`` inside."""
-    archive = bundle / "e2e_bundle.tgz"
+GRID_ARCHIVE = "sweep_results.tgz"
+
+
+def unpack_bundle(bundle: Path, dest: Path, archive_name: str = "e2e_bundle.tgz",
+                  required: str = METRICS_MEMBER) -> Path:
+    """``BUNDLE/<archive_name>`` unpacked into ``dest`` (tarfile's ``data`` filter: no links out, no absolute
+    names); refused without ``required`` inside."""
+    archive = bundle / archive_name
     if not hasattr(tarfile, "data_filter"):  # Python 3.10.12 / 3.11.4 and later
         raise SystemExit("error: tools/lease_record.py needs a Python with tarfile's data filter (3.10.12, 3.11.4 or "
                          "later)")
@@ -49,8 +66,8 @@ def unpack_bundle(bundle: Path, dest: Path) -> Path:
         raise SystemExit(f"error: {archive}: refused an unsafe member ({e}); nothing of it is used") from None
     except (OSError, tarfile.TarError) as e:
         raise SystemExit(f"error: {archive}: not a readable .tgz ({e})") from None
-    if not (dest / METRICS_MEMBER).is_file():
-        raise SystemExit(f"error: {archive}: no {METRICS_MEMBER} inside (was the distillation started?)")
+    if not (dest / required).exists():
+        raise SystemExit(f"error: {archive}: no {required} inside (was the job started?)")
     return dest
 
 
@@ -101,31 +118,141 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
     return portable_paths(summary)
 
 
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A stage run's metrics.jsonl rows (a line cut by the job's end skipped)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _node_timeline(stages: Path) -> list[dict[str, Any]]:
+    """Every stage run under ``stages`` in the order it ran: its folder name, steps, median tokens/s, and its first and
+    last record's time in seconds from the first stage run's first record."""
+    runs = []
+    for d in sorted(p for p in stages.iterdir() if (p / "metrics.jsonl").is_file()):
+        rows = [r for r in _read_metrics(d / "metrics.jsonl") if r.get("time") is not None]
+        if rows:
+            runs.append((d.name, rows))
+    if not runs:
+        return []
+    runs.sort(key=lambda r: r[1][0]["time"])
+    t0 = runs[0][1][0]["time"]
+    out = []
+    for name, rows in runs:
+        tps = sorted(r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s"))
+        out.append({"node": name, "steps": max((r.get("step", 0) for r in rows if "loss" in r), default=0),
+                    "median_tokens_per_s": round(tps[len(tps) // 2]) if tps else None,
+                    "start_s": round(rows[0]["time"] - t0, 1), "end_s": round(rows[-1]["time"] - t0, 1)})
+    return out
+
+
+def _job_facts(steps_txt: str) -> dict[str, Any]:
+    """The versions line, the job's timeout and its exit status from the job's ``steps.txt``."""
+    facts: dict[str, Any] = {"versions": None, "job_timeout_s": None, "job_exit": None}
+    for line in steps_txt.splitlines():
+        if line.startswith("device: "):
+            facts["versions"] = line.split("|", 1)[1].strip() if "|" in line else None
+        elif "ablate start (timeout " in line:
+            facts["job_timeout_s"] = int(line.split("(timeout ", 1)[1].split(" s)")[0])
+        elif " ablate rc=" in line:
+            facts["job_exit"] = int(line.rsplit("rc=", 1)[1])
+    return facts
+
+
+def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, day: str,
+                notes: list[str] | None = None) -> dict[str, Any]:
+    """The committed result of a grid lease: the device's report.json, each cell with its held-out curves, and the
+    ``lease`` key."""
+    try:
+        rep = json.loads((bundle / "report.json").read_text())
+        card_line = (bundle / "summary.txt").read_text().splitlines()[0]
+    except (OSError, ValueError, IndexError) as e:
+        raise SystemExit(f"error: {bundle}: no readable report.json and summary.txt ({e})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        job = unpack_bundle(bundle, Path(tmp), GRID_ARCHIVE, "res/steps.txt")
+        stage_dirs = [d for d in (job / "runs").glob("*/stages")]
+        if len(stage_dirs) != 1:
+            raise SystemExit(f"error: {bundle / GRID_ARCHIVE}: expected one runs/<grid>/stages folder, found "
+                             f"{len(stage_dirs)}")
+        stages = stage_dirs[0]
+        for c in rep["cells"]:
+            records = []
+            for node in c.get("nodes", []):
+                for d in stages.glob(f"*-{node}"):
+                    if (d / "metrics.jsonl").is_file():
+                        records += _read_metrics(d / "metrics.jsonl")
+            c["curves"] = stage_curves(records)
+        facts = _job_facts((job / "res" / "steps.txt").read_text())
+        commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
+        timeline = _node_timeline(stages)
+    cut = []
+    for c in rep["cells"]:
+        for st, m in (c.get("metrics") or {}).items():
+            at = trained_when_cut(m, (c.get("tokens") or {}).get(st))
+            if at is not None:
+                cut.append(f"{c['cell']}: {st} stopped after {m.get('steps')} steps; its last held-out evaluation at "
+                           f"step {m.get('eval_step_last')} ({at:,} of {c['tokens'][st]:,} tokens)")
+    card = [part.strip() for part in card_line.split(",")]
+    rep["lease"] = {
+        "card": card[0], "card_memory": card[1] if len(card) > 1 else None,
+        "driver": card[2] if len(card) > 2 else None, "commit": commit, "versions": facts["versions"], "date": day,
+        "calls": calls, "device_seconds_session": device_seconds, "job_timeout_s": facts["job_timeout_s"],
+        "job_exit": facts["job_exit"], "cut": cut, "node_timeline": timeline,
+        **({"notes": notes} if notes else {}),
+        "source": "tools/lease_record.py: the collected report.json, summary.txt and sweep_results.tgz (res/, the "
+                  "stage runs' metrics.jsonl)",
+    }
+    return portable_paths(rep)
+
+
 def check_replaceable(out: Path) -> None:
-    """``out`` may be written: it does not exist, or it is an end-to-end result (a JSON object with ``complete``, as
-    tools/e2e.py writes and this tool rewrites). Any other file is the user's, and is refused, untouched."""
+    """``out`` may be written: it does not exist, or it is a result this tool writes: an end-to-end result (a JSON
+    object with ``complete``, as tools/e2e.py writes) or a grid's report (``axes`` and ``cells``). Any other file is
+    the user's, and is refused, untouched."""
     if not out.exists():
         return
     try:
         data = json.loads(out.read_text()) if out.is_file() else None
     except (OSError, ValueError):
         data = None
-    ok = isinstance(data, dict) and "complete" in data
+    ok = isinstance(data, dict) and ("complete" in data or {"axes", "cells"} <= set(data))
     if not ok:
-        raise SystemExit(f"error: --out {out}: exists and is not an end-to-end result file; refusing to replace it")
+        raise SystemExit(f"error: --out {out}: exists and is not an end-to-end or grid result file; refusing to "
+                         "replace it")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundle", type=Path, help="the folder a device_e2e.sh watch/collect call brought back")
+    ap.add_argument("bundle", type=Path, help="the folder a device_e2e.sh watch/collect call brought back, or a "
+                                              "device_sweep.sh collect call (a grid: it holds sweep_results.tgz)")
     ap.add_argument("--out", type=Path, required=True, help="the JSON to write (docs/results/e2e_<recipe>_<card>.json)")
     ap.add_argument("--call", action="append", default=[], help="one device call as run (repeatable, in order)")
-    ap.add_argument("--versions", default="", help="the versions line the setup call printed")
+    ap.add_argument("--versions", default="", help="the versions line the setup call printed (a grid's is read "
+                                                   "from its job)")
     ap.add_argument("--device-seconds", type=float, default=None, help="the session's device time at the end")
     ap.add_argument("--date", default=date.today().isoformat(), help="the lease's date (default: today)")
     ap.add_argument("--note", action="append", default=[], help="what a reader should know of the lease (repeatable)")
+    ap.add_argument("--figures", action="store_true", help="a grid: also write <out stem>_curves.png (its held-out "
+                                                          "curves)")
     args = ap.parse_args()
     check_replaceable(args.out)
+    if (args.bundle / GRID_ARCHIVE).is_file():
+        record = grid_record(args.bundle, args.call, args.device_seconds, args.date, args.note)
+        atomic_write_json(args.out, record)
+        print(f"wrote {args.out}: {record['lease']['card']}, commit {record['lease']['commit']}, "
+              f"{len(record['lease']['node_timeline'])} stage runs, {record['evaluated']} of {record['total']} cells "
+              "evaluated")
+        if args.figures:
+            png = plot_heldout_curves(record)
+            if png is not None:
+                fig = args.out.with_name(f"{args.out.stem}_curves.png")
+                atomic_write_bytes(fig, png)
+                print(f"wrote {fig}")
+        return
     record = lease_record(args.bundle, args.call, args.versions, args.device_seconds, args.date, args.note)
     atomic_write_json(args.out, record)
     stages = record["lease"]["stages"]
