@@ -101,8 +101,9 @@ start)  # the data in place, then the whole job in the background (it outlives t
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
   rm -rf "$JOB/run"
   cat "$JOB/nvidia-smi.txt" "$JOB/commit.txt" > "$JOB/e2e.log" 2>/dev/null  # the card and the commit head the log
-  setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" \
-    >> "$JOB/e2e.log" 2>&1 < /dev/null &
+  # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes is logged (tools/fla_configs_from_log.py ships it afterwards)
+  TRITON_PRINT_AUTOTUNING=1 setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" \
+    "$@" >> "$JOB/e2e.log" 2>&1 < /dev/null &
   echo "started e2e (pid $!)"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass

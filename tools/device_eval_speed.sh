@@ -64,8 +64,9 @@ start)  # the teacher assembled and checked, the data in place, then the whole j
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
   step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
-  # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false
-  env -u TOKENIZERS_PARALLELISM timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student "${STUDENT:-convert}" \
+  # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false;
+  # every kernel fla autotunes (a key the shipped configurations lack) logged for tools/fla_configs_from_log.py
+  env -u TOKENIZERS_PARALLELISM TRITON_PRINT_AUTOTUNING=1 timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student "${STUDENT:-convert}" \
     --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50}" \
     --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
     ${SWEEP:+--overhead-sweep "$SWEEP"} ${SWEEP_TASKS:+--sweep-tasks "$SWEEP_TASKS"} ${PROFILE:+--profile "$RES/profiles"} \

@@ -91,8 +91,10 @@ driver)  # (background) the grid, bounded; the report rebuilt from what finished
   shift
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
   step "ablate start (timeout ${JOB_TIMEOUT:-1200} s) $*"
-  (cd "$JOB" && timeout "${JOB_TIMEOUT:-1200}" python3 -m gendistill ablate "$GRID" --set "teacher.spec=$(gguf)" "$@") \
-    > "$RES/ablate.log" 2>&1
+  # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes (a key the shipped configurations lack) is logged, so
+  # `python tools/fla_configs_from_log.py ablate.log DIR --triton-version 3.6.0` can ship it afterwards
+  (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "${JOB_TIMEOUT:-1200}" python3 -m gendistill ablate "$GRID" \
+     --set "teacher.spec=$(gguf)" "$@") > "$RES/ablate.log" 2>&1
   RC=$?
   step "ablate rc=$RC"
   if [ "$RC" != 0 ]; then  # cut or failed: the report from every finished stage run and evaluation
