@@ -70,3 +70,30 @@ def test_the_checker_reports_an_unknown_option_an_empty_test_selection_and_an_un
     ok = [ln for ln in lines if ln.startswith("ok")]
     # the last line: $SMOL expanded, ${STEPS:-2} its default, the command cut at &&
     assert ok == [f"ok    {bad}:8: benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --steps 2"], lines
+
+
+def _step_check(tmp_path: Path, stub: str, timeout_s: int) -> str:
+    """``lease_step_check`` of tools/device_lib.sh with ``python3`` replaced by ``stub`` (a bash body)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text("#!/usr/bin/env bash\n" + stub)
+    (bin_dir / "python3").chmod(0o755)
+    log = tmp_path / "step.log"
+    script = (f'. tools/device_lib.sh; PATH="{bin_dir}:$PATH" STEP_CHECK_TIMEOUT={timeout_s} '
+              f'STEP_CHECK_LOG="{log}" lease_step_check')
+    res = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_the_step_check_says_how_far_it_got_when_its_time_runs_out(tmp_path):
+    """A lease's set-up runs the trainer's step check under a time limit; cut by it, the check still prints one line
+    that says so (on 2026-12-05 a fresh H100 spent the whole 240 s and the set-up printed nothing about it)."""
+    out = _step_check(tmp_path, 'echo "t.py::test_a[stage3a] PASSED"\necho "t.py::test_a[stage2] FAILED"\n'
+                                'echo "Triton autotuning for function k, with key as (1,), finished after 1s"\n'
+                                "sleep 30\n", timeout_s=1)
+    assert out.strip().splitlines() == [
+        "trainer step check (tests/gpu, reference step): TIMED OUT after 1 s, no verdict: 1 passed, 1 failed of 4 "
+        f"before the cut; 1 kernels autotuned (log: {tmp_path / 'step.log'})"]
+    out = _step_check(tmp_path, 'echo "t.py::test_a PASSED"\necho "==== 4 passed in 61.00s ===="\n', timeout_s=30)
+    assert out.strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
