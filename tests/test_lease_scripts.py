@@ -72,15 +72,15 @@ def test_the_checker_reports_an_unknown_option_an_empty_test_selection_and_an_un
     assert ok == [f"ok    {bad}:8: benchmarks/train_throughput.py --config smollm2-135m --seq 2048 --steps 2"], lines
 
 
-def _step_check(tmp_path: Path, stub: str, timeout_s: int) -> str:
-    """``lease_step_check`` of tools/device_lib.sh with ``python3`` replaced by ``stub`` (a bash body)."""
+def _step_check(tmp_path: Path, stub: str, timeout_s: int, call: str = "lease_step_check") -> str:
+    """``call`` (``lease_step_check`` of tools/device_lib.sh) with ``python3`` replaced by ``stub`` (a bash body)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "python3").write_text("#!/usr/bin/env bash\n" + stub)
     (bin_dir / "python3").chmod(0o755)
     log = tmp_path / "step.log"
     script = (f'. tools/device_lib.sh; PATH="{bin_dir}:$PATH" STEP_CHECK_TIMEOUT={timeout_s} '
-              f'STEP_CHECK_LOG="{log}" lease_step_check')
+              f'STEP_CHECK_LOG="{log}" {call}')
     res = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return res.stdout
@@ -97,3 +97,20 @@ def test_the_step_check_says_how_far_it_got_when_its_time_runs_out(tmp_path):
         f"before the cut; 1 kernels autotuned (log: {tmp_path / 'step.log'})"]
     out = _step_check(tmp_path, 'echo "t.py::test_a PASSED"\necho "==== 4 passed in 61.00s ===="\n', timeout_s=30)
     assert out.strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
+
+
+def test_the_step_check_runs_beside_the_job_and_leaves_its_line_in_a_file(tmp_path):
+    """The lease scripts start the step check in the background (it outlives the set-up call) and read its line
+    later: the call returns at once, and the file gets the same one line the foreground check prints."""
+    import time
+
+    line_file = tmp_path / "step_check.txt"
+    t0 = time.monotonic()
+    out = _step_check(tmp_path, 'sleep 4\necho "==== 4 passed in 61.00s ===="\n', timeout_s=30,
+                      call=f'lease_step_check_background "{line_file}"')
+    assert time.monotonic() - t0 < 3.0  # the set-up does not wait for it (the check takes 4 s)
+    assert out.strip() == f"trainer step check (tests/gpu, reference step): running in the background, its line in {line_file}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "passed" not in (line_file.read_text() if line_file.exists() else ""):
+        time.sleep(0.2)
+    assert line_file.read_text().strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="

@@ -55,7 +55,7 @@ setup)
   mkdir -p "$DATA" "$JOB/teacher"
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
   lease_versions gendistill.api || exit 5
-  lease_step_check
+  lease_step_check_background "$JOB/step_check.txt"
   # where model-written code would run (HumanEval, e2e --code): bubblewrap, or why not
   timeout 60 python3 -c "from gendistill.eval.sandbox import capabilities; c = capabilities(); \
 print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', ''))"
@@ -113,6 +113,7 @@ watch)  # follow the job until it finishes or $2 seconds pass
     sleep 10
   done
   grep "^\[e2e\]\|Traceback\|Error" "$JOB/e2e.log" | tail -20
+  cat "$JOB/step_check.txt" 2>/dev/null
   [ -f "$JOB/run/logs/distill.log" ] && grep -E "held-out|step .*loss" "$JOB/run/logs/distill.log" | tail -4
   pgrep -f tools/e2e.py >/dev/null && echo "e2e still running" || echo "e2e not running"
   collect  # what the job has written so far comes back with this call

@@ -53,7 +53,7 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_commit "$RES"
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
-  lease_step_check 2>&1 | tee -a "$RES/steps.txt"
+  lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   step "setup done"
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
@@ -107,10 +107,10 @@ watch)  # follow the job until it finishes or $2 seconds pass; a summary under $
   LIMIT_S=${2:-480}; T0=$(date +%s)
   while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
   [ -e "$RES/DONE" ] && echo "job finished: $(cat "$RES/DONE")" || echo "job still running"
-  cat "$RES/steps.txt" 2>/dev/null
+  cat "$RES/steps.txt" "$RES/step_check.txt" 2>/dev/null
   grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 25 | cut -c1-300
   mkdir -p "$OUT"
-  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/dry_run.txt" 2>/dev/null
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/step_check.txt" "$RES/dry_run.txt" 2>/dev/null
     [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"
     grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 80 | cut -c1-300
     tail -n 20 "$RES/ablate.log" 2>/dev/null
