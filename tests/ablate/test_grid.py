@@ -255,3 +255,26 @@ def test_the_shipped_schedule_sweep_changes_only_stage_3a_schedule_or_batch_at_e
             base.optim.model_dump(exclude={"decay_ratio", "schedule"}), name
         if name != "batch_3a=16":
             assert (s.batch_size, s.micro_batch_size, s.eval_every) == (32, 32, 25), name
+
+
+def test_the_shipped_stage_length_sweep_varies_stage_1_or_2_and_nothing_else():
+    """stages12-smollm2-lease (issue 25): each cell changes the token budget of stage 1 or of stage 2 (one at a time),
+    every cell's stages 3a and 3b are the same settings on the same tokens, so their held-out KL compares the
+    starts; the base chain is shared by the two axes' base cells."""
+    from gendistill.ablate.grid import stage_budget
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("stages12-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    assert chains["tokens_1=6M"] == chains["tokens_2=2M"]
+    assert plan["distinct_nodes"] == 3 + 5 + 5 + 5 and plan["distinct_evals"] == 5
+    assert [c["cell"] for c in plan["cells"]][-1] == "tokens_2=4M"
+    budgets = {c.name: stage_budget(c.recipe) for c in g.cells}
+    assert [round(budgets[f"tokens_1={t}"]["stage1"], -6) for t in ("3M", "6M", "12M")] == [3e6, 6e6, 12e6]
+    assert [round(budgets[f"tokens_2={t}"]["stage2"], -6) for t in ("1M", "2M", "4M")] == [1e6, 2e6, 4e6]
+    assert {b["stage2"] for n, b in budgets.items() if n.startswith("tokens_1")} == {budgets["tokens_2=2M"]["stage2"]}
+    assert {b["stage1"] for n, b in budgets.items() if n.startswith("tokens_2")} == {budgets["tokens_1=6M"]["stage1"]}
+    assert {b["stage3a"] for b in budgets.values()} == {245 * 32 * 2048}
+    later = {c.name: [s.model_dump() for s in c.recipe.stages[2:]] for c in g.cells}
+    assert all(v == later["tokens_1=6M"] for v in later.values())  # stages 3a and 3b identical in every cell

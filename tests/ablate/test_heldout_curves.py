@@ -65,13 +65,18 @@ def test_the_report_tabulates_each_axis_at_equal_tokens_and_draws_the_curves(tmp
     md = markdown(rep)
     table = md[md.index("## Held-out curve of stage3a, axis `batch_3a` (curves.png)"):]
     assert "| tokens | 32 | 16 |" in table
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "M |" in line]
-    assert rows == ["| 0.00M | 3.000 / 25.0 (0 s) | 3.000 / 25.0 (0 s) |",
+    rows = [line for line in table.splitlines() if line.startswith(("| 0 |", "| 2.00M", "| 4.00M", "| 6.00M"))]
+    assert rows == ["| 0 | 3.000 / 25.0 (0 s) | 3.000 / 25.0 (0 s) |",
                     "| 2.00M | 0.500 / 60.0 (4 s) | 0.450 / 62.0 (8 s) |",
                     "| 4.00M | 0.400 / 65.0 (8 s) | 0.350 / 68.0 (16 s) |",
                     "| 6.00M | 0.300 / 70.0 (12 s) | – |"]  # the cut variant: blank where it had stopped
     # lr_3a has only the evaluation before training: nothing to draw, no table
     assert "axis `lr_3a`" not in md
+    small = build_report({"axes": {"batch_3a": ["32"]}},
+                         [_cell("batch_3a=32", "batch_3a", "32", _records("stage3a", 64, [(0.5, 0.6)]))])
+    assert "| 128 | 0.500 / 60.0" in markdown(small)  # a CPU smoke run's budgets: tokens, not 0.00M
+    assert "| 96.0K |" in markdown(build_report({"axes": {"b": ["x"]}}, [_cell("b=x", "b", "x", _records(
+        "stage3a", 48_000, [(0.5, 0.6)]))]))
     paths = write_report(rep, tmp_path)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG" and paths["curves"].endswith("curves.png")
 

@@ -73,6 +73,13 @@ def _drawn_axes(rep: dict[str, Any], stage: str) -> list[tuple[str, dict[str, li
     return out
 
 
+def _tokens(n: int) -> str:
+    """Tokens as the table's rows name them: 16.06M, 96.0K, 128."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K" if n >= 1_000 else str(n)
+
+
 def curve_markdown(rep: dict[str, Any], stage: str = CURVE_STAGE) -> list[str]:
     """Per axis, a table of ``stage``'s held-out KL / top-1 at every evaluation point (rows: tokens; columns: the
     variants; – where a variant was not evaluated at those tokens, e.g. after a cut). Empty when no axis has a curve."""
@@ -91,7 +98,7 @@ def curve_markdown(rep: dict[str, Any], stage: str = CURVE_STAGE) -> list[str]:
                 row.append("–" if p is None else
                            f"{_num(p['eval_kl'])} / {_pct(p['eval_top1'])}"
                            + (f" ({p['seconds']:.0f} s)" if p["seconds"] is not None else ""))
-            out.append(f"| {n / 1e6:.2f}M | " + " | ".join(row) + " |")
+            out.append(f"| {_tokens(n)} | " + " | ".join(row) + " |")
     return out
 
 
