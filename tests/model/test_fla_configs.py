@@ -5,6 +5,7 @@ kernels of a training step."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 
@@ -166,3 +167,91 @@ def test_the_mode_gendistill_sets_never_hands_a_kernel_another_shapes_configurat
     assert lookup(fla_configs.CACHE_MODE, shipped["autotune_key"]) == shipped["config"]
     assert lookup(fla_configs.CACHE_MODE, wider) is None
     assert lookup("fuzzy", wider) is not None  # what fuzzy did: a configuration tuned for another head dimension
+
+
+def _tuner(module, name):
+    mod = pytest.importorskip(module)
+    return _plain_tuner(getattr(mod, name))
+
+
+def test_the_norms_row_buckets_take_the_nearest_tuned_buckets_configuration(monkeypatch):
+    """An evaluation's batches reach every row bucket ``NB`` of fla's norm kernels, each a new autotuning key (under
+    exact keys: about 20 candidates compiled and timed per new bucket). Every bucket 1..N of a shipped key gets the
+    configuration tuned at the nearest shipped bucket, as the autotuner's own candidate; nothing else changes: the
+    other key fields (dimension, flags, dtypes), the keys already cached, other kernels."""
+    folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
+    names = [(m, n) for m, ns in fla_configs.ROW_BUCKET_KERNELS.items() for n in ns]
+    tuners = {n: _tuner(m, n) for m, n in names}
+    for t in tuners.values():
+        monkeypatch.setattr(t, "cache", {})
+    fwd = tuners["l2norm_fwd_kernel"]
+    kept = fwd.configs[0]
+    fwd.cache[(64, 5, "torch.bfloat16", "torch.bfloat16", "torch.float32")] = kept  # autotuned in this process
+    others = [t for t in fla_configs._autotuners() if t not in tuners.values()]
+    before = [dict(t.cache) for t in others]
+    monkeypatch.setenv("GENDISTILL_FLA_CONFIGS", "0")
+    assert fla_configs.seed_row_buckets(folder, buckets=16) == 0
+    monkeypatch.delenv("GENDISTILL_FLA_CONFIGS")
+    assert fla_configs.seed_row_buckets(folder, buckets=16) > 0
+    assert [dict(t.cache) for t in others] == before
+    for name, tuner in tuners.items():
+        at = tuner.keys.index("NB")
+        shipped = json.loads((folder / f"{name}.json").read_text())["autotune_entries"].values()
+        groups: dict[tuple, dict[int, dict]] = {}
+        for e in shipped:
+            k = e["autotune_key"]
+            groups.setdefault(tuple(k[:at] + k[at + 1:]), {})[k[at]] = e["config"]
+        for rest, by_nb in groups.items():
+            for nb in range(1, 17):
+                key = rest[:at] + (nb,) + rest[at:]
+                if name == "l2norm_fwd_kernel" and key == (64, 5, "torch.bfloat16", "torch.bfloat16", "torch.float32"):
+                    assert tuner.cache[key] is kept  # what this process autotuned stays
+                    continue
+                want = by_nb[min(by_nb, key=lambda b: (abs(math.log(b / nb)), b))]
+                got = tuner.cache[key]
+                assert got in tuner.configs, (name, key)
+                assert (got.num_warps, got.num_stages, dict(got.kwargs)) == (
+                    want["num_warps"], want["num_stages"], want["kwargs"]), (name, key)
+        assert all(k[at] <= 16 or k in {tuple(e["autotune_key"]) for e in shipped} for k in tuner.cache), name
+
+    # a launch at a bucket never tuned runs the seeded configuration without benchmarking (meta tensors: no device)
+    launched = []
+    monkeypatch.setattr(fwd, "fn", types.SimpleNamespace(run=lambda *a, **kw: launched.append(kw), src=fwd.fn.src))
+    monkeypatch.setattr(fwd, "_bench", lambda *a, **kw: pytest.fail("benchmarked a seeded bucket"))
+    T, D = 3 * 65536 - 7, 64  # rows: bucket 3, never tuned
+    meta = lambda *shape, dt=torch.bfloat16: torch.empty(*shape, device="meta", dtype=dt)  # noqa: E731
+    l2 = sys.modules["fla.modules.norm.l2norm"]
+    l2.l2norm_fwd_kernel.run(grid=lambda m: (1,), warmup=False, x=meta(T, D), y=meta(T, D),
+                             rstd=meta(T, dt=torch.float32), eps=1e-6, T=T, D=D, BD=D, NB=3)
+    assert fwd.best_config is fwd.cache[(64, 3, "torch.bfloat16", "torch.bfloat16", "torch.float32")]
+    assert launched and launched[0]["num_warps"] == fwd.best_config.num_warps
+
+
+def test_a_kernel_that_computes_with_its_bucket_is_never_seeded():
+    """Seeding another bucket's configuration is safe only while the kernel's body does not read ``NB``: checked on
+    fla's source at run time, so a future fla that computes with it is left to autotune."""
+    def fake(src):
+        return types.SimpleNamespace(fn=types.SimpleNamespace(src=src))
+
+    assert fla_configs._reads_bucket(fake("def k(x, T, NB: tl.constexpr, BT: tl.constexpr):\n    n = T // NB\n"))
+    assert not fla_configs._reads_bucket(fake("def k(x, T, NB: tl.constexpr,\n      BT: tl.constexpr):\n    n = T\n"))
+    assert fla_configs._reads_bucket(fake("not python (")) and fla_configs._reads_bucket(fake(None))
+    for module, names in fla_configs.ROW_BUCKET_KERNELS.items():
+        for name in names:  # today's fla: every listed kernel only keys on its bucket
+            assert not fla_configs._reads_bucket(_tuner(module, name)), name
+
+
+def test_between_two_tuned_buckets_each_bucket_takes_the_nearer_in_ratio(tmp_path, monkeypatch):
+    tuner = _tuner("fla.modules.norm.l2norm", "l2norm_fwd_kernel")
+    monkeypatch.setattr(tuner, "cache", {})
+    small, large = tuner.configs[0], tuner.configs[-1]
+    assert (small.num_warps, dict(small.kwargs)) != (large.num_warps, dict(large.kwargs))
+    dtypes = ["torch.bfloat16", "torch.bfloat16", "torch.float32"]
+    entries = [(name, tuple([64, nb, *dtypes]), fla_configs._config_dict(cfg))
+               for name, nb, cfg in (("l2norm_fwd_kernel", 2, small), ("l2norm_fwd_kernel", 16, large))]
+    fla_configs.write_config_files(entries, tmp_path, triton.__version__)
+    fla_configs.seed_row_buckets(tmp_path, buckets=32)
+    chosen = {nb: tuner.cache[(64, nb, *dtypes)] for nb in range(1, 33)}
+    # nearer in ratio: 5 is 2.5x from 2 and 3.2x from 16; 6 is 3x from 2 and 2.7x from 16
+    assert [nb for nb, c in chosen.items() if c is small] == [1, 2, 3, 4, 5]
+    assert all(chosen[nb] is large for nb in range(6, 33))

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from gendistill.ops.fla_configs import activate, seed_plain_autotuners
+from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
 
 
 @functools.cache
@@ -29,6 +29,7 @@ def fla_available() -> bool:
                           stacklevel=2)
         return False
     seed_plain_autotuners()  # the gated norm's kernels (Triton's plain autotuner) take the shipped configurations too
+    seed_row_buckets()  # the norms' row buckets an evaluation's batch sizes reach take the nearest tuned bucket's
     return True
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import re
 import sys
+import textwrap
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -328,3 +330,67 @@ def seed_plain_autotuners(folder: str | Path | None = None) -> int:
                 tuner.cache.setdefault(tuple(entry["autotune_key"]), config)
                 seeded += 1
     return seeded
+
+
+#: fla kernels whose autotuning key holds ``NB``, a bucket of the rows a launch normalises (``cdiv(rows, 65,536)``;
+#: rows = tokens x heads), and use it for nothing else: the kernel's body never reads it. An evaluation's batches hold
+#: every number of tokens, so each new bucket is a new key: under the exact-key mode (:data:`CACHE_MODE`) each was
+#: autotuned (about 20 candidates compiled and timed), which :func:`seed_row_buckets` replaces by the shipped choice of
+#: the nearest tuned bucket. ``module -> kernels``; a kernel whose body reads ``NB`` is never seeded
+#: (:func:`_reads_bucket`).
+ROW_BUCKET_KERNELS = {
+    "fla.modules.norm.l2norm": ("l2norm_fwd_kernel", "l2norm_bwd_kernel"),
+    "fla.modules.norm.fused_norm_gate": ("layer_norm_gated_fwd_kernel", "layer_norm_gated_bwd_kernel"),
+}
+#: the buckets seeded: 1 to 1,024, launches of up to 67M rows (a Qwen3-0.6B batch of 4.2M tokens, 16 heads)
+ROW_BUCKETS = 1024
+
+
+def _reads_bucket(tuner: Any) -> bool:
+    """Whether the kernel's body (its statements, not its signature) names ``NB``: then one bucket's configuration
+    may not be another's. A source that cannot be read or parsed counts as reading it."""
+    src = getattr(tuner.fn, "src", None)
+    try:
+        fn = ast.parse(textwrap.dedent(src)).body[0] if isinstance(src, str) else None
+    except SyntaxError:
+        fn = None
+    if not isinstance(fn, ast.FunctionDef):
+        return True
+    return any(isinstance(n, ast.Name) and n.id == "NB" for stmt in fn.body for n in ast.walk(stmt))
+
+
+def seed_row_buckets(folder: str | Path | None = None, buckets: int = ROW_BUCKETS) -> int:
+    """Give each kernel of :data:`ROW_BUCKET_KERNELS` a configuration for every row bucket ``NB`` in ``1..buckets``:
+    for each key shipped in ``folder`` (default ``$FLA_CONFIG_DIR``, which :func:`activate` sets), the same key at
+    every other bucket gets the configuration tuned at the nearest shipped bucket (nearest in ratio; the smaller on a
+    tie), as the autotuner's own candidate, in its in-process cache. A key already there (autotuned, or shipped
+    exactly) is kept. The key's other fields (the feature dimension, flags, dtypes) never change, so a configuration
+    is only ever reused at the dimension and dtypes it was tuned for; ``NB`` changes only how many programs launch.
+    Returns the number of keys added (0 with ``GENDISTILL_FLA_CONFIGS=0``, ``FLA_CACHE_MODE=disabled`` or no folder).
+    Call after fla's kernel modules are imported, after :func:`seed_plain_autotuners`."""
+    if _mode() == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
+        return 0
+    folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
+    if not folder:
+        return 0
+    added = 0
+    for tuner in _autotuners():
+        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
+        name = _kernel_name(tuner)
+        path = Path(folder) / f"{name}.json"
+        if name not in ROW_BUCKET_KERNELS.get(module, ()) or "NB" not in tuner.keys or not path.is_file() \
+                or getattr(tuner, "early_config_prune", None) or _reads_bucket(tuner):
+            continue
+        at = tuner.keys.index("NB")
+        tuned: dict[tuple, list[tuple[int, Any]]] = {}  # the key without its bucket -> [(bucket, candidate)]
+        for entry in _entries(path):
+            key, config = entry.get("autotune_key"), _matching_config(tuner, entry.get("config", {}))
+            if config is not None and isinstance(key, list) and len(key) > at and isinstance(key[at], int):
+                tuned.setdefault(tuple(key[:at] + key[at + 1:]), []).append((key[at], config))
+        for rest, choices in tuned.items():
+            for nb in range(1, buckets + 1):
+                key = rest[:at] + (nb,) + rest[at:]
+                if key not in tuner.cache:
+                    tuner.cache[key] = min(choices, key=lambda c: (abs(math.log(c[0] / nb)), c[0]))[1]
+                    added += 1
+    return added
