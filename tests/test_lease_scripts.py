@@ -114,3 +114,4 @@ def test_the_step_check_runs_beside_the_job_and_leaves_its_line_in_a_file(tmp_pa
     while time.monotonic() < deadline and "passed" not in (line_file.read_text() if line_file.exists() else ""):
         time.sleep(0.2)
     assert line_file.read_text().strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
+    assert "4 passed" in (tmp_path / "step_check.log").read_text()  # its log beside the line, collected with it

@@ -12,7 +12,8 @@
 #                          run needs, so an import error shows at set-up, not minutes into the job); print the versions
 #   lease_step_check       the trainer's fast step against its reference step (tests/gpu): one line, a verdict or
 #                          how far it got before STEP_CHECK_TIMEOUT
-#   lease_step_check_background FILE  the same in the background (its line into FILE), beside the lease's job
+#   lease_step_check_background FILE  the same in the background (its line into FILE, its log beside it as
+#                          FILE with .log for .txt: the kernels it autotuned, for tools/fla_configs_from_log.py)
 #   lease_shipped_configs DIR  DIR (made if missing) gets the shipped H200 fla configurations (what gendistill reads on
 #                          an H100 or H200 by itself) beside what it holds, so keys dumped or recovered into it add to
 #                          the shipped ones: under FLA_CACHE_MODE=strict a folder of new keys alone autotunes the rest
@@ -75,8 +76,8 @@ lease_step_check_background() {
   # lease waited (2026-12-05). Its small test models cost the job little GPU time; the lease reads the verdict in
   # FILE (a failure: the job's student was trained on a fast path that differs from the reference; stop and fix).
   echo "trainer step check (tests/gpu, reference step): running in the background, its line in $1"
-  STEP_CHECK_TIMEOUT=${STEP_CHECK_TIMEOUT:-600} setsid nohup bash -c '. tools/device_lib.sh && lease_step_check' \
-    > "$1" 2>&1 < /dev/null &
+  STEP_CHECK_TIMEOUT=${STEP_CHECK_TIMEOUT:-600} STEP_CHECK_LOG="${1%.txt}.log" \
+    setsid nohup bash -c '. tools/device_lib.sh && lease_step_check' > "$1" 2>&1 < /dev/null &
 }
 
 lease_versions() {
