@@ -278,3 +278,28 @@ def test_the_shipped_stage_length_sweep_varies_stage_1_or_2_and_nothing_else():
     assert {b["stage3a"] for b in budgets.values()} == {245 * 32 * 2048}
     later = {c.name: [s.model_dump() for s in c.recipe.stages[2:]] for c in g.cells}
     assert all(v == later["tokens_1=6M"] for v in later.values())  # stages 3a and 3b identical in every cell
+
+
+def test_the_shipped_batch_sweep_compares_batch_16_at_equal_time_and_at_equal_tokens():
+    """batch-smollm2-lease (issue 25): the base's 245 steps of 32 x 2048; batch 16 on 0.8 x the tokens (its measured
+    speed: about the base's time) and on the same tokens; one equal-time cell at the square-root-scaled lr. Stages 1-2
+    shared; nothing else of stage 3a moves."""
+    from gendistill.ablate.grid import stage_budget
+    from gendistill.ablate.runner import describe_plan, plan_grid
+
+    g = load_grid("batch-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    assert len({tuple(c["nodes"][i]["id"] for i in (0, 1)) for c in plan["cells"]}) == 1
+    assert plan["distinct_nodes"] == 2 + 4 + 4 and plan["distinct_evals"] == 4
+    cells = {c.name: c.recipe.stages[2] for c in g.cells}
+    steps = {n: (s.batch_size, s.micro_batch_size, s.total_steps(), s.optim.lr) for n, s in cells.items()}
+    assert steps == {"batch_3a=32": (32, 32, 245, 5e-4), "batch_3a=16-time": (16, 16, 392, 5e-4),
+                     "batch_3a=16-tokens": (16, 16, 490, 5e-4), "batch_3a=16-time-lr3.5e-4": (16, 16, 392, 3.5e-4)}
+    budgets = {c.name: stage_budget(c.recipe)["stage3a"] for c in g.cells}
+    assert budgets["batch_3a=16-tokens"] == budgets["batch_3a=32"] == 245 * 32 * 2048
+    assert budgets["batch_3a=16-time"] == 392 * 16 * 2048 and abs(budgets["batch_3a=16-time"] / budgets["batch_3a=32"] - 0.8) < 1e-3
+    base = cells["batch_3a=32"]
+    moved = {"batch_size", "micro_batch_size", "tokens", "eval_every", "optim"}
+    for name, s in cells.items():
+        assert s.model_dump(exclude=moved) == base.model_dump(exclude=moved), name
+        assert s.optim.model_dump(exclude={"lr"}) == base.optim.model_dump(exclude={"lr"}), name
