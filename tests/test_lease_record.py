@@ -95,7 +95,8 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
     assert not outside.exists()
 
 
-def _grid_bundle(tmp_path: Path, *, extra: str | None = None) -> Path:
+def _grid_bundle(tmp_path: Path, *, extra: str | None = None, smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n",
+                 timeout: str = "1180 s") -> Path:
     """What ``device_sweep.sh collect`` returns: the device's report.json (two cells sharing a stage-3a run's
     ancestors; the second cut by the job's timeout), summary.txt, and sweep_results.tgz with res/ and the stage runs."""
     bundle = tmp_path / "collected"
@@ -133,10 +134,11 @@ def _grid_bundle(tmp_path: Path, *, extra: str | None = None) -> Path:
     report = {"meta": {"grid": "/work/main/src/gendistill/recipes/g.yaml", "teacher": "/tmp/job/teacher/t.gguf"},
               "axes": [{"axis": "batch", "variants": ["32", "16"]}], "cells": cells, "evaluated": 1, "total": 2}
     (bundle / "report.json").write_text(json.dumps(report))
-    (bundle / "summary.txt").write_text("NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\nb6419b3\n")
     steps = ("device: NVIDIA H100 80GB HBM3 | torch 2.11.0+cu130 | triton 3.6.0 | fla 0.6.0\n"
-             "18:51:10 ablate start (timeout 1180 s) \n19:10:50 ablate rc=124\n")
+             f"18:51:10 ablate start (timeout {timeout}) \n19:10:50 ablate rc=124\n")
     members = {"./res/steps.txt": steps, "./res/commit.txt": "b6419b3\n"}
+    if smi is not None:
+        members["./res/nvidia-smi.txt"] = smi
     for name, recs in runs.items():
         members[f"./runs/g/stages/{name}/metrics.jsonl"] = "".join(
             (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs)
@@ -169,6 +171,9 @@ def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
     assert [(p["tokens"], p["eval_kl"], p["seconds"]) for p in small["stage3a"]] == [(0, 3.0, 0.0), (100, 0.7, 2.0)]
     assert [p["tokens"] for p in rec["cells"][0]["curves"]["stage3a"]] == [0, 200]
     assert absolute_paths(rec) == set() and rec["meta"]["teacher"] == "t.gguf"
+    # no nvidia-smi line: no card (never the next line of a summary); a timeout given as timeout(1) takes it
+    other = TOOL["grid_record"](_grid_bundle(tmp_path / "o", smi=None, timeout="20m"), [], None, "2026-12-05")
+    assert (other["lease"]["card"], other["lease"]["job_timeout_s"]) == (None, "20m")
 
 
 def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_archive(tmp_path, monkeypatch, capsys):

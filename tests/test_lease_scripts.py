@@ -4,6 +4,7 @@ parses with its program's own parser (tools/lease_check.py) — and the checker 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -92,11 +93,12 @@ def test_the_step_check_says_how_far_it_got_when_its_time_runs_out(tmp_path):
     out = _step_check(tmp_path, 'echo "t.py::test_a[stage3a] PASSED"\necho "t.py::test_a[stage2] FAILED"\n'
                                 'echo "Triton autotuning for function k, with key as (1,), finished after 1s"\n'
                                 "sleep 30\n", timeout_s=1)
-    assert out.strip().splitlines() == [
-        "trainer step check (tests/gpu, reference step): TIMED OUT after 1 s, no verdict: 1 passed, 1 failed of 4 "
-        f"before the cut; 1 kernels autotuned (log: {tmp_path / 'step.log'})"]
+    lines = out.strip().splitlines()
+    assert lines[0] == ("trainer step check (tests/gpu, reference step): TIMED OUT after 1 s, no verdict: 1 passed, "
+                        f"1 failed before the cut; 1 kernels autotuned (log: {tmp_path / 'step.log'})")
+    assert len(lines) == 2 and re.fullmatch(r"trainer step check ended at \d\d:\d\d:\d\d UTC", lines[1])
     out = _step_check(tmp_path, 'echo "t.py::test_a PASSED"\necho "==== 4 passed in 61.00s ===="\n', timeout_s=30)
-    assert out.strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
+    assert out.strip().splitlines()[0] == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
 
 
 def test_the_step_check_runs_beside_the_job_and_leaves_its_line_in_a_file(tmp_path):
@@ -111,7 +113,8 @@ def test_the_step_check_runs_beside_the_job_and_leaves_its_line_in_a_file(tmp_pa
     assert time.monotonic() - t0 < 3.0  # the set-up does not wait for it (the check takes 4 s)
     assert out.strip() == f"trainer step check (tests/gpu, reference step): running in the background, its line in {line_file}"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "passed" not in (line_file.read_text() if line_file.exists() else ""):
+    while time.monotonic() < deadline and "ended at" not in (line_file.read_text() if line_file.exists() else ""):
         time.sleep(0.2)
-    assert line_file.read_text().strip() == "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
+    assert line_file.read_text().splitlines()[0] == \
+        "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
     assert "4 passed" in (tmp_path / "step_check.log").read_text()  # its log beside the line, collected with it

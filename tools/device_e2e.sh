@@ -34,7 +34,7 @@ OUT=${OUT:-$JOB/out}
 collect() {  # what the job has written so far, into $OUT (what a call brings back)
   mkdir -p "$OUT"
   cp "$JOB/e2e.log" "$JOB/warm.log" "$JOB/train_throughput_smollm2-135m.json" "$OUT/" 2>/dev/null
-  cp "$JOB/step_check.txt" "$JOB/step_check.log" "$JOB/run/" 2>/dev/null  # into the bundle: the step check's verdict
+  mkdir -p "$JOB/run" && cp "$JOB/step_check.txt" "$JOB/step_check.log" "$JOB/run/" 2>/dev/null  # into the bundle
   tar -C "$JOB" -czf "$OUT/fla_configs.tgz" fla_configs 2>/dev/null
   for f in summary.json summary.md budget_curve.png; do cp "$JOB/run/$f" "$OUT/" 2>/dev/null; done
   # the students' weights stay on the machine; their model cards (the figures a user reads first) come back

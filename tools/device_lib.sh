@@ -64,17 +64,20 @@ lease_step_check() {
   rc=$?
   if [ "$rc" = 124 ]; then
     echo "trainer step check (tests/gpu, reference step): TIMED OUT after $limit s, no verdict:" \
-      "$(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed of 4 before the cut;" \
+      "$(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed before the cut;" \
       "$(grep -c '^Triton autotuning for function' "$log") kernels autotuned (log: $log)"
   else
     echo "trainer step check (tests/gpu, reference step): $(tail -n 1 "$log")"
   fi
+  echo "trainer step check ended at $(date -u +%H:%M:%S) UTC"  # a job beside it shared the GPU until then
 }
 
 lease_step_check_background() {
   # The step check beside the job instead of before it: on a fresh H100 it ran past 240 s without a verdict while the
-  # lease waited (2026-12-05). Its small test models cost the job little GPU time; the lease reads the verdict in
-  # FILE (a failure: the job's student was trained on a fast path that differs from the reference; stop and fix).
+  # lease waited (2026-12-05). Its small test models cost the job little GPU time, but until it ends (its last line
+  # says when) the job's first stage runs share the card: their tokens/s, and any kernel either process autotunes
+  # then, are measured under that load. The lease reads the verdict in FILE (a failure: the job's student was
+  # trained on a fast path that differs from the reference; stop and fix).
   echo "trainer step check (tests/gpu, reference step): running in the background, its line in $1"
   STEP_CHECK_TIMEOUT=${STEP_CHECK_TIMEOUT:-600} STEP_CHECK_LOG="${1%.txt}.log" \
     setsid nohup bash -c '. tools/device_lib.sh && lease_step_check' > "$1" 2>&1 < /dev/null &

@@ -17,8 +17,8 @@ card, its memory and driver, the commit, versions, the device calls, the session
 seconds, the first step's seconds, the median tokens/s and the trainer's own held-out KL / top-1 at its end. Every
 absolute path is cut to its last part (committed JSON carries no machine paths); the file is written atomically.
 
-A grid lease (``device_sweep.sh collect``: ``report.json``, ``summary.txt`` and ``sweep_results.tgz`` with the job's
-``res/`` and every stage run's ``metrics.jsonl``) becomes the grid's report as the device wrote it, each cell given
+A grid lease (``device_sweep.sh collect``: ``report.json`` and ``sweep_results.tgz`` with the job's ``res/`` (the
+card as nvidia-smi named it, the commit, the steps) and every stage run's ``metrics.jsonl``) becomes the grid's report as the device wrote it, each cell given
 its held-out curves (:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report
 written by an older commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the
 device seconds, the job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s,
@@ -156,8 +156,9 @@ def _job_facts(steps_txt: str) -> dict[str, Any]:
     for line in steps_txt.splitlines():
         if line.startswith("device: "):
             facts["versions"] = line.split("|", 1)[1].strip() if "|" in line else None
-        elif "ablate start (timeout " in line:
-            facts["job_timeout_s"] = int(line.split("(timeout ", 1)[1].split(" s)")[0])
+        elif "ablate start (timeout " in line:  # as JOB_TIMEOUT was given: seconds, or timeout's own "20m"
+            given = line.split("(timeout ", 1)[1].split(")")[0].strip().removesuffix(" s")
+            facts["job_timeout_s"] = int(given) if given.isdigit() else given
         elif " ablate rc=" in line:
             facts["job_exit"] = int(line.rsplit("rc=", 1)[1])
     return facts
@@ -169,9 +170,8 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
     ``lease`` key."""
     try:
         rep = json.loads((bundle / "report.json").read_text())
-        card_line = (bundle / "summary.txt").read_text().splitlines()[0]
-    except (OSError, ValueError, IndexError) as e:
-        raise SystemExit(f"error: {bundle}: no readable report.json and summary.txt ({e})") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {bundle}: no readable report.json ({e})") from None
     with tempfile.TemporaryDirectory() as tmp:
         job = unpack_bundle(bundle, Path(tmp), GRID_ARCHIVE, "res/steps.txt")
         stage_dirs = [d for d in (job / "runs").glob("*/stages")]
@@ -189,6 +189,8 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
         timeline = _node_timeline(stages)
+        smi = job / "res" / "nvidia-smi.txt"  # nvidia-smi's CSV line: name, memory, driver
+        card_line = smi.read_text().strip().splitlines()[0] if smi.is_file() and smi.read_text().strip() else ""
     cut = []
     for c in rep["cells"]:
         for st, m in (c.get("metrics") or {}).items():
@@ -196,15 +198,15 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             if at is not None:
                 cut.append(f"{c['cell']}: {st} stopped after {m.get('steps')} steps; its last held-out evaluation at "
                            f"step {m.get('eval_step_last')} ({at:,} of {c['tokens'][st]:,} tokens)")
-    card = [part.strip() for part in card_line.split(",")]
+    card = [part.strip() for part in card_line.split(",")] if "," in card_line else [None]
     rep["lease"] = {
         "card": card[0], "card_memory": card[1] if len(card) > 1 else None,
         "driver": card[2] if len(card) > 2 else None, "commit": commit, "versions": facts["versions"], "date": day,
         "calls": calls, "device_seconds_session": device_seconds, "job_timeout_s": facts["job_timeout_s"],
         "job_exit": facts["job_exit"], "cut": cut, "node_timeline": timeline,
         **({"notes": notes} if notes else {}),
-        "source": "tools/lease_record.py: the collected report.json, summary.txt and sweep_results.tgz (res/, the "
-                  "stage runs' metrics.jsonl)",
+        "source": "tools/lease_record.py: the collected report.json and sweep_results.tgz (res/, the stage runs' "
+                  "metrics.jsonl)",
     }
     return portable_paths(rep)
 

@@ -201,8 +201,8 @@ MUTANTS: list[Mutant] = [
            "fla reads the shipped kernel configurations in fuzzy mode: a configuration tuned for one head dimension "
            "is handed to another, where it may not fit (OutOfResources on an H100, float32, head dimension 128)"),
     Mutant("heldout_curve_seconds_from_start", "src/gendistill/ablate/heldout_curves.py",
-           '        if "loss" in r and r.get("step") == 1 and r.get("time") is not None:',
-           '        if "eval_loss" in r and r.get("step") == 0 and r.get("time") is not None:',
+           '        if "loss" in r and isinstance(step, int) and step >= 1 and t is not None and "stage" in r:',
+           '        if "eval_loss" in r and isinstance(step, int) and step >= 0 and t is not None and "stage" in r:',
            ("tests/ablate/test_heldout_curves.py",),
            "the held-out curves count training time from the evaluation before training, so the first step's "
            "compiling (minutes on a fresh card) is charged to every variant's time axis"),

@@ -38,10 +38,19 @@ def test_points_count_tokens_and_seconds_after_the_first_step_per_stage():
     # step 1's record is written at 540 s: its 40 s (compiling) are not counted; each later step 3 s
     assert [p["seconds"] for p in a] == [0.0, 6.0, 12.0]
     assert curves["stage2"][1]["eval_kl"] == 0.9 and curves["stage2"][1]["eval_top1"] is None
-    # no training row of step 1 (e.g. a stage resumed past it): no seconds, the points kept
-    late = [r for r in _records("stage3a", 100, [(0.5, 0.6)]) if r.get("step") != 1]
-    assert [p["seconds"] for p in stage_curves(late)["stage3a"]] == [None, None]
-    assert stage_curves([r for r in late if "eval_loss" not in r]) == {}
+    # logged every other step (log_every 2): time counts from the first logged step, 2
+    sparse = [r for r in _records("stage3a", 100, [(0.5, 0.6), (0.3, 0.7)], t_start=0.0, first_step_s=40.0,
+                                  step_s=3.0) if "loss" not in r or r["step"] % 2 == 0]
+    assert [p["seconds"] for p in stage_curves(sparse)["stage3a"]] == [0.0, 3.0, 9.0]
+    # resumed after step 2 in a second process that appended: step 2's evaluation again, 100 s later; the last kept
+    resumed = _records("stage3a", 100, [(0.5, 0.6)], t_start=0.0, first_step_s=40.0, step_s=3.0)
+    resumed.append({**resumed[-1], "time": resumed[-1]["time"] + 100.0, "eval_kl": 0.49})
+    pts = stage_curves(resumed)["stage3a"]
+    assert [(p["step"], p["eval_kl"], p["seconds"]) for p in pts] == [(0, 3.0, 0.0), (2, 0.49, 106.0)]
+    # no training row at all: no seconds, the points kept
+    evals_only = [r for r in _records("stage3a", 100, [(0.5, 0.6)]) if "loss" not in r]
+    assert [p["seconds"] for p in stage_curves(evals_only)["stage3a"]] == [None, None]
+    assert stage_curves([r for r in evals_only if "eval_loss" not in r]) == {}
 
 
 def _cell(name, axis, variant, curve_records):

@@ -255,3 +255,33 @@ def test_between_two_tuned_buckets_each_bucket_takes_the_nearer_in_ratio(tmp_pat
     # nearer in ratio: 5 is 2.5x from 2 and 3.2x from 16; 6 is 3x from 2 and 2.7x from 16
     assert [nb for nb, c in chosen.items() if c is small] == [1, 2, 3, 4, 5]
     assert all(chosen[nb] is large for nb in range(6, 33))
+
+
+def test_a_dump_after_seeding_holds_what_was_tuned_not_the_seeded_buckets(tmp_path, monkeypatch):
+    """``dump_autotuned`` writes what this process's autotuners chose (for shipping to a new card); the row buckets
+    seeded from another card's files were never tuned here and stay out of it."""
+    tuner = _tuner("fla.modules.norm.l2norm", "l2norm_fwd_kernel")
+    monkeypatch.setattr(tuner, "cache", {})
+    tuned_key = (64, 7, "torch.bfloat16", "torch.bfloat16", "torch.float32")
+    tuner.cache[tuned_key] = tuner.configs[3]  # autotuned in this process
+    shipped = tmp_path / "shipped"
+    fla_configs.write_config_files([("l2norm_fwd_kernel", (64, 2, "torch.bfloat16", "torch.bfloat16",
+                                                           "torch.float32"), fla_configs._config_dict(tuner.configs[0]))],
+                                   shipped, triton.__version__)
+    assert fla_configs.seed_row_buckets(shipped, buckets=16) == 15  # every bucket but the autotuned one
+    monkeypatch.setattr(fla_configs, "_autotuners", lambda: [tuner])
+    fla_configs.dump_autotuned(tmp_path / "dumped")
+    dumped = json.loads((tmp_path / "dumped" / "l2norm_fwd_kernel.json").read_text())["autotune_entries"]
+    assert [tuple(e["autotune_key"]) for e in dumped.values()] == [tuned_key]
+
+
+def test_seeding_reads_fla_config_dir_only_while_fla_does(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLA_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("FLA_CACHE_MODE", raising=False)
+    monkeypatch.delenv("GENDISTILL_FLA_CONFIGS", raising=False)
+    assert fla_configs._seed_folder(None) is None  # unset: fla ignores the folder, so does seeding
+    assert fla_configs._seed_folder("explicit") == "explicit"
+    monkeypatch.setenv("FLA_CACHE_MODE", "strict")
+    assert fla_configs._seed_folder(None) == str(tmp_path)
+    monkeypatch.setenv("FLA_CACHE_MODE", "disabled")
+    assert fla_configs._seed_folder(None) is None and fla_configs._seed_folder("explicit") is None

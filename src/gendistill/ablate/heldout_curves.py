@@ -6,9 +6,10 @@ short by a timeout ends at fewer tokens than the others, and two schedules can e
 Here each stage's evaluations are kept as points ``{step, tokens, seconds, eval_kl, eval_top1, eval_loss}``:
 
 * ``tokens``: the tokens the stage had trained at that evaluation (steps x batch x seq_len, as the trainer counts);
-* ``seconds``: wall time since the stage's first optimizer step ended (its record's time), so the first step's
-  compiling and autotuning are left out and the held-out evaluations in between are counted; 0 for the evaluation
-  before training. A stage resumed in another process counts the pause between the two;
+* ``seconds``: wall time since the stage's first logged optimizer step ended (its record's time: step 1 with the
+  default ``log_every``), so the first step's compiling and autotuning are left out and the held-out evaluations in
+  between are counted; 0 for the evaluation before training. A stage resumed in another process counts the pause
+  between the two, and an evaluation repeated after a resume (``metrics.jsonl`` is appended to) keeps its last record;
 * ``eval_kl`` / ``eval_top1`` / ``eval_loss``: as the trainer recorded them (None where it did not).
 
 :func:`curve_markdown` tabulates stage 3a's curves per axis (one row per evaluation point, one column per variant);
@@ -31,21 +32,22 @@ def stage_curves(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     """Per stage (in the records' order), its held-out evaluations as points, in step order. ``records``: the stage
     runs' ``metrics.jsonl`` rows, each carrying ``stage``, ``step``, ``tokens`` and ``time``; training rows carry
     ``loss``, evaluation rows ``eval_loss``. A stage without evaluations is left out."""
-    first_step_end: dict[str, float] = {}
+    first_step: dict[str, tuple[int, float]] = {}  # stage -> (step, time) of its first logged training row
     for r in records:
-        if "loss" in r and r.get("step") == 1 and r.get("time") is not None:
-            first_step_end.setdefault(r["stage"], r["time"])
-    out: dict[str, list[dict[str, Any]]] = {}
+        step, t = r.get("step"), r.get("time")
+        if "loss" in r and isinstance(step, int) and step >= 1 and t is not None and "stage" in r:
+            if r["stage"] not in first_step or step < first_step[r["stage"]][0]:
+                first_step[r["stage"]] = (step, t)
+    out: dict[str, dict[Any, dict[str, Any]]] = {}
     for r in records:
         if "eval_loss" not in r or "stage" not in r:
             continue
-        t0, t = first_step_end.get(r["stage"]), r.get("time")
+        t0, t = first_step.get(r["stage"], (None, None))[1], r.get("time")
         seconds = None if t0 is None or t is None else round(max(0.0, t - t0), 1)
-        out.setdefault(r["stage"], []).append({"step": r.get("step"), "tokens": r.get("tokens"), "seconds": seconds,
-                                               **{k: r.get(k) for k in POINT_KEYS}})
-    for pts in out.values():
-        pts.sort(key=lambda p: p["step"] if p["step"] is not None else -1)
-    return out
+        out.setdefault(r["stage"], {})[r.get("step")] = {"step": r.get("step"), "tokens": r.get("tokens"),
+                                                         "seconds": seconds, **{k: r.get(k) for k in POINT_KEYS}}
+    return {stage: sorted(pts.values(), key=lambda p: p["step"] if p["step"] is not None else -1)
+            for stage, pts in out.items()}
 
 
 def axis_curves(rep: dict[str, Any], axis: str, stage: str = CURVE_STAGE) -> dict[str, list[dict[str, Any]]]:

@@ -227,10 +227,12 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
 
 def dump_autotuned(out_dir: str | Path) -> dict[str, int]:
     """Write ``<kernel>.json`` for every fla kernel autotuned in this process into ``out_dir``, merging with files
-    already there. Returns ``{kernel: number of keys}``."""
+    already there; the row buckets :func:`seed_row_buckets` filled in (never tuned anywhere) are left out. Returns
+    ``{kernel: number of keys}``."""
     import triton  # noqa: PLC0415  (GPU only)
 
-    entries = [(_kernel_name(t), tuple(key), _config_dict(cfg)) for t in _autotuners() for key, cfg in t.cache.items()]
+    entries = [(_kernel_name(t), tuple(key), _config_dict(cfg)) for t in _autotuners() for key, cfg in t.cache.items()
+               if not _was_seeded(t, key, cfg)]
     return write_config_files(entries, out_dir, triton.__version__)
 
 
@@ -304,6 +306,18 @@ def _entries(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _seed_folder(folder: str | Path | None) -> str | Path | None:
+    """Where seeding reads configurations: ``folder`` when given, else ``$FLA_CONFIG_DIR`` while fla reads it too
+    (``FLA_CACHE_MODE`` set and not ``disabled``: unset, fla ignores the folder); None when gendistill's configurations
+    are off (``GENDISTILL_FLA_CONFIGS=0``) or ``FLA_CACHE_MODE=disabled``."""
+    mode = os.environ.get("FLA_CACHE_MODE")
+    if _mode() == "0" or mode == "disabled":
+        return None
+    if folder is not None:
+        return folder
+    return os.environ.get("FLA_CONFIG_DIR") if mode else None
+
+
 def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     """Hand the configurations in ``folder`` (default: ``$FLA_CONFIG_DIR``, which :func:`activate` sets) to the fla
     kernels of :data:`PLAIN_AUTOTUNED_MODULES` (the gated RMSNorm's), whose plain Triton autotuner does not read fla's
@@ -311,11 +325,8 @@ def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     configuration, so a launch with exactly that key is not benchmarked (3-5 s a kernel on a fresh H200). A key not
     shipped (another number of rows: the key holds ``NB``) is autotuned as before; so is a kernel with a pruning hook
     or a shipped configuration that is not one of its candidates. Call after fla's kernel modules are imported.
-    Returns the number of keys handed over (0 with ``GENDISTILL_FLA_CONFIGS=0``, ``FLA_CACHE_MODE=disabled`` or no
-    folder)."""
-    if _mode() == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
-        return 0
-    folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
+    Returns the number of keys handed over (0 when :func:`_seed_folder` finds none)."""
+    folder = _seed_folder(folder)
     if not folder:
         return 0
     seeded = 0
@@ -345,6 +356,15 @@ ROW_BUCKET_KERNELS = {
 #: the buckets seeded: 1 to 1,024, launches of up to 67M rows (a Qwen3-0.6B batch of 4.2M tokens, 16 heads)
 ROW_BUCKETS = 1024
 
+#: what :func:`seed_row_buckets` put into each autotuner's cache (``id(tuner) -> {key: config}``; autotuners live as
+#: long as their fla module)
+_SEEDED: dict[int, dict[tuple, Any]] = {}
+
+
+def _was_seeded(tuner: Any, key: tuple, config: Any) -> bool:
+    """Whether ``tuner``'s cached ``config`` for ``key`` is one :func:`seed_row_buckets` put there."""
+    return _SEEDED.get(id(tuner), {}).get(tuple(key)) is config
+
 
 def _reads_bucket(tuner: Any) -> bool:
     """Whether the kernel's body (its statements, not its signature) names ``NB``: then one bucket's configuration
@@ -366,11 +386,10 @@ def seed_row_buckets(folder: str | Path | None = None, buckets: int = ROW_BUCKET
     tie), as the autotuner's own candidate, in its in-process cache. A key already there (autotuned, or shipped
     exactly) is kept. The key's other fields (the feature dimension, flags, dtypes) never change, so a configuration
     is only ever reused at the dimension and dtypes it was tuned for; ``NB`` changes only how many programs launch.
-    Returns the number of keys added (0 with ``GENDISTILL_FLA_CONFIGS=0``, ``FLA_CACHE_MODE=disabled`` or no folder).
-    Call after fla's kernel modules are imported, after :func:`seed_plain_autotuners`."""
-    if _mode() == "0" or os.environ.get("FLA_CACHE_MODE") == "disabled":
-        return 0
-    folder = folder if folder is not None else os.environ.get("FLA_CONFIG_DIR")
+    Returns the number of keys added (0 when :func:`_seed_folder` finds none). The keys it adds are remembered, so
+    :func:`dump_autotuned` does not write them out as tuned. Call after fla's kernel modules are imported, after
+    :func:`seed_plain_autotuners`."""
+    folder = _seed_folder(folder)
     if not folder:
         return 0
     added = 0
@@ -392,5 +411,6 @@ def seed_row_buckets(folder: str | Path | None = None, buckets: int = ROW_BUCKET
                 key = rest[:at] + (nb,) + rest[at:]
                 if key not in tuner.cache:
                     tuner.cache[key] = min(choices, key=lambda c: (abs(math.log(c[0] / nb)), c[0]))[1]
+                    _SEEDED.setdefault(id(tuner), {})[key] = tuner.cache[key]
                     added += 1
     return added
