@@ -226,6 +226,24 @@ def test_the_norms_row_buckets_take_the_nearest_tuned_buckets_configuration(monk
     assert fwd.best_config is fwd.cache[(64, 3, "torch.bfloat16", "torch.bfloat16", "torch.float32")]
     assert launched and launched[0]["num_warps"] == fwd.best_config.num_warps
 
+    # the gated norm, launched through its triton.heuristics wrapper, at a bucket never tuned (the shipped D=128
+    # keys hold buckets 4 and 8; 5 is nearer 4)
+    gate = tuners["layer_norm_gated_fwd_kernel"]
+    launched.clear()
+    monkeypatch.setattr(gate, "fn", types.SimpleNamespace(run=lambda *a, **kw: launched.append(kw), src=gate.fn.src))
+    monkeypatch.setattr(gate, "_bench", lambda *a, **kw: pytest.fail("benchmarked a seeded bucket"))
+    norm = sys.modules["fla.modules.norm.fused_norm_gate"]
+    T, D = 5 * 65536 - 3, 128
+    norm.layer_norm_gated_fwd_kernel.run(
+        grid=lambda m: (1,), warmup=False, x=meta(T, D), g=meta(T, D), y=meta(T, D), w=meta(D, dt=torch.float32),
+        b=None, residual=None, residual_out=None, mean=None, rstd=meta(T, dt=torch.float32), eps=1e-6, T=T, D=D,
+        BD=D, NB=5, ACTIVATION="swish", IS_RMS_NORM=True)
+    key5 = next(k for k in gate.cache if k[:2] == (128, 5) and gate.cache[k] is gate.best_config)
+    key4 = key5[:1] + (4,) + key5[2:]
+    assert launched and key4 in {tuple(e["autotune_key"]) for e in json.loads(
+        (folder / "layer_norm_gated_fwd_kernel.json").read_text())["autotune_entries"].values()}
+    assert gate.best_config is gate.cache[key5] and launched[0]["num_warps"] == gate.cache[key5].num_warps
+
 
 def test_a_kernel_that_computes_with_its_bucket_is_never_seeded():
     """Seeding another bucket's configuration is safe only while the kernel's body does not read ``NB``: checked on
