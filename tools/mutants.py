@@ -216,7 +216,7 @@ MUTANTS: list[Mutant] = [
            "                if True:\n                    tuner.cache[key] = min(",
            ("tests/model/test_fla_configs.py",),
            "seeding replaces keys already cached: what this process autotuned, or a shipped exact key"),
-    Mutant("packed_batch_one_sequence", "src/gendistill/ops/kda/__init__.py",
+    Mutant("packed_batch_one_sequence", "src/gendistill/ops/varlen.py",
            "        host = torch.arange(0, rows * length + 1, length, dtype=torch.int32)",
            "        host = torch.tensor([0, rows * length], dtype=torch.int32)",
            ("tests/model/test_fla_call_sites.py", "-k", "packs_a_batch or padded_batch"),

@@ -541,26 +541,38 @@ def test_kda_padded_batch_takes_the_unfused_fla_call(monkeypatch):
     assert diff < TOL
 
 
-@pytest.mark.parametrize("B, T, with_states", [(3, 150, True), (3, 150, False), (1, 70, True), (4, 5, False)])
-def test_kda_chunk_packs_a_batch_into_one_row_for_fla(monkeypatch, B, T, with_states):
-    """kda_chunk on fla: B rows without bounds run as one packed row with int32 bounds every T tokens, on the device
-    and on the host (fla's cumulative sums compile the batch in and key their configurations on it; training's
-    bounds are int32), each row from its own state. Same output and final states as the PyTorch path, with rows of
-    whole and partial chunks; without initial states a bound in the wrong place shows in the values."""
+def _chunk_op(op: str, B: int, T: int, with_states: bool):
+    """``(call, fla function name)`` of one chunked operator on a padded batch of fresh inputs: KDA, Gated DeltaNet,
+    GLA (per-channel decay) and simple GLA (per-head decay: Mamba2's)."""
+    from gendistill.ops.gated_delta_rule import gdn_chunk
+    from gendistill.ops.gla import gla_chunk
     from gendistill.ops.kda import kda_chunk
 
     g_ = torch.Generator().manual_seed(B * T)
     q, k = (torch.nn.functional.normalize(torch.randn(B, T, 2, 16, generator=g_), dim=-1) for _ in range(2))
     v = torch.randn(B, T, 2, 16, generator=g_)
-    g = -0.1 * torch.rand(B, T, 2, 16, generator=g_)
+    g_channel = -0.1 * torch.rand(B, T, 2, 16, generator=g_)
+    g_head = -0.1 * torch.rand(B, T, 2, generator=g_)
     beta = torch.rand(B, T, 2, generator=g_)
     h0 = torch.randn(B, 2, 16, 16, generator=g_) if with_states else None
+    kw = dict(initial_state=h0, output_final_state=True)
+    return {"kda": (lambda: kda_chunk(q, k, v, g_channel, beta, **kw), "chunk_kda"),
+            "gdn": (lambda: gdn_chunk(q, k, v, g_head, beta, **kw), "chunk_gated_delta_rule"),
+            "gla": (lambda: gla_chunk(q, k, v, g_channel, **kw), "chunk_gla"),
+            "simple_gla": (lambda: gla_chunk(q, k, v, g_head, **kw), "chunk_simple_gla")}[op]
 
-    def run():
-        return kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True)
 
+@pytest.mark.parametrize("op", ["kda", "gdn", "gla", "simple_gla"])
+@pytest.mark.parametrize("B, T, with_states", [(3, 150, True), (3, 150, False), (1, 70, True), (4, 5, False)])
+def test_a_chunked_op_packs_a_batch_into_one_row_for_fla(monkeypatch, op, B, T, with_states):
+    """Every chunked operator on fla (KDA, Gated DeltaNet, GLA, Mamba2's simple GLA): B rows without bounds run as one
+    packed row with int32 bounds every T tokens, on the device and on the host (fla's cumulative sums compile the
+    batch in and key their configurations on it; training's bounds are int32), each row from its own state. Same
+    output and final states as the PyTorch path, with rows of whole and partial chunks; without initial states a
+    bound in the wrong place shows in the values."""
+    run, name = _chunk_op(op, B, T, with_states)
     diff, spy = compare_paths(monkeypatch, run)
-    a = spy.calls["chunk_kda"][0]
+    a = spy.calls[name][0]
     assert tuple(a["q"].shape[:2]) == (1, B * T)
     assert a["cu_seqlens"].tolist() == list(range(0, B * T + 1, T)) and a["cu_seqlens"].dtype == torch.int32
     assert a["cu_seqlens_cpu"].device.type == "cpu" and a["cu_seqlens_cpu"].tolist() == a["cu_seqlens"].tolist()

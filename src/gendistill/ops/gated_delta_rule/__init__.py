@@ -16,6 +16,7 @@ from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda
 from gendistill.ops.kda.gate import kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda
+from gendistill.ops.varlen import call_as_one_row
 
 __all__ = ["gdn_chunk", "gdn_recurrent", "gdn_gate", "torch_chunk_gdn", "torch_recurrent_gdn"]
 
@@ -49,14 +50,15 @@ def torch_recurrent_gdn(q, k, v, g, beta, scale=None, initial_state=None, output
 
 def gdn_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
               use_qk_l2norm_in_kernel: bool = False):
-    """Prefill / training: fla ``chunk_gated_delta_rule`` on CUDA, :func:`torch_chunk_gdn` elsewhere.
+    """Prefill / training: fla ``chunk_gated_delta_rule`` on CUDA (a padded batch as one packed row:
+    :func:`gendistill.ops.varlen.call_as_one_row`), :func:`torch_chunk_gdn` elsewhere.
     ``use_qk_l2norm_in_kernel``: q, k are raw and get L2-normalised here (inside fla's kernel on CUDA)."""
     if use_fla(q):
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: PLC0415  (GPU kernels: CUDA only)
 
-        return chunk_gated_delta_rule(q, k, v, g.float(), beta.to(q.dtype), scale=scale, initial_state=initial_state,
-                                      output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+        return call_as_one_row(chunk_gated_delta_rule, (q, k, v, g.float(), beta.to(q.dtype)), scale=scale,
+                               initial_state=initial_state, output_final_state=output_final_state,
+                               cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
     q, k = _maybe_l2norm(q, k, use_qk_l2norm_in_kernel)
     return torch_chunk_gdn(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)

@@ -16,21 +16,23 @@ import torch
 from gendistill.ops.gla.chunk import chunk_gla as torch_chunk_gla
 from gendistill.ops.gla.recurrent import recurrent_gla as torch_recurrent_gla
 from gendistill.ops.backend import use_fla
+from gendistill.ops.varlen import call_as_one_row
 
 __all__ = ["gla_chunk", "gla_recurrent", "torch_chunk_gla", "torch_recurrent_gla"]
 
 
 def gla_chunk(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """Prefill / training path: fla's chunked kernels on CUDA, :func:`torch_chunk_gla` elsewhere."""
+    """Prefill / training path: fla's chunked kernels on CUDA (a padded batch as one packed row:
+    :func:`gendistill.ops.varlen.call_as_one_row`), :func:`torch_chunk_gla` elsewhere."""
     if use_fla(q):
         kw = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         if g.dim() == 3:
             from fla.ops.simple_gla import chunk_simple_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
-            return chunk_simple_gla(q, k, v, g=g.float(), **kw)
+            return call_as_one_row(chunk_simple_gla, (q, k, v, g.float()), **kw)
         from fla.ops.gla import chunk_gla  # noqa: PLC0415  (GPU kernels: CUDA only)
 
-        return chunk_gla(q, k, v, g.float(), **kw)
+        return call_as_one_row(chunk_gla, (q, k, v, g.float()), **kw)
     return torch_chunk_gla(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                            cu_seqlens=cu_seqlens)
 

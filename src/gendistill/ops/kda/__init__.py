@@ -5,59 +5,28 @@ state ``[N, H, K, V]`` float32."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from gendistill.ops.backend import use_fla
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk_kda
 from gendistill.ops.kda.gate import bounded_gate_init, kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda as torch_recurrent_kda
+from gendistill.ops.varlen import call_as_one_row
 
 __all__ = ["kda_chunk", "kda_recurrent", "kda_from_projections", "kda_gate", "bounded_gate_init", "l2norm"]
 
 
 def kda_chunk(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """Prefill / training path: fla ``chunk_kda`` on CUDA, :func:`torch_chunk_kda` elsewhere.
-
-    On fla, ``B`` rows of ``T`` tokens without ``cu_seqlens`` (a padded batch: an evaluation's prefill) run as one
-    packed sequence of ``B * T`` tokens with a bound every ``T`` (:func:`_row_bounds`): the same function, each row
-    from its own initial state. fla's cumulative-sum kernels put the batch into their autotuning key and compile it
-    in as a constant, so batches of many sizes would each compile (and, under gendistill's exact-key kernel
-    configurations, autotune) new variants; packed, every batch has the keys of a packed training row. A CUDA-graph
-    capture takes the batched call (copying new bounds to the device is not capturable), so a capture of this path
-    must be warmed up under capture conditions too; no gendistill caller captures it."""
+    """Prefill / training path: fla ``chunk_kda`` on CUDA, :func:`torch_chunk_kda` elsewhere. On fla a padded batch
+    (no ``cu_seqlens``) runs as one packed row with a bound every row (:func:`gendistill.ops.varlen.call_as_one_row`):
+    every batch then has the kernel keys of a packed training row."""
     if use_fla(q):
         from fla.ops.kda import chunk_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
 
-        B, T = q.shape[:2]
-        if cu_seqlens is None and T > 0 and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
-            host, dev = _row_bounds(B, T, q.device)
-            o, state = chunk_kda(*(_as_one_packed_row(x) for x in (q, k, v, g.float(), beta)), scale=scale,
-                                 initial_state=initial_state, output_final_state=output_final_state,
-                                 cu_seqlens=dev, cu_seqlens_cpu=host)
-            return o.view(B, T, *o.shape[2:]), state
-        return chunk_kda(q, k, v, g.float(), beta, scale=scale, initial_state=initial_state,
-                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        return call_as_one_row(chunk_kda, (q, k, v, g.float(), beta), scale=scale, initial_state=initial_state,
+                               output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     return torch_chunk_kda(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-
-
-def _as_one_packed_row(x: torch.Tensor) -> torch.Tensor:
-    """``[B, T, ...]`` -> ``[1, B * T, ...]`` (a view when ``x`` is contiguous)."""
-    return x.reshape(1, x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-@functools.lru_cache(maxsize=64)
-def _row_bounds(rows: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cu_seqlens`` ``[rows + 1]`` of ``rows`` packed rows of ``length`` tokens, int32 (the dtype of training's
-    bounds, so fla's kernels see training's keys), on the host and on ``device``. Cached: one host-to-device copy
-    (a stream sync) per shape instead of one per layer, and one tensor object for every layer, which fla's own
-    identity-keyed cache of the chunk indices then serves. Made outside inference mode, so a training step may save
-    them for its backward after an evaluation made them."""
-    with torch.inference_mode(False):
-        host = torch.arange(0, rows * length + 1, length, dtype=torch.int32)
-        return host, host.to(device)
 
 
 def kda_recurrent(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
