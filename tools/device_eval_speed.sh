@@ -5,9 +5,9 @@
 # a call ends; at most 10 minutes a call; what lies under /tmp stays between the calls of one lease):
 #
 # Here, first:   bash tools/device_wheels.sh                      (.whl: transformers, fla, gguf, pydantic, lm-eval, ...)
-#                python tools/device_data.py --layout eval --split-mib 40 (.device/carry1, .device/carry2: the teacher GGUF in
-#                two pieces, the 500 selected examples of each task and the few-shot pools; a 40 MiB first piece keeps
-#                each call under 64 MiB: call 1 ~61 MiB with .whl, call 2 ~59 MiB)
+#                python tools/device_data.py --layout eval (.device/carry1, .device/carry2: the teacher GGUF in
+#                two pieces, the 500 selected examples of each task and the few-shot pools; it cuts the GGUF so
+#                that call 1 (with .whl) and call 2 carry the same, and prints both totals: ~63 MiB each)
 #   call 1:  bash tools/device_eval_speed.sh setup
 #            carry [".whl", ".device/carry1/teacher.gguf.part1", ".device/carry1/manifest.json"]       (~1 minute)
 #   call 2:  bash tools/device_eval_speed.sh start && bash tools/device_eval_speed.sh watch 530
@@ -39,7 +39,7 @@ case "${1:-}" in
 setup)  # preconditions first: a GPU, the carried files, the wheels installed and lm-eval's HFLM importable
   lease_gpu "$RES" || exit 3
   for f in .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json; do
-    lease_need "$f" "carry it; python tools/device_data.py --layout eval --split-mib 40 makes it" || exit 3
+    lease_need "$f" "carry it; python tools/device_data.py --layout eval makes it" || exit 3
   done
   lease_wheels "lm_eval-*.whl" || exit $?
   mkdir -p "$JOB/teacher" "$JOB/data"

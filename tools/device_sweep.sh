@@ -5,8 +5,8 @@
 #
 # Here, first (in the checkout the calls send):
 #   bash tools/device_wheels.sh                                     (.whl, ~18 MiB)
-#   python tools/device_data.py --split-mib 40 --limit 200        (.device/carry1 40.0 MiB: GGUF piece 1 + manifest;
-#                                                                    carry2 53.8 MiB: piece 2; carry3 ~44 MiB: data)
+#   python tools/device_data.py --limit 200                         (.device/carry1: GGUF piece 1 + manifest;
+#                                   carry2: piece 2; carry3 ~44 MiB: data; it prints each call's total, ~62 MiB)
 #   gendistill ablate sweep-smollm2-lease --dry-run                 (the cells; nothing is written)
 # Then, one lease (what lies under /tmp stays between the calls of one lease):
 #   call 1:  bash tools/device_sweep.sh setup                       carry [".whl", ".device/carry1"]     (~61 MiB)
