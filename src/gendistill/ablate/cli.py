@@ -51,8 +51,9 @@ def register(app: typer.Typer) -> None:
         """Run an ablation grid: every cell is the base recipe with one variant per axis (one axis at a time, or the
         full product). Cells that share a prefix of stages train it once; finished stages, evaluations and cells
         are skipped, a stopped stage resumes, so rerunning the command continues the grid. Each cell is evaluated
-        with the teacher under log-likelihood and generation; the report ranks each axis' variants under both
-        and flags rank reversals."""
+        with the teacher under log-likelihood and generation; the report ranks each axis' variants under both,
+        flags rank reversals, and draws every cell's held-out KL against tokens and training time (curves.png), so
+        variants compare at equal tokens and at equal time. Shipped grids: gendistill recipes."""
         g = load_grid(grid, set_ or [])
         if dry_run:
             check_eval(g)  # what the run would check before training: the dry run says it too
