@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.ablate.curve import trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
+from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
 from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
 
 E2E = runpy.run_path(str(Path(__file__).with_name("e2e.py")))
@@ -101,11 +102,8 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
             summary["targets_met"] = E2E["_targets"](summary, summary["budgets"][-1]["stage"])
-    card = [part.strip() for part in head[0].split(",")] if head else [""]  # nvidia-smi: name, memory, driver
     summary["lease"] = {
-        "card": card[0],
-        "card_memory": card[1] if len(card) > 1 else None,
-        "driver": card[2] if len(card) > 2 else None,
+        **_card_fields(head[0] if head else ""),
         "commit": head[1].strip() if len(head) > 1 else None,
         "versions": versions,
         "date": day,
@@ -118,15 +116,11 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
     return portable_paths(summary)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """A stage run's metrics.jsonl rows (a line cut by the job's end skipped)."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+def _card_fields(line: str | None) -> dict[str, str | None]:
+    """``card``, ``card_memory`` and ``driver`` from nvidia-smi's CSV line (``name, memory, driver``); all None for
+    None."""
+    parts = [part.strip() for part in line.split(",")] if line is not None else []
+    return {key: parts[i] if len(parts) > i else None for i, key in enumerate(("card", "card_memory", "driver"))}
 
 
 def _node_timeline(stages: Path) -> list[dict[str, Any]]:
@@ -134,7 +128,7 @@ def _node_timeline(stages: Path) -> list[dict[str, Any]]:
     last record's time in seconds from the first stage run's first record."""
     runs = []
     for d in sorted(p for p in stages.iterdir() if (p / "metrics.jsonl").is_file()):
-        rows = [r for r in _read_metrics(d / "metrics.jsonl") if r.get("time") is not None]
+        rows = [r for r in metrics_records(d / "metrics.jsonl") if r.get("time") is not None]
         if rows:
             runs.append((d.name, rows))
     if not runs:
@@ -143,9 +137,9 @@ def _node_timeline(stages: Path) -> list[dict[str, Any]]:
     t0 = runs[0][1][0]["time"]
     out = []
     for name, rows in runs:
-        tps = sorted(r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s"))
-        out.append({"node": name, "steps": max((r.get("step", 0) for r in rows if "loss" in r), default=0),
-                    "median_tokens_per_s": round(tps[len(tps) // 2]) if tps else None,
+        s = stage_summary(rows)
+        out.append({"node": name, "steps": s["steps"],
+                    "median_tokens_per_s": round(s["tokens_per_s"]) if s["tokens_per_s"] else None,
                     "start_s": round(rows[0]["time"] - t0, 1), "end_s": round(rows[-1]["time"] - t0, 1)})
     return out
 
@@ -183,14 +177,14 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             records = []
             for node in c.get("nodes", []):
                 for d in stages.glob(f"*-{node}"):
-                    if (d / "metrics.jsonl").is_file():
-                        records += _read_metrics(d / "metrics.jsonl")
+                    records += metrics_records(d / "metrics.jsonl")
             c["curves"] = stage_curves(records)
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
         timeline = _node_timeline(stages)
-        smi = job / "res" / "nvidia-smi.txt"  # nvidia-smi's CSV line: name, memory, driver
-        card_line = smi.read_text().strip().splitlines()[0] if smi.is_file() and smi.read_text().strip() else ""
+        smi = job / "res" / "nvidia-smi.txt"
+        smi_lines = smi.read_text().strip().splitlines() if smi.is_file() else []
+        card_line = smi_lines[0] if smi_lines else ""
     cut = []
     for c in rep["cells"]:
         for st, m in (c.get("metrics") or {}).items():
@@ -198,10 +192,9 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             if at is not None:
                 cut.append(f"{c['cell']}: {st} stopped after {m.get('steps')} steps; its last held-out evaluation at "
                            f"step {m.get('eval_step_last')} ({at:,} of {c['tokens'][st]:,} tokens)")
-    card = [part.strip() for part in card_line.split(",")] if "," in card_line else [None]
     rep["lease"] = {
-        "card": card[0], "card_memory": card[1] if len(card) > 1 else None,
-        "driver": card[2] if len(card) > 2 else None, "commit": commit, "versions": facts["versions"], "date": day,
+        **_card_fields(card_line if "," in card_line else None), "commit": commit, "versions": facts["versions"],
+        "date": day,
         "calls": calls, "device_seconds_session": device_seconds, "job_timeout_s": facts["job_timeout_s"],
         "job_exit": facts["job_exit"], "cut": cut, "node_timeline": timeline,
         **({"notes": notes} if notes else {}),

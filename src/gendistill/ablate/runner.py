@@ -263,32 +263,42 @@ def read_metrics(nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, Any
     records: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for n in nodes:
-        p = n.dir / "metrics.jsonl"
-        recs = []
-        if p.is_file():
-            for line in p.read_text().splitlines():
-                if line.strip():
-                    try:
-                        recs.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue
+        recs = metrics_records(n.dir / "metrics.jsonl")
         records += recs
-        train = [r for r in recs if "loss" in r]
-        evals = [r for r in recs if "eval_loss" in r]
-        tps = sorted(r["tokens_per_s"] for r in train if r.get("tokens_per_s"))
-        summary[n.stage] = {
-            "node": n.id, "steps": max((r.get("step", 0) for r in train), default=0),
-            "tokens": max((r.get("tokens", 0) for r in train), default=0),
-            "loss_first": train[0]["loss"] if train else None, "loss_last": train[-1]["loss"] if train else None,
-            "eval_loss_first": evals[0]["eval_loss"] if evals else None,
-            "eval_loss_last": evals[-1]["eval_loss"] if evals else None,
-            "tokens_per_s": tps[len(tps) // 2] if tps else None,
-            **{f"{k}_last": evals[-1].get(k) if evals else None for k in ("eval_kl", "eval_top1", "eval_tokens")},
-            # where the last held-out evaluation was taken: a stage cut short (a timeout) was last evaluated early
-            "eval_step_last": evals[-1].get("step") if evals else None,
-            "eval_at_tokens_last": evals[-1].get("tokens") if evals else None,
-        }
+        summary[n.stage] = {"node": n.id, **stage_summary(recs)}
     return records, summary
+
+
+def metrics_records(path: Path) -> list[dict[str, Any]]:
+    """A stage run's ``metrics.jsonl`` rows ([] without the file); a blank line or one cut off by a kill is skipped."""
+    recs = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return recs
+
+
+def stage_summary(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stage run's summary from its records (:func:`read_metrics` says what each field is)."""
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "eval_loss" in r]
+    tps = sorted(r["tokens_per_s"] for r in train if r.get("tokens_per_s"))
+    return {
+        "steps": max((r.get("step", 0) for r in train), default=0),
+        "tokens": max((r.get("tokens", 0) for r in train), default=0),
+        "loss_first": train[0]["loss"] if train else None, "loss_last": train[-1]["loss"] if train else None,
+        "eval_loss_first": evals[0]["eval_loss"] if evals else None,
+        "eval_loss_last": evals[-1]["eval_loss"] if evals else None,
+        "tokens_per_s": tps[len(tps) // 2] if tps else None,
+        **{f"{k}_last": evals[-1].get(k) if evals else None for k in ("eval_kl", "eval_top1", "eval_tokens")},
+        # where the last held-out evaluation was taken: a stage cut short (a timeout) was last evaluated early
+        "eval_step_last": evals[-1].get("step") if evals else None,
+        "eval_at_tokens_last": evals[-1].get("tokens") if evals else None,
+    }
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
