@@ -55,9 +55,10 @@ lease_shipped_configs() {
 lease_step_check() {
   # the trainer's fast paths against its reference step on this GPU (tests/gpu/test_distill_gpu.py: stages 3a, 2 and 1,
   # and the compiled-attention experiment) before a lease trains on them; one line whatever happens: pytest's summary,
-  # or, when STEP_CHECK_TIMEOUT (240 s) cuts it, how many cases had passed or failed by then. On a fresh H100 (strict
-  # fla configurations: the tests' small shapes are autotuned) the 240 s cut it before its first verdict (2026-12-05,
-  # docs/results.md section 12); the log (Triton's autotuning included) stays in STEP_CHECK_LOG.
+  # or, when STEP_CHECK_TIMEOUT (240 s) cuts it, how many cases had passed or failed by then. On a fresh H100 240 s
+  # cut it before its first verdict (2026-12-05, docs/results.md section 12; likely fla autotuning the tests' small
+  # shapes, which the strict configurations do not cover); the log (Triton's autotuning included) stays in
+  # STEP_CHECK_LOG.
   local log=${STEP_CHECK_LOG:-/tmp/gendistill_step_check.log} limit=${STEP_CHECK_TIMEOUT:-240} rc
   TRITON_PRINT_AUTOTUNING=1 timeout "$limit" python3 -m pytest -v -p no:cacheprovider tests/gpu/test_distill_gpu.py \
     -k equals_reference_step > "$log" 2>&1

@@ -29,7 +29,7 @@ def fla_available() -> bool:
                           stacklevel=2)
         return False
     seed_plain_autotuners()  # the gated norm's kernels (Triton's plain autotuner) take the shipped configurations too
-    seed_row_buckets()  # the norms' row buckets an evaluation's batch sizes reach take the nearest tuned bucket's
+    seed_row_buckets()  # every row bucket of the norms' kernels takes the nearest tuned bucket's configuration
     return True
 
 

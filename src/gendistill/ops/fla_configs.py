@@ -28,6 +28,7 @@ import sys
 import textwrap
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,17 @@ def _seed_folder(folder: str | Path | None) -> str | Path | None:
     return os.environ.get("FLA_CONFIG_DIR") if mode else None
 
 
+def _seedable(folder: str | Path, wanted: Callable[[str | None, str], bool]) -> Iterator[tuple[Any, Path]]:
+    """``(autotuner, its file in folder)`` for each of fla's loaded autotuners that ``wanted(module, kernel name)``
+    picks, has a configuration file in ``folder`` and no pruning hook (which may reject a seeded configuration)."""
+    for tuner in _autotuners():
+        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
+        name = _kernel_name(tuner)
+        path = Path(folder) / f"{name}.json"
+        if wanted(module, name) and not getattr(tuner, "early_config_prune", None) and path.is_file():
+            yield tuner, path
+
+
 def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     """Hand the configurations in ``folder`` (default: ``$FLA_CONFIG_DIR``, which :func:`activate` sets) to the fla
     kernels of :data:`PLAIN_AUTOTUNED_MODULES` (the gated RMSNorm's), whose plain Triton autotuner does not read fla's
@@ -330,11 +342,7 @@ def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     if not folder:
         return 0
     seeded = 0
-    for tuner in _autotuners():
-        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
-        path = Path(folder) / f"{_kernel_name(tuner)}.json"
-        if module not in PLAIN_AUTOTUNED_MODULES or getattr(tuner, "early_config_prune", None) or not path.is_file():
-            continue
+    for tuner, path in _seedable(folder, lambda module, name: module in PLAIN_AUTOTUNED_MODULES):
         for entry in _entries(path):
             config = _matching_config(tuner, entry.get("config", {}))
             if config is not None:
@@ -393,12 +401,8 @@ def seed_row_buckets(folder: str | Path | None = None, buckets: int = ROW_BUCKET
     if not folder:
         return 0
     added = 0
-    for tuner in _autotuners():
-        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
-        name = _kernel_name(tuner)
-        path = Path(folder) / f"{name}.json"
-        if name not in ROW_BUCKET_KERNELS.get(module, ()) or "NB" not in tuner.keys or not path.is_file() \
-                or getattr(tuner, "early_config_prune", None) or _reads_bucket(tuner):
+    for tuner, path in _seedable(folder, lambda module, name: name in ROW_BUCKET_KERNELS.get(module, ())):
+        if "NB" not in tuner.keys or _reads_bucket(tuner):
             continue
         at = tuner.keys.index("NB")
         tuned: dict[tuple, list[tuple[int, Any]]] = {}  # the key without its bucket -> [(bucket, candidate)]
