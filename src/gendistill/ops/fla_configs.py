@@ -354,7 +354,7 @@ def seed_plain_autotuners(folder: str | Path | None = None) -> int:
 #: fla kernels whose autotuning key holds ``NB``, a bucket of the rows a launch normalises (``cdiv(rows, 65,536)``;
 #: rows = tokens x heads), and use it for nothing else: the kernel's body never reads it. An evaluation's batches hold
 #: every number of tokens, so each new bucket is a new key: under the exact-key mode (:data:`CACHE_MODE`) each was
-#: autotuned (about 20 candidates compiled and timed), which :func:`seed_row_buckets` replaces by the shipped choice of
+#: autotuned (9 or 25 candidates compiled and timed), which :func:`seed_row_buckets` replaces by the shipped choice of
 #: the nearest tuned bucket. ``module -> kernels``; a kernel whose body reads ``NB`` is never seeded
 #: (:func:`_reads_bucket`).
 ROW_BUCKET_KERNELS = {
