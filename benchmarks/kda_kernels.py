@@ -5,6 +5,11 @@ At each sequence length T (batch B, H heads, K = V head size, bf16):
   chunk_kda[pre]     fla chunk_kda on pre-activated inputs (g fp32 log-decay, l2-normed q/k, beta in (0,1)) --
                      what gendistill.ops.kda.kda_chunk calls in prefill
   chunk_kda[fused]   fla chunk_kda with the gate, q/k l2norm and beta sigmoid inside the kernel (fla's layer path)
+  fused,packed       the same as one packed row (cu_seqlens, a bound every T) under inference mode: what
+                     gendistill.ops.kda.kda_from_projections hands fla in a prefill
+  fused,split        the same call with fla's intra-card context parallelism on (gendistill.ops.backend.fla_intracard:
+                     the state pass of a long sequence split across the card, then chained); its output and final state
+                     against the serial packed call's are in the row (split_rel_o, split_rel_state)
   prep[torch]        the pre-activation done outside the kernel in our layer (gate in fp32, l2norm, sigmoid)
   fused_recurrent    fla fused_recurrent_kda over the whole sequence (the step kernel used as a prefill)
   sdpa_causal        the teacher's attention for one layer (16 q heads, 8 kv heads, flash via SDPA), for scale
@@ -32,7 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gendistill's ops for the prep[torch] row
 
 from gendistill.bench.timing import measure  # noqa: E402  (the project's timer: CUDA events on GPU)
-from gendistill.ops.backend import fla_available  # noqa: E402
+from gendistill.ops.backend import fla_available, fla_intracard  # noqa: E402
+from gendistill.ops.varlen import row_bounds  # noqa: E402
 
 
 def empty_cache() -> None:
@@ -80,6 +86,13 @@ def cpu_standins():
         return op
 
     return standin(torch_chunk_kda), standin(torch_recurrent_kda)
+
+
+def _unit(key: str) -> str:
+    """The unit of a prefill row's number in the log: ratios ``x``, relative differences none, times ``ms``."""
+    if key.startswith("split_rel"):
+        return ""
+    return "x" if key in ("attn_over_chunk_pre", "split_speedup") else "ms"
 
 
 def make_inputs(B, T, H, K, dtype, device, seed=0):
@@ -221,6 +234,27 @@ def main(argv=None) -> int:
                     x["q"], x["k"], v, x["g_raw"], x["b_raw"], output_final_state=True, use_qk_l2norm_in_kernel=True,
                     use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, A_log=x["A_log"], dt_bias=x["dt_bias"]),
             }
+            packed = [t.reshape(1, B * T, *t.shape[2:]) for t in (x["q"], x["k"], v, x["g_raw"], x["b_raw"])]
+            cu_host, cu = row_bounds(B, T, device)
+
+            def fused_packed():
+                with torch.inference_mode():  # fla splits only under inference mode
+                    return chunk_kda(*packed, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                     use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, A_log=x["A_log"],
+                                     dt_bias=x["dt_bias"], cu_seqlens=cu, cu_seqlens_cpu=cu_host)
+
+            def fused_split():
+                with fla_intracard():
+                    return fused_packed()
+
+            ops["fused,packed"], ops["fused,split"] = fused_packed, fused_split
+            try:  # the split against the serial packed call (same inputs): rounding only, or a defect
+                (o_ser, s_ser), (o_spl, s_spl) = fused_packed(), fused_split()
+                row["split_rel_o"] = ((o_spl.float() - o_ser.float()).norm() / o_ser.float().norm()).item()
+                row["split_rel_state"] = ((s_spl - s_ser).norm() / s_ser.norm()).item()
+                del o_ser, s_ser, o_spl, s_spl
+            except Exception as exc:  # noqa: BLE001 - OOM or kernel failure: record and go on
+                row["split_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             if kda_gate is not None:
                 ops["prep[torch]"] = lambda: (
                     l2norm(x["q"].float()).to(dtype), l2norm(x["k"].float()).to(dtype),
@@ -241,15 +275,16 @@ def main(argv=None) -> int:
                     row[name] = None
                     row[name + "_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     empty_cache()
-            del x, q, k, g, beta, v, qa, ka, va, ops
+            del x, q, k, g, beta, v, qa, ka, va, ops, packed
             empty_cache()
         except torch.OutOfMemoryError as exc:
             row["error"] = f"oom: {str(exc)[:200]}"
             empty_cache()
         if row.get("chunk_kda[pre]") and row.get("sdpa_causal"):
             row["attn_over_chunk_pre"] = row["sdpa_causal"] / row["chunk_kda[pre]"]
-        log(f"prefill T={T}: " + ", ".join(f"{k}={v:.3f}" + ("x" if k.startswith("attn_over") else "ms")
-                                            for k, v in row.items()
+        if row.get("fused,packed") and row.get("fused,split"):
+            row["split_speedup"] = row["fused,packed"] / row["fused,split"]
+        log(f"prefill T={T}: " + ", ".join(f"{k}={v:.3g}{_unit(k)}" for k, v in row.items()
                                             if isinstance(v, float) and not k.endswith("_all") and k != "T"))
         res["prefill"].append(row)
         save()
@@ -285,12 +320,14 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     tbl = Table(title=f"KDA kernels on {card} (B={B}, H={H}, K=V={K}, {args.dtype}); ms, median")
-    cols = ["chunk_kda[pre]", "chunk_kda[fused]", "prep[torch]", "fused_recurrent", "sdpa_causal", "attn_over_chunk_pre"]
+    cols = ["chunk_kda[pre]", "chunk_kda[fused]", "fused,packed", "fused,split", "split_speedup", "split_rel_o",
+            "prep[torch]", "fused_recurrent", "sdpa_causal", "attn_over_chunk_pre"]
     tbl.add_column("T", justify="right")
     for c in cols:
         tbl.add_column(escape(c), justify="right")
     for row in res["prefill"]:
-        tbl.add_row(str(row["T"]), *["-" if row.get(c) is None else f"{row[c]:.3f}" for c in cols])
+        tbl.add_row(str(row["T"]), *["-" if row.get(c) is None else
+                                     (f"{row[c]:.1e}" if c == "split_rel_o" else f"{row[c]:.3f}") for c in cols])
     dt = Table(title="decode step (ms): one token, state / KV of length T")
     for c in ("T", "B", "recurrent_step", "sdpa_decode"):
         dt.add_column(c, justify="right")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 26 (efficiency) on one lease, in one background job collected by short watch calls: the GPU tests of the
-# bounded decay gate; then one complete `gendistill bench` of the committed code (Qwen3-0.6B shape, random weights,
-# 1K-128K: cache, TTFT graphed and eager, decode, peak throughput) under a fixed --time-limit, first among the timings
-# so that the experiment after it cannot starve it; then, with what time is left, the bounded-gate student's time to
-# first token beside the teacher. Random weights: no teacher and no data travel, only the wheels.
+# bounded decay gate and of fla's intra-card split; then one complete `gendistill bench` of the committed code
+# (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed, eager and, from 32K, eager with fla's intra-card
+# split, decode, peak throughput) under a fixed --time-limit, first among the timings so that the experiments after
+# it cannot starve it; then the KDA kernel alone, serial against split, at 32K-128K (benchmarks/kda_kernels.py); then,
+# with what time is left, the bounded-gate student's time to first token beside the teacher. Random weights: no
+# teacher and no data travel, only the wheels.
 # Measured on an H100 (2026-12-05, docs/results.md section 2): the GPU tests took over 240 s on a fresh machine (fla
 # autotunes every new shape), the complete run 253 s, the bounded run 49 s.
 # Here, first: bash tools/device_wheels.sh   (.whl)
@@ -39,8 +41,8 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
   ;;
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
-  step "GPU tests: bounded gate"
-  timeout 360 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded" \
+  step "GPU tests: bounded gate, intra-card split"
+  timeout 360 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard" \
     > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
@@ -49,6 +51,14 @@ driver)  # (background)
     > "$RES/bench_complete.log" 2>&1
   RC=$?
   step "complete rc=$RC"
+  if [ "$(left)" -gt 300 ]; then
+    step "KDA kernel alone: serial against the intra-card split"
+    timeout 180 python3 benchmarks/kda_kernels.py --lengths 32k,64k,128k --decode-batches 1 --repeats 3 \
+      --out "$JOB/bench/kernels" > "$RES/bench_kernels.log" 2>&1
+    step "kernels rc=$?"
+  else
+    step "kernels skipped: $(left) s left"
+  fi
   if [ "$(left)" -gt 200 ]; then
     step "bounded gate ${BOUND:--5}: TTFT beside the teacher"
     timeout $(( $(left) - 20 )) "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput \

@@ -20,8 +20,9 @@ def test_kda_kernels_cpu_plumbing(tmp_path, capsys):
     assert rc == 0
     data = json.loads(next(tmp_path.glob("kda_kernels_*.json")).read_text())
     row = data["prefill"][0]
-    for op in ("chunk_kda[pre]", "chunk_kda[fused]", "fused_recurrent", "sdpa_causal"):
+    for op in ("chunk_kda[pre]", "chunk_kda[fused]", "fused,packed", "fused,split", "fused_recurrent", "sdpa_causal"):
         assert row[op] > 0, (op, row)
+    assert row["split_speedup"] > 0 and row["split_rel_o"] < 1e-6  # on CPU no split is taken: one function
     assert data["decode"][0]["recurrent_step"] > 0 and data["decode"][0]["sdpa_decode"] > 0
     numerics = data["numerics"]
     assert "error" not in numerics, numerics["error"]

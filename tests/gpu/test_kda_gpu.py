@@ -324,3 +324,39 @@ def test_packed_documents_on_fla_are_isolated():
         alone = [student(d[None], use_cache=False).logits[0] for d in docs]
     assert rel(packed[0, :100], alone[0]) < TOL[torch.float32] and rel(packed[0, 100:], alone[1]) < TOL[torch.float32]
     assert rel(packed[1, :64], alone[2]) < TOL[torch.float32] and rel(packed[1, 64:], alone[3]) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_intracard_split_prefill_matches_serial_and_reference(dtype, monkeypatch):
+    """fla's intra-card context parallelism (:func:`gendistill.ops.backend.fla_intracard`) on one long and one short
+    packed sequence, each from its own initial state: the long one is split (fla's pre-scan runs), the short one is
+    not, and outputs and final states equal the serial kernel's and the float64 reference's within the tolerances
+    above (the split changes the order of float32 sums and chains the subsequences' maps in float32, nothing else)."""
+    import fla.ops.common.intracard_cp as intracard
+
+    from gendistill.ops.backend import fla_intracard
+    from gendistill.ops.kda import kda_chunk
+
+    scans = []
+    real_scan = intracard.intracard_pre_scan
+
+    def scan(*args, **kwargs):
+        scans.append(kwargs.get("num_subseqs"))
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(intracard, "intracard_pre_scan", scan)
+    lens = [1000, 32768]  # 4 heads: fla cuts 8K-token subsequences and splits sequences from 24K tokens
+    cu = torch.tensor([0, lens[0], sum(lens)], device="cuda", dtype=torch.int32)
+    q, k, v, g, beta, _ = inputs(1, sum(lens), 4, 64, 64, dtype, seed=11)
+    h0 = inputs(2, 1, 4, 64, 64, dtype, seed=12)[5] * 0.3
+    with torch.inference_mode():
+        serial = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+        assert not scans
+        with fla_intracard():
+            split = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert scans, "fla did not split the long sequence"
+    ref = torch_chunk(*(x.double() for x in (q, k, v, g, beta)), initial_state=h0.double(), output_final_state=True,
+                      cu_seqlens=cu.long())
+    for name, got, want in (("output", split[0], serial[0]), ("final states", split[1], serial[1]),
+                            ("output vs float64", split[0], ref[0]), ("states vs float64", split[1], ref[1])):
+        assert rel(got, want) < TOL[dtype], (name, rel(got, want))

@@ -520,6 +520,9 @@ def test_kda_from_projections_fused_options(monkeypatch, lower_bound, recurrent,
     a = spy.calls[name][0]
     assert a["use_qk_l2norm_in_kernel"] and a["use_gate_in_kernel"] and a["use_beta_sigmoid_in_kernel"]
     assert a["lower_bound"] == lower_bound and a.get("safe_gate", False) == (lower_bound is not None and not recurrent)
+    if not recurrent:  # unpacked rows reach chunk_kda as one packed row, a bound every row (what fla's split needs)
+        assert tuple(a["q"].shape[:2]) == (1, 37 if packed else 74)
+        assert a["cu_seqlens"].tolist() == ([0, 9, 30, 37] if packed else [0, 37, 74])
     assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
 
 

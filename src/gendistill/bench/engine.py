@@ -24,8 +24,8 @@ from gendistill.models.decoding import (  # the decode machinery the benchmark s
     to_static_cache,
 )
 
-__all__ = ["DecodeState", "GraphStep", "GraphedPrefill", "cache_tensors", "forward", "make_state", "make_step",
-           "new_dynamic_cache", "prefill", "random_prompt", "to_static_cache", "validate_graph",
+__all__ = ["DecodeState", "GraphStep", "GraphedPrefill", "cache_tensors", "compare_prefills", "forward", "make_state",
+           "make_step", "new_dynamic_cache", "prefill", "random_prompt", "to_static_cache", "validate_graph",
            "validate_graphed_prefill"]
 
 
@@ -70,25 +70,32 @@ class GraphedPrefill:
         return self.cache, self.next
 
 
-@torch.inference_mode()
-def validate_graphed_prefill(model: Any, graphed: GraphedPrefill) -> dict:
-    """Replay once and compare with an eager prefill of the same prompt: next token and every cache tensor (max
-    absolute difference over the cache's largest magnitude)."""
-    cache, nxt = prefill(model, graphed.ids)
-    g_cache, g_next = graphed()
-    torch.cuda.synchronize()
-    eager_t, graph_t = cache_tensors(cache), cache_tensors(g_cache)
+def compare_prefills(reference: tuple[Any, torch.Tensor], other: tuple[Any, torch.Tensor],
+                     tolerance: float = 1e-2) -> dict:
+    """Two prefills of one prompt, each ``(cache, next token [B, 1])``: the next tokens, the cache layouts and every
+    cache tensor (max absolute difference over the reference cache's largest magnitude). ``accepted`` when the next
+    token and the layout match and the relative difference is within ``tolerance`` (1e-2: bf16 rounding)."""
+    eager_t, other_t = cache_tensors(reference[0]), cache_tensors(other[0])
     diff = scale = 0.0
-    if len(eager_t) == len(graph_t):
-        for a, b in zip(eager_t, graph_t):
+    if len(eager_t) == len(other_t):
+        for a, b in zip(eager_t, other_t):
             if a.shape == b.shape and a.is_floating_point():
                 diff = max(diff, (a.float() - b.float()).abs().max().item())
                 scale = max(scale, a.float().abs().max().item())
-    same_layout = len(eager_t) == len(graph_t) and all(a.shape == b.shape for a, b in zip(eager_t, graph_t))
+    same_layout = len(eager_t) == len(other_t) and all(a.shape == b.shape for a, b in zip(eager_t, other_t))
+    same_next = bool(torch.equal(reference[1], other[1]))
     rel = diff / scale if scale else 0.0
-    return {"next_token_match": bool(torch.equal(nxt, g_next)), "cache_layout_match": same_layout,
-            "cache_max_abs_diff": diff, "cache_rel_diff": rel,
-            "accepted": bool(torch.equal(nxt, g_next)) and same_layout and rel <= 1e-2}
+    return {"next_token_match": same_next, "cache_layout_match": same_layout, "cache_max_abs_diff": diff,
+            "cache_rel_diff": rel, "accepted": same_next and same_layout and rel <= tolerance}
+
+
+@torch.inference_mode()
+def validate_graphed_prefill(model: Any, graphed: GraphedPrefill) -> dict:
+    """Replay once and compare with an eager prefill of the same prompt (:func:`compare_prefills`)."""
+    eager = prefill(model, graphed.ids)
+    replayed = graphed()
+    torch.cuda.synchronize()
+    return compare_prefills(eager, replayed)
 
 
 @torch.inference_mode()

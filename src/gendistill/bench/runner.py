@@ -29,6 +29,7 @@ from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
 from gendistill.models.decoding import require_full_attention
+from gendistill.ops.backend import fla_intracard
 from gendistill.ownership import check_report_folder, claim_report_folder
 from gendistill.runlock import acquire
 
@@ -91,6 +92,7 @@ class Runner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.use_graph = settings.cuda_graph and self.device.type == "cuda"
         self.use_prefill_graph = settings.prefill_graph and self.device.type == "cuda"
+        self.use_intracard = settings.intracard and self.device.type == "cuda"
         self.roles = tuple(r for r in ROLES if r in settings.roles)
         self.results: dict[str, Any] = {}
         self.out_dir = Path(settings.out)
@@ -280,8 +282,22 @@ class Runner:
                 self.log(f"  ttft (CUDA graph) rejected: {check}")
             del graphed
 
+        def ttft_intracard() -> None:
+            serial = engine.prefill(m, ids)
+            with fla_intracard():
+                check = engine.compare_prefills(serial, engine.prefill(m, ids))
+                del serial
+                e["ttft_intracard_check"] = check
+                t = measure(lambda: engine.prefill(m, ids), self.device, warmup=s.warmup, repeats=s.repeats,
+                            budget_s=s.measure_budget_s)
+            e["ttft_intracard_ms"], e["ttft_intracard_ms_all"] = t.median_ms, t.all_ms
+            self.log(f"  ttft (intra-card split) {t.median_ms:.2f} ms (runs {[round(x, 2) for x in t.all_ms]}; "
+                     f"against serial: {check})")
+
         if s.wants("ttft"):
             self._guard(e, "ttft", ttft)
+            if role == "student" and self.use_intracard and L >= s.intracard_min_context:
+                self._guard(e, "ttft_intracard", ttft_intracard)
             if self.use_prefill_graph and L <= s.prefill_graph_max_context:
                 self._guard(e, "ttft_graph", ttft_graph)
                 free_memory()

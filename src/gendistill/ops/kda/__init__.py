@@ -70,7 +70,10 @@ def kda_from_projections(
     On CUDA with fla and no padding, normalisation, gate and sigmoid are fused into fla's kernels (no ``[B, T, H, K]``
     float32 gate is materialised; a bounded gate takes ``chunk_kda``'s ``safe_gate=True`` path, and
     ``fused_recurrent_kda`` its ``lower_bound``); otherwise they are applied here and the activated inputs go to
-    :func:`kda_chunk` / :func:`kda_recurrent`.
+    :func:`kda_chunk` / :func:`kda_recurrent`. Either way a chunked call without ``cu_seqlens`` reaches fla as one
+    packed row (:func:`gendistill.ops.varlen.call_as_one_row`): an unpadded prefill's kernel keys are a packed
+    training row's, and fla's intra-card context parallelism (:func:`gendistill.ops.backend.fla_intracard`), which
+    only splits packed inputs, can take a long prompt.
     """
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
@@ -78,10 +81,11 @@ def kda_from_projections(
         bounded = {} if gate_lower_bound is None else {"lower_bound": gate_lower_bound}
         if not recurrent and bounded:
             bounded["safe_gate"] = True  # fla's faster intra-chunk kernel; it computes the gate above exactly
-        kernel = fused_recurrent_kda if recurrent else chunk_kda
-        return kernel(q, k, v, f, b, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state,
-                      output_final_state=output_final_state, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
-                      use_beta_sigmoid_in_kernel=True, cu_seqlens=cu_seqlens, **bounded)
+        fused = dict(A_log=A_log, dt_bias=dt_bias, initial_state=initial_state, output_final_state=output_final_state,
+                     use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, **bounded)
+        if recurrent:
+            return fused_recurrent_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
+        return call_as_one_row(chunk_kda, (q, k, v, f, b), cu_seqlens=cu_seqlens, **fused)
     q = l2norm(q.float()).to(q.dtype)
     k = l2norm(k.float()).to(k.dtype)
     g = kda_gate(f, A_log, dt_bias, lower_bound=gate_lower_bound)
