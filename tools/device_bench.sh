@@ -42,7 +42,7 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
   step "GPU tests: bounded gate, intra-card split"
-  timeout 360 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard" \
+  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard" \
     > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}

@@ -326,17 +326,14 @@ def test_packed_documents_on_fla_are_isolated():
     assert rel(packed[1, :64], alone[2]) < TOL[torch.float32] and rel(packed[1, 64:], alone[3]) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_intracard_split_prefill_matches_serial_and_reference(dtype, monkeypatch):
-    """fla's intra-card context parallelism (:func:`gendistill.ops.backend.fla_intracard`) on one long and one short
-    packed sequence, each from its own initial state: the long one is split (fla's pre-scan runs), the short one is
-    not, and outputs and final states equal the serial kernel's and the float64 reference's within the tolerances
-    above (the split changes the order of float32 sums and chains the subsequences' maps in float32, nothing else)."""
+@pytest.fixture
+def split_scans(monkeypatch):
+    """fla's intra-card split off to start with, and a record of its pre-scans: ``[number of subsequences, ...]``."""
     import fla.ops.common.intracard_cp as intracard
 
-    from gendistill.ops.backend import fla_intracard
-    from gendistill.ops.kda import kda_chunk
+    from gendistill.ops.backend import FLA_INTRACARD_ENV
 
+    monkeypatch.delenv(FLA_INTRACARD_ENV, raising=False)
     scans = []
     real_scan = intracard.intracard_pre_scan
 
@@ -344,19 +341,77 @@ def test_intracard_split_prefill_matches_serial_and_reference(dtype, monkeypatch
         scans.append(kwargs.get("num_subseqs"))
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(intracard, "intracard_pre_scan", scan)
-    lens = [1000, 32768]  # 4 heads: fla cuts 8K-token subsequences and splits sequences from 24K tokens
+    monkeypatch.setattr(intracard, "intracard_pre_scan", scan)  # looked up as a module global at every call
+    return scans
+
+
+def slow_inputs(lens, H, K, dtype, seed):
+    """Activated KDA inputs whose state lives across a whole 32K-token sequence (log decays of -1e-4 or less a token,
+    beta under 0.01) and an initial state per sequence: a subsequence started from a wrong state would show in its
+    outputs, unlike with fast decays, which forget any start state within a few hundred tokens."""
+    g_ = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g_, dtype=torch.float32)  # noqa: E731
+    T = sum(lens)
+    q, k, v = l2norm(r(1, T, H, K)), l2norm(r(1, T, H, K)), r(1, T, H, K)
+    gate = -1e-4 * torch.rand(1, T, H, K, device="cuda", generator=g_)
+    beta = 0.01 * torch.rand(1, T, H, device="cuda", generator=g_)
+    h0 = r(len(lens), H, K, K) * 0.3
+    return [x.to(dtype) for x in (q, k, v)] + [gate, beta.to(dtype), h0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_intracard_split_prefill_matches_serial_and_reference(dtype, split_scans):
+    """fla's intra-card context parallelism (:func:`gendistill.ops.backend.fla_intracard`) on one long and one short
+    packed sequence, each from its own initial state: only the long one is split (one pre-scan), and outputs and
+    final states equal the serial kernel's and the float64 reference's within the tolerances above (the split
+    changes the order of float32 sums and computes each subsequence's start state through the chained maps)."""
+    from gendistill.ops.backend import fla_intracard
+    from gendistill.ops.kda import kda_chunk
+
+    lens = [1000, 32768]  # fla splits sequences from 24K tokens (pieces of at least 8K)
     cu = torch.tensor([0, lens[0], sum(lens)], device="cuda", dtype=torch.int32)
-    q, k, v, g, beta, _ = inputs(1, sum(lens), 4, 64, 64, dtype, seed=11)
-    h0 = inputs(2, 1, 4, 64, 64, dtype, seed=12)[5] * 0.3
+    q, k, v, g, beta, h0 = slow_inputs(lens, 4, 64, dtype, seed=11)
     with torch.inference_mode():
         serial = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-        assert not scans
+        assert not split_scans
         with fla_intracard():
             split = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-    assert scans, "fla did not split the long sequence"
+    assert len(split_scans) == 1 and split_scans[0] >= 3, split_scans  # the long sequence, in 3 or more pieces
     ref = torch_chunk(*(x.double() for x in (q, k, v, g, beta)), initial_state=h0.double(), output_final_state=True,
                       cu_seqlens=cu.long())
     for name, got, want in (("output", split[0], serial[0]), ("final states", split[1], serial[1]),
                             ("output vs float64", split[0], ref[0]), ("states vs float64", split[1], ref[1])):
         assert rel(got, want) < TOL[dtype], (name, rel(got, want))
+
+
+@pytest.mark.parametrize("gate_lower_bound", [None, -5.0], ids=["paper_gate", "bounded_gate"])
+def test_intracard_split_of_the_fused_prefill_matches_serial(gate_lower_bound, split_scans, monkeypatch):
+    """The layer's own call (:func:`gendistill.ops.kda.kda_from_projections`: raw projections, fla's in-kernel
+    gate, norm and sigmoid, two unpacked rows of 32K tokens) with fla's split on: packed by gendistill, split by fla,
+    the serial call's outputs and final states, and the float64 PyTorch path's, within bf16's tolerance. Gates set
+    for decays of about 1e-4 a token or less, so that the chained start states matter."""
+    from gendistill.ops.backend import fla_intracard
+    from gendistill.ops.kda import kda_from_projections
+
+    B, T, H, K = 2, 32768, 4, 64
+    g_ = torch.Generator(device="cuda").manual_seed(5)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g_)  # noqa: E731
+    if gate_lower_bound is None:  # -exp(A_log) * softplus(f + dt_bias): about -1e-2 * softplus(-8 + N(0, 1))
+        A_log, dt_bias = torch.full((H,), -4.6, device="cuda"), torch.full((H * K,), -8.0, device="cuda")
+    else:  # lb * sigmoid(exp(A_log) * (f + dt_bias)): about -5 * sigmoid(-11 + N(0, 1))
+        A_log, dt_bias = torch.zeros(H, device="cuda"), torch.full((H * K,), -11.0, device="cuda")
+    q, k, v, f = (r(B, T, H, K).bfloat16() for _ in range(4))
+    b = (r(B, T, H) - 5.0).bfloat16()  # beta about sigmoid(-5)
+    h0 = r(B, H, K, K) * 0.3
+    kw = dict(recurrent=False, initial_state=h0, output_final_state=True, gate_lower_bound=gate_lower_bound)
+    with torch.inference_mode():
+        serial = kda_from_projections(q, k, v, f, b, A_log, dt_bias, **kw)
+        with fla_intracard():
+            split = kda_from_projections(q, k, v, f, b, A_log, dt_bias, **kw)
+    assert len(split_scans) == 1 and split_scans[0] >= 2 * 3, split_scans  # both rows, each in 3 or more pieces
+    monkeypatch.setenv("GENDISTILL_KDA_BACKEND", "torch")
+    ref = kda_from_projections(*(x.double() for x in (q, k, v, f, b)), A_log.double(), dt_bias.double(),
+                               **{**kw, "initial_state": h0.double()})
+    for name, got, want in (("output", split[0], serial[0]), ("final states", split[1], serial[1]),
+                            ("output vs float64", split[0], ref[0]), ("states vs float64", split[1], ref[1])):
+        assert rel(got, want) < TOL[torch.bfloat16], (name, rel(got, want))

@@ -520,9 +520,39 @@ def test_kda_from_projections_fused_options(monkeypatch, lower_bound, recurrent,
     a = spy.calls[name][0]
     assert a["use_qk_l2norm_in_kernel"] and a["use_gate_in_kernel"] and a["use_beta_sigmoid_in_kernel"]
     assert a["lower_bound"] == lower_bound and a.get("safe_gate", False) == (lower_bound is not None and not recurrent)
-    if not recurrent:  # unpacked rows reach chunk_kda as one packed row, a bound every row (what fla's split needs)
-        assert tuple(a["q"].shape[:2]) == (1, 37 if packed else 74)
-        assert a["cu_seqlens"].tolist() == ([0, 9, 30, 37] if packed else [0, 37, 74])
+    assert tuple(a["q"].shape[:2]) == ((1, 37) if packed else (2, 37))  # rows kept: the shipped kernel keys
+    assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
+
+
+@pytest.mark.parametrize("lower_bound", [None, -5.0])
+@pytest.mark.parametrize("switch, inference, packed", [(True, True, True), (True, False, False), (False, True, False)],
+                         ids=["split_on", "training", "split_off"])
+def test_kda_fused_prefill_is_packed_when_fla_may_split_it(monkeypatch, lower_bound, switch, inference, packed):
+    """With fla's intra-card split on (gendistill.ops.backend.fla_intracard) an inference-mode prefill's fused call
+    reaches chunk_kda as one packed row with its host bounds and no graph mode: what fla's split backend takes
+    (its verifier is asked on those arguments). Outside inference mode, or with the switch off, the rows stay."""
+    from fla.ops.common.backends.intracard import IntraCardCPBackend
+
+    from gendistill.ops.backend import fla_intracard
+
+    raw, h0 = kda_raw_inputs(2, 37, 3, 16, lower_bound, seed=4)
+
+    def run():
+        with torch.inference_mode(inference):
+            return kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
+                                        gate_lower_bound=lower_bound)
+
+    with fla_intracard(switch):
+        diff, spy = compare_paths(monkeypatch, run)
+    a = spy.calls["chunk_kda"][0]
+    assert tuple(a["q"].shape[:2]) == ((1, 74) if packed else (2, 37))
+    if packed:
+        assert a["cu_seqlens"].tolist() == [0, 37, 74] and a["cu_seqlens_cpu"].tolist() == [0, 37, 74]
+        assert not a.get("use_graph")
+        with torch.inference_mode():
+            ok, why = IntraCardCPBackend().chunk_gated_delta_rule_fwd_h_verifier(
+                k=None, w=None, u=None, cu_seqlens=a["cu_seqlens"], cu_seqlens_cpu=a["cu_seqlens_cpu"])
+        assert ok, why
     assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
 
 

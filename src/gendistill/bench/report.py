@@ -51,7 +51,8 @@ def print_table(results: dict, console=None) -> None:
     tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
                 + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
     for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x", "graphed TTFT T/S ms",
-                "graphed x", "split TTFT S ms", "split x", "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
+                "graphed x", "split TTFT S ms", "split x", "S serial/split", "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)",
+                "thr S tok/s (B)", "thr x"):
         tbl.add_column(col, justify="right")
     for c in results["contexts"]:
         t, s, r = c["teacher"], c["student"], c.get("ratios", {})
@@ -70,7 +71,7 @@ def print_table(results: dict, console=None) -> None:
             f"{_err_cell(s, 'ttft_graph', _fmt(s.get('ttft_graph_ms'), '.1f'))}",
             _fmt(r.get("ttft_graph_speedup"), ".2f", "x"),
             _err_cell(s, "ttft_intracard", _fmt(s.get("ttft_intracard_ms"), ".1f")),
-            _fmt(r.get("ttft_intracard_speedup"), ".2f", "x"),
+            _fmt(r.get("ttft_intracard_speedup"), ".2f", "x"), _fmt(r.get("student_split_over_serial"), ".2f", "x"),
             _err_cell(t, "decode", _fmt(t.get("decode_tok_s"), ".1f")),
             _err_cell(s, "decode", _fmt(s.get("decode_tok_s"), ".1f")), _fmt(r.get("decode_speedup"), ".2f", "x"),
             thr(t), thr(s), _fmt(r.get("throughput_ratio"), ".2f", "x"),

@@ -69,8 +69,8 @@ class BenchSettings:
     # also time the student's eager prefill under fla's intra-card context parallelism (CUDA only; checked against the
     # serial prefill first; gendistill.ops.backend.fla_intracard) ...
     intracard: bool = True
-    # ... from this context on: fla splits no sequence under 24K tokens (16 heads), so shorter ones would time the
-    # serial pass again
+    # ... from this context on: fla splits no sequence under 24K tokens, so shorter ones would time the serial pass
+    # again
     intracard_min_context: int = 32768
     # throughput sweep
     max_batch: int = 1024

@@ -55,20 +55,23 @@ def fla_intracard(enabled: bool = True) -> Iterator[None]:
     """fla's intra-card context parallelism on (or off) for the block: a long prefill's chunked delta-rule state pass
     split across the card instead of walked one chunk after another.
 
-    fla 0.6 (``fla/ops/common/intracard_cp.py``) cuts each long packed sequence at chunk boundaries into up to
-    ``FLA_INTRACARD_MAX_SPLITS`` (32) subsequences, summarises every subsequence as an affine map of its start state
-    (one parallel pre-scan over the already WY-transformed chunks), chains the maps in float32 and then runs the
-    subsequences side by side from their true start states: the same function as the serial pass up to the chain's
-    rounding, with only the state pass (not the intra-chunk work) done twice. fla applies it only under
-    ``torch.inference_mode()``, only to packed calls (``cu_seqlens``: gendistill's chunked KDA and Gated DeltaNet
-    calls always pass them, :func:`gendistill.ops.varlen.call_as_one_row`), never inside a CUDA-graph capture (it
-    reads the bounds on the host), and only to sequences long enough: with ``H`` heads on a card of ``S``
-    multiprocessors the subsequences are ``max(T / max(4, S // (2 H)), 8192)`` tokens long and a sequence is split
-    from three of them (24K tokens at 16 heads on an H100 or H200).
+    fla 0.6 (``fla/ops/common/intracard_cp.py``) runs the intra-chunk work of a packed call once, as the serial
+    kernel does, and splits only the chunk-to-chunk state pass: it cuts each sequence of at least three subsequence
+    lengths at chunk boundaries, summarises every subsequence as an affine map of its start state (a pre-scan whose
+    state pass carries ``K`` more columns than the values' ``V``: ``[K, V + K]`` per head, float32), chains the maps
+    in float32 (three-pass tf32 products) and runs the subsequences' state passes side by side from their true start
+    states. The same function as the serial pass up to the chain's rounding. The subsequence length is
+    ``max(T / max(4, S // (2 H)), 8192)`` tokens for the longest sequence ``T`` of the call, ``H`` heads and a card
+    of ``S`` multiprocessors (at most 32 pieces a sequence), so no sequence under 24K tokens is split, and at 16
+    heads on an H100 or H200 (132 multiprocessors) a sequence is cut into 3 pieces under 32K tokens, 4 from there.
 
-    fla reads its switch, the environment variable ``FLA_INTRACARD_CP``, at every call; this sets it for the block
-    and restores what was there after, so it is process-wide while the block runs (not for concurrent threads).
-    Measured against the serial pass by ``gendistill bench`` (``ttft_intracard_ms``) and ``benchmarks/kda_kernels.py``.
+    fla takes the split only under ``torch.inference_mode()``, for packed calls (``cu_seqlens``) and outside fla's
+    own graph mode; gendistill hands fla packed calls (:func:`fla_splits_prefills`, and
+    :func:`gendistill.ops.varlen.call_as_one_row`, which leaves a call inside a CUDA-graph capture as it is: the
+    split reads the bounds on the host). fla reads its switch, the environment variable ``FLA_INTRACARD_CP``, at
+    every call; this sets it for the block and restores what was there after, so it is process-wide while the block
+    runs (not for concurrent threads). Measured against the serial pass by ``gendistill bench``
+    (``ttft_intracard_ms``) and ``benchmarks/kda_kernels.py``.
     """
     before = os.environ.get(FLA_INTRACARD_ENV)
     os.environ[FLA_INTRACARD_ENV] = "1" if enabled else "0"
@@ -81,4 +84,9 @@ def fla_intracard(enabled: bool = True) -> Iterator[None]:
             os.environ[FLA_INTRACARD_ENV] = before
 
 
-__all__ = ["FLA_INTRACARD_ENV", "fla_available", "fla_intracard", "use_fla"]
+def fla_splits_prefills() -> bool:
+    """Whether fla would split a long prefill now: its switch on (as fla reads it) and inference mode."""
+    return os.environ.get(FLA_INTRACARD_ENV, "0") != "0" and torch.is_inference_mode_enabled()
+
+
+__all__ = ["FLA_INTRACARD_ENV", "fla_available", "fla_intracard", "fla_splits_prefills", "use_fla"]
