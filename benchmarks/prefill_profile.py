@@ -138,17 +138,15 @@ def profile_layer(student, L: int, device: torch.device) -> dict:
         "conv_with_state": lambda: causal_conv1d_btd(qkv, cw, cb, None, output_final_state=True),
         "gqa_repeat": lambda: (k.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2),
                                v.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2)),
-        # the decay's, beta's and the output gate's first matrices as one GEMM (the layer's joined weights)
-        "input_proj": lambda: mixer.project_inputs(x),
+        "f_b_proj": lambda: (mixer.f_proj(x), mixer.b_proj(x)),
+        "g_proj": lambda: mixer.g_proj(x),
     }
-    inputs = mixer.project_inputs(x)
-    parts["f_g_second_proj"] = lambda: (mixer.f_proj[1](inputs["f_proj.0"]), mixer.g_proj[1](inputs["g_proj.0"]))
     qh = q.view(B, L, H, K)
     kh = k.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2)
     vh = v.view(B, L, Hkv, K).repeat_interleave(H // Hkv, 2)
-    f, b = mixer.f_proj[1](inputs["f_proj.0"]).view(B, L, H, K), inputs["b_proj"]
+    f, b = mixer.f_proj(x).view(B, L, H, K), mixer.b_proj(x)
     o = torch.randn(B, L, H, K, device=device, dtype=x.dtype)
-    gate = mixer.g_proj[1](inputs["g_proj.0"]).view(B, L, H, K)
+    gate = mixer.g_proj(x).view(B, L, H, K)
     parts["o_norm"] = lambda: mixer.o_norm(o, gate)
     parts["o_proj"] = lambda: mixer.o_proj(o.view(B, L, H * K))
     if device.type == "cuda":

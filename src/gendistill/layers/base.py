@@ -37,9 +37,6 @@ class TeacherShapedMixer(nn.Module):
 
     #: parameters kept in float32 whatever the model dtype (decay rates: bf16 would round them)
     fp32_parameters: tuple[str, ...] = ()
-    #: the mixer's own bias-free projections of the layer input (``nn.Linear`` paths, as ``get_submodule`` takes them),
-    #: computed beside the output gate's first matrix by :meth:`project_inputs`; :meth:`mix` gets their outputs
-    input_projections: tuple[str, ...] = ()
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -64,7 +61,6 @@ class TeacherShapedMixer(nn.Module):
                                     nn.Linear(config.kda_gate_rank, H * K, bias=True))
         self.o_norm = GatedRMSNorm(K, eps=config.kda_norm_eps, activation=config.kda_gate_activation)
         self.o_proj = nn.Linear(H * K, D, bias=config.kda_o_bias)
-        self._joined: dict[str, tuple[tuple, torch.Tensor]] = {}  # joined(): name -> (parameters' identity, join)
 
     # ------------------------------------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -98,49 +94,21 @@ class TeacherShapedMixer(nn.Module):
         A_log._no_weight_decay = dt_bias._no_weight_decay = True
 
     # ------------------------------------------------------------------------------------------------------- forward
-    def joined(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
-        """``torch.cat(parts)`` of parameters (or views of them) along dim 0. Under ``torch.inference_mode()`` the join
-        is made once and kept until a part changes (a new storage, or a new version of it: an optimiser step,
-        ``load_state_dict``, ``.to()``), so a prefill or decode step runs no copy of the weights and its graph one
-        kernel less; the kept joins are a second copy of those weights (q/k/v: ``(Dq + Dk + Dv) x D`` a layer).
-        Otherwise it is made at every call, inside the autograd graph."""
-        if not torch.is_inference_mode_enabled():
-            return torch.cat(parts)
-        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.shape) for t in parts)
-        kept = self._joined.get(name)
-        if kept is None or kept[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, which later no-grad code may read
-                kept = (key, torch.cat([t.detach() for t in parts]))
-            self._joined[name] = kept
-        return kept[1]
-
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``, by one GEMM over the three
-        teacher-shaped weights joined (:meth:`joined`; kept under inference mode). Outside inference mode a decode
-        step (fewer rows than ``D``) runs three GEMMs and joins their outputs instead: joining the weights afresh every
-        token would cost more than the GEMMs."""
+        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. Whichever is smaller is
+        concatenated: the three teacher-shaped weights (one GEMM instead of three: prompts and training batches) or
+        the three outputs (decode steps, where copying the weights every token would cost more than the GEMMs)."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if not torch.is_inference_mode_enabled() and x.shape[:-1].numel() < self.hidden_size:
+        if x.shape[:-1].numel() < self.hidden_size:
             return torch.cat([p(x) for p in projs], dim=-1)
-        b = self.joined("qkv_bias", [p.bias for p in projs]) if self.q_proj.bias is not None else None
-        return F.linear(x, self.joined("qkv_weight", [p.weight for p in projs]), b)
-
-    def project_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The other projections of the layer input: the output gate's first matrix (``"g_proj.0"``) and the mixer's
-        :attr:`input_projections`, as ``{path: [B, T, out]}``. Under inference mode one GEMM over their joined
-        weights (all bias-free), its output split into views; otherwise one GEMM each, as training has them."""
-        names = ("g_proj.0", *self.input_projections)
-        linears = [self.get_submodule(n) for n in names]
-        if not torch.is_inference_mode_enabled():
-            return {n: lin(x) for n, lin in zip(names, linears)}
-        y = F.linear(x, self.joined("input_weight", [lin.weight for lin in linears]))
-        return dict(zip(names, y.split([lin.out_features for lin in linears], dim=-1)))
+        b = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
+        return F.linear(x, torch.cat([p.weight for p in projs]), b)
 
     def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
-        weight = self.joined("conv_weight", [c.weight.squeeze(1) for c in convs])
-        bias = self.joined("conv_bias", [c.bias for c in convs]) if self.q_conv1d.bias is not None else None
+        weight = torch.cat([c.weight.squeeze(1) for c in convs])
+        bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
         return weight, bias
 
     def mix(
@@ -148,7 +116,7 @@ class TeacherShapedMixer(nn.Module):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        inputs: dict[str, torch.Tensor],
+        x: torch.Tensor,
         *,
         recurrent: bool,
         initial_state: torch.Tensor | None,
@@ -156,10 +124,9 @@ class TeacherShapedMixer(nn.Module):
         cu_seqlens: torch.LongTensor | None,
         pad_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); inputs: the
-        outputs ``[B, T, out]`` of the mixer's :attr:`input_projections` of the layer input, by path (for
-        data-dependent gates; :meth:`project_inputs`); pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must
-        leave the state unchanged. Returns ``(o [B, T, H, K], final state [N, H, K, K] or None)``."""
+        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); x ``[B, T, D]``
+        the layer input (for data-dependent gates); pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must leave
+        the state unchanged. Returns ``(o [B, T, H, K], final state [N, H, K, K] or None)``."""
         raise NotImplementedError
 
     def forward(
@@ -189,7 +156,6 @@ class TeacherShapedMixer(nn.Module):
 
         x = hidden_states
         qkv = self.project_qkv(x)  # [B, T, Dq + Dk + Dv]
-        inputs = self.project_inputs(x)  # the output gate's and the mixer's own projections of x
         if pad_mask is not None:
             qkv = qkv * pad_mask[..., None].to(qkv.dtype)
         # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
@@ -216,12 +182,12 @@ class TeacherShapedMixer(nn.Module):
         if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention
             k = k.repeat_interleave(H // Hkv, dim=2)
             v = v.repeat_interleave(H // Hkv, dim=2)
-        o, final_state = self.mix(q, k, v, inputs, recurrent=recurrent, initial_state=recurrent_state,
+        o, final_state = self.mix(q, k, v, x, recurrent=recurrent, initial_state=recurrent_state,
                                   output_final_state=cache is not None, cu_seqlens=cu_seqlens, pad_mask=pad_mask)
         if cache is not None:
             cache.update_recurrent_state(final_state.float(), self.layer_idx)
 
-        gate = self.g_proj[1](inputs["g_proj.0"]).view(B, T, H, K)
+        gate = self.g_proj(x).view(B, T, H, K)
         o = self.o_norm(o.to(x.dtype), gate).reshape(B, T, H * K)
         return self.o_proj(o)
 

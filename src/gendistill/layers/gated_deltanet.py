@@ -22,7 +22,6 @@ class GatedDeltaNet(TeacherShapedMixer):
     ``beta = sigmoid(b_proj(x))``."""
 
     fp32_parameters = ("A_log", "dt_bias")
-    input_projections = ("a_proj", "b_proj")
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -40,9 +39,9 @@ class GatedDeltaNet(TeacherShapedMixer):
             lin.weight.normal_(0.0, initializer_range)
         self.init_mamba_decay(self.A_log, self.dt_bias)
 
-    def mix(self, q, k, v, inputs, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
-        g = gdn_gate(inputs["a_proj"], self.A_log, self.dt_bias)
-        beta = torch.sigmoid(inputs["b_proj"].float())
+    def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
+        g = gdn_gate(self.a_proj(x), self.A_log, self.dt_bias)
+        beta = torch.sigmoid(self.b_proj(x).float())
         if pad_mask is not None:  # padded tokens: no decay, no write
             m = pad_mask.to(g.dtype)[..., None]
             g, beta = g * m, beta * m

@@ -22,7 +22,6 @@ class GatedLinearAttention(TeacherShapedMixer):
     Extra config fields: ``kda_decay_rank`` (inner rank of ``gk_proj``), ``gla_gate_logit_normalizer``."""
 
     fp32_parameters = ("gk_bias",)
-    input_projections = ("gk_proj.0",)
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -44,9 +43,9 @@ class GatedLinearAttention(TeacherShapedMixer):
         self.gk_bias.zero_()
         self.gk_bias._no_weight_decay = True
 
-    def mix(self, q, k, v, inputs, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
+    def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
         B, T, H, K = q.shape
-        gk = (self.gk_proj[1](inputs["gk_proj.0"]).float() + self.gk_bias.float()).view(B, T, H, K)
+        gk = (self.gk_proj(x).float() + self.gk_bias.float()).view(B, T, H, K)
         g = F.logsigmoid(gk) / self.gate_logit_normalizer
         if pad_mask is not None:  # padded tokens: no decay, no write (k after the conv may carry its bias)
             m = pad_mask.to(g.dtype)[..., None, None]

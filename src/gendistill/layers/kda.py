@@ -30,7 +30,6 @@ class KimiDeltaAttention(TeacherShapedMixer):
     """
 
     fp32_parameters = ("A_log", "dt_bias")
-    input_projections = ("f_proj.0", "b_proj")
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -64,10 +63,10 @@ class KimiDeltaAttention(TeacherShapedMixer):
             self.dt_bias.copy_(dt_bias)
 
     # ------------------------------------------------------------------------------------------------------- forward
-    def mix(self, q, k, v, inputs, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
+    def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
         B, T, H, K = q.shape
         return kda_from_projections(
-            q, k, v, self.f_proj[1](inputs["f_proj.0"]).view(B, T, H, K), inputs["b_proj"], self.A_log, self.dt_bias,
+            q, k, v, self.f_proj(x).view(B, T, H, K), self.b_proj(x), self.A_log, self.dt_bias,
             recurrent=recurrent, initial_state=initial_state, output_final_state=output_final_state,
             cu_seqlens=cu_seqlens, pad_mask=pad_mask, gate_lower_bound=self.gate_lower_bound,
         )

@@ -23,7 +23,6 @@ class Mamba2(TeacherShapedMixer):
     ``dt = softplus(dt_proj(x) + dt_bias)`` ``[B, T, H]``."""
 
     fp32_parameters = ("A_log", "dt_bias", "D")
-    input_projections = ("dt_proj",)
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -43,8 +42,8 @@ class Mamba2(TeacherShapedMixer):
         self.D.fill_(1.0)
         self.D._no_weight_decay = True
 
-    def mix(self, q, k, v, inputs, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
-        dt = mamba2_dt(inputs["dt_proj"], self.dt_bias)
+    def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
+        dt = mamba2_dt(self.dt_proj(x), self.dt_bias)
         if pad_mask is not None:  # dt = 0: no decay and no write at padded tokens
             dt = dt * pad_mask.to(dt.dtype)[..., None]
         return mamba2_ssd(q, k, v, dt, self.A_log, self.D, recurrent=recurrent, initial_state=initial_state,
