@@ -41,6 +41,9 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
   ;;
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
+  # every kernel fla autotunes (a key the shipped configurations lack: the packed prefill of the intra-card split at
+  # 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
+  export TRITON_PRINT_AUTOTUNING=1
   step "GPU tests: bounded gate, intra-card split"
   timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard" \
     > "$RES/gpu_tests.txt" 2>&1
