@@ -283,6 +283,19 @@ MUTANTS: list[Mutant] = [
            "    if not fla_available():", "    if False:",
            ("tests/distill/test_distill_losses.py", "-k", "fla_available_first"),
            "the fused loss imports fla without asking fla_available(): fla starts before its shipped configurations"),
+    # ---- fla's intra-card split (issue 26)
+    Mutant("split_prefill_never_packed", "src/gendistill/ops/kda/__init__.py",
+           "        if fla_splits_prefills():", "        if False:",
+           ("tests/model/test_fla_call_sites.py", "-k", "packed_when_fla_may_split"),
+           "with fla's split switched on, an unpacked prefill still reaches fla unpacked: fla never splits it"),
+    Mutant("bench_serial_prefill_split_too", "src/gendistill/bench/runner.py",
+           "        with fla_intracard(False):\n            return self._run()", "        return self._run()",
+           ("tests/bench/test_intracard_flow.py",),
+           "a user's FLA_INTRACARD_CP=1 reaches the bench's serial prefills: the serial figure is the split one"),
+    Mutant("split_check_tolerance_ignored", "src/gendistill/bench/engine.py",
+           "and same_layout and rel <= tolerance}", "and same_layout}",
+           ("tests/bench/test_intracard_flow.py", "-k", "compare_prefills"),
+           "a split or graphed prefill whose cache differs by 5 % from the eager one is accepted and timed"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
