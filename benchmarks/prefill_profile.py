@@ -5,12 +5,15 @@ alone and with fla's own ``KimiDeltaAttention`` layer. GPU benchmark (``--device
 Qwen3-0.6B shape with random weights (bf16, SDPA for both models), batch 1, the layout of the paper (7 attention +
 21 KDA layers); the bench's own prefill (``gendistill.bench.engine.prefill``: fresh cache, last logits only).
 
-  model    TTFT of teacher and student (median, CUDA events) and, from one torch.profiler trace of the student, the
+  model    TTFT of teacher and student (median, CUDA events; the student's mixers on weights joined once, as the
+           bench runs them) and, from one torch.profiler trace of the student, the
            device-busy time (sum of kernel times), the host gap (wall - busy: launch and Python overhead), the number
            of kernels, the split by block part (attention / KDA / MLP / lm_head) and the top kernels (text file).
   layer    one KDA mixer with a fresh cache (as in prefill) vs fla's ``chunk_kda`` alone on the same shapes (the
            kernel with the gate, L2 norm and beta sigmoid fused in, final state out): the issue's bound is
-           layer <= 2x kernel; plus the layer's parts timed alone (projections, convs, GQA repeat, output gate/norm).
+           layer <= 2x kernel; plus the layer's parts timed alone (projections, convs, GQA repeat, output gate/norm),
+           and the layer's prefill and one decode step with its weights joined once (``joined_weights``, as
+           generation and the bench run it) against joined at every call.
   peer     fla's ``fla.layers.KimiDeltaAttention`` at the same shapes, our weights mapped onto it (GQA k/v heads
            repeated to MHA, convs without activation, SiLU gate in the output norm): max relative difference of the
            outputs against our layer (no cache) and its time.
@@ -36,6 +39,7 @@ from gendistill.bench import engine  # noqa: E402
 from gendistill.bench.profile import append_table, label_times, labelled, op_table  # noqa: E402
 from gendistill.bench.timing import measure  # noqa: E402
 from gendistill.io import portable_command  # noqa: E402
+from gendistill.layers.base import joined_weights  # noqa: E402
 from gendistill.ops.backend import fla_available  # noqa: E402
 
 
@@ -129,6 +133,19 @@ def profile_layer(student, L: int, device: torch.device) -> dict:
     res["layer_cached_prefill_ms"] = t.median_ms
     t = measure(lambda: mixer(x), device, warmup=2, repeats=5, budget_s=5)
     res["layer_no_cache_ms"] = t.median_ms
+    # the weights joined once (as gendistill's generation engine and bench run the student) against joined at every
+    # call, for the prefill and for one decode step after it
+    cache = DynamicCache(config=student.config)
+    mixer(x, cache=cache)
+    x1 = x[:, -1:].clone()
+    t = measure(lambda: mixer(x1, cache=cache), device, warmup=2, repeats=20, budget_s=2)
+    res["layer_decode_step_ms"] = t.median_ms
+    with joined_weights(mixer):
+        t = measure(lambda: mixer(x, cache=DynamicCache(config=student.config)), device, warmup=2, repeats=5,
+                    budget_s=5)
+        res["layer_cached_prefill_joined_ms"] = t.median_ms
+        t = measure(lambda: mixer(x1, cache=cache), device, warmup=2, repeats=20, budget_s=2)
+        res["layer_decode_step_joined_ms"] = t.median_ms
 
     qkv = mixer.project_qkv(x)
     q, k, v = qkv.split([mixer.q_dim, mixer.k_dim, mixer.v_dim], dim=-1)
@@ -262,7 +279,8 @@ def main(argv=None) -> int:
 
     if "model" not in skip:
         for L in parse_lengths(args.contexts):
-            row = {"student": profile_model(student, L, device, table_path, f"student prefill {L}")}
+            with joined_weights(student):  # as the bench runs the student
+                row = {"student": profile_model(student, L, device, table_path, f"student prefill {L}")}
             if "teacher" not in skip:
                 row["teacher"] = profile_model(teacher, L, device, table_path, f"teacher prefill {L}")
                 row["ttft_speedup"] = row["teacher"]["wall_ms"] / row["student"]["wall_ms"]
@@ -286,13 +304,16 @@ def main(argv=None) -> int:
         print(f"{L:>8} {t.get('wall_ms', float('nan')):>11.2f} {s['wall_ms']:>11.2f} "
               f"{row.get('ttft_speedup', float('nan')):>9.2f} {s.get('busy_ms', float('nan')):>8.2f} "
               f"{s.get('host_gap_ms', float('nan')):>7.2f} {s.get('kernels', 0):>8}  {s.get('by_part_ms', {})}")
-    print(f"\n{'context':>8} {'layer ms':>9} {'kernel ms':>10} {'layer/kernel':>13}  parts (ms)")
+    print(f"\n{'context':>8} {'layer ms':>9} {'joined ms':>10} {'step ms':>8} {'joined':>7} {'kernel ms':>10} "
+          f"{'layer/kernel':>13}  parts (ms)")
     for L, row in res["layer"].items():
         kern = row["parts_ms"].get("chunk_kda_kernel", float("nan"))
         ratio = row["layer_over_kernel"] or float("nan")
         parts = {k.replace("chunk_kda_kernel_", ""): round(v, 2) for k, v in row["parts_ms"].items()
                  if k != "chunk_kda_kernel"}
-        print(f"{L:>8} {row['layer_cached_prefill_ms']:>9.2f} {kern:>10.2f} {ratio:>13.2f}  {parts}")
+        print(f"{L:>8} {row['layer_cached_prefill_ms']:>9.2f} {row['layer_cached_prefill_joined_ms']:>10.2f} "
+              f"{row['layer_decode_step_ms']:>8.3f} {row['layer_decode_step_joined_ms']:>7.3f} {kern:>10.2f} "
+              f"{ratio:>13.2f}  {parts}")
     save()
     print(f"\nwrote {json_path}")
     return 0

@@ -3,9 +3,10 @@
 # bounded decay gate and of fla's intra-card split; then one complete `gendistill bench` of the committed code
 # (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed, eager and, from 32K, eager with fla's intra-card
 # split, decode, peak throughput) under a fixed --time-limit, first among the timings so that the experiments after
-# it cannot starve it; then the KDA kernel alone, serial against split, at 32K-128K (benchmarks/kda_kernels.py); then,
-# with what time is left, the bounded-gate student's time to first token beside the teacher. Random weights: no
-# teacher and no data travel, only the wheels.
+# it cannot starve it; then the KDA kernel alone, serial against split, at 32K-128K (benchmarks/kda_kernels.py); then
+# one KDA layer's prefill and decode step with its weights joined once against at every call
+# (benchmarks/prefill_profile.py); then, with what time is left, the bounded-gate student's time to first token
+# beside the teacher. Random weights: no teacher and no data travel, only the wheels.
 # Measured on an H100 (2026-12-05, docs/results.md section 2): the GPU tests took over 240 s on a fresh machine (fla
 # autotunes every new shape), the complete run 253 s, the bounded run 49 s.
 # Here, first: bash tools/device_wheels.sh   (.whl)
@@ -44,9 +45,9 @@ driver)  # (background)
   # every kernel fla autotunes (a key the shipped configurations lack: the packed prefill of the intra-card split at
   # 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
-  step "GPU tests: bounded gate, intra-card split"
-  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard" \
-    > "$RES/gpu_tests.txt" 2>&1
+  step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
+  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard or fast_engine" \
+    tests/gpu/test_fast_generate_gpu.py > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
   step "complete run, --time-limit $LIMIT s"
@@ -61,6 +62,14 @@ driver)  # (background)
     step "kernels rc=$?"
   else
     step "kernels skipped: $(left) s left"
+  fi
+  if [ "$(left)" -gt 260 ]; then
+    step "one KDA layer: prefill and decode step with its weights joined once against at every call"
+    timeout 150 python3 benchmarks/prefill_profile.py --skip model,peer --layer-contexts 1k,4k,32k --label joined \
+      --out "$JOB/bench/prefill" > "$RES/bench_layer.log" 2>&1
+    step "layer rc=$?"
+  else
+    step "layer skipped: $(left) s left"
   fi
   if [ "$(left)" -gt 200 ]; then
     step "bounded gate ${BOUND:--5}: TTFT beside the teacher"

@@ -14,6 +14,7 @@ from gendistill.bench.ratios import ratios, summary
 from gendistill.bench.runner import Runner
 from gendistill.bench.settings import BenchSettings, settings_from_options
 from gendistill.errors import ConfigError
+from gendistill.layers.base import TeacherShapedMixer
 from gendistill.ops.backend import FLA_INTRACARD_ENV, fla_intracard
 
 
@@ -21,6 +22,8 @@ class SwitchLog(list):
     def __init__(self):
         super().__init__()
         self.teacher: list[tuple[int, str | None]] = []
+        self.joined: list[bool] = []
+        self.mixers: list = []
 
 
 @pytest.fixture
@@ -34,6 +37,9 @@ def switch_seen(monkeypatch):
     def prefill(model, ids):
         log = seen if hasattr(model, "cache_bytes") else seen.teacher  # the hybrid tells its cache's size
         log.append((ids.shape[1], os.environ.get(FLA_INTRACARD_ENV)))
+        if log is seen:  # the student's mixers: on weights joined once for the run (joined_weights)
+            seen.mixers = [m for m in model.modules() if isinstance(m, TeacherShapedMixer)]
+            seen.joined.append(all(m._joined is not None for m in seen.mixers))
         return real(model, ids)
 
     monkeypatch.setattr(engine, "prefill", prefill)
@@ -70,6 +76,9 @@ def test_split_prefill_is_timed_for_the_student_from_its_context_on(tmp_path, sw
     assert all(v == "0" for n, v in switch_seen if v != "1") and os.environ.get(FLA_INTRACARD_ENV) is None
     assert switch_seen.count((128, "0")) == 1 + 2  # the serial TTFT's warm-up and repeats, no extra prefill
     assert switch_seen.teacher and all(v == "0" for _, v in switch_seen.teacher)
+    # every student prefill ran on the weights joined once for the run, released at its end
+    assert switch_seen.joined and all(switch_seen.joined)
+    assert switch_seen.mixers and all(m._joined is None for m in switch_seen.mixers)
     # the table and the TTFT panel show it
     from rich.console import Console
 

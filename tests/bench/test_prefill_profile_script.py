@@ -23,4 +23,7 @@ def test_prefill_profile_cpu_plumbing(tmp_path, capsys):
     parts = data["layer"]["32"]["parts_ms"]
     assert {"qkv_proj", "conv_with_state", "gqa_repeat", "o_norm", "o_proj"} <= set(parts)
     assert all(v > 0 for v in parts.values())
+    layer = data["layer"]["32"]
+    assert all(layer[k] > 0 for k in ("layer_cached_prefill_joined_ms", "layer_decode_step_ms",
+                                       "layer_decode_step_joined_ms"))
     assert "prefill profile [t]" in capsys.readouterr().out

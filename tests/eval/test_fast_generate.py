@@ -257,3 +257,24 @@ def test_failed_capture_falls_back_to_eager(model, tok, monkeypatch):
                                  cuda_graphs=True, show_progress=False)
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
     assert stats.extra["graph_captures"] == 0
+
+
+def test_the_fast_engine_runs_the_mixers_on_weights_joined_for_the_call(model, tok, monkeypatch):
+    """The fast engine's batches run inside :func:`gendistill.layers.base.joined_weights` (the student's mixers copy
+    no weights per step), released when the call returns; the reference engine runs the model as it is."""
+    from gendistill.layers.base import TeacherShapedMixer
+
+    mixers = [m for m in model.modules() if isinstance(m, TeacherShapedMixer)]
+    if not mixers:
+        pytest.skip("the tiny teacher has no linear mixer")
+    seen = []
+    real_call = G._FastDecoder.__call__
+
+    def call(self, rows, max_new_tokens):
+        seen.append(all(m._joined is not None for m in mixers))
+        return real_call(self, rows, max_new_tokens)
+
+    monkeypatch.setattr(G._FastDecoder, "__call__", call)
+    _both(model, tok, _prompts(tok), max_new_tokens=4)
+    assert seen and all(seen)
+    assert all(m._joined is None for m in mixers)

@@ -28,6 +28,7 @@ from gendistill.bench.throughput import measure_throughput
 from gendistill.bench.timing import measure, sync
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
+from gendistill.layers.base import joined_weights
 from gendistill.models.decoding import require_full_attention
 from gendistill.ops.backend import fla_intracard
 from gendistill.ownership import check_report_folder, claim_report_folder
@@ -190,7 +191,8 @@ class Runner:
         for L in sorted(s.contexts):
             for role in self.roles:
                 self.log(f"context {L}: {role}")
-                self.measure_context(role, L, by_ctx[L][role])
+                with joined_weights(self.models[role]):  # the student's mixers on weights joined once
+                    self.measure_context(role, L, by_ctx[L][role])
                 by_ctx[L]["ratios"] = ratios(by_ctx[L])
                 self.save()
         if s.wants("throughput"):
@@ -200,8 +202,9 @@ class Runner:
                     e = by_ctx[L][role]
                     if "cache_bytes_theoretical" not in e:
                         self.cache_entry(role, L, e)
-                    self._guard(e, "throughput", lambda: measure_throughput(self.models[role], L, e, s, self.device,
-                                                                             self.dtype, self.log))
+                    with joined_weights(self.models[role]):
+                        self._guard(e, "throughput", lambda: measure_throughput(self.models[role], L, e, s,
+                                                                                 self.device, self.dtype, self.log))
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
         if s.profile_contexts:
@@ -211,7 +214,8 @@ class Runner:
                 self.log(f"profile at {L}: {role}")
                 prof = self.results.setdefault("profile", {}).setdefault(str(L), {})
                 prof[role] = {}
-                self._guard(prof[role], "profile", lambda: prof[role].update(self.profile(role, L)))
+                with joined_weights(self.models[role]):
+                    self._guard(prof[role], "profile", lambda: prof[role].update(self.profile(role, L)))
                 self.save()
         self.results["summary"] = summary(self.results)
         self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -330,25 +334,28 @@ class Runner:
         for role in self.roles:
             m = self.models[role]
             entry: dict = {"context": L}
-            try:
-                with torch.inference_mode():
-                    cache, first = engine.prefill(m, engine.random_prompt(m.config.vocab_size, L, 1, self.device))
-                    max_len = L + 2 * steps + 8
-                    state = engine.make_state(engine.to_static_cache(cache, m.config, max_len), first, L, max_len)
-                    del cache
-                if self.s.validate_graph:
-                    v = engine.validate_graph(m, state, steps=steps)
-                    v.pop("graph")
-                    ok = v["argmax_match"] and v["max_abs_diff"] <= 0.05 * max(1.0, v["logit_scale"])
-                    entry.update(v)
-                else:
-                    with torch.inference_mode():  # the state's tensors are inference tensors
-                        engine.GraphStep(engine.make_step(m, state))
-                    ok = True
-                entry["accepted"] = ok
-            except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, recorded
-                entry.update(accepted=False, error=_err(exc), traceback=traceback.format_exc(limit=8))
-                sync(self.device)
+            with joined_weights(m):  # as the timed decode steps will run
+                try:
+                    with torch.inference_mode():
+                        prompt = engine.random_prompt(m.config.vocab_size, L, 1, self.device)
+                        cache, first = engine.prefill(m, prompt)
+                        max_len = L + 2 * steps + 8
+                        static = engine.to_static_cache(cache, m.config, max_len)
+                        state = engine.make_state(static, first, L, max_len)
+                        del cache
+                    if self.s.validate_graph:
+                        v = engine.validate_graph(m, state, steps=steps)
+                        v.pop("graph")
+                        ok = v["argmax_match"] and v["max_abs_diff"] <= 0.05 * max(1.0, v["logit_scale"])
+                        entry.update(v)
+                    else:
+                        with torch.inference_mode():  # the state's tensors are inference tensors
+                            engine.GraphStep(engine.make_step(m, state))
+                        ok = True
+                    entry["accepted"] = ok
+                except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, recorded
+                    entry.update(accepted=False, error=_err(exc), traceback=traceback.format_exc(limit=8))
+                    sync(self.device)
             info.setdefault("validation", {})[role] = entry
             self.log(f"cuda graph check {role}: {({k: v for k, v in entry.items() if k != 'traceback'})}")
             free_memory()

@@ -24,6 +24,7 @@ Returns the texts in input order plus throughput numbers (new tokens per second,
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
+from gendistill.layers.base import joined_weights
 from gendistill.models.decoding import (
     GraphStep,
     decode_bytes_per_row,
@@ -231,15 +233,18 @@ def generate(
     else:
         decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
-    for start, end in cuts:
-        idx = order[start:end]
-        new = decoder([enc[i] for i in idx], max_new_tokens)
-        for b, i in enumerate(idx):
-            outs[i] = _finish(new[b], eos, stop, tokenizer, len(enc[i]))
-            stats.prompt_tokens += len(enc[i])
-            stats.new_tokens += outs[i].new_tokens
-        stats.batches += 1
-        bar.update(len(idx))
+    # the fast engine's linear mixers run on weights joined once for the call (no weight copies per step); the
+    # reference engine stays as transformers runs the model
+    with joined_weights(model) if engine == "fast" else contextlib.nullcontext():
+        for start, end in cuts:
+            idx = order[start:end]
+            new = decoder([enc[i] for i in idx], max_new_tokens)
+            for b, i in enumerate(idx):
+                outs[i] = _finish(new[b], eos, stop, tokenizer, len(enc[i]))
+                stats.prompt_tokens += len(enc[i])
+                stats.new_tokens += outs[i].new_tokens
+            stats.batches += 1
+            bar.update(len(idx))
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
                            decode_steps=decoder.steps, checks=decoder.checks, cuda_graphs=decoder.graphs)

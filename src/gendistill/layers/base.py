@@ -9,7 +9,10 @@ A mixer subclasses :class:`TeacherShapedMixer`, creates its decay/gate parameter
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +64,7 @@ class TeacherShapedMixer(nn.Module):
                                     nn.Linear(config.kda_gate_rank, H * K, bias=True))
         self.o_norm = GatedRMSNorm(K, eps=config.kda_norm_eps, activation=config.kda_gate_activation)
         self.o_proj = nn.Linear(H * K, D, bias=config.kda_o_bias)
+        self._joined: JoinedWeights | None = None  # set inside joined_weights()
 
     # ------------------------------------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -94,10 +98,46 @@ class TeacherShapedMixer(nn.Module):
         A_log._no_weight_decay = dt_bias._no_weight_decay = True
 
     # ------------------------------------------------------------------------------------------------------- forward
+    def _joinable(self) -> list[torch.Tensor]:
+        """The parameters :func:`joined_weights` joins, in a fixed order: q/k/v weights and biases, conv weights and
+        biases (None entries skipped)."""
+        projs, convs = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        return [t for t in (*(p.weight for p in projs), *(p.bias for p in projs), *(c.weight for c in convs),
+                            *(c.bias for c in convs)) if t is not None]
+
+    def _make_joins(self) -> JoinedWeights | None:
+        """The joins of this mixer's weights (None where they cannot be made: parameters on the meta device or
+        sharded, as offloading and FSDP leave them)."""
+        parts = self._joinable()
+        if any(t.is_meta or type(t.data) is not torch.Tensor for t in parts):
+            return None
+        projs, convs = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        with torch.no_grad():
+            return JoinedWeights(
+                source=_identity(parts),
+                qkv_weight=torch.cat([p.weight for p in projs]),
+                qkv_bias=torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None,
+                conv_weight=torch.cat([c.weight.squeeze(1) for c in convs]),
+                conv_bias=torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None,
+            )
+
+    def _joins(self) -> JoinedWeights | None:
+        """The joined weights where they apply: inside :func:`joined_weights`, without gradients (a training step
+        there reads the live weights), and only for the parameters they were made of (a copy of the module, a
+        ``.to()`` or a swapped ``.data`` reads the live weights)."""
+        j = self._joined
+        if j is None or torch.is_grad_enabled() or j.source != _identity(self._joinable()):
+            return None
+        return j
+
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. Whichever is smaller is
-        concatenated: the three teacher-shaped weights (one GEMM instead of three: prompts and training batches) or
-        the three outputs (decode steps, where copying the weights every token would cost more than the GEMMs)."""
+        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. With the weights joined
+        once (:func:`joined_weights`) one GEMM; otherwise whichever is smaller is concatenated: the three
+        teacher-shaped weights (one GEMM instead of three: prompts and training batches) or the three outputs (decode
+        steps, where copying the weights every token would cost more than the GEMMs)."""
+        joins = self._joins()
+        if joins is not None:
+            return F.linear(x, joins.qkv_weight, joins.qkv_bias)
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if x.shape[:-1].numel() < self.hidden_size:
             return torch.cat([p(x) for p in projs], dim=-1)
@@ -106,6 +146,9 @@ class TeacherShapedMixer(nn.Module):
 
     def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""
+        joins = self._joins()
+        if joins is not None:
+            return joins.conv_weight, joins.conv_bias
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
         weight = torch.cat([c.weight.squeeze(1) for c in convs])
         bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
@@ -199,3 +242,41 @@ class TeacherShapedMixer(nn.Module):
         recurrent = batch * self.num_heads * self.head_dim * self.head_dim * 4
         conv = batch * (self.q_dim + self.k_dim + self.v_dim) * self.conv_size * itemsize
         return {"recurrent": recurrent, "conv": conv}
+
+
+@contextlib.contextmanager
+def joined_weights(model: nn.Module) -> Iterator[None]:
+    """Inside the block every linear mixer of ``model`` runs on its q/k/v projection and conv weights joined once on
+    entry instead of at every call (no weight copy per call; a decode step's q, k and v as one GEMM), released on exit:
+    for inference whose weights stay as they are for the whole block (gendistill's fast generation engine and its
+    benchmark enter it). The joins are a second copy of those weights while the block lasts.
+
+    A forward with gradients, a copy of a mixer, a ``.to()`` or a swapped ``.data`` inside the block reads the live
+    weights; an in-place edit of a weight without gradients inside the block is not seen until it ends. Mixers whose
+    parameters are on the meta device or sharded are left as they are. Nested blocks keep the outer block's joins."""
+    mine: list[TeacherShapedMixer] = []
+    try:
+        for m in model.modules():
+            if isinstance(m, TeacherShapedMixer) and m._joined is None:
+                m._joined = m._make_joins()
+                mine.append(m)
+        yield
+    finally:
+        for m in mine:
+            m._joined = None
+
+
+class JoinedWeights(NamedTuple):
+    """A mixer's weights joined by :func:`joined_weights`: ``[Dq + Dk + Dv, D]`` (+ bias) for the one q/k/v GEMM and
+    ``[Dq + Dk + Dv, W]`` (+ bias) for the one conv pass; ``source`` identifies the parameters they were made of."""
+
+    source: tuple
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    conv_weight: torch.Tensor
+    conv_bias: torch.Tensor | None
+
+
+def _identity(parts: list[torch.Tensor]) -> tuple:
+    """Which tensors, with which storage, dtype and device: what a join was made of."""
+    return tuple((id(t), t.data_ptr(), t.dtype, t.device) for t in parts)
