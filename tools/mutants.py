@@ -296,6 +296,15 @@ MUTANTS: list[Mutant] = [
            "and same_layout and rel <= tolerance}", "and same_layout}",
            ("tests/bench/test_intracard_flow.py", "-k", "compare_prefills"),
            "a split or graphed prefill whose cache differs by 5 % from the eager one is accepted and timed"),
+    # ---- weights joined once for inference (issue 26)
+    Mutant("joins_used_with_gradients", "src/gendistill/layers/base.py",
+           "if j is None or torch.is_grad_enabled() or j.source", "if j is None or j.source",
+           ("tests/model/test_joined_weights.py", "-k", "gradients"),
+           "a training step inside joined_weights trains on the weights of the block's entry: its gradients are wrong"),
+    Mutant("joins_outlive_their_weights", "src/gendistill/layers/base.py",
+           " or j.source != _identity(self._joinable()):", ":",
+           ("tests/model/test_joined_weights.py", "-k", "copy_or_a_new_storage"),
+           "a model copied inside the block, or a weight given new storage, computes with another model's weights"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
