@@ -99,11 +99,21 @@ class TeacherShapedMixer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------- forward
     def _joinable(self) -> list[torch.Tensor]:
-        """The parameters :func:`joined_weights` joins, in a fixed order: q/k/v weights and biases, conv weights and
-        biases (None entries skipped)."""
-        projs, convs = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv1d, self.k_conv1d, self.v_conv1d)
-        return [t for t in (*(p.weight for p in projs), *(p.bias for p in projs), *(c.weight for c in convs),
-                            *(c.bias for c in convs)) if t is not None]
+        """The parameters :func:`joined_weights` joins: the q/k/v projections' and the convs', in a fixed order."""
+        return [t for mod in (self.q_proj, self.k_proj, self.v_proj, self.q_conv1d, self.k_conv1d, self.v_conv1d)
+                for t in mod.parameters()]
+
+    def _join_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The q, k and v projections' weights joined, ``[Dq + Dk + Dv, D]``, and their biases (or None)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
+        return torch.cat([p.weight for p in projs]), bias
+
+    def _join_convs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""
+        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
+        return torch.cat([c.weight.squeeze(1) for c in convs]), bias
 
     def _make_joins(self) -> JoinedWeights | None:
         """The joins of this mixer's weights (None where they cannot be made: parameters on the meta device or
@@ -111,15 +121,8 @@ class TeacherShapedMixer(nn.Module):
         parts = self._joinable()
         if any(t.is_meta or type(t.data) is not torch.Tensor for t in parts):
             return None
-        projs, convs = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv1d, self.k_conv1d, self.v_conv1d)
         with torch.no_grad():
-            return JoinedWeights(
-                source=_identity(parts),
-                qkv_weight=torch.cat([p.weight for p in projs]),
-                qkv_bias=torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None,
-                conv_weight=torch.cat([c.weight.squeeze(1) for c in convs]),
-                conv_bias=torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None,
-            )
+            return JoinedWeights(_identity(parts), *self._join_qkv(), *self._join_convs())
 
     def _joins(self) -> JoinedWeights | None:
         """The joined weights where they apply: inside :func:`joined_weights`, without gradients (a training step
@@ -130,29 +133,21 @@ class TeacherShapedMixer(nn.Module):
             return None
         return j
 
-    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. With the weights joined
-        once (:func:`joined_weights`) one GEMM; otherwise whichever is smaller is concatenated: the three
-        teacher-shaped weights (one GEMM instead of three: prompts and training batches) or the three outputs (decode
-        steps, where copying the weights every token would cost more than the GEMMs)."""
-        joins = self._joins()
+    def project_qkv(self, x: torch.Tensor, joins: JoinedWeights | None = None) -> torch.Tensor:
+        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. With ``joins`` (the
+        weights joined once, :func:`joined_weights`) one GEMM; otherwise whichever is smaller is concatenated: the
+        three teacher-shaped weights (one GEMM instead of three: prompts and training batches) or the three outputs
+        (decode steps, where copying the weights every token would cost more than the GEMMs)."""
         if joins is not None:
             return F.linear(x, joins.qkv_weight, joins.qkv_bias)
-        projs = (self.q_proj, self.k_proj, self.v_proj)
         if x.shape[:-1].numel() < self.hidden_size:
-            return torch.cat([p(x) for p in projs], dim=-1)
-        b = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
-        return F.linear(x, torch.cat([p.weight for p in projs]), b)
+            return torch.cat([p(x) for p in (self.q_proj, self.k_proj, self.v_proj)], dim=-1)
+        return F.linear(x, *self._join_qkv())
 
-    def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None."""
-        joins = self._joins()
-        if joins is not None:
-            return joins.conv_weight, joins.conv_bias
-        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
-        weight = torch.cat([c.weight.squeeze(1) for c in convs])
-        bias = torch.cat([c.bias for c in convs]) if self.q_conv1d.bias is not None else None
-        return weight, bias
+    def conv_weights(self, joins: JoinedWeights | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None, from
+        ``joins`` when given, else joined now."""
+        return (joins.conv_weight, joins.conv_bias) if joins is not None else self._join_convs()
 
     def mix(
         self,
@@ -198,13 +193,14 @@ class TeacherShapedMixer(nn.Module):
         pad_mask = None if attention_mask is None else attention_mask[:, -T:]
 
         x = hidden_states
-        qkv = self.project_qkv(x)  # [B, T, Dq + Dk + Dv]
+        joins = self._joins()  # the weights joined once (inside joined_weights), or None: joined at this call
+        qkv = self.project_qkv(x, joins)  # [B, T, Dq + Dk + Dv]
         if pad_mask is not None:
             qkv = qkv * pad_mask[..., None].to(qkv.dtype)
         # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
         # scoring, prefill, chunked prefill) the chunked one.
         recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
-        weight, bias = self.conv_weights()
+        weight, bias = self.conv_weights(joins)
         if cache is not None and (recurrent or cache.is_recording_past(self.layer_idx)):
             # decode: the cache's rolling window of the last W inputs, channels-first [B, Dq + Dk + Dv, W + T]
             window = cache.update_conv_state(qkv.transpose(1, 2), self.layer_idx, conv_kernel_size=self.conv_size)
