@@ -27,6 +27,17 @@ OUT=${OUT:-$JOB/out}
 mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 left() { echo $(( ${JOB_TIMEOUT:-1300} - ($(date +%s) - $(cat "$RES/t0")) )); }
+# NEED WHAT LOG CMD...: run CMD (output to LOG) as the step WHAT when more than NEED seconds of the job are left
+step_if_time() {
+  local need=$1 what=$2 log=$3; shift 3
+  if [ "$(left)" -gt "$need" ]; then
+    step "$what"
+    "$@" > "$log" 2>&1
+    step "$what: rc=$?"
+  else
+    step "$what: skipped, $(left) s left"
+  fi
+}
 BENCH=(python3 -m gendistill bench --config qwen3-0.6b --device cuda --dtype bf16)
 
 case "${1:-}" in
@@ -46,8 +57,8 @@ driver)  # (background)
   # 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
   step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
-  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py -k "bounded or intracard or fast_engine" \
-    tests/gpu/test_fast_generate_gpu.py > "$RES/gpu_tests.txt" 2>&1
+  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py tests/gpu/test_fast_generate_gpu.py \
+    -k "bounded or intracard or fast_engine" > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
   step "complete run, --time-limit $LIMIT s"
@@ -55,31 +66,15 @@ driver)  # (background)
     > "$RES/bench_complete.log" 2>&1
   RC=$?
   step "complete rc=$RC"
-  if [ "$(left)" -gt 300 ]; then
-    step "KDA kernel alone: serial against the intra-card split"
+  step_if_time 300 "KDA kernel alone: serial against the intra-card split" "$RES/bench_kernels.log" \
     timeout 180 python3 benchmarks/kda_kernels.py --lengths 32k,64k,128k --decode-batches 1 --repeats 3 \
-      --out "$JOB/bench/kernels" > "$RES/bench_kernels.log" 2>&1
-    step "kernels rc=$?"
-  else
-    step "kernels skipped: $(left) s left"
-  fi
-  if [ "$(left)" -gt 260 ]; then
-    step "one KDA layer: prefill and decode step with its weights joined once against at every call"
-    timeout 150 python3 benchmarks/prefill_profile.py --skip model,peer --layer-contexts 1k,4k,32k --label joined \
-      --out "$JOB/bench/prefill" > "$RES/bench_layer.log" 2>&1
-    step "layer rc=$?"
-  else
-    step "layer skipped: $(left) s left"
-  fi
-  if [ "$(left)" -gt 200 ]; then
-    step "bounded gate ${BOUND:--5}: TTFT beside the teacher"
+    --out "$JOB/bench/kernels"
+  step_if_time 260 "one KDA layer: prefill and decode step, weights joined once against at every call" \
+    "$RES/bench_layer.log" timeout 150 python3 benchmarks/prefill_profile.py --skip model,peer \
+    --layer-contexts 1k,4k,32k --label joined --out "$JOB/bench/prefill"
+  step_if_time 200 "bounded gate ${BOUND:--5}: TTFT beside the teacher" "$RES/bench_bounded.log" \
     timeout $(( $(left) - 20 )) "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput \
-      --kda-gate-lower-bound "${BOUND:--5}" --time-limit $(( $(left) - 80 )) --out "$JOB/bench/bounded" \
-      > "$RES/bench_bounded.log" 2>&1
-    step "bounded rc=$?"
-  else
-    step "bounded skipped: $(left) s left"
-  fi
+    --kda-gate-lower-bound "${BOUND:--5}" --time-limit $(( $(left) - 80 )) --out "$JOB/bench/bounded"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
   LIMIT_S=${2:-480}; T0=$(date +%s)
