@@ -14,8 +14,8 @@
 #                                                                   carry [".whl"]
 #   call 2:  bash tools/device_bench.sh watch 560                  carry []
 #   call 3:  bash tools/device_bench.sh watch 400; bash tools/device_bench.sh collect          carry []
-# Settings (environment of the start call): JOB_TIMEOUT (1300 s, the whole job), COMPLETE_LIMIT (540 s, the complete
-# run's --time-limit), BOUND (-5).
+# Settings (environment of the start call): JOB_TIMEOUT (1300 s, the whole job), TESTS_TIMEOUT (420 s, the GPU tests),
+# COMPLETE_LIMIT (540 s, the complete run's --time-limit), BOUND (-5).
 # Every step has a timeout; the variant starts only with enough of the job's time left; the job writes $RES/DONE
 # whatever happens; collect returns what exists.
 set -uo pipefail
@@ -57,7 +57,7 @@ driver)  # (background)
   # 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
   step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
-  timeout 420 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py tests/gpu/test_fast_generate_gpu.py \
+  timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py tests/gpu/test_fast_generate_gpu.py \
     -k "bounded or intracard or fast_engine" > "$RES/gpu_tests.txt" 2>&1
   step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
