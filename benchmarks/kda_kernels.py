@@ -5,8 +5,8 @@ At each sequence length T (batch B, H heads, K = V head size, bf16):
   chunk_kda[pre]     fla chunk_kda on pre-activated inputs (g fp32 log-decay, l2-normed q/k, beta in (0,1)) --
                      what gendistill.ops.kda.kda_chunk calls in prefill
   chunk_kda[fused]   fla chunk_kda with the gate, q/k l2norm and beta sigmoid inside the kernel (fla's layer path)
-  fused,packed       the same as one packed row (cu_seqlens, a bound every T) under inference mode: what
-                     gendistill.ops.kda.kda_from_projections hands fla in a prefill
+  fused,packed       the same as one packed row (cu_seqlens, a bound every T) under inference mode: the call fla's
+                     intra-card split takes (it splits packed calls only)
   fused,split        the same call with fla's intra-card context parallelism on (gendistill.ops.backend.fla_intracard:
                      the state pass of a long sequence split across the card, then chained); its output and final state
                      against the serial packed call's are in the row (split_rel_o, split_rel_state), computed on inputs

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Issue 26 (efficiency) on one lease, in one background job collected by short watch calls: the GPU tests of the
-# bounded decay gate and of fla's intra-card split; then one complete `gendistill bench` of the committed code
-# (Qwen3-0.6B shape, random weights, 1K-128K: cache, TTFT graphed, eager and, from 32K, eager with fla's intra-card
-# split, decode, peak throughput) under a fixed --time-limit, first among the timings so that the experiments after
-# it cannot starve it; then the KDA kernel alone, serial against split, at 32K-128K (benchmarks/kda_kernels.py); then
-# one KDA layer's prefill and decode step with its weights joined once against at every call
-# (benchmarks/prefill_profile.py); then, with what time is left, the bounded-gate student's time to first token
-# beside the teacher. Random weights: no teacher and no data travel, only the wheels.
-# Measured on an H100 (2026-12-05, docs/results.md section 2): the GPU tests took over 240 s on a fresh machine (fla
-# autotunes every new shape), the complete run 253 s, the bounded run 49 s.
+# bounded decay gate, of fla's intra-card split (one long sequence split; two long packed sequences kept serial by
+# gendistill's guard) and of the fast engine; then one complete `gendistill bench` of the committed code (Qwen3-0.6B
+# shape, random weights, 1K-128K: cache, TTFT graphed and eager, decode, peak throughput) under a fixed --time-limit,
+# first among the timings so that the experiments after it cannot starve it; then the KDA kernel alone, serial
+# against fla's split, at 32K-128K (benchmarks/kda_kernels.py); then one KDA layer's prefill and decode step with its
+# weights joined once against at every call (benchmarks/prefill_profile.py); then, with what time is left, the
+# bounded-gate student's time to first token beside the teacher. Random weights: no teacher and no data travel, only
+# the wheels.
+# Measured on H100s (2026-12-05, docs/results.md section 2): the GPU tests need more than 420 s on a fresh machine
+# (fla autotunes every new shape; 4 of 13 ran in 420 s), the complete run 253-367 s, the kernels 101 s, the layer
+# 24 s, the bounded run 49-61 s; a machine start took about 300 s of the device budget.
 # Here, first: bash tools/device_wheels.sh   (.whl)
 #   call 1:  COMMIT=$(git rev-parse --short HEAD) bash tools/device_bench.sh start && bash tools/device_bench.sh watch 480
 #                                                                   carry [".whl"]
@@ -53,8 +55,8 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
   ;;
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
-  # every kernel fla autotunes (a key the shipped configurations lack: the packed prefill of the intra-card split at
-  # 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
+  # every kernel fla autotunes (a key the shipped configurations lack: the packed calls of benchmarks/kda_kernels.py
+  # at 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
   step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
   timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py tests/gpu/test_fast_generate_gpu.py \

@@ -314,7 +314,6 @@ NON_DEFAULTS = {
     "device": ("cpu", None), "dtype": ("bf16", None), "kda_gate_lower_bound": (-5.0, None), "max_batch": (8, None),
     "measure_budget_s": (1.5, None), "model_name": ("mine", None), "out": ("runs/elsewhere", None),
     "prefill_graph": (False, None), "prefill_graph_max_context": (4096, None), "profile_contexts": ("1k", (1024,)),
-    "intracard": (False, None), "intracard_min_context": (65536, None),
     "profile_decode_steps": (3, None), "repeats": (5, None), "roles": (("student",), None),
     "seed": (11, None), "skip": ("throughput", ("throughput",)), "student": (None, None), "sweep_rel_tol": (0.25, None),
     "teacher": (None, None), "throughput_contexts": ("2k", (2048,)), "throughput_tokens": (4, None),

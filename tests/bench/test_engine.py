@@ -89,3 +89,18 @@ def test_profile_splits_time_by_block_part(models, tmp_path):
     assert "student decode (2 steps), context 16" in text and "teacher prefill, context 16" in text
     # hooks are removed afterwards
     assert not models["student"].lm_head._forward_pre_hooks
+
+
+def test_compare_prefills_rejects_a_cache_off_by_more_than_bf16_rounding():
+    from transformers import DynamicCache
+
+    def pair(scale: float):
+        c = DynamicCache()
+        c.update(torch.ones(1, 2, 4, 8) * scale, torch.ones(1, 2, 4, 8), 0)
+        return c, torch.tensor([[3]])
+
+    assert engine.compare_prefills(pair(1.0), pair(1.005))["accepted"]
+    off = engine.compare_prefills(pair(1.0), pair(1.05))
+    assert not off["accepted"] and off["cache_rel_diff"] == pytest.approx(0.05, rel=1e-3)
+    other_token = (pair(1.0)[0], torch.tensor([[4]]))
+    assert not engine.compare_prefills(pair(1.0), other_token)["accepted"]

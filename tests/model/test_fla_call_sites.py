@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -109,10 +110,12 @@ def _read_kwargs(fn) -> set[str]:
 
 
 class FlaSpy:
-    """Installs the stand-ins; ``calls[name]`` lists the bound arguments of every call."""
+    """Installs the stand-ins; ``calls[name]`` lists the bound arguments of every call, ``split_switch[name]`` fla's
+    intra-card switch (``FLA_INTRACARD_CP``) as fla would have read it in each."""
 
     def __init__(self, monkeypatch):
         self.calls: dict[str, list[dict]] = {}
+        self.split_switch: dict[str, list[str | None]] = {}
         for site in SITES:
             monkeypatch.setattr(site.module, site.name, self._stand_in(site))
         # the CUDA branch everywhere gendistill asks (every module that imported backend.use_fla by name)
@@ -140,6 +143,7 @@ class FlaSpy:
             a.update(a.pop(var_kw, {}) if var_kw else {})
             check_preconditions(site.name, a)
             self.calls.setdefault(site.name, []).append(a)
+            self.split_switch.setdefault(site.name, []).append(os.environ.get(backend.FLA_INTRACARD_ENV))
             return site.reference(**a)
 
         return stand_in
@@ -524,35 +528,42 @@ def test_kda_from_projections_fused_options(monkeypatch, lower_bound, recurrent,
     assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
 
 
-@pytest.mark.parametrize("lower_bound", [None, -5.0])
-@pytest.mark.parametrize("switch, inference, packed", [(True, True, True), (True, False, False), (False, True, False)],
-                         ids=["split_on", "training", "split_off"])
-def test_kda_fused_prefill_is_packed_when_fla_may_split_it(monkeypatch, lower_bound, switch, inference, packed):
-    """With fla's intra-card split on (gendistill.ops.backend.fla_intracard) an inference-mode prefill's fused call
-    reaches chunk_kda as one packed row with its host bounds and no graph mode: what fla's split backend takes
-    (its verifier is asked on those arguments). Outside inference mode, or with the switch off, the rows stay."""
-    from fla.ops.common.backends.intracard import IntraCardCPBackend
+@pytest.mark.parametrize("call", ["fused_rows", "fused_packed", "padded_batch", "gated_deltanet", "one_row"])
+def test_fla_split_is_never_taken_on_more_than_one_sequence(monkeypatch, call):
+    """With fla's intra-card split switched on by the user, under inference mode: a fused prefill keeps its rows (no
+    ``cu_seqlens``: fla splits packed calls only), and every packed call of more than one sequence (given bounds, a
+    padded batch packed by gendistill, another mixer's kernel) reaches fla with the switch off, which fla 0.6.0 would
+    get wrong (gendistill.ops.backend.fla_split_guard); a single packed sequence keeps the user's switch. The results
+    equal the PyTorch path's and the user's switch is back after the call."""
+    from gendistill.ops.gated_delta_rule import gdn_chunk
 
-    from gendistill.ops.backend import fla_intracard
-
-    raw, h0 = kda_raw_inputs(2, 37, 3, 16, lower_bound, seed=4)
+    monkeypatch.setenv(backend.FLA_INTRACARD_ENV, "1")
+    B, T = (1, 37) if call in ("fused_packed", "one_row") else (2, 37)
+    raw, h0 = kda_raw_inputs(B, T, 3, 16, None, seed=4, N=3 if call == "fused_packed" else None)
+    cu = torch.tensor([0, 9, 30, 37]) if call == "fused_packed" else None
+    pad = torch.ones(B, T) if call in ("padded_batch", "one_row") else None  # activated here, packed by kda_chunk
+    if call == "padded_batch":
+        pad[0, :5] = 0
 
     def run():
-        with torch.inference_mode(inference):
-            return kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
-                                        gate_lower_bound=lower_bound)
-
-    with fla_intracard(switch):
-        diff, spy = compare_paths(monkeypatch, run)
-    a = spy.calls["chunk_kda"][0]
-    assert tuple(a["q"].shape[:2]) == ((1, 74) if packed else (2, 37))
-    if packed:
-        assert a["cu_seqlens"].tolist() == [0, 37, 74] and a["cu_seqlens_cpu"].tolist() == [0, 37, 74]
-        assert not a.get("use_graph")
         with torch.inference_mode():
-            ok, why = IntraCardCPBackend().chunk_gated_delta_rule_fwd_h_verifier(
-                k=None, w=None, u=None, cu_seqlens=a["cu_seqlens"], cu_seqlens_cpu=a["cu_seqlens_cpu"])
-        assert ok, why
+            if call == "gated_deltanet":
+                g, beta = -torch.rand(2, B, T, 3, generator=torch.Generator().manual_seed(2))
+                return gdn_chunk(raw["q"], raw["k"], raw["v"], g, -beta, initial_state=h0,
+                                 output_final_state=True, use_qk_l2norm_in_kernel=True)
+            return kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
+                                        cu_seqlens=cu, pad_mask=pad)
+
+    diff, spy = compare_paths(monkeypatch, run)
+    name = "chunk_gated_delta_rule" if call == "gated_deltanet" else "chunk_kda"
+    a, switch = spy.calls[name][0], spy.split_switch[name][0]
+    if call == "fused_rows":
+        assert a["cu_seqlens"] is None and tuple(a["q"].shape[:2]) == (2, 37)  # rows kept: nothing fla may split
+    else:
+        sequences = a["cu_seqlens"].numel() - 1
+        assert sequences == {"fused_packed": 3, "one_row": 1}.get(call, 2)
+        assert switch == ("1" if sequences == 1 else "0"), (call, switch)
+    assert os.environ[backend.FLA_INTRACARD_ENV] == "1"
     assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
 
 

@@ -44,7 +44,7 @@ def bench(teacher: str | None = None, student: str | None = None, *, config: str
     ``(1024, 4096)``, ``attention_layers="0,2"``, ``skip="throughput"``, ``repeats=3``, ``time_limit=400``, ...) and
     the :class:`~gendistill.bench.settings.BenchSettings` fields the command has no option for (``seed``,
     ``attn_implementation``, ``measure_budget_s``, ``decode_warmup_tokens``, ``prefill_graph_max_context``,
-    ``intracard_min_context``, ``sweep_rel_tol``, ``profile_decode_steps``). An unknown keyword raises
+    ``sweep_rel_tol``, ``profile_decode_steps``). An unknown keyword raises
     :class:`gendistill.errors.ConfigError` naming it and listing the valid ones, before anything is built or written.
 
     >>> res = gendistill.bench(tiny=True, out="runs/bench-tiny")  # doctest: +SKIP

@@ -41,10 +41,6 @@ def bench(
     prefill_graph: bool = typer.Option(True, "--prefill-graph/--no-prefill-graph",
                                        help="Also time each prefill up to 32K captured in a CUDA graph, both models "
                                        "(checked against eager first; CUDA only): TTFT without launch overhead."),
-    intracard: bool = typer.Option(True, "--intracard/--no-intracard",
-                                   help="Also time the student's eager prefill from 32K on with fla's intra-card "
-                                   "context parallelism (a long prompt's KDA state pass split across the card, then "
-                                   "chained; checked against the serial prefill first; CUDA only)."),
     profile_contexts: str = typer.Option(None, help="Profile one prefill + decode steps per model at these contexts "
                                          "(torch.profiler; time split by attention/KDA/MLP/lm_head), e.g. 4k,128k."),
     roles: str = typer.Option("teacher,student", help="Models to measure (one of them while iterating; ratios need both)."),
@@ -59,7 +55,7 @@ def bench(
         throughput_contexts=throughput_contexts, skip=skip,
         max_batch=max_batch, repeats=repeats, warmup=warmup, decode_tokens=decode_tokens,
         throughput_tokens=throughput_tokens, cuda_graph=cuda_graph, validate_graph=validate_graph,
-        prefill_graph=prefill_graph, intracard=intracard, time_limit=time_limit, model_name=model_name,
+        prefill_graph=prefill_graph, time_limit=time_limit, model_name=model_name,
         profile_contexts=profile_contexts, roles=roles, compare=compare, decode_cache=decode_cache)
 
 

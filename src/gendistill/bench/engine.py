@@ -71,11 +71,10 @@ class GraphedPrefill:
 
 
 def compare_prefills(reference: tuple[Any, torch.Tensor], other: tuple[Any, torch.Tensor],
-                     tolerance: float = 1e-2, require_next_token: bool = True) -> dict:
+                     tolerance: float = 1e-2) -> dict:
     """Two prefills of one prompt, each ``(cache, next token [B, 1])``: the next tokens, the cache layouts and every
     cache tensor (max absolute difference over the reference cache's largest magnitude). ``accepted`` when the layout
-    matches, the relative difference is within ``tolerance`` (1e-2: bf16 rounding) and, with
-    ``require_next_token``, the next tokens are equal."""
+    matches, the relative difference is within ``tolerance`` (1e-2: bf16 rounding) and the next tokens are equal."""
     eager_t, other_t = cache_tensors(reference[0]), cache_tensors(other[0])
     diff = scale = 0.0
     if len(eager_t) == len(other_t):
@@ -88,7 +87,7 @@ def compare_prefills(reference: tuple[Any, torch.Tensor], other: tuple[Any, torc
     rel = diff / scale if scale else 0.0
     return {"next_token_match": same_next, "cache_layout_match": same_layout, "cache_max_abs_diff": diff,
             "cache_rel_diff": rel,
-            "accepted": (same_next or not require_next_token) and same_layout and rel <= tolerance}
+            "accepted": same_next and same_layout and rel <= tolerance}
 
 
 @torch.inference_mode()

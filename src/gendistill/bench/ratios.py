@@ -12,7 +12,6 @@ def _div(a, b):
 
 def ratios(entry: dict) -> dict:
     t, s = entry["teacher"], entry["student"]
-    split = s.get("ttft_intracard_ms") if (s.get("ttft_intracard_check") or {}).get("accepted") else None
     th = lambda d: (d.get("cache_bytes_theoretical") or {}).get("total")  # noqa: E731
     me = lambda d: (d.get("cache_bytes_measured") or {}).get("total")  # noqa: E731
     return {
@@ -20,10 +19,6 @@ def ratios(entry: dict) -> dict:
         "cache_measured_student_over_teacher": _div(me(s), me(t)),
         "ttft_speedup": _div(t.get("ttft_ms"), s.get("ttft_ms")),  # teacher / student time: > 1 = student faster
         "ttft_graph_speedup": _div(t.get("ttft_graph_ms"), s.get("ttft_graph_ms")),  # both prefills CUDA-graphed
-        # the student's eager prefill with fla's intra-card split, against the teacher's eager prefill and against
-        # its own serial one; only when the split prefill agreed with the serial one (bench.engine.compare_prefills)
-        "ttft_intracard_speedup": _div(t.get("ttft_ms"), split) if split else None,
-        "student_split_over_serial": _div(s.get("ttft_ms"), split) if split else None,
         # like with like: graph vs graph when both have it, else eager vs eager
         "decode_speedup": (_div(s.get("decode_tok_s_graph"), t.get("decode_tok_s_graph"))
                            if s.get("decode_tok_s_graph") and t.get("decode_tok_s_graph")

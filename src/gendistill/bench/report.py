@@ -51,7 +51,7 @@ def print_table(results: dict, console=None) -> None:
     tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
                 + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
     for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x", "graphed TTFT T/S ms",
-                "graphed x", "split TTFT S ms", "split x", "S serial/split", "dec T tok/s", "dec S tok/s", "dec x",
+                "graphed x", "dec T tok/s", "dec S tok/s", "dec x",
                 "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
         tbl.add_column(col, justify="right")
     for c in results["contexts"]:
@@ -70,8 +70,6 @@ def print_table(results: dict, console=None) -> None:
             f"{_err_cell(t, 'ttft_graph', _fmt(t.get('ttft_graph_ms'), '.1f'))} / "
             f"{_err_cell(s, 'ttft_graph', _fmt(s.get('ttft_graph_ms'), '.1f'))}",
             _fmt(r.get("ttft_graph_speedup"), ".2f", "x"),
-            _err_cell(s, "ttft_intracard", _fmt(s.get("ttft_intracard_ms"), ".1f")),
-            _fmt(r.get("ttft_intracard_speedup"), ".2f", "x"), _fmt(r.get("student_split_over_serial"), ".2f", "x"),
             _err_cell(t, "decode", _fmt(t.get("decode_tok_s"), ".1f")),
             _err_cell(s, "decode", _fmt(s.get("decode_tok_s"), ".1f")), _fmt(r.get("decode_speedup"), ".2f", "x"),
             thr(t), thr(s), _fmt(r.get("throughput_ratio"), ".2f", "x"),
@@ -107,15 +105,12 @@ def print_table(results: dict, console=None) -> None:
 
 
 def _ttft_variants(ax, ctxs: list[dict], colors: dict, labels: dict) -> None:
-    """The TTFT panel's other prefills: graphed (no launch overhead) dashed, the student's eager prefill with fla's
-    intra-card split dotted; log scale, so that 1K and 128K both read."""
-    lines = [(role, "ttft_graph_ms", "s--", 4, "CUDA graph") for role in ("teacher", "student")]
-    lines.append(("student", "ttft_intracard_ms", "^:", 5, "intra-card split"))
-    for role, key, style, size, what in lines:
-        pts = [(c["context"], c[role].get(key)) for c in ctxs if c[role].get(key)]
+    """The TTFT panel's graphed prefills (no launch overhead), dashed; log scale, so that 1K and 128K both read."""
+    for role in ("teacher", "student"):
+        pts = [(c["context"], c[role]["ttft_graph_ms"]) for c in ctxs if c[role].get("ttft_graph_ms")]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, style, color=colors[role], alpha=0.7, markersize=size, label=f"{labels[role]}, {what}")
+            ax.plot(xs, ys, "s--", color=colors[role], alpha=0.7, markersize=4, label=f"{labels[role]}, CUDA graph")
     ax.set_yscale("log")
 
 

@@ -30,7 +30,6 @@ from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.io import atomic_write_json
 from gendistill.layers.base import joined_weights
 from gendistill.models.decoding import require_full_attention
-from gendistill.ops.backend import fla_intracard
 from gendistill.ownership import check_report_folder, claim_report_folder
 from gendistill.runlock import acquire
 
@@ -93,7 +92,6 @@ class Runner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.use_graph = settings.cuda_graph and self.device.type == "cuda"
         self.use_prefill_graph = settings.prefill_graph and self.device.type == "cuda"
-        self.use_intracard = settings.intracard and self.device.type == "cuda"
         self.roles = tuple(r for r in ROLES if r in settings.roles)
         self.results: dict[str, Any] = {}
         self.out_dir = Path(settings.out)
@@ -130,12 +128,6 @@ class Runner:
 
     # ----------------------------------------------------------------------------------------------- main
     def run(self) -> dict:
-        """Every measurement, with fla's intra-card split off (a user's ``FLA_INTRACARD_CP=1`` included) except where
-        the split prefill is timed."""
-        with fla_intracard(False):
-            return self._run()
-
-    def _run(self) -> dict:
         s = self.s
         torch.manual_seed(s.seed)
         self.log(f"device={self.device} dtype={self.dtype} graph={self.use_graph}")
@@ -292,24 +284,8 @@ class Runner:
                 self.log(f"  ttft (CUDA graph) rejected: {check}")
             del graphed
 
-        def ttft_intracard() -> None:
-            serial = (holder["cache"], holder["next"]) if "cache" in holder else engine.prefill(m, ids)
-            with fla_intracard():
-                # the next token is not required to match: the split reorders float32 sums, and a random-weight
-                # model's top two logits can lie closer than that
-                check = engine.compare_prefills(serial, engine.prefill(m, ids), require_next_token=False)
-                del serial
-                e["ttft_intracard_check"] = check
-                t = measure(lambda: engine.prefill(m, ids), self.device, warmup=s.warmup, repeats=s.repeats,
-                            budget_s=s.measure_budget_s)
-            e["ttft_intracard_ms"], e["ttft_intracard_ms_all"] = t.median_ms, t.all_ms
-            self.log(f"  ttft (intra-card split) {t.median_ms:.2f} ms (runs {[round(x, 2) for x in t.all_ms]}; "
-                     f"against serial: {check})")
-
         if s.wants("ttft"):
             self._guard(e, "ttft", ttft)
-            if role == "student" and self.use_intracard and L >= s.intracard_min_context:
-                self._guard(e, "ttft_intracard", ttft_intracard)
             if self.use_prefill_graph and L <= s.prefill_graph_max_context:
                 self._guard(e, "ttft_graph", ttft_graph)
                 free_memory()

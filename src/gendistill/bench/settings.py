@@ -66,12 +66,6 @@ class BenchSettings:
     # ... up to this context: beyond it launch overhead is a rounding error of the prefill (and a capture costs
     # several prefills of time and a graph pool of activations)
     prefill_graph_max_context: int = 32768
-    # also time the student's eager prefill under fla's intra-card context parallelism (CUDA only; checked against the
-    # serial prefill first; gendistill.ops.backend.fla_intracard) ...
-    intracard: bool = True
-    # ... from this context on: fla splits no sequence under 24K tokens, so shorter ones would time the serial pass
-    # again
-    intracard_min_context: int = 32768
     # throughput sweep
     max_batch: int = 1024
     throughput_tokens: int = 16  # decode steps timed (x2 repeats) at the batch found
@@ -166,7 +160,6 @@ def check_numbers(s: BenchSettings) -> None:
     check_range(s.throughput_tokens, 1, MAX_NEW_TOKENS, "--throughput-tokens")
     check_range(s.decode_warmup_tokens, 0, MAX_NEW_TOKENS, "decode_warmup_tokens")
     check_range(s.prefill_graph_max_context, 0, MAX_CONTEXT, "prefill_graph_max_context")
-    check_range(s.intracard_min_context, 1, MAX_CONTEXT, "intracard_min_context")
     check_range(s.profile_decode_steps, 1, MAX_NEW_TOKENS, "profile_decode_steps")
     check_range(s.sweep_rel_tol, 0.0, 1.0, "sweep_rel_tol")
     if not 0 < s.measure_budget_s < float("inf"):
@@ -263,7 +256,7 @@ def _flag(value: bool | None) -> bool:
 # settings without a command option (attn_implementation ... seed) are open to Python callers
 _AS_GIVEN = ("teacher", "student", "attention_layers", "kda_gate_lower_bound", "max_batch", "repeats", "warmup",
              "decode_tokens", "throughput_tokens", "model_name", "attn_implementation", "measure_budget_s",
-             "decode_warmup_tokens", "prefill_graph_max_context", "intracard_min_context", "sweep_rel_tol",
+             "decode_warmup_tokens", "prefill_graph_max_context", "sweep_rel_tol",
              "profile_decode_steps", "seed")
 # options given as "1k,4k" or a sequence of ints, and the command flag their errors name
 _CONTEXT_LISTS = {"contexts": "--contexts", "throughput_contexts": "--throughput-contexts",
@@ -305,7 +298,6 @@ def settings_from_options(**o) -> BenchSettings:
         cuda_graph=_flag(o.get("cuda_graph")),
         validate_graph=_flag(o.get("validate_graph")),
         prefill_graph=_flag(o.get("prefill_graph")),
-        intracard=_flag(o.get("intracard")),
         time_limit_s=time_limit or 0.0,
         command=_command_line(),
     )

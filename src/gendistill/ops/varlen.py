@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from gendistill.ops.backend import fla_split_guard
+
 
 def over_sequences(
     fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
@@ -50,15 +52,20 @@ def call_as_one_row(fn: Callable[..., tuple[torch.Tensor, Any]], tensors: Sequen
     gendistill's exact-key kernel configurations, autotune) new variants; packed, every batch has the keys of a
     packed training row. Called as is with ``cu_seqlens`` given, no tokens, or inside a CUDA-graph capture (copying
     new bounds to the device is not capturable: a capture of this path must be warmed up under capture conditions).
+    A call of more than one sequence, packed here or given packed, runs with fla's intra-card split off
+    (:func:`gendistill.ops.backend.fla_split_guard`: fla 0.6.0 splits such calls wrongly).
 
     ``tensors``: the per-token inputs ``[B, T, ...]``, in ``fn``'s positional order. Returns ``(o [B, T, ...],
     what fn returns second)``."""
     B, T = tensors[0].shape[:2]
     x = tensors[0]
     if cu_seqlens is not None or T == 0 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return fn(*tensors, cu_seqlens=cu_seqlens, **kwargs)
+        with fla_split_guard(B if cu_seqlens is None else cu_seqlens.numel() - 1):
+            return fn(*tensors, cu_seqlens=cu_seqlens, **kwargs)
     host, dev = row_bounds(B, T, x.device)
-    o, rest = fn(*(t.reshape(1, B * T, *t.shape[2:]) for t in tensors), cu_seqlens=dev, cu_seqlens_cpu=host, **kwargs)
+    with fla_split_guard(B):
+        o, rest = fn(*(t.reshape(1, B * T, *t.shape[2:]) for t in tensors), cu_seqlens=dev, cu_seqlens_cpu=host,
+                     **kwargs)
     return o.view(B, T, *o.shape[2:]), rest
 
 

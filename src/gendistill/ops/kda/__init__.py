@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from gendistill.ops.backend import fla_splits_prefills, use_fla
+from gendistill.ops.backend import fla_split_guard, use_fla
 from gendistill.ops.kda.chunk import chunk_kda as torch_chunk_kda
 from gendistill.ops.kda.gate import bounded_gate_init, kda_gate, l2norm
 from gendistill.ops.kda.recurrent import recurrent_kda as torch_recurrent_kda
@@ -70,10 +70,10 @@ def kda_from_projections(
     On CUDA with fla and no padding, normalisation, gate and sigmoid are fused into fla's kernels (no ``[B, T, H, K]``
     float32 gate is materialised; a bounded gate takes ``chunk_kda``'s ``safe_gate=True`` path, and
     ``fused_recurrent_kda`` its ``lower_bound``); otherwise they are applied here and the activated inputs go to
-    :func:`kda_chunk` / :func:`kda_recurrent`. With fla's intra-card split switched on
-    (:func:`gendistill.ops.backend.fla_intracard`) an inference-mode fused call without ``cu_seqlens`` reaches fla as
-    one packed row (:func:`gendistill.ops.varlen.call_as_one_row`), since fla splits packed calls only; otherwise it
-    keeps its rows (the kernel keys of the shipped configurations, and of a captured prefill).
+    :func:`kda_chunk` / :func:`kda_recurrent`. The fused call keeps its rows (the kernel keys of the shipped
+    configurations, and of a captured prefill), which fla's intra-card split never takes (it splits packed calls
+    only: slower than the serial pass on an H100, docs/bench.md); a packed one of more than one sequence runs with
+    the split off (:func:`gendistill.ops.backend.fla_split_guard`).
     """
     if pad_mask is None and use_fla(q):
         from fla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: PLC0415  (GPU kernels: CUDA only)
@@ -85,9 +85,8 @@ def kda_from_projections(
                      use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, **bounded)
         if recurrent:
             return fused_recurrent_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
-        if fla_splits_prefills():  # fla splits packed calls only: the rows as one packed row
-            return call_as_one_row(chunk_kda, (q, k, v, f, b), cu_seqlens=cu_seqlens, **fused)
-        return chunk_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
+        with fla_split_guard(0 if cu_seqlens is None else cu_seqlens.numel() - 1):
+            return chunk_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
     q = l2norm(q.float()).to(q.dtype)
     k = l2norm(k.float()).to(k.dtype)
     g = kda_gate(f, A_log, dt_bias, lower_bound=gate_lower_bound)

@@ -1,0 +1,32 @@
+"""The benchmark times the student on its linear mixers' weights joined once for the run
+(gendistill.layers.base.joined_weights), as the fast generation engine runs it, and releases them after."""
+
+from __future__ import annotations
+
+from gendistill.bench import engine
+from gendistill.bench.runner import Runner
+from gendistill.bench.settings import BenchSettings
+from gendistill.layers.base import TeacherShapedMixer
+
+
+def test_student_prefills_run_on_weights_joined_once_and_released_after(tmp_path, monkeypatch):
+    joined: list[bool] = []
+    mixers: list = []
+    teacher_calls = []
+    real = engine.prefill
+
+    def prefill(model, ids):
+        if hasattr(model, "cache_bytes"):  # the hybrid tells its cache's size: the student
+            mixers[:] = [m for m in model.modules() if isinstance(m, TeacherShapedMixer)]
+            joined.append(all(m._joined is not None for m in mixers))
+        else:
+            teacher_calls.append(ids.shape[1])
+        return real(model, ids)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    settings = BenchSettings.tiny(out=str(tmp_path), skip=("throughput", "decode"), contexts=(32, 128), repeats=2)
+    res = Runner(settings, log_sink=lambda s: None).run()
+    assert all(not c[r].get("errors") for c in res["contexts"] for r in ("teacher", "student"))
+    assert mixers and joined and all(joined)  # every student prefill (warm-up and repeats) on joined weights
+    assert all(m._joined is None for m in mixers)  # released at the end of the run
+    assert teacher_calls  # the teacher was timed too (no linear mixer to join)
