@@ -362,20 +362,23 @@ def slow_inputs(lens, H, K, dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_intracard_split_prefill_matches_serial_and_reference(dtype, split_scans):
     """fla's intra-card context parallelism (:func:`gendistill.ops.backend.fla_intracard`) on one long and one short
-    packed sequence, each from its own initial state: only the long one is split (one pre-scan), and outputs and
-    final states equal the serial kernel's and the float64 reference's within the tolerances above (the split
-    changes the order of float32 sums and computes each subsequence's start state through the chained maps)."""
+    packed sequence, each from its own initial state, called on fla's ``chunk_kda`` itself (gendistill's own packed
+    calls of more than one sequence never take the split: fla_split_guard, the next test): only the long one is
+    split (one pre-scan), and outputs and final states equal the serial kernel's and the float64 reference's within
+    the tolerances above (the split changes the order of float32 sums and computes each subsequence's start state
+    through the chained maps). What ``benchmarks/kda_kernels.py`` times as ``fused,split``."""
+    from fla.ops.kda import chunk_kda
+
     from gendistill.ops.backend import fla_intracard
-    from gendistill.ops.kda import kda_chunk
 
     lens = [1000, 32768]  # fla splits sequences from 24K tokens (pieces of at least 8K)
     cu = torch.tensor([0, lens[0], sum(lens)], device="cuda", dtype=torch.int32)
     q, k, v, g, beta, h0 = slow_inputs(lens, 4, 64, dtype, seed=11)
     with torch.inference_mode():
-        serial = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+        serial = chunk_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
         assert not split_scans
         with fla_intracard():
-            split = kda_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+            split = chunk_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
     assert len(split_scans) == 1 and split_scans[0] >= 3, split_scans  # the long sequence, in 3 or more pieces
     ref = torch_chunk(*(x.double() for x in (q, k, v, g, beta)), initial_state=h0.double(), output_final_state=True,
                       cu_seqlens=cu.long())

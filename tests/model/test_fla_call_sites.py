@@ -528,34 +528,37 @@ def test_kda_from_projections_fused_options(monkeypatch, lower_bound, recurrent,
     assert diff < TOL, f"forced fla branch differs from the torch path by {diff:.2e}"
 
 
-@pytest.mark.parametrize("call", ["fused_rows", "fused_packed", "padded_batch", "gated_deltanet", "one_row"])
+@pytest.mark.parametrize("call", ["fused_rows", "fused_packed", "padded_batch", "gated_deltanet",
+                                  "gated_deltanet_packed", "one_row"])
 def test_fla_split_is_never_taken_on_more_than_one_sequence(monkeypatch, call):
     """With fla's intra-card split switched on by the user, under inference mode: a fused prefill keeps its rows (no
     ``cu_seqlens``: fla splits packed calls only), and every packed call of more than one sequence (given bounds, a
-    padded batch packed by gendistill, another mixer's kernel) reaches fla with the switch off, which fla 0.6.0 would
+    padded batch packed by gendistill, another mixer's kernel, packed by gendistill or given packed) reaches fla with
+    the switch off, which fla 0.6.0 would
     get wrong (gendistill.ops.backend.fla_split_guard); a single packed sequence keeps the user's switch. The results
     equal the PyTorch path's and the user's switch is back after the call."""
     from gendistill.ops.gated_delta_rule import gdn_chunk
 
     monkeypatch.setenv(backend.FLA_INTRACARD_ENV, "1")
-    B, T = (1, 37) if call in ("fused_packed", "one_row") else (2, 37)
-    raw, h0 = kda_raw_inputs(B, T, 3, 16, None, seed=4, N=3 if call == "fused_packed" else None)
-    cu = torch.tensor([0, 9, 30, 37]) if call == "fused_packed" else None
+    B, T = (1, 37) if call in ("fused_packed", "gated_deltanet_packed", "one_row") else (2, 37)
+    N = {"fused_packed": 3, "gated_deltanet_packed": 2}.get(call)
+    raw, h0 = kda_raw_inputs(B, T, 3, 16, None, seed=4, N=N)
+    cu = {3: torch.tensor([0, 9, 30, 37]), 2: torch.tensor([0, 20, 37])}.get(N)
     pad = torch.ones(B, T) if call in ("padded_batch", "one_row") else None  # activated here, packed by kda_chunk
     if call == "padded_batch":
         pad[0, :5] = 0
 
     def run():
         with torch.inference_mode():
-            if call == "gated_deltanet":
+            if call.startswith("gated_deltanet"):
                 g, beta = -torch.rand(2, B, T, 3, generator=torch.Generator().manual_seed(2))
-                return gdn_chunk(raw["q"], raw["k"], raw["v"], g, -beta, initial_state=h0,
+                return gdn_chunk(raw["q"], raw["k"], raw["v"], g, -beta, initial_state=h0, cu_seqlens=cu,
                                  output_final_state=True, use_qk_l2norm_in_kernel=True)
             return kda_from_projections(**raw, recurrent=False, initial_state=h0, output_final_state=True,
                                         cu_seqlens=cu, pad_mask=pad)
 
     diff, spy = compare_paths(monkeypatch, run)
-    name = "chunk_gated_delta_rule" if call == "gated_deltanet" else "chunk_kda"
+    name = "chunk_gated_delta_rule" if call.startswith("gated_deltanet") else "chunk_kda"
     a, switch = spy.calls[name][0], spy.split_switch[name][0]
     if call == "fused_rows":
         assert a["cu_seqlens"] is None and tuple(a["q"].shape[:2]) == (2, 37)  # rows kept: nothing fla may split

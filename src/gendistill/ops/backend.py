@@ -66,12 +66,11 @@ def fla_intracard(enabled: bool = True) -> Iterator[None]:
     heads on an H100 or H200 (132 multiprocessors) a sequence is cut into 3 pieces under 32K tokens, 4 from there.
 
     fla takes the split only under ``torch.inference_mode()``, for packed calls (``cu_seqlens``) and outside fla's
-    own graph mode; gendistill hands fla packed calls (:func:`fla_splits_prefills`, and
-    :func:`gendistill.ops.varlen.call_as_one_row`, which leaves a call inside a CUDA-graph capture as it is: the
-    split reads the bounds on the host). fla reads its switch, the environment variable ``FLA_INTRACARD_CP``, at
-    every call; this sets it for the block and restores what was there after, so it is process-wide while the block
-    runs (not for concurrent threads). Measured against the serial pass by ``gendistill bench``
-    (``ttft_intracard_ms``) and ``benchmarks/kda_kernels.py``.
+    own graph mode. fla reads its switch, the environment variable ``FLA_INTRACARD_CP``, at every call; this sets it
+    for the block and restores what was there after, so it is process-wide while the block runs (not for concurrent
+    threads). Measured against the serial pass by ``benchmarks/kda_kernels.py`` (slower on an H100; docs/bench.md);
+    gendistill's own calls never switch it on, and run with it off where fla 0.6.0 would split wrongly
+    (:func:`fla_split_guard`).
     """
     before = os.environ.get(FLA_INTRACARD_ENV)
     os.environ[FLA_INTRACARD_ENV] = "1" if enabled else "0"
@@ -95,11 +94,14 @@ def fla_split_guard(sequences: int) -> contextlib.AbstractContextManager:
 
     fla 0.6.0 computes a wrong function when it splits two or more sequences of one packed call: its pre-scan reads
     the split sequences' pieces from their bounds flattened into one list (``_precompute_intracard_indices`` in
-    ``fla/ops/common/intracard_cp.py``), in which every split sequence after the first adds a repeated bound, so
-    from the second split sequence on each piece is summarised from the segment before it (the first of them empty)
-    and the pieces start from wrong states (a relative output error of 0.48 on an H100 against the serial kernel,
-    2026-12-05; ``tests/model/test_fla_split_guard.py`` pins the misread bounds on the CPU). One sequence is split
-    correctly (``tests/gpu/test_kda_gpu.py``)."""
+    ``fla/ops/common/intracard_cp.py``), in which every split sequence after the first adds its start bound again,
+    so from the second split sequence on each piece is summarised from the segment before it (an empty one when two
+    split sequences are adjacent, the unsplit ones between them otherwise), its last piece never, and its pieces
+    start from wrong states (a relative output error of 0.48 on an H100 against the serial kernel, 2026-12-05;
+    ``tests/model/test_fla_split_guard.py`` pins the misread bounds on the CPU). One split sequence, beside short ones
+    or alone, is split correctly (``tests/gpu/test_kda_gpu.py``). The guard is broader than the defect (two
+    sequences of which one is long enough to split lose the split too), which costs nothing here: the split was
+    slower than the serial pass on an H100 (docs/bench.md). The switch is process-wide: in one thread at a time."""
     if sequences > 1 and fla_splits_prefills():
         return fla_intracard(False)
     return contextlib.nullcontext()
