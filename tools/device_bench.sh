@@ -59,9 +59,12 @@ driver)  # (background)
   # at 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
   step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
-  timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kda_gpu.py tests/gpu/test_fast_generate_gpu.py \
-    -k "bounded or intracard or fast_engine" > "$RES/gpu_tests.txt" 2>&1
-  step "GPU tests rc=$? $(tail -n 1 "$RES/gpu_tests.txt")"
+  # -v -s: each test's name as it ends and the autotuning it did (pytest would capture it; a lease of 2026-12-05 cut
+  # this step after 4 of 13 tests and its -q log could not say which, nor what they tuned)
+  timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -v -s -p no:cacheprovider --durations=0 tests/gpu/test_kda_gpu.py \
+    tests/gpu/test_fast_generate_gpu.py -k "bounded or intracard or fast_engine" > "$RES/gpu_tests.txt" 2>&1
+  step "GPU tests rc=$? $(grep -cE ' PASSED| FAILED| ERROR' "$RES/gpu_tests.txt") ended, \
+$(grep -c 'Triton autotuning for function' "$RES/gpu_tests.txt") autotuned; $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
   step "complete run, --time-limit $LIMIT s"
   timeout $(( LIMIT + 90 )) "${BENCH[@]}" --time-limit "$LIMIT" --out "$JOB/bench/complete" \
@@ -85,7 +88,8 @@ watch)  # follow the job until it finishes or $2 seconds pass; a summary under $
   cat "$RES/steps.txt" 2>/dev/null
   for f in "$RES"/bench_*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v Warning "$f" | tail -n 12; }; done
   mkdir -p "$OUT"
-  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/gpu_tests.txt" 2>/dev/null
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" 2>/dev/null
+    grep -E ' PASSED| FAILED| ERROR|^(FAILED|ERROR) |^E  |passed|failed' "$RES/gpu_tests.txt" 2>/dev/null | tail -n 60
     [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"; } > "$OUT/summary.txt"
   ;;
 collect)  # <= 8 files: the summary and one tarball of every bench folder (JSON, Markdown, plots) and log
