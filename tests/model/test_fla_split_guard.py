@@ -58,17 +58,18 @@ def test_switch_is_restored(monkeypatch):
     assert FLA_INTRACARD_ENV not in os.environ
 
 
-@pytest.mark.parametrize("user, inference, sequences, inside", [
-    ("1", True, 2, "0"),     # the case fla gets wrong: off for the call
-    ("1", True, 1, "1"),     # one sequence: fla splits it right, the user's switch stands
-    ("1", False, 2, "1"),    # training: fla never splits outside inference mode, nothing to change
-    (None, True, 2, None),   # the user never switched it on
+@pytest.mark.parametrize("user, inference, bounds, inside", [
+    ("1", True, [0, 9, 20], "0"),    # two packed sequences, the case fla gets wrong: off for the call
+    ("1", True, [0, 20], "1"),       # one sequence: fla splits it right, the user's switch stands
+    ("1", True, None, "1"),          # unpacked rows: fla never splits them
+    ("1", False, [0, 9, 20], "1"),   # training: fla never splits outside inference mode, nothing to change
+    (None, True, [0, 9, 20], None),  # the user never switched it on
 ])
-def test_guard_turns_the_split_off_only_for_several_sequences(monkeypatch, user, inference, sequences, inside):
+def test_guard_turns_the_split_off_only_for_several_sequences(monkeypatch, user, inference, bounds, inside):
     if user is None:
         monkeypatch.delenv(FLA_INTRACARD_ENV, raising=False)
     else:
         monkeypatch.setenv(FLA_INTRACARD_ENV, user)
-    with torch.inference_mode(inference), fla_split_guard(sequences):
+    with torch.inference_mode(inference), fla_split_guard(None if bounds is None else torch.tensor(bounds)):
         assert os.environ.get(FLA_INTRACARD_ENV) == inside
     assert os.environ.get(FLA_INTRACARD_ENV) == user

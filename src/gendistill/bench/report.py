@@ -51,8 +51,7 @@ def print_table(results: dict, console=None) -> None:
     tbl = Table(title=f"gendistill bench: {results['model']} on {results['card']} ({results['dtype']})"
                 + ("  [STAND-IN STUDENT]" if results.get("student_is_standin") else ""))
     for col in ("context", "cache T", "cache S", "S/T", "TTFT T ms", "TTFT S ms", "TTFT x", "graphed TTFT T/S ms",
-                "graphed x", "dec T tok/s", "dec S tok/s", "dec x",
-                "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
+                "graphed x", "dec T tok/s", "dec S tok/s", "dec x", "thr T tok/s (B)", "thr S tok/s (B)", "thr x"):
         tbl.add_column(col, justify="right")
     for c in results["contexts"]:
         t, s, r = c["teacher"], c["student"], c.get("ratios", {})

@@ -256,8 +256,7 @@ def _flag(value: bool | None) -> bool:
 # settings without a command option (attn_implementation ... seed) are open to Python callers
 _AS_GIVEN = ("teacher", "student", "attention_layers", "kda_gate_lower_bound", "max_batch", "repeats", "warmup",
              "decode_tokens", "throughput_tokens", "model_name", "attn_implementation", "measure_budget_s",
-             "decode_warmup_tokens", "prefill_graph_max_context", "sweep_rel_tol",
-             "profile_decode_steps", "seed")
+             "decode_warmup_tokens", "prefill_graph_max_context", "sweep_rel_tol", "profile_decode_steps", "seed")
 # options given as "1k,4k" or a sequence of ints, and the command flag their errors name
 _CONTEXT_LISTS = {"contexts": "--contexts", "throughput_contexts": "--throughput-contexts",
                   "profile_contexts": "--profile-contexts"}

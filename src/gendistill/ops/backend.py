@@ -88,9 +88,10 @@ def fla_splits_prefills() -> bool:
     return os.environ.get(FLA_INTRACARD_ENV, "0") != "0" and torch.is_inference_mode_enabled()
 
 
-def fla_split_guard(sequences: int) -> contextlib.AbstractContextManager:
-    """The block of one packed fla call of ``sequences`` sequences: fla's intra-card split switched off for it when
-    there is more than one sequence and fla would split now; the caller's switch otherwise.
+def fla_split_guard(cu_seqlens: torch.Tensor | None) -> contextlib.AbstractContextManager:
+    """The block of one fla call with the bounds ``cu_seqlens`` ``[N + 1]`` (None: unpacked rows, which fla never
+    splits): fla's intra-card split switched off for it when the call packs more than one sequence and fla would
+    split now; the caller's switch otherwise.
 
     fla 0.6.0 computes a wrong function when it splits two or more sequences of one packed call: its pre-scan reads
     the split sequences' pieces from their bounds flattened into one list (``_precompute_intracard_indices`` in
@@ -102,7 +103,7 @@ def fla_split_guard(sequences: int) -> contextlib.AbstractContextManager:
     or alone, is split correctly (``tests/gpu/test_kda_gpu.py``). The guard is broader than the defect (two
     sequences of which one is long enough to split lose the split too), which costs nothing here: the split was
     slower than the serial pass on an H100 (docs/bench.md). The switch is process-wide: in one thread at a time."""
-    if sequences > 1 and fla_splits_prefills():
+    if cu_seqlens is not None and cu_seqlens.numel() > 2 and fla_splits_prefills():
         return fla_intracard(False)
     return contextlib.nullcontext()
 

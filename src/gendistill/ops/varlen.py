@@ -60,10 +60,10 @@ def call_as_one_row(fn: Callable[..., tuple[torch.Tensor, Any]], tensors: Sequen
     B, T = tensors[0].shape[:2]
     x = tensors[0]
     if cu_seqlens is not None or T == 0 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        with fla_split_guard(B if cu_seqlens is None else cu_seqlens.numel() - 1):
+        with fla_split_guard(cu_seqlens):
             return fn(*tensors, cu_seqlens=cu_seqlens, **kwargs)
     host, dev = row_bounds(B, T, x.device)
-    with fla_split_guard(B):
+    with fla_split_guard(dev):
         o, rest = fn(*(t.reshape(1, B * T, *t.shape[2:]) for t in tensors), cu_seqlens=dev, cu_seqlens_cpu=host,
                      **kwargs)
     return o.view(B, T, *o.shape[2:]), rest

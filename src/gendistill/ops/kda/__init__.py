@@ -85,7 +85,7 @@ def kda_from_projections(
                      use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True, **bounded)
         if recurrent:
             return fused_recurrent_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
-        with fla_split_guard(0 if cu_seqlens is None else cu_seqlens.numel() - 1):
+        with fla_split_guard(cu_seqlens):
             return chunk_kda(q, k, v, f, b, cu_seqlens=cu_seqlens, **fused)
     q = l2norm(q.float()).to(q.dtype)
     k = l2norm(k.float()).to(k.dtype)
