@@ -222,6 +222,18 @@ def test_bad_suite_settings_fail_before_the_distillation(tmp_path, capsys):
         assert not (tmp_path / "job").exists(), "nothing written for bad input"
 
 
+def test_the_suites_beside_the_distillation_have_a_fixed_loglik_budget():
+    """The long-context evaluations start beside the trainer, before its memory peaks: a budget planned from the free
+    memory at their start would take what the trainer needs next, so they get the job's own fixed budget."""
+    args = E2E["parse_args"](["tiny-cpu", "--out", "x", "--long-context", "1k,2k", "--scaled-context", "16k:yarn:2",
+                          "--code", "--token-budget", "4096"])
+    suites = E2E["_suites"](args, "cuda", "bfloat16", True, 4096)
+    for name in ("longctx", "longctx_scaled"):
+        a = suites[name]
+        assert a[a.index("--token-budget") + 1] == "4096" and a[a.index("--batch-size") + 1] == "16", a
+    assert "--token-budget" not in suites["code"]  # generation only
+
+
 def test_choice_agreement_counts_the_choice_the_task_accuracy_counts(tmp_path):
     """ARC-style tasks are scored by acc_norm: the teacher's and the student's choice is their ``pred_norm``, not the
     raw-sum ``pred`` (here the two disagree on every question, so the wrong field gives the opposite figure)."""

@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "these context lengths (e.g. 1k,2k,4k,8k), both protocols, needle depths swept (issue 29)")
     ap.add_argument("--long-context-tasks", default="ruler", help="the long-context tasks (default: the ruler group)")
     ap.add_argument("--long-context-limit", type=int, default=20, help="samples per context length and task")
-    ap.add_argument("--depths", default=None, help="needle depths in percent (gendistill eval's default: 0,25,50,75,100)")
+    ap.add_argument("--depths", default=None,
+                    help="needle depths in percent (gendistill eval's default: 0,25,50,75,100)")
     ap.add_argument("--scaled-context", default=None, metavar="LENGTH:ROPE",
                     help="also score them beyond the teacher's trained length with rope scaling, e.g. 16k:yarn:2 "
                          "(gendistill eval --context-lengths 16k --rope-scaling yarn:2)")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget = args.token_budget or (65536 if cuda else 2048)
     fractions = [float(x) for x in args.snapshots.split(",") if x.strip()]
     try:  # the long-context and code evaluations' settings fail now, not after the distillation
-        suites = _suites(args, device, "bfloat16" if cuda else "float32", cuda)
+        suites = _suites(args, device, "bfloat16" if cuda else "float32", cuda, budget)
     except GendistillError as e:
         raise SystemExit(f"e2e: {e}") from None
 
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     undistilled = out / "undistilled"
     from gendistill.convert.convert import save_student
-    from gendistill.distill.pipeline import build_student, teacher_dtype
     from gendistill.distill.distributed import World
+    from gendistill.distill.pipeline import build_student, teacher_dtype
     from gendistill.models.loading import load_model
 
     world = World(device=torch.device(device))
@@ -262,8 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dist_evals = [Job(f"eval_{p.name}", ["eval", "-m", str(p), *eval_common, "--update-card",
                                          "--out", str(out / "eval" / f"distilled_{p.name}")], logs, env)
                   for p in dict.fromkeys(students.values())]
-    final_suites = suite_jobs("final", [str(students[final_stage])]) if (students[final_stage] / "config.json").is_file() \
-        else []
+    final_ready = (students[final_stage] / "config.json").is_file()
+    final_suites = suite_jobs("final", [str(students[final_stage])]) if final_ready else []
     snap_eval = None
     if snaps:
         snap_tasks = _task_specs(tasks, args.snapshot_tasks)
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            "--tasks", snap_tasks, "--limit", str(args.limit),
                                            "--protocol", "generate", "--device", device, "--dtype", dtype,
                                            "--batch-size", str(batch), "--no-progress",
-                                           "--out", str(out / "eval" / "snapshots")] + (["--smoke"] if args.smoke else []),
+                                           "--out", str(out / "eval" / "snapshots"),
+                                           *(["--smoke"] if args.smoke else [])],
                         logs, env)
 
     # 4. fidelity on the pipeline's held-out slices while the evaluations run
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- phases
-def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool) -> dict[str, list[str]]:
+def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool, token_budget: int) -> dict[str, list[str]]:
     """The evaluations beyond the short tasks (issue 29), as ``gendistill eval`` arguments without models and output:
     ``longctx`` (the long-context tasks at ``--long-context`` lengths, both protocols, depths swept),
     ``longctx_scaled`` (at the ``--scaled-context`` length with rope scaling) and ``code`` (HumanEval, greedy). Their
@@ -326,9 +328,11 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool) -> di
     from gendistill.eval.tasks import parse_tasks
 
     common = ["--device", device, "--dtype", dtype, "--no-progress", *(["--smoke"] if args.smoke else [])]
-    # a fixed small batch: these run beside the distillation, whose memory peaks later than their start
+    # a fixed small batch and log-likelihood budget (the short tasks' ``token_budget``): these run beside the
+    # distillation, whose memory peaks later than their start, so a budget from the free memory at their start (the
+    # default) could take what the trainer needs next
     long = ["--tasks", args.long_context_tasks, "--limit", str(args.long_context_limit), "--protocol",
-            "loglik,generate", "--batch-size", "16" if cuda else "2"]
+            "loglik,generate", "--batch-size", "16" if cuda else "2", "--token-budget", str(token_budget)]
     if args.long_context_limit < 1:
         raise ConfigError(f"--long-context-limit must be a positive integer, got {args.long_context_limit}")
     if args.depths:
@@ -368,7 +372,8 @@ def _suite_summary(folder: Path, logs: Path, name: str) -> dict[str, Any]:
     if not res_file.is_file():
         return {"error": errors}
     res = json.loads(res_file.read_text())
-    out: dict[str, Any] = {"models": res["meta"]["models"], "rows": res["rows"], **({"error": errors} if errors else {})}
+    out: dict[str, Any] = {"models": res["meta"]["models"], "rows": res["rows"],
+                           **({"error": errors} if errors else {})}
     if name == "code":
         out["pass@1"] = {r["model"]: r["acc"] for r in res["rows"] if r["task"] == "humaneval"}
         return out
