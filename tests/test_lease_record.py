@@ -32,11 +32,12 @@ def _records() -> list[dict]:
     return recs
 
 
-def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True, extra: str | None = None) -> Path:
+def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True, extra: str | None = None,
+            suites: dict | None = None) -> Path:
     bundle = tmp_path / "bundle"
     bundle.mkdir(parents=True)
     summary = {"recipe": "lease.yaml", "complete": complete, "command": "e2e.py lease --out /tmp/gendistill-e2e/run",
-               "distill_metrics": {}}
+               "distill_metrics": {}, **(suites or {})}
     (bundle / "summary.json").write_text(json.dumps(summary))
     (bundle / "e2e.log").write_text("NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n45b5d80\n[e2e] convert: 22 s\n")
     with tarfile.open(bundle / "e2e_bundle.tgz", "w:gz") as tar:
@@ -95,8 +96,47 @@ def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_
     assert not outside.exists()
 
 
-def _grid_bundle(tmp_path: Path, *, extra: str | None = None, smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n",
-                 timeout: str = "1180 s") -> Path:
+def _long_rows(model: str, accs: list[float]) -> list[dict]:
+    """One long-context task's generation row as the merged report keeps it: by length and by length × depth."""
+    return [{"task": "ruler_vt", "model": model, "protocol": "generate", "acc": sum(accs) / len(accs),
+             "by_length": [{"length": n, "acc": a} for n, a in zip((1024, 2048), accs)],
+             "by_length_depth": [{"length": n, "depth": d, "acc": a} for n, a in zip((1024, 2048), accs)
+                                 for d in (0.0, 1.0)]}]
+
+
+def test_suites_become_their_own_records_and_plots(tmp_path, monkeypatch, capsys):
+    """Issue 29: an e2e job's long-context suites go to longctx_<rest>.json (with the rope-scaled one), HumanEval to
+    humaneval_<rest>.json, each with the lease's facts, and every long-context suite gets its plot."""
+    suites = {"longctx": {"models": ["T", "S"], "rows": _long_rows("T", [1.0, 0.5]) + _long_rows("S", [0.5, 0.0]),
+                          "mean_by_length": {"T": {"generate": {"1024": 1.0, "2048": 0.5}}}},
+              "longctx_scaled": {"error": {"eval_longctx_scaled_final": "CUDA out of memory"}},
+              "code": {"models": ["T"], "rows": [{"task": "humaneval", "model": "T", "acc": 0.25}],
+                       "pass@1": {"T": 0.25}}}
+    docs = tmp_path / "docs"
+    out = docs / "e2e_smollm2-135m_h100.json"
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path, suites=suites)), "--out", str(out),
+                                     "--call", "c", "--suites"])
+    TOOL["main"]()
+    lc = json.loads((docs / "longctx_smollm2-135m_h100.json").read_text())
+    he = json.loads((docs / "humaneval_smollm2-135m_h100.json").read_text())
+    assert lc["longctx"] == suites["longctx"] and lc["longctx_scaled"] == suites["longctx_scaled"]
+    assert "code" not in lc and he["code"]["pass@1"] == {"T": 0.25} and "longctx" not in he
+    assert lc["lease"]["calls"] == he["lease"]["calls"] == ["c"] and lc["lease"]["commit"] == "45b5d80"
+    assert absolute_paths(lc) == set() and "--out run" in lc["command"]
+    png = docs / "longctx_smollm2-135m_h100.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (docs / "longctx_scaled_smollm2-135m_h100.png").exists()  # it has no rows: no plot
+    TOOL["main"]()  # its own records are rewritten
+    # a job without suites: --suites is refused before anything is written
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path / "plain")), "--out",
+                                     str(tmp_path / "plain.json"), "--suites"])
+    with pytest.raises(SystemExit, match="ran no long-context or code suite"):
+        TOOL["main"]()
+    assert not (tmp_path / "plain.json").exists()
+
+
+def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
+                 smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n", timeout: str = "1180 s") -> Path:
     """What ``device_sweep.sh collect`` returns: the device's report.json (two cells sharing a stage-3a run's
     ancestors; the second cut by the job's timeout), summary.txt, and sweep_results.tgz with res/ and the stage runs."""
     bundle = tmp_path / "collected"

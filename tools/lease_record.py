@@ -18,12 +18,17 @@ seconds, the first step's seconds, the median tokens/s and the trainer's own hel
 absolute path is cut to its last part (committed JSON carries no machine paths); the file is written atomically.
 
 A grid lease (``device_sweep.sh collect``: ``report.json`` and ``sweep_results.tgz`` with the job's ``res/`` (the
-card as nvidia-smi named it, the commit, the steps) and every stage run's ``metrics.jsonl``) becomes the grid's report as the device wrote it, each cell given
-its held-out curves (:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report
-written by an older commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the
-device seconds, the job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s,
-start and end seconds from the first one's first record) and every stage a timeout cut short. ``--figures`` also
-writes ``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`).
+card as nvidia-smi named it, the commit, the steps) and every stage run's ``metrics.jsonl``) becomes the grid's
+report as the device wrote it, each cell given its held-out curves
+(:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report written by an older
+commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the device seconds, the
+job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s, start and end seconds
+from the first one's first record) and every stage a timeout cut short. ``--figures`` also writes
+``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`).
+
+An e2e job with long-context or code suites (issue 29): ``--suites`` also writes, beside ``--out``,
+``longctx_<rest>.json`` and ``humaneval_<rest>.json`` and each long-context suite's plot (``<rest>``: the ``--out``
+name after its ``e2e_``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gendistill.ablate.curve import trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
+from gendistill.eval.report import plot_long_context_png  # noqa: E402
 from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
 
 E2E = runpy.run_path(str(Path(__file__).with_name("e2e.py")))
@@ -114,6 +120,36 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         "source": "tools/lease_record.py: the bundle's summary.json, run/metrics.jsonl and the head of e2e.log",
     }
     return portable_paths(summary)
+
+
+#: the suites of an e2e job (tools/e2e.py --long-context / --scaled-context / --code) and the record each goes to
+SUITE_RECORDS = {"longctx": "longctx", "longctx_scaled": "longctx", "code": "humaneval"}
+
+
+def suite_records(record: dict[str, Any], stem: str) -> dict[str, dict[str, Any]]:
+    """The e2e record's long-context and HumanEval suites as their own results (issue 29): ``longctx_<stem>`` holds
+    ``longctx`` and ``longctx_scaled``, ``humaneval_<stem>`` holds ``code``; each with the job's recipe, budgets,
+    command, held-out fidelity of the students evaluated and the ``lease`` facts. Suites the job did not run are
+    left out, and so is a record none of whose suites ran."""
+    common = {k: record[k] for k in ("recipe", "overrides", "command", "budgets", "heldout_fidelity", "lease")
+              if k in record}
+    out: dict[str, dict[str, Any]] = {}
+    for suite, prefix in SUITE_RECORDS.items():
+        if suite in record:
+            out.setdefault(f"{prefix}_{stem}", dict(common))[suite] = record[suite]
+    return out
+
+
+def suite_figures(record: dict[str, Any]) -> dict[str, bytes]:
+    """Per long-context suite its plot (:func:`gendistill.eval.report.plot_long_context_png`: accuracy against
+    context length per task and model, and the length × depth map), from the rows the record keeps."""
+    figs = {}
+    for suite in ("longctx", "longctx_scaled"):
+        rows = record.get(suite, {}).get("rows")
+        png = plot_long_context_png({"rows": rows}) if rows else None
+        if png is not None:
+            figs[suite] = png
+    return figs
 
 
 def _card_fields(line: str | None) -> dict[str, str | None]:
@@ -206,15 +242,16 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
 
 def check_replaceable(out: Path) -> None:
     """``out`` may be written: it does not exist, or it is a result this tool writes: an end-to-end result (a JSON
-    object with ``complete``, as tools/e2e.py writes) or a grid's report (``axes`` and ``cells``). Any other file is
-    the user's, and is refused, untouched."""
+    object with ``complete``, as tools/e2e.py writes), a grid's report (``axes`` and ``cells``) or a suite record
+    (``lease`` and a suite). Any other file is the user's, and is refused, untouched."""
     if not out.exists():
         return
     try:
         data = json.loads(out.read_text()) if out.is_file() else None
     except (OSError, ValueError):
         data = None
-    ok = isinstance(data, dict) and ("complete" in data or {"axes", "cells"} <= set(data))
+    ok = isinstance(data, dict) and ("complete" in data or {"axes", "cells"} <= set(data)
+                                     or ("lease" in data and bool(set(SUITE_RECORDS) & set(data))))
     if not ok:
         raise SystemExit(f"error: --out {out}: exists and is not an end-to-end or grid result file; refusing to "
                          "replace it")
@@ -233,6 +270,10 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[], help="what a reader should know of the lease (repeatable)")
     ap.add_argument("--figures", action="store_true", help="a grid: also write <out stem>_curves.png (its held-out "
                                                           "curves)")
+    ap.add_argument("--suites", action="store_true",
+                    help="an e2e job with long-context or code suites: also write, beside --out, longctx_<rest>.json "
+                         "and humaneval_<rest>.json (<rest>: the --out name after its 'e2e_') and each long-context "
+                         "suite's plot, <suite>_<rest>.png")
     args = ap.parse_args()
     check_replaceable(args.out)
     if (args.bundle / GRID_ARCHIVE).is_file():
@@ -249,7 +290,23 @@ def main() -> None:
                 print(f"wrote {fig}")
         return
     record = lease_record(args.bundle, args.call, args.versions, args.device_seconds, args.date, args.note)
+    if args.suites:
+        stem = args.out.stem.removeprefix("e2e_")
+        extra = {args.out.with_name(f"{name}.json"): rec for name, rec in suite_records(record, stem).items()}
+        if not extra:
+            raise SystemExit(f"error: {args.bundle / 'summary.json'}: --suites, but the job ran no long-context or "
+                             "code suite")
+        for path in extra:
+            check_replaceable(path)
     atomic_write_json(args.out, record)
+    if args.suites:
+        for path, rec in extra.items():
+            atomic_write_json(path, rec)
+            print(f"wrote {path}")
+        for suite, png in suite_figures(record).items():
+            fig = args.out.with_name(f"{suite}_{stem}.png")
+            atomic_write_bytes(fig, png)
+            print(f"wrote {fig}")
     stages = record["lease"]["stages"]
     print(f"wrote {args.out}: {record['lease']['card']}, commit {record['lease']['commit']}, "
           + ", ".join(f"{s} {r.get('seconds')} s" for s, r in stages.items()))
