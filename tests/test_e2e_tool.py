@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gendistill.errors import GendistillError
 from gendistill.eval.report import comparisons
 from tests.distill._distill_helpers import chat_records, text_records, write_jsonl
 from tests.eval.conftest import MC_ROWS, QA_ROWS
@@ -222,16 +223,21 @@ def test_bad_suite_settings_fail_before_the_distillation(tmp_path, capsys):
         assert not (tmp_path / "job").exists(), "nothing written for bad input"
 
 
-def test_the_suites_beside_the_distillation_have_a_fixed_loglik_budget():
-    """The long-context evaluations start beside the trainer, before its memory peaks: a budget planned from the free
-    memory at their start would take what the trainer needs next, so they get the job's own fixed budget."""
+def test_the_suites_plan_their_batches_within_a_share_of_the_card():
+    """The long-context and code evaluations start together with others on one card: on CUDA each gets its share
+    (gendistill eval --gpu-memory-fraction) and plans its batches within it, no fixed batch; on CPU small fixed ones."""
     args = E2E["parse_args"](["tiny-cpu", "--out", "x", "--long-context", "1k,2k", "--scaled-context", "16k:yarn:2",
-                          "--code", "--token-budget", "4096"])
+                              "--code", "--suite-memory-fraction", "0.1"])
     suites = E2E["_suites"](args, "cuda", "bfloat16", True, 4096)
-    for name in ("longctx", "longctx_scaled"):
+    for name in ("longctx", "longctx_scaled", "code"):
         a = suites[name]
-        assert a[a.index("--token-budget") + 1] == "4096" and a[a.index("--batch-size") + 1] == "16", a
-    assert "--token-budget" not in suites["code"]  # generation only
+        assert a[a.index("--gpu-memory-fraction") + 1] == "0.1", a
+        assert "--batch-size" not in a and "--token-budget" not in a, a
+    cpu = E2E["_suites"](args, "cpu", "float32", False, 2048)
+    assert all("--gpu-memory-fraction" not in a and "--batch-size" in a for a in cpu.values())
+    with pytest.raises(GendistillError, match="--suite-memory-fraction: 1.5 must be in"):
+        E2E["_suites"](E2E["parse_args"](["tiny-cpu", "--out", "x", "--code", "--suite-memory-fraction", "1.5"]),
+                       "cuda", "bfloat16", True, 4096)
 
 
 def test_choice_agreement_counts_the_choice_the_task_accuracy_counts(tmp_path):

@@ -133,6 +133,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(gendistill eval --context-lengths 16k --rope-scaling yarn:2)")
     ap.add_argument("--code", action="store_true",
                     help="also score them on HumanEval (greedy pass@1; every problem; completions run in the sandbox)")
+    ap.add_argument("--suite-memory-fraction", type=float, default=0.06,
+                    help="on CUDA, the share of the card each long-context or code evaluation may hold, its batches "
+                         "planned within it (gendistill eval --gpu-memory-fraction; default 0.06)")
     ap.add_argument("--smoke", action="store_true", help="plumbing check: 4 examples per task, 16 new tokens")
     ap.add_argument("--no-parallel", action="store_true", help="run the first evaluation after the distillation")
     return ap.parse_args(argv)
@@ -328,11 +331,16 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool, token
     from gendistill.eval.tasks import parse_tasks
 
     common = ["--device", device, "--dtype", dtype, "--no-progress", *(["--smoke"] if args.smoke else [])]
-    # a fixed small batch and log-likelihood budget (the short tasks' ``token_budget``): these run beside the
-    # distillation, whose memory peaks later than their start, so a budget from the free memory at their start (the
-    # default) could take what the trainer needs next
+    # On CUDA each suite's process may hold at most --suite-memory-fraction of the card and plans its batches within
+    # it: several evaluations start together (beside the distillation, or after it with --no-parallel), each would
+    # otherwise plan for half the memory free at its start, and a fixed batch ran out of memory (16 rows of 16K
+    # tokens beside a distillation on an H100, docs/results.md section 13). On CPU: small fixed batches.
+    if args.suite_memory_fraction is not None and not 0 < args.suite_memory_fraction <= 1:
+        raise ConfigError(f"--suite-memory-fraction: {args.suite_memory_fraction} must be in (0, 1]")
+    sizing = (["--gpu-memory-fraction", str(args.suite_memory_fraction)] if cuda
+              else ["--batch-size", "2", "--token-budget", str(token_budget)])
     long = ["--tasks", args.long_context_tasks, "--limit", str(args.long_context_limit), "--protocol",
-            "loglik,generate", "--batch-size", "16" if cuda else "2", "--token-budget", str(token_budget)]
+            "loglik,generate", *sizing]
     if args.long_context_limit < 1:
         raise ConfigError(f"--long-context-limit must be a positive integer, got {args.long_context_limit}")
     if args.depths:
@@ -352,8 +360,7 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool, token
         parse_rope_scaling(rope)
         suites["longctx_scaled"] = [*long, "--context-lengths", length, "--rope-scaling", rope, *common]
     if args.code:
-        suites["code"] = ["--tasks", "humaneval", "--protocol", "generate", "--batch-size", "64" if cuda else "4",
-                          *common]
+        suites["code"] = ["--tasks", "humaneval", "--protocol", "generate", *sizing, *common]
     return suites
 
 

@@ -100,12 +100,28 @@ def available_cuda_bytes(device: torch.device) -> int:
     """Bytes new tensors on the CUDA ``device`` can use: the driver's free memory (``torch.cuda.mem_get_info``) plus
     the whole segments PyTorch's caching allocator holds reserved but unused (it hands those out again before asking
     the driver; after a large batch they can be most of the card) — reserved minus allocated, less the unused
-    fragments of segments that still hold live tensors (``inactive_split_bytes``), which a large tensor cannot use."""
-    free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    fragments of segments that still hold live tensors (``inactive_split_bytes``), which a large tensor cannot use.
+    Under a per-process limit (:func:`limit_cuda_memory`: ``fraction × total`` bytes this process may reserve) no more
+    than that limit less what this process's tensors and fragments already hold."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    cached = torch.cuda.memory_reserved(device) - allocated
     fragments = torch.cuda.memory_stats(device).get("inactive_split_bytes.all.current", 0)
-    return int(free + max(0, cached - fragments))
+    available = free + max(0, cached - fragments)
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    if fraction < 1.0:
+        available = min(available, int(fraction * total) - allocated - fragments)
+    return int(max(0, available))
+
+
+def limit_cuda_memory(fraction: float, device: torch.device) -> None:
+    """Let this process reserve at most ``fraction`` of ``device``'s memory (PyTorch's caching allocator refuses
+    more with an out-of-memory error in this process, not in another one sharing the card), and plan batches within
+    it (:func:`available_cuda_bytes`). For processes that share a card, e.g. evaluations beside a distillation."""
+    if not 0.0 < fraction <= 1.0:
+        raise GendistillError(f"--gpu-memory-fraction: {fraction} is outside (0, 1]")
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
 __all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
-           "dtype_name", "available_cuda_bytes"]
+           "dtype_name", "available_cuda_bytes", "limit_cuda_memory"]

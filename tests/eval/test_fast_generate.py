@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gendistill.errors import ConfigError
+from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import generate as G
 from gendistill.eval.prompts import apply_chat
 from tests.eval.conftest import MODEL_FACTORIES
@@ -219,6 +219,9 @@ def test_auto_batch_size_off_gpu_and_memory_estimate(model):
 
     short, long = decode_bytes_per_row(model, 10, 4), decode_bytes_per_row(model, 1000, 4)
     assert 0 < short < long  # grows with the prompt (KV and activations)
+    # and with its square: a left-padded prefill's attention mask, boolean and the additive copy SDPA makes
+    itemsize = next(model.parameters()).element_size()
+    assert decode_bytes_per_row(model, 16384, 4) >= 16384**2 * (1 + itemsize)
 
 
 def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatch):
@@ -232,12 +235,36 @@ def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatc
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
     # 1 GiB of the cached 6 are fragments of segments that still hold live tensors: not usable for a large tensor
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": gib})
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)  # no limit set
     rows = G.auto_batch_rows(model, 16, torch.device("cuda"))
     per_row = decode_bytes_per_row(model, 4000, 16)
     assert rows(4000) == min(G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 7 * gib // per_row)) > 1
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2 * gib)  # only fragments cached
     assert G.auto_batch_rows(model, 16, torch.device("cuda"))(4000) == min(
         G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 2 * gib // per_row)) < rows(4000)
+
+
+def test_batches_are_planned_within_the_processs_memory_limit(monkeypatch):
+    """Under ``--gpu-memory-fraction`` (PyTorch's per-process limit) the memory a batch may plan for is the limit less
+    what this process's tensors and fragments hold, even where the card has more free: an evaluation beside a
+    distillation must not plan for memory the trainer takes later."""
+    from gendistill.devices import available_cuda_bytes, limit_cuda_memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": gib})
+    cuda = torch.device("cuda")
+    for fraction, expected in ((1.0, 41 * gib), (0.1, 6 * gib), (0.02, 0)):
+        monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device, f=fraction: f)
+        assert available_cuda_bytes(cuda) == expected
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: set_to.append((f, device)))
+    limit_cuda_memory(0.05, cuda)
+    assert set_to == [(0.05, cuda)]
+    with pytest.raises(GendistillError, match="--gpu-memory-fraction: 0 is outside"):
+        limit_cuda_memory(0, cuda)
 
 
 class FailingCapture(EagerGraph):

@@ -97,6 +97,8 @@ def test_a_chat_template_that_raises_is_one_line(tmp_path, teacher_dir):
     (["eval", "-m", "x", "--token-budget", "0"], "--token-budget: 0 is out of range"),
     (["eval", "-m", "x", "--samples", "-2"], "--samples: -2 is out of range"),
     (["eval", "-m", "x", "--top-p", "1.5"], "--top-p: 1.5 must be in (0, 1]"),
+    (["eval", "-m", "x", "--gpu-memory-fraction", "0"], "--gpu-memory-fraction: 0.0 must be in (0, 1]"),
+    (["eval", "-m", "x", "--gpu-memory-fraction", "1.5"], "--gpu-memory-fraction: 1.5 must be in (0, 1]"),
     (["bench", "--tiny", "--contexts=-5"], "--contexts: -5 is out of range; use 1 to 4,194,304"),
     (["bench", "--tiny", "--contexts", "99999999"], "--contexts: 99,999,999 is out of range"),
     (["bench", "--tiny", "--throughput-contexts", "0"], "--throughput-contexts: 0 is out of range"),

@@ -49,6 +49,9 @@ def eval_command(
                                             "--samples."),
     token_budget: int = typer.Option(None, help="Log-likelihood batch size in tokens; default: from free GPU "
                                                 "memory (2048 on CPU)."),
+    gpu_memory_fraction: float = typer.Option(None, help="At most this share (0-1] of the GPU's memory for this "
+                                                         "evaluation, batches planned within it (e.g. 0.05 beside a "
+                                                         "distillation on the same card); default: no limit."),
     loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
                                               help="Wrap log-likelihood contexts in the chat template "
                                                    "(lm-eval --apply_chat_template)."),
@@ -108,7 +111,8 @@ def eval_command(
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
         update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, engine=engine,
-        token_budget=token_budget, loglik_chat_template=loglik_chat_template, samples=samples,
+        token_budget=token_budget, gpu_memory_fraction=gpu_memory_fraction,
+        loglik_chat_template=loglik_chat_template, samples=samples,
         temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source,
         fidelity_chat=fidelity_chat, fidelity_data=fidelity_data, fidelity_heldout=fidelity_heldout or None,
         show_progress=not no_progress,

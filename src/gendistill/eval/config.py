@@ -28,6 +28,9 @@ class EvalConfig:
     batch_size: int | None = None  # generation rows per batch; None: from free GPU memory (8 on the reference engine)
     engine: str = "auto"  # auto | fast | reference: both protocols' engines (eval.generate, eval.loglik)
     token_budget: int | None = None  # log-likelihood tokens per batch; None: from free GPU memory (2048 on CPU)
+    # at most this share of the GPU's memory for this process (gendistill.devices.limit_cuda_memory), batches planned
+    # within it; None: no limit. For evaluations sharing a card, e.g. beside a distillation (tools/e2e.py)
+    gpu_memory_fraction: float | None = None
     loglik_chat_template: bool = False
     samples: int = 0  # 0 = greedy; N > 0 = N sampling seeds
     temperature: float = 0.7
@@ -62,6 +65,8 @@ def check_numbers(cfg: EvalConfig) -> None:
         check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
     if cfg.token_budget is not None:
         check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
+    if cfg.gpu_memory_fraction is not None and not 0 < cfg.gpu_memory_fraction <= 1:
+        raise ConfigError(f"--gpu-memory-fraction: {cfg.gpu_memory_fraction} must be in (0, 1]")
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
     check_range(cfg.top_k, 1, 1 << 24, "--top-k")
     check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gendistill.devices import dtype_name, resolve_device, resolve_dtype
+from gendistill.devices import dtype_name, limit_cuda_memory, resolve_device, resolve_dtype
 from gendistill.eval import report as R
 from gendistill.eval.config import PROTOCOLS, SMOKE_LIMIT, SMOKE_MAX_NEW_TOKENS, EvalConfig, check_config
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
@@ -402,6 +402,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     check_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.gpu_memory_fraction is not None and device.type == "cuda":
+        limit_cuda_memory(cfg.gpu_memory_fraction, device)  # before any model or batch takes memory
     tasks = prepare_tasks(cfg)
     rope = parse_rope_scaling(cfg.rope_scaling)
     long_spec = LongContextSpec(lengths=tuple(cfg.context_lengths or DEFAULT_LENGTHS),

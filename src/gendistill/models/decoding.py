@@ -357,7 +357,11 @@ def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> in
       of ``L = prompt_len + max_new_tokens`` columns exist together for a moment);
     * recurrent layers: the model's own account (``cache_bytes``), twice for the same reason;
     * prefill activations: about a dozen ``[prompt_len, max(hidden, intermediate)]`` tensors alive at once, and the
-      fp32 logits of the last position.
+      fp32 logits of the last position;
+    * attention layers' padding mask at prefill: a left-padded batch has no causal shortcut, so transformers builds a
+      boolean ``[rows, 1, prompt_len, prompt_len]`` mask and SDPA an additive copy in the model's dtype
+      (``prompt_len² × (1 + itemsize)`` per row: 768 MiB at 16K tokens in bf16; a batch of 16 such rows ran out of
+      memory on an H100 beside a distillation, docs/results.md section 13).
 
     An estimate meant for choosing a batch size with room to spare, not an exact figure."""
     cfg = model.config
@@ -370,4 +374,5 @@ def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> in
         recurrent = 2 * int(model.cache_bytes(1, batch=1).get("linear_attention", 0))
     width = max(cfg.hidden_size, getattr(cfg, "intermediate_size", 0) or 0)
     activations = 12 * prompt_len * width * itemsize + 4 * cfg.vocab_size
-    return kv + recurrent + activations
+    mask = prompt_len * prompt_len * (1 + itemsize) if n_attention else 0
+    return kv + recurrent + activations + mask
