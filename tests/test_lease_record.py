@@ -33,7 +33,7 @@ def _records() -> list[dict]:
 
 
 def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True, extra: str | None = None,
-            suites: dict | None = None) -> Path:
+            suites: dict | None = None, members: dict[str, str] | None = None) -> Path:
     bundle = tmp_path / "bundle"
     bundle.mkdir(parents=True)
     summary = {"recipe": "lease.yaml", "complete": complete, "command": "e2e.py lease --out /tmp/gendistill-e2e/run",
@@ -50,6 +50,10 @@ def _bundle(tmp_path: Path, *, complete: bool = True, metrics: bool = True, extr
             info = tarfile.TarInfo(extra)
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
+        for name, text in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
     return bundle
 
 
@@ -112,14 +116,21 @@ def test_suites_become_their_own_records_and_plots(tmp_path, monkeypatch, capsys
               "longctx_scaled": {"error": {"eval_longctx_scaled_final": "CUDA out of memory"}},
               "code": {"models": ["T"], "rows": [{"task": "humaneval", "model": "T", "acc": 0.25}],
                        "pass@1": {"T": 0.25}}}
+    # the teacher's scaled evaluation failed after one task: its rows come along, marked by the evaluation's name
+    partial = {"rows": _long_rows("T", [0.75, 0.25])}
+    members = {"./eval_extra/longctx_scaled/base/results.partial.json": json.dumps(partial),
+               "./eval_extra/longctx/base/results.partial.json": json.dumps(partial),  # superseded: not taken
+               "./eval_extra/longctx/base/results.json": "{}"}
     docs = tmp_path / "docs"
     out = docs / "e2e_smollm2-135m_h100.json"
-    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path, suites=suites)), "--out", str(out),
-                                     "--call", "c", "--suites"])
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path, suites=suites, members=members)),
+                                     "--out", str(out), "--call", "c", "--suites"])
     TOOL["main"]()
     lc = json.loads((docs / "longctx_smollm2-135m_h100.json").read_text())
     he = json.loads((docs / "humaneval_smollm2-135m_h100.json").read_text())
-    assert lc["longctx"] == suites["longctx"] and lc["longctx_scaled"] == suites["longctx_scaled"]
+    assert lc["longctx"] == suites["longctx"]
+    assert lc["longctx_scaled"] == {**suites["longctx_scaled"],
+                                    "partial_rows": {"eval_longctx_scaled_base": partial["rows"]}}
     assert "code" not in lc and he["code"]["pass@1"] == {"T": 0.25} and "longctx" not in he
     assert lc["lease"]["calls"] == he["lease"]["calls"] == ["c"] and lc["lease"]["commit"] == "45b5d80"
     assert absolute_paths(lc) == set() and "--out run" in lc["command"]

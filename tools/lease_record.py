@@ -108,6 +108,11 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
             summary["targets_met"] = E2E["_targets"](summary, summary["budgets"][-1]["stage"])
+        for suite in SUITE_RECORDS:
+            if suite in summary:
+                partial = suite_partial_rows(job / "eval_extra" / suite)
+                if partial:
+                    summary[suite]["partial_rows"] = partial
     summary["lease"] = {
         **_card_fields(head[0] if head else ""),
         "commit": head[1].strip() if len(head) > 1 else None,
@@ -124,6 +129,19 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
 
 #: the suites of an e2e job (tools/e2e.py --long-context / --scaled-context / --code) and the record each goes to
 SUITE_RECORDS = {"longctx": "longctx", "longctx_scaled": "longctx", "code": "humaneval"}
+
+
+def suite_partial_rows(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows a suite's evaluation wrote before it failed (``<who>/results.partial.json``, kept after every
+    finished task) where it wrote no ``results.json``, by the evaluation's phase name (``eval_<suite>_<who>``)."""
+    out = {}
+    for who in ("base", "final"):
+        part = folder / who / "results.partial.json"
+        if part.is_file() and not (folder / who / "results.json").is_file():
+            rows = json.loads(part.read_text()).get("rows", [])
+            if rows:
+                out[f"eval_{folder.name}_{who}"] = rows
+    return out
 
 
 def suite_records(record: dict[str, Any], stem: str) -> dict[str, dict[str, Any]]:
