@@ -33,7 +33,9 @@ def test_problems_and_prompt(problems, tok):
     assert len(problems) == 164 and problems[0].id == "HumanEval/0"
     t = get_task("humaneval")
     p = t.generation_prompt(tok, problems[0], [])
-    assert p.startswith("<|im_start|>user\n") and p.endswith("```python\n" + problems[0].fields["prompt"])
+    # the user turn shows the problem; the reply opens a code block in which the model writes the whole function
+    head, reply = p.rsplit("<|im_start|>assistant\n", 1)
+    assert p.startswith("<|im_start|>user\n") and problems[0].fields["prompt"] in head and reply == "```python\n"
 
 
 @needs_sandbox
@@ -46,6 +48,21 @@ def test_every_canonical_solution_passes(problems):
                                             for ex in problems])
     failed = [(ex.id, sc.extra["exec_detail"]) for ex, sc in zip(problems, scores) if not sc.correct]
     assert failed == []
+
+
+@needs_sandbox
+def test_a_complete_function_is_scored_like_a_body(problems):
+    """The model writes the whole function (imports, signature, body): it redefines the prompt's stub, and the
+    prompt's helpers (HumanEval/38's encode_cyclic, /50's encode_shift) stay defined; a complete but wrong function
+    fails although the stub it replaces is defined too."""
+    t = get_task("humaneval")
+    t.limits = HE.S.Limits(timeout_s=10)
+    picked = [ex for ex in problems if ex.id in {"HumanEval/0", "HumanEval/2", "HumanEval/38", "HumanEval/50"}]
+    whole = [ex.fields["prompt"] + ex.fields["canonical_solution"] + "```" for ex in picked]  # imports, helpers, all
+    scores = t.score_generations(picked, whole)
+    assert [(ex.id, sc.method) for ex, sc in zip(picked, scores)] == [(ex.id, "passed") for ex in picked]
+    wrong = [f"def {ex.fields['entry_point']}(*args):\n    return None\n```" for ex in picked]
+    assert [sc.method for sc in t.score_generations(picked, wrong)] == ["failed"] * len(picked)
 
 
 @needs_sandbox

