@@ -310,6 +310,20 @@ MUTANTS: list[Mutant] = [
            " or j.source != _identity(self._joinable()):", ":",
            ("tests/model/test_joined_weights.py", "-k", "copy_or_a_new_storage"),
            "a model copied inside the block, or a weight given new storage, computes with another model's weights"),
+    # ---- evaluations that share a card, and HumanEval's prompt (issue 29)
+    Mutant("padding_mask_not_counted", "src/gendistill/models/decoding.py",
+           "return kv + recurrent + activations + mask", "return kv + recurrent + activations",
+           ("tests/eval/test_fast_generate.py", "-k", "memory_estimate"),
+           "16 left-padded rows of 16K tokens are planned without their 8 GiB attention mask: out of memory"),
+    Mutant("memory_fraction_ignored", "src/gendistill/devices.py",
+           "    if fraction < 1.0:\n", "    if False:\n",
+           ("tests/eval/test_fast_generate.py", "-k", "memory_limit"),
+           "an evaluation beside a distillation plans for memory the trainer takes later: one of them runs out"),
+    Mutant("humaneval_prompt_prefilled", "src/gendistill/eval/humaneval.py",
+           'return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\\n"',
+           'return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\\n" + ex.fields["prompt"]',
+           ("tests/eval/test_humaneval.py", "-k", "prompt"),
+           "the reply repeats the problem's prompt: a small instruct model closes the fence at once (0 % pass@1)"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

@@ -226,6 +226,7 @@ def test_device_budget_follows_free_memory(tok, monkeypatch):
         monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
         monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {})
+        monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)  # no limit set
         token_budget, max_batch, scored_budget = device_budget(model, torch.device("cuda"))
         assert max_batch == 256
         # activations and scored logits each planned within a quarter of the free memory
