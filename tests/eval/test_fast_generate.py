@@ -244,7 +244,7 @@ def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatc
         G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 2 * gib // per_row)) < rows(4000)
 
 
-def test_batches_are_planned_within_the_processs_memory_limit(monkeypatch):
+def test_batches_are_planned_within_the_process_memory_limit(monkeypatch):
     """Under ``--gpu-memory-fraction`` (PyTorch's per-process limit) the memory a batch may plan for is the limit less
     what this process's tensors and fragments hold, even where the card has more free: an evaluation beside a
     distillation must not plan for memory the trainer takes later."""
