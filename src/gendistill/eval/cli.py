@@ -49,9 +49,8 @@ def eval_command(
                                             "--samples."),
     token_budget: int = typer.Option(None, help="Log-likelihood batch size in tokens; default: from free GPU "
                                                 "memory (2048 on CPU)."),
-    gpu_memory_fraction: float = typer.Option(None, help="At most this share (0-1] of the GPU's memory for this "
-                                                         "evaluation, batches planned within it (e.g. 0.05 beside a "
-                                                         "distillation on the same card); default: no limit."),
+    gpu_memory_fraction: float = typer.Option(None, help="At most this share (0-1] of the GPU's memory, batches "
+                                                         "planned within it (e.g. 0.05 beside a distillation)."),
     loglik_chat_template: bool = typer.Option(False, "--loglik-chat-template/--no-loglik-chat-template",
                                               help="Wrap log-likelihood contexts in the chat template "
                                                    "(lm-eval --apply_chat_template)."),
@@ -104,27 +103,29 @@ def eval_command(
         torch.set_num_threads(threads)
 
     if merge:
-        results = _merge(merge, out)
-        for k, v in results["paths"].items():
-            typer.echo(f"{k}: {v}")
+        _echo_paths(_merge(merge, out)["paths"])
         return
     res = evaluate(
         list(model or []), tasks, out=out, protocols=protocol, limit=limit, device=device, dtype=dtype,
         update_card=update_card, seed=seed, smoke=smoke, batch_size=batch_size, engine=engine,
-        token_budget=token_budget, gpu_memory_fraction=gpu_memory_fraction,
-        loglik_chat_template=loglik_chat_template, samples=samples,
-        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, data_source=data_source,
-        fidelity_chat=fidelity_chat, fidelity_data=fidelity_data, fidelity_heldout=fidelity_heldout or None,
-        show_progress=not no_progress,
+        token_budget=token_budget, gpu_memory_fraction=gpu_memory_fraction, loglik_chat_template=loglik_chat_template,
+        samples=samples, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+        data_source=data_source, fidelity_chat=fidelity_chat, fidelity_data=fidelity_data,
+        fidelity_heldout=fidelity_heldout or None, show_progress=not no_progress,
         context_lengths=list(parse_lengths(context_lengths)) if context_lengths else None,
         depths=list(parse_depths(depths)) if depths else None, haystack=haystack, rope_scaling=rope_scaling,
         unsafe_allow_unsandboxed_code=unsafe_allow_unsandboxed_code, cache=not no_cache, cache_dir=cache_dir,
         command="gendistill eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     )
     typer.echo(res.markdown())
-    for k, v in res.paths.items():
-        typer.echo(f"{k}: {v}")
+    _echo_paths(res.paths)
     typer.echo(time_summary(res.raw["meta"]), err=True)
+
+
+def _echo_paths(paths: dict) -> None:
+    """The report's files, one ``kind: path`` line each."""
+    for k, v in paths.items():
+        typer.echo(f"{k}: {v}")
 
 
 def _merge(files: list[str], out: str) -> dict:
