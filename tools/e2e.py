@@ -325,6 +325,7 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool, token
     ``longctx`` (the long-context tasks at ``--long-context`` lengths, both protocols, depths swept),
     ``longctx_scaled`` (at the ``--scaled-context`` length with rope scaling) and ``code`` (HumanEval, greedy). Their
     settings are checked here, by the parsers ``gendistill eval`` uses."""
+    from gendistill.devices import check_memory_fraction
     from gendistill.errors import ConfigError
     from gendistill.eval.rope import parse_rope_scaling
     from gendistill.eval.ruler import parse_depths, parse_lengths
@@ -335,8 +336,7 @@ def _suites(args: argparse.Namespace, device: str, dtype: str, cuda: bool, token
     # it: several evaluations start together (beside the distillation, or after it with --no-parallel), each would
     # otherwise plan for half the memory free at its start, and a fixed batch ran out of memory (16 rows of 16K
     # tokens beside a distillation on an H100, docs/results.md section 13). On CPU: small fixed batches.
-    if args.suite_memory_fraction is not None and not 0 < args.suite_memory_fraction <= 1:
-        raise ConfigError(f"--suite-memory-fraction: {args.suite_memory_fraction} must be in (0, 1]")
+    check_memory_fraction(args.suite_memory_fraction, "--suite-memory-fraction")
     sizing = (["--gpu-memory-fraction", str(args.suite_memory_fraction)] if cuda
               else ["--batch-size", "2", "--token-budget", str(token_budget)])
     long = ["--tasks", args.long_context_tasks, "--limit", str(args.long_context_limit), "--protocol",

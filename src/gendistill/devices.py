@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from gendistill.errors import GendistillError
+from gendistill.errors import ConfigError, GendistillError
 
 #: every dtype name a user may type -> the torch dtype (long names and the usual short ones)
 DTYPES: dict[str, torch.dtype] = {
@@ -118,10 +118,15 @@ def limit_cuda_memory(fraction: float, device: torch.device) -> None:
     """Let this process reserve at most ``fraction`` of ``device``'s memory (PyTorch's caching allocator refuses
     more with an out-of-memory error in this process, not in another one sharing the card), and plan batches within
     it (:func:`available_cuda_bytes`). For processes that share a card, e.g. evaluations beside a distillation."""
-    if not 0.0 < fraction <= 1.0:
-        raise GendistillError(f"--gpu-memory-fraction: {fraction} is outside (0, 1]")
+    check_memory_fraction(fraction)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
+def check_memory_fraction(fraction: float, what: str = "--gpu-memory-fraction") -> None:
+    """A share of a card's memory, as :func:`limit_cuda_memory` takes it: in (0, 1]; else one line naming ``what``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"{what}: {fraction} must be in (0, 1]")
+
+
 __all__ = ["DTYPES", "DTYPE_HELP", "DEVICE_HELP", "device_name", "dtype_choice", "resolve_device", "resolve_dtype",
-           "dtype_name", "available_cuda_bytes", "limit_cuda_memory"]
+           "dtype_name", "available_cuda_bytes", "limit_cuda_memory", "check_memory_fraction"]

@@ -71,3 +71,15 @@ QA_ROWS = [
     {"id": "a2", "question": "What is the capital of Italy?", "answer": "Rome"},
     {"id": "a3", "question": "How many? 123 or 456", "answer": "456"},
 ]
+
+
+def fake_cuda_memory(monkeypatch, *, free: int, total: int, reserved: int = 0, allocated: int = 0,
+                     fragments: int = 0, fraction: float = 1.0) -> None:
+    """The CUDA memory queries the batch planners read (:func:`gendistill.devices.available_cuda_bytes`), answered
+    with these byte counts: the driver's free and total, this process's reserved and allocated bytes, its fragments
+    (``inactive_split_bytes``) and its per-process limit (1.0: none)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: reserved)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: allocated)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": fragments})
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: fraction)

@@ -15,7 +15,7 @@ import torch
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import generate as G
 from gendistill.eval.prompts import apply_chat
-from tests.eval.conftest import MODEL_FACTORIES
+from tests.eval.conftest import MODEL_FACTORIES, fake_cuda_memory
 from tests.eval.test_generate import PROMPTS as GENERATE_PROMPTS
 
 # test_generate's prompts, and two more so that batches mix more lengths
@@ -230,16 +230,13 @@ def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatc
     from gendistill.models.decoding import decode_bytes_per_row
 
     gib = 2**30
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 80 * gib))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 7 * gib)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
     # 1 GiB of the cached 6 are fragments of segments that still hold live tensors: not usable for a large tensor
-    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": gib})
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)  # no limit set
+    fake_cuda_memory(monkeypatch, free=2 * gib, total=80 * gib, reserved=7 * gib, allocated=gib, fragments=gib)
     rows = G.auto_batch_rows(model, 16, torch.device("cuda"))
     per_row = decode_bytes_per_row(model, 4000, 16)
     assert rows(4000) == min(G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 7 * gib // per_row)) > 1
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2 * gib)  # only fragments cached
+    # only fragments cached
+    fake_cuda_memory(monkeypatch, free=2 * gib, total=80 * gib, reserved=2 * gib, allocated=gib, fragments=gib)
     assert G.auto_batch_rows(model, 16, torch.device("cuda"))(4000) == min(
         G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 2 * gib // per_row)) < rows(4000)
 
@@ -251,19 +248,16 @@ def test_batches_are_planned_within_the_process_memory_limit(monkeypatch):
     from gendistill.devices import available_cuda_bytes, limit_cuda_memory
 
     gib = 2**30
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * gib, 80 * gib))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * gib)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
-    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": gib})
     cuda = torch.device("cuda")
     for fraction, expected in ((1.0, 41 * gib), (0.1, 6 * gib), (0.02, 0)):
-        monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device, f=fraction: f)
+        fake_cuda_memory(monkeypatch, free=40 * gib, total=80 * gib, reserved=3 * gib, allocated=gib, fragments=gib,
+                         fraction=fraction)
         assert available_cuda_bytes(cuda) == expected
     set_to = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: set_to.append((f, device)))
     limit_cuda_memory(0.05, cuda)
     assert set_to == [(0.05, cuda)]
-    with pytest.raises(GendistillError, match="--gpu-memory-fraction: 0 is outside"):
+    with pytest.raises(GendistillError, match=r"--gpu-memory-fraction: 0 must be in \(0, 1\]"):
         limit_cuda_memory(0, cuda)
 
 

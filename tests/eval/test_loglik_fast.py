@@ -23,7 +23,7 @@ import torch
 
 from gendistill.eval.loglik import ScoredLogits, device_budget, group_requests, plan_batches, score_requests
 from gendistill.eval.pair_encoding import encode, encode_pair
-from tests.eval.conftest import llama_factory
+from tests.eval.conftest import fake_cuda_memory, llama_factory
 
 WORDS = ["The", "capital", "of", "France", "is", "Paris", "Italy", "Rome", "Germany", "Berlin", "Hello", "world!",
          "What", "numbers", "123", "456", "tiny", "tokenizer", "?", "a", "the", "Answer:"]
@@ -222,11 +222,7 @@ def test_device_budget_follows_free_memory(tok, monkeypatch):
     assert device_budget(model, torch.device("cpu")) is None
     budgets = []
     for free in (2 * 2**30, 80 * 2**30):
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 140 * 2**30))
-        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
-        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
-        monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {})
-        monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)  # no limit set
+        fake_cuda_memory(monkeypatch, free=free, total=140 * 2**30)
         token_budget, max_batch, scored_budget = device_budget(model, torch.device("cuda"))
         assert max_batch == 256
         # activations and scored logits each planned within a quarter of the free memory

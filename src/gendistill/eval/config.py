@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gendistill.devices import check_memory_fraction
 from gendistill.errors import ConfigError
 from gendistill.eval.fidelity import check_chat_count
 from gendistill.eval.generate import resolve_engine
@@ -65,8 +66,8 @@ def check_numbers(cfg: EvalConfig) -> None:
         check_range(cfg.batch_size, 1, MAX_BATCH, "--batch-size")
     if cfg.token_budget is not None:
         check_range(cfg.token_budget, 1, MAX_STEP_TOKENS, "--token-budget")
-    if cfg.gpu_memory_fraction is not None and not 0 < cfg.gpu_memory_fraction <= 1:
-        raise ConfigError(f"--gpu-memory-fraction: {cfg.gpu_memory_fraction} must be in (0, 1]")
+    if cfg.gpu_memory_fraction is not None:
+        check_memory_fraction(cfg.gpu_memory_fraction)
     check_range(cfg.samples, 0, MAX_REPEATS, "--samples")
     check_range(cfg.top_k, 1, 1 << 24, "--top-k")
     check_range(cfg.fidelity_chat, 0, 1 << 20, "--fidelity-chat")
