@@ -40,6 +40,68 @@ step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
 
+# Issue 27 (GRID=select-smollm2-lease without a carried .device/select): the four layer-selection methods run on the
+# card first, three of them side by side (each launch-bound at 8 x 1024 tokens a step), and the grid trains each
+# method's cell as soon as its layers.json exists: `tools/select_grid.py` writes the grid of the finished methods
+# (the same cells and node ids as the shipped grid), `gendistill ablate` runs it, and runs it again whenever another
+# method has finished, skipping the cells done; the last run's report has every cell. On a card under 120 GiB the
+# grid waits for kl-guided and greedy-learned (the first cell's trainer, ~53 GiB, beside three selections could
+# run out of memory on 80 GB). Settings: SELECT_TIMEOUT (900 s a method), JOB_TIMEOUT (the whole job).
+SELECT_COMMON=(--budget 7 --heldout-documents 32 --seq-len 1024 --batch-size 8 --micro-batch-size 8
+               --eval-sequences 16 --align-steps 100 --recall-kind needle --recall-context 1024 --recall-queries 8
+               --recall-prompts 32 --progress lines)
+select_args() {  # the method's own settings (docs/select.md, "On the GPU")
+  case "$1" in
+  kl-guided) echo "--candidate-steps 20" ;;
+  greedy-learned) echo "--mix-steps 300" ;;
+  beam-add) echo "--beam-width 2 --candidate-steps 0" ;;
+  esac
+}
+select_driver() {
+  local deadline=$(( $(date +%s) + ${JOB_TIMEOUT:-1200} )) m have="" kept left pids=() mem
+  local data=$DATA/pretrain_wikipedia_en_00.jsonl.gz
+  step "selection: uniform, then kl-guided, greedy-learned, beam-add side by side (timeout ${SELECT_TIMEOUT:-900} s each)"
+  (cd "$JOB" && timeout 300 python3 -m gendistill select-layers --teacher "$(gguf)" --data "$data" \
+     "${SELECT_COMMON[@]}" --method uniform --out select/uniform) > "$RES/select_uniform.log" 2>&1
+  step "select uniform rc=$?"
+  for m in kl-guided greedy-learned beam-add; do
+    # shellcheck disable=SC2046  # the method's settings are separate words
+    (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "${SELECT_TIMEOUT:-900}" python3 -m gendistill select-layers \
+       --teacher "$(gguf)" --data "$data" "${SELECT_COMMON[@]}" --method "$m" $(select_args "$m") --out "select/$m"
+     step "select $m rc=$?") > "$RES/select_$m.log" 2>&1 &
+    pids+=($!)
+  done
+  mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+  if [ "${mem:-0}" -lt 120000 ]; then  # MiB: wait for two methods before the first cell trains
+    while [ ! -e "$JOB/select/kl-guided/layers.json" ] || [ ! -e "$JOB/select/greedy-learned/layers.json" ]; do
+      kill -0 "${pids[0]}" 2>/dev/null || kill -0 "${pids[1]}" 2>/dev/null || break
+      sleep 10
+    done
+  fi
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    kept=$(timeout 60 python3 tools/select_grid.py "$GRID" --root "$JOB" --out "$JOB/select-grid.yaml") \
+      || { step "select_grid failed: $kept"; break; }
+    if [ "$kept" != "$have" ]; then
+      have=$kept; left=$(( deadline - $(date +%s) ))
+      step "ablate start ($kept; timeout $left s) $*"
+      (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "$left" python3 -m gendistill ablate select-grid.yaml \
+         --set "teacher.spec=$(gguf)" "$@") >> "$RES/ablate.log" 2>&1
+      RC=$?
+      step "ablate rc=$RC"
+    elif [ -z "$(jobs -pr)" ]; then
+      break  # every selection has ended and the grid has every finished method's cell
+    else
+      sleep 10
+    fi
+  done
+  if [ "${RC:-1}" != 0 ]; then  # cut or failed: the report from every finished stage run and evaluation
+    (cd "$JOB" && timeout 120 python3 -m gendistill ablate select-grid.yaml --set "teacher.spec=$(gguf)" "$@" \
+       --report-only) >> "$RES/ablate.log" 2>&1
+    step "report rebuilt rc=$?"
+  fi
+  pkill -f "gendistill select-layers" 2>/dev/null  # a method still running at the deadline
+}
+
 case "${1:-}" in
 setup)  # preconditions first: a GPU, the carried files; then the wheels, the first GGUF piece, an import check
   lease_gpu "$RES" || exit 3
@@ -54,6 +116,12 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
+  if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
+    (timeout 400 python3 -m pytest -q -p no:cacheprovider tests/select/test_select_gpu.py > "$RES/select_gpu_test.log" 2>&1
+     echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$RES/select_gpu_test.log")" > "$RES/select_gpu_test.txt") \
+      > /dev/null 2>&1 < /dev/null &
+    step "tests/select/test_select_gpu.py: running in the background, its line in select_gpu_test.txt"
+  fi
   step "setup done"
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest
@@ -90,6 +158,7 @@ PY
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
+  if [ "$GRID" = select-smollm2-lease ] && [ ! -d "$JOB/select" ]; then select_driver "$@"; exit; fi
   step "ablate start (timeout ${JOB_TIMEOUT:-1200} s) $*"
   # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes (a key the shipped configurations lack) is logged, so
   # `python tools/fla_configs_from_log.py ablate.log DIR --triton-version 3.6.0` can ship it afterwards
@@ -107,10 +176,13 @@ watch)  # follow the job until it finishes or $2 seconds pass; a summary under $
   LIMIT_S=${2:-480}; T0=$(date +%s)
   while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
   [ -e "$RES/DONE" ] && echo "job finished: $(cat "$RES/DONE")" || echo "job still running"
-  cat "$RES/steps.txt" "$RES/step_check.txt" 2>/dev/null
+  cat "$RES/steps.txt" "$RES/step_check.txt" "$RES/select_gpu_test.txt" 2>/dev/null
+  for f in "$RES"/select_*.log; do [ -e "$f" ] && echo "${f##*/}: $(grep -v '^Triton\|^ *$' "$f" | tail -n 1 | cut -c1-200)"; done
   grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 25 | cut -c1-300
   mkdir -p "$OUT"
-  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/step_check.txt" "$RES/dry_run.txt" 2>/dev/null
+  { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/step_check.txt" "$RES/dry_run.txt" \
+      "$RES/select_gpu_test.txt" 2>/dev/null
+    for f in "$RES"/select_*.log; do [ -e "$f" ] && { echo "== ${f##*/}"; grep -v '^Triton' "$f" | tail -n 8 | cut -c1-300; }; done
     [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"
     grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 80 | cut -c1-300
     tail -n 20 "$RES/ablate.log" 2>/dev/null
@@ -124,11 +196,15 @@ collect)  # 8 files: the report (JSON, Markdown, three plots), the summary, the 
   # every stage run's metrics, recipe and progress; every evaluation's results (examples too, unless too large);
   # every cell's cell.json and metrics; the job's logs. No students, no checkpoints.
   T=/tmp/gendistill_sweep_results.tgz
+  # (a selection lease, issue 27: also select/<method>/ without its aligned student, and the grid it ran)
+  what=$(cd "$JOB" && ls -d res runs select select-grid.yaml 2>/dev/null)
+  # shellcheck disable=SC2086  # the folders are separate words
   (cd "$JOB" && timeout 120 tar czf "$T" --exclude='*.safetensors' --exclude='checkpoints' --exclude='*/student' \
-     --exclude='stages/*/stage*/*' res runs 2>/dev/null)
+     --exclude='stages/*/stage*/*' --exclude='select/*/aligned' $what 2>/dev/null)
   if [ "$(stat -c %s "$T" 2>/dev/null || echo 0)" -gt $((15 * 2**20)) ]; then
+    # shellcheck disable=SC2086
     (cd "$JOB" && timeout 120 tar czf "$T" --exclude='*.safetensors' --exclude='checkpoints' --exclude='*/student' \
-       --exclude='stages/*/stage*/*' --exclude='examples' res runs 2>/dev/null)
+       --exclude='stages/*/stage*/*' --exclude='select/*/aligned' --exclude='examples' $what 2>/dev/null)
   fi
   mv "$T" "$OUT/sweep_results.tgz"
   ls -la "$OUT"
