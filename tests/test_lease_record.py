@@ -147,7 +147,8 @@ def test_suites_become_their_own_records_and_plots(tmp_path, monkeypatch, capsys
 
 
 def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
-                 smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n", timeout: str = "1180 s") -> Path:
+                 smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n", timeout: str = "1180 s",
+                 members_more: dict[str, str] | None = None) -> Path:
     """What ``device_sweep.sh collect`` returns: the device's report.json (two cells sharing a stage-3a run's
     ancestors; the second cut by the job's timeout), summary.txt, and sweep_results.tgz with res/ and the stage runs."""
     bundle = tmp_path / "collected"
@@ -195,6 +196,7 @@ def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
             (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs)
     if extra:
         members[extra] = "x"
+    members.update(members_more or {})
     with tarfile.open(bundle / "sweep_results.tgz", "w:gz") as tar:
         for name, text in members.items():
             data = text.encode()
@@ -225,6 +227,61 @@ def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
     # no nvidia-smi line: no card (never the next line of a summary); a timeout given as timeout(1) takes it
     other = TOOL["grid_record"](_grid_bundle(tmp_path / "o", smi=None, timeout="20m"), [], None, "2026-12-05")
     assert (other["lease"]["card"], other["lease"]["job_timeout_s"]) == (None, "20m")
+
+
+def _select_members() -> dict[str, str]:
+    """A layer-selection lease's select/ folder: greedy-learned finished, beam-add cut after sizes 1 and 2."""
+    def settings(method: str) -> str:
+        return json.dumps({"fingerprint": "f", "settings": {
+            "teacher": "/tmp/job/teacher/t.gguf", "method": method, "budget": 2, "seq_len": 1024, "beam_width": 2,
+            "recall": {"kind": "needle", "weight": 0.5}}})
+
+    def rec(layers: list[int], kl: float, recall: float, seconds: float = 2.0) -> dict:
+        return {"attention_layers": layers, "heldout_kl": kl, "recall_kl": recall,
+                "cost": {"seconds": seconds, "train_tokens": 0, "eval_tokens": 10}}
+
+    beam = {"aligned": {"cost": {"seconds": 100.0, "train_tokens": 4096, "eval_tokens": 0}},
+            "attn:0": rec([0], 1.0, 4.0), "attn:1": rec([1], 1.5, 2.0), "attn:2": rec([2], 1.2, 3.0),
+            "attn:0,1": rec([0, 1], 0.9, 1.0), "attn:0,2": rec([0, 2], 0.8, 2.0)}
+    return {
+        "./select/greedy-learned/select.json": settings("greedy-learned"),
+        "./select/greedy-learned/layers.json": json.dumps({
+            "attention_layers": [0, 3], "ranked": [0, 3, 1, 2], "method": "greedy-learned",
+            "cost": {"device": "cuda", "gpu_minutes": 1.5}, "scores": {"alpha": {"0": 0.9, "3": 0.8}}}),
+        "./select/greedy-learned/scores.json": json.dumps({"fingerprint": "f", "scores": {
+            "aligned": {"cost": {"seconds": 60.0, "train_tokens": 4096, "eval_tokens": 0}}}}),
+        "./select/beam-add/select.json": settings("beam-add"),
+        "./select/beam-add/scores.json": json.dumps({"fingerprint": "f", "scores": beam}),
+    }
+
+
+def test_a_selection_lease_records_each_method_finished_or_cut(tmp_path):
+    """Issue 27: each select-layers folder of the job becomes its settings, its result if it finished, and what its
+    score cache holds (best set per size by held-out KL + recall weight x recall KL); a later call's cache, copied
+    into the bundle as select_<method>_scores.json, is read instead of the job's."""
+    bundle = _grid_bundle(tmp_path, members_more=_select_members())
+    sel = TOOL["grid_record"](bundle, [], None, "2026-12-06")["selection"]
+    assert list(sel) == ["beam-add", "greedy-learned"]
+    greedy, beam = sel["greedy-learned"], sel["beam-add"]
+    assert greedy["finished"] and greedy["attention_layers"] == [0, 3] and greedy["ranked"][:2] == [0, 3]
+    assert greedy["cache"]["aligned_seconds"] == 60.0 and greedy["cache"]["candidates_scored"] == 0
+    assert not beam["finished"] and "attention_layers" not in beam
+    cache = beam["cache"]
+    assert cache["candidates_scored"] == 5 and cache["seconds"] == 110.0 and cache["source"].endswith("of the job")
+    # recall weight 0.5: [1] scores 1.5 + 1.0 = 2.5, [2] 1.2 + 1.5 = 2.7, [0] 1.0 + 2.0 = 3.0 (by KL alone: [0])
+    assert cache["best_by_size"]["1"] == {"scored": 3, "layers": [1], "heldout_kl": 1.5, "recall_kl": 2.0}
+    assert cache["best_by_size"]["2"]["layers"] == [0, 1]  # 0.9 + 0.5 = 1.4 < 0.8 + 1.0 = 1.8
+    assert [r["layers"] for r in cache["singles"]] == [[0], [1], [2]]
+    assert beam["settings"]["recall"]["weight"] == 0.5 and "teacher" not in beam["settings"]
+    later = {"fingerprint": "f", "scores": {"attn:5": {"attention_layers": [5], "heldout_kl": 0.1, "recall_kl": 0.1,
+                                                        "cost": {"seconds": 1.0}}}}
+    (bundle / "select_beam-add_scores.json").write_text(json.dumps(later))
+    again = TOOL["grid_record"](bundle, [], None, "2026-12-06")["selection"]["beam-add"]["cache"]
+    assert again["candidates_scored"] == 1 and again["source"].startswith("scores.json of a later call")
+    # the selection driver names the job's timeout in its first line; its ablate lines give what was left then
+    facts = TOOL["_job_facts"]("03:42:34 selection: uniform, then ... (timeout 900 s each; job timeout 1300 s)\n"
+                               "03:43:08 ablate start (kept: uniform; timeout 1266 s) \n03:53:00 ablate rc=0\n")
+    assert (facts["job_timeout_s"], facts["job_exit"]) == (1300, 0)
 
 
 def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_archive(tmp_path, monkeypatch, capsys):

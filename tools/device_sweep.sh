@@ -19,6 +19,10 @@
 # Settings (environment of the start call): JOB_TIMEOUT (1200 s: the whole ablate command; then the report is
 # rebuilt from what finished); extra args after `start` go to `gendistill ablate`, e.g.
 #   --set 'stages[stage3b].tokens=1000000'   (every cell's stage 3b: the base recipe's key)
+# Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
+#   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
+#   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
+#   carry that folder with the grid lease's call 3 (no SELECT_ONLY: its start copies the files, the grid runs).
 # Every step has a timeout; the background job writes $RES/DONE (and its exit status) whatever happens.
 # fla's kernel configurations: none are set here. gendistill activates its shipped H200 configurations itself
 # (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
@@ -40,13 +44,16 @@ step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
 
-# Issue 27 (GRID=select-smollm2-lease without a carried .device/select): the four layer-selection methods run on the
-# card first, three of them side by side (each launch-bound at 8 x 1024 tokens a step), and the grid trains each
-# method's cell as soon as its layers.json exists: `tools/select_grid.py` writes the grid of the finished methods
-# (the same cells and node ids as the shipped grid), `gendistill ablate` runs it, and runs it again whenever another
-# method has finished, skipping the cells done; the last run's report has every cell. On a card under 120 GiB the
-# grid waits for kl-guided and greedy-learned (the first cell's trainer, ~53 GiB, beside three selections could
-# run out of memory on 80 GB). Settings: SELECT_TIMEOUT (900 s a method), JOB_TIMEOUT (the whole job).
+# Issue 27 (GRID=select-smollm2-lease without a carried .device/select): the layer-selection methods run on the card
+# first, one after another with the card to themselves: beam-add first (it aligns the all-KDA student; kl-guided and
+# greedy-learned reuse it with --aligned-from), each under SELECT_TIMEOUT and the job's deadline. Then, unless
+# SELECT_ONLY is set, the grid: `tools/select_grid.py` writes the shipped grid's cells of the methods that finished
+# (same cells and node ids), and `gendistill ablate` runs it until the deadline. The first lease (docs/results.md
+# section 14) ran the selections side by side with the grid's first cell: six processes on one card and 16 host
+# cores, each selection aligning its own copy of the same student in 359-398 s; alone, beam-add scored a set in
+# 2.8 s. With SELECT_ONLY=1 the lease is the selections alone; carry their select/<method>/layers.json back as
+# .device/select for a grid lease (`start` copies it; the grid then runs as any other). Settings: SELECT_TIMEOUT
+# (900 s a method), SELECT_METHODS (beam-add kl-guided greedy-learned: the order), JOB_TIMEOUT (the whole job).
 SELECT_COMMON=(--budget 7 --heldout-documents 32 --seq-len 1024 --batch-size 8 --micro-batch-size 8
                --eval-sequences 16 --align-steps 100 --recall-kind needle --recall-context 1024 --recall-queries 8
                --recall-prompts 32 --progress lines)
@@ -58,48 +65,41 @@ select_args() {  # the method's own settings (docs/select.md, "On the GPU")
   esac
 }
 select_driver() {
-  local deadline=$(( $(date +%s) + ${JOB_TIMEOUT:-1200} )) m have="" kept left pids=() mem
+  local deadline=$(( $(date +%s) + ${JOB_TIMEOUT:-1200} )) m kept left first="" from
   local data=$DATA/pretrain_wikipedia_en_00.jsonl.gz
-  step "selection: uniform, then kl-guided, greedy-learned, beam-add side by side (timeout ${SELECT_TIMEOUT:-900} s each)"
+  step "selection: uniform, then ${SELECT_METHODS:-beam-add kl-guided greedy-learned} one after another" \
+    "(timeout ${SELECT_TIMEOUT:-900} s each; job timeout ${JOB_TIMEOUT:-1200} s)"
   (cd "$JOB" && timeout 300 python3 -m gendistill select-layers --teacher "$(gguf)" --data "$data" \
      "${SELECT_COMMON[@]}" --method uniform --out select/uniform) > "$RES/select_uniform.log" 2>&1
   step "select uniform rc=$?"
-  for m in kl-guided greedy-learned beam-add; do
+  for m in ${SELECT_METHODS:-beam-add kl-guided greedy-learned}; do
+    left=$(( deadline - $(date +%s) ))
+    [ "$left" -gt 60 ] || { step "select $m: not started (${left} s left of the job)"; continue; }
+    [ "$left" -gt "${SELECT_TIMEOUT:-900}" ] && left=${SELECT_TIMEOUT:-900}
+    from=()  # the first method's aligned student, once it has one
+    [ -n "$first" ] && [ -e "$JOB/select/$first/aligned/config.json" ] && from=(--aligned-from "select/$first")
     # shellcheck disable=SC2046  # the method's settings are separate words
-    (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "${SELECT_TIMEOUT:-900}" python3 -m gendistill select-layers \
-       --teacher "$(gguf)" --data "$data" "${SELECT_COMMON[@]}" --method "$m" $(select_args "$m") --out "select/$m"
-     step "select $m rc=$?") > "$RES/select_$m.log" 2>&1 &
-    pids+=($!)
+    (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "$left" python3 -m gendistill select-layers \
+       --teacher "$(gguf)" --data "$data" "${SELECT_COMMON[@]}" --method "$m" $(select_args "$m") "${from[@]}" \
+       --out "select/$m") > "$RES/select_$m.log" 2>&1
+    step "select $m rc=$? ${from[*]}"
+    [ -n "$first" ] || first=$m
   done
-  mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
-  if [ "${mem:-0}" -lt 120000 ]; then  # MiB: wait for two methods before the first cell trains
-    while [ ! -e "$JOB/select/kl-guided/layers.json" ] || [ ! -e "$JOB/select/greedy-learned/layers.json" ]; do
-      kill -0 "${pids[0]}" 2>/dev/null || kill -0 "${pids[1]}" 2>/dev/null || break
-      sleep 10
-    done
-  fi
-  while [ "$(date +%s)" -lt "$deadline" ]; do
-    kept=$(timeout 60 python3 tools/select_grid.py "$GRID" --root "$JOB" --out "$JOB/select-grid.yaml") \
-      || { step "select_grid failed: $kept"; break; }
-    if [ "$kept" != "$have" ]; then
-      have=$kept; left=$(( deadline - $(date +%s) ))
-      step "ablate start ($kept; timeout $left s) $*"
-      (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "$left" python3 -m gendistill ablate select-grid.yaml \
-         --set "teacher.spec=$(gguf)" "$@") >> "$RES/ablate.log" 2>&1
-      RC=$?
-      step "ablate rc=$RC"
-    elif [ -z "$(jobs -pr)" ]; then
-      break  # every selection has ended and the grid has every finished method's cell
-    else
-      sleep 10
-    fi
-  done
-  if [ "${RC:-1}" != 0 ]; then  # cut or failed: the report from every finished stage run and evaluation
+  RC=0
+  [ -n "${SELECT_ONLY:-}" ] && { step "SELECT_ONLY: no grid"; return; }
+  left=$(( deadline - $(date +%s) ))
+  kept=$(timeout 60 python3 tools/select_grid.py "$GRID" --root "$JOB" --out "$JOB/select-grid.yaml") \
+    || { step "select_grid failed: $kept"; RC=1; return; }
+  step "ablate start ($kept; timeout $left s) $*"
+  (cd "$JOB" && TRITON_PRINT_AUTOTUNING=1 timeout "$left" python3 -m gendistill ablate select-grid.yaml \
+     --set "teacher.spec=$(gguf)" "$@") >> "$RES/ablate.log" 2>&1
+  RC=$?
+  step "ablate rc=$RC"
+  if [ "$RC" != 0 ]; then  # cut or failed: the report from every finished stage run and evaluation
     (cd "$JOB" && timeout 120 python3 -m gendistill ablate select-grid.yaml --set "teacher.spec=$(gguf)" "$@" \
        --report-only) >> "$RES/ablate.log" 2>&1
     step "report rebuilt rc=$?"
   fi
-  pkill -f "gendistill select-layers" 2>/dev/null  # a method still running at the deadline
 }
 
 case "${1:-}" in
@@ -117,9 +117,10 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
-    (timeout 400 python3 -m pytest -q -p no:cacheprovider tests/select/test_select_gpu.py > "$RES/select_gpu_test.log" 2>&1
-     echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$RES/select_gpu_test.log")" > "$RES/select_gpu_test.txt") \
-      > /dev/null 2>&1 < /dev/null &
+    # (its own session: a plain background job died with the call that started it, 2026-12-06)
+    setsid nohup bash -c 'timeout 400 python3 -m pytest -v -p no:cacheprovider tests/select/test_select_gpu.py \
+      > "$1/select_gpu_test.log" 2>&1; echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$1/select_gpu_test.log")" \
+      > "$1/select_gpu_test.txt"' _ "$RES" > /dev/null 2>&1 < /dev/null &
     step "tests/select/test_select_gpu.py: running in the background, its line in select_gpu_test.txt"
   fi
   step "setup done"

@@ -24,7 +24,10 @@ report as the device wrote it, each cell given its held-out curves
 commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the device seconds, the
 job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s, start and end seconds
 from the first one's first record) and every stage a timeout cut short. ``--figures`` also writes
-``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`).
+``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`). A layer-selection lease
+(issue 27: the archive holds ``select/<method>/``) adds ``selection``: per method its settings, its result if it
+finished and what its score cache holds (:func:`selection_record`); a ``select_<method>_scores.json`` in BUNDLE (the
+cache as a later ``--resume`` call left it, copied there) is read instead of the job's copy.
 
 An e2e job with long-context or code suites (issue 29): ``--suites`` also writes, beside ``--out``,
 ``longctx_<rest>.json`` and ``humaneval_<rest>.json`` and each long-context suite's plot (``<rest>``: the ``--out``
@@ -204,12 +207,58 @@ def _job_facts(steps_txt: str) -> dict[str, Any]:
     for line in steps_txt.splitlines():
         if line.startswith("device: "):
             facts["versions"] = line.split("|", 1)[1].strip() if "|" in line else None
-        elif "ablate start (timeout " in line:  # as JOB_TIMEOUT was given: seconds, or timeout's own "20m"
-            given = line.split("(timeout ", 1)[1].split(")")[0].strip().removesuffix(" s")
+        elif "ablate start (timeout " in line or "job timeout " in line:  # as JOB_TIMEOUT was given: seconds,
+            # or timeout's own "20m"; a selection lease (issue 27) names it in its first line
+            key = "job timeout " if "job timeout " in line else "(timeout "
+            given = line.split(key, 1)[1].split(")")[0].strip().removesuffix(" s")
             facts["job_timeout_s"] = int(given) if given.isdigit() else given
         elif " ablate rc=" in line:
             facts["job_exit"] = int(line.rsplit("rc=", 1)[1])
     return facts
+
+
+SELECT_FIELDS = ("method", "budget", "seq_len", "batch_size", "micro_batch_size", "eval_sequences", "align_steps",
+                 "candidate_steps", "candidate_lr", "beam_width", "mix_steps", "sparsity", "recall")
+
+
+def _scored(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"layers": rec["attention_layers"], **{k: round(rec[k], 4) for k in ("heldout_kl", "recall_kl") if k in rec}}
+
+
+def selection_record(folder: Path, later_scores: Path | None = None) -> dict[str, Any]:
+    """One ``select-layers`` run folder as it came back (issue 27's lease): its settings, its result when it finished
+    (``layers.json``: the chosen set, the ranking, the cost, the method's scores), and, finished or not, what its
+    score cache holds: how many candidate sets were scored, their seconds and tokens, and the best set of each size
+    (``heldout_kl + recall.weight * recall_kl``, beam-add's score). ``later_scores``: the same run's ``scores.json``
+    as a later call left it (a ``--resume`` after the job), used instead of the job's copy."""
+    settings = json.loads((folder / "select.json").read_text())["settings"]
+    out: dict[str, Any] = {"settings": {k: settings.get(k) for k in SELECT_FIELDS}}
+    layers = folder / "layers.json"
+    if layers.is_file():
+        res = json.loads(layers.read_text())
+        out.update(finished=True, attention_layers=res["attention_layers"], ranked=res.get("ranked"),
+                   cost=res.get("cost"), scores=res.get("scores"))
+    else:
+        out["finished"] = False
+    cache_file = later_scores if later_scores is not None else folder / "scores.json"
+    cache = json.loads(cache_file.read_text())["scores"] if cache_file.is_file() else {}
+    sets = {k: v for k, v in cache.items() if k.startswith("attn:")}
+    weight = float((settings.get("recall") or {}).get("weight", 1.0))
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for rec in sets.values():
+        by_size.setdefault(len(rec["attention_layers"]), []).append(rec)
+    out["cache"] = {
+        "source": "scores.json of a later call (--resume)" if later_scores is not None else "scores.json of the job",
+        "candidates_scored": len(sets),
+        "seconds": round(sum(float(v.get("cost", {}).get("seconds", 0)) for v in cache.values()), 1),
+        "train_tokens": sum(int(v.get("cost", {}).get("train_tokens", 0)) for v in cache.values()),
+        "aligned_seconds": (cache.get("aligned") or {}).get("cost", {}).get("seconds"),
+        "best_by_size": {str(n): {"scored": len(recs), **_scored(min(
+            recs, key=lambda r: r["heldout_kl"] + weight * r.get("recall_kl", 0.0)))}
+            for n, recs in sorted(by_size.items())},
+        "singles": sorted((_scored(r) for r in by_size.get(1, [])), key=lambda r: r["layers"]),
+    }
+    return out
 
 
 def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, day: str,
@@ -236,6 +285,9 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
         timeline = _node_timeline(stages)
+        selection = {d.name: selection_record(d, bundle / f"select_{d.name}_scores.json"
+                                              if (bundle / f"select_{d.name}_scores.json").is_file() else None)
+                     for d in sorted((job / "select").glob("*")) if (d / "select.json").is_file()}
         smi = job / "res" / "nvidia-smi.txt"
         smi_lines = smi.read_text().strip().splitlines() if smi.is_file() else []
         card_line = smi_lines[0] if smi_lines else ""
@@ -246,6 +298,8 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             if at is not None:
                 cut.append(f"{c['cell']}: {st} stopped after {m.get('steps')} steps; its last held-out evaluation at "
                            f"step {m.get('eval_step_last')} ({at:,} of {c['tokens'][st]:,} tokens)")
+    if selection:
+        rep["selection"] = selection
     rep["lease"] = {
         **_card_fields(card_line if "," in card_line else None), "commit": commit, "versions": facts["versions"],
         "date": day,

@@ -44,6 +44,9 @@ def select_layers_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: settings, score cache, layers.json."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out, reusing every cached score."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous select-layers run in --out first."),
+    aligned_from: Path | None = typer.Option(
+        None, "--aligned-from", help="Reuse the aligned all-KDA student of another select-layers run (a method "
+        "run before on the same teacher, data and alignment settings) instead of aligning one again."),
     seq_len: int = typer.Option(512, help="Tokens per training / held-out sequence."),
     batch_size: int = typer.Option(8, help="Sequences per optimizer step."),
     micro_batch_size: int = typer.Option(4, help="Sequences per forward pass."),
@@ -85,6 +88,7 @@ def select_layers_command(
             recall=dict(kind=recall_kind, prompts=recall_prompts, pairs=recall_pairs, queries=recall_queries,
                         context=recall_context, weight=recall_weight),
             seed=seed, device=device, precision=precision,
+            aligned_from=str(aligned_from) if aligned_from is not None else None,
         ))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, "select-layers").replace("output_dir", "out")) from None

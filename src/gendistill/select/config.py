@@ -72,6 +72,9 @@ class SelectConfig(_Strict):
     sparsity: float = Field(default=0.05, ge=0, description="greedy-learned: weight of mean_i alpha_i in the loss")
 
     recall: RecallConfig = Field(default_factory=RecallConfig)
+    aligned_from: str | None = Field(
+        default=None, description="another select-layers run folder whose aligned all-KDA student this run reuses "
+        "(its alignment settings must equal this run's: ALIGNMENT_SETTINGS); not part of the fingerprint")
     seed: int = 0
     device: str = "auto"  # as every --device (gendistill.devices.device_name), kept in its canonical spelling
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -99,7 +102,21 @@ class SelectConfig(_Strict):
 
 
 def fingerprint(cfg: SelectConfig) -> str:
-    """Hash of every setting that changes a score (not the output folder)."""
+    """Hash of every setting that changes a score (not the output folder, nor where the aligned student came from:
+    a reused one was made under equal alignment settings, :func:`alignment_fingerprint`)."""
     payload = cfg.model_dump(mode="json")
     payload.pop("output_dir")
+    payload.pop("aligned_from")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: what the aligned all-KDA student depends on (``Session.aligned_state``): two runs that agree on these align the
+#: same student, whatever their method, so one may reuse the other's (``--aligned-from``)
+ALIGNMENT_SETTINGS = ("teacher", "data", "seq_len", "batch_size", "micro_batch_size", "eval_sequences", "align_steps",
+                      "align_lr", "seed", "device", "precision", "teacher_dtype")
+
+
+def alignment_fingerprint(cfg: SelectConfig) -> str:
+    """Hash of :data:`ALIGNMENT_SETTINGS`."""
+    payload = {k: v for k, v in cfg.model_dump(mode="json").items() if k in ALIGNMENT_SETTINGS}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ from gendistill.io import atomic_write_json
 from gendistill.runlock import acquire, check_not_busy
 from gendistill.select.config import SelectConfig, fingerprint
 from gendistill.select.methods import METHODS
-from gendistill.select.session import Session, check_output, prepare_output
+from gendistill.select.session import Session, aligned_source, check_output, prepare_output
 from gendistill.teachers import load_teacher_config
 
 
@@ -50,6 +50,7 @@ def select_layers(cfg: SelectConfig, *, resume: bool = False, overwrite: bool = 
         teacher_config = load_teacher_config(cfg.teacher)
     L = check_against_teacher(cfg, teacher_config)
     check_output(cfg, resume, overwrite)
+    aligned_source(cfg)  # a bad --aligned-from fails now, before --out is written
     check_not_busy(cfg.output_dir, "--out")
     lock = acquire(cfg.output_dir, "--out")
     try:

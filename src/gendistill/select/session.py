@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
@@ -40,7 +41,7 @@ from gendistill.io import atomic_write_json
 from gendistill.models.loading import load_model
 from gendistill.ownership import check_replaceable, clear_owned, is_empty, marker_kind, write_marker
 from gendistill.select.cache import Cost, ScoreCache, set_key, total_cost
-from gendistill.select.config import SelectConfig, fingerprint
+from gendistill.select.config import ALIGNMENT_SETTINGS, SelectConfig, alignment_fingerprint, fingerprint
 from gendistill.select.recall import RecallSet, answer_logprobs, make_recall, recall_scores
 from gendistill.teachers import load_teacher_config
 
@@ -84,6 +85,37 @@ def check_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> None:
             f"--out {out}: --resume with different settings than the run there (see {out / MARKER}); "
             "use the same options or pass --overwrite"
         )
+
+
+def aligned_source(cfg: SelectConfig) -> Path | None:
+    """The aligned student folder ``--aligned-from`` names (``None`` without it, or for ``uniform``), checked before
+    anything is written: a select-layers run folder other than ``--out``, whose settings agree with this run's on
+    every :data:`~gendistill.select.config.ALIGNMENT_SETTINGS` (so it aligned the same student) and whose alignment
+    finished (its score cache holds ``aligned`` and ``aligned/`` holds a student). Anything else: one line."""
+    if cfg.aligned_from is None or cfg.method == "uniform":
+        return None
+    src = Path(cfg.aligned_from)
+    if src.resolve() == Path(cfg.output_dir).resolve():
+        raise ConfigError(f"--aligned-from {src}: is --out itself; name another select-layers run")
+    record = _selection_record(src)
+    if record is None:
+        raise ConfigError(f"--aligned-from {src}: not a select-layers run folder (no {MARKER} with its settings)")
+    try:
+        other = SelectConfig.model_validate(record["settings"])
+    except ValidationError:
+        raise ConfigError(f"--aligned-from {src}: its {MARKER} does not hold valid settings") from None
+    if alignment_fingerprint(other) != alignment_fingerprint(cfg):
+        mine, theirs = cfg.model_dump(mode="json"), other.model_dump(mode="json")
+        differ = [k for k in ALIGNMENT_SETTINGS if mine[k] != theirs[k]]
+        raise ConfigError(f"--aligned-from {src}: its student was aligned under other settings "
+                          f"({', '.join(differ)}); give the same ones or leave --aligned-from out")
+    try:
+        done = "aligned" in json.loads((src / "scores.json").read_text(encoding="utf-8"))["scores"]
+    except (OSError, ValueError, KeyError, TypeError):
+        done = False
+    if not done or not (src / "aligned" / "config.json").is_file():
+        raise ConfigError(f"--aligned-from {src}: its alignment has not finished (no aligned student there yet)")
+    return src / "aligned"
 
 
 def prepare_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> Path:
@@ -202,8 +234,15 @@ class Session:
             return self._aligned
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
+        source = aligned_source(self.cfg)
         if rec is not None and (folder / "config.json").exists():
             student = load_student(folder, self.world.device)
+        elif source is not None:  # another method's run aligned the same student (--aligned-from): its cost is there
+            self.message(f"the aligned all-KDA student: reused from {source}")
+            student = load_student(source, self.world.device)
+            theirs = json.loads((source.parent / "scores.json").read_text(encoding="utf-8"))["scores"]["aligned"]
+            rec = {"cost": Cost().as_dict(), "reused_from": source.parent.name, "reused_cost": theirs.get("cost")}
+            self.cache.put("aligned", rec)
         else:
             cost = Cost()
             with cost.timed():
@@ -226,7 +265,12 @@ class Session:
         """A student with ``attention_layers`` restored to the teacher's attention and every other layer's KDA mixer
         (and anything else stages 1-2 trained) taken from the aligned all-KDA student."""
         aligned = self.aligned_state()
-        student = self._fresh_student(attention_layers)
+        self.teacher()  # (loaded, if not yet, outside the device context below)
+        # Every weight is overwritten below (the aligned student's, and the teacher's attention, which the conversion
+        # copies), so the conversion's random initialisation is thrown away: made on the device it costs little,
+        # where on the host it took about 1.5 s a set for SmolLM2-135M (beam-add scores hundreds of sets).
+        with torch.device(self.world.device):
+            student = self._fresh_student(attention_layers)
         own = student.state_dict()
         student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)
         return student
