@@ -117,9 +117,10 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
-    # (its own session: a plain background job died with the call that started it, 2026-12-06)
-    setsid nohup bash -c 'timeout 400 python3 -m pytest -v -p no:cacheprovider tests/select/test_select_gpu.py \
-      > "$1/select_gpu_test.log" 2>&1; echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$1/select_gpu_test.log")" \
+    # (its own session: a plain background job died with the call that started it, 2026-12-06; its log names every
+    # kernel fla autotunes, for tools/fla_configs_from_log.py: two later tries were cut at 225-300 s without a verdict)
+    TRITON_PRINT_AUTOTUNING=1 setsid nohup bash -c 'timeout 400 python3 -m pytest -v -p no:cacheprovider \
+      tests/select/test_select_gpu.py > "$1/select_gpu_test.log" 2>&1; echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$1/select_gpu_test.log")" \
       > "$1/select_gpu_test.txt"' _ "$RES" > /dev/null 2>&1 < /dev/null &
     step "tests/select/test_select_gpu.py: running in the background, its line in select_gpu_test.txt"
   fi

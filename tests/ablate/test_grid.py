@@ -207,6 +207,29 @@ def test_the_shipped_selection_grid_distills_each_methods_choice_on_equal_tokens
     assert g.config.eval.context_lengths == "2k,4k,8k" and "ruler_niah_single_2" in g.config.eval.tasks
 
 
+def test_the_shipped_layers_grid_compares_three_layouts_on_the_full_recipe():
+    """layers-smollm2-lease (issues 25 and 27): every:4 (the recipe's own layout, the base), every:4 with layer 27
+    moved to layer 0, and greedy-learned's set from the first selection lease; each of 7 layers, each on the recipe's
+    own stages 1-2 (nothing shared: the students differ from stage 1 on) and the same stage-3a tokens."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+    from gendistill.convert.layer_spec import parse_attention_layers
+
+    g = load_grid("layers-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(g))
+    cells = {c.name: c.recipe for c in g.cells}
+    layers = {n: parse_attention_layers(r.student.attention_layers, 30) for n, r in cells.items()}
+    assert layers == {"layers=every-4": [3, 7, 11, 15, 19, 23, 27], "layers=swap-27-for-0": [0, 3, 7, 11, 15, 19, 23],
+                      "layers=greedy-learned": [0, 1, 3, 13, 21, 22, 27]}
+    assert cells["layers=every-4"].student.attention_layers == g.base.student.attention_layers
+    from gendistill.distill.recipe_files import load_recipe
+
+    base_tokens = [s.tokens for s in g.base.stages]
+    assert all([s.tokens for s in r.stages] == base_tokens for r in cells.values())
+    shipped = [s.tokens for s in load_recipe("smollm2-135m-lease", ["teacher.spec=/nowhere/teacher.gguf"]).stages]
+    assert base_tokens[:2] == shipped[:2] and base_tokens[2] == 16_056_320  # the recipe's own stages 1-2
+    assert plan["distinct_nodes"] == 12 and plan["distinct_evals"] == 3
+
+
 def test_the_shipped_stage3b_sweep_shares_stages_1_to_3a_and_keeps_the_heldout_sources():
     """sweep3b-smollm2-lease (issue 25's stage-3b sweep): one stage 1-3a pipeline, then a stage-3b run per distinct
     cell (the base shared by its three axes); the data-mix variants change only t0's weight, so every cell keeps the
