@@ -324,6 +324,19 @@ MUTANTS: list[Mutant] = [
            'return apply_chat(tok, self.gen_messages(ex, shots)) + "```python\\n" + ex.fields["prompt"]',
            ("tests/eval/test_humaneval.py", "-k", "prompt"),
            "the reply repeats the problem's prompt: a small instruct model closes the fence at once (0 % pass@1)"),
+    # ---- layer selection: one aligned student for every method, candidates made of known weights (issue 27)
+    Mutant("aligned_from_settings_unchecked", "src/gendistill/select/session.py",
+           "    if alignment_fingerprint(other) != alignment_fingerprint(cfg):\n", "    if False:\n",
+           ("tests/select/test_select_aligned.py", "-k", "other_settings"),
+           "a method reuses a student aligned on other data or steps: its scores rank layers of another student"),
+    Mutant("aligned_from_ignored", "src/gendistill/select/session.py",
+           "        elif source is not None:", "        elif False:",
+           ("tests/select/test_select_aligned.py", "-k", "reusing"),
+           "--aligned-from is accepted and the student is aligned again: the lease pays the alignment per method"),
+    Mutant("candidate_not_from_aligned", "src/gendistill/select/session.py",
+           "        student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)\n", "",
+           ("tests/select/test_select_aligned.py", "-k", "every_weight"),
+           "each candidate keeps the conversion's random initialisation: the scores rank noise, not layers"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
