@@ -234,8 +234,9 @@ class Session:
             return self._aligned
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
-        source = aligned_source(self.cfg)
-        if rec is not None and (folder / "config.json").exists():
+        have_own = rec is not None and (folder / "config.json").exists()
+        source = None if have_own else aligned_source(self.cfg)
+        if have_own:
             student = load_student(folder, self.world.device)
         elif source is not None:  # another method's run aligned the same student (--aligned-from): its cost is there
             self.message(f"the aligned all-KDA student: reused from {source}")
