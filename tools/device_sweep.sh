@@ -44,8 +44,8 @@ step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
 
-# Issue 27 (GRID=select-smollm2-lease without a carried .device/select): the layer-selection methods run on the card
-# first, one after another with the card to themselves: beam-add first (it aligns the all-KDA student; kl-guided and
+# Issue 27 (GRID=select-smollm2-lease; with a carried .device/select only the grid part below runs, on the methods
+# whose layers.json came): without it the layer-selection methods run on the card first, one after another with the card to themselves: beam-add first (it aligns the all-KDA student; kl-guided and
 # greedy-learned reuse it with --aligned-from), each under SELECT_TIMEOUT and the job's deadline. Then, unless
 # SELECT_ONLY is set, the grid: `tools/select_grid.py` writes the shipped grid's cells of the methods that finished
 # (same cells and node ids), and `gendistill ablate` runs it until the deadline. The first lease (docs/results.md
@@ -64,9 +64,8 @@ select_args() {  # the method's own settings (docs/select.md, "On the GPU")
   beam-add) echo "--beam-width 2 --candidate-steps 0" ;;
   esac
 }
-select_driver() {
-  local deadline=$(( $(date +%s) + ${JOB_TIMEOUT:-1200} )) m kept left first="" from
-  local data=$DATA/pretrain_wikipedia_en_00.jsonl.gz
+select_run() {  # DEADLINE DATA: uniform, then the methods one after another
+  local deadline=$1 data=$2 m left first="" from
   step "selection: uniform, then ${SELECT_METHODS:-beam-add kl-guided greedy-learned} one after another" \
     "(timeout ${SELECT_TIMEOUT:-900} s each; job timeout ${JOB_TIMEOUT:-1200} s)"
   (cd "$JOB" && timeout 300 python3 -m gendistill select-layers --teacher "$(gguf)" --data "$data" \
@@ -85,6 +84,15 @@ select_driver() {
     step "select $m rc=$? ${from[*]}"
     [ -n "$first" ] || first=$m
   done
+}
+select_driver() {  # the selections (unless carried: .device/select, copied by start), then the grid of the finished
+  local deadline=$(( $(date +%s) + ${JOB_TIMEOUT:-1200} )) kept left
+  if [ -d "$JOB/select" ]; then
+    step "selection results carried: $(cd "$JOB/select" && ls -d -- */ | tr -d / | tr '\n' ' ')(job timeout" \
+      "${JOB_TIMEOUT:-1200} s)"
+  else
+    select_run "$deadline" "$DATA/pretrain_wikipedia_en_00.jsonl.gz"
+  fi
   RC=0
   [ -n "${SELECT_ONLY:-}" ] && { step "SELECT_ONLY: no grid"; return; }
   left=$(( deadline - $(date +%s) ))
@@ -160,7 +168,7 @@ PY
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
-  if [ "$GRID" = select-smollm2-lease ] && [ ! -d "$JOB/select" ]; then select_driver "$@"; exit; fi
+  if [ "$GRID" = select-smollm2-lease ]; then select_driver "$@"; exit; fi
   step "ablate start (timeout ${JOB_TIMEOUT:-1200} s) $*"
   # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes (a key the shipped configurations lack) is logged, so
   # `python tools/fla_configs_from_log.py ablate.log DIR --triton-version 3.6.0` can ship it afterwards
