@@ -45,14 +45,15 @@ need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
 
 # Issue 27 (GRID=select-smollm2-lease; with a carried .device/select only the grid part below runs, on the methods
-# whose layers.json came): without it the layer-selection methods run on the card first, one after another with the card to themselves: beam-add first (it aligns the all-KDA student; kl-guided and
-# greedy-learned reuse it with --aligned-from), each under SELECT_TIMEOUT and the job's deadline. Then, unless
+# whose layers.json came): without it the layer-selection methods run on the card first, one after another with the
+# card to themselves: beam-add first (it aligns the all-KDA student; kl-guided and greedy-learned reuse it with
+# --aligned-from), each under SELECT_TIMEOUT and the job's deadline. Then, unless
 # SELECT_ONLY is set, the grid: `tools/select_grid.py` writes the shipped grid's cells of the methods that finished
 # (same cells and node ids), and `gendistill ablate` runs it until the deadline. The first lease (docs/results.md
 # section 14) ran the selections side by side with the grid's first cell: six processes on one card and 16 host
 # cores, each selection aligning its own copy of the same student in 359-398 s; alone, beam-add scored a set in
 # 2.8 s. With SELECT_ONLY=1 the lease is the selections alone; carry their select/<method>/layers.json back as
-# .device/select for a grid lease (`start` copies it; the grid then runs as any other). Settings: SELECT_TIMEOUT
+# .device/select for a grid lease (`start` copies it next to the grid's run). Settings: SELECT_TIMEOUT
 # (900 s a method), SELECT_METHODS (beam-add kl-guided greedy-learned: the order), JOB_TIMEOUT (the whole job).
 SELECT_COMMON=(--budget 7 --heldout-documents 32 --seq-len 1024 --batch-size 8 --micro-batch-size 8
                --eval-sequences 16 --align-steps 100 --recall-kind needle --recall-context 1024 --recall-queries 8
