@@ -189,6 +189,34 @@ def test_the_shipped_ablation_grid_covers_four_axes_and_shares_what_it_can():
     assert len(steps) == 1, "equal budget: every cell trains the same steps per stage"
 
 
+def test_the_two_lease_grids_split_the_ablations_on_the_recipes_own_stages_1_and_2():
+    """ablate-recipe-smollm2-lease and ablate-mixers-smollm2-lease (issue 28): the paper's grid in two leases, each on
+    the lease recipe's stages 1-2 (a base cut to 2M + 1M tokens copied none of the teacher's answers, results section
+    14). The recipe grid shares stages 1-3a between its masking and freezing cells and retrains 3a-3b per objective;
+    in the mixer grid every cell is its own chain, KDA first and Mamba2 last."""
+    from gendistill.ablate.runner import describe_plan, plan_grid
+    from gendistill.distill.recipe_files import load_recipe
+
+    shipped = load_recipe("smollm2-135m-lease", ["teacher.spec=/nowhere/teacher.gguf"]).stages
+    recipe = load_grid("ablate-recipe-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    plan = describe_plan(plan_grid(recipe))
+    chains = {c["cell"]: [n["id"] for n in c["nodes"]] for c in plan["cells"]}
+    base = chains["masking=completion_only"]
+    assert chains["freeze=attention"] == chains["objective=forward_kl"] == base
+    assert all(chains[c][:3] == base[:3] and chains[c][3] != base[3]
+               for c in ("masking=all_tokens", "freeze=none", "freeze=attention+mlp"))
+    assert all(chains[c][:2] == base[:2] and chains[c][2] != base[2] for c in ("objective=reverse_kl", "objective=kl+ce"))
+    assert plan["distinct_nodes"] == 11 and plan["distinct_evals"] == 6
+    mixers = load_grid("ablate-mixers-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    mplan = describe_plan(plan_grid(mixers))
+    assert [c["cell"] for c in mplan["cells"]] == [f"mixer={m}" for m in ("kda", "gated_deltanet", "gla", "mamba2")]
+    assert mplan["distinct_nodes"] == 16 and mplan["distinct_evals"] == 4
+    for g in (recipe, mixers):
+        assert [s.tokens for s in g.base.stages][:2] == [s.tokens for s in shipped][:2]  # 6M + 2M
+        assert len({tuple(s.total_steps() for s in c.recipe.stages) for c in g.cells}) == 1  # equal budgets
+    assert recipe.base.stages[2].tokens == 16_056_320 and mixers.base.stages[2].tokens == 8_000_000
+
+
 def test_the_shipped_selection_grid_distills_each_methods_choice_on_equal_tokens():
     """select-smollm2-lease (issue 27): one cell per selection method, each student converted with that method's
     chosen layers (uniform = every:4, the base recipe's own) and trained on the same tokens per stage; the
