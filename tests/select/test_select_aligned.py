@@ -22,9 +22,9 @@ def _no_alignment(monkeypatch) -> list[str]:
     phases: list[str] = []
     real = Session.train
 
-    def train(self, student, stage, phase, progress="none"):
+    def train(self, student, stage, phase, progress="none", checkpoints=True):
         phases.append(phase)
-        return real(self, student, stage, phase, progress)
+        return real(self, student, stage, phase, progress, checkpoints)
 
     monkeypatch.setattr(Session, "train", train)
     return phases
@@ -112,3 +112,26 @@ def test_a_straight_runs_cost_counts_each_second_once(make_cfg, tok, method):
     res = select_layers(make_cfg(method, 1, align_steps=6), teacher=teacher, tokenizer=tok, progress="none")
     cost = res["cost"]
     assert cost["cpu_minutes"] * 60 <= cost["wall_seconds_this_invocation"] * 1.02 + 0.05, cost
+
+
+def test_a_candidates_brief_distillation_writes_no_checkpoint(make_cfg, tok, monkeypatch):
+    """Each kl-guided set's 20-step distillation wrote a checkpoint of the student and its optimizer (about 1.6 GB for
+    SmolLM2) only to delete it: the alignment keeps its checkpoints (it is resumable), the candidates write none, and
+    the scores are those of a run that wrote them."""
+    import gendistill.distill.trainer as trainer
+
+    teacher = synthetic_teacher(tok, recall_layers=(1,), num_layers=3)
+    with_ckpt = select_layers(make_cfg("kl-guided", 1, out="a"), teacher=teacher, tokenizer=tok, progress="none")
+    written: list[str] = []
+    real = trainer.save_checkpoint
+
+    def save(stage_dir, *args, **kwargs):
+        written.append(Path(stage_dir).parent.parent.name)  # runs/<phase>/<stage>
+        return real(stage_dir, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    res = select_layers(make_cfg("kl-guided", 1, out="b"), teacher=teacher, tokenizer=tok, progress="none")
+    assert written and all(p.startswith("align-") for p in written), written
+    assert res["ranked"] == with_ckpt["ranked"]
+    for i, rec in with_ckpt["scores"]["per_layer"].items():
+        assert res["scores"]["per_layer"][i]["heldout_kl"] == pytest.approx(rec["heldout_kl"], rel=1e-5)

@@ -31,11 +31,11 @@ def test_a_stopped_run_resumes_from_the_cache_and_matches_a_straight_run(make_cf
     stop_at = [4]  # align-stage1, align-stage2, the all-KDA candidate, then the stop
     real_train = Session.train
 
-    def train(self, student, stage, phase, progress="none"):
+    def train(self, student, stage, phase, progress="none", checkpoints=True):
         calls.append(phase)
         if len(calls) == stop_at[0]:
             raise _Stopped
-        return real_train(self, student, stage, phase, progress)
+        return real_train(self, student, stage, phase, progress, checkpoints)
 
     monkeypatch.setattr(Session, "train", train)
     cfg = make_cfg("kl-guided", 1, out="stopped")

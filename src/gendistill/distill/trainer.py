@@ -340,11 +340,15 @@ def run_stage(
     validated: bool = False,
     allow_optim_change: bool = False,
     sharded_root: nn.Module | None = None,
+    checkpoints: bool = True,
 ) -> StageResult:
     """Train ``student`` in place for one stage: :func:`prepare_stage`, :func:`resume_stage`, then
     :func:`train_loop`. ``stop_after`` ends the loop after that many optimizer steps of this invocation (testing
     resume: a run that is cut off). Under ``run.distributed: fsdp`` the student and teacher are already sharded and
-    ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root."""
+    ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root. ``checkpoints=False``: none is written,
+    not even at the end (a brief run whose caller keeps its result and would delete them: select-layers' candidate
+    sets, each of which wrote the student and optimizer, about 1.6 GB for SmolLM2, to throw them away); such a run
+    resumes from its start."""
     setup = prepare_stage(stage, stage_index, data, student, teacher, tokenizer, run, run_dir, world, validated,
                           sharded_root)
     start = resume_stage(setup, student, world, resume, logger, allow_optim_change)
@@ -354,7 +358,8 @@ def run_stage(
         if stage.gradient_checkpointing:  # nothing to train: leave the student as the next stage expects it
             _disable_gradient_checkpointing(student)
         return result
-    return train_loop(setup, start, result, student, teacher, tokenizer, run, run_dir, world, logger, stop_after)
+    return train_loop(setup, start, result, student, teacher, tokenizer, run, run_dir, world, logger, stop_after,
+                      checkpoints)
 
 
 class _StepLog:
@@ -410,7 +415,7 @@ class _StepLog:
 
 def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, student: nn.Module, teacher: nn.Module,
                tokenizer: Any, run: RunConfig, run_dir: Path, world: World, logger: MetricsLogger,
-               stop_after: int | None) -> StageResult:
+               stop_after: int | None, checkpoints: bool = True) -> StageResult:
     """The optimizer steps from ``start`` to the end of the stage (or ``stop_after`` of them): the next step's
     batches read on a background thread, held-out evaluations, checkpoints (never of a diverged model) and the
     part-way student snapshots."""
@@ -463,7 +468,7 @@ def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, stude
             tokens += step_tokens
             log.step(step, tokens, step_tokens, loss_val, gnorm, lr, denom)
             stop_now = stop_after is not None and n_this >= stop_after
-            if step % ckpt_every == 0 or step == total_steps or stop_now:
+            if checkpoints and (step % ckpt_every == 0 or step == total_steps or stop_now):
                 bad = agreed_non_finite(student, optimizer, world)  # never checkpoint a diverged model
                 if bad is not None:
                     raise TrainingDivergedError(

@@ -204,9 +204,12 @@ class Session:
             trainable=trainable, eval_every=None, eval_sequences=cfg.eval_sequences,
         )
 
-    def train(self, student: nn.Module, stage: StageConfig, phase: str, progress: str = "none") -> int:
+    def train(self, student: nn.Module, stage: StageConfig, phase: str, progress: str = "none",
+              checkpoints: bool = True) -> int:
         """Train ``student`` in place for ``stage`` with the GenDistill trainer, resumable from its own checkpoints
-        under ``<out>/runs/<phase>/``; the checkpoints are deleted once it completes. Returns the tokens trained."""
+        under ``<out>/runs/<phase>/``; the checkpoints are deleted once it completes. ``checkpoints=False`` (a
+        candidate set's brief distillation, cached as a whole once scored): none are written. Returns the tokens
+        trained."""
         teacher, tok = self.teacher()
         run_dir = self.out / "runs" / phase
         run = self.run.model_copy(update={"output_dir": str(run_dir), "progress": progress})
@@ -214,7 +217,7 @@ class Session:
         try:
             res = run_stage(stage=stage, stage_index=0, data=self.cfg.data, student=student, teacher=teacher,  # type: ignore[arg-type]
                             tokenizer=tok, run=run, run_dir=run_dir, world=self.world, resume=True, logger=logger,
-                            validated=True)
+                            validated=True, checkpoints=checkpoints)
         finally:
             logger.close()
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -308,7 +311,9 @@ class Session:
                         tr = TrainableConfig(groups=[g for g in self.cfg.candidate_groups if g in ("mlp", "norms")]
                                              or ["mlp"])  # type: ignore[arg-type]
                     stage = self.stage("stage3a", self.cfg.candidate_steps, self.cfg.candidate_lr, tr)
-                    cost.train_tokens += self.train(student, stage, "candidate-" + key.replace(":", "-").replace(",", "_"))
+                    phase = "candidate-" + key.replace(":", "-").replace(",", "_")
+                    # no checkpoints: a set stopped half-way is trained and scored again
+                    cost.train_tokens += self.train(student, stage, phase, checkpoints=False)
                 scores = self.score_model(student, cost)
                 del student
             rec = {"attention_layers": sorted(attention_layers), **scores, "cost": cost.as_dict()}
