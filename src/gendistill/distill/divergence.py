@@ -12,6 +12,11 @@ import torch
 from torch import nn
 
 from gendistill.distill.checkpoint import checkpoint_step, list_checkpoints
+from gendistill.errors import GendistillError
+
+
+class TrainingDivergedError(GendistillError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint of the bad step."""
 
 def first_non_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str | None:
     """The name of the first parameter or optimizer-state tensor holding a NaN or an infinity, or None."""
@@ -135,3 +140,11 @@ def recovery_hint(last_good: Path | None, diverged_at: int | None = None) -> str
     why = f" ({good[1]})" if good[1] else ""
     return (f"{moved}last good checkpoint: {good[0]}{why}; lower the learning rate and rerun with --resume "
             "--allow-optim-change")
+
+
+def diverged_step_error(stage: str, step: int, loss_val: float, gnorm: float,
+                        last_ckpt: Path | None) -> TrainingDivergedError:
+    """The error of a step whose loss or gradient norm is not finite (the optimizer did not run)."""
+    what = f"loss is {loss_val}" if not math.isfinite(loss_val) else f"gradient norm is {gnorm} (loss {loss_val})"
+    return TrainingDivergedError(f"{stage} step {step}: {what}; stopped before the optimizer step "
+                                 f"({recovery_hint(last_ckpt, diverged_at=step)})")

@@ -23,7 +23,7 @@ from gendistill.distill.compile import compiled_blocks
 from gendistill.distill.config import DataConfig, RunConfig, StageConfig
 from gendistill.distill.data import BatchStream, PackedSequence, PackedStream, StreamState, collate
 from gendistill.distill.distributed import World, all_reduce_sum, broadcast_object
-from gendistill.distill.divergence import recovery_hint
+from gendistill.distill.divergence import TrainingDivergedError, diverged_step_error, recovery_hint
 from gendistill.distill.fingerprints import check_resume_fingerprint, stage_fingerprint
 from gendistill.distill.freezing import Selection, apply_trainable, param_groups
 from gendistill.distill.fsdp import full
@@ -38,10 +38,6 @@ from gendistill.distill.stages import StageModule, build_stage_module, cast_mixe
 from gendistill.errors import GendistillError
 from gendistill.models.packed_attention import available as packed_attention_available
 from gendistill.models.packed_attention import packed_flash_attention
-
-
-class TrainingDivergedError(GendistillError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint of the bad step."""
 
 
 @dataclass
@@ -342,13 +338,11 @@ def run_stage(
     sharded_root: nn.Module | None = None,
     checkpoints: bool = True,
 ) -> StageResult:
-    """Train ``student`` in place for one stage: :func:`prepare_stage`, :func:`resume_stage`, then
-    :func:`train_loop`. ``stop_after`` ends the loop after that many optimizer steps of this invocation (testing
-    resume: a run that is cut off). Under ``run.distributed: fsdp`` the student and teacher are already sharded and
-    ``sharded_root`` is :func:`gendistill.distill.fsdp.shard_student`'s root. ``checkpoints=False``: none is written,
-    not even at the end (a brief run whose caller keeps its result and would delete them: select-layers' candidate
-    sets, each of which wrote the student and optimizer, about 1.6 GB for SmolLM2, to throw them away); such a run
-    resumes from its start."""
+    """Train ``student`` in place for one stage: :func:`prepare_stage`, :func:`resume_stage`, then :func:`train_loop`.
+    ``stop_after`` ends the loop after that many optimizer steps of this invocation (testing resume: a run cut off).
+    Under ``run.distributed: fsdp`` the student and teacher are already sharded and ``sharded_root`` is
+    :func:`gendistill.distill.fsdp.shard_student`'s root. ``checkpoints=False``: none at all (a brief run its caller
+    caches whole: select-layers' candidate sets), so it resumes from its start."""
     setup = prepare_stage(stage, stage_index, data, student, teacher, tokenizer, run, run_dir, world, validated,
                           sharded_root)
     start = resume_stage(setup, student, world, resume, logger, allow_optim_change)
@@ -461,7 +455,7 @@ def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, stude
             else:
                 loss_val, gnorm, denom, stepped = one_step()
             if not stepped:
-                raise _diverged(stage, step + 1, loss_val, gnorm, last_ckpt)
+                raise diverged_step_error(stage.name, step + 1, loss_val, gnorm, last_ckpt)
             step += 1
             n_this += 1
             step_tokens = stage.batch_size * stage.seq_len
@@ -491,14 +485,6 @@ def train_loop(setup: StageSetup, start: ResumePoint, result: StageResult, stude
             _disable_gradient_checkpointing(student)
     result.steps, result.tokens = step, tokens
     return result
-
-
-def _diverged(stage: StageConfig, step: int, loss_val: float, gnorm: float,
-              last_ckpt: Path | None) -> TrainingDivergedError:
-    """The error of a step whose loss or gradient norm is not finite (the optimizer did not run)."""
-    what = f"loss is {loss_val}" if not math.isfinite(loss_val) else f"gradient norm is {gnorm} (loss {loss_val})"
-    return TrainingDivergedError(f"{stage.name} step {step}: {what}; stopped before the optimizer step "
-                                 f"({recovery_hint(last_ckpt, diverged_at=step)})")
 
 
 __all__ = ["ResumePoint", "StageResult", "StageSetup", "TrainingDivergedError", "evaluate", "prepare_stage",
