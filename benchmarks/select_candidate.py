@@ -2,12 +2,12 @@
 
 beam-add scores hundreds of attention-layer sets, each as a fresh student: the teacher converted with the set kept as
 attention (``convert_teacher``), then every weight but the kept attention replaced by the aligned all-KDA student's
-(``Session.candidate_student``). The conversion's random initialisation is thrown away, so where it runs is a choice:
-on the host (the default device, then copied to the card: how the first lease ran, docs/results.md section 14) or on
-the card (``torch.device`` around it: what ``candidate_student`` does now). This times both on random weights of a
-teacher's shape, checks that they give the same student bit for bit, and times the score's forward passes beside
-them (held-out KL over ``--eval-seqs`` sequences of ``--seq`` tokens: teacher and student forward under bf16
-autocast), so the table says what share of a set the build is.
+(``gendistill.select.session.candidate_from``). The conversion's random initialisation is thrown away, so where it runs
+is a choice: on the host (then copied to the card: how the first lease ran, docs/results.md section 14) or on the card
+(what ``candidate_from`` does by default). This times both on random weights of a teacher's shape, checks that they
+give the same student bit for bit, and times the score's forward passes beside them (held-out KL over ``--eval-seqs``
+sequences of ``--seq`` tokens: teacher and student forward under bf16 autocast), so the table says what share of a set
+the build is.
 
     python benchmarks/select_candidate.py --config smollm2-135m --sets 8 --out runs/select_candidate.json
     python benchmarks/select_candidate.py --tiny --sets 3              # CPU smoke test
@@ -39,21 +39,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(teacher, layers: list[int], aligned: dict[str, torch.Tensor], device: torch.device, on_device: bool):
-    """``Session.candidate_student`` without its session: convert (on the device or on the host), float32, the
-    aligned student's weights loaded over everything they name."""
-    from gendistill.convert.convert import convert_teacher
-
-    torch.manual_seed(0)
-    ctx = torch.device(device) if on_device else torch.device("cpu")
-    with ctx:
-        student = convert_teacher(teacher, sorted(layers)).to(device=device, dtype=torch.float32)
-    student.upcast_recurrence_parameters()
-    own = student.state_dict()
-    student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)
-    return student
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=THROUGHPUT["CONFIGS"], default="smollm2-135m")
@@ -67,13 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(a.device)
     from transformers import AutoModelForCausalLM
 
-    from gendistill.convert.convert import convert_teacher
+    from gendistill.select.session import candidate_from, converted_student
 
     cfg = THROUGHPUT["model_config"](a.config, a.tiny)
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=torch.bfloat16).eval()
-    aligned_model = convert_teacher(teacher, []).to(device=device, dtype=torch.float32)
-    aligned_model.upcast_recurrence_parameters()
+    aligned_model = converted_student(teacher, [], device, seed=0)  # stands in for the aligned all-KDA student
     aligned = {k: v.detach().clone() for k, v in aligned_model.state_dict().items()}
     del aligned_model
     L = cfg.num_hidden_layers
@@ -88,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, on_device in (("build_host", False), ("build_device", True)):
             _sync(device)
             t0 = time.perf_counter()
-            built[name] = build(teacher, layers, aligned, device, on_device)
+            built[name] = candidate_from(teacher, layers, aligned, device, 0, None if on_device else "cpu")
             _sync(device)
             if i:
                 times[name].append((time.perf_counter() - t0) * 1e3)

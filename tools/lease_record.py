@@ -53,6 +53,7 @@ from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
 from gendistill.eval.report import plot_long_context_png  # noqa: E402
 from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
+from gendistill.select.methods import beam_score  # noqa: E402
 
 E2E = runpy.run_path(str(Path(__file__).with_name("e2e.py")))
 METRICS_MEMBER = "run/metrics.jsonl"
@@ -229,7 +230,7 @@ def selection_record(folder: Path, later_scores: Path | None = None) -> dict[str
     """One ``select-layers`` run folder as it came back (issue 27's lease): its settings, its result when it finished
     (``layers.json``: the chosen set, the ranking, the cost, the method's scores), and, finished or not, what its
     score cache holds: how many candidate sets were scored, their seconds and tokens, and the best set of each size
-    (``heldout_kl + recall.weight * recall_kl``, beam-add's score). ``later_scores``: the same run's ``scores.json``
+    (:func:`gendistill.select.methods.beam_score`). ``later_scores``: the same run's ``scores.json``
     as a later call left it (a ``--resume`` after the job), used instead of the job's copy."""
     settings = json.loads((folder / "select.json").read_text())["settings"]
     out: dict[str, Any] = {"settings": {k: settings.get(k) for k in SELECT_FIELDS}}
@@ -253,9 +254,8 @@ def selection_record(folder: Path, later_scores: Path | None = None) -> dict[str
         "seconds": round(sum(float(v.get("cost", {}).get("seconds", 0)) for v in cache.values()), 1),
         "train_tokens": sum(int(v.get("cost", {}).get("train_tokens", 0)) for v in cache.values()),
         "aligned_seconds": (cache.get("aligned") or {}).get("cost", {}).get("seconds"),
-        "best_by_size": {str(n): {"scored": len(recs), **_scored(min(
-            recs, key=lambda r: r["heldout_kl"] + weight * r.get("recall_kl", 0.0)))}
-            for n, recs in sorted(by_size.items())},
+        "best_by_size": {str(n): {"scored": len(recs), **_scored(min(recs, key=lambda r: beam_score(r, weight)))}
+                         for n, recs in sorted(by_size.items())},
         "singles": sorted((_scored(r) for r in by_size.get(1, [])), key=lambda r: r["layers"]),
     }
     return out

@@ -343,7 +343,7 @@ MUTANTS: list[Mutant] = [
            ("tests/select/test_select_aligned.py", "-k", "no_checkpoint"),
            "each kl-guided set writes 1.6 GB of student and optimizer to delete them: minutes of a lease on disk"),
     Mutant("candidate_not_from_aligned", "src/gendistill/select/session.py",
-           "        student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)\n", "",
+           "    student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)\n", "",
            ("tests/select/test_select_aligned.py", "-k", "every_weight"),
            "each candidate keeps the conversion's random initialisation: the scores rank noise, not layers"),
 ]

@@ -18,6 +18,7 @@ from gendistill.errors import GendistillError
 class TrainingDivergedError(GendistillError):
     """The loss became NaN or infinite; the run stopped without writing a checkpoint of the bad step."""
 
+
 def first_non_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str | None:
     """The name of the first parameter or optimizer-state tensor holding a NaN or an infinity, or None."""
     named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]

@@ -82,8 +82,9 @@ def kl_guided(s: Session) -> Selection:
                      scores={"all_kda_heldout_kl": base["heldout_kl"], "per_layer": per_layer})
 
 
-def beam_score(s: Session, rec: dict[str, Any]) -> float:
-    return rec["heldout_kl"] + s.cfg.recall.weight * rec["recall_kl"]
+def beam_score(rec: dict[str, Any], recall_weight: float) -> float:
+    """beam-add's score of one scored set (a cache record): held-out KL + ``recall_weight`` x recall KL."""
+    return rec["heldout_kl"] + recall_weight * rec["recall_kl"]
 
 
 @register_method("beam-add")
@@ -103,7 +104,7 @@ def beam_add(s: Session) -> Selection:
             scored = []
             for layers, order in cands.items():
                 rec = s.score_set(sorted(layers))
-                sc = beam_score(s, rec)
+                sc = beam_score(rec, s.cfg.recall.weight)
                 scored.append((order, sc))
                 if size == 1:
                     first[order[0]] = sc

@@ -87,11 +87,12 @@ def check_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> None:
         )
 
 
-def aligned_source(cfg: SelectConfig) -> Path | None:
-    """The aligned student folder ``--aligned-from`` names (``None`` without it, or for ``uniform``), checked before
-    anything is written: a select-layers run folder other than ``--out``, whose settings agree with this run's on
-    every :data:`~gendistill.select.config.ALIGNMENT_SETTINGS` (so it aligned the same student) and whose alignment
-    finished (its score cache holds ``aligned`` and ``aligned/`` holds a student). Anything else: one line."""
+def aligned_source(cfg: SelectConfig) -> tuple[Path, dict[str, Any]] | None:
+    """The aligned student folder ``--aligned-from`` names and its score-cache record (``None`` without it, or for
+    ``uniform``), checked before anything is written: a select-layers run folder other than ``--out``, whose settings
+    agree with this run's on every :data:`~gendistill.select.config.ALIGNMENT_SETTINGS` (so it aligned the same
+    student) and whose alignment finished (its score cache holds ``aligned`` and ``aligned/`` holds a student).
+    Anything else: one line."""
     if cfg.aligned_from is None or cfg.method == "uniform":
         return None
     src = Path(cfg.aligned_from)
@@ -110,12 +111,35 @@ def aligned_source(cfg: SelectConfig) -> Path | None:
         raise ConfigError(f"--aligned-from {src}: its student was aligned under other settings "
                           f"({', '.join(differ)}); give the same ones or leave --aligned-from out")
     try:
-        done = "aligned" in json.loads((src / "scores.json").read_text(encoding="utf-8"))["scores"]
+        aligned = json.loads((src / "scores.json").read_text(encoding="utf-8"))["scores"]["aligned"]
     except (OSError, ValueError, KeyError, TypeError):
-        done = False
-    if not done or not (src / "aligned" / "config.json").is_file():
+        aligned = None
+    if not isinstance(aligned, dict) or not (src / "aligned" / "config.json").is_file():
         raise ConfigError(f"--aligned-from {src}: its alignment has not finished (no aligned student there yet)")
-    return src / "aligned"
+    return src / "aligned", aligned
+
+
+def converted_student(teacher: nn.Module, attention_layers: list[int], device: torch.device, seed: int) -> nn.Module:
+    """The teacher converted with ``attention_layers`` kept as attention, float32 on ``device``, its KDA mixers
+    initialised from ``seed`` (on the default device: set it with ``torch.device(...)`` around the call)."""
+    torch.manual_seed(seed)
+    student = convert_teacher(teacher, sorted(attention_layers)).to(device=device, dtype=torch.float32)
+    student.upcast_recurrence_parameters()
+    return student
+
+
+def candidate_from(teacher: nn.Module, attention_layers: list[int], aligned: dict[str, torch.Tensor],
+                   device: torch.device, seed: int, build_on: torch.device | str | None = None) -> nn.Module:
+    """A candidate student: ``attention_layers`` restored to the teacher's attention and every other weight (each
+    KDA mixer and anything else stages 1-2 trained) the aligned all-KDA student's ``aligned`` state. Every weight is
+    overwritten, so the conversion's random initialisation is thrown away: it runs on ``build_on`` (default
+    ``device``), where on a 2-core CPU host it took 1.5-1.6 s a set for SmolLM2-135M (beam-add scores hundreds of sets;
+    ``benchmarks/select_candidate.py`` times both)."""
+    with torch.device(build_on or device):
+        student = converted_student(teacher, attention_layers, device, seed)
+    own = student.state_dict()
+    student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)
+    return student
 
 
 def prepare_output(cfg: SelectConfig, resume: bool, overwrite: bool) -> Path:
@@ -224,11 +248,7 @@ class Session:
         return res.tokens
 
     def _fresh_student(self, attention_layers: list[int]) -> nn.Module:
-        teacher, _ = self.teacher()
-        torch.manual_seed(self.cfg.seed)
-        student = convert_teacher(teacher, sorted(attention_layers)).to(device=self.world.device, dtype=torch.float32)
-        student.upcast_recurrence_parameters()
-        return student
+        return converted_student(self.teacher()[0], attention_layers, self.world.device, self.cfg.seed)
 
     def aligned_state(self) -> dict[str, torch.Tensor]:
         """State dict of the all-KDA student after ``align_steps`` of stage 1 and of stage 2 (saved once in
@@ -242,10 +262,10 @@ class Session:
         if have_own:
             student = load_student(folder, self.world.device)
         elif source is not None:  # another method's run aligned the same student (--aligned-from): its cost is there
-            self.message(f"the aligned all-KDA student: reused from {source}")
-            student = load_student(source, self.world.device)
-            theirs = json.loads((source.parent / "scores.json").read_text(encoding="utf-8"))["scores"]["aligned"]
-            rec = {"cost": Cost().as_dict(), "reused_from": source.parent.name, "reused_cost": theirs.get("cost")}
+            path, theirs = source
+            self.message(f"the aligned all-KDA student: reused from {path}")
+            student = load_student(path, self.world.device)
+            rec = {"cost": Cost().as_dict(), "reused_from": path.parent.name, "reused_cost": theirs.get("cost")}
             self.cache.put("aligned", rec)
         else:
             cost = Cost()
@@ -269,15 +289,7 @@ class Session:
         """A student with ``attention_layers`` restored to the teacher's attention and every other layer's KDA mixer
         (and anything else stages 1-2 trained) taken from the aligned all-KDA student."""
         aligned = self.aligned_state()
-        self.teacher()  # (loaded, if not yet, outside the device context below)
-        # Every weight is overwritten below (the aligned student's, and the teacher's attention, which the conversion
-        # copies), so the conversion's random initialisation is thrown away: made on the device it costs little,
-        # where on the host it took about 1.5 s a set for SmolLM2-135M (beam-add scores hundreds of sets).
-        with torch.device(self.world.device):
-            student = self._fresh_student(attention_layers)
-        own = student.state_dict()
-        student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)
-        return student
+        return candidate_from(self.teacher()[0], attention_layers, aligned, self.world.device, self.cfg.seed)
 
     # ------------------------------------------------------------------------------------------------------ scores
     def score_model(self, student: nn.Module, cost: Cost) -> dict[str, float]:
