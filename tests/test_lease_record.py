@@ -298,3 +298,69 @@ def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_arch
     with pytest.raises(SystemExit, match="unsafe member"):
         TOOL["main"]()
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "bad" / "outside.txt").exists()
+
+
+def _repeat_archive(tmp_path: Path) -> Path:
+    """A later call's tarball of two plain distill runs (as `gendistill distill` writes recipe.yaml and
+    metrics.jsonl): 'b' repeats stage 3a under data seed 1 and finished; 'a' was cut in stage 3a, its 3b never ran."""
+    from gendistill.distill.config import dump_recipe
+    from gendistill.distill.recipe_files import load_recipe
+
+    def recipe(layers: str) -> str:
+        return dump_recipe(load_recipe("smollm2-135m-lease", [f"student.attention_layers={layers}",
+                                                               "stages[stage3a].tokens=200",
+                                                               "stages[stage3a].data.seed=1"]))
+
+    t = 7000.0
+    def rows(last: int) -> str:
+        recs = [{"time": t, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0, "eval_kl": 3.0,
+                 "eval_top1": 0.2},
+                {"time": t + 5, "stage": "stage3a", "step": 1, "tokens": 100, "loss": 2.0, "tokens_per_s": 20.0},
+                {"time": t + 6, "stage": "stage3a", "step": 1, "tokens": last, "eval_loss": 0.9, "eval_kl": 0.8,
+                 "eval_top1": 0.5}]
+        return "".join(json.dumps(r) + "\n" for r in recs)
+
+    archive = tmp_path / "later" / "seed1.tgz"
+    archive.parent.mkdir(parents=True)
+    members = {"./runs/b/recipe.yaml": recipe("[0,3]"), "./runs/b/metrics.jsonl": rows(200),
+               "./runs/a/recipe.yaml": recipe("every:4"), "./runs/a/metrics.jsonl": rows(100),
+               "./seed1.sh": "for c in ...; do gendistill distill ...; done\n"}
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return archive
+
+
+def test_repeats_of_a_grid_are_recorded_with_their_seeds_curves_and_cuts(tmp_path, monkeypatch, capsys):
+    """Issue 25: runs a later call made outside the grid (stage 3a under another data order) go into the record
+    under 'repeats', each with its layers, seeds, per-stage plan and curve, and where it stopped short; the figure
+    draws them beside the grid's cells; a bundle that is not a grid refuses them."""
+    runs = TOOL["repeat_runs"](_repeat_archive(tmp_path))
+    assert list(runs) == ["a", "b"]
+    a, b = runs["a"], runs["b"]
+    assert (a["attention_layers"], b["attention_layers"]) == ("every:4", [0, 3])
+    assert b["stage_data_seeds"]["stage3a"] == 1 and b["data_seed"] == 0
+    assert "cut_at_tokens" not in b["stages"]["stage3a"]
+    assert a["stages"]["stage3a"]["cut_at_tokens"] == 100 and a["stages"]["stage3b"]["cut_at_tokens"] == "not started"
+    assert [(p["tokens"], p["eval_kl"]) for p in b["stages"]["stage3a"]["curve"]] == [(0, 3.0), (200, 0.8)]
+    out = tmp_path / "docs" / "layers.json"
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_grid_bundle(tmp_path)), "--out", str(out),
+                                     "--repeats", str(_repeat_archive(tmp_path / "x")), "--figures"])
+    TOOL["main"]()
+    rec = json.loads(out.read_text())
+    assert list(rec["repeats"]) == ["a", "b"] and absolute_paths(rec) == set()
+    assert (tmp_path / "docs" / "layers_curves.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path / "e2e")), "--out",
+                                     str(tmp_path / "e.json"), "--repeats", str(_repeat_archive(tmp_path / "y"))])
+    with pytest.raises(SystemExit, match="not a grid lease"):
+        TOOL["main"]()
+    assert not (tmp_path / "e.json").exists()
+    empty = tmp_path / "empty.tgz"
+    with tarfile.open(empty, "w:gz") as tar:
+        info = tarfile.TarInfo("./runs/readme.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(SystemExit, match="no runs/<name>/recipe.yaml"):
+        TOOL["repeat_runs"](empty)

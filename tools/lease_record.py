@@ -46,11 +46,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gendistill.ablate.curve import trained_when_cut  # noqa: E402
+from gendistill.ablate.curve import CURVE_STAGE, trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
+from gendistill.distill.config import parse_recipe  # noqa: E402
 from gendistill.eval.report import plot_long_context_png  # noqa: E402
 from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
 from gendistill.select.methods import beam_score  # noqa: E402
@@ -312,6 +315,37 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
     return portable_paths(rep)
 
 
+def repeat_runs(archive: Path) -> dict[str, dict[str, Any]]:
+    """Plain ``gendistill distill`` runs that a later call of a grid lease made (a repeat of some cells under another
+    setting, e.g. stage 3a's data order) and brought back as a tarball of ``runs/<name>/``, each with the
+    ``recipe.yaml`` and ``metrics.jsonl`` the trainer wrote (students and checkpoints left out). Per run, in name
+    order: its attention layers, the data seed of the run and of each stage that sets its own, and per stage its
+    planned tokens, its held-out curve (:func:`stage_curves`) and the tokens at its last held-out evaluation where
+    that fell short of the plan (the call's time limit; ``"not started"`` for a stage with no record)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = unpack_bundle(archive.parent, Path(tmp), archive.name, "runs")
+        out: dict[str, dict[str, Any]] = {}
+        for run in sorted(d for d in (job / "runs").iterdir() if (d / "recipe.yaml").is_file()):
+            recipe = parse_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), str(run / "recipe.yaml"))
+            metrics = run / "metrics.jsonl"
+            curves = stage_curves(metrics_records(metrics) if metrics.is_file() else [])
+            stages: dict[str, Any] = {}
+            for st in recipe.stages:
+                pts = curves.get(st.name, [])
+                at = pts[-1]["tokens"] if pts else None
+                stages[st.name] = {"planned_tokens": st.tokens, "curve": pts,
+                                   **({"cut_at_tokens": "not started" if at is None else at}
+                                      if at is None or (st.tokens is not None and at < st.tokens) else {})}
+            out[run.name] = {
+                "attention_layers": recipe.student.attention_layers,
+                "data_seed": recipe.data.seed if recipe.data is not None else None,
+                "stage_data_seeds": {st.name: st.data.seed for st in recipe.stages if st.data is not None},
+                "stages": stages}
+    if not out:
+        raise SystemExit(f"error: {archive}: no runs/<name>/recipe.yaml inside")
+    return out
+
+
 def check_replaceable(out: Path) -> None:
     """``out`` may be written: it does not exist, or it is a result this tool writes: an end-to-end result (a JSON
     object with ``complete``, as tools/e2e.py writes), a grid's report (``axes`` and ``cells``) or a suite record
@@ -342,6 +376,9 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[], help="what a reader should know of the lease (repeatable)")
     ap.add_argument("--figures", action="store_true", help="a grid: also write <out stem>_curves.png (its held-out "
                                                           "curves)")
+    ap.add_argument("--repeats", type=Path, default=None,
+                    help="a grid: a tarball of runs/<name>/ folders (plain gendistill distill runs of a later call, "
+                         "recipe.yaml and metrics.jsonl each) recorded under 'repeats' and drawn dashed in the figure")
     ap.add_argument("--suites", action="store_true",
                     help="an e2e job with long-context or code suites: also write, beside --out, longctx_<rest>.json "
                          "and humaneval_<rest>.json (<rest>: the --out name after its 'e2e_') and each long-context "
@@ -350,17 +387,24 @@ def main() -> None:
     check_replaceable(args.out)
     if (args.bundle / GRID_ARCHIVE).is_file():
         record = grid_record(args.bundle, args.call, args.device_seconds, args.date, args.note)
+        if args.repeats is not None:
+            record["repeats"] = portable_paths(repeat_runs(args.repeats))
         atomic_write_json(args.out, record)
         print(f"wrote {args.out}: {record['lease']['card']}, commit {record['lease']['commit']}, "
               f"{len(record['lease']['node_timeline'])} stage runs, {record['evaluated']} of {record['total']} cells "
               "evaluated")
         if args.figures:
-            png = plot_heldout_curves(record)
+            repeats = {f"{name} (repeat)": run["stages"].get(CURVE_STAGE, {}).get("curve", [])
+                       for name, run in record.get("repeats", {}).items()}
+            png = plot_heldout_curves(record, extra=repeats)
             if png is not None:
                 fig = args.out.with_name(f"{args.out.stem}_curves.png")
                 atomic_write_bytes(fig, png)
                 print(f"wrote {fig}")
         return
+    if args.repeats is not None:
+        raise SystemExit(f"error: --repeats: {args.bundle} is not a grid lease (no {GRID_ARCHIVE}); repeats go with "
+                         "the grid whose cells they repeat")
     record = lease_record(args.bundle, args.call, args.versions, args.device_seconds, args.date, args.note)
     if args.suites:
         stem = args.out.stem.removeprefix("e2e_")

@@ -96,6 +96,41 @@ def test_shipped_h200_configs_cover_the_training_step():
             assert _lookup(folder, name, entry["autotune_key"]) == entry["config"]
 
 
+# one key of each kernel the SmolLM2 student's first evaluation autotuned on a fresh H100 (bf16 weights, forward only;
+# 22 keys, 145 s of a 179 s evaluation: docs/results.md section 15), recovered from that lease's log and shipped
+EVAL_KEYS = [
+    ("causal_conv1d_fwd_kernel", (960, 4, "torch.bfloat16", "torch.bfloat16", "torch.bfloat16", "torch.bfloat16")),
+    ("kda_gate_chunk_cumsum_vector_kernel",
+     (9, 64, 64, False, False, "torch.bfloat16", "torch.float32", "torch.float32", "torch.float32")),
+    ("chunk_kda_fwd_kernel_intra_token_parallel", (64, 9, 9, "torch.bfloat16", "torch.bfloat16", "torch.float32",
+                                                   "torch.float32", "torch.bfloat16", "torch.float32")),
+    ("chunk_kda_fwd_kernel_inter_solve_fused", (9, 9, 64, 64, 16, 4, "torch.bfloat16", "torch.bfloat16",
+                                                "torch.float32", "torch.float32", "torch.bfloat16", "torch.float32",
+                                                "torch.bfloat16")),
+    ("recompute_w_u_fwd_kda_kernel", (9, 9, 64, 64, 64, 64, 64, False, "torch.bfloat16", "torch.bfloat16",
+                                      "torch.bfloat16", "torch.float32", "torch.bfloat16", "torch.bfloat16",
+                                      "torch.bfloat16", "torch.float32")),
+    ("chunk_gated_delta_rule_fwd_kernel_h_blockdim64", (9, 9, 64, 64, 64, False, "torch.bfloat16", "torch.bfloat16",
+                                                        "torch.bfloat16", "torch.bfloat16", "torch.float32",
+                                                        "torch.bfloat16")),
+    ("chunk_gla_fwd_kernel_o", (64, 9, False, 64, 64, "torch.bfloat16", "torch.bfloat16", "torch.float32",
+                                "torch.bfloat16", "torch.bfloat16", "torch.bfloat16")),
+    ("layer_norm_gated_fwd_kernel", (64, 1, True, False, False, True, "torch.bfloat16", "torch.bfloat16",
+                                     "torch.bfloat16", "torch.bfloat16", "torch.float32")),
+    ("chunk_local_cumsum_vector_kernel", (1, 9, 64, 64, True, False, "torch.float32", "torch.float32", "torch.int32",
+                                          "torch.int32")),
+]
+
+
+@pytest.mark.parametrize(("kernel", "key"), EVAL_KEYS, ids=[k for k, _ in EVAL_KEYS])
+def test_shipped_configs_cover_the_smollm2_students_evaluation(kernel, key):
+    """Under gendistill's exact-key mode a key missing from the shipped files is autotuned on every fresh card: the
+    evaluation's keys differ from training's (the gated norm's weight is bf16, not fp32 master weights; other
+    kernels run their forward-only variants), so they are shipped too."""
+    folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
+    assert _lookup(folder, kernel, key) is not None, f"{kernel}: {key} not shipped"
+
+
 def _plain_tuner(kernel):
     while not isinstance(kernel, triton.runtime.autotuner.Autotuner):  # under triton.heuristics
         kernel = kernel.fn

@@ -104,9 +104,13 @@ def curve_markdown(rep: dict[str, Any], stage: str = CURVE_STAGE) -> list[str]:
     return out
 
 
-def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE) -> bytes | None:
+def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE,
+                        extra: dict[str, list[dict[str, Any]]] | None = None) -> bytes | None:
     """One row per axis with a curve: held-out KL (log scale) against the stage's tokens (left) and against its
-    training seconds (right), one line per variant. None when there is nothing to draw or matplotlib is missing."""
+    training seconds (right), one line per variant; ``extra`` (label -> points of ``stage``, as :func:`stage_curves`
+    gives them: runs outside the grid, e.g. a repeat of some cells under another data order) drawn dashed on every
+    row. None when there is nothing to draw or matplotlib is missing."""
+    more = {label: [p for p in pts if p["eval_kl"] is not None] for label, pts in (extra or {}).items()}
     drawn = [(axis, {v: [p for p in pts if p["eval_kl"] is not None] for v, pts in curves.items()})
              for axis, curves in _drawn_axes(rep, stage)]
     drawn = [(axis, curves) for axis, curves in drawn if any(len(p) > 1 for p in curves.values())]
@@ -117,9 +121,10 @@ def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE) -> bytes 
         return None
     fig, axs = plt.subplots(len(drawn), 2, figsize=(11, 3.8 * len(drawn)), squeeze=False)
     for (left, right), (axis, curves) in zip(axs, drawn):
-        for k, (v, pts) in enumerate(curves.items()):
+        lines = [(f"{axis}={v}", pts, "-") for v, pts in curves.items()] + [(lb, pts, "--") for lb, pts in more.items()]
+        for k, (label, pts, dash) in enumerate(lines):
             pts = [p for p in pts if p["step"]]  # the evaluation before training sits at 0 tokens: off a log plot
-            style = {"marker": "o", "markersize": 3, "color": f"C{k % 10}", "label": f"{axis}={v}"}
+            style = {"marker": "o", "markersize": 3, "color": f"C{k % 10}", "label": label, "linestyle": dash}
             left.plot([p["tokens"] / 1e6 for p in pts], [p["eval_kl"] for p in pts], **style)
             timed = [p for p in pts if p["seconds"] is not None]
             right.plot([p["seconds"] for p in timed], [p["eval_kl"] for p in timed], **style)
