@@ -31,7 +31,7 @@ MAX_FUNCTION_LINES = 100
 LEVELS: tuple[tuple[str, ...], ...] = (
     # foundation: helpers every tier may use
     ("errors", "version"),
-    ("limits", "devices", "ownership", "callable_package"),
+    ("limits", "devices", "ownership", "callable_package", "clock"),
     ("io", "runlock", "gguf_header"),
     ("teacher_cache",),
     ("teachers", "cli_utils", "reporting"),

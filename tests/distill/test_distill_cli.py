@@ -62,7 +62,12 @@ def test_dry_run_stop_and_resume(tmp_path, teacher, tok):
     # the tens of seconds before the first step say what they are doing, in order, before the first step's line
     notes = [x for x in res.stderr.splitlines() if x.startswith("[distill] ")]
     assert [n.split(" ")[1] for n in notes] == ["loading", "reading", "building", "training"], notes
-    assert notes[-1] == f"[distill] training stage1, stage3b into {tmp_path / 'run'}"
+    assert notes[-1].startswith(f"[distill] training stage1, stage3b into {tmp_path / 'run'}  (")
+    # each note and the first step's line say how long the process has run: never less than the note before
+    seconds = [float(n.rsplit("(", 1)[1].removesuffix(" s)")) for n in notes]
+    first = next(x for x in res.stderr.splitlines() if x.startswith("[stage1] step 1/2"))
+    seconds.append(float(first.split("(first step ", 1)[1].split(" s after the process started)")[0]))
+    assert seconds == sorted(seconds) and seconds[0] > 0, seconds
     assert res.stderr.index(notes[-1]) < res.stderr.index("[stage1] step 1/2")
     res = runner.invoke(app, ["distill", recipe])
     assert res.exit_code == 2 and "--resume" in res.output

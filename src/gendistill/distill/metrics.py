@@ -15,6 +15,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from gendistill.clock import seconds_since_start
 from gendistill.errors import ConfigError
 from gendistill.io import atomic_write_text
 
@@ -114,7 +115,8 @@ def _fmt_eta(s: float) -> str:
 
 
 class Progress:
-    """``update(step, loss, tok_s)`` after each optimizer step."""
+    """``update(step, loss, tok_s)`` after each optimizer step. The plain lines (not a terminal) come every ``every``
+    steps and at the last; the stage's first step always gets one, with the seconds since the process started."""
 
     def __init__(self, stage: str, total: int, start: int, enabled: bool, mode: str = "auto", every: int = 1):
         self.stage, self.total, self.start, self.every = stage, total, start, every
@@ -138,15 +140,19 @@ class Progress:
     def update(self, step: int, loss: float, tok_s: float) -> None:
         if not self.enabled:
             return
+        done = step - self.start
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tok_s:,.0f}")
+            if done == 1:
+                self.message(f"[{self.stage}] first step {seconds_since_start():.1f} s after the process started")
             return
-        if step % self.every == 0 or step == self.total:
-            done = step - self.start
+        if step % self.every == 0 or step == self.total or done == 1:
             el = time.perf_counter() - self.t0
             eta = el / done * (self.total - step) if done else float("nan")
+            first = f"  (first step {seconds_since_start():.1f} s after the process started)" if done == 1 else ""
             print(
-                f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  {tok_s:,.0f} tok/s  ETA {_fmt_eta(eta)}",
+                f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  {tok_s:,.0f} tok/s  ETA {_fmt_eta(eta)}"
+                + first,
                 file=sys.stderr,
                 flush=True,
             )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gendistill.clock import seconds_since_start
 from gendistill.convert.convert import convert_teacher, student_config_from_teacher
 from gendistill.devices import resolve_dtype
 from gendistill.distill.config import Recipe, StageConfig, check_teacher_positions, dump_recipe
@@ -121,9 +122,10 @@ def check_data_found(recipe: Recipe) -> None:
 
 def _note(recipe: Recipe, world: World, text: str) -> None:
     """One ``[distill]`` line on stderr for the work before the first step (loading, data checks: tens of seconds with
-    nothing else to show), from the main rank, unless the recipe turns progress off."""
+    nothing else to show), from the main rank, unless the recipe turns progress off; it ends with the seconds since
+    the process started (:mod:`gendistill.clock`), so a log says where the wait before the first step went."""
     if world.is_main and recipe.run.progress != "none":
-        print(f"[distill] {text}", file=sys.stderr, flush=True)
+        print(f"[distill] {text}  ({seconds_since_start():.1f} s)", file=sys.stderr, flush=True)
 
 
 def validate_data(recipe: Recipe, tokenizer: Any) -> dict[str, dict[str, int]]:
