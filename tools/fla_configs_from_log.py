@@ -23,11 +23,14 @@ def main() -> None:
     ap.add_argument("log", type=Path, help="a run's output with TRITON_PRINT_AUTOTUNING=1")
     ap.add_argument("out", type=Path, help="folder of <kernel>.json files (created; existing files are merged)")
     ap.add_argument("--triton-version", required=True, help="the Triton version of the run (written into each file)")
+    ap.add_argument("--keep-existing", action="store_true",
+                    help="a key DIR already holds keeps its configuration: only keys new to DIR are added (several "
+                         "logs, or another card's, into the shipped folder)")
     args = ap.parse_args()
     entries = parse_autotune_log(args.log.read_text(errors="replace"))
     if not entries:
         sys.exit(f"error: {args.log}: no 'Triton autotuning for function ...' records (was TRITON_PRINT_AUTOTUNING=1 set?)")
-    for kernel, n in write_config_files(entries, args.out, args.triton_version).items():
+    for kernel, n in write_config_files(entries, args.out, args.triton_version, args.keep_existing).items():
         print(f"{kernel}: {n} key(s)")
 
 

@@ -67,6 +67,19 @@ def test_log_records_become_files_fla_reads(tmp_path):
     fla_configs.write_config_files([("chunk_kda_bwd_kernel_dAv", (1, 2, "torch.float32"), cfg)], tmp_path, "3.6.0")
     doc = json.loads((tmp_path / "chunk_kda_bwd_kernel_dAv.json").read_text())
     assert len(doc["autotune_entries"]) == 2 and doc["triton_version"] == "3.6.0"
+    # keep_existing: a key already there keeps its configuration (another log's tuning adds, never replaces);
+    # without it the later record wins (read from the file: fla caches a file it has read once)
+    def saved(k):
+        doc = json.loads((tmp_path / "chunk_kda_bwd_kernel_wy_dqkg_fused.json").read_text())
+        return next((e["config"] for e in doc["autotune_entries"].values() if tuple(e["autotune_key"]) == k), None)
+
+    other = {**cfg, "num_warps": 8}
+    fla_configs.write_config_files([("chunk_kda_bwd_kernel_wy_dqkg_fused", key, other),
+                                    ("chunk_kda_bwd_kernel_wy_dqkg_fused", (1, *key[1:]), other)], tmp_path, "3.6.0",
+                                   keep_existing=True)
+    assert saved(key) == cfg and saved((1, *key[1:])) == other
+    fla_configs.write_config_files([("chunk_kda_bwd_kernel_wy_dqkg_fused", key, other)], tmp_path, "3.6.0")
+    assert saved(key) == other
 
 
 def test_dump_finds_autotuners_wrapped_in_heuristics(tmp_path, monkeypatch):
@@ -96,8 +109,9 @@ def test_shipped_h200_configs_cover_the_training_step():
             assert _lookup(folder, name, entry["autotune_key"]) == entry["config"]
 
 
-# one key of each kernel the SmolLM2 student's first evaluation autotuned on a fresh H100 (bf16 weights, forward only;
-# 22 keys, 145 s of a 179 s evaluation: docs/results.md section 15), recovered from that lease's log and shipped
+# keys real runs autotuned on a fresh card, recovered from their leases' logs (tools/fla_configs_from_log.py) and
+# shipped: one of each kernel the SmolLM2 student's first evaluation autotuned on a fresh H100 (bf16 weights, forward
+# only; 22 keys, 145 s of a 179 s evaluation: docs/results.md section 15)
 EVAL_KEYS = [
     ("causal_conv1d_fwd_kernel", (960, 4, "torch.bfloat16", "torch.bfloat16", "torch.bfloat16", "torch.bfloat16")),
     ("kda_gate_chunk_cumsum_vector_kernel",
@@ -119,14 +133,19 @@ EVAL_KEYS = [
                                      "torch.bfloat16", "torch.bfloat16", "torch.float32")),
     ("chunk_local_cumsum_vector_kernel", (1, 9, 64, 64, True, False, "torch.float32", "torch.float32", "torch.int32",
                                           "torch.int32")),
+    # select-layers' candidate training (unpacked 8 x 1024 batches) autotuned 7 keys, 167 s, on a fresh H200
+    # (docs/results.md section 14's lease), 101 s of it this one: shipped since
+    ("chunk_kda_bwd_kernel_wy_dqkg_fused", (64, 9, False, 64, 64, *["torch.bfloat16"] * 4, *["torch.float32"] * 2,
+                                            *["torch.bfloat16"] * 4, *["torch.float32"] * 2, *["torch.bfloat16"] * 2,
+                                            *["torch.float32"] * 3)),
 ]
 
 
 @pytest.mark.parametrize(("kernel", "key"), EVAL_KEYS, ids=[k for k, _ in EVAL_KEYS])
-def test_shipped_configs_cover_the_smollm2_students_evaluation(kernel, key):
-    """Under gendistill's exact-key mode a key missing from the shipped files is autotuned on every fresh card: the
+def test_shipped_configs_cover_what_real_runs_autotuned(kernel, key):
+    """Under gendistill's exact-key mode a key missing from the shipped files is autotuned on every fresh card: an
     evaluation's keys differ from training's (the gated norm's weight is bf16, not fp32 master weights; other
-    kernels run their forward-only variants), so they are shipped too."""
+    kernels run their forward-only variants), and select-layers trains unpacked batches, so they are shipped too."""
     folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
     assert _lookup(folder, kernel, key) is not None, f"{kernel}: {key} not shipped"
 

@@ -198,10 +198,12 @@ def _key_hash(key: tuple) -> str:
 
 
 def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir: str | Path,
-                       triton_version: str) -> dict[str, int]:
+                       triton_version: str, keep_existing: bool = False) -> dict[str, int]:
     """Write ``<kernel>.json`` in fla's format for ``entries`` ``(kernel name, autotune key, config dict)``, merging
-    with files already in ``out_dir``; each file's ``default_config`` is its most common configuration. Returns
-    ``{kernel: number of keys}``; nothing is written (no folder made) without entries."""
+    with files already in ``out_dir``; each file's ``default_config`` is its most common configuration.
+    ``keep_existing``: a key the files already hold keeps its configuration (adding what another card's or run's log
+    tuned without replacing what was shipped). Returns ``{kernel: number of keys}``; nothing is written (no folder
+    made) without entries."""
     if not entries:
         return {}
     out = Path(out_dir)
@@ -216,7 +218,8 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
         doc["triton_version"] = triton_version
         table = doc.setdefault("autotune_entries", {})
         for key, cfg in items:
-            table[_key_hash(key)] = {"autotune_key": list(key), "config": cfg}
+            if not (keep_existing and _key_hash(key) in table):
+                table[_key_hash(key)] = {"autotune_key": list(key), "config": cfg}
         common = Counter(json.dumps(e["config"], sort_keys=True) for e in table.values()).most_common(1)
         doc["default_config"] = json.loads(common[0][0])
         tmp = path.with_suffix(".json.tmp")
