@@ -300,67 +300,94 @@ def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_arch
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "bad" / "outside.txt").exists()
 
 
-def _repeat_archive(tmp_path: Path) -> Path:
-    """A later call's tarball of two plain distill runs (as `gendistill distill` writes recipe.yaml and
-    metrics.jsonl): 'b' repeats stage 3a under data seed 1 and finished; 'a' was cut in stage 3a, its 3b never ran."""
-    from gendistill.distill.config import dump_recipe
-    from gendistill.distill.recipe_files import load_recipe
-
-    def recipe(layers: str) -> str:
-        return dump_recipe(load_recipe("smollm2-135m-lease", [f"student.attention_layers={layers}",
-                                                               "stages[stage3a].tokens=200",
-                                                               "stages[stage3a].data.seed=1"]))
-
-    t = 7000.0
-    def rows(last: int) -> str:
-        recs = [{"time": t, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0, "eval_kl": 3.0,
-                 "eval_top1": 0.2},
-                {"time": t + 5, "stage": "stage3a", "step": 1, "tokens": 100, "loss": 2.0, "tokens_per_s": 20.0},
-                {"time": t + 6, "stage": "stage3a", "step": 1, "tokens": last, "eval_loss": 0.9, "eval_kl": 0.8,
-                 "eval_top1": 0.5}]
-        return "".join(json.dumps(r) + "\n" for r in recs)
-
-    archive = tmp_path / "later" / "seed1.tgz"
-    archive.parent.mkdir(parents=True)
-    members = {"./runs/b/recipe.yaml": recipe("[0,3]"), "./runs/b/metrics.jsonl": rows(200),
-               "./runs/a/recipe.yaml": recipe("every:4"), "./runs/a/metrics.jsonl": rows(100),
-               "./seed1.sh": "for c in ...; do gendistill distill ...; done\n"}
-    with tarfile.open(archive, "w:gz") as tar:
+def _tgz(path: Path, members: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
         for name, text in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())
             tar.addfile(info, io.BytesIO(text.encode()))
-    return archive
+    return path
+
+
+def _repeat_recipe(layers: str, evals: bool = True) -> str:
+    from gendistill.distill.config import dump_recipe
+    from gendistill.distill.recipe_files import load_recipe
+
+    sets = [f"student.attention_layers={layers}", "stages[stage3a].tokens=400", "stages[stage3a].seq_len=10",
+            "stages[stage3a].batch_size=10", "stages[stage3a].micro_batch_size=10", "stages[stage3a].data.seed=1"]
+    return dump_recipe(load_recipe("smollm2-135m-lease", sets + ([] if evals else ["stages[stage3a].eval_every=null"])))
+
+
+def _repeat_rows(steps: int, evals: bool = True) -> str:
+    """Stage 3a of a repeat: 100 tokens a step, a held-out evaluation before training and after steps 2 and 4."""
+    t = 7000.0
+    recs = [{"time": t, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0, "eval_kl": 3.0,
+             "eval_top1": 0.2}] if evals else []
+    for step in range(1, steps + 1):
+        recs.append({"time": t + step, "stage": "stage3a", "step": step, "tokens": 100 * step, "loss": 2.0 / step,
+                     "tokens_per_s": 20.0})
+        if evals and step % 2 == 0:
+            recs.append({"time": t + step + 0.5, "stage": "stage3a", "step": step, "tokens": 100 * step,
+                         "eval_loss": 0.9 / step, "eval_kl": 0.8 / step, "eval_top1": 0.5})
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+def _repeat_archive(tmp_path: Path) -> Path:
+    """A later call's tarball of three plain distill runs (as `gendistill distill` writes recipe.yaml and
+    metrics.jsonl, stage 3a of 4 steps): 'b' finished stage 3a and stopped (stage 3b never ran); 'a' was cut after
+    step 3, its last held-out evaluation at step 2; 'c' finished with no held-out evaluation at all."""
+    return _tgz(tmp_path / "later" / "seed1.tgz", {
+        "./runs/b/recipe.yaml": _repeat_recipe("[0,3]"), "./runs/b/metrics.jsonl": _repeat_rows(4),
+        "./runs/a/recipe.yaml": _repeat_recipe("every:4"), "./runs/a/metrics.jsonl": _repeat_rows(3),
+        "./runs/c/recipe.yaml": _repeat_recipe("every:4", evals=False),
+        "./runs/c/metrics.jsonl": _repeat_rows(4, evals=False),
+        "./seed1.sh": "for c in ...; do gendistill distill ...; done\n"})
 
 
 def test_repeats_of_a_grid_are_recorded_with_their_seeds_curves_and_cuts(tmp_path, monkeypatch, capsys):
     """Issue 25: runs a later call made outside the grid (stage 3a under another data order) go into the record
-    under 'repeats', each with its layers, seeds, per-stage plan and curve, and where it stopped short; the figure
-    draws them beside the grid's cells; a bundle that is not a grid refuses them."""
-    runs = TOOL["repeat_runs"](_repeat_archive(tmp_path))
-    assert list(runs) == ["a", "b"]
-    a, b = runs["a"], runs["b"]
+    under 'repeats', each with its layers, seeds, per-stage plan, what it trained (from its training records, not
+    its evaluations) and its curve; --repeat-of names the cell a run repeats; the figure draws them beside the
+    grid's cells; a bundle that is not a grid, a run without metrics and a recipe that does not parse are refused."""
+    runs = TOOL["repeat_runs"](_repeat_archive(tmp_path), {"b": "16"})
+    assert list(runs) == ["a", "b", "c"]
+    a, b, c = runs["a"], runs["b"], runs["c"]
     assert (a["attention_layers"], b["attention_layers"]) == ("every:4", [0, 3])
-    assert b["stage_data_seeds"]["stage3a"] == 1 and b["data_seed"] == 0
-    assert "cut_at_tokens" not in b["stages"]["stage3a"]
-    assert a["stages"]["stage3a"]["cut_at_tokens"] == 100 and a["stages"]["stage3b"]["cut_at_tokens"] == "not started"
-    assert [(p["tokens"], p["eval_kl"]) for p in b["stages"]["stage3a"]["curve"]] == [(0, 3.0), (200, 0.8)]
+    assert b["stage_data_seeds"]["stage3a"] == 1 and b["data_seed"] == 0 and b["repeats_cell"] == "16"
+    assert "repeats_cell" not in a
+    b3a, a3a = b["stages"]["stage3a"], a["stages"]["stage3a"]
+    assert (b3a["state"], b3a["steps"], b3a["trained_tokens"], b3a["planned_steps"]) == ("finished", 4, 400, 4)
+    assert (a3a["state"], a3a["steps"], a3a["trained_tokens"]) == ("cut", 3, 300)
+    assert a3a["curve"][-1]["step"] == 2 and a["stages"]["stage3b"]["state"] == "not started"
+    assert c["stages"]["stage3a"]["state"] == "finished" and c["stages"]["stage3a"]["curve"] == []
+    assert [(p["tokens"], p["eval_kl"]) for p in b3a["curve"]] == [(0, 3.0), (200, 0.4), (400, 0.2)]
     out = tmp_path / "docs" / "layers.json"
     monkeypatch.setattr("sys.argv", ["lease_record.py", str(_grid_bundle(tmp_path)), "--out", str(out),
-                                     "--repeats", str(_repeat_archive(tmp_path / "x")), "--figures"])
+                                     "--repeats", str(_repeat_archive(tmp_path / "x")), "--repeat-of", "b=16",
+                                     "--figures"])
     TOOL["main"]()
     rec = json.loads(out.read_text())
-    assert list(rec["repeats"]) == ["a", "b"] and absolute_paths(rec) == set()
+    assert list(rec["repeats"]) == ["a", "b", "c"] and absolute_paths(rec) == set()
+    assert rec["repeats"]["b"]["repeats_cell"] == "16"
     assert (tmp_path / "docs" / "layers_curves.png").read_bytes()[:4] == b"\x89PNG"
+    for argv, message in (
+            (["--repeats", str(_repeat_archive(tmp_path / "y")), "--repeat-of", "zz=16"], "no such run"),
+            (["--repeat-of", "b"], "RUN=VARIANT")):
+        monkeypatch.setattr("sys.argv", ["lease_record.py", str(_grid_bundle(tmp_path / "g" / message)), "--out",
+                                         str(tmp_path / "g.json"), *argv])
+        with pytest.raises(SystemExit, match=message):
+            TOOL["main"]()
     monkeypatch.setattr("sys.argv", ["lease_record.py", str(_bundle(tmp_path / "e2e")), "--out",
-                                     str(tmp_path / "e.json"), "--repeats", str(_repeat_archive(tmp_path / "y"))])
+                                     str(tmp_path / "e.json"), "--repeats", str(_repeat_archive(tmp_path / "z"))])
     with pytest.raises(SystemExit, match="not a grid lease"):
         TOOL["main"]()
-    assert not (tmp_path / "e.json").exists()
-    empty = tmp_path / "empty.tgz"
-    with tarfile.open(empty, "w:gz") as tar:
-        info = tarfile.TarInfo("./runs/readme.txt")
-        info.size = 1
-        tar.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(SystemExit, match="no runs/<name>/recipe.yaml"):
-        TOOL["repeat_runs"](empty)
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "g.json").exists()
+    for members, message in (({"./runs/readme.txt": "x"}, "no runs/<name>/ inside"),
+                             ({"./runs/a/recipe.yaml": _repeat_recipe("[0]")}, "runs/a: no metrics.jsonl"),
+                             ({"./runs/a/recipe.yaml": "student: [", "./runs/a/metrics.jsonl": ""},
+                              "runs/a/recipe.yaml: "),
+                             ({"./runs/a/recipe.yaml": "nonsense: 1\n", "./runs/a/metrics.jsonl": ""},
+                              "runs/a/recipe.yaml: ")):
+        with pytest.raises(SystemExit, match=message):
+            TOOL["repeat_runs"](_tgz(tmp_path / "bad" / f"{len(message)}{len(members)}.tgz", members))

@@ -54,6 +54,7 @@ from gendistill.ablate.curve import CURVE_STAGE, trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
 from gendistill.distill.config import parse_recipe  # noqa: E402
+from gendistill.errors import ConfigError, first_line  # noqa: E402
 from gendistill.eval.report import plot_long_context_png  # noqa: E402
 from gendistill.io import atomic_write_bytes, atomic_write_json, portable_paths  # noqa: E402
 from gendistill.select.methods import beam_score  # noqa: E402
@@ -315,34 +316,47 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
     return portable_paths(rep)
 
 
-def repeat_runs(archive: Path) -> dict[str, dict[str, Any]]:
+def repeat_runs(archive: Path, repeat_of: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Plain ``gendistill distill`` runs that a later call of a grid lease made (a repeat of some cells under another
     setting, e.g. stage 3a's data order) and brought back as a tarball of ``runs/<name>/``, each with the
     ``recipe.yaml`` and ``metrics.jsonl`` the trainer wrote (students and checkpoints left out). Per run, in name
-    order: its attention layers, the data seed of the run and of each stage that sets its own, and per stage its
-    planned tokens, its held-out curve (:func:`stage_curves`) and the tokens at its last held-out evaluation where
-    that fell short of the plan (the call's time limit; ``"not started"`` for a stage with no record)."""
+    order: the grid cell it repeats where ``repeat_of`` names one (``run name -> variant``), its attention layers, the
+    data seed of the run and of each stage that sets its own, and per stage its planned steps, the steps and tokens it
+    trained (its training records: a stage that never logged a step is ``"not started"``), whether it stopped short of
+    its plan (the call's time limit) and its held-out curve (:func:`stage_curves`). A run without its recipe or
+    metrics, or with a recipe this gendistill cannot read, is refused with one line."""
     with tempfile.TemporaryDirectory() as tmp:
         job = unpack_bundle(archive.parent, Path(tmp), archive.name, "runs")
         out: dict[str, dict[str, Any]] = {}
-        for run in sorted(d for d in (job / "runs").iterdir() if (d / "recipe.yaml").is_file()):
-            recipe = parse_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), str(run / "recipe.yaml"))
-            metrics = run / "metrics.jsonl"
-            curves = stage_curves(metrics_records(metrics) if metrics.is_file() else [])
+        for run in sorted(d for d in (job / "runs").iterdir() if d.is_dir()):
+            where = f"{archive}: runs/{run.name}"
+            if not (run / "metrics.jsonl").is_file():
+                raise SystemExit(f"error: {where}: no metrics.jsonl (not a distill run, or it never started)")
+            try:
+                recipe = parse_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), "recipe.yaml")
+            except (OSError, yaml.YAMLError, ConfigError) as e:
+                raise SystemExit(f"error: {where}/recipe.yaml: {first_line(e)}") from None
+            records = metrics_records(run / "metrics.jsonl")
+            curves = stage_curves(records)
             stages: dict[str, Any] = {}
             for st in recipe.stages:
-                pts = curves.get(st.name, [])
-                at = pts[-1]["tokens"] if pts else None
-                stages[st.name] = {"planned_tokens": st.tokens, "curve": pts,
-                                   **({"cut_at_tokens": "not started" if at is None else at}
-                                      if at is None or (st.tokens is not None and at < st.tokens) else {})}
+                trained = stage_summary([r for r in records if r.get("stage") == st.name])
+                state = ("not started" if not trained["steps"] else
+                         "finished" if trained["steps"] >= st.total_steps() else "cut")
+                stages[st.name] = {"planned_steps": st.total_steps(), "planned_tokens": st.tokens, "state": state,
+                                   "steps": trained["steps"], "trained_tokens": trained["tokens"],
+                                   "curve": curves.get(st.name, [])}
             out[run.name] = {
+                **({"repeats_cell": repeat_of[run.name]} if run.name in (repeat_of or {}) else {}),
                 "attention_layers": recipe.student.attention_layers,
                 "data_seed": recipe.data.seed if recipe.data is not None else None,
                 "stage_data_seeds": {st.name: st.data.seed for st in recipe.stages if st.data is not None},
                 "stages": stages}
     if not out:
-        raise SystemExit(f"error: {archive}: no runs/<name>/recipe.yaml inside")
+        raise SystemExit(f"error: {archive}: no runs/<name>/ inside")
+    unknown = sorted(set(repeat_of or {}) - set(out))
+    if unknown:
+        raise SystemExit(f"error: --repeat-of {', '.join(unknown)}: no such run in {archive} (runs: {', '.join(out)})")
     return out
 
 
@@ -379,24 +393,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=Path, default=None,
                     help="a grid: a tarball of runs/<name>/ folders (plain gendistill distill runs of a later call, "
                          "recipe.yaml and metrics.jsonl each) recorded under 'repeats' and drawn dashed in the figure")
+    ap.add_argument("--repeat-of", action="append", default=[], metavar="RUN=VARIANT",
+                    help="with --repeats: the grid variant a run repeats (recorded; drawn in that variant's colour)")
     ap.add_argument("--suites", action="store_true",
                     help="an e2e job with long-context or code suites: also write, beside --out, longctx_<rest>.json "
                          "and humaneval_<rest>.json (<rest>: the --out name after its 'e2e_') and each long-context "
                          "suite's plot, <suite>_<rest>.png")
     args = ap.parse_args()
     check_replaceable(args.out)
+    repeat_of = dict(pair.split("=", 1) for pair in args.repeat_of if "=" in pair)
+    if len(repeat_of) != len(args.repeat_of) or (repeat_of and args.repeats is None):
+        raise SystemExit("error: --repeat-of takes RUN=VARIANT (a run of --repeats, the grid variant it repeats)")
     if (args.bundle / GRID_ARCHIVE).is_file():
         record = grid_record(args.bundle, args.call, args.device_seconds, args.date, args.note)
         if args.repeats is not None:
-            record["repeats"] = portable_paths(repeat_runs(args.repeats))
+            record["repeats"] = portable_paths(repeat_runs(args.repeats, repeat_of))
         atomic_write_json(args.out, record)
         print(f"wrote {args.out}: {record['lease']['card']}, commit {record['lease']['commit']}, "
               f"{len(record['lease']['node_timeline'])} stage runs, {record['evaluated']} of {record['total']} cells "
               "evaluated")
         if args.figures:
-            repeats = {f"{name} (repeat)": run["stages"].get(CURVE_STAGE, {}).get("curve", [])
-                       for name, run in record.get("repeats", {}).items()}
-            png = plot_heldout_curves(record, extra=repeats)
+            repeats = record.get("repeats", {})
+            png = plot_heldout_curves(
+                record, extra={f"{name} (repeat)": run["stages"].get(CURVE_STAGE, {}).get("curve", [])
+                               for name, run in repeats.items()},
+                extra_like={f"{name} (repeat)": run["repeats_cell"] for name, run in repeats.items()
+                            if "repeats_cell" in run})
             if png is not None:
                 fig = args.out.with_name(f"{args.out.stem}_curves.png")
                 atomic_write_bytes(fig, png)

@@ -346,6 +346,23 @@ MUTANTS: list[Mutant] = [
            "    student.load_state_dict({k: v for k, v in aligned.items() if k in own}, strict=False)\n", "",
            ("tests/select/test_select_aligned.py", "-k", "every_weight"),
            "each candidate keeps the conversion's random initialisation: the scores rank noise, not layers"),
+    Mutant("first_step_line_skipped", "src/gendistill/distill/metrics.py",
+           "if step % self.every == 0 or step == self.total or done == 1:",
+           "if step % self.every == 0 or step == self.total:",
+           ("tests/distill/test_run_logging.py", "-k", "first_step"),
+           "a stage's first step prints nothing between log_every lines: the wait before training goes unsaid"),
+    Mutant("progress_bar_on_stdout", "src/gendistill/distill/metrics.py",
+           "                console=Console(stderr=True),", "",
+           ("tests/distill/test_run_logging.py", "-k", "first_step"),
+           "the progress bar and its notes go into a redirected stdout, apart from the plain lines on stderr"),
+    Mutant("process_clock_from_import", "src/gendistill/clock.py",
+           'return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")', "return _IMPORTED_AT",
+           ("tests/test_clock.py",),
+           "the seconds before the first step leave out the imports and start-up before gendistill's clock"),
+    Mutant("shipped_kernel_config_replaced", "src/gendistill/ops/fla_configs.py",
+           "            if _key_hash(key) not in held:", "            if True:",
+           ("tests/model/test_fla_configs.py", "-k", "log_records"),
+           "--keep-existing replaces a shipped configuration with another card's or run's choice"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

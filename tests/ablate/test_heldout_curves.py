@@ -94,3 +94,21 @@ def test_nothing_to_draw_without_curves():
     rep = build_report({"axes": {"a": ["x"]}}, [{"cell": "a=x", "assignment": {"a": "x"}, "tokens": {},
                                                  "metrics": {}, "nodes": [], "eval": None}])
     assert curve_markdown(rep) == [] and plot_heldout_curves(rep) is None
+
+
+def test_runs_outside_the_grid_are_drawn_dashed_in_the_colour_of_the_cell_they_repeat(monkeypatch):
+    """``extra``: a repeat of the batch-16 cell (``extra_like``) is dashed in that cell's colour; an extra run that
+    names no cell gets a colour no variant has."""
+    import gendistill.ablate.heldout_curves as hc
+
+    figures = []
+    monkeypatch.setattr(hc, "figure_png", lambda fig, dpi: figures.append(fig) or b"png")
+    rep = _batch_report()
+    again = stage_curves(_records("stage3a", 1_000_000, [(0.44, 0.63), (0.34, 0.69)]))["stage3a"]
+    assert hc.plot_heldout_curves(rep, extra={"16 again": again, "other": again},
+                                  extra_like={"16 again": "16"}) == b"png"
+    left = figures[0].axes[0]
+    style = {ln.get_label(): (ln.get_linestyle(), ln.get_color()) for ln in left.get_lines()}
+    assert style["batch_3a=16"][0] == "-" and style["16 again"] == ("--", style["batch_3a=16"][1])
+    assert style["other"][0] == "--" and style["other"][1] not in {c for _, c in style.values() if _ == "-"}
+    assert [p.get_xdata().tolist() for p in left.get_lines() if p.get_label() == "16 again"] == [[2.0, 4.0]]

@@ -60,3 +60,23 @@ def test_wandb_gets_every_numeric_metric(tmp_path, monkeypatch):
     assert calls[1] == ("log", {"stage3a/loss": 0.5, "stage3a/lr": 1e-4, "stage3a/step": 4})
     assert calls[2] == ("finish",)
 
+
+
+def test_a_stages_first_step_says_when_it_came_in_either_display(capsys):
+    """Plain lines come every ``every`` steps, but a stage's first step in this process (also after a resume) always
+    gets one, with the seconds since the process started; the bar says it too, on stderr beside the bar itself."""
+    from gendistill.distill.metrics import Progress
+
+    lines = Progress("stage3a", 100, 40, True, "lines", every=10)  # resumed at step 40
+    for step in (41, 42, 50):
+        lines.update(step, 0.5, 1000.0)
+    out = capsys.readouterr()
+    printed = out.err.splitlines()
+    assert [ln.split()[2] for ln in printed] == ["41/100", "50/100"], printed
+    assert "s after the process started)" in printed[0] and "first step" not in printed[1] and out.out == ""
+    bar = Progress("stage1", 3, 0, True, "bar")
+    bar.update(1, 0.5, 1000.0)
+    bar.update(2, 0.4, 1000.0)
+    bar.close()
+    out = capsys.readouterr()
+    assert out.err.count("[stage1] first step ") == 1 and out.out == ""

@@ -105,11 +105,13 @@ def curve_markdown(rep: dict[str, Any], stage: str = CURVE_STAGE) -> list[str]:
 
 
 def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE,
-                        extra: dict[str, list[dict[str, Any]]] | None = None) -> bytes | None:
+                        extra: dict[str, list[dict[str, Any]]] | None = None,
+                        extra_like: dict[str, str] | None = None) -> bytes | None:
     """One row per axis with a curve: held-out KL (log scale) against the stage's tokens (left) and against its
     training seconds (right), one line per variant; ``extra`` (label -> points of ``stage``, as :func:`stage_curves`
     gives them: runs outside the grid, e.g. a repeat of some cells under another data order) drawn dashed on every
-    row. None when there is nothing to draw or matplotlib is missing."""
+    row, in the colour of the variant ``extra_like`` names for it (label -> variant) where that variant is drawn
+    there, else in a colour of its own. None when there is nothing to draw or matplotlib is missing."""
     more = {label: [p for p in pts if p["eval_kl"] is not None] for label, pts in (extra or {}).items()}
     drawn = [(axis, {v: [p for p in pts if p["eval_kl"] is not None] for v, pts in curves.items()})
              for axis, curves in _drawn_axes(rep, stage)]
@@ -121,10 +123,17 @@ def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE,
         return None
     fig, axs = plt.subplots(len(drawn), 2, figsize=(11, 3.8 * len(drawn)), squeeze=False)
     for (left, right), (axis, curves) in zip(axs, drawn):
-        lines = [(f"{axis}={v}", pts, "-") for v, pts in curves.items()] + [(lb, pts, "--") for lb, pts in more.items()]
-        for k, (label, pts, dash) in enumerate(lines):
+        colour = {v: f"C{k % 10}" for k, v in enumerate(curves)}
+        lines = [(f"{axis}={v}", pts, "-", colour[v]) for v, pts in curves.items()]
+        spare = len(curves)
+        for lb, pts in more.items():
+            c = colour.get((extra_like or {}).get(lb, ""))
+            if c is None:
+                c, spare = f"C{spare % 10}", spare + 1
+            lines.append((lb, pts, "--", c))
+        for label, pts, dash, c in lines:
             pts = [p for p in pts if p["step"]]  # the evaluation before training sits at 0 tokens: off a log plot
-            style = {"marker": "o", "markersize": 3, "color": f"C{k % 10}", "label": label, "linestyle": dash}
+            style = {"marker": "o", "markersize": 3, "color": c, "label": label, "linestyle": dash}
             left.plot([p["tokens"] / 1e6 for p in pts], [p["eval_kl"] for p in pts], **style)
             timed = [p for p in pts if p["seconds"] is not None]
             right.plot([p["seconds"] for p in timed], [p["eval_kl"] for p in timed], **style)

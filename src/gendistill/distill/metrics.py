@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
@@ -133,6 +134,7 @@ class Progress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(stderr=True),  # beside the plain lines and the notes, never in a redirected stdout
             )
             self.task = self.bar.add_task(stage, total=total, completed=start, loss="-", tps="-")
             self.bar.start()

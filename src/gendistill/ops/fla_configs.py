@@ -217,8 +217,9 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
         doc = json.loads(path.read_text()) if path.exists() else {"kernel_name": name, "autotune_entries": {}}
         doc["triton_version"] = triton_version
         table = doc.setdefault("autotune_entries", {})
+        held = set(table) if keep_existing else set()  # what the file held before: a log's repeats still update
         for key, cfg in items:
-            if not (keep_existing and _key_hash(key) in table):
+            if _key_hash(key) not in held:
                 table[_key_hash(key)] = {"autotune_key": list(key), "config": cfg}
         common = Counter(json.dumps(e["config"], sort_keys=True) for e in table.values()).most_common(1)
         doc["default_config"] = json.loads(common[0][0])
