@@ -22,3 +22,21 @@ def test_error_prefix_lets_rank_0_report(monkeypatch, env, prefix, slept):
     monkeypatch.setattr(cli_utils.time, "sleep", waits.append)
     assert cli_utils.error_prefix() == prefix
     assert waits == slept
+
+
+def test_an_error_line_keeps_the_brackets_the_user_typed(capsys):
+    """The error line quotes what was typed; rich must not read ``stages[stage3a]`` as markup and drop it."""
+    import typer
+
+    from gendistill.cli_utils import user_errors
+    from gendistill.errors import ConfigError
+
+    @user_errors
+    def command():
+        raise ConfigError("recipe.yaml with --set stages[stage3a].tokens=abc: [bold]not an integer")
+
+    with pytest.raises(typer.Exit) as e:
+        command()
+    assert e.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert "error: recipe.yaml with --set stages[stage3a].tokens=abc: [bold]not an integer" in err, err

@@ -9,6 +9,7 @@ import time
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gendistill.errors import GendistillError
 from gendistill.io import storage_error_line
@@ -45,13 +46,15 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except GendistillError as e:
-            err_console.print(f"[bold red]error:[/] {error_prefix()}{e}", highlight=False, soft_wrap=True)
+            # escaped: a message quotes what the user typed, e.g. stages[stage3a].tokens, which is not markup
+            err_console.print(f"[bold red]error:[/] {escape(error_prefix() + str(e))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as e:  # a write the storage refused (disk full, quota, read-only) anywhere: one line too
             line = storage_error_line(e)
             if line is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     wrapper.__gendistill_errors__ = True  # type: ignore[attr-defined]

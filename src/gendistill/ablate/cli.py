@@ -68,4 +68,4 @@ def register(app: typer.Typer) -> None:
             if out["stopped"]:
                 console.print("stopped before the grid finished; rerun the same command to continue")
         for k, v in paths.items():
-            console.print(f"{k}: {v}")
+            console.print(f"{k}: {v}", markup=False)

@@ -100,7 +100,7 @@ def print_table(results: dict, console=None) -> None:
                                _fmt(sum(d.values()), ".3f"))
         console.print(pt)
     if results.get("json_path"):
-        console.print(f"JSON: {results['json_path']}")
+        console.print(f"JSON: {results['json_path']}", markup=False)
 
 
 def _ttft_variants(ax, ctxs: list[dict], colors: dict, labels: dict) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gendistill.cli_utils import console
@@ -71,5 +72,5 @@ def convert_command(
     table.add_row("cache at 128K tokens", human_bytes(summary.teacher_cache_bytes_128k),
                   f"{human_bytes(summary.student_cache_bytes_128k)} ({100 * ratio:.1f}%)")
     console.print(table)
-    console.print(f"Saved student to [bold]{out}[/] in {time.perf_counter() - start:.1f} s. Load it with "
+    console.print(f"Saved student to [bold]{escape(str(out))}[/] in {time.perf_counter() - start:.1f} s. Load it with "
                   "`import gendistill; AutoModelForCausalLM.from_pretrained(...)`.")

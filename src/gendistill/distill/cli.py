@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             ev = f", held-out {res.eval_losses[-1][1]:.4f}" if res.eval_losses else ""
             console.print(f"{name}: {res.steps} steps, {res.tokens:,} tokens, loss {first} -> {last}{ev}")
         for name, folder in out.student_dirs.items():
-            console.print(f"student after {name}: {folder}")
+            console.print(f"student after {name}: {folder}", markup=False)
 
 
 def _print_plan(recipe: Recipe, gpus: int | None, gpu_memory: str | None) -> None:

@@ -113,7 +113,7 @@ def select_layers_command(
     console.print(f"cost: {minutes} {unit}-minutes, {c['train_tokens']:,} tokens trained, {c['eval_tokens']:,} "
                   f"tokens scored, {c['candidates_scored']} candidate sets ({c['cached_records_reused']} from the cache)")
     console.print(f"wrote {out / 'layers.json'}; next: gendistill convert --attention-layers {out / 'layers.json'} "
-                  f"--teacher {teacher} --out STUDENT")
+                  f"--teacher {teacher} --out STUDENT", markup=False)
 
 
 def select_compare_command(
@@ -141,4 +141,4 @@ def select_compare_command(
             claim_report_folder(out, REPORT_FILES, "--out")
             paths = write_comparison(cmp, out)
         for key, path in paths.items():
-            console.print(f"{key}: {path}")
+            console.print(f"{key}: {path}", markup=False)
