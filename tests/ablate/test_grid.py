@@ -116,6 +116,26 @@ def test_inline_base_and_cli_overrides(tmp_path):
     assert _stage(g.cells[0].recipe, "stage3b").optim.lr == 0.5 and g.cells[0].recipe.run.seed == 7
 
 
+def test_a_grid_of_ones_own_may_start_from_a_shipped_recipe_by_name(tmp_path):
+    """``base: tiny-cpu`` takes the shipped recipe, as ``gendistill distill tiny-cpu`` does, unless a file of that
+    name lies next to the grid; a name that is neither says which grid and key."""
+    from gendistill.distill.recipe_files import load_recipe
+
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump({"base": "tiny-cpu", "output_dir": str(tmp_path / "o"),
+                                 "axes": {"order_3a": {"s1": {"stages[stage3a].data.seed": 1}}}}))
+    g = load_grid(p)
+    shipped = load_recipe("tiny-cpu")
+    assert g.base.student.attention_layers == shipped.student.attention_layers
+    assert [s.name for s in g.base.stages] == [s.name for s in shipped.stages]
+    assert _stage(g.cells[0].recipe, "stage3a").data.seed == 1
+    (tmp_path / "tiny-cpu").write_text(yaml.safe_dump(base_recipe()))  # a file of that name wins
+    assert [s.name for s in load_grid(p).base.stages] == [s["name"] for s in base_recipe()["stages"]]
+    p.write_text(yaml.safe_dump({"base": "no-such-recipe", "output_dir": "o", "axes": {"masking": ["all_tokens"]}}))
+    with pytest.raises(ConfigError, match="base: no-such-recipe is neither a file next to the grid nor a shipped"):
+        load_grid(p)
+
+
 def test_cli_reports_a_bad_grid_in_one_line_and_writes_nothing(write_grid, tmp_path):
     from typer.testing import CliRunner
 

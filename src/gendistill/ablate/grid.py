@@ -2,7 +2,7 @@
 
 A grid file is YAML validated by pydantic (unknown keys forbidden)::
 
-    base: smollm2-135m.yaml          # a recipe file (relative to the grid) or an inline recipe mapping
+    base: smollm2-135m.yaml          # a recipe file (relative to the grid), a shipped recipe's name, or a mapping
     set: {stages[stage3b].tokens: 4_000_000}   # overrides applied to the base, i.e. to every cell
     mode: one_at_a_time              # one_at_a_time | product
     output_dir: runs/ablate/smollm2
@@ -334,6 +334,12 @@ def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid
 
     if isinstance(cfg.base, str):
         base_path = (path.parent / cfg.base) if not Path(cfg.base).is_absolute() else Path(cfg.base)
+        if not base_path.exists() and "/" not in cfg.base and "\\" not in cfg.base:
+            try:  # a shipped recipe's name, as `gendistill distill NAME` takes it
+                base_path = recipe_file(cfg.base)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: base: {cfg.base} is neither a file next to the grid nor a shipped "
+                                  f"recipe ({e})") from None
         raw_base = read_yaml(base_path, "base recipe")
         if not isinstance(raw_base, dict):
             raise ConfigError(f"{base_path}: a recipe is a YAML mapping, got {type(raw_base).__name__}")
