@@ -118,3 +118,17 @@ def test_the_step_check_runs_beside_the_job_and_leaves_its_line_in_a_file(tmp_pa
     assert line_file.read_text().splitlines()[0] == \
         "trainer step check (tests/gpu, reference step): ==== 4 passed in 61.00s ===="
     assert "4 passed" in (tmp_path / "step_check.log").read_text()  # its log beside the line, collected with it
+
+
+def test_a_second_machine_of_one_lease_may_skip_the_step_check(tmp_path):
+    """STEP_CHECK=skip: the check that passed on the lease's first machine (same commit) is not run again beside the
+    job; the file the later calls read says so."""
+    line_file = tmp_path / "step_check.txt"
+    out = _step_check(tmp_path, 'echo ran > "$(dirname "$0")/ran"\n', timeout_s=30,
+                      call=f'STEP_CHECK=skip lease_step_check_background "{line_file}"')
+    assert out.strip() == "trainer step check (tests/gpu, reference step): skipped (STEP_CHECK=skip)"
+    assert line_file.read_text().strip() == out.strip()
+    import time
+
+    time.sleep(0.5)
+    assert not (tmp_path / "bin" / "ran").exists()

@@ -13,7 +13,8 @@
 #   lease_step_check       the trainer's fast step against its reference step (tests/gpu): one line, a verdict or
 #                          how far it got before STEP_CHECK_TIMEOUT
 #   lease_step_check_background FILE  the same in the background (its line into FILE, its log beside it as
-#                          FILE with .log for .txt: the kernels it autotuned, for tools/fla_configs_from_log.py)
+#                          FILE with .log for .txt: the kernels it autotuned, for tools/fla_configs_from_log.py);
+#                          STEP_CHECK=skip writes "skipped" instead (a second machine of one lease, the same commit)
 #   lease_shipped_configs DIR  DIR (made if missing) gets the shipped H200 fla configurations (what gendistill reads on
 #                          an H100 or H200 by itself) beside what it holds, so keys dumped or recovered into it add to
 #                          the shipped ones: under FLA_CACHE_MODE=strict a folder of new keys alone autotunes the rest
@@ -79,6 +80,10 @@ lease_step_check_background() {
   # says when) the job's first stage runs share the card: their tokens/s, and any kernel either process autotunes
   # then, are measured under that load. The lease reads the verdict in FILE (a failure: the job's student was
   # trained on a fast path that differs from the reference; stop and fix).
+  if [ "${STEP_CHECK:-}" = skip ]; then  # a second machine of one lease, same commit: it passed on the first
+    echo "trainer step check (tests/gpu, reference step): skipped (STEP_CHECK=skip)" | tee "$1"
+    return 0
+  fi
   echo "trainer step check (tests/gpu, reference step): running in the background, its line in $1"
   STEP_CHECK_TIMEOUT=${STEP_CHECK_TIMEOUT:-600} STEP_CHECK_LOG="${1%.txt}.log" \
     setsid nohup bash -c '. tools/device_lib.sh && lease_step_check' > "$1" 2>&1 < /dev/null &

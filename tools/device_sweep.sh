@@ -15,7 +15,8 @@
 #                                                                   carry [".device/carry3"]             (~48 MiB)
 #   call 4:  bash tools/device_sweep.sh watch 540; bash tools/device_sweep.sh collect      carry []
 #   (call 5, if the job still runs: watch + collect again; collect copies what exists, the report is rebuilt after
-#    every cell)
+#    every cell. The machine goes back 30 s after a call ends: put any follow-up in the collect call. On a second
+#    machine of the same lease, STEP_CHECK=skip with setup: the trainer's step check passed on the first)
 # Settings (environment of the start call): JOB_TIMEOUT (1200 s: the whole ablate command; then the report is
 # rebuilt from what finished); extra args after `start` go to `gendistill ablate`, e.g.
 #   --set 'stages[stage3b].tokens=1000000'   (every cell's stage 3b: the base recipe's key)
