@@ -21,7 +21,8 @@ def _records() -> list[dict]:
     """Two stages as the trainer writes them: a held-out record before training, then steps (and a later eval)."""
     t = 1000.0
     recs = [{"time": t, "stage": "stage1", "step": 0, "tokens": 0, "eval_loss": 9.0},
-            {"time": t + 190.0, "stage": "stage1", "step": 1, "tokens": 64, "loss": 8.0, "tokens_per_s": 1.0},
+            {"time": t + 190.0, "stage": "stage1", "step": 1, "tokens": 64, "loss": 8.0, "tokens_per_s": 1.0,
+             "process_seconds": 251.5},
             {"time": t + 200.0, "stage": "stage1", "step": 2, "tokens": 128, "loss": 7.0, "tokens_per_s": 100.0},
             {"time": t + 210.0, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0, "eval_kl": 2.9,
              "eval_top1": 0.25},
@@ -65,7 +66,7 @@ def test_a_lease_bundle_becomes_the_committed_result(tmp_path):
     assert lease["calls"] == ["call 1", "call 2"] and lease["device_seconds_session"] == 1663.0
     s1, s3a = lease["stages"]["stage1"], lease["stages"]["stage3a"]
     # wall time from the stage's first record to its last; the first step's time from the held-out loss before it
-    assert (s1["seconds"], s1["first_step_seconds"]) == (200.0, 190.0)
+    assert (s1["seconds"], s1["first_step_seconds"], s1["first_step_process_seconds"]) == (200.0, 190.0, 251.5)
     assert (s3a["seconds"], s3a["first_step_seconds"]) == (11.5, 5.0)
     assert "trainer_heldout_at_end" not in s1  # an MSE stage has no held-out KL
     assert s3a["trainer_heldout_at_end"] == {"step": 2, "eval_kl": 0.4, "eval_top1": 0.7, "eval_tokens": 640}

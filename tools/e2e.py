@@ -428,8 +428,10 @@ def _profile_summary(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
 def _stage_metrics(path: Path) -> dict[str, Any]:
     """Per stage: steps, tokens, first/last training loss, held-out losses, median tokens/s, and its wall time:
     ``seconds`` from the stage's first record to its last, ``first_step_seconds`` from the held-out loss before
-    training to the first optimizer step (compilation and autotuning on a fresh machine), when both are there. A
-    resumed run appends to the same file, so its ``seconds`` include the time between the two processes."""
+    training to the first optimizer step (compilation and autotuning on a fresh machine), when both are there, and
+    ``first_step_process_seconds``: how long the process had run at the stage's first step (the trainer's record of
+    it). A resumed run appends to the same file, so its ``seconds`` include the time between the two processes (and
+    the first of its processes gives the first step's age)."""
     per: dict[str, Any] = {}
     if not path.exists():
         return per
@@ -439,6 +441,8 @@ def _stage_metrics(path: Path) -> dict[str, Any]:
         st["times"].append(rec["time"])
         if "loss" in rec and "first_step_at" not in st:
             st["first_step_at"] = rec["time"]
+        if "process_seconds" in rec and "first_step_process_seconds" not in st:
+            st["first_step_process_seconds"] = rec["process_seconds"]
         if "eval_loss" in rec:
             st["eval"].append([rec["step"], rec["eval_loss"]])
         if "eval_kl" in rec:  # the trainer's held-out fidelity (logit stages): [step, KL, top-1]

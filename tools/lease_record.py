@@ -87,10 +87,12 @@ def unpack_bundle(bundle: Path, dest: Path, archive_name: str = "e2e_bundle.tgz"
 
 
 def stage_record(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Per stage: seconds, first step's seconds, median tokens/s and the trainer's last held-out figures."""
+    """Per stage: seconds, first step's seconds (after the held-out loss before it, and after the process started),
+    median tokens/s and the trainer's last held-out figures."""
     out: dict[str, Any] = {}
     for stage, m in metrics.items():
-        rec = {k: m[k] for k in ("seconds", "first_step_seconds", "median_tokens_per_s", "steps", "tokens") if k in m}
+        rec = {k: m[k] for k in ("seconds", "first_step_seconds", "first_step_process_seconds", "median_tokens_per_s",
+                                 "steps", "tokens") if k in m}
         if m.get("eval_fidelity"):
             step, kl, top1 = m["eval_fidelity"][-1]
             rec["trainer_heldout_at_end"] = {"step": step, "eval_kl": kl, "eval_top1": top1}

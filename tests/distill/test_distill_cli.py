@@ -71,8 +71,14 @@ def test_dry_run_stop_and_resume(tmp_path, teacher, tok):
     assert res.stderr.index(notes[-1]) < res.stderr.index("[stage1] step 1/2")
     res = runner.invoke(app, ["distill", recipe])
     assert res.exit_code == 2 and "--resume" in res.output
-    res = runner.invoke(app, ["distill", recipe, "--resume", "--set", "stages[1].steps=2"])
+    res = runner.invoke(app, ["distill", recipe, "--resume", "--set", "stages[1].steps=2", "--set",
+                              "stages[1].log_every=2"])
     assert res.exit_code == 0, res.output
+    # each stage's first step in each invocation is logged (also between log_every steps) with the process's age
+    steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    aged = [(r["stage"], r["step"]) for r in steps if r.get("process_seconds", 0) > 0]
+    assert aged == [("stage1", 1), ("stage1", 2), ("stage3b", 1)], steps
+    assert [(r["stage"], r["step"]) for r in steps if r["stage"] == "stage3b"] == [("stage3b", 1), ("stage3b", 2)]
     assert "[distill] training stage1, stage3b into" in res.stderr  # --stop-after 1 stopped stage 1 after one step
     assert "stage1: 2 steps" in res.output and "stage3b: 2 steps" in res.output
     assert (tmp_path / "run" / "stage3b" / "config.json").exists()

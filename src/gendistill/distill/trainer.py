@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gendistill.clock import seconds_since_start
 from gendistill.distill.checkpoint import find_resume_checkpoint
 from gendistill.distill.compile import compiled_blocks
 from gendistill.distill.config import DataConfig, RunConfig, StageConfig
@@ -397,12 +398,14 @@ class _StepLog:
         now = time.perf_counter()
         tok_s = step_tokens / max(now - self.t_last, 1e-9)
         self.t_last = now
+        first = not self.result.losses  # this process's first step of the stage: logged with the process's age
         self.result.losses.append(loss_val)
         self.progress.update(step, loss_val, tok_s)
         last = step == self.setup.total_steps
-        if step % stage.log_every == 0 or last:
+        if step % stage.log_every == 0 or last or first:
             self.logger.log({"stage": stage.name, "step": step, "tokens": tokens, "loss": loss_val, "lr": lr,
-                             "tokens_per_s": tok_s, "loss_tokens": int(denom), "grad_norm": gnorm})
+                             "tokens_per_s": tok_s, "loss_tokens": int(denom), "grad_norm": gnorm,
+                             **({"process_seconds": round(seconds_since_start(), 1)} if first else {})})
         if stage.eval_every and (step % stage.eval_every == 0 or last):
             self.evaluate(step, tokens)
 
