@@ -347,7 +347,7 @@ MUTANTS: list[Mutant] = [
            ("tests/select/test_select_aligned.py", "-k", "every_weight"),
            "each candidate keeps the conversion's random initialisation: the scores rank noise, not layers"),
     Mutant("first_step_line_skipped", "src/gendistill/distill/metrics.py",
-           "if step % self.every == 0 or step == self.total or done == 1:",
+           "if step % self.every == 0 or step == self.total or first:",
            "if step % self.every == 0 or step == self.total:",
            ("tests/distill/test_run_logging.py", "-k", "first_step"),
            "a stage's first step prints nothing between log_every lines: the wait before training goes unsaid"),
@@ -364,7 +364,7 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_cli.py", "-k", "stop_and_resume"),
            "a stage's first step is not in metrics.jsonl between log_every steps: no record of how long it came"),
     Mutant("shipped_kernel_config_replaced", "src/gendistill/ops/fla_configs.py",
-           "            if _key_hash(key) not in held:", "            if True:",
+           "if (h := _key_hash(key)) not in held:", "if (h := _key_hash(key)) or True:",
            ("tests/model/test_fla_configs.py", "-k", "log_records"),
            "--keep-existing replaces a shipped configuration with another card's or run's choice"),
 ]

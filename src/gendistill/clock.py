@@ -5,6 +5,7 @@ was first imported stands in (later than the real start, by the imports before i
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -12,10 +13,11 @@ from pathlib import Path
 _IMPORTED_AT = time.time()
 
 
+@functools.cache
 def process_started_at() -> float:
     """The epoch time this process started: ``/proc/self/stat``'s start time (clock ticks after boot) plus the boot
     time of ``/proc/stat`` (whole seconds, so within about a second); where those cannot be read, the first import of
-    this module."""
+    this module. Read once: it does not change."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gendistill.distill.config import Recipe, format_validation_error, parse_recipe
 from gendistill.distill.losses import LOGIT_LOSSES
 from gendistill.distill.recipe_files import read_yaml, resolve_paths, set_dotted
-from gendistill.distill.shipped import recipe_file
+from gendistill.distill.shipped import names_a_path, recipe_file
 from gendistill.distill.stage_facts import MASKINGS, STAGE_ORDER, StageName
 from gendistill.errors import ConfigError
 from gendistill.layers.registry import LINEAR_MIXERS
@@ -334,7 +334,7 @@ def load_grid(path: str | Path, base_overrides: list[str] | None = None) -> Grid
 
     if isinstance(cfg.base, str):
         base_path = (path.parent / cfg.base) if not Path(cfg.base).is_absolute() else Path(cfg.base)
-        if not base_path.exists() and "/" not in cfg.base and "\\" not in cfg.base:
+        if not base_path.exists() and not names_a_path(cfg.base):
             try:  # a shipped recipe's name, as `gendistill distill NAME` takes it
                 base_path = recipe_file(cfg.base)
             except ConfigError as e:

@@ -112,9 +112,11 @@ def plot_heldout_curves(rep: dict[str, Any], stage: str = CURVE_STAGE,
     gives them: runs outside the grid, e.g. a repeat of some cells under another data order) drawn dashed on every
     row, in the colour of the variant ``extra_like`` names for it (label -> variant) where that variant is drawn
     there, else in a colour of its own. None when there is nothing to draw or matplotlib is missing."""
-    more = {label: [p for p in pts if p["eval_kl"] is not None] for label, pts in (extra or {}).items()}
-    drawn = [(axis, {v: [p for p in pts if p["eval_kl"] is not None] for v, pts in curves.items()})
-             for axis, curves in _drawn_axes(rep, stage)]
+    def with_kl(named: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        return {name: [p for p in pts if p["eval_kl"] is not None] for name, pts in named.items()}
+
+    more = with_kl(extra or {})
+    drawn = [(axis, with_kl(curves)) for axis, curves in _drawn_axes(rep, stage)]
     drawn = [(axis, curves) for axis, curves in drawn if any(len(p) > 1 for p in curves.values())]
     if not drawn:
         return None

@@ -143,18 +143,18 @@ class Progress:
         if not self.enabled:
             return
         done = step - self.start
+        first = f"first step {seconds_since_start():.1f} s after the process started" if done == 1 else ""
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tok_s:,.0f}")
-            if done == 1:
-                self.message(f"[{self.stage}] first step {seconds_since_start():.1f} s after the process started")
+            if first:
+                self.message(f"[{self.stage}] {first}")
             return
-        if step % self.every == 0 or step == self.total or done == 1:
+        if step % self.every == 0 or step == self.total or first:
             el = time.perf_counter() - self.t0
             eta = el / done * (self.total - step) if done else float("nan")
-            first = f"  (first step {seconds_since_start():.1f} s after the process started)" if done == 1 else ""
             print(
                 f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  {tok_s:,.0f} tok/s  ETA {_fmt_eta(eta)}"
-                + first,
+                + (f"  ({first})" if first else ""),
                 file=sys.stderr,
                 flush=True,
             )

@@ -53,16 +53,21 @@ def shipped_recipe(name: str) -> ShippedRecipe:
     raise ConfigError(f"no shipped recipe named {name!r}; shipped: {known} (or pass a recipe file)")
 
 
+def names_a_path(ref: str | Path) -> bool:
+    """Whether a recipe reference has a folder part (so it names a file, never a shipped recipe)."""
+    text = str(ref)
+    return Path(ref).expanduser().parent != Path(".") or "/" in text or "\\" in text
+
+
 def recipe_file(ref: str | Path) -> Path:
     """A recipe reference as a file: an existing file as is, else a shipped recipe's name. A missing file that looks
-    like a path (it has a folder part) is reported as a missing file."""
+    like a path (:func:`names_a_path`) is reported as a missing file."""
     p = Path(ref).expanduser()
     if p.is_file():
         return p
-    text = str(ref)
-    if p.parent != Path(".") or "/" in text or "\\" in text:
+    if names_a_path(ref):
         raise ConfigError(f"{p}: recipe file not found")
-    return shipped_recipe(text).path
+    return shipped_recipe(str(ref)).path
 
 
-__all__ = ["ShippedRecipe", "shipped_recipes", "shipped_recipe", "recipe_file"]
+__all__ = ["ShippedRecipe", "names_a_path", "shipped_recipes", "shipped_recipe", "recipe_file"]

@@ -219,8 +219,8 @@ def write_config_files(entries: list[tuple[str, tuple, dict[str, Any]]], out_dir
         table = doc.setdefault("autotune_entries", {})
         held = set(table) if keep_existing else set()  # what the file held before: a log's repeats still update
         for key, cfg in items:
-            if _key_hash(key) not in held:
-                table[_key_hash(key)] = {"autotune_key": list(key), "config": cfg}
+            if (h := _key_hash(key)) not in held:
+                table[h] = {"autotune_key": list(key), "config": cfg}
         common = Counter(json.dumps(e["config"], sort_keys=True) for e in table.values()).most_common(1)
         doc["default_config"] = json.loads(common[0][0])
         tmp = path.with_suffix(".json.tmp")
