@@ -108,7 +108,7 @@ def available_cuda_bytes(device: torch.device) -> int:
     cached = torch.cuda.memory_reserved(device) - allocated
     fragments = torch.cuda.memory_stats(device).get("inactive_split_bytes.all.current", 0)
     available = free + max(0, cached - fragments)
-    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(cuda_index(device))
     if fraction < 1.0:
         available = min(available, int(fraction * total) - allocated - fragments)
     return int(max(0, available))
@@ -119,7 +119,13 @@ def limit_cuda_memory(fraction: float, device: torch.device) -> None:
     more with an out-of-memory error in this process, not in another one sharing the card), and plan batches within
     it (:func:`available_cuda_bytes`). For processes that share a card, e.g. evaluations beside a distillation."""
     check_memory_fraction(fraction)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.cuda.set_per_process_memory_fraction(fraction, cuda_index(device))
+
+
+def cuda_index(device: torch.device) -> int:
+    """The card number of a CUDA ``device``: its index, or the current card for a bare ``cuda`` (PyTorch's
+    per-process memory fraction calls take only an index or an indexed device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def check_memory_fraction(fraction: float, what: str = "--gpu-memory-fraction") -> None:

@@ -82,4 +82,13 @@ def fake_cuda_memory(monkeypatch, *, free: int, total: int, reserved: int = 0, a
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: reserved)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: allocated)
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"inactive_split_bytes.all.current": fragments})
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: fraction)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: card_index(device) and fraction)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+def card_index(device) -> bool:
+    """What PyTorch's per-process memory fraction calls accept as their device, as torch 2.11 checks it (an int, or a
+    ``torch.device`` with an index; a bare ``cuda`` raised ``ValueError`` on the first lease that passed one)."""
+    if isinstance(device, int) or (isinstance(device, torch.device) and device.index is not None):
+        return True
+    raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")

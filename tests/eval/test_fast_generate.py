@@ -15,7 +15,7 @@ import torch
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import generate as G
 from gendistill.eval.prompts import apply_chat
-from tests.eval.conftest import MODEL_FACTORIES, fake_cuda_memory
+from tests.eval.conftest import MODEL_FACTORIES, card_index, fake_cuda_memory
 from tests.eval.test_generate import PROMPTS as GENERATE_PROMPTS
 
 # test_generate's prompts, and two more so that batches mix more lengths
@@ -254,9 +254,11 @@ def test_batches_are_planned_within_the_process_memory_limit(monkeypatch):
                          fraction=fraction)
         assert available_cuda_bytes(cuda) == expected
     set_to = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: set_to.append((f, device)))
-    limit_cuda_memory(0.05, cuda)
-    assert set_to == [(0.05, cuda)]
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda f, device: card_index(device) and set_to.append((f, device)))
+    limit_cuda_memory(0.05, cuda)  # the device as the CLI passes it: no index, the current card's is used
+    limit_cuda_memory(0.05, torch.device("cuda", 1))
+    assert set_to == [(0.05, 0), (0.05, 1)]
     with pytest.raises(GendistillError, match=r"--gpu-memory-fraction: 0 must be in \(0, 1\]"):
         limit_cuda_memory(0, cuda)
 
