@@ -192,6 +192,33 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     assert chance["quiz"] == ev["students"]["stage3b"]["quiz"]["answer_agreement_chance"]
     assert "per task, answer agreement (by chance): " in (out / "summary.md").read_text()
 
+    # --suites-only: a suite part that wrote no results (here removed) runs again on the job's own students and the
+    # suite is merged and summarised anew; the same examples and greedy decoding give the same rows
+    import shutil
+
+    shutil.rmtree(out / "eval_extra" / "longctx" / "final")
+    again = ["--out", str(out), "--device", "cpu", "--smoke", "--long-context", "512", "--long-context-tasks",
+             "ruler_niah_single_2,ruler_vt", "--depths", "0,100", "--long-context-limit", "2", "--suites-only"]
+    r = E2E["main"]([str(rp), *again])
+    # how long a row took, and whether the evaluator's result cache served it: all two runs of it may differ in
+    timing = ("seconds", "throughput", "cached")
+
+    def scored(rows):
+        return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+    assert scored(r["longctx"]["rows"]) == scored(lc["rows"]) and "error" not in r["longctx"]
+    assert set(r["phases"]) - set(ph) == {"eval_longctx_final_rerun"}
+    assert {k: r["phases"][k] for k in ph} == ph, "the job's own phases are kept"
+    assert (out / "logs" / "eval_longctx_final.previous.log").is_file()
+    assert json.loads((out / "summary.json").read_text()) == r
+    # the students gone: nothing runs and the summary is left as it was
+    shutil.rmtree(out / "eval_extra" / "longctx" / "final")
+    shutil.rmtree(out / "run" / "stage3b")
+    before = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match=r"stage3b not found: the students must still be in the job folder"):
+        E2E["main"]([str(rp), *again])
+    assert (out / "summary.json").read_text() == before
+
 
 def test_a_failed_suite_part_is_reported_by_its_log(tmp_path):
     """One evaluation of a suite refused (HumanEval without a usable sandbox): the summary names its last log line
@@ -221,6 +248,11 @@ def test_bad_suite_settings_fail_before_the_distillation(tmp_path, capsys):
             E2E["main"](["tiny-cpu", "--out", str(tmp_path / "job"), "--device", "cpu", *extra])
         assert needle in str(e.value), e.value
         assert not (tmp_path / "job").exists(), "nothing written for bad input"
+    with pytest.raises(SystemExit, match=r"holds no e2e job \(no summary\.json\)"):
+        E2E["main"](["tiny-cpu", "--out", str(tmp_path / "job"), "--device", "cpu", "--code", "--suites-only"])
+    with pytest.raises(SystemExit, match=r"name the suites"):
+        E2E["main"](["tiny-cpu", "--out", str(tmp_path / "job"), "--device", "cpu", "--suites-only"])
+    assert not (tmp_path / "job").exists()
 
 
 def test_the_suites_plan_their_batches_within_a_share_of_the_card():

@@ -8,6 +8,7 @@
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
 #   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
 #   call 4+: tools/device_e2e.sh watch 560   (again, back to back, until the job is done)
+#   (a suite part that failed: tools/device_e2e.sh suites RECIPE [the same e2e args] && tools/device_e2e.sh watch 540)
 # Every watch call ends by collecting what the job has written so far: a machine is given back 30 s after a call ends
 # and everything on it goes with it (2026-12-05: a 60M-token run three minutes from the end of stage 3a was lost when
 # the next call came late), so each call brings back the summary, logs and metrics as they then are. Measured
@@ -111,6 +112,18 @@ start)  # the data in place, then the whole job in the background (it outlives t
     "$@" >> "$JOB/e2e.log" 2>&1 < /dev/null &
   echo "started e2e (pid $!)"
   ;;
+suites)  # the job's long-context and code suite parts that wrote no results, again (tools/e2e.py --suites-only), in
+        # the background; the same recipe and suite arguments as 'start' (2026-12-06: every part failed at its start
+        # on a bug since fixed, and the students were still on the machine)
+  shift
+  RECIPE=${1:?recipe}; shift
+  GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
+  [ -f "$JOB/run/summary.json" ] || { echo "error: no e2e job on this machine ('start' first)"; exit 3; }
+  [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
+  setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" --suites-only \
+    >> "$JOB/e2e.log" 2>&1 < /dev/null &
+  echo "started the suites again (pid $!)"
+  ;;
 watch)  # follow the job until it finishes or $2 seconds pass
   LIMIT=${2:-540}; T0=$(date +%s)
   while [ $(( $(date +%s) - T0 )) -lt "$LIMIT" ]; do
@@ -127,5 +140,5 @@ collect)
   collect
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_e2e.sh setup|tests FILE...|bench|data|start RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
+*) echo "usage: tools/device_e2e.sh setup|tests FILE...|bench|data|start RECIPE [args]|suites RECIPE [args]|watch [SECONDS]|collect"; exit 2 ;;
 esac

@@ -138,6 +138,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "planned within it (gendistill eval --gpu-memory-fraction; default 0.06)")
     ap.add_argument("--smoke", action="store_true", help="plumbing check: 4 examples per task, 16 new tokens")
     ap.add_argument("--no-parallel", action="store_true", help="run the first evaluation after the distillation")
+    ap.add_argument("--suites-only", action="store_true",
+                    help="in an earlier job's --out (its students still there): run again only the parts of the "
+                         "long-context and code suites that wrote no results, e.g. after they failed, then merge and "
+                         "summarise the suites into its summary.json (the recipe and suite options as the job had "
+                         "them)")
     return ap.parse_args(argv)
 
 
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if st.name in ("stage3a", "stage3b"):
             st.eval_sequences = args.fidelity_sequences
     final_stage = names[-1]
+    if args.suites_only:
+        return rerun_suites(out, suites, recipe.teacher.spec, final_stage)
     out.mkdir(parents=True, exist_ok=True)  # every setting checked: nothing is written for bad input
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
@@ -205,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[e2e] {name}: {e['seconds']:.0f} s (from {e['start_s']:.0f} s to {e['end_s']:.0f} s)", flush=True)
 
     save()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = _job_env()
     dtype = "bfloat16" if cuda else "float32"
     tasks = ",".join([args.tasks, *args.extra_tasks])
     eval_common = ["--tasks", tasks, "--limit", str(args.limit), "--protocol", "loglik,generate", "--device", device,
@@ -304,18 +310,72 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["evaluation"] = _evaluation_summary(out / "eval")
     summary["budget_curve"] = _budget_curve(out / "eval", fid, sorted(snaps), summary.get("distill_metrics", {}))
     summary["targets_met"] = _targets(summary, final_stage)
-    for name in suites:
-        parts = [extra / name / who for who in ("base", "final") if (extra / name / who / "results.json").is_file()]
-        if parts:
-            Job(f"eval_merge_{name}", ["eval", *[a for d in parts for a in ("--merge", str(d))],
-                                        "--out", str(extra / name / "all")], logs, env).wait(check=False)
-        summary[name] = _suite_summary(extra / name, logs, name)
+    merge_suites(out, suites, summary, env)
     phase("summary", t3, time.monotonic())
     summary["complete"] = True
     save()
     _write(out / "summary.md", render_markdown(summary))
     _plot_budget(summary["budget_curve"], out / "budget_curve.png")
     print(f"[e2e] done: {out / 'summary.md'}", flush=True)
+    return summary
+
+
+def _job_env() -> dict[str, str]:
+    """The environment of the job's ``python -m gendistill`` processes: this checkout's package first."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def merge_suites(out: Path, suites: dict[str, list[str]], summary: dict[str, Any], env: dict[str, str]) -> None:
+    """Each suite's parts (``base``: teacher + undistilled, ``final``: the final student) merged into
+    ``out/eval_extra/<suite>/all`` and summarised under the suite's name in ``summary``."""
+    extra, logs = out / "eval_extra", out / "logs"
+    for name in suites:
+        parts = [extra / name / who for who in ("base", "final") if (extra / name / who / "results.json").is_file()]
+        if parts:
+            Job(f"eval_merge_{name}", ["eval", *[a for d in parts for a in ("--merge", str(d))],
+                                        "--out", str(extra / name / "all")], logs, env).wait(check=False)
+        summary[name] = _suite_summary(extra / name, logs, name)
+
+
+def rerun_suites(out: Path, suites: dict[str, list[str]], teacher_spec: str, final_stage: str) -> dict[str, Any]:
+    """``--suites-only``: in the job folder ``out``, run again every suite part that wrote no results (in parallel,
+    each its own ``gendistill eval``; the failed run's log kept as ``<part>.previous.log``), timed as phases
+    ``eval_<suite>_<part>_rerun`` from this call's start, then merge and summarise the suites into the job's
+    ``summary.json`` and ``summary.md``. The models must still be in the folder (the undistilled student, the final
+    stage's); nothing is started when one is missing."""
+    start = time.monotonic()
+    summary_file = out / "summary.json"
+    if not suites:
+        raise SystemExit("e2e: --suites-only: name the suites (--long-context, --scaled-context, --code)")
+    if not summary_file.is_file():
+        raise SystemExit(f"e2e: --suites-only: {out} holds no e2e job (no summary.json)")
+    summary = json.loads(summary_file.read_text())
+    extra, logs = out / "eval_extra", out / "logs"
+    students = {"base": out / "undistilled", "final": out / "run" / final_stage}  # the teacher is a spec
+    models = {"base": [teacher_spec, str(students["base"])], "final": [str(students["final"])]}
+    todo = [(name, who) for who in models for name in suites if not (extra / name / who / "results.json").is_file()]
+    missing = sorted({str(students[who]) for _, who in todo if not (students[who] / "config.json").is_file()})
+    if missing:
+        raise SystemExit(f"e2e: --suites-only: {', '.join(missing)} not found: the students must still be in the job "
+                         "folder")
+    env = _job_env()
+    jobs = []
+    for name, who in todo:
+        log = logs / f"eval_{name}_{who}.log"
+        if log.is_file():
+            log.replace(log.with_name(f"{log.stem}.previous.log"))
+        jobs.append(Job(f"eval_{name}_{who}", ["eval", *[a for m in models[who] for a in ("-m", m)], *suites[name],
+                                                "--out", str(extra / name / who)], logs, env))
+        print(f"[e2e] rerun: {jobs[-1].name}", flush=True)
+    for job in jobs:
+        entry = record_phase(summary["phases"], f"{job.name}_rerun", *job.wait(check=False), start)
+        print(f"[e2e] {job.name}_rerun: {entry['seconds']:.0f} s", flush=True)
+    merge_suites(out, suites, summary, env)
+    _write(summary_file, json.dumps(summary, indent=1, default=str) + "\n")
+    _write(out / "summary.md", render_markdown(summary))
+    print(f"[e2e] suites done: {out / 'summary.md'}", flush=True)
     return summary
 
 
