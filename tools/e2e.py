@@ -25,7 +25,9 @@ also scored on the long-context tasks (by context length and needle depth, both 
 length with rope scaling) and on HumanEval (completions run in the sandbox) beside the distillation, the final student
 after it (phases eval_<suite>_base / _final); each suite is merged in DIR/eval_extra/<suite>/all (results.md,
 long_context.png) and summarised under its name in summary.json (mean accuracy per model and length; pass@1). A suite
-that fails (HumanEval where no sandbox can run) is reported with its log's last line; the job goes on. These
+that fails (HumanEval where no sandbox can run) is reported with its log's last line; the job goes on, and
+``--suites-only`` (the same recipe, suite options and ``--out``) later runs again only the parts that wrote no results,
+on the students still in the folder, then merges and summarises the suites. These
 evaluations share the device with the distillation, so its tokens/s in such a job are not a throughput figure.
 
 Each evaluation and the distillation run as their own ``python -m gendistill`` processes (logs in DIR/logs); the
