@@ -50,17 +50,14 @@ def write_data(folder: Path, docs: int = 400, seed: int = 0) -> Path:
     return path
 
 
-SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
-                    rope_theta=100000.0, rms_norm_eps=1e-5)  # SmolLM2-135M-Instruct's published config
-
-
 def tiny_teacher(folder: Path, shape: str = "tiny") -> str:
     """A random Llama saved as an HF folder with a small BPE tokenizer trained on the word list: 4 tiny layers (CPU
     smoke run, ``shape="tiny"``) or SmolLM2-135M's exact shape (``shape="smollm2-135m"``: the same cost and memory as
     the real teacher, for a machine that cannot receive its 98 MB GGUF)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from gendistill.bench.models import smollm2_config
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -69,7 +66,7 @@ def tiny_teacher(folder: Path, shape: str = "tiny") -> str:
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     torch.manual_seed(0)
     if shape == "smollm2-135m":
-        cfg = LlamaConfig(**SMOLLM2_135M, tie_word_embeddings=True)
+        cfg = smollm2_config()
     else:
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gendistill.bench.models import smollm2_config  # noqa: E402
 from gendistill.io import atomic_write_json, portable_command  # noqa: E402
 from gendistill.models.decoding import forward, new_dynamic_cache  # noqa: E402
 
@@ -54,9 +55,7 @@ def teacher_config(tiny: bool):
         return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True,
                            max_position_embeddings=32768)
-    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-                       rope_theta=100000.0, max_position_embeddings=32768, rms_norm_eps=1e-5)
+    return smollm2_config(max_position_embeddings=32768)
 
 
 def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> dict:

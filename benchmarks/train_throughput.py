@@ -58,7 +58,9 @@ BLOCKS = {"uncast": {"cast": False}, "unfused": {"fused": False, "cast": False},
 
 def model_config(name: str, tiny: bool):
     """A random-weight teacher config of the shape of ``name`` (``tiny``: 4 layers, small widths)."""
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import Qwen3Config
+
+    from gendistill.bench.models import smollm2_config
 
     if tiny:
         return Qwen3Config(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
@@ -68,10 +70,7 @@ def model_config(name: str, tiny: bool):
         return Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                            num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
                            max_position_embeddings=40960)
-    # SmolLM2-135M-Instruct (the embedded teacher's shape)
-    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-                       rope_theta=100000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)
+    return smollm2_config()  # SmolLM2-135M-Instruct (the embedded teacher's shape)
 
 
 def attention_layers(name: str, tiny: bool):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import LlamaConfig, Qwen3Config, Qwen3ForCausalLM
 
 from gendistill.bench.cache import layer_types
 from gendistill.convert.convert import convert_teacher
@@ -30,6 +30,16 @@ def qwen3_config(name: str, attn_implementation: str = "sdpa") -> Qwen3Config:
         )
     else:
         raise ConfigError(f"--config: unknown shape {name!r} (known: qwen3-0.6b, tiny)")
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def smollm2_config(max_position_embeddings: int = 8192, attn_implementation: str = "sdpa") -> LlamaConfig:
+    """SmolLM2-135M-Instruct's shape, as published (the embedded teacher's: 30 layers, 9 heads, 3 KV heads), for
+    random-weight benchmarks of its cost and memory; ``max_position_embeddings`` above its 8192 for long prompts."""
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                      rope_theta=100000.0, max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5)
     cfg._attn_implementation = attn_implementation
     return cfg
 
