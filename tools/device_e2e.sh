@@ -62,6 +62,10 @@ setup)
   cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
   lease_versions gendistill.api || exit 5
   lease_step_check_background "$JOB/step_check.txt"
+  # the evaluations' per-process memory limit on this card (--suite-memory-fraction; 2026-12-06 every suite part
+  # failed at its start on it, after the distillation): about 11 s
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_devices_gpu.py > "$JOB/memory_check.log" 2>&1
+  echo "memory-fraction check (tests/gpu/test_devices_gpu.py): $(tail -n 1 "$JOB/memory_check.log")"
   # where model-written code would run (HumanEval, e2e --code): bubblewrap, or why not
   timeout 60 python3 -c "from gendistill.eval.sandbox import capabilities; c = capabilities(); \
 print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', ''))"
