@@ -215,25 +215,52 @@ def test_engine_choice():
 
 def test_auto_batch_size_off_gpu_and_memory_estimate(model):
     assert G.auto_batch_rows(model, 16, torch.device("cpu"))(100) == G.CPU_BATCH
-    from gendistill.models.decoding import decode_bytes_per_row
+    from gendistill.models.decoding import ROW_PREFILL_TOKENS, decode_memory, prefills_by_row
 
-    short, long = decode_bytes_per_row(model, 10, 4), decode_bytes_per_row(model, 1000, 4)
+    (_, short), (_, long) = decode_memory(model, 10, 4), decode_memory(model, 1000, 4)
     assert 0 < short < long  # grows with the prompt (KV and activations)
-    # and with its square: a left-padded prefill's attention mask, boolean and the additive copy SDPA makes
     itemsize = next(model.parameters()).element_size()
-    assert decode_bytes_per_row(model, 16384, 4) >= 16384**2 * (1 + itemsize)
+    fixed, per_row = decode_memory(model, 16384, 4)
+    if prefills_by_row(model, 16384):  # one unpadded prefill a row: no mask, one row's activations at a time
+        assert fixed > per_row > 0 and per_row < 16384**2
+        assert decode_memory(model, ROW_PREFILL_TOKENS - 1, 4)[0] == 0
+    else:  # a left-padded prefill's attention mask with each row, boolean and the additive copy SDPA makes
+        assert fixed == 0 and per_row >= 16384**2 * (1 + itemsize)
+
+
+def test_long_prompts_are_prefilled_one_row_at_a_time_with_the_same_tokens(model, tok, monkeypatch):
+    """A batch of long prompts in a model of attention layers only is prefilled one unpadded row at a time into the
+    left-padded static cache (no mask); the tokens are the reference engine's and the batched prefill's. A hybrid's
+    batches stay batched."""
+    from gendistill.models import decoding as D
+
+    prompts = _prompts(tok)
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", max(lengths) - 1)  # the longest batch only: the others padded
+    ref, fast, stats = _both(model, tok, prompts, max_new_tokens=10, batch_size=4)
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    by_row = all(t == D.FULL for t in D.layer_types(model.config))
+    assert stats.extra["row_prefill_batches"] == (1 if by_row else 0)
+    monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 1)  # every batch, and a batch of one token (max_new_tokens=1)
+    every, stats = G.generate(model, tok, prompts, engine="fast", max_new_tokens=10, batch_size=4,
+                              show_progress=False)
+    assert [o.token_ids for o in every] == [o.token_ids for o in ref]
+    assert stats.extra["row_prefill_batches"] == (stats.batches if by_row else 0)
+    one, _ = G.generate(model, tok, prompts, engine="fast", max_new_tokens=1, batch_size=4, show_progress=False)
+    assert [o.token_ids for o in one] == [o.token_ids[:1] for o in ref]
 
 
 def test_batch_rows_count_the_allocators_cached_blocks_as_free(model, monkeypatch):
     """After a big batch PyTorch keeps its blocks cached (reserved, unused): the driver reports them as taken, but the
     next batch gets them first, so the rows are planned on driver-free + cached-unused memory."""
-    from gendistill.models.decoding import decode_bytes_per_row
+    from gendistill.models.decoding import decode_memory
 
     gib = 2**30
     # 1 GiB of the cached 6 are fragments of segments that still hold live tensors: not usable for a large tensor
     fake_cuda_memory(monkeypatch, free=2 * gib, total=80 * gib, reserved=7 * gib, allocated=gib, fragments=gib)
     rows = G.auto_batch_rows(model, 16, torch.device("cuda"))
-    per_row = decode_bytes_per_row(model, 4000, 16)
+    fixed, per_row = decode_memory(model, 4000, 16)
+    assert fixed == 0  # prompts under ROW_PREFILL_TOKENS: a batched prefill, every byte a row's
     assert rows(4000) == min(G.MAX_AUTO_BATCH, int(G.MEMORY_SHARE * 7 * gib // per_row)) > 1
     # only fragments cached
     fake_cuda_memory(monkeypatch, free=2 * gib, total=80 * gib, reserved=2 * gib, allocated=gib, fragments=gib)

@@ -37,3 +37,26 @@ def test_graphed_fast_engine_equals_reference(role, monkeypatch):
     auto, auto_stats = G.generate(model, tok, prompts, max_new_tokens=24, engine="fast", show_progress=False)
     assert auto_stats.batch_size >= len(prompts)  # from free memory: the whole list in one batch
     assert [o.token_ids for o in auto] == [o.token_ids for o in ref]
+
+
+def test_prefill_one_row_at_a_time_equals_reference_on_the_card(monkeypatch):
+    """Long prompts in a model of attention layers only are prefilled one unpadded row at a time into the left-padded
+    static cache (here every batch: the threshold lowered to one token); CUDA-graphed decode, fp32: the reference
+    engine's tokens."""
+    from gendistill.eval import generate as G
+    from gendistill.models import decoding as D
+    from tests.eval.conftest import MODEL_FACTORIES
+    from tests.eval.test_fast_generate import _prompts
+    from tests.fixtures_teachers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MODEL_FACTORIES["llama"](tok).to("cuda")
+    prompts = _prompts(tok)
+    ref, _ = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, engine="reference",
+                        show_progress=False)
+    monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 1)
+    fast, stats = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, engine="fast",
+                             check_every=2, show_progress=False)
+    assert stats.extra["row_prefill_batches"] == stats.batches and stats.extra["graph_captures"] >= 1
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]

@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.profiler import record_function
@@ -40,11 +41,13 @@ from gendistill.eval.progress import progress
 from gendistill.layers.base import joined_weights
 from gendistill.models.decoding import (
     GraphStep,
-    decode_bytes_per_row,
+    decode_memory,
     forward,
     make_state,
     make_step,
     new_dynamic_cache,
+    prefill_rows,
+    prefills_by_row,
     sliding_window_setting,
     to_static_cache,
 )
@@ -154,16 +157,16 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
 
 def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
     """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
-    of the free memory (:func:`gendistill.devices.available_cuda_bytes`, read once) holds (each row's caches, dynamic and
-    static, and its prefill activations: :func:`gendistill.models.decoding.decode_bytes_per_row`), at most
-    :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
+    of the free memory (:func:`gendistill.devices.available_cuda_bytes`, read once) holds (the caches, dynamic and
+    static, the prefill activations and mask, per row or once: :func:`gendistill.models.decoding.decode_memory`), at
+    most :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
     if device.type != "cuda":
         return lambda prompt_len: CPU_BATCH
     free = available_cuda_bytes(device)
 
     def rows(prompt_len: int) -> int:
-        per_row = decode_bytes_per_row(model, prompt_len, max_new_tokens)
-        return max(1, min(MAX_AUTO_BATCH, int(MEMORY_SHARE * free // max(1, per_row))))
+        fixed, per_row = decode_memory(model, prompt_len, max_new_tokens)
+        return max(1, min(MAX_AUTO_BATCH, int((MEMORY_SHARE * free - fixed) // max(1, per_row))))
 
     return rows
 
@@ -247,7 +250,8 @@ def generate(
             bar.update(len(idx))
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
-                           decode_steps=decoder.steps, checks=decoder.checks, cuda_graphs=decoder.graphs)
+                           decode_steps=decoder.steps, checks=decoder.checks, cuda_graphs=decoder.graphs,
+                           row_prefill_batches=decoder.row_prefills)
     stats.seconds = time.perf_counter() - t0
     bar.close()
     return outs, stats  # type: ignore[return-value]
@@ -297,7 +301,7 @@ class _FastDecoder:
         self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
         self.eos = set(eos)
         self.graphs, self.check_every = graphs, max(1, check_every)
-        self.compactions = self.captures = self.steps = self.checks = 0
+        self.compactions = self.captures = self.steps = self.checks = self.row_prefills = 0
 
     def finished(self, toks: list[int]) -> bool:
         if any(t in self.eos for t in toks):
@@ -312,27 +316,38 @@ class _FastDecoder:
         the first reads), at most ``check_every`` tokens apart."""
         return made + max(1, min(made, self.check_every))
 
-    def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def prefill(self, rows: list[list[int]], max_len: int) -> tuple[Any, torch.Tensor]:
+        """The batch's static cache of ``max_len`` columns (left-padded layout) and each row's first new token
+        ``[B, 1]``: one left-padded forward with its mask, or, for long prompts in a model of attention layers only,
+        one unpadded forward a row (:func:`gendistill.models.decoding.prefills_by_row`)."""
+        if prefills_by_row(self.model, max(map(len, rows))):
+            self.row_prefills += 1
+            with record_function("generate/prefill_rows"):
+                return prefill_rows(self.model, rows, max_len, self.device)
         ids, mask = _left_padded(rows, self.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        width = ids.shape[1]
-        real = mask.sum(-1)  # [B] prompt tokens per row
         cache = new_dynamic_cache(self.model)
         with record_function("generate/prefill"):
             out = forward(self.model, ids, cache, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                           attention_mask=mask)
             first = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
         cache = getattr(out, "cache", None) or cache
+        del out
+        with record_function("generate/static_cache"):
+            return to_static_cache(cache, self.model.config, max_len), first
+
+    def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        width = max(map(len, rows))
+        max_len = width + max_new_tokens
+        cache, first = self.prefill(rows, max_len)
         gen: list[list[int]] = [[] for _ in rows]
         if max_new_tokens <= 1:
             for b, t in enumerate(first[:, 0].tolist()):
                 gen[b].append(t)
             return gen
-        max_len = width + max_new_tokens
-        with record_function("generate/static_cache"):
-            state = make_state(to_static_cache(cache, self.model.config, max_len), first, real, max_len,
-                               start=width - real)
-        del cache, out
+        real = torch.tensor([len(r) for r in rows], device=self.device)  # [B] prompt tokens per row
+        state = make_state(cache, first, real, max_len, start=width - real)
+        del cache
         live = list(range(len(rows)))  # batch row of each state row
         done = [False] * len(rows)
         pending = [first]  # [B', 1] tokens not yet read back

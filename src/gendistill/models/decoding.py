@@ -161,6 +161,49 @@ def to_static_cache(
     return Cache(layers=layers)
 
 
+#: A batch whose longest prompt has this many tokens or more is prefilled one row at a time, without padding or mask,
+#: when every layer of the model is attention (:func:`prefill_rows`). Measured on an H100 (docs/results.md section 16,
+#: ``benchmarks/long_prefill.py``, SmolLM2-135M's shape, 8 rows): at 16K tokens the left-padded batch took 2.4x as long
+#: (its mask makes SDPA compute the whole square, and holds 768 MiB a row), at 4K 0.67x; 8K lies between, not measured.
+#: A hybrid's recurrent layers are launch-bound one row at a time (0.19x at 4K, 0.93x at 16K): always batched.
+ROW_PREFILL_TOKENS = 8192
+
+
+def prefills_by_row(model: Any, prompt_len: int) -> bool:
+    """Whether a batch whose longest prompt has ``prompt_len`` tokens is prefilled one row at a time
+    (:func:`prefill_rows`): a long prompt (:data:`ROW_PREFILL_TOKENS`) and a model of attention layers only."""
+    return prompt_len >= ROW_PREFILL_TOKENS and all(t == FULL for t in layer_types(model.config))
+
+
+def prefill_rows(model: Any, rows: list[list[int]], max_len: int, device: torch.device) -> tuple[Any, torch.Tensor]:
+    """Prefill each of ``rows`` (token ids) alone, without padding or mask, into one static cache of ``len(rows)`` rows
+    and ``max_len`` columns: row ``b``'s K/V at columns ``[W - len_b, W)`` (``W``: the longest row), where a left-padded
+    batch prefill leaves them (the padded columns are zeros here, values computed from padding there; the decode step
+    masks them either way). Returns the cache and each row's greedy first new token ``[B, 1]``. Only one row's
+    dynamic cache exists at a time. For models whose every layer is attention (:func:`prefills_by_row`)."""
+    width = max(map(len, rows))
+    static: list[StaticLayer] = []
+    first = []
+    for b, row in enumerate(rows):
+        dynamic = new_dynamic_cache(model)
+        out = forward(model, torch.tensor([row], dtype=torch.long, device=device), dynamic)
+        dynamic = getattr(out, "cache", None) or dynamic
+        first.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        if not static:
+            for layer in dynamic.layers:
+                k, v = layer.keys, layer.values
+                dst = StaticLayer(max_cache_len=max_len)
+                dst.lazy_initialization(k.expand(len(rows), *k.shape[1:]), v.expand(len(rows), *v.shape[1:]))
+                dst.cumulative_length.fill_(width)
+                static.append(dst)
+        for dst, layer in zip(static, dynamic.layers):
+            n = layer.keys.shape[-2]
+            dst.keys[b, :, width - n:width].copy_(layer.keys[0])
+            dst.values[b, :, width - n:width].copy_(layer.values[0])
+        del out, dynamic
+    return Cache(layers=static), torch.cat(first)
+
+
 def select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
     """The static cache restricted to batch rows ``rows`` (``[B']`` indices, in that order): every layer's tensors whose
     first dimension is the batch are indexed, scalars (write positions) are copied. Used to drop finished rows."""
@@ -350,11 +393,12 @@ def kv_bytes_per_token_per_layer(config: Any, dtype: torch.dtype) -> int:
     return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> int:
-    """Bytes one batch row needs to prefill ``prompt_len`` tokens and decode ``max_new_tokens`` on a static cache:
+def decode_memory(model: Any, prompt_len: int, max_new_tokens: int) -> tuple[int, int]:
+    """Bytes a batch needs to prefill prompts of ``prompt_len`` tokens and decode ``max_new_tokens`` on a static cache,
+    as ``(fixed, per_row)``: the batch takes ``fixed + rows × per_row``.
 
-    * attention layers: K and V ``[kv_heads, L, head_dim]`` twice (the prefill's dynamic cache and its static copy
-      of ``L = prompt_len + max_new_tokens`` columns exist together for a moment);
+    * attention layers: K and V ``[kv_heads, L, head_dim]`` of ``L = prompt_len + max_new_tokens`` columns a row in
+      the static cache, and the prefill's dynamic cache beside it for a moment;
     * recurrent layers: the model's own account (``cache_bytes``), twice for the same reason;
     * prefill activations: about a dozen ``[prompt_len, max(hidden, intermediate)]`` tensors alive at once, and the
       fp32 logits of the last position;
@@ -363,16 +407,20 @@ def decode_bytes_per_row(model: Any, prompt_len: int, max_new_tokens: int) -> in
       (``prompt_len² × (1 + itemsize)`` per row: 768 MiB at 16K tokens in bf16; a batch of 16 such rows ran out of
       memory on an H100 beside a distillation, docs/results.md section 13).
 
-    An estimate meant for choosing a batch size with room to spare, not an exact figure."""
+    A batch prefilled one row at a time (:func:`prefills_by_row`) has no mask, and one row's dynamic cache and
+    activations at a time: those are its fixed cost, the static cache its cost a row. Otherwise everything is per
+    row. An estimate meant for choosing a batch size with room to spare, not an exact figure."""
     cfg = model.config
     dtype = next(model.parameters()).dtype
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_attention = sum(t == FULL for t in layer_types(cfg))
-    kv = 2 * n_attention * kv_bytes_per_token_per_layer(cfg, dtype) * (prompt_len + max_new_tokens)
+    kv = n_attention * kv_bytes_per_token_per_layer(cfg, dtype) * (prompt_len + max_new_tokens)
     recurrent = 0
     if hasattr(model, "cache_bytes"):
         recurrent = 2 * int(model.cache_bytes(1, batch=1).get("linear_attention", 0))
     width = max(cfg.hidden_size, getattr(cfg, "intermediate_size", 0) or 0)
     activations = 12 * prompt_len * width * itemsize + 4 * cfg.vocab_size
+    if prefills_by_row(model, prompt_len):
+        return kv + activations, kv
     mask = prompt_len * prompt_len * (1 + itemsize) if n_attention else 0
-    return kv + recurrent + activations + mask
+    return 0, 2 * kv + recurrent + activations + mask
