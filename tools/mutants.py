@@ -312,7 +312,7 @@ MUTANTS: list[Mutant] = [
            "a model copied inside the block, or a weight given new storage, computes with another model's weights"),
     # ---- evaluations that share a card, and HumanEval's prompt (issue 29)
     Mutant("padding_mask_not_counted", "src/gendistill/models/decoding.py",
-           "return kv + recurrent + activations + mask", "return kv + recurrent + activations",
+           "return 0, 2 * kv + recurrent + activations + mask", "return 0, 2 * kv + recurrent + activations",
            ("tests/eval/test_fast_generate.py", "-k", "memory_estimate"),
            "16 left-padded rows of 16K tokens are planned without their 8 GiB attention mask: out of memory"),
     Mutant("memory_fraction_ignored", "src/gendistill/devices.py",
