@@ -36,16 +36,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.bench.models import smollm2_config  # noqa: E402
+from gendistill.eval.generate import left_padded  # noqa: E402
+from gendistill.eval.ruler import parse_lengths  # noqa: E402
 from gendistill.io import atomic_write_json, portable_command  # noqa: E402
 from gendistill.models.decoding import forward, new_dynamic_cache  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[long_prefill] {msg}", flush=True)
-
-
-def parse_lengths(text: str) -> list[int]:
-    return [int(p.rstrip("kK")) * (1024 if p.lower().endswith("k") else 1) for p in text.split(",") if p.strip()]
 
 
 def teacher_config(tiny: bool):
@@ -79,16 +77,6 @@ def prompts(length: int, rows: int, jitter: int, vocab: int, seed: int) -> list[
     return [torch.randint(10, vocab, (length - c,), generator=g).tolist() for c in cut]
 
 
-def left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):] = torch.tensor(r)
-        mask[b, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.inference_mode()
 def padded_prefill(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """As the fast engine prefills a batch: ``[B, V]`` last-position logits."""
@@ -108,6 +96,8 @@ def per_row_prefill(model, rows: list[list[int]], device) -> torch.Tensor:
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Median wall seconds of ``repeats`` calls after one warm-up, and the last call's output (the logits compared;
+    :func:`gendistill.bench.timing.measure` keeps none)."""
     out = fn()  # warm-up (kernel compilation, autotuning)
     secs = []
     for _ in range(repeats):
@@ -164,7 +154,7 @@ def main() -> None:
         model = models[name]
         for length in lengths:
             rows = prompts(length, args.rows, args.jitter, model.config.vocab_size, seed=length)
-            ids, mask = left_padded(rows, 0, device)
+            ids, mask = (t.to(device) for t in left_padded(rows, 0))  # as the fast engine pads a batch
             try:
                 padded_s, padded_logits = timed(lambda: padded_prefill(model, ids, mask), device, args.repeats)
             except torch.OutOfMemoryError:

@@ -240,12 +240,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 2. distillation, with the first evaluation beside it
     distill = Job("distill", ["distill", str(resolved), "--overwrite"], logs, env)
-    extra = out / "eval_extra"  # one folder per suite: base/ (teacher + undistilled), final/, all/ (merged)
 
     def suite_jobs(who: str, models: list[str]) -> list[Job]:
-        return [Job(f"eval_{name}_{who}", ["eval", *[a for m in models for a in ("-m", m)], *sargs,
-                                           "--out", str(extra / name / who)], logs, env)
-                for name, sargs in suites.items()]
+        return [suite_job(out, name, who, models, sargs, env) for name, sargs in suites.items()]
 
     def base_jobs() -> tuple[Job, list[Job]]:
         """Teacher and undistilled student: the short tasks and every suite."""
@@ -329,6 +326,14 @@ def _job_env() -> dict[str, str]:
     return env
 
 
+def suite_job(out: Path, name: str, who: str, models: list[str], suite_args: list[str], env: dict[str, str]) -> Job:
+    """One part of a suite (``who``: ``base``, the teacher and the undistilled student, or ``final``) as its own
+    ``gendistill eval`` of ``models``, writing ``out/eval_extra/<name>/<who>`` (beside it ``all/``, the merged
+    parts); its log ``out/logs/eval_<name>_<who>.log``."""
+    return Job(f"eval_{name}_{who}", ["eval", *[a for m in models for a in ("-m", m)], *suite_args,
+                                      "--out", str(out / "eval_extra" / name / who)], out / "logs", env)
+
+
 def merge_suites(out: Path, suites: dict[str, list[str]], summary: dict[str, Any], env: dict[str, str]) -> None:
     """Each suite's parts (``base``: teacher + undistilled, ``final``: the final student) merged into
     ``out/eval_extra/<suite>/all`` and summarised under the suite's name in ``summary``."""
@@ -368,8 +373,7 @@ def rerun_suites(out: Path, suites: dict[str, list[str]], teacher_spec: str, fin
         log = logs / f"eval_{name}_{who}.log"
         if log.is_file():
             log.replace(log.with_name(f"{log.stem}.previous.log"))
-        jobs.append(Job(f"eval_{name}_{who}", ["eval", *[a for m in models[who] for a in ("-m", m)], *suites[name],
-                                                "--out", str(extra / name / who)], logs, env))
+        jobs.append(suite_job(out, name, who, models[who], suites[name], env))
         print(f"[e2e] rerun: {jobs[-1].name}", flush=True)
     for job in jobs:
         entry = record_phase(summary["phases"], f"{job.name}_rerun", *job.wait(check=False), start)

@@ -122,7 +122,7 @@ def _finish(toks: list[int], eos: list[int], stop: list[str] | None, tokenizer, 
     return GenOutput(text=text, token_ids=toks, prompt_tokens=prompt_tokens, new_tokens=len(toks), hit_limit=hit_limit)
 
 
-def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``ids``, ``mask`` ``[B, W]``: the rows right-aligned (left padding), mask 1 on real tokens."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -274,7 +274,7 @@ class _ReferenceDecoder:
         self.kwargs = kw
 
     def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        ids, mask = _left_padded(rows, self.kwargs["pad_token_id"])
+        ids, mask = left_padded(rows, self.kwargs["pad_token_id"])
         seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                    max_new_tokens=max_new_tokens, **self.kwargs)
         return seqs[:, ids.shape[1] :].tolist()
@@ -324,7 +324,7 @@ class _FastDecoder:
             self.row_prefills += 1
             with record_function("generate/prefill_rows"):
                 return prefill_rows(self.model, rows, max_len, self.device)
-        ids, mask = _left_padded(rows, self.pad)
+        ids, mask = left_padded(rows, self.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = new_dynamic_cache(self.model)
         with record_function("generate/prefill"):

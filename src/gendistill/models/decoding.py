@@ -130,6 +130,15 @@ def _copy_state_layer(layer: Any, batch: int | None) -> Any:
     return _map_state_layer(layer, fn)
 
 
+def _empty_static_layer(k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int, length: int) -> StaticLayer:
+    """A static attention layer of ``rows`` rows and ``max_len`` zero columns, of ``k``/``v``'s heads, head
+    dimensions, dtype and device (``[B, H, L, D]``), with ``length`` columns counted as written."""
+    dst = StaticLayer(max_cache_len=max_len)
+    dst.lazy_initialization(k[:1].expand(rows, *k.shape[1:]), v[:1].expand(rows, *v.shape[1:]))
+    dst.cumulative_length.fill_(length)
+    return dst
+
+
 def to_static_cache(
     cache: Any, config: Any, max_len: int, batch: int | None = None, context: int | None = None, copy_kv: bool = True
 ):
@@ -148,13 +157,11 @@ def to_static_cache(
         if types[i] == FULL and getattr(src, "keys", None) is not None:
             k, v = src.keys, src.values
             rows = batch or k.shape[0]
-            dst = StaticLayer(max_cache_len=max_len)
-            dst.lazy_initialization(k[:1].expand(rows, *k.shape[1:]), v[:1].expand(rows, *v.shape[1:]))
             n = k.shape[-2]
+            dst = _empty_static_layer(k, v, rows, max_len, context if context is not None else n)
             if copy_kv:
                 dst.keys[:, :, :n].copy_(k[:1].expand(rows, *k.shape[1:]) if batch else k)
                 dst.values[:, :, :n].copy_(v[:1].expand(rows, *v.shape[1:]) if batch else v)
-            dst.cumulative_length.fill_(context if context is not None else n)
             layers.append(dst)
         else:
             layers.append(_copy_state_layer(src, batch))
@@ -190,12 +197,8 @@ def prefill_rows(model: Any, rows: list[list[int]], max_len: int, device: torch.
         dynamic = getattr(out, "cache", None) or dynamic
         first.append(out.logits[:, -1].argmax(-1, keepdim=True))
         if not static:
-            for layer in dynamic.layers:
-                k, v = layer.keys, layer.values
-                dst = StaticLayer(max_cache_len=max_len)
-                dst.lazy_initialization(k.expand(len(rows), *k.shape[1:]), v.expand(len(rows), *v.shape[1:]))
-                dst.cumulative_length.fill_(width)
-                static.append(dst)
+            static = [_empty_static_layer(layer.keys, layer.values, len(rows), max_len, width)
+                      for layer in dynamic.layers]
         for dst, layer in zip(static, dynamic.layers):
             n = layer.keys.shape[-2]
             dst.keys[b, :, width - n:width].copy_(layer.keys[0])
