@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.bench.models import smollm2_config  # noqa: E402
+from gendistill.errors import ConfigError  # noqa: E402
 from gendistill.eval.generate import left_padded  # noqa: E402
 from gendistill.eval.ruler import parse_lengths  # noqa: E402
 from gendistill.io import atomic_write_json, portable_command  # noqa: E402
@@ -142,7 +143,10 @@ def main() -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or set(names) - {"teacher", "student"}:
         raise SystemExit(f"error: --models {args.models}: name teacher, student or both")
-    lengths = parse_lengths(args.lengths)
+    try:
+        lengths = parse_lengths(args.lengths)
+    except ConfigError as e:
+        raise SystemExit(f"error: --lengths {args.lengths}: {e}") from None
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     models = build(args.tiny, device, dtype)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
