@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -187,7 +188,9 @@ def main() -> None:
                 torch.cuda.empty_cache()
     result = {"benchmark": "long_prefill", "card": card, "device": device.type, "dtype": str(dtype),
               "torch": torch.__version__, "tiny": args.tiny, "jitter": args.jitter, "repeats": args.repeats,
-              "command": portable_command(sys.argv), "rows": rows_out}
+              "command": portable_command(sys.argv),
+              "commit": os.environ.get("COMMIT"),  # the caller's: a device copy's git metadata may be stale
+              "rows": rows_out}
     path = out_dir / f"long_prefill_{label}.json"
     atomic_write_json(path, result)
     if kernels:
