@@ -1,5 +1,6 @@
 """tools/device_data.py's arithmetic of what each device call carries: the GGUF cut so that the two GGUF calls carry
-the same, and the working tree counted as the device tool sends it (git's tracked and untracked-not-ignored files)."""
+the same, or in three pieces when two do not fit, and the working tree counted as the device tool sends it (git's
+tracked and untracked-not-ignored files)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,37 @@ def test_auto_cut_balances_the_two_gguf_calls():
     assert split("0", gguf, wheels, 0) == MIB and split("500", gguf, wheels, 0) == gguf - MIB  # both pieces >= 1 MiB
     with pytest.raises(SystemExit, match="--split-mib 'forty': give a size in MiB or auto"):
         split("forty", gguf, wheels, 0)
+
+
+GGUF, WHEELS = 98_362_432, 20_039_831
+
+
+def test_two_pieces_when_they_fit():
+    pieces = TOOL["gguf_pieces"]
+    balanced = TOOL["split_bytes"]("auto", GGUF, WHEELS, 0)
+    rooms = [60 * MIB - WHEELS, 60 * MIB, 20 * MIB]  # 100 MiB for the GGUF in the first two calls
+    assert pieces("auto", GGUF, WHEELS, 0, rooms) == [balanced, GGUF - balanced]
+    # the balanced cut one byte over call 1's room (the manifest's bytes): moved, still two pieces
+    tight = [balanced - 1, GGUF - balanced + 10]
+    assert pieces("auto", GGUF, WHEELS, 0, tight + [20 * MIB]) == [balanced - 1, GGUF - balanced + 1]
+    assert pieces("37", GGUF, WHEELS, 0, [40 * MIB, 80 * MIB, 20 * MIB]) == [37 * MIB, GGUF - 37 * MIB]
+
+
+def test_three_pieces_when_two_do_not_fit():
+    pieces = TOOL["gguf_pieces"]
+    room1, room2 = 35 * MIB + 123, 55 * MIB + 45  # 90 MiB for a 93.8 MiB GGUF: no two-piece cut fits
+    got = pieces("auto", GGUF, WHEELS, 0, [room1, room2, 12 * MIB])
+    spare = (room1 + room2 + 12 * MIB - GGUF) // 3  # what the three calls hold beyond the GGUF, shared equally
+    assert got == [room1 - spare, room2 - spare, GGUF - room1 - room2 + 2 * spare] and sum(got) == GGUF
+    assert 12 * MIB - got[2] >= spare  # call 3 keeps at least the headroom of the others
+    # an explicit first piece is kept; piece 2 fills call 2, the rest is piece 3
+    got = pieces("30", GGUF, WHEELS, 0, [room1, room2, 12 * MIB])
+    assert got == [30 * MIB, room2, GGUF - 30 * MIB - room2]
+    # ... and two pieces while piece 2 fits call 2 (piece 1 over call 1 is the caller's error to report)
+    assert pieces("40", GGUF, WHEELS, 0, [room1, room2, 12 * MIB]) == [40 * MIB, GGUF - 40 * MIB]
+    # eval layout (no third call): two pieces, the over-full call reported by the caller's totals
+    assert len(pieces("auto", GGUF, WHEELS, 0, [room1, room2])) == 2
+    assert sum(pieces("auto", GGUF, WHEELS, 0, [room1, room2])) == GGUF
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

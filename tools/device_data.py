@@ -1,9 +1,9 @@
 """Prepare what a one-GPU lease needs and cannot fetch, in carry folders that each fit one device call (64 MiB per
-call, the working tree and the wheels included): the teacher GGUF in two pieces, the training text the lease recipes
-read, and the evaluation examples they score.
+call, the working tree and the wheels included): the teacher GGUF in two or three pieces, the training text the lease
+recipes read, and the evaluation examples they score.
 
 ``--layout train`` (the default; tools/device_e2e.sh and tools/device_sweep.sh: the wheels travel in the first call
-and the training text does not fit beside a GGUF piece) writes three folders:
+and the training text does not fit beside either of the first two GGUF pieces) writes three folders:
 
 * carry1: ``teacher.gguf.part1`` and ``manifest.json`` (sizes and sha256 of the GGUF and its pieces, the rows of every
   data file; the lease scripts check them);
@@ -12,7 +12,8 @@ and the training text does not fit beside a GGUF piece) writes three folders:
   lease recipes read them) and all of ``pretrain_wikipedia_en_01`` (the lease recipe's second stage-3a source),
   ``sft_mix``, the first ``--t0-rows`` rows of ``t0_train_55k``, and for each built-in task
   exactly the ``--limit`` examples that ``gendistill eval --limit N --seed 0`` selects from the full file (so the
-  scores equal a run on the full data; the sweep grid evaluates 200, the end-to-end lease 500), and the few-shot pools.
+  scores equal a run on the full data; the sweep grid evaluates 200, the end-to-end lease 500), and the few-shot pools;
+  and, beside ``data/``, ``teacher.gguf.part3`` when the GGUF does not fit the first two calls (see below).
 
 ``--layout eval`` (tools/device_eval_speed.sh: no training) writes two: carry1 = ``teacher.gguf.part1`` +
 ``manifest.json`` (+ ``data/`` with 850 wiki documents and ``sft_mix``), carry2 = ``teacher.gguf.part2`` + the
@@ -22,10 +23,20 @@ selected examples, pools and t0 rows.
     python tools/device_data.py --limit 200           # the sweep's evaluation
     python tools/device_data.py --layout eval         # the evaluation-speed lease
 
-Where the GGUF is cut (``--split-mib``, default ``auto``): so that the first call (the wheels in ``.whl`` and piece 1)
-and the second (piece 2 and what else carry2 holds) carry the same, each with the working tree the device tool sends
-along (git's tracked and untracked-not-ignored files). Each call's total is printed; one over 64 MiB is an error
-(nothing is left half-written: the folders are made again on the next run).
+Where the GGUF is cut (``--split-mib``, default ``auto``), every call counted with the working tree the device tool
+sends along (git's tracked and untracked-not-ignored files) and held to ``CALL_LIMIT_MIB`` (63 MiB: a margin under 64):
+
+* ``auto``: in two pieces, so that the first call (the wheels in ``.whl``, piece 1 and the manifest) and the second
+  (piece 2 and what else carry2 holds) carry about the same. When no two-piece cut fits both (train layout only: its
+  third call has room), in three pieces, cut so that the three calls keep the same headroom under the limit; the
+  third piece is ``carry3/teacher.gguf.part3``, and the lease scripts then assemble the teacher in the third call's
+  ``start``.
+* ``--split-mib N``: piece 1 is N MiB; piece 2 the rest, or (train layout) as much as fits the second call, with the
+  rest in ``carry3/teacher.gguf.part3``.
+
+The manifest's ``parts`` lists every piece's size (two or three entries; tools/device_teacher.py checks the count).
+Each call's total is printed; one over the limit is an error, on one line (nothing is left half-written: the folders
+are made again on the next run).
 """
 
 from __future__ import annotations
@@ -122,6 +133,33 @@ def split_bytes(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece
     return min(max(cut, 2**20), gguf_bytes - 2**20)
 
 
+def gguf_pieces(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece2: int, rooms: list[int]) -> list[int]:
+    """The GGUF pieces' sizes, two or three. ``rooms``: the bytes call 1 and call 2 (and in the train layout call 3)
+    can still take for their piece under ``CALL_LIMIT_MIB``, after the working tree and what else they carry.
+
+    Two pieces cut by :func:`split_bytes` when they fit (``auto``: the balanced cut, moved within the rooms if the
+    manifest's few bytes push it over). Otherwise, with a third room: ``auto`` gives each of the three calls the same
+    headroom under the limit (what the three rooms hold beyond the GGUF, shared equally) and the rest is piece 3;
+    an explicit ``split_mib`` keeps piece 1, fills call 2 and the rest is piece 3. Where that
+    cannot help (no third room, or a room under 1 MiB), the two-piece cut: the caller's totals then report the call
+    that is over."""
+    mib = 2**20
+    cut = split_bytes(split_mib, gguf_bytes, wheels_bytes, beside_piece2)
+    room1, room2 = rooms[0], rooms[1]
+    auto = split_mib == "auto"
+    lo, hi = max(gguf_bytes - room2, mib), min(room1, gguf_bytes - mib)
+    if auto and lo <= hi:  # some two-piece cut fits: the one nearest the balanced cut
+        cut = min(max(cut, lo), hi)
+    rest = gguf_bytes - cut
+    if (rest <= room2 and (cut <= room1 or not auto)) or len(rooms) < 3:
+        return [cut, rest]
+    spare = max(sum(rooms[:3]) - gguf_bytes, 0) // 3 if auto else 0  # auto: the three calls keep equal headroom
+    first, second = (room1 - spare if auto else cut), room2 - spare
+    if first < mib or second < mib or gguf_bytes - first - second < 1:
+        return [cut, rest]
+    return [first, second, gguf_bytes - first - second]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"))
@@ -133,7 +171,8 @@ def main() -> None:
                                                                 "eval: 850)")
     ap.add_argument("--t0-rows", type=int, default=2500)
     ap.add_argument("--split-mib", default="auto", help="size of the first GGUF piece in MiB, or auto (default): "
-                                                        "the two GGUF calls carry the same")
+                                                        "the two GGUF calls carry the same (train layout: a third "
+                                                        "piece in carry3 when two do not fit)")
     args = ap.parse_args()
     sweep = args.layout == "train"  # three folders
     args.wiki_docs = args.wiki_docs or (2923 if sweep else 850)
@@ -178,18 +217,25 @@ def main() -> None:
     if wheels == 0:
         print("note: no .whl here yet (bash tools/device_wheels.sh): the first call's total counts none")
     beside_piece2 = _size(c2)  # eval layout: the selected examples travel with piece 2
-    cut = split_bytes(args.split_mib, len(blob), wheels, beside_piece2)
-    (c1 / "teacher.gguf.part1").write_bytes(blob[:cut])
-    (c2 / "teacher.gguf.part2").write_bytes(blob[cut:])
-    manifest["parts"] = [cut, len(blob) - cut]
+    # what each call can still take for its piece; the manifest counted at its largest (three sizes of the GGUF's)
+    limit = CALL_LIMIT_MIB * 2**20 - tree
+    manifest_max = len(json.dumps({**manifest, "parts": [len(blob)] * 3, "layout": args.layout}, indent=1) + "\n")
+    rooms = [limit - wheels - manifest_max, limit - beside_piece2] + ([limit - _size(c3)] if sweep else [])
+    parts = gguf_pieces(args.split_mib, len(blob), wheels, beside_piece2, rooms)
+    start = 0
+    for i, (c, n) in enumerate(zip(folders, parts), 1):  # piece i into carry i
+        (c / f"teacher.gguf.part{i}").write_bytes(blob[start:start + n])
+        start += n
+    manifest["parts"] = parts
     manifest["layout"] = args.layout
     (c1 / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for c in folders:
         print(f"{c}: {_size(c) / 2**20:.1f} MiB")
-    calls = {"1 (.whl, carry1's piece and manifest)": wheels + cut + (c1 / "manifest.json").stat().st_size,
+    print(f"GGUF pieces: {', '.join(f'{n / 2**20:.1f}' for n in parts)} MiB")
+    calls = {"1 (.whl, carry1's piece and manifest)": wheels + parts[0] + (c1 / "manifest.json").stat().st_size,
              "2 (carry2)": _size(c2)}
     if sweep:
-        calls["3 (carry3)"] = _size(c3)
+        calls["3 (carry3: data" + (", piece 3)" if len(parts) == 3 else ")")] = _size(c3)
     over = []
     for name, size in calls.items():
         total = (size + tree) / 2**20
@@ -198,8 +244,8 @@ def main() -> None:
             over.append(f"call {name} would carry {total:.1f} MiB (> {CALL_LIMIT_MIB} MiB)")
     print(json.dumps(manifest["rows"]))
     if over:
-        raise SystemExit("error: " + "; ".join(over) + ": pass --split-mib to move bytes between the first two calls, "
-                         "or carry less (git-ignore what the lease does not need)")
+        raise SystemExit("error: " + "; ".join(over) + ": pass --split-mib to move bytes between the GGUF calls, "
+                         "or carry less (git-ignore what the lease does not need; fewer --wiki-docs or --t0-rows)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One GPU lease, several device calls (the wheels, the teacher GGUF's two pieces and the data travel in three calls of
-# <= 64 MiB each):
+# One GPU lease, several device calls (the wheels, the teacher GGUF's two or three pieces and the data travel in three
+# calls of <= 64 MiB each; the teacher is assembled in 'data', or with three pieces in 'start'):
 #   call 1:  COMMIT=<sha> tools/device_e2e.sh setup                      (carry .whl .device/carry1: GGUF piece 1)
 #            (optionally: tools/device_e2e.sh tests FILE... — GPU test files, bounded by TESTS_TIMEOUT (240 s);
 #             tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
-#   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3)
+#   call 3:  tools/device_e2e.sh start RECIPE [e2e args] && tools/device_e2e.sh watch 540   (carry .device/carry3:
+#            the data, and GGUF piece 3 when there is one)
 #   call 4+: tools/device_e2e.sh watch 560   (again, back to back, until the job is done)
 #   (a suite part that failed: tools/device_e2e.sh suites RECIPE [the same e2e args] && tools/device_e2e.sh watch 540)
 # Every watch call ends by collecting what the job has written so far: a machine is given back 30 s after a call ends
@@ -97,15 +98,32 @@ tests)  # GPU test files named after it, bounded (e.g. tests/gpu/test_eval_long_
   mkdir -p "$OUT"
   timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -n 15
   ;;
-data)  # the second GGUF piece: assemble the teacher and check it against the manifest
+data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
+      # 'start' assembles the teacher with carry3's)
   [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
-  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+  lease_need "$JOB/teacher/manifest.json" "run 'setup' first in this lease" || exit 3
+  if [ "$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
+          "$JOB/teacher/manifest.json")" = 3 ]; then
+    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
+    echo "GGUF piece 2 kept in $JOB/teacher: the teacher is assembled at 'start' with carry3's third piece"
+  else
+    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+  fi
   ;;
-start)  # the data in place, then the whole job in the background (it outlives this call)
+start)  # the teacher's third piece (if any) and the data in place, then the whole job in the background (it outlives
+        # this call)
   shift
   RECIPE=${1:?recipe}; shift
   GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
-  [ -n "$GGUF" ] || { echo "error: no teacher GGUF (run 'setup' and 'data' first in this lease)"; exit 3; }
+  if [ -z "$GGUF" ] && [ -f .device/carry3/teacher.gguf.part3 ]; then  # three pieces: the last came with the data
+    lease_need "$JOB/teacher/teacher.gguf.part2" "run 'setup' and 'data' first in this lease" || exit 3
+    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
+      .device/carry3/teacher.gguf.part3 || exit 5
+    rm -f "$JOB/teacher/teacher.gguf.part2"
+    GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
+  fi
+  [ -n "$GGUF" ] || { echo "error: no teacher GGUF (run 'setup' and 'data' first in this lease; a third GGUF piece" \
+                           "travels in .device/carry3)"; exit 3; }
   [ -d .device/carry3/data ] || { echo "error: .device/carry3 not carried"; exit 3; }
   cp .device/carry3/data/* "$DATA"/
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
