@@ -9,14 +9,19 @@ and per decode step (one new token on top of a cached state): ``step``. Also rep
 its fixed generation state (recurrent + conv bytes per sequence). The mixer axis of an ablation costs what these rows
 say, so run this before giving every mixer the same token budget.
 
-  python benchmarks/mixer_throughput.py --out runs/mixers            # ~1 min on an H100/H200
-Prints a table last and writes <out>/mixer_throughput_<card>.json.
+Every time is also given as a ratio to KDA's in the same run (``x kda``: > 1 means slower than KDA), the baseline the
+mixer axis compares against; KDA is measured whenever it is in ``--mixers`` (the default).
+
+  COMMIT=$(git rev-parse --short HEAD) python benchmarks/mixer_throughput.py --out runs/mixers   # ~1 min on an H100
+Prints a table last and writes <out>/mixer_throughput_<card>.json (the card, the commit from $COMMIT: a device copy's
+git metadata may be stale).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -42,7 +47,8 @@ def build(mixer: str, args, device, dtype):
 
     teacher = LlamaConfig(hidden_size=args.hidden, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                           head_dim=args.dim, num_hidden_layers=1, intermediate_size=4 * args.hidden)
-    fields = {k: v for k, v in teacher.to_dict().items() if k not in ("model_type", "transformers_version", "layer_types")}
+    skip = ("model_type", "transformers_version", "layer_types")
+    fields = {k: v for k, v in teacher.to_dict().items() if k not in skip}
     config = HybridConfig(base_model_type="llama", layer_types=["linear_attention"], linear_attention_type=mixer,
                           **fields)
     torch.manual_seed(0)
@@ -71,8 +77,10 @@ def measure(mixer: str, args, device, dtype) -> dict:
             layer.zero_grad(set_to_none=True)
             layer(xg).float().square().mean().backward()
 
-        row["prefill"].append({"T": T, "fwd_ms": fwd, "fwd_bwd_ms": time_ms(step, args.warmup, args.repeats, device),
-                               "fwd_tokens_per_s": args.batch * T / fwd * 1e3})
+        fwd_bwd = time_ms(step, args.warmup, args.repeats, device)
+        row["prefill"].append({"T": T, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd,
+                               "fwd_tokens_per_s": args.batch * T / fwd * 1e3,
+                               "fwd_bwd_tokens_per_s": args.batch * T / fwd_bwd * 1e3})
     layer.eval()
     cache = DynamicCache(config=config)
     with torch.no_grad():
@@ -80,6 +88,19 @@ def measure(mixer: str, args, device, dtype) -> dict:
         one = torch.randn(args.batch, 1, args.hidden, device=device, dtype=dtype)
         row["step_ms"] = time_ms(lambda: layer(one, cache=cache), args.warmup, args.repeats, device)
     return row
+
+
+def add_ratios(rows: list[dict], baseline: str = "kda") -> None:
+    """Each row's times as multiples of ``baseline``'s in the same run (``*_vs_<baseline>``; > 1: slower), in place.
+    Nothing is added when the baseline was not measured."""
+    base = next((r for r in rows if r["mixer"] == baseline), None)
+    if base is None:
+        return
+    for r in rows:
+        for mine, ref in zip(r["prefill"], base["prefill"]):
+            for k in ("fwd_ms", "fwd_bwd_ms"):
+                mine[f"{k[:-3]}_vs_{baseline}"] = mine[k] / ref[k]
+        r[f"step_vs_{baseline}"] = r["step_ms"] / base["step_ms"]
 
 
 def main(argv=None) -> int:
@@ -111,8 +132,10 @@ def main(argv=None) -> int:
     for mixer in mixers:
         print(f"[mixer_throughput] {mixer}", flush=True)
         rows.append(measure(mixer, args, device, dtype))
-    res = {"card": card, "dtype": args.dtype, "batch": args.batch, "shape": dict(hidden=args.hidden, heads=args.heads,
-           kv_heads=args.kv_heads, head_dim=args.dim), "torch": torch.__version__, "mixers": rows}
+    add_ratios(rows)
+    res = {"card": card, "commit": os.environ.get("COMMIT"), "dtype": args.dtype, "batch": args.batch,
+           "shape": dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.dim),
+           "torch": torch.__version__, "mixers": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"mixer_throughput_{card.replace(' ', '-').replace('/', '-')}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
@@ -122,11 +145,17 @@ def main(argv=None) -> int:
 
     tbl = Table(title=f"Linear mixers on {card} (B={args.batch}, D={args.hidden}, H={args.heads}/{args.kv_heads}, "
                       f"K={args.dim}, {args.dtype}); ms, median")
-    for col in ["mixer", "params", "state/seq"] + [f"{k} T={T}" for T in args.lengths for k in ("fwd", "fwd+bwd")] + ["step"]:
+    times = [f"{k} T={T}" for T in args.lengths for k in ("fwd", "fwd+bwd")]
+    for col in ["mixer", "params", "state/seq", *times, "step"]:
         tbl.add_column(col, justify="left" if col == "mixer" else "right")
+
+    def cell(ms: float, ratio: float | None, digits: int = 2) -> str:
+        return f"{ms:.{digits}f}" + ("" if ratio is None else f" ({ratio:.2f}x kda)")
+
     for r in rows:
-        cells = [f"{x[k]:.2f}" for x in r["prefill"] for k in ("fwd_ms", "fwd_bwd_ms")]
-        tbl.add_row(r["mixer"], f"{r['params']:,}", f"{r['state_bytes'] / 1024:.0f} KiB", *cells, f"{r['step_ms']:.3f}")
+        cells = [cell(x[k], x.get(f"{k[:-3]}_vs_kda")) for x in r["prefill"] for k in ("fwd_ms", "fwd_bwd_ms")]
+        tbl.add_row(r["mixer"], f"{r['params']:,}", f"{r['state_bytes'] / 1024:.0f} KiB", *cells,
+                    cell(r["step_ms"], r.get("step_vs_kda"), 3))
     Console(width=200).print(tbl)
     print(f"wrote {path}")
     return 0

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The stage-3a recipe sweep and budget curve of issue 25 on one H200 lease: `gendistill ablate sweep-smollm2-lease`
 # (9 cells, 16 distinct stage runs, ~108M training tokens, 7 evaluations) in ONE background process.
-# The teacher GGUF (94 MiB), the wheels (18 MiB) and the data (26 MiB) travel in three calls of <= 64 MiB each.
+# The teacher GGUF (94 MiB), the wheels (19 MiB) and the data (44 MiB) travel in three calls of <= 64 MiB each, each
+# with the working tree (~8 MiB).
 #
 # Here, first (in the checkout the calls send):
-#   bash tools/device_wheels.sh                                     (.whl, ~18 MiB)
+#   bash tools/device_wheels.sh                                     (.whl, ~19 MiB)
 #   python tools/device_data.py --limit 200                         (.device/carry1: GGUF piece 1 + manifest;
-#                                   carry2: piece 2; carry3 ~44 MiB: data; it prints each call's total, ~62 MiB)
+#                                   carry2: piece 2; carry3 ~46 MiB: data and, when two pieces do not fit the first
+#                                   two calls, piece 3; it prints each call's total, at most 63 MiB)
 #   gendistill ablate sweep-smollm2-lease --dry-run                 (the cells; nothing is written)
 # Then, one lease (what lies under /tmp stays between the calls of one lease):
-#   call 1:  bash tools/device_sweep.sh setup                       carry [".whl", ".device/carry1"]     (~61 MiB)
-#   call 2:  bash tools/device_sweep.sh data                        carry [".device/carry2"]             (~57 MiB)
+#   call 1:  bash tools/device_sweep.sh setup                       carry [".whl", ".device/carry1"]     (~60 MiB)
+#   call 2:  bash tools/device_sweep.sh data                        carry [".device/carry2"]             (~60 MiB)
+#            (the teacher is assembled here; with three pieces piece 2 is kept and 'start' assembles it)
 #   call 3:  COMMIT=<sha> bash tools/device_sweep.sh start [--set ...] && bash tools/device_sweep.sh watch 480
-#                                                                   carry [".device/carry3"]             (~48 MiB)
+#                                                                   carry [".device/carry3"]             (~60 MiB)
 #   call 4:  bash tools/device_sweep.sh watch 540; bash tools/device_sweep.sh collect      carry []
 #   (call 5, if the job still runs: watch + collect again; collect copies what exists, the report is rebuilt after
 #    every cell. The machine goes back 30 s after a call ends: put any follow-up in the collect call. On a second
@@ -44,6 +47,10 @@ mkdir -p "$JOB" "$RES" "$DATA"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
+parts() {  # how many pieces the GGUF travels in (the manifest's "parts"; 2 when it has none)
+  python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
+    "$JOB/teacher/manifest.json"
+}
 
 # Issue 27 (GRID=select-smollm2-lease; with a carried .device/select only the grid part below runs, on the methods
 # whose layers.json came): without it the layer-selection methods run on the card first, one after another with the
@@ -125,6 +132,19 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_commit "$RES"
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
+  if [ "$GRID" = ablate-mixers-smollm2-lease ]; then  # issue 28: each mixer's cost with the card to itself, first
+    # (fla autotunes the mixers' kernels here; TRITON_PRINT_AUTOTUNING logs every key for tools/fla_configs_from_log.py)
+    step "benchmarks/mixer_throughput.py (timeout ${MIXER_BENCH_TIMEOUT:-240} s)"
+    COMMIT=${COMMIT:-} TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
+      benchmarks/mixer_throughput.py --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
+    step "mixer_throughput rc=$?"
+    grep -v '^Triton\|^ *$' "$RES/mixer_throughput.log" | tail -n 12
+    # then the mixers' GPU test in the background, beside the grid (its own session: it outlives this call)
+    TRITON_PRINT_AUTOTUNING=1 setsid nohup bash -c 'timeout 900 python3 -m pytest -v -p no:cacheprovider \
+      tests/gpu/test_mixers_gpu.py > "$1/mixers_gpu_test.log" 2>&1; echo "tests/gpu/test_mixers_gpu.py: rc=$? \
+      $(tail -n 1 "$1/mixers_gpu_test.log")" > "$1/mixers_gpu_test.txt"' _ "$RES" > /dev/null 2>&1 < /dev/null &
+    step "tests/gpu/test_mixers_gpu.py: running in the background, its line in mixers_gpu_test.txt"
+  fi
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
     # (its own session: a plain background job died with the call that started it, 2026-12-06; its log names every
@@ -136,16 +156,31 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   fi
   step "setup done"
   ;;
-data)  # the second GGUF piece: assemble the teacher and check it against the manifest
+data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
+      # 'start' assembles the teacher with carry3's)
   need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
   need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
-  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
-  step "teacher assembled: $(gguf)"
+  if [ "$(parts)" = 3 ]; then
+    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
+    step "GGUF piece 2 kept in $JOB/teacher: the teacher is assembled at 'start' with carry3's third piece"
+  else
+    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+    step "teacher assembled: $(gguf)"
+  fi
   ;;
-start)  # the data in place, the grid checked (dry run), then the whole ablate command in the background
+start)  # the teacher's third piece (if any) and the data in place, the grid checked (dry run), then the whole ablate
+        # command in the background
   shift
+  if [ -z "$(gguf)" ] && [ -f .device/carry3/teacher.gguf.part3 ]; then  # three pieces: the last came with the data
+    need "$JOB/teacher/teacher.gguf.part2" "run 'setup' and 'data' first in this lease"
+    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
+      .device/carry3/teacher.gguf.part3 || exit 5
+    rm -f "$JOB/teacher/teacher.gguf.part2"
+    step "teacher assembled: $(gguf)"
+  fi
   [ -n "$(gguf)" ] \
-    || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease)"; exit 3; }
+    || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease; a third GGUF" \
+              "piece travels in .device/carry3)"; exit 3; }
   need .device/carry3/data/pretrain_wikipedia_en_00.jsonl.gz "carry .device/carry3"
   cp -f .device/carry3/data/* "$DATA"/
   # layer-selection results for a grid that reads them (select-smollm2-lease: select/<method>/layers.json)
@@ -188,12 +223,12 @@ watch)  # follow the job until it finishes or $2 seconds pass; a summary under $
   LIMIT_S=${2:-480}; T0=$(date +%s)
   while [ ! -e "$RES/DONE" ] && [ $(( $(date +%s) - T0 )) -lt "$LIMIT_S" ]; do sleep 5; done
   [ -e "$RES/DONE" ] && echo "job finished: $(cat "$RES/DONE")" || echo "job still running"
-  cat "$RES/steps.txt" "$RES/step_check.txt" "$RES/select_gpu_test.txt" 2>/dev/null
+  cat "$RES/steps.txt" "$RES/step_check.txt" "$RES/select_gpu_test.txt" "$RES/mixers_gpu_test.txt" 2>/dev/null
   for f in "$RES"/select_*.log; do [ -e "$f" ] && echo "${f##*/}: $(grep -v '^Triton\|^ *$' "$f" | tail -n 1 | cut -c1-200)"; done
   grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 25 | cut -c1-300
   mkdir -p "$OUT"
   { cat "$RES/nvidia-smi.txt" "$RES/commit.txt" "$RES/steps.txt" "$RES/step_check.txt" "$RES/dry_run.txt" \
-      "$RES/select_gpu_test.txt" 2>/dev/null
+      "$RES/select_gpu_test.txt" "$RES/mixers_gpu_test.txt" 2>/dev/null
     for f in "$RES"/select_*.log; do [ -e "$f" ] && { echo "== ${f##*/}"; grep -v '^Triton' "$f" | tail -n 8 | cut -c1-300; }; done
     [ -e "$RES/DONE" ] && echo "DONE $(cat "$RES/DONE")" || echo "job still running"
     grep -E "^\[ablate|held-out|Traceback|Error|error:" "$RES/ablate.log" 2>/dev/null | tail -n 80 | cut -c1-300

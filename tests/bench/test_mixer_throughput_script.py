@@ -24,5 +24,11 @@ def test_mixer_throughput_cpu_plumbing(tmp_path, capsys):
         assert r["prefill"][0]["fwd_ms"] > 0 and r["prefill"][0]["fwd_bwd_ms"] > 0 and r["step_ms"] > 0, r
         # fp32 state [1, 2, 16, 16] + float32 conv window [1, 32 + 16 + 16, 4]
         assert r["state_bytes"] == 2 * 16 * 16 * 4 + (32 + 16 + 16) * 4 * 4
+    kda = data["mixers"][0]
+    for r in data["mixers"]:  # every time also as a multiple of KDA's in the same run
+        row, base = r["prefill"][0], kda["prefill"][0]
+        assert row["fwd_bwd_vs_kda"] == row["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+        assert row["fwd_vs_kda"] == row["fwd_ms"] / base["fwd_ms"] and r["step_vs_kda"] == r["step_ms"] / kda["step_ms"]
+    assert kda["prefill"][0]["fwd_vs_kda"] == 1.0
     assert "gated_deltanet" in capsys.readouterr().out
     assert mod.main(["--device", "cpu", "--mixers", "lstm", "--out", str(tmp_path)]) == 2
