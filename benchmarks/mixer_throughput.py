@@ -9,6 +9,8 @@ and per decode step (one new token on top of a cached state): ``step``. Also rep
 its fixed generation state (recurrent + conv bytes per sequence). The mixer axis of an ablation costs what these rows
 say, so run this before giving every mixer the same token budget.
 
+A mixer whose backward fla refuses on this card (Gated DeltaNet and Mamba2 on a Hopper GPU under Triton < 3.7.1:
+:func:`gendistill.ops.backend.fla_gated_backward_refused`) gets its forward and decode timed and the reason recorded.
 Every time is also given as a ratio to KDA's in the same run (``x kda``: > 1 means slower than KDA), the baseline the
 mixer axis compares against; KDA is measured whenever it is in ``--mixers`` (the default).
 
@@ -62,9 +64,12 @@ def build(mixer: str, args, device, dtype):
 def measure(mixer: str, args, device, dtype) -> dict:
     from transformers.cache_utils import DynamicCache
 
+    from gendistill.ops.backend import fla_gated_backward_refused
+
     config, layer = build(mixer, args, device, dtype)
+    refused = fla_gated_backward_refused() if layer.fla_gated_dqkwg_backward else None  # None off fla's kernels
     row = {"mixer": mixer, "params": sum(p.numel() for p in layer.parameters()),
-           "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": []}
+           "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": [], "backward_refused": refused}
     for T in args.lengths:
         x = torch.randn(args.batch, T, args.hidden, device=device, dtype=dtype)
         layer.eval()
@@ -77,10 +82,10 @@ def measure(mixer: str, args, device, dtype) -> dict:
             layer.zero_grad(set_to_none=True)
             layer(xg).float().square().mean().backward()
 
-        fwd_bwd = time_ms(step, args.warmup, args.repeats, device)
+        fwd_bwd = None if refused else time_ms(step, args.warmup, args.repeats, device)  # fla would raise
         row["prefill"].append({"T": T, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd,
                                "fwd_tokens_per_s": args.batch * T / fwd * 1e3,
-                               "fwd_bwd_tokens_per_s": args.batch * T / fwd_bwd * 1e3})
+                               "fwd_bwd_tokens_per_s": None if fwd_bwd is None else args.batch * T / fwd_bwd * 1e3})
     layer.eval()
     cache = DynamicCache(config=config)
     with torch.no_grad():
@@ -91,15 +96,16 @@ def measure(mixer: str, args, device, dtype) -> dict:
 
 
 def add_ratios(rows: list[dict], baseline: str = "kda") -> None:
-    """Each row's times as multiples of ``baseline``'s in the same run (``*_vs_<baseline>``; > 1: slower), in place.
-    Nothing is added when the baseline was not measured."""
+    """Each row's times as multiples of ``baseline``'s in the same run (``*_vs_<baseline>``; > 1: slower), in place;
+    None where either time is missing (a backward fla refuses). Nothing is added when the baseline was not measured."""
     base = next((r for r in rows if r["mixer"] == baseline), None)
     if base is None:
         return
     for r in rows:
         for mine, ref in zip(r["prefill"], base["prefill"]):
             for k in ("fwd_ms", "fwd_bwd_ms"):
-                mine[f"{k[:-3]}_vs_{baseline}"] = mine[k] / ref[k]
+                both = mine[k] is not None and ref[k] is not None
+                mine[f"{k[:-3]}_vs_{baseline}"] = mine[k] / ref[k] if both else None
         r[f"step_vs_{baseline}"] = r["step_ms"] / base["step_ms"]
 
 
@@ -149,7 +155,9 @@ def main(argv=None) -> int:
     for col in ["mixer", "params", "state/seq", *times, "step"]:
         tbl.add_column(col, justify="left" if col == "mixer" else "right")
 
-    def cell(ms: float, ratio: float | None, digits: int = 2) -> str:
+    def cell(ms: float | None, ratio: float | None, digits: int = 2) -> str:
+        if ms is None:
+            return "refused by fla"
         return f"{ms:.{digits}f}" + ("" if ratio is None else f" ({ratio:.2f}x kda)")
 
     for r in rows:
@@ -157,6 +165,9 @@ def main(argv=None) -> int:
         tbl.add_row(r["mixer"], f"{r['params']:,}", f"{r['state_bytes'] / 1024:.0f} KiB", *cells,
                     cell(r["step_ms"], r.get("step_vs_kda"), 3))
     Console(width=200).print(tbl)
+    for r in rows:
+        if r["backward_refused"]:
+            print(f"{r['mixer']}: no backward timed: {r['backward_refused']}")
     print(f"wrote {path}")
     return 0
 

@@ -376,6 +376,15 @@ MUTANTS: list[Mutant] = [
            "if (h := _key_hash(key)) not in held:", "if (h := _key_hash(key)) or True:",
            ("tests/model/test_fla_configs.py", "-k", "log_records"),
            "--keep-existing replaces a shipped configuration with another card's or run's choice"),
+    # ---- mixers fla cannot train on the card (issue 28: fla 0.6.0 on a Hopper GPU under Triton 3.6)
+    Mutant("mixer_refusal_not_checked", "src/gendistill/distill/pipeline.py",
+           "    if refusal is not None:\n        raise ConfigError(refusal)\n", "",
+           ("tests/distill/test_distill_config.py", "-k", "cannot_train_here"),
+           "a Gated DeltaNet or Mamba2 student on an H100 starts training and dies at fla's first backward"),
+    Mutant("mixer_refusal_ignores_tilelang", "src/gendistill/ops/backend.py",
+           "TRITON_ABOVE_3_7_1) or TileLangBackend.is_available():", "TRITON_ABOVE_3_7_1):",
+           ("tests/model/test_mixer_training_refusal.py",),
+           "a user who installed tilelang (fla's way out) is still refused"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

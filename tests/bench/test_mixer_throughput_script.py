@@ -32,3 +32,25 @@ def test_mixer_throughput_cpu_plumbing(tmp_path, capsys):
     assert kda["prefill"][0]["fwd_vs_kda"] == 1.0
     assert "gated_deltanet" in capsys.readouterr().out
     assert mod.main(["--device", "cpu", "--mixers", "lstm", "--out", str(tmp_path)]) == 2
+
+
+def test_a_backward_fla_refuses_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """On a card where fla refuses Gated DeltaNet's and Mamba2's backward (an H100 with Triton 3.6), their forward and
+    decode are still timed, the backward is recorded as refused with the reason, and the other mixers run as usual."""
+    from gendistill.ops import backend
+
+    spec = importlib.util.spec_from_file_location("mixer_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(backend, "fla_gated_backward_refused", lambda: "fla refuses it here")
+    rc = mod.main(["--device", "cpu", "--dtype", "float32", "--lengths", "24", "--batch", "1", "--hidden", "32",
+                   "--heads", "2", "--kv-heads", "1", "--dim", "16", "--warmup", "0", "--repeats", "1",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    rows = {r["mixer"]: r for r in json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())["mixers"]}
+    for name in ("gated_deltanet", "mamba2"):
+        p = rows[name]["prefill"][0]
+        assert rows[name]["backward_refused"] == "fla refuses it here"
+        assert p["fwd_bwd_ms"] is None and p["fwd_bwd_vs_kda"] is None and p["fwd_ms"] > 0 and rows[name]["step_ms"] > 0
+    for name in ("kda", "gla"):
+        assert rows[name]["backward_refused"] is None and rows[name]["prefill"][0]["fwd_bwd_ms"] > 0

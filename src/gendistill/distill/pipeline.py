@@ -47,6 +47,7 @@ from gendistill.distill.stages import pick_layers
 from gendistill.distill.trainer import StageResult, run_stage
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.io import DATA_HINT, atomic_write_json, atomic_write_text, data_dir
+from gendistill.layers.registry import training_refusal
 from gendistill.models.card import StageRecord, model_card, public_model_name
 from gendistill.models.loading import is_student_folder, load_model
 from gendistill.ops.backend import fla_available
@@ -321,6 +322,9 @@ def run_recipe(
         _note(recipe, world, f"building the student (after {completed[-1]})" if completed else "building the student")
     student = prepare_student(recipe, run_dir, completed, teacher, student, world)
     plan = describe_plan(recipe, student, world.world_size)  # bad trainable patterns / batch shapes fail here
+    refusal = training_refusal(student, world.device)  # a mixer fla cannot train on this card: before any step
+    if refusal is not None:
+        raise ConfigError(refusal)
 
     if dry_run:
         return DistillResult(run_dir=run_dir, completed=completed, plan=plan, data=data_counts, dry_run=True)

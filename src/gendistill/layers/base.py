@@ -40,6 +40,9 @@ class TeacherShapedMixer(nn.Module):
 
     #: parameters kept in float32 whatever the model dtype (decay rates: bf16 would round them)
     fp32_parameters: tuple[str, ...] = ()
+    #: whether the mixer's backward on fla runs fla's gated ``chunk_bwd_dqkwg``, which fla 0.6 refuses on some
+    #: machines (:func:`gendistill.ops.backend.fla_gated_backward_refused`)
+    fla_gated_dqkwg_backward: bool = False
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

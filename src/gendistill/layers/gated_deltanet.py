@@ -22,6 +22,7 @@ class GatedDeltaNet(TeacherShapedMixer):
     ``beta = sigmoid(b_proj(x))``."""
 
     fp32_parameters = ("A_log", "dt_bias")
+    fla_gated_dqkwg_backward = True  # fla's chunk_gated_delta_rule backward
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

@@ -23,6 +23,7 @@ class Mamba2(TeacherShapedMixer):
     ``dt = softplus(dt_proj(x) + dt_bias)`` ``[B, T, H]``."""
 
     fp32_parameters = ("A_log", "dt_bias", "D")
+    fla_gated_dqkwg_backward = True  # fla's chunk_simple_gla backward
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

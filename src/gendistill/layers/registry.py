@@ -8,12 +8,14 @@ packing, cache and output norm, leaving only the recurrence (``mix``) and its pa
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from gendistill.layers.gated_deltanet import GatedDeltaNet
 from gendistill.layers.gla import GatedLinearAttention
 from gendistill.layers.kda import KimiDeltaAttention
 from gendistill.layers.mamba2 import Mamba2
+from gendistill.ops.backend import fla_gated_backward_refused
 
 LINEAR_MIXERS: dict[str, type[nn.Module]] = {
     "kda": KimiDeltaAttention,
@@ -34,3 +36,19 @@ def fp32_parameter_names() -> tuple[str, ...]:
     """Names (inside a mixer) of the parameters some registered mixer keeps in float32 whatever the model dtype: the
     union of every mixer's ``fp32_parameters``, sorted."""
     return tuple(sorted({name for mixer in LINEAR_MIXERS.values() for name in getattr(mixer, "fp32_parameters", ())}))
+
+
+def training_refusal(model: nn.Module, device: torch.device) -> str | None:
+    """One line saying why ``model``'s linear mixers cannot be trained on ``device`` with this installation, or None.
+
+    Today's one case: Gated DeltaNet and Mamba2 mixers on a card where fla refuses their backward
+    (:func:`gendistill.ops.backend.fla_gated_backward_refused`); the line names the ways out."""
+    if device.type != "cuda":
+        return None
+    names = sorted({name for m in model.modules() if getattr(m, "fla_gated_dqkwg_backward", False)
+                    for name, cls in LINEAR_MIXERS.items() if type(m) is cls})
+    reason = fla_gated_backward_refused() if names else None
+    if reason is None:
+        return None
+    return (f"student mixers {', '.join(names)} cannot train on this GPU: {reason}; use linear_attention_type kda or "
+            "gla, or GENDISTILL_KDA_BACKEND=torch (exact, much slower)")

@@ -45,6 +45,29 @@ def use_fla(x: torch.Tensor) -> bool:
     return x.is_cuda and fla_available()
 
 
+def fla_gated_backward_refused() -> str | None:
+    """Why fla would refuse the backward of its gated ``chunk_bwd_dqkwg`` here (one clause), or None where it runs it.
+
+    fla 0.6.0 raises in that backward (Gated DeltaNet's ``chunk_gated_delta_rule``, simple GLA's, so Mamba2's) on a
+    Hopper GPU (H100, H200) with Triton >= 3.4.0 and < 3.7.1, which it says computes wrong results there (fla issue
+    #640), unless its TileLang backend is usable (``tilelang`` installed, ``nvcc`` found). KDA and GLA do not use it.
+    None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch
+    backward is exact everywhere."""
+    if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available():
+        return None
+    try:
+        import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
+        from fla.backends import TileLangBackend  # noqa: PLC0415  (GPU kernels: fla's own TileLang check)
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
+    except ImportError:  # another fla: it decides for itself
+        return None
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1) or TileLangBackend.is_available():
+        return None
+    return (f"fla refuses its gated chunk_bwd_dqkwg backward on a Hopper GPU with Triton {triton.__version__} "
+            "(wrong results under Triton >= 3.4.0 and < 3.7.1, fla issue #640) unless Triton >= 3.7.1 or tilelang "
+            "(with nvcc) is installed")
+
+
 #: fla's switch of its intra-card context-parallel backend (``fla.ops.common.backends.intracard``); fla reads it at
 #: every dispatched call
 FLA_INTRACARD_ENV = "FLA_INTRACARD_CP"
@@ -108,4 +131,5 @@ def fla_split_guard(cu_seqlens: torch.Tensor | None) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-__all__ = ["FLA_INTRACARD_ENV", "fla_available", "fla_intracard", "fla_split_guard", "fla_splits_prefills", "use_fla"]
+__all__ = ["FLA_INTRACARD_ENV", "fla_available", "fla_gated_backward_refused", "fla_intracard", "fla_split_guard",
+           "fla_splits_prefills", "use_fla"]
