@@ -238,19 +238,27 @@ def test_cosine_schedule_shape():
     assert all(a >= b for a, b in zip(f[5:], f[6:]))
 
 
-def test_teacher_attn_implementation_is_applied(tmp_path):
+def _one_stage_run(tmp_path):
+    """A recipe dict of one stage 1 on 12 tiny documents (2 held out) into ``tmp_path/run``, the tokenizer and a
+    tiny teacher for it."""
     from _distill_helpers import _train_tokenizer, text_records, tiny_llama, write_jsonl
 
-    from gendistill.distill.pipeline import run_recipe
-
     tok = _train_tokenizer()
-    teacher = tiny_llama(len(tok))
     d = base()
     d["data"]["sources"][0]["path"] = str(write_jsonl(tmp_path / "t.jsonl", text_records(12)))
     d["data"]["heldout_documents"] = 2
     d["student"]["attention_layers"] = [0, 2]
     d["stages"] = d["stages"][:1]
     d["run"]["output_dir"] = str(tmp_path / "run")
+    return d, tok, tiny_llama(len(tok))
+
+
+def test_teacher_attn_implementation_is_applied(tmp_path):
+    from _distill_helpers import tiny_llama
+
+    from gendistill.distill.pipeline import run_recipe
+
+    d, tok, teacher = _one_stage_run(tmp_path)
     d["teacher"]["attn_implementation"] = "eager"
     out = run_recipe(parse_recipe(d), teacher=teacher, tokenizer=tok, dry_run=True)
     assert teacher.config._attn_implementation == "eager"
@@ -264,20 +272,12 @@ def test_a_mixer_fla_cannot_train_here_is_refused_before_training(tmp_path, monk
     """A student whose mixers fla refuses to train on this card (tests/model/test_mixer_training_refusal.py):
     run_recipe raises the line as a ConfigError (one line, exit 2 on the command line) after the plan, before the
     run folder exists or any step runs."""
-    from _distill_helpers import _train_tokenizer, text_records, tiny_llama, write_jsonl
-
     from gendistill.distill import pipeline
 
     seen = []
     monkeypatch.setattr(pipeline, "training_refusal",
                         lambda student, device: seen.append(device) or "student mixers mamba2 cannot train here")
-    tok = _train_tokenizer()
-    d = base()
-    d["data"]["sources"][0]["path"] = str(write_jsonl(tmp_path / "t.jsonl", text_records(12)))
-    d["data"]["heldout_documents"] = 2
-    d["student"]["attention_layers"] = [0, 2]
-    d["stages"] = d["stages"][:1]
-    d["run"]["output_dir"] = str(tmp_path / "run")
+    d, tok, teacher = _one_stage_run(tmp_path)
     with pytest.raises(ConfigError, match="mamba2 cannot train here"):
-        pipeline.run_recipe(parse_recipe(d), teacher=tiny_llama(len(tok)), tokenizer=tok)
+        pipeline.run_recipe(parse_recipe(d), teacher=teacher, tokenizer=tok)
     assert seen and not (tmp_path / "run").exists()

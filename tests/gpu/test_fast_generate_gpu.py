@@ -12,18 +12,12 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)")]
 
 
-@pytest.mark.parametrize("role", ["llama", "hybrid"])
-def test_graphed_fast_engine_equals_reference(role, monkeypatch):
+def graphed_fast_engine_equals_reference(model, tok, prompts, monkeypatch):
+    """Assert that the fast engine, CUDA-graphed, with rows finishing at different steps and a compacted graphed batch,
+    gives the reference engine's tokens for ``model`` on ``prompts`` (24 new tokens). Returns the reference outputs."""
     from gendistill.eval import generate as G
-    from tests.eval.conftest import MODEL_FACTORIES
-    from tests.eval.test_fast_generate import _eos_finishing_most_rows, _prompts
-    from tests.fixtures_teachers import tiny_tokenizer
+    from tests.eval.test_fast_generate import _eos_finishing_most_rows
 
-    tok = tiny_tokenizer()
-
-    torch.manual_seed(0)
-    model = MODEL_FACTORIES[role](tok).to("cuda")
-    prompts = _prompts(tok)
     eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
     monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS_GRAPHED", 2)  # compaction of a graphed batch, re-captured
@@ -34,6 +28,22 @@ def test_graphed_fast_engine_equals_reference(role, monkeypatch):
     assert stats.extra["cuda_graphs"] and stats.extra["graph_captures"] >= 1
     assert stats.extra["compactions"] >= 1
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    return ref
+
+
+@pytest.mark.parametrize("role", ["llama", "hybrid"])
+def test_graphed_fast_engine_equals_reference(role, monkeypatch):
+    from gendistill.eval import generate as G
+    from tests.eval.conftest import MODEL_FACTORIES
+    from tests.eval.test_fast_generate import _prompts
+    from tests.fixtures_teachers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+
+    torch.manual_seed(0)
+    model = MODEL_FACTORIES[role](tok).to("cuda")
+    prompts = _prompts(tok)
+    ref = graphed_fast_engine_equals_reference(model, tok, prompts, monkeypatch)
     auto, auto_stats = G.generate(model, tok, prompts, max_new_tokens=24, engine="fast", show_progress=False)
     assert auto_stats.batch_size >= len(prompts)  # from free memory: the whole list in one batch
     assert [o.token_ids for o in auto] == [o.token_ids for o in ref]

@@ -243,10 +243,10 @@ def test_graphed_fast_engine_equals_reference_for_each_mixer(mixer, monkeypatch)
     stopping and compaction) gives the reference engine's tokens for a student of each mixer: fp32, sharpened logits,
     as tests/gpu/test_fast_generate_gpu.py does for KDA."""
     from gendistill.convert.convert import convert_teacher
-    from gendistill.eval import generate as G
     from tests.eval.conftest import _sharpen
-    from tests.eval.test_fast_generate import _eos_finishing_most_rows, _prompts
+    from tests.eval.test_fast_generate import _prompts
     from tests.fixtures_teachers import tiny_model, tiny_tokenizer
+    from tests.gpu.test_fast_generate_gpu import graphed_fast_engine_equals_reference
 
     tok = tiny_tokenizer()
     torch.manual_seed(0)
@@ -255,14 +255,4 @@ def test_graphed_fast_engine_equals_reference_for_each_mixer(mixer, monkeypatch)
     with torch.no_grad():  # off the identity initialisation, so the mixer's state decides the tokens
         for p in student.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    model = _sharpen(student).to("cuda").eval()
-    prompts = _prompts(tok)
-    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
-    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
-    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS_GRAPHED", 2)  # compaction of a graphed batch, re-captured
-    ref, _ = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="reference",
-                        show_progress=False)
-    fast, stats = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="fast",
-                             check_every=2, show_progress=False)
-    assert stats.extra["cuda_graphs"] and stats.extra["graph_captures"] >= 1
-    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    graphed_fast_engine_equals_reference(_sharpen(student).to("cuda").eval(), tok, _prompts(tok), monkeypatch)
