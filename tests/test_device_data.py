@@ -1,6 +1,6 @@
 """tools/device_data.py's arithmetic of what each device call carries: the GGUF cut so that the two GGUF calls carry
-the same, or in three pieces when two do not fit, and the working tree counted as the device tool sends it (git's
-tracked and untracked-not-ignored files)."""
+the same, or in three pieces when two do not fit (either layout), and the working tree counted as the device tool sends
+it (git's tracked and untracked-not-ignored files)."""
 
 from __future__ import annotations
 
@@ -54,9 +54,52 @@ def test_three_pieces_when_two_do_not_fit():
     assert got == [30 * MIB, room2, GGUF - 30 * MIB - room2]
     # ... and two pieces while piece 2 fits call 2 (piece 1 over call 1 is the caller's error to report)
     assert pieces("40", GGUF, WHEELS, 0, [room1, room2, 12 * MIB]) == [40 * MIB, GGUF - 40 * MIB]
-    # eval layout (no third call): two pieces, the over-full call reported by the caller's totals
+    # no third call to hold a third piece: two pieces, the over-full call reported by the caller's totals
     assert len(pieces("auto", GGUF, WHEELS, 0, [room1, room2])) == 2
     assert sum(pieces("auto", GGUF, WHEELS, 0, [room1, room2])) == GGUF
+
+
+def test_call_rooms_leave_out_the_working_tree_and_what_each_call_carries_beside_its_piece():
+    rooms = TOOL["call_rooms"](7 * MIB, 20 * MIB, 600, [2 * MIB, 0])
+    limit = TOOL["CALL_LIMIT_MIB"] * MIB - 7 * MIB
+    assert rooms == [limit - 20 * MIB - 600, limit - 2 * MIB, limit]
+
+
+# the eval layout (tools/device_eval_speed.sh): the selected examples, pools and t0 rows travel in carry2 with piece 2;
+# carry3, when there is one, holds piece 3 alone
+EXAMPLES, MANIFEST = 2_519_000, 600
+
+
+def _eval_calls(tree: int, parts: list[int]) -> list[int]:
+    """Each call's bytes as device_eval_speed.sh carries them: setup (.whl, piece 1, manifest), data (carry2), start
+    (carry3: piece 3, when there is one)."""
+    calls = [tree + WHEELS + parts[0] + MANIFEST, tree + EXAMPLES + parts[1]]
+    return calls + [tree + p for p in parts[2:]]
+
+
+def test_eval_layout_two_pieces_when_they_fit():
+    tree = 2 * MIB  # a small working tree: the first two calls hold the GGUF
+    rooms = TOOL["call_rooms"](tree, WHEELS, MANIFEST, [EXAMPLES, 0])
+    parts = TOOL["gguf_pieces"]("auto", GGUF, WHEELS, EXAMPLES, rooms)
+    assert parts == [TOOL["split_bytes"]("auto", GGUF, WHEELS, EXAMPLES), GGUF - parts[0]]  # the balanced cut
+    calls = _eval_calls(tree, parts)
+    assert max(calls) <= TOOL["CALL_LIMIT_MIB"] * MIB and abs(calls[0] - calls[1]) <= MANIFEST + 1
+
+
+def test_eval_layout_three_pieces_when_two_do_not_fit():
+    limit = TOOL["CALL_LIMIT_MIB"] * MIB
+    tree = 8_074_000  # 7.7 MiB (2026-12-06): the balanced two-piece cut carried 65.2 MiB in each call
+    two = TOOL["split_bytes"]("auto", GGUF, WHEELS, EXAMPLES)
+    assert min(_eval_calls(tree, [two, GGUF - two])) > limit
+    rooms = TOOL["call_rooms"](tree, WHEELS, MANIFEST, [EXAMPLES, 0])
+    parts = TOOL["gguf_pieces"]("auto", GGUF, WHEELS, EXAMPLES, rooms)
+    assert len(parts) == 3 and sum(parts) == GGUF and min(parts) >= MIB
+    calls = _eval_calls(tree, parts)
+    assert max(calls) <= limit and max(calls) - min(calls) <= 3  # the same headroom in all three calls
+    # an explicit first piece: piece 2 fills call 2 to the limit, the rest is piece 3 (call 3 alone)
+    parts = TOOL["gguf_pieces"]("20", GGUF, WHEELS, EXAMPLES, rooms)
+    assert parts[0] == 20 * MIB and _eval_calls(tree, parts)[1] == limit and sum(parts) == GGUF
+    assert max(_eval_calls(tree, parts)) <= limit
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -15,9 +15,16 @@ and the training text does not fit beside either of the first two GGUF pieces) w
   scores equal a run on the full data; the sweep grid evaluates 200, the end-to-end lease 500), and the few-shot pools;
   and, beside ``data/``, ``teacher.gguf.part3`` when the GGUF does not fit the first two calls (see below).
 
-``--layout eval`` (tools/device_eval_speed.sh: no training) writes two: carry1 = ``teacher.gguf.part1`` +
-``manifest.json`` (+ ``data/`` with 850 wiki documents and ``sft_mix``), carry2 = ``teacher.gguf.part2`` + the
-selected examples, pools and t0 rows.
+``--layout eval`` (tools/device_eval_speed.sh: no training) writes two folders, or three when the GGUF does not fit
+the first two calls:
+
+* carry1: ``teacher.gguf.part1`` and ``manifest.json`` (and ``data/`` with 850 wiki documents and ``sft_mix``, which
+  device_eval_speed.sh does not carry: its first call names the piece and the manifest);
+* carry2: ``teacher.gguf.part2`` and ``data/``: the ``--limit`` selected examples of each task (as above), the
+  few-shot pools and the t0 rows (~2.4 MiB);
+* carry3, only when two pieces do not fit: ``teacher.gguf.part3`` alone. The examples stay in carry2: the three-piece
+  cut gives every call the same headroom wherever they travel, and device_eval_speed.sh's ``data`` call (carry2) puts
+  them in place whether the GGUF has two pieces or three.
 
     python tools/device_data.py                       # train layout, 500 examples per task
     python tools/device_data.py --limit 200           # the sweep's evaluation
@@ -27,12 +34,12 @@ Where the GGUF is cut (``--split-mib``, default ``auto``), every call counted wi
 sends along (git's tracked and untracked-not-ignored files) and held to ``CALL_LIMIT_MIB`` (63 MiB: a margin under 64):
 
 * ``auto``: in two pieces, so that the first call (the wheels in ``.whl``, piece 1 and the manifest) and the second
-  (piece 2 and what else carry2 holds) carry about the same. When no two-piece cut fits both (train layout only: its
-  third call has room), in three pieces, cut so that the three calls keep the same headroom under the limit; the
-  third piece is ``carry3/teacher.gguf.part3``, and the lease scripts then assemble the teacher in the third call's
-  ``start``.
-* ``--split-mib N``: piece 1 is N MiB; piece 2 the rest, or (train layout) as much as fits the second call, with the
-  rest in ``carry3/teacher.gguf.part3``.
+  (piece 2 and what else carry2 holds) carry about the same. When no two-piece cut fits both (either layout: the lease
+  scripts have a third call), in three pieces, cut so that the three calls keep the same headroom under the limit;
+  the third piece is ``carry3/teacher.gguf.part3`` (train: beside the data; eval: alone), and the lease scripts then
+  keep piece 2 in the second call (``data``) and assemble the teacher in the third call's ``start``.
+* ``--split-mib N``: piece 1 is N MiB; piece 2 the rest, or as much as fits the second call, with the rest in
+  ``carry3/teacher.gguf.part3``.
 
 The manifest's ``parts`` lists every piece's size (two or three entries; tools/device_teacher.py checks the count).
 Each call's total is printed; one over the limit is an error, on one line (nothing is left half-written: the folders
@@ -134,8 +141,9 @@ def split_bytes(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece
 
 
 def gguf_pieces(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece2: int, rooms: list[int]) -> list[int]:
-    """The GGUF pieces' sizes, two or three. ``rooms``: the bytes call 1 and call 2 (and in the train layout call 3)
-    can still take for their piece under ``CALL_LIMIT_MIB``, after the working tree and what else they carry.
+    """The GGUF pieces' sizes, two or three. ``rooms``: the bytes call 1 and call 2 (and call 3, where the lease has a
+    third call for a third piece: both layouts, see :func:`call_rooms`) can still take for their piece under
+    ``CALL_LIMIT_MIB``, after the working tree and what else they carry.
 
     Two pieces cut by :func:`split_bytes` when they fit (``auto``: the balanced cut, moved within the rooms if the
     manifest's few bytes push it over). Otherwise, with a third room: ``auto`` gives each of the three calls the same
@@ -160,21 +168,29 @@ def gguf_pieces(split_mib: str, gguf_bytes: int, wheels_bytes: int, beside_piece
     return [first, second, gguf_bytes - first - second]
 
 
+def call_rooms(tree: int, wheels: int, manifest_bytes: int, beside: list[int]) -> list[int]:
+    """What each call can still take for its GGUF piece under ``CALL_LIMIT_MIB``: every call carries the working tree
+    (``tree`` bytes), call 1 the wheels and the manifest, call 2 and call 3 what else their carry folder holds
+    (``beside``: carry2's bytes, carry3's; train: 0 and the data, eval: the examples and 0)."""
+    limit = CALL_LIMIT_MIB * 2**20 - tree
+    return [limit - wheels - manifest_bytes] + [limit - b for b in beside]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / ".device"))
     ap.add_argument("--layout", choices=("train", "eval"), default="train",
-                    help="train: three carry folders (tools/device_e2e.sh, tools/device_sweep.sh); eval: two "
-                         "(tools/device_eval_speed.sh)")
+                    help="train: three carry folders (tools/device_e2e.sh, tools/device_sweep.sh); eval: two, or "
+                         "three when the GGUF needs a third piece (tools/device_eval_speed.sh)")
     ap.add_argument("--limit", type=int, default=500, help="evaluation examples per task")
     ap.add_argument("--wiki-docs", type=int, default=None, help="pretrain_wikipedia_en_00 documents (train: 2923, "
                                                                 "eval: 850)")
     ap.add_argument("--t0-rows", type=int, default=2500)
     ap.add_argument("--split-mib", default="auto", help="size of the first GGUF piece in MiB, or auto (default): "
-                                                        "the two GGUF calls carry the same (train layout: a third "
-                                                        "piece in carry3 when two do not fit)")
+                                                        "the two GGUF calls carry the same (a third piece in "
+                                                        "carry3 when two do not fit)")
     args = ap.parse_args()
-    sweep = args.layout == "train"  # three folders
+    sweep = args.layout == "train"  # three folders (eval: a third only for a third GGUF piece)
     args.wiki_docs = args.wiki_docs or (2923 if sweep else 850)
 
     from gendistill.io import data_dir
@@ -218,10 +234,12 @@ def main() -> None:
         print("note: no .whl here yet (bash tools/device_wheels.sh): the first call's total counts none")
     beside_piece2 = _size(c2)  # eval layout: the selected examples travel with piece 2
     # what each call can still take for its piece; the manifest counted at its largest (three sizes of the GGUF's)
-    limit = CALL_LIMIT_MIB * 2**20 - tree
     manifest_max = len(json.dumps({**manifest, "parts": [len(blob)] * 3, "layout": args.layout}, indent=1) + "\n")
-    rooms = [limit - wheels - manifest_max, limit - beside_piece2] + ([limit - _size(c3)] if sweep else [])
+    rooms = call_rooms(tree, wheels, manifest_max, [beside_piece2, _size(c3)])
     parts = gguf_pieces(args.split_mib, len(blob), wheels, beside_piece2, rooms)
+    if len(parts) == 3 and c3 not in folders:  # eval layout: carry3 holds the third piece alone
+        c3.mkdir(parents=True)
+        folders = (*folders, c3)
     start = 0
     for i, (c, n) in enumerate(zip(folders, parts), 1):  # piece i into carry i
         (c / f"teacher.gguf.part{i}").write_bytes(blob[start:start + n])
@@ -234,8 +252,9 @@ def main() -> None:
     print(f"GGUF pieces: {', '.join(f'{n / 2**20:.1f}' for n in parts)} MiB")
     calls = {"1 (.whl, carry1's piece and manifest)": wheels + parts[0] + (c1 / "manifest.json").stat().st_size,
              "2 (carry2)": _size(c2)}
-    if sweep:
-        calls["3 (carry3: data" + (", piece 3)" if len(parts) == 3 else ")")] = _size(c3)
+    if c3 in folders:
+        held = (["data"] if (c3 / "data").is_dir() else []) + (["piece 3"] if len(parts) == 3 else [])
+        calls[f"3 (carry3: {', '.join(held)})"] = _size(c3)
     over = []
     for name, size in calls.items():
         total = (size + tree) / 2**20
@@ -243,6 +262,11 @@ def main() -> None:
         if total > CALL_LIMIT_MIB:
             over.append(f"call {name} would carry {total:.1f} MiB (> {CALL_LIMIT_MIB} MiB)")
     print(json.dumps(manifest["rows"]))
+    if not sweep:  # which carry goes with which call of tools/device_eval_speed.sh
+        print(f"tools/device_eval_speed.sh, {len(parts)} GGUF pieces: call 1 'setup' carries .whl and carry1's piece "
+              "and manifest; call 2 'data' .device/carry2 (" + (
+                  "piece 2 kept); call 3 'start' .device/carry3 (the teacher assembled)" if len(parts) == 3 else
+                  "the teacher assembled); call 3 'start' nothing (no carry3)"))
     if over:
         raise SystemExit("error: " + "; ".join(over) + ": pass --split-mib to move bytes between the GGUF calls, "
                          "or carry less (git-ignore what the lease does not need; fewer --wiki-docs or --t0-rows)")

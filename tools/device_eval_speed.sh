@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Evaluation speed on one GPU (issue 24): benchmarks/eval_speed.py (fast path vs reference path vs lm-eval's HF backend
 # on the same examples, teacher + a student converted on the fly, the nine built-in tasks x 500, both protocols), then
-# the whole `gendistill eval` command timed. One lease, three back-to-back calls (the machine is given back 30 s after
-# a call ends; at most 10 minutes a call; what lies under /tmp stays between the calls of one lease):
+# the whole `gendistill eval` command timed. One lease, four back-to-back calls (the machine is given back 30 s after
+# a call ends; at most 10 minutes and 64 MiB a call, the working tree's ~7.7 MiB included; what lies under /tmp stays
+# between the calls of one lease):
 #
-# Here, first:   bash tools/device_wheels.sh                      (.whl: transformers, fla, gguf, pydantic, lm-eval, ...)
-#                python tools/device_data.py --layout eval (.device/carry1, .device/carry2: the teacher GGUF in
-#                two pieces, the 500 selected examples of each task and the few-shot pools; it cuts the GGUF so
-#                that call 1 (with .whl) and call 2 carry the same, and prints both totals: ~63 MiB each)
-#   call 1:  bash tools/device_eval_speed.sh setup
-#            carry [".whl", ".device/carry1/teacher.gguf.part1", ".device/carry1/manifest.json"]       (~1 minute)
-#   call 2:  bash tools/device_eval_speed.sh start && bash tools/device_eval_speed.sh watch 530
-#            carry [".device/carry2"]
-#   call 3:  bash tools/device_eval_speed.sh watch 540; bash tools/device_eval_speed.sh collect          (carry [])
-# The job runs in the background (setsid nohup) from call 2 on, so it outlives a call; every step has a timeout, and
+# Here, first:   bash tools/device_wheels.sh                      (.whl ~20 MiB: transformers, fla, gguf, lm-eval, ...)
+#                python tools/device_data.py --layout eval --limit 500
+#                  (.device/carry1: GGUF piece 1 + manifest; carry2: piece 2 + data/, the 500 selected examples of each
+#                  task, the few-shot pools, the t0 rows (~2.4 MiB); carry3: piece 3, written only when two pieces do
+#                  not fit the first two calls. It prints each call's total (at most 63 MiB) and which calls carry
+#                  what. 2026-12-06, 94 MiB GGUF: three pieces of 19.3, 36.1 and 38.4 MiB, 46.1 MiB each call)
+#   call 1:  bash tools/device_eval_speed.sh setup                                                    (~1 minute)
+#            carry [".whl", ".device/carry1/teacher.gguf.part1", ".device/carry1/manifest.json"]      (~46 MiB)
+#   call 2:  bash tools/device_eval_speed.sh data                   carry [".device/carry2"]          (~46 MiB)
+#            (the examples put in place; piece 2 kept for 'start', or with two pieces the teacher assembled here)
+#   call 3:  bash tools/device_eval_speed.sh start && bash tools/device_eval_speed.sh watch 530
+#            carry [".device/carry3"]  (three pieces: the teacher assembled here, ~46 MiB; two pieces: carry [])
+#   call 4:  bash tools/device_eval_speed.sh watch 540; bash tools/device_eval_speed.sh collect          (carry [])
+# (With two pieces the older shape still works: no 'data' call, carry [".device/carry2"] with 'start'.)
+# The job runs in the background (setsid nohup) from call 3 on, so it outlives a call; every step has a timeout, and
 # collect copies what exists (eval_speed.py rewrites its JSON after every row). At most 8 files come back: collect
 # puts the JSON, the summary and one tarball of everything under $OUT.
 # Settings (environment, start call): LIMIT (500), REF_LIMIT (50: the reference path is HF generate at batch 8, the
@@ -34,16 +40,30 @@ OUT=${OUT:-$JOB/out}
 export GENDISTILL_DATA_DIR=$JOB/data
 mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
+need() { lease_need "$@" || exit 3; }
+gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
+parts() {  # how many pieces the GGUF travels in (the manifest's "parts"; 2 when it has none)
+  python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
+    "$JOB/teacher/manifest.json"
+}
+examples() {  # the examples (and pools, t0 rows) of a carry folder's data/ into the job's data folder
+  [ -d "$1/data" ] || return 0
+  cp -f "$1"/data/* "$JOB/data/" || exit 5
+  step "examples from $1/data: $(ls "$1/data" | wc -l) files"
+}
 
 case "${1:-}" in
 setup)  # preconditions first: a GPU, the carried files, the wheels installed and lm-eval's HFLM importable
   lease_gpu "$RES" || exit 3
   for f in .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json; do
-    lease_need "$f" "carry it; python tools/device_data.py --layout eval makes it" || exit 3
+    need "$f" "carry it; python tools/device_data.py --layout eval makes it"
   done
+  grep -q '"layout": "eval"' .device/carry1/manifest.json \
+    || { echo "error: .device/carry1 is not the eval layout (python tools/device_data.py --layout eval)"; exit 3; }
   lease_wheels "lm_eval-*.whl" || exit $?
   mkdir -p "$JOB/teacher" "$JOB/data"
-  cp .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  cp -f .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
+  step "GGUF in $(parts) pieces: 'data' carries .device/carry2$([ "$(parts)" = 3 ] && echo ", 'start' .device/carry3")"
   lease_commit "$RES"
   # lm-eval's HF backend and the checkout's evaluator
   lease_versions lm_eval.api.instance lm_eval.models.huggingface gendistill.eval.generate gendistill.eval.loglik 2>&1 \
@@ -52,17 +72,44 @@ setup)  # preconditions first: a GPU, the carried files, the wheels installed an
   timeout 240 python3 -m pytest -q -x -p no:cacheprovider --timeout 200 tests/gpu/test_fast_generate_gpu.py 2>&1 \
     | tail -n 15 | tee "$RES/gpu_test.txt"
   ;;
-start)  # the teacher assembled and checked, the data in place, then the whole job in the background
-  [ -f "$JOB/teacher/manifest.json" ] || { echo "error: run 'setup' first in this lease"; exit 3; }
-  [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
-  cp .device/carry2/data/* "$JOB/data/"
-  timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+data)  # carry2: the examples in place; the second GGUF piece assembled with the first and checked against the manifest
+      # (three pieces: kept, 'start' assembles the teacher with carry3's)
+  need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
+  need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
+  examples .device/carry2
+  if [ "$(parts)" = 3 ]; then
+    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
+    step "GGUF piece 2 kept in $JOB/teacher: 'start' assembles the teacher with carry3's third piece"
+  else
+    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+    step "teacher assembled: $(gguf)"
+  fi
+  ;;
+start)  # the teacher assembled and checked (three pieces: with carry3's; two and no 'data' call: from a carried
+        # carry2), the examples in place, then the whole job in the background
+  need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
+  if [ -z "$(gguf)" ]; then
+    if [ "$(parts)" = 3 ]; then
+      need "$JOB/teacher/teacher.gguf.part2" "run 'data' first in this lease (carry .device/carry2)"
+      need .device/carry3/teacher.gguf.part3 "carry .device/carry3"
+      timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
+        .device/carry3/teacher.gguf.part3 || exit 5
+      rm -f "$JOB/teacher/teacher.gguf.part2"
+    else  # two pieces and no 'data' call: carry2 came with this call (the older three-call shape)
+      need .device/carry2/teacher.gguf.part2 "run 'data' first in this lease, or carry .device/carry2 here"
+      examples .device/carry2
+      timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
+    fi
+    step "teacher assembled: $(gguf)"
+  fi
+  examples .device/carry3  # (none today: device_data.py keeps the examples in carry2)
+  need "$JOB/data/mmlu_dev.jsonl.gz" "the examples come with .device/carry2: run 'data' first in this lease"
   rm -f "$RES/DONE"
   setsid nohup bash tools/device_eval_speed.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
   echo "started the eval-speed job (pid $!)"
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
-  GGUF=$(ls "$JOB"/teacher/*.gguf | head -1)
+  GGUF=$(gguf)
   step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
   # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false;
   # every kernel fla autotunes (a key the shipped configurations lack) logged for tools/fla_configs_from_log.py
@@ -91,5 +138,5 @@ collect)  # the JSON, the summary, and one tarball of the results folder (logs i
   tar czf /tmp/gendistill_eval_speed.tgz -C "$RES" . && mv /tmp/gendistill_eval_speed.tgz "$OUT/eval_speed_results.tgz"
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_eval_speed.sh setup|start|watch [SECONDS]|collect"; exit 2 ;;
+*) echo "usage: tools/device_eval_speed.sh setup|data|start|watch [SECONDS]|collect"; exit 2 ;;
 esac
