@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gendistill.ablate.grid import load_grid
 from gendistill.ablate.runner import describe_plan, plan_grid, read_metrics, run_grid
@@ -220,5 +221,23 @@ def test_a_missing_layer_file_stops_the_grid_before_anything_trains(write_grid, 
     assert len(describe_plan(plan_grid(g))["cells"]) == 2
     with pytest.raises(ConfigError, match=r"cell layers=lost: student\.attention_layers: layer file "
                                           r"select/lost/layers\.json does not exist"):
+        run_grid(g, teacher=object(), tokenizer=object(), progress="none")
+    assert trainer.calls == [] and ev.calls == []
+
+
+def test_a_mixer_the_card_cannot_train_stops_the_grid_before_anything_trains(write_grid, fakes, quiz, monkeypatch):
+    """A mixer axis with Gated DeltaNet on a card where fla refuses its backward (an H100 under Triton 3.6, results
+    section 17): the grid stops at once naming the cell, before KDA's cell trains; off the GPU nothing is refused."""
+    from gendistill.ablate import runner
+    from gendistill.errors import ConfigError
+    from gendistill.layers import registry
+
+    trainer, ev = fakes
+    g = load_grid(write_grid({"mixer": ["kda", "gated_deltanet"]}, eval=quiz))
+    runner.check_mixers_train_here(g)  # on this CPU: the PyTorch path trains every mixer
+    monkeypatch.setattr(registry, "fla_gated_backward_refused", lambda: "fla refuses it on this card")
+    monkeypatch.setattr(runner, "resolve_device", lambda name, what="--device": torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"cell mixer=gated_deltanet: student mixers gated_deltanet cannot train on "
+                                          r"this GPU: fla refuses it on this card"):
         run_grid(g, teacher=object(), tokenizer=object(), progress="none")
     assert trainer.calls == [] and ev.calls == []

@@ -39,6 +39,7 @@ from gendistill.eval.config import EvalConfig, check_numbers
 from gendistill.eval.ruler import parse_depths, parse_lengths
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_text, data_dir
+from gendistill.layers.registry import mixer_training_refusal
 from gendistill.models.loading import load_model
 from gendistill.ownership import check_report_folder, claim_report_folder, marker_kind, write_marker
 from gendistill.runlock import acquire
@@ -390,6 +391,7 @@ def run_grid(grid: Grid, *, teacher: Any = None, tokenizer: Any = None, stop_aft
                           "torchrun (each cell can still be run on its own: gendistill distill cells/<cell>/recipe.yaml)")
     check_eval(grid)  # an evaluation that cannot run fails now, not after the first cell has trained
     check_layer_files(grid)
+    check_mixers_train_here(grid)
     with lock_grid(grid):
         return _run_cells(grid, teacher=teacher, tokenizer=tokenizer, stop_after=stop_after, progress=progress)
 
@@ -410,6 +412,20 @@ def check_layer_files(grid: Grid) -> None:
             read_layer_file(path)
         except LayerSpecError as e:
             raise ConfigError(f"{grid.source}: cell {c.name}: student.attention_layers: {e}") from None
+
+
+def check_mixers_train_here(grid: Grid) -> None:
+    """Every cell's mixer can be trained on the device its recipe names, checked before anything trains
+    (:func:`gendistill.layers.registry.mixer_training_refusal`: Gated DeltaNet and Mamba2 on a Hopper GPU under Triton
+    3.6 are not): a mixer axis stops at once, naming the cell, instead of after the cells before it have trained. A
+    cell that loads its student (``student.path``) is checked by the trainer when it loads it."""
+    for c in grid.cells:
+        if c.recipe.student.path is not None:
+            continue
+        mixer = c.recipe.student.kda_options.get("linear_attention_type", "kda")
+        line = mixer_training_refusal([mixer], resolve_device(c.recipe.run.device, "run.device"))
+        if line is not None:
+            raise ConfigError(f"{grid.source}: cell {c.name}: {line}")
 
 
 #: what a grid writes at the top of its folder (:func:`gendistill.ablate.report.write_report`)

@@ -8,6 +8,8 @@ packing, cache and output norm, leaving only the recurrence (``mix``) and its pa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -39,14 +41,21 @@ def fp32_parameter_names() -> tuple[str, ...]:
 
 
 def training_refusal(model: nn.Module, device: torch.device) -> str | None:
-    """One line saying why ``model``'s linear mixers cannot be trained on ``device`` with this installation, or None.
+    """One line saying why ``model``'s linear mixers cannot be trained on ``device`` with this installation, or None
+    (:func:`mixer_training_refusal` for the mixers ``model`` holds)."""
+    held = {name for m in model.modules() for name, cls in LINEAR_MIXERS.items() if type(m) is cls}
+    return mixer_training_refusal(held, device)
+
+
+def mixer_training_refusal(mixers: Iterable[str], device: torch.device) -> str | None:
+    """One line saying why students of these registered mixers (``linear_attention_type`` names) cannot be trained on
+    ``device`` with this installation, or None.
 
     Today's one case: Gated DeltaNet and Mamba2 mixers on a card where fla refuses their backward
     (:func:`gendistill.ops.backend.fla_gated_backward_refused`); the line names the ways out."""
     if device.type != "cuda":
         return None
-    names = sorted({name for m in model.modules() if getattr(m, "fla_gated_dqkwg_backward", False)
-                    for name, cls in LINEAR_MIXERS.items() if type(m) is cls})
+    names = sorted({n for n in mixers if getattr(LINEAR_MIXERS.get(n), "fla_gated_dqkwg_backward", False)})
     reason = fla_gated_backward_refused() if names else None
     if reason is None:
         return None
