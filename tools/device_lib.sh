@@ -28,6 +28,9 @@ lease_gpu() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$1/nvidia-smi.txt" 2>&1 \
     || { echo "error: no GPU (nvidia-smi failed: $(head -c 200 "$1/nvidia-smi.txt"))"; return 3; }
   cat "$1/nvidia-smi.txt"
+  # fla's TileLang backend (the way Gated DeltaNet and Mamba2 train on a Hopper card under Triton 3.6: docs/mixers.md)
+  # needs nvcc: say whether this machine has one
+  echo "nvcc: $(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -n 1 || true)" | sed 's/: $/: none/'
 }
 
 lease_wheels() {
