@@ -322,8 +322,9 @@ def markdown(rep: dict[str, Any]) -> str:
              f"Created {m.get('created', '')}.", "",
              "Scores are mean accuracy (points) over the tasks scored under both protocols; ± one standard error. "
              "Ranks: 1 = best. Retention = student / teacher; gap = protocol gap (retention under log-likelihood "
-             "minus retention under generation; positive = generation reveals a loss that log-likelihood hides). "
-             "Definitions: `gendistill/ablate/report.py`."]
+             "minus retention under generation; positive = generation reveals a loss that log-likelihood hides; "
+             "– where the teacher's mean is at or below the tasks' mean chance under either protocol, so has no skill "
+             "there to keep). Definitions: `gendistill/ablate/report.py`."]
     for ax in rep["axes"]:
         lines += ["", f"## Axis `{ax['axis']}`", ""]
         if not ax["common_tasks"]:
