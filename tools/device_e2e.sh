@@ -100,26 +100,15 @@ tests)  # GPU test files named after it, bounded (e.g. tests/gpu/test_eval_long_
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
       # 'start' assembles the teacher with carry3's)
-  [ -f .device/carry2/teacher.gguf.part2 ] || { echo "error: .device/carry2 not carried"; exit 3; }
-  lease_need "$JOB/teacher/manifest.json" "run 'setup' first in this lease" || exit 3
-  if [ "$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
-          "$JOB/teacher/manifest.json")" = 3 ]; then
-    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
-    echo "GGUF piece 2 kept in $JOB/teacher: the teacher is assembled at 'start' with carry3's third piece"
-  else
-    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
-  fi
+  lease_teacher_piece2 "$JOB/teacher" || exit $?
   ;;
 start)  # the teacher's third piece (if any) and the data in place, then the whole job in the background (it outlives
         # this call)
   shift
   RECIPE=${1:?recipe}; shift
   GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
-  if [ -z "$GGUF" ] && [ -f .device/carry3/teacher.gguf.part3 ]; then  # three pieces: the last came with the data
-    lease_need "$JOB/teacher/teacher.gguf.part2" "run 'setup' and 'data' first in this lease" || exit 3
-    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
-      .device/carry3/teacher.gguf.part3 || exit 5
-    rm -f "$JOB/teacher/teacher.gguf.part2"
+  if [ -z "$GGUF" ] && [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ]; then  # the last piece came with the data
+    lease_teacher_piece3 "$JOB/teacher" || exit $?
     GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
   fi
   [ -n "$GGUF" ] || { echo "error: no teacher GGUF (run 'setup' and 'data' first in this lease; a third GGUF piece" \

@@ -42,9 +42,11 @@ mkdir -p "$JOB" "$RES"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
-parts() {  # how many pieces the GGUF travels in (the manifest's "parts"; 2 when it has none)
-  python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
-    "$JOB/teacher/manifest.json"
+teacher() {  # lease_teacher_piece2 / lease_teacher_piece3 (tools/device_lib.sh) on the job's teacher, its line a step
+  local line rc
+  line=$("lease_teacher_piece$1" "$JOB/teacher"); rc=$?
+  [ "$rc" = 0 ] || { echo "$line"; exit "$rc"; }
+  step "$line"
 }
 examples() {  # the examples (and pools, t0 rows) of a carry folder's data/ into the job's data folder
   [ -d "$1/data" ] || return 0
@@ -63,7 +65,8 @@ setup)  # preconditions first: a GPU, the carried files, the wheels installed an
   lease_wheels "lm_eval-*.whl" || exit $?
   mkdir -p "$JOB/teacher" "$JOB/data"
   cp -f .device/carry1/teacher.gguf.part1 .device/carry1/manifest.json "$JOB/teacher/"
-  step "GGUF in $(parts) pieces: 'data' carries .device/carry2$([ "$(parts)" = 3 ] && echo ", 'start' .device/carry3")"
+  step "GGUF in $(lease_gguf_parts "$JOB/teacher") pieces: 'data' carries .device/carry2$(
+    [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ] && echo ", 'start' .device/carry3")"
   lease_commit "$RES"
   # lm-eval's HF backend and the checkout's evaluator
   lease_versions lm_eval.api.instance lm_eval.models.huggingface gendistill.eval.generate gendistill.eval.loglik 2>&1 \
@@ -77,30 +80,17 @@ data)  # carry2: the examples in place; the second GGUF piece assembled with the
   need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
   need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
   examples .device/carry2
-  if [ "$(parts)" = 3 ]; then
-    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
-    step "GGUF piece 2 kept in $JOB/teacher: 'start' assembles the teacher with carry3's third piece"
-  else
-    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
-    step "teacher assembled: $(gguf)"
-  fi
+  teacher 2
   ;;
 start)  # the teacher assembled and checked (three pieces: with carry3's; two and no 'data' call: from a carried
         # carry2), the examples in place, then the whole job in the background
   need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
-  if [ -z "$(gguf)" ]; then
-    if [ "$(parts)" = 3 ]; then
-      need "$JOB/teacher/teacher.gguf.part2" "run 'data' first in this lease (carry .device/carry2)"
-      need .device/carry3/teacher.gguf.part3 "carry .device/carry3"
-      timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
-        .device/carry3/teacher.gguf.part3 || exit 5
-      rm -f "$JOB/teacher/teacher.gguf.part2"
-    else  # two pieces and no 'data' call: carry2 came with this call (the older three-call shape)
-      need .device/carry2/teacher.gguf.part2 "run 'data' first in this lease, or carry .device/carry2 here"
-      examples .device/carry2
-      timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
-    fi
-    step "teacher assembled: $(gguf)"
+  if [ -z "$(gguf)" ] && [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ]; then
+    teacher 3
+  elif [ -z "$(gguf)" ]; then  # two pieces and no 'data' call: carry2 came with this call (the older three-call shape)
+    need .device/carry2/teacher.gguf.part2 "run 'data' first in this lease, or carry .device/carry2 here"
+    examples .device/carry2
+    teacher 2
   fi
   examples .device/carry3  # (none today: device_data.py keeps the examples in carry2)
   need "$JOB/data/mmlu_dev.jsonl.gz" "the examples come with .device/carry2: run 'data' first in this lease"

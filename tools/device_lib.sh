@@ -18,6 +18,13 @@
 #   lease_shipped_configs DIR  DIR (made if missing) gets the shipped H200 fla configurations (what gendistill reads on
 #                          an H100 or H200 by itself) beside what it holds, so keys dumped or recovered into it add to
 #                          the shipped ones: under FLA_CACHE_MODE=strict a folder of new keys alone autotunes the rest
+#   lease_teacher_piece2 DIR  the teacher GGUF's second piece (.device/carry2) beside the first in DIR (with its
+#                          manifest): the teacher assembled and checked in DIR, or, when the manifest lists three
+#                          pieces (tools/device_data.py), piece 2 kept in DIR for lease_teacher_piece3; one line says which
+#   lease_teacher_piece3 DIR  three pieces: the teacher assembled in DIR from the kept piece 2 and .device/carry3's
+#                          piece 3, checked against the manifest
+#   lease_gguf_parts DIR   how many pieces the GGUF travels in (DIR/manifest.json's "parts"; 2 when it has none,
+#                          0 without a manifest)
 # The device image has torch 2.11 + CUDA 13 + triton 3.6; tools/device_wheels.sh fills .whl/ here with what it lacks.
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
        NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
@@ -103,4 +110,28 @@ for name in sys.argv[1:]:
 print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
       f"transformers {transformers.__version__} | fla {fla.__version__}", flush=True)
 PY
+}
+
+lease_gguf_parts() {
+  [ -f "$1/manifest.json" ] || { echo 0; return 0; }
+  python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' "$1/manifest.json"
+}
+
+lease_teacher_piece2() {
+  lease_need "$1/manifest.json" "run 'setup' first in this lease" || return 3
+  lease_need .device/carry2/teacher.gguf.part2 "carry .device/carry2" || return 3
+  if [ "$(lease_gguf_parts "$1")" = 3 ]; then
+    cp -f .device/carry2/teacher.gguf.part2 "$1/" || return 5
+    echo "GGUF piece 2 kept in $1: 'start' assembles the teacher with carry3's third piece"
+  else
+    timeout 120 python3 tools/device_teacher.py "$1" .device/carry2/teacher.gguf.part2 || return 5
+  fi
+}
+
+lease_teacher_piece3() {
+  lease_need "$1/teacher.gguf.part2" "run 'data' first in this lease (carry .device/carry2)" || return 3
+  lease_need .device/carry3/teacher.gguf.part3 "carry .device/carry3" || return 3
+  timeout 120 python3 tools/device_teacher.py "$1" "$1/teacher.gguf.part2" .device/carry3/teacher.gguf.part3 \
+    || return 5
+  rm -f "$1/teacher.gguf.part2"
 }

@@ -47,10 +47,6 @@ mkdir -p "$JOB" "$RES" "$DATA"
 step() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RES/steps.txt"; }
 need() { lease_need "$@" || exit 3; }
 gguf() { ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1; }
-parts() {  # how many pieces the GGUF travels in (the manifest's "parts"; 2 when it has none)
-  python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1])).get("parts", [0, 0])))' \
-    "$JOB/teacher/manifest.json"
-}
 
 # Issue 27 (GRID=select-smollm2-lease; with a carried .device/select only the grid part below runs, on the methods
 # whose layers.json came): without it the layer-selection methods run on the card first, one after another with the
@@ -135,7 +131,7 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   if [ "$GRID" = ablate-mixers-smollm2-lease ]; then  # issue 28: each mixer's cost with the card to itself, first
     # (fla autotunes the mixers' kernels here; TRITON_PRINT_AUTOTUNING logs every key for tools/fla_configs_from_log.py)
     step "benchmarks/mixer_throughput.py (timeout ${MIXER_BENCH_TIMEOUT:-240} s)"
-    COMMIT=${COMMIT:-} TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
+    TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
       benchmarks/mixer_throughput.py --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
     step "mixer_throughput rc=$?"
     grep -v '^Triton\|^ *$' "$RES/mixer_throughput.log" | tail -n 12
@@ -158,25 +154,15 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
       # 'start' assembles the teacher with carry3's)
-  need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
-  need .device/carry2/teacher.gguf.part2 "carry .device/carry2"
-  if [ "$(parts)" = 3 ]; then
-    cp -f .device/carry2/teacher.gguf.part2 "$JOB/teacher/" || exit 5
-    step "GGUF piece 2 kept in $JOB/teacher: the teacher is assembled at 'start' with carry3's third piece"
-  else
-    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" .device/carry2/teacher.gguf.part2 || exit 5
-    step "teacher assembled: $(gguf)"
-  fi
+  lease_teacher_piece2 "$JOB/teacher" | tee -a "$RES/steps.txt"
+  RC=${PIPESTATUS[0]}; [ "$RC" = 0 ] || exit "$RC"
   ;;
 start)  # the teacher's third piece (if any) and the data in place, the grid checked (dry run), then the whole ablate
         # command in the background
   shift
-  if [ -z "$(gguf)" ] && [ -f .device/carry3/teacher.gguf.part3 ]; then  # three pieces: the last came with the data
-    need "$JOB/teacher/teacher.gguf.part2" "run 'setup' and 'data' first in this lease"
-    timeout 120 python3 tools/device_teacher.py "$JOB/teacher" "$JOB/teacher/teacher.gguf.part2" \
-      .device/carry3/teacher.gguf.part3 || exit 5
-    rm -f "$JOB/teacher/teacher.gguf.part2"
-    step "teacher assembled: $(gguf)"
+  if [ -z "$(gguf)" ] && [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ]; then  # the last piece came with the data
+    lease_teacher_piece3 "$JOB/teacher" | tee -a "$RES/steps.txt"
+    RC=${PIPESTATUS[0]}; [ "$RC" = 0 ] || exit "$RC"
   fi
   [ -n "$(gguf)" ] \
     || { echo "error: no teacher GGUF in $JOB/teacher (run 'setup' and 'data' first in this lease; a third GGUF" \
