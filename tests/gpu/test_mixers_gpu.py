@@ -88,6 +88,48 @@ def test_fla_gla_matches_reference(per_head, dtype, T):
         assert rel(o, ref[0]) < TOL[dtype] and rel(s, ref[1]) < TOL[dtype], (name, rel(o, ref[0]), rel(s, ref[1]))
 
 
+@pytest.mark.parametrize("K", [64, 128], ids=["K64", "K128"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [300, 2048])
+@pytest.mark.parametrize("kernel", ["gated_delta_rule", "simple_gla"])
+def test_fla_gated_kernel_gradients_match_float64(kernel, T, dtype, K):
+    """The backward that fla 0.6.0 refuses on Hopper under Triton >= 3.4, < 3.7.1 (fla issue #640: wrong dk and dg at
+    key block width 64) and gendistill runs at width 32 there (gendistill/ops/fla_hopper_dqkwg.py): every input's
+    gradient, the initial state's included, against float64 autograd through the PyTorch reference. K=64 is
+    SmolLM2's head dimension (the width #640 miscompiles), K=128 Qwen3's (fla's own width 128). Tolerances: the
+    forward's (5e-3 fp32, 2e-2 bf16) doubled, as a backward chains about twice the products; the bug's error was
+    O(1) (dk max error 14.65 in fla's bisection)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    from gendistill.ops.backend import fla_gated_backward_refused
+
+    if why := fla_gated_backward_refused():
+        pytest.skip(why)
+    if kernel == "gated_delta_rule":
+        *xs, h0 = gdn_inputs(2, T, 4, K, 64, dtype, seed=T + K)
+        run = lambda q, k, v, g, beta, s0, ref=False: (  # noqa: E731
+            torch_chunk_gdn(q, k, v, g, beta, initial_state=s0, output_final_state=True) if ref
+            else chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0, output_final_state=True))
+    else:
+        *xs, h0 = gla_inputs(2, T, 4, K, 64, dtype, seed=T + K, per_head=True)
+        run = lambda q, k, v, g, s0, ref=False: (  # noqa: E731
+            torch_chunk_gla(q, k, v, g, initial_state=s0, output_final_state=True) if ref
+            else chunk_simple_gla(q, k, v, g=g, initial_state=s0, output_final_state=True))
+    inputs = [x.detach().clone().requires_grad_() for x in (*xs, h0)]
+    doubles = [x.detach().double().requires_grad_() for x in inputs]
+    r = rand(7)
+    wo, ws = r(2, T, 4, 64), r(2, 4, K, 64)
+    o, s = run(*inputs)
+    ((o.float() * wo).sum() + (s.float() * ws).sum()).backward()
+    o_ref, s_ref = run(*doubles, ref=True)
+    ((o_ref * wo.double()).sum() + (s_ref * ws.double()).sum()).backward()
+    names = ["q", "k", "v", "g", "beta", "h0"] if kernel == "gated_delta_rule" else ["q", "k", "v", "g", "h0"]
+    errors = {n: rel(a.grad, b.grad) for n, a, b in zip(names, inputs, doubles)}
+    print(f"{kernel} T={T} {dtype} K={K}: gradient errors " + " ".join(f"{n} {e:.1e}" for n, e in errors.items()))
+    assert all(e < 2 * TOL[dtype] for e in errors.values()), errors
+
+
 def test_fla_packed_documents_match_reference():
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     from fla.ops.gla import chunk_gla
@@ -166,13 +208,17 @@ def test_mixer_gradients_on_fla_match_the_reference_path(mixer, monkeypatch):
         assert rel(a, b) < 2e-2, (name, rel(a, b))
 
 
-def test_fla_refuses_the_backward_exactly_where_gendistill_says():
+@pytest.mark.parametrize("bk32", ["1", "0"], ids=["backend_on", "backend_off"])
+def test_fla_refuses_the_backward_exactly_where_gendistill_says(bk32, monkeypatch):
     """gendistill's up-front refusal (distill fails before training, one line) and fla's own (a RuntimeError in the
-    first backward) agree on this card: Gated DeltaNet's backward raises iff
-    :func:`gendistill.ops.backend.fla_gated_backward_refused` says it will."""
+    first backward) agree on this card, with gendistill's block-width backend on and off: Gated DeltaNet's backward
+    raises iff :func:`gendistill.ops.backend.fla_gated_backward_refused` says it will."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     from gendistill.ops.backend import fla_gated_backward_refused
+    from gendistill.ops.fla_hopper_dqkwg import ENV
+
+    monkeypatch.setenv(ENV, bk32)  # read at every call, by fla's dispatch and by the refusal
 
     q, k, v, g, beta, _ = gdn_inputs(1, 128, 2, 64, 64, torch.bfloat16, seed=3)
     q.requires_grad_()

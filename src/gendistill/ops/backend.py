@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
+from gendistill.ops.fla_hopper_dqkwg import register_hopper_dqkwg, registered
 
 
 @functools.cache
@@ -32,6 +33,7 @@ def fla_available() -> bool:
         return False
     seed_plain_autotuners()  # the gated norm's kernels (Triton's plain autotuner) take the shipped configurations too
     seed_row_buckets()  # every row bucket of the norms' kernels takes the nearest tuned bucket's configuration
+    register_hopper_dqkwg()  # Gated DeltaNet's and simple GLA's backward where fla refuses it (fla issue #640)
     return True
 
 
@@ -50,9 +52,10 @@ def fla_gated_backward_refused() -> str | None:
 
     fla 0.6.0 raises in that backward (Gated DeltaNet's ``chunk_gated_delta_rule``, simple GLA's, so Mamba2's) on a
     Hopper GPU (H100, H200) with Triton >= 3.4.0 and < 3.7.1, which it says computes wrong results there (fla issue
-    #640), unless its TileLang backend is usable (``tilelang`` installed, ``nvcc`` found). KDA and GLA do not use it.
-    None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch
-    backward is exact everywhere."""
+    #640), unless a backend of its registry takes the call: its TileLang backend (``tilelang`` installed, ``nvcc``
+    found) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by :func:`fla_available` unless
+    ``GENDISTILL_FLA_HOPPER_BK32=0``). KDA and GLA do not use it. None also where fla's kernels do not run at all (no
+    CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch backward is exact everywhere."""
     if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available():
         return None
     try:
@@ -63,9 +66,11 @@ def fla_gated_backward_refused() -> str | None:
         return None
     if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1) or TileLangBackend.is_available():
         return None
+    if registered():
+        return None
     return (f"fla refuses its gated chunk_bwd_dqkwg backward on a Hopper GPU with Triton {triton.__version__} "
             "(wrong results under Triton >= 3.4.0 and < 3.7.1, fla issue #640) unless Triton >= 3.7.1 or tilelang "
-            "(with nvcc) is installed")
+            "(with nvcc) is installed, or gendistill's block-width backend is on (unset GENDISTILL_FLA_HOPPER_BK32=0)")
 
 
 #: fla's switch of its intra-card context-parallel backend (``fla.ops.common.backends.intracard``); fla reads it at

@@ -1,0 +1,148 @@
+"""fla's gated ``chunk_bwd_dqkwg`` on a Hopper GPU under Triton >= 3.4.0 and < 3.7.1, at a block width Triton compiles
+right: the backward of Gated DeltaNet and of simple GLA (so gendistill's Mamba2) where fla 0.6.0 refuses it.
+
+fla 0.6.0 raises in that backward on Hopper (H100, H200) with Triton in [3.4.0, 3.7.1) (fla issue #640): Triton
+miscompiles the kernel's ``tl.dot(tl.trans(b_ds), b_q)`` there and ``dk`` (then ``dg``) comes out wrong. The
+bisection in that issue pins the fault to one block width over the key dimension: BK = 64 fails, BK = 32 and BK = 128
+are correct; autotuning's configurations do not matter. fla picks BK = min(next power of two of K, 128) on Hopper,
+so BK = 64 exactly when the key head dimension is 33-64 (SmolLM2's 64). Torch 2.11 pins Triton 3.6.
+
+:class:`HopperDqkwgBackend` is a backend in fla's own dispatch registry (``fla.backends.register('common')``, the
+mechanism fla's TileLang backend uses for this same call): it takes the gated calls fla would refuse here and launches
+fla's unchanged Triton kernel ``chunk_bwd_kernel_dqkwg`` with BK = 32 where fla would choose 64 (two key blocks whose
+``dg`` partial sums fla's launcher already adds), every other argument as fla's launcher passes it. fla's TileLang
+backend (priority 5) still comes first where it is usable. It is registered by :func:`register_hopper_dqkwg`, which
+:func:`gendistill.ops.backend.fla_available` calls; ``GENDISTILL_FLA_HOPPER_BK32=0`` leaves fla refusing.
+
+Correctness is the GPU tests' to show, not this docstring's: ``tests/gpu/test_mixers_gpu.py`` checks the gradients
+of fla's ``chunk_gated_delta_rule`` and ``chunk_simple_gla`` (q, k, v, g, beta, the initial state) against float64
+PyTorch references on the card, and each mixer's layer gradients against the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+#: the switch: "0" leaves fla refusing the backward (its own behaviour)
+ENV = "GENDISTILL_FLA_HOPPER_BK32"
+
+#: the block width Triton miscompiles (fla issue #640) and the one taken instead
+BAD_BK, SAFE_BK = 64, 32
+
+
+def affected() -> bool:
+    """Whether fla refuses the gated ``chunk_bwd_dqkwg`` here: a Hopper GPU and Triton >= 3.4.0, < 3.7.1 (fla's own
+    flags, the ones its refusal reads). False where fla is not importable or has no such flags (another version)."""
+    try:
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
+    except ImportError:
+        return False
+    return bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1)
+
+
+def enabled() -> bool:
+    """Whether the backend may take the refused calls (``GENDISTILL_FLA_HOPPER_BK32`` not "0")."""
+    return os.environ.get(ENV, "1") != "0"
+
+
+def block_widths(K: int, V: int) -> tuple[int, int]:
+    """(BK, BV) for keys of head dimension K and values of V on Hopper: fla's choice (the next power of two, at least
+    16, at most 128), with BK = 64 replaced by 32. BV is not implicated in #640 and stays fla's."""
+    import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
+
+    bk = min(max(triton.next_power_of_2(K), 16), 128)
+    bv = min(max(triton.next_power_of_2(V), 16), 128)
+    return (SAFE_BK if bk == BAD_BK else bk), bv
+
+
+def chunk_bwd_dqkwg_bk32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, h: torch.Tensor,
+                         dh: torch.Tensor, w: torch.Tensor | None = None, g: torch.Tensor | None = None,
+                         g_gamma: torch.Tensor | None = None, dv: torch.Tensor | None = None,
+                         scale: float | None = None, state_v_first: bool = False,
+                         cu_seqlens: torch.LongTensor | None = None, chunk_size: int = 64,
+                         chunk_indices: torch.LongTensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """fla's ``chunk_bwd_dqkwg`` launcher (fla 0.6.0, ``fla/ops/common/chunk_o.py``) with :func:`block_widths`.
+
+    Shapes as fla's: q, k ``[B, T, H, K]``; v, do, dv ``[B, T, HV, V]``; h, dh ``[B, NT, HV, K, V]`` (``[..., V, K]``
+    with ``state_v_first``); g ``[B, T, HV]`` (log-space gates, per head); w like k. Returns dq, dk ``[B, T, H, K]``,
+    dw (like w, or None) and dg ``[B, T, HV]`` (float32, or None)."""
+    import triton  # noqa: PLC0415  (GPU kernels)
+    from fla.ops.common.chunk_o import chunk_bwd_kernel_dqkwg  # noqa: PLC0415  (GPU kernels)
+    from fla.ops.utils import prepare_chunk_indices  # noqa: PLC0415  (GPU kernels)
+
+    B, T, H, K, V, HV = *k.shape, v.shape[-1], v.shape[2]
+    BT = chunk_size
+    if chunk_indices is None and cu_seqlens is not None:
+        chunk_indices = prepare_chunk_indices(cu_seqlens, BT)
+    NT = triton.cdiv(T, BT) if cu_seqlens is None else len(chunk_indices)
+    BK, BV = block_widths(K, V)
+    NK = triton.cdiv(K, BK)
+    dq = q.new_empty(B, T, HV, K)
+    dk = k.new_empty(B, T, HV, K)
+    dg = torch.empty(NK, *g.shape, dtype=torch.float32, device=g.device) if g is not None else None
+    dw = torch.empty_like(w) if w is not None else None
+    chunk_bwd_kernel_dqkwg[(NK * NT, B * HV)](
+        q=q, k=k, v=v, g=g, g_gamma=g_gamma, h=h, do=do, dh=dh, dq=dq, dk=dk, dw=dw, dv=dv, dg=dg,
+        cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, scale=scale, B=B, T=T, H=H, HV=HV, K=K, V=V,
+        BT=BT, BK=BK, BV=BV, STATE_V_FIRST=state_v_first,
+    )
+    if H != HV:  # grouped value heads: each key head's gradient is the sum over its value heads
+        dq = dq.view(B, T, H, HV // H, K).sum(3)
+        dk = dk.view(B, T, H, HV // H, K).sum(3)
+    if dg is not None:  # the key blocks' partial sums
+        dg = dg.sum(0)
+    return dq, dk, dw, dg
+
+
+def _backend_class() -> type:
+    """The fla backend class (built on first use: fla's ``BaseBackend`` is importable only with fla)."""
+    from fla.backends import BaseBackend  # noqa: PLC0415  (GPU kernels)
+
+    class HopperDqkwgBackend(BaseBackend):
+        """fla backend: the gated ``chunk_bwd_dqkwg`` calls fla refuses on this machine, at a safe block width."""
+
+        backend_type = "gendistill_hopper_bk32"
+        env_var = ENV
+        priority = 6  # after fla's TileLang backend (5), which fla prefers for this call where it is usable
+
+        @classmethod
+        def is_available(cls) -> bool:
+            return affected()
+
+        def chunk_bwd_dqkwg_verifier(self, q, k, v, do, h, dh, w=None, g=None, g_gamma=None, *args, **kwargs):
+            if g is None:
+                return False, "ungated: fla's own kernel is not affected by #640"
+            if g_gamma is not None:
+                return False, "g_gamma is not a refused call"
+            return True, None
+
+        def chunk_bwd_dqkwg(self, *args, **kwargs):
+            return chunk_bwd_dqkwg_bk32(*args, **kwargs)
+
+    return HopperDqkwgBackend
+
+
+_registered = False
+
+
+def register_hopper_dqkwg() -> bool:
+    """Put the backend in fla's ``common`` registry where fla would refuse the gated backward, the switch allows it
+    and fla dispatches at all (not ``FLA_DISABLE_BACKEND_DISPATCH=1``); True when it is registered. A second call
+    registers again, which fla's registry does by replacing the entry of the same type."""
+    global _registered
+    if not (affected() and enabled()) or os.environ.get("FLA_DISABLE_BACKEND_DISPATCH") == "1":
+        return False
+    from fla.backends import register  # noqa: PLC0415  (GPU kernels)
+
+    register("common")(_backend_class())
+    _registered = True
+    return True
+
+
+def registered() -> bool:
+    """Whether :func:`register_hopper_dqkwg` put the backend in fla's registry in this process, and the switch still
+    allows it (fla reads the switch at every call)."""
+    return _registered and enabled()

@@ -1,0 +1,128 @@
+"""gendistill's fla backend for the gated ``chunk_bwd_dqkwg`` that fla 0.6.0 refuses on Hopper under Triton >= 3.4.0,
+< 3.7.1 (fla issue #640; gendistill/ops/fla_hopper_dqkwg.py). The CPU has no Hopper card: fla's own flags are set as
+the H100 of 2026-12-06 reported them, and fla's Triton kernel is replaced by a recorder of its launch, so these
+tests pin the routing (which calls the backend takes, through fla's own dispatch), the block width and the launcher's
+reductions. Whether the kernel's gradients are right at that width is the GPU test's
+(tests/gpu/test_mixers_gpu.py::test_fla_gated_kernel_gradients_match_float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("fla")
+
+from gendistill.ops import backend, fla_hopper_dqkwg  # noqa: E402
+
+
+@pytest.fixture
+def hopper_triton_3_6(monkeypatch):
+    """fla's view of the H100 of 2026-12-06 (a Hopper card, Triton 3.6, no usable tilelang); the backend's
+    registration flag restored afterwards."""
+    import fla.ops.common.chunk_o as chunk_o
+    import fla.utils
+    from fla.backends import TileLangBackend
+
+    monkeypatch.delenv("GENDISTILL_KDA_BACKEND", raising=False)
+    monkeypatch.delenv(fla_hopper_dqkwg.ENV, raising=False)
+    monkeypatch.setattr(backend, "fla_available", lambda: True)
+    for module in (fla.utils, chunk_o):  # fla's refusal reads the launcher module's own copies of the flags
+        monkeypatch.setattr(module, "IS_NVIDIA_HOPPER", True)
+        monkeypatch.setattr(module, "TRITON_ABOVE_3_4_0", True)
+        monkeypatch.setattr(module, "TRITON_ABOVE_3_7_1", False)
+    monkeypatch.setattr(TileLangBackend, "is_available", classmethod(lambda cls: False))
+    monkeypatch.setattr(fla_hopper_dqkwg, "_registered", False)
+    return monkeypatch
+
+
+class Recorder:
+    """Stands for fla's ``chunk_bwd_kernel_dqkwg``: records the launch and writes known values (each key block's dg
+    partial = block index + 1; dq, dk = 1 per value head)."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(**kw):
+            self.launches.append((grid, kw))
+            kw["dq"].fill_(1.0)
+            kw["dk"].fill_(1.0)
+            if kw["dg"] is not None:
+                for i in range(kw["dg"].shape[0]):
+                    kw["dg"][i].fill_(i + 1.0)
+        return launch
+
+
+def _gated_call(H=2, HV=2, K=64, V=64, T=128, gated=True):
+    """fla's dispatched ``chunk_bwd_dqkwg`` as Gated DeltaNet's backward calls it (keywords, bf16, B=1)."""
+    from fla.ops.common.chunk_o import chunk_bwd_dqkwg
+
+    r = lambda *s: torch.randn(*s, dtype=torch.bfloat16)  # noqa: E731
+    NT = T // 64
+    return chunk_bwd_dqkwg(q=r(1, T, H, K), k=r(1, T, H, K), v=r(1, T, HV, V), do=r(1, T, HV, V),
+                           h=r(1, NT, HV, K, V), dh=r(1, NT, HV, K, V), w=r(1, T, HV, K),
+                           g=torch.randn(1, T, HV) if gated else None, dv=r(1, T, HV, V), scale=K ** -0.5,
+                           chunk_size=64)
+
+
+@pytest.mark.parametrize(("K", "bk"), [(16, 16), (32, 32), (48, 32), (64, 32), (100, 128), (128, 128), (256, 128)])
+def test_block_width_replaces_exactly_the_miscompiled_64(K, bk):
+    # fla's rule on Hopper is min(max(next_pow2(K), 16), 128); #640 fails at BK = 64 only (32 and 128 pass)
+    assert fla_hopper_dqkwg.block_widths(K, 64) == (bk, 64)
+    assert fla_hopper_dqkwg.block_widths(64, 128)[1] == 128  # BV stays fla's
+
+
+def test_fla_refuses_without_the_backend(hopper_triton_3_6):
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "0")
+    assert not fla_hopper_dqkwg.register_hopper_dqkwg()
+    with pytest.raises(RuntimeError, match="#640"):
+        _gated_call()
+    reason = backend.fla_gated_backward_refused()
+    assert reason is not None and fla_hopper_dqkwg.ENV in reason
+
+
+def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_triton_3_6):
+    import fla.ops.common.chunk_o as chunk_o
+
+    rec = Recorder()
+    hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
+    assert fla_hopper_dqkwg.register_hopper_dqkwg()
+    assert backend.fla_gated_backward_refused() is None  # so distill and ablate no longer refuse GDN / Mamba2
+    dq, dk, dw, dg = _gated_call(T=128)
+    (grid, kw), = rec.launches
+    assert kw["BK"] == 32 and kw["BV"] == 64 and grid == (2 * 2, 1 * 2)  # NK * NT programs, B * HV
+    assert torch.equal(dg, torch.full((1, 128, 2), 3.0))  # the two key blocks' partials summed (1 + 2)
+    assert dq.shape == dk.shape == (1, 128, 2, 64) and dw.shape == (1, 128, 2, 64)
+    # the switch is read at every call: off again, fla refuses again
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "0")
+    with pytest.raises(RuntimeError, match="#640"):
+        _gated_call()
+
+
+def test_grouped_value_heads_sum_into_their_key_head(hopper_triton_3_6):
+    import fla.ops.common.chunk_o as chunk_o
+
+    rec = Recorder()
+    hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
+    fla_hopper_dqkwg.register_hopper_dqkwg()
+    dq, dk, _, _ = _gated_call(H=2, HV=6, K=128)
+    (_, kw), = rec.launches
+    assert kw["BK"] == 128  # 128 is not the miscompiled width: fla's own choice
+    assert dq.shape == dk.shape == (1, 128, 2, 128) and torch.all(dq == 3) and torch.all(dk == 3)
+
+
+def test_ungated_calls_are_left_to_fla(hopper_triton_3_6):
+    cls = fla_hopper_dqkwg._backend_class()
+    ok, why = cls().chunk_bwd_dqkwg_verifier(*[torch.zeros(1)] * 6, g=None)
+    assert not ok and "ungated" in why
+    assert cls().chunk_bwd_dqkwg_verifier(*[torch.zeros(1)] * 6, g=torch.zeros(1)) == (True, None)
+
+
+def test_not_registered_where_fla_does_not_refuse(hopper_triton_3_6):
+    import fla.utils
+
+    hopper_triton_3_6.setattr(fla.utils, "TRITON_ABOVE_3_7_1", True)
+    assert not fla_hopper_dqkwg.register_hopper_dqkwg()
+    hopper_triton_3_6.setattr(fla.utils, "TRITON_ABOVE_3_7_1", False)
+    hopper_triton_3_6.setenv("FLA_DISABLE_BACKEND_DISPATCH", "1")  # fla would bypass every backend
+    assert not fla_hopper_dqkwg.register_hopper_dqkwg()
