@@ -36,14 +36,21 @@ def hopper_triton_3_6(monkeypatch):
 
 
 class Recorder:
-    """Stands for fla's ``chunk_bwd_kernel_dqkwg``: records the launch and writes known values (each key block's dg
-    partial = block index + 1; dq, dk = 1 per value head)."""
+    """Stands for fla's ``chunk_bwd_kernel_dqkwg``: checks that a launch passes exactly the kernel's arguments (its
+    ``triton.jit`` names less those its ``triton.heuristics`` fill in), records it and writes known values (each key
+    block's dg partial = block index + 1; dq, dk = 1 per value head)."""
 
-    def __init__(self):
+    def __init__(self, kernel):
         self.launches = []
+        filled = set()
+        while not hasattr(kernel, "arg_names"):  # heuristics and autotuner wrap the jitted function
+            filled |= set(getattr(kernel, "values", {}))
+            kernel = kernel.fn
+        self.arguments = set(kernel.arg_names) - filled
 
     def __getitem__(self, grid):
         def launch(**kw):
+            assert set(kw) == self.arguments, (set(kw) ^ self.arguments)
             self.launches.append((grid, kw))
             kw["dq"].fill_(1.0)
             kw["dk"].fill_(1.0)
@@ -84,7 +91,7 @@ def test_fla_refuses_without_the_backend(hopper_triton_3_6):
 def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_triton_3_6):
     import fla.ops.common.chunk_o as chunk_o
 
-    rec = Recorder()
+    rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
     hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
     assert fla_hopper_dqkwg.register_hopper_dqkwg()
     assert backend.fla_gated_backward_refused() is None  # so distill and ablate no longer refuse GDN / Mamba2
@@ -102,7 +109,7 @@ def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_trit
 def test_grouped_value_heads_sum_into_their_key_head(hopper_triton_3_6):
     import fla.ops.common.chunk_o as chunk_o
 
-    rec = Recorder()
+    rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
     hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
     fla_hopper_dqkwg.register_hopper_dqkwg()
     dq, dk, _, _ = _gated_call(H=2, HV=6, K=128)
