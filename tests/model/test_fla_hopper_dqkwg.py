@@ -42,8 +42,10 @@ class Recorder:
 
     def __init__(self, kernel):
         self.launches = []
+        from triton.runtime.jit import JITFunction
+
         filled = set()
-        while not hasattr(kernel, "arg_names"):  # heuristics and autotuner wrap the jitted function
+        while not isinstance(kernel, JITFunction):  # heuristics and autotuner wrap the jitted function
             filled |= set(getattr(kernel, "values", {}))
             kernel = kernel.fn
         self.arguments = set(kernel.arg_names) - filled
