@@ -7,6 +7,12 @@ reductions. Whether the kernel's gradients are right at that width is the GPU te
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -135,3 +141,49 @@ def test_not_registered_where_fla_does_not_refuse(hopper_triton_3_6):
     hopper_triton_3_6.setattr(fla.utils, "TRITON_ABOVE_3_7_1", False)
     hopper_triton_3_6.setenv("FLA_DISABLE_BACKEND_DISPATCH", "1")  # fla would bypass every backend
     assert not fla_hopper_dqkwg.register_hopper_dqkwg()
+
+
+INTERPRETED = textwrap.dedent("""
+    import inspect, json
+    import torch
+    from triton.runtime.autotuner import Autotuner
+    import fla.ops.common.chunk_o as chunk_o
+    from gendistill.ops.fla_hopper_dqkwg import chunk_bwd_dqkwg_bk32
+
+    kernel = chunk_o.chunk_bwd_kernel_dqkwg
+    while not isinstance(kernel, Autotuner):
+        kernel = kernel.fn
+    kernel.configs = kernel.configs[:1]  # the interpreter cannot time candidates; each computes the same
+    chunk_o.check_shared_mem = lambda arch="none", *a, **k: arch == "hopper"  # fla's Hopper widths: 64 at K = 64
+    fla_launcher = inspect.unwrap(chunk_o.chunk_bwd_dqkwg)  # fla's own launcher, its dispatch wrapper removed
+    torch.manual_seed(0)
+    out = {}
+    for name, (H, HV, lens) in {"gated": (2, 2, None), "grouped": (2, 4, None), "packed": (2, 2, [50, 1, 77])}.items():
+        T, K, V = (128 if lens is None else sum(lens)), 64, 64
+        cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        NT = (T + 63) // 64 if cu is None else sum((n + 63) // 64 for n in lens)
+        r = torch.randn
+        kw = dict(q=r(1, T, H, K), k=r(1, T, H, K), v=r(1, T, HV, V), do=r(1, T, HV, V), h=r(1, NT, HV, K, V),
+                  dh=r(1, NT, HV, K, V), w=r(1, T, HV, K), g=-torch.rand(1, T, HV).cumsum(1) * 0.05,
+                  dv=r(1, T, HV, V), scale=K ** -0.5, cu_seqlens=cu, chunk_size=64)
+        ours, fla = chunk_bwd_dqkwg_bk32(**kw), fla_launcher(**kw)
+        out[name] = {n: ((a - b).norm() / b.norm()).item() for n, a, b in zip(("dq", "dk", "dw", "dg"), ours, fla)}
+    print(json.dumps(out))
+""")
+
+
+def test_width_32_computes_what_fla_computes_at_64_in_tritons_interpreter():
+    """fla's real kernel, run by Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before triton is imported, so
+    in a fresh process): gendistill's launcher at key block width 32 against fla's own launcher at its Hopper width
+    64, gated, grouped value heads and packed documents, float32. The interpreter does not reproduce #640 (a Hopper
+    code-generation fault); it shows that the two key blocks, their dg partials summed, are the same computation.
+    dq, dk, dw come from disjoint key blocks (equal exactly); dg sums two partials instead of one (float32 rounding,
+    ~1e-7 relative): 1e-6 allows that and nothing else."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"gated", "grouped", "packed"}
+    for case, by_name in errors.items():
+        assert by_name["dq"] == by_name["dk"] == by_name["dw"] == 0.0, (case, by_name)
+        assert by_name["dg"] < 1e-6, (case, by_name)
