@@ -241,3 +241,35 @@ def test_a_mixer_the_card_cannot_train_stops_the_grid_before_anything_trains(wri
                                           r"this GPU: fla refuses it on this card"):
         run_grid(g, teacher=object(), tokenizer=object(), progress="none")
     assert trainer.calls == [] and ev.calls == []
+
+
+def test_results_carried_without_their_students_train_nothing_again(write_grid, fakes, quiz):
+    """A lease's collected results keep every stage run's metrics and every evaluation, not the students
+    (tools/device_sweep.sh collect). Unpacked into the grid folder on the next machine they finish their cells: the
+    grid trains only what a cell still to evaluate needs, retraining a shared prefix whose student is gone."""
+    import shutil
+
+    trainer, ev = fakes
+    grid = write_grid({"masking": ["completion_only", "all_tokens"]}, eval=quiz)
+    first = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
+    report = json.loads(Path(first["report"]["json"]).read_text())
+    assert len(trainer.calls) == 4 and len(ev.calls) == 2
+    for p in plan_grid(load_grid(grid)):  # what collect leaves out
+        for n in p.nodes:
+            shutil.rmtree(n.student_dir, ignore_errors=True)
+
+    plan = describe_plan(plan_grid(load_grid(grid)))
+    assert all(c["skipped"] for c in plan["cells"]) and plan["nodes_to_train"] == 0 and plan["tokens_to_train"] == 0
+    again = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
+    assert len(trainer.calls) == 4 and len(ev.calls) == 2  # nothing trained or evaluated again
+    assert all(c["complete"] and not c["student_kept"] for c in again["cells"])
+    rerun = json.loads(Path(again["report"]["json"]).read_text())
+    assert rerun["axes"] == report["axes"] and rerun["evaluated"] == report["evaluated"] == 2
+
+    # a new cell on the same base: its chain (stage 1 and 3a shared with the evaluated cells, their students gone)
+    # is trained, the evaluated cells are not
+    grid = write_grid({"masking": ["completion_only", "all_tokens"], "freeze": ["attention", "none"]}, eval=quiz)
+    plan = describe_plan(plan_grid(load_grid(grid)))
+    assert [c["skipped"] for c in plan["cells"]] == [True, True, True, False] and plan["nodes_to_train"] == 3
+    run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
+    assert [c["stage"] for c in trainer.calls[4:]] == ["stage1", "stage3a", "stage3b"] and len(ev.calls) == 3

@@ -74,8 +74,10 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
     """What a run would do, without loading or writing anything: per cell its nodes (status, how many cells share
     each) and its evaluation; identical cells (same final node and evaluation) are marked. ``tokens_distinct``: the
     training tokens of the distinct stage runs (each shared run counted once); ``tokens_to_train``: of those not
-    done (a partial run counted whole)."""
+    done (a partial run counted whole) that a cell still to evaluate needs: an evaluated cell needs no student, so
+    results carried from another machine without their students train nothing again."""
     users: dict[str, list[str]] = {}
+    needed = {n.id for p in plans if not eval_done(p.eval_dir) for n in p.nodes}
     for p in plans:
         for n in p.nodes:
             users.setdefault(n.id, []).append(p.cell.name)
@@ -89,10 +91,11 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
             st = n.status()
             if n.id not in nodes_seen:
                 nodes_seen.add(n.id)
+                train = st != "done" and n.id in needed
                 done_nodes += st == "done"
-                todo_nodes += st != "done"
+                todo_nodes += train
                 tokens_distinct += budget[n.stage]
-                tokens_todo += budget[n.stage] if st != "done" else 0
+                tokens_todo += budget[n.stage] if train else 0
             entry_nodes.append({"stage": n.stage, "id": n.id, "status": st, "shared_by": len(users[n.id]),
                                 "dir": str(n.dir)})
         same = first_with_eval.get(p.eval_dir)
@@ -102,7 +105,7 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
             evals_todo += ev == "todo"
         cells.append({"cell": p.cell.name, "assignment": p.cell.assignment, "nodes": entry_nodes, "eval": ev,
                       "eval_dir": str(p.eval_dir), "same_as": same, "tokens": budget,
-                      "skipped": ev == "done" and all(n["status"] == "done" for n in entry_nodes)})
+                      "skipped": ev == "done"})
     return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
             "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo,
             "tokens_distinct": tokens_distinct, "tokens_to_train": tokens_todo}
@@ -344,7 +347,7 @@ def write_cell(plan: CellPlan, grid: Grid) -> dict[str, Any]:
             "tokens": stage_budget(plan.cell.recipe),
             "nodes": [{"stage": n.stage, "id": n.id, "dir": str(n.dir), "status": n.status()} for n in plan.nodes],
             "student": str(plan.final.student_dir), "eval_dir": str(plan.eval_dir),
-            "complete": done and plan.final.status() == "done"}
+            "complete": done, "student_kept": plan.final.status() == "done"}
     atomic_write_json(d / "cell.json", info)
     return info
 
@@ -462,6 +465,11 @@ def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | No
     infos, stopped, paths = [], False, None
     try:
         for p in plans:
+            if eval_done(p.eval_dir):  # evaluated: its results need no student (a lease's collected results keep
+                infos.append(write_cell(p, grid))  # metrics and evaluations, not students)
+                paths = write_grid_report(grid, plans)
+                bar.advance()
+                continue
             prev = None
             for n in p.nodes:
                 st = n.status()
