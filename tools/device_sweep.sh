@@ -23,6 +23,9 @@
 # Settings (environment of the start call): JOB_TIMEOUT (1200 s: the whole ablate command; then the report is
 # rebuilt from what finished); extra args after `start` go to `gendistill ablate`, e.g.
 #   --set 'stages[stage3b].tokens=1000000'   (every cell's stage 3b: the base recipe's key)
+# A grid resumed from an earlier lease (issue 28's mixers: KDA and GLA ran, Gated DeltaNet and Mamba2 wait): unpack
+#   that lease's sweep_results.tgz and carry its runs/<GRID> as .device/runs/<GRID> with call 3 (a few MB): `start`
+#   puts it where the grid writes, the dry run shows its evaluated cells as skipped, and only the others train.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
@@ -171,6 +174,12 @@ start)  # the teacher's third piece (if any) and the data in place, the grid che
   cp -f .device/carry3/data/* "$DATA"/
   # layer-selection results for a grid that reads them (select-smollm2-lease: select/<method>/layers.json)
   [ -d .device/select ] && cp -r .device/select "$JOB/" && step "selection results: $(ls .device/select | tr '\n' ' ')"
+  # an earlier lease's collected results of this grid (runs/<GRID> of its sweep_results.tgz, unpacked into
+  # .device/runs/<GRID> and carried): its evaluated cells are skipped (they need no students), the rest trains
+  if [ -d ".device/runs/$GRID" ] && [ ! -e "$RUN" ]; then
+    mkdir -p "$JOB/runs" && cp -r ".device/runs/$GRID" "$RUN" \
+      && step "carried results: $(ls "$RUN/cells" 2>/dev/null | tr '\n' ' ')"
+  fi
   timeout 60 python3 - "$DATA" "$JOB/teacher/manifest.json" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
 import gzip, json, pathlib, sys
 data, m = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())

@@ -213,8 +213,8 @@ def test_the_two_lease_grids_split_the_ablations_on_the_recipes_own_stages_1_and
     """ablate-recipe-smollm2-lease and ablate-mixers-smollm2-lease (issue 28): the paper's grid in two leases, each on
     the lease recipe's stages 1-2 (a base cut to 2M + 1M tokens copied none of the teacher's answers, results section
     14). The recipe grid shares stages 1-3a between its masking and freezing cells and retrains 3a-3b per objective;
-    in the mixer grid every cell is its own chain: KDA and GLA, the mixers fla trains on a Hopper card under Triton 3.6
-    (results section 17), on the recipe grid's stage-3a budget."""
+    in the mixer grid every cell is its own chain: KDA, GLA, Gated DeltaNet and Mamba2 on the recipe grid's stage-3a
+    budget (KDA and GLA ran in results section 17; the two others wait for a lease that carries those results)."""
     from gendistill.ablate.runner import describe_plan, plan_grid
     from gendistill.distill.recipe_files import load_recipe
 
@@ -230,8 +230,8 @@ def test_the_two_lease_grids_split_the_ablations_on_the_recipes_own_stages_1_and
     assert plan["distinct_nodes"] == 11 and plan["distinct_evals"] == 6
     mixers = load_grid("ablate-mixers-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
     mplan = describe_plan(plan_grid(mixers))
-    assert [c["cell"] for c in mplan["cells"]] == [f"mixer={m}" for m in ("kda", "gla")]
-    assert mplan["distinct_nodes"] == 8 and mplan["distinct_evals"] == 2
+    assert [c["cell"] for c in mplan["cells"]] == [f"mixer={m}" for m in ("kda", "gla", "gated_deltanet", "mamba2")]
+    assert mplan["distinct_nodes"] == 16 and mplan["distinct_evals"] == 4
     for g in (recipe, mixers):
         assert [s.tokens for s in g.base.stages][:2] == [s.tokens for s in shipped][:2]  # 6M + 2M
         assert len({tuple(s.total_steps() for s in c.recipe.stages) for c in g.cells}) == 1  # equal budgets
