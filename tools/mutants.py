@@ -389,6 +389,24 @@ MUTANTS: list[Mutant] = [
            "TRITON_ABOVE_3_7_1) or TileLangBackend.is_available():", "TRITON_ABOVE_3_7_1):",
            ("tests/model/test_mixer_training_refusal.py",),
            "a user who installed tilelang (fla's way out) is still refused"),
+    # ---- Gated DeltaNet's and Mamba2's backward on Hopper at a key block width Triton compiles right (fla #640)
+    Mutant("hopper_dqkwg_keeps_width_64", "src/gendistill/ops/fla_hopper_dqkwg.py",
+           "return (SAFE_BK if bk == BAD_BK else bk), bv", "return bk, bv",
+           ("tests/model/test_fla_hopper_dqkwg.py",),
+           "the backend launches the miscompiled width: wrong dk and dg on every H100 / H200"),
+    Mutant("hopper_dqkwg_partials_not_summed", "src/gendistill/ops/fla_hopper_dqkwg.py",
+           "        dg = dg.sum(0)\n", "        dg = dg[0]\n",
+           ("tests/model/test_fla_hopper_dqkwg.py",),
+           "the gate gradient keeps the first key block's half: Gated DeltaNet's gates learn from half their gradient"),
+    Mutant("hopper_dqkwg_not_registered", "src/gendistill/ops/fla_hopper_dqkwg.py",
+           '    register("common")(_backend_class())\n', "",
+           ("tests/model/test_fla_hopper_dqkwg.py",),
+           "gendistill says Gated DeltaNet trains on the card, fla then refuses at the first backward"),
+    # ---- grids resumed from a lease's collected results (metrics and evaluations, no students)
+    Mutant("evaluated_cell_retrained", "src/gendistill/ablate/runner.py",
+           "            if eval_done(p.eval_dir):  # evaluated", "            if False:  # evaluated",
+           ("tests/ablate/test_sharing.py", "-k", "carried"),
+           "a lease that carries earlier cells' results retrains them for nothing (16 minutes of a 30-minute lease)"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
