@@ -80,11 +80,13 @@ def _gated_call(H=2, HV=2, K=64, V=64, T=128, gated=True):
                            chunk_size=64)
 
 
-@pytest.mark.parametrize(("K", "bk"), [(16, 16), (32, 32), (48, 32), (64, 32), (100, 128), (128, 128), (256, 128)])
-def test_block_width_replaces_exactly_the_miscompiled_64(K, bk):
-    # fla's rule on Hopper is min(max(next_pow2(K), 16), 128); #640 fails at BK = 64 only (32 and 128 pass)
-    assert fla_hopper_dqkwg.block_widths(K, 64) == (bk, 64)
-    assert fla_hopper_dqkwg.block_widths(64, 128)[1] == 128  # BV stays fla's
+@pytest.mark.parametrize(("K", "widths"), [(16, (16, 64)), (32, (32, 64)), (48, (32, 32)), (64, (32, 32)),
+                                           (100, (128, 64)), (128, (128, 64)), (256, (128, 64))])
+def test_block_width_replaces_exactly_the_miscompiled_64(K, widths):
+    # fla's rule on Hopper is min(max(next_pow2(K), 16), 128); #640 fails at BK = 64 only (32 and 128 pass); there
+    # both widths become fla's small-shared-memory ones (at most 32)
+    assert fla_hopper_dqkwg.block_widths(K, 64) == widths
+    assert fla_hopper_dqkwg.block_widths(128, 128) == (128, 128)  # not the miscompiled width: fla's own
 
 
 def test_fla_refuses_without_the_backend(hopper_triton_3_6):
@@ -105,7 +107,7 @@ def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_trit
     assert backend.fla_gated_backward_refused() is None  # so distill and ablate no longer refuse GDN / Mamba2
     dq, dk, dw, dg = _gated_call(T=128)
     (grid, kw), = rec.launches
-    assert kw["BK"] == 32 and kw["BV"] == 64 and grid == (2 * 2, 1 * 2)  # NK * NT programs, B * HV
+    assert kw["BK"] == 32 and kw["BV"] == 32 and grid == (2 * 2, 1 * 2)  # NK * NT programs, B * HV
     assert torch.equal(dg, torch.full((1, 128, 2), 3.0))  # the two key blocks' partials summed (1 + 2)
     assert dq.shape == dk.shape == (1, 128, 2, 64) and dw.shape == (1, 128, 2, 64)
     # the switch is read at every call: off again, fla refuses again

@@ -49,12 +49,14 @@ def enabled() -> bool:
 
 def block_widths(K: int, V: int) -> tuple[int, int]:
     """(BK, BV) for keys of head dimension K and values of V on Hopper: fla's choice (the next power of two, at least
-    16, at most 128), with BK = 64 replaced by 32. BV is not implicated in #640 and stays fla's."""
+    16, at most 128), and where that puts BK at 64, fla's own choice for a GPU of small shared memory (both at most
+    32). BK = 32 with fla's Hopper BV = 64 ran into an illegal memory access in bf16 on an H100 (2026-12-06)."""
     import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
 
     bk = min(max(triton.next_power_of_2(K), 16), 128)
-    bv = min(max(triton.next_power_of_2(V), 16), 128)
-    return (SAFE_BK if bk == BAD_BK else bk), bv
+    if bk != BAD_BK:
+        return bk, min(max(triton.next_power_of_2(V), 16), 128)
+    return SAFE_BK, min(max(triton.next_power_of_2(V), 16), SAFE_BK)
 
 
 def chunk_bwd_dqkwg_bk32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, h: torch.Tensor,
