@@ -176,16 +176,14 @@ INTERPRETED = textwrap.dedent("""
 
 def test_width_32_computes_what_fla_computes_at_64_in_tritons_interpreter():
     """fla's real kernel, run by Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before triton is imported, so
-    in a fresh process): gendistill's launcher at key block width 32 against fla's own launcher at its Hopper width
-    64, gated, grouped value heads and packed documents, float32. The interpreter does not reproduce #640 (a Hopper
-    code-generation fault); it shows that the two key blocks, their dg partials summed, are the same computation.
-    dq, dk, dw come from disjoint key blocks (equal exactly); dg sums two partials instead of one (float32 rounding,
-    ~1e-7 relative): 1e-6 allows that and nothing else."""
+    in a fresh process): gendistill's launcher (key and value blocks of 32) against fla's own launcher at its Hopper
+    widths (64), gated, grouped value heads and packed documents, float32. The interpreter does not reproduce #640 (a
+    Hopper code-generation fault); it shows that the smaller blocks, the key blocks' dg partials summed, are the same
+    computation: only the order of float32 sums changes (~2e-7 relative), which 1e-6 allows and nothing else."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(errors) == {"gated", "grouped", "packed"}
     for case, by_name in errors.items():
-        assert by_name["dq"] == by_name["dk"] == by_name["dw"] == 0.0, (case, by_name)
-        assert by_name["dg"] < 1e-6, (case, by_name)
+        assert max(by_name.values()) < 1e-6, (case, by_name)
