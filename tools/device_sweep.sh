@@ -24,8 +24,9 @@
 # rebuilt from what finished); extra args after `start` go to `gendistill ablate`, e.g.
 #   --set 'stages[stage3b].tokens=1000000'   (every cell's stage 3b: the base recipe's key)
 # A grid resumed from an earlier lease (issue 28's mixers: KDA and GLA ran, Gated DeltaNet and Mamba2 wait): unpack
-#   that lease's sweep_results.tgz and carry its runs/<GRID> as .device/runs/<GRID> with call 3 (a few MB): `start`
-#   puts it where the grid writes, the dry run shows its evaluated cells as skipped, and only the others train.
+#   that lease's sweep_results.tgz without the examples (mkdir -p .device && tar xzf sweep_results.tgz -C .device
+#   --exclude='*/examples' runs/<GRID>; 1.3 MB for the mixers) and carry .device/runs with call 3: `start` puts it
+#   where the grid writes, the dry run shows its evaluated cells as skipped, and only the others train.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
