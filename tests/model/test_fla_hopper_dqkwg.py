@@ -89,13 +89,16 @@ def test_block_width_replaces_exactly_the_miscompiled_64(K, widths):
     assert fla_hopper_dqkwg.block_widths(128, 128) == (128, 128)  # not the miscompiled width: fla's own
 
 
-def test_fla_refuses_without_the_backend(hopper_triton_3_6):
-    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "0")
-    assert not fla_hopper_dqkwg.register_hopper_dqkwg()
+@pytest.mark.parametrize("switch", [None, "0"], ids=["unset", "off"])
+def test_fla_refuses_unless_the_backend_is_opted_into(hopper_triton_3_6, switch):
+    # opt-in until its bf16 check passes on the card (docs/mixers.md): registered, but it takes no call
+    if switch is not None:
+        hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, switch)
+    assert fla_hopper_dqkwg.register_hopper_dqkwg() and not fla_hopper_dqkwg.registered()
     with pytest.raises(RuntimeError, match="#640"):
         _gated_call()
     reason = backend.fla_gated_backward_refused()
-    assert reason is not None and fla_hopper_dqkwg.ENV in reason
+    assert reason is not None and f"{fla_hopper_dqkwg.ENV}=1" in reason
 
 
 def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_triton_3_6):
@@ -103,6 +106,7 @@ def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_trit
 
     rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
     hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "1")
     assert fla_hopper_dqkwg.register_hopper_dqkwg()
     assert backend.fla_gated_backward_refused() is None  # so distill and ablate no longer refuse GDN / Mamba2
     dq, dk, dw, dg = _gated_call(T=128)
@@ -121,6 +125,7 @@ def test_grouped_value_heads_sum_into_their_key_head(hopper_triton_3_6):
 
     rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
     hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "1")
     fla_hopper_dqkwg.register_hopper_dqkwg()
     dq, dk, _, _ = _gated_call(H=2, HV=6, K=128)
     (_, kw), = rec.launches

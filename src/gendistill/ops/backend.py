@@ -53,8 +53,8 @@ def fla_gated_backward_refused() -> str | None:
     fla 0.6.0 raises in that backward (Gated DeltaNet's ``chunk_gated_delta_rule``, simple GLA's, so Mamba2's) on a
     Hopper GPU (H100, H200) with Triton >= 3.4.0 and < 3.7.1, which it says computes wrong results there (fla issue
     #640), unless a backend of its registry takes the call: its TileLang backend (``tilelang`` installed, ``nvcc``
-    found) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by :func:`fla_available` unless
-    ``GENDISTILL_FLA_HOPPER_BK32=0``). KDA and GLA do not use it. None also where fla's kernels do not run at all (no
+    found) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by :func:`fla_available`, opt-in with
+    ``GENDISTILL_FLA_HOPPER_BK32=1`` until its bf16 check passes on the card). KDA and GLA do not use it. None also where fla's kernels do not run at all (no
     CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch backward is exact everywhere."""
     if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available():
         return None
@@ -70,7 +70,8 @@ def fla_gated_backward_refused() -> str | None:
         return None
     return (f"fla refuses its gated chunk_bwd_dqkwg backward on a Hopper GPU with Triton {triton.__version__} "
             "(wrong results under Triton >= 3.4.0 and < 3.7.1, fla issue #640) unless Triton >= 3.7.1 or tilelang "
-            "(with nvcc) is installed, or gendistill's block-width backend is on (unset GENDISTILL_FLA_HOPPER_BK32=0)")
+            "(with nvcc) is installed, or gendistill's block-width backend is opted into (GENDISTILL_FLA_HOPPER_BK32=1; "
+            "checked on an H100 in fp32, not yet in bf16)")
 
 
 #: fla's switch of its intra-card context-parallel backend (``fla.ops.common.backends.intracard``); fla reads it at
