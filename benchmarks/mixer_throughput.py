@@ -67,7 +67,8 @@ def measure(mixer: str, args, device, dtype) -> dict:
     from gendistill.ops.backend import fla_gated_backward_refused
 
     config, layer = build(mixer, args, device, dtype)
-    refused = fla_gated_backward_refused() if layer.fla_gated_dqkwg_backward else None  # None off fla's kernels
+    refused = (fla_gated_backward_refused(fp32_states=layer.fla_dqkwg_fp32_states)  # None off fla's kernels
+               if layer.fla_gated_dqkwg_backward else None)
     row = {"mixer": mixer, "params": sum(p.numel() for p in layer.parameters()),
            "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": [], "backward_refused": refused}
     for T in args.lengths:

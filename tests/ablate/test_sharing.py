@@ -235,12 +235,18 @@ def test_a_mixer_the_card_cannot_train_stops_the_grid_before_anything_trains(wri
     trainer, ev = fakes
     g = load_grid(write_grid({"mixer": ["kda", "gated_deltanet"]}, eval=quiz))
     runner.check_mixers_train_here(g)  # on this CPU: the PyTorch path trains every mixer
-    monkeypatch.setattr(registry, "fla_gated_backward_refused", lambda: "fla refuses it on this card")
+    monkeypatch.setattr(registry, "fla_gated_backward_refused", lambda **_: "fla refuses it on this card")
     monkeypatch.setattr(runner, "resolve_device", lambda name, what="--device": torch.device("cuda"))
     with pytest.raises(ConfigError, match=r"cell mixer=gated_deltanet: student mixers gated_deltanet cannot train on "
                                           r"this GPU: fla refuses it on this card"):
         run_grid(g, teacher=object(), tokenizer=object(), progress="none")
     assert trainer.calls == [] and ev.calls == []
+    # Gated DeltaNet's cell evaluated elsewhere (results carried from another lease): it trains nothing here, so the
+    # card's refusal does not stop the grid
+    gdn = plan_grid(g)[1]
+    gdn.eval_dir.mkdir(parents=True)
+    (gdn.eval_dir / "results.json").write_text(json.dumps({"meta": {"complete": True}, "rows": [], "fidelity": []}))
+    runner.check_mixers_train_here(g)
 
 
 def test_results_carried_without_their_students_train_nothing_again(write_grid, fakes, quiz):
@@ -260,6 +266,8 @@ def test_results_carried_without_their_students_train_nothing_again(write_grid, 
 
     plan = describe_plan(plan_grid(load_grid(grid)))
     assert all(c["skipped"] for c in plan["cells"]) and plan["nodes_to_train"] == 0 and plan["tokens_to_train"] == 0
+    assert plan["nodes_not_needed"] == plan["distinct_nodes"] == 4 and plan["nodes_done"] == 0
+    assert {n["status"] for c in plan["cells"] for n in c["nodes"]} == {"not needed"}
     again = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
     assert len(trainer.calls) == 4 and len(ev.calls) == 2  # nothing trained or evaluated again
     assert all(c["complete"] and not c["student_kept"] for c in again["cells"])
@@ -271,5 +279,6 @@ def test_results_carried_without_their_students_train_nothing_again(write_grid, 
     grid = write_grid({"masking": ["completion_only", "all_tokens"], "freeze": ["attention", "none"]}, eval=quiz)
     plan = describe_plan(plan_grid(load_grid(grid)))
     assert [c["skipped"] for c in plan["cells"]] == [True, True, True, False] and plan["nodes_to_train"] == 3
+    assert plan["nodes_not_needed"] == 2  # the evaluated cells' own stage-3b runs
     run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
     assert [c["stage"] for c in trainer.calls[4:]] == ["stage1", "stage3a", "stage3b"] and len(ev.calls) == 3

@@ -42,7 +42,7 @@ def test_a_backward_fla_refuses_is_recorded_not_fatal(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("mixer_throughput", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setattr(backend, "fla_gated_backward_refused", lambda: "fla refuses it here")
+    monkeypatch.setattr(backend, "fla_gated_backward_refused", lambda **_: "fla refuses it here")
     rc = mod.main(["--device", "cpu", "--dtype", "float32", "--lengths", "24", "--batch", "1", "--hidden", "32",
                    "--heads", "2", "--kv-heads", "1", "--dim", "16", "--warmup", "0", "--repeats", "1",
                    "--out", str(tmp_path)])

@@ -114,9 +114,14 @@ def test_fla_gated_kernel_gradients_match_float64(kernel, T, dtype, K, monkeypat
     from gendistill.ops.backend import fla_gated_backward_refused
     from gendistill.ops.fla_hopper_dqkwg import ENV
 
+    import gendistill.ops.fla_hopper_dqkwg as hopper
+
     monkeypatch.setenv(ENV, "1")
-    if why := fla_gated_backward_refused():
+    if why := fla_gated_backward_refused(fp32_states=kernel == "simple_gla"):
         pytest.skip(why)
+    launches = []  # where fla refuses, the verdict must be the block-width backend's (not TileLang's, where usable)
+    real = hopper.chunk_bwd_dqkwg_bk32
+    monkeypatch.setattr(hopper, "chunk_bwd_dqkwg_bk32", lambda *a, **kw: launches.append(1) or real(*a, **kw))
     if kernel == "gated_delta_rule":
         *xs, h0 = gdn_inputs(2, T, 4, K, 64, dtype, seed=T + K)
         run = lambda q, k, v, g, beta, s0, ref=False: (  # noqa: E731
@@ -137,7 +142,14 @@ def test_fla_gated_kernel_gradients_match_float64(kernel, T, dtype, K, monkeypat
     ((o_ref * wo.double()).sum() + (s_ref * ws.double()).sum()).backward()
     names = ["q", "k", "v", "g", "beta", "h0"] if kernel == "gated_delta_rule" else ["q", "k", "v", "g", "h0"]
     errors = {n: rel(a.grad, b.grad) for n, a, b in zip(names, inputs, doubles)}
-    print(f"{kernel} T={T} {dtype} K={K}: gradient errors " + " ".join(f"{n} {e:.1e}" for n, e in errors.items()))
+    print(f"{kernel} T={T} {dtype} K={K}: gradient errors " + " ".join(f"{n} {e:.1e}" for n, e in errors.items())
+          + f" (block-width backend launches: {len(launches)})")
+    from fla.backends import TileLangBackend
+    from fla.ops.common.backends.tilelang import CommonTileLangBackend
+
+    tilelang = TileLangBackend.is_available() and CommonTileLangBackend().is_enabled()
+    if hopper.affected() and (kernel == "simple_gla" or not tilelang):  # TileLang declines simple GLA's fp32 states
+        assert launches, "fla refuses this backward here, yet the block-width backend did not run"
     assert all(e < 2 * TOL[dtype] for e in errors.values()), errors
 
 
@@ -201,7 +213,8 @@ def test_mixer_gradients_on_fla_match_the_reference_path(mixer, monkeypatch):
     monkeypatch.setenv(ENV, "1")  # Gated DeltaNet's and Mamba2's backward on Hopper under Triton 3.6 (opt-in)
     student = _student(mixer)
     layer = student.model.layers[1].linear_attn.train()
-    why = fla_gated_backward_refused() if layer.fla_gated_dqkwg_backward else None
+    why = (fla_gated_backward_refused(fp32_states=layer.fla_dqkwg_fp32_states)
+           if layer.fla_gated_dqkwg_backward else None)
     if why:  # checked against fla itself by test_fla_refuses_the_backward_exactly_where_gendistill_says
         pytest.skip(f"{mixer}: {why}")
     h = torch.randn(2, 300, layer.hidden_size, device="cuda")

@@ -37,6 +37,10 @@ def hopper_triton_3_6(monkeypatch):
         monkeypatch.setattr(module, "TRITON_ABOVE_3_4_0", True)
         monkeypatch.setattr(module, "TRITON_ABOVE_3_7_1", False)
     monkeypatch.setattr(TileLangBackend, "is_available", classmethod(lambda cls: False))
+    from fla.ops.common.backends.tilelang import CommonTileLangBackend
+
+    monkeypatch.setattr(CommonTileLangBackend, "default_enable", True)  # as fla sets it on import on a Hopper card
+    monkeypatch.delenv("FLA_TILELANG", raising=False)
     monkeypatch.setattr(fla_hopper_dqkwg, "_registered", False)
     return monkeypatch
 
@@ -120,6 +124,19 @@ def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_trit
         _gated_call()
 
 
+def test_fla_own_switch_turns_it_on_too_and_gendistill_agrees(hopper_triton_3_6):
+    # fla's BaseBackend.is_enabled also reads FLA_<TYPE>: gendistill's refusal must say what fla will do
+    import fla.ops.common.chunk_o as chunk_o
+
+    rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
+    hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
+    hopper_triton_3_6.setenv(f"FLA_{fla_hopper_dqkwg.BACKEND_TYPE.upper()}", "1")
+    fla_hopper_dqkwg.register_hopper_dqkwg()
+    assert backend.fla_gated_backward_refused() is None
+    _gated_call()
+    assert len(rec.launches) == 1 and rec.launches[0][1]["BK"] == 32
+
+
 def test_grouped_value_heads_sum_into_their_key_head(hopper_triton_3_6):
     import fla.ops.common.chunk_o as chunk_o
 
@@ -165,8 +182,10 @@ INTERPRETED = textwrap.dedent("""
     fla_launcher = inspect.unwrap(chunk_o.chunk_bwd_dqkwg)  # fla's own launcher, its dispatch wrapper removed
     torch.manual_seed(0)
     out = {}
-    for name, (H, HV, lens) in {"gated": (2, 2, None), "grouped": (2, 4, None), "packed": (2, 2, [50, 1, 77])}.items():
-        T, K, V = (128 if lens is None else sum(lens)), 64, 64
+    cases = {"gated": (2, 2, None, 64), "grouped": (2, 4, None, 64), "packed": (2, 2, [50, 1, 77], 64),
+             "head dimension 48": (2, 2, None, 48)}
+    for name, (H, HV, lens, K) in cases.items():
+        T, V = (128 if lens is None else sum(lens)), 64
         cu = None if lens is None else torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
         NT = (T + 63) // 64 if cu is None else sum((n + 63) // 64 for n in lens)
         r = torch.randn
@@ -182,13 +201,13 @@ INTERPRETED = textwrap.dedent("""
 def test_width_32_computes_what_fla_computes_at_64_in_tritons_interpreter():
     """fla's real kernel, run by Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before triton is imported, so
     in a fresh process): gendistill's launcher (key and value blocks of 32) against fla's own launcher at its Hopper
-    widths (64), gated, grouped value heads and packed documents, float32. The interpreter does not reproduce #640 (a
+    widths (64), gated, grouped value heads, packed documents and a head dimension of 48, float32. The interpreter does not reproduce #640 (a
     Hopper code-generation fault); it shows that the smaller blocks, the key blocks' dg partials summed, are the same
     computation: only the order of float32 sums changes (~2e-7 relative), which 1e-6 allows and nothing else."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(errors) == {"gated", "grouped", "packed"}
+    assert set(errors) == {"gated", "grouped", "packed", "head dimension 48"}
     for case, by_name in errors.items():
         assert max(by_name.values()) < 1e-6, (case, by_name)

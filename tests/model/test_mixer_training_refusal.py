@@ -25,6 +25,10 @@ def hopper_triton_3_6(monkeypatch):
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_7_1", False)
     monkeypatch.setattr(TileLangBackend, "is_available", classmethod(lambda cls: False))
+    from fla.ops.common.backends.tilelang import CommonTileLangBackend
+
+    monkeypatch.setattr(CommonTileLangBackend, "default_enable", True)  # as fla sets it on import on a Hopper card
+    monkeypatch.delenv("FLA_TILELANG", raising=False)
     return monkeypatch
 
 
@@ -50,6 +54,18 @@ def test_not_refused_where_fla_runs_it_or_does_not_run(hopper_triton_3_6, way_ou
     else:
         mp.setattr(backend, "fla_available", lambda: False)
     assert backend.fla_gated_backward_refused() is None
+
+
+def test_tilelang_is_no_way_out_when_switched_off_or_for_float32_states(hopper_triton_3_6):
+    # fla's TileLang backend: FLA_TILELANG=0 switches it off; it declines simple GLA's backward (float32 states)
+    from fla.backends import TileLangBackend
+
+    mp = hopper_triton_3_6
+    mp.setattr(TileLangBackend, "is_available", classmethod(lambda cls: True))
+    assert backend.fla_gated_backward_refused() is None
+    assert backend.fla_gated_backward_refused(fp32_states=True) is not None
+    mp.setenv("FLA_TILELANG", "0")
+    assert backend.fla_gated_backward_refused() is not None
 
 
 def _student(mixer: str):

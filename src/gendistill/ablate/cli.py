@@ -28,7 +28,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
         t.add_row(str(i), name, *cols, ev, human_tokens(sum(c["tokens"].values())))
     console.print(t)
     console.print(f"{len(plan['cells'])} cells; {plan['distinct_nodes']} distinct stage runs "
-                  f"({plan['nodes_done']} done, {plan['nodes_to_train']} to train or resume); "
+                  f"({plan['nodes_done']} done, {plan['nodes_to_train']} to train or resume"
+                  + (f", {plan['nodes_not_needed']} not needed: only evaluated cells use them"
+                     if plan["nodes_not_needed"] else "") + "); "
                   f"{plan['distinct_evals']} distinct evaluations ({plan['evals_to_run']} to run); "
                   f"{human_tokens(plan['tokens_distinct'])} training tokens in the distinct stage runs "
                   f"({plan['tokens_distinct']:,}; {human_tokens(plan['tokens_to_train'])} to train)")

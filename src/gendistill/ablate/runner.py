@@ -82,20 +82,22 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
         for n in p.nodes:
             users.setdefault(n.id, []).append(p.cell.name)
     first_with_eval: dict[Path, str] = {}
-    cells, nodes_seen, todo_nodes, done_nodes = [], set(), 0, 0
+    cells, nodes_seen, todo_nodes, done_nodes, unneeded_nodes = [], set(), 0, 0, 0
     evals_todo = tokens_distinct = tokens_todo = 0
     for p in plans:
         entry_nodes = []
         budget = stage_budget(p.cell.recipe)
         for n in p.nodes:
             st = n.status()
+            if st != "done" and n.id not in needed:
+                st = "not needed"  # only evaluated cells use it: nothing to train or resume
             if n.id not in nodes_seen:
                 nodes_seen.add(n.id)
-                train = st != "done" and n.id in needed
                 done_nodes += st == "done"
-                todo_nodes += train
+                todo_nodes += st in ("todo", "partial")
+                unneeded_nodes += st == "not needed"
                 tokens_distinct += budget[n.stage]
-                tokens_todo += budget[n.stage] if train else 0
+                tokens_todo += budget[n.stage] if st in ("todo", "partial") else 0
             entry_nodes.append({"stage": n.stage, "id": n.id, "status": st, "shared_by": len(users[n.id]),
                                 "dir": str(n.dir)})
         same = first_with_eval.get(p.eval_dir)
@@ -107,6 +109,7 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
                       "eval_dir": str(p.eval_dir), "same_as": same, "tokens": budget,
                       "skipped": ev == "done"})
     return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
+            "nodes_not_needed": unneeded_nodes,
             "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo,
             "tokens_distinct": tokens_distinct, "tokens_to_train": tokens_todo}
 
@@ -421,9 +424,11 @@ def check_mixers_train_here(grid: Grid) -> None:
     """Every cell's mixer can be trained on the device its recipe names, checked before anything trains
     (:func:`gendistill.layers.registry.mixer_training_refusal`: Gated DeltaNet and Mamba2 on a Hopper GPU under Triton
     3.6 are not): a mixer axis stops at once, naming the cell, instead of after the cells before it have trained. A
-    cell that loads its student (``student.path``) is checked by the trainer when it loads it."""
-    for c in grid.cells:
-        if c.recipe.student.path is not None:
+    cell that loads its student (``student.path``) is checked by the trainer when it loads it; an evaluated cell
+    trains nothing and is not checked."""
+    for p in plan_grid(grid):
+        c = p.cell
+        if c.recipe.student.path is not None or eval_done(p.eval_dir):
             continue
         mixer = c.recipe.student.kda_options.get("linear_attention_type", "kda")
         line = mixer_training_refusal([mixer], resolve_device(c.recipe.run.device, "run.device"))
@@ -467,7 +472,7 @@ def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | No
         for p in plans:
             if eval_done(p.eval_dir):  # evaluated: its results need no student (a lease's collected results keep
                 infos.append(write_cell(p, grid))  # metrics and evaluations, not students)
-                paths = write_grid_report(grid, plans)
+                paths = None  # the report is written after the next trained cell, or at the end
                 bar.advance()
                 continue
             prev = None

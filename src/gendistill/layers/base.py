@@ -43,6 +43,8 @@ class TeacherShapedMixer(nn.Module):
     #: whether the mixer's backward on fla runs fla's gated ``chunk_bwd_dqkwg``, which fla 0.6 refuses on some
     #: machines (:func:`gendistill.ops.backend.fla_gated_backward_refused`)
     fla_gated_dqkwg_backward: bool = False
+    #: whether that backward keeps its states in float32 (simple GLA's does), which fla's TileLang backend declines
+    fla_dqkwg_fp32_states: bool = False
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

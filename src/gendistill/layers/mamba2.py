@@ -24,6 +24,7 @@ class Mamba2(TeacherShapedMixer):
 
     fp32_parameters = ("A_log", "dt_bias", "D")
     fla_gated_dqkwg_backward = True  # fla's chunk_simple_gla backward
+    fla_dqkwg_fp32_states = True  # its states float32: fla's TileLang backend declines it
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

@@ -55,9 +55,15 @@ def mixer_training_refusal(mixers: Iterable[str], device: torch.device) -> str |
     (:func:`gendistill.ops.backend.fla_gated_backward_refused`); the line names the ways out."""
     if device.type != "cuda":
         return None
-    names = sorted({n for n in mixers if getattr(LINEAR_MIXERS.get(n), "fla_gated_dqkwg_backward", False)})
-    reason = fla_gated_backward_refused() if names else None
-    if reason is None:
+    refused = {}
+    for n in sorted(set(mixers)):
+        cls = LINEAR_MIXERS.get(n)
+        if getattr(cls, "fla_gated_dqkwg_backward", False):
+            reason = fla_gated_backward_refused(fp32_states=cls.fla_dqkwg_fp32_states)
+            if reason is not None:
+                refused[n] = reason
+    if not refused:
         return None
+    names, reason = list(refused), next(iter(refused.values()))
     return (f"student mixers {', '.join(names)} cannot train on this GPU: {reason}; use linear_attention_type kda or "
             "gla, or GENDISTILL_KDA_BACKEND=torch (exact, much slower)")

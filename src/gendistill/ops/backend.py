@@ -47,31 +47,36 @@ def use_fla(x: torch.Tensor) -> bool:
     return x.is_cuda and fla_available()
 
 
-def fla_gated_backward_refused() -> str | None:
+def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
     """Why fla would refuse the backward of its gated ``chunk_bwd_dqkwg`` here (one clause), or None where it runs it.
 
     fla 0.6.0 raises in that backward (Gated DeltaNet's ``chunk_gated_delta_rule``, simple GLA's, so Mamba2's) on a
     Hopper GPU (H100, H200) with Triton >= 3.4.0 and < 3.7.1, which it says computes wrong results there (fla issue
     #640), unless a backend of its registry takes the call: its TileLang backend (``tilelang`` installed, ``nvcc``
-    found) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by :func:`fla_available`, opt-in with
-    ``GENDISTILL_FLA_HOPPER_BK32=1`` until its bf16 check passes on the card). KDA and GLA do not use it. None also where fla's kernels do not run at all (no
-    CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch backward is exact everywhere."""
+    found, not switched off with ``FLA_TILELANG=0``; it declines calls whose states are float32, ``fp32_states``:
+    simple GLA's backward keeps them so) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by
+    :func:`fla_available`, opt-in with ``GENDISTILL_FLA_HOPPER_BK32=1`` until its bf16 check passes on the card). KDA
+    and GLA do not use it. None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``):
+    the pure-PyTorch backward is exact everywhere."""
     if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available():
         return None
     try:
         import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
         from fla.backends import TileLangBackend  # noqa: PLC0415  (GPU kernels: fla's own TileLang check)
+        from fla.ops.common.backends.tilelang import CommonTileLangBackend  # noqa: PLC0415  (GPU kernels: its switch)
         from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
     except ImportError:  # another fla: it decides for itself
         return None
-    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1) or TileLangBackend.is_available():
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+        return None
+    if not fp32_states and TileLangBackend.is_available() and CommonTileLangBackend().is_enabled():
         return None
     if registered():
         return None
     return (f"fla refuses its gated chunk_bwd_dqkwg backward on a Hopper GPU with Triton {triton.__version__} "
             "(wrong results under Triton >= 3.4.0 and < 3.7.1, fla issue #640) unless Triton >= 3.7.1 or tilelang "
-            "(with nvcc) is installed, or gendistill's block-width backend is opted into (GENDISTILL_FLA_HOPPER_BK32=1; "
-            "checked on an H100 in fp32, not yet in bf16)")
+            "(with nvcc) is installed, or gendistill's block-width backend is opted into "
+            "(GENDISTILL_FLA_HOPPER_BK32=1; checked on an H100 in fp32, not yet in bf16)")
 
 
 #: fla's switch of its intra-card context-parallel backend (``fla.ops.common.backends.intracard``); fla reads it at

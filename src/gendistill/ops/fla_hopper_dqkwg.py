@@ -31,6 +31,8 @@ import torch
 
 #: the switch: "1" lets the backend take the calls fla refuses; unset or "0" leaves fla refusing (its own behaviour)
 ENV = "GENDISTILL_FLA_HOPPER_BK32"
+#: the backend's type in fla's registry; fla also switches it on with ``FLA_<TYPE>`` (``FLA_GENDISTILL_HOPPER_BK32``)
+BACKEND_TYPE = "gendistill_hopper_bk32"
 
 #: the block width Triton miscompiles (fla issue #640) and the one taken instead
 BAD_BK, SAFE_BK = 64, 32
@@ -47,9 +49,9 @@ def affected() -> bool:
 
 
 def enabled() -> bool:
-    """Whether the backend may take the refused calls (``GENDISTILL_FLA_HOPPER_BK32`` set, not "0": fla's rule for a
-    backend that is off by default)."""
-    return os.environ.get(ENV, "0") != "0"
+    """Whether the backend takes the refused calls: fla's rule (``BaseBackend.is_enabled``) for a backend that is off
+    by default, ``FLA_GENDISTILL_HOPPER_BK32`` or ``GENDISTILL_FLA_HOPPER_BK32`` set and not "0"."""
+    return os.environ.get(f"FLA_{BACKEND_TYPE.upper()}", "0") != "0" or os.environ.get(ENV, "0") != "0"
 
 
 def block_widths(K: int, V: int) -> tuple[int, int]:
@@ -111,7 +113,7 @@ def _backend_class() -> type:
     class HopperDqkwgBackend(BaseBackend):
         """fla backend: the gated ``chunk_bwd_dqkwg`` calls fla refuses on this machine, at a safe block width."""
 
-        backend_type = "gendistill_hopper_bk32"
+        backend_type = BACKEND_TYPE
         env_var = ENV
         default_enable = False  # opt-in: see the module's docstring
         priority = 6  # after fla's TileLang backend (5), which fla prefers for this call where it is usable
@@ -123,8 +125,8 @@ def _backend_class() -> type:
         def chunk_bwd_dqkwg_verifier(self, q, k, v, do, h, dh, w=None, g=None, g_gamma=None, *args, **kwargs):
             if g is None:
                 return False, "ungated: fla's own kernel is not affected by #640"
-            if g_gamma is not None:
-                return False, "g_gamma is not a refused call"
+            if g_gamma is not None:  # no gendistill mixer passes one; fla's own path decides (and refuses)
+                return False, "g_gamma: not a call gendistill's mixers make"
             return True, None
 
         def chunk_bwd_dqkwg(self, *args, **kwargs):
