@@ -10,7 +10,7 @@ its fixed generation state (recurrent + conv bytes per sequence). The mixer axis
 say, so run this before giving every mixer the same token budget.
 
 A mixer whose backward fla refuses on this card (Gated DeltaNet and Mamba2 on a Hopper GPU under Triton < 3.7.1:
-:func:`gendistill.ops.backend.fla_gated_backward_refused`) gets its forward and decode timed and the reason recorded.
+:func:`gendistill.layers.registry.backward_refusal`) gets its forward and decode timed and the reason recorded.
 Every time is also given as a ratio to KDA's in the same run (``x kda``: > 1 means slower than KDA), the baseline the
 mixer axis compares against; KDA is measured whenever it is in ``--mixers`` (the default).
 
@@ -64,11 +64,10 @@ def build(mixer: str, args, device, dtype):
 def measure(mixer: str, args, device, dtype) -> dict:
     from transformers.cache_utils import DynamicCache
 
-    from gendistill.ops.backend import fla_gated_backward_refused
+    from gendistill.layers.registry import backward_refusal
 
     config, layer = build(mixer, args, device, dtype)
-    refused = (fla_gated_backward_refused(fp32_states=layer.fla_dqkwg_fp32_states)  # None off fla's kernels
-               if layer.fla_gated_dqkwg_backward else None)
+    refused = backward_refusal(type(layer))  # None off fla's kernels
     row = {"mixer": mixer, "params": sum(p.numel() for p in layer.parameters()),
            "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": [], "backward_refused": refused}
     for T in args.lengths:

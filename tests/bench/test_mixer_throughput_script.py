@@ -37,12 +37,12 @@ def test_mixer_throughput_cpu_plumbing(tmp_path, capsys):
 def test_a_backward_fla_refuses_is_recorded_not_fatal(tmp_path, monkeypatch):
     """On a card where fla refuses Gated DeltaNet's and Mamba2's backward (an H100 with Triton 3.6), their forward and
     decode are still timed, the backward is recorded as refused with the reason, and the other mixers run as usual."""
-    from gendistill.ops import backend
+    from gendistill.layers import registry
 
     spec = importlib.util.spec_from_file_location("mixer_throughput", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setattr(backend, "fla_gated_backward_refused", lambda **_: "fla refuses it here")
+    monkeypatch.setattr(registry, "fla_gated_backward_refused", lambda **_: "fla refuses it here")
     rc = mod.main(["--device", "cpu", "--dtype", "float32", "--lengths", "24", "--batch", "1", "--hidden", "32",
                    "--heads", "2", "--kv-heads", "1", "--dim", "16", "--warmup", "0", "--repeats", "1",
                    "--out", str(tmp_path)])

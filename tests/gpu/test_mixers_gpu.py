@@ -207,14 +207,13 @@ def test_mixer_on_fla_matches_the_reference_path(mixer, dtype, monkeypatch):
 
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_mixer_gradients_on_fla_match_the_reference_path(mixer, monkeypatch):
-    from gendistill.ops.backend import fla_gated_backward_refused
+    from gendistill.layers.registry import backward_refusal
     from gendistill.ops.fla_hopper_dqkwg import ENV
 
     monkeypatch.setenv(ENV, "1")  # Gated DeltaNet's and Mamba2's backward on Hopper under Triton 3.6 (opt-in)
     student = _student(mixer)
     layer = student.model.layers[1].linear_attn.train()
-    why = (fla_gated_backward_refused(fp32_states=layer.fla_dqkwg_fp32_states)
-           if layer.fla_gated_dqkwg_backward else None)
+    why = backward_refusal(type(layer))
     if why:  # checked against fla itself by test_fla_refuses_the_backward_exactly_where_gendistill_says
         pytest.skip(f"{mixer}: {why}")
     h = torch.randn(2, 300, layer.hidden_size, device="cuda")

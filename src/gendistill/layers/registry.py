@@ -40,6 +40,15 @@ def fp32_parameter_names() -> tuple[str, ...]:
     return tuple(sorted({name for mixer in LINEAR_MIXERS.values() for name in getattr(mixer, "fp32_parameters", ())}))
 
 
+def backward_refusal(mixer: type[nn.Module] | None) -> str | None:
+    """Why fla would refuse this mixer class's backward on this machine (one clause), or None: only a mixer whose
+    backward runs fla's gated ``chunk_bwd_dqkwg`` can be refused
+    (:func:`gendistill.ops.backend.fla_gated_backward_refused`, told whether its states are float32)."""
+    if not getattr(mixer, "fla_gated_dqkwg_backward", False):
+        return None
+    return fla_gated_backward_refused(fp32_states=mixer.fla_dqkwg_fp32_states)
+
+
 def training_refusal(model: nn.Module, device: torch.device) -> str | None:
     """One line saying why ``model``'s linear mixers cannot be trained on ``device`` with this installation, or None
     (:func:`mixer_training_refusal` for the mixers ``model`` holds)."""
@@ -55,13 +64,7 @@ def mixer_training_refusal(mixers: Iterable[str], device: torch.device) -> str |
     (:func:`gendistill.ops.backend.fla_gated_backward_refused`); the line names the ways out."""
     if device.type != "cuda":
         return None
-    refused = {}
-    for n in sorted(set(mixers)):
-        cls = LINEAR_MIXERS.get(n)
-        if getattr(cls, "fla_gated_dqkwg_backward", False):
-            reason = fla_gated_backward_refused(fp32_states=cls.fla_dqkwg_fp32_states)
-            if reason is not None:
-                refused[n] = reason
+    refused = {n: why for n in sorted(set(mixers)) if (why := backward_refusal(LINEAR_MIXERS.get(n))) is not None}
     if not refused:
         return None
     names, reason = list(refused), next(iter(refused.values()))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
-from gendistill.ops.fla_hopper_dqkwg import register_hopper_dqkwg, registered
+from gendistill.ops.fla_hopper_dqkwg import affected, register_hopper_dqkwg, registered
 
 
 @functools.cache
@@ -58,16 +58,13 @@ def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
     :func:`fla_available`, opt-in with ``GENDISTILL_FLA_HOPPER_BK32=1`` until its bf16 check passes on the card). KDA
     and GLA do not use it. None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``):
     the pure-PyTorch backward is exact everywhere."""
-    if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available():
+    if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available() or not affected():
         return None
     try:
         import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
         from fla.backends import TileLangBackend  # noqa: PLC0415  (GPU kernels: fla's own TileLang check)
         from fla.ops.common.backends.tilelang import CommonTileLangBackend  # noqa: PLC0415  (GPU kernels: its switch)
-        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
     except ImportError:  # another fla: it decides for itself
-        return None
-    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
         return None
     if not fp32_states and TileLangBackend.is_available() and CommonTileLangBackend().is_enabled():
         return None
