@@ -27,6 +27,10 @@
 #   that lease's sweep_results.tgz without the examples (mkdir -p .device && tar xzf sweep_results.tgz -C .device
 #   --exclude='*/examples' runs/<GRID>; 1.3 MB for the mixers) and carry .device/runs with call 3: `start` puts it
 #   where the grid writes, the dry run shows its evaluated cells as skipped, and only the others train.
+# Issue 28's mixer lease (GRID=ablate-mixers-smollm2-lease): setup starts `hopper-check` in the background (the
+#   block-width backend's bf16 gradient checks: key block 32, else 128; docs/mixers.md); start waits for its verdict
+#   (HOPPER_WAIT, 360 s), trains Gated DeltaNet and Mamba2 with the width that passed (or stops: exit 7) and takes the
+#   wait out of JOB_TIMEOUT. MIXER_BENCH=1 with setup also runs benchmarks/mixer_throughput.py there.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
@@ -132,18 +136,18 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   lease_commit "$RES"
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
-  if [ "$GRID" = ablate-mixers-smollm2-lease ]; then  # issue 28: each mixer's cost with the card to itself, first
-    # (fla autotunes the mixers' kernels here; TRITON_PRINT_AUTOTUNING logs every key for tools/fla_configs_from_log.py)
-    step "benchmarks/mixer_throughput.py (timeout ${MIXER_BENCH_TIMEOUT:-240} s)"
-    TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
-      benchmarks/mixer_throughput.py --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
-    step "mixer_throughput rc=$?"
-    grep -v '^Triton\|^ *$' "$RES/mixer_throughput.log" | tail -n 12
-    # then the mixers' GPU test in the background, beside the grid (its own session: it outlives this call)
-    TRITON_PRINT_AUTOTUNING=1 setsid nohup bash -c 'timeout 900 python3 -m pytest -v -p no:cacheprovider \
-      tests/gpu/test_mixers_gpu.py > "$1/mixers_gpu_test.log" 2>&1; echo "tests/gpu/test_mixers_gpu.py: rc=$? \
-      $(tail -n 1 "$1/mixers_gpu_test.log")" > "$1/mixers_gpu_test.txt"' _ "$RES" > /dev/null 2>&1 < /dev/null &
-    step "tests/gpu/test_mixers_gpu.py: running in the background, its line in mixers_gpu_test.txt"
+  if [ "$GRID" = ablate-mixers-smollm2-lease ]; then  # issue 28: Gated DeltaNet's and Mamba2's backward first
+    # fla refuses it on Hopper under Triton 3.6 (#640) unless gendistill's block-width backend takes it (opt-in,
+    # docs/mixers.md): its bf16 check picks the key block the grid trains with, in the background while the teacher
+    # and data travel; 'start' waits for the verdict (hopper_key_block.txt). Then the rest of the gradient checks.
+    setsid nohup bash tools/device_sweep.sh hopper-check > "$RES/hopper_check.log" 2>&1 < /dev/null &
+    step "hopper-check: running in the background, its verdict in hopper_key_block.txt"
+    if [ -n "${MIXER_BENCH:-}" ]; then  # each mixer's cost with the card to itself (the check shares it meanwhile)
+      step "benchmarks/mixer_throughput.py (timeout ${MIXER_BENCH_TIMEOUT:-240} s)"
+      TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
+        benchmarks/mixer_throughput.py --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
+      step "mixer_throughput rc=$?"
+    fi
   fi
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
@@ -181,6 +185,22 @@ start)  # the teacher's third piece (if any) and the data in place, the grid che
     mkdir -p "$JOB/runs" && cp -r ".device/runs/$GRID" "$RUN" \
       && step "carried results: $(ls "$RUN/cells" 2>/dev/null | tr '\n' ' ')"
   fi
+  if [ -e "$RES/hopper_check.log" ]; then  # issue 28: the block-width backend's verdict decides the grid's width
+    T0=$(date +%s)
+    while [ ! -e "$RES/hopper_key_block.txt" ] && [ $(( $(date +%s) - T0 )) -lt "${HOPPER_WAIT:-360}" ]; do sleep 5; done
+    KB=$(cat "$RES/hopper_key_block.txt" 2>/dev/null || echo "no verdict after ${HOPPER_WAIT:-360} s")
+    grep 'hopper-check' "$RES/steps.txt"
+    case "$KB" in
+    32|128) export GENDISTILL_FLA_HOPPER_BK32=1 GENDISTILL_FLA_HOPPER_KEY_BLOCK=$KB
+            step "the grid trains Gated DeltaNet and Mamba2 with the block-width backend, key block $KB" ;;
+    "not needed") ;;
+    *) echo "error: the block-width backend's bf16 check did not pass ($KB): see hopper_kb*.log"
+       tail -n 30 "$RES"/hopper_kb*.log; exit 7 ;;
+    esac
+    # JOB_TIMEOUT counts from this call's start: the wait comes out of it (the lease's budget does not wait)
+    JOB_TIMEOUT=$(( ${JOB_TIMEOUT:-1200} - ($(date +%s) - T0) )); export JOB_TIMEOUT
+    step "waited $(( $(date +%s) - T0 )) s for the check; the job's timeout is now $JOB_TIMEOUT s"
+  fi
   timeout 60 python3 - "$DATA" "$JOB/teacher/manifest.json" <<'PY' 2>&1 | tee -a "$RES/steps.txt" || exit 5
 import gzip, json, pathlib, sys
 data, m = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())
@@ -197,6 +217,31 @@ PY
   rm -f "$RES/DONE"
   setsid nohup bash tools/device_sweep.sh driver "$@" > "$RES/driver.log" 2>&1 < /dev/null &
   echo "started the sweep job (pid $!)"
+  ;;
+hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gradients (tests/gpu), key block 32 then
+               # 128 (GENDISTILL_FLA_HOPPER_KEY_BLOCK), each in its own process (an illegal memory access loses the
+               # CUDA context); the first that passes goes into hopper_key_block.txt ("none": neither; "not needed":
+               # fla does not refuse here). Then the remaining gradient and refusal checks with that width.
+  export GENDISTILL_FLA_HOPPER_BK32=1 TRITON_PRINT_AUTOTUNING=1
+  if ! timeout 60 python3 -c 'import sys; from gendistill.ops import fla_hopper_dqkwg as h; sys.exit(not h.affected())'
+  then echo "not needed" > "$RES/hopper_key_block.txt"; step "hopper-check: fla does not refuse here"; exit 0; fi
+  for kb in 32 128; do
+    GENDISTILL_FLA_HOPPER_KEY_BLOCK=$kb timeout "${HOPPER_CHECK_TIMEOUT:-300}" python3 -m pytest -v -s \
+      -p no:cacheprovider -x tests/gpu/test_mixers_gpu.py -k "kernel_gradients and bfloat16 and K64" \
+      > "$RES/hopper_kb$kb.log" 2>&1
+    rc=$?
+    step "hopper-check key block $kb: rc=$rc $(tail -n 1 "$RES/hopper_kb$kb.log" | cut -c1-160)"
+    grep 'gradient errors' "$RES/hopper_kb$kb.log" | tee -a "$RES/steps.txt"
+    # a verdict is four passes (a skip, e.g. the backend not registered, is none)
+    [ "$rc" = 0 ] && [ "$(grep -c 'PASSED' "$RES/hopper_kb$kb.log")" -ge 4 ] \
+      && { echo "$kb" > "$RES/hopper_key_block.txt"; break; }
+  done
+  [ -e "$RES/hopper_key_block.txt" ] || { echo none > "$RES/hopper_key_block.txt"; exit 1; }
+  GENDISTILL_FLA_HOPPER_KEY_BLOCK=$(cat "$RES/hopper_key_block.txt") timeout "${HOPPER_REST_TIMEOUT:-400}" \
+    python3 -m pytest -v -s -p no:cacheprovider tests/gpu/test_mixers_gpu.py \
+    -k "(gradients or refuses) and not (kernel_gradients and bfloat16 and K64)" > "$RES/hopper_rest.log" 2>&1
+  step "hopper-check, the other gradient checks: rc=$? $(tail -n 1 "$RES/hopper_rest.log" | cut -c1-160)"
+  grep 'gradient errors' "$RES/hopper_rest.log" | tee -a "$RES/steps.txt"
   ;;
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
@@ -252,5 +297,5 @@ collect)  # 8 files: the report (JSON, Markdown, three plots), the summary, the 
   mv "$T" "$OUT/sweep_results.tgz"
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_sweep.sh setup|data|start [ablate args]|watch [SECONDS]|collect"; exit 2 ;;
+*) echo "usage: tools/device_sweep.sh setup|data|start [ablate args]|watch [SECONDS]|collect|hopper-check"; exit 2 ;;
 esac

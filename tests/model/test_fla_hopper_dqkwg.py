@@ -93,6 +93,19 @@ def test_block_width_replaces_exactly_the_miscompiled_64(K, widths):
     assert fla_hopper_dqkwg.block_widths(128, 128) == (128, 128)  # not the miscompiled width: fla's own
 
 
+@pytest.mark.parametrize(("K", "widths"), [(48, (128, 64)), (64, (128, 64)), (32, (32, 64)), (128, (128, 64))])
+def test_key_block_of_128_is_the_other_width_a_user_can_choose(K, widths, monkeypatch):
+    monkeypatch.setenv(fla_hopper_dqkwg.KEY_BLOCK_ENV, "128")  # only where fla would take 64 does the choice apply
+    assert fla_hopper_dqkwg.block_widths(K, 64) == widths
+
+
+@pytest.mark.parametrize("value", ["64", "16", "wide"])
+def test_a_key_block_other_than_32_or_128_is_refused_by_name(value, monkeypatch):
+    monkeypatch.setenv(fla_hopper_dqkwg.KEY_BLOCK_ENV, value)
+    with pytest.raises(ValueError, match=f"GENDISTILL_FLA_HOPPER_KEY_BLOCK='{value}'"):
+        fla_hopper_dqkwg.block_widths(64, 64)
+
+
 @pytest.mark.parametrize("switch", [None, "0"], ids=["unset", "off"])
 def test_fla_refuses_unless_the_backend_is_opted_into(hopper_triton_3_6, switch):
     # opt-in until its bf16 check passes on the card (docs/mixers.md): registered, but it takes no call
@@ -198,13 +211,15 @@ INTERPRETED = textwrap.dedent("""
 """)
 
 
-def test_width_32_computes_what_fla_computes_at_64_in_tritons_interpreter():
+@pytest.mark.parametrize("key_block", ["32", "128"])
+def test_safe_widths_compute_what_fla_computes_at_64_in_tritons_interpreter(key_block):
     """fla's real kernel, run by Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before triton is imported, so
-    in a fresh process): gendistill's launcher (key and value blocks of 32) against fla's own launcher at its Hopper
-    widths (64), gated, grouped value heads, packed documents and a head dimension of 48, float32. The interpreter does not reproduce #640 (a
-    Hopper code-generation fault); it shows that the smaller blocks, the key blocks' dg partials summed, are the same
-    computation: only the order of float32 sums changes (~2e-7 relative), which 1e-6 allows and nothing else."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    in a fresh process): gendistill's launcher (key and value blocks of 32, or a key block of 128 with its columns
+    past K masked) against fla's own launcher at its Hopper widths (64), gated, grouped value heads, packed documents
+    and a head dimension of 48, float32. The interpreter does not reproduce #640 (a Hopper code-generation fault); it
+    shows that the other widths, the key blocks' dg partials summed, are the same computation: only the order of
+    float32 sums changes (~2e-7 relative), which 1e-6 allows and nothing else."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", fla_hopper_dqkwg.KEY_BLOCK_ENV: key_block}
     run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])

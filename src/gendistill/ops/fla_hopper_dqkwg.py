@@ -36,6 +36,10 @@ BACKEND_TYPE = "gendistill_hopper_bk32"
 
 #: the block width Triton miscompiles (fla issue #640) and the one taken instead
 BAD_BK, SAFE_BK = 64, 32
+#: the key block taken instead of 64, where set: 32 (the default, with a value block of at most 32: fla's widths for a
+#: GPU of small shared memory) or 128 (fla's Hopper widths at head dimension 128, the key columns past K masked off);
+#: both are widths #640's bisection found right. A card that fails one in the GPU test can be given the other.
+KEY_BLOCK_ENV = "GENDISTILL_FLA_HOPPER_KEY_BLOCK"
 
 
 def affected() -> bool:
@@ -57,13 +61,21 @@ def enabled() -> bool:
 def block_widths(K: int, V: int) -> tuple[int, int]:
     """(BK, BV) for keys of head dimension K and values of V on Hopper: fla's choice (the next power of two, at least
     16, at most 128), and where that puts BK at 64, fla's own choice for a GPU of small shared memory (both at most
-    32). BK = 32 with fla's Hopper BV = 64 ran into an illegal memory access in bf16 on an H100 (2026-12-06)."""
+    32), or with ``GENDISTILL_FLA_HOPPER_KEY_BLOCK=128`` a key block of 128 beside fla's Hopper value block. BK = 32
+    with fla's Hopper BV = 64 ran into an illegal memory access in bf16 on an H100 (2026-12-06)."""
     import triton  # noqa: PLC0415  (GPU kernels: present wherever fla's kernels run)
 
     bk = min(max(triton.next_power_of_2(K), 16), 128)
+    bv = min(max(triton.next_power_of_2(V), 16), 128)
     if bk != BAD_BK:
-        return bk, min(max(triton.next_power_of_2(V), 16), 128)
-    return SAFE_BK, min(max(triton.next_power_of_2(V), 16), SAFE_BK)
+        return bk, bv
+    chosen = os.environ.get(KEY_BLOCK_ENV, str(SAFE_BK))
+    if chosen == str(SAFE_BK):
+        return SAFE_BK, min(bv, SAFE_BK)
+    if chosen == "128":
+        return 128, bv
+    raise ValueError(f"{KEY_BLOCK_ENV}={chosen!r}: the key block must be 32 or 128 (64 is the width fla issue #640 "
+                     "miscompiles)")
 
 
 def chunk_bwd_dqkwg_bk32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, h: torch.Tensor,
