@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gendistill.ablate.report import build_report
 from gendistill.io import absolute_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ def test_suites_become_their_own_records_and_plots(tmp_path, monkeypatch, capsys
 
 def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
                  smi: str | None = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n", timeout: str = "1180 s",
-                 members_more: dict[str, str] | None = None) -> Path:
+                 members_more: dict[str, str] | None = None, steps_more: str = "") -> Path:
     """What ``device_sweep.sh collect`` returns: the device's report.json (two cells sharing a stage-3a run's
     ancestors; the second cut by the job's timeout), summary.txt, and sweep_results.tgz with res/ and the stage runs."""
     bundle = tmp_path / "collected"
@@ -184,11 +185,16 @@ def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
              {"cell": "batch=16", "assignment": {"batch": "16"}, "tokens": {"stage1": 128, "stage3a": 200},
               "nodes": ["aaa", "ccc"], "metrics": {"stage3a": {"steps": 3, "eval_step_last": 2,
                                                                "eval_at_tokens_last": 100}}}]
-    report = {"meta": {"grid": "/work/main/src/gendistill/recipes/g.yaml", "teacher": "/tmp/job/teacher/t.gguf"},
-              "axes": [{"axis": "batch", "variants": ["32", "16"]}], "cells": cells, "evaluated": 1, "total": 2}
+    rows = [{"task": "t1", "model": who, "protocol": proto, "acc": acc, "stderr": 0.02, "chance": 0.25, "n": 100}
+            for who, proto, acc in (("teach", "loglik", 0.8), ("teach", "generate", 0.7), ("stud", "loglik", 0.6),
+                                    ("stud", "generate", 0.5))]
+    cells[0]["eval"] = {"meta": {"models": ["teach", "stud"], "complete": True}, "rows": rows, "fidelity": []}
+    cells[1]["eval"] = None  # the cut cell: not evaluated
+    report = build_report({"grid": "/work/main/src/gendistill/recipes/g.yaml", "teacher": "/tmp/job/teacher/t.gguf",
+                           "axes": {"batch": ["32", "16"]}, "mode": "one_at_a_time"}, cells)
     (bundle / "report.json").write_text(json.dumps(report))
     steps = ("device: NVIDIA H100 80GB HBM3 | torch 2.11.0+cu130 | triton 3.6.0 | fla 0.6.0\n"
-             f"18:51:10 ablate start (timeout {timeout}) \n19:10:50 ablate rc=124\n")
+             f"{steps_more}18:51:10 ablate start (timeout {timeout}) \n19:10:50 ablate rc=124\n")
     members = {"./res/steps.txt": steps, "./res/commit.txt": "b6419b3\n"}
     if smi is not None:
         members["./res/nvidia-smi.txt"] = smi
@@ -256,6 +262,18 @@ def _select_members() -> dict[str, str]:
     }
 
 
+def test_a_resumed_grid_names_the_stage_runs_an_earlier_lease_trained(tmp_path):
+    # batch=32's results came from an earlier lease (device_sweep.sh start: "carried results: CELL ..."): its own
+    # stage 3a is that lease's, timed from its own start; the shared stage 1 was trained again here for batch=16
+    bundle = _grid_bundle(tmp_path, steps_more="18:50:58 carried results: batch=32 \n")
+    lease = TOOL["grid_record"](bundle, [], None, "2026-12-06")["lease"]
+    assert lease["carried_cells"] == ["batch=32"]
+    assert [(n["node"], n.get("carried", False), n["start_s"]) for n in lease["node_timeline"]] == [
+        ("stage3a-bbb", True, 0.0), ("stage1-aaa", False, 0.0), ("stage3a-ccc", False, 60.0)]
+    plain = TOOL["grid_record"](_grid_bundle(tmp_path / "plain"), [], None, "2026-12-06")["lease"]
+    assert "carried_cells" not in plain and not any("carried" in n for n in plain["node_timeline"])
+
+
 def test_a_selection_lease_records_each_method_finished_or_cut(tmp_path):
     """Issue 27: each select-layers folder of the job becomes its settings, its result if it finished, and what its
     score cache holds (best set per size by held-out KL + recall weight x recall KL); a later call's cache, copied
@@ -293,6 +311,10 @@ def test_the_tool_writes_a_grid_record_and_its_figure_and_refuses_an_unsafe_arch
     assert json.loads(out.read_text())["lease"]["calls"] == ["c"]
     assert "3 stage runs, 1 of 2 cells evaluated" in capsys.readouterr().out
     assert (tmp_path / "docs" / "sched_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the grid's report as gendistill ablate writes it, without the machine's paths
+    md = (tmp_path / "docs" / "sched_report.md").read_text()
+    assert md.startswith("# Ablation report — g.yaml") and "Teacher: `t.gguf`" in md and "/tmp/" not in md
+    assert "| 32 | 60.0" in md and (tmp_path / "docs" / "sched_report.png").read_bytes()[:4] == b"\x89PNG"
     TOOL["main"]()  # a grid result may be rewritten
     bad = _grid_bundle(tmp_path / "bad", extra="../outside.txt")
     monkeypatch.setattr("sys.argv", ["lease_record.py", str(bad), "--out", str(tmp_path / "b.json")])

@@ -137,7 +137,7 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   # the checkout's grid runner and report
   lease_versions gendistill.ablate.runner gendistill.ablate.curve 2>&1 | tee -a "$RES/steps.txt" || exit 5
   if [ "$GRID" = ablate-mixers-smollm2-lease ]; then  # issue 28: Gated DeltaNet's and Mamba2's backward first
-    # fla refuses it on Hopper under Triton 3.6 (#640) unless gendistill's block-width backend takes it (opt-in,
+    # fla refuses it on Hopper under Triton 3.6 (#640) unless gendistill's block-width backend takes it (on by default,
     # docs/mixers.md): its bf16 check picks the key block the grid trains with, in the background while the teacher
     # and data travel; 'start' waits for the verdict (hopper_key_block.txt). Then the rest of the gradient checks.
     setsid nohup bash tools/device_sweep.sh hopper-check > "$RES/hopper_check.log" 2>&1 < /dev/null &

@@ -23,8 +23,10 @@ report as the device wrote it, each cell given its held-out curves
 (:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report written by an older
 commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the device seconds, the
 job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s, start and end seconds
-from the first one's first record) and every stage a timeout cut short. ``--figures`` also writes
-``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`). A layer-selection lease
+from the first one's first record; a resumed grid's carried runs apart) and every stage a timeout cut short.
+``--figures`` also writes ``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`)
+and the grid's report as ``gendistill ablate`` writes it, from the record: ``<out stem>_report.md`` and
+``_report.png`` (:func:`gendistill.ablate.report.markdown`, :func:`~gendistill.ablate.report.plot_png`). A layer-selection lease
 (issue 27: the archive holds ``select/<method>/``) adds ``selection``: per method its settings, its result if it
 finished and what its score cache holds (:func:`selection_record`); a ``select_<method>_scores.json`` in BUNDLE (the
 cache as a later ``--resume`` call left it, copied there) is read instead of the job's copy.
@@ -52,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.ablate.curve import CURVE_STAGE, trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
+from gendistill.ablate.report import markdown as report_markdown  # noqa: E402
+from gendistill.ablate.report import plot_png as report_png  # noqa: E402
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
 from gendistill.distill.config import parse_recipe  # noqa: E402
 from gendistill.errors import ConfigError, first_line  # noqa: E402
@@ -187,32 +191,38 @@ def _card_fields(line: str | None) -> dict[str, str | None]:
     return {key: parts[i] if len(parts) > i else None for i, key in enumerate(("card", "card_memory", "driver"))}
 
 
-def _node_timeline(stages: Path) -> list[dict[str, Any]]:
+def _node_timeline(stages: Path, carried: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Every stage run under ``stages`` in the order it ran: its folder name, steps, median tokens/s, and its first and
-    last record's time in seconds from the first stage run's first record."""
+    last record's time in seconds from the first stage run's first record. ``carried``: the node ids of stage runs an
+    earlier lease trained (a grid resumed from its collected results): listed first with ``"carried": true`` and
+    their seconds from the first carried run's start, so this lease's seconds count from its own first stage run, not
+    from a run hours earlier on another machine."""
     runs = []
     for d in sorted(p for p in stages.iterdir() if (p / "metrics.jsonl").is_file()):
         rows = [r for r in metrics_records(d / "metrics.jsonl") if r.get("time") is not None]
         if rows:
-            runs.append((d.name, rows))
-    if not runs:
-        return []
-    runs.sort(key=lambda r: r[1][0]["time"])
-    t0 = runs[0][1][0]["time"]
+            runs.append((d.name, d.name.rsplit("-", 1)[-1] in carried, rows))
+    runs.sort(key=lambda r: (not r[1], r[2][0]["time"]))
+    t0 = {flag: min((rows[0]["time"] for _, c, rows in runs if c == flag), default=0.0) for flag in (True, False)}
     out = []
-    for name, rows in runs:
+    for name, was_carried, rows in runs:
         s = stage_summary(rows)
         out.append({"node": name, "steps": s["steps"],
                     "median_tokens_per_s": round(s["tokens_per_s"]) if s["tokens_per_s"] else None,
-                    "start_s": round(rows[0]["time"] - t0, 1), "end_s": round(rows[-1]["time"] - t0, 1)})
+                    "start_s": round(rows[0]["time"] - t0[was_carried], 1),
+                    "end_s": round(rows[-1]["time"] - t0[was_carried], 1),
+                    **({"carried": True} if was_carried else {})})
     return out
 
 
 def _job_facts(steps_txt: str) -> dict[str, Any]:
-    """The versions line, the job's timeout and its exit status from the job's ``steps.txt``."""
-    facts: dict[str, Any] = {"versions": None, "job_timeout_s": None, "job_exit": None}
+    """The versions line, the job's timeout and its exit status from the job's ``steps.txt``, and the cells whose
+    results an earlier lease carried in (``carried results: CELL ...``)."""
+    facts: dict[str, Any] = {"versions": None, "job_timeout_s": None, "job_exit": None, "carried_cells": []}
     for line in steps_txt.splitlines():
-        if line.startswith("device: "):
+        if " carried results: " in line:  # tools/device_sweep.sh start: an earlier lease's cells, not retrained here
+            facts["carried_cells"] = line.split(" carried results: ", 1)[1].split()
+        elif line.startswith("device: "):
             facts["versions"] = line.split("|", 1)[1].strip() if "|" in line else None
         elif "ablate start (timeout " in line or "job timeout " in line:  # as JOB_TIMEOUT was given: seconds,
             # or timeout's own "20m"; a selection lease (issue 27) names it in its first line
@@ -290,7 +300,11 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             c["curves"] = stage_curves(records)
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
-        timeline = _node_timeline(stages)
+        # an earlier lease's stage runs: its carried cells' nodes that no cell trained here shares (a shared one was
+        # trained again: a carried result holds no student)
+        carried = ({n for c in rep["cells"] if c["cell"] in facts["carried_cells"] for n in c.get("nodes", [])}
+                   - {n for c in rep["cells"] if c["cell"] not in facts["carried_cells"] for n in c.get("nodes", [])})
+        timeline = _node_timeline(stages, carried)
         selection = {d.name: selection_record(d, bundle / f"select_{d.name}_scores.json"
                                               if (bundle / f"select_{d.name}_scores.json").is_file() else None)
                      for d in sorted((job / "select").glob("*")) if (d / "select.json").is_file()}
@@ -311,6 +325,7 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
         "date": day,
         "calls": calls, "device_seconds_session": device_seconds, "job_timeout_s": facts["job_timeout_s"],
         "job_exit": facts["job_exit"], "cut": cut, "node_timeline": timeline,
+        **({"carried_cells": facts["carried_cells"]} if facts["carried_cells"] else {}),
         **({"notes": notes} if notes else {}),
         "source": "tools/lease_record.py: the collected report.json and sweep_results.tgz (res/, the stage runs' "
                   "metrics.jsonl)",
@@ -391,7 +406,8 @@ def main() -> None:
     ap.add_argument("--date", default=date.today().isoformat(), help="the lease's date (default: today)")
     ap.add_argument("--note", action="append", default=[], help="what a reader should know of the lease (repeatable)")
     ap.add_argument("--figures", action="store_true", help="a grid: also write <out stem>_curves.png (its held-out "
-                                                          "curves)")
+                                                          "curves) and its report as gendistill ablate writes it, "
+                                                          "<out stem>_report.md and _report.png")
     ap.add_argument("--repeats", type=Path, default=None,
                     help="a grid: a tarball of runs/<name>/ folders (plain gendistill distill runs of a later call, "
                          "recipe.yaml and metrics.jsonl each) recorded under 'repeats' and drawn dashed in the figure")
@@ -425,6 +441,13 @@ def main() -> None:
                 fig = args.out.with_name(f"{args.out.stem}_curves.png")
                 atomic_write_bytes(fig, png)
                 print(f"wrote {fig}")
+            # the grid's own report as `gendistill ablate` writes it, from the record (so without machine paths)
+            md = args.out.with_name(f"{args.out.stem}_report.md")
+            atomic_write_bytes(md, report_markdown(record).encode())
+            print(f"wrote {md}")
+            if (png := report_png(record)) is not None:
+                atomic_write_bytes(args.out.with_name(f"{args.out.stem}_report.png"), png)
+                print(f"wrote {args.out.with_name(f'{args.out.stem}_report.png')}")
         return
     if args.repeats is not None:
         raise SystemExit(f"error: --repeats: {args.bundle} is not a grid lease (no {GRID_ARCHIVE}); repeats go with "

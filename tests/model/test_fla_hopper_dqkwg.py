@@ -106,24 +106,24 @@ def test_a_key_block_other_than_32_or_128_is_refused_by_name(value, monkeypatch)
         fla_hopper_dqkwg.block_widths(64, 64)
 
 
-@pytest.mark.parametrize("switch", [None, "0"], ids=["unset", "off"])
-def test_fla_refuses_unless_the_backend_is_opted_into(hopper_triton_3_6, switch):
-    # opt-in until its bf16 check passes on the card (docs/mixers.md): registered, but it takes no call
-    if switch is not None:
-        hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, switch)
+def test_switched_off_the_backend_leaves_fla_refusing_and_gendistill_says_how_to_switch_it_on(hopper_triton_3_6):
+    # on by default since its bf16 check passed on an H100 (docs/mixers.md); "0" is the way back to fla's own refusal
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "0")
     assert fla_hopper_dqkwg.register_hopper_dqkwg() and not fla_hopper_dqkwg.registered()
     with pytest.raises(RuntimeError, match="#640"):
         _gated_call()
     reason = backend.fla_gated_backward_refused()
-    assert reason is not None and f"{fla_hopper_dqkwg.ENV}=1" in reason
+    assert reason is not None and f"unset {fla_hopper_dqkwg.ENV}=0" in reason
 
 
-def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_triton_3_6):
+@pytest.mark.parametrize("switch", [None, "1"], ids=["unset", "on"])
+def test_registered_backend_takes_the_refused_call_at_block_width_32(hopper_triton_3_6, switch):
     import fla.ops.common.chunk_o as chunk_o
 
     rec = Recorder(chunk_o.chunk_bwd_kernel_dqkwg)
     hopper_triton_3_6.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", rec)
-    hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, "1")
+    if switch is not None:
+        hopper_triton_3_6.setenv(fla_hopper_dqkwg.ENV, switch)
     assert fla_hopper_dqkwg.register_hopper_dqkwg()
     assert backend.fla_gated_backward_refused() is None  # so distill and ablate no longer refuse GDN / Mamba2
     dq, dk, dw, dg = _gated_call(T=128)
@@ -178,6 +178,9 @@ def test_not_registered_where_fla_does_not_refuse(hopper_triton_3_6):
     hopper_triton_3_6.setattr(fla.utils, "TRITON_ABOVE_3_7_1", False)
     hopper_triton_3_6.setenv("FLA_DISABLE_BACKEND_DISPATCH", "1")  # fla would bypass every backend
     assert not fla_hopper_dqkwg.register_hopper_dqkwg()
+    # switched on (by default) but kept out of fla's dispatch: the refusal names what keeps it out, not the switch
+    reason = backend.fla_gated_backward_refused()
+    assert "FLA_DISABLE_BACKEND_DISPATCH=1" in reason and "BK32=0" not in reason
 
 
 INTERPRETED = textwrap.dedent("""

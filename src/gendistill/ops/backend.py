@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
-from gendistill.ops.fla_hopper_dqkwg import affected, register_hopper_dqkwg, registered
+from gendistill.ops.fla_hopper_dqkwg import affected, enabled, register_hopper_dqkwg, registered
 
 
 @functools.cache
@@ -55,7 +55,7 @@ def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
     #640), unless a backend of its registry takes the call: its TileLang backend (``tilelang`` installed, ``nvcc``
     found, not switched off with ``FLA_TILELANG=0``; it declines calls whose states are float32, ``fp32_states``:
     simple GLA's backward keeps them so) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by
-    :func:`fla_available`, opt-in with ``GENDISTILL_FLA_HOPPER_BK32=1`` until its bf16 check passes on the card). KDA
+    :func:`fla_available`, on unless ``GENDISTILL_FLA_HOPPER_BK32=0``). KDA
     and GLA do not use it. None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``):
     the pure-PyTorch backward is exact everywhere."""
     if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available() or not affected():
@@ -70,10 +70,12 @@ def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
         return None
     if registered():
         return None
+    ours = ("switched off here: unset GENDISTILL_FLA_HOPPER_BK32=0" if not enabled()
+            else "which FLA_DISABLE_BACKEND_DISPATCH=1 keeps out of fla's dispatch here")
     return (f"fla refuses its gated chunk_bwd_dqkwg backward on a Hopper GPU with Triton {triton.__version__} "
             "(wrong results under Triton >= 3.4.0 and < 3.7.1, fla issue #640) unless Triton >= 3.7.1 or tilelang "
-            "(with nvcc) is installed, or gendistill's block-width backend is opted into "
-            "(GENDISTILL_FLA_HOPPER_BK32=1; checked on an H100 in fp32, not yet in bf16)")
+            f"(with nvcc) is installed, or gendistill's block-width backend takes it ({ours}; its gradients checked "
+            "on an H100 in bf16 and fp32, docs/mixers.md)")
 
 
 #: fla's switch of its intra-card context-parallel backend (``fla.ops.common.backends.intracard``); fla reads it at
