@@ -100,10 +100,14 @@ def test_key_block_of_128_is_the_other_width_a_user_can_choose(K, widths, monkey
 
 
 @pytest.mark.parametrize("value", ["64", "16", "wide"])
-def test_a_key_block_other_than_32_or_128_is_refused_by_name(value, monkeypatch):
-    monkeypatch.setenv(fla_hopper_dqkwg.KEY_BLOCK_ENV, value)
+def test_a_key_block_other_than_32_or_128_is_refused_by_name_before_training(value, hopper_triton_3_6):
+    hopper_triton_3_6.setenv(fla_hopper_dqkwg.KEY_BLOCK_ENV, value)
     with pytest.raises(ValueError, match=f"GENDISTILL_FLA_HOPPER_KEY_BLOCK='{value}'"):
         fla_hopper_dqkwg.block_widths(64, 64)
+    # distill's and ablate's up-front check says it in one line, instead of the first backward raising mid-run
+    assert fla_hopper_dqkwg.register_hopper_dqkwg()
+    reason = backend.fla_gated_backward_refused()
+    assert reason is not None and reason.startswith(f"GENDISTILL_FLA_HOPPER_KEY_BLOCK='{value}'")
 
 
 def test_switched_off_the_backend_leaves_fla_refusing_and_gendistill_says_how_to_switch_it_on(hopper_triton_3_6):

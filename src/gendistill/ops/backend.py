@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
-from gendistill.ops.fla_hopper_dqkwg import affected, enabled, register_hopper_dqkwg, registered
+from gendistill.ops.fla_hopper_dqkwg import affected, enabled, key_block, register_hopper_dqkwg, registered
 
 
 @functools.cache
@@ -69,6 +69,10 @@ def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
     if not fp32_states and TileLangBackend.is_available() and CommonTileLangBackend().is_enabled():
         return None
     if registered():
+        try:
+            key_block()
+        except ValueError as e:  # the backend would raise at the first backward: say so before anything trains
+            return str(e)
         return None
     ours = ("switched off here: unset GENDISTILL_FLA_HOPPER_BK32=0" if not enabled()
             else "which FLA_DISABLE_BACKEND_DISPATCH=1 keeps out of fla's dispatch here")

@@ -73,13 +73,18 @@ def block_widths(K: int, V: int) -> tuple[int, int]:
     bv = min(max(triton.next_power_of_2(V), 16), 128)
     if bk != BAD_BK:
         return bk, bv
+    return (SAFE_BK, min(bv, SAFE_BK)) if key_block() == SAFE_BK else (128, bv)
+
+
+def key_block() -> int:
+    """The key block taken where fla would use 64: ``GENDISTILL_FLA_HOPPER_KEY_BLOCK`` (32, the default, or 128).
+    Raises ValueError naming the variable for any other value (:func:`gendistill.ops.backend.fla_gated_backward_refused`
+    turns that into the up-front refusal, before a run trains)."""
     chosen = os.environ.get(KEY_BLOCK_ENV, str(SAFE_BK))
-    if chosen == str(SAFE_BK):
-        return SAFE_BK, min(bv, SAFE_BK)
-    if chosen == "128":
-        return 128, bv
-    raise ValueError(f"{KEY_BLOCK_ENV}={chosen!r}: the key block must be 32 or 128 (64 is the width fla issue #640 "
-                     "miscompiles)")
+    if chosen not in (str(SAFE_BK), "128"):
+        raise ValueError(f"{KEY_BLOCK_ENV}={chosen!r}: the key block must be 32 or 128 (64 is the width fla issue "
+                         "#640 miscompiles)")
+    return int(chosen)
 
 
 def chunk_bwd_dqkwg_bk32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, h: torch.Tensor,
