@@ -9,7 +9,8 @@ and per decode step (one new token on top of a cached state): ``step``. Also rep
 its fixed generation state (recurrent + conv bytes per sequence). The mixer axis of an ablation costs what these rows
 say, so run this before giving every mixer the same token budget.
 
-A mixer whose backward fla refuses on this card (Gated DeltaNet and Mamba2 on a Hopper GPU under Triton < 3.7.1:
+A mixer whose backward fla refuses on this card (Gated DeltaNet and Mamba2 on a Hopper GPU under Triton < 3.7.1 when
+gendistill's block-width backend is switched off, ``GENDISTILL_FLA_HOPPER_BK32=0``:
 :func:`gendistill.layers.registry.backward_refusal`) gets its forward and decode timed and the reason recorded.
 Every time is also given as a ratio to KDA's in the same run (``x kda``: > 1 means slower than KDA), the baseline the
 mixer axis compares against; KDA is measured whenever it is in ``--mixers`` (the default).

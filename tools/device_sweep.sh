@@ -30,7 +30,8 @@
 # Issue 28's mixer lease (GRID=ablate-mixers-smollm2-lease): setup starts `hopper-check` in the background (the
 #   block-width backend's bf16 gradient checks: key block 32, else 128; docs/mixers.md); start waits for its verdict
 #   (HOPPER_WAIT, 360 s), trains Gated DeltaNet and Mamba2 with the width that passed (or stops: exit 7) and takes the
-#   wait out of JOB_TIMEOUT. MIXER_BENCH=1 with setup also runs benchmarks/mixer_throughput.py there.
+#   wait out of JOB_TIMEOUT. MIXER_BENCH=1 with setup (any grid) runs benchmarks/mixer_throughput.py for the four
+#   mixers there, in the foreground (MIXER_BENCH_TIMEOUT, 300 s; MIXER_BENCH_LENGTHS, 2048); collect returns it.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
@@ -142,12 +143,15 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
     # and data travel; 'start' waits for the verdict (hopper_key_block.txt). Then the rest of the gradient checks.
     setsid nohup bash tools/device_sweep.sh hopper-check > "$RES/hopper_check.log" 2>&1 < /dev/null &
     step "hopper-check: running in the background, its verdict in hopper_key_block.txt"
-    if [ -n "${MIXER_BENCH:-}" ]; then  # each mixer's cost with the card to itself (the check shares it meanwhile)
-      step "benchmarks/mixer_throughput.py (timeout ${MIXER_BENCH_TIMEOUT:-240} s)"
-      TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-240}" python3 \
-        benchmarks/mixer_throughput.py --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
-      step "mixer_throughput rc=$?"
-    fi
+  fi
+  if [ -n "${MIXER_BENCH:-}" ]; then  # issue 28: each mixer's cost (with the card to itself, except beside the mixer
+    # grid's hopper-check); fla autotunes GLA's backward on a fresh card: give it 300 s or more
+    step "benchmarks/mixer_throughput.py --lengths ${MIXER_BENCH_LENGTHS:-2048} (timeout ${MIXER_BENCH_TIMEOUT:-300} s)"
+    TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-300}" python3 benchmarks/mixer_throughput.py \
+      --mixers kda,gla,gated_deltanet,mamba2 --lengths "${MIXER_BENCH_LENGTHS:-2048}" --warmup 2 --repeats 5 \
+      --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
+    step "mixer_throughput rc=$?"
+    grep -v '^Triton\|^ *$' "$RES/mixer_throughput.log" | tail -n 12
   fi
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
