@@ -412,6 +412,11 @@ MUTANTS: list[Mutant] = [
            ("tests/model/test_fla_hopper_dqkwg.py",),
            "gendistill says Gated DeltaNet trains on the card, fla then refuses at the first backward"),
     # ---- grids resumed from a lease's collected results (metrics and evaluations, no students)
+    Mutant("carried_stage_run_resumed", "src/gendistill/ablate/runner.py",
+           '    fresh = node.status() == "retrain"\n', "    fresh = False\n",
+           ("tests/ablate/test_sharing.py", "-k", "carried"),
+           "a grid resumed from a lease's collected results stops at the first shared stage run whose student stayed "
+           "on the last machine"),
     Mutant("evaluated_cell_retrained", "src/gendistill/ablate/runner.py",
            "            if eval_done(p.eval_dir):  # evaluated", "            if False:  # evaluated",
            ("tests/ablate/test_sharing.py", "-k", "carried"),

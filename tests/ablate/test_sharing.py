@@ -5,6 +5,7 @@ prefix is trained exactly once, a stopped stage is resumed, and a finished grid 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from gendistill.ablate.grid import load_grid
 from gendistill.ablate.runner import describe_plan, plan_grid, read_metrics, run_grid
 from gendistill.ablate.store import cell_nodes
+from gendistill.errors import ConfigError
 
 
 class FakeTrainer:
@@ -22,14 +24,22 @@ class FakeTrainer:
         self.calls: list[dict] = []
         self.stop_at = stop_at
 
-    def __call__(self, recipe, *, resume, teacher, tokenizer, stop_after, world):
+    def __call__(self, recipe, *, resume, overwrite, teacher, tokenizer, stop_after, world):
         (stage,) = recipe.stages
         run = Path(recipe.run.output_dir)
         self.calls.append({"stage": stage.name, "dir": run.name, "student": recipe.student.path, "resume": resume,
-                           "partial_before": (run / "recipe.yaml").exists()})
+                           "overwrite": overwrite, "partial_before": (run / "recipe.yaml").exists()})
+        progress = json.loads((run / "progress.json").read_text()) if (run / "progress.json").exists() else {}
+        if resume and stage.name in progress.get("completed", []) and not (run / stage.name / "config.json").exists():
+            # the real run_recipe loads the completed stage's student to continue from it, and stops without one
+            raise ConfigError(f"student.path: {run / stage.name} is not a gendistill student folder")
+        if overwrite:  # the real one clears the folder (its marker kept) and starts the stage over
+            for p in run.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         run.mkdir(parents=True, exist_ok=True)
         (run / "recipe.yaml").write_text("x")
         if self.stop_at is not None and len(self.calls) - 1 == self.stop_at:
+            (run / "checkpoints" / stage.name / "step-00000001").mkdir(parents=True)  # a checkpoint to resume from
             return {"completed": []}
         (run / stage.name).mkdir(exist_ok=True)
         (run / stage.name / "config.json").write_text("{}")
@@ -180,7 +190,6 @@ def test_long_context_evaluation_settings_reach_the_evaluator(write_grid, monkey
     import gendistill.eval.runner as eval_runner
     from gendistill.ablate.runner import check_eval
     from gendistill.ablate.store import _digest, eval_id
-    from gendistill.errors import ConfigError
 
     seen = []
 
@@ -253,8 +262,6 @@ def test_results_carried_without_their_students_train_nothing_again(write_grid, 
     """A lease's collected results keep every stage run's metrics and every evaluation, not the students
     (tools/device_sweep.sh collect). Unpacked into the grid folder on the next machine they finish their cells: the
     grid trains only what a cell still to evaluate needs, retraining a shared prefix whose student is gone."""
-    import shutil
-
     trainer, ev = fakes
     grid = write_grid({"masking": ["completion_only", "all_tokens"]}, eval=quiz)
     first = run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
@@ -280,5 +287,11 @@ def test_results_carried_without_their_students_train_nothing_again(write_grid, 
     plan = describe_plan(plan_grid(load_grid(grid)))
     assert [c["skipped"] for c in plan["cells"]] == [True, True, True, False] and plan["nodes_to_train"] == 3
     assert plan["nodes_not_needed"] == 2  # the evaluated cells' own stage-3b runs
+    assert [n["status"] for n in plan["cells"][3]["nodes"]] == ["retrain", "retrain", "todo"]
     run_grid(load_grid(grid), teacher=object(), tokenizer=object(), progress="none")
     assert [c["stage"] for c in trainer.calls[4:]] == ["stage1", "stage3a", "stage3b"] and len(ev.calls) == 3
+    # the carried stage runs start over in a cleared folder (the real trainer would stop at the missing student
+    # and append to the earlier lease's records otherwise); the new one is a plain first run
+    assert [(c["resume"], c["overwrite"]) for c in trainer.calls[4:]] == [(False, True), (False, True), (True, False)]
+    s1 = plan_grid(load_grid(grid))[3].nodes[0]
+    assert s1.status() == "done" and json.loads((s1.dir / "node.json").read_text())["id"] == s1.id

@@ -127,8 +127,10 @@ class Node:
         return self.dir / self.stage
 
     def status(self) -> str:
-        """``done`` (student saved), ``partial`` (a run folder, not finished: resumed from its checkpoint) or
-        ``todo``."""
+        """``done`` (student saved), ``partial`` (a run folder with a checkpoint of its stage: resumed from it),
+        ``retrain`` (a run folder with nothing to continue from: a lease's collected results keep a stage run's
+        metrics but neither its student nor its checkpoints, or a run stopped before its first checkpoint; trained
+        again from its start, the folder cleared) or ``todo``."""
         prog = self.dir / "progress.json"
         if prog.is_file() and (self.student_dir / "config.json").is_file():
             try:
@@ -136,7 +138,9 @@ class Node:
                     return "done"
             except (OSError, json.JSONDecodeError):
                 pass
-        return "partial" if (self.dir / "recipe.yaml").is_file() else "todo"
+        if not (self.dir / "recipe.yaml").is_file():
+            return "todo"
+        return "partial" if any((self.dir / "checkpoints").glob("*/step-*")) else "retrain"
 
 
 def cell_nodes(cell: Cell, root: Path) -> list[Node]:
