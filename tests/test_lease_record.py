@@ -272,6 +272,12 @@ def test_a_resumed_grid_names_the_stage_runs_an_earlier_lease_trained(tmp_path):
         ("stage3a-bbb", True, 0.0), ("stage1-aaa", False, 0.0), ("stage3a-ccc", False, 60.0)]
     plain = TOOL["grid_record"](_grid_bundle(tmp_path / "plain"), [], None, "2026-12-06")["lease"]
     assert "carried_cells" not in plain and not any("carried" in n for n in plain["node_timeline"])
+    # the job's start time, where the job wrote it, decides by the records' own times: the stage runs recorded before
+    # it (stage 1 and the first stage 3a) came from the earlier lease, whatever cells the carried folder named
+    timed = _grid_bundle(tmp_path / "timed", members_more={"./res/job_start_epoch": "5050\n"})
+    lease = TOOL["grid_record"](timed, [], None, "2026-12-06")["lease"]
+    assert [(n["node"], n.get("carried", False), n["start_s"]) for n in lease["node_timeline"]] == [
+        ("stage1-aaa", True, 0.0), ("stage3a-bbb", True, 30.0), ("stage3a-ccc", False, 0.0)]
 
 
 def test_a_selection_lease_records_each_method_finished_or_cut(tmp_path):

@@ -250,6 +250,7 @@ hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gr
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
+  date +%s > "$RES/job_start_epoch"  # tools/lease_record.py: stage runs recorded before it are a carried lease's
   if [ "$GRID" = select-smollm2-lease ]; then select_driver "$@"; exit; fi
   step "ablate start (timeout ${JOB_TIMEOUT:-1200} s) $*"
   # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes (a key the shipped configurations lack) is logged, so

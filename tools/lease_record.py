@@ -26,10 +26,11 @@ job's timeout and exit status, the stage runs in the order they ran (steps, medi
 from the first one's first record; a resumed grid's carried runs apart) and every stage a timeout cut short.
 ``--figures`` also writes ``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`)
 and the grid's report as ``gendistill ablate`` writes it, from the record: ``<out stem>_report.md`` and
-``_report.png`` (:func:`gendistill.ablate.report.markdown`, :func:`~gendistill.ablate.report.plot_png`). A layer-selection lease
-(issue 27: the archive holds ``select/<method>/``) adds ``selection``: per method its settings, its result if it
-finished and what its score cache holds (:func:`selection_record`); a ``select_<method>_scores.json`` in BUNDLE (the
-cache as a later ``--resume`` call left it, copied there) is read instead of the job's copy.
+``_report.png`` (:func:`gendistill.ablate.report.markdown`, :func:`~gendistill.ablate.report.plot_png`). A
+layer-selection lease (issue 27: the archive holds ``select/<method>/``) adds ``selection``: per method its
+settings, its result if it finished and what its score cache holds (:func:`selection_record`); a
+``select_<method>_scores.json`` in BUNDLE (the cache as a later ``--resume`` call left it, copied there) is read
+instead of the job's copy.
 
 An e2e job with long-context or code suites (issue 29): ``--suites`` also writes, beside ``--out``,
 ``longctx_<rest>.json`` and ``humaneval_<rest>.json`` and each long-context suite's plot (``<rest>``: the ``--out``
@@ -215,6 +216,25 @@ def _node_timeline(stages: Path, carried: set[str] | frozenset[str] = frozenset(
     return out
 
 
+def _carried_nodes(stages: Path, epoch_file: Path, cells: list[dict[str, Any]], carried_cells: list[str]) -> set[str]:
+    """The node ids of the stage runs an earlier lease trained (a grid resumed from collected results). With the job's
+    start time (``res/job_start_epoch``, written by device_sweep.sh's job): every stage run whose first record is
+    older (a carried run trained again here was cleared first, so its records are new). Without it: the carried
+    cells' nodes that no cell evaluated here shares (a shared one was trained again: a carried result holds no
+    student)."""
+    if epoch_file.is_file():
+        start = float(epoch_file.read_text().split()[0])
+        old = set()
+        for d in stages.iterdir():
+            rows = [r for r in metrics_records(d / "metrics.jsonl") if r.get("time") is not None] \
+                if (d / "metrics.jsonl").is_file() else []
+            if rows and rows[0]["time"] < start:
+                old.add(d.name.rsplit("-", 1)[-1])
+        return old
+    return ({n for c in cells if c["cell"] in carried_cells for n in c.get("nodes", [])}
+            - {n for c in cells if c["cell"] not in carried_cells for n in c.get("nodes", [])})
+
+
 def _job_facts(steps_txt: str) -> dict[str, Any]:
     """The versions line, the job's timeout and its exit status from the job's ``steps.txt``, and the cells whose
     results an earlier lease carried in (``carried results: CELL ...``)."""
@@ -300,10 +320,7 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             c["curves"] = stage_curves(records)
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
-        # an earlier lease's stage runs: its carried cells' nodes that no cell trained here shares (a shared one was
-        # trained again: a carried result holds no student)
-        carried = ({n for c in rep["cells"] if c["cell"] in facts["carried_cells"] for n in c.get("nodes", [])}
-                   - {n for c in rep["cells"] if c["cell"] not in facts["carried_cells"] for n in c.get("nodes", [])})
+        carried = _carried_nodes(stages, job / "res" / "job_start_epoch", rep["cells"], facts["carried_cells"])
         timeline = _node_timeline(stages, carried)
         selection = {d.name: selection_record(d, bundle / f"select_{d.name}_scores.json"
                                               if (bundle / f"select_{d.name}_scores.json").is_file() else None)
