@@ -413,7 +413,7 @@ MUTANTS: list[Mutant] = [
            "gendistill says Gated DeltaNet trains on the card, fla then refuses at the first backward"),
     # ---- grids resumed from a lease's collected results (metrics and evaluations, no students)
     Mutant("carried_stage_run_resumed", "src/gendistill/ablate/runner.py",
-           '    fresh = node.status() == "retrain"\n', "    fresh = False\n",
+           'fresh = node.status() == "retrain"', "fresh = False",
            ("tests/ablate/test_sharing.py", "-k", "carried"),
            "a grid resumed from a lease's collected results stops at the first shared stage run whose student stayed "
            "on the last machine"),

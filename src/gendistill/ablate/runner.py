@@ -182,19 +182,14 @@ def train_node(cell: Cell, node: Node, parent: Node | None, teachers: _Teachers,
     r = node_recipe(cell.recipe, node, parent, progress)
     world = init_world(r.run.device)
     teacher, tok = teachers.get(r, world)
-    # nothing to continue from (a stage run an earlier lease collected without its student or checkpoints): the run
-    # starts over in a cleared folder, so neither the missing student is loaded nor the old records appended to
-    fresh = node.status() == "retrain"
+    fresh = node.status() == "retrain"  # nothing to resume: a cleared folder, no missing student, no old records
     node.dir.mkdir(parents=True, exist_ok=True)
     if marker_kind(node.dir) is None:  # the node folder is the stage's run folder: gendistill's own, marked as such
         write_marker(node.dir, "run")
-    info = {"id": node.id, "stage": node.stage, "parent": node.parent, "first_cell": cell.name,
-            "student": str(node.student_dir)}
-    atomic_write_json(node.dir / "node.json", info)
-    out = pipeline.run_recipe(r, resume=not fresh, overwrite=fresh, teacher=teacher, tokenizer=tok,
-                              stop_after=stop_after, world=world)
-    del out
-    atomic_write_json(node.dir / "node.json", info)  # (a cleared folder lost it)
+    pipeline.run_recipe(r, resume=not fresh, overwrite=fresh, teacher=teacher, tokenizer=tok, stop_after=stop_after,
+                        world=world)
+    atomic_write_json(node.dir / "node.json", {"id": node.id, "stage": node.stage, "parent": node.parent,
+                                               "first_cell": cell.name, "student": str(node.student_dir)})
     _free_memory()
     return node.status() == "done"
 
@@ -484,8 +479,7 @@ def _run_cells(grid: Grid, *, teacher: Any, tokenizer: Any, stop_after: int | No
             for n in p.nodes:
                 st = n.status()
                 if st != "done":
-                    doing = {"partial": "resuming", "retrain": "training again (nothing to resume)"}.get(st, "training")
-                    bar.status(f"{p.cell.name}: {doing} {n.stage} ({n.id})")
+                    bar.status(f"{p.cell.name}: {'resuming' if st == 'partial' else 'training'} {n.stage} ({n.id})")
                     if not train_node(p.cell, n, prev, teachers, stage_progress, stop_after):
                         stopped = True
                         break
