@@ -192,21 +192,30 @@ def _card_fields(line: str | None) -> dict[str, str | None]:
     return {key: parts[i] if len(parts) > i else None for i, key in enumerate(("card", "card_memory", "driver"))}
 
 
-def _node_timeline(stages: Path, carried: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Every stage run under ``stages`` in the order it ran: its folder name, steps, median tokens/s, and its first and
-    last record's time in seconds from the first stage run's first record. ``carried``: the node ids of stage runs an
-    earlier lease trained (a grid resumed from its collected results): listed first with ``"carried": true`` and
-    their seconds from the first carried run's start, so this lease's seconds count from its own first stage run, not
-    from a run hours earlier on another machine."""
-    runs = []
+def _timed_records(stages: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each stage run folder under ``stages`` (by name) with its records that carry a time; runs without any left
+    out."""
+    runs = {}
     for d in sorted(p for p in stages.iterdir() if (p / "metrics.jsonl").is_file()):
         rows = [r for r in metrics_records(d / "metrics.jsonl") if r.get("time") is not None]
         if rows:
-            runs.append((d.name, d.name.rsplit("-", 1)[-1] in carried, rows))
-    runs.sort(key=lambda r: (not r[1], r[2][0]["time"]))
-    t0 = {flag: min((rows[0]["time"] for _, c, rows in runs if c == flag), default=0.0) for flag in (True, False)}
+            runs[d.name] = rows
+    return runs
+
+
+def _node_timeline(runs: dict[str, list[dict[str, Any]]],
+                   carried: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Every stage run (:func:`_timed_records`) in the order it ran: its folder name, steps, median tokens/s, and its
+    first and last record's time in seconds from the first stage run's first record. ``carried``: the node ids of
+    stage runs an earlier lease trained (a grid resumed from its collected results): listed first with
+    ``"carried": true`` and their seconds from the first carried run's start, so this lease's seconds count from its
+    own first stage run, not from a run hours earlier on another machine."""
+    order = sorted(runs.items(), key=lambda r: (r[0].rsplit("-", 1)[-1] not in carried, r[1][0]["time"]))
+    t0 = {flag: min((rows[0]["time"] for name, rows in order if (name.rsplit("-", 1)[-1] in carried) == flag),
+                    default=0.0) for flag in (True, False)}
     out = []
-    for name, was_carried, rows in runs:
+    for name, rows in order:
+        was_carried = name.rsplit("-", 1)[-1] in carried
         s = stage_summary(rows)
         out.append({"node": name, "steps": s["steps"],
                     "median_tokens_per_s": round(s["tokens_per_s"]) if s["tokens_per_s"] else None,
@@ -216,21 +225,16 @@ def _node_timeline(stages: Path, carried: set[str] | frozenset[str] = frozenset(
     return out
 
 
-def _carried_nodes(stages: Path, epoch_file: Path, cells: list[dict[str, Any]], carried_cells: list[str]) -> set[str]:
-    """The node ids of the stage runs an earlier lease trained (a grid resumed from collected results). With the job's
-    start time (``res/job_start_epoch``, written by device_sweep.sh's job): every stage run whose first record is
-    older (a carried run trained again here was cleared first, so its records are new). Without it: the carried
-    cells' nodes that no cell evaluated here shares (a shared one was trained again: a carried result holds no
-    student)."""
+def _carried_nodes(runs: dict[str, list[dict[str, Any]]], epoch_file: Path, cells: list[dict[str, Any]],
+                   carried_cells: list[str]) -> set[str]:
+    """The node ids of the stage runs (:func:`_timed_records`) an earlier lease trained (a grid resumed from collected
+    results). With the job's start time (``res/job_start_epoch``, written by device_sweep.sh's job): every stage run
+    whose first record is older (a carried run trained again here was cleared first, so its records are new).
+    Without it: the carried cells' nodes that no cell evaluated here shares (a shared one was trained again: a
+    carried result holds no student)."""
     if epoch_file.is_file():
         start = float(epoch_file.read_text().split()[0])
-        old = set()
-        for d in stages.iterdir():
-            rows = [r for r in metrics_records(d / "metrics.jsonl") if r.get("time") is not None] \
-                if (d / "metrics.jsonl").is_file() else []
-            if rows and rows[0]["time"] < start:
-                old.add(d.name.rsplit("-", 1)[-1])
-        return old
+        return {name.rsplit("-", 1)[-1] for name, rows in runs.items() if rows[0]["time"] < start}
     return ({n for c in cells if c["cell"] in carried_cells for n in c.get("nodes", [])}
             - {n for c in cells if c["cell"] not in carried_cells for n in c.get("nodes", [])})
 
@@ -320,8 +324,9 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             c["curves"] = stage_curves(records)
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
-        carried = _carried_nodes(stages, job / "res" / "job_start_epoch", rep["cells"], facts["carried_cells"])
-        timeline = _node_timeline(stages, carried)
+        runs = _timed_records(stages)
+        timeline = _node_timeline(runs, _carried_nodes(runs, job / "res" / "job_start_epoch", rep["cells"],
+                                                       facts["carried_cells"]))
         selection = {d.name: selection_record(d, bundle / f"select_{d.name}_scores.json"
                                               if (bundle / f"select_{d.name}_scores.json").is_file() else None)
                      for d in sorted((job / "select").glob("*")) if (d / "select.json").is_file()}

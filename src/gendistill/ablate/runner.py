@@ -82,7 +82,7 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
         for n in p.nodes:
             users.setdefault(n.id, []).append(p.cell.name)
     first_with_eval: dict[Path, str] = {}
-    cells, nodes_seen, todo_nodes, done_nodes, unneeded_nodes = [], set(), 0, 0, 0
+    cells, nodes_seen, todo_nodes, done_nodes = [], set(), 0, 0
     evals_todo = tokens_distinct = tokens_todo = 0
     for p in plans:
         entry_nodes = []
@@ -93,11 +93,11 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
                 st = "not needed"  # only evaluated cells use it: nothing to train or resume
             if n.id not in nodes_seen:
                 nodes_seen.add(n.id)
+                train = st not in ("done", "not needed")  # todo, partial or retrain
                 done_nodes += st == "done"
-                todo_nodes += st in ("todo", "partial", "retrain")
-                unneeded_nodes += st == "not needed"
+                todo_nodes += train
                 tokens_distinct += budget[n.stage]
-                tokens_todo += budget[n.stage] if st in ("todo", "partial", "retrain") else 0
+                tokens_todo += budget[n.stage] if train else 0
             entry_nodes.append({"stage": n.stage, "id": n.id, "status": st, "shared_by": len(users[n.id]),
                                 "dir": str(n.dir)})
         same = first_with_eval.get(p.eval_dir)
@@ -109,7 +109,7 @@ def describe_plan(plans: list[CellPlan]) -> dict[str, Any]:
                       "eval_dir": str(p.eval_dir), "same_as": same, "tokens": budget,
                       "skipped": ev == "done"})
     return {"cells": cells, "distinct_nodes": len(nodes_seen), "nodes_done": done_nodes, "nodes_to_train": todo_nodes,
-            "nodes_not_needed": unneeded_nodes,
+            "nodes_not_needed": len(nodes_seen) - done_nodes - todo_nodes,
             "distinct_evals": len(first_with_eval), "evals_to_run": evals_todo,
             "tokens_distinct": tokens_distinct, "tokens_to_train": tokens_todo}
 

@@ -55,9 +55,9 @@ def fla_gated_backward_refused(fp32_states: bool = False) -> str | None:
     #640), unless a backend of its registry takes the call: its TileLang backend (``tilelang`` installed, ``nvcc``
     found, not switched off with ``FLA_TILELANG=0``; it declines calls whose states are float32, ``fp32_states``:
     simple GLA's backward keeps them so) or gendistill's (:mod:`gendistill.ops.fla_hopper_dqkwg`, registered by
-    :func:`fla_available`, on unless ``GENDISTILL_FLA_HOPPER_BK32=0``). KDA
-    and GLA do not use it. None also where fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``):
-    the pure-PyTorch backward is exact everywhere."""
+    :func:`fla_available`, on unless ``GENDISTILL_FLA_HOPPER_BK32=0``). KDA and GLA do not use it. None also where
+    fla's kernels do not run at all (no CUDA, ``GENDISTILL_KDA_BACKEND=torch``): the pure-PyTorch backward is exact
+    everywhere."""
     if os.environ.get("GENDISTILL_KDA_BACKEND", "auto") == "torch" or not fla_available() or not affected():
         return None
     try:

@@ -33,7 +33,7 @@ import os
 
 import torch
 
-#: the switch: "1" lets the backend take the calls fla refuses; unset or "0" leaves fla refusing (its own behaviour)
+#: the switch: unset or "1" lets the backend take the calls fla refuses; "0" leaves fla refusing (its own behaviour)
 ENV = "GENDISTILL_FLA_HOPPER_BK32"
 #: the backend's type in fla's registry; fla also switches it on with ``FLA_<TYPE>`` (``FLA_GENDISTILL_HOPPER_BK32``)
 BACKEND_TYPE = "gendistill_hopper_bk32"
