@@ -42,6 +42,21 @@ def pyplot() -> Any | None:
     return plt
 
 
+def spread_labels(values: list[float], gap: float) -> list[float]:
+    """Heights for labels placed beside points at ``values`` (same order), moved apart so that no two are closer than
+    ``gap``: each label as near its point as the labels below it allow, the whole stack then shifted down by half its
+    overshoot so that it stays centred on the points it names."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    last = -math.inf
+    for i in order:
+        out[i] = last = max(values[i], last + gap)
+    if values:
+        shift = (max(out) - max(values)) / 2
+        out = [y - shift for y in out]
+    return out
+
+
 def figure_png(fig: Any, dpi: int) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()

@@ -112,3 +112,57 @@ def test_runs_outside_the_grid_are_drawn_dashed_in_the_colour_of_the_cell_they_r
     assert style["batch_3a=16"][0] == "-" and style["16 again"] == ("--", style["batch_3a=16"][1])
     assert style["other"][0] == "--" and style["other"][1] not in {c for _, c in style.values() if _ == "-"}
     assert [p.get_xdata().tolist() for p in left.get_lines() if p.get_label() == "16 again"] == [[2.0, 4.0]]
+
+
+def _hidden_state_stage(step_s=2.0):
+    """Stage 1's records: held-out losses, no KL or top-1 (a hidden-state stage)."""
+    return [{**r, "eval_kl": None, "eval_top1": None} if "eval_loss" in r else r
+            for r in _records("stage1", 10, [(0.9, None)], step_s=step_s)]
+
+
+def _chain_cell(name, axis, variant, stages):
+    """A cell whose stage runs' records are ``stages`` (stage -> records), in chain order."""
+    recs = [r for rows in stages.values() for r in rows]
+    return {"cell": name, "assignment": {axis: variant}, "tokens": {}, "metrics": {}, "curves": stage_curves(recs),
+            "nodes": [], "eval": None}
+
+
+def test_each_axis_is_drawn_in_the_stage_that_tells_its_variants_apart(monkeypatch):
+    """A stage-3b axis (masking) shares stages 1-3a between its variants: its table and plot show stage 3b, where they
+    differ; an axis that changes stage 3a (objective) shows stage 3a even though stage 3b differs too; an axis that
+    differs from stage 1 on (a mixer; stage 1 has no KL) shows stage 3a, not stage 1. A repeat of stage 3a (extra) is
+    drawn only on stage-3a rows."""
+    import gendistill.ablate.heldout_curves as hc
+
+    s1 = _hidden_state_stage()
+    s3a = _records("stage3a", 1_000_000, [(0.5, 0.6), (0.3, 0.7)])
+    other_3a = _records("stage3a", 1_000_000, [(0.55, 0.58), (0.35, 0.68)])
+    chat = {v: _records("stage3b", 100_000, [(kl, 0.6), (kl - 0.05, 0.62)]) for v, kl in (("c", 0.5), ("a", 0.45))}
+    cells = [_chain_cell("masking=c", "masking", "c", {"stage1": s1, "stage3a": s3a, "stage3b": chat["c"]}),
+             _chain_cell("masking=a", "masking", "a", {"stage1": s1, "stage3a": s3a, "stage3b": chat["a"]}),
+             _chain_cell("objective=f", "objective", "f", {"stage1": s1, "stage3a": s3a, "stage3b": chat["c"]}),
+             _chain_cell("objective=r", "objective", "r", {"stage1": s1, "stage3a": other_3a, "stage3b": chat["a"]}),
+             _chain_cell("mixer=k", "mixer", "k", {"stage1": s1, "stage3a": s3a}),
+             _chain_cell("mixer=g", "mixer", "g", {"stage1": _hidden_state_stage(step_s=3.0),
+                                                   "stage3a": other_3a})]
+    rep = build_report({"axes": {"masking": ["c", "a"], "objective": ["f", "r"], "mixer": ["k", "g"]}}, cells)
+    assert [hc.axis_stage(rep, a) for a in ("masking", "objective", "mixer")] == ["stage3b", "stage3a", "stage3a"]
+    md = "\n".join(curve_markdown(rep))
+    assert "## Held-out curve of stage3b, axis `masking`" in md and "stage3a, axis `masking`" not in md
+    assert "## Held-out curve of stage3a, axis `objective`" in md and "## Held-out curve of stage3a, axis `mixer`" in md
+    masking = md[md.index("axis `masking`"):md.index("axis `objective`")]
+    assert "| 200.0K | 0.500 / 60.0 (4 s) | 0.450 / 60.0 (4 s) |" in masking
+    # one stage for every axis still draws that stage (the shared stage-3a curve, equal per variant)
+    assert "## Held-out curve of stage3a, axis `masking`" in "\n".join(curve_markdown(rep, "stage3a"))
+    # one variant alone has nothing to tell apart: stage 3a
+    assert hc.axis_stage(build_report({"axes": {"masking": ["c"]}}, cells[:1]), "masking") == "stage3a"
+
+    figures = []
+    monkeypatch.setattr(hc, "figure_png", lambda fig, dpi: figures.append(fig) or b"png")
+    assert hc.plot_heldout_curves(rep, extra={"f again": stage_curves(other_3a)["stage3a"]},
+                                  extra_like={"f again": "f"}) == b"png"
+    rows = figures[0].axes[0::2]  # the left panel of each row
+    labels = [[ln.get_label() for ln in ax.get_lines()] for ax in rows]
+    assert labels == [["masking=c", "masking=a"], ["objective=f", "objective=r", "f again"],
+                      ["mixer=k", "mixer=g", "f again"]]
+    assert rows[0].get_xlabel() == "stage3b tokens (millions)" and rows[1].get_xlabel() == "stage3a tokens (millions)"

@@ -137,6 +137,35 @@ def test_markdown_json_and_plot(tmp_path):
     assert "No evaluated cell scored under both protocols yet." in markdown(empty) and plot_png(empty) is None
 
 
+def test_slope_chart_labels_stay_apart_and_name_their_lines(monkeypatch):
+    """Two variants that end within a hair of each other under generation (29.5 and 29.6, as a freezing lease did) get
+    labels at least 5 % of the chart's span apart; each label still sits at its own line's height order."""
+    import gendistill.ablate.report as report_mod
+
+    figures = []
+    monkeypatch.setattr(report_mod, "figure_png", lambda fig, dpi: figures.append(fig) or b"png")
+    cells = [cell(f"freeze={v}", {"freeze": v}, results(scores(ll, gen, ll, gen)))
+             for v, ll, gen in (("attention", 0.401, 0.295), ("none", 0.401, 0.296), ("mlp", 0.405, 0.317))]
+    assert plot_png(build_report({"axes": {"freeze": ["attention", "none", "mlp"]}}, cells)) == b"png"
+    slope = figures[0].axes[1]
+    labels = {t.get_text(): t.get_position()[1] for t in slope.texts}
+    assert set(labels) == {"attention", "none", "mlp"}
+    assert labels["attention"] < labels["none"] < labels["mlp"]
+    span = 100 * (0.405 - 0.295)
+    assert labels["none"] - labels["attention"] >= 0.05 * span - 1e-9
+
+
+def test_spread_labels_keeps_order_and_gap_and_leaves_distant_labels_alone():
+    from gendistill.reporting import spread_labels
+
+    assert spread_labels([10.0, 30.0, 20.0], gap=1.0) == [10.0, 30.0, 20.0]  # already apart: unchanged
+    ys = spread_labels([5.0, 5.1, 4.95], gap=1.0)
+    order = sorted(range(3), key=lambda i: [5.0, 5.1, 4.95][i])
+    assert all(ys[order[k + 1]] - ys[order[k]] == pytest.approx(1.0) for k in range(2))
+    assert max(ys) - 5.1 > 0 and max(ys) - 5.1 == pytest.approx(4.95 - min(ys))  # centred: as far above as below
+    assert spread_labels([], gap=1.0) == []
+
+
 def _curve_cell(name, assignment, tokens_3a, kl, top1, chat_kl=None):
     fid = {} if kl is None else {"eval_kl_last": kl, "eval_top1_last": top1}
     chat = {} if chat_kl is None else {"eval_kl_last": chat_kl, "eval_top1_last": 0.5}

@@ -36,7 +36,7 @@ from gendistill.ablate.curve import (CHAT_STAGE, CURVE_STAGE, curve_axes, curve_
                                      trained_when_cut)
 from gendistill.ablate.heldout_curves import curve_markdown, plot_heldout_curves
 from gendistill.eval.report import protocol_gap, retention, signed_points
-from gendistill.reporting import figure_png, pyplot, write_report_files
+from gendistill.reporting import figure_png, pyplot, spread_labels, write_report_files
 from gendistill.reporting import num as _num
 from gendistill.reporting import pct as _pct
 
@@ -436,11 +436,12 @@ def plot_png(rep: dict[str, Any]) -> bytes | None:
         bar_ax.set_title(f"{ax['axis']}: score per variant (teacher dashed)", fontsize=10)
         bar_ax.legend(fontsize=7)
         reversed_vs = {v for r in ax["reversals"] for v in r["pair"]}
-        for v in vs:
+        ends = [100 * tab[v]["generate"] for v in vs]
+        span = max(ends + [100 * tab[v]["loglik"] for v in vs]) - min(ends)
+        for v, end, at in zip(vs, ends, spread_labels(ends, gap=max(0.05 * span, 1e-3))):  # labels apart
             col = "C3" if v in reversed_vs else "0.4"
-            slope_ax.plot([0, 1], [100 * tab[v]["loglik"], 100 * tab[v]["generate"]], marker="o", color=col)
-            slope_ax.annotate(v, (1, 100 * tab[v]["generate"]), xytext=(4, 0), textcoords="offset points",
-                              fontsize=8, va="center", color=col)
+            slope_ax.plot([0, 1], [100 * tab[v]["loglik"], end], marker="o", color=col)
+            slope_ax.annotate(v, (1, end), xytext=(1.04, at), textcoords="data", fontsize=8, va="center", color=col)
         slope_ax.set_xticks([0, 1])
         slope_ax.set_xticklabels(["log-likelihood", "generation"])
         slope_ax.set_xlim(-0.1, 1.35)
