@@ -421,6 +421,15 @@ MUTANTS: list[Mutant] = [
            "            if eval_done(p.eval_dir):  # evaluated", "            if False:  # evaluated",
            ("tests/ablate/test_sharing.py", "-k", "carried"),
            "a lease that carries earlier cells' results retrains them for nothing (16 minutes of a 30-minute lease)"),
+    # ---- the report's figures
+    Mutant("axis_curves_in_shared_stage", "src/gendistill/ablate/heldout_curves.py",
+           "        at = stage or axis_stage(rep, a[\"axis\"])", "        at = stage or CURVE_STAGE",
+           ("tests/ablate/test_heldout_curves.py", "-k", "tells"),
+           "a masking or freezing axis is drawn as its variants' one shared stage-3a run: equal lines, nothing to see"),
+    Mutant("slope_labels_stacked", "src/gendistill/reporting.py",
+           "        out[i] = last = max(values[i], last + gap)", "        out[i] = last = values[i]",
+           ("tests/ablate/test_report.py", "-k", "labels"),
+           "two variants that end close under generation get their labels printed over each other"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
