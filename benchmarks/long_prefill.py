@@ -17,14 +17,20 @@ jitter)`` (RULER-style prompts of one nominal length differ by a few tokens, so 
 
 median seconds of ``--repeats`` after a warm-up (CUDA-synchronised), the per-row/padded ratio, the largest difference
 of the last-position logits between the two (bf16), and with ``--profile`` the top kernels of each (text file).
+Below float32 each row also records both paths' distance from the same rows in float32 (``per_row_vs_fp32``,
+``padded_vs_fp32``): a padded-vs-per-row difference at the size of ``per_row_vs_fp32`` is the precision's noise, not
+the padding's (docs/results.md section 16: the random-weight hybrid's 0.24 in bf16).
 
   python benchmarks/long_prefill.py --lengths 4k,16k --rows 8 --out runs/long_prefill
+  python benchmarks/long_prefill.py --device cpu --dtype bfloat16 --models student --lengths 256 --rows 3 \
+      --jitter 32 --repeats 1          # the hybrid's bf16 noise against its padding, on CPU (about 3 minutes)
 Prints a table and writes <out>/long_prefill_<card>.json (and long_prefill_kernels_<card>.txt with --profile).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -97,6 +103,16 @@ def per_row_prefill(model, rows: list[list[int]], device) -> torch.Tensor:
     return torch.cat(last)
 
 
+def precision_floor(model, rows: list[list[int]], device: torch.device, row_logits: torch.Tensor,
+                    padded_logits: torch.Tensor | None) -> dict:
+    """How far each half-precision path is from the same weights in float32 (one unpadded prefill a row, untimed):
+    ``per_row_vs_fp32`` is the precision's own noise on these rows, the floor below which ``max_logit_diff`` (padded
+    against per row, both in half precision) says nothing about padding; ``padded_vs_fp32`` the padded path's."""
+    ref = per_row_prefill(copy.deepcopy(model).float(), rows, device).float()
+    return {"per_row_vs_fp32": float((row_logits.float() - ref).abs().max()),
+            "padded_vs_fp32": None if padded_logits is None else float((padded_logits.float() - ref).abs().max())}
+
+
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
     """Median wall seconds of ``repeats`` calls after one warm-up, and the last call's output (the logits compared;
     :func:`gendistill.bench.timing.measure` keeps none)."""
@@ -132,9 +148,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8, help="prompts a batch")
     ap.add_argument("--jitter", type=int, default=64, help="rows are up to this many tokens shorter than the length")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", default="teacher,student", help="teacher, student or both")
+    ap.add_argument("--models", default="teacher,student",
+                    help="comma-separated: teacher, student or teacher,student (the default)")
     ap.add_argument("--profile", action="store_true", help="also write the top kernels of each prefill")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="the models' precision (auto: bfloat16 on CUDA, float32 on CPU); below float32 each row also "
+                         "records how far the same rows are from float32 (per_row_vs_fp32: the precision's own noise)")
     ap.add_argument("--tiny", action="store_true", help="a 4-layer model (plumbing check on CPU)")
     ap.add_argument("--out", default="runs/long_prefill")
     args = ap.parse_args()
@@ -143,12 +163,13 @@ def main() -> None:
         raise SystemExit("error: --device cuda, but no CUDA device here (use --device cpu --tiny for a plumbing check)")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or set(names) - {"teacher", "student"}:
-        raise SystemExit(f"error: --models {args.models}: name teacher, student or both")
+        raise SystemExit(f"error: --models {args.models}: teacher, student or teacher,student")
     try:
         lengths = parse_lengths(args.lengths)
     except ConfigError as e:
         raise SystemExit(f"error: --lengths {args.lengths}: {e}") from None
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
+             "float32": torch.float32}[args.dtype]
     models = build(args.tiny, device, dtype)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out_dir = Path(args.out)
@@ -174,6 +195,8 @@ def main() -> None:
                    "per_row_speedup": None if padded_s is None else padded_s / row_s,
                    "max_logit_diff": diff,
                    "logit_scale": float(row_logits.float().abs().max())}
+            if dtype != torch.float32:  # the yardstick for max_logit_diff: the same rows in float32, one a row
+                rec.update(precision_floor(model, rows, device, row_logits, padded_logits))
             rows_out.append(rec)
             log(json.dumps(rec))
             if args.profile:
@@ -195,13 +218,15 @@ def main() -> None:
     atomic_write_json(path, result)
     if kernels:
         (out_dir / f"long_prefill_kernels_{label}.txt").write_text("\n\n".join(kernels))
-    print("\n| model | length | rows | padded + mask (s) | per row, no mask (s) | padded / per row | max logit diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | length | rows | padded + mask (s) | per row, no mask (s) | padded / per row | max logit diff "
+          "| per row vs fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows_out:
         pad = "OOM" if r["padded_s"] is None else f"{r['padded_s']:.3f}"
         ratio = "–" if r["per_row_speedup"] is None else f"{r['per_row_speedup']:.2f}"
-        dif = "–" if r["max_logit_diff"] is None else f"{r['max_logit_diff']:.3g}"
-        print(f"| {r['model']} | {r['length']:,} | {r['rows']} | {pad} | {r['per_row_s']:.3f} | {ratio} | {dif} |")
+        dif, floor = ("–" if r.get(k) is None else f"{r[k]:.3g}" for k in ("max_logit_diff", "per_row_vs_fp32"))
+        print(f"| {r['model']} | {r['length']:,} | {r['rows']} | {pad} | {r['per_row_s']:.3f} | {ratio} | {dif} "
+              f"| {floor} |")
     print(f"\nwrote {path}")
 
 
