@@ -119,10 +119,10 @@ def curve_markdown(rep: dict[str, Any], stage: str | None = None) -> list[str]:
     :func:`axis_stage`); rows: tokens; columns: the variants; – where a variant was not evaluated at those tokens,
     e.g. after a cut. Empty when no axis has a curve."""
     out: list[str] = []
-    for axis, stage, curves in _drawn_axes(rep, stage):
+    for axis, shown, curves in _drawn_axes(rep, stage):
         tokens = sorted({p["tokens"] for pts in curves.values() for p in pts if p["tokens"] is not None})
         at = {v: {p["tokens"]: p for p in pts} for v, pts in curves.items()}
-        out += ["", f"## Held-out curve of {stage}, axis `{axis}` (curves.png)", "",
+        out += ["", f"## Held-out curve of {shown}, axis `{axis}` (curves.png)", "",
                 "KL(teacher‖student) in nats per token / top-1 agreement (%) at each held-out evaluation the trainer "
                 "recorded; seconds of training in brackets (from the end of the first optimizer step).", "",
                 "| tokens | " + " | ".join(curves) + " |", "|---:|" + "---:|" * len(curves)]
