@@ -203,6 +203,11 @@ def _timed_records(stages: Path) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
+def _node_id(run_folder: str) -> str:
+    """The node id in a stage run's folder name (``<stage>-<id>``)."""
+    return run_folder.rsplit("-", 1)[-1]
+
+
 def _node_timeline(runs: dict[str, list[dict[str, Any]]],
                    carried: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Every stage run (:func:`_timed_records`) in the order it ran: its folder name, steps, median tokens/s, and its
@@ -210,12 +215,11 @@ def _node_timeline(runs: dict[str, list[dict[str, Any]]],
     stage runs an earlier lease trained (a grid resumed from its collected results): listed first with
     ``"carried": true`` and their seconds from the first carried run's start, so this lease's seconds count from its
     own first stage run, not from a run hours earlier on another machine."""
-    order = sorted(runs.items(), key=lambda r: (r[0].rsplit("-", 1)[-1] not in carried, r[1][0]["time"]))
-    t0 = {flag: min((rows[0]["time"] for name, rows in order if (name.rsplit("-", 1)[-1] in carried) == flag),
-                    default=0.0) for flag in (True, False)}
+    flagged = sorted(((_node_id(name) in carried, name, rows) for name, rows in runs.items()),
+                     key=lambda r: (not r[0], r[2][0]["time"]))
+    t0 = {flag: min((rows[0]["time"] for c, _, rows in flagged if c == flag), default=0.0) for flag in (True, False)}
     out = []
-    for name, rows in order:
-        was_carried = name.rsplit("-", 1)[-1] in carried
+    for was_carried, name, rows in flagged:
         s = stage_summary(rows)
         out.append({"node": name, "steps": s["steps"],
                     "median_tokens_per_s": round(s["tokens_per_s"]) if s["tokens_per_s"] else None,
@@ -234,7 +238,7 @@ def _carried_nodes(runs: dict[str, list[dict[str, Any]]], epoch_file: Path, cell
     carried result holds no student)."""
     if epoch_file.is_file():
         start = float(epoch_file.read_text().split()[0])
-        return {name.rsplit("-", 1)[-1] for name, rows in runs.items() if rows[0]["time"] < start}
+        return {_node_id(name) for name, rows in runs.items() if rows[0]["time"] < start}
     return ({n for c in cells if c["cell"] in carried_cells for n in c.get("nodes", [])}
             - {n for c in cells if c["cell"] not in carried_cells for n in c.get("nodes", [])})
 
