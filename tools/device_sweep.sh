@@ -32,6 +32,8 @@
 #   (HOPPER_WAIT, 360 s), trains Gated DeltaNet and Mamba2 with the width that passed (or stops: exit 7) and takes the
 #   wait out of JOB_TIMEOUT. MIXER_BENCH=1 with setup (any grid) runs benchmarks/mixer_throughput.py for the four
 #   mixers there, in the foreground (MIXER_BENCH_TIMEOUT, 300 s; MIXER_BENCH_LENGTHS, 2048); collect returns it.
+#   `gpu-test SECONDS NODE...` (any call after setup) runs GPU tests alone on the card, e.g. the mixers' checks a
+#   lease has not reached: tests/gpu/test_mixers_gpu.py::test_...[case]; collect returns gpu_test.log.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
@@ -247,6 +249,14 @@ hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gr
   step "hopper-check, the other gradient checks: rc=$? $(tail -n 1 "$RES/hopper_rest.log" | cut -c1-160)"
   grep 'gradient errors' "$RES/hopper_rest.log" | tee -a "$RES/steps.txt"
   ;;
+gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests alone on the card, bounded; the log
+           # (with every kernel fla autotunes) in gpu_test.log, the verdict in steps.txt; collect returns both
+  shift; LIMIT_S=${1:-300}; shift
+  step "gpu-test (timeout $LIMIT_S s): $*"
+  TRITON_PRINT_AUTOTUNING=1 timeout "$LIMIT_S" python3 -m pytest -v -s -p no:cacheprovider "$@" > "$RES/gpu_test.log" 2>&1
+  step "gpu-test rc=$? $(grep -v '^Triton\|^ *$' "$RES/gpu_test.log" | tail -n 1 | cut -c1-200)"
+  grep -E 'PASSED|FAILED|SKIPPED|ERROR|gradient errors' "$RES/gpu_test.log" | cut -c1-220 | tee -a "$RES/steps.txt"
+  ;;
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT
@@ -302,5 +312,6 @@ collect)  # 8 files: the report (JSON, Markdown, three plots), the summary, the 
   mv "$T" "$OUT/sweep_results.tgz"
   ls -la "$OUT"
   ;;
-*) echo "usage: tools/device_sweep.sh setup|data|start [ablate args]|watch [SECONDS]|collect|hopper-check"; exit 2 ;;
+*) echo "usage: tools/device_sweep.sh setup|data|start [ablate args]|watch [SECONDS]|collect|hopper-check|gpu-test SECONDS [pytest args]"
+   exit 2 ;;
 esac
