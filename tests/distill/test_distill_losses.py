@@ -205,7 +205,7 @@ def test_logit_loss_off_cuda_is_the_chunked_reference():
 @pytest.mark.parametrize("cfg, why", [
     (LossConfig(implementation="fused"), "not on CUDA"),
     (LossConfig(kind="reverse_kl", implementation="fused"), "reverse_kl"),
-    (LossConfig(ce_weight=0.5, implementation="fused"), "ce_weight"),
+    (LossConfig(kind="jsd", ce_weight=0.5, implementation="fused"), "jsd"),
 ])
 def test_fused_logit_loss_where_it_does_not_apply_is_one_clear_error(cfg, why):
     h_s, w_s, h_t, w_t, y = _proj_inputs()

@@ -49,6 +49,8 @@ import fla.modules.causal_conv1d  # noqa: E402
 import fla.modules.causal_conv1d.ops  # noqa: E402
 import fla.modules.fused_kl_div  # noqa: E402
 import fla.modules.fused_kl_div.ops  # noqa: E402
+import fla.modules.fused_linear_cross_entropy  # noqa: E402
+import fla.modules.fused_linear_cross_entropy.ops  # noqa: E402
 import fla.modules.norm.fused_norm_gate  # noqa: E402
 import fla.ops.gated_delta_rule  # noqa: E402
 import fla.ops.gated_delta_rule.chunk  # noqa: E402
@@ -212,6 +214,14 @@ def check_preconditions(name: str, a: dict) -> None:
         assert x.dtype == w.dtype and tx.dtype == tw.dtype, "each matmul's operands in one dtype"
         assert a["reduction"] == "batchmean"
         return
+    if name == "fused_linear_cross_entropy_loss":
+        x, y, w = a["x"], a["target"], a["weight"]
+        assert x.dim() == 2 and y.shape == (x.shape[0],) and w.shape[1] == x.shape[1], "x [N, D], target [N], w [V, D]"
+        assert x.dtype == w.dtype, "the matmul's operands in one dtype"
+        assert y.dtype == torch.long and bool(((y >= 0) | (y == a["ignore_index"])).all()), "targets: ids or ignored"
+        assert a["reduction"] == "sum" and a["bias"] is None and a["label_smoothing"] == 0.0
+        assert a["logit_scale"] == 1.0 and a["logit_softcapping"] is None and not a["use_l2warp"]
+        return
     # the recurrent kernels: q, k [B, T, H, K], v [B, T, H, V]
     q, k, v = a["q"], a["k"], a["v"]
     B, T, H, K = q.shape
@@ -365,6 +375,12 @@ def ref_fused_kl(x, target_x, weight, target_weight, reduction="batchmean", **_)
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
+def ref_fused_linear_ce(x, target, weight, ignore_index=-100, reduction="mean", **_):
+    """fla ``fused_linear_cross_entropy_loss`` as documented: cross-entropy of ``x weight^T`` against ``target``,
+    ``ignore_index`` rows left out, summed or averaged over the rest."""
+    return F.cross_entropy((x @ weight.T).float(), target, ignore_index=ignore_index, reduction=reduction)
+
+
 SITES = [
     Site(fla.ops.kda, "chunk_kda", "ChunkKDAFunction", ref_kda),
     Site(fla.ops.kda, "fused_recurrent_kda", "fused_recurrent_kda_fwd", ref_kda),
@@ -377,6 +393,8 @@ SITES = [
     Site(fla.modules.causal_conv1d, "causal_conv1d", "CausalConv1dFunction", ref_conv),
     Site(fla.modules.norm.fused_norm_gate, "rms_norm_gated", "LayerNormGatedFunction", ref_rms_norm_gated),
     Site(fla.modules.fused_kl_div, "fused_kl_div_loss", "FusedKLDivLossFunction", ref_fused_kl),
+    Site(fla.modules.fused_linear_cross_entropy, "fused_linear_cross_entropy_loss", "FusedLinearCrossEntropyFunction",
+         ref_fused_linear_ce),
 ]
 
 
@@ -672,6 +690,32 @@ def test_fused_kl_on_forced_fla_call(monkeypatch):
     got = fused_forward_kl(h_s.requires_grad_(), w_s, h_t.requires_grad_(), w_t.requires_grad_(), 2.0, torch.float32)
     spy.called("fused_kl_div_loss")
     assert abs(got.item() - want.item()) < 1e-5 * max(1.0, abs(want.item()))
+
+
+def test_fused_kl_with_cross_entropy_on_forced_fla_calls(monkeypatch):
+    """forward KL + ce_weight x CE on the forced CUDA branch: ``logit_loss`` takes the fused path for both terms
+    (fla's linear-KL and linear cross-entropy; rows without a target, label -100 or -1, left out of the CE) and gives
+    the chunked reference's value: the CE at temperature 1 while the KL runs at T."""
+    from gendistill.distill import losses as losses_module
+    from gendistill.distill.config import LossConfig
+    from gendistill.distill.losses import logit_loss
+
+    g = torch.Generator().manual_seed(3)
+    h_s, h_t = torch.randn(12, 8, generator=g), torch.randn(12, 6, generator=g)
+    w_s, w_t = torch.randn(40, 8, generator=g), torch.randn(40, 6, generator=g)
+    labels = torch.randint(0, 40, (12,), generator=g)
+    labels[[2, 7]] = torch.tensor([-100, -1])
+    cfg = LossConfig(temperature=2.0, ce_weight=0.3, chunk_size=5)
+    want = chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg)
+    spy = FlaSpy(monkeypatch)
+    monkeypatch.setattr(losses_module, "fused_forward_kl_applies", lambda *a: None)  # as on a card with fla
+    got = logit_loss(h_s, w_s, h_t, w_t, labels, cfg)
+    spy.called("fused_kl_div_loss", "fused_linear_cross_entropy_loss")
+    (ce_call,) = spy.calls["fused_linear_cross_entropy_loss"]
+    assert ce_call["target"].tolist() == torch.where(labels >= 0, labels, -100).tolist()
+    assert abs(got.item() - want.item()) < 1e-5 * max(1.0, abs(want.item()))
+    without_ce = chunked_logit_loss(h_s, w_s, h_t, w_t, labels, LossConfig(temperature=2.0, chunk_size=5))
+    assert abs(want.item() - without_ce.item()) > 0.1  # the CE term is there to be got wrong
 
 
 # ------------------------------------------------------------------------------ the checks themselves can fail

@@ -6,7 +6,8 @@ loss to hidden states through the vocabulary projection ``chunk_size`` tokens at
 logits of a batch are never materialised (only one chunk's, in the forward and the gradient), which is what lets a
 151,936-token vocabulary at 4096 tokens x batch 4 fit. :func:`logit_loss` is what the stages call: the forward KL on
 CUDA goes through fla's fused linear-KL kernel (:func:`fused_forward_kl`; logits, softmaxes and their gradient in one
-Triton pass per row), everything else through the chunked reference.
+Triton pass per row; an added cross-entropy through fla's fused linear cross-entropy), everything else through the
+chunked reference.
 """
 
 from __future__ import annotations
@@ -252,8 +253,6 @@ def fused_forward_kl_applies(cfg: LossSettings, h_s: torch.Tensor, b_s: torch.Te
     """None when :func:`fused_forward_kl` computes ``cfg``'s loss for these inputs, else the reason it does not."""
     if cfg.kind != "forward_kl":
         return f"loss kind {cfg.kind!r} (the fused kernel computes forward_kl)"
-    if cfg.ce_weight:
-        return "ce_weight > 0"
     if b_s is not None or b_t is not None:
         return "a vocabulary projection with a bias"
     if not h_s.is_cuda:
@@ -265,7 +264,7 @@ def fused_forward_kl_applies(cfg: LossSettings, h_s: torch.Tensor, b_s: torch.Te
 
 def fused_forward_kl(
     h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, temperature: float,
-    dtype: torch.dtype,
+    dtype: torch.dtype, labels: torch.Tensor | None = None, ce_weight: float = 0.0,
 ) -> torch.Tensor:
     """Sum over the ``N`` rows of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)) * T^2 through fla's fused
     linear-KL kernel (``fla.modules.fused_kl_div``): the projections in ``dtype`` chunk by chunk, the KL and its
@@ -273,7 +272,11 @@ def fused_forward_kl(
     trains) computed in the forward. The same function as :func:`chunked_logit_loss` with ``forward_kl`` (the
     temperature enters as a scale of both weights); ``tests/gpu/test_distill_gpu.py`` checks the two against each
     other. A trained ``w_s`` gets its gradient summed in fp32 and rounded to ``dtype`` once (fla's ``dw.to(weight)``;
-    its matmuls need the weight in the hidden states' dtype); the chunked loss rounds each chunk's to ``dtype``."""
+    its matmuls need the weight in the hidden states' dtype); the chunked loss rounds each chunk's to ``dtype``.
+
+    ``ce_weight > 0`` adds ``ce_weight`` x the summed next-token cross-entropy of the student's logits at temperature
+    1 against ``labels`` ``[N]`` (negative ids: no target), as :func:`logit_loss_fn` does, through fla's fused
+    linear cross-entropy (``fla.modules.fused_linear_cross_entropy``): neither term materialises ``[N, V]``."""
     from fla.modules.fused_kl_div import fused_kl_div_loss  # noqa: PLC0415  (Triton kernels, CUDA only)
 
     n = h_s.shape[0]
@@ -284,7 +287,19 @@ def fused_forward_kl(
         ws, wt = ws / temperature, wt / temperature
     with torch.autocast(device_type=h_s.device.type, enabled=False):
         mean = fused_kl_div_loss(h_s.to(dtype), h_t.detach().to(dtype), ws, wt, reduction="batchmean")
-    return mean * (n * temperature * temperature)
+        total = mean * (n * temperature * temperature)
+        if ce_weight:
+            if labels is None:
+                raise ValueError("fused_forward_kl: ce_weight > 0 needs the labels")
+            from fla.modules.fused_linear_cross_entropy import (  # noqa: PLC0415  (Triton kernels, CUDA only)
+                fused_linear_cross_entropy_loss,
+            )
+
+            target = torch.where(labels >= 0, labels, torch.full_like(labels, -100))
+            ce = fused_linear_cross_entropy_loss(h_s.to(dtype), target, w_s.to(dtype), ignore_index=-100,
+                                                 reduction="sum")
+            total = total + ce_weight * ce
+    return total
 
 
 def logit_loss(
@@ -306,7 +321,7 @@ def logit_loss(
     if cfg.implementation == "fused" and why_not is not None:
         raise ConfigError(f"loss.implementation: fused does not apply: {why_not}; use 'auto' or 'chunked'")
     if cfg.implementation != "chunked" and why_not is None:
-        return fused_forward_kl(h_s, w_s, h_t, w_t, cfg.temperature, compute_dtype)
+        return fused_forward_kl(h_s, w_s, h_t, w_t, cfg.temperature, compute_dtype, labels, cfg.ce_weight)
     return chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, b_s=b_s, b_t=b_t, compute_dtype=compute_dtype)
 
 
