@@ -296,8 +296,9 @@ def fused_forward_kl(
             )
 
             target = torch.where(labels >= 0, labels, torch.full_like(labels, -100))
+            # fla's kernel forms the head's gradient whether or not it trains: in fp32 only when it is used
             ce = fused_linear_cross_entropy_loss(h_s.to(dtype), target, w_s.to(dtype), ignore_index=-100,
-                                                 reduction="sum")
+                                                 reduction="sum", accumulate_grad_in_fp32=w_s.requires_grad)
             total = total + ce_weight * ce
     return total
 
