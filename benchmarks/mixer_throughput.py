@@ -17,7 +17,8 @@ mixer axis compares against; KDA is measured whenever it is in ``--mixers`` (the
 
   COMMIT=$(git rev-parse --short HEAD) python benchmarks/mixer_throughput.py --out runs/mixers   # ~1 min on an H100
 Prints a table last and writes <out>/mixer_throughput_<card>.json (the card, the commit from $COMMIT: a device copy's
-git metadata may be stale).
+git metadata may be stale; which code ran the gated backward), rewritten after every mixer ("complete": false until
+the last), so a run cut short keeps the mixers it timed.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ def measure(mixer: str, args, device, dtype) -> dict:
     return row
 
 
+def gated_backward(device: torch.device) -> str:
+    """Which code runs Gated DeltaNet's and Mamba2's gated ``chunk_bwd_dqkwg`` backward here: fla's own launch, or
+    gendistill's block-width backend where fla refuses it (a Hopper GPU under Triton < 3.7.1, docs/mixers.md)."""
+    if device.type != "cuda":
+        return "PyTorch reference (no fla kernels off CUDA)"
+    from gendistill.ops import fla_hopper_dqkwg as hopper
+
+    if not hopper.affected():
+        return "fla"
+    if not hopper.enabled():
+        return "refused by fla (GENDISTILL_FLA_HOPPER_BK32=0)"
+    return f"gendistill block-width backend (key block {hopper.key_block()} where fla would use 64)"
+
+
 def add_ratios(rows: list[dict], baseline: str = "kda") -> None:
     """Each row's times as multiples of ``baseline``'s in the same run (``*_vs_<baseline>``; > 1: slower), in place;
     None where either time is missing (a backward fla refuses). Nothing is added when the baseline was not measured."""
@@ -135,17 +150,18 @@ def main(argv=None) -> int:
         return 2
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
-    rows = []
-    for mixer in mixers:
-        print(f"[mixer_throughput] {mixer}", flush=True)
-        rows.append(measure(mixer, args, device, dtype))
-    add_ratios(rows)
+    rows: list[dict] = []
     res = {"card": card, "commit": os.environ.get("COMMIT"), "dtype": args.dtype, "batch": args.batch,
            "shape": dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.dim),
-           "torch": torch.__version__, "mixers": rows}
+           "torch": torch.__version__, "gated_backward": gated_backward(device), "complete": False, "mixers": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"mixer_throughput_{card.replace(' ', '-').replace('/', '-')}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    for mixer in mixers:  # the JSON after every mixer: a run cut short (autotuning on a fresh card) keeps what it timed
+        print(f"[mixer_throughput] {mixer}", flush=True)
+        rows.append(measure(mixer, args, device, dtype))
+        add_ratios(rows)
+        res["complete"] = len(rows) == len(mixers)
+        path.write_text(json.dumps(res, indent=2) + "\n")
 
     from rich.console import Console
     from rich.table import Table

@@ -54,3 +54,34 @@ def test_a_backward_fla_refuses_is_recorded_not_fatal(tmp_path, monkeypatch):
         assert p["fwd_bwd_ms"] is None and p["fwd_bwd_vs_kda"] is None and p["fwd_ms"] > 0 and rows[name]["step_ms"] > 0
     for name in ("kda", "gla"):
         assert rows[name]["backward_refused"] is None and rows[name]["prefill"][0]["fwd_bwd_ms"] > 0
+
+
+def test_a_run_cut_short_keeps_the_mixers_it_timed(tmp_path, monkeypatch):
+    """The JSON is written after every mixer: a run stopped in its third mixer (a timeout while fla autotunes on a
+    fresh card) leaves the first two timed, their ratios to KDA and ``complete: false``."""
+    spec = importlib.util.spec_from_file_location("mixer_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    real = mod.measure
+
+    def measure(mixer, *a):
+        if mixer == "gla":
+            raise KeyboardInterrupt  # what the timeout's SIGTERM stands for here
+        return real(mixer, *a)
+
+    monkeypatch.setattr(mod, "measure", measure)
+    args = ["--device", "cpu", "--dtype", "float32", "--lengths", "24", "--batch", "1", "--hidden", "32",
+            "--heads", "2", "--kv-heads", "1", "--dim", "16", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)]
+    try:
+        mod.main(args)
+        raise AssertionError("the stand-in cut did not stop the run")
+    except KeyboardInterrupt:
+        pass
+    data = json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())
+    assert [r["mixer"] for r in data["mixers"]] == ["kda", "gated_deltanet"] and data["complete"] is False
+    gdn = data["mixers"][1]["prefill"][0]
+    assert gdn["fwd_vs_kda"] == gdn["fwd_ms"] / data["mixers"][0]["prefill"][0]["fwd_ms"]
+    assert data["gated_backward"].startswith("PyTorch reference")
+    monkeypatch.setattr(mod, "measure", real)
+    assert mod.main(args) == 0
+    assert json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())["complete"] is True
