@@ -100,9 +100,11 @@ def measure(mixer: str, args, device, dtype) -> dict:
 def gated_backward(device: torch.device) -> str:
     """Which code runs Gated DeltaNet's and Mamba2's gated ``chunk_bwd_dqkwg`` backward here: fla's own launch, or
     gendistill's block-width backend where fla refuses it (a Hopper GPU under Triton < 3.7.1, docs/mixers.md)."""
-    if device.type != "cuda":
-        return "PyTorch reference (no fla kernels off CUDA)"
     from gendistill.ops import fla_hopper_dqkwg as hopper
+    from gendistill.ops.backend import fla_available  # first: it points fla at the shipped kernel configurations
+
+    if device.type != "cuda" or not fla_available():
+        return "PyTorch reference (no fla kernels here)"
 
     if not hopper.affected():
         return "fla"
@@ -127,6 +129,7 @@ def add_ratios(rows: list[dict], baseline: str = "kda") -> None:
 
 def main(argv=None) -> int:
     from gendistill.layers.registry import LINEAR_MIXERS
+    from gendistill.ops.fla_configs import describe_active
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
         rows.append(measure(mixer, args, device, dtype))
         add_ratios(rows)
         res["complete"] = len(rows) == len(mixers)
+        res["fla_configs"] = describe_active(card)  # shipped kernel configurations, or why fla autotuned
         path.write_text(json.dumps(res, indent=2) + "\n")
 
     from rich.console import Console

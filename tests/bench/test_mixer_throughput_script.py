@@ -82,6 +82,7 @@ def test_a_run_cut_short_keeps_the_mixers_it_timed(tmp_path, monkeypatch):
     gdn = data["mixers"][1]["prefill"][0]
     assert gdn["fwd_vs_kda"] == gdn["fwd_ms"] / data["mixers"][0]["prefill"][0]["fwd_ms"]
     assert data["gated_backward"].startswith("PyTorch reference")
+    assert data["fla_configs"].startswith("fla kernel configurations: ")
     monkeypatch.setattr(mod, "measure", real)
     assert mod.main(args) == 0
     assert json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())["complete"] is True

@@ -104,3 +104,23 @@ def test_a_bad_setting_is_one_clear_error(fresh_gpu):
     fresh_gpu.setenv("GENDISTILL_FLA_CONFIGS", "yes")
     with pytest.raises(ConfigError, match=r"GENDISTILL_FLA_CONFIGS='yes'.*exact.*0"):
         fla_configs.activate()
+
+
+def test_activating_twice_keeps_the_choice(fresh_gpu):
+    """fla_available() activates once per process; anything else that may import fla first (the hopper backend's
+    ``affected()``) activates too: the second call keeps the folder and the line that describes it."""
+    first = fla_configs.activate()
+    fresh_gpu.setitem(sys.modules, "fla.ops.utils.cache", object())  # fla imported since
+    assert fla_configs.activate() == first
+    assert "using those tuned on NVIDIA H200" in fla_configs.describe_active(H100[0])
+
+
+def test_asking_whether_fla_refuses_the_gated_backward_activates_the_configurations_first(fresh_gpu):
+    """``fla_hopper_dqkwg.affected()`` imports fla: as a process's first fla import (benchmarks/mixer_throughput.py
+    asked it before any kernel ran, 2026-12-06) it left fla without the shipped configurations, and an H100 autotuned
+    every KDA kernel for minutes. It now points fla at them before importing it."""
+    from gendistill.ops import fla_hopper_dqkwg
+
+    fla_hopper_dqkwg.affected()
+    assert os.environ.get("FLA_CONFIG_DIR") == str(fla_configs.SHIPPED / "NVIDIA_H200")
+    assert "using those tuned on NVIDIA H200" in fla_configs.describe_active(H100[0])

@@ -120,10 +120,14 @@ _DECISION: list[ConfigChoice | str] = []
 def activate() -> ConfigChoice | None:
     """Set ``FLA_CONFIG_DIR`` / ``FLA_CACHE_MODE`` for this GPU's shipped configurations (:func:`choose_folder`).
     Returns the choice, or None (no CUDA, nothing shipped that fits this GPU, the user chose otherwise, or fla was
-    imported already); :func:`describe_active` says which."""
+    imported already); :func:`describe_active` says which. Calling it again once it has pointed fla at a folder
+    changes nothing: every path that may be the first to import fla calls it first."""
     mode = _mode()
     if not torch.cuda.is_available():
         return None
+    if _DECISION and isinstance(_DECISION[-1], ConfigChoice) \
+            and os.environ.get("FLA_CONFIG_DIR") == str(_DECISION[-1].folder):
+        return _DECISION[-1]
     _DECISION.clear()
     if mode == "0":
         _DECISION.append("GENDISTILL_FLA_CONFIGS=0: none read; fla autotunes each kernel before its first use")

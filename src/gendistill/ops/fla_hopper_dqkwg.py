@@ -48,7 +48,12 @@ KEY_BLOCK_ENV = "GENDISTILL_FLA_HOPPER_KEY_BLOCK"
 
 def affected() -> bool:
     """Whether fla refuses the gated ``chunk_bwd_dqkwg`` here: a Hopper GPU and Triton >= 3.4.0, < 3.7.1 (fla's own
-    flags, the ones its refusal reads). False where fla is not importable or has no such flags (another version)."""
+    flags, the ones its refusal reads). False where fla is not importable or has no such flags (another version).
+    It may be the process's first import of fla (a benchmark asking before any kernel runs): the shipped kernel
+    configurations are activated first, or fla would autotune every kernel from scratch."""
+    from gendistill.ops.fla_configs import activate  # noqa: PLC0415  (fla reads its settings at its first import)
+
+    activate()
     try:
         from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
     except ImportError:
