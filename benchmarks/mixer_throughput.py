@@ -3,7 +3,8 @@
 
 For every mixer in ``gendistill.layers.registry`` (kda, gated_deltanet, gla, mamba2), built at a teacher's attention
 shape (default: SmolLM2-135M, D=576, 9 query / 3 kv heads of 64), times at each sequence length T (batch B):
-  fwd        one forward of the layer (prefill / scoring), fla's chunked kernels on CUDA
+  fwd        one forward of the layer (prefill / scoring), fla's chunked kernels on CUDA; ``--layout packed``: the
+             B x T tokens as B documents in one row (``cu_seqlens``), the layout the distillation trainer uses
   fwd+bwd    forward + backward with respect to the input and all parameters (distillation step cost)
 and per decode step (one new token on top of a cached state): ``step``. Also reports each layer's parameter count and
 its fixed generation state (recurrent + conv bytes per sequence). The mixer axis of an ablation costs what these rows
@@ -73,16 +74,20 @@ def measure(mixer: str, args, device, dtype) -> dict:
     row = {"mixer": mixer, "params": sum(p.numel() for p in layer.parameters()),
            "state_bytes": sum(layer.state_bytes(1, dtype).values()), "prefill": [], "backward_refused": refused}
     for T in args.lengths:
-        x = torch.randn(args.batch, T, args.hidden, device=device, dtype=dtype)
+        if args.layout == "packed":  # the trainer's: B documents of T tokens in one row, the state reset at each
+            x = torch.randn(1, args.batch * T, args.hidden, device=device, dtype=dtype)
+            kw = {"cu_seqlens": torch.arange(0, args.batch * T + 1, T, device=device, dtype=torch.int32)}
+        else:
+            x, kw = torch.randn(args.batch, T, args.hidden, device=device, dtype=dtype), {}
         layer.eval()
         with torch.no_grad():
-            fwd = time_ms(lambda: layer(x), args.warmup, args.repeats, device)
+            fwd = time_ms(lambda: layer(x, **kw), args.warmup, args.repeats, device)
         layer.train()
         xg = x.clone().requires_grad_()
 
         def step():
             layer.zero_grad(set_to_none=True)
-            layer(xg).float().square().mean().backward()
+            layer(xg, **kw).float().square().mean().backward()
 
         fwd_bwd = None if refused else time_ms(step, args.warmup, args.repeats, device)  # fla would raise
         row["prefill"].append({"T": T, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd,
@@ -137,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--mixers", default=",".join(LINEAR_MIXERS), help="comma-separated registry names")
     p.add_argument("--lengths", default="2048,8192", help="sequence lengths, e.g. '2048,8192'")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--layout", choices=["batch", "packed"], default="batch",
+                   help="batch: B sequences of T (prefill); packed: the same B x T tokens as B documents in one row "
+                        "with cu_seqlens, as the distillation trainer feeds the student (fla's packed kernels)")
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--heads", type=int, default=9)
     p.add_argument("--kv-heads", type=int, default=3)
@@ -155,6 +163,7 @@ def main(argv=None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     rows: list[dict] = []
     res = {"card": card, "commit": os.environ.get("COMMIT"), "dtype": args.dtype, "batch": args.batch,
+           "layout": args.layout,
            "shape": dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.dim),
            "torch": torch.__version__, "gated_backward": gated_backward(device), "complete": False, "mixers": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +179,8 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    tbl = Table(title=f"Linear mixers on {card} (B={args.batch}, D={args.hidden}, H={args.heads}/{args.kv_heads}, "
-                      f"K={args.dim}, {args.dtype}); ms, median")
+    tbl = Table(title=f"Linear mixers on {card} ({args.layout} B={args.batch}, D={args.hidden}, "
+                      f"H={args.heads}/{args.kv_heads}, K={args.dim}, {args.dtype}); ms, median")
     times = [f"{k} T={T}" for T in args.lengths for k in ("fwd", "fwd+bwd")]
     for col in ["mixer", "params", "state/seq", *times, "step"]:
         tbl.add_column(col, justify="left" if col == "mixer" else "right")

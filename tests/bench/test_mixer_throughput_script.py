@@ -86,3 +86,31 @@ def test_a_run_cut_short_keeps_the_mixers_it_timed(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "measure", real)
     assert mod.main(args) == 0
     assert json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())["complete"] is True
+
+
+def test_packed_layout_times_the_same_tokens_as_documents_in_one_row(tmp_path, monkeypatch):
+    """``--layout packed``: each mixer gets B x T tokens in one row with ``cu_seqlens`` at every T (the trainer's
+    layout), and the JSON says which layout it timed."""
+    spec = importlib.util.spec_from_file_location("mixer_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from gendistill.layers.registry import LINEAR_MIXERS
+
+    seen = []
+    for cls in set(LINEAR_MIXERS.values()):
+        real = cls.forward
+
+        def spy(self, x, *a, _real=real, **kw):
+            if kw.get("cu_seqlens") is not None:
+                seen.append((type(self).__name__, tuple(x.shape), kw["cu_seqlens"].tolist()))
+            return _real(self, x, *a, **kw)
+
+        monkeypatch.setattr(cls, "forward", spy)
+    rc = mod.main(["--device", "cpu", "--dtype", "float32", "--lengths", "24", "--batch", "3", "--hidden", "32",
+                   "--heads", "2", "--kv-heads", "1", "--dim", "16", "--warmup", "0", "--repeats", "1",
+                   "--layout", "packed", "--mixers", "kda,gla", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())
+    assert data["layout"] == "packed" and data["mixers"][1]["prefill"][0]["fwd_bwd_ms"] > 0
+    assert {s[0] for s in seen} == {LINEAR_MIXERS["kda"].__name__, LINEAR_MIXERS["gla"].__name__}
+    assert all(shape == (1, 72, 32) and cu == [0, 24, 48, 72] for _, shape, cu in seen)
