@@ -291,8 +291,12 @@ def parse_autotune_log(text: str) -> list[tuple[str, tuple, dict[str, Any]]]:
 
 #: fla modules whose kernels use Triton's plain autotuner (which does not read fla's files) and whose configurations
 #: gendistill ships: only these are seeded by :func:`seed_plain_autotuners` (kernel names are not unique across fla:
-#: ``recompute_w_u_fwd_kernel`` alone exists in four modules)
-PLAIN_AUTOTUNED_MODULES = ("fla.modules.norm.fused_norm_gate",)
+#: ``recompute_w_u_fwd_kernel`` alone exists in four modules, ``fused_recurrent_fwd_kernel`` in three). The gated
+#: norm's, and the common chunked-state, output and recurrent kernels that GLA, Mamba2 (simple GLA) and Gated DeltaNet
+#: at head dimension 128 run: ``chunk_fwd_kernel_h``, ``chunk_bwd_kernel_dh``, ``chunk_bwd_kernel_dv`` and
+#: ``fused_recurrent_fwd_kernel``, each 9-46 s of autotuning a key on a fresh H100 (2026-12-06).
+PLAIN_AUTOTUNED_MODULES = ("fla.modules.norm.fused_norm_gate", "fla.ops.common.chunk_h", "fla.ops.common.chunk_o",
+                           "fla.ops.common.fused_recurrent")
 
 
 def _matching_config(tuner: Any, cfg: dict[str, Any]) -> Any | None:
@@ -340,17 +344,23 @@ def _seedable(folder: str | Path, wanted: Callable[[str | None, str], bool]) -> 
 
 def seed_plain_autotuners(folder: str | Path | None = None) -> int:
     """Hand the configurations in ``folder`` (default: ``$FLA_CONFIG_DIR``, which :func:`activate` sets) to the fla
-    kernels of :data:`PLAIN_AUTOTUNED_MODULES` (the gated RMSNorm's), whose plain Triton autotuner does not read fla's
-    files: each shipped key goes into that autotuner's in-process cache as the autotuner's own candidate
-    configuration, so a launch with exactly that key is not benchmarked (3-5 s a kernel on a fresh H200). A key not
+    kernels of :data:`PLAIN_AUTOTUNED_MODULES` (the gated RMSNorm's; the common chunked kernels GLA and Mamba2 run),
+    whose plain Triton autotuner does not read fla's files: each shipped key goes into that autotuner's in-process
+    cache as the autotuner's own candidate configuration, so a launch with exactly that key is not benchmarked (3-5 s a
+    kernel on a fresh H200, up to 46 s on an H100). A key not
     shipped (another number of rows: the key holds ``NB``) is autotuned as before; so is a kernel with a pruning hook
     or a shipped configuration that is not one of its candidates. Call after fla's kernel modules are imported.
-    Returns the number of keys handed over (0 when :func:`_seed_folder` finds none)."""
+    Returns the number of keys handed over (0 when :func:`_seed_folder` finds none). fla's own autotuner (which reads
+    the files itself) in those modules is left alone."""
+    from triton.runtime.autotuner import Autotuner  # noqa: PLC0415  (GPU kernels: present wherever fla's are)
+
     folder = _seed_folder(folder)
     if not folder:
         return 0
     seeded = 0
     for tuner, path in _seedable(folder, lambda module, name: module in PLAIN_AUTOTUNED_MODULES):
+        if type(tuner) is not Autotuner:  # fla's CachedAutotuner: it reads its entries from FLA_CONFIG_DIR
+            continue
         for entry in _entries(path):
             config = _matching_config(tuner, entry.get("config", {}))
             if config is not None:
