@@ -31,7 +31,8 @@
 #   block-width backend's bf16 gradient checks: key block 32, else 128; docs/mixers.md); start waits for its verdict
 #   (HOPPER_WAIT, 360 s), trains Gated DeltaNet and Mamba2 with the width that passed (or stops: exit 7) and takes the
 #   wait out of JOB_TIMEOUT. MIXER_BENCH=1 with setup (any grid) runs benchmarks/mixer_throughput.py for the four
-#   mixers there, in the foreground (MIXER_BENCH_TIMEOUT, 300 s; MIXER_BENCH_LENGTHS, 2048); collect returns it.
+#   mixers there, in the foreground, once per layout (MIXER_BENCH_LAYOUTS, "packed batch"; MIXER_BENCH_TIMEOUT, 300 s
+#   each; MIXER_BENCH_LENGTHS, 2048) into res/mixers/<layout>/; collect returns them.
 #   `gpu-test SECONDS NODE...` (any call after setup) runs GPU tests alone on the card, e.g. the mixers' checks a
 #   lease has not reached: tests/gpu/test_mixers_gpu.py::test_...[case]; collect returns gpu_test.log.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
@@ -148,12 +149,15 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   fi
   if [ -n "${MIXER_BENCH:-}" ]; then  # issue 28: each mixer's cost (with the card to itself, except beside the mixer
     # grid's hopper-check); fla autotunes GLA's backward on a fresh card: give it 300 s or more
-    step "benchmarks/mixer_throughput.py --lengths ${MIXER_BENCH_LENGTHS:-2048} (timeout ${MIXER_BENCH_TIMEOUT:-300} s)"
-    TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-300}" python3 benchmarks/mixer_throughput.py \
-      --mixers kda,gla,gated_deltanet,mamba2 --lengths "${MIXER_BENCH_LENGTHS:-2048}" --warmup 2 --repeats 5 \
-      --out "$RES/mixers" > "$RES/mixer_throughput.log" 2>&1
-    step "mixer_throughput rc=$?"
-    grep -v '^Triton\|^ *$' "$RES/mixer_throughput.log" | tail -n 12
+    # each layout (MIXER_BENCH_LAYOUTS: packed, the trainer's, then batch, prefill's) in its own process and folder
+    for layout in ${MIXER_BENCH_LAYOUTS:-packed batch}; do
+      step "benchmarks/mixer_throughput.py --layout $layout --lengths ${MIXER_BENCH_LENGTHS:-2048} (timeout ${MIXER_BENCH_TIMEOUT:-300} s)"
+      TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-300}" python3 benchmarks/mixer_throughput.py \
+        --mixers kda,gated_deltanet,gla,mamba2 --lengths "${MIXER_BENCH_LENGTHS:-2048}" --layout "$layout" \
+        --warmup 2 --repeats 5 --out "$RES/mixers/$layout" > "$RES/mixer_throughput_$layout.log" 2>&1
+      step "mixer_throughput --layout $layout rc=$? ($(grep -c '^Triton autotuning' "$RES/mixer_throughput_$layout.log") kernels autotuned)"
+      grep -v '^Triton\|^Autotuning\|^with key\|^finished\|^best config\|^ *$' "$RES/mixer_throughput_$layout.log" | tail -n 12
+    done
   fi
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
