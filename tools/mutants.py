@@ -430,6 +430,19 @@ MUTANTS: list[Mutant] = [
            "        out[i] = last = max(values[i], last + gap)", "        out[i] = last = values[i]",
            ("tests/ablate/test_report.py", "-k", "labels"),
            "two variants that end close under generation get their labels printed over each other"),
+    # ---- fla's kernel configurations and the fused loss
+    Mutant("affected_imports_fla_first", "src/gendistill/ops/fla_hopper_dqkwg.py",
+           "    activate()\n    try:", "    try:",
+           ("tests/model/test_fla_config_choice.py", "-k", "refuses"),
+           "asking which backward runs before any kernel imports fla unconfigured: a fresh card autotunes every kernel"),
+    Mutant("plain_seeding_overwrites_fla_autotuners", "src/gendistill/ops/fla_configs.py",
+           "        if type(tuner) is not Autotuner:", "        if False:",
+           ("tests/model/test_fla_configs.py", "-k", "plain"),
+           "fla's own file-reading autotuners get a second, unchecked source of configurations"),
+    Mutant("fused_ce_at_temperature", "src/gendistill/distill/losses.py",
+           "target, w_s.to(dtype), ignore_index=-100,", "target, ws, ignore_index=-100,",
+           ("tests/model/test_fla_call_sites.py", "-k", "cross_entropy"),
+           "the fused loss's cross-entropy is taken at the distillation temperature, not on the student's own logits"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
