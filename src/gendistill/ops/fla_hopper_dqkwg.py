@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from gendistill.ops.fla_configs import activate
+
 #: the switch: unset or "1" lets the backend take the calls fla refuses; "0" leaves fla refusing (its own behaviour)
 ENV = "GENDISTILL_FLA_HOPPER_BK32"
 #: the backend's type in fla's registry; fla also switches it on with ``FLA_<TYPE>`` (``FLA_GENDISTILL_HOPPER_BK32``)
@@ -51,9 +53,7 @@ def affected() -> bool:
     flags, the ones its refusal reads). False where fla is not importable or has no such flags (another version).
     It may be the process's first import of fla (a benchmark asking before any kernel runs): the shipped kernel
     configurations are activated first, or fla would autotune every kernel from scratch."""
-    from gendistill.ops.fla_configs import activate  # noqa: PLC0415  (fla reads its settings at its first import)
-
-    activate()
+    activate()  # fla reads its kernel-configuration settings at its first import
     try:
         from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
     except ImportError:
