@@ -150,10 +150,11 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   if [ -n "${MIXER_BENCH:-}" ]; then  # issue 28: each mixer's cost (with the card to itself, except beside the mixer
     # grid's hopper-check); fla autotunes GLA's backward on a fresh card: give it 300 s or more
     # each layout (MIXER_BENCH_LAYOUTS: packed, the trainer's, then batch, prefill's) in its own process and folder
+    # (${layout:-packed}: always set here; tools/lease_check.py parses the line with the default)
     for layout in ${MIXER_BENCH_LAYOUTS:-packed batch}; do
       step "benchmarks/mixer_throughput.py --layout $layout --lengths ${MIXER_BENCH_LENGTHS:-2048} (timeout ${MIXER_BENCH_TIMEOUT:-300} s)"
       TRITON_PRINT_AUTOTUNING=1 timeout "${MIXER_BENCH_TIMEOUT:-300}" python3 benchmarks/mixer_throughput.py \
-        --mixers kda,gated_deltanet,gla,mamba2 --lengths "${MIXER_BENCH_LENGTHS:-2048}" --layout "$layout" \
+        --mixers kda,gated_deltanet,gla,mamba2 --lengths "${MIXER_BENCH_LENGTHS:-2048}" --layout "${layout:-packed}" \
         --warmup 2 --repeats 5 --out "$RES/mixers/$layout" > "$RES/mixer_throughput_$layout.log" 2>&1
       step "mixer_throughput --layout $layout rc=$? ($(grep -c '^Triton autotuning' "$RES/mixer_throughput_$layout.log") kernels autotuned)"
       grep -v '^Triton\|^Autotuning\|^with key\|^finished\|^best config\|^ *$' "$RES/mixer_throughput_$layout.log" | tail -n 12
