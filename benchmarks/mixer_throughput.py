@@ -110,7 +110,6 @@ def gated_backward(device: torch.device) -> str:
 
     if device.type != "cuda" or not fla_available():
         return "PyTorch reference (no fla kernels here)"
-
     if not hopper.affected():
         return "fla"
     if not hopper.enabled():
@@ -165,7 +164,8 @@ def main(argv=None) -> int:
     res = {"card": card, "commit": os.environ.get("COMMIT"), "dtype": args.dtype, "batch": args.batch,
            "layout": args.layout,
            "shape": dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.dim),
-           "torch": torch.__version__, "gated_backward": gated_backward(device), "complete": False, "mixers": rows}
+           "torch": torch.__version__, "gated_backward": gated_backward(device),  # (it activates the configurations)
+           "fla_configs": describe_active(card), "complete": False, "mixers": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"mixer_throughput_{card.replace(' ', '-').replace('/', '-')}.json"
     for mixer in mixers:  # the JSON after every mixer: a run cut short (autotuning on a fresh card) keeps what it timed
@@ -173,7 +173,6 @@ def main(argv=None) -> int:
         rows.append(measure(mixer, args, device, dtype))
         add_ratios(rows)
         res["complete"] = len(rows) == len(mixers)
-        res["fla_configs"] = describe_active(card)  # shipped kernel configurations, or why fla autotuned
         path.write_text(json.dumps(res, indent=2) + "\n")
 
     from rich.console import Console

@@ -432,7 +432,7 @@ MUTANTS: list[Mutant] = [
            "two variants that end close under generation get their labels printed over each other"),
     # ---- fla's kernel configurations and the fused loss
     Mutant("affected_imports_fla_first", "src/gendistill/ops/fla_hopper_dqkwg.py",
-           "    activate()  # fla reads its kernel-configuration settings at its first import\n", "",
+           "        activate()\n", "        pass\n",
            ("tests/model/test_fla_config_choice.py", "-k", "refuses"),
            "asking which backward runs before any kernel imports fla unconfigured: a fresh card autotunes every kernel"),
     Mutant("plain_seeding_overwrites_fla_autotuners", "src/gendistill/ops/fla_configs.py",

@@ -188,7 +188,8 @@ class LossConfig(_Strict):
     implementation: Literal["auto", "fused", "chunked"] = Field(
         default="auto",
         description="logit losses: 'fused' = fla's fused Triton kernel for the vocabulary projections and the forward "
-        "KL (CUDA; forward_kl, with its ce_weight through fla's fused linear cross-entropy; 5x faster, a third of the memory), 'chunked' = gendistill's "
+        "KL (CUDA; forward_kl, with its ce_weight through fla's fused linear cross-entropy; 5x faster, a third of the "
+        "memory), 'chunked' = gendistill's "
         "reference (every loss, every device), 'auto' = fused where it applies, else chunked; a trained lm_head's "
         "gradient is bf16-rounded by both under bf16 (fused: the fp32 sum once; chunked: each chunk's, summed in fp32)",
     )

@@ -30,6 +30,7 @@ access in bf16 there (section 18), hence both at 32.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -52,8 +53,10 @@ def affected() -> bool:
     """Whether fla refuses the gated ``chunk_bwd_dqkwg`` here: a Hopper GPU and Triton >= 3.4.0, < 3.7.1 (fla's own
     flags, the ones its refusal reads). False where fla is not importable or has no such flags (another version).
     It may be the process's first import of fla (a benchmark asking before any kernel runs): the shipped kernel
-    configurations are activated first, or fla would autotune every kernel from scratch."""
-    activate()  # fla reads its kernel-configuration settings at its first import
+    configurations are activated first, or fla would autotune every kernel from scratch (once fla is loaded, nothing
+    is left to decide: fla's dispatch asks this at every backward)."""
+    if "fla.ops.utils.cache" not in sys.modules:  # fla reads its kernel-configuration settings at its first import
+        activate()
     try:
         from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1  # noqa: PLC0415  (GPU kernels)
     except ImportError:
