@@ -376,3 +376,32 @@ def test_seeding_reads_fla_config_dir_only_while_fla_does(monkeypatch, tmp_path)
     assert fla_configs._seed_folder(None) == str(tmp_path)
     monkeypatch.setenv("FLA_CACHE_MODE", "disabled")
     assert fla_configs._seed_folder(None) is None and fla_configs._seed_folder("explicit") is None
+
+
+def test_on_hopper_glas_output_kernel_never_benchmarks_an_8_warp_candidate(monkeypatch):
+    """GLA's output kernel (``chunk_gla_fwd_kernel_o``) lists 8-warp candidates in fla 0.6.0; on an H100 one of them
+    stopped fla's benchmark with a misaligned address, losing the CUDA context. On compute capability 9.0 (H100, H200)
+    they are taken out of its autotuner; on other GPUs, and in every other kernel (many with 8-warp candidates of
+    their own), nothing changes. A configuration shipped for a key is still the one fla runs."""
+    gla = pytest.importorskip("fla.ops.gla.chunk")
+    tuner = _plain_tuner(gla.chunk_gla_fwd_kernel_o)
+    tuners = fla_configs._autotuners()
+    assert tuner in tuners
+    for t in tuners:  # each test sees fla's own lists, and leaves them so
+        monkeypatch.setattr(t, "configs", list(t.configs))
+    full = list(tuner.configs)
+    others = {id(t): list(t.configs) for t in tuners if t is not tuner}
+    assert any(c.num_warps == 8 for c in full)
+    assert any(c.num_warps == 8 for cs in others.values() for c in cs)  # the test could see a broader prune
+    for capability in ((8, 0), (8, 9), (10, 0), (12, 0)):
+        assert fla_configs.prune_hopper_candidates(capability) == 0
+        assert tuner.configs == full
+    assert fla_configs.prune_hopper_candidates((9, 0)) == sum(c.num_warps == 8 for c in full)
+    assert tuner.prune_configs({}) == [c for c in full if c.num_warps != 8]  # what fla would benchmark
+    assert {id(t): t.configs for t in tuners if t is not tuner} == others
+    assert fla_configs.prune_hopper_candidates((9, 0)) == 0
+    # the shipped choices fla reads from its files, 8 warps among them, are untouched
+    folder = fla_configs.SHIPPED / fla_configs.gpu_dir_name("NVIDIA H200")
+    shipped = json.loads((folder / "chunk_gla_fwd_kernel_o.json").read_text())["autotune_entries"]
+    eight = [e for e in shipped.values() if e["config"]["num_warps"] == 8]
+    assert eight and _lookup(folder, "chunk_gla_fwd_kernel_o", eight[0]["autotune_key"])["num_warps"] == 8

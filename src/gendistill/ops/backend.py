@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gendistill.ops.fla_configs import activate, seed_plain_autotuners, seed_row_buckets
+from gendistill.ops.fla_configs import activate, prune_hopper_candidates, seed_plain_autotuners, seed_row_buckets
 from gendistill.ops.fla_hopper_dqkwg import affected, enabled, key_block, register_hopper_dqkwg, registered
 
 
@@ -33,6 +33,7 @@ def fla_available() -> bool:
         return False
     seed_plain_autotuners()  # the gated norm's kernels (Triton's plain autotuner) take the shipped configurations too
     seed_row_buckets()  # every row bucket of the norms' kernels takes the nearest tuned bucket's configuration
+    prune_hopper_candidates(torch.cuda.get_device_capability())  # candidates that fail on Hopper never autotuned
     register_hopper_dqkwg()  # Gated DeltaNet's and simple GLA's backward where fla refuses it (fla issue #640)
     return True
 

@@ -436,3 +436,31 @@ def seed_row_buckets(folder: str | Path | None = None, buckets: int = ROW_BUCKET
                     _SEEDED.setdefault(id(tuner), {})[key] = tuner.cache[key]
                     added += 1
     return added
+
+
+#: fla kernels that never autotune an 8-warp candidate on a Hopper GPU (compute capability 9.0), as fla's own lists
+#: already leave 8 warps out there for many of its kernels (``NUM_WARPS = [2, 4] if IS_NVIDIA_HOPPER else [2, 4, 8]``
+#: in ``fla/ops/common/chunk_delta_h.py``, ``kda/chunk_bwd.py`` and others: Triton miscompiles them on Hopper).
+#: ``chunk_gla_fwd_kernel_o`` (GLA's output, fla 0.6.0) still lists 8: on an H100 under Triton 3.6, in float32 at
+#: chunk size 32 (a document of 28 tokens alone), fla's benchmark of its candidate BK 64, BV 64, 8 warps, 2 stages
+#: stopped with "CUDA error: misaligned address", which loses the process's CUDA context (docs/results.md section
+#: 22; the 24 candidates before it had run, six with 8 warps at BK 32). ``module -> kernel names``.
+HOPPER_NO_8_WARPS = {"fla.ops.gla.chunk": ("chunk_gla_fwd_kernel_o",)}
+
+
+def prune_hopper_candidates(capability: tuple[int, int]) -> int:
+    """On a Hopper GPU (``capability`` (9, 0)), take the 8-warp candidates out of the autotuners of
+    :data:`HOPPER_NO_8_WARPS`'s kernels, so fla never benchmarks them for a key it has no configuration for. A
+    configuration shipped (or already chosen in this process) for a key still runs as it is: the shipped 8-warp ones
+    were chosen, and their kernels' results checked, on the card (chunk size 64). Call after fla's kernel modules are
+    imported. Returns the number of candidates taken out (0 on other GPUs, or when done before)."""
+    if tuple(capability) != (9, 0):
+        return 0
+    removed = 0
+    for tuner in _autotuners():
+        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
+        if _kernel_name(tuner) in HOPPER_NO_8_WARPS.get(module, ()):
+            keep = [c for c in tuner.configs if c.num_warps != 8]
+            removed += len(tuner.configs) - len(keep)
+            tuner.configs = keep
+    return removed
