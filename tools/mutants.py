@@ -443,6 +443,10 @@ MUTANTS: list[Mutant] = [
            "target, w_s.to(dtype), ignore_index=-100,", "target, ws, ignore_index=-100,",
            ("tests/model/test_fla_call_sites.py", "-k", "cross_entropy"),
            "the fused loss's cross-entropy is taken at the distillation temperature, not on the student's own logits"),
+    Mutant("hopper_prune_on_every_gpu", "src/gendistill/ops/fla_configs.py",
+           "    if tuple(capability) != (9, 0):\n        return 0\n", "",
+           ("tests/model/test_fla_configs.py", "-k", "hopper"),
+           "GLA's output kernel loses its 8-warp candidates on every GPU, not only where they fail"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
