@@ -34,7 +34,8 @@
 #   mixers there, in the foreground, once per layout (MIXER_BENCH_LAYOUTS, "packed batch"; MIXER_BENCH_TIMEOUT, 300 s
 #   each; MIXER_BENCH_LENGTHS, 2048) into res/mixers/<layout>/; collect returns them.
 #   `gpu-test SECONDS NODE...` (any call after setup) runs GPU tests alone on the card, e.g. the mixers' checks a
-#   lease has not reached: tests/gpu/test_mixers_gpu.py::test_...[case]; collect returns gpu_test.log.
+#   lease has not reached: tests/gpu/test_mixers_gpu.py::test_...[case], through tools/gpu_pytest.py (a failure
+#   does not fail the tests after it); collect returns gpu_test[_N].log / .json.
 # Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
 #   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
 #   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
@@ -254,13 +255,16 @@ hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gr
   step "hopper-check, the other gradient checks: rc=$? $(tail -n 1 "$RES/hopper_rest.log" | cut -c1-160)"
   grep 'gradient errors' "$RES/hopper_rest.log" | tee -a "$RES/steps.txt"
   ;;
-gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests alone on the card, bounded; the log
-           # (with every kernel fla autotunes) in gpu_test.log, the verdict in steps.txt; collect returns both
+gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests alone on the card, bounded, through
+           # tools/gpu_pytest.py: after a failure or crash the tests not yet run go on in a new process (a lost CUDA
+           # context fails every later test of its process). Each call's log (with every kernel fla autotunes) and
+           # verdicts in gpu_test[_N].log / .json, the verdicts in steps.txt too; collect returns them
   shift; LIMIT_S=${1:-300}; shift
   step "gpu-test (timeout $LIMIT_S s): $*"
-  TRITON_PRINT_AUTOTUNING=1 timeout "$LIMIT_S" python3 -m pytest -v -s -p no:cacheprovider "$@" > "$RES/gpu_test.log" 2>&1
-  step "gpu-test rc=$? $(grep -v '^Triton\|^ *$' "$RES/gpu_test.log" | tail -n 1 | cut -c1-200)"
-  grep -E 'PASSED|FAILED|SKIPPED|ERROR|gradient errors' "$RES/gpu_test.log" | cut -c1-220 | tee -a "$RES/steps.txt"
+  TRITON_PRINT_AUTOTUNING=1 timeout "$((LIMIT_S + 30))" python3 tools/gpu_pytest.py --limit "$LIMIT_S" --out "$RES" \
+    "$@" > "$RES/gpu_test_verdicts.txt" 2>&1
+  step "gpu-test rc=$? $(tail -n 1 "$RES/gpu_test_verdicts.txt" | cut -c1-200)"
+  grep -v '^passed ' "$RES/gpu_test_verdicts.txt" | cut -c1-220 | tee -a "$RES/steps.txt"
   ;;
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
