@@ -35,9 +35,13 @@ MIN_RUN_S = 5.0  # no new process with less time than this left
 
 
 def collect(pytest_args: list[str], timeout: float) -> list[str]:
-    """The node ids ``pytest PYTEST_ARGS`` selects, in its order."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                          *pytest_args], capture_output=True, text=True, timeout=timeout)
+    """The node ids ``pytest PYTEST_ARGS`` selects, in its order (none when collecting outlasts ``timeout``)."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              *pytest_args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"error: collecting the tests took more than {timeout:.0f} s", file=sys.stderr)
+        return []
     return [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
 
 
