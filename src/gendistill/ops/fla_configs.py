@@ -196,6 +196,13 @@ def _kernel_name(tuner: Any) -> str:
     return getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", "kernel")
 
 
+def _kernels() -> Iterator[tuple[Any, str | None, str]]:
+    """``(autotuner, its kernel's module, its kernel's name)`` for each of :func:`_autotuners` (kernel names are not
+    unique across fla: the module tells same-named kernels apart)."""
+    for tuner in _autotuners():
+        yield tuner, getattr(getattr(tuner, "base_fn", None), "__module__", None), _kernel_name(tuner)
+
+
 def _key_hash(key: tuple) -> str:
     """fla's hash of an autotune key (``AutotuneKey.key_hash``): md5 of the key as compact, sorted JSON."""
     return hashlib.md5(json.dumps(list(key), separators=(",", ":"), sort_keys=True).encode()).hexdigest()
@@ -334,9 +341,7 @@ def _seed_folder(folder: str | Path | None) -> str | Path | None:
 def _seedable(folder: str | Path, wanted: Callable[[str | None, str], bool]) -> Iterator[tuple[Any, Path]]:
     """``(autotuner, its file in folder)`` for each of fla's loaded autotuners that ``wanted(module, kernel name)``
     picks, has a configuration file in ``folder`` and no pruning hook (which may reject a seeded configuration)."""
-    for tuner in _autotuners():
-        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
-        name = _kernel_name(tuner)
+    for tuner, module, name in _kernels():
         path = Path(folder) / f"{name}.json"
         if wanted(module, name) and not getattr(tuner, "early_config_prune", None) and path.is_file():
             yield tuner, path
@@ -457,9 +462,8 @@ def prune_hopper_candidates(capability: tuple[int, int]) -> int:
     if tuple(capability) != (9, 0):
         return 0
     removed = 0
-    for tuner in _autotuners():
-        module = getattr(getattr(tuner, "base_fn", None), "__module__", None)
-        if _kernel_name(tuner) in HOPPER_NO_8_WARPS.get(module, ()):
+    for tuner, module, name in _kernels():
+        if name in HOPPER_NO_8_WARPS.get(module, ()):
             keep = [c for c in tuner.configs if c.num_warps != 8]
             removed += len(tuner.configs) - len(keep)
             tuner.configs = keep
