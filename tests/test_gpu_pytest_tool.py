@@ -89,3 +89,4 @@ def test_nothing_collected_is_an_error(tmp_path):
     proc, res = _run(tmp_path, "def test_a():\n    pass\n", "--limit", "60", "--out", "out", "test_sim.py",
                      "-k", "nothing_matches")
     assert proc.returncode == 2 and "collects no test" in proc.stderr and res["collected"] == 0
+    assert "deselected" in proc.stderr and res["collection"] in proc.stderr  # pytest's own reason, in the one line

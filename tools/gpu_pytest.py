@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,17 @@ RUN_FLAGS = ("-v", "-s", "-x", "-p", "no:cacheprovider", "-p", "pytest_verdicts"
 MIN_RUN_S = 5.0  # no new process with less time than this left
 
 
-def collect(pytest_args: list[str], timeout: float) -> list[str]:
-    """The node ids ``pytest PYTEST_ARGS`` selects, in its order (none when collecting outlasts ``timeout``)."""
+def collect(pytest_args: list[str], timeout: float) -> tuple[list[str], str]:
+    """The node ids ``pytest PYTEST_ARGS`` selects, in its order (none when collecting outlasts ``timeout``), and
+    pytest's last line on it (``16/50 tests collected (34 deselected) in 2.51s``, or why nothing was)."""
     try:
         out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                               *pytest_args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"error: collecting the tests took more than {timeout:.0f} s", file=sys.stderr)
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+        return [], f"collecting took more than {timeout:.0f} s"
+    ids = [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    said = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    return ids, said[-1] if said else ""
 
 
 def read_verdicts(path: Path) -> tuple[dict[str, str], str | None]:
@@ -90,9 +93,9 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
     deadline = start + limit
     out.mkdir(parents=True, exist_ok=True)
     log_path, json_path = _numbered(out, "gpu_test")
-    ids = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0))
-    result: dict[str, Any] = {"pytest_args": pytest_args, "limit_s": limit, "collected": len(ids), "runs": 0,
-                              "log": log_path.name, "cases": []}
+    ids, collection = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0))
+    result: dict[str, Any] = {"pytest_args": pytest_args, "limit_s": limit, "collected": len(ids),
+                              "collection": collection, "runs": 0, "log": log_path.name, "cases": []}
     verdicts: dict[str, dict[str, Any]] = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(TOOLS), os.environ.get("PYTHONPATH")) if p)}
     with open(log_path, "a", encoding="utf-8") as log:
@@ -125,11 +128,7 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
             if rc is None or not any(t in verdicts for t in remaining):  # the limit, or no progress: stop
                 break
     result["cases"] = [{"test": t, **verdicts.get(t, {"verdict": "not reached", "run": None})} for t in ids]
-    counts: dict[str, int] = {}
-    for case in result["cases"]:
-        key = case["verdict"].split(" (")[0]
-        counts[key] = counts.get(key, 0) + 1
-    result["counts"] = counts
+    result["counts"] = dict(Counter(case["verdict"].split(" (")[0] for case in result["cases"]))
     result["elapsed_s"] = round(time.monotonic() - start, 1)
     result["ok"] = bool(ids) and all(c["verdict"] in ("passed", "skipped") for c in result["cases"])
     json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case['verdict']:<12} {case['test']}")
     print(summary_line(result))
     if not result["collected"]:
-        print(f"error: pytest {' '.join(pytest_args)} collects no test", file=sys.stderr)
+        print(f"error: pytest {' '.join(pytest_args)} collects no test ({result['collection']})", file=sys.stderr)
         return 2
     return 0 if result["ok"] else 1
 
