@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.bench.timing import measure as timed  # noqa: E402  (the project's timer: CUDA events on GPU)
+from gendistill.io import portable_command  # noqa: E402
 
 
 def time_ms(fn, warmup: int, repeats: int, device: torch.device) -> float:
@@ -165,7 +166,9 @@ def main(argv=None) -> int:
            "layout": args.layout,
            "shape": dict(hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.dim),
            "torch": torch.__version__, "gated_backward": gated_backward(device),  # (it activates the configurations)
-           "fla_configs": describe_active(card), "complete": False, "mixers": rows}
+           "fla_configs": describe_active(card), "complete": False,
+           "command": portable_command(["python", "benchmarks/mixer_throughput.py",
+                                        *(sys.argv[1:] if argv is None else argv)]), "mixers": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"mixer_throughput_{card.replace(' ', '-').replace('/', '-')}.json"
     for mixer in mixers:  # the JSON after every mixer: a run cut short (autotuning on a fresh card) keeps what it timed

@@ -20,6 +20,9 @@ def test_mixer_throughput_cpu_plumbing(tmp_path, capsys):
     assert rc == 0
     data = json.loads(next(tmp_path.glob("mixer_throughput_*.json")).read_text())
     assert [r["mixer"] for r in data["mixers"]] == ["kda", "gated_deltanet", "gla", "mamba2"]
+    # the command as run, without the machine's paths (--out's folder cut to its name)
+    assert data["command"].startswith("python benchmarks/mixer_throughput.py --device cpu --dtype float32")
+    assert data["command"].endswith(f"--out {tmp_path.name}") and str(tmp_path) not in data["command"]
     for r in data["mixers"]:
         assert r["prefill"][0]["fwd_ms"] > 0 and r["prefill"][0]["fwd_bwd_ms"] > 0 and r["step_ms"] > 0, r
         # fp32 state [1, 2, 16, 16] + float32 conv window [1, 32 + 16 + 16, 4]
