@@ -106,8 +106,7 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
                 break
             result["runs"] += 1
             n = result["runs"]
-            vfile = out / f".{json_path.stem}_run{n}.jsonl"
-            vfile.unlink(missing_ok=True)
+            vfile = out / f".{json_path.stem}_run{n}.jsonl"  # new: the stem is a free name (_numbered)
             log.write(f"==== gpu_pytest run {n}: {len(remaining)} test(s), {left:.0f} s left\n")
             log.flush()
             try:
