@@ -2,7 +2,8 @@
 # One GPU lease, several device calls (the wheels, the teacher GGUF's two or three pieces and the data travel in three
 # calls of <= 64 MiB each; the teacher is assembled in 'data', or with three pieces in 'start'):
 #   call 1:  COMMIT=<sha> tools/device_e2e.sh setup                      (carry .whl .device/carry1: GGUF piece 1)
-#            (optionally: tools/device_e2e.sh tests FILE... — GPU test files, bounded by TESTS_TIMEOUT (240 s);
+#            (optionally: tools/device_e2e.sh tests FILE... — GPU tests, bounded by TESTS_TIMEOUT (240 s), verdicts in
+#             gpu_test.json;
 #             tools/device_e2e.sh bench — GPU tests, throughput sweep, first step with dumped configs;
 #             never "warm" while the job runs: two trainings on one card ran out of memory)
 #   call 2:  tools/device_e2e.sh data                                    (carry .device/carry2: GGUF piece 2)
@@ -93,10 +94,13 @@ warm)  # in the background (outlives the call): compile and autotune fla's kerne
     --out "$JOB/train_throughput_smollm2-135m.json" > "$JOB/warm.log" 2>&1 < /dev/null &
   echo "warm-up started (pid $!)"
   ;;
-tests)  # GPU test files named after it, bounded (e.g. tests/gpu/test_eval_long_context_gpu.py for issue 29)
+tests)  # GPU tests named after it (files, node ids, -k), bounded by TESTS_TIMEOUT, through tools/gpu_pytest.py: after
+        # a failure or crash the rest go on in a new process; verdicts and the log (every kernel fla autotunes) come
+        # back as gpu_test[_N].json / .log (e.g. tests/gpu/test_eval_long_context_gpu.py for issue 29)
   shift
   mkdir -p "$OUT"
-  timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -n 15
+  TRITON_PRINT_AUTOTUNING=1 timeout $(( ${TESTS_TIMEOUT:-240} + 30 )) python3 tools/gpu_pytest.py \
+    --limit "${TESTS_TIMEOUT:-240}" --out "$OUT" "$@" 2>&1 | tail -n 15
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
       # 'start' assembles the teacher with carry3's)
