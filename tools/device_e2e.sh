@@ -98,9 +98,7 @@ tests)  # GPU tests named after it (files, node ids, -k), bounded by TESTS_TIMEO
         # a failure or crash the rest go on in a new process; verdicts and the log (every kernel fla autotunes) come
         # back as gpu_test[_N].json / .log (e.g. tests/gpu/test_eval_long_context_gpu.py for issue 29)
   shift
-  mkdir -p "$OUT"
-  TRITON_PRINT_AUTOTUNING=1 timeout $(( ${TESTS_TIMEOUT:-240} + 30 )) python3 tools/gpu_pytest.py \
-    --limit "${TESTS_TIMEOUT:-240}" --out "$OUT" "$@" 2>&1 | tail -n 15
+  lease_gpu_test "$OUT" "${TESTS_TIMEOUT:-240}" "$@"
   ;;
 data)  # the second GGUF piece: assemble the teacher and check it against the manifest (three pieces: keep this one,
       # 'start' assembles the teacher with carry3's)

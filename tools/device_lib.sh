@@ -25,6 +25,10 @@
 #                          piece 3, checked against the manifest
 #   lease_gguf_parts DIR   how many pieces the GGUF travels in (DIR/manifest.json's "parts"; 2 when it has none,
 #                          0 without a manifest)
+#   lease_gpu_test DIR SECONDS [pytest args]  GPU tests alone on the card, bounded, through tools/gpu_pytest.py (after a
+#                          failure or crash the tests not yet run go on in a new process); verdicts and log (every
+#                          kernel fla autotunes) in DIR/gpu_test[_N].json / .log; prints every verdict but "passed"
+#                          and the summary line; returns gpu_pytest's status
 # The device image has torch 2.11 + CUDA 13 + triton 3.6; tools/device_wheels.sh fills .whl/ here with what it lacks.
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
        NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
@@ -134,4 +138,15 @@ lease_teacher_piece3() {
   timeout 120 python3 tools/device_teacher.py "$1" "$1/teacher.gguf.part2" .device/carry3/teacher.gguf.part3 \
     || return 5
   rm -f "$1/teacher.gguf.part2"
+}
+
+lease_gpu_test() {
+  local dir=$1 limit=$2 rc
+  shift 2
+  mkdir -p "$dir"
+  TRITON_PRINT_AUTOTUNING=1 timeout "$((limit + 30))" python3 tools/gpu_pytest.py --limit "$limit" --out "$dir" "$@" \
+    > "$dir/gpu_test_verdicts.txt" 2>&1
+  rc=$?
+  grep -v '^passed ' "$dir/gpu_test_verdicts.txt" | cut -c1-220
+  return "$rc"
 }

@@ -261,10 +261,9 @@ gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests 
            # verdicts in gpu_test[_N].log / .json, the verdicts in steps.txt too; collect returns them
   shift; LIMIT_S=${1:-300}; shift
   step "gpu-test (timeout $LIMIT_S s): $*"
-  TRITON_PRINT_AUTOTUNING=1 timeout "$((LIMIT_S + 30))" python3 tools/gpu_pytest.py --limit "$LIMIT_S" --out "$RES" \
-    "$@" > "$RES/gpu_test_verdicts.txt" 2>&1
-  step "gpu-test rc=$? $(tail -n 1 "$RES/gpu_test_verdicts.txt" | cut -c1-200)"
-  grep -v '^passed ' "$RES/gpu_test_verdicts.txt" | cut -c1-220 | tee -a "$RES/steps.txt"
+  lease_gpu_test "$RES" "$LIMIT_S" "$@" | tee -a "$RES/steps.txt"
+  rc=${PIPESTATUS[0]}
+  step "gpu-test rc=$rc $(tail -n 1 "$RES/gpu_test_verdicts.txt" | cut -c1-200)"
   ;;
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift

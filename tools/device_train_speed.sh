@@ -3,6 +3,7 @@
 # calls that copy what it has written to $OUT. Device tool, carry [".whl"] (bash tools/device_wheels.sh fills it).
 #   call 1:  COMMIT=<sha> bash tools/device_train_speed.sh start PLAN   # set-up, the driver for PLAN, wait up to WAIT s
 #   call 2+: bash tools/device_train_speed.sh watch         # wait up to WAIT s more, copy the results
+#   then:    bash tools/device_train_speed.sh gpu-test SECONDS [pytest args]   # GPU tests alone, after the driver
 # PLANs: profile (the baseline step profiled and split into phases, fla's kernel configurations dumped, the first step
 # of a fresh Triton cache with those configurations, the parts benchmark); after (on a fresh machine: the first step
 # with the shipped configurations, optimized vs baseline rows of the SmolLM2 pair with phases and profiles, the GPU
@@ -179,6 +180,14 @@ case "$MODE" in
     lease_versions gendistill.distill.trainer || exit 5
     lease_commit "$RES"
     setsid nohup bash tools/device_train_speed.sh driver "$PLAN" > "$RES/driver.log" 2>&1 < /dev/null &
+    ;;
+  gpu-test)  # after the driver (watch until DONE first): `gpu-test SECONDS [pytest args]`, GPU tests alone on the card
+             # (lease_gpu_test), their verdicts into steps.txt, then everything collected again
+    shift; LIMIT_S=${1:-300}; shift
+    lease_gpu_test "$RES" "$LIMIT_S" "$@" | tee -a "$RES/steps.txt"
+    echo "gpu-test rc=${PIPESTATUS[0]}: $*" >> "$RES/steps.txt"
+    collect
+    exit 0
     ;;
   driver)
     TRITON_VERSION=$(python3 -c "import triton; print(triton.__version__)")  # written into recovered config files
