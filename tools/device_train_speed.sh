@@ -4,7 +4,8 @@
 #   call 1:  COMMIT=<sha> bash tools/device_train_speed.sh start PLAN   # set-up, the driver for PLAN, wait up to WAIT s
 #   call 2+: bash tools/device_train_speed.sh watch         # wait up to WAIT s more, copy the results
 #   then:    bash tools/device_train_speed.sh gpu-test SECONDS [pytest args]   # GPU tests alone, after the driver
-#   (or, with no plan: COMMIT=<sha> bash tools/device_train_speed.sh setup && ... gpu-test SECONDS [pytest args])
+#   (or GPU tests first: COMMIT=<sha> bash tools/device_train_speed.sh setup && ... gpu-test SECONDS [pytest args],
+#    then start PLAN, which keeps what they wrote)
 # PLANs: profile (the baseline step profiled and split into phases, fla's kernel configurations dumped, the first step
 # of a fresh Triton cache with those configurations, the parts benchmark); after (on a fresh machine: the first step
 # with the shipped configurations, optimized vs baseline rows of the SmolLM2 pair with phases and profiles, the GPU
@@ -176,12 +177,15 @@ collect() {
 }
 
 case "$MODE" in
-  setup|start)  # setup alone: the machine ready for gpu-test, no driver (a lease too short for a plan)
-    rm -rf "$RES"; mkdir -p "$RES"
-    lease_gpu "$RES" || exit 3
-    lease_wheels || exit $?
-    lease_versions gendistill.distill.trainer || exit 5
-    lease_commit "$RES"
+  setup|start)  # setup alone: the machine ready for gpu-test, no driver; start after it keeps what gpu-test wrote
+    if [ "$MODE" = setup ] || [ ! -e "$RES/SET_UP" ]; then
+      rm -rf "$RES"; mkdir -p "$RES"
+      lease_gpu "$RES" || exit 3
+      lease_wheels || exit $?
+      lease_versions gendistill.distill.trainer || exit 5
+      lease_commit "$RES"
+      touch "$RES/SET_UP"
+    fi
     [ "$MODE" = setup ] && exit 0
     setsid nohup bash tools/device_train_speed.sh driver "$PLAN" > "$RES/driver.log" 2>&1 < /dev/null &
     ;;
