@@ -132,3 +132,26 @@ def test_a_second_machine_of_one_lease_may_skip_the_step_check(tmp_path):
 
     time.sleep(0.5)
     assert not (tmp_path / "bin" / "ran").exists()
+
+
+def test_the_lease_gpu_test_runner_prints_what_did_not_pass_and_leaves_its_verdicts(tmp_path):
+    """Every lease script runs GPU tests through ``lease_gpu_test`` (tools/gpu_pytest.py under one limit): the call
+    prints each verdict but "passed" and the summary, fails when a test fails, and leaves the verdicts in DIR (what
+    the call's $OUT or results archive brings back)."""
+    import json
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    (tmp_path / "test_two.py").write_text("def test_good():\n    pass\n\n\ndef test_bad():\n    assert False\n")
+    out_dir = tmp_path / "out"
+    script = f'. tools/device_lib.sh; PATH="{bin_dir}:$PATH" lease_gpu_test "{out_dir}" 120 "{tmp_path / "test_two.py"}" -p no:cacheprovider'
+    res = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode != 0, res.stdout + res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert any(ln.startswith("failed") and "test_bad" in ln for ln in lines), lines
+    assert not any(ln.startswith("passed") for ln in lines), lines
+    assert "1 passed" in lines[-1] and "1 failed" in lines[-1], lines
+    verdicts = {c["test"].rsplit("::", 1)[1]: c["verdict"] for c in json.loads((out_dir / "gpu_test.json").read_text())["cases"]}
+    assert verdicts == {"test_good": "passed", "test_bad": "failed"}

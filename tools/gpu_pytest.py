@@ -9,8 +9,9 @@ known (``tools/pytest_verdicts.py``), so a run cut by the limit keeps what it fi
 
     python tools/gpu_pytest.py --limit SECONDS --out DIR [--] PYTEST_ARGS...
 
-PYTEST_ARGS select the tests (paths, node ids, ``-k``, ``-m``); the runs are given the collected node ids only (with
-``-v -s -x -p no:cacheprovider``), from the same folder (run it where pytest's root is: the repository's). Written in
+PYTEST_ARGS select the tests (paths, node ids, ``-k``, ``-m``); the runs are given the collected tests only (with
+``-v -s -x -p no:cacheprovider``; each by its file's absolute path, so files outside pytest's root run too; verdicts
+and the JSON name them by node id, run it where pytest's root is: the repository's). Written in
 DIR, numbered so a second call keeps the first's files: ``gpu_test[_N].log`` (every run's output, in order; with
 ``TRITON_PRINT_AUTOTUNING=1`` it holds every kernel fla autotuned, for ``tools/fla_configs_from_log.py``) and
 ``gpu_test[_N].json`` (each test's verdict and the run that gave it: passed, failed, error (its setup or teardown
@@ -35,15 +36,21 @@ RUN_FLAGS = ("-v", "-s", "-x", "-p", "no:cacheprovider", "-p", "pytest_verdicts"
 MIN_RUN_S = 5.0  # no new process with less time than this left
 
 
-def collect(pytest_args: list[str], timeout: float) -> tuple[list[str], str]:
-    """The node ids ``pytest PYTEST_ARGS`` selects, in its order (none when collecting outlasts ``timeout``), and
-    pytest's last line on it (``16/50 tests collected (34 deselected) in 2.51s``, or why nothing was)."""
+def collect(pytest_args: list[str], timeout: float, env: dict[str, str], scratch: Path) -> tuple[dict[str, str], str]:
+    """``{node id: the id a run is given}`` for the tests ``pytest PYTEST_ARGS`` selects, in its order (none when
+    collecting outlasts ``timeout``), and pytest's last line on it (``16/50 tests collected (34 deselected) in
+    2.51s``, or why nothing was). The run id names the test's file by its absolute path (tools/pytest_verdicts.py),
+    so a file outside pytest's root is found too; the node id is what verdicts and the JSON use."""
     try:
         out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                              *pytest_args], capture_output=True, text=True, timeout=timeout)
+                              "-p", "pytest_verdicts", *pytest_args], capture_output=True, text=True, timeout=timeout,
+                             env={**env, "PYTEST_COLLECTED": str(scratch)})
     except subprocess.TimeoutExpired:
-        return [], f"collecting took more than {timeout:.0f} s"
-    ids = [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+        return {}, f"collecting took more than {timeout:.0f} s"
+    finally:
+        lines = scratch.read_text(encoding="utf-8").splitlines() if scratch.is_file() else []
+        scratch.unlink(missing_ok=True)
+    ids = {rec["test"]: rec["run_id"] for rec in map(json.loads, lines)}
     said = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     return ids, said[-1] if said else ""
 
@@ -93,11 +100,13 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
     deadline = start + limit
     out.mkdir(parents=True, exist_ok=True)
     log_path, json_path = _numbered(out, "gpu_test")
-    ids, collection = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(TOOLS), os.environ.get("PYTHONPATH")) if p)}
+    run_ids, collection = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0), env=env,
+                                  scratch=out / f".{json_path.stem}_collected.jsonl")
+    ids = list(run_ids)
     result: dict[str, Any] = {"pytest_args": pytest_args, "limit_s": limit, "collected": len(ids),
                               "collection": collection, "runs": 0, "log": log_path.name, "cases": []}
     verdicts: dict[str, dict[str, Any]] = {}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(TOOLS), os.environ.get("PYTHONPATH")) if p)}
     with open(log_path, "a", encoding="utf-8") as log:
         while True:
             remaining = [t for t in ids if t not in verdicts]
@@ -110,7 +119,8 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
             log.write(f"==== gpu_pytest run {n}: {len(remaining)} test(s), {left:.0f} s left\n")
             log.flush()
             try:
-                rc: int | None = subprocess.run([sys.executable, "-m", "pytest", *RUN_FLAGS, *remaining], stdout=log,
+                rc: int | None = subprocess.run([sys.executable, "-m", "pytest", *RUN_FLAGS,
+                                                                 *(run_ids[t] for t in remaining)], stdout=log,
                                                 stderr=subprocess.STDOUT, timeout=left,
                                                 env={**env, "PYTEST_VERDICTS": str(vfile)}).returncode
             except subprocess.TimeoutExpired:
