@@ -119,9 +119,8 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
             log.write(f"==== gpu_pytest run {n}: {len(remaining)} test(s), {left:.0f} s left\n")
             log.flush()
             try:
-                rc: int | None = subprocess.run([sys.executable, "-m", "pytest", *RUN_FLAGS,
-                                                                 *(run_ids[t] for t in remaining)], stdout=log,
-                                                stderr=subprocess.STDOUT, timeout=left,
+                command = [sys.executable, "-m", "pytest", *RUN_FLAGS, *(run_ids[t] for t in remaining)]
+                rc: int | None = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left,
                                                 env={**env, "PYTEST_VERDICTS": str(vfile)}).returncode
             except subprocess.TimeoutExpired:
                 rc = None
