@@ -155,3 +155,5 @@ def test_the_lease_gpu_test_runner_prints_what_did_not_pass_and_leaves_its_verdi
     assert "1 passed" in lines[-1] and "1 failed" in lines[-1], lines
     verdicts = {c["test"].rsplit("::", 1)[1]: c["verdict"] for c in json.loads((out_dir / "gpu_test.json").read_text())["cases"]}
     assert verdicts == {"test_good": "passed", "test_bad": "failed"}
+    # the runner's scratch files live elsewhere: DIR holds its log, its verdicts and the printed lines, nothing more
+    assert sorted(p.name for p in out_dir.iterdir()) == ["gpu_test.json", "gpu_test.log", "gpu_test_verdicts.txt"]

@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,9 +48,7 @@ def collect(pytest_args: list[str], timeout: float, env: dict[str, str], scratch
                              env={**env, "PYTEST_COLLECTED": str(scratch)})
     except subprocess.TimeoutExpired:
         return {}, f"collecting took more than {timeout:.0f} s"
-    finally:
-        lines = scratch.read_text(encoding="utf-8").splitlines() if scratch.is_file() else []
-        scratch.unlink(missing_ok=True)
+    lines = scratch.read_text(encoding="utf-8").splitlines() if scratch.is_file() else []
     ids = {rec["test"]: rec["run_id"] for rec in map(json.loads, lines)}
     said = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     return ids, said[-1] if said else ""
@@ -101,40 +100,42 @@ def run(pytest_args: list[str], limit: float, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log_path, json_path = _numbered(out, "gpu_test")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(TOOLS), os.environ.get("PYTHONPATH")) if p)}
-    run_ids, collection = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0), env=env,
-                                  scratch=out / f".{json_path.stem}_collected.jsonl")
-    ids = list(run_ids)
-    result: dict[str, Any] = {"pytest_args": pytest_args, "limit_s": limit, "collected": len(ids),
-                              "collection": collection, "runs": 0, "log": log_path.name, "cases": []}
-    verdicts: dict[str, dict[str, Any]] = {}
-    with open(log_path, "a", encoding="utf-8") as log:
-        while True:
-            remaining = [t for t in ids if t not in verdicts]
-            left = deadline - time.monotonic()
-            if not remaining or left < MIN_RUN_S:
-                break
-            result["runs"] += 1
-            n = result["runs"]
-            vfile = out / f".{json_path.stem}_run{n}.jsonl"  # new: the stem is a free name (_numbered)
-            log.write(f"==== gpu_pytest run {n}: {len(remaining)} test(s), {left:.0f} s left\n")
-            log.flush()
-            try:
-                command = [sys.executable, "-m", "pytest", *RUN_FLAGS, *(run_ids[t] for t in remaining)]
-                rc: int | None = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left,
-                                                env={**env, "PYTEST_VERDICTS": str(vfile)}).returncode
-            except subprocess.TimeoutExpired:
-                rc = None
-            got, unfinished = read_verdicts(vfile)
-            vfile.unlink(missing_ok=True)
-            for test, verdict in got.items():
-                if test in remaining:
-                    verdicts[test] = {"verdict": verdict, "run": n}
-            if unfinished is not None and unfinished in remaining:
-                verdicts[unfinished] = {"verdict": "cut" if rc is None else f"crashed (exit code {rc})", "run": n}
-            log.write(f"==== gpu_pytest run {n}: exit code {'killed at the limit' if rc is None else rc}\n")
-            log.flush()
-            if rc is None or not any(t in verdicts for t in remaining):  # the limit, or no progress: stop
-                break
+    # the plugin's files in a private folder: nothing is written into, or removed from, --out but the log and JSON
+    with tempfile.TemporaryDirectory(prefix="gpu_pytest_") as tmp:
+        scratch = Path(tmp)
+        run_ids, collection = collect(pytest_args, timeout=max(deadline - time.monotonic(), 1.0), env=env,
+                                      scratch=scratch / "collected.jsonl")
+        ids = list(run_ids)
+        result: dict[str, Any] = {"pytest_args": pytest_args, "limit_s": limit, "collected": len(ids),
+                                  "collection": collection, "runs": 0, "log": log_path.name, "cases": []}
+        verdicts: dict[str, dict[str, Any]] = {}
+        with open(log_path, "a", encoding="utf-8") as log:
+            while True:
+                remaining = [t for t in ids if t not in verdicts]
+                left = deadline - time.monotonic()
+                if not remaining or left < MIN_RUN_S:
+                    break
+                result["runs"] += 1
+                n = result["runs"]
+                vfile = scratch / f"run{n}.jsonl"
+                log.write(f"==== gpu_pytest run {n}: {len(remaining)} test(s), {left:.0f} s left\n")
+                log.flush()
+                try:
+                    command = [sys.executable, "-m", "pytest", *RUN_FLAGS, *(run_ids[t] for t in remaining)]
+                    rc: int | None = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left,
+                                                    env={**env, "PYTEST_VERDICTS": str(vfile)}).returncode
+                except subprocess.TimeoutExpired:
+                    rc = None
+                got, unfinished = read_verdicts(vfile)
+                for test, verdict in got.items():
+                    if test in remaining:
+                        verdicts[test] = {"verdict": verdict, "run": n}
+                if unfinished is not None and unfinished in remaining:
+                    verdicts[unfinished] = {"verdict": "cut" if rc is None else f"crashed (exit code {rc})", "run": n}
+                log.write(f"==== gpu_pytest run {n}: exit code {'killed at the limit' if rc is None else rc}\n")
+                log.flush()
+                if rc is None or not any(t in verdicts for t in remaining):  # the limit, or no progress: stop
+                    break
     result["cases"] = [{"test": t, **verdicts.get(t, {"verdict": "not reached", "run": None})} for t in ids]
     result["counts"] = dict(Counter(case["verdict"].split(" (")[0] for case in result["cases"]))
     result["elapsed_s"] = round(time.monotonic() - start, 1)
