@@ -263,7 +263,7 @@ gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests 
   step "gpu-test (timeout $LIMIT_S s): $*"
   lease_gpu_test "$RES" "$LIMIT_S" "$@" | tee -a "$RES/steps.txt"
   rc=${PIPESTATUS[0]}
-  step "gpu-test rc=$rc $(tail -n 1 "$RES/gpu_test_verdicts.txt" | cut -c1-200)"
+  step "gpu-test rc=$rc"  # its summary line is already in steps.txt (lease_gpu_test prints it)
   ;;
 driver)  # (background) the grid, bounded; the report rebuilt from what finished; DONE whatever happens
   shift
