@@ -157,3 +157,43 @@ def test_the_lease_gpu_test_runner_prints_what_did_not_pass_and_leaves_its_verdi
     assert verdicts == {"test_good": "passed", "test_bad": "failed"}
     # the runner's scratch files live elsewhere: DIR holds its log, its verdicts and the printed lines, nothing more
     assert sorted(p.name for p in out_dir.iterdir()) == ["gpu_test.json", "gpu_test.log", "gpu_test_verdicts.txt"]
+
+
+def _lib(script: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f". tools/device_lib.sh; {script}"], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_second_job_is_refused_while_the_first_runs_and_a_stale_done_never_reads_as_its_end(tmp_path):
+    """One job per card (2026-12-07: a second 'start' found the first driver's DONE, said "driver finished" at once
+    and left two drivers sharing the card, which voided every figure of the next call). ``lease_job_start`` removes
+    an earlier job's DONE, refuses a start while its job runs (also after the folder itself was removed), and starts
+    again once that job has ended."""
+    import time
+
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    (res_dir / "DONE").write_text("rc=0\n")  # an earlier driver's end
+    log = tmp_path / "driver.log"
+    first = _lib(f'lease_job_start "{res_dir}" "{log}" bash -c "echo first; sleep 30"')
+    assert first.returncode == 0, first.stderr
+    assert not (res_dir / "DONE").exists()
+    pid = int((tmp_path / "res.pid").read_text())
+    try:
+        second = _lib(f'lease_job_start "{res_dir}" "{log}" bash -c "echo second"')
+        assert second.returncode == 4
+        assert second.stdout.strip() == (f"error: a job started in {res_dir} still runs (pid {pid}): watch it to its "
+                                         f"end, or stop it with kill -- -{pid}")
+        shutil.rmtree(res_dir)  # the folder gone, the job still running: still refused
+        assert _lib(f'lease_job_running "{res_dir}"').returncode == 0
+    finally:
+        subprocess.run(["kill", "--", f"-{pid}"], check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _lib(f'lease_job_running "{res_dir}"').returncode == 0:
+        time.sleep(0.1)
+    third = _lib(f'lease_job_start "{res_dir}" "{log}" bash -c "echo third"')
+    assert third.returncode == 0, third.stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "third" not in log.read_text():
+        time.sleep(0.1)
+    assert log.read_text().split() == ["first", "third"]  # appended; the refused job never ran

@@ -44,14 +44,15 @@ BENCH=(python3 -m gendistill bench --config qwen3-0.6b --device cuda --dtype bf1
 
 case "${1:-}" in
 start)  # preconditions, the wheels, an import check; then the job in the background
+  lease_job_running "$RES" && exit 4  # never two jobs on one card
   lease_gpu "$RES" || exit 3
   lease_wheels || exit $?
   lease_commit "$RES"
   lease_versions gendistill.bench.api 2>&1 | tee -a "$RES/steps.txt" || exit 5   # (pipefail: python's status)
   date +%s > "$RES/t0"
-  rm -f "$RES/DONE"
-  setsid nohup bash tools/device_bench.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
-  echo "started the bench job (pid $!)"
+  : > "$RES/driver.log"
+  lease_job_start "$RES" "$RES/driver.log" bash tools/device_bench.sh driver || exit $?
+  echo "started the bench job (pid $(cat "$RES.pid"))"
   ;;
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT

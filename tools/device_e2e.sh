@@ -106,6 +106,7 @@ data)  # the second GGUF piece: assemble the teacher and check it against the ma
   ;;
 start)  # the teacher's third piece (if any) and the data in place, then the whole job in the background (it outlives
         # this call)
+  lease_job_running "$JOB" && exit 4  # never two jobs on one card, nor the run folder removed under a running one
   shift
   RECIPE=${1:?recipe}; shift
   GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
@@ -121,21 +122,22 @@ start)  # the teacher's third piece (if any) and the data in place, then the who
   rm -rf "$JOB/run"
   cat "$JOB/nvidia-smi.txt" "$JOB/commit.txt" > "$JOB/e2e.log" 2>/dev/null  # the card and the commit head the log
   # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes is logged (tools/fla_configs_from_log.py ships it afterwards)
-  TRITON_PRINT_AUTOTUNING=1 setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" \
-    "$@" >> "$JOB/e2e.log" 2>&1 < /dev/null &
-  echo "started e2e (pid $!)"
+  lease_job_start "$JOB" "$JOB/e2e.log" env TRITON_PRINT_AUTOTUNING=1 python3 tools/e2e.py "$RECIPE" --out "$JOB/run" \
+    --set "teacher.spec=$GGUF" "$@" || exit $?
+  echo "started e2e (pid $(cat "$JOB.pid"))"
   ;;
 suites)  # the job's long-context and code suite parts that wrote no results, again (tools/e2e.py --suites-only), in
         # the background; the same recipe and suite arguments as 'start' (2026-12-06: every part failed at its start
         # on a bug since fixed, and the students were still on the machine)
+  lease_job_running "$JOB" && exit 4
   shift
   RECIPE=${1:?recipe}; shift
   GGUF=$(ls "$JOB"/teacher/*.gguf 2>/dev/null | head -1)
   [ -f "$JOB/run/summary.json" ] || { echo "error: no e2e job on this machine ('start' first)"; exit 3; }
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
-  setsid nohup python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" "$@" --suites-only \
-    >> "$JOB/e2e.log" 2>&1 < /dev/null &
-  echo "started the suites again (pid $!)"
+  lease_job_start "$JOB" "$JOB/e2e.log" python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" \
+    "$@" --suites-only || exit $?
+  echo "started the suites again (pid $(cat "$JOB.pid"))"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass
   LIMIT=${2:-540}; T0=$(date +%s)

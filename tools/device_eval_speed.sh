@@ -84,6 +84,7 @@ data)  # carry2: the examples in place; the second GGUF piece assembled with the
   ;;
 start)  # the teacher assembled and checked (three pieces: with carry3's; two and no 'data' call: from a carried
         # carry2), the examples in place, then the whole job in the background
+  lease_job_running "$RES" && exit 4  # never two jobs on one card
   need "$JOB/teacher/manifest.json" "run 'setup' first in this lease"
   if [ -z "$(gguf)" ] && [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ]; then
     teacher 3
@@ -94,9 +95,9 @@ start)  # the teacher assembled and checked (three pieces: with carry3's; two an
   fi
   examples .device/carry3  # (none today: device_data.py keeps the examples in carry2)
   need "$JOB/data/mmlu_dev.jsonl.gz" "the examples come with .device/carry2: run 'data' first in this lease"
-  rm -f "$RES/DONE"
-  setsid nohup bash tools/device_eval_speed.sh driver > "$RES/driver.log" 2>&1 < /dev/null &
-  echo "started the eval-speed job (pid $!)"
+  : > "$RES/driver.log"
+  lease_job_start "$RES" "$RES/driver.log" bash tools/device_eval_speed.sh driver || exit $?
+  echo "started the eval-speed job (pid $(cat "$RES.pid"))"
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(gguf)

@@ -25,6 +25,12 @@
 #                          piece 3, checked against the manifest
 #   lease_gguf_parts DIR   how many pieces the GGUF travels in (DIR/manifest.json's "parts"; 2 when it has none,
 #                          0 without a manifest)
+#   lease_job_running DIR  "error: a job started in DIR still runs ..." and status 0 while the one job started there
+#                          (lease_job_start) runs; status 1 otherwise
+#   lease_job_start DIR LOG CMD...  CMD in the background in a process session of its own (it outlives the call), its
+#                          output appended to LOG; refused (status 4, lease_job_running's line) while an earlier job of
+#                          DIR runs; DIR/DONE of an earlier job removed first; the pid in DIR.pid (beside DIR, so that
+#                          an rm -rf of DIR does not forget the job)
 #   lease_gpu_test DIR SECONDS [pytest args]  GPU tests alone on the card, bounded, through tools/gpu_pytest.py (after a
 #                          failure or crash the tests not yet run go on in a new process); verdicts and log (every
 #                          kernel fla autotunes) in DIR/gpu_test[_N].json / .log; prints every verdict but "passed"
@@ -52,6 +58,27 @@ lease_wheels() {
   done
   timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl || { echo "error: installing the carried wheels failed"; return 4; }
+}
+
+lease_job_running() {
+  local pid
+  pid=$(cat "${1%/}.pid" 2>/dev/null) || return 1
+  # running, and still the session leader it was started as (not a later process that got the same pid)
+  [ -n "$pid" ] && [ "$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] || return 1
+  echo "error: a job started in $1 still runs (pid $pid): watch it to its end, or stop it with kill -- -$pid"
+}
+
+lease_job_start() {
+  # One job per card and per folder. 2026-12-07: a second 'start' of tools/device_train_speed.sh found the first
+  # driver's DONE, reported "driver finished" at once and left a second driver running; the next call's driver then
+  # shared the card with it (the benchmark at 88K tokens/s instead of 145K, two GPU suites at once), and every figure of
+  # that call was void.
+  local dir=${1%/} log=$2
+  shift 2
+  lease_job_running "$dir" && return 4
+  mkdir -p "$dir" && rm -f "$dir/DONE"
+  setsid nohup "$@" >> "$log" 2>&1 < /dev/null &
+  echo $! > "$dir.pid"
 }
 
 lease_need() {

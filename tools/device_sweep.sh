@@ -179,6 +179,7 @@ data)  # the second GGUF piece: assemble the teacher and check it against the ma
   ;;
 start)  # the teacher's third piece (if any) and the data in place, the grid checked (dry run), then the whole ablate
         # command in the background
+  lease_job_running "$RES" && exit 4  # never two jobs on one card
   shift
   if [ -z "$(gguf)" ] && [ "$(lease_gguf_parts "$JOB/teacher")" = 3 ]; then  # the last piece came with the data
     lease_teacher_piece3 "$JOB/teacher" | tee -a "$RES/steps.txt"
@@ -226,9 +227,9 @@ PY
   (cd "$JOB" && timeout 180 python3 -m gendistill ablate "$GRID" --set "teacher.spec=$(gguf)" "$@" --dry-run) \
     > "$RES/dry_run.txt" 2>&1 || { cat "$RES/dry_run.txt"; echo "error: the dry run failed"; exit 6; }
   tail -n 4 "$RES/dry_run.txt"
-  rm -f "$RES/DONE"
-  setsid nohup bash tools/device_sweep.sh driver "$@" > "$RES/driver.log" 2>&1 < /dev/null &
-  echo "started the sweep job (pid $!)"
+  : > "$RES/driver.log"
+  lease_job_start "$RES" "$RES/driver.log" bash tools/device_sweep.sh driver "$@" || exit $?
+  echo "started the sweep job (pid $(cat "$RES.pid"))"
   ;;
 hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gradients (tests/gpu), key block 32 then
                # 128 (GENDISTILL_FLA_HOPPER_KEY_BLOCK), each in its own process (an illegal memory access loses the

@@ -178,6 +178,7 @@ collect() {
 
 case "$MODE" in
   setup|start)  # setup alone: the machine ready for gpu-test, no driver; start after it keeps what gpu-test wrote
+    lease_job_running "$RES" && exit 4  # never two drivers on one card, nor a set-up under a running one
     if [ "$MODE" = setup ] || [ ! -e "$RES/SET_UP" ]; then
       rm -rf "$RES"; mkdir -p "$RES"
       lease_gpu "$RES" || exit 3
@@ -187,7 +188,8 @@ case "$MODE" in
       touch "$RES/SET_UP"
     fi
     [ "$MODE" = setup ] && exit 0
-    setsid nohup bash tools/device_train_speed.sh driver "$PLAN" > "$RES/driver.log" 2>&1 < /dev/null &
+    : > "$RES/driver.log"
+    lease_job_start "$RES" "$RES/driver.log" bash tools/device_train_speed.sh driver "$PLAN" || exit $?
     ;;
   gpu-test)  # after the driver (watch until DONE first): `gpu-test SECONDS [pytest args]`, GPU tests alone on the card
              # (lease_gpu_test), their verdicts into steps.txt, then everything collected again
