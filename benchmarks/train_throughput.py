@@ -16,7 +16,9 @@ fresh machine this includes fla's Triton compilation; gendistill ships tuned ker
 ``gendistill/ops/fla_config_files``, so no autotuning happens: run with ``TRITON_CACHE_DIR=$(mktemp -d)`` to measure
 a fresh machine). The JSON also says where those seconds went: ``models_ready_s`` (imports, the two models
 built on the device) and ``first_step_phases_ms``, the first step's phases by the wall clock (the device synchronised
-at each mark: compilation happens on the host, in the phase that first runs a kernel).
+at each mark: compilation happens on the host, in the phase that first runs a kernel). Each row's ``warmup_s`` is
+the wall time of its untimed warm-up steps: in the first row the whole first step, in a later row what that row's own
+variant compiles (``compiled-attention``'s attention graphs, say) beside a step or two.
 
 FLOPs counted per stage-3a step (``T`` tokens, weight matmuls as 2 FLOPs per multiply-add):
 * teacher forward: ``2 * N_teacher_matmul * T`` + causal attention ``2 * T_seq * T * H * d_head`` per layer (QK and PV,
@@ -265,6 +267,7 @@ def main() -> None:
         try:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
+            t_warm = time.perf_counter()
             for i in range(warm):
                 if first_step_s is None:  # where the first step's seconds go
                     result["models_ready_s"] = time.perf_counter() - T_START
@@ -280,6 +283,7 @@ def main() -> None:
                               "ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["first_step_phases_ms"].items()),
                               flush=True)
             sync()
+            row["warmup_s"] = time.perf_counter() - t_warm  # this row's compilation: what its variant adds to a first step
             losses, times = [], []
             for _ in range(steps):  # each step timed (the trainer reads the device once a step anyway)
                 t0 = time.perf_counter()
@@ -323,7 +327,7 @@ def main() -> None:
             print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: "
                   f"{row['tokens_per_s']:>11,.0f} tok/s  MFU {mfu:>6s}  step {row['step_time_s']:.3f} s "
                   f"({min(row['step_times_s']):.3f}-{max(row['step_times_s']):.3f})  "
-                  f"peak {row['peak_memory_gib'] or 0:.1f} GiB", flush=True)
+                  f"peak {row['peak_memory_gib'] or 0:.1f} GiB  warm-up {row['warmup_s']:.1f} s", flush=True)
         else:
             print(f"{stage_name:8s} {variant:9s} mb {mb:3d} ckpt {'on ' if ckpt else 'off'}: {row['status']}",
                   flush=True)

@@ -101,6 +101,8 @@ def test_e2e_smallest_setting(tmp_path, monkeypatch):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["complete"] and on_disk["phases"] == ph
     assert [b["stage"] for b in s["budgets"]] == ["stage1", "stage2", "stage3a", "stage3b"]
+    assert s["student"] == {"attention_layers": [0]}  # which layers kept attention: records of one recipe differ in it
+    assert "Attention layers: `[0]`." in (out / "summary.md").read_text()
     assert s["distill_metrics"]["stage3b"]["steps"] == 4
     # all four models evaluated on both tasks under both protocols, compared against the teacher
     ev = s["evaluation"]

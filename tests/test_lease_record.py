@@ -73,6 +73,16 @@ def test_a_lease_bundle_becomes_the_committed_result(tmp_path):
     assert s3a["trainer_heldout_at_end"] == {"step": 2, "eval_kl": 0.4, "eval_top1": 0.7, "eval_tokens": 640}
     assert rec["distill_metrics"]["stage3a"]["seconds"] == 11.5  # recomputed from the bundle, not the old summary
     assert absolute_paths(rec) == set() and "--out run" in rec["command"]
+    assert "student" not in rec  # neither the summary nor the bundle says which layers kept attention
+
+
+def test_a_bundle_from_before_e2e_wrote_the_layout_gets_it_from_the_jobs_recipe(tmp_path):
+    bundle = _bundle(tmp_path, members={"./recipe.yaml": _repeat_recipe("[0,3,7]")})
+    rec = TOOL["lease_record"](bundle, ["call 1"], "torch 2.11", None, "2026-12-07")
+    assert rec["student"] == {"attention_layers": [0, 3, 7]}
+    bad = _bundle(tmp_path / "bad", members={"./recipe.yaml": "nonsense: 1\n"})
+    with pytest.raises(SystemExit, match="the job's recipe.yaml: "):
+        TOOL["lease_record"](bad, ["call 1"], "torch 2.11", None, "2026-12-07")
 
 
 def test_the_tool_writes_the_file_and_refuses_an_unfinished_or_empty_bundle(tmp_path, monkeypatch, capsys):

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budgets": [{"stage": s.name, "steps": s.total_steps(), "tokens": s.total_steps() * s.batch_size * s.seq_len,
                      "seq_len": s.seq_len, "batch_size": s.batch_size} for s in recipe.stages],
         "targets": TARGETS,
+        # which layers kept attention, as the recipe (with its overrides) says: records of one recipe differ in it
+        "student": {"attention_layers": recipe.student.attention_layers},
     }
 
     def save() -> None:
@@ -726,7 +728,9 @@ def render_markdown(s: dict[str, Any]) -> str:
     models = ev["models"]
     lines = [f"# GenDistill end to end — {s['device_name']}", "",
              f"Recipe `{s['recipe']}`, overrides {s['overrides'] or 'none'}; {s['limit']} examples per task"
-             f"{' (smoke)' if s['smoke'] else ''}.", "", "## Budgets and phase times", "",
+             f"{' (smoke)' if s['smoke'] else ''}."
+             + (f" Attention layers: `{s['student']['attention_layers']}`." if "student" in s else ""),
+             "", "## Budgets and phase times", "",
              "| stage | steps | tokens | seq | batch |", "|---|---:|---:|---:|---:|"]
     for b in s["budgets"]:
         lines.append(f"| {b['stage']} | {b['steps']} | {b['tokens']:,} | {b['seq_len']} | {b['batch_size']} |")

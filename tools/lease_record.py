@@ -120,6 +120,12 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
     with tempfile.TemporaryDirectory() as tmp:
         job = unpack_bundle(bundle, Path(tmp))
         summary["distill_metrics"] = E2E["_stage_metrics"](job / METRICS_MEMBER)
+        if "student" not in summary and (job / "recipe.yaml").is_file():  # a job from before e2e.py wrote it
+            try:
+                recipe = parse_recipe(yaml.safe_load((job / "recipe.yaml").read_text()), "recipe.yaml")
+            except (OSError, yaml.YAMLError, ConfigError) as e:
+                raise SystemExit(f"error: {bundle}: the job's recipe.yaml: {first_line(e)}") from None
+            summary["student"] = {"attention_layers": recipe.student.attention_layers}
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
             summary["targets_met"] = E2E["_targets"](summary, summary["budgets"][-1]["stage"])

@@ -46,6 +46,8 @@ def test_train_throughput_tiny(tmp_path):
     assert {"backward", "optimizer", "total"} <= set(first) and first["backward"] > 0
     assert sum(v for k, v in first.items() if k != "total") == pytest.approx(first["total"], rel=1e-6)
     assert r["models_ready_s"] + first["total"] / 1000 <= r["first_step_s"] + 1e-3
+    # each row's warm-up (its own compilation): the first row's holds the first step
+    assert r["runs"][0]["warmup_s"] >= first["total"] / 1000 and s3["warmup_s"] > 0
     assert "tok/s" in res.stdout
 
 
