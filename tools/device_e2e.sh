@@ -17,7 +17,10 @@
 # (docs/results.md section 6): everything but stage 3a takes about 345 s of the job on an H200 and 710 s on a fresh
 # H100 (fla autotunes for 195 s there: no shipped configurations; the run keeps them under run/run/fla_configs/, in
 # the bundle); stage 3a runs at 115-120K tokens/s. 90M stage-3a tokens (the recipe's default) filled a lease on an H100:
-# job 1,520 s, 1,663 device seconds. Then: python tools/lease_record.py BUNDLE --out docs/results/e2e_<recipe>_<card>.json
+# job 1,520 s, 1,663 device seconds; 64M on an H100 (2026-12-07, stage 3a at 138K tokens/s): job 797 s, set-up 88 s
+# with the machine's start (everything but stage 3a 310 s: the configurations are shipped now), so the full 90M
+# (about 990 s of job) fits one machine's life.
+# Then: python tools/lease_record.py BUNDLE --out docs/results/e2e_<recipe>_<card>.json
 # Issue 29 (long context and code) is the same lease with more evaluation, e.g. in call 3:
 #   tools/device_e2e.sh start smollm2-135m-lease --set stages[stage3a].tokens=16000000 --set stages[stage3b].tokens=2000000 \
 #     --tasks arc_easy,hellaswag --limit 100 --snapshots '' --no-parallel --suite-memory-fraction 0.1 \

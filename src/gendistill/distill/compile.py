@@ -49,9 +49,10 @@ CAST_TO_AUTOCAST = ("input_layernorm",)
 
 #: a decoder layer's attention module, compiled whole only where asked (``compiled_blocks(attention=True)``): its
 #: projections, the rotary embedding, the layout copies around the attention kernel and the per-head q/k norms in one
-#: graph. An experiment until a GPU run measures it (``benchmarks/train_throughput.py --variants compiled-attention``):
-#: the rotary embedding and the copies around the kernel were about 30 ms of eager kernels in a stage-3a step of the
-#: SmolLM2 pair (docs/results.md section 8d); what compiling them costs the first step is not yet known
+#: graph. An experiment (``benchmarks/train_throughput.py --variants compiled-attention``): the rotary embedding and
+#: the copies around the kernel were about 30 ms of eager kernels in a stage-3a step of the SmolLM2 pair
+#: (docs/results.md section 8d); compiled, the step ran 1.104x the trainer's on an H100 (section 23); what compiling
+#: them costs a fresh machine's first step is not yet known
 ATTENTION = "self_attn"
 
 #: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
