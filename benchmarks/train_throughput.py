@@ -18,7 +18,7 @@ a fresh machine). The JSON also says where those seconds went: ``models_ready_s`
 built on the device) and ``first_step_phases_ms``, the first step's phases by the wall clock (the device synchronised
 at each mark: compilation happens on the host, in the phase that first runs a kernel). Each row's ``warmup_s`` is
 the wall time of its untimed warm-up steps: in the first row the whole first step, in a later row what that row's own
-variant compiles (``compiled-attention``'s attention graphs, say) beside a step or two.
+variant compiles beside a step or two (after an ``eager-attention`` row, say, an optimized row's attention graphs).
 
 FLOPs counted per stage-3a step (``T`` tokens, weight matmuls as 2 FLOPs per multiply-add):
 * teacher forward: ``2 * N_teacher_matmul * T`` + causal attention ``2 * T_seq * T * H * d_head`` per layer (QK and PV,
@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT / "src"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
 CONFIGS = ("qwen3-0.6b", "smollm2-135m")
-VARIANTS = ("optimized", "baseline", "uncast", "unfused", "compiled-attention", "bf16-student")
+VARIANTS = ("optimized", "baseline", "uncast", "unfused", "eager-attention", "bf16-student")
 #: how a variant compiles the blocks, as ``compiled_blocks`` keywords (the others: the trainer's defaults)
 BLOCKS = {"uncast": {"cast": False}, "unfused": {"fused": False, "cast": False},
-          "compiled-attention": {"attention": True}}
+          "eager-attention": {"attention": False}}
 
 
 def model_config(name: str, tiny: bool):
@@ -138,8 +138,8 @@ def main() -> None:
                     "the packed mask, eager blocks, chunked loss), each a row of the same run; uncast: optimized "
                     "with each block's first norm returning fp32, not bf16 (as before that change); unfused: uncast "
                     "with the student's second norm and MLP compiled apart from its residual adds (as before the "
-                    "fusion); compiled-attention: optimized with each attention module compiled whole (projections, "
-                    "rotary embedding, layout copies: an experiment); bf16-student: an experiment, not a training "
+                    "fusion); eager-attention: optimized with the attention modules left eager instead of compiled whole "
+                    "(projections, rotary embedding, layout copies; as before that change); bf16-student: an experiment, not a training "
                     "mode: optimized with the student's weights held in bf16 on CUDA (the decay parameters kept "
                     "fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "

@@ -96,7 +96,7 @@ lease_shipped_configs() {
 
 lease_step_check() {
   # the trainer's fast paths against its reference step on this GPU (tests/gpu/test_distill_gpu.py: stages 3a, 2 and 1,
-  # and the compiled-attention experiment) before a lease trains on them; one line whatever happens: pytest's summary,
+  # and the eager-attention step) before a lease trains on them; one line whatever happens: pytest's summary,
   # or, when STEP_CHECK_TIMEOUT (240 s) cuts it, how many cases had passed or failed by then. On a fresh H100 240 s
   # cut it before its first verdict (2026-12-05, docs/results.md section 12; likely fla autotuning the tests' small
   # shapes, which the strict configurations do not cover); the log (Triton's autotuning included) stays in

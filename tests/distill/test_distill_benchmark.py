@@ -60,7 +60,7 @@ def test_train_throughput_refuses_an_unknown_variant_before_building_models(tmp_
     )
     assert res.returncode != 0 and not out.exists()
     assert res.stderr.strip().splitlines()[-1] == ("--variants: unknown variant 'fused' (choose from optimized, "
-                                                   "baseline, uncast, unfused, compiled-attention, bf16-student)")
+                                                   "baseline, uncast, unfused, eager-attention, bf16-student)")
     assert "building" not in res.stdout
 
 

@@ -66,7 +66,7 @@ def test_compiled_step_equals_eager_step(teacher, student):
     student.load_state_dict(start)
     torch._dynamo.reset()
     L = teacher.config.num_hidden_layers
-    with compiled_blocks(student, teacher) as n:
+    with compiled_blocks(student, teacher, attention=False) as n:  # (attention compiled too: the test further down)
         # teacher: both norms and the MLP of each layer; student: the first norm and feed_forward (second norm, MLP
         # and both residual adds in one graph); each model's final norm
         assert n == (3 * L + 1) + (2 * L + 1)
@@ -110,10 +110,10 @@ def test_first_norm_returns_bf16_under_autocast_and_the_step_stays_as_accurate(t
     _, eager = update("bf16")
     assert {name: out.dtype for name, out in seen.items()} == dict.fromkeys(probes, torch.float32)
     torch._dynamo.reset()
-    with compiled_blocks(student, teacher, cast=False):
+    with compiled_blocks(student, teacher, cast=False, attention=False):
         loss_uncast, uncast = update("bf16")
     fp32_norm = seen["first norm"]
-    with compiled_blocks(student, teacher):
+    with compiled_blocks(student, teacher, attention=False):
         loss_cast, compiled = update("bf16")
     for h in hooks:
         h.remove()
@@ -148,7 +148,7 @@ def test_compiled_step_equals_eager_step_with_per_head_qk_norms():
     teacher, student, batch, eager = eager_step_then_reset("qwen3", 1)
     L = teacher.config.num_hidden_layers
     q_norm = student.model.layers[2].self_attn.q_norm
-    with compiled_blocks(student, teacher) as n:
+    with compiled_blocks(student, teacher, attention=False) as n:  # attention eager: its q/k norms compiled apart
         # norms and MLP of every layer and the final norm, both models; q/k norms: all teacher layers, 2 student ones
         assert n == (3 * L + 1) + (2 * L + 1) + 2 * (L + 2)
         assert "forward" in vars(q_norm)
@@ -179,8 +179,8 @@ def test_compiled_blocks_are_removed_after_the_block(teacher):
     assert set(parts) == {"input_layernorm", "post_attention_layernorm", "mlp"}  # Llama: no per-head q/k norms
     plain = {path: m.forward for path, m in parts.items()}
     with compiled_blocks(teacher):
-        assert all("forward" in vars(m) for m in parts.values())
-    assert all("forward" not in vars(m) for m in parts.values())
+        assert all("forward" in vars(m) for m in parts.values()) and "forward" in vars(layer.self_attn)
+    assert all("forward" not in vars(m) for m in parts.values()) and "forward" not in vars(layer.self_attn)
     assert {path: m.forward for path, m in parts.items()} == plain
     with compiled_blocks(teacher, enabled=False) as n:
         assert n == 0 and "forward" not in vars(layer.mlp)
@@ -200,13 +200,13 @@ def test_student_feed_forward_is_compiled_as_one_graph_and_removed_after(student
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_compiled_attention_step_equals_eager_step(family):
-    """``compiled_blocks(attention=True)`` (the benchmark's compiled-attention experiment) compiles each attention
-    module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather than compiled apart: the
+    """``compiled_blocks`` (as the trainer enters it: attention compiled by default, measured 1.10-1.12x on an H100)
+    compiles each attention module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather than compiled apart: the
     step is the eager step's to float32 rounding, without a graph break, and the modules are plain after the block."""
     teacher, student, batch, eager = eager_step_then_reset(family, 5)
     attn = student.model.layers[2].self_attn
     L = teacher.config.num_hidden_layers
-    with compiled_blocks(student, teacher, attention=True) as n:
+    with compiled_blocks(student, teacher) as n:
         # teacher: both norms, the MLP and the attention of every layer; student: the first norm and feed_forward of
         # every layer, the attention of its two kept layers; each model's final norm
         assert n == (4 * L + 1) + (2 * L + 1) + 2

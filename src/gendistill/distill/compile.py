@@ -47,12 +47,11 @@ FUSED = {"feed_forward": ("post_attention_layernorm", "mlp")}
 CAST_TO_AUTOCAST = ("input_layernorm",)
 
 
-#: a decoder layer's attention module, compiled whole only where asked (``compiled_blocks(attention=True)``): its
+#: a decoder layer's attention module, compiled whole (``compiled_blocks(attention=False)`` leaves it eager): its
 #: projections, the rotary embedding, the layout copies around the attention kernel and the per-head q/k norms in one
-#: graph. An experiment (``benchmarks/train_throughput.py --variants compiled-attention``): the rotary embedding and
-#: the copies around the kernel were about 30 ms of eager kernels in a stage-3a step of the SmolLM2 pair
-#: (docs/results.md section 8d); compiled, the step ran 1.104x the trainer's on an H100 (section 23); what compiling
-#: them costs a fresh machine's first step is not yet known
+#: graph. The rotary embedding and the copies around the kernel were about 30 ms of eager kernels in a stage-3a step of
+#: the SmolLM2 pair (docs/results.md section 8d); compiled, the step ran 1.10-1.12x the eager-attention one on an H100,
+#: and on a fresh machine compiling them added 3.6 s to a first step that came 44.5 s after process start (section 23)
 ATTENTION = "self_attn"
 
 #: Dynamo's compiled versions per function inside :func:`compiled_blocks` (its default is 8)
@@ -92,12 +91,12 @@ def _layers(model: nn.Module) -> nn.ModuleList:
 
 @contextlib.contextmanager
 def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True,
-                    cast: bool = True, attention: bool = False) -> Iterator[int]:
-    """Inside the block, the norms and MLPs of ``models``' decoder layers (and their final norm) run compiled, the
-    parts in :data:`CAST_TO_AUTOCAST` returning the autocast dtype. ``fused=False`` compiles the parts apart even where
-    a layer has a :data:`FUSED` method, ``cast=False`` keeps every part's output dtype, ``attention=True`` compiles
-    each layer's :data:`ATTENTION` module whole (the comparisons ``benchmarks/train_throughput.py --variants``
-    makes). Yields how many modules and methods were switched (0 when
+                    cast: bool = True, attention: bool = True) -> Iterator[int]:
+    """Inside the block, the norms, MLPs and attention modules (:data:`ATTENTION`, each compiled whole) of ``models``'
+    decoder layers and their final norm run compiled, the parts in :data:`CAST_TO_AUTOCAST` returning the autocast
+    dtype. ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method, ``cast=False`` keeps every
+    part's output dtype, ``attention=False`` leaves the attention modules eager (the comparisons
+    ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
     ``enabled`` is False)."""
     switched: list[tuple[nn.Module, str]] = []
     limit = contextlib.ExitStack()

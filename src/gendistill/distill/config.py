@@ -367,8 +367,8 @@ class RunConfig(_Strict):
         default="auto", description="progress display: a bar (a terminal), lines (logs), none; auto picks")
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="torch.compile the norms and MLPs of every decoder block while training (auto: on a GPU, "
-        "without FSDP2; a few seconds of compilation at the first step)",
+        description="torch.compile the norms, MLPs and attention modules of every decoder block while training "
+        "(auto: on a GPU, without FSDP2; a few seconds of compilation at the first step)",
     )
 
     @field_validator("device", mode="before")

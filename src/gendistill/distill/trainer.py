@@ -150,7 +150,7 @@ def use_packed_flash_attention(world: World, run: RunConfig) -> bool:
 
 
 def use_compiled_blocks(world: World, run: RunConfig) -> bool:
-    """``run.compile``: auto compiles the blocks' norms and MLPs on a GPU, except under FSDP2."""
+    """``run.compile``: auto compiles the blocks' norms, MLPs and attention modules on a GPU, except under FSDP2."""
     if run.compile == "auto":
         return world.device.type == "cuda" and not world.sharded
     return run.compile == "on"

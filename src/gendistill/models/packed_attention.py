@@ -43,7 +43,7 @@ def _find_varlen():
 
 
 #: found once at import: the forward reads a plain value, which Dynamo guards on, instead of calling a cached
-#: function that imports and inspects (the forward runs inside compiled graphs: ``compiled_blocks(attention=True)``)
+#: function that imports and inspects (the forward runs inside compiled graphs: the trainer's ``compiled_blocks``)
 _VARLEN = _find_varlen()
 
 
