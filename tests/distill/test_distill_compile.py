@@ -212,6 +212,17 @@ def test_compiled_attention_step_equals_eager_step(family):
         assert n == (4 * L + 1) + (2 * L + 1) + 2
         assert "forward" in vars(attn) and "forward" not in vars(getattr(attn, "q_norm", attn.o_proj))
         compiled = _step(student, teacher, batch)
+        with torch.no_grad():  # the trainer's held-out evaluation inside the same block, on other shapes
+            student.eval()
+            b = _batch(teacher.config.vocab_size, 3, [[24]] * 2)
+            out = student(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
+            student.train()
     assert "forward" not in vars(attn)
+    with torch.no_grad():
+        student.eval()
+        assert torch.allclose(out, student(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits,
+                              rtol=1e-4, atol=1e-5)
+        student.train()
+    assert not [k for k in torch._dynamo.utils.counters["unimplemented"] if "recompile" in k.lower()]
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     assert_same_step(compiled, eager)
