@@ -77,6 +77,7 @@ print('sandbox:', c.get('isolation'), c.get('bwrap_version') or c.get('reason', 
   ;;
 bench)  # GPU tests of the fused paths, training throughput (SmolLM2 pair, packed like the recipe), then the first
         # step of a fresh Triton cache with the configurations just dumped
+  lease_job_running "$JOB" && exit 4  # GPU timings beside a running job would be void
   mkdir -p "$OUT/prof"
   lease_shipped_configs "$JOB/fla_configs"  # the folder the job's runs read
   timeout 100 python3 -m pytest -q -x tests/gpu/test_fused_layers_gpu.py -p no:cacheprovider 2>&1 | tail -4
@@ -100,6 +101,7 @@ warm)  # in the background (outlives the call): compile and autotune fla's kerne
 tests)  # GPU tests named after it (files, node ids, -k), bounded by TESTS_TIMEOUT, through tools/gpu_pytest.py: after
         # a failure or crash the rest go on in a new process; verdicts and the log (every kernel fla autotunes) come
         # back as gpu_test[_N].json / .log (e.g. tests/gpu/test_eval_long_context_gpu.py for issue 29)
+  lease_job_running "$JOB" && exit 4  # the tests alone on the card: not beside a running job
   shift
   lease_gpu_test "$OUT" "${TESTS_TIMEOUT:-240}" "$@"
   ;;

@@ -260,6 +260,7 @@ gpu-test)  # (foreground, issue 28) `gpu-test SECONDS [pytest args]`: GPU tests 
            # tools/gpu_pytest.py: after a failure or crash the tests not yet run go on in a new process (a lost CUDA
            # context fails every later test of its process). Each call's log (with every kernel fla autotunes) and
            # verdicts in gpu_test[_N].log / .json, the verdicts in steps.txt too; collect returns them
+  lease_job_running "$RES" && exit 4  # the tests alone on the card: not beside a running job
   shift; LIMIT_S=${1:-300}; shift
   step "gpu-test (timeout $LIMIT_S s): $*"
   lease_gpu_test "$RES" "$LIMIT_S" "$@" | tee -a "$RES/steps.txt"

@@ -194,6 +194,7 @@ case "$MODE" in
     ;;
   gpu-test)  # after the driver (watch until DONE first): `gpu-test SECONDS [pytest args]`, GPU tests alone on the card
              # (lease_gpu_test), their verdicts into steps.txt, then everything collected again
+    lease_job_running "$RES" && exit 4  # the tests alone on the card: not beside a running driver
     shift; LIMIT_S=${1:-300}; shift
     lease_gpu_test "$RES" "$LIMIT_S" "$@" | tee -a "$RES/steps.txt"
     echo "gpu-test rc=${PIPESTATUS[0]}: $*" >> "$RES/steps.txt"
