@@ -138,9 +138,9 @@ def main() -> None:
                     "the packed mask, eager blocks, chunked loss), each a row of the same run; uncast: optimized "
                     "with each block's first norm returning fp32, not bf16 (as before that change); unfused: uncast "
                     "with the student's second norm and MLP compiled apart from its residual adds (as before the "
-                    "fusion); eager-attention: optimized with the attention modules left eager instead of compiled whole "
-                    "(projections, rotary embedding, layout copies; as before that change); bf16-student: an experiment, not a training "
-                    "mode: optimized with the student's weights held in bf16 on CUDA (the decay parameters kept "
+                    "fusion); eager-attention: optimized with the attention modules left eager instead of compiled "
+                    "whole (projections, rotary embedding, layout copies; as before that change); bf16-student: an "
+                    "experiment, not a training mode: optimized with the student's weights held in bf16 on CUDA (the decay parameters kept "
                     "fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
@@ -283,7 +283,7 @@ def main() -> None:
                               "ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["first_step_phases_ms"].items()),
                               flush=True)
             sync()
-            row["warmup_s"] = time.perf_counter() - t_warm  # this row's compilation: what its variant adds to a first step
+            row["warmup_s"] = time.perf_counter() - t_warm  # this row's compilation: its variant's cost to a first step
             losses, times = [], []
             for _ in range(steps):  # each step timed (the trainer reads the device once a step anyway)
                 t0 = time.perf_counter()

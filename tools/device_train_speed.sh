@@ -144,9 +144,8 @@ driver_fusion() {
 driver_cast() {
   # the first norm's bf16 output against the fp32 one (uncast), §8's blocks (unfused) and the attention modules
   # left eager (eager-attention; compiled whole is the trainer's default, its whole-step check in tests/gpu), 8 steps a
-  # row; then the GPU suite on
-  # empty caches, now that the fused loss no longer imports fla before its configurations are set (target: 3
-  # minutes), each failure printed as it happens (tests/gpu/conftest.py)
+  # row; then the GPU suite on empty caches, now that the fused loss no longer imports fla before its configurations
+  # are set (target: 3 minutes), each failure printed as it happens (tests/gpu/conftest.py)
   # (a short lease: CAST_VARIANTS=optimized,uncast,eager-attention SUITE_S=0 leaves out the unfused row and the suite)
   timeout 360 python3 benchmarks/train_throughput.py $SMOL --stages stage3a \
     --variants "${CAST_VARIANTS:-optimized,uncast,eager-attention,unfused}" --steps 8 --warmup 1 --phases \

@@ -107,6 +107,14 @@ def stage_record(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_recipe(path: Path, where: str) -> Any:
+    """The recipe a job wrote (``recipe.yaml``), or one line naming ``where`` and what is wrong with it."""
+    try:
+        return parse_recipe(yaml.safe_load(path.read_text()), "recipe.yaml")
+    except (OSError, yaml.YAMLError, ConfigError) as e:
+        raise SystemExit(f"error: {where}: {first_line(e)}") from None
+
+
 def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: float | None,
                  day: str, notes: list[str] | None = None) -> dict[str, Any]:
     """The committed result: the bundle's summary, its stage metrics recomputed, and the ``lease`` key."""
@@ -121,10 +129,7 @@ def lease_record(bundle: Path, calls: list[str], versions: str, device_seconds: 
         job = unpack_bundle(bundle, Path(tmp))
         summary["distill_metrics"] = E2E["_stage_metrics"](job / METRICS_MEMBER)
         if "student" not in summary and (job / "recipe.yaml").is_file():  # a job from before e2e.py wrote it
-            try:
-                recipe = parse_recipe(yaml.safe_load((job / "recipe.yaml").read_text()), "recipe.yaml")
-            except (OSError, yaml.YAMLError, ConfigError) as e:
-                raise SystemExit(f"error: {bundle}: the job's recipe.yaml: {first_line(e)}") from None
+            recipe = read_recipe(job / "recipe.yaml", f"{bundle}: the job's recipe.yaml")
             summary["student"] = {"attention_layers": recipe.student.attention_layers}
         if (job / "eval" / "base" / "results.json").is_file():
             summary["evaluation"] = E2E["_evaluation_summary"](job / "eval")
@@ -381,10 +386,7 @@ def repeat_runs(archive: Path, repeat_of: dict[str, str] | None = None) -> dict[
             where = f"{archive}: runs/{run.name}"
             if not (run / "metrics.jsonl").is_file():
                 raise SystemExit(f"error: {where}: no metrics.jsonl (not a distill run, or it never started)")
-            try:
-                recipe = parse_recipe(yaml.safe_load((run / "recipe.yaml").read_text()), "recipe.yaml")
-            except (OSError, yaml.YAMLError, ConfigError) as e:
-                raise SystemExit(f"error: {where}/recipe.yaml: {first_line(e)}") from None
+            recipe = read_recipe(run / "recipe.yaml", f"{where}/recipe.yaml")
             records = metrics_records(run / "metrics.jsonl")
             curves = stage_curves(records)
             stages: dict[str, Any] = {}

@@ -201,8 +201,10 @@ def test_student_feed_forward_is_compiled_as_one_graph_and_removed_after(student
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_compiled_attention_step_equals_eager_step(family):
     """``compiled_blocks`` (as the trainer enters it: attention compiled by default, measured 1.10-1.12x on an H100)
-    compiles each attention module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather than compiled apart: the
-    step is the eager step's to float32 rounding, without a graph break, and the modules are plain after the block."""
+    compiles each attention module whole, teacher's and student's, with Qwen3's per-head q/k norms inside it rather
+    than compiled apart: the step is the eager step's to float32 rounding, without a graph break, the held-out
+    evaluation inside the same block (other shapes) recompiles without falling back to eager, and the modules are
+    plain after the block."""
     teacher, student, batch, eager = eager_step_then_reset(family, 5)
     attn = student.model.layers[2].self_attn
     L = teacher.config.num_hidden_layers

@@ -94,8 +94,8 @@ def compiled_blocks(*models: nn.Module, enabled: bool = True, fused: bool = True
                     cast: bool = True, attention: bool = True) -> Iterator[int]:
     """Inside the block, the norms, MLPs and attention modules (:data:`ATTENTION`, each compiled whole) of ``models``'
     decoder layers and their final norm run compiled, the parts in :data:`CAST_TO_AUTOCAST` returning the autocast
-    dtype. ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method, ``cast=False`` keeps every
-    part's output dtype, ``attention=False`` leaves the attention modules eager (the comparisons
+    dtype. ``fused=False`` compiles the parts apart even where a layer has a :data:`FUSED` method, ``cast=False``
+    keeps every part's output dtype, ``attention=False`` leaves the attention modules eager (the comparisons
     ``benchmarks/train_throughput.py --variants`` makes). Yields how many modules and methods were switched (0 when
     ``enabled`` is False)."""
     switched: list[tuple[nn.Module, str]] = []
