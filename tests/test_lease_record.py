@@ -170,7 +170,8 @@ def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
         "stage1-aaa": [{"time": t, "stage": "stage1", "step": 0, "tokens": 0, "eval_loss": 9.0},
                        {"time": t + 20, "stage": "stage1", "step": 1, "tokens": 64, "loss": 8.0, "tokens_per_s": 5.0},
                        {"time": t + 22, "stage": "stage1", "step": 2, "tokens": 128, "loss": 7.0,
-                        "tokens_per_s": 50.0}],
+                        "tokens_per_s": 50.0},
+                       {"time": t + 22, "stage": "stage1", "step": 2, "tokens": 128, "eval_loss": 6.5}],
         "stage3a-bbb": [{"time": t + 30, "stage": "stage3a", "step": 0, "tokens": 0, "eval_loss": 3.0,
                          "eval_kl": 3.0, "eval_top1": 0.2},
                         {"time": t + 35, "stage": "stage3a", "step": 1, "tokens": 100, "loss": 2.0,
@@ -240,6 +241,12 @@ def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
     assert list(small) == ["stage1", "stage3a"]
     assert [(p["tokens"], p["eval_kl"], p["seconds"]) for p in small["stage3a"]] == [(0, 3.0, 0.0), (100, 0.7, 2.0)]
     assert [p["tokens"] for p in rec["cells"][0]["curves"]["stage3a"]] == [0, 200]
+    # the device wrote its report before the cut cell's held-out evaluations (its metrics there hold none): the
+    # record takes each cell's figures from its stage runs, as the report would have after the cell
+    assert rec["cells"][1]["metrics"]["stage3a"]["eval_kl_last"] == 0.7
+    assert (rec["cells"][1]["heldout_stage"], rec["cells"][1]["heldout_kl"], rec["cells"][1]["heldout_top1"]) == (
+        "stage3a", 0.7, 0.5)
+    assert (rec["cells"][1]["final_eval_loss"], rec["cells"][1]["final_eval_loss_stage"]) == (0.7, "stage3a")
     assert absolute_paths(rec) == set() and rec["meta"]["teacher"] == "t.gguf"
     # no nvidia-smi line: no card (never the next line of a summary); a timeout given as timeout(1) takes it
     other = TOOL["grid_record"](_grid_bundle(tmp_path / "o", smi=None, timeout="20m"), [], None, "2026-12-05")

@@ -57,6 +57,7 @@ from gendistill.ablate.curve import CURVE_STAGE, trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
 from gendistill.ablate.report import markdown as report_markdown  # noqa: E402
 from gendistill.ablate.report import plot_png as report_png  # noqa: E402
+from gendistill.ablate.report import training_fields  # noqa: E402
 from gendistill.ablate.runner import metrics_records, stage_summary  # noqa: E402
 from gendistill.distill.config import parse_recipe  # noqa: E402
 from gendistill.errors import ConfigError, first_line  # noqa: E402
@@ -332,11 +333,19 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
                              f"{len(stage_dirs)}")
         stages = stage_dirs[0]
         for c in rep["cells"]:
-            records = []
+            records, fresh = [], {}
             for node in c.get("nodes", []):
                 for d in stages.glob(f"*-{node}"):
-                    records += metrics_records(d / "metrics.jsonl")
+                    recs = metrics_records(d / "metrics.jsonl")
+                    records += recs
+                    if recs:
+                        fresh[d.name.rsplit("-", 1)[0]] = {"node": node, **stage_summary(recs)}
             c["curves"] = stage_curves(records)
+            # each stage's summary from its own records, in stage order: the device may have written its report
+            # before a stage trained (a job cut during the cell's evaluation); the cell's figures follow
+            c["metrics"] = {**fresh, **{st: m for st, m in (c.get("metrics") or {}).items() if st not in fresh}} \
+                if fresh else c.get("metrics") or {}
+            c.update(training_fields(c["metrics"], c.get("losses")))
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
         runs = _timed_records(stages)

@@ -260,6 +260,17 @@ def _heldout_fidelity(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"heldout_stage": last, "heldout_kl": m.get("eval_kl_last"), "heldout_top1": m.get("eval_top1_last")}
 
 
+def training_fields(metrics: dict[str, Any], losses: dict[str, Any] | None) -> dict[str, Any]:
+    """What a cell's report entry says of its training, from its per-stage ``metrics`` (``runner.read_metrics``'s
+    summary) and its recipe's ``losses``: the last held-out loss with its stage and loss kind (labelled, never
+    compared), and the last stage's held-out KL / top-1 (compared). ``tools/lease_record.py`` refreshes a collected
+    report's cells with it, so a cell trained after the device last wrote its report still shows its figures."""
+    final, stage = _final_eval_loss(metrics)
+    return {"final_eval_loss": final, "final_eval_loss_stage": stage,
+            "final_eval_loss_kind": loss_label((losses or {}).get(stage)) if stage else None,
+            **_heldout_fidelity(metrics)}
+
+
 def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, Any]:
     """``meta``: grid facts (``axes``: axis -> variant names in order, mode, teacher, eval settings ...). ``cells``:
     one entry per cell with ``cell``, ``assignment``, ``metrics`` (per stage), ``tokens`` (per stage), ``eval``
@@ -269,11 +280,7 @@ def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str,
     for c in cells:
         e = dict(c)
         e["scores"] = cell_scores(c["eval"]) if c.get("eval") else None
-        metrics = c.get("metrics") or {}
-        e["final_eval_loss"], stage = _final_eval_loss(metrics)  # the cell's own loss: labelled, never compared
-        e["final_eval_loss_stage"] = stage
-        e["final_eval_loss_kind"] = loss_label((c.get("losses") or {}).get(stage)) if stage else None
-        e.update(_heldout_fidelity(metrics))
+        e.update(training_fields(c.get("metrics") or {}, c.get("losses")))
         e.pop("eval", None)
         enriched.append(e)
     axes = [axis_report(a, list(vs), enriched) for a, vs in meta["axes"].items()]
