@@ -212,6 +212,11 @@ def _grid_bundle(tmp_path: Path, *, extra: str | None = None,
     for name, recs in runs.items():
         members[f"./runs/g/stages/{name}/metrics.jsonl"] = "".join(
             (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs)
+    # the cut cell's evaluation, stopped after its first task (the teacher's rows came from the cache)
+    members["./runs/g/evals/stage3a-ccc-e1/results.partial.json"] = json.dumps(
+        {"meta": {"models": ["teach", "stud"], "complete": False, "wall_seconds": 42.0},
+         "rows": rows + [{"task": "t2", "model": "stud", "protocol": "loglik", "acc": 0.4, "stderr": 0.05,
+                          "chance": 0.5, "n": 100}]})
     if extra:
         members[extra] = "x"
     members.update(members_more or {})
@@ -247,6 +252,12 @@ def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
     assert (rec["cells"][1]["heldout_stage"], rec["cells"][1]["heldout_kl"], rec["cells"][1]["heldout_top1"]) == (
         "stage3a", 0.7, 0.5)
     assert (rec["cells"][1]["final_eval_loss"], rec["cells"][1]["final_eval_loss_stage"]) == (0.7, "stage3a")
+    # its evaluation was cut: what finished is kept apart from the report's scores (the cell stays unevaluated)
+    part = rec["cells"][1]["partial_scores"]
+    assert rec["cells"][1]["scores"] is None and rec["evaluated"] == 1 and part["complete"] is False
+    assert part["student"]["t1"]["generate"]["acc"] == 0.5 and part["teacher"]["t1"]["loglik"]["acc"] == 0.8
+    assert part["tasks_both_protocols"] == ["t1"] and part["wall_seconds"] == 42.0
+    assert "partial_scores" not in rec["cells"][0]
     assert absolute_paths(rec) == set() and rec["meta"]["teacher"] == "t.gguf"
     # no nvidia-smi line: no card (never the next line of a summary); a timeout given as timeout(1) takes it
     other = TOOL["grid_record"](_grid_bundle(tmp_path / "o", smi=None, timeout="20m"), [], None, "2026-12-05")

@@ -36,10 +36,15 @@
 #   `gpu-test SECONDS NODE...` (any call after setup) runs GPU tests alone on the card, e.g. the mixers' checks a
 #   lease has not reached: tests/gpu/test_mixers_gpu.py::test_...[case], through tools/gpu_pytest.py (a failure
 #   does not fail the tests after it); collect returns gpu_test[_N].log / .json.
-# Issue 27's next lease (the selections alone, then their layers.json carried into a grid lease; docs/select.md):
-#   every call with GRID=select-smollm2-lease, and the start call with SELECT_ONLY=1 JOB_TIMEOUT=1350; its collect
-#   returns select/<method>/ (layers.json, scores.json) in sweep_results.tgz: unpack them into .device/select and
-#   carry that folder with the grid lease's call 3 (no SELECT_ONLY: its start copies the files, the grid runs).
+# Issue 27 (docs/select.md): a selections lease (every call with GRID=select-smollm2-lease, the start call with
+#   SELECT_ONLY=1; 2026-12-07 on an H100: kl-guided 440 s with the alignment, beam-add 347 s) returns
+#   select/<method>/ (layers.json, scores.json) in sweep_results.tgz; a grid lease carries the sets to distil as
+#   .device/select/<method>/layers.json with call 3 (no SELECT_ONLY: start copies the folder, only the grid runs, on the
+#   methods whose file came; uniform is every:4 and always in it), and the grid's earlier results as
+#   .device/runs/select-smollm2-lease (its evaluated cells are skipped; unpacked as above). For the next one:
+#     for m in kl-guided beam-add; do mkdir -p .device/select/$m
+#       cp docs/results/select_smollm2-135m_h100_layers/$m.json .device/select/$m/layers.json; done
+#     (greedy-learned's set: docs/results/select_smollm2-135m_h200_layers/greedy-learned.json)
 # Every step has a timeout; the background job writes $RES/DONE (and its exit status) whatever happens.
 # fla's kernel configurations: none are set here. gendistill activates its shipped H200 configurations itself
 # (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
@@ -163,12 +168,16 @@ setup)  # preconditions first: a GPU, the carried files; then the wheels, the fi
   fi
   lease_step_check_background "$RES/step_check.txt" | tee -a "$RES/steps.txt"
   if [ "$GRID" = select-smollm2-lease ]; then  # issue 27: the selection methods' GPU test, beside the step check
-    # (its own session: a plain background job died with the call that started it, 2026-12-06; its log names every
-    # kernel fla autotunes, for tools/fla_configs_from_log.py: two later tries were cut at 225-300 s without a verdict)
-    TRITON_PRINT_AUTOTUNING=1 setsid nohup bash -c 'timeout 400 python3 -m pytest -v -p no:cacheprovider \
+    # (its own session: a plain background job died with the call that started it, 2026-12-06). Through
+    # tools/gpu_pytest.py (-s: its log names every kernel fla autotunes, for tools/fla_configs_from_log.py; each
+    # verdict written when known): two tries were cut at 225-300 s without a verdict, and on 2026-12-07 (beside the
+    # selections, plain pytest without -s) kl-guided's case passed and greedy-learned's was cut at 400 s
+    TRITON_PRINT_AUTOTUNING=1 setsid nohup bash -c 'timeout $(( $2 + 30 )) python3 tools/gpu_pytest.py --limit "$2" \
+      --out "$1/select_gpu" \
       tests/select/test_select_gpu.py > "$1/select_gpu_test.log" 2>&1; echo "tests/select/test_select_gpu.py: rc=$? $(tail -n 1 "$1/select_gpu_test.log")" \
-      > "$1/select_gpu_test.txt"' _ "$RES" > /dev/null 2>&1 < /dev/null &
-    step "tests/select/test_select_gpu.py: running in the background, its line in select_gpu_test.txt"
+      > "$1/select_gpu_test.txt"' _ "$RES" "${SELECT_GPU_TEST_S:-600}" > /dev/null 2>&1 < /dev/null &
+    step "tests/select/test_select_gpu.py: running in the background (limit ${SELECT_GPU_TEST_S:-600} s), its line in" \
+      "select_gpu_test.txt"
   fi
   step "setup done"
   ;;

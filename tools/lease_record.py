@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gendistill.ablate.curve import CURVE_STAGE, trained_when_cut  # noqa: E402
 from gendistill.ablate.heldout_curves import plot_heldout_curves, stage_curves  # noqa: E402
+from gendistill.ablate.report import cell_scores  # noqa: E402
 from gendistill.ablate.report import markdown as report_markdown  # noqa: E402
 from gendistill.ablate.report import plot_png as report_png  # noqa: E402
 from gendistill.ablate.report import training_fields  # noqa: E402
@@ -317,6 +318,24 @@ def selection_record(folder: Path, later_scores: Path | None = None) -> dict[str
     return out
 
 
+def partial_scores(evals: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
+    """A cell whose evaluation the job's timeout cut: what its ``results.partial.json`` (the evaluation of the cell's
+    last stage run, ``evals/<stage>-<node>-<eval id>/``) holds, in the report's form
+    (:func:`gendistill.ablate.report.cell_scores`: per task and protocol, student and teacher), with the tasks the
+    student finished under both protocols and the seconds it ran. Kept apart from the report's scores: the cell is not
+    evaluated, and a mean over fewer tasks compares with no other cell's. None for an evaluated cell or none cut."""
+    if cell.get("scores") is not None or not cell.get("nodes"):
+        return None
+    files = sorted(evals.glob(f"*-{cell['nodes'][-1]}-*/results.partial.json"))
+    if not files:
+        return None
+    res = json.loads(files[-1].read_text())
+    scores = cell_scores(res)
+    both = [t for t, by in scores["student"].items() if {"loglik", "generate"} <= set(by)]
+    return {**scores, "tasks_both_protocols": both, "wall_seconds": res.get("meta", {}).get("wall_seconds"),
+            "complete": False}
+
+
 def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, day: str,
                 notes: list[str] | None = None) -> dict[str, Any]:
     """The committed result of a grid lease: the device's report.json, each cell with its held-out curves, and the
@@ -346,6 +365,9 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             c["metrics"] = {**fresh, **{st: m for st, m in (c.get("metrics") or {}).items() if st not in fresh}} \
                 if fresh else c.get("metrics") or {}
             c.update(training_fields(c["metrics"], c.get("losses")))
+            partial = partial_scores(stages.parent / "evals", c)
+            if partial is not None:
+                c["partial_scores"] = partial
         facts = _job_facts((job / "res" / "steps.txt").read_text())
         commit = (job / "res" / "commit.txt").read_text().strip() if (job / "res" / "commit.txt").is_file() else None
         runs = _timed_records(stages)
