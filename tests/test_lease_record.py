@@ -258,6 +258,9 @@ def test_a_grid_lease_becomes_its_report_with_curves_and_the_lease(tmp_path):
     assert part["student"]["t1"]["generate"]["acc"] == 0.5 and part["teacher"]["t1"]["loglik"]["acc"] == 0.8
     assert part["tasks_both_protocols"] == ["t1"] and part["wall_seconds"] == 42.0
     assert "partial_scores" not in rec["cells"][0]
+    text = TOOL["report_markdown"](rec)
+    assert "batch=16: its evaluation was cut; the tasks it finished, log-likelihood / generation (%): t1 60.0 / 50.0 " \
+           "(teacher 80.0 / 70.0)." in text
     assert absolute_paths(rec) == set() and rec["meta"]["teacher"] == "t.gguf"
     # no nvidia-smi line: no card (never the next line of a summary); a timeout given as timeout(1) takes it
     other = TOOL["grid_record"](_grid_bundle(tmp_path / "o", smi=None, timeout="20m"), [], None, "2026-12-05")

@@ -411,7 +411,28 @@ def markdown(rep: dict[str, Any]) -> str:
                      f"| {_num(a.get('eval_kl_last'))} | {_pct(a.get('eval_top1_last'))} "
                      f"| {_num(b.get('eval_kl_last'))} | {_pct(b.get('eval_top1_last'))} "
                      f"| {ll} | {gen} | {aa} | {gm} | {own} | {' → '.join(c.get('nodes', []))} |")
+    lines += _partial_lines(rep["cells"])
     return "\n".join(lines) + "\n"
+
+
+def _partial_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """A cell whose evaluation a timeout cut (``partial_scores``, which ``tools/lease_record.py`` adds from the cut
+    evaluation's ``results.partial.json``): its finished tasks, student against teacher, each under both protocols —
+    kept out of the table above, whose means compare cells over the same tasks."""
+    out: list[str] = []
+    for c in cells:
+        part = c.get("partial_scores")
+        if not part:
+            continue
+        rows = []
+        for t in part.get("tasks_both_protocols", []):
+            s, te = part["student"][t], part["teacher"].get(t, {})
+            rows.append(f"{t} {_pct(s['loglik']['acc'])} / {_pct(s['generate']['acc'])}"
+                        + (f" (teacher {_pct(te['loglik']['acc'])} / {_pct(te['generate']['acc'])})"
+                           if {"loglik", "generate"} <= set(te) else ""))
+        out += ["", f"{c['cell']}: its evaluation was cut; the tasks it finished, log-likelihood / generation (%): "
+                    + ("; ".join(rows) if rows else "none") + "."]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- plot
