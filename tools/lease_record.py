@@ -21,9 +21,12 @@ A grid lease (``device_sweep.sh collect``: ``report.json`` and ``sweep_results.t
 card as nvidia-smi named it, the commit, the steps) and every stage run's ``metrics.jsonl``) becomes the grid's
 report as the device wrote it, each cell given its held-out curves
 (:func:`gendistill.ablate.heldout_curves.stage_curves` on its stage runs' records, so a report written by an older
-commit gains them), and a ``lease`` key: the card, the commit, the versions line, the calls, the device seconds, the
-job's timeout and exit status, the stage runs in the order they ran (steps, median tokens/s, start and end seconds
-from the first one's first record; a resumed grid's carried runs apart) and every stage a timeout cut short.
+commit gains them) and its stage summaries and held-out figures from those records (the device may have written the
+report before a cell's stages trained: a job cut in the cell's evaluation), a cut evaluation's finished tasks as
+``partial_scores`` (:func:`partial_scores`; the cell stays unevaluated), and a ``lease`` key: the card, the commit,
+the versions line, the calls, the device seconds, the job's timeout and exit status, the stage runs in the order they
+ran (steps, median tokens/s, start and end seconds from the first one's first record; a resumed grid's carried runs
+apart) and every stage a timeout cut short.
 ``--figures`` also writes ``<out stem>_curves.png`` (:func:`gendistill.ablate.heldout_curves.plot_heldout_curves`)
 and the grid's report as ``gendistill ablate`` writes it, from the record: ``<out stem>_report.md`` and
 ``_report.png`` (:func:`gendistill.ablate.report.markdown`, :func:`~gendistill.ablate.report.plot_png`). A
