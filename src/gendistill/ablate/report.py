@@ -243,32 +243,20 @@ def loss_label(loss: dict[str, Any] | None) -> str | None:
     return out
 
 
-def _final_eval_loss(metrics: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The last held-out loss recorded and the stage that recorded it (each stage's own loss kind)."""
-    for stage in reversed(list(metrics)):
-        v = metrics[stage].get("eval_loss_last")
-        if v is not None:
-            return v, stage
-    return None, None
-
-
-def _heldout_fidelity(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The last stage's held-out KL(teacher‖student) and top-1 agreement as its trainer recorded them (None for a
-    hidden-state stage, a run that predates them, or a stage not trained yet)."""
-    last = list(metrics)[-1] if metrics else None
-    m = metrics.get(last) or {}
-    return {"heldout_stage": last, "heldout_kl": m.get("eval_kl_last"), "heldout_top1": m.get("eval_top1_last")}
-
-
 def training_fields(metrics: dict[str, Any], losses: dict[str, Any] | None) -> dict[str, Any]:
     """What a cell's report entry says of its training, from its per-stage ``metrics`` (``runner.read_metrics``'s
-    summary) and its recipe's ``losses``: the last held-out loss with its stage and loss kind (labelled, never
-    compared), and the last stage's held-out KL / top-1 (compared). ``tools/lease_record.py`` refreshes a collected
-    report's cells with it, so a cell trained after the device last wrote its report still shows its figures."""
-    final, stage = _final_eval_loss(metrics)
+    summary) and its recipe's ``losses``: the last held-out loss recorded, with its stage and that stage's loss kind
+    (labelled, never compared), and the last stage's held-out KL(teacher‖student) / top-1 as its trainer recorded them
+    (compared; None for a hidden-state stage, a run that predates them, or a stage not trained yet).
+    ``tools/lease_record.py`` refreshes a collected report's cells with it, so a cell trained after the device last
+    wrote its report still shows its figures."""
+    final, stage = next(((metrics[st]["eval_loss_last"], st) for st in reversed(list(metrics))
+                         if metrics[st].get("eval_loss_last") is not None), (None, None))
+    last = list(metrics)[-1] if metrics else None
+    m = metrics.get(last) or {}
     return {"final_eval_loss": final, "final_eval_loss_stage": stage,
             "final_eval_loss_kind": loss_label((losses or {}).get(stage)) if stage else None,
-            **_heldout_fidelity(metrics)}
+            "heldout_stage": last, "heldout_kl": m.get("eval_kl_last"), "heldout_top1": m.get("eval_top1_last")}
 
 
 def build_report(meta: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, Any]:
