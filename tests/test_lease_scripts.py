@@ -179,6 +179,7 @@ def test_a_second_job_is_refused_while_the_first_runs_and_a_stale_done_never_rea
     assert first.returncode == 0, first.stderr
     assert not (res_dir / "DONE").exists()
     pid = int((tmp_path / "res.pid").read_text())
+    assert first.stdout.strip() == f"started (pid {pid}): bash -c echo first; sleep 30"
     try:
         second = _lib(f'lease_job_start "{res_dir}" "{log}" bash -c "echo second"')
         assert second.returncode == 4

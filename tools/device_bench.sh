@@ -52,7 +52,6 @@ start)  # preconditions, the wheels, an import check; then the job in the backgr
   date +%s > "$RES/t0"
   : > "$RES/driver.log"
   lease_job_start "$RES" "$RES/driver.log" bash tools/device_bench.sh driver || exit $?
-  echo "started the bench job (pid $(cat "$RES.pid"))"
   ;;
 driver)  # (background)
   trap 'echo "rc=${RC:-killed}" > "$RES/DONE"' EXIT

@@ -129,7 +129,6 @@ start)  # the teacher's third piece (if any) and the data in place, then the who
   # TRITON_PRINT_AUTOTUNING: every kernel fla autotunes is logged (tools/fla_configs_from_log.py ships it afterwards)
   lease_job_start "$JOB" "$JOB/e2e.log" env TRITON_PRINT_AUTOTUNING=1 python3 tools/e2e.py "$RECIPE" --out "$JOB/run" \
     --set "teacher.spec=$GGUF" "$@" || exit $?
-  echo "started e2e (pid $(cat "$JOB.pid"))"
   ;;
 suites)  # the job's long-context and code suite parts that wrote no results, again (tools/e2e.py --suites-only), in
         # the background; the same recipe and suite arguments as 'start' (2026-12-06: every part failed at its start
@@ -142,7 +141,6 @@ suites)  # the job's long-context and code suite parts that wrote no results, ag
   [ -d "$JOB/fla_configs" ] && export FLA_CONFIG_DIR=$JOB/fla_configs FLA_CACHE_MODE=strict
   lease_job_start "$JOB" "$JOB/e2e.log" python3 tools/e2e.py "$RECIPE" --out "$JOB/run" --set "teacher.spec=$GGUF" \
     "$@" --suites-only || exit $?
-  echo "started the suites again (pid $(cat "$JOB.pid"))"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass
   LIMIT=${2:-540}; T0=$(date +%s)

@@ -97,7 +97,6 @@ start)  # the teacher assembled and checked (three pieces: with carry3's; two an
   need "$JOB/data/mmlu_dev.jsonl.gz" "the examples come with .device/carry2: run 'data' first in this lease"
   : > "$RES/driver.log"
   lease_job_start "$RES" "$RES/driver.log" bash tools/device_eval_speed.sh driver || exit $?
-  echo "started the eval-speed job (pid $(cat "$RES.pid"))"
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(gguf)

@@ -30,7 +30,7 @@
 #   lease_job_start DIR LOG CMD...  CMD in the background in a process session of its own (it outlives the call), its
 #                          output appended to LOG; refused (status 4, lease_job_running's line) while an earlier job of
 #                          DIR runs; DIR/DONE of an earlier job removed first; the pid in DIR.pid (beside DIR, so that
-#                          an rm -rf of DIR does not forget the job)
+#                          an rm -rf of DIR does not forget the job); prints "started (pid N): CMD"
 #   lease_gpu_test DIR SECONDS [pytest args]  GPU tests alone on the card, bounded, through tools/gpu_pytest.py (after a
 #                          failure or crash the tests not yet run go on in a new process); verdicts and log (every
 #                          kernel fla autotunes) in DIR/gpu_test[_N].json / .log; prints every verdict but "passed"
@@ -79,6 +79,7 @@ lease_job_start() {
   mkdir -p "$dir" && rm -f "$dir/DONE"
   setsid nohup "$@" >> "$log" 2>&1 < /dev/null &
   echo $! > "$dir.pid"
+  echo "started (pid $!): $*"
 }
 
 lease_need() {

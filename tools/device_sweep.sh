@@ -238,7 +238,6 @@ PY
   tail -n 4 "$RES/dry_run.txt"
   : > "$RES/driver.log"
   lease_job_start "$RES" "$RES/driver.log" bash tools/device_sweep.sh driver "$@" || exit $?
-  echo "started the sweep job (pid $(cat "$RES.pid"))"
   ;;
 hopper-check)  # (background, issue 28) the block-width backend's bf16 kernel gradients (tests/gpu), key block 32 then
                # 128 (GENDISTILL_FLA_HOPPER_KEY_BLOCK), each in its own process (an illegal memory access loses the
