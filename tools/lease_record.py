@@ -365,8 +365,7 @@ def grid_record(bundle: Path, calls: list[str], device_seconds: float | None, da
             c["curves"] = stage_curves(records)
             # each stage's summary from its own records, in stage order: the device may have written its report
             # before a stage trained (a job cut during the cell's evaluation); the cell's figures follow
-            c["metrics"] = {**fresh, **{st: m for st, m in (c.get("metrics") or {}).items() if st not in fresh}} \
-                if fresh else c.get("metrics") or {}
+            c["metrics"] = {**fresh, **{st: m for st, m in (c.get("metrics") or {}).items() if st not in fresh}}
             c.update(training_fields(c["metrics"], c.get("losses")))
             partial = partial_scores(stages.parent / "evals", c)
             if partial is not None:
