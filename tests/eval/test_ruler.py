@@ -110,6 +110,24 @@ def test_ruler_scoring_on_constructed_replies():
     assert t.score_generation(ex, ", ".join(refs)).correct
 
 
+def test_ruler_answers_agree_when_the_same_needles_are_recalled():
+    """The extracted answer is the recalled gold strings: a teacher that stops after the number and a student that
+    rambles on agree; a reply recalling another subset, or none, does not (answer agreement reads ``pred``)."""
+    from gendistill.eval.fidelity import answer_agreement
+    from gendistill.eval.task import Example
+
+    t = get_task("ruler_niah_multivalue")
+    refs = ["1234567", "7654321"]
+    ex = Example(id="x", question="q", answer=", ".join(refs), fields={"answers": refs})
+    teacher = [t.score_generation(ex, r).pred for r in (" 1234567.", " 7654321 and 1234567.", " 42.", " 1234567")]
+    student = [t.score_generation(ex, r).pred for r in
+               (" 1234567. The magic number is a special magic number that", " 1234567, 7654321\n\nThe next",
+                " The next number is 2.", " 7654321")]
+    assert teacher == ["1234567", "1234567, 7654321", "", "1234567"]
+    assert student[:3] == teacher[:3] and student[3] == "7654321"
+    assert answer_agreement(teacher, student)["answer_agreement"] == 0.75
+
+
 def test_user_haystack_file(tok, tmp_path):
     f = tmp_path / "hay.txt"
     f.write_text("Granite is hard. Water is wet! Is the sky blue? Yes it is.\nFog rolls in.", encoding="utf-8")

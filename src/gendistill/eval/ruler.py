@@ -99,8 +99,14 @@ def _clean(pred: str) -> str:
 
 def string_match_all(pred: str, refs: list[str]) -> float:
     """RULER: the share of gold strings contained (case-insensitively) in the prediction."""
+    return len(recalled(pred, refs)) / len(refs)
+
+
+def recalled(pred: str, refs: list[str]) -> list[str]:
+    """The gold strings contained (case-insensitively, as :func:`string_match_all` counts them) in the prediction,
+    in the order of ``refs``."""
     p = _clean(pred).lower()
-    return sum(r.lower() in p for r in refs) / len(refs)
+    return [r for r in refs if r.lower() in p]
 
 
 def string_match_part(pred: str, refs: list[str]) -> float:
@@ -282,10 +288,14 @@ class RulerTask(Task):
 
     # --------------------------------------------------------------- scoring
     def score_generation(self, ex: Example, text: str) -> GenScore:
+        """RULER's score; the extracted answer (``pred``) is the gold strings the reply contains, ``", "``-joined in
+        context order (``""`` when it contains none): two replies that recall the same needles give the same answer
+        whatever else they say, so answer agreement compares what each model recalled (the reply itself is the
+        record's ``generation``)."""
         refs = ex.fields["answers"]
         frac = string_match_all(text, refs)
-        return GenScore(_clean(text)[:200], frac == 1.0, bool(text.strip()), "string_match_all", score=frac,
-                        extra={"match_part": string_match_part(text, refs)})
+        return GenScore(", ".join(recalled(text, refs)), frac == 1.0, bool(text.strip()), "string_match_all",
+                        score=frac, extra={"match_part": string_match_part(text, refs)})
 
 
 def hash_seed(s: str) -> int:
