@@ -3,6 +3,8 @@ expansion modes, conflicting axes, the equal-token-budget check."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import base_recipe
@@ -255,6 +257,27 @@ def test_the_shipped_selection_grid_distills_each_methods_choice_on_equal_tokens
     assert len({tuple(s.total_steps() for s in r.stages) for r in cells.values()}) == 1
     assert plan["distinct_nodes"] == 16 and plan["distinct_evals"] == 4
     assert g.config.eval.context_lengths == "2k,4k,8k" and "ruler_niah_single_2" in g.config.eval.tasks
+
+
+def test_the_recall_layers_grid_is_the_kl_guided_cell_without_layers_17_and_18():
+    """recall-layers-smollm2-lease (issue 27, docs/results.md section 25): kl-guided's measured set with 17 and 18
+    replaced by 2 and 4, on exactly the selection grid's recipe (every stage's tokens and settings but the layers), so
+    its recall compares with the selection grid's kl-guided cell."""
+    import json
+
+    from gendistill.convert.layer_spec import parse_attention_layers
+
+    root = Path(__file__).resolve().parents[2]
+    kl = json.loads((root / "docs/results/select_smollm2-135m_h100_layers/kl-guided.json").read_text())
+    kl_layers = kl["attention_layers"] if isinstance(kl, dict) else kl
+    g = load_grid("recall-layers-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    sel = load_grid("select-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
+    (cell,) = g.cells
+    assert parse_attention_layers(cell.recipe.student.attention_layers, 30) == sorted(
+        (set(kl_layers) - {17, 18}) | {2, 4})
+    ref = next(c.recipe for c in sel.cells if c.name == "layers=uniform")
+    assert cell.recipe.model_copy(update={"student": ref.student}) == ref
+    assert set(g.config.eval.tasks.split(",")) <= set(sel.config.eval.tasks.split(","))
 
 
 def test_the_shipped_layers_grid_compares_three_layouts_on_the_full_recipe():
