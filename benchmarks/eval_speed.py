@@ -12,7 +12,9 @@ task × protocol the prompts and requests are built exactly as ``gendistill eval
               smaller comparison subset so examples/s are compared on the same examples;
   reference   the same functions with ``engine="reference"`` on the first ``--reference-limit`` examples;
   lm-eval     ``HFLM.generate_until`` / ``HFLM.loglikelihood`` (``gendistill.eval.harness.make_lm``, batch size
-              ``--lm-eval-batch-size``) on the first ``--lm-eval-limit`` examples.
+              ``--lm-eval-batch-size``) on the first ``--lm-eval-limit`` examples (one number, or one per protocol:
+              ``--lm-eval-limit 50,loglik=500`` compares log-likelihood on 500, where lm-eval is fast and 50 examples
+              measure mostly a call's fixed cost, and generation on 50).
 
 Identical answers: per example, the fast path's extracted answer (``task.score_generations(...).pred``) and generated
 text against the reference path's; under log-likelihood the predicted option (``acc_norm``'s for the tasks reported
@@ -215,7 +217,7 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
     paths = args.paths
     ids = [e.id for e in examples]
     n_ref = min(args.reference_limit or len(examples), len(examples))
-    n_lm = min(args.lm_eval_limit or len(examples), len(examples))
+    n_lm = min(args.lm_eval_limit[protocol], len(examples))
     row: dict[str, Any] = {"model": label, "task": task.name, "protocol": protocol, "paths": {}}
 
     if protocol == "generate":
@@ -469,7 +471,8 @@ def parse_args(argv):
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help="as gendistill eval --tasks (names, .jsonl, .yaml)")
     ap.add_argument("--limit", type=int, default=500, help="examples per task (the fast path and the command)")
     ap.add_argument("--reference-limit", type=int, default=100, help="the first N of them through the reference path")
-    ap.add_argument("--lm-eval-limit", type=int, default=100, help="the first N of them through lm-eval's HF backend")
+    ap.add_argument("--lm-eval-limit", default="100",
+                    help="the first N of them through lm-eval's HF backend: N, or per protocol, e.g. 50,loglik=500")
     ap.add_argument("--paths", default="fast,reference,lm-eval")
     ap.add_argument("--protocols", default="loglik,generate")
     ap.add_argument("--batch-size", type=int, default=None, help="fast path's generation batch (default: its own)")
@@ -510,10 +513,32 @@ def parse_args(argv):
     if bad or not args.paths or not args.protocols:
         ap.error(f"unknown path or protocol '{bad[0] if bad else ''}' (paths: {', '.join(PATHS)}; protocols: "
                  f"{', '.join(PROTOCOLS)})")
-    for name in ("limit", "reference_limit", "lm_eval_limit"):
+    for name in ("limit", "reference_limit"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be a positive integer")
+    try:
+        args.lm_eval_limit = per_protocol_limit(args.lm_eval_limit)
+    except ValueError as exc:
+        ap.error(f"--lm-eval-limit: {exc}")
     return args
+
+
+def per_protocol_limit(text: str) -> dict[str, int]:
+    """``"N"`` or ``"N,PROTOCOL=M,..."`` (or only ``PROTOCOL=M`` entries, the others defaulting to 100): the
+    number of examples for each protocol; each a positive integer."""
+    out: dict[str, int] = {}
+    default = 100
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.rpartition("=")
+        if eq and name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol '{name}' (protocols: {', '.join(PROTOCOLS)})")
+        if not value.isdigit() or int(value) <= 0:
+            raise ValueError(f"'{part}': expected a positive integer")
+        if eq:
+            out[name] = int(value)
+        else:
+            default = int(value)
+    return {p: out.get(p, default) for p in PROTOCOLS}
 
 
 def main(argv=None) -> int:

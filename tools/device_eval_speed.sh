@@ -23,7 +23,8 @@
 # collect copies what exists (eval_speed.py rewrites its JSON after every row). At most 8 files come back: collect
 # puts the JSON, the summary and one tarball of everything under $OUT.
 # Settings (environment, start call): LIMIT (500), REF_LIMIT (50: the reference path is HF generate at batch 8, the
-# slow part), LM_LIMIT (50), LM_BS (64), CLI (both | after | off: `gendistill eval` timed before the in-process runs,
+# slow part), LM_LIMIT (50,loglik=500: lm-eval scores 500 log-likelihood examples in seconds, and on 50 the
+# comparison measured mostly a call's fixed cost, docs/results.md §9b; its generation is the slow part), LM_BS (64), CLI (both | after | off: `gendistill eval` timed before the in-process runs,
 # on a fresh machine's empty caches, and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the
 # whole script), SWEEP (scales of the batch planner's fixed-cost estimate, e.g. 1,3,10,1e6 — not 0, 20-80x slower,
 # docs/results.md §9b: the teacher's fast path on the sweep tasks once per scale, first), PROFILE (non-empty: torch.profiler tables of the teacher's fast path
@@ -100,11 +101,11 @@ start)  # the teacher assembled and checked (three pieces: with carry3's; two an
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(gguf)
-  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
+  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50,loglik=500} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
   # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false;
   # every kernel fla autotunes (a key the shipped configurations lack) logged for tools/fla_configs_from_log.py
   env -u TOKENIZERS_PARALLELISM TRITON_PRINT_AUTOTUNING=1 timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student "${STUDENT:-convert}" \
-    --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50}" \
+    --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50,loglik=500}" \
     --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
     ${SWEEP:+--overhead-sweep "$SWEEP"} ${SWEEP_TASKS:+--sweep-tasks "$SWEEP_TASKS"} ${PROFILE:+--profile "$RES/profiles"} \
     --out "$RES/eval_speed.json" > "$RES/eval_speed.log" 2>&1

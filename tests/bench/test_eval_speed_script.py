@@ -74,7 +74,7 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(mod, "run_generate", changed_generate)
     out = tmp_path / "speed.json"
     rc = mod.main(["--model", str(tmp_path / "teacher"), "--student", "convert", "--attention-layers", "0",
-                   "--tasks", f"{mc_path},{qa_path}", "--limit", "3", "--reference-limit", "2", "--lm-eval-limit", "2",
+                   "--tasks", f"{mc_path},{qa_path}", "--limit", "3", "--reference-limit", "2", "--lm-eval-limit", "1,loglik=2",
                    "--warmup", "1", "--paths", paths, "--device", "cpu", "--dtype", "float32", "--cli", "after",
                    "--out", str(out)])
     assert rc == 0
@@ -98,9 +98,11 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
         elif task == "quiz_mc":  # example 0's option scores were rotated: another predicted option
             assert ident["answers_identical"] <= 1 and ident["mismatches"][0]["id"] == "q0"
             assert ident["max_abs_logprob_diff"] > 0
-        if not no_lm_eval:
-            assert r["paths"]["lm-eval"]["examples"] == 2 and r["paths"]["lm-eval"]["batch_size"] == 64
-            assert r["speedup_vs_lm_eval"] > 0 and r["speedup_vs_reference"] > 0 and r["agreement_with_lm_eval"]["n"] == 2
+        if not no_lm_eval:  # per protocol: log-likelihood on 2, generation on 1 (and the fast path again on that 1)
+            n_lm = 2 if proto == "loglik" else 1
+            assert r["paths"]["lm-eval"]["examples"] == n_lm and r["paths"]["lm-eval"]["batch_size"] == 64
+            assert r["speedup_vs_lm_eval"] > 0 and r["speedup_vs_reference"] > 0
+            assert r["agreement_with_lm_eval"]["n"] == n_lm and (proto == "loglik" or r["paths"]["fast@1"]["examples"] == 1)
     tot = data["totals"]
     gen_rows = [r for r in data["rows"] if r["protocol"] == "generate"]
     assert tot["generate"]["texts_identical_to_reference"] == [
@@ -113,6 +115,22 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
     assert "same as ref" in capsys.readouterr().out
     if no_lm_eval:
         pytest.skip(no_lm_eval)
+
+
+@pytest.mark.parametrize("text, expected", [("50", {"loglik": 50, "generate": 50}),
+                                             ("50,loglik=500", {"loglik": 500, "generate": 50}),
+                                             ("generate=7", {"loglik": 100, "generate": 7})])
+def test_lm_eval_limit_per_protocol(text, expected):
+    assert _load().per_protocol_limit(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("0", "positive integer"), ("50,code=5", "unknown protocol 'code'"),
+                                           ("loglik=x", "positive integer")])
+def test_lm_eval_limit_bad_values_are_one_line(text, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load().main(["--lm-eval-limit", text, "--paths", "fast", "--device", "cpu", "--cli", "off"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "--lm-eval-limit" in err
 
 
 def test_eval_speed_bad_task_file(tmp_path, capsys):
