@@ -45,6 +45,8 @@
 #     for m in kl-guided beam-add; do mkdir -p .device/select/$m
 #       cp docs/results/select_smollm2-135m_h100_layers/$m.json .device/select/$m/layers.json; done
 #     (greedy-learned's set: docs/results/select_smollm2-135m_h200_layers/greedy-learned.json)
+#   Its follow-up, GRID=recall-layers-smollm2-lease (do layers 17 and 18 carry the recall? one cell, two recall tasks;
+#   about 6 minutes on a card with the teacher in place): setup, data, then JOB_TIMEOUT=300 start && watch 320; collect.
 # Every step has a timeout; the background job writes $RES/DONE (and its exit status) whatever happens.
 # fla's kernel configurations: none are set here. gendistill activates its shipped H200 configurations itself
 # (gendistill/ops/fla_configs.py) unless FLA_CONFIG_DIR / FLA_CACHE_MODE are set, as device_e2e.sh leaves them unless
