@@ -24,9 +24,10 @@
 # puts the JSON, the summary and one tarball of everything under $OUT.
 # Settings (environment, start call): LIMIT (500), REF_LIMIT (50: the reference path is HF generate at batch 8, the
 # slow part), LM_LIMIT (50,loglik=500: lm-eval scores 500 log-likelihood examples in seconds, and on 50 the
-# comparison measured mostly a call's fixed cost, docs/results.md §9b; its generation is the slow part), LM_BS (64), CLI (both | after | off: `gendistill eval` timed before the in-process runs,
-# on a fresh machine's empty caches, and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the
-# whole script), SWEEP (scales of the batch planner's fixed-cost estimate, e.g. 1,3,10,1e6 — not 0, 20-80x slower,
+# comparison measured mostly a call's fixed cost, docs/results.md §9b; its generation is the slow part), LM_BS (64),
+# CLI (both | after | off: `gendistill eval` timed before the in-process runs, on a fresh machine's empty caches,
+# and after them, warm; 'after' only the warm one), JOB_TIMEOUT (1080 s for the whole script), SWEEP (scales of the
+# batch planner's fixed-cost estimate, e.g. 1,3,10,1e6 — not 0, 20-80x slower,
 # docs/results.md §9b: the teacher's fast path on the sweep tasks once per scale, first), PROFILE (non-empty: torch.profiler tables of the teacher's fast path
 # on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy),
 # STUDENT (convert | none: the teacher alone).

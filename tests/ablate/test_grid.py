@@ -263,13 +263,10 @@ def test_the_recall_layers_grid_is_the_kl_guided_cell_without_layers_17_and_18()
     """recall-layers-smollm2-lease (issue 27, docs/results.md section 25): kl-guided's measured set with 17 and 18
     replaced by 2 and 4, on exactly the selection grid's recipe (every stage's tokens and settings but the layers), so
     its recall compares with the selection grid's kl-guided cell."""
-    import json
-
     from gendistill.convert.layer_spec import parse_attention_layers
 
-    root = Path(__file__).resolve().parents[2]
-    kl = json.loads((root / "docs/results/select_smollm2-135m_h100_layers/kl-guided.json").read_text())
-    kl_layers = kl["attention_layers"] if isinstance(kl, dict) else kl
+    kl_file = Path(__file__).resolve().parents[2] / "docs/results/select_smollm2-135m_h100_layers/kl-guided.json"
+    kl_layers = parse_attention_layers(str(kl_file), 30)
     g = load_grid("recall-layers-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
     sel = load_grid("select-smollm2-lease", ["teacher.spec=/nowhere/teacher.gguf"])
     (cell,) = g.cells

@@ -74,7 +74,8 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(mod, "run_generate", changed_generate)
     out = tmp_path / "speed.json"
     rc = mod.main(["--model", str(tmp_path / "teacher"), "--student", "convert", "--attention-layers", "0",
-                   "--tasks", f"{mc_path},{qa_path}", "--limit", "3", "--reference-limit", "2", "--lm-eval-limit", "1,loglik=2",
+                   "--tasks", f"{mc_path},{qa_path}", "--limit", "3", "--reference-limit", "2",
+                   "--lm-eval-limit", "1,loglik=2",
                    "--warmup", "1", "--paths", paths, "--device", "cpu", "--dtype", "float32", "--cli", "after",
                    "--out", str(out)])
     assert rc == 0
@@ -102,7 +103,8 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
             n_lm = 2 if proto == "loglik" else 1
             assert r["paths"]["lm-eval"]["examples"] == n_lm and r["paths"]["lm-eval"]["batch_size"] == 64
             assert r["speedup_vs_lm_eval"] > 0 and r["speedup_vs_reference"] > 0
-            assert r["agreement_with_lm_eval"]["n"] == n_lm and (proto == "loglik" or r["paths"]["fast@1"]["examples"] == 1)
+            assert r["agreement_with_lm_eval"]["n"] == n_lm
+            assert proto == "loglik" or r["paths"]["fast@1"]["examples"] == 1
     tot = data["totals"]
     gen_rows = [r for r in data["rows"] if r["protocol"] == "generate"]
     assert tot["generate"]["texts_identical_to_reference"] == [

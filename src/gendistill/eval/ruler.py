@@ -111,8 +111,7 @@ def recalled(pred: str, refs: list[str]) -> list[str]:
 
 def string_match_part(pred: str, refs: list[str]) -> float:
     """RULER: 1 if any gold string is contained (case-insensitively) in the prediction, else 0."""
-    p = _clean(pred).lower()
-    return float(any(r.lower() in p for r in refs))
+    return float(bool(recalled(pred, refs)))
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -293,9 +292,9 @@ class RulerTask(Task):
         whatever else they say, so answer agreement compares what each model recalled (the reply itself is the
         record's ``generation``)."""
         refs = ex.fields["answers"]
-        frac = string_match_all(text, refs)
-        return GenScore(", ".join(recalled(text, refs)), frac == 1.0, bool(text.strip()), "string_match_all",
-                        score=frac, extra={"match_part": string_match_part(text, refs)})
+        found = recalled(text, refs)  # string_match_all is len(found) / len(refs), string_match_part bool(found)
+        return GenScore(", ".join(found), len(found) == len(refs), bool(text.strip()), "string_match_all",
+                        score=len(found) / len(refs), extra={"match_part": float(bool(found))})
 
 
 def hash_seed(s: str) -> int:
