@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Issue 26 (efficiency) on one lease, in one background job collected by short watch calls: the GPU tests of the
-# bounded decay gate, of fla's intra-card split (one long sequence split; two long packed sequences kept serial by
-# gendistill's guard) and of the fast engine; then one complete `gendistill bench` of the committed code (Qwen3-0.6B
-# shape, random weights, 1K-128K: cache, TTFT graphed and eager, decode, peak throughput) under a fixed --time-limit,
-# first among the timings so that the experiments after it cannot starve it; then the KDA kernel alone, serial
-# against fla's split, at 32K-128K (benchmarks/kda_kernels.py); then one KDA layer's prefill and decode step with its
-# weights joined once against at every call (benchmarks/prefill_profile.py); then, with what time is left, the
-# bounded-gate student's time to first token beside the teacher. Random weights: no teacher and no data travel, only
-# the wheels.
+# Issue 26 (efficiency) on one lease, in one background job collected by short watch calls, in this order (each step
+# only with enough of the job's time left): one complete `gendistill bench` of the committed code (Qwen3-0.6B shape,
+# random weights, 1K-128K: the joined-weights check, cache, TTFT graphed and eager, decode, peak throughput) under a
+# fixed --time-limit, first so that nothing after it can starve it; the bounded-gate student's time to first token
+# beside the teacher (1K-128K); the prefill profile (benchmarks/prefill_profile.py: the model's kernels, device-busy
+# time and host gap at 1K/4K, one KDA layer against fla's kernel alone at 1K/4K/32K); the GPU tests of the fast
+# engine, the bounded decay gate and fla's intra-card split; the KDA kernel alone at 32K-128K
+# (benchmarks/kda_kernels.py). Random weights: no teacher and no data travel, only the wheels.
 # Measured on H100s (2026-12-05, docs/results.md section 2): the GPU tests need more than 420 s on a fresh machine
 # (fla autotunes every new shape; 4 of 13 ran in 420 s), the complete run 253-367 s, the kernels 101 s, the layer
 # 24 s, the bounded run 49-61 s; a machine start took about 300 s of the device budget.
@@ -58,28 +57,37 @@ driver)  # (background)
   # every kernel fla autotunes (a key the shipped configurations lack: the packed calls of benchmarks/kda_kernels.py
   # at 16 heads of 128, the split's own kernels) is logged; tools/fla_configs_from_log.py ships it afterwards
   export TRITON_PRINT_AUTOTUNING=1
-  step "GPU tests: bounded gate, intra-card split, the fast engine on joined weights against transformers' generate"
-  # -v -s: each test's name as it ends and the autotuning it did (pytest would capture it; a lease of 2026-12-05 cut
-  # this step after 4 of 13 tests and its -q log could not say which, nor what they tuned)
-  timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -v -s -p no:cacheprovider --durations=0 tests/gpu/test_kda_gpu.py \
-    tests/gpu/test_fast_generate_gpu.py -k "bounded or intracard or fast_engine" > "$RES/gpu_tests.txt" 2>&1
-  step "GPU tests rc=$? $(grep -cE ' PASSED| FAILED| ERROR' "$RES/gpu_tests.txt") ended, \
-$(grep -c 'Triton autotuning for function' "$RES/gpu_tests.txt") autotuned; $(tail -n 1 "$RES/gpu_tests.txt")"
   LIMIT=${COMPLETE_LIMIT:-540}
+  # the complete run first: it is the issue's proof, and it checks the student on joined weights against the live
+  # ones before timing anything (joined_weights_check in its JSON)
   step "complete run, --time-limit $LIMIT s"
   timeout $(( LIMIT + 90 )) "${BENCH[@]}" --time-limit "$LIMIT" --out "$JOB/bench/complete" \
     > "$RES/bench_complete.log" 2>&1
   RC=$?
   step "complete rc=$RC"
-  step_if_time 300 "KDA kernel alone: serial against the intra-card split" "$RES/bench_kernels.log" \
+  step_if_time 200 "bounded gate ${BOUND:--5}: TTFT beside the teacher" "$RES/bench_bounded.log" \
+    timeout 150 "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput \
+    --kda-gate-lower-bound "${BOUND:--5}" --time-limit 100 --out "$JOB/bench/bounded"
+  # the student's prefill at 1K/4K: kernels, device-busy time and host gap by block part; one KDA layer against fla's
+  # kernel alone, joined weights against joined at every call
+  step_if_time 200 "prefill profile: the model at 1K/4K, one KDA layer at 1K/4K/32K" "$RES/bench_profile.log" \
+    timeout 170 python3 benchmarks/prefill_profile.py --skip peer --contexts 1k,4k --layer-contexts 1k,4k,32k \
+    --label joined-inputs --out "$JOB/bench/prefill"
+  if [ "$(left)" -gt 120 ]; then
+    T=$(( $(left) - 60 )); [ "$T" -gt "${TESTS_TIMEOUT:-420}" ] && T=${TESTS_TIMEOUT:-420}
+    step "GPU tests (${T} s): the fast engine on joined weights against transformers' generate, bounded gate, \
+intra-card split"
+    # -v -s: each test's name as it ends and the autotuning it did (pytest would capture it)
+    timeout "$T" python3 -m pytest -v -s -p no:cacheprovider --durations=0 tests/gpu/test_fast_generate_gpu.py \
+      tests/gpu/test_kda_gpu.py -k "fast_engine or bounded or intracard" > "$RES/gpu_tests.txt" 2>&1
+    step "GPU tests rc=$? $(grep -cE ' PASSED| FAILED| ERROR' "$RES/gpu_tests.txt") ended, \
+$(grep -c 'Triton autotuning for function' "$RES/gpu_tests.txt") autotuned; $(tail -n 1 "$RES/gpu_tests.txt")"
+  else
+    step "GPU tests: skipped, $(left) s left"
+  fi
+  step_if_time 200 "KDA kernel alone at 32K-128K" "$RES/bench_kernels.log" \
     timeout 180 python3 benchmarks/kda_kernels.py --lengths 32k,64k,128k --decode-batches 1 --repeats 3 \
     --out "$JOB/bench/kernels"
-  step_if_time 260 "one KDA layer: prefill and decode step, weights joined once against at every call" \
-    "$RES/bench_layer.log" timeout 150 python3 benchmarks/prefill_profile.py --skip model,peer \
-    --layer-contexts 1k,4k,32k --label joined --out "$JOB/bench/prefill"
-  step_if_time 200 "bounded gate ${BOUND:--5}: TTFT beside the teacher" "$RES/bench_bounded.log" \
-    timeout $(( $(left) - 20 )) "${BENCH[@]}" --contexts 1k,4k,32k,128k --skip decode,throughput \
-    --kda-gate-lower-bound "${BOUND:--5}" --time-limit $(( $(left) - 80 )) --out "$JOB/bench/bounded"
   ;;
 watch)  # follow the job until it finishes or $2 seconds pass; a summary under $OUT either way
   LIMIT_S=${2:-480}; T0=$(date +%s)

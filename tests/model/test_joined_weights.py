@@ -120,6 +120,38 @@ def test_inside_the_block_no_call_copies_the_weights(monkeypatch):
             assert len(joins_of_parameters) == made
 
 
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_inside_the_block_one_gemm_reads_the_layer_input(mixer):
+    """Every linear that reads a mixer's input (q/k/v, the output gate's and the decay/beta projections) is part of
+    the one joined GEMM: inside the block no linear module is called on the layer input, at prefill or at a decode
+    step; outside it they are (so the check can fail)."""
+    student = student_of(mixer)
+    inputs, read_input = {}, []
+
+    def keep_input(mod, args, kwargs):
+        inputs[id(mod)] = (kwargs.get("hidden_states", args[0] if args else None))
+
+    def check_linear(owner):
+        def hook(lin, args):
+            if args[0] is inputs.get(id(owner)):
+                read_input.append(lin)
+        return hook
+
+    for m in mixers_of(student):
+        m.register_forward_pre_hook(keep_input, with_kwargs=True)
+        for lin in m.modules():
+            if isinstance(lin, torch.nn.Linear):
+                lin.register_forward_pre_hook(check_linear(m))
+    ids = torch.randint(0, student.config.vocab_size, (1, 19))
+    with torch.inference_mode():
+        run(student, ids)
+        assert read_input  # outside the block q/k/v and the gates' projections read it
+        read_input.clear()
+        with joined_weights(student):
+            run(student, ids)
+    assert read_input == []
+
+
 def test_a_copy_or_a_new_storage_inside_the_block_reads_the_live_weights():
     """The joins belong to the parameters they were made of: a deep copy of the model made inside the block, or a
     weight given a new storage there, computes with its own live weights."""
@@ -168,6 +200,6 @@ def test_the_joins_are_freed_when_the_block_ends():
 
     student = student_of("kda")
     with joined_weights(student):
-        ref = weakref.ref(mixers_of(student)[0]._joined.qkv_weight)
+        ref = weakref.ref(mixers_of(student)[0]._joined.in_weight)
     gc.collect()
     assert ref() is None

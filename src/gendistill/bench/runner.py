@@ -171,6 +171,8 @@ class Runner:
         self.log(f"models built: teacher {self.results['models']['teacher']}, student {self.results['models']['student']}")
         self.save()
 
+        self.joins_check()
+        self.save()
         if self.use_graph and s.wants("decode") and s.decode_cache == "static":
             self.graph_precheck()
             self.save()
@@ -299,6 +301,25 @@ class Runner:
                 self._guard(e, "decode", lambda: self.decode(role, L, e, holder))
         holder.clear()
         del ids
+        free_memory()
+
+    def joins_check(self) -> None:
+        """Before any timing: the student's prefill on weights joined once (how every timed student call runs:
+        :func:`joined_weights`, one GEMM for every linear that reads a mixer's input) against its prefill on the live
+        weights, at the shortest context (at most 4K): same next token and cache within bf16 rounding
+        (:func:`engine.compare_prefills`). Recorded as ``joined_weights_check``."""
+        m, L = self.models["student"], min(min(self.s.contexts), 4096)
+        try:
+            with torch.inference_mode():
+                prompt = engine.random_prompt(m.config.vocab_size, L, 1, self.device)
+                live = engine.prefill(m, prompt)
+                with joined_weights(m):
+                    entry = {"context": L, **engine.compare_prefills(live, engine.prefill(m, prompt))}
+        except Exception as exc:  # noqa: BLE001 - recorded; the timings still run, on the joins
+            entry = {"context": L, "accepted": False, "error": _err(exc)}
+        self.results["joined_weights_check"] = entry
+        self.log(f"joined weights check (student, {L} tokens): {entry}"
+                 + ("" if entry["accepted"] else "  FAILED: the timed student is not the student"))
         free_memory()
 
     def graph_precheck(self) -> None:

@@ -103,10 +103,18 @@ class TeacherShapedMixer(nn.Module):
         A_log._no_weight_decay = dt_bias._no_weight_decay = True
 
     # ------------------------------------------------------------------------------------------------------- forward
+    def input_projections(self) -> tuple[nn.Linear, ...]:
+        """The linears besides q/k/v that read the layer input ``x``, in a fixed order: :func:`joined_weights` joins
+        them into the q/k/v GEMM (one launch instead of one per linear; their outputs are then column slices of that
+        GEMM's). Here the output gate's first matrix; each mixer adds its decay and beta projections."""
+        return (self.g_proj[0],)
+
     def _joinable(self) -> list[torch.Tensor]:
-        """The parameters :func:`joined_weights` joins: the q/k/v projections' and the convs', in a fixed order."""
-        return [t for mod in (self.q_proj, self.k_proj, self.v_proj, self.q_conv1d, self.k_conv1d, self.v_conv1d)
-                for t in mod.parameters()]
+        """The parameters :func:`joined_weights` joins: the q/k/v projections', the convs' and the
+        :meth:`input_projections`', in a fixed order."""
+        mods = (self.q_proj, self.k_proj, self.v_proj, self.q_conv1d, self.k_conv1d, self.v_conv1d,
+                *self.input_projections())
+        return [t for mod in mods for t in mod.parameters()]
 
     def _join_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The q, k and v projections' weights joined, ``[Dq + Dk + Dv, D]``, and their biases (or None)."""
@@ -127,7 +135,22 @@ class TeacherShapedMixer(nn.Module):
         if any(t.is_meta or type(t.data) is not torch.Tensor for t in parts):
             return None
         with torch.no_grad():
-            return JoinedWeights(_identity(parts), *self._join_qkv(), *self._join_convs())
+            return JoinedWeights(_identity(parts), *self._join_input(), *self._join_convs())
+
+    def _join_input(self) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], tuple[int, ...]]:
+        """Every linear that reads ``x`` as one: weight ``[Dq + Dk + Dv + S, D]`` (q/k/v, then the
+        :meth:`input_projections`, S their output widths summed), its bias (zeros where a linear has none; None when
+        none has one), the output widths ``(Dq + Dk + Dv, S_1, ...)`` and the projections' ``id``."""
+        qkv_weight, qkv_bias = self._join_qkv()
+        extra = self.input_projections()
+        weight = torch.cat([qkv_weight, *(p.weight for p in extra)])
+        bias = None
+        if qkv_bias is not None or any(p.bias is not None for p in extra):
+            zeros = (weight.new_zeros(p.out_features) for p in extra)
+            bias = torch.cat([qkv_bias if qkv_bias is not None else weight.new_zeros(qkv_weight.shape[0]),
+                              *(p.bias if p.bias is not None else z for p, z in zip(extra, zeros))])
+        widths = (qkv_weight.shape[0], *(p.out_features for p in extra))
+        return weight, bias, widths, tuple(id(p) for p in extra)
 
     def _joins(self) -> JoinedWeights | None:
         """The joined weights where they apply: inside :func:`joined_weights`, without gradients (a training step
@@ -138,16 +161,23 @@ class TeacherShapedMixer(nn.Module):
             return None
         return j
 
-    def project_qkv(self, x: torch.Tensor, joins: JoinedWeights | None = None) -> torch.Tensor:
-        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``. With ``joins`` (the
-        weights joined once, :func:`joined_weights`) one GEMM; otherwise whichever is smaller is concatenated: the
-        three teacher-shaped weights (one GEMM instead of three: prompts and training batches) or the three outputs
-        (decode steps, where copying the weights every token would cost more than the GEMMs)."""
-        if joins is not None:
-            return F.linear(x, joins.qkv_weight, joins.qkv_bias)
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v projections side by side: ``x [B, T, D]`` -> ``[B, T, Dq + Dk + Dv]``, on the live weights
+        (:meth:`project_input` takes the joined ones). Whichever is smaller is concatenated: the three teacher-shaped
+        weights (one GEMM instead of three: prompts and training batches) or the three outputs (decode steps, where
+        copying the weights every token would cost more than the GEMMs)."""
         if x.shape[:-1].numel() < self.hidden_size:
             return torch.cat([p(x) for p in (self.q_proj, self.k_proj, self.v_proj)], dim=-1)
         return F.linear(x, *self._join_qkv())
+
+    def project_input(self, x: torch.Tensor, joins: JoinedWeights | None = None) -> tuple[torch.Tensor, MixerInput]:
+        """The q/k/v projections side by side, ``[B, T, Dq + Dk + Dv]`` (:meth:`project_qkv`), and ``x`` as the mixer
+        reads it (:class:`MixerInput`). With ``joins`` one GEMM computes q/k/v and every :meth:`input_projections`
+        output; both are column slices of its ``[B, T, Dq + Dk + Dv + S]`` output."""
+        if joins is None:
+            return self.project_qkv(x), MixerInput(x)
+        qkv, *extra = F.linear(x, joins.in_weight, joins.in_bias).split(joins.in_widths, dim=-1)
+        return qkv, MixerInput(x, dict(zip(joins.in_ids, extra)))
 
     def conv_weights(self, joins: JoinedWeights | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three depthwise convs as one: weight ``[Dq + Dk + Dv, W]`` and bias ``[Dq + Dk + Dv]`` or None, from
@@ -159,7 +189,7 @@ class TeacherShapedMixer(nn.Module):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        x: torch.Tensor,
+        x: MixerInput,
         *,
         recurrent: bool,
         initial_state: torch.Tensor | None,
@@ -167,8 +197,8 @@ class TeacherShapedMixer(nn.Module):
         cu_seqlens: torch.LongTensor | None,
         pad_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); x ``[B, T, D]``
-        the layer input (for data-dependent gates); pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must leave
+        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); x the layer input
+        ``[B, T, D]`` (for data-dependent gates: ``x(self.f_proj)`` is ``f_proj`` of it); pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must leave
         the state unchanged. Returns ``(o [B, T, H, K], final state [N, H, K, K] or None)``."""
         raise NotImplementedError
 
@@ -199,7 +229,7 @@ class TeacherShapedMixer(nn.Module):
 
         x = hidden_states
         joins = self._joins()  # the weights joined once (inside joined_weights), or None: joined at this call
-        qkv = self.project_qkv(x, joins)  # [B, T, Dq + Dk + Dv]
+        qkv, inp = self.project_input(x, joins)  # [B, T, Dq + Dk + Dv]; x with its joined projections
         if pad_mask is not None:
             qkv = qkv * pad_mask[..., None].to(qkv.dtype)
         # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
@@ -221,17 +251,19 @@ class TeacherShapedMixer(nn.Module):
         q, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
 
         q = q.reshape(B, T, H, K)
-        k = k.reshape(B, T, Hkv, K)
-        v = v.reshape(B, T, Hkv, K)
-        if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention
-            k = k.repeat_interleave(H // Hkv, dim=2)
-            v = v.repeat_interleave(H // Hkv, dim=2)
-        o, final_state = self.mix(q, k, v, x, recurrent=recurrent, initial_state=recurrent_state,
+        if Hkv != H:  # GQA: each query head reads the k/v head of its group, as in the teacher's attention;
+            # k and v repeated in one copy, [2, B, T, H, K] (head h reads k/v head h // (H // Hkv))
+            kv = qkv[..., self.q_dim:].reshape(B, T, 2, Hkv, 1, K).expand(B, T, 2, Hkv, H // Hkv, K)
+            k, v = kv.permute(2, 0, 1, 3, 4, 5).reshape(2, B, T, H, K).unbind(0)
+        else:
+            k = k.reshape(B, T, Hkv, K)
+            v = v.reshape(B, T, Hkv, K)
+        o, final_state = self.mix(q, k, v, inp, recurrent=recurrent, initial_state=recurrent_state,
                                   output_final_state=cache is not None, cu_seqlens=cu_seqlens, pad_mask=pad_mask)
         if cache is not None:
             cache.update_recurrent_state(final_state.float(), self.layer_idx)
 
-        gate = self.g_proj(x).view(B, T, H, K)
+        gate = inp(self.g_proj).view(B, T, H, K)
         o = self.o_norm(o.to(x.dtype), gate).reshape(B, T, H * K)
         return self.o_proj(o)
 
@@ -268,14 +300,34 @@ def joined_weights(model: nn.Module) -> Iterator[None]:
 
 
 class JoinedWeights(NamedTuple):
-    """A mixer's weights joined by :func:`joined_weights`: ``[Dq + Dk + Dv, D]`` (+ bias) for the one q/k/v GEMM and
-    ``[Dq + Dk + Dv, W]`` (+ bias) for the one conv pass; ``source`` identifies the parameters they were made of."""
+    """A mixer's weights joined by :func:`joined_weights`: ``[Dq + Dk + Dv + S, D]`` (+ bias) for the one GEMM of
+    every linear that reads the layer input (q/k/v, then :meth:`TeacherShapedMixer.input_projections`, output widths
+    ``in_widths``, the projections' ``id`` ``in_ids``) and ``[Dq + Dk + Dv, W]`` (+ bias) for the one conv pass;
+    ``source`` identifies the parameters they were made of."""
 
     source: tuple
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    in_weight: torch.Tensor
+    in_bias: torch.Tensor | None
+    in_widths: tuple[int, ...]
+    in_ids: tuple[int, ...]
     conv_weight: torch.Tensor
     conv_bias: torch.Tensor | None
+
+
+class MixerInput(NamedTuple):
+    """The layer input ``x [B, T, D]`` as a mixer reads it: ``inp(proj)`` is ``proj(x)``, taken from the joined GEMM's
+    output (``joined``: a projection's ``id`` -> its ``[B, T, out]`` output) where :func:`joined_weights` computed it
+    there. ``proj``: a linear, or a ``nn.Sequential`` whose first module is the linear that reads ``x``."""
+
+    x: torch.Tensor
+    joined: dict[int, torch.Tensor] = {}
+
+    def __call__(self, proj: nn.Module) -> torch.Tensor:
+        first, rest = (proj[0], proj[1:]) if isinstance(proj, nn.Sequential) else (proj, None)
+        y = self.joined.get(id(first))
+        if y is None:
+            return proj(self.x)
+        return y if rest is None else rest(y)
 
 
 def _identity(parts: list[torch.Tensor]) -> tuple:

@@ -40,9 +40,12 @@ class GatedDeltaNet(TeacherShapedMixer):
             lin.weight.normal_(0.0, initializer_range)
         self.init_mamba_decay(self.A_log, self.dt_bias)
 
+    def input_projections(self) -> tuple[nn.Linear, ...]:
+        return (self.a_proj, self.b_proj, *super().input_projections())
+
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
-        g = gdn_gate(self.a_proj(x), self.A_log, self.dt_bias)
-        beta = torch.sigmoid(self.b_proj(x).float())
+        g = gdn_gate(x(self.a_proj), self.A_log, self.dt_bias)
+        beta = torch.sigmoid(x(self.b_proj).float())
         if pad_mask is not None:  # padded tokens: no decay, no write
             m = pad_mask.to(g.dtype)[..., None]
             g, beta = g * m, beta * m

@@ -43,9 +43,12 @@ class GatedLinearAttention(TeacherShapedMixer):
         self.gk_bias.zero_()
         self.gk_bias._no_weight_decay = True
 
+    def input_projections(self) -> tuple[nn.Linear, ...]:
+        return (self.gk_proj[0], *super().input_projections())
+
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
         B, T, H, K = q.shape
-        gk = (self.gk_proj(x).float() + self.gk_bias.float()).view(B, T, H, K)
+        gk = (x(self.gk_proj).float() + self.gk_bias.float()).view(B, T, H, K)
         g = F.logsigmoid(gk) / self.gate_logit_normalizer
         if pad_mask is not None:  # padded tokens: no decay, no write (k after the conv may carry its bias)
             m = pad_mask.to(g.dtype)[..., None, None]

@@ -63,10 +63,13 @@ class KimiDeltaAttention(TeacherShapedMixer):
             self.dt_bias.copy_(dt_bias)
 
     # ------------------------------------------------------------------------------------------------------- forward
+    def input_projections(self) -> tuple[nn.Linear, ...]:
+        return (self.f_proj[0], self.b_proj, *super().input_projections())
+
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
         B, T, H, K = q.shape
         return kda_from_projections(
-            q, k, v, self.f_proj(x).view(B, T, H, K), self.b_proj(x), self.A_log, self.dt_bias,
+            q, k, v, x(self.f_proj).view(B, T, H, K), x(self.b_proj), self.A_log, self.dt_bias,
             recurrent=recurrent, initial_state=initial_state, output_final_state=output_final_state,
             cu_seqlens=cu_seqlens, pad_mask=pad_mask, gate_lower_bound=self.gate_lower_bound,
         )

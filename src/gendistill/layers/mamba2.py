@@ -44,8 +44,11 @@ class Mamba2(TeacherShapedMixer):
         self.D.fill_(1.0)
         self.D._no_weight_decay = True
 
+    def input_projections(self) -> tuple[nn.Linear, ...]:
+        return (self.dt_proj, *super().input_projections())
+
     def mix(self, q, k, v, x, *, recurrent, initial_state, output_final_state, cu_seqlens, pad_mask):
-        dt = mamba2_dt(self.dt_proj(x), self.dt_bias)
+        dt = mamba2_dt(x(self.dt_proj), self.dt_bias)
         if pad_mask is not None:  # dt = 0: no decay and no write at padded tokens
             dt = dt * pad_mask.to(dt.dtype)[..., None]
         return mamba2_ssd(q, k, v, dt, self.A_log, self.D, recurrent=recurrent, initial_state=initial_state,
