@@ -13,7 +13,8 @@ Qwen3-0.6B shape with random weights (bf16, SDPA for both models), batch 1, the 
            kernel with the gate, L2 norm and beta sigmoid fused in, final state out): the issue's bound is
            layer <= 2x kernel; plus the layer's parts timed alone (projections, convs, GQA repeat, output gate/norm),
            and the layer's prefill and one decode step with its weights joined once (``joined_weights``, as
-           generation and the bench run it) against joined at every call.
+           generation and the bench run it) against joined at every call; on CUDA also captured in CUDA graphs
+           (as a graphed prefill runs it): its kernel count and time, live and joined, against fla's kernel alone.
   peer     fla's ``fla.layers.KimiDeltaAttention`` at the same shapes, our weights mapped onto it (GQA k/v heads
            repeated to MHA, convs without activation, SiLU gate in the output norm): max relative difference of the
            outputs against our layer (no cache) and its time.
@@ -118,6 +119,31 @@ def profile_model(model, L: int, device: torch.device, table_path: Path, title: 
 
 
 # ------------------------------------------------------------------------------------------------------------ layer
+def kernel_count(fn) -> int:
+    """How many CUDA kernels one call of ``fn`` launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return len(kernel_events(prof))
+
+
+def graphed_ms(fn, device: torch.device) -> float:
+    """Median time of one replay of ``fn`` captured in a CUDA graph (warm-up on a side stream first: autotuning and
+    lazy allocations stay outside the graph, PyTorch's recipe)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return measure(graph.replay, device, warmup=2, repeats=20, budget_s=2).median_ms
+
+
 @torch.inference_mode()
 def profile_layer(student, L: int, device: torch.device) -> dict:
     from transformers import DynamicCache
@@ -181,6 +207,20 @@ def profile_layer(student, L: int, device: torch.device) -> dict:
         parts["chunk_kda_kernel"] = kernel
         parts["chunk_kda_kernel_safe_gate_lb-5"] = kernel_safe_gate
     res["parts_ms"] = {name: measure(fn, device, warmup=2, repeats=5, budget_s=4).median_ms for name, fn in parts.items()}
+    if device.type == "cuda":
+        # as a graphed prefill runs the layer (no launch or Python overhead): its kernels and their time, on the live
+        # weights and on weights joined once, against fla's kernel alone
+        try:
+            graphed = {"layer_kernels": kernel_count(lambda: mixer(x)),
+                       "layer_ms": graphed_ms(lambda: mixer(x), device)}
+            with joined_weights(mixer):
+                graphed["layer_joined_kernels"] = kernel_count(lambda: mixer(x))
+                graphed["layer_joined_ms"] = graphed_ms(lambda: mixer(x), device)
+            graphed["kernel_kernels"] = kernel_count(parts["chunk_kda_kernel"])
+            graphed["kernel_ms"] = graphed_ms(parts["chunk_kda_kernel"], device)
+            res["graphed"] = graphed
+        except Exception as exc:  # noqa: BLE001 - recorded; the eager figures above stand
+            res["graphed_error"] = f"{type(exc).__name__}: {exc}"[:500]
     kern = res["parts_ms"].get("chunk_kda_kernel")
     res["layer_over_kernel"] = res["layer_cached_prefill_ms"] / kern if kern else None
     return res
@@ -314,6 +354,13 @@ def main(argv=None) -> int:
         print(f"{L:>8} {row['layer_cached_prefill_ms']:>9.2f} {row['layer_cached_prefill_joined_ms']:>10.2f} "
               f"{row['layer_decode_step_ms']:>8.3f} {row['layer_decode_step_joined_ms']:>7.3f} {kern:>10.2f} "
               f"{ratio:>13.2f}  {parts}")
+    graphed_rows = {L: row["graphed"] for L, row in res["layer"].items() if "graphed" in row}
+    if graphed_rows:
+        print(f"\n{'context':>8} {'graphed layer ms (kernels)':>27} {'joined ms (kernels)':>20} "
+              f"{'fla kernel ms (kernels)':>24}")
+        for L, g in graphed_rows.items():
+            print(f"{L:>8} {g['layer_ms']:>20.3f} ({g['layer_kernels']:>3}) {g['layer_joined_ms']:>13.3f} "
+                  f"({g['layer_joined_kernels']:>3}) {g['kernel_ms']:>17.3f} ({g['kernel_kernels']:>3})")
     save()
     print(f"\nwrote {json_path}")
     return 0
