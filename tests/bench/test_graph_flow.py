@@ -104,3 +104,36 @@ def test_prefill_peak_is_read_before_the_graphed_prefill_resets_it(tmp_path, mon
             assert not e.get("errors"), e.get("tracebacks")
             assert ("ttft_graph_ms" in e) == graphed
             assert e["peak_mem_bytes_prefill"] == 5000, (graphed, role)
+
+
+def test_the_throughput_sweep_steps_through_graphs_when_they_validated(tmp_path, monkeypatch):
+    """The peak-throughput figure is the card's, not the host's: with validated decode graphs every batch's decode
+    step is captured (here the eager stand-in) and the entry says so; after a failed capture the sweep runs eager."""
+    captured: list[int] = []
+
+    class CountingGraph(FakeGraph):
+        def __init__(self, step, warmup: int = 2):
+            captured.append(1)
+            super().__init__(step, warmup)
+
+    monkeypatch.setattr(engine, "GraphStep", CountingGraph)
+    settings = BenchSettings.tiny(out=str(tmp_path / "graphed"), skip=("decode",), contexts=(32,),
+                                  throughput_contexts=(32,), max_batch=4, repeats=2)
+    runner = Runner(settings, log_sink=lambda s: None)
+    runner.use_graph = True  # as on CUDA
+    res = runner.run()
+    assert res["cuda_graph"]["used"]  # the pre-check ran for the throughput sweep alone
+    n_precheck = 2  # one capture per model in the pre-check
+    for role in ("teacher", "student"):
+        e = res["contexts"][0][role]
+        assert not e.get("errors"), e.get("tracebacks")
+        assert e["throughput_mode"] == "cuda_graph" and e["throughput_tok_s"] > 0
+    assert len(captured) > n_precheck
+
+    monkeypatch.setattr(engine, "GraphStep", BrokenGraph)
+    runner = Runner(BenchSettings.tiny(out=str(tmp_path / "eager"), skip=("decode",), contexts=(32,),
+                                       throughput_contexts=(32,), max_batch=4, repeats=2), log_sink=lambda s: None)
+    runner.use_graph = True
+    res = runner.run()
+    assert res["cuda_graph"]["used"] is False
+    assert all(res["contexts"][0][r]["throughput_mode"] == "eager" for r in ("teacher", "student"))

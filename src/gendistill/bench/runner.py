@@ -173,8 +173,8 @@ class Runner:
 
         self.joins_check()
         self.save()
-        if self.use_graph and s.wants("decode") and s.decode_cache == "static":
-            self.graph_precheck()
+        if self.use_graph and (s.wants("decode") or s.wants("throughput")) and s.decode_cache == "static":
+            self.graph_precheck()  # decode and the throughput sweep step through graphs only if both models pass
             self.save()
         by_ctx: dict[int, dict] = {}
         all_ctx = sorted(set(s.contexts) | (set(s.throughput_contexts) if s.wants("throughput") else set()))
@@ -197,8 +197,9 @@ class Runner:
                     if "cache_bytes_theoretical" not in e:
                         self.cache_entry(role, L, e)
                     with joined_weights(self.models[role]):
-                        self._guard(e, "throughput", lambda: measure_throughput(self.models[role], L, e, s,
-                                                                                 self.device, self.dtype, self.log))
+                        self._guard(e, "throughput", lambda: measure_throughput(
+                            self.models[role], L, e, s, self.device, self.dtype, self.log,
+                            graphed=bool(self.results["cuda_graph"].get("used"))))
                     by_ctx[L]["ratios"] = ratios(by_ctx[L])
                     self.save()
         if s.profile_contexts:

@@ -16,12 +16,18 @@ from gendistill.bench.timing import measure, sync
 
 
 def measure_throughput(m: Any, L: int, e: dict, s: BenchSettings, device: torch.device, dtype: torch.dtype,
-                       log: Callable[[str], None]) -> None:
+                       log: Callable[[str], None], graphed: bool = False) -> None:
     """Fill ``e`` (one model's entry at context ``L``) with the sweep's result: ``throughput_tok_s`` (batch x
     ``s.throughput_tokens`` decode steps / time), ``throughput_batch``, the trials and what bounded them. A static
     cache of ``L`` tokens per row is allocated for each batch tried (attention KV zero-filled, KDA states replicated
     from a 16-token template prefill); both models' weights stay resident. On CPU the batch is capped by the
-    available RAM (there the OOM killer, not an exception, meets a batch that does not fit)."""
+    available RAM (there the OOM killer, not an exception, meets a batch that does not fit).
+
+    ``graphed`` (the run's decode graphs validated): each batch's step is captured in a CUDA graph
+    (``engine.GraphStep``), as the batch-1 decode is timed, so the figure is the card's and not the host's (an eager
+    step of the Qwen3-0.6B-shaped student costs about 40 ms of Python on an H100 machine's host, more than a batch of 80
+    rows at 32K needs on the card); the capture's memory counts in the batch search. ``throughput_mode`` records
+    which."""
     G = s.throughput_tokens
     max_len = L + 2 + 2 + 2 * G + 8
     with torch.inference_mode():
@@ -34,6 +40,8 @@ def measure_throughput(m: Any, L: int, e: dict, s: BenchSettings, device: torch.
         cache = engine.to_static_cache(template, m.config, max_len, batch=b, context=L, copy_kv=False)
         state = engine.make_state(cache, first.expand(b, 1), L, max_len)
         step = engine.make_step(m, state)
+        if graphed:
+            step = engine.GraphStep(step)  # (its warm-up: two real steps on a side stream)
         step()
         step()
         return state, step
@@ -84,6 +92,7 @@ def measure_throughput(m: Any, L: int, e: dict, s: BenchSettings, device: torch.
         e["throughput_tok_s"] = None
         return
     e["throughput_batch"] = b
+    e["throughput_mode"] = "cuda_graph" if graphed else "eager"
     e["throughput_tokens"] = G
     e["throughput_ms"] = r["ms"]
     e["throughput_tok_s"] = b * G / (r["ms"] / 1e3)
