@@ -27,7 +27,8 @@ def test_student_prefills_run_on_weights_joined_once_and_released_after(tmp_path
     settings = BenchSettings.tiny(out=str(tmp_path), skip=("throughput", "decode"), contexts=(32, 128), repeats=2)
     res = Runner(settings, log_sink=lambda s: None).run()
     assert all(not c[r].get("errors") for c in res["contexts"] for r in ("teacher", "student"))
-    assert res["joined_weights_check"]["accepted"] and res["joined_weights_check"]["context"] == 32
+    check = res["joined_weights_check"]
+    assert check["accepted"] and check["context"] == 32 and check["decode_step_rel_diff"] <= 1e-2
     assert joined[0] is False  # the check's prefill on the live weights, before any timing
     assert mixers and joined[1:] and all(joined[1:])  # then every student prefill (warm-up and repeats) on joins
     assert all(m._joined is None for m in mixers)  # released at the end of the run

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import gendistill  # noqa: F401  (registers the Auto classes)
-from gendistill.layers.base import TeacherShapedMixer, joined_weights
+from gendistill.layers.base import RECURRENT_MAX_TOKENS, TeacherShapedMixer, joined_weights
 from tests.model.test_mixers_model import student_of as perturbed
 
 MIXERS = ["kda", "gated_deltanet", "gla", "mamba2"]
@@ -123,8 +123,9 @@ def test_inside_the_block_no_call_copies_the_weights(monkeypatch):
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_inside_the_block_one_gemm_reads_the_layer_input(mixer):
     """Every linear that reads a mixer's input (q/k/v, the output gate's and the decay/beta projections) is part of
-    the one joined GEMM: inside the block no linear module is called on the layer input, at prefill or at a decode
-    step; outside it they are (so the check can fail)."""
+    the one joined GEMM: inside the block no linear module is called on the layer input for calls of up to
+    RECURRENT_MAX_TOKENS tokens (decode steps, short prompts); outside it they are (so the check can fail). A longer
+    prefill joins q/k/v only: the other projections then read the input themselves (the measured rule)."""
     student = student_of(mixer)
     inputs, read_input = {}, []
 
@@ -149,7 +150,13 @@ def test_inside_the_block_one_gemm_reads_the_layer_input(mixer):
         read_input.clear()
         with joined_weights(student):
             run(student, ids)
-    assert read_input == []
+            assert read_input == []
+            long = torch.randint(0, student.config.vocab_size, (1, RECURRENT_MAX_TOKENS + 1))
+            joined_long = student(long).logits
+    separate_projections = {id(p) for m in mixers_of(student) for p in m.input_projections()}
+    assert read_input and {id(lin) for lin in read_input} == separate_projections
+    with torch.inference_mode():
+        assert (joined_long - student(long).logits).abs().max().item() < TOL
 
 
 def test_a_copy_or_a_new_storage_inside_the_block_reads_the_live_weights():

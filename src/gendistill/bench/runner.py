@@ -305,17 +305,24 @@ class Runner:
         free_memory()
 
     def joins_check(self) -> None:
-        """Before any timing: the student's prefill on weights joined once (how every timed student call runs:
-        :func:`joined_weights`, one GEMM for every linear that reads a mixer's input) against its prefill on the live
-        weights, at the shortest context (at most 4K): same next token and cache within bf16 rounding
-        (:func:`engine.compare_prefills`). Recorded as ``joined_weights_check``."""
+        """Before any timing: the student on weights joined once (how every timed student call runs:
+        :func:`joined_weights`) against the live weights, at the shortest context (at most 4K): the prefill (same next
+        token and cache within bf16 rounding, :func:`engine.compare_prefills`) and one decode step from each cache
+        (where every linear that reads a mixer's input is one GEMM: its logits within 1 % of their largest
+        magnitude). Recorded as ``joined_weights_check``."""
         m, L = self.models["student"], min(min(self.s.contexts), 4096)
         try:
             with torch.inference_mode():
                 prompt = engine.random_prompt(m.config.vocab_size, L, 1, self.device)
                 live = engine.prefill(m, prompt)
                 with joined_weights(m):
-                    entry = {"context": L, **engine.compare_prefills(live, engine.prefill(m, prompt))}
+                    joined = engine.prefill(m, prompt)
+                    entry = {"context": L, **engine.compare_prefills(live, joined)}  # before the steps extend them
+                    step_joined = engine.forward(m, live[1], joined[0]).logits.float()
+                step_live = engine.forward(m, live[1], live[0]).logits.float()
+                rel = ((step_joined - step_live).abs().max() / step_live.abs().max().clamp_min(1e-6)).item()
+                entry["decode_step_rel_diff"] = rel
+                entry["accepted"] = entry["accepted"] and rel <= 1e-2
         except Exception as exc:  # noqa: BLE001 - recorded; the timings still run, on the joins
             entry = {"context": L, "accepted": False, "error": _err(exc)}
         self.results["joined_weights_check"] = entry

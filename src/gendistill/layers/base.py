@@ -172,10 +172,17 @@ class TeacherShapedMixer(nn.Module):
 
     def project_input(self, x: torch.Tensor, joins: JoinedWeights | None = None) -> tuple[torch.Tensor, MixerInput]:
         """The q/k/v projections side by side, ``[B, T, Dq + Dk + Dv]`` (:meth:`project_qkv`), and ``x`` as the mixer
-        reads it (:class:`MixerInput`). With ``joins`` one GEMM computes q/k/v and every :meth:`input_projections`
-        output; both are column slices of its ``[B, T, Dq + Dk + Dv + S]`` output."""
+        reads it (:class:`MixerInput`). With ``joins`` one GEMM computes q/k/v, and for calls of up to
+        ``RECURRENT_MAX_TOKENS`` tokens a row (decode steps) every :meth:`input_projections` output too: both are then
+        column slices of its ``[B, T, Dq + Dk + Dv + S]`` output. Longer calls (prefill) run those projections
+        separately: on an H100 the joined GEMM saved nothing at 1K-4K and its strided slices cost 3 % of a KDA layer
+        at 32K, while decode steps gained 4-8 % (docs/results.md section 2)."""
         if joins is None:
             return self.project_qkv(x), MixerInput(x)
+        if x.shape[1] > RECURRENT_MAX_TOKENS:
+            width = joins.in_widths[0]  # the q/k/v rows of the joined weight (a view: no copy)
+            bias = None if joins.in_bias is None else joins.in_bias[:width]
+            return F.linear(x, joins.in_weight[:width], bias), MixerInput(x)
         qkv, *extra = F.linear(x, joins.in_weight, joins.in_bias).split(joins.in_widths, dim=-1)
         return qkv, MixerInput(x, dict(zip(joins.in_ids, extra)))
 
