@@ -105,8 +105,8 @@ class TeacherShapedMixer(nn.Module):
     # ------------------------------------------------------------------------------------------------------- forward
     def input_projections(self) -> tuple[nn.Linear, ...]:
         """The linears besides q/k/v that read the layer input ``x``, in a fixed order: :func:`joined_weights` joins
-        them into the q/k/v GEMM (one launch instead of one per linear; their outputs are then column slices of that
-        GEMM's). Here the output gate's first matrix; each mixer adds its decay and beta projections."""
+        them into the q/k/v GEMM for decode steps (one launch instead of one per linear; :meth:`project_input`). Here
+        the output gate's first matrix; each mixer adds its decay and beta projections."""
         return (self.g_proj[0],)
 
     def _joinable(self) -> list[torch.Tensor]:
@@ -146,9 +146,8 @@ class TeacherShapedMixer(nn.Module):
         weight = torch.cat([qkv_weight, *(p.weight for p in extra)])
         bias = None
         if qkv_bias is not None or any(p.bias is not None for p in extra):
-            zeros = (weight.new_zeros(p.out_features) for p in extra)
-            bias = torch.cat([qkv_bias if qkv_bias is not None else weight.new_zeros(qkv_weight.shape[0]),
-                              *(p.bias if p.bias is not None else z for p, z in zip(extra, zeros))])
+            biases = [(qkv_bias, qkv_weight.shape[0]), *((p.bias, p.out_features) for p in extra)]
+            bias = torch.cat([b if b is not None else weight.new_zeros(n) for b, n in biases])
         widths = (qkv_weight.shape[0], *(p.out_features for p in extra))
         return weight, bias, widths, tuple(id(p) for p in extra)
 
@@ -204,9 +203,10 @@ class TeacherShapedMixer(nn.Module):
         cu_seqlens: torch.LongTensor | None,
         pad_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); x the layer input
-        ``[B, T, D]`` (for data-dependent gates: ``x(self.f_proj)`` is ``f_proj`` of it); pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must leave
-        the state unchanged. Returns ``(o [B, T, H, K], final state [N, H, K, K] or None)``."""
+        """The recurrence. q, k, v: ``[B, T, H, K]`` after the convs (k/v already repeated to H heads); x the layer
+        input ``[B, T, D]`` (for data-dependent gates: ``x(self.f_proj)`` is ``f_proj`` of it, :class:`MixerInput`);
+        pad_mask ``[B, T]`` 1 for tokens, 0 for padding, which must leave the state unchanged. Returns
+        ``(o [B, T, H, K], final state [N, H, K, K] or None)``."""
         raise NotImplementedError
 
     def forward(
@@ -287,7 +287,8 @@ class TeacherShapedMixer(nn.Module):
 @contextlib.contextmanager
 def joined_weights(model: nn.Module) -> Iterator[None]:
     """Inside the block every linear mixer of ``model`` runs on its q/k/v projection and conv weights joined once on
-    entry instead of at every call (no weight copy per call; a decode step's q, k and v as one GEMM), released on exit:
+    entry instead of at every call (no weight copy per call; a decode step's q, k, v and other input projections as
+    one GEMM, :meth:`TeacherShapedMixer.project_input`), released on exit:
     for inference whose weights stay as they are for the whole block (gendistill's fast generation engine and its
     benchmark enter it). The joins are a second copy of those weights while the block lasts.
 
