@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
@@ -328,7 +329,7 @@ class MixerInput(NamedTuple):
     there. ``proj``: a linear, or a ``nn.Sequential`` whose first module is the linear that reads ``x``."""
 
     x: torch.Tensor
-    joined: dict[int, torch.Tensor] = {}
+    joined: Mapping[int, torch.Tensor] = MappingProxyType({})  # (read only: a shared default)
 
     def __call__(self, proj: nn.Module) -> torch.Tensor:
         first, rest = (proj[0], proj[1:]) if isinstance(proj, nn.Sequential) else (proj, None)
