@@ -130,18 +130,9 @@ def kernel_count(fn) -> int:
 
 
 def graphed_ms(fn, device: torch.device) -> float:
-    """Median time of one replay of ``fn`` captured in a CUDA graph (warm-up on a side stream first: autotuning and
-    lazy allocations stay outside the graph, PyTorch's recipe)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return measure(graph.replay, device, warmup=2, repeats=20, budget_s=2).median_ms
+    """Median time of one replay of ``fn`` captured in a CUDA graph (``engine.GraphStep``: the benchmark's capture,
+    warm-up on a side stream first so that autotuning and lazy allocations stay outside the graph)."""
+    return measure(engine.GraphStep(fn), device, warmup=2, repeats=20, budget_s=2).median_ms
 
 
 @torch.inference_mode()
