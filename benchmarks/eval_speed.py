@@ -9,7 +9,11 @@ task × protocol the prompts and requests are built exactly as ``gendistill eval
 
   fast        ``generate(..., engine="fast")`` / ``score_requests(..., engine="fast")`` on all ``--limit`` examples
               (after ``--warmup`` examples untimed: compilation and autotuning are not throughput), and again on each
-              smaller comparison subset so examples/s are compared on the same examples;
+              smaller comparison subset so examples/s are compared on the same examples. Generation decodes in one
+              pool of decode slots per model, as ``gendistill eval`` does (``gendistill.models.decode_slots``: each
+              slot shape's CUDA graph captured once); with ``--warmup`` each timed generation call is made twice,
+              its first call (capturing the slot shapes the pool did not hold yet) timed as ``first_call_seconds``
+              and compared too (``speedup_vs_*_first_call``), its second as the steady rate;
   reference   the same functions with ``engine="reference"`` on the first ``--reference-limit`` examples;
   lm-eval     ``HFLM.generate_until`` / ``HFLM.loglikelihood`` (``gendistill.eval.harness.make_lm``, batch size
               ``--lm-eval-batch-size``) on the first ``--lm-eval-limit`` examples (one number, or one per protocol:
@@ -55,6 +59,7 @@ from gendistill.eval.runner import LOGLIK_METRIC  # noqa: E402
 from gendistill.eval.task import MULTIPLE_CHOICE, Example, Task, select  # noqa: E402
 from gendistill.eval.tasks import parse_tasks  # noqa: E402
 from gendistill.io import atomic_write_json, portable_paths  # noqa: E402
+from gendistill.models.decode_slots import DecodeSlots  # noqa: E402
 from gendistill.models.loading import load_model, model_label  # noqa: E402
 
 DEFAULT_TASKS = "arc_easy,arc_challenge,mmlu,hellaswag,piqa,winogrande,boolq,gsm8k,triviaqa"
@@ -73,8 +78,9 @@ def _sync(device: torch.device) -> None:
 
 
 def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new: int, batch_size: int | None,
-                 overhead_scale: float = 1.0) -> tuple[list[str], dict]:
-    """Greedy generation of ``prompts`` through one path; the texts (input order) and what the path reports."""
+                 overhead_scale: float = 1.0, slots: DecodeSlots | None = None) -> tuple[list[str], dict]:
+    """Greedy generation of ``prompts`` through one path (the fast one in ``slots``); the texts (input order) and
+    what the path reports."""
     stop = list(task.stop) or None
     if path == "lm-eval":
         from lm_eval.api.instance import Instance  # noqa: PLC0415  (optional extra)
@@ -86,10 +92,12 @@ def run_generate(path: str, model, tok, task: Task, prompts: list[str], max_new:
         return [str(t) for t in lm.generate_until(reqs, disable_tqdm=True)], {"batch_size": batch_size}
     outs, stats = generate(model, tok, prompts, max_new_tokens=max_new, stop=stop, batch_size=batch_size, engine=path,
                            add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{task.name} {path}",
-                           show_progress=False, overhead_scale=overhead_scale)
+                           show_progress=False, overhead_scale=overhead_scale,
+                           slots=slots if path == "fast" else None)
     st = stats.as_dict()
     info = {"batch_size": st.get("batch_size"), "new_tokens": st.get("new_tokens"), "batches": st.get("batches")}
-    info.update({k: stats.extra[k] for k in ("graph_captures", "decode_steps", "checks") if k in stats.extra})
+    info.update({k: stats.extra[k] for k in ("graph_captures", "graph_reuses", "decode_steps", "checks")
+                 if k in stats.extra})
     return [o.text for o in outs], info
 
 
@@ -212,8 +220,9 @@ def _path_entry(n: int, secs: float, **extra) -> dict:
 
 
 def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_ex: list[Example], protocol: str,
-               args, device: torch.device) -> dict | None:
-    """One model × task × protocol through every path asked for; the row of the table and the JSON."""
+               args, device: torch.device, slots: DecodeSlots | None = None) -> dict | None:
+    """One model × task × protocol through every path asked for (generation's fast path in ``slots``, the model's
+    pool); the row of the table and the JSON."""
     paths = args.paths
     ids = [e.id for e in examples]
     n_ref = min(args.reference_limit or len(examples), len(examples))
@@ -227,7 +236,8 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
         batch = {"fast": args.batch_size, "reference": args.reference_batch_size, "lm-eval": args.lm_eval_batch_size}
 
         def through(path: str, n: int):
-            (texts, info), secs = timed(device, run_generate, path, model, tok, task, prompts[:n], max_new, batch[path])
+            (texts, info), secs = timed(device, run_generate, path, model, tok, task, prompts[:n], max_new, batch[path],
+                                        slots=slots)
             preds = [sc.pred for sc in task.score_generations(examples[:n], texts)]
             return texts, preds, info, secs
     else:
@@ -242,17 +252,23 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
             ans = loglik_answers(task, examples[:n], per_ex[:n], scores)
             return [lps for _, lps in ans], [p for p, _ in ans], {**info, "requests": len(flat)}, secs
 
+    def fast_entry(n: int) -> tuple[tuple, dict]:
+        """The fast path on the first ``n`` examples: its output and entry (generation: the call made twice, the
+        first call's seconds kept beside the second's)."""
+        first = through("fast", n) if protocol == "generate" and args.warmup > 0 else None
+        out = through("fast", n)
+        extra = {} if first is None else {"first_call_seconds": round(first[3], 3),
+                                          "first_call_graph_captures": first[2].get("graph_captures")}
+        return out, _path_entry(n, out[3], **out[2], **extra)
+
     results: dict[str, tuple] = {}
     if "fast" in paths:
-        if args.warmup > 0:  # compilation, autotuning, graph capture: not throughput
+        if args.warmup > 0:  # compilation, autotuning: not throughput
             through("fast", min(args.warmup, len(examples)))
-        out = through("fast", len(examples))
-        results["fast"] = out
-        row["paths"]["fast"] = _path_entry(len(examples), out[3], **out[2])
+        results["fast"], row["paths"]["fast"] = fast_entry(len(examples))
         for n in sorted({n_ref if "reference" in paths else 0, n_lm if "lm-eval" in paths else 0} - {0}):
             if n < len(examples):  # examples/s on the same examples as the slower paths
-                sub = through("fast", n)
-                row["paths"][f"fast@{n}"] = _path_entry(n, sub[3], **sub[2])
+                row["paths"][f"fast@{n}"] = fast_entry(n)[1]
     for path, n in (("reference", n_ref), ("lm-eval", n_lm)):
         if path not in paths:
             continue
@@ -261,8 +277,11 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
         row["paths"][path] = _path_entry(n, out[3], **out[2])
         if "fast" in paths:
             fast, other = fast_on(row, n), row["paths"][path]
-            row[f"speedup_vs_{path.replace('-', '_')}"] = \
-                round(fast["examples_per_s"] / other["examples_per_s"], 2) if other["examples_per_s"] > 0 else None
+            key = f"speedup_vs_{path.replace('-', '_')}"
+            row[key] = round(other["seconds"] / fast["seconds"], 2) if fast["seconds"] > 0 else None
+            if "first_call_seconds" in fast:
+                row[f"{key}_first_call"] = round(other["seconds"] / fast["first_call_seconds"], 2) \
+                    if fast["first_call_seconds"] > 0 else None
     if "fast" in results:  # answers of the fast run against each other path's, on that path's examples
         f_data, f_pred = results["fast"][0], results["fast"][1]
         for path, key in (("reference", "identical_to_reference"), ("lm-eval", "agreement_with_lm_eval")):
@@ -280,13 +299,13 @@ def bench_task(model, tok, label: str, task: Task, examples: list[Example], all_
 
 
 def fast_run(model, tok, task: Task, proto: str, examples: list[Example], all_ex: list[Example], args,
-             device: torch.device, scale: float = 1.0) -> tuple[dict, float] | None:
+             device: torch.device, scale: float = 1.0, slots: DecodeSlots | None = None) -> tuple[dict, float] | None:
     """One timed run of the fast path on ``examples`` (what it reports, seconds); None for a task without that
     protocol."""
     if proto == "generate":
         prompts = [task.generation_prompt(tok, ex, task.fewshot_for(ex, all_ex)) for ex in examples]
         (_, info), secs = timed(device, run_generate, "fast", model, tok, task, prompts, task.max_new_tokens, None,
-                                scale)
+                                scale, slots)
         return info, secs
     per_ex = loglik_requests(task, tok, examples, all_ex)
     if per_ex is None:
@@ -316,23 +335,25 @@ def overhead_sweep(model, tok, label: str, tasks: list[Task], data: dict, args, 
 def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.device, out_dir: Path) -> list[str]:
     """torch.profiler over the fast path on the first ``--profile-examples`` examples of each sweep task and protocol:
     per run a text file with the engines' own ranges (``generate/*``, ``graph/*``, ``loglik/*``) and the top operators
-    by host and by device time. Returns the files written."""
+    by host and by device time. Each profiled run follows the same run unprofiled, in one pool of decode slots (the
+    steady state: the slots it needs captured). Returns the files written."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_dev = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    slots = DecodeSlots(model, graphs=device.type == "cuda")
     for task in tasks:
         sel, all_ex = data[task.name]
         sel = sel[: args.profile_examples]
         for proto in args.protocols:
-            if fast_run(model, tok, task, proto, sel, all_ex, args, device) is None:  # warm, or no such protocol
+            if fast_run(model, tok, task, proto, sel, all_ex, args, device, slots=slots) is None:  # warm, or none
                 continue
             _sync(device)
             t0 = time.perf_counter()
             with profile(activities=acts) as prof:
-                info, _ = fast_run(model, tok, task, proto, sel, all_ex, args, device)
+                info, _ = fast_run(model, tok, task, proto, sel, all_ex, args, device, slots=slots)
             wall = time.perf_counter() - t0
             ka = prof.key_averages()
             # what the engine reports (batches, graph captures: a capture that failed under the profiler shows here)
@@ -350,6 +371,7 @@ def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.
             path.write_text("\n".join(text) + "\n", encoding="utf-8")
             written.append(path.name)
             log(f"profile {task.name} {proto}: {wall:.3f} s -> {path.name}")
+    slots.close()
     return written
 
 
@@ -395,7 +417,7 @@ def table(rows: list[dict], paths: list[str]) -> str:
     if "reference" in paths:
         head += f" {'ref n':>5} {'ref ex/s':>9} {'x ref':>6} {'same as ref':>11}"
     if "lm-eval" in paths:
-        head += f" {'lm n':>5} {'lm ex/s':>9} {'x lm-eval':>9}"
+        head += f" {'lm n':>5} {'lm ex/s':>9} {'x lm-eval':>9} {'1st call':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["paths"]
@@ -410,7 +432,9 @@ def table(rows: list[dict], paths: list[str]) -> str:
                      f"{r.get('speedup_vs_reference') or 0:>6.2f} {same:>11}")
         if "lm-eval" in paths:
             lm = p.get("lm-eval", {})
-            line += f" {lm.get('examples', 0):>5} {lm.get('examples_per_s', 0):>9.2f} {r.get('speedup_vs_lm_eval') or 0:>9.2f}"
+            first = r.get("speedup_vs_lm_eval_first_call")
+            line += (f" {lm.get('examples', 0):>5} {lm.get('examples_per_s', 0):>9.2f} "
+                     f"{r.get('speedup_vs_lm_eval') or 0:>9.2f} {'-' if first is None else f'{first:.2f}':>8}")
         lines.append(line)
     return "\n".join(lines)
 
@@ -438,6 +462,9 @@ def totals(rows: list[dict]) -> dict:
             lm_s = sum(r["paths"]["lm-eval"]["seconds"] for r in lm_rows)
             f_s = sum(fast_on(r, r["paths"]["lm-eval"]["examples"])["seconds"] for r in lm_rows)
             t["speedup_vs_lm_eval_overall"] = round(lm_s / f_s, 2) if f_s > 0 else None  # same examples, summed
+            firsts = [fast_on(r, r["paths"]["lm-eval"]["examples"]).get("first_call_seconds") for r in lm_rows]
+            if all(f is not None for f in firsts) and sum(firsts) > 0:
+                t["speedup_vs_lm_eval_overall_first_call"] = round(lm_s / sum(firsts), 2)
             t["lm_eval_examples"] = sum(r["paths"]["lm-eval"]["examples"] for r in lm_rows)
         out[proto] = t
     return out
@@ -610,10 +637,11 @@ def _run(args, argv: list[str]) -> int:
                     res["overhead_sweep"].append(row)
                     if args.out:
                         atomic_write_json(Path(args.out), portable_paths({**res, "complete": False}))
+            slots = DecodeSlots(model, graphs=device.type == "cuda")  # the model's pool, as `gendistill eval` keeps it
             for t in tasks:
                 sel, all_ex = data[t.name]
                 for proto in args.protocols:
-                    row = bench_task(model, tok, label, t, sel, all_ex, proto, args, device)
+                    row = bench_task(model, tok, label, t, sel, all_ex, proto, args, device, slots)
                     if row is None:
                         res["skipped"].append({"model": label, "task": t.name, "protocol": proto,
                                                "reason": "no log-likelihood form; scored by generation only"})
@@ -623,7 +651,8 @@ def _run(args, argv: list[str]) -> int:
                     if args.out:  # what is done survives a run stopped at its time limit
                         atomic_write_json(Path(args.out), portable_paths({**res, "complete": False}))
             _LM_CACHE.clear()
-            del model
+            slots.close()
+            del model, slots
         res["in_process_seconds"] = round(time.perf_counter() - t_all, 1)
         if args.cli in ("after", "both"):
             res["cli"].append(time_cli(specs, task_specs, args, tmp / "cli_warm", "after (warm caches)"))

@@ -92,6 +92,12 @@ def test_eval_speed_cpu_plumbing(tmp_path, capsys, monkeypatch):
         assert r["paths"]["reference"]["examples"] == 2 and r["paths"]["fast@2"]["examples"] == 2
         ident = r["identical_to_reference"]
         assert ident["n"] == 2 and 0 <= ident["answers_identical"] <= 2
+        # generation: each timed call made twice in the model's pool of decode slots, the first call's time kept
+        first = [r["paths"][k].get("first_call_seconds") for k in ("fast", "fast@2")]
+        if proto == "generate":
+            assert all(f is not None and f > 0 for f in first) and r["speedup_vs_reference_first_call"] > 0
+        else:
+            assert first == [None, None] and "speedup_vs_reference_first_call" not in r
         if proto == "generate":  # example 0's reference text was changed: found, and listed with both texts
             assert ident["texts_identical"] <= 1
             assert ident["mismatches"][0]["id"] in ("q0", "a0")

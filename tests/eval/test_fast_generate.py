@@ -15,6 +15,8 @@ import torch
 from gendistill.errors import ConfigError, GendistillError
 from gendistill.eval import generate as G
 from gendistill.eval.prompts import apply_chat
+from gendistill.models import decode_slots
+from gendistill.models.decode_slots import DecodeSlots
 from tests.eval.conftest import MODEL_FACTORIES, card_index, fake_cuda_memory
 from tests.eval.test_generate import PROMPTS as GENERATE_PROMPTS
 
@@ -123,7 +125,8 @@ class EagerGraph:
 
 
 def test_graph_bookkeeping(model, tok, monkeypatch):
-    """The graph path's control flow (real warm-up steps, capture per compaction, eager tail) loses no token."""
+    """The graph path's control flow (real warm-up steps, one capture per slot shape, the second batch replaying the
+    first's graph from its first step over its own rows, placeholder rows beside them) loses no token."""
     prompts = _prompts(tok)
     monkeypatch.setattr(G, "GraphStep", EagerGraph)
     EagerGraph.made = 0
@@ -132,7 +135,8 @@ def test_graph_bookkeeping(model, tok, monkeypatch):
     fast, stats = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=5, engine="fast",
                              cuda_graphs=True, check_every=3, show_progress=False)
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
-    assert stats.extra["graph_captures"] == EagerGraph.made >= 2  # one per batch at least
+    assert stats.batches == 2  # both batches in one slot of ROW_STEP rows (5 and 4 rows: placeholders beside them)
+    assert stats.extra["graph_captures"] == EagerGraph.made == 1 and stats.extra["graph_reuses"] == 1
 
 
 def test_short_answers_decode_eagerly_without_a_graph(model, tok, monkeypatch):
@@ -150,7 +154,8 @@ def test_short_answers_decode_eagerly_without_a_graph(model, tok, monkeypatch):
     assert all(not o.hit_limit and o.new_tokens <= 3 for o in fast)
     assert stats.extra["graph_captures"] == EagerGraph.made == 0
     assert stats.extra["checks"] <= 2 and stats.extra["decode_steps"] <= 3
-    decoder = G._FastDecoder(model, tok, eos, None, 0, torch.device("cpu"), graphs=True, check_every=8)
+    decoder = G._FastDecoder(model, tok, eos, None, 0, torch.device("cpu"), DecodeSlots(model, graphs=True),
+                             check_every=8)
     made, reads = 1, []
     while made < 40:
         made = decoder.next_check(made)
@@ -176,8 +181,9 @@ def test_planned_batches_change_no_token(model, tok):
 
 
 def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
-    """Once a batch replays a graph, a compaction costs a new capture: below MIN_COMPACT_ROWS_GRAPHED rows the finished
-    rows stay (one capture for the batch); above it they are dropped. The tokens are the reference's either way."""
+    """With graphs a batch's rows move to a slot of fewer rows only when that shape has fewer rows (a multiple of
+    ROW_STEP): a batch within one ROW_STEP keeps its finished rows (one capture for the batch); with a row step of 1
+    they are dropped. The tokens are the reference's either way."""
     prompts = _prompts(tok)
     eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
@@ -186,14 +192,19 @@ def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
                         show_progress=False)
     stats = {}
     for min_rows in (len(prompts) + 1, 2):
-        monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS_GRAPHED", min_rows)
-        monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", len(prompts) + 1)  # no compaction while eager
+        monkeypatch.setattr(decode_slots, "ROW_STEP", len(prompts) + 1 if min_rows > 2 else 1)
         fast, stats[min_rows] = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts),
                                            engine="fast", cuda_graphs=True, check_every=2, show_progress=False)
         assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
     small, large = stats[len(prompts) + 1].extra, stats[2].extra
     assert small["compactions"] == 0 and small["graph_captures"] == 1
     assert large["compactions"] >= 1 and large["graph_captures"] >= 1  # (a late compaction may finish eagerly)
+    # eagerly the rows drop from the first read at which half have finished, graphs or not
+    monkeypatch.setattr(decode_slots, "ROW_STEP", len(prompts) + 1)
+    monkeypatch.setattr(G._FastDecoder, "EAGER_TOKENS", 100)
+    _, eager = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="fast",
+                          cuda_graphs=False, check_every=2, show_progress=False)
+    assert eager.extra["compactions"] >= 1 and eager.extra["graph_captures"] == 0
 
 
 def test_one_new_token_and_empty_input(model, tok):

@@ -2,13 +2,16 @@
 padding and per-batch costs cost least, :mod:`gendistill.eval.batching`), **left-padded** with an attention mask. Two
 engines:
 
-* ``fast`` (greedy): one prefill per batch into a dynamic cache, copied into a static one
-  (:mod:`gendistill.models.decoding`: attention KV preallocated, KDA states as they are), then one decode step a token
-  over static buffers — eager at first, a replayed CUDA graph on CUDA for a batch still running after 8 tokens. Rows
+* ``fast`` (greedy): one prefill per batch into a dynamic cache, copied into a decode slot's static buffers
+  (:mod:`gendistill.models.decode_slots`: attention KV preallocated, KDA states as they are), then one decode step a
+  token over them — on CUDA a replayed CUDA graph: the slot's, captured by an earlier batch of its shape, from the
+  first step; else eager at first and captured (kept in the slot) once a batch still runs after 8 tokens. Rows
   stop on their own: at 2, 4 and 8 tokens, then every ``check_every`` steps, the new tokens come to the host once
   (short answers end at the first reads), a row that produced an end-of-turn token or a stop string is finished,
-  the batch ends when all rows have, and when half the rows have finished the others are copied into a smaller
-  batch (a new graph), so a finished row stops costing decode work. Batch size from free GPU memory.
+  the batch ends when all rows have, and when half the rows have finished the others are copied into a slot of
+  fewer rows, so a finished row stops costing decode work. Batch size from free GPU memory. A caller that generates
+  many times with one model passes one :class:`~gendistill.models.decode_slots.DecodeSlots` to every call (the
+  evaluator does, per model), so each slot shape is captured once.
 * ``reference``: ``model.generate`` (transformers' loop, dynamic cache), which also serves seeded sampling. It is the
   check: ``tests/eval/test_fast_generate.py`` requires identical tokens from both on tiny models (teacher and
   hybrid, left padding, stop strings, compaction), and the GPU test does the same on the card.
@@ -38,18 +41,15 @@ from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
-from gendistill.layers.base import joined_weights
+from gendistill.models.decode_slots import DecodeSlot, DecodeSlots
 from gendistill.models.decoding import (
     GraphStep,
     decode_memory,
     forward,
-    make_state,
-    make_step,
     new_dynamic_cache,
     prefill_rows,
     prefills_by_row,
     sliding_window_setting,
-    to_static_cache,
 )
 
 ENGINES = ("auto", "fast", "reference")
@@ -155,14 +155,15 @@ def resolve_engine(engine: str, do_sample: bool, config=None) -> str:
     return engine
 
 
-def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callable[[int], int]:
+def auto_batch_rows(model, max_new_tokens: int, device: torch.device, reclaimable: int = 0) -> Callable[[int], int]:
     """Rows per batch as a function of the batch's (longest) prompt length: on CUDA as many as :data:`MEMORY_SHARE`
-    of the free memory (:func:`gendistill.devices.available_cuda_bytes`, read once) holds (the caches, dynamic and
-    static, the prefill activations and mask, per row or once: :func:`gendistill.models.decoding.decode_memory`), at
-    most :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
+    of the free memory (:func:`gendistill.devices.available_cuda_bytes`, read once, plus ``reclaimable`` bytes: decode
+    slots dropped before a batch of another shape allocates) holds (the caches, dynamic and static, the prefill
+    activations and mask, per row or once: :func:`gendistill.models.decoding.decode_memory`), at most
+    :data:`MAX_AUTO_BATCH`; :data:`CPU_BATCH` elsewhere. It never grows with the prompt length."""
     if device.type != "cuda":
         return lambda prompt_len: CPU_BATCH
-    free = available_cuda_bytes(device)
+    free = available_cuda_bytes(device) + reclaimable
 
     def rows(prompt_len: int) -> int:
         fixed, per_row = decode_memory(model, prompt_len, max_new_tokens)
@@ -172,12 +173,12 @@ def auto_batch_rows(model, max_new_tokens: int, device: torch.device) -> Callabl
 
 
 def plan_batches(model, widths: list[int], max_new_tokens: int, device: torch.device,
-                 overhead_scale: float = 1.0) -> list[tuple[int, int]]:
+                 overhead_scale: float = 1.0, reclaimable: int = 0) -> list[tuple[int, int]]:
     """The fast engine's batches over prompts of ``widths`` tokens (sorted longest first): each within the rows
     memory allows for its longest prompt, cut where padded prefill and per-batch costs (a prefill's and every decode
     step's fixed cost) cost least (:func:`gendistill.eval.batching.generation_cost`)."""
     return cut_sorted(widths, generation_cost(model, device, max_new_tokens, overhead_scale),
-                      max_rows=auto_batch_rows(model, max_new_tokens, device))
+                      max_rows=auto_batch_rows(model, max_new_tokens, device, reclaimable))
 
 
 @torch.inference_mode()
@@ -201,6 +202,7 @@ def generate(
     cuda_graphs: bool | None = None,
     check_every: int | None = None,
     overhead_scale: float = 1.0,
+    slots: DecodeSlots | None = None,
 ) -> tuple[list[GenOutput], GenStats]:
     """Generate a reply for each (already chat-templated) prompt; outputs in input order.
 
@@ -208,10 +210,14 @@ def generate(
     ``overhead_scale`` scaling its estimate of a batch's fixed cost; the reference engine runs 8).
     ``engine``: ``auto`` | ``fast`` | ``reference`` (:func:`resolve_engine`). ``cuda_graphs``: replay the fast decode
     step as a CUDA graph (default: on CUDA). ``check_every``: fast-engine decode steps between reads of the new tokens
-    (stopping and compaction are decided there; default 8 on CUDA, 4 elsewhere)."""
+    (stopping and compaction are decided there; default 8 on CUDA, 4 elsewhere). ``slots``: the fast engine's decode
+    slots, kept by the caller across calls (their ``graphs`` setting then replaces ``cuda_graphs``); None: the call
+    makes its own. Refused with the reference engine, which runs the model as transformers does."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     engine = resolve_engine(engine, do_sample, model.config)
+    if slots is not None and engine != "fast":
+        raise ConfigError("decode slots serve the fast generation engine only; this call resolved to the reference one")
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
@@ -220,8 +226,12 @@ def generate(
            if prompts else [])
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
     outs: list[GenOutput | None] = [None] * len(prompts)
+    own = engine == "fast" and slots is None  # the call's own slots, dropped when it returns
+    if own:
+        slots = DecodeSlots(model, graphs=device.type == "cuda" if cuda_graphs is None else cuda_graphs)
     if batch_size is None and engine == "fast":
-        cuts = plan_batches(model, [len(enc[i]) for i in order], max_new_tokens, device, overhead_scale)
+        cuts = plan_batches(model, [len(enc[i]) for i in order], max_new_tokens, device, overhead_scale,
+                            reclaimable=slots.nbytes)
     else:
         step = batch_size or 8
         cuts = [(i, min(i + step, len(order))) for i in range(0, len(order), step)]
@@ -230,15 +240,14 @@ def generate(
     bar = progress(total=len(prompts), desc=desc, enabled=show_progress)
     t0 = time.perf_counter()
     if engine == "fast":
-        graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        decoder = _FastDecoder(model, tokenizer, eos, stop, pad, device, graphs,
+        decoder = _FastDecoder(model, tokenizer, eos, stop, pad, device, slots,
                                check_every or (8 if device.type == "cuda" else 4))
     else:
         decoder = _ReferenceDecoder(model, tokenizer, eos, stop, pad, device, dict(
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
-    # the fast engine's linear mixers run on weights joined once for the call (no weight copies per step); the
-    # reference engine stays as transformers runs the model
-    with joined_weights(model) if engine == "fast" else contextlib.nullcontext():
+    # the fast engine's linear mixers run on weights joined once for its slots (no weight copies per step; a captured
+    # graph reads the joins); the reference engine stays as transformers runs the model
+    with slots.active() if engine == "fast" else contextlib.nullcontext():
         for start, end in cuts:
             idx = order[start:end]
             new = decoder([enc[i] for i in idx], max_new_tokens)
@@ -250,8 +259,10 @@ def generate(
             bar.update(len(idx))
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
-                           decode_steps=decoder.steps, checks=decoder.checks, cuda_graphs=decoder.graphs,
-                           row_prefill_batches=decoder.row_prefills)
+                           graph_reuses=decoder.reuses, decode_steps=decoder.steps, checks=decoder.checks,
+                           cuda_graphs=decoder.slots.graphs, row_prefill_batches=decoder.row_prefills)
+    if own:
+        slots.close()
     stats.seconds = time.perf_counter() - t0
     bar.close()
     return outs, stats  # type: ignore[return-value]
@@ -281,27 +292,25 @@ class _ReferenceDecoder:
 
 
 class _FastDecoder:
-    """One batch, greedy, on a static cache: prefill, then decode steps until every row has finished or
-    ``max_new_tokens`` tokens; finished rows are dropped when half the batch has finished.
+    """One batch, greedy, in a decode slot (:class:`~gendistill.models.decode_slots.DecodeSlots`): prefill, then decode
+    steps until every row has finished or ``max_new_tokens`` tokens; finished rows move out when half the batch has
+    finished and a slot of fewer rows takes the rest.
 
-    Short answers are the common case (a letter and an end-of-turn token), so a batch starts eagerly and reads its
-    tokens back at 2, 4 and 8 tokens (then every ``check_every``); only a batch still running after
-    :attr:`EAGER_TOKENS` tokens captures a CUDA graph, whose capture (two warm-up steps, the recording, the
-    instantiation) would cost more than the few steps a short answer needs."""
+    A slot whose graph an earlier batch captured replays it from the first step. Otherwise short answers are the
+    common case (a letter and an end-of-turn token): a batch starts eagerly and reads its tokens back at 2, 4 and 8
+    tokens (then every ``check_every``); only a batch still running after :attr:`EAGER_TOKENS` tokens captures a
+    CUDA graph into its slot, whose capture (two warm-up steps, the recording, the instantiation) would cost more
+    than the few steps a short answer needs."""
 
-    MIN_COMPACT_ROWS = 4  # eager decoding: smaller batches are not worth a copy
-    # With CUDA graphs a compaction costs a new capture (110-160 ms on an H100) while a replayed step of a few dozen
-    # rows is bound by its launches, not its rows (1.2 ms of kernels a step for HellaSwag's 50 rows, docs/results.md
-    # §9b): below this many rows the finished ones stay in the batch.
-    MIN_COMPACT_ROWS_GRAPHED = 64
+    MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy (with graphs the slot's row step decides, ROW_STEP)
     MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
-    EAGER_TOKENS = 8  # a batch decodes eagerly until it has made this many tokens, then captures a graph
+    EAGER_TOKENS = 8  # a batch without a captured slot decodes eagerly until it has made this many tokens
 
-    def __init__(self, model, tokenizer, eos, stop, pad, device, graphs: bool, check_every: int):
+    def __init__(self, model, tokenizer, eos, stop, pad, device, slots: DecodeSlots, check_every: int):
         self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
         self.eos = set(eos)
-        self.graphs, self.check_every = graphs, max(1, check_every)
-        self.compactions = self.captures = self.steps = self.checks = self.row_prefills = 0
+        self.slots, self.check_every = slots, max(1, check_every)
+        self.compactions = self.captures = self.reuses = self.steps = self.checks = self.row_prefills = 0
 
     def finished(self, toks: list[int]) -> bool:
         if any(t in self.eos for t in toks):
@@ -317,9 +326,9 @@ class _FastDecoder:
         return made + max(1, min(made, self.check_every))
 
     def prefill(self, rows: list[list[int]], max_len: int) -> tuple[Any, torch.Tensor]:
-        """The batch's static cache of ``max_len`` columns (left-padded layout) and each row's first new token
-        ``[B, 1]``: one left-padded forward with its mask, or, for long prompts in a model of attention layers only,
-        one unpadded forward a row (:func:`gendistill.models.decoding.prefills_by_row`)."""
+        """The batch's prefilled cache (left-padded layout, keys of the longest row's width) and each row's first new
+        token ``[B, 1]``: one left-padded forward with its mask, or, for long prompts in a model of attention layers
+        only, one unpadded forward a row (:func:`gendistill.models.decoding.prefills_by_row`)."""
         if prefills_by_row(self.model, max(map(len, rows))):
             self.row_prefills += 1
             with record_function("generate/prefill_rows"):
@@ -331,14 +340,28 @@ class _FastDecoder:
             out = forward(self.model, ids, cache, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                           attention_mask=mask)
             first = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
-        cache = getattr(out, "cache", None) or cache
-        del out
-        with record_function("generate/static_cache"):
-            return to_static_cache(cache, self.model.config, max_len), first
+        return getattr(out, "cache", None) or cache, first
+
+    def capture(self, slot: DecodeSlot, left: int, pending: list[torch.Tensor]) -> int:
+        """Capture ``slot``'s step (its warm-up steps are real: their tokens go to ``pending``); the steps made."""
+        warm = min(2, left - 1)
+        before = len(pending)
+        keep = lambda s=slot.state: pending.append(s.ids.clone())  # noqa: E731
+        try:
+            with record_function("generate/capture"):
+                slot.graph = GraphStep(slot.step, warmup=warm, after_warmup_step=keep)
+            self.captures += 1
+        except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
+            if len(pending) - before != warm:
+                raise  # the warm-up itself failed: not a capture problem
+            self.slots.graphs = False
+            warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly", stacklevel=3)
+        return warm
 
     def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         width = max(map(len, rows))
         max_len = width + max_new_tokens
+        self.slots.make_room(len(rows), max_len)  # before the prefill allocates
         cache, first = self.prefill(rows, max_len)
         gen: list[list[int]] = [[] for _ in rows]
         if max_new_tokens <= 1:
@@ -346,17 +369,18 @@ class _FastDecoder:
                 gen[b].append(t)
             return gen
         real = torch.tensor([len(r) for r in rows], device=self.device)  # [B] prompt tokens per row
-        state = make_state(cache, first, real, max_len, start=width - real)
+        with record_function("generate/load_slot"):
+            slot = self.slots.load(cache, first, real, width, max_len, self.pad)
         del cache
-        live = list(range(len(rows)))  # batch row of each state row
+        self.reuses += slot.graph is not None
+        live = list(range(len(rows)))  # batch row of each slot row
         done = [False] * len(rows)
         pending = [first]  # [B', 1] tokens not yet read back
         made, check_at = 1, self.next_check(1)
-        step, graph = None, None  # the eager step of the current state, and its captured graph once there is one
         while True:
             if made >= max_new_tokens or made >= check_at:
                 with record_function("generate/check"):
-                    toks = torch.cat(pending, 1).tolist()
+                    toks = torch.cat([t[: len(live)] for t in pending], 1).tolist()
                     pending = []
                     self.checks += 1
                     for r, b in enumerate(live):
@@ -367,35 +391,20 @@ class _FastDecoder:
                 if made >= max_new_tokens or not active:
                     return gen
                 check_at = self.next_check(made)
-                min_rows = self.MIN_COMPACT_ROWS_GRAPHED if graph is not None else self.MIN_COMPACT_ROWS
-                if len(active) <= len(live) // 2 and len(live) >= min_rows:
+                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:
                     with record_function("generate/compact"):
-                        state = state.select_rows(torch.tensor(active, device=self.device))
-                    live = [live[r] for r in active]
-                    step, graph = None, None
-                    self.compactions += 1
-            if step is None:
-                step = make_step(self.model, state, keep_logits=False)
+                        moved = self.slots.move(slot, torch.tensor(active, device=self.device), self.pad)
+                    if moved is not slot:
+                        slot, live = moved, [live[r] for r in active]
+                        self.compactions += 1
             left = max_new_tokens - made
-            if graph is None and self.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
-                warm = min(2, left - 1)
-                before = len(pending)
-                keep = lambda s=state: pending.append(s.ids.clone())  # noqa: E731  (the warm-up steps are real)
-                try:
-                    with record_function("generate/capture"):
-                        graph = GraphStep(step, warmup=warm, after_warmup_step=keep)
-                    self.captures += 1
-                except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
-                    if len(pending) - before != warm:
-                        raise  # the warm-up itself failed: not a capture problem
-                    self.graphs = False
-                    warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly",
-                                  stacklevel=2)
+            if slot.graph is None and self.slots.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
+                warm = self.capture(slot, left, pending)
                 made += warm
                 self.steps += warm
                 continue
             with record_function("generate/decode_step"):
-                (graph or step)()
-                pending.append(state.ids.clone())
+                (slot.graph or slot.step)()
+                pending.append(slot.state.ids.clone())
             made += 1
             self.steps += 1

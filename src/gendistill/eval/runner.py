@@ -15,6 +15,7 @@ Order of work, so that bad input fails before anything expensive or anything is 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -22,6 +23,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from gendistill.eval import report as R
 from gendistill.eval.config import PROTOCOLS, SMOKE_LIMIT, SMOKE_MAX_NEW_TOKENS, EvalConfig, check_config
 from gendistill.eval.fidelity import answer_agreement, greedy_agreement, load_chat_heldout, teacher_forced
 from gendistill.eval.heldout import heldout_fidelity, load_heldout_rows
-from gendistill.eval.generate import generate
+from gendistill.eval.generate import generate, resolve_engine
 from gendistill.eval.humaneval import HumanEvalTask
 from gendistill.eval.loglik import mc_metrics, score_requests
 from gendistill.eval.prompts import chat_loglik_pair
@@ -43,6 +45,7 @@ from gendistill.eval.ruler import DEFAULT_DEPTHS, DEFAULT_LENGTHS, LongContextSp
 from gendistill.eval.task import MULTIPLE_CHOICE, Example, Task, select
 from gendistill.eval.tasks import parse_tasks
 from gendistill.io import atomic_write_json, atomic_write_jsonl
+from gendistill.models.decode_slots import DecodeSlots
 from gendistill.models.loading import load_model, model_label, resolve_model
 
 # The metric that represents a task under log-likelihood (the one usually reported for it).
@@ -119,7 +122,7 @@ def run_loglik(model, tok, task: Task, examples: list[Example], all_examples: li
 
 
 def run_generate(model, tok, task: Task, examples: list[Example], all_examples: list[Example], cfg: EvalConfig,
-                 label: str) -> tuple[dict, list[dict], list[list[int]]]:
+                 label: str, slots: DecodeSlots | None = None) -> tuple[dict, list[dict], list[list[int]]]:
     prompts = [task.generation_prompt(tok, ex, task.fewshot_for(ex, all_examples)) for ex in examples]
     max_new = cfg.max_new_tokens or task.max_new_tokens
     if cfg.smoke:
@@ -133,7 +136,7 @@ def run_generate(model, tok, task: Task, examples: list[Example], all_examples: 
             do_sample=s is not None,
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=s or 0,
             add_special_tokens=not getattr(tok, "chat_template", None), desc=f"{label} {task.name} generate",
-            show_progress=cfg.show_progress, stop=list(task.stop) or None,
+            show_progress=cfg.show_progress, stop=list(task.stop) or None, slots=slots,
         )
         stats_all.append(stats.as_dict())
         seed_scores = task.score_generations(examples, [o.text for o in outs])
@@ -286,6 +289,21 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
     t0 = run.spend(f"{label} load", t0)
     if rope is not None:
         run.rope_applied[label] = apply_rope_scaling(model, rope)
+    # greedy generation on the fast engine: one pool of decode slots for all tasks (each slot shape's CUDA graph
+    # captured once for the model, not once a batch)
+    with warnings.catch_warnings():  # (generate warns of a fallback to the reference engine itself)
+        warnings.simplefilter("ignore")
+        fast = cfg.samples == 0 and resolve_engine(cfg.engine, False, model.config) == "fast"
+    with DecodeSlots(model, graphs=device.type == "cuda") if fast else contextlib.nullcontext() as slots:
+        _evaluate_tasks(run, model, tok, model_key, label, data, rope, long_spec, limit, slots)
+    del model
+    gc.collect()
+
+
+def _evaluate_tasks(run: EvalRun, model, tok, model_key: str, label: str, data: dict, rope: dict | None,
+                    long_spec: LongContextSpec, limit: int | None, slots: DecodeSlots | None) -> None:
+    """:func:`evaluate_model`'s tasks, each under every protocol; greedy generation decodes in ``slots``."""
+    cfg = run.cfg
     for t in run.tasks:
         if t.name not in data:  # a generated task: the same examples for every model
             max_new = cfg.max_new_tokens or t.max_new_tokens
@@ -314,7 +332,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
                 run.write_examples(label, t, "loglik", recs)
             t0 = run.spend(f"{label} loglik", t0)
         if "generate" in cfg.protocols:
-            row, recs, ids = scored("generate", lambda: run_generate(model, tok, t, sel, all_ex, cfg, label))
+            row, recs, ids = scored("generate", lambda: run_generate(model, tok, t, sel, all_ex, cfg, label, slots))
             run.rows.append(row)
             if ids:
                 run.greedy[(label, t.name)] = ids
@@ -323,8 +341,6 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
             t0 = run.spend(f"{label} generate", t0)
         # A partial report after every task, so a long run that dies keeps what it finished.
         _write_partial(run.out, cfg, run.labels, run.tasks, run.rows, run.skipped, run.example_files, run.t_start)
-    del model
-    gc.collect()
 
 
 def read_fidelity_data(cfg: EvalConfig) -> dict[str, Any]:

@@ -286,7 +286,7 @@ class TeacherShapedMixer(nn.Module):
 
 
 @contextlib.contextmanager
-def joined_weights(model: nn.Module) -> Iterator[None]:
+def joined_weights(model: nn.Module, kept: dict | None = None) -> Iterator[None]:
     """Inside the block every linear mixer of ``model`` runs on its q/k/v projection and conv weights joined once on
     entry instead of at every call (no weight copy per call; a decode step's q, k, v and other input projections as
     one GEMM, :meth:`TeacherShapedMixer.project_input`), released on exit:
@@ -295,12 +295,21 @@ def joined_weights(model: nn.Module) -> Iterator[None]:
 
     A forward with gradients, a copy of a mixer, a ``.to()`` or a swapped ``.data`` inside the block reads the live
     weights; an in-place edit of a weight without gradients inside the block is not seen until it ends. Mixers whose
-    parameters are on the meta device or sharded are left as they are. Nested blocks keep the outer block's joins."""
+    parameters are on the meta device or sharded are left as they are. Nested blocks keep the outer block's joins.
+
+    ``kept`` (mixer -> its joins): joins made once and taken again by every later block given the same dict, while
+    they were made of the mixer's parameters as they are (else made anew and stored there); for callers whose captured
+    CUDA graphs read the joins' memory (:class:`gendistill.models.decode_slots.DecodeSlots`)."""
     mine: list[TeacherShapedMixer] = []
     try:
         for m in model.modules():
             if isinstance(m, TeacherShapedMixer) and m._joined is None:
-                m._joined = m._make_joins()
+                j = kept.get(m) if kept is not None else None
+                if j is None or j.source != _identity(m._joinable()):
+                    j = m._make_joins()
+                    if kept is not None:
+                        kept[m] = j
+                m._joined = j
                 mine.append(m)
         yield
     finally:

@@ -1,0 +1,118 @@
+"""Decode slots (:mod:`gendistill.models.decode_slots`): the fast engine's static buffers and captured graphs kept from
+one batch, and one ``generate`` call, to the next. Whatever a slot held before (longer prompts, more rows, another
+batch's states) must not reach a later batch's tokens: every test compares with the reference engine (transformers'
+``generate``), on the tiny Llama and on the hybrid. Graph replays run eagerly on CPU (``EagerGraph``); the GPU test
+replays real graphs (tests/gpu/test_fast_generate_gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gendistill.errors import ConfigError
+from gendistill.eval import generate as G
+from gendistill.eval import runner as eval_runner
+from gendistill.layers.base import TeacherShapedMixer
+from gendistill.models import decode_slots as S
+from gendistill.models.decode_slots import DecodeSlots
+from tests.eval.conftest import MC_ROWS, QA_ROWS, write_jsonl
+from tests.eval.test_fast_generate import PROMPTS, EagerGraph, _prompts, model  # noqa: F401  (the model fixture)
+from tests.fixtures_teachers import make_tiny_folder
+
+
+def _reference(model, tok, prompts, max_new):
+    out, _ = G.generate(model, tok, prompts, max_new_tokens=max_new, batch_size=3, engine="reference",
+                        show_progress=False)
+    return [o.token_ids for o in out]
+
+
+def _fast(model, tok, prompts, max_new, slots, **kw):
+    out, stats = G.generate(model, tok, prompts, max_new_tokens=max_new, engine="fast", slots=slots,
+                            show_progress=False, **kw)
+    return [o.token_ids for o in out], stats.extra
+
+
+def test_a_later_call_replays_the_slot_an_earlier_one_captured(model, tok, monkeypatch):
+    """One pool, two calls: the first (all prompts, the widest among them) captures its slot's graph; the second
+    (three shorter prompts: stale columns past their width, six stale rows) replays it from its first step."""
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    prompts = _prompts(tok)
+    short = sorted(prompts, key=len)[:3]
+    slots = DecodeSlots(model, graphs=True)
+    first, stats1 = _fast(model, tok, prompts, 20, slots, batch_size=len(prompts))
+    assert first == _reference(model, tok, prompts, 20)
+    assert stats1["graph_captures"] == 1 and stats1["graph_reuses"] == 0
+    second, stats2 = _fast(model, tok, short, 20, slots, batch_size=len(short))
+    assert second == _reference(model, tok, short, 20)
+    assert stats2["graph_captures"] == 0 and stats2["graph_reuses"] == 1
+    assert list(slots.slots) == [(S.ROW_STEP, S.COLUMN_STEP)]  # both calls in one slot
+
+
+def test_the_budget_and_the_slot_count_drop_the_least_recently_used(model, tok, monkeypatch):
+    prompts = _prompts(tok)
+    slots = DecodeSlots(model, graphs=False)  # each batch's own shape: one slot per (rows, columns)
+    shapes = []
+    for n in (2, 3, 2, 4):
+        _fast(model, tok, prompts[:n], 6, slots, batch_size=n)
+        shapes.append(next(reversed(slots.slots)))
+    assert len(set(shapes)) == 3 and shapes[0] == shapes[2]
+    assert list(slots.slots) == [shapes[1], shapes[0], shapes[3]]  # least recently used first
+    monkeypatch.setattr(S, "MAX_SLOTS", 2)
+    _fast(model, tok, prompts[:5], 6, slots, batch_size=5)
+    assert len(slots.slots) == 2 and shapes[1] not in slots.slots
+    slots.budget = int(1.5 * max(s.nbytes for s in slots.slots.values()))  # room for one slot
+    ref = _reference(model, tok, prompts[:6], 6)
+    assert _fast(model, tok, prompts[:6], 6, slots, batch_size=6)[0] == ref
+    assert len(slots.slots) == 1 and slots.nbytes <= slots.budget
+
+
+def test_joins_live_inside_the_slots_block_and_changed_weights_drop_the_slots(tok, monkeypatch):
+    from tests.eval.conftest import hybrid_factory
+
+    model = hybrid_factory(tok)
+    mixers = [m for m in model.modules() if isinstance(m, TeacherShapedMixer)]
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    prompts = _prompts(tok, 4)
+    slots = DecodeSlots(model, graphs=True)
+    assert _fast(model, tok, prompts, 20, slots)[1]["graph_captures"] == 1
+    assert slots.slots and set(slots.joins) == set(mixers)
+    assert all(m._joined is None for m in mixers)  # outside a generate call the model runs on its live weights
+    with torch.no_grad():
+        mixers[0].q_proj.weight.data = mixers[0].q_proj.weight.data * 1.5  # another tensor: the joins are stale
+    tokens, stats = _fast(model, tok, prompts, 20, slots)
+    assert stats["graph_reuses"] == 0 and stats["graph_captures"] == 1  # the old slot was dropped, not replayed
+    assert tokens == _reference(model, tok, prompts, 20)
+    slots.close()
+    assert not slots.slots and not slots.joins
+
+
+def test_slots_serve_the_fast_engine_only(model, tok):
+    with pytest.raises(ConfigError, match="fast generation engine only"):
+        G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="reference", show_progress=False,
+                   slots=DecodeSlots(model, graphs=False))
+
+
+def test_the_evaluator_keeps_one_pool_per_model_for_all_its_tasks(tmp_path, monkeypatch):
+    from gendistill.eval.api import evaluate
+
+    models = [tmp_path / "a", tmp_path / "b"]
+    for seed, path in enumerate(models):
+        make_tiny_folder(path, "llama", seed=seed)
+    tasks = [write_jsonl(tmp_path / "quiz.jsonl", MC_ROWS), write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)]
+    seen = []
+    real = eval_runner.generate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("slots"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(eval_runner, "generate", spy)
+    evaluate([str(m) for m in models], ",".join(map(str, tasks)), out=tmp_path / "out", device="cpu",
+             max_new_tokens=4, batch_size=2, show_progress=False, protocols=["generate"], cache_dir=None)
+    assert len(seen) == 4 and all(isinstance(s, DecodeSlots) for s in seen)
+    assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
+    assert not seen[0].slots  # released with its model
+    seen.clear()
+    evaluate([str(models[0])], str(tasks[0]), out=tmp_path / "sampled", device="cpu", max_new_tokens=4,
+             batch_size=2, show_progress=False, protocols=["generate"], samples=2, cache_dir=None)
+    assert seen == [None, None]  # sampling runs on the reference engine, without slots
