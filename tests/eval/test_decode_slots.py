@@ -15,9 +15,15 @@ from gendistill.eval import runner as eval_runner
 from gendistill.layers.base import TeacherShapedMixer
 from gendistill.models import decode_slots as S
 from gendistill.models.decode_slots import DecodeSlots
-from tests.eval.conftest import MC_ROWS, QA_ROWS, write_jsonl
-from tests.eval.test_fast_generate import PROMPTS, EagerGraph, _prompts, model  # noqa: F401  (the model fixture)
+from tests.eval.conftest import MC_ROWS, MODEL_FACTORIES, QA_ROWS, write_jsonl
+from tests.eval.test_fast_generate import EagerGraph, _prompts
 from tests.fixtures_teachers import make_tiny_folder
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_FACTORIES))
+def model(request, tok):
+    torch.manual_seed(0)
+    return MODEL_FACTORIES[request.param](tok)
 
 
 def _reference(model, tok, prompts, max_new):
@@ -67,9 +73,7 @@ def test_the_budget_and_the_slot_count_drop_the_least_recently_used(model, tok, 
 
 
 def test_joins_live_inside_the_slots_block_and_changed_weights_drop_the_slots(tok, monkeypatch):
-    from tests.eval.conftest import hybrid_factory
-
-    model = hybrid_factory(tok)
+    model = MODEL_FACTORIES["hybrid"](tok)
     mixers = [m for m in model.modules() if isinstance(m, TeacherShapedMixer)]
     monkeypatch.setattr(G, "GraphStep", EagerGraph)
     prompts = _prompts(tok, 4)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, StaticLayer
@@ -141,7 +142,7 @@ class DecodeSlots:
             self.budget = int(POOL_SHARE * available_cuda_bytes(device))
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["DecodeSlots"]:
+    def active(self) -> Iterator[DecodeSlots]:
         """The block in which batches decode in these slots: the model's mixers on the pool's joined weights."""
         before = dict(self.joins)  # (kept alive until the slots whose graphs read them are gone)
         with joined_weights(self.model, kept=self.joins):
@@ -155,7 +156,7 @@ class DecodeSlots:
         self.slots.clear()
         self.joins.clear()
 
-    def __enter__(self) -> "DecodeSlots":
+    def __enter__(self) -> DecodeSlots:
         return self
 
     def __exit__(self, *exc) -> None:
