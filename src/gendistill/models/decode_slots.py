@@ -40,12 +40,12 @@ from gendistill.models.decoding import (
     FULL,
     DecodeState,
     GraphStep,
-    _empty_static_layer,
-    _map_state_layer,
     cache_tensors_of,
+    empty_static_layer,
     kv_bytes_per_token_per_layer,
     layer_types,
     make_step,
+    map_state_layer,
 )
 
 ROW_STEP = 64  # with graphs, a slot's rows: a multiple of this (a replayed step of up to 64 rows costs its launches)
@@ -115,9 +115,9 @@ def _empty_cache(template: Cache, config: Any, n: int, rows: int, columns: int) 
     layers = []
     for i, src in enumerate(template.layers):
         if types[i] == FULL and getattr(src, "keys", None) is not None:
-            layers.append(_empty_static_layer(src.keys, src.values, rows, columns, 0))
+            layers.append(empty_static_layer(src.keys, src.values, rows, columns, 0))
         else:
-            layers.append(_map_state_layer(
+            layers.append(map_state_layer(
                 src, lambda t: t.new_zeros((rows, *t.shape[1:])) if t.shape[0] == n else t.clone()))
     return Cache(layers=layers)
 

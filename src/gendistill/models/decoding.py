@@ -109,7 +109,7 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return obj
 
 
-def _map_state_layer(layer: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def map_state_layer(layer: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """A shallow copy of a non-attention cache layer (recurrent/conv states) with ``fn`` applied to its tensors."""
     new = copy.copy(layer)
     for k, v in vars(layer).items():
@@ -127,10 +127,10 @@ def _copy_state_layer(layer: Any, batch: int | None) -> Any:
             return t.clone()
         return t[:1].repeat(batch, *([1] * (t.dim() - 1))).contiguous()
 
-    return _map_state_layer(layer, fn)
+    return map_state_layer(layer, fn)
 
 
-def _empty_static_layer(k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int, length: int) -> StaticLayer:
+def empty_static_layer(k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int, length: int) -> StaticLayer:
     """A static attention layer of ``rows`` rows and ``max_len`` zero columns, of ``k``/``v``'s heads, head
     dimensions, dtype and device (``[B, H, L, D]``), with ``length`` columns counted as written."""
     dst = StaticLayer(max_cache_len=max_len)
@@ -158,7 +158,7 @@ def to_static_cache(
             k, v = src.keys, src.values
             rows = batch or k.shape[0]
             n = k.shape[-2]
-            dst = _empty_static_layer(k, v, rows, max_len, context if context is not None else n)
+            dst = empty_static_layer(k, v, rows, max_len, context if context is not None else n)
             if copy_kv:
                 dst.keys[:, :, :n].copy_(k[:1].expand(rows, *k.shape[1:]) if batch else k)
                 dst.values[:, :, :n].copy_(v[:1].expand(rows, *v.shape[1:]) if batch else v)
@@ -197,7 +197,7 @@ def prefill_rows(model: Any, rows: list[list[int]], max_len: int, device: torch.
         dynamic = getattr(out, "cache", None) or dynamic
         first.append(out.logits[:, -1].argmax(-1, keepdim=True))
         if not static:
-            static = [_empty_static_layer(layer.keys, layer.values, len(rows), max_len, width)
+            static = [empty_static_layer(layer.keys, layer.values, len(rows), max_len, width)
                       for layer in dynamic.layers]
         for dst, layer in zip(static, dynamic.layers):
             n = layer.keys.shape[-2]
@@ -221,7 +221,7 @@ def select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
             dst.batch_size = int(rows.numel())
             layers.append(dst)
         else:
-            layers.append(_map_state_layer(src, fn))
+            layers.append(map_state_layer(src, fn))
     return Cache(layers=layers)
 
 
