@@ -90,10 +90,14 @@ def test_joins_live_inside_the_slots_block_and_changed_weights_drop_the_slots(to
     assert not slots.slots and not slots.joins
 
 
-def test_slots_serve_the_fast_engine_only(model, tok):
+def test_slots_serve_the_fast_engine_and_their_own_model_only(model, tok):
     with pytest.raises(ConfigError, match="fast generation engine only"):
         G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="reference", show_progress=False,
                    slots=DecodeSlots(model, graphs=False))
+    other = MODEL_FACTORIES["llama"](tok, seed=1)
+    with pytest.raises(ConfigError, match="another model"):
+        G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="fast", show_progress=False,
+                   slots=DecodeSlots(other, graphs=False))
 
 
 def test_the_evaluator_keeps_one_pool_per_model_for_all_its_tasks(tmp_path, monkeypatch):

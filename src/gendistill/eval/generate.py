@@ -218,6 +218,8 @@ def generate(
     engine = resolve_engine(engine, do_sample, model.config)
     if slots is not None and engine != "fast":
         raise ConfigError("decode slots serve the fast generation engine only; this call resolved to the reference one")
+    if slots is not None and slots.model is not model:
+        raise ConfigError("these decode slots belong to another model (a pool serves the model it was made for)")
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
