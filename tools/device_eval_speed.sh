@@ -30,7 +30,9 @@
 # batch planner's fixed-cost estimate, e.g. 1,3,10,1e6 — not 0, 20-80x slower,
 # docs/results.md §9b: the teacher's fast path on the sweep tasks once per scale, first), PROFILE (non-empty: torch.profiler tables of the teacher's fast path
 # on the sweep tasks, first; they come back in the tarball), SWEEP_TASKS (default mmlu,boolq,hellaswag,arc_easy),
-# STUDENT (convert | none: the teacher alone).
+# STUDENT (convert | none: the teacher alone), DTYPE (auto: bf16 on the card; float32 makes the fast and reference
+# paths' identical-answer counts exact, docs/results.md section 9), PATHS (fast,reference,lm-eval; e.g. fast,reference
+# for an fp32 identity run without lm-eval).
 # The 2026-12-04 lease (docs/results.md §9) took 16.7 min to the command with REF_LIMIT=50 and
 # LM_LIMIT=50 and was cut there by JOB_TIMEOUT=1000: the command was then run by hand (141.9 s).
 set -uo pipefail
@@ -102,12 +104,13 @@ start)  # the teacher assembled and checked (three pieces: with carry3's; two an
   ;;
 driver)  # (background) the benchmark, then nothing else: its JSON is rewritten after every row
   GGUF=$(gguf)
-  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50,loglik=500} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no})"
+  step "eval_speed start (limit ${LIMIT:-500}, reference ${REF_LIMIT:-50}, lm-eval ${LM_LIMIT:-50,loglik=500} at batch ${LM_BS:-64}, cli ${CLI:-both}, sweep ${SWEEP:-none}, profile ${PROFILE:-no}, dtype ${DTYPE:-auto}, paths ${PATHS:-fast,reference,lm-eval})"
   # as a user runs it: the tokenizers' default (parallel) threads, not device_lib.sh's TOKENIZERS_PARALLELISM=false;
   # every kernel fla autotunes (a key the shipped configurations lack) logged for tools/fla_configs_from_log.py
   env -u TOKENIZERS_PARALLELISM TRITON_PRINT_AUTOTUNING=1 timeout "${JOB_TIMEOUT:-1080}" python3 benchmarks/eval_speed.py --model "$GGUF" --student "${STUDENT:-convert}" \
     --limit "${LIMIT:-500}" --reference-limit "${REF_LIMIT:-50}" --lm-eval-limit "${LM_LIMIT:-50,loglik=500}" \
     --lm-eval-batch-size "${LM_BS:-64}" --cli "${CLI:-both}" --cli-timeout 400 \
+    --dtype "${DTYPE:-auto}" --paths "${PATHS:-fast,reference,lm-eval}" \
     ${SWEEP:+--overhead-sweep "$SWEEP"} ${SWEEP_TASKS:+--sweep-tasks "$SWEEP_TASKS"} ${PROFILE:+--profile "$RES/profiles"} \
     --out "$RES/eval_speed.json" > "$RES/eval_speed.log" 2>&1
   step "eval_speed rc=$?"

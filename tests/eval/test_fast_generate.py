@@ -339,3 +339,18 @@ def test_the_fast_engine_runs_the_mixers_on_weights_joined_for_the_call(model, t
     _both(model, tok, _prompts(tok), max_new_tokens=4)
     assert seen and all(seen)
     assert all(m._joined is None for m in mixers)
+
+
+def test_end_of_turn_tokens_are_the_vocabularys_own(model, tok, monkeypatch):
+    """The end-of-turn ids: the model's and tokenizer's EOS and each known end-of-turn token the vocabulary holds (by
+    the vocabulary itself, not by a conversion that maps an unknown token to the unknown token's id: here a tokenizer
+    whose unknown token is id 5)."""
+    vocab = tok.get_vocab()
+    real = tok.convert_tokens_to_ids
+    monkeypatch.setattr(tok, "convert_tokens_to_ids", lambda t: vocab.get(t, 5) if isinstance(t, str) else real(t))
+    want = {vocab[t] for t in G.END_OF_TURN_TOKENS if t in vocab}
+    for src in (model.generation_config, tok):
+        e = getattr(src, "eos_token_id", None)
+        want |= set([e] if isinstance(e, int) else e or [])
+    assert set(G._eos_ids(model, tok)) == want
+    assert any(t not in vocab for t in G.END_OF_TURN_TOKENS)  # the tiny vocabulary lacks some: they are left out
