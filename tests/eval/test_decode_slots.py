@@ -45,13 +45,23 @@ def test_a_later_call_replays_the_slot_an_earlier_one_captured(model, tok, monke
     prompts = _prompts(tok)
     short = sorted(prompts, key=len)[:3]
     slots = DecodeSlots(model, graphs=True)
+    monkeypatch.setattr(slots, "shape", lambda rows, columns: (16, S.COLUMN_STEP))  # one slot for both calls
     first, stats1 = _fast(model, tok, prompts, 20, slots, batch_size=len(prompts))
     assert first == _reference(model, tok, prompts, 20)
     assert stats1["graph_captures"] == 1 and stats1["graph_reuses"] == 0
     second, stats2 = _fast(model, tok, short, 20, slots, batch_size=len(short))
     assert second == _reference(model, tok, short, 20)
     assert stats2["graph_captures"] == 0 and stats2["graph_reuses"] == 1
-    assert list(slots.slots) == [(S.ROW_STEP, S.COLUMN_STEP)]  # both calls in one slot
+    assert list(slots.slots) == [(16, S.COLUMN_STEP)]  # both calls in one slot (9 and 3 rows: 16 a power of two)
+
+
+def test_slot_shapes_pad_rows_less_than_twofold_and_columns_to_their_step(model):
+    slots = DecodeSlots(model, graphs=True)
+    assert [slots.shape(n, 1)[0] for n in (1, 3, 5, 8, 33, 50, 64, 65, 96, 100, 300, 313, 500, 512)] == \
+        [1, 4, 8, 8, 64, 64, 64, 128, 128, 128, 320, 320, 512, 512]
+    assert all(n <= slots.shape(n, 1)[0] < 2 * n for n in range(2, 600))
+    assert [slots.shape(4, c)[1] for c in (1, 256, 257, 4100)] == [256, 256, 512, 4352]
+    assert DecodeSlots(model, graphs=False).shape(5, 301) == (5, 301)  # without graphs nothing to share
 
 
 def test_the_budget_and_the_slot_count_drop_the_least_recently_used(model, tok, monkeypatch):

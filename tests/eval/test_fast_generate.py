@@ -132,10 +132,10 @@ def test_graph_bookkeeping(model, tok, monkeypatch):
     EagerGraph.made = 0
     ref, _ = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=5, engine="reference",
                         show_progress=False)
-    fast, stats = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=5, engine="fast",
+    fast, stats = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=4, engine="fast",
                              cuda_graphs=True, check_every=3, show_progress=False)
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
-    assert stats.batches == 2  # both batches in one slot of ROW_STEP rows (5 and 4 rows: placeholders beside them)
+    assert stats.batches == 2  # 4 and 3 rows: one slot of 4 rows, a placeholder row beside the second batch's three
     assert stats.extra["graph_captures"] == EagerGraph.made == 1 and stats.extra["graph_reuses"] == 1
 
 
@@ -181,9 +181,9 @@ def test_planned_batches_change_no_token(model, tok):
 
 
 def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
-    """With graphs a batch's rows move to a slot of fewer rows only when that shape has fewer rows (a multiple of
-    ROW_STEP): a batch within one ROW_STEP keeps its finished rows (one capture for the batch); with a row step of 1
-    they are dropped. The tokens are the reference's either way."""
+    """With graphs a batch of up to ROW_STEP rows keeps its finished rows (one capture for the batch: a new slot would
+    cost a capture, the finished rows nothing); with a row step of 1 they move to slots of fewer rows. The tokens are
+    the reference's either way."""
     prompts = _prompts(tok)
     eos = _eos_finishing_most_rows(model, tok, prompts, max_new=24)
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
@@ -193,6 +193,8 @@ def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
     stats = {}
     for min_rows in (len(prompts) + 1, 2):
         monkeypatch.setattr(decode_slots, "ROW_STEP", len(prompts) + 1 if min_rows > 2 else 1)
+        monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
+        monkeypatch.setattr(G._FastDecoder, "EAGER_TOKENS", 1)  # graphed from the first steps on
         fast, stats[min_rows] = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts),
                                            engine="fast", cuda_graphs=True, check_every=2, show_progress=False)
         assert [o.token_ids for o in fast] == [o.token_ids for o in ref]

@@ -41,6 +41,7 @@ from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
+from gendistill.models import decode_slots
 from gendistill.models.decode_slots import DecodeSlot, DecodeSlots
 from gendistill.models.decoding import (
     GraphStep,
@@ -306,7 +307,7 @@ class _FastDecoder:
     CUDA graph into its slot, whose capture (two warm-up steps, the recording, the instantiation) would cost more
     than the few steps a short answer needs."""
 
-    MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy (with graphs the slot's row step decides, ROW_STEP)
+    MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy
     MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
     EAGER_TOKENS = 8  # a batch without a captured slot decodes eagerly until it has made this many tokens
 
@@ -395,7 +396,11 @@ class _FastDecoder:
                 if made >= max_new_tokens or not active:
                     return gen
                 check_at = self.next_check(made)
-                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:
+                # with graphs a slot of up to ROW_STEP rows keeps its finished rows: a step of that many rows costs its
+                # launches, not its rows (a replayed one 1.2 ms for HellaSwag's 50, docs/results.md 9b), and a new
+                # slot a capture
+                small = self.slots.graphs and slot.rows <= decode_slots.ROW_STEP
+                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS and not small:
                     with record_function("generate/compact"):
                         moved = self.slots.move(slot, torch.tensor(active, device=self.device), self.pad)
                     if moved is not slot:

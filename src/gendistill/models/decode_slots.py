@@ -7,7 +7,8 @@ serve any later batch whose cache fits them: the batch's prefilled cache is copi
 makes dozens of batches of a few shapes, so each shape is captured once instead of once a batch.
 
 A slot has ``R`` rows and ``L`` columns (:meth:`DecodeSlots.shape`): with graphs, rows rounded up to a multiple of
-:data:`ROW_STEP` and columns (prompt width + new tokens) to a multiple of :data:`COLUMN_STEP`, so batches of nearby
+:data:`ROW_STEP` or to a power of two, whichever is fewer (less than twice the batch's rows, whose count the memory
+planner chose), and columns (prompt width + new tokens) to a multiple of :data:`COLUMN_STEP`, so batches of nearby
 shapes share a slot; without graphs the batch's own shape (nothing to share, no padding work). Rows ``[B, R)`` of a
 slot are placeholders: a pad token at position 0 attending to its own column, recurrent states zeroed; each row's
 attention and recurrence read only that row, so the real rows' tokens are those of an unpadded batch. Columns past a
@@ -48,7 +49,7 @@ from gendistill.models.decoding import (
     map_state_layer,
 )
 
-ROW_STEP = 64  # with graphs, a slot's rows: a multiple of this (a replayed step of up to 64 rows costs its launches)
+ROW_STEP = 64  # with graphs, a slot's rows: a multiple of this or a power of two (DecodeSlots.shape)
 COLUMN_STEP = 256  # with graphs, a slot's columns: a multiple of this
 POOL_SHARE = 0.25  # of the GPU memory free when a pool opens: its slots' byte budget
 MAX_SLOTS = 8  # slots kept at most (off the GPU the only bound)
@@ -167,10 +168,14 @@ class DecodeSlots:
         return sum(s.nbytes for s in self.slots.values())
 
     def shape(self, rows: int, columns: int) -> tuple[int, int]:
-        """The slot shape ``(R, L)`` a batch of ``rows`` rows and ``columns`` cache columns decodes in."""
+        """The slot shape ``(R, L)`` a batch of ``rows`` rows and ``columns`` cache columns decodes in: with graphs,
+        ``R`` the smaller of ``rows`` rounded up to a multiple of :data:`ROW_STEP` and to a power of two (never twice
+        the batch: a few rows of long prompts, whose batch size memory decided, are not padded to 64), ``L`` rounded
+        up to a multiple of :data:`COLUMN_STEP`."""
         if not self.graphs:
             return rows, columns
-        return -(-rows // ROW_STEP) * ROW_STEP, -(-columns // COLUMN_STEP) * COLUMN_STEP
+        r = min(-(-rows // ROW_STEP) * ROW_STEP, 1 << (rows - 1).bit_length())
+        return r, -(-columns // COLUMN_STEP) * COLUMN_STEP
 
     def estimate(self, rows: int, columns: int) -> int:
         """Bytes a new slot of shape ``(rows, columns)`` would hold (attention K/V and recurrent states)."""
