@@ -64,6 +64,29 @@ def test_slot_shapes_pad_rows_less_than_twofold_and_columns_to_their_step(model)
     assert DecodeSlots(model, graphs=False).shape(5, 301) == (5, 301)  # without graphs nothing to share
 
 
+def test_compaction_with_graphs_moves_rows_into_a_slot_of_at_least_the_row_step(tok, monkeypatch):
+    from tests.eval.test_fast_generate import _eos_finishing_most_rows
+
+    model = MODEL_FACTORIES["hybrid"](tok)
+    prompts = _prompts(tok)
+    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=16)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    monkeypatch.setattr(S, "ROW_STEP", 3)
+    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
+    slots = DecodeSlots(model, graphs=True)
+    tokens, stats = _fast(model, tok, prompts, 16, slots, batch_size=len(prompts), check_every=1)
+    assert tokens == _reference(model, tok, prompts, 16)
+    assert stats["compactions"] >= 1 and min(r for r, _ in slots.slots) == 3
+    big = slots.slots[max(slots.slots)]
+    with torch.inference_mode():  # (as generate runs)
+        one = slots.move(big, torch.tensor([1]), pad=0)  # one row left: still a slot of ROW_STEP rows, the row first
+        assert one.rows == 3 and one.columns == big.columns
+        assert one.state.pos[0, 0] == big.state.pos[1, 0] and one.state.start[0, 0] == big.state.start[1, 0]
+        exact = DecodeSlots(model, graphs=False)
+        assert exact.move(big, torch.tensor([1]), pad=0).rows == 1  # without graphs the rows themselves
+
+
 def test_the_budget_and_the_slot_count_drop_the_least_recently_used(model, tok, monkeypatch):
     prompts = _prompts(tok)
     slots = DecodeSlots(model, graphs=False)  # each batch's own shape: one slot per (rows, columns)

@@ -238,13 +238,17 @@ class DecodeSlots:
         return slot
 
     def move(self, slot: DecodeSlot, index: torch.Tensor, pad: int) -> DecodeSlot:
-        """Rows ``index`` ``[n]`` of ``slot`` into the slot of ``n`` rows (itself when that is its shape): the rows'
-        caches, positions and next tokens, in that order."""
+        """Rows ``index`` ``[n]`` of ``slot`` into a slot of fewer rows (``slot`` itself when none is smaller): the
+        rows' caches, positions and next tokens, in that order; with graphs the new slot has at least
+        :data:`ROW_STEP` rows."""
         n = int(index.numel())
-        if self.shape(n, slot.columns)[0] == slot.rows:
+        # with graphs a smaller slot has at least ROW_STEP rows (the memory of the larger one is there; fewer shapes
+        # to capture)
+        rows = max(n, min(ROW_STEP, slot.rows)) if self.graphs else n
+        if self.shape(rows, slot.columns)[0] >= slot.rows:
             return slot
-        self.make_room(n, slot.columns, keep=slot)
-        dst = self._slot(slot.state.cache, slot.rows, n, slot.columns, keep=slot)
+        self.make_room(rows, slot.columns, keep=slot)
+        dst = self._slot(slot.state.cache, slot.rows, rows, slot.columns, keep=slot)
         copy_rows(dst.state.cache, slot.state.cache, dst.rows, slot.rows, None, index)
         for name in ("ids", "pos", "start"):
             d, s = getattr(dst.state, name), getattr(slot.state, name)
