@@ -51,7 +51,7 @@ from gendistill.models.decoding import (
 
 ROW_STEP = 64  # with graphs, a slot's rows: a multiple of this or a power of two (DecodeSlots.shape)
 COLUMN_STEP = 256  # with graphs, a slot's columns: a multiple of this
-POOL_SHARE = 0.25  # of the GPU memory free when a pool opens: its slots' byte budget
+POOL_SHARE = 0.25  # of the GPU memory free when a pool is made: its slots' byte budget
 MAX_SLOTS = 8  # slots kept at most (off the GPU the only bound)
 
 
@@ -125,11 +125,11 @@ def _empty_cache(template: Cache, config: Any, n: int, rows: int, columns: int) 
 
 @dataclass
 class DecodeSlots:
-    """The pool of :class:`DecodeSlot` of one model (use as a context: see the module's docstring).
+    """The pool of :class:`DecodeSlot` of one model; as a context it is closed (slots and joins dropped) on exit.
 
     ``graphs``: capture decode steps (CUDA); off, slots still hold each batch's buffers (the same code path, the
     batch's own shape). ``budget``: bytes the slots may hold (default on a GPU: :data:`POOL_SHARE` of its memory free
-    when the pool opens; elsewhere unbounded, :data:`MAX_SLOTS` the only bound)."""
+    when the pool is made; elsewhere unbounded, :data:`MAX_SLOTS` the only bound)."""
 
     model: Any = field(repr=False)
     graphs: bool
