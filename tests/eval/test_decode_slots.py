@@ -39,20 +39,20 @@ def _fast(model, tok, prompts, max_new, slots, **kw):
 
 
 def test_a_later_call_replays_the_slot_an_earlier_one_captured(model, tok, monkeypatch):
-    """One pool, two calls: the first (all prompts, the widest among them) captures its slot's graph; the second
-    (three shorter prompts: stale columns past their width, six stale rows) replays it from its first step."""
+    """One pool, two calls: the first (all 7 prompts, the widest among them) captures its slot's graph (8 rows);
+    the second (the 5 shortest: stale columns past their width, stale rows) replays it from its first step."""
     monkeypatch.setattr(G, "GraphStep", EagerGraph)
     prompts = _prompts(tok)
-    short = sorted(prompts, key=len)[:3]
+    short = sorted(prompts, key=len)[:5]
+    assert len(prompts) == 7
     slots = DecodeSlots(model, graphs=True)
-    monkeypatch.setattr(slots, "shape", lambda rows, columns: (16, S.COLUMN_STEP))  # one slot for both calls
     first, stats1 = _fast(model, tok, prompts, 20, slots, batch_size=len(prompts))
     assert first == _reference(model, tok, prompts, 20)
     assert stats1["graph_captures"] == 1 and stats1["graph_reuses"] == 0
     second, stats2 = _fast(model, tok, short, 20, slots, batch_size=len(short))
     assert second == _reference(model, tok, short, 20)
     assert stats2["graph_captures"] == 0 and stats2["graph_reuses"] == 1
-    assert list(slots.slots) == [(16, S.COLUMN_STEP)]  # both calls in one slot (9 and 3 rows: 16 a power of two)
+    assert list(slots.slots) == [(8, S.COLUMN_STEP)]  # both calls in one slot (7 and 5 rows: 8, a power of two)
 
 
 def test_slot_shapes_pad_rows_less_than_twofold_and_columns_to_their_step(model):
@@ -123,6 +123,55 @@ def test_joins_live_inside_the_slots_block_and_changed_weights_drop_the_slots(to
     assert not slots.slots and not slots.joins
 
 
+@pytest.mark.parametrize("change", ["in place", "replaced"])
+def test_weights_changed_under_a_pool_drop_its_slots(model, tok, monkeypatch, change):
+    """A graph reads the memory of the tensors it was captured with: an in-place edit or a new tensor (a ``.to()``,
+    a loaded state dict) between two calls drops the slots, and the second call gives the new weights' tokens."""
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    prompts = _prompts(tok, 4)
+    slots = DecodeSlots(model, graphs=True)
+    assert _fast(model, tok, prompts, 20, slots)[1]["graph_captures"] == 1
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        if change == "in place":
+            weight.mul_(1.5)
+        else:
+            weight.data = weight.data * 1.5
+    tokens, stats = _fast(model, tok, prompts, 20, slots)
+    assert stats["graph_reuses"] == 0 and tokens == _reference(model, tok, prompts, 20)
+
+
+def test_slots_inside_another_joined_weights_block_live_for_that_block_only(tok, monkeypatch):
+    """Inside a caller's own ``joined_weights`` block the mixers read that block's joins, which end with it: a graph
+    captured there must not replay after it."""
+    from gendistill.layers.base import joined_weights
+
+    model = MODEL_FACTORIES["hybrid"](tok)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    prompts = _prompts(tok, 4)
+    slots = DecodeSlots(model, graphs=True)
+    with joined_weights(model):
+        assert _fast(model, tok, prompts, 20, slots)[1]["graph_captures"] == 1
+    assert not slots.slots
+    tokens, stats = _fast(model, tok, prompts, 20, slots)
+    assert stats["graph_reuses"] == 0 and tokens == _reference(model, tok, prompts, 20)
+
+
+def test_long_prompts_prefilled_a_row_at_a_time_decode_in_their_own_cache(tok, monkeypatch):
+    """A batch prefilled one row at a time (long prompts, attention-only model) was planned with one static cache:
+    it decodes in it, neither copied into a pooled slot nor compacted."""
+    from gendistill.models import decoding as D
+
+    model = MODEL_FACTORIES["llama"](tok)
+    monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 1)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    prompts = _prompts(tok)
+    slots = DecodeSlots(model, graphs=True)
+    tokens, stats = _fast(model, tok, prompts, 20, slots, batch_size=4)
+    assert tokens == _reference(model, tok, prompts, 20)
+    assert stats["row_prefill_batches"] == 2 and not slots.slots and stats["compactions"] == 0
+
+
 def test_slots_serve_the_fast_engine_and_their_own_model_only(model, tok):
     with pytest.raises(ConfigError, match="fast generation engine only"):
         G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="reference", show_progress=False,
@@ -131,6 +180,9 @@ def test_slots_serve_the_fast_engine_and_their_own_model_only(model, tok):
     with pytest.raises(ConfigError, match="another model"):
         G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="fast", show_progress=False,
                    slots=DecodeSlots(other, graphs=False))
+    with pytest.raises(ConfigError, match="the slots decide"):
+        G.generate(model, tok, _prompts(tok, 2), max_new_tokens=2, engine="fast", show_progress=False,
+                   slots=DecodeSlots(model, graphs=False), cuda_graphs=True)
 
 
 def test_the_evaluator_keeps_one_pool_per_model_for_all_its_tasks(tmp_path, monkeypatch):

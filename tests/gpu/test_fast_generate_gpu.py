@@ -54,9 +54,9 @@ def test_graphed_fast_engine_equals_reference(role, monkeypatch):
 
 @pytest.mark.parametrize("role", ["llama", "hybrid"])
 def test_a_later_call_replays_the_captured_slot_on_the_card(role):
-    """One pool of decode slots, two calls: the first captures its slot's graph (all prompts, 24 new tokens, the
-    default row step: placeholder rows beside them); the second, three shorter prompts, replays it from its first
-    step over stale columns and rows. fp32: both give the reference engine's tokens."""
+    """One pool of decode slots, two calls: the first captures its slot's graph (all 7 prompts, 24 new tokens: a slot
+    of 8 rows, a placeholder row beside them); the second, the 5 shortest prompts, replays it from its first step
+    over stale columns and rows. fp32: both give the reference engine's tokens."""
     from gendistill.eval import generate as G
     from gendistill.models.decode_slots import DecodeSlots
     from tests.eval.conftest import MODEL_FACTORIES
@@ -67,7 +67,7 @@ def test_a_later_call_replays_the_captured_slot_on_the_card(role):
     torch.manual_seed(0)
     model = MODEL_FACTORIES[role](tok).to("cuda")
     prompts = _prompts(tok)
-    short = sorted(prompts, key=len)[:3]
+    short = sorted(prompts, key=len)[:5]
     slots = DecodeSlots(model, graphs=True)
     for rows, captures, reuses in ((prompts, 1, 0), (short, 0, 1)):
         ref, _ = G.generate(model, tok, rows, max_new_tokens=24, batch_size=3, engine="reference",

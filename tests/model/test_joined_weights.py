@@ -62,7 +62,8 @@ def test_joined_weights_give_the_logits_of_the_separate_ones(mixer, family, padd
 
 def test_a_forward_with_gradients_inside_the_block_reads_the_live_weights():
     """Training inside the block (not what it is for, but not wrong): after an in-place update the loss and its
-    gradients are those of the updated weights; a no-grad forward still sees the joins made on entry."""
+    gradients are those of the updated weights, and so is a no-grad forward (the joins no longer match the weights'
+    version counters)."""
     student = student_of("kda")
     ids = torch.randint(0, student.config.vocab_size, (1, 17))
     mixer = mixers_of(student)[0]
@@ -72,13 +73,13 @@ def test_a_forward_with_gradients_inside_the_block_reads_the_live_weights():
         with torch.no_grad():
             mixer.k_proj.weight.add_(0.5 * torch.randn_like(mixer.k_proj.weight))
             mixer.q_conv1d.weight.mul_(1.5)
-            stale = student(ids).logits  # documented: joins made on entry
+            edited = student(ids).logits  # the edit seen: the joins are not the weights' any more
         live = student(ids).logits
         live.sum().backward()
     assert mixer.k_proj.weight.grad is not None and mixer.q_conv1d.weight.grad is not None
     with torch.no_grad():
         after = student(ids).logits
-    assert (stale - before).abs().max().item() < TOL
+    assert (edited - after).abs().max().item() < TOL
     assert (live.detach() - after).abs().max().item() < TOL and (after - before).abs().max().item() > 1e-2
 
 

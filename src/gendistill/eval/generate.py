@@ -223,6 +223,9 @@ def generate(
         raise ConfigError("decode slots serve the fast generation engine only; this call resolved to the reference one")
     if slots is not None and slots.model is not model:
         raise ConfigError("these decode slots belong to another model (a pool serves the model it was made for)")
+    if slots is not None and cuda_graphs is not None and cuda_graphs != slots.graphs:
+        raise ConfigError(f"cuda_graphs={cuda_graphs} with decode slots made with graphs={slots.graphs}: the slots "
+                          "decide (leave cuda_graphs out)")
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
@@ -265,7 +268,7 @@ def generate(
     if engine == "fast":
         stats.extra.update(compactions=decoder.compactions, graph_captures=decoder.captures,
                            graph_reuses=decoder.reuses, decode_steps=decoder.steps, checks=decoder.checks,
-                           cuda_graphs=decoder.slots.graphs, row_prefill_batches=decoder.row_prefills)
+                           cuda_graphs=decoder.graphs, row_prefill_batches=decoder.row_prefills)
     if own:
         slots.close()
     stats.seconds = time.perf_counter() - t0
@@ -315,6 +318,7 @@ class _FastDecoder:
         self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
         self.eos = set(eos)
         self.slots, self.check_every = slots, max(1, check_every)
+        self.graphs = slots.graphs  # off for the rest of the call once a capture failed
         self.compactions = self.captures = self.reuses = self.steps = self.checks = self.row_prefills = 0
 
     def finished(self, toks: list[int]) -> bool:
@@ -359,14 +363,16 @@ class _FastDecoder:
         except RuntimeError as exc:  # a model whose step cannot be captured decodes eagerly
             if len(pending) - before != warm:
                 raise  # the warm-up itself failed: not a capture problem
-            self.slots.graphs = False
+            self.graphs = False
             warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); decoding eagerly", stacklevel=3)
         return warm
 
     def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         width = max(map(len, rows))
         max_len = width + max_new_tokens
-        self.slots.make_room(len(rows), max_len)  # before the prefill allocates
+        by_row = prefills_by_row(self.model, width)
+        if not by_row:
+            self.slots.make_room(len(rows), max_len)  # before the prefill allocates
         cache, first = self.prefill(rows, max_len)
         gen: list[list[int]] = [[] for _ in rows]
         if max_new_tokens <= 1:
@@ -374,8 +380,9 @@ class _FastDecoder:
                 gen[b].append(t)
             return gen
         real = torch.tensor([len(r) for r in rows], device=self.device)  # [B] prompt tokens per row
-        with record_function("generate/load_slot"):
-            slot = self.slots.load(cache, first, real, width, max_len, self.pad)
+        with record_function("generate/load_slot"):  # (long prompts prefilled a row at a time: their own cache)
+            slot = (self.slots.adopt(cache, first, real, width, max_len) if by_row
+                    else self.slots.load(cache, first, real, width, max_len, self.pad))
         del cache
         self.reuses += slot.graph is not None
         live = list(range(len(rows)))  # batch row of each slot row
@@ -400,14 +407,15 @@ class _FastDecoder:
                 # launches, not its rows (a replayed one 1.2 ms for HellaSwag's 50, docs/results.md 9b), and a new
                 # slot a capture
                 small = self.slots.graphs and slot.rows <= decode_slots.ROW_STEP
-                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS and not small:
+                if (len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS and not small
+                        and slot.kept):  # (an adopted cache: the plan holds no second one)
                     with record_function("generate/compact"):
                         moved = self.slots.move(slot, torch.tensor(active, device=self.device), self.pad)
                     if moved is not slot:
                         slot, live = moved, [live[r] for r in active]
                         self.compactions += 1
             left = max_new_tokens - made
-            if slot.graph is None and self.slots.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
+            if slot.graph is None and self.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
                 warm = self.capture(slot, left, pending)
                 made += warm
                 self.steps += warm

@@ -293,8 +293,8 @@ def joined_weights(model: nn.Module, kept: dict | None = None) -> Iterator[None]
     for inference whose weights stay as they are for the whole block (gendistill's fast generation engine and its
     benchmark enter it). The joins are a second copy of those weights while the block lasts.
 
-    A forward with gradients, a copy of a mixer, a ``.to()`` or a swapped ``.data`` inside the block reads the live
-    weights; an in-place edit of a weight without gradients inside the block is not seen until it ends. Mixers whose
+    A forward with gradients, a copy of a mixer, a ``.to()``, a swapped ``.data`` or an in-place edit of a weight (its
+    version counter; not kept by inference tensors) inside the block reads the live weights. Mixers whose
     parameters are on the meta device or sharded are left as they are. Nested blocks keep the outer block's joins.
 
     ``kept`` (mixer -> its joins): joins made once and taken again by every later block given the same dict, while
@@ -348,6 +348,11 @@ class MixerInput(NamedTuple):
         return y if rest is None else rest(y)
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s version counter (an in-place edit bumps it); -1 for an inference tensor, which keeps none."""
+    return -1 if t.is_inference() else t._version
+
+
 def _identity(parts: list[torch.Tensor]) -> tuple:
-    """Which tensors, with which storage, dtype and device: what a join was made of."""
-    return tuple((id(t), t.data_ptr(), t.dtype, t.device) for t in parts)
+    """Which tensors, with which storage, dtype, device and version: what a join was made of."""
+    return tuple((id(t), t.data_ptr(), t.dtype, t.device, tensor_version(t)) for t in parts)

@@ -10,8 +10,9 @@ A slot has ``R`` rows and ``L`` columns (:meth:`DecodeSlots.shape`): with graphs
 :data:`ROW_STEP` or to a power of two, whichever is fewer (less than twice the batch's rows, whose count the memory
 planner chose), and columns (prompt width + new tokens) to a multiple of :data:`COLUMN_STEP`, so batches of nearby
 shapes share a slot; without graphs the batch's own shape (nothing to share, no padding work). Rows ``[B, R)`` of a
-slot are placeholders: a pad token at position 0 attending to its own column, recurrent states zeroed; each row's
-attention and recurrence read only that row, so the real rows' tokens are those of an unpadded batch. Columns past a
+slot are placeholders: a pad token from position 0, attending to the slot's first columns (whatever they hold: finite
+values of earlier batches), recurrent states zeroed; each row's attention and recurrence read only that row, so the
+real rows' tokens are those of an unpadded batch. Columns past a
 row's current one are masked (:func:`gendistill.models.decoding.make_step`), so what an earlier batch left there is
 never read.
 
@@ -36,7 +37,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from gendistill.devices import available_cuda_bytes
-from gendistill.layers.base import joined_weights
+from gendistill.layers.base import TeacherShapedMixer, joined_weights, tensor_version
 from gendistill.models.decoding import (
     FULL,
     DecodeState,
@@ -66,6 +67,14 @@ class DecodeSlot:
     step: Callable[[], None]
     graph: GraphStep | None = None
     nbytes: int = 0
+    kept: bool = True  # in the pool (False: a batch's own cache, :meth:`DecodeSlots.adopt`)
+
+
+def _weights_state(model: Any) -> tuple:
+    """Every parameter and buffer of ``model``: which tensor, where, its dtype and its version (an in-place edit bumps
+    it)."""
+    return tuple((id(t), t.data_ptr(), t.dtype, tensor_version(t))
+                 for t in (*model.parameters(), *model.buffers()))
 
 
 def _slot_bytes(state: DecodeState, vocab: int) -> int:
@@ -136,6 +145,7 @@ class DecodeSlots:
     budget: int | None = None
     slots: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (rows, columns) -> slot, least recent 1st
     joins: dict = field(default_factory=dict, repr=False)  # mixer -> its joined weights, read by the graphs
+    weights: tuple = field(default=(), repr=False)  # the model's tensors when the slots' graphs were captured
 
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
@@ -144,13 +154,24 @@ class DecodeSlots:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[DecodeSlots]:
-        """The block in which batches decode in these slots: the model's mixers on the pool's joined weights."""
-        before = dict(self.joins)  # (kept alive until the slots whose graphs read them are gone)
+        """The block in which batches decode in these slots: the model's mixers on the pool's joined weights.
+
+        A graph reads the memory of the tensors it was captured with: when any parameter or buffer of the model was
+        replaced, moved or edited in place since (:func:`_weights_state`), every slot is dropped first. Inside
+        another :func:`~gendistill.layers.base.joined_weights` block the mixers read that block's joins, which end
+        with it: the slots are dropped when this block ends."""
+        state = _weights_state(self.model)
+        if state != self.weights:
+            self.slots.clear()
+            self.weights = state
         with joined_weights(self.model, kept=self.joins):
-            if any(self.joins.get(m) is not j for m, j in before.items()):
-                self.slots.clear()  # the weights changed: graphs captured on the old joins must not replay
-            del before
-            yield self
+            foreign = any(m._joined is not None and m._joined is not self.joins.get(m)
+                          for m in self.model.modules() if isinstance(m, TeacherShapedMixer))
+            try:
+                yield self
+            finally:
+                if foreign:
+                    self.slots.clear()
 
     def close(self) -> None:
         """Drop every slot and the joins (graphs first: they read the joins)."""
@@ -236,6 +257,15 @@ class DecodeSlots:
             st.pos[n:].zero_()
             st.start[n:].zero_()
         return slot
+
+    def adopt(self, cache: Cache, first: torch.Tensor, real: torch.Tensor, width: int, columns: int) -> DecodeSlot:
+        """A slot over a batch's own static cache (``columns`` columns, prefilled one row at a time by
+        :func:`~gendistill.models.decoding.prefill_rows`), not kept in the pool: the batch planner counted one static
+        cache for such a batch (long prompts), so it is neither copied nor padded."""
+        n = first.shape[0]
+        state = DecodeState(cache=cache, ids=first.clone(), pos=real.reshape(n, 1).clone(),
+                            arange=torch.arange(columns, device=first.device), start=(width - real).reshape(n, 1))
+        return DecodeSlot(n, columns, state=state, step=make_step(self.model, state, keep_logits=False), kept=False)
 
     def move(self, slot: DecodeSlot, index: torch.Tensor, pad: int) -> DecodeSlot:
         """Rows ``index`` ``[n]`` of ``slot`` into a slot of fewer rows (``slot`` itself when none is smaller): the
