@@ -53,6 +53,11 @@ def test_static_copy_of_a_sliding_window_cache_is_refused():
     assert cache.layers[0].keys.shape[-2] == 7  # the window, not the 20 tokens a static layer would assume
     with pytest.raises(UnsupportedModelError, match=r"layer 0 keeps a sliding window.*sliding_window=8"):
         to_static_cache(cache, model.config, 40)
+    from gendistill.models.decode_slots import DecodeSlots
+
+    first, real = torch.zeros((1, 1), dtype=torch.long), torch.tensor([20])
+    with pytest.raises(UnsupportedModelError, match=r"^decode slot: layer 0 keeps a sliding window.*sliding_window=8"):
+        DecodeSlots(model, graphs=False).load(cache, first, real, width=20, columns=40, pad=0)
     with pytest.raises(UnsupportedModelError, match=r"^the bench teacher has sliding-window attention "
                                                     r"\(use_sliding_window=True, sliding_window=8, .*2 of 2 layers\)"):
         require_full_attention(model.config, "the bench teacher")

@@ -48,6 +48,7 @@ from gendistill.models.decoding import (
     layer_types,
     make_step,
     map_state_layer,
+    static_layer_kinds,
 )
 
 ROW_STEP = 64  # with graphs, a slot's rows: a multiple of this or a power of two (DecodeSlots.shape)
@@ -121,10 +122,9 @@ def copy_rows(dst: Cache, src: Cache, dst_rows: int, src_rows: int, columns: int
 def _empty_cache(template: Cache, config: Any, n: int, rows: int, columns: int) -> Cache:
     """A cache of ``rows`` rows shaped like ``template`` (``n`` rows): attention layers static with ``columns`` zero
     columns, recurrent layers' per-row states zeros (their other tensors copied)."""
-    types = layer_types(config)
     layers = []
-    for i, src in enumerate(template.layers):
-        if types[i] == FULL and getattr(src, "keys", None) is not None:
+    for src, attention in static_layer_kinds(template, config, "decode slot"):
+        if attention:
             layers.append(empty_static_layer(src.keys, src.values, rows, columns, 0))
         else:
             layers.append(map_state_layer(

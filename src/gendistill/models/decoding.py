@@ -1,8 +1,9 @@
 """Greedy decoding on a *static* cache, shared by the evaluator's generation engine (:mod:`gendistill.eval.generate`)
 and the efficiency benchmark (:mod:`gendistill.bench.engine`).
 
-A prefilled ``DynamicCache`` is copied into a static one (:func:`to_static_cache`: attention KV preallocated to its
-final length, recurrent/conv states kept as they are), and every decode step is one function over static buffers
+A prefilled ``DynamicCache`` is copied into a static one (:func:`to_static_cache`, or the evaluator's decode slots,
+:mod:`gendistill.models.decode_slots`: attention KV preallocated to its final length, recurrent/conv states kept as
+they are), and every decode step is one function over static buffers
 (:class:`DecodeState`: next token ids, positions, first real column, an ``arange``) with the attention mask computed
 from those buffers by tensor ops only. No step reads a value back to the host, so the same function runs eagerly or
 is captured once in a ``torch.cuda.CUDAGraph`` and replayed (:class:`GraphStep`).
@@ -16,14 +17,16 @@ and the other linear mixers) kept padding out of their state during the prefill 
 Sliding-window attention is not supported: its dynamic cache keeps only the last ``window - 1`` keys, which a full
 static layer and the step's causal mask cannot represent. :func:`sliding_window_setting` detects such a model from its
 config (the layers transformers' ``DynamicCache`` makes windowed), :func:`require_full_attention` refuses it, and
-:func:`to_static_cache` refuses a windowed cache layer; the evaluator falls back to ``model.generate`` instead.
+every static copy refuses a windowed cache layer (:func:`static_layer_kinds`); the evaluator falls back to
+``model.generate`` instead.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.profiler import record_function
@@ -139,6 +142,19 @@ def empty_static_layer(k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int
     return dst
 
 
+def static_layer_kinds(cache: Any, config: Any, who: str) -> Iterator[tuple[Any, bool]]:
+    """Each layer of a prefilled cache and whether a static copy holds it as attention (a full-attention layer with
+    keys: preallocated K/V) or as states (recurrent/conv: copied as they are). A sliding-window layer keeps only the
+    last ``window - 1`` keys, which a full static layer would misplace: refused, naming ``who`` and the layer."""
+    types = layer_types(config)
+    for i, src in enumerate(cache.layers):
+        if getattr(src, "is_sliding", False):
+            raise UnsupportedModelError(
+                f"{who}: layer {i} keeps a sliding window ({type(src).__name__}); static-cache decoding "
+                f"supports full attention only ({sliding_window_setting(config) or 'sliding_window'})")
+        yield src, types[i] == FULL and getattr(src, "keys", None) is not None
+
+
 def to_static_cache(
     cache: Any, config: Any, max_len: int, batch: int | None = None, context: int | None = None, copy_kv: bool = True
 ):
@@ -147,14 +163,9 @@ def to_static_cache(
     ``batch``: replicate row 0 to this many rows. ``context``: pretend this many tokens are cached (the throughput sweep
     builds a batch-B cache of length L from a short template prefill; attention cost does not depend on the values).
     ``copy_kv=False`` leaves the KV zeros (template use)."""
-    types = layer_types(config)
     layers = []
-    for i, src in enumerate(cache.layers):
-        if getattr(src, "is_sliding", False):  # only the last window-1 keys: a full static layer would misplace them
-            raise UnsupportedModelError(
-                f"to_static_cache: layer {i} keeps a sliding window ({type(src).__name__}); static-cache decoding "
-                f"supports full attention only ({sliding_window_setting(config) or 'sliding_window'})")
-        if types[i] == FULL and getattr(src, "keys", None) is not None:
+    for src, attention in static_layer_kinds(cache, config, "to_static_cache"):
+        if attention:
             k, v = src.keys, src.values
             rows = batch or k.shape[0]
             n = k.shape[-2]
@@ -205,34 +216,6 @@ def prefill_rows(model: Any, rows: list[list[int]], max_len: int, device: torch.
             dst.values[b, :, width - n:width].copy_(layer.values[0])
         del out, dynamic
     return Cache(layers=static), torch.cat(first)
-
-
-def select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
-    """The static cache restricted to batch rows ``rows`` (``[B']`` indices, in that order): every layer's tensors whose
-    first dimension is the batch are indexed, scalars (write positions) are copied. Used to drop finished rows."""
-    layers = []
-    for src in cache.layers:
-        batch = _batch_of(src)
-        fn = (lambda t, b=batch: t.index_select(0, rows) if t.shape[0] == b else t.clone())
-        if isinstance(src, StaticLayer):
-            dst = copy.copy(src)
-            dst.keys, dst.values = src.keys.index_select(0, rows), src.values.index_select(0, rows)
-            dst.cumulative_length = src.cumulative_length.clone()
-            dst.batch_size = int(rows.numel())
-            layers.append(dst)
-        else:
-            layers.append(map_state_layer(src, fn))
-    return Cache(layers=layers)
-
-
-def _batch_of(layer: Any) -> int | None:
-    keys = getattr(layer, "keys", None)
-    if isinstance(keys, torch.Tensor) and keys.dim() > 0:
-        return keys.shape[0]
-    for t in cache_tensors_of(layer):
-        if t.dim() > 1:
-            return t.shape[0]
-    return None
 
 
 def cache_tensors_of(layer: Any) -> list[torch.Tensor]:
@@ -286,15 +269,6 @@ class DecodeState:
     def restore(snap: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for t, saved in snap:
             t.copy_(saved)
-
-    def select_rows(self, rows: torch.Tensor) -> "DecodeState":
-        """A new state holding only batch rows ``rows`` ``[B']`` (its own buffers; a captured graph of this state
-        does not apply to the new one)."""
-        return DecodeState(
-            cache=select_cache_rows(self.cache, rows), ids=self.ids.index_select(0, rows).clone(),
-            pos=self.pos.index_select(0, rows).clone(), arange=self.arange,
-            start=None if self.start is None else self.start.index_select(0, rows).clone(),
-        )
 
 
 def make_state(cache: Any, first_token: torch.Tensor, position: int | torch.Tensor, max_len: int,
