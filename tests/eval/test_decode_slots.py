@@ -161,15 +161,22 @@ def test_long_prompts_prefilled_a_row_at_a_time_decode_in_their_own_cache(tok, m
     """A batch prefilled one row at a time (long prompts, attention-only model) was planned with one static cache:
     it decodes in it, neither copied into a pooled slot nor compacted."""
     from gendistill.models import decoding as D
+    from tests.eval.test_fast_generate import _eos_finishing_most_rows
 
     model = MODEL_FACTORIES["llama"](tok)
+    prompts = _prompts(tok)
+    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=20)  # most rows finish: a pooled slot would compact
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
     monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 1)
     monkeypatch.setattr(G, "GraphStep", EagerGraph)
-    prompts = _prompts(tok)
+    monkeypatch.setattr(S, "ROW_STEP", 1)
+    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
     slots = DecodeSlots(model, graphs=True)
-    tokens, stats = _fast(model, tok, prompts, 20, slots, batch_size=4)
+    tokens, stats = _fast(model, tok, prompts, 20, slots, batch_size=len(prompts), check_every=1)
     assert tokens == _reference(model, tok, prompts, 20)
-    assert stats["row_prefill_batches"] == 2 and not slots.slots and stats["compactions"] == 0
+    assert stats["row_prefill_batches"] == 1 and not slots.slots and stats["compactions"] == 0
+    monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 10**6)  # the same batch prefilled padded: its slot compacts
+    assert _fast(model, tok, prompts, 20, slots, batch_size=len(prompts), check_every=1)[1]["compactions"] >= 1
 
 
 def test_slots_serve_the_fast_engine_and_their_own_model_only(model, tok):

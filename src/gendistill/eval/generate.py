@@ -41,7 +41,6 @@ from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
 from gendistill.eval.batching import cut_sorted, generation_cost
 from gendistill.eval.progress import progress
-from gendistill.models import decode_slots
 from gendistill.models.decode_slots import DecodeSlot, DecodeSlots
 from gendistill.models.decoding import (
     GraphStep,
@@ -403,12 +402,7 @@ class _FastDecoder:
                 if made >= max_new_tokens or not active:
                     return gen
                 check_at = self.next_check(made)
-                # with graphs a slot of up to ROW_STEP rows keeps its finished rows: a step of that many rows costs its
-                # launches, not its rows (a replayed one 1.2 ms for HellaSwag's 50, docs/results.md 9b), and a new
-                # slot a capture
-                small = self.slots.graphs and slot.rows <= decode_slots.ROW_STEP
-                if (len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS and not small
-                        and slot.kept):  # (an adopted cache: the plan holds no second one)
+                if len(active) <= len(live) // 2 and len(live) >= self.MIN_COMPACT_ROWS:  # (the slots decide where)
                     with record_function("generate/compact"):
                         moved = self.slots.move(slot, torch.tensor(active, device=self.device), self.pad)
                     if moved is not slot:

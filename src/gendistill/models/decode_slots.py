@@ -268,12 +268,15 @@ class DecodeSlots:
         return DecodeSlot(n, columns, state=state, step=make_step(self.model, state, keep_logits=False), kept=False)
 
     def move(self, slot: DecodeSlot, index: torch.Tensor, pad: int) -> DecodeSlot:
-        """Rows ``index`` ``[n]`` of ``slot`` into a slot of fewer rows (``slot`` itself when none is smaller): the
-        rows' caches, positions and next tokens, in that order; with graphs the new slot has at least
-        :data:`ROW_STEP` rows."""
+        """Rows ``index`` ``[n]`` of ``slot`` into a slot of fewer rows: the rows' caches, positions and next tokens, in
+        that order. With graphs the new slot has at least :data:`ROW_STEP` rows; ``slot`` itself is returned when no
+        slot is smaller or it is an adopted cache (:meth:`adopt`)."""
         n = int(index.numel())
-        # with graphs a smaller slot has at least ROW_STEP rows (the memory of the larger one is there; fewer shapes
-        # to capture)
+        if not slot.kept:  # a batch's own cache: the plan holds no second one
+            return slot
+        # with graphs a smaller slot has at least ROW_STEP rows: a step of that many rows costs its launches, not its
+        # rows (a replayed one 1.2 ms for HellaSwag's 50, docs/results.md 9b), a new slot a capture, and the larger
+        # slot's memory is there; so a slot of up to ROW_STEP rows keeps its finished ones
         rows = max(n, min(ROW_STEP, slot.rows)) if self.graphs else n
         if self.shape(rows, slot.columns)[0] >= slot.rows:
             return slot
