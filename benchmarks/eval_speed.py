@@ -343,7 +343,7 @@ def profile_fast(model, tok, tasks: list[Task], data: dict, args, device: torch.
     sort_dev = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    slots = DecodeSlots(model, graphs=device.type == "cuda")
+    slots = DecodeSlots(model)
     for task in tasks:
         sel, all_ex = data[task.name]
         sel = sel[: args.profile_examples]
@@ -637,7 +637,7 @@ def _run(args, argv: list[str]) -> int:
                     res["overhead_sweep"].append(row)
                     if args.out:
                         atomic_write_json(Path(args.out), portable_paths({**res, "complete": False}))
-            slots = DecodeSlots(model, graphs=device.type == "cuda")  # the model's pool, as `gendistill eval` keeps it
+            slots = DecodeSlots(model)  # the model's pool, as `gendistill eval` keeps it
             for t in tasks:
                 sel, all_ex = data[t.name]
                 for proto in args.protocols:

@@ -62,6 +62,7 @@ def test_slot_shapes_pad_rows_less_than_twofold_and_columns_to_their_step(model)
     assert all(n <= slots.shape(n, 1)[0] < 2 * n for n in range(2, 600))
     assert [slots.shape(4, c)[1] for c in (1, 256, 257, 4100)] == [256, 256, 512, 4352]
     assert DecodeSlots(model, graphs=False).shape(5, 301) == (5, 301)  # without graphs nothing to share
+    assert DecodeSlots(model).graphs is False  # by default graphs where the model is on CUDA, not here
 
 
 def test_compaction_with_graphs_moves_rows_into_a_slot_of_at_least_the_row_step(tok, monkeypatch):

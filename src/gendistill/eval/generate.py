@@ -235,7 +235,7 @@ def generate(
     outs: list[GenOutput | None] = [None] * len(prompts)
     own = engine == "fast" and slots is None  # the call's own slots, dropped when it returns
     if own:
-        slots = DecodeSlots(model, graphs=device.type == "cuda" if cuda_graphs is None else cuda_graphs)
+        slots = DecodeSlots(model, graphs=cuda_graphs)
     if batch_size is None and engine == "fast":
         cuts = plan_batches(model, [len(enc[i]) for i in order], max_new_tokens, device, overhead_scale,
                             reclaimable=slots.nbytes)

@@ -294,7 +294,7 @@ def evaluate_model(run: EvalRun, spec: str, label: str, data: dict[str, tuple[li
     with warnings.catch_warnings():  # (generate warns of a fallback to the reference engine itself)
         warnings.simplefilter("ignore")
         fast = cfg.samples == 0 and resolve_engine(cfg.engine, False, model.config) == "fast"
-    with DecodeSlots(model, graphs=device.type == "cuda") if fast else contextlib.nullcontext() as slots:
+    with DecodeSlots(model) if fast else contextlib.nullcontext() as slots:
         _evaluate_tasks(run, model, tok, model_key, label, data, rope, long_spec, limit, slots)
     del model
     gc.collect()

@@ -136,12 +136,12 @@ def _empty_cache(template: Cache, config: Any, n: int, rows: int, columns: int) 
 class DecodeSlots:
     """The pool of :class:`DecodeSlot` of one model; as a context it is closed (slots and joins dropped) on exit.
 
-    ``graphs``: capture decode steps (CUDA); off, slots still hold each batch's buffers (the same code path, the
-    batch's own shape). ``budget``: bytes the slots may hold (default on a GPU: :data:`POOL_SHARE` of its memory free
+    ``graphs``: capture decode steps (default: when the model is on CUDA); off, slots still hold each batch's buffers
+    (the same code path, the batch's own shape). ``budget``: bytes the slots may hold (default on a GPU: :data:`POOL_SHARE` of its memory free
     when the pool is made; elsewhere unbounded, :data:`MAX_SLOTS` the only bound)."""
 
     model: Any = field(repr=False)
-    graphs: bool
+    graphs: bool | None = None
     budget: int | None = None
     slots: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (rows, columns) -> slot, least recent 1st
     joins: dict = field(default_factory=dict, repr=False)  # mixer -> its joined weights, read by the graphs
@@ -149,6 +149,8 @@ class DecodeSlots:
 
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
+        if self.graphs is None:
+            self.graphs = device.type == "cuda"
         if self.budget is None and device.type == "cuda":
             self.budget = int(POOL_SHARE * available_cuda_bytes(device))
 
