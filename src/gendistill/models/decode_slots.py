@@ -39,15 +39,13 @@ from transformers.cache_utils import Cache, StaticLayer
 from gendistill.devices import available_cuda_bytes
 from gendistill.layers.base import TeacherShapedMixer, joined_weights, tensor_version
 from gendistill.models.decoding import (
-    FULL,
     DecodeState,
     GraphStep,
     cache_tensors_of,
     empty_static_layer,
-    kv_bytes_per_token_per_layer,
-    layer_types,
     make_step,
     map_state_layer,
+    row_cache_bytes,
     static_layer_kinds,
 )
 
@@ -202,13 +200,8 @@ class DecodeSlots:
 
     def estimate(self, rows: int, columns: int) -> int:
         """Bytes a new slot of shape ``(rows, columns)`` would hold (attention K/V and recurrent states)."""
-        cfg = self.model.config
-        dtype = next(self.model.parameters()).dtype
-        attention = sum(t == FULL for t in layer_types(cfg)) * kv_bytes_per_token_per_layer(cfg, dtype)
-        recurrent = 0
-        if hasattr(self.model, "cache_bytes"):
-            recurrent = int(self.model.cache_bytes(1, batch=1).get("linear_attention", 0))
-        return rows * (columns * attention + recurrent + cfg.vocab_size * 8)
+        attention, recurrent = row_cache_bytes(self.model, columns)
+        return rows * (attention + recurrent + self.model.config.vocab_size * 8)
 
     def make_room(self, rows: int, columns: int, keep: DecodeSlot | None = None) -> None:
         """Before a batch of this shape allocates anything: drop least recently used slots (never ``keep``) until a

@@ -370,6 +370,16 @@ def kv_bytes_per_token_per_layer(config: Any, dtype: torch.dtype) -> int:
     return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
+def row_cache_bytes(model: Any, columns: int) -> tuple[int, int]:
+    """One row's static cache of ``columns`` columns: ``(attention K/V bytes, recurrent state bytes)`` (the latter
+    the model's own account, ``cache_bytes``; 0 for a model without recurrent layers)."""
+    cfg = model.config
+    dtype = next(model.parameters()).dtype
+    attention = sum(t == FULL for t in layer_types(cfg)) * kv_bytes_per_token_per_layer(cfg, dtype) * columns
+    recurrent = int(model.cache_bytes(1, batch=1).get("linear_attention", 0)) if hasattr(model, "cache_bytes") else 0
+    return attention, recurrent
+
+
 def decode_memory(model: Any, prompt_len: int, max_new_tokens: int) -> tuple[int, int]:
     """Bytes a batch needs to prefill prompts of ``prompt_len`` tokens and decode ``max_new_tokens`` on a static cache,
     as ``(fixed, per_row)``: the batch takes ``fixed + rows × per_row``.
@@ -391,10 +401,8 @@ def decode_memory(model: Any, prompt_len: int, max_new_tokens: int) -> tuple[int
     dtype = next(model.parameters()).dtype
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_attention = sum(t == FULL for t in layer_types(cfg))
-    kv = n_attention * kv_bytes_per_token_per_layer(cfg, dtype) * (prompt_len + max_new_tokens)
-    recurrent = 0
-    if hasattr(model, "cache_bytes"):
-        recurrent = 2 * int(model.cache_bytes(1, batch=1).get("linear_attention", 0))
+    kv, recurrent = row_cache_bytes(model, prompt_len + max_new_tokens)
+    recurrent *= 2
     width = max(cfg.hidden_size, getattr(cfg, "intermediate_size", 0) or 0)
     activations = 12 * prompt_len * width * itemsize + 4 * cfg.vocab_size
     if prefills_by_row(model, prompt_len):
