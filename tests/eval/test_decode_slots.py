@@ -16,7 +16,7 @@ from gendistill.layers.base import TeacherShapedMixer
 from gendistill.models import decode_slots as S
 from gendistill.models.decode_slots import DecodeSlots
 from tests.eval.conftest import MC_ROWS, MODEL_FACTORIES, QA_ROWS, write_jsonl
-from tests.eval.test_fast_generate import EagerGraph, _prompts
+from tests.eval.test_fast_generate import EagerGraph, _eos_finishing_most_rows, _prompts
 from tests.fixtures_teachers import make_tiny_folder
 
 
@@ -24,6 +24,17 @@ from tests.fixtures_teachers import make_tiny_folder
 def model(request, tok):
     torch.manual_seed(0)
     return MODEL_FACTORIES[request.param](tok)
+
+
+def _compacting(model, tok, monkeypatch, max_new: int, row_step: int) -> list[str]:
+    """The compaction tests' set-up: the prompts, end-of-turn tokens that finish most rows at different steps
+    (:func:`_eos_finishing_most_rows`), graphs replayed eagerly, slots of ``row_step`` rows, compaction from 2 rows."""
+    prompts = _prompts(tok)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", _eos_finishing_most_rows(model, tok, prompts, max_new))
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    monkeypatch.setattr(S, "ROW_STEP", row_step)
+    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
+    return prompts
 
 
 def _reference(model, tok, prompts, max_new):
@@ -66,15 +77,8 @@ def test_slot_shapes_pad_rows_less_than_twofold_and_columns_to_their_step(model)
 
 
 def test_compaction_with_graphs_moves_rows_into_a_slot_of_at_least_the_row_step(tok, monkeypatch):
-    from tests.eval.test_fast_generate import _eos_finishing_most_rows
-
     model = MODEL_FACTORIES["hybrid"](tok)
-    prompts = _prompts(tok)
-    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=16)
-    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
-    monkeypatch.setattr(G, "GraphStep", EagerGraph)
-    monkeypatch.setattr(S, "ROW_STEP", 3)
-    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
+    prompts = _compacting(model, tok, monkeypatch, max_new=16, row_step=3)
     slots = DecodeSlots(model, graphs=True)
     tokens, stats = _fast(model, tok, prompts, 16, slots, batch_size=len(prompts), check_every=1)
     assert tokens == _reference(model, tok, prompts, 16)
@@ -162,16 +166,10 @@ def test_long_prompts_prefilled_a_row_at_a_time_decode_in_their_own_cache(tok, m
     """A batch prefilled one row at a time (long prompts, attention-only model) was planned with one static cache:
     it decodes in it, neither copied into a pooled slot nor compacted."""
     from gendistill.models import decoding as D
-    from tests.eval.test_fast_generate import _eos_finishing_most_rows
 
     model = MODEL_FACTORIES["llama"](tok)
-    prompts = _prompts(tok)
-    eos = _eos_finishing_most_rows(model, tok, prompts, max_new=20)  # most rows finish: a pooled slot would compact
-    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    prompts = _compacting(model, tok, monkeypatch, max_new=20, row_step=1)  # a pooled slot would compact
     monkeypatch.setattr(D, "ROW_PREFILL_TOKENS", 1)
-    monkeypatch.setattr(G, "GraphStep", EagerGraph)
-    monkeypatch.setattr(S, "ROW_STEP", 1)
-    monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
     slots = DecodeSlots(model, graphs=True)
     tokens, stats = _fast(model, tok, prompts, 20, slots, batch_size=len(prompts), check_every=1)
     assert tokens == _reference(model, tok, prompts, 20)
