@@ -52,7 +52,9 @@ sys.path.insert(0, str(ROOT / "src"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 PAPER_LAYERS = [0, 2, 6, 11, 13, 18, 21]
 CONFIGS = ("qwen3-0.6b", "smollm2-135m")
-VARIANTS = ("optimized", "baseline", "uncast", "unfused", "eager-attention", "bf16-student")
+VARIANTS = ("optimized", "baseline", "uncast", "unfused", "eager-attention", "bf16-student", "bounded-gate")
+#: the KDA decay gate's lower bound of the ``bounded-gate`` variant's student (fla's ``safe_gate`` kernels)
+BOUNDED_GATE = -5.0
 #: how a variant compiles the blocks, as ``compiled_blocks`` keywords (the others: the trainer's defaults)
 BLOCKS = {"uncast": {"cast": False}, "unfused": {"fused": False, "cast": False},
           "eager-attention": {"attention": False}}
@@ -140,8 +142,11 @@ def main() -> None:
                     "with the student's second norm and MLP compiled apart from its residual adds (as before the "
                     "fusion); eager-attention: optimized with the attention modules left eager instead of compiled "
                     "whole (projections, rotary embedding, layout copies; as before that change); bf16-student: an "
-                    "experiment, not a training mode: optimized with the student's weights held in bf16 on CUDA (the decay parameters kept "
-                    "fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream")
+                    "experiment, not a training mode: optimized with the student's weights held in bf16 on CUDA (the "
+                    "decay parameters kept fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream; "
+                    f"bounded-gate: optimized on a second student, converted from the same teacher with the bounded "
+                    f"KDA decay gate (kda_gate_lower_bound {BOUNDED_GATE}: fla's safe_gate kernels; another function, "
+                    "docs/mixers.md)")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")
@@ -183,15 +188,27 @@ def main() -> None:
     print(f"building {args.config}{'-tiny' if tiny else ''}-shaped teacher + hybrid student on {dev} ...", flush=True)
     teacher = AutoModelForCausalLM.from_config(cfg).to(dev)
     layers = attention_layers(args.config, tiny)
-    student = convert_teacher(teacher, layers).to(device=dev, dtype=torch.float32)
-    student.upcast_recurrence_parameters()
+    hooks = []
+    draws = torch.get_rng_state()  # the students' initial draws (each student from the same ones)
+
+    def build_student(**kda_options):
+        """The hybrid student of ``teacher`` (fp32 master weights, training mode), its mixers' inputs cast to bf16 on
+        CUDA as the trainer casts them."""
+        torch.set_rng_state(draws)  # the same draws for each: the bounded gate's init maps the exact gate's decays
+        s = convert_teacher(teacher, layers, **kda_options).to(device=dev, dtype=torch.float32)
+        s.upcast_recurrence_parameters()
+        s.train()
+        if dev.type == "cuda":
+            hooks.extend(cast_mixer_inputs(s, torch.bfloat16))
+        return s
+
+    exact = build_student()
+    students = {"bounded": build_student(kda_gate_lower_bound=BOUNDED_GATE)} if "bounded-gate" in variants else {}
     if dev.type == "cuda":
         teacher = teacher.to(torch.bfloat16)
     teacher.eval().requires_grad_(False)
-    student.train()
     world = World(rank=0, world_size=1, local_rank=0, device=dev)
     run = RunConfig(output_dir="unused", precision="auto", progress="none", tensorboard=False)
-    hooks = cast_mixer_inputs(student, torch.bfloat16) if dev.type == "cuda" else []
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
@@ -219,7 +236,8 @@ def main() -> None:
         "tiny": tiny, "batch": B, "seq_len": S, "tokens_per_step": B * S, "chunk_size": args.chunk_size,
         "docs_per_seq": args.docs_per_seq, "attention_layers": layers, "vocab_size": cfg.vocab_size,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
-        "student_params": sum(p.numel() for p in student.parameters()),
+        "student_params": sum(p.numel() for p in exact.parameters()),
+        "bounded_gate": BOUNDED_GATE if students else None,
         "torch": torch.__version__, "kda_backend": "fla" if dev.type == "cuda" else "torch",
         "triton_cache": "set" if os.environ.get("TRITON_CACHE_DIR") else "default",
         "command": portable_command(sys.argv), "runs": [],
@@ -231,6 +249,7 @@ def main() -> None:
     rows = [(st, ck, mb, va) for st in stages for ck in ckpts for mb in micro_sizes for va in variants]
     for stage_name, ckpt, mb, variant in rows:
         fast = variant != "baseline"
+        student = students["bounded"] if variant == "bounded-gate" else exact
         student.to(torch.bfloat16 if variant == "bf16-student" and dev.type == "cuda" else torch.float32)
         student.upcast_recurrence_parameters()
         stage = StageConfig(name=stage_name, steps=1, seq_len=S, batch_size=B, micro_batch_size=mb,
@@ -247,6 +266,7 @@ def main() -> None:
         opt = torch.optim.AdamW(param_groups(student, 0.1), lr=2.5e-5, fused=dev.type == "cuda")
         batches = FixedBatches(mb)
         row = {"stage": stage_name, "variant": variant, "micro_batch": mb, "grad_accumulation": B // mb,
+               "kda_gate_lower_bound": student.config.kda_gate_lower_bound,
                "gradient_checkpointing": ckpt, "trainable_params": sum(p.numel() for p in trainable)}
         # what run_stage does around its loop (the baseline: SDPA with the packed mask, eager blocks, the
         # chunked loss)

@@ -19,7 +19,10 @@
 # FSDP2 check with a profiled step of each trainer: about 12 minutes, one start call and one watch call); fusion
 # (the SmolLM2 pair's stage 3a alone, fused, unfused and bf16-student: about 3 minutes after set-up); cast (stage 3a
 # with the first norm's output in bf16 (optimized), in fp32 (uncast), unfused, and with the attention compiled whole;
-# then the GPU suite on empty caches: up to 11 minutes after set-up, so WAIT=540 on the start call and a watch call).
+# then the GPU suite on empty caches: up to 11 minutes after set-up, so WAIT=540 on the start call and a watch call);
+# gate (issue 26: the bounded KDA decay gate's training speed beside the paper gate's, stage 3a and stage 1 in one
+# process, then the bounded gate's GPU tests: about 5 minutes after set-up; after a gate-smollm2-lease grid on the
+# same machine, `WAIT=300 bash tools/device_train_speed.sh start gate`).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tools/device_lib.sh
@@ -153,6 +156,18 @@ driver_cast() {
   echo "tt_smol rc=$?" >> "$RES/steps.txt"
   [ "${SUITE_S:-300}" -gt 0 ] && gpu_suite_fresh "${SUITE_S:-300}"
   return 0
+}
+
+driver_gate() {
+  # the bounded gate (kda_gate_lower_bound -5: fla's safe_gate kernels, docs/mixers.md) against the paper's, one
+  # process, 8 steps a row: what the faster kernels give a training step (the quality at equal tokens is the
+  # gate-smollm2-lease grid's); then its GPU tests (fla's safe_gate kernel and the mixer against the float64
+  # reference, forward, gradients, cached decode), each verdict written as it comes (tools/gpu_pytest.py)
+  TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1 \
+    --variants optimized,bounded-gate --steps 8 --warmup 1 --phases --out "$RES/tt_gate.json" > "$RES/tt_gate.log" 2>&1
+  echo "tt_gate rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_gate.log")" >> "$RES/steps.txt"
+  lease_gpu_test "$RES" "${GATE_TEST_S:-200}" tests/gpu/test_kda_gpu.py -k bounded >> "$RES/steps.txt"
+  echo "gate gpu-test rc=$?" >> "$RES/steps.txt"
 }
 
 driver_gpu_tests() {

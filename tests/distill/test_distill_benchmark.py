@@ -51,6 +51,23 @@ def test_train_throughput_tiny(tmp_path):
     assert "tok/s" in res.stdout
 
 
+def test_train_throughput_bounded_gate_rows_train_the_bounded_student(tmp_path):
+    """``--variants optimized,bounded-gate``: two rows of one run, the second on a student whose KDA layers have the
+    bounded decay gate (its rows say which gate they trained), the first on the paper's gate."""
+    out = tmp_path / "tt.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--tiny", "--steps", "1", "--warmup", "0",
+         "--stages", "stage1", "--micro-batches", "2", "--variants", "optimized,bounded-gate", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [(row["variant"], row["status"], row["kda_gate_lower_bound"]) for row in r["runs"]] == [
+        ("optimized", "ok", None), ("bounded-gate", "ok", -5.0)]
+    assert r["bounded_gate"] == -5.0
+
+
 def test_train_throughput_refuses_an_unknown_variant_before_building_models(tmp_path):
     out = tmp_path / "tt.json"
     res = subprocess.run(
@@ -60,7 +77,7 @@ def test_train_throughput_refuses_an_unknown_variant_before_building_models(tmp_
     )
     assert res.returncode != 0 and not out.exists()
     assert res.stderr.strip().splitlines()[-1] == ("--variants: unknown variant 'fused' (choose from optimized, "
-                                                   "baseline, uncast, unfused, eager-attention, bf16-student)")
+                                                   "baseline, uncast, unfused, eager-attention, bf16-student, bounded-gate)")
     assert "building" not in res.stdout
 
 
