@@ -163,7 +163,8 @@ driver_gate() {
   # process, 8 steps a row: what the faster kernels give a training step (the quality at equal tokens is the
   # gate-smollm2-lease grid's); then its GPU tests (fla's safe_gate kernel and the mixer against the float64
   # reference, forward, gradients, cached decode), each verdict written as it comes (tools/gpu_pytest.py)
-  TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 benchmarks/train_throughput.py $SMOL --stages stage3a,stage1 \
+  # (a short lease: GATE_STAGES=stage3a GATE_TEST_S=120)
+  TRITON_PRINT_AUTOTUNING=1 timeout 300 python3 benchmarks/train_throughput.py $SMOL --stages "${GATE_STAGES:-stage3a,stage1}" \
     --variants optimized,bounded-gate --steps 8 --warmup 1 --phases --out "$RES/tt_gate.json" > "$RES/tt_gate.log" 2>&1
   echo "tt_gate rc=$? autotuned=$(grep -c 'Triton autotuning for function' "$RES/tt_gate.log")" >> "$RES/steps.txt"
   lease_gpu_test "$RES" "${GATE_TEST_S:-200}" tests/gpu/test_kda_gpu.py -k bounded >> "$RES/steps.txt"
