@@ -52,6 +52,23 @@ def test_empty_file(tmp_path, tok):
         _validate(p, "text", tok)
 
 
+def test_a_source_without_a_document_of_min_document_tokens_is_refused(tmp_path, tok):
+    """Packing skips documents shorter than ``min_document_tokens``: a source with none would leave the endless
+    training stream empty and the trainer waiting forever, so validation refuses it, naming the setting."""
+    def validate(path):
+        data = _data(SourceConfig(path=str(path), format="text"), heldout_documents=1, min_document_tokens=8)
+        return PackedStream(data, tok, 32, "all_tokens").validate()
+
+    long = {"text": " ".join(["word"] * 12)}
+    # the one long document is the held-out head's: training has none
+    p = write_jsonl(tmp_path / "short.jsonl", [long] + [{"text": "the cat"}] * 20)
+    with pytest.raises(DataError, match=r"short\.jsonl: no training document has min_document_tokens=8 tokens"):
+        validate(p)
+    # one long enough training document anywhere in the source, even after the first eight, is enough
+    p = write_jsonl(tmp_path / "late.jsonl", [{"text": "the cat"}] * 20 + [long])
+    assert validate(p) == {str(p): 21}
+
+
 def test_missing_file(tmp_path, tok):
     with pytest.raises(DataError, match="not found"):
         _validate(tmp_path / "nope.jsonl", "text", tok)
@@ -307,8 +324,34 @@ def test_heldout_rows_score_the_responses_whatever_the_stage_trains_on(chat_file
     assert train["loss_mask"].float().mean() > rows["all_tokens"]["loss_mask"].float().mean()
     text = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=6)
     t_rows = collate(PackedStream(text, tok, 64, "all_tokens").heldout_sequences(4))
-    inside = t_rows["position_ids"][:, 1:] != 0  # next token in the same document
+    # next token in the same document and a real one (the last row is padded: the held-out documents ran out)
+    inside = (t_rows["position_ids"][:, 1:] != 0) & t_rows["token_mask"][:, 1:]
     assert torch.equal(t_rows["loss_mask"][:, :-1], inside)
+
+
+def test_heldout_rows_keep_every_heldout_token_even_a_last_partial_row(text_file, tok):
+    """The held-out documents are a finite set: the last row they leave partly filled is kept, padded, so no held-out
+    token is dropped, and documents shorter than one row in all still give a row (before, they gave none, and the
+    stage's held-out evaluation silently did not run). The training stream is endless and never pads a last row."""
+    text = _data(SourceConfig(path=str(text_file), format="text"), heldout_documents=3)
+    ps = PackedStream(text, tok, 16, "all_tokens")
+    total = sum(len(ps._encode_with(ps.heldout_encoders[0], rec, origin).input_ids)
+                for origin, rec in ps.readers[0].heldout())
+    assert total > 17
+    for seq_len in (16, total - 1, 4 * total):
+        rows = PackedStream(text, tok, seq_len, "all_tokens").heldout_sequences(64)
+        assert sum(int(r.valid.sum()) for r in rows) == total, seq_len
+        assert len(rows) == -(-total // seq_len)  # ceil: the last row padded
+        last = rows[-1]
+        n = total - seq_len * (len(rows) - 1)
+        assert last.valid[:n].all() and not last.valid[n:].any()
+        batch = collate(rows)
+        assert not batch["loss_mask"][-1, n - 1:].any()  # the padding scores nothing
+    seqs = [s for _, (s, _) in zip(range(40), PackedStream(text, tok, 16, "all_tokens").sequences())]
+    assert all(s.valid.all() for s in seqs)
+    docs = [(0, Encoded(list(range(5)), [True] * 5))]
+    assert [int(s.valid.sum()) for s, _ in pack_documents(iter(docs), 8, pad_id=0, flush=True)] == [5]
+    assert list(pack_documents(iter(docs), 8, pad_id=0)) == []
 
 
 def test_heldout_documents_never_appear_in_training(text_file, tok):

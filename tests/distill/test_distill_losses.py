@@ -150,6 +150,33 @@ def test_chunked_matches_full_values_and_gradients(kind, train_head):
         assert w_s.grad is None
 
 
+@pytest.mark.parametrize("train_head", [False, True])
+def test_chunked_heads_with_biases_match_full_logits_and_train_the_student_bias(train_head):
+    """Vocabulary projections with a bias: the loss and every gradient (the student's hidden states, and its head's
+    weight and bias when the head trains) equal full logits' in float64; a frozen bias gets none."""
+    g = torch.Generator().manual_seed(4)
+    N, D, V = 29, 10, 70
+    h_s = torch.randn(N, D, generator=g, dtype=torch.float64).requires_grad_(True)
+    w_s = (torch.randn(V, D, generator=g, dtype=torch.float64) * 0.5).requires_grad_(train_head)
+    b_s = torch.randn(V, generator=g, dtype=torch.float64).requires_grad_(train_head)
+    h_t = torch.randn(N, D, generator=g, dtype=torch.float64)
+    w_t, b_t = torch.randn(V, D, generator=g, dtype=torch.float64) * 0.5, torch.randn(V, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, V, (N,), generator=g)
+    cfg = LossConfig(kind="forward_kl", temperature=2.0, ce_weight=0.1, chunk_size=8)
+    got = chunked_logit_loss(h_s, w_s, h_t, w_t, labels, cfg, b_s=b_s, b_t=b_t, compute_dtype=torch.float64)
+    (got * 0.7).backward()
+    h2, w2, b2 = (x.detach().clone().requires_grad_(x.requires_grad) for x in (h_s, w_s, b_s))
+    ref = full_logit_loss(h2 @ w2.t() + b2, h_t @ w_t.t() + b_t, labels, cfg).sum()
+    (ref * 0.7).backward()
+    torch.testing.assert_close(got.double(), ref.double(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(h_s.grad, h2.grad, rtol=1e-9, atol=1e-12)
+    if train_head:
+        torch.testing.assert_close(w_s.grad, w2.grad, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(b_s.grad, b2.grad, rtol=1e-9, atol=1e-12)
+    else:
+        assert w_s.grad is None and b_s.grad is None
+
+
 def test_chunk_size_does_not_change_the_result():
     g = torch.Generator().manual_seed(3)
     h_s, h_t = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g)

@@ -164,3 +164,31 @@ def test_first_non_finite_names_parameters_and_optimizer_state():
     assert first_non_finite(model, opt) == "optimizer state exp_avg_sq of 1.weight"
     model[0].bias.data[1] = float("nan")
     assert first_non_finite(model, opt) == "0.bias"
+
+
+def test_a_checkpoint_is_judged_only_by_a_loss_its_own_weights_gave(tmp_path):
+    """With ``log_every`` > 1 the loss logged after a checkpoint may come several steps later, from weights trained
+    further: a blow-up there says nothing about the checkpoint, which keeps its name and is advised. A loss logged at
+    the very next step (computed with exactly its weights) still condemns it."""
+    from gendistill.distill.checkpoint import write_manifest
+    from gendistill.distill.divergence import recovery_hint
+
+    def run(records):
+        root = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        stage = root / "checkpoints" / "stage3a"
+        for s in (10, 20):
+            d = stage / f"step-{s:08d}"
+            d.mkdir(parents=True)
+            (d / "state.json").write_text(json.dumps({"step": s}))
+            write_manifest(d)
+        (root / "metrics.jsonl").write_text("".join(json.dumps({"stage": "stage3a", **r}) + "\n" for r in records))
+        return stage, recovery_hint(stage / "step-00000020", diverged_at=33)
+
+    logged = [{"step": 1, "loss": 2.0}, {"step": 10, "loss": 1.9}, {"step": 20, "loss": 1.8}]
+    stage, hint = run([*logged, {"step": 30, "loss": 40.0}])  # log_every 10: step 30's weights blew up
+    assert sorted(p.name for p in stage.iterdir()) == ["step-00000010", "step-00000020"]
+    assert "last good checkpoint" in hint and hint.split("last good checkpoint: ")[1].startswith(
+        str(stage / "step-00000020")) and "renamed" not in hint
+    stage, hint = run([*logged, {"step": 21, "loss": 40.0}])  # the step right after it: its own weights
+    assert sorted(p.name for p in stage.iterdir()) == ["diverged-step-00000020", "step-00000010"]
+    assert "loss 40 at step 21" in hint

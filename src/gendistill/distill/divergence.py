@@ -76,15 +76,16 @@ def _start_level(losses: dict[int, float]) -> float | None:
 def _evidence(step: int, train: dict[int, float], held: dict[int, float],
               diverged_at: int | None) -> tuple[bool | None, str]:
     """Whether the weights of the checkpoint at ``step`` are usable, judged by the loss they gave: the held-out loss
-    logged at ``step`` (computed with exactly these weights), else the training loss of the next logged step (its
-    forward pass used these weights when the step follows at once). ``(None, "")`` when nothing was logged."""
+    logged at ``step`` (computed with exactly these weights), else the training loss logged at step ``step + 1`` (its
+    forward pass used these weights). ``(None, "")`` when neither was logged (``log_every`` > 1: a loss logged later
+    came from weights trained further, and says nothing about these)."""
     if diverged_at is not None and diverged_at == step + 1:
         return False, f"its weights gave a non-finite loss or gradient at step {diverged_at}"
     if step in held:
         value, start, what = held[step], _start_level(held), f"held-out loss {held[step]:.4g} at step {step}"
     else:
         later = sorted(k for k in train if k > step and (diverged_at is None or k < diverged_at))
-        if not later:
+        if not later or later[0] != step + 1:  # a later step's loss came from weights trained further
             return None, ""
         value, start, what = train[later[0]], _start_level(train), f"loss {train[later[0]]:.4g} at step {later[0]}"
     if not math.isfinite(value):

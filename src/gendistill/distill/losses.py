@@ -160,8 +160,9 @@ def _project(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: to
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
-    """sum_i loss(h_s[i] @ W_s^T, h_t[i] @ W_t^T), computed chunk by chunk; the gradients w.r.t. ``h_s`` (and
-    ``W_s`` when it trains) are computed in the forward pass per chunk and only they are kept."""
+    """sum_i loss(h_s[i] @ W_s^T + b_s, h_t[i] @ W_t^T + b_t), computed chunk by chunk; the gradients w.r.t.
+    ``h_s`` (and ``W_s``, ``b_s`` when they train) are computed in the forward pass per chunk and only they are
+    kept."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -180,10 +181,12 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     ) -> torch.Tensor:
         need_h = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1]
+        need_b = b_s is not None and ctx.needs_input_grad[5]
         acc = torch.promote_types(h_s.dtype, torch.float32)  # float32 accumulators (float64 for float64 inputs)
         total = torch.zeros((), dtype=acc, device=h_s.device)
         grad_h = torch.zeros_like(h_s, dtype=acc) if need_h else None
         grad_w = torch.zeros_like(w_s, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(b_s, dtype=acc) if need_b else None
         n = h_s.shape[0]
         dev_type = h_s.device.type
         with torch.autocast(device_type=dev_type, enabled=False):
@@ -191,14 +194,15 @@ class _ChunkedLogitLoss(torch.autograd.Function):
             wt_c = w_t.detach().to(dtype)
             ws = w_s.detach().requires_grad_(need_w)
             ws_c = None if need_w else ws.to(dtype)
+            bs = b_s.detach().requires_grad_(need_b) if b_s is not None else None
             for i in range(0, n, chunk):
                 hs = h_s[i : i + chunk].detach().requires_grad_(need_h)
                 with torch.no_grad():
                     tl = _project(h_t[i : i + chunk], wt_c, b_t, dtype)
                 with torch.enable_grad():
-                    sl = _project(hs, ws if need_w else ws_c, b_s, dtype)
+                    sl = _project(hs, ws if need_w else ws_c, bs, dtype)
                     loss = fn(sl, tl, labels[i : i + chunk], cfg).sum()
-                inputs = [x for x, need in ((hs, need_h), (ws, need_w)) if need]
+                inputs = [x for x, need in ((hs, need_h), (ws, need_w), (bs, need_b)) if need]
                 if inputs:
                     grads = torch.autograd.grad(loss, inputs)
                     k = 0
@@ -207,23 +211,24 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                         k += 1
                     if need_w:
                         grad_w += grads[k].to(acc)  # type: ignore[operator]
+                        k += 1
+                    if need_b:
+                        grad_b += grads[k].to(acc)  # type: ignore[operator]
                 total += loss.detach()
                 del sl, tl, loss
-        ctx.save_for_backward(
-            grad_h if grad_h is not None else torch.empty(0),
-            grad_w if grad_w is not None else torch.empty(0),
-        )
-        ctx.need = (need_h, need_w)
-        ctx.dtypes = (h_s.dtype, w_s.dtype)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
+        ctx.need = (need_h, need_w, need_b)
+        ctx.dtypes = (h_s.dtype, w_s.dtype, b_s.dtype if b_s is not None else None)
         return total
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        grad_h, grad_w = ctx.saved_tensors
-        need_h, need_w = ctx.need
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.need
         gh = (grad_h * g).to(ctx.dtypes[0]) if need_h else None
         gw = (grad_w * g).to(ctx.dtypes[1]) if need_w else None
-        return gh, gw, None, None, None, None, None, None, None, None, None
+        gb = (grad_b * g).to(ctx.dtypes[2]) if need_b else None
+        return gh, gw, None, None, None, gb, None, None, None, None, None
 
 
 def chunked_logit_loss(

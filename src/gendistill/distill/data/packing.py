@@ -48,12 +48,15 @@ def pack_documents(
     split_documents: bool = True,
     min_document_tokens: int = 1,
     start_offset: int = 0,
+    flush: bool = False,
 ) -> Iterator[tuple[PackedSequence, StreamState]]:
     """Pack ``(draw, Encoded)`` documents into sequences of exactly ``seq_len`` tokens.
 
     Position ids restart at 0 at every document (and at every piece of a split document, and at the padding), so
     attention layers see no other document and KDA layers reset their state there. Yields each sequence with the
     state at which the *next* sequence starts. ``start_offset`` skips that many tokens of the first document.
+    ``flush``: when the documents run out, the last, partly filled sequence is yielded too, padded (a finite set such
+    as the held-out documents; the endless training stream never runs out, and a resumed one must not pad).
     """
     arange = np.arange(seq_len, dtype=np.int64)
 
@@ -72,7 +75,7 @@ def pack_documents(
         cur, n = empty(), 0
         return seq
 
-    first = True
+    first, draw = True, -1
     for draw, enc in docs:
         d_ids, d_tm = enc.input_ids, enc.target_mask
         i = start_offset if first else 0
@@ -94,6 +97,8 @@ def pack_documents(
             i += take
             if n == seq_len:
                 yield emit(), (StreamState(draw, i) if i < len(d_ids) else StreamState(draw + 1, 0))
+    if flush and n:
+        yield emit(), StreamState(draw + 1, 0)
 
 
 def _stack(rows: list, dtype) -> torch.Tensor:

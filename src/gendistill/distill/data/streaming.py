@@ -179,16 +179,21 @@ class PackedStream:
     def validate(self) -> dict[str, int]:
         """Open every source and check every record (streaming sources: the first few hundred) before training:
         empty files, malformed lines, missing fields, conversations without an assistant turn, missing chat template.
-        Encodes the first records of each source too. Returns usable documents per source; with ``skip_empty`` the
-        records with nothing to distill are counted in ``self.skipped`` instead of raising."""
+        Encodes the first records of each source too, and every record until one has ``min_document_tokens``
+        tokens (packing skips shorter documents: a source with none would give the endless training stream nothing,
+        and it would wait forever). Returns usable documents per source; with ``skip_empty`` the records with nothing
+        to distill are counted in ``self.skipped`` instead of raising."""
         counts: dict[str, int] = {}
         self.skipped = {}
+        shortest = self.data.min_document_tokens
         for reader, enc in zip(self.readers, self.encoders):
-            n = skipped = 0
-            for origin, rec in reader.records_for_validation():
+            n = skipped = longest = 0
+            for i, (origin, rec) in enumerate(reader.records_for_validation()):
                 try:
-                    if n < 8:
-                        enc.encode(rec, origin)
+                    if n < 8 or longest < shortest:
+                        tokens = len(enc.encode(rec, origin).input_ids)
+                        if i >= reader.heldout_n:  # a training document (the held-out head comes first)
+                            longest = max(longest, tokens)
                     else:
                         enc.fields(rec, origin)
                 except NothingToDistillError:
@@ -199,6 +204,10 @@ class PackedStream:
                 n += 1
             if n == 0:
                 raise DataError(f"{reader.cfg.path}: no usable documents ({skipped} with nothing to distill)")
+            if longest < shortest:
+                raise DataError(f"{reader.cfg.path}: no training document has min_document_tokens={shortest} "
+                                f"tokens (the longest read: {longest}); lower data.min_document_tokens or check the "
+                                "source")
             counts[reader.cfg.path] = n
             self.skipped[reader.cfg.path] = skipped
         return counts
@@ -247,10 +256,11 @@ class PackedStream:
         )
 
     def heldout_sequences(self, max_sequences: int) -> list[PackedSequence]:
-        """Up to ``max_sequences`` packed sequences of the sources' held-out heads (in source order). Their target
-        mask does not follow the stage's masking: chat and prompt-response documents are scored on their responses
-        (``completion_only``), text on every token, so that held-out figures of stages that train with different
-        maskings count the same tokens."""
+        """Up to ``max_sequences`` packed sequences of the sources' held-out heads (in source order), the last one
+        padded when the documents run out before it is full (so held-out documents shorter than ``seq_len`` in all
+        still give one sequence). Their target mask does not follow the stage's masking: chat and prompt-response
+        documents are scored on their responses (``completion_only``), text on every token, so that held-out
+        figures of stages that train with different maskings count the same tokens."""
         if max_sequences <= 0:
             return []
         docs: list[tuple[int, Encoded]] = []
@@ -263,7 +273,7 @@ class PackedStream:
                     d += 1
         out = []
         for seq, _ in pack_documents(
-            iter(docs), self.seq_len, pad_id=self.pad_id, split_documents=True, min_document_tokens=2
+            iter(docs), self.seq_len, pad_id=self.pad_id, split_documents=True, min_document_tokens=2, flush=True
         ):
             out.append(seq)
             if len(out) >= max_sequences:
