@@ -166,3 +166,18 @@ def test_mamba2_ssd_matches_the_selective_scan(recurrent):
     y, s = mamba2_ssd(C, Bm, x, dt, A_log, D, recurrent=recurrent, initial_state=h0, output_final_state=True)
     y_ref, s_ref = mamba2_step_by_step(C, Bm, x, dt, A_log, D, N**-0.5, h0)
     assert rel(y, y_ref) < TOL_F64 and rel(s, s_ref) < TOL_F64
+
+
+def test_mamba2_skip_term_keeps_float32_d_in_a_bf16_model():
+    """``D`` is a float32 parameter in a bf16 model (docs/mixers.md): the skip term ``D * x`` is computed in float32,
+    so D = 1.003 and D = 1.0 give different bf16 outputs (cast to bf16 first, both would be 1.0)."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, N, P = 1, 8, 2, 16, 16
+    C, Bm = (torch.randn(B, T, H, N, generator=g).bfloat16() for _ in range(2))
+    x = torch.randn(B, T, H, P, generator=g).bfloat16()
+    dt, A_log = torch.rand(B, T, H, generator=g) * 0.1, torch.zeros(H)
+    y1, _ = mamba2_ssd(C, Bm, x, dt, A_log, torch.full((H,), 1.0))
+    y2, _ = mamba2_ssd(C, Bm, x, dt, A_log, torch.full((H,), 1.003))
+    assert y1.dtype == torch.bfloat16 and not torch.equal(y1, y2)
+    ref = (y1.float() + 0.003 * x.float())  # y2 - y1 is 0.003 * x, up to bf16's rounding of each output
+    torch.testing.assert_close(y2.float(), ref, rtol=1e-2, atol=1e-2)

@@ -288,3 +288,57 @@ def test_past_key_values_is_the_old_name_of_cache():
     assert torch.equal(new.logits, old.logits) and old.cache is not None
     assert torch.equal(base.last_hidden_state, student.model(x[:, 8:], cache=student(x[:, :8], use_cache=True).cache)
                        .last_hidden_state)
+
+
+def test_a_cache_whose_first_layer_is_kda_counts_every_token():
+    """A student whose layer 0 is KDA (``every:4`` keeps 0, 3, …; here 1 and 3): its cache's sequence length counts
+    the prefill's tokens (transformers >= 5.25 reads it off layer 0), so a cached forward without ``position_ids``
+    gives the attention layers the right positions, and ``generate`` continuing a returned cache feeds only the new
+    tokens: both equal a full recompute (to float32 rounding)."""
+    _, s = student_of("llama", "1,3")
+    with torch.no_grad():  # sharper attention: a position error shows
+        for i in (1, 3):
+            s.model.layers[i].self_attn.q_proj.weight.mul_(8)
+    s.generation_config.eos_token_id, s.generation_config.pad_token_id = None, 0
+    x = torch.randint(3, 256, (1, 20))
+    with torch.no_grad():
+        full = s(x).logits
+        out = s(x[:, :12], use_cache=True)
+        cache, logits = out.cache, [out.logits]
+        for t in range(12, 20):
+            logits.append(s(x[:, t : t + 1], cache=cache, use_cache=True).logits)
+        assert int(cache.get_seq_length()) == 20
+        torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-4, atol=1e-5)
+        gen = s.generate(x[:, :12], max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+        seq = gen.sequences
+        cont = s.generate(seq, cache=gen.past_key_values, max_new_tokens=1, do_sample=False,
+                          return_dict_in_generate=True, output_logits=True)
+        torch.testing.assert_close(cont.logits[0], s(seq).logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [MIXED, "1,3"])
+def test_assisted_decoding_equals_greedy_decoding(spec):
+    """transformers' assisted (speculative) decoding verifies several drafted tokens in one forward and crops the
+    rejected ones from the cache: the KDA layers hand it the state after each of the last tokens, so the result
+    equals plain greedy decoding; a cache cropped by hand continues as a full recompute does."""
+    import transformers.cache_utils as cu
+
+    if not hasattr(cu.DynamicCache, "get_recurrent_states_to_keep"):
+        pytest.skip("transformers < 5.25 crops no recurrent state (linear-attention layers cannot be rolled back)")
+    _, s = student_of("llama", spec)
+    _, draft = student_of("llama", spec, seed=7)
+    for m in (s, draft):
+        m.generation_config.eos_token_id, m.generation_config.pad_token_id = None, 0
+    torch.manual_seed(0)
+    x = torch.randint(3, 256, (2, 20))
+    with torch.no_grad():
+        for row in x.split(1):
+            assert torch.equal(s.generate(row, max_new_tokens=24, do_sample=False),
+                               s.generate(row, max_new_tokens=24, do_sample=False, assistant_model=draft))
+        y = torch.randint(3, 256, (1, 5))
+        cache = s(x[:1], use_cache=True).cache
+        cache.activate_past_recording(recurrent_states_to_keep=5)
+        s(y, cache=cache, position_ids=torch.arange(20, 25)[None])
+        cache.crop(-3)  # keep 2 of the 5 verified tokens
+        out = s(y[:, 2:3], cache=cache, position_ids=torch.tensor([[22]])).logits[0, -1]
+        torch.testing.assert_close(out, s(torch.cat([x[:1], y[:, :3]], 1)).logits[0, -1], rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,29 @@ from gendistill.ops.kda.gate import inverse_softplus, silu_inverse_of_one
 
 # Up to this many new tokens with a cached state, the step-by-step kernel is used (fla's own rule for decode).
 RECURRENT_MAX_TOKENS = 64
+
+
+def _states_to_record(cache: Any, layer_idx: int, T: int) -> int:
+    """How many recurrent states a forward of ``T`` tokens hands the cache: 1 (the final one), or, while transformers
+    records the past to crop rejected tokens (assisted decoding; ``generate`` returning its cache) and asks for the
+    states of the last ``keep`` tokens (``get_recurrent_states_to_keep``, transformers >= 5.25), the ``min(keep + 1,
+    T)`` states after each of the last tokens: ``crop(-j)`` then restores the state after token ``T - j``."""
+    if cache is None or T == 1 or not cache.is_recording_past(layer_idx):
+        return 1
+    keep = getattr(cache, "get_recurrent_states_to_keep", None)
+    keep = int(keep(layer_idx) or 0) if keep is not None else 0
+    return min(keep + 1, T) if keep else 1
+
+
+def _count_prefill_tokens(cache: Any, layer_idx: int, extra: int) -> None:
+    """A linear-attention cache layer counts the tokens it has seen by the width of each conv state it is handed
+    (transformers >= 5.25 reads layer 0's count as the cache's sequence length, so a student whose first layer is
+    linear must count right: the positions of a cached forward without ``position_ids``, and ``generate`` continuing
+    a returned cache, read it). A chunked prefill hands over its final conv state, ``W`` columns for ``T`` tokens:
+    ``extra`` = ``T - W`` more are counted here. Older transformers keep no such count (nothing to correct)."""
+    count = getattr(cache.layers[layer_idx], "cumulative_length_linear", None)
+    if isinstance(count, torch.Tensor):
+        count.add_(extra)
 
 
 class TeacherShapedMixer(nn.Module):
@@ -256,6 +279,7 @@ class TeacherShapedMixer(nn.Module):
                                                 initial_state=prev, output_final_state=cache is not None)
             if cache is not None:
                 cache.update_conv_state(conv_state, self.layer_idx, conv_kernel_size=self.conv_size)
+                _count_prefill_tokens(cache, self.layer_idx, T - conv_state.shape[-1])
         q, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
 
         q = q.reshape(B, T, H, K)
@@ -266,14 +290,34 @@ class TeacherShapedMixer(nn.Module):
         else:
             k = k.reshape(B, T, Hkv, K)
             v = v.reshape(B, T, Hkv, K)
-        o, final_state = self.mix(q, k, v, inp, recurrent=recurrent, initial_state=recurrent_state,
-                                  output_final_state=cache is not None, cu_seqlens=cu_seqlens, pad_mask=pad_mask)
-        if cache is not None:
-            cache.update_recurrent_state(final_state.float(), self.layer_idx)
+        n = _states_to_record(cache, self.layer_idx, T)
+        if n == 1:
+            o, final_state = self.mix(q, k, v, inp, recurrent=recurrent, initial_state=recurrent_state,
+                                      output_final_state=cache is not None, cu_seqlens=cu_seqlens, pad_mask=pad_mask)
+            if cache is not None:
+                cache.update_recurrent_state(final_state.float(), self.layer_idx)
+        else:  # the state after each of the last n tokens, for transformers to crop rejected tokens back to
+            o, states = self._mix_recording(q, k, v, inp, recurrent_state, pad_mask, T - n + 1)
+            cache.update_recurrent_state([st.float() for st in states], self.layer_idx)
 
         gate = inp(self.g_proj).view(B, T, H, K)
         o = self.o_norm(o.to(x.dtype), gate).reshape(B, T, H * K)
         return self.o_proj(o)
+
+    def _mix_recording(self, q, k, v, inp: MixerInput, state, pad_mask, first: int):
+        """:meth:`mix` over ``q, k, v`` ``[B, T, H, K]`` with the states a cache recording its past needs: the first
+        ``first`` tokens in one call, then each later token alone (the step-by-step kernel). Returns ``o`` ``[B, T,
+        H, K]`` and the ``T - first + 1`` states after tokens ``first, ..., T``."""
+        T = q.shape[1]
+        outs, states = [], []
+        for a, b in ((0, first), *((t, t + 1) for t in range(first, T))):
+            recurrent = state is not None and b - a <= RECURRENT_MAX_TOKENS and not self.training
+            o, state = self.mix(q[:, a:b], k[:, a:b], v[:, a:b], inp.window(a, b), recurrent=recurrent,
+                                initial_state=state, output_final_state=True, cu_seqlens=None,
+                                pad_mask=None if pad_mask is None else pad_mask[:, a:b])
+            outs.append(o)
+            states.append(state)
+        return torch.cat(outs, dim=1), states
 
     # ---------------------------------------------------------------------------------------------- introspection
     def state_bytes(self, batch: int = 1, conv_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
@@ -339,6 +383,10 @@ class MixerInput(NamedTuple):
 
     x: torch.Tensor
     joined: Mapping[int, torch.Tensor] = MappingProxyType({})  # (read only: a shared default)
+
+    def window(self, start: int, stop: int) -> MixerInput:
+        """The input of tokens ``[start, stop)`` only (``x`` and every joined output sliced along T)."""
+        return MixerInput(self.x[:, start:stop], {k: y[:, start:stop] for k, y in self.joined.items()})
 
     def __call__(self, proj: nn.Module) -> torch.Tensor:
         first, rest = (proj[0], proj[1:]) if isinstance(proj, nn.Sequential) else (proj, None)

@@ -52,4 +52,6 @@ def mamba2_ssd(
     kernel = gla_recurrent if recurrent else gla_chunk
     y, state = kernel(C, B, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                       cu_seqlens=cu_seqlens)
-    return (y + D.to(y.dtype)[:, None] * x).to(x.dtype), state
+    # the skip term in float32 at least (D is a float32 parameter: in bf16, 1.003 would round to 1.0), rounded once
+    acc = torch.promote_types(x.dtype, torch.float32)
+    return (y.to(acc) + D.to(acc)[:, None] * x.to(acc)).to(x.dtype), state
