@@ -118,5 +118,9 @@ def test_short_answers_and_aliases():
     assert match_aliases("Garlic", aliases) == (False, False)
     assert match_aliases("", aliases) == (False, False)
     assert extract_short_answer("\n\nAnswer: Paris\nMore text") == "Paris"
+    # a line that is only the label: the answer is on the next one
+    for reply in ("**Answer:**\nParis", "Answer:\n\nParis", "The answer is:\nParis"):
+        assert extract_short_answer(reply) == "Paris", reply
+        assert match_aliases(reply, ["Paris"]) == (True, True), reply
     assert normalize_text("The  Beatles!") == "beatles"
     assert normalize_text("Café") == "cafe"

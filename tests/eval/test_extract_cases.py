@@ -89,6 +89,7 @@ def test_extract_number_cases(text, expected):
     ("3/4", "0.75", True), ("1/3", "0.333333", True), ("1000", "1e3", True), ("$1,234", "1234", True),
     ("18.0", "18", True), ("-0.5", "-1/2", True), ("2/4", "1/2", True), ("0.3", "1/3", False), ("18", "19", False),
     ("12", "1.2", False), (None, "1", False), ("abc", "1", False),
+    ("1000001", "1000000", False), ("1000000.0", "1e6", True),  # two integers: exactly, however large
 ])
 def test_numbers_equal_cases(a, b, equal):
     assert numbers_equal(a, b) is equal
@@ -160,6 +161,13 @@ CHOICES = [
     ("Paris is the capital of France.", ["Berlin", "Paris", "Rome", "Madrid"], 1),
     ("The answer is (B) Paris.", ["Berlin", "Paris", "Rome", "Madrid"], 1),
     ("The capital is either Paris or Rome.", ["Berlin", "Paris", "Rome", "Madrid"], None),
+    # the first explicit statement in the reply, whichever its form; "Answer A is …" names option A, not a choice
+    ("The correct option is C. Answer A is wrong because ribosomes make proteins.", MMLU, 2),
+    ("I'd go with B. Answer A is tempting but wrong.", MMLU, 1),
+    ("I would choose D; many would say the answer is A, but no.", MMLU, 3),
+    ("Answer A is incorrect because ribosomes make proteins. Answer B is correct.", MMLU, 1),
+    ("Option C is correct. The answer is not B.", MMLU, 2),
+    ("Final answer A.", MMLU, 0),
 ]
 
 

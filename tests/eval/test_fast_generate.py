@@ -356,3 +356,20 @@ def test_end_of_turn_tokens_are_the_vocabularys_own(model, tok, monkeypatch):
         want |= set([e] if isinstance(e, int) else e or [])
     assert set(G._eos_ids(model, tok)) == want
     assert any(t not in vocab for t in G.END_OF_TURN_TOKENS)  # the tiny vocabulary lacks some: they are left out
+
+
+def test_the_checkpoints_generation_settings_do_not_change_the_reference(model, tok):
+    """A checkpoint's generation_config.json may set a repetition penalty or a no-repeat n-gram size (Qwen2.5-Instruct
+    ships 1.05): transformers' generate would apply them, the fast engine does not. The reference engine decodes by
+    the evaluator's settings alone, so the two agree whatever the checkpoint says, and the model keeps its config."""
+    prompts = _prompts(tok, 4)
+    before, _ = G.generate(model, tok, prompts, max_new_tokens=10, engine="reference", show_progress=False)
+    cfg = model.generation_config
+    saved = (cfg.repetition_penalty, cfg.no_repeat_ngram_size)
+    cfg.repetition_penalty, cfg.no_repeat_ngram_size = 3.0, 2
+    try:
+        ref, fast, _ = _both(model, tok, prompts, max_new_tokens=10)
+        assert model.generation_config is cfg and cfg.repetition_penalty == 3.0
+    finally:
+        cfg.repetition_penalty, cfg.no_repeat_ngram_size = saved
+    assert [o.token_ids for o in ref] == [o.token_ids for o in before] == [o.token_ids for o in fast]

@@ -140,6 +140,11 @@ def test_merge():
     assert {c["student"] for c in m["comparisons"]} == {"S", "S2"}
     assert [c for c in m["comparisons"] if c["student"] == "S2"] == [
         dict(c, student="S2") for c in m["comparisons"] if c["student"] == "S"]
+    # parts scored on other examples are not merged (retention would compare different questions)
+    for key, value in (("limit", 20), ("seed", 7), ("smoke", True), ("data_source", "hub")):
+        other = {**d, "meta": {**d["meta"], key: value}}
+        with pytest.raises(DataError, match=f"part 3 selected other examples: {key} "):
+            R.merge_results([a, b, other])
 
 
 def test_fidelity_helpers(tok):

@@ -249,6 +249,20 @@ def test_weights_hash_sees_one_changed_element_in_any_dtype():
         assert weights_hash(model) != before
 
 
+def test_model_fingerprint_sees_the_generation_end_of_sequence_ids():
+    """Generated answers end at the generation config's end-of-sequence ids: another id is another result."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gendistill.eval.result_cache import model_fingerprint
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
+    a = model_fingerprint(m, None)
+    m.generation_config.eos_token_id = [2, 7]
+    assert model_fingerprint(m, None) != a
+
+
 def test_tokenizer_hash_sees_the_chat_template_and_the_vocabulary():
     a, b = tiny_tokenizer(), tiny_tokenizer()
     assert tokenizer_hash(a) == tokenizer_hash(b)

@@ -71,3 +71,16 @@ def test_lm_eval_model_args_take_rope_scaling(tmp_path):
     lm = gendistill_lm_class()(pretrained=str(tmp_path / "m"), device="cpu", batch_size=1, rope_scaling="yarn:4")
     assert lm.model.config.rope_parameters["rope_type"] == "yarn"
     assert lm.model.config.max_position_embeddings == 256 and lm.max_length == 256
+
+
+@pytest.mark.parametrize("kind", ["yarn", "linear", "dynamic"])
+def test_log_likelihood_scores_the_scaled_length_under_every_scaling(kind):
+    """Log-likelihood left-truncates its inputs at the model's nominal length: after ``--rope-scaling KIND:4`` that
+    is four times the trained length for every kind (dynamic NTK keeps max_position_embeddings at the trained length,
+    so it is read from the scaling), as generation reads the whole prompt."""
+    from gendistill.eval.loglik import model_max_length
+
+    model = tiny_model("llama", VOCAB, seed=0, max_position_embeddings=64)
+    assert model_max_length(model) == 64
+    apply_rope_scaling(model, RopeScaling(kind, 4.0))
+    assert model_max_length(model) == 256

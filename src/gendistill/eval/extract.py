@@ -49,17 +49,22 @@ def _valid(letter: str, n: int) -> int | None:
 # "I'd go with B.", "I would choose (D)", "My pick is A".
 _LETTER = r"\s*[:\-]?\s*(?P<open>[\(\[])?(?P<L>[A-Za-z])(?P<close>[\)\]])?"
 _ANSWER_IS = re.compile(
-    r"\banswer\b\s*(?:is|would\s+be|should\s+be|will\s+be|=)?\s*(?:option|choice|letter)?" + _LETTER, re.I)
+    r"\banswer\b\s*(?P<verb>is|would\s+be|should\s+be|will\s+be|=)?\s*(?P<noun>option|choice|letter)?" + _LETTER,
+    re.I)
 _PICK = re.compile(
     r"(?:\b(?:i(?:'d|\s+would|'ll|\s+will)?|let's|we(?:'ll|\s+will)?)\s+(?:go\s+with|choose|pick|select|opt\s+for)"
     r"|\bmy\s+(?:pick|choice)\s+is|\bit(?:'s|\s+is|\s+must\s+be)|\b(?:correct|right|best)\s+(?:option|choice)\s+is)"
     r"\s*(?:option|choice|letter|answer)?" + _LETTER, re.I)
 _OPTION_IS = re.compile(
-    r"\b(?:option|choice)\s+(?P<open>[\(\[])?(?P<L>[A-Za-z])(?P<close>[\)\]])?"
+    r"\b(?:option|choice|answer)\s+(?P<open>[\(\[])?(?P<L>[A-Za-z])(?P<close>[\)\]])?"
     r"(?=\s+is\s+(?:correct|right|the\s+(?:correct|right|best)\b))", re.I)
 # After an explicit marker a letter stands alone when it ends the sentence or is followed by a connective:
 # "answer: b." or "answer is A because …", but not "the answer is a seed" (an article) or "Answer: I think …".
 _ALONE_AFTER = re.compile(r"(?:\s*(?:$|[.,;:!?\n*])|\s+[-–—]|\s+(?:because|since|as|is|was|which|for|and)\b)", re.I)
+
+
+#: what may follow a letter named without a verb or separator ("Answer A."): the end of a sentence, no connective
+_ENDS_AFTER = re.compile(r"\s*(?:$|[.,;!?\n*])")
 
 
 def _stands_alone(m: re.Match, text: str) -> bool:
@@ -68,6 +73,11 @@ def _stands_alone(m: re.Match, text: str) -> bool:
         return True
     if rest[:1].isalnum() or rest[:1] == "'":
         return False
+    groups = m.groupdict()
+    if "verb" in groups and not (groups["verb"] or groups["noun"] or re.search(r"[:\-=]", m.group(0))):
+        # "answer" right before the letter, no verb or separator: "Answer A is wrong" names option A, it does not
+        # choose it; "Answer A." at the end of a sentence does
+        return bool(_ENDS_AFTER.match(rest))
     if letter.isupper() and letter not in "AI":  # "A" and "I" are also English words
         return True
     return bool(_ALONE_AFTER.match(rest))
@@ -105,11 +115,13 @@ def extract_choice(text: str, choices: list[str], *, allow_text: bool = True) ->
     if not clean:
         return Choice(None, "none")
 
-    for pat in (_ANSWER_IS, _PICK, _OPTION_IS):  # the first explicit statement wins: explanations come after it
-        for m in pat.finditer(clean):
-            i = _valid(m.group("L"), n)
-            if i is not None and _stands_alone(m, clean):
-                return Choice(i, "answer_is")
+    # the first explicit statement in the reply wins, whichever its form: explanations come after it
+    statements = sorted((m for pat in (_ANSWER_IS, _PICK, _OPTION_IS) for m in pat.finditer(clean)),
+                        key=lambda m: m.start())
+    for m in statements:
+        i = _valid(m.group("L"), n)
+        if i is not None and _stands_alone(m, clean):
+            return Choice(i, "answer_is")
     for m in _BOXED_LETTER.finditer(clean):
         i = _valid(m.group(1), n)
         if i is not None:
@@ -319,12 +331,15 @@ def _as_fraction(s: str) -> Fraction | None:
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:
-    """Equal as numbers: exactly, or within 1e-6 relative (so "0.333333" equals "1/3", "18.0" equals "18")."""
+    """Equal as numbers: exactly, or, unless both are integers, within 1e-6 relative (so "0.333333" equals "1/3",
+    "18.0" equals "18", but "1000001" is not "1000000")."""
     if a is None or b is None:
         return False
     fa, fb = _as_fraction(a), _as_fraction(b)
     if fa is None or fb is None:
         return False
+    if fa.denominator == 1 and fb.denominator == 1:
+        return fa == fb
     return fa == fb or abs(fa - fb) <= Fraction(1, 10**6) * max(1, abs(fb))
 
 
@@ -340,8 +355,9 @@ def extract_short_answer(text: str) -> str | None:
         if not line:
             continue
         line = re.sub(r"^(?:final\s+)?answer\s*:\s*", "", line, flags=re.I)
-        line = re.sub(r"^the\s+answer\s+is\s*:?\s*", "", line, flags=re.I)
-        return line.strip() or None
+        line = re.sub(r"^the\s+answer\s+is\s*:?\s*", "", line, flags=re.I).strip()
+        if line:  # a line that is only the label ("Answer:") leaves the answer to the next one
+            return line
     return None
 
 

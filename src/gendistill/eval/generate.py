@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch.profiler import record_function
+from transformers import GenerationConfig
 
 from gendistill.devices import available_cuda_bytes
 from gendistill.errors import ConfigError
@@ -293,8 +294,14 @@ class _ReferenceDecoder:
 
     def __call__(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         ids, mask = left_padded(rows, self.kwargs["pad_token_id"])
-        seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                   max_new_tokens=max_new_tokens, **self.kwargs)
+        # transformers merges the checkpoint's generation_config.json into every call (a repetition penalty,
+        # no_repeat_ngram_size, ...): the reference must decode as the fast engine does, by the settings above alone
+        saved, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        try:
+            seqs = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                       max_new_tokens=max_new_tokens, **self.kwargs)
+        finally:
+            self.model.generation_config = saved
         return seqs[:, ids.shape[1] :].tolist()
 
 

@@ -62,11 +62,17 @@ class LLResult:
 
 
 def model_max_length(model, default: int = 2048) -> int:
+    """The longest input log-likelihood scores (longer ones are left-truncated): the model's nominal length; under
+    dynamic NTK RoPE (``--rope-scaling dynamic:F``, which leaves ``max_position_embeddings`` at the trained length
+    and grows the base on the fly) the trained length times ``F``, as the other scalings' nominal length is, so a
+    long prompt is scored whole, as generation reads it."""
     cfg = getattr(model, "config", None)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    factor = rope.get("factor") if isinstance(rope, dict) and rope.get("rope_type") == "dynamic" else None
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         v = getattr(cfg, key, None)
         if isinstance(v, int) and v > 0:
-            return v
+            return int(v * factor) if factor else v
     return default
 
 

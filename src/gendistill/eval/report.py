@@ -328,6 +328,14 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         raise DataError("nothing to merge")
     first = parts[0]["meta"]["models"]
     models = list(first)
+    # parts scored on other examples cannot be compared: the same selection and data in every part
+    same = ("limit", "seed", "smoke", "data_source")
+    for i, p in enumerate(parts[1:], 2):
+        diff = [f"{k} {p['meta'].get(k)!r} (part 1: {parts[0]['meta'].get(k)!r})" for k in same
+                if p["meta"].get(k) != parts[0]["meta"].get(k)]
+        if diff:
+            raise DataError(f"merge: part {i} selected other examples: {', '.join(diff)}; merge parts run with the "
+                            "same --limit, --seed, --smoke and data")
     seen: set[tuple[str, str, str]] = set()
     rows, skipped, fidelity, files, tasks, docs, commands, wall = [], [], [], [], [], {}, [], 0.0
     for i, p in enumerate(parts):

@@ -147,8 +147,12 @@ def model_fingerprint(model: torch.nn.Module, tok: Any) -> str:
     config = getattr(model, "config", None)
     cfg = config.to_dict() if config is not None else {}
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in _UNKEYED_CONFIG}
+    # the generation config's end-of-sequence ids end generated answers (both engines read them; nothing else of
+    # generation_config.json is used: the reference engine decodes by the evaluator's settings alone)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     return sha256_json({"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": cfg,
-                        "weights": weights_hash(model), "tokenizer": tokenizer_hash(tok) if tok is not None else None})
+                        "weights": weights_hash(model), "tokenizer": tokenizer_hash(tok) if tok is not None else None,
+                        "generation_eos": eos})
 
 
 def _example(ex: Example) -> dict[str, Any]:
