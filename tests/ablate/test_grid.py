@@ -108,6 +108,18 @@ def test_equal_budget_is_checked_except_on_token_axes(write_grid):
         load_grid(grid)
     assert len(load_grid(write_grid({"seq": {"long": {"stages[stage3b].seq_len": 96}}}, equal_budget=False)).cells) == 1
     assert len(load_grid(write_grid({"tokens_3b": [64, 192]})).cells) == 2
+    # product mode: every cell carries the tokens axis, which frees its own stage only; the other axis is checked
+    both = {"tokens_3a": [128, 256], "seq": {"long": {"stages[stage3b].seq_len": 96}}}
+    with pytest.raises(ConfigError, match="trains stage3b on 384 tokens, the base on 192"):
+        load_grid(write_grid(both, mode="product"))
+    assert len(load_grid(write_grid({"tokens_3a": [128, 256], "masking": ["all_tokens"]}, mode="product")).cells) == 2
+
+
+def test_token_variant_names_keep_every_digit():
+    from gendistill.ablate.grid import _human_tokens
+
+    assert _human_tokens(1_234_567_000) == "1234567K" != _human_tokens(1_234_568_000)
+    assert _human_tokens(16_000_000) == "16M" and _human_tokens(2_500_000) == "2.5M" and _human_tokens(999) == "999"
 
 
 def test_inline_base_and_cli_overrides(tmp_path):

@@ -107,6 +107,29 @@ def test_ranks_ties_and_tau_edge_cases():
     assert kendall_tau({"x": 1.0, "y": 2.0}, {"x": 2.0, "y": 1.0}) == -1.0 and kendall_tau({"x": 1.0}, {"x": 1.0}) is None
 
 
+def test_equal_means_summed_in_another_order_are_equal_scores():
+    """0.1 + 0.2 + 0.3 and 0.3 + 0.2 + 0.1 differ in the last bit: the two variants share a rank, make no reversal
+    with a variant that generation orders apart, and add nothing to tau."""
+    a, b = (0.1 + 0.2 + 0.3) / 3, (0.3 + 0.2 + 0.1) / 3
+    assert a != b
+    assert competition_ranks({"a": a, "b": b}) == {"a": 1, "b": 1}
+    stats = {"a": {"loglik": a, "generate": 0.5}, "b": {"loglik": b, "generate": 0.6}}
+    assert rank_reversals(stats) == []
+    assert kendall_tau({"a": a, "b": b}, {"a": 0.5, "b": 0.6}) == 0.0
+
+
+def test_a_reversal_with_an_unknown_standard_error_claims_no_significance():
+    """A one-example task has no standard error (None in the results): a reversal on it has no z and is neither
+    significant nor within noise, and the report says so (it was significant, z = inf)."""
+    cells = [cell("freeze=a", {"freeze": "a"}, results(A, se=None)),
+             cell("freeze=b", {"freeze": "b"}, results(B, se=None))]
+    (ax,) = build_report({"axes": {"freeze": ["a", "b"]}, "mode": "one_at_a_time"}, cells)["axes"]
+    (rev,) = ax["reversals"]
+    assert rev["z_loglik"] is None and rev["z_generate"] is None and rev["significant"] is None
+    assert "significance unknown" in markdown(build_report({"axes": {"freeze": ["a", "b"]},
+                                                            "mode": "one_at_a_time"}, cells))
+
+
 def test_product_mode_ranks_main_effects():
     cells = []
     for m, base in (("c", 0.0), ("a", -0.1)):  # masking=a costs 10 points under both protocols

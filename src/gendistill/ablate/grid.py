@@ -75,7 +75,7 @@ def _human_tokens(n: int) -> str:
     for div, suf in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
         if n >= div and n % (div // 10) == 0:
             v = n / div
-            return f"{v:g}{suf}"
+            return f"{v:.15g}{suf}"  # every digit: 1234567000 is "1234567K", not "1.23457e+06K"
     return str(n)
 
 
@@ -419,11 +419,13 @@ def _check_budget(grid: Grid) -> None:
         return
     want = stage_budget(grid.base)
     for c in grid.cells:
-        if any(a.startswith("tokens_") for a in c.assignment):
-            continue
+        # a tokens_<stage> axis changes its own stage's budget on purpose; every other stage is compared (in product
+        # mode every cell carries the tokens axis, and its other axes must still keep their budgets)
+        free = {f"stage{m.group(2)}" for a in c.assignment if (m := _STAGE_SUFFIX.match(a)) and m.group(1) == "tokens"}
         got = stage_budget(c.recipe)
-        if got != want:
-            diff = next(s for s in sorted(set(want) | set(got), key=STAGE_ORDER.index) if want.get(s) != got.get(s))
+        stages = [s for s in sorted(set(want) | set(got), key=STAGE_ORDER.index) if s not in free]
+        diff = next((s for s in stages if want.get(s) != got.get(s)), None)
+        if diff is not None:
             raise ConfigError(f"{grid.source}: cell {c.name} trains {diff} on {got.get(diff, 0):,} tokens, the base "
                               f"on {want.get(diff, 0):,} (equal_budget: true; set it false to allow this)")
 

@@ -77,9 +77,9 @@ def cell_scores(results: dict[str, Any]) -> dict[str, Any]:
         who = "teacher" if r["model"] == teacher else "student" if r["model"] == student else None
         if who is None:
             continue
-        se = r.get("stderr")
+        se = r.get("stderr")  # unknown (None, NaN: a one-example task) stays unknown: no significance is claimed
         out[who].setdefault(r["task"], {})[r["protocol"]] = {
-            "acc": r["acc"], "stderr": se if se is not None and se == se else 0.0, "chance": r.get("chance") or 0.0}
+            "acc": r["acc"], "stderr": se if se is not None else math.nan, "chance": r.get("chance") or 0.0}
     gen = [f for f in results.get("fidelity") or [] if f.get("student") == student and f.get("task") != "chat held-out"]
     chat = [f for f in results.get("fidelity") or [] if f.get("student") == student and f.get("task") == "chat held-out"]
     out["fidelity"] = {
@@ -121,9 +121,15 @@ def common_tasks(scored: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------- rankings
+def _score(v: float) -> float:
+    """A mean accuracy as rankings compare it: rounded to 1e-9, so that two equal means summed in another order
+    (0.2 and 0.19999999999999998) are equal."""
+    return round(v, 9) if v == v else v
+
+
 def competition_ranks(scores: dict[str, float]) -> dict[str, int]:
     """1 = highest; equal scores share the better rank (1, 1, 3). NaN scores rank last."""
-    key = {k: (v if v == v else -math.inf) for k, v in scores.items()}
+    key = {k: (_score(v) if v == v else -math.inf) for k, v in scores.items()}
     return {k: 1 + sum(1 for o in key.values() if o > v) for k, v in key.items()}
 
 
@@ -132,18 +138,25 @@ def rank_reversals(stats: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     out = []
     for a, b in itertools.combinations(stats, 2):
         sa, sb = stats[a], stats[b]
-        d_ll, d_gen = sa["loglik"] - sb["loglik"], sa["generate"] - sb["generate"]
+        d_ll = _score(sa["loglik"]) - _score(sb["loglik"])
+        d_gen = _score(sa["generate"]) - _score(sb["generate"])
         if not (d_ll * d_gen < 0):
             continue
-        se_ll = math.hypot(sa.get("loglik_se", 0.0) or 0.0, sb.get("loglik_se", 0.0) or 0.0)
-        se_gen = math.hypot(sa.get("generate_se", 0.0) or 0.0, sb.get("generate_se", 0.0) or 0.0)
-        z_ll = abs(d_ll) / se_ll if se_ll > 0 else math.inf
-        z_gen = abs(d_gen) / se_gen if se_gen > 0 else math.inf
+        z_ll, z_gen = (_z(d, sa.get(f"{proto}_se"), sb.get(f"{proto}_se"))
+                       for d, proto in ((d_ll, "loglik"), (d_gen, "generate")))
         ll_best, gen_best = (a, b) if d_ll > 0 else (b, a), (a, b) if d_gen > 0 else (b, a)
         out.append({"pair": [a, b], "loglik_prefers": ll_best[0], "generate_prefers": gen_best[0],
                     "delta_loglik": abs(d_ll), "delta_generate": abs(d_gen), "z_loglik": z_ll, "z_generate": z_gen,
-                    "significant": z_ll > Z95 and z_gen > Z95})
+                    "significant": None if z_ll is None or z_gen is None else z_ll > Z95 and z_gen > Z95})
     return out
+
+
+def _z(d: float, se_a: float | None, se_b: float | None) -> float | None:
+    """``|d|`` in standard errors of the difference; None when either s.e. is unknown (None or NaN)."""
+    if se_a is None or se_b is None or se_a != se_a or se_b != se_b:
+        return None
+    se = math.hypot(se_a, se_b)
+    return abs(d) / se if se > 0 else math.inf
 
 
 def kendall_tau(x: dict[str, float], y: dict[str, float]) -> float | None:
@@ -154,7 +167,7 @@ def kendall_tau(x: dict[str, float], y: dict[str, float]) -> float | None:
         return None
     s = 0
     for a, b in pairs:
-        p = (x[a] - x[b]) * (y[a] - y[b])
+        p = (_score(x[a]) - _score(x[b])) * (_score(y[a]) - _score(y[b]))
         s += (p > 0) - (p < 0)
     return s / len(pairs)
 
@@ -353,8 +366,9 @@ def markdown(rep: dict[str, Any]) -> str:
                     f"**{r['loglik_prefers']}** (+{_pct(r['delta_loglik'])} pts, z {_num(r['z_loglik'], 1)}), "
                     f"generation prefers **{r['generate_prefers']}** (+{_pct(r['delta_generate'])} pts, "
                     f"z {_num(r['z_generate'], 1)}) — "
-                    + ("significant under both protocols" if r["significant"] else "within noise under at least one"
-                                                                                    " protocol"))
+                    + ("significant under both protocols" if r["significant"]
+                       else "within noise under at least one protocol" if r["significant"] is False
+                       else "significance unknown (a standard error is missing)"))
         else:
             lines.append("\nNo rank reversal between log-likelihood and generation on the mean.")
         per = [p for p in ax["per_task"] if p.get("order_generate")]
