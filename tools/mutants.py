@@ -486,6 +486,19 @@ MUTANTS: list[Mutant] = [
            "saved = self.model.generation_config",
            ("tests/eval/test_fast_generate.py", "-k", "generation_settings"),
            "the reference engine applies generation_config.json's repetition penalty; the fast engine does not"),
+    Mutant("ablate_scores_compared_bit_for_bit", "src/gendistill/ablate/report.py",
+           "    return round(v, 9) if v == v else v", "    return v",
+           ("tests/ablate/test_report.py", "-k", "equal_means"),
+           "two variants with equal mean accuracy get different ranks and a false rank reversal"),
+    Mutant("ablate_unknown_stderr_is_zero", "src/gendistill/ablate/report.py",
+           '"stderr": se if se is not None else math.nan,', '"stderr": se if se is not None and se == se else 0.0,',
+           ("tests/ablate/test_report.py", "-k", "unknown_standard"),
+           "a reversal on a one-example task is reported significant (z = inf)"),
+    Mutant("product_grid_budget_unchecked", "src/gendistill/ablate/grid.py",
+           'if (m := _STAGE_SUFFIX.match(a)) and m.group(1) == "tokens"}',
+           'if (m := _STAGE_SUFFIX.match(a)) and m.group(1) == "tokens"} | {"stage1", "stage2", "stage3a", "stage3b"}',
+           ("tests/ablate/test_grid.py", "-k", "equal_budget"),
+           "a product grid with a tokens axis lets another axis change a stage's budget unnoticed"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
