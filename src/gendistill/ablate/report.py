@@ -122,15 +122,14 @@ def common_tasks(scored: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 # ----------------------------------------------------------------------------------------------- rankings
 def _score(v: float) -> float:
-    """A mean accuracy as rankings compare it: rounded to 1e-9, so that two equal means summed in another order
-    (0.2 and 0.19999999999999998) are equal."""
+    """A mean as rankings compare it: rounded to 1e-9 (equal means summed in another order are equal)."""
     return round(v, 9) if v == v else v
 
 
 def competition_ranks(scores: dict[str, float]) -> dict[str, int]:
     """1 = highest; equal scores share the better rank (1, 1, 3). NaN scores rank last."""
-    key = {k: (_score(v) if v == v else -math.inf) for k, v in scores.items()}
-    return {k: 1 + sum(1 for o in key.values() if o > v) for k, v in key.items()}
+    key = {k: _score(v) if v == v else -math.inf for k, v in scores.items()}
+    return {k: 1 + sum(o > v for o in key.values()) for k, v in key.items()}
 
 
 def rank_reversals(stats: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
@@ -138,12 +137,10 @@ def rank_reversals(stats: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     out = []
     for a, b in itertools.combinations(stats, 2):
         sa, sb = stats[a], stats[b]
-        d_ll = _score(sa["loglik"]) - _score(sb["loglik"])
-        d_gen = _score(sa["generate"]) - _score(sb["generate"])
+        d_ll, d_gen = (_score(sa[p]) - _score(sb[p]) for p in ("loglik", "generate"))
         if not (d_ll * d_gen < 0):
             continue
-        z_ll, z_gen = (_z(d, sa.get(f"{proto}_se"), sb.get(f"{proto}_se"))
-                       for d, proto in ((d_ll, "loglik"), (d_gen, "generate")))
+        z_ll, z_gen = (_z(d, sa.get(f"{p}_se"), sb.get(f"{p}_se")) for d, p in ((d_ll, "loglik"), (d_gen, "generate")))
         ll_best, gen_best = (a, b) if d_ll > 0 else (b, a), (a, b) if d_gen > 0 else (b, a)
         out.append({"pair": [a, b], "loglik_prefers": ll_best[0], "generate_prefers": gen_best[0],
                     "delta_loglik": abs(d_ll), "delta_generate": abs(d_gen), "z_loglik": z_ll, "z_generate": z_gen,
@@ -153,10 +150,8 @@ def rank_reversals(stats: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
 
 def _z(d: float, se_a: float | None, se_b: float | None) -> float | None:
     """``|d|`` in standard errors of the difference; None when either s.e. is unknown (None or NaN)."""
-    if se_a is None or se_b is None or se_a != se_a or se_b != se_b:
-        return None
-    se = math.hypot(se_a, se_b)
-    return abs(d) / se if se > 0 else math.inf
+    se = math.nan if se_a is None or se_b is None else math.hypot(se_a, se_b)
+    return None if se != se else abs(d) / se if se > 0 else math.inf
 
 
 def kendall_tau(x: dict[str, float], y: dict[str, float]) -> float | None:
@@ -366,9 +361,8 @@ def markdown(rep: dict[str, Any]) -> str:
                     f"**{r['loglik_prefers']}** (+{_pct(r['delta_loglik'])} pts, z {_num(r['z_loglik'], 1)}), "
                     f"generation prefers **{r['generate_prefers']}** (+{_pct(r['delta_generate'])} pts, "
                     f"z {_num(r['z_generate'], 1)}) — "
-                    + ("significant under both protocols" if r["significant"]
-                       else "within noise under at least one protocol" if r["significant"] is False
-                       else "significance unknown (a standard error is missing)"))
+                    + {True: "significant under both protocols", False: "within noise under at least one protocol",
+                       None: "significance unknown (a standard error is missing)"}[r["significant"]])
         else:
             lines.append("\nNo rank reversal between log-likelihood and generation on the mean.")
         per = [p for p in ax["per_task"] if p.get("order_generate")]
