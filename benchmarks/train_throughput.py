@@ -143,10 +143,10 @@ def main() -> None:
                     "fusion); eager-attention: optimized with the attention modules left eager instead of compiled "
                     "whole (projections, rotary embedding, layout copies; as before that change); bf16-student: an "
                     "experiment, not a training mode: optimized with the student's weights held in bf16 on CUDA (the "
-                    "decay parameters kept fp32) and stepped without fp32 master copies, the speed ceiling of a bf16 residual stream; "
-                    f"bounded-gate: optimized on a second student, converted from the same teacher with the bounded "
-                    f"KDA decay gate (kda_gate_lower_bound {BOUNDED_GATE}: fla's safe_gate kernels; another function, "
-                    "docs/mixers.md)")
+                    "decay parameters kept fp32) and stepped without fp32 master copies, the speed ceiling of a "
+                    "bf16 residual stream; bounded-gate: optimized on a second student, converted from the same "
+                    f"teacher with the bounded KDA decay gate (kda_gate_lower_bound {BOUNDED_GATE}: fla's safe_gate "
+                    "kernels; another function, docs/mixers.md)")
     ap.add_argument("--phases", action="store_true", help="split one step's device time into its phases "
                                                           "(teacher/student forward, loss, backward, optimizer)")
     ap.add_argument("--profile", default=None, help="folder: write a torch.profiler table of one step per row")

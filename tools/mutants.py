@@ -169,8 +169,8 @@ MUTANTS: list[Mutant] = [
            ("tests/distill/test_distill_compile.py", "-k", "qk_norms"),
            "Dynamo's default limit of 8 compiled versions: Qwen3's RMSNorm class runs eagerly after a stage change"),
     Mutant("recurrent_switch_moved", "src/gendistill/layers/base.py",
-           "recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training",
-           "recurrent = recurrent_state is not None and T <= 8 and not self.training",
+           "return state is not None and tokens <= RECURRENT_MAX_TOKENS and not self.training",
+           "return state is not None and tokens <= 8 and not self.training",
            (MODEL, "-k", "cached_decode or multi_token_continuation"),
            "the recurrent/chunk switch moved: must give the same outputs (an equivalence, expected to survive)"),
     # ---- the evaluator's fast paths (issue 24)

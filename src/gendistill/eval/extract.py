@@ -73,8 +73,7 @@ def _stands_alone(m: re.Match, text: str) -> bool:
         return True
     if rest[:1].isalnum() or rest[:1] == "'":
         return False
-    groups = m.groupdict()
-    if "verb" in groups and not (groups["verb"] or groups["noun"] or re.search(r"[:\-=]", m.group(0))):
+    if m.re is _ANSWER_IS and not (m.group("verb") or m.group("noun") or re.search(r"[:\-]", m.group(0))):
         # "answer" right before the letter, no verb or separator: "Answer A is wrong" names option A, it does not
         # choose it; "Answer A." at the end of a sentence does
         return bool(_ENDS_AFTER.match(rest))

@@ -263,9 +263,7 @@ class TeacherShapedMixer(nn.Module):
         qkv, inp = self.project_input(x, joins)  # [B, T, Dq + Dk + Dv]; x with its joined projections
         if pad_mask is not None:
             qkv = qkv * pad_mask[..., None].to(qkv.dtype)
-        # Decode steps (a few tokens after a cached state) take the step-by-step kernel; everything else (training,
-        # scoring, prefill, chunked prefill) the chunked one.
-        recurrent = recurrent_state is not None and T <= RECURRENT_MAX_TOKENS and not self.training
+        recurrent = self._steps_through(recurrent_state, T)
         weight, bias = self.conv_weights(joins)
         if cache is not None and (recurrent or cache.is_recording_past(self.layer_idx)):
             # decode: the cache's rolling window of the last W inputs, channels-first [B, Dq + Dk + Dv, W + T]
@@ -304,6 +302,12 @@ class TeacherShapedMixer(nn.Module):
         o = self.o_norm(o.to(x.dtype), gate).reshape(B, T, H * K)
         return self.o_proj(o)
 
+    def _steps_through(self, state: torch.Tensor | None, tokens: int) -> bool:
+        """Whether a call of ``tokens`` tokens on ``state`` takes the step-by-step kernel: decode steps (a few tokens
+        after a cached state) do; everything else (training, scoring, prefill, chunked prefill) takes the chunked
+        one."""
+        return state is not None and tokens <= RECURRENT_MAX_TOKENS and not self.training
+
     def _mix_recording(self, q, k, v, inp: MixerInput, state, pad_mask, first: int):
         """:meth:`mix` over ``q, k, v`` ``[B, T, H, K]`` with the states a cache recording its past needs: the first
         ``first`` tokens in one call, then each later token alone (the step-by-step kernel). Returns ``o`` ``[B, T,
@@ -311,8 +315,8 @@ class TeacherShapedMixer(nn.Module):
         T = q.shape[1]
         outs, states = [], []
         for a, b in ((0, first), *((t, t + 1) for t in range(first, T))):
-            recurrent = state is not None and b - a <= RECURRENT_MAX_TOKENS and not self.training
-            o, state = self.mix(q[:, a:b], k[:, a:b], v[:, a:b], inp.window(a, b), recurrent=recurrent,
+            o, state = self.mix(q[:, a:b], k[:, a:b], v[:, a:b], inp.window(a, b),
+                                recurrent=self._steps_through(state, b - a),
                                 initial_state=state, output_final_state=True, cu_seqlens=None,
                                 pad_mask=None if pad_mask is None else pad_mask[:, a:b])
             outs.append(o)
