@@ -499,6 +499,10 @@ MUTANTS: list[Mutant] = [
            'if (m := _STAGE_SUFFIX.match(a)) and m.group(1) == "tokens"} | {"stage1", "stage2", "stage3a", "stage3b"}',
            ("tests/ablate/test_grid.py", "-k", "equal_budget"),
            "a product grid with a tokens axis lets another axis change a stage's budget unnoticed"),
+    Mutant("budget_curve_ignores_series", "src/gendistill/ablate/curve.py",
+           '.setdefault(p.get("series", ""), set())', '.setdefault("", set())',
+           ("tests/ablate/test_report.py", "-k", "crossed_with_another"),
+           "in product mode an axis crossed with a tokens axis is drawn as one zigzagging budget curve"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

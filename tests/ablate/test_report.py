@@ -218,6 +218,26 @@ def test_budget_curve_points_table_and_plot(tmp_path):
     assert (tmp_path / "budget_curve.png").read_bytes()[:4] == b"\x89PNG" and paths["budget_curve"].endswith(".png")
 
 
+def test_a_budget_axis_crossed_with_another_is_one_curve_per_variant_of_the_other(tmp_path):
+    """Product mode: tokens_3a x lr_3a. The budget axis is a curve per learning rate; the learning-rate axis, whose
+    cells' budgets differ only because they sit on those curves, is not a budget curve (it once zigzagged across both
+    learning rates as one line)."""
+    cells = [_curve_cell(f"tokens_3a={t},lr_3a={lr}", {"tokens_3a": t, "lr_3a": lr}, n, kl, 0.6)
+             for t, n in (("4M", 4_000_000), ("8M", 8_000_000))
+             for lr, kl in (("1e-3", 0.30 if t == "8M" else 0.40), ("5e-4", 0.35 if t == "8M" else 0.50))]
+    rep = build_report({"mode": "product", "axes": {"tokens_3a": ["4M", "8M"], "lr_3a": ["1e-3", "5e-4"]}}, cells)
+    curve = rep["budget_curve"]
+    assert curve["curve_axes"] == ["tokens_3a"]
+    series = {(p["variant"], p["series"]): p["kl_3a"] for p in curve["points"] if p["axis"] == "tokens_3a"}
+    assert series == {("4M", "lr_3a=1e-3"): 0.40, ("8M", "lr_3a=1e-3"): 0.30,
+                      ("4M", "lr_3a=5e-4"): 0.50, ("8M", "lr_3a=5e-4"): 0.35}
+    md = markdown(rep)
+    rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| 4M (") or line.startswith("| 8M (")]
+    assert rows == ["| 4M (lr_3a=1e-3)", "| 8M (lr_3a=1e-3)", "| 4M (lr_3a=5e-4)", "| 8M (lr_3a=5e-4)"]
+    assert "## Budget curve `lr_3a`" not in md
+    assert plot_budget_curve(curve["points"])[:4] == b"\x89PNG"
+
+
 def test_budget_curve_of_runs_without_eval_kl_draws_the_loss_and_nothing_without_metrics():
     old = [_curve_cell("tokens_3a=4M", {"tokens_3a": "4M"}, 4_000_000, None, None),
            _curve_cell("tokens_3a=8M", {"tokens_3a": "8M"}, 8_000_000, None, None)]

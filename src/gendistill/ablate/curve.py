@@ -4,7 +4,9 @@ held-out evaluation of the stage recorded them), next to the same numbers after 
 
 An axis whose cells train stage 3a on more than one budget (``tokens_3a``) is a **budget curve** and is drawn as a
 line; the cells of every other axis (a learning-rate sweep, a data-size pair) are drawn as separate markers at their
-own budget, so a variant that beats the curve stands out. Cells without stage-3a metrics are left out; a run whose
+own budget, so a variant that beats the curve stands out. In product mode a budget axis crossed with another axis
+(``tokens_3a`` x ``lr_3a``) is one line per variant of the other axes (a point's ``series``), and the other axis,
+whose budget changes only because its cells sit on those lines, is not a curve and not drawn twice. Cells without stage-3a metrics are left out; a run whose
 trainer predates ``eval_kl`` is drawn with its held-out loss instead (the plot says so).
 """
 
@@ -30,7 +32,8 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
     ``tokens_3a`` (the stage's budget: steps x batch x seq_len; for a stage cut short, ``cut`` is True and the tokens
     it had trained at its last held-out evaluation, ``planned_tokens_3a`` the budget), ``kl_3a``, ``top1_3a``, ``loss_3a`` (held-out, last
     evaluation of stage 3a), ``kl_3b``, ``top1_3b`` (the same after stage 3b); None where not recorded. ``cells`` are
-    the report's cell entries (``assignment``, ``tokens`` and ``metrics`` per stage)."""
+    the report's cell entries (``assignment``, ``tokens`` and ``metrics`` per stage). ``series``: the cell's variants of
+    the other axes (``"lr_3a=1e-3"``; empty in one-at-a-time mode), the line a budget curve's point belongs to."""
     points = []
     for axis in meta.get("axes", {}):
         for c in cells:
@@ -42,8 +45,9 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
             a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
             at = trained_when_cut(a, tokens)  # stopped early: its figures belong to the tokens it trained
             cut = at is not None
+            series = ", ".join(f"{a}={v}" for a, v in c["assignment"].items() if a != axis)
             points.append({"axis": axis, "variant": f"{variant} (cut at {at / 1e6:.1f}M)" if cut else variant,
-                           "cell": c["cell"], "tokens_3a": at if cut else tokens, "planned_tokens_3a": tokens,
+                           "series": series, "cell": c["cell"], "tokens_3a": at if cut else tokens, "planned_tokens_3a": tokens,
                            "cut": cut,
                            "kl_3a": a.get("eval_kl_last"), "top1_3a": a.get("eval_top1_last"),
                            "loss_3a": a.get("eval_loss_last"),
@@ -52,11 +56,20 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
 
 
 def curve_axes(points: list[dict[str, Any]]) -> list[str]:
-    """The axes whose cells train stage 3a on more than one budget, in order."""
-    budgets: dict[str, set[int]] = {}
+    """The axes whose variants train stage 3a on more than one budget while the other axes stay put (the same
+    ``series``), in order: in product mode an axis crossed with a budget axis is not a curve itself."""
+    budgets: dict[str, dict[str, set[int]]] = {}
     for p in points:
-        budgets.setdefault(p["axis"], set()).add(p.get("planned_tokens_3a", p["tokens_3a"]))
-    return [a for a, b in budgets.items() if len(b) > 1]
+        budgets.setdefault(p["axis"], {}).setdefault(p.get("series", ""), set()).add(
+            p.get("planned_tokens_3a", p["tokens_3a"]))
+    return [a for a, by_series in budgets.items() if any(len(b) > 1 for b in by_series.values())]
+
+
+def curve_table(points: list[dict[str, Any]], axis: str) -> list[dict[str, Any]]:
+    """One budget curve's points in table order (by ``series``, smallest budget first), each with ``label``: its
+    variant, and in product mode its series in brackets (``4M (lr_3a=1e-3)``)."""
+    mine = sorted((p for p in points if p["axis"] == axis), key=lambda p: (p.get("series", ""), p["tokens_3a"]))
+    return [{**p, "label": f"{p['variant']} ({p['series']})" if p.get("series") else p["variant"]} for p in mine]
 
 
 def _y_key(points: list[dict[str, Any]]) -> str | None:
@@ -69,8 +82,9 @@ def _y_key(points: list[dict[str, Any]]) -> str | None:
 
 def plot_budget_curve(points: list[dict[str, Any]]) -> bytes | None:
     """Two panels, x = stage-3a tokens (log scale): held-out KL (or loss) after stage 3a, and top-1 agreement
-    (percent). Budget-curve axes are lines, other axes' cells single markers labelled ``axis=variant``. None when
-    no point has a value to draw or matplotlib is missing."""
+    (percent). Budget-curve axes are lines (one per ``series``), other axes' cells single markers labelled
+    ``axis=variant`` unless their cell is on a line already. None when no point has a value to draw or matplotlib is
+    missing."""
     y_key = _y_key(points)
     if y_key is None:
         return None
@@ -78,6 +92,7 @@ def plot_budget_curve(points: list[dict[str, Any]]) -> bytes | None:
     if plt is None:
         return None
     lines = curve_axes(points)
+    on_a_line = {p["cell"] for p in points if p["axis"] in lines}
     panels = [(y_key, "held-out KL(teacher‖student), nats/token" if y_key == "kl_3a"
                else "held-out loss (no eval_kl recorded)", 1.0), ("top1_3a", "held-out top-1 agreement (%)", 100.0)]
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
@@ -89,13 +104,15 @@ def plot_budget_curve(points: list[dict[str, Any]]) -> bytes | None:
             if not mine:
                 continue
             if axis in lines:
-                ax.plot([p["tokens_3a"] for p in mine], [scale * p[key] for p in mine], marker="o", color="C0",
-                        label=f"{axis} (budget curve)")
-                for p in mine:
-                    ax.annotate(p["variant"], (p["tokens_3a"], scale * p[key]), xytext=(4, 4),
-                                textcoords="offset points", fontsize=7)
+                for n, series in enumerate(dict.fromkeys(p.get("series", "") for p in mine)):
+                    line = [p for p in mine if p.get("series", "") == series]
+                    ax.plot([p["tokens_3a"] for p in line], [scale * p[key] for p in line], marker="o",
+                            color=f"C{n % 10}", label=f"{axis} (budget curve{', ' + series if series else ''})")
+                    for p in line:
+                        ax.annotate(p["variant"], (p["tokens_3a"], scale * p[key]), xytext=(4, 4),
+                                    textcoords="offset points", fontsize=7)
                 continue
-            for p in mine:
+            for p in (p for p in mine if p["cell"] not in on_a_line):
                 k += 1
                 ax.scatter([p["tokens_3a"]], [scale * p[key]], marker=markers[k % len(markers)], s=40,
                            color=f"C{k % 10}", label=f"{axis}={p['variant']}", zorder=3)

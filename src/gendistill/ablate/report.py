@@ -32,8 +32,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gendistill.ablate.curve import (CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, plot_budget_curve,
-                                     trained_when_cut)
+from gendistill.ablate.curve import (CHAT_STAGE, CURVE_STAGE, curve_axes, curve_points, curve_table,
+                                     plot_budget_curve, trained_when_cut)
 from gendistill.ablate.heldout_curves import curve_markdown, plot_heldout_curves
 from gendistill.eval.report import protocol_gap, retention, signed_points
 from gendistill.reporting import figure_png, pyplot, spread_labels, write_report_files
@@ -476,14 +476,14 @@ def plot_png(rep: dict[str, Any]) -> bytes | None:
 
 
 def _curve_markdown(curve: dict[str, Any]) -> list[str]:
-    """The budget curves (axes whose cells train stage 3a on several budgets), smallest budget first."""
+    """The budget curves (axes whose cells train stage 3a on several budgets), by series, smallest budget first."""
     out = []
     for axis in curve.get("curve_axes", []):
-        pts = sorted((p for p in curve["points"] if p["axis"] == axis), key=lambda p: p["tokens_3a"])
+        pts = curve_table(curve["points"], axis)
         out += ["", f"## Budget curve `{axis}` (budget_curve.png)", "",
                 "| variant | stage-3a tokens | 3a KL | 3a top-1 | chat KL | chat top-1 | 3a own loss |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
-        out += [f"| {p['variant']} | {human_tokens(p['tokens_3a'])} | {_num(p['kl_3a'])} | {_pct(p['top1_3a'])} "
+        out += [f"| {p['label']} | {human_tokens(p['tokens_3a'])} | {_num(p['kl_3a'])} | {_pct(p['top1_3a'])} "
                 f"| {_num(p['kl_3b'])} | {_pct(p['top1_3b'])} | {_num(p['loss_3a'])}"
                 + (f" ({p['loss_kind_3a']})" if p.get("loss_kind_3a") and p["loss_3a"] is not None else "") + " |"
                 for p in pts]
