@@ -503,6 +503,10 @@ MUTANTS: list[Mutant] = [
            '.setdefault(p.get("series", ""), set())', '.setdefault("", set())',
            ("tests/ablate/test_report.py", "-k", "crossed_with_another"),
            "in product mode an axis crossed with a tokens axis is drawn as one zigzagging budget curve"),
+    Mutant("capture_counts_one_batch", "src/gendistill/eval/generate.py",
+           "slot.eager_steps >= self.EAGER_STEPS", "made - 1 >= self.EAGER_STEPS",
+           ("tests/eval/test_fast_generate.py", "-k", "capture_their_slot_once"),
+           "a task of many short-answer batches decodes every batch eagerly, never capturing its slot's graph"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}

@@ -165,6 +165,30 @@ def test_short_answers_decode_eagerly_without_a_graph(model, tok, monkeypatch):
     assert [decoder.next_check(m) for m in (1, 2, 5)] == [2, 3, 6]
 
 
+def test_many_short_answer_batches_of_one_shape_capture_their_slot_once(model, tok, monkeypatch):
+    """Short answers never pay for a capture in one batch, but a task of many batches of one slot shape does: the slot
+    counts its eager steps over its batches and captures once they reach EAGER_STEPS; later batches replay it from
+    their first step. The tokens are the reference's throughout."""
+    prompts = _prompts(tok) * 2  # batches of 2 rows: one slot shape
+    free, _ = G.generate(model, tok, prompts, max_new_tokens=20, batch_size=2, engine="reference",
+                         show_progress=False)
+    eos = sorted({o.token_ids[2] for o in free})  # every row ends by its third token
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(G, "GraphStep", EagerGraph)
+    ref, fast, stats = _both(model, tok, prompts, max_new_tokens=20, batch_size=2, cuda_graphs=True)
+    assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
+    n = stats.batches
+    assert n == len(prompts) // 2 >= 5
+    assert stats.extra["graph_captures"] == 1, "one capture for the slot shape all batches share"
+    assert stats.extra["graph_reuses"] >= 1, "a batch after the capturing one replays from its first step"
+    # without the pooled count each batch would start from zero and never capture
+    slots = DecodeSlots(model, graphs=True)
+    decoder = G._FastDecoder(model, tok, eos, None, 0, torch.device("cpu"), slots, check_every=8)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:2]]
+    decoder(ids, 20)
+    assert decoder.captures == 0 and 0 < sum(s.eager_steps for s in slots.slots.values()) < G._FastDecoder.EAGER_STEPS
+
+
 def test_planned_batches_change_no_token(model, tok):
     """Without a batch size the fast engine plans its batches (gendistill.eval.batching): one batch when batches are
     costly, one per prompt length when they are free; the tokens are the reference's either way."""
@@ -194,7 +218,7 @@ def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
     for min_rows in (len(prompts) + 1, 2):
         monkeypatch.setattr(decode_slots, "ROW_STEP", len(prompts) + 1 if min_rows > 2 else 1)
         monkeypatch.setattr(G._FastDecoder, "MIN_COMPACT_ROWS", 2)
-        monkeypatch.setattr(G._FastDecoder, "EAGER_TOKENS", 1)  # graphed from the first steps on
+        monkeypatch.setattr(G._FastDecoder, "EAGER_STEPS", 0)  # graphed from the first steps on
         fast, stats[min_rows] = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts),
                                            engine="fast", cuda_graphs=True, check_every=2, show_progress=False)
         assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
@@ -203,7 +227,7 @@ def test_a_small_graphed_batch_keeps_its_finished_rows(model, tok, monkeypatch):
     assert large["compactions"] >= 1 and large["graph_captures"] >= 1  # (a late compaction may finish eagerly)
     # eagerly the rows drop from the first read at which half have finished, graphs or not
     monkeypatch.setattr(decode_slots, "ROW_STEP", len(prompts) + 1)
-    monkeypatch.setattr(G._FastDecoder, "EAGER_TOKENS", 100)
+    monkeypatch.setattr(G._FastDecoder, "EAGER_STEPS", 100)
     _, eager = G.generate(model, tok, prompts, max_new_tokens=24, batch_size=len(prompts), engine="fast",
                           cuda_graphs=False, check_every=2, show_progress=False)
     assert eager.extra["compactions"] >= 1 and eager.extra["graph_captures"] == 0

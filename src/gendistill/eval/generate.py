@@ -5,7 +5,8 @@ engines:
 * ``fast`` (greedy): one prefill per batch into a dynamic cache, copied into a decode slot's static buffers
   (:mod:`gendistill.models.decode_slots`: attention KV preallocated, KDA states as they are), then one decode step a
   token over them — on CUDA a replayed CUDA graph: the slot's, captured by an earlier batch of its shape, from the
-  first step; else eager at first and captured (kept in the slot) once a batch still runs after 8 tokens. Rows
+  first step; else eager at first and captured (kept in the slot) once the slot has run 7 eager steps, in this batch
+  or in earlier ones of its shape (a capture costs about that many eager steps). Rows
   stop on their own: at 2, 4 and 8 tokens, then every ``check_every`` steps, the new tokens come to the host once
   (short answers end at the first reads), a row that produced an end-of-turn token or a stop string is finished,
   the batch ends when all rows have, and when half the rows have finished the others are copied into a slot of
@@ -312,13 +313,15 @@ class _FastDecoder:
 
     A slot whose graph an earlier batch captured replays it from the first step. Otherwise short answers are the
     common case (a letter and an end-of-turn token): a batch starts eagerly and reads its tokens back at 2, 4 and 8
-    tokens (then every ``check_every``); only a batch still running after :attr:`EAGER_TOKENS` tokens captures a
-    CUDA graph into its slot, whose capture (two warm-up steps, the recording, the instantiation) would cost more
-    than the few steps a short answer needs."""
+    tokens (then every ``check_every``). A capture (two warm-up steps, the recording, the instantiation) costs about
+    :attr:`EAGER_STEPS` eager steps of host time, so a slot captures its graph once it has spent that much on eager
+    steps, summed over its batches (the rent-or-buy rule: never more than about twice the cheaper choice's cost): a
+    long answer captures after 7 steps as before, a single batch of short answers never does, and a task of many
+    short-answer batches of one shape captures by its third batch and replays from then on."""
 
     MIN_COMPACT_ROWS = 4  # smaller batches are not worth a copy
     MIN_GRAPH_STEPS = 8  # fewer remaining steps than this run eagerly (a capture costs about one step's launches)
-    EAGER_TOKENS = 8  # a batch without a captured slot decodes eagerly until it has made this many tokens
+    EAGER_STEPS = 7  # eager decode steps a slot runs, over all its batches, before it captures its graph
 
     def __init__(self, model, tokenizer, eos, stop, pad, device, slots: DecodeSlots, check_every: int):
         self.model, self.tokenizer, self.stop, self.pad, self.device = model, tokenizer, stop, pad, device
@@ -416,12 +419,14 @@ class _FastDecoder:
                         slot, live = moved, [live[r] for r in active]
                         self.compactions += 1
             left = max_new_tokens - made
-            if slot.graph is None and self.graphs and made >= self.EAGER_TOKENS and left >= self.MIN_GRAPH_STEPS:
+            if (slot.graph is None and self.graphs and slot.eager_steps >= self.EAGER_STEPS
+                    and left >= self.MIN_GRAPH_STEPS):
                 warm = self.capture(slot, left, pending)
                 made += warm
                 self.steps += warm
                 continue
             with record_function("generate/decode_step"):
+                slot.eager_steps += slot.graph is None
                 (slot.graph or slot.step)()
                 pending.append(slot.state.ids.clone())
             made += 1

@@ -67,6 +67,7 @@ class DecodeSlot:
     graph: GraphStep | None = None
     nbytes: int = 0
     kept: bool = True  # in the pool (False: a batch's own cache, :meth:`DecodeSlots.adopt`)
+    eager_steps: int = 0  # decode steps run eagerly in it, over all its batches (the engine's capture rule reads it)
 
 
 def _weights_state(model: Any) -> tuple:
