@@ -273,6 +273,23 @@ def test_folder_with_missing_or_incomplete_weights(tmp_path):
     assert "lack 3 tensor(s)" in msg and "layers.1.mlp" in msg
 
 
+def test_a_teacher_folder_of_pickled_weights_is_refused_and_never_unpickled(tmp_path, monkeypatch):
+    """pytorch_model.bin is a pickle: gendistill loads safetensors only, for teachers as for students; a folder holding
+    both loads the safetensors, a folder holding only the pickle is one line saying how to convert it."""
+    model, _ = make_tiny_folder(tmp_path / "m", "llama")
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    load_teacher(str(tmp_path / "m"))  # both present: the safetensors
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(GendistillError) as err:
+        load_teacher(str(tmp_path / "m"))
+    msg = _one_line(err)
+    assert "pytorch_model.bin, a pickle file" in msg and "safetensors" in msg
+    assert loads == [], "nothing was unpickled"
+
+
 def test_bad_config_json(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{broken")

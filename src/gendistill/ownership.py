@@ -268,13 +268,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(final: str | Path) -> list[Path]:
-    """Remove hidden temporary siblings of ``final`` (``.<name>.tmp-<pid>-...``, ``.<name>.old-<pid>...``) whose
-    writing process is gone; returns what was removed. Siblings of live processes (a concurrent writer) stay."""
+    """Remove hidden temporary siblings of ``final`` exactly as :func:`temp_sibling` names them
+    (``.<name>.tmp-<pid>-<8 hex>``, ``.<name>.old-<pid>-<8 hex>``) whose writing process is gone; returns what was
+    removed. Siblings of live processes (a concurrent writer) stay, and so does anything named otherwise (a user's
+    ``.<name>.old-2023`` backup is not ours)."""
     final = Path(final)
     parent = final.parent
     if not parent.is_dir():
         return []
-    pat = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)(-.*)?$")
+    pat = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
     removed = []
     for p in parent.iterdir():
         m = pat.match(p.name)

@@ -136,13 +136,16 @@ def test_stale_temporaries_of_killed_writers_are_removed_but_live_ones_kept(tmp_
     final = tmp_path / "student"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = tmp_path / f".student.tmp-{dead.pid}-abcd"
-    live = tmp_path / f".student.tmp-{os.getppid()}-beef"
-    for p in (stale, live):
+    stale = tmp_path / f".student.tmp-{dead.pid}-abcd0123"
+    live = tmp_path / f".student.tmp-{os.getppid()}-beef4567"
+    # a user's own hidden backups that merely look alike: never ours to delete
+    backups = [tmp_path / ".student.old-2023", tmp_path / f".student.old-{dead.pid}-mine",
+               tmp_path / f".student.tmp-{dead.pid}"]
+    for p in (stale, live, *backups):
         p.mkdir()
         (p / "model.safetensors").write_bytes(b"0" * 1024)
     assert clean_stale_temps(final) == [stale]
-    assert live.exists() and not stale.exists()
+    assert live.exists() and not stale.exists() and all(b.exists() for b in backups)
 
 
 def test_a_full_disk_is_one_line_before_the_student_is_written(tmp_path, monkeypatch, teacher_dir):

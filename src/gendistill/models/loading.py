@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import GendistillError
 from gendistill.models.hybrid import HybridConfig  # (importing it registers the hybrid with the Auto classes)
-from gendistill.teachers import TeacherSource, hub_access_kwargs, load_teacher, resolve_teacher
+from gendistill.teachers import PICKLE_WEIGHTS, TeacherSource, hub_access_kwargs, load_teacher, resolve_teacher
 
 ModelKind = Literal["embedded", "gguf", "folder", "student", "hub"]
 
@@ -85,10 +85,6 @@ def resolve_model(spec: str | Path) -> ModelRef:
     source = resolve_teacher(text)  # raises the one-line errors for everything that is not a reference
     kind = {"embedded": "embedded", "gguf": "gguf", "folder": "folder", "hub": "hub"}[source.kind]
     return ModelRef(str(text), kind, source.path)  # type: ignore[arg-type]
-
-
-#: weight files transformers would unpickle; gendistill never loads them
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
 def _check_weight_files(location: str) -> None:
