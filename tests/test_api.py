@@ -52,6 +52,17 @@ def test_the_api_functions_are_the_callable_sub_packages():
         gendistill.no_such_thing  # noqa: B018
 
 
+@pytest.mark.parametrize("spec", ["0,two", "every:x", "ratio:2", "", "0,9", "missing.json"])
+def test_convert_checks_the_layer_spec_before_the_teacher_loads(teacher_dir, monkeypatch, spec):
+    """As its docstring says: a bad --attention-layers is one line before any weight is read (a GGUF teacher takes
+    seconds to de-quantise), against the layer count in the teacher's config."""
+    import gendistill.convert.api as convert_api
+
+    monkeypatch.setattr(convert_api, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    with pytest.raises(GendistillError):
+        gendistill.convert(str(teacher_dir), spec, device="cpu")
+
+
 def test_convert_saves_a_shareable_student(teacher_dir, tmp_path):
     res = gendistill.convert(str(teacher_dir), "0,2", tmp_path / "student", gate_activation="sigmoid",
                              device="cpu")

@@ -148,6 +148,21 @@ def test_chat_answers_with_teacher_and_student(tiny_teacher, tmp_path):
     assert "4 tokens" in result.output
 
 
+def test_chat_shows_a_reply_with_brackets_as_text(tiny_teacher, monkeypatch):
+    """A model's reply is text: '[/]' or '[bold]' in it is shown as written, not read as rich markup (which raised
+    MarkupError on '[/]' and swallowed '[bold]')."""
+    import dataclasses
+
+    from gendistill.chat import cli as chat_cli
+
+    said = "The pattern [/] closes it; [bold]x[/bold] stays"
+    real = chat_cli.reply
+    monkeypatch.setattr(chat_cli, "reply", lambda *a, **k: dataclasses.replace(real(*a, **k), text=said))
+    result = invoke("chat", "--teacher", str(tiny_teacher), "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "[/] closes it; [bold]x[/bold] stays" in " ".join(result.output.split())
+
+
 def test_help_teaches_the_layer_spec_forms():
     result = invoke("convert", "--help")
     assert result.exit_code == 0

@@ -104,6 +104,47 @@ def test_a_damaged_student_folder_is_one_line(refs, tmp_path):
         load_model(str(bad), device="cpu")
 
 
+@pytest.mark.parametrize("field, value", [("num_attention_heads", "4"), ("hidden_size", None)])
+def test_a_hand_edited_config_field_of_the_wrong_type_is_one_line(refs, tmp_path, field, value):
+    """transformers' strict config check raises huggingface_hub's StrictDataclassError, which is no ValueError."""
+    import shutil
+
+    root, _ = refs
+    bad = tmp_path / "student"
+    shutil.copytree(root / "student", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg[field] = value
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GendistillError, match="cannot load student folder"):
+        load_model(str(bad), device="cpu")
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 301), ("kda_conv_size", 3), ("num_key_value_heads", 1)])
+def test_a_config_edit_that_changes_tensor_shapes_names_the_tensors(refs, tmp_path, field, value):
+    """Same tensor names, other shapes: one line naming them (transformers' own error pointed at a load report that
+    gendistill hides)."""
+    import shutil
+
+    root, _ = refs
+    bad = tmp_path / "student"
+    shutil.copytree(root / "student", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    assert cfg[field] != value
+    cfg[field] = value
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GendistillError, match=r"do not match its config.json: \d+ of the wrong shape \("):
+        load_model(str(bad), device="cpu")
+
+
+def test_a_teacher_bias_the_student_is_told_to_drop_is_one_line():
+    from gendistill.convert import convert_teacher
+    from tests.fixtures_teachers import tiny_model
+
+    for family, extra, option in (("qwen2", {}, "kda_qkv_bias"), ("llama", {"attention_bias": True}, "kda_o_bias")):
+        with pytest.raises(GendistillError, match=f"{option}=False, but the teacher's"):
+            convert_teacher(tiny_model(family, 300, **extra), "1", **{option: False})
+
+
 def test_one_dtype_table_and_auto():
     for name, dtype in DTYPES.items():
         assert resolve_dtype(name, "cpu") is dtype and resolve_dtype(name.upper(), "cpu") is dtype

@@ -46,6 +46,15 @@ def test_bad_recipe_exits_2_with_the_key(tmp_path):
     assert "Traceback" not in res.output
 
 
+def test_stop_after_below_one_is_refused_before_anything_runs(tmp_path, teacher, tok):
+    """--stop-after 0 (or -3) once trained a step: it is one line now, and no run folder is made."""
+    recipe = _recipe(tmp_path, teacher, tok)
+    for n in ("0", "-3"):
+        res = CliRunner().invoke(app, ["distill", recipe, "--stop-after", n])
+        assert res.exit_code == 2 and f"--stop-after {n}: must be at least 1" in res.output.replace("\n", " ")
+        assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_stop_and_resume(tmp_path, teacher, tok):
     recipe = _recipe(tmp_path, teacher, tok)
     runner = CliRunner()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import math
 
 import pytest
@@ -137,6 +138,35 @@ def test_layer_spec_from_selection_json(tmp_path):
     f.write_text("{not json")
     with pytest.raises(LayerSpecError, match="not valid JSON"):
         parse_attention_layers(str(f), 28)
+
+
+def test_a_bare_word_is_never_read_as_a_layer_file(tmp_path, monkeypatch):
+    """A stray file named ``1`` or ``all`` in the working folder (a ``2>1`` typo makes one) does not change what
+    ``--attention-layers 1`` or ``all`` means; a path with a folder part or a .json name is still a file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "1").write_text("oops")
+    (tmp_path / "all").write_text("[0]")
+    assert parse_attention_layers("1", 4) == [1]
+    assert parse_attention_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_attention_layers("./all", 4) == [0]
+
+
+@pytest.mark.parametrize("layers", [7, 12, 30, 99])
+def test_the_smallest_ratio_the_error_suggests_is_accepted(layers):
+    with pytest.raises(LayerSpecError, match=r"at least ([0-9.e-]+)") as err:
+        parse_attention_layers(f"ratio:{0.4 / layers}", layers)
+    suggested = re.search(r"at least ([0-9.e-]+)", str(err.value)).group(1)
+    assert len(parse_attention_layers(f"ratio:{suggested}", layers)) == 1
+
+
+@pytest.mark.parametrize("layers", [[1.9], [True], [0, False]])
+def test_layer_indices_that_are_not_integers_are_refused_not_truncated(layers, tmp_path):
+    with pytest.raises(LayerSpecError, match="must be integers"):
+        parse_attention_layers(layers, 12)
+    f = tmp_path / "layers.json"
+    f.write_text(json.dumps(layers))
+    with pytest.raises(LayerSpecError, match="must be integers"):
+        parse_attention_layers(str(f), 12)
 
 
 def test_paper_layout_on_a_qwen3_0_6b_shaped_config_has_the_paper_cache_arithmetic():

@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 import typer
+from rich.markup import escape
 from rich.panel import Panel
+from rich.text import Text
 
 from gendistill.cli_utils import console
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP, resolve_device, resolve_dtype
@@ -73,7 +75,9 @@ def chat_command(
         model, tokenizer = load_model(spec, dtype=dt, device=dev)
         out = reply(model, tokenizer, spec, messages, dev, max_new_tokens, sample, seed)
         kind = "student" if spec in student else "teacher"
-        console.print(Panel(out.text or "[dim](empty)[/]", title=f"{kind}: {model_label(spec)}",
+        # the model's text is shown as written: '[bold]' or '[/]' in a reply is text, not rich markup
+        console.print(Panel(Text(out.text) if out.text else Text("(empty)", style="dim"),
+                            title=escape(f"{kind}: {model_label(spec)}"),
                             subtitle=f"{out.new_tokens} tokens, {out.new_tokens / out.seconds:.1f} tok/s on {dev}"))
 
 

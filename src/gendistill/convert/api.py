@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from gendistill.convert.convert import convert_teacher, save_student
+from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.convert.summary import ConversionSummary, summarize
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import GendistillError
@@ -18,7 +19,7 @@ from gendistill.models.card import public_model_name
 from gendistill.models.hybrid.configuration_hybrid import check_kda_options
 from gendistill.models.loading import load_model, resolve_model
 from gendistill.ownership import check_replaceable, check_writable
-from gendistill.teachers import DEFAULT_TEACHER
+from gendistill.teachers import DEFAULT_TEACHER, load_teacher_config
 
 
 @dataclass
@@ -108,6 +109,8 @@ def convert(teacher: str = DEFAULT_TEACHER, attention_layers: str | list[int] = 
         raise GendistillError(f"--teacher: {e}") from None
     if ref.kind == "student":
         raise GendistillError(f"--teacher: {teacher} is already a hybrid student; convert its teacher instead")
+    # the layer spec against the teacher's layer count, from its config alone (de-quantising a GGUF takes seconds)
+    parse_attention_layers(attention_layers, load_teacher_config(str(teacher)).num_hidden_layers)
     model, tokenizer = load_model(ref, dtype=dt, device=dev)
     torch.manual_seed(seed)
     student = convert_teacher(model, attention_layers, linear_attention_type=mixer, **kda_options)

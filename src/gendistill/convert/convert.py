@@ -36,10 +36,17 @@ def student_config_from_teacher(teacher_config, attention_layers, **kda_options:
     fields = {k: v for k, v in teacher_config.to_dict().items() if k not in _NOT_TEACHER_CONFIG}
     try:
         check_kda_options(kda_options)
-        return HybridConfig(base_model_type=family.model_type, layer_types=layer_types,
-                            architectures=["HybridForCausalLM"], **fields, **kda_options)
+        config = HybridConfig(base_model_type=family.model_type, layer_types=layer_types,
+                              architectures=["HybridForCausalLM"], **fields, **kda_options)
     except ValueError as e:
         raise GendistillError(str(e).splitlines()[0]) from None
+    # the KDA projections are the teacher's: a teacher bias with nowhere to go would be dropped
+    for option, teacher_has in zip(("kda_qkv_bias", "kda_o_bias"), family.attention_biases(config)):
+        if teacher_has and not getattr(config, option):
+            proj = "q/k/v" if option == "kda_qkv_bias" else "o"
+            raise GendistillError(f"{option}=False, but the teacher's {proj} projections have a bias, which the KDA "
+                                  f"layers copy; leave {option} unset (it follows the teacher)")
+    return config
 
 
 @torch.no_grad()

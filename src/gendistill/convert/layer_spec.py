@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import numbers
+import os
 from pathlib import Path
 
 from gendistill.errors import LayerSpecError
 
 
 def layer_file(spec: str | list[int]) -> Path | None:
-    """The JSON file an ``--attention-layers`` spec names (it ends in ``.json`` or is an existing file), else None."""
+    """The JSON file an ``--attention-layers`` spec names (it ends in ``.json`` or has a folder part, ``./layers``),
+    else None. A bare word is never a file: a stray file named ``1`` or ``all`` in the working folder must not change
+    what ``--attention-layers 1`` or ``all`` means."""
     if isinstance(spec, (list, tuple)):
         return None
     text = spec.strip()
-    return Path(text) if text and (text.endswith(".json") or Path(text).is_file()) else None
+    return Path(text) if text and (text.endswith(".json") or "/" in text or os.sep in text) else None
 
 
 def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
@@ -28,7 +32,7 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
         ``"attention:0,2,6;kda:1,3,4,5"``  what :meth:`HybridConfig.layer_spec` writes (every layer listed once).
     """
     if isinstance(spec, (list, tuple)):
-        return _check([int(i) for i in spec], num_layers, str(spec))
+        return _check(_integers(list(spec), str(spec)), num_layers, str(spec))
     text = spec.strip()
     if not text:
         raise LayerSpecError("empty --attention-layers; give indices like '0,2,6', 'every:4', 'ratio:0.25' or 'none'")
@@ -57,7 +61,7 @@ def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
         n = round(r * num_layers)
         if n == 0 and r > 0:
             raise LayerSpecError(f"'{text}': {r} of {num_layers} layers rounds to no attention layer; use a ratio of "
-                                 f"at least {0.5 / num_layers:.3g}, or 'none' for an all-KDA student")
+                                 f"at least {1 / num_layers:.3g}, or 'none' for an all-KDA student")
         return sorted({int((k + 1) * num_layers / n) - 1 for k in range(n)}) if n else []
     try:
         indices = [int(part) for part in text.split(",") if part.strip()]
@@ -124,9 +128,17 @@ def read_layer_file(path: Path) -> list[int]:
         if "attention_layers" not in data:
             raise LayerSpecError(f"{path}: expected a list of layer indices or an object with 'attention_layers'")
         data = data["attention_layers"]
-    if not isinstance(data, list) or not all(isinstance(i, int) for i in data):
+    if not isinstance(data, list):
         raise LayerSpecError(f"{path}: 'attention_layers' must be a list of integers")
-    return data
+    return _integers(data, str(path))
+
+
+def _integers(items: list, where: str) -> list[int]:
+    """``items`` as layer indices: integers only (numpy's too; ``1.9`` or ``true`` is refused, not read as layer 1)."""
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    if bad:
+        raise LayerSpecError(f"{where}: layer indices must be integers, not {bad[0]!r}")
+    return [int(i) for i in items]
 
 
 def _number(text: str, kind, where: str):

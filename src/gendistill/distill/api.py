@@ -29,6 +29,8 @@ def distill(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, 
     """
     if allow_optim_change and not resume:
         raise ConfigError("--allow-optim-change only applies with --resume")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after {stop_after}: must be at least 1 (optimizer steps)")
     if isinstance(recipe, Recipe):
         if overrides:
             raise ConfigError("overrides apply to a recipe file or name; change the Recipe object instead")

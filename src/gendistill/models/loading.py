@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
@@ -104,38 +105,48 @@ def _check_weight_files(location: str) -> None:
     raise GendistillError(f"student folder {location}: no model.safetensors (the weights are missing)")
 
 
-def _stored_keys(folder: Path) -> set[str] | None:
-    """The tensor names in a student folder's safetensors weights (one file or an index), read from the headers."""
+def _stored_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Each tensor's shape in a student folder's safetensors weights (one file or an index of shards), read from the
+    headers (no tensor is loaded); None when they cannot be read (the loader's own error then says how)."""
     index = folder / "model.safetensors.index.json"
     try:
         if index.is_file():
-            return set(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-            return set(f.keys())
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in files:
+            with safe_open(str(folder / name), framework="pt") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        return shapes
     except (OSError, ValueError, KeyError, TypeError, SafetensorError):
-        return None  # damaged: the loader's own error says how
+        return None
 
 
 def check_student_weights(folder: str | Path) -> None:
     """Before any model is loaded: the weights of a local student folder hold exactly the tensors its config.json
-    describes (compared by name from the safetensors headers against the model built on the meta device, so no
-    memory is used). A config whose ``layer_types`` or KDA options were edited, or copied from another student, is
-    one line instead of a model with randomly initialised mixers. Loading checks the same again
-    (:func:`_check_loading_info`), also for hub students."""
+    describes, each of the shape it describes (compared from the safetensors headers against the model built on the
+    meta device, so no memory is used). A config whose ``layer_types``, KDA options or sizes were edited, or copied
+    from another student, is one line instead of a model with randomly initialised mixers (or transformers' error
+    pointing at a report it printed). Loading checks the names again (:func:`_check_loading_info`), also for hub
+    students."""
     folder = Path(folder)
     _check_weight_files(str(folder))
-    stored = _stored_keys(folder)
+    stored = _stored_shapes(folder)
     if stored is None:
         return
     try:
         config = AutoConfig.from_pretrained(folder)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-        expected = set(model.state_dict())
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         tied = set((getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else ())
     except Exception:  # noqa: BLE001 - a config the loader will reject with its own line; nothing to compare
         return
-    _check_loading_info(str(folder), {"missing_keys": expected - stored - tied, "unexpected_keys": stored - expected})
+    _check_loading_info(str(folder), {"missing_keys": set(expected) - set(stored) - tied,
+                                      "unexpected_keys": set(stored) - set(expected),
+                                      "mismatched_keys": {k for k in stored.keys() & expected.keys()
+                                                          if stored[k] != expected[k]}})
 
 
 @contextlib.contextmanager
@@ -182,8 +193,8 @@ def _load_student(location: str, dtype: torch.dtype, device: torch.device, hub_k
                                                                output_loading_info=True, **kw)
         _check_loading_info(location, info)
         tokenizer = AutoTokenizer.from_pretrained(location, **kw) if with_tokenizer else None
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as e:
-        # a damaged or hand-edited folder (bad config value, truncated weights, wrong shapes): one line
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError, StrictDataclassError) as e:
+        # a damaged or hand-edited folder (bad config value or type, truncated weights, wrong shapes): one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GendistillError(f"cannot load student folder {location}: {first[:300]}") from None
     model.upcast_recurrence_parameters()  # A_log / dt_bias stay float32 whatever the dtype
