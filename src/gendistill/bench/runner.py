@@ -35,6 +35,8 @@ from gendistill.runlock import acquire
 
 ROLES = ("teacher", "student")
 SCHEMA_VERSION = 1
+#: the joined-weights check's context when the run names no context length at all (every measurement skipped)
+JOINS_CHECK_FALLBACK_CONTEXT = 128
 
 
 class _Log:
@@ -309,8 +311,11 @@ class Runner:
         :func:`joined_weights`) against the live weights, at the shortest context (at most 4K): the prefill (same next
         token and cache within bf16 rounding, :func:`engine.compare_prefills`) and one decode step from each cache
         (where every linear that reads a mixer's input is one GEMM: its logits within 1 % of their largest
-        magnitude). Recorded as ``joined_weights_check``."""
-        m, L = self.models["student"], min(min(self.s.contexts), 4096)
+        magnitude). Recorded as ``joined_weights_check``. The context is the shortest of ``--contexts`` and
+        ``--throughput-contexts`` (either may be empty when its measurements are skipped), else
+        :data:`JOINS_CHECK_FALLBACK_CONTEXT`."""
+        lengths = [*self.s.contexts, *self.s.throughput_contexts]
+        m, L = self.models["student"], min(min(lengths), 4096) if lengths else JOINS_CHECK_FALLBACK_CONTEXT
         try:
             with torch.inference_mode():
                 prompt = engine.random_prompt(m.config.vocab_size, L, 1, self.device)
