@@ -3,10 +3,15 @@ bench JSON, runs that differ in more than the card, decode cells of a prefill th
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from gendistill.bench.api import bench
-from gendistill.bench.runner import JOINS_CHECK_FALLBACK_CONTEXT
+from gendistill.bench.runner import JOINS_CHECK_FALLBACK_CONTEXT, run_benchmark
+from gendistill.bench.settings import BenchSettings
+from gendistill.errors import ConfigError
 
 
 @pytest.mark.parametrize("options, checked_at", [
@@ -21,3 +26,54 @@ def test_empty_contexts_the_settings_allow_run_the_joins_check(tmp_path, options
     check = res.data["joined_weights_check"]
     assert check["context"] == checked_at and check["accepted"], check
     assert res.data["finished"]
+
+
+def _baseline_files(tmp_path):
+    """Files ``--compare`` must refuse, each with what its one line says."""
+    (tmp_path / "notjson.json").write_text("{ not json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "other.json").write_text(json.dumps({"card": "cpu", "metrics": {}}))  # another tool's JSON
+    (tmp_path / "badctx.json").write_text(json.dumps({"card": "cpu", "contexts": [{"ttft": 1}]}))
+    (tmp_path / "folder").mkdir()
+    return [("missing.json", "no such file"), ("folder", "a folder, not a bench JSON file"),
+            ("notjson.json", "not a JSON file"), ("binary.json", "not a JSON file"),
+            ("list.json", "not a bench JSON"), ("other.json", "not a bench JSON"), ("badctx.json", "not a bench JSON")]
+
+
+def test_compare_file_that_is_not_a_bench_json_is_refused_up_front(tmp_path, monkeypatch):
+    """A missing or foreign ``--compare`` file was read only after the whole benchmark, its error logged and the exit
+    status 0. It is one ConfigError line naming the flag and the file before anything is measured or written, from
+    ``gendistill.bench``, from ``run_benchmark`` and from the command (exit status != 0)."""
+    from typer.testing import CliRunner
+
+    from gendistill.bench import runner
+    from gendistill.cli import app
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured despite a bad --compare")
+
+    monkeypatch.setattr(runner, "build_models", no_measuring)
+    for name, reason in _baseline_files(tmp_path):
+        path = str(tmp_path / name)
+        with pytest.raises(ConfigError) as e:
+            bench(tiny=True, out=str(tmp_path / "out"), plots=False, table=False, compare=path)
+        assert str(e.value).startswith(f"--compare {path}: {reason}") and "\n" not in str(e.value), str(e.value)
+        with pytest.raises(ConfigError, match=f"^--compare {re.escape(path)}: {reason}"):
+            run_benchmark(BenchSettings.tiny(out=str(tmp_path / "out"), compare=path), log_sink=lambda s: None)
+        assert not (tmp_path / "out").exists()
+        r = CliRunner().invoke(app, ["bench", "--tiny", "--out", str(tmp_path / "out"), "--compare", path])
+        assert r.exit_code not in (0, None) and f"--compare {path}: {reason}" in r.output, r.output
+        assert not (tmp_path / "out").exists()
+
+
+def test_compare_accepts_a_bench_json(tmp_path):
+    """What the bench writes is what --compare reads (including a run's own JSON, read before the run rewrites it)."""
+    from gendistill.bench.report import load_baseline
+
+    s = BenchSettings.tiny(out=str(tmp_path / "b"), contexts=(32,), skip=("decode", "throughput"))
+    first = run_benchmark(s, log_sink=lambda line: None, plots=False, table=False)
+    assert load_baseline(first["json_path"])["contexts"][0]["context"] == 32
+    s.compare = first["json_path"]
+    again = run_benchmark(s, log_sink=lambda line: None, plots=False, table=True)
+    assert again["json_path"] == first["json_path"]

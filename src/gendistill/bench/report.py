@@ -3,10 +3,13 @@ Figure 2 (memory, TTFT, decode speed vs context) and Figure 5 (theoretical cache
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from gendistill.errors import ConfigError, first_line
 
 GiB = 1024**3
 MiB = 1024**2
@@ -206,6 +209,30 @@ def make_plots(results: dict, out_dir: str | Path) -> list[str]:
     plt.close(fig)
     paths.append(str(p))
     return paths
+
+
+def load_baseline(path: str | Path, flag: str = "--compare") -> dict:
+    """A previous run's bench JSON (what ``--compare`` prints this run against), read and checked before anything is
+    measured: a missing file, a folder, a file that is not JSON or not a bench JSON (a mapping with a ``card`` and a
+    ``contexts`` list of per-context entries) is one :class:`ConfigError` line naming ``flag`` and the file."""
+    where = f"{flag} {path}"
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{where}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{where}: a folder, not a bench JSON file (bench_<model>_<card>.json)")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it ({first_line(e)})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{where}: not a JSON file ({first_line(e)})") from None
+    contexts = data.get("contexts") if isinstance(data, dict) else None
+    if (not isinstance(data, dict) or not isinstance(data.get("card"), str) or not isinstance(contexts, list)
+            or not all(isinstance(c, dict) and isinstance(c.get("context"), int) for c in contexts)):
+        raise ConfigError(f"{where}: not a bench JSON (expected the mapping `gendistill bench` writes, with a 'card' "
+                          "and a 'contexts' list of per-context entries)")
+    return data
 
 
 def print_comparison(results: dict, baseline: dict, console=None) -> None:

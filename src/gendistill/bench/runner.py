@@ -4,7 +4,6 @@ is written to JSON after every step (a run killed half way still leaves its numb
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import time
@@ -21,7 +20,7 @@ from gendistill.bench import engine
 from gendistill.bench.models import build_models, count_params, layer_type_counts
 from gendistill.bench.profile import profile_model
 from gendistill.bench.ratios import ratios, summary
-from gendistill.bench.report import file_stem, make_plots, print_comparison, print_table
+from gendistill.bench.report import file_stem, load_baseline, make_plots, print_comparison, print_table
 from gendistill.bench.settings import BenchSettings
 from gendistill.bench.sweep import free_memory, is_oom, peak_allocated
 from gendistill.bench.throughput import measure_throughput
@@ -442,13 +441,15 @@ BENCH_FILES = ("bench_*.json", "fig2_*.png", "fig5_*.png", "profiles.txt")
 def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | None = None, plots: bool = True,
                   table: bool = True) -> dict:
     """Every measurement, then plots and table, with ``settings.out`` locked for the run (:mod:`gendistill.runlock`):
-    a folder another gendistill process is writing is one line; a failure before any write leaves no new folder."""
+    a folder another gendistill process is writing is one line; a failure before any write leaves no new folder. A
+    ``settings.compare`` that is not a bench JSON is one line before anything is measured (:func:`load_baseline`)."""
+    baseline = load_baseline(settings.compare) if settings.compare else None  # read before the run may overwrite it
     check_report_folder(settings.out, BENCH_FILES, "--out")
     lock = acquire(settings.out, "--out")
     finished = False
     try:
         claim_report_folder(settings.out, BENCH_FILES, "--out")  # again under the lock; then the folder is ours
-        results = _measure_and_report(settings, log_sink, plots, table)
+        results = _measure_and_report(settings, log_sink, plots, table, baseline)
         finished = True
     finally:
         lock.release(remove_created=not finished)
@@ -456,7 +457,7 @@ def run_benchmark(settings: BenchSettings, log_sink: Callable[[str], None] | Non
 
 
 def _measure_and_report(settings: BenchSettings, log_sink: Callable[[str], None] | None, plots: bool,
-                        table: bool) -> dict:
+                        table: bool, baseline: dict | None) -> dict:
     runner = Runner(settings, log_sink)
     threads = torch.get_num_threads()
     if settings.config == "tiny" and runner.device.type == "cpu":
@@ -473,10 +474,10 @@ def _measure_and_report(settings: BenchSettings, log_sink: Callable[[str], None]
         except Exception as exc:  # noqa: BLE001 - plots are a convenience; the JSON is the record
             runner.log(f"plots failed: {_err(exc)}")
     if table:
-        if settings.compare:
+        if baseline is not None:
             try:
-                print_comparison(results, json.loads(Path(settings.compare).read_text()))
-            except Exception as exc:  # noqa: BLE001
+                print_comparison(results, baseline)
+            except Exception as exc:  # noqa: BLE001 - a baseline with odd values must not lose the table
                 runner.log(f"comparison with {settings.compare} failed: {_err(exc)}")
         print_table(results)
     results["json_path"] = str(runner.json_path)

@@ -12,6 +12,7 @@ from typing import Sequence
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from gendistill.bench.models import qwen3_config
+from gendistill.bench.report import load_baseline
 from gendistill.convert.layer_spec import parse_attention_layers
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import ConfigError, GendistillError
@@ -174,8 +175,8 @@ def check_numbers(s: BenchSettings) -> None:
 def check_settings(s: BenchSettings) -> None:
     """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
     reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
-    but absent, an unknown dtype, an unwritable --out or one another gendistill process is writing
-    (:mod:`gendistill.runlock`). The student's ``attention_layers`` are resolved to indices here (the grammar of
+    but absent, an unknown dtype, a --compare file that is not a bench JSON, an unwritable --out or one another
+    gendistill process is writing (:mod:`gendistill.runlock`). The student's ``attention_layers`` are resolved to indices here (the grammar of
     :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's layer count is known without
     loading it (a hub teacher's are resolved by the conversion)."""
     check_numbers(s)
@@ -211,6 +212,8 @@ def check_settings(s: BenchSettings) -> None:
             check_kda_options({"kda_gate_lower_bound": s.kda_gate_lower_bound})
         except ValueError as e:
             raise ConfigError(str(e).replace("kda_gate_lower_bound", "--kda-gate-lower-bound", 1)) from None
+    if s.compare:
+        load_baseline(s.compare, "--compare")  # a missing file or not a bench JSON: before any measurement
     check_writable(s.out, "--out")
     check_not_busy(s.out, "--out")  # another gendistill process writing the folder
 
