@@ -77,3 +77,39 @@ def test_compare_accepts_a_bench_json(tmp_path):
     s.compare = first["json_path"]
     again = run_benchmark(s, log_sink=lambda line: None, plots=False, table=True)
     assert again["json_path"] == first["json_path"]
+
+
+def _run(model="tiny", dtype="float32", decode_cache="static", params=1000, layer_types=None, ttft=2.0) -> dict:
+    """The parts of a bench JSON a comparison reads."""
+    return {"model": model, "card": "cpu-x86_64", "dtype": dtype, "started": "2026-01-01T00:00:00",
+            "settings": {"decode_cache": decode_cache},
+            "models": {"teacher": {"params": params, "layer_types": layer_types or {"full_attention": 8}},
+                       "student": {"params": 900, "layer_types": {"full_attention": 2, "linear_attention": 6}}},
+            "contexts": [{"context": 32, "teacher": {"ttft_ms": ttft}, "student": {"ttft_ms": ttft / 2}}]}
+
+
+@pytest.mark.parametrize("now, flagged", [
+    (_run(dtype="bfloat16"), "[NOT COMPARABLE: dtype float32 vs bfloat16]"),
+    (_run(decode_cache="dynamic"), "[NOT COMPARABLE: decode_cache static vs dynamic]"),
+    (_run(params=2000), "[NOT COMPARABLE: teacher params 1000 vs 2000]"),
+    (_run(layer_types={"full_attention": 4}),
+     "[NOT COMPARABLE: teacher layer_types {'full_attention': 8} vs {'full_attention': 4}]"),
+    (_run(dtype="bfloat16", params=2000), "[NOT COMPARABLE: dtype float32 vs bfloat16; teacher params 1000 vs 2000]"),
+    (_run(model="tiny-gate-5", ttft=1.0), None),  # the bounded-gate run against the exact one: comparable
+    (_run(), None),
+])
+def test_comparison_flags_runs_that_differ_in_more_than_the_card(capsys, now, flagged):
+    """Only the card was checked: a bf16 run against an fp32 baseline, a dynamic against a static decode cache, or
+    another teacher printed ratios as if comparable. The title flags what differs, as it flags a different card; the
+    ratios are still printed."""
+    from rich.console import Console
+
+    from gendistill.bench.report import print_comparison
+
+    print_comparison(now, _run(), console=Console(width=400))
+    out = " ".join(capsys.readouterr().out.split())  # the title wraps at the table's width
+    assert "vs baseline" in out and "ttft_ms" in out and "DIFFERENT CARD" not in out
+    if flagged is None:
+        assert "NOT COMPARABLE" not in out, out
+    else:
+        assert flagged in out, out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gendistill.errors import ConfigError, first_line
@@ -235,12 +236,43 @@ def load_baseline(path: str | Path, flag: str = "--compare") -> dict:
     return data
 
 
+#: what else than the card makes two runs' timings incomparable: (label, path in the results mapping). Not the
+#: ``model`` label (a bounded-gate run is ``<model>-gate<LB>``, timed against the exact run on purpose) nor the student
+#: (what a comparison is usually about).
+COMPARED_SETUP = (("dtype", ("dtype",)), ("decode_cache", ("settings", "decode_cache")),
+                  ("teacher params", ("models", "teacher", "params")),
+                  ("teacher layer_types", ("models", "teacher", "layer_types")))
+
+
+def _at(d, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def setup_differences(results: dict, baseline: dict) -> list[str]:
+    """What differs, besides the card, between this run's setup and the baseline's (:data:`COMPARED_SETUP`), as
+    ``"<what> <baseline> vs <now>"``; a key one of the runs lacks (an older JSON) is not a difference."""
+    out = []
+    for label, path in COMPARED_SETUP:
+        then, now = _at(baseline, path), _at(results, path)
+        if then is not None and now is not None and then != now:
+            out.append(f"{label} {then} vs {now}")
+    return out
+
+
 def print_comparison(results: dict, baseline: dict, console=None) -> None:
-    """This run against a previous bench JSON (e.g. the committed docs/results/bench_<model>_<card>.json)."""
+    """This run against a previous bench JSON (e.g. the committed docs/results/bench_<model>_<card>.json). The ratios
+    are printed either way; the title says ``[DIFFERENT CARD: not comparable]`` when the cards differ and ``[NOT
+    COMPARABLE: <what differs>]`` when the dtype, the decode cache or the teacher (params, layer types) do."""
     console = console or Console(width=200)
     same_card = results.get("card") == baseline.get("card")
-    tbl = Table(title=f"vs baseline {baseline.get('started', '?')} on {baseline.get('card')}"
-                + ("" if same_card else "  [DIFFERENT CARD: not comparable]"))
+    differs = setup_differences(results, baseline)
+    tbl = Table(title=escape(f"vs baseline {baseline.get('started', '?')} on {baseline.get('card')}"
+                             + ("" if same_card else "  [DIFFERENT CARD: not comparable]")
+                             + (f"  [NOT COMPARABLE: {'; '.join(differs)}]" if differs else "")))
     for col in ("context", "model", "metric", "baseline", "now", "now/baseline"):
         tbl.add_column(col, justify="right")
     base = {c["context"]: c for c in baseline.get("contexts", [])}
