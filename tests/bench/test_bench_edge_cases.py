@@ -3,10 +3,12 @@ bench JSON, runs that differ in more than the card, decode cells of a prefill th
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import pytest
+import torch
 
 from gendistill.bench.api import bench
 from gendistill.bench.runner import JOINS_CHECK_FALLBACK_CONTEXT, run_benchmark
@@ -113,3 +115,60 @@ def test_comparison_flags_runs_that_differ_in_more_than_the_card(capsys, now, fl
         assert "NOT COMPARABLE" not in out, out
     else:
         assert flagged in out, out
+
+
+def _table(results: dict) -> str:
+    from rich.console import Console
+
+    from gendistill.bench.report import print_table
+
+    console = Console(width=300, record=True, file=io.StringIO())
+    print_table(results, console=console)
+    return console.export_text()
+
+
+def _decode_cells(table: str, context: str) -> list[str]:
+    """The row of ``context``'s two decode cells (columns 10 and 11 of the table)."""
+    row = next(line for line in table.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() == context)
+    return [c.strip() for c in row.split("│")[10:12]]
+
+
+def test_decode_cells_of_a_prefill_skipped_by_the_time_limit_say_skip(tmp_path):
+    """The prefill's reason was stored under ``errors['prefill']`` only, so the decode cells read "-" (as if decode
+    had been skipped by the user, or measured nothing) instead of "skip"."""
+    res = bench(tiny=True, out=str(tmp_path / "b"), plots=False, table=False, time_limit=0.001, skip="throughput")
+    for c in res.data["contexts"]:
+        for role in ("teacher", "student"):
+            errors = c[role]["errors"]
+            assert errors["prefill"] == "skipped: time limit" and errors["decode"].startswith("skipped: time limit")
+    table = _table(res.data)
+    assert _decode_cells(table, "32") == ["skip", "skip"] and _decode_cells(table, "128") == ["skip", "skip"], table
+
+
+def test_decode_cells_of_a_prefill_that_ran_out_of_memory_say_oom(tmp_path, monkeypatch):
+    from gendistill.bench import engine
+
+    real = engine.prefill
+
+    def prefill(model, ids):
+        if ids.shape[1] > 64 and model.__class__.__name__.startswith("Qwen3"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 14.00 GiB")
+        return real(model, ids)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    res = run_benchmark(BenchSettings.tiny(out=str(tmp_path), contexts=(32, 128), skip=("throughput",)),
+                        log_sink=lambda s: None, plots=False, table=False)
+    big = res["contexts"][1]
+    assert big["teacher"]["errors"]["decode"].startswith("oom") and big["student"]["decode_tok_s"] > 0
+    assert "decode" not in (res["contexts"][0]["teacher"].get("errors") or {})
+    table = _table(res)
+    assert _decode_cells(table, "128")[0] == "OOM" and _decode_cells(table, "128")[1] not in ("-", "OOM", "skip")
+    assert "-" not in _decode_cells(table, "32"), table
+
+
+def test_decode_cells_stay_blank_when_decode_is_skipped(tmp_path):
+    """``--skip decode`` is the user's choice: no decode error recorded, the cells stay "-"."""
+    res = bench(tiny=True, out=str(tmp_path / "b"), plots=False, table=False, time_limit=0.001,
+                skip="decode,throughput", contexts="32")
+    assert "decode" not in res.data["contexts"][0]["teacher"]["errors"]
+    assert _decode_cells(_table(res.data), "32") == ["-", "-"]

@@ -301,6 +301,9 @@ class Runner:
             e["kv_theory_matches_measured"] = th[cachemod.FULL] == me.get(cachemod.FULL, 0)
             if s.wants("decode"):
                 self._guard(e, "decode", lambda: self.decode(role, L, e, holder))
+        elif s.wants("decode"):  # wanted but never ran: the table's decode cells give the prefill's reason, not "-"
+            errors = e.setdefault("errors", {})
+            errors["decode"] = f"{errors.get('prefill') or errors.get('ttft') or 'not run'} (prefill)"
         holder.clear()
         del ids
         free_memory()
