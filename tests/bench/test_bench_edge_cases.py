@@ -129,8 +129,8 @@ def _table(results: dict) -> str:
 
 def _decode_cells(table: str, context: str) -> list[str]:
     """The row of ``context``'s two decode cells (columns 10 and 11 of the table)."""
-    row = next(line for line in table.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() == context)
-    return [c.strip() for c in row.split("│")[10:12]]
+    rows = [[c.strip() for c in line.split("│")] for line in table.splitlines()]
+    return next(r for r in rows if len(r) > 12 and r[1] == context)[10:12]
 
 
 def test_decode_cells_of_a_prefill_skipped_by_the_time_limit_say_skip(tmp_path):

@@ -176,9 +176,9 @@ def check_settings(s: BenchSettings) -> None:
     """Every user mistake the benchmark can meet, as one line before anything is built: an unknown shape, a model
     reference that does not resolve or is of an unsupported family, an attention layer out of range, CUDA asked for
     but absent, an unknown dtype, a --compare file that is not a bench JSON, an unwritable --out or one another
-    gendistill process is writing (:mod:`gendistill.runlock`). The student's ``attention_layers`` are resolved to indices here (the grammar of
-    :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's layer count is known without
-    loading it (a hub teacher's are resolved by the conversion)."""
+    gendistill process is writing (:mod:`gendistill.runlock`). The student's ``attention_layers`` are resolved to
+    indices here (the grammar of :func:`gendistill.convert.layer_spec.parse_attention_layers`) when the teacher's
+    layer count is known without loading it (a hub teacher's are resolved by the conversion)."""
     check_numbers(s)
     device = resolve_device(s.device)
     resolve_dtype(s.dtype, device)
