@@ -32,7 +32,7 @@ LEVELS: tuple[tuple[str, ...], ...] = (
     # foundation: helpers every tier may use
     ("errors", "version"),
     ("limits", "devices", "ownership", "callable_package", "clock"),
-    ("io", "runlock", "gguf_header"),
+    ("io", "runlock", "gguf_header", "weight_files"),
     ("teacher_cache",),
     ("teachers", "cli_utils", "reporting"),
     # the model stack

@@ -39,6 +39,7 @@ from gendistill import teacher_cache
 from gendistill.devices import resolve_device
 from gendistill.errors import GendistillError, UnsupportedModelError, first_line
 from gendistill.gguf_header import GGUFHeader, read_gguf_header
+from gendistill.weight_files import refuse_pickle_weights
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -456,25 +457,6 @@ def _finish(model: PreTrainedModel, dtype: torch.dtype, dev: torch.device) -> Pr
     return model
 
 
-#: weight files transformers would unpickle; gendistill never loads them (teachers and students alike)
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
-
-
-def _check_safetensors(source: TeacherSource) -> None:
-    """A local teacher folder must hold safetensors weights: ``pytorch_model.bin`` is a pickle, which gendistill never
-    loads (it can run code); one line says how to convert it. (A hub teacher is loaded with ``use_safetensors``.)"""
-    if source.kind != "folder":
-        return
-    folder = Path(source.location)
-    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
-        return
-    found = next((n for n in PICKLE_WEIGHTS if (folder / n).is_file()), None)
-    if found is not None:
-        raise GendistillError(
-            f"teacher folder {source.path}: its weights are {found}, a pickle file, which gendistill does not load; "
-            "save them as safetensors (model.save_pretrained(folder, safe_serialization=True)) or pass a .gguf file")
-
-
 def _load_weights(source: TeacherSource, config: PretrainedConfig, family: str, header: GGUFHeader | None,
                   hub_kwargs: dict[str, Any], tok: PreTrainedTokenizerBase | None, dtype: torch.dtype,
                   dev: torch.device, cache_to: tuple[Path, dict[str, str]] | None = None,
@@ -488,7 +470,8 @@ def _load_weights(source: TeacherSource, config: PretrainedConfig, family: str, 
         # which a conversion cannot copy from)
         kwargs: dict[str, Any] = {"gguf_file": source.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
     else:
-        _check_safetensors(source)
+        if source.kind == "folder":
+            refuse_pickle_weights(Path(source.location), "teacher folder", "pass a .gguf file")
         kwargs = {**hub_kwargs, "use_safetensors": True}  # a pickle (pytorch_model.bin) is never loaded
     try:
         model, info = AutoModelForCausalLM.from_pretrained(  # float32 when the entry will be stored: the cache's form

@@ -30,7 +30,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from gendistill.devices import resolve_device, resolve_dtype
 from gendistill.errors import GendistillError
 from gendistill.models.hybrid import HybridConfig  # (importing it registers the hybrid with the Auto classes)
-from gendistill.teachers import PICKLE_WEIGHTS, TeacherSource, hub_access_kwargs, load_teacher, resolve_teacher
+from gendistill.teachers import TeacherSource, hub_access_kwargs, load_teacher, resolve_teacher
+from gendistill.weight_files import has_safetensors, refuse_pickle_weights
 
 ModelKind = Literal["embedded", "gguf", "folder", "student", "hub"]
 
@@ -89,20 +90,13 @@ def resolve_model(spec: str | Path) -> ModelRef:
 
 
 def _check_weight_files(location: str) -> None:
-    """A local student folder must hold safetensors weights: ``pytorch_model.bin`` is a pickle, which gendistill
-    never loads (it can run code); one line says how to convert it."""
+    """A local student folder must hold safetensors weights (:mod:`gendistill.weight_files`)."""
     folder = Path(location)
     if not folder.is_dir():
         return  # a hub id: transformers is told to load safetensors only
-    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
-        return
-    found = next((n for n in PICKLE_WEIGHTS if (folder / n).is_file()), None)
-    if found is not None:
-        raise GendistillError(
-            f"student folder {location}: its weights are {found}, a pickle file, which gendistill does not load; "
-            "save them as safetensors (model.save_pretrained(folder, safe_serialization=True) where the model was "
-            "made) or use a folder written by gendistill convert/distill")
-    raise GendistillError(f"student folder {location}: no model.safetensors (the weights are missing)")
+    refuse_pickle_weights(folder, "student folder", "use a folder written by gendistill convert/distill")
+    if not has_safetensors(folder):
+        raise GendistillError(f"student folder {location}: no model.safetensors (the weights are missing)")
 
 
 def _stored_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
