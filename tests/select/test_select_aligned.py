@@ -135,3 +135,86 @@ def test_a_candidates_brief_distillation_writes_no_checkpoint(make_cfg, tok, mon
     assert res["ranked"] == with_ckpt["ranked"]
     for i, rec in with_ckpt["scores"]["per_layer"].items():
         assert res["scores"]["per_layer"][i]["heldout_kl"] == pytest.approx(rec["heldout_kl"], rel=1e-5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stopped_reusing_run(make_cfg, tok, monkeypatch):
+    """Run "kl" (aligns), then "reuser" with --aligned-from kl stopped in its second candidate's training; returns
+    (teacher, kl's settings, reuser's settings without --aligned-from, the phases trained from now on)."""
+    teacher = synthetic_teacher(tok, recall_layers=(1,), num_layers=3)
+    first = make_cfg("kl-guided", 1, out="kl")
+    select_layers(first, teacher=teacher, tokenizer=tok, progress="none")
+    phases, real, stop = [], Session.train, [True]
+
+    def train(self, student, stage, phase, progress="none", checkpoints=True):
+        phases.append(phase)
+        if stop[0] and len(phases) == 2:
+            raise _Stop
+        return real(self, student, stage, phase, progress, checkpoints)
+
+    monkeypatch.setattr(Session, "train", train)
+    with pytest.raises(_Stop):
+        select_layers(make_cfg("kl-guided", 1, out="reuser", aligned_from=first.output_dir), teacher=teacher,
+                      tokenizer=tok, progress="none")
+    assert not any(p.startswith("align-") for p in phases)
+    phases.clear()
+    stop[0] = False
+    return teacher, first, make_cfg("kl-guided", 1, out="reuser"), phases
+
+
+def test_a_run_that_reused_an_alignment_resumes_without_aligned_from_from_the_same_student(make_cfg, tok,
+                                                                                            monkeypatch):
+    """The run stores where the alignment came from; resumed without --aligned-from it reloaded nothing from there
+    but aligned a student of its own (stages 1 and 2), dropped the reused record and mixed two students' scores."""
+    teacher, first, cfg, phases = _stopped_reusing_run(make_cfg, tok, monkeypatch)
+    res = select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert phases and not any(p.startswith("align-") for p in phases), phases
+    assert not (Path(cfg.output_dir) / "aligned").exists()
+    rec = json.loads((Path(cfg.output_dir) / "scores.json").read_text())["scores"]["aligned"]
+    assert rec["reused_from"] == "kl" and rec["reused_path"] == str(Path(first.output_dir).resolve())
+    assert rec["reused_cost"]["train_tokens"] > 0
+    straight = json.loads((Path(first.output_dir) / "layers.json").read_text())
+    for i, layer in straight["scores"]["per_layer"].items():  # the same aligned student: the same scores
+        assert res["scores"]["per_layer"][int(i)]["heldout_kl"] == pytest.approx(layer["heldout_kl"], rel=1e-5)
+
+
+def test_a_resume_never_aligns_again_when_the_reused_alignment_is_gone(make_cfg, tok, monkeypatch, tmp_path):
+    teacher, first, cfg, phases = _stopped_reusing_run(make_cfg, tok, monkeypatch)
+    moved = tmp_path / "moved-kl"
+    Path(first.output_dir).rename(moved)
+    with pytest.raises(ConfigError, match=r"reused .*kl's alignment, which is no longer there; resume with "
+                                          r"--aligned-from RUN"):
+        select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    other = make_cfg("kl-guided", 1, out="other")  # another finished alignment while the reused one is there: refused
+    select_layers(other, teacher=teacher, tokenizer=tok, progress="none")
+    phases.clear()
+    moved.rename(first.output_dir)
+    with pytest.raises(ConfigError, match="this run reused .*kl's alignment; resume with --aligned-from"):
+        select_layers(cfg.model_copy(update={"aligned_from": other.output_dir}), resume=True, teacher=teacher,
+                      tokenizer=tok, progress="none")
+    Path(first.output_dir).rename(moved)
+    assert not phases and not (Path(cfg.output_dir) / "aligned").exists()
+    select_layers(cfg.model_copy(update={"aligned_from": str(moved)}), resume=True, teacher=teacher, tokenizer=tok,
+                  progress="none")  # where it is now: taken, and remembered
+    assert not any(p.startswith("align-") for p in phases)
+    rec = json.loads((Path(cfg.output_dir) / "scores.json").read_text())["scores"]["aligned"]
+    assert rec["reused_path"] == str(moved.resolve()) and rec["reused_from"] == "kl"
+
+
+def test_a_resume_whose_own_aligned_student_is_gone_is_refused(make_cfg, tok):
+    import shutil
+
+    teacher = synthetic_teacher(tok, recall_layers=(1,), num_layers=3)
+    cfg = make_cfg("kl-guided", 1, candidate_steps=0)
+    select_layers(cfg, teacher=teacher, tokenizer=tok, progress="none")
+    shutil.rmtree(Path(cfg.output_dir) / "aligned")
+    scores = Path(cfg.output_dir) / "scores.json"
+    data = json.loads(scores.read_text())
+    del data["scores"]["attn:0"]  # a set still to score: it needs the aligned student
+    scores.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="aligned: missing, but .*scores.json holds scores of the student"):
+        select_layers(cfg, resume=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert not (Path(cfg.output_dir) / "aligned").exists()

@@ -252,20 +252,25 @@ class Session:
 
     def aligned_state(self) -> dict[str, torch.Tensor]:
         """State dict of the all-KDA student after ``align_steps`` of stage 1 and of stage 2 (saved once in
-        ``<out>/aligned``, reloaded on resume)."""
+        ``<out>/aligned``, reloaded on resume), or of the one another run aligned (``--aligned-from``: the record names
+        that run's folder, ``reused_path``, and a resume reloads it from there, with or without the option). Once the
+        cache holds an ``aligned`` record this run's scores rest on that student: it is never aligned again."""
         if self._aligned is not None:
             return self._aligned
         folder = self.out / "aligned"
         rec = self.cache.get("aligned")
-        have_own = rec is not None and (folder / "config.json").exists()
-        source = None if have_own else aligned_source(self.cfg)
-        if have_own:
+        if rec is not None and (folder / "config.json").exists():
             student = load_student(folder, self.world.device)
-        elif source is not None:  # another method's run aligned the same student (--aligned-from): its cost is there
+        elif rec is not None:
+            path, rec = self._reused_again(rec)
+            self.message(f"the aligned all-KDA student: reused from {path}")
+            student = load_student(path, self.world.device)
+        elif (source := aligned_source(self.cfg)) is not None:  # another run aligned this student: its cost is there
             path, theirs = source
             self.message(f"the aligned all-KDA student: reused from {path}")
             student = load_student(path, self.world.device)
-            rec = {"cost": Cost().as_dict(), "reused_from": path.parent.name, "reused_cost": theirs.get("cost")}
+            rec = {"cost": Cost().as_dict(), "reused_from": path.parent.name, "reused_path": str(path.parent.resolve()),
+                   "reused_cost": theirs.get("cost")}
             self.cache.put("aligned", rec)
         else:
             cost = Cost()
@@ -284,6 +289,39 @@ class Session:
         self.used["aligned"] = rec
         self._aligned = {k: v.detach().clone() for k, v in student.state_dict().items()}
         return self._aligned
+
+    def _reused_again(self, rec: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """On resume, the aligned student folder of the run this one's cached ``aligned`` record reused (and the
+        record, its ``reused_path`` updated when ``--aligned-from`` names where that run is now). Its scores were
+        computed with that student, so anything else is one line: aligning again would mix two students' scores."""
+        name, stored = rec.get("reused_from"), rec.get("reused_path")
+        if name is None:
+            raise ConfigError(f"{self.out / 'aligned'}: missing, but {self.cache.path} holds scores of the student "
+                              "aligned there; restore it or pass --overwrite to start the run again")
+        if self.cfg.aligned_from is not None:
+            source = aligned_source(self.cfg)
+            assert source is not None  # a method that scores students
+            given = source[0].parent.resolve()
+            if stored is not None and Path(stored).is_dir() and given != Path(stored):
+                raise ConfigError(f"--aligned-from {self.cfg.aligned_from}: this run reused {stored}'s alignment; "
+                                  f"resume with --aligned-from {stored} or without it")
+            if str(given) != stored:
+                rec = {**rec, "reused_path": str(given)}
+                self.cache.put("aligned", rec)
+            return source[0], rec
+        if stored is None:  # a record written before the path was kept
+            raise ConfigError(f"this run reused the alignment of the select-layers run {name!r}; resume with "
+                              f"--aligned-from {name} (that run's folder)")
+        if not Path(stored).is_dir():
+            raise ConfigError(f"this run reused {stored}'s alignment, which is no longer there; resume with "
+                              "--aligned-from RUN (that run's folder where it is now)")
+        try:
+            source = aligned_source(self.cfg.model_copy(update={"aligned_from": stored}))
+        except ConfigError as e:
+            raise ConfigError(f"this run reused {stored}'s alignment, which no longer holds it ({e}); resume with "
+                              "--aligned-from RUN naming that run") from None
+        assert source is not None
+        return source[0], rec
 
     def candidate_student(self, attention_layers: list[int]) -> nn.Module:
         """A student with ``attention_layers`` restored to the teacher's attention and every other layer's KDA mixer
