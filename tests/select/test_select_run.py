@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gendistill.cli import app
-from gendistill.errors import ConfigError
+from gendistill.errors import ConfigError, GendistillError
 from gendistill.ownership import MARKER, OutputError, marker_kind
 from gendistill.select import select_layers
 from gendistill.select.session import Session, prepare_output
@@ -157,3 +157,46 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert res.exit_code == 2
     assert message in res.output.replace("\n", " ") and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--data", "/nonexistent/text.jsonl"], "file not found"),
+    (["--heldout-documents", "5000"], "all taken by heldout_documents=5000"),
+])
+def test_cli_bad_data_writes_nothing_and_the_corrected_run_needs_no_overwrite(tok, text_path, tmp_path, bad,
+                                                                               message):
+    """The data was read only after select.json was written: the failed run left a run folder behind, and the
+    corrected command was refused as 'already holds a selection run'."""
+    teacher = synthetic_teacher(tok, recall_layers=(1,), num_layers=3)
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    args = ["select-layers", "--teacher", str(folder), "--budget", "1", "--method", "kl-guided", "--data",
+            str(text_path), "--heldout-documents", "8", "--seq-len", "32", "--batch-size", "2", "--micro-batch-size",
+            "2", "--eval-sequences", "4", "--align-steps", "0", "--candidate-steps", "0", "--recall-prompts", "4",
+            "--recall-pairs", "8", "--recall-queries", "4", "--device", "cpu", "--progress", "none"]
+    out, empty = tmp_path / "sel", tmp_path / "empty"
+    empty.mkdir()
+    for folder_out in (out, empty):
+        res = runner.invoke(app, [*args, *bad, "--out", str(folder_out)])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+        assert sum(line.startswith("error:") for line in res.output.splitlines()) == 1, res.output
+    assert not out.exists() and [p.name for p in empty.iterdir() if p.name != ".gendistill.lock"] == []
+    for folder_out in (out, empty):
+        res = runner.invoke(app, [*args, "--out", str(folder_out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert (folder_out / "layers.json").is_file()
+
+
+def test_overwrite_with_bad_data_keeps_the_run_there(make_cfg, tok, tmp_path):
+    from gendistill.distill.config import DataConfig, SourceConfig
+
+    teacher = synthetic_teacher(tok, recall_layers=(1,), num_layers=3)
+    cfg = make_cfg("kl-guided", 1, align_steps=0, candidate_steps=0)
+    select_layers(cfg, teacher=teacher, tokenizer=tok, progress="none")
+    before = sorted(p.relative_to(cfg.output_dir) for p in Path(cfg.output_dir).rglob("*"))
+    bad = cfg.model_copy(update={"data": DataConfig(sources=[SourceConfig(path=str(tmp_path / "missing.jsonl"),
+                                                                          format="text")], heldout_documents=8)})
+    with pytest.raises(GendistillError, match="file not found"):
+        select_layers(bad, overwrite=True, teacher=teacher, tokenizer=tok, progress="none")
+    assert sorted(p.relative_to(cfg.output_dir) for p in Path(cfg.output_dir).rglob("*")) == before

@@ -42,7 +42,8 @@ def select_layers(cfg: SelectConfig, *, resume: bool = False, overwrite: bool = 
     ``teacher``/``tokenizer`` may be passed in (tests, notebooks) instead of being loaded from ``cfg.teacher``.
 
     Everything that can be refused is refused before ``--out`` is written: the options against the teacher's
-    config, the folder. The folder is locked for the run's life (:mod:`gendistill.runlock`): a second
+    config, the folder, ``--aligned-from``, the teacher and the data (readable, enough documents for the held-out
+    split). The folder is locked for the run's life (:mod:`gendistill.runlock`): a second
     ``select-layers`` into it stops with one line."""
     if teacher is not None:
         teacher_config = teacher.config
@@ -55,11 +56,12 @@ def select_layers(cfg: SelectConfig, *, resume: bool = False, overwrite: bool = 
     lock = acquire(cfg.output_dir, "--out")
     try:
         try:
+            session = Session(cfg, Path(cfg.output_dir), teacher=teacher, tokenizer=tokenizer, progress=progress)
+            session.check_inputs()  # the teacher and the data: a bad --data leaves no half-written run behind
             out = prepare_output(cfg, resume, overwrite)  # the checks again, under the lock, then select.json
         except GendistillError:
             lock.release(remove_created=True)
             raise
-        session = Session(cfg, out, teacher=teacher, tokenizer=tokenizer, progress=progress)
         sel = METHODS[cfg.method](session)
         result = {
             "attention_layers": sorted(sel.chosen),

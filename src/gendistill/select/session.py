@@ -14,6 +14,7 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -163,7 +164,6 @@ class Session:
         self.cfg, self.out = cfg, out
         self.world = world or init_world(cfg.device)
         self.progress_mode = progress
-        self.cache = ScoreCache(out / "scores.json", fingerprint(cfg))
         self.t0 = time.perf_counter()
         self.used: dict[str, dict[str, Any]] = {}  # records this selection relies on (for the cost report)
         self._teacher, self._tokenizer = teacher, tokenizer
@@ -173,7 +173,18 @@ class Session:
         self.run = RunConfig(output_dir=str(out), seed=cfg.seed, device=cfg.device, precision=cfg.precision,
                              keep_checkpoints=1, tensorboard=False, progress="none")
 
+    @functools.cached_property
+    def cache(self) -> ScoreCache:
+        """``<out>/scores.json``, read on first use: after :func:`prepare_output` (which ``--overwrite`` empties)."""
+        return ScoreCache(self.out / "scores.json", fingerprint(self.cfg))
+
     # ------------------------------------------------------------------------------------------------ teacher, data
+    def check_inputs(self) -> None:
+        """Load the teacher and read the data and its held-out split (every method but ``uniform``, which reads
+        neither), so a missing teacher, missing data or too few documents stop the run before ``--out`` is written."""
+        if self.cfg.method != "uniform":
+            self.teacher()
+
     @property
     def num_layers(self) -> int:
         if self._teacher is not None:
