@@ -163,6 +163,16 @@ def test_chat_shows_a_reply_with_brackets_as_text(tiny_teacher, monkeypatch):
     assert "[/] closes it; [bold]x[/bold] stays" in " ".join(result.output.split())
 
 
+def test_chat_refuses_a_model_passed_under_the_wrong_flag(tiny_teacher, tmp_path):
+    """Each panel is labelled by its flag: a teacher passed as --student (or a student as --teacher) is one line
+    before anything loads, not a panel that calls the teacher a student."""
+    out = tmp_path / "student"
+    invoke("convert", "--teacher", str(tiny_teacher), "--attention-layers", "0", "--out", str(out))
+    for args, said in ((["--student", str(tiny_teacher)], "--student: "), (["--teacher", str(out)], "--teacher: ")):
+        result = invoke("chat", *args, "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
+
+
 def test_help_teaches_the_layer_spec_forms():
     result = invoke("convert", "--help")
     assert result.exit_code == 0

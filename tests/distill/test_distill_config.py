@@ -200,6 +200,9 @@ def test_load_with_overrides_and_relative_paths(tmp_path):
     assert r.data.sources[0].path == str(tmp_path / "data" / "x.jsonl")
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: recipe file not found in .*no shipped recipe named"):
+        load_recipe("missing.yaml")  # a bare file name: a missing file first, not only "no shipped recipe"
+    assert load_recipe("tiny-cpu.yaml").stages  # a shipped recipe's name with its suffix still names it
     (tmp_path / "bad.yaml").write_text("teacher: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(tmp_path / "bad.yaml")

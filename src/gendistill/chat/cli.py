@@ -16,7 +16,7 @@ from gendistill.cli_utils import console
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP, resolve_device, resolve_dtype
 from gendistill.errors import GendistillError
 from gendistill.limits import MAX_NEW_TOKENS, check_range
-from gendistill.models.loading import load_model, model_label
+from gendistill.models.loading import load_model, model_label, resolve_model
 
 #: the sampling settings of ``--sample`` (Qwen3's recommended non-thinking ones)
 SAMPLING = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20)
@@ -68,6 +68,13 @@ def chat_command(
     if not specs:
         raise GendistillError("give at least one --teacher or --student")
     check_range(max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
+    for flag, spec in [("--teacher", teacher)] * bool(teacher) + [("--student", s) for s in student]:
+        kind = resolve_model(spec).kind  # each panel is labelled by its flag: the flag must say what the model is
+        if flag == "--student" and kind not in ("student", "hub"):
+            raise GendistillError(f"--student: {spec} is not a gendistill student (a folder saved by convert or "
+                                  "distill); pass a teacher as --teacher")
+        if flag == "--teacher" and kind == "student":
+            raise GendistillError(f"--teacher: {spec} is a gendistill student; pass it as --student")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

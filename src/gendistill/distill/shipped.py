@@ -61,13 +61,19 @@ def names_a_path(ref: str | Path) -> bool:
 
 def recipe_file(ref: str | Path) -> Path:
     """A recipe reference as a file: an existing file as is, else a shipped recipe's name. A missing file that looks
-    like a path (:func:`names_a_path`) is reported as a missing file."""
+    like a path (:func:`names_a_path`) or ends in ``.yaml`` / ``.yml`` and is no shipped recipe's name is reported as
+    a missing file."""
     p = Path(ref).expanduser()
     if p.is_file():
         return p
     if names_a_path(ref):
         raise ConfigError(f"{p}: recipe file not found")
-    return shipped_recipe(str(ref)).path
+    try:
+        return shipped_recipe(str(ref)).path
+    except ConfigError as e:
+        if str(ref).endswith((".yaml", ".yml")):  # a file name first: say that no such file is here
+            raise ConfigError(f"{p}: recipe file not found in {Path.cwd()} ({e})") from None
+        raise
 
 
 __all__ = ["ShippedRecipe", "names_a_path", "shipped_recipes", "shipped_recipe", "recipe_file"]
