@@ -196,8 +196,10 @@ def publish_dir(tmp: str | Path, final: str | Path, replace: bool = True) -> Pat
     """Make the fully written folder ``tmp`` appear as ``final`` atomically and durably: every file in ``tmp`` is
     given the umask's mode (:func:`gendistill.ownership.file_mode`; safetensors, and so ``save_pretrained``, creates
     its files 0600 whatever the umask) and fsynced, an existing ``final`` is renamed aside (never deleted before the
-    new one is in place), and the parent folder is fsynced after the rename. A crash at any point leaves either the
-    old folder or the new one. The folders published this way (students, checkpoints) hold data files only.
+    new one is in place; an exception or Ctrl-C between the two renames puts it back), and the parent folder is
+    fsynced after the rename. A crash at any point leaves either the old folder or the new one (a kill between the
+    renames leaves the old one aside, which :func:`gendistill.ownership.clean_stale_temps` renames back). The folders
+    published this way (students, checkpoints) hold data files only.
 
     With ``replace=False`` publishing is exclusive: if ``final`` exists (it may have appeared while ``tmp`` was being
     written, e.g. by a second run into the same folder) :class:`FileExistsError` is raised and nothing is touched."""
@@ -214,10 +216,15 @@ def publish_dir(tmp: str | Path, final: str | Path, replace: bool = True) -> Pat
         _fsync_dir(final.parent)
         return final
     old = None
-    if final.exists():
-        old = temp_sibling(final, "old")
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        if final.exists():
+            old = temp_sibling(final, "old")
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:  # Ctrl-C or an error between the two renames: the previous folder goes back in place
+        if old is not None and os.path.lexists(old) and not os.path.lexists(final):
+            os.replace(old, final)
+        raise
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -271,18 +271,28 @@ def clean_stale_temps(final: str | Path) -> list[Path]:
     """Remove hidden temporary siblings of ``final`` exactly as :func:`temp_sibling` names them
     (``.<name>.tmp-<pid>-<8 hex>``, ``.<name>.old-<pid>-<8 hex>``) whose writing process is gone; returns what was
     removed. Siblings of live processes (a concurrent writer) stay, and so does anything named otherwise (a user's
-    ``.<name>.old-2023`` backup is not ours)."""
+    ``.<name>.old-2023`` backup is not ours). When ``final`` itself is missing, a dead writer's ``.old-`` sibling is
+    the previous folder that a publish killed between its two renames (:func:`gendistill.io.publish_dir`) set aside:
+    it is renamed back to ``final`` (the newest, if several), not removed."""
     final = Path(final)
     parent = final.parent
     if not parent.is_dir():
         return []
     pat = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
-    removed = []
+    stale = []
     for p in parent.iterdir():
         m = pat.match(p.name)
         if m and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed.append(p)
+            stale.append((m.group(1), p))
+    if not os.path.lexists(final):
+        olds = sorted((p for tag, p in stale if tag == "old"), key=lambda p: p.lstat().st_mtime)
+        if olds:
+            os.rename(olds[-1], final)  # the previous student comes back
+            stale = [(tag, p) for tag, p in stale if p != olds[-1]]
+    removed = []
+    for _, p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        removed.append(p)
     return removed
 
 
