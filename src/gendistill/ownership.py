@@ -37,14 +37,20 @@ class OutputError(GendistillError):
     """An output location cannot be written, or may not be replaced."""
 
 
-def write_marker(folder: str | Path, kind: str) -> Path:
+def write_marker(folder: str | Path, kind: str, files: list[str] | tuple[str, ...] | None = None,
+                 created: float | None = None) -> Path:
     """Mark ``folder`` as written by gendistill (``kind``: ``"run"``, ``"student"`` or ``"select"``, a
-    ``select-layers`` run; ``"report"``, a folder an ``eval``/``bench`` report was written into). Written atomically (a
-    temporary file renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
+    ``select-layers`` run; ``"report"``, a folder an ``eval``/``bench`` report was written into). ``files`` are the
+    names (shell patterns, relative to the folder) of the report files gendistill claims there
+    (:func:`claim_report_folder`); ``created`` keeps an earlier marker's time. Written atomically (a temporary file
+    renamed over the marker), so a kill or a full disk never leaves an empty or cut-off marker."""
     assert kind in KINDS, kind
     path = Path(folder) / MARKER
-    text = json.dumps({"written_by": "gendistill", "kind": kind, "version": __version__,
-                       "created": round(time.time(), 3)}) + "\n"
+    data: dict = {"written_by": "gendistill", "kind": kind, "version": __version__,
+                  "created": round(time.time(), 3) if created is None else created}
+    if files is not None:
+        data["files"] = list(files)
+    text = json.dumps(data) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -58,6 +64,17 @@ def write_marker(folder: str | Path, kind: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def marker_data(folder: str | Path) -> dict | None:
+    """``folder``'s marker as a mapping when it is a valid gendistill marker, else None."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("written_by") == "gendistill" and data.get("kind") in KINDS:
+        return data
+    return None
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -168,14 +185,57 @@ def clear_owned(folder: str | Path, kind: str, what: str) -> None:
             p.unlink()
 
 
+#: a marker without a ``files`` list (an older gendistill): a report file at most this much older than the marker is
+#: taken for one the command wrote right after marking the folder (clock and file-system time granularity)
+_MTIME_SLACK_S = 1.0
+
+
+def _matches(rel: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(rel, n) for n in patterns)
+
+
+def _report_files(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """The existing files of ``folder`` matching ``names`` (relative paths; a pattern with a ``/``, such as
+    ``examples/*.jsonl``, looks into that sub-folder), sorted."""
+    found = {p.name for p in folder.iterdir() if _matches(p.name, [n for n in names if "/" not in n])}
+    for n in (n for n in names if "/" in n):
+        found.update(str(p.relative_to(folder)) for p in folder.glob(n) if p.is_file() or p.is_symlink())
+    return sorted(found)
+
+
+def _recorded_as_ours(folder: Path) -> Callable[[str], bool] | None:
+    """Which existing files of a marked ``folder`` gendistill wrote: those matching the marker's ``files`` list; with
+    a marker of an older gendistill (no list) those not older than the marker (a file that was there before the
+    folder was marked is the user's). None: the folder carries no marker."""
+    if marker_kind(folder) is None:
+        return None
+    data = marker_data(folder)
+    if data is None:  # a damaged marker whose folder's content says it is ours (:func:`marker_kind`)
+        return lambda rel: True
+    if isinstance(data.get("files"), list):
+        recorded = [str(f) for f in data["files"]]
+        return lambda rel: _matches(rel, recorded)
+    created = data.get("created")
+    if not isinstance(created, (int, float)):
+        return lambda rel: True
+
+    def newer(rel: str) -> bool:
+        try:
+            return (folder / rel).lstat().st_mtime >= created - _MTIME_SLACK_S
+        except OSError:
+            return True
+    return newer
+
+
 def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
                         earlier: Callable[[Path], bool] | None = None) -> None:
     """Raise :class:`OutputError` unless a command may write (or replace, or delete) its report files ``names`` in
     ``folder``: never the working folder, one of its parents, the home folder, the file-system root or a git
-    repository; and a folder without gendistill's marker must not already hold a file matching one of ``names``
-    (shell patterns such as ``bench_*.json``: a file gendistill did not write). A missing folder, one that carries a
-    gendistill marker, or one ``earlier(folder)`` recognises as the command's own from before folders were marked,
-    passes."""
+    repository; and ``folder`` must not already hold a file matching one of ``names`` (shell patterns such as
+    ``bench_*.json`` or ``examples/*.jsonl``) that gendistill did not write. gendistill's files are those its marker
+    records (:func:`claim_report_folder` lists the names each command claims; a marker of an older gendistill lists
+    none, and then a matching file older than the marker is the user's). A missing folder, or one ``earlier(folder)``
+    recognises as the command's own from before folders were marked, passes."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -184,23 +244,35 @@ def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
     reason = _protected_reason(folder)
     if reason is not None:
         raise OutputError(f"{what}: refusing to write into {folder}: {reason}; choose a new folder")
-    if marker_kind(folder) is not None or (earlier is not None and earlier(folder)):
+    ours = _recorded_as_ours(folder)
+    data = marker_data(folder)
+    if (ours is None or (data is not None and "files" not in data)) and earlier is not None and earlier(folder):
         return
-    clash = sorted(p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, n) for n in names))
-    if clash:
+    clash = [rel for rel in _report_files(folder, names) if ours is None or not ours(rel)]
+    if clash and ours is None:
         raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: {folder} was not written by gendistill "
                           f"(no {MARKER}); move the file or choose a new folder")
+    if clash:
+        raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: gendistill did not write it (its "
+                          f"{MARKER} in {folder} does not list it); move the file or choose a new folder")
 
 
 def claim_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
                         earlier: Callable[[Path], bool] | None = None) -> None:
-    """:func:`check_report_folder` (again: call it under the folder's lock), then create ``folder`` and mark it as a
-    report folder unless it already carries a gendistill marker."""
+    """:func:`check_report_folder` (again: call it under the folder's lock), then create ``folder``, mark it as a
+    report folder unless it already carries a gendistill marker, and record ``names`` in the marker's ``files`` list
+    (merged with what earlier commands claimed there). A marker of an older gendistill (no list) is left as it is."""
     check_report_folder(folder, names, what, earlier)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if marker_kind(folder) is None:
-        write_marker(folder, "report")
+        write_marker(folder, "report", files=names)
+        return
+    data = marker_data(folder)
+    if data is not None and isinstance(data.get("files"), list):
+        merged = list(dict.fromkeys([*map(str, data["files"]), *names]))
+        if merged != data["files"]:
+            write_marker(folder, data["kind"], files=merged, created=data.get("created"))
 
 
 def is_empty(folder: str | Path) -> bool:
@@ -310,6 +382,6 @@ def file_mode() -> int:
     return 0o666 & ~old
 
 
-__all__ = ["MARKER", "LOCK", "OutputError", "write_marker", "marker_kind", "is_bookkeeping", "is_empty",
-           "check_replaceable", "remove_owned", "clear_owned", "check_report_folder", "claim_report_folder",
+__all__ = ["MARKER", "LOCK", "OutputError", "write_marker", "marker_data", "marker_kind", "is_bookkeeping",
+           "is_empty", "check_replaceable", "remove_owned", "clear_owned", "check_report_folder", "claim_report_folder",
            "check_writable", "check_free_space", "tensor_bytes", "temp_sibling", "clean_stale_temps", "file_mode"]

@@ -39,3 +39,14 @@ def test_bench_marks_its_folder_and_writes_it_again(tmp_path):
     run_benchmark(settings, log_sink=lambda s: None, plots=False, table=False)
     assert ownership.marker_kind(out) == "report" and list(out.glob("bench_*.json"))
     run_benchmark(settings, log_sink=lambda s: None, plots=False, table=False)  # ours now: written again
+
+
+def test_bench_keeps_a_users_file_in_a_folder_eval_marked(tmp_path):
+    # the marker lists the files each command claimed; a user's profiles.txt is none of eval's: refused
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "profiles.txt").write_text("my profile notes")
+    ownership.claim_report_folder(out, ("results.json", "results.md"), "--out")
+    with pytest.raises(ownership.OutputError, match="profiles.txt: gendistill did not write it"):
+        run_benchmark(BenchSettings.tiny(out=str(out), profile_contexts=(128,)), log_sink=lambda s: None, table=False)
+    assert (out / "profiles.txt").read_text() == "my profile notes"

@@ -5,6 +5,7 @@ they were; a folder an earlier eval wrote is written again, and stale examples a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from gendistill import ownership
 from gendistill.cli import app
 from gendistill.eval.api import _previous_example_files, evaluate
+from gendistill.eval.report import REPORT_FILES
 
 runner = CliRunner()
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "eval_smollm2-135m-instruct_cpu.json"
@@ -73,3 +75,69 @@ def test_stale_examples_are_removed_only_in_a_folder_gendistill_marked(tmp_path)
     assert _previous_example_files(out) == set()  # no marker: nothing listed there is ever deleted
     ownership.write_marker(out, "report")
     assert _previous_example_files(out) == {str(example.resolve())}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.eval.conftest import MC_ROWS, write_jsonl
+    from tests.fixtures_teachers import make_tiny_folder
+
+    root = tmp_path_factory.mktemp("ownership")
+    make_tiny_folder(root / "teacher", "llama", seed=0)
+    return root / "teacher", write_jsonl(root / "quiz.jsonl", MC_ROWS)
+
+
+def _evaluate(tiny, out):
+    teacher, quiz = tiny
+    return evaluate(str(teacher), str(quiz), out=out, protocols="loglik", limit=2, device="cpu", cache=False,
+                    show_progress=False)
+
+
+def test_a_folder_another_command_marked_keeps_the_users_results(tmp_path, tiny):
+    # bench marked the folder (claiming its bench_*.json ...); eval then found the user's results.md and replaced it
+    mine = tmp_path / "userdir"
+    mine.mkdir()
+    (mine / "results.md").write_text("MY THESIS RESULTS\n")
+    ownership.claim_report_folder(mine, ("bench_*.json", "profiles.txt"), "--out")
+    assert json.loads((mine / ownership.MARKER).read_text())["files"] == ["bench_*.json", "profiles.txt"]
+    before = _snapshot(mine)
+    with pytest.raises(ownership.OutputError, match=r"results.md: gendistill did not write it"):
+        _evaluate(tiny, mine)
+    _one_line(_merge(str(mine)), "gendistill did not write it")
+    assert _snapshot(mine) == before
+    # without the user's file eval writes its report, and the marker lists both commands' files
+    (mine / "results.md").unlink()
+    _evaluate(tiny, mine)
+    files = json.loads((mine / ownership.MARKER).read_text())["files"]
+    assert files[:2] == ["bench_*.json", "profiles.txt"] and "results.md" in files and "examples/*__*.jsonl" in files
+    _evaluate(tiny, mine)  # its own files: written again
+    ownership.check_report_folder(mine, ("bench_*.json",), "--out")
+
+
+def test_a_marker_of_an_older_gendistill_protects_files_older_than_itself(tmp_path):
+    # a marker without a files list: a report file already there when the folder was marked is the user's
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.md").write_text("mine")
+    os.utime(out / "results.md", (1_000_000, 1_000_000))
+    (out / ownership.MARKER).write_text(json.dumps({"written_by": "gendistill", "kind": "report", "version": "0.1.0",
+                                                   "created": 2_000_000.0}))
+    with pytest.raises(ownership.OutputError, match="results.md: gendistill did not write it"):
+        ownership.check_report_folder(out, REPORT_FILES, "--out")
+    os.utime(out / "results.md", (2_000_000, 2_000_000))  # written after the marker: the earlier run's
+    ownership.claim_report_folder(out, REPORT_FILES, "--out")
+    assert "files" not in json.loads((out / ownership.MARKER).read_text())  # left as it was
+
+
+def test_a_users_examples_file_in_an_unmarked_folder_is_refused(tmp_path, tiny):
+    u = tmp_path / "u"
+    (u / "examples").mkdir(parents=True)
+    (u / "examples" / "teacher__quiz__loglik.jsonl").write_text("NOTES\n")
+    before = _snapshot(u)
+    with pytest.raises(ownership.OutputError, match=r"examples/teacher__quiz__loglik.jsonl: .* not written by"):
+        _evaluate(tiny, u)
+    assert _snapshot(u) == before and sorted(p.name for p in u.iterdir()) == ["examples"]
+    (u / "examples" / "teacher__quiz__loglik.jsonl").unlink()
+    (u / "examples" / "my_notes.txt").write_text("keep")  # not a name eval writes: the report goes beside it
+    _evaluate(tiny, u)
+    assert (u / "examples" / "my_notes.txt").read_text() == "keep" and list(u.glob("examples/*__*.jsonl"))

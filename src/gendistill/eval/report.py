@@ -365,8 +365,9 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "fidelity": fidelity, "skipped": skipped, "example_files": files}
 
 
-#: the files an eval report writes (and, for the partial report, deletes) in its folder
-REPORT_FILES = ("results.json", "results.md", "results.png", "long_context.png", "results.partial.json")
+#: the files an eval report writes (and, for the partial report and stale examples, deletes) in its folder
+REPORT_FILES = ("results.json", "results.md", "results.png", "long_context.png", "results.partial.json",
+                "examples/*__*.jsonl")
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
