@@ -156,3 +156,69 @@ def test_demo_pipeline_smallest_setting(tmp_path):
     saved = json.loads((out / "demo.json").read_text())
     assert saved["what"] == res.label and saved["tokens_per_stage"] == res.tokens
     assert (out / "run" / "stage3b" / "config.json").exists() and (out / "undistilled" / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    """A 4-layer, 32-wide Llama teacher and a two-stage recipe of a few steps on it (seconds on one CPU thread)."""
+    import yaml
+
+    from tests.distill._distill_helpers import _train_tokenizer, chat_records, text_records, tiny_llama, write_jsonl
+
+    root = tmp_path_factory.mktemp("demo_tiny")
+    tok = _train_tokenizer()
+    tiny_llama(len(tok), seed=0, layers=4, hidden=32).save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    write_jsonl(root / "text.jsonl", text_records(40))
+    write_jsonl(root / "chat.jsonl", chat_records(20))
+    recipe = {
+        "teacher": {"spec": str(root / "teacher")}, "student": {"attention_layers": [0, 2]},
+        "data": {"sources": [{"path": str(root / "text.jsonl"), "format": "text"}], "heldout_documents": 4},
+        "stages": [{"name": "stage1", "steps": 1, "seq_len": 32, "batch_size": 2, "optim": {"lr": 1e-3}},
+                   {"name": "stage3a", "steps": 1, "seq_len": 32, "batch_size": 2, "optim": {"lr": 1e-3}}],
+        "run": {"output_dir": str(root / "ignored"), "progress": "none", "tensorboard": False},
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return root / "recipe.yaml"
+
+
+def _errors(res) -> list[str]:
+    assert "Traceback" not in res.output, res.output
+    return [line for line in res.stderr.splitlines() if line.startswith("error:")]
+
+
+def _demo(recipe, out, *extra):
+    return CliRunner().invoke(app, ["demo", "--recipe", str(recipe), "--cpu-demo", "--device", "cpu", "-o", str(out),
+                                    "--limit", "2", *extra])
+
+
+def test_demo_with_missing_data_writes_nothing(tmp_path, tiny_recipe):
+    # the data is checked before the demo marks its folder or saves the undistilled student
+    res = _demo(tiny_recipe, tmp_path / "fresh", "--set", "data.sources[0].path=/nonexist.jsonl")
+    assert res.exit_code == 2 and _errors(res) == ["error: /nonexist.jsonl: file not found"], res.output
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_demo_keeps_a_users_eval_results_in_a_folder_bench_marked(tmp_path, tiny_recipe):
+    from gendistill.ownership import claim_report_folder
+
+    exp = tmp_path / "exp"
+    (exp / "eval").mkdir(parents=True)
+    (exp / "eval" / "results.md").write_text("MINE\n")
+    claim_report_folder(exp, ("bench_*.json",), "--out")  # `gendistill bench -o exp` marked exp, not exp/eval
+    before = sorted(p.name for p in exp.rglob("*"))
+    res = _demo(tiny_recipe, exp)
+    errors = _errors(res)
+    assert res.exit_code == 2 and len(errors) == 1 and "exp/eval/results.md: " in errors[0], res.output
+    assert (exp / "eval" / "results.md").read_text() == "MINE\n" and sorted(p.name for p in exp.rglob("*")) == before
+
+
+def test_demo_runs_again_into_a_demo_folder_written_before_folders_were_marked(tmp_path, tiny_recipe):
+    out = tmp_path / "old_demo"
+    (out / "eval").mkdir(parents=True)
+    (out / "demo.json").write_text(json.dumps({"complete": True, "recipe": "demo-cpu.yaml"}))
+    (out / "eval" / "results.md").write_text("the older demo's report\n")
+    res = _demo(tiny_recipe, out)
+    assert res.exit_code == 0, res.output
+    assert (out / "eval" / "results.md").read_text().startswith("# gendistill eval")
+    assert json.loads((out / "demo.json").read_text())["complete"] is True

@@ -26,18 +26,19 @@ from gendistill.devices import dtype_choice, dtype_name, resolve_device
 from gendistill.distill.config import Recipe
 from gendistill.distill.data import PackedStream, collate
 from gendistill.distill.distributed import World, init_world
-from gendistill.distill.pipeline import build_student, run_recipe, teacher_dtype
+from gendistill.distill.pipeline import build_student, check_before_loading, run_recipe, teacher_dtype, validate_data
 from gendistill.distill.recipe_files import load_recipe
 from gendistill.distill.shipped import shipped_recipe
-from gendistill.eval.report import signed_points
+from gendistill.eval.report import REPORT_FILES, signed_points
 from gendistill.eval.config import EvalConfig
 from gendistill.eval.heldout import heldout_fidelity
 from gendistill.eval.runner import run_eval
 from gendistill.io import atomic_write_json, atomic_write_text
 from gendistill.models.loading import load_model, model_label
-from gendistill.ownership import (OutputError, check_report_folder, check_writable, claim_report_folder, is_empty,
-                                   marker_kind)
+from gendistill.ownership import (OutputError, check_replaceable, check_report_folder, check_writable,
+                                   claim_report_folder, is_empty, marker_kind)
 from gendistill.reporting import pct as _pct
+from gendistill.runlock import acquire
 
 DEMO_DIR = Path(str(resources.files("gendistill") / "demo"))
 CPU_RECIPE = Path(str(resources.files("gendistill") / "recipes" / "demo-cpu.yaml"))
@@ -89,11 +90,22 @@ DEMO_FILES = ("demo.json", "demo.md")
 def claim_demo_folder(out: Path) -> None:
     """Refuse an ``--out`` the demo may not write into: a protected location (the working folder, home, a git
     repository: :func:`gendistill.ownership.check_report_folder`), or a non-empty folder gendistill did not write. A
-    demo folder written before folders were marked (it holds the demo's ``demo.json``) counts as gendistill's."""
+    demo folder written before folders were marked (it holds the demo's ``demo.json``) counts as gendistill's. Its
+    sub-folders are checked as the commands that write them check theirs: ``undistilled/`` a student ``--overwrite``
+    may replace, ``eval/`` a report folder ``eval`` may write (``run/`` is checked with the recipe)."""
     check_writable(out, "--out")
     check_report_folder(out, DEMO_FILES, "--out", earlier=_earlier_demo)
     if out.is_dir() and marker_kind(out) is None and not _earlier_demo(out) and not is_empty(out):
         raise OutputError(f"--out: {out} exists and was not written by gendistill; choose a new folder")
+    check_replaceable(out / "undistilled", "student", "--out")
+    check_report_folder(out / "eval", REPORT_FILES, "--out", earlier=_earlier_eval(out))
+
+
+def _earlier_eval(out: Path):
+    """``out/eval`` of a demo folder written before folders were marked (judged now, before this demo writes its
+    ``demo.json``) is the demo's own."""
+    earlier = _earlier_demo(out)
+    return lambda folder: earlier
 
 
 def _earlier_demo(out: Path) -> bool:
@@ -133,22 +145,29 @@ def run_demo(
     recipe_path = Path(recipe) if recipe is not None else (full_recipe() if full else CPU_RECIPE)
     out = Path(out)
     claim_demo_folder(out)
+    earlier_eval = _earlier_eval(out)
     r = demo_recipe(recipe_path, out, dev, dtype, overrides or [])
     if not show_progress:
         r.run.progress = "none"
     world = init_world(r.run.device)
     seconds: dict[str, float] = {}
+    # everything a distillation refuses (its run folder, the data) is refused before the demo writes anything
+    check_before_loading(r, Path(r.run.output_dir), resume=False, overwrite=True, dry_run=False)
+    t0 = time.perf_counter()
+    teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
+    validate_data(r, tok)
+    seconds["convert"] = time.perf_counter() - t0
     claim_report_folder(out, DEMO_FILES, "--out", earlier=_earlier_demo)  # marks the folder as gendistill's
     atomic_write_json(out / "demo.json", {"complete": False, "recipe": str(recipe_path)})
 
-    teacher, tok, undistilled, rows, fid = convert_step(r, world, out, heldout_sequences, seconds)
+    undistilled, rows, fid = convert_step(r, world, out, heldout_sequences, seconds, teacher, tok)
     distilled, tokens = distill_step(r, teacher, tok, rows, fid, seconds)
     ppl = {"teacher": perplexity(fid["undistilled"].get("teacher_nll")),
            **{role: perplexity(f.get("student_nll")) for role, f in fid.items()}}
     del teacher
     specs = {"teacher": r.teacher.spec, "undistilled": str(undistilled), "distilled": str(distilled)}
     results = eval_step(specs, out, device, dtype_name(teacher_dtype(r, world)), limit, max_new_tokens,
-                        show_progress, seconds)
+                        show_progress, seconds, earlier=earlier_eval)
 
     labels = {role: model_label(spec) for role, spec in specs.items()}
     accuracy: dict[str, dict[str, dict[str, float]]] = {role: {} for role in specs}
@@ -186,22 +205,22 @@ def demo_recipe(recipe_path: Path, out: Path, device: torch.device, dtype: str, 
     return load_recipe(recipe_path, [*overrides, *own])
 
 
-def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, seconds: dict[str, float]):
-    """1. The teacher and the undistilled student (built exactly as the distillation builds it: same conversion and
-    seed, saved to ``out/undistilled``), and its held-out fidelity against the teacher on the last stage's held-out
-    rows (:func:`heldout_fidelity`: top-1, KL and both models' NLL, each document read on its own). Returns
-    ``(teacher, tokenizer, undistilled folder, held-out rows, {"undistilled": figures})``."""
+def convert_step(r: Recipe, world: World, out: Path, heldout_sequences: int, seconds: dict[str, float],
+                 teacher: torch.nn.Module, tok: Any):
+    """1. The undistilled student of the loaded ``teacher`` (built exactly as the distillation builds it: same
+    conversion and seed, saved to ``out/undistilled``), and its held-out fidelity against the teacher on the last
+    stage's held-out rows (:func:`heldout_fidelity`: top-1, KL and both models' NLL, each document read on its own).
+    Returns ``(undistilled folder, held-out rows, {"undistilled": figures})``."""
     t0 = time.perf_counter()
-    teacher, tok = load_model(r.teacher.spec, dtype=teacher_dtype(r, world), device=world.device)
     teacher.eval()
     student = build_student(r, teacher, world.device).eval()
     undistilled = save_student(student, tok, out / "undistilled", overwrite=True, what="--out")
-    seconds["convert"] = time.perf_counter() - t0
+    seconds["convert"] = seconds.get("convert", 0.0) + time.perf_counter() - t0
 
     last = r.stages[-1]
     held = PackedStream(r.stage_data(last), tok, last.seq_len, last.masking).heldout_sequences(heldout_sequences)
     rows = collate(held)
-    return teacher, tok, undistilled, rows, {"undistilled": heldout_fidelity(teacher, student, rows, batch_rows=2)}
+    return undistilled, rows, {"undistilled": heldout_fidelity(teacher, student, rows, batch_rows=2)}
 
 
 def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, rows: dict[str, torch.Tensor],
@@ -218,18 +237,24 @@ def distill_step(r: Recipe, teacher: torch.nn.Module, tok: Any, rows: dict[str, 
 
 
 def eval_step(specs: dict[str, str], out: Path, device: str, dtype: str, limit: int | None,
-              max_new_tokens: int | None, show_progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
+              max_new_tokens: int | None, show_progress: bool, seconds: dict[str, float],
+              earlier=None) -> dict[str, Any]:
     """3. Both protocols on the shipped task set, the three models on the same examples (``out/eval``), in the
-    teacher's dtype."""
+    teacher's dtype. ``out/eval`` is checked, locked and marked as ``eval --out`` is (a user's ``results.md`` there is
+    refused, not overwritten); ``earlier`` recognises the eval folder of a demo written before folders were marked."""
     t0 = time.perf_counter()
     on_gpu = device.startswith("cuda")
+    folder = out / "eval"
     cfg = EvalConfig(
         models=list(specs.values()), tasks=TASKS, protocols=["loglik", "generate"], limit=limit,
-        out=str(out / "eval"), device=device, dtype=dtype,
+        out=str(folder), device=device, dtype=dtype,
         max_new_tokens=max_new_tokens, batch_size=64 if on_gpu else 8, show_progress=show_progress,
         command="gendistill demo",
     )
-    results = run_eval(cfg)
+    check_report_folder(folder, REPORT_FILES, "--out", earlier=earlier)
+    with acquire(folder, "--out"):
+        claim_report_folder(folder, REPORT_FILES, "--out", earlier=earlier)  # under the lock; then it is ours
+        results = run_eval(cfg)
     seconds["eval"] = time.perf_counter() - t0
     return results
 
