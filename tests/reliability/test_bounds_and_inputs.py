@@ -96,6 +96,7 @@ def test_a_chat_template_that_raises_is_one_line(tmp_path, teacher_dir):
     (["eval", "-m", "x", "--batch-size", "10000000"], "--batch-size: 10,000,000 is out of range"),
     (["eval", "-m", "x", "--token-budget", "0"], "--token-budget: 0 is out of range"),
     (["eval", "-m", "x", "--samples", "-2"], "--samples: -2 is out of range"),
+    (["eval", "-m", "x", "--threads", "-1"], "--threads: -1 is out of range"),
     (["eval", "-m", "x", "--top-p", "1.5"], "--top-p: 1.5 must be in (0, 1]"),
     (["eval", "-m", "x", "--gpu-memory-fraction", "0"], "--gpu-memory-fraction: 0.0 must be in (0, 1]"),
     (["eval", "-m", "x", "--gpu-memory-fraction", "1.5"], "--gpu-memory-fraction: 1.5 must be in (0, 1]"),

@@ -50,3 +50,25 @@ def test_a_killed_publish_s_previous_folder_is_renamed_back_not_deleted(tmp_path
     # with the folder in place, a dead writer's set-aside copy is stale and removed as before
     old2 = _folder(tmp_path / f".student.old-{dead.pid}-89abcdef", "older")
     assert clean_stale_temps(final) == [old2] and (final / "model.safetensors").read_text() == "previous"
+
+
+def test_convert_after_a_killed_publish_finds_the_previous_student_back_in_place(tmp_path):
+    """The next save puts the set-aside student back before it looks at --out: without --overwrite it says the folder
+    exists (the old student), not that one 'appeared while the student was being written'."""
+    import torch
+
+    from gendistill.convert import convert_teacher, save_student
+    from gendistill.errors import GendistillError
+    from tests.fixtures_teachers import tiny_model
+
+    teacher = tiny_model("llama", 300)
+    torch.manual_seed(0)
+    student = convert_teacher(teacher, [0])
+    final = tmp_path / "student"
+    save_student(student, None, final)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.replace(final, tmp_path / f".student.old-{dead.pid}-0123abcd")  # killed between publish_dir's two renames
+    with pytest.raises(GendistillError, match="already exists"):
+        save_student(student, None, final)
+    assert (final / "model.safetensors").is_file()

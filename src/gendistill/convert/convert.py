@@ -115,12 +115,12 @@ def save_student(student: PreTrainedModel, tokenizer, out_dir: str | Path, overw
     publishing is exclusive: if ``out_dir`` appeared while the student was being written (a second run into the same
     folder), nothing is replaced and the error says so. Temporary folders of killed earlier saves are removed."""
     out = Path(out_dir)
+    clean_stale_temps(out)  # first: a killed --overwrite publish's previous student is put back where it was
     if out.exists():  # a file, or a folder --overwrite may not replace, is named as such (the hint would not work)
         check_replaceable(out, "student", what)
     if out.exists() and not overwrite:
         raise GendistillError(f"{what}: output folder {out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out)
     check_free_space(out, tensor_bytes(student.state_dict().values()), what)
     tmp = temp_sibling(out)
     tmp.mkdir()  # unlike mkdtemp (mode 0700) this honours the umask, so the saved model is readable like any folder

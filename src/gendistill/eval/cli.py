@@ -12,6 +12,7 @@ import typer
 
 from gendistill.devices import DEVICE_HELP, DTYPE_HELP
 from gendistill.errors import DataError
+from gendistill.limits import check_range
 from gendistill.eval.api import evaluate
 from gendistill.eval.fidelity import DEFAULT_CHAT_HELDOUT
 from gendistill.eval.report import REPORT_FILES, merge_results, write_report
@@ -99,6 +100,7 @@ def eval_command(
 ) -> None:
     """Evaluate teacher and students under both protocols; report accuracy ± s.e., retention and the protocol gap.
     A thin wrapper over :func:`gendistill.evaluate`."""
+    check_range(threads, 0, 4096, "--threads")
     if threads > 0:
         torch.set_num_threads(threads)
 
