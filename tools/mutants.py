@@ -507,6 +507,18 @@ MUTANTS: list[Mutant] = [
            "slot.eager_steps >= self.EAGER_STEPS", "made - 1 >= self.EAGER_STEPS",
            ("tests/eval/test_fast_generate.py", "-k", "capture_their_slot_once"),
            "a task of many short-answer batches decodes every batch eagerly, never capturing its slot's graph"),
+    Mutant("stale_temps_match_user_backups", "src/gendistill/ownership.py",
+           r'(tmp|old)-(\d+)-[0-9a-f]{{8}}$"', r'(tmp|old)-(\d+)(-.*)?$"',
+           ("tests/reliability/test_overwrite_and_outputs.py", "-k", "stale_temporaries"),
+           "a user's hidden .student.old-2023 backup next to --out is deleted as a stale temporary"),
+    Mutant("teacher_pickle_loaded", "src/gendistill/teachers.py",
+           'refuse_pickle_weights(Path(source.location), "teacher folder", "pass a .gguf file")', "pass",
+           ("tests/test_teachers.py", "-k", "pickled_weights"),
+           "a teacher folder of pytorch_model.bin is not refused in one line"),
+    Mutant("any_marker_owns_every_file", "src/gendistill/ownership.py",
+           "        return lambda rel: _matches(rel, recorded)", "        return lambda rel: True",
+           ("tests/eval/test_out_ownership.py", "-k", "another_command_marked"),
+           "eval overwrites a user's results.md in a folder bench marked"),
 ]
 # A control: recurrent_switch_moved moves the switch between two correct kernels and must NOT be caught.
 CONTROLS = {"recurrent_switch_moved"}
