@@ -236,6 +236,9 @@ def test_oom_in_a_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
                         log_sink=lambda s: None, plots=True, table=False)
     big = res["contexts"][1]
     assert big["teacher"]["errors"]["ttft"].startswith("oom") and "ttft_ms" not in big["teacher"]
+    # decode never ran on the teacher (its prefill ran out of memory): the table's decode cells say why, not "-"
+    assert big["teacher"]["errors"]["decode"].startswith("oom") and big["student"]["decode_tok_s"] > 0
+    assert "decode" not in (res["contexts"][0]["teacher"].get("errors") or {})
     assert big["student"]["ttft_ms"] > 0 and big["ratios"]["ttft_speedup"] is None
     assert res["contexts"][0]["ratios"]["ttft_speedup"] > 0 and len(res["plots"]) == 2
 
