@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from gendistill.bench.api import bench
 from gendistill.bench.runner import JOINS_CHECK_FALLBACK_CONTEXT, run_benchmark
