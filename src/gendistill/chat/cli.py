@@ -68,6 +68,8 @@ def chat_command(
     if not specs:
         raise GendistillError("give at least one --teacher or --student")
     check_range(max_new_tokens, 1, MAX_NEW_TOKENS, "--max-new-tokens")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     for flag, spec in [("--teacher", teacher)] * bool(teacher) + [("--student", s) for s in student]:
         kind = resolve_model(spec).kind  # each panel is labelled by its flag: the flag must say what the model is
         if flag == "--student" and kind not in ("student", "hub"):
@@ -75,8 +77,6 @@ def chat_command(
                                   "distill); pass a teacher as --teacher")
         if flag == "--teacher" and kind == "student":
             raise GendistillError(f"--teacher: {spec} is a gendistill student; pass it as --student")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)  # both checked before any model is loaded
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for spec in specs:
         model, tokenizer = load_model(spec, dtype=dt, device=dev)
