@@ -205,8 +205,10 @@ def _report_files(folder: Path, names: tuple[str, ...]) -> list[str]:
 
 def _recorded_as_ours(folder: Path) -> Callable[[str], bool] | None:
     """Which existing files of a marked ``folder`` gendistill wrote: those matching the marker's ``files`` list; with
-    a marker of an older gendistill (no list) those not older than the marker (a file that was there before the
-    folder was marked is the user's). None: the folder carries no marker."""
+    a report marker of an older gendistill (no list) those not older than the marker (a file that was there before
+    the folder was marked is the user's); in a folder another command owns (a run, a selection, a student: their
+    markers list no files and are rewritten on every resume) every file, as before. None: the folder carries no
+    marker."""
     if marker_kind(folder) is None:
         return None
     data = marker_data(folder)
@@ -216,7 +218,7 @@ def _recorded_as_ours(folder: Path) -> Callable[[str], bool] | None:
         recorded = [str(f) for f in data["files"]]
         return lambda rel: _matches(rel, recorded)
     created = data.get("created")
-    if not isinstance(created, (int, float)):
+    if data.get("kind") != "report" or not isinstance(created, (int, float)):
         return lambda rel: True
 
     def newer(rel: str) -> bool:
@@ -253,8 +255,10 @@ def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
         raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: {folder} was not written by gendistill "
                           f"(no {MARKER}); move the file or choose a new folder")
     if clash:
-        raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: gendistill did not write it (its "
-                          f"{MARKER} in {folder} does not list it); move the file or choose a new folder")
+        why = (f"its {MARKER} in {folder} does not list it" if data is not None and "files" in data
+               else f"it is older than {folder}'s {MARKER}")
+        raise OutputError(f"{what}: refusing to overwrite {folder / clash[0]}: gendistill did not write it ({why}); "
+                          "move the file or choose a new folder")
 
 
 def claim_report_folder(folder: str | Path, names: tuple[str, ...], what: str,

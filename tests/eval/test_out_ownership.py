@@ -122,11 +122,25 @@ def test_a_marker_of_an_older_gendistill_protects_files_older_than_itself(tmp_pa
     os.utime(out / "results.md", (1_000_000, 1_000_000))
     (out / ownership.MARKER).write_text(json.dumps({"written_by": "gendistill", "kind": "report", "version": "0.1.0",
                                                    "created": 2_000_000.0}))
-    with pytest.raises(ownership.OutputError, match="results.md: gendistill did not write it"):
+    with pytest.raises(ownership.OutputError, match="results.md: gendistill did not write it .it is older than"):
         ownership.check_report_folder(out, REPORT_FILES, "--out")
     os.utime(out / "results.md", (2_000_000, 2_000_000))  # written after the marker: the earlier run's
     ownership.claim_report_folder(out, REPORT_FILES, "--out")
     assert "files" not in json.loads((out / ownership.MARKER).read_text())  # left as it was
+
+
+@pytest.mark.parametrize("kind", ["run", "select"])
+def test_a_report_in_a_run_folder_is_written_again_after_the_run_resumed(tmp_path, kind):
+    """distill and select-layers rewrite their folder's marker (no files list) on every resume: a report an earlier
+    eval or select-compare wrote there is still gendistill's, not refused as older than the marker."""
+    out = tmp_path / "run"
+    out.mkdir()
+    ownership.write_marker(out, kind)
+    ownership.claim_report_folder(out, REPORT_FILES, "--out")
+    (out / "results.md").write_text("# gendistill eval")
+    os.utime(out / "results.md", (1_000_000, 1_000_000))
+    ownership.write_marker(out, kind)  # the resume: a new marker, newer than the report
+    ownership.check_report_folder(out, REPORT_FILES, "--out")
 
 
 def test_a_users_examples_file_in_an_unmarked_folder_is_refused(tmp_path, tiny):

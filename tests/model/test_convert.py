@@ -149,6 +149,12 @@ def test_a_bare_word_is_never_read_as_a_layer_file(tmp_path, monkeypatch):
     assert parse_attention_layers("1", 4) == [1]
     assert parse_attention_layers("all", 4) == [0, 1, 2, 3]
     assert parse_attention_layers("./all", 4) == [0]
+    run = tmp_path / "select-run"  # a select-layers run folder: its layers.json
+    run.mkdir()
+    (run / "layers.json").write_text(json.dumps({"attention_layers": [3, 1]}))
+    assert parse_attention_layers(str(run), 4) == [1, 3]
+    with pytest.raises(LayerSpecError, match="'1/4' is not a float"):
+        parse_attention_layers("ratio:1/4", 4)
 
 
 @pytest.mark.parametrize("layers", [7, 12, 30, 99])

@@ -26,8 +26,8 @@ def convert_command(
     attention_layers: str = typer.Option(..., "--attention-layers", "-a",
                                          help="Layers that keep softmax attention: '0,2,6,11', 'every:4' (3,7,11,...), "
                                               "'ratio:0.25', 'none', 'all', a JSON file from layer selection (a .json "
-                                              "name or a path with a folder, ./layers), or a student's layer spec "
-                                              "'attention:0,2;kda:1,3'."),
+                                              "name, a path with a folder, ./layers, or a select-layers run folder), "
+                                              "or a student's layer spec 'attention:0,2;kda:1,3'."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the student to (safetensors + config + tokenizer "
                                                       "+ README.md model card)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds a student gendistill wrote "

@@ -11,13 +11,19 @@ from gendistill.errors import LayerSpecError
 
 
 def layer_file(spec: str | list[int]) -> Path | None:
-    """The JSON file an ``--attention-layers`` spec names (it ends in ``.json`` or has a folder part, ``./layers``),
-    else None. A bare word is never a file: a stray file named ``1`` or ``all`` in the working folder must not change
-    what ``--attention-layers 1`` or ``all`` means."""
+    """The JSON file an ``--attention-layers`` spec names, else None: a name ending in ``.json``, or a path with a
+    folder part and no ``:`` (``./layers``; a ``select-layers`` run folder names its ``layers.json``). A bare word is
+    never a file: a stray file named ``1`` or ``all`` in the working folder must not change what
+    ``--attention-layers 1`` or ``all`` means, nor is ``ratio:1/4`` a path."""
     if isinstance(spec, (list, tuple)):
         return None
     text = spec.strip()
-    return Path(text) if text and (text.endswith(".json") or "/" in text or os.sep in text) else None
+    if text.endswith(".json"):
+        return Path(text)
+    if ("/" in text or os.sep in text) and ":" not in text:
+        path = Path(text)
+        return path / "layers.json" if path.is_dir() else path
+    return None
 
 
 def parse_attention_layers(spec: str | list[int], num_layers: int) -> list[int]:
