@@ -26,7 +26,8 @@ def refuse_pickle_weights(folder: Path, what: str, instead: str) -> None:
     if found is not None:
         raise GendistillError(
             f"{what} {folder}: its weights are {found}, a pickle file, which gendistill does not load; save them as "
-            f"safetensors (model.save_pretrained(folder, safe_serialization=True) where the model was made) or {instead}")
+            "safetensors (model.save_pretrained(folder, safe_serialization=True) where the model was made) or "
+            f"{instead}")
 
 
 __all__ = ["PICKLE_WEIGHTS", "has_safetensors", "refuse_pickle_weights"]

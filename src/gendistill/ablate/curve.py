@@ -6,8 +6,9 @@ An axis whose cells train stage 3a on more than one budget (``tokens_3a``) is a 
 line; the cells of every other axis (a learning-rate sweep, a data-size pair) are drawn as separate markers at their
 own budget, so a variant that beats the curve stands out. In product mode a budget axis crossed with another axis
 (``tokens_3a`` x ``lr_3a``) is one line per variant of the other axes (a point's ``series``), and the other axis,
-whose budget changes only because its cells sit on those lines, is not a curve and not drawn twice. Cells without stage-3a metrics are left out; a run whose
-trainer predates ``eval_kl`` is drawn with its held-out loss instead (the plot says so).
+whose budget changes only because its cells sit on those lines, is not a curve and not drawn twice. Cells without
+stage-3a metrics are left out; a run whose trainer predates ``eval_kl`` is drawn with its held-out loss instead (the
+plot says so).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def curve_points(meta: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
             a, b = m.get(CURVE_STAGE) or {}, m.get(CHAT_STAGE) or {}
             at = trained_when_cut(a, tokens)  # stopped early: its figures belong to the tokens it trained
             cut = at is not None
-            series = ", ".join(f"{a}={v}" for a, v in c["assignment"].items() if a != axis)
+            series = ", ".join(f"{other}={v}" for other, v in c["assignment"].items() if other != axis)
             points.append({"axis": axis, "variant": f"{variant} (cut at {at / 1e6:.1f}M)" if cut else variant,
-                           "series": series, "cell": c["cell"], "tokens_3a": at if cut else tokens, "planned_tokens_3a": tokens,
-                           "cut": cut,
+                           "series": series, "cell": c["cell"], "tokens_3a": at if cut else tokens,
+                           "planned_tokens_3a": tokens, "cut": cut,
                            "kl_3a": a.get("eval_kl_last"), "top1_3a": a.get("eval_top1_last"),
                            "loss_3a": a.get("eval_loss_last"),
                            "kl_3b": b.get("eval_kl_last"), "top1_3b": b.get("eval_top1_last")})
