@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gendistill.errors import GendistillError
 from gendistill.version import __version__
@@ -66,15 +67,26 @@ def write_marker(folder: str | Path, kind: str, files: list[str] | tuple[str, ..
     return path
 
 
+def _read_marker(folder: str | Path) -> tuple[bytes | None, Any]:
+    """``folder``'s marker file: its bytes (None when there is none) and their JSON (None when not JSON)."""
+    try:
+        raw = (Path(folder) / MARKER).read_bytes()
+    except OSError:
+        return None, None
+    try:
+        return raw, json.loads(raw)
+    except ValueError:
+        return raw, None
+
+
+def _is_marker(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("written_by") == "gendistill" and data.get("kind") in KINDS
+
+
 def marker_data(folder: str | Path) -> dict | None:
     """``folder``'s marker as a mapping when it is a valid gendistill marker, else None."""
-    try:
-        data = json.loads((Path(folder) / MARKER).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if isinstance(data, dict) and data.get("written_by") == "gendistill" and data.get("kind") in KINDS:
-        return data
-    return None
+    data = _read_marker(folder)[1]
+    return data if _is_marker(data) else None
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -104,16 +116,10 @@ def marker_kind(folder: str | Path) -> str | None:
     exists but is damaged (0 bytes or cut off, as a kill during a non-atomic write left it) counts as ours when
     the folder's content says which kind it is (a run: ``progress.json``/``recipe.yaml``; a student:
     ``config.json`` and safetensors weights); the next run rewrites it."""
-    path = Path(folder) / MARKER
-    try:
-        raw = path.read_bytes()
-    except OSError:
+    raw, data = _read_marker(folder)
+    if raw is None:
         return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and data.get("written_by") == "gendistill" and data.get("kind") in KINDS:
+    if _is_marker(data):
         return data["kind"]
     if data is not None:
         return None  # valid JSON, but not our marker
@@ -203,17 +209,15 @@ def _report_files(folder: Path, names: tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
-def _recorded_as_ours(folder: Path) -> Callable[[str], bool] | None:
+def _recorded_as_ours(folder: Path, data: dict | None) -> Callable[[str], bool] | None:
     """Which existing files of a marked ``folder`` gendistill wrote: those matching the marker's ``files`` list; with
     a report marker of an older gendistill (no list) those not older than the marker (a file that was there before
     the folder was marked is the user's); in a folder another command owns (a run, a selection, a student: their
     markers list no files and are rewritten on every resume) every file, as before. None: the folder carries no
-    marker."""
-    if marker_kind(folder) is None:
-        return None
-    data = marker_data(folder)
-    if data is None:  # a damaged marker whose folder's content says it is ours (:func:`marker_kind`)
-        return lambda rel: True
+    marker. ``data``: the folder's :func:`marker_data`."""
+    if data is None:
+        # no marker, or a damaged one whose folder's content says it is ours (:func:`marker_kind`)
+        return None if marker_kind(folder) is None else (lambda rel: True)
     if isinstance(data.get("files"), list):
         recorded = [str(f) for f in data["files"]]
         return lambda rel: _matches(rel, recorded)
@@ -246,8 +250,8 @@ def check_report_folder(folder: str | Path, names: tuple[str, ...], what: str,
     reason = _protected_reason(folder)
     if reason is not None:
         raise OutputError(f"{what}: refusing to write into {folder}: {reason}; choose a new folder")
-    ours = _recorded_as_ours(folder)
     data = marker_data(folder)
+    ours = _recorded_as_ours(folder, data)
     if (ours is None or (data is not None and "files" not in data)) and earlier is not None and earlier(folder):
         return
     clash = [rel for rel in _report_files(folder, names) if ours is None or not ours(rel)]
