@@ -204,16 +204,13 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                     loss = fn(sl, tl, labels[i : i + chunk], cfg).sum()
                 inputs = [x for x, need in ((hs, need_h), (ws, need_w), (bs, need_b)) if need]
                 if inputs:
-                    grads = torch.autograd.grad(loss, inputs)
-                    k = 0
+                    grads = iter(torch.autograd.grad(loss, inputs))  # in the order of ``inputs``
                     if need_h:
-                        grad_h[i : i + chunk] = grads[k]  # type: ignore[index]
-                        k += 1
+                        grad_h[i : i + chunk] = next(grads)  # type: ignore[index]
                     if need_w:
-                        grad_w += grads[k].to(acc)  # type: ignore[operator]
-                        k += 1
+                        grad_w += next(grads).to(acc)  # type: ignore[operator]
                     if need_b:
-                        grad_b += grads[k].to(acc)  # type: ignore[operator]
+                        grad_b += next(grads).to(acc)  # type: ignore[operator]
                 total += loss.detach()
                 del sl, tl, loss
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
